@@ -1,0 +1,91 @@
+"""Shared helpers of the kernel wrappers: input checks, dtype tables, device facts.
+
+Nothing here launches a kernel. Every check raises :class:`KernelInputError`
+(a ``ValueError``) whose message starts with the name of the offending argument.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+__all__ = [
+    "KernelInputError",
+    "interpreting",
+    "num_sms",
+    "TORCH_DTYPES",
+    "check_tensor",
+    "check_same_device",
+    "next_pow2",
+]
+
+
+class KernelInputError(ValueError):
+    """Bad input to a kernel wrapper, caught before launch."""
+
+
+#: Dtype strings of the op-descriptor schema mapped to torch dtypes the kernels accept.
+TORCH_DTYPES: dict[str, torch.dtype] = {
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+    "fp32": torch.float32,
+    "fp8": torch.float8_e4m3fn,
+}
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def interpreting() -> bool:
+    """Return True when Triton runs kernels through its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def num_sms(device: torch.device) -> int:
+    """Number of streaming multiprocessors of ``device``; 8 for a CPU tensor under the interpreter."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 8
+
+
+def next_pow2(n: int) -> int:
+    """Smallest power of two >= ``n`` (and >= 1)."""
+    return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
+
+
+def check_tensor(name: str, t: object, ndim: int, dtypes: tuple[torch.dtype, ...]) -> torch.Tensor:
+    """Check that ``t`` is a tensor of rank ``ndim`` with one of ``dtypes`` on a usable device.
+
+    Raises
+    ------
+    KernelInputError
+        Naming ``name`` when the type, rank, dtype or device is wrong, or the tensor is empty.
+    """
+    if not isinstance(t, torch.Tensor):
+        raise KernelInputError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != ndim:
+        raise KernelInputError(f"{name}: expected {ndim} dimensions, got shape {tuple(t.shape)}")
+    if t.dtype not in dtypes:
+        raise KernelInputError(f"{name}: dtype {t.dtype} not supported (expected one of {dtypes})")
+    if t.device.type != "cuda" and not interpreting():
+        raise KernelInputError(
+            f"{name}: tensor on {t.device}; Triton kernels need a CUDA tensor (or TRITON_INTERPRET=1)"
+        )
+    if t.numel() == 0:
+        raise KernelInputError(f"{name}: empty tensor of shape {tuple(t.shape)}")
+    return t
+
+
+def check_same_device(**tensors: torch.Tensor) -> None:
+    """Raise naming the first tensor whose device differs from the first one's."""
+    items = list(tensors.items())
+    dev = items[0][1].device
+    for name, t in items[1:]:
+        if t.device != dev:
+            raise KernelInputError(f"{name}: on {t.device}, expected {dev} like {items[0][0]}")
+
+
+def check_last_dim_contiguous(name: str, t: torch.Tensor) -> None:
+    """Raise unless the innermost dimension has stride 1 (the kernels load rows as vectors)."""
+    if t.stride(-1) != 1:
+        raise KernelInputError(f"{name}: innermost stride is {t.stride(-1)}; the kernel needs stride 1")

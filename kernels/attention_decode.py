@@ -1,0 +1,214 @@
+"""One-token (decode) GQA attention over a contiguous KV cache, split-KV or stream-K schedule.
+
+``q [B,Hq,D]``, ``k_cache, v_cache [B,Hkv,Lmax,D]``, ``kv_lens [B]`` (sequence ``b`` uses cache
+positions ``0 .. kv_lens[b]-1``). Each program serves the whole query group of one kv head, so
+the cache is read once.
+
+* ``split_kv`` (flash-decoding): the KV axis of every (sequence, kv head) is cut into
+  ``num_splits`` equal chunks; each chunk's partial softmax is merged by log-sum-exp.
+* ``stream_k`` (the LeanAttention schedule): the KV tiles of all (sequence, kv head) pairs are
+  concatenated and cut into ``num_splits`` equal runs, one per program, whatever the lengths;
+  partials are merged wherever a run crosses a pair boundary.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping
+
+import torch
+import triton
+
+from . import _decode_kernels as _dk
+from ._common import (
+    FLOAT_DTYPES,
+    KernelInputError,
+    check_last_dim_contiguous,
+    check_same_device,
+    check_tensor,
+    interpreting,
+    next_pow2,
+    num_sms,
+)
+from ._counts import attention_bytes, attention_flops
+
+__all__ = ["attention_decode", "DecodeSchedule", "flops", "bytes_moved", "HEAD_DIMS", "MAX_STREAM_K_PAIRS"]
+
+HEAD_DIMS = (64, 128)
+#: stream-K keeps a prefix sum over all (sequence, kv head) pairs in registers; this bounds it.
+MAX_STREAM_K_PAIRS = 16384
+_LOG2E = 1.4426950408889634
+_GPU_META = {"BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
+_INTERPRETER_META = {"BLOCK_N": 16}
+_REDUCE_BLOCK_S = 16
+
+
+class DecodeSchedule(str, enum.Enum):
+    """How decode attention spreads the KV cache over programs."""
+
+    SPLIT_KV = "split_kv"
+    STREAM_K = "stream_k"
+
+
+def _schedule(schedule: object) -> DecodeSchedule:
+    try:
+        return DecodeSchedule(schedule)
+    except ValueError:
+        raise KernelInputError(
+            f"schedule: {schedule!r} is not one of {[s.value for s in DecodeSchedule]}"
+        ) from None
+
+
+def _check_num_splits(num_splits: object) -> None:
+    if num_splits is not None and (isinstance(num_splits, bool) or not isinstance(num_splits, int)
+                                   or num_splits < 1):
+        raise KernelInputError(f"num_splits: expected a positive int or None, got {num_splits!r}")
+
+
+def check_q_and_lens(q: object, kv_lens: object, kv_heads: int, head_dim: int, batch: int,
+                     device: torch.device) -> None:
+    """Checks shared by the contiguous and paged wrappers (shape of q against the cache)."""
+    check_tensor("q", q, 3, FLOAT_DTYPES)
+    check_last_dim_contiguous("q", q)
+    check_tensor("kv_lens", kv_lens, 1, (torch.int32, torch.int64))
+    check_same_device(q=q, kv_lens=kv_lens)
+    if q.device != device:
+        raise KernelInputError(f"q: on {q.device}, the cache is on {device}")
+    if q.shape[0] != batch:
+        raise KernelInputError(f"q: batch {q.shape[0]} differs from the cache's {batch}")
+    if q.shape[2] != head_dim:
+        raise KernelInputError(f"q: head_dim {q.shape[2]} differs from the cache's {head_dim}")
+    if head_dim not in HEAD_DIMS:
+        raise KernelInputError(f"q: head_dim {head_dim} not supported (expected one of {HEAD_DIMS})")
+    if q.shape[1] % kv_heads:
+        raise KernelInputError(f"q: q heads {q.shape[1]} not a multiple of kv heads {kv_heads}")
+    if kv_lens.shape[0] != batch:
+        raise KernelInputError(f"kv_lens: length {kv_lens.shape[0]} differs from batch {batch}")
+
+
+def check_lens_values(kv_lens: torch.Tensor, max_len: int) -> None:
+    """Check ``1 <= kv_lens <= max_len`` (reads kv_lens on the host: a device sync)."""
+    lo, hi = int(kv_lens.min()), int(kv_lens.max())
+    if lo < 1 or hi > max_len:
+        raise KernelInputError(f"kv_lens: values must lie in [1, {max_len}], got min {lo}, max {hi}")
+
+
+def launch_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_lens: torch.Tensor,
+                  block_table: torch.Tensor | None, page_size: int, max_len: int,
+                  num_splits: int | None, schedule: DecodeSchedule, sm_scale: float | None) -> torch.Tensor:
+    """Launch the chosen schedule and the reduction over checked inputs; return ``[B,Hq,D]``.
+
+    ``k, v`` are ``[B,Hkv,Lmax,D]`` caches, or ``[num_blocks,Hkv,page_size,D]`` pages when
+    ``block_table`` is given; ``max_len`` bounds ``kv_lens``.
+    """
+    B, Hq, D = q.shape
+    Hkv = k.shape[1]
+    group = Hq // Hkv
+    bh = B * Hkv
+    interp = interpreting()
+    meta = dict(_INTERPRETER_META if interp else _GPU_META)
+    block_n = meta.pop("BLOCK_N")
+    scale = (1.0 / math.sqrt(D) if sm_scale is None else float(sm_scale)) * _LOG2E
+    paged = block_table is not None
+    bt = block_table if paged else kv_lens  # any tensor: not read when PAGED is False
+    s_btb = block_table.stride(0) if paged else 0
+    consts = {"HEAD_DIM": D, "BLOCK_G": max(16, next_pow2(group)), "BLOCK_N": block_n, "PAGED": paged,
+              "PRECISION": "ieee" if q.dtype == torch.float32 else "tf32",
+              "UPCAST": interp and q.dtype == torch.bfloat16}
+    strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), s_btb, page_size)
+    max_tiles = triton.cdiv(max_len, block_n)
+    target = 2 * num_sms(q.device)
+    o = torch.empty((B, Hq, D), dtype=q.dtype, device=q.device)
+    if schedule is DecodeSchedule.SPLIT_KV:
+        splits = num_splits or max(1, triton.cdiv(target, bh))
+        chunk = triton.cdiv(triton.cdiv(max_len, min(splits, max_tiles)), block_n) * block_n
+        pieces = triton.cdiv(max_len, chunk)
+        po = torch.empty((bh * pieces * group, D), dtype=torch.float32, device=q.device)
+        pl = torch.empty((bh * pieces * group,), dtype=torch.float32, device=q.device)
+        _dk._split_kv_kernel[(bh, pieces)](q, k, v, kv_lens, bt, po, pl, scale, Hkv, group, chunk, pieces,
+                                           *strides, **consts, **meta)
+        bh_p2 = 1
+    else:
+        if bh > MAX_STREAM_K_PAIRS:
+            raise KernelInputError(f"q: stream_k supports at most {MAX_STREAM_K_PAIRS} (sequence, kv head) "
+                                   f"pairs, got {bh}")
+        pieces = num_splits or max(1, min(target, bh * max_tiles))
+        bh_p2 = next_pow2(bh)
+        po = torch.empty(((pieces + bh) * group, D), dtype=torch.float32, device=q.device)
+        pl = torch.empty(((pieces + bh) * group,), dtype=torch.float32, device=q.device)
+        _dk._stream_k_kernel[(pieces,)](q, k, v, kv_lens, bt, po, pl, scale, Hkv, group, bh, pieces,
+                                        *strides, BH_P2=bh_p2, **consts, **meta)
+    _dk._reduce_kernel[(B * Hq,)](po, pl, o, kv_lens, Hq, Hkv, group, bh, pieces, o.stride(0), o.stride(1),
+                                  HEAD_DIM=D, BLOCK_S=_REDUCE_BLOCK_S, BLOCK_N=block_n, BH_P2=bh_p2,
+                                  STREAM_K=schedule is DecodeSchedule.STREAM_K)
+    return o
+
+
+def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, kv_lens: torch.Tensor,
+                     num_splits: int | None = None, schedule: str | DecodeSchedule = "split_kv",
+                     sm_scale: float | None = None, validate: bool = True) -> torch.Tensor:
+    """Attention of one new token per sequence over its KV cache.
+
+    Parameters
+    ----------
+    q : torch.Tensor, shape [B, Hq, D]
+        fp16, bf16 or fp32; ``D`` in {64, 128}; innermost stride 1.
+    k_cache, v_cache : torch.Tensor, shape [B, Hkv, Lmax, D]
+        Same dtype, device and strides; innermost stride 1; ``Hq % Hkv == 0``.
+    kv_lens : torch.Tensor, shape [B], int32 or int64
+        Valid cache length of each sequence, in ``[1, Lmax]``.
+    num_splits : int, optional
+        split_kv: KV chunks per (sequence, kv head); stream_k: number of programs. Default from
+        the SM count (about two programs per SM).
+    schedule : {"split_kv", "stream_k"} or DecodeSchedule
+    sm_scale : float, optional
+        Default ``1/sqrt(D)``.
+    validate : bool
+        Check the values of ``kv_lens`` on the host (one device sync). Shapes, dtypes and devices
+        are always checked.
+
+    Returns
+    -------
+    torch.Tensor, shape [B, Hq, D], dtype of ``q``
+
+    Raises
+    ------
+    KernelInputError
+        (a ValueError) naming the bad argument.
+    """
+    sched = _schedule(schedule)
+    _check_num_splits(num_splits)
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
+        check_tensor(name, t, 4, FLOAT_DTYPES)
+        check_last_dim_contiguous(name, t)
+    check_same_device(k_cache=k_cache, v_cache=v_cache)
+    if v_cache.shape != k_cache.shape or v_cache.stride() != k_cache.stride():
+        raise KernelInputError(f"v_cache: shape/strides {tuple(v_cache.shape)}/{v_cache.stride()} differ "
+                               f"from k_cache's {tuple(k_cache.shape)}/{k_cache.stride()}")
+    B, Hkv, Lmax, D = k_cache.shape
+    check_q_and_lens(q, kv_lens, Hkv, D, B, k_cache.device)
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if t.dtype != q.dtype:
+            raise KernelInputError(f"{name}: dtype {t.dtype} differs from q's {q.dtype}")
+    if sm_scale is not None and not (isinstance(sm_scale, (int, float)) and math.isfinite(sm_scale)
+                                     and sm_scale > 0):
+        raise KernelInputError(f"sm_scale: expected a positive finite number, got {sm_scale!r}")
+    if validate:
+        check_lens_values(kv_lens, Lmax)
+    return launch_decode(q, k_cache, v_cache, kv_lens, None, 1, Lmax, num_splits, sched, sm_scale)
+
+
+def flops(op: Mapping) -> int:
+    """FLOPs of a decode ``{"op": "attention", ...}`` descriptor: ``4*B*Hq*D*q_len*kv_len``."""
+    return attention_flops(op)
+
+
+def bytes_moved(op: Mapping) -> int:
+    """Fewest bytes: the KV cache read once plus q read and the output written."""
+    return attention_bytes(op)
+
+
+# `kernels.attention_decode.flops(op)` works whether `kernels.attention_decode` names the module or the function.
+attention_decode.flops = flops
+attention_decode.bytes_moved = bytes_moved

@@ -1,0 +1,112 @@
+"""One-token GQA attention over a paged KV cache (same kernels as :mod:`kernels.attention_decode`).
+
+Pages ``[num_blocks, Hkv, page_size, D]``; ``block_table [B, max_blocks]`` lists the pages of
+each sequence in order, so token ``n`` of sequence ``b`` sits in page ``block_table[b, n // page_size]``
+at row ``n % page_size``. Any ``page_size`` works (tiles gather rows across pages).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+
+from ._common import FLOAT_DTYPES, KernelInputError, check_last_dim_contiguous, check_same_device, check_tensor
+from ._counts import attention_bytes, attention_flops
+from .attention_decode import (
+    DecodeSchedule,
+    _check_num_splits,
+    _schedule,
+    check_lens_values,
+    check_q_and_lens,
+    launch_decode,
+)
+
+__all__ = ["attention_decode_paged", "flops", "bytes_moved"]
+
+
+def _check_table_values(block_table: torch.Tensor, kv_lens: torch.Tensor, page_size: int,
+                        num_blocks: int) -> None:
+    """Check that every page a sequence uses is a valid page index (a device sync)."""
+    pages_used = (kv_lens.long() + page_size - 1) // page_size
+    cols = torch.arange(block_table.shape[1], device=block_table.device)
+    used = block_table[cols[None, :] < pages_used[:, None]]
+    lo, hi = int(used.min()), int(used.max())
+    if lo < 0 or hi >= num_blocks:
+        raise KernelInputError(f"block_table: used entries must lie in [0, {num_blocks}), got min {lo}, max {hi}")
+
+
+def attention_decode_paged(q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tensor,
+                           block_table: torch.Tensor, kv_lens: torch.Tensor, num_splits: int | None = None,
+                           schedule: str | DecodeSchedule = "split_kv", sm_scale: float | None = None,
+                           validate: bool = True) -> torch.Tensor:
+    """Attention of one new token per sequence over a paged KV cache.
+
+    Parameters
+    ----------
+    q : torch.Tensor, shape [B, Hq, D]
+        fp16, bf16 or fp32; ``D`` in {64, 128}; innermost stride 1.
+    k_pages, v_pages : torch.Tensor, shape [num_blocks, Hkv, page_size, D]
+        Same dtype, device and strides as each other; innermost stride 1.
+    block_table : torch.Tensor, shape [B, max_blocks], int32 or int64
+        Page indices of each sequence; entries past a sequence's length are not read.
+    kv_lens : torch.Tensor, shape [B], int32 or int64
+        Tokens of each sequence, in ``[1, max_blocks * page_size]``.
+    num_splits, schedule, sm_scale
+        As in :func:`kernels.attention_decode`.
+    validate : bool
+        Check the values of ``kv_lens`` and of the used ``block_table`` entries (a device sync).
+
+    Returns
+    -------
+    torch.Tensor, shape [B, Hq, D], dtype of ``q``
+
+    Raises
+    ------
+    KernelInputError
+        (a ValueError) naming the bad argument.
+    """
+    sched = _schedule(schedule)
+    _check_num_splits(num_splits)
+    for name, t in (("k_pages", k_pages), ("v_pages", v_pages)):
+        check_tensor(name, t, 4, FLOAT_DTYPES)
+        check_last_dim_contiguous(name, t)
+    check_same_device(k_pages=k_pages, v_pages=v_pages)
+    if v_pages.shape != k_pages.shape or v_pages.stride() != k_pages.stride():
+        raise KernelInputError(f"v_pages: shape/strides {tuple(v_pages.shape)}/{v_pages.stride()} differ "
+                               f"from k_pages' {tuple(k_pages.shape)}/{k_pages.stride()}")
+    num_blocks, Hkv, page_size, D = k_pages.shape
+    check_tensor("block_table", block_table, 2, (torch.int32, torch.int64))
+    check_same_device(k_pages=k_pages, block_table=block_table)
+    B = block_table.shape[0]
+    check_q_and_lens(q, kv_lens, Hkv, D, B, k_pages.device)
+    for name, t in (("k_pages", k_pages), ("v_pages", v_pages)):
+        if t.dtype != q.dtype:
+            raise KernelInputError(f"{name}: dtype {t.dtype} differs from q's {q.dtype}")
+    if block_table.stride(1) != 1:
+        raise KernelInputError(f"block_table: innermost stride is {block_table.stride(1)}; need 1")
+    if sm_scale is not None and not (isinstance(sm_scale, (int, float)) and math.isfinite(sm_scale)
+                                     and sm_scale > 0):
+        raise KernelInputError(f"sm_scale: expected a positive finite number, got {sm_scale!r}")
+    max_len = block_table.shape[1] * page_size
+    if validate:
+        check_lens_values(kv_lens, max_len)
+        _check_table_values(block_table, kv_lens, page_size, num_blocks)
+    return launch_decode(q, k_pages, v_pages, kv_lens, block_table, page_size, max_len, num_splits, sched,
+                         sm_scale)
+
+
+def flops(op: Mapping) -> int:
+    """FLOPs of a decode ``{"op": "attention", ...}`` descriptor (same as the contiguous cache)."""
+    return attention_flops(op)
+
+
+def bytes_moved(op: Mapping) -> int:
+    """Fewest bytes: the used pages read once plus q read and the output written."""
+    return attention_bytes(op)
+
+
+# `kernels.attention_decode_paged.flops(op)` works whether `kernels.attention_decode_paged` names the module or the function.
+attention_decode_paged.flops = flops
+attention_decode_paged.bytes_moved = bytes_moved
