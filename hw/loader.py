@@ -1,0 +1,247 @@
+"""Load hardware data files (YAML, read with ``yaml.safe_load``) into frozen dataclasses."""
+
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+from hw.spec import GPU, Cluster, Dtype, Link, LinkKind, Node, Source
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+GPU_DIR = DATA_DIR / "gpus"
+SYSTEM_DIR = DATA_DIR / "systems"
+ALIAS_FILE = DATA_DIR / "aliases.yaml"
+
+
+class HardwareError(ValueError):
+    """A hardware data file is missing, malformed or unknown."""
+
+
+class UnknownHardwareError(HardwareError, KeyError):
+    """A GPU or system name that no data file defines."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.args[0] if self.args else ""
+
+
+# Numeric fields of a GPU file and whether they must be integers.
+_GPU_NUMERIC = {
+    "hbm_bytes": int,
+    "hbm_usable_bytes": int,
+    "hbm_bytes_per_s": float,
+    "l2_bytes": int,
+    "smem_bytes_per_sm": int,
+    "sm_count": int,
+    "boost_clock_hz": float,
+    "nvlink_bytes_per_s_per_direction": float,
+    "pcie_gen": int,
+    "pcie_bytes_per_s_per_direction": float,
+    "host_ddr_bytes_per_s": float,
+    "host_ddr_bytes": int,
+    "fabric_latency_s": float,
+    "pcie_latency_s": float,
+}
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise HardwareError(f"hardware file not found: {path}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" (line {line + 1})" if line is not None else ""
+        raise HardwareError(f"{path}: not valid YAML{where}") from None
+    if not isinstance(data, dict):
+        raise HardwareError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def _number(path: Path, key: str, value: Any, kind: type) -> float | int:
+    try:
+        num = float(value)  # YAML 1.1 reads "3.35e12" as a string
+    except (TypeError, ValueError):
+        raise HardwareError(f"{path}: field {key!r} must be a number, got {value!r}") from None
+    if not math.isfinite(num) or num < 0:
+        raise HardwareError(f"{path}: field {key!r} must be finite and >= 0, got {value!r}")
+    if kind is int:
+        if num != int(num):
+            raise HardwareError(f"{path}: field {key!r} must be an integer, got {value!r}")
+        return int(num)
+    return num
+
+
+def _sources(path: Path, data: dict[str, Any], required: list[str]) -> tuple[Source, ...]:
+    raw = data.get("sources")
+    if not isinstance(raw, list) or not raw:
+        raise HardwareError(f"{path}: a 'sources' list is required")
+    out = []
+    covered: set[str] = set()
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or "source" not in item or "fields" not in item:
+            raise HardwareError(f"{path}: sources[{i}] needs 'fields' and 'source'")
+        fields = tuple(str(f) for f in item["fields"])
+        covered.update(fields)
+        out.append(Source(fields=fields, source=str(item["source"])))
+    missing = [f for f in required if f not in covered]
+    if missing:
+        raise HardwareError(f"{path}: no source given for {', '.join(missing)}")
+    return tuple(out)
+
+
+def gpu_from_dict(data: dict[str, Any], path: Path | str = "<dict>") -> GPU:
+    """Build a :class:`GPU` from a parsed data file, checking every field."""
+    path = Path(path)
+    missing = [k for k in ["name", "vendor", "peak_flops", "fabric_kind", *_GPU_NUMERIC] if k not in data]
+    if missing:
+        raise HardwareError(f"{path}: missing field(s) {', '.join(missing)}")
+    values = {k: _number(path, k, data[k], kind) for k, kind in _GPU_NUMERIC.items()}
+    if values["hbm_usable_bytes"] > values["hbm_bytes"]:
+        raise HardwareError(f"{path}: hbm_usable_bytes exceeds hbm_bytes")
+    for key in ("hbm_bytes", "hbm_bytes_per_s", "sm_count"):
+        if values[key] <= 0:
+            raise HardwareError(f"{path}: field {key!r} must be > 0")
+    flops_raw = data["peak_flops"]
+    if not isinstance(flops_raw, dict) or not flops_raw:
+        raise HardwareError(f"{path}: 'peak_flops' must map dtypes to FLOP/s")
+    flops = {}
+    for k, v in flops_raw.items():
+        try:
+            dt = Dtype.parse(k)
+        except ValueError as exc:
+            raise HardwareError(f"{path}: peak_flops: {exc}") from None
+        flops[dt] = float(_number(path, f"peak_flops.{k}", v, float))
+    try:
+        fabric = LinkKind(str(data["fabric_kind"]))
+    except ValueError:
+        raise HardwareError(
+            f"{path}: fabric_kind {data['fabric_kind']!r} unknown; known: {', '.join(k.value for k in LinkKind)}"
+        ) from None
+    required_sources = ["peak_flops", *[k for k in _GPU_NUMERIC if not k.endswith("latency_s")]]
+    sources = _sources(path, data, required_sources)
+    return GPU(
+        name=str(data["name"]),
+        display_name=str(data.get("display_name", data["name"])),
+        vendor=str(data["vendor"]),
+        peak_flops=MappingProxyType(flops),
+        fabric_kind=fabric,
+        sources=sources,
+        **values,
+    )
+
+
+def _aliases() -> dict[str, str]:
+    if not ALIAS_FILE.exists():
+        return {}
+    data = _read_yaml(ALIAS_FILE)
+    return {str(k).lower(): str(v) for k, v in data.get("aliases", {}).items()}
+
+
+def list_gpus() -> list[str]:
+    """Canonical names of the GPUs shipped in ``hw/data/gpus``."""
+    return sorted(p.stem for p in GPU_DIR.glob("*.yaml"))
+
+
+def list_aliases() -> dict[str, str]:
+    """Short names and the canonical GPU each resolves to."""
+    return dict(sorted(_aliases().items()))
+
+
+def resolve_gpu_name(name: str) -> str:
+    """Canonical name for ``name`` (an alias or a canonical name)."""
+    key = str(name).strip().lower()
+    known = list_gpus()
+    if key in known:
+        return key
+    alias = _aliases().get(key)
+    if alias is not None:
+        return alias
+    raise UnknownHardwareError(
+        f"unknown GPU {name!r}; known: {', '.join(known)}; aliases: {', '.join(_aliases())}"
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _load_gpu_file(path: str) -> GPU:
+    return gpu_from_dict(_read_yaml(Path(path)), path)
+
+
+def load_gpu(name_or_path: "str | Path | GPU") -> GPU:
+    """Load a GPU by canonical name, alias, or path to a YAML file of the same schema."""
+    if isinstance(name_or_path, GPU):
+        return name_or_path
+    text = str(name_or_path)
+    p = Path(text)
+    if text.endswith((".yaml", ".yml")) or p.is_file():
+        return _load_gpu_file(str(p.resolve()))
+    return _load_gpu_file(str(GPU_DIR / f"{resolve_gpu_name(text)}.yaml"))
+
+
+def _link(path: Path, data: Any, what: str) -> Link:
+    if not isinstance(data, dict):
+        raise HardwareError(f"{path}: {what} must be a mapping")
+    try:
+        kind = LinkKind(str(data.get("kind")))
+    except ValueError:
+        raise HardwareError(f"{path}: {what}.kind {data.get('kind')!r} unknown") from None
+    return Link(
+        kind=kind,
+        bytes_per_s_per_direction=float(
+            _number(path, f"{what}.bytes_per_s_per_direction", data.get("bytes_per_s_per_direction"), float)
+        ),
+        latency_s=float(_number(path, f"{what}.latency_s", data.get("latency_s"), float)),
+    )
+
+
+def list_systems() -> list[str]:
+    """Names of the shipped node and cluster descriptions."""
+    return sorted(p.stem for p in SYSTEM_DIR.glob("*.yaml"))
+
+
+def load_system(name_or_path: "str | Path") -> "Node | Cluster":
+    """Load a node (``kind: node``) or cluster (``kind: cluster``) description."""
+    text = str(name_or_path)
+    p = Path(text)
+    if not (text.endswith((".yaml", ".yml")) or p.is_file()):
+        p = SYSTEM_DIR / f"{text}.yaml"
+        if not p.exists():
+            raise UnknownHardwareError(f"unknown system {text!r}; known: {', '.join(list_systems())}")
+    data = _read_yaml(p)
+    kind = data.get("kind")
+    sources = tuple(
+        Source(fields=tuple(s.get("fields", [])), source=str(s.get("source", "")))
+        for s in data.get("sources", [])
+    )
+    if kind == "node":
+        gpu = load_gpu(data["gpu"])
+        return Node(
+            name=str(data.get("name", p.stem)),
+            gpu=gpu,
+            gpus_per_node=int(_number(p, "gpus_per_node", data.get("gpus_per_node"), int)),
+            intra_node=_link(p, data.get("intra_node"), "intra_node"),
+            host_link=_link(p, data.get("host_link"), "host_link"),
+            host_ddr_bytes=int(_number(p, "host_ddr_bytes", data.get("host_ddr_bytes", gpu.host_ddr_bytes), int)),
+            host_ddr_bytes_per_s=float(
+                _number(p, "host_ddr_bytes_per_s", data.get("host_ddr_bytes_per_s", gpu.host_ddr_bytes_per_s), float)
+            ),
+            sources=sources,
+        )
+    if kind == "cluster":
+        node = load_system(data["node"])
+        if not isinstance(node, Node):
+            raise HardwareError(f"{p}: 'node' must name a node description")
+        return Cluster(
+            name=str(data.get("name", p.stem)),
+            node=node,
+            num_nodes=int(_number(p, "num_nodes", data.get("num_nodes"), int)),
+            inter_node=_link(p, data.get("inter_node"), "inter_node"),
+            sources=sources,
+        )
+    raise HardwareError(f"{p}: 'kind' must be 'node' or 'cluster', got {kind!r}")

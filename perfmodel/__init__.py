@@ -1,0 +1,35 @@
+"""Analytical performance model for long-context LLM inference.
+
+Public API::
+
+    perfmodel.analyze(model, gpu, context_len=..., output_tokens=..., batch=..., tp=..., mode=...)
+    perfmodel.predict(op_descriptor, gpu, mode="calibrated") -> seconds
+    perfmodel.sweep(model, gpu, context_len=[...], batch=[...], tp=[...], output_tokens=[...]) -> DataFrame
+"""
+
+from hw import Dtype, load_gpu, list_gpus
+from perfmodel.analyze import Analysis, analyze
+from perfmodel.calibration import Mode, Profile, load_profile_file, peak_profile, resolve_profile
+from perfmodel.costs import Bound, OpCost, op_cost
+from perfmodel.errors import (
+    DoesNotFitError,
+    InvalidInputError,
+    ModelConfigError,
+    OpDescriptorError,
+    PerfModelError,
+    ProfileError,
+    UnknownModelError,
+)
+from perfmodel.layers import Precision
+from perfmodel.models import ModelSpec, list_models, load_model
+from perfmodel.ops import op_from_dict, op_to_dict
+from perfmodel.predict import predict, predict_cost, predict_file
+from perfmodel.sweep import sweep
+
+__all__ = [
+    "Analysis", "Bound", "DoesNotFitError", "Dtype", "InvalidInputError", "Mode", "ModelConfigError",
+    "ModelSpec", "OpCost", "OpDescriptorError", "PerfModelError", "Precision", "Profile", "ProfileError",
+    "UnknownModelError", "analyze", "list_gpus", "list_models", "load_gpu", "load_model", "load_profile_file",
+    "op_cost", "op_from_dict", "op_to_dict", "peak_profile", "predict", "predict_cost", "predict_file",
+    "resolve_profile", "sweep",
+]

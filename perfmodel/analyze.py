@@ -1,0 +1,197 @@
+"""``analyze``: the four long-context metrics of one deployment scenario."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from hw.loader import load_gpu
+from hw.spec import GPU
+from perfmodel.calibration import Mode, Profile, resolve_profile
+from perfmodel.costs import Bound, OpCost
+from perfmodel.errors import DoesNotFitError, InvalidInputError
+from perfmodel.layers import Precision, check_tp
+from perfmodel.models import ModelSpec, load_model
+from perfmodel.phases import (
+    DEFAULT_PREFILL_CHUNK_TOKENS,
+    DEFAULT_RESERVE_FRACTION,
+    ContextSwitch,
+    MemoryBudget,
+    context_switch,
+    decode_cost,
+    decode_step_cost,
+    memory_budget,
+    prefill_cost,
+)
+
+
+def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
+    """Return ``value`` as int, or raise :class:`InvalidInputError` naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise InvalidInputError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if not math.isfinite(float(value)) or float(value) != int(value) or int(value) < minimum:
+        raise InvalidInputError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Result of :func:`analyze`; ``to_dict()`` gives the JSON form."""
+
+    model: ModelSpec
+    gpu: GPU
+    tp: int
+    mode: Mode
+    context_len: int
+    output_tokens: int
+    batch: int
+    precision: Precision
+    prefill: OpCost
+    decode_step: OpCost
+    decode: OpCost
+    memory: MemoryBudget
+    switch: ContextSwitch
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def session_throughput_tokens_per_s(self) -> float:
+        """Output tokens per second of a batch served start to end: prefill, then decode together."""
+        total = self.prefill.total_s + self.decode.total_s
+        return self.batch * self.output_tokens / total if total > 0 else 0.0
+
+    @property
+    def bottleneck(self) -> dict[str, str]:
+        return {
+            "prefill": _bound(self.prefill),
+            "decode": _bound(self.decode_step),
+            "concurrency": Bound.HBM_CAPACITY.value,
+            "context_switch": _bound(self.switch.swap_out),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        mem = self.memory
+        return {
+            "model": self.model.name,
+            "gpu": self.gpu.name,
+            "tp": self.tp,
+            "mode": self.mode.value,
+            "context_len": self.context_len,
+            "output_tokens": self.output_tokens,
+            "batch": self.batch,
+            "weight_dtype": self.precision.weights.value,
+            "kv_dtype": self.precision.kv.value,
+            "weight_bytes": int(self.model.weight_bytes(self.precision.weights)),
+            "weight_bytes_per_gpu": int(round(mem.weight_bytes)),
+            "kv_bytes_per_token": int(round(self.model.kv_bytes_per_token(self.precision.kv))),
+            "kv_cache_bytes": int(round(self.model.kv_bytes_per_token(self.precision.kv) * self.batch
+                                        * _kv_tokens(self.model, self.context_len + self.output_tokens))),
+            "hbm_capacity_bytes_per_gpu": int(mem.capacity_bytes),
+            "activation_bytes_per_gpu": int(round(mem.activation_bytes)),
+            "reserve_bytes_per_gpu": int(round(mem.reserve_bytes)),
+            "prefill_s": float(self.prefill.total_s),
+            "prefill_flops_per_gpu": float(self.prefill.flops),
+            "decode_s_per_token": float(self.decode_step.total_s),
+            "decode_s": float(self.decode.total_s),
+            "max_concurrency": int(mem.max_concurrency),
+            "context_switch_s": float(self.switch.serial_s),
+            "context_switch_duplex_s": float(self.switch.duplex_s),
+            "session_throughput_tokens_per_s": float(self.session_throughput_tokens_per_s),
+            "bottleneck": self.bottleneck,
+            "comm_s": {"prefill": float(self.prefill.comm_s), "decode_per_token": float(self.decode_step.comm_s)},
+            "notes": list(self.notes),
+        }
+
+
+def _kv_tokens(model: ModelSpec, tokens: int) -> int:
+    return min(tokens, model.sliding_window) if model.sliding_window > 0 else tokens
+
+
+def _bound(cost: OpCost) -> str:
+    b = cost.bound
+    return b.value if isinstance(b, Bound) else str(b)
+
+
+def suggest_tp(model: ModelSpec, gpu: GPU, context_len: int, output_tokens: int, batch: int,
+               precision: Precision, **kw) -> int | None:
+    """Smallest power-of-two TP degree (valid for the heads, <= 64) at which ``batch`` users fit."""
+    tp = 1
+    while tp <= 64:
+        try:
+            check_tp(model, tp)
+        except InvalidInputError:
+            tp *= 2
+            continue
+        mem = memory_budget(model, gpu, context_len, output_tokens, precision, tp, batch=batch, **kw)
+        if mem.max_concurrency >= batch:
+            return tp
+        tp *= 2
+    return None
+
+
+def analyze(
+    model: "str | ModelSpec" = "yi-34b",
+    gpu: "str | GPU" = "a100-sxm-80gb",
+    context_len: int = 50_000,
+    output_tokens: int = 250,
+    batch: int = 1,
+    tp: int = 1,
+    mode: "Mode | str" = Mode.PEAK,
+    weight_dtype: str = "bf16",
+    kv_dtype: str | None = None,
+    activation_dtype: str = "bf16",
+    chunk_tokens: int | None = DEFAULT_PREFILL_CHUNK_TOKENS,
+    reserve_fraction: float = DEFAULT_RESERVE_FRACTION,
+    profile: "Profile | str | None" = None,
+) -> Analysis:
+    """Prefill, decode, concurrency and context switch of one scenario.
+
+    Raises
+    ------
+    DoesNotFitError
+        When the weights plus ``batch`` users' KV cache exceed device memory
+        (the message gives both byte counts and a TP degree that fits).
+    InvalidInputError
+        For non-positive sizes or a TP degree that does not divide the heads.
+    """
+    m = load_model(model)
+    g = load_gpu(gpu)
+    context_len = check_positive_int("context_len", context_len)
+    output_tokens = check_positive_int("output_tokens", output_tokens, minimum=0)
+    batch = check_positive_int("batch", batch)
+    tp = check_positive_int("tp", tp)
+    if chunk_tokens is not None:
+        chunk_tokens = check_positive_int("chunk_tokens", chunk_tokens)
+    if not 0 <= reserve_fraction < 1:
+        raise InvalidInputError(f"reserve_fraction must be in [0, 1), got {reserve_fraction}")
+    check_tp(m, tp)
+    notes = []
+    if m.max_context and context_len + output_tokens > m.max_context:
+        notes.append(f"context {context_len + output_tokens} exceeds the model's trained window of {m.max_context} tokens")
+    prec = Precision.of(weight_dtype, activation_dtype, kv_dtype)
+    mode = Mode(mode)
+    prof = resolve_profile(g, mode, profile)
+    if mode is Mode.CALIBRATED and prof.is_peak:
+        notes.append(f"no calibration profile for {g.name}: peak figures shown")
+    mem = memory_budget(m, g, context_len, output_tokens, prec, tp, chunk_tokens, reserve_fraction, batch=batch)
+    if mem.max_concurrency < batch:
+        need = mem.weight_bytes + mem.activation_bytes + mem.reserve_bytes + batch * mem.kv_bytes_per_user
+        hint = suggest_tp(m, g, context_len, output_tokens, batch, prec, chunk_tokens=chunk_tokens,
+                          reserve_fraction=reserve_fraction)
+        what = "the weights alone do not fit" if mem.free_for_kv_bytes <= 0 else f"{batch} user(s)' KV cache does not fit"
+        raise DoesNotFitError(
+            f"{m.name} on {g.name} (tp={tp}): {what}: needs {need / 2**30:.1f} GiB per GPU "
+            f"({int(need):,} bytes), has {mem.capacity_bytes / 2**30:.1f} GiB ({int(mem.capacity_bytes):,} bytes)"
+            + (f"; tp={hint} fits" if hint else "; no TP degree up to 64 fits"),
+            needed_bytes=int(need), available_bytes=int(mem.capacity_bytes), suggested_tp=hint,
+        )
+    pre = prefill_cost(m, g, prof, context_len, batch, prec, tp, chunk_tokens)
+    step = decode_step_cost(m, g, prof, context_len, batch, prec, tp)
+    dec = decode_cost(m, g, prof, context_len, output_tokens, batch, prec, tp)
+    sw = context_switch(g, prof, mem.kv_bytes_per_user)
+    return Analysis(
+        model=m, gpu=g, tp=tp, mode=mode, context_len=context_len, output_tokens=output_tokens, batch=batch,
+        precision=prec, prefill=pre, decode_step=step, decode=dec, memory=mem, switch=sw, notes=tuple(notes),
+    )

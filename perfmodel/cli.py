@@ -1,0 +1,247 @@
+"""The ``perfmodel`` command line: one entry module.
+
+Subcommands of other packages (``plan``, ``simulate`` ...) register
+themselves through a ``register(subparsers)`` function in the modules listed
+in ``EXTENSIONS``; a module that is absent is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import warnings
+from typing import Any, Sequence
+
+EXTENSIONS = ("perfmodel.knobs_cli", "perfmodel.serving.cli", "planners.cli")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line and exits 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"perfmodel: error: {message}\n")
+        raise SystemExit(2)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return v
+
+
+def _int_list(text: str) -> list[int]:
+    """``1000,2000`` or a range ``1000:100000:1000`` (start:stop:step, stop inclusive)."""
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if ":" in part:
+            bits = part.split(":")
+            if len(bits) != 3:
+                raise argparse.ArgumentTypeError(f"a range is start:stop:step, got {part!r}")
+            start, stop, step = (_positive_int(b) for b in bits)
+            out.extend(range(start, stop + 1, step))
+        else:
+            out.append(_positive_int(part))
+    if not out:
+        raise argparse.ArgumentTypeError("empty list")
+    return out
+
+
+def add_scenario_args(p: argparse.ArgumentParser, sweep: bool = False) -> None:
+    """Model, GPU, precision and mode flags shared by analyze and sweep."""
+    p.add_argument("--model", default="yi-34b", help="model name or path to a config.json (default: yi-34b)")
+    p.add_argument("--gpu", default="a100-sxm-80gb", help="GPU name, alias or path to a YAML file")
+    p.add_argument("--mode", choices=["peak", "calibrated"], default="peak",
+                   help="peak: datasheet roofline; calibrated: the GPU's measured profile")
+    p.add_argument("--weight-dtype", default="bf16", help="bf16|fp16|fp8|int8|int4")
+    p.add_argument("--kv-dtype", default=None, help="KV-cache format (default: activation format)")
+    p.add_argument("--chunk-tokens", type=_positive_int, default=8192, help="prefill chunk (tokens per pass)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _build_parser() -> _Parser:
+    parser = _Parser(prog="perfmodel", description="Performance model for long-context LLM inference.")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    a = sub.add_parser("analyze", help="the four long-context metrics of one scenario")
+    add_scenario_args(a)
+    a.add_argument("--context", type=_positive_int, default=None, help="prompt tokens (default 50000, and 4000 beside it)")
+    a.add_argument("--output-tokens", type=_nonneg_int, default=250)
+    a.add_argument("--batch", type=_positive_int, default=1, help="users decoding together")
+    a.add_argument("--tp", type=_positive_int, default=1, help="tensor-parallel degree")
+    a.set_defaults(func=_cmd_analyze)
+
+    pr = sub.add_parser("predict", help="predict the time of each op descriptor in a JSONL file")
+    pr.add_argument("--gpu", required=True)
+    pr.add_argument("--in", dest="in_path", required=True, help="JSONL op descriptors")
+    pr.add_argument("--out", dest="out_path", required=True, help="JSONL with predicted_s added")
+    pr.add_argument("--mode", choices=["peak", "calibrated"], default="calibrated")
+    pr.set_defaults(func=_cmd_predict)
+
+    s = sub.add_parser("sweep", help="evaluate the product of scenario axes (CSV to stdout or --out)")
+    add_scenario_args(s)
+    s.add_argument("--context", type=_int_list, default=[4000, 50000], help="e.g. 1000,4000 or 1000:100000:1000")
+    s.add_argument("--batch", type=_int_list, default=[1])
+    s.add_argument("--tp", type=_int_list, default=[1])
+    s.add_argument("--output-tokens", type=_int_list, default=[250])
+    s.add_argument("--out", default=None, help="write CSV (or .parquet) here")
+    s.set_defaults(func=_cmd_sweep)
+
+    g = sub.add_parser("gpus", help="list the shipped GPUs and aliases")
+    g.set_defaults(func=_cmd_gpus)
+    mo = sub.add_parser("models", help="list the shipped models")
+    mo.set_defaults(func=_cmd_models)
+
+    for name in EXTENSIONS:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name and name.startswith(exc.name):
+                continue
+            raise
+        mod.register(sub)
+    return parser
+
+
+def _gib(x: float) -> str:
+    return f"{x / 2**30:,.2f} GiB"
+
+
+def _fmt_s(x: float) -> str:
+    if x >= 1:
+        return f"{x:,.2f} s"
+    if x >= 1e-3:
+        return f"{x * 1e3:,.2f} ms"
+    return f"{x * 1e6:,.1f} us"
+
+
+def _analysis_table(results: list[Any]) -> Any:
+    from rich.table import Table
+
+    first = results[0]
+    t = Table(title=f"{first.model.name} on {first.gpu.name} x{first.tp} ({first.mode.value} mode)")
+    t.add_column("metric")
+    t.add_column("bound")
+    for r in results:
+        t.add_column(f"{r.context_len:,} ctx", justify="right")
+    b = first.bottleneck
+    rows = [
+        ("prefill", b["prefill"], lambda r: _fmt_s(r.prefill.total_s)),
+        ("decode / token", b["decode"], lambda r: _fmt_s(r.decode_step.total_s)),
+        (f"decode ({first.output_tokens} tokens)", b["decode"], lambda r: _fmt_s(r.decode.total_s)),
+        ("max concurrency (users)", "hbm_capacity", lambda r: f"{int(r.memory.max_concurrency)}"),
+        ("context switch (serial)", b["context_switch"], lambda r: _fmt_s(r.switch.serial_s)),
+        ("context switch (duplex)", b["context_switch"], lambda r: _fmt_s(r.switch.duplex_s)),
+        ("KV cache per user", "", lambda r: _gib(r.memory.kv_bytes_per_user * r.tp)),
+        ("weights", "", lambda r: _gib(r.model.weight_bytes(r.precision.weights))),
+        ("session throughput", "", lambda r: f"{r.session_throughput_tokens_per_s:,.1f} tok/s"),
+    ]
+    for name, bound, f in rows:
+        t.add_row(name, bound, *[f(r) for r in results])
+    return t
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from perfmodel.analyze import analyze
+
+    contexts = [args.context] if args.context else [50_000, 4_000]
+    kw = dict(model=args.model, gpu=args.gpu, output_tokens=args.output_tokens, batch=args.batch, tp=args.tp,
+              mode=args.mode, weight_dtype=args.weight_dtype, kv_dtype=args.kv_dtype, chunk_tokens=args.chunk_tokens)
+    results = [analyze(context_len=c, **kw) for c in contexts]
+    if args.json:
+        out = results[0].to_dict() if len(results) == 1 else results[0].to_dict() | {
+            "compare": [r.to_dict() for r in results[1:]]}
+        print(json.dumps(out, indent=2))
+        return 0
+    from rich.console import Console
+
+    console = Console()
+    console.print(_analysis_table(results))
+    for note in results[0].notes:
+        console.print(f"note: {note}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from perfmodel.predict import predict_file
+
+    n = predict_file(args.in_path, args.out_path, args.gpu, args.mode)
+    print(f"wrote {n} predictions to {args.out_path}", file=sys.stderr)
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from perfmodel.sweep import sweep
+
+    df = sweep(args.model, args.gpu, context_len=args.context, batch=args.batch, tp=args.tp,
+               output_tokens=args.output_tokens, mode=args.mode, weight_dtype=args.weight_dtype,
+               kv_dtype=args.kv_dtype, chunk_tokens=args.chunk_tokens)
+    if args.out:
+        if args.out.endswith(".parquet"):
+            df.to_parquet(args.out)
+        else:
+            df.to_csv(args.out, index=False)
+        print(f"wrote {len(df)} rows to {args.out}", file=sys.stderr)
+    elif args.json:
+        print(df.to_json(orient="records"))
+    else:
+        print(df.to_csv(index=False), end="")
+    return 0
+
+
+def _cmd_gpus(args: argparse.Namespace) -> int:
+    from hw import list_aliases, list_gpus
+
+    print("\n".join(list_gpus()))
+    print("aliases: " + ", ".join(f"{k}={v}" for k, v in list_aliases().items()))
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from perfmodel.models import list_models
+
+    print("\n".join(list_models()))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (0 ok, 1 bad input, 2 bad usage)."""
+    parser = _build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        argv = ["analyze"]
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            status = args.func(args)
+        except (ValueError, KeyError, FileNotFoundError, OSError) as exc:
+            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+            sys.stderr.write(f"perfmodel: error: {msg}\n")
+            return 1
+    for msg in dict.fromkeys(str(w.message) for w in caught):
+        sys.stderr.write(f"perfmodel: warning: {msg}\n")
+    return status
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

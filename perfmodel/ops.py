@@ -1,0 +1,378 @@
+"""Op descriptors: one schema for prediction, measurement, reports and planners.
+
+An op is a frozen dataclass; its JSON form is a flat object with an ``"op"``
+key (see ``docs/ops.md``).  Numeric fields may be numpy arrays of one common
+shape, so that the same cost code evaluates one op or a million (the sweep).
+
+FLOP and byte counts are pure functions of the op: :func:`flops` and
+:func:`bytes_moved`.  FLOPs count 2 per multiply-add.  Bytes are the fewest
+that must cross device memory: each input read once, each output written once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from dataclasses import dataclass
+from typing import Any, Union
+
+import numpy as np
+
+from hw.spec import Dtype
+from perfmodel.errors import OpDescriptorError
+
+Num = Union[int, float, np.ndarray]
+
+
+class OpKind(str, enum.Enum):
+    GEMM = "gemm"
+    ATTENTION = "attention"
+    MEMCPY = "memcpy"
+    ELEMENTWISE = "elementwise"
+    DECODER_LAYER = "decoder_layer"
+    ALL_REDUCE = "all_reduce"
+    ALL_GATHER = "all_gather"
+    REDUCE_SCATTER = "reduce_scatter"
+    ALL_TO_ALL = "all_to_all"
+    SEND_RECV = "send_recv"
+
+
+COLLECTIVE_KINDS = frozenset(
+    {OpKind.ALL_REDUCE, OpKind.ALL_GATHER, OpKind.REDUCE_SCATTER, OpKind.ALL_TO_ALL, OpKind.SEND_RECV}
+)
+
+
+class Phase(str, enum.Enum):
+    PREFILL = "prefill"
+    DECODE = "decode"
+
+
+class MemLocation(str, enum.Enum):
+    DEVICE = "device"
+    HOST_PINNED = "host_pinned"
+    HOST_PAGEABLE = "host_pageable"
+
+
+class MlpType(str, enum.Enum):
+    GATED_SILU = "gated_silu"
+
+
+@dataclass(frozen=True)
+class Gemm:
+    """``[m, k] @ [k, n]``; ``b_dtype`` is the weight operand's storage format."""
+
+    m: Num
+    n: Num
+    k: Num
+    dtype: Dtype = Dtype.BF16
+    b_dtype: Dtype | None = None
+    kind = OpKind.GEMM
+
+
+@dataclass(frozen=True)
+class Attention:
+    """Scaled-dot-product attention of ``q_len`` new queries over ``kv_len`` keys.
+
+    ``kv_len`` includes the new tokens.  ``window`` > 0 limits each query to the
+    last ``window`` keys.  ``v_head_dim`` defaults to ``head_dim``.
+    ``kv_shared``: V is a slice of the stored K (MLA latent), so the cache holds
+    ``head_dim`` elements per token and head, not ``head_dim + v_head_dim``.
+    ``kv_dtype`` defaults to ``dtype``.
+    """
+
+    phase: Phase
+    batch: Num
+    q_len: Num
+    kv_len: Num
+    q_heads: int
+    kv_heads: int
+    head_dim: int
+    causal: bool = True
+    dtype: Dtype = Dtype.BF16
+    v_head_dim: int = 0
+    window: int = 0
+    kv_shared: bool = False
+    kv_dtype: Dtype | None = None
+    kind = OpKind.ATTENTION
+
+
+@dataclass(frozen=True)
+class Memcpy:
+    bytes: Num
+    src: MemLocation = MemLocation.DEVICE
+    dst: MemLocation = MemLocation.DEVICE
+    kind = OpKind.MEMCPY
+
+
+@dataclass(frozen=True)
+class Elementwise:
+    """A memory-bound kernel (norm, activation, residual add, RoPE, KV append).
+
+    ``name`` identifies it in reports; ``bytes`` and ``flops`` are given.
+    """
+
+    name: str
+    bytes: Num
+    flops: Num = 0
+    kind = OpKind.ELEMENTWISE
+
+
+@dataclass(frozen=True)
+class DecoderLayer:
+    """One Llama-style decoder layer as a plain PyTorch implementation runs it."""
+
+    phase: Phase
+    batch: Num
+    q_len: Num
+    kv_len: Num
+    hidden: int
+    intermediate: int
+    q_heads: int
+    kv_heads: int
+    head_dim: int
+    mlp: MlpType = MlpType.GATED_SILU
+    dtype: Dtype = Dtype.BF16
+    kind = OpKind.DECODER_LAYER
+
+
+@dataclass(frozen=True)
+class Collective:
+    """A collective (or point-to-point) operation; ``bytes`` is per rank."""
+
+    op: OpKind
+    bytes: Num
+    world: int
+    dtype: Dtype = Dtype.BF16
+    topology: str = ""
+
+    @property
+    def kind(self) -> OpKind:
+        return self.op
+
+
+Op = Union[Gemm, Attention, Memcpy, Elementwise, DecoderLayer, Collective]
+
+
+# ---------------------------------------------------------------------------
+# counting
+
+
+def _b(dtype: Dtype | None, default: Dtype) -> float:
+    return (dtype or default).bytes_per_element
+
+
+def visible_keys(q_len: Num, kv_len: Num, causal: bool, window: int = 0) -> Num:
+    """Number of (query, key) pairs computed, summed over the ``q_len`` queries.
+
+    The queries sit at positions ``kv_len - q_len .. kv_len - 1``; causally a
+    query at position ``p`` sees ``p + 1`` keys, capped at ``window``.
+    """
+    q = np.asarray(q_len, dtype=np.float64)
+    kv = np.asarray(kv_len, dtype=np.float64)
+    if not causal:
+        pairs = q * (kv if window <= 0 else np.minimum(kv, window))
+        return pairs if pairs.ndim else float(pairs)
+    start = kv - q + 1  # keys seen by the first query
+    end = kv  # keys seen by the last query
+    full = q * (start + end) / 2.0
+    if window > 0:
+        # queries seeing more than `window` keys are capped: count the excess
+        lo = np.maximum(start, window + 1)
+        n_over = np.maximum(end - lo + 1, 0.0)
+        excess = n_over * ((lo + end) / 2.0 - window)
+        full = full - excess
+    return full if np.ndim(full) else float(full)
+
+
+def flops(op: Op) -> Num:
+    """Floating-point operations (2 per multiply-add)."""
+    if isinstance(op, Gemm):
+        return 2.0 * op.m * op.n * op.k
+    if isinstance(op, Attention):
+        dv = op.v_head_dim or op.head_dim
+        pairs = visible_keys(op.q_len, op.kv_len, op.causal, op.window)
+        return 2.0 * op.batch * op.q_heads * (op.head_dim + dv) * pairs
+    if isinstance(op, Elementwise):
+        return op.flops
+    if isinstance(op, DecoderLayer):
+        return sum(flops(o) * c for _, o, c in decoder_layer_parts(op))
+    if isinstance(op, Collective):
+        if op.op in (OpKind.ALL_REDUCE, OpKind.REDUCE_SCATTER):
+            return op.bytes / op.dtype.bytes_per_element * (op.world - 1) / op.world
+        return 0.0
+    return 0.0
+
+
+def bytes_moved(op: Op) -> Num:
+    """Fewest device-memory bytes read plus written."""
+    if isinstance(op, Gemm):
+        a = op.dtype.bytes_per_element
+        return op.m * op.k * a + op.k * op.n * _b(op.b_dtype, op.dtype) + op.m * op.n * a
+    if isinstance(op, Attention):
+        a = op.dtype.bytes_per_element
+        kvb = _b(op.kv_dtype, op.dtype)
+        dv = op.v_head_dim or op.head_dim
+        kv_width = op.head_dim if op.kv_shared else op.head_dim + dv
+        keys = op.kv_len if op.window <= 0 else np.minimum(op.kv_len, op.window + op.q_len - 1)
+        kv = op.batch * op.kv_heads * keys * kv_width * kvb
+        qo = op.batch * op.q_heads * op.q_len * (op.head_dim + dv) * a
+        return kv + qo
+    if isinstance(op, Memcpy):
+        # a device-to-device copy reads and writes; a host transfer crosses the link once
+        both_device = op.src is MemLocation.DEVICE and op.dst is MemLocation.DEVICE
+        return 2 * op.bytes if both_device else op.bytes
+    if isinstance(op, Elementwise):
+        return op.bytes
+    if isinstance(op, DecoderLayer):
+        return sum(bytes_moved(o) * c for _, o, c in decoder_layer_parts(op))
+    if isinstance(op, Collective):
+        return op.bytes
+    raise OpDescriptorError(f"unknown op {op!r}")
+
+
+def decoder_layer_parts(op: DecoderLayer) -> list[tuple[str, Op, int]]:
+    """The kernels a plain PyTorch Llama-style layer launches, with counts.
+
+    RMSNorm, fused QKV GEMM, KV append, flash SDPA with GQA, O GEMM + residual,
+    RMSNorm, fused gate/up GEMM, SiLU*mul, down GEMM + residual.
+    """
+    a = op.dtype.bytes_per_element
+    tokens = op.batch * op.q_len
+    h, d = op.hidden, op.head_dim
+    qkv_out = (op.q_heads + 2 * op.kv_heads) * d
+    act = tokens * h * a  # one activation tensor
+    norm = Elementwise("rmsnorm", bytes=2 * act + h * a, flops=4 * tokens * h)
+    residual = Elementwise("residual_add", bytes=3 * act, flops=tokens * h)
+    kv_append = Elementwise("kv_append", bytes=2 * 2 * tokens * op.kv_heads * d * a)
+    silu = Elementwise("silu_mul", bytes=3 * tokens * op.intermediate * a, flops=5 * tokens * op.intermediate)
+    attn = Attention(
+        phase=op.phase, batch=op.batch, q_len=op.q_len, kv_len=op.kv_len, q_heads=op.q_heads,
+        kv_heads=op.kv_heads, head_dim=d, causal=True, dtype=op.dtype,
+    )
+    return [
+        ("input_norm", norm, 1),
+        ("qkv_proj", Gemm(tokens, qkv_out, h, op.dtype), 1),
+        ("kv_append", kv_append, 1),
+        ("attention", attn, 1),
+        ("o_proj", Gemm(tokens, h, op.q_heads * d, op.dtype), 1),
+        ("attn_residual", residual, 1),
+        ("post_norm", norm, 1),
+        ("gate_up_proj", Gemm(tokens, 2 * op.intermediate, h, op.dtype), 1),
+        ("silu_mul", silu, 1),
+        ("down_proj", Gemm(tokens, h, op.intermediate, op.dtype), 1),
+        ("mlp_residual", residual, 1),
+    ]
+
+
+# ---------------------------------------------------------------------------
+# JSON <-> dataclass
+
+_INT_FIELDS = {
+    OpKind.GEMM: ("m", "n", "k"),
+    OpKind.ATTENTION: ("batch", "q_len", "kv_len", "q_heads", "kv_heads", "head_dim"),
+    OpKind.DECODER_LAYER: ("batch", "q_len", "kv_len", "hidden", "intermediate", "q_heads", "kv_heads", "head_dim"),
+    OpKind.MEMCPY: ("bytes",),
+    OpKind.ELEMENTWISE: ("bytes",),
+}
+_OPTIONAL_INT = {OpKind.ATTENTION: ("v_head_dim", "window")}
+_COLLECTIVE_INT = ("bytes", "world")
+
+
+def _need(d: dict, key: str, where: str) -> Any:
+    if key not in d:
+        raise OpDescriptorError(f"{where}field {key!r} is missing")
+    return d[key]
+
+
+def _int(d: dict, key: str, where: str, minimum: int = 1) -> int:
+    v = _need(d, key, where)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v != int(v):
+        raise OpDescriptorError(f"{where}field {key!r} must be an integer, got {v!r}")
+    if v < minimum:
+        raise OpDescriptorError(f"{where}field {key!r} must be >= {minimum}, got {v!r}")
+    return int(v)
+
+
+def _enum(cls, d: dict, key: str, where: str, default=None):
+    v = d.get(key, default) if default is not None else _need(d, key, where)
+    try:
+        return cls.parse(v) if cls is Dtype else cls(v)
+    except ValueError:
+        known = ", ".join(e.value for e in cls)
+        raise OpDescriptorError(f"{where}field {key!r} has unknown value {v!r}; known: {known}") from None
+
+
+def op_from_dict(d: dict[str, Any], where: str = "") -> Op:
+    """Parse one op descriptor.  ``where`` prefixes error messages (``"line 3: "``)."""
+    if not isinstance(d, dict):
+        raise OpDescriptorError(f"{where}an op descriptor must be a JSON object")
+    try:
+        kind = OpKind(_need(d, "op", where))
+    except ValueError:
+        known = ", ".join(k.value for k in OpKind)
+        raise OpDescriptorError(f"{where}field 'op' has unknown value {d['op']!r}; known: {known}") from None
+    if kind in COLLECTIVE_KINDS:
+        world = _int(d, "world", where, minimum=1)
+        return Collective(
+            op=kind, bytes=_int(d, "bytes", where, minimum=0), world=world,
+            dtype=_enum(Dtype, d, "dtype", where, default="bf16"), topology=str(d.get("topology", "")),
+        )
+    ints = {k: _int(d, k, where, minimum=0 if k == "bytes" else 1) for k in _INT_FIELDS.get(kind, ())}
+    for k in _OPTIONAL_INT.get(kind, ()):
+        if k in d:
+            ints[k] = _int(d, k, where, minimum=0)
+    if kind is OpKind.GEMM:
+        b = _enum(Dtype, d, "b_dtype", where, default=d.get("dtype", "bf16")) if "b_dtype" in d else None
+        return Gemm(dtype=_enum(Dtype, d, "dtype", where, default="bf16"), b_dtype=b, **ints)
+    if kind is OpKind.ATTENTION:
+        if ints["q_heads"] % ints["kv_heads"]:
+            raise OpDescriptorError(f"{where}field 'q_heads' ({ints['q_heads']}) is not a multiple of kv_heads ({ints['kv_heads']})")
+        if ints["q_len"] > ints["kv_len"]:
+            raise OpDescriptorError(f"{where}field 'q_len' ({ints['q_len']}) exceeds kv_len ({ints['kv_len']})")
+        causal = d.get("causal", True)
+        if not isinstance(causal, bool):
+            raise OpDescriptorError(f"{where}field 'causal' must be true or false")
+        kv_dtype = _enum(Dtype, d, "kv_dtype", where, default="bf16") if "kv_dtype" in d else None
+        return Attention(
+            phase=_enum(Phase, d, "phase", where), causal=causal,
+            dtype=_enum(Dtype, d, "dtype", where, default="bf16"), kv_dtype=kv_dtype,
+            kv_shared=bool(d.get("kv_shared", False)), **ints,
+        )
+    if kind is OpKind.MEMCPY:
+        return Memcpy(
+            src=_enum(MemLocation, d, "src", where, default="device"),
+            dst=_enum(MemLocation, d, "dst", where, default="device"), **ints,
+        )
+    if kind is OpKind.ELEMENTWISE:
+        fl = d.get("flops", 0)
+        if not isinstance(fl, (int, float)) or isinstance(fl, bool) or fl < 0:
+            raise OpDescriptorError(f"{where}field 'flops' must be a number >= 0")
+        return Elementwise(name=str(d.get("name", "elementwise")), flops=fl, **ints)
+    if kind is OpKind.DECODER_LAYER:
+        if ints["q_heads"] % ints["kv_heads"]:
+            raise OpDescriptorError(f"{where}field 'q_heads' ({ints['q_heads']}) is not a multiple of kv_heads ({ints['kv_heads']})")
+        if ints["q_len"] > ints["kv_len"]:
+            raise OpDescriptorError(f"{where}field 'q_len' ({ints['q_len']}) exceeds kv_len ({ints['kv_len']})")
+        return DecoderLayer(
+            phase=_enum(Phase, d, "phase", where), mlp=_enum(MlpType, d, "mlp", where, default="gated_silu"),
+            dtype=_enum(Dtype, d, "dtype", where, default="bf16"), **ints,
+        )
+    raise OpDescriptorError(f"{where}op {kind.value!r} is not supported")  # pragma: no cover
+
+
+def op_to_dict(op: Op) -> dict[str, Any]:
+    """The JSON form of an op (scalar fields only)."""
+    out: dict[str, Any] = {"op": op.kind.value}
+    for f in dataclasses.fields(op):
+        v = getattr(op, f.name)
+        if f.name == "op":
+            continue
+        if v is None:
+            continue
+        if isinstance(v, enum.Enum):
+            v = v.value
+        elif isinstance(v, np.generic):
+            v = v.item()
+        out[f.name] = v
+    return out

@@ -1,0 +1,74 @@
+"""``predict``: the time of one op descriptor (or a JSONL file of them) on a GPU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+from hw.loader import load_gpu
+from hw.spec import GPU
+from perfmodel.calibration import Mode, Profile, resolve_profile
+from perfmodel.costs import Bound, OpCost, op_cost
+from perfmodel.errors import OpDescriptorError
+from perfmodel.ops import Op, op_from_dict
+
+
+def predict_cost(op: "Op | dict", gpu: "str | GPU", mode: "Mode | str" = Mode.CALIBRATED,
+                 profile: "Profile | str | None" = None) -> OpCost:
+    """The cost breakdown of one op (a descriptor dict or an op dataclass)."""
+    g = load_gpu(gpu)
+    o = op_from_dict(op) if isinstance(op, dict) else op
+    return op_cost(o, g, resolve_profile(g, Mode(mode), profile))
+
+
+def predict(op: "Op | dict", gpu: "str | GPU", mode: "Mode | str" = Mode.CALIBRATED,
+            profile: "Profile | str | None" = None) -> float:
+    """Predicted seconds for one op on ``gpu`` (calibrated by default)."""
+    return float(predict_cost(op, gpu, mode, profile).total_s)
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        raise OpDescriptorError(f"input file not found: {path}") from None
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield i, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise OpDescriptorError(f"{path}: line {i}: not valid JSON ({exc.msg})") from None
+
+
+def predict_records(records: list[dict[str, Any]], gpu: "str | GPU", mode: "Mode | str" = Mode.CALIBRATED,
+                    profile: "Profile | str | None" = None, where: str = "") -> list[dict[str, Any]]:
+    """Each record with ``predicted_s`` and ``predicted_bound`` added (input keys kept)."""
+    g = load_gpu(gpu)
+    prof = resolve_profile(g, Mode(mode), profile)
+    out = []
+    for i, rec in enumerate(records, start=1):
+        op = op_from_dict(rec, where=f"{where}line {i}: ")
+        cost = op_cost(op, g, prof)
+        b = cost.bound
+        out.append({**rec, "predicted_s": float(cost.total_s),
+                    "predicted_bound": b.value if isinstance(b, Bound) else str(b)})
+    return out
+
+
+def predict_file(in_path: "str | Path", out_path: "str | Path", gpu: "str | GPU",
+                 mode: "Mode | str" = Mode.CALIBRATED, profile: "Profile | str | None" = None) -> int:
+    """Read op descriptors (JSONL), write them back with ``predicted_s``; returns the count."""
+    in_path = Path(in_path)
+    g = load_gpu(gpu)
+    prof = resolve_profile(g, Mode(mode), profile)
+    rows = []
+    for lineno, rec in _read_jsonl(in_path):
+        op = op_from_dict(rec, where=f"{in_path}: line {lineno}: ")
+        cost = op_cost(op, g, prof)
+        b = cost.bound
+        rows.append({**rec, "predicted_s": float(cost.total_s),
+                     "predicted_bound": b.value if isinstance(b, Bound) else str(b)})
+    Path(out_path).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return len(rows)
