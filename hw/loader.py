@@ -53,6 +53,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         text = path.read_text()
     except FileNotFoundError:
         raise HardwareError(f"hardware file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HardwareError(f"{path}: cannot be read ({exc.__class__.__name__})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -200,6 +202,19 @@ def _link(path: Path, data: Any, what: str) -> Link:
     )
 
 
+def _require(path: Path, data: dict[str, Any], keys: list[str]) -> None:
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise HardwareError(f"{path}: missing field(s) {', '.join(missing)}")
+
+
+def _count(path: Path, key: str, value: Any) -> int:
+    num = int(_number(path, key, value, int))
+    if num <= 0:
+        raise HardwareError(f"{path}: field {key!r} must be > 0")
+    return num
+
+
 def list_systems() -> list[str]:
     """Names of the shipped node and cluster descriptions."""
     return sorted(p.stem for p in SYSTEM_DIR.glob("*.yaml"))
@@ -215,16 +230,20 @@ def load_system(name_or_path: "str | Path") -> "Node | Cluster":
             raise UnknownHardwareError(f"unknown system {text!r}; known: {', '.join(list_systems())}")
     data = _read_yaml(p)
     kind = data.get("kind")
-    sources = tuple(
-        Source(fields=tuple(s.get("fields", [])), source=str(s.get("source", "")))
-        for s in data.get("sources", [])
-    )
     if kind == "node":
+        _require(p, data, ["gpu", "gpus_per_node", "intra_node", "host_link"])
+        required = [
+            "gpus_per_node",
+            "intra_node.bytes_per_s_per_direction",
+            "host_link.bytes_per_s_per_direction",
+            *[k for k in ("host_ddr_bytes", "host_ddr_bytes_per_s") if k in data],
+        ]
+        sources = _sources(p, data, required)
         gpu = load_gpu(data["gpu"])
         return Node(
             name=str(data.get("name", p.stem)),
             gpu=gpu,
-            gpus_per_node=int(_number(p, "gpus_per_node", data.get("gpus_per_node"), int)),
+            gpus_per_node=_count(p, "gpus_per_node", data["gpus_per_node"]),
             intra_node=_link(p, data.get("intra_node"), "intra_node"),
             host_link=_link(p, data.get("host_link"), "host_link"),
             host_ddr_bytes=int(_number(p, "host_ddr_bytes", data.get("host_ddr_bytes", gpu.host_ddr_bytes), int)),
@@ -234,13 +253,15 @@ def load_system(name_or_path: "str | Path") -> "Node | Cluster":
             sources=sources,
         )
     if kind == "cluster":
+        _require(p, data, ["node", "num_nodes", "inter_node"])
+        sources = _sources(p, data, ["num_nodes", "inter_node.bytes_per_s_per_direction"])
         node = load_system(data["node"])
         if not isinstance(node, Node):
             raise HardwareError(f"{p}: 'node' must name a node description")
         return Cluster(
             name=str(data.get("name", p.stem)),
             node=node,
-            num_nodes=int(_number(p, "num_nodes", data.get("num_nodes"), int)),
+            num_nodes=_count(p, "num_nodes", data["num_nodes"]),
             inter_node=_link(p, data.get("inter_node"), "inter_node"),
             sources=sources,
         )
