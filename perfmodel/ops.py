@@ -307,8 +307,9 @@ def op_from_dict(d: dict[str, Any], where: str = "") -> Op:
     """Parse one op descriptor.  ``where`` prefixes error messages (``"line 3: "``)."""
     if not isinstance(d, dict):
         raise OpDescriptorError(f"{where}an op descriptor must be a JSON object")
+    raw_kind = _need(d, "op", where)
     try:
-        kind = OpKind(_need(d, "op", where))
+        kind = OpKind(raw_kind)
     except ValueError:
         known = ", ".join(k.value for k in OpKind)
         raise OpDescriptorError(f"{where}field 'op' has unknown value {d['op']!r}; known: {known}") from None
