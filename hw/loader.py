@@ -175,7 +175,7 @@ def _load_gpu_file(path: str) -> GPU:
     return gpu_from_dict(_read_yaml(Path(path)), path)
 
 
-def load_gpu(name_or_path: "str | Path | GPU") -> GPU:
+def load_gpu(name_or_path: str | Path | GPU) -> GPU:
     """Load a GPU by canonical name, alias, or path to a YAML file of the same schema."""
     if isinstance(name_or_path, GPU):
         return name_or_path
@@ -220,7 +220,7 @@ def list_systems() -> list[str]:
     return sorted(p.stem for p in SYSTEM_DIR.glob("*.yaml"))
 
 
-def load_system(name_or_path: "str | Path") -> "Node | Cluster":
+def load_system(name_or_path: str | Path) -> Node | Cluster:
     """Load a node (``kind: node``) or cluster (``kind: cluster``) description."""
     text = str(name_or_path)
     p = Path(text)

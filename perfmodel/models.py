@@ -213,7 +213,7 @@ class ModelSpec:
         total += self.hidden * (2 if self.linear_bias else 1)  # final norm
         return total
 
-    def weight_bytes(self, dtype: "Dtype | str" = Dtype.BF16) -> int:
+    def weight_bytes(self, dtype: Dtype | str = Dtype.BF16) -> int:
         """Bytes of all weights at one storage format (rounded up to a byte)."""
         return math.ceil(self.param_count() * Dtype.parse(dtype).bytes_per_element)
 
@@ -225,10 +225,10 @@ class ModelSpec:
             return self.num_layers * (self.mla.kv_lora_rank + self.mla.qk_rope_head_dim)
         return 2 * self.num_layers * self.kv_heads * self.head_dim
 
-    def kv_bytes_per_token(self, dtype: "Dtype | str" = Dtype.BF16) -> float:
+    def kv_bytes_per_token(self, dtype: Dtype | str = Dtype.BF16) -> float:
         return self.kv_elements_per_token * Dtype.parse(dtype).bytes_per_element
 
-    def with_overrides(self, **changes: Any) -> "ModelSpec":
+    def with_overrides(self, **changes: Any) -> ModelSpec:
         return replace(self, **changes)
 
 
@@ -373,7 +373,7 @@ def _load_file(path: str, name: str) -> ModelSpec:
     return spec_from_config(cfg, name)
 
 
-def load_model(name_or_path: "str | Path | ModelSpec") -> ModelSpec:
+def load_model(name_or_path: str | Path | ModelSpec) -> ModelSpec:
     """Load a shipped model by name, or any ``config.json`` by path."""
     if isinstance(name_or_path, ModelSpec):
         return name_or_path

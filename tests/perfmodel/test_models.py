@@ -118,8 +118,8 @@ def test_structure_flags():
 
 
 def test_llama_attention_bias_covers_output_projection():
-    base = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, vocab_size=100)
+    base = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "vocab_size": 100}
     plain = spec_from_config(base).param_count()
     biased = spec_from_config({**base, "attention_bias": True}).param_count()
     assert biased - plain == 2 * (64 + 2 * 32 + 64)  # q, k, v and o biases per layer
@@ -178,8 +178,8 @@ def test_bad_json_file(tmp_path):
     vocab=st.integers(1, 1000),
 )
 def test_counts_grow_with_size(layers, heads, group, head_dim, inter, vocab):
-    cfg = dict(hidden_size=heads * head_dim, intermediate_size=inter, num_hidden_layers=layers,
-               num_attention_heads=heads, num_key_value_heads=heads // group, vocab_size=vocab)
+    cfg = {"hidden_size": heads * head_dim, "intermediate_size": inter, "num_hidden_layers": layers,
+           "num_attention_heads": heads, "num_key_value_heads": heads // group, "vocab_size": vocab}
     m = spec_from_config(cfg)
     more = spec_from_config({**cfg, "num_hidden_layers": layers + 1})
     assert more.param_count() > m.param_count() > 0
