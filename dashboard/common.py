@@ -1,0 +1,244 @@
+"""Shared pieces of the dashboard pages: cached calls into the public API, input lists, formatting.
+
+Everything here either asks ``perfmodel`` / ``hw`` for numbers or formats them for display;
+no performance modelling happens in the dashboard.  Cached functions return plain, picklable
+values (dicts and DataFrames) because ``st.cache_data`` stores copies.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+import perfmodel
+from perfmodel.layers import Precision, model_ops
+from perfmodel.ops import Phase
+from perfmodel.phases import DEFAULT_PREFILL_CHUNK_TOKENS
+
+GIB = 2**30
+#: Storage formats offered for weights and the KV cache.
+DTYPES = ("bf16", "fp16", "fp8", "int8", "int4")
+MODES = tuple(m.value for m in perfmodel.Mode)
+#: Context lengths of the sweep charts: 1K to 1M tokens, 16 points per decade.
+SWEEP_CONTEXT_LENS = tuple(int(x) for x in np.unique(np.round(np.logspace(3, 6, 49)).astype(np.int64)))
+#: Largest file accepted by the upload widgets, bytes.
+MAX_UPLOAD_BYTES = 2_000_000
+
+BOUND_LABELS = {
+    "compute": "compute",
+    "hbm_bandwidth": "HBM bandwidth",
+    "hbm_capacity": "HBM capacity",
+    "latency": "launch latency",
+    "pcie": "PCIe",
+    "interconnect": "GPU interconnect",
+}
+
+
+def bound_label(value: Any) -> str:
+    """Readable name of a :class:`perfmodel.Bound` value."""
+    v = getattr(value, "value", value)
+    return BOUND_LABELS.get(str(v), str(v))
+
+
+@st.cache_data(show_spinner=False)
+def gpu_names() -> list[str]:
+    return list(perfmodel.list_gpus())
+
+
+@st.cache_data(show_spinner=False)
+def gpu_labels() -> dict[str, str]:
+    """Canonical GPU name -> display name."""
+    out = {}
+    for name in perfmodel.list_gpus():
+        g = perfmodel.load_gpu(name)
+        out[name] = g.display_name or name
+    return out
+
+
+@st.cache_data(show_spinner=False)
+def model_names() -> list[str]:
+    return list(perfmodel.list_models())
+
+
+@st.cache_data(show_spinner=False)
+def model_facts(model: str) -> dict[str, Any]:
+    """A few properties of a shipped model for captions."""
+    m = perfmodel.load_model(model)
+    return {
+        "params": int(m.param_count()),
+        "active_params": int(m.param_count(active=True)),
+        "layers": m.num_layers,
+        "q_heads": m.q_heads,
+        "kv_heads": m.kv_heads,
+        "max_context": m.max_context,
+        "moe": m.moe is not None,
+        "mla": m.mla is not None,
+    }
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def analysis_view(model: str, gpu: str, context_len: int, output_tokens: int, batch: int, tp: int,
+                  mode: str, weight_dtype: str, kv_dtype: str, extra: tuple = ()) -> dict[str, Any]:
+    """``perfmodel.analyze(...).to_dict()`` plus the per-GPU memory terms the breakdown chart needs.
+
+    ``extra`` holds further keyword arguments of ``analyze`` as ``(name, value)`` pairs.
+    Raises the API's ``ValueError`` subclasses unchanged (they are not cached).
+    """
+    a = perfmodel.analyze(model, gpu, context_len=context_len, output_tokens=output_tokens, batch=batch,
+                          tp=tp, mode=mode, weight_dtype=weight_dtype, kv_dtype=kv_dtype, **dict(extra))
+    d = a.to_dict()
+    mem = a.memory
+    d["memory_per_gpu"] = {
+        "capacity_bytes": float(mem.capacity_bytes),
+        "weight_bytes": float(mem.weight_bytes),
+        "kv_bytes": float(mem.kv_bytes_per_user) * a.batch,
+        "activation_bytes": float(mem.activation_bytes),
+        "reserve_bytes": float(mem.reserve_bytes),
+        "kv_bytes_per_user": float(mem.kv_bytes_per_user),
+        "free_bytes": float(mem.free_for_kv_bytes) - float(mem.kv_bytes_per_user) * a.batch,
+    }
+    return d
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def sweep_view(model: str, gpu: str, output_tokens: int, batch: int, tp: int, mode: str,
+               weight_dtype: str, kv_dtype: str, context_lens: tuple[int, ...] = SWEEP_CONTEXT_LENS,
+               extra: tuple = ()) -> pd.DataFrame:
+    """``perfmodel.sweep`` over ``context_lens`` at one batch and TP degree."""
+    return perfmodel.sweep(model, gpu, context_len=list(context_lens), batch=batch, tp=tp,
+                           output_tokens=output_tokens, mode=mode, weight_dtype=weight_dtype,
+                           kv_dtype=kv_dtype, **dict(extra))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def roofline_view(model: str, gpu: str, phase: str, context_len: int, batch: int, tp: int, mode: str,
+                  weight_dtype: str, kv_dtype: str) -> dict[str, Any]:
+    """One decoder pass's ops placed on the GPU's roofline.
+
+    For each op of :func:`perfmodel.layers.model_ops` the cost comes from
+    :func:`perfmodel.op_cost`; the chart's coordinates are its arithmetic
+    intensity (FLOPs / bytes) and the FLOP rate the cost implies (FLOPs / time).
+    ``phase`` ``"decode"`` is one decode step at ``context_len`` keys;
+    ``"prefill"`` is the last prefill chunk (``min(context_len, 8192)`` new
+    tokens attending to ``context_len`` keys).
+    """
+    m = perfmodel.load_model(model)
+    g = perfmodel.load_gpu(gpu)
+    prec = Precision.of(weight_dtype, "bf16", kv_dtype)
+    prof = perfmodel.resolve_profile(g, perfmodel.Mode(mode))
+    if phase == "decode":
+        ops = model_ops(m, Phase.DECODE, batch, 1, context_len, prec, tp)
+    else:
+        q = min(context_len, DEFAULT_PREFILL_CHUNK_TOKENS)
+        ops = model_ops(m, Phase.PREFILL, batch, q, context_len, prec, tp, lm_head_rows=batch)
+    rows, skipped = [], []
+    for name, op, count in ops:
+        c = perfmodel.op_cost(op, g, prof)
+        fl, by, t = float(np.sum(c.flops)), float(np.sum(c.bytes)), float(np.sum(c.total_s))
+        if fl <= 0 or by <= 0 or t <= 0:
+            skipped.append(name)
+            continue
+        rows.append({
+            "op": name,
+            "kind": type(op).__name__.lower(),
+            "count_per_pass": float(np.sum(count)),
+            "flops": fl,
+            "bytes": by,
+            "time_s": t,
+            "intensity_flops_per_byte": fl / by,
+            "achieved_flops_per_s": fl / t,
+            "bound": bound_label(c.bound),
+            "share_of_pass": 0.0,
+        })
+        rows[-1]["_total_s"] = t * float(np.sum(count))
+    df = pd.DataFrame(rows)
+    if len(df):
+        df["share_of_pass"] = df["_total_s"] / df["_total_s"].sum()
+        df = df.drop(columns="_total_s")
+    return {
+        "ops": df,
+        "skipped": skipped,
+        "peak_flops_per_s": float(g.flops_for(prec.math)),
+        "peak_dtype": prec.math.value,
+        "fp32_flops_per_s": float(g.flops_for("fp32")),
+        "hbm_bytes_per_s": float(g.hbm_bytes_per_s),
+    }
+
+
+def show_error(exc: BaseException, what: str = "") -> None:
+    """Render an API input error as one ``st.error`` line (never a traceback)."""
+    prefix = f"{what}: " if what else ""
+    msg = str(exc) or type(exc).__name__
+    if isinstance(exc, perfmodel.DoesNotFitError) and exc.needed_bytes:
+        msg += (f"  \nNeeded per GPU {exc.needed_bytes / GIB:,.1f} GiB, available "
+                f"{exc.available_bytes / GIB:,.1f} GiB.")
+    st.error(prefix + msg, icon=":material/error:")
+
+
+def fmt_seconds(s: float) -> str:
+    """Seconds in the most readable unit."""
+    if s is None or not np.isfinite(s):
+        return "n/a"
+    if s >= 3600:
+        return f"{s / 3600:.2f} h"
+    if s >= 60:
+        return f"{s / 60:.1f} min"
+    if s >= 1:
+        return f"{s:.2f} s"
+    if s >= 1e-3:
+        return f"{s * 1e3:.1f} ms"
+    return f"{s * 1e6:.0f} µs"
+
+
+def fmt_gib(b: float) -> str:
+    return f"{b / GIB:,.1f} GiB"
+
+
+def fmt_tokens(n: int) -> str:
+    if n >= 1_000_000 and n % 1_000_000 == 0:
+        return f"{n // 1_000_000}M"
+    if n >= 1000 and n % 1000 == 0:
+        return f"{n // 1000}K"
+    return f"{n:,}"
+
+
+class UploadError(ValueError):
+    """An uploaded file that is too large, of the wrong type, or not parseable."""
+
+
+def parse_upload(name: str, data: bytes, max_bytes: int = MAX_UPLOAD_BYTES) -> Any:
+    """Parse an uploaded file as JSON (``.json``) or CSV (``.csv``), nothing else.
+
+    Returns the decoded JSON value, or a DataFrame for CSV.  Nothing is executed
+    or unpickled.  Raises :class:`UploadError` with one readable line.
+    """
+    if len(data) > max_bytes:
+        raise UploadError(f"{name}: {len(data):,} bytes is over the {max_bytes:,}-byte limit")
+    lower = name.lower()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UploadError(f"{name}: not UTF-8 text") from None
+    if lower.endswith(".json"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UploadError(f"{name}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    if lower.endswith(".csv"):
+        try:
+            sniff_rows = list(csv.reader(io.StringIO(text)))
+        except csv.Error as e:
+            raise UploadError(f"{name}: invalid CSV: {e}") from None
+        if not sniff_rows:
+            raise UploadError(f"{name}: empty CSV")
+        try:
+            return pd.read_csv(io.StringIO(text))
+        except (ValueError, pd.errors.ParserError) as e:
+            raise UploadError(f"{name}: invalid CSV: {str(e).splitlines()[0]}") from None
+    raise UploadError(f"{name}: only .json and .csv files are accepted")
