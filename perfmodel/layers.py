@@ -15,6 +15,14 @@ import numpy as np
 
 from hw.spec import Dtype
 from perfmodel.errors import InvalidInputError
+from perfmodel.knobs import (
+    DEQUANT_FLOPS_PER_ELEMENT,
+    LINEAR_ATTENTION_CHUNK_TOKENS,
+    Knobs,
+    attention_layer_count,
+    effective_model,
+    kv_layer_count,
+)
 from perfmodel.models import MlpKind, ModelSpec
 from perfmodel.ops import Attention, Collective, Elementwise, Gemm, Op, OpKind, Phase
 
@@ -45,6 +53,13 @@ class Precision:
         return self.activations
 
 
+def apply_knobs(precision: Precision, knobs: Knobs | None) -> Precision:
+    """``precision`` with the KV format of ``knobs`` (if it sets one)."""
+    if knobs is None or knobs.kv_dtype is None or knobs.kv_dtype is precision.kv:
+        return precision
+    return Precision(precision.weights, precision.activations, knobs.kv_dtype)
+
+
 def check_tp(model: ModelSpec, tp: int) -> None:
     """Raise unless ``tp`` divides the query heads and divides (or is a multiple of) the KV heads."""
     if isinstance(tp, bool) or not isinstance(tp, (int, np.integer)) or tp < 1:
@@ -65,22 +80,46 @@ def kv_heads_per_gpu(model: ModelSpec, tp: int) -> int:
     return -(-model.kv_heads // tp)
 
 
-def kv_bytes_per_token_per_gpu(model: ModelSpec, tp: int, kv_dtype: Dtype) -> float:
+def kv_bytes_per_token_per_gpu(model: ModelSpec, tp: int, kv_dtype: Dtype, knobs: Knobs | None = None) -> float:
     """KV-cache bytes per token on one GPU of a TP group.
 
     MLA's latent cache is replicated on every GPU (it has no head axis).
+    ``knobs`` may change the KV heads, the layers that store KV (cross-layer
+    sharing, hybrid stacks) and the KV format (``knobs.kv_dtype`` wins over
+    ``kv_dtype``).
     """
+    if knobs is None:
+        n_kv = model.num_layers
+    else:
+        model = effective_model(model, knobs)
+        n_kv = kv_layer_count(model, knobs)
+        kv_dtype = knobs.kv_dtype or kv_dtype
+    kv_dtype = Dtype.parse(kv_dtype)
     if model.mla is not None:
-        return model.kv_bytes_per_token(kv_dtype)
-    return 2 * model.num_layers * kv_heads_per_gpu(model, tp) * model.head_dim * kv_dtype.bytes_per_element
+        return n_kv * (model.mla.kv_lora_rank + model.mla.qk_rope_head_dim) * kv_dtype.bytes_per_element
+    return 2 * n_kv * kv_heads_per_gpu(model, tp) * model.head_dim * kv_dtype.bytes_per_element
 
 
-def _norm(name: str, tokens, h: int, a: float) -> tuple[str, Op, int]:
-    return (name, Elementwise("rmsnorm", bytes=2 * tokens * h * a + h * a, flops=4 * tokens * h), 1)
+def recurrent_state_bytes_per_gpu(model: ModelSpec, tp: int, knobs: Knobs | None) -> float:
+    """State bytes of all recurrent layers of one sequence on one GPU (0 without a hybrid pattern)."""
+    if knobs is None or knobs.attention_every == 1:
+        return 0.0
+    n_rec = model.num_layers - attention_layer_count(model, knobs)
+    return n_rec * _state_bytes_per_layer(model, knobs) / tp
 
 
-def _residual(name: str, tokens, h: int, a: float) -> tuple[str, Op, int]:
-    return (name, Elementwise("residual_add", bytes=3 * tokens * h * a, flops=tokens * h), 1)
+def _state_bytes_per_layer(model: ModelSpec, knobs: Knobs) -> float:
+    if knobs.recurrent_state_bytes is not None:
+        return float(knobs.recurrent_state_bytes)
+    return model.q_heads * model.head_dim * model.head_dim * Dtype.FP32.bytes_per_element
+
+
+def _norm(name: str, tokens, h: int, a: float, count=1) -> tuple[str, Op, Any]:
+    return (name, Elementwise("rmsnorm", bytes=2 * tokens * h * a + h * a, flops=4 * tokens * h), count)
+
+
+def _residual(name: str, tokens, h: int, a: float, count=1) -> tuple[str, Op, Any]:
+    return (name, Elementwise("residual_add", bytes=3 * tokens * h * a, flops=tokens * h), count)
 
 
 def _all_reduce(name: str, tokens, h: int, prec: Precision, tp: int) -> list:
@@ -89,55 +128,142 @@ def _all_reduce(name: str, tokens, h: int, prec: Precision, tp: int) -> list:
     return [(name, Collective(OpKind.ALL_REDUCE, bytes=tokens * h * prec.activations.bytes_per_element, world=tp, dtype=prec.activations), 1)]
 
 
-def _attention_block(model: ModelSpec, phase: Phase, batch, q_len, kv_len, prec: Precision, tp: int) -> OpList:
+def _attention_block(model: ModelSpec, phase: Phase, batch, q_len, kv_len, prec: Precision, tp: int,
+                     knobs: Knobs | None = None) -> OpList:
+    """Attention sub-block of every layer, counts per forward pass (layers included).
+
+    Without knobs every layer is an attention layer that stores its own KV.
+    With knobs, ``n_attn`` layers attend (the rest are recurrent, see
+    :func:`_recurrent_ops`), ``n_kv`` of them store and project K/V, decode
+    attends to the kept keys, and a shared prefix is read once per batch.
+    """
     a = prec.activations.bytes_per_element
     kvb = prec.kv.bytes_per_element
     h, d = model.hidden, model.head_dim
     tokens = batch * q_len
     hq = model.q_heads // tp
-    ops: OpList = [_norm("input_norm", tokens, h, a)]
+    L = model.num_layers
+    n_attn = attention_layer_count(model, knobs)
+    n_kv = kv_layer_count(model, knobs)
+    density = 1.0 if knobs is None else knobs.attention_density
+    prefix = 0 if knobs is None or phase is Phase.PREFILL else knobs.shared_prefix_tokens
+    decode = phase is Phase.DECODE
+    if knobs is None:
+        keys, window = kv_len, model.sliding_window
+    elif decode:
+        keys = knobs.kept_tokens(kv_len)
+        if model.sliding_window > 0:
+            keys = np.minimum(keys, model.sliding_window)
+        keys, window = keys * density if density < 1 else keys, 0
+    else:
+        keys, window = kv_len, model.sliding_window
+    attn_count = n_attn * density if (knobs is not None and not decode and density < 1) else n_attn
+    ops: OpList = [_norm("input_norm", tokens, h, a, L)]
     m = model.mla
     if m is None:
         hkv = kv_heads_per_gpu(model, tp)
+        width = 2 * d
+        ops.append(("qkv_proj", Gemm(tokens, (hq + 2 * hkv) * d, h, prec.math, prec.weights), n_kv))
+        if n_attn > n_kv:  # layers reusing another layer's KV project queries only
+            ops.append(("q_proj", Gemm(tokens, hq * d, h, prec.math, prec.weights), n_attn - n_kv))
         ops += [
-            ("qkv_proj", Gemm(tokens, (hq + 2 * hkv) * d, h, prec.math, prec.weights), 1),
-            ("rope", Elementwise("rope", bytes=2 * tokens * (hq + hkv) * d * a, flops=3 * tokens * (hq + hkv) * d), 1),
-            ("kv_append", Elementwise("kv_append", bytes=2 * tokens * hkv * d * (a + kvb)), 1),
-            ("attention", Attention(phase, batch, q_len, kv_len, hq, hkv, d, True, prec.activations,
-                                    window=model.sliding_window, kv_dtype=prec.kv), 1),
-            ("o_proj", Gemm(tokens, h, hq * d, prec.math, prec.weights), 1),
+            ("rope", Elementwise("rope", bytes=2 * tokens * (hq + hkv) * d * a, flops=3 * tokens * (hq + hkv) * d), n_attn),
+            ("kv_append", Elementwise("kv_append", bytes=2 * tokens * hkv * d * (a + kvb)), n_kv),
         ]
+        ops += _attention_ops(phase, batch, q_len, keys, prefix, knobs, attn_count, hkv, width,
+                              dict(q_heads=hq, kv_heads=hkv, head_dim=d, dtype=prec.activations, window=window,
+                                   kv_dtype=prec.kv), prec)
+        ops.append(("o_proj", Gemm(tokens, h, hq * d, prec.math, prec.weights), n_attn))
     else:
         qk = m.qk_nope_head_dim + m.qk_rope_head_dim
         latent = m.kv_lora_rank + m.qk_rope_head_dim
         if m.q_lora_rank:
-            ops += [("q_a_proj", Gemm(tokens, m.q_lora_rank, h, prec.math, prec.weights), 1),
-                    ("q_b_proj", Gemm(tokens, hq * qk, m.q_lora_rank, prec.math, prec.weights), 1)]
+            ops += [("q_a_proj", Gemm(tokens, m.q_lora_rank, h, prec.math, prec.weights), n_attn),
+                    ("q_b_proj", Gemm(tokens, hq * qk, m.q_lora_rank, prec.math, prec.weights), n_attn)]
         else:
-            ops += [("q_proj", Gemm(tokens, hq * qk, h, prec.math, prec.weights), 1)]
+            ops += [("q_proj", Gemm(tokens, hq * qk, h, prec.math, prec.weights), n_attn)]
         ops += [
-            ("kv_a_proj", Gemm(tokens, latent, h, prec.math, prec.weights), 1),
-            ("kv_append", Elementwise("kv_append", bytes=tokens * latent * (a + kvb)), 1),
+            ("kv_a_proj", Gemm(tokens, latent, h, prec.math, prec.weights), n_kv),
+            ("kv_append", Elementwise("kv_append", bytes=tokens * latent * (a + kvb)), n_kv),
         ]
-        if phase is Phase.PREFILL:
+        if not decode:
             # materialise per-head K and V from the latent, then ordinary attention
             ops += [
                 ("kv_b_proj", Gemm(batch * kv_len, hq * (m.qk_nope_head_dim + m.v_head_dim), m.kv_lora_rank,
-                                   prec.math, prec.weights), 1),
+                                   prec.math, prec.weights), n_kv),
                 ("attention", Attention(phase, batch, q_len, kv_len, hq, hq, qk, True, prec.activations,
-                                        v_head_dim=m.v_head_dim, kv_dtype=prec.activations), 1),
+                                        v_head_dim=m.v_head_dim, kv_dtype=prec.activations), attn_count),
             ]
         else:
             # weight-absorbed decode: attention over the shared latent (MQA-like)
-            ops += [
-                ("q_absorb", Gemm(tokens, hq * m.kv_lora_rank, m.qk_nope_head_dim, prec.math, prec.weights), 1),
-                ("attention", Attention(phase, batch, q_len, kv_len, hq, 1, latent, True, prec.activations,
-                                        v_head_dim=m.kv_lora_rank, kv_shared=True, kv_dtype=prec.kv), 1),
-                ("v_absorb", Gemm(tokens, hq * m.v_head_dim, m.kv_lora_rank, prec.math, prec.weights), 1),
-            ]
-        ops += [("o_proj", Gemm(tokens, h, hq * m.v_head_dim, prec.math, prec.weights), 1)]
-    ops += _all_reduce("attn_all_reduce", tokens, h, prec, tp)
-    ops += [_residual("attn_residual", tokens, h, a)]
+            ops.append(("q_absorb", Gemm(tokens, hq * m.kv_lora_rank, m.qk_nope_head_dim, prec.math, prec.weights),
+                        n_attn))
+            ops += _attention_ops(phase, batch, q_len, keys, prefix, knobs, attn_count, 1, latent,
+                                  dict(q_heads=hq, kv_heads=1, head_dim=latent, dtype=prec.activations,
+                                       v_head_dim=m.kv_lora_rank, kv_shared=True, kv_dtype=prec.kv), prec)
+            ops.append(("v_absorb", Gemm(tokens, hq * m.v_head_dim, m.kv_lora_rank, prec.math, prec.weights), n_attn))
+        ops.append(("o_proj", Gemm(tokens, h, hq * m.v_head_dim, prec.math, prec.weights), n_attn))
+    if n_attn < L:
+        ops += _recurrent_ops(model, phase, batch, q_len, kv_len, prec, tp, knobs, L - n_attn)
+    ops += [(n, o, c * L) for n, o, c in _all_reduce("attn_all_reduce", tokens, h, prec, tp)]
+    ops += [_residual("attn_residual", tokens, h, a, L)]
+    return ops
+
+
+def _attention_ops(phase: Phase, batch, q_len, keys, prefix: int, knobs: Knobs | None, count, kv_heads: int,
+                   width: int, fields: dict, prec: Precision) -> OpList:
+    """The attention op (or, with a prefix-aware kernel, suffix + prefix ops) and the KV dequantisation.
+
+    ``keys`` are the keys each query reads; ``width`` the KV elements stored per
+    key and head (used for the dequantisation count).
+    """
+    decode = phase is Phase.DECODE
+    ops: OpList = []
+    if prefix and knobs is not None and knobs.prefix_aware_kernel:
+        dens = knobs.attention_density
+        ops.append(("attention", Attention(phase, batch, q_len, keys - prefix * dens, **fields), count))
+        # all sequences' queries against the prefix KV, read once: a matrix product over the batch
+        ops.append(("prefix_attention", Attention(phase, 1, batch * q_len, prefix * dens, causal=False, **fields),
+                    count))
+        read = batch * (keys - prefix * dens) + prefix * dens
+    else:
+        ops.append(("attention", Attention(phase, batch, q_len, keys, **fields), count))
+        read = batch * keys
+    per_el = DEQUANT_FLOPS_PER_ELEMENT.get(prec.kv, 0.0)
+    if decode and per_el and prec.kv.bytes_per_element < prec.activations.bytes_per_element:
+        elements = read * kv_heads * width
+        ops.append(("kv_dequant", Elementwise("kv_dequant", bytes=0.0, flops=per_el * elements), count))
+    return ops
+
+
+def _recurrent_ops(model: ModelSpec, phase: Phase, batch, q_len, kv_len, prec: Precision, tp: int,
+                   knobs: Knobs, n_rec: int) -> OpList:
+    """Linear-attention / state-space layers of a hybrid stack, ``n_rec`` of them.
+
+    Each keeps the attention layer's Q/K/V/O projection shapes (gated linear
+    attention does) and replaces softmax attention by a per-head ``d x d`` state:
+    prefill runs the chunked form (state update and read-out as matrix
+    products, plus causal attention inside chunks of
+    :data:`LINEAR_ATTENTION_CHUNK_TOKENS`); decode reads and writes the state once
+    per step.
+    """
+    a = prec.activations.bytes_per_element
+    h, d = model.hidden, model.head_dim
+    hq = model.q_heads // tp
+    tokens = batch * q_len
+    state = _state_bytes_per_layer(model, knobs) / tp
+    ops: OpList = [("recurrent.qkv_proj", Gemm(tokens, 3 * hq * d, h, prec.math, prec.weights), n_rec)]
+    if phase is Phase.PREFILL:
+        ops += [
+            ("recurrent.state_update", Gemm(tokens, hq * d, d, prec.math, prec.activations), n_rec),
+            ("recurrent.state_readout", Gemm(tokens, hq * d, d, prec.math, prec.activations), n_rec),
+            ("recurrent.chunk_attention", Attention(phase, batch, q_len, kv_len, hq, hq, d, True, prec.activations,
+                                                    window=LINEAR_ATTENTION_CHUNK_TOKENS), n_rec),
+        ]
+    else:
+        ops.append(("recurrent.state", Elementwise("recurrent_state", bytes=2 * batch * state + 3 * tokens * hq * d * a,
+                                                   flops=4 * tokens * hq * d * d), n_rec))
+    ops.append(("recurrent.o_proj", Gemm(tokens, h, hq * d, prec.math, prec.weights), n_rec))
     return ops
 
 
@@ -200,6 +326,7 @@ def model_ops(
     precision: Precision = Precision(),
     tp: int = 1,
     lm_head_rows=None,
+    knobs: Knobs | None = None,
 ) -> OpList:
     """Ops of one forward pass on one GPU of a ``tp``-way tensor-parallel group.
 
@@ -214,18 +341,28 @@ def model_ops(
     lm_head_rows : int or array, optional
         Rows the LM head runs on (default: one per sequence, as serving
         engines compute logits only for the last position). 0 skips it.
+    knobs : Knobs, optional
+        KV-cache what-if knobs (:mod:`perfmodel.knobs`); ``None`` or ``Knobs()``
+        changes nothing.  In decode, ``kv_len`` is the sequence length: the
+        knobs decide how many of its keys are kept and read.
     """
+    if knobs is not None and not knobs.active:
+        knobs = None
+    if knobs is not None:
+        model = effective_model(model, knobs)
+        knobs.check(model)
+        precision = apply_knobs(precision, knobs)
     check_tp(model, tp)
     a = precision.activations.bytes_per_element
     w = precision.weights.bytes_per_element
     h = model.hidden
     tokens = batch * q_len
     rows = batch if lm_head_rows is None else lm_head_rows
-    attn = _attention_block(model, phase, batch, q_len, kv_len, precision, tp)
+    attn = _attention_block(model, phase, batch, q_len, kv_len, precision, tp, knobs)
     ops: OpList = [("embedding", Elementwise("embedding", bytes=tokens * h * (a + w)), 1)]
     n_moe = model.num_moe_layers
     n_dense = model.num_layers - n_moe
-    ops += [(name, op, c * model.num_layers) for name, op, c in attn]
+    ops += attn
     if n_dense:
         ops += [(f"dense.{n}", o, c * n_dense) for n, o, c in _dense_mlp_block(model, tokens, precision, tp)]
     if n_moe:

@@ -13,9 +13,19 @@ from typing import Any
 import numpy as np
 
 from hw.spec import GPU
-from perfmodel.calibration import Profile
-from perfmodel.costs import ZERO, OpCost, op_cost
-from perfmodel.layers import Precision, activation_bytes, kv_bytes_per_token_per_gpu, lm_head_ops, model_ops
+from perfmodel.calibration import Mode, Profile, peak_profile, resolve_profile
+from perfmodel.costs import ZERO, Bound, OpCost, op_cost
+from perfmodel.knobs import Knobs, attention_layer_count, effective_model
+from perfmodel.layers import (
+    Precision,
+    activation_bytes,
+    apply_knobs,
+    kv_bytes_per_token_per_gpu,
+    kv_heads_per_gpu,
+    lm_head_ops,
+    model_ops,
+    recurrent_state_bytes_per_gpu,
+)
 from perfmodel.models import ModelSpec
 from perfmodel.ops import MemLocation, Memcpy, Phase
 
@@ -28,10 +38,14 @@ DEFAULT_RESERVE_FRACTION = 0.02
 
 def forward_cost(
     model: ModelSpec, gpu: GPU, profile: Profile, phase: Phase, batch, q_len, kv_len,
-    precision: Precision = Precision(), tp: int = 1, lm_head_rows=None,
+    precision: Precision = Precision(), tp: int = 1, lm_head_rows=None, knobs: Knobs | None = None,
 ) -> OpCost:
     """Cost of one forward pass on one GPU of the TP group (ops summed)."""
-    return sum_costs(model_ops(model, phase, batch, q_len, kv_len, precision, tp, lm_head_rows), gpu, profile)
+    return sum_costs(model_ops(model, phase, batch, q_len, kv_len, precision, tp, lm_head_rows, knobs), gpu, profile)
+
+
+def _active(knobs: Knobs | None) -> Knobs | None:
+    return knobs if knobs is not None and knobs.active else None
 
 
 def sum_costs(ops, gpu: GPU, profile: Profile) -> OpCost:
@@ -45,6 +59,7 @@ def sum_costs(ops, gpu: GPU, profile: Profile) -> OpCost:
 def prefill_cost(
     model: ModelSpec, gpu: GPU, profile: Profile, context_len, batch=1,
     precision: Precision = Precision(), tp: int = 1, chunk_tokens: int | None = DEFAULT_PREFILL_CHUNK_TOKENS,
+    knobs: Knobs | None = None,
 ) -> OpCost:
     """Prefill of ``batch`` prompts of ``context_len`` tokens, in chunks of ``chunk_tokens``.
 
@@ -53,30 +68,77 @@ def prefill_cost(
     the key count, so ``n`` passes at the mean key count give the exact totals
     (the causal attention total is exactly ``L (L + 1) / 2`` pairs).  The LM head
     runs once per sequence, on the last position.
+
+    With ``knobs``: pruned prompts (``prune_prefill``) prefill only the kept
+    tokens; a shared prefix is prefilled once for the batch and each suffix
+    attends to it; with attention offloading the KV is sent to the pool as it
+    is produced (the transfer time beyond the prefill's own is added).
     """
+    knobs = _active(knobs)
     ctx = np.asarray(context_len, dtype=np.float64)
-    if chunk_tokens:
-        n = np.ceil(ctx / chunk_tokens)
+    if knobs is None:
+        body = _prefill_span(model, gpu, profile, ctx, 0.0, batch, precision, tp, chunk_tokens, None)
+        return body + sum_costs(lm_head_ops(model, batch, precision, tp), gpu, profile)
+    m = effective_model(model, knobs)
+    knobs.check(m, ctx)
+    prec = apply_knobs(precision, knobs)
+    if knobs.prune_prefill:
+        ctx = np.asarray(knobs.kept_tokens(ctx), dtype=np.float64)
+    p = float(knobs.shared_prefix_tokens)
+    if p:
+        body = (_prefill_span(m, gpu, profile, np.full_like(ctx, p), 0.0, 1, prec, tp, chunk_tokens, knobs)
+                + _prefill_span(m, gpu, profile, ctx - p, p, batch, prec, tp, chunk_tokens, knobs))
     else:
-        n = np.ones_like(ctx)
-    q = ctx / n
-    kv_mean = q * (n + 1) / 2.0
-    body = forward_cost(model, gpu, profile, Phase.PREFILL, batch, q, kv_mean, precision, tp, lm_head_rows=0)
-    head = sum_costs(lm_head_ops(model, batch, precision, tp), gpu, profile)
-    return body.scale(n if n.ndim else float(n)) + head
+        body = _prefill_span(m, gpu, profile, ctx, 0.0, batch, prec, tp, chunk_tokens, knobs)
+    total = body + sum_costs(lm_head_ops(m, batch, prec, tp), gpu, profile)
+    if knobs.offload is not None:
+        kv = kv_cache_bytes_per_gpu(m, ctx, 0, batch, prec, tp, knobs)
+        ship = kv / knobs.offload.link_bytes_per_s
+        total = total + OpCost(comm_s=_f(np.maximum(ship - total.total_s, 0.0)), bytes=_f(kv),
+                               memory_bound=Bound.INTERCONNECT)
+    return total
+
+
+def _prefill_span(model, gpu, profile, new_tokens, offset, batch, prec, tp, chunk_tokens, knobs) -> OpCost:
+    """``new_tokens`` prompt tokens after ``offset`` cached ones, chunked (no LM head)."""
+    if chunk_tokens:
+        n = np.ceil(new_tokens / chunk_tokens)
+    else:
+        n = np.ones_like(new_tokens)
+    q = new_tokens / n
+    kv_mean = offset + q * (n + 1) / 2.0
+    body = forward_cost(model, gpu, profile, Phase.PREFILL, batch, q, kv_mean, prec, tp, lm_head_rows=0, knobs=knobs)
+    return body.scale(n if n.ndim else float(n))
 
 
 def decode_step_cost(
     model: ModelSpec, gpu: GPU, profile: Profile, kv_len, batch=1,
-    precision: Precision = Precision(), tp: int = 1,
+    precision: Precision = Precision(), tp: int = 1, knobs: Knobs | None = None,
 ) -> OpCost:
-    """One decode step: ``batch`` sequences each attend to ``kv_len`` keys."""
-    return forward_cost(model, gpu, profile, Phase.DECODE, batch, 1, kv_len, precision, tp)
+    """One decode step: ``batch`` sequences each attend to ``kv_len`` keys.
+
+    With ``knobs``, ``kv_len`` is each sequence's length and the knobs decide
+    the keys kept and read; KV spilled to slower tiers is streamed in every
+    step (overlapped with compute under ``prefetch``), and with attention
+    offloading the attention runs on the pool.
+    """
+    knobs = _active(knobs)
+    if knobs is None:
+        return forward_cost(model, gpu, profile, Phase.DECODE, batch, 1, kv_len, precision, tp)
+    m = effective_model(model, knobs)
+    prec = apply_knobs(precision, knobs)
+    ops = model_ops(m, Phase.DECODE, batch, 1, kv_len, prec, tp, None, knobs)
+    if knobs.offload is not None:
+        return _offloaded_step(m, gpu, profile, ops, kv_len, batch, prec, tp, knobs)
+    step = sum_costs(ops, gpu, profile)
+    if knobs.kv_tiers:
+        step = step + _tier_stream(m, gpu, step, kv_len, batch, prec, tp, knobs)
+    return step
 
 
 def decode_cost(
     model: ModelSpec, gpu: GPU, profile: Profile, context_len, output_tokens, batch=1,
-    precision: Precision = Precision(), tp: int = 1,
+    precision: Precision = Precision(), tp: int = 1, knobs: Knobs | None = None,
 ) -> OpCost:
     """All ``output_tokens`` decode steps after a ``context_len`` prompt.
 
@@ -86,8 +148,69 @@ def decode_cost(
     """
     out = np.asarray(output_tokens, dtype=np.float64)
     kv_mean = np.asarray(context_len, dtype=np.float64) + (out + 1) / 2.0
-    step = decode_step_cost(model, gpu, profile, kv_mean, batch, precision, tp)
+    step = decode_step_cost(model, gpu, profile, kv_mean, batch, precision, tp, knobs)
     return step.scale(out if out.ndim else float(out))
+
+
+def _f(x):
+    return x if np.ndim(x) else float(x)
+
+
+def _offloaded_step(m, gpu, profile, ops, kv_len, batch, prec, tp, knobs) -> OpCost:
+    """Decode step with attention (and KV append, dequantisation) on the pool."""
+    off = knobs.offload
+    pool_names = {"attention", "prefix_attention", "kv_dequant", "kv_append"}
+    pool_prof = peak_profile(off.pool_gpu) if profile.is_peak else resolve_profile(off.pool_gpu, Mode.CALIBRATED)
+    on_gpu = sum_costs([o for o in ops if o[0] not in pool_names], gpu, profile)
+    pool = sum_costs([o for o in ops if o[0] in pool_names], off.pool_gpu, pool_prof)
+    pool_s = pool.total_s / off.pool_devices_per_gpu
+    n_attn = attention_layer_count(m, knobs)
+    a = prec.activations.bytes_per_element
+    if m.mla is not None:
+        qo = m.q_heads // tp * (2 * (m.mla.kv_lora_rank + m.mla.qk_rope_head_dim))
+    else:
+        qo = (m.q_heads // tp + 2 * kv_heads_per_gpu(m, tp)) * m.head_dim + m.q_heads // tp * m.head_dim
+    link_bytes = n_attn * batch * qo * a
+    link_s = link_bytes / off.link_bytes_per_s + 2 * n_attn * off.link_latency_s
+    if off.pipelined:
+        hidden = np.maximum(np.maximum(pool_s, link_s) - on_gpu.total_s, 0.0)
+        serial = pool_s + link_s
+        extra = np.where(np.asarray(batch) >= 2, hidden, serial)
+        return on_gpu + OpCost(comm_s=_f(extra), bytes=_f(link_bytes + pool.bytes), memory_bound=Bound.INTERCONNECT)
+    return on_gpu + OpCost(memory_s=_f(pool_s), bytes=_f(pool.bytes)) + OpCost(
+        comm_s=_f(link_s), bytes=_f(link_bytes), memory_bound=Bound.INTERCONNECT)
+
+
+def _tier_stream(m, gpu, step: OpCost, kv_len, batch, prec, tp, knobs) -> OpCost:
+    """Time to stream the KV that does not fit in HBM from the tiers, beyond what prefetch hides."""
+    mem = memory_budget(m, gpu, kv_len, 0, prec, tp, batch=batch, knobs=knobs.replace(kv_tiers=()))
+    spilled = np.maximum(batch * mem.kv_bytes_per_user + mem.shared_kv_bytes - np.maximum(mem.free_for_kv_bytes, 0.0),
+                         0.0)
+    t = np.zeros_like(np.asarray(spilled, dtype=np.float64))
+    left = spilled
+    for tier in knobs.kv_tiers:
+        part = np.minimum(left, tier.capacity_for(gpu))
+        t = t + part / tier.bandwidth_for(gpu)
+        left = left - part
+    if knobs.prefetch:
+        n_attn = attention_layer_count(m, knobs)
+        t = np.maximum(t - step.total_s, 0.0) + t / n_attn
+    return OpCost(memory_s=_f(t), bytes=_f(spilled), memory_bound=Bound.PCIE)
+
+
+def kv_cache_bytes_per_gpu(model: ModelSpec, context_len, output_tokens=0, batch=1,
+                           precision: Precision = Precision(), tp: int = 1, knobs: Knobs | None = None):
+    """KV cache (and recurrent state) of ``batch`` sequences on one GPU, bytes; a shared prefix counted once."""
+    knobs = _active(knobs)
+    tokens = np.asarray(context_len, dtype=np.float64) + np.asarray(output_tokens, dtype=np.float64)
+    if knobs is None:
+        return _f(kv_bytes_per_token_per_gpu(model, tp, precision.kv) * _kv_tokens(model, tokens) * batch)
+    m = effective_model(model, knobs)
+    kv_tok = kv_bytes_per_token_per_gpu(m, tp, precision.kv, knobs)
+    kept = _kv_tokens(m, knobs.kept_tokens(tokens))
+    p = knobs.shared_prefix_tokens
+    state = recurrent_state_bytes_per_gpu(m, tp, knobs)
+    return _f(kv_tok * (batch * (kept - p) + p) + batch * state)
 
 
 @dataclass(frozen=True)
@@ -95,7 +218,11 @@ class MemoryBudget:
     """Device memory of one GPU of the TP group, bytes.
 
     ``max_concurrency`` = floor(free_for_kv_bytes / kv_bytes_per_user): users
-    whose whole KV cache (prompt plus output) is resident at once.
+    whose whole KV cache (prompt plus output) is resident at once.  With knobs,
+    ``kv_bytes_per_user`` includes a hybrid stack's recurrent state and
+    excludes a shared prefix, stored once as ``shared_kv_bytes``;
+    ``offload_capacity_bytes`` is the room for KV beyond HBM (tiers, or the
+    attention pool, which then holds all of it), and concurrency counts it.
     """
 
     capacity_bytes: Any
@@ -106,35 +233,61 @@ class MemoryBudget:
     kv_bytes_per_user: Any
     free_for_kv_bytes: Any
     max_concurrency: Any
+    shared_kv_bytes: Any = 0.0
+    offload_capacity_bytes: Any = 0.0
 
 
 def memory_budget(
     model: ModelSpec, gpu: GPU, context_len, output_tokens=0, precision: Precision = Precision(), tp: int = 1,
     chunk_tokens: int | None = DEFAULT_PREFILL_CHUNK_TOKENS, reserve_fraction: float = DEFAULT_RESERVE_FRACTION,
-    batch=1,
+    batch=1, knobs: Knobs | None = None,
 ) -> MemoryBudget:
     """HBM budget per GPU: weights + KV + activations + reserve <= usable HBM.
 
     Weights are split evenly over the TP group.  Activations are the workspace of
     the larger of one prefill chunk and one decode batch.
     """
+    knobs = _active(knobs)
+    m = effective_model(model, knobs)
+    prec = apply_knobs(precision, knobs)
     ctx = np.asarray(context_len, dtype=np.float64)
     tokens_per_user = ctx + np.asarray(output_tokens, dtype=np.float64)
     capacity = float(gpu.hbm_usable_bytes)
-    weights = model.weight_bytes(precision.weights) / tp
+    weights = m.weight_bytes(prec.weights) / tp
     pass_tokens = np.minimum(ctx, chunk_tokens) if chunk_tokens else ctx
     pass_tokens = np.maximum(pass_tokens * batch, batch)
-    act = activation_bytes(model, pass_tokens, precision, tp)
+    act = activation_bytes(m, pass_tokens, prec, tp)
     reserve = reserve_fraction * capacity
-    kv_tok = kv_bytes_per_token_per_gpu(model, tp, precision.kv)
-    kv_user = kv_tok * _kv_tokens(model, tokens_per_user)
-    free = capacity - weights - act - reserve
-    conc = np.floor(np.maximum(free, 0.0) / kv_user)
-    f = lambda x: x if np.ndim(x) else float(x)  # noqa: E731
+    kv_tok = kv_bytes_per_token_per_gpu(m, tp, prec.kv, knobs)
+    f = _f
+    if knobs is None:
+        kv_user = kv_tok * _kv_tokens(m, tokens_per_user)
+        free = capacity - weights - act - reserve
+        conc = np.floor(np.maximum(free, 0.0) / kv_user)
+        return MemoryBudget(
+            capacity_bytes=capacity, weight_bytes=weights, activation_bytes=f(act), reserve_bytes=reserve,
+            kv_bytes_per_token=kv_tok, kv_bytes_per_user=f(kv_user), free_for_kv_bytes=f(free),
+            max_concurrency=f(conc),
+        )
+    p = knobs.shared_prefix_tokens
+    kept = _kv_tokens(m, knobs.kept_tokens(tokens_per_user))
+    kv_user = kv_tok * (kept - p) + recurrent_state_bytes_per_gpu(m, tp, knobs)
+    shared = kv_tok * p
+    free_gpu = capacity - weights - act - reserve
+    if knobs.offload is not None:
+        off = knobs.offload
+        pool_cap = off.pool_gpu.hbm_usable_bytes * (1 - reserve_fraction) * off.pool_devices_per_gpu
+        room = np.where(free_gpu >= 0, pool_cap - shared, 0.0)
+        free, extra = free_gpu, pool_cap
+    else:
+        extra = sum(t.capacity_for(gpu) for t in knobs.kv_tiers)
+        free = free_gpu - shared
+        room = np.where(free_gpu >= 0, np.maximum(free, 0.0) + extra, 0.0)
+    conc = np.floor(np.maximum(room, 0.0) / kv_user)
     return MemoryBudget(
         capacity_bytes=capacity, weight_bytes=weights, activation_bytes=f(act), reserve_bytes=reserve,
         kv_bytes_per_token=kv_tok, kv_bytes_per_user=f(kv_user), free_for_kv_bytes=f(free),
-        max_concurrency=f(conc),
+        max_concurrency=f(conc), shared_kv_bytes=shared, offload_capacity_bytes=float(extra),
     )
 
 
@@ -165,8 +318,20 @@ class ContextSwitch:
         return np.maximum(self.swap_out.total_s, self.swap_in.total_s)
 
 
-def context_switch(gpu: GPU, profile: Profile, kv_bytes_per_user_per_gpu) -> ContextSwitch:
-    """Each GPU of the group moves its own share of the KV over its own PCIe link."""
+def context_switch(gpu: GPU, profile: Profile, kv_bytes_per_user_per_gpu, knobs: Knobs | None = None) -> ContextSwitch:
+    """Each GPU of the group moves its own share of the KV over its own PCIe link.
+
+    With KV tiers the swap goes to the first tier, at its bandwidth (capped by
+    the host link); with attention offloading the pool devices swap over their
+    own host links.
+    """
+    knobs = _active(knobs)
+    if knobs is not None and knobs.offload is not None:
+        gpu, kv_bytes_per_user_per_gpu = knobs.offload.pool_gpu, (
+            kv_bytes_per_user_per_gpu / knobs.offload.pool_devices_per_gpu)
+        profile = peak_profile(gpu) if profile.is_peak else resolve_profile(gpu, Mode.CALIBRATED)
+    elif knobs is not None and knobs.kv_tiers:
+        gpu = gpu.with_overrides(pcie_bytes_per_s_per_direction=knobs.kv_tiers[0].bandwidth_for(gpu))
     out = Memcpy(kv_bytes_per_user_per_gpu, MemLocation.DEVICE, MemLocation.HOST_PINNED)
     inn = Memcpy(kv_bytes_per_user_per_gpu, MemLocation.HOST_PINNED, MemLocation.DEVICE)
     return ContextSwitch(op_cost(out, gpu, profile), op_cost(inn, gpu, profile))
