@@ -20,12 +20,12 @@ from .kv_blocks import gather_kv_blocks, scatter_kv_blocks
 from .matmul import matmul
 
 __all__ = [
-    "KernelInputError",
     "DecodeSchedule",
-    "matmul",
-    "attention_prefill",
+    "KernelInputError",
     "attention_decode",
     "attention_decode_paged",
+    "attention_prefill",
     "gather_kv_blocks",
+    "matmul",
     "scatter_kv_blocks",
 ]

@@ -11,13 +11,13 @@ import os
 import torch
 
 __all__ = [
-    "KernelInputError",
-    "interpreting",
-    "num_sms",
     "TORCH_DTYPES",
-    "check_tensor",
+    "KernelInputError",
     "check_same_device",
+    "check_tensor",
+    "interpreting",
     "next_pow2",
+    "num_sms",
 ]
 
 

@@ -33,7 +33,7 @@ from ._common import (
 )
 from ._counts import attention_bytes, attention_flops
 
-__all__ = ["attention_decode", "DecodeSchedule", "flops", "bytes_moved", "HEAD_DIMS", "MAX_STREAM_K_PAIRS"]
+__all__ = ["HEAD_DIMS", "MAX_STREAM_K_PAIRS", "DecodeSchedule", "attention_decode", "bytes_moved", "flops"]
 
 HEAD_DIMS = (64, 128)
 #: stream-K keeps a prefix sum over all (sequence, kv head) pairs in registers; this bounds it.

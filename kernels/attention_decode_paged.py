@@ -12,7 +12,13 @@ from collections.abc import Mapping
 
 import torch
 
-from ._common import FLOAT_DTYPES, KernelInputError, check_last_dim_contiguous, check_same_device, check_tensor
+from ._common import (
+    FLOAT_DTYPES,
+    KernelInputError,
+    check_last_dim_contiguous,
+    check_same_device,
+    check_tensor,
+)
 from ._counts import attention_bytes, attention_flops
 from .attention_decode import (
     DecodeSchedule,
@@ -23,7 +29,7 @@ from .attention_decode import (
     launch_decode,
 )
 
-__all__ = ["attention_decode_paged", "flops", "bytes_moved"]
+__all__ = ["attention_decode_paged", "bytes_moved", "flops"]
 
 
 def _check_table_values(block_table: torch.Tensor, kv_lens: torch.Tensor, page_size: int,

@@ -24,7 +24,7 @@ from ._common import (
 )
 from ._counts import attention_bytes, attention_flops
 
-__all__ = ["attention_prefill", "flops", "bytes_moved", "HEAD_DIMS"]
+__all__ = ["HEAD_DIMS", "attention_prefill", "bytes_moved", "flops"]
 
 HEAD_DIMS = (64, 128)
 _LOG2E = 1.4426950408889634

@@ -15,7 +15,7 @@ import triton.language as tl
 from ._common import KernelInputError, check_same_device, check_tensor, interpreting
 from ._counts import kv_block_copy_bytes
 
-__all__ = ["gather_kv_blocks", "scatter_kv_blocks", "flops", "bytes_moved"]
+__all__ = ["bytes_moved", "flops", "gather_kv_blocks", "scatter_kv_blocks"]
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float8_e4m3fn, torch.uint8)
 

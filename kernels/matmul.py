@@ -15,7 +15,7 @@ import triton.language as tl
 from ._common import KernelInputError, check_same_device, check_tensor, interpreting, num_sms
 from ._counts import gemm_bytes, gemm_flops
 
-__all__ = ["matmul", "flops", "bytes_moved", "SMALL_M"]
+__all__ = ["SMALL_M", "bytes_moved", "flops", "matmul"]
 
 #: Up to this many rows of A, :func:`matmul` uses the persistent kernel unless told otherwise.
 SMALL_M = 64
@@ -49,7 +49,7 @@ def _tile_product(a_ptr, b_ptr, c_ptr, M, N, K, s_am, s_ak, s_bk, s_bn, s_cm, s_
     a_ptrs = a_ptr + am[:, None] * s_am + rk[None, :] * s_ak
     b_ptrs = b_ptr + rk[:, None] * s_bk + bn[None, :] * s_bn
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for kk in range(0, tl.cdiv(K, BLOCK_K)):
+    for kk in range(tl.cdiv(K, BLOCK_K)):
         k_left = K - kk * BLOCK_K
         a = tl.load(a_ptrs, mask=rk[None, :] < k_left, other=0.0)
         b = tl.load(b_ptrs, mask=rk[:, None] < k_left, other=0.0)

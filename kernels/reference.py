@@ -10,12 +10,12 @@ import math
 import torch
 
 __all__ = [
-    "matmul_ref",
-    "attention_prefill_ref",
-    "attention_decode_ref",
     "attention_decode_paged_ref",
-    "paged_to_contiguous",
+    "attention_decode_ref",
+    "attention_prefill_ref",
     "gather_kv_blocks_ref",
+    "matmul_ref",
+    "paged_to_contiguous",
     "scatter_kv_blocks_ref",
 ]
 

@@ -9,11 +9,11 @@ import os
 
 os.environ["TRITON_INTERPRET"] = "1"
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-import kernels  # noqa: E402,F401
-import kernels.matmul  # noqa: E402,F401
+import kernels
+import kernels.matmul  # noqa: F401
 
 #: Relative-norm error bounds against float64 references, by operand dtype.
 TOLERANCE = {torch.float16: 1e-2, torch.bfloat16: 1e-2, torch.float32: 1e-4, torch.float8_e4m3fn: 1e-2}

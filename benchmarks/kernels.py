@@ -1,0 +1,393 @@
+"""GPU benchmark of the Triton kernels against cuBLAS / PyTorch SDPA, with measured ceilings.
+
+Usage (on a CUDA machine)::
+
+    python benchmarks/kernels.py --out DIR [--sections ceilings,check,gemm,prefill,decode,paged,kv,sweep]
+
+Times every kernel with ``triton.testing.do_bench`` (median of repeated runs, L2 flushed
+between runs) and writes ``kernels_bench.json`` (environment, ceilings, rows),
+``kernels_bench.csv`` and ``kernels_bench.md`` under ``--out``, rewritten after every section
+so a run cut short still leaves its results. SI units in all stored fields.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+import triton
+from triton.testing import do_bench
+
+import kernels
+from kernels import reference as ref
+
+ROWS: list[dict] = []
+INFO: dict = {}
+OUT = Path(".")
+
+
+def _bench(fn) -> float:
+    """Median time of ``fn`` in seconds."""
+    return do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e-3
+
+
+def _env() -> dict:
+    p = torch.cuda.get_device_properties(0)
+    try:
+        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                capture_output=True, text=True, timeout=30).stdout.strip()
+    except Exception as e:  # noqa: BLE001
+        driver = f"unknown ({e})"
+    return {"gpu": p.name, "sm_count": p.multi_processor_count, "driver": driver,
+            "cuda": torch.version.cuda, "torch": torch.__version__, "triton": triton.__version__,
+            "python": sys.version.split()[0], "date_utc": dt.datetime.now(dt.timezone.utc).isoformat()}
+
+
+def _row(section, kernel, variant, case, time_s, flops=0, nbytes=0, baseline=None, baseline_s=None, **extra):
+    r = {"section": section, "kernel": kernel, "variant": variant, "case": case, "time_s": time_s,
+         "flops": flops, "bytes": nbytes,
+         "achieved_flops_per_s": flops / time_s if flops else None,
+         "achieved_bytes_per_s": nbytes / time_s if nbytes else None,
+         "baseline": baseline, "baseline_time_s": baseline_s,
+         "speed_vs_baseline": (baseline_s / time_s) if baseline_s else None}
+    ceil = INFO.get("ceilings", {})
+    if flops and ceil.get("gemm_bf16_flops_per_s") and section in ("gemm", "prefill"):
+        r["frac_of_flops_ceiling"] = r["achieved_flops_per_s"] / ceil["gemm_bf16_flops_per_s"]
+    if nbytes and ceil.get("copy_bytes_per_s") and section in ("decode", "paged", "kv", "sweep"):
+        r["frac_of_bw_ceiling"] = r["achieved_bytes_per_s"] / ceil["copy_bytes_per_s"]
+    r.update(extra)
+    ROWS.append(r)
+    sp = f" x{r['speed_vs_baseline']:.2f} vs {baseline}" if baseline_s else ""
+    tf = f" {r['achieved_flops_per_s'] / 1e12:7.1f} TFLOP/s" if flops else ""
+    gb = f" {r['achieved_bytes_per_s'] / 1e9:7.0f} GB/s" if nbytes else ""
+    print(f"[{section}] {kernel}/{variant} {case}: {time_s * 1e3:.4f} ms{tf}{gb}{sp}", flush=True)
+    return r
+
+
+def ceilings() -> None:
+    n = 1 << 30  # 2 GiB of bf16 per buffer
+    a = torch.empty(n, dtype=torch.bfloat16, device="cuda").normal_()
+    b = torch.empty_like(a)
+    t = _bench(lambda: b.copy_(a))
+    copy_bps = 2 * a.numel() * 2 / t
+    del a, b
+    x = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    y = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    tg = _bench(lambda: x @ y)
+    INFO["ceilings"] = {"copy_bytes_per_s": copy_bps, "copy_case": "2 GiB bf16 copy_, read+write counted",
+                        "gemm_bf16_flops_per_s": 2 * 8192**3 / tg, "gemm_case": "8192^3 bf16 torch.matmul"}
+    print(f"ceilings: copy {copy_bps / 1e9:.0f} GB/s, cuBLAS bf16 {2 * 8192**3 / tg / 1e12:.1f} TFLOP/s")
+
+
+def _err(out, expect) -> float:
+    out = out.double()
+    return float("inf") if not torch.isfinite(out).all() else float((out - expect).norm() / expect.norm())
+
+
+def check() -> None:
+    """Correctness on the GPU: fresh random inputs, float64 references, rel-norm error."""
+    d = "cuda"
+    res = {}
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        a = torch.randn(1000, 777, device=d, dtype=dtype)
+        b = torch.randn(777, 1234, device=d, dtype=dtype)
+        res[f"matmul {dtype}"] = _err(kernels.matmul(a, b), ref.matmul_ref(a, b))
+        res[f"matmul persistent {dtype}"] = _err(kernels.matmul(a[:40], b), ref.matmul_ref(a[:40], b))
+    a8 = torch.randn(512, 1024, device=d).to(torch.float8_e4m3fn)
+    b8 = torch.randn(768, 1024, device=d).to(torch.float8_e4m3fn).t()
+    res["matmul fp8"] = _err(kernels.matmul(a8, b8), ref.matmul_ref(a8, b8))
+    for hd in (64, 128):
+        q = torch.randn(2, 28, 999, hd, device=d, dtype=torch.bfloat16)
+        k = torch.randn(2, 4, 999, hd, device=d, dtype=torch.bfloat16)
+        v = torch.randn(2, 4, 999, hd, device=d, dtype=torch.bfloat16)
+        for causal in (True, False):
+            res[f"prefill D={hd} causal={causal}"] = _err(kernels.attention_prefill(q, k, v, causal),
+                                                          ref.attention_prefill_ref(q, k, v, causal))
+    q = torch.randn(5, 32, 128, device=d, dtype=torch.bfloat16)
+    kc = torch.randn(5, 8, 3001, 128, device=d, dtype=torch.bfloat16)
+    vc = torch.randn(5, 8, 3001, 128, device=d, dtype=torch.bfloat16)
+    lens = torch.tensor([1, 3001, 17, 2048, 999], device=d, dtype=torch.int32)
+    r64 = ref.attention_decode_ref(q, kc, vc, lens)
+    for s in ("split_kv", "stream_k"):
+        res[f"decode {s}"] = _err(kernels.attention_decode(q, kc, vc, lens, schedule=s), r64)
+        res[f"decode {s} P=1000"] = _err(kernels.attention_decode(q, kc, vc, lens, 1000, s), r64)
+    kp = torch.randn(1000, 8, 16, 128, device=d, dtype=torch.bfloat16)
+    vp = torch.randn(1000, 8, 16, 128, device=d, dtype=torch.bfloat16)
+    table = torch.randperm(1000, device=d)[: 5 * 188].reshape(5, 188).int()
+    plen = torch.tensor([1, 3001, 17, 2048, 999], device=d, dtype=torch.int32)
+    rp = ref.attention_decode_paged_ref(q, kp, vp, table, plen)
+    for s in ("split_kv", "stream_k"):
+        res[f"paged {s}"] = _err(kernels.attention_decode_paged(q, kp, vp, table, plen, schedule=s), rp)
+    ids = torch.randperm(1000, device=d)[:100]
+    g = kernels.gather_kv_blocks(kp, ids)
+    res["gather exact"] = 0.0 if torch.equal(g, kp[ids]) else float("inf")
+    INFO["gpu_check_rel_err"] = res
+    bad = {k: v for k, v in res.items() if not v < (1e-4 if "float32" in k else 1e-2)}
+    INFO["gpu_check_passed"] = not bad
+    print("GPU check:", "PASS" if not bad else f"FAIL {bad}")
+    for k, v in res.items():
+        print(f"  {k:40s} {v:.2e}")
+
+
+def gemm() -> None:
+    for m, n, k in [(8192, 8192, 8192), (4096, 4096, 4096), (4096, 14336, 4096), (16384, 4096, 4096),
+                    (2047, 3001, 1999)]:
+        a = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        b = torch.randn(k, n, device="cuda", dtype=torch.bfloat16)
+        op = {"op": "gemm", "m": m, "n": n, "k": k, "dtype": "bf16"}
+        tb = _bench(lambda: a @ b)
+        t = _bench(lambda: kernels.matmul(a, b, persistent=False))
+        _row("gemm", "matmul", "bf16", f"{m}x{n}x{k}", t, kernels.matmul.flops(op), kernels.matmul.bytes_moved(op),
+             "torch.matmul", tb)
+    for m in (16, 64, 128):
+        a = torch.randn(m, 8192, device="cuda", dtype=torch.bfloat16)
+        b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+        op = {"op": "gemm", "m": m, "n": 8192, "k": 8192, "dtype": "bf16"}
+        tb = _bench(lambda: a @ b)
+        for pers in (True, False):
+            t = _bench(lambda: kernels.matmul(a, b, persistent=pers))
+            _row("gemm", "matmul", "bf16 persistent" if pers else "bf16 tiled", f"{m}x8192x8192", t,
+                 kernels.matmul.flops(op), kernels.matmul.bytes_moved(op), "torch.matmul", tb)
+    a = torch.randn(8192, 8192, device="cuda").to(torch.float8_e4m3fn)
+    b = torch.randn(8192, 8192, device="cuda").to(torch.float8_e4m3fn).t()  # column-major B
+    op = {"op": "gemm", "m": 8192, "n": 8192, "k": 8192, "dtype": "fp8", "out_dtype": "bf16"}
+    one = torch.ones((), device="cuda")
+    try:
+        tb = _bench(lambda: torch._scaled_mm(a, b, one, one, out_dtype=torch.bfloat16))
+        base = "torch._scaled_mm"
+    except Exception as e:  # noqa: BLE001
+        print("no fp8 baseline:", e)
+        tb, base = None, None
+    t = _bench(lambda: kernels.matmul(a, b))
+    _row("gemm", "matmul", "fp8 e4m3", "8192x8192x8192", t, kernels.matmul.flops(op),
+         kernels.matmul.bytes_moved(op), base, tb)
+
+
+def _sdpa(q, k, v, causal):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
+
+
+def _sdpa_expanded(q, k, v, causal):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+
+def _sdpa_fn(q, k, v, causal):
+    """The flash-SDPA call used as baseline: native GQA if the flash backend takes it, else K/V
+    expanded to Hq heads beforehand (outside the timing)."""
+    try:
+        _sdpa(q, k, v, causal)
+        return (lambda: _sdpa(q, k, v, causal)), "sdpa flash (enable_gqa)"
+    except Exception:  # noqa: BLE001
+        g = q.shape[1] // k.shape[1]
+        if g > 1 and 2 * k.numel() * k.element_size() * g > 8e9:
+            return None, "sdpa flash skipped (GQA needs K/V expanded beyond 8 GB)"
+        ke = k.repeat_interleave(g, 1).contiguous()
+        ve = v.repeat_interleave(g, 1).contiguous()
+        return (lambda: _sdpa_expanded(q, ke, ve, causal)), "sdpa flash (K/V expanded)"
+
+
+def prefill() -> None:
+    for bsz, length, hq, hkv, d in [(8, 1024, 32, 8, 128), (4, 4096, 32, 8, 128), (2, 8192, 32, 8, 128),
+                                    (1, 16384, 32, 8, 128), (4, 4096, 32, 32, 128), (4, 4096, 32, 8, 64)]:
+        q = torch.randn(bsz, hq, length, d, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn(bsz, hkv, length, d, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn(bsz, hkv, length, d, device="cuda", dtype=torch.bfloat16)
+        op = {"op": "attention", "phase": "prefill", "batch": bsz, "q_len": length, "kv_len": length,
+              "q_heads": hq, "kv_heads": hkv, "head_dim": d, "causal": True, "dtype": "bf16"}
+        fn, base = _sdpa_fn(q, k, v, True)
+        tb = _bench(fn) if fn else None
+        t = _bench(lambda: kernels.attention_prefill(q, k, v, causal=True))
+        _row("prefill", "attention_prefill", "causal bf16", f"B{bsz} L{length} Hq{hq} Hkv{hkv} D{d}", t,
+             kernels.attention_prefill.flops(op), kernels.attention_prefill.bytes_moved(op), base, tb,
+             batch=bsz, seq_len=length)
+
+
+def _decode_case(bsz, length, hq=32, hkv=8, d=128, ragged=False, sdpa=True, schedules=("split_kv", "stream_k"),
+                 section="decode", splits=(None,), meta=None):
+    g = torch.Generator(device="cuda").manual_seed(bsz * 1000 + length)
+    q = torch.randn(bsz, hq, d, device="cuda", dtype=torch.bfloat16)
+    kc = torch.randn(bsz, hkv, length, d, device="cuda", dtype=torch.bfloat16)
+    vc = torch.randn(bsz, hkv, length, d, device="cuda", dtype=torch.bfloat16)
+    if ragged:
+        lens = torch.randint(1, length + 1, (bsz,), device="cuda", generator=g, dtype=torch.int32)
+        lens[0] = length
+    else:
+        lens = torch.full((bsz,), length, device="cuda", dtype=torch.int32)
+    nbytes = 2 * hkv * d * 2 * int(lens.sum()) + 2 * bsz * hq * d * 2
+    op = {"op": "attention", "phase": "decode", "batch": bsz, "q_len": 1, "kv_len": length, "q_heads": hq,
+          "kv_heads": hkv, "head_dim": d, "causal": True, "dtype": "bf16"}
+    flops = kernels.attention_decode.flops(op) if not ragged else 4 * hq * d * int(lens.sum())
+    if not ragged:
+        assert nbytes == kernels.attention_decode.bytes_moved(op)
+    tb, base = None, None
+    if sdpa and not ragged:
+        fn, base = _sdpa_fn(q[:, :, None], kc, vc, False)
+        tb = _bench(fn) if fn else None
+    times = {}
+    case = f"B{bsz} L{length}{' ragged' if ragged else ''}"
+    for s in schedules:
+        for ns in splits:
+            t = _bench(lambda: kernels.attention_decode(q, kc, vc, lens, ns, s, validate=False))
+            times[(s, ns)] = t
+            _row(section, "attention_decode", s if ns is None else f"{s} n={ns}", case, t, flops, nbytes, base, tb,
+                 batch=bsz, kv_len=length, kv_bytes=nbytes, pairs=bsz * hkv, meta=meta)
+    del q, kc, vc
+    return times
+
+
+def decode() -> None:
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    for bsz in (1, 2, 4, 8, 16, 32, 64):
+        for length in (1024, 4096, 16384, 65536, 262144):
+            if bsz * length > 4 * 1024 * 1024:
+                continue
+            times = _decode_case(bsz, length)
+            INFO.setdefault("stream_vs_split", []).append(
+                {"batch": bsz, "kv_len": length, "pairs": bsz * 8, "pairs_lt_sms": bsz * 8 < sms,
+                 "split_kv_s": times[("split_kv", None)], "stream_k_s": times[("stream_k", None)]})
+    for bsz, length in ((4, 65536), (16, 16384), (16, 65536), (64, 16384)):
+        _decode_case(bsz, length, ragged=True, sdpa=False)
+
+
+def paged() -> None:
+    for bsz, length, page in ((8, 32768, 16), (1, 262144, 16), (32, 8192, 64)):
+        hq, hkv, d = 32, 8, 128
+        nblk = length // page
+        pool = bsz * nblk + 64
+        kp = torch.randn(pool, hkv, page, d, device="cuda", dtype=torch.bfloat16)
+        vp = torch.randn(pool, hkv, page, d, device="cuda", dtype=torch.bfloat16)
+        table = torch.randperm(pool, device="cuda")[: bsz * nblk].reshape(bsz, nblk).int()
+        lens = torch.full((bsz,), length, device="cuda", dtype=torch.int32)
+        q = torch.randn(bsz, hq, d, device="cuda", dtype=torch.bfloat16)
+        op = {"op": "attention", "phase": "decode", "batch": bsz, "q_len": 1, "kv_len": length, "q_heads": hq,
+              "kv_heads": hkv, "head_dim": d, "causal": True, "dtype": "bf16"}
+        for s in ("split_kv", "stream_k"):
+            t = _bench(lambda: kernels.attention_decode_paged(q, kp, vp, table, lens, schedule=s, validate=False))
+            _row("paged", "attention_decode_paged", s, f"B{bsz} L{length} page{page}", t,
+                 kernels.attention_decode_paged.flops(op), kernels.attention_decode_paged.bytes_moved(op))
+        del kp, vp
+
+
+def kv_blocks() -> None:
+    pool, hkv, page, d = 16384, 8, 16, 128
+    pages = torch.randn(pool, hkv, page, d, device="cuda", dtype=torch.bfloat16)
+    for n in (64, 1024, 4096):
+        ids = torch.randperm(pool, device="cuda")[:n]
+        op = {"op": "kv_block_copy", "num_blocks": n, "kv_heads": hkv, "block_size": page, "head_dim": d,
+              "dtype": "bf16"}
+        buf = kernels.gather_kv_blocks(pages, ids)
+        tb = _bench(lambda: torch.index_select(pages, 0, ids))
+        t = _bench(lambda: kernels.gather_kv_blocks(pages, ids, validate=False))
+        _row("kv", "gather_kv_blocks", "bf16", f"{n} blocks of 32 KiB", t, 0, kernels.gather_kv_blocks.bytes_moved(op),
+             "torch.index_select", tb)
+        tb = _bench(lambda: pages.index_copy_(0, ids, buf))
+        t = _bench(lambda: kernels.scatter_kv_blocks(pages, ids, buf, validate=False))
+        _row("kv", "scatter_kv_blocks", "bf16", f"{n} blocks of 32 KiB", t, 0, kernels.scatter_kv_blocks.bytes_moved(op),
+             "torch.index_copy_", tb)
+
+
+def sweep() -> None:
+    """Decode tuning probes: programs per schedule, and tile / warp / stage choices."""
+    from kernels import attention_decode as mod
+
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    for bsz, length in ((1, 262144), (4, 65536), (16, 16384)):
+        _decode_case(bsz, length, sdpa=False, section="sweep", splits=(sms, 2 * sms, 4 * sms))
+    saved = dict(mod._GPU_META)
+    try:
+        for bn, warps, stages in ((64, 4, 4), (128, 4, 3), (128, 8, 3), (32, 4, 4), (64, 8, 3)):
+            mod._GPU_META.update({"BLOCK_N": bn, "num_warps": warps, "num_stages": stages})
+            for bsz, length in ((1, 262144), (16, 16384), (64, 16384)):
+                _decode_case(bsz, length, sdpa=False, section="sweep",
+                             meta=f"BLOCK_N={bn} warps={warps} stages={stages}")
+    finally:
+        mod._GPU_META.clear()
+        mod._GPU_META.update(saved)
+
+
+def _fmt(x, scale=1.0, nd=2):
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x * scale:.{nd}f}"
+
+
+def write() -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "kernels_bench.json").write_text(json.dumps({"info": INFO, "rows": ROWS}, indent=1, default=str))
+    try:
+        import pandas as pd
+
+        pd.DataFrame(ROWS).to_csv(OUT / "kernels_bench.csv", index=False)
+    except Exception as e:  # noqa: BLE001
+        print("csv not written:", e)
+    env = INFO.get("env", {})
+    c = INFO.get("ceilings", {})
+    lines = [f"# Kernel benchmark: {env.get('gpu')} ({env.get('date_utc')})", "",
+             f"driver {env.get('driver')}, CUDA {env.get('cuda')}, torch {env.get('torch')}, triton "
+             f"{env.get('triton')}, Python {env.get('python')}, {env.get('sm_count')} SMs. Median of "
+             "`triton.testing.do_bench` (L2 flushed between runs), bf16 unless noted.", "",
+             f"Measured ceilings: copy {_fmt(c.get('copy_bytes_per_s'), 1e-9, 0)} GB/s ({c.get('copy_case')}); "
+             f"cuBLAS {_fmt(c.get('gemm_bf16_flops_per_s'), 1e-12, 1)} TFLOP/s ({c.get('gemm_case')}).", "",
+             f"GPU correctness check passed: {INFO.get('gpu_check_passed')}", "",
+             "| section | kernel | variant | case | time ms | TFLOP/s | GB/s | frac of ceiling | baseline | "
+             "baseline ms | speed vs baseline |", "|" + "---|" * 11]
+    for r in ROWS:
+        frac = r.get("frac_of_flops_ceiling") or r.get("frac_of_bw_ceiling")
+        lines.append(f"| {r['section']} | {r['kernel']} | {r['variant']}{' ' + r['meta'] if r.get('meta') else ''} "
+                     f"| {r['case']} | {_fmt(r['time_s'], 1e3, 4)} | {_fmt(r['achieved_flops_per_s'], 1e-12, 1)} "
+                     f"| {_fmt(r['achieved_bytes_per_s'], 1e-9, 0)} | {_fmt(frac, 1, 3)} | {r['baseline'] or ''} "
+                     f"| {_fmt(r['baseline_time_s'], 1e3, 4)} | {_fmt(r['speed_vs_baseline'], 1, 3)} |")
+    (OUT / "kernels_bench.md").write_text("\n".join(lines) + "\n")
+
+
+SECTIONS = {"ceilings": ceilings, "check": check, "gemm": gemm, "prefill": prefill, "decode": decode,
+            "paged": paged, "kv": kv_blocks, "sweep": sweep}
+
+
+def main() -> int:
+    global OUT
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--sections", default=",".join(SECTIONS))
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("error: no CUDA device; this benchmark needs a GPU", file=sys.stderr)
+        return 2
+    OUT = Path(args.out)
+    INFO["env"] = _env()
+    print(INFO["env"], flush=True)
+    for name in args.sections.split(","):
+        if name not in SECTIONS:
+            print(f"error: unknown section {name!r}; choose from {list(SECTIONS)}", file=sys.stderr)
+            return 2
+        t0 = time.time()
+        try:
+            SECTIONS[name]()
+        except Exception as e:  # noqa: BLE001 -- record the failure, keep the other sections
+            import traceback
+
+            traceback.print_exc()
+            INFO.setdefault("section_errors", {})[name] = repr(e)
+        INFO.setdefault("section_wall_s", {})[name] = time.time() - t0
+        print(f"== section {name} took {time.time() - t0:.1f} s", flush=True)
+        torch.cuda.empty_cache()
+        write()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
