@@ -1,0 +1,86 @@
+"""Analytical bounds a simulation of a deployment must respect (and the capacity planner prunes with).
+
+For a set of requests on one replica:
+
+- ``prefill_s`` / ``ttft_floor_s``: a prompt's prefill alone
+  (:func:`perfmodel.phases.prefill_cost`, chunks of the token budget); no
+  request's TTFT is shorter.
+- ``tpot_floor_s``: one decode step of a lone sequence at its prompt length;
+  no request's TPOT is shorter.
+- ``max_concurrency``: the memory model's users whose whole KV is resident.
+- ``throughput_bound_tokens_per_s``: the lesser of a compute bound (peak
+  FLOP/s over the FLOPs the requests need, per GPU) and a decode bound (an
+  iteration that emits ``k`` tokens costs at least a decode step of batch
+  ``k``, and ``k`` <= max concurrency), times the replicas.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from perfmodel.phases import decode_cost, decode_step_cost, prefill_cost
+from perfmodel.serving.deployment import Deployment, kv_tokens_kept, replica_memory, swap_times_s
+from perfmodel.serving.workload import Requests
+
+
+@dataclass(frozen=True)
+class AnalyticBounds:
+    """Per-request arrays (seconds) and per-deployment figures."""
+
+    prefill_s: np.ndarray
+    decode_s: np.ndarray
+    tpot_floor_s: np.ndarray
+    max_concurrency: int
+    compute_bound_tokens_per_s: float
+    decode_bound_tokens_per_s: float
+    replicas: int
+
+    @property
+    def alone_e2e_s(self) -> np.ndarray:
+        """Each request served alone: prefill (first token) + the other tokens' decode steps."""
+        return self.prefill_s + self.decode_s
+
+    @property
+    def throughput_bound_tokens_per_s(self) -> float:
+        return self.replicas * min(self.compute_bound_tokens_per_s, self.decode_bound_tokens_per_s)
+
+
+def _prefill(dep: Deployment, prompt) -> object:
+    return prefill_cost(dep.model, dep.gpu, dep.resolved_profile, prompt, 1, dep.precision, dep.tp, dep.token_budget)
+
+
+def analytic_bounds(dep: Deployment, requests: Requests) -> AnalyticBounds:
+    """Bounds for ``requests`` (their lengths; arrival times are not used) on ``dep``."""
+    p = requests.prompt_len.astype(np.float64)
+    o = requests.output_len.astype(np.float64)
+    prof = dep.resolved_profile
+    pre = _prefill(dep, p)
+    dec = decode_cost(dep.model, dep.gpu, prof, p, o - 1, 1, dep.precision, dep.tp)
+    step = decode_step_cost(dep.model, dep.gpu, prof, p + 1, 1, dep.precision, dep.tp)
+    mem = replica_memory(dep)
+    kv_tokens = np.array([kv_tokens_kept(dep.model, int(t)) for t in np.unique(p + o)])
+    per_user = float(kv_tokens.min()) * mem.kv_bytes_per_token_per_gpu
+    n_max = int(max(mem.free_for_kv_bytes_per_gpu, 0.0) // per_user)
+    n_max = min(n_max, dep.max_num_seqs)
+    flops = float(np.sum(pre.flops) + np.sum(dec.flops))
+    g, prec = dep.gpu, dep.precision
+    peak = max(g.flops_for(prec.math), g.flops_for(prec.activations), g.flops_for(prec.weights))
+    compute = float(o.sum()) * peak / flops if flops > 0 else float("inf")
+    if n_max >= 1:
+        k = np.arange(1, n_max + 1, dtype=np.float64)
+        t = decode_step_cost(dep.model, dep.gpu, prof, float(p.min()) + 1, k, dep.precision, dep.tp).total_s
+        decode = float(np.max(k / np.asarray(t)))
+    else:
+        decode = 0.0
+    return AnalyticBounds(
+        prefill_s=np.asarray(pre.total_s, dtype=np.float64), decode_s=np.asarray(dec.total_s, dtype=np.float64),
+        tpot_floor_s=np.asarray(step.total_s, dtype=np.float64), max_concurrency=n_max,
+        compute_bound_tokens_per_s=compute, decode_bound_tokens_per_s=decode, replicas=dep.replicas,
+    )
+
+
+def swap_cost_s(dep: Deployment, kv_tokens: int) -> tuple[float, float]:
+    """(out, in) seconds to move one request's KV of ``kv_tokens`` tokens (the context switch)."""
+    return swap_times_s(dep, replica_memory(dep), kv_tokens)

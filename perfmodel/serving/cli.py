@@ -1,0 +1,153 @@
+"""``perfmodel simulate``: serve a workload on a deployment and print the metrics."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from typing import Any
+
+from perfmodel.serving.deployment import KvPolicy, Router
+
+
+def register(subparsers) -> None:
+    """Add the ``simulate`` subcommand to the ``perfmodel`` parser."""
+    from perfmodel.cli import _positive_int, add_scenario_args
+
+    p = subparsers.add_parser("simulate", help="simulate serving a workload (continuous batching, paged KV)")
+    add_scenario_args(p)
+    p.set_defaults(model="llama-3-8b", gpu="h100-sxm-80gb")
+    p.add_argument("--tp", type=_positive_int, default=1, help="tensor-parallel degree per replica")
+    p.add_argument("--pp", type=_positive_int, default=1, help="pipeline stages per replica")
+    p.add_argument("--replicas", type=_positive_int, default=1)
+    p.add_argument("--router", choices=[r.value for r in Router], default=Router.LEAST_LOADED.value)
+    p.add_argument("--requests", type=_positive_int, default=1000, help="requests to generate")
+    p.add_argument("--arrival-rate", default="inf", help="Poisson rate in requests/s, or inf (all at once)")
+    p.add_argument("--prompt-len", default="2048", help="N, lognormal:MEAN:SIGMA or uniform:LOW:HIGH")
+    p.add_argument("--output-len", default="128", help="generated tokens incl. the first (same forms)")
+    p.add_argument("--trace", default=None, help="JSONL/CSV trace (arrival_s, prompt_len, output_len)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kv-policy", choices=[k.value for k in KvPolicy], default=KvPolicy.SWAP.value)
+    p.add_argument("--slice-tokens", type=_positive_int, default=128,
+                   help="decode tokens a request runs before swap/recompute may preempt it")
+    p.add_argument("--max-num-seqs", type=_positive_int, default=1024, help="requests resident per replica")
+    p.add_argument("--host-kv-gib", type=float, default=None, help="host memory for swapped KV per replica")
+    p.add_argument("--slo-ttft", type=float, default=None, help="TTFT target, seconds (for goodput)")
+    p.add_argument("--slo-tpot", type=float, default=None, help="TPOT target, seconds (for goodput)")
+    p.add_argument("--slo-pct", type=float, default=90.0, help="percentile the SLOs apply at")
+    p.add_argument("--out-requests", default=None, help="write the per-request table (.csv or .parquet)")
+    p.add_argument("--out-timeline", default=None, help="write the iteration timeline (.csv or .parquet)")
+    p.add_argument("--perfetto", default=None, help="write a Chrome/Perfetto trace JSON of the iterations")
+    p.set_defaults(func=_cmd_simulate)
+
+
+def _deployment(args: argparse.Namespace):
+    from perfmodel.serving.deployment import Deployment
+    from perfmodel.errors import InvalidInputError
+
+    host = None
+    if args.host_kv_gib is not None:
+        if not (math.isfinite(args.host_kv_gib) and args.host_kv_gib >= 0):
+            raise InvalidInputError(f"--host-kv-gib must be >= 0, got {args.host_kv_gib}")
+        host = args.host_kv_gib * 2**30
+    return Deployment.make(
+        args.model, args.gpu, mode=args.mode, weight_dtype=args.weight_dtype, kv_dtype=args.kv_dtype,
+        tp=args.tp, pp=args.pp, replicas=args.replicas, token_budget=args.chunk_tokens,
+        max_num_seqs=min(args.max_num_seqs, args.chunk_tokens), kv_policy=args.kv_policy,
+        slice_tokens=args.slice_tokens, router=args.router, host_kv_bytes=host)
+
+
+def _requests(args: argparse.Namespace):
+    from perfmodel.serving.workload import LengthDist, Workload, parse_rate, read_trace
+
+    if args.trace:
+        return read_trace(args.trace)
+    return Workload(args.requests, parse_rate(args.arrival_rate), LengthDist.parse(args.prompt_len, "--prompt-len"),
+                    LengthDist.parse(args.output_len, "--output-len"), seed=args.seed).generate()
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return None, None
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.console import Console
+
+    bar = Progress(TextColumn("simulating"), BarColumn(), TextColumn("{task.completed}/{task.total} requests"),
+                   TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+    task = bar.add_task("sim", total=None)
+
+    def update(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total)
+
+    return bar, update
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from perfmodel.serving.bounds import analytic_bounds
+    from perfmodel.serving.metrics import Slo
+    from perfmodel.serving.simulator import simulate
+    from perfmodel.serving.trace_export import write_trace_json
+
+    dep = _deployment(args)
+    reqs = _requests(args)
+    slo = None
+    if args.slo_ttft is not None or args.slo_tpot is not None:
+        slo = Slo(args.slo_ttft, args.slo_tpot, args.slo_pct, args.slo_pct)
+    record = bool(args.out_timeline or args.perfetto)
+    bar, update = _progress(not args.json and sys.stderr.isatty() and len(reqs) >= 20_000)
+    if bar is not None:
+        with bar:
+            res = simulate(dep, reqs, record_timeline=record, progress=update)
+    else:
+        res = simulate(dep, reqs, record_timeline=record)
+    out: dict[str, Any] = res.summary(slo)
+    b = analytic_bounds(dep, reqs)
+    out["analytic"] = {
+        "prefill_alone_s_p50": float(_median(b.prefill_s)),
+        "max_concurrency": int(b.max_concurrency),
+        "throughput_bound_tokens_per_s": float(b.throughput_bound_tokens_per_s),
+    }
+    res.write(args.out_requests, args.out_timeline)
+    if args.perfetto:
+        write_trace_json(res, args.perfetto)
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    _print_table(out)
+    return 0
+
+
+def _median(x):
+    import numpy as np
+
+    return np.median(x)
+
+
+def _print_table(out: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from perfmodel.cli import _fmt_s
+
+    t = Table(title=f"{out['deployment']}: {out['completed']} requests")
+    t.add_column("metric")
+    for c in ("p50", "p90", "p99", "mean"):
+        t.add_column(c, justify="right")
+    for key, name in (("ttft_s", "TTFT"), ("tpot_s", "TPOT"), ("e2e_s", "end-to-end")):
+        t.add_row(name, *[_fmt_s(out[key][c]) if out[key][c] == out[key][c] else "-" for c in ("p50", "p90", "p99", "mean")])
+    console = Console()
+    console.print(t)
+    lines = [
+        f"throughput: {out['throughput_tokens_per_s']:,.1f} output tokens/s "
+        f"(analytic bound {out['analytic']['throughput_bound_tokens_per_s']:,.1f})",
+        f"peak concurrency: {out['peak_concurrency']} requests per replica "
+        f"(analytic max {out['analytic']['max_concurrency']})",
+        f"swapped out/in: {out['swap_out_bytes'] / 2**30:,.2f} / {out['swap_in_bytes'] / 2**30:,.2f} GiB; "
+        f"preemptions: {out['preemptions']}",
+    ]
+    if "goodput_requests_per_s" in out:
+        lines.append(f"goodput: {out['goodput_requests_per_s']:,.2f} requests/s meeting the SLOs")
+    lines.append(f"simulated {out['iterations']:,} iterations in {out['sim_wall_s']:.2f} s")
+    for line in lines:
+        console.print(line)

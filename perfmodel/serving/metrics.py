@@ -1,0 +1,190 @@
+"""Results of a simulation: per-request table, iteration timeline, summary metrics.
+
+Definitions (seconds):
+
+- TTFT: first token (end of the iteration that finishes the prompt's prefill) minus arrival.
+- TPOT: (finish - first token) / (output_len - 1); undefined for one-token outputs.
+- E2E: finish minus arrival.
+- Throughput: output tokens / (last finish - first arrival).
+- Goodput: requests per second that meet every given SLO.
+- Peak concurrency: the most requests with KV resident in one replica's HBM at once.
+- Swap bytes: KV moved over PCIe, summed over a replica's GPUs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from perfmodel.errors import InvalidInputError
+
+PERCENTILES = (50, 90, 99)
+TIMELINE_COLUMNS = ("replica", "start_s", "duration_s", "decode_batch", "prefill_tokens", "prefills_done",
+                    "kv_blocks_used", "resident_requests", "waiting_requests", "swap_out_bytes", "swap_in_bytes")
+
+
+@dataclass(frozen=True)
+class Slo:
+    """Latency targets: ``ttft_s`` at percentile ``ttft_pct``, ``tpot_s`` at ``tpot_pct`` (None: no target)."""
+
+    ttft_s: float | None = None
+    tpot_s: float | None = None
+    ttft_pct: float = 90.0
+    tpot_pct: float = 90.0
+
+    def __post_init__(self) -> None:
+        for name in ("ttft_s", "tpot_s"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise InvalidInputError(f"SLO {name} must be a number > 0 seconds, got {v!r}")
+        for name in ("ttft_pct", "tpot_pct"):
+            v = getattr(self, name)
+            if not 0 < v <= 100:
+                raise InvalidInputError(f"SLO {name} must be in (0, 100], got {v!r}")
+
+
+def _pcts(x: np.ndarray) -> dict[str, float]:
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return {f"p{p}": float("nan") for p in PERCENTILES} | {"mean": float("nan")}
+    q = np.percentile(x, PERCENTILES)
+    return {f"p{p}": float(v) for p, v in zip(PERCENTILES, q)} | {"mean": float(x.mean())}
+
+
+@dataclass(frozen=True)
+class SimResult:
+    """Everything a simulation produced.  Arrays are per request, in arrival order."""
+
+    deployment: Any
+    arrival_s: np.ndarray
+    prompt_len: np.ndarray
+    output_len: np.ndarray
+    first_token_s: np.ndarray
+    finish_s: np.ndarray
+    preemptions: np.ndarray
+    replica: np.ndarray
+    timeline_rows: list
+    kv_bytes_per_block_per_gpu: float
+    capacity_blocks: int
+    peak_concurrency: int
+    swap_out_bytes: float
+    swap_in_bytes: float
+    iterations: int
+    wall_s: float
+
+    @classmethod
+    def collect(cls, dep, mem, reqs, table, replicas, wall_s: float) -> "SimResult":
+        rows = [row for rep in replicas for row in rep.log]
+        rows.sort(key=lambda r: (r[1], r[0]))
+        return cls(
+            deployment=dep, arrival_s=reqs.arrival_s, prompt_len=reqs.prompt_len, output_len=reqs.output_len,
+            first_token_s=np.array(table.first_token), finish_s=np.array(table.finish),
+            preemptions=np.array(table.preemptions, dtype=np.int64), replica=np.array(table.replica, dtype=np.int64),
+            timeline_rows=rows, kv_bytes_per_block_per_gpu=mem.block_tokens * mem.kv_bytes_per_token_per_gpu,
+            capacity_blocks=mem.capacity_blocks, peak_concurrency=max(r.peak_resident for r in replicas),
+            swap_out_bytes=sum(r.swap_out_bytes for r in replicas), swap_in_bytes=sum(r.swap_in_bytes for r in replicas),
+            iterations=sum(r.iterations for r in replicas), wall_s=wall_s,
+        )
+
+    # -- per-request metrics ---------------------------------------------------------
+    @property
+    def ttft_s(self) -> np.ndarray:
+        return self.first_token_s - self.arrival_s
+
+    @property
+    def e2e_s(self) -> np.ndarray:
+        return self.finish_s - self.arrival_s
+
+    @property
+    def tpot_s(self) -> np.ndarray:
+        steps = (self.output_len - 1).astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(steps > 0, (self.finish_s - self.first_token_s) / steps, np.nan)
+
+    @property
+    def makespan_s(self) -> float:
+        return float(np.max(self.finish_s) - np.min(self.arrival_s))
+
+    @property
+    def throughput_tokens_per_s(self) -> float:
+        span = self.makespan_s
+        return float(self.output_len.sum() / span) if span > 0 else float("inf")
+
+    def meets(self, slo: Slo) -> np.ndarray:
+        """Per request: True where every target of ``slo`` is met."""
+        ok = np.ones(self.arrival_s.shape, dtype=bool)
+        if slo.ttft_s is not None:
+            ok &= self.ttft_s <= slo.ttft_s
+        if slo.tpot_s is not None:
+            tp = self.tpot_s
+            ok &= np.isnan(tp) | (tp <= slo.tpot_s)
+        return ok
+
+    def slo_report(self, slo: Slo) -> dict[str, Any]:
+        """Each target's achieved percentile, and by how much it is missed (ratio > 1: missed)."""
+        out: dict[str, Any] = {}
+        for name, target, pct, vals in (("ttft", slo.ttft_s, slo.ttft_pct, self.ttft_s),
+                                        ("tpot", slo.tpot_s, slo.tpot_pct, self.tpot_s)):
+            if target is None:
+                continue
+            v = vals[np.isfinite(vals)]
+            achieved = float(np.percentile(v, pct)) if v.size else 0.0
+            out[name] = {"percentile": pct, "target_s": target, "achieved_s": achieved,
+                         "ratio": achieved / target, "met": achieved <= target}
+        return out
+
+    def meets_slo(self, slo: Slo) -> bool:
+        return all(v["met"] for v in self.slo_report(slo).values())
+
+    def goodput_requests_per_s(self, slo: Slo) -> float:
+        span = self.makespan_s
+        return float(self.meets(slo).sum() / span) if span > 0 else float("inf")
+
+    # -- tables -----------------------------------------------------------------------------
+    def requests_frame(self) -> pd.DataFrame:
+        return pd.DataFrame({
+            "arrival_s": self.arrival_s, "prompt_len": self.prompt_len, "output_len": self.output_len,
+            "replica": self.replica, "first_token_s": self.first_token_s, "finish_s": self.finish_s,
+            "ttft_s": self.ttft_s, "tpot_s": self.tpot_s, "e2e_s": self.e2e_s, "preemptions": self.preemptions,
+        })
+
+    def timeline_frame(self) -> pd.DataFrame:
+        """One row per iteration; ``kv_bytes_per_gpu`` is the HBM the KV cache occupies then."""
+        df = pd.DataFrame(self.timeline_rows, columns=list(TIMELINE_COLUMNS))
+        df["kv_bytes_per_gpu"] = df["kv_blocks_used"] * self.kv_bytes_per_block_per_gpu
+        df["kv_occupancy"] = df["kv_blocks_used"] / max(self.capacity_blocks, 1)
+        return df
+
+    def summary(self, slo: Slo | None = None) -> dict[str, Any]:
+        out = {
+            "deployment": self.deployment.describe(),
+            "completed": int(np.isfinite(self.finish_s).sum()),
+            "ttft_s": _pcts(self.ttft_s),
+            "tpot_s": _pcts(self.tpot_s),
+            "e2e_s": _pcts(self.e2e_s),
+            "throughput_tokens_per_s": self.throughput_tokens_per_s,
+            "throughput_requests_per_s": float(len(self.arrival_s) / self.makespan_s) if self.makespan_s > 0 else None,
+            "makespan_s": self.makespan_s,
+            "peak_concurrency": int(self.peak_concurrency),
+            "kv_capacity_blocks_per_replica": int(self.capacity_blocks),
+            "swap_out_bytes": float(self.swap_out_bytes),
+            "swap_in_bytes": float(self.swap_in_bytes),
+            "preemptions": int(self.preemptions.sum()),
+            "iterations": int(self.iterations),
+            "sim_wall_s": float(self.wall_s),
+        }
+        if slo is not None:
+            out["goodput_requests_per_s"] = self.goodput_requests_per_s(slo)
+            out["slo"] = self.slo_report(slo)
+        return out
+
+    def write(self, requests_path: str | None = None, timeline_path: str | None = None) -> None:
+        """Write the tables as CSV, or Parquet for a ``.parquet`` path."""
+        for path, frame in ((requests_path, self.requests_frame), (timeline_path, self.timeline_frame)):
+            if path:
+                df = frame()
+                df.to_parquet(path) if str(path).endswith(".parquet") else df.to_csv(path, index=False)

@@ -1,0 +1,242 @@
+"""One replica's scheduler: continuous batching, chunked prefill, a paged KV cache, swap/recompute/queue.
+
+Each call of :meth:`Replica.step` runs one iteration and returns its duration:
+
+1. Admission, first come first served: a request is admitted when the blocks
+   of its whole KV (prompt + output, the ``max_tokens`` a server knows) fit;
+   so the number resident never exceeds what the memory model allows.  When
+   the head of the queue does not fit, ``swap`` and ``recompute`` preempt the
+   longest-decoding request whose time slice is spent (round robin: it goes
+   to the back of the queue); ``queue`` waits.
+2. The batch: every decoding request emits one token; prefill chunks fill the
+   rest of the token budget in arrival order.  A prompt of ``L`` tokens is
+   cut into ``ceil(L / budget)`` near-equal chunks.
+3. The time: :class:`perfmodel.serving.timing.IterationTimer` plus the swap
+   transfers, which stall the iteration (out and in, one after the other, the
+   paper's context-switch formula).
+
+Decoding requests are kept in aggregate (count, total keys, a heap of finish
+steps), so an iteration costs O(1) plus its events.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+
+from perfmodel.serving.deployment import Deployment, KvPolicy, ReplicaMemory, kv_tokens_kept, swap_times_s
+from perfmodel.serving.timing import IterationTimer
+
+
+class RequestTable:
+    """Per-request state shared by the replicas (plain lists: fast scalar access)."""
+
+    def __init__(self, arrival_s, prompt_len, output_len) -> None:
+        n = len(arrival_s)
+        self.arrival = [float(x) for x in arrival_s]
+        self.prompt = [int(x) for x in prompt_len]
+        self.output = [int(x) for x in output_len]
+        self.first_token = [float("nan")] * n
+        self.finish = [float("nan")] * n
+        self.preemptions = [0] * n
+        self.replica = [-1] * n
+        self.blocks = [0] * n
+        self.gen = [0] * n  # tokens generated, as of the last preemption or prefill completion
+        self.target = [0] * n  # tokens to prefill in this residence
+        self.done = [0] * n  # of which prefilled
+        self.chunk = [0] * n
+        self.base = [0] * n  # gen = base + replica step while decoding
+        self.version = [0] * n
+        self.swapped_bytes = [0.0] * n
+        self.completed = 0
+
+
+class Replica:
+    """Scheduler state of one replica; see the module docstring."""
+
+    def __init__(self, index: int, dep: Deployment, mem: ReplicaMemory, timer: IterationTimer,
+                 reqs: RequestTable, record: bool = True) -> None:
+        self.index = index
+        self.dep, self.mem, self.timer, self.r = dep, mem, timer, reqs
+        self.policy = dep.kv_policy
+        self.gpus = dep.tp * dep.pp
+        self.waiting: deque[int] = deque()
+        self.prefilling: deque[int] = deque()
+        self.heap: list[tuple[int, int, int]] = []
+        self.decode_order: deque[tuple[int, int, int]] = deque()  # (join step, id, version)
+        self.b = 0
+        self.p_sum = 0
+        self.step_no = 0
+        self.used_blocks = 0
+        self.resident = 0
+        self.host_used = 0.0
+        self.outstanding = 0
+        self.busy = False
+        self.peak_resident = 0
+        self.swap_out_bytes = 0.0
+        self.swap_in_bytes = 0.0
+        self.preemptions = 0
+        self.iterations = 0
+        self.record = record
+        self.log: list[tuple] = []
+        self._swap_cache: dict[int, tuple[float, float]] = {}
+
+    # -- bookkeeping -----------------------------------------------------------------
+    def add(self, i: int) -> None:
+        r = self.r
+        r.replica[i] = self.index
+        r.blocks[i] = self.mem.blocks_for(kv_tokens_kept(self.dep.model, r.prompt[i] + r.output[i]))
+        self.waiting.append(i)
+        self.outstanding += 1
+
+    def _swap(self, kv_tokens: int) -> tuple[float, float]:
+        t = self._swap_cache.get(kv_tokens)
+        if t is None:
+            t = self._swap_cache[kv_tokens] = swap_times_s(self.dep, self.mem, kv_tokens)
+        return t
+
+    def _swap_bytes(self, kv_tokens: int) -> float:
+        blocks = self.mem.blocks_for(kv_tokens)
+        return blocks * self.mem.block_tokens * self.mem.kv_bytes_per_token_per_gpu * self.gpus
+
+    def _join_decode(self, i: int, t: float) -> None:
+        r = self.r
+        r.base[i] = r.gen[i] - self.step_no
+        self.b += 1
+        self.p_sum += r.prompt[i] + r.base[i]
+        heapq.heappush(self.heap, (r.output[i] - r.base[i], r.version[i], i))
+        self.decode_order.append((self.step_no, i, r.version[i]))
+
+    def _finish(self, i: int, t: float) -> None:
+        r = self.r
+        r.finish[i] = t
+        self.used_blocks -= r.blocks[i]
+        self.resident -= 1
+        self.outstanding -= 1
+        r.completed += 1
+
+    def _preempt_one(self, t: float, cost: list) -> bool:
+        """Preempt the longest-decoding request whose slice is spent; False if none may go."""
+        r, dq = self.r, self.decode_order
+        while dq and dq[0][2] != r.version[dq[0][1]]:
+            dq.popleft()
+        if not dq or self.step_no - dq[0][0] < self.dep.slice_tokens:
+            return False
+        i = dq[0][1]
+        gen = r.base[i] + self.step_no
+        kv = kv_tokens_kept(self.dep.model, r.prompt[i] + gen)
+        if self.policy is KvPolicy.SWAP:
+            nbytes = self._swap_bytes(kv)
+            if self.host_used + nbytes > self.mem.host_kv_bytes:
+                return False
+            self.host_used += nbytes
+            r.swapped_bytes[i] = nbytes
+            self.swap_out_bytes += nbytes
+            cost[0] += self._swap(kv)[0]
+            cost[1] += nbytes
+        dq.popleft()
+        r.version[i] += 1
+        self.b -= 1
+        self.p_sum -= r.prompt[i] + r.base[i]
+        r.gen[i] = gen
+        self.used_blocks -= r.blocks[i]
+        self.resident -= 1
+        r.preemptions[i] += 1
+        self.preemptions += 1
+        self.waiting.append(i)
+        return True
+
+    def _admit(self, t: float, cost: list) -> None:
+        r, cap, maxseq = self.r, self.mem.capacity_blocks, self.dep.max_num_seqs
+        preempted: set[int] = set()
+        waiting = self.waiting
+        while waiting:
+            i = waiting[0]
+            if i in preempted:
+                break
+            if self.used_blocks + r.blocks[i] > cap or self.resident >= maxseq:
+                if self.policy is KvPolicy.QUEUE:
+                    break
+                before = len(waiting)
+                if not self._preempt_one(t, cost):
+                    break
+                preempted.add(waiting[before])
+                continue
+            waiting.popleft()
+            self.used_blocks += r.blocks[i]
+            self.resident += 1
+            if r.swapped_bytes[i]:
+                nbytes = r.swapped_bytes[i]
+                kv = kv_tokens_kept(self.dep.model, r.prompt[i] + r.gen[i])
+                cost[0] += self._swap(kv)[1]
+                cost[2] += nbytes
+                self.host_used -= nbytes
+                self.swap_in_bytes += nbytes
+                r.swapped_bytes[i] = 0.0
+                self._join_decode(i, t)
+            else:
+                tgt = r.prompt[i] + r.gen[i]
+                r.target[i] = tgt
+                r.done[i] = 0
+                budget = self.dep.token_budget
+                n = -(-tgt // budget)
+                r.chunk[i] = -(-tgt // n)
+                self.prefilling.append(i)
+        if self.resident > self.peak_resident:
+            self.peak_resident = self.resident
+
+    # -- one iteration ----------------------------------------------------------------------
+    def step(self, t: float) -> float | None:
+        """Run one iteration starting at ``t``; its duration in seconds, or None when idle."""
+        cost = [0.0, 0.0, 0.0]  # swap seconds, bytes out, bytes in
+        if self.waiting:
+            self._admit(t, cost)
+        b = self.b
+        if not b and not self.prefilling:
+            return None
+        r, timer = self.r, self.timer
+        left = self.dep.token_budget - b
+        ptoks = 0
+        pattn = 0.0
+        completed = []
+        for i in self.prefilling:
+            if left <= 0:
+                break
+            rem = r.target[i] - r.done[i]
+            c = rem if rem < r.chunk[i] else r.chunk[i]
+            if c > left:
+                c = left
+            d = r.done[i] + c
+            r.done[i] = d
+            pattn += timer.attn_prefill_s(c, d)
+            ptoks += c
+            left -= c
+            if d == r.target[i]:
+                completed.append(i)
+        total_kv = self.p_sum + b * self.step_no
+        dur = timer.iteration_s(b, total_kv, ptoks, b + len(completed), pattn) + cost[0]
+        end = t + dur
+        if self.record:
+            self.log.append((self.index, t, dur, b, ptoks, len(completed), self.used_blocks, self.resident,
+                             len(self.waiting), cost[1], cost[2]))
+        self.iterations += 1
+        if b:
+            self.step_no += 1
+            heap, step, ver = self.heap, self.step_no, r.version
+            while heap and heap[0][0] <= step:
+                _, v, i = heapq.heappop(heap)
+                if v == ver[i]:
+                    self.b -= 1
+                    self.p_sum -= r.prompt[i] + r.base[i]
+                    ver[i] += 1
+                    self._finish(i, end)
+        for i in completed:
+            self.prefilling.popleft()
+            r.gen[i] += 1
+            if r.first_token[i] != r.first_token[i]:  # NaN: first token of this request
+                r.first_token[i] = end
+            if r.gen[i] >= r.output[i]:
+                self._finish(i, end)
+            else:
+                self._join_decode(i, end)
+        return dur

@@ -1,0 +1,266 @@
+"""Requests to serve: generated (arrival process x length distributions) or read from a trace.
+
+A trace is JSONL (one object per line) or CSV (a header line, then one row
+per request) with three fields per request:
+
+``arrival_s``
+    Arrival time, seconds from the start (>= 0; need not be sorted).
+``prompt_len``
+    Prompt tokens (integer >= 1).
+``output_len``
+    Generated tokens including the first one, which the prefill emits
+    (integer >= 1).
+
+Blank lines and JSONL lines starting with ``#`` are skipped.  A malformed
+line raises :class:`TraceFormatError` naming the file and the line number.
+"""
+
+from __future__ import annotations
+
+import csv
+import enum
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from perfmodel.errors import InvalidInputError
+
+TRACE_FIELDS = ("arrival_s", "prompt_len", "output_len")
+
+
+class TraceFormatError(InvalidInputError):
+    """A trace file that cannot be read; the message names the line."""
+
+
+class LengthKind(str, enum.Enum):
+    FIXED = "fixed"
+    LOGNORMAL = "lognormal"
+    UNIFORM = "uniform"
+
+
+@dataclass(frozen=True)
+class LengthDist:
+    """A token-length distribution.
+
+    ``fixed``: always ``a``.  ``lognormal``: mean ``a`` tokens, ``b`` the sigma of
+    the underlying normal (mu = ln(a) - b**2 / 2), rounded, clipped to ``[1, cap]``.
+    ``uniform``: integers in ``[a, b]`` inclusive.
+    """
+
+    kind: LengthKind
+    a: float
+    b: float = 0.0
+    cap: int = 0  # 0: no cap
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.a) or not math.isfinite(self.b):
+            raise InvalidInputError(f"length distribution parameters must be finite, got {self.a}, {self.b}")
+        if self.kind is LengthKind.FIXED and (self.a < 1 or self.a != int(self.a)):
+            raise InvalidInputError(f"a fixed length must be an integer >= 1, got {self.a:g}")
+        if self.kind is LengthKind.LOGNORMAL and (self.a < 1 or self.b < 0):
+            raise InvalidInputError(f"lognormal needs mean >= 1 and sigma >= 0, got {self.a:g}, {self.b:g}")
+        if self.kind is LengthKind.UNIFORM and not (1 <= self.a <= self.b):
+            raise InvalidInputError(f"uniform needs 1 <= low <= high, got {self.a:g}, {self.b:g}")
+
+    @classmethod
+    def parse(cls, text: "str | int", name: str = "length") -> "LengthDist":
+        """``2048``, ``lognormal:MEAN:SIGMA[:CAP]`` or ``uniform:LOW:HIGH``."""
+        s = str(text).strip().lower()
+        parts = s.split(":")
+        usage = f"{name}: expected N, lognormal:MEAN:SIGMA[:CAP] or uniform:LOW:HIGH, got {text!r}"
+        try:
+            kind = LengthKind.FIXED if len(parts) == 1 else LengthKind(parts[0])
+            nums = [float(p) for p in (parts if len(parts) == 1 else parts[1:])]
+        except ValueError:
+            raise InvalidInputError(usage) from None
+        want = {LengthKind.FIXED: (1,), LengthKind.LOGNORMAL: (2, 3), LengthKind.UNIFORM: (2,)}[kind]
+        if len(nums) not in want:
+            raise InvalidInputError(usage)
+        if kind is LengthKind.LOGNORMAL and len(nums) == 3:
+            if nums[2] < 1 or nums[2] != int(nums[2]):
+                raise InvalidInputError(f"{name}: the cap must be an integer >= 1, got {parts[3]!r}")
+            return cls(kind, nums[0], nums[1], int(nums[2]))
+        try:
+            return cls(kind, *nums)
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"{name}: {exc}") from None
+
+    @property
+    def max_len(self) -> float:
+        """Largest length drawn (inf for an uncapped log-normal)."""
+        if self.kind is LengthKind.FIXED:
+            return self.a
+        if self.kind is LengthKind.UNIFORM:
+            return self.b
+        return float(self.cap) if self.cap else math.inf
+
+    @property
+    def mean_len(self) -> float:
+        return self.a if self.kind is not LengthKind.UNIFORM else (self.a + self.b) / 2.0
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        if self.kind is LengthKind.FIXED:
+            return np.full(n, int(self.a), dtype=np.int64)
+        if self.kind is LengthKind.UNIFORM:
+            return rng.integers(int(self.a), int(self.b) + 1, size=n, dtype=np.int64)
+        mu = math.log(self.a) - self.b ** 2 / 2.0
+        x = np.rint(rng.lognormal(mu, self.b, size=n))
+        return np.clip(x, 1, self.cap or None).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class Requests:
+    """Requests as parallel arrays, sorted by arrival (seconds, tokens)."""
+
+    arrival_s: np.ndarray
+    prompt_len: np.ndarray
+    output_len: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.arrival_s.shape[0])
+
+    @classmethod
+    def of(cls, arrival_s, prompt_len, output_len) -> "Requests":
+        arr = np.asarray(arrival_s, dtype=np.float64).ravel()
+        p = np.asarray(prompt_len).ravel()
+        o = np.asarray(output_len).ravel()
+        if not (arr.shape == p.shape == o.shape):
+            raise InvalidInputError("arrival_s, prompt_len and output_len must have the same length")
+        if arr.size == 0:
+            raise InvalidInputError("no requests")
+        for name, v in (("prompt_len", p), ("output_len", o)):
+            if v.dtype.kind not in "iuf" or np.any(~np.isfinite(v)) or np.any(v < 1) or np.any(v != np.round(v)):
+                raise InvalidInputError(f"{name} must hold integers >= 1")
+        if np.any(~np.isfinite(arr)) or np.any(arr < 0):
+            raise InvalidInputError("arrival_s must hold finite times >= 0")
+        order = np.argsort(arr, kind="stable")
+        return cls(arr[order], p.astype(np.int64)[order], o.astype(np.int64)[order])
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A generated workload: ``n_requests`` arriving at ``arrival_rate_per_s``.
+
+    ``arrival_rate_per_s`` is a Poisson rate, or ``inf`` for all at time 0.
+    """
+
+    n_requests: int
+    arrival_rate_per_s: float
+    prompt_len: LengthDist
+    output_len: LengthDist
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.n_requests, bool) or int(self.n_requests) != self.n_requests or self.n_requests < 1:
+            raise InvalidInputError(f"n_requests must be an integer >= 1, got {self.n_requests!r}")
+        r = self.arrival_rate_per_s
+        if not isinstance(r, (int, float)) or math.isnan(r) or r <= 0:
+            raise InvalidInputError(f"arrival rate must be > 0 requests/s (or inf), got {r!r}")
+
+    def generate(self) -> Requests:
+        rng = np.random.default_rng(self.seed)
+        n = int(self.n_requests)
+        if math.isinf(self.arrival_rate_per_s):
+            arr = np.zeros(n)
+        else:
+            arr = np.cumsum(rng.exponential(1.0 / self.arrival_rate_per_s, size=n))
+            arr -= arr[0]
+        return Requests.of(arr, self.prompt_len.sample(n, rng), self.output_len.sample(n, rng))
+
+
+def parse_rate(text: str) -> float:
+    """``40`` or ``inf`` -> requests per second."""
+    try:
+        r = float(text)
+    except ValueError:
+        raise InvalidInputError(f"arrival rate must be a number > 0 or 'inf', got {text!r}") from None
+    if math.isnan(r) or r <= 0:
+        raise InvalidInputError(f"arrival rate must be > 0 requests/s (or inf), got {text!r}")
+    return r
+
+
+def _field(where: str, row: dict, key: str, integer: bool) -> float:
+    if key not in row or row[key] in (None, ""):
+        raise TraceFormatError(f"{where}: missing field {key!r}")
+    v = row[key]
+    try:
+        if isinstance(v, bool):
+            raise ValueError
+        f = float(v)
+    except (TypeError, ValueError):
+        raise TraceFormatError(f"{where}: {key} is not a number: {v!r}") from None
+    if not math.isfinite(f):
+        raise TraceFormatError(f"{where}: {key} must be finite, got {v!r}")
+    if integer and (f != int(f) or f < 1):
+        raise TraceFormatError(f"{where}: {key} must be an integer >= 1, got {v!r}")
+    if not integer and f < 0:
+        raise TraceFormatError(f"{where}: {key} must be >= 0, got {v!r}")
+    return f
+
+
+def _rows_jsonl(path: str, text: str):
+    for i, line in enumerate(text.splitlines(), 1):
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        try:
+            row = json.loads(s)
+        except json.JSONDecodeError as exc:
+            raise TraceFormatError(f"{path}:{i}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise TraceFormatError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
+        yield f"{path}:{i}", row
+
+
+def _rows_csv(path: str, text: str):
+    reader = csv.reader(io.StringIO(text))
+    header = None
+    for i, cells in enumerate(reader, 1):
+        if not cells or all(not c.strip() for c in cells):
+            continue
+        if header is None:
+            header = [c.strip() for c in cells]
+            missing = [f for f in TRACE_FIELDS if f not in header]
+            if missing:
+                raise TraceFormatError(f"{path}:{i}: CSV header lacks {', '.join(missing)} (has {', '.join(header)})")
+            continue
+        if len(cells) != len(header):
+            raise TraceFormatError(f"{path}:{i}: expected {len(header)} columns, got {len(cells)}")
+        yield f"{path}:{i}", dict(zip(header, (c.strip() for c in cells)))
+    if header is None:
+        raise TraceFormatError(f"{path}: empty CSV (no header)")
+
+
+def read_trace(path: "str | Path") -> Requests:
+    """Read a JSONL (``.jsonl``/``.json``) or CSV trace; see the module docstring for the format."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise TraceFormatError(f"cannot read trace {path}: {exc.strerror or exc}") from None
+    rows = _rows_csv(str(path), text) if p.suffix.lower() == ".csv" else _rows_jsonl(str(path), text)
+    arr, pl, ol = [], [], []
+    for where, row in rows:
+        arr.append(_field(where, row, "arrival_s", False))
+        pl.append(_field(where, row, "prompt_len", True))
+        ol.append(_field(where, row, "output_len", True))
+    if not arr:
+        raise TraceFormatError(f"{path}: no requests in the trace")
+    return Requests.of(arr, np.array(pl, dtype=np.int64), np.array(ol, dtype=np.int64))
+
+
+def write_trace(path: "str | Path", requests: Requests) -> None:
+    """Write ``requests`` as JSONL (or CSV for a ``.csv`` path)."""
+    p = Path(path)
+    with p.open("w") as f:
+        if p.suffix.lower() == ".csv":
+            f.write(",".join(TRACE_FIELDS) + "\n")
+            for a, pr, o in zip(requests.arrival_s, requests.prompt_len, requests.output_len):
+                f.write(f"{a!r},{int(pr)},{int(o)}\n")
+        else:
+            for a, pr, o in zip(requests.arrival_s, requests.prompt_len, requests.output_len):
+                f.write(json.dumps({"arrival_s": float(a), "prompt_len": int(pr), "output_len": int(o)}) + "\n")
