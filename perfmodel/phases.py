@@ -48,12 +48,34 @@ def _active(knobs: Knobs | None) -> Knobs | None:
     return knobs if knobs is not None and knobs.active else None
 
 
+_COST_FIELDS = ("compute_s", "memory_s", "latency_s", "comm_s", "overlap_s", "flops", "bytes")
+
+
 def sum_costs(ops, gpu: GPU, profile: Profile) -> OpCost:
-    """Sum of ``count * cost(op)`` over ``(name, op, count)`` triples."""
-    total = ZERO
+    """Sum of ``count * cost(op)`` over ``(name, op, count)`` triples.
+
+    Equal to folding ``OpCost.__add__`` over ``cost.scale(count)`` (same order,
+    same ``memory_bound`` rule), but accumulates arrays in place, which the
+    million-point sweep needs.
+    """
+    acc: dict[str, Any] = dict.fromkeys(_COST_FIELDS, 0.0)
+    bound = ZERO.memory_bound
     for _, op, count in ops:
-        total = total + op_cost(op, gpu, profile).scale(count)
-    return total
+        c = op_cost(op, gpu, profile)
+        mem = c.memory_s * count
+        if not np.sum(acc["memory_s"]) >= np.sum(mem):
+            bound = c.memory_bound
+        for name in _COST_FIELDS:
+            v = mem if name == "memory_s" else getattr(c, name) * count
+            a = acc[name]
+            if isinstance(a, np.ndarray) and np.shape(v) == a.shape or (
+                    isinstance(a, np.ndarray) and np.ndim(v) == 0):
+                a += v
+            elif isinstance(v, np.ndarray) or isinstance(a, np.ndarray):
+                acc[name] = np.add(a, v, dtype=np.float64)
+            else:
+                acc[name] = a + v
+    return OpCost(memory_bound=bound, **acc)
 
 
 def prefill_cost(

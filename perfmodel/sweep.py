@@ -6,15 +6,18 @@ vectorised evaluation per TP degree; every other axis is a numpy array.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+import itertools
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 
 from hw.loader import load_gpu
 from perfmodel.calibration import Mode, resolve_profile
+from perfmodel.costs import Bound
 from perfmodel.errors import InvalidInputError
-from perfmodel.layers import Precision, check_tp
+from perfmodel.knobs import Knobs, KnobError, effective_model
+from perfmodel.layers import Precision, apply_knobs, check_tp, kv_bytes_per_token_per_gpu
 from perfmodel.models import load_model
 from perfmodel.phases import (
     DEFAULT_PREFILL_CHUNK_TOKENS,
@@ -22,6 +25,7 @@ from perfmodel.phases import (
     context_switch,
     decode_cost,
     decode_step_cost,
+    kv_cache_bytes_per_gpu,
     memory_budget,
     prefill_cost,
 )
@@ -56,11 +60,18 @@ def sweep(
     chunk_tokens: int | None = DEFAULT_PREFILL_CHUNK_TOKENS,
     reserve_fraction: float = DEFAULT_RESERVE_FRACTION,
     profile=None,
+    knobs: Knobs | None = None,
+    knob_axes: Mapping[str, Iterable[Any]] | None = None,
 ) -> pd.DataFrame:
-    """One row per point of ``context_len x batch x tp x output_tokens``.
+    """One row per point of ``context_len x batch x tp x output_tokens`` (x the knob axes).
 
     Columns are the :func:`perfmodel.analyze` keys plus ``fits``: False where
     the weights plus ``batch`` users' KV do not fit, and the times there are NaN.
+
+    ``knobs`` applies one set of KV-cache knobs to every point.  ``knob_axes``
+    maps :class:`~perfmodel.knobs.Knobs` field names to lists of values; the
+    sweep evaluates their Cartesian product on top of ``knobs`` (one numpy
+    pass per combination and TP degree) and adds one column per axis.
     """
     m = load_model(model)
     g = load_gpu(gpu)
@@ -70,41 +81,93 @@ def sweep(
     out_ax = _axis("output_tokens", output_tokens, 0)
     for t in tp_ax:
         check_tp(m, int(t))
-    prec = Precision.of(weight_dtype, activation_dtype, kv_dtype)
+    base_prec = Precision.of(weight_dtype, activation_dtype, kv_dtype)
     prof = resolve_profile(g, Mode(mode), profile)
     ctx, b, out = (a.ravel().astype(np.float64) for a in np.meshgrid(ctx_ax, b_ax, out_ax, indexing="ij"))
     frames = []
-    for t in tp_ax:
-        t = int(t)
-        mem = memory_budget(m, g, ctx, out, prec, t, chunk_tokens, reserve_fraction, batch=b)
-        fits = mem.max_concurrency >= b
-        pre = prefill_cost(m, g, prof, ctx, b, prec, t, chunk_tokens)
-        step = decode_step_cost(m, g, prof, ctx, b, prec, t)
-        dec = decode_cost(m, g, prof, ctx, out, b, prec, t)
-        sw = context_switch(g, prof, mem.kv_bytes_per_user)
-        nan = np.where(fits, 1.0, np.nan)
-        pre_s, dec_s = pre.total_s * nan, dec.total_s * nan
-        kv_tokens = np.minimum(ctx + out, m.sliding_window) if m.sliding_window > 0 else ctx + out
-        frames.append(pd.DataFrame({
-            "model": m.name,
-            "gpu": g.name,
-            "tp": t,
-            "mode": prof.mode.value,
-            "context_len": ctx.astype(np.int64),
-            "output_tokens": out.astype(np.int64),
-            "batch": b.astype(np.int64),
-            "weight_bytes": int(m.weight_bytes(prec.weights)),
-            "kv_bytes_per_token": int(round(m.kv_bytes_per_token(prec.kv))),
-            "kv_cache_bytes": np.round(m.kv_bytes_per_token(prec.kv) * kv_tokens * b).astype(np.int64),
-            "prefill_s": pre_s,
-            "decode_s_per_token": step.total_s * nan,
-            "decode_s": dec_s,
-            "max_concurrency": mem.max_concurrency.astype(np.int64),
-            "context_switch_s": sw.serial_s * nan,
-            "context_switch_duplex_s": sw.duplex_s * nan,
-            "session_throughput_tokens_per_s": b * out / (pre_s + dec_s),
-            "prefill_bound": pre.bound,
-            "decode_bound": step.bound,
-            "fits": fits,
-        }))
+    for knob_values, kn in _knob_grid(knobs, knob_axes):
+        if kn is not None:
+            kn.check(effective_model(m, kn), ctx)
+        prec = apply_knobs(base_prec, kn)
+        for t in tp_ax:
+            frame = _evaluate(m, g, prof, ctx, b, out, prec, int(t), chunk_tokens, reserve_fraction, kn)
+            for name, value in knob_values.items():
+                frame[name] = value.value if hasattr(value, "value") else value
+            frames.append(frame)
     return pd.concat(frames, ignore_index=True)
+
+
+def _knob_grid(knobs: Knobs | None, knob_axes: Mapping[str, Iterable[Any]] | None):
+    """``(axis values, Knobs)`` for each point of the knob axes' product."""
+    if knobs is not None and not isinstance(knobs, Knobs):
+        raise InvalidInputError(f"knobs must be a Knobs value, got {knobs!r}")
+    if not knob_axes:
+        yield {}, knobs
+        return
+    fields = set(Knobs.__dataclass_fields__)
+    names = list(knob_axes)
+    for n in names:
+        if n not in fields:
+            raise KnobError(f"unknown knob axis {n!r}; known: {', '.join(sorted(fields))}")
+    values = [list(np.atleast_1d(np.asarray(knob_axes[n], dtype=object))) for n in names]
+    for n, v in zip(names, values):
+        if not v:
+            raise KnobError(f"knob axis {n!r} is empty")
+    base = knobs or Knobs()
+    for combo in itertools.product(*values):
+        clean = {n: (v.item() if hasattr(v, "item") else v) for n, v in zip(names, combo)}
+        yield clean, base.replace(**clean)
+
+
+def _evaluate(m, g, prof, ctx, b, out, prec, t, chunk_tokens, reserve_fraction, kn) -> pd.DataFrame:
+    """One vectorised pass over the flattened context x batch x output grid at TP degree ``t``."""
+    if kn is not None and not kn.active:
+        kn = None
+    mem = memory_budget(m, g, ctx, out, prec, t, chunk_tokens, reserve_fraction, batch=b, knobs=kn)
+    fits = mem.max_concurrency >= b
+    pre = prefill_cost(m, g, prof, ctx, b, prec, t, chunk_tokens, knobs=kn)
+    step = decode_step_cost(m, g, prof, ctx, b, prec, t, knobs=kn)
+    dec = decode_cost(m, g, prof, ctx, out, b, prec, t, knobs=kn)
+    sw = context_switch(g, prof, mem.kv_bytes_per_user, knobs=kn)
+    nan = np.where(fits, 1.0, np.nan)
+    pre_s, dec_s = pre.total_s * nan, dec.total_s * nan
+    kv_tok_model = kv_bytes_per_token_per_gpu(effective_model(m, kn), 1, prec.kv, kn)
+    kv_cache = kv_cache_bytes_per_gpu(m, ctx, out, b, prec, 1, kn)
+    n = ctx.size
+    return pd.DataFrame({
+        "model": _const(m.name, n),
+        "gpu": _const(g.name, n),
+        "tp": t,
+        "mode": _const(prof.mode.value, n),
+        "context_len": ctx.astype(np.int64),
+        "output_tokens": out.astype(np.int64),
+        "batch": b.astype(np.int64),
+        "weight_bytes": int(m.weight_bytes(prec.weights)),
+        "kv_bytes_per_token": int(round(kv_tok_model)),
+        "kv_cache_bytes": np.round(kv_cache).astype(np.int64),
+        "prefill_s": pre_s,
+        "decode_s_per_token": step.total_s * nan,
+        "decode_s": dec_s,
+        "max_concurrency": mem.max_concurrency.astype(np.int64),
+        "context_switch_s": sw.serial_s * nan,
+        "context_switch_duplex_s": sw.duplex_s * nan,
+        "session_throughput_tokens_per_s": b * out / (pre_s + dec_s),
+        "prefill_bound": _bound_column(pre),
+        "decode_bound": _bound_column(step),
+        "fits": fits,
+    })
+
+
+def _const(text: str, n: int) -> pd.Categorical:
+    """A column holding one string ``n`` times (categorical: building a million strings is slow)."""
+    return pd.Categorical.from_codes(np.zeros(n, dtype=np.int8), [text])
+
+
+def _bound_column(cost) -> pd.Categorical:
+    """``cost.bound`` as a categorical column (same names, same tie rule: the first largest term)."""
+    terms = np.stack(np.broadcast_arrays(cost.compute_s, cost.memory_s, cost.latency_s, cost.comm_s))
+    idx = np.argmax(terms, axis=0)
+    names = [Bound.COMPUTE.value, cost.memory_bound.value, Bound.LATENCY.value, Bound.INTERCONNECT.value]
+    cats = list(dict.fromkeys(names))
+    codes = np.array([cats.index(x) for x in names], dtype=np.int8)[idx]
+    return pd.Categorical.from_codes(codes, cats)
