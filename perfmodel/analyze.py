@@ -13,7 +13,8 @@ from hw.spec import GPU
 from perfmodel.calibration import Mode, Profile, resolve_profile
 from perfmodel.costs import Bound, OpCost
 from perfmodel.errors import DoesNotFitError, InvalidInputError
-from perfmodel.layers import Precision, check_tp
+from perfmodel.knobs import COST_NOT_QUALITY, Knobs, effective_model
+from perfmodel.layers import Precision, apply_knobs, check_tp, kv_bytes_per_token_per_gpu
 from perfmodel.models import ModelSpec, load_model
 from perfmodel.phases import (
     DEFAULT_PREFILL_CHUNK_TOKENS,
@@ -23,9 +24,14 @@ from perfmodel.phases import (
     context_switch,
     decode_cost,
     decode_step_cost,
+    kv_cache_bytes_per_gpu,
     memory_budget,
     prefill_cost,
 )
+
+#: The metrics shown with and without the knobs (``to_dict`` keys).
+KNOB_METRICS = ("prefill_s", "decode_s_per_token", "decode_s", "max_concurrency", "context_switch_s",
+                "kv_cache_bytes", "session_throughput_tokens_per_s")
 
 
 def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -55,6 +61,8 @@ class Analysis:
     memory: MemoryBudget
     switch: ContextSwitch
     notes: tuple[str, ...] = field(default_factory=tuple)
+    knobs: Knobs | None = None
+    baseline: "Analysis | None" = None  # the same scenario without the knobs (None: it does not fit)
 
     @property
     def session_throughput_tokens_per_s(self) -> float:
@@ -85,9 +93,9 @@ class Analysis:
             "kv_dtype": self.precision.kv.value,
             "weight_bytes": int(self.model.weight_bytes(self.precision.weights)),
             "weight_bytes_per_gpu": int(round(mem.weight_bytes)),
-            "kv_bytes_per_token": int(round(self.model.kv_bytes_per_token(self.precision.kv))),
-            "kv_cache_bytes": int(round(self.model.kv_bytes_per_token(self.precision.kv) * self.batch
-                                        * _kv_tokens(self.model, self.context_len + self.output_tokens))),
+            "kv_bytes_per_token": int(round(kv_bytes_per_token_per_gpu(self.model, 1, self.precision.kv, self.knobs))),
+            "kv_cache_bytes": int(round(kv_cache_bytes_per_gpu(self.model, self.context_len, self.output_tokens,
+                                                               self.batch, self.precision, 1, self.knobs))),
             "hbm_capacity_bytes_per_gpu": int(mem.capacity_bytes),
             "activation_bytes_per_gpu": int(round(mem.activation_bytes)),
             "reserve_bytes_per_gpu": int(round(mem.reserve_bytes)),
@@ -102,6 +110,30 @@ class Analysis:
             "bottleneck": self.bottleneck,
             "comm_s": {"prefill": float(self.prefill.comm_s), "decode_per_token": float(self.decode_step.comm_s)},
             "notes": list(self.notes),
+            "knobs": self.knobs.to_dict() if self.knobs is not None else {},
+        } | self._knob_comparison()
+
+    def _knob_comparison(self) -> dict[str, Any]:
+        """``without_knobs`` metrics and ``knob_ratio`` (with / without), when knobs are active."""
+        if self.knobs is None:
+            return {}
+        if self.baseline is None:
+            return {"without_knobs": None, "knob_ratio": None}
+        mine, base = self.to_dict_metrics(), self.baseline.to_dict_metrics()
+        ratio = {k: (mine[k] / base[k] if base[k] else None) for k in KNOB_METRICS}
+        return {"without_knobs": base, "knob_ratio": ratio}
+
+    def to_dict_metrics(self) -> dict[str, float]:
+        """The metrics of :data:`KNOB_METRICS`."""
+        return {
+            "prefill_s": float(self.prefill.total_s),
+            "decode_s_per_token": float(self.decode_step.total_s),
+            "decode_s": float(self.decode.total_s),
+            "max_concurrency": int(self.memory.max_concurrency),
+            "context_switch_s": float(self.switch.serial_s),
+            "kv_cache_bytes": int(round(kv_cache_bytes_per_gpu(self.model, self.context_len, self.output_tokens,
+                                                               self.batch, self.precision, 1, self.knobs))),
+            "session_throughput_tokens_per_s": float(self.session_throughput_tokens_per_s),
         }
 
 
@@ -145,8 +177,12 @@ def analyze(
     chunk_tokens: int | None = DEFAULT_PREFILL_CHUNK_TOKENS,
     reserve_fraction: float = DEFAULT_RESERVE_FRACTION,
     profile: "Profile | str | None" = None,
+    knobs: Knobs | None = None,
 ) -> Analysis:
     """Prefill, decode, concurrency and context switch of one scenario.
+
+    ``knobs`` (:class:`perfmodel.knobs.Knobs`) prices KV-cache what-ifs; the
+    result then carries ``baseline``, the same scenario without them.
 
     Raises
     ------
@@ -166,20 +202,28 @@ def analyze(
         chunk_tokens = check_positive_int("chunk_tokens", chunk_tokens)
     if not 0 <= reserve_fraction < 1:
         raise InvalidInputError(f"reserve_fraction must be in [0, 1), got {reserve_fraction}")
+    if knobs is not None and not knobs.active:
+        knobs = None
+    base_model = m
+    if knobs is not None:
+        m = effective_model(m, knobs)
+        knobs.check(m, context_len, batch)
     check_tp(m, tp)
     notes = []
     if m.max_context and context_len + output_tokens > m.max_context:
         notes.append(f"context {context_len + output_tokens} exceeds the model's trained window of {m.max_context} tokens")
-    prec = Precision.of(weight_dtype, activation_dtype, kv_dtype)
+    prec = apply_knobs(Precision.of(weight_dtype, activation_dtype, kv_dtype), knobs)
     mode = Mode(mode)
     prof = resolve_profile(g, mode, profile)
     if mode is Mode.CALIBRATED and prof.is_peak:
         notes.append(f"no calibration profile for {g.name}: peak figures shown")
-    mem = memory_budget(m, g, context_len, output_tokens, prec, tp, chunk_tokens, reserve_fraction, batch=batch)
+    mem = memory_budget(m, g, context_len, output_tokens, prec, tp, chunk_tokens, reserve_fraction, batch=batch,
+                        knobs=knobs)
     if mem.max_concurrency < batch:
-        need = mem.weight_bytes + mem.activation_bytes + mem.reserve_bytes + batch * mem.kv_bytes_per_user
+        need = (mem.weight_bytes + mem.activation_bytes + mem.reserve_bytes + batch * mem.kv_bytes_per_user
+                + mem.shared_kv_bytes)
         hint = suggest_tp(m, g, context_len, output_tokens, batch, prec, chunk_tokens=chunk_tokens,
-                          reserve_fraction=reserve_fraction)
+                          reserve_fraction=reserve_fraction, knobs=knobs)
         what = "the weights alone do not fit" if mem.free_for_kv_bytes <= 0 else f"{batch} user(s)' KV cache does not fit"
         raise DoesNotFitError(
             f"{m.name} on {g.name} (tp={tp}): {what}: needs {need / 2**30:.1f} GiB per GPU "
@@ -187,11 +231,22 @@ def analyze(
             + (f"; tp={hint} fits" if hint else "; no TP degree up to 64 fits"),
             needed_bytes=int(need), available_bytes=int(mem.capacity_bytes), suggested_tp=hint,
         )
-    pre = prefill_cost(m, g, prof, context_len, batch, prec, tp, chunk_tokens)
-    step = decode_step_cost(m, g, prof, context_len, batch, prec, tp)
-    dec = decode_cost(m, g, prof, context_len, output_tokens, batch, prec, tp)
-    sw = context_switch(g, prof, mem.kv_bytes_per_user)
+    pre = prefill_cost(m, g, prof, context_len, batch, prec, tp, chunk_tokens, knobs=knobs)
+    step = decode_step_cost(m, g, prof, context_len, batch, prec, tp, knobs=knobs)
+    dec = decode_cost(m, g, prof, context_len, output_tokens, batch, prec, tp, knobs=knobs)
+    sw = context_switch(g, prof, mem.kv_bytes_per_user, knobs=knobs)
+    baseline = None
+    if knobs is not None:
+        notes.append(COST_NOT_QUALITY)
+        try:
+            baseline = analyze(base_model, g, context_len, output_tokens, batch, tp, mode, weight_dtype, kv_dtype,
+                               activation_dtype, chunk_tokens, reserve_fraction, prof)
+        except DoesNotFitError as exc:
+            notes.append(f"without the knobs: {exc}")
+        except InvalidInputError as exc:  # e.g. a TP degree only the knobs' KV heads allow
+            notes.append(f"without the knobs: {exc}")
     return Analysis(
         model=m, gpu=g, tp=tp, mode=mode, context_len=context_len, output_tokens=output_tokens, batch=batch,
         precision=prec, prefill=pre, decode_step=step, decode=dec, memory=mem, switch=sw, notes=tuple(notes),
+        knobs=knobs, baseline=baseline,
     )

@@ -220,12 +220,14 @@ def _attention_ops(phase: Phase, batch, q_len, keys, prefix: int, knobs: Knobs |
     decode = phase is Phase.DECODE
     ops: OpList = []
     if prefix and knobs is not None and knobs.prefix_aware_kernel:
-        dens = knobs.attention_density
-        ops.append(("attention", Attention(phase, batch, q_len, keys - prefix * dens, **fields), count))
-        # all sequences' queries against the prefix KV, read once: a matrix product over the batch
-        ops.append(("prefix_attention", Attention(phase, 1, batch * q_len, prefix * dens, causal=False, **fields),
-                    count))
-        read = batch * (keys - prefix * dens) + prefix * dens
+        # all sequences' queries against the prefix KV, read once: a matrix product over the batch;
+        # a batch of one gains nothing and runs the ordinary kernel (no split, no partial-output merge)
+        split = np.asarray(batch) > 1
+        p = np.where(split, prefix * knobs.attention_density, 0.0)
+        ops.append(("attention", Attention(phase, batch, q_len, keys - p, **fields), count))
+        ops.append(("prefix_attention", Attention(phase, split.astype(np.float64), batch * q_len, p, causal=False,
+                                                  **fields), count))
+        read = batch * (keys - p) + p
     else:
         ops.append(("attention", Attention(phase, batch, q_len, keys, **fields), count))
         read = batch * keys

@@ -207,7 +207,7 @@ def _tier_stream(m, gpu, step: OpCost, kv_len, batch, prec, tp, knobs) -> OpCost
     """Time to stream the KV that does not fit in HBM from the tiers, beyond what prefetch hides."""
     mem = memory_budget(m, gpu, kv_len, 0, prec, tp, batch=batch, knobs=knobs.replace(kv_tiers=()))
     spilled = np.maximum(batch * mem.kv_bytes_per_user + mem.shared_kv_bytes - np.maximum(mem.free_for_kv_bytes, 0.0),
-                         0.0)
+                         0.0)  # the KV beyond free HBM (the shared prefix is kept in HBM first)
     t = np.zeros_like(np.asarray(spilled, dtype=np.float64))
     left = spilled
     for tier in knobs.kv_tiers:
@@ -303,8 +303,8 @@ def memory_budget(
         free, extra = free_gpu, pool_cap
     else:
         extra = sum(t.capacity_for(gpu) for t in knobs.kv_tiers)
-        free = free_gpu - shared
-        room = np.where(free_gpu >= 0, np.maximum(free, 0.0) + extra, 0.0)
+        free = free_gpu
+        room = np.where(free_gpu >= 0, free_gpu - shared + extra, 0.0)
     conc = np.floor(np.maximum(room, 0.0) / kv_user)
     return MemoryBudget(
         capacity_bytes=capacity, weight_bytes=weights, activation_bytes=f(act), reserve_bytes=reserve,
