@@ -85,6 +85,11 @@ def _build_parser() -> _Parser:
     a.add_argument("--output-tokens", type=_nonneg_int, default=250)
     a.add_argument("--batch", type=_positive_int, default=1, help="users decoding together")
     a.add_argument("--tp", type=_positive_int, default=1, help="tensor-parallel degree")
+    from perfmodel.knobs import add_knob_args
+
+    add_knob_args(a)
+    a.add_argument("--match-context", type=_positive_int, default=None, metavar="N",
+                   help="per metric and knob, the setting at which --context costs no more than N tokens")
     a.set_defaults(func=_cmd_analyze)
 
     pr = sub.add_parser("predict", help="predict the time of each op descriptor in a JSONL file")
@@ -101,6 +106,9 @@ def _build_parser() -> _Parser:
     s.add_argument("--tp", type=_int_list, default=[1])
     s.add_argument("--output-tokens", type=_int_list, default=[250])
     s.add_argument("--out", default=None, help="write CSV (or .parquet) here")
+    add_knob_args(s)
+    s.add_argument("--knob-axis", action="append", default=None, metavar="NAME=V1,V2",
+                   help="sweep a knob too (repeatable), e.g. kv_keep_ratio=1,0.5,0.25")
     s.set_defaults(func=_cmd_sweep)
 
     g = sub.add_parser("gpus", help="list the shipped GPUs and aliases")
@@ -160,21 +168,39 @@ def _analysis_table(results: list[Any]) -> Any:
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from perfmodel.analyze import analyze
 
+    from perfmodel import knobs_cli
+    from perfmodel.knobs import knobs_from_args
+
+    knobs = knobs_from_args(args)  # --kv-dtype is a knob: the comparison shows its effect
     contexts = [args.context] if args.context else [50_000, 4_000]
+    if args.match_context:
+        contexts = [args.context or 50_000]
     kw = dict(model=args.model, gpu=args.gpu, output_tokens=args.output_tokens, batch=args.batch, tp=args.tp,
-              mode=args.mode, weight_dtype=args.weight_dtype, kv_dtype=args.kv_dtype, chunk_tokens=args.chunk_tokens)
+              mode=args.mode, weight_dtype=args.weight_dtype, kv_dtype=None, chunk_tokens=args.chunk_tokens,
+              knobs=knobs)
     results = [analyze(context_len=c, **kw) for c in contexts]
+    match = knobs_cli.run_match(args, knobs, contexts[0]) if args.match_context else None
     if args.json:
         out = results[0].to_dict() if len(results) == 1 else results[0].to_dict() | {
             "compare": [r.to_dict() for r in results[1:]]}
+        if match is not None:
+            out["match"] = match.to_dict()
         print(json.dumps(out, indent=2))
         return 0
     from rich.console import Console
 
     console = Console()
     console.print(_analysis_table(results))
+    if knobs.active:
+        console.print(knobs_cli.knob_table(results))
+    if match is not None:
+        console.print(knobs_cli.match_table(match))
+        for line in knobs_cli.match_reasons(match):
+            console.print(f"  {line}")
     for note in results[0].notes:
         console.print(f"note: {note}")
+    if match is not None and not knobs.active:
+        console.print("note: the settings above price cost only; the accuracy of each technique is not modelled")
     return 0
 
 
@@ -189,9 +215,18 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from perfmodel.sweep import sweep
 
+    from perfmodel.knobs import knobs_from_args
+    from perfmodel.knobs_cli import parse_knob_axes
+
+    knobs = knobs_from_args(args)
     df = sweep(args.model, args.gpu, context_len=args.context, batch=args.batch, tp=args.tp,
                output_tokens=args.output_tokens, mode=args.mode, weight_dtype=args.weight_dtype,
-               kv_dtype=args.kv_dtype, chunk_tokens=args.chunk_tokens)
+               kv_dtype=None, chunk_tokens=args.chunk_tokens, knobs=knobs,
+               knob_axes=parse_knob_axes(args.knob_axis))
+    if knobs.active or args.knob_axis:
+        from perfmodel.knobs import COST_NOT_QUALITY
+
+        print(f"perfmodel: note: {COST_NOT_QUALITY}", file=sys.stderr)
     if args.out:
         if args.out.endswith(".parquet"):
             df.to_parquet(args.out)
