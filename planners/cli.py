@@ -1,0 +1,170 @@
+"""``perfmodel plan moe|sp|capacity``: registered into the ``perfmodel`` command."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+
+from planners.errors import PlannerError
+
+_DEFAULT_SYSTEM = "dgx-h100-x4"
+
+
+def _time_limit(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"time limit must be > 0 seconds, got {text!r}")
+    return v
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def register(subparsers) -> None:
+    """Add ``plan`` with its ``moe`` and ``sp`` subcommands (and ``capacity`` when present)."""
+    plan = subparsers.add_parser("plan", help="ILP planners: MoE expert placement, sequence-parallel splits")
+    sub = plan.add_subparsers(dest="plan_command", parser_class=type(plan))
+
+    m = sub.add_parser("moe", help="place MoE experts (and redundant replicas) on GPUs")
+    m.add_argument("--loads", required=True, help="JSON {\"loads\": [[tokens per expert] per layer]} or a routing trace")
+    m.add_argument("--gpus", required=True, type=_int)
+    m.add_argument("--slots-per-gpu", required=True, type=_int, help="expert slots per GPU (spare slots: replicas)")
+    m.add_argument("--nodes", type=_int, default=1)
+    m.add_argument("--affinity", default=None, help="JSON {\"affinity\": R[l][e1][e2]} inter-layer routing counts")
+    m.add_argument("--system", default=_DEFAULT_SYSTEM,
+                   help=f"hw/ cluster or node whose link bandwidths weigh traffic (default {_DEFAULT_SYSTEM})")
+    _solver_args(m)
+    m.set_defaults(func=_cmd_moe)
+
+    s = sub.add_parser("sp", help="choose sequence-parallel groups for a batch of prompts")
+    s.add_argument("--lengths", required=True, help="JSON {\"lengths\": [...]}")
+    s.add_argument("--gpus", required=True, type=_int)
+    s.add_argument("--model", required=True)
+    s.add_argument("--gpu", required=True)
+    s.add_argument("--sp-kind", choices=["ulysses", "ring", "hybrid"], default="ulysses")
+    s.add_argument("--mode", choices=["peak", "calibrated"], default="peak")
+    s.add_argument("--buckets", type=_int, default=16, help="length buckets of the MILP (default 16)")
+    _solver_args(s)
+    s.set_defaults(func=_cmd_sp)
+
+    try:
+        capacity = importlib.import_module("planners.capacity")
+    except ModuleNotFoundError as exc:
+        if exc.name != "planners.capacity":
+            raise
+    else:
+        capacity.register(sub)
+    plan.set_defaults(func=lambda args: (plan.print_help(), 2)[1])
+
+
+def _solver_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--time-limit", type=_time_limit, default=60.0, help="seconds for the whole plan (default 60)")
+    p.add_argument("--gap", type=float, default=1e-3, help="relative optimality gap (default 0.001)")
+    p.add_argument("--solver", choices=["highs", "cbc"], default="highs")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _options(args):
+    from planners.solver import SolverOptions
+
+    return SolverOptions(args.solver, args.time_limit, args.gap)
+
+
+def _bandwidths(system: str) -> tuple[float, float]:
+    from hw.loader import load_system
+    from hw.spec import Cluster
+
+    sysd = load_system(system)
+    if isinstance(sysd, Cluster):
+        return sysd.node.intra_node.bytes_per_s_per_direction, sysd.inter_node.bytes_per_s_per_direction
+    raise PlannerError(f"system {system!r} is a single node; give a cluster (it sets the cross-node bandwidth)")
+
+
+def _cmd_moe(args) -> int:
+    from planners.inputs import read_affinity, read_loads
+    from planners.moe import MoEProblem, plan_moe
+
+    loads, trace_aff = read_loads(args.loads)
+    aff = read_affinity(args.affinity) if args.affinity else trace_aff
+    intra, inter = _bandwidths(args.system)
+    problem = MoEProblem(loads, args.gpus, args.slots_per_gpu, args.nodes, aff, intra, inter)
+    plan = plan_moe(problem, _options(args))
+    out = plan.to_dict()
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return 0
+    _print_moe(out)
+    return 0
+
+
+def _print_moe(out: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="MoE placement: sum over layers (tokens)")
+    for c in ("plan", "max GPU load", "vs plan", "cross-GPU tokens", "cross-node tokens"):
+        t.add_column(c, justify="right" if c != "plan" else "left")
+    ours = out["total"]["max_gpu_load"]
+
+    def row(name, tot):
+        f = lambda v: "-" if v is None else f"{v:,.0f}"  # noqa: E731
+        t.add_row(name, f(tot["max_gpu_load"]), f"{tot['max_gpu_load'] / ours:.3f}x" if ours else "-",
+                  f(tot["cross_gpu_tokens"]), f(tot["cross_node_tokens"]))
+
+    row("ILP", out["total"])
+    for name, b in out["baselines"].items():
+        row(name, b["total"])
+    c = Console()
+    c.print(t)
+    s = out["solver"]
+    c.print(f"lower bound {out['total']['lower_bound']:,.0f}; solver {s['name']}: {s['status']}, "
+            f"max layer gap {s['gap']:.2%}, {s['layers_proven_optimal']}/{s['layers']} layers proven, "
+            f"{s['seconds']:.1f} s" + (f"; affinity mapping: {s['affinity_status']}" if "affinity_status" in s else ""))
+    if len(out["layers"]) <= 4:
+        for i, layer in enumerate(out["layers"]):
+            c.print(f"layer {i}: " + " | ".join(",".join(map(str, g)) for g in layer["placement"]))
+
+
+def _cmd_sp(args) -> int:
+    from perfmodel.calibration import resolve_profile
+    from perfmodel.models import load_model
+    from hw.loader import load_gpu
+    from planners.inputs import read_lengths
+    from planners.sp import build_instance, check_gpus, plan_sp
+    from planners.sp_cost import SpCostModel, SpKind
+
+    lengths = read_lengths(args.lengths)
+    check_gpus(args.gpus)
+    gpu = load_gpu(args.gpu)
+    cost = SpCostModel(load_model(args.model), gpu, resolve_profile(gpu, args.mode), SpKind(args.sp_kind))
+    plan = plan_sp(build_instance(lengths, args.gpus, cost), _options(args), args.buckets)
+    out = plan.to_dict()
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"SP plan: {len(lengths)} sequences on {args.gpus} GPUs ({args.sp_kind})")
+    for col in ("degree", "GPUs", "sequences", "time"):
+        t.add_column(col, justify="right")
+    for g in out["groups"]:
+        t.add_row(str(g["degree"]), f"{g['gpus'][0]}-{g['gpus'][-1]}", str(len(g["sequences"])), f"{g['time_s']:.4f} s")
+    c = Console()
+    c.print(t)
+    c.print(f"makespan {out['makespan_s']:.4f} s; lower bound {out['lower_bound_s']:.4f} s; "
+            f"solver {out['solver']['name']}: {out['solver']['status']}, gap {out['solver']['gap']:.2%}, "
+            f"{out['solver']['seconds']:.1f} s")
+    c.print("static strategies: " + ", ".join(
+        f"{k[len('static_sp_'):]}: " + ("does not fit" if v is None else f"{v:.4f} s ({v / out['makespan_s']:.3f}x)")
+        for k, v in out["baselines"].items()))
+    return 0

@@ -1,0 +1,339 @@
+"""Sequence-parallel split planner (FlexSP's MILP, arXiv 2412.01523 section 4, bucketed).
+
+Given sequence lengths, ``N`` GPUs and per-sequence times ``t_i(d)`` for
+power-of-two degrees ``d`` (:mod:`planners.sp_cost`), choose SP groups (degrees
+summing to at most ``N``) and the sequences each runs, minimising the makespan::
+
+    min C  s.t.  sum_q t_q(d_p) A[q,p] <= C            per virtual group p
+                 sum_q mem_q(d_p) A[q,p] <= cap m_p    per-GPU KV memory (and A = 0 when unused)
+                 sum_p A[q,p] = b_q                    every sequence once
+                 sum_p d_p m_p <= N
+                 m[d,j] >= m[d,j+1], load[d,j] >= load[d,j+1]   (symmetry)
+
+with ``N / d`` virtual groups of each degree ``d``, ``A`` integer counts of
+bucket ``q`` (``b_q`` sequences) in group ``p``, and a bucket's time and memory
+those of its longest member (so a bucketed plan's true makespan is never
+above the MILP's).  Buckets: at most ``buckets`` (default 16, FlexSP's Q),
+chosen by FlexSP's DP that minimises the summed padding ``sum (s_hat - s)``;
+with no more distinct lengths than buckets the model is exact.
+
+The solve starts from the best static strategy (one degree for all, sequences
+balanced over ``N / d`` groups by longest-time-first with memory respected),
+is capped by it, and the plan is never worse than any static strategy.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pulp
+
+from planners.errors import InfeasibleError, PlannerError
+from planners.solver import new_var, SolveStatus, SolverOptions, relative_gap, solve
+
+
+@dataclass(frozen=True)
+class SpInstance:
+    """Cost tables of one batch.
+
+    Attributes
+    ----------
+    lengths : ndarray [K], tokens
+    gpus : int
+    degrees : tuple[int, ...]
+        Usable degrees (powers of two <= gpus).
+    time_s : ndarray [K, D], seconds
+        ``t_i(d)`` per sequence and degree.
+    mem_tokens : ndarray [K, D], tokens
+        Per-GPU KV footprint per sequence and degree.
+    capacity_tokens : float, tokens
+        KV tokens one GPU can hold.
+    """
+
+    lengths: np.ndarray
+    gpus: int
+    degrees: tuple[int, ...]
+    time_s: np.ndarray
+    mem_tokens: np.ndarray
+    capacity_tokens: float
+
+    def feasible(self) -> np.ndarray:
+        """``[K, D]``: sequence fits one GPU's memory at that degree."""
+        return self.mem_tokens <= self.capacity_tokens * (1 + 1e-12)
+
+
+def check_gpus(gpus) -> int:
+    if isinstance(gpus, bool) or not isinstance(gpus, (int, np.integer)) or gpus < 1:
+        raise InfeasibleError(f"need at least one GPU, got {gpus!r}")
+    return int(gpus)
+
+
+def build_instance(lengths, gpus: int, cost) -> SpInstance:
+    """Tables from an :class:`planners.sp_cost.SpCostModel`; raises if a sequence fits on no group."""
+    gpus = check_gpus(gpus)
+    s = np.asarray(lengths)
+    if s.ndim != 1 or s.size == 0:
+        raise PlannerError("lengths must be a non-empty list of sequence lengths")
+    if not np.all(np.isfinite(s)) or np.any(s < 1) or np.any(np.floor(s) != s):
+        raise PlannerError("sequence lengths must be positive integers")
+    degrees = tuple(d for d in (1 << i for i in range(gpus.bit_length())) if d <= gpus and cost.degree_ok(d))
+    cap = cost.capacity_tokens()
+    t = np.stack([cost.time_s(s, d) for d in degrees], axis=1)
+    mem = np.stack([cost.mem_tokens(s, d) for d in degrees], axis=1)
+    inst = SpInstance(s.astype(np.int64), gpus, degrees, t, mem, cap)
+    check_fits(inst)
+    return inst
+
+
+def check_fits(inst: SpInstance) -> None:
+    ok = inst.feasible().any(axis=1)
+    if not ok.all():
+        i = int(np.flatnonzero(~ok)[0])
+        d = inst.degrees[-1]
+        raise InfeasibleError(
+            f"sequence {i} ({int(inst.lengths[i]):,} tokens) fits on no group: it needs "
+            f"{inst.mem_tokens[i, -1]:,.0f} KV tokens per GPU even at degree {d}, and one GPU holds "
+            f"{inst.capacity_tokens:,.0f} ({int((~ok).sum())} sequence(s) do not fit)")
+
+
+@dataclass(frozen=True)
+class SpGroup:
+    degree: int
+    gpus: tuple[int, ...]
+    sequences: tuple[int, ...]
+    time_s: float
+
+    def to_dict(self) -> dict:
+        return {"degree": self.degree, "gpus": list(self.gpus), "sequences": list(self.sequences),
+                "time_s": self.time_s}
+
+
+@dataclass(frozen=True)
+class SpPlan:
+    groups: tuple[SpGroup, ...]
+    makespan_s: float
+    lower_bound_s: float
+    baselines: dict[str, float | None] = field(default_factory=dict)
+    solver: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"groups": [g.to_dict() for g in self.groups], "makespan_s": self.makespan_s,
+                "lower_bound_s": self.lower_bound_s, "baselines": dict(self.baselines), "solver": dict(self.solver)}
+
+
+def lower_bound(inst: SpInstance) -> float:
+    """``max(sum_i min_d d t_i(d) / N, max_i min_d t_i(d))`` over the degrees where each sequence fits."""
+    ok = inst.feasible()
+    d = np.asarray(inst.degrees, dtype=float)
+    area = np.where(ok, inst.time_s * d[None, :], np.inf).min(axis=1)
+    single = np.where(ok, inst.time_s, np.inf).min(axis=1)
+    return float(max(area.sum() / inst.gpus, single.max()))
+
+
+def static_assign(time_s: np.ndarray, mem: np.ndarray, groups: int, cap: float) -> list[list[int]] | None:
+    """Longest-time-first into the least-loaded group with memory room; None if something cannot fit."""
+    load, used = np.zeros(groups), np.zeros(groups)
+    out: list[list[int]] = [[] for _ in range(groups)]
+    for i in np.argsort(-time_s, kind="stable"):
+        if mem[i] > cap * (1 + 1e-12):
+            return None
+        for g in np.argsort(load, kind="stable"):
+            if used[g] + mem[i] <= cap * (1 + 1e-12):
+                break
+        else:
+            return None
+        out[g].append(int(i))
+        load[g] += time_s[i]
+        used[g] += mem[i]
+    return out
+
+
+def bucketize(lengths: np.ndarray, buckets: int) -> np.ndarray:
+    """Bucket index of each sequence; buckets are contiguous in length and minimise summed padding."""
+    vals, inv, counts = np.unique(lengths, return_inverse=True, return_counts=True)
+    u = len(vals)
+    if u <= buckets:
+        return inv
+    # pre-merge to at most 512 groups of equal count, then the exact DP on the groups
+    grp_of_val = np.minimum((np.cumsum(counts) - 1) * 512 // counts.sum(), 511) if u > 512 else np.arange(u)
+    gi = np.unique(grp_of_val, return_inverse=True)[1]
+    n_g = gi.max() + 1
+    if n_g <= buckets:
+        return gi[inv]
+    top = np.array([vals[gi == j].max() for j in range(n_g)], dtype=float)
+    cnt = np.array([counts[gi == j].sum() for j in range(n_g)], dtype=float)
+    tot = np.array([(vals[gi == j] * counts[gi == j]).sum() for j in range(n_g)], dtype=float)
+    cc, ct = np.concatenate([[0], np.cumsum(cnt)]), np.concatenate([[0], np.cumsum(tot)])
+
+    def cost(a, b):  # groups a..b inclusive padded to top[b]
+        return top[b] * (cc[b + 1] - cc[a]) - (ct[b + 1] - ct[a])
+
+    inf = np.inf
+    dp = np.full((buckets + 1, n_g), inf)
+    arg = np.zeros((buckets + 1, n_g), dtype=np.int64)
+    dp[1] = [cost(0, b) for b in range(n_g)]
+    for q in range(2, buckets + 1):
+        for b in range(n_g):
+            a = np.arange(1, b + 1)
+            if a.size == 0:
+                dp[q, b] = dp[q - 1, b]
+                arg[q, b] = -1
+                continue
+            vals_q = dp[q - 1, a - 1] + top[b] * (cc[b + 1] - cc[a]) - (ct[b + 1] - ct[a])
+            k = int(np.argmin(vals_q))
+            dp[q, b], arg[q, b] = vals_q[k], a[k]
+    bucket_of_group = np.zeros(n_g, dtype=np.int64)
+    b, q = n_g - 1, buckets
+    while b >= 0 and q >= 1:
+        a = arg[q, b] if q > 1 else 0
+        if a < 0:
+            q -= 1
+            continue
+        bucket_of_group[a:b + 1] = q - 1
+        b, q = a - 1, q - 1
+    return np.unique(bucket_of_group[gi[inv]], return_inverse=True)[1]
+
+
+def _layout(groups: list[tuple[int, list[int]]], inst: SpInstance) -> tuple[SpGroup, ...]:
+    """GPU ids by decreasing degree (aligned blocks) and exact group times."""
+    out, start = [], 0
+    col = {d: j for j, d in enumerate(inst.degrees)}
+    for d, seqs in sorted(groups, key=lambda g: (-g[0], -len(g[1]))):
+        t = float(inst.time_s[seqs, col[d]].sum()) if seqs else 0.0
+        out.append(SpGroup(d, tuple(range(start, start + d)), tuple(sorted(seqs)), t))
+        start += d
+    return tuple(out)
+
+
+def static_plans(inst: SpInstance) -> dict[int, list[list[int]] | None]:
+    """Per degree: the static strategy's groups (None when a sequence does not fit)."""
+    return {d: static_assign(inst.time_s[:, j], inst.mem_tokens[:, j], inst.gpus // d, inst.capacity_tokens)
+            for j, d in enumerate(inst.degrees)}
+
+
+def _makespan(groups: tuple[SpGroup, ...]) -> float:
+    return max((g.time_s for g in groups), default=0.0)
+
+
+def _milp(inst: SpInstance, bucket: np.ndarray, start: tuple[int, list[list[int]]] | None, lb: float,
+          options: SolverOptions, seconds: float):
+    """Bucketed MILP; returns (groups as [(degree, [sequence ids])] or None, SolveResult)."""
+    nq = int(bucket.max()) + 1
+    members = [np.flatnonzero(bucket == q) for q in range(nq)]
+    members = [m[np.argsort(-inst.lengths[m], kind="stable")] for m in members]
+    b = [len(m) for m in members]
+    tq = np.array([inst.time_s[m].max(axis=0) for m in members])  # [Q, D]
+    mq = np.array([inst.mem_tokens[m].max(axis=0) for m in members])
+    cap = inst.capacity_tokens
+    vgroups = [(j, d, k) for j, d in enumerate(inst.degrees) for k in range(inst.gpus // d)]
+    prob = pulp.LpProblem("sp_split", pulp.LpMinimize)
+    ub = None
+    if start is not None:  # the static plan in bucket space: a feasible point and an upper bound
+        d0, seqs0 = start
+        j0 = inst.degrees.index(d0)
+        loads0 = sorted(((float(tq[bucket[s], j0].sum()) if s else 0.0, s) for s in seqs0), key=lambda t: -t[0])
+        ub = loads0[0][0] if loads0 else 0.0
+    c = new_var(prob, "C", low=0)
+    prob += c
+    m = {p: new_var(prob, f"m_{p}", cat=pulp.LpBinary) for p in range(len(vgroups))}
+    a = {}
+    for p, (j, d, k) in enumerate(vgroups):
+        for q in range(nq):
+            if mq[q, j] <= cap * (1 + 1e-12):
+                a[q, p] = new_var(prob, f"a_{q}_{p}", low=0, up=b[q], cat=pulp.LpInteger)
+    for q in range(nq):
+        terms = [a[q, p] for p in range(len(vgroups)) if (q, p) in a]
+        if not terms:
+            return None, None
+        prob += pulp.lpSum(terms) == b[q]
+    load = {}
+    for p, (j, d, k) in enumerate(vgroups):
+        qs = [q for q in range(nq) if (q, p) in a]
+        load[p] = pulp.lpSum(float(tq[q, j]) * a[q, p] for q in qs)
+        prob += load[p] <= c
+        prob += pulp.lpSum(float(mq[q, j]) * a[q, p] for q in qs) <= cap * m[p]
+        if k > 0:
+            prob += m[p - 1] >= m[p]
+            prob += load[p - 1] >= load[p]
+    prob += pulp.lpSum(d * m[p] for p, (j, d, k) in enumerate(vgroups)) <= inst.gpus
+    prob += c >= lb * (1 - 1e-9)
+    warm = False
+    if start is not None:
+        prob += c <= ub * (1 + 1e-9) + 1e-12
+        for v in list(m.values()) + list(a.values()):
+            v.setInitialValue(0)
+        c.setInitialValue(ub)
+        for k, (_, seqs) in enumerate(loads0):
+            p = next(p for p, (j, d, kk) in enumerate(vgroups) if d == d0 and kk == k)
+            m[p].setInitialValue(1 if seqs else 0)
+            for s in seqs:
+                a[bucket[s], p].setInitialValue((a[bucket[s], p].varValue or 0) + 1)
+        warm = True
+    res = solve(prob, options, seconds, warm=warm)
+    if res.objective is None:
+        return None, res
+    taken = [0] * nq
+    groups = []
+    for p, (j, d, k) in enumerate(vgroups):
+        if (m[p].varValue or 0) < 0.5:
+            continue
+        seqs = []
+        for q in range(nq):
+            n = int(round(a[q, p].varValue or 0)) if (q, p) in a else 0
+            seqs += members[q][taken[q]:taken[q] + n].tolist()
+            taken[q] += n
+        groups.append((d, seqs))
+    if taken != b:
+        return None, res
+    return groups, res
+
+
+def plan_sp(inst: SpInstance, options: SolverOptions = SolverOptions(), buckets: int = 16) -> SpPlan:
+    """Plan the SP groups of one batch within ``options.time_limit_s``."""
+    t0 = time.perf_counter()
+    check_fits(inst)
+    if buckets < 1:
+        raise PlannerError(f"buckets must be >= 1, got {buckets}")
+    lb = lower_bound(inst)
+    statics = static_plans(inst)
+    base = {f"static_sp_{d}": (_makespan(_layout([(d, s) for s in g], inst)) if g is not None else None)
+            for d, g in statics.items()}
+    best_d = min((d for d, g in statics.items() if g is not None), key=lambda d: base[f"static_sp_{d}"], default=None)
+    plan = _layout([(best_d, s) for s in statics[best_d]], inst) if best_d is not None else None
+    bucket = bucketize(inst.lengths, buckets)
+    exact = all(len(np.unique(inst.lengths[bucket == q])) == 1 for q in range(int(bucket.max()) + 1))
+    # the static plan again with bucketed (upper) times and memory, to seed the MILP
+    nq = int(bucket.max()) + 1
+    up_t = np.array([inst.time_s[bucket == q].max(axis=0) for q in range(nq)])[bucket]
+    up_m = np.array([inst.mem_tokens[bucket == q].max(axis=0) for q in range(nq)])[bucket]
+    seeds = {d: static_assign(up_t[:, j], up_m[:, j], inst.gpus // d, inst.capacity_tokens)
+             for j, d in enumerate(inst.degrees)}
+    seeds = {d: g for d, g in seeds.items() if g is not None}
+    start = None
+    if seeds:
+        d0 = min(seeds, key=lambda d: max(up_t[s, inst.degrees.index(d)].sum() if s else 0.0 for s in seeds[d]))
+        start = (d0, seeds[d0])
+    left = options.time_limit_s - (time.perf_counter() - t0)
+    groups, res = _milp(inst, bucket, start, lb, options, max(0.05, left * 0.9))
+    status = SolveStatus.HEURISTIC
+    if groups is not None:
+        cand = _layout(groups, inst)
+        if plan is None or _makespan(cand) < _makespan(plan) - 1e-12:
+            plan = cand
+            status = res.status if (exact or res.status is not SolveStatus.OPTIMAL) else SolveStatus.FEASIBLE
+        elif res.status is SolveStatus.OPTIMAL and exact:
+            status = SolveStatus.OPTIMAL  # the MILP proved the static plan optimal
+    if plan is None:
+        raise InfeasibleError("no feasible split found: the sequences do not fit the GPUs' memory together")
+    if exact and res is not None and res.bound is not None:
+        lb = max(lb, min(res.bound, _makespan(plan)))
+    ms = _makespan(plan)
+    gap = relative_gap(ms, lb)
+    if gap <= options.gap_rel + 1e-12:
+        status = SolveStatus.OPTIMAL
+    solver = {"name": options.name.value, "status": status.value, "gap": gap, "seconds": time.perf_counter() - t0,
+              "buckets": nq, "bucketing_exact": bool(exact),
+              "milp_status": res.status.value if res is not None else "not run"}
+    return SpPlan(plan, ms, lb, base, solver)
