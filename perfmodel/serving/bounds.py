@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from perfmodel.calibration import OpClass
 from perfmodel.phases import decode_cost, decode_step_cost, prefill_cost
 from perfmodel.serving.deployment import Deployment, kv_tokens_kept, replica_memory, swap_times_s
 from perfmodel.serving.workload import Requests
@@ -66,7 +67,8 @@ def analytic_bounds(dep: Deployment, requests: Requests) -> AnalyticBounds:
     n_max = min(n_max, dep.max_num_seqs)
     flops = float(np.sum(pre.flops) + np.sum(dec.flops))
     g, prec = dep.gpu, dep.precision
-    peak = max(g.flops_for(prec.math), g.flops_for(prec.activations), g.flops_for(prec.weights))
+    eff = max([1.0] + [prof.params(c).compute_eff for c in OpClass])  # a fitted efficiency may exceed 1
+    peak = eff * max(g.flops_for(prec.math), g.flops_for(prec.activations), g.flops_for(prec.weights))
     compute = float(o.sum()) * peak / flops if flops > 0 else float("inf")
     if n_max >= 1:
         k = np.arange(1, n_max + 1, dtype=np.float64)

@@ -105,3 +105,9 @@ def _run(replicas: list[Replica], table: RequestTable, router: Router, progress:
 
 def _load(rep: Replica) -> int:
     return rep.outstanding
+
+
+def simulate_summary(job: "tuple[Deployment, Requests | Workload]") -> dict:
+    """``simulate(*job).summary()`` without the timeline: a picklable unit of work for ``parallel_map``."""
+    dep, requests = job
+    return simulate(dep, requests, record_timeline=False).summary()

@@ -260,7 +260,7 @@ def write_trace(path: "str | Path", requests: Requests) -> None:
         if p.suffix.lower() == ".csv":
             f.write(",".join(TRACE_FIELDS) + "\n")
             for a, pr, o in zip(requests.arrival_s, requests.prompt_len, requests.output_len):
-                f.write(f"{a!r},{int(pr)},{int(o)}\n")
+                f.write(f"{float(a)!r},{int(pr)},{int(o)}\n")
         else:
             for a, pr, o in zip(requests.arrival_s, requests.prompt_len, requests.output_len):
                 f.write(json.dumps({"arrival_s": float(a), "prompt_len": int(pr), "output_len": int(o)}) + "\n")
