@@ -32,5 +32,8 @@ def pages() -> list:
     return out
 
 
+from dashboard import common  # noqa: E402
+
 st.set_page_config(page_title="perfmodel what-if", page_icon=":material/speed:", layout="wide")
+common.keep_scenario()
 st.navigation(pages()).run()

@@ -63,12 +63,12 @@ def sweep_charts(df: pd.DataFrame, context_len: int) -> tuple[alt.Chart, alt.Cha
               axis=alt.Axis(values=[1000, 10_000, 100_000, 1_000_000], format="~s"))
     rule = alt.Chart(pd.DataFrame({"context_len": [context_len]})).mark_rule(
         color="#888", strokeDash=[4, 4]).encode(x="context_len:Q")
-    dec = alt.Chart(d.dropna(subset=["decode_ms_per_token"])).mark_line(point=alt.OverlayMarkDef(size=18)).encode(
+    dec = alt.Chart(d.dropna(subset=["decode_ms_per_token"])).mark_line(strokeWidth=2.5).encode(
         x=x,
         y=alt.Y("decode_ms_per_token:Q", title="decode time per token (ms)"),
         tooltip=[alt.Tooltip("context_len:Q", format=","), alt.Tooltip("decode_ms_per_token:Q", format=".2f")],
     )
-    conc = alt.Chart(d).mark_line(point=alt.OverlayMarkDef(size=18), color="#f58518").encode(
+    conc = alt.Chart(d).mark_line(strokeWidth=2.5, color="#f58518").encode(
         x=x,
         y=alt.Y("max_concurrency:Q", title="max concurrent users (whole KV resident)"),
         tooltip=[alt.Tooltip("context_len:Q", format=","), alt.Tooltip("max_concurrency:Q", format=",")],
@@ -82,13 +82,12 @@ def roofline_chart(rl: dict[str, Any]) -> alt.Chart:
     bw, peak, fp32 = rl["hbm_bytes_per_s"], rl["peak_flops_per_s"], rl["fp32_flops_per_s"]
     lo = min(0.05, float(ops["intensity_flops_per_byte"].min()) / 2) if len(ops) else 0.05
     hi = max(1e4, float(ops["intensity_flops_per_byte"].max()) * 2) if len(ops) else 1e4
-    xs = np.logspace(np.log10(lo), np.log10(hi), 200)
-    lines = pd.concat([
-        pd.DataFrame({"intensity": xs, "TFLOP/s": np.minimum(peak, bw * xs) / 1e12,
-                      "ceiling": f"{rl['peak_dtype']} tensor peak / HBM"}),
-        pd.DataFrame({"intensity": xs, "TFLOP/s": np.minimum(fp32, bw * xs) / 1e12,
-                      "ceiling": "fp32 peak / HBM (element-wise ops)"}),
-    ])
+    def ceiling(top: float, name: str) -> pd.DataFrame:  # three points: slope, ridge, flat
+        xs = np.array([lo, min(max(top / bw, lo), hi), hi])
+        return pd.DataFrame({"intensity": xs, "TFLOP/s": np.minimum(top, bw * xs) / 1e12, "ceiling": name})
+
+    lines = pd.concat([ceiling(peak, f"{rl['peak_dtype']} tensor peak / HBM"),
+                       ceiling(fp32, "fp32 peak / HBM (element-wise ops)")])
     ceil = alt.Chart(lines).mark_line(strokeWidth=2).encode(
         x=alt.X("intensity:Q", scale=alt.Scale(type="log"), title="arithmetic intensity (FLOP / byte)"),
         y=alt.Y("TFLOP/s:Q", scale=alt.Scale(type="log"), title="achieved TFLOP/s"),

@@ -171,6 +171,57 @@ def roofline_view(model: str, gpu: str, phase: str, context_len: int, batch: int
     }
 
 
+#: Session-state keys of the scenario widgets shared by the pages.
+SCENARIO_KEYS = ("model", "gpu", "context_len", "output_tokens", "batch", "tp", "weight_dtype", "kv_dtype", "mode",
+                 "compare_gpu")
+
+
+def keep_scenario() -> None:
+    """Keep the scenario widgets' values when the user moves between pages.
+
+    Streamlit drops a widget's state once a run does not draw it; writing the
+    value back under its key at the top of each run keeps it.
+    """
+    for k in SCENARIO_KEYS:
+        if k in st.session_state:
+            st.session_state[k] = st.session_state[k]
+
+
+#: Default scenario: the running example of the long-context analysis.
+SCENARIO_DEFAULTS = dict(model="yi-34b", gpu="a100-sxm-80gb", context_len=50_000, output_tokens=250, batch=1, tp=1,
+                         weight_dtype="bf16", kv_dtype="bf16", mode="peak")
+
+
+def scenario_inputs(header: str = "Scenario") -> dict[str, Any]:
+    """Sidebar widgets of one deployment scenario; returns the keyword arguments of ``analysis_view``.
+
+    Defaults go into the session state (not the widgets) so that values kept
+    across pages by :func:`keep_scenario` never clash with a widget default.
+    """
+    gpus, labels, models = gpu_names(), gpu_labels(), model_names()
+    for k, v in SCENARIO_DEFAULTS.items():
+        st.session_state.setdefault(k, v)
+    with st.sidebar:
+        st.header(header)
+        model = st.selectbox("Model", models, key="model")
+        gpu = st.selectbox("GPU", gpus, format_func=lambda g: labels.get(g, g), key="gpu")
+        context_len = st.number_input("Context length (tokens)", min_value=1, max_value=10_000_000, step=1000,
+                                      key="context_len")
+        output_tokens = st.number_input("Output tokens", min_value=0, max_value=1_000_000, step=50,
+                                        key="output_tokens")
+        batch = st.number_input("Batch (concurrent users)", min_value=1, max_value=4096, step=1, key="batch")
+        tp = st.number_input("Tensor parallel (TP)", min_value=1, max_value=64, step=1, key="tp",
+                             help="GPUs in the tensor-parallel group; must divide the query heads.")
+        c1, c2 = st.columns(2)
+        weight_dtype = c1.selectbox("Weights", DTYPES, key="weight_dtype")
+        kv_dtype = c2.selectbox("KV cache", DTYPES, key="kv_dtype")
+        mode = st.radio("Mode", MODES, horizontal=True, key="mode",
+                        help="peak: datasheet rooflines. calibrated: achieved fractions measured on the GPU "
+                             "(falls back to peak where no profile is shipped).")
+    return dict(model=model, gpu=gpu, context_len=int(context_len), output_tokens=int(output_tokens),
+                batch=int(batch), tp=int(tp), mode=mode, weight_dtype=weight_dtype, kv_dtype=kv_dtype)
+
+
 def show_error(exc: BaseException, what: str = "") -> None:
     """Render an API input error as one ``st.error`` line (never a traceback)."""
     prefix = f"{what}: " if what else ""
@@ -221,6 +272,8 @@ def parse_upload(name: str, data: bytes, max_bytes: int = MAX_UPLOAD_BYTES) -> A
     if len(data) > max_bytes:
         raise UploadError(f"{name}: {len(data):,} bytes is over the {max_bytes:,}-byte limit")
     lower = name.lower()
+    if not lower.endswith((".json", ".csv")):
+        raise UploadError(f"{name}: only .json and .csv files are accepted")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -241,4 +294,3 @@ def parse_upload(name: str, data: bytes, max_bytes: int = MAX_UPLOAD_BYTES) -> A
             return pd.read_csv(io.StringIO(text))
         except (ValueError, pd.errors.ParserError) as e:
             raise UploadError(f"{name}: invalid CSV: {str(e).splitlines()[0]}") from None
-    raise UploadError(f"{name}: only .json and .csv files are accepted")

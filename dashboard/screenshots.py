@@ -91,17 +91,31 @@ return document.querySelector('[data-testid="stMain"] h1') !== null;
 """
 
 
-def wait_rendered(driver, timeout_s: float = 30.0, settle_s: float = 0.25) -> float:
-    """Block until the script run finished and every chart drew; return the seconds waited."""
+_SIGNATURE_JS = """
+const c = document.querySelector('[data-testid="stMain"] [data-testid="stCaptionContainer"]');
+return c ? c.innerText : '';
+"""
+
+
+def signature(driver) -> str:
+    """Text of the page's first caption, which names every scenario input (it changes on each change)."""
+    return driver.execute_script(_SIGNATURE_JS)
+
+
+def wait_rendered(driver, timeout_s: float = 30.0, settle_s: float = 0.25, changed_from: str | None = None) -> float:
+    """Block until the script run finished and every chart drew; return the seconds waited.
+
+    With ``changed_from``, also wait until :func:`signature` differs from it
+    (the new run's output has reached the page).
+    """
     t0 = time.perf_counter()
-    time.sleep(0.05)
     while time.perf_counter() - t0 < timeout_s:
-        if driver.execute_script(_DONE_JS):
+        if (changed_from is None or signature(driver) != changed_from) and driver.execute_script(_DONE_JS):
             waited = time.perf_counter() - t0
             time.sleep(settle_s)  # let the charts' transitions finish before the picture
             if driver.execute_script(_DONE_JS):
                 return waited
-        time.sleep(0.05)
+        time.sleep(0.02)
     raise TimeoutError("the page did not finish rendering")
 
 
@@ -115,8 +129,10 @@ def set_number(label: str, value: int) -> Callable:
             if box.find_element(By.CSS_SELECTOR, "label").text.strip() == label:
                 inp = box.find_element(By.CSS_SELECTOR, "input")
                 inp.send_keys(Keys.CONTROL, "a")
-                inp.send_keys(str(value), Keys.ENTER)
-                return
+                inp.send_keys(str(value))
+                t = time.perf_counter()
+                inp.send_keys(Keys.ENTER)
+                return t
         raise LookupError(f"no number input labelled {label!r}")
     return act
 
@@ -133,8 +149,9 @@ def select_option(label: str, option_text: str) -> Callable:
                 inp.click()
                 inp.send_keys(option_text)
                 time.sleep(0.2)
+                t = time.perf_counter()
                 inp.send_keys(Keys.ENTER)
-                return
+                return t
         raise LookupError(f"no selectbox labelled {label!r}")
     return act
 
@@ -159,8 +176,10 @@ def shoot(url: str, out: Path, shots=SHOTS, width: int = 1400) -> list[tuple[str
             driver.get(url.rstrip("/") + "/" + shot.path)
             waited = wait_rendered(driver, timeout_s=60)
             for act in shot.actions:
-                act(driver)
-                waited = wait_rendered(driver)
+                before = signature(driver)
+                t0 = act(driver)
+                wait_rendered(driver, changed_from=before)
+                waited = time.perf_counter() - t0
             height = shot.height_px or driver.execute_script(
                 "const m = document.querySelector('[data-testid=\"stMain\"]');"
                 "return Math.max(m ? m.scrollHeight : 0, document.body.scrollHeight);")
@@ -173,11 +192,45 @@ def shoot(url: str, out: Path, shots=SHOTS, width: int = 1400) -> list[tuple[str
     return timings
 
 
+#: Widget changes timed by ``--timing``: each one is a scenario not seen before (nothing cached).
+TIMED_CHANGES = (
+    ("context 64000", set_number("Context length (tokens)", 64000)),
+    ("context 200000", set_number("Context length (tokens)", 200000)),
+    ("GPU -> H100 SXM", select_option("GPU", "H100 SXM5")),
+    ("model -> llama-3-70b", select_option("Model", "llama-3-70b")),
+    ("TP 4", set_number("Tensor parallel (TP)", 4)),
+    ("batch 2", set_number("Batch (concurrent users)", 2)),
+    ("output tokens 1000", set_number("Output tokens", 1000)),
+    ("model -> deepseek-v3", select_option("Model", "deepseek-v3")),
+    ("TP 8", set_number("Tensor parallel (TP)", 8)),
+    ("GPU -> H200", select_option("GPU", "H200")),
+)
+
+
+def time_updates(url: str, width: int = 1400) -> list[tuple[str, float]]:
+    """Seconds from each widget change on the What-if page until the page has fully re-rendered."""
+    driver = make_driver(width, 1400)
+    out = []
+    try:
+        driver.get(url)
+        wait_rendered(driver, timeout_s=60)
+        for name, act in TIMED_CHANGES:
+            before = signature(driver)
+            t0 = act(driver)  # the moment of the keystroke that changes the value
+            wait_rendered(driver, settle_s=0.0, changed_from=before)
+            out.append((name, time.perf_counter() - t0))
+    finally:
+        driver.quit()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "img")
     ap.add_argument("--url", help="an already running dashboard (default: start one on a free localhost port)")
     ap.add_argument("--only", nargs="*", help="names of the shots to take")
+    ap.add_argument("--timing", action="store_true",
+                    help="also time full What-if updates (widget change to fully drawn page)")
     args = ap.parse_args(argv)
     if not (shutil.which("chromium") and shutil.which("chromedriver")):
         print("error: needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
@@ -192,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         url = f"http://localhost:{port}"
     try:
         timings = shoot(url, args.out, shots)
+        updates = time_updates(url) if args.timing else []
     finally:
         if proc is not None:
             proc.terminate()
@@ -199,6 +253,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'shot':<28} {'seconds to rendered':>20}")
     for name, s in timings:
         print(f"{name:<28} {s:>20.2f}")
+    if updates:
+        print(f"\n{'What-if update (uncached)':<28} {'seconds':>20}")
+        for name, s in updates:
+            print(f"{name:<28} {s:>20.2f}")
+        vals = sorted(s for _, s in updates)
+        print(f"{'median / max':<28} {vals[len(vals) // 2]:>13.2f} / {vals[-1]:.2f}")
     print(f"browser: {os.path.basename(shutil.which('chromium') or '')}; screenshots in {args.out}")
     return 0
 

@@ -16,29 +16,11 @@ t_start = time.perf_counter()
 
 gpus = common.gpu_names()
 labels = common.gpu_labels()
-models = common.model_names()
 
-with st.sidebar:
-    st.header("Scenario")
-    model = st.selectbox("Model", models, index=models.index("yi-34b") if "yi-34b" in models else 0, key="model")
-    gpu = st.selectbox("GPU", gpus, index=gpus.index("a100-sxm-80gb") if "a100-sxm-80gb" in gpus else 0,
-                       format_func=lambda g: labels.get(g, g), key="gpu")
-    context_len = st.number_input("Context length (tokens)", min_value=1, max_value=10_000_000, value=50_000,
-                                  step=1000, key="context_len")
-    output_tokens = st.number_input("Output tokens", min_value=0, max_value=1_000_000, value=250, step=50,
-                                    key="output_tokens")
-    batch = st.number_input("Batch (concurrent users)", min_value=1, max_value=4096, value=1, step=1, key="batch")
-    tp = st.number_input("Tensor parallel (TP)", min_value=1, max_value=64, value=1, step=1, key="tp",
-                         help="GPUs in the tensor-parallel group; must divide the query heads.")
-    c1, c2 = st.columns(2)
-    weight_dtype = c1.selectbox("Weights", common.DTYPES, key="weight_dtype")
-    kv_dtype = c2.selectbox("KV cache", common.DTYPES, key="kv_dtype")
-    mode = st.radio("Mode", common.MODES, horizontal=True, key="mode",
-                    help="peak: datasheet rooflines. calibrated: achieved fractions measured on the GPU "
-                         "(falls back to peak where no profile is shipped).")
-
-scenario = dict(model=model, gpu=gpu, context_len=int(context_len), output_tokens=int(output_tokens),
-                batch=int(batch), tp=int(tp), mode=mode, weight_dtype=weight_dtype, kv_dtype=kv_dtype)
+scenario = common.scenario_inputs()
+model, gpu, tp, mode = scenario["model"], scenario["gpu"], scenario["tp"], scenario["mode"]
+context_len, output_tokens, batch = scenario["context_len"], scenario["output_tokens"], scenario["batch"]
+weight_dtype, kv_dtype = scenario["weight_dtype"], scenario["kv_dtype"]
 
 facts = common.model_facts(model)
 st.title("What-if")
@@ -148,7 +130,9 @@ if result is not None:
 st.subheader("Compare two GPUs")
 others = [g for g in gpus if g != gpu]
 default_other = "h100-sxm-80gb" if "h100-sxm-80gb" in others else others[0]
-other = st.selectbox("Compare with GPU", others, index=others.index(default_other),
+if st.session_state.get("compare_gpu") not in others:
+    st.session_state["compare_gpu"] = default_other
+other = st.selectbox("Compare with GPU", others,
                      format_func=lambda g: labels.get(g, g), key="compare_gpu")
 BOUNDS = ("prefill", "decode", "concurrency", "context_switch")
 ROWS = [
@@ -171,7 +155,7 @@ for g, res in ((gpu, result), (other, second)):
 table["second / first"] = (
     [f"{second[r[1]] / result[r[1]]:.2f}×" if result[r[1]] else "n/a" for r in ROWS] + [""] * len(BOUNDS)
     if result and second else [""] * len(table))
-st.dataframe(table, hide_index=True, width="stretch")
+st.table(table.set_index("metric"))
 
 if result is not None:
     st.subheader("Scenario as JSON")

@@ -128,12 +128,13 @@ def test_comparison_and_roofline_widgets():
     at = run_app()
     at.selectbox(key="compare_gpu").set_value("b200").run()
     assert not at.exception
-    table = at.dataframe[-1].value
+    table = at.table[0].value
     a = expect()
     b = expect(gpu="b200")
-    row = table[table["metric"] == "Prefill"].iloc[0]
-    assert row.iloc[1] == fmt_seconds(a["prefill_s"]) and row.iloc[2] == fmt_seconds(b["prefill_s"])
-    assert row.iloc[3] == f"{b['prefill_s'] / a['prefill_s']:.2f}×"
+    row = table.loc["Prefill"]
+    assert row.iloc[0] == fmt_seconds(a["prefill_s"]) and row.iloc[1] == fmt_seconds(b["prefill_s"])
+    assert row.iloc[2] == f"{b['prefill_s'] / a['prefill_s']:.2f}×"
+    assert table.loc["bound: decode"].iloc[1] == bound_label(b["bottleneck"]["decode"])
     at.radio(key="roofline_phase").set_value("prefill").run()
     assert not at.exception
     ops = at.dataframe[0].value
