@@ -283,7 +283,7 @@ class Knobs:
         t = np.asarray(tokens, dtype=np.float64)
         k = t
         if self.kv_keep_ratio < 1:
-            k = np.ceil(self.kv_keep_ratio * t)
+            k = np.minimum(np.ceil(self.kv_keep_ratio * t), t)
         if self.kv_budget_tokens is not None:
             k = np.minimum(k, self.kv_budget_tokens)
         if self.sliding_window is not None:
