@@ -218,36 +218,81 @@ def prefill() -> None:
              batch=bsz, seq_len=length)
 
 
+def _bench_graph(fns) -> float:
+    """GPU time per call in seconds: the calls, cycling over ``fns`` (one per input copy, so that
+    the inputs do not sit in L2), captured in one CUDA graph; median over graph replays."""
+    n = len(fns)
+    per = n * max(1, -(-16 // n))
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for f in fns:
+            f()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(per):
+            fns[i % n]()
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(15):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        graph.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) * 1e-3 / per)
+    del graph
+    return sorted(times)[len(times) // 2]
+
+
 def _decode_case(bsz, length, hq=32, hkv=8, d=128, ragged=False, sdpa=True, schedules=("split_kv", "stream_k"),
                  section="decode", splits=(None,), meta=None):
+    """Time one decode shape. ``time_s`` is the CUDA-graph GPU time over rotated input copies
+    (at least 256 MB of KV in rotation, so no L2 reuse); ``do_bench_time_s`` is do_bench's median
+    of eager calls, which includes launch gaps when the CPU side is slower than the GPU."""
     g = torch.Generator(device="cuda").manual_seed(bsz * 1000 + length)
-    q = torch.randn(bsz, hq, d, device="cuda", dtype=torch.bfloat16)
-    kc = torch.randn(bsz, hkv, length, d, device="cuda", dtype=torch.bfloat16)
-    vc = torch.randn(bsz, hkv, length, d, device="cuda", dtype=torch.bfloat16)
     if ragged:
         lens = torch.randint(1, length + 1, (bsz,), device="cuda", generator=g, dtype=torch.int32)
         lens[0] = length
     else:
         lens = torch.full((bsz,), length, device="cuda", dtype=torch.int32)
+    kv_bytes = 2 * bsz * hkv * length * d * 2
+    copies = min(32, max(1, -(-256_000_000 // kv_bytes)))
+    sets = [(torch.randn(bsz, hq, d, device="cuda", dtype=torch.bfloat16),
+             torch.randn(bsz, hkv, length, d, device="cuda", dtype=torch.bfloat16),
+             torch.randn(bsz, hkv, length, d, device="cuda", dtype=torch.bfloat16)) for _ in range(copies)]
+    q, kc, vc = sets[0]
     nbytes = 2 * hkv * d * 2 * int(lens.sum()) + 2 * bsz * hq * d * 2
     op = {"op": "attention", "phase": "decode", "batch": bsz, "q_len": 1, "kv_len": length, "q_heads": hq,
           "kv_heads": hkv, "head_dim": d, "causal": True, "dtype": "bf16"}
     flops = kernels.attention_decode.flops(op) if not ragged else 4 * hq * d * int(lens.sum())
     if not ragged:
         assert nbytes == kernels.attention_decode.bytes_moved(op)
-    tb, base = None, None
+    tb, tb_eager, base = None, None, None
     if sdpa and not ragged:
-        fn, base = _sdpa_fn(q[:, :, None], kc, vc, False)
-        tb = _bench(fn) if fn else None
+        fns = []
+        for qq, kk, vv in sets:
+            fn, base = _sdpa_fn(qq[:, :, None], kk, vv, False)
+            fns.append(fn)
+        if fns[0] is not None:
+            tb_eager = _bench(fns[0])
+            tb = _bench_graph(fns)
     times = {}
     case = f"B{bsz} L{length}{' ragged' if ragged else ''}"
     for s in schedules:
         for ns in splits:
-            t = _bench(lambda: kernels.attention_decode(q, kc, vc, lens, ns, s, validate=False))
+            fns = [(lambda qq=qq, kk=kk, vv=vv: kernels.attention_decode(qq, kk, vv, lens, ns, s, validate=False))
+                   for qq, kk, vv in sets]
+            t_eager = _bench(fns[0])
+            t = _bench_graph(fns)
             times[(s, ns)] = t
             _row(section, "attention_decode", s if ns is None else f"{s} n={ns}", case, t, flops, nbytes, base, tb,
-                 batch=bsz, kv_len=length, kv_bytes=nbytes, pairs=bsz * hkv, meta=meta)
-    del q, kc, vc
+                 batch=bsz, kv_len=length, kv_bytes=nbytes, pairs=bsz * hkv, meta=meta, timing="cuda graph",
+                 do_bench_time_s=t_eager, baseline_do_bench_time_s=tb_eager, input_copies=copies)
+    del sets, q, kc, vc
     return times
 
 
@@ -304,16 +349,19 @@ def kv_blocks() -> None:
 
 def sweep() -> None:
     """Decode tuning probes: programs per schedule, and tile / warp / stage choices."""
-    from kernels import attention_decode as mod
+    mod = sys.modules["kernels.attention_decode"]
 
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    for bsz, length in ((1, 262144), (4, 65536), (16, 16384)):
-        _decode_case(bsz, length, sdpa=False, section="sweep", splits=(sms, 2 * sms, 4 * sms))
+    for bsz, length in ((1, 262144), (4, 65536), (16, 16384), (2, 16384), (8, 4096)):
+        _decode_case(bsz, length, sdpa=False, section="sweep", schedules=("stream_k",), splits=(sms, 2 * sms, 4 * sms))
+        per_pair = max(1, 2 * sms // (bsz * 8))
+        _decode_case(bsz, length, sdpa=False, section="sweep", schedules=("split_kv",),
+                     splits=(max(1, per_pair // 2), 2 * per_pair))
     saved = dict(mod._GPU_META)
     try:
         for bn, warps, stages in ((64, 4, 4), (128, 4, 3), (128, 8, 3), (32, 4, 4), (64, 8, 3)):
             mod._GPU_META.update({"BLOCK_N": bn, "num_warps": warps, "num_stages": stages})
-            for bsz, length in ((1, 262144), (16, 16384), (64, 16384)):
+            for bsz, length in ((1, 262144), (16, 16384), (64, 16384), (1, 16384), (32, 1024)):
                 _decode_case(bsz, length, sdpa=False, section="sweep",
                              meta=f"BLOCK_N={bn} warps={warps} stages={stages}")
     finally:
