@@ -108,8 +108,11 @@ def prefill_cost(
         ctx = np.asarray(knobs.kept_tokens(ctx), dtype=np.float64)
     p = float(knobs.shared_prefix_tokens)
     if p:
-        body = (_prefill_span(m, gpu, profile, np.full_like(ctx, p), 0.0, 1, prec, tp, chunk_tokens, knobs)
-                + _prefill_span(m, gpu, profile, ctx - p, p, batch, prec, tp, chunk_tokens, knobs))
+        # the prefix once, then every suffix after it; where that split costs more (tiny prompts, whose
+        # passes are weight-read bound), the engine prefills whole prompts instead
+        split = (_prefill_span(m, gpu, profile, np.full_like(ctx, p), 0.0, 1, prec, tp, chunk_tokens, knobs)
+                 + _prefill_span(m, gpu, profile, ctx - p, p, batch, prec, tp, chunk_tokens, knobs))
+        body = cheaper(split, _prefill_span(m, gpu, profile, ctx, 0.0, batch, prec, tp, chunk_tokens, knobs))
     else:
         body = _prefill_span(m, gpu, profile, ctx, 0.0, batch, prec, tp, chunk_tokens, knobs)
     total = body + sum_costs(lm_head_ops(m, batch, prec, tp), gpu, profile)
@@ -153,6 +156,10 @@ def decode_step_cost(
     if knobs.offload is not None:
         return _offloaded_step(m, gpu, profile, ops, kv_len, batch, prec, tp, knobs)
     step = sum_costs(ops, gpu, profile)
+    if knobs.shared_prefix_tokens and knobs.prefix_aware_kernel:
+        # the prefix-aware kernel's partial-output merge can cost more than it saves on a tiny prefix
+        plain = knobs.replace(prefix_aware_kernel=False)
+        step = cheaper(step, sum_costs(model_ops(m, Phase.DECODE, batch, 1, kv_len, prec, tp, None, plain), gpu, profile))
     if knobs.kv_tiers:
         step = step + _tier_stream(m, gpu, step, kv_len, batch, prec, tp, knobs)
     return step
@@ -172,6 +179,15 @@ def decode_cost(
     kv_mean = np.asarray(context_len, dtype=np.float64) + (out + 1) / 2.0
     step = decode_step_cost(model, gpu, profile, kv_mean, batch, precision, tp, knobs)
     return step.scale(out if out.ndim else float(out))
+
+
+def cheaper(a: OpCost, b: OpCost) -> OpCost:
+    """Pointwise the cheaper of two costs (all fields taken from the one with the smaller ``total_s``)."""
+    take_a = np.asarray(a.total_s) <= np.asarray(b.total_s)
+    if take_a.ndim == 0:
+        return a if take_a else b
+    fields = {f: np.where(take_a, getattr(a, f), getattr(b, f)) for f in _COST_FIELDS}
+    return OpCost(memory_bound=a.memory_bound, **fields)
 
 
 def _f(x):
@@ -273,6 +289,8 @@ def memory_budget(
     m = effective_model(model, knobs)
     prec = apply_knobs(precision, knobs)
     ctx = np.asarray(context_len, dtype=np.float64)
+    if knobs is not None:
+        knobs.check(m, ctx)
     tokens_per_user = ctx + np.asarray(output_tokens, dtype=np.float64)
     capacity = float(gpu.hbm_usable_bytes)
     weights = m.weight_bytes(prec.weights) / tp
