@@ -10,14 +10,15 @@ core only reads it.  Format (see ``docs/calibration.md``)::
       "measured_on": {"gpu": "...", "driver": "...", "torch": "...", "date": "..."},
       "classes": {
         "gemm": {"compute_eff": 0.8, "memory_eff": 0.85, "latency_s": 5e-6,
-                 "tile_m": 128, "tile_n": 128, "overlap": 1.0,
-                 "ramp_flops": 0.0, "ramp_bytes": 0.0},
+                 "tile_m": 128, "tile_n": 128, "tile_m_min": 16, "wave_quant": 0.5,
+                 "tile_overhead_s": 1e-6, "overlap": 1.0, "ramp_flops": 0.0, "ramp_bytes": 0.0},
         "attention_prefill": {...}, "attention_decode": {...}, "elementwise": {...},
         "memcpy_d2d": {...}, "memcpy_h2d": {...}, "memcpy_d2h": {...},
         "memcpy_h2d_pageable": {...}, "memcpy_d2h_pageable": {...},
         "all_reduce": {...}, "all_gather": {...}, "reduce_scatter": {...},
         "all_to_all": {...}, "send_recv": {...}
-      }
+      },
+      "elementwise_kernels": {"rmsnorm": {...}, "silu_mul": {...}, ...}
     }
 
 Every class field is optional and defaults to the peak value (efficiency 1,
@@ -73,20 +74,29 @@ class OpClass(str, enum.Enum):
 class ClassParams:
     """Achieved-fraction curve of one op class.
 
-    time = blend(compute_s, memory_s, overlap) + latency_s, where
+    time = blend(compute_s, memory_s, overlap) + waves * tile_overhead_s + latency_s, where
 
     - compute_s = flops_eff / (peak_flops * compute_eff * flops / (flops + ramp_flops));
-      for GEMMs with ``tile_m``/``tile_n`` > 0, ``flops_eff`` pads M and N to whole
-      tiles and whole waves of tiles over the SM count;
     - memory_s = bytes / (bandwidth * memory_eff * bytes / (bytes + ramp_bytes));
     - blend = max(c, m) when overlap = 1, c + m when overlap = 0, linear between.
 
+    Tiles and waves (GEMM and prefill attention; 0 disables them): the work is cut into output
+    tiles of ``tile_m`` x ``tile_n`` (attention: blocks of ``tile_m`` queries per head); M
+    (and N) are padded to whole tiles, the M tile shrinking to the next power of two of M (at
+    least ``tile_m_min``) for skinny problems; the tiles run in ``waves = ceil(tiles / SMs)``.
+    ``wave_quant`` in [0, 1] is the share of the partial last wave that costs a full wave
+    (1: strict wave quantization; 0: the library spreads the tail, e.g. split-K/stream-K).
+    ``tile_overhead_s`` is paid once per wave (pipeline fill, epilogue).
+
     Attributes
     ----------
-    compute_eff : float, fraction of peak FLOP/s in (0, 1]
-    memory_eff : float, fraction of peak bandwidth in (0, 1]
+    compute_eff : float, fraction of peak FLOP/s in (0, 1.5]
+    memory_eff : float, fraction of peak bandwidth in (0, 1.5]
     latency_s : float, seconds added per kernel (launch and fixed cost)
-    tile_m, tile_n : int, output tile of the GEMM kernel (0: no quantization)
+    tile_m, tile_n : int, output tile of the kernel (0: no quantization)
+    tile_m_min : int, smallest M tile for skinny problems (0: always ``tile_m``)
+    wave_quant : float in [0, 1], weight of the partial-wave penalty
+    tile_overhead_s : float, seconds per wave of tiles
     overlap : float in [0, 1]
     ramp_flops : float, FLOPs at which half of ``compute_eff`` is reached (0: none)
     ramp_bytes : float, bytes at which half of ``memory_eff`` is reached (0: none)
@@ -98,6 +108,9 @@ class ClassParams:
     latency_s: float = 0.0
     tile_m: int = 0
     tile_n: int = 0
+    tile_m_min: int = 0
+    wave_quant: float = 1.0
+    tile_overhead_s: float = 0.0
     overlap: float = 1.0
     ramp_flops: float = 0.0
     ramp_bytes: float = 0.0
@@ -108,44 +121,64 @@ class ClassParams:
             v = getattr(self, name)
             if not (0 < v <= 1.5) or not math.isfinite(v):
                 raise ProfileError(f"{where}: {name} must be in (0, 1.5], got {v}")
-        for name in ("latency_s", "ramp_flops", "ramp_bytes", "bandwidth_bytes_per_s", "tile_m", "tile_n"):
+        for name in ("latency_s", "ramp_flops", "ramp_bytes", "bandwidth_bytes_per_s", "tile_m", "tile_n",
+                     "tile_m_min", "tile_overhead_s"):
             v = getattr(self, name)
             if not math.isfinite(v) or v < 0:
                 raise ProfileError(f"{where}: {name} must be finite and >= 0, got {v}")
-        if not 0 <= self.overlap <= 1:
-            raise ProfileError(f"{where}: overlap must be in [0, 1], got {self.overlap}")
+        for name in ("overlap", "wave_quant"):
+            v = getattr(self, name)
+            if not 0 <= v <= 1:
+                raise ProfileError(f"{where}: {name} must be in [0, 1], got {v}")
 
+
+_INT_FIELDS = ("tile_m", "tile_n", "tile_m_min")
 
 PEAK_PARAMS = ClassParams()
 
 
 @dataclass(frozen=True)
 class Profile:
-    """Per-class parameters for one GPU (an empty mapping is the peak model)."""
+    """Per-class parameters for one GPU (an empty mapping is the peak model).
+
+    ``elementwise`` holds curves of named elementwise kernels (``rmsnorm``, ``silu_mul``, ...);
+    an elementwise op whose name has none uses the ``elementwise`` class.
+    """
 
     gpu: str
     mode: Mode
     classes: Mapping[OpClass, ClassParams] = field(default_factory=lambda: MappingProxyType({}))
     measured_on: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     source_path: str = ""
+    elementwise: Mapping[str, ClassParams] = field(default_factory=lambda: MappingProxyType({}))
 
     def params(self, op_class: OpClass) -> ClassParams:
         return self.classes.get(op_class, PEAK_PARAMS)
 
+    def elementwise_params(self, name: str) -> ClassParams:
+        """The curve of the elementwise kernel ``name`` (the class curve if it has none)."""
+        p = self.elementwise.get(name)
+        return p if p is not None else self.params(OpClass.ELEMENTWISE)
+
     @property
     def is_peak(self) -> bool:
-        return not self.classes
+        return not self.classes and not self.elementwise
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "schema_version": SCHEMA_VERSION,
             "gpu": self.gpu,
             "measured_on": dict(self.measured_on),
-            "classes": {
-                c.value: {f.name: getattr(p, f.name) for f in fields(p) if getattr(p, f.name) != getattr(PEAK_PARAMS, f.name)}
-                for c, p in self.classes.items()
-            },
+            "classes": {c.value: params_to_dict(p) for c, p in self.classes.items()},
         }
+        if self.elementwise:
+            out["elementwise_kernels"] = {n: params_to_dict(p) for n, p in self.elementwise.items()}
+        return out
+
+
+def params_to_dict(p: ClassParams) -> dict[str, Any]:
+    """The fields of ``p`` that differ from the peak values."""
+    return {f.name: getattr(p, f.name) for f in fields(p) if getattr(p, f.name) != getattr(PEAK_PARAMS, f.name)}
 
 
 def peak_profile(gpu: GPU | str) -> Profile:
@@ -153,35 +186,49 @@ def peak_profile(gpu: GPU | str) -> Profile:
     return Profile(gpu=gpu if isinstance(gpu, str) else gpu.name, mode=Mode.PEAK)
 
 
+def params_from_dict(raw: Any, where: str) -> ClassParams:
+    """Parse and validate one curve; ``where`` names it in errors."""
+    if not isinstance(raw, dict):
+        raise ProfileError(f"{where} must be an object")
+    extra = set(raw) - {f.name for f in fields(ClassParams)}
+    if extra:
+        raise ProfileError(f"{where} has unknown field(s) {', '.join(sorted(extra))}")
+    try:
+        vals = {}
+        for k, v in raw.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise TypeError
+            vals[k] = int(v) if k in _INT_FIELDS else float(v)
+        p = ClassParams(**vals)
+    except (TypeError, ValueError, OverflowError):
+        raise ProfileError(f"{where} has a non-numeric value") from None
+    p.validate(where)
+    return p
+
+
 def profile_from_dict(data: Any, where: str = "<dict>") -> Profile:
     if not isinstance(data, dict) or not isinstance(data.get("classes"), dict):
         raise ProfileError(f"{where}: a profile needs a 'classes' object")
     if data.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
         raise ProfileError(f"{where}: schema_version {data.get('schema_version')} unsupported (want {SCHEMA_VERSION})")
-    known = {f.name for f in fields(ClassParams)}
     classes = {}
     for name, raw in data["classes"].items():
         try:
             oc = OpClass(name)
         except ValueError:
             raise ProfileError(f"{where}: unknown op class {name!r}; known: {', '.join(c.value for c in OpClass)}") from None
-        if not isinstance(raw, dict):
-            raise ProfileError(f"{where}: class {name!r} must be an object")
-        extra = set(raw) - known
-        if extra:
-            raise ProfileError(f"{where}: class {name!r} has unknown field(s) {', '.join(sorted(extra))}")
-        try:
-            p = ClassParams(**{k: float(v) if k not in ("tile_m", "tile_n") else int(v) for k, v in raw.items()})
-        except (TypeError, ValueError):
-            raise ProfileError(f"{where}: class {name!r} has a non-numeric value") from None
-        p.validate(f"{where}: {name}")
-        classes[oc] = p
+        classes[oc] = params_from_dict(raw, f"{where}: class {name!r}")
+    ew = data.get("elementwise_kernels", {})
+    if not isinstance(ew, dict):
+        raise ProfileError(f"{where}: 'elementwise_kernels' must be an object")
+    named = {str(n): params_from_dict(raw, f"{where}: elementwise kernel {n!r}") for n, raw in ew.items()}
     return Profile(
         gpu=str(data.get("gpu", "")),
         mode=Mode.CALIBRATED,
         classes=MappingProxyType(classes),
         measured_on=MappingProxyType(dict(data.get("measured_on", {}))),
         source_path=where,
+        elementwise=MappingProxyType(named),
     )
 
 

@@ -113,9 +113,10 @@ class OpCost:
 ZERO = OpCost()
 
 
-def _roofline(fl, by, peak_flops_per_s, bw_bytes_per_s, p: ClassParams, bound: Bound, fl_eff=None) -> OpCost:
+def _roofline(fl, by, peak_flops_per_s, bw_bytes_per_s, p: ClassParams, bound: Bound, fl_eff=None,
+              extra_compute_s=0.0) -> OpCost:
     fl_eff = fl if fl_eff is None else fl_eff
-    c = np.divide(fl_eff, peak_flops_per_s * p.compute_eff * ramp(fl, p.ramp_flops))
+    c = np.divide(fl_eff, peak_flops_per_s * p.compute_eff * ramp(fl_eff, p.ramp_flops)) + extra_compute_s
     bw = p.bandwidth_bytes_per_s or bw_bytes_per_s
     m = np.divide(by, bw * p.memory_eff * ramp(by, p.ramp_bytes))
     ov = np.minimum(c, m) * p.overlap
@@ -123,24 +124,52 @@ def _roofline(fl, by, peak_flops_per_s, bw_bytes_per_s, p: ClassParams, bound: B
     return OpCost(compute_s=c, memory_s=m, latency_s=p.latency_s, overlap_s=ov, flops=fl, bytes=by, memory_bound=bound)
 
 
+def _waves(work_units, sm_count: int, p: ClassParams):
+    """(effective waves / exact waves, whole waves) for ``work_units`` tiles over the SMs.
+
+    The partial last wave costs ``wave_quant`` of a full wave on top of its share.
+    """
+    exact = np.maximum(np.asarray(work_units, dtype=np.float64), 1.0) / sm_count
+    whole = np.ceil(exact)
+    return (exact + p.wave_quant * (whole - exact)) / exact, whole
+
+
+def gemm_tile_m(m, p: ClassParams):
+    """The M tile used for ``m`` rows: ``tile_m``, or the next power of two of m (>= ``tile_m_min``)."""
+    if p.tile_m_min <= 0:
+        return np.full(np.shape(m), float(p.tile_m)) if np.ndim(m) else float(p.tile_m)
+    m = np.maximum(np.asarray(m, dtype=np.float64), 1.0)
+    return np.clip(2.0 ** np.ceil(np.log2(m)), p.tile_m_min, max(p.tile_m, p.tile_m_min))
+
+
 def _gemm_cost(op: Gemm, gpu: GPU, prof: Profile) -> OpCost:
     p = prof.params(OpClass.GEMM)
     fl = flops(op)
-    fl_eff = None
+    fl_eff, extra = None, 0.0
     if p.tile_m > 0 and p.tile_n > 0:
-        tiles = np.ceil(np.divide(op.m, p.tile_m)) * np.ceil(np.divide(op.n, p.tile_n))
-        waves = np.ceil(tiles / gpu.sm_count)
-        fl_eff = 2.0 * waves * gpu.sm_count * p.tile_m * p.tile_n * np.asarray(op.k, dtype=np.float64)
-        fl_eff = np.maximum(fl_eff, fl)
-    return _roofline(fl, bytes_moved(op), gpu.flops_for(op.dtype), gpu.hbm_bytes_per_s, p, Bound.HBM_BANDWIDTH, fl_eff)
+        tm = gemm_tile_m(op.m, p)
+        m, n, k = (np.asarray(x, dtype=np.float64) for x in (op.m, op.n, op.k))
+        tiles = np.ceil(m / tm) * np.ceil(n / p.tile_n)
+        factor, whole = _waves(tiles, gpu.sm_count, p)
+        fl_eff = np.maximum(2.0 * tiles * tm * p.tile_n * k * factor, fl)
+        extra = whole * p.tile_overhead_s
+    return _roofline(fl, bytes_moved(op), gpu.flops_for(op.dtype), gpu.hbm_bytes_per_s, p, Bound.HBM_BANDWIDTH,
+                     fl_eff, extra)
 
 
 def _attention_cost(op: Attention, gpu: GPU, prof: Profile) -> OpCost:
     cls = OpClass.ATTENTION_PREFILL if op.phase is Phase.PREFILL else OpClass.ATTENTION_DECODE
+    p = prof.params(cls)
     math_dtype = op.dtype if op.dtype not in (Dtype.INT8, Dtype.INT4) else Dtype.BF16
-    return _roofline(
-        flops(op), bytes_moved(op), gpu.flops_for(math_dtype), gpu.hbm_bytes_per_s, prof.params(cls), Bound.HBM_BANDWIDTH
-    )
+    fl = flops(op)
+    fl_eff, extra = None, 0.0
+    if p.tile_m > 0:
+        blocks = np.asarray(op.batch, dtype=np.float64) * op.q_heads * np.ceil(np.asarray(op.q_len, dtype=np.float64) / p.tile_m)
+        factor, whole = _waves(blocks, gpu.sm_count, p)
+        fl_eff = np.asarray(fl, dtype=np.float64) * factor
+        extra = whole * p.tile_overhead_s
+    return _roofline(fl, bytes_moved(op), gpu.flops_for(math_dtype), gpu.hbm_bytes_per_s, p, Bound.HBM_BANDWIDTH,
+                     fl_eff, extra)
 
 
 _MEMCPY_CLASS = {
@@ -171,7 +200,7 @@ def _memcpy_cost(op: Memcpy, gpu: GPU, prof: Profile) -> OpCost:
 def _elementwise_cost(op: Elementwise, gpu: GPU, prof: Profile) -> OpCost:
     return _roofline(
         flops(op), bytes_moved(op), gpu.flops_for(Dtype.FP32), gpu.hbm_bytes_per_s,
-        prof.params(OpClass.ELEMENTWISE), Bound.HBM_BANDWIDTH,
+        prof.elementwise_params(op.name), Bound.HBM_BANDWIDTH,
     )
 
 

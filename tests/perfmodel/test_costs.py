@@ -1,0 +1,115 @@
+"""Cost formulas: peak roofline, tile/wave quantization, ramps, latency, arrays."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hw.loader import load_gpu
+from perfmodel.calibration import ClassParams, Mode, OpClass, Profile, peak_profile
+from perfmodel.costs import Bound, OpCost, gemm_tile_m, op_cost
+from perfmodel.ops import Attention, DecoderLayer, Elementwise, Gemm, MemLocation, Memcpy, Phase, decoder_layer_parts
+
+H100 = load_gpu("h100-sxm-80gb")
+PEAK = peak_profile(H100)
+
+
+def _prof(**classes):
+    return Profile(H100.name, Mode.CALIBRATED, {OpClass(k): v for k, v in classes.items()})
+
+
+def test_peak_gemm_is_the_datasheet_roofline():
+    op = Gemm(8192, 8192, 8192)
+    c = op_cost(op, H100, PEAK)
+    assert c.total_s == pytest.approx(2 * 8192 ** 3 / 989.4e12)
+    assert c.bound is Bound.COMPUTE
+    small = op_cost(Gemm(1, 8192, 8192), H100, PEAK)
+    assert small.bound is Bound.HBM_BANDWIDTH
+    assert small.total_s == pytest.approx((8192 + 8192 * 8192 + 8192) * 2 / 3.35e12)
+
+
+def test_wave_quantization_one_more_column_costs_a_wave():
+    # 128x256 tiles on 132 SMs: 4096x4096 -> 512 tiles (3.9 waves -> 4); 4096x4352 -> 544 tiles (5 waves)
+    p = ClassParams(compute_eff=1.0, tile_m=128, tile_n=256, wave_quant=1.0)
+    prof = _prof(gemm=p)
+    a = op_cost(Gemm(4096, 4096, 4096), H100, prof).compute_s
+    b = op_cost(Gemm(4096, 4352, 4096), H100, prof).compute_s
+    assert b / a == pytest.approx(5 / 4)
+    # without the penalty (wave_quant 0) the time follows the padded work only
+    prof0 = _prof(gemm=ClassParams(tile_m=128, tile_n=256, wave_quant=0.0))
+    a0 = op_cost(Gemm(4096, 4096, 4096), H100, prof0).compute_s
+    b0 = op_cost(Gemm(4096, 4352, 4096), H100, prof0).compute_s
+    assert b0 / a0 == pytest.approx(4352 / 4096)
+
+
+def test_skinny_m_uses_a_small_tile():
+    p = ClassParams(tile_m=128, tile_n=128, tile_m_min=16)
+    assert gemm_tile_m(1, p) == 16 and gemm_tile_m(40, p) == 64 and gemm_tile_m(5000, p) == 128
+    assert list(gemm_tile_m(np.array([1, 200]), p)) == [16, 128]
+    c = op_cost(Gemm(1, 4096, 4096), H100, _prof(gemm=p))
+    assert c.bound is Bound.HBM_BANDWIDTH  # 16 padded rows stay memory-bound
+
+
+def test_latency_and_tile_overhead_add():
+    p = ClassParams(latency_s=5e-6, tile_m=128, tile_n=128, tile_overhead_s=1e-6)
+    c = op_cost(Gemm(128, 128, 64), H100, _prof(gemm=p))
+    assert c.latency_s == 5e-6
+    assert c.total_s > 6e-6
+
+
+def test_ramp_slows_small_ops_only():
+    p = ClassParams(memory_eff=0.9, ramp_bytes=1e6)
+    small = op_cost(Memcpy(1_000_000), H100, _prof(memcpy_d2d=p))
+    big = op_cost(Memcpy(1_000_000_000), H100, _prof(memcpy_d2d=p))
+    assert small.memory_s == pytest.approx(2e6 / (3.35e12 * 0.9 * 0.5 * 2e6 / (2e6 + 1e6) * 2))  \
+        or small.memory_s > 2e6 / (3.35e12 * 0.9)
+    assert big.memory_s == pytest.approx(2e9 / (3.35e12 * 0.9), rel=1e-3)
+
+
+def test_host_copies_use_pcie():
+    c = op_cost(Memcpy(64_000_000, MemLocation.HOST_PINNED, MemLocation.DEVICE), H100, PEAK)
+    assert c.total_s == pytest.approx(64e6 / 64e9)
+    assert c.memory_bound is Bound.PCIE
+
+
+def test_elementwise_uses_its_named_curve():
+    prof = Profile(H100.name, Mode.CALIBRATED, {OpClass.ELEMENTWISE: ClassParams(memory_eff=0.5)},
+                   elementwise={"rmsnorm": ClassParams(memory_eff=0.25)})
+    a = op_cost(Elementwise("rmsnorm", bytes=1e9), H100, prof).total_s
+    b = op_cost(Elementwise("gelu", bytes=1e9), H100, prof).total_s
+    assert a == pytest.approx(2 * b)
+
+
+def test_prefill_attention_waves():
+    p = ClassParams(tile_m=128, wave_quant=1.0)
+    # 1 x 1 head x 128 queries = 1 block: one SM of 132 busy -> 132x the ideal compute time
+    op = Attention(Phase.PREFILL, 1, 128, 128, 1, 1, 128)
+    ideal = op_cost(op, H100, PEAK).compute_s
+    assert op_cost(op, H100, _prof(attention_prefill=p)).compute_s == pytest.approx(132 * ideal)
+
+
+def test_layer_is_the_sum_of_its_parts():
+    op = DecoderLayer(Phase.DECODE, 8, 1, 4096, 4096, 14336, 32, 8, 128)
+    prof = _prof(gemm=ClassParams(0.8, 0.9, 4e-6, 128, 128, 16), attention_decode=ClassParams(memory_eff=0.7))
+    total = sum(op_cost(o, H100, prof).scale(c).total_s for _, o, c in decoder_layer_parts(op))
+    assert op_cost(op, H100, prof).total_s == pytest.approx(total)
+
+
+@settings(max_examples=40, deadline=None)
+@given(m=st.integers(1, 20000), n=st.integers(1, 30000), k=st.integers(1, 20000),
+       tm=st.sampled_from([64, 128, 256]), tn=st.sampled_from([64, 128, 256]), wq=st.floats(0, 1))
+def test_calibrated_never_beats_peak_and_arrays_match_scalars(m, n, k, tm, tn, wq):
+    prof = _prof(gemm=ClassParams(0.8, 0.9, 3e-6, tm, tn, 16, wq, 5e-7, 0.5, 1e8, 1e6))
+    one = op_cost(Gemm(m, n, k), H100, prof).total_s
+    assert one >= op_cost(Gemm(m, n, k), H100, PEAK).total_s
+    arr = op_cost(Gemm(np.array([m, 2 * m]), n, k), H100, prof).total_s
+    assert arr[0] == pytest.approx(one)
+    assert arr[1] >= arr[0] * (1 - 1e-9)  # more rows never cost less
+
+
+def test_array_costs_broadcast_for_the_sweep():
+    b = np.arange(1, 1001)
+    op = Attention(Phase.DECODE, b, 1, 4096, 32, 8, 128)
+    c = op_cost(op, H100, _prof(attention_decode=ClassParams(memory_eff=0.8, latency_s=5e-6, ramp_bytes=1e6)))
+    assert c.total_s.shape == (1000,) and np.all(np.diff(c.total_s) > 0)
+    assert isinstance(c + OpCost(), OpCost)

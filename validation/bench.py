@@ -1,0 +1,212 @@
+"""Build each case's callable on a device and time it.
+
+Timing: warm-up calls (autotuning, handles), a first estimate with CUDA events, then ``reps``
+calls captured in one CUDA graph over ``rotate`` input sets (enough sets to exceed the L2 cache
+when the inputs would fit in it), replayed several times; the op's time is the median replay
+time over ``reps``.  Copies (pageable host memory cannot be captured) are timed with CUDA events
+around ``reps`` eager calls.  On a CPU (``--dry-run``) the host clock times eager calls.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from validation import layer as L
+from validation.cases import Case
+
+Fn = Callable[[], object]
+
+
+def _rand(shape, device, dtype=torch.bfloat16, scale=1.0, gen=None):
+    return (torch.randn(*shape, device=device, dtype=torch.float32, generator=gen) * scale).to(dtype)
+
+
+def rotations(input_bytes: float, l2_bytes: float, cap_bytes: float = 2e9) -> int:
+    """Input sets to rotate so that one pass touches more than three L2s (1 when inputs exceed L2)."""
+    if input_bytes >= l2_bytes:
+        return 1
+    n = math.ceil(3 * l2_bytes / max(input_bytes, 1.0))
+    return int(max(1, min(n, 16, cap_bytes // max(input_bytes, 1.0))))
+
+
+@dataclass
+class Built:
+    """Callables (one per rotated input set), whether a graph may capture them, and the SDPA used."""
+
+    fns: list
+    graphable: bool = True
+    sdpa: "L.Sdpa | None" = None
+
+    def impl(self, default: str) -> str:
+        return self.sdpa.backend if (self.sdpa is not None and default.startswith("sdpa")) else default
+
+
+def build(case: Case, device: torch.device, l2_bytes: float) -> Built:
+    a = case.args
+    s = case.section
+    if s == "gemm":
+        m, n, k = a["m"], a["n"], a["k"]
+        rot = rotations((m * k + k * n) * 2, l2_bytes)
+        sets = [(_rand((m, k), device), _rand((k, n), device, scale=k ** -0.5), torch.empty(m, n, device=device,
+                 dtype=torch.bfloat16)) for _ in range(rot)]
+        return Built([(lambda x=x, w=w, c=c: torch.matmul(x, w, out=c)) for x, w, c in sets])
+    if s == "elementwise":
+        return Built(_elementwise(a, device, l2_bytes))
+    if s == "memcpy":
+        return Built(_memcpy(a, device, l2_bytes), graphable=False)
+    if s == "attention":
+        sdpa = L.Sdpa()
+        return Built(_attention(case, device, l2_bytes, sdpa), sdpa=sdpa)
+    if s == "layer":
+        lay = L.DecoderLayerBench(a["batch"], a["q_len"], a["kv_len"], a["hidden"], a["intermediate"],
+                                  a["q_heads"], a["kv_heads"], a["head_dim"], device)
+        return Built([lay], sdpa=lay.sdpa)
+    raise ValueError(f"unknown section {s!r}")
+
+
+def _elementwise(a, device, l2_bytes) -> list[Fn]:
+    name = a["name"]
+    if name == "rmsnorm":
+        t, h = a["tokens"], a["hidden"]
+        rot = rotations(t * h * 2, l2_bytes)
+        sets = [(_rand((t, h), device), _rand((h,), device, scale=0.1) + 1) for _ in range(rot)]
+        return [(lambda x=x, w=w: L.rmsnorm(x, w)) for x, w in sets]
+    if name == "residual_add":
+        t, h = a["tokens"], a["hidden"]
+        rot = rotations(2 * t * h * 2, l2_bytes)
+        sets = [(_rand((t, h), device), _rand((t, h), device)) for _ in range(rot)]
+        return [(lambda x=x, y=y: L.residual_add(x, y)) for x, y in sets]
+    if name == "silu_mul":
+        t, i = a["tokens"], a["intermediate"]
+        rot = rotations(2 * t * i * 2, l2_bytes)
+        sets = [_rand((t, 2 * i), device) for _ in range(rot)]
+        return [(lambda x=x: L.silu_mul(x)) for x in sets]
+    if name == "kv_append":
+        b, n, hq, hkv, d = a["batch"], a["q_len"], a["q_heads"], a["kv_heads"], a["head_dim"]
+        cache_len = max(n, 16)
+        rot = rotations(4 * b * n * hkv * d * 2, l2_bytes)
+        fns = []
+        for _ in range(rot):
+            qkv = _rand((b * n, (hq + 2 * hkv) * d), device)
+            _, k, v = L.split_qkv(qkv, b, n, hq, hkv, d)
+            kc = _rand((b, hkv, cache_len, d), device)
+            vc = _rand((b, hkv, cache_len, d), device)
+            fns.append(lambda k=k, v=v, kc=kc, vc=vc: L.kv_append(kc, vc, k, v, cache_len - n))
+        return fns
+    raise ValueError(f"unknown elementwise {name!r}")
+
+
+def _memcpy(a, device, l2_bytes) -> list[Fn]:
+    nbytes, src, dst = a["bytes"], a["src"], a["dst"]
+    numel = nbytes // 2
+    rot = rotations(nbytes, l2_bytes) if (src, dst) == ("device", "device") else 1
+
+    def tensor(where):
+        if where == "device":
+            return torch.empty(numel, dtype=torch.bfloat16, device=device).normal_()
+        t = torch.empty(numel, dtype=torch.bfloat16, pin_memory=(where == "host_pinned" and device.type == "cuda"))
+        return t.normal_()
+
+    pairs = [(tensor(src), tensor(dst)) for _ in range(rot)]
+    return [(lambda s=s, d=d: d.copy_(s, non_blocking=True)) for s, d in pairs]
+
+
+def _attention(case: Case, device, l2_bytes, sdpa: L.Sdpa) -> list[Fn]:
+    a = case.args
+    b, n, kv, hq, hkv, d = a["batch"], a["q_len"], a["kv_len"], a["q_heads"], a["kv_heads"], a["head_dim"]
+    kv_bytes = 2 * b * hkv * kv * d * 2
+    rot = rotations(kv_bytes + b * hq * n * d * 2, l2_bytes)
+    fns = []
+    for _ in range(rot):
+        if case.impl in ("split_kv", "stream_k"):
+            import kernels
+
+            q = _rand((b, hq, d), device)
+            kc, vc = _rand((b, hkv, kv, d), device), _rand((b, hkv, kv, d), device)
+            lens = torch.full((b,), kv, dtype=torch.int32, device=device)
+            fns.append(lambda q=q, kc=kc, vc=vc, lens=lens: kernels.attention_decode(
+                q, kc, vc, lens, schedule=case.impl, validate=False))
+            continue
+        q = _rand((b, hq, n, d), device)
+        k, v = _rand((b, hkv, kv, d), device), _rand((b, hkv, kv, d), device)
+        if case.impl == "triton":
+            import kernels
+
+            fns.append(lambda q=q, k=k, v=v: kernels.attention_prefill(q, k, v, causal=True))
+        else:
+            causal = n == kv and n > 1
+            fns.append(lambda q=q, k=k, v=v, causal=causal: sdpa(q, k, v, causal))
+    return fns
+
+
+# ---------------------------------------------------------------------------- timing
+
+
+def time_cpu(fns: list[Fn], max_time_s: float = 0.05) -> tuple[float, int, str]:
+    for f in fns:
+        f()
+    times = []
+    t_end = time.perf_counter() + max_time_s
+    while len(times) < 3 or (time.perf_counter() < t_end and len(times) < 50):
+        t0 = time.perf_counter()
+        fns[len(times) % len(fns)]()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), 1, "host_clock"
+
+
+def _events_time(fns: list[Fn], reps: int) -> float:
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    s.record()
+    for r in range(reps):
+        fns[r % len(fns)]()
+    e.record()
+    e.synchronize()
+    return s.elapsed_time(e) / 1e3 / reps
+
+
+def time_cuda(fns: list[Fn], graph: bool, target_s: float = 2e-3, max_reps: int = 200,
+              max_time_s: float = 0.25) -> tuple[float, int, str]:
+    """Median seconds of one call; also the calls per timed region and the method used."""
+    for f in fns:
+        f()
+    torch.cuda.synchronize()
+    t_est = _events_time(fns, len(fns))
+    reps = int(min(max_reps, max(1, math.ceil(target_s / t_est))))
+    reps = max(len(fns), reps)
+    trials = int(min(25, max(5, max_time_s / (reps * t_est))))
+    if graph:
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for f in fns:
+                    f()
+            torch.cuda.current_stream().wait_stream(side)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                for r in range(reps):
+                    fns[r % len(fns)]()
+            g.replay()
+            g.replay()
+            torch.cuda.synchronize()
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            times = []
+            for _ in range(trials):
+                s.record()
+                g.replay()
+                e.record()
+                e.synchronize()
+                times.append(s.elapsed_time(e) / 1e3 / reps)
+            del g
+            return statistics.median(times), reps, "cuda_graph"
+        except RuntimeError:
+            torch.cuda.synchronize()
+    _events_time(fns, reps)  # warm
+    times = [_events_time(fns, reps) for _ in range(trials)]
+    return statistics.median(times), reps, "events"

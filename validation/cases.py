@@ -1,0 +1,212 @@
+"""What the suite measures: shape families per op class, as plain data (no torch here).
+
+Each :class:`Case` names the section that builds it, the implementation, the shape family
+(held-out splits are by family), the op descriptor (the core's schema) and the arguments the
+builder needs.  ``cases(size)`` lists them for ``size`` in {"full", "quick", "smoke"}; "smoke" is
+tiny and runs on a CPU (``--dry-run``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from perfmodel.ops import Attention, DecoderLayer, Elementwise, Gemm, MemLocation, Memcpy, Phase, op_to_dict
+
+BF16 = 2  # bytes per element of every activation and weight here
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """One Llama-style decoder layer's dimensions (public configs)."""
+
+    name: str
+    hidden: int
+    intermediate: int
+    q_heads: int
+    kv_heads: int
+    head_dim: int
+
+
+# Dimensions as in each model's Hugging Face config.json.
+MODELS = (
+    ModelShape("llama-3.2-1b", 2048, 8192, 32, 8, 64),
+    ModelShape("llama-3.2-3b", 3072, 8192, 24, 8, 128),
+    ModelShape("qwen2.5-7b", 3584, 18944, 28, 4, 128),
+    ModelShape("llama-3.1-8b", 4096, 14336, 32, 8, 128),
+    ModelShape("llama-3.1-70b", 8192, 28672, 64, 8, 128),
+)
+SMOKE_MODEL = ModelShape("smoke", 64, 128, 4, 2, 16)
+
+
+@dataclass(frozen=True)
+class Case:
+    section: str  # gemm, elementwise, memcpy, attention, layer
+    impl: str
+    family: str
+    desc: dict[str, Any]
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+def _gemm_families(size: str) -> list[tuple[int, int]]:
+    if size == "smoke":
+        return [(48, 32), (40, 24)]
+    fams = []
+    for m in MODELS:
+        d = m.head_dim
+        fams += [((m.q_heads + 2 * m.kv_heads) * d, m.hidden), (m.hidden, m.q_heads * d),
+                 (2 * m.intermediate, m.hidden), (m.hidden, m.intermediate)]
+    # odd sizes: wave/tile edges and non-powers of two
+    fams += [(4352, 4096), (5000, 3000), (1000, 1000), (12288, 768), (256, 4096), (2304, 1536), (6000, 6000)]
+    seen, out = set(), []
+    for f in fams:
+        if f not in seen:
+            seen.add(f)
+            out.append(f)
+    return out
+
+
+def _gemm_ms(size: str) -> list[int]:
+    if size == "smoke":
+        return [1, 5, 17]
+    ms = [1, 2, 4, 8, 16, 32, 64, 100, 128, 256, 384, 512, 1000, 1024, 2048, 3000, 4096, 8192, 16384]
+    return ms if size == "full" else [1, 4, 16, 64, 100, 256, 512, 1000, 2048, 4096, 8192, 16384]
+
+
+def gemm_cases(size: str) -> list[Case]:
+    out = []
+    for n, k in _gemm_families(size):
+        for m in _gemm_ms(size):
+            if m * n * k * 2 > 2.0e13 or (m * k + k * n + m * n) * BF16 > 6e9:
+                continue
+            out.append(Case("gemm", "cublas", f"gemm/n{n}_k{k}", op_to_dict(Gemm(m, n, k)), {"m": m, "n": n, "k": k}))
+    return out
+
+
+def _tokens(size: str) -> list[int]:
+    if size == "smoke":
+        return [1, 7]
+    return [1, 8, 32, 128, 512, 2048, 8192, 16384] if size == "full" else [1, 8, 64, 512, 2048, 8192, 16384]
+
+
+def elementwise_cases(size: str) -> list[Case]:
+    models = [SMOKE_MODEL] if size == "smoke" else list(MODELS)
+    out = []
+    for t in _tokens(size):
+        for m in models:
+            h, a = m.hidden, BF16
+            act = t * h * a
+            out.append(Case("elementwise", "torch", f"elementwise/rmsnorm/h{h}",
+                            op_to_dict(Elementwise("rmsnorm", bytes=2 * act + h * a, flops=4 * t * h)),
+                            {"name": "rmsnorm", "tokens": t, "hidden": h}))
+            out.append(Case("elementwise", "torch", f"elementwise/residual_add/h{h}",
+                            op_to_dict(Elementwise("residual_add", bytes=3 * act, flops=t * h)),
+                            {"name": "residual_add", "tokens": t, "hidden": h}))
+            i = m.intermediate
+            if t * i * 3 * a <= 4e9:
+                out.append(Case("elementwise", "torch", f"elementwise/silu_mul/i{i}",
+                                op_to_dict(Elementwise("silu_mul", bytes=3 * t * i * a, flops=5 * t * i)),
+                                {"name": "silu_mul", "tokens": t, "intermediate": i}))
+            # KV append as the layer does it: one sequence of t tokens (prefill) or t sequences of 1 (decode)
+            shapes = [(t, 1, "decode")] + ([(1, t, "prefill")] if t > 1 else [])
+            for batch, q_len, tag in shapes:
+                b = 2 * 2 * t * m.kv_heads * m.head_dim * a
+                out.append(Case("elementwise", "torch",
+                                f"elementwise/kv_append/{tag}_q{m.q_heads}_hkv{m.kv_heads}_d{m.head_dim}",
+                                op_to_dict(Elementwise("kv_append", bytes=b)),
+                                {"name": "kv_append", "batch": batch, "q_len": q_len, "q_heads": m.q_heads,
+                                 "kv_heads": m.kv_heads, "head_dim": m.head_dim}))
+    return out
+
+
+def memcpy_cases(size: str) -> list[Case]:
+    sizes = [4096 * 4 ** i for i in range(0, 10)]  # 4 KB .. 1 GB
+    if size == "smoke":
+        sizes = [4096, 65536]
+    elif size == "quick":
+        sizes = [4096 * 4 ** i for i in range(0, 10)]
+    out = []
+    dev, pin, page = MemLocation.DEVICE, MemLocation.HOST_PINNED, MemLocation.HOST_PAGEABLE
+    for src, dst, tag in ((dev, dev, "d2d"), (pin, dev, "h2d"), (dev, pin, "d2h"), (page, dev, "h2d_pageable"),
+                          (dev, page, "d2h_pageable")):
+        for b in sizes:
+            if "pageable" in tag and b > 3e8:
+                continue
+            out.append(Case("memcpy", "copy_engine", f"memcpy_{tag}/{b}", op_to_dict(Memcpy(b, src, dst)),
+                            {"bytes": b, "src": src.value, "dst": dst.value}))
+    return out
+
+
+_ATTN_HEADS = ((32, 8, 128), (64, 8, 128), (28, 4, 128), (32, 8, 64), (32, 32, 128), (24, 8, 128))
+
+
+def attention_cases(size: str) -> list[Case]:
+    out = []
+    heads = ((4, 2, 64), (4, 4, 64)) if size == "smoke" else _ATTN_HEADS
+    lens = [16, 40] if size == "smoke" else [128, 256, 512, 1024, 2048, 4096, 8192, 16384]
+    for hq, hkv, d in heads:
+        for batch in (1, 4):
+            for n in lens:
+                if batch * n > 32768:
+                    continue
+                op = Attention(Phase.PREFILL, batch, n, n, hq, hkv, d, causal=True)
+                args = {"batch": batch, "q_len": n, "kv_len": n, "q_heads": hq, "kv_heads": hkv, "head_dim": d}
+                out.append(Case("attention", "sdpa_flash", f"attention_prefill/hq{hq}_hkv{hkv}_d{d}", op_to_dict(op), args))
+                if batch == 1 and (hq, hkv, d) in ((32, 8, 128), (32, 8, 64), (64, 8, 128), (4, 2, 64)):
+                    out.append(Case("attention", "triton", f"attention_prefill/hq{hq}_hkv{hkv}_d{d}", op_to_dict(op), args))
+    batches = [1, 3] if size == "smoke" else [1, 4, 16, 64, 128]
+    kv_lens = [8, 33] if size == "smoke" else [256, 1024, 4096, 16384, 65536]
+    for hq, hkv, d in heads:
+        for batch in batches:
+            for kv in kv_lens:
+                kv_bytes = 2 * batch * hkv * kv * d * BF16
+                if kv_bytes > 6e9:
+                    continue
+                op = Attention(Phase.DECODE, batch, 1, kv, hq, hkv, d, causal=True)
+                args = {"batch": batch, "q_len": 1, "kv_len": kv, "q_heads": hq, "kv_heads": hkv, "head_dim": d}
+                fam = f"attention_decode/hq{hq}_hkv{hkv}_d{d}"
+                out.append(Case("attention", "sdpa_flash", fam, op_to_dict(op), args))
+                if (hq, hkv, d) in ((32, 8, 128), (64, 8, 128), (32, 8, 64), (4, 2, 64), (28, 4, 128)):
+                    out.append(Case("attention", "split_kv", fam, op_to_dict(op), args))
+                    if batch * hkv <= 16384:
+                        out.append(Case("attention", "stream_k", fam, op_to_dict(op), args))
+    return out
+
+
+def layer_cases(size: str) -> list[Case]:
+    models = [SMOKE_MODEL] if size == "smoke" else list(MODELS)
+    prefill = [(1, 9), (2, 16)] if size == "smoke" else [(1, 128), (1, 512), (1, 2048), (1, 8192), (4, 1024)]
+    decode = [(1, 8), (3, 20)] if size == "smoke" else [(b, kv) for b in (1, 8, 32, 128) for kv in (512, 4096, 16384)]
+    out = []
+    for m in models:
+        base = dict(hidden=m.hidden, intermediate=m.intermediate, q_heads=m.q_heads, kv_heads=m.kv_heads,
+                    head_dim=m.head_dim)
+        for batch, n in prefill:
+            op = DecoderLayer(Phase.PREFILL, batch, n, n, **base)
+            out.append(Case("layer", "cuda_graph_layer", f"decoder_layer/{m.name}", op_to_dict(op),
+                            {"batch": batch, "q_len": n, "kv_len": n, **base}))
+        for batch, kv in decode:
+            if 2 * batch * m.kv_heads * kv * m.head_dim * BF16 > 6e9:
+                continue
+            op = DecoderLayer(Phase.DECODE, batch, 1, kv, **base)
+            out.append(Case("layer", "cuda_graph_layer", f"decoder_layer/{m.name}", op_to_dict(op),
+                            {"batch": batch, "q_len": 1, "kv_len": kv, **base}))
+    return out
+
+
+SECTIONS = ("gemm", "elementwise", "memcpy", "layer", "attention")
+_LAST = ("triton", "split_kv", "stream_k")  # Triton kernels compile and autotune: measured last
+_BUILDERS = {"gemm": gemm_cases, "elementwise": elementwise_cases, "memcpy": memcpy_cases,
+             "attention": attention_cases, "layer": layer_cases}
+
+
+def cases(size: str = "quick", sections: tuple[str, ...] = SECTIONS) -> list[Case]:
+    """All cases of ``sections`` at ``size`` ("full", "quick" or "smoke"), in measuring order."""
+    if size not in ("full", "quick", "smoke"):
+        raise ValueError(f"size must be full, quick or smoke, got {size!r}")
+    out = []
+    for s in sections:
+        if s not in _BUILDERS:
+            raise ValueError(f"unknown section {s!r}; known: {', '.join(SECTIONS)}")
+        out += _BUILDERS[s](size)
+    return sorted(out, key=lambda c: c.impl in _LAST)

@@ -1,0 +1,320 @@
+"""Fit a calibration profile from measurement records.
+
+Each op class gets the physical curve of :class:`perfmodel.calibration.ClassParams` (achieved
+fractions of peak FLOP/s and bandwidth, a per-kernel latency, ramps for small sizes, tile and
+wave quantization over the SM count).  The continuous parameters are fitted by robust least
+squares on log(predicted / measured), i.e. on relative error; the tile sizes by a small grid
+search.  Predictions go through :func:`perfmodel.costs.op_cost` itself, so the fitted numbers
+mean exactly what the core computes with them.  Decoder layers are never fitted: they are
+predicted as the sum of their parts.
+
+Use :class:`ProfileFitter` (``fit(records)`` then ``predict(ops)``) or :func:`fit_profile`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Sequence
+
+import numpy as np
+from scipy.optimize import least_squares
+
+from hw.loader import load_gpu
+from hw.spec import GPU
+from perfmodel.calibration import PEAK_PARAMS, ClassParams, Mode, OpClass, Profile, profile_from_dict
+from perfmodel.costs import op_cost
+from perfmodel.errors import ProfileError
+from perfmodel.ops import Attention, Elementwise, Gemm, Memcpy, Op, op_from_dict
+from validation.records import NON_DEFAULT_IMPLS, RecordError, class_key, refuse_other_gpu
+
+COLLECTIVE_CLASSES = frozenset({OpClass.ALL_REDUCE, OpClass.ALL_GATHER, OpClass.REDUCE_SCATTER,
+                                OpClass.ALL_TO_ALL, OpClass.SEND_RECV})
+
+
+@dataclass(frozen=True)
+class Param:
+    """A fitted field: ``scale`` maps the optimizer's variable to the field (``log10`` or a factor)."""
+
+    name: str
+    lo: float
+    hi: float
+    init: float
+    log10: bool = False
+    factor: float = 1.0
+
+    def value(self, x: float) -> float:
+        return 10.0 ** x if self.log10 else x * self.factor
+
+
+_EFF = lambda name, init: Param(name, 0.05, 1.5, init)  # noqa: E731
+_LAT = Param("latency_s", 0.0, 200.0, 3.0, factor=1e-6)
+_RAMP_B = Param("ramp_bytes", 0.0, 10.0, 5.0, log10=True)
+_RAMP_F = Param("ramp_flops", 0.0, 13.0, 8.0, log10=True)
+_TILE_OH = Param("tile_overhead_s", 0.0, 50.0, 1.0, factor=1e-6)
+_WAVE = Param("wave_quant", 0.0, 1.0, 0.5)
+_OVERLAP = Param("overlap", 0.0, 1.0, 0.8)
+
+# x / (x + half) ramps make time = (x + half) / rate: a fixed fill time in work units.  The memory
+# ramp is kept for compute-capable classes (it overlaps with compute, the latency does not);
+# for memory-only classes it would duplicate latency_s and is left out.
+_COMPUTE_SPEC = (_EFF("compute_eff", 0.75), _EFF("memory_eff", 0.8), _LAT, _TILE_OH, _WAVE, _OVERLAP, _RAMP_B)
+_MEMORY_SPEC = (_EFF("memory_eff", 0.8), _LAT)
+
+# discrete choices per class: dicts of fixed fields
+_GEMM_TILES = tuple({"tile_m": tm, "tile_n": tn, "tile_m_min": mn}
+                    for tm, tn, mn in itertools.product((64, 128, 256), (64, 128, 256), (16, 64)) if tm * tn <= 32768)
+_ATTN_TILES = tuple({"tile_m": tm} for tm in (0, 64, 128))
+
+
+def _spec(key: str):
+    """(continuous params, discrete choices) of a report row."""
+    base = key.split("[")[0]
+    if base == "gemm":
+        return _COMPUTE_SPEC, _GEMM_TILES
+    if base == "attention_prefill":
+        return _COMPUTE_SPEC, _ATTN_TILES
+    if base == "attention_decode":
+        return _COMPUTE_SPEC, ({},)
+    return _MEMORY_SPEC, ({},)
+
+
+def ops_of(records: Sequence[dict[str, Any]]) -> list[Op]:
+    return [op_from_dict(r) for r in records]
+
+
+def _stack(ops: list[Op]) -> list[tuple[Op, np.ndarray]]:
+    """Group ops of one type into array-valued ops (one op_cost call per group)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, op in enumerate(ops):
+        if isinstance(op, Gemm):
+            key = ("gemm", op.dtype, op.b_dtype)
+        elif isinstance(op, Attention):
+            key = ("attn", op.phase, op.causal, op.dtype, op.window, op.v_head_dim, op.kv_shared, op.kv_dtype)
+        elif isinstance(op, Memcpy):
+            key = ("memcpy", op.src, op.dst)
+        elif isinstance(op, Elementwise):
+            key = ("ew", op.name)
+        else:
+            key = ("one", i)
+        groups.setdefault(key, []).append(i)
+    out = []
+    for key, idx in groups.items():
+        first = ops[idx[0]]
+        if key[0] == "one" or len(idx) == 1:
+            out += [(ops[i], np.array([i])) for i in idx]
+            continue
+        arrays = {}
+        for f in dataclasses.fields(first):
+            vals = [getattr(ops[i], f.name) for i in idx]
+            if isinstance(vals[0], (int, float)) and not isinstance(vals[0], bool) and f.name not in ("window", "v_head_dim"):
+                arrays[f.name] = np.asarray(vals, dtype=np.float64)
+        out.append((dataclasses.replace(first, **arrays), np.asarray(idx)))
+    return out
+
+
+def predict_ops(ops: list[Op], gpu: GPU, profile: Profile) -> np.ndarray:
+    """Predicted seconds of each op (vectorised per op type)."""
+    out = np.empty(len(ops))
+    for op, idx in _stack(ops):
+        out[idx] = op_cost(op, gpu, profile).total_s
+    return out
+
+
+def _profile_with(gpu: GPU, key: str, p: ClassParams) -> Profile:
+    base = key.split("[")[0]
+    if base.startswith("elementwise:"):
+        return Profile(gpu.name, Mode.CALIBRATED, elementwise=MappingProxyType({base.split(":", 1)[1]: p}))
+    return Profile(gpu.name, Mode.CALIBRATED, classes=MappingProxyType({OpClass(base): p}))
+
+
+def fit_class(key: str, ops: list[Op], measured: np.ndarray, gpu: GPU) -> tuple[ClassParams, float]:
+    """Fit one row's curve; returns the parameters and the median APE on its own records."""
+    spec, choices = _spec(key)
+    groups = _stack(ops)
+    logm = np.log(measured)
+
+    def predict(p: ClassParams) -> np.ndarray:
+        prof = _profile_with(gpu, key, p)
+        out = np.empty(len(ops))
+        for op, idx in groups:
+            out[idx] = op_cost(op, gpu, prof).total_s
+        return out
+
+    def make(x, fixed) -> ClassParams:
+        return ClassParams(**fixed, **{s.name: s.value(v) for s, v in zip(spec, x)})
+
+    best = None
+    lo = np.array([s.lo for s in spec])
+    hi = np.array([s.hi for s in spec])
+    starts = [np.array([s.init for s in spec])]
+    if len(spec) > 3:
+        starts.append(np.clip(np.array([0.5, 0.6, 5.0, 0.5, 0.8, 1.0, 6.0])[:len(spec)], lo, hi))
+    for fixed in choices:
+        for x0 in starts:
+            def resid(x):
+                pred = predict(make(x, fixed))
+                return np.log(np.maximum(pred, 1e-12)) - logm
+
+            try:
+                sol = least_squares(resid, x0, bounds=(lo, hi), loss="soft_l1", f_scale=0.05, max_nfev=300,
+                                    x_scale="jac")
+            except ValueError:
+                continue
+            cost = float(np.sum(np.log1p((sol.fun / 0.05) ** 2)))
+            if best is None or cost < best[0]:
+                best = (cost, make(sol.x, fixed))
+    p = best[1]
+    ape = np.abs(predict(p) / measured - 1.0)
+    return p, float(np.median(ape))
+
+
+@dataclass
+class ProfileFitter:
+    """sklearn-style: ``fit(records)`` sets ``profile_`` (and ``extra_`` rows), ``predict(ops)`` gives seconds.
+
+    Parameters
+    ----------
+    gpu : str
+        Canonical hw name; records of another GPU are refused.
+    """
+
+    gpu: str
+    profile_: Profile | None = None
+    extra_: dict[str, ClassParams] | None = None
+    train_ape_: dict[str, float] | None = None
+
+    def fit(self, records: Sequence[dict[str, Any]]) -> "ProfileFitter":
+        if not records:
+            raise RecordError("no records to fit")
+        refuse_other_gpu(records, self.gpu)
+        if any(r.get("dry_run") for r in records):
+            raise RecordError("records from a --dry-run (CPU) cannot calibrate a GPU profile")
+        g = load_gpu(self.gpu)
+        rows: dict[str, list[dict]] = {}
+        for r in records:
+            k = class_key(r)
+            if not k.startswith("decoder_layer"):
+                rows.setdefault(k, []).append(r)
+        # the generic elementwise curve: all elementwise records pooled
+        ew_all = [r for k, rs in rows.items() if k.startswith("elementwise:") for r in rs]
+        classes, named, extra, apes = {}, {}, {}, {}
+        for k in sorted(rows):
+            p, ape = fit_class(k, ops_of(rows[k]), np.array([r["measured_s"] for r in rows[k]]), g)
+            apes[k] = ape
+            if "[" in k:
+                extra[k] = p
+            elif k.startswith("elementwise:"):
+                named[k.split(":", 1)[1]] = p
+            else:
+                classes[OpClass(k)] = p
+        if ew_all:
+            p, _ = fit_class("elementwise", ops_of(ew_all), np.array([r["measured_s"] for r in ew_all]), g)
+            classes[OpClass.ELEMENTWISE] = p
+        meta = records[0]
+        measured_on = {k: meta.get(k) for k in ("gpu", "driver", "torch", "triton", "cuda")}
+        measured_on["dates"] = sorted({r["date"] for r in records})
+        measured_on["records"] = len(records)
+        self.profile_ = Profile(self.gpu, Mode.CALIBRATED, MappingProxyType(classes), MappingProxyType(measured_on),
+                                elementwise=MappingProxyType(named))
+        self.extra_, self.train_ape_ = extra, apes
+        return self
+
+    def predict(self, ops: Sequence[Op | dict], gpu: str | GPU | None = None) -> np.ndarray:
+        """Seconds per op under the fitted profile (on ``gpu``'s datasheet figures if given)."""
+        if self.profile_ is None:
+            raise ProfileError("ProfileFitter.predict called before fit")
+        g = load_gpu(gpu or self.gpu)
+        parsed = [op_from_dict(o) if isinstance(o, dict) else o for o in ops]
+        return predict_ops(parsed, g, self.profile_)
+
+    def predict_records(self, records: Sequence[dict[str, Any]], gpu: str | None = None) -> np.ndarray:
+        """Like :meth:`predict`, using each non-default implementation's own curve where fitted."""
+        g = load_gpu(gpu or self.gpu)
+        out = np.empty(len(records))
+        ops = ops_of(records)
+        keys = [class_key(r) for r in records]
+        by: dict[str, list[int]] = {}
+        for i, k in enumerate(keys):
+            by.setdefault(k if "[" in k and k in (self.extra_ or {}) else "", []).append(i)
+        for k, idx in by.items():
+            prof = self.profile_ if not k else _profile_with(g, k, self.extra_[k])
+            out[idx] = predict_ops([ops[i] for i in idx], g, prof)
+        return out
+
+
+def fit_profile(records: Sequence[dict[str, Any]], gpu: str) -> Profile:
+    """The calibrated profile of ``gpu`` fitted on ``records``."""
+    return ProfileFitter(gpu).fit(records).profile_
+
+
+def write_profile(profile: Profile, path: str | Path, source: str, extra: dict[str, ClassParams] | None = None) -> dict:
+    """Write ``profile`` as JSON, keeping any collective classes (and unknown top-level keys) of an existing file."""
+    path = Path(path)
+    data = profile.to_dict()
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            raise ProfileError(f"existing profile is corrupt (not JSON), not overwriting: {path}") from None
+        if old.get("gpu") not in (None, profile.gpu):
+            raise ProfileError(f"existing profile {path} is for {old.get('gpu')!r}, not {profile.gpu!r}")
+        profile_from_dict(old, str(path))  # refuse to merge into a file that does not load
+        for name, cls in old.get("classes", {}).items():
+            if OpClass(name) in COLLECTIVE_CLASSES:
+                data["classes"][name] = cls
+        for k, v in old.items():
+            if k not in data and k not in ("source", "implementations"):
+                data[k] = v
+    data["source"] = source
+    if extra:
+        data["implementations"] = {k: {f.name: getattr(p, f.name) for f in dataclasses.fields(p)
+                                       if getattr(p, f.name) != getattr(PEAK_PARAMS, f.name)}
+                                   for k, p in sorted(extra.items())}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    return data
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m validation.fit --gpu NAME [--records FILE] [--out FILE]``: fit on all records, write the profile."""
+    import argparse
+
+    from perfmodel.calibration import PROFILE_DIR
+    from validation.records import read_records
+
+    ap = argparse.ArgumentParser(prog="python -m validation.fit", description=main.__doc__)
+    ap.add_argument("--gpu", required=True, help="canonical hw name, e.g. h100-sxm-80gb")
+    ap.add_argument("--records", type=Path, help="JSONL records (default validation/data/<gpu>.jsonl)")
+    ap.add_argument("--out", type=Path, help="profile to write (default hw/data/profiles/<gpu>.json)")
+    a = ap.parse_args(argv)
+    rec_path = a.records or Path(__file__).resolve().parent / "data" / f"{a.gpu}.jsonl"
+    out = a.out or PROFILE_DIR / f"{a.gpu}.json"
+    try:
+        recs = read_records(rec_path, a.gpu)
+        fitter = ProfileFitter(a.gpu).fit(recs)
+        try:
+            src = rec_path.resolve().relative_to(Path(__file__).resolve().parent.parent)
+        except ValueError:
+            src = rec_path
+        write_profile(fitter.profile_, out, f"fitted by validation.fit on {len(recs)} records of {src}",
+                      fitter.extra_)
+    except (RecordError, ProfileError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for k, ape in sorted(fitter.train_ape_.items()):
+        print(f"{k:34s} median APE on its own records {100 * ape:5.1f}%")
+    print(f"wrote {out}")
+    return 0
+
+
+__all__ = ["ProfileFitter", "fit_profile", "fit_class", "predict_ops", "write_profile", "NON_DEFAULT_IMPLS"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

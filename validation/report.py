@@ -1,0 +1,217 @@
+"""``python -m validation.report``: honest accuracy of the calibrated model on held-out shapes.
+
+For each GPU with records in ``validation/data/<gpu>.jsonl``: split the records by shape family
+(:func:`validation.records.split_by_family`), fit on one part, predict the other, and print the
+median, p90 and max absolute percentage error per op class, next to the peak-mode (datasheet
+roofline) error on the same records.  Decoder layers are never fitted: each is predicted as the
+sum of its parts.  With records of both GPUs, the profile fitted on all H100 records also
+predicts the H200 records after only swapping the datasheet figures (cross-GPU transfer).
+Writes a log-log plot per GPU and, with ``--readme``, the table into ``validation/README.md``.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import typer
+
+from hw.loader import load_gpu
+from perfmodel.calibration import peak_profile
+from validation.fit import ProfileFitter, ops_of, predict_ops
+from validation.records import RecordError, class_key, read_records, split_by_family
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+GPUS = ("h100-sxm-80gb", "h200-sxm-141gb")
+START, END = "<!-- report:start -->", "<!-- report:end -->"
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+@dataclass(frozen=True)
+class Score:
+    key: str
+    n: int
+    median: float
+    p90: float
+    max: float
+
+    @staticmethod
+    def of(key: str, ape: np.ndarray) -> "Score":
+        if len(ape) == 0:
+            return Score(key, 0, float("nan"), float("nan"), float("nan"))
+        return Score(key, len(ape), float(np.median(ape)), float(np.percentile(ape, 90)), float(np.max(ape)))
+
+
+def scores(records: Sequence[dict[str, Any]], predicted: np.ndarray) -> list[Score]:
+    """Per report row, then all decoder layers, the rows of the profile's classes, and everything."""
+    meas = np.array([r["measured_s"] for r in records])
+    ape = np.abs(predicted / meas - 1.0)
+    keys = np.array([class_key(r) for r in records])
+    out = [Score.of(k, ape[keys == k]) for k in sorted(set(keys))]
+    layers = np.char.startswith(keys.astype(str), "decoder_layer")
+    kernels = np.array(["[" in k for k in keys])
+    out.append(Score.of("ALL decoder layers", ape[layers]))
+    out.append(Score.of("ALL ops, profile classes (no layers)", ape[~layers & ~kernels]))
+    out.append(Score.of("ALL held-out records", ape))
+    return out
+
+
+@dataclass
+class GpuReport:
+    gpu: str
+    n_train: int
+    n_test: int
+    calibrated: list[Score]
+    peak: list[Score]
+    records: list[dict]
+    predicted: np.ndarray
+    fitter: ProfileFitter
+
+
+def evaluate(records: list[dict], gpu: str) -> GpuReport:
+    """Fit on the training families, score the held-out ones (calibrated and peak)."""
+    train, test = split_by_family(records)
+    if not test:
+        raise RecordError(f"{gpu}: no held-out records (every class has a single family)")
+    fitter = ProfileFitter(gpu).fit(train)
+    pred = fitter.predict_records(test)
+    peak = predict_ops(ops_of(test), load_gpu(gpu), peak_profile(gpu))
+    return GpuReport(gpu, len(train), len(test), scores(test, pred), scores(test, peak), test, pred, fitter)
+
+
+def transfer(src_records: list[dict], src_gpu: str, dst_records: list[dict], dst_gpu: str) -> list[Score]:
+    """The profile fitted on all ``src`` records predicting ``dst`` records on ``dst``'s datasheet."""
+    fitter = ProfileFitter(src_gpu).fit(src_records)
+    return scores(dst_records, fitter.predict_records(dst_records, gpu=dst_gpu))
+
+
+def _pct(x: float) -> str:
+    return "-" if not np.isfinite(x) else f"{100 * x:.1f}%"
+
+
+def markdown(reports: list[GpuReport], cross: list[Score] | None) -> str:
+    lines = []
+    for rep in reports:
+        m = rep.fitter.profile_.measured_on
+        lines += [f"### {rep.gpu}: fitted on {rep.n_train} records, scored on {rep.n_test} held-out records",
+                  "", f"Measured on {m.get('gpu')}, driver {m.get('driver')}, torch {m.get('torch')}, "
+                  f"triton {m.get('triton')}, {', '.join(m.get('dates', []))}.", "",
+                  "| op class | n | median APE | p90 APE | max APE | peak-mode median | peak-mode p90 |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for c, p in zip(rep.calibrated, rep.peak):
+            bold = "**" if c.key.startswith("ALL") else ""
+            lines.append(f"| {bold}{c.key}{bold} | {c.n} | {_pct(c.median)} | {_pct(c.p90)} | {_pct(c.max)} | "
+                         f"{_pct(p.median)} | {_pct(p.p90)} |")
+        lines.append("")
+    if cross:
+        lines += ["### Cross-GPU transfer: H100 profile (all H100 records) predicting every H200 record",
+                  "", "Only the datasheet figures change (HBM 3.35 -> 4.8 TB/s; same SMs and peak FLOP/s).", "",
+                  "| op class | n | median APE | p90 APE | max APE |", "| --- | ---: | ---: | ---: | ---: |"]
+        for c in cross:
+            lines.append(f"| {c.key} | {c.n} | {_pct(c.median)} | {_pct(c.p90)} | {_pct(c.max)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(rep: GpuReport, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [class_key(r) for r in rep.records]
+    groups = sorted(set(k.split(":")[0].split("[")[0] if not k.startswith("decoder") else k for k in keys))
+    cols = 4
+    rows = -(-len(groups) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.6 * rows), squeeze=False)
+    meas = np.array([r["measured_s"] for r in rep.records])
+    for ax, g in zip(axes.flat, groups):
+        for k in sorted(set(keys)):
+            kg = k.split(":")[0].split("[")[0] if not k.startswith("decoder") else k
+            if kg != g:
+                continue
+            sel = np.array([kk == k for kk in keys])
+            ax.scatter(meas[sel] * 1e6, rep.predicted[sel] * 1e6, s=9, alpha=0.7, label=k)
+        lo = max(0.5, min(meas.min(), rep.predicted.min()) * 1e6 * 0.8)
+        hi = max(meas.max(), rep.predicted.max()) * 1e6 * 1.2
+        ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
+        ax.fill_between([lo, hi], [lo * 0.88, hi * 0.88], [lo * 1.12, hi * 1.12], color="0.85", zorder=0)
+        ax.set(xscale="log", yscale="log", title=g, xlabel="measured (us)", ylabel="predicted (us)")
+        ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(groups):]:
+        ax.axis("off")
+    fig.suptitle(f"{rep.gpu}: held-out records, calibrated model (band: +/-12%)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _table(console, title: str, rep_scores: list[Score], peak: list[Score] | None = None) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    tab = Table(title=title)
+    for c in ("op class", "n", "median", "p90", "max") + (("peak median", "peak p90") if peak else ()):
+        tab.add_column(c, justify="left" if c == "op class" else "right", no_wrap=c == "op class")
+    for i, c in enumerate(rep_scores):
+        extra = (_pct(peak[i].median), _pct(peak[i].p90)) if peak else ()
+        tab.add_row(escape(c.key), str(c.n), _pct(c.median), _pct(c.p90), _pct(c.max), *extra)
+    console.print(tab)
+
+
+def replace_section(readme: Path, body: str) -> None:
+    text = readme.read_text() if readme.exists() else ""
+    block = f"{START}\n{body}\n{END}"
+    if START in text and END in text:
+        text = text[: text.index(START)] + block + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    readme.write_text(text)
+
+
+@app.command()
+def main(
+    data: Path = typer.Option(DATA_DIR, help="folder with <gpu>.jsonl record files"),
+    out: Path = typer.Option(Path("validation/report"), help="folder for the PNG plots"),
+    readme: Path = typer.Option(None, help="write the table into this README between report markers"),
+    no_plot: bool = typer.Option(False, "--no-plot", help="skip the PNG plots"),
+) -> None:
+    """Fit on some shape families, score the others, print the table."""
+    from rich.console import Console
+
+    console = Console()
+    reports, recs = [], {}
+    try:
+        for gpu in GPUS:
+            path = data / f"{gpu}.jsonl"
+            if not path.exists():
+                console.print(f"no records for {gpu} ({path}): skipped")
+                continue
+            recs[gpu] = read_records(path, gpu)
+            rep = evaluate(recs[gpu], gpu)
+            reports.append(rep)
+            _table(console, f"{gpu}: held-out ({rep.n_test} records; fit on {rep.n_train})", rep.calibrated, rep.peak)
+            if not no_plot:
+                out.mkdir(parents=True, exist_ok=True)
+                plot(rep, out / f"{gpu}_predicted_vs_measured.png")
+        cross = None
+        if all(g in recs for g in GPUS):
+            cross = transfer(recs[GPUS[0]], GPUS[0], recs[GPUS[1]], GPUS[1])
+            _table(console, "cross-GPU: H100 profile predicting H200 records", cross)
+    except (RecordError, ValueError) as exc:
+        console.print(f"error: {exc}")
+        raise typer.Exit(2)
+    if not reports:
+        console.print(f"error: no record files for {', '.join(GPUS)} in {data}")
+        raise typer.Exit(2)
+    if readme is not None:
+        replace_section(readme, markdown(reports, cross))
+        console.print(f"table written to {readme}")
+
+
+if __name__ == "__main__":
+    sys.exit(app())

@@ -1,0 +1,153 @@
+"""``python -m validation.run --out DIR [--quick]``: measure the suite on the GPU it runs on.
+
+Writes ``DIR/<gpu>.jsonl`` (one record per measured op, appended and flushed as measured, so an
+interrupted run keeps what it has) and ``DIR/run.log``.  ``--dry-run`` runs tiny shapes on the CPU
+(Triton in its interpreter) to check that every builder works, and writes records marked
+``"dry_run": true`` that the fit refuses.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+def _meta(device) -> dict:
+    import torch
+
+    try:
+        import triton
+
+        triton_v = triton.__version__
+    except ImportError:  # pragma: no cover - triton is installed with torch on the devices
+        triton_v = None
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        props = torch.cuda.get_device_properties(device)
+        driver = _driver_version()
+        extra = {"sm_count": props.multi_processor_count, "l2_bytes": getattr(props, "L2_cache_size", 0)}
+    else:
+        name, driver, extra = "cpu", None, {"sm_count": 0, "l2_bytes": 0}
+    from validation.records import canonical_gpu
+
+    return {"gpu": name, "gpu_model": canonical_gpu(name), "driver": driver, "torch": torch.__version__,
+            "triton": triton_v, "cuda": torch.version.cuda, "date": _dt.date.today().isoformat(), **extra}
+
+
+def _driver_version() -> Optional[str]:
+    try:
+        import subprocess
+
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return None
+
+
+@app.command()
+def main(
+    out: Path = typer.Option(..., "--out", help="folder for the records (JSONL) and the log"),
+    quick: bool = typer.Option(False, "--quick", help="fewer sizes, sized to run in a few minutes"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="tiny shapes on the CPU: checks the builders, times nothing real"),
+    sections: str = typer.Option("gemm,elementwise,memcpy,attention,layer", help="comma-separated sections"),
+    budget_s: float = typer.Option(480.0, help="stop starting new cases after this many seconds"),
+    name: str = typer.Option("", help="record file name (default: the GPU's hw name)"),
+) -> None:
+    """Measure every case and write records as they are measured."""
+    if dry_run:
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    import torch
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from validation import bench
+    from validation.cases import SECTIONS, cases
+    from validation.records import write_record
+
+    console = Console(stderr=True)
+    secs = tuple(s.strip() for s in sections.split(",") if s.strip())
+    bad = [s for s in secs if s not in SECTIONS]
+    if bad:
+        console.print(f"error: unknown section(s) {', '.join(bad)}; known: {', '.join(SECTIONS)}")
+        raise typer.Exit(2)
+    if not dry_run and not torch.cuda.is_available():
+        console.print("error: no CUDA device; use --dry-run to check the suite on a CPU")
+        raise typer.Exit(2)
+    device = torch.device("cpu" if dry_run else "cuda")
+    meta = _meta(device)
+    if dry_run:
+        meta["dry_run"] = True
+    l2 = float(meta["l2_bytes"] or 50e6)
+    todo = cases("smoke" if dry_run else ("quick" if quick else "full"), secs)
+    out.mkdir(parents=True, exist_ok=True)
+    fname = name or (meta["gpu_model"] or "unknown-gpu")
+    rec_path, log_path = out / f"{fname}.jsonl", out / "run.log"
+    t0 = time.time()
+    n_ok = n_fail = n_skip = 0
+    per_section: dict[str, list[float]] = {}
+    with open(rec_path, "a") as fh, open(log_path, "a") as log, Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+    ) as prog:
+        log.write(f"start {meta}\n")
+        task = prog.add_task("measuring", total=len(todo))
+        for case in todo:
+            prog.update(task, description=f"{case.section}:{case.impl} {case.family}")
+            if time.time() - t0 > budget_s:
+                n_skip += 1
+                log.write(f"skip (budget) {case.family} {case.args}\n")
+                prog.advance(task)
+                continue
+            try:
+                built = bench.build(case, device, l2)
+                if dry_run:
+                    t, reps, method = bench.time_cpu(built.fns)
+                else:
+                    t, reps, method = bench.time_cuda(built.fns, built.graphable)
+                impl = built.impl(case.impl)
+                rec = {**case.desc, "measured_s": t, "impl": impl, "family": case.family, **meta,
+                       "method": method, "reps": reps, "rotate": len(built.fns), "params": case.args}
+                if case.section == "layer":
+                    rec["attention_backend"] = built.sdpa.backend
+                write_record(fh, rec)
+                per_section.setdefault(f"{case.section}:{impl}", []).append(t)
+                n_ok += 1
+                del built
+            except Exception as exc:  # one failing case must not stop the run; the log says why
+                n_fail += 1
+                log.write(f"FAIL {case.section}:{case.impl} {case.family} {case.args}: {exc!r}\n")
+                log.write(traceback.format_exc(limit=3))
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            prog.advance(task)
+        log.write(f"done ok={n_ok} fail={n_fail} skipped={n_skip} in {time.time() - t0:.0f} s\n")
+    _summary(console, per_section, n_ok, n_fail, n_skip, rec_path, time.time() - t0)
+    if n_ok == 0:
+        raise typer.Exit(1)
+
+
+def _summary(console, per_section, n_ok, n_fail, n_skip, rec_path, wall_s) -> None:
+    from rich.table import Table
+
+    tab = Table(title=f"measured {n_ok}, failed {n_fail}, skipped {n_skip} in {wall_s:.0f} s -> {rec_path}")
+    for c in ("section:impl", "records", "min", "median", "max"):
+        tab.add_column(c)
+    for k, ts in sorted(per_section.items()):
+        ts = sorted(ts)
+        tab.add_row(k, str(len(ts)), f"{ts[0] * 1e6:.1f} us", f"{ts[len(ts) // 2] * 1e6:.1f} us", f"{ts[-1] * 1e6:.1f} us")
+    console.print(tab)
+
+
+if __name__ == "__main__":
+    sys.exit(app())
