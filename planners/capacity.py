@@ -293,7 +293,8 @@ def _why_pruned(pruned: list[tuple[str, str]]) -> str:
         r, name, why = min(by_ratio)
         return f"no candidate can meet the SLOs; the closest, {name}: {why}"
     name, why = pruned[0]
-    return f"no candidate fits: {name}: {why}"
+    return f"no candidate can serve the workload: {name}: {why}" + (
+        f" (and {len(pruned) - 1} more shapes pruned)" if len(pruned) > 1 else "")
 
 
 def plot_pareto(plan: CapacityPlan, path: "str | Path") -> None:

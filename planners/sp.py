@@ -253,7 +253,9 @@ def _milp(inst: SpInstance, bucket: np.ndarray, start: tuple[int, list[list[int]
         qs = [q for q in range(nq) if (q, p) in a]
         load[p] = pulp.lpSum(float(tq[q, j]) * a[q, p] for q in qs)
         prob += load[p] <= c
-        prob += pulp.lpSum(float(mq[q, j]) * a[q, p] for q in qs) <= cap * m[p]
+        if np.isfinite(cap):
+            prob += pulp.lpSum(float(mq[q, j]) * a[q, p] for q in qs) <= cap * m[p]
+        prob += pulp.lpSum(a[q, p] for q in qs) <= len(inst.lengths) * m[p]
         if k > 0:
             prob += m[p - 1] >= m[p]
             prob += load[p - 1] >= load[p]
