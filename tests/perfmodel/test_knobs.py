@@ -300,3 +300,53 @@ def test_match_context_finds_the_compression_factor():
         assert x.setting is not None or x.reason
         if x.setting is not None and not isinstance(x.setting, str):
             assert x.value <= x.target * (1 + 1e-9) if x.metric != "max_concurrency" else x.value >= x.target
+
+
+# ---------------------------------------------------------------------------
+# command line
+
+
+def _cli(capsys, *argv):
+    from perfmodel.cli import main
+
+    status = main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_cli_knob_flags_and_comparison(capsys):
+    import json
+
+    status, out, err = _cli(capsys, "analyze", "--context", "50000", "--kv-dtype", "fp8", "--kv-layers", "15",
+                            "--json")
+    assert status == 0
+    d = json.loads(out)
+    assert d["knobs"] == {"kv_dtype": "fp8", "kv_layers": "15"}
+    assert d["knob_ratio"]["kv_cache_bytes"] == pytest.approx(1 / 8)
+    status, out, _ = _cli(capsys, "analyze", "--kv-keep-ratio", "0.5")
+    assert status == 0 and "ratio" in out and "cost, not quality" in " ".join(out.split())
+
+
+@pytest.mark.parametrize("argv, text", [
+    (["--kv-keep-ratio", "2"], "kv_keep_ratio"), (["--attention-density", "0"], "attention_density"),
+    (["--kv-layers", "61"], "exceeds the 60"), (["--sliding-window", "60000"], "longer than the context"),
+    (["--kv-tier", "nvme"], "capacity and bandwidth"), (["--kv-tier", "tape"], "unknown KV tier"),
+    (["--match-context", "60000"], "must be shorter"),
+])
+def test_cli_bad_knobs_are_one_line(capsys, argv, text):
+    status, out, err = _cli(capsys, "analyze", "--context", "50000", *argv)
+    assert status in (1, 2) and text in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_cli_match_context_and_sweep_axis(capsys):
+    import json
+
+    status, out, _ = _cli(capsys, "analyze", "--model", "llama-3-8b", "--context", "64000", "--match-context", "4000",
+                          "--json")
+    assert status == 0
+    m = json.loads(out)["match"]
+    assert m["compression_factor"]["context_switch_s"] == pytest.approx(64_250 / 4_250, rel=2e-3)  # prompt + 250 out
+    assert m["compression_factor"]["prefill_s"] is None
+    status, out, err = _cli(capsys, "sweep", "--context", "4000,8000", "--knob-axis", "kv_keep_ratio=1,0.5")
+    assert status == 0 and len(out.strip().splitlines()) == 1 + 4 and "kv_keep_ratio" in out.splitlines()[0]
