@@ -45,7 +45,7 @@ class Price:
     date: str
 
 
-def load_prices(path: "str | Path | None" = None) -> dict[str, Price]:
+def load_prices(path: str | Path | None = None) -> dict[str, Price]:
     """GPU prices from a YAML file (default: the shipped examples); every entry needs a source and date."""
     p = Path(path) if path else PRICES_PATH
     try:
@@ -178,18 +178,18 @@ def shapes(q: CapacityQuery, prices: dict[str, Price]) -> tuple[list[Shape], lis
                 ttft = float(np.percentile(b.prefill_s, q.slo.ttft_pct))
                 tpot = float(np.percentile(b.tpot_floor_s, q.slo.tpot_pct))
                 if q.slo.ttft_s is not None and ttft > q.slo.ttft_s:
-                    pruned.append((name, f"TTFT p{q.slo.ttft_pct:g} >= {ttft:.4g} s (prefill alone) > target "
-                                         f"{q.slo.ttft_s:g} s ({ttft / q.slo.ttft_s:.2f}x)"))
+                    pruned.append((name, (f"TTFT p{q.slo.ttft_pct:g} >= {ttft:.4g} s (prefill alone) > target "
+                                         f"{q.slo.ttft_s:g} s ({ttft / q.slo.ttft_s:.2f}x)")))
                     continue
                 if q.slo.tpot_s is not None and tpot > q.slo.tpot_s:
-                    pruned.append((name, f"TPOT p{q.slo.tpot_pct:g} >= {tpot:.4g} s (one decode step) > target "
-                                         f"{q.slo.tpot_s:g} s ({tpot / q.slo.tpot_s:.2f}x)"))
+                    pruned.append((name, (f"TPOT p{q.slo.tpot_pct:g} >= {tpot:.4g} s (one decode step) > target "
+                                         f"{q.slo.tpot_s:g} s ({tpot / q.slo.tpot_s:.2f}x)")))
                     continue
                 bound = b.throughput_bound_tokens_per_s
                 r_min = max(1, math.ceil(rate * out_mean / bound)) if math.isfinite(rate) else 1
                 if r_min * tp * pp > q.max_gpus:
-                    pruned.append((name, f"needs >= {r_min} replicas ({r_min * tp * pp} GPUs) by the throughput "
-                                         f"bound, max {q.max_gpus} GPUs"))
+                    pruned.append((name, (f"needs >= {r_min} replicas ({r_min * tp * pp} GPUs) by the throughput "
+                                         f"bound, max {q.max_gpus} GPUs")))
                     continue
                 keep.append(Shape(gpu, tp, pp, r_min, tp * pp * prices[gpu].usd_per_gpu_hour, ttft, tpot))
     return keep, pruned
@@ -205,7 +205,7 @@ def _point(q: CapacityQuery, s: Shape, replicas: int, requests: Requests) -> Poi
                  float(np.percentile(res.e2e_s, 90)), res.meets_slo(q.slo), float(worst[1]["ratio"]), worst[0])
 
 
-def search_shape(job: "tuple[CapacityQuery, Shape]") -> list[Point]:
+def search_shape(job: tuple[CapacityQuery, Shape]) -> list[Point]:
     """Fewest replicas of one shape meeting the SLOs (doubling then bisection); every point simulated."""
     q, s = job
     r_max = q.max_gpus // (s.tp * s.pp)
@@ -229,7 +229,7 @@ def search_shape(job: "tuple[CapacityQuery, Shape]") -> list[Point]:
     return list(pts.values())
 
 
-def _confirm(job: "tuple[CapacityQuery, Point, int]") -> bool:
+def _confirm(job: tuple[CapacityQuery, Point, int]) -> bool:
     q, p, seed = job
     reqs = resample(q.requests, seed)
     s = Shape(p.gpu, p.tp, p.pp, p.replicas, p.usd_per_hour / p.replicas, 0.0, 0.0)
@@ -290,14 +290,14 @@ def _why_pruned(pruned: list[tuple[str, str]]) -> str:
             except ValueError:
                 pass
     if by_ratio:
-        r, name, why = min(by_ratio)
+        _r, name, why = min(by_ratio)
         return f"no candidate can meet the SLOs; the closest, {name}: {why}"
     name, why = pruned[0]
     return f"no candidate can serve the workload: {name}: {why}" + (
         f" (and {len(pruned) - 1} more shapes pruned)" if len(pruned) > 1 else "")
 
 
-def plot_pareto(plan: CapacityPlan, path: "str | Path") -> None:
+def plot_pareto(plan: CapacityPlan, path: str | Path) -> None:
     """Cost against e2e p90 latency; the Pareto front as a line, the winner marked."""
     import matplotlib
 

@@ -43,8 +43,8 @@ def register(subparsers) -> None:
 
 
 def _deployment(args: argparse.Namespace):
-    from perfmodel.serving.deployment import Deployment
     from perfmodel.errors import InvalidInputError
+    from perfmodel.serving.deployment import Deployment
 
     host = None
     if args.host_kv_gib is not None:
@@ -70,8 +70,8 @@ def _requests(args: argparse.Namespace):
 def _progress(enabled: bool):
     if not enabled:
         return None, None
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     bar = Progress(TextColumn("simulating"), BarColumn(), TextColumn("{task.completed}/{task.total} requests"),
                    TimeElapsedColumn(), console=Console(stderr=True), transient=True)
@@ -139,12 +139,12 @@ def _print_table(out: dict[str, Any]) -> None:
     console = Console()
     console.print(t)
     lines = [
-        f"throughput: {out['throughput_tokens_per_s']:,.1f} output tokens/s "
-        f"(analytic bound {out['analytic']['throughput_bound_tokens_per_s']:,.1f})",
-        f"peak concurrency: {out['peak_concurrency']} requests per replica "
-        f"(analytic max {out['analytic']['max_concurrency']})",
-        f"swapped out/in: {out['swap_out_bytes'] / 2**30:,.2f} / {out['swap_in_bytes'] / 2**30:,.2f} GiB; "
-        f"preemptions: {out['preemptions']}",
+        (f"throughput: {out['throughput_tokens_per_s']:,.1f} output tokens/s "
+        f"(analytic bound {out['analytic']['throughput_bound_tokens_per_s']:,.1f})"),
+        (f"peak concurrency: {out['peak_concurrency']} requests per replica "
+        f"(analytic max {out['analytic']['max_concurrency']})"),
+        (f"swapped out/in: {out['swap_out_bytes'] / 2**30:,.2f} / {out['swap_in_bytes'] / 2**30:,.2f} GiB; "
+        f"preemptions: {out['preemptions']}"),
     ]
     if "goodput_requests_per_s" in out:
         lines.append(f"goodput: {out['goodput_requests_per_s']:,.2f} requests/s meeting the SLOs")

@@ -21,7 +21,12 @@ from perfmodel.calibration import Mode, Profile, resolve_profile
 from perfmodel.errors import DoesNotFitError, InvalidInputError
 from perfmodel.layers import Precision, check_tp, kv_bytes_per_token_per_gpu
 from perfmodel.models import ModelSpec, load_model
-from perfmodel.phases import DEFAULT_PREFILL_CHUNK_TOKENS, DEFAULT_RESERVE_FRACTION, context_switch, memory_budget
+from perfmodel.phases import (
+    DEFAULT_PREFILL_CHUNK_TOKENS,
+    DEFAULT_RESERVE_FRACTION,
+    context_switch,
+    memory_budget,
+)
 
 
 class KvPolicy(str, enum.Enum):
@@ -81,8 +86,8 @@ class Deployment:
     reserve_fraction: float = DEFAULT_RESERVE_FRACTION
 
     @classmethod
-    def make(cls, model="llama-3-8b", gpu="h100-sxm-80gb", mode: "Mode | str" = Mode.PEAK,
-             weight_dtype="bf16", kv_dtype=None, **kw) -> "Deployment":
+    def make(cls, model="llama-3-8b", gpu="h100-sxm-80gb", mode: Mode | str = Mode.PEAK,
+             weight_dtype="bf16", kv_dtype=None, **kw) -> Deployment:
         """Build from names; ``kw`` are the other fields (enums may be given as strings)."""
         m, g = load_model(model), load_gpu(gpu)
         prof = resolve_profile(g, Mode(mode), kw.pop("profile", None))

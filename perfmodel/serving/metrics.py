@@ -77,7 +77,7 @@ class SimResult:
     wall_s: float
 
     @classmethod
-    def collect(cls, dep, mem, reqs, table, replicas, wall_s: float) -> "SimResult":
+    def collect(cls, dep, mem, reqs, table, replicas, wall_s: float) -> SimResult:
         rows = [row for rep in replicas for row in rep.log]
         rows.sort(key=lambda r: (r[1], r[0]))
         return cls(

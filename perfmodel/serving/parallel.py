@@ -13,7 +13,8 @@ from __future__ import annotations
 import enum
 import importlib.util
 import os
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from perfmodel.errors import InvalidInputError
 
@@ -28,7 +29,7 @@ def ray_available() -> bool:
     return importlib.util.find_spec("ray") is not None
 
 
-def resolve_backend(backend: "Backend | str" = Backend.AUTO) -> Backend:
+def resolve_backend(backend: Backend | str = Backend.AUTO) -> Backend:
     try:
         b = Backend(backend)
     except ValueError:
@@ -53,7 +54,7 @@ def _ensure_ray(num_cpus: int | None):
     return ray
 
 
-def parallel_map(fn: Callable[[Any], Any], items: Iterable[Any], backend: "Backend | str" = Backend.AUTO,
+def parallel_map(fn: Callable[[Any], Any], items: Iterable[Any], backend: Backend | str = Backend.AUTO,
                  num_cpus: int | None = None) -> list[Any]:
     """``[fn(x) for x in items]``, on Ray tasks when the backend resolves to Ray.
 

@@ -182,8 +182,7 @@ class Replica:
                 n = -(-tgt // budget)
                 r.chunk[i] = -(-tgt // n)
                 self.prefilling.append(i)
-        if self.resident > self.peak_resident:
-            self.peak_resident = self.resident
+        self.peak_resident = max(self.peak_resident, self.resident)
 
     # -- one iteration ----------------------------------------------------------------------
     def step(self, t: float) -> float | None:
@@ -203,9 +202,8 @@ class Replica:
             if left <= 0:
                 break
             rem = r.target[i] - r.done[i]
-            c = rem if rem < r.chunk[i] else r.chunk[i]
-            if c > left:
-                c = left
+            c = min(r.chunk[i], rem)
+            c = min(c, left)
             d = r.done[i] + c
             r.done[i] = d
             pattn += timer.attn_prefill_s(c, d)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -33,7 +33,7 @@ def build_timer(dep: Deployment, max_kv_tokens: int) -> IterationTimer:
     return IterationTimer(dep, max(int(max_kv_tokens), 2), max_batch)
 
 
-def simulate(dep: Deployment, requests: "Requests | Workload", record_timeline: bool = True,
+def simulate(dep: Deployment, requests: Requests | Workload, record_timeline: bool = True,
              progress: ProgressFn | None = None, timer: IterationTimer | None = None) -> SimResult:
     """Serve ``requests`` on ``dep``; every request runs to completion.
 
@@ -107,7 +107,7 @@ def _load(rep: Replica) -> int:
     return rep.outstanding
 
 
-def simulate_summary(job: "tuple[Deployment, Requests | Workload]") -> dict:
+def simulate_summary(job: tuple[Deployment, Requests | Workload]) -> dict:
     """``simulate(*job).summary()`` without the timeline: a picklable unit of work for ``parallel_map``."""
     dep, requests = job
     return simulate(dep, requests, record_timeline=False).summary()

@@ -48,7 +48,7 @@ def _split_cost(dep: Deployment, phase: Phase, batch, q_len, kv_len, kv_part: bo
 
 
 def _geo_grid(hi: float) -> np.ndarray:
-    n = max(2, int(math.ceil(math.log2(max(hi, 2.0)) * _GRID_POINTS_PER_OCTAVE)) + 1)
+    n = max(2, math.ceil(math.log2(max(hi, 2.0)) * _GRID_POINTS_PER_OCTAVE) + 1)
     return np.exp(np.linspace(0.0, math.log(max(hi, 2.0)), n))
 
 

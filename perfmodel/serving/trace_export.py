@@ -33,7 +33,7 @@ def trace_events(result: SimResult, max_events: int | None = None) -> list[dict]
     return events
 
 
-def write_trace_json(result: SimResult, path: "str | Path", max_events: int | None = None) -> int:
+def write_trace_json(result: SimResult, path: str | Path, max_events: int | None = None) -> int:
     """Write the trace; returns the number of iterations written."""
     ev = trace_events(result, max_events)
     Path(path).write_text(json.dumps({"traceEvents": ev, "displayTimeUnit": "ms"}))

@@ -67,7 +67,7 @@ class LengthDist:
             raise InvalidInputError(f"uniform needs 1 <= low <= high, got {self.a:g}, {self.b:g}")
 
     @classmethod
-    def parse(cls, text: "str | int", name: str = "length") -> "LengthDist":
+    def parse(cls, text: str | int, name: str = "length") -> LengthDist:
         """``2048``, ``lognormal:MEAN:SIGMA[:CAP]`` or ``uniform:LOW:HIGH``."""
         s = str(text).strip().lower()
         parts = s.split(":")
@@ -124,7 +124,7 @@ class Requests:
         return int(self.arrival_s.shape[0])
 
     @classmethod
-    def of(cls, arrival_s, prompt_len, output_len) -> "Requests":
+    def of(cls, arrival_s, prompt_len, output_len) -> Requests:
         arr = np.asarray(arrival_s, dtype=np.float64).ravel()
         p = np.asarray(prompt_len).ravel()
         o = np.asarray(output_len).ravel()
@@ -235,7 +235,7 @@ def _rows_csv(path: str, text: str):
         raise TraceFormatError(f"{path}: empty CSV (no header)")
 
 
-def read_trace(path: "str | Path") -> Requests:
+def read_trace(path: str | Path) -> Requests:
     """Read a JSONL (``.jsonl``/``.json``) or CSV trace; see the module docstring for the format."""
     p = Path(path)
     try:
@@ -253,7 +253,7 @@ def read_trace(path: "str | Path") -> Requests:
     return Requests.of(arr, np.array(pl, dtype=np.int64), np.array(ol, dtype=np.int64))
 
 
-def write_trace(path: "str | Path", requests: Requests) -> None:
+def write_trace(path: str | Path, requests: Requests) -> None:
     """Write ``requests`` as JSONL (or CSV for a ``.csv`` path)."""
     p = Path(path)
     with p.open("w") as f:

@@ -1,20 +1,31 @@
 """Capacity planner: prices, pruning, exactness against brute force, Pareto front, CLI."""
 
+import itertools
 import json
 import math
 
-import numpy as np
 import pytest
 
 from perfmodel.cli import main
 from perfmodel.serving import LengthDist, Slo, Workload
 from perfmodel.serving.parallel import ray_available
-from planners.capacity import (CapacityQuery, PlannerError, Shape, _point, load_prices, plan_capacity, plot_pareto,
-                               shapes)
+from planners.capacity import (
+    CapacityQuery,
+    PlannerError,
+    Shape,
+    _point,
+    load_prices,
+    plan_capacity,
+    plot_pareto,
+    shapes,
+)
 from planners.errors import InfeasibleError
 
 
-def _query(rate=15.0, slo=Slo(ttft_s=0.5, tpot_s=0.05), gpus=("a100-sxm-80gb", "h100-sxm-80gb"), n=200, **kw):
+_SLO = Slo(ttft_s=0.5, tpot_s=0.05)
+
+
+def _query(rate=15.0, slo=_SLO, gpus=("a100-sxm-80gb", "h100-sxm-80gb"), n=200, **kw):
     reqs = Workload(n, rate, LengthDist.parse(2048), LengthDist.parse(64), seed=2).generate()
     kw.setdefault("tp_options", (1, 2))
     kw.setdefault("max_gpus", 4)
@@ -80,7 +91,7 @@ def test_no_deployment_within_budget_says_how_far():
 
 def test_pruned_shapes_would_fail_in_the_simulator():
     q = _query(slo=Slo(ttft_s=0.05, tpot_s=0.05))
-    keep, pruned = shapes(q, load_prices())
+    _keep, pruned = shapes(q, load_prices())
     names = {n for n, _ in pruned}
     assert "a100-sxm-80gb tp=1 pp=1" in names
     s = Shape("a100-sxm-80gb", 1, 1, 1, 1.3, 0, 0)
@@ -94,7 +105,7 @@ def test_pareto_front_and_png(tmp_path):
     assert front and front[0].usd_per_hour == plan.best.usd_per_hour or plan.best in front
     costs = [p.usd_per_hour for p in front]
     lat = [p.e2e_p90_s for p in front]
-    assert costs == sorted(costs) and all(a > b for a, b in zip(lat, lat[1:]))
+    assert costs == sorted(costs) and all(a > b for a, b in itertools.pairwise(lat))
     png = tmp_path / "front.png"
     plot_pareto(plan, png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -60,7 +60,7 @@ def test_outputs_and_trace_file(capsys, tmp_path):
     (["--host-kv-gib", "-1"], "host-kv-gib"),
 ])
 def test_bad_input_is_one_line(capsys, argv, msg):
-    code, out, err = run(capsys, "--requests", "5", *argv)
+    code, _out, err = run(capsys, "--requests", "5", *argv)
     assert code == 1
     assert msg in err and err.count("\n") == 1 and "Traceback" not in err
 
@@ -73,5 +73,5 @@ def test_bad_usage_exits_2(capsys):
 def test_malformed_trace_line(capsys, tmp_path):
     p = tmp_path / "t.jsonl"
     p.write_text('{"arrival_s": 0, "prompt_len": 10, "output_len": 2}\n{"arrival_s": 1, "prompt_len": "x"}\n')
-    code, out, err = run(capsys, "--trace", str(p))
+    code, _out, err = run(capsys, "--trace", str(p))
     assert code == 1 and f"{p}:2:" in err

@@ -4,8 +4,8 @@ import pytest
 
 from perfmodel.errors import InvalidInputError
 from perfmodel.serving import Deployment, Requests, simulate
-from perfmodel.serving.simulator import simulate_summary
 from perfmodel.serving.parallel import parallel_map, ray_available
+from perfmodel.serving.simulator import simulate_summary
 
 
 def _jobs(prompts):

@@ -93,7 +93,7 @@ def test_paper_example_holds_one_request_and_swaps_when_time_sliced():
 
 
 def test_recompute_reprefills_and_costs_more_than_swap():
-    args = dict(slice_tokens=50)
+    args = {"slice_tokens": 50}
     reqs = Requests.of([0.0] * 3, [50_000] * 3, [250] * 3)
     sw = simulate(Deployment.make("yi-34b", "a100-sxm-80gb", kv_policy="swap", **args), reqs)
     rc = simulate(Deployment.make("yi-34b", "a100-sxm-80gb", kv_policy="recompute", **args), reqs)
