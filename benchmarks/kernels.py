@@ -402,6 +402,45 @@ def write() -> None:
     (OUT / "kernels_bench.md").write_text("\n".join(lines) + "\n")
 
 
+def summarize(paths: list[str]) -> str:
+    """Markdown table of the issue's speed targets, computed from result JSON files."""
+    rows, info = [], {}
+    for p in paths:
+        data = json.loads(Path(p).read_text())
+        rows += [dict(r, source=Path(p).name) for r in data["rows"]]
+        info.setdefault("env", data["info"].get("env"))
+        info.setdefault("ceilings", data["info"].get("ceilings"))
+    sms = (info.get("env") or {}).get("sm_count", 132)
+    out = ["| target | measured | met |", "|---|---|---|"]
+    big = [r for r in rows if r["section"] == "gemm" and r["variant"] == "bf16" and r["case"] in
+           ("8192x8192x8192", "4096x4096x4096", "4096x14336x4096", "16384x4096x4096")]
+    if big:
+        worst = min(r["speed_vs_baseline"] for r in big)
+        cases = ", ".join(f"{r['case']}: {r['speed_vs_baseline']:.2f}" for r in big)
+        out.append(f"| GEMM >= 0.85 x cuBLAS at large shapes (bf16) | {cases} | {'yes' if worst >= 0.85 else 'no'} |")
+    pre = [r for r in rows if r["section"] == "prefill" and r.get("seq_len", 0) >= 4096]
+    if pre:
+        worst = min(r["speed_vs_baseline"] for r in pre)
+        out.append(f"| prefill >= 0.80 x flash SDPA at L >= 4K | min {worst:.2f} over {len(pre)} shapes | "
+                   f"{'yes' if worst >= 0.8 else 'no'} |")
+    dec = [r for r in rows if r["section"] == "decode" and r.get("kv_bytes", 0) >= 1e9 and r.get("frac_of_bw_ceiling")]
+    if dec:
+        worst = min(r["frac_of_bw_ceiling"] for r in dec)
+        out.append(f"| decode >= 0.80 of measured copy bandwidth at KV >= 1 GB | min {worst:.2f} over {len(dec)} "
+                   f"runs ({dec[0].get('timing', 'do_bench')}) | {'yes' if worst >= 0.8 else 'no'} |")
+    by_case: dict = {}
+    for r in rows:
+        if r["section"] == "decode" and r["variant"] in ("split_kv", "stream_k") and r.get("pairs", 1e9) < sms:
+            by_case.setdefault((r["source"], r["case"]), {})[r["variant"]] = r["time_s"]
+    pairs = [v for v in by_case.values() if len(v) == 2]
+    if pairs:
+        wins = sum(v["stream_k"] < v["split_kv"] for v in pairs)
+        gm = math.exp(sum(math.log(v["split_kv"] / v["stream_k"]) for v in pairs) / len(pairs))
+        out.append(f"| stream-K faster than split-KV where B*Hkv < {sms} SMs | stream-K faster in {wins} of "
+                   f"{len(pairs)} shapes; geometric-mean speed-up {gm:.3f} | {'yes' if wins == len(pairs) else 'partly' if wins else 'no'} |")
+    return "\n".join(out)
+
+
 SECTIONS = {"ceilings": ceilings, "check": check, "gemm": gemm, "prefill": prefill, "decode": decode,
             "paged": paged, "kv": kv_blocks, "sweep": sweep}
 
@@ -411,7 +450,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--sections", default=",".join(SECTIONS))
+    ap.add_argument("--summarize", nargs="+", metavar="JSON", help="print the targets table of result files")
     args = ap.parse_args()
+    if args.summarize:
+        print(summarize(args.summarize))
+        return 0
     if not torch.cuda.is_available():
         print("error: no CUDA device; this benchmark needs a GPU", file=sys.stderr)
         return 2
