@@ -21,7 +21,6 @@ from planners.capacity import (
 )
 from planners.errors import InfeasibleError
 
-
 _SLO = Slo(ttft_s=0.5, tpot_s=0.05)
 
 
