@@ -164,9 +164,21 @@ def _attention_cost(op: Attention, gpu: GPU, prof: Profile) -> OpCost:
     fl = flops(op)
     fl_eff, extra = None, 0.0
     if p.tile_m > 0:
-        blocks = np.asarray(op.batch, dtype=np.float64) * op.q_heads * np.ceil(np.asarray(op.q_len, dtype=np.float64) / p.tile_m)
+        q = np.asarray(op.q_len, dtype=np.float64)
+        if op.phase is Phase.PREFILL:
+            # one program per block of tile_m queries of one head, in waves over the SMs
+            rows, heads = q, np.asarray(op.q_heads, dtype=np.float64)
+        else:
+            # decode kernels pack a KV head's query group (and its new tokens) into one tile of
+            # rows, padded to tile_m; the KV length is split over programs, so no wave penalty
+            rows, heads = q * op.q_heads / op.kv_heads, np.asarray(op.kv_heads, dtype=np.float64)
+        tiles_per_head = np.ceil(rows / p.tile_m)
+        pad = tiles_per_head * p.tile_m / rows
+        blocks = np.asarray(op.batch, dtype=np.float64) * heads * tiles_per_head
         factor, whole = _waves(blocks, gpu.sm_count, p)
-        fl_eff = np.asarray(fl, dtype=np.float64) * factor
+        if op.phase is not Phase.PREFILL:
+            factor = 1.0
+        fl_eff = np.asarray(fl, dtype=np.float64) * pad * factor
         extra = whole * p.tile_overhead_s
     return _roofline(fl, bytes_moved(op), gpu.flops_for(math_dtype), gpu.hbm_bytes_per_s, p, Bound.HBM_BANDWIDTH,
                      fl_eff, extra)

@@ -27,7 +27,7 @@ from scipy.optimize import least_squares
 
 from hw.loader import load_gpu
 from hw.spec import GPU
-from perfmodel.calibration import PEAK_PARAMS, ClassParams, Mode, OpClass, Profile, profile_from_dict
+from perfmodel.calibration import ClassParams, Mode, OpClass, Profile, params_to_dict, profile_from_dict
 from perfmodel.costs import op_cost
 from perfmodel.errors import ProfileError
 from perfmodel.ops import Attention, Elementwise, Gemm, Memcpy, Op, op_from_dict
@@ -52,7 +52,7 @@ class Param:
         return 10.0 ** x if self.log10 else x * self.factor
 
 
-_EFF = lambda name, init: Param(name, 0.05, 1.5, init)  # noqa: E731
+_EFF = lambda name, init: Param(name, 0.05, 1.0, init)  # noqa: E731  (no class beats the datasheet)
 _LAT = Param("latency_s", 0.0, 200.0, 3.0, factor=1e-6)
 _RAMP_B = Param("ramp_bytes", 0.0, 10.0, 5.0, log10=True)
 _RAMP_F = Param("ramp_flops", 0.0, 13.0, 8.0, log10=True)
@@ -79,8 +79,8 @@ def _spec(key: str):
         return _COMPUTE_SPEC, _GEMM_TILES
     if base == "attention_prefill":
         return _COMPUTE_SPEC, _ATTN_TILES
-    if base == "attention_decode":
-        return _COMPUTE_SPEC, ({},)
+    if base == "attention_decode":  # rows of a KV head's query group, padded to the kernel's tile
+        return _COMPUTE_SPEC, ({}, {"tile_m": 16}, {"tile_m": 64}, {"tile_m": 128})
     return _MEMORY_SPEC, ({},)
 
 
@@ -272,10 +272,13 @@ def write_profile(profile: Profile, path: str | Path, source: str, extra: dict[s
             if k not in data and k not in ("source", "implementations"):
                 data[k] = v
     data["source"] = source
-    if extra:
-        data["implementations"] = {k: {f.name: getattr(p, f.name) for f in dataclasses.fields(p)
-                                       if getattr(p, f.name) != getattr(PEAK_PARAMS, f.name)}
-                                   for k, p in sorted(extra.items())}
+    for cls in (*data["classes"].values(), *data.get("elementwise_kernels", {}).values()):
+        for k, v in cls.items():
+            if isinstance(v, float):
+                cls[k] = float(f"{v:.5g}")
+    if extra:  # curves of kernels a plain PyTorch layer does not run: for reference, not read by the core
+        data["implementations"] = {k: {n: float(f"{v:.5g}") if isinstance(v, float) else v
+                                       for n, v in params_to_dict(p).items()} for k, p in sorted(extra.items())}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
     return data
