@@ -7,6 +7,7 @@ script under ``dashboard/views/`` that calls the public Python API.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import sys
 from pathlib import Path
 
@@ -26,9 +27,19 @@ def _has(module: str) -> bool:
         return False
 
 
+def _analyze_takes(name: str) -> bool:
+    import perfmodel
+
+    return name in inspect.signature(perfmodel.analyze).parameters
+
+
 def pages() -> list:
     """The pages whose back ends exist in this tree."""
     out = [st.Page(str(VIEWS / "whatif.py"), title="What-if", icon=":material/tune:", default=True)]
+    if _has("perfmodel.knobs") and _analyze_takes("knobs"):
+        out.append(st.Page(str(VIEWS / "knobs.py"), title="KV-cache knobs", icon=":material/compress:"))
+    if _has("planners.moe") and _has("planners.sp"):
+        out.append(st.Page(str(VIEWS / "planners.py"), title="Planners", icon=":material/grid_view:"))
     return out
 
 

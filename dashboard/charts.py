@@ -138,3 +138,23 @@ def comparison_chart(rows: pd.DataFrame) -> alt.Chart:
         yOffset="gpu:N",
         tooltip=["metric:N", "gpu:N", alt.Tooltip("ratio:Q", format=".2f"), "value:N"],
     ).properties(height=220)
+
+
+def sweep_compare_charts(frames: dict[str, pd.DataFrame], context_len: int) -> tuple[alt.Chart, alt.Chart]:
+    """Decode time per token and max concurrency against context length, one line per labelled sweep."""
+    d = pd.concat([f[["context_len", "decode_s_per_token", "max_concurrency"]].assign(case=name)
+                   for name, f in frames.items()], ignore_index=True)
+    d["decode_ms_per_token"] = d["decode_s_per_token"] * 1e3
+    x = alt.X("context_len:Q", title="context length (tokens, log scale)",
+              scale=alt.Scale(type="log", domain=[1000, 1_000_000]),
+              axis=alt.Axis(values=[1000, 10_000, 100_000, 1_000_000], format="~s"))
+    color = alt.Color("case:N", legend=alt.Legend(orient="top", title=None))
+    rule = alt.Chart(pd.DataFrame({"context_len": [context_len]})).mark_rule(
+        color="#888", strokeDash=[4, 4]).encode(x="context_len:Q")
+    dec = alt.Chart(d.dropna(subset=["decode_ms_per_token"])).mark_line(strokeWidth=2.5).encode(
+        x=x, y=alt.Y("decode_ms_per_token:Q", title="decode time per token (ms)"), color=color,
+        tooltip=["case:N", alt.Tooltip("context_len:Q", format=","), alt.Tooltip("decode_ms_per_token:Q", format=".2f")])
+    conc = alt.Chart(d).mark_line(strokeWidth=2.5).encode(
+        x=x, y=alt.Y("max_concurrency:Q", title="max concurrent users"), color=color,
+        tooltip=["case:N", alt.Tooltip("context_len:Q", format=","), alt.Tooltip("max_concurrency:Q", format=",")])
+    return (dec + rule).properties(height=300), (conc + rule).properties(height=300)

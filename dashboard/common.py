@@ -82,16 +82,34 @@ def model_facts(model: str) -> dict[str, Any]:
     }
 
 
+def make_knobs(items: tuple):
+    """A :class:`perfmodel.knobs.Knobs` from ``(field, value)`` pairs; ``("kv_tiers", "ddr")`` adds host DDR.
+
+    Raises the knobs' own ``KnobError`` (a ``ValueError``) for invalid values.
+    """
+    from perfmodel.knobs import Knobs, KvTier, TierKind
+
+    kw = dict(items)
+    if "kv_tiers" in kw:
+        kw["kv_tiers"] = tuple(KvTier(TierKind(t)) for t in str(kw["kv_tiers"]).split("+") if t)
+    return Knobs(**kw)
+
+
 @st.cache_data(show_spinner=False, max_entries=256)
 def analysis_view(model: str, gpu: str, context_len: int, output_tokens: int, batch: int, tp: int,
-                  mode: str, weight_dtype: str, kv_dtype: str, extra: tuple = ()) -> dict[str, Any]:
+                  mode: str, weight_dtype: str, kv_dtype: str, extra: tuple = (),
+                  knob_items: tuple = ()) -> dict[str, Any]:
     """``perfmodel.analyze(...).to_dict()`` plus the per-GPU memory terms the breakdown chart needs.
 
-    ``extra`` holds further keyword arguments of ``analyze`` as ``(name, value)`` pairs.
+    ``extra`` holds further keyword arguments of ``analyze`` as ``(name, value)`` pairs;
+    ``knob_items`` the KV-cache knobs (see :func:`make_knobs`).
     Raises the API's ``ValueError`` subclasses unchanged (they are not cached).
     """
+    kw = dict(extra)
+    if knob_items:
+        kw["knobs"] = make_knobs(knob_items)
     a = perfmodel.analyze(model, gpu, context_len=context_len, output_tokens=output_tokens, batch=batch,
-                          tp=tp, mode=mode, weight_dtype=weight_dtype, kv_dtype=kv_dtype, **dict(extra))
+                          tp=tp, mode=mode, weight_dtype=weight_dtype, kv_dtype=kv_dtype, **kw)
     d = a.to_dict()
     mem = a.memory
     d["memory_per_gpu"] = {
@@ -109,11 +127,14 @@ def analysis_view(model: str, gpu: str, context_len: int, output_tokens: int, ba
 @st.cache_data(show_spinner=False, max_entries=64)
 def sweep_view(model: str, gpu: str, output_tokens: int, batch: int, tp: int, mode: str,
                weight_dtype: str, kv_dtype: str, context_lens: tuple[int, ...] = SWEEP_CONTEXT_LENS,
-               extra: tuple = ()) -> pd.DataFrame:
-    """``perfmodel.sweep`` over ``context_lens`` at one batch and TP degree."""
+               extra: tuple = (), knob_items: tuple = ()) -> pd.DataFrame:
+    """``perfmodel.sweep`` over ``context_lens`` at one batch and TP degree (with knobs, if any)."""
+    kw = dict(extra)
+    if knob_items:
+        kw["knobs"] = make_knobs(knob_items)
     return perfmodel.sweep(model, gpu, context_len=list(context_lens), batch=batch, tp=tp,
                            output_tokens=output_tokens, mode=mode, weight_dtype=weight_dtype,
-                           kv_dtype=kv_dtype, **dict(extra))
+                           kv_dtype=kv_dtype, **kw)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
