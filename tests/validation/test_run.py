@@ -1,0 +1,61 @@
+"""The measuring code on a CPU: every builder runs on the smoke shapes; records are well formed."""
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from validation import bench  # noqa: E402
+from validation.cases import cases  # noqa: E402
+from validation.layer import DecoderLayerBench, rmsnorm, silu_mul  # noqa: E402
+from validation.records import check_record  # noqa: E402
+
+
+@pytest.mark.parametrize("section", ["gemm", "elementwise", "memcpy", "layer"])
+def test_builders_run_on_cpu(section):
+    for case in cases("smoke", (section,)):
+        built = bench.build(case, torch.device("cpu"), l2_bytes=1e5)
+        t, reps, method = bench.time_cpu(built.fns, max_time_s=0.0)
+        assert t > 0 and method == "host_clock"
+
+
+def test_rotation_defeats_the_cache():
+    assert bench.rotations(1e9, 50e6) == 1
+    assert bench.rotations(10e6, 50e6) == 15
+    assert bench.rotations(1e3, 50e6) == 16
+
+
+def test_layer_matches_a_plain_reference():
+    torch.manual_seed(0)
+    lay = DecoderLayerBench(2, 1, 9, 32, 64, 4, 2, 8, torch.device("cpu"), dtype=torch.float32)
+    out = lay()
+    x = lay.x
+    h = rmsnorm(x, lay.n1) @ lay.w_qkv
+    q, k, v = h.view(2, 1, 8, 8).split([4, 2, 2], dim=2)
+    kc, vc = lay.k_cache, lay.v_cache  # the layer already appended k, v at position 8
+    assert torch.equal(kc[:, :, 8], k[:, 0])
+    kk, vv = kc.repeat_interleave(2, dim=1), vc.repeat_interleave(2, dim=1)
+    att = torch.softmax(q.transpose(1, 2) @ kk.transpose(-1, -2) / 8 ** 0.5, -1) @ vv
+    h1 = x + att.transpose(1, 2).reshape(2, 32) @ lay.w_o
+    ref = h1 + silu_mul(rmsnorm(h1, lay.n2) @ lay.w_gu) @ lay.w_down
+    assert torch.allclose(out, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_dry_run_records_are_valid_and_marked(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # what --dry-run sets; restored after the test
+
+    from validation.run import app
+
+    res = CliRunner().invoke(app, ["--out", str(tmp_path), "--dry-run", "--sections", "gemm,memcpy",
+                                   "--name", "dry"])
+    assert res.exit_code == 0, res.output
+    recs = [json.loads(line) for line in (tmp_path / "dry.jsonl").read_text().splitlines()]
+    assert len(recs) == len(cases("smoke", ("gemm", "memcpy")))
+    for r in recs:
+        check_record(r, "dry")
+        assert r["dry_run"] is True and r["gpu_model"] is None
+    bad = CliRunner().invoke(app, ["--out", str(tmp_path), "--dry-run", "--sections", "warp"])
+    assert bad.exit_code == 2 and "unknown section" in bad.output
