@@ -40,6 +40,10 @@ def pages() -> list:
         out.append(st.Page(str(VIEWS / "knobs.py"), title="KV-cache knobs", icon=":material/compress:"))
     if _has("planners.moe") and _has("planners.sp"):
         out.append(st.Page(str(VIEWS / "planners.py"), title="Planners", icon=":material/grid_view:"))
+    if _has("perfmodel.serving"):
+        out.append(st.Page(str(VIEWS / "serving.py"), title="Serving", icon=":material/dns:"))
+    if _has("validation.report") and any((ROOT / "validation" / "data").glob("*.jsonl")):
+        out.append(st.Page(str(VIEWS / "validation.py"), title="Validation", icon=":material/fact_check:"))
     return out
 
 
