@@ -248,7 +248,9 @@ def plan_moe(problem: MoEProblem, options: SolverOptions = SolverOptions()) -> M
 
     Layers whose best baseline already meets the lower bound within
     ``options.gap_rel`` are proven without a solve; the rest are solved worst
-    gap first, each with an equal share of the remaining time.  A layer whose
+    gap first, each with an equal share of the remaining time but at least one
+    second of solver time (with many layers the worst get solved, the rest keep
+    their best baseline).  A layer whose
     solve proves nothing keeps the better of the solver's incumbent and the
     best baseline, and the report says "not proven optimal".
     """
@@ -273,8 +275,10 @@ def plan_moe(problem: MoEProblem, options: SolverOptions = SolverOptions()) -> M
     for k, l in enumerate(todo):
         t_layer = time.perf_counter()
         left = stage1_end - t_layer
-        budget = left / (len(todo) - k) - overhead
-        if budget < 0.1:
+        # an equal share of what is left, but never less than a useful solve: the worst layers go first
+        budget = max(left / (len(todo) - k) - overhead, 1.0)
+        budget = min(budget, left - overhead)
+        if budget < 0.2:
             break
         w = problem.loads[l]
         prob, x = _layer_model(w, G, S, placements[l], lb[l], ub[l])

@@ -1,0 +1,102 @@
+"""Planner benchmarks: solve time, gap and the margin over every baseline, at the issue's sizes.
+
+    python benchmarks/planners.py [--time-limit 60] [--only moe|sp]
+
+MoE: Zipf(alpha) loads (0, 1.01, 1.2) over 256 experts x 32 GPUs x 61 layers
+(DeepSeek-V3 sized: 8 slots per GPU, or 9 with DeepSeek's 32 redundant
+experts), 4 nodes; one run with inter-layer affinity; plus 8x4 and 64x8.
+SP: log-normal(5.95, 1.26) lengths (FlexSP's Wikipedia fit) on Llama-3-8B / H100
+(peak profile), 64 and 32 GPUs, each SP kind.
+Prints what it measured; nothing is cached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import pulp  # noqa: E402
+
+from planners.moe import MoEProblem, plan_moe  # noqa: E402
+from planners.solver import SolverOptions  # noqa: E402
+from planners.synthetic import lognormal_lengths, markov_affinity, zipf_loads  # noqa: E402
+
+
+def moe_rows(limit: float):
+    cases = [(8, 4, 1, 2, 0, 1.01, False), (8, 4, 1, 3, 0, 1.01, False), (64, 8, 4, 8, 2, 1.01, False),
+             (64, 8, 4, 9, 2, 1.01, False)]
+    cases += [(256, 32, 61, s, 4, a, False) for s in (8, 9) for a in (0.0, 1.01, 1.2)]
+    cases += [(256, 32, 61, 9, 4, 1.01, True)]
+    print("\nMoE placement (tokens: sum over layers of the max GPU load)")
+    print(f"{'E x G x L':>13} {'slots':>5} {'alpha':>5} {'aff':>3} {'status':>30} {'proven':>7} {'s':>6} "
+          f"{'gap':>7} {'plan':>11} {'contig':>7} {'rr':>7} {'lpt':>7} {'eplb':>7} {'greedy+rep':>10} {'xnode':>7}")
+    for e, g, l, s, nodes, alpha, aff in cases:
+        loads = zipf_loads(e, l, alpha, tokens=200_000, top_k=min(8, e // 4), seed=11)
+        r = markov_affinity(loads, seed=11) if aff else None
+        t0 = time.perf_counter()
+        plan = plan_moe(MoEProblem(loads, g, s, max(nodes, 1), r), SolverOptions(time_limit_s=limit))
+        wall = time.perf_counter() - t0
+        d = plan.to_dict()
+        ours = d["total"]["max_gpu_load"]
+        ratio = lambda name: d["baselines"][name]["total"]["max_gpu_load"] / ours  # noqa: E731
+        xnode = ""
+        if aff:
+            xnode = f"{d['baselines']['eplb_hierarchical']['total']['weighted_traffic'] / d['total']['weighted_traffic']:.2f}x"
+        print(f"{e:>4}x{g:>3}x{l:>3} {s:>5} {alpha:>5} {'yes' if aff else 'no':>3} {d['solver']['status']:>30} "
+              f"{d['solver']['layers_proven_optimal']:>3}/{l:<3} {wall:>6.1f} {d['solver']['gap']:>7.2%} {ours:>11,.0f} "
+              f"{ratio('contiguous'):>6.3f}x {ratio('round_robin'):>6.3f}x {ratio('greedy_lpt'):>6.3f}x "
+              f"{ratio('eplb_hierarchical'):>6.3f}x {ratio('greedy_replicated'):>9.3f}x {xnode:>7}", flush=True)
+
+
+def sp_rows(limit: float):
+    import perfmodel
+    from planners.sp import build_instance, plan_sp
+    from planners.sp_cost import SpCostModel, SpKind
+
+    model = perfmodel.load_model("llama-3-8b")
+    gpu = perfmodel.load_gpu("h100-sxm-80gb")
+    prof = perfmodel.peak_profile(gpu)
+    print("\nSP split, Llama-3-8B on H100 (peak profile); lengths log-normal(5.95, 1.26) clipped to [16, 1M]")
+    print(f"{'seqs':>5} {'GPUs':>4} {'kind':>8} {'status':>30} {'s':>6} {'makespan s':>10} {'bound s':>9} {'gap':>7} "
+          f"{'best static':>14} {'worst static':>13}")
+    for n, gpus, kind in [(270, 64, SpKind.ULYSSES), (270, 64, SpKind.RING), (270, 64, SpKind.HYBRID),
+                          (1000, 32, SpKind.ULYSSES)]:
+        lengths = lognormal_lengths(n, max_len=1_000_000, seed=5)
+        t0 = time.perf_counter()
+        inst = build_instance(lengths, gpus, SpCostModel(model, gpu, prof, kind))
+        plan = plan_sp(inst, SolverOptions(time_limit_s=limit))
+        wall = time.perf_counter() - t0
+        st = {k: v for k, v in plan.baselines.items() if v is not None}
+        bk, bv = min(st.items(), key=lambda kv: kv[1])
+        wk, wv = max(st.items(), key=lambda kv: kv[1])
+        print(f"{n:>5} {gpus:>4} {kind.value:>8} {plan.solver['status']:>30} {wall:>6.1f} {plan.makespan_s:>10.4f} "
+              f"{plan.lower_bound_s:>9.4f} {plan.solver['gap']:>7.2%} {bk[10:]:>4}: {bv / plan.makespan_s:.3f}x "
+              f"{wk[10:]:>4}: {wv / plan.makespan_s:.3f}x", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--time-limit", type=float, default=60.0)
+    ap.add_argument("--only", choices=["moe", "sp"], default=None)
+    args = ap.parse_args()
+    import highspy  # noqa: F401
+    from importlib.metadata import version
+
+    print(f"date {datetime.date.today()}; {platform.machine()} {os.cpu_count()} CPUs; Python {platform.python_version()}; "
+          f"PuLP {pulp.__version__}; highspy {version('highspy')}; numpy {np.__version__}; "
+          f"time limit {args.time_limit:g} s per plan; HiGHS, 1 thread, gap 0.1%")
+    if args.only in (None, "moe"):
+        moe_rows(args.time_limit)
+    if args.only in (None, "sp"):
+        sp_rows(args.time_limit)
+
+
+if __name__ == "__main__":
+    main()
