@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # running from a checkout without ``pip install -e .``
     sys.path.insert(0, str(ROOT))
 
-import streamlit as st  # noqa: E402
+import streamlit as st
 
 VIEWS = Path(__file__).resolve().parent / "views"
 
@@ -33,6 +33,14 @@ def _analyze_takes(name: str) -> bool:
     return name in inspect.signature(perfmodel.analyze).parameters
 
 
+def _gpu_record_files() -> list[Path]:
+    """``validation/data/<gpu>.jsonl`` files of known GPUs (the op and layer records)."""
+    from hw import list_gpus
+
+    known = set(list_gpus())
+    return [p for p in (ROOT / "validation" / "data").glob("*.jsonl") if p.stem in known]
+
+
 def pages() -> list:
     """The pages whose back ends exist in this tree."""
     out = [st.Page(str(VIEWS / "whatif.py"), title="What-if", icon=":material/tune:", default=True)]
@@ -42,12 +50,12 @@ def pages() -> list:
         out.append(st.Page(str(VIEWS / "planners.py"), title="Planners", icon=":material/grid_view:"))
     if _has("perfmodel.serving"):
         out.append(st.Page(str(VIEWS / "serving.py"), title="Serving", icon=":material/dns:"))
-    if _has("validation.report") and any((ROOT / "validation" / "data").glob("*.jsonl")):
+    if _has("validation.report") and _gpu_record_files():
         out.append(st.Page(str(VIEWS / "validation.py"), title="Validation", icon=":material/fact_check:"))
     return out
 
 
-from dashboard import common  # noqa: E402
+from dashboard import common
 
 st.set_page_config(page_title="perfmodel what-if", page_icon=":material/speed:", layout="wide")
 common.keep_scenario()

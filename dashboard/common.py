@@ -209,8 +209,8 @@ def keep_scenario() -> None:
 
 
 #: Default scenario: the running example of the long-context analysis.
-SCENARIO_DEFAULTS = dict(model="yi-34b", gpu="a100-sxm-80gb", context_len=50_000, output_tokens=250, batch=1, tp=1,
-                         weight_dtype="bf16", kv_dtype="bf16", mode="peak")
+SCENARIO_DEFAULTS = {"model": "yi-34b", "gpu": "a100-sxm-80gb", "context_len": 50_000, "output_tokens": 250, "batch": 1, "tp": 1,
+                         "weight_dtype": "bf16", "kv_dtype": "bf16", "mode": "peak"}
 
 
 def scenario_inputs(header: str = "Scenario") -> dict[str, Any]:
@@ -239,8 +239,8 @@ def scenario_inputs(header: str = "Scenario") -> dict[str, Any]:
         mode = st.radio("Mode", MODES, horizontal=True, key="mode",
                         help="peak: datasheet rooflines. calibrated: achieved fractions measured on the GPU "
                              "(falls back to peak where no profile is shipped).")
-    return dict(model=model, gpu=gpu, context_len=int(context_len), output_tokens=int(output_tokens),
-                batch=int(batch), tp=int(tp), mode=mode, weight_dtype=weight_dtype, kv_dtype=kv_dtype)
+    return {"model": model, "gpu": gpu, "context_len": int(context_len), "output_tokens": int(output_tokens),
+                "batch": int(batch), "tp": int(tp), "mode": mode, "weight_dtype": weight_dtype, "kv_dtype": kv_dtype}
 
 
 def show_error(exc: BaseException, what: str = "") -> None:

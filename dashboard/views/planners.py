@@ -11,9 +11,7 @@ import streamlit as st
 
 from dashboard import common
 from dashboard.common import UploadError, fmt_seconds
-
-#: Largest planner inputs the page accepts (the solvers run inside the request).
-MAX_EXPERTS, MAX_LAYERS, MAX_SEQUENCES = 512, 64, 4096
+from dashboard.uploads import MAX_EXPERTS, MAX_LAYERS, MAX_SEQUENCES, lengths_from_upload, loads_from_upload
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -48,50 +46,6 @@ def sp_view(lengths: np.ndarray, gpus: int, model: str, gpu: str, kind: str, mod
     cost = SpCostModel(perfmodel.load_model(model), g, perfmodel.resolve_profile(g, perfmodel.Mode(mode)),
                        SpKind(kind))
     return plan_sp(build_instance(lengths, gpus, cost), SolverOptions(time_limit_s=time_limit_s)).to_dict()
-
-
-def loads_from_upload(value) -> np.ndarray:
-    """Expert loads ``[layers, experts]`` from parsed JSON (``{"loads": ...}``, ``{"trace": ...}``, a table) or CSV."""
-    if isinstance(value, pd.DataFrame):
-        try:
-            arr = value.to_numpy(dtype=float)
-        except (TypeError, ValueError):
-            raise UploadError("CSV loads: every cell must be a number (one row per layer, one column per expert)")
-    else:
-        if isinstance(value, dict) and "trace" in value:
-            from planners.inputs import trace_counts
-
-            return trace_counts(value["trace"], value.get("num_experts"), where="upload")[0]
-        raw = value.get("loads") if isinstance(value, dict) else value
-        try:
-            arr = np.asarray(raw, dtype=float)
-        except (TypeError, ValueError):
-            raise UploadError("JSON loads: expected {\"loads\": [[tokens per expert] per layer]}") from None
-    if arr.ndim == 1:
-        arr = arr[None, :]
-    if arr.ndim != 2 or arr.size == 0:
-        raise UploadError(f"loads must be a [layers][experts] table, got shape {list(arr.shape)}")
-    if arr.shape[0] > MAX_LAYERS or arr.shape[1] > MAX_EXPERTS:
-        raise UploadError(f"at most {MAX_LAYERS} layers and {MAX_EXPERTS} experts here, got {list(arr.shape)}")
-    return arr
-
-
-def lengths_from_upload(value) -> np.ndarray:
-    """Sequence lengths from parsed JSON (``{"lengths": [...]}`` or a list) or CSV (column ``length`` or the first)."""
-    if isinstance(value, pd.DataFrame):
-        col = "length" if "length" in value.columns else value.columns[0]
-        raw = value[col].tolist()
-    else:
-        raw = value.get("lengths") if isinstance(value, dict) else value
-    try:
-        arr = np.asarray(raw, dtype=float)
-    except (TypeError, ValueError):
-        raise UploadError("lengths must be a list of positive integers") from None
-    if arr.ndim != 1 or arr.size == 0:
-        raise UploadError("lengths must be a non-empty list of positive integers")
-    if arr.size > MAX_SEQUENCES:
-        raise UploadError(f"at most {MAX_SEQUENCES} sequences here, got {arr.size}")
-    return arr
 
 
 def uploaded(label: str, key: str):

@@ -8,10 +8,9 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import common
-from dashboard.common import UploadError, fmt_seconds
+from dashboard.common import fmt_seconds
+from dashboard.uploads import MAX_REQUESTS, trace_from_upload
 
-#: Largest workload the page simulates inside a request.
-MAX_REQUESTS = 5000
 #: Timeline rows drawn (the chart keeps every n-th iteration beyond this).
 MAX_TIMELINE_POINTS = 3000
 
@@ -38,22 +37,6 @@ def simulate_view(model: str, gpu: str, tp: int, replicas: int, mode: str, weigh
     s = Slo(ttft_s=slo[0], tpot_s=slo[1]) if any(v is not None for v in slo) else None
     return {"summary": res.summary(s), "requests": res.requests_frame(), "timeline": res.timeline_frame(),
             "hbm_capacity_bytes": float(dep.gpu.hbm_usable_bytes)}
-
-
-def trace_from_upload(value) -> tuple:
-    """``("trace", arrival_s, prompt_len, output_len)`` from parsed CSV or JSON (a list of objects)."""
-    df = value if isinstance(value, pd.DataFrame) else pd.DataFrame(value if isinstance(value, list) else [])
-    need = ("arrival_s", "prompt_len", "output_len")
-    missing = [c for c in need if c not in df.columns]
-    if missing:
-        raise UploadError(f"trace: needs columns {', '.join(need)}; missing {', '.join(missing)}")
-    if len(df) > MAX_REQUESTS:
-        raise UploadError(f"trace: at most {MAX_REQUESTS:,} requests here, got {len(df):,}")
-    try:
-        cols = [tuple(pd.to_numeric(df[c], errors="raise").tolist()) for c in need]
-    except (TypeError, ValueError):
-        raise UploadError("trace: arrival_s, prompt_len and output_len must be numbers") from None
-    return ("trace", *cols)
 
 
 st.title("Serving")

@@ -15,8 +15,9 @@ DATA_DIR = Path(__file__).resolve().parents[2] / "validation" / "data"
 
 
 def record_files() -> dict[str, Path]:
-    """Shipped record files by GPU name (``validation/data/<gpu>.jsonl``)."""
-    return {p.stem: p for p in sorted(DATA_DIR.glob("*.jsonl"))}
+    """Shipped op and layer record files by GPU name (``validation/data/<gpu>.jsonl``, ``<gpu>`` a known GPU)."""
+    known = set(common.gpu_names())
+    return {p.stem: p for p in sorted(DATA_DIR.glob("*.jsonl")) if p.stem in known}
 
 
 @st.cache_data(show_spinner=False, max_entries=8)

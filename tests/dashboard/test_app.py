@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("streamlit")
-from streamlit.testing.v1 import AppTest  # noqa: E402
+from streamlit.testing.v1 import AppTest
 
-import perfmodel  # noqa: E402
-from dashboard.common import bound_label, fmt_seconds  # noqa: E402
+import perfmodel
+from dashboard.common import bound_label, fmt_seconds
 
 APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
 TIMEOUT_S = 60
@@ -29,8 +29,8 @@ def metrics(at: AppTest) -> dict[str, str]:
 
 
 def expect(**kw) -> dict:
-    base = dict(model="yi-34b", gpu="a100-sxm-80gb", context_len=50_000, output_tokens=250, batch=1, tp=1,
-                mode="peak", weight_dtype="bf16", kv_dtype="bf16")
+    base = {"model": "yi-34b", "gpu": "a100-sxm-80gb", "context_len": 50_000, "output_tokens": 250, "batch": 1, "tp": 1,
+                "mode": "peak", "weight_dtype": "bf16", "kv_dtype": "bf16"}
     base.update(kw)
     return perfmodel.analyze(**base).to_dict()
 
@@ -66,14 +66,14 @@ def test_first_run_shows_the_running_example():
 
 
 @pytest.mark.parametrize("key, value, api", [
-    ("model", "llama-3-8b", dict(model="llama-3-8b")),
-    ("gpu", "h100-sxm-80gb", dict(gpu="h100-sxm-80gb")),
-    ("context_len", 8000, dict(context_len=8000)),
-    ("output_tokens", 1000, dict(output_tokens=1000)),
-    ("tp", 2, dict(tp=2)),
-    ("weight_dtype", "fp8", dict(weight_dtype="fp8")),
-    ("kv_dtype", "fp8", dict(kv_dtype="fp8")),
-    ("mode", "calibrated", dict(mode="calibrated")),
+    ("model", "llama-3-8b", {"model": "llama-3-8b"}),
+    ("gpu", "h100-sxm-80gb", {"gpu": "h100-sxm-80gb"}),
+    ("context_len", 8000, {"context_len": 8000}),
+    ("output_tokens", 1000, {"output_tokens": 1000}),
+    ("tp", 2, {"tp": 2}),
+    ("weight_dtype", "fp8", {"weight_dtype": "fp8"}),
+    ("kv_dtype", "fp8", {"kv_dtype": "fp8"}),
+    ("mode", "calibrated", {"mode": "calibrated"}),
 ])
 def test_each_widget_changes_the_numbers(key, value, api):
     at = run_app()

@@ -10,9 +10,9 @@ import pytest
 
 pytest.importorskip("streamlit")
 
-import perfmodel  # noqa: E402
-from dashboard import common  # noqa: E402
-from dashboard.common import UploadError, fmt_seconds, parse_upload  # noqa: E402
+import perfmodel
+from dashboard import common
+from dashboard.common import UploadError, fmt_seconds, parse_upload
 
 
 def test_parse_json_and_csv():
@@ -54,8 +54,8 @@ def test_fmt_seconds(s, text):
 
 
 def test_analysis_view_is_the_api_result_plus_memory_terms():
-    args = dict(model="llama-3-8b", gpu="h100-sxm-80gb", context_len=32_000, output_tokens=100, batch=3, tp=1,
-                mode="peak", weight_dtype="bf16", kv_dtype="fp8")
+    args = {"model": "llama-3-8b", "gpu": "h100-sxm-80gb", "context_len": 32_000, "output_tokens": 100, "batch": 3, "tp": 1,
+                "mode": "peak", "weight_dtype": "bf16", "kv_dtype": "fp8"}
     view = common.analysis_view(**args)
     api = perfmodel.analyze(**args).to_dict()
     mem = view.pop("memory_per_gpu")
