@@ -21,12 +21,12 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
-import pulp  # noqa: E402
+import numpy as np
+import pulp
 
-from planners.moe import MoEProblem, plan_moe  # noqa: E402
-from planners.solver import SolverOptions  # noqa: E402
-from planners.synthetic import lognormal_lengths, markov_affinity, zipf_loads  # noqa: E402
+from planners.moe import MoEProblem, plan_moe
+from planners.solver import SolverOptions
+from planners.synthetic import lognormal_lengths, markov_affinity, zipf_loads
 
 
 def moe_rows(limit: float):
@@ -45,7 +45,7 @@ def moe_rows(limit: float):
         wall = time.perf_counter() - t0
         d = plan.to_dict()
         ours = d["total"]["max_gpu_load"]
-        ratio = lambda name: d["baselines"][name]["total"]["max_gpu_load"] / ours  # noqa: E731
+        ratio = lambda name: d["baselines"][name]["total"]["max_gpu_load"] / ours
         xnode = ""
         if aff:
             xnode = f"{d['baselines']['eplb_hierarchical']['total']['weighted_traffic'] / d['total']['weighted_traffic']:.2f}x"
@@ -86,8 +86,9 @@ def main() -> None:
     ap.add_argument("--time-limit", type=float, default=60.0)
     ap.add_argument("--only", choices=["moe", "sp"], default=None)
     args = ap.parse_args()
-    import highspy  # noqa: F401
     from importlib.metadata import version
+
+    import highspy  # noqa: F401
 
     print(f"date {datetime.date.today()}; {platform.machine()} {os.cpu_count()} CPUs; Python {platform.python_version()}; "
           f"PuLP {pulp.__version__}; highspy {version('highspy')}; numpy {np.__version__}; "

@@ -7,6 +7,6 @@
 """
 
 from planners.errors import InfeasibleError, PlannerError
-from planners.solver import SolveStatus, SolverName, SolverOptions
+from planners.solver import SolverName, SolverOptions, SolveStatus
 
 __all__ = ["InfeasibleError", "PlannerError", "SolveStatus", "SolverName", "SolverOptions"]

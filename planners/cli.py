@@ -116,7 +116,7 @@ def _print_moe(out: dict) -> None:
     ours = out["total"]["max_gpu_load"]
 
     def row(name, tot):
-        f = lambda v: "-" if v is None else f"{v:,.0f}"  # noqa: E731
+        f = lambda v: "-" if v is None else f"{v:,.0f}"
         t.add_row(name, f(tot["max_gpu_load"]), f"{tot['max_gpu_load'] / ours:.3f}x" if ours else "-",
                   f(tot["cross_gpu_tokens"]), f(tot["cross_node_tokens"]))
 
@@ -135,9 +135,9 @@ def _print_moe(out: dict) -> None:
 
 
 def _cmd_sp(args) -> int:
+    from hw.loader import load_gpu
     from perfmodel.calibration import resolve_profile
     from perfmodel.models import load_model
-    from hw.loader import load_gpu
     from planners.inputs import read_lengths
     from planners.sp import build_instance, check_gpus, plan_sp
     from planners.sp_cost import SpCostModel, SpKind

@@ -11,4 +11,4 @@ class InfeasibleError(PlannerError):
     """No plan can satisfy the constraints; the message names what cannot fit."""
 
 
-__all__ = ["PlannerError", "InfeasibleError"]
+__all__ = ["InfeasibleError", "PlannerError"]

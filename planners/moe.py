@@ -42,7 +42,7 @@ import pulp
 from planners import moe_baselines as mb
 from planners.errors import InfeasibleError, PlannerError
 from planners.moe_traffic import TrafficModel, stage2_map
-from planners.solver import new_var, SolveStatus, SolverOptions, relative_gap, solve
+from planners.solver import SolverOptions, SolveStatus, new_var, relative_gap, solve
 
 Placement = mb.Placement
 
@@ -243,7 +243,7 @@ def _extract(x, e: int, gpus: int) -> Placement:
     return tuple(tuple(i for i in range(e) if (x[i, g].varValue or 0) > 0.5) for g in range(gpus))
 
 
-def plan_moe(problem: MoEProblem, options: SolverOptions = SolverOptions()) -> MoEPlan:
+def plan_moe(problem: MoEProblem, options: SolverOptions | None = None) -> MoEPlan:
     """Plan every layer within ``options.time_limit_s`` (wall clock, both stages).
 
     Layers whose best baseline already meets the lower bound within
@@ -254,6 +254,7 @@ def plan_moe(problem: MoEProblem, options: SolverOptions = SolverOptions()) -> M
     solve proves nothing keeps the better of the solver's incumbent and the
     best baseline, and the report says "not proven optimal".
     """
+    options = options or SolverOptions()
     t0 = time.perf_counter()
     deadline = t0 + options.time_limit_s
     L, E, G, S = problem.num_layers, problem.num_experts, problem.gpus, problem.slots_per_gpu

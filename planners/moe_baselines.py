@@ -18,7 +18,7 @@ Baselines (shared/reference/planners.md section 5):
 from __future__ import annotations
 
 import heapq
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

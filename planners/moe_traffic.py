@@ -19,7 +19,7 @@ import pulp
 from scipy.optimize import linear_sum_assignment
 
 from planners import moe_baselines as mb
-from planners.solver import new_var, SolveStatus, SolverOptions, solve
+from planners.solver import SolverOptions, SolveStatus, new_var, solve
 
 if TYPE_CHECKING:  # pragma: no cover
     from planners.moe import MoEProblem
@@ -127,7 +127,7 @@ def _exact(cs, w, layers, start, options, seconds):
     return perms, res.status
 
 
-def stage2_map(problem: "MoEProblem", placements, options: SolverOptions, deadline: float):
+def stage2_map(problem: MoEProblem, placements, options: SolverOptions, deadline: float):
     """Permute each layer's GPU contents to cut weighted cross-layer traffic; returns (placements, status)."""
     tm = problem.traffic()
     w = tm.weights

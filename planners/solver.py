@@ -87,7 +87,7 @@ class SolveResult:
 class _WarmHiGHS(pulp.HiGHS):  # type: ignore[misc, valid-type]
     """PuLP's highspy interface plus a MIP start from the variables' initial values."""
 
-    def callSolver(self, lp):  # noqa: N802 (PuLP's name)
+    def callSolver(self, lp):
         variables = lp.variables()
         if getattr(self, "_warm", False):
             import highspy

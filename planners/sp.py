@@ -31,7 +31,7 @@ import numpy as np
 import pulp
 
 from planners.errors import InfeasibleError, PlannerError
-from planners.solver import new_var, SolveStatus, SolverOptions, relative_gap, solve
+from planners.solver import SolverOptions, SolveStatus, new_var, relative_gap, solve
 
 
 @dataclass(frozen=True)
@@ -292,8 +292,9 @@ def _milp(inst: SpInstance, bucket: np.ndarray, start: tuple[int, list[list[int]
     return groups, res
 
 
-def plan_sp(inst: SpInstance, options: SolverOptions = SolverOptions(), buckets: int = 16) -> SpPlan:
+def plan_sp(inst: SpInstance, options: SolverOptions | None = None, buckets: int = 16) -> SpPlan:
     """Plan the SP groups of one batch within ``options.time_limit_s``."""
+    options = options or SolverOptions()
     t0 = time.perf_counter()
     check_fits(inst)
     if buckets < 1:

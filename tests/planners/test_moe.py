@@ -5,7 +5,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from planners import InfeasibleError, PlannerError, SolveStatus, SolverOptions
+from planners import InfeasibleError, PlannerError, SolverOptions, SolveStatus
 from planners import moe_baselines as mb
 from planners.moe import MoEProblem, plan_moe
 from planners.synthetic import markov_affinity, zipf_loads
@@ -16,7 +16,7 @@ EXACT = SolverOptions(time_limit_s=20, gap_rel=0.0)
 def brute_force(w, gpus, slots):
     """Minimum max GPU load over every placement (each GPU a subset of <= slots experts, all covered)."""
     e = len(w)
-    subsets = [s for k in range(0, slots + 1) for s in itertools.combinations(range(e), k)]
+    subsets = [s for k in range(slots + 1) for s in itertools.combinations(range(e), k)]
     best = np.inf
     for combo in itertools.product(subsets, repeat=gpus):
         if any(a > b for a, b in zip(combo, combo[1:])):  # GPUs are interchangeable

@@ -6,8 +6,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import perfmodel
-from planners import InfeasibleError, PlannerError, SolveStatus, SolverOptions
-from planners.sp import SpInstance, build_instance, bucketize, lower_bound, plan_sp
+from planners import InfeasibleError, PlannerError, SolverOptions, SolveStatus
+from planners.sp import SpInstance, bucketize, build_instance, lower_bound, plan_sp
 from planners.sp_cost import SpCostModel, SpKind
 from planners.synthetic import lognormal_lengths
 
