@@ -1,0 +1,338 @@
+"""Pipeline, sequence/context and expert parallelism on top of the per-GPU phase model.
+
+- PP: a stage runs ``num_layers / pp`` layers; ``m`` micro-batches take
+  ``(m + pp - 1)`` stage times (each with its activation send to the next stage); the
+  bubble is ``(pp - 1)`` of them, a ``(pp - 1) / (m + pp - 1)`` share.
+- SP for long prefill, ``P = u * r`` GPUs holding ``N / P`` tokens each (per layer):
+  Ulysses (``u = P``): an all-to-all of Q, K, V before attention and of O after,
+  ``(h_q + 2 h_kv) N/P`` and ``h_q N/P`` elements per rank, not overlapped; attention runs on
+  all ``N`` tokens for ``1/u`` of the heads.  Ring (``r = P``): ``r - 1`` steps, each passing a
+  K, V block of ``2 h_kv N/P`` elements to the next GPU while the current block's attention
+  runs; a step takes ``c + m - overlap * min(c, m)`` (``overlap`` = 1 hides the shorter
+  fully; the transfer is exposed when the blocks are too small for their compute).
+  Hybrid: Ulysses in groups of ``u`` (inside a node), Ring across the ``r`` groups.
+  Causal work is balanced over the ranks (zig-zag placement).
+- EP for MoE: experts split over ``ep`` GPUs; each routed token copy moves to its expert's
+  GPU (all-to-all dispatch) and back (combine); an expert-load vector (shares of routed
+  tokens per expert) makes the hottest GPU set both the transfer and the expert compute.
+
+Formulas per device follow ``shared/reference/planners.md`` section 4 (SP anchors).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from hw.spec import GPU
+from perfmodel.calibration import Profile
+from perfmodel.comm import collective_time
+from perfmodel.costs import ZERO, OpCost, op_cost
+from perfmodel.errors import InvalidInputError
+from perfmodel.layers import Precision, kv_heads_per_gpu, model_ops
+from perfmodel.models import ModelSpec
+from perfmodel.ops import Attention, Collective, OpKind, Phase
+
+
+class ParallelConfigError(InvalidInputError):
+    """A parallel degree that does not divide what it splits (layers, heads, experts)."""
+
+
+class SpKind(str, enum.Enum):
+    ULYSSES = "ulysses"
+    RING = "ring"
+    HYBRID = "hybrid"
+
+
+def _deg(name: str, v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ParallelConfigError(f"{name} must be a positive integer, got {v!r}")
+    return int(v)
+
+
+def check_pp(model: ModelSpec, pp: int) -> int:
+    pp = _deg("pp", pp)
+    if model.num_layers % pp:
+        raise ParallelConfigError(f"pp={pp} does not divide the {model.num_layers} layers of {model.name}")
+    return pp
+
+
+def check_ep(model: ModelSpec, ep: int) -> int:
+    ep = _deg("ep", ep)
+    if ep == 1:
+        return ep
+    if model.moe is None:
+        raise ParallelConfigError(f"ep={ep} needs a mixture-of-experts model; {model.name} is dense")
+    if model.moe.num_experts % ep:
+        raise ParallelConfigError(f"ep={ep} does not divide the {model.moe.num_experts} experts of {model.name}")
+    return ep
+
+
+def split_sp(model: ModelSpec, sp: int, kind: SpKind, tp: int = 1, gpus_per_node: int = 8) -> tuple[int, int]:
+    """``(u, r)``: the Ulysses and Ring degrees of an SP group of ``sp`` GPUs (``u * r = sp``).
+
+    Ulysses splits the heads each TP rank holds, so ``u`` must divide its query heads and its
+    KV heads (or be a multiple of them: KV heads are then replicated).  Hybrid takes the
+    largest such ``u`` that fits in one node.
+    """
+    sp = _deg("sp", sp)
+    kind = SpKind(kind)
+    hq = model.q_heads // tp
+    hkv = kv_heads_per_gpu(model, tp) if model.mla is None else hq
+
+    def ok(u: int) -> bool:
+        return hq % u == 0 and (hkv % u == 0 or u % hkv == 0)
+
+    if kind is SpKind.RING or sp == 1:
+        return 1, sp
+    if kind is SpKind.ULYSSES:
+        if not ok(sp):
+            raise ParallelConfigError(
+                f"sp={sp} (Ulysses) must divide the {hq} query heads per TP rank of {model.name} and divide "
+                f"or be a multiple of its {hkv} KV heads; use --sp-kind ring or hybrid"
+            )
+        return sp, 1
+    u = max(d for d in range(1, sp + 1) if sp % d == 0 and d <= max(gpus_per_node // tp, 1) and ok(d))
+    return u, sp // u
+
+
+@dataclass(frozen=True)
+class RingOverlap:
+    """One Ring step: attention of a block (``compute_s``) while the next KV block moves (``comm_s``)."""
+
+    compute_s: float
+    comm_s: float
+    overlap: float = 1.0
+
+    @property
+    def hidden_s(self) -> float:
+        return self.overlap * min(self.compute_s, self.comm_s)
+
+    @property
+    def step_s(self) -> float:
+        return self.compute_s + self.comm_s - self.hidden_s
+
+    @property
+    def exposed_comm_s(self) -> float:
+        return self.comm_s - self.hidden_s
+
+    @property
+    def hidden_fraction(self) -> float:
+        """Share of the transfer hidden under compute (1: fully overlapped)."""
+        return self.hidden_s / self.comm_s if self.comm_s > 0 else 1.0
+
+
+def ring_step_overlap(compute_s: float, comm_s: float, overlap: float = 1.0) -> RingOverlap:
+    if not 0 <= overlap <= 1:
+        raise InvalidInputError(f"overlap must be in [0, 1], got {overlap}")
+    return RingOverlap(float(compute_s), float(comm_s), float(overlap))
+
+
+@dataclass(frozen=True)
+class PipelineTime:
+    """``m`` micro-batches through ``pp`` stages of ``stage_s`` each (plus ``p2p_s`` per hop)."""
+
+    pp: int
+    micro_batches: int
+    stage_s: float
+    p2p_s: float
+
+    @property
+    def slot_s(self) -> float:
+        return self.stage_s + (self.p2p_s if self.pp > 1 else 0.0)
+
+    @property
+    def total_s(self) -> float:
+        return (self.micro_batches + self.pp - 1) * self.slot_s
+
+    @property
+    def bubble_s(self) -> float:
+        return (self.pp - 1) * self.slot_s
+
+    @property
+    def bubble_fraction(self) -> float:
+        return (self.pp - 1) / (self.micro_batches + self.pp - 1)
+
+
+def pipeline_time(stage_s: float, pp: int, micro_batches: int, p2p_s: float = 0.0) -> PipelineTime:
+    return PipelineTime(_deg("pp", pp), _deg("micro_batches", micro_batches), float(stage_s), float(p2p_s))
+
+
+def _split(ops) -> tuple[list, list, list]:
+    """(attention, collectives, the rest) of ``(name, op, count)`` triples."""
+    att = [t for t in ops if t[0] == "attention"]
+    coll = [t for t in ops if isinstance(t[1], Collective)]
+    rest = [t for t in ops if t[0] != "attention" and not isinstance(t[1], Collective)]
+    return att, coll, rest
+
+
+def _sum(ops, gpu: GPU, profile: Profile, topology=None) -> OpCost:
+    total = ZERO
+    for _, op, c in ops:
+        if isinstance(op, Collective) and topology is not None:
+            cost = collective_time(op.op, op.bytes, op.world, gpu, profile, topology)
+        else:
+            cost = op_cost(op, gpu, profile)
+        total = total + cost.scale(c)
+    return total
+
+
+@dataclass(frozen=True)
+class SpPrefill:
+    """Long prefill on an SP group: per-GPU compute, communication, and the Ring overlap."""
+
+    kind: SpKind
+    ulysses: int
+    ring: int
+    compute: OpCost  # everything but SP communication (TP collectives included)
+    a2a: OpCost  # Ulysses all-to-alls, all layers
+    ring_steps: RingOverlap | None  # one Ring step (per layer there are ring - 1)
+    layers: int
+
+    @property
+    def ring_comm_s(self) -> float:
+        return 0.0 if self.ring_steps is None else (self.ring - 1) * self.layers * self.ring_steps.comm_s
+
+    @property
+    def ring_hidden_s(self) -> float:
+        return 0.0 if self.ring_steps is None else (self.ring - 1) * self.layers * self.ring_steps.hidden_s
+
+    @property
+    def cost(self) -> OpCost:
+        """Total as an OpCost: Ring transfers in ``comm_s``, their hidden part in ``overlap_s``."""
+        ring = OpCost(comm_s=self.ring_comm_s, overlap_s=self.ring_hidden_s)
+        return self.compute + self.a2a + ring
+
+    @property
+    def comm_s(self) -> float:
+        """Exposed SP communication time (Ulysses all-to-alls plus unhidden Ring transfers)."""
+        return float(self.a2a.total_s) + self.ring_comm_s - self.ring_hidden_s
+
+
+def sp_prefill(
+    model: ModelSpec, gpu: GPU, profile: Profile, context_len: int, sp: int, kind: SpKind | str = SpKind.RING,
+    batch: int = 1, precision: Precision = Precision(), tp: int = 1, topology=None, overlap: float = 1.0,
+) -> SpPrefill:
+    """Prefill of ``batch`` prompts of ``context_len`` tokens split over ``sp`` GPUs (each also ``tp``-way)."""
+    from perfmodel.comm import resolve_topology
+
+    kind = SpKind(kind)
+    topo = resolve_topology(topology, gpu, tp * sp)
+    u, r = split_sp(model, sp, kind, tp, topo.gpus_per_node)
+    n = float(context_len)
+    q = n / sp
+    ops = model_ops(model, Phase.PREFILL, batch, q, (n + q) / 2.0, precision, tp, lm_head_rows=0)
+    att, coll, rest = _split(ops)
+    compute = _sum(rest, gpu, profile) + _sum(coll, gpu, profile, topo)
+    a = precision.activations.bytes_per_element
+    layers = model.num_layers
+    a2a = ZERO
+    steps = None
+    for _, op, cnt in att:
+        op: Attention
+        hq, hkv = op.q_heads, op.kv_heads
+        hkv_eff = max(hkv, u) if hkv < u else hkv
+        dv = op.v_head_dim or op.head_dim
+        # attention over the N / r tokens of this ring group for 1/u of the heads, balanced causal share
+        ring_q = n / r
+        part = dataclasses.replace(op, q_len=ring_q, kv_len=(n + ring_q) / 2.0 if op.causal else n,
+                                   q_heads=hq // u, kv_heads=max(hkv_eff // u, 1))
+        att_cost = op_cost(part, gpu, profile)
+        if u > 1:
+            qkv = batch * q * (hq * op.head_dim + hkv_eff * (op.head_dim + dv)) * a
+            o = batch * q * hq * dv * a
+            a2a = a2a + (collective_time(OpKind.ALL_TO_ALL, qkv, u, gpu, profile, topo)
+                         + collective_time(OpKind.ALL_TO_ALL, o, u, gpu, profile, topo)).scale(cnt)
+        compute = compute + att_cost.scale(cnt)
+        if r > 1:
+            kv_width = op.head_dim if op.kv_shared else op.head_dim + dv
+            kvb = (op.kv_dtype or op.dtype).bytes_per_element
+            block = batch * (n / r) * max(hkv_eff // u, 1) * kv_width * kvb
+            m = collective_time(OpKind.SEND_RECV, block, r, gpu, profile, topo, stride=u * tp)
+            steps = ring_step_overlap(float(att_cost.total_s) / r, float(m.total_s), overlap)
+            layers = cnt
+    return SpPrefill(kind, u, r, compute, a2a, steps, layers)
+
+
+@dataclass(frozen=True)
+class EpMoe:
+    """One MoE layer under expert parallelism on the hottest GPU."""
+
+    dispatch: OpCost
+    experts: OpCost
+    combine: OpCost
+    imbalance: float  # hottest GPU's routed rows over the mean
+
+    @property
+    def cost(self) -> OpCost:
+        return self.dispatch + self.experts + self.combine
+
+
+def ep_moe_layer(
+    model: ModelSpec, gpu: GPU, profile: Profile, tokens: float, ep: int, precision: Precision = Precision(),
+    expert_load: Sequence[float] | None = None, tokens_per_gpu: float | None = None, topology=None,
+) -> EpMoe:
+    """Routed experts of one MoE layer over ``ep`` GPUs (experts ``e`` on GPU ``e // (E / ep)``).
+
+    ``tokens`` is the layer's token count over the whole EP group; ``tokens_per_gpu`` the
+    most any one GPU holds (default ``tokens / ep``).  ``expert_load`` gives each expert's share
+    of routed token copies (normalised; default uniform).
+    """
+    from perfmodel.layers import _mlp
+
+    ep = check_ep(model, ep)
+    m = model.moe
+    if m is None:
+        raise ParallelConfigError(f"{model.name} has no experts")
+    e = m.num_experts
+    load = np.full(e, 1.0 / e) if expert_load is None else np.asarray(expert_load, dtype=np.float64)
+    if load.shape != (e,) or not np.all(np.isfinite(load)) or np.any(load < 0) or load.sum() <= 0:
+        raise ParallelConfigError(f"expert_load must be {e} non-negative finite numbers (one per expert), not all zero")
+    load = load / load.sum()
+    per_gpu = load.reshape(ep, e // ep)
+    hot = int(np.argmax(per_gpu.sum(axis=1)))
+    imbalance = float(per_gpu.sum(axis=1).max() * ep)
+    copies = tokens * m.top_k
+    a = precision.activations.bytes_per_element
+    t_gpu = tokens / ep if tokens_per_gpu is None else tokens_per_gpu
+    send = t_gpu * m.top_k * model.hidden * a
+    recv = copies * per_gpu[hot].sum() * model.hidden * a
+    buf = max(send, recv)
+    dispatch = collective_time(OpKind.ALL_TO_ALL, buf, ep, gpu, profile, topology) if ep > 1 else ZERO
+    experts = ZERO
+    for share in per_gpu[hot]:
+        rows = copies * share
+        if rows > 0:
+            experts = experts + _sum(_mlp("expert_", rows, model.hidden, m.expert_intermediate, model.mlp, precision),
+                                     gpu, profile)
+    return EpMoe(dispatch, experts, dispatch, imbalance)
+
+
+def group_world(tp: int, pp: int, sp: int, ep: int) -> int:
+    """GPUs of one model instance: ``pp`` stages of ``max(tp * sp, ep)`` GPUs (EP reuses them)."""
+    inner = tp * sp
+    if ep > inner and ep % inner:
+        raise ParallelConfigError(f"ep={ep} must be a multiple of tp*sp={inner} when larger")
+    if ep < inner and inner % ep:
+        raise ParallelConfigError(f"ep={ep} must divide tp*sp={inner} when smaller")
+    return pp * max(inner, ep)
+
+
+def moe_ops_replaced_by_ep(ops) -> tuple[list, list]:
+    """(routed-expert ops, the rest) of a model's ops."""
+    ex = [t for t in ops if t[0].startswith("moe.expert_")]
+    return ex, [t for t in ops if not t[0].startswith("moe.expert_")]
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+__all__ = [
+    "ParallelConfigError", "SpKind", "RingOverlap", "ring_step_overlap", "PipelineTime", "pipeline_time",
+    "SpPrefill", "sp_prefill", "EpMoe", "ep_moe_layer", "split_sp", "check_pp", "check_ep", "group_world",
+]
