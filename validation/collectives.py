@@ -435,35 +435,51 @@ def evaluate(rows: list[dict], fits: dict[str, dict]) -> dict:
     return out
 
 
-def evaluate_ring(ring_rows: list[dict], prof) -> list[dict]:
+RING_FIT_MIN_BLOCK = 2048  # smaller blocks are bound by eager host-side issue cost, not by the GPU
+
+
+def fit_ring_overlap(ring_rows: list[dict]) -> float:
+    """The overlap share (0..1) that best predicts the measured step times of blocks >= RING_FIT_MIN_BLOCK."""
+    import numpy as np
+
+    from perfmodel.parallel import ring_step_overlap
+
+    sel = [r for r in ring_rows if r["block_tokens"] >= RING_FIT_MIN_BLOCK]
+    grid = np.linspace(0, 1, 101)
+    sse = [sum((ring_step_overlap(r["compute_s"], r["comm_s"], g).step_s / r["both_s"] - 1) ** 2 for r in sel)
+           for g in grid]
+    return float(grid[int(np.argmin(sse))])
+
+
+def evaluate_ring(ring_rows: list[dict], prof) -> dict:
     """Ring-attention step: measured vs predicted step time and hidden share of the transfer.
 
     ``hidden`` is the share of the KV transfer that compute hides: ``(c + m - both) / m``
-    measured, ``min(c, m) / m`` predicted by the overlap rule of :mod:`perfmodel.parallel`.
-    Predictions use (a) the measured compute and transfer times alone, (b) the model's own.
+    measured, ``overlap * min(c, m) / m`` predicted (:func:`perfmodel.parallel.ring_step_overlap`).
+    Predictions use (a) the measured compute and transfer times alone, with the ideal overlap 1
+    and with the fitted one, (b) the model's own compute and transfer times with the fitted one.
     """
     from hw.loader import load_gpu
     from perfmodel.parallel import ring_step_overlap
 
     gpu = load_gpu(FIT_GPU)
-    out = []
+    eta = fit_ring_overlap(ring_rows)
+    pts = []
     for r in ring_rows:
         c, m, both = r["compute_s"], r["comm_s"], r["both_s"]
-        meas_hidden = min(max((c + m - both) / m, 0.0), 1.0)
-        own = ring_step_overlap(c, m)
-        mod = ring_step_overlap_from_model(r, gpu, prof)
-        out.append({
+        ideal, fitted = ring_step_overlap(c, m, 1.0), ring_step_overlap(c, m, eta)
+        mod = ring_step_overlap_from_model(r, gpu, prof, eta)
+        pts.append({
             "item": r["item"], "block_tokens": r["block_tokens"], "hq": r["hq"], "hkv": r["hkv"],
-            "compute_s": c, "comm_s": m, "both_s": both, "measured_hidden": meas_hidden,
-            "pred_hidden_from_measured_parts": own.hidden_fraction, "pred_step_s_from_measured_parts": own.step_s,
-            "step_err_from_measured_parts": own.step_s / both - 1.0,
-            "model_compute_s": mod.compute_s, "model_comm_s": mod.comm_s, "pred_hidden_model": mod.hidden_fraction,
-            "pred_step_s_model": mod.step_s, "step_err_model": mod.step_s / both - 1.0,
+            "compute_s": c, "comm_s": m, "both_s": both, "measured_hidden": (c + m - both) / m,
+            "pred_hidden": fitted.hidden_fraction, "step_err_ideal_overlap": ideal.step_s / both - 1.0,
+            "step_err_fitted_overlap": fitted.step_s / both - 1.0,
+            "model_compute_s": mod.compute_s, "model_comm_s": mod.comm_s, "step_err_model": mod.step_s / both - 1.0,
         })
-    return out
+    return {"overlap_fit": eta, "fit_min_block_tokens": RING_FIT_MIN_BLOCK, "points": pts}
 
 
-def ring_step_overlap_from_model(r: dict, gpu, prof):
+def ring_step_overlap_from_model(r: dict, gpu, prof, eta: float = 1.0):
     from perfmodel.comm import collective_time
     from perfmodel.costs import op_cost
     from perfmodel.ops import Attention, OpKind, Phase
@@ -472,7 +488,7 @@ def ring_step_overlap_from_model(r: dict, gpu, prof):
     att = Attention(Phase.PREFILL, 1, r["block_tokens"], r["block_tokens"], r["hq"], r["hkv"], r["head_dim"], causal=False)
     c = float(op_cost(att, gpu, prof).total_s)
     m = float(collective_time(OpKind.SEND_RECV, r["kv_block_bytes"], r["world"], gpu, prof).total_s)
-    return ring_step_overlap(c, m)
+    return ring_step_overlap(c, m, eta)
 
 
 def report(data: str, ring: str | None = None, write_profile: bool = False) -> dict:
@@ -483,6 +499,10 @@ def report(data: str, ring: str | None = None, write_profile: bool = False) -> d
     ops = [op for op in (*COLL_OPS, "send_recv") if any(r.get("op") == op for r in rows)]
     fits = {op: fit_class(rows, op) for op in ops}
     res: dict = {"fits": fits, "errors": evaluate(rows, fits)}
+    # held out: fit on the power-of-two sizes, score on the 1.5x sizes between them
+    pow2 = [r for r in rows if r["bytes"] & (r["bytes"] - 1) == 0]
+    mids = [r for r in rows if r["bytes"] & (r["bytes"] - 1) != 0]
+    res["errors_held_out"] = evaluate(mids, {op: fit_class(pow2, op) for op in ops})
     prof = Profile(FIT_GPU, Mode.CALIBRATED, {OpClass(k): ClassParams(latency_s=v["latency_s"], memory_eff=v["memory_eff"],
                                                                     overlap=v["overlap"])
                                               for k, v in fits.items()})
