@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -335,4 +336,136 @@ def ceil_div(a: int, b: int) -> int:
 __all__ = [
     "ParallelConfigError", "SpKind", "RingOverlap", "ring_step_overlap", "PipelineTime", "pipeline_time",
     "SpPrefill", "sp_prefill", "EpMoe", "ep_moe_layer", "split_sp", "check_pp", "check_ep", "group_world",
+    "ParallelPhases", "parallel_phases", "comm_seconds", "MEASURED_RING_OVERLAP", "parallel_memory",
 ]
+
+
+#: Share of min(compute, transfer) hidden in a Ring-attention step, measured on 2 H200s
+#: (NCCL 2.28.9, torch 2.11, 2026-11-22; blocks of 2048..16384 tokens, step time within 4%):
+#: validation/data/collectives_h200x2_fit.json.  The ideal rule (1.0) is the peak-mode value.
+MEASURED_RING_OVERLAP = 0.3
+
+
+@dataclass(frozen=True)
+class ParallelPhases:
+    """Prefill, one decode step and all decode steps with their communication time, seconds."""
+
+    prefill: OpCost
+    decode_step: OpCost
+    decode: OpCost
+    prefill_comm_s: float
+    decode_step_comm_s: float
+    details: dict
+
+
+def _coll_s(ops, gpu, profile, topo) -> float:
+    return float(np.sum(_sum([t for t in ops if isinstance(t[1], Collective)], gpu, profile, topo).total_s))
+
+
+def _forward(model, gpu, profile, phase, batch, q_len, kv_len, precision, tp, ep, topo, lm_head_rows=None,
+             expert_load=None):
+    """One pass on the busiest GPU: attention data-parallel over ``ep // tp`` GPUs, experts over ``ep``."""
+    dp = max(1, ep // tp)
+    b_loc = ceil_div(int(batch), dp)
+    ops = model_ops(model, phase, b_loc, q_len, kv_len, precision, tp, lm_head_rows)
+    if ep <= 1 or model.moe is None:
+        return _sum(ops, gpu, profile, topo), _coll_s(ops, gpu, profile, topo), {}
+    _, rest = moe_ops_replaced_by_ep(ops)
+    layer = ep_moe_layer(model, gpu, profile, batch * q_len, ep, precision, expert_load, b_loc * q_len, topo)
+    n = model.num_moe_layers
+    cost = _sum(rest, gpu, profile, topo) + layer.cost.scale(n)
+    comm = _coll_s(rest, gpu, profile, topo) + 2 * n * float(layer.dispatch.total_s)
+    return cost, comm, {"ep_imbalance": layer.imbalance}
+
+
+def parallel_phases(
+    model: ModelSpec, gpu: GPU, profile: Profile, context_len: int, output_tokens: int, batch: int = 1,
+    precision: Precision = Precision(), tp: int = 1, pp: int = 1, sp: int = 1, sp_kind: SpKind | str = SpKind.RING,
+    ep: int = 1, chunk_tokens: int | None = 8192, topology=None, ring_overlap: float = 1.0, expert_load=None,
+) -> ParallelPhases:
+    """The phases of one scenario under TP x PP x SP x EP (see the module docstring)."""
+    from perfmodel.comm import place, resolve_topology
+    from perfmodel.layers import lm_head_ops
+
+    pp, ep = check_pp(model, pp), check_ep(model, ep)
+    world = group_world(tp, pp, sp, ep)
+    topo = resolve_topology(topology, gpu, world)
+    place(topo, world)
+    a = precision.activations.bytes_per_element
+    details: dict = {"world": world}
+    head = _sum(lm_head_ops(model, batch, precision, tp), gpu, profile, topo)
+
+    def p2p(tokens) -> OpCost:
+        if pp == 1:
+            return ZERO
+        return collective_time(OpKind.SEND_RECV, tokens * model.hidden * a, 2, gpu, profile, topo)
+
+    # prefill
+    if sp > 1:
+        s = sp_prefill(model, gpu, profile, context_len, sp, sp_kind, batch, precision, tp, topo, ring_overlap)
+        body, n = s.cost, 1
+        body_comm = s.comm_s + _coll_s(model_ops(model, Phase.PREFILL, batch, context_len / sp, context_len, precision,
+                                                 tp, lm_head_rows=0), gpu, profile, topo)
+        hop = p2p(batch * context_len / sp)
+        details.update(sp_ulysses=s.ulysses, sp_ring=s.ring)
+        if s.ring_steps is not None:
+            details.update(ring_hidden_fraction=s.ring_steps.hidden_fraction, ring_overlap=ring_overlap)
+    else:
+        ctx = float(context_len)
+        n = math.ceil(ctx / chunk_tokens) if chunk_tokens else 1
+        q = ctx / n
+        body, body_comm, d = _forward(model, gpu, profile, Phase.PREFILL, batch, q, q * (n + 1) / 2.0, precision,
+                                      tp, ep, topo, lm_head_rows=0, expert_load=expert_load)
+        details.update(d)
+        body, body_comm, hop = body.scale(n), body_comm * n, p2p(batch * q)
+    pipe = pipeline_time(float(body.total_s) / (n * pp), pp, n, float(hop.total_s))
+    prefill = body.scale((n + pp - 1) / (n * pp)) + hop.scale((n + pp - 1) if pp > 1 else 0) + head
+    prefill_comm = body_comm * (n + pp - 1) / (n * pp) + float(hop.total_s) * ((n + pp - 1) if pp > 1 else 0)
+    details.update(pp_bubble_fraction_prefill=pipe.bubble_fraction)
+
+    # decode: KV sharded over the SP group, partial attention outputs combined by an all-reduce per layer
+    m = min(ceil_div(batch, max(1, ep // tp)), pp)
+
+    def step(kv_len):
+        f, c, _ = _forward(model, gpu, profile, Phase.DECODE, ceil_div(batch, m), 1, kv_len / sp, precision, tp, ep,
+                           topo, expert_load=expert_load)
+        if sp > 1:
+            comb = collective_time(OpKind.ALL_REDUCE, ceil_div(batch, m) * model.q_heads // tp * model.head_dim * a,
+                                   sp, gpu, profile, topo, stride=tp).scale(model.num_layers)
+            f, c = f + comb, c + float(comb.total_s)
+        rounds = max(m, pp) / pp
+        hop_d = p2p(ceil_div(batch, m))
+        return f.scale(rounds) + hop_d.scale(max(m, pp) if pp > 1 else 0), \
+            c * rounds + float(hop_d.total_s) * (max(m, pp) if pp > 1 else 0)
+
+    dstep, dcomm = step(float(context_len))
+    mean_step, _ = step(context_len + (output_tokens + 1) / 2.0)
+    details.update(pp_micro_batches_decode=m)
+    return ParallelPhases(prefill, dstep, mean_step.scale(float(output_tokens)), prefill_comm, dcomm, details)
+
+
+def comm_seconds(model: ModelSpec, gpu: GPU, profile: Profile, phase: Phase, batch, q_len, kv_len,
+                 precision: Precision = Precision(), tp: int = 1) -> float:
+    """Collective time of one pass (TP all-reduces and gathers), seconds."""
+    return _coll_s(model_ops(model, phase, batch, q_len, kv_len, precision, tp), gpu, profile, None)
+
+
+def parallel_memory(mem, model: ModelSpec, precision: Precision, tp: int = 1, pp: int = 1, sp: int = 1, ep: int = 1):
+    """A TP memory budget re-split for PP (layers, so weights and KV / pp), SP (KV / sp) and EP
+    (routed experts / ep instead of / tp)."""
+    if pp == sp == ep == 1:
+        return mem
+    wb = precision.weights.bytes_per_element
+    experts = model.num_moe_layers * model.moe.num_experts * model.expert_params * wb if model.moe else 0.0
+    weights = mem.weight_bytes
+    if ep > 1:
+        weights = weights - experts / tp + experts / ep
+    weights = weights / pp
+    kv_tok = mem.kv_bytes_per_token / (pp * sp)
+    kv_user = mem.kv_bytes_per_user / (pp * sp)
+    shared = getattr(mem, "shared_kv_bytes", 0.0) / (pp * sp)
+    free = mem.capacity_bytes - weights - mem.activation_bytes - mem.reserve_bytes - shared
+    offload = getattr(mem, "offload_capacity_bytes", 0.0)
+    conc = math.floor(max(free + offload, 0.0) / kv_user) if kv_user > 0 else 0
+    return dataclasses.replace(mem, weight_bytes=weights, kv_bytes_per_token=kv_tok, kv_bytes_per_user=kv_user,
+                               free_for_kv_bytes=free, max_concurrency=conc, shared_kv_bytes=shared)
