@@ -63,6 +63,13 @@ class Analysis:
     notes: tuple[str, ...] = field(default_factory=tuple)
     knobs: Knobs | None = None
     baseline: "Analysis | None" = None  # the same scenario without the knobs (None: it does not fit)
+    pp: int = 1
+    sp: int = 1
+    sp_kind: str = "ring"
+    ep: int = 1
+    prefill_comm_s: float = 0.0  # communication on the critical path (hidden Ring transfers excluded)
+    decode_step_comm_s: float = 0.0
+    parallel: dict = field(default_factory=dict)  # bubble share, Ring overlap, EP imbalance ...
 
     @property
     def session_throughput_tokens_per_s(self) -> float:
@@ -109,6 +116,14 @@ class Analysis:
             "session_throughput_tokens_per_s": float(self.session_throughput_tokens_per_s),
             "bottleneck": self.bottleneck,
             "comm_s": {"prefill": float(self.prefill.comm_s), "decode_per_token": float(self.decode_step.comm_s)},
+            "pp": self.pp, "sp": self.sp, "sp_kind": self.sp_kind, "ep": self.ep,
+            "communication": {
+                "prefill_s": self.prefill_comm_s,
+                "prefill_share": _share(self.prefill_comm_s, self.prefill.total_s),
+                "decode_per_token_s": self.decode_step_comm_s,
+                "decode_share": _share(self.decode_step_comm_s, self.decode_step.total_s),
+            },
+            "parallel": dict(self.parallel),
             "notes": list(self.notes),
             "knobs": self.knobs.to_dict() if self.knobs is not None else {},
         } | self._knob_comparison()
@@ -139,6 +154,10 @@ class Analysis:
 
 def _kv_tokens(model: ModelSpec, tokens: int) -> int:
     return min(tokens, model.sliding_window) if model.sliding_window > 0 else tokens
+
+
+def _share(part: float, total: Any) -> float:
+    return float(part) / float(total) if float(total) > 0 else 0.0
 
 
 def _bound(cost: OpCost) -> str:
@@ -178,8 +197,17 @@ def analyze(
     reserve_fraction: float = DEFAULT_RESERVE_FRACTION,
     profile: "Profile | str | None" = None,
     knobs: Knobs | None = None,
+    pp: int = 1,
+    sp: int = 1,
+    sp_kind: str = "ring",
+    ep: int = 1,
+    topology: str | None = None,
 ) -> Analysis:
     """Prefill, decode, concurrency and context switch of one scenario.
+
+    ``pp``, ``sp`` (``sp_kind`` ulysses, ring or hybrid) and ``ep`` add pipeline, sequence
+    (prefill) and expert parallelism (:mod:`perfmodel.parallel`); ``topology`` names a system
+    in ``hw/data/systems`` (default: one NVLink node of the GPU).
 
     ``knobs`` (:class:`perfmodel.knobs.Knobs`) prices KV-cache what-ifs; the
     result then carries ``baseline``, the same scenario without them.
@@ -209,6 +237,19 @@ def analyze(
         m = effective_model(m, knobs)
         knobs.check(m, context_len, batch)
     check_tp(m, tp)
+    pp, sp, ep = (check_positive_int(k, v) for k, v in (("pp", pp), ("sp", sp), ("ep", ep)))
+    multi = pp > 1 or sp > 1 or ep > 1 or bool(topology)
+    if multi:
+        from perfmodel import parallel as par
+
+        if knobs is not None:
+            raise InvalidInputError("knobs cannot be combined with pp, sp, ep or a topology yet")
+        sp_kind = par.SpKind(sp_kind).value if sp_kind in {k.value for k in par.SpKind} else \
+            _bad_sp_kind(sp_kind)
+        par.check_pp(m, pp)
+        par.check_ep(m, ep)
+        if sp > 1:
+            par.split_sp(m, sp, par.SpKind(sp_kind), tp)
     notes = []
     if m.max_context and context_len + output_tokens > m.max_context:
         notes.append(f"context {context_len + output_tokens} exceeds the model's trained window of {m.max_context} tokens")
@@ -219,6 +260,8 @@ def analyze(
         notes.append(f"no calibration profile for {g.name}: peak figures shown")
     mem = memory_budget(m, g, context_len, output_tokens, prec, tp, chunk_tokens, reserve_fraction, batch=batch,
                         knobs=knobs)
+    if multi:
+        mem = par.parallel_memory(mem, m, prec, tp, pp, sp, ep)
     if mem.max_concurrency < batch:
         need = (mem.weight_bytes + mem.activation_bytes + mem.reserve_bytes + batch * mem.kv_bytes_per_user
                 + mem.shared_kv_bytes)
@@ -231,9 +274,18 @@ def analyze(
             + (f"; tp={hint} fits" if hint else "; no TP degree up to 64 fits"),
             needed_bytes=int(need), available_bytes=int(mem.capacity_bytes), suggested_tp=hint,
         )
-    pre = prefill_cost(m, g, prof, context_len, batch, prec, tp, chunk_tokens, knobs=knobs)
-    step = decode_step_cost(m, g, prof, context_len, batch, prec, tp, knobs=knobs)
-    dec = decode_cost(m, g, prof, context_len, output_tokens, batch, prec, tp, knobs=knobs)
+    par_details: dict = {}
+    if multi:
+        ring_overlap = par.MEASURED_RING_OVERLAP if mode is Mode.CALIBRATED and not prof.is_peak else 1.0
+        ph = par.parallel_phases(m, g, prof, context_len, output_tokens, batch, prec, tp, pp, sp, sp_kind, ep,
+                                 chunk_tokens, topology, ring_overlap)
+        pre, step, dec = ph.prefill, ph.decode_step, ph.decode
+        pre_comm, step_comm, par_details = ph.prefill_comm_s, ph.decode_step_comm_s, ph.details
+    else:
+        pre = prefill_cost(m, g, prof, context_len, batch, prec, tp, chunk_tokens, knobs=knobs)
+        step = decode_step_cost(m, g, prof, context_len, batch, prec, tp, knobs=knobs)
+        dec = decode_cost(m, g, prof, context_len, output_tokens, batch, prec, tp, knobs=knobs)
+        pre_comm, step_comm = _tp_comm_s(m, g, prof, context_len, batch, prec, tp, chunk_tokens)
     sw = context_switch(g, prof, mem.kv_bytes_per_user, knobs=knobs)
     baseline = None
     if knobs is not None:
@@ -248,5 +300,24 @@ def analyze(
     return Analysis(
         model=m, gpu=g, tp=tp, mode=mode, context_len=context_len, output_tokens=output_tokens, batch=batch,
         precision=prec, prefill=pre, decode_step=step, decode=dec, memory=mem, switch=sw, notes=tuple(notes),
-        knobs=knobs, baseline=baseline,
+        knobs=knobs, baseline=baseline, pp=pp, sp=sp, sp_kind=str(sp_kind), ep=ep, prefill_comm_s=pre_comm,
+        decode_step_comm_s=step_comm, parallel=par_details,
     )
+
+
+def _bad_sp_kind(kind: Any) -> str:
+    raise InvalidInputError(f"sp_kind must be ulysses, ring or hybrid, got {kind!r}")
+
+
+def _tp_comm_s(m: ModelSpec, g: GPU, prof: Profile, context_len: int, batch: int, prec: Precision, tp: int,
+               chunk_tokens: int | None) -> tuple[float, float]:
+    """TP collective time of the prefill and of one decode step, seconds."""
+    if tp == 1:
+        return 0.0, 0.0
+    from perfmodel.ops import Phase
+    from perfmodel.parallel import comm_seconds
+
+    n = math.ceil(context_len / chunk_tokens) if chunk_tokens else 1
+    q = context_len / n
+    pre = n * comm_seconds(m, g, prof, Phase.PREFILL, batch, q, q * (n + 1) / 2.0, prec, tp)
+    return pre, comm_seconds(m, g, prof, Phase.DECODE, batch, 1, context_len, prec, tp)

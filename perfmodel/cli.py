@@ -85,6 +85,13 @@ def _build_parser() -> _Parser:
     a.add_argument("--output-tokens", type=_nonneg_int, default=250)
     a.add_argument("--batch", type=_positive_int, default=1, help="users decoding together")
     a.add_argument("--tp", type=_positive_int, default=1, help="tensor-parallel degree")
+    a.add_argument("--pp", type=_positive_int, default=1, help="pipeline-parallel degree (divides the layers)")
+    a.add_argument("--sp", type=_positive_int, default=1, help="sequence/context-parallel degree for the prefill")
+    a.add_argument("--sp-kind", choices=["ulysses", "ring", "hybrid"], default="ring",
+                   help="SP scheme: Ulysses all-to-all, Ring attention, or both (default ring)")
+    a.add_argument("--ep", type=_positive_int, default=1, help="expert-parallel degree (MoE models)")
+    a.add_argument("--topology", default=None,
+                   help="system from hw/data/systems the GPUs sit in (default: one NVLink node of the GPU)")
     from perfmodel.knobs import add_knob_args
 
     add_knob_args(a)
@@ -159,10 +166,17 @@ def _analysis_table(results: list[Any]) -> Any:
         ("KV cache per user", "", lambda r: _gib(r.memory.kv_bytes_per_user * r.tp)),
         ("weights", "", lambda r: _gib(r.model.weight_bytes(r.precision.weights))),
         ("session throughput", "", lambda r: f"{r.session_throughput_tokens_per_s:,.1f} tok/s"),
+        ("communication (prefill)", "", lambda r: _comm_cell(r.prefill_comm_s, r.prefill.total_s)),
+        ("communication / token", "", lambda r: _comm_cell(r.decode_step_comm_s, r.decode_step.total_s)),
     ]
     for name, bound, f in rows:
         t.add_row(name, bound, *[f(r) for r in results])
     return t
+
+
+def _comm_cell(comm_s: float, total_s: float) -> str:
+    share = comm_s / float(total_s) if float(total_s) > 0 else 0.0
+    return f"{_fmt_s(comm_s)} ({share:.0%})"
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
@@ -177,7 +191,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         contexts = [args.context or 50_000]
     kw = dict(model=args.model, gpu=args.gpu, output_tokens=args.output_tokens, batch=args.batch, tp=args.tp,
               mode=args.mode, weight_dtype=args.weight_dtype, kv_dtype=None, chunk_tokens=args.chunk_tokens,
-              knobs=knobs)
+              knobs=knobs, pp=args.pp, sp=args.sp, sp_kind=args.sp_kind, ep=args.ep, topology=args.topology)
     results = [analyze(context_len=c, **kw) for c in contexts]
     match = knobs_cli.run_match(args, knobs, contexts[0]) if args.match_context else None
     if args.json:
