@@ -92,13 +92,13 @@ return document.querySelector('[data-testid="stMain"] h1') !== null;
 
 
 _SIGNATURE_JS = """
-const c = document.querySelector('[data-testid="stMain"] [data-testid="stCaptionContainer"]');
-return c ? c.innerText : '';
+const m = document.querySelector('[data-testid="stMain"]');
+return m ? m.innerText : '';
 """
 
 
 def signature(driver) -> str:
-    """Text of the page's first caption, which names every scenario input (it changes on each change)."""
+    """Text of the main area (a new scenario changes at least its caption and metrics)."""
     return driver.execute_script(_SIGNATURE_JS)
 
 
@@ -156,12 +156,30 @@ def select_option(label: str, option_text: str) -> Callable:
     return act
 
 
+def click_button(label: str) -> Callable:
+    """An action that clicks the (form submit) button labelled ``label``."""
+    def act(driver) -> float:
+        from selenium.webdriver.common.by import By
+
+        for b in driver.find_elements(By.CSS_SELECTOR, "button"):
+            if b.text.strip() == label:
+                t = time.perf_counter()
+                b.click()
+                return t
+        raise LookupError(f"no button labelled {label!r}")
+    return act
+
+
 SHOTS = (
     Shot("whatif", ""),
     Shot("whatif_h100_tp4_128k", "", (select_option("Model", "llama-3-70b"), select_option("GPU", "H100 SXM5"),
                                       set_number("Tensor parallel (TP)", 4),
                                       set_number("Context length (tokens)", 128000))),
     Shot("whatif_error", "", (set_number("Tensor parallel (TP)", 3),), height_px=900),
+    Shot("knobs", "knobs", (select_option("KV format", "fp8"), set_number("Sliding window (tokens, 0: none)", 32768))),
+    Shot("planners_moe", "planners"),
+    Shot("serving", "serving"),
+    Shot("validation", "validation"),
 )
 
 

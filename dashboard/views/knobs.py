@@ -117,7 +117,7 @@ if with_k is not None:
         ratio = (with_k.get("knob_ratio") or {}).get(key)
         col.metric(label, fmt(with_k[key]),
                    delta=f"{ratio:.2f}× without the knobs" if ratio is not None else None,
-                   delta_color="off")
+                   delta_color="off", delta_arrow="off")
     if base is not None:
         table = pd.DataFrame({
             "metric": [r[0] for r in ROWS],

@@ -102,12 +102,13 @@ def moe_section() -> None:
     best_name, best = min(out["baselines"].items(), key=lambda kv: kv[1]["total"]["max_gpu_load"])
     plan_total = out["total"]["max_gpu_load"]
     m1, m2, m3, m4 = st.columns(4)
-    m1.metric("Max GPU load, plan (tokens, sum of layers)", f"{plan_total:,.0f}")
+    m1.metric("Max GPU load, plan", f"{plan_total:,.0f}",
+              help="Tokens on the most loaded GPU, summed over the layers.")
     m2.metric(f"Best baseline ({best_name})", f"{best['total']['max_gpu_load']:,.0f}",
-              delta=f"plan is {plan_total / best['total']['max_gpu_load']:.3f}×", delta_color="off")
+              delta=f"plan is {plan_total / best['total']['max_gpu_load']:.3f}×", delta_color="off", delta_arrow="off")
     m3.metric("Lower bound", f"{out['total']['lower_bound']:,.0f}")
     m4.metric("Solver", solver["status"], delta=f"gap {solver['gap']:.2%}, {solver['seconds']:.1f} s",
-              delta_color="off")
+              delta_color="off", delta_arrow="off")
     rows = [{"placement": "plan (ILP)", **out["total"]}] + [
         {"placement": name, **b["total"]} for name, b in out["baselines"].items()]
     table = pd.DataFrame(rows).drop(columns=["lower_bound"]).set_index("placement")
@@ -127,7 +128,7 @@ def moe_section() -> None:
         y=alt.Y("GPU:O", title="GPU"),
         color=alt.Color("tokens:Q", title="tokens served", scale=alt.Scale(scheme="blues")),
         tooltip=["GPU:O", "expert:O", alt.Tooltip("tokens:Q", format=",.0f")],
-    ).properties(height=max(160, 22 * g), title=f"Plan, layer {layer}: tokens each GPU serves per expert"),
+    ).properties(height=alt.Step(24), title=f"Plan, layer {layer}: tokens each GPU serves per expert"),
         width="stretch")
     per_gpu = pd.concat([pd.DataFrame({"GPU": np.arange(g), "tokens": out["plan_gpu_loads"][layer],
                                        "placement": "plan (ILP)"})] + [
@@ -138,7 +139,7 @@ def moe_section() -> None:
         y=alt.Y("placement:N", title=None, sort="x"),
         color=alt.condition(alt.datum.placement == "plan (ILP)", alt.value("#4c78a8"), alt.value("#bbb")),
         tooltip=["placement:N", alt.Tooltip("max(tokens):Q", format=",.0f")],
-    ).properties(height=max(160, 22 * g), title=f"Layer {layer}: max GPU load"), width="stretch")
+    ).properties(height=alt.Step(28), title=f"Layer {layer}: max GPU load"), width="stretch")
     st.download_button("Download plan JSON", json.dumps({k: v for k, v in out.items()
                                                          if k not in ("shares", "baseline_gpu_loads",
                                                                       "plan_gpu_loads")}, indent=1),
@@ -185,10 +186,10 @@ def sp_section() -> None:
     m1.metric("Makespan, plan", fmt_seconds(out["makespan_s"]))
     if best_name:
         m2.metric(f"Best static ({best_name.replace('static_sp_', 'SP=')})", fmt_seconds(statics[best_name]),
-                  delta=f"plan is {out['makespan_s'] / statics[best_name]:.3f}×", delta_color="off")
+                  delta=f"plan is {out['makespan_s'] / statics[best_name]:.3f}×", delta_color="off", delta_arrow="off")
     m3.metric("Lower bound", fmt_seconds(out["lower_bound_s"]))
     m4.metric("Solver", out["solver"]["status"], delta=f"gap {out['solver']['gap']:.2%}, "
-              f"{out['solver']['seconds']:.1f} s", delta_color="off")
+              f"{out['solver']['seconds']:.1f} s", delta_color="off", delta_arrow="off")
     bars = pd.DataFrame(
         [{"strategy": "plan (MILP)", "makespan_ms": out["makespan_s"] * 1e3}]
         + [{"strategy": k.replace("static_sp_", "static SP="), "makespan_ms": v * 1e3} for k, v in statics.items()]
@@ -202,7 +203,7 @@ def sp_section() -> None:
         x=alt.X("makespan_ms:Q", title="batch makespan (ms)"), y=alt.Y("strategy:N", title=None, sort=None),
         color=alt.condition(alt.datum.strategy == "plan (MILP)", alt.value("#4c78a8"), alt.value("#bbb")),
         tooltip=["strategy:N", alt.Tooltip("makespan_ms:Q", format=",.2f")],
-    ).properties(height=200, title="Plan, static degrees and the lower bound"), width="stretch")
+    ).properties(height=alt.Step(28), title="Plan, static degrees and the lower bound"), width="stretch")
     c2.altair_chart(alt.Chart(groups).mark_bar().encode(
         x=alt.X("time_ms:Q", title="group busy time (ms)"), y=alt.Y("group:O", title="SP group"),
         color=alt.Color("degree:O", title="degree"),

@@ -86,12 +86,14 @@ except ValueError as exc:
     st.stop()
 
 s = out["summary"]
-m = st.columns(5)
-m[0].metric("TTFT p50 / p90", f"{fmt_seconds(s['ttft_s']['p50'])} / {fmt_seconds(s['ttft_s']['p90'])}")
-m[1].metric("TPOT p50 / p90", f"{fmt_seconds(s['tpot_s']['p50'])} / {fmt_seconds(s['tpot_s']['p90'])}")
-m[2].metric("Throughput", f"{s['throughput_tokens_per_s']:,.0f} tok/s")
-m[3].metric("Peak concurrency", f"{s['peak_concurrency']:,}", help="Requests resident at once on a replica.")
-m[4].metric("Preemptions", f"{s['preemptions']:,}", help=f"KV moved out: {s['swap_out_bytes'] / 2**30:,.1f} GiB.")
+m = st.columns(7)
+m[0].metric("TTFT p50", fmt_seconds(s["ttft_s"]["p50"]), help="Time to first token, median.")
+m[1].metric("TTFT p90", fmt_seconds(s["ttft_s"]["p90"]))
+m[2].metric("TPOT p50", fmt_seconds(s["tpot_s"]["p50"]), help="Time per output token after the first, median.")
+m[3].metric("TPOT p90", fmt_seconds(s["tpot_s"]["p90"]))
+m[4].metric("Throughput (tok/s)", f"{s['throughput_tokens_per_s']:,.0f}")
+m[5].metric("Peak concurrency", f"{s['peak_concurrency']:,}", help="Requests resident at once on a replica.")
+m[6].metric("Preemptions", f"{s['preemptions']:,}", help=f"KV moved out: {s['swap_out_bytes'] / 2**30:,.1f} GiB.")
 if "slo" in s:
     parts = [f"{k.upper()} p{v['percentile']:g} {fmt_seconds(v['achieved_s'])} vs {fmt_seconds(v['target_s'])} "
              f"({'met' if v['met'] else 'missed'})" for k, v in s["slo"].items()]

@@ -105,7 +105,8 @@ if len(d):
         x=alt.X("measured_us:Q", title="measured (µs, log scale)", scale=alt.Scale(type="log", domain=[lo, hi])),
         y=alt.Y("predicted_us:Q", title=f"predicted, {mode} (µs, log scale)",
                 scale=alt.Scale(type="log", domain=[lo, hi])),
-        color=alt.Color("op class:N", legend=alt.Legend(orient="right", title=None, labelLimit=260)),
+        color=alt.Color("op class:N", scale=alt.Scale(scheme="tableau20"),
+                        legend=alt.Legend(orient="right", title=None, labelLimit=260)),
         tooltip=["op class:N", "family:N", "impl:N", alt.Tooltip("measured_us:Q", format=".3g"),
                  alt.Tooltip("predicted_us:Q", format=".3g"), alt.Tooltip("error:Q", format="+.1%")],
     )
@@ -115,6 +116,6 @@ if len(d):
 st.subheader("Error per op class (held-out records)")
 pct = {c: st.column_config.NumberColumn(c, format="percent") for c in
        ("median APE", "p90 APE", "max APE", "peak-mode median", "peak-mode p90")}
-st.dataframe(table, hide_index=True, width="stretch", column_config=pct)
+st.dataframe(table, hide_index=True, width="stretch", column_config=pct, height=35 * (len(table) + 1) + 3)
 st.caption("APE: absolute percentage error |predicted / measured - 1|. Decoder layers are never fitted: each is "
            "predicted as the sum of its ops.")
