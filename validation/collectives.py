@@ -503,9 +503,17 @@ def report(data: str, ring: str | None = None, write_profile: bool = False) -> d
     pow2 = [r for r in rows if r["bytes"] & (r["bytes"] - 1) == 0]
     mids = [r for r in rows if r["bytes"] & (r["bytes"] - 1) != 0]
     res["errors_held_out"] = evaluate(mids, {op: fit_class(pow2, op) for op in ops})
-    prof = Profile(FIT_GPU, Mode.CALIBRATED, {OpClass(k): ClassParams(latency_s=v["latency_s"], memory_eff=v["memory_eff"],
-                                                                    overlap=v["overlap"])
-                                              for k, v in fits.items()})
+    from perfmodel.calibration import shipped_profile_path
+
+    base = {}
+    if shipped_profile_path(FIT_GPU).exists():  # attention and the rest from the shipped profile
+        from perfmodel.calibration import load_profile_file
+
+        base = dict(load_profile_file(shipped_profile_path(FIT_GPU), FIT_GPU).classes)
+    base.update({OpClass(k): ClassParams(latency_s=v["latency_s"], memory_eff=v["memory_eff"], overlap=v["overlap"])
+                 for k, v in fits.items()})
+    prof = Profile(FIT_GPU, Mode.CALIBRATED, base)
+    res["ring_profile"] = "shipped H200 profile with these collective fits" if len(base) > len(fits) else "collective fits only"
     if ring and Path(ring).exists():
         res["ring"] = evaluate_ring(load_rows(ring), prof)
     if write_profile:
