@@ -113,7 +113,7 @@ def default_topology(gpu: GPU, world: int) -> Topology:
     return Topology(f"{gpu.name}-node", gpu.name, max(int(world), 1), 1, link, None)
 
 
-def resolve_topology(topology: "str | Node | Cluster | Topology | None", gpu: GPU, world: int) -> Topology:
+def resolve_topology(topology: str | Node | Cluster | Topology | None, gpu: GPU, world: int) -> Topology:
     """A :class:`Topology` from a system name, a loaded system, or None (the default node).
 
     Raises :class:`CommTopologyError` when the system holds another GPU than ``gpu``.
@@ -203,7 +203,7 @@ def _flat(kind: OpKind, nbytes: Any, w: int, rate: PathRate, algo: AllReduceAlgo
         ring = _flat(kind, nbytes, w, rate, AllReduceAlgorithm.RING)
         tree = _flat(kind, nbytes, w, rate, AllReduceAlgorithm.TREE)
         use_tree = np.asarray(tree.total_s) < np.asarray(ring.total_s)
-        pick = lambda a, b: np.where(use_tree, a, b) if np.ndim(use_tree) else (a if use_tree else b)  # noqa: E731
+        pick = lambda a, b: np.where(use_tree, a, b) if np.ndim(use_tree) else (a if use_tree else b)
         return OpCost(comm_s=pick(tree.comm_s, ring.comm_s), latency_s=pick(tree.latency_s, ring.latency_s),
                       overlap_s=pick(tree.overlap_s, ring.overlap_s), bytes=nbytes, memory_bound=rate.bound)
     factor, steps = _factor_steps(kind, w, algo)
@@ -211,7 +211,7 @@ def _flat(kind: OpKind, nbytes: Any, w: int, rate: PathRate, algo: AllReduceAlgo
     t = factor * b / (rate.bandwidth_bytes_per_s * ramp(b, rate.ramp_bytes)) if factor else np.zeros_like(b)
     lat = steps * rate.alpha_s
     hidden = rate.overlap * np.minimum(t, lat)
-    f = lambda x: x if np.ndim(x) else float(x)  # noqa: E731
+    f = lambda x: x if np.ndim(x) else float(x)
     return OpCost(comm_s=f(t), latency_s=lat, overlap_s=f(hidden), bytes=nbytes, memory_bound=rate.bound)
 
 
@@ -221,7 +221,7 @@ def _op_class(kind: OpKind) -> OpClass:
 
 def collective_time(
     kind: OpKind, nbytes: Any, world: int, gpu: GPU, profile: Profile,
-    topology: "str | Node | Cluster | Topology | None" = None,
+    topology: str | Node | Cluster | Topology | None = None,
     algorithm: AllReduceAlgorithm = AllReduceAlgorithm.AUTO, stride: int = 1,
 ) -> OpCost:
     """Cost of one collective of ``nbytes`` per rank among ``world`` GPUs of ``topology``.
@@ -268,7 +268,7 @@ def _hierarchical(kind, nbytes, pl: Placement, intra: PathRate, inter: PathRate,
         comm = np.where(slow_net, (w - g) / w * np.asarray(b) / inter.bandwidth_bytes_per_s,
                         (g - 1) / w * np.asarray(b) / intra.bandwidth_bytes_per_s)
         lat = np.where(slow_net, (n - 1) * inter.alpha_s, (g - 1) * intra.alpha_s)
-        f = lambda x: x if np.ndim(x) else float(x)  # noqa: E731
+        f = lambda x: x if np.ndim(x) else float(x)
         return OpCost(comm_s=f(comm), latency_s=f(lat), bytes=nbytes, memory_bound=inter.bound)
     else:  # a ring of sends: the hops between nodes go over the NIC, in parallel with the others
         cost = _flat(kind, b, 2, inter, algo)

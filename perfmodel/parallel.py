@@ -24,8 +24,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -334,9 +335,25 @@ def ceil_div(a: int, b: int) -> int:
 
 
 __all__ = [
-    "ParallelConfigError", "SpKind", "RingOverlap", "ring_step_overlap", "PipelineTime", "pipeline_time",
-    "SpPrefill", "sp_prefill", "EpMoe", "ep_moe_layer", "split_sp", "check_pp", "check_ep", "group_world",
-    "ParallelPhases", "parallel_phases", "comm_seconds", "MEASURED_RING_OVERLAP", "parallel_memory",
+    "MEASURED_RING_OVERLAP",
+    "EpMoe",
+    "ParallelConfigError",
+    "ParallelPhases",
+    "PipelineTime",
+    "RingOverlap",
+    "SpKind",
+    "SpPrefill",
+    "check_ep",
+    "check_pp",
+    "comm_seconds",
+    "ep_moe_layer",
+    "group_world",
+    "parallel_memory",
+    "parallel_phases",
+    "pipeline_time",
+    "ring_step_overlap",
+    "sp_prefill",
+    "split_sp",
 ]
 
 

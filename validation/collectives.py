@@ -353,7 +353,7 @@ FIT_LO_BYTES, FIT_HI_BYTES = 64 * 1024, 2**30
 FIT_GPU = "h200-sxm-141gb"
 
 
-def load_rows(path: "str | Path") -> list[dict]:
+def load_rows(path: str | Path) -> list[dict]:
     return [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
 
 

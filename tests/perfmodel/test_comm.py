@@ -11,7 +11,12 @@ from hypothesis import strategies as st
 from hw import UnknownHardwareError, load_gpu
 from perfmodel.calibration import OpClass, peak_profile, resolve_profile
 from perfmodel.comm import (
-    AllReduceAlgorithm, CommTopologyError, GroupTooLargeError, bandwidth_only_time, collective_time, place,
+    AllReduceAlgorithm,
+    CommTopologyError,
+    GroupTooLargeError,
+    bandwidth_only_time,
+    collective_time,
+    place,
     resolve_topology,
 )
 from perfmodel.costs import Bound, op_cost

@@ -11,7 +11,13 @@ from perfmodel.cli import main
 from perfmodel.comm import GroupTooLargeError
 from perfmodel.models import load_model
 from perfmodel.parallel import (
-    ParallelConfigError, SpKind, ep_moe_layer, pipeline_time, ring_step_overlap, sp_prefill, split_sp,
+    ParallelConfigError,
+    SpKind,
+    ep_moe_layer,
+    pipeline_time,
+    ring_step_overlap,
+    sp_prefill,
+    split_sp,
 )
 
 H200 = load_gpu("h200-sxm-141gb")
