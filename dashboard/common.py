@@ -194,7 +194,7 @@ def roofline_view(model: str, gpu: str, phase: str, context_len: int, batch: int
 
 #: Session-state keys of the scenario widgets shared by the pages.
 SCENARIO_KEYS = ("model", "gpu", "context_len", "output_tokens", "batch", "tp", "weight_dtype", "kv_dtype", "mode",
-                 "compare_gpu")
+                 "compare_gpu", "pp", "sp", "sp_kind", "ep", "topology")
 
 
 def keep_scenario() -> None:
@@ -209,8 +209,10 @@ def keep_scenario() -> None:
 
 
 #: Default scenario: the running example of the long-context analysis.
-SCENARIO_DEFAULTS = {"model": "yi-34b", "gpu": "a100-sxm-80gb", "context_len": 50_000, "output_tokens": 250, "batch": 1, "tp": 1,
-                         "weight_dtype": "bf16", "kv_dtype": "bf16", "mode": "peak"}
+DEFAULT_TOPOLOGY = "(one NVLink node of the GPU)"
+SCENARIO_DEFAULTS = {"model": "yi-34b", "gpu": "a100-sxm-80gb", "context_len": 50_000, "output_tokens": 250,
+                     "batch": 1, "tp": 1, "weight_dtype": "bf16", "kv_dtype": "bf16", "mode": "peak",
+                     "pp": 1, "sp": 1, "sp_kind": "ring", "ep": 1, "topology": DEFAULT_TOPOLOGY}
 
 
 def scenario_inputs(header: str = "Scenario") -> dict[str, Any]:
@@ -239,8 +241,44 @@ def scenario_inputs(header: str = "Scenario") -> dict[str, Any]:
         mode = st.radio("Mode", MODES, horizontal=True, key="mode",
                         help="peak: datasheet rooflines. calibrated: achieved fractions measured on the GPU "
                              "(falls back to peak where no profile is shipped).")
+        extra = parallel_inputs()
     return {"model": model, "gpu": gpu, "context_len": int(context_len), "output_tokens": int(output_tokens),
-                "batch": int(batch), "tp": int(tp), "mode": mode, "weight_dtype": weight_dtype, "kv_dtype": kv_dtype}
+            "batch": int(batch), "tp": int(tp), "mode": mode, "weight_dtype": weight_dtype, "kv_dtype": kv_dtype,
+            "extra": extra}
+
+
+def analyze_takes(name: str) -> bool:
+    """Whether ``perfmodel.analyze`` has the keyword ``name`` in this tree."""
+    import inspect
+
+    return name in inspect.signature(perfmodel.analyze).parameters
+
+
+def parallel_inputs() -> tuple:
+    """PP / SP / EP widgets (where ``analyze`` takes them); non-default values as ``(name, value)`` pairs."""
+    if not analyze_takes("pp"):
+        return ()
+    from hw import list_systems
+
+    with st.expander("Parallelism beyond TP"):
+        pp = st.number_input("Pipeline parallel (PP)", min_value=1, max_value=256, step=1, key="pp",
+                             help="Pipeline stages; must divide the layers.")
+        sp = st.number_input("Sequence parallel (SP, prefill)", min_value=1, max_value=256, step=1, key="sp")
+        sp_kind = st.selectbox("SP kind", ("ring", "ulysses", "hybrid"), key="sp_kind")
+        ep = st.number_input("Expert parallel (EP)", min_value=1, max_value=256, step=1, key="ep",
+                             help="MoE models only.")
+        systems = [DEFAULT_TOPOLOGY, *list_systems()]
+        topology = st.selectbox("Topology", systems, key="topology")
+    out = []
+    if pp > 1:
+        out.append(("pp", int(pp)))
+    if sp > 1:
+        out += [("sp", int(sp)), ("sp_kind", sp_kind)]
+    if ep > 1:
+        out.append(("ep", int(ep)))
+    if topology != DEFAULT_TOPOLOGY:
+        out.append(("topology", topology))
+    return tuple(out)
 
 
 def show_error(exc: BaseException, what: str = "") -> None:

@@ -68,8 +68,17 @@ if result is not None:
     s4.metric("Context switch, full duplex", fmt_seconds(result["context_switch_duplex_s"]),
               help="Swap-out and swap-in overlapped on the two directions of the host link.")
     if result["comm_s"]["prefill"] or result["comm_s"]["decode_per_token"]:
-        st.caption(f"Communication inside these times: prefill {fmt_seconds(result['comm_s']['prefill'])}, "
-                   f"decode {fmt_seconds(result['comm_s']['decode_per_token'])} per token.")
+        share = result.get("communication") or {}
+        st.caption(
+            f"Communication inside these times: prefill {fmt_seconds(result['comm_s']['prefill'])}"
+            + (f" ({share['prefill_share']:.0%})" if "prefill_share" in share else "")
+            + f", decode {fmt_seconds(result['comm_s']['decode_per_token'])} per token"
+            + (f" ({share['decode_share']:.0%})" if "decode_share" in share else "") + ".")
+    if scenario["extra"]:
+        st.caption("Parallelism: " + ", ".join(f"{k}={v}" for k, v in scenario["extra"])
+                   + (f" · {result['parallel']['world']} GPUs in all" if result.get("parallel") else "")
+                   + ". The context sweep and the roofline below show one GPU of the TP group (the sweep "
+                     "takes TP only).")
 
     st.subheader("Memory per GPU")
     mem = result["memory_per_gpu"]

@@ -13,6 +13,7 @@ from streamlit.testing.v1 import AppTest
 import perfmodel
 from dashboard.common import bound_label, fmt_seconds
 
+perfmodel_takes_pp = "pp" in __import__("inspect").signature(perfmodel.analyze).parameters
 APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
 TIMEOUT_S = 60
 
@@ -141,3 +142,17 @@ def test_comparison_and_roofline_widgets():
     assert {"qkv_proj", "attention", "o_proj"} <= set(ops["op"])
     # prefill chunks are compute-heavier than a decode step: the attention op's intensity rises
     assert ops.loc[ops["op"] == "attention", "intensity_flops_per_byte"].iloc[0] > 100
+
+
+@pytest.mark.skipif(not perfmodel_takes_pp, reason="analyze has no pp/ep in this tree")
+def test_parallelism_inputs_reach_analyze_and_invalid_ones_are_one_error():
+    at = run_app()
+    at.selectbox(key="model").set_value("mixtral-8x7b").run()
+    at.number_input(key="pp").set_value(2)
+    at.number_input(key="ep").set_value(2).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    want = perfmodel.analyze("mixtral-8x7b", "a100-sxm-80gb", context_len=50_000, output_tokens=250, pp=2, ep=2)
+    assert metrics(at)["Decode time per token"] == fmt_seconds(want.to_dict()["decode_s_per_token"])
+    at.selectbox(key="model").set_value("yi-34b").run()
+    assert not at.exception
+    assert len(at.error) == 1 and "ep=2 needs a mixture-of-experts model" in at.error[0].value
