@@ -163,7 +163,7 @@ def _analysis_table(results: list[Any]) -> Any:
         ("max concurrency (users)", "hbm_capacity", lambda r: f"{int(r.memory.max_concurrency)}"),
         ("context switch (serial)", b["context_switch"], lambda r: _fmt_s(r.switch.serial_s)),
         ("context switch (duplex)", b["context_switch"], lambda r: _fmt_s(r.switch.duplex_s)),
-        ("KV cache per user", "", lambda r: _gib(r.memory.kv_bytes_per_user * r.tp)),
+        ("KV cache per user", "", lambda r: _gib(r.to_dict()["kv_cache_bytes"] / r.batch)),
         ("weights", "", lambda r: _gib(r.model.weight_bytes(r.precision.weights))),
         ("session throughput", "", lambda r: f"{r.session_throughput_tokens_per_s:,.1f} tok/s"),
         ("communication (prefill)", "", lambda r: _comm_cell(r.prefill_comm_s, r.prefill.total_s)),
