@@ -80,7 +80,7 @@ def ceilings() -> None:
     b = torch.empty_like(a)
     t = _bench(lambda: b.copy_(a))
     copy_bps = 2 * a.numel() * 2 / t
-    del a, b
+    a = b = None  # free 4 GiB before the GEMM
     x = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     y = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     tg = _bench(lambda: x @ y)
@@ -147,7 +147,8 @@ def gemm() -> None:
         op = {"op": "gemm", "m": m, "n": n, "k": k, "dtype": "bf16"}
         tb = _bench(lambda: a @ b)
         t = _bench(lambda: kernels.matmul(a, b, persistent=False))
-        _row("gemm", "matmul", "bf16", f"{m}x{n}x{k}", t, kernels.matmul.flops(op), kernels.matmul.bytes_moved(op),
+        _row("gemm", "matmul", "bf16", f"{m}x{n}x{k}", t, kernels.matmul.flops(op),
+             kernels.matmul.bytes_moved(op),
              "torch.matmul", tb)
     for m in (16, 64, 128):
         a = torch.randn(m, 8192, device="cuda", dtype=torch.bfloat16)
@@ -248,7 +249,8 @@ def _bench_graph(fns) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def _decode_case(bsz, length, hq=32, hkv=8, d=128, ragged=False, sdpa=True, schedules=("split_kv", "stream_k"),
+def _decode_case(bsz, length, hq=32, hkv=8, d=128, ragged=False, sdpa=True,
+                 schedules=("split_kv", "stream_k"),
                  section="decode", splits=(None,), meta=None):
     """Time one decode shape. ``time_s`` is the CUDA-graph GPU time over rotated input copies
     (at least 256 MB of KV in rotation, so no L2 reuse); ``do_bench_time_s`` is do_bench's median
@@ -284,15 +286,18 @@ def _decode_case(bsz, length, hq=32, hkv=8, d=128, ragged=False, sdpa=True, sche
     case = f"B{bsz} L{length}{' ragged' if ragged else ''}"
     for s in schedules:
         for ns in splits:
-            fns = [(lambda qq=qq, kk=kk, vv=vv: kernels.attention_decode(qq, kk, vv, lens, ns, s, validate=False))
-                   for qq, kk, vv in sets]
+            fns = [
+                (lambda qq=qq, kk=kk, vv=vv, ns=ns, s=s:
+                 kernels.attention_decode(qq, kk, vv, lens, ns, s, validate=False))
+                for qq, kk, vv in sets
+            ]
             t_eager = _bench(fns[0])
             t = _bench_graph(fns)
             times[(s, ns)] = t
-            _row(section, "attention_decode", s if ns is None else f"{s} n={ns}", case, t, flops, nbytes, base, tb,
+            variant = s if ns is None else f"{s} n={ns}"
+            _row(section, "attention_decode", variant, case, t, flops, nbytes, base, tb,
                  batch=bsz, kv_len=length, kv_bytes=nbytes, pairs=bsz * hkv, meta=meta, timing="cuda graph",
                  do_bench_time_s=t_eager, baseline_do_bench_time_s=tb_eager, input_copies=copies)
-    del sets, q, kc, vc
     return times
 
 
@@ -323,10 +328,11 @@ def paged() -> None:
         op = {"op": "attention", "phase": "decode", "batch": bsz, "q_len": 1, "kv_len": length, "q_heads": hq,
               "kv_heads": hkv, "head_dim": d, "causal": True, "dtype": "bf16"}
         for s in ("split_kv", "stream_k"):
-            t = _bench(lambda: kernels.attention_decode_paged(q, kp, vp, table, lens, schedule=s, validate=False))
+            t = _bench(
+                lambda: kernels.attention_decode_paged(q, kp, vp, table, lens, schedule=s, validate=False)
+            )
             _row("paged", "attention_decode_paged", s, f"B{bsz} L{length} page{page}", t,
                  kernels.attention_decode_paged.flops(op), kernels.attention_decode_paged.bytes_moved(op))
-        del kp, vp
 
 
 def kv_blocks() -> None:
@@ -339,11 +345,13 @@ def kv_blocks() -> None:
         buf = kernels.gather_kv_blocks(pages, ids)
         tb = _bench(lambda: torch.index_select(pages, 0, ids))
         t = _bench(lambda: kernels.gather_kv_blocks(pages, ids, validate=False))
-        _row("kv", "gather_kv_blocks", "bf16", f"{n} blocks of 32 KiB", t, 0, kernels.gather_kv_blocks.bytes_moved(op),
+        _row("kv", "gather_kv_blocks", "bf16", f"{n} blocks of 32 KiB", t, 0,
+             kernels.gather_kv_blocks.bytes_moved(op),
              "torch.index_select", tb)
         tb = _bench(lambda: pages.index_copy_(0, ids, buf))
         t = _bench(lambda: kernels.scatter_kv_blocks(pages, ids, buf, validate=False))
-        _row("kv", "scatter_kv_blocks", "bf16", f"{n} blocks of 32 KiB", t, 0, kernels.scatter_kv_blocks.bytes_moved(op),
+        _row("kv", "scatter_kv_blocks", "bf16", f"{n} blocks of 32 KiB", t, 0,
+             kernels.scatter_kv_blocks.bytes_moved(op),
              "torch.index_copy_", tb)
 
 
@@ -353,7 +361,8 @@ def sweep() -> None:
 
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     for bsz, length in ((1, 262144), (4, 65536), (16, 16384), (2, 16384), (8, 4096)):
-        _decode_case(bsz, length, sdpa=False, section="sweep", schedules=("stream_k",), splits=(sms, 2 * sms, 4 * sms))
+        _decode_case(bsz, length, sdpa=False, section="sweep", schedules=("stream_k",),
+                     splits=(sms, 2 * sms, 4 * sms))
         per_pair = max(1, 2 * sms // (bsz * 8))
         _decode_case(bsz, length, sdpa=False, section="sweep", schedules=("split_kv",),
                      splits=(max(1, per_pair // 2), 2 * per_pair))
@@ -388,16 +397,20 @@ def write() -> None:
              f"driver {env.get('driver')}, CUDA {env.get('cuda')}, torch {env.get('torch')}, triton "
              f"{env.get('triton')}, Python {env.get('python')}, {env.get('sm_count')} SMs. Median of "
              "`triton.testing.do_bench` (L2 flushed between runs), bf16 unless noted.", "",
-             f"Measured ceilings: copy {_fmt(c.get('copy_bytes_per_s'), 1e-9, 0)} GB/s ({c.get('copy_case')}); "
+             f"Measured ceilings: copy {_fmt(c.get('copy_bytes_per_s'), 1e-9, 0)} GB/s "
+             f"({c.get('copy_case')}); "
              f"cuBLAS {_fmt(c.get('gemm_bf16_flops_per_s'), 1e-12, 1)} TFLOP/s ({c.get('gemm_case')}).", "",
              f"GPU correctness check passed: {INFO.get('gpu_check_passed')}", "",
              "| section | kernel | variant | case | time ms | TFLOP/s | GB/s | frac of ceiling | baseline | "
              "baseline ms | speed vs baseline |", "|" + "---|" * 11]
     for r in ROWS:
         frac = r.get("frac_of_flops_ceiling") or r.get("frac_of_bw_ceiling")
-        lines.append(f"| {r['section']} | {r['kernel']} | {r['variant']}{' ' + r['meta'] if r.get('meta') else ''} "
-                     f"| {r['case']} | {_fmt(r['time_s'], 1e3, 4)} | {_fmt(r['achieved_flops_per_s'], 1e-12, 1)} "
-                     f"| {_fmt(r['achieved_bytes_per_s'], 1e-9, 0)} | {_fmt(frac, 1, 3)} | {r['baseline'] or ''} "
+        meta = " " + r["meta"] if r.get("meta") else ""
+        lines.append(f"| {r['section']} | {r['kernel']} | {r['variant']}{meta} "
+                     f"| {r['case']} | {_fmt(r['time_s'], 1e3, 4)} "
+                     f"| {_fmt(r['achieved_flops_per_s'], 1e-12, 1)} "
+                     f"| {_fmt(r['achieved_bytes_per_s'], 1e-9, 0)} | {_fmt(frac, 1, 3)} "
+                     f"| {r['baseline'] or ''} "
                      f"| {_fmt(r['baseline_time_s'], 1e3, 4)} | {_fmt(r['speed_vs_baseline'], 1, 3)} |")
     (OUT / "kernels_bench.md").write_text("\n".join(lines) + "\n")
 
@@ -417,27 +430,32 @@ def summarize(paths: list[str]) -> str:
     if big:
         worst = min(r["speed_vs_baseline"] for r in big)
         cases = ", ".join(f"{r['case']}: {r['speed_vs_baseline']:.2f}" for r in big)
-        out.append(f"| GEMM >= 0.85 x cuBLAS at large shapes (bf16) | {cases} | {'yes' if worst >= 0.85 else 'no'} |")
+        met = "yes" if worst >= 0.85 else "no"
+        out.append(f"| GEMM >= 0.85 x cuBLAS at large shapes (bf16) | {cases} | {met} |")
     pre = [r for r in rows if r["section"] == "prefill" and r.get("seq_len", 0) >= 4096]
     if pre:
         worst = min(r["speed_vs_baseline"] for r in pre)
         out.append(f"| prefill >= 0.80 x flash SDPA at L >= 4K | min {worst:.2f} over {len(pre)} shapes | "
                    f"{'yes' if worst >= 0.8 else 'no'} |")
-    dec = [r for r in rows if r["section"] == "decode" and r.get("kv_bytes", 0) >= 1e9 and r.get("frac_of_bw_ceiling")]
+    dec = [r for r in rows
+           if r["section"] == "decode" and r.get("kv_bytes", 0) >= 1e9 and r.get("frac_of_bw_ceiling")]
     if dec:
         worst = min(r["frac_of_bw_ceiling"] for r in dec)
-        out.append(f"| decode >= 0.80 of measured copy bandwidth at KV >= 1 GB | min {worst:.2f} over {len(dec)} "
+        out.append(f"| decode >= 0.80 of measured copy bandwidth at KV >= 1 GB | min {worst:.2f} "
+                   f"over {len(dec)} "
                    f"runs ({dec[0].get('timing', 'do_bench')}) | {'yes' if worst >= 0.8 else 'no'} |")
     by_case: dict = {}
     for r in rows:
-        if r["section"] == "decode" and r["variant"] in ("split_kv", "stream_k") and r.get("pairs", 1e9) < sms:
+        sched = r["variant"] in ("split_kv", "stream_k")
+        if r["section"] == "decode" and sched and r.get("pairs", 1e9) < sms:
             by_case.setdefault((r["source"], r["case"]), {})[r["variant"]] = r["time_s"]
     pairs = [v for v in by_case.values() if len(v) == 2]
     if pairs:
         wins = sum(v["stream_k"] < v["split_kv"] for v in pairs)
         gm = math.exp(sum(math.log(v["split_kv"] / v["stream_k"]) for v in pairs) / len(pairs))
         out.append(f"| stream-K faster than split-KV where B*Hkv < {sms} SMs | stream-K faster in {wins} of "
-                   f"{len(pairs)} shapes; geometric-mean speed-up {gm:.3f} | {'yes' if wins == len(pairs) else 'partly' if wins else 'no'} |")
+                   f"{len(pairs)} shapes; geometric-mean speed-up {gm:.3f} | "
+                   f"{'yes' if wins == len(pairs) else 'partly' if wins else 'no'} |")
     return "\n".join(out)
 
 

@@ -23,9 +23,28 @@ def _kv_rows(b, hk, offs_n, valid, s_kb, s_kh, s_kn, BT, s_btb, PAGE_SIZE, PAGED
 
 
 @triton.jit
-def _attend_range(q, K, V, b, hk, n_lo, n_hi, qk_scale, s_kb, s_kh, s_kn, BT, s_btb, PAGE_SIZE,
-                  HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
-                  PAGED: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+def _attend_range(
+    q,
+    K,
+    V,
+    b,
+    hk,
+    n_lo,
+    n_hi,
+    qk_scale,
+    s_kb,
+    s_kh,
+    s_kn,
+    BT,
+    s_btb,
+    PAGE_SIZE,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PAGED: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     """Online softmax of the query group ``q [BLOCK_G, D]`` over keys ``n_lo .. n_hi - 1``."""
     offs_d = tl.arange(0, HEAD_DIM)
     m_i = tl.full((BLOCK_G,), float("-inf"), dtype=tl.float32)
@@ -52,12 +71,16 @@ def _attend_range(q, K, V, b, hk, n_lo, n_hi, qk_scale, s_kb, s_kh, s_kn, BT, s_
 
 
 @triton.jit
-def _load_q_group(Q, b, hk, s_qb, s_qh, GROUP, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr,
-                  UPCAST: tl.constexpr):
+def _load_q_group(
+    Q, b, hk, s_qb, s_qh, GROUP, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, UPCAST: tl.constexpr
+):
     offs_g = tl.arange(0, BLOCK_G)
     offs_d = tl.arange(0, HEAD_DIM)
-    q = tl.load(Q + b.to(tl.int64) * s_qb + (hk * GROUP + offs_g)[:, None] * s_qh + offs_d[None, :],
-                mask=offs_g[:, None] < GROUP, other=0.0)
+    q = tl.load(
+        Q + b.to(tl.int64) * s_qb + (hk * GROUP + offs_g)[:, None] * s_qh + offs_d[None, :],
+        mask=offs_g[:, None] < GROUP,
+        other=0.0,
+    )
     if UPCAST:
         q = q.to(tl.float32)
     return q
@@ -72,16 +95,40 @@ def _store_partial(PO, PL, slot_off, acc, l_i, m_i, GROUP, HEAD_DIM: tl.constexp
     out = acc / tl.where(has, l_i, 1.0)[:, None]
     lse = tl.where(has, m_i + tl.math.log2(tl.where(has, l_i, 1.0)), float("-inf"))
     gmask = offs_g < GROUP
-    tl.store(PO + slot_off * HEAD_DIM + offs_g[:, None] * HEAD_DIM + offs_d[None, :], out,
-             mask=gmask[:, None])
+    tl.store(
+        PO + slot_off * HEAD_DIM + offs_g[:, None] * HEAD_DIM + offs_d[None, :], out, mask=gmask[:, None]
+    )
     tl.store(PL + slot_off + offs_g, lse, mask=gmask)
 
 
 @triton.jit
-def _split_kv_kernel(Q, K, V, KV_LENS, BT, PO, PL, qk_scale, Hkv, GROUP, CHUNK, NUM_SPLITS,
-                     s_qb, s_qh, s_kb, s_kh, s_kn, s_btb, PAGE_SIZE,
-                     HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
-                     PAGED: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+def _split_kv_kernel(
+    Q,
+    K,
+    V,
+    KV_LENS,
+    BT,
+    PO,
+    PL,
+    qk_scale,
+    Hkv,
+    GROUP,
+    CHUNK,
+    NUM_SPLITS,
+    s_qb,
+    s_qh,
+    s_kb,
+    s_kh,
+    s_kn,
+    s_btb,
+    PAGE_SIZE,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PAGED: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     """Program (bh, split) handles keys [split*CHUNK, (split+1)*CHUNK) of kv head bh."""
     bh = tl.program_id(0)
     split = tl.program_id(1)
@@ -91,11 +138,32 @@ def _split_kv_kernel(Q, K, V, KV_LENS, BT, PO, PL, qk_scale, Hkv, GROUP, CHUNK, 
     n_lo = split * CHUNK
     n_hi = tl.minimum(n_lo + CHUNK, kv_len)
     q = _load_q_group(Q, b, hk, s_qb, s_qh, GROUP, HEAD_DIM, BLOCK_G, UPCAST)
-    acc, l_i, m_i = _attend_range(q, K, V, b, hk, n_lo, n_hi, qk_scale, s_kb, s_kh, s_kn, BT, s_btb,
-                                  PAGE_SIZE, HEAD_DIM, BLOCK_G, BLOCK_N, PAGED, PRECISION, UPCAST)
+    acc, l_i, m_i = _attend_range(
+        q,
+        K,
+        V,
+        b,
+        hk,
+        n_lo,
+        n_hi,
+        qk_scale,
+        s_kb,
+        s_kh,
+        s_kn,
+        BT,
+        s_btb,
+        PAGE_SIZE,
+        HEAD_DIM,
+        BLOCK_G,
+        BLOCK_N,
+        PAGED,
+        PRECISION,
+        UPCAST,
+    )
     # partial layout [B*Hkv, NUM_SPLITS, GROUP, (D)]
-    _store_partial(PO, PL, (bh.to(tl.int64) * NUM_SPLITS + split) * GROUP, acc, l_i, m_i, GROUP,
-                   HEAD_DIM, BLOCK_G)
+    _store_partial(
+        PO, PL, (bh.to(tl.int64) * NUM_SPLITS + split) * GROUP, acc, l_i, m_i, GROUP, HEAD_DIM, BLOCK_G
+    )
 
 
 @triton.jit
@@ -108,11 +176,34 @@ def _tile_prefix(KV_LENS, Hkv, BH, BLOCK_N: tl.constexpr, BH_P2: tl.constexpr):
 
 
 @triton.jit
-def _stream_k_kernel(Q, K, V, KV_LENS, BT, PO, PL, qk_scale, Hkv, GROUP, BH, NUM_PROGRAMS,
-                     s_qb, s_qh, s_kb, s_kh, s_kn, s_btb, PAGE_SIZE,
-                     HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BH_P2: tl.constexpr, PAGED: tl.constexpr, PRECISION: tl.constexpr,
-                     UPCAST: tl.constexpr):
+def _stream_k_kernel(
+    Q,
+    K,
+    V,
+    KV_LENS,
+    BT,
+    PO,
+    PL,
+    qk_scale,
+    Hkv,
+    GROUP,
+    BH,
+    NUM_PROGRAMS,
+    s_qb,
+    s_qh,
+    s_kb,
+    s_kh,
+    s_kn,
+    s_btb,
+    PAGE_SIZE,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BH_P2: tl.constexpr,
+    PAGED: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     """Program p handles KV tiles [p*T/P, (p+1)*T/P) of the concatenated KV of all heads.
 
     Each maximal run of its tiles inside one (sequence, kv head) pair becomes one partial,
@@ -133,18 +224,53 @@ def _stream_k_kernel(Q, K, V, KV_LENS, BT, PO, PL, qk_scale, Hkv, GROUP, BH, NUM
         q = _load_q_group(Q, b, hk, s_qb, s_qh, GROUP, HEAD_DIM, BLOCK_G, UPCAST)
         n_lo = (t - first_tile) * BLOCK_N
         n_hi = tl.minimum((seg_end - first_tile) * BLOCK_N, kv_len)
-        acc, l_i, m_i = _attend_range(q, K, V, b, hk, n_lo, n_hi, qk_scale, s_kb, s_kh, s_kn, BT, s_btb,
-                                      PAGE_SIZE, HEAD_DIM, BLOCK_G, BLOCK_N, PAGED, PRECISION, UPCAST)
+        acc, l_i, m_i = _attend_range(
+            q,
+            K,
+            V,
+            b,
+            hk,
+            n_lo,
+            n_hi,
+            qk_scale,
+            s_kb,
+            s_kh,
+            s_kn,
+            BT,
+            s_btb,
+            PAGE_SIZE,
+            HEAD_DIM,
+            BLOCK_G,
+            BLOCK_N,
+            PAGED,
+            PRECISION,
+            UPCAST,
+        )
         # partial layout [NUM_PROGRAMS + BH, GROUP, (D)]
         _store_partial(PO, PL, (p + bh).to(tl.int64) * GROUP, acc, l_i, m_i, GROUP, HEAD_DIM, BLOCK_G)
         t = seg_end
 
 
 @triton.jit
-def _reduce_kernel(PO, PL, O, KV_LENS, Hq, Hkv, GROUP, BH, NUM_PIECES, s_ob, s_oh,
-                   HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr,
-                   BH_P2: tl.constexpr, STREAM_K: tl.constexpr):
-    """Merge the partials of query head (b, h) by their log-sum-exp weights; write O[b, h]."""
+def _reduce_kernel(
+    PO,
+    PL,
+    Out,
+    KV_LENS,
+    Hq,
+    Hkv,
+    GROUP,
+    BH,
+    NUM_PIECES,
+    s_ob,
+    s_oh,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BH_P2: tl.constexpr,
+    STREAM_K: tl.constexpr,
+):
+    """Merge the partials of query head (b, h) by their log-sum-exp weights; write Out[b, h]."""
     row = tl.program_id(0)
     b = row // Hq
     h = row % Hq
@@ -177,11 +303,12 @@ def _reduce_kernel(PO, PL, O, KV_LENS, Hq, Hkv, GROUP, BH, NUM_PIECES, s_ob, s_o
         lse = tl.load(PL + slots * GROUP + g, mask=ok, other=float("-inf"))
         m_new = tl.maximum(m, tl.max(lse, 0))
         w = tl.math.exp2(lse - m_new)
-        part = tl.load(PO + (slots * GROUP + g)[:, None] * HEAD_DIM + offs_d[None, :], mask=ok[:, None],
-                       other=0.0)
+        part = tl.load(
+            PO + (slots * GROUP + g)[:, None] * HEAD_DIM + offs_d[None, :], mask=ok[:, None], other=0.0
+        )
         scale = tl.math.exp2(m - m_new)
         den = den * scale + tl.sum(w, 0)
         acc = acc * scale + tl.sum(w[:, None] * part, 0)
         m = m_new
     out = acc / den
-    tl.store(O + b.to(tl.int64) * s_ob + h * s_oh + offs_d, out.to(O.dtype.element_ty))
+    tl.store(Out + b.to(tl.int64) * s_ob + h * s_oh + offs_d, out.to(Out.dtype.element_ty))

@@ -61,13 +61,15 @@ def _schedule(schedule: object) -> DecodeSchedule:
 
 
 def _check_num_splits(num_splits: object) -> None:
-    if num_splits is not None and (isinstance(num_splits, bool) or not isinstance(num_splits, int)
-                                   or num_splits < 1):
+    if num_splits is not None and (
+        isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 1
+    ):
         raise KernelInputError(f"num_splits: expected a positive int or None, got {num_splits!r}")
 
 
-def check_q_and_lens(q: object, kv_lens: object, kv_heads: int, head_dim: int, batch: int,
-                     device: torch.device) -> None:
+def check_q_and_lens(
+    q: object, kv_lens: object, kv_heads: int, head_dim: int, batch: int, device: torch.device
+) -> None:
     """Checks shared by the contiguous and paged wrappers (shape of q against the cache)."""
     check_tensor("q", q, 3, FLOAT_DTYPES)
     check_last_dim_contiguous("q", q)
@@ -94,9 +96,18 @@ def check_lens_values(kv_lens: torch.Tensor, max_len: int) -> None:
         raise KernelInputError(f"kv_lens: values must lie in [1, {max_len}], got min {lo}, max {hi}")
 
 
-def launch_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_lens: torch.Tensor,
-                  block_table: torch.Tensor | None, page_size: int, max_len: int,
-                  num_splits: int | None, schedule: DecodeSchedule, sm_scale: float | None) -> torch.Tensor:
+def launch_decode(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_lens: torch.Tensor,
+    block_table: torch.Tensor | None,
+    page_size: int,
+    max_len: int,
+    num_splits: int | None,
+    schedule: DecodeSchedule,
+    sm_scale: float | None,
+) -> torch.Tensor:
     """Launch the chosen schedule and the reduction over checked inputs; return ``[B,Hq,D]``.
 
     ``k, v`` are ``[B,Hkv,Lmax,D]`` caches, or ``[num_blocks,Hkv,page_size,D]`` pages when
@@ -113,9 +124,14 @@ def launch_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_lens: to
     paged = block_table is not None
     bt = block_table if paged else kv_lens  # any tensor: not read when PAGED is False
     s_btb = block_table.stride(0) if paged else 0
-    consts = {"HEAD_DIM": D, "BLOCK_G": max(16, next_pow2(group)), "BLOCK_N": block_n, "PAGED": paged,
-              "PRECISION": "ieee" if q.dtype == torch.float32 else "tf32",
-              "UPCAST": interp and q.dtype == torch.bfloat16}
+    consts = {
+        "HEAD_DIM": D,
+        "BLOCK_G": max(16, next_pow2(group)),
+        "BLOCK_N": block_n,
+        "PAGED": paged,
+        "PRECISION": "ieee" if q.dtype == torch.float32 else "tf32",
+        "UPCAST": interp and q.dtype == torch.bfloat16,
+    }
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), s_btb, page_size)
     max_tiles = triton.cdiv(max_len, block_n)
     target = 2 * num_sms(q.device)
@@ -126,28 +142,68 @@ def launch_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_lens: to
         pieces = triton.cdiv(max_len, chunk)
         po = torch.empty((bh * pieces * group, D), dtype=torch.float32, device=q.device)
         pl = torch.empty((bh * pieces * group,), dtype=torch.float32, device=q.device)
-        _dk._split_kv_kernel[(bh, pieces)](q, k, v, kv_lens, bt, po, pl, scale, Hkv, group, chunk, pieces,
-                                           *strides, **consts, **meta)
+        _dk._split_kv_kernel[(bh, pieces)](
+            q, k, v, kv_lens, bt, po, pl, scale, Hkv, group, chunk, pieces, *strides, **consts, **meta
+        )
         bh_p2 = 1
     else:
         if bh > MAX_STREAM_K_PAIRS:
-            raise KernelInputError(f"q: stream_k supports at most {MAX_STREAM_K_PAIRS} (sequence, kv head) "
-                                   f"pairs, got {bh}")
+            raise KernelInputError(
+                f"q: stream_k supports at most {MAX_STREAM_K_PAIRS} (sequence, kv head) pairs, got {bh}"
+            )
         pieces = num_splits or max(1, min(target, bh * max_tiles))
         bh_p2 = next_pow2(bh)
         po = torch.empty(((pieces + bh) * group, D), dtype=torch.float32, device=q.device)
         pl = torch.empty(((pieces + bh) * group,), dtype=torch.float32, device=q.device)
-        _dk._stream_k_kernel[(pieces,)](q, k, v, kv_lens, bt, po, pl, scale, Hkv, group, bh, pieces,
-                                        *strides, BH_P2=bh_p2, **consts, **meta)
-    _dk._reduce_kernel[(B * Hq,)](po, pl, o, kv_lens, Hq, Hkv, group, bh, pieces, o.stride(0), o.stride(1),
-                                  HEAD_DIM=D, BLOCK_S=_REDUCE_BLOCK_S, BLOCK_N=block_n, BH_P2=bh_p2,
-                                  STREAM_K=schedule is DecodeSchedule.STREAM_K)
+        _dk._stream_k_kernel[(pieces,)](
+            q,
+            k,
+            v,
+            kv_lens,
+            bt,
+            po,
+            pl,
+            scale,
+            Hkv,
+            group,
+            bh,
+            pieces,
+            *strides,
+            BH_P2=bh_p2,
+            **consts,
+            **meta,
+        )
+    _dk._reduce_kernel[(B * Hq,)](
+        po,
+        pl,
+        o,
+        kv_lens,
+        Hq,
+        Hkv,
+        group,
+        bh,
+        pieces,
+        o.stride(0),
+        o.stride(1),
+        HEAD_DIM=D,
+        BLOCK_S=_REDUCE_BLOCK_S,
+        BLOCK_N=block_n,
+        BH_P2=bh_p2,
+        STREAM_K=schedule is DecodeSchedule.STREAM_K,
+    )
     return o
 
 
-def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, kv_lens: torch.Tensor,
-                     num_splits: int | None = None, schedule: str | DecodeSchedule = "split_kv",
-                     sm_scale: float | None = None, validate: bool = True) -> torch.Tensor:
+def attention_decode(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    kv_lens: torch.Tensor,
+    num_splits: int | None = None,
+    schedule: str | DecodeSchedule = "split_kv",
+    sm_scale: float | None = None,
+    validate: bool = True,
+) -> torch.Tensor:
     """Attention of one new token per sequence over its KV cache.
 
     Parameters
@@ -184,15 +240,18 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         check_last_dim_contiguous(name, t)
     check_same_device(k_cache=k_cache, v_cache=v_cache)
     if v_cache.shape != k_cache.shape or v_cache.stride() != k_cache.stride():
-        raise KernelInputError(f"v_cache: shape/strides {tuple(v_cache.shape)}/{v_cache.stride()} differ "
-                               f"from k_cache's {tuple(k_cache.shape)}/{k_cache.stride()}")
+        raise KernelInputError(
+            f"v_cache: shape/strides {tuple(v_cache.shape)}/{v_cache.stride()} differ "
+            f"from k_cache's {tuple(k_cache.shape)}/{k_cache.stride()}"
+        )
     B, Hkv, Lmax, D = k_cache.shape
     check_q_and_lens(q, kv_lens, Hkv, D, B, k_cache.device)
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
         if t.dtype != q.dtype:
             raise KernelInputError(f"{name}: dtype {t.dtype} differs from q's {q.dtype}")
-    if sm_scale is not None and not (isinstance(sm_scale, (int, float)) and math.isfinite(sm_scale)
-                                     and sm_scale > 0):
+    if sm_scale is not None and not (
+        isinstance(sm_scale, (int, float)) and math.isfinite(sm_scale) and sm_scale > 0
+    ):
         raise KernelInputError(f"sm_scale: expected a positive finite number, got {sm_scale!r}")
     if validate:
         check_lens_values(kv_lens, Lmax)
@@ -209,6 +268,7 @@ def bytes_moved(op: Mapping) -> int:
     return attention_bytes(op)
 
 
-# `kernels.attention_decode.flops(op)` works whether `kernels.attention_decode` names the module or the function.
+# `kernels.attention_decode.flops(op)` works whether `kernels.attention_decode`
+# is the module or the function.
 attention_decode.flops = flops
 attention_decode.bytes_moved = bytes_moved

@@ -32,21 +32,31 @@ from .attention_decode import (
 __all__ = ["attention_decode_paged", "bytes_moved", "flops"]
 
 
-def _check_table_values(block_table: torch.Tensor, kv_lens: torch.Tensor, page_size: int,
-                        num_blocks: int) -> None:
+def _check_table_values(
+    block_table: torch.Tensor, kv_lens: torch.Tensor, page_size: int, num_blocks: int
+) -> None:
     """Check that every page a sequence uses is a valid page index (a device sync)."""
     pages_used = (kv_lens.long() + page_size - 1) // page_size
     cols = torch.arange(block_table.shape[1], device=block_table.device)
     used = block_table[cols[None, :] < pages_used[:, None]]
     lo, hi = int(used.min()), int(used.max())
     if lo < 0 or hi >= num_blocks:
-        raise KernelInputError(f"block_table: used entries must lie in [0, {num_blocks}), got min {lo}, max {hi}")
+        raise KernelInputError(
+            f"block_table: used entries must lie in [0, {num_blocks}), got min {lo}, max {hi}"
+        )
 
 
-def attention_decode_paged(q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tensor,
-                           block_table: torch.Tensor, kv_lens: torch.Tensor, num_splits: int | None = None,
-                           schedule: str | DecodeSchedule = "split_kv", sm_scale: float | None = None,
-                           validate: bool = True) -> torch.Tensor:
+def attention_decode_paged(
+    q: torch.Tensor,
+    k_pages: torch.Tensor,
+    v_pages: torch.Tensor,
+    block_table: torch.Tensor,
+    kv_lens: torch.Tensor,
+    num_splits: int | None = None,
+    schedule: str | DecodeSchedule = "split_kv",
+    sm_scale: float | None = None,
+    validate: bool = True,
+) -> torch.Tensor:
     """Attention of one new token per sequence over a paged KV cache.
 
     Parameters
@@ -80,8 +90,10 @@ def attention_decode_paged(q: torch.Tensor, k_pages: torch.Tensor, v_pages: torc
         check_last_dim_contiguous(name, t)
     check_same_device(k_pages=k_pages, v_pages=v_pages)
     if v_pages.shape != k_pages.shape or v_pages.stride() != k_pages.stride():
-        raise KernelInputError(f"v_pages: shape/strides {tuple(v_pages.shape)}/{v_pages.stride()} differ "
-                               f"from k_pages' {tuple(k_pages.shape)}/{k_pages.stride()}")
+        raise KernelInputError(
+            f"v_pages: shape/strides {tuple(v_pages.shape)}/{v_pages.stride()} differ "
+            f"from k_pages' {tuple(k_pages.shape)}/{k_pages.stride()}"
+        )
     num_blocks, Hkv, page_size, D = k_pages.shape
     check_tensor("block_table", block_table, 2, (torch.int32, torch.int64))
     check_same_device(k_pages=k_pages, block_table=block_table)
@@ -92,15 +104,17 @@ def attention_decode_paged(q: torch.Tensor, k_pages: torch.Tensor, v_pages: torc
             raise KernelInputError(f"{name}: dtype {t.dtype} differs from q's {q.dtype}")
     if block_table.stride(1) != 1:
         raise KernelInputError(f"block_table: innermost stride is {block_table.stride(1)}; need 1")
-    if sm_scale is not None and not (isinstance(sm_scale, (int, float)) and math.isfinite(sm_scale)
-                                     and sm_scale > 0):
+    if sm_scale is not None and not (
+        isinstance(sm_scale, (int, float)) and math.isfinite(sm_scale) and sm_scale > 0
+    ):
         raise KernelInputError(f"sm_scale: expected a positive finite number, got {sm_scale!r}")
     max_len = block_table.shape[1] * page_size
     if validate:
         check_lens_values(kv_lens, max_len)
         _check_table_values(block_table, kv_lens, page_size, num_blocks)
-    return launch_decode(q, k_pages, v_pages, kv_lens, block_table, page_size, max_len, num_splits, sched,
-                         sm_scale)
+    return launch_decode(
+        q, k_pages, v_pages, kv_lens, block_table, page_size, max_len, num_splits, sched, sm_scale
+    )
 
 
 def flops(op: Mapping) -> int:
@@ -113,6 +127,7 @@ def bytes_moved(op: Mapping) -> int:
     return attention_bytes(op)
 
 
-# `kernels.attention_decode_paged.flops(op)` works whether `kernels.attention_decode_paged` names the module or the function.
+# `kernels.attention_decode_paged.flops(op)` works whether `kernels.attention_decode_paged`
+# is the module or the function.
 attention_decode_paged.flops = flops
 attention_decode_paged.bytes_moved = bytes_moved

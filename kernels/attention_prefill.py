@@ -31,15 +31,37 @@ _LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _attend_tiles(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, offs_m, lo, hi, L, qk_scale,
-                  HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASK_CAUSAL: tl.constexpr,
-                  MASK_KEYS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+def _attend_tiles(
+    acc,
+    l_i,
+    m_i,
+    q,
+    k_base,
+    v_base,
+    s_kn,
+    s_vn,
+    offs_m,
+    lo,
+    hi,
+    L,
+    qk_scale,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    MASK_CAUSAL: tl.constexpr,
+    MASK_KEYS: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     offs_d = tl.arange(0, HEAD_DIM)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         if MASK_KEYS:
-            k = tl.load(k_base + offs_n[None, :] * s_kn + offs_d[:, None], mask=offs_n[None, :] < L, other=0.0)
-            v = tl.load(v_base + offs_n[:, None] * s_vn + offs_d[None, :], mask=offs_n[:, None] < L, other=0.0)
+            k = tl.load(
+                k_base + offs_n[None, :] * s_kn + offs_d[:, None], mask=offs_n[None, :] < L, other=0.0
+            )
+            v = tl.load(
+                v_base + offs_n[:, None] * s_vn + offs_d[None, :], mask=offs_n[:, None] < L, other=0.0
+            )
         else:
             k = tl.load(k_base + offs_n[None, :] * s_kn + offs_d[:, None])
             v = tl.load(v_base + offs_n[:, None] * s_vn + offs_d[None, :])
@@ -62,10 +84,34 @@ def _attend_tiles(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, offs_m, lo, hi, 
 
 
 @triton.jit
-def _prefill_kernel(Q, K, V, O, qk_scale, L, Hq, GROUP,
-                    s_qb, s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_ob, s_oh, s_om,
-                    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                    CAUSAL: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+def _prefill_kernel(
+    Q,
+    K,
+    V,
+    Out,
+    qk_scale,
+    L,
+    Hq,
+    GROUP,
+    s_qb,
+    s_qh,
+    s_qm,
+    s_kb,
+    s_kh,
+    s_kn,
+    s_vb,
+    s_vh,
+    s_vn,
+    s_ob,
+    s_oh,
+    s_om,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     # Longest (most key tiles) query blocks first: better balance under causal masking.
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     bh = tl.program_id(1)
@@ -74,8 +120,11 @@ def _prefill_kernel(Q, K, V, O, qk_scale, L, Hq, GROUP,
     hk = h // GROUP
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
-    q = tl.load(Q + b * s_qb + h * s_qh + offs_m[:, None] * s_qm + offs_d[None, :],
-                mask=offs_m[:, None] < L, other=0.0)
+    q = tl.load(
+        Q + b * s_qb + h * s_qh + offs_m[:, None] * s_qm + offs_d[None, :],
+        mask=offs_m[:, None] < L,
+        other=0.0,
+    )
     if UPCAST:
         q = q.to(tl.float32)
     k_base = K + b * s_kb + hk * s_kh
@@ -88,31 +137,111 @@ def _prefill_kernel(Q, K, V, O, qk_scale, L, Hq, GROUP,
         # diagonal are masked; tiles right of the diagonal are skipped.
         unmasked_hi = (pid_m * BLOCK_M) // BLOCK_N * BLOCK_N
         hi = tl.minimum((pid_m + 1) * BLOCK_M, L)
-        acc, l_i, m_i = _attend_tiles(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, offs_m, 0,
-                                      unmasked_hi, L, qk_scale, HEAD_DIM, BLOCK_N, False, False,
-                                      PRECISION, UPCAST)
-        acc, l_i, m_i = _attend_tiles(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, offs_m,
-                                      unmasked_hi, hi, L, qk_scale, HEAD_DIM, BLOCK_N, True, True,
-                                      PRECISION, UPCAST)
+        acc, l_i, m_i = _attend_tiles(
+            acc,
+            l_i,
+            m_i,
+            q,
+            k_base,
+            v_base,
+            s_kn,
+            s_vn,
+            offs_m,
+            0,
+            unmasked_hi,
+            L,
+            qk_scale,
+            HEAD_DIM,
+            BLOCK_N,
+            False,
+            False,
+            PRECISION,
+            UPCAST,
+        )
+        acc, l_i, m_i = _attend_tiles(
+            acc,
+            l_i,
+            m_i,
+            q,
+            k_base,
+            v_base,
+            s_kn,
+            s_vn,
+            offs_m,
+            unmasked_hi,
+            hi,
+            L,
+            qk_scale,
+            HEAD_DIM,
+            BLOCK_N,
+            True,
+            True,
+            PRECISION,
+            UPCAST,
+        )
     else:
         full_hi = L // BLOCK_N * BLOCK_N
-        acc, l_i, m_i = _attend_tiles(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, offs_m, 0,
-                                      full_hi, L, qk_scale, HEAD_DIM, BLOCK_N, False, False,
-                                      PRECISION, UPCAST)
-        acc, l_i, m_i = _attend_tiles(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, offs_m,
-                                      full_hi, L, L, qk_scale, HEAD_DIM, BLOCK_N, False, True,
-                                      PRECISION, UPCAST)
+        acc, l_i, m_i = _attend_tiles(
+            acc,
+            l_i,
+            m_i,
+            q,
+            k_base,
+            v_base,
+            s_kn,
+            s_vn,
+            offs_m,
+            0,
+            full_hi,
+            L,
+            qk_scale,
+            HEAD_DIM,
+            BLOCK_N,
+            False,
+            False,
+            PRECISION,
+            UPCAST,
+        )
+        acc, l_i, m_i = _attend_tiles(
+            acc,
+            l_i,
+            m_i,
+            q,
+            k_base,
+            v_base,
+            s_kn,
+            s_vn,
+            offs_m,
+            full_hi,
+            L,
+            L,
+            qk_scale,
+            HEAD_DIM,
+            BLOCK_N,
+            False,
+            True,
+            PRECISION,
+            UPCAST,
+        )
     out = acc / l_i[:, None]
-    tl.store(O + b * s_ob + h * s_oh + offs_m[:, None] * s_om + offs_d[None, :],
-             out.to(O.dtype.element_ty), mask=offs_m[:, None] < L)
+    tl.store(
+        Out + b * s_ob + h * s_oh + offs_m[:, None] * s_om + offs_d[None, :],
+        out.to(Out.dtype.element_ty),
+        mask=offs_m[:, None] < L,
+    )
 
 
 def _cfg(bm, bn, stages, warps):
     return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_stages=stages, num_warps=warps)
 
 
-_GPU_CONFIGS = [_cfg(128, 64, 3, 8), _cfg(128, 128, 3, 8), _cfg(128, 64, 4, 4), _cfg(64, 64, 4, 4),
-                _cfg(128, 32, 4, 4)]
+_GPU_CONFIGS = [
+    _cfg(128, 64, 3, 8),
+    _cfg(128, 128, 3, 8),
+    _cfg(128, 64, 4, 4),
+    _cfg(64, 64, 4, 4),
+    _cfg(128, 32, 4, 4),
+]
 _INTERPRETER_META = {"BLOCK_M": 32, "BLOCK_N": 16}
 _tuned = triton.autotune(configs=_GPU_CONFIGS, key=["L", "HEAD_DIM", "CAUSAL"])(_prefill_kernel)
 
@@ -134,13 +263,15 @@ def _check(q, k, v, sm_scale) -> None:
         raise KernelInputError(f"v: shape {tuple(v.shape)} differs from k's {tuple(k.shape)}")
     if Hq % k.shape[1]:
         raise KernelInputError(f"k: q heads {Hq} not a multiple of kv heads {k.shape[1]}")
-    if sm_scale is not None and not (isinstance(sm_scale, (int, float)) and math.isfinite(sm_scale)
-                                     and sm_scale > 0):
+    if sm_scale is not None and not (
+        isinstance(sm_scale, (int, float)) and math.isfinite(sm_scale) and sm_scale > 0
+    ):
         raise KernelInputError(f"sm_scale: expected a positive finite number, got {sm_scale!r}")
 
 
-def attention_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
-                      sm_scale: float | None = None) -> torch.Tensor:
+def attention_prefill(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True, sm_scale: float | None = None
+) -> torch.Tensor:
     """Return ``softmax(q k^T * sm_scale [+ causal mask]) v`` for every query head.
 
     Parameters
@@ -170,14 +301,31 @@ def attention_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal:
     o = torch.empty_like(q, memory_format=torch.contiguous_format)
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     interp = interpreting()
-    args = (q, k, v, o, scale, L, Hq, group, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
-            *o.stride()[:3])
-    consts = {"HEAD_DIM": D, "CAUSAL": bool(causal), "PRECISION": precision,
-              "UPCAST": interp and q.dtype == torch.bfloat16}
+    args = (
+        q,
+        k,
+        v,
+        o,
+        scale,
+        L,
+        Hq,
+        group,
+        *q.stride()[:3],
+        *k.stride()[:3],
+        *v.stride()[:3],
+        *o.stride()[:3],
+    )
+    consts = {
+        "HEAD_DIM": D,
+        "CAUSAL": bool(causal),
+        "PRECISION": precision,
+        "UPCAST": interp and q.dtype == torch.bfloat16,
+    }
     if interp:
         grid = (triton.cdiv(L, _INTERPRETER_META["BLOCK_M"]), B * Hq)
         _prefill_kernel[grid](*args, **consts, **_INTERPRETER_META)
     else:
+
         def grid(meta):
             return (triton.cdiv(L, meta["BLOCK_M"]), B * Hq)
 
@@ -195,6 +343,7 @@ def bytes_moved(op: Mapping) -> int:
     return attention_bytes(op)
 
 
-# `kernels.attention_prefill.flops(op)` works whether `kernels.attention_prefill` names the module or the function.
+# `kernels.attention_prefill.flops(op)` works whether `kernels.attention_prefill`
+# is the module or the function.
 attention_prefill.flops = flops
 attention_prefill.bytes_moved = bytes_moved

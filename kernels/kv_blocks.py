@@ -44,8 +44,10 @@ def _block() -> int:
 
 def _check(pages, block_ids, validate: bool, unique: bool) -> None:
     if not isinstance(pages, torch.Tensor) or pages.dim() < 2:
-        raise KernelInputError(f"pages: expected a tensor of at least 2 dimensions, got {type(pages).__name__}"
-                               f"{tuple(pages.shape) if isinstance(pages, torch.Tensor) else ''}")
+        raise KernelInputError(
+            f"pages: expected a tensor of at least 2 dimensions, got {type(pages).__name__}"
+            f"{tuple(pages.shape) if isinstance(pages, torch.Tensor) else ''}"
+        )
     check_tensor("pages", pages, pages.dim(), _DTYPES)
     if not pages.is_contiguous():
         raise KernelInputError("pages: must be contiguous (each block one contiguous row)")
@@ -54,16 +56,27 @@ def _check(pages, block_ids, validate: bool, unique: bool) -> None:
     if validate:
         lo, hi = int(block_ids.min()), int(block_ids.max())
         if lo < 0 or hi >= pages.shape[0]:
-            raise KernelInputError(f"block_ids: values must lie in [0, {pages.shape[0]}), got min {lo}, max {hi}")
+            raise KernelInputError(
+                f"block_ids: values must lie in [0, {pages.shape[0]}), got min {lo}, max {hi}"
+            )
         if unique and torch.unique(block_ids).numel() != block_ids.numel():
             raise KernelInputError("block_ids: repeated block ids (a scatter target must be unique)")
 
 
-def _launch(src: torch.Tensor, dst: torch.Tensor, block_ids: torch.Tensor, row_elems: int, gather: bool) -> None:
+def _launch(
+    src: torch.Tensor, dst: torch.Tensor, block_ids: torch.Tensor, row_elems: int, gather: bool
+) -> None:
     blk = _block()
     grid = (block_ids.shape[0], triton.cdiv(row_elems, blk))
-    _copy_blocks_kernel[grid](src, dst, block_ids, row_elems, GATHER=gather, BLOCK=blk,
-                              **({} if interpreting() else {"num_warps": 8}))
+    _copy_blocks_kernel[grid](
+        src,
+        dst,
+        block_ids,
+        row_elems,
+        GATHER=gather,
+        BLOCK=blk,
+        **({} if interpreting() else {"num_warps": 8}),
+    )
 
 
 def gather_kv_blocks(pages: torch.Tensor, block_ids: torch.Tensor, validate: bool = True) -> torch.Tensor:
@@ -87,8 +100,9 @@ def gather_kv_blocks(pages: torch.Tensor, block_ids: torch.Tensor, validate: boo
     return out
 
 
-def scatter_kv_blocks(pages: torch.Tensor, block_ids: torch.Tensor, src: torch.Tensor,
-                      validate: bool = True) -> torch.Tensor:
+def scatter_kv_blocks(
+    pages: torch.Tensor, block_ids: torch.Tensor, src: torch.Tensor, validate: bool = True
+) -> torch.Tensor:
     """Write ``src[i]`` into ``pages[block_ids[i]]`` in place; return ``pages``.
 
     Parameters
@@ -110,7 +124,9 @@ def scatter_kv_blocks(pages: torch.Tensor, block_ids: torch.Tensor, src: torch.T
     if src.dtype != pages.dtype:
         raise KernelInputError(f"src: dtype {src.dtype} differs from pages' {pages.dtype}")
     if tuple(src.shape) != (block_ids.shape[0], *pages.shape[1:]):
-        raise KernelInputError(f"src: shape {tuple(src.shape)}, expected {(block_ids.shape[0], *pages.shape[1:])}")
+        raise KernelInputError(
+            f"src: shape {tuple(src.shape)}, expected {(block_ids.shape[0], *pages.shape[1:])}"
+        )
     if not src.is_contiguous():
         raise KernelInputError("src: must be contiguous")
     _launch(src, pages, block_ids, pages[0].numel(), gather=False)

@@ -37,9 +37,27 @@ def _tile_ids(tile, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M:
 
 
 @triton.jit
-def _tile_product(a_ptr, b_ptr, c_ptr, M, N, K, s_am, s_ak, s_bk, s_bn, s_cm, s_cn, pid_m, pid_n,
-                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                  PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+def _tile_product(
+    a_ptr,
+    b_ptr,
+    c_ptr,
+    M,
+    N,
+    K,
+    s_am,
+    s_ak,
+    s_bk,
+    s_bn,
+    s_cm,
+    s_cn,
+    pid_m,
+    pid_n,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
@@ -65,41 +83,117 @@ def _tile_product(a_ptr, b_ptr, c_ptr, M, N, K, s_am, s_ak, s_bk, s_bn, s_cm, s_
 
 
 @triton.jit
-def _matmul_kernel(a_ptr, b_ptr, c_ptr, M, N, K, s_am, s_ak, s_bk, s_bn, s_cm, s_cn,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                   GROUP_M: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+def _matmul_kernel(
+    a_ptr,
+    b_ptr,
+    c_ptr,
+    M,
+    N,
+    K,
+    s_am,
+    s_ak,
+    s_bk,
+    s_bn,
+    s_cm,
+    s_cn,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     """One program per output tile."""
     pid_m, pid_n = _tile_ids(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    _tile_product(a_ptr, b_ptr, c_ptr, M, N, K, s_am, s_ak, s_bk, s_bn, s_cm, s_cn, pid_m, pid_n,
-                  BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, UPCAST)
+    _tile_product(
+        a_ptr,
+        b_ptr,
+        c_ptr,
+        M,
+        N,
+        K,
+        s_am,
+        s_ak,
+        s_bk,
+        s_bn,
+        s_cm,
+        s_cn,
+        pid_m,
+        pid_n,
+        BLOCK_M,
+        BLOCK_N,
+        BLOCK_K,
+        PRECISION,
+        UPCAST,
+    )
 
 
 @triton.jit
-def _matmul_persistent_kernel(a_ptr, b_ptr, c_ptr, M, N, K, s_am, s_ak, s_bk, s_bn, s_cm, s_cn,
-                              NUM_PROGRAMS,
-                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                              GROUP_M: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+def _matmul_persistent_kernel(
+    a_ptr,
+    b_ptr,
+    c_ptr,
+    M,
+    N,
+    K,
+    s_am,
+    s_ak,
+    s_bk,
+    s_bn,
+    s_cm,
+    s_cn,
+    NUM_PROGRAMS,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     """At most one program per SM; each walks the output tiles with stride NUM_PROGRAMS."""
     num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
     for tile in range(tl.program_id(0), num_tiles, NUM_PROGRAMS):
         pid_m, pid_n = _tile_ids(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-        _tile_product(a_ptr, b_ptr, c_ptr, M, N, K, s_am, s_ak, s_bk, s_bn, s_cm, s_cn, pid_m, pid_n,
-                      BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, UPCAST)
+        _tile_product(
+            a_ptr,
+            b_ptr,
+            c_ptr,
+            M,
+            N,
+            K,
+            s_am,
+            s_ak,
+            s_bk,
+            s_bn,
+            s_cm,
+            s_cn,
+            pid_m,
+            pid_n,
+            BLOCK_M,
+            BLOCK_N,
+            BLOCK_K,
+            PRECISION,
+            UPCAST,
+        )
 
 
 def _cfg(bm, bn, bk, stages, warps, group=8):
-    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group},
-                         num_stages=stages, num_warps=warps)
+    return triton.Config(
+        {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group}, num_stages=stages, num_warps=warps
+    )
 
 
 _GPU_CONFIGS = [
-    _cfg(128, 256, 64, 3, 8), _cfg(256, 128, 64, 3, 8), _cfg(128, 128, 64, 4, 4),
-    _cfg(128, 128, 64, 4, 8), _cfg(128, 64, 64, 4, 4), _cfg(64, 128, 64, 4, 4),
-    _cfg(128, 256, 128, 3, 8), _cfg(128, 128, 128, 3, 4),
+    _cfg(128, 256, 64, 3, 8),
+    _cfg(256, 128, 64, 3, 8),
+    _cfg(128, 128, 64, 4, 4),
+    _cfg(128, 128, 64, 4, 8),
+    _cfg(128, 64, 64, 4, 4),
+    _cfg(64, 128, 64, 4, 4),
+    _cfg(128, 256, 128, 3, 8),
+    _cfg(128, 128, 128, 3, 4),
 ]
-_GPU_SMALL_M_CONFIGS = [
-    _cfg(bm, bn, bk, 4, 4) for bm in (16, 32, 64) for bn in (64, 128) for bk in (64, 128)
-]
+_GPU_SMALL_M_CONFIGS = [_cfg(bm, bn, bk, 4, 4) for bm in (16, 32, 64) for bn in (64, 128) for bk in (64, 128)]
 _INTERPRETER_META = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 2}
 
 _tuned = triton.autotune(configs=_GPU_CONFIGS, key=["M", "N", "K"])(_matmul_kernel)
@@ -159,8 +253,9 @@ def matmul(a: torch.Tensor, b: torch.Tensor, *, persistent: bool | None = None) 
     if persistent:
         programs = num_sms(a.device)
         if interp:
-            _matmul_persistent_kernel[(programs,)](*args, programs, PRECISION=precision, UPCAST=upcast,
-                                                   **_INTERPRETER_META)
+            _matmul_persistent_kernel[(programs,)](
+                *args, programs, PRECISION=precision, UPCAST=upcast, **_INTERPRETER_META
+            )
         else:
             _tuned_persistent[(programs,)](*args, programs, PRECISION=precision, UPCAST=upcast)
         return c
@@ -168,6 +263,7 @@ def matmul(a: torch.Tensor, b: torch.Tensor, *, persistent: bool | None = None) 
         grid = (triton.cdiv(M, 16) * triton.cdiv(N, 16),)
         _matmul_kernel[grid](*args, PRECISION=precision, UPCAST=upcast, **_INTERPRETER_META)
     else:
+
         def grid(meta):
             return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
 
@@ -185,6 +281,7 @@ def bytes_moved(op: Mapping) -> int:
     return gemm_bytes(op)
 
 
-# `kernels.matmul.flops(op)` works whether `kernels.matmul` names the module or the function.
+# `kernels.matmul.flops(op)` works whether `kernels.matmul`
+# is the module or the function.
 matmul.flops = flops
 matmul.bytes_moved = bytes_moved

@@ -30,8 +30,9 @@ def _expand_kv(t: torch.Tensor, q_heads: int) -> torch.Tensor:
     return t.repeat_interleave(q_heads // t.shape[1], dim=1)
 
 
-def attention_prefill_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
-                          sm_scale: float | None = None) -> torch.Tensor:
+def attention_prefill_ref(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True, sm_scale: float | None = None
+) -> torch.Tensor:
     """Attention in float64: ``q [B,Hq,Lq,D]``, ``k, v [B,Hkv,Lk,D]`` -> ``[B,Hq,Lq,D]``.
 
     The causal mask is aligned to the bottom-right corner (query ``i`` sees keys up to
@@ -50,16 +51,26 @@ def attention_prefill_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cau
     return torch.softmax(s, dim=-1) @ vv
 
 
-def attention_decode_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                         kv_lens: torch.Tensor, sm_scale: float | None = None) -> torch.Tensor:
+def attention_decode_ref(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    kv_lens: torch.Tensor,
+    sm_scale: float | None = None,
+) -> torch.Tensor:
     """One-token attention in float64: ``q [B,Hq,D]``, caches ``[B,Hkv,Lmax,D]``, ``kv_lens [B]``.
 
     Sequence ``b`` attends to its first ``kv_lens[b]`` cache positions. Returns ``[B,Hq,D]``.
     """
     out = torch.empty(q.shape, dtype=torch.float64, device=q.device)
     for b, n in enumerate(kv_lens.tolist()):
-        o = attention_prefill_ref(q[b : b + 1, :, None, :], k_cache[b : b + 1, :, :n],
-                                  v_cache[b : b + 1, :, :n], causal=False, sm_scale=sm_scale)
+        o = attention_prefill_ref(
+            q[b : b + 1, :, None, :],
+            k_cache[b : b + 1, :, :n],
+            v_cache[b : b + 1, :, :n],
+            causal=False,
+            sm_scale=sm_scale,
+        )
         out[b] = o[0, :, 0]
     return out
 
@@ -73,9 +84,14 @@ def paged_to_contiguous(pages: torch.Tensor, block_table: torch.Tensor, max_len:
     return g[:, :, :max_len]
 
 
-def attention_decode_paged_ref(q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tensor,
-                               block_table: torch.Tensor, kv_lens: torch.Tensor,
-                               sm_scale: float | None = None) -> torch.Tensor:
+def attention_decode_paged_ref(
+    q: torch.Tensor,
+    k_pages: torch.Tensor,
+    v_pages: torch.Tensor,
+    block_table: torch.Tensor,
+    kv_lens: torch.Tensor,
+    sm_scale: float | None = None,
+) -> torch.Tensor:
     """Paged one-token attention in float64 (pages gathered, then :func:`attention_decode_ref`)."""
     lmax = int(kv_lens.max())
     k = paged_to_contiguous(k_pages, block_table, lmax)

@@ -26,8 +26,10 @@ def _kernels_are_interpreted():
     from triton.runtime.interpreter import InterpretedFunction
 
     if not isinstance(sys.modules["kernels.matmul"]._matmul_kernel, InterpretedFunction):
-        pytest.fail("kernels was imported before TRITON_INTERPRET=1 was set; run tests/kernels alone or set "
-                    "TRITON_INTERPRET=1 in the environment")
+        pytest.fail(
+            "kernels was imported before TRITON_INTERPRET=1 was set; run tests/kernels alone or set "
+            "TRITON_INTERPRET=1 in the environment"
+        )
 
 
 @pytest.fixture
@@ -81,7 +83,9 @@ def check():
 
     def _check(out, ref, dtype, seed, what=""):
         err = rel_err(out, ref)
-        assert err < TOLERANCE[dtype], f"{what} rel err {err:.3e} >= {TOLERANCE[dtype]} (dtype {dtype}, seed {seed})"
+        assert err < TOLERANCE[dtype], (
+            f"{what} rel err {err:.3e} >= {TOLERANCE[dtype]} (dtype {dtype}, seed {seed})"
+        )
         return err
 
     return _check

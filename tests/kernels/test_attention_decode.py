@@ -82,8 +82,18 @@ def test_bad_input_names_the_argument(args, kw, name):
 
 
 def test_counts_read_cache_once():
-    op = {"op": "attention", "phase": "decode", "batch": 3, "q_len": 1, "kv_len": 1000, "q_heads": 32,
-          "kv_heads": 8, "head_dim": 128, "causal": True, "dtype": "fp16"}
+    op = {
+        "op": "attention",
+        "phase": "decode",
+        "batch": 3,
+        "q_len": 1,
+        "kv_len": 1000,
+        "q_heads": 32,
+        "kv_heads": 8,
+        "head_dim": 128,
+        "causal": True,
+        "dtype": "fp16",
+    }
     assert kernels.attention_decode.flops(op) == 4 * 3 * 32 * 128 * 1000
     kv_bytes = 2 * 3 * 8 * 1000 * 128 * 2
     assert kernels.attention_decode.bytes_moved(op) == kv_bytes + 2 * 3 * 32 * 128 * 2

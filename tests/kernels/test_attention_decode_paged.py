@@ -16,8 +16,10 @@ def _paged(b, hq, hkv, d, page, lens, dtype, spare=3):
 
 
 @pytest.mark.parametrize("schedule", ["split_kv", "stream_k"])
-@pytest.mark.parametrize("page,hq,hkv,lens", [(16, 8, 2, [1, 40, 23]), (5, 7, 1, [33, 1]),
-                                              (1, 4, 4, [6, 2, 9]), (64, 4, 1, [70, 64])])
+@pytest.mark.parametrize(
+    "page,hq,hkv,lens",
+    [(16, 8, 2, [1, 40, 23]), (5, 7, 1, [33, 1]), (1, 4, 4, [6, 2, 9]), (64, 4, 1, [70, 64])],
+)
 def test_matches_reference(page, hq, hkv, lens, schedule, seed, check, poisoned):
     q, kp, vp, table, kv_lens = _paged(len(lens), hq, hkv, 64, page, lens, torch.float16)
     with poisoned():
@@ -29,8 +31,9 @@ def test_paged_reference_is_the_contiguous_one(seed):
     q, kp, vp, table, kv_lens = _paged(2, 4, 2, 64, 8, [17, 30], torch.float64)
     k = paged_to_contiguous(kp, table, 30)
     v = paged_to_contiguous(vp, table, 30)
-    torch.testing.assert_close(attention_decode_paged_ref(q, kp, vp, table, kv_lens),
-                               attention_decode_ref(q, k, v, kv_lens))
+    torch.testing.assert_close(
+        attention_decode_paged_ref(q, kp, vp, table, kv_lens), attention_decode_ref(q, k, v, kv_lens)
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])

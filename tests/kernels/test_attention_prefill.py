@@ -7,8 +7,14 @@ import kernels
 from kernels.reference import attention_prefill_ref
 
 # (B, Hq, Hkv, L, D): length 1, odd lengths, GQA ratios 1, 2, 4, 7, both head dims
-SHAPES = [(1, 1, 1, 1, 64), (2, 4, 2, 37, 64), (1, 7, 1, 19, 64), (1, 4, 4, 33, 128), (1, 8, 2, 64, 64),
-          (2, 4, 1, 50, 64)]
+SHAPES = [
+    (1, 1, 1, 1, 64),
+    (2, 4, 2, 37, 64),
+    (1, 7, 1, 19, 64),
+    (1, 4, 4, 33, 128),
+    (1, 8, 2, 64, 64),
+    (2, 4, 1, 50, 64),
+]
 
 
 def _inputs(b, hq, hkv, length, d, dtype):
@@ -72,8 +78,18 @@ def test_bad_input_names_the_argument(args, kw, name):
 
 
 def test_counts_causal_half():
-    op = {"op": "attention", "phase": "prefill", "batch": 2, "q_len": 9, "kv_len": 9, "q_heads": 4,
-          "kv_heads": 2, "head_dim": 64, "causal": True, "dtype": "bf16"}
+    op = {
+        "op": "attention",
+        "phase": "prefill",
+        "batch": 2,
+        "q_len": 9,
+        "kv_len": 9,
+        "q_heads": 4,
+        "kv_heads": 2,
+        "head_dim": 64,
+        "causal": True,
+        "dtype": "bf16",
+    }
     mask_pairs = int(torch.tril(torch.ones(9, 9)).sum())
     assert mask_pairs == 9 * 10 // 2
     assert kernels.attention_prefill.flops(op) == 4 * 2 * 4 * 64 * mask_pairs

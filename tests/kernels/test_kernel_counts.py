@@ -11,8 +11,18 @@ from kernels.attention_prefill import flops as prefill_flops
 
 
 def _attn(**kw):
-    op = {"op": "attention", "phase": "prefill", "batch": 1, "q_len": 8, "kv_len": 8, "q_heads": 4,
-          "kv_heads": 2, "head_dim": 64, "causal": True, "dtype": "bf16"}
+    op = {
+        "op": "attention",
+        "phase": "prefill",
+        "batch": 1,
+        "q_len": 8,
+        "kv_len": 8,
+        "q_heads": 4,
+        "kv_heads": 2,
+        "head_dim": 64,
+        "causal": True,
+        "dtype": "bf16",
+    }
     op.update(kw)
     return op
 
@@ -28,8 +38,13 @@ def test_visible_keys_equals_mask_count(lq, extra, causal):
 
 
 @settings(max_examples=30, deadline=None)
-@given(b=st.integers(1, 8), length=st.integers(1, 5000), hkv=st.integers(1, 8), g=st.integers(1, 8),
-       d=st.sampled_from([64, 128]))
+@given(
+    b=st.integers(1, 8),
+    length=st.integers(1, 5000),
+    hkv=st.integers(1, 8),
+    g=st.integers(1, 8),
+    d=st.sampled_from([64, 128]),
+)
 def test_causal_prefill_is_the_unmasked_half(b, length, hkv, g, d):
     op = _attn(batch=b, q_len=length, kv_len=length, q_heads=hkv * g, kv_heads=hkv, head_dim=d)
     assert prefill_flops(op) == 4 * b * hkv * g * d * length * (length + 1) // 2
@@ -37,8 +52,9 @@ def test_causal_prefill_is_the_unmasked_half(b, length, hkv, g, d):
 
 
 def test_decode_bytes_read_cache_once():
-    op = _attn(phase="decode", batch=2, q_len=1, kv_len=4096, q_heads=32, kv_heads=8, head_dim=128,
-               dtype="fp8")
+    op = _attn(
+        phase="decode", batch=2, q_len=1, kv_len=4096, q_heads=32, kv_heads=8, head_dim=128, dtype="fp8"
+    )
     assert decode_bytes(op) == 2 * 2 * 8 * 4096 * 128 + 2 * 2 * 32 * 128
 
 

@@ -69,4 +69,6 @@ def test_counts():
     op = {"op": "gemm", "m": 3, "n": 5, "k": 7, "dtype": "bf16"}
     assert kernels.matmul.flops(op) == 2 * 3 * 5 * 7
     assert kernels.matmul.bytes_moved(op) == 2 * (3 * 7 + 7 * 5 + 3 * 5)
-    assert kernels.matmul.bytes_moved({**op, "dtype": "fp8", "out_dtype": "bf16"}) == 3 * 7 + 7 * 5 + 2 * 3 * 5
+    assert (
+        kernels.matmul.bytes_moved({**op, "dtype": "fp8", "out_dtype": "bf16"}) == 3 * 7 + 7 * 5 + 2 * 3 * 5
+    )
