@@ -1,4 +1,4 @@
-"""Shared helpers of the kernel wrappers: input checks, dtype tables, device facts.
+"""Shared utilities of the kernel wrappers: input checks, dtype tables, device facts.
 
 Nothing here launches a kernel. Every check raises :class:`KernelInputError`
 (a ``ValueError``) whose message starts with the name of the offending argument.
