@@ -46,6 +46,11 @@ PROFILE_DIR = DATA_DIR / "profiles"
 SCHEMA_VERSION = 1
 
 
+# split_rule values: no split, the flash-attention heuristic, fill 2 x SMs programs
+SPLIT_NONE, SPLIT_FLASH, SPLIT_FILL = 0, 1, 2
+SPLIT_RULES = frozenset({SPLIT_NONE, SPLIT_FLASH, SPLIT_FILL})
+
+
 class Mode(str, enum.Enum):
     PEAK = "peak"
     CALIBRATED = "calibrated"
@@ -101,6 +106,19 @@ class ClassParams:
     ramp_flops : float, FLOPs at which half of ``compute_eff`` is reached (0: none)
     ramp_bytes : float, bytes at which half of ``memory_eff`` is reached (0: none)
     bandwidth_bytes_per_s : float, overrides the datasheet bandwidth of the path (0: datasheet)
+    units_per_sm : float, work units (thread blocks: attention programs, norm rows) resident per SM
+        at once (0: no occupancy term).  The units run in waves of ``units_per_sm * SMs``; each
+        takes ``unit_overhead_s + unit_bytes / unit_bytes_per_s``, and the memory time is at
+        least the waves times that (Little's law: few units in flight cannot fill HBM).
+    unit_overhead_s : float, fixed seconds of one work unit (prologue, reduction, epilogue)
+    unit_bytes_per_s : float, streaming rate of one work unit (0: no per-unit byte term)
+    split_rule : int, how an attention kernel splits the KV axis over programs (0: no split;
+        1: the flash-attention heuristic over ``2 * SMs`` slots; 2: enough splits to fill
+        ``2 * SMs`` programs)
+    split_latency_s : float, seconds added when the KV axis is split (the combine kernel)
+    split_memory_eff : float, memory efficiency of the split-KV path (0: ``memory_eff``)
+    knee_bytes : float, size above which ``tail_memory_eff`` applies to the extra bytes (0: none)
+    tail_memory_eff : float, memory efficiency of the bytes beyond ``knee_bytes`` (0: ``memory_eff``)
     """
 
     compute_eff: float = 1.0
@@ -115,14 +133,29 @@ class ClassParams:
     ramp_flops: float = 0.0
     ramp_bytes: float = 0.0
     bandwidth_bytes_per_s: float = 0.0
+    units_per_sm: float = 0.0
+    unit_overhead_s: float = 0.0
+    unit_bytes_per_s: float = 0.0
+    split_rule: int = 0
+    split_latency_s: float = 0.0
+    split_memory_eff: float = 0.0
+    knee_bytes: float = 0.0
+    tail_memory_eff: float = 0.0
 
     def validate(self, where: str) -> None:
         for name in ("compute_eff", "memory_eff"):
             v = getattr(self, name)
             if not (0 < v <= 1.5) or not math.isfinite(v):
                 raise ProfileError(f"{where}: {name} must be in (0, 1.5], got {v}")
+        for name in ("split_memory_eff", "tail_memory_eff"):
+            v = getattr(self, name)
+            if not (0 <= v <= 1.5) or not math.isfinite(v):
+                raise ProfileError(f"{where}: {name} must be in [0, 1.5] (0: memory_eff), got {v}")
+        if self.split_rule not in SPLIT_RULES:
+            raise ProfileError(f"{where}: split_rule must be one of {sorted(SPLIT_RULES)}, got {self.split_rule}")
         for name in ("latency_s", "ramp_flops", "ramp_bytes", "bandwidth_bytes_per_s", "tile_m", "tile_n",
-                     "tile_m_min", "tile_overhead_s"):
+                     "tile_m_min", "tile_overhead_s", "units_per_sm", "unit_overhead_s", "unit_bytes_per_s",
+                     "split_latency_s", "knee_bytes"):
             v = getattr(self, name)
             if not math.isfinite(v) or v < 0:
                 raise ProfileError(f"{where}: {name} must be finite and >= 0, got {v}")
@@ -132,7 +165,7 @@ class ClassParams:
                 raise ProfileError(f"{where}: {name} must be in [0, 1], got {v}")
 
 
-_INT_FIELDS = ("tile_m", "tile_n", "tile_m_min")
+_INT_FIELDS = ("tile_m", "tile_n", "tile_m_min", "split_rule")
 
 PEAK_PARAMS = ClassParams()
 

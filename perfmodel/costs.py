@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from hw.spec import GPU, Dtype
-from perfmodel.calibration import ClassParams, OpClass, Profile, ramp
+from perfmodel.calibration import SPLIT_FILL, SPLIT_FLASH, ClassParams, OpClass, Profile, ramp
 from perfmodel.ops import (
     Attention,
     Collective,
@@ -114,14 +114,84 @@ ZERO = OpCost()
 
 
 def _roofline(fl, by, peak_flops_per_s, bw_bytes_per_s, p: ClassParams, bound: Bound, fl_eff=None,
-              extra_compute_s=0.0) -> OpCost:
+              extra_compute_s=0.0, memory_floor_s=0.0, extra_latency_s=0.0, memory_eff=None) -> OpCost:
+    """Roofline of one op under ``p``.
+
+    ``memory_floor_s``: the least memory time the kernel's occupancy allows (see :func:`unit_waves_s`);
+    ``memory_eff`` overrides ``p.memory_eff`` (an array where the kernel path depends on the shape).
+    Bytes beyond ``p.knee_bytes`` stream at ``p.tail_memory_eff`` (host copies that outgrow a cache).
+    """
     fl_eff = fl if fl_eff is None else fl_eff
     c = np.divide(fl_eff, peak_flops_per_s * p.compute_eff * ramp(fl_eff, p.ramp_flops)) + extra_compute_s
     bw = p.bandwidth_bytes_per_s or bw_bytes_per_s
-    m = np.divide(by, bw * p.memory_eff * ramp(by, p.ramp_bytes))
+    eff = p.memory_eff if memory_eff is None else memory_eff
+    if p.knee_bytes > 0:
+        head = np.minimum(by, p.knee_bytes)
+        tail = np.maximum(np.asarray(by, dtype=np.float64) - p.knee_bytes, 0.0)
+        m = np.divide(head, bw * eff * ramp(by, p.ramp_bytes)) + tail / (bw * (p.tail_memory_eff or eff))
+    else:
+        m = np.divide(by, bw * eff * ramp(by, p.ramp_bytes))
+    if np.any(memory_floor_s):
+        m = np.maximum(m, memory_floor_s)
     ov = np.minimum(c, m) * p.overlap
-    c, m, ov = (x if np.ndim(x) else float(x) for x in (c, m, ov))
-    return OpCost(compute_s=c, memory_s=m, latency_s=p.latency_s, overlap_s=ov, flops=fl, bytes=by, memory_bound=bound)
+    lat = p.latency_s + extra_latency_s
+    c, m, ov, lat = (x if np.ndim(x) else float(x) for x in (c, m, ov, lat))
+    return OpCost(compute_s=c, memory_s=m, latency_s=lat, overlap_s=ov, flops=fl, bytes=by, memory_bound=bound)
+
+
+def unit_waves_s(units, by, sm_count: int, p: ClassParams):
+    """Occupancy floor of the memory time: ``units`` thread blocks streaming ``by`` bytes in all.
+
+    ``p.units_per_sm * sm_count`` blocks run at once; each takes ``unit_overhead_s +
+    (by / units) / unit_bytes_per_s``; the partial last wave costs ``wave_quant`` of a full one.
+    Few blocks cannot keep enough bytes in flight to reach the HBM bandwidth (Little's law), so
+    the memory time is at least this.  0 when ``units_per_sm`` is 0 (peak mode).
+    """
+    if p.units_per_sm <= 0:
+        return 0.0
+    u = np.maximum(np.asarray(units, dtype=np.float64), 1.0)
+    exact = u / (p.units_per_sm * sm_count)
+    waves = exact + p.wave_quant * (np.ceil(exact) - exact)
+    unit_s = p.unit_overhead_s + (np.asarray(by, dtype=np.float64) / u / p.unit_bytes_per_s
+                                  if p.unit_bytes_per_s > 0 else 0.0)
+    return waves * unit_s
+
+
+def flash_splits(units, n_blocks, slots: int, max_splits: int = 128):
+    """KV splits the flash-attention (v2) forward picks, vectorised.
+
+    Flash-attention splits the KV axis only when the ``units`` (batch x heads x 64-row query
+    blocks) fill under 80% of ``slots`` (2 x SMs: two 128-thread blocks per SM).  Among split
+    counts up to ``min(max_splits, slots, n_blocks)`` that change the blocks per split, it takes
+    the smallest whose wave efficiency ``w / ceil(w)`` (``w = units * splits / slots``) is within
+    85% of the best (Dao et al., flash-attention ``num_splits_heuristic``).
+
+    Evaluated once per distinct (units, n_blocks) pair, so a million-point sweep stays cheap.
+    """
+    u, n = np.broadcast_arrays(np.asarray(units, dtype=np.float64), np.asarray(n_blocks, dtype=np.float64))
+    out = np.ones(u.shape)
+    need = u < 0.8 * slots
+    if not np.any(need):
+        return out if out.ndim else float(out)
+    key = np.round(u[need]) * 1e9 + np.round(n[need])
+    uniq, inv = np.unique(key, return_inverse=True)
+    uu = np.floor(uniq / 1e9)
+    nn = uniq - uu * 1e9
+    s = np.arange(1, max_splits + 1, dtype=np.float64)[None, :]
+    allowed = s <= np.minimum(min(max_splits, slots), nn)[:, None]
+    changes = (s == 1) | (np.ceil(nn[:, None] / s) != np.ceil(nn[:, None] / np.maximum(s - 1, 1)))
+    w = uu[:, None] * s / slots
+    eff = np.where(allowed & changes, w / np.ceil(w), 0.0)
+    ok = (eff >= 0.85 * eff.max(axis=1, keepdims=True)) & (eff > 0)
+    choice = np.where(ok.any(axis=1), np.argmax(ok, axis=1) + 1.0, 1.0)
+    out[need] = choice[np.ravel(inv)]
+    return out if out.ndim else float(out)
+
+
+def _flash_block_n(head_dim):
+    """KV block of the flash split-KV kernel (256 keys up to head_dim 64, 128 up to 128, else 64)."""
+    d = np.asarray(head_dim, dtype=np.float64)
+    return np.where(d <= 64, 256.0, np.where(d <= 128, 128.0, 64.0))
 
 
 def _waves(work_units, sm_count: int, p: ClassParams):
@@ -162,26 +232,44 @@ def _attention_cost(op: Attention, gpu: GPU, prof: Profile) -> OpCost:
     p = prof.params(cls)
     math_dtype = op.dtype if op.dtype not in (Dtype.INT8, Dtype.INT4) else Dtype.BF16
     fl = flops(op)
+    by = bytes_moved(op)
+    q = np.asarray(op.q_len, dtype=np.float64)
+    if op.phase is Phase.PREFILL:
+        # one program per block of queries of one head
+        rows, heads = q, np.asarray(op.q_heads, dtype=np.float64)
+    else:
+        # decode kernels pack a KV head's query group (and its new tokens) into one tile of rows
+        rows, heads = q * op.q_heads / op.kv_heads, np.asarray(op.kv_heads, dtype=np.float64)
     fl_eff, extra = None, 0.0
     if p.tile_m > 0:
-        q = np.asarray(op.q_len, dtype=np.float64)
-        if op.phase is Phase.PREFILL:
-            # one program per block of tile_m queries of one head, in waves over the SMs
-            rows, heads = q, np.asarray(op.q_heads, dtype=np.float64)
-        else:
-            # decode kernels pack a KV head's query group (and its new tokens) into one tile of
-            # rows, padded to tile_m; the KV length is split over programs, so no wave penalty
-            rows, heads = q * op.q_heads / op.kv_heads, np.asarray(op.kv_heads, dtype=np.float64)
         tiles_per_head = np.ceil(rows / p.tile_m)
         pad = tiles_per_head * p.tile_m / rows
         blocks = np.asarray(op.batch, dtype=np.float64) * heads * tiles_per_head
         factor, whole = _waves(blocks, gpu.sm_count, p)
         if op.phase is not Phase.PREFILL:
-            factor = 1.0
+            factor = 1.0  # the KV length is split over programs: no wave penalty on the math
         fl_eff = np.asarray(fl, dtype=np.float64) * pad * factor
         extra = whole * p.tile_overhead_s
-    return _roofline(fl, bytes_moved(op), gpu.flops_for(math_dtype), gpu.hbm_bytes_per_s, p, Bound.HBM_BANDWIDTH,
-                     fl_eff, extra)
+    floor, split_lat, eff = 0.0, 0.0, None
+    if p.split_rule or p.units_per_sm > 0:
+        # programs: (sequence, head, 64-row query block) units, times the KV splits
+        units = np.asarray(op.batch, dtype=np.float64) * heads * np.ceil(rows / 64.0)
+        n_blocks = np.ceil(np.asarray(op.kv_len, dtype=np.float64) / _flash_block_n(op.head_dim))
+        slots = 2 * gpu.sm_count
+        if p.split_rule == SPLIT_FLASH:
+            splits = flash_splits(units, n_blocks, slots)
+        elif p.split_rule == SPLIT_FILL:
+            splits = np.minimum(np.maximum(np.ceil(slots / units), 1.0), np.maximum(n_blocks, 1.0))
+        else:
+            splits = np.ones_like(units)
+        split = np.asarray(splits) > 1
+        if p.split_latency_s > 0:
+            split_lat = np.where(split, p.split_latency_s, 0.0)
+        if p.split_memory_eff > 0:
+            eff = np.where(split, p.split_memory_eff, p.memory_eff)
+        floor = unit_waves_s(units * splits, by, gpu.sm_count, p)
+    return _roofline(fl, by, gpu.flops_for(math_dtype), gpu.hbm_bytes_per_s, p, Bound.HBM_BANDWIDTH,
+                     fl_eff, extra, floor, split_lat, eff)
 
 
 _MEMCPY_CLASS = {
@@ -209,10 +297,41 @@ def _memcpy_cost(op: Memcpy, gpu: GPU, prof: Profile) -> OpCost:
     return _roofline(0.0, bytes_moved(op), 1.0, gpu.pcie_bytes_per_s_per_direction, prof.params(cls), Bound.PCIE)
 
 
+def elementwise_rows(op: Elementwise):
+    """Rows of a row-wise elementwise kernel (a norm), or None when the descriptor does not say.
+
+    An explicit ``rows`` attribute wins.  An ``rmsnorm`` descriptor (``bytes = (2 rows + 1) *
+    hidden * a``, ``flops = 4 rows * hidden``) determines its rows for the one activation width
+    ``a`` in {4, 2, 1} bytes that gives a whole row of at least one element and at least one row.
+    """
+    rows = getattr(op, "rows", None)
+    if rows is not None:
+        return rows
+    if op.name != "rmsnorm" or not np.any(op.flops):
+        return None
+    by = np.asarray(op.bytes, dtype=np.float64)
+    fl = np.asarray(op.flops, dtype=np.float64)
+    out = np.full(np.broadcast(by, fl).shape, np.nan)
+    for a in (4.0, 2.0, 1.0):
+        hidden = by / a - fl / 2.0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = np.where(hidden >= 1.0, fl / (4.0 * hidden), 0.0)
+        out = np.where(np.isnan(out) & (t >= 0.999), np.round(t), out)
+    return out
+
+
 def _elementwise_cost(op: Elementwise, gpu: GPU, prof: Profile) -> OpCost:
+    p = prof.elementwise_params(op.name)
+    floor = 0.0
+    if p.units_per_sm > 0:
+        rows = elementwise_rows(op)
+        if rows is not None:
+            rows = np.asarray(rows, dtype=np.float64)
+            known = np.isfinite(rows) & (rows >= 1)
+            floor = np.where(known, unit_waves_s(np.where(known, rows, 1.0), op.bytes, gpu.sm_count, p), 0.0)
     return _roofline(
-        flops(op), bytes_moved(op), gpu.flops_for(Dtype.FP32), gpu.hbm_bytes_per_s,
-        prof.elementwise_params(op.name), Bound.HBM_BANDWIDTH,
+        flops(op), bytes_moved(op), gpu.flops_for(Dtype.FP32), gpu.hbm_bytes_per_s, p, Bound.HBM_BANDWIDTH,
+        memory_floor_s=floor,
     )
 
 

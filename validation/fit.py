@@ -27,7 +27,17 @@ from scipy.optimize import least_squares
 
 from hw.loader import load_gpu
 from hw.spec import GPU
-from perfmodel.calibration import ClassParams, Mode, OpClass, Profile, params_to_dict, profile_from_dict
+from perfmodel.calibration import (
+    SPLIT_FILL,
+    SPLIT_FLASH,
+    SPLIT_NONE,
+    ClassParams,
+    Mode,
+    OpClass,
+    Profile,
+    params_to_dict,
+    profile_from_dict,
+)
 from perfmodel.costs import op_cost
 from perfmodel.errors import ProfileError
 from perfmodel.ops import Attention, Elementwise, Gemm, Memcpy, Op, op_from_dict
@@ -66,21 +76,48 @@ _OVERLAP = Param("overlap", 0.0, 1.0, 0.8)
 _COMPUTE_SPEC = (_EFF("compute_eff", 0.75), _EFF("memory_eff", 0.8), _LAT, _TILE_OH, _WAVE, _OVERLAP, _RAMP_B)
 _MEMORY_SPEC = (_EFF("memory_eff", 0.8), _LAT)
 
+# occupancy (work units in flight), split-KV and host-cache terms (``docs/calibration.md``)
+_UNIT_OH = Param("unit_overhead_s", 0.0, 50.0, 2.0, factor=1e-6)
+_UNIT_BW = Param("unit_bytes_per_s", 8.0, 12.0, 10.0, log10=True)
+_SPLIT_LAT = Param("split_latency_s", 0.0, 50.0, 2.0, factor=1e-6)
+_SPLIT_EFF = _EFF("split_memory_eff", 0.9)
+_KNEE = Param("knee_bytes", 4.0, 9.5, 7.0, log10=True)
+_TAIL_EFF = Param("tail_memory_eff", 0.02, 1.5, 0.2)
+_PAGEABLE_SPEC = (_EFF("memory_eff", 0.3), _LAT, _KNEE, _TAIL_EFF)
+_ROW_SPEC = (_EFF("memory_eff", 0.8), Param("latency_s", 0.0, 200.0, 1.0, factor=1e-6), _UNIT_OH, _UNIT_BW, _WAVE)
+
 # discrete choices per class: dicts of fixed fields
 _GEMM_TILES = tuple({"tile_m": tm, "tile_n": tn, "tile_m_min": mn}
                     for tm, tn, mn in itertools.product((64, 128, 256), (64, 128, 256), (16, 64)) if tm * tn <= 32768)
 _ATTN_TILES = tuple({"tile_m": tm} for tm in (0, 64, 128))
+_DECODE_TILES = ({}, {"tile_m": 16}, {"tile_m": 64}, {"tile_m": 128})
+# how each attention implementation splits the KV axis (``ClassParams.split_rule``): PyTorch SDPA
+# runs flash-attention (its heuristic); our Triton decode kernels fill 2 x SMs programs; our
+# Triton prefill kernel does not split.
+_SPLIT_OF_IMPL = {"": SPLIT_FLASH, "[split_kv]": SPLIT_FILL, "[stream_k]": SPLIT_FILL, "[triton]": SPLIT_NONE}
+_UNITS_PER_SM = (1.0, 2.0, 4.0)
+
+
+def _choices(tiles, rule: int):
+    return tuple({**t, "split_rule": rule, "units_per_sm": u} for t in tiles for u in _UNITS_PER_SM)
 
 
 def _spec(key: str):
     """(continuous params, discrete choices) of a report row."""
     base = key.split("[")[0]
+    impl = key[len(base):]
+    rule = _SPLIT_OF_IMPL.get(impl, SPLIT_NONE)
+    occupancy = (_UNIT_OH, _UNIT_BW) + ((_SPLIT_LAT, _SPLIT_EFF) if rule != SPLIT_NONE else ())
     if base == "gemm":
         return _COMPUTE_SPEC, _GEMM_TILES
     if base == "attention_prefill":
-        return _COMPUTE_SPEC, _ATTN_TILES
+        return _COMPUTE_SPEC + occupancy, _choices(_ATTN_TILES, rule)
     if base == "attention_decode":  # rows of a KV head's query group, padded to the kernel's tile
-        return _COMPUTE_SPEC, ({}, {"tile_m": 16}, {"tile_m": 64}, {"tile_m": 128})
+        return _COMPUTE_SPEC + occupancy, _choices(_DECODE_TILES, rule)
+    if base == "elementwise:rmsnorm":  # one block per row: the row count sets the occupancy
+        return _ROW_SPEC, tuple({"units_per_sm": u} for u in (1.0, 2.0, 4.0, 8.0, 16.0))
+    if base in ("memcpy_h2d_pageable", "memcpy_d2h_pageable"):  # staged through host caches
+        return _PAGEABLE_SPEC, ({},)
     return _MEMORY_SPEC, ({},)
 
 
@@ -153,8 +190,10 @@ def fit_class(key: str, ops: list[Op], measured: np.ndarray, gpu: GPU) -> tuple[
     lo = np.array([s.lo for s in spec])
     hi = np.array([s.hi for s in spec])
     starts = [np.array([s.init for s in spec])]
-    if len(spec) > 3:
-        starts.append(np.clip(np.array([0.5, 0.6, 5.0, 0.5, 0.8, 1.0, 6.0])[:len(spec)], lo, hi))
+    if spec == _COMPUTE_SPEC:  # a second start for the plain compute curves
+        alt = np.array([s.init for s in spec])
+        alt[:len(_COMPUTE_SPEC)] = [0.5, 0.6, 5.0, 0.5, 0.8, 1.0, 6.0]
+        starts.append(np.clip(alt, lo, hi))
     for fixed in choices:
         for x0 in starts:
             def resid(x):

@@ -65,6 +65,10 @@ def test_profile_for_another_gpu_is_refused(tmp_path):
         ({"gemm": {"bogus": 1}}, "unknown field"),
         ({"warp_drive": {}}, "unknown op class"),
         ({"gemm": 3}, "must be an object"),
+        ({"attention_decode": {"split_rule": 7}}, "split_rule"),
+        ({"attention_decode": {"split_memory_eff": 2}}, "split_memory_eff"),
+        ({"attention_decode": {"units_per_sm": -1}}, "units_per_sm"),
+        ({"memcpy_h2d_pageable": {"knee_bytes": float("nan")}}, "knee_bytes"),
     ],
 )
 def test_bad_class_values_are_refused(classes, match):

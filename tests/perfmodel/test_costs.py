@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from hw.loader import load_gpu
 from perfmodel.calibration import ClassParams, Mode, OpClass, Profile, peak_profile
-from perfmodel.costs import Bound, OpCost, gemm_tile_m, op_cost
+from perfmodel.costs import Bound, OpCost, elementwise_rows, flash_splits, gemm_tile_m, op_cost, unit_waves_s
 from perfmodel.ops import Attention, DecoderLayer, Elementwise, Gemm, MemLocation, Memcpy, Phase, decoder_layer_parts
 
 H100 = load_gpu("h100-sxm-80gb")
@@ -113,3 +113,61 @@ def test_array_costs_broadcast_for_the_sweep():
     c = op_cost(op, H100, _prof(attention_decode=ClassParams(memory_eff=0.8, latency_s=5e-6, ramp_bytes=1e6)))
     assert c.total_s.shape == (1000,) and np.all(np.diff(c.total_s) > 0)
     assert isinstance(c + OpCost(), OpCost)
+
+
+def test_flash_splits_follow_the_heuristic():
+    # enough (sequence, head) units to fill 80% of 2 x 132 slots: no split
+    assert flash_splits(256, 128, 264) == 1
+    # one unit over 512 KV blocks: the smallest split count within 85% of the best wave efficiency
+    assert flash_splits(8, 512, 264) == 29  # 8 x 29 = 232 of 264 slots (0.88)
+    # never more splits than KV blocks, and eligible counts only
+    assert flash_splits(1, 2, 264) == 2
+    # arrays give the scalar answers element by element
+    u = np.array([1, 8, 16, 64, 256, 8])
+    n = np.array([2, 512, 32, 8, 128, 4])
+    got = flash_splits(u, n, 264)
+    assert list(got) == [flash_splits(int(a), int(b), 264) for a, b in zip(u, n)]
+
+
+def test_rmsnorm_rows_are_derived_from_bytes_and_flops():
+    for a in (1, 2, 4):
+        for tokens, hidden in ((1, 2048), (7, 4096), (16384, 8192)):
+            op = Elementwise("rmsnorm", bytes=(2 * tokens + 1) * hidden * a, flops=4 * tokens * hidden)
+            assert elementwise_rows(op) == tokens
+    assert elementwise_rows(Elementwise("silu_mul", bytes=100, flops=10)) is None
+
+
+def test_occupancy_floor_makes_few_long_units_slow_and_vanishes_in_peak_mode():
+    p = ClassParams(memory_eff=1.0, units_per_sm=2, unit_bytes_per_s=10e9, unit_overhead_s=1e-6)
+    prof = Profile(H100.name, Mode.CALIBRATED, elementwise={"rmsnorm": p})
+    one_row_short = Elementwise("rmsnorm", bytes=3 * 2048 * 2, flops=4 * 2048)
+    one_row_long = Elementwise("rmsnorm", bytes=3 * 8192 * 2, flops=4 * 8192)
+    # one row: one block streams it alone, far below the HBM rate, and a longer row takes longer
+    t_short = op_cost(one_row_short, H100, prof).total_s
+    t_long = op_cost(one_row_long, H100, prof).total_s
+    assert t_short == pytest.approx(1e-6 + 3 * 2048 * 2 / 10e9)
+    assert t_long - 1e-6 == pytest.approx(4 * (t_short - 1e-6))  # the per-row time scales with the row
+    # many rows: the HBM roofline binds
+    big = Elementwise("rmsnorm", bytes=(2 * 65536 + 1) * 4096 * 2, flops=4 * 65536 * 4096)
+    assert op_cost(big, H100, prof).memory_s >= big.bytes / H100.hbm_bytes_per_s
+    assert unit_waves_s(10, 1e6, 132, ClassParams()) == 0.0
+    assert op_cost(one_row_long, H100, PEAK).total_s == pytest.approx(one_row_long.bytes / H100.hbm_bytes_per_s)
+
+
+def test_split_kv_adds_the_combine_latency_only_when_it_splits():
+    p = ClassParams(split_rule=1, split_latency_s=5e-6)
+    prof = _prof(attention_decode=p)
+    few = Attention(Phase.DECODE, batch=1, q_len=1, kv_len=65536, q_heads=32, kv_heads=8, head_dim=128)
+    many = Attention(Phase.DECODE, batch=64, q_len=1, kv_len=65536, q_heads=32, kv_heads=8, head_dim=128)
+    assert op_cost(few, H100, prof).latency_s == pytest.approx(5e-6)
+    assert op_cost(many, H100, prof).latency_s == 0.0
+
+
+def test_host_copy_knee_changes_the_rate_of_the_tail():
+    p = ClassParams(memory_eff=0.25, knee_bytes=16e6, tail_memory_eff=0.125)
+    prof = _prof(memcpy_h2d_pageable=p)
+    bw = H100.pcie_bytes_per_s_per_direction
+    small = Memcpy(8e6, MemLocation.HOST_PAGEABLE, MemLocation.DEVICE)
+    big = Memcpy(32e6, MemLocation.HOST_PAGEABLE, MemLocation.DEVICE)
+    assert op_cost(small, H100, prof).total_s == pytest.approx(8e6 / (0.25 * bw))
+    assert op_cost(big, H100, prof).total_s == pytest.approx(16e6 / (0.25 * bw) + 16e6 / (0.125 * bw))
