@@ -49,30 +49,32 @@ class AnalyticBounds:
 
 
 def _prefill(dep: Deployment, prompt) -> object:
-    return prefill_cost(dep.model, dep.gpu, dep.resolved_profile, prompt, 1, dep.precision, dep.tp, dep.token_budget)
+    return prefill_cost(dep.model, dep.gpu, dep.resolved_profile, prompt, 1, dep.precision, dep.tp, dep.token_budget,
+                        knobs=dep.knobs)
 
 
 def analytic_bounds(dep: Deployment, requests: Requests) -> AnalyticBounds:
     """Bounds for ``requests`` (their lengths; arrival times are not used) on ``dep``."""
     p = requests.prompt_len.astype(np.float64)
     o = requests.output_len.astype(np.float64)
-    prof = dep.resolved_profile
+    dep.check_knobs(int(requests.prompt_len.min()))
+    prof, kn = dep.resolved_profile, dep.knobs
     pre = _prefill(dep, p)
-    dec = decode_cost(dep.model, dep.gpu, prof, p, o - 1, 1, dep.precision, dep.tp)
-    step = decode_step_cost(dep.model, dep.gpu, prof, p + 1, 1, dep.precision, dep.tp)
+    dec = decode_cost(dep.model, dep.gpu, prof, p, o - 1, 1, dep.precision, dep.tp, knobs=kn)
+    step = decode_step_cost(dep.model, dep.gpu, prof, p + 1, 1, dep.precision, dep.tp, knobs=kn)
     mem = replica_memory(dep)
-    kv_tokens = np.array([kv_tokens_kept(dep.model, int(t)) for t in np.unique(p + o)])
-    per_user = float(kv_tokens.min()) * mem.kv_bytes_per_token_per_gpu
+    kv_tokens = np.array([kv_tokens_kept(dep, int(t)) for t in np.unique(p + o)])
+    per_user = float(kv_tokens.min()) * mem.kv_bytes_per_token_per_gpu + mem.state_bytes_per_gpu
     n_max = int(max(mem.free_for_kv_bytes_per_gpu, 0.0) // per_user)
     n_max = min(n_max, dep.max_num_seqs)
     flops = float(np.sum(pre.flops) + np.sum(dec.flops))
-    g, prec = dep.gpu, dep.precision
+    g, prec = dep.gpu, dep.kv_precision
     eff = max([1.0] + [prof.params(c).compute_eff for c in OpClass])  # a fitted efficiency may exceed 1
     peak = eff * max(g.flops_for(prec.math), g.flops_for(prec.activations), g.flops_for(prec.weights))
     compute = float(o.sum()) * peak / flops if flops > 0 else float("inf")
     if n_max >= 1:
         k = np.arange(1, n_max + 1, dtype=np.float64)
-        t = decode_step_cost(dep.model, dep.gpu, prof, float(p.min()) + 1, k, dep.precision, dep.tp).total_s
+        t = decode_step_cost(dep.model, dep.gpu, prof, float(p.min()) + 1, k, dep.precision, dep.tp, knobs=kn).total_s
         decode = float(np.max(k / np.asarray(t)))
     else:
         decode = 0.0

@@ -7,19 +7,32 @@ Pipeline parallelism splits the layers (weights and KV) over ``pp`` stages;
 the simulator runs the stages one after another with no micro-batch
 interleaving (PP adds memory, not throughput), plus one activation transfer
 per stage boundary.
+
+KV-cache what-if knobs (:class:`perfmodel.knobs.Knobs`, ``Deployment.knobs``)
+change the KV bytes per token (format, layers, heads), the tokens a sequence
+keeps (eviction ratio, budget, window) and a hybrid stack's per-sequence
+state; the blocks, the HBM capacity and the swap bytes follow.
 """
 
 from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hw.loader import load_gpu
 from hw.spec import GPU
 from perfmodel.calibration import Mode, Profile, resolve_profile
 from perfmodel.errors import DoesNotFitError, InvalidInputError
-from perfmodel.layers import Precision, check_tp, kv_bytes_per_token_per_gpu
+from perfmodel.knobs import KnobError, Knobs, effective_model
+from perfmodel.layers import (
+    Precision,
+    apply_knobs,
+    check_tp,
+    kv_bytes_per_token_per_gpu,
+    recurrent_state_bytes_per_gpu,
+)
 from perfmodel.models import ModelSpec, load_model
 from perfmodel.phases import (
     DEFAULT_PREFILL_CHUNK_TOKENS,
@@ -67,6 +80,12 @@ class Deployment:
     host_kv_bytes : float or None, bytes
         Host memory a replica may fill with swapped KV (default: the GPU's
         ``host_ddr_bytes``).
+    knobs : Knobs or None
+        KV-cache what-if knobs (``docs/knobs.md``); ``None`` or ``Knobs()``
+        changes nothing.  ``knobs.kv_dtype`` wins over ``precision.kv``.  The
+        simulator prices the knobs that change the KV per sequence and the
+        attention cost; shared prefixes, KV tiers and attention offloading
+        raise :class:`perfmodel.knobs.KnobError` (see ``docs/serving.md``).
     """
 
     model: ModelSpec
@@ -84,11 +103,12 @@ class Deployment:
     router: Router = Router.LEAST_LOADED
     host_kv_bytes: float | None = None
     reserve_fraction: float = DEFAULT_RESERVE_FRACTION
+    knobs: Knobs | None = None
 
     @classmethod
     def make(cls, model="llama-3-8b", gpu="h100-sxm-80gb", mode: Mode | str = Mode.PEAK,
              weight_dtype="bf16", kv_dtype=None, **kw) -> Deployment:
-        """Build from names; ``kw`` are the other fields (enums may be given as strings)."""
+        """Build from names; ``kw`` are the other fields (enums may be given as strings, ``knobs`` a Knobs)."""
         m, g = load_model(model), load_gpu(gpu)
         prof = resolve_profile(g, Mode(mode), kw.pop("profile", None))
         if "kv_policy" in kw:
@@ -115,6 +135,58 @@ class Deployment:
             raise InvalidInputError(f"host_kv_bytes must be >= 0, got {self.host_kv_bytes!r}")
         if not 0 <= self.reserve_fraction < 1:
             raise InvalidInputError(f"reserve_fraction must be in [0, 1), got {self.reserve_fraction}")
+        k = self.knobs
+        if k is not None:
+            if not isinstance(k, Knobs):
+                raise KnobError(f"knobs must be a Knobs, got {type(k).__name__}")
+            if not k.active:
+                object.__setattr__(self, "knobs", None)
+            else:
+                for name, what in UNSUPPORTED_KNOBS.items():
+                    if getattr(k, name) != getattr(Knobs(), name):
+                        raise KnobError(f"the simulator does not model {what} ({name}); analyze and sweep price it")
+                m = effective_model(self.model, k)
+                k.check(m)
+                check_tp(m, self.tp)
+
+    @property
+    def kv_model(self) -> ModelSpec:
+        """The model with the knobs that change its config applied (KV heads, sliding window)."""
+        return effective_model(self.model, self.knobs)
+
+    @property
+    def kv_precision(self) -> Precision:
+        """``precision`` with the knobs' KV format."""
+        return apply_knobs(self.precision, self.knobs)
+
+    def kept_tokens(self, tokens: int) -> int:
+        """Tokens whose KV a sequence of ``tokens`` tokens keeps (knobs, then the model's window)."""
+        return self.kept_tokens_fn()(tokens)
+
+    def kept_tokens_fn(self) -> Callable[[int], int]:
+        """:meth:`kept_tokens` as a plain function of its constants (for the scheduler's hot path)."""
+        k = self.knobs
+        ratio = 1.0 if k is None else float(k.kv_keep_ratio)
+        budget = None if k is None or k.kv_budget_tokens is None else int(k.kv_budget_tokens)
+        w = self.kv_model.sliding_window
+        if ratio >= 1 and budget is None:
+            if w <= 0:
+                return int
+            return lambda t: min(int(t), w)
+        cap = min(budget if budget is not None else math.inf, w if w > 0 else math.inf)
+
+        def kept(t: int) -> int:
+            t = int(t)
+            if ratio < 1:
+                t = min(math.ceil(ratio * t), t)
+            return int(min(t, cap))
+
+        return kept
+
+    def check_knobs(self, shortest_prompt: int) -> None:
+        """Raise :class:`KnobError` when a knob does not fit the shortest prompt (a window longer than it)."""
+        if self.knobs is not None:
+            self.knobs.check(self.kv_model, context_len=int(shortest_prompt))
 
     @property
     def gpus(self) -> int:
@@ -125,7 +197,16 @@ class Deployment:
         return self.profile if self.profile is not None else resolve_profile(self.gpu, Mode.PEAK, None)
 
     def describe(self) -> str:
-        return f"{self.model.name} on {self.replicas}x({self.gpu.name} tp={self.tp} pp={self.pp})"
+        s = f"{self.model.name} on {self.replicas}x({self.gpu.name} tp={self.tp} pp={self.pp})"
+        return s + (f" with {', '.join(self.knobs.describe())}" if self.knobs is not None else "")
+
+
+#: Knobs the simulator does not price yet -> what they stand for.
+UNSUPPORTED_KNOBS = {
+    "shared_prefix_tokens": "shared prefixes",
+    "kv_tiers": "KV tiers below HBM",
+    "offload": "attention offloading",
+}
 
 
 def _enum(cls, value, name):
@@ -144,9 +225,23 @@ class ReplicaMemory:
     capacity_blocks: int
     block_tokens: int
     host_kv_bytes: float
+    state_bytes_per_gpu: float = 0.0
+
+    @property
+    def state_blocks(self) -> int:
+        """Blocks a sequence's recurrent state takes (hybrid stacks; 0 otherwise)."""
+        if self.state_bytes_per_gpu <= 0:
+            return 0
+        return math.ceil(self.state_bytes_per_gpu / (self.block_tokens * self.kv_bytes_per_token_per_gpu))
 
     def blocks_for(self, kv_tokens: int) -> int:
-        return -(-int(kv_tokens) // self.block_tokens)
+        """Blocks of one sequence holding ``kv_tokens`` tokens of KV (plus its recurrent state)."""
+        return -(-int(kv_tokens) // self.block_tokens) + self.state_blocks
+
+    def swap_bytes_per_gpu(self, kv_tokens: int) -> float:
+        """Bytes one GPU moves to swap one sequence: its KV blocks and its recurrent state."""
+        return -(-int(kv_tokens) // self.block_tokens) * self.block_tokens * self.kv_bytes_per_token_per_gpu \
+            + self.state_bytes_per_gpu
 
     @property
     def capacity_tokens(self) -> int:
@@ -159,20 +254,28 @@ def stage_layer_fraction(model: ModelSpec, pp: int) -> float:
 
 
 def replica_memory(dep: Deployment) -> ReplicaMemory:
-    """HBM left for KV on each GPU of a replica, as paged blocks."""
-    mem = memory_budget(dep.model, dep.gpu, dep.token_budget, 0, dep.precision, dep.tp,
+    """HBM left for KV on each GPU of a replica, as paged blocks.
+
+    With knobs, the weights and workspace are those of the knobs' model (KV
+    heads), and a token's KV and a sequence's recurrent state are priced by
+    :func:`perfmodel.layers.kv_bytes_per_token_per_gpu` and
+    :func:`perfmodel.layers.recurrent_state_bytes_per_gpu`.
+    """
+    m, prec = dep.kv_model, dep.kv_precision
+    mem = memory_budget(m, dep.gpu, dep.token_budget, 0, prec, dep.tp,
                         chunk_tokens=dep.token_budget, reserve_fraction=dep.reserve_fraction)
     frac = stage_layer_fraction(dep.model, dep.pp)
     free = float(mem.free_for_kv_bytes) + float(mem.weight_bytes) * (1.0 - frac)
-    kv_tok = kv_bytes_per_token_per_gpu(dep.model, dep.tp, dep.precision.kv) * frac
+    kv_tok = kv_bytes_per_token_per_gpu(m, dep.tp, prec.kv, dep.knobs) * frac
+    state = recurrent_state_bytes_per_gpu(m, dep.tp, dep.knobs) * frac
     blocks = int(max(free, 0.0) // (kv_tok * dep.block_tokens))
     host = float(dep.gpu.host_ddr_bytes) if dep.host_kv_bytes is None else float(dep.host_kv_bytes)
-    return ReplicaMemory(free, kv_tok, blocks, dep.block_tokens, host)
+    return ReplicaMemory(free, kv_tok, blocks, dep.block_tokens, host, state)
 
 
-def kv_tokens_kept(model: ModelSpec, tokens: int) -> int:
-    """Tokens of KV a sequence keeps (the last ``sliding_window`` for windowed models)."""
-    return min(tokens, model.sliding_window) if model.sliding_window > 0 else tokens
+def kv_tokens_kept(dep: Deployment, tokens: int) -> int:
+    """Tokens of KV a sequence of ``tokens`` tokens keeps (knobs' eviction, then the window)."""
+    return dep.kept_tokens(tokens)
 
 
 def check_fits_alone(dep: Deployment, mem: ReplicaMemory, prompt_len: int, output_len: int) -> None:
@@ -182,7 +285,7 @@ def check_fits_alone(dep: Deployment, mem: ReplicaMemory, prompt_len: int, outpu
         raise InvalidInputError(
             f"a request of {prompt_len} prompt + {output_len} output tokens exceeds the context window of "
             f"{dep.model.name} ({dep.model.max_context} tokens); shorten it or cap the length distribution")
-    need = mem.blocks_for(kv_tokens_kept(dep.model, total))
+    need = mem.blocks_for(kv_tokens_kept(dep, total))
     if need > mem.capacity_blocks:
         need_b = need * dep.block_tokens * mem.kv_bytes_per_token_per_gpu
         what = (f"the weights and workspace alone exceed HBM by {-mem.free_for_kv_bytes_per_gpu / 2**30:.2f} GiB "
@@ -195,6 +298,5 @@ def check_fits_alone(dep: Deployment, mem: ReplicaMemory, prompt_len: int, outpu
 
 def swap_times_s(dep: Deployment, mem: ReplicaMemory, kv_tokens: int) -> tuple[float, float]:
     """(out, in) seconds to move one request's KV between HBM and host; GPUs move their shares in parallel."""
-    sw = context_switch(dep.gpu, dep.resolved_profile, mem.blocks_for(kv_tokens) * dep.block_tokens
-                        * mem.kv_bytes_per_token_per_gpu)
+    sw = context_switch(dep.gpu, dep.resolved_profile, mem.swap_bytes_per_gpu(kv_tokens))
     return float(sw.swap_out.total_s), float(sw.swap_in.total_s)

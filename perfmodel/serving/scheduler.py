@@ -15,6 +15,11 @@ Each call of :meth:`Replica.step` runs one iteration and returns its duration:
    transfers, which stall the iteration (out and in, one after the other, the
    paper's context-switch formula).
 
+With KV-cache knobs a request's blocks and swap bytes are those of the KV it
+keeps (:meth:`Deployment.kept_tokens`, plus a hybrid stack's state), and with
+``prune_prefill`` a (re)prefill runs on the kept tokens only, as
+:func:`perfmodel.phases.prefill_cost` prices it.
+
 Decoding requests are kept in aggregate (count, total keys, a heap of finish
 steps), so an iteration costs O(1) plus its events.
 """
@@ -24,7 +29,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 
-from perfmodel.serving.deployment import Deployment, KvPolicy, ReplicaMemory, kv_tokens_kept, swap_times_s
+from perfmodel.serving.deployment import Deployment, KvPolicy, ReplicaMemory, swap_times_s
 from perfmodel.serving.timing import IterationTimer
 
 
@@ -80,12 +85,15 @@ class Replica:
         self.record = record
         self.log: list[tuple] = []
         self._swap_cache: dict[int, tuple[float, float]] = {}
+        self._kept = dep.kept_tokens_fn()
+        knobs = dep.knobs
+        self._prune = knobs.kept_tokens if knobs is not None and knobs.prune_prefill else None
 
     # -- bookkeeping -----------------------------------------------------------------
     def add(self, i: int) -> None:
         r = self.r
         r.replica[i] = self.index
-        r.blocks[i] = self.mem.blocks_for(kv_tokens_kept(self.dep.model, r.prompt[i] + r.output[i]))
+        r.blocks[i] = self.mem.blocks_for(self._kept(r.prompt[i] + r.output[i]))
         self.waiting.append(i)
         self.outstanding += 1
 
@@ -96,8 +104,7 @@ class Replica:
         return t
 
     def _swap_bytes(self, kv_tokens: int) -> float:
-        blocks = self.mem.blocks_for(kv_tokens)
-        return blocks * self.mem.block_tokens * self.mem.kv_bytes_per_token_per_gpu * self.gpus
+        return self.mem.swap_bytes_per_gpu(kv_tokens) * self.gpus
 
     def _join_decode(self, i: int, t: float) -> None:
         r = self.r
@@ -124,7 +131,7 @@ class Replica:
             return False
         i = dq[0][1]
         gen = r.base[i] + self.step_no
-        kv = kv_tokens_kept(self.dep.model, r.prompt[i] + gen)
+        kv = self._kept(r.prompt[i] + gen)
         if self.policy is KvPolicy.SWAP:
             nbytes = self._swap_bytes(kv)
             if self.host_used + nbytes > self.mem.host_kv_bytes:
@@ -167,7 +174,7 @@ class Replica:
             self.resident += 1
             if r.swapped_bytes[i]:
                 nbytes = r.swapped_bytes[i]
-                kv = kv_tokens_kept(self.dep.model, r.prompt[i] + r.gen[i])
+                kv = self._kept(r.prompt[i] + r.gen[i])
                 cost[0] += self._swap(kv)[1]
                 cost[2] += nbytes
                 self.host_used -= nbytes
@@ -176,6 +183,8 @@ class Replica:
                 self._join_decode(i, t)
             else:
                 tgt = r.prompt[i] + r.gen[i]
+                if self._prune is not None:  # the pruned prompt (and tokens so far) is all that runs
+                    tgt = int(self._prune(tgt))
                 r.target[i] = tgt
                 r.done[i] = 0
                 budget = self.dep.token_budget

@@ -37,22 +37,30 @@ def simulate(dep: Deployment, requests: Requests | Workload, record_timeline: bo
              progress: ProgressFn | None = None, timer: IterationTimer | None = None) -> SimResult:
     """Serve ``requests`` on ``dep``; every request runs to completion.
 
+    The deployment's knobs (``dep.knobs``) shape the KV and the costs; see
+    ``docs/serving.md``.
+
     Raises
     ------
     InvalidInputError
         When a request exceeds the model's context window.
+    KnobError
+        When a knob does not fit the model or the requests (a window longer
+        than the shortest prompt).
     DoesNotFitError
         When a request's KV does not fit in a replica's HBM even alone.
     """
     reqs = requests.generate() if isinstance(requests, Workload) else requests
     if not isinstance(reqs, Requests):
         raise InvalidInputError(f"requests must be Requests or Workload, got {type(requests).__name__}")
+    dep.check_knobs(int(reqs.prompt_len.min()))
     mem = replica_memory(dep)
     totals = reqs.prompt_len + reqs.output_len
     longest = int(np.argmax(totals))
     check_fits_alone(dep, mem, int(reqs.prompt_len[longest]), int(reqs.output_len[longest]))
-    biggest_kv = max(kv_tokens_kept(dep.model, int(totals.max())), 2)
-    if timer is None or timer.dep != dep or timer.max_kv_tokens < biggest_kv:
+    # the tables' key axis is the sequence length (the knobs and the window decide the keys read)
+    biggest = max(int(totals.max()) if dep.knobs is not None else kv_tokens_kept(dep, int(totals.max())), 2)
+    if timer is None or timer.dep != dep or timer.max_kv_tokens < biggest:
         timer = build_timer(dep, int(totals.max()))
     wall0 = time.perf_counter()
     table = RequestTable(reqs.arrival_s, reqs.prompt_len, reqs.output_len)

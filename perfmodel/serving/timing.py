@@ -16,6 +16,14 @@ Attention tables are interpolated on geometric grids: within one roofline
 regime the cost is linear in the key count (and bilinear in queries x mean
 keys for prefill), so the interpolation is exact there; only at a regime
 change is it an approximation (tests bound the error).
+
+With KV-cache knobs (``dep.knobs``) every table comes from the same
+:func:`perfmodel.layers.model_ops` with ``knobs=``: the decode columns are
+sequence lengths, and the knobs decide the keys kept and read (eviction,
+window, density) and their format (a dequantisation pass).  Like
+:func:`perfmodel.phases.decode_cost`, a batch is priced at its mean length;
+with a token budget or a window, which cap each sequence, that is an upper
+bound (the kept count is concave in the length).
 """
 
 from __future__ import annotations
@@ -32,7 +40,8 @@ from perfmodel.phases import sum_costs
 from perfmodel.serving.deployment import Deployment
 
 #: Ops whose cost depends on the key count; everything else depends only on the token count.
-KV_DEPENDENT_OPS = frozenset({"attention", "kv_b_proj"})
+KV_DEPENDENT_OPS = frozenset({"attention", "kv_b_proj", "kv_dequant", "prefix_attention",
+                              "recurrent.chunk_attention"})
 
 _GRID_POINTS_PER_OCTAVE = 16
 
@@ -42,7 +51,7 @@ def _total(cost: OpCost, shape) -> np.ndarray:
 
 
 def _split_cost(dep: Deployment, phase: Phase, batch, q_len, kv_len, kv_part: bool) -> OpCost:
-    ops = model_ops(dep.model, phase, batch, q_len, kv_len, dep.precision, dep.tp, lm_head_rows=0)
+    ops = model_ops(dep.model, phase, batch, q_len, kv_len, dep.precision, dep.tp, lm_head_rows=0, knobs=dep.knobs)
     keep = [(n, o, c) for n, o, c in ops if (n in KV_DEPENDENT_OPS) == kv_part]
     return sum_costs(keep, dep.gpu, dep.resolved_profile)
 
@@ -78,7 +87,7 @@ class IterationTimer:
                                                              tok.shape)])
         self.dense_decode_s = np.concatenate([[0.0], _total(_split_cost(dep, Phase.DECODE, tok, 1, tok, False),
                                                             tok.shape)])
-        head = sum_costs(lm_head_ops(dep.model, tok, dep.precision, dep.tp), dep.gpu, dep.resolved_profile)
+        head = sum_costs(lm_head_ops(dep.kv_model, tok, dep.kv_precision, dep.tp), dep.gpu, dep.resolved_profile)
         self.head_s = np.concatenate([[0.0], _total(head, tok.shape)])
         if dep.pp > 1:
             act = dep.precision.activations.bytes_per_element
