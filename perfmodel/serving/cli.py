@@ -14,9 +14,11 @@ from perfmodel.serving.deployment import KvPolicy, Router
 def register(subparsers) -> None:
     """Add the ``simulate`` subcommand to the ``perfmodel`` parser."""
     from perfmodel.cli import _positive_int, add_scenario_args
+    from perfmodel.knobs import add_knob_args
 
     p = subparsers.add_parser("simulate", help="simulate serving a workload (continuous batching, paged KV)")
-    add_scenario_args(p)
+    add_scenario_args(p)  # defines --kv-dtype, which knobs_from_args reads as a knob
+    add_knob_args(p)
     p.set_defaults(model="llama-3-8b", gpu="h100-sxm-80gb")
     p.add_argument("--tp", type=_positive_int, default=1, help="tensor-parallel degree per replica")
     p.add_argument("--pp", type=_positive_int, default=1, help="pipeline stages per replica")
@@ -44,6 +46,7 @@ def register(subparsers) -> None:
 
 def _deployment(args: argparse.Namespace):
     from perfmodel.errors import InvalidInputError
+    from perfmodel.knobs import knobs_from_args
     from perfmodel.serving.deployment import Deployment
 
     host = None
@@ -52,7 +55,7 @@ def _deployment(args: argparse.Namespace):
             raise InvalidInputError(f"--host-kv-gib must be >= 0, got {args.host_kv_gib}")
         host = args.host_kv_gib * 2**30
     return Deployment.make(
-        args.model, args.gpu, mode=args.mode, weight_dtype=args.weight_dtype, kv_dtype=args.kv_dtype,
+        args.model, args.gpu, mode=args.mode, weight_dtype=args.weight_dtype, kv_dtype=None, knobs=knobs_from_args(args),
         tp=args.tp, pp=args.pp, replicas=args.replicas, token_budget=args.chunk_tokens,
         max_num_seqs=min(args.max_num_seqs, args.chunk_tokens), kv_policy=args.kv_policy,
         slice_tokens=args.slice_tokens, router=args.router, host_kv_bytes=host)
@@ -84,6 +87,7 @@ def _progress(enabled: bool):
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
+    from perfmodel.knobs import COST_NOT_QUALITY
     from perfmodel.serving.bounds import analytic_bounds
     from perfmodel.serving.metrics import Slo
     from perfmodel.serving.simulator import simulate
@@ -103,6 +107,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         res = simulate(dep, reqs, record_timeline=record)
     out: dict[str, Any] = res.summary(slo)
     b = analytic_bounds(dep, reqs)
+    out["knobs"] = dep.knobs.to_dict() if dep.knobs is not None else {}
+    out["notes"] = [COST_NOT_QUALITY] if dep.knobs is not None else []
     out["analytic"] = {
         "prefill_alone_s_p50": float(_median(b.prefill_s)),
         "max_concurrency": int(b.max_concurrency),
@@ -149,5 +155,8 @@ def _print_table(out: dict[str, Any]) -> None:
     if "goodput_requests_per_s" in out:
         lines.append(f"goodput: {out['goodput_requests_per_s']:,.2f} requests/s meeting the SLOs")
     lines.append(f"simulated {out['iterations']:,} iterations in {out['sim_wall_s']:.2f} s")
+    if out["knobs"]:
+        lines.append("knobs: " + ", ".join(f"{k}={v}" for k, v in out["knobs"].items()))
+    lines += [f"note: {n}" for n in out["notes"]]
     for line in lines:
         console.print(line)

@@ -75,3 +75,42 @@ def test_malformed_trace_line(capsys, tmp_path):
     p.write_text('{"arrival_s": 0, "prompt_len": 10, "output_len": 2}\n{"arrival_s": 1, "prompt_len": "x"}\n')
     code, _out, err = run(capsys, "--trace", str(p))
     assert code == 1 and f"{p}:2:" in err
+
+
+def test_knob_flags_reach_the_simulation(capsys):
+    argv = ["--requests", "300", "--arrival-rate", "inf", "--prompt-len", "4000", "--output-len", "64",
+            "--kv-policy", "queue", "--json"]
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    base = json.loads(out)
+    assert base["knobs"] == {} and base["notes"] == []
+    code, out, err = run(capsys, *argv, "--kv-dtype", "fp8", "--kv-keep-ratio", "0.5")
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["knobs"] == {"kv_dtype": "fp8", "kv_keep_ratio": "0.5"}
+    assert len(d["notes"]) == 1 and "cost, not quality" in d["notes"][0]
+    assert "kv_dtype=fp8" in d["deployment"]
+    # a quarter of the KV per request: memory no longer binds at 300 requests
+    assert base["peak_concurrency"] < 150 and d["peak_concurrency"] == 300
+    assert d["analytic"]["max_concurrency"] >= 4 * base["analytic"]["max_concurrency"] - 4
+
+
+def test_knob_note_in_the_table(capsys):
+    code, out, err = run(capsys, "--requests", "5", "--kv-dtype", "fp8")
+    assert code == 0, err
+    assert "knobs: kv_dtype=fp8" in out and "cost, not quality" in out
+
+
+@pytest.mark.parametrize("argv,code,msg", [
+    (["--kv-keep-ratio", "1.5"], 1, "kv_keep_ratio must be in (0, 1]"),
+    (["--kv-keep-ratio", "x"], 2, "--kv-keep-ratio"),
+    (["--kv-dtype", "fp9"], 1, "unknown dtype"),
+    (["--kv-heads", "3"], 1, "must divide"),
+    (["--sliding-window", "5000"], 1, "longer than the context"),
+    (["--kv-tier", "ddr"], 1, "does not model KV tiers"),
+    (["--shared-prefix-tokens", "100"], 1, "does not model shared prefixes"),
+])
+def test_bad_knob_is_one_line(capsys, argv, code, msg):
+    got, _out, err = run(capsys, "--requests", "5", *argv)
+    assert got == code
+    assert msg in err and err.count("\n") == 1 and "Traceback" not in err
