@@ -108,10 +108,12 @@ class ClassParams:
     bandwidth_bytes_per_s : float, overrides the datasheet bandwidth of the path (0: datasheet)
     units_per_sm : float, work units (thread blocks: attention programs, norm rows) resident per SM
         at once (0: no occupancy term).  The units run in waves of ``units_per_sm * SMs``; each
-        takes ``unit_overhead_s + unit_bytes / unit_bytes_per_s``, and the memory time is at
-        least the waves times that (Little's law: few units in flight cannot fill HBM).
+        takes ``unit_overhead_s + unit_bytes / (unit_memory_eff * bandwidth / SMs)``, and the
+        memory time is at least the waves times that (Little's law: few units in flight cannot
+        fill HBM).
     unit_overhead_s : float, fixed seconds of one work unit (prologue, reduction, epilogue)
-    unit_bytes_per_s : float, streaming rate of one work unit (0: no per-unit byte term)
+    unit_memory_eff : float, streaming rate of one work unit as a fraction of the bandwidth per SM
+        (above 1 when one SM's share is outrun by one unit; 0: no per-unit byte term)
     split_rule : int, how an attention kernel splits the KV axis over programs (0: no split;
         1: the flash-attention heuristic over ``2 * SMs`` slots; 2: enough splits to fill
         ``2 * SMs`` programs)
@@ -135,7 +137,7 @@ class ClassParams:
     bandwidth_bytes_per_s: float = 0.0
     units_per_sm: float = 0.0
     unit_overhead_s: float = 0.0
-    unit_bytes_per_s: float = 0.0
+    unit_memory_eff: float = 0.0
     split_rule: int = 0
     split_latency_s: float = 0.0
     split_memory_eff: float = 0.0
@@ -154,7 +156,7 @@ class ClassParams:
         if self.split_rule not in SPLIT_RULES:
             raise ProfileError(f"{where}: split_rule must be one of {sorted(SPLIT_RULES)}, got {self.split_rule}")
         for name in ("latency_s", "ramp_flops", "ramp_bytes", "bandwidth_bytes_per_s", "tile_m", "tile_n",
-                     "tile_m_min", "tile_overhead_s", "units_per_sm", "unit_overhead_s", "unit_bytes_per_s",
+                     "tile_m_min", "tile_overhead_s", "units_per_sm", "unit_overhead_s", "unit_memory_eff",
                      "split_latency_s", "knee_bytes"):
             v = getattr(self, name)
             if not math.isfinite(v) or v < 0:

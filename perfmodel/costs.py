@@ -139,11 +139,11 @@ def _roofline(fl, by, peak_flops_per_s, bw_bytes_per_s, p: ClassParams, bound: B
     return OpCost(compute_s=c, memory_s=m, latency_s=lat, overlap_s=ov, flops=fl, bytes=by, memory_bound=bound)
 
 
-def unit_waves_s(units, by, sm_count: int, p: ClassParams):
+def unit_waves_s(units, by, sm_count: int, bw_bytes_per_s: float, p: ClassParams):
     """Occupancy floor of the memory time: ``units`` thread blocks streaming ``by`` bytes in all.
 
     ``p.units_per_sm * sm_count`` blocks run at once; each takes ``unit_overhead_s +
-    (by / units) / unit_bytes_per_s``; the partial last wave costs ``wave_quant`` of a full one.
+    (by / units) / (unit_memory_eff * bw_bytes_per_s / sm_count)``; the partial last wave costs ``wave_quant`` of a full one.
     Few blocks cannot keep enough bytes in flight to reach the HBM bandwidth (Little's law), so
     the memory time is at least this.  0 when ``units_per_sm`` is 0 (peak mode).
     """
@@ -152,8 +152,8 @@ def unit_waves_s(units, by, sm_count: int, p: ClassParams):
     u = np.maximum(np.asarray(units, dtype=np.float64), 1.0)
     exact = u / (p.units_per_sm * sm_count)
     waves = exact + p.wave_quant * (np.ceil(exact) - exact)
-    unit_s = p.unit_overhead_s + (np.asarray(by, dtype=np.float64) / u / p.unit_bytes_per_s
-                                  if p.unit_bytes_per_s > 0 else 0.0)
+    rate = p.unit_memory_eff * (p.bandwidth_bytes_per_s or bw_bytes_per_s) / sm_count
+    unit_s = p.unit_overhead_s + (np.asarray(by, dtype=np.float64) / u / rate if rate > 0 else 0.0)
     return waves * unit_s
 
 
@@ -267,7 +267,7 @@ def _attention_cost(op: Attention, gpu: GPU, prof: Profile) -> OpCost:
             split_lat = np.where(split, p.split_latency_s, 0.0)
         if p.split_memory_eff > 0:
             eff = np.where(split, p.split_memory_eff, p.memory_eff)
-        floor = unit_waves_s(units * splits, by, gpu.sm_count, p)
+        floor = unit_waves_s(units * splits, by, gpu.sm_count, gpu.hbm_bytes_per_s, p)
     return _roofline(fl, by, gpu.flops_for(math_dtype), gpu.hbm_bytes_per_s, p, Bound.HBM_BANDWIDTH,
                      fl_eff, extra, floor, split_lat, eff)
 
@@ -328,7 +328,7 @@ def _elementwise_cost(op: Elementwise, gpu: GPU, prof: Profile) -> OpCost:
         if rows is not None:
             rows = np.asarray(rows, dtype=np.float64)
             known = np.isfinite(rows) & (rows >= 1)
-            floor = np.where(known, unit_waves_s(np.where(known, rows, 1.0), op.bytes, gpu.sm_count, p), 0.0)
+            floor = np.where(known, unit_waves_s(np.where(known, rows, 1.0), op.bytes, gpu.sm_count, gpu.hbm_bytes_per_s, p), 0.0)
     return _roofline(
         flops(op), bytes_moved(op), gpu.flops_for(Dtype.FP32), gpu.hbm_bytes_per_s, p, Bound.HBM_BANDWIDTH,
         memory_floor_s=floor,

@@ -78,7 +78,7 @@ _MEMORY_SPEC = (_EFF("memory_eff", 0.8), _LAT)
 
 # occupancy (work units in flight), split-KV and host-cache terms (``docs/calibration.md``)
 _UNIT_OH = Param("unit_overhead_s", 0.0, 50.0, 2.0, factor=1e-6)
-_UNIT_BW = Param("unit_bytes_per_s", 8.0, 12.0, 10.0, log10=True)
+_UNIT_BW = Param("unit_memory_eff", -2.0, 2.0, 0.0, log10=True)
 _SPLIT_LAT = Param("split_latency_s", 0.0, 50.0, 2.0, factor=1e-6)
 _SPLIT_EFF = _EFF("split_memory_eff", 0.9)
 _KNEE = Param("knee_bytes", 4.0, 9.5, 7.0, log10=True)

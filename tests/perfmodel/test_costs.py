@@ -138,7 +138,8 @@ def test_rmsnorm_rows_are_derived_from_bytes_and_flops():
 
 
 def test_occupancy_floor_makes_few_long_units_slow_and_vanishes_in_peak_mode():
-    p = ClassParams(memory_eff=1.0, units_per_sm=2, unit_bytes_per_s=10e9, unit_overhead_s=1e-6)
+    p = ClassParams(memory_eff=1.0, units_per_sm=2, unit_memory_eff=10e9 * H100.sm_count / H100.hbm_bytes_per_s,
+                    unit_overhead_s=1e-6)
     prof = Profile(H100.name, Mode.CALIBRATED, elementwise={"rmsnorm": p})
     one_row_short = Elementwise("rmsnorm", bytes=3 * 2048 * 2, flops=4 * 2048)
     one_row_long = Elementwise("rmsnorm", bytes=3 * 8192 * 2, flops=4 * 8192)
@@ -150,7 +151,7 @@ def test_occupancy_floor_makes_few_long_units_slow_and_vanishes_in_peak_mode():
     # many rows: the HBM roofline binds
     big = Elementwise("rmsnorm", bytes=(2 * 65536 + 1) * 4096 * 2, flops=4 * 65536 * 4096)
     assert op_cost(big, H100, prof).memory_s >= big.bytes / H100.hbm_bytes_per_s
-    assert unit_waves_s(10, 1e6, 132, ClassParams()) == 0.0
+    assert unit_waves_s(10, 1e6, 132, 3e12, ClassParams()) == 0.0
     assert op_cost(one_row_long, H100, PEAK).total_s == pytest.approx(one_row_long.bytes / H100.hbm_bytes_per_s)
 
 
