@@ -21,8 +21,8 @@ from perfmodel.ops import (
     DecoderLayer,
     Elementwise,
     Gemm,
-    MemLocation,
     Memcpy,
+    MemLocation,
     Op,
     OpKind,
     Phase,
@@ -76,7 +76,7 @@ class OpCost:
         out = names[idx]
         return Bound(str(out)) if np.ndim(out) == 0 else out
 
-    def __add__(self, other: "OpCost") -> "OpCost":
+    def __add__(self, other: OpCost) -> OpCost:
         if not isinstance(other, OpCost):
             return NotImplemented
         mb = self.memory_bound if np.sum(self.memory_s) >= np.sum(other.memory_s) else other.memory_bound
@@ -91,12 +91,12 @@ class OpCost:
             memory_bound=mb,
         )
 
-    def __radd__(self, other: Any) -> "OpCost":
+    def __radd__(self, other: Any) -> OpCost:
         if other == 0:
             return self
         return self.__add__(other)
 
-    def scale(self, factor: Any) -> "OpCost":
+    def scale(self, factor: Any) -> OpCost:
         """The cost of ``factor`` identical ops run one after another."""
         return OpCost(
             compute_s=self.compute_s * factor,

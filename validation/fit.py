@@ -17,10 +17,11 @@ import dataclasses
 import itertools
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from scipy.optimize import least_squares
@@ -62,7 +63,7 @@ class Param:
         return 10.0 ** x if self.log10 else x * self.factor
 
 
-_EFF = lambda name, init: Param(name, 0.05, 1.0, init)  # noqa: E731  (no class beats the datasheet)
+_EFF = lambda name, init: Param(name, 0.05, 1.0, init)
 _LAT = Param("latency_s", 0.0, 200.0, 3.0, factor=1e-6)
 _RAMP_B = Param("ramp_bytes", 0.0, 10.0, 5.0, log10=True)
 _RAMP_F = Param("ramp_flops", 0.0, 13.0, 8.0, log10=True)
@@ -228,7 +229,7 @@ class ProfileFitter:
     extra_: dict[str, ClassParams] | None = None
     train_ape_: dict[str, float] | None = None
 
-    def fit(self, records: Sequence[dict[str, Any]]) -> "ProfileFitter":
+    def fit(self, records: Sequence[dict[str, Any]]) -> ProfileFitter:
         if not records:
             raise RecordError("no records to fit")
         refuse_other_gpu(records, self.gpu)
@@ -355,7 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["ProfileFitter", "fit_profile", "fit_class", "predict_ops", "write_profile", "NON_DEFAULT_IMPLS"]
+__all__ = ["NON_DEFAULT_IMPLS", "ProfileFitter", "fit_class", "fit_profile", "predict_ops", "write_profile"]
 
 
 if __name__ == "__main__":

@@ -8,7 +8,16 @@ from hypothesis import strategies as st
 from hw.loader import load_gpu
 from perfmodel.calibration import ClassParams, Mode, OpClass, Profile, peak_profile
 from perfmodel.costs import Bound, OpCost, elementwise_rows, flash_splits, gemm_tile_m, op_cost, unit_waves_s
-from perfmodel.ops import Attention, DecoderLayer, Elementwise, Gemm, MemLocation, Memcpy, Phase, decoder_layer_parts
+from perfmodel.ops import (
+    Attention,
+    DecoderLayer,
+    Elementwise,
+    Gemm,
+    Memcpy,
+    MemLocation,
+    Phase,
+    decoder_layer_parts,
+)
 
 H100 = load_gpu("h100-sxm-80gb")
 PEAK = peak_profile(H100)
