@@ -11,7 +11,15 @@ from hw.spec import Dtype
 from perfmodel.knobs import KnobError, Knobs, KvTier
 from perfmodel.layers import kv_bytes_per_token_per_gpu
 from perfmodel.phases import memory_budget
-from perfmodel.serving import Deployment, LengthDist, Requests, Workload, analytic_bounds, replica_memory, simulate
+from perfmodel.serving import (
+    Deployment,
+    LengthDist,
+    Requests,
+    Workload,
+    analytic_bounds,
+    replica_memory,
+    simulate,
+)
 
 FP8 = Knobs(kv_dtype="fp8")
 HALF = Knobs(kv_keep_ratio=0.5)
@@ -53,7 +61,7 @@ def test_saturated_peak_concurrency_doubles_when_the_kv_halves(knobs):
 @pytest.mark.parametrize("knobs", [FP8, HALF])
 def test_swap_bytes_per_preemption_halve(knobs):
     reqs = Requests.of([0.0] * 3, [50_000] * 3, [250] * 3)
-    kw = dict(kv_policy="swap", slice_tokens=50)
+    kw = {"kv_policy": "swap", "slice_tokens": 50}
     base = simulate(Deployment.make("yi-34b", "a100-sxm-80gb", **kw), reqs, record_timeline=False)
     dep = Deployment.make("yi-34b", "a100-sxm-80gb", knobs=knobs, **kw)
     res = simulate(dep, reqs, record_timeline=False)
@@ -131,3 +139,15 @@ def test_invariants_with_knobs(n, seed, ratio, dtype, policy):
     for tokens in (1000, 6100):
         assert mem.capacity_blocks // mem.blocks_for(dep.kept_tokens(tokens)) >= \
             base.capacity_blocks // base.blocks_for(tokens)
+
+
+def test_fp8_knob_and_fp8_precision_serve_alike():
+    # the dequantisation pass depends on the keys read, so it sits in the attention tables either way
+    reqs = Requests.of([0.0, 0.1, 0.2], [7000, 300, 2500], [200, 50, 90])
+    a = simulate(Deployment.make("llama-3-8b", "h100-sxm-80gb", kv_dtype="fp8"), reqs)
+    b = simulate(Deployment.make("llama-3-8b", "h100-sxm-80gb", knobs=FP8), reqs)
+    assert a.capacity_blocks == b.capacity_blocks
+    np.testing.assert_allclose(a.finish_s, b.finish_s, rtol=1e-12)
+    one = Requests.of([0.0], [7000], [200])
+    dep = Deployment.make("llama-3-8b", "h100-sxm-80gb", kv_dtype="fp8")
+    assert simulate(dep, one).e2e_s[0] == pytest.approx(analytic_bounds(dep, one).alone_e2e_s[0], rel=2e-3)
