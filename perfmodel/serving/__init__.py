@@ -6,6 +6,7 @@ Public API::
     dep = Deployment.make("llama-3-8b", "h100-sxm-80gb", tp=1, kv_policy="swap")
     res = simulate(dep, Workload(1000, 40.0, LengthDist.parse(2048), LengthDist.parse(128)))
     res.summary(Slo(ttft_s=0.5, tpot_s=0.05))
+    Deployment.make("llama-3-8b", "h100-sxm-80gb", knobs=Knobs(kv_dtype="fp8"))  # what-if KV knobs
 
 See ``docs/serving.md``.
 """
