@@ -29,8 +29,9 @@ on the GPU's own NVLink fabric, so they apply to NVLink/NVSwitch intra-node path
 the share of the smaller of the latency and transfer terms hidden under the larger (eager
 calls issued back to back: the host-side issue cost of one call runs while the previous
 call's transfer is on the wire; carried in ``OpCost.overlap_s``).  Other paths
-(PCIe, NICs) use their datasheet bandwidth and latency in both modes.  In the peak mode
-alpha is the link's latency from the hardware description.
+(PCIe, NICs) use their datasheet bandwidth and latency from the hardware description.  In
+the peak mode every latency is 0 and every bandwidth the datasheet's (the theoretical-peak
+analysis, as for every other op).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ import numpy as np
 
 from hw.loader import load_system
 from hw.spec import GPU, Cluster, Link, LinkKind, Node
-from perfmodel.calibration import ClassParams, OpClass, Profile, ramp
+from perfmodel.calibration import ClassParams, Mode, OpClass, Profile, ramp
 from perfmodel.costs import Bound, OpCost
 from perfmodel.errors import InvalidInputError
 from perfmodel.ops import Collective, OpKind
@@ -181,7 +182,10 @@ def path_rate(link: Link, op_class: OpClass, profile: Profile, calibrated_path: 
     fitted = calibrated_path and op_class in profile.classes
     p: ClassParams = profile.params(op_class) if fitted else ClassParams()
     bw = (p.bandwidth_bytes_per_s or link.bytes_per_s_per_direction) * p.memory_eff
-    alpha = p.latency_s if p.latency_s > 0 else link.latency_s
+    if profile.mode is Mode.PEAK:
+        alpha = 0.0
+    else:
+        alpha = p.latency_s if p.latency_s > 0 else link.latency_s
     return PathRate(alpha, bw, p.ramp_bytes, bound, p.overlap if fitted else 0.0)
 
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hw import UnknownHardwareError, load_gpu
-from perfmodel.calibration import OpClass, peak_profile, resolve_profile
+from perfmodel.calibration import Mode, OpClass, Profile, peak_profile, resolve_profile
 from perfmodel.comm import (
     AllReduceAlgorithm,
     CommTopologyError,
@@ -24,11 +24,13 @@ from perfmodel.ops import Collective, OpKind, op_from_dict
 
 H200 = load_gpu("h200-sxm-141gb")
 PEAK = peak_profile(H200)
+# calibrated mode with nothing fitted: datasheet bandwidths and the links' latencies from hw/
+DATASHEET = Profile(gpu=H200.name, mode=Mode.CALIBRATED)
 DATA = Path(__file__).resolve().parents[2] / "validation" / "data" / "collectives_h200x2.jsonl"
 GB = 1e9
 
 
-def t(kind, nbytes, world, topology=None, prof=PEAK, **kw):
+def t(kind, nbytes, world, topology=None, prof=DATASHEET, **kw):
     return float(collective_time(kind, nbytes, world, H200, prof, topology, **kw).total_s)
 
 
@@ -38,10 +40,13 @@ def t(kind, nbytes, world, topology=None, prof=PEAK, **kw):
 ])
 def test_volume_factor_and_steps_on_one_nvlink_node(kind, factor, steps):
     b = 1 << 30
-    c = collective_time(kind, b, 4, H200, PEAK, algorithm=AllReduceAlgorithm.RING)
+    c = collective_time(kind, b, 4, H200, DATASHEET, algorithm=AllReduceAlgorithm.RING)
     assert c.comm_s == pytest.approx(factor * b / 450e9)
     assert c.latency_s == pytest.approx(steps * H200.fabric_latency_s)
     assert c.memory_bound is Bound.INTERCONNECT
+    peak = collective_time(kind, b, 4, H200, PEAK, algorithm=AllReduceAlgorithm.RING)
+    assert peak.comm_s == pytest.approx(c.comm_s)
+    assert peak.latency_s == 0.0  # the theoretical-peak mode has no latencies
 
 
 def test_world_one_costs_nothing():
@@ -102,7 +107,7 @@ def test_op_descriptor_with_topology_is_priced_through_op_cost():
     op = op_from_dict({"op": "all_gather", "bytes": 1 << 26, "world": 16, "topology": "hgx-h200-x2"})
     assert isinstance(op, Collective)
     c = op_cost(op, H200, PEAK)
-    assert float(c.total_s) == pytest.approx(t(OpKind.ALL_GATHER, 1 << 26, 16, "hgx-h200-x2"))
+    assert float(c.total_s) == pytest.approx(t(OpKind.ALL_GATHER, 1 << 26, 16, "hgx-h200-x2", prof=PEAK))
     assert float(c.total_s) > t(OpKind.ALL_GATHER, 1 << 26, 8)
 
 
