@@ -47,9 +47,10 @@ PROFILE_DIR = DATA_DIR / "profiles"
 SCHEMA_VERSION = 1
 
 
-# split_rule values: no split, the flash-attention heuristic, fill 2 x SMs programs
-SPLIT_NONE, SPLIT_FLASH, SPLIT_FILL = 0, 1, 2
-SPLIT_RULES = frozenset({SPLIT_NONE, SPLIT_FLASH, SPLIT_FILL})
+# split_rule values: no split, the flash-attention heuristic, fill 2 x SMs programs, stream-K
+# (2 x SMs programs sharing all KV blocks equally)
+SPLIT_NONE, SPLIT_FLASH, SPLIT_FILL, SPLIT_STREAM = 0, 1, 2, 3
+SPLIT_RULES = frozenset({SPLIT_NONE, SPLIT_FLASH, SPLIT_FILL, SPLIT_STREAM})
 
 
 class Mode(str, enum.Enum):
@@ -117,11 +118,17 @@ class ClassParams:
         (above 1 when one SM's share is outrun by one unit; 0: no per-unit byte term)
     split_rule : int, how an attention kernel splits the KV axis over programs (0: no split;
         1: the flash-attention heuristic over ``2 * SMs`` slots; 2: enough splits to fill
-        ``2 * SMs`` programs)
+        ``2 * SMs`` programs; 3: stream-K, ``2 * SMs`` programs sharing all KV blocks equally)
     split_latency_s : float, seconds added when the KV axis is split (the combine kernel)
     split_memory_eff : float, memory efficiency of the split-KV path (0: ``memory_eff``)
     knee_bytes : float, size above which ``tail_memory_eff`` applies to the extra bytes (0: none)
     tail_memory_eff : float, memory efficiency of the bytes beyond ``knee_bytes`` (0: ``memory_eff``)
+    unit_compute_eff : float, prefill attention scheduled as work units (0: off): math rate of one
+        (sequence, head, query tile) program as a fraction of one SM's peak FLOP/s; the compute
+        time is then the makespan of the programs over ``units_per_sm * SMs`` slots (each program
+        ``unit_overhead_s`` plus its keys' math; causal tiles see different key counts)
+    reduce_bytes_eff : float, Triton split/stream decode (0: off): the combine kernel's partial
+        results (fp32, one row per query head and KV piece) stream at this fraction of the bandwidth
     """
 
     compute_eff: float = 1.0
@@ -144,16 +151,19 @@ class ClassParams:
     split_memory_eff: float = 0.0
     knee_bytes: float = 0.0
     tail_memory_eff: float = 0.0
+    unit_compute_eff: float = 0.0
+    reduce_bytes_eff: float = 0.0
 
     def validate(self, where: str) -> None:
         for name in ("compute_eff", "memory_eff"):
             v = getattr(self, name)
             if not (0 < v <= 1.5) or not math.isfinite(v):
                 raise ProfileError(f"{where}: {name} must be in (0, 1.5], got {v}")
-        for name in ("split_memory_eff", "tail_memory_eff"):
+        for name in ("split_memory_eff", "tail_memory_eff", "unit_compute_eff", "reduce_bytes_eff"):
             v = getattr(self, name)
             if not (0 <= v <= 1.5) or not math.isfinite(v):
-                raise ProfileError(f"{where}: {name} must be in [0, 1.5] (0: memory_eff), got {v}")
+                what = "memory_eff" if name in ("split_memory_eff", "tail_memory_eff") else "off"
+                raise ProfileError(f"{where}: {name} must be in [0, 1.5] (0: {what}), got {v}")
         if self.split_rule not in SPLIT_RULES:
             raise ProfileError(f"{where}: split_rule must be one of {sorted(SPLIT_RULES)}, got {self.split_rule}")
         for name in ("latency_s", "ramp_flops", "ramp_bytes", "bandwidth_bytes_per_s", "tile_m", "tile_n",

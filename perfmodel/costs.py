@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from hw.spec import GPU, Dtype
-from perfmodel.calibration import SPLIT_FILL, SPLIT_FLASH, ClassParams, OpClass, Profile, ramp
+from perfmodel.calibration import SPLIT_FILL, SPLIT_FLASH, SPLIT_STREAM, ClassParams, OpClass, Profile, ramp
 from perfmodel.ops import (
     Attention,
     Collective,
@@ -227,6 +227,60 @@ def _gemm_cost(op: Gemm, gpu: GPU, prof: Profile) -> OpCost:
                      fl_eff, extra)
 
 
+def _prefill_schedule_s(op: Attention, gpu: GPU, p: ClassParams, splits, math_peak_flops_per_s: float):
+    """Compute time of prefill attention as (sequence, head, query tile) programs over the SMs.
+
+    Each program (a ``tile_m``-row query tile, 128 if unset) loops over its keys: it costs
+    ``unit_overhead_s + 4 * tile_m * head_dim * keys / (unit_compute_eff * peak / SMs)``.  With
+    a causal mask the tile ``t`` of ``T`` sees ``kv - q + (t + 1) * tile_m`` keys, so the last
+    tiles do most of the work.  ``units_per_sm * SMs`` programs run at once (flash-attention 2
+    runs one query tile per thread block and loops over key blocks, Dao 2023).  The makespan is
+    at least the longest program and at least the mean load of a slot plus ``wave_quant`` of a
+    mean program (the tail of list scheduling).  KV splits divide each program's keys.
+    """
+    bm = float(p.tile_m or 128)
+    q = np.asarray(op.q_len, dtype=np.float64)
+    kv = np.asarray(op.kv_len, dtype=np.float64)
+    tiles = np.ceil(q / bm)
+    units = np.asarray(op.batch, dtype=np.float64) * np.asarray(op.q_heads, dtype=np.float64) * tiles * splits
+    if op.causal:
+        mean_keys = np.clip(kv - q + bm * (tiles + 1.0) / 2.0, 1.0, kv)
+    else:
+        mean_keys = kv
+    mean_keys, max_keys = mean_keys / splits, kv / splits
+    rate = p.unit_compute_eff * math_peak_flops_per_s / gpu.sm_count
+    # programs sharing an SM split its math; fewer programs than slots each run faster
+    per_sm = max(p.units_per_sm, 1.0)
+    rate = rate * per_sm / np.clip(units / gpu.sm_count, 1.0, per_sm)
+    per_key_s = 4.0 * bm * np.asarray(op.head_dim, dtype=np.float64) / rate
+    t_mean = p.unit_overhead_s + mean_keys * per_key_s
+    t_max = p.unit_overhead_s + max_keys * per_key_s
+    slots = max(p.units_per_sm, 1.0) * gpu.sm_count
+    return np.maximum(t_max, units * t_mean / slots + p.wave_quant * t_mean)
+
+
+_TRITON_DECODE_BLOCK_N = 64.0  # keys per tile of kernels.attention_decode (split-KV and stream-K)
+
+
+def _triton_decode_pieces(units, kv_len, slots: int, rule: int):
+    """(programs, KV pieces per (sequence, kv head)) of our Triton decode kernels.
+
+    split-KV (``kernels.attention_decode``): ``splits = ceil(slots / units)`` chunks of whole
+    64-key tiles per (sequence, kv head), ``pieces = ceil(kv / chunk)``.  Stream-K: ``min(slots,
+    tiles)`` programs share all KV tiles equally; a program's run ends a piece at each (sequence,
+    kv head) boundary, so there are about ``programs + units`` pieces in all.
+    """
+    kv = np.asarray(kv_len, dtype=np.float64)
+    n_tiles = np.maximum(np.ceil(kv / _TRITON_DECODE_BLOCK_N), 1.0)
+    if rule == SPLIT_STREAM:
+        programs = np.minimum(float(slots), units * n_tiles)
+        return programs, (programs + units) / units
+    splits = np.maximum(np.ceil(slots / units), 1.0)
+    chunk = np.ceil(np.ceil(kv / np.minimum(splits, n_tiles)) / _TRITON_DECODE_BLOCK_N) * _TRITON_DECODE_BLOCK_N
+    pieces = np.ceil(kv / chunk)
+    return units * pieces, pieces
+
+
 def _attention_cost(op: Attention, gpu: GPU, prof: Profile) -> OpCost:
     cls = OpClass.ATTENTION_PREFILL if op.phase is Phase.PREFILL else OpClass.ATTENTION_DECODE
     p = prof.params(cls)
@@ -240,8 +294,9 @@ def _attention_cost(op: Attention, gpu: GPU, prof: Profile) -> OpCost:
     else:
         # decode kernels pack a KV head's query group (and its new tokens) into one tile of rows
         rows, heads = q * op.q_heads / op.kv_heads, np.asarray(op.kv_heads, dtype=np.float64)
+    scheduled = op.phase is Phase.PREFILL and p.unit_compute_eff > 0
     fl_eff, extra = None, 0.0
-    if p.tile_m > 0:
+    if p.tile_m > 0 and not scheduled:
         tiles_per_head = np.ceil(rows / p.tile_m)
         pad = tiles_per_head * p.tile_m / rows
         blocks = np.asarray(op.batch, dtype=np.float64) * heads * tiles_per_head
@@ -251,23 +306,39 @@ def _attention_cost(op: Attention, gpu: GPU, prof: Profile) -> OpCost:
         fl_eff = np.asarray(fl, dtype=np.float64) * pad * factor
         extra = whole * p.tile_overhead_s
     floor, split_lat, eff = 0.0, 0.0, None
-    if p.split_rule or p.units_per_sm > 0:
+    splits = 1.0
+    if p.split_rule or p.units_per_sm > 0 or scheduled:
         # programs: (sequence, head, 64-row query block) units, times the KV splits
         units = np.asarray(op.batch, dtype=np.float64) * heads * np.ceil(rows / 64.0)
         n_blocks = np.ceil(np.asarray(op.kv_len, dtype=np.float64) / _flash_block_n(op.head_dim))
         slots = 2 * gpu.sm_count
-        if p.split_rule == SPLIT_FLASH:
-            splits = flash_splits(units, n_blocks, slots)
-        elif p.split_rule == SPLIT_FILL:
-            splits = np.minimum(np.maximum(np.ceil(slots / units), 1.0), np.maximum(n_blocks, 1.0))
+        if p.split_rule in (SPLIT_FILL, SPLIT_STREAM):
+            programs, pieces = _triton_decode_pieces(units, op.kv_len, slots, p.split_rule)
+            split = np.asarray(pieces) > 1 if p.split_rule == SPLIT_FILL else np.ones(np.shape(pieces), bool)
+            # the combine kernel always runs: its launch, and the fp32 partials (a row of head_dim
+            # values and a log-sum-exp per query head and piece) written and read back
+            split_lat = p.split_latency_s
+            if p.reduce_bytes_eff > 0:
+                partial_bytes = 2.0 * units * pieces * rows * (np.asarray(op.head_dim, dtype=np.float64) + 1.0) * 4.0
+                split_lat = split_lat + partial_bytes / (p.reduce_bytes_eff * gpu.hbm_bytes_per_s)
+            if p.split_memory_eff > 0:
+                eff = np.where(split, p.split_memory_eff, p.memory_eff)
+            floor = unit_waves_s(programs, by, gpu.sm_count, gpu.hbm_bytes_per_s, p)
         else:
-            splits = np.ones_like(units)
-        split = np.asarray(splits) > 1
-        if p.split_latency_s > 0:
-            split_lat = np.where(split, p.split_latency_s, 0.0)
-        if p.split_memory_eff > 0:
-            eff = np.where(split, p.split_memory_eff, p.memory_eff)
-        floor = unit_waves_s(units * splits, by, gpu.sm_count, gpu.hbm_bytes_per_s, p)
+            if p.split_rule == SPLIT_FLASH:
+                splits = flash_splits(units, n_blocks, slots)
+            else:
+                splits = np.ones_like(units)
+            split = np.asarray(splits) > 1
+            if p.split_latency_s > 0:
+                split_lat = np.where(split, p.split_latency_s, 0.0)
+            if p.split_memory_eff > 0:
+                eff = np.where(split, p.split_memory_eff, p.memory_eff)
+            if not scheduled:
+                floor = unit_waves_s(units * splits, by, gpu.sm_count, gpu.hbm_bytes_per_s, p)
+    if scheduled:
+        fl_eff = 0.0
+        extra = _prefill_schedule_s(op, gpu, p, np.asarray(splits, dtype=np.float64), gpu.flops_for(math_dtype))
     return _roofline(fl, by, gpu.flops_for(math_dtype), gpu.hbm_bytes_per_s, p, Bound.HBM_BANDWIDTH,
                      fl_eff, extra, floor, split_lat, eff)
 

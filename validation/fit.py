@@ -32,6 +32,7 @@ from perfmodel.calibration import (
     SPLIT_FILL,
     SPLIT_FLASH,
     SPLIT_NONE,
+    SPLIT_STREAM,
     ClassParams,
     Mode,
     OpClass,
@@ -95,7 +96,12 @@ _DECODE_TILES = ({}, {"tile_m": 16}, {"tile_m": 64}, {"tile_m": 128})
 # how each attention implementation splits the KV axis (``ClassParams.split_rule``): PyTorch SDPA
 # runs flash-attention (its heuristic); our Triton decode kernels fill 2 x SMs programs; our
 # Triton prefill kernel does not split.
-_SPLIT_OF_IMPL = {"": SPLIT_FLASH, "[split_kv]": SPLIT_FILL, "[stream_k]": SPLIT_FILL, "[triton]": SPLIT_NONE}
+_SPLIT_OF_IMPL = {"": SPLIT_FLASH, "[split_kv]": SPLIT_FILL, "[stream_k]": SPLIT_STREAM, "[triton]": SPLIT_NONE}
+# prefill attention as scheduled (sequence, head, query tile) programs (``costs._prefill_schedule_s``)
+_PREFILL_SPEC = (_EFF("memory_eff", 0.8), _LAT, _OVERLAP, _UNIT_OH, Param("unit_compute_eff", 0.05, 1.5, 0.4), _WAVE)
+_PREFILL_TILES = tuple({"tile_m": tm} for tm in (64, 128))
+# the combine kernel of our Triton decode kernels: fp32 partials streamed at a fraction of HBM
+_REDUCE_EFF = Param("reduce_bytes_eff", 0.02, 1.5, 0.3)
 _UNITS_PER_SM = (1.0, 2.0, 4.0)
 
 
@@ -112,9 +118,10 @@ def _spec(key: str):
     if base == "gemm":
         return _COMPUTE_SPEC, _GEMM_TILES
     if base == "attention_prefill":
-        return _COMPUTE_SPEC + occupancy, _choices(_ATTN_TILES, rule)
+        return _PREFILL_SPEC + ((_SPLIT_LAT,) if rule != SPLIT_NONE else ()), _choices(_PREFILL_TILES, rule)
     if base == "attention_decode":  # rows of a KV head's query group, padded to the kernel's tile
-        return _COMPUTE_SPEC + occupancy, _choices(_DECODE_TILES, rule)
+        extra = (_REDUCE_EFF,) if rule in (SPLIT_FILL, SPLIT_STREAM) else ()
+        return _COMPUTE_SPEC + occupancy + extra, _choices(_DECODE_TILES, rule)
     if base == "elementwise:rmsnorm":  # one block per row: the row count sets the occupancy
         return _ROW_SPEC, tuple({"units_per_sm": u} for u in (1.0, 2.0, 4.0, 8.0, 16.0))
     if base in ("memcpy_h2d_pageable", "memcpy_d2h_pageable"):  # staged through host caches
@@ -191,7 +198,7 @@ def fit_class(key: str, ops: list[Op], measured: np.ndarray, gpu: GPU) -> tuple[
     lo = np.array([s.lo for s in spec])
     hi = np.array([s.hi for s in spec])
     starts = [np.array([s.init for s in spec])]
-    if spec == _COMPUTE_SPEC:  # a second start for the plain compute curves
+    if spec[:len(_COMPUTE_SPEC)] == _COMPUTE_SPEC:  # a second start for the plain compute curves
         alt = np.array([s.init for s in spec])
         alt[:len(_COMPUTE_SPEC)] = [0.5, 0.6, 5.0, 0.5, 0.8, 1.0, 6.0]
         starts.append(np.clip(alt, lo, hi))

@@ -69,6 +69,9 @@ def test_profile_for_another_gpu_is_refused(tmp_path):
         ({"attention_decode": {"split_memory_eff": 2}}, "split_memory_eff"),
         ({"attention_decode": {"units_per_sm": -1}}, "units_per_sm"),
         ({"memcpy_h2d_pageable": {"knee_bytes": float("nan")}}, "knee_bytes"),
+        ({"attention_prefill": {"unit_compute_eff": 2}}, "unit_compute_eff"),
+        ({"attention_decode": {"reduce_bytes_eff": -0.1}}, "reduce_bytes_eff"),
+        ({"attention_decode": {"split_rule": 4}}, "split_rule"),
     ],
 )
 def test_bad_class_values_are_refused(classes, match):

@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hw.loader import load_gpu
+from hw.spec import Dtype
 from perfmodel.calibration import ClassParams, Mode, OpClass, Profile, peak_profile
 from perfmodel.costs import Bound, OpCost, elementwise_rows, flash_splits, gemm_tile_m, op_cost, unit_waves_s
 from perfmodel.ops import (
@@ -181,3 +182,71 @@ def test_host_copy_knee_changes_the_rate_of_the_tail():
     big = Memcpy(32e6, MemLocation.HOST_PAGEABLE, MemLocation.DEVICE)
     assert op_cost(small, H100, prof).total_s == pytest.approx(8e6 / (0.25 * bw))
     assert op_cost(big, H100, prof).total_s == pytest.approx(16e6 / (0.25 * bw) + 16e6 / (0.125 * bw))
+
+
+def _prefill(batch, n, heads=32, causal=True):
+    return Attention(Phase.PREFILL, batch=batch, q_len=n, kv_len=n, q_heads=heads, kv_heads=8, head_dim=128,
+                     causal=causal)
+
+
+def test_scheduled_prefill_is_set_by_the_longest_tile_when_few_and_by_the_load_when_many():
+    rate = 0.1 * H100.flops_for(Dtype.BF16) / H100.sm_count
+    p = ClassParams(tile_m=128, units_per_sm=1, unit_compute_eff=0.1, unit_overhead_s=2e-6, wave_quant=0.0)
+    prof = _prof(attention_prefill=p)
+    per_key = 4 * 128 * 128 / rate
+    # 32 heads x 8 tiles = 256 programs over 132 slots: the last tile (all 1024 keys) or the mean load
+    few = op_cost(_prefill(1, 1024), H100, prof).compute_s
+    mean_keys = 1024 - 1024 + 128 * 9 / 2
+    assert few == pytest.approx(max(2e-6 + 1024 * per_key, 256 * (2e-6 + mean_keys * per_key) / 132))
+    # many programs: the time follows the total work, not the longest tile
+    many = op_cost(_prefill(4, 8192), H100, prof).compute_s
+    units = 4 * 32 * 64
+    assert many == pytest.approx(units * (2e-6 + (128 * 65 / 2) * per_key) / 132)
+    # a causal mask halves the work of long sequences; without one every tile sees every key
+    full = op_cost(_prefill(4, 8192, causal=False), H100, prof).compute_s
+    assert 1.9 < full / many < 2.1
+    # the head layout does not change the work of a query tile (K/V per program are the same)
+    gqa = Attention(Phase.PREFILL, batch=4, q_len=2048, kv_len=2048, q_heads=32, kv_heads=8, head_dim=128)
+    mha = Attention(Phase.PREFILL, batch=4, q_len=2048, kv_len=2048, q_heads=32, kv_heads=32, head_dim=128)
+    assert op_cost(gqa, H100, prof).compute_s == pytest.approx(op_cost(mha, H100, prof).compute_s)
+
+
+def test_scheduled_prefill_vectorises():
+    p = ClassParams(tile_m=64, units_per_sm=2, unit_compute_eff=0.2, unit_overhead_s=1e-6, wave_quant=0.5,
+                    split_rule=1, split_latency_s=3e-6)
+    prof = _prof(attention_prefill=p)
+    ns = np.array([128, 512, 2048, 16384])
+    arr = op_cost(_prefill(1, ns), H100, prof).total_s
+    one = [op_cost(_prefill(1, int(n)), H100, prof).total_s for n in ns]
+    assert np.allclose(arr, one)
+    assert np.all(np.diff(arr) > 0)
+
+
+def test_triton_decode_pieces_follow_the_kernels_schedules():
+    from perfmodel.calibration import SPLIT_FILL, SPLIT_STREAM
+    from perfmodel.costs import _triton_decode_pieces
+
+    # split-KV: 8 (sequence, kv head) pairs, 264 slots -> 33 splits, but 4096 keys are 64 tiles:
+    # chunks of 2 tiles (128 keys), 32 pieces
+    programs, pieces = _triton_decode_pieces(np.float64(8), 4096, 264, SPLIT_FILL)
+    assert (programs, pieces) == (256, 32)
+    # enough pairs: no split
+    assert _triton_decode_pieces(np.float64(1024), 4096, 264, SPLIT_FILL) == (1024, 1)
+    # stream-K: 264 programs share 1024 x 4 tiles; every pair adds a piece boundary
+    programs, pieces = _triton_decode_pieces(np.float64(1024), 256, 264, SPLIT_STREAM)
+    assert programs == 264 and pieces == pytest.approx((264 + 1024) / 1024)
+    # fewer tiles than slots: one program per tile
+    assert _triton_decode_pieces(np.float64(2), 128, 264, SPLIT_STREAM)[0] == 4
+
+
+def test_triton_decode_combine_kernel_costs_its_partials():
+    from perfmodel.calibration import SPLIT_FILL
+
+    base = ClassParams(split_rule=SPLIT_FILL, split_latency_s=2e-6)
+    with_bytes = ClassParams(split_rule=SPLIT_FILL, split_latency_s=2e-6, reduce_bytes_eff=0.5)
+    op = Attention(Phase.DECODE, batch=1, q_len=1, kv_len=4096, q_heads=32, kv_heads=8, head_dim=128)
+    lat0 = op_cost(op, H100, _prof(attention_decode=base)).latency_s
+    lat1 = op_cost(op, H100, _prof(attention_decode=with_bytes)).latency_s
+    assert lat0 == pytest.approx(2e-6)  # the combine kernel runs even without a split
+    partial = 2 * 8 * 32 * 4 * 129 * 4  # 8 pairs x 32 pieces x 4 query heads x (128 + 1) fp32, written and read
+    assert lat1 - lat0 == pytest.approx(partial / (0.5 * H100.hbm_bytes_per_s))
