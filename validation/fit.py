@@ -204,7 +204,7 @@ def fit_class(key: str, ops: list[Op], measured: np.ndarray, gpu: GPU) -> tuple[
         starts.append(np.clip(alt, lo, hi))
     for fixed in choices:
         for x0 in starts:
-            def resid(x):
+            def resid(x, fixed=fixed):
                 pred = predict(make(x, fixed))
                 return np.log(np.maximum(pred, 1e-12)) - logm
 
