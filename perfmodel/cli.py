@@ -150,7 +150,7 @@ def _analysis_table(results: list[Any]) -> Any:
     from rich.table import Table
 
     first = results[0]
-    t = Table(title=f"{first.model.name} on {first.gpu.name} x{first.tp} ({first.mode.value} mode)")
+    t = Table(title=f"{first.model.name} on {first.gpu.name} x{first.tp * first.pp * first.sp} ({first.mode.value} mode)")
     t.add_column("metric")
     t.add_column("bound")
     for r in results:
@@ -166,9 +166,12 @@ def _analysis_table(results: list[Any]) -> Any:
         ("KV cache per user", "", lambda r: _gib(r.to_dict()["kv_cache_bytes"] / r.batch)),
         ("weights", "", lambda r: _gib(r.model.weight_bytes(r.precision.weights))),
         ("session throughput", "", lambda r: f"{r.session_throughput_tokens_per_s:,.1f} tok/s"),
-        ("communication (prefill)", "", lambda r: _comm_cell(r.prefill_comm_s, r.prefill.total_s)),
-        ("communication / token", "", lambda r: _comm_cell(r.decode_step_comm_s, r.decode_step.total_s)),
     ]
+    if any(r.tp * r.pp * r.sp * r.ep > 1 for r in results):
+        rows += [
+            ("communication (prefill)", "", lambda r: _comm_cell(r.prefill_comm_s, r.prefill.total_s)),
+            ("communication / token", "", lambda r: _comm_cell(r.decode_step_comm_s, r.decode_step.total_s)),
+        ]
     for name, bound, f in rows:
         t.add_row(name, bound, *[f(r) for r in results])
     return t
