@@ -2,7 +2,11 @@
 
 Both schedules write per-piece partial results (an fp32 output row normalised by its own
 softmax sum, and its log2-sum-exp); :func:`_reduce_kernel` merges the pieces of each query
-head. ``PAGED`` selects a paged cache: token ``n`` of sequence ``b`` then lives in page
+head. Stream-K writes a (sequence, kv head) pair that lies inside one program's run straight
+to the output, and with ``FUSED`` also merges the other pairs itself (the last program to
+finish a pair's tiles does it), so it needs no second kernel.
+
+``PAGED`` selects a paged cache: token ``n`` of sequence ``b`` then lives in page
 ``block_table[b, n // PAGE_SIZE]`` at row ``n % PAGE_SIZE``.
 """
 
@@ -168,11 +172,90 @@ def _split_kv_kernel(
 
 @triton.jit
 def _tile_prefix(KV_LENS, Hkv, BH, BLOCK_N: tl.constexpr, BH_P2: tl.constexpr):
-    # Inclusive prefix sum of KV tiles over the concatenation of all (sequence, kv head) pairs.
+    # Tiles of every (sequence, kv head) pair and their inclusive prefix sum over the
+    # concatenation of all pairs; also each pair's length (so no second load is needed).
     idx = tl.arange(0, BH_P2)
     lens = tl.load(KV_LENS + idx // Hkv, mask=idx < BH, other=0)
     tiles = (lens + BLOCK_N - 1) // BLOCK_N
-    return idx, tiles, tl.cumsum(tiles, 0)
+    return idx, lens, tiles, tl.cumsum(tiles, 0)
+
+
+@triton.jit
+def _owner(t, total, NUM_PROGRAMS):
+    # The program whose run [p*T//P, (p+1)*T//P) holds tile t: the largest p with p*T//P <= t.
+    return ((t.to(tl.int64) + 1) * NUM_PROGRAMS - 1) // total
+
+
+@triton.jit
+def _store_out(O, b, hk, s_ob, s_oh, acc, l_i, GROUP, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr):
+    # O[b, hk*GROUP + g, :] = acc[g] / l[g] for a (sequence, kv head) pair done by one program.
+    offs_g = tl.arange(0, BLOCK_G)
+    offs_d = tl.arange(0, HEAD_DIM)
+    gmask = offs_g < GROUP
+    out = acc / tl.where(gmask, l_i, 1.0)[:, None]
+    ptr = O + b.to(tl.int64) * s_ob + (hk * GROUP + offs_g)[:, None] * s_oh + offs_d[None, :]
+    tl.store(ptr, out.to(O.dtype.element_ty), mask=gmask[:, None])
+
+
+@triton.jit
+def _combine_pair(
+    PO,
+    PL,
+    O,
+    b,
+    hk,
+    bh,
+    s_lo,
+    s_hi,
+    total,
+    NUM_PROGRAMS,
+    GROUP,
+    s_ob,
+    s_oh,
+    HEAD_DIM: tl.constexpr,
+    GP: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    """Merge partial slots [s_lo, s_hi) of pair bh for all GROUP query heads; write O.
+
+    Slots of programs that own no tile (only when there are more programs than tiles) were
+    never written and are skipped. Loads bypass L1 (``.cg``): the slots were written by other
+    programs.
+    """
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_g = tl.arange(0, GP)
+    offs_d = tl.arange(0, HEAD_DIM)
+    gok = offs_g < GROUP
+    m = tl.full((GP,), float("-inf"), dtype=tl.float32)
+    den = tl.zeros((GP,), dtype=tl.float32)
+    acc = tl.zeros((GP, HEAD_DIM), dtype=tl.float32)
+    for s0 in range(s_lo, s_hi, BLOCK_S):
+        slots = s0 + offs_s
+        prog = (slots - bh).to(tl.int64)
+        ok = (slots < s_hi) & ((prog + 1) * total // NUM_PROGRAMS > prog * total // NUM_PROGRAMS)
+        row = slots * GROUP
+        lse = tl.load(
+            PL + row[:, None] + offs_g[None, :],
+            mask=ok[:, None] & gok[None, :],
+            other=float("-inf"),
+            cache_modifier=".cg",
+        )
+        part = tl.load(
+            PO + (row[:, None, None] + offs_g[None, :, None]) * HEAD_DIM + offs_d[None, None, :],
+            mask=ok[:, None, None] & gok[None, :, None],
+            other=0.0,
+            cache_modifier=".cg",
+        )
+        m_new = tl.maximum(m, tl.max(lse, 0))
+        m_use = tl.where(m_new > float("-inf"), m_new, 0.0)  # padded heads stay -inf
+        w = tl.math.exp2(lse - m_use[None, :])
+        scale = tl.math.exp2(m - m_use)
+        den = den * scale + tl.sum(w, 0)
+        acc = acc * scale[:, None] + tl.sum(w[:, :, None] * part, 0)
+        m = m_new
+    out = acc / tl.where(gok, den, 1.0)[:, None]
+    ptr = O + b.to(tl.int64) * s_ob + (hk * GROUP + offs_g)[:, None] * s_oh + offs_d[None, :]
+    tl.store(ptr, out.to(O.dtype.element_ty), mask=gok[:, None])
 
 
 @triton.jit
@@ -184,6 +267,8 @@ def _stream_k_kernel(
     BT,
     PO,
     PL,
+    O,
+    CNT,
     qk_scale,
     Hkv,
     GROUP,
@@ -196,6 +281,8 @@ def _stream_k_kernel(
     s_kn,
     s_btb,
     PAGE_SIZE,
+    s_ob,
+    s_oh,
     HEAD_DIM: tl.constexpr,
     BLOCK_G: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -203,24 +290,34 @@ def _stream_k_kernel(
     PAGED: tl.constexpr,
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
+    FUSED: tl.constexpr,
+    GP: tl.constexpr,
+    BLOCK_S: tl.constexpr,
 ):
     """Program p handles KV tiles [p*T/P, (p+1)*T/P) of the concatenated KV of all heads.
 
-    Each maximal run of its tiles inside one (sequence, kv head) pair becomes one partial,
-    stored at slot ``p + bh`` (unique because runs of later programs start at bh or later).
+    Each maximal run of its tiles inside one (sequence, kv head) pair is one piece. A piece
+    that is the whole pair is written straight to ``O``. Other pieces are stored as partials
+    at slot ``p + bh`` (unique because runs of later programs start at bh or later). With
+    ``FUSED`` each such piece then adds its tile count to ``CNT[bh]`` (zeroed by the caller);
+    the program whose addition completes the pair's tiles merges the pair's partials and
+    writes ``O`` (no waiting, so no program depends on another being resident). Without
+    ``FUSED``, :func:`_reduce_kernel` merges them afterwards.
     """
     p = tl.program_id(0)
-    idx, tiles, incl = _tile_prefix(KV_LENS, Hkv, BH, BLOCK_N, BH_P2)
+    idx, lens, tiles, incl = _tile_prefix(KV_LENS, Hkv, BH, BLOCK_N, BH_P2)
     total = tl.sum(tiles, 0)
     t = (p.to(tl.int64) * total // NUM_PROGRAMS).to(tl.int32)
     t_end = ((p.to(tl.int64) + 1) * total // NUM_PROGRAMS).to(tl.int32)
     while t < t_end:
         bh = tl.sum((incl <= t).to(tl.int32), 0)  # first pair whose tiles reach past t
-        first_tile = tl.sum(tl.where(idx < bh, tiles, 0), 0)
-        seg_end = tl.minimum(t_end, first_tile + tl.sum(tl.where(idx == bh, tiles, 0), 0))
+        sel = idx == bh
+        pair_tiles = tl.sum(tl.where(sel, tiles, 0), 0)
+        first_tile = tl.sum(tl.where(sel, incl, 0), 0) - pair_tiles
+        kv_len = tl.sum(tl.where(sel, lens, 0), 0)
+        seg_end = tl.minimum(t_end, first_tile + pair_tiles)
         b = bh // Hkv
         hk = bh % Hkv
-        kv_len = tl.load(KV_LENS + b)
         q = _load_q_group(Q, b, hk, s_qb, s_qh, GROUP, HEAD_DIM, BLOCK_G, UPCAST)
         n_lo = (t - first_tile) * BLOCK_N
         n_hi = tl.minimum((seg_end - first_tile) * BLOCK_N, kv_len)
@@ -246,8 +343,35 @@ def _stream_k_kernel(
             PRECISION,
             UPCAST,
         )
-        # partial layout [NUM_PROGRAMS + BH, GROUP, (D)]
-        _store_partial(PO, PL, (p + bh).to(tl.int64) * GROUP, acc, l_i, m_i, GROUP, HEAD_DIM, BLOCK_G)
+        if (t == first_tile) & (seg_end == first_tile + pair_tiles):
+            _store_out(O, b, hk, s_ob, s_oh, acc, l_i, GROUP, HEAD_DIM, BLOCK_G)
+        else:
+            # partial layout [NUM_PROGRAMS + BH, GROUP, (D)]
+            _store_partial(PO, PL, (p + bh).to(tl.int64) * GROUP, acc, l_i, m_i, GROUP, HEAD_DIM, BLOCK_G)
+            if FUSED:
+                tl.debug_barrier()  # every thread's partial stores precede the release below
+                done = tl.atomic_add(CNT + bh, seg_end - t, sem="acq_rel", scope="gpu")
+                if done + (seg_end - t) == pair_tiles:
+                    s_lo = _owner(first_tile, total, NUM_PROGRAMS) + bh
+                    s_hi = _owner(first_tile + pair_tiles - 1, total, NUM_PROGRAMS) + bh + 1
+                    _combine_pair(
+                        PO,
+                        PL,
+                        O,
+                        b,
+                        hk,
+                        bh,
+                        s_lo,
+                        s_hi,
+                        total,
+                        NUM_PROGRAMS,
+                        GROUP,
+                        s_ob,
+                        s_oh,
+                        HEAD_DIM,
+                        GP,
+                        BLOCK_S,
+                    )
         t = seg_end
 
 
@@ -276,21 +400,24 @@ def _reduce_kernel(
     h = row % Hq
     bh = b * Hkv + h // GROUP
     g = h % GROUP
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, HEAD_DIM)
     if STREAM_K:
-        idx, tiles, incl = _tile_prefix(KV_LENS, Hkv, BH, BLOCK_N, BH_P2)
+        idx, lens, tiles, incl = _tile_prefix(KV_LENS, Hkv, BH, BLOCK_N, BH_P2)
         total = tl.sum(tiles, 0)
-        first = tl.sum(tl.where(idx < bh, tiles, 0), 0)
+        pair_tiles = tl.sum(tl.where(idx == bh, tiles, 0), 0)
         last = tl.sum(tl.where(idx == bh, incl, 0), 0) - 1
-        # owner(t) = the largest p with p*T//P <= t = ((t+1)*P - 1) // T
-        p0 = ((first.to(tl.int64) + 1) * NUM_PIECES - 1) // total
-        p1 = ((last.to(tl.int64) + 1) * NUM_PIECES - 1) // total
+        p0 = _owner(last - pair_tiles + 1, total, NUM_PIECES)
+        p1 = _owner(last, total, NUM_PIECES)
+        # a pair inside one program's run (p0 == p1) was written to Out by that program:
+        # no slots to merge, nothing to store
         s_lo = p0 + bh
-        s_hi = p1 + bh + 1
+        s_hi = tl.where(p1 > p0, p1 + bh + 1, s_lo)
+        need = offs_d < tl.where(p1 > p0, HEAD_DIM, 0)
     else:
         s_lo = bh.to(tl.int64) * NUM_PIECES
         s_hi = s_lo + NUM_PIECES
-    offs_s = tl.arange(0, BLOCK_S)
-    offs_d = tl.arange(0, HEAD_DIM)
+        need = offs_d < HEAD_DIM  # all true
     m = tl.full((), float("-inf"), dtype=tl.float32)
     den = tl.zeros((), dtype=tl.float32)
     acc = tl.zeros((HEAD_DIM,), dtype=tl.float32)
@@ -310,5 +437,5 @@ def _reduce_kernel(
         den = den * scale + tl.sum(w, 0)
         acc = acc * scale + tl.sum(w[:, None] * part, 0)
         m = m_new
-    out = acc / den
-    tl.store(Out + b.to(tl.int64) * s_ob + h * s_oh + offs_d, out.to(Out.dtype.element_ty))
+    out = acc / tl.where(need, den, 1.0)
+    tl.store(Out + b.to(tl.int64) * s_ob + h * s_oh + offs_d, out.to(Out.dtype.element_ty), mask=need)

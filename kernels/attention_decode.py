@@ -7,8 +7,10 @@ the cache is read once.
 * ``split_kv`` (flash-decoding): the KV axis of every (sequence, kv head) is cut into
   ``num_splits`` equal chunks; each chunk's partial softmax is merged by log-sum-exp.
 * ``stream_k`` (the LeanAttention schedule): the KV tiles of all (sequence, kv head) pairs are
-  concatenated and cut into ``num_splits`` equal runs, one per program, whatever the lengths;
-  partials are merged wherever a run crosses a pair boundary.
+  concatenated and cut into ``num_splits`` equal runs, one per program, whatever the lengths.
+  A pair inside one run is written straight to the output; a pair split over several runs
+  is merged by log-sum-exp by the last program to finish its tiles (one kernel launch, plus
+  zeroing a counter per pair).
 """
 
 from __future__ import annotations
@@ -42,6 +44,13 @@ _LOG2E = 1.4426950408889634
 _GPU_META = {"BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
 _INTERPRETER_META = {"BLOCK_N": 16}
 _REDUCE_BLOCK_S = 16
+#: stream-K programs per SM when ``num_splits`` is not given (capped at the number of tiles).
+_STREAM_K_PROGRAMS_PER_SM = 1
+#: stream-K merges split pairs inside its own kernel (last program to finish a pair merges it)
+#: instead of launching the reduction kernel.
+_STREAM_K_FUSED = True
+#: rows (slots x query heads) the fused merge loads at once.
+_FUSED_MERGE_ROWS = 64
 
 
 class DecodeSchedule(str, enum.Enum):
@@ -94,6 +103,14 @@ def check_lens_values(kv_lens: torch.Tensor, max_len: int) -> None:
     lo, hi = int(kv_lens.min()), int(kv_lens.max())
     if lo < 1 or hi > max_len:
         raise KernelInputError(f"kv_lens: values must lie in [1, {max_len}], got min {lo}, max {hi}")
+
+
+def stream_k_programs(num_splits: int | None, sms: int, pairs: int, max_tiles: int) -> int:
+    """Stream-K programs: ``num_splits`` if given, else ``_STREAM_K_PROGRAMS_PER_SM`` per SM but
+    no more than the most KV tiles there can be (``pairs * max_tiles``)."""
+    if num_splits:
+        return num_splits
+    return max(1, min(_STREAM_K_PROGRAMS_PER_SM * sms, pairs * max_tiles))
 
 
 def launch_decode(
@@ -151,10 +168,14 @@ def launch_decode(
             raise KernelInputError(
                 f"q: stream_k supports at most {MAX_STREAM_K_PAIRS} (sequence, kv head) pairs, got {bh}"
             )
-        pieces = num_splits or max(1, min(target, bh * max_tiles))
+        pieces = stream_k_programs(num_splits, num_sms(q.device), bh, max_tiles)
         bh_p2 = next_pow2(bh)
+        fused = _STREAM_K_FUSED
         po = torch.empty(((pieces + bh) * group, D), dtype=torch.float32, device=q.device)
         pl = torch.empty(((pieces + bh) * group,), dtype=torch.float32, device=q.device)
+        # tiles of each split pair finished so far (fused merge only; must start at zero)
+        cnt = torch.zeros((bh,), dtype=torch.int32, device=q.device) if fused else kv_lens
+        gp = next_pow2(group)
         _dk._stream_k_kernel[(pieces,)](
             q,
             k,
@@ -163,16 +184,25 @@ def launch_decode(
             bt,
             po,
             pl,
+            o,
+            cnt,
             scale,
             Hkv,
             group,
             bh,
             pieces,
             *strides,
+            o.stride(0),
+            o.stride(1),
             BH_P2=bh_p2,
+            FUSED=fused,
+            GP=gp,
+            BLOCK_S=max(1, _FUSED_MERGE_ROWS // gp),
             **consts,
             **meta,
         )
+        if fused:
+            return o
     _dk._reduce_kernel[(B * Hq,)](
         po,
         pl,
@@ -215,8 +245,8 @@ def attention_decode(
     kv_lens : torch.Tensor, shape [B], int32 or int64
         Valid cache length of each sequence, in ``[1, Lmax]``.
     num_splits : int, optional
-        split_kv: KV chunks per (sequence, kv head); stream_k: number of programs. Default from
-        the SM count (about two programs per SM).
+        split_kv: KV chunks per (sequence, kv head); default about two programs per SM.
+        stream_k: number of programs; default one per SM, at most one per KV tile.
     schedule : {"split_kv", "stream_k"} or DecodeSchedule
     sm_scale : float, optional
         Default ``1/sqrt(D)``.

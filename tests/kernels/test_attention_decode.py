@@ -97,3 +97,56 @@ def test_counts_read_cache_once():
     assert kernels.attention_decode.flops(op) == 4 * 3 * 32 * 128 * 1000
     kv_bytes = 2 * 3 * 8 * 1000 * 128 * 2
     assert kernels.attention_decode.bytes_moved(op) == kv_bytes + 2 * 3 * 32 * 128 * 2
+
+
+# Stream-K paths: a pair inside one program's run is written straight to the output; a split
+# pair is merged either inside the stream-K kernel (fused, by the last program to finish its
+# tiles) or by the reduction kernel. Program counts from 1 (every pair direct) to more programs
+# than tiles (empty programs, every pair split).
+STREAM_K_CASES = [
+    # (B, Hq, Hkv, Lmax, D, lens or None for ragged with 1 and Lmax, num_splits)
+    (3, 7, 1, 37, 64, None, 2),  # GQA 7
+    (4, 4, 2, 50, 64, None, 5),  # GQA 2
+    (2, 8, 2, 70, 128, None, 13),  # GQA 4
+    (5, 3, 3, 33, 64, None, 200),  # GQA 1, more programs than tiles
+    (2, 4, 1, 64, 64, [64, 64], 8),  # every pair split evenly
+    (3, 4, 2, 40, 64, [1, 40, 17], 1),  # one program: every pair written directly
+    (1, 2, 1, 1, 64, [1], None),  # a single one-token pair
+]
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("case", STREAM_K_CASES)
+def test_stream_k_merge_paths(case, fused, seed, check, poisoned, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys.modules["kernels.attention_decode"], "_STREAM_K_FUSED", fused)
+    b, hq, hkv, lmax, d, lens, ns = case
+    q, k, v, kv_lens = _inputs(b, hq, hkv, lmax, d, torch.float16)
+    if lens is not None:
+        kv_lens = torch.tensor(lens, dtype=torch.int32)
+    with poisoned():  # output, partials and the counter-free buffers start as NaN
+        o = kernels.attention_decode(q, k, v, kv_lens, num_splits=ns, schedule="stream_k")
+    check(o, attention_decode_ref(q, k, v, kv_lens), torch.float16, seed, f"{case} lens={kv_lens.tolist()}")
+
+
+def test_stream_k_fused_and_reduced_agree(seed, monkeypatch):
+    import sys
+
+    mod = sys.modules["kernels.attention_decode"]
+    q, k, v, lens = _inputs(3, 8, 2, 45, 64, torch.float32)
+    out = {}
+    for fused in (True, False):
+        monkeypatch.setattr(mod, "_STREAM_K_FUSED", fused)
+        out[fused] = kernels.attention_decode(q, k, v, lens, num_splits=7, schedule="stream_k")
+    torch.testing.assert_close(out[True], out[False], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "num_splits,sms,pairs,max_tiles,expect",
+    [(None, 132, 8, 16, 128), (None, 132, 8, 1000, 132), (None, 132, 1, 1, 1), (7, 132, 8, 1, 7)],
+)
+def test_stream_k_program_count(num_splits, sms, pairs, max_tiles, expect):
+    from kernels.attention_decode import stream_k_programs
+
+    assert stream_k_programs(num_splits, sms, pairs, max_tiles) == expect
