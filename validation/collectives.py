@@ -436,60 +436,134 @@ def evaluate(rows: list[dict], fits: dict[str, dict]) -> dict:
     return out
 
 
-RING_FIT_MIN_BLOCK = 2048  # smaller blocks are bound by eager host-side issue cost, not by the GPU
+RING_TRAIN_BLOCKS = (256, 1024, 4096, 16384)  # held-out check: fit on these, score 512, 2048, 8192
 
 
-def fit_ring_overlap(ring_rows: list[dict]) -> float:
-    """The overlap share (0..1) that best predicts the measured step times of blocks >= RING_FIT_MIN_BLOCK."""
+def _ring_arrays(rows: list[dict]):
+    import numpy as np
+
+    return (np.array([r["compute_s"] for r in rows]), np.array([r["comm_s"] for r in rows]),
+            np.array([r["both_s"] for r in rows]))
+
+
+RING_LAUNCH_MAX_BLOCK = 512  # attention alone on blocks this small is bound by its host launch
+
+
+def fit_ring_step(ring_rows: list[dict], comm_issue_s: float) -> dict:
+    """Fit the Ring step model (:class:`perfmodel.parallel.RingStepModel`) to measured steps.
+
+    ``step = max(c + m - overlap * min(c, m), min(c, h_c) + min(m, h_m) + sync)`` with the
+    measured compute ``c`` and transfer ``m`` alone.  The host costs of the two calls come from
+    serial measurements: ``h_m`` = ``comm_issue_s`` (the send/recv class's fitted latency, the
+    host cost of issuing the pair, from the separate send/recv measurement) and ``h_c`` = the
+    median time of attention alone on blocks of at most ``RING_LAUNCH_MAX_BLOCK`` tokens (a few
+    GFLOP: the eager call's host launch).  ``overlap`` and ``sync`` are fitted to the overlapped
+    steps by least squares of the relative step error.
+    """
+    import numpy as np
+    from scipy.optimize import least_squares
+
+    from perfmodel.parallel import RingStepModel, ring_step_overlap
+
+    small = [r["compute_s"] for r in ring_rows if r["block_tokens"] <= RING_LAUNCH_MAX_BLOCK]
+    if len(ring_rows) < 3 or not small:
+        raise ValueError(f"too few Ring steps to fit ({len(ring_rows)}; {len(small)} blocks of "
+                         f"<= {RING_LAUNCH_MAX_BLOCK} tokens)")
+    h_c = float(np.median(small))
+    c, m, both = _ring_arrays(ring_rows)
+
+    def model(v):
+        return RingStepModel(float(v[0]), h_c, comm_issue_s, float(v[1]) * 1e-6)
+
+    def resid(v):
+        return ring_step_overlap(c, m, model(v)).step_s / both - 1.0
+
+    # the max() makes the surface piecewise with several local minima: search a grid (overlap in
+    # steps of 0.01, sync in steps of 1 us up to 300 us), then polish locally
+    hs = np.arange(0.0, 301.0)[:, None] * 1e-6
+    host = np.minimum(c, h_c) + np.minimum(m, comm_issue_s) + hs
+    best, best_sse = None, np.inf
+    for e in np.linspace(0, 1, 101):
+        sse = np.sum((np.maximum(c + m - e * np.minimum(c, m), host) / both - 1.0) ** 2, axis=-1)
+        j = int(np.argmin(sse))
+        if sse[j] < best_sse:
+            best, best_sse = (e, float(j)), float(sse[j])
+    sol = least_squares(resid, best, bounds=([0, 0], [1, 1e4]))
+    x = sol.x if np.sum(resid(sol.x) ** 2) <= best_sse else np.array(best)
+    rs = model(x)
+    return {"overlap": rs.overlap, "compute_issue_s": rs.compute_issue_s, "comm_issue_s": comm_issue_s,
+            "sync_s": rs.sync_s, "points": len(ring_rows)}
+
+
+def _ring_errors(rows: list[dict], rs) -> dict:
     import numpy as np
 
     from perfmodel.parallel import ring_step_overlap
 
-    sel = [r for r in ring_rows if r["block_tokens"] >= RING_FIT_MIN_BLOCK]
-    grid = np.linspace(0, 1, 101)
-    sse = [sum((ring_step_overlap(r["compute_s"], r["comm_s"], g).step_s / r["both_s"] - 1) ** 2 for r in sel)
-           for g in grid]
-    return float(grid[int(np.argmin(sse))])
+    c, m, both = _ring_arrays(rows)
+    pred = ring_step_overlap(c, m, rs)
+    step = np.abs(pred.step_s / both - 1.0)
+    hid = np.abs(pred.hidden_fraction - (c + m - both) / m)
+    return {"step_median_ape": float(np.median(step)), "step_max_ape": float(step.max()),
+            "hidden_median_abs_err": float(np.median(hid)), "hidden_max_abs_err": float(hid.max()), "n": int(step.size)}
 
 
-def evaluate_ring(ring_rows: list[dict], prof) -> dict:
+def evaluate_ring(ring_rows: list[dict], prof, comm_issue_s: float) -> dict:
     """Ring-attention step: measured vs predicted step time and hidden share of the transfer.
 
     ``hidden`` is the share of the KV transfer that compute hides: ``(c + m - both) / m``
-    measured, ``overlap * min(c, m) / m`` predicted (:func:`perfmodel.parallel.ring_step_overlap`).
-    Predictions use (a) the measured compute and transfer times alone, with the ideal overlap 1
-    and with the fitted one, (b) the model's own compute and transfer times with the fitted one.
+    measured, ``(c + m - step) / m`` predicted (:func:`perfmodel.parallel.ring_step_overlap`);
+    negative where the overlapped step is longer than the two run apart.  The ratio
+    ``step / (c + m)`` (overlapped over serial) has the same relative error as the step time.
+    Predictions use (a) the measured compute and transfer times alone, with the ideal overlap
+    and with the fitted model, (b) the model's own compute and transfer times with the fitted model.
+    Held out: fitted on the blocks of ``RING_TRAIN_BLOCKS``, scored on the others.
     """
     from hw.loader import load_gpu
-    from perfmodel.parallel import ring_step_overlap
+    from perfmodel.parallel import RingStepModel, ring_step_overlap
 
     gpu = load_gpu(FIT_GPU)
-    eta = fit_ring_overlap(ring_rows)
+    fit = fit_ring_step(ring_rows, comm_issue_s)
+    rs = RingStepModel(fit["overlap"], fit["compute_issue_s"], fit["comm_issue_s"], fit["sync_s"])
+    train = [r for r in ring_rows if r["block_tokens"] in RING_TRAIN_BLOCKS]
+    test = [r for r in ring_rows if r["block_tokens"] not in RING_TRAIN_BLOCKS]
+    fit_tr = fit_ring_step(train, comm_issue_s)
+    rs_tr = RingStepModel(fit_tr["overlap"], fit_tr["compute_issue_s"], fit_tr["comm_issue_s"], fit_tr["sync_s"])
     pts = []
     for r in ring_rows:
         c, m, both = r["compute_s"], r["comm_s"], r["both_s"]
-        ideal, fitted = ring_step_overlap(c, m, 1.0), ring_step_overlap(c, m, eta)
-        mod = ring_step_overlap_from_model(r, gpu, prof, eta)
+        ideal, fitted, held = ring_step_overlap(c, m, 1.0), ring_step_overlap(c, m, rs), ring_step_overlap(c, m, rs_tr)
+        mod = ring_step_overlap_from_model(r, gpu, prof, rs)
         pts.append({
             "item": r["item"], "block_tokens": r["block_tokens"], "hq": r["hq"], "hkv": r["hkv"],
             "compute_s": c, "comm_s": m, "both_s": both, "measured_hidden": (c + m - both) / m,
-            "pred_hidden": fitted.hidden_fraction, "step_err_ideal_overlap": ideal.step_s / both - 1.0,
-            "step_err_fitted_overlap": fitted.step_s / both - 1.0,
-            "model_compute_s": mod.compute_s, "model_comm_s": mod.comm_s, "step_err_model": mod.step_s / both - 1.0,
+            "pred_hidden": fitted.hidden_fraction, "pred_host_bound": bool(fitted.stall_s > 0),
+            "step_err_ideal_overlap": ideal.step_s / both - 1.0,
+            "step_err_fitted": fitted.step_s / both - 1.0,
+            "step_err_held_out": held.step_s / both - 1.0, "held_out": r["block_tokens"] not in RING_TRAIN_BLOCKS,
+            "model_compute_s": mod.compute_s, "model_comm_s": mod.comm_s, "model_step_s": mod.step_s,
+            "step_err_model": mod.step_s / both - 1.0,
         })
-    return {"overlap_fit": eta, "fit_min_block_tokens": RING_FIT_MIN_BLOCK, "points": pts}
+    return {"fit": fit, "fit_train_blocks": fit_tr, "train_blocks": list(RING_TRAIN_BLOCKS),
+            "errors_fitted": _ring_errors(ring_rows, rs), "errors_held_out": _ring_errors(test, rs_tr),
+            "errors_ideal": _ring_errors(ring_rows, RingStepModel()),
+            "errors_overlap_only_fitted": _ring_errors(ring_rows, RingStepModel(fit["overlap"])),
+            "points": pts}
 
 
-def ring_step_overlap_from_model(r: dict, gpu, prof, eta: float = 1.0):
+def ring_step_overlap_from_model(r: dict, gpu, prof, rs):
+    """The step from the model's own attention (calibrated attention_prefill) and send/recv costs."""
+    import dataclasses
+
     from perfmodel.comm import collective_time
     from perfmodel.costs import op_cost
     from perfmodel.ops import Attention, OpKind, Phase
     from perfmodel.parallel import ring_step_overlap
 
     att = Attention(Phase.PREFILL, 1, r["block_tokens"], r["block_tokens"], r["hq"], r["hkv"], r["head_dim"], causal=False)
-    c = float(op_cost(att, gpu, prof).total_s)
-    m = float(collective_time(OpKind.SEND_RECV, r["kv_block_bytes"], r["world"], gpu, prof).total_s)
-    return ring_step_overlap(c, m, eta)
+    c = max(float(op_cost(att, gpu, prof).total_s), rs.compute_issue_s)
+    m = collective_time(OpKind.SEND_RECV, r["kv_block_bytes"], r["world"], gpu, prof)
+    return ring_step_overlap(c, float(m.total_s), dataclasses.replace(rs, comm_issue_s=float(m.latency_s)))
 
 
 def report(data: str, ring: str | None = None, write_profile: bool = False) -> dict:
@@ -516,7 +590,7 @@ def report(data: str, ring: str | None = None, write_profile: bool = False) -> d
     prof = Profile(FIT_GPU, Mode.CALIBRATED, base)
     res["ring_profile"] = "shipped H200 profile with these collective fits" if len(base) > len(fits) else "collective fits only"
     if ring and Path(ring).exists():
-        res["ring"] = evaluate_ring(load_rows(ring), prof)
+        res["ring"] = evaluate_ring(load_rows(ring), prof, fits["send_recv"]["latency_s"])
     if write_profile:
         env_path = Path(data).with_name(Path(data).stem + "_env.json")
         write_profile_classes(fits, json.loads(env_path.read_text()) if env_path.exists() else {}, data)

@@ -1,5 +1,9 @@
 """PP bubble, SP (Ulysses, Ring, hybrid) prefill, EP dispatch with an expert-load vector, analyze/CLI wiring."""
 
+import json
+from pathlib import Path
+
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,7 +15,9 @@ from perfmodel.cli import main
 from perfmodel.comm import GroupTooLargeError
 from perfmodel.models import load_model
 from perfmodel.parallel import (
+    MEASURED_RING_STEP,
     ParallelConfigError,
+    RingStepModel,
     SpKind,
     ep_moe_layer,
     pipeline_time,
@@ -48,6 +54,67 @@ def test_ring_overlap_fails_for_small_blocks():
     assert big.hidden_fraction == 1.0 and big.exposed_comm_s == 0.0
     assert small.hidden_fraction == pytest.approx(0.1)
     assert small.exposed_comm_s == pytest.approx(9e-5)
+
+
+RING_DATA = Path(__file__).resolve().parents[2] / "validation" / "data" / "collectives_h200x2_ring.jsonl"
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.floats(0, 1), st.floats(1e-6, 1e-2), st.floats(1e-6, 1e-2), st.floats(0, 1e-4), st.floats(0, 1e-4),
+       st.floats(0, 1e-4))
+def test_ring_step_with_host_costs_is_the_longer_of_gpu_and_host(eta, c, m, hc, hm, hs):
+    o = ring_step_overlap(c, m, RingStepModel(eta, hc, hm, hs))
+    assert o.step_s >= max(c, m) - 1e-15 and o.step_s >= o.host_s - 1e-15
+    assert o.step_s <= c + m + hc + hm + hs + 1e-15
+    assert o.step_s == pytest.approx(c + m - o.hidden_s, abs=1e-15)
+    assert o.stall_s == 0.0 or o.hidden_fraction < 1.0
+
+
+def test_ring_overlap_fails_below_the_host_cost_and_not_above():
+    rs = RingStepModel(0.3, 30e-6, 95e-6, 60e-6)
+    small = ring_step_overlap(30e-6, 100e-6, rs)  # host: 30 + 95 + 60 us > c + m
+    big = ring_step_overlap(7e-3, 0.9e-3, rs)
+    assert small.hidden_fraction < 0 and small.step_s > small.compute_s + small.comm_s
+    assert small.step_s == pytest.approx(185e-6)
+    assert big.stall_s == 0 and big.hidden_fraction == pytest.approx(0.3)
+    arr = ring_step_overlap(np.array([30e-6, 7e-3]), np.array([100e-6, 0.9e-3]), rs)  # arrays broadcast
+    assert np.allclose(arr.step_s, [small.step_s, big.step_s])
+    with pytest.raises(ValueError, match="overlap"):
+        RingStepModel(1.5)
+    with pytest.raises(ValueError, match="sync_s"):
+        RingStepModel(0.3, sync_s=-1.0)
+    with pytest.raises(ValueError, match="compute_s"):
+        ring_step_overlap(-1.0, 1e-4)
+
+
+def test_measured_ring_step_model_on_the_recorded_steps():
+    rows = [json.loads(x) for x in RING_DATA.read_text().splitlines() if x.strip()]
+    c, m, both = (np.array([r[k] for r in rows]) for k in ("compute_s", "comm_s", "both_s"))
+    blocks = np.array([r["block_tokens"] for r in rows])
+    rs = RingStepModel(MEASURED_RING_STEP.overlap, MEASURED_RING_STEP.compute_issue_s, 95.16e-6,
+                       MEASURED_RING_STEP.sync_s)
+    pred = ring_step_overlap(c, m, rs)
+    err = np.abs(pred.step_s / both - 1)
+    assert np.median(err) < 0.05 and err[blocks >= 2048].max() < 0.05
+    # small blocks: measured and predicted steps are longer than compute and transfer apart
+    small = blocks <= 1024
+    assert np.all((c + m - both)[small] < 0) and np.all(np.asarray(pred.hidden_fraction)[small] < 0)
+    ideal = np.abs(ring_step_overlap(c, m, 1.0).step_s / both - 1)
+    assert np.median(ideal) > 0.2  # the ideal rule is far off: the fit is doing real work
+
+
+def test_sp_prefill_ring_host_bound_in_calibrated_mode_and_ideal_in_peak():
+    from perfmodel.calibration import load_profile_file, shipped_profile_path
+
+    cal = load_profile_file(shipped_profile_path(H200.name), H200.name)
+    short = sp_prefill(LLAMA, H200, cal, 2048, 2, SpKind.RING, overlap=MEASURED_RING_STEP)
+    long = sp_prefill(LLAMA, H200, cal, 131_072, 2, SpKind.RING, overlap=MEASURED_RING_STEP)
+    assert short.ring_steps.stall_s > 0 and short.ring_steps.hidden_fraction < 0
+    assert long.ring_steps.stall_s == 0 and long.ring_steps.hidden_fraction > 0
+    assert float(short.cost.total_s) > float(sp_prefill(LLAMA, H200, cal, 2048, 2, SpKind.RING).cost.total_s)
+    peak = sp_prefill(LLAMA, H200, PEAK, 2048, 2, SpKind.RING)
+    s = peak.ring_steps
+    assert s.step_s == max(s.compute_s, s.comm_s) and s.stall_s == 0 and peak.ring_launch_s == 0
 
 
 def test_ring_hidden_at_long_context_exposed_at_short():
