@@ -200,6 +200,66 @@ _BUILDERS = {"gemm": gemm_cases, "elementwise": elementwise_cases, "memcpy": mem
              "attention": attention_cases, "layer": layer_cases}
 
 
+# Coverage set (``--extra``): families the quick set lacks, so that held-out scores cover them.
+_EXTRA_GEMM = ((1024, 1024), (1536, 1536), (2048, 2048), (3000, 1000), (1000, 4000), (5120, 5120),
+               (13824, 5120), (5120, 13824), (7168, 7168), (1280, 5120), (640, 2560), (1200, 1200),
+               (3072, 3072), (6144, 1536), (8192, 8192))
+_EXTRA_MS = (1, 16, 64, 256, 1000, 2048, 4096, 16384)
+_EXTRA_HIDDEN = (1024, 1536, 5120, 6144, 8192, 12288, 16384)
+_EXTRA_ATTN = ((16, 4, 64), (32, 32, 64), (64, 8, 64), (12, 4, 64))
+_EXTRA_COPY = tuple(8192 * 4 ** i for i in range(0, 9)) + (3_000_000, 100_000_000)
+
+
+def extra_cases(size: str = "quick") -> list[Case]:
+    """The coverage set: more GEMM (N, K) families, norms over hidden 1024..16384, head_dim-64
+    attention layouts, copy sizes between the quick set's (``python -m validation.run --extra``)."""
+    if size == "smoke":
+        return [c for c in cases("smoke", ("gemm",))][:2]
+    out = []
+    for n, k in _EXTRA_GEMM:
+        for m in _EXTRA_MS:
+            if m * n * k * 2 > 2.0e13:
+                continue
+            out.append(Case("gemm", "cublas", f"gemm/n{n}_k{k}", op_to_dict(Gemm(m, n, k)), {"m": m, "n": n, "k": k}))
+    for t in (1, 8, 64, 512, 2048, 8192, 16384):
+        for h in _EXTRA_HIDDEN:
+            act = t * h * BF16
+            out.append(Case("elementwise", "torch", f"elementwise/rmsnorm/h{h}",
+                            op_to_dict(Elementwise("rmsnorm", bytes=2 * act + h * BF16, flops=4 * t * h)),
+                            {"name": "rmsnorm", "tokens": t, "hidden": h}))
+            out.append(Case("elementwise", "torch", f"elementwise/residual_add/h{h}",
+                            op_to_dict(Elementwise("residual_add", bytes=3 * act, flops=t * h)),
+                            {"name": "residual_add", "tokens": t, "hidden": h}))
+    dev, pin, page = MemLocation.DEVICE, MemLocation.HOST_PINNED, MemLocation.HOST_PAGEABLE
+    for src, dst, tag in ((dev, dev, "d2d"), (pin, dev, "h2d"), (dev, pin, "d2h"), (page, dev, "h2d_pageable"),
+                          (dev, page, "d2h_pageable")):
+        for b in _EXTRA_COPY:
+            if "pageable" in tag and b > 3e8:
+                continue
+            out.append(Case("memcpy", "copy_engine", f"memcpy_{tag}/{b}", op_to_dict(Memcpy(b, src, dst)),
+                            {"bytes": b, "src": src.value, "dst": dst.value}))
+    for hq, hkv, d in _EXTRA_ATTN:
+        for batch in (1, 4):
+            for n in (128, 512, 2048, 8192):
+                op = Attention(Phase.PREFILL, batch, n, n, hq, hkv, d, causal=True)
+                args = {"batch": batch, "q_len": n, "kv_len": n, "q_heads": hq, "kv_heads": hkv, "head_dim": d}
+                fam = f"attention_prefill/hq{hq}_hkv{hkv}_d{d}"
+                out.append(Case("attention", "sdpa_flash", fam, op_to_dict(op), args))
+                if batch == 1:
+                    out.append(Case("attention", "triton", fam, op_to_dict(op), args))
+        for batch in (1, 4, 16, 64, 128):
+            for kv in (256, 1024, 4096, 16384, 65536):
+                if 2 * batch * hkv * kv * d * BF16 > 6e9:
+                    continue
+                op = Attention(Phase.DECODE, batch, 1, kv, hq, hkv, d, causal=True)
+                args = {"batch": batch, "q_len": 1, "kv_len": kv, "q_heads": hq, "kv_heads": hkv, "head_dim": d}
+                fam = f"attention_decode/hq{hq}_hkv{hkv}_d{d}"
+                for impl in ("sdpa_flash", "split_kv", "stream_k"):
+                    out.append(Case("attention", impl, fam, op_to_dict(op), args))
+    order = ("attention", "elementwise", "gemm", "memcpy")  # the scarcest coverage first
+    return sorted(out, key=lambda c: order.index(c.section))
+
+
 def cases(size: str = "quick", sections: tuple[str, ...] = SECTIONS) -> list[Case]:
     """All cases of ``sections`` at ``size`` ("full", "quick" or "smoke"), in measuring order."""
     if size not in ("full", "quick", "smoke"):

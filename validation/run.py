@@ -62,6 +62,7 @@ def main(
     sections: str = typer.Option("gemm,elementwise,memcpy,attention,layer", help="comma-separated sections"),
     budget_s: float = typer.Option(480.0, help="stop starting new cases after this many seconds"),
     name: str = typer.Option("", help="record file name (default: the GPU's hw name)"),
+    extra: bool = typer.Option(False, "--extra", help="measure the coverage set (validation.cases.extra_cases) instead"),
 ) -> None:
     """Measure every case and write records as they are measured."""
     if dry_run:
@@ -71,7 +72,7 @@ def main(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from validation import bench
-    from validation.cases import SECTIONS, cases
+    from validation.cases import SECTIONS, cases, extra_cases
     from validation.records import write_record
 
     console = Console(stderr=True)
@@ -88,7 +89,8 @@ def main(
     if dry_run:
         meta["dry_run"] = True
     l2 = float(meta["l2_bytes"] or 50e6)
-    todo = cases("smoke" if dry_run else ("quick" if quick else "full"), secs)
+    size = "smoke" if dry_run else ("quick" if quick else "full")
+    todo = [c for c in extra_cases(size) if c.section in secs] if extra else cases(size, secs)
     out.mkdir(parents=True, exist_ok=True)
     fname = name or (meta["gpu_model"] or "unknown-gpu")
     rec_path, log_path = out / f"{fname}.jsonl", out / "run.log"
