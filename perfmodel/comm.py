@@ -25,7 +25,9 @@ the GPU's own fabric (its NVLink, else its PCIe link).
 Calibration: a profile's collective classes (``all_reduce`` ... ``send_recv``) were measured
 on the GPU's own NVLink fabric, so they apply to NVLink/NVSwitch intra-node paths:
 ``latency_s`` is alpha per step, ``memory_eff`` scales the path's datasheet bandwidth,
-``bandwidth_bytes_per_s`` (if set) replaces it, ``ramp_bytes`` is honoured, and ``overlap`` is
+``bandwidth_bytes_per_s`` (if set) replaces it, ``ramp_bytes`` is honoured, bytes beyond
+``knee_bytes`` (per rank) move at ``tail_memory_eff`` of the link (NCCL's tuner switches to more
+channels and its bulk protocol for large messages, so the marginal bandwidth rises), and ``overlap`` is
 the share of the smaller of the latency and transfer terms hidden under the larger (eager
 calls issued back to back: the host-side issue cost of one call runs while the previous
 call's transfer is on the wire; carried in ``OpCost.overlap_s``).  Other paths
@@ -174,6 +176,8 @@ class PathRate:
     ramp_bytes: float
     bound: Bound
     overlap: float = 0.0  # share of min(latency, transfer) hidden under the other (calibrated classes only)
+    knee_bytes: float = 0.0  # per-rank bytes beyond which the extra bytes move at tail_bandwidth (0: none)
+    tail_bandwidth_bytes_per_s: float = 0.0
 
 
 def path_rate(link: Link, op_class: OpClass, profile: Profile, calibrated_path: bool) -> PathRate:
@@ -183,10 +187,11 @@ def path_rate(link: Link, op_class: OpClass, profile: Profile, calibrated_path: 
     p: ClassParams = profile.params(op_class) if fitted else ClassParams()
     bw = (p.bandwidth_bytes_per_s or link.bytes_per_s_per_direction) * p.memory_eff
     if profile.mode is Mode.PEAK:
-        alpha = 0.0
-    else:
-        alpha = p.latency_s if p.latency_s > 0 else link.latency_s
-    return PathRate(alpha, bw, p.ramp_bytes, bound, p.overlap if fitted else 0.0)
+        return PathRate(0.0, bw, p.ramp_bytes, bound, p.overlap if fitted else 0.0)  # no knee: datasheet rate
+    alpha = p.latency_s if p.latency_s > 0 else link.latency_s
+    knee = p.knee_bytes if fitted else 0.0
+    tail = (p.bandwidth_bytes_per_s or link.bytes_per_s_per_direction) * (p.tail_memory_eff or p.memory_eff)
+    return PathRate(alpha, bw, p.ramp_bytes, bound, p.overlap if fitted else 0.0, knee, tail)
 
 
 def _factor_steps(kind: OpKind, w: int, algo: AllReduceAlgorithm) -> tuple[float, float]:
@@ -212,7 +217,14 @@ def _flat(kind: OpKind, nbytes: Any, w: int, rate: PathRate, algo: AllReduceAlgo
                       overlap_s=pick(tree.overlap_s, ring.overlap_s), bytes=nbytes, memory_bound=rate.bound)
     factor, steps = _factor_steps(kind, w, algo)
     b = np.asarray(nbytes, dtype=np.float64)
-    t = factor * b / (rate.bandwidth_bytes_per_s * ramp(b, rate.ramp_bytes)) if factor else np.zeros_like(b)
+    if not factor:
+        t = np.zeros_like(b)
+    elif rate.knee_bytes > 0:  # the bytes beyond the knee move at the large-message rate
+        head, tail = np.minimum(b, rate.knee_bytes), np.maximum(b - rate.knee_bytes, 0.0)
+        t = factor * (head / (rate.bandwidth_bytes_per_s * ramp(b, rate.ramp_bytes))
+                      + tail / rate.tail_bandwidth_bytes_per_s)
+    else:
+        t = factor * b / (rate.bandwidth_bytes_per_s * ramp(b, rate.ramp_bytes))
     lat = steps * rate.alpha_s
     hidden = rate.overlap * np.minimum(t, lat)
     f = lambda x: x if np.ndim(x) else float(x)

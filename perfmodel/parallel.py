@@ -454,10 +454,10 @@ __all__ = [
 #: 2026-11-22; validation/data/collectives_h200x2_fit.json, ``ring.fit``): the GPU hides 0.32 of
 #: min(compute, transfer); the host launches the attention call in 32.5 us (median of attention
 #: alone on blocks <= 512 tokens), issues the send/recv pair in the send/recv class's latency
-#: (None: read from the path) and spends 66.7 us more per step synchronising.  Step time error
-#: over blocks of 256..16384 tokens: median 1.5% (held out on 512/2048/8192: 3.7%).  The ideal
+#: (None: read from the path) and spends 65.6 us more per step synchronising.  Step time error
+#: over blocks of 256..16384 tokens: median 1.9% (held out on 512/2048/8192: 3.7%).  The ideal
 #: model (RingStepModel()) is the peak-mode value.
-MEASURED_RING_STEP = RingStepModel(overlap=0.3223, compute_issue_s=32.53e-6, comm_issue_s=None, sync_s=66.69e-6)
+MEASURED_RING_STEP = RingStepModel(overlap=0.3223, compute_issue_s=32.53e-6, comm_issue_s=None, sync_s=65.58e-6)
 #: What analyze passes as the calibrated Ring step model (the overlap share is ``.overlap``).
 MEASURED_RING_OVERLAP = MEASURED_RING_STEP
 

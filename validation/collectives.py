@@ -357,13 +357,21 @@ def load_rows(path: str | Path) -> list[dict]:
     return [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
 
 
-def fit_class(rows: list[dict], op: str) -> dict:
-    """Fit ``t = steps(w) * alpha + factor(w) * bytes / bw`` to one class, minimising squared relative error.
+KNEE_GRID_BYTES = tuple(float(2 ** (k / 4)) for k in range(4 * 21, 4 * 30 + 1))  # 2 MiB .. 1 GiB per rank
 
-    Returns alpha per step (s), the fitted bandwidth (bytes/s), its fraction of the datasheet
-    NVLink bandwidth, and the points used.
+
+def fit_class(rows: list[dict], op: str) -> dict:
+    """Fit one class, minimising squared relative error over 64 KiB..1 GiB.
+
+    ``t = A + T - overlap * min(A, T)`` with ``A = steps(w) * alpha`` and the transfer
+    ``T = factor(w) * (min(b, knee) / bw + max(b - knee, 0) / bw_tail)``: NCCL's tuner gives
+    large messages more channels and its bulk protocol, so the bandwidth of the bytes beyond a
+    knee is higher.  The knee is picked from ``KNEE_GRID_BYTES`` (per-rank bytes); the others by
+    least squares.  Returns alpha per step (s), both bandwidths (bytes/s) and their fractions of
+    the datasheet NVLink bandwidth, the knee, the overlap and the points used.
     """
     import numpy as np
+    from scipy.optimize import least_squares
 
     from hw.loader import load_gpu
     from perfmodel.comm import AllReduceAlgorithm, _factor_steps
@@ -371,28 +379,47 @@ def fit_class(rows: list[dict], op: str) -> dict:
 
     gpu = load_gpu(FIT_GPU)
     pts = [r for r in rows if r.get("op") == op and FIT_LO_BYTES <= r["bytes"] <= FIT_HI_BYTES]
-    if len(pts) < 3:
+    if len(pts) < 5:
         raise ValueError(f"too few {op} points to fit ({len(pts)})")
     w = pts[0]["world"]
     factor, steps = _factor_steps(OpKind(op), w, AllReduceAlgorithm.RING)
     t = np.array([r["time_s"] for r in pts])
-    x = factor * np.array([float(r["bytes"]) for r in pts])
-    design = np.stack([1.0 / t, x / t], axis=1)  # alpha-beta start: (A + x / bw) / t ~ 1
+    b = np.array([float(r["bytes"]) for r in pts])
+    design = np.stack([1.0 / t, factor * b / t], axis=1)  # alpha-beta start: (A + x / bw) / t ~ 1
     (a0, inv0), *_ = np.linalg.lstsq(design, np.ones_like(t), rcond=None)
     a0, inv0 = max(float(a0), 1e-6), max(float(inv0), 1e-13)
 
-    def resid(v):
-        a, inv, eta = np.exp(v[0]), np.exp(v[1]), v[2]
-        bw_t = x * inv
-        return (a + bw_t - eta * np.minimum(a, bw_t)) / t - 1.0
+    def pred(v, knee):
+        a, inv, inv_tail, eta = np.exp(v[0]), np.exp(v[1]), np.exp(v[2]), v[3]
+        bw_t = factor * (np.minimum(b, knee) * inv + np.maximum(b - knee, 0.0) * inv_tail)
+        return a + bw_t - eta * np.minimum(a, bw_t)
 
-    from scipy.optimize import least_squares
-
-    sol = least_squares(resid, [np.log(a0), np.log(inv0), 0.5], bounds=([-30, -40, 0.0], [0, 0, 1.0]))
-    a_total, bw, eta = float(np.exp(sol.x[0])), 1.0 / float(np.exp(sol.x[1])), float(sol.x[2])
+    best = None
+    for knee in KNEE_GRID_BYTES:
+        if np.sum(b > knee) < 3 or np.sum(b <= knee) < 3:
+            continue
+        sol = least_squares(lambda v: pred(v, knee) / t - 1.0, [np.log(a0), np.log(inv0), np.log(inv0), 0.5],
+                            bounds=([-30, -40, -40, 0.0], [0, 0, 0, 1.0]))
+        if best is None or sol.cost < best[0].cost:
+            best = (sol, knee)
+    sol, knee = best
+    a_total, bw, bw_tail, eta = (float(np.exp(sol.x[0])), 1.0 / float(np.exp(sol.x[1])),
+                                 1.0 / float(np.exp(sol.x[2])), float(sol.x[3]))
+    link = gpu.nvlink_bytes_per_s_per_direction
     return {"op": op, "world": w, "latency_s": a_total / steps, "latency_total_s": a_total,
-            "bandwidth_bytes_per_s": bw, "memory_eff": bw / gpu.nvlink_bytes_per_s_per_direction,
+            "bandwidth_bytes_per_s": bw, "memory_eff": bw / link, "knee_bytes": knee,
+            "tail_bandwidth_bytes_per_s": bw_tail, "tail_memory_eff": bw_tail / link,
             "overlap": eta, "points": len(pts)}
+
+
+PROFILE_KEYS = ("latency_s", "memory_eff", "overlap", "knee_bytes", "tail_memory_eff")
+
+
+def class_params(f: dict):
+    """The profile's ClassParams of one fitted class."""
+    from perfmodel.calibration import ClassParams
+
+    return ClassParams(**{k: float(f"{f[k]:.4g}") for k in PROFILE_KEYS})
 
 
 def _ape_stats(pred, meas) -> dict:
@@ -413,9 +440,7 @@ def evaluate(rows: list[dict], fits: dict[str, dict]) -> dict:
     from perfmodel.ops import OpKind
 
     gpu = load_gpu(FIT_GPU)
-    prof = Profile(FIT_GPU, Mode.CALIBRATED, {OpClass(k): ClassParams(latency_s=v["latency_s"], memory_eff=v["memory_eff"],
-                                                                    overlap=v["overlap"])
-                                              for k, v in fits.items()})
+    prof = Profile(FIT_GPU, Mode.CALIBRATED, {OpClass(k): class_params(v) for k, v in fits.items()})
     out: dict = {}
     all_fit, all_base, all_peak, all_meas = [], [], [], []
     for op in fits:
@@ -585,8 +610,7 @@ def report(data: str, ring: str | None = None, write_profile: bool = False) -> d
         from perfmodel.calibration import load_profile_file
 
         base = dict(load_profile_file(shipped_profile_path(FIT_GPU), FIT_GPU).classes)
-    base.update({OpClass(k): ClassParams(latency_s=v["latency_s"], memory_eff=v["memory_eff"], overlap=v["overlap"])
-                 for k, v in fits.items()})
+    base.update({OpClass(k): class_params(v) for k, v in fits.items()})
     prof = Profile(FIT_GPU, Mode.CALIBRATED, base)
     res["ring_profile"] = "shipped H200 profile with these collective fits" if len(base) > len(fits) else "collective fits only"
     if ring and Path(ring).exists():
@@ -604,10 +628,11 @@ def write_profile_classes(fits: dict[str, dict], env: dict, data: str) -> Path:
     path = shipped_profile_path(FIT_GPU)
     prof = json.loads(path.read_text()) if path.exists() else {"schema_version": 1, "gpu": FIT_GPU, "classes": {}}
     for op, f in fits.items():
-        prof["classes"][op] = {k: float(f"{f[k]:.4g}") for k in ("latency_s", "memory_eff", "overlap")}
+        prof["classes"][op] = {k: float(f"{f[k]:.4g}") for k in PROFILE_KEYS}
     prof.setdefault("measured_on", {})["collectives"] = {
         "source": f"validation/collectives.py fit of {Path(data).name} (NCCL via torch.distributed, 1 process per GPU)",
-        "path": "2 GPUs of one host; latency_s is per algorithm step, memory_eff of 450 GB/s per direction",
+        "path": "2 GPUs of one host; latency_s is per algorithm step, memory_eff (tail_memory_eff beyond "
+                "knee_bytes per rank) of 450 GB/s per direction",
         "gpu": env.get("nvidia_smi", ""), "versions (python torch cuda nccl ngpu peer)": env.get("versions", ""),
         "date": env.get("date_utc", ""), "env": env.get("env", {}),
     }

@@ -132,8 +132,24 @@ def test_calibration_applies_only_to_nvlink_paths():
     peak = collective_time(OpKind.ALL_REDUCE, b, 16, H200, PEAK, "hgx-h200-x2", algorithm="ring")
     nic = (b / 8) / 50e9
     assert cal.comm_s - nic > peak.comm_s - nic  # intra-node part slowed by the measured efficiency
-    eff = prof.params(OpClass.REDUCE_SCATTER).memory_eff, prof.params(OpClass.ALL_GATHER).memory_eff
-    assert cal.comm_s - nic == pytest.approx((7 / 8) * b / 450e9 * (1 / eff[0] + 1 / eff[1]))
+
+    def intra(cls):  # bytes up to the knee at memory_eff, the rest at tail_memory_eff of 450 GB/s
+        p = prof.params(cls)
+        k = p.knee_bytes if p.knee_bytes > 0 else b
+        return (7 / 8) * (min(b, k) / (450e9 * p.memory_eff) + max(b - k, 0) / (450e9 * (p.tail_memory_eff or p.memory_eff)))
+
+    assert cal.comm_s - nic == pytest.approx(intra(OpClass.REDUCE_SCATTER) + intra(OpClass.ALL_GATHER))
+
+
+def test_knee_raises_the_marginal_bandwidth_and_peak_ignores_it():
+    prof = resolve_profile(H200, "calibrated")
+    p = prof.params(OpClass.REDUCE_SCATTER)
+    assert p.knee_bytes > 0 and p.tail_memory_eff > p.memory_eff  # fitted on the NCCL data
+    k = p.knee_bytes
+    below = t(OpKind.REDUCE_SCATTER, k, 2, prof=prof) - t(OpKind.REDUCE_SCATTER, k / 2, 2, prof=prof)
+    above = t(OpKind.REDUCE_SCATTER, 1.5 * k, 2, prof=prof) - t(OpKind.REDUCE_SCATTER, k, 2, prof=prof)
+    assert above < below  # the same k / 2 bytes cost less beyond the knee
+    assert t(OpKind.REDUCE_SCATTER, 1 << 30, 2, prof=PEAK) == pytest.approx(0.5 * 2**30 / 450e9)
 
 
 @settings(max_examples=40, deadline=None)

@@ -91,8 +91,10 @@ def test_measured_ring_step_model_on_the_recorded_steps():
     rows = [json.loads(x) for x in RING_DATA.read_text().splitlines() if x.strip()]
     c, m, both = (np.array([r[k] for r in rows]) for k in ("compute_s", "comm_s", "both_s"))
     blocks = np.array([r["block_tokens"] for r in rows])
-    rs = RingStepModel(MEASURED_RING_STEP.overlap, MEASURED_RING_STEP.compute_issue_s, 95.16e-6,
-                       MEASURED_RING_STEP.sync_s)
+    from perfmodel.calibration import OpClass, load_profile_file, shipped_profile_path
+
+    h_m = load_profile_file(shipped_profile_path(H200.name), H200.name).params(OpClass.SEND_RECV).latency_s
+    rs = RingStepModel(MEASURED_RING_STEP.overlap, MEASURED_RING_STEP.compute_issue_s, h_m, MEASURED_RING_STEP.sync_s)
     pred = ring_step_overlap(c, m, rs)
     err = np.abs(pred.step_s / both - 1)
     assert np.median(err) < 0.05 and err[blocks >= 2048].max() < 0.05
