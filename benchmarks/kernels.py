@@ -2,7 +2,11 @@
 
 Usage (on a CUDA machine)::
 
-    python benchmarks/kernels.py --out DIR [--sections ceilings,check,gemm,prefill,decode,paged,kv,sweep]
+    python benchmarks/kernels.py --out DIR [--sections ceilings,check,gemm,prefill,decode,paged,kv,sweep,streamk]
+
+``streamk`` is the focused stream-K vs split-KV decode grid (run 3): a GPU check of both
+stream-K merge paths first, then every shape with the default schedules, stream-K with two
+programs per SM and stream-K with the separate reduction kernel.
 
 Times every kernel with ``triton.testing.do_bench`` (median of repeated runs, L2 flushed
 between runs) and writes ``kernels_bench.json`` (environment, ceilings, rows),
@@ -378,6 +382,87 @@ def sweep() -> None:
         mod._GPU_META.update(saved)
 
 
+def _stream_k_check() -> None:
+    """GPU check of the stream-K merge paths: fused (in-kernel, last finisher) and reduction
+    kernel, program counts from 1 to more than the tiles, GQA 1/2/4/7, ragged lengths with 1 and
+    Lmax; the fused path is repeated to catch ordering races (results must be bit-identical)."""
+    mod = sys.modules["kernels.attention_decode"]
+    d = "cuda"
+    res = {}
+    saved = mod._STREAM_K_FUSED
+    try:
+        for hq, hkv in ((8, 8), (16, 8), (32, 8), (28, 4)):
+            q = torch.randn(5, hq, 128, device=d, dtype=torch.bfloat16)
+            kc = torch.randn(5, hkv, 3001, 128, device=d, dtype=torch.bfloat16)
+            vc = torch.randn(5, hkv, 3001, 128, device=d, dtype=torch.bfloat16)
+            lens = torch.tensor([1, 3001, 17, 2048, 999], device=d, dtype=torch.int32)
+            r64 = ref.attention_decode_ref(q, kc, vc, lens)
+            for fused in (True, False):
+                mod._STREAM_K_FUSED = fused
+                for ns in (None, 1, 7, 132, 264, 5000):
+                    key = f"stream_k G={hq // hkv} fused={fused} P={ns}"
+                    outs = [kernels.attention_decode(q, kc, vc, lens, ns, "stream_k") for _ in range(20 if fused else 1)]
+                    err = _err(outs[0], r64)
+                    same = all(torch.equal(o, outs[0]) for o in outs)
+                    res[key] = err if same else float("inf")
+        mod._STREAM_K_FUSED = True
+        kp = torch.randn(1000, 8, 16, 128, device=d, dtype=torch.bfloat16)
+        vp = torch.randn(1000, 8, 16, 128, device=d, dtype=torch.bfloat16)
+        table = torch.randperm(1000, device=d)[: 5 * 188].reshape(5, 188).int()
+        plen = torch.tensor([1, 3001, 17, 2048, 999], device=d, dtype=torch.int32)
+        q = torch.randn(5, 32, 128, device=d, dtype=torch.bfloat16)
+        rp = ref.attention_decode_paged_ref(q, kp, vp, table, plen)
+        res["paged stream_k fused"] = _err(kernels.attention_decode_paged(q, kp, vp, table, plen, schedule="stream_k"), rp)
+    finally:
+        mod._STREAM_K_FUSED = saved
+    INFO["stream_k_check_rel_err"] = res
+    bad = {k: v for k, v in res.items() if not v < 1e-2}
+    INFO["stream_k_check_passed"] = not bad
+    print("stream-K GPU check:", "PASS" if not bad else f"FAIL {bad}")
+    for k, v in res.items():
+        print(f"  {k:40s} {v:.2e}")
+
+
+def streamk() -> None:
+    """Focused stream-K vs split-KV decode grid (CUDA-graph timing) with the stream-K variants:
+    default (fused merge, one program per SM), two programs per SM, and the reduction kernel."""
+    _stream_k_check()
+    mod = sys.modules["kernels.attention_decode"]
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    shapes = [(b, n, False) for b in (1, 2, 4, 8, 16) for n in (1024, 4096, 16384, 65536, 262144)
+              if b * n <= 4 * 1024 * 1024]
+    shapes += [(32, 1024, False), (64, 1024, False), (32, 4096, False),
+               (4, 65536, True), (16, 16384, True), (16, 65536, True), (64, 16384, True)]
+    table = []
+    for bsz, length, ragged in shapes:
+        t = _decode_case(bsz, length, ragged=ragged, sdpa=not ragged)
+        t2 = _decode_case(bsz, length, ragged=ragged, sdpa=False, section="sweep", schedules=("stream_k",),
+                          splits=(2 * sms,))
+        saved = mod._STREAM_K_FUSED
+        mod._STREAM_K_FUSED = False
+        try:
+            t3 = _decode_case(bsz, length, ragged=ragged, sdpa=False, section="sweep", schedules=("stream_k",),
+                              meta="reduction kernel")
+        finally:
+            mod._STREAM_K_FUSED = saved
+        sd = next((r["baseline_time_s"] for r in reversed(ROWS) if r["section"] == "decode"
+                   and r["case"] == f"B{bsz} L{length}{' ragged' if ragged else ''}"), None)
+        table.append((bsz, length, ragged, t[("split_kv", None)], t[("stream_k", None)], t2[("stream_k", 2 * sms)],
+                      t3[("stream_k", None)], sd))
+    INFO["streamk_table"] = [dict(zip(("batch", "kv_len", "ragged", "split_kv_s", "stream_k_s",
+                                        "stream_k_2per_sm_s", "stream_k_reduce_kernel_s", "sdpa_s"), r))
+                             for r in table]
+    print("\n   B     L  rag  split_us stream_us 2/SM_us reduce_us sdpa_us split/stream")
+    wins = n = 0
+    for bsz, length, ragged, a, b_, c, d_, e in table:
+        if bsz * 8 < sms:
+            n += 1
+            wins += b_ < a
+        print(f"{bsz:4d} {length:6d} {'r' if ragged else ' '} {a * 1e6:9.1f} {b_ * 1e6:9.1f} {c * 1e6:8.1f} "
+              f"{d_ * 1e6:9.1f} {(e or float('nan')) * 1e6:8.1f} {a / b_:6.3f}")
+    print(f"stream-K (default) faster than split-KV in {wins} of {n} shapes with B*Hkv < {sms}")
+
+
 def _fmt(x, scale=1.0, nd=2):
     return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x * scale:.{nd}f}"
 
@@ -460,7 +545,7 @@ def summarize(paths: list[str]) -> str:
 
 
 SECTIONS = {"ceilings": ceilings, "check": check, "gemm": gemm, "prefill": prefill, "decode": decode,
-            "paged": paged, "kv": kv_blocks, "sweep": sweep}
+            "paged": paged, "kv": kv_blocks, "sweep": sweep, "streamk": streamk}
 
 
 def main() -> int:

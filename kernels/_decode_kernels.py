@@ -403,7 +403,7 @@ def _reduce_kernel(
     offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, HEAD_DIM)
     if STREAM_K:
-        idx, lens, tiles, incl = _tile_prefix(KV_LENS, Hkv, BH, BLOCK_N, BH_P2)
+        idx, _lens, tiles, incl = _tile_prefix(KV_LENS, Hkv, BH, BLOCK_N, BH_P2)
         total = tl.sum(tiles, 0)
         pair_tiles = tl.sum(tl.where(idx == bh, tiles, 0), 0)
         last = tl.sum(tl.where(idx == bh, incl, 0), 0) - 1

@@ -48,7 +48,7 @@ _REDUCE_BLOCK_S = 16
 _STREAM_K_PROGRAMS_PER_SM = 1
 #: stream-K merges split pairs inside its own kernel (last program to finish a pair merges it)
 #: instead of launching the reduction kernel.
-_STREAM_K_FUSED = True
+_STREAM_K_FUSED = False
 #: rows (slots x query heads) the fused merge loads at once.
 _FUSED_MERGE_ROWS = 64
 
