@@ -14,6 +14,13 @@ from typing import Any
 import numpy as np
 
 from hw.spec import GPU, Dtype
+from perfmodel.attention_costs import (
+    TRITON_DECODE_BLOCK_N,
+    flash_block_n,
+    flash_splits,
+    prefill_schedule_s,
+    triton_decode_pieces,
+)
 from perfmodel.calibration import SPLIT_FILL, SPLIT_FLASH, SPLIT_STREAM, ClassParams, OpClass, Profile, ramp
 from perfmodel.ops import (
     Attention,
@@ -30,6 +37,10 @@ from perfmodel.ops import (
     decoder_layer_parts,
     flops,
 )
+
+# names kept for callers of the earlier layout
+_prefill_schedule_s, _triton_decode_pieces, _flash_block_n = prefill_schedule_s, triton_decode_pieces, flash_block_n
+_TRITON_DECODE_BLOCK_N = TRITON_DECODE_BLOCK_N
 
 
 class Bound(str, enum.Enum):
@@ -157,43 +168,6 @@ def unit_waves_s(units, by, sm_count: int, bw_bytes_per_s: float, p: ClassParams
     return waves * unit_s
 
 
-def flash_splits(units, n_blocks, slots: int, max_splits: int = 128):
-    """KV splits the flash-attention (v2) forward picks, vectorised.
-
-    Flash-attention splits the KV axis only when the ``units`` (batch x heads x 64-row query
-    blocks) fill under 80% of ``slots`` (2 x SMs: two 128-thread blocks per SM).  Among split
-    counts up to ``min(max_splits, slots, n_blocks)`` that change the blocks per split, it takes
-    the smallest whose wave efficiency ``w / ceil(w)`` (``w = units * splits / slots``) is within
-    85% of the best (Dao et al., flash-attention ``num_splits_heuristic``).
-
-    Evaluated once per distinct (units, n_blocks) pair, so a million-point sweep stays cheap.
-    """
-    u, n = np.broadcast_arrays(np.asarray(units, dtype=np.float64), np.asarray(n_blocks, dtype=np.float64))
-    out = np.ones(u.shape)
-    need = u < 0.8 * slots
-    if not np.any(need):
-        return out if out.ndim else float(out)
-    key = np.round(u[need]) * 1e9 + np.round(n[need])
-    uniq, inv = np.unique(key, return_inverse=True)
-    uu = np.floor(uniq / 1e9)
-    nn = uniq - uu * 1e9
-    s = np.arange(1, max_splits + 1, dtype=np.float64)[None, :]
-    allowed = s <= np.minimum(min(max_splits, slots), nn)[:, None]
-    changes = (s == 1) | (np.ceil(nn[:, None] / s) != np.ceil(nn[:, None] / np.maximum(s - 1, 1)))
-    w = uu[:, None] * s / slots
-    eff = np.where(allowed & changes, w / np.ceil(w), 0.0)
-    ok = (eff >= 0.85 * eff.max(axis=1, keepdims=True)) & (eff > 0)
-    choice = np.where(ok.any(axis=1), np.argmax(ok, axis=1) + 1.0, 1.0)
-    out[need] = choice[np.ravel(inv)]
-    return out if out.ndim else float(out)
-
-
-def _flash_block_n(head_dim):
-    """KV block of the flash split-KV kernel (256 keys up to head_dim 64, 128 up to 128, else 64)."""
-    d = np.asarray(head_dim, dtype=np.float64)
-    return np.where(d <= 64, 256.0, np.where(d <= 128, 128.0, 64.0))
-
-
 def _waves(work_units, sm_count: int, p: ClassParams):
     """(effective waves / exact waves, whole waves) for ``work_units`` tiles over the SMs.
 
@@ -227,60 +201,6 @@ def _gemm_cost(op: Gemm, gpu: GPU, prof: Profile) -> OpCost:
                      fl_eff, extra)
 
 
-def _prefill_schedule_s(op: Attention, gpu: GPU, p: ClassParams, splits, math_peak_flops_per_s: float):
-    """Compute time of prefill attention as (sequence, head, query tile) programs over the SMs.
-
-    Each program (a ``tile_m``-row query tile, 128 if unset) loops over its keys: it costs
-    ``unit_overhead_s + 4 * tile_m * head_dim * keys / (unit_compute_eff * peak / SMs)``.  With
-    a causal mask the tile ``t`` of ``T`` sees ``kv - q + (t + 1) * tile_m`` keys, so the last
-    tiles do most of the work.  ``units_per_sm * SMs`` programs run at once (flash-attention 2
-    runs one query tile per thread block and loops over key blocks, Dao 2023).  The makespan is
-    at least the longest program and at least the mean load of a slot plus ``wave_quant`` of a
-    mean program (the tail of list scheduling).  KV splits divide each program's keys.
-    """
-    bm = float(p.tile_m or 128)
-    q = np.asarray(op.q_len, dtype=np.float64)
-    kv = np.asarray(op.kv_len, dtype=np.float64)
-    tiles = np.ceil(q / bm)
-    units = np.asarray(op.batch, dtype=np.float64) * np.asarray(op.q_heads, dtype=np.float64) * tiles * splits
-    if op.causal:
-        mean_keys = np.clip(kv - q + bm * (tiles + 1.0) / 2.0, 1.0, kv)
-    else:
-        mean_keys = kv
-    mean_keys, max_keys = mean_keys / splits, kv / splits
-    rate = p.unit_compute_eff * math_peak_flops_per_s / gpu.sm_count
-    # programs sharing an SM split its math; fewer programs than slots each run faster
-    per_sm = max(p.units_per_sm, 1.0)
-    rate = rate * per_sm / np.clip(units / gpu.sm_count, 1.0, per_sm)
-    per_key_s = 4.0 * bm * np.asarray(op.head_dim, dtype=np.float64) / rate
-    t_mean = p.unit_overhead_s + mean_keys * per_key_s
-    t_max = p.unit_overhead_s + max_keys * per_key_s
-    slots = max(p.units_per_sm, 1.0) * gpu.sm_count
-    return np.maximum(t_max, units * t_mean / slots + p.wave_quant * t_mean)
-
-
-_TRITON_DECODE_BLOCK_N = 64.0  # keys per tile of kernels.attention_decode (split-KV and stream-K)
-
-
-def _triton_decode_pieces(units, kv_len, slots: int, rule: int):
-    """(programs, KV pieces per (sequence, kv head)) of our Triton decode kernels.
-
-    split-KV (``kernels.attention_decode``): ``splits = ceil(slots / units)`` chunks of whole
-    64-key tiles per (sequence, kv head), ``pieces = ceil(kv / chunk)``.  Stream-K: ``min(slots,
-    tiles)`` programs share all KV tiles equally; a program's run ends a piece at each (sequence,
-    kv head) boundary, so there are about ``programs + units`` pieces in all.
-    """
-    kv = np.asarray(kv_len, dtype=np.float64)
-    n_tiles = np.maximum(np.ceil(kv / _TRITON_DECODE_BLOCK_N), 1.0)
-    if rule == SPLIT_STREAM:
-        programs = np.minimum(float(slots), units * n_tiles)
-        return programs, (programs + units) / units
-    splits = np.maximum(np.ceil(slots / units), 1.0)
-    chunk = np.ceil(np.ceil(kv / np.minimum(splits, n_tiles)) / _TRITON_DECODE_BLOCK_N) * _TRITON_DECODE_BLOCK_N
-    pieces = np.ceil(kv / chunk)
-    return units * pieces, pieces
-
-
 def _attention_cost(op: Attention, gpu: GPU, prof: Profile) -> OpCost:
     cls = OpClass.ATTENTION_PREFILL if op.phase is Phase.PREFILL else OpClass.ATTENTION_DECODE
     p = prof.params(cls)
@@ -310,10 +230,10 @@ def _attention_cost(op: Attention, gpu: GPU, prof: Profile) -> OpCost:
     if p.split_rule or p.units_per_sm > 0 or scheduled:
         # programs: (sequence, head, 64-row query block) units, times the KV splits
         units = np.asarray(op.batch, dtype=np.float64) * heads * np.ceil(rows / 64.0)
-        n_blocks = np.ceil(np.asarray(op.kv_len, dtype=np.float64) / _flash_block_n(op.head_dim))
+        n_blocks = np.ceil(np.asarray(op.kv_len, dtype=np.float64) / flash_block_n(op.head_dim))
         slots = 2 * gpu.sm_count
         if p.split_rule in (SPLIT_FILL, SPLIT_STREAM):
-            programs, pieces = _triton_decode_pieces(units, op.kv_len, slots, p.split_rule)
+            programs, pieces = triton_decode_pieces(units, op.kv_len, slots, p.split_rule)
             split = np.asarray(pieces) > 1 if p.split_rule == SPLIT_FILL else np.ones(np.shape(pieces), bool)
             # the combine kernel always runs: its launch, and the fp32 partials (a row of head_dim
             # values and a log-sum-exp per query head and piece) written and read back
@@ -338,7 +258,7 @@ def _attention_cost(op: Attention, gpu: GPU, prof: Profile) -> OpCost:
                 floor = unit_waves_s(units * splits, by, gpu.sm_count, gpu.hbm_bytes_per_s, p)
     if scheduled:
         fl_eff = 0.0
-        extra = _prefill_schedule_s(op, gpu, p, np.asarray(splits, dtype=np.float64), gpu.flops_for(math_dtype))
+        extra = prefill_schedule_s(op, gpu, p, np.asarray(splits, dtype=np.float64), gpu.flops_for(math_dtype))
     return _roofline(fl, by, gpu.flops_for(math_dtype), gpu.hbm_bytes_per_s, p, Bound.HBM_BANDWIDTH,
                      fl_eff, extra, floor, split_lat, eff)
 

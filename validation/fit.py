@@ -97,7 +97,7 @@ _DECODE_TILES = ({}, {"tile_m": 16}, {"tile_m": 64}, {"tile_m": 128})
 # runs flash-attention (its heuristic); our Triton decode kernels fill 2 x SMs programs; our
 # Triton prefill kernel does not split.
 _SPLIT_OF_IMPL = {"": SPLIT_FLASH, "[split_kv]": SPLIT_FILL, "[stream_k]": SPLIT_STREAM, "[triton]": SPLIT_NONE}
-# prefill attention as scheduled (sequence, head, query tile) programs (``costs._prefill_schedule_s``)
+# prefill attention as scheduled (sequence, head, query tile) programs (``attention_costs.prefill_schedule_s``)
 _PREFILL_SPEC = (_EFF("memory_eff", 0.8), _LAT, _OVERLAP, _UNIT_OH, Param("unit_compute_eff", 0.05, 1.5, 0.4), _WAVE)
 _PREFILL_TILES = tuple({"tile_m": tm} for tm in (64, 128))
 # the combine kernel of our Triton decode kernels: fp32 partials streamed at a fraction of HBM

@@ -1,0 +1,108 @@
+"""Attention cost helpers: the schedules attention kernels run, vectorised with numpy.
+
+- :func:`flash_splits`: the KV split count flash-attention (v2) picks (PyTorch SDPA's flash backend);
+- :func:`flash_block_n`: the KV block of its split-KV kernel;
+- :func:`prefill_schedule_s`: prefill attention as (sequence, head, query tile) programs over the SMs;
+- :func:`triton_decode_pieces`: programs and KV pieces of our Triton decode kernels (split-KV, stream-K).
+
+``perfmodel.costs`` prices attention ops with them; they hold no state.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hw.spec import GPU
+from perfmodel.calibration import SPLIT_STREAM, ClassParams
+from perfmodel.ops import Attention
+
+
+def flash_splits(units, n_blocks, slots: int, max_splits: int = 128):
+    """KV splits the flash-attention (v2) forward picks, vectorised.
+
+    Flash-attention splits the KV axis only when the ``units`` (batch x heads x 64-row query
+    blocks) fill under 80% of ``slots`` (2 x SMs: two 128-thread blocks per SM).  Among split
+    counts up to ``min(max_splits, slots, n_blocks)`` that change the blocks per split, it takes
+    the smallest whose wave efficiency ``w / ceil(w)`` (``w = units * splits / slots``) is within
+    85% of the best (Dao et al., flash-attention ``num_splits_heuristic``).
+
+    Evaluated once per distinct (units, n_blocks) pair, so a million-point sweep stays cheap.
+    """
+    u, n = np.broadcast_arrays(np.asarray(units, dtype=np.float64), np.asarray(n_blocks, dtype=np.float64))
+    out = np.ones(u.shape)
+    need = u < 0.8 * slots
+    if not np.any(need):
+        return out if out.ndim else float(out)
+    key = np.round(u[need]) * 1e9 + np.round(n[need])
+    uniq, inv = np.unique(key, return_inverse=True)
+    uu = np.floor(uniq / 1e9)
+    nn = uniq - uu * 1e9
+    s = np.arange(1, max_splits + 1, dtype=np.float64)[None, :]
+    allowed = s <= np.minimum(min(max_splits, slots), nn)[:, None]
+    changes = (s == 1) | (np.ceil(nn[:, None] / s) != np.ceil(nn[:, None] / np.maximum(s - 1, 1)))
+    w = uu[:, None] * s / slots
+    eff = np.where(allowed & changes, w / np.ceil(w), 0.0)
+    ok = (eff >= 0.85 * eff.max(axis=1, keepdims=True)) & (eff > 0)
+    choice = np.where(ok.any(axis=1), np.argmax(ok, axis=1) + 1.0, 1.0)
+    out[need] = choice[np.ravel(inv)]
+    return out if out.ndim else float(out)
+
+
+def flash_block_n(head_dim):
+    """KV block of the flash split-KV kernel (256 keys up to head_dim 64, 128 up to 128, else 64)."""
+    d = np.asarray(head_dim, dtype=np.float64)
+    return np.where(d <= 64, 256.0, np.where(d <= 128, 128.0, 64.0))
+
+
+def prefill_schedule_s(op: Attention, gpu: GPU, p: ClassParams, splits, math_peak_flops_per_s: float):
+    """Compute time of prefill attention as (sequence, head, query tile) programs over the SMs.
+
+    Each program (a ``tile_m``-row query tile, 128 if unset) loops over its keys: it costs
+    ``unit_overhead_s + 4 * tile_m * head_dim * keys / (unit_compute_eff * peak / SMs)``.  With
+    a causal mask the tile ``t`` of ``T`` sees ``kv - q + (t + 1) * tile_m`` keys, so the last
+    tiles do most of the work.  ``units_per_sm * SMs`` programs run at once (flash-attention 2
+    runs one query tile per thread block and loops over key blocks, Dao 2023).  The makespan is
+    at least the longest program and at least the mean load of a slot plus ``wave_quant`` of a
+    mean program (the tail of list scheduling).  KV splits divide each program's keys.
+    """
+    bm = float(p.tile_m or 128)
+    q = np.asarray(op.q_len, dtype=np.float64)
+    kv = np.asarray(op.kv_len, dtype=np.float64)
+    tiles = np.ceil(q / bm)
+    units = np.asarray(op.batch, dtype=np.float64) * np.asarray(op.q_heads, dtype=np.float64) * tiles * splits
+    if op.causal:
+        mean_keys = np.clip(kv - q + bm * (tiles + 1.0) / 2.0, 1.0, kv)
+    else:
+        mean_keys = kv
+    mean_keys, max_keys = mean_keys / splits, kv / splits
+    rate = p.unit_compute_eff * math_peak_flops_per_s / gpu.sm_count
+    # programs sharing an SM split its math; fewer programs than slots each run faster
+    per_sm = max(p.units_per_sm, 1.0)
+    rate = rate * per_sm / np.clip(units / gpu.sm_count, 1.0, per_sm)
+    per_key_s = 4.0 * bm * np.asarray(op.head_dim, dtype=np.float64) / rate
+    t_mean = p.unit_overhead_s + mean_keys * per_key_s
+    t_max = p.unit_overhead_s + max_keys * per_key_s
+    slots = max(p.units_per_sm, 1.0) * gpu.sm_count
+    return np.maximum(t_max, units * t_mean / slots + p.wave_quant * t_mean)
+
+
+TRITON_DECODE_BLOCK_N = 64.0  # keys per tile of kernels.attention_decode (split-KV and stream-K)
+
+
+def triton_decode_pieces(units, kv_len, slots: int, rule: int):
+    """(programs, KV pieces per (sequence, kv head)) of our Triton decode kernels.
+
+    split-KV (``kernels.attention_decode``): ``splits = ceil(slots / units)`` chunks of whole
+    64-key tiles per (sequence, kv head), ``pieces = ceil(kv / chunk)``.  Stream-K: ``min(slots,
+    tiles)`` programs share all KV tiles equally; a program's run ends a piece at each (sequence,
+    kv head) boundary, so there are about ``programs + units`` pieces in all.
+    """
+    kv = np.asarray(kv_len, dtype=np.float64)
+    n_tiles = np.maximum(np.ceil(kv / TRITON_DECODE_BLOCK_N), 1.0)
+    if rule == SPLIT_STREAM:
+        programs = np.minimum(float(slots), units * n_tiles)
+        return programs, (programs + units) / units
+    splits = np.maximum(np.ceil(slots / units), 1.0)
+    chunk = np.ceil(np.ceil(kv / np.minimum(splits, n_tiles)) / TRITON_DECODE_BLOCK_N) * TRITON_DECODE_BLOCK_N
+    pieces = np.ceil(kv / chunk)
+    return units * pieces, pieces
