@@ -4,9 +4,9 @@ Usage (on a CUDA machine)::
 
     python benchmarks/kernels.py --out DIR [--sections ceilings,check,gemm,prefill,decode,paged,kv,sweep,streamk]
 
-``streamk`` is the focused stream-K vs split-KV decode grid (run 3): a GPU check of both
-stream-K merge paths first, then every shape with the default schedules, stream-K with two
-programs per SM and stream-K with the separate reduction kernel.
+``streamk`` is the focused stream-K vs split-KV decode grid (run 4): a GPU check of both
+stream-K merge paths first, then every shape with the default schedules and stream-K with the
+two older program-count rules (one program per SM, rounded to the pairs or not).
 
 Times every kernel with ``triton.testing.do_bench`` (median of repeated runs, L2 flushed
 between runs) and writes ``kernels_bench.json`` (environment, ceilings, rows),
@@ -405,14 +405,24 @@ def _stream_k_check() -> None:
                     err = _err(outs[0], r64)
                     same = all(torch.equal(o, outs[0]) for o in outs)
                     res[key] = err if same else float("inf")
-        mod._STREAM_K_FUSED = True
+        mod._STREAM_K_FUSED = False
+        for b_u, l_u in ((1, 1024), (2, 4096), (16, 1000)):  # uniform lengths: aligned default runs
+            q = torch.randn(b_u, 32, 128, device=d, dtype=torch.bfloat16)
+            kc = torch.randn(b_u, 8, l_u, 128, device=d, dtype=torch.bfloat16)
+            vc = torch.randn(b_u, 8, l_u, 128, device=d, dtype=torch.bfloat16)
+            lens = torch.full((b_u,), l_u, device=d, dtype=torch.int32)
+            res[f"stream_k uniform B={b_u} L={l_u} default"] = _err(
+                kernels.attention_decode(q, kc, vc, lens, None, "stream_k"), ref.attention_decode_ref(q, kc, vc, lens))
         kp = torch.randn(1000, 8, 16, 128, device=d, dtype=torch.bfloat16)
         vp = torch.randn(1000, 8, 16, 128, device=d, dtype=torch.bfloat16)
         table = torch.randperm(1000, device=d)[: 5 * 188].reshape(5, 188).int()
         plen = torch.tensor([1, 3001, 17, 2048, 999], device=d, dtype=torch.int32)
         q = torch.randn(5, 32, 128, device=d, dtype=torch.bfloat16)
         rp = ref.attention_decode_paged_ref(q, kp, vp, table, plen)
-        res["paged stream_k fused"] = _err(kernels.attention_decode_paged(q, kp, vp, table, plen, schedule="stream_k"), rp)
+        for fused in (False, True):
+            mod._STREAM_K_FUSED = fused
+            res[f"paged stream_k fused={fused}"] = _err(
+                kernels.attention_decode_paged(q, kp, vp, table, plen, schedule="stream_k"), rp)
     finally:
         mod._STREAM_K_FUSED = saved
     INFO["stream_k_check_rel_err"] = res
@@ -423,9 +433,19 @@ def _stream_k_check() -> None:
         print(f"  {k:40s} {v:.2e}")
 
 
+def _stream_k_rule(mod, small_per_sm, align):
+    """Set the stream-K default program rule; return the previous setting."""
+    saved = (mod._STREAM_K_SMALL_PROGRAMS_PER_SM, mod._STREAM_K_ALIGN)
+    mod._STREAM_K_SMALL_PROGRAMS_PER_SM, mod._STREAM_K_ALIGN = small_per_sm, align
+    return saved
+
+
 def streamk() -> None:
-    """Focused stream-K vs split-KV decode grid (CUDA-graph timing) with the stream-K variants:
-    default (fused merge, one program per SM), two programs per SM, and the reduction kernel."""
+    """Focused stream-K vs split-KV decode grid (CUDA-graph timing), run 4: split-KV default,
+    stream-K default (2 programs per SM for small caches, counts rounded to a multiple of the
+    pairs), stream-K at one program per SM rounded to the pairs, and stream-K at one program per
+    SM not rounded (run 3's program rule; all stream-K variants use the reduction kernel with
+    the plan written by the stream-K programs)."""
     _stream_k_check()
     mod = sys.modules["kernels.attention_decode"]
     sms = torch.cuda.get_device_properties(0).multi_processor_count
@@ -436,31 +456,36 @@ def streamk() -> None:
     table = []
     for bsz, length, ragged in shapes:
         t = _decode_case(bsz, length, ragged=ragged, sdpa=not ragged)
-        t2 = _decode_case(bsz, length, ragged=ragged, sdpa=False, section="sweep", schedules=("stream_k",),
-                          splits=(2 * sms,))
-        saved = mod._STREAM_K_FUSED
-        mod._STREAM_K_FUSED = False
-        try:
-            t3 = _decode_case(bsz, length, ragged=ragged, sdpa=False, section="sweep", schedules=("stream_k",),
-                              meta="reduction kernel")
-        finally:
-            mod._STREAM_K_FUSED = saved
+        variants = []
+        for small, align, meta in ((1, True, "1/SM aligned"), (1, False, "1/SM unaligned (run-3 rule)")):
+            saved = _stream_k_rule(mod, small, align)
+            try:
+                tv = _decode_case(bsz, length, ragged=ragged, sdpa=False, section="sweep",
+                                  schedules=("stream_k",), meta=meta)
+            finally:
+                _stream_k_rule(mod, *saved)
+            variants.append(tv[("stream_k", None)])
         sd = next((r["baseline_time_s"] for r in reversed(ROWS) if r["section"] == "decode"
                    and r["case"] == f"B{bsz} L{length}{' ragged' if ragged else ''}"), None)
-        table.append((bsz, length, ragged, t[("split_kv", None)], t[("stream_k", None)], t2[("stream_k", 2 * sms)],
-                      t3[("stream_k", None)], sd))
+        table.append((bsz, length, ragged, t[("split_kv", None)], t[("stream_k", None)], *variants, sd))
     INFO["streamk_table"] = [dict(zip(("batch", "kv_len", "ragged", "split_kv_s", "stream_k_s",
-                                        "stream_k_2per_sm_s", "stream_k_reduce_kernel_s", "sdpa_s"), r))
+                                        "stream_k_1per_sm_aligned_s", "stream_k_1per_sm_unaligned_s",
+                                        "sdpa_s"), r))
                              for r in table]
-    print("\n   B     L  rag  split_us stream_us 2/SM_us reduce_us sdpa_us split/stream")
-    wins = n = 0
+    print("\n   B     L  rag  split_us stream_us 1/SMal_us 1/SMun_us sdpa_us split/stream")
+    wins = {"default": 0, "1/SM aligned": 0, "1/SM unaligned": 0}
+    n = 0
     for bsz, length, ragged, a, b_, c, d_, e in table:
         if bsz * 8 < sms:
             n += 1
-            wins += b_ < a
-        print(f"{bsz:4d} {length:6d} {'r' if ragged else ' '} {a * 1e6:9.1f} {b_ * 1e6:9.1f} {c * 1e6:8.1f} "
+            wins["default"] += b_ < a
+            wins["1/SM aligned"] += c < a
+            wins["1/SM unaligned"] += d_ < a
+        print(f"{bsz:4d} {length:6d} {'r' if ragged else ' '} {a * 1e6:9.1f} {b_ * 1e6:9.1f} {c * 1e6:9.1f} "
               f"{d_ * 1e6:9.1f} {(e or float('nan')) * 1e6:8.1f} {a / b_:6.3f}")
-    print(f"stream-K (default) faster than split-KV in {wins} of {n} shapes with B*Hkv < {sms}")
+    INFO["streamk_wins_lt_sms"] = {"shapes": n, **wins}
+    for k, w in wins.items():
+        print(f"stream-K ({k}) faster than split-KV in {w} of {n} shapes with B*Hkv < {sms}")
 
 
 def _fmt(x, scale=1.0, nd=2):

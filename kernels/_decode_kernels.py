@@ -269,6 +269,7 @@ def _stream_k_kernel(
     PL,
     O,
     CNT,
+    RNG,
     qk_scale,
     Hkv,
     GROUP,
@@ -302,11 +303,17 @@ def _stream_k_kernel(
     ``FUSED`` each such piece then adds its tile count to ``CNT[bh]`` (zeroed by the caller);
     the program whose addition completes the pair's tiles merges the pair's partials and
     writes ``O`` (no waiting, so no program depends on another being resident). Without
-    ``FUSED``, :func:`_reduce_kernel` merges them afterwards.
+    ``FUSED``, :func:`_reduce_kernel` merges them afterwards; for it the programs write the
+    plan ``RNG``: ``RNG[2*bh]`` the first slot of pair bh (by the program holding its first
+    tile), ``RNG[2*bh+1]`` one past its last slot (by the program holding its last tile), and
+    ``RNG[2*BH]`` the total tile count (by program 0), so the reduction needs no prefix sum.
     """
     p = tl.program_id(0)
     idx, lens, tiles, incl = _tile_prefix(KV_LENS, Hkv, BH, BLOCK_N, BH_P2)
     total = tl.sum(tiles, 0)
+    if not FUSED:
+        if p == 0:
+            tl.store(RNG + 2 * BH, total)
     t = (p.to(tl.int64) * total // NUM_PROGRAMS).to(tl.int32)
     t_end = ((p.to(tl.int64) + 1) * total // NUM_PROGRAMS).to(tl.int32)
     while t < t_end:
@@ -343,6 +350,11 @@ def _stream_k_kernel(
             PRECISION,
             UPCAST,
         )
+        if not FUSED:
+            if t == first_tile:
+                tl.store(RNG + 2 * bh, p + bh)
+            if seg_end == first_tile + pair_tiles:
+                tl.store(RNG + 2 * bh + 1, p + bh + 1)
         if (t == first_tile) & (seg_end == first_tile + pair_tiles):
             _store_out(O, b, hk, s_ob, s_oh, acc, l_i, GROUP, HEAD_DIM, BLOCK_G)
         else:
@@ -380,7 +392,7 @@ def _reduce_kernel(
     PO,
     PL,
     Out,
-    KV_LENS,
+    RNG,
     Hq,
     Hkv,
     GROUP,
@@ -390,11 +402,13 @@ def _reduce_kernel(
     s_oh,
     HEAD_DIM: tl.constexpr,
     BLOCK_S: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BH_P2: tl.constexpr,
     STREAM_K: tl.constexpr,
 ):
-    """Merge the partials of query head (b, h) by their log-sum-exp weights; write Out[b, h]."""
+    """Merge the partials of query head (b, h) by their log-sum-exp weights; write Out[b, h].
+
+    Stream-K: the slot range of pair bh and the total tile count come from the plan ``RNG``
+    written by :func:`_stream_k_kernel` (split-KV does not read ``RNG``).
+    """
     row = tl.program_id(0)
     b = row // Hq
     h = row % Hq
@@ -403,17 +417,13 @@ def _reduce_kernel(
     offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, HEAD_DIM)
     if STREAM_K:
-        idx, _lens, tiles, incl = _tile_prefix(KV_LENS, Hkv, BH, BLOCK_N, BH_P2)
-        total = tl.sum(tiles, 0)
-        pair_tiles = tl.sum(tl.where(idx == bh, tiles, 0), 0)
-        last = tl.sum(tl.where(idx == bh, incl, 0), 0) - 1
-        p0 = _owner(last - pair_tiles + 1, total, NUM_PIECES)
-        p1 = _owner(last, total, NUM_PIECES)
-        # a pair inside one program's run (p0 == p1) was written to Out by that program:
+        s_lo = tl.load(RNG + 2 * bh)
+        s_hi = tl.load(RNG + 2 * bh + 1)
+        total = tl.load(RNG + 2 * BH).to(tl.int64)
+        # a pair inside one program's run (one slot) was written to Out by that program:
         # no slots to merge, nothing to store
-        s_lo = p0 + bh
-        s_hi = tl.where(p1 > p0, p1 + bh + 1, s_lo)
-        need = offs_d < tl.where(p1 > p0, HEAD_DIM, 0)
+        need = offs_d < tl.where(s_hi - s_lo > 1, HEAD_DIM, 0)
+        s_hi = tl.where(s_hi - s_lo > 1, s_hi, s_lo)
     else:
         s_lo = bh.to(tl.int64) * NUM_PIECES
         s_hi = s_lo + NUM_PIECES

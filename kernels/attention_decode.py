@@ -9,8 +9,9 @@ the cache is read once.
 * ``stream_k`` (the LeanAttention schedule): the KV tiles of all (sequence, kv head) pairs are
   concatenated and cut into ``num_splits`` equal runs, one per program, whatever the lengths.
   A pair inside one run is written straight to the output; a pair split over several runs
-  is merged by log-sum-exp by the last program to finish its tiles (one kernel launch, plus
-  zeroing a counter per pair).
+  is merged by log-sum-exp in a reduction kernel that reads each pair's slot range from a plan
+  the stream-K programs write (or, with ``_STREAM_K_FUSED``, by the last program to finish
+  its tiles).
 """
 
 from __future__ import annotations
@@ -46,6 +47,14 @@ _INTERPRETER_META = {"BLOCK_N": 16}
 _REDUCE_BLOCK_S = 16
 #: stream-K programs per SM when ``num_splits`` is not given (capped at the number of tiles).
 _STREAM_K_PROGRAMS_PER_SM = 1
+#: ... and for small caches: at most ``_STREAM_K_SMALL_TILES_PER_SM`` KV tiles per SM (from Lmax,
+#: known on the host) get ``_STREAM_K_SMALL_PROGRAMS_PER_SM`` programs per SM (shorter runs, more
+#: loads in flight).
+_STREAM_K_SMALL_PROGRAMS_PER_SM = 2
+_STREAM_K_SMALL_TILES_PER_SM = 16
+#: round the default program count down to a multiple of the (sequence, kv head) pairs, so that
+#: with uniform lengths every run lies inside one pair (one piece per program).
+_STREAM_K_ALIGN = True
 #: stream-K merges split pairs inside its own kernel (last program to finish a pair merges it)
 #: instead of launching the reduction kernel.
 _STREAM_K_FUSED = False
@@ -106,11 +115,19 @@ def check_lens_values(kv_lens: torch.Tensor, max_len: int) -> None:
 
 
 def stream_k_programs(num_splits: int | None, sms: int, pairs: int, max_tiles: int) -> int:
-    """Stream-K programs: ``num_splits`` if given, else ``_STREAM_K_PROGRAMS_PER_SM`` per SM but
-    no more than the most KV tiles there can be (``pairs * max_tiles``)."""
+    """Stream-K programs: ``num_splits`` if given; else ``_STREAM_K_PROGRAMS_PER_SM`` per SM
+    (``_STREAM_K_SMALL_PROGRAMS_PER_SM`` when the most KV tiles there can be, ``pairs *
+    max_tiles``, are at most ``_STREAM_K_SMALL_TILES_PER_SM`` per SM), rounded down to a
+    multiple of ``pairs`` when ``_STREAM_K_ALIGN`` and there are fewer pairs than programs, and
+    no more than ``pairs * max_tiles``."""
     if num_splits:
         return num_splits
-    return max(1, min(_STREAM_K_PROGRAMS_PER_SM * sms, pairs * max_tiles))
+    tiles = pairs * max_tiles
+    small = tiles <= _STREAM_K_SMALL_TILES_PER_SM * sms
+    target = (_STREAM_K_SMALL_PROGRAMS_PER_SM if small else _STREAM_K_PROGRAMS_PER_SM) * sms
+    if _STREAM_K_ALIGN and pairs <= target:
+        target = target // pairs * pairs
+    return max(1, min(target, tiles))
 
 
 def launch_decode(
@@ -162,7 +179,7 @@ def launch_decode(
         _dk._split_kv_kernel[(bh, pieces)](
             q, k, v, kv_lens, bt, po, pl, scale, Hkv, group, chunk, pieces, *strides, **consts, **meta
         )
-        bh_p2 = 1
+        rng = kv_lens  # not read by the split-KV reduction
     else:
         if bh > MAX_STREAM_K_PAIRS:
             raise KernelInputError(
@@ -175,6 +192,8 @@ def launch_decode(
         pl = torch.empty(((pieces + bh) * group,), dtype=torch.float32, device=q.device)
         # tiles of each split pair finished so far (fused merge only; must start at zero)
         cnt = torch.zeros((bh,), dtype=torch.int32, device=q.device) if fused else kv_lens
+        # the plan for the reduction: slot range of each pair, then the total tile count
+        rng = kv_lens if fused else torch.empty((2 * bh + 1,), dtype=torch.int32, device=q.device)
         gp = next_pow2(group)
         _dk._stream_k_kernel[(pieces,)](
             q,
@@ -186,6 +205,7 @@ def launch_decode(
             pl,
             o,
             cnt,
+            rng,
             scale,
             Hkv,
             group,
@@ -207,7 +227,7 @@ def launch_decode(
         po,
         pl,
         o,
-        kv_lens,
+        rng,
         Hq,
         Hkv,
         group,
@@ -217,8 +237,6 @@ def launch_decode(
         o.stride(1),
         HEAD_DIM=D,
         BLOCK_S=_REDUCE_BLOCK_S,
-        BLOCK_N=block_n,
-        BH_P2=bh_p2,
         STREAM_K=schedule is DecodeSchedule.STREAM_K,
     )
     return o

@@ -144,9 +144,47 @@ def test_stream_k_fused_and_reduced_agree(seed, monkeypatch):
 
 @pytest.mark.parametrize(
     "num_splits,sms,pairs,max_tiles,expect",
-    [(None, 132, 8, 16, 128), (None, 132, 8, 1000, 132), (None, 132, 1, 1, 1), (7, 132, 8, 1, 7)],
+    [
+        (None, 132, 8, 16, 128),  # small cache: capped at the tiles
+        (None, 132, 8, 64, 264),  # small cache (512 tiles <= 16 per SM): 2 per SM, 264 = 33 * 8
+        (None, 132, 16, 64, 256),  # 2 per SM rounded down to a multiple of 16 pairs
+        (None, 132, 8, 1000, 128),  # large cache: 1 per SM rounded down to a multiple of 8
+        (None, 132, 7, 1000, 126),
+        (None, 132, 200, 1000, 132),  # more pairs than programs: no rounding
+        (None, 132, 1, 1, 1),
+        (7, 132, 8, 1, 7),
+    ],
 )
 def test_stream_k_program_count(num_splits, sms, pairs, max_tiles, expect):
     from kernels.attention_decode import stream_k_programs
 
     assert stream_k_programs(num_splits, sms, pairs, max_tiles) == expect
+
+
+def test_stream_k_aligned_runs_do_not_cross_pairs():
+    # uniform lengths: with a program count that is a multiple of the pairs, every run lies
+    # inside one pair (the partition of split-KV); checked on the plan arithmetic itself
+    from kernels.attention_decode import stream_k_programs
+
+    for pairs, tiles_per_pair in ((8, 16), (8, 64), (16, 64), (64, 16), (7, 300), (24, 1000)):
+        p = stream_k_programs(None, 132, pairs, tiles_per_pair)
+        total = pairs * tiles_per_pair
+        for i in range(p):
+            lo, hi = i * total // p, (i + 1) * total // p
+            assert hi > lo and lo // tiles_per_pair == (hi - 1) // tiles_per_pair, (pairs, i)
+
+
+@pytest.mark.parametrize("align", [True, False])
+@pytest.mark.parametrize("lens", [[64, 64, 64], [1, 64, 33]])
+def test_stream_k_default_programs_small_sms(align, lens, seed, check, poisoned, monkeypatch):
+    # default program count on a pretend 7-SM device (12 aligned programs: 2 per pair; 14 not) (aligned and not), uniform and ragged lengths
+    import sys
+
+    mod = sys.modules["kernels.attention_decode"]
+    monkeypatch.setattr(mod, "num_sms", lambda device: 7)
+    monkeypatch.setattr(mod, "_STREAM_K_ALIGN", align)
+    q, k, v, _ = _inputs(3, 8, 2, 64, 64, torch.float16)
+    kv_lens = torch.tensor(lens, dtype=torch.int32)
+    with poisoned():  # output, partials and the reduction's plan start poisoned
+        o = kernels.attention_decode(q, k, v, kv_lens, schedule="stream_k")
+    check(o, attention_decode_ref(q, k, v, kv_lens), torch.float16, seed, f"align={align} lens={lens}")
