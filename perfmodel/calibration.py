@@ -129,6 +129,14 @@ class ClassParams:
         ``unit_overhead_s`` plus its keys' math; causal tiles see different key counts)
     reduce_bytes_eff : float, Triton split/stream decode (0: off): the combine kernel's partial
         results (fp32, one row per query head and KV piece) stream at this fraction of the bandwidth
+    tile_choice : int, GEMM (0: the fitted ``tile_m`` x ``tile_n`` tile; 1: the fastest of
+        ``perfmodel.costs.GEMM_CANDIDATE_TILES``, each with its own waves, as a heuristic library picks;
+        ``tile_m``/``tile_n`` must still be non-zero to switch tiling on)
+    small_tile_eff : float in [0, 1], GEMM candidate tiles: math-rate factor per halving of the tile
+        area below 128 x 256 (0: the same rate for every tile)
+    row_knee_bytes : float, row kernels (norms): rows of more activation bytes than this no longer stay
+        on chip between the kernel's passes over the row and stream at ``row_tail_memory_eff`` (0: off)
+    row_tail_memory_eff : float, memory efficiency of rows longer than ``row_knee_bytes`` (0: ``memory_eff``)
     """
 
     compute_eff: float = 1.0
@@ -153,22 +161,30 @@ class ClassParams:
     tail_memory_eff: float = 0.0
     unit_compute_eff: float = 0.0
     reduce_bytes_eff: float = 0.0
+    tile_choice: int = 0
+    small_tile_eff: float = 0.0
+    row_knee_bytes: float = 0.0
+    row_tail_memory_eff: float = 0.0
 
     def validate(self, where: str) -> None:
         for name in ("compute_eff", "memory_eff"):
             v = getattr(self, name)
             if not (0 < v <= 1.5) or not math.isfinite(v):
                 raise ProfileError(f"{where}: {name} must be in (0, 1.5], got {v}")
-        for name in ("split_memory_eff", "tail_memory_eff", "unit_compute_eff", "reduce_bytes_eff"):
+        if self.tile_choice not in (0, 1):
+            raise ProfileError(f"{where}: tile_choice must be 0 or 1, got {self.tile_choice}")
+        if not 0 <= self.small_tile_eff <= 1:
+            raise ProfileError(f"{where}: small_tile_eff must be in [0, 1] (0: off), got {self.small_tile_eff}")
+        for name in ("split_memory_eff", "tail_memory_eff", "unit_compute_eff", "reduce_bytes_eff", "row_tail_memory_eff"):
             v = getattr(self, name)
             if not (0 <= v <= 1.5) or not math.isfinite(v):
-                what = "memory_eff" if name in ("split_memory_eff", "tail_memory_eff") else "off"
+                what = "memory_eff" if name in ("split_memory_eff", "tail_memory_eff", "row_tail_memory_eff") else "off"
                 raise ProfileError(f"{where}: {name} must be in [0, 1.5] (0: {what}), got {v}")
         if self.split_rule not in SPLIT_RULES:
             raise ProfileError(f"{where}: split_rule must be one of {sorted(SPLIT_RULES)}, got {self.split_rule}")
         for name in ("latency_s", "ramp_flops", "ramp_bytes", "bandwidth_bytes_per_s", "tile_m", "tile_n",
                      "tile_m_min", "tile_overhead_s", "units_per_sm", "unit_overhead_s", "unit_memory_eff",
-                     "split_latency_s", "knee_bytes"):
+                     "split_latency_s", "knee_bytes", "row_knee_bytes"):
             v = getattr(self, name)
             if not math.isfinite(v) or v < 0:
                 raise ProfileError(f"{where}: {name} must be finite and >= 0, got {v}")
@@ -178,7 +194,7 @@ class ClassParams:
                 raise ProfileError(f"{where}: {name} must be in [0, 1], got {v}")
 
 
-_INT_FIELDS = ("tile_m", "tile_n", "tile_m_min", "split_rule")
+_INT_FIELDS = ("tile_m", "tile_n", "tile_m_min", "split_rule", "tile_choice")
 
 PEAK_PARAMS = ClassParams()
 

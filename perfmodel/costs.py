@@ -7,6 +7,7 @@ shape.  Costs add with ``+`` (use :func:`scale` for repeated ops).
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass
 from typing import Any
@@ -186,17 +187,48 @@ def gemm_tile_m(m, p: ClassParams):
     return np.clip(2.0 ** np.ceil(np.log2(m)), p.tile_m_min, max(p.tile_m, p.tile_m_min))
 
 
+# Output tiles a heuristic GEMM library chooses among (M x N), largest first (CUTLASS/cuBLAS Hopper
+# kernels: 128x256, 256x128, 128x128, ... down to 64x64 for small problems).
+GEMM_CANDIDATE_TILES = ((128, 256), (256, 128), (128, 128), (64, 256), (64, 128), (128, 64), (64, 64))
+_LARGEST_TILE = 128 * 256
+
+
+def _gemm_tile_time(m, n, k, tm, tn, gpu: GPU, p: ClassParams):
+    """(effective FLOPs, per-wave overhead seconds) of an M x N x K GEMM run in ``tm`` x ``tn`` tiles."""
+    tiles = np.ceil(m / tm) * np.ceil(n / tn)
+    factor, whole = _waves(tiles, gpu.sm_count, p)
+    fl_eff = 2.0 * tiles * tm * tn * k * factor
+    if p.small_tile_eff > 0:  # smaller tiles reuse less of each operand load: a lower math rate
+        fl_eff = fl_eff / p.small_tile_eff ** np.log2(_LARGEST_TILE / (tm * tn))
+    return fl_eff, whole * p.tile_overhead_s
+
+
 def _gemm_cost(op: Gemm, gpu: GPU, prof: Profile) -> OpCost:
     p = prof.params(OpClass.GEMM)
     fl = flops(op)
     fl_eff, extra = None, 0.0
     if p.tile_m > 0 and p.tile_n > 0:
-        tm = gemm_tile_m(op.m, p)
         m, n, k = (np.asarray(x, dtype=np.float64) for x in (op.m, op.n, op.k))
-        tiles = np.ceil(m / tm) * np.ceil(n / p.tile_n)
-        factor, whole = _waves(tiles, gpu.sm_count, p)
-        fl_eff = np.maximum(2.0 * tiles * tm * p.tile_n * k * factor, fl)
-        extra = whole * p.tile_overhead_s
+        if p.tile_choice:
+            # the library's heuristic: the fastest of the candidate tiles (each with its waves)
+            best_s = best_fl = best_oh = None
+            rate = gpu.flops_for(op.dtype) * p.compute_eff
+            for tm0, tn in GEMM_CANDIDATE_TILES:
+                tm = gemm_tile_m(m, dataclasses.replace(p, tile_m=tm0))
+                f, oh = _gemm_tile_time(m, n, k, tm, float(tn), gpu, p)
+                t = f / rate + oh
+                if best_s is None:
+                    best_s, best_fl, best_oh = t, f, oh
+                else:
+                    better = t < best_s
+                    best_s = np.where(better, t, best_s)
+                    best_fl = np.where(better, f, best_fl)
+                    best_oh = np.where(better, oh, best_oh)
+            fl_eff, extra = np.maximum(best_fl, fl), best_oh
+        else:
+            tm = gemm_tile_m(m, p)
+            f, extra = _gemm_tile_time(m, n, k, tm, float(p.tile_n), gpu, p)
+            fl_eff = np.maximum(f, fl)
     return _roofline(fl, bytes_moved(op), gpu.flops_for(op.dtype), gpu.hbm_bytes_per_s, p, Bound.HBM_BANDWIDTH,
                      fl_eff, extra)
 
@@ -313,16 +345,23 @@ def elementwise_rows(op: Elementwise):
 
 def _elementwise_cost(op: Elementwise, gpu: GPU, prof: Profile) -> OpCost:
     p = prof.elementwise_params(op.name)
-    floor = 0.0
-    if p.units_per_sm > 0:
+    floor, eff = 0.0, None
+    if p.units_per_sm > 0 or p.row_knee_bytes > 0:
         rows = elementwise_rows(op)
         if rows is not None:
             rows = np.asarray(rows, dtype=np.float64)
             known = np.isfinite(rows) & (rows >= 1)
-            floor = np.where(known, unit_waves_s(np.where(known, rows, 1.0), op.bytes, gpu.sm_count, gpu.hbm_bytes_per_s, p), 0.0)
+            safe = np.where(known, rows, 1.0)
+            if p.units_per_sm > 0:
+                floor = np.where(known, unit_waves_s(safe, op.bytes, gpu.sm_count, gpu.hbm_bytes_per_s, p), 0.0)
+            if p.row_knee_bytes > 0:
+                # a row's activation bytes: bytes = (2 rows + 1) x row bytes (read, write, and the weight)
+                row_bytes = np.asarray(op.bytes, dtype=np.float64) / (2.0 * safe + 1.0)
+                long_row = known & (row_bytes > p.row_knee_bytes)
+                eff = np.where(long_row, p.row_tail_memory_eff or p.memory_eff, p.memory_eff)
     return _roofline(
         flops(op), bytes_moved(op), gpu.flops_for(Dtype.FP32), gpu.hbm_bytes_per_s, p, Bound.HBM_BANDWIDTH,
-        memory_floor_s=floor,
+        memory_floor_s=floor, memory_eff=eff,
     )
 
 

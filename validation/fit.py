@@ -91,6 +91,12 @@ _ROW_SPEC = (_EFF("memory_eff", 0.8), Param("latency_s", 0.0, 200.0, 1.0, factor
 # discrete choices per class: dicts of fixed fields
 _GEMM_TILES = tuple({"tile_m": tm, "tile_n": tn, "tile_m_min": mn}
                     for tm, tn, mn in itertools.product((64, 128, 256), (64, 128, 256), (16, 64)) if tm * tn <= 32768)
+# or the fastest of the candidate tiles (``costs.GEMM_CANDIDATE_TILES``), as a heuristic library picks
+_GEMM_TILES += tuple({"tile_m": 128, "tile_n": 256, "tile_m_min": mn, "tile_choice": 1} for mn in (16, 64))
+_SMALL_TILE = Param("small_tile_eff", 0.5, 1.0, 0.95)
+# norms: rows longer than a knee (activation bytes per row; grid) stream at their own efficiency
+_ROW_KNEES = (0.0, 4096.0, 6144.0, 8192.0, 12288.0, 16384.0)
+_ROW_TAIL = _EFF("row_tail_memory_eff", 0.6)
 _ATTN_TILES = tuple({"tile_m": tm} for tm in (0, 64, 128))
 _DECODE_TILES = ({}, {"tile_m": 16}, {"tile_m": 64}, {"tile_m": 128})
 # how each attention implementation splits the KV axis (``ClassParams.split_rule``): PyTorch SDPA
@@ -116,14 +122,15 @@ def _spec(key: str):
     rule = _SPLIT_OF_IMPL.get(impl, SPLIT_NONE)
     occupancy = (_UNIT_OH, _UNIT_BW) + ((_SPLIT_LAT, _SPLIT_EFF) if rule != SPLIT_NONE else ())
     if base == "gemm":
-        return _COMPUTE_SPEC, _GEMM_TILES
+        return _COMPUTE_SPEC + (_SMALL_TILE,), _GEMM_TILES
     if base == "attention_prefill":
         return _PREFILL_SPEC + ((_SPLIT_LAT,) if rule != SPLIT_NONE else ()), _choices(_PREFILL_TILES, rule)
     if base == "attention_decode":  # rows of a KV head's query group, padded to the kernel's tile
         extra = (_REDUCE_EFF,) if rule in (SPLIT_FILL, SPLIT_STREAM) else ()
         return _COMPUTE_SPEC + occupancy + extra, _choices(_DECODE_TILES, rule)
     if base == "elementwise:rmsnorm":  # one block per row: the row count sets the occupancy
-        return _ROW_SPEC, tuple({"units_per_sm": u} for u in (1.0, 2.0, 4.0, 8.0, 16.0))
+        return _ROW_SPEC + (_ROW_TAIL,), tuple({"units_per_sm": u, "row_knee_bytes": kb}
+                                               for u in (1.0, 2.0, 4.0, 8.0, 16.0) for kb in _ROW_KNEES)
     if base in ("memcpy_h2d_pageable", "memcpy_d2h_pageable"):  # staged through host caches
         return _PAGEABLE_SPEC, ({},)
     return _MEMORY_SPEC, ({},)
@@ -315,6 +322,8 @@ def write_profile(profile: Profile, path: str | Path, source: str, extra: dict[s
         for name, cls in old.get("classes", {}).items():
             if OpClass(name) in COLLECTIVE_CLASSES:
                 data["classes"][name] = cls
+        if "collectives" in old.get("measured_on", {}):  # the communication suite's provenance
+            data["measured_on"]["collectives"] = old["measured_on"]["collectives"]
         for k, v in old.items():
             if k not in data and k not in ("source", "implementations"):
                 data[k] = v

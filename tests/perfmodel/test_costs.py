@@ -250,3 +250,41 @@ def test_triton_decode_combine_kernel_costs_its_partials():
     assert lat0 == pytest.approx(2e-6)  # the combine kernel runs even without a split
     partial = 2 * 8 * 32 * 4 * 129 * 4  # 8 pairs x 32 pieces x 4 query heads x (128 + 1) fp32, written and read
     assert lat1 - lat0 == pytest.approx(partial / (0.5 * H100.hbm_bytes_per_s))
+
+
+def test_gemm_candidate_tiles_never_slower_than_the_largest_tile():
+    from types import MappingProxyType
+
+    from hw.loader import load_gpu
+    from perfmodel.calibration import ClassParams, Mode, OpClass, Profile
+    from perfmodel.ops import Gemm
+
+    g = load_gpu("h100-sxm-80gb")
+    base = ClassParams(compute_eff=0.7, memory_eff=0.9, tile_m=128, tile_n=256, tile_m_min=16, wave_quant=1.0)
+    choose = ClassParams(**{**base.__dict__, "tile_choice": 1})
+    op = Gemm(np.array([1.0, 1000, 1000, 4096, 16384]), np.array([1000.0, 1000, 640, 4352, 640]),
+              np.array([1000.0, 1000, 2560, 4096, 2560]))
+    prof = lambda p: Profile("h100-sxm-80gb", Mode.CALIBRATED, MappingProxyType({OpClass.GEMM: p}))
+    fixed, chosen = op_cost(op, g, prof(base)).total_s, op_cost(op, g, prof(choose)).total_s
+    assert np.all(chosen <= fixed * (1 + 1e-12))
+    assert np.any(chosen < 0.9 * fixed)  # a small (N) problem fills more SMs with smaller tiles
+    # a per-halving efficiency below 1 makes the small tiles dearer
+    dear = ClassParams(**{**choose.__dict__, "small_tile_eff": 0.5})
+    assert np.all(op_cost(op, g, prof(dear)).total_s >= chosen * (1 - 1e-12))
+
+
+def test_rmsnorm_rows_past_the_knee_stream_at_the_tail_efficiency():
+    from types import MappingProxyType
+
+    from hw.loader import load_gpu
+    from perfmodel.calibration import ClassParams, Mode, Profile
+    from perfmodel.ops import Elementwise
+
+    g = load_gpu("h100-sxm-80gb")
+    p = ClassParams(memory_eff=0.8, row_knee_bytes=8192.0, row_tail_memory_eff=0.6)
+    prof = Profile("h100-sxm-80gb", Mode.CALIBRATED, elementwise=MappingProxyType({"rmsnorm": p}))
+    t, h = 16384, np.array([2048.0, 16384.0])
+    op = Elementwise("rmsnorm", bytes=(2 * t + 1) * h * 2, flops=4 * t * h)
+    got = op_cost(op, g, prof).memory_s
+    want = (2 * t + 1) * h * 2 / (g.hbm_bytes_per_s * np.array([0.8, 0.6]))
+    assert np.allclose(got, want)
