@@ -6,7 +6,7 @@ Usage (on a CUDA machine)::
 
 ``streamk`` is the focused stream-K vs split-KV decode grid (run 4): a GPU check of both
 stream-K merge paths first, then every shape with the default schedules and stream-K with the
-two older program-count rules (one program per SM, rounded to the pairs or not).
+two other program-count rules (two per SM for small caches; one per SM not rounded to the pairs).
 
 Times every kernel with ``triton.testing.do_bench`` (median of repeated runs, L2 flushed
 between runs) and writes ``kernels_bench.json`` (environment, ceilings, rows),
@@ -441,11 +441,12 @@ def _stream_k_rule(mod, small_per_sm, align):
 
 
 def streamk() -> None:
-    """Focused stream-K vs split-KV decode grid (CUDA-graph timing), run 4: split-KV default,
-    stream-K default (2 programs per SM for small caches, counts rounded to a multiple of the
-    pairs), stream-K at one program per SM rounded to the pairs, and stream-K at one program per
-    SM not rounded (run 3's program rule; all stream-K variants use the reduction kernel with
-    the plan written by the stream-K programs)."""
+    """Focused stream-K vs split-KV decode grid (CUDA-graph timing): split-KV default, stream-K
+    default (one program per SM rounded down to a multiple of the pairs), stream-K with two
+    programs per SM for small caches (rounded likewise), and stream-K at one program per SM not
+    rounded (run 3's program rule). All stream-K variants use the reduction kernel with the plan
+    written by the stream-K programs. Run 4 measured the variants "2/SM for small caches,
+    aligned" (then the default), "1/SM aligned" (now the default) and the run-3 rule."""
     _stream_k_check()
     mod = sys.modules["kernels.attention_decode"]
     sms = torch.cuda.get_device_properties(0).multi_processor_count
@@ -457,7 +458,8 @@ def streamk() -> None:
     for bsz, length, ragged in shapes:
         t = _decode_case(bsz, length, ragged=ragged, sdpa=not ragged)
         variants = []
-        for small, align, meta in ((1, True, "1/SM aligned"), (1, False, "1/SM unaligned (run-3 rule)")):
+        for small, align, meta in ((2, True, "2/SM for small caches, aligned"),
+                                   (1, False, "1/SM unaligned (run-3 rule)")):
             saved = _stream_k_rule(mod, small, align)
             try:
                 tv = _decode_case(bsz, length, ragged=ragged, sdpa=False, section="sweep",
@@ -469,17 +471,17 @@ def streamk() -> None:
                    and r["case"] == f"B{bsz} L{length}{' ragged' if ragged else ''}"), None)
         table.append((bsz, length, ragged, t[("split_kv", None)], t[("stream_k", None)], *variants, sd))
     INFO["streamk_table"] = [dict(zip(("batch", "kv_len", "ragged", "split_kv_s", "stream_k_s",
-                                        "stream_k_1per_sm_aligned_s", "stream_k_1per_sm_unaligned_s",
+                                        "stream_k_2per_sm_small_aligned_s", "stream_k_1per_sm_unaligned_s",
                                         "sdpa_s"), r))
                              for r in table]
-    print("\n   B     L  rag  split_us stream_us 1/SMal_us 1/SMun_us sdpa_us split/stream")
-    wins = {"default": 0, "1/SM aligned": 0, "1/SM unaligned": 0}
+    print("\n   B     L  rag  split_us stream_us 2/SMsm_us 1/SMun_us sdpa_us split/stream")
+    wins = {"default": 0, "2/SM small aligned": 0, "1/SM unaligned": 0}
     n = 0
     for bsz, length, ragged, a, b_, c, d_, e in table:
         if bsz * 8 < sms:
             n += 1
             wins["default"] += b_ < a
-            wins["1/SM aligned"] += c < a
+            wins["2/SM small aligned"] += c < a
             wins["1/SM unaligned"] += d_ < a
         print(f"{bsz:4d} {length:6d} {'r' if ragged else ' '} {a * 1e6:9.1f} {b_ * 1e6:9.1f} {c * 1e6:9.1f} "
               f"{d_ * 1e6:9.1f} {(e or float('nan')) * 1e6:8.1f} {a / b_:6.3f}")

@@ -48,9 +48,9 @@ _REDUCE_BLOCK_S = 16
 #: stream-K programs per SM when ``num_splits`` is not given (capped at the number of tiles).
 _STREAM_K_PROGRAMS_PER_SM = 1
 #: ... and for small caches: at most ``_STREAM_K_SMALL_TILES_PER_SM`` KV tiles per SM (from Lmax,
-#: known on the host) get ``_STREAM_K_SMALL_PROGRAMS_PER_SM`` programs per SM (shorter runs, more
-#: loads in flight).
-_STREAM_K_SMALL_PROGRAMS_PER_SM = 2
+#: known on the host) get ``_STREAM_K_SMALL_PROGRAMS_PER_SM`` programs per SM. Run 4 (H100)
+#: measured 2 per SM slower than 1 at small caches (B=1, L=4K: 19.7 against 14.9 us), so 1.
+_STREAM_K_SMALL_PROGRAMS_PER_SM = 1
 _STREAM_K_SMALL_TILES_PER_SM = 16
 #: round the default program count down to a multiple of the (sequence, kv head) pairs, so that
 #: with uniform lengths every run lies inside one pair (one piece per program).

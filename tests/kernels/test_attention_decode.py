@@ -146,8 +146,8 @@ def test_stream_k_fused_and_reduced_agree(seed, monkeypatch):
     "num_splits,sms,pairs,max_tiles,expect",
     [
         (None, 132, 8, 16, 128),  # small cache: capped at the tiles
-        (None, 132, 8, 64, 264),  # small cache (512 tiles <= 16 per SM): 2 per SM, 264 = 33 * 8
-        (None, 132, 16, 64, 256),  # 2 per SM rounded down to a multiple of 16 pairs
+        (None, 132, 8, 64, 128),  # 1 per SM rounded down to a multiple of 8 pairs
+        (None, 132, 16, 64, 128),
         (None, 132, 8, 1000, 128),  # large cache: 1 per SM rounded down to a multiple of 8
         (None, 132, 7, 1000, 126),
         (None, 132, 200, 1000, 132),  # more pairs than programs: no rounding
@@ -159,6 +159,19 @@ def test_stream_k_program_count(num_splits, sms, pairs, max_tiles, expect):
     from kernels.attention_decode import stream_k_programs
 
     assert stream_k_programs(num_splits, sms, pairs, max_tiles) == expect
+
+
+@pytest.mark.parametrize(
+    "pairs,max_tiles,expect",
+    [(8, 64, 264), (16, 64, 256), (8, 1000, 128), (200, 10, 200), (300, 7, 264)],  # small caches: 2 per SM
+)
+def test_stream_k_program_count_small_cache_rule(pairs, max_tiles, expect, monkeypatch):
+    import sys
+
+    from kernels.attention_decode import stream_k_programs
+
+    monkeypatch.setattr(sys.modules["kernels.attention_decode"], "_STREAM_K_SMALL_PROGRAMS_PER_SM", 2)
+    assert stream_k_programs(None, 132, pairs, max_tiles) == expect
 
 
 def test_stream_k_aligned_runs_do_not_cross_pairs():
@@ -174,9 +187,10 @@ def test_stream_k_aligned_runs_do_not_cross_pairs():
             assert hi > lo and lo // tiles_per_pair == (hi - 1) // tiles_per_pair, (pairs, i)
 
 
+@pytest.mark.parametrize("small_per_sm", [1, 2])
 @pytest.mark.parametrize("align", [True, False])
 @pytest.mark.parametrize("lens", [[64, 64, 64], [1, 64, 33]])
-def test_stream_k_default_programs_small_sms(align, lens, seed, check, poisoned, monkeypatch):
+def test_stream_k_default_programs_small_sms(small_per_sm, align, lens, seed, check, poisoned, monkeypatch):
     # default program count on a pretend 7-SM device (12 aligned programs: 2 per pair; 14 not) (aligned and not), uniform and ragged lengths
     import sys
 
