@@ -276,7 +276,11 @@ def analyze(
         )
     par_details: dict = {}
     if multi:
-        ring_overlap = par.MEASURED_RING_OVERLAP if mode is Mode.CALIBRATED and not prof.is_peak else 1.0
+        ring_overlap = par.measured_ring_step(prof) if mode is Mode.CALIBRATED and not prof.is_peak else None
+        if ring_overlap is None:
+            ring_overlap = 1.0
+            if mode is Mode.CALIBRATED and sp > 1 and sp_kind != "ulysses":
+                notes.append(f"no Ring-attention step measured for {g.name}: ideal compute/transfer overlap assumed")
         ph = par.parallel_phases(m, g, prof, context_len, output_tokens, batch, prec, tp, pp, sp, sp_kind, ep,
                                  chunk_tokens, topology, ring_overlap)
         pre, step, dec = ph.prefill, ph.decode_step, ph.decode

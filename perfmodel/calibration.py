@@ -213,6 +213,9 @@ class Profile:
     measured_on: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     source_path: str = ""
     elementwise: Mapping[str, ClassParams] = field(default_factory=lambda: MappingProxyType({}))
+    #: Measured Ring-attention step terms (``overlap``, ``compute_issue_s``, ``comm_issue_s``,
+    #: ``sync_s``; see :class:`perfmodel.parallel.RingStepModel`); empty when not measured.
+    ring_attention_step: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     def params(self, op_class: OpClass) -> ClassParams:
         return self.classes.get(op_class, PEAK_PARAMS)
@@ -235,6 +238,8 @@ class Profile:
         }
         if self.elementwise:
             out["elementwise_kernels"] = {n: params_to_dict(p) for n, p in self.elementwise.items()}
+        if self.ring_attention_step:
+            out["ring_attention_step"] = dict(self.ring_attention_step)
         return out
 
 
@@ -284,6 +289,7 @@ def profile_from_dict(data: Any, where: str = "<dict>") -> Profile:
     if not isinstance(ew, dict):
         raise ProfileError(f"{where}: 'elementwise_kernels' must be an object")
     named = {str(n): params_from_dict(raw, f"{where}: elementwise kernel {n!r}") for n, raw in ew.items()}
+    ring = _ring_step_from_dict(data.get("ring_attention_step", {}), where)
     return Profile(
         gpu=str(data.get("gpu", "")),
         mode=Mode.CALIBRATED,
@@ -291,7 +297,36 @@ def profile_from_dict(data: Any, where: str = "<dict>") -> Profile:
         measured_on=MappingProxyType(dict(data.get("measured_on", {}))),
         source_path=where,
         elementwise=MappingProxyType(named),
+        ring_attention_step=MappingProxyType(ring),
     )
+
+
+_RING_KEYS = ("overlap", "compute_issue_s", "comm_issue_s", "sync_s")
+
+
+def _ring_step_from_dict(raw: Any, where: str) -> dict[str, Any]:
+    """Validate the optional ``ring_attention_step`` object (``comm_issue_s`` may be null)."""
+    if not isinstance(raw, dict):
+        raise ProfileError(f"{where}: 'ring_attention_step' must be an object")
+    extra = set(raw) - set(_RING_KEYS) - {"source"}
+    if extra:
+        raise ProfileError(f"{where}: ring_attention_step has unknown field(s) {', '.join(sorted(extra))}")
+    out: dict[str, Any] = {}
+    for k in _RING_KEYS:
+        if k not in raw:
+            continue
+        v = raw[k]
+        if v is None and k == "comm_issue_s":
+            out[k] = None
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise ProfileError(f"{where}: ring_attention_step.{k} must be a number >= 0, got {v!r}")
+        out[k] = float(v)
+    if "overlap" in out and out["overlap"] > 1:
+        raise ProfileError(f"{where}: ring_attention_step.overlap must be in [0, 1], got {out['overlap']}")
+    if "source" in raw:
+        out["source"] = str(raw["source"])
+    return out
 
 
 def load_profile_file(path: str | Path, gpu: GPU | str | None = None) -> Profile:

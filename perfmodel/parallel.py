@@ -426,8 +426,6 @@ def ceil_div(a: int, b: int) -> int:
 
 
 __all__ = [
-    "MEASURED_RING_OVERLAP",
-    "MEASURED_RING_STEP",
     "EpMoe",
     "ParallelConfigError",
     "ParallelPhases",
@@ -444,22 +442,26 @@ __all__ = [
     "parallel_memory",
     "parallel_phases",
     "pipeline_time",
+    "measured_ring_step",
     "ring_step_overlap",
     "sp_prefill",
     "split_sp",
 ]
 
 
-#: The Ring-attention step measured on 2 H200s (NCCL 2.28.9, torch 2.11 SDPA, eager calls,
-#: 2026-11-22; validation/data/collectives_h200x2_fit.json, ``ring.fit``): the GPU hides 0.32 of
-#: min(compute, transfer); the host launches the attention call in 32.5 us (median of attention
-#: alone on blocks <= 512 tokens), issues the send/recv pair in the send/recv class's latency
-#: (None: read from the path) and spends 65.6 us more per step synchronising.  Step time error
-#: over blocks of 256..16384 tokens: median 1.9% (held out on 512/2048/8192: 3.7%).  The ideal
-#: model (RingStepModel()) is the peak-mode value.
-MEASURED_RING_STEP = RingStepModel(overlap=0.3223, compute_issue_s=32.53e-6, comm_issue_s=None, sync_s=65.58e-6)
-#: What analyze passes as the calibrated Ring step model (the overlap share is ``.overlap``).
-MEASURED_RING_OVERLAP = MEASURED_RING_STEP
+def measured_ring_step(profile: Profile) -> "RingStepModel | None":
+    """The Ring-attention step model measured for ``profile``'s GPU, or None if none was.
+
+    The terms come from the profile's ``ring_attention_step`` object, written by
+    ``python -m validation.collectives fit --write-profile`` from steps timed on two GPUs: the share
+    of min(compute, transfer) the GPU hides, the host's issue costs of the attention call and of
+    the send/recv pair (None: the send/recv class's latency), and the per-step synchronisation.
+    """
+    r = profile.ring_attention_step
+    if not r:
+        return None
+    return RingStepModel(overlap=r.get("overlap", 1.0), compute_issue_s=r.get("compute_issue_s", 0.0),
+                         comm_issue_s=r.get("comm_issue_s"), sync_s=r.get("sync_s", 0.0))
 
 
 @dataclass(frozen=True)

@@ -617,12 +617,16 @@ def report(data: str, ring: str | None = None, write_profile: bool = False) -> d
         res["ring"] = evaluate_ring(load_rows(ring), prof, fits["send_recv"]["latency_s"])
     if write_profile:
         env_path = Path(data).with_name(Path(data).stem + "_env.json")
-        write_profile_classes(fits, json.loads(env_path.read_text()) if env_path.exists() else {}, data)
+        ring_fit = res.get("ring", {}).get("fit")
+        write_profile_classes(fits, json.loads(env_path.read_text()) if env_path.exists() else {}, data,
+                              ring_fit=ring_fit, ring_data=ring)
     return res
 
 
-def write_profile_classes(fits: dict[str, dict], env: dict, data: str) -> Path:
-    """Add or replace only the collective classes (and their provenance) in the H200 profile."""
+def write_profile_classes(fits: dict[str, dict], env: dict, data: str, ring_fit: dict | None = None,
+                          ring_data: str | None = None) -> Path:
+    """Add or replace only the collective classes, the Ring step (if fitted) and their provenance
+    in the H200 profile."""
     from perfmodel.calibration import shipped_profile_path
 
     path = shipped_profile_path(FIT_GPU)
@@ -636,6 +640,15 @@ def write_profile_classes(fits: dict[str, dict], env: dict, data: str) -> Path:
         "gpu": env.get("nvidia_smi", ""), "versions (python torch cuda nccl ngpu peer)": env.get("versions", ""),
         "date": env.get("date_utc", ""), "env": env.get("env", {}),
     }
+    if ring_fit:
+        prof["ring_attention_step"] = {
+            "overlap": float(f"{ring_fit['overlap']:.4g}"),
+            "compute_issue_s": float(f"{ring_fit['compute_issue_s']:.4g}"),
+            "comm_issue_s": None,  # the fit's issue cost is the send_recv class's latency: read it from there
+            "sync_s": float(f"{ring_fit['sync_s']:.4g}"),
+            "source": f"validation/collectives.py ring fit of {Path(ring_data or '').name} "
+                      f"({env.get('date_utc', '')})",
+        }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(prof, indent=2) + "\n")
     return path

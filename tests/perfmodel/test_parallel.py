@@ -15,7 +15,7 @@ from perfmodel.cli import main
 from perfmodel.comm import GroupTooLargeError
 from perfmodel.models import load_model
 from perfmodel.parallel import (
-    MEASURED_RING_STEP,
+    measured_ring_step,
     ParallelConfigError,
     RingStepModel,
     SpKind,
@@ -27,6 +27,17 @@ from perfmodel.parallel import (
 )
 
 H200 = load_gpu("h200-sxm-141gb")
+
+
+def _h200_ring_step():
+    from perfmodel.calibration import load_profile_file, shipped_profile_path
+
+    step = measured_ring_step(load_profile_file(shipped_profile_path(H200.name), H200.name))
+    assert step is not None  # the shipped H200 profile carries the measured Ring step
+    return step
+
+
+MEASURED_RING_STEP = _h200_ring_step()
 PEAK = peak_profile(H200)
 LLAMA = load_model("llama-3-8b")
 MIXTRAL = load_model("mixtral-8x7b")
@@ -206,3 +217,14 @@ def test_cli_sp_runs(capsys):
     assert main(["analyze", "--model", "llama-3-8b", "--gpu", "h200", "--context", "65536", "--sp", "2",
                  "--sp-kind", "hybrid", "--json"]) == 0
     assert '"sp_kind": "hybrid"' in capsys.readouterr().out
+
+
+def test_ring_step_comes_from_the_profile_and_is_absent_elsewhere():
+    from perfmodel.calibration import Mode, Profile, ProfileError, profile_from_dict
+
+    assert measured_ring_step(Profile(gpu="x", mode=Mode.CALIBRATED)) is None
+    assert 0 < MEASURED_RING_STEP.overlap < 1 and MEASURED_RING_STEP.sync_s > 0
+    with pytest.raises(ProfileError, match="ring_attention_step.overlap"):
+        profile_from_dict({"classes": {}, "ring_attention_step": {"overlap": 2.0}})
+    with pytest.raises(ProfileError, match="unknown field"):
+        profile_from_dict({"classes": {}, "ring_attention_step": {"wobble": 1.0}})
