@@ -135,12 +135,13 @@ def _attention(case: Case, device, l2_bytes, sdpa: L.Sdpa) -> list[Fn]:
             continue
         q = _rand((b, hq, n, d), device)
         k, v = _rand((b, hkv, kv, d), device), _rand((b, hkv, kv, d), device)
+        wants_causal = bool(case.desc.get("causal", True))  # non-causal: a Ring-attention step's block pair
         if case.impl == "triton":
             import kernels
 
-            fns.append(lambda q=q, k=k, v=v: kernels.attention_prefill(q, k, v, causal=True))
+            fns.append(lambda q=q, k=k, v=v, c=wants_causal: kernels.attention_prefill(q, k, v, causal=c))
         else:
-            causal = n == kv and n > 1
+            causal = wants_causal and n == kv and n > 1
             fns.append(lambda q=q, k=k, v=v, causal=causal: sdpa(q, k, v, causal))
     return fns
 

@@ -260,6 +260,27 @@ def extra_cases(size: str = "quick") -> list[Case]:
     return sorted(out, key=lambda c: order.index(c.section))
 
 
+NONCAUSAL_HEADS = ((32, 8, 128), (32, 32, 128))
+NONCAUSAL_BLOCKS = (256, 512, 1024, 2048, 4096, 8192, 16384)
+
+
+def noncausal_cases(size: str = "quick") -> list[Case]:
+    """Non-causal prefill attention of one query block over one KV block of the same length, as a
+    Ring-attention step computes it (``python -m validation.run --noncausal``): SDPA flash and the
+    Triton kernel, heads 32/8 and 32/32, head_dim 128, blocks 256..16384 tokens, batch 1."""
+    heads = ((4, 2, 64), (4, 4, 64)) if size == "smoke" else NONCAUSAL_HEADS
+    blocks = (16, 40) if size == "smoke" else NONCAUSAL_BLOCKS
+    out = []
+    for hq, hkv, d in heads:
+        fam = f"attention_prefill_noncausal/hq{hq}_hkv{hkv}_d{d}"
+        for n in blocks:
+            op = Attention(Phase.PREFILL, 1, n, n, hq, hkv, d, causal=False)
+            args = {"batch": 1, "q_len": n, "kv_len": n, "q_heads": hq, "kv_heads": hkv, "head_dim": d}
+            out.append(Case("attention", "sdpa_flash", fam, op_to_dict(op), args))
+            out.append(Case("attention", "triton", fam, op_to_dict(op), args))
+    return sorted(out, key=lambda c: c.impl in _LAST)
+
+
 def cases(size: str = "quick", sections: tuple[str, ...] = SECTIONS) -> list[Case]:
     """All cases of ``sections`` at ``size`` ("full", "quick" or "smoke"), in measuring order."""
     if size not in ("full", "quick", "smoke"):

@@ -309,11 +309,11 @@ def run_part(part: str, items: list[str], out: Path, nproc: int, budget_s: float
     return failures
 
 
-def measure(out_dir: str, nproc: int, parts: list[str], max_bytes: int) -> None:
+def measure(out_dir: str, nproc: int, parts: list[str], max_bytes: int, min_bytes: int = 4096) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "collectives_env.json").write_text(json.dumps(_env_record(nproc), indent=1))
-    sizes = [s for s in default_sizes() if s <= max_bytes]
+    sizes = [s for s in default_sizes() if min_bytes <= s <= max_bytes]
     fails: list[dict] = []
     if "coll" in parts:
         items = [f"{op}:{s}" for op in COLL_OPS for s in sizes]
@@ -663,6 +663,7 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--nproc", type=int, default=2)
     m.add_argument("--parts", default="coll,p2p,ring")
     m.add_argument("--max-bytes", type=int, default=2**30)
+    m.add_argument("--min-bytes", type=int, default=4096)
     w = sub.add_parser("worker")
     w.add_argument("--part", required=True)
     w.add_argument("--items", required=True)
@@ -673,7 +674,7 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--write-profile", action="store_true", help="replace the collective classes of the H200 profile")
     args = ap.parse_args(argv)
     if args.cmd == "measure":
-        measure(args.out, args.nproc, args.parts.split(","), args.max_bytes)
+        measure(args.out, args.nproc, args.parts.split(","), args.max_bytes, args.min_bytes)
     elif args.cmd == "worker":
         worker(args.part, args.items.split(","), args.out)
     else:

@@ -63,6 +63,8 @@ def main(
     budget_s: float = typer.Option(480.0, help="stop starting new cases after this many seconds"),
     name: str = typer.Option("", help="record file name (default: the GPU's hw name)"),
     extra: bool = typer.Option(False, "--extra", help="measure the coverage set (validation.cases.extra_cases) instead"),
+    noncausal: bool = typer.Option(False, "--noncausal",
+                                   help="measure non-causal prefill attention (validation.cases.noncausal_cases) instead"),
 ) -> None:
     """Measure every case and write records as they are measured."""
     if dry_run:
@@ -72,7 +74,7 @@ def main(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from validation import bench
-    from validation.cases import SECTIONS, cases, extra_cases
+    from validation.cases import SECTIONS, cases, extra_cases, noncausal_cases
     from validation.records import write_record
 
     console = Console(stderr=True)
@@ -90,7 +92,15 @@ def main(
         meta["dry_run"] = True
     l2 = float(meta["l2_bytes"] or 50e6)
     size = "smoke" if dry_run else ("quick" if quick else "full")
-    todo = [c for c in extra_cases(size) if c.section in secs] if extra else cases(size, secs)
+    if extra and noncausal:
+        console.print("error: --extra and --noncausal are two different case sets; pick one")
+        raise typer.Exit(2)
+    if noncausal:
+        todo = [c for c in noncausal_cases(size) if c.section in secs]
+    elif extra:
+        todo = [c for c in extra_cases(size) if c.section in secs]
+    else:
+        todo = cases(size, secs)
     out.mkdir(parents=True, exist_ok=True)
     fname = name or (meta["gpu_model"] or "unknown-gpu")
     rec_path, log_path = out / f"{fname}.jsonl", out / "run.log"

@@ -59,3 +59,43 @@ def test_dry_run_records_are_valid_and_marked(tmp_path, monkeypatch):
         assert r["dry_run"] is True and r["gpu_model"] is None
     bad = CliRunner().invoke(app, ["--out", str(tmp_path), "--dry-run", "--sections", "warp"])
     assert bad.exit_code == 2 and "unknown section" in bad.output
+
+
+def test_noncausal_set_is_block_pairs_of_ring_steps():
+    from validation.cases import NONCAUSAL_BLOCKS, noncausal_cases
+
+    full = noncausal_cases("quick")
+    assert {(c.desc["q_heads"], c.desc["kv_heads"], c.desc["head_dim"]) for c in full} == {(32, 8, 128), (32, 32, 128)}
+    assert sorted({c.desc["q_len"] for c in full}) == list(NONCAUSAL_BLOCKS)
+    for c in full:
+        assert c.desc["causal"] is False and c.desc["phase"] == "prefill"
+        assert c.desc["q_len"] == c.desc["kv_len"] and c.desc["batch"] == 1
+        assert c.family.startswith("attention_prefill_noncausal/")
+    assert {c.impl for c in full} == {"sdpa_flash", "triton"} and len(full) == 2 * 2 * len(NONCAUSAL_BLOCKS)
+    assert [c.impl for c in full].index("triton") == len(full) // 2  # Triton (autotuned) last
+
+
+def test_attention_builders_honour_the_causal_flag():
+    from validation.cases import attention_cases, noncausal_cases
+
+    for case, want in ((noncausal_cases("smoke")[0], False), (noncausal_cases("smoke")[-1], False),
+                       (attention_cases("smoke")[0], True)):
+        built = bench.build(case, torch.device("cpu"), l2_bytes=1e5)
+        assert built.fns[0].__defaults__[-1] is want, case
+
+
+def test_noncausal_cli_refuses_two_case_sets(tmp_path):
+    from typer.testing import CliRunner
+
+    from validation.run import app
+
+    bad = CliRunner().invoke(app, ["--out", str(tmp_path), "--dry-run", "--extra", "--noncausal"])
+    assert bad.exit_code == 2 and "pick one" in bad.output
+
+
+def test_device_script_parses():
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "validation" / "device_h200x4.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
