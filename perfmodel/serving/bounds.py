@@ -2,12 +2,17 @@
 
 For a set of requests on one replica:
 
-- ``prefill_s`` / ``ttft_floor_s``: a prompt's prefill alone
-  (:func:`perfmodel.phases.prefill_cost`, chunks of the token budget); no
-  request's TTFT is shorter.
+- ``prefill_s``: a prompt's prefill alone (:func:`perfmodel.phases.prefill_cost`,
+  chunks of the token budget).
+- ``ttft_floor_s``: no request's TTFT is shorter.  It is ``prefill_s``, except
+  with a shared prefix: a request that finds the prefix cached prefills only
+  its own tokens, so the floor is the prefill of those alone.
 - ``tpot_floor_s``: one decode step of a lone sequence at its prompt length;
-  no request's TPOT is shorter.
-- ``max_concurrency``: the memory model's users whose whole KV is resident.
+  no request's TPOT is shorter.  With pipelined attention offloading a step of
+  two sequences overlaps the pool and the GPU and can be shorter than a lone
+  one (serial); the floor is then the cheaper of the two.
+- ``max_concurrency``: the memory model's users whose whole KV is resident
+  (in HBM and the KV tiers, or in the attention pool; a shared prefix once).
 - ``throughput_bound_tokens_per_s``: the lesser of a compute bound (peak
   FLOP/s over the FLOPs the requests need, per GPU) and a decode bound (an
   iteration that emits ``k`` tokens costs at least a decode step of batch
@@ -37,6 +42,11 @@ class AnalyticBounds:
     compute_bound_tokens_per_s: float
     decode_bound_tokens_per_s: float
     replicas: int
+    ttft_floor_s: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.ttft_floor_s is None:
+            object.__setattr__(self, "ttft_floor_s", self.prefill_s)
 
     @property
     def alone_e2e_s(self) -> np.ndarray:
@@ -48,9 +58,9 @@ class AnalyticBounds:
         return self.replicas * min(self.compute_bound_tokens_per_s, self.decode_bound_tokens_per_s)
 
 
-def _prefill(dep: Deployment, prompt) -> object:
+def _prefill(dep: Deployment, prompt, knobs=None) -> object:
     return prefill_cost(dep.model, dep.gpu, dep.resolved_profile, prompt, 1, dep.precision, dep.tp, dep.token_budget,
-                        knobs=dep.knobs)
+                        knobs=dep.knobs if knobs is None else knobs)
 
 
 def analytic_bounds(dep: Deployment, requests: Requests) -> AnalyticBounds:
@@ -60,28 +70,40 @@ def analytic_bounds(dep: Deployment, requests: Requests) -> AnalyticBounds:
     dep.check_knobs(int(requests.prompt_len.min()))
     prof, kn = dep.resolved_profile, dep.knobs
     pre = _prefill(dep, p)
+    prefix = 0 if kn is None else kn.shared_prefix_tokens
+    # with a shared prefix, a request that finds it cached prefills its own tokens only; their prefill
+    # without the prefix keys is a floor
+    floor = _prefill(dep, p - prefix, kn.replace(shared_prefix_tokens=0)) if prefix else pre
     dec = decode_cost(dep.model, dep.gpu, prof, p, o - 1, 1, dep.precision, dep.tp, knobs=kn)
     step = decode_step_cost(dep.model, dep.gpu, prof, p + 1, 1, dep.precision, dep.tp, knobs=kn)
+    step_s = np.asarray(step.total_s, dtype=np.float64)
+    if kn is not None and kn.offload is not None and kn.offload.pipelined:
+        two = decode_step_cost(dep.model, dep.gpu, prof, p + 1, 2, dep.precision, dep.tp, knobs=kn)
+        step_s = np.minimum(step_s, np.asarray(two.total_s, dtype=np.float64))
     mem = replica_memory(dep)
-    kv_tokens = np.array([kv_tokens_kept(dep, int(t)) for t in np.unique(p + o)])
+    kv_tokens = np.array([mem.own_tokens(kv_tokens_kept(dep, int(t))) for t in np.unique(p + o)])
     per_user = float(kv_tokens.min()) * mem.kv_bytes_per_token_per_gpu + mem.state_bytes_per_gpu
-    n_max = int(max(mem.free_for_kv_bytes_per_gpu, 0.0) // per_user)
+    n_max = int(mem.kv_room_bytes_per_gpu // per_user) if per_user > 0 else dep.max_num_seqs
     n_max = min(n_max, dep.max_num_seqs)
-    flops = float(np.sum(pre.flops) + np.sum(dec.flops))
+    flops = float(np.sum(floor.flops) + np.sum(dec.flops))
     g, prec = dep.gpu, dep.kv_precision
     eff = max([1.0] + [prof.params(c).compute_eff for c in OpClass])  # a fitted efficiency may exceed 1
     peak = eff * max(g.flops_for(prec.math), g.flops_for(prec.activations), g.flops_for(prec.weights))
     compute = float(o.sum()) * peak / flops if flops > 0 else float("inf")
     if n_max >= 1:
         k = np.arange(1, n_max + 1, dtype=np.float64)
-        t = decode_step_cost(dep.model, dep.gpu, prof, float(p.min()) + 1, k, dep.precision, dep.tp, knobs=kn).total_s
+        # without the tiers' streaming (a lower step cost, so still a bound): the core sizes a batch's
+        # workspace as batch x chunk tokens and so spills more than the replica's budget does
+        kd = kn.replace(kv_tiers=()) if kn is not None and kn.kv_tiers else kn
+        t = decode_step_cost(dep.model, dep.gpu, prof, float(p.min()) + 1, k, dep.precision, dep.tp, knobs=kd).total_s
         decode = float(np.max(k / np.asarray(t)))
     else:
         decode = 0.0
     return AnalyticBounds(
         prefill_s=np.asarray(pre.total_s, dtype=np.float64), decode_s=np.asarray(dec.total_s, dtype=np.float64),
-        tpot_floor_s=np.asarray(step.total_s, dtype=np.float64), max_concurrency=n_max,
+        tpot_floor_s=step_s, max_concurrency=n_max,
         compute_bound_tokens_per_s=compute, decode_bound_tokens_per_s=decode, replicas=dep.replicas,
+        ttft_floor_s=np.asarray(floor.total_s, dtype=np.float64),
     )
 
 

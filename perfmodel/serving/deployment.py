@@ -11,7 +11,11 @@ per stage boundary.
 KV-cache what-if knobs (:class:`perfmodel.knobs.Knobs`, ``Deployment.knobs``)
 change the KV bytes per token (format, layers, heads), the tokens a sequence
 keeps (eviction ratio, budget, window) and a hybrid stack's per-sequence
-state; the blocks, the HBM capacity and the swap bytes follow.
+state; the blocks, the HBM capacity and the swap bytes follow.  A shared
+prefix is stored once per replica (its blocks are reserved at start, and a
+request reserves only its own suffix); KV tiers add their capacity to the
+room for KV; with attention offloading the room is the pool's memory, as
+:func:`perfmodel.phases.memory_budget` counts them.
 """
 
 from __future__ import annotations
@@ -82,10 +86,10 @@ class Deployment:
         ``host_ddr_bytes``).
     knobs : Knobs or None
         KV-cache what-if knobs (``docs/knobs.md``); ``None`` or ``Knobs()``
-        changes nothing.  ``knobs.kv_dtype`` wins over ``precision.kv``.  The
-        simulator prices the knobs that change the KV per sequence and the
-        attention cost; shared prefixes, KV tiers and attention offloading
-        raise :class:`perfmodel.knobs.KnobError` (see ``docs/serving.md``).
+        changes nothing.  ``knobs.kv_dtype`` wins over ``precision.kv``.  Every
+        knob is priced (see ``docs/serving.md``); KV tiers and attention
+        offloading need ``pp == 1`` (:class:`perfmodel.knobs.KnobError`
+        otherwise).
     """
 
     model: ModelSpec
@@ -142,9 +146,9 @@ class Deployment:
             if not k.active:
                 object.__setattr__(self, "knobs", None)
             else:
-                for name, what in UNSUPPORTED_KNOBS.items():
-                    if getattr(k, name) != getattr(Knobs(), name):
-                        raise KnobError(f"the simulator does not model {what} ({name}); analyze and sweep price it")
+                if self.pp > 1 and (k.kv_tiers or k.offload is not None):
+                    raise KnobError("KV tiers and attention offloading need pp=1 in the simulator: the core prices "
+                                    "them for one GPU's whole stack, not per pipeline stage")
                 m = effective_model(self.model, k)
                 k.check(m)
                 check_tp(m, self.tp)
@@ -201,14 +205,6 @@ class Deployment:
         return s + (f" with {', '.join(self.knobs.describe())}" if self.knobs is not None else "")
 
 
-#: Knobs the simulator does not price yet -> what they stand for.
-UNSUPPORTED_KNOBS = {
-    "shared_prefix_tokens": "shared prefixes",
-    "kv_tiers": "KV tiers below HBM",
-    "offload": "attention offloading",
-}
-
-
 def _enum(cls, value, name):
     try:
         return cls(value)
@@ -226,6 +222,17 @@ class ReplicaMemory:
     block_tokens: int
     host_kv_bytes: float
     state_bytes_per_gpu: float = 0.0
+    prefix_tokens: int = 0
+    prefix_blocks: int = 0
+    extra_kv_bytes_per_gpu: float = 0.0
+    room_bytes_per_gpu: float | None = None
+
+    @property
+    def kv_room_bytes_per_gpu(self) -> float:
+        """Bytes for the requests' own KV: free HBM (plus tiers; or the attention pool) less the shared prefix."""
+        if self.room_bytes_per_gpu is not None:
+            return self.room_bytes_per_gpu
+        return max(self.free_for_kv_bytes_per_gpu, 0.0)
 
     @property
     def state_blocks(self) -> int:
@@ -234,14 +241,20 @@ class ReplicaMemory:
             return 0
         return math.ceil(self.state_bytes_per_gpu / (self.block_tokens * self.kv_bytes_per_token_per_gpu))
 
+    def own_tokens(self, kv_tokens: int) -> int:
+        """Tokens of a sequence's KV that are its own: all but the shared prefix (stored once per replica)."""
+        return max(int(kv_tokens) - self.prefix_tokens, 0)
+
     def blocks_for(self, kv_tokens: int) -> int:
-        """Blocks of one sequence holding ``kv_tokens`` tokens of KV (plus its recurrent state)."""
-        return -(-int(kv_tokens) // self.block_tokens) + self.state_blocks
+        """Blocks one sequence of ``kv_tokens`` tokens of KV reserves: its own KV (not the shared prefix),
+        plus its recurrent state."""
+        return -(-self.own_tokens(kv_tokens) // self.block_tokens) + self.state_blocks
 
     def swap_bytes_per_gpu(self, kv_tokens: int) -> float:
-        """Bytes one GPU moves to swap one sequence: its KV blocks and its recurrent state."""
-        return -(-int(kv_tokens) // self.block_tokens) * self.block_tokens * self.kv_bytes_per_token_per_gpu \
-            + self.state_bytes_per_gpu
+        """Bytes one GPU moves to swap one sequence: its own KV blocks and its recurrent state (the shared
+        prefix stays)."""
+        return -(-self.own_tokens(kv_tokens) // self.block_tokens) * self.block_tokens \
+            * self.kv_bytes_per_token_per_gpu + self.state_bytes_per_gpu
 
     @property
     def capacity_tokens(self) -> int:
@@ -254,23 +267,40 @@ def stage_layer_fraction(model: ModelSpec, pp: int) -> float:
 
 
 def replica_memory(dep: Deployment) -> ReplicaMemory:
-    """HBM left for KV on each GPU of a replica, as paged blocks.
+    """Room for KV on each GPU of a replica, as paged blocks.
 
     With knobs, the weights and workspace are those of the knobs' model (KV
     heads), and a token's KV and a sequence's recurrent state are priced by
     :func:`perfmodel.layers.kv_bytes_per_token_per_gpu` and
-    :func:`perfmodel.layers.recurrent_state_bytes_per_gpu`.
+    :func:`perfmodel.layers.recurrent_state_bytes_per_gpu`.  As in
+    :func:`perfmodel.phases.memory_budget`: KV tiers add their capacity
+    (``offload_capacity_bytes``) to free HBM; with attention offloading the
+    pool's memory holds all the KV; a shared prefix takes its blocks once, at
+    start (``prefix_blocks``, not counted in ``capacity_blocks``).
     """
-    m, prec = dep.kv_model, dep.kv_precision
+    m, prec, k = dep.kv_model, dep.kv_precision, dep.knobs
+    # where the KV lives (tiers, pool) is all the budget needs here: the model and precision already carry
+    # the other knobs, and the shared prefix is taken in blocks below
+    where = None if k is None or not (k.kv_tiers or k.offload) else Knobs(kv_tiers=k.kv_tiers, offload=k.offload)
     mem = memory_budget(m, dep.gpu, dep.token_budget, 0, prec, dep.tp,
-                        chunk_tokens=dep.token_budget, reserve_fraction=dep.reserve_fraction)
+                        chunk_tokens=dep.token_budget, reserve_fraction=dep.reserve_fraction, knobs=where)
     frac = stage_layer_fraction(dep.model, dep.pp)
     free = float(mem.free_for_kv_bytes) + float(mem.weight_bytes) * (1.0 - frac)
-    kv_tok = kv_bytes_per_token_per_gpu(m, dep.tp, prec.kv, dep.knobs) * frac
-    state = recurrent_state_bytes_per_gpu(m, dep.tp, dep.knobs) * frac
-    blocks = int(max(free, 0.0) // (kv_tok * dep.block_tokens))
+    kv_tok = kv_bytes_per_token_per_gpu(m, dep.tp, prec.kv, k) * frac
+    state = recurrent_state_bytes_per_gpu(m, dep.tp, k) * frac
+    extra = float(mem.offload_capacity_bytes)
+    if free < 0:
+        room = 0.0  # the weights alone do not fit: no room anywhere (as the core's max_concurrency)
+    elif k is not None and k.offload is not None:
+        room = extra
+    else:
+        room = free + extra
+    prefix = 0 if k is None else int(k.shared_prefix_tokens)
+    prefix_blocks = -(-prefix // dep.block_tokens)
+    blocks = max(int(room // (kv_tok * dep.block_tokens)) - prefix_blocks, 0)
     host = float(dep.gpu.host_ddr_bytes) if dep.host_kv_bytes is None else float(dep.host_kv_bytes)
-    return ReplicaMemory(free, kv_tok, blocks, dep.block_tokens, host, state)
+    return ReplicaMemory(free, kv_tok, blocks, dep.block_tokens, host, state, prefix, prefix_blocks, extra,
+                         max(room - prefix * kv_tok, 0.0))
 
 
 def kv_tokens_kept(dep: Deployment, tokens: int) -> int:
@@ -288,15 +318,15 @@ def check_fits_alone(dep: Deployment, mem: ReplicaMemory, prompt_len: int, outpu
     need = mem.blocks_for(kv_tokens_kept(dep, total))
     if need > mem.capacity_blocks:
         need_b = need * dep.block_tokens * mem.kv_bytes_per_token_per_gpu
+        room_b = mem.capacity_blocks * dep.block_tokens * mem.kv_bytes_per_token_per_gpu
         what = (f"the weights and workspace alone exceed HBM by {-mem.free_for_kv_bytes_per_gpu / 2**30:.2f} GiB "
                 "per GPU; raise tp or pp" if mem.free_for_kv_bytes_per_gpu <= 0 else
                 f"one request of {total} tokens needs {need_b / 2**30:.2f} GiB of KV per GPU, "
-                f"{max(mem.free_for_kv_bytes_per_gpu, 0) / 2**30:.2f} GiB is free")
-        raise DoesNotFitError(f"{dep.describe()}: {what}", needed_bytes=int(need_b),
-                              available_bytes=int(max(mem.free_for_kv_bytes_per_gpu, 0)))
+                f"{room_b / 2**30:.2f} GiB is free")
+        raise DoesNotFitError(f"{dep.describe()}: {what}", needed_bytes=int(need_b), available_bytes=int(room_b))
 
 
 def swap_times_s(dep: Deployment, mem: ReplicaMemory, kv_tokens: int) -> tuple[float, float]:
     """(out, in) seconds to move one request's KV between HBM and host; GPUs move their shares in parallel."""
-    sw = context_switch(dep.gpu, dep.resolved_profile, mem.swap_bytes_per_gpu(kv_tokens))
+    sw = context_switch(dep.gpu, dep.resolved_profile, mem.swap_bytes_per_gpu(kv_tokens), knobs=dep.knobs)
     return float(sw.swap_out.total_s), float(sw.swap_in.total_s)

@@ -20,6 +20,16 @@ keeps (:meth:`Deployment.kept_tokens`, plus a hybrid stack's state), and with
 ``prune_prefill`` a (re)prefill runs on the kept tokens only, as
 :func:`perfmodel.phases.prefill_cost` prices it.
 
+A shared prefix of ``P`` tokens is stored once per replica: its blocks are
+reserved at start (:func:`perfmodel.serving.deployment.replica_memory`), and a
+request reserves and swaps only its own tokens.  The first request a replica
+admits prefills its whole prompt, prefix included (a request alone costs what
+``prefill_cost`` says); once that request's prefill has passed the prefix, it
+is cached, and every later prefill (and recompute) runs only its own tokens,
+attending to the ``P`` cached keys.  Requests that would skip the prefix wait
+for it to be cached.  This is ``prefill_cost``'s batch: the prefix once, then
+every suffix after it.
+
 Decoding requests are kept in aggregate (count, total keys, a heap of finish
 steps), so an iteration costs O(1) plus its events.
 """
@@ -47,6 +57,7 @@ class RequestTable:
         self.replica = [-1] * n
         self.blocks = [0] * n
         self.gen = [0] * n  # tokens generated, as of the last preemption or prefill completion
+        self.start = [0] * n  # keys cached before this residence's prefill (a shared prefix)
         self.target = [0] * n  # tokens to prefill in this residence
         self.done = [0] * n  # of which prefilled
         self.chunk = [0] * n
@@ -88,6 +99,9 @@ class Replica:
         self._kept = dep.kept_tokens_fn()
         knobs = dep.knobs
         self._prune = knobs.kept_tokens if knobs is not None and knobs.prune_prefill else None
+        self.prefix = mem.prefix_tokens
+        self.prefix_owner = -1  # the request that prefills the prefix; -2 once it is cached
+        self.pre_held = 0  # prompt tokens prefilled by requests still prefilling (their KV is held)
 
     # -- bookkeeping -----------------------------------------------------------------
     def add(self, i: int) -> None:
@@ -185,6 +199,13 @@ class Replica:
                 tgt = r.prompt[i] + r.gen[i]
                 if self._prune is not None:  # the pruned prompt (and tokens so far) is all that runs
                     tgt = int(self._prune(tgt))
+                r.start[i] = 0
+                if self.prefix:
+                    if self.prefix_owner == -1:
+                        self.prefix_owner = i  # prefills the prefix with its own tokens
+                    else:  # the prefix is (or will be) cached: only the request's own tokens run
+                        r.start[i] = self.prefix
+                        tgt -= self.prefix
                 r.target[i] = tgt
                 r.done[i] = 0
                 budget = self.dep.token_budget
@@ -207,21 +228,31 @@ class Replica:
         ptoks = 0
         pattn = 0.0
         completed = []
+        held = self.pre_held
+        cached = self.prefix_owner == -2
+        ran = 0
         for i in self.prefilling:
             if left <= 0:
                 break
+            s = r.start[i]
+            if s and not cached:
+                break  # waits until the shared prefix is cached (first come, first served)
             rem = r.target[i] - r.done[i]
             c = min(r.chunk[i], rem)
             c = min(c, left)
             d = r.done[i] + c
             r.done[i] = d
-            pattn += timer.attn_prefill_s(c, d)
+            pattn += timer.attn_prefill_s(c, s + d)
             ptoks += c
             left -= c
+            ran += 1
             if d == r.target[i]:
                 completed.append(i)
+            if i == self.prefix_owner and d >= self.prefix:
+                self.prefix_owner = -2  # cached from the next iteration on
+        self.pre_held = held + ptoks
         total_kv = self.p_sum + b * self.step_no
-        dur = timer.iteration_s(b, total_kv, ptoks, b + len(completed), pattn) + cost[0]
+        dur = timer.iteration_s(b, total_kv, ptoks, b + len(completed), pattn, held) + cost[0]
         end = t + dur
         if self.record:
             self.log.append((self.index, t, dur, b, ptoks, len(completed), self.used_blocks, self.resident,
@@ -237,8 +268,12 @@ class Replica:
                     self.p_sum -= r.prompt[i] + r.base[i]
                     ver[i] += 1
                     self._finish(i, end)
+        if completed:  # a multi-chunk prompt ahead of a finished one stays, in its place
+            pf = self.prefilling
+            keep = [j for j in (pf.popleft() for _ in range(ran)) if r.done[j] < r.target[j]]
+            pf.extendleft(reversed(keep))
         for i in completed:
-            self.prefilling.popleft()
+            self.pre_held -= r.done[i]
             r.gen[i] += 1
             if r.first_token[i] != r.first_token[i]:  # NaN: first token of this request
                 r.first_token[i] = end

@@ -30,7 +30,7 @@ def build_timer(dep: Deployment, max_kv_tokens: int) -> IterationTimer:
     mem = replica_memory(dep)
     min_blocks = mem.blocks_for(1)
     max_batch = max(1, min(dep.max_num_seqs, mem.capacity_blocks // max(min_blocks, 1)))
-    return IterationTimer(dep, max(int(max_kv_tokens), 2), max_batch)
+    return IterationTimer(dep, max(int(max_kv_tokens), 2), max_batch, mem)
 
 
 def simulate(dep: Deployment, requests: Requests | Workload, record_timeline: bool = True,

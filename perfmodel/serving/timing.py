@@ -24,6 +24,19 @@ window, density) and their format (a dequantisation pass).  Like
 :func:`perfmodel.phases.decode_cost`, a batch is priced at its mean length;
 with a token budget or a window, which cap each sequence, that is an upper
 bound (the kept count is concave in the length).
+
+The knobs that share or move the KV, as :func:`perfmodel.phases.decode_step_cost`
+prices them:
+
+- shared prefix: the decode table is the cheaper of the prefix-aware kernel
+  (the prefix read once per batch) and the plain one, per cell;
+- KV tiers: an iteration that decodes also streams the KV held beyond free
+  HBM from the tiers (:meth:`IterationTimer.tier_s`), less what prefetch hides
+  under the iteration;
+- attention offloading: decode attention, KV append and dequantisation run on
+  the pool (a table of their cost on the pool's device), the Q/K/V/O messages
+  cross the link, and the KV that prefill chunks produce is shipped to the
+  pool (:meth:`IterationTimer.offload_s`).
 """
 
 from __future__ import annotations
@@ -33,15 +46,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from perfmodel.calibration import Mode, peak_profile, resolve_profile
 from perfmodel.costs import OpCost, op_cost
-from perfmodel.layers import lm_head_ops, model_ops
+from perfmodel.knobs import attention_layer_count
+from perfmodel.layers import kv_heads_per_gpu, lm_head_ops, model_ops
 from perfmodel.ops import Collective, OpKind, Phase
 from perfmodel.phases import sum_costs
-from perfmodel.serving.deployment import Deployment
+from perfmodel.serving.deployment import Deployment, ReplicaMemory, replica_memory
 
 #: Ops whose cost depends on the key count; everything else depends only on the token count.
 KV_DEPENDENT_OPS = frozenset({"attention", "kv_b_proj", "kv_dequant", "prefix_attention",
                               "recurrent.chunk_attention"})
+#: Decode ops that run on the attention pool under offloading (as in :func:`perfmodel.phases.decode_step_cost`).
+POOL_OPS = frozenset({"attention", "prefix_attention", "kv_dequant", "kv_append"})
 
 _GRID_POINTS_PER_OCTAVE = 16
 
@@ -50,10 +67,17 @@ def _total(cost: OpCost, shape) -> np.ndarray:
     return np.broadcast_to(np.asarray(cost.total_s, dtype=np.float64), shape).copy()
 
 
-def _split_cost(dep: Deployment, phase: Phase, batch, q_len, kv_len, kv_part: bool) -> OpCost:
-    ops = model_ops(dep.model, phase, batch, q_len, kv_len, dep.precision, dep.tp, lm_head_rows=0, knobs=dep.knobs)
-    keep = [(n, o, c) for n, o, c in ops if (n in KV_DEPENDENT_OPS) == kv_part]
-    return sum_costs(keep, dep.gpu, dep.resolved_profile)
+def _split_cost(dep: Deployment, phase: Phase, batch, q_len, kv_len, kv_part: bool, knobs=None,
+                skip=frozenset(), only=None, gpu=None, profile=None) -> OpCost:
+    """Cost of the ops of one pass that depend on the key count (``kv_part``) or not, less ``skip``
+    (``only``: just these names)."""
+    knobs = dep.knobs if knobs is None else knobs
+    ops = model_ops(dep.model, phase, batch, q_len, kv_len, dep.precision, dep.tp, lm_head_rows=0, knobs=knobs)
+    if only is not None:
+        keep = [(n, o, c) for n, o, c in ops if n in only]
+    else:
+        keep = [(n, o, c) for n, o, c in ops if (n in KV_DEPENDENT_OPS) == kv_part and n not in skip]
+    return sum_costs(keep, gpu or dep.gpu, profile or dep.resolved_profile)
 
 
 def _geo_grid(hi: float) -> np.ndarray:
@@ -77,16 +101,22 @@ class IterationTimer:
     dep: Deployment
     max_kv_tokens: int
     max_batch: int
+    mem: ReplicaMemory | None = None
 
     def __post_init__(self) -> None:
         dep = self.dep
         budget = dep.token_budget
+        knobs = dep.knobs
+        if self.mem is None:
+            self.mem = replica_memory(dep)
+        off = None if knobs is None else knobs.offload
+        skip = frozenset({"kv_append"}) if off is not None else frozenset()  # on the GPU only for prefill
         tok = np.arange(1, budget + 1, dtype=np.float64)
         # dense part, per token count (index 0: nothing to run); decode-only passes use the decode op list
-        self.dense_prefill_s = np.concatenate([[0.0], _total(_split_cost(dep, Phase.PREFILL, 1, tok, tok, False),
-                                                             tok.shape)])
-        self.dense_decode_s = np.concatenate([[0.0], _total(_split_cost(dep, Phase.DECODE, tok, 1, tok, False),
-                                                            tok.shape)])
+        self.dense_prefill_s = np.concatenate([[0.0], _total(
+            _split_cost(dep, Phase.PREFILL, 1, tok, tok, False, skip=skip), tok.shape)])
+        self.dense_decode_s = np.concatenate([[0.0], _total(
+            _split_cost(dep, Phase.DECODE, tok, 1, tok, False, skip=skip), tok.shape)])
         head = sum_costs(lm_head_ops(dep.kv_model, tok, dep.kv_precision, dep.tp), dep.gpu, dep.resolved_profile)
         self.head_s = np.concatenate([[0.0], _total(head, tok.shape)])
         if dep.pp > 1:
@@ -101,7 +131,17 @@ class IterationTimer:
         self._log_step = math.log(self.kv_grid[1])
         b = np.arange(1, self.max_batch + 1, dtype=np.float64)[:, None]
         kv = self.kv_grid[None, :]
-        dec = _total(_split_cost(dep, Phase.DECODE, b, 1, kv, True), (b.size, kv.size))
+        self.offloaded = off is not None
+        if off is not None:
+            self._init_offload(tok, b, kv)
+            dec = np.zeros((b.size, kv.size))  # decode attention runs on the pool (offload_s)
+        else:
+            dec = _total(_split_cost(dep, Phase.DECODE, b, 1, kv, True), (b.size, kv.size))
+            if knobs is not None and knobs.shared_prefix_tokens and knobs.prefix_aware_kernel:
+                # as the core's decode step: the prefix-aware split only where it is cheaper
+                plain = knobs.replace(prefix_aware_kernel=False)
+                dec = np.minimum(dec, _total(_split_cost(dep, Phase.DECODE, b, 1, kv, True, knobs=plain),
+                                             (b.size, kv.size)))
         self.attn_decode_rows = [[0.0] * kv.size] + dec.tolist()
         # prefill attention: queries c (geometric to the budget) x mean keys seen per query (geometric)
         self.q_grid = _geo_grid(budget)
@@ -116,6 +156,7 @@ class IterationTimer:
         self.head = self.head_s.tolist()
         self._kv_grid = self.kv_grid.tolist()
         self._q_grid = self.q_grid.tolist()
+        self._init_tiers()
 
     # -- scalar lookups (hot path) -------------------------------------------------
     def _kv_pos(self, kv: float) -> tuple[int, float]:
@@ -152,11 +193,94 @@ class IterationTimer:
         return a + (b - a) * v
 
     def iteration_s(self, decode_batch: int, total_kv: float, prefill_tokens: int, rows: int,
-                    prefill_attn_s: float) -> float:
-        """One forward pass; ``rows`` sequences emit a token."""
+                    prefill_attn_s: float, prefill_held_tokens: int = 0) -> float:
+        """One forward pass; ``rows`` sequences emit a token; ``prefill_held_tokens``: prompt KV held by
+        requests still prefilling (for the tiers)."""
         tokens = decode_batch + prefill_tokens
         dense = self.dense_prefill[tokens] if prefill_tokens else self.dense_decode[tokens]
         t = dense + self.head[rows] + prefill_attn_s
         if decode_batch:
             t += self.attn_decode_s(decode_batch, total_kv)
+        if self.offloaded:
+            t += self.offload_s(decode_batch, total_kv, prefill_tokens, t)
+        elif self.tiers and decode_batch:
+            t += self.tier_s(decode_batch, total_kv, prefill_held_tokens, t)
         return t
+
+    # -- knobs that move the KV ------------------------------------------------------
+    def _init_offload(self, tok: np.ndarray, b: np.ndarray, kv: np.ndarray) -> None:
+        """Tables of the pool's decode work, the GPU's KV append of prefill tokens, and the link's terms."""
+        dep, off = self.dep, self.dep.knobs.offload
+        pool_prof = peak_profile(off.pool_gpu) if dep.resolved_profile.is_peak else resolve_profile(
+            off.pool_gpu, Mode.CALIBRATED)
+        pool = _total(_split_cost(dep, Phase.DECODE, b, 1, kv, True, only=POOL_OPS, gpu=off.pool_gpu,
+                                  profile=pool_prof), (b.size, kv.size)) / off.pool_devices_per_gpu
+        self.pool_decode_rows = [[0.0] * kv.size] + pool.tolist()
+        append = _total(_split_cost(dep, Phase.PREFILL, 1, tok, tok, False, only={"kv_append"}), tok.shape)
+        self.append_prefill = [0.0] + append.tolist()
+        m, prec, tp = dep.kv_model, dep.kv_precision, dep.tp
+        n_attn = attention_layer_count(m, dep.knobs)
+        a = prec.activations.bytes_per_element
+        if m.mla is not None:
+            qo = m.q_heads // tp * (2 * (m.mla.kv_lora_rank + m.mla.qk_rope_head_dim))
+        else:
+            qo = (m.q_heads // tp + 2 * kv_heads_per_gpu(m, tp)) * m.head_dim + m.q_heads // tp * m.head_dim
+        # link seconds per decoding sequence and the messages' latency per step (the core's offloaded step)
+        self.link_s_per_seq = n_attn * qo * a / off.link_bytes_per_s
+        self.link_latency_s = 2 * n_attn * off.link_latency_s
+        self.pipelined = bool(off.pipelined)
+        self.ship_s_per_token = self.mem.kv_bytes_per_token_per_gpu / off.link_bytes_per_s
+
+    def _init_tiers(self) -> None:
+        knobs, mem, g = self.dep.knobs, self.mem, self.dep.gpu
+        tiers = () if knobs is None else knobs.kv_tiers
+        self.tiers = [(t.capacity_for(g), t.bandwidth_for(g)) for t in tiers]
+        self.prefetch = bool(tiers) and knobs.prefetch
+        self.n_attn = attention_layer_count(self.dep.kv_model, knobs)
+        self.kept = self.dep.kept_tokens_fn()
+        self.free_hbm_bytes = max(mem.free_for_kv_bytes_per_gpu, 0.0)
+
+    def tier_s(self, decode_batch: int, total_kv: float, prefill_held_tokens: int, step_s: float) -> float:
+        """Seconds to stream from the tiers the KV held beyond free HBM, beyond what prefetch hides.
+
+        The KV held: each decoding sequence's kept KV at the batch's mean length (less the shared prefix)
+        and its state, the shared prefix once, and the prompt tokens prefilled so far.  As
+        :func:`perfmodel.phases.decode_step_cost`: the tiers fill in order, each streamed at its
+        bandwidth; with prefetch only the part beyond ``step_s`` is added, plus one attention layer's share.
+        """
+        mem = self.mem
+        own = mem.own_tokens(self.kept(round(total_kv / decode_batch))) if decode_batch else 0
+        held = (mem.kv_bytes_per_token_per_gpu * (decode_batch * own + mem.prefix_tokens + prefill_held_tokens)
+                + decode_batch * mem.state_bytes_per_gpu)
+        left = held - self.free_hbm_bytes
+        if left <= 0:
+            return 0.0
+        t = 0.0
+        for cap, bw in self.tiers:
+            part = min(left, cap)
+            t += part / bw
+            left -= part
+        if self.prefetch:
+            t = max(t - step_s, 0.0) + t / self.n_attn
+        return t
+
+    def offload_s(self, decode_batch: int, total_kv: float, prefill_tokens: int, gpu_s: float) -> float:
+        """Seconds an iteration adds for the attention pool, beyond ``gpu_s`` of GPU work.
+
+        Decode: the pool's attention and the link's messages (as :func:`perfmodel.phases.decode_step_cost`:
+        with pipelining and a batch of two or more, only what exceeds the GPU's work; otherwise their
+        sum).  Prefill chunks: their KV appended on the GPU and shipped to the pool, the shipping beyond
+        the iteration's GPU work (as :func:`perfmodel.phases.prefill_cost`).
+        """
+        append = self.append_prefill[prefill_tokens]
+        gpu_s += append
+        ship = prefill_tokens * self.ship_s_per_token
+        if not decode_batch:
+            return append + max(ship - gpu_s, 0.0)
+        row = self.pool_decode_rows[decode_batch]
+        i, w = self._kv_pos(total_kv / decode_batch)
+        pool = row[i] + (row[i + 1] - row[i]) * w
+        link = decode_batch * self.link_s_per_seq + self.link_latency_s
+        if self.pipelined and decode_batch >= 2:
+            return append + max(max(pool, link + ship) - gpu_s, 0.0)
+        return append + pool + link + max(ship - gpu_s, 0.0)

@@ -107,8 +107,10 @@ def test_knob_note_in_the_table(capsys):
     (["--kv-dtype", "fp9"], 1, "unknown dtype"),
     (["--kv-heads", "3"], 1, "must divide"),
     (["--sliding-window", "5000"], 1, "longer than the context"),
-    (["--kv-tier", "ddr"], 1, "does not model KV tiers"),
-    (["--shared-prefix-tokens", "100"], 1, "does not model shared prefixes"),
+    (["--kv-tier", "nvme"], 2, "give capacity and bandwidth"),
+    (["--shared-prefix-tokens", "2048"], 1, "must be shorter than the context"),
+    (["--kv-tier", "ddr", "--pp", "2"], 1, "need pp=1"),
+    (["--offload-attention", "h200", "--kv-tier", "ddr"], 1, "cannot be combined"),
 ])
 def test_bad_knob_is_one_line(capsys, argv, code, msg):
     got, _out, err = run(capsys, "--requests", "5", *argv)

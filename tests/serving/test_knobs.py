@@ -103,8 +103,9 @@ def test_pruned_prefill_runs_the_kept_tokens_only():
 
 
 @pytest.mark.parametrize("make", [
-    lambda: Deployment.make("llama-3-8b", "h100-sxm-80gb", knobs=Knobs(kv_tiers=(KvTier("ddr"),))),
-    lambda: Deployment.make("llama-3-8b", "h100-sxm-80gb", knobs=Knobs(shared_prefix_tokens=100)),
+    lambda: Deployment.make("llama-3-8b", "h100-sxm-80gb", pp=2, knobs=Knobs(kv_tiers=(KvTier("ddr"),))),
+    lambda: simulate(Deployment.make("llama-3-8b", "h100-sxm-80gb", knobs=Knobs(shared_prefix_tokens=3000)),
+                     Requests.of([0.0, 0.0], [5000, 3000], [4, 4])),
     lambda: Deployment.make("llama-3-8b", "h100-sxm-80gb", knobs=Knobs(kv_layers=40)),
     lambda: Deployment.make("llama-3-8b", "h100-sxm-80gb", knobs=Knobs(kv_heads=3)),
     lambda: Deployment.make("llama-3-8b", "h100-sxm-80gb", knobs="fp8"),
