@@ -116,3 +116,13 @@ def test_bad_knob_is_one_line(capsys, argv, code, msg):
     got, _out, err = run(capsys, "--requests", "5", *argv)
     assert got == code
     assert msg in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_prefix_tier_and_offload_flags_are_priced(capsys):
+    for argv, key in ((["--shared-prefix-tokens", "1000"], "shared_prefix_tokens"), (["--kv-tier", "ddr"], "kv_tiers"),
+                      (["--offload-attention", "h200:2"], "offload")):
+        code, out, err = run(capsys, "--requests", "20", "--prompt-len", "3000", "--output-len", "16", "--json", *argv)
+        assert code == 0, err
+        d = json.loads(out)
+        assert key in d["knobs"] and d["completed"] == 20
+        assert d["peak_concurrency"] <= d["analytic"]["max_concurrency"]
