@@ -83,9 +83,11 @@ def prefill_cost(
     precision: Precision = Precision(), tp: int = 1, chunk_tokens: int | None = DEFAULT_PREFILL_CHUNK_TOKENS,
     knobs: Knobs | None = None,
 ) -> OpCost:
-    """Prefill of ``batch`` prompts of ``context_len`` tokens, in chunks of ``chunk_tokens``.
+    """Prefill of ``batch`` prompts of ``context_len`` tokens, in passes of ``chunk_tokens``.
 
-    The prompt is cut into ``n = ceil(context_len / chunk)`` equal chunks; chunk
+    ``chunk_tokens`` is the token budget of one pass, shared by the batch's prompts:
+    each prompt contributes ``chunk = max(chunk_tokens / batch, 1)`` tokens to a pass.
+    A prompt is cut into ``n = ceil(context_len / chunk)`` equal chunks; chunk
     ``i`` attends to ``(i + 1)`` chunks of keys.  FLOPs and bytes are linear in
     the key count, so ``n`` passes at the mean key count give the exact totals
     (the causal attention total is exactly ``L (L + 1) / 2`` pairs).  The LM head
@@ -127,7 +129,9 @@ def prefill_cost(
 def _prefill_span(model, gpu, profile, new_tokens, offset, batch, prec, tp, chunk_tokens, knobs) -> OpCost:
     """``new_tokens`` prompt tokens after ``offset`` cached ones, chunked (no LM head)."""
     if chunk_tokens:
-        n = np.ceil(new_tokens / chunk_tokens)
+        # the chunk is the token budget of one pass, shared by the batch's prompts
+        per_sequence = np.maximum(chunk_tokens / np.asarray(batch, dtype=np.float64), 1.0)
+        n = np.ceil(new_tokens / per_sequence)
     else:
         n = np.ones_like(new_tokens)
     q = new_tokens / n
@@ -294,8 +298,12 @@ def memory_budget(
     tokens_per_user = ctx + np.asarray(output_tokens, dtype=np.float64)
     capacity = float(gpu.hbm_usable_bytes)
     weights = m.weight_bytes(prec.weights) / tp
-    pass_tokens = np.minimum(ctx, chunk_tokens) if chunk_tokens else ctx
-    pass_tokens = np.maximum(pass_tokens * batch, batch)
+    # one pass holds at most the chunk budget of prompt tokens (shared by the batch), or one
+    # token per sequence in decode
+    pass_tokens = ctx * batch
+    if chunk_tokens:
+        pass_tokens = np.minimum(pass_tokens, np.maximum(chunk_tokens, batch))
+    pass_tokens = np.maximum(pass_tokens, batch)
     act = activation_bytes(m, pass_tokens, prec, tp)
     reserve = reserve_fraction * capacity
     kv_tok = kv_bytes_per_token_per_gpu(m, tp, prec.kv, knobs)
