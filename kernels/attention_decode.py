@@ -107,6 +107,30 @@ def check_q_and_lens(
         raise KernelInputError(f"kv_lens: length {kv_lens.shape[0]} differs from batch {batch}")
 
 
+def check_kv_pair(k_name: str, k: object, v_name: str, v: object) -> None:
+    """K and V caches (or pages): 4-D float tensors of one device, shape and strides."""
+    for name, t in ((k_name, k), (v_name, v)):
+        check_tensor(name, t, 4, FLOAT_DTYPES)
+        check_last_dim_contiguous(name, t)
+    check_same_device(**{k_name: k, v_name: v})
+    if v.shape != k.shape or v.stride() != k.stride():
+        raise KernelInputError(
+            f"{v_name}: shape/strides {tuple(v.shape)}/{v.stride()} differ "
+            f"from {k_name}'s {tuple(k.shape)}/{k.stride()}"
+        )
+
+
+def check_kv_dtype_and_scale(q: torch.Tensor, sm_scale: object, **caches: torch.Tensor) -> None:
+    """The caches hold q's dtype; ``sm_scale`` is None or a positive finite number."""
+    for name, t in caches.items():
+        if t.dtype != q.dtype:
+            raise KernelInputError(f"{name}: dtype {t.dtype} differs from q's {q.dtype}")
+    if sm_scale is not None and not (
+        isinstance(sm_scale, (int, float)) and math.isfinite(sm_scale) and sm_scale > 0
+    ):
+        raise KernelInputError(f"sm_scale: expected a positive finite number, got {sm_scale!r}")
+
+
 def check_lens_values(kv_lens: torch.Tensor, max_len: int) -> None:
     """Check ``1 <= kv_lens <= max_len`` (reads kv_lens on the host: a device sync)."""
     lo, hi = int(kv_lens.min()), int(kv_lens.max())
@@ -283,24 +307,10 @@ def attention_decode(
     """
     sched = _schedule(schedule)
     _check_num_splits(num_splits)
-    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
-        check_tensor(name, t, 4, FLOAT_DTYPES)
-        check_last_dim_contiguous(name, t)
-    check_same_device(k_cache=k_cache, v_cache=v_cache)
-    if v_cache.shape != k_cache.shape or v_cache.stride() != k_cache.stride():
-        raise KernelInputError(
-            f"v_cache: shape/strides {tuple(v_cache.shape)}/{v_cache.stride()} differ "
-            f"from k_cache's {tuple(k_cache.shape)}/{k_cache.stride()}"
-        )
+    check_kv_pair("k_cache", k_cache, "v_cache", v_cache)
     B, Hkv, Lmax, D = k_cache.shape
     check_q_and_lens(q, kv_lens, Hkv, D, B, k_cache.device)
-    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
-        if t.dtype != q.dtype:
-            raise KernelInputError(f"{name}: dtype {t.dtype} differs from q's {q.dtype}")
-    if sm_scale is not None and not (
-        isinstance(sm_scale, (int, float)) and math.isfinite(sm_scale) and sm_scale > 0
-    ):
-        raise KernelInputError(f"sm_scale: expected a positive finite number, got {sm_scale!r}")
+    check_kv_dtype_and_scale(q, sm_scale, k_cache=k_cache, v_cache=v_cache)
     if validate:
         check_lens_values(kv_lens, Lmax)
     return launch_decode(q, k_cache, v_cache, kv_lens, None, 1, Lmax, num_splits, sched, sm_scale)

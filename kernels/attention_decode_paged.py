@@ -7,15 +7,12 @@ at row ``n % page_size``. Any ``page_size`` works (tiles gather rows across page
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import torch
 
 from ._common import (
-    FLOAT_DTYPES,
     KernelInputError,
-    check_last_dim_contiguous,
     check_same_device,
     check_tensor,
 )
@@ -24,6 +21,8 @@ from .attention_decode import (
     DecodeSchedule,
     _check_num_splits,
     _schedule,
+    check_kv_dtype_and_scale,
+    check_kv_pair,
     check_lens_values,
     check_q_and_lens,
     launch_decode,
@@ -85,29 +84,15 @@ def attention_decode_paged(
     """
     sched = _schedule(schedule)
     _check_num_splits(num_splits)
-    for name, t in (("k_pages", k_pages), ("v_pages", v_pages)):
-        check_tensor(name, t, 4, FLOAT_DTYPES)
-        check_last_dim_contiguous(name, t)
-    check_same_device(k_pages=k_pages, v_pages=v_pages)
-    if v_pages.shape != k_pages.shape or v_pages.stride() != k_pages.stride():
-        raise KernelInputError(
-            f"v_pages: shape/strides {tuple(v_pages.shape)}/{v_pages.stride()} differ "
-            f"from k_pages' {tuple(k_pages.shape)}/{k_pages.stride()}"
-        )
+    check_kv_pair("k_pages", k_pages, "v_pages", v_pages)
     num_blocks, Hkv, page_size, D = k_pages.shape
     check_tensor("block_table", block_table, 2, (torch.int32, torch.int64))
     check_same_device(k_pages=k_pages, block_table=block_table)
     B = block_table.shape[0]
     check_q_and_lens(q, kv_lens, Hkv, D, B, k_pages.device)
-    for name, t in (("k_pages", k_pages), ("v_pages", v_pages)):
-        if t.dtype != q.dtype:
-            raise KernelInputError(f"{name}: dtype {t.dtype} differs from q's {q.dtype}")
+    check_kv_dtype_and_scale(q, sm_scale, k_pages=k_pages, v_pages=v_pages)
     if block_table.stride(1) != 1:
         raise KernelInputError(f"block_table: innermost stride is {block_table.stride(1)}; need 1")
-    if sm_scale is not None and not (
-        isinstance(sm_scale, (int, float)) and math.isfinite(sm_scale) and sm_scale > 0
-    ):
-        raise KernelInputError(f"sm_scale: expected a positive finite number, got {sm_scale!r}")
     max_len = block_table.shape[1] * page_size
     if validate:
         check_lens_values(kv_lens, max_len)
