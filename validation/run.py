@@ -40,7 +40,20 @@ def _meta(device) -> dict:
     from validation.records import canonical_gpu
 
     return {"gpu": name, "gpu_model": canonical_gpu(name), "driver": driver, "torch": torch.__version__,
-            "triton": triton_v, "cuda": torch.version.cuda, "date": _dt.date.today().isoformat(), **extra}
+            "triton": triton_v, "cuda": torch.version.cuda, "date": _dt.date.today().isoformat(),
+            "kernels_sha256": kernels_source_sha256(), **extra}
+
+
+def kernels_source_sha256() -> str:
+    """SHA-256 of the ``kernels/`` package's source files (sorted by name), so each record names the
+    version of our Triton kernels it timed (the device machine gets a copy of the tree without git)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in sorted((Path(__file__).resolve().parent.parent / "kernels").glob("*.py")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def _driver_version() -> Optional[str]:
