@@ -120,11 +120,12 @@ def elementwise_cases(size: str) -> list[Case]:
 
 
 def memcpy_cases(size: str) -> list[Case]:
-    sizes = [4096 * 4 ** i for i in range(0, 10)]  # 4 KB .. 1 GB
-    if size == "smoke":
-        sizes = [4096, 65536]
-    elif size == "quick":
-        sizes = [4096 * 4 ** i for i in range(0, 10)]
+    """Copies of every direction, 4 KB .. 1 GB (two sizes for the smoke run)."""
+    return _copy_cases([4096, 65536] if size == "smoke" else [4096 * 4 ** i for i in range(0, 10)])
+
+
+def _copy_cases(sizes) -> list[Case]:
+    """One case per copy direction and size (pageable copies up to 300 MB)."""
     out = []
     dev, pin, page = MemLocation.DEVICE, MemLocation.HOST_PINNED, MemLocation.HOST_PAGEABLE
     for src, dst, tag in ((dev, dev, "d2d"), (pin, dev, "h2d"), (dev, pin, "d2h"), (page, dev, "h2d_pageable"),
@@ -230,14 +231,7 @@ def extra_cases(size: str = "quick") -> list[Case]:
             out.append(Case("elementwise", "torch", f"elementwise/residual_add/h{h}",
                             op_to_dict(Elementwise("residual_add", bytes=3 * act, flops=t * h)),
                             {"name": "residual_add", "tokens": t, "hidden": h}))
-    dev, pin, page = MemLocation.DEVICE, MemLocation.HOST_PINNED, MemLocation.HOST_PAGEABLE
-    for src, dst, tag in ((dev, dev, "d2d"), (pin, dev, "h2d"), (dev, pin, "d2h"), (page, dev, "h2d_pageable"),
-                          (dev, page, "d2h_pageable")):
-        for b in _EXTRA_COPY:
-            if "pageable" in tag and b > 3e8:
-                continue
-            out.append(Case("memcpy", "copy_engine", f"memcpy_{tag}/{b}", op_to_dict(Memcpy(b, src, dst)),
-                            {"bytes": b, "src": src.value, "dst": dst.value}))
+    out += _copy_cases(_EXTRA_COPY)
     for hq, hkv, d in _EXTRA_ATTN:
         for batch in (1, 4):
             for n in (128, 512, 2048, 8192):
