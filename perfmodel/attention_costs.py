@@ -79,7 +79,7 @@ def prefill_schedule_s(op: Attention, gpu: GPU, p: ClassParams, splits, math_pea
     # programs sharing an SM split its math; fewer programs than slots each run faster
     per_sm = max(p.units_per_sm, 1.0)
     rate = rate * per_sm / np.clip(units / gpu.sm_count, 1.0, per_sm)
-    per_key_s = 4.0 * bm * np.asarray(op.head_dim, dtype=np.float64) / rate
+    per_key_s = bm * (4.0 * np.asarray(op.head_dim, dtype=np.float64) + p.score_flops) / rate
     t_mean = p.unit_overhead_s + mean_keys * per_key_s
     t_max = p.unit_overhead_s + max_keys * per_key_s
     slots = max(p.units_per_sm, 1.0) * gpu.sm_count

@@ -165,6 +165,8 @@ class ClassParams:
     small_tile_eff: float = 0.0
     row_knee_bytes: float = 0.0
     row_tail_memory_eff: float = 0.0
+    score_flops: float = 0.0
+    split_piece_s: float = 0.0
 
     def validate(self, where: str) -> None:
         for name in ("compute_eff", "memory_eff"):
@@ -184,7 +186,7 @@ class ClassParams:
             raise ProfileError(f"{where}: split_rule must be one of {sorted(SPLIT_RULES)}, got {self.split_rule}")
         for name in ("latency_s", "ramp_flops", "ramp_bytes", "bandwidth_bytes_per_s", "tile_m", "tile_n",
                      "tile_m_min", "tile_overhead_s", "units_per_sm", "unit_overhead_s", "unit_memory_eff",
-                     "split_latency_s", "knee_bytes", "row_knee_bytes"):
+                     "split_latency_s", "knee_bytes", "row_knee_bytes", "score_flops", "split_piece_s"):
             v = getattr(self, name)
             if not math.isfinite(v) or v < 0:
                 raise ProfileError(f"{where}: {name} must be finite and >= 0, got {v}")

@@ -269,7 +269,7 @@ def _attention_cost(op: Attention, gpu: GPU, prof: Profile) -> OpCost:
             split = np.asarray(pieces) > 1 if p.split_rule == SPLIT_FILL else np.ones(np.shape(pieces), bool)
             # the combine kernel always runs: its launch, and the fp32 partials (a row of head_dim
             # values and a log-sum-exp per query head and piece) written and read back
-            split_lat = p.split_latency_s
+            split_lat = p.split_latency_s + p.split_piece_s * np.asarray(pieces, dtype=np.float64)
             if p.reduce_bytes_eff > 0:
                 partial_bytes = 2.0 * units * pieces * rows * (np.asarray(op.head_dim, dtype=np.float64) + 1.0) * 4.0
                 split_lat = split_lat + partial_bytes / (p.reduce_bytes_eff * gpu.hbm_bytes_per_s)
@@ -282,8 +282,9 @@ def _attention_cost(op: Attention, gpu: GPU, prof: Profile) -> OpCost:
             else:
                 splits = np.ones_like(units)
             split = np.asarray(splits) > 1
-            if p.split_latency_s > 0:
-                split_lat = np.where(split, p.split_latency_s, 0.0)
+            if p.split_latency_s > 0 or p.split_piece_s > 0:
+                # the combine kernel: a launch, and each of its few blocks reads every split's partial in turn
+                split_lat = np.where(split, p.split_latency_s + p.split_piece_s * np.asarray(splits, dtype=np.float64), 0.0)
             if p.split_memory_eff > 0:
                 eff = np.where(split, p.split_memory_eff, p.memory_eff)
             if not scheduled:
@@ -352,11 +353,14 @@ def _elementwise_cost(op: Elementwise, gpu: GPU, prof: Profile) -> OpCost:
             rows = np.asarray(rows, dtype=np.float64)
             known = np.isfinite(rows) & (rows >= 1)
             safe = np.where(known, rows, 1.0)
+            # a row's activation bytes: bytes = (2 rows + 1) x row bytes (read, write, and the weight)
+            row_bytes = np.asarray(op.bytes, dtype=np.float64) / (2.0 * safe + 1.0)
             if p.units_per_sm > 0:
-                floor = np.where(known, unit_waves_s(safe, op.bytes, gpu.sm_count, gpu.hbm_bytes_per_s, p), 0.0)
+                # one block per row streams its input row, its output row and the whole weight vector
+                # (each block reads the weight, from L2 after the first): 3 row bytes per block
+                block_bytes = 3.0 * row_bytes * safe
+                floor = np.where(known, unit_waves_s(safe, block_bytes, gpu.sm_count, gpu.hbm_bytes_per_s, p), 0.0)
             if p.row_knee_bytes > 0:
-                # a row's activation bytes: bytes = (2 rows + 1) x row bytes (read, write, and the weight)
-                row_bytes = np.asarray(op.bytes, dtype=np.float64) / (2.0 * safe + 1.0)
                 long_row = known & (row_bytes > p.row_knee_bytes)
                 eff = np.where(long_row, p.row_tail_memory_eff or p.memory_eff, p.memory_eff)
     return _roofline(

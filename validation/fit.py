@@ -83,6 +83,7 @@ _UNIT_OH = Param("unit_overhead_s", 0.0, 50.0, 2.0, factor=1e-6)
 _UNIT_BW = Param("unit_memory_eff", -2.0, 2.0, 0.0, log10=True)
 _SPLIT_LAT = Param("split_latency_s", 0.0, 50.0, 2.0, factor=1e-6)
 _SPLIT_EFF = _EFF("split_memory_eff", 0.9)
+_SPLIT_PIECE = Param("split_piece_s", 0.0, 2.0, 0.1, factor=1e-6)
 _KNEE = Param("knee_bytes", 4.0, 9.5, 7.0, log10=True)
 _TAIL_EFF = Param("tail_memory_eff", 0.02, 1.5, 0.2)
 _PAGEABLE_SPEC = (_EFF("memory_eff", 0.3), _LAT, _KNEE, _TAIL_EFF)
@@ -104,7 +105,8 @@ _DECODE_TILES = ({}, {"tile_m": 16}, {"tile_m": 64}, {"tile_m": 128})
 # Triton prefill kernel does not split.
 _SPLIT_OF_IMPL = {"": SPLIT_FLASH, "[split_kv]": SPLIT_FILL, "[stream_k]": SPLIT_STREAM, "[triton]": SPLIT_NONE}
 # prefill attention as scheduled (sequence, head, query tile) programs (``attention_costs.prefill_schedule_s``)
-_PREFILL_SPEC = (_EFF("memory_eff", 0.8), _LAT, _OVERLAP, _UNIT_OH, Param("unit_compute_eff", 0.05, 1.5, 0.4), _WAVE)
+_PREFILL_SPEC = (_EFF("memory_eff", 0.8), _LAT, _OVERLAP, _UNIT_OH, Param("unit_compute_eff", 0.05, 1.5, 0.4), _WAVE,
+                 Param("score_flops", 0.0, 1000.0, 50.0))
 _PREFILL_TILES = tuple({"tile_m": tm} for tm in (64, 128))
 # the combine kernel of our Triton decode kernels: fp32 partials streamed at a fraction of HBM
 _REDUCE_EFF = Param("reduce_bytes_eff", 0.02, 1.5, 0.3)
@@ -120,7 +122,7 @@ def _spec(key: str):
     base = key.split("[")[0]
     impl = key[len(base):]
     rule = _SPLIT_OF_IMPL.get(impl, SPLIT_NONE)
-    occupancy = (_UNIT_OH, _UNIT_BW) + ((_SPLIT_LAT, _SPLIT_EFF) if rule != SPLIT_NONE else ())
+    occupancy = (_UNIT_OH, _UNIT_BW) + ((_SPLIT_LAT, _SPLIT_EFF, _SPLIT_PIECE) if rule != SPLIT_NONE else ())
     if base == "gemm":
         return _COMPUTE_SPEC + (_SMALL_TILE,), _GEMM_TILES
     if base == "attention_prefill":
