@@ -58,7 +58,8 @@ def prefill_schedule_s(op: Attention, gpu: GPU, p: ClassParams, splits, math_pea
     """Compute time of prefill attention as (sequence, head, query tile) programs over the SMs.
 
     Each program (a ``tile_m``-row query tile, 128 if unset) loops over its keys: it costs
-    ``unit_overhead_s + 4 * tile_m * head_dim * keys / (unit_compute_eff * peak / SMs)``.  With
+    ``unit_overhead_s + tile_m * (4 * head_dim + score_flops) * keys / (unit_compute_eff * peak / SMs)``
+    (``score_flops``: the softmax work of one score, which does not shrink with the head).  With
     a causal mask the tile ``t`` of ``T`` sees ``kv - q + (t + 1) * tile_m`` keys, so the last
     tiles do most of the work.  ``units_per_sm * SMs`` programs run at once (flash-attention 2
     runs one query tile per thread block and loops over key blocks, Dao 2023).  The makespan is

@@ -137,6 +137,11 @@ class ClassParams:
     row_knee_bytes : float, row kernels (norms): rows of more activation bytes than this no longer stay
         on chip between the kernel's passes over the row and stream at ``row_tail_memory_eff`` (0: off)
     row_tail_memory_eff : float, memory efficiency of rows longer than ``row_knee_bytes`` (0: ``memory_eff``)
+    score_flops : float, scheduled prefill attention: math per attention score outside the tensor-core matmuls
+        (the softmax: max, exp, rescale), in FLOPs at the programs' rate; a program's key costs
+        ``tile_m * (4 * head_dim + score_flops)`` (0: none), so small heads cost more per FLOP
+    split_piece_s : float, split decode attention: seconds the combine kernel adds per KV split (per piece for
+        our Triton kernels): its few blocks read every split's partial row in turn (0: none)
     """
 
     compute_eff: float = 1.0

@@ -87,6 +87,10 @@ _SPLIT_PIECE = Param("split_piece_s", 0.0, 2.0, 0.1, factor=1e-6)
 _KNEE = Param("knee_bytes", 4.0, 9.5, 7.0, log10=True)
 _TAIL_EFF = Param("tail_memory_eff", 0.02, 1.5, 0.2)
 _PAGEABLE_SPEC = (_EFF("memory_eff", 0.3), _LAT, _KNEE, _TAIL_EFF)
+# device copies, pinned copies and elementwise kernels: the first ``knee_bytes`` stream at ``memory_eff`` (above 1
+# where the write-back L2 absorbs the output; below the tail where too few blocks fill the GPU), the rest at
+# ``tail_memory_eff`` (HBM, or the steady PCIe rate)
+_SIZE_KNEE_SPEC = (Param("memory_eff", 0.05, 1.5, 1.0), _LAT, Param("knee_bytes", 5.0, 8.5, 6.5, log10=True), _TAIL_EFF)
 _ROW_SPEC = (_EFF("memory_eff", 0.8), Param("latency_s", 0.0, 200.0, 1.0, factor=1e-6), _UNIT_OH, _UNIT_BW, _WAVE)
 
 # discrete choices per class: dicts of fixed fields
@@ -135,6 +139,8 @@ def _spec(key: str):
                                                for u in (1.0, 2.0, 4.0, 8.0, 16.0) for kb in _ROW_KNEES)
     if base in ("memcpy_h2d_pageable", "memcpy_d2h_pageable"):  # staged through host caches
         return _PAGEABLE_SPEC, ({},)
+    if base.startswith("memcpy") or base.startswith("elementwise"):  # two size regimes (L2 / grid fill)
+        return _SIZE_KNEE_SPEC, ({},)
     return _MEMORY_SPEC, ({},)
 
 
