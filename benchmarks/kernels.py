@@ -389,7 +389,7 @@ def _stream_k_check() -> None:
     mod = sys.modules["kernels.attention_decode"]
     d = "cuda"
     res = {}
-    saved = mod._STREAM_K_FUSED
+    saved = (mod._STREAM_K_FUSED, mod._STREAM_K_REDUCE_GUESS)
     try:
         for hq, hkv in ((8, 8), (16, 8), (32, 8), (28, 4)):
             q = torch.randn(5, hq, 128, device=d, dtype=torch.bfloat16)
@@ -397,22 +397,28 @@ def _stream_k_check() -> None:
             vc = torch.randn(5, hkv, 3001, 128, device=d, dtype=torch.bfloat16)
             lens = torch.tensor([1, 3001, 17, 2048, 999], device=d, dtype=torch.int32)
             r64 = ref.attention_decode_ref(q, kc, vc, lens)
-            for fused in (True, False):
-                mod._STREAM_K_FUSED = fused
-                for ns in (None, 1, 7, 132, 264, 5000):
-                    key = f"stream_k G={hq // hkv} fused={fused} P={ns}"
+            for fused, guess in ((True, False), (False, False), (False, True)):
+                mod._STREAM_K_FUSED, mod._STREAM_K_REDUCE_GUESS = fused, guess
+                for ns in (None, 1, 7, 132, 264, 5000, 40):
+                    key = f"stream_k G={hq // hkv} fused={fused} guess={guess} P={ns}"
                     outs = [kernels.attention_decode(q, kc, vc, lens, ns, "stream_k") for _ in range(20 if fused else 1)]
                     err = _err(outs[0], r64)
                     same = all(torch.equal(o, outs[0]) for o in outs)
                     res[key] = err if same else float("inf")
-        mod._STREAM_K_FUSED = False
         for b_u, l_u in ((1, 1024), (2, 4096), (16, 1000)):  # uniform lengths: aligned default runs
             q = torch.randn(b_u, 32, 128, device=d, dtype=torch.bfloat16)
             kc = torch.randn(b_u, 8, l_u, 128, device=d, dtype=torch.bfloat16)
             vc = torch.randn(b_u, 8, l_u, 128, device=d, dtype=torch.bfloat16)
             lens = torch.full((b_u,), l_u, device=d, dtype=torch.int32)
-            res[f"stream_k uniform B={b_u} L={l_u} default"] = _err(
-                kernels.attention_decode(q, kc, vc, lens, None, "stream_k"), ref.attention_decode_ref(q, kc, vc, lens))
+            r64 = ref.attention_decode_ref(q, kc, vc, lens)
+            for fused, guess in ((True, False), (False, False), (False, True)):
+                mod._STREAM_K_FUSED, mod._STREAM_K_REDUCE_GUESS = fused, guess
+                for ns in (None, 7, 132, 256):
+                    outs = [kernels.attention_decode(q, kc, vc, lens, ns, "stream_k") for _ in range(5)]
+                    same = all(torch.equal(o, outs[0]) for o in outs)
+                    res[f"stream_k uniform B={b_u} L={l_u} fused={fused} guess={guess} P={ns}"] = (
+                        _err(outs[0], r64) if same else float("inf"))
+        mod._STREAM_K_REDUCE_GUESS = True
         kp = torch.randn(1000, 8, 16, 128, device=d, dtype=torch.bfloat16)
         vp = torch.randn(1000, 8, 16, 128, device=d, dtype=torch.bfloat16)
         table = torch.randperm(1000, device=d)[: 5 * 188].reshape(5, 188).int()
@@ -424,70 +430,96 @@ def _stream_k_check() -> None:
             res[f"paged stream_k fused={fused}"] = _err(
                 kernels.attention_decode_paged(q, kp, vp, table, plen, schedule="stream_k"), rp)
     finally:
-        mod._STREAM_K_FUSED = saved
+        mod._STREAM_K_FUSED, mod._STREAM_K_REDUCE_GUESS = saved
     INFO["stream_k_check_rel_err"] = res
     bad = {k: v for k, v in res.items() if not v < 1e-2}
     INFO["stream_k_check_passed"] = not bad
-    print("stream-K GPU check:", "PASS" if not bad else f"FAIL {bad}")
-    for k, v in res.items():
-        print(f"  {k:40s} {v:.2e}")
+    print(f"stream-K GPU check: {'PASS' if not bad else f'FAIL {bad}'} ({len(res)} configurations, "
+          f"largest relative error {max(res.values()):.2e}; all in the JSON)")
 
 
-def _stream_k_rule(mod, small_per_sm, align):
-    """Set the stream-K default program rule; return the previous setting."""
-    saved = (mod._STREAM_K_SMALL_PROGRAMS_PER_SM, mod._STREAM_K_ALIGN)
-    mod._STREAM_K_SMALL_PROGRAMS_PER_SM, mod._STREAM_K_ALIGN = small_per_sm, align
-    return saved
+class _NoLaunch:
+    """Stands in for a Triton kernel: ``k[grid](...)`` launches nothing (timing one kernel alone)."""
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: None
+
+
+#: stream-K variants of the ``streamk`` section: (label, module flags); "main only" variants
+#: skip the reduction kernel (wrong output, timing of the first kernel alone).
+STREAMK_VARIANTS = (
+    ("stream-K reduce", {"_STREAM_K_FUSED": False, "_STREAM_K_REDUCE_GUESS": False}),
+    ("stream-K reduce+guess", {"_STREAM_K_FUSED": False, "_STREAM_K_REDUCE_GUESS": True}),
+    ("stream-K fused", {"_STREAM_K_FUSED": True, "_STREAM_K_REDUCE_GUESS": False}),
+)
+
+
+def _with_flags(mod, flags, fn):
+    saved = {k: getattr(mod, k) for k in flags}
+    try:
+        for k, v in flags.items():
+            setattr(mod, k, v)
+        return fn()
+    finally:
+        for k, v in saved.items():
+            setattr(mod, k, v)
 
 
 def streamk() -> None:
-    """Focused stream-K vs split-KV decode grid (CUDA-graph timing): split-KV default, stream-K
-    default (one program per SM rounded down to a multiple of the pairs), stream-K with two
-    programs per SM for small caches (rounded likewise), and stream-K at one program per SM not
-    rounded (run 3's program rule). All stream-K variants use the reduction kernel with the plan
-    written by the stream-K programs. Run 4 measured the variants "2/SM for small caches,
-    aligned" (then the default), "1/SM aligned" (now the default) and the run-3 rule."""
+    """Focused stream-K vs split-KV decode grid (CUDA-graph timing): split-KV default, the
+    stream-K variants of ``STREAMK_VARIANTS`` (reduction kernel or fused merge with the
+    self-resetting counter workspace; with or without the uniform-length closed form), and the
+    first kernel of split-KV and of stream-K (reduce) alone, to split the fixed costs."""
     _stream_k_check()
     mod = sys.modules["kernels.attention_decode"]
+    dk = sys.modules["kernels._decode_kernels"]
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     shapes = [(b, n, False) for b in (1, 2, 4, 8, 16) for n in (1024, 4096, 16384, 65536, 262144)
               if b * n <= 4 * 1024 * 1024]
     shapes += [(32, 1024, False), (64, 1024, False), (32, 4096, False),
-               (4, 65536, True), (16, 16384, True), (16, 65536, True), (64, 16384, True)]
+               (4, 65536, True), (16, 16384, True), (16, 65536, True), (64, 16384, True),
+               (1, 4096, True), (2, 16384, True), (8, 4096, True)]
+    labels = [v[0] for v in STREAMK_VARIANTS]
     table = []
     for bsz, length, ragged in shapes:
-        t = _decode_case(bsz, length, ragged=ragged, sdpa=not ragged)
-        variants = []
-        for small, align, meta in ((2, True, "2/SM for small caches, aligned"),
-                                   (1, False, "1/SM unaligned (run-3 rule)")):
-            saved = _stream_k_rule(mod, small, align)
-            try:
-                tv = _decode_case(bsz, length, ragged=ragged, sdpa=False, section="sweep",
-                                  schedules=("stream_k",), meta=meta)
-            finally:
-                _stream_k_rule(mod, *saved)
-            variants.append(tv[("stream_k", None)])
+        case = dict(ragged=ragged, section="sweep", sdpa=False)
+        split = _decode_case(bsz, length, ragged=ragged, sdpa=not ragged, schedules=("split_kv",))
+        times = {"split-KV": split[("split_kv", None)]}
+        for label, flags in STREAMK_VARIANTS:
+            tv = _with_flags(mod, flags, lambda: _decode_case(bsz, length, schedules=("stream_k",),
+                                                               meta=label, **case))
+            times[label] = tv[("stream_k", None)]
+        real = dk._reduce_kernel
+        dk._reduce_kernel = _NoLaunch()
+        try:
+            times["split-KV main only"] = _decode_case(bsz, length, schedules=("split_kv",),
+                                                       meta="main kernel only", **case)[("split_kv", None)]
+            times["stream-K reduce main only"] = _with_flags(
+                mod, {"_STREAM_K_FUSED": False},
+                lambda: _decode_case(bsz, length, schedules=("stream_k",), meta="main kernel only", **case),
+            )[("stream_k", None)]
+        finally:
+            dk._reduce_kernel = real
         sd = next((r["baseline_time_s"] for r in reversed(ROWS) if r["section"] == "decode"
                    and r["case"] == f"B{bsz} L{length}{' ragged' if ragged else ''}"), None)
-        table.append((bsz, length, ragged, t[("split_kv", None)], t[("stream_k", None)], *variants, sd))
-    INFO["streamk_table"] = [dict(zip(("batch", "kv_len", "ragged", "split_kv_s", "stream_k_s",
-                                        "stream_k_2per_sm_small_aligned_s", "stream_k_1per_sm_unaligned_s",
-                                        "sdpa_s"), r))
-                             for r in table]
-    print("\n   B     L  rag  split_us stream_us 2/SMsm_us 1/SMun_us sdpa_us split/stream")
-    wins = {"default": 0, "2/SM small aligned": 0, "1/SM unaligned": 0}
+        times["flash SDPA"] = sd
+        table.append({"batch": bsz, "kv_len": length, "ragged": ragged, "pairs": bsz * 8,
+                      **{k + " s": v for k, v in times.items()}})
+    INFO["streamk_table"] = table
+    cols = ["split-KV", *labels, "split-KV main only", "stream-K reduce main only", "flash SDPA"]
+    print("\n   B      L rag " + " ".join(f"{c[:14]:>14s}" for c in cols) + "   (us)")
+    wins = {k: 0 for k in labels}
     n = 0
-    for bsz, length, ragged, a, b_, c, d_, e in table:
-        if bsz * 8 < sms:
+    for r in table:
+        if r["pairs"] < sms:
             n += 1
-            wins["default"] += b_ < a
-            wins["2/SM small aligned"] += c < a
-            wins["1/SM unaligned"] += d_ < a
-        print(f"{bsz:4d} {length:6d} {'r' if ragged else ' '} {a * 1e6:9.1f} {b_ * 1e6:9.1f} {c * 1e6:9.1f} "
-              f"{d_ * 1e6:9.1f} {(e or float('nan')) * 1e6:8.1f} {a / b_:6.3f}")
+            for k in labels:
+                wins[k] += r[k + " s"] < r["split-KV s"]
+        print(f"{r['batch']:4d} {r['kv_len']:6d} {'r' if r['ragged'] else ' '}  "
+              + " ".join(f"{(r[c + ' s'] or float('nan')) * 1e6:14.1f}" for c in cols))
     INFO["streamk_wins_lt_sms"] = {"shapes": n, **wins}
     for k, w in wins.items():
-        print(f"stream-K ({k}) faster than split-KV in {w} of {n} shapes with B*Hkv < {sms}")
+        print(f"{k} faster than split-KV in {w} of {n} shapes with B*Hkv < {sms}")
 
 
 def _fmt(x, scale=1.0, nd=2):

@@ -292,6 +292,7 @@ def _stream_k_kernel(
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
     FUSED: tl.constexpr,
+    WIDE: tl.constexpr,
     GP: tl.constexpr,
     BLOCK_S: tl.constexpr,
 ):
@@ -314,14 +315,20 @@ def _stream_k_kernel(
     if not FUSED:
         if p == 0:
             tl.store(RNG + 2 * BH, total)
-    t = (p.to(tl.int64) * total // NUM_PROGRAMS).to(tl.int32)
-    t_end = ((p.to(tl.int64) + 1) * total // NUM_PROGRAMS).to(tl.int32)
+    if WIDE:  # p * total may not fit 32 bits
+        t = (p.to(tl.int64) * total // NUM_PROGRAMS).to(tl.int32)
+        t_end = ((p.to(tl.int64) + 1) * total // NUM_PROGRAMS).to(tl.int32)
+    else:
+        t = p * total // NUM_PROGRAMS
+        t_end = (p + 1) * total // NUM_PROGRAMS
+    # the pair's prefix end and length packed in one int64, so one reduction finds both
+    packed = (incl.to(tl.int64) << 32) + lens.to(tl.int64)
     while t < t_end:
         bh = tl.sum((incl <= t).to(tl.int32), 0)  # first pair whose tiles reach past t
-        sel = idx == bh
-        pair_tiles = tl.sum(tl.where(sel, tiles, 0), 0)
-        first_tile = tl.sum(tl.where(sel, incl, 0), 0) - pair_tiles
-        kv_len = tl.sum(tl.where(sel, lens, 0), 0)
+        got = tl.sum(tl.where(idx == bh, packed, 0), 0)
+        kv_len = (got & 0xFFFFFFFF).to(tl.int32)
+        pair_tiles = (kv_len + BLOCK_N - 1) // BLOCK_N
+        first_tile = (got >> 32).to(tl.int32) - pair_tiles
         seg_end = tl.minimum(t_end, first_tile + pair_tiles)
         b = bh // Hkv
         hk = bh % Hkv
@@ -384,7 +391,20 @@ def _stream_k_kernel(
                         GP,
                         BLOCK_S,
                     )
+                    tl.store(CNT + bh, 0)  # the pair is done: leave its counter at zero for the next call
         t = seg_end
+
+
+@triton.jit
+def _merge_slots(PO, PL, slots, ok, g, GROUP, m, den, acc, HEAD_DIM: tl.constexpr):
+    # Fold partial slots ``slots`` (where ``ok``) of query head g into the running (m, den, acc).
+    offs_d = tl.arange(0, HEAD_DIM)
+    lse = tl.load(PL + slots * GROUP + g, mask=ok, other=float("-inf"))
+    part = tl.load(PO + (slots * GROUP + g)[:, None] * HEAD_DIM + offs_d[None, :], mask=ok[:, None], other=0.0)
+    m_new = tl.maximum(m, tl.max(lse, 0))
+    w = tl.math.exp2(lse - m_new)
+    scale = tl.math.exp2(m - m_new)
+    return m_new, den * scale + tl.sum(w, 0), acc * scale + tl.sum(w[:, None] * part, 0)
 
 
 @triton.jit
@@ -398,16 +418,22 @@ def _reduce_kernel(
     GROUP,
     BH,
     NUM_PIECES,
+    GUESS,
     s_ob,
     s_oh,
     HEAD_DIM: tl.constexpr,
     BLOCK_S: tl.constexpr,
     STREAM_K: tl.constexpr,
+    GUESS_P2: tl.constexpr,
 ):
     """Merge the partials of query head (b, h) by their log-sum-exp weights; write Out[b, h].
 
     Stream-K: the slot range of pair bh and the total tile count come from the plan ``RNG``
-    written by :func:`_stream_k_kernel` (split-KV does not read ``RNG``).
+    written by :func:`_stream_k_kernel` (split-KV does not read ``RNG``). With ``GUESS_P2`` > 0
+    (the host sets ``GUESS`` to ``NUM_PIECES // BH`` when that divides evenly, and ``GUESS_P2``
+    to its next power of two) the ``GUESS`` slots that pair bh has when all lengths are equal,
+    from ``bh*(GUESS+1)``, are loaded at once, together with the plan rather than after it;
+    they are used when the plan agrees, otherwise the plan's range is loaded as usual.
     """
     row = tl.program_id(0)
     b = row // Hq
@@ -416,7 +442,19 @@ def _reduce_kernel(
     g = h % GROUP
     offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, HEAD_DIM)
+    m = tl.full((), float("-inf"), dtype=tl.float32)
+    den = tl.zeros((), dtype=tl.float32)
+    acc = tl.zeros((HEAD_DIM,), dtype=tl.float32)
     if STREAM_K:
+        if GUESS_P2 > 0:
+            offs_q = tl.arange(0, GUESS_P2)
+            g_lo = bh * (GUESS + 1)
+            q_slots = g_lo + offs_q
+            in_q = offs_q < GUESS
+            lse_q = tl.load(PL + q_slots * GROUP + g, mask=in_q, other=float("-inf"))
+            part_q = tl.load(
+                PO + (q_slots * GROUP + g)[:, None] * HEAD_DIM + offs_d[None, :], mask=in_q[:, None], other=0.0
+            )
         s_lo = tl.load(RNG + 2 * bh)
         s_hi = tl.load(RNG + 2 * bh + 1)
         total = tl.load(RNG + 2 * BH).to(tl.int64)
@@ -424,28 +462,27 @@ def _reduce_kernel(
         # no slots to merge, nothing to store
         need = offs_d < tl.where(s_hi - s_lo > 1, HEAD_DIM, 0)
         s_hi = tl.where(s_hi - s_lo > 1, s_hi, s_lo)
+        if GUESS_P2 > 0:
+            hit = (s_lo == g_lo) & (s_hi == g_lo + GUESS)
+            if hit:
+                prog = (q_slots - bh).to(tl.int64)
+                ok = in_q & ((prog + 1) * total // NUM_PIECES > prog * total // NUM_PIECES)  # owned a tile
+                lse_q = tl.where(ok, lse_q, float("-inf"))
+                m = tl.max(lse_q, 0)
+                w = tl.math.exp2(lse_q - m)
+                den = tl.sum(w, 0)
+                acc = tl.sum(w[:, None] * tl.where(ok[:, None], part_q, 0.0), 0)
+                s_hi = s_lo  # nothing left to load
     else:
         s_lo = bh.to(tl.int64) * NUM_PIECES
         s_hi = s_lo + NUM_PIECES
         need = offs_d < HEAD_DIM  # all true
-    m = tl.full((), float("-inf"), dtype=tl.float32)
-    den = tl.zeros((), dtype=tl.float32)
-    acc = tl.zeros((HEAD_DIM,), dtype=tl.float32)
     for s0 in range(s_lo, s_hi, BLOCK_S):
         slots = s0 + offs_s
         ok = slots < s_hi
         if STREAM_K:  # skip programs that owned no tile (only when there are fewer tiles than programs)
             prog = (slots - bh).to(tl.int64)
             ok = ok & ((prog + 1) * total // NUM_PIECES > prog * total // NUM_PIECES)
-        lse = tl.load(PL + slots * GROUP + g, mask=ok, other=float("-inf"))
-        m_new = tl.maximum(m, tl.max(lse, 0))
-        w = tl.math.exp2(lse - m_new)
-        part = tl.load(
-            PO + (slots * GROUP + g)[:, None] * HEAD_DIM + offs_d[None, :], mask=ok[:, None], other=0.0
-        )
-        scale = tl.math.exp2(m - m_new)
-        den = den * scale + tl.sum(w, 0)
-        acc = acc * scale + tl.sum(w[:, None] * part, 0)
-        m = m_new
+        m, den, acc = _merge_slots(PO, PL, slots, ok, g, GROUP, m, den, acc, HEAD_DIM)
     out = acc / tl.where(need, den, 1.0)
     tl.store(Out + b.to(tl.int64) * s_ob + h * s_oh + offs_d, out.to(Out.dtype.element_ty), mask=need)

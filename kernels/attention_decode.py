@@ -56,8 +56,18 @@ _STREAM_K_SMALL_TILES_PER_SM = 16
 #: with uniform lengths every run lies inside one pair (one piece per program).
 _STREAM_K_ALIGN = True
 #: stream-K merges split pairs inside its own kernel (last program to finish a pair merges it)
-#: instead of launching the reduction kernel.
+#: instead of launching the reduction kernel. The per-pair tile counters live in a workspace
+#: kept per (device, stream) and are left at zero by the kernel itself, so no zeroing launch.
 _STREAM_K_FUSED = False
+#: the stream-K reduction loads the slots that uniform lengths would give a pair together with
+#: the plan (used when the plan agrees), so the common case needs no load after the plan's.
+_STREAM_K_REDUCE_GUESS = True
+#: the most slots per pair loaded that way.
+_REDUCE_GUESS_MAX = 64
+#: stream-K program offsets ``p * total_tiles`` are computed in 32 bits below this bound, in 64 above.
+_INT32_PRODUCT_LIMIT = 2**31
+#: the counter workspaces, keyed by (device type, device index, stream); grown, never shrunk.
+_COUNTERS: dict[tuple[str, int | None, int], torch.Tensor] = {}
 #: rows (slots x query heads) the fused merge loads at once.
 _FUSED_MERGE_ROWS = 64
 
@@ -154,6 +164,22 @@ def stream_k_programs(num_splits: int | None, sms: int, pairs: int, max_tiles: i
     return max(1, min(target, tiles))
 
 
+def pair_counters(device: torch.device, pairs: int) -> torch.Tensor:
+    """The fused stream-K merge's tile counters for ``pairs`` pairs, all zero between calls.
+
+    One int32 workspace per (device, stream): calls on one stream run in order, so a call sees
+    the counters the previous one left at zero. Created zeroed (one launch) on first use or when
+    more pairs are needed; afterwards reused with no launch.
+    """
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (device.type, device.index, stream)
+    buf = _COUNTERS.get(key)
+    if buf is None or buf.numel() < pairs:
+        buf = torch.zeros((max(pairs, 1024),), dtype=torch.int32, device=device)
+        _COUNTERS[key] = buf
+    return buf
+
+
 def launch_decode(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -214,8 +240,8 @@ def launch_decode(
         fused = _STREAM_K_FUSED
         po = torch.empty(((pieces + bh) * group, D), dtype=torch.float32, device=q.device)
         pl = torch.empty(((pieces + bh) * group,), dtype=torch.float32, device=q.device)
-        # tiles of each split pair finished so far (fused merge only; must start at zero)
-        cnt = torch.zeros((bh,), dtype=torch.int32, device=q.device) if fused else kv_lens
+        # tiles of each split pair finished so far (fused merge only; zero between calls)
+        cnt = pair_counters(q.device, bh) if fused else kv_lens
         # the plan for the reduction: slot range of each pair, then the total tile count
         rng = kv_lens if fused else torch.empty((2 * bh + 1,), dtype=torch.int32, device=q.device)
         gp = next_pow2(group)
@@ -240,6 +266,7 @@ def launch_decode(
             o.stride(1),
             BH_P2=bh_p2,
             FUSED=fused,
+            WIDE=pieces * bh * max_tiles >= _INT32_PRODUCT_LIMIT,
             GP=gp,
             BLOCK_S=max(1, _FUSED_MERGE_ROWS // gp),
             **consts,
@@ -247,6 +274,7 @@ def launch_decode(
         )
         if fused:
             return o
+    guess = _reduce_guess(schedule, pieces, bh)
     _dk._reduce_kernel[(B * Hq,)](
         po,
         pl,
@@ -257,13 +285,26 @@ def launch_decode(
         group,
         bh,
         pieces,
+        guess,
         o.stride(0),
         o.stride(1),
         HEAD_DIM=D,
         BLOCK_S=_REDUCE_BLOCK_S,
         STREAM_K=schedule is DecodeSchedule.STREAM_K,
+        GUESS_P2=next_pow2(guess) if guess else 0,
     )
     return o
+
+
+def _reduce_guess(schedule: DecodeSchedule, programs: int, pairs: int) -> int:
+    """Slots per pair that the stream-K reduction loads before reading the plan: the programs per
+    pair when they divide evenly (uniform lengths then give every pair that many), else 0."""
+    if schedule is not DecodeSchedule.STREAM_K or not _STREAM_K_REDUCE_GUESS:
+        return 0
+    per = programs // pairs
+    if programs % pairs or per < 2 or per > _REDUCE_GUESS_MAX:
+        return 0
+    return per
 
 
 def attention_decode(

@@ -187,3 +187,56 @@ def split_by_family(records: list[dict[str, Any]], every: int = 3, offset: int =
 def _family_sort_key(f: str):
     # numbers inside the family name sort numerically so that held-out sizes interleave
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", f)]
+
+
+def replace_impl_records(
+    old: list[dict[str, Any]], new: list[dict[str, Any]], impls: Iterable[str]
+) -> list[dict[str, Any]]:
+    """``old`` without its records of implementations ``impls``, followed by ``new``.
+
+    Used when a kernel changed and its records were measured again: every record of those
+    implementations must then come from the new run (one kernel version per implementation).
+
+    Raises
+    ------
+    RecordError
+        ``new`` holds a record of another implementation, or of another GPU than ``old``.
+    """
+    wanted = set(impls)
+    stray = sorted({str(r.get("impl")) for r in new} - wanted)
+    if stray:
+        raise RecordError(f"new records of implementation(s) {', '.join(stray)} not named for replacement")
+    gpus = {r.get("gpu_model") for r in old}
+    if len(gpus) == 1:
+        refuse_other_gpu(new, next(iter(gpus)), "new records")
+    return [r for r in old if r.get("impl") not in wanted] + list(new)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m validation.records replace DATA NEW --impls split_kv,stream_k``: rewrite DATA with
+    its records of those implementations replaced by the records of NEW (JSONL files)."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m validation.records", description=main.__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    rp = sub.add_parser("replace", help="replace the records of some implementations by a new run's")
+    rp.add_argument("data", type=Path)
+    rp.add_argument("new", type=Path, nargs="+")
+    rp.add_argument("--impls", required=True, help="comma-separated implementations, e.g. split_kv,stream_k")
+    args = ap.parse_args(argv)
+    try:
+        old = read_records(args.data)
+        new = [r for path in args.new for r in read_records(path)]
+        out = replace_impl_records(old, new, [i.strip() for i in args.impls.split(",") if i.strip()])
+    except RecordError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    args.data.write_text("".join(json.dumps(r, sort_keys=False) + "\n" for r in out))
+    removed = len(old) - (len(out) - len(new))
+    print(f"{args.data}: {len(old)} records -> {len(out)} ({removed} removed, {len(new)} added)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

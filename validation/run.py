@@ -78,6 +78,8 @@ def main(
     extra: bool = typer.Option(False, "--extra", help="measure the coverage set (validation.cases.extra_cases) instead"),
     noncausal: bool = typer.Option(False, "--noncausal",
                                    help="measure non-causal prefill attention (validation.cases.noncausal_cases) instead"),
+    impls: str = typer.Option("", "--impls",
+                              help="comma-separated implementations to measure (e.g. split_kv,stream_k); default all"),
 ) -> None:
     """Measure every case and write records as they are measured."""
     if dry_run:
@@ -114,6 +116,14 @@ def main(
         todo = [c for c in extra_cases(size) if c.section in secs]
     else:
         todo = cases(size, secs)
+    if impls:
+        wanted = {i.strip() for i in impls.split(",") if i.strip()}
+        known = {c.impl for c in todo}
+        if not wanted <= known:
+            console.print(f"error: unknown implementation(s) {', '.join(sorted(wanted - known))}; "
+                          f"this case set has: {', '.join(sorted(known))}")
+            raise typer.Exit(2)
+        todo = [c for c in todo if c.impl in wanted]
     out.mkdir(parents=True, exist_ok=True)
     fname = name or (meta["gpu_model"] or "unknown-gpu")
     rec_path, log_path = out / f"{fname}.jsonl", out / "run.log"

@@ -110,17 +110,27 @@ STREAM_K_CASES = [
     (2, 8, 2, 70, 128, None, 13),  # GQA 4
     (5, 3, 3, 33, 64, None, 200),  # GQA 1, more programs than tiles
     (2, 4, 1, 64, 64, [64, 64], 8),  # every pair split evenly
+    (3, 8, 2, 45, 64, [45, 45, 45], 7),  # uniform lengths, runs straddling pairs
+    # programs a multiple of the pairs: the reduction's guessed slots are used (uniform) or
+    # not (ragged); 3 per pair is not a power of two; 4 per pair with one-tile pairs leaves
+    # programs without tiles
+    (2, 4, 2, 64, 64, [64, 64], 12),
+    (3, 8, 2, 45, 64, None, 12),
+    (2, 2, 1, 16, 64, [16, 16], 8),
     (3, 4, 2, 40, 64, [1, 40, 17], 1),  # one program: every pair written directly
     (1, 2, 1, 1, 64, [1], None),  # a single one-token pair
 ]
 
 
-@pytest.mark.parametrize("fused", [True, False])
+# (fused merge, reduction loads the guessed slots first); the fused merge has no reduction kernel
+@pytest.mark.parametrize("fused,guess", [(True, False), (False, True), (False, False)])
 @pytest.mark.parametrize("case", STREAM_K_CASES)
-def test_stream_k_merge_paths(case, fused, seed, check, poisoned, monkeypatch):
+def test_stream_k_merge_paths(case, fused, guess, seed, check, poisoned, monkeypatch):
     import sys
 
-    monkeypatch.setattr(sys.modules["kernels.attention_decode"], "_STREAM_K_FUSED", fused)
+    mod = sys.modules["kernels.attention_decode"]
+    monkeypatch.setattr(mod, "_STREAM_K_FUSED", fused)
+    monkeypatch.setattr(mod, "_STREAM_K_REDUCE_GUESS", guess)
     b, hq, hkv, lmax, d, lens, ns = case
     q, k, v, kv_lens = _inputs(b, hq, hkv, lmax, d, torch.float16)
     if lens is not None:
@@ -128,6 +138,39 @@ def test_stream_k_merge_paths(case, fused, seed, check, poisoned, monkeypatch):
     with poisoned():  # output, partials and the counter-free buffers start as NaN
         o = kernels.attention_decode(q, k, v, kv_lens, num_splits=ns, schedule="stream_k")
     check(o, attention_decode_ref(q, k, v, kv_lens), torch.float16, seed, f"{case} lens={kv_lens.tolist()}")
+
+
+@pytest.mark.parametrize("lens", [[45, 45, 45], [45, 1, 30]])
+def test_stream_k_fused_counters_left_at_zero(lens, seed, check, monkeypatch):
+    # the fused merge reuses one counter workspace per stream and relies on every call leaving
+    # it at zero: repeated calls stay correct and the workspace is all zero after each
+    import sys
+
+    mod = sys.modules["kernels.attention_decode"]
+    monkeypatch.setattr(mod, "_STREAM_K_FUSED", True)
+    monkeypatch.setattr(mod, "_COUNTERS", {})
+    q, k, v, _ = _inputs(3, 8, 2, 45, 64, torch.float32)
+    kv_lens = torch.tensor(lens, dtype=torch.int32)
+    ref = attention_decode_ref(q, k, v, kv_lens)
+    for ns in (7, 5, 7):
+        o = kernels.attention_decode(q, k, v, kv_lens, num_splits=ns, schedule="stream_k")
+        check(o, ref, torch.float32, seed, f"lens={lens} programs={ns}")
+        (buf,) = mod._COUNTERS.values()
+        assert int(buf.abs().sum()) == 0
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_stream_k_64_bit_offsets(fused, seed, check, poisoned, monkeypatch):
+    # the 64-bit program-offset path (taken on the GPU only for huge caches), forced here
+    import sys
+
+    mod = sys.modules["kernels.attention_decode"]
+    monkeypatch.setattr(mod, "_STREAM_K_FUSED", fused)
+    monkeypatch.setattr(mod, "_INT32_PRODUCT_LIMIT", 0)
+    q, k, v, kv_lens = _inputs(3, 8, 2, 45, 64, torch.float16)
+    with poisoned():
+        o = kernels.attention_decode(q, k, v, kv_lens, num_splits=7, schedule="stream_k")
+    check(o, attention_decode_ref(q, k, v, kv_lens), torch.float16, seed, f"lens={kv_lens.tolist()}")
 
 
 def test_stream_k_fused_and_reduced_agree(seed, monkeypatch):
@@ -202,3 +245,14 @@ def test_stream_k_default_programs_small_sms(small_per_sm, align, lens, seed, ch
     with poisoned():  # output, partials and the reduction's plan start poisoned
         o = kernels.attention_decode(q, k, v, kv_lens, schedule="stream_k")
     check(o, attention_decode_ref(q, k, v, kv_lens), torch.float16, seed, f"align={align} lens={lens}")
+
+
+@pytest.mark.parametrize(
+    "schedule,programs,pairs,expect",
+    [("stream_k", 128, 8, 16), ("stream_k", 132, 4, 33), ("stream_k", 132, 8, 0), ("stream_k", 128, 128, 0),
+     ("stream_k", 128, 1, 0), ("split_kv", 128, 8, 0)],
+)
+def test_reduce_guess(schedule, programs, pairs, expect):
+    from kernels.attention_decode import DecodeSchedule, _reduce_guess
+
+    assert _reduce_guess(DecodeSchedule(schedule), programs, pairs) == expect

@@ -73,13 +73,15 @@ def test_unused_table_entries_are_not_read(seed, check):
     check(o, attention_decode_paged_ref(q, kp, vp, t2, lens), torch.float16, seed)
 
 
+@pytest.mark.parametrize("lens", [[1, 41, 23], [41, 41, 41]])
 @pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("num_splits", [None, 1, 9])
-def test_stream_k_merge_paths(fused, num_splits, seed, check, poisoned, monkeypatch):
+def test_stream_k_merge_paths(fused, num_splits, lens, seed, check, poisoned, monkeypatch):
     import sys
 
-    monkeypatch.setattr(sys.modules["kernels.attention_decode"], "_STREAM_K_FUSED", fused)
-    q, kp, vp, table, kv_lens = _paged(3, 8, 2, 64, 5, [1, 41, 23], torch.float16)
+    mod = sys.modules["kernels.attention_decode"]
+    monkeypatch.setattr(mod, "_STREAM_K_FUSED", fused)
+    q, kp, vp, table, kv_lens = _paged(3, 8, 2, 64, 5, lens, torch.float16)
     with poisoned():
         o = kernels.attention_decode_paged(q, kp, vp, table, kv_lens, num_splits, "stream_k")
     check(o, attention_decode_paged_ref(q, kp, vp, table, kv_lens), torch.float16, seed, f"{num_splits}")

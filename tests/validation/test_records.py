@@ -103,3 +103,21 @@ def test_every_quick_case_is_a_valid_descriptor_with_a_family():
     layers = [c for c in cs if c.section == "layer"]
     assert {c.desc["phase"] for c in layers} == {"prefill", "decode"}
     assert len({c.family for c in layers}) >= 4
+
+
+def test_replace_impl_records_swaps_one_implementation(tmp_path, capsys):
+    from validation.records import main, replace_impl_records
+
+    old = [_rec(), _rec(impl="stream_k", m=1), _rec(impl="stream_k", m=2), _rec(impl="split_kv", m=3)]
+    new = [_rec(impl="stream_k", m=7)]
+    out = replace_impl_records(old, new, ["stream_k"])
+    assert [(r["impl"], r["m"]) for r in out] == [("cublas", 16), ("split_kv", 3), ("stream_k", 7)]
+    with pytest.raises(RecordError, match="split_kv"):
+        replace_impl_records(old, [_rec(impl="split_kv")], ["stream_k"])
+    with pytest.raises(RecordError, match="refusing"):
+        replace_impl_records(old, [_rec(impl="stream_k", gpu="NVIDIA H200", gpu_model="h200-sxm-141gb")], ["stream_k"])
+    data, fresh = _write(tmp_path, old, "data.jsonl"), _write(tmp_path, new, "new.jsonl")
+    assert main(["replace", str(data), str(fresh), "--impls", "stream_k"]) == 0
+    assert len(read_records(data)) == 3 and "2 removed, 1 added" in capsys.readouterr().out
+    assert main(["replace", str(data), str(fresh), "--impls", "split_kv"]) == 1  # stream_k not named
+    assert "not named" in capsys.readouterr().err

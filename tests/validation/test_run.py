@@ -99,3 +99,19 @@ def test_device_script_parses():
 
     script = Path(__file__).resolve().parents[2] / "validation" / "device_h200x4.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+
+
+def test_impls_filter_measures_only_the_named_implementations(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    from validation.run import app
+
+    res = CliRunner().invoke(app, ["--out", str(tmp_path), "--dry-run", "--sections", "attention",
+                                   "--impls", "stream_k", "--name", "sk"])
+    assert res.exit_code == 0, res.output
+    recs = [json.loads(line) for line in (tmp_path / "sk.jsonl").read_text().splitlines()]
+    want = [c for c in cases("smoke", ("attention",)) if c.impl == "stream_k"]
+    assert recs and len(recs) == len(want) and {r["impl"] for r in recs} == {"stream_k"}
+    bad = CliRunner().invoke(app, ["--out", str(tmp_path), "--dry-run", "--impls", "warp_drive"])
+    assert bad.exit_code == 2 and "unknown implementation" in bad.output
