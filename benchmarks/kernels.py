@@ -451,6 +451,8 @@ STREAMK_VARIANTS = (
     ("stream-K reduce", {"_STREAM_K_FUSED": False, "_STREAM_K_REDUCE_GUESS": False}),
     ("stream-K reduce+guess", {"_STREAM_K_FUSED": False, "_STREAM_K_REDUCE_GUESS": True}),
     ("stream-K fused", {"_STREAM_K_FUSED": True, "_STREAM_K_REDUCE_GUESS": False}),
+    ("stream-K reduce+guess, no peel", {"_STREAM_K_FUSED": False, "_STREAM_K_REDUCE_GUESS": True,
+                                         "_STREAM_K_PEEL": False}),
 )
 
 
@@ -495,7 +497,7 @@ def streamk() -> None:
             times["split-KV main only"] = _decode_case(bsz, length, schedules=("split_kv",),
                                                        meta="main kernel only", **case)[("split_kv", None)]
             times["stream-K reduce main only"] = _with_flags(
-                mod, {"_STREAM_K_FUSED": False},
+                mod, {"_STREAM_K_FUSED": False, "_STREAM_K_PEEL": True},
                 lambda: _decode_case(bsz, length, schedules=("stream_k",), meta="main kernel only", **case),
             )[("stream_k", None)]
         finally:

@@ -259,6 +259,121 @@ def _combine_pair(
 
 
 @triton.jit
+def _stream_k_segment(
+    t,
+    t_end,
+    p,
+    idx,
+    incl,
+    packed,
+    total,
+    Q,
+    K,
+    V,
+    BT,
+    PO,
+    PL,
+    O,
+    CNT,
+    RNG,
+    qk_scale,
+    Hkv,
+    GROUP,
+    NUM_PROGRAMS,
+    s_qb,
+    s_qh,
+    s_kb,
+    s_kh,
+    s_kn,
+    s_btb,
+    PAGE_SIZE,
+    s_ob,
+    s_oh,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PAGED: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    FUSED: tl.constexpr,
+    GP: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    """One piece of program p's run: its tiles from t on that lie in one (sequence, kv head)
+    pair; attend, then write the output or a partial (and the plan, or merge when FUSED).
+    Returns where the piece ends."""
+    bh = tl.sum((incl <= t).to(tl.int32), 0)  # first pair whose tiles reach past t
+    got = tl.sum(tl.where(idx == bh, packed, 0), 0)
+    kv_len = (got & 0xFFFFFFFF).to(tl.int32)
+    pair_tiles = (kv_len + BLOCK_N - 1) // BLOCK_N
+    first_tile = (got >> 32).to(tl.int32) - pair_tiles
+    seg_end = tl.minimum(t_end, first_tile + pair_tiles)
+    b = bh // Hkv
+    hk = bh % Hkv
+    q = _load_q_group(Q, b, hk, s_qb, s_qh, GROUP, HEAD_DIM, BLOCK_G, UPCAST)
+    n_lo = (t - first_tile) * BLOCK_N
+    n_hi = tl.minimum((seg_end - first_tile) * BLOCK_N, kv_len)
+    acc, l_i, m_i = _attend_range(
+        q,
+        K,
+        V,
+        b,
+        hk,
+        n_lo,
+        n_hi,
+        qk_scale,
+        s_kb,
+        s_kh,
+        s_kn,
+        BT,
+        s_btb,
+        PAGE_SIZE,
+        HEAD_DIM,
+        BLOCK_G,
+        BLOCK_N,
+        PAGED,
+        PRECISION,
+        UPCAST,
+    )
+    if not FUSED:
+        if t == first_tile:
+            tl.store(RNG + 2 * bh, p + bh)
+        if seg_end == first_tile + pair_tiles:
+            tl.store(RNG + 2 * bh + 1, p + bh + 1)
+    if (t == first_tile) & (seg_end == first_tile + pair_tiles):
+        _store_out(O, b, hk, s_ob, s_oh, acc, l_i, GROUP, HEAD_DIM, BLOCK_G)
+    else:
+        # partial layout [NUM_PROGRAMS + BH, GROUP, (D)]
+        _store_partial(PO, PL, (p + bh).to(tl.int64) * GROUP, acc, l_i, m_i, GROUP, HEAD_DIM, BLOCK_G)
+        if FUSED:
+            tl.debug_barrier()  # every thread's partial stores precede the release below
+            done = tl.atomic_add(CNT + bh, seg_end - t, sem="acq_rel", scope="gpu")
+            if done + (seg_end - t) == pair_tiles:
+                s_lo = _owner(first_tile, total, NUM_PROGRAMS) + bh
+                s_hi = _owner(first_tile + pair_tiles - 1, total, NUM_PROGRAMS) + bh + 1
+                _combine_pair(
+                    PO,
+                    PL,
+                    O,
+                    b,
+                    hk,
+                    bh,
+                    s_lo,
+                    s_hi,
+                    total,
+                    NUM_PROGRAMS,
+                    GROUP,
+                    s_ob,
+                    s_oh,
+                    HEAD_DIM,
+                    GP,
+                    BLOCK_S,
+                )
+                tl.store(CNT + bh, 0)  # the pair is done: leave its counter at zero for the next call
+    return seg_end
+
+
+@triton.jit
 def _stream_k_kernel(
     Q,
     K,
@@ -293,6 +408,7 @@ def _stream_k_kernel(
     UPCAST: tl.constexpr,
     FUSED: tl.constexpr,
     WIDE: tl.constexpr,
+    PEEL: tl.constexpr,
     GP: tl.constexpr,
     BLOCK_S: tl.constexpr,
 ):
@@ -323,76 +439,89 @@ def _stream_k_kernel(
         t_end = (p + 1) * total // NUM_PROGRAMS
     # the pair's prefix end and length packed in one int64, so one reduction finds both
     packed = (incl.to(tl.int64) << 32) + lens.to(tl.int64)
+    if PEEL:  # the first piece outside the loop: its tile loop is a top-level loop
+        if t < t_end:
+            t = _stream_k_segment(
+                t,
+                t_end,
+                p,
+                idx,
+                incl,
+                packed,
+                total,
+                Q,
+                K,
+                V,
+                BT,
+                PO,
+                PL,
+                O,
+                CNT,
+                RNG,
+                qk_scale,
+                Hkv,
+                GROUP,
+                NUM_PROGRAMS,
+                s_qb,
+                s_qh,
+                s_kb,
+                s_kh,
+                s_kn,
+                s_btb,
+                PAGE_SIZE,
+                s_ob,
+                s_oh,
+                HEAD_DIM,
+                BLOCK_G,
+                BLOCK_N,
+                PAGED,
+                PRECISION,
+                UPCAST,
+                FUSED,
+                GP,
+                BLOCK_S,
+            )
     while t < t_end:
-        bh = tl.sum((incl <= t).to(tl.int32), 0)  # first pair whose tiles reach past t
-        got = tl.sum(tl.where(idx == bh, packed, 0), 0)
-        kv_len = (got & 0xFFFFFFFF).to(tl.int32)
-        pair_tiles = (kv_len + BLOCK_N - 1) // BLOCK_N
-        first_tile = (got >> 32).to(tl.int32) - pair_tiles
-        seg_end = tl.minimum(t_end, first_tile + pair_tiles)
-        b = bh // Hkv
-        hk = bh % Hkv
-        q = _load_q_group(Q, b, hk, s_qb, s_qh, GROUP, HEAD_DIM, BLOCK_G, UPCAST)
-        n_lo = (t - first_tile) * BLOCK_N
-        n_hi = tl.minimum((seg_end - first_tile) * BLOCK_N, kv_len)
-        acc, l_i, m_i = _attend_range(
-            q,
+        t = _stream_k_segment(
+            t,
+            t_end,
+            p,
+            idx,
+            incl,
+            packed,
+            total,
+            Q,
             K,
             V,
-            b,
-            hk,
-            n_lo,
-            n_hi,
+            BT,
+            PO,
+            PL,
+            O,
+            CNT,
+            RNG,
             qk_scale,
+            Hkv,
+            GROUP,
+            NUM_PROGRAMS,
+            s_qb,
+            s_qh,
             s_kb,
             s_kh,
             s_kn,
-            BT,
             s_btb,
             PAGE_SIZE,
+            s_ob,
+            s_oh,
             HEAD_DIM,
             BLOCK_G,
             BLOCK_N,
             PAGED,
             PRECISION,
             UPCAST,
+            FUSED,
+            GP,
+            BLOCK_S,
         )
-        if not FUSED:
-            if t == first_tile:
-                tl.store(RNG + 2 * bh, p + bh)
-            if seg_end == first_tile + pair_tiles:
-                tl.store(RNG + 2 * bh + 1, p + bh + 1)
-        if (t == first_tile) & (seg_end == first_tile + pair_tiles):
-            _store_out(O, b, hk, s_ob, s_oh, acc, l_i, GROUP, HEAD_DIM, BLOCK_G)
-        else:
-            # partial layout [NUM_PROGRAMS + BH, GROUP, (D)]
-            _store_partial(PO, PL, (p + bh).to(tl.int64) * GROUP, acc, l_i, m_i, GROUP, HEAD_DIM, BLOCK_G)
-            if FUSED:
-                tl.debug_barrier()  # every thread's partial stores precede the release below
-                done = tl.atomic_add(CNT + bh, seg_end - t, sem="acq_rel", scope="gpu")
-                if done + (seg_end - t) == pair_tiles:
-                    s_lo = _owner(first_tile, total, NUM_PROGRAMS) + bh
-                    s_hi = _owner(first_tile + pair_tiles - 1, total, NUM_PROGRAMS) + bh + 1
-                    _combine_pair(
-                        PO,
-                        PL,
-                        O,
-                        b,
-                        hk,
-                        bh,
-                        s_lo,
-                        s_hi,
-                        total,
-                        NUM_PROGRAMS,
-                        GROUP,
-                        s_ob,
-                        s_oh,
-                        HEAD_DIM,
-                        GP,
-                        BLOCK_S,
-                    )
-                    tl.store(CNT + bh, 0)  # the pair is done: leave its counter at zero for the next call
-        t = seg_end
 
 
 @triton.jit
@@ -400,7 +529,9 @@ def _merge_slots(PO, PL, slots, ok, g, GROUP, m, den, acc, HEAD_DIM: tl.constexp
     # Fold partial slots ``slots`` (where ``ok``) of query head g into the running (m, den, acc).
     offs_d = tl.arange(0, HEAD_DIM)
     lse = tl.load(PL + slots * GROUP + g, mask=ok, other=float("-inf"))
-    part = tl.load(PO + (slots * GROUP + g)[:, None] * HEAD_DIM + offs_d[None, :], mask=ok[:, None], other=0.0)
+    part = tl.load(
+        PO + (slots * GROUP + g)[:, None] * HEAD_DIM + offs_d[None, :], mask=ok[:, None], other=0.0
+    )
     m_new = tl.maximum(m, tl.max(lse, 0))
     w = tl.math.exp2(lse - m_new)
     scale = tl.math.exp2(m - m_new)
@@ -425,6 +556,7 @@ def _reduce_kernel(
     BLOCK_S: tl.constexpr,
     STREAM_K: tl.constexpr,
     GUESS_P2: tl.constexpr,
+    WIDE: tl.constexpr,
 ):
     """Merge the partials of query head (b, h) by their log-sum-exp weights; write Out[b, h].
 
@@ -453,11 +585,15 @@ def _reduce_kernel(
             in_q = offs_q < GUESS
             lse_q = tl.load(PL + q_slots * GROUP + g, mask=in_q, other=float("-inf"))
             part_q = tl.load(
-                PO + (q_slots * GROUP + g)[:, None] * HEAD_DIM + offs_d[None, :], mask=in_q[:, None], other=0.0
+                PO + (q_slots * GROUP + g)[:, None] * HEAD_DIM + offs_d[None, :],
+                mask=in_q[:, None],
+                other=0.0,
             )
         s_lo = tl.load(RNG + 2 * bh)
         s_hi = tl.load(RNG + 2 * bh + 1)
-        total = tl.load(RNG + 2 * BH).to(tl.int64)
+        total = tl.load(RNG + 2 * BH)
+        if WIDE:  # program * total may not fit 32 bits
+            total = total.to(tl.int64)
         # a pair inside one program's run (one slot) was written to Out by that program:
         # no slots to merge, nothing to store
         need = offs_d < tl.where(s_hi - s_lo > 1, HEAD_DIM, 0)
@@ -465,7 +601,9 @@ def _reduce_kernel(
         if GUESS_P2 > 0:
             hit = (s_lo == g_lo) & (s_hi == g_lo + GUESS)
             if hit:
-                prog = (q_slots - bh).to(tl.int64)
+                prog = q_slots - bh
+                if WIDE:
+                    prog = prog.to(tl.int64)
                 ok = in_q & ((prog + 1) * total // NUM_PIECES > prog * total // NUM_PIECES)  # owned a tile
                 lse_q = tl.where(ok, lse_q, float("-inf"))
                 m = tl.max(lse_q, 0)
@@ -481,7 +619,9 @@ def _reduce_kernel(
         slots = s0 + offs_s
         ok = slots < s_hi
         if STREAM_K:  # skip programs that owned no tile (only when there are fewer tiles than programs)
-            prog = (slots - bh).to(tl.int64)
+            prog = slots - bh
+            if WIDE:
+                prog = prog.to(tl.int64)
             ok = ok & ((prog + 1) * total // NUM_PIECES > prog * total // NUM_PIECES)
         m, den, acc = _merge_slots(PO, PL, slots, ok, g, GROUP, m, den, acc, HEAD_DIM)
     out = acc / tl.where(need, den, 1.0)

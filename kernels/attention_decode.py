@@ -64,6 +64,8 @@ _STREAM_K_FUSED = False
 _STREAM_K_REDUCE_GUESS = True
 #: the most slots per pair loaded that way.
 _REDUCE_GUESS_MAX = 64
+#: stream-K programs run their first piece outside the loop over pieces.
+_STREAM_K_PEEL = True
 #: stream-K program offsets ``p * total_tiles`` are computed in 32 bits below this bound, in 64 above.
 _INT32_PRODUCT_LIMIT = 2**31
 #: the counter workspaces, keyed by (device type, device index, stream); grown, never shrunk.
@@ -230,12 +232,14 @@ def launch_decode(
             q, k, v, kv_lens, bt, po, pl, scale, Hkv, group, chunk, pieces, *strides, **consts, **meta
         )
         rng = kv_lens  # not read by the split-KV reduction
+        wide = False  # no program offsets in the split-KV reduction
     else:
         if bh > MAX_STREAM_K_PAIRS:
             raise KernelInputError(
                 f"q: stream_k supports at most {MAX_STREAM_K_PAIRS} (sequence, kv head) pairs, got {bh}"
             )
         pieces = stream_k_programs(num_splits, num_sms(q.device), bh, max_tiles)
+        wide = (pieces + 1) * bh * max_tiles >= _INT32_PRODUCT_LIMIT
         bh_p2 = next_pow2(bh)
         fused = _STREAM_K_FUSED
         po = torch.empty(((pieces + bh) * group, D), dtype=torch.float32, device=q.device)
@@ -266,7 +270,8 @@ def launch_decode(
             o.stride(1),
             BH_P2=bh_p2,
             FUSED=fused,
-            WIDE=pieces * bh * max_tiles >= _INT32_PRODUCT_LIMIT,
+            WIDE=wide,
+            PEEL=_STREAM_K_PEEL,
             GP=gp,
             BLOCK_S=max(1, _FUSED_MERGE_ROWS // gp),
             **consts,
@@ -292,6 +297,7 @@ def launch_decode(
         BLOCK_S=_REDUCE_BLOCK_S,
         STREAM_K=schedule is DecodeSchedule.STREAM_K,
         GUESS_P2=next_pow2(guess) if guess else 0,
+        WIDE=wide,
     )
     return o
 
