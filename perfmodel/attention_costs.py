@@ -90,19 +90,27 @@ def prefill_schedule_s(op: Attention, gpu: GPU, p: ClassParams, splits, math_pea
 TRITON_DECODE_BLOCK_N = 64.0  # keys per tile of kernels.attention_decode (split-KV and stream-K)
 
 
-def triton_decode_pieces(units, kv_len, slots: int, rule: int):
+def triton_decode_pieces(units, kv_len, slots: int, rule: int, sm_count: int | None = None):
     """(programs, KV pieces per (sequence, kv head)) of our Triton decode kernels.
 
     split-KV (``kernels.attention_decode``): ``splits = ceil(slots / units)`` chunks of whole
-    64-key tiles per (sequence, kv head), ``pieces = ceil(kv / chunk)``.  Stream-K: ``min(slots,
-    tiles)`` programs share all KV tiles equally; a program's run ends a piece at each (sequence,
-    kv head) boundary, so there are about ``programs + units`` pieces in all.
+    64-key tiles per (sequence, kv head), ``pieces = ceil(kv / chunk)``.  Stream-K: one program per
+    SM (``sm_count``; ``slots`` when not given), rounded down to a multiple of the ``units``
+    (sequence, kv head) pairs when there are fewer pairs, and at most one per tile, share all KV
+    tiles equally.  Rounded, every program's run lies inside one pair (``programs / units`` pieces
+    per pair); otherwise a run ends a piece at each pair boundary, about ``programs + units``
+    pieces in all.
     """
     kv = np.asarray(kv_len, dtype=np.float64)
     n_tiles = np.maximum(np.ceil(kv / TRITON_DECODE_BLOCK_N), 1.0)
     if rule == SPLIT_STREAM:
-        programs = np.minimum(float(slots), units * n_tiles)
-        return programs, (programs + units) / units
+        target = float(sm_count or slots)
+        u = np.maximum(np.asarray(units, dtype=np.float64), 1.0)
+        aligned = u <= target
+        target = np.where(aligned, np.floor(target / u) * u, target)
+        programs = np.maximum(np.minimum(target, u * n_tiles), 1.0)
+        pieces = np.where(aligned, np.maximum(programs / u, 1.0), (programs + u) / u)
+        return programs, pieces
     splits = np.maximum(np.ceil(slots / units), 1.0)
     chunk = np.ceil(np.ceil(kv / np.minimum(splits, n_tiles)) / TRITON_DECODE_BLOCK_N) * TRITON_DECODE_BLOCK_N
     pieces = np.ceil(kv / chunk)

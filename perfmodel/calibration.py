@@ -118,7 +118,8 @@ class ClassParams:
         (above 1 when one SM's share is outrun by one unit; 0: no per-unit byte term)
     split_rule : int, how an attention kernel splits the KV axis over programs (0: no split;
         1: the flash-attention heuristic over ``2 * SMs`` slots; 2: enough splits to fill
-        ``2 * SMs`` programs; 3: stream-K, ``2 * SMs`` programs sharing all KV blocks equally)
+        ``2 * SMs`` programs; 3: stream-K, one program per SM (rounded down to a multiple of the
+        (sequence, kv head) pairs when there are fewer) sharing all KV tiles equally)
     split_latency_s : float, seconds added when the KV axis is split (the combine kernel)
     split_memory_eff : float, memory efficiency of the split-KV path (0: ``memory_eff``)
     knee_bytes : float, size above which ``tail_memory_eff`` applies to the extra bytes (0: none)
@@ -142,6 +143,10 @@ class ClassParams:
         ``tile_m * (4 * head_dim + score_flops)`` (0: none), so small heads cost more per FLOP
     split_piece_s : float, split decode attention: seconds the combine kernel adds per KV split (per piece for
         our Triton kernels): its few blocks read every split's partial row in turn (0: none)
+    unit_step_s : float, decode attention with an occupancy term: seconds one work unit spends per KV
+        tile it walks that its byte stream does not hide (a load round trip per tile; Little's law
+        with one tile in flight), so a unit of ``n`` tiles takes ``unit_overhead_s + n * unit_step_s +
+        bytes / rate``; smaller heads move fewer bytes per tile and lose more to it (0: none)
     """
 
     compute_eff: float = 1.0
@@ -172,6 +177,7 @@ class ClassParams:
     row_tail_memory_eff: float = 0.0
     score_flops: float = 0.0
     split_piece_s: float = 0.0
+    unit_step_s: float = 0.0
 
     def validate(self, where: str) -> None:
         for name in ("compute_eff", "memory_eff"):
@@ -191,7 +197,8 @@ class ClassParams:
             raise ProfileError(f"{where}: split_rule must be one of {sorted(SPLIT_RULES)}, got {self.split_rule}")
         for name in ("latency_s", "ramp_flops", "ramp_bytes", "bandwidth_bytes_per_s", "tile_m", "tile_n",
                      "tile_m_min", "tile_overhead_s", "units_per_sm", "unit_overhead_s", "unit_memory_eff",
-                     "split_latency_s", "knee_bytes", "row_knee_bytes", "score_flops", "split_piece_s"):
+                     "split_latency_s", "knee_bytes", "row_knee_bytes", "score_flops", "split_piece_s",
+                     "unit_step_s"):
             v = getattr(self, name)
             if not math.isfinite(v) or v < 0:
                 raise ProfileError(f"{where}: {name} must be finite and >= 0, got {v}")

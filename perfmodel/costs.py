@@ -151,11 +151,12 @@ def _roofline(fl, by, peak_flops_per_s, bw_bytes_per_s, p: ClassParams, bound: B
     return OpCost(compute_s=c, memory_s=m, latency_s=lat, overlap_s=ov, flops=fl, bytes=by, memory_bound=bound)
 
 
-def unit_waves_s(units, by, sm_count: int, bw_bytes_per_s: float, p: ClassParams):
+def unit_waves_s(units, by, sm_count: int, bw_bytes_per_s: float, p: ClassParams, steps=0.0):
     """Occupancy floor of the memory time: ``units`` thread blocks streaming ``by`` bytes in all.
 
-    ``p.units_per_sm * sm_count`` blocks run at once; each takes ``unit_overhead_s +
-    (by / units) / (unit_memory_eff * bw_bytes_per_s / sm_count)``; the partial last wave costs ``wave_quant`` of a full one.
+    ``p.units_per_sm * sm_count`` blocks run at once; each takes ``unit_overhead_s + steps *
+    unit_step_s + (by / units) / (unit_memory_eff * bw_bytes_per_s / sm_count)`` (``steps``: KV tiles
+    one block walks); the partial last wave costs ``wave_quant`` of a full one.
     Few blocks cannot keep enough bytes in flight to reach the HBM bandwidth (Little's law), so
     the memory time is at least this.  0 when ``units_per_sm`` is 0 (peak mode).
     """
@@ -166,6 +167,8 @@ def unit_waves_s(units, by, sm_count: int, bw_bytes_per_s: float, p: ClassParams
     waves = exact + p.wave_quant * (np.ceil(exact) - exact)
     rate = p.unit_memory_eff * (p.bandwidth_bytes_per_s or bw_bytes_per_s) / sm_count
     unit_s = p.unit_overhead_s + (np.asarray(by, dtype=np.float64) / u / rate if rate > 0 else 0.0)
+    if p.unit_step_s > 0:
+        unit_s = unit_s + p.unit_step_s * np.asarray(steps, dtype=np.float64)
     return waves * unit_s
 
 
@@ -265,7 +268,7 @@ def _attention_cost(op: Attention, gpu: GPU, prof: Profile) -> OpCost:
         n_blocks = np.ceil(np.asarray(op.kv_len, dtype=np.float64) / flash_block_n(op.head_dim))
         slots = 2 * gpu.sm_count
         if p.split_rule in (SPLIT_FILL, SPLIT_STREAM):
-            programs, pieces = triton_decode_pieces(units, op.kv_len, slots, p.split_rule)
+            programs, pieces = triton_decode_pieces(units, op.kv_len, slots, p.split_rule, gpu.sm_count)
             split = np.asarray(pieces) > 1 if p.split_rule == SPLIT_FILL else np.ones(np.shape(pieces), bool)
             # the combine kernel always runs: its launch, and the fp32 partials (a row of head_dim
             # values and a log-sum-exp per query head and piece) written and read back
@@ -275,7 +278,8 @@ def _attention_cost(op: Attention, gpu: GPU, prof: Profile) -> OpCost:
                 split_lat = split_lat + partial_bytes / (p.reduce_bytes_eff * gpu.hbm_bytes_per_s)
             if p.split_memory_eff > 0:
                 eff = np.where(split, p.split_memory_eff, p.memory_eff)
-            floor = unit_waves_s(programs, by, gpu.sm_count, gpu.hbm_bytes_per_s, p)
+            tiles = units * np.maximum(np.ceil(np.asarray(op.kv_len, dtype=np.float64) / TRITON_DECODE_BLOCK_N), 1.0)
+            floor = unit_waves_s(programs, by, gpu.sm_count, gpu.hbm_bytes_per_s, p, tiles / programs)
         else:
             if p.split_rule == SPLIT_FLASH:
                 splits = flash_splits(units, n_blocks, slots)
@@ -288,7 +292,7 @@ def _attention_cost(op: Attention, gpu: GPU, prof: Profile) -> OpCost:
             if p.split_memory_eff > 0:
                 eff = np.where(split, p.split_memory_eff, p.memory_eff)
             if not scheduled:
-                floor = unit_waves_s(units * splits, by, gpu.sm_count, gpu.hbm_bytes_per_s, p)
+                floor = unit_waves_s(units * splits, by, gpu.sm_count, gpu.hbm_bytes_per_s, p, n_blocks / splits)
     if scheduled:
         fl_eff = 0.0
         extra = prefill_schedule_s(op, gpu, p, np.asarray(splits, dtype=np.float64), gpu.flops_for(math_dtype))

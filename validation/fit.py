@@ -84,6 +84,7 @@ _UNIT_BW = Param("unit_memory_eff", -2.0, 2.0, 0.0, log10=True)
 _SPLIT_LAT = Param("split_latency_s", 0.0, 50.0, 2.0, factor=1e-6)
 _SPLIT_EFF = _EFF("split_memory_eff", 0.9)
 _SPLIT_PIECE = Param("split_piece_s", 0.0, 2.0, 0.1, factor=1e-6)
+_UNIT_STEP = Param("unit_step_s", 0.0, 5.0, 0.1, factor=1e-6)
 _KNEE = Param("knee_bytes", 4.0, 9.5, 7.0, log10=True)
 _TAIL_EFF = Param("tail_memory_eff", 0.02, 1.5, 0.2)
 _PAGEABLE_SPEC = (_EFF("memory_eff", 0.3), _LAT, _KNEE, _TAIL_EFF)
@@ -133,7 +134,7 @@ def _spec(key: str):
         return _PREFILL_SPEC + ((_SPLIT_LAT,) if rule != SPLIT_NONE else ()), _choices(_PREFILL_TILES, rule)
     if base == "attention_decode":  # rows of a KV head's query group, padded to the kernel's tile
         extra = (_REDUCE_EFF,) if rule in (SPLIT_FILL, SPLIT_STREAM) else ()
-        return _COMPUTE_SPEC + occupancy + extra, _choices(_DECODE_TILES, rule)
+        return _COMPUTE_SPEC + occupancy + (_UNIT_STEP,) + extra, _choices(_DECODE_TILES, rule)
     if base == "elementwise:rmsnorm":  # one block per row: the row count sets the occupancy
         return _ROW_SPEC + (_ROW_TAIL,), tuple({"units_per_sm": u, "row_knee_bytes": kb}
                                                for u in (1.0, 2.0, 4.0, 8.0, 16.0) for kb in _ROW_KNEES)
