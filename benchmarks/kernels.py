@@ -448,12 +448,13 @@ class _NoLaunch:
 #: stream-K variants of the ``streamk`` section: (label, module flags); "main only" variants
 #: skip the reduction kernel (wrong output, timing of the first kernel alone).
 STREAMK_VARIANTS = (
-    ("stream-K reduce", {"_STREAM_K_FUSED": False, "_STREAM_K_REDUCE_GUESS": False}),
-    ("stream-K reduce+guess", {"_STREAM_K_FUSED": False, "_STREAM_K_REDUCE_GUESS": True}),
-    ("stream-K fused", {"_STREAM_K_FUSED": True, "_STREAM_K_REDUCE_GUESS": False}),
-    ("stream-K reduce+guess, no peel", {"_STREAM_K_FUSED": False, "_STREAM_K_REDUCE_GUESS": True,
-                                         "_STREAM_K_PEEL": False}),
+    ("SK default", {}),
+    ("SK 2/SM <=16t", {"_STREAM_K_SMALL_PROGRAMS_PER_SM": 2}),
+    ("SK 2/SM <=64t", {"_STREAM_K_SMALL_PROGRAMS_PER_SM": 2, "_STREAM_K_SMALL_TILES_PER_SM": 64}),
+    ("SK 2/SM all", {"_STREAM_K_PROGRAMS_PER_SM": 2, "_STREAM_K_SMALL_PROGRAMS_PER_SM": 2}),
 )
+#: also time the first kernel of each schedule alone (reduction launch skipped)
+STREAMK_MAIN_ONLY = False
 
 
 def _with_flags(mod, flags, fn):
@@ -469,9 +470,9 @@ def _with_flags(mod, flags, fn):
 
 def streamk() -> None:
     """Focused stream-K vs split-KV decode grid (CUDA-graph timing): split-KV default, the
-    stream-K variants of ``STREAMK_VARIANTS`` (reduction kernel or fused merge with the
-    self-resetting counter workspace; with or without the uniform-length closed form), and the
-    first kernel of split-KV and of stream-K (reduce) alone, to split the fixed costs."""
+    stream-K variants of ``STREAMK_VARIANTS`` (module settings of ``kernels.attention_decode``:
+    program counts, merge path, ...), and with ``STREAMK_MAIN_ONLY`` the first kernel of each
+    schedule alone (reduction launch skipped), to split the fixed costs."""
     _stream_k_check()
     mod = sys.modules["kernels.attention_decode"]
     dk = sys.modules["kernels._decode_kernels"]
@@ -491,24 +492,26 @@ def streamk() -> None:
             tv = _with_flags(mod, flags, lambda: _decode_case(bsz, length, schedules=("stream_k",),
                                                                meta=label, **case))
             times[label] = tv[("stream_k", None)]
-        real = dk._reduce_kernel
-        dk._reduce_kernel = _NoLaunch()
-        try:
-            times["split-KV main only"] = _decode_case(bsz, length, schedules=("split_kv",),
-                                                       meta="main kernel only", **case)[("split_kv", None)]
-            times["stream-K reduce main only"] = _with_flags(
-                mod, {"_STREAM_K_FUSED": False, "_STREAM_K_PEEL": True},
-                lambda: _decode_case(bsz, length, schedules=("stream_k",), meta="main kernel only", **case),
-            )[("stream_k", None)]
-        finally:
-            dk._reduce_kernel = real
+        if STREAMK_MAIN_ONLY:
+            real = dk._reduce_kernel
+            dk._reduce_kernel = _NoLaunch()
+            try:
+                times["split-KV main only"] = _decode_case(bsz, length, schedules=("split_kv",),
+                                                           meta="main kernel only", **case)[("split_kv", None)]
+                times["stream-K reduce main only"] = _with_flags(
+                    mod, {"_STREAM_K_FUSED": False},
+                    lambda: _decode_case(bsz, length, schedules=("stream_k",), meta="main kernel only", **case),
+                )[("stream_k", None)]
+            finally:
+                dk._reduce_kernel = real
         sd = next((r["baseline_time_s"] for r in reversed(ROWS) if r["section"] == "decode"
                    and r["case"] == f"B{bsz} L{length}{' ragged' if ragged else ''}"), None)
         times["flash SDPA"] = sd
         table.append({"batch": bsz, "kv_len": length, "ragged": ragged, "pairs": bsz * 8,
                       **{k + " s": v for k, v in times.items()}})
     INFO["streamk_table"] = table
-    cols = ["split-KV", *labels, "split-KV main only", "stream-K reduce main only", "flash SDPA"]
+    cols = ["split-KV", *labels, *(["split-KV main only", "stream-K reduce main only"] if STREAMK_MAIN_ONLY else []),
+            "flash SDPA"]
     print("\n   B      L rag " + " ".join(f"{c[:14]:>14s}" for c in cols) + "   (us)")
     wins = {k: 0 for k in labels}
     n = 0
