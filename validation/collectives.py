@@ -435,7 +435,7 @@ def evaluate(rows: list[dict], fits: dict[str, dict]) -> dict:
     import numpy as np
 
     from hw.loader import load_gpu
-    from perfmodel.calibration import ClassParams, Mode, OpClass, Profile
+    from perfmodel.calibration import Mode, OpClass, Profile
     from perfmodel.comm import bandwidth_only_time, collective_time
     from perfmodel.ops import OpKind
 
@@ -593,7 +593,7 @@ def ring_step_overlap_from_model(r: dict, gpu, prof, rs):
 
 def report(data: str, ring: str | None = None, write_profile: bool = False) -> dict:
     """Fit every class in ``data``, evaluate, optionally write the H200 profile's collective classes."""
-    from perfmodel.calibration import ClassParams, Mode, OpClass, Profile
+    from perfmodel.calibration import Mode, OpClass, Profile
 
     rows = load_rows(data)
     ops = [op for op in (*COLL_OPS, "send_recv") if any(r.get("op") == op for r in rows)]

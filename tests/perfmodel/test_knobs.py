@@ -2,7 +2,6 @@
 
 import math
 
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -12,7 +11,7 @@ from hw.spec import Dtype
 from perfmodel.analyze import analyze
 from perfmodel.calibration import peak_profile
 from perfmodel.knobs import AttentionOffload, Knobs, KnobError, KvTier, TierKind
-from perfmodel.layers import Precision, kv_bytes_per_token_per_gpu, model_ops
+from perfmodel.layers import kv_bytes_per_token_per_gpu, model_ops
 from perfmodel.match import match_context
 from perfmodel.models import spec_from_config
 from perfmodel.ops import Phase, bytes_moved, flops
