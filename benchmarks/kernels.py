@@ -449,9 +449,6 @@ class _NoLaunch:
 #: skip the reduction kernel (wrong output, timing of the first kernel alone).
 STREAMK_VARIANTS = (
     ("SK default", {}),
-    ("SK 2/SM <=16t", {"_STREAM_K_SMALL_PROGRAMS_PER_SM": 2}),
-    ("SK 2/SM <=64t", {"_STREAM_K_SMALL_PROGRAMS_PER_SM": 2, "_STREAM_K_SMALL_TILES_PER_SM": 64}),
-    ("SK 2/SM all", {"_STREAM_K_PROGRAMS_PER_SM": 2, "_STREAM_K_SMALL_PROGRAMS_PER_SM": 2}),
 )
 #: also time the first kernel of each schedule alone (reduction launch skipped)
 STREAMK_MAIN_ONLY = False
@@ -525,6 +522,16 @@ def streamk() -> None:
     INFO["streamk_wins_lt_sms"] = {"shapes": n, **wins}
     for k, w in wins.items():
         print(f"{k} faster than split-KV in {w} of {n} shapes with B*Hkv < {sms}")
+    # far more (sequence, kv head) pairs than SMs, short caches (outside the target's range)
+    many = []
+    for bsz, length, hq, hkv, d in ((128, 256, 32, 32, 64), (64, 1024, 32, 32, 64), (128, 1024, 32, 8, 128),
+                                     (128, 256, 16, 4, 64)):
+        t = _decode_case(bsz, length, hq=hq, hkv=hkv, d=d, sdpa=False, section="sweep", meta="many pairs")
+        many.append({"batch": bsz, "kv_len": length, "q_heads": hq, "kv_heads": hkv, "head_dim": d,
+                     "split_kv_s": t[("split_kv", None)], "stream_k_s": t[("stream_k", None)]})
+        print(f"many pairs B={bsz} L={length} Hq={hq} Hkv={hkv} D={d}: split-KV {t[('split_kv', None)] * 1e6:.1f} us, "
+              f"stream-K {t[('stream_k', None)] * 1e6:.1f} us")
+    INFO["streamk_many_pairs"] = many
 
 
 def _fmt(x, scale=1.0, nd=2):

@@ -171,13 +171,14 @@ def _split_kv_kernel(
 
 
 @triton.jit
-def _tile_prefix(KV_LENS, Hkv, BH, BLOCK_N: tl.constexpr, BH_P2: tl.constexpr):
-    # Tiles of every (sequence, kv head) pair and their inclusive prefix sum over the
-    # concatenation of all pairs; also each pair's length (so no second load is needed).
-    idx = tl.arange(0, BH_P2)
-    lens = tl.load(KV_LENS + idx // Hkv, mask=idx < BH, other=0)
-    tiles = (lens + BLOCK_N - 1) // BLOCK_N
-    return idx, lens, tiles, tl.cumsum(tiles, 0)
+def _tile_prefix(KV_LENS, Hkv, B, BLOCK_N: tl.constexpr, B_P2: tl.constexpr):
+    # Per sequence: its length, and the inclusive prefix sum of the KV tiles of all its kv heads
+    # over the concatenation of all (sequence, kv head) pairs; the sequences' kv heads are
+    # consecutive and equally long, so the pairs need no vector of their own.
+    idx = tl.arange(0, B_P2)
+    lens = tl.load(KV_LENS + idx, mask=idx < B, other=0)
+    seq_tiles = (lens + BLOCK_N - 1) // BLOCK_N * Hkv
+    return idx, lens, seq_tiles, tl.cumsum(seq_tiles, 0)
 
 
 @triton.jit
@@ -302,14 +303,15 @@ def _stream_k_segment(
     """One piece of program p's run: its tiles from t on that lie in one (sequence, kv head)
     pair; attend, then write the output or a partial (and the plan, or merge when FUSED).
     Returns where the piece ends."""
-    bh = tl.sum((incl <= t).to(tl.int32), 0)  # first pair whose tiles reach past t
-    got = tl.sum(tl.where(idx == bh, packed, 0), 0)
+    b = tl.sum((incl <= t).to(tl.int32), 0)  # first sequence whose tiles reach past t
+    got = tl.sum(tl.where(idx == b, packed, 0), 0)
     kv_len = (got & 0xFFFFFFFF).to(tl.int32)
-    pair_tiles = (kv_len + BLOCK_N - 1) // BLOCK_N
-    first_tile = (got >> 32).to(tl.int32) - pair_tiles
+    pair_tiles = (kv_len + BLOCK_N - 1) // BLOCK_N  # >= 1: a sequence without tiles is never found
+    seq_first = (got >> 32).to(tl.int32) - pair_tiles * Hkv
+    hk = (t - seq_first) // pair_tiles
+    bh = b * Hkv + hk
+    first_tile = seq_first + hk * pair_tiles
     seg_end = tl.minimum(t_end, first_tile + pair_tiles)
-    b = bh // Hkv
-    hk = bh % Hkv
     q = _load_q_group(Q, b, hk, s_qb, s_qh, GROUP, HEAD_DIM, BLOCK_G, UPCAST)
     n_lo = (t - first_tile) * BLOCK_N
     n_hi = tl.minimum((seg_end - first_tile) * BLOCK_N, kv_len)
@@ -402,7 +404,7 @@ def _stream_k_kernel(
     HEAD_DIM: tl.constexpr,
     BLOCK_G: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    BH_P2: tl.constexpr,
+    B_P2: tl.constexpr,
     PAGED: tl.constexpr,
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
@@ -426,8 +428,8 @@ def _stream_k_kernel(
     ``RNG[2*BH]`` the total tile count (by program 0), so the reduction needs no prefix sum.
     """
     p = tl.program_id(0)
-    idx, lens, tiles, incl = _tile_prefix(KV_LENS, Hkv, BH, BLOCK_N, BH_P2)
-    total = tl.sum(tiles, 0)
+    idx, lens, seq_tiles, incl = _tile_prefix(KV_LENS, Hkv, BH // Hkv, BLOCK_N, B_P2)
+    total = tl.sum(seq_tiles, 0)
     if not FUSED:
         if p == 0:
             tl.store(RNG + 2 * BH, total)
@@ -437,7 +439,7 @@ def _stream_k_kernel(
     else:
         t = p * total // NUM_PROGRAMS
         t_end = (p + 1) * total // NUM_PROGRAMS
-    # the pair's prefix end and length packed in one int64, so one reduction finds both
+    # the sequence's prefix end and length packed in one int64, so one reduction finds both
     packed = (incl.to(tl.int64) << 32) + lens.to(tl.int64)
     if PEEL:  # the first piece outside the loop: its tile loop is a top-level loop
         if t < t_end:

@@ -36,11 +36,11 @@ from ._common import (
 )
 from ._counts import attention_bytes, attention_flops
 
-__all__ = ["HEAD_DIMS", "MAX_STREAM_K_PAIRS", "DecodeSchedule", "attention_decode", "bytes_moved", "flops"]
+__all__ = ["HEAD_DIMS", "MAX_STREAM_K_BATCH", "DecodeSchedule", "attention_decode", "bytes_moved", "flops"]
 
 HEAD_DIMS = (64, 128)
-#: stream-K keeps a prefix sum over all (sequence, kv head) pairs in registers; this bounds it.
-MAX_STREAM_K_PAIRS = 16384
+#: stream-K keeps a prefix sum over the sequences in registers; this bounds the batch.
+MAX_STREAM_K_BATCH = 16384
 _LOG2E = 1.4426950408889634
 _GPU_META = {"BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
 _INTERPRETER_META = {"BLOCK_N": 16}
@@ -234,13 +234,11 @@ def launch_decode(
         rng = kv_lens  # not read by the split-KV reduction
         wide = False  # no program offsets in the split-KV reduction
     else:
-        if bh > MAX_STREAM_K_PAIRS:
-            raise KernelInputError(
-                f"q: stream_k supports at most {MAX_STREAM_K_PAIRS} (sequence, kv head) pairs, got {bh}"
-            )
+        if B > MAX_STREAM_K_BATCH:
+            raise KernelInputError(f"q: stream_k supports a batch of at most {MAX_STREAM_K_BATCH}, got {B}")
         pieces = stream_k_programs(num_splits, num_sms(q.device), bh, max_tiles)
         wide = (pieces + 1) * bh * max_tiles >= _INT32_PRODUCT_LIMIT
-        bh_p2 = next_pow2(bh)
+        b_p2 = next_pow2(B)
         fused = _STREAM_K_FUSED
         po = torch.empty(((pieces + bh) * group, D), dtype=torch.float32, device=q.device)
         pl = torch.empty(((pieces + bh) * group,), dtype=torch.float32, device=q.device)
@@ -268,7 +266,7 @@ def launch_decode(
             *strides,
             o.stride(0),
             o.stride(1),
-            BH_P2=bh_p2,
+            B_P2=b_p2,
             FUSED=fused,
             WIDE=wide,
             PEEL=_STREAM_K_PEEL,

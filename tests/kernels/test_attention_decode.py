@@ -256,3 +256,12 @@ def test_reduce_guess(schedule, programs, pairs, expect):
     from kernels.attention_decode import DecodeSchedule, _reduce_guess
 
     assert _reduce_guess(DecodeSchedule(schedule), programs, pairs) == expect
+
+
+def test_stream_k_batch_limit(monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys.modules["kernels.attention_decode"], "MAX_STREAM_K_BATCH", 2)
+    q, k, v, lens = _inputs(3, 4, 2, 8, 64, torch.float32)
+    with pytest.raises(kernels.KernelInputError, match=r"^q: stream_k supports a batch of at most 2, got 3"):
+        kernels.attention_decode(q, k, v, lens, schedule="stream_k")
