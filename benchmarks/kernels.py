@@ -524,14 +524,27 @@ def streamk() -> None:
         print(f"{k} faster than split-KV in {w} of {n} shapes with B*Hkv < {sms}")
     # far more (sequence, kv head) pairs than SMs, short caches (outside the target's range)
     many = []
+    # other head layouts: far more (sequence, kv head) pairs than SMs with short caches (outside the
+    # target's range), and head_dim 64 (stream-K with 128-key tiles, the default, and with 64)
     for bsz, length, hq, hkv, d in ((128, 256, 32, 32, 64), (64, 1024, 32, 32, 64), (128, 1024, 32, 8, 128),
-                                     (128, 256, 16, 4, 64)):
-        t = _decode_case(bsz, length, hq=hq, hkv=hkv, d=d, sdpa=False, section="sweep", meta="many pairs")
-        many.append({"batch": bsz, "kv_len": length, "q_heads": hq, "kv_heads": hkv, "head_dim": d,
-                     "split_kv_s": t[("split_kv", None)], "stream_k_s": t[("stream_k", None)]})
-        print(f"many pairs B={bsz} L={length} Hq={hq} Hkv={hkv} D={d}: split-KV {t[('split_kv', None)] * 1e6:.1f} us, "
-              f"stream-K {t[('stream_k', None)] * 1e6:.1f} us")
-    INFO["streamk_many_pairs"] = many
+                                     (128, 256, 16, 4, 64), (1, 1024, 32, 8, 64), (1, 16384, 32, 8, 64),
+                                     (1, 262144, 32, 8, 64), (2, 4096, 32, 8, 64), (4, 65536, 32, 8, 64),
+                                     (16, 1024, 32, 8, 64), (16, 16384, 32, 8, 64), (8, 4096, 16, 4, 64),
+                                     (16, 65536, 16, 4, 64)):
+        t = _decode_case(bsz, length, hq=hq, hkv=hkv, d=d, sdpa=False, section="sweep", meta="head layouts")
+        row = {"batch": bsz, "kv_len": length, "q_heads": hq, "kv_heads": hkv, "head_dim": d,
+               "split_kv_s": t[("split_kv", None)], "stream_k_s": t[("stream_k", None)]}
+        extra = ""
+        if d <= 64:
+            t64 = _with_flags(mod, {"_STREAM_K_BLOCK_N_SMALL_HEAD": 64}, lambda: _decode_case(
+                bsz, length, hq=hq, hkv=hkv, d=d, sdpa=False, section="sweep", schedules=("stream_k",),
+                meta="head layouts, 64-key tiles"))
+            row["stream_k_64key_s"] = t64[("stream_k", None)]
+            extra = f", stream-K with 64-key tiles {t64[('stream_k', None)] * 1e6:.1f} us"
+        many.append(row)
+        print(f"layout B={bsz} L={length} Hq={hq} Hkv={hkv} D={d} pairs={bsz * hkv}: split-KV "
+              f"{t[('split_kv', None)] * 1e6:.1f} us, stream-K {t[('stream_k', None)] * 1e6:.1f} us{extra}")
+    INFO["streamk_head_layouts"] = many
 
 
 def _fmt(x, scale=1.0, nd=2):

@@ -44,6 +44,9 @@ MAX_STREAM_K_BATCH = 16384
 _LOG2E = 1.4426950408889634
 _GPU_META = {"BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
 _INTERPRETER_META = {"BLOCK_N": 16}
+#: keys per stream-K tile for head_dim <= 64 on the GPU: each program walks its tiles one after
+#: another, and a 64-key tile of a head_dim-64 cache is half the bytes of a head_dim-128 one.
+_STREAM_K_BLOCK_N_SMALL_HEAD = 128
 _REDUCE_BLOCK_S = 16
 #: stream-K programs per SM when ``num_splits`` is not given (capped at the number of tiles).
 _STREAM_K_PROGRAMS_PER_SM = 1
@@ -236,6 +239,11 @@ def launch_decode(
     else:
         if B > MAX_STREAM_K_BATCH:
             raise KernelInputError(f"q: stream_k supports a batch of at most {MAX_STREAM_K_BATCH}, got {B}")
+        if D <= 64:  # one program per SM: keep a head_dim-128 tile's bytes in flight
+            # (the interpreter doubles its small tile instead, so the tests take this path)
+            block_n = 2 * block_n if interp else _STREAM_K_BLOCK_N_SMALL_HEAD
+            consts["BLOCK_N"] = block_n
+            max_tiles = triton.cdiv(max_len, block_n)
         pieces = stream_k_programs(num_splits, num_sms(q.device), bh, max_tiles)
         wide = (pieces + 1) * bh * max_tiles >= _INT32_PRODUCT_LIMIT
         b_p2 = next_pow2(B)

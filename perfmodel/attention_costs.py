@@ -90,11 +90,21 @@ def prefill_schedule_s(op: Attention, gpu: GPU, p: ClassParams, splits, math_pea
 TRITON_DECODE_BLOCK_N = 64.0  # keys per tile of kernels.attention_decode (split-KV and stream-K)
 
 
-def triton_decode_pieces(units, kv_len, slots: int, rule: int, sm_count: int | None = None):
+def triton_decode_block_n(rule: int, head_dim):
+    """Keys per KV tile of our Triton decode kernels: 64, and 128 for stream-K at head_dim <= 64
+    (its one program per SM then keeps a head_dim-128 tile's bytes in flight)."""
+    d = np.asarray(head_dim, dtype=np.float64)
+    if rule == SPLIT_STREAM:
+        return np.where(d <= 64, 2.0 * TRITON_DECODE_BLOCK_N, TRITON_DECODE_BLOCK_N)
+    return np.full(d.shape, TRITON_DECODE_BLOCK_N) if d.ndim else TRITON_DECODE_BLOCK_N
+
+
+def triton_decode_pieces(units, kv_len, slots: int, rule: int, sm_count: int | None = None, head_dim=128):
     """(programs, KV pieces per (sequence, kv head)) of our Triton decode kernels.
 
     split-KV (``kernels.attention_decode``): ``splits = ceil(slots / units)`` chunks of whole
-    64-key tiles per (sequence, kv head), ``pieces = ceil(kv / chunk)``.  Stream-K: one program per
+    64-key tiles per (sequence, kv head), ``pieces = ceil(kv / chunk)``.  Stream-K (tiles of
+    :func:`triton_decode_block_n` keys): one program per
     SM (``sm_count``; ``slots`` when not given), rounded down to a multiple of the ``units``
     (sequence, kv head) pairs when there are fewer pairs, and at most one per tile, share all KV
     tiles equally.  Rounded, every program's run lies inside one pair (``programs / units`` pieces
@@ -102,7 +112,7 @@ def triton_decode_pieces(units, kv_len, slots: int, rule: int, sm_count: int | N
     pieces in all.
     """
     kv = np.asarray(kv_len, dtype=np.float64)
-    n_tiles = np.maximum(np.ceil(kv / TRITON_DECODE_BLOCK_N), 1.0)
+    n_tiles = np.maximum(np.ceil(kv / triton_decode_block_n(rule, head_dim)), 1.0)
     if rule == SPLIT_STREAM:
         target = float(sm_count or slots)
         u = np.maximum(np.asarray(units, dtype=np.float64), 1.0)

@@ -18,6 +18,7 @@ from hw.spec import GPU, Dtype
 from perfmodel.attention_costs import (
     TRITON_DECODE_BLOCK_N,
     flash_block_n,
+    triton_decode_block_n,
     flash_splits,
     prefill_schedule_s,
     triton_decode_pieces,
@@ -268,7 +269,7 @@ def _attention_cost(op: Attention, gpu: GPU, prof: Profile) -> OpCost:
         n_blocks = np.ceil(np.asarray(op.kv_len, dtype=np.float64) / flash_block_n(op.head_dim))
         slots = 2 * gpu.sm_count
         if p.split_rule in (SPLIT_FILL, SPLIT_STREAM):
-            programs, pieces = triton_decode_pieces(units, op.kv_len, slots, p.split_rule, gpu.sm_count)
+            programs, pieces = triton_decode_pieces(units, op.kv_len, slots, p.split_rule, gpu.sm_count, op.head_dim)
             split = np.asarray(pieces) > 1 if p.split_rule == SPLIT_FILL else np.ones(np.shape(pieces), bool)
             # the combine kernel always runs: its launch, and the fp32 partials (a row of head_dim
             # values and a log-sum-exp per query head and piece) written and read back
@@ -278,7 +279,8 @@ def _attention_cost(op: Attention, gpu: GPU, prof: Profile) -> OpCost:
                 split_lat = split_lat + partial_bytes / (p.reduce_bytes_eff * gpu.hbm_bytes_per_s)
             if p.split_memory_eff > 0:
                 eff = np.where(split, p.split_memory_eff, p.memory_eff)
-            tiles = units * np.maximum(np.ceil(np.asarray(op.kv_len, dtype=np.float64) / TRITON_DECODE_BLOCK_N), 1.0)
+            block_n = triton_decode_block_n(p.split_rule, op.head_dim)
+            tiles = units * np.maximum(np.ceil(np.asarray(op.kv_len, dtype=np.float64) / block_n), 1.0)
             floor = unit_waves_s(programs, by, gpu.sm_count, gpu.hbm_bytes_per_s, p, tiles / programs)
         else:
             if p.split_rule == SPLIT_FLASH:
