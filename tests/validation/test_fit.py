@@ -6,33 +6,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hw.loader import load_gpu
 from perfmodel.calibration import ClassParams, Mode, OpClass, Profile, load_profile_file
 from perfmodel.errors import ProfileError
-from perfmodel.ops import op_from_dict
-from validation.cases import cases
-from validation.fit import ProfileFitter, predict_ops, write_profile
+from validation.fit import ProfileFitter, write_profile
 from validation.records import RecordError, read_records, split_by_family
 
 DATA = Path(__file__).resolve().parents[2] / "validation" / "data"
 H100 = "h100-sxm-80gb"
 
 
-def _synthetic(sections, true: Profile, noise=0.02, seed=0):
-    cs = cases("quick", sections)
-    ops = [op_from_dict(c.desc) for c in cs]
-    t = predict_ops(ops, load_gpu(H100), true) * np.exp(np.random.default_rng(seed).normal(0, noise, len(ops)))
-    return [{**c.desc, "measured_s": float(x), "impl": c.impl, "family": c.family, "gpu": "NVIDIA H100 80GB HBM3",
-             "gpu_model": H100, "driver": "580", "torch": "2.11", "date": "2026-11-22"} for c, x in zip(cs, t)]
-
-
-def test_fit_recovers_a_known_profile_on_held_out_families():
+def test_fit_recovers_a_known_profile_on_held_out_families(synthetic_records):
     true = Profile(H100, Mode.CALIBRATED,
                    {OpClass.GEMM: ClassParams(0.78, 0.9, 4e-6, 128, 128, 16, 0.5, 1e-6, 0.8),
                     OpClass.MEMCPY_D2D: ClassParams(memory_eff=0.92, latency_s=6e-6)},
                    elementwise={"rmsnorm": ClassParams(memory_eff=0.7, latency_s=3e-6),
                                 "residual_add": ClassParams(memory_eff=0.9, latency_s=1.5e-6)})
-    recs = [r for r in _synthetic(("gemm", "elementwise", "memcpy"), true)
+    recs = [r for r in synthetic_records(("gemm", "elementwise", "memcpy"), true)
             if r["op"] == "gemm" or r.get("name") in ("rmsnorm", "residual_add") or r.get("src") == r.get("dst")]
     train, test = split_by_family(recs)
     fitter = ProfileFitter(H100).fit(train)

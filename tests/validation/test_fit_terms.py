@@ -2,29 +2,18 @@
 
 import numpy as np
 
-from hw.loader import load_gpu
 from perfmodel.calibration import ClassParams, Mode, OpClass, Profile
-from perfmodel.ops import op_from_dict
-from validation.cases import cases
-from validation.fit import ProfileFitter, predict_ops
+from validation.fit import ProfileFitter
 from validation.records import split_by_family
 
 H100 = "h100-sxm-80gb"
 
 
-def _synthetic(sections, true: Profile, keep, noise=0.01, seed=0):
-    cs = [c for c in cases("quick", sections) if keep(c)]
-    ops = [op_from_dict(c.desc) for c in cs]
-    t = predict_ops(ops, load_gpu(H100), true) * np.exp(np.random.default_rng(seed).normal(0, noise, len(ops)))
-    return [{**c.desc, "measured_s": float(x), "impl": c.impl, "family": c.family, "gpu": "NVIDIA H100 80GB HBM3",
-             "gpu_model": H100, "driver": "580", "torch": "2.11", "date": "2026-11-22"} for c, x in zip(cs, t)]
-
-
-def test_fit_recovers_a_size_knee_of_device_copies_on_held_out_sizes():
+def test_fit_recovers_a_size_knee_of_device_copies_on_held_out_sizes(synthetic_records):
     true = Profile(H100, Mode.CALIBRATED,
                    {OpClass.MEMCPY_D2D: ClassParams(memory_eff=1.3, latency_s=6e-6, knee_bytes=2e7,
                                                     tail_memory_eff=0.9)})
-    recs = _synthetic(("memcpy",), true, lambda c: c.desc["src"] == c.desc["dst"])
+    recs = synthetic_records(("memcpy",), true, lambda c: c.desc["src"] == c.desc["dst"], noise=0.01)
     train, test = split_by_family(recs)
     fitter = ProfileFitter(H100).fit(train)
     ape = np.abs(fitter.predict_records(test) / np.array([r["measured_s"] for r in test]) - 1)
@@ -33,11 +22,12 @@ def test_fit_recovers_a_size_knee_of_device_copies_on_held_out_sizes():
     assert abs(p.tail_memory_eff - 0.9) < 0.05 and p.memory_eff > 1.0
 
 
-def test_fit_finds_the_combine_cost_per_split_of_sdpa_decode():
+def test_fit_finds_the_combine_cost_per_split_of_sdpa_decode(synthetic_records):
     true = Profile(H100, Mode.CALIBRATED,
                    {OpClass.ATTENTION_DECODE: ClassParams(memory_eff=0.8, latency_s=5e-6, split_rule=1,
                                                           split_latency_s=1e-6, split_piece_s=0.2e-6)})
-    recs = _synthetic(("attention",), true, lambda c: c.impl == "sdpa_flash" and c.desc["phase"] == "decode")
+    recs = synthetic_records(("attention",), true, lambda c: c.impl == "sdpa_flash" and c.desc["phase"] == "decode",
+                             noise=0.01)
     assert recs
     fitter = ProfileFitter(H100).fit(recs)
     ape = np.abs(fitter.predict_records(recs) / np.array([r["measured_s"] for r in recs]) - 1)
