@@ -83,6 +83,12 @@ def prefill_schedule_s(op: Attention, gpu: GPU, p: ClassParams, splits, math_pea
     per_key_s = bm * (4.0 * np.asarray(op.head_dim, dtype=np.float64) + p.score_flops) / rate
     t_mean = p.unit_overhead_s + mean_keys * per_key_s
     t_max = p.unit_overhead_s + max_keys * per_key_s
+    if p.unit_share > 0:
+        # the longest program speeds up once the shorter ones on its SM finish, up to a share
+        # ``unit_share`` of the SM's math rate (``per_sm`` programs at the base rate fill it)
+        sm_rate = p.unit_compute_eff * math_peak_flops_per_s / gpu.sm_count * per_sm
+        key_flops = bm * (4.0 * np.asarray(op.head_dim, dtype=np.float64) + p.score_flops)
+        t_max = np.minimum(t_max, p.unit_overhead_s + max_keys * key_flops / (p.unit_share * sm_rate))
     slots = max(p.units_per_sm, 1.0) * gpu.sm_count
     return np.maximum(t_max, units * t_mean / slots + p.wave_quant * t_mean)
 

@@ -147,6 +147,10 @@ class ClassParams:
         tile it walks that its byte stream does not hide (a load round trip per tile; Little's law
         with one tile in flight), so a unit of ``n`` tiles takes ``unit_overhead_s + n * unit_step_s +
         bytes / rate``; smaller heads move fewer bytes per tile and lose more to it (0: none)
+    unit_share : float in [0, 1], scheduled prefill attention: the largest share of its SM's math rate
+        one program reaches once the shorter programs beside it have finished; the longest program
+        then takes at most its keys' math at that rate (causal tiles differ in length, so a causal
+        wave ends sooner than a non-causal one of the same longest program; 0: off)
     """
 
     compute_eff: float = 1.0
@@ -178,6 +182,7 @@ class ClassParams:
     score_flops: float = 0.0
     split_piece_s: float = 0.0
     unit_step_s: float = 0.0
+    unit_share: float = 0.0
 
     def validate(self, where: str) -> None:
         for name in ("compute_eff", "memory_eff"):
@@ -202,7 +207,7 @@ class ClassParams:
             v = getattr(self, name)
             if not math.isfinite(v) or v < 0:
                 raise ProfileError(f"{where}: {name} must be finite and >= 0, got {v}")
-        for name in ("overlap", "wave_quant"):
+        for name in ("overlap", "wave_quant", "unit_share"):
             v = getattr(self, name)
             if not 0 <= v <= 1:
                 raise ProfileError(f"{where}: {name} must be in [0, 1], got {v}")

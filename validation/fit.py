@@ -111,7 +111,7 @@ _DECODE_TILES = ({}, {"tile_m": 16}, {"tile_m": 64}, {"tile_m": 128})
 _SPLIT_OF_IMPL = {"": SPLIT_FLASH, "[split_kv]": SPLIT_FILL, "[stream_k]": SPLIT_STREAM, "[triton]": SPLIT_NONE}
 # prefill attention as scheduled (sequence, head, query tile) programs (``attention_costs.prefill_schedule_s``)
 _PREFILL_SPEC = (_EFF("memory_eff", 0.8), _LAT, _OVERLAP, _UNIT_OH, Param("unit_compute_eff", 0.05, 1.5, 0.4), _WAVE,
-                 Param("score_flops", 0.0, 1000.0, 50.0))
+                 Param("score_flops", 0.0, 1000.0, 50.0), Param("unit_share", 0.0, 1.0, 0.5))
 _PREFILL_TILES = tuple({"tile_m": tm} for tm in (64, 128))
 # the combine kernel of our Triton decode kernels: fp32 partials streamed at a fraction of HBM
 _REDUCE_EFF = Param("reduce_bytes_eff", 0.02, 1.5, 0.3)

@@ -307,3 +307,21 @@ def test_rmsnorm_rows_past_the_knee_stream_at_the_tail_efficiency():
     got = op_cost(op, g, prof).memory_s
     want = (2 * t + 1) * h * 2 / (g.hbm_bytes_per_s * np.array([0.8, 0.6]))
     assert np.allclose(got, want)
+
+
+def test_unit_share_shortens_a_causal_wave_not_a_non_causal_one():
+    from perfmodel.calibration import SPLIT_NONE
+
+    base = dict(split_rule=SPLIT_NONE, units_per_sm=4.0, unit_compute_eff=0.4, unit_overhead_s=1e-6, tile_m=128,
+                wave_quant=0.5)
+    off, on = ClassParams(**base), ClassParams(**base, unit_share=0.3)
+
+    def t(params, causal):
+        op = Attention(Phase.PREFILL, 1, 2048, 2048, 32, 8, 128, causal=causal)
+        return op_cost(op, H100, _prof(attention_prefill=params)).total_s
+
+    # 512 programs on 528 slots: one wave. Causal: the last query tile's program runs faster
+    # once the shorter ones beside it finish; non-causal programs are all equally long
+    assert t(on, True) < t(off, True)
+    assert t(on, False) == pytest.approx(t(off, False))
+    assert t(on, True) < t(on, False)
