@@ -89,19 +89,26 @@ def _tokens(size: str) -> list[int]:
     return [1, 8, 32, 128, 512, 2048, 8192, 16384] if size == "full" else [1, 8, 64, 512, 2048, 8192, 16384]
 
 
+def _norm_and_add_cases(tokens: int, hidden: int) -> list[Case]:
+    """RMSNorm and residual add over ``tokens`` rows of ``hidden`` bf16 values."""
+    act = tokens * hidden * BF16
+    return [
+        Case("elementwise", "torch", f"elementwise/rmsnorm/h{hidden}",
+             op_to_dict(Elementwise("rmsnorm", bytes=2 * act + hidden * BF16, flops=4 * tokens * hidden)),
+             {"name": "rmsnorm", "tokens": tokens, "hidden": hidden}),
+        Case("elementwise", "torch", f"elementwise/residual_add/h{hidden}",
+             op_to_dict(Elementwise("residual_add", bytes=3 * act, flops=tokens * hidden)),
+             {"name": "residual_add", "tokens": tokens, "hidden": hidden}),
+    ]
+
+
 def elementwise_cases(size: str) -> list[Case]:
     models = [SMOKE_MODEL] if size == "smoke" else list(MODELS)
     out = []
     for t in _tokens(size):
         for m in models:
             h, a = m.hidden, BF16
-            act = t * h * a
-            out.append(Case("elementwise", "torch", f"elementwise/rmsnorm/h{h}",
-                            op_to_dict(Elementwise("rmsnorm", bytes=2 * act + h * a, flops=4 * t * h)),
-                            {"name": "rmsnorm", "tokens": t, "hidden": h}))
-            out.append(Case("elementwise", "torch", f"elementwise/residual_add/h{h}",
-                            op_to_dict(Elementwise("residual_add", bytes=3 * act, flops=t * h)),
-                            {"name": "residual_add", "tokens": t, "hidden": h}))
+            out += _norm_and_add_cases(t, h)
             i = m.intermediate
             if t * i * 3 * a <= 4e9:
                 out.append(Case("elementwise", "torch", f"elementwise/silu_mul/i{i}",
@@ -224,13 +231,7 @@ def extra_cases(size: str = "quick") -> list[Case]:
             out.append(Case("gemm", "cublas", f"gemm/n{n}_k{k}", op_to_dict(Gemm(m, n, k)), {"m": m, "n": n, "k": k}))
     for t in (1, 8, 64, 512, 2048, 8192, 16384):
         for h in _EXTRA_HIDDEN:
-            act = t * h * BF16
-            out.append(Case("elementwise", "torch", f"elementwise/rmsnorm/h{h}",
-                            op_to_dict(Elementwise("rmsnorm", bytes=2 * act + h * BF16, flops=4 * t * h)),
-                            {"name": "rmsnorm", "tokens": t, "hidden": h}))
-            out.append(Case("elementwise", "torch", f"elementwise/residual_add/h{h}",
-                            op_to_dict(Elementwise("residual_add", bytes=3 * act, flops=t * h)),
-                            {"name": "residual_add", "tokens": t, "hidden": h}))
+            out += _norm_and_add_cases(t, h)
     out += _copy_cases(_EXTRA_COPY)
     for hq, hkv, d in _EXTRA_ATTN:
         for batch in (1, 4):
