@@ -34,6 +34,7 @@ from triton.testing import do_bench
 
 import kernels
 from kernels import reference as ref
+from validation.bench import graph_replay_s
 
 ROWS: list[dict] = []
 INFO: dict = {}
@@ -227,29 +228,7 @@ def _bench_graph(fns) -> float:
     """GPU time per call in seconds: the calls, cycling over ``fns`` (one per input copy, so that
     the inputs do not sit in L2), captured in one CUDA graph; median over graph replays."""
     n = len(fns)
-    per = n * max(1, -(-16 // n))
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for f in fns:
-            f()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for i in range(per):
-            fns[i % n]()
-    graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(15):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        graph.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) * 1e-3 / per)
-    del graph
+    times = graph_replay_s(fns, n * max(1, -(-16 // n)), 15)
     return sorted(times)[len(times) // 2]
 
 

@@ -171,6 +171,35 @@ def _events_time(fns: list[Fn], reps: int) -> float:
     return s.elapsed_time(e) / 1e3 / reps
 
 
+def graph_replay_s(fns: list[Fn], calls: int, trials: int, warm_replays: int = 1) -> list[float]:
+    """Seconds per call of ``trials`` replays of one CUDA graph holding ``calls`` calls that cycle
+    over ``fns`` (each called once on a side stream first, as capture requires)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for f in fns:
+            f()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for r in range(calls):
+            fns[r % len(fns)]()
+    for _ in range(warm_replays):
+        g.replay()
+    torch.cuda.synchronize()
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(trials):
+        s.record()
+        g.replay()
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e) / 1e3 / calls)
+    del g
+    return times
+
+
 def time_cuda(fns: list[Fn], graph: bool, target_s: float = 2e-3, max_reps: int = 200,
               max_time_s: float = 0.25) -> tuple[float, int, str]:
     """Median seconds of one call; also the calls per timed region and the method used."""
@@ -183,28 +212,7 @@ def time_cuda(fns: list[Fn], graph: bool, target_s: float = 2e-3, max_reps: int 
     trials = int(min(25, max(5, max_time_s / (reps * t_est))))
     if graph:
         try:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for f in fns:
-                    f()
-            torch.cuda.current_stream().wait_stream(side)
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
-                for r in range(reps):
-                    fns[r % len(fns)]()
-            g.replay()
-            g.replay()
-            torch.cuda.synchronize()
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            times = []
-            for _ in range(trials):
-                s.record()
-                g.replay()
-                e.record()
-                e.synchronize()
-                times.append(s.elapsed_time(e) / 1e3 / reps)
-            del g
+            times = graph_replay_s(fns, reps, trials, warm_replays=2)
             return statistics.median(times), reps, "cuda_graph"
         except RuntimeError:
             torch.cuda.synchronize()
