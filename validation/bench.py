@@ -70,6 +70,23 @@ def build(case: Case, device: torch.device, l2_bytes: float) -> Built:
     raise ValueError(f"unknown section {s!r}")
 
 
+def kernel_names(fn: Fn) -> list[str]:
+    """Names of the device kernels one call of ``fn`` launches, in launch order (torch.profiler;
+    empty on a CPU).  Shows which library kernel ran, e.g. the tile of a cuBLAS GEMM."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()  # warm: handles and autotuning stay out of the trace
+    acts = [ProfilerActivity.CUDA] if torch.cuda.is_available() else [ProfilerActivity.CPU]
+    with profile(activities=acts) as prof:
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    if not torch.cuda.is_available():
+        return []
+    evs = [e for e in prof.events() if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
+    return [e.name for e in sorted(evs, key=lambda e: e.time_range.start)]
+
+
 def _elementwise(a, device, l2_bytes) -> list[Fn]:
     name = a["name"]
     if name == "rmsnorm":

@@ -83,6 +83,22 @@ def gemm_cases(size: str) -> list[Case]:
     return out
 
 
+def with_gemm_ms(todo: list[Case], ms) -> list[Case]:
+    """``todo`` with its GEMM cases replaced by every (N, K) family it has at the M values ``ms``
+    (the same size limits as the sets; other cases are kept, in order, before the GEMMs)."""
+    ms = sorted({int(m) for m in ms})
+    if not ms or min(ms) < 1:
+        raise ValueError(f"GEMM M values must be positive integers, got {ms}")
+    fams = list(dict.fromkeys((c.args["n"], c.args["k"]) for c in todo if c.section == "gemm"))
+    out = [c for c in todo if c.section != "gemm"]
+    for n, k in fams:
+        for m in ms:
+            if m * n * k * 2 > 2.0e13 or (m * k + k * n + m * n) * BF16 > 6e9:
+                continue
+            out.append(Case("gemm", "cublas", f"gemm/n{n}_k{k}", op_to_dict(Gemm(m, n, k)), {"m": m, "n": n, "k": k}))
+    return out
+
+
 def _tokens(size: str) -> list[int]:
     if size == "smoke":
         return [1, 7]

@@ -80,6 +80,10 @@ def main(
                                    help="measure non-causal prefill attention (validation.cases.noncausal_cases) instead"),
     impls: str = typer.Option("", "--impls",
                               help="comma-separated implementations to measure (e.g. split_kv,stream_k); default all"),
+    gemm_ms: str = typer.Option("", "--gemm-ms",
+                                help="comma-separated M values for the GEMM cases (every (N, K) family of the set)"),
+    kernel_names: bool = typer.Option(False, "--kernel-names",
+                                      help="also record the CUDA kernels one call launches (torch.profiler)"),
 ) -> None:
     """Measure every case and write records as they are measured."""
     if dry_run:
@@ -89,7 +93,7 @@ def main(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from validation import bench
-    from validation.cases import SECTIONS, cases, extra_cases, noncausal_cases
+    from validation.cases import SECTIONS, cases, extra_cases, noncausal_cases, with_gemm_ms
     from validation.records import write_record
 
     console = Console(stderr=True)
@@ -116,6 +120,12 @@ def main(
         todo = [c for c in extra_cases(size) if c.section in secs]
     else:
         todo = cases(size, secs)
+    if gemm_ms:
+        try:
+            todo = with_gemm_ms(todo, [int(x) for x in gemm_ms.split(",") if x.strip()])
+        except ValueError as exc:
+            console.print(f"error: --gemm-ms: {exc}")
+            raise typer.Exit(2)
     if impls:
         wanted = {i.strip() for i in impls.split(",") if i.strip()}
         known = {c.impl for c in todo}
@@ -153,6 +163,8 @@ def main(
                        "method": method, "reps": reps, "rotate": len(built.fns), "params": case.args}
                 if case.section == "layer":
                     rec["attention_backend"] = built.sdpa.backend
+                if kernel_names:
+                    rec["kernels"] = bench.kernel_names(built.fns[0])
                 write_record(fh, rec)
                 per_section.setdefault(f"{case.section}:{impl}", []).append(t)
                 n_ok += 1

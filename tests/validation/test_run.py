@@ -115,3 +115,32 @@ def test_impls_filter_measures_only_the_named_implementations(tmp_path, monkeypa
     assert recs and len(recs) == len(want) and {r["impl"] for r in recs} == {"stream_k"}
     bad = CliRunner().invoke(app, ["--out", str(tmp_path), "--dry-run", "--impls", "warp_drive"])
     assert bad.exit_code == 2 and "unknown implementation" in bad.output
+
+
+def test_gemm_ms_replaces_the_m_values_of_every_gemm_family(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from validation.cases import with_gemm_ms
+
+    base = cases("smoke", ("gemm", "memcpy"))
+    out = with_gemm_ms(base, [3, 128, 3])
+    gemms = [c for c in out if c.section == "gemm"]
+    fams = {(c.args["n"], c.args["k"]) for c in base if c.section == "gemm"}
+    assert {(c.args["n"], c.args["k"]) for c in gemms} == fams
+    assert sorted(c.args["m"] for c in gemms) == sorted([3, 128] * len(fams))
+    assert all(c.desc["m"] == c.args["m"] for c in gemms)
+    assert [c for c in out if c.section != "gemm"] == [c for c in base if c.section != "gemm"]
+    with pytest.raises(ValueError, match="positive"):
+        with_gemm_ms(base, [0, 4])
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    from validation.run import app
+
+    res = CliRunner().invoke(app, ["--out", str(tmp_path), "--dry-run", "--sections", "gemm", "--gemm-ms", "2,9",
+                                   "--kernel-names", "--name", "g"])
+    assert res.exit_code == 0, res.output
+    recs = [json.loads(line) for line in (tmp_path / "g.jsonl").read_text().splitlines()]
+    assert sorted(r["m"] for r in recs) == sorted([2, 9] * len(fams))
+    assert all(r["kernels"] == [] for r in recs)  # no CUDA kernels on a CPU
+    bad = CliRunner().invoke(app, ["--out", str(tmp_path), "--dry-run", "--sections", "gemm", "--gemm-ms", "0"])
+    assert bad.exit_code == 2 and "--gemm-ms" in bad.output
