@@ -428,6 +428,8 @@ class _NoLaunch:
 #: skip the reduction kernel (wrong output, timing of the first kernel alone).
 STREAMK_VARIANTS = (
     ("SK default", {}),
+    ("SK one loop", {"_STREAM_K_FLAT": 1}),
+    ("SK loop over pieces", {"_STREAM_K_FLAT": 0}),
 )
 #: also time the first kernel of each schedule alone (reduction launch skipped)
 STREAMK_MAIN_ONLY = False
@@ -520,6 +522,12 @@ def streamk() -> None:
                 meta="head layouts, 64-key tiles"))
             row["stream_k_64key_s"] = t64[("stream_k", None)]
             extra = f", stream-K with 64-key tiles {t64[('stream_k', None)] * 1e6:.1f} us"
+        for label, flags in STREAMK_VARIANTS[1:]:
+            tv = _with_flags(mod, flags, lambda: _decode_case(
+                bsz, length, hq=hq, hkv=hkv, d=d, sdpa=False, section="sweep", schedules=("stream_k",),
+                meta=f"head layouts, {label}"))
+            row[f"stream_k {label} s"] = tv[("stream_k", None)]
+            extra += f", stream-K {label} {tv[('stream_k', None)] * 1e6:.1f} us"
         many.append(row)
         print(f"layout B={bsz} L={length} Hq={hq} Hkv={hkv} D={d} pairs={bsz * hkv}: split-KV "
               f"{t[('split_kv', None)] * 1e6:.1f} us, stream-K {t[('stream_k', None)] * 1e6:.1f} us{extra}")

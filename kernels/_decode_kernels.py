@@ -376,11 +376,120 @@ def _stream_k_segment(
 
 
 @triton.jit
-def _stream_k_kernel(
+def _stream_k_flat(
+    t,
+    t_end,
+    p,
+    idx,
+    incl,
+    packed,
     Q,
     K,
     V,
     KV_LENS,
+    BT,
+    PO,
+    PL,
+    O,
+    RNG,
+    qk_scale,
+    Hkv,
+    GROUP,
+    B,
+    s_qb,
+    s_qh,
+    s_kb,
+    s_kh,
+    s_kn,
+    s_btb,
+    PAGE_SIZE,
+    s_ob,
+    s_oh,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PAGED: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """Program p's tiles [t, t_end) in one loop over tiles, crossing pair boundaries inside it.
+
+    The pair of the next tile follows from the current one's (the next kv head, or the next
+    sequence's first), updated at the end of each iteration as a pointer increment would be, so
+    the software pipeline loads the next tiles while the current piece is still being written,
+    across pieces. Where a piece ends (its pair's last tile, or the program's last tile) it is
+    written as in :func:`_stream_k_segment` (non-fused plan), and the online softmax starts afresh.
+    """
+    offs_d = tl.arange(0, HEAD_DIM)
+    b = tl.sum((incl <= t).to(tl.int32), 0)
+    got = tl.sum(tl.where(idx == b, packed, 0), 0)
+    kv_len = (got & 0xFFFFFFFF).to(tl.int32)
+    pair_tiles = (kv_len + BLOCK_N - 1) // BLOCK_N
+    seq_first = (got >> 32).to(tl.int32) - pair_tiles * Hkv
+    hk = (t - seq_first) // pair_tiles
+    first_tile = seq_first + hk * pair_tiles
+    pair_end = first_tile + pair_tiles
+    piece_first = t
+    m_i = tl.full((BLOCK_G,), float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros((BLOCK_G,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_G, HEAD_DIM), dtype=tl.float32)
+    for tt in range(t, t_end):
+        # q of the tile's pair, loaded with the tile (pipelined with K and V; from L2 after the first)
+        q = _load_q_group(Q, b, hk, s_qb, s_qh, GROUP, HEAD_DIM, BLOCK_G, UPCAST)
+        offs_n = (tt - first_tile) * BLOCK_N + tl.arange(0, BLOCK_N)
+        valid = offs_n < kv_len
+        rows = _kv_rows(b, hk, offs_n, valid, s_kb, s_kh, s_kn, BT, s_btb, PAGE_SIZE, PAGED)
+        k = tl.load(K + rows[None, :] + offs_d[:, None], mask=valid[None, :], other=0.0)
+        v = tl.load(V + rows[:, None] + offs_d[None, :], mask=valid[:, None], other=0.0)
+        if UPCAST:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        sc = tl.dot(q, k, input_precision=PRECISION) * qk_scale
+        sc = tl.where(valid[None, :], sc, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(sc, 1))
+        pr = tl.math.exp2(sc - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(pr, 1)
+        acc = tl.dot(pr.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
+        m_i = m_new
+        ends_pair = tt + 1 == pair_end
+        if ends_pair | (tt + 1 == t_end):
+            bh = b * Hkv + hk
+            starts_pair = piece_first == first_tile
+            if starts_pair:
+                tl.store(RNG + 2 * bh, p + bh)
+            if ends_pair:
+                tl.store(RNG + 2 * bh + 1, p + bh + 1)
+            if starts_pair & ends_pair:
+                _store_out(O, b, hk, s_ob, s_oh, acc, l_i, GROUP, HEAD_DIM, BLOCK_G)
+            else:
+                _store_partial(PO, PL, (p + bh).to(tl.int64) * GROUP, acc, l_i, m_i, GROUP, HEAD_DIM, BLOCK_G)
+        # the pair of tile tt + 1: the next one when tt ended this pair
+        wrap = ends_pair & (hk + 1 == Hkv)
+        hk = tl.where(ends_pair, tl.where(wrap, 0, hk + 1), hk)
+        b = tl.where(wrap, b + 1, b)
+        nxt = tl.load(KV_LENS + tl.minimum(b, B - 1))
+        kv_len = tl.where(wrap, nxt, kv_len)
+        first_tile = tl.where(ends_pair, pair_end, first_tile)
+        pair_end = tl.where(ends_pair, pair_end + (kv_len + BLOCK_N - 1) // BLOCK_N, pair_end)
+        piece_first = tl.where(ends_pair, tt + 1, piece_first)
+        m_i = tl.where(ends_pair, float("-inf"), m_i)
+        l_i = tl.where(ends_pair, 0.0, l_i)
+        acc = tl.where(ends_pair, 0.0, acc)
+
+
+@triton.jit
+def _stream_k_pieces(
+    t,
+    t_end,
+    p,
+    idx,
+    incl,
+    packed,
+    total,
+    Q,
+    K,
+    V,
     BT,
     PO,
     PL,
@@ -390,7 +499,6 @@ def _stream_k_kernel(
     qk_scale,
     Hkv,
     GROUP,
-    BH,
     NUM_PROGRAMS,
     s_qb,
     s_qh,
@@ -404,43 +512,16 @@ def _stream_k_kernel(
     HEAD_DIM: tl.constexpr,
     BLOCK_G: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    B_P2: tl.constexpr,
     PAGED: tl.constexpr,
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
     FUSED: tl.constexpr,
-    WIDE: tl.constexpr,
     PEEL: tl.constexpr,
     GP: tl.constexpr,
     BLOCK_S: tl.constexpr,
 ):
-    """Program p handles KV tiles [p*T/P, (p+1)*T/P) of the concatenated KV of all heads.
-
-    Each maximal run of its tiles inside one (sequence, kv head) pair is one piece. A piece
-    that is the whole pair is written straight to ``O``. Other pieces are stored as partials
-    at slot ``p + bh`` (unique because runs of later programs start at bh or later). With
-    ``FUSED`` each such piece then adds its tile count to ``CNT[bh]`` (zeroed by the caller);
-    the program whose addition completes the pair's tiles merges the pair's partials and
-    writes ``O`` (no waiting, so no program depends on another being resident). Without
-    ``FUSED``, :func:`_reduce_kernel` merges them afterwards; for it the programs write the
-    plan ``RNG``: ``RNG[2*bh]`` the first slot of pair bh (by the program holding its first
-    tile), ``RNG[2*bh+1]`` one past its last slot (by the program holding its last tile), and
-    ``RNG[2*BH]`` the total tile count (by program 0), so the reduction needs no prefix sum.
-    """
-    p = tl.program_id(0)
-    idx, lens, seq_tiles, incl = _tile_prefix(KV_LENS, Hkv, BH // Hkv, BLOCK_N, B_P2)
-    total = tl.sum(seq_tiles, 0)
-    if not FUSED:
-        if p == 0:
-            tl.store(RNG + 2 * BH, total)
-    if WIDE:  # p * total may not fit 32 bits
-        t = (p.to(tl.int64) * total // NUM_PROGRAMS).to(tl.int32)
-        t_end = ((p.to(tl.int64) + 1) * total // NUM_PROGRAMS).to(tl.int32)
-    else:
-        t = p * total // NUM_PROGRAMS
-        t_end = (p + 1) * total // NUM_PROGRAMS
-    # the sequence's prefix end and length packed in one int64, so one reduction finds both
-    packed = (incl.to(tl.int64) << 32) + lens.to(tl.int64)
+    """Program p's tiles [t, t_end) piece by piece: one call of :func:`_stream_k_segment` per
+    (sequence, kv head) pair its run touches, the first one outside the loop when ``PEEL``."""
     if PEEL:  # the first piece outside the loop: its tile loop is a top-level loop
         if t < t_end:
             t = _stream_k_segment(
@@ -521,6 +602,243 @@ def _stream_k_kernel(
             PRECISION,
             UPCAST,
             FUSED,
+            GP,
+            BLOCK_S,
+        )
+
+
+@triton.jit
+def _stream_k_kernel(
+    Q,
+    K,
+    V,
+    KV_LENS,
+    BT,
+    PO,
+    PL,
+    O,
+    CNT,
+    RNG,
+    qk_scale,
+    Hkv,
+    GROUP,
+    BH,
+    NUM_PROGRAMS,
+    s_qb,
+    s_qh,
+    s_kb,
+    s_kh,
+    s_kn,
+    s_btb,
+    PAGE_SIZE,
+    s_ob,
+    s_oh,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    B_P2: tl.constexpr,
+    PAGED: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    FUSED: tl.constexpr,
+    WIDE: tl.constexpr,
+    PEEL: tl.constexpr,
+    FLAT: tl.constexpr,
+    GP: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    """Program p handles KV tiles [p*T/P, (p+1)*T/P) of the concatenated KV of all heads.
+
+    Each maximal run of its tiles inside one (sequence, kv head) pair is one piece. A piece
+    that is the whole pair is written straight to ``O``. Other pieces are stored as partials
+    at slot ``p + bh`` (unique because runs of later programs start at bh or later). With
+    ``FUSED`` each such piece then adds its tile count to ``CNT[bh]`` (zeroed by the caller);
+    the program whose addition completes the pair's tiles merges the pair's partials and
+    writes ``O`` (no waiting, so no program depends on another being resident). Without
+    ``FUSED``, :func:`_reduce_kernel` merges them afterwards; for it the programs write the
+    plan ``RNG``: ``RNG[2*bh]`` the first slot of pair bh (by the program holding its first
+    tile), ``RNG[2*bh+1]`` one past its last slot (by the program holding its last tile), and
+    ``RNG[2*BH]`` the total tile count (by program 0), so the reduction needs no prefix sum.
+
+    ``FLAT`` (non-fused only) picks how a program walks its tiles: 0, piece by piece
+    (:func:`_stream_k_pieces`); 1, one loop across pair boundaries (:func:`_stream_k_flat`);
+    2, the one loop for runs that cross a boundary and piece by piece for runs inside one pair.
+    """
+    p = tl.program_id(0)
+    idx, lens, seq_tiles, incl = _tile_prefix(KV_LENS, Hkv, BH // Hkv, BLOCK_N, B_P2)
+    total = tl.sum(seq_tiles, 0)
+    if not FUSED:
+        if p == 0:
+            tl.store(RNG + 2 * BH, total)
+    if WIDE:  # p * total may not fit 32 bits
+        t = (p.to(tl.int64) * total // NUM_PROGRAMS).to(tl.int32)
+        t_end = ((p.to(tl.int64) + 1) * total // NUM_PROGRAMS).to(tl.int32)
+    else:
+        t = p * total // NUM_PROGRAMS
+        t_end = (p + 1) * total // NUM_PROGRAMS
+    # the sequence's prefix end and length packed in one int64, so one reduction finds both
+    packed = (incl.to(tl.int64) << 32) + lens.to(tl.int64)
+    if FLAT == 1:  # one loop over the program's tiles (no fused merge)
+        if t < t_end:
+            _stream_k_flat(
+                t,
+                t_end,
+                p,
+                idx,
+                incl,
+                packed,
+                Q,
+                K,
+                V,
+                KV_LENS,
+                BT,
+                PO,
+                PL,
+                O,
+                RNG,
+                qk_scale,
+                Hkv,
+                GROUP,
+                BH // Hkv,
+                s_qb,
+                s_qh,
+                s_kb,
+                s_kh,
+                s_kn,
+                s_btb,
+                PAGE_SIZE,
+                s_ob,
+                s_oh,
+                HEAD_DIM,
+                BLOCK_G,
+                BLOCK_N,
+                PAGED,
+                PRECISION,
+                UPCAST,
+            )
+    elif FLAT == 2:  # the loop over tiles only for runs that cross a pair boundary
+        bb = tl.sum((incl <= t).to(tl.int32), 0)
+        got = tl.sum(tl.where(idx == bb, packed, 0), 0)
+        ptiles = ((got & 0xFFFFFFFF).to(tl.int32) + BLOCK_N - 1) // BLOCK_N
+        sfirst = (got >> 32).to(tl.int32) - ptiles * Hkv
+        if t_end <= sfirst + ((t - sfirst) // ptiles + 1) * ptiles:
+            _stream_k_pieces(
+                t,
+                t_end,
+                p,
+                idx,
+                incl,
+                packed,
+                total,
+                Q,
+                K,
+                V,
+                BT,
+                PO,
+                PL,
+                O,
+                CNT,
+                RNG,
+                qk_scale,
+                Hkv,
+                GROUP,
+                NUM_PROGRAMS,
+                s_qb,
+                s_qh,
+                s_kb,
+                s_kh,
+                s_kn,
+                s_btb,
+                PAGE_SIZE,
+                s_ob,
+                s_oh,
+                HEAD_DIM,
+                BLOCK_G,
+                BLOCK_N,
+                PAGED,
+                PRECISION,
+                UPCAST,
+                FUSED,
+                PEEL,
+                GP,
+                BLOCK_S,
+            )
+        elif t < t_end:
+            _stream_k_flat(
+                t,
+                t_end,
+                p,
+                idx,
+                incl,
+                packed,
+                Q,
+                K,
+                V,
+                KV_LENS,
+                BT,
+                PO,
+                PL,
+                O,
+                RNG,
+                qk_scale,
+                Hkv,
+                GROUP,
+                BH // Hkv,
+                s_qb,
+                s_qh,
+                s_kb,
+                s_kh,
+                s_kn,
+                s_btb,
+                PAGE_SIZE,
+                s_ob,
+                s_oh,
+                HEAD_DIM,
+                BLOCK_G,
+                BLOCK_N,
+                PAGED,
+                PRECISION,
+                UPCAST,
+            )
+    else:
+        _stream_k_pieces(
+            t,
+            t_end,
+            p,
+            idx,
+            incl,
+            packed,
+            total,
+            Q,
+            K,
+            V,
+            BT,
+            PO,
+            PL,
+            O,
+            CNT,
+            RNG,
+            qk_scale,
+            Hkv,
+            GROUP,
+            NUM_PROGRAMS,
+            s_qb,
+            s_qh,
+            s_kb,
+            s_kh,
+            s_kn,
+            s_btb,
+            PAGE_SIZE,
+            s_ob,
+            s_oh,
+            HEAD_DIM,
+            BLOCK_G,
+            BLOCK_N,
+            PAGED,
+            PRECISION,
+            UPCAST,
+            FUSED,
+            PEEL,
             GP,
             BLOCK_S,
         )

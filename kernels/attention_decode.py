@@ -69,6 +69,10 @@ _STREAM_K_REDUCE_GUESS = True
 _REDUCE_GUESS_MAX = 64
 #: stream-K programs run their first piece outside the loop over pieces.
 _STREAM_K_PEEL = True
+#: how a stream-K program walks its tiles (non-fused merge only): 0, piece by piece (a tile loop per
+#: (sequence, kv head) pair); 1, one loop over all its tiles that crosses pair boundaries, so the
+#: loads run ahead across pieces; 2, the one loop only for programs whose run crosses a boundary.
+_STREAM_K_FLAT = 2
 #: stream-K program offsets ``p * total_tiles`` are computed in 32 bits below this bound, in 64 above.
 _INT32_PRODUCT_LIMIT = 2**31
 #: the counter workspaces, keyed by (device type, device index, stream); grown, never shrunk.
@@ -278,6 +282,7 @@ def launch_decode(
             FUSED=fused,
             WIDE=wide,
             PEEL=_STREAM_K_PEEL,
+            FLAT=0 if fused else _STREAM_K_FLAT,
             GP=gp,
             BLOCK_S=max(1, _FUSED_MERGE_ROWS // gp),
             **consts,

@@ -140,6 +140,24 @@ def test_stream_k_merge_paths(case, fused, guess, seed, check, poisoned, monkeyp
     check(o, attention_decode_ref(q, k, v, kv_lens), torch.float16, seed, f"{case} lens={kv_lens.tolist()}")
 
 
+# how a program walks its tiles: piece by piece, one loop across pairs, or the loop only for runs
+# that cross a pair boundary (the default); the fused merge always goes piece by piece
+@pytest.mark.parametrize("flat", [0, 1, 2])
+@pytest.mark.parametrize("case", STREAM_K_CASES)
+def test_stream_k_tile_walks(case, flat, seed, check, poisoned, monkeypatch):
+    import sys
+
+    mod = sys.modules["kernels.attention_decode"]
+    monkeypatch.setattr(mod, "_STREAM_K_FLAT", flat)
+    b, hq, hkv, lmax, d, lens, ns = case
+    q, k, v, kv_lens = _inputs(b, hq, hkv, lmax, d, torch.float16)
+    if lens is not None:
+        kv_lens = torch.tensor(lens, dtype=torch.int32)
+    with poisoned():
+        o = kernels.attention_decode(q, k, v, kv_lens, num_splits=ns, schedule="stream_k")
+    check(o, attention_decode_ref(q, k, v, kv_lens), torch.float16, seed, f"{case} lens={kv_lens.tolist()}")
+
+
 @pytest.mark.parametrize("lens", [[45, 45, 45], [45, 1, 30]])
 def test_stream_k_fused_counters_left_at_zero(lens, seed, check, monkeypatch):
     # the fused merge reuses one counter workspace per stream and relies on every call leaving
