@@ -147,6 +147,12 @@ class ClassParams:
         tile it walks that its byte stream does not hide (a load round trip per tile; Little's law
         with one tile in flight), so a unit of ``n`` tiles takes ``unit_overhead_s + n * unit_step_s +
         bytes / rate``; smaller heads move fewer bytes per tile and lose more to it (0: none)
+    fill_tile_eff : float in [0, 1], GEMM: a grid of fewer tiles than SMs runs as one full wave of smaller tiles
+        (the library shrinks the tile until the grid fills the SMs), at this math-rate factor per halving of the
+        tile area, ``log2(SMs / tiles)`` halvings, instead of paying ``wave_quant`` of the idle SMs (0: off)
+    misaligned_eff : float in [0, 1], GEMM: math-rate factor when a row of N or K elements of either operand is not
+        a multiple of 128 bytes (``perfmodel.costs.GEMM_ALIGN_BYTES``): tile loads then start mid cache line
+        (0: off)
     unit_share : float in [0, 1], scheduled prefill attention: the largest share of its SM's math rate
         one program reaches once the shorter programs beside it have finished; the longest program
         then takes at most its keys' math at that rate (causal tiles differ in length, so a causal
@@ -183,6 +189,8 @@ class ClassParams:
     split_piece_s: float = 0.0
     unit_step_s: float = 0.0
     unit_share: float = 0.0
+    fill_tile_eff: float = 0.0
+    misaligned_eff: float = 0.0
 
     def validate(self, where: str) -> None:
         for name in ("compute_eff", "memory_eff"):
@@ -191,8 +199,10 @@ class ClassParams:
                 raise ProfileError(f"{where}: {name} must be in (0, 1.5], got {v}")
         if self.tile_choice not in (0, 1):
             raise ProfileError(f"{where}: tile_choice must be 0 or 1, got {self.tile_choice}")
-        if not 0 <= self.small_tile_eff <= 1:
-            raise ProfileError(f"{where}: small_tile_eff must be in [0, 1] (0: off), got {self.small_tile_eff}")
+        for name in ("small_tile_eff", "fill_tile_eff", "misaligned_eff"):
+            v = getattr(self, name)
+            if not 0 <= v <= 1:
+                raise ProfileError(f"{where}: {name} must be in [0, 1] (0: off), got {v}")
         for name in ("split_memory_eff", "tail_memory_eff", "unit_compute_eff", "reduce_bytes_eff", "row_tail_memory_eff"):
             v = getattr(self, name)
             if not (0 <= v <= 1.5) or not math.isfinite(v):

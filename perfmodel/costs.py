@@ -198,13 +198,38 @@ _LARGEST_TILE = 128 * 256
 
 
 def _gemm_tile_time(m, n, k, tm, tn, gpu: GPU, p: ClassParams):
-    """(effective FLOPs, per-wave overhead seconds) of an M x N x K GEMM run in ``tm`` x ``tn`` tiles."""
+    """(effective FLOPs, per-wave overhead seconds) of an M x N x K GEMM run in ``tm`` x ``tn`` tiles.
+
+    With ``p.fill_tile_eff`` > 0, a grid of fewer tiles than SMs is not charged a partial wave: the
+    library cuts the same padded work into smaller tiles until the grid fills the SMs (one wave),
+    each halving of the tile area (``log2(SMs / tiles)`` of them) running at ``fill_tile_eff`` of
+    the math rate.
+    """
     tiles = np.ceil(m / tm) * np.ceil(n / tn)
     factor, whole = _waves(tiles, gpu.sm_count, p)
-    fl_eff = 2.0 * tiles * tm * tn * k * factor
     if p.small_tile_eff > 0:  # smaller tiles reuse less of each operand load: a lower math rate
-        fl_eff = fl_eff / p.small_tile_eff ** np.log2(_LARGEST_TILE / (tm * tn))
-    return fl_eff, whole * p.tile_overhead_s
+        factor = factor / p.small_tile_eff ** np.log2(_LARGEST_TILE / (tm * tn))
+    if p.fill_tile_eff > 0:  # the library's own smaller tiles: their rate replaces the two factors above
+        fill = 1.0 / p.fill_tile_eff ** np.log2(gpu.sm_count / np.maximum(tiles, 1.0))
+        factor = np.where(tiles < gpu.sm_count, fill, factor)
+    return 2.0 * tiles * tm * tn * k * factor, whole * p.tile_overhead_s
+
+
+# Operand rows (N or K elements) whose length is not a multiple of this many bytes start mid cache line
+# (the L2 line and the TMA 128-byte swizzle width), so every tile row load touches one more line.
+GEMM_ALIGN_BYTES = 128
+
+
+def gemm_misaligned(op: Gemm):
+    """True (an array for array ops) where a row of N or K elements of either operand is not a
+    multiple of :data:`GEMM_ALIGN_BYTES` bytes."""
+    b_dtype = op.b_dtype or op.dtype
+    out = np.zeros(np.broadcast(op.m, op.n, op.k).shape, dtype=bool)
+    for dim in (op.n, op.k):
+        for dt in (op.dtype, b_dtype):
+            row_bytes = np.asarray(dim, dtype=np.float64) * dt.bytes_per_element
+            out = out | (np.mod(row_bytes, GEMM_ALIGN_BYTES) != 0)
+    return out
 
 
 def _gemm_cost(op: Gemm, gpu: GPU, prof: Profile) -> OpCost:
@@ -233,6 +258,10 @@ def _gemm_cost(op: Gemm, gpu: GPU, prof: Profile) -> OpCost:
             tm = gemm_tile_m(m, p)
             f, extra = _gemm_tile_time(m, n, k, tm, float(p.tile_n), gpu, p)
             fl_eff = np.maximum(f, fl)
+    if p.misaligned_eff > 0:  # rows off the 128-byte lines: a lower math rate
+        fl_eff = fl if fl_eff is None else fl_eff
+        fl_eff = np.where(gemm_misaligned(op), np.divide(fl_eff, p.misaligned_eff), fl_eff)
+        fl_eff = fl_eff if np.ndim(fl_eff) else float(fl_eff)
     return _roofline(fl, bytes_moved(op), gpu.flops_for(op.dtype), gpu.hbm_bytes_per_s, p, Bound.HBM_BANDWIDTH,
                      fl_eff, extra)
 

@@ -17,7 +17,7 @@ H100 = "h100-sxm-80gb"
 
 def test_fit_recovers_a_known_profile_on_held_out_families(synthetic_records):
     true = Profile(H100, Mode.CALIBRATED,
-                   {OpClass.GEMM: ClassParams(0.78, 0.9, 4e-6, 128, 128, 16, 0.5, 1e-6, 0.8),
+                   {OpClass.GEMM: ClassParams(0.78, 0.9, 4e-6, 128, 128, 16, 0.5, 1e-6, 0.8, fill_tile_eff=0.7),
                     OpClass.MEMCPY_D2D: ClassParams(memory_eff=0.92, latency_s=6e-6)},
                    elementwise={"rmsnorm": ClassParams(memory_eff=0.7, latency_s=3e-6),
                                 "residual_add": ClassParams(memory_eff=0.9, latency_s=1.5e-6)})

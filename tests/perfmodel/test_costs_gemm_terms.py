@@ -1,0 +1,79 @@
+"""GEMM cost terms: a grid of fewer tiles than SMs filled by smaller tiles, and operand rows off the
+128-byte lines."""
+
+import math
+
+import numpy as np
+import pytest
+
+from hw.loader import load_gpu
+from hw.spec import Dtype
+from perfmodel.calibration import ClassParams, Mode, OpClass, Profile, params_from_dict
+from perfmodel.costs import GEMM_ALIGN_BYTES, gemm_misaligned, op_cost
+from perfmodel.errors import ProfileError
+from perfmodel.ops import Gemm
+
+H100 = load_gpu("h100-sxm-80gb")
+PEAK_FLOPS = H100.flops_for(Dtype.BF16)
+
+
+def _prof(p: ClassParams) -> Profile:
+    return Profile(H100.name, Mode.CALIBRATED, {OpClass.GEMM: p})
+
+
+def test_under_filled_grid_runs_one_wave_of_smaller_tiles_at_the_fill_rate():
+    # 1024 x 1024 in 128 x 256 tiles: 32 tiles on 132 SMs
+    tiles = 8 * 4
+    base = ClassParams(tile_m=128, tile_n=256, wave_quant=1.0, tile_overhead_s=1e-6)
+    fill = ClassParams(tile_m=128, tile_n=256, wave_quant=1.0, tile_overhead_s=1e-6, fill_tile_eff=0.7)
+    op = Gemm(m=1024, n=1024, k=4096)
+    fl = 2.0 * 1024 * 1024 * 4096
+    want = fl / 0.7 ** math.log2(H100.sm_count / tiles) / PEAK_FLOPS + 1e-6
+    assert op_cost(op, H100, _prof(fill)).compute_s == pytest.approx(want)
+    # strict wave quantization charges the idle SMs: one full wave of 128 x 256 tiles
+    strict = fl * H100.sm_count / tiles / PEAK_FLOPS + 1e-6
+    assert op_cost(op, H100, _prof(base)).compute_s == pytest.approx(strict)
+    assert want < strict
+
+
+def test_fill_rate_leaves_grids_of_at_least_one_wave_alone():
+    base = ClassParams(tile_m=128, tile_n=256, wave_quant=0.5, tile_overhead_s=1e-6, small_tile_eff=0.9)
+    fill = ClassParams(tile_m=128, tile_n=256, wave_quant=0.5, tile_overhead_s=1e-6, small_tile_eff=0.9,
+                       fill_tile_eff=0.6)
+    ms = np.array([4096.0, 16384.0])  # 32 x 16 and 128 x 16 tiles
+    op = Gemm(m=ms, n=4096, k=4096)
+    assert np.allclose(op_cost(op, H100, _prof(fill)).compute_s, op_cost(op, H100, _prof(base)).compute_s)
+    # fewer tiles: more halvings of the tile area, each at the fill rate
+    small = Gemm(m=np.array([2048.0, 512.0]), n=1024, k=4096)
+    per_flop = op_cost(small, H100, _prof(fill)).compute_s / (2.0 * small.m * 1024 * 4096)
+    assert per_flop[1] > per_flop[0]
+
+
+def test_rows_off_the_128_byte_lines_are_found_per_operand_format():
+    ns = np.array([1000.0, 1024.0, 4096.0, 1088.0])
+    assert gemm_misaligned(Gemm(m=16, n=ns, k=4096)).tolist() == [True, False, False, False]
+    assert gemm_misaligned(Gemm(m=16, n=4096, k=4000))  # K rows of 8000 bytes
+    # 1088 bf16 elements are 2176 bytes (17 lines); 1088 fp8 weights are 8.5 lines
+    assert gemm_misaligned(Gemm(m=16, n=1088, k=4096, b_dtype=Dtype.FP8))
+    assert GEMM_ALIGN_BYTES == 128
+
+
+def test_misaligned_rows_compute_at_the_misaligned_rate():
+    p = ClassParams(misaligned_eff=0.8)
+    ns = np.array([1000.0, 1024.0])
+    op = Gemm(m=8192, n=ns, k=8192)
+    c = op_cost(op, H100, _prof(p)).compute_s
+    assert c == pytest.approx(2.0 * 8192 * ns * 8192 / PEAK_FLOPS / np.array([0.8, 1.0]))
+    # off (0): the same rate for both
+    off = op_cost(op, H100, _prof(ClassParams())).compute_s
+    assert off == pytest.approx(2.0 * 8192 * ns * 8192 / PEAK_FLOPS)
+    # a scalar op stays a scalar
+    assert isinstance(op_cost(Gemm(m=64, n=1000, k=1000), H100, _prof(p)).compute_s, float)
+
+
+@pytest.mark.parametrize("name", ["fill_tile_eff", "misaligned_eff"])
+@pytest.mark.parametrize("bad", [-0.1, 1.2, float("nan")])
+def test_gemm_rate_factors_must_lie_in_0_1(name, bad):
+    with pytest.raises(ProfileError, match=name):
+        params_from_dict({name: bad}, "gemm")
+    assert getattr(params_from_dict({name: 0.7}, "gemm"), name) == 0.7
