@@ -428,7 +428,7 @@ class _NoLaunch:
 #: skip the reduction kernel (wrong output, timing of the first kernel alone).
 STREAMK_VARIANTS = (
     ("SK default", {}),
-    ("SK one loop", {"_STREAM_K_FLAT": 1}),
+    ("SK 1 per SM", {"_STREAM_K_PROGRAMS_PER_SM": 1}),
     ("SK loop over pieces", {"_STREAM_K_FLAT": 0}),
 )
 #: also time the first kernel of each schedule alone (reduction launch skipped)

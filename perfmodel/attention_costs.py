@@ -94,6 +94,10 @@ def prefill_schedule_s(op: Attention, gpu: GPU, p: ClassParams, splits, math_pea
 
 
 TRITON_DECODE_BLOCK_N = 64.0  # keys per tile of kernels.attention_decode (split-KV and stream-K)
+# stream-K programs per SM in kernels.attention_decode, and the cache size (KV tiles per SM, at
+# most) below which it runs one per SM instead
+STREAM_K_PROGRAMS_PER_SM = 2.0
+STREAM_K_SMALL_TILES_PER_SM = 16.0
 
 
 def triton_decode_block_n(rule: int, head_dim):
@@ -110,8 +114,9 @@ def triton_decode_pieces(units, kv_len, slots: int, rule: int, sm_count: int | N
 
     split-KV (``kernels.attention_decode``): ``splits = ceil(slots / units)`` chunks of whole
     64-key tiles per (sequence, kv head), ``pieces = ceil(kv / chunk)``.  Stream-K (tiles of
-    :func:`triton_decode_block_n` keys): one program per
-    SM (``sm_count``; ``slots`` when not given), rounded down to a multiple of the ``units``
+    :func:`triton_decode_block_n` keys): ``STREAM_K_PROGRAMS_PER_SM`` programs per SM
+    (``sm_count``; ``slots`` when not given), one per SM when all the tiles are at most
+    ``STREAM_K_SMALL_TILES_PER_SM`` per SM, rounded down to a multiple of the ``units``
     (sequence, kv head) pairs when there are fewer pairs, and at most one per tile, share all KV
     tiles equally.  Rounded, every program's run lies inside one pair (``programs / units`` pieces
     per pair); otherwise a run ends a piece at each pair boundary, about ``programs + units``
@@ -120,8 +125,10 @@ def triton_decode_pieces(units, kv_len, slots: int, rule: int, sm_count: int | N
     kv = np.asarray(kv_len, dtype=np.float64)
     n_tiles = np.maximum(np.ceil(kv / triton_decode_block_n(rule, head_dim)), 1.0)
     if rule == SPLIT_STREAM:
-        target = float(sm_count or slots)
+        sms = float(sm_count or slots)
         u = np.maximum(np.asarray(units, dtype=np.float64), 1.0)
+        small = u * n_tiles <= STREAM_K_SMALL_TILES_PER_SM * sms
+        target = np.where(small, sms, STREAM_K_PROGRAMS_PER_SM * sms)
         aligned = u <= target
         target = np.where(aligned, np.floor(target / u) * u, target)
         programs = np.maximum(np.minimum(target, u * n_tiles), 1.0)

@@ -209,9 +209,10 @@ def test_stream_k_fused_and_reduced_agree(seed, monkeypatch):
         (None, 132, 8, 16, 128),  # small cache: capped at the tiles
         (None, 132, 8, 64, 128),  # 1 per SM rounded down to a multiple of 8 pairs
         (None, 132, 16, 64, 128),
-        (None, 132, 8, 1000, 128),  # large cache: 1 per SM rounded down to a multiple of 8
-        (None, 132, 7, 1000, 126),
-        (None, 132, 200, 1000, 132),  # more pairs than programs: no rounding
+        (None, 132, 8, 1000, 264),  # large cache: 2 per SM, a multiple of the 8 pairs
+        (None, 132, 7, 1000, 259),  # 2 per SM rounded down to a multiple of 7
+        (None, 132, 200, 1000, 200),  # 200 pairs, 264 programs: rounded down to one per pair
+        (None, 132, 300, 1000, 264),  # more pairs than programs: no rounding
         (None, 132, 1, 1, 1),
         (7, 132, 8, 1, 7),
     ],
@@ -227,11 +228,13 @@ def test_stream_k_program_count(num_splits, sms, pairs, max_tiles, expect):
     [(8, 64, 264), (16, 64, 256), (8, 1000, 128), (200, 10, 200), (300, 7, 264)],  # small caches: 2 per SM
 )
 def test_stream_k_program_count_small_cache_rule(pairs, max_tiles, expect, monkeypatch):
+    # the small-cache count and the large-cache count are separate settings (swapped here)
     import sys
 
     from kernels.attention_decode import stream_k_programs
 
     monkeypatch.setattr(sys.modules["kernels.attention_decode"], "_STREAM_K_SMALL_PROGRAMS_PER_SM", 2)
+    monkeypatch.setattr(sys.modules["kernels.attention_decode"], "_STREAM_K_PROGRAMS_PER_SM", 1)
     assert stream_k_programs(None, 132, pairs, max_tiles) == expect
 
 
