@@ -678,92 +678,16 @@ def _stream_k_kernel(
         t_end = (p + 1) * total // NUM_PROGRAMS
     # the sequence's prefix end and length packed in one int64, so one reduction finds both
     packed = (incl.to(tl.int64) << 32) + lens.to(tl.int64)
-    if FLAT == 1:  # one loop over the program's tiles (no fused merge)
-        if t < t_end:
-            _stream_k_flat(
-                t,
-                t_end,
-                p,
-                idx,
-                incl,
-                packed,
-                Q,
-                K,
-                V,
-                KV_LENS,
-                BT,
-                PO,
-                PL,
-                O,
-                RNG,
-                qk_scale,
-                Hkv,
-                GROUP,
-                BH // Hkv,
-                s_qb,
-                s_qh,
-                s_kb,
-                s_kh,
-                s_kn,
-                s_btb,
-                PAGE_SIZE,
-                s_ob,
-                s_oh,
-                HEAD_DIM,
-                BLOCK_G,
-                BLOCK_N,
-                PAGED,
-                PRECISION,
-                UPCAST,
-            )
-    elif FLAT == 2:  # the loop over tiles only for runs that cross a pair boundary
+    if FLAT == 2:  # the one loop only for runs that cross a pair boundary
         bb = tl.sum((incl <= t).to(tl.int32), 0)
         got = tl.sum(tl.where(idx == bb, packed, 0), 0)
         ptiles = ((got & 0xFFFFFFFF).to(tl.int32) + BLOCK_N - 1) // BLOCK_N
         sfirst = (got >> 32).to(tl.int32) - ptiles * Hkv
-        if t_end <= sfirst + ((t - sfirst) // ptiles + 1) * ptiles:
-            _stream_k_pieces(
-                t,
-                t_end,
-                p,
-                idx,
-                incl,
-                packed,
-                total,
-                Q,
-                K,
-                V,
-                BT,
-                PO,
-                PL,
-                O,
-                CNT,
-                RNG,
-                qk_scale,
-                Hkv,
-                GROUP,
-                NUM_PROGRAMS,
-                s_qb,
-                s_qh,
-                s_kb,
-                s_kh,
-                s_kn,
-                s_btb,
-                PAGE_SIZE,
-                s_ob,
-                s_oh,
-                HEAD_DIM,
-                BLOCK_G,
-                BLOCK_N,
-                PAGED,
-                PRECISION,
-                UPCAST,
-                FUSED,
-                PEEL,
-                GP,
-                BLOCK_S,
-            )
-        elif t < t_end:
+        crosses = t_end > sfirst + ((t - sfirst) // ptiles + 1) * ptiles
+    else:
+        crosses = FLAT == 1
+    if crosses:  # one loop over the program's tiles (no fused merge)
+        if t < t_end:
             _stream_k_flat(
                 t,
                 t_end,
