@@ -138,6 +138,14 @@ class ClassParams:
     row_knee_bytes : float, row kernels (norms): rows of more activation bytes than this no longer stay
         on chip between the kernel's passes over the row and stream at ``row_tail_memory_eff`` (0: off)
     row_tail_memory_eff : float, memory efficiency of rows longer than ``row_knee_bytes`` (0: ``memory_eff``)
+    row_knee_width_bytes : float, row kernels: the knee is a ramp of this many row bytes instead of a step (0: a
+        step): a row of ``row_knee_bytes + f * row_knee_width_bytes`` bytes (f in [0, 1]) pays the share ``f`` of
+        the tail's extra time per byte (rows just past the knee still keep part of the row on chip)
+    cache_bytes : float, elementwise kernels: an op of at most this many bytes streams all of them at
+        ``cache_memory_eff`` (its working set stays in L2 between runs); a larger one misses the cache
+        as a whole (cyclic reuse evicts what the next run needs) and follows the knee form (0: off)
+    cache_memory_eff : float in [0, 4], rate of the bytes of an op within ``cache_bytes``, as a fraction of
+        the HBM bandwidth (above 1: L2) (0: ``memory_eff``)
     score_flops : float, scheduled prefill attention: math per attention score outside the tensor-core matmuls
         (the softmax: max, exp, rescale), in FLOPs at the programs' rate; a program's key costs
         ``tile_m * (4 * head_dim + score_flops)`` (0: none), so small heads cost more per FLOP
@@ -191,6 +199,9 @@ class ClassParams:
     unit_share: float = 0.0
     fill_tile_eff: float = 0.0
     misaligned_eff: float = 0.0
+    row_knee_width_bytes: float = 0.0
+    cache_bytes: float = 0.0
+    cache_memory_eff: float = 0.0
 
     def validate(self, where: str) -> None:
         for name in ("compute_eff", "memory_eff"):
@@ -208,11 +219,13 @@ class ClassParams:
             if not (0 <= v <= 1.5) or not math.isfinite(v):
                 what = "memory_eff" if name in ("split_memory_eff", "tail_memory_eff", "row_tail_memory_eff") else "off"
                 raise ProfileError(f"{where}: {name} must be in [0, 1.5] (0: {what}), got {v}")
+        if not 0 <= self.cache_memory_eff <= 4 or not math.isfinite(self.cache_memory_eff):
+            raise ProfileError(f"{where}: cache_memory_eff must be in [0, 4] (0: memory_eff), got {self.cache_memory_eff}")
         if self.split_rule not in SPLIT_RULES:
             raise ProfileError(f"{where}: split_rule must be one of {sorted(SPLIT_RULES)}, got {self.split_rule}")
         for name in ("latency_s", "ramp_flops", "ramp_bytes", "bandwidth_bytes_per_s", "tile_m", "tile_n",
                      "tile_m_min", "tile_overhead_s", "units_per_sm", "unit_overhead_s", "unit_memory_eff",
-                     "split_latency_s", "knee_bytes", "row_knee_bytes", "score_flops", "split_piece_s",
+                     "split_latency_s", "knee_bytes", "row_knee_bytes", "row_knee_width_bytes", "cache_bytes", "score_flops", "split_piece_s",
                      "unit_step_s"):
             v = getattr(self, name)
             if not math.isfinite(v) or v < 0:

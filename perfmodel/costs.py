@@ -379,6 +379,22 @@ def elementwise_rows(op: Elementwise):
     return out
 
 
+def row_memory_eff(row_bytes, p: ClassParams):
+    """Memory efficiency of a row kernel whose rows hold ``row_bytes`` activation bytes.
+
+    Rows up to ``p.row_knee_bytes`` stream at ``p.memory_eff``; longer rows at ``p.row_tail_memory_eff``.
+    With ``p.row_knee_width_bytes`` the change is a ramp: the time per byte moves linearly from the
+    head's to the tail's over that many row bytes past the knee.
+    """
+    rb = np.asarray(row_bytes, dtype=np.float64)
+    tail_eff = p.row_tail_memory_eff or p.memory_eff
+    if p.row_knee_width_bytes > 0:
+        share = np.clip((rb - p.row_knee_bytes) / p.row_knee_width_bytes, 0.0, 1.0)
+    else:
+        share = (rb > p.row_knee_bytes).astype(np.float64)
+    return 1.0 / ((1.0 - share) / p.memory_eff + share / tail_eff)
+
+
 def _elementwise_cost(op: Elementwise, gpu: GPU, prof: Profile) -> OpCost:
     p = prof.elementwise_params(op.name)
     floor, eff = 0.0, None
@@ -396,8 +412,11 @@ def _elementwise_cost(op: Elementwise, gpu: GPU, prof: Profile) -> OpCost:
                 block_bytes = 3.0 * row_bytes * safe
                 floor = np.where(known, unit_waves_s(safe, block_bytes, gpu.sm_count, gpu.hbm_bytes_per_s, p), 0.0)
             if p.row_knee_bytes > 0:
-                long_row = known & (row_bytes > p.row_knee_bytes)
-                eff = np.where(long_row, p.row_tail_memory_eff or p.memory_eff, p.memory_eff)
+                eff = np.where(known, row_memory_eff(row_bytes, p), p.memory_eff)
+    if p.cache_bytes > 0:
+        # a working set that fits the cache streams at the cache rate; a larger one misses it as a whole
+        by = np.asarray(bytes_moved(op), dtype=np.float64)
+        eff = np.where(by <= p.cache_bytes, p.cache_memory_eff or p.memory_eff, p.memory_eff if eff is None else eff)
     return _roofline(
         flops(op), bytes_moved(op), gpu.flops_for(Dtype.FP32), gpu.hbm_bytes_per_s, p, Bound.HBM_BANDWIDTH,
         memory_floor_s=floor, memory_eff=eff,

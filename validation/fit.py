@@ -108,6 +108,11 @@ _MISALIGNED = Param("misaligned_eff", 0.3, 1.0, 0.9)
 # norms: rows longer than a knee (activation bytes per row; grid) stream at their own efficiency
 _ROW_KNEES = (0.0, 4096.0, 6144.0, 8192.0, 12288.0, 16384.0)
 _ROW_TAIL = _EFF("row_tail_memory_eff", 0.6)
+# the knee as a ramp over a fitted width of row bytes (0: a step)
+_ROW_WIDTH = Param("row_knee_width_bytes", 0.0, 32.0, 4.0, factor=1024.0)
+# elementwise ops whose whole working set stays in L2 between runs (0: none); their rate
+_CACHE_BYTES = (0.0, 1.0e6, 2.0e6, 4.0e6, 8.0e6)
+_CACHE_EFF = Param("cache_memory_eff", 0.05, 4.0, 1.5)
 _ATTN_TILES = tuple({"tile_m": tm} for tm in (0, 64, 128))
 _DECODE_TILES = ({}, {"tile_m": 16}, {"tile_m": 64}, {"tile_m": 128})
 # how each attention implementation splits the KV axis (``ClassParams.split_rule``): PyTorch SDPA
@@ -141,10 +146,12 @@ def _spec(key: str):
         extra = (_REDUCE_EFF,) if rule in (SPLIT_FILL, SPLIT_STREAM) else ()
         return _COMPUTE_SPEC + occupancy + (_UNIT_STEP,) + extra, _choices(_DECODE_TILES, rule)
     if base == "elementwise:rmsnorm":  # one block per row: the row count sets the occupancy
-        return _ROW_SPEC + (_ROW_TAIL,), tuple({"units_per_sm": u, "row_knee_bytes": kb}
+        return _ROW_SPEC + (_ROW_TAIL, _ROW_WIDTH), tuple({"units_per_sm": u, "row_knee_bytes": kb}
                                                for u in (1.0, 2.0, 4.0, 8.0, 16.0) for kb in _ROW_KNEES)
     if base in ("memcpy_h2d_pageable", "memcpy_d2h_pageable"):  # staged through host caches
         return _PAGEABLE_SPEC, ({},)
+    if base == "elementwise:residual_add":  # plus a whole working set held in L2 (grid of cache sizes)
+        return _SIZE_KNEE_SPEC + (_CACHE_EFF,), tuple({"cache_bytes": c} for c in _CACHE_BYTES)
     if base.startswith("memcpy") or base.startswith("elementwise"):  # two size regimes (L2 / grid fill)
         return _SIZE_KNEE_SPEC, ({},)
     return _MEMORY_SPEC, ({},)
