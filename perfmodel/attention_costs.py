@@ -102,7 +102,7 @@ STREAM_K_SMALL_TILES_PER_SM = 16.0
 
 def triton_decode_block_n(rule: int, head_dim):
     """Keys per KV tile of our Triton decode kernels: 64, and 128 for stream-K at head_dim <= 64
-    (its one program per SM then keeps a head_dim-128 tile's bytes in flight)."""
+    (each program then keeps a head_dim-128 tile's bytes in flight)."""
     d = np.asarray(head_dim, dtype=np.float64)
     if rule == SPLIT_STREAM:
         return np.where(d <= 64, 2.0 * TRITON_DECODE_BLOCK_N, TRITON_DECODE_BLOCK_N)
