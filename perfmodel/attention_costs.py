@@ -64,7 +64,9 @@ def prefill_schedule_s(op: Attention, gpu: GPU, p: ClassParams, splits, math_pea
     tiles do most of the work.  ``units_per_sm * SMs`` programs run at once (flash-attention 2
     runs one query tile per thread block and loops over key blocks, Dao 2023).  The makespan is
     at least the longest program and at least the mean load of a slot plus ``wave_quant`` of a
-    mean program (the tail of list scheduling).  KV splits divide each program's keys.
+    mean program (the tail of list scheduling); without a causal mask the programs are equal, so
+    that tail is at most the idle part of the last wave (``ceil(x) - x`` programs for ``x``
+    programs per slot).  KV splits divide each program's keys.
     """
     bm = float(p.tile_m or 128)
     q = np.asarray(op.q_len, dtype=np.float64)
@@ -90,7 +92,13 @@ def prefill_schedule_s(op: Attention, gpu: GPU, p: ClassParams, splits, math_pea
         key_flops = bm * (4.0 * np.asarray(op.head_dim, dtype=np.float64) + p.score_flops)
         t_max = np.minimum(t_max, p.unit_overhead_s + max_keys * key_flops / (p.unit_share * sm_rate))
     slots = max(p.units_per_sm, 1.0) * gpu.sm_count
-    return np.maximum(t_max, units * t_mean / slots + p.wave_quant * t_mean)
+    tail = p.wave_quant
+    if not op.causal:
+        # equal programs: no list-scheduling tail beyond the idle part of the last wave (a grid
+        # that fills the slots exactly ends with its one wave)
+        x = units / slots
+        tail = np.minimum(p.wave_quant, np.ceil(x) - x)
+    return np.maximum(t_max, units * t_mean / slots + tail * t_mean)
 
 
 TRITON_DECODE_BLOCK_N = 64.0  # keys per tile of kernels.attention_decode (split-KV and stream-K)

@@ -329,3 +329,31 @@ def test_unit_share_shortens_a_causal_wave_not_a_non_causal_one():
     assert t(on, True) < t(off, True)
     assert t(on, False) == pytest.approx(t(off, False))
     assert t(on, True) < t(on, False)
+
+
+def test_non_causal_grids_pay_no_tail_beyond_the_idle_part_of_the_last_wave():
+    from perfmodel.calibration import SPLIT_NONE
+
+    p = ClassParams(split_rule=SPLIT_NONE, units_per_sm=4.0, unit_compute_eff=0.4, unit_overhead_s=1e-6, tile_m=128,
+                    wave_quant=0.4)
+    prof = _prof(attention_prefill=p)
+    rate = 0.4 * H100.flops_for(Dtype.BF16) / H100.sm_count  # 4 programs share an SM's math
+    slots = 4 * H100.sm_count
+
+    def t(n, causal):
+        return op_cost(_prefill(1, n, causal=causal), H100, prof).compute_s
+
+    def program_s(n):  # one non-causal program: every key of its query tile
+        units = 32 * (n // 128)
+        share = 4.0 / min(max(units / H100.sm_count, 1.0), 4.0)
+        return 1e-6 + n * 128 * (4 * 128) / (rate * share)
+
+    # 512 programs on 528 slots (one wave): one program's time, no tail
+    assert t(2048, False) == pytest.approx(program_s(2048))
+    # 1024 programs: 1.94 waves, the tail bounded by the 0.06 of a wave left idle
+    x = 1024 / slots
+    assert t(4096, False) == pytest.approx((x + (np.ceil(x) - x)) * program_s(4096))
+    # causal programs differ in length: the list-scheduling tail (wave_quant of a mean program) stays
+    units, mean_keys = 512, 128 * 17 / 2
+    t_mean = 1e-6 + mean_keys * 128 * (4 * 128) / (rate * 4.0 / min(units / H100.sm_count, 4.0))
+    assert t(2048, True) >= units * t_mean / slots + 0.4 * t_mean - 1e-12
