@@ -73,14 +73,19 @@ def _gemm_ms(size: str) -> list[int]:
     return ms if size == "full" else [1, 4, 16, 64, 100, 256, 512, 1000, 2048, 4096, 8192, 16384]
 
 
-def gemm_cases(size: str) -> list[Case]:
+def _gemm_grid(fams, ms) -> list[Case]:
+    """One cuBLAS GEMM case per (N, K) family and M, up to 20 TFLOP and 6 GB of operands."""
     out = []
-    for n, k in _gemm_families(size):
-        for m in _gemm_ms(size):
+    for n, k in fams:
+        for m in ms:
             if m * n * k * 2 > 2.0e13 or (m * k + k * n + m * n) * BF16 > 6e9:
                 continue
             out.append(Case("gemm", "cublas", f"gemm/n{n}_k{k}", op_to_dict(Gemm(m, n, k)), {"m": m, "n": n, "k": k}))
     return out
+
+
+def gemm_cases(size: str) -> list[Case]:
+    return _gemm_grid(_gemm_families(size), _gemm_ms(size))
 
 
 def with_gemm_ms(todo: list[Case], ms) -> list[Case]:
@@ -90,13 +95,7 @@ def with_gemm_ms(todo: list[Case], ms) -> list[Case]:
     if not ms or min(ms) < 1:
         raise ValueError(f"GEMM M values must be positive integers, got {ms}")
     fams = list(dict.fromkeys((c.args["n"], c.args["k"]) for c in todo if c.section == "gemm"))
-    out = [c for c in todo if c.section != "gemm"]
-    for n, k in fams:
-        for m in ms:
-            if m * n * k * 2 > 2.0e13 or (m * k + k * n + m * n) * BF16 > 6e9:
-                continue
-            out.append(Case("gemm", "cublas", f"gemm/n{n}_k{k}", op_to_dict(Gemm(m, n, k)), {"m": m, "n": n, "k": k}))
-    return out
+    return [c for c in todo if c.section != "gemm"] + _gemm_grid(fams, ms)
 
 
 def _tokens(size: str) -> list[int]:
@@ -239,12 +238,7 @@ def extra_cases(size: str = "quick") -> list[Case]:
     attention layouts, copy sizes between the quick set's (``python -m validation.run --extra``)."""
     if size == "smoke":
         return [c for c in cases("smoke", ("gemm",))][:2]
-    out = []
-    for n, k in _EXTRA_GEMM:
-        for m in _EXTRA_MS:
-            if m * n * k * 2 > 2.0e13:
-                continue
-            out.append(Case("gemm", "cublas", f"gemm/n{n}_k{k}", op_to_dict(Gemm(m, n, k)), {"m": m, "n": n, "k": k}))
+    out = _gemm_grid(_EXTRA_GEMM, _EXTRA_MS)
     for t in (1, 8, 64, 512, 2048, 8192, 16384):
         for h in _EXTRA_HIDDEN:
             out += _norm_and_add_cases(t, h)
