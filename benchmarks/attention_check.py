@@ -65,17 +65,6 @@ def run_checks() -> dict[str, float]:
     return res
 
 
-def _driver() -> str | None:
-    import subprocess
-
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
-        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
-    except (OSError, subprocess.SubprocessError, IndexError):
-        return None
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -87,7 +76,9 @@ def main() -> int:
         return 2
     res = run_checks()
     bad = {k: v for k, v in res.items() if not v < 1e-2}
-    meta = {"gpu": torch.cuda.get_device_name(), "driver": _driver(), "torch": torch.__version__,
+    from validation.run import driver_version
+
+    meta = {"gpu": torch.cuda.get_device_name(), "driver": driver_version(), "torch": torch.__version__,
             "cuda": torch.version.cuda, "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat()}
     try:
         import triton

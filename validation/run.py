@@ -33,7 +33,7 @@ def _meta(device) -> dict:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         props = torch.cuda.get_device_properties(device)
-        driver = _driver_version()
+        driver = driver_version()
         extra = {"sm_count": props.multi_processor_count, "l2_bytes": getattr(props, "L2_cache_size", 0)}
     else:
         name, driver, extra = "cpu", None, {"sm_count": 0, "l2_bytes": 0}
@@ -56,7 +56,8 @@ def kernels_source_sha256() -> str:
     return h.hexdigest()[:16]
 
 
-def _driver_version() -> Optional[str]:
+def driver_version() -> Optional[str]:
+    """The NVIDIA driver version ``nvidia-smi`` reports, or None without one."""
     try:
         import subprocess
 
