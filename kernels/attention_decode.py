@@ -162,13 +162,14 @@ def check_lens_values(kv_lens: torch.Tensor, max_len: int) -> None:
 def stream_k_programs(num_splits: int | None, sms: int, pairs: int, max_tiles: int) -> int:
     """Stream-K programs: ``num_splits`` if given; else ``_STREAM_K_PROGRAMS_PER_SM`` per SM
     (``_STREAM_K_SMALL_PROGRAMS_PER_SM`` when the most KV tiles there can be, ``pairs *
-    max_tiles``, are at most ``_STREAM_K_SMALL_TILES_PER_SM`` per SM), rounded down to a
-    multiple of ``pairs`` when ``_STREAM_K_ALIGN`` and there are fewer pairs than programs, and
-    no more than ``pairs * max_tiles``."""
+    max_tiles``, are at most ``_STREAM_K_SMALL_TILES_PER_SM`` per SM and the pairs fit the SMs),
+    rounded down to a multiple of ``pairs`` when ``_STREAM_K_ALIGN`` and there are fewer pairs
+    than programs, and no more than ``pairs * max_tiles``."""
     if num_splits:
         return num_splits
     tiles = pairs * max_tiles
-    small = tiles <= _STREAM_K_SMALL_TILES_PER_SM * sms
+    # with more pairs than SMs each program walks several short pairs, which two per SM overlap
+    small = tiles <= _STREAM_K_SMALL_TILES_PER_SM * sms and pairs <= sms
     target = (_STREAM_K_SMALL_PROGRAMS_PER_SM if small else _STREAM_K_PROGRAMS_PER_SM) * sms
     if _STREAM_K_ALIGN and pairs <= target:
         target = target // pairs * pairs

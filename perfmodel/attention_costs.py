@@ -103,7 +103,7 @@ def prefill_schedule_s(op: Attention, gpu: GPU, p: ClassParams, splits, math_pea
 
 TRITON_DECODE_BLOCK_N = 64.0  # keys per tile of kernels.attention_decode (split-KV and stream-K)
 # stream-K programs per SM in kernels.attention_decode, and the cache size (KV tiles per SM, at
-# most) below which it runs one per SM instead
+# most) below which it runs one per SM instead (when the (sequence, kv head) pairs fit the SMs)
 STREAM_K_PROGRAMS_PER_SM = 2.0
 STREAM_K_SMALL_TILES_PER_SM = 16.0
 
@@ -124,7 +124,7 @@ def triton_decode_pieces(units, kv_len, slots: int, rule: int, sm_count: int | N
     64-key tiles per (sequence, kv head), ``pieces = ceil(kv / chunk)``.  Stream-K (tiles of
     :func:`triton_decode_block_n` keys): ``STREAM_K_PROGRAMS_PER_SM`` programs per SM
     (``sm_count``; ``slots`` when not given), one per SM when all the tiles are at most
-    ``STREAM_K_SMALL_TILES_PER_SM`` per SM, rounded down to a multiple of the ``units``
+    ``STREAM_K_SMALL_TILES_PER_SM`` per SM and the pairs are no more than the SMs, rounded down to a multiple of the ``units``
     (sequence, kv head) pairs when there are fewer pairs, and at most one per tile, share all KV
     tiles equally.  Rounded, every program's run lies inside one pair (``programs / units`` pieces
     per pair); otherwise a run ends a piece at each pair boundary, about ``programs + units``
@@ -135,7 +135,7 @@ def triton_decode_pieces(units, kv_len, slots: int, rule: int, sm_count: int | N
     if rule == SPLIT_STREAM:
         sms = float(sm_count or slots)
         u = np.maximum(np.asarray(units, dtype=np.float64), 1.0)
-        small = u * n_tiles <= STREAM_K_SMALL_TILES_PER_SM * sms
+        small = (u * n_tiles <= STREAM_K_SMALL_TILES_PER_SM * sms) & (u <= sms)
         target = np.where(small, sms, STREAM_K_PROGRAMS_PER_SM * sms)
         aligned = u <= target
         target = np.where(aligned, np.floor(target / u) * u, target)

@@ -225,7 +225,8 @@ def test_stream_k_program_count(num_splits, sms, pairs, max_tiles, expect):
 
 @pytest.mark.parametrize(
     "pairs,max_tiles,expect",
-    [(8, 64, 264), (16, 64, 256), (8, 1000, 128), (200, 10, 200), (300, 7, 264)],  # small caches: 2 per SM
+    # small caches: 2 per SM; more pairs than SMs: not small, 1 per SM
+    [(8, 64, 264), (16, 64, 256), (8, 1000, 128), (132, 16, 264), (133, 15, 132), (200, 10, 132), (300, 7, 132)],
 )
 def test_stream_k_program_count_small_cache_rule(pairs, max_tiles, expect, monkeypatch):
     # the small-cache count and the large-cache count are separate settings (swapped here)

@@ -232,9 +232,12 @@ def test_triton_decode_pieces_follow_the_kernels_schedules():
     assert (programs, pieces) == (256, 32)
     # enough pairs: no split
     assert _triton_decode_pieces(np.float64(1024), 4096, 264, SPLIT_FILL) == (1024, 1)
-    # stream-K: 264 programs share 1024 x 4 tiles; every pair adds a piece boundary
+    # stream-K: 1024 pairs (more than the SMs: two programs per SM though the cache is small)
+    # share 1024 x 4 tiles; every pair adds a piece boundary
     programs, pieces = _triton_decode_pieces(np.float64(1024), 256, 264, SPLIT_STREAM)
-    assert programs == 264 and pieces == pytest.approx((264 + 1024) / 1024)
+    assert programs == 528 and pieces == pytest.approx((528 + 1024) / 1024)
+    # the same small cache over as many pairs as SMs: one per SM
+    assert _triton_decode_pieces(np.float64(264), 256, 264, SPLIT_STREAM)[0] == 264
     # fewer tiles than slots: one program per tile
     assert _triton_decode_pieces(np.float64(2), 128, 264, SPLIT_STREAM)[0] == 4
     # two programs per SM when the SM count is given (a large cache), a multiple of the 8 pairs:
