@@ -119,7 +119,7 @@ class ClassParams:
     split_rule : int, how an attention kernel splits the KV axis over programs (0: no split;
         1: the flash-attention heuristic over ``2 * SMs`` slots; 2: enough splits to fill
         ``2 * SMs`` programs; 3: stream-K, two programs per SM, one for caches of at most 16 KV
-        tiles per SM (rounded down to a multiple of the (sequence, kv head) pairs when there are
+        tiles per SM when the (sequence, kv head) pairs fit the SMs (rounded down to a multiple of the (sequence, kv head) pairs when there are
         fewer) sharing all KV tiles equally)
     split_latency_s : float, seconds added when the KV axis is split (the combine kernel)
     split_memory_eff : float, memory efficiency of the split-KV path (0: ``memory_eff``)
@@ -131,6 +131,9 @@ class ClassParams:
         ``unit_overhead_s`` plus its keys' math; causal tiles see different key counts)
     reduce_bytes_eff : float, Triton split/stream decode (0: off): the combine kernel's partial
         results (fp32, one row per query head and KV piece) stream at this fraction of the bandwidth
+    reduce_row_s : float, Triton split/stream decode (0: off): seconds per output row (a query head
+        of a sequence; the combine kernel runs one program per row) and SM: the combine kernel's
+        programs are short and latency-bound, so its time grows with their count over the SMs
     tile_choice : int, GEMM (0: the fitted ``tile_m`` x ``tile_n`` tile; 1: the fastest of
         ``perfmodel.costs.GEMM_CANDIDATE_TILES``, each with its own waves, as a heuristic library picks;
         ``tile_m``/``tile_n`` must still be non-zero to switch tiling on)
@@ -190,6 +193,7 @@ class ClassParams:
     tail_memory_eff: float = 0.0
     unit_compute_eff: float = 0.0
     reduce_bytes_eff: float = 0.0
+    reduce_row_s: float = 0.0
     tile_choice: int = 0
     small_tile_eff: float = 0.0
     row_knee_bytes: float = 0.0
@@ -227,7 +231,7 @@ class ClassParams:
         for name in ("latency_s", "ramp_flops", "ramp_bytes", "bandwidth_bytes_per_s", "tile_m", "tile_n",
                      "tile_m_min", "tile_overhead_s", "units_per_sm", "unit_overhead_s", "unit_memory_eff",
                      "split_latency_s", "knee_bytes", "row_knee_bytes", "row_knee_width_bytes", "cache_bytes", "score_flops", "split_piece_s",
-                     "unit_step_s"):
+                     "unit_step_s", "reduce_row_s"):
             v = getattr(self, name)
             if not math.isfinite(v) or v < 0:
                 raise ProfileError(f"{where}: {name} must be finite and >= 0, got {v}")

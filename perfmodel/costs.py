@@ -306,6 +306,11 @@ def _attention_cost(op: Attention, gpu: GPU, prof: Profile) -> OpCost:
             if p.reduce_bytes_eff > 0:
                 partial_bytes = 2.0 * units * pieces * rows * (np.asarray(op.head_dim, dtype=np.float64) + 1.0) * 4.0
                 split_lat = split_lat + partial_bytes / (p.reduce_bytes_eff * gpu.hbm_bytes_per_s)
+            if p.reduce_row_s > 0:
+                # the combine kernel runs one short, latency-bound program per output row (a query
+                # head of a sequence): their count over the SMs
+                out_rows = np.asarray(op.batch, dtype=np.float64) * np.asarray(op.q_heads, dtype=np.float64) * q
+                split_lat = split_lat + p.reduce_row_s * out_rows / gpu.sm_count
             if p.split_memory_eff > 0:
                 eff = np.where(split, p.split_memory_eff, p.memory_eff)
             block_n = triton_decode_block_n(p.split_rule, op.head_dim)

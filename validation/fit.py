@@ -125,6 +125,8 @@ _PREFILL_SPEC = (_EFF("memory_eff", 0.8), _LAT, _OVERLAP, _UNIT_OH, Param("unit_
 _PREFILL_TILES = tuple({"tile_m": tm} for tm in (64, 128))
 # the combine kernel of our Triton decode kernels: fp32 partials streamed at a fraction of HBM
 _REDUCE_EFF = Param("reduce_bytes_eff", 0.02, 1.5, 0.3)
+# ... and its time per output row (one program each) and SM
+_REDUCE_ROW = Param("reduce_row_s", 0.0, 2.0, 0.05, factor=1e-6)
 _UNITS_PER_SM = (1.0, 2.0, 4.0)
 
 
@@ -143,7 +145,7 @@ def _spec(key: str):
     if base == "attention_prefill":
         return _PREFILL_SPEC + ((_SPLIT_LAT,) if rule != SPLIT_NONE else ()), _choices(_PREFILL_TILES, rule)
     if base == "attention_decode":  # rows of a KV head's query group, padded to the kernel's tile
-        extra = (_REDUCE_EFF,) if rule in (SPLIT_FILL, SPLIT_STREAM) else ()
+        extra = (_REDUCE_EFF, _REDUCE_ROW) if rule in (SPLIT_FILL, SPLIT_STREAM) else ()
         return _COMPUTE_SPEC + occupancy + (_UNIT_STEP,) + extra, _choices(_DECODE_TILES, rule)
     if base == "elementwise:rmsnorm":  # one block per row: the row count sets the occupancy
         return _ROW_SPEC + (_ROW_TAIL, _ROW_WIDTH), tuple({"units_per_sm": u, "row_knee_bytes": kb}

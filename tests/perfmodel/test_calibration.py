@@ -71,6 +71,7 @@ def test_profile_for_another_gpu_is_refused(tmp_path):
         ({"memcpy_h2d_pageable": {"knee_bytes": float("nan")}}, "knee_bytes"),
         ({"attention_prefill": {"unit_compute_eff": 2}}, "unit_compute_eff"),
         ({"attention_decode": {"reduce_bytes_eff": -0.1}}, "reduce_bytes_eff"),
+        ({"attention_decode": {"reduce_row_s": -1e-7}}, "reduce_row_s"),
         ({"attention_decode": {"split_rule": 4}}, "split_rule"),
     ],
 )

@@ -278,6 +278,21 @@ def test_triton_decode_combine_kernel_costs_its_partials():
     assert lat1 - lat0 == pytest.approx(partial / (0.5 * H100.hbm_bytes_per_s))
 
 
+def test_triton_decode_combine_kernel_costs_its_rows():
+    from perfmodel.calibration import SPLIT_FILL
+
+    base = ClassParams(split_rule=SPLIT_FILL, split_latency_s=2e-6)
+    rows = ClassParams(split_rule=SPLIT_FILL, split_latency_s=2e-6, reduce_row_s=1e-7)
+    lat = {}
+    for b in (1, 64):
+        op = Attention(Phase.DECODE, batch=b, q_len=1, kv_len=256, q_heads=32, kv_heads=8, head_dim=128)
+        lat[b] = op_cost(op, H100, _prof(attention_decode=rows)).latency_s - op_cost(
+            op, H100, _prof(attention_decode=base)).latency_s
+    # one combine program per query head of a sequence, over the SMs
+    assert lat[1] == pytest.approx(1e-7 * 32 / H100.sm_count)
+    assert lat[64] == pytest.approx(64 * lat[1])
+
+
 def test_gemm_candidate_tiles_never_slower_than_the_largest_tile():
     from types import MappingProxyType
 
