@@ -2,11 +2,13 @@
 
 Usage (on a CUDA machine)::
 
-    python benchmarks/kernels.py --out DIR [--sections ceilings,check,gemm,prefill,decode,paged,kv,sweep,streamk]
+    python benchmarks/kernels.py --out DIR [--sections ceilings,check,gemm,prefill,decode,paged,kv,sweep,streamk,streamk_rounds]
 
 ``streamk`` is the focused stream-K vs split-KV decode grid (run 4): a GPU check of both
 stream-K merge paths first, then every shape with the default schedules and stream-K with the
 two other program-count rules (two per SM for small caches; one per SM not rounded to the pairs).
+``streamk_rounds`` times the same grid's split-KV and stream-K defaults in alternating rounds
+(both CUDA graphs captured once, replayed in turn) and counts the rounds stream-K wins.
 
 Times every kernel with ``triton.testing.do_bench`` (median of repeated runs, L2 flushed
 between runs) and writes ``kernels_bench.json`` (environment, ceilings, rows),
@@ -232,12 +234,10 @@ def _bench_graph(fns) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def _decode_case(bsz, length, hq=32, hkv=8, d=128, ragged=False, sdpa=True,
-                 schedules=("split_kv", "stream_k"),
-                 section="decode", splits=(None,), meta=None):
-    """Time one decode shape. ``time_s`` is the CUDA-graph GPU time over rotated input copies
-    (at least 256 MB of KV in rotation, so no L2 reuse); ``do_bench_time_s`` is do_bench's median
-    of eager calls, which includes launch gaps when the CPU side is slower than the GPU."""
+def _decode_inputs(bsz, length, hq=32, hkv=8, d=128, ragged=False):
+    """(kv_lens, input copies (q, k_cache, v_cache), bytes one call reads and writes) of a decode
+    shape: random bf16 inputs, enough copies to rotate 256 MB of KV (no L2 reuse), ragged lengths
+    uniform in [1, length] with the first sequence at ``length`` (seeded by the shape)."""
     g = torch.Generator(device="cuda").manual_seed(bsz * 1000 + length)
     if ragged:
         lens = torch.randint(1, length + 1, (bsz,), device="cuda", generator=g, dtype=torch.int32)
@@ -249,8 +249,18 @@ def _decode_case(bsz, length, hq=32, hkv=8, d=128, ragged=False, sdpa=True,
     sets = [(torch.randn(bsz, hq, d, device="cuda", dtype=torch.bfloat16),
              torch.randn(bsz, hkv, length, d, device="cuda", dtype=torch.bfloat16),
              torch.randn(bsz, hkv, length, d, device="cuda", dtype=torch.bfloat16)) for _ in range(copies)]
-    q, kc, vc = sets[0]
     nbytes = 2 * hkv * d * 2 * int(lens.sum()) + 2 * bsz * hq * d * 2
+    return lens, sets, nbytes
+
+
+def _decode_case(bsz, length, hq=32, hkv=8, d=128, ragged=False, sdpa=True,
+                 schedules=("split_kv", "stream_k"),
+                 section="decode", splits=(None,), meta=None):
+    """Time one decode shape. ``time_s`` is the CUDA-graph GPU time over rotated input copies
+    (at least 256 MB of KV in rotation, so no L2 reuse); ``do_bench_time_s`` is do_bench's median
+    of eager calls, which includes launch gaps when the CPU side is slower than the GPU."""
+    lens, sets, nbytes = _decode_inputs(bsz, length, hq, hkv, d, ragged)
+    copies = len(sets)
     op = {"op": "attention", "phase": "decode", "batch": bsz, "q_len": 1, "kv_len": length, "q_heads": hq,
           "kv_heads": hkv, "head_dim": d, "causal": True, "dtype": "bf16"}
     flops = kernels.attention_decode.flops(op) if not ragged else 4 * hq * d * int(lens.sum())
@@ -433,6 +443,16 @@ STREAMK_VARIANTS = (
 )
 #: also time the first kernel of each schedule alone (reduction launch skipped)
 STREAMK_MAIN_ONLY = False
+#: the stream-K grid (batch, KV length, ragged; Hq 32, Hkv 8, head_dim 128): the 31 shapes with
+#: B*Hkv below 132 SMs and three with more
+STREAMK_SHAPES = [(b, n, False) for b in (1, 2, 4, 8, 16) for n in (1024, 4096, 16384, 65536, 262144)
+                  if b * n <= 4 * 1024 * 1024]
+STREAMK_SHAPES += [(32, 1024, False), (64, 1024, False), (32, 4096, False),
+                   (4, 65536, True), (16, 16384, True), (16, 65536, True), (64, 16384, True),
+                   (1, 4096, True), (2, 16384, True), (8, 4096, True)]
+#: rounds of the alternating comparison (``streamk_rounds``) and timed replays per round
+STREAMK_ROUNDS = 11
+STREAMK_ROUND_REPLAYS = 5
 
 
 def _with_flags(mod, flags, fn):
@@ -455,11 +475,7 @@ def streamk() -> None:
     mod = sys.modules["kernels.attention_decode"]
     dk = sys.modules["kernels._decode_kernels"]
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    shapes = [(b, n, False) for b in (1, 2, 4, 8, 16) for n in (1024, 4096, 16384, 65536, 262144)
-              if b * n <= 4 * 1024 * 1024]
-    shapes += [(32, 1024, False), (64, 1024, False), (32, 4096, False),
-               (4, 65536, True), (16, 16384, True), (16, 65536, True), (64, 16384, True),
-               (1, 4096, True), (2, 16384, True), (8, 4096, True)]
+    shapes = STREAMK_SHAPES
     labels = [v[0] for v in STREAMK_VARIANTS]
     table = []
     for bsz, length, ragged in shapes:
@@ -532,6 +548,68 @@ def streamk() -> None:
         print(f"layout B={bsz} L={length} Hq={hq} Hkv={hkv} D={d} pairs={bsz * hkv}: split-KV "
               f"{t[('split_kv', None)] * 1e6:.1f} us, stream-K {t[('stream_k', None)] * 1e6:.1f} us{extra}")
     INFO["streamk_head_layouts"] = many
+
+
+def streamk_rounds() -> None:
+    """Split-KV against stream-K (both defaults) over ``STREAMK_SHAPES``, timed in alternation.
+
+    Each schedule's calls (cycling over rotated input copies) are captured once in a CUDA graph;
+    the two graphs are then replayed in turn for ``STREAMK_ROUNDS`` rounds (the first schedule
+    alternating between rounds), ``STREAMK_ROUND_REPLAYS`` timed replays each. A single timing per
+    schedule, as in ``streamk``, compares two numbers taken at different moments; small shapes
+    move by up to 10% between such timings of the same code. Reported per shape: the median over
+    rounds of each schedule's median, and in how many rounds stream-K was faster. With
+    ``STREAMK_MAIN_ONLY`` the first kernel of each schedule alone (reduction skipped) joins the
+    rounds.
+    """
+    import statistics
+
+    from validation.bench import capture_graph, replay_s
+
+    dk = sys.modules["kernels._decode_kernels"]
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    table = []
+    print("\n   B      L rag   split-KV us  stream-K us  stream/split  rounds stream-K faster")
+    for bsz, length, ragged in STREAMK_SHAPES:
+        lens, sets, nbytes = _decode_inputs(bsz, length, ragged=ragged)
+        calls = len(sets) * max(1, -(-16 // len(sets)))
+        graphs = {}
+        for main_only in ((False, True) if STREAMK_MAIN_ONLY else (False,)):
+            real = dk._reduce_kernel
+            if main_only:  # capture the first kernel alone (reduction launch skipped)
+                dk._reduce_kernel = _NoLaunch()
+            try:
+                for s in ("split_kv", "stream_k"):
+                    fns = [(lambda qq=qq, kk=kk, vv=vv, s=s: kernels.attention_decode(qq, kk, vv, lens, None, s,
+                                                                                     validate=False))
+                           for qq, kk, vv in sets]
+                    graphs[s + (" main only" if main_only else "")] = capture_graph(fns, calls)
+            finally:
+                dk._reduce_kernel = real
+        per_round = {s: [] for s in graphs}
+        for r in range(STREAMK_ROUNDS):
+            for s in (list(graphs) if r % 2 == 0 else list(graphs)[::-1]):
+                per_round[s].append(statistics.median(replay_s(graphs[s], calls, STREAMK_ROUND_REPLAYS)))
+        del graphs
+        med = {s: statistics.median(v) for s, v in per_round.items()}
+        won = sum(a < b for a, b in zip(per_round["stream_k"], per_round["split_kv"]))
+        case = f"B{bsz} L{length}{' ragged' if ragged else ''}"
+        for s in per_round:
+            _row("streamk_rounds", "attention_decode", s, case, med[s], 0, nbytes, batch=bsz, kv_len=length,
+                 kv_bytes=nbytes, pairs=bsz * 8, timing="cuda graph, alternating rounds",
+                 round_times_s=per_round[s], rounds_stream_k_faster=won)
+        table.append({"batch": bsz, "kv_len": length, "ragged": ragged, "pairs": bsz * 8,
+                      **{s.replace(" ", "_") + "_s": v for s, v in med.items()}, "rounds": STREAMK_ROUNDS,
+                      "rounds_stream_k_faster": won})
+        main = (f"   main only: split-KV {med['split_kv main only'] * 1e6:.1f}, stream-K "
+                f"{med['stream_k main only'] * 1e6:.1f}" if STREAMK_MAIN_ONLY else "")
+        print(f"{bsz:4d} {length:6d} {'r' if ragged else ' '}  {med['split_kv'] * 1e6:12.1f} "
+              f"{med['stream_k'] * 1e6:12.1f} {med['stream_k'] / med['split_kv']:13.3f}  {won:2d} of {STREAMK_ROUNDS}"
+              + main)
+    target = [r for r in table if r["pairs"] < sms]
+    faster = sum(r["stream_k_s"] < r["split_kv_s"] for r in target)
+    INFO["streamk_rounds"] = {"table": table, "shapes_lt_sms": len(target), "stream_k_faster": faster}
+    print(f"stream-K faster than split-KV (median over rounds) in {faster} of {len(target)} shapes with B*Hkv < {sms}")
 
 
 def _fmt(x, scale=1.0, nd=2):
@@ -616,7 +694,7 @@ def summarize(paths: list[str]) -> str:
 
 
 SECTIONS = {"ceilings": ceilings, "check": check, "gemm": gemm, "prefill": prefill, "decode": decode,
-            "paged": paged, "kv": kv_blocks, "sweep": sweep, "streamk": streamk}
+            "paged": paged, "kv": kv_blocks, "sweep": sweep, "streamk": streamk, "streamk_rounds": streamk_rounds}
 
 
 def main() -> int:
@@ -625,6 +703,8 @@ def main() -> int:
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--sections", default=",".join(SECTIONS))
     ap.add_argument("--summarize", nargs="+", metavar="JSON", help="print the targets table of result files")
+    ap.add_argument("--main-only", action="store_true",
+                    help="streamk, streamk_rounds: also time each decode schedule's first kernel alone")
     args = ap.parse_args()
     if args.summarize:
         print(summarize(args.summarize))
@@ -633,6 +713,9 @@ def main() -> int:
         print("error: no CUDA device; this benchmark needs a GPU", file=sys.stderr)
         return 2
     OUT = Path(args.out)
+    if args.main_only:
+        global STREAMK_MAIN_ONLY
+        STREAMK_MAIN_ONLY = True
     INFO["env"] = _env()
     print(INFO["env"], flush=True)
     for name in args.sections.split(","):

@@ -188,9 +188,9 @@ def _events_time(fns: list[Fn], reps: int) -> float:
     return s.elapsed_time(e) / 1e3 / reps
 
 
-def graph_replay_s(fns: list[Fn], calls: int, trials: int, warm_replays: int = 1) -> list[float]:
-    """Seconds per call of ``trials`` replays of one CUDA graph holding ``calls`` calls that cycle
-    over ``fns`` (each called once on a side stream first, as capture requires)."""
+def capture_graph(fns: list[Fn], calls: int, warm_replays: int = 1) -> "torch.cuda.CUDAGraph":
+    """One CUDA graph holding ``calls`` calls that cycle over ``fns`` (each called once on a side
+    stream first, as capture requires), replayed ``warm_replays`` times."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -205,6 +205,11 @@ def graph_replay_s(fns: list[Fn], calls: int, trials: int, warm_replays: int = 1
     for _ in range(warm_replays):
         g.replay()
     torch.cuda.synchronize()
+    return g
+
+
+def replay_s(g: "torch.cuda.CUDAGraph", calls: int, trials: int) -> list[float]:
+    """Seconds per call of ``trials`` timed replays of ``g`` (a graph of ``calls`` calls)."""
     s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     times = []
     for _ in range(trials):
@@ -213,6 +218,14 @@ def graph_replay_s(fns: list[Fn], calls: int, trials: int, warm_replays: int = 1
         e.record()
         e.synchronize()
         times.append(s.elapsed_time(e) / 1e3 / calls)
+    return times
+
+
+def graph_replay_s(fns: list[Fn], calls: int, trials: int, warm_replays: int = 1) -> list[float]:
+    """Seconds per call of ``trials`` replays of one CUDA graph holding ``calls`` calls that cycle
+    over ``fns`` (:func:`capture_graph`, :func:`replay_s`)."""
+    g = capture_graph(fns, calls, warm_replays)
+    times = replay_s(g, calls, trials)
     del g
     return times
 
