@@ -438,8 +438,7 @@ class _NoLaunch:
 #: skip the reduction kernel (wrong output, timing of the first kernel alone).
 STREAMK_VARIANTS = (
     ("SK default", {}),
-    ("SK small at <= 8 tiles/SM", {"_STREAM_K_SMALL_TILES_PER_SM": 8}),
-    ("SK 3 per SM", {"_STREAM_K_PROGRAMS_PER_SM": 3}),
+    ("SK pieces without peel", {"_STREAM_K_PEEL": False, "_STREAM_K_FLAT": 0}),
 )
 #: also time the first kernel of each schedule alone (reduction launch skipped)
 STREAMK_MAIN_ONLY = False

@@ -188,6 +188,24 @@ def _owner(t, total, NUM_PROGRAMS):
 
 
 @triton.jit
+def _find_pair(t, idx, incl, KV_LENS, B, Hkv, BLOCK_N: tl.constexpr):
+    # The (sequence, kv head) pair holding tile t, as (b, kv_len, pair_tiles, seq_first, hk). The
+    # sequence is the first whose inclusive tile prefix passes t; the prefix never decreases, so
+    # that is the least (prefix, index) key above t: one reduction, where a count of the prefixes
+    # at or below t and a select of that index would take two. Its length is then one scalar load
+    # of the lengths this program has just read. Past the last tile (a program without tiles) the
+    # last sequence stands in.
+    key = tl.where(incl > t, (incl.to(tl.int64) << 32) + idx.to(tl.int64), 0x7FFFFFFFFFFFFFFF)
+    got = tl.min(key, 0)
+    b = tl.minimum(got & 0xFFFFFFFF, B - 1).to(tl.int32)
+    kv_len = tl.load(KV_LENS + b)
+    pair_tiles = tl.maximum((kv_len + BLOCK_N - 1) // BLOCK_N, 1)
+    seq_first = (got >> 32).to(tl.int32) - pair_tiles * Hkv
+    hk = (t - seq_first) // pair_tiles
+    return b, kv_len, pair_tiles, seq_first, hk
+
+
+@triton.jit
 def _store_out(O, b, hk, s_ob, s_oh, acc, l_i, GROUP, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr):
     # O[b, hk*GROUP + g, :] = acc[g] / l[g] for a (sequence, kv head) pair done by one program.
     offs_g = tl.arange(0, BLOCK_G)
@@ -266,7 +284,13 @@ def _stream_k_segment(
     p,
     idx,
     incl,
-    packed,
+    KV_LENS,
+    NUM_B,
+    b,
+    kv_len,
+    pair_tiles,
+    seq_first,
+    hk,
     total,
     Q,
     K,
@@ -299,16 +323,14 @@ def _stream_k_segment(
     FUSED: tl.constexpr,
     GP: tl.constexpr,
     BLOCK_S: tl.constexpr,
+    FIND: tl.constexpr,
 ):
     """One piece of program p's run: its tiles from t on that lie in one (sequence, kv head)
     pair; attend, then write the output or a partial (and the plan, or merge when FUSED).
-    Returns where the piece ends."""
-    b = tl.sum((incl <= t).to(tl.int32), 0)  # first sequence whose tiles reach past t
-    got = tl.sum(tl.where(idx == b, packed, 0), 0)
-    kv_len = (got & 0xFFFFFFFF).to(tl.int32)
-    pair_tiles = (kv_len + BLOCK_N - 1) // BLOCK_N  # >= 1: a sequence without tiles is never found
-    seq_first = (got >> 32).to(tl.int32) - pair_tiles * Hkv
-    hk = (t - seq_first) // pair_tiles
+    The pair (``b`` .. ``hk``, as :func:`_find_pair` returns it) is looked up here when
+    ``FIND``, else given by the caller. Returns where the piece ends."""
+    if FIND:
+        b, kv_len, pair_tiles, seq_first, hk = _find_pair(t, idx, incl, KV_LENS, NUM_B, Hkv, BLOCK_N)
     bh = b * Hkv + hk
     first_tile = seq_first + hk * pair_tiles
     seg_end = tl.minimum(t_end, first_tile + pair_tiles)
@@ -380,9 +402,11 @@ def _stream_k_flat(
     t,
     t_end,
     p,
-    idx,
-    incl,
-    packed,
+    b,
+    kv_len,
+    pair_tiles,
+    seq_first,
+    hk,
     Q,
     K,
     V,
@@ -419,14 +443,9 @@ def _stream_k_flat(
     the software pipeline loads the next tiles while the current piece is still being written,
     across pieces. Where a piece ends (its pair's last tile, or the program's last tile) it is
     written as in :func:`_stream_k_segment` (non-fused plan), and the online softmax starts afresh.
+    The pair of tile t (``b`` .. ``hk``) comes from :func:`_find_pair`.
     """
     offs_d = tl.arange(0, HEAD_DIM)
-    b = tl.sum((incl <= t).to(tl.int32), 0)
-    got = tl.sum(tl.where(idx == b, packed, 0), 0)
-    kv_len = (got & 0xFFFFFFFF).to(tl.int32)
-    pair_tiles = (kv_len + BLOCK_N - 1) // BLOCK_N
-    seq_first = (got >> 32).to(tl.int32) - pair_tiles * Hkv
-    hk = (t - seq_first) // pair_tiles
     first_tile = seq_first + hk * pair_tiles
     pair_end = first_tile + pair_tiles
     piece_first = t
@@ -485,7 +504,13 @@ def _stream_k_pieces(
     p,
     idx,
     incl,
-    packed,
+    KV_LENS,
+    NUM_B,
+    b,
+    kv_len,
+    pair_tiles,
+    seq_first,
+    hk,
     total,
     Q,
     K,
@@ -521,7 +546,8 @@ def _stream_k_pieces(
     BLOCK_S: tl.constexpr,
 ):
     """Program p's tiles [t, t_end) piece by piece: one call of :func:`_stream_k_segment` per
-    (sequence, kv head) pair its run touches, the first one outside the loop when ``PEEL``."""
+    (sequence, kv head) pair its run touches, the first one outside the loop when ``PEEL`` (with
+    the pair of tile t, ``b`` .. ``hk``, that the caller found)."""
     if PEEL:  # the first piece outside the loop: its tile loop is a top-level loop
         if t < t_end:
             t = _stream_k_segment(
@@ -530,7 +556,13 @@ def _stream_k_pieces(
                 p,
                 idx,
                 incl,
-                packed,
+                KV_LENS,
+                NUM_B,
+                b,
+                kv_len,
+                pair_tiles,
+                seq_first,
+                hk,
                 total,
                 Q,
                 K,
@@ -563,6 +595,7 @@ def _stream_k_pieces(
                 FUSED,
                 GP,
                 BLOCK_S,
+                False,
             )
     while t < t_end:
         t = _stream_k_segment(
@@ -571,7 +604,13 @@ def _stream_k_pieces(
             p,
             idx,
             incl,
-            packed,
+            KV_LENS,
+            NUM_B,
+            b,
+            kv_len,
+            pair_tiles,
+            seq_first,
+            hk,
             total,
             Q,
             K,
@@ -604,6 +643,7 @@ def _stream_k_pieces(
             FUSED,
             GP,
             BLOCK_S,
+            True,
         )
 
 
@@ -676,14 +716,10 @@ def _stream_k_kernel(
     else:
         t = p * total // NUM_PROGRAMS
         t_end = (p + 1) * total // NUM_PROGRAMS
-    # the sequence's prefix end and length packed in one int64, so one reduction finds both
-    packed = (incl.to(tl.int64) << 32) + lens.to(tl.int64)
+    # the pair of the program's first tile, found once for the choice of walk and the walk itself
+    b, kv_len, pair_tiles, seq_first, hk = _find_pair(t, idx, incl, KV_LENS, BH // Hkv, Hkv, BLOCK_N)
     if FLAT == 2:  # the one loop only for runs that cross a pair boundary
-        bb = tl.sum((incl <= t).to(tl.int32), 0)
-        got = tl.sum(tl.where(idx == bb, packed, 0), 0)
-        ptiles = ((got & 0xFFFFFFFF).to(tl.int32) + BLOCK_N - 1) // BLOCK_N
-        sfirst = (got >> 32).to(tl.int32) - ptiles * Hkv
-        crosses = t_end > sfirst + ((t - sfirst) // ptiles + 1) * ptiles
+        crosses = t_end > seq_first + (hk + 1) * pair_tiles
     else:
         crosses = FLAT == 1
     if crosses:  # one loop over the program's tiles (no fused merge)
@@ -692,9 +728,11 @@ def _stream_k_kernel(
                 t,
                 t_end,
                 p,
-                idx,
-                incl,
-                packed,
+                b,
+                kv_len,
+                pair_tiles,
+                seq_first,
+                hk,
                 Q,
                 K,
                 V,
@@ -731,7 +769,13 @@ def _stream_k_kernel(
             p,
             idx,
             incl,
-            packed,
+            KV_LENS,
+            BH // Hkv,
+            b,
+            kv_len,
+            pair_tiles,
+            seq_first,
+            hk,
             total,
             Q,
             K,

@@ -158,6 +158,23 @@ def test_stream_k_tile_walks(case, flat, seed, check, poisoned, monkeypatch):
     check(o, attention_decode_ref(q, k, v, kv_lens), torch.float16, seed, f"{case} lens={kv_lens.tolist()}")
 
 
+# the first piece inside the loop over pieces (no peel): every piece then looks its pair up
+@pytest.mark.parametrize("case", [c for c in STREAM_K_CASES if c[6] in (2, 7, 12, 200)])
+def test_stream_k_pieces_without_peel(case, seed, check, poisoned, monkeypatch):
+    import sys
+
+    mod = sys.modules["kernels.attention_decode"]
+    monkeypatch.setattr(mod, "_STREAM_K_FLAT", 0)
+    monkeypatch.setattr(mod, "_STREAM_K_PEEL", False)
+    b, hq, hkv, lmax, d, lens, ns = case
+    q, k, v, kv_lens = _inputs(b, hq, hkv, lmax, d, torch.float16)
+    if lens is not None:
+        kv_lens = torch.tensor(lens, dtype=torch.int32)
+    with poisoned():
+        o = kernels.attention_decode(q, k, v, kv_lens, num_splits=ns, schedule="stream_k")
+    check(o, attention_decode_ref(q, k, v, kv_lens), torch.float16, seed, f"{case} lens={kv_lens.tolist()}")
+
+
 @pytest.mark.parametrize("lens", [[45, 45, 45], [45, 1, 30]])
 def test_stream_k_fused_counters_left_at_zero(lens, seed, check, monkeypatch):
     # the fused merge reuses one counter workspace per stream and relies on every call leaving
