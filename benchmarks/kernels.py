@@ -677,29 +677,18 @@ def summarize(paths: list[str]) -> str:
         out.append(f"| decode >= 0.80 of measured copy bandwidth at KV >= 1 GB | min {worst:.2f} "
                    f"over {len(dec)} "
                    f"runs ({dec[0].get('timing', 'do_bench')}) | {'yes' if worst >= 0.8 else 'no'} |")
-    by_case: dict = {}
-    for r in rows:
-        sched = r["variant"] in ("split_kv", "stream_k")
-        if r["section"] == "decode" and sched and r.get("pairs", 1e9) < sms:
-            by_case.setdefault((r["source"], r["case"]), {})[r["variant"]] = r["time_s"]
-    pairs = [v for v in by_case.values() if len(v) == 2]
-    if pairs:
-        wins = sum(v["stream_k"] < v["split_kv"] for v in pairs)
-        gm = math.exp(sum(math.log(v["split_kv"] / v["stream_k"]) for v in pairs) / len(pairs))
-        out.append(f"| stream-K faster than split-KV where B*Hkv < {sms} SMs | stream-K faster in {wins} of "
-                   f"{len(pairs)} shapes; geometric-mean speed-up {gm:.3f} | "
-                   f"{'yes' if wins == len(pairs) else 'partly' if wins else 'no'} |")
-    rounds: dict = {}
-    for r in rows:
-        if r["section"] == "streamk_rounds" and r["variant"] in ("split_kv", "stream_k") and r.get("pairs", 1e9) < sms:
-            rounds.setdefault((r["source"], r["case"]), {})[r["variant"]] = r["time_s"]
-    pairs = [v for v in rounds.values() if len(v) == 2]
-    if pairs:
-        wins = sum(v["stream_k"] < v["split_kv"] for v in pairs)
-        gm = math.exp(sum(math.log(v["split_kv"] / v["stream_k"]) for v in pairs) / len(pairs))
-        out.append(f"| stream-K faster than split-KV where B*Hkv < {sms} SMs (alternating rounds, median) | stream-K "
-                   f"faster in {wins} of {len(pairs)} shapes; geometric-mean speed-up {gm:.3f} | "
-                   f"{'yes' if wins == len(pairs) else 'partly' if wins else 'no'} |")
+    for section, how in (("decode", ""), ("streamk_rounds", " (alternating rounds, median)")):
+        by_case: dict = {}
+        for r in rows:
+            if r["section"] == section and r["variant"] in ("split_kv", "stream_k") and r.get("pairs", 1e9) < sms:
+                by_case.setdefault((r["source"], r["case"]), {})[r["variant"]] = r["time_s"]
+        pairs = [v for v in by_case.values() if len(v) == 2]
+        if pairs:
+            wins = sum(v["stream_k"] < v["split_kv"] for v in pairs)
+            gm = math.exp(sum(math.log(v["split_kv"] / v["stream_k"]) for v in pairs) / len(pairs))
+            out.append(f"| stream-K faster than split-KV where B*Hkv < {sms} SMs{how} | stream-K faster in {wins} of "
+                       f"{len(pairs)} shapes; geometric-mean speed-up {gm:.3f} | "
+                       f"{'yes' if wins == len(pairs) else 'partly' if wins else 'no'} |")
     return "\n".join(out)
 
 

@@ -149,6 +149,11 @@ def test_stream_k_tile_walks(case, flat, seed, check, poisoned, monkeypatch):
 
     mod = sys.modules["kernels.attention_decode"]
     monkeypatch.setattr(mod, "_STREAM_K_FLAT", flat)
+    _check_stream_k_case(case, seed, check, poisoned)
+
+
+def _check_stream_k_case(case, seed, check, poisoned):
+    # one STREAM_K_CASES entry through the stream-K schedule against the float64 reference
     b, hq, hkv, lmax, d, lens, ns = case
     q, k, v, kv_lens = _inputs(b, hq, hkv, lmax, d, torch.float16)
     if lens is not None:
@@ -166,13 +171,7 @@ def test_stream_k_pieces_without_peel(case, seed, check, poisoned, monkeypatch):
     mod = sys.modules["kernels.attention_decode"]
     monkeypatch.setattr(mod, "_STREAM_K_FLAT", 0)
     monkeypatch.setattr(mod, "_STREAM_K_PEEL", False)
-    b, hq, hkv, lmax, d, lens, ns = case
-    q, k, v, kv_lens = _inputs(b, hq, hkv, lmax, d, torch.float16)
-    if lens is not None:
-        kv_lens = torch.tensor(lens, dtype=torch.int32)
-    with poisoned():
-        o = kernels.attention_decode(q, k, v, kv_lens, num_splits=ns, schedule="stream_k")
-    check(o, attention_decode_ref(q, k, v, kv_lens), torch.float16, seed, f"{case} lens={kv_lens.tolist()}")
+    _check_stream_k_case(case, seed, check, poisoned)
 
 
 @pytest.mark.parametrize("lens", [[45, 45, 45], [45, 1, 30]])
