@@ -50,7 +50,6 @@ def _attend_range(
     UPCAST: tl.constexpr,
 ):
     """Online softmax of the query group ``q [BLOCK_G, D]`` over keys ``n_lo .. n_hi - 1``."""
-    offs_d = tl.arange(0, HEAD_DIM)
     m_i = tl.full((BLOCK_G,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_G,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_G, HEAD_DIM), dtype=tl.float32)
@@ -58,20 +57,29 @@ def _attend_range(
         offs_n = start + tl.arange(0, BLOCK_N)
         valid = offs_n < n_hi
         rows = _kv_rows(b, hk, offs_n, valid, s_kb, s_kh, s_kn, BT, s_btb, PAGE_SIZE, PAGED)
-        k = tl.load(K + rows[None, :] + offs_d[:, None], mask=valid[None, :], other=0.0)
-        v = tl.load(V + rows[:, None] + offs_d[None, :], mask=valid[:, None], other=0.0)
-        if UPCAST:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
-        s = tl.dot(q, k, input_precision=PRECISION) * qk_scale
-        s = tl.where(valid[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.math.exp2(s - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
-        m_i = m_new
+        acc, l_i, m_i = _attend_tile(q, K, V, rows, valid, qk_scale, acc, l_i, m_i, HEAD_DIM, PRECISION, UPCAST)
     return acc, l_i, m_i
+
+
+@triton.jit
+def _attend_tile(q, K, V, rows, valid, qk_scale, acc, l_i, m_i, HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr,
+                 UPCAST: tl.constexpr):
+    # One KV tile (token rows ``rows``, where ``valid``) folded into the running online softmax
+    # (acc, l, m) of the query group ``q``.
+    offs_d = tl.arange(0, HEAD_DIM)
+    k = tl.load(K + rows[None, :] + offs_d[:, None], mask=valid[None, :], other=0.0)
+    v = tl.load(V + rows[:, None] + offs_d[None, :], mask=valid[:, None], other=0.0)
+    if UPCAST:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    s = tl.dot(q, k, input_precision=PRECISION) * qk_scale
+    s = tl.where(valid[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    p = tl.math.exp2(s - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
+    return acc, l_i, m_new
 
 
 @triton.jit
@@ -445,7 +453,6 @@ def _stream_k_flat(
     written as in :func:`_stream_k_segment` (non-fused plan), and the online softmax starts afresh.
     The pair of tile t (``b`` .. ``hk``) comes from :func:`_find_pair`.
     """
-    offs_d = tl.arange(0, HEAD_DIM)
     first_tile = seq_first + hk * pair_tiles
     pair_end = first_tile + pair_tiles
     piece_first = t
@@ -458,19 +465,7 @@ def _stream_k_flat(
         offs_n = (tt - first_tile) * BLOCK_N + tl.arange(0, BLOCK_N)
         valid = offs_n < kv_len
         rows = _kv_rows(b, hk, offs_n, valid, s_kb, s_kh, s_kn, BT, s_btb, PAGE_SIZE, PAGED)
-        k = tl.load(K + rows[None, :] + offs_d[:, None], mask=valid[None, :], other=0.0)
-        v = tl.load(V + rows[:, None] + offs_d[None, :], mask=valid[:, None], other=0.0)
-        if UPCAST:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
-        sc = tl.dot(q, k, input_precision=PRECISION) * qk_scale
-        sc = tl.where(valid[None, :], sc, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(sc, 1))
-        pr = tl.math.exp2(sc - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(pr, 1)
-        acc = tl.dot(pr.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
-        m_i = m_new
+        acc, l_i, m_i = _attend_tile(q, K, V, rows, valid, qk_scale, acc, l_i, m_i, HEAD_DIM, PRECISION, UPCAST)
         ends_pair = tt + 1 == pair_end
         if ends_pair | (tt + 1 == t_end):
             bh = b * Hkv + hk

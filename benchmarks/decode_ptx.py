@@ -1,0 +1,99 @@
+"""Compile the Triton decode kernels for Hopper (sm_90) without a GPU and compare the code.
+
+A change to ``kernels/`` changes ``kernels_sha256``, the version every validation record names.
+When the change only restructures the source (a helper shared by two kernels, say), this shows
+whether the compiled code changed at all: it compiles the split-KV kernel and the stream-K kernel
+in each of its tile walks (``FLAT`` 0, 1, 2, and the fused merge) at head_dim 64 and 128, flat and
+paged caches (20 configurations), and writes their PTX with debug lines, debug labels and debug
+sections removed::
+
+    python benchmarks/decode_ptx.py --out DIR [--source kernels/_decode_kernels.py]
+    python benchmarks/decode_ptx.py --compare DIR_A DIR_B
+
+``--compare`` prints the configurations whose PTX differs and exits 1 if any does. Needs triton
+with its CUDA backend (the compiler only; no device).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+_REPO = Path(__file__).resolve().parents[1]
+_PTRS = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "KV_LENS": "*i32", "BT": "*i32", "PO": "*fp32", "PL": "*fp32",
+         "O": "*bf16", "CNT": "*i32", "RNG": "*i32"}
+_DIV16 = {"Q", "K", "V", "KV_LENS", "PO", "PL", "O", "RNG", "s_qb", "s_qh", "s_kb", "s_kh", "s_kn", "s_ob", "s_oh"}
+
+
+def normalised_ptx(ptx: str) -> str:
+    """PTX without comments, ``.loc``/``.file`` lines, debug labels and the debug sections."""
+    code = ptx.split(".section")[0]
+    code = re.sub(r"//.*", "", code)
+    keep = [ln for ln in code.split("\n") if ln.strip() and not ln.strip().startswith(".loc")
+            and ".file" not in ln and not re.fullmatch(r"\$L__tmp\d+:", ln.strip())]
+    return "\n".join(keep) + "\n"
+
+
+def _compile(fn, constants: dict) -> str:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    names = fn.arg_names
+    sig = {n: ("constexpr" if n in constants else _PTRS.get(n, "fp32" if n == "qk_scale" else "i32")) for n in names}
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in _DIV16 if n in names}
+    src = ASTSource(fn, sig, constexprs={(names.index(k),): v for k, v in constants.items()}, attrs=attrs)
+    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, num_stages=3))
+    return normalised_ptx(k.asm["ptx"])
+
+
+def dump(source: Path, out: Path) -> int:
+    """Write ``<configuration>.ptx`` under ``out`` for the kernels of ``source``; returns the count."""
+    spec = importlib.util.spec_from_file_location("_decode_kernels_under_test", source)
+    dk = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dk)
+    out.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for head_dim, block_n in ((128, 64), (64, 128)):
+        for paged in (False, True):
+            base = dict(HEAD_DIM=head_dim, BLOCK_G=16, BLOCK_N=block_n, PAGED=paged, PRECISION="tf32", UPCAST=False)
+            (out / f"split_d{head_dim}_p{int(paged)}.ptx").write_text(_compile(dk._split_kv_kernel, base))
+            n += 1
+            for flat, fused in ((0, False), (1, False), (2, False), (0, True)):
+                c = dict(base, B_P2=8, GP=4, BLOCK_S=16, FUSED=fused, WIDE=False, PEEL=True, FLAT=flat)
+                (out / f"stream_k_d{head_dim}_p{int(paged)}_flat{flat}_fused{int(fused)}.ptx").write_text(
+                    _compile(dk._stream_k_kernel, c))
+                n += 1
+    return n
+
+
+def compare(a: Path, b: Path) -> list[str]:
+    """Configurations whose PTX differs between two dumps (or exists in one only)."""
+    names = sorted({p.name for p in a.glob("*.ptx")} | {p.name for p in b.glob("*.ptx")})
+    return [n for n in names if not ((a / n).exists() and (b / n).exists()
+                                     and (a / n).read_text() == (b / n).read_text())]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, help="folder for the PTX of each configuration")
+    ap.add_argument("--source", type=Path, default=_REPO / "kernels" / "_decode_kernels.py")
+    ap.add_argument("--compare", nargs=2, type=Path, metavar=("DIR_A", "DIR_B"))
+    args = ap.parse_args()
+    if args.compare:
+        diff = compare(*args.compare)
+        n = len({p.name for p in args.compare[0].glob("*.ptx")})
+        print(f"{n - len(diff)} of {n} configurations compile to the same PTX" + (f"; differ: {diff}" if diff else ""))
+        return 1 if diff else 0
+    if args.out is None:
+        print("error: give --out DIR or --compare DIR_A DIR_B", file=sys.stderr)
+        return 2
+    print(f"compiled {dump(args.source, args.out)} configurations of {args.source} to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
