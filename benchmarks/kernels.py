@@ -4,9 +4,9 @@ Usage (on a CUDA machine)::
 
     python benchmarks/kernels.py --out DIR [--sections ceilings,check,gemm,prefill,decode,paged,kv,sweep,streamk,streamk_rounds]
 
-``streamk`` is the focused stream-K vs split-KV decode grid (run 4): a GPU check of both
-stream-K merge paths first, then every shape with the default schedules and stream-K with the
-two other program-count rules (two per SM for small caches; one per SM not rounded to the pairs).
+``streamk`` is the focused stream-K vs split-KV decode grid: a GPU check of the stream-K merge
+paths first, then every shape with the default schedules and stream-K with each variant of
+``STREAMK_VARIANTS`` (module settings of ``kernels.attention_decode``).
 ``streamk_rounds`` times the same grid's split-KV and stream-K defaults in alternating rounds
 (both CUDA graphs captured once, replayed in turn) and counts the rounds stream-K wins.
 
@@ -19,6 +19,7 @@ so a run cut short still leaves its results. SI units in all stored fields.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import math
@@ -226,11 +227,15 @@ def prefill() -> None:
              batch=bsz, seq_len=length)
 
 
+def _graph_calls(copies: int) -> int:
+    """Calls per CUDA graph over ``copies`` input copies: each copy equally often, at least 16."""
+    return copies * max(1, -(-16 // copies))
+
+
 def _bench_graph(fns) -> float:
     """GPU time per call in seconds: the calls, cycling over ``fns`` (one per input copy, so that
     the inputs do not sit in L2), captured in one CUDA graph; median over graph replays."""
-    n = len(fns)
-    times = graph_replay_s(fns, n * max(1, -(-16 // n)), 15)
+    times = graph_replay_s(fns, _graph_calls(len(fns)), 15)
     return sorted(times)[len(times) // 2]
 
 
@@ -454,6 +459,20 @@ STREAMK_ROUNDS = 11
 STREAMK_ROUND_REPLAYS = 5
 
 
+@contextlib.contextmanager
+def _first_kernel_only(skip: bool = True):
+    """While active (and ``skip``), the decode reduction kernel launches nothing, so a decode call
+    runs (and a timing or a graph capture holds) its first kernel alone; its output is wrong."""
+    dk = sys.modules["kernels._decode_kernels"]
+    real = dk._reduce_kernel
+    if skip:
+        dk._reduce_kernel = _NoLaunch()
+    try:
+        yield
+    finally:
+        dk._reduce_kernel = real
+
+
 def _with_flags(mod, flags, fn):
     saved = {k: getattr(mod, k) for k in flags}
     try:
@@ -472,7 +491,6 @@ def streamk() -> None:
     schedule alone (reduction launch skipped), to split the fixed costs."""
     _stream_k_check()
     mod = sys.modules["kernels.attention_decode"]
-    dk = sys.modules["kernels._decode_kernels"]
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     shapes = STREAMK_SHAPES
     labels = [v[0] for v in STREAMK_VARIANTS]
@@ -486,17 +504,13 @@ def streamk() -> None:
                                                                meta=label, **case))
             times[label] = tv[("stream_k", None)]
         if STREAMK_MAIN_ONLY:
-            real = dk._reduce_kernel
-            dk._reduce_kernel = _NoLaunch()
-            try:
+            with _first_kernel_only():
                 times["split-KV main only"] = _decode_case(bsz, length, schedules=("split_kv",),
                                                            meta="main kernel only", **case)[("split_kv", None)]
                 times["stream-K reduce main only"] = _with_flags(
                     mod, {"_STREAM_K_FUSED": False},
                     lambda: _decode_case(bsz, length, schedules=("stream_k",), meta="main kernel only", **case),
                 )[("stream_k", None)]
-            finally:
-                dk._reduce_kernel = real
         sd = next((r["baseline_time_s"] for r in reversed(ROWS) if r["section"] == "decode"
                    and r["case"] == f"B{bsz} L{length}{' ragged' if ragged else ''}"), None)
         times["flash SDPA"] = sd
@@ -565,26 +579,20 @@ def streamk_rounds() -> None:
 
     from validation.bench import capture_graph, replay_s
 
-    dk = sys.modules["kernels._decode_kernels"]
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     table = []
     print("\n   B      L rag   split-KV us  stream-K us  stream/split  rounds stream-K faster")
     for bsz, length, ragged in STREAMK_SHAPES:
         lens, sets, nbytes = _decode_inputs(bsz, length, ragged=ragged)
-        calls = len(sets) * max(1, -(-16 // len(sets)))
+        calls = _graph_calls(len(sets))
         graphs = {}
         for main_only in ((False, True) if STREAMK_MAIN_ONLY else (False,)):
-            real = dk._reduce_kernel
-            if main_only:  # capture the first kernel alone (reduction launch skipped)
-                dk._reduce_kernel = _NoLaunch()
-            try:
+            with _first_kernel_only(main_only):  # capture the first kernel alone (reduction skipped)
                 for s in ("split_kv", "stream_k"):
                     fns = [(lambda qq=qq, kk=kk, vv=vv, s=s: kernels.attention_decode(qq, kk, vv, lens, None, s,
                                                                                      validate=False))
                            for qq, kk, vv in sets]
                     graphs[s + (" main only" if main_only else "")] = capture_graph(fns, calls)
-            finally:
-                dk._reduce_kernel = real
         per_round = {s: [] for s in graphs}
         for r in range(STREAMK_ROUNDS):
             for s in (list(graphs) if r % 2 == 0 else list(graphs)[::-1]):
