@@ -255,6 +255,23 @@ def test_stream_k_program_count_small_cache_rule(pairs, max_tiles, expect, monke
     assert stream_k_programs(None, 132, pairs, max_tiles) == expect
 
 
+def test_model_prices_the_kernels_stream_k_program_count():
+    # perfmodel (no torch) mirrors the kernel's default program count; the two must not drift
+    import numpy as np
+
+    from kernels.attention_decode import stream_k_programs
+    from perfmodel.attention_costs import TRITON_DECODE_BLOCK_N, triton_decode_pieces
+    from perfmodel.calibration import SPLIT_STREAM
+
+    for sms in (132, 7):
+        for pairs in (1, 2, 5, 8, 16, 64, 131, 132, 133, 200, 264, 600, 4096):
+            for max_tiles in (1, 2, 3, 4, 16, 17, 100, 1000, 4096):
+                kernel = stream_k_programs(None, sms, pairs, max_tiles)
+                model, _ = triton_decode_pieces(np.float64(pairs), max_tiles * TRITON_DECODE_BLOCK_N, 2 * sms,
+                                                SPLIT_STREAM, sms, 128)
+                assert model == kernel, (sms, pairs, max_tiles)
+
+
 def test_stream_k_aligned_runs_do_not_cross_pairs():
     # uniform lengths: with a program count that is a multiple of the pairs, every run lies
     # inside one pair (the partition of split-KV); checked on the plan arithmetic itself
