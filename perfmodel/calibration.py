@@ -118,9 +118,9 @@ class ClassParams:
         (above 1 when one SM's share is outrun by one unit; 0: no per-unit byte term)
     split_rule : int, how an attention kernel splits the KV axis over programs (0: no split;
         1: the flash-attention heuristic over ``2 * SMs`` slots; 2: enough splits to fill
-        ``2 * SMs`` programs; 3: stream-K, two programs per SM, one for caches of at most 16 KV
-        tiles per SM when the (sequence, kv head) pairs fit the SMs (rounded down to a multiple of the (sequence, kv head) pairs when there are
-        fewer) sharing all KV tiles equally)
+        ``2 * SMs`` programs; 3: stream-K, two programs per SM (one for caches of at most 16 KV
+        tiles per SM when the (sequence, kv head) pairs fit the SMs), rounded down to a multiple
+        of the pairs when there are fewer, sharing all KV tiles equally)
     split_latency_s : float, seconds added when the KV axis is split (the combine kernel)
     split_memory_eff : float, memory efficiency of the split-KV path (0: ``memory_eff``)
     knee_bytes : float, size above which ``tail_memory_eff`` applies to the extra bytes (0: none)
