@@ -8,7 +8,9 @@ Usage (on a CUDA machine)::
 paths first, then every shape with the default schedules and stream-K with each variant of
 ``STREAMK_VARIANTS`` (module settings of ``kernels.attention_decode``).
 ``streamk_rounds`` times the same grid's split-KV and stream-K defaults in alternating rounds
-(both CUDA graphs captured once, replayed in turn) and counts the rounds stream-K wins.
+(both CUDA graphs captured once, replayed in turn) and counts the rounds stream-K wins;
+``--variant LABEL:NAME=VALUE[,NAME=VALUE]`` (repeatable) adds stream-K captured with other module
+settings to the same rounds, e.g. ``--variant "walk0:_STREAM_K_FLAT=0"``.
 
 Times every kernel with ``triton.testing.do_bench`` (median of repeated runs, L2 flushed
 between runs) and writes ``kernels_bench.json`` (environment, ceilings, rows),
@@ -454,6 +456,9 @@ STREAMK_SHAPES = [(b, n, False) for b in (1, 2, 4, 8, 16) for n in (1024, 4096, 
 STREAMK_SHAPES += [(32, 1024, False), (64, 1024, False), (32, 4096, False),
                    (4, 65536, True), (16, 16384, True), (16, 65536, True), (64, 16384, True),
                    (1, 4096, True), (2, 16384, True), (8, 4096, True)]
+#: extra stream-K graphs in ``streamk_rounds``: (label, module settings of ``kernels.attention_decode``),
+#: each captured with its settings and replayed in the same rounds (``--variant``)
+STREAMK_ROUND_VARIANTS: list[tuple[str, dict]] = []
 #: rounds of the alternating comparison (``streamk_rounds``) and timed replays per round
 STREAMK_ROUNDS = 11
 STREAMK_ROUND_REPLAYS = 5
@@ -580,6 +585,7 @@ def streamk_rounds() -> None:
     from validation.bench import capture_graph, replay_s
 
     sms = torch.cuda.get_device_properties(0).multi_processor_count
+    mod = sys.modules["kernels.attention_decode"]
     table = []
     print("\n   B      L rag   split-KV us  stream-K us  stream/split  rounds stream-K faster")
     for bsz, length, ragged in STREAMK_SHAPES:
@@ -593,6 +599,10 @@ def streamk_rounds() -> None:
                                                                                      validate=False))
                            for qq, kk, vv in sets]
                     graphs[s + (" main only" if main_only else "")] = capture_graph(fns, calls)
+                    if s == "stream_k":  # the variants, each captured under its own settings
+                        for label, flags in STREAMK_ROUND_VARIANTS:
+                            graphs[f"stream_k {label}" + (" main only" if main_only else "")] = _with_flags(
+                                mod, flags, lambda: capture_graph(fns, calls))
         per_round = {s: [] for s in graphs}
         for r in range(STREAMK_ROUNDS):
             for s in (list(graphs) if r % 2 == 0 else list(graphs)[::-1]):
@@ -610,13 +620,25 @@ def streamk_rounds() -> None:
                       "rounds_stream_k_faster": won})
         main = (f"   main only: split-KV {med['split_kv main only'] * 1e6:.1f}, stream-K "
                 f"{med['stream_k main only'] * 1e6:.1f}" if STREAMK_MAIN_ONLY else "")
+        for label, _ in STREAMK_ROUND_VARIANTS:
+            k = f"stream_k {label}"
+            wins = sum(a < b for a, b in zip(per_round[k], per_round["split_kv"]))
+            main += f"   [{label}] {med[k] * 1e6:.1f} ({wins} of {STREAMK_ROUNDS})"
+            if STREAMK_MAIN_ONLY:
+                main += f", main only {med[k + ' main only'] * 1e6:.1f}"
         print(f"{bsz:4d} {length:6d} {'r' if ragged else ' '}  {med['split_kv'] * 1e6:12.1f} "
               f"{med['stream_k'] * 1e6:12.1f} {med['stream_k'] / med['split_kv']:13.3f}  {won:2d} of {STREAMK_ROUNDS}"
               + main)
     target = [r for r in table if r["pairs"] < sms]
     faster = sum(r["stream_k_s"] < r["split_kv_s"] for r in target)
-    INFO["streamk_rounds"] = {"table": table, "shapes_lt_sms": len(target), "stream_k_faster": faster}
+    INFO["streamk_rounds"] = {"table": table, "shapes_lt_sms": len(target), "stream_k_faster": faster,
+                              "variants": {label: flags for label, flags in STREAMK_ROUND_VARIANTS}}
     print(f"stream-K faster than split-KV (median over rounds) in {faster} of {len(target)} shapes with B*Hkv < {sms}")
+    for label, _ in STREAMK_ROUND_VARIANTS:
+        key = f"stream_k_{label.replace(' ', '_')}_s"
+        n = sum(r[key] < r["split_kv_s"] for r in target)
+        print(f"  variant [{label}]: faster than split-KV in {n} of {len(target)}")
+        INFO["streamk_rounds"].setdefault("variant_faster", {})[label] = n
 
 
 def _fmt(x, scale=1.0, nd=2):
@@ -704,6 +726,27 @@ SECTIONS = {"ceilings": ceilings, "check": check, "gemm": gemm, "prefill": prefi
             "paged": paged, "kv": kv_blocks, "sweep": sweep, "streamk": streamk, "streamk_rounds": streamk_rounds}
 
 
+def _parse_variant(text: str) -> tuple[str, dict]:
+    """``"LABEL:NAME=VALUE,NAME=VALUE"`` -> (label, {name: int or bool}); names must be module
+    settings of ``kernels.attention_decode`` (upper case, leading underscore)."""
+    label, sep, body = text.partition(":")
+    if not sep or not label or not body:
+        raise ValueError(f"{text!r} is not LABEL:NAME=VALUE[,NAME=VALUE]")
+    flags = {}
+    mod = sys.modules["kernels.attention_decode"]
+    for item in body.split(","):
+        name, eq, value = item.partition("=")
+        if not eq or not name.startswith("_") or not hasattr(mod, name):
+            raise ValueError(f"{item!r}: not NAME=VALUE with NAME a setting of kernels.attention_decode")
+        if value in ("True", "False"):
+            flags[name] = value == "True"
+        elif value.lstrip("-").isdigit():
+            flags[name] = int(value)
+        else:
+            raise ValueError(f"{item!r}: the value must be an integer, True or False")
+    return label, flags
+
+
 def main() -> int:
     global OUT
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -712,7 +755,15 @@ def main() -> int:
     ap.add_argument("--summarize", nargs="+", metavar="JSON", help="print the targets table of result files")
     ap.add_argument("--main-only", action="store_true",
                     help="streamk, streamk_rounds: also time each decode schedule's first kernel alone")
+    ap.add_argument("--variant", action="append", default=[], metavar="LABEL:NAME=VALUE[,NAME=VALUE]",
+                    help="streamk_rounds: also replay stream-K captured with these module settings of "
+                         "kernels.attention_decode (integer or True/False values); repeatable")
     args = ap.parse_args()
+    try:
+        STREAMK_ROUND_VARIANTS.extend(_parse_variant(v) for v in args.variant)
+    except ValueError as e:
+        print(f"error: --variant: {e}", file=sys.stderr)
+        return 2
     if args.summarize:
         print(summarize(args.summarize))
         return 0

@@ -1,0 +1,37 @@
+"""The GPU benchmark's command-line parsing (the timing itself needs a GPU and is not run here)."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "kernels.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("kernels_bench_under_test", _PATH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_variant_parses_settings(bench):
+    label, flags = bench._parse_variant("walk0:_STREAM_K_FLAT=0,_STREAM_K_PEEL=False,_STREAM_K_ALIGN=True")
+    assert label == "walk0"
+    assert flags == {"_STREAM_K_FLAT": 0, "_STREAM_K_PEEL": False, "_STREAM_K_ALIGN": True}
+    assert type(flags["_STREAM_K_FLAT"]) is int
+
+
+@pytest.mark.parametrize("text", ["no-colon", ":_STREAM_K_FLAT=0", "x:", "x:_STREAM_K_FLAT", "x:_NOT_A_SETTING=1",
+                                  "x:DecodeSchedule=1", "x:_STREAM_K_FLAT=two"])
+def test_variant_rejects_bad_text(bench, text):
+    with pytest.raises(ValueError):
+        bench._parse_variant(text)
+
+
+def test_main_reports_bad_variant_in_one_line(bench, capsys, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["kernels.py", "--variant", "x:_NOT_A_SETTING=1"])
+    assert bench.main() == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --variant:")
