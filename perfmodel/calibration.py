@@ -165,6 +165,9 @@ class ClassParams:
     misaligned_eff : float in [0, 1], GEMM: math-rate factor when a row of N or K elements of either operand is not
         a multiple of 128 bytes (``perfmodel.costs.GEMM_ALIGN_BYTES``): tile loads then start mid cache line
         (0: off)
+    misaligned_memory_eff : float in [0, 1], GEMM: factor on ``memory_eff`` for the same misaligned rows: their
+        loads cannot move whole 128-byte lines (each row touches one more line, the TMA copies split), so the
+        byte stream of a weight-streaming (small-M) GEMM runs slower too (0: off)
     unit_share : float in [0, 1], scheduled prefill attention: the largest share of its SM's math rate
         one program reaches once the shorter programs beside it have finished; the longest program
         then takes at most its keys' math at that rate (causal tiles differ in length, so a causal
@@ -207,6 +210,7 @@ class ClassParams:
     row_knee_width_bytes: float = 0.0
     cache_bytes: float = 0.0
     cache_memory_eff: float = 0.0
+    misaligned_memory_eff: float = 0.0
 
     def validate(self, where: str) -> None:
         for name in ("compute_eff", "memory_eff"):
@@ -215,7 +219,7 @@ class ClassParams:
                 raise ProfileError(f"{where}: {name} must be in (0, 1.5], got {v}")
         if self.tile_choice not in (0, 1):
             raise ProfileError(f"{where}: tile_choice must be 0 or 1, got {self.tile_choice}")
-        for name in ("small_tile_eff", "fill_tile_eff", "misaligned_eff"):
+        for name in ("small_tile_eff", "fill_tile_eff", "misaligned_eff", "misaligned_memory_eff"):
             v = getattr(self, name)
             if not 0 <= v <= 1:
                 raise ProfileError(f"{where}: {name} must be in [0, 1] (0: off), got {v}")

@@ -262,8 +262,12 @@ def _gemm_cost(op: Gemm, gpu: GPU, prof: Profile) -> OpCost:
         fl_eff = fl if fl_eff is None else fl_eff
         fl_eff = np.where(gemm_misaligned(op), np.divide(fl_eff, p.misaligned_eff), fl_eff)
         fl_eff = fl_eff if np.ndim(fl_eff) else float(fl_eff)
+    mem_eff = None
+    if p.misaligned_memory_eff > 0:  # rows off the 128-byte lines: each row load touches one more line
+        mem_eff = np.where(gemm_misaligned(op), p.memory_eff * p.misaligned_memory_eff, p.memory_eff)
+        mem_eff = mem_eff if np.ndim(mem_eff) else float(mem_eff)
     return _roofline(fl, bytes_moved(op), gpu.flops_for(op.dtype), gpu.hbm_bytes_per_s, p, Bound.HBM_BANDWIDTH,
-                     fl_eff, extra)
+                     fl_eff, extra, memory_eff=mem_eff)
 
 
 def _attention_cost(op: Attention, gpu: GPU, prof: Profile) -> OpCost:

@@ -105,6 +105,8 @@ _SMALL_TILE = Param("small_tile_eff", 0.5, 1.0, 0.95)
 # halving of the tile area; rows off the 128-byte lines compute at a fitted rate (1: no loss)
 _FILL_TILE = Param("fill_tile_eff", 0.5, 1.0, 0.9)
 _MISALIGNED = Param("misaligned_eff", 0.3, 1.0, 0.9)
+# ... and their bytes stream at a fitted fraction of ``memory_eff`` (whole 128-byte lines cannot be loaded)
+_MISALIGNED_MEM = Param("misaligned_memory_eff", 0.3, 1.0, 0.9)
 # norms: rows longer than a knee (activation bytes per row; grid) stream at their own efficiency
 _ROW_KNEES = (0.0, 4096.0, 6144.0, 8192.0, 12288.0, 16384.0)
 _ROW_TAIL = _EFF("row_tail_memory_eff", 0.6)
@@ -141,7 +143,7 @@ def _spec(key: str):
     rule = _SPLIT_OF_IMPL.get(impl, SPLIT_NONE)
     occupancy = (_UNIT_OH, _UNIT_BW) + ((_SPLIT_LAT, _SPLIT_EFF, _SPLIT_PIECE) if rule != SPLIT_NONE else ())
     if base == "gemm":
-        return _COMPUTE_SPEC + (_SMALL_TILE, _FILL_TILE, _MISALIGNED), _GEMM_TILES
+        return _COMPUTE_SPEC + (_SMALL_TILE, _FILL_TILE, _MISALIGNED, _MISALIGNED_MEM), _GEMM_TILES
     if base == "attention_prefill":
         return _PREFILL_SPEC + ((_SPLIT_LAT,) if rule != SPLIT_NONE else ()), _choices(_PREFILL_TILES, rule)
     if base == "attention_decode":  # rows of a KV head's query group, padded to the kernel's tile

@@ -1,5 +1,5 @@
 """GEMM cost terms: a grid of fewer tiles than SMs filled by smaller tiles, and operand rows off the
-128-byte lines."""
+128-byte lines (a lower math rate and a lower streaming rate)."""
 
 import math
 
@@ -71,7 +71,24 @@ def test_misaligned_rows_compute_at_the_misaligned_rate():
     assert isinstance(op_cost(Gemm(m=64, n=1000, k=1000), H100, _prof(p)).compute_s, float)
 
 
-@pytest.mark.parametrize("name", ["fill_tile_eff", "misaligned_eff"])
+def test_misaligned_rows_stream_their_bytes_at_the_misaligned_memory_rate():
+    p = ClassParams(memory_eff=0.9, misaligned_memory_eff=0.8)
+    ns = np.array([1000.0, 1024.0])
+    op = Gemm(m=1, n=ns, k=8192)  # weight streaming: memory-bound
+    by = 2.0 * (8192 + 8192 * ns + ns)
+    m = op_cost(op, H100, _prof(p)).memory_s
+    assert m == pytest.approx(by / (H100.hbm_bytes_per_s * 0.9 * np.array([0.8, 1.0])))
+    assert m[0] / by[0] > m[1] / by[1]  # slower per byte only where the rows are off the lines
+    # the math rate is untouched, and off (0) both rows stream at memory_eff
+    assert op_cost(op, H100, _prof(p)).compute_s == pytest.approx(op_cost(op, H100, _prof(ClassParams())).compute_s)
+    off = op_cost(op, H100, _prof(ClassParams(memory_eff=0.9))).memory_s
+    assert off == pytest.approx(by / (H100.hbm_bytes_per_s * 0.9))
+    assert isinstance(op_cost(Gemm(m=1, n=1000, k=1000), H100, _prof(p)).memory_s, float)
+    # the peak model has no such term
+    assert op_cost(op, H100, Profile(H100.name, Mode.PEAK)).memory_s == pytest.approx(by / H100.hbm_bytes_per_s)
+
+
+@pytest.mark.parametrize("name", ["fill_tile_eff", "misaligned_eff", "misaligned_memory_eff"])
 @pytest.mark.parametrize("bad", [-0.1, 1.2, float("nan")])
 def test_gemm_rate_factors_must_lie_in_0_1(name, bad):
     with pytest.raises(ProfileError, match=name):
