@@ -4,8 +4,10 @@ A change to ``kernels/`` changes ``kernels_sha256``, the version every validatio
 When the change only restructures the source (a helper shared by two kernels, say), this shows
 whether the compiled code changed at all: it compiles the split-KV kernel and the stream-K kernel
 in each of its tile walks (``FLAT`` 0, 1, 2, and the fused merge) at head_dim 64 and 128, flat and
-paged caches (20 configurations), and writes their PTX with debug lines, debug labels and debug
-sections removed::
+paged caches, and the reduction kernel of each schedule (with and without stream-K's guessed
+slots), 26 configurations with the settings the wrapper launches them with (programmatic dependent
+launch for split-KV, not for stream-K; a setting an older source lacks is left out), and writes
+their PTX with debug lines, debug labels and debug sections removed::
 
     python benchmarks/decode_ptx.py --out DIR [--source kernels/_decode_kernels.py]
     python benchmarks/decode_ptx.py --compare DIR_A DIR_B
@@ -24,8 +26,8 @@ from pathlib import Path
 
 _REPO = Path(__file__).resolve().parents[1]
 _PTRS = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "KV_LENS": "*i32", "BT": "*i32", "PO": "*fp32", "PL": "*fp32",
-         "O": "*bf16", "CNT": "*i32", "RNG": "*i32"}
-_DIV16 = {"Q", "K", "V", "KV_LENS", "PO", "PL", "O", "RNG", "s_qb", "s_qh", "s_kb", "s_kh", "s_kn", "s_ob", "s_oh"}
+         "O": "*bf16", "Out": "*bf16", "CNT": "*i32", "RNG": "*i32"}
+_DIV16 = {"Q", "K", "V", "KV_LENS", "PO", "PL", "O", "Out", "RNG", "s_qb", "s_qh", "s_kb", "s_kh", "s_kn", "s_ob", "s_oh"}
 
 
 def normalised_ptx(ptx: str) -> str:
@@ -43,6 +45,7 @@ def _compile(fn, constants: dict) -> str:
     from triton.compiler import ASTSource
 
     names = fn.arg_names
+    constants = {k: v for k, v in constants.items() if k in names}  # settings an older source lacks
     sig = {n: ("constexpr" if n in constants else _PTRS.get(n, "fp32" if n == "qk_scale" else "i32")) for n in names}
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in _DIV16 if n in names}
     src = ASTSource(fn, sig, constexprs={(names.index(k),): v for k, v in constants.items()}, attrs=attrs)
@@ -60,13 +63,20 @@ def dump(source: Path, out: Path) -> int:
     for head_dim, block_n in ((128, 64), (64, 128)):
         for paged in (False, True):
             base = dict(HEAD_DIM=head_dim, BLOCK_G=16, BLOCK_N=block_n, PAGED=paged, PRECISION="tf32", UPCAST=False)
-            (out / f"split_d{head_dim}_p{int(paged)}.ptx").write_text(_compile(dk._split_kv_kernel, base))
+            # as launched: split-KV with programmatic dependent launch, stream-K without
+            (out / f"split_d{head_dim}_p{int(paged)}.ptx").write_text(
+                _compile(dk._split_kv_kernel, dict(base, PDL=True)))
             n += 1
             for flat, fused in ((0, False), (1, False), (2, False), (0, True)):
-                c = dict(base, B_P2=8, GP=4, BLOCK_S=16, FUSED=fused, WIDE=False, PEEL=True, FLAT=flat)
+                c = dict(base, B_P2=8, GP=4, BLOCK_S=16, FUSED=fused, WIDE=False, PEEL=True, FLAT=flat, PDL=False, PDL_TRIGGER=0)
                 (out / f"stream_k_d{head_dim}_p{int(paged)}_flat{flat}_fused{int(fused)}.ptx").write_text(
                     _compile(dk._stream_k_kernel, c))
                 n += 1
+        for name, stream_k, guess, pdl in (("split", False, 0, True), ("stream_k", True, 0, False),
+                                           ("stream_k_guess", True, 16, False)):
+            c = dict(HEAD_DIM=head_dim, BLOCK_S=16, STREAM_K=stream_k, GUESS_P2=guess, WIDE=False, PDL=pdl)
+            (out / f"reduce_{name}_d{head_dim}.ptx").write_text(_compile(dk._reduce_kernel, c))
+            n += 1
     return n
 
 

@@ -9,8 +9,8 @@ paths first, then every shape with the default schedules and stream-K with each 
 ``STREAMK_VARIANTS`` (module settings of ``kernels.attention_decode``).
 ``streamk_rounds`` times the same grid's split-KV and stream-K defaults in alternating rounds
 (both CUDA graphs captured once, replayed in turn) and counts the rounds stream-K wins;
-``--variant LABEL:NAME=VALUE[,NAME=VALUE]`` (repeatable) adds stream-K captured with other module
-settings to the same rounds, e.g. ``--variant "walk0:_STREAM_K_FLAT=0"``.
+``--variant LABEL:NAME=VALUE[,NAME=VALUE]`` (repeatable) adds both schedules captured with other
+module settings to the same rounds, e.g. ``--variant "walk0:_STREAM_K_FLAT=0"``.
 
 Times every kernel with ``triton.testing.do_bench`` (median of repeated runs, L2 flushed
 between runs) and writes ``kernels_bench.json`` (environment, ceilings, rows),
@@ -456,8 +456,9 @@ STREAMK_SHAPES = [(b, n, False) for b in (1, 2, 4, 8, 16) for n in (1024, 4096, 
 STREAMK_SHAPES += [(32, 1024, False), (64, 1024, False), (32, 4096, False),
                    (4, 65536, True), (16, 16384, True), (16, 65536, True), (64, 16384, True),
                    (1, 4096, True), (2, 16384, True), (8, 4096, True)]
-#: extra stream-K graphs in ``streamk_rounds``: (label, module settings of ``kernels.attention_decode``),
-#: each captured with its settings and replayed in the same rounds (``--variant``)
+#: extra graphs of both schedules in ``streamk_rounds``: (label, module settings of
+#: ``kernels.attention_decode``), each captured with its settings and replayed in the same rounds
+#: (``--variant``)
 STREAMK_ROUND_VARIANTS: list[tuple[str, dict]] = []
 #: rounds of the alternating comparison (``streamk_rounds``) and timed replays per round
 STREAMK_ROUNDS = 11
@@ -599,10 +600,9 @@ def streamk_rounds() -> None:
                                                                                      validate=False))
                            for qq, kk, vv in sets]
                     graphs[s + (" main only" if main_only else "")] = capture_graph(fns, calls)
-                    if s == "stream_k":  # the variants, each captured under its own settings
-                        for label, flags in STREAMK_ROUND_VARIANTS:
-                            graphs[f"stream_k {label}" + (" main only" if main_only else "")] = _with_flags(
-                                mod, flags, lambda: capture_graph(fns, calls))
+                    for label, flags in STREAMK_ROUND_VARIANTS:  # each captured under its own settings
+                        graphs[f"{s} {label}" + (" main only" if main_only else "")] = _with_flags(
+                            mod, flags, lambda: capture_graph(fns, calls))
         per_round = {s: [] for s in graphs}
         for r in range(STREAMK_ROUNDS):
             for s in (list(graphs) if r % 2 == 0 else list(graphs)[::-1]):
@@ -621,11 +621,11 @@ def streamk_rounds() -> None:
         main = (f"   main only: split-KV {med['split_kv main only'] * 1e6:.1f}, stream-K "
                 f"{med['stream_k main only'] * 1e6:.1f}" if STREAMK_MAIN_ONLY else "")
         for label, _ in STREAMK_ROUND_VARIANTS:
-            k = f"stream_k {label}"
-            wins = sum(a < b for a, b in zip(per_round[k], per_round["split_kv"]))
-            main += f"   [{label}] {med[k] * 1e6:.1f} ({wins} of {STREAMK_ROUNDS})"
+            k, ks = f"stream_k {label}", f"split_kv {label}"
+            wins = sum(a < b for a, b in zip(per_round[k], per_round[ks]))
+            main += f"   [{label}] split-KV {med[ks] * 1e6:.1f}, stream-K {med[k] * 1e6:.1f} ({wins} of {STREAMK_ROUNDS})"
             if STREAMK_MAIN_ONLY:
-                main += f", main only {med[k + ' main only'] * 1e6:.1f}"
+                main += f", main only {med[ks + ' main only'] * 1e6:.1f} / {med[k + ' main only'] * 1e6:.1f}"
         print(f"{bsz:4d} {length:6d} {'r' if ragged else ' '}  {med['split_kv'] * 1e6:12.1f} "
               f"{med['stream_k'] * 1e6:12.1f} {med['stream_k'] / med['split_kv']:13.3f}  {won:2d} of {STREAMK_ROUNDS}"
               + main)
@@ -636,7 +636,7 @@ def streamk_rounds() -> None:
     print(f"stream-K faster than split-KV (median over rounds) in {faster} of {len(target)} shapes with B*Hkv < {sms}")
     for label, _ in STREAMK_ROUND_VARIANTS:
         key = f"stream_k_{label.replace(' ', '_')}_s"
-        n = sum(r[key] < r["split_kv_s"] for r in target)
+        n = sum(r[key] < r[key.replace("stream_k", "split_kv", 1)] for r in target)
         print(f"  variant [{label}]: faster than split-KV in {n} of {len(target)}")
         INFO["streamk_rounds"].setdefault("variant_faster", {})[label] = n
 
@@ -755,8 +755,10 @@ def main() -> int:
     ap.add_argument("--summarize", nargs="+", metavar="JSON", help="print the targets table of result files")
     ap.add_argument("--main-only", action="store_true",
                     help="streamk, streamk_rounds: also time each decode schedule's first kernel alone")
+    ap.add_argument("--shapes", metavar="B:L[:r],...",
+                    help="streamk_rounds: only these (batch, KV length[, ragged]) shapes of the grid")
     ap.add_argument("--variant", action="append", default=[], metavar="LABEL:NAME=VALUE[,NAME=VALUE]",
-                    help="streamk_rounds: also replay stream-K captured with these module settings of "
+                    help="streamk_rounds: also replay both schedules captured with these module settings of "
                          "kernels.attention_decode (integer or True/False values); repeatable")
     args = ap.parse_args()
     try:
@@ -764,6 +766,16 @@ def main() -> int:
     except ValueError as e:
         print(f"error: --variant: {e}", file=sys.stderr)
         return 2
+    if args.shapes:
+        try:
+            wanted = {(int(b), int(n), rest == ["r"]) for b, n, *rest in (x.split(":") for x in args.shapes.split(","))}
+        except ValueError:
+            print(f"error: --shapes: {args.shapes!r} is not B:L[:r],...", file=sys.stderr)
+            return 2
+        STREAMK_SHAPES[:] = [sh for sh in STREAMK_SHAPES if sh in wanted]
+        if not STREAMK_SHAPES:
+            print(f"error: --shapes: none of {args.shapes!r} is in the grid", file=sys.stderr)
+            return 2
     if args.summarize:
         print(summarize(args.summarize))
         return 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 
 @triton.jit
@@ -140,8 +141,14 @@ def _split_kv_kernel(
     PAGED: tl.constexpr,
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
-    """Program (bh, split) handles keys [split*CHUNK, (split+1)*CHUNK) of kv head bh."""
+    """Program (bh, split) handles keys [split*CHUNK, (split+1)*CHUNK) of kv head bh.
+
+    ``PDL``: let the reduction kernel launch now (it waits for this grid to finish before reading).
+    """
+    if PDL:
+        gdc_launch_dependents()
     bh = tl.program_id(0)
     split = tl.program_id(1)
     b = bh // Hkv
@@ -681,6 +688,8 @@ def _stream_k_kernel(
     FLAT: tl.constexpr,
     GP: tl.constexpr,
     BLOCK_S: tl.constexpr,
+    PDL: tl.constexpr = False,
+    PDL_TRIGGER: tl.constexpr = 0,
 ):
     """Program p handles KV tiles [p*T/P, (p+1)*T/P) of the concatenated KV of all heads.
 
@@ -698,7 +707,13 @@ def _stream_k_kernel(
     ``FLAT`` (non-fused only) picks how a program walks its tiles: 0, piece by piece
     (:func:`_stream_k_pieces`); 1, one loop across pair boundaries (:func:`_stream_k_flat`);
     2, the one loop for runs that cross a boundary and piece by piece for runs inside one pair.
+
+    ``PDL``: let the reduction kernel launch early (it waits for this grid to finish before
+    reading): at the start (``PDL_TRIGGER`` 0), once the program has found its first pair (1), or
+    only as the programs exit (2).
     """
+    if PDL and PDL_TRIGGER == 0:
+        gdc_launch_dependents()
     p = tl.program_id(0)
     idx, lens, seq_tiles, incl = _tile_prefix(KV_LENS, Hkv, BH // Hkv, BLOCK_N, B_P2)
     total = tl.sum(seq_tiles, 0)
@@ -713,6 +728,8 @@ def _stream_k_kernel(
         t_end = (p + 1) * total // NUM_PROGRAMS
     # the pair of the program's first tile, found once for the choice of walk and the walk itself
     b, kv_len, pair_tiles, seq_first, hk = _find_pair(t, idx, incl, KV_LENS, BH // Hkv, Hkv, BLOCK_N)
+    if PDL and PDL_TRIGGER == 1:
+        gdc_launch_dependents()
     if FLAT == 2:  # the one loop only for runs that cross a pair boundary
         crosses = t_end > seq_first + (hk + 1) * pair_tiles
     else:
@@ -840,6 +857,7 @@ def _reduce_kernel(
     STREAM_K: tl.constexpr,
     GUESS_P2: tl.constexpr,
     WIDE: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     """Merge the partials of query head (b, h) by their log-sum-exp weights; write Out[b, h].
 
@@ -849,12 +867,18 @@ def _reduce_kernel(
     to its next power of two) the ``GUESS`` slots that pair bh has when all lengths are equal,
     from ``bh*(GUESS+1)``, are loaded at once, together with the plan rather than after it;
     they are used when the plan agrees, otherwise the plan's range is loaded as usual.
+
+    ``PDL`` (launched as a programmatic dependent of the first kernel, which lets it start early):
+    its programs compute their indices, then wait for the first kernel's grid to finish and its
+    writes to be visible before any load.
     """
     row = tl.program_id(0)
     b = row // Hq
     h = row % Hq
     bh = b * Hkv + h // GROUP
     g = h % GROUP
+    if PDL:
+        gdc_wait()
     offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, HEAD_DIM)
     m = tl.full((), float("-inf"), dtype=tl.float32)

@@ -1,3 +1,5 @@
+import importlib
+
 import pytest
 import torch
 
@@ -320,3 +322,16 @@ def test_stream_k_batch_limit(monkeypatch):
     q, k, v, lens = _inputs(3, 4, 2, 8, 64, torch.float32)
     with pytest.raises(kernels.KernelInputError, match=r"^q: stream_k supports a batch of at most 2, got 3"):
         kernels.attention_decode(q, k, v, lens, schedule="stream_k")
+
+
+def test_programmatic_dependent_launch_only_on_a_hopper_gpu(monkeypatch):
+    # the interpreter and CPU tensors never get the launch attribute or the griddepcontrol code
+    ad = importlib.import_module("kernels.attention_decode")
+    assert not ad.pdl_supported(torch.device("cpu"))
+    monkeypatch.setattr(ad, "interpreting", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert not ad.pdl_supported(torch.device("cuda", 0))
+    monkeypatch.setattr(ad, "interpreting", lambda: False)
+    assert ad.pdl_supported(torch.device("cuda", 0))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert not ad.pdl_supported(torch.device("cuda", 0))
