@@ -144,3 +144,36 @@ def test_gemm_ms_replaces_the_m_values_of_every_gemm_family(tmp_path, monkeypatc
     assert all(r["kernels"] == [] for r in recs)  # no CUDA kernels on a CPU
     bad = CliRunner().invoke(app, ["--out", str(tmp_path), "--dry-run", "--sections", "gemm", "--gemm-ms", "0"])
     assert bad.exit_code == 2 and "--gemm-ms" in bad.output
+
+
+def test_every_timed_region_starts_behind_the_lead_kernel(monkeypatch):
+    # replay_s and the eager event timing queue the busy-wait before each start event, so the
+    # clock does not count the host's launch of the region
+    log = []
+
+    class FakeEvent:
+        def __init__(self, enable_timing=True):
+            self.t = None
+
+        def record(self):
+            log.append("record")
+            self.t = len(log)
+
+        def synchronize(self):
+            pass
+
+        def elapsed_time(self, other):
+            return 1.0
+
+    class FakeGraph:
+        def replay(self):
+            log.append("replay")
+
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(torch.cuda, "_sleep", lambda cycles: log.append(("sleep", cycles)), raising=False)
+    times = bench.replay_s(FakeGraph(), calls=4, trials=3)
+    assert times == [1e-3 / 4] * 3
+    assert log == [("sleep", bench.LEAD_CYCLES), "record", "replay", "record"] * 3
+    log.clear()
+    bench._events_time([lambda: log.append("call")], reps=2)
+    assert log == [("sleep", bench.LEAD_CYCLES), "record", "call", "call", "record"]
