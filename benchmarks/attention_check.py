@@ -1,8 +1,9 @@
 """GPU correctness of the attention kernels alone (no GEMM autotuning, so it runs in about a minute).
 
-Causal and non-causal prefill (head_dim 64 and 128, GQA 1/4/7, odd lengths), and decode with
+Causal and non-causal prefill (head_dim 64 and 128, GQA 1/4/7, odd lengths), decode with
 split-KV and with stream-K in each of its tile walks (``_STREAM_K_FLAT`` 0, 1, 2), ragged and
-uniform lengths, default and forced program counts, against float64 references of
+uniform lengths, default and forced program counts, and both schedules over paged caches (pages
+of 16 and 64 tokens in a shuffled order), against float64 references of
 ``kernels.reference``: relative norm error below 1e-2 (bf16 inputs).
 
     python benchmarks/attention_check.py [--out DIR]
@@ -62,7 +63,37 @@ def run_checks() -> dict[str, float]:
                         res[f"split_kv D={hd} {tag}"] = _err(kernels.attention_decode(q, kc, vc, kl, None, "split_kv"), r64)
     finally:
         mod._STREAM_K_FLAT = saved
+    for ps in (16, 64):
+        for hd in (64, 128):
+            for sched in ("split_kv", "stream_k"):
+                res[f"paged {sched} page={ps} D={hd} ragged"] = paged_error(d, ps, hd, sched)
     return res
+
+
+def paged_error(device, page_size: int, head_dim: int, schedule: str, batch: int = 5, kv_heads: int = 4,
+                q_heads: int = 16, max_len: int = 3001, lens=(1, 3001, 17, 1024, 999)) -> float:
+    """Relative error of ``kernels.attention_decode_paged`` against the float64 reference of the
+    same cache laid out contiguously: random pages in a shuffled order, ragged lengths."""
+    import torch
+
+    import kernels
+    from kernels import reference as ref
+
+    blocks = -(-max_len // page_size)
+    q = torch.randn(batch, q_heads, head_dim, device=device, dtype=torch.bfloat16)
+    kc = torch.randn(batch, kv_heads, blocks * page_size, head_dim, device=device, dtype=torch.bfloat16)
+    vc = torch.randn_like(kc)
+    table = torch.randperm(batch * blocks, device=device).view(batch, blocks).to(torch.int32)
+
+    def pages(c):
+        out = torch.empty((batch * blocks, kv_heads, page_size, head_dim), device=device, dtype=c.dtype)
+        out[table.reshape(-1).long()] = (c.view(batch, kv_heads, blocks, page_size, head_dim)
+                                         .permute(0, 2, 1, 3, 4).reshape(-1, kv_heads, page_size, head_dim))
+        return out
+
+    kl = torch.tensor(lens[:batch], device=device, dtype=torch.int32)
+    want = ref.attention_decode_ref(q, kc[:, :, :max_len], vc[:, :, :max_len], kl)
+    return _err(kernels.attention_decode_paged(q, pages(kc), pages(vc), table, kl, schedule=schedule), want)
 
 
 def main() -> int:
