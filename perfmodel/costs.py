@@ -258,14 +258,16 @@ def _gemm_cost(op: Gemm, gpu: GPU, prof: Profile) -> OpCost:
             tm = gemm_tile_m(m, p)
             f, extra = _gemm_tile_time(m, n, k, tm, float(p.tile_n), gpu, p)
             fl_eff = np.maximum(f, fl)
-    if p.misaligned_eff > 0:  # rows off the 128-byte lines: a lower math rate
-        fl_eff = fl if fl_eff is None else fl_eff
-        fl_eff = np.where(gemm_misaligned(op), np.divide(fl_eff, p.misaligned_eff), fl_eff)
-        fl_eff = fl_eff if np.ndim(fl_eff) else float(fl_eff)
     mem_eff = None
-    if p.misaligned_memory_eff > 0:  # rows off the 128-byte lines: each row load touches one more line
-        mem_eff = np.where(gemm_misaligned(op), p.memory_eff * p.misaligned_memory_eff, p.memory_eff)
-        mem_eff = mem_eff if np.ndim(mem_eff) else float(mem_eff)
+    if p.misaligned_eff > 0 or p.misaligned_memory_eff > 0:  # rows off the 128-byte lines
+        off = gemm_misaligned(op)
+        if p.misaligned_eff > 0:  # a lower math rate
+            fl_eff = fl if fl_eff is None else fl_eff
+            fl_eff = np.where(off, np.divide(fl_eff, p.misaligned_eff), fl_eff)
+            fl_eff = fl_eff if np.ndim(fl_eff) else float(fl_eff)
+        if p.misaligned_memory_eff > 0:  # each row load touches one more line: a lower byte rate
+            mem_eff = np.where(off, p.memory_eff * p.misaligned_memory_eff, p.memory_eff)
+            mem_eff = mem_eff if np.ndim(mem_eff) else float(mem_eff)
     return _roofline(fl, bytes_moved(op), gpu.flops_for(op.dtype), gpu.hbm_bytes_per_s, p, Bound.HBM_BANDWIDTH,
                      fl_eff, extra, memory_eff=mem_eff)
 
