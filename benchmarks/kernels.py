@@ -726,9 +726,24 @@ SECTIONS = {"ceilings": ceilings, "check": check, "gemm": gemm, "prefill": prefi
             "paged": paged, "kv": kv_blocks, "sweep": sweep, "streamk": streamk, "streamk_rounds": streamk_rounds}
 
 
+def _parse_shapes(text: str, grid: list[tuple[int, int, bool]]) -> list[tuple[int, int, bool]]:
+    """The shapes of ``grid`` (batch, KV length, ragged) that ``"B:L[:r],..."`` names, in grid order;
+    ``r`` marks a ragged batch."""
+    wanted = set()
+    for item in text.split(","):
+        parts = item.split(":")
+        if len(parts) not in (2, 3) or not all(x.isdigit() for x in parts[:2]) or parts[2:] not in ([], ["r"]):
+            raise ValueError(f"{item!r} is not B:L or B:L:r")
+        wanted.add((int(parts[0]), int(parts[1]), parts[2:] == ["r"]))
+    chosen = [sh for sh in grid if sh in wanted]
+    if not chosen:
+        raise ValueError(f"none of {text!r} is in the grid")
+    return chosen
+
+
 def _parse_variant(text: str) -> tuple[str, dict]:
     """``"LABEL:NAME=VALUE,NAME=VALUE"`` -> (label, {name: int or bool}); names must be module
-    settings of ``kernels.attention_decode`` (upper case, leading underscore)."""
+    settings of ``kernels.attention_decode`` (a leading underscore)."""
     label, sep, body = text.partition(":")
     if not sep or not label or not body:
         raise ValueError(f"{text!r} is not LABEL:NAME=VALUE[,NAME=VALUE]")
@@ -768,13 +783,9 @@ def main() -> int:
         return 2
     if args.shapes:
         try:
-            wanted = {(int(b), int(n), rest == ["r"]) for b, n, *rest in (x.split(":") for x in args.shapes.split(","))}
-        except ValueError:
-            print(f"error: --shapes: {args.shapes!r} is not B:L[:r],...", file=sys.stderr)
-            return 2
-        STREAMK_SHAPES[:] = [sh for sh in STREAMK_SHAPES if sh in wanted]
-        if not STREAMK_SHAPES:
-            print(f"error: --shapes: none of {args.shapes!r} is in the grid", file=sys.stderr)
+            STREAMK_SHAPES[:] = _parse_shapes(args.shapes, STREAMK_SHAPES)
+        except ValueError as e:
+            print(f"error: --shapes: {e}", file=sys.stderr)
             return 2
     if args.summarize:
         print(summarize(args.summarize))

@@ -35,3 +35,15 @@ def test_main_reports_bad_variant_in_one_line(bench, capsys, monkeypatch):
     assert bench.main() == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --variant:")
+
+
+def test_shapes_pick_from_the_grid_in_grid_order(bench):
+    grid = [(1, 1024, False), (2, 16384, False), (2, 16384, True), (8, 4096, True)]
+    assert bench._parse_shapes("8:4096:r,1:1024", grid) == [(1, 1024, False), (8, 4096, True)]
+    assert bench._parse_shapes("2:16384", grid) == [(2, 16384, False)]
+
+
+@pytest.mark.parametrize("text", ["1", "1:1024:x", "1:1024:r:r", "a:1024", "1:-5", "3:3"])
+def test_shapes_reject_bad_text_or_shapes_off_the_grid(bench, text):
+    with pytest.raises(ValueError):
+        bench._parse_shapes(text, [(1, 1024, False)])
