@@ -1,0 +1,131 @@
+"""Kernel timeline of the two decode schedules in CUDA-graph replays (torch.profiler / CUPTI).
+
+For each configuration (shape, schedule, module settings of kernels.attention_decode) one CUDA
+graph of ``CALLS`` calls over rotated input copies is captured and replayed under the profiler; per
+call the first kernel's and the reduction's GPU start and end are read from the trace, and the
+medians printed: first kernel duration, reduction duration, the reduction's start after the first
+kernel's start and after its end (negative with an early dependent launch), and the period from
+one call's first kernel to the next call's.
+
+Usage: python decode_timeline.py OUT_DIR [N_SHAPES]
+
+Configurations whose settings exist only with ``../h100-stream-k-knobs-runs33-37.patch`` applied
+(``_REDUCE_NUM_WARPS``) are skipped without it.
+"""
+import json
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[4]
+sys.path.insert(0, str(ROOT))
+import torch  # noqa: E402
+
+import kernels  # noqa: E402
+from validation.bench import capture_graph, lead  # noqa: E402
+
+mod = sys.modules["kernels.attention_decode"]
+CALLS = 32
+REPLAYS = 20
+
+CONFIGS = [
+    ("split nw2", "split_kv", {"_REDUCE_NUM_WARPS": 2}),
+    ("streamK PDL0 nw1", "stream_k", {"_STREAM_K_PDL": True, "_REDUCE_NUM_WARPS": 1}),
+    ("streamK PDL0 nw2", "stream_k", {"_STREAM_K_PDL": True, "_REDUCE_NUM_WARPS": 2}),
+    ("streamK PDL0 nw8", "stream_k", {"_STREAM_K_PDL": True, "_REDUCE_NUM_WARPS": 8}),
+    ("streamK PDL0 noG", "stream_k", {"_STREAM_K_PDL": True, "_STREAM_K_REDUCE_GUESS": False}),
+    ("streamK noG", "stream_k", {"_STREAM_K_REDUCE_GUESS": False}),
+    ("streamK nw2", "stream_k", {"_REDUCE_NUM_WARPS": 2}),
+    ("split", "split_kv", {}),
+    ("split noPDL", "split_kv", {"_SPLIT_KV_PDL": False}),
+    ("streamK", "stream_k", {}),
+    ("streamK PDL0", "stream_k", {"_STREAM_K_PDL": True, "_STREAM_K_PDL_TRIGGER": 0}),
+    ("streamK PDL2", "stream_k", {"_STREAM_K_PDL": True, "_STREAM_K_PDL_TRIGGER": 2}),
+]
+SHAPES = [(1, 1024, False), (2, 1024, False), (8, 1024, False), (2, 16384, False), (2, 16384, True)]
+if len(sys.argv) > 2:
+    SHAPES = SHAPES[: int(sys.argv[2])]
+
+
+def inputs(bsz, length, ragged):
+    g = torch.Generator(device="cuda").manual_seed(bsz * 1000 + length)
+    if ragged:
+        lens = torch.randint(1, length + 1, (bsz,), device="cuda", generator=g, dtype=torch.int32)
+        lens[0] = length
+    else:
+        lens = torch.full((bsz,), length, device="cuda", dtype=torch.int32)
+    kv_bytes = 2 * bsz * 8 * length * 128 * 2
+    copies = min(32, max(1, -(-256_000_000 // kv_bytes)))
+    sets = [(torch.randn(bsz, 32, 128, device="cuda", dtype=torch.bfloat16),
+             torch.randn(bsz, 8, length, 128, device="cuda", dtype=torch.bfloat16),
+             torch.randn(bsz, 8, length, 128, device="cuda", dtype=torch.bfloat16)) for _ in range(copies)]
+    return lens, sets
+
+
+def main():
+    out = Path(sys.argv[1])
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for bsz, length, ragged in SHAPES:
+        lens, sets = inputs(bsz, length, ragged)
+        for label, sched, flags in CONFIGS:
+            if not all(hasattr(mod, k) for k in flags):  # settings of the experiment patch only
+                print(f"skipped {label}: needs {sorted(k for k in flags if not hasattr(mod, k))}")
+                continue
+            saved = {k: getattr(mod, k) for k in flags}
+            for k, v in flags.items():
+                setattr(mod, k, v)
+            try:
+                fns = [(lambda qq=qq, kk=kk, vv=vv: kernels.attention_decode(qq, kk, vv, lens, None, sched,
+                                                                            validate=False)) for qq, kk, vv in sets]
+                g = capture_graph(fns, CALLS)
+            finally:
+                for k, v in saved.items():
+                    setattr(mod, k, v)
+            for _ in range(3):
+                g.replay()
+            torch.cuda.synchronize()
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                for _ in range(REPLAYS):
+                    lead()
+                    g.replay()
+                torch.cuda.synchronize()
+            trace = out / "trace.json"
+            prof.export_chrome_trace(str(trace))
+            ev = [e for e in json.loads(trace.read_text())["traceEvents"]
+                  if e.get("cat") == "kernel" and ("decode" in e["name"] or "reduce" in e["name"]
+                                                   or "split_kv" in e["name"] or "stream_k" in e["name"])]
+            ev.sort(key=lambda e: e["ts"])
+            firsts = [e for e in ev if "reduce" not in e["name"]]
+            reds = [e for e in ev if "reduce" in e["name"]]
+            rows = []
+            for i, f in enumerate(firsts):
+                # the reduction of this call: the first one starting after this first kernel started
+                r = next((x for x in reds if x["ts"] >= f["ts"] - 1e-3), None)
+                nxt = firsts[i + 1]["ts"] - f["ts"] if i + 1 < len(firsts) and (i + 1) % CALLS else None
+                rows.append((f["dur"], r["dur"] if r else None, (r["ts"] - f["ts"]) if r else None,
+                             (r["ts"] - f["ts"] - f["dur"]) if r else None, nxt))
+            med = [statistics.median([x[j] for x in rows if x[j] is not None]) if any(x[j] is not None for x in rows)
+                   else float("nan") for j in range(5)]
+            res = dict(batch=bsz, kv_len=length, ragged=ragged, config=label, first_us=med[0], reduce_us=med[1],
+                       reduce_start_after_first_start_us=med[2], reduce_start_after_first_end_us=med[3],
+                       period_us=med[4], kernels=len(ev), names=sorted({e["name"][:40] for e in ev}))
+            results.append(res)
+            print(f"B={bsz} L={length}{' r' if ragged else '  '} {label:17s} first {med[0]:6.2f}  reduce {med[1]:6.2f}"
+                  f"  red.start-first.start {med[2]:6.2f}  red.start-first.end {med[3]:6.2f}  tail {med[2] + med[1] - med[0]:5.2f}  period {med[4]:6.2f} us"
+                  f"  ({len(ev)} kernels)", flush=True)
+            del g
+        del sets
+    import datetime
+    import subprocess
+
+    driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                            capture_output=True, text=True).stdout.strip()
+    env = dict(gpu=torch.cuda.get_device_name(0), driver=driver, cuda=torch.version.cuda, torch=torch.__version__,
+               triton=__import__("triton").__version__,
+               date_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    (out / "decode_timeline.json").write_text(json.dumps({"env": env, "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
