@@ -12,6 +12,7 @@ Usage: python decode_timeline.py OUT_DIR [N_SHAPES]
 Configurations whose settings exist only with ``../h100-stream-k-knobs-runs33-37.patch`` applied
 (``_REDUCE_NUM_WARPS``) are skipped without it.
 """
+import importlib.util
 import json
 import statistics
 import sys
@@ -48,17 +49,12 @@ if len(sys.argv) > 2:
 
 
 def inputs(bsz, length, ragged):
-    g = torch.Generator(device="cuda").manual_seed(bsz * 1000 + length)
-    if ragged:
-        lens = torch.randint(1, length + 1, (bsz,), device="cuda", generator=g, dtype=torch.int32)
-        lens[0] = length
-    else:
-        lens = torch.full((bsz,), length, device="cuda", dtype=torch.int32)
-    kv_bytes = 2 * bsz * 8 * length * 128 * 2
-    copies = min(32, max(1, -(-256_000_000 // kv_bytes)))
-    sets = [(torch.randn(bsz, 32, 128, device="cuda", dtype=torch.bfloat16),
-             torch.randn(bsz, 8, length, 128, device="cuda", dtype=torch.bfloat16),
-             torch.randn(bsz, 8, length, 128, device="cuda", dtype=torch.bfloat16)) for _ in range(copies)]
+    """(kv_lens, input copies) as ``benchmarks/kernels.py`` builds them for its decode grid (that file
+    is loaded under another name: ``kernels`` is the package of the kernels)."""
+    spec = importlib.util.spec_from_file_location("kernels_bench", ROOT / "benchmarks" / "kernels.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    lens, sets, _ = bench._decode_inputs(bsz, length, ragged=ragged)
     return lens, sets
 
 
