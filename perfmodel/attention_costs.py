@@ -126,8 +126,7 @@ def triton_decode_pieces(units, kv_len, slots: int, rule: int, sm_count: int | N
     (``sm_count``; ``slots`` when not given), one per SM when all the tiles are at most
     ``STREAM_K_SMALL_TILES_PER_SM`` per SM and the pairs are no more than the SMs, rounded down
     to a multiple of the ``units`` (sequence, kv head) pairs when there are fewer pairs, and at
-    most one per tile, share all KV
-    tiles equally.  Rounded, every program's run lies inside one pair (``programs / units`` pieces
+    most one per tile, share all KV tiles equally.  Rounded, every program's run lies inside one pair (``programs / units`` pieces
     per pair); otherwise a run ends a piece at each pair boundary, about ``programs + units``
     pieces in all.
     """

@@ -12,7 +12,6 @@ Usage: python decode_timeline.py OUT_DIR [N_SHAPES]
 Configurations whose settings exist only with ``../h100-stream-k-knobs-runs33-37.patch`` applied
 (``_REDUCE_NUM_WARPS``) are skipped without it.
 """
-import importlib.util
 import json
 import statistics
 import sys
@@ -23,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import kernels  # noqa: E402
+from benchmarks import kernels as bench  # noqa: E402  (the benchmark script, as a module)
 from validation.bench import capture_graph, lead  # noqa: E402
 
 mod = sys.modules["kernels.attention_decode"]
@@ -48,36 +48,19 @@ if len(sys.argv) > 2:
     SHAPES = SHAPES[: int(sys.argv[2])]
 
 
-def inputs(bsz, length, ragged):
-    """(kv_lens, input copies) as ``benchmarks/kernels.py`` builds them for its decode grid (that file
-    is loaded under another name: ``kernels`` is the package of the kernels)."""
-    spec = importlib.util.spec_from_file_location("kernels_bench", ROOT / "benchmarks" / "kernels.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    lens, sets, _ = bench._decode_inputs(bsz, length, ragged=ragged)
-    return lens, sets
-
-
 def main():
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for bsz, length, ragged in SHAPES:
-        lens, sets = inputs(bsz, length, ragged)
+        lens, sets, _ = bench._decode_inputs(bsz, length, ragged=ragged)
         for label, sched, flags in CONFIGS:
             if not all(hasattr(mod, k) for k in flags):  # settings of the experiment patch only
                 print(f"skipped {label}: needs {sorted(k for k in flags if not hasattr(mod, k))}")
                 continue
-            saved = {k: getattr(mod, k) for k in flags}
-            for k, v in flags.items():
-                setattr(mod, k, v)
-            try:
-                fns = [(lambda qq=qq, kk=kk, vv=vv: kernels.attention_decode(qq, kk, vv, lens, None, sched,
-                                                                            validate=False)) for qq, kk, vv in sets]
-                g = capture_graph(fns, CALLS)
-            finally:
-                for k, v in saved.items():
-                    setattr(mod, k, v)
+            fns = [(lambda qq=qq, kk=kk, vv=vv: kernels.attention_decode(qq, kk, vv, lens, None, sched,
+                                                                        validate=False)) for qq, kk, vv in sets]
+            g = bench._with_flags(mod, flags, lambda: capture_graph(fns, CALLS))
             for _ in range(3):
                 g.replay()
             torch.cuda.synchronize()
@@ -94,15 +77,12 @@ def main():
             ev.sort(key=lambda e: e["ts"])
             firsts = [e for e in ev if "reduce" not in e["name"]]
             reds = [e for e in ev if "reduce" in e["name"]]
-            rows = []
-            for i, f in enumerate(firsts):
-                # the reduction of this call: the first one starting after this first kernel started
-                r = next((x for x in reds if x["ts"] >= f["ts"] - 1e-3), None)
-                nxt = firsts[i + 1]["ts"] - f["ts"] if i + 1 < len(firsts) and (i + 1) % CALLS else None
-                rows.append((f["dur"], r["dur"] if r else None, (r["ts"] - f["ts"]) if r else None,
-                             (r["ts"] - f["ts"] - f["dur"]) if r else None, nxt))
-            med = [statistics.median([x[j] for x in rows if x[j] is not None]) if any(x[j] is not None for x in rows)
-                   else float("nan") for j in range(5)]
+            # one first kernel and one reduction per call, each starting after the call's first kernel
+            assert len(firsts) == len(reds) == CALLS * REPLAYS, (len(firsts), len(reds))
+            rows = [(f["dur"], r["dur"], r["ts"] - f["ts"], r["ts"] - f["ts"] - f["dur"]) for f, r in zip(firsts, reds)]
+            # call to call, within one replay
+            periods = [b["ts"] - a["ts"] for i, (a, b) in enumerate(zip(firsts, firsts[1:])) if (i + 1) % CALLS]
+            med = [statistics.median(x[j] for x in rows) for j in range(4)] + [statistics.median(periods)]
             res = dict(batch=bsz, kv_len=length, ragged=ragged, config=label, first_us=med[0], reduce_us=med[1],
                        reduce_start_after_first_start_us=med[2], reduce_start_after_first_end_us=med[3],
                        period_us=med[4], kernels=len(ev), names=sorted({e["name"][:40] for e in ev}))
