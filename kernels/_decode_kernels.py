@@ -100,8 +100,11 @@ def _load_q_group(
 
 
 @triton.jit
-def _store_partial(PO, PL, slot_off, acc, l_i, m_i, GROUP, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr):
-    # PO[slot, g, :] = acc / l, PL[slot, g] = m + log2(l); an empty piece gets lse = -inf.
+def _store_partial(
+    PO, PL, slot_off, acc, l_i, m_i, GROUP, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, LSE_REPEAT: tl.constexpr = 1
+):
+    # PO[slot, g, :] = acc / l, PL[slot, g] = m + log2(l); an empty piece gets lse = -inf. With
+    # LSE_REPEAT > 1 the lse is written that many times in a row, PL[slot, g, :LSE_REPEAT].
     offs_g = tl.arange(0, BLOCK_G)
     offs_d = tl.arange(0, HEAD_DIM)
     has = l_i > 0
@@ -111,7 +114,12 @@ def _store_partial(PO, PL, slot_off, acc, l_i, m_i, GROUP, HEAD_DIM: tl.constexp
     tl.store(
         PO + slot_off * HEAD_DIM + offs_g[:, None] * HEAD_DIM + offs_d[None, :], out, mask=gmask[:, None]
     )
-    tl.store(PL + slot_off + offs_g, lse, mask=gmask)
+    if LSE_REPEAT == 1:
+        tl.store(PL + slot_off + offs_g, lse, mask=gmask)
+    else:
+        offs_r = tl.arange(0, LSE_REPEAT)
+        rep = lse[:, None] + tl.zeros((BLOCK_G, LSE_REPEAT), dtype=tl.float32)
+        tl.store(PL + (slot_off + offs_g)[:, None] * LSE_REPEAT + offs_r[None, :], rep, mask=gmask[:, None])
 
 
 @triton.jit
@@ -249,47 +257,53 @@ def _combine_pair(
     HEAD_DIM: tl.constexpr,
     GP: tl.constexpr,
     BLOCK_S: tl.constexpr,
+    LSE_REPEAT: tl.constexpr,
+    WIDE: tl.constexpr,
 ):
     """Merge partial slots [s_lo, s_hi) of pair bh for all GROUP query heads; write O.
 
-    Slots of programs that own no tile (only when there are more programs than tiles) were
-    never written and are skipped. Loads bypass L1 (``.cg``): the slots were written by other
-    programs.
+    Each slot's partial is one row of GROUP*D values, loaded as ``[BLOCK_S, GP*D]`` tiles; its
+    log-sum-exp, written ``LSE_REPEAT`` (4) times per query head, is loaded in the same shape from
+    ``4*g + d % 4``, so both tiles get the same layout and every step (max, weights, sums over the
+    slots) stays inside a thread: no shared memory, no barrier. Slots of programs that own no tile
+    (only when there are more programs than tiles) were never written and are skipped. Loads bypass
+    L1 (``.cg``): the slots were written by other programs.
     """
     offs_s = tl.arange(0, BLOCK_S)
-    offs_g = tl.arange(0, GP)
-    offs_d = tl.arange(0, HEAD_DIM)
-    gok = offs_g < GROUP
-    m = tl.full((GP,), float("-inf"), dtype=tl.float32)
-    den = tl.zeros((GP,), dtype=tl.float32)
-    acc = tl.zeros((GP, HEAD_DIM), dtype=tl.float32)
+    offs_x = tl.arange(0, GP * HEAD_DIM)
+    xok = offs_x < GROUP * HEAD_DIM
+    lse_col = (offs_x // HEAD_DIM) * LSE_REPEAT + offs_x % LSE_REPEAT
+    m = tl.full((GP * HEAD_DIM,), float("-inf"), dtype=tl.float32)
+    den = tl.zeros((GP * HEAD_DIM,), dtype=tl.float32)
+    acc = tl.zeros((GP * HEAD_DIM,), dtype=tl.float32)
     for s0 in range(s_lo, s_hi, BLOCK_S):
         slots = s0 + offs_s
-        prog = (slots - bh).to(tl.int64)
-        ok = (slots < s_hi) & ((prog + 1) * total // NUM_PROGRAMS > prog * total // NUM_PROGRAMS)
-        row = slots * GROUP
+        ok = slots < s_hi
+        if NUM_PROGRAMS > total:
+            prog = slots - bh
+            if WIDE:
+                prog = prog.to(tl.int64)
+            ok = ok & ((prog + 1) * total // NUM_PROGRAMS > prog * total // NUM_PROGRAMS)
+        msk = ok[:, None] & xok[None, :]
         lse = tl.load(
-            PL + row[:, None] + offs_g[None, :],
-            mask=ok[:, None] & gok[None, :],
+            PL + (slots * GROUP * LSE_REPEAT)[:, None] + lse_col[None, :],
+            mask=msk,
             other=float("-inf"),
             cache_modifier=".cg",
         )
         part = tl.load(
-            PO + (row[:, None, None] + offs_g[None, :, None]) * HEAD_DIM + offs_d[None, None, :],
-            mask=ok[:, None, None] & gok[None, :, None],
-            other=0.0,
-            cache_modifier=".cg",
+            PO + (slots * GROUP * HEAD_DIM)[:, None] + offs_x[None, :], mask=msk, other=0.0, cache_modifier=".cg"
         )
         m_new = tl.maximum(m, tl.max(lse, 0))
         m_use = tl.where(m_new > float("-inf"), m_new, 0.0)  # padded heads stay -inf
         w = tl.math.exp2(lse - m_use[None, :])
         scale = tl.math.exp2(m - m_use)
         den = den * scale + tl.sum(w, 0)
-        acc = acc * scale[:, None] + tl.sum(w[:, :, None] * part, 0)
+        acc = acc * scale + tl.sum(w * part, 0)
         m = m_new
-    out = acc / tl.where(gok, den, 1.0)[:, None]
-    ptr = O + b.to(tl.int64) * s_ob + (hk * GROUP + offs_g)[:, None] * s_oh + offs_d[None, :]
-    tl.store(ptr, out.to(O.dtype.element_ty), mask=gok[:, None])
+    out = acc / tl.where(xok, den, 1.0)
+    ptr = O + b.to(tl.int64) * s_ob + (hk * GROUP + offs_x // HEAD_DIM) * s_oh + offs_x % HEAD_DIM
+    tl.store(ptr, out.to(O.dtype.element_ty), mask=xok)
 
 
 @triton.jit
@@ -339,6 +353,7 @@ def _stream_k_segment(
     GP: tl.constexpr,
     BLOCK_S: tl.constexpr,
     FIND: tl.constexpr,
+    WIDE: tl.constexpr = False,
 ):
     """One piece of program p's run: its tiles from t on that lie in one (sequence, kv head)
     pair; attend, then write the output or a partial (and the plan, or merge when FUSED).
@@ -383,13 +398,22 @@ def _stream_k_segment(
         _store_out(O, b, hk, s_ob, s_oh, acc, l_i, GROUP, HEAD_DIM, BLOCK_G)
     else:
         # partial layout [NUM_PROGRAMS + BH, GROUP, (D)]
-        _store_partial(PO, PL, (p + bh).to(tl.int64) * GROUP, acc, l_i, m_i, GROUP, HEAD_DIM, BLOCK_G)
+        if FUSED:  # the lse four times per query head: the merge loads it as it loads the partial
+            _store_partial(PO, PL, (p + bh).to(tl.int64) * GROUP, acc, l_i, m_i, GROUP, HEAD_DIM, BLOCK_G, 4)
+        else:
+            _store_partial(PO, PL, (p + bh).to(tl.int64) * GROUP, acc, l_i, m_i, GROUP, HEAD_DIM, BLOCK_G)
         if FUSED:
             tl.debug_barrier()  # every thread's partial stores precede the release below
             done = tl.atomic_add(CNT + bh, seg_end - t, sem="acq_rel", scope="gpu")
             if done + (seg_end - t) == pair_tiles:
-                s_lo = _owner(first_tile, total, NUM_PROGRAMS) + bh
-                s_hi = _owner(first_tile + pair_tiles - 1, total, NUM_PROGRAMS) + bh + 1
+                # the slots of the programs owning the pair's first and last tile (_owner, in 32 bits
+                # unless WIDE)
+                if WIDE:
+                    s_lo = _owner(first_tile, total, NUM_PROGRAMS) + bh
+                    s_hi = _owner(first_tile + pair_tiles - 1, total, NUM_PROGRAMS) + bh + 1
+                else:
+                    s_lo = ((first_tile + 1) * NUM_PROGRAMS - 1) // total + bh
+                    s_hi = ((first_tile + pair_tiles) * NUM_PROGRAMS - 1) // total + bh + 1
                 _combine_pair(
                     PO,
                     PL,
@@ -407,6 +431,8 @@ def _stream_k_segment(
                     HEAD_DIM,
                     GP,
                     BLOCK_S,
+                    4,
+                    WIDE,
                 )
                 tl.store(CNT + bh, 0)  # the pair is done: leave its counter at zero for the next call
     return seg_end
@@ -546,6 +572,7 @@ def _stream_k_pieces(
     PEEL: tl.constexpr,
     GP: tl.constexpr,
     BLOCK_S: tl.constexpr,
+    WIDE: tl.constexpr = False,
 ):
     """Program p's tiles [t, t_end) piece by piece: one call of :func:`_stream_k_segment` per
     (sequence, kv head) pair its run touches, the first one outside the loop when ``PEEL`` (with
@@ -598,6 +625,7 @@ def _stream_k_pieces(
                 GP,
                 BLOCK_S,
                 False,
+                WIDE,
             )
     while t < t_end:
         t = _stream_k_segment(
@@ -646,6 +674,7 @@ def _stream_k_pieces(
             GP,
             BLOCK_S,
             True,
+            WIDE,
         )
 
 
@@ -821,6 +850,7 @@ def _stream_k_kernel(
             PEEL,
             GP,
             BLOCK_S,
+            WIDE,
         )
 
 

@@ -4,6 +4,7 @@
 - :func:`flash_block_n`: the KV block of its split-KV kernel;
 - :func:`prefill_schedule_s`: prefill attention as (sequence, head, query tile) programs over the SMs;
 - :func:`triton_decode_pieces`: programs and KV pieces of our Triton decode kernels (split-KV, stream-K).
+- :func:`stream_k_fused`: where stream-K merges in its own kernel.
 
 ``perfmodel.costs`` prices attention ops with them; they hold no state.
 """
@@ -106,6 +107,12 @@ TRITON_DECODE_BLOCK_N = 64.0  # keys per tile of kernels.attention_decode (split
 # most) below which it runs one per SM instead (when the (sequence, kv head) pairs fit the SMs)
 STREAM_K_PROGRAMS_PER_SM = 2.0
 STREAM_K_SMALL_TILES_PER_SM = 16.0
+
+
+def stream_k_fused(programs, sm_count: int):
+    """Whether our stream-K decode merges split pairs inside its own kernel (no reduction kernel):
+    where its ``programs`` fit one per SM (``kernels.attention_decode.fused_merge``)."""
+    return np.asarray(programs, dtype=np.float64) <= sm_count
 
 
 def triton_decode_block_n(rule: int, head_dim):

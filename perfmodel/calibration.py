@@ -134,6 +134,13 @@ class ClassParams:
     reduce_row_s : float, Triton split/stream decode (0: off): seconds per output row (a query head
         of a sequence; the combine kernel runs one program per row) and SM: the combine kernel's
         programs are short and latency-bound, so its time grows with their count over the SMs
+    merge_latency_s : float, Triton stream-K decode at one wave (programs no more than the SMs): it
+        launches no combine kernel; where a (sequence, kv head) pair is split, the last of its
+        programs takes an atomic and merges the pair's pieces after its own tiles, costing this
+        latency ...
+    merge_bytes_per_s : float, ... plus the pair's partial rows (fp32, per query head and piece: the
+        head_dim values and the log-sum-exp written 4 times), read by that one program at this rate
+        (0: free)
     tile_choice : int, GEMM (0: the fitted ``tile_m`` x ``tile_n`` tile; 1: the fastest of
         ``perfmodel.costs.GEMM_CANDIDATE_TILES``, each with its own waves, as a heuristic library picks;
         ``tile_m``/``tile_n`` must still be non-zero to switch tiling on)
@@ -197,6 +204,8 @@ class ClassParams:
     unit_compute_eff: float = 0.0
     reduce_bytes_eff: float = 0.0
     reduce_row_s: float = 0.0
+    merge_latency_s: float = 0.0
+    merge_bytes_per_s: float = 0.0
     tile_choice: int = 0
     small_tile_eff: float = 0.0
     row_knee_bytes: float = 0.0
@@ -235,7 +244,7 @@ class ClassParams:
         for name in ("latency_s", "ramp_flops", "ramp_bytes", "bandwidth_bytes_per_s", "tile_m", "tile_n",
                      "tile_m_min", "tile_overhead_s", "units_per_sm", "unit_overhead_s", "unit_memory_eff",
                      "split_latency_s", "knee_bytes", "row_knee_bytes", "row_knee_width_bytes", "cache_bytes", "score_flops", "split_piece_s",
-                     "unit_step_s", "reduce_row_s"):
+                     "unit_step_s", "reduce_row_s", "merge_latency_s", "merge_bytes_per_s"):
             v = getattr(self, name)
             if not math.isfinite(v) or v < 0:
                 raise ProfileError(f"{where}: {name} must be finite and >= 0, got {v}")

@@ -21,6 +21,7 @@ from perfmodel.attention_costs import (
     triton_decode_block_n,
     flash_splits,
     prefill_schedule_s,
+    stream_k_fused,
     triton_decode_pieces,
 )
 from perfmodel.calibration import SPLIT_FILL, SPLIT_FLASH, SPLIT_STREAM, ClassParams, OpClass, Profile, ramp
@@ -307,7 +308,9 @@ def _attention_cost(op: Attention, gpu: GPU, prof: Profile) -> OpCost:
             programs, pieces = triton_decode_pieces(units, op.kv_len, slots, p.split_rule, gpu.sm_count, op.head_dim)
             split = np.asarray(pieces) > 1 if p.split_rule == SPLIT_FILL else np.ones(np.shape(pieces), bool)
             # the combine kernel always runs: its launch, and the fp32 partials (a row of head_dim
-            # values and a log-sum-exp per query head and piece) written and read back
+            # values and a log-sum-exp per query head and piece) written and read back (not
+            # stream-K at one wave: see below)
+            fused = stream_k_fused(programs, gpu.sm_count) if p.split_rule == SPLIT_STREAM else False
             split_lat = p.split_latency_s + p.split_piece_s * np.asarray(pieces, dtype=np.float64)
             if p.reduce_bytes_eff > 0:
                 partial_bytes = 2.0 * units * pieces * rows * (np.asarray(op.head_dim, dtype=np.float64) + 1.0) * 4.0
@@ -317,6 +320,14 @@ def _attention_cost(op: Attention, gpu: GPU, prof: Profile) -> OpCost:
                 # head of a sequence): their count over the SMs
                 out_rows = np.asarray(op.batch, dtype=np.float64) * np.asarray(op.q_heads, dtype=np.float64) * q
                 split_lat = split_lat + p.reduce_row_s * out_rows / gpu.sm_count
+            if p.split_rule == SPLIT_STREAM:
+                # at one wave no combine kernel runs: where a pair is split, its last program takes the
+                # atomic and merges the pair's pieces after its own tiles; unsplit pairs cost nothing
+                # ... the pair's partial rows (head_dim values and the log-sum-exp written 4 times,
+                # fp32, per query head and piece), read by that one program
+                merge_bytes = np.asarray(pieces, dtype=np.float64) * rows * (np.asarray(op.head_dim, dtype=np.float64) + 4.0) * 4.0
+                merge = p.merge_latency_s + (merge_bytes / p.merge_bytes_per_s if p.merge_bytes_per_s > 0 else 0.0)
+                split_lat = np.where(fused, np.where(np.asarray(pieces) > 1, merge, 0.0), split_lat)
             if p.split_memory_eff > 0:
                 eff = np.where(split, p.split_memory_eff, p.memory_eff)
             block_n = triton_decode_block_n(p.split_rule, op.head_dim)

@@ -143,7 +143,8 @@ def test_stream_k_merge_paths(case, fused, guess, seed, check, poisoned, monkeyp
 
 
 # how a program walks its tiles: piece by piece, one loop across pairs, or the loop only for runs
-# that cross a pair boundary (the default); the fused merge always goes piece by piece
+# that cross a pair boundary (the default); the fused merge always goes piece by piece, so these
+# run with the reduction kernel
 @pytest.mark.parametrize("flat", [0, 1, 2])
 @pytest.mark.parametrize("case", STREAM_K_CASES)
 def test_stream_k_tile_walks(case, flat, seed, check, poisoned, monkeypatch):
@@ -151,6 +152,7 @@ def test_stream_k_tile_walks(case, flat, seed, check, poisoned, monkeypatch):
 
     mod = sys.modules["kernels.attention_decode"]
     monkeypatch.setattr(mod, "_STREAM_K_FLAT", flat)
+    monkeypatch.setattr(mod, "_STREAM_K_FUSED", False)
     _check_stream_k_case(case, seed, check, poisoned)
 
 
@@ -165,14 +167,17 @@ def _check_stream_k_case(case, seed, check, poisoned):
     check(o, attention_decode_ref(q, k, v, kv_lens), torch.float16, seed, f"{case} lens={kv_lens.tolist()}")
 
 
-# the first piece inside the loop over pieces (no peel): every piece then looks its pair up
+# the first piece inside the loop over pieces (no peel): every piece then looks its pair up; with
+# the fused merge each piece of a pair other programs share ends in its counter update
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("case", [c for c in STREAM_K_CASES if c[6] in (2, 7, 12, 200)])
-def test_stream_k_pieces_without_peel(case, seed, check, poisoned, monkeypatch):
+def test_stream_k_pieces_without_peel(case, fused, seed, check, poisoned, monkeypatch):
     import sys
 
     mod = sys.modules["kernels.attention_decode"]
     monkeypatch.setattr(mod, "_STREAM_K_FLAT", 0)
     monkeypatch.setattr(mod, "_STREAM_K_PEEL", False)
+    monkeypatch.setattr(mod, "_STREAM_K_FUSED", fused)
     _check_stream_k_case(case, seed, check, poisoned)
 
 
@@ -207,6 +212,46 @@ def test_stream_k_64_bit_offsets(fused, seed, check, poisoned, monkeypatch):
     with poisoned():
         o = kernels.attention_decode(q, k, v, kv_lens, num_splits=7, schedule="stream_k")
     check(o, attention_decode_ref(q, k, v, kv_lens), torch.float16, seed, f"lens={kv_lens.tolist()}")
+
+
+@pytest.mark.parametrize("programs,sms,setting,expect", [
+    (8, 8, None, True),  # one wave: fused
+    (9, 8, None, False),  # more programs than SMs: the reduction kernel
+    (128, 132, None, True),
+    (264, 132, None, False),
+    (264, 132, True, True),
+    (8, 8, False, False),
+])
+def test_fused_merge_rule(programs, sms, setting, expect, monkeypatch):
+    import sys
+
+    mod = sys.modules["kernels.attention_decode"]
+    monkeypatch.setattr(mod, "_STREAM_K_FUSED", setting)
+    assert mod.fused_merge(programs, sms) is expect
+
+
+def test_stream_k_default_merges_in_kernel_at_one_wave(seed, check, monkeypatch):
+    # by default (one wave on the interpreter's 8 "SMs") no reduction kernel is launched, and
+    # beyond one wave it is
+    import sys
+
+    mod = sys.modules["kernels.attention_decode"]
+    calls = []
+    real = mod._dk._reduce_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            calls.append(grid)
+            return real[grid]
+
+    monkeypatch.setattr(mod._dk, "_reduce_kernel", Spy())
+    q, k, v, lens = _inputs(2, 8, 2, 45, 64, torch.float32)
+    ref = attention_decode_ref(q, k, v, lens)
+    for ns, launches in ((8, 0), (9, 1)):
+        o = kernels.attention_decode(q, k, v, lens, num_splits=ns, schedule="stream_k")
+        check(o, ref, torch.float32, seed, f"programs={ns}")
+        assert len(calls) == launches
+        calls.clear()
 
 
 def test_stream_k_fused_and_reduced_agree(seed, monkeypatch):

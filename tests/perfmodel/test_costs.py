@@ -293,6 +293,43 @@ def test_triton_decode_combine_kernel_costs_its_rows():
     assert lat[64] == pytest.approx(64 * lat[1])
 
 
+def test_stream_k_at_one_wave_has_no_combine_rows():
+    # stream-K whose programs fit one per SM merges in its own kernel: no combine program per
+    # output row; beyond one wave the reduction kernel's rows are priced as for split-KV
+    from perfmodel.attention_costs import triton_decode_pieces
+    from perfmodel.calibration import SPLIT_STREAM
+
+    base = ClassParams(split_rule=SPLIT_STREAM, split_latency_s=2e-6)
+    rows = ClassParams(split_rule=SPLIT_STREAM, split_latency_s=2e-6, reduce_row_s=1e-7)
+    for b, kv, fused in ((1, 1024, True), (4, 4096, True), (2, 16384, False), (16, 65536, False)):
+        op = Attention(Phase.DECODE, batch=b, q_len=1, kv_len=kv, q_heads=32, kv_heads=8, head_dim=128)
+        programs, _ = triton_decode_pieces(b * 8, kv, 2 * H100.sm_count, SPLIT_STREAM, H100.sm_count, 128)
+        assert (programs <= H100.sm_count) == fused
+        extra = op_cost(op, H100, _prof(attention_decode=rows)).latency_s - op_cost(
+            op, H100, _prof(attention_decode=base)).latency_s
+        assert extra == pytest.approx(0.0 if fused else 1e-7 * b * 32 / H100.sm_count)
+
+
+def test_stream_k_one_wave_merge_costs_its_latency_and_bytes():
+    # at one wave the last program of a split pair merges its pieces: merge_latency_s plus the
+    # pair's partial rows at merge_bytes_per_s; an unsplit pair (one piece) costs nothing, and the
+    # combine kernel's split_latency_s is not charged
+    from perfmodel.attention_costs import triton_decode_pieces
+    from perfmodel.calibration import SPLIT_STREAM
+
+    base = ClassParams(split_rule=SPLIT_STREAM, split_latency_s=2e-6)
+    merge = ClassParams(split_rule=SPLIT_STREAM, split_latency_s=2e-6, merge_latency_s=1e-6, merge_bytes_per_s=4e10)
+    for b, kv in ((1, 1024), (16, 256)):
+        op = Attention(Phase.DECODE, batch=b, q_len=1, kv_len=kv, q_heads=32, kv_heads=8, head_dim=128)
+        programs, pieces = triton_decode_pieces(b * 8, kv, 2 * H100.sm_count, SPLIT_STREAM, H100.sm_count, 128)
+        assert programs <= H100.sm_count
+        lat0 = op_cost(op, H100, _prof(attention_decode=base)).latency_s
+        lat1 = op_cost(op, H100, _prof(attention_decode=merge)).latency_s
+        assert lat0 == pytest.approx(0.0)
+        want = 1e-6 + pieces * 4 * (128 + 4) * 4 / 4e10 if pieces > 1 else 0.0
+        assert lat1 - lat0 == pytest.approx(want)
+
+
 def test_gemm_candidate_tiles_never_slower_than_the_largest_tile():
     from types import MappingProxyType
 
