@@ -5,6 +5,10 @@ Per configuration: the median first-kernel duration, the median time from the fi
 to the reduction's end (0 without a reduction) and the median call-to-call period, µs.
 
 Usage: python fused_timeline.py OUT_DIR [LABEL_PREFIXES]
+
+The modes 2 to 9 exist only with ``h100-stream-k-fused-merge-modes.patch`` applied to ``kernels/``
+at ``kernels_sha256`` fa0753bb8954409b; on the current source any true ``_STREAM_K_FUSED`` runs the
+adopted merge.
 """
 import json
 import statistics
