@@ -62,9 +62,9 @@ _STREAM_K_SMALL_TILES_PER_SM = 16
 _STREAM_K_ALIGN = True
 #: stream-K merges split pairs inside its own kernel (the last program to finish a pair merges it)
 #: instead of launching the reduction kernel: None (default), where the programs are no more than
-#: the SMs (one wave: the merge is then the only tail); True, always; False, never. Run 41 (H100):
-#: at one wave 0.3-1.5 us faster than with the reduction kernel (B=1 L=1K 6.9 against 7.5 us); run
-#: 40: beyond one wave no faster than split-KV (B=2 L=16K 51.1 against 50.9 us). The per-pair tile counters live in a
+#: the SMs (one wave: the merge is then the only tail); True, always; False, never. Run 40 (H100):
+#: at one wave faster than the reduction kernel (B=1 L=1K 7.0 against 7.6 us), with two programs
+#: per SM not (B=2 L=16K 50.4 against 50.5 for split-KV). The per-pair tile counters live in a
 #: workspace kept per (device, stream) and are left at zero by the kernel itself, so no zeroing launch.
 _STREAM_K_FUSED: bool | None = None
 #: the stream-K reduction loads the slots that uniform lengths would give a pair together with
