@@ -380,3 +380,15 @@ def test_programmatic_dependent_launch_only_on_a_hopper_gpu(monkeypatch):
     assert ad.pdl_supported(torch.device("cuda", 0))
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     assert not ad.pdl_supported(torch.device("cuda", 0))
+
+
+def test_model_prices_the_kernels_fused_merge_rule():
+    # perfmodel (no torch) mirrors where the kernel merges in its own kernel; the two must not drift
+    import sys
+
+    from perfmodel.attention_costs import stream_k_fused
+
+    mod = sys.modules["kernels.attention_decode"]
+    for sms in (7, 132):
+        for programs in (1, 6, 7, 8, 128, 131, 132, 133, 264):
+            assert mod.fused_merge(programs, sms) == bool(stream_k_fused(programs, sms)), (programs, sms)
