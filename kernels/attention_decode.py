@@ -91,6 +91,10 @@ _STREAM_K_PDL = False
 #: where the stream-K programs let the reduction launch when ``_STREAM_K_PDL``: 0 at their start,
 #: 1 after finding their first pair, 2 only as they exit
 _STREAM_K_PDL_TRIGGER = 0
+#: with unequal tile counts per pair, stream-K cuts the concatenated KV as if each pair began with
+#: this many phantom tiles, so a run that crosses a pair boundary (a second piece: its q load,
+#: pipeline start, partial store and merge) holds that many fewer real tiles. 0: off.
+_STREAM_K_PHANTOM = 0
 #: the counter workspaces, keyed by (device type, device index, stream); grown, never shrunk.
 _COUNTERS: dict[tuple[str, int | None, int], torch.Tensor] = {}
 #: rows (slots x query heads) the fused merge loads at once.
@@ -281,7 +285,7 @@ def launch_decode(
             consts["BLOCK_N"] = block_n
             max_tiles = triton.cdiv(max_len, block_n)
         pieces = stream_k_programs(num_splits, num_sms(q.device), bh, max_tiles)
-        wide = (pieces + 1) * bh * max_tiles >= _INT32_PRODUCT_LIMIT
+        wide = (pieces + 1) * bh * (max_tiles + _STREAM_K_PHANTOM) >= _INT32_PRODUCT_LIMIT
         b_p2 = next_pow2(B)
         fused = fused_merge(pieces, num_sms(q.device))
         po = torch.empty(((pieces + bh) * group, D), dtype=torch.float32, device=q.device)
@@ -320,6 +324,7 @@ def launch_decode(
             BLOCK_S=max(1, _FUSED_MERGE_ROWS // gp),
             PDL=pdl and not fused,
             PDL_TRIGGER=_STREAM_K_PDL_TRIGGER,
+            PHANTOM=_STREAM_K_PHANTOM,
             **consts,
             **meta,
         )

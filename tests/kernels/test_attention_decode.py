@@ -392,3 +392,20 @@ def test_model_prices_the_kernels_fused_merge_rule():
     for sms in (7, 132):
         for programs in (1, 6, 7, 8, 128, 131, 132, 133, 264):
             assert mod.fused_merge(programs, sms) == bool(stream_k_fused(programs, sms)), (programs, sms)
+
+
+# phantom tiles before each pair (unequal tile counts only): run boundaries that fall in them move
+# to the pair boundary; 1 phantom tile, and 5 (more than some runs, so some programs hold no tile)
+@pytest.mark.parametrize("phantom", [1, 5])
+@pytest.mark.parametrize("fused,flat", [(True, 0), (False, 0), (False, 2)])
+@pytest.mark.parametrize("case", [c for c in STREAM_K_CASES if c[6] in (2, 5, 7, 12, 13, 200)])
+def test_stream_k_phantom_tiles(case, phantom, fused, flat, seed, check, poisoned, monkeypatch):
+    import sys
+
+    mod = sys.modules["kernels.attention_decode"]
+    monkeypatch.setattr(mod, "_STREAM_K_PHANTOM", phantom)
+    monkeypatch.setattr(mod, "_STREAM_K_FUSED", fused)
+    monkeypatch.setattr(mod, "_STREAM_K_FLAT", flat)
+    _check_stream_k_case(case, seed, check, poisoned)
+    if fused:  # the counters are left at zero
+        assert all(int(buf.abs().sum()) == 0 for buf in mod._COUNTERS.values())
