@@ -746,6 +746,7 @@ def _stream_k_kernel(
     PDL: tl.constexpr = False,
     PDL_TRIGGER: tl.constexpr = 0,
     PHANTOM: tl.constexpr = 0,
+    NUM_RAGGED=0,
 ):
     """Program p handles KV tiles [p*T/P, (p+1)*T/P) of the concatenated KV of all heads.
 
@@ -775,29 +776,34 @@ def _stream_k_kernel(
     total = tl.sum(seq_tiles, 0)
     if PHANTOM > 0:
         # unequal tile counts: PHANTOM phantom units before each pair, so a run that crosses a pair
-        # boundary holds that many fewer tiles (see _real_tile)
-        pair_t = seq_tiles // Hkv
-        ragged = tl.max(pair_t, 0) != tl.min(tl.where(idx < BH // Hkv, pair_t, 0x7FFFFFFF), 0)
+        # boundary holds that many fewer tiles (see _real_tile), and all NUM_RAGGED programs of
+        # the grid take part (NUM_PROGRAMS, a multiple of the pairs, only serves equal counts)
+        ragged = tl.max(seq_tiles, 0) * (BH // Hkv) != total
         w = tl.where(ragged, PHANTOM, 0)
         units = total + w * BH
+        n_prog = tl.where(ragged, NUM_RAGGED, NUM_PROGRAMS)
     else:
         w = 0
         units = total
+        n_prog = NUM_PROGRAMS
     if not FUSED:
         if p == 0:
             tl.store(RNG + 2 * BH, units)
     if WIDE:  # p * units may not fit 32 bits
-        x = (p.to(tl.int64) * units // NUM_PROGRAMS).to(tl.int32)
-        x_end = ((p.to(tl.int64) + 1) * units // NUM_PROGRAMS).to(tl.int32)
+        x = (p.to(tl.int64) * units // n_prog).to(tl.int32)
+        x_end = ((p.to(tl.int64) + 1) * units // n_prog).to(tl.int32)
     else:
-        x = p * units // NUM_PROGRAMS
-        x_end = (p + 1) * units // NUM_PROGRAMS
+        x = p * units // n_prog
+        x_end = (p + 1) * units // n_prog
+    t = x
+    t_end = x_end
     if PHANTOM > 0:
-        t = _real_tile(x, units, total, idx, incl, lens, w, Hkv, BLOCK_N)
-        t_end = _real_tile(x_end, units, total, idx, incl, lens, w, Hkv, BLOCK_N)
-    else:
-        t = x
-        t_end = x_end
+        if ragged:
+            t = _real_tile(tl.minimum(x, units), units, total, idx, incl, lens, w, Hkv, BLOCK_N)
+            t_end = _real_tile(tl.minimum(x_end, units), units, total, idx, incl, lens, w, Hkv, BLOCK_N)
+        else:  # programs beyond NUM_PROGRAMS hold no tile
+            t = tl.minimum(x, total)
+            t_end = tl.minimum(x_end, total)
     # the pair of the program's first tile, found once for the choice of walk and the walk itself
     b, kv_len, pair_tiles, seq_first, hk = _find_pair(t, idx, incl, KV_LENS, BH // Hkv, Hkv, BLOCK_N)
     if PDL and PDL_TRIGGER == 1:
@@ -873,7 +879,7 @@ def _stream_k_kernel(
             qk_scale,
             Hkv,
             GROUP,
-            NUM_PROGRAMS,
+            n_prog,
             s_qb,
             s_qh,
             s_kb,

@@ -177,7 +177,7 @@ def check_lens_values(kv_lens: torch.Tensor, max_len: int) -> None:
         raise KernelInputError(f"kv_lens: values must lie in [1, {max_len}], got min {lo}, max {hi}")
 
 
-def stream_k_programs(num_splits: int | None, sms: int, pairs: int, max_tiles: int) -> int:
+def stream_k_programs(num_splits: int | None, sms: int, pairs: int, max_tiles: int, align: bool = True) -> int:
     """Stream-K programs: ``num_splits`` if given; else ``_STREAM_K_PROGRAMS_PER_SM`` per SM
     (``_STREAM_K_SMALL_PROGRAMS_PER_SM`` when the most KV tiles there can be, ``pairs *
     max_tiles``, are at most ``_STREAM_K_SMALL_TILES_PER_SM`` per SM and the pairs fit the SMs),
@@ -189,7 +189,7 @@ def stream_k_programs(num_splits: int | None, sms: int, pairs: int, max_tiles: i
     # with more pairs than SMs each program walks several short pairs, which two per SM overlap
     small = tiles <= _STREAM_K_SMALL_TILES_PER_SM * sms and pairs <= sms
     target = (_STREAM_K_SMALL_PROGRAMS_PER_SM if small else _STREAM_K_PROGRAMS_PER_SM) * sms
-    if _STREAM_K_ALIGN and pairs <= target:
+    if align and _STREAM_K_ALIGN and pairs <= target:
         target = target // pairs * pairs
     return max(1, min(target, tiles))
 
@@ -285,18 +285,24 @@ def launch_decode(
             consts["BLOCK_N"] = block_n
             max_tiles = triton.cdiv(max_len, block_n)
         pieces = stream_k_programs(num_splits, num_sms(q.device), bh, max_tiles)
-        wide = (pieces + 1) * bh * (max_tiles + _STREAM_K_PHANTOM) >= _INT32_PRODUCT_LIMIT
-        b_p2 = next_pow2(B)
         fused = fused_merge(pieces, num_sms(q.device))
-        po = torch.empty(((pieces + bh) * group, D), dtype=torch.float32, device=q.device)
+        # with unequal tile counts (phantom tiles on) the fused kernel runs all the programs the
+        # rule gives, not only a multiple of the pairs
+        ragged_pieces = pieces
+        if fused and _STREAM_K_PHANTOM and not num_splits:
+            ragged_pieces = max(pieces, stream_k_programs(None, num_sms(q.device), bh, max_tiles, align=False))
+        grid = ragged_pieces
+        wide = (grid + 1) * bh * (max_tiles + _STREAM_K_PHANTOM) >= _INT32_PRODUCT_LIMIT
+        b_p2 = next_pow2(B)
+        po = torch.empty(((grid + bh) * group, D), dtype=torch.float32, device=q.device)
         # the fused merge reads each lse written four times (see _dk._combine_pair)
-        pl = torch.empty(((pieces + bh) * group,) + ((4,) if fused else ()), dtype=torch.float32, device=q.device)
+        pl = torch.empty(((grid + bh) * group,) + ((4,) if fused else ()), dtype=torch.float32, device=q.device)
         # tiles of each split pair finished so far (fused merge only; zero between calls)
         cnt = pair_counters(q.device, bh) if fused else kv_lens
         # the plan for the reduction: slot range of each pair, then the total tile count
         rng = kv_lens if fused else torch.empty((2 * bh + 1,), dtype=torch.int32, device=q.device)
         gp = next_pow2(group)
-        _dk._stream_k_kernel[(pieces,)](
+        _dk._stream_k_kernel[(grid,)](
             q,
             k,
             v,
@@ -325,6 +331,7 @@ def launch_decode(
             PDL=pdl and not fused,
             PDL_TRIGGER=_STREAM_K_PDL_TRIGGER,
             PHANTOM=_STREAM_K_PHANTOM,
+            NUM_RAGGED=ragged_pieces,
             **consts,
             **meta,
         )

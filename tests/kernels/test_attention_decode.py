@@ -409,3 +409,32 @@ def test_stream_k_phantom_tiles(case, phantom, fused, flat, seed, check, poisone
     _check_stream_k_case(case, seed, check, poisoned)
     if fused:  # the counters are left at zero
         assert all(int(buf.abs().sum()) == 0 for buf in mod._COUNTERS.values())
+
+
+@pytest.mark.parametrize("phantom", [0, 2])
+@pytest.mark.parametrize("lens", [[64, 64, 64], [1, 64, 33], [64, 64, 60]])
+def test_stream_k_phantom_default_programs(phantom, lens, seed, check, poisoned, monkeypatch):
+    # a pretend 7-SM device, 6 pairs of at most 4 tiles: one wave, fused merge, 6 aligned programs;
+    # with phantom tiles on, the grid holds all 7 programs and ragged tile counts use them all
+    # ([64, 64, 60] has equal tile counts: the aligned partition)
+    import sys
+
+    mod = sys.modules["kernels.attention_decode"]
+    monkeypatch.setattr(mod, "num_sms", lambda device: 7)
+    monkeypatch.setattr(mod, "_STREAM_K_PHANTOM", phantom)
+    grids = []
+    real = mod._dk._stream_k_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            grids.append(grid)
+            return real[grid]
+
+    monkeypatch.setattr(mod._dk, "_stream_k_kernel", Spy())
+    q, k, v, _ = _inputs(3, 8, 2, 64, 64, torch.float16)
+    kv_lens = torch.tensor(lens, dtype=torch.int32)
+    with poisoned():
+        o = kernels.attention_decode(q, k, v, kv_lens, schedule="stream_k")
+    check(o, attention_decode_ref(q, k, v, kv_lens), torch.float16, seed, f"phantom={phantom} lens={lens}")
+    assert grids == [(7,) if phantom else (6,)]
+    assert all(int(buf.abs().sum()) == 0 for buf in mod._COUNTERS.values())
