@@ -91,10 +91,6 @@ _STREAM_K_PDL = False
 #: where the stream-K programs let the reduction launch when ``_STREAM_K_PDL``: 0 at their start,
 #: 1 after finding their first pair, 2 only as they exit
 _STREAM_K_PDL_TRIGGER = 0
-#: with unequal tile counts per pair, stream-K cuts the concatenated KV as if each pair began with
-#: this many phantom tiles, so a run that crosses a pair boundary (a second piece: its q load,
-#: pipeline start, partial store and merge) holds that many fewer real tiles. 0: off.
-_STREAM_K_PHANTOM = 0
 #: the counter workspaces, keyed by (device type, device index, stream); grown, never shrunk.
 _COUNTERS: dict[tuple[str, int | None, int], torch.Tensor] = {}
 #: rows (slots x query heads) the fused merge loads at once.
@@ -177,7 +173,7 @@ def check_lens_values(kv_lens: torch.Tensor, max_len: int) -> None:
         raise KernelInputError(f"kv_lens: values must lie in [1, {max_len}], got min {lo}, max {hi}")
 
 
-def stream_k_programs(num_splits: int | None, sms: int, pairs: int, max_tiles: int, align: bool = True) -> int:
+def stream_k_programs(num_splits: int | None, sms: int, pairs: int, max_tiles: int) -> int:
     """Stream-K programs: ``num_splits`` if given; else ``_STREAM_K_PROGRAMS_PER_SM`` per SM
     (``_STREAM_K_SMALL_PROGRAMS_PER_SM`` when the most KV tiles there can be, ``pairs *
     max_tiles``, are at most ``_STREAM_K_SMALL_TILES_PER_SM`` per SM and the pairs fit the SMs),
@@ -189,7 +185,7 @@ def stream_k_programs(num_splits: int | None, sms: int, pairs: int, max_tiles: i
     # with more pairs than SMs each program walks several short pairs, which two per SM overlap
     small = tiles <= _STREAM_K_SMALL_TILES_PER_SM * sms and pairs <= sms
     target = (_STREAM_K_SMALL_PROGRAMS_PER_SM if small else _STREAM_K_PROGRAMS_PER_SM) * sms
-    if align and _STREAM_K_ALIGN and pairs <= target:
+    if _STREAM_K_ALIGN and pairs <= target:
         target = target // pairs * pairs
     return max(1, min(target, tiles))
 
@@ -285,24 +281,18 @@ def launch_decode(
             consts["BLOCK_N"] = block_n
             max_tiles = triton.cdiv(max_len, block_n)
         pieces = stream_k_programs(num_splits, num_sms(q.device), bh, max_tiles)
-        fused = fused_merge(pieces, num_sms(q.device))
-        # with unequal tile counts (phantom tiles on) the fused kernel runs all the programs the
-        # rule gives, not only a multiple of the pairs
-        ragged_pieces = pieces
-        if fused and _STREAM_K_PHANTOM and not num_splits:
-            ragged_pieces = max(pieces, stream_k_programs(None, num_sms(q.device), bh, max_tiles, align=False))
-        grid = ragged_pieces
-        wide = (grid + 1) * bh * (max_tiles + _STREAM_K_PHANTOM) >= _INT32_PRODUCT_LIMIT
+        wide = (pieces + 1) * bh * max_tiles >= _INT32_PRODUCT_LIMIT
         b_p2 = next_pow2(B)
-        po = torch.empty(((grid + bh) * group, D), dtype=torch.float32, device=q.device)
+        fused = fused_merge(pieces, num_sms(q.device))
+        po = torch.empty(((pieces + bh) * group, D), dtype=torch.float32, device=q.device)
         # the fused merge reads each lse written four times (see _dk._combine_pair)
-        pl = torch.empty(((grid + bh) * group,) + ((4,) if fused else ()), dtype=torch.float32, device=q.device)
+        pl = torch.empty(((pieces + bh) * group,) + ((4,) if fused else ()), dtype=torch.float32, device=q.device)
         # tiles of each split pair finished so far (fused merge only; zero between calls)
         cnt = pair_counters(q.device, bh) if fused else kv_lens
         # the plan for the reduction: slot range of each pair, then the total tile count
         rng = kv_lens if fused else torch.empty((2 * bh + 1,), dtype=torch.int32, device=q.device)
         gp = next_pow2(group)
-        _dk._stream_k_kernel[(grid,)](
+        _dk._stream_k_kernel[(pieces,)](
             q,
             k,
             v,
@@ -330,8 +320,6 @@ def launch_decode(
             BLOCK_S=max(1, _FUSED_MERGE_ROWS // gp),
             PDL=pdl and not fused,
             PDL_TRIGGER=_STREAM_K_PDL_TRIGGER,
-            PHANTOM=_STREAM_K_PHANTOM,
-            NUM_RAGGED=ragged_pieces,
             **consts,
             **meta,
         )

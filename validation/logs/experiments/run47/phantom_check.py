@@ -1,9 +1,13 @@
 """GPU check of stream-K with phantom tiles (``_STREAM_K_PHANTOM``) against split-KV and a float64
-reference, at the ragged shapes of the stream-K grid and a few more, both merge paths."""
+reference, at the ragged shapes of the stream-K grid and a few more, both merge paths. Needs ``stream-k-phantom-v2.patch`` applied (v1 has no ragged grid); argument: the
+JSON file to write."""
 import json
+import pathlib
 import sys
 
 import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[4]))  # the repository root
 
 import kernels
 from kernels.reference import attention_decode_ref
