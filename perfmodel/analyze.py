@@ -209,8 +209,10 @@ def analyze(
     (prefill) and expert parallelism (:mod:`perfmodel.parallel`); ``topology`` names a system
     in ``hw/data/systems`` (default: one NVLink node of the GPU).
 
-    ``knobs`` (:class:`perfmodel.knobs.Knobs`) prices KV-cache what-ifs; the
-    result then carries ``baseline``, the same scenario without them.
+    ``knobs`` (:class:`perfmodel.knobs.Knobs`) prices KV-cache what-ifs, also with
+    ``pp``/``sp``/``ep``/``topology`` (:func:`perfmodel.parallel.check_knobs` names those a
+    layout does not model); the result then carries ``baseline``, the same scenario and
+    layout without them.
 
     Raises
     ------
@@ -242,8 +244,7 @@ def analyze(
     if multi:
         from perfmodel import parallel as par
 
-        if knobs is not None:
-            raise InvalidInputError("knobs cannot be combined with pp, sp, ep or a topology yet")
+        par.check_knobs(knobs, sp)
         sp_kind = par.SpKind(sp_kind).value if sp_kind in {k.value for k in par.SpKind} else \
             _bad_sp_kind(sp_kind)
         par.check_pp(m, pp)
@@ -282,7 +283,7 @@ def analyze(
             if mode is Mode.CALIBRATED and sp > 1 and sp_kind != "ulysses":
                 notes.append(f"no Ring-attention step measured for {g.name}: ideal compute/transfer overlap assumed")
         ph = par.parallel_phases(m, g, prof, context_len, output_tokens, batch, prec, tp, pp, sp, sp_kind, ep,
-                                 chunk_tokens, topology, ring_overlap)
+                                 chunk_tokens, topology, ring_overlap, knobs=knobs)
         pre, step, dec = ph.prefill, ph.decode_step, ph.decode
         pre_comm, step_comm, par_details = ph.prefill_comm_s, ph.decode_step_comm_s, ph.details
     else:
@@ -296,7 +297,8 @@ def analyze(
         notes.append(COST_NOT_QUALITY)
         try:
             baseline = analyze(base_model, g, context_len, output_tokens, batch, tp, mode, weight_dtype, kv_dtype,
-                               activation_dtype, chunk_tokens, reserve_fraction, prof)
+                               activation_dtype, chunk_tokens, reserve_fraction, prof, pp=pp, sp=sp, sp_kind=sp_kind,
+                               ep=ep, topology=topology)
         except DoesNotFitError as exc:
             notes.append(f"without the knobs: {exc}")
         except InvalidInputError as exc:  # e.g. a TP degree only the knobs' KV heads allow

@@ -19,6 +19,13 @@
   GPU (all-to-all dispatch) and back (combine); an expert-load vector (shares of routed
   tokens per expert) makes the hottest GPU set both the transfer and the expert compute.
 
+- KV-cache knobs (:class:`perfmodel.knobs.Knobs`): the ops of every phase carry them as on one
+  GPU (KV format, KV heads and layers, kept tokens, sparse attention, windows, hybrid stacks,
+  pruned prompts), and the KV memory is split as without them. Under SP the decode KV of a
+  sequence's kept tokens is sharded over the group; the knobs that change the prefill attention
+  or its Ring transfers are not modelled there, nor, with any layout, the three that need paths
+  of their own (:func:`check_knobs`).
+
 Formulas per device follow ``shared/reference/planners.md`` section 4 (SP anchors).
 """
 
@@ -300,12 +307,14 @@ class SpPrefill:
 def sp_prefill(
     model: ModelSpec, gpu: GPU, profile: Profile, context_len: int, sp: int, kind: SpKind | str = SpKind.RING,
     batch: int = 1, precision: Precision = Precision(), tp: int = 1, topology=None,
-    overlap: float | RingStepModel = 1.0,
+    overlap: float | RingStepModel = 1.0, knobs=None,
 ) -> SpPrefill:
     """Prefill of ``batch`` prompts of ``context_len`` tokens split over ``sp`` GPUs (each also ``tp``-way).
 
     ``overlap`` is the Ring step model: a hidden share (no host costs) or a :class:`RingStepModel`.
+    ``knobs``: those :func:`check_knobs` allows with SP (they leave the prefill attention as it is).
     """
+    check_knobs(knobs, sp)
     from perfmodel.comm import resolve_topology
 
     kind = SpKind(kind)
@@ -313,7 +322,7 @@ def sp_prefill(
     u, r = split_sp(model, sp, kind, tp, topo.gpus_per_node)
     n = float(context_len)
     q = n / sp
-    ops = model_ops(model, Phase.PREFILL, batch, q, (n + q) / 2.0, precision, tp, lm_head_rows=0)
+    ops = model_ops(model, Phase.PREFILL, batch, q, (n + q) / 2.0, precision, tp, lm_head_rows=0, knobs=knobs)
     att, coll, rest = _split(ops)
     compute = _sum(rest, gpu, profile) + _sum(coll, gpu, profile, topo)
     a = precision.activations.bytes_per_element
@@ -476,16 +485,41 @@ class ParallelPhases:
     details: dict
 
 
+#: knobs the multi-GPU phases do not price (each needs a path of its own: the prefix's own prefill
+#: and decode ops, KV streamed from slower tiers, attention on a memory pool)
+_KNOBS_SINGLE_GPU = ("shared_prefix_tokens", "kv_tiers", "offload")
+#: ... and those not priced with SP: they change the prefill attention (or, cross-layer KV, what
+#: Ring passes per layer) in ways the Ring/Ulysses split does not follow
+_KNOBS_NO_SP = ("kv_layers", "sliding_window", "attention_density", "prune_prefill", "attention_every")
+
+
+def check_knobs(knobs, sp: int = 1) -> None:
+    """Raise :class:`~perfmodel.errors.InvalidInputError` naming each active knob of ``knobs`` that
+    the multi-GPU phases do not model (with ``sp`` > 1, more of them)."""
+    if knobs is None:
+        return
+    default = type(knobs)()
+    active = [f for f in (_KNOBS_SINGLE_GPU + (_KNOBS_NO_SP if sp > 1 else ()))
+              if getattr(knobs, f) != getattr(default, f)]
+    single = [f for f in active if f in _KNOBS_SINGLE_GPU]
+    no_sp = [f for f in active if f in _KNOBS_NO_SP]
+    if single:
+        raise InvalidInputError(f"knob(s) {', '.join(single)} are modelled on one GPU only "
+                                "(not with pp, sp, ep or a topology)")
+    if no_sp:
+        raise InvalidInputError(f"knob(s) {', '.join(no_sp)} are not modelled with sequence parallelism (sp > 1)")
+
+
 def _coll_s(ops, gpu, profile, topo) -> float:
     return float(np.sum(_sum([t for t in ops if isinstance(t[1], Collective)], gpu, profile, topo).total_s))
 
 
 def _forward(model, gpu, profile, phase, batch, q_len, kv_len, precision, tp, ep, topo, lm_head_rows=None,
-             expert_load=None):
+             expert_load=None, knobs=None):
     """One pass on the busiest GPU: attention data-parallel over ``ep // tp`` GPUs, experts over ``ep``."""
     dp = max(1, ep // tp)
     b_loc = ceil_div(int(batch), dp)
-    ops = model_ops(model, phase, b_loc, q_len, kv_len, precision, tp, lm_head_rows)
+    ops = model_ops(model, phase, b_loc, q_len, kv_len, precision, tp, lm_head_rows, knobs)
     if ep <= 1 or model.moe is None:
         return _sum(ops, gpu, profile, topo), _coll_s(ops, gpu, profile, topo), {}
     _, rest = moe_ops_replaced_by_ep(ops)
@@ -500,12 +534,20 @@ def parallel_phases(
     model: ModelSpec, gpu: GPU, profile: Profile, context_len: int, output_tokens: int, batch: int = 1,
     precision: Precision = Precision(), tp: int = 1, pp: int = 1, sp: int = 1, sp_kind: SpKind | str = SpKind.RING,
     ep: int = 1, chunk_tokens: int | None = 8192, topology=None, ring_overlap: float | RingStepModel = 1.0,
-    expert_load=None,
+    expert_load=None, knobs=None,
 ) -> ParallelPhases:
-    """The phases of one scenario under TP x PP x SP x EP (see the module docstring)."""
+    """The phases of one scenario under TP x PP x SP x EP (see the module docstring).
+
+    ``knobs`` (:class:`perfmodel.knobs.Knobs`, those :func:`check_knobs` allows) go into every
+    phase's ops; ``model`` and ``precision`` are expected to carry them already
+    (``effective_model``, ``apply_knobs``), as :func:`perfmodel.analyze.analyze` passes them.
+    """
     from perfmodel.comm import place, resolve_topology
     from perfmodel.layers import lm_head_ops
 
+    if knobs is not None and not knobs.active:
+        knobs = None
+    check_knobs(knobs, sp)
     pp, ep = check_pp(model, pp), check_ep(model, ep)
     world = group_world(tp, pp, sp, ep)
     topo = resolve_topology(topology, gpu, world)
@@ -521,10 +563,10 @@ def parallel_phases(
 
     # prefill
     if sp > 1:
-        s = sp_prefill(model, gpu, profile, context_len, sp, sp_kind, batch, precision, tp, topo, ring_overlap)
+        s = sp_prefill(model, gpu, profile, context_len, sp, sp_kind, batch, precision, tp, topo, ring_overlap, knobs)
         body, n = s.cost, 1
         body_comm = s.comm_s + _coll_s(model_ops(model, Phase.PREFILL, batch, context_len / sp, context_len, precision,
-                                                 tp, lm_head_rows=0), gpu, profile, topo)
+                                                 tp, lm_head_rows=0, knobs=knobs), gpu, profile, topo)
         hop = p2p(batch * context_len / sp)
         details.update(sp_ulysses=s.ulysses, sp_ring=s.ring)
         if s.ring_steps is not None:
@@ -532,10 +574,14 @@ def parallel_phases(
             details.update(ring_hidden_fraction=float(s.ring_steps.hidden_fraction), ring_overlap=ro)
     else:
         ctx = float(context_len)
-        n = math.ceil(ctx / chunk_tokens) if chunk_tokens else 1
+        if knobs is not None and knobs.prune_prefill:  # prefill runs on the kept tokens only
+            ctx = float(knobs.kept_tokens(ctx))
+        # the chunk is the token budget of one pass, shared by the batch's prompts (as on one GPU,
+        # perfmodel.phases.prefill_cost)
+        n = math.ceil(ctx / max(chunk_tokens / batch, 1.0)) if chunk_tokens else 1
         q = ctx / n
         body, body_comm, d = _forward(model, gpu, profile, Phase.PREFILL, batch, q, q * (n + 1) / 2.0, precision,
-                                      tp, ep, topo, lm_head_rows=0, expert_load=expert_load)
+                                      tp, ep, topo, lm_head_rows=0, expert_load=expert_load, knobs=knobs)
         details.update(d)
         body, body_comm, hop = body.scale(n), body_comm * n, p2p(batch * q)
     pipe = pipeline_time(float(body.total_s) / (n * pp), pp, n, float(hop.total_s))
@@ -546,9 +592,16 @@ def parallel_phases(
     # decode: KV sharded over the SP group, partial attention outputs combined by an all-reduce per layer
     m = min(ceil_div(batch, max(1, ep // tp)), pp)
 
+    # under SP each GPU holds 1/sp of a sequence's kept tokens (eviction decides them on the whole)
+    shard_knobs = knobs
+    if knobs is not None and sp > 1:
+        shard_knobs = knobs.replace(kv_keep_ratio=1.0, kv_budget_tokens=None)
+
     def step(kv_len):
+        if knobs is not None and sp > 1:
+            kv_len = knobs.kept_tokens(kv_len)
         f, c, _ = _forward(model, gpu, profile, Phase.DECODE, ceil_div(batch, m), 1, kv_len / sp, precision, tp, ep,
-                           topo, expert_load=expert_load)
+                           topo, expert_load=expert_load, knobs=shard_knobs)
         if sp > 1:
             comb = collective_time(OpKind.ALL_REDUCE, ceil_div(batch, m) * model.q_heads // tp * model.head_dim * a,
                                    sp, gpu, profile, topo, stride=tp).scale(model.num_layers)
