@@ -20,6 +20,10 @@ st.caption(
     f"{fmt_tokens(scenario['context_len'])} context, {scenario['output_tokens']:,} output tokens, "
     f"batch {scenario['batch']}, {scenario['weight_dtype']} weights, {scenario['kv_dtype']} KV, {scenario['mode']}"
 )
+if scenario["extra"]:
+    st.caption("Parallelism: " + ", ".join(f"{k}={v}" for k, v in scenario["extra"])
+               + ". The with/without table prices this layout; the context sweep below shows one GPU of the TP "
+                 "group (the sweep takes TP only).")
 st.warning("The knobs change cost, not quality: the model does not predict the accuracy loss of the techniques "
            "they stand for (see docs/knobs.md).", icon=":material/warning:")
 

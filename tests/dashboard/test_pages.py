@@ -72,6 +72,27 @@ def test_each_knob_widget_runs(key, value):
 
 
 @knobs_landed
+def test_knobs_page_prices_a_multi_gpu_layout():
+    # knobs and pipeline stages together: the table prices the layout, the caption says so; a knob the
+    # layout does not model (a shared prefix) is one error that names it
+    from perfmodel.knobs import Knobs
+
+    at = open_page("knobs")
+    at.number_input(key="pp").set_value(2).run()
+    at.selectbox(key="knob_kv_dtype").set_value("fp8").run()
+    ok(at)
+    want = perfmodel.analyze("yi-34b", "a100-sxm-80gb", pp=2, knobs=Knobs(kv_dtype="fp8")).to_dict()
+    table = at.table[0].value
+    assert table.loc["Decode time per token", "with the knobs"] == fmt_seconds(want["decode_s_per_token"])
+    assert table.loc["Decode time per token", "without the knobs"] == fmt_seconds(
+        want["without_knobs"]["decode_s_per_token"])
+    assert any("Parallelism: pp=2" in c.value and "TP only" in c.value for c in at.caption)
+    at.number_input(key="knob_prefix").set_value(2048).run()
+    assert not at.exception
+    assert len(at.error) == 1 and "shared_prefix_tokens" in at.error[0].value
+
+
+@knobs_landed
 def test_invalid_knob_combination_is_one_error():
     at = open_page("knobs")
     at.checkbox(key="knob_prune").check().run()
