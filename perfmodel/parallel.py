@@ -576,9 +576,10 @@ def parallel_phases(
         ctx = float(context_len)
         if knobs is not None and knobs.prune_prefill:  # prefill runs on the kept tokens only
             ctx = float(knobs.kept_tokens(ctx))
-        # the chunk is the token budget of one pass, shared by the batch's prompts (as on one GPU,
-        # perfmodel.phases.prefill_cost)
-        n = math.ceil(ctx / max(chunk_tokens / batch, 1.0)) if chunk_tokens else 1
+        # the chunk is the token budget of one pass, shared by the prompts the pass holds (as on one
+        # GPU, perfmodel.phases.prefill_cost): with data-parallel attention under EP, a rank's share
+        b_pass = ceil_div(int(batch), max(1, ep // tp))
+        n = math.ceil(ctx / max(chunk_tokens / b_pass, 1.0)) if chunk_tokens else 1
         q = ctx / n
         body, body_comm, d = _forward(model, gpu, profile, Phase.PREFILL, batch, q, q * (n + 1) / 2.0, precision,
                                       tp, ep, topo, lm_head_rows=0, expert_load=expert_load, knobs=knobs)
