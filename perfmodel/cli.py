@@ -75,6 +75,17 @@ def add_scenario_args(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
+def add_layout_args(p: argparse.ArgumentParser) -> None:
+    """Multi-GPU layout flags beyond TP, shared by analyze and sweep."""
+    p.add_argument("--pp", type=_positive_int, default=1, help="pipeline-parallel degree (divides the layers)")
+    p.add_argument("--sp", type=_positive_int, default=1, help="sequence/context-parallel degree for the prefill")
+    p.add_argument("--sp-kind", choices=["ulysses", "ring", "hybrid"], default="ring",
+                   help="SP scheme: Ulysses all-to-all, Ring attention, or both (default ring)")
+    p.add_argument("--ep", type=_positive_int, default=1, help="expert-parallel degree (MoE models)")
+    p.add_argument("--topology", default=None,
+                   help="system from hw/data/systems the GPUs sit in (default: one NVLink node of the GPU)")
+
+
 def _build_parser() -> _Parser:
     parser = _Parser(prog="perfmodel", description="Performance model for long-context LLM inference.")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
@@ -85,13 +96,7 @@ def _build_parser() -> _Parser:
     a.add_argument("--output-tokens", type=_nonneg_int, default=250)
     a.add_argument("--batch", type=_positive_int, default=1, help="users decoding together")
     a.add_argument("--tp", type=_positive_int, default=1, help="tensor-parallel degree")
-    a.add_argument("--pp", type=_positive_int, default=1, help="pipeline-parallel degree (divides the layers)")
-    a.add_argument("--sp", type=_positive_int, default=1, help="sequence/context-parallel degree for the prefill")
-    a.add_argument("--sp-kind", choices=["ulysses", "ring", "hybrid"], default="ring",
-                   help="SP scheme: Ulysses all-to-all, Ring attention, or both (default ring)")
-    a.add_argument("--ep", type=_positive_int, default=1, help="expert-parallel degree (MoE models)")
-    a.add_argument("--topology", default=None,
-                   help="system from hw/data/systems the GPUs sit in (default: one NVLink node of the GPU)")
+    add_layout_args(a)
     from perfmodel.knobs import add_knob_args
 
     add_knob_args(a)
@@ -112,6 +117,7 @@ def _build_parser() -> _Parser:
     s.add_argument("--batch", type=_int_list, default=[1])
     s.add_argument("--tp", type=_int_list, default=[1])
     s.add_argument("--output-tokens", type=_int_list, default=[250])
+    add_layout_args(s)
     s.add_argument("--out", default=None, help="write CSV (or .parquet) here")
     add_knob_args(s)
     s.add_argument("--knob-axis", action="append", default=None, metavar="NAME=V1,V2",
@@ -246,7 +252,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     df = sweep(args.model, args.gpu, context_len=args.context, batch=args.batch, tp=args.tp,
                output_tokens=args.output_tokens, mode=args.mode, weight_dtype=args.weight_dtype,
                kv_dtype=None, chunk_tokens=args.chunk_tokens, knobs=knobs,
-               knob_axes=parse_knob_axes(args.knob_axis))
+               knob_axes=parse_knob_axes(args.knob_axis), pp=args.pp, sp=args.sp, sp_kind=args.sp_kind,
+               ep=args.ep, topology=args.topology)
     if knobs.active or args.knob_axis:
         from perfmodel.knobs import COST_NOT_QUALITY
 

@@ -2,6 +2,9 @@
 
 Each TP degree changes the op list's structure, so the sweep runs one
 vectorised evaluation per TP degree; every other axis is a numpy array.
+With a multi-GPU layout (``pp``, ``sp``, ``ep`` or a ``topology``) each point
+goes through :func:`perfmodel.parallel.parallel_phases` as ``analyze`` prices it
+(one point at a time: slower, the same numbers).
 """
 
 from __future__ import annotations
@@ -62,6 +65,11 @@ def sweep(
     profile=None,
     knobs: Knobs | None = None,
     knob_axes: Mapping[str, Iterable[Any]] | None = None,
+    pp: int = 1,
+    sp: int = 1,
+    sp_kind: str = "ring",
+    ep: int = 1,
+    topology: str | None = None,
 ) -> pd.DataFrame:
     """One row per point of ``context_len x batch x tp x output_tokens`` (x the knob axes).
 
@@ -72,6 +80,12 @@ def sweep(
     maps :class:`~perfmodel.knobs.Knobs` field names to lists of values; the
     sweep evaluates their Cartesian product on top of ``knobs`` (one numpy
     pass per combination and TP degree) and adds one column per axis.
+
+    ``pp``, ``sp`` (``sp_kind``), ``ep`` and ``topology`` price every point on that
+    multi-GPU layout, as :func:`perfmodel.analyze` does (the layout's columns
+    ``pp``, ``sp``, ``sp_kind``, ``ep`` and ``world`` are added); the knobs a
+    layout does not model are refused by name
+    (:func:`perfmodel.parallel.check_knobs`).
     """
     m = load_model(model)
     g = load_gpu(gpu)
@@ -83,6 +97,7 @@ def sweep(
         check_tp(m, int(t))
     base_prec = Precision.of(weight_dtype, activation_dtype, kv_dtype)
     prof = resolve_profile(g, Mode(mode), profile)
+    layout = _layout(m, prof, tp_ax, pp, sp, sp_kind, ep, topology)
     ctx, b, out = (a.ravel().astype(np.float64) for a in np.meshgrid(ctx_ax, b_ax, out_ax, indexing="ij"))
     frames = []
     for knob_values, kn in _knob_grid(knobs, knob_axes):
@@ -90,11 +105,90 @@ def sweep(
             kn.check(effective_model(m, kn), ctx)
         prec = apply_knobs(base_prec, kn)
         for t in tp_ax:
-            frame = _evaluate(m, g, prof, ctx, b, out, prec, int(t), chunk_tokens, reserve_fraction, kn)
+            if layout is None:
+                frame = _evaluate(m, g, prof, ctx, b, out, prec, int(t), chunk_tokens, reserve_fraction, kn)
+            else:
+                frame = _evaluate_layout(m, g, prof, ctx, b, out, prec, int(t), chunk_tokens, reserve_fraction, kn,
+                                         layout)
             for name, value in knob_values.items():
                 frame[name] = value.value if hasattr(value, "value") else value
             frames.append(frame)
     return pd.concat(frames, ignore_index=True)
+
+
+def _layout(m, prof, tp_ax, pp, sp, sp_kind, ep, topology) -> dict | None:
+    """The checked multi-GPU layout (None for one TP group), with the Ring step model ``analyze`` uses."""
+    from perfmodel.analyze import check_positive_int
+    from perfmodel import parallel as par
+
+    pp, sp, ep = (check_positive_int(k, v) for k, v in (("pp", pp), ("sp", sp), ("ep", ep)))
+    if not (pp > 1 or sp > 1 or ep > 1 or topology):
+        return None
+    if sp_kind not in {k.value for k in par.SpKind}:
+        raise InvalidInputError(f"sp_kind must be ulysses, ring or hybrid, got {sp_kind!r}")
+    par.check_pp(m, pp)
+    par.check_ep(m, ep)
+    if sp > 1:
+        for t in tp_ax:
+            par.split_sp(m, sp, par.SpKind(sp_kind), int(t))
+    ring = par.measured_ring_step(prof) if prof.mode is Mode.CALIBRATED and not prof.is_peak else None
+    return dict(pp=pp, sp=sp, sp_kind=sp_kind, ep=ep, topology=topology, ring=1.0 if ring is None else ring)
+
+
+def _evaluate_layout(m, g, prof, ctx, b, out, prec, t, chunk_tokens, reserve_fraction, kn, lay) -> pd.DataFrame:
+    """The grid at TP degree ``t`` on a multi-GPU layout, point by point, as ``analyze`` prices it."""
+    from perfmodel import parallel as par
+
+    if kn is not None and not kn.active:
+        kn = None
+    par.check_knobs(kn, lay["sp"])
+    me = m if kn is None else effective_model(m, kn)
+    pp, sp, ep = lay["pp"], lay["sp"], lay["ep"]
+    rows = []
+    for c, bb, o in zip(ctx, b, out):
+        mem = memory_budget(me, g, c, o, prec, t, chunk_tokens, reserve_fraction, batch=bb, knobs=kn)
+        mem = par.parallel_memory(mem, me, prec, t, pp, sp, ep)
+        fits = mem.max_concurrency >= bb
+        ph = par.parallel_phases(me, g, prof, int(c), int(o), int(bb), prec, t, pp, sp, lay["sp_kind"], ep,
+                                 chunk_tokens, lay["topology"], lay["ring"], knobs=kn)
+        sw = context_switch(g, prof, mem.kv_bytes_per_user, knobs=kn)
+        nan = 1.0 if fits else float("nan")
+        pre_s, dec_s = float(ph.prefill.total_s) * nan, float(ph.decode.total_s) * nan
+        rows.append({
+            "prefill_s": pre_s, "decode_s_per_token": float(ph.decode_step.total_s) * nan, "decode_s": dec_s,
+            "max_concurrency": int(mem.max_concurrency), "context_switch_s": float(sw.serial_s) * nan,
+            "context_switch_duplex_s": float(sw.duplex_s) * nan,
+            "session_throughput_tokens_per_s": bb * o / (pre_s + dec_s) if pre_s + dec_s > 0 else float("nan"),
+            "prefill_bound": ph.prefill.bound.value, "decode_bound": ph.decode_step.bound.value, "fits": bool(fits),
+            "world": int(ph.details["world"]),
+        })
+    pts = pd.DataFrame(rows)
+    n = ctx.size
+    kv_tok_model = kv_bytes_per_token_per_gpu(me, 1, prec.kv, kn)
+    kv_cache = kv_cache_bytes_per_gpu(m, ctx, out, b, prec, 1, kn)
+    return pd.DataFrame({
+        "model": _const(m.name, n),
+        "gpu": _const(g.name, n),
+        "tp": t,
+        "pp": pp,
+        "sp": sp,
+        "sp_kind": _const(lay["sp_kind"], n),
+        "ep": ep,
+        "world": pts["world"].to_numpy(),
+        "mode": _const(prof.mode.value, n),
+        "context_len": ctx.astype(np.int64),
+        "output_tokens": out.astype(np.int64),
+        "batch": b.astype(np.int64),
+        "weight_bytes": int(m.weight_bytes(prec.weights)),
+        "kv_bytes_per_token": int(round(kv_tok_model)),
+        "kv_cache_bytes": np.round(kv_cache).astype(np.int64),
+        **{k: pts[k].to_numpy() for k in ("prefill_s", "decode_s_per_token", "decode_s", "max_concurrency",
+                                          "context_switch_s", "context_switch_duplex_s",
+                                          "session_throughput_tokens_per_s")},
+        "prefill_bound": pd.Categorical(pts["prefill_bound"]),
+        "decode_bound": pd.Categorical(pts["decode_bound"]),
+        "fits": pts["fits"].to_numpy(),
+    })
 
 
 def _knob_grid(knobs: Knobs | None, knob_axes: Mapping[str, Iterable[Any]] | None):

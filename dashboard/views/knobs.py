@@ -22,8 +22,7 @@ st.caption(
 )
 if scenario["extra"]:
     st.caption("Parallelism: " + ", ".join(f"{k}={v}" for k, v in scenario["extra"])
-               + ". The with/without table prices this layout; the context sweep below shows one GPU of the TP "
-                 "group (the sweep takes TP only).")
+               + ". The with/without table and the context sweep price this layout.")
 st.warning("The knobs change cost, not quality: the model does not predict the accuracy loss of the techniques "
            "they stand for (see docs/knobs.md).", icon=":material/warning:")
 
@@ -140,11 +139,12 @@ lens = tuple(c for c in common.SWEEP_CONTEXT_LENS if c > shortest)
 try:
     frames["without the knobs"] = common.sweep_view(
         scenario["model"], scenario["gpu"], scenario["output_tokens"], scenario["batch"], scenario["tp"],
-        scenario["mode"], scenario["weight_dtype"], scenario["kv_dtype"], lens)
+        scenario["mode"], scenario["weight_dtype"], scenario["kv_dtype"], lens, extra=scenario["extra"])
     if items:
         frames["with the knobs"] = common.sweep_view(
             scenario["model"], scenario["gpu"], scenario["output_tokens"], scenario["batch"], scenario["tp"],
-            scenario["mode"], scenario["weight_dtype"], scenario["kv_dtype"], lens, knob_items=items)
+            scenario["mode"], scenario["weight_dtype"], scenario["kv_dtype"], lens, extra=scenario["extra"],
+            knob_items=items)
 except ValueError as exc:
     common.show_error(exc, "sweep")
 if frames and lens:

@@ -77,8 +77,7 @@ if result is not None:
     if scenario["extra"]:
         st.caption("Parallelism: " + ", ".join(f"{k}={v}" for k, v in scenario["extra"])
                    + (f" · {result['parallel']['world']} GPUs in all" if result.get("parallel") else "")
-                   + ". The context sweep and the roofline below show one GPU of the TP group (the sweep "
-                     "takes TP only).")
+                   + ". The context sweep prices this layout; the roofline below shows one GPU of the TP group.")
 
     st.subheader("Memory per GPU")
     mem = result["memory_per_gpu"]
@@ -92,7 +91,8 @@ if result is not None:
 
 st.subheader("Against context length")
 try:
-    sw = common.sweep_view(model, gpu, int(output_tokens), int(batch), int(tp), mode, weight_dtype, kv_dtype)
+    sw = common.sweep_view(model, gpu, int(output_tokens), int(batch), int(tp), mode, weight_dtype, kv_dtype,
+                           extra=scenario["extra"])
 except ValueError as exc:
     common.show_error(exc, "sweep")
 else:

@@ -86,7 +86,7 @@ def test_knobs_page_prices_a_multi_gpu_layout():
     assert table.loc["Decode time per token", "with the knobs"] == fmt_seconds(want["decode_s_per_token"])
     assert table.loc["Decode time per token", "without the knobs"] == fmt_seconds(
         want["without_knobs"]["decode_s_per_token"])
-    assert any("Parallelism: pp=2" in c.value and "TP only" in c.value for c in at.caption)
+    assert any("Parallelism: pp=2" in c.value and "context sweep price this layout" in c.value for c in at.caption)
     at.number_input(key="knob_prefix").set_value(2048).run()
     assert not at.exception
     assert len(at.error) == 1 and "shared_prefix_tokens" in at.error[0].value

@@ -79,3 +79,68 @@ def test_arrays_of_a_hundred_thousand_points_run():
     fits = df[df.fits]
     assert np.isfinite(fits[["prefill_s", "decode_s", "context_switch_s"]].to_numpy()).all()
     assert isinstance(df["decode_bound"].dtype, pd.CategoricalDtype)
+
+
+# ---- multi-GPU layouts ---------------------------------------------------------------------------------------
+_COMPARED = ["prefill_s", "decode_s_per_token", "decode_s", "max_concurrency", "context_switch_s",
+             "context_switch_duplex_s", "session_throughput_tokens_per_s", "kv_cache_bytes", "fits"]
+
+
+@pytest.mark.parametrize("mode", ["peak", "calibrated"])
+@pytest.mark.parametrize("knobs", [None, Knobs(kv_dtype="fp8"), Knobs(kv_keep_ratio=0.5, prune_prefill=True)])
+def test_a_topology_at_degree_one_sweeps_as_one_tp_group(mode, knobs):
+    kw = dict(context_len=[1000, 6000, 32000], batch=[1, 4], tp=[1, 2], mode=mode, knobs=knobs)
+    one = sweep("llama-3-8b", "h100-sxm-80gb", **kw)
+    multi = sweep("llama-3-8b", "h100-sxm-80gb", topology="dgx-h100", **kw)
+    assert (multi[["pp", "sp", "ep"]].to_numpy() == 1).all() and (multi["world"] == multi["tp"]).all()
+    for col in _COMPARED:
+        np.testing.assert_allclose(multi[col].to_numpy(dtype=float), one[col].to_numpy(dtype=float), rtol=1e-9)
+    for col in ("prefill_bound", "decode_bound"):
+        assert (multi[col].astype(str).to_numpy() == one[col].astype(str).to_numpy()).all()
+
+
+@pytest.mark.parametrize("layout", [dict(pp=2, sp=2), dict(sp=4, sp_kind="ulysses"), dict(pp=4)])
+def test_layout_points_equal_analyze(layout):
+    knobs = Knobs(kv_dtype="fp8")
+    df = sweep("llama-3-8b", "h200-sxm-141gb", context_len=[8192, 65536], batch=[2, 64], mode="calibrated",
+               knobs=knobs, **layout)
+    assert (df["world"] == np.prod(list(v for k, v in layout.items() if k in ("pp", "sp")))).all()
+    for row in df.itertuples():
+        if not row.fits:
+            assert np.isnan(row.prefill_s) and np.isnan(row.decode_s_per_token)
+            continue
+        d = analyze("llama-3-8b", "h200-sxm-141gb", row.context_len, 250, batch=row.batch, mode="calibrated",
+                    knobs=knobs, **layout).to_dict()
+        assert row.prefill_s == pytest.approx(d["prefill_s"], rel=1e-9)
+        assert row.decode_s_per_token == pytest.approx(d["decode_s_per_token"], rel=1e-9)
+        assert row.max_concurrency == d["max_concurrency"]
+        assert row.context_switch_s == pytest.approx(d["context_switch_s"], rel=1e-9)
+
+
+def test_layout_points_that_do_not_fit_are_marked():
+    df = sweep("llama-3-70b", "h100-sxm-80gb", context_len=[4000], batch=[1, 64], tp=[1], pp=2,
+               output_tokens=[250])
+    assert list(df["fits"]) == [True, False]
+    assert np.isnan(df["prefill_s"].iloc[1]) and np.isfinite(df["prefill_s"].iloc[0])
+
+
+@pytest.mark.parametrize("kw, needle", [
+    (dict(pp=7), "pp=7"), (dict(ep=2), "ep=2"), (dict(sp=2, sp_kind="star"), "sp_kind"),
+    (dict(sp=2, knobs=Knobs(sliding_window=1000)), "sliding_window"),
+    (dict(pp=2, knobs=Knobs(shared_prefix_tokens=100)), "shared_prefix_tokens"),
+])
+def test_bad_layouts_are_refused(kw, needle):
+    with pytest.raises(InvalidInputError, match=needle):
+        sweep("llama-3-8b", "h200-sxm-141gb", context_len=[4096], **kw)
+
+
+def test_cli_sweep_with_a_layout(capsys):
+    from perfmodel.cli import main
+
+    assert main(["sweep", "--model", "llama-3-8b", "--gpu", "h200", "--context", "8000,64000", "--pp", "2",
+                 "--sp", "2", "--json"]) == 0
+    import json
+
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["pp"], r["sp"], r["world"]) for r in rows] == [(2, 2, 4), (2, 2, 4)]
+    assert rows[1]["prefill_s"] > rows[0]["prefill_s"]
