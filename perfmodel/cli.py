@@ -198,13 +198,6 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     contexts = [args.context] if args.context else [50_000, 4_000]
     if args.match_context:
         contexts = [args.context or 50_000]
-        if args.pp > 1 or args.sp > 1 or args.ep > 1 or args.topology:
-            from perfmodel.errors import InvalidInputError
-
-            # match_context prices one tensor-parallel group; a silent one-GPU answer beside a
-            # multi-GPU table would mislead
-            raise InvalidInputError("--match-context is computed for one tensor-parallel group: "
-                                    "it cannot be combined with --pp, --sp, --ep or --topology")
     kw = dict(model=args.model, gpu=args.gpu, output_tokens=args.output_tokens, batch=args.batch, tp=args.tp,
               mode=args.mode, weight_dtype=args.weight_dtype, kv_dtype=None, chunk_tokens=args.chunk_tokens,
               knobs=knobs, pp=args.pp, sp=args.sp, sp_kind=args.sp_kind, ep=args.ep, topology=args.topology)

@@ -7,6 +7,10 @@ matched context does without knobs, or says why no setting gets there.
 Settings are found by bisection (continuous and integer knobs, whose metrics are
 monotone in the setting) or by trying every candidate (formats, layer counts,
 head counts, layer patterns).
+
+With a multi-GPU layout (``pp``, ``sp``, ``ep``, ``topology``) every trial is
+priced as :func:`perfmodel.analyze` prices that layout, and the knobs the layout
+does not model (:func:`perfmodel.parallel.check_knobs`) are left out of the search.
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ from hw.spec import GPU, Dtype
 from perfmodel.calibration import Profile
 from perfmodel.costs import Bound
 from perfmodel.errors import InvalidInputError
-from perfmodel.knobs import Knobs, KnobError, KvTier, TierKind, attention_layer_count
-from perfmodel.layers import Precision, check_tp
+from perfmodel.knobs import Knobs, KnobError, KvTier, TierKind, attention_layer_count, effective_model
+from perfmodel.layers import Precision, apply_knobs, check_tp
 from perfmodel.models import ModelSpec
 from perfmodel.phases import (
     DEFAULT_PREFILL_CHUNK_TOKENS,
@@ -96,14 +100,39 @@ class MatchResult:
 class _Scenario:
     """Evaluates the four metrics of one scenario under a knob setting."""
 
-    def __init__(self, model, gpu, profile, context_len, output_tokens, batch, precision, tp, chunk_tokens, base):
+    def __init__(self, model, gpu, profile, context_len, output_tokens, batch, precision, tp, chunk_tokens, base,
+                 layout=None):
         self.model, self.gpu, self.profile = model, gpu, profile
         self.ctx, self.out, self.batch = context_len, output_tokens, batch
         self.prec, self.tp, self.chunk, self.base = precision, tp, chunk_tokens, base
+        self.layout = layout  # None (one TP group) or the keyword arguments of parallel_phases' layout
+
+    def _parallel(self, knobs: Knobs | None, ctx: int):
+        """(per-GPU memory budget, phases) of the multi-GPU layout, as ``analyze`` prices it."""
+        from perfmodel import parallel as par
+
+        k = knobs if knobs is not None and knobs.active else None
+        m = self.model if k is None else effective_model(self.model, k)
+        prec = apply_knobs(self.prec, k)
+        lay = self.layout
+        mem = memory_budget(m, self.gpu, ctx, self.out, prec, self.tp, self.chunk, batch=self.batch, knobs=k)
+        mem = par.parallel_memory(mem, m, prec, self.tp, lay["pp"], lay["sp"], lay["ep"])
+        ph = par.parallel_phases(m, self.gpu, self.profile, ctx, self.out, self.batch, prec, self.tp, lay["pp"],
+                                 lay["sp"], lay["sp_kind"], lay["ep"], self.chunk, lay["topology"], lay["ring"],
+                                 knobs=k)
+        return mem, ph
 
     def metrics(self, knobs: Knobs | None, context_len: int | None = None) -> dict[str, float]:
         ctx = self.ctx if context_len is None else context_len
         m, g, p, b, t = self.model, self.gpu, self.profile, self.batch, self.tp
+        if self.layout is not None:
+            mem, ph = self._parallel(knobs, ctx)
+            return {
+                "prefill_s": float(ph.prefill.total_s),
+                "decode_s_per_token": float(ph.decode_step.total_s),
+                "max_concurrency": float(mem.max_concurrency),
+                "context_switch_s": float(context_switch(g, p, mem.kv_bytes_per_user, knobs=knobs).serial_s),
+            }
         mem = memory_budget(m, g, ctx, self.out, self.prec, t, self.chunk, batch=b, knobs=knobs)
         return {
             "prefill_s": float(prefill_cost(m, g, p, ctx, b, self.prec, t, self.chunk, knobs=knobs).total_s),
@@ -113,6 +142,10 @@ class _Scenario:
         }
 
     def bound(self, metric: str, knobs: Knobs | None) -> str:
+        if self.layout is not None and metric in ("prefill_s", "decode_s_per_token"):
+            _, ph = self._parallel(knobs, self.ctx)
+            b = ph.prefill.bound if metric == "prefill_s" else ph.decode_step.bound
+            return b.value if isinstance(b, Bound) else str(b)
         if metric == "prefill_s":
             b = prefill_cost(self.model, self.gpu, self.profile, self.ctx, self.batch, self.prec, self.tp,
                              self.chunk, knobs=knobs).bound
@@ -220,12 +253,15 @@ def match_context(
     model: ModelSpec, gpu: GPU, profile: Profile, context_len: int, match_context: int, output_tokens: int = 250,
     batch: int = 1, precision: Precision = Precision(), tp: int = 1,
     chunk_tokens: int | None = DEFAULT_PREFILL_CHUNK_TOKENS, knobs: Knobs | None = None,
-    metrics: tuple[str, ...] = tuple(METRICS),
+    metrics: tuple[str, ...] = tuple(METRICS), pp: int = 1, sp: int = 1, sp_kind: str = "ring", ep: int = 1,
+    topology: str | None = None,
 ) -> MatchResult:
     """Per metric and knob, the setting at which ``context_len`` costs no more than ``match_context``.
 
     The target is each metric at ``match_context`` without knobs; ``knobs`` are
     applied to every trial on top of the knob being searched (held fixed).
+    ``pp``, ``sp`` (``sp_kind``), ``ep`` and ``topology`` price every trial on that
+    layout; the knobs it does not model are not searched.
     """
     if match_context >= context_len:
         raise InvalidInputError(f"--match-context ({match_context}) must be shorter than the context ({context_len})")
@@ -233,7 +269,13 @@ def match_context(
         if m not in METRICS:
             raise InvalidInputError(f"unknown metric {m!r}; known: {', '.join(METRICS)}")
     base = knobs or Knobs()
-    scen = _Scenario(model, gpu, profile, context_len, output_tokens, batch, precision, tp, chunk_tokens, base)
+    from perfmodel import parallel as par
+
+    layout = par.layout(model, profile, tp, pp, sp, sp_kind, ep, topology, base)
+    scen = _Scenario(model, gpu, profile, context_len, output_tokens, batch, precision, tp, chunk_tokens, base,
+                     layout)
+    # a trial the layout cannot price (say, KV heads that a Ulysses degree does not divide) counts as infeasible
+    infeasible = KnobError if layout is None else InvalidInputError
     targets = scen.metrics(None, match_context)
     unmatched = scen.metrics(base if base.active else None)
     cache: dict[Knobs, dict[str, float]] = {}
@@ -242,13 +284,14 @@ def match_context(
         if k not in cache:
             try:
                 cache[k] = scen.metrics(k)
-            except KnobError:
+            except infeasible:
                 cache[k] = {m: (0.0 if METRICS[m] else math.inf) for m in METRICS}
         return cache[k]
 
     rows = []
+    skip = () if layout is None else par.knobs_not_modelled(layout["sp"])
     for knob, kind, cands in _knob_space(model, scen):
-        if kind == "list" and not cands:
+        if kind == "list" and not cands or any(part in skip for part in knob.split("+")):
             continue
         for metric in metrics:
             target = targets[metric]
@@ -257,7 +300,7 @@ def match_context(
                 continue
             try:
                 setting, value = _search(scen, metric, knob, kind, cands, target, evaluate)
-            except KnobError as exc:
+            except infeasible as exc:
                 rows.append(KnobMatch(metric, knob, None, math.nan, target, str(exc)))
                 continue
             reason = ""
@@ -273,3 +316,4 @@ def match_context(
                               f"({scen.bound(metric, _make(base, knob, extreme))}-bound): {_HINT[metric]}")
             rows.append(KnobMatch(metric, knob, setting, value, target, reason))
     return MatchResult(context_len, match_context, targets, unmatched, tuple(rows))
+

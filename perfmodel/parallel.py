@@ -499,8 +499,7 @@ def check_knobs(knobs, sp: int = 1) -> None:
     if knobs is None:
         return
     default = type(knobs)()
-    active = [f for f in (_KNOBS_SINGLE_GPU + (_KNOBS_NO_SP if sp > 1 else ()))
-              if getattr(knobs, f) != getattr(default, f)]
+    active = [f for f in knobs_not_modelled(sp) if getattr(knobs, f) != getattr(default, f)]
     single = [f for f in active if f in _KNOBS_SINGLE_GPU]
     no_sp = [f for f in active if f in _KNOBS_NO_SP]
     if single:
@@ -508,6 +507,35 @@ def check_knobs(knobs, sp: int = 1) -> None:
                                 "(not with pp, sp, ep or a topology)")
     if no_sp:
         raise InvalidInputError(f"knob(s) {', '.join(no_sp)} are not modelled with sequence parallelism (sp > 1)")
+
+
+def layout(model: ModelSpec, profile: Profile, tps, pp: int = 1, sp: int = 1, sp_kind: str = "ring", ep: int = 1,
+           topology: str | None = None, knobs=None) -> dict | None:
+    """The checked multi-GPU layout of a sweep or a context match at each TP degree of ``tps``: None
+    for one TP group, else the keyword values ``parallel_phases`` takes (``pp``, ``sp``, ``sp_kind``,
+    ``ep``, ``topology``) and ``ring``, the Ring step model ``analyze`` uses (the profile's measured
+    one in the calibrated mode, else ideal overlap). Raises InvalidInputError for a degree that does
+    not divide what it splits or ``knobs`` the layout does not model."""
+    from perfmodel.calibration import Mode
+
+    pp, sp, ep = (_deg(k, v) for k, v in (("pp", pp), ("sp", sp), ("ep", ep)))
+    if not (pp > 1 or sp > 1 or ep > 1 or topology):
+        return None
+    if sp_kind not in {k.value for k in SpKind}:
+        raise InvalidInputError(f"sp_kind must be ulysses, ring or hybrid, got {sp_kind!r}")
+    check_pp(model, pp)
+    check_ep(model, ep)
+    if sp > 1:
+        for t in np.atleast_1d(tps):
+            split_sp(model, sp, SpKind(sp_kind), int(t))
+    check_knobs(knobs if knobs is not None and knobs.active else None, sp)
+    ring = measured_ring_step(profile) if profile.mode is Mode.CALIBRATED and not profile.is_peak else None
+    return dict(pp=pp, sp=sp, sp_kind=sp_kind, ep=ep, topology=topology, ring=1.0 if ring is None else ring)
+
+
+def knobs_not_modelled(sp: int = 1) -> tuple[str, ...]:
+    """Names of the :class:`~perfmodel.knobs.Knobs` fields a multi-GPU layout does not model."""
+    return _KNOBS_SINGLE_GPU + (_KNOBS_NO_SP if sp > 1 else ())
 
 
 def _coll_s(ops, gpu, profile, topo) -> float:

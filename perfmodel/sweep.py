@@ -97,7 +97,9 @@ def sweep(
         check_tp(m, int(t))
     base_prec = Precision.of(weight_dtype, activation_dtype, kv_dtype)
     prof = resolve_profile(g, Mode(mode), profile)
-    layout = _layout(m, prof, tp_ax, pp, sp, sp_kind, ep, topology)
+    from perfmodel.parallel import layout as parallel_layout
+
+    layout = parallel_layout(m, prof, tp_ax, pp, sp, sp_kind, ep, topology)
     ctx, b, out = (a.ravel().astype(np.float64) for a in np.meshgrid(ctx_ax, b_ax, out_ax, indexing="ij"))
     frames = []
     for knob_values, kn in _knob_grid(knobs, knob_axes):
@@ -114,25 +116,6 @@ def sweep(
                 frame[name] = value.value if hasattr(value, "value") else value
             frames.append(frame)
     return pd.concat(frames, ignore_index=True)
-
-
-def _layout(m, prof, tp_ax, pp, sp, sp_kind, ep, topology) -> dict | None:
-    """The checked multi-GPU layout (None for one TP group), with the Ring step model ``analyze`` uses."""
-    from perfmodel.analyze import check_positive_int
-    from perfmodel import parallel as par
-
-    pp, sp, ep = (check_positive_int(k, v) for k, v in (("pp", pp), ("sp", sp), ("ep", ep)))
-    if not (pp > 1 or sp > 1 or ep > 1 or topology):
-        return None
-    if sp_kind not in {k.value for k in par.SpKind}:
-        raise InvalidInputError(f"sp_kind must be ulysses, ring or hybrid, got {sp_kind!r}")
-    par.check_pp(m, pp)
-    par.check_ep(m, ep)
-    if sp > 1:
-        for t in tp_ax:
-            par.split_sp(m, sp, par.SpKind(sp_kind), int(t))
-    ring = par.measured_ring_step(prof) if prof.mode is Mode.CALIBRATED and not prof.is_peak else None
-    return dict(pp=pp, sp=sp, sp_kind=sp_kind, ep=ep, topology=topology, ring=1.0 if ring is None else ring)
 
 
 def _evaluate_layout(m, g, prof, ctx, b, out, prec, t, chunk_tokens, reserve_fraction, kn, lay) -> pd.DataFrame:

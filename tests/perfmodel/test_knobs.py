@@ -331,9 +331,8 @@ def test_cli_knob_flags_and_comparison(capsys):
     (["--kv-layers", "61"], "exceeds the 60"), (["--sliding-window", "60000"], "longer than the context"),
     (["--kv-tier", "nvme"], "capacity and bandwidth"), (["--kv-tier", "tape"], "unknown KV tier"),
     (["--match-context", "60000"], "must be shorter"),
-    # the match prices one TP group: beside a multi-GPU table it would answer another scenario
-    (["--match-context", "4000", "--pp", "2"], "cannot be combined with --pp"),
-    (["--match-context", "4000", "--topology", "dgx-a100"], "cannot be combined with --pp"),
+    # a knob the layout does not model, with the match on that layout
+    (["--match-context", "4000", "--sp", "2", "--sliding-window", "1000"], "sliding_window"),
 ])
 def test_cli_bad_knobs_are_one_line(capsys, argv, text):
     status, out, err = _cli(capsys, "analyze", "--context", "50000", *argv)

@@ -111,3 +111,58 @@ def test_cli_knobs_with_a_layout(capsys):
                  "--sliding-window", "1024"]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "sliding_window" in err and "sp > 1" in err
+
+
+# ---- --match-context on a layout -----------------------------------------------------------------------------
+def _match(**kw):
+    from hw import load_gpu
+    from perfmodel.calibration import Mode, resolve_profile
+    from perfmodel.match import match_context
+    from perfmodel.models import load_model
+
+    g = load_gpu("h200-sxm-141gb")
+    return match_context(load_model("llama-3-8b"), g, resolve_profile(g, Mode.PEAK), 32_000, 4_000, batch=2, **kw)
+
+
+def test_match_at_degree_one_equals_one_tp_group():
+    # (less the knobs no layout models, which one TP group also searches)
+    from perfmodel.parallel import knobs_not_modelled
+
+    one, multi = _match(), _match(topology="hgx-h200")
+    assert one.targets == pytest.approx(multi.targets, rel=1e-9)
+    kept = [r for r in one.rows if r.knob not in knobs_not_modelled(1)]
+    assert len(kept) < len(one.rows)
+    assert [(r.metric, r.knob, r.setting) for r in kept] == [(r.metric, r.knob, r.setting) for r in multi.rows]
+    assert [r.value for r in kept] == pytest.approx([r.value for r in multi.rows], rel=1e-9, nan_ok=True)
+
+
+@pytest.mark.parametrize("layout", [dict(pp=2), dict(sp=2), dict(pp=2, sp=2, sp_kind="ulysses")])
+def test_match_targets_are_the_layouts_metrics(layout):
+    r = _match(**layout)
+    short = analyze("llama-3-8b", "h200-sxm-141gb", 4_000, 250, batch=2, **layout).to_dict()
+    long = analyze("llama-3-8b", "h200-sxm-141gb", 32_000, 250, batch=2, **layout).to_dict()
+    for metric in ("prefill_s", "decode_s_per_token", "max_concurrency", "context_switch_s"):
+        assert r.targets[metric] == pytest.approx(short[metric], rel=1e-9)
+        assert r.unmatched[metric] == pytest.approx(long[metric], rel=1e-9)
+    searched = {row.knob for row in r.rows}
+    assert not searched & {"shared_prefix_tokens", "kv_tiers"}
+    if layout.get("sp", 1) > 1:
+        assert not searched & {"kv_layers", "sliding_window", "attention_density", "attention_every",
+                               "kv_keep_ratio+prune_prefill"}
+    assert "kv_keep_ratio" in searched
+    # a found setting meets its target on that layout
+    for row in r.rows:
+        if row.setting is not None and row.knob == "kv_keep_ratio" and row.metric == "decode_s_per_token":
+            got = analyze("llama-3-8b", "h200-sxm-141gb", 32_000, 250, batch=2,
+                          knobs=Knobs(kv_keep_ratio=float(row.setting)), **layout).to_dict()
+            assert got["decode_s_per_token"] <= row.target * (1 + 1e-9)
+
+
+def test_cli_match_context_with_a_layout(capsys):
+    import json
+
+    assert main(["analyze", "--model", "llama-3-8b", "--gpu", "h200", "--context", "32000", "--match-context", "4000",
+                 "--pp", "2", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    short = analyze("llama-3-8b", "h200-sxm-141gb", 4_000, 250, pp=2).to_dict()
+    assert doc["match"]["targets"]["max_concurrency"] == short["max_concurrency"]
