@@ -146,25 +146,13 @@ def _evaluate_layout(m, g, prof, ctx, b, out, prec, t, chunk_tokens, reserve_fra
             "world": int(ph.details["world"]),
         })
     pts = pd.DataFrame(rows)
-    n = ctx.size
-    kv_tok_model = kv_bytes_per_token_per_gpu(me, 1, prec.kv, kn)
-    kv_cache = kv_cache_bytes_per_gpu(m, ctx, out, b, prec, 1, kn)
+    head = _head_columns(m, g, prof, ctx, out, b, prec, t, kn)
+    layout_cols = {"pp": pp, "sp": sp, "sp_kind": _const(lay["sp_kind"], ctx.size), "ep": ep,
+                   "world": pts["world"].to_numpy()}
     return pd.DataFrame({
-        "model": _const(m.name, n),
-        "gpu": _const(g.name, n),
-        "tp": t,
-        "pp": pp,
-        "sp": sp,
-        "sp_kind": _const(lay["sp_kind"], n),
-        "ep": ep,
-        "world": pts["world"].to_numpy(),
-        "mode": _const(prof.mode.value, n),
-        "context_len": ctx.astype(np.int64),
-        "output_tokens": out.astype(np.int64),
-        "batch": b.astype(np.int64),
-        "weight_bytes": int(m.weight_bytes(prec.weights)),
-        "kv_bytes_per_token": int(round(kv_tok_model)),
-        "kv_cache_bytes": np.round(kv_cache).astype(np.int64),
+        **{k: v for k, v in head.items() if k in ("model", "gpu", "tp")},
+        **layout_cols,
+        **{k: v for k, v in head.items() if k not in ("model", "gpu", "tp")},
         **{k: pts[k].to_numpy() for k in ("prefill_s", "decode_s_per_token", "decode_s", "max_concurrency",
                                           "context_switch_s", "context_switch_duplex_s",
                                           "session_throughput_tokens_per_s")},
@@ -208,20 +196,8 @@ def _evaluate(m, g, prof, ctx, b, out, prec, t, chunk_tokens, reserve_fraction, 
     sw = context_switch(g, prof, mem.kv_bytes_per_user, knobs=kn)
     nan = np.where(fits, 1.0, np.nan)
     pre_s, dec_s = pre.total_s * nan, dec.total_s * nan
-    kv_tok_model = kv_bytes_per_token_per_gpu(effective_model(m, kn), 1, prec.kv, kn)
-    kv_cache = kv_cache_bytes_per_gpu(m, ctx, out, b, prec, 1, kn)
-    n = ctx.size
     return pd.DataFrame({
-        "model": _const(m.name, n),
-        "gpu": _const(g.name, n),
-        "tp": t,
-        "mode": _const(prof.mode.value, n),
-        "context_len": ctx.astype(np.int64),
-        "output_tokens": out.astype(np.int64),
-        "batch": b.astype(np.int64),
-        "weight_bytes": int(m.weight_bytes(prec.weights)),
-        "kv_bytes_per_token": int(round(kv_tok_model)),
-        "kv_cache_bytes": np.round(kv_cache).astype(np.int64),
+        **_head_columns(m, g, prof, ctx, out, b, prec, t, kn),
         "prefill_s": pre_s,
         "decode_s_per_token": step.total_s * nan,
         "decode_s": dec_s,
@@ -233,6 +209,23 @@ def _evaluate(m, g, prof, ctx, b, out, prec, t, chunk_tokens, reserve_fraction, 
         "decode_bound": _bound_column(step),
         "fits": fits,
     })
+
+
+def _head_columns(m, g, prof, ctx, out, b, prec, t, kn) -> dict:
+    """The scenario columns of a sweep frame (model, GPU, TP, mode, the grid, weight and KV sizes)."""
+    n = ctx.size
+    return {
+        "model": _const(m.name, n),
+        "gpu": _const(g.name, n),
+        "tp": t,
+        "mode": _const(prof.mode.value, n),
+        "context_len": ctx.astype(np.int64),
+        "output_tokens": out.astype(np.int64),
+        "batch": b.astype(np.int64),
+        "weight_bytes": int(m.weight_bytes(prec.weights)),
+        "kv_bytes_per_token": int(round(kv_bytes_per_token_per_gpu(effective_model(m, kn), 1, prec.kv, kn))),
+        "kv_cache_bytes": np.round(kv_cache_bytes_per_gpu(m, ctx, out, b, prec, 1, kn)).astype(np.int64),
+    }
 
 
 def _const(text: str, n: int) -> pd.Categorical:
