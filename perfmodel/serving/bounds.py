@@ -10,7 +10,9 @@ For a set of requests on one replica:
 - ``tpot_floor_s``: one decode step of a lone sequence at its prompt length;
   no request's TPOT is shorter.  With pipelined attention offloading a step of
   two sequences overlaps the pool and the GPU and can be shorter than a lone
-  one (serial); the floor is then the cheaper of the two.
+  one (serial); the floor is then the cheaper of the two, the partner being
+  the shortest request (a step prices a batch at its mean length, and a
+  larger batch only adds work).
 - ``max_concurrency``: the memory model's users whose whole KV is resident
   (in HBM and the KV tiers, or in the attention pool; a shared prefix once).
 - ``throughput_bound_tokens_per_s``: the lesser of a compute bound (peak
@@ -78,7 +80,8 @@ def analytic_bounds(dep: Deployment, requests: Requests) -> AnalyticBounds:
     step = decode_step_cost(dep.model, dep.gpu, prof, p + 1, 1, dep.precision, dep.tp, knobs=kn)
     step_s = np.asarray(step.total_s, dtype=np.float64)
     if kn is not None and kn.offload is not None and kn.offload.pipelined:
-        two = decode_step_cost(dep.model, dep.gpu, prof, p + 1, 2, dep.precision, dep.tp, knobs=kn)
+        pair = (p + p.min()) / 2.0 + 1.0  # beside the shortest request: the cheapest pipelined step
+        two = decode_step_cost(dep.model, dep.gpu, prof, pair, 2, dep.precision, dep.tp, knobs=kn)
         step_s = np.minimum(step_s, np.asarray(two.total_s, dtype=np.float64))
     mem = replica_memory(dep)
     kv_tokens = np.array([mem.own_tokens(kv_tokens_kept(dep, int(t))) for t in np.unique(p + o)])
