@@ -165,9 +165,15 @@ def _bound(cost: OpCost) -> str:
     return b.value if isinstance(b, Bound) else str(b)
 
 
+def _layout_label(pp: int, sp: int, ep: int) -> str:
+    """``, pp=2, ep=4``: the degrees beyond TP that are not 1."""
+    return "".join(f", {k}={v}" for k, v in (("pp", pp), ("sp", sp), ("ep", ep)) if v > 1)
+
+
 def suggest_tp(model: ModelSpec, gpu: GPU, context_len: int, output_tokens: int, batch: int,
-               precision: Precision, **kw) -> int | None:
-    """Smallest power-of-two TP degree (valid for the heads, <= 64) at which ``batch`` users fit."""
+               precision: Precision, pp: int = 1, sp: int = 1, ep: int = 1, **kw) -> int | None:
+    """Smallest power-of-two TP degree (valid for the heads, <= 64) at which ``batch`` users fit, with
+    the ``pp``, ``sp`` and ``ep`` degrees kept as given."""
     tp = 1
     while tp <= 64:
         try:
@@ -176,6 +182,10 @@ def suggest_tp(model: ModelSpec, gpu: GPU, context_len: int, output_tokens: int,
             tp *= 2
             continue
         mem = memory_budget(model, gpu, context_len, output_tokens, precision, tp, batch=batch, **kw)
+        if pp > 1 or sp > 1 or ep > 1:
+            from perfmodel.parallel import parallel_memory
+
+            mem = parallel_memory(mem, model, precision, tp, pp, sp, ep)
         if mem.max_concurrency >= batch:
             return tp
         tp *= 2
@@ -266,13 +276,13 @@ def analyze(
     if mem.max_concurrency < batch:
         need = (mem.weight_bytes + mem.activation_bytes + mem.reserve_bytes + batch * mem.kv_bytes_per_user
                 + mem.shared_kv_bytes)
-        hint = suggest_tp(m, g, context_len, output_tokens, batch, prec, chunk_tokens=chunk_tokens,
+        hint = suggest_tp(m, g, context_len, output_tokens, batch, prec, pp, sp, ep, chunk_tokens=chunk_tokens,
                           reserve_fraction=reserve_fraction, knobs=knobs)
         what = "the weights alone do not fit" if mem.free_for_kv_bytes <= 0 else f"{batch} user(s)' KV cache does not fit"
         raise DoesNotFitError(
-            f"{m.name} on {g.name} (tp={tp}): {what}: needs {need / 2**30:.1f} GiB per GPU "
+            f"{m.name} on {g.name} (tp={tp}{_layout_label(pp, sp, ep)}): {what}: needs {need / 2**30:.1f} GiB per GPU "
             f"({int(need):,} bytes), has {mem.capacity_bytes / 2**30:.1f} GiB ({int(mem.capacity_bytes):,} bytes)"
-            + (f"; tp={hint} fits" if hint else "; no TP degree up to 64 fits"),
+            + (f"; tp={hint}{_layout_label(pp, sp, ep)} fits" if hint else "; no TP degree up to 64 fits"),
             needed_bytes=int(need), available_bytes=int(mem.capacity_bytes), suggested_tp=hint,
         )
     par_details: dict = {}

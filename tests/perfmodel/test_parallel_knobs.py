@@ -166,3 +166,18 @@ def test_cli_match_context_with_a_layout(capsys):
     doc = json.loads(capsys.readouterr().out)
     short = analyze("llama-3-8b", "h200-sxm-141gb", 4_000, 250, pp=2).to_dict()
     assert doc["match"]["targets"]["max_concurrency"] == short["max_concurrency"]
+
+
+@pytest.mark.parametrize("layout", [dict(pp=2), dict(pp=4), dict(pp=2, sp=2)])
+def test_does_not_fit_suggests_a_tp_for_the_layout(layout):
+    # the suggested TP degree is computed with the given pp/sp/ep kept, and it is the smallest that fits
+    from perfmodel.errors import DoesNotFitError
+
+    with pytest.raises(DoesNotFitError) as info:
+        analyze("llama-3-70b", "h100-sxm-80gb", 100_000, 250, batch=8, **layout)
+    tp = info.value.suggested_tp
+    label = "".join(f", {k}={v}" for k, v in layout.items())
+    assert f"(tp=1{label})" in str(info.value) and f"tp={tp}{label} fits" in str(info.value)
+    analyze("llama-3-70b", "h100-sxm-80gb", 100_000, 250, batch=8, tp=tp, **layout)  # fits
+    with pytest.raises(DoesNotFitError):
+        analyze("llama-3-70b", "h100-sxm-80gb", 100_000, 250, batch=8, tp=tp // 2, **layout)
