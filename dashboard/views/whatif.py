@@ -151,16 +151,18 @@ ROWS = [
     ("Context switch", "context_switch_s", fmt_seconds),
     ("Session throughput (tok/s)", "session_throughput_tokens_per_s", lambda v: f"{v:,.1f}"),
 ]
+NA = {gpu: "does not fit", other: "does not fit"}
 try:
     second = common.analysis_view(**{**scenario, "gpu": other})
-except perfmodel.DoesNotFitError as exc:
+except ValueError as exc:  # does not fit, or the sidebar's layout does not hold this GPU (a system of another GPU)
     second = None
     common.show_error(exc, labels.get(other, other))
-NA = "does not fit"
+    if not isinstance(exc, perfmodel.DoesNotFitError):
+        NA[other] = "not priced (see above)"
 table = pd.DataFrame({"metric": [r[0] for r in ROWS] + [f"bound: {k.replace('_', ' ')}" for k in BOUNDS]})
 for g, res in ((gpu, result), (other, second)):
     table[labels.get(g, g)] = ([r[2](res[r[1]]) for r in ROWS] + [bound_label(res["bottleneck"][k]) for k in BOUNDS]
-                               if res else [NA] * len(table))
+                               if res else [NA[g]] * len(table))
 table["second / first"] = (
     [f"{second[r[1]] / result[r[1]]:.2f}×" if result[r[1]] else "n/a" for r in ROWS] + [""] * len(BOUNDS)
     if result and second else [""] * len(table))

@@ -156,3 +156,19 @@ def test_parallelism_inputs_reach_analyze_and_invalid_ones_are_one_error():
     at.selectbox(key="model").set_value("yi-34b").run()
     assert not at.exception
     assert len(at.error) == 1 and "ep=2 needs a mixture-of-experts model" in at.error[0].value
+
+
+@pytest.mark.skipif(not perfmodel_takes_pp, reason="analyze takes no parallel layout in this tree")
+def test_a_topology_of_another_gpu_in_the_comparison_is_one_error_not_a_crash():
+    # the sidebar's layout goes to the second GPU too; a system that does not hold that GPU is one error
+    # line for the second column (the first GPU's numbers stay)
+    at = run_app()
+    at.selectbox(key="gpu").set_value("h100-sxm-80gb").run()
+    at.selectbox(key="topology").set_value("dgx-h100").run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert len(at.error) == 1 and "holds h100-sxm-80gb GPUs" in at.error[0].value
+    want = perfmodel.analyze("yi-34b", "h100-sxm-80gb", context_len=50_000, output_tokens=250, topology="dgx-h100")
+    assert metrics(at)["Decode time per token"] == fmt_seconds(want.to_dict()["decode_s_per_token"])
+    table = at.table[-1].value
+    other = [c for c in table.columns if "H100" not in c and c != "second / first"]
+    assert other and (table[other[0]] == "not priced (see above)").all()
