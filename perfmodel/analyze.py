@@ -250,17 +250,12 @@ def analyze(
         knobs.check(m, context_len, batch)
     check_tp(m, tp)
     pp, sp, ep = (check_positive_int(k, v) for k, v in (("pp", pp), ("sp", sp), ("ep", ep)))
-    multi = pp > 1 or sp > 1 or ep > 1 or bool(topology)
-    if multi:
-        from perfmodel import parallel as par
+    from perfmodel import parallel as par
 
-        par.check_knobs(knobs, sp)
-        sp_kind = par.SpKind(sp_kind).value if sp_kind in {k.value for k in par.SpKind} else \
-            _bad_sp_kind(sp_kind)
-        par.check_pp(m, pp)
-        par.check_ep(m, ep)
-        if sp > 1:
-            par.split_sp(m, sp, par.SpKind(sp_kind), tp)
+    lay = par.layout(m, tp, pp, sp, sp_kind, ep, topology, knobs)
+    multi = lay is not None
+    if multi:
+        sp_kind = lay["sp_kind"]
     notes = []
     if m.max_context and context_len + output_tokens > m.max_context:
         notes.append(f"context {context_len + output_tokens} exceeds the model's trained window of {m.max_context} tokens")
@@ -287,7 +282,7 @@ def analyze(
         )
     par_details: dict = {}
     if multi:
-        ring_overlap = par.measured_ring_step(prof) if mode is Mode.CALIBRATED and not prof.is_peak else None
+        ring_overlap = par.ring_step_model(prof)
         if ring_overlap is None:
             ring_overlap = 1.0
             if mode is Mode.CALIBRATED and sp > 1 and sp_kind != "ulysses":
@@ -320,9 +315,6 @@ def analyze(
         decode_step_comm_s=step_comm, parallel=par_details,
     )
 
-
-def _bad_sp_kind(kind: Any) -> str:
-    raise InvalidInputError(f"sp_kind must be ulysses, ring or hybrid, got {kind!r}")
 
 
 def _tp_comm_s(m: ModelSpec, g: GPU, prof: Profile, context_len: int, batch: int, prec: Precision, tp: int,

@@ -25,11 +25,12 @@ from hw.spec import GPU, Dtype
 from perfmodel.calibration import Profile
 from perfmodel.costs import Bound
 from perfmodel.errors import InvalidInputError
-from perfmodel.knobs import Knobs, KnobError, KvTier, TierKind, attention_layer_count, effective_model
-from perfmodel.layers import Precision, apply_knobs, check_tp
+from perfmodel.knobs import Knobs, KnobError, KvTier, TierKind, attention_layer_count
+from perfmodel.layers import Precision, check_tp
 from perfmodel.models import ModelSpec
 from perfmodel.phases import (
     DEFAULT_PREFILL_CHUNK_TOKENS,
+    DEFAULT_RESERVE_FRACTION,
     context_switch,
     decode_step_cost,
     memory_budget,
@@ -101,26 +102,19 @@ class _Scenario:
     """Evaluates the four metrics of one scenario under a knob setting."""
 
     def __init__(self, model, gpu, profile, context_len, output_tokens, batch, precision, tp, chunk_tokens, base,
-                 layout=None):
+                 layout=None, ring=1.0):
         self.model, self.gpu, self.profile = model, gpu, profile
         self.ctx, self.out, self.batch = context_len, output_tokens, batch
         self.prec, self.tp, self.chunk, self.base = precision, tp, chunk_tokens, base
-        self.layout = layout  # None (one TP group) or the keyword arguments of parallel_phases' layout
+        self.layout = layout  # None (one TP group) or perfmodel.parallel.layout's keyword values
+        self.ring = ring  # the Ring step model on that layout
 
     def _parallel(self, knobs: Knobs | None, ctx: int):
         """(per-GPU memory budget, phases) of the multi-GPU layout, as ``analyze`` prices it."""
-        from perfmodel import parallel as par
+        from perfmodel.parallel import price_layout
 
-        k = knobs if knobs is not None and knobs.active else None
-        m = self.model if k is None else effective_model(self.model, k)
-        prec = apply_knobs(self.prec, k)
-        lay = self.layout
-        mem = memory_budget(m, self.gpu, ctx, self.out, prec, self.tp, self.chunk, batch=self.batch, knobs=k)
-        mem = par.parallel_memory(mem, m, prec, self.tp, lay["pp"], lay["sp"], lay["ep"])
-        ph = par.parallel_phases(m, self.gpu, self.profile, ctx, self.out, self.batch, prec, self.tp, lay["pp"],
-                                 lay["sp"], lay["sp_kind"], lay["ep"], self.chunk, lay["topology"], lay["ring"],
-                                 knobs=k)
-        return mem, ph
+        return price_layout(self.model, self.gpu, self.profile, ctx, self.out, self.batch, self.prec, self.tp,
+                            self.chunk, DEFAULT_RESERVE_FRACTION, knobs, self.layout, self.ring)
 
     def metrics(self, knobs: Knobs | None, context_len: int | None = None) -> dict[str, float]:
         ctx = self.ctx if context_len is None else context_len
@@ -271,9 +265,10 @@ def match_context(
     base = knobs or Knobs()
     from perfmodel import parallel as par
 
-    layout = par.layout(model, profile, tp, pp, sp, sp_kind, ep, topology, base)
+    layout = par.layout(model, tp, pp, sp, sp_kind, ep, topology, base)
+    ring = (par.ring_step_model(profile) or 1.0) if layout is not None else 1.0
     scen = _Scenario(model, gpu, profile, context_len, output_tokens, batch, precision, tp, chunk_tokens, base,
-                     layout)
+                     layout, ring)
     # a trial the layout cannot price (say, KV heads that a Ulysses degree does not divide) counts as infeasible
     infeasible = KnobError if layout is None else InvalidInputError
     targets = scen.metrics(None, match_context)

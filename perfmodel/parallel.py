@@ -509,28 +509,55 @@ def check_knobs(knobs, sp: int = 1) -> None:
         raise InvalidInputError(f"knob(s) {', '.join(no_sp)} are not modelled with sequence parallelism (sp > 1)")
 
 
-def layout(model: ModelSpec, profile: Profile, tps, pp: int = 1, sp: int = 1, sp_kind: str = "ring", ep: int = 1,
+def layout(model: ModelSpec, tps, pp: int = 1, sp: int = 1, sp_kind: str = "ring", ep: int = 1,
            topology: str | None = None, knobs=None) -> dict | None:
-    """The checked multi-GPU layout of a sweep or a context match at each TP degree of ``tps``: None
-    for one TP group, else the keyword values ``parallel_phases`` takes (``pp``, ``sp``, ``sp_kind``,
-    ``ep``, ``topology``) and ``ring``, the Ring step model ``analyze`` uses (the profile's measured
-    one in the calibrated mode, else ideal overlap). Raises InvalidInputError for a degree that does
-    not divide what it splits or ``knobs`` the layout does not model."""
-    from perfmodel.calibration import Mode
-
+    """The checked multi-GPU layout at each TP degree of ``tps``: None for one TP group (``pp`` =
+    ``sp`` = ``ep`` = 1, no topology), else the keyword values ``parallel_phases`` takes (``pp``,
+    ``sp``, ``sp_kind`` as its value, ``ep``, ``topology``). Raises InvalidInputError for ``knobs``
+    the layout does not model, an unknown ``sp_kind``, or a degree that does not divide what it
+    splits."""
     pp, sp, ep = (_deg(k, v) for k, v in (("pp", pp), ("sp", sp), ("ep", ep)))
     if not (pp > 1 or sp > 1 or ep > 1 or topology):
         return None
+    check_knobs(knobs if knobs is not None and knobs.active else None, sp)
     if sp_kind not in {k.value for k in SpKind}:
         raise InvalidInputError(f"sp_kind must be ulysses, ring or hybrid, got {sp_kind!r}")
+    kind = SpKind(sp_kind)
     check_pp(model, pp)
     check_ep(model, ep)
     if sp > 1:
         for t in np.atleast_1d(tps):
-            split_sp(model, sp, SpKind(sp_kind), int(t))
-    check_knobs(knobs if knobs is not None and knobs.active else None, sp)
-    ring = measured_ring_step(profile) if profile.mode is Mode.CALIBRATED and not profile.is_peak else None
-    return dict(pp=pp, sp=sp, sp_kind=sp_kind, ep=ep, topology=topology, ring=1.0 if ring is None else ring)
+            split_sp(model, sp, kind, int(t))
+    return dict(pp=pp, sp=sp, sp_kind=kind.value, ep=ep, topology=topology)
+
+
+def ring_step_model(profile: Profile) -> "RingStepModel | None":
+    """The Ring step the profile measured (:func:`measured_ring_step`), in the calibrated mode only;
+    None otherwise (callers then assume ideal overlap, 1.0)."""
+    from perfmodel.calibration import Mode
+
+    return measured_ring_step(profile) if profile.mode is Mode.CALIBRATED and not profile.is_peak else None
+
+
+def price_layout(model: ModelSpec, gpu: GPU, profile: Profile, context_len: int, output_tokens: int, batch: int,
+                 precision: Precision, tp: int, chunk_tokens: int | None, reserve_fraction: float, knobs,
+                 lay: dict, ring_overlap: "float | RingStepModel" = 1.0):
+    """(per-GPU memory budget, :class:`ParallelPhases`) of one scenario on the layout ``lay``
+    (:func:`layout`), as :func:`perfmodel.analyze.analyze` prices it: ``model`` and ``precision``
+    get the knobs applied, the TP memory budget is re-split (:func:`parallel_memory`)."""
+    from perfmodel.knobs import effective_model
+    from perfmodel.layers import apply_knobs
+    from perfmodel.phases import memory_budget
+
+    k = knobs if knobs is not None and knobs.active else None
+    m = model if k is None else effective_model(model, k)
+    prec = apply_knobs(precision, k)
+    mem = memory_budget(m, gpu, context_len, output_tokens, prec, tp, chunk_tokens, reserve_fraction, batch=batch,
+                        knobs=k)
+    mem = parallel_memory(mem, m, prec, tp, lay["pp"], lay["sp"], lay["ep"])
+    ph = parallel_phases(m, gpu, profile, context_len, output_tokens, batch, prec, tp, lay["pp"], lay["sp"],
+                         lay["sp_kind"], lay["ep"], chunk_tokens, lay["topology"], ring_overlap, knobs=k)
+    return mem, ph
 
 
 def knobs_not_modelled(sp: int = 1) -> tuple[str, ...]:

@@ -97,9 +97,10 @@ def sweep(
         check_tp(m, int(t))
     base_prec = Precision.of(weight_dtype, activation_dtype, kv_dtype)
     prof = resolve_profile(g, Mode(mode), profile)
-    from perfmodel.parallel import layout as parallel_layout
+    from perfmodel import parallel as par
 
-    layout = parallel_layout(m, prof, tp_ax, pp, sp, sp_kind, ep, topology)
+    layout = par.layout(m, tp_ax, pp, sp, sp_kind, ep, topology)
+    ring = (par.ring_step_model(prof) or 1.0) if layout is not None else 1.0
     ctx, b, out = (a.ravel().astype(np.float64) for a in np.meshgrid(ctx_ax, b_ax, out_ax, indexing="ij"))
     frames = []
     for knob_values, kn in _knob_grid(knobs, knob_axes):
@@ -111,29 +112,26 @@ def sweep(
                 frame = _evaluate(m, g, prof, ctx, b, out, prec, int(t), chunk_tokens, reserve_fraction, kn)
             else:
                 frame = _evaluate_layout(m, g, prof, ctx, b, out, prec, int(t), chunk_tokens, reserve_fraction, kn,
-                                         layout)
+                                         layout, ring)
             for name, value in knob_values.items():
                 frame[name] = value.value if hasattr(value, "value") else value
             frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 
 
-def _evaluate_layout(m, g, prof, ctx, b, out, prec, t, chunk_tokens, reserve_fraction, kn, lay) -> pd.DataFrame:
-    """The grid at TP degree ``t`` on a multi-GPU layout, point by point, as ``analyze`` prices it."""
-    from perfmodel import parallel as par
+def _evaluate_layout(m, g, prof, ctx, b, out, prec, t, chunk_tokens, reserve_fraction, kn, lay,
+                     ring) -> pd.DataFrame:
+    """The grid at TP degree ``t`` on the multi-GPU layout ``lay`` (Ring step model ``ring``), point by
+    point, as ``analyze`` prices it (:func:`perfmodel.parallel.price_layout`)."""
+    from perfmodel.parallel import price_layout
 
     if kn is not None and not kn.active:
         kn = None
-    par.check_knobs(kn, lay["sp"])
-    me = m if kn is None else effective_model(m, kn)
-    pp, sp, ep = lay["pp"], lay["sp"], lay["ep"]
     rows = []
     for c, bb, o in zip(ctx, b, out):
-        mem = memory_budget(me, g, c, o, prec, t, chunk_tokens, reserve_fraction, batch=bb, knobs=kn)
-        mem = par.parallel_memory(mem, me, prec, t, pp, sp, ep)
+        mem, ph = price_layout(m, g, prof, int(c), int(o), int(bb), prec, t, chunk_tokens, reserve_fraction, kn,
+                               lay, ring)
         fits = mem.max_concurrency >= bb
-        ph = par.parallel_phases(me, g, prof, int(c), int(o), int(bb), prec, t, pp, sp, lay["sp_kind"], ep,
-                                 chunk_tokens, lay["topology"], lay["ring"], knobs=kn)
         sw = context_switch(g, prof, mem.kv_bytes_per_user, knobs=kn)
         nan = 1.0 if fits else float("nan")
         pre_s, dec_s = float(ph.prefill.total_s) * nan, float(ph.decode.total_s) * nan
@@ -147,7 +145,7 @@ def _evaluate_layout(m, g, prof, ctx, b, out, prec, t, chunk_tokens, reserve_fra
         })
     pts = pd.DataFrame(rows)
     head = _head_columns(m, g, prof, ctx, out, b, prec, t, kn)
-    layout_cols = {"pp": pp, "sp": sp, "sp_kind": _const(lay["sp_kind"], ctx.size), "ep": ep,
+    layout_cols = {"pp": lay["pp"], "sp": lay["sp"], "sp_kind": _const(lay["sp_kind"], ctx.size), "ep": lay["ep"],
                    "world": pts["world"].to_numpy()}
     return pd.DataFrame({
         **{k: v for k, v in head.items() if k in ("model", "gpu", "tp")},
