@@ -211,6 +211,26 @@ def _owner(t, total, NUM_PROGRAMS):
 
 
 @triton.jit
+def _real_tile(x, units, total, idx, incl, lens, w, Hkv, BLOCK_N: tl.constexpr):
+    # The real tile at unit x of a partition in which every pair is preceded by w phantom units
+    # (a tile count it may not hold): a unit inside a pair's phantom units maps to the pair's first
+    # tile, so a run boundary that falls there moves to the pair boundary. Unit ``units`` (the end)
+    # maps to ``total``.
+    incl_u = incl + w * Hkv * (idx + 1)
+    key = tl.where(incl_u > x, (incl_u.to(tl.int64) << 32) + idx.to(tl.int64), 0x7FFFFFFFFFFFFFFF)
+    got = tl.min(key, 0)
+    b = (got & 0xFFFFFFFF).to(tl.int32)
+    pair_tiles = tl.maximum((tl.sum(tl.where(idx == b, lens, 0), 0) + BLOCK_N - 1) // BLOCK_N, 1)
+    pair_units = pair_tiles + w
+    seq_first_u = (got >> 32).to(tl.int32) - pair_units * Hkv
+    seq_first = seq_first_u - w * Hkv * b
+    off = x - seq_first_u
+    hk = off // pair_units
+    real = seq_first + hk * pair_tiles + tl.maximum(off - hk * pair_units - w, 0)
+    return tl.where(x >= units, total, real)
+
+
+@triton.jit
 def _find_pair(t, idx, incl, KV_LENS, B, Hkv, BLOCK_N: tl.constexpr):
     # The (sequence, kv head) pair holding tile t, as (b, kv_len, pair_tiles, seq_first, hk). The
     # sequence is the first whose inclusive tile prefix passes t; the prefix never decreases, so
@@ -354,6 +374,7 @@ def _stream_k_segment(
     BLOCK_S: tl.constexpr,
     FIND: tl.constexpr,
     WIDE: tl.constexpr = False,
+    w=0,
 ):
     """One piece of program p's run: its tiles from t on that lie in one (sequence, kv head)
     pair; attend, then write the output or a partial (and the plan, or merge when FUSED).
@@ -408,12 +429,14 @@ def _stream_k_segment(
             if done + (seg_end - t) == pair_tiles:
                 # the slots of the programs owning the pair's first and last tile (_owner, in 32 bits
                 # unless WIDE)
+                # (``total`` counts units: w phantom units precede each pair's tiles)
+                first_u = first_tile + w * (bh + 1)
                 if WIDE:
-                    s_lo = _owner(first_tile, total, NUM_PROGRAMS) + bh
-                    s_hi = _owner(first_tile + pair_tiles - 1, total, NUM_PROGRAMS) + bh + 1
+                    s_lo = _owner(first_u, total, NUM_PROGRAMS) + bh
+                    s_hi = _owner(first_u + pair_tiles - 1, total, NUM_PROGRAMS) + bh + 1
                 else:
-                    s_lo = ((first_tile + 1) * NUM_PROGRAMS - 1) // total + bh
-                    s_hi = ((first_tile + pair_tiles) * NUM_PROGRAMS - 1) // total + bh + 1
+                    s_lo = ((first_u + 1) * NUM_PROGRAMS - 1) // total + bh
+                    s_hi = ((first_u + pair_tiles) * NUM_PROGRAMS - 1) // total + bh + 1
                 _combine_pair(
                     PO,
                     PL,
@@ -573,6 +596,7 @@ def _stream_k_pieces(
     GP: tl.constexpr,
     BLOCK_S: tl.constexpr,
     WIDE: tl.constexpr = False,
+    w=0,
 ):
     """Program p's tiles [t, t_end) piece by piece: one call of :func:`_stream_k_segment` per
     (sequence, kv head) pair its run touches, the first one outside the loop when ``PEEL`` (with
@@ -626,6 +650,7 @@ def _stream_k_pieces(
                 BLOCK_S,
                 False,
                 WIDE,
+                w,
             )
     while t < t_end:
         t = _stream_k_segment(
@@ -675,6 +700,7 @@ def _stream_k_pieces(
             BLOCK_S,
             True,
             WIDE,
+            w,
         )
 
 
@@ -719,6 +745,8 @@ def _stream_k_kernel(
     BLOCK_S: tl.constexpr,
     PDL: tl.constexpr = False,
     PDL_TRIGGER: tl.constexpr = 0,
+    PHANTOM: tl.constexpr = 0,
+    NUM_RAGGED=0,
 ):
     """Program p handles KV tiles [p*T/P, (p+1)*T/P) of the concatenated KV of all heads.
 
@@ -746,15 +774,36 @@ def _stream_k_kernel(
     p = tl.program_id(0)
     idx, lens, seq_tiles, incl = _tile_prefix(KV_LENS, Hkv, BH // Hkv, BLOCK_N, B_P2)
     total = tl.sum(seq_tiles, 0)
+    if PHANTOM > 0:
+        # unequal tile counts: PHANTOM phantom units before each pair, so a run that crosses a pair
+        # boundary holds that many fewer tiles (see _real_tile), and all NUM_RAGGED programs of
+        # the grid take part (NUM_PROGRAMS, a multiple of the pairs, only serves equal counts)
+        ragged = tl.max(seq_tiles, 0) * (BH // Hkv) != total
+        w = tl.where(ragged, PHANTOM, 0)
+        units = total + w * BH
+        n_prog = tl.where(ragged, NUM_RAGGED, NUM_PROGRAMS)
+    else:
+        w = 0
+        units = total
+        n_prog = NUM_PROGRAMS
     if not FUSED:
         if p == 0:
-            tl.store(RNG + 2 * BH, total)
-    if WIDE:  # p * total may not fit 32 bits
-        t = (p.to(tl.int64) * total // NUM_PROGRAMS).to(tl.int32)
-        t_end = ((p.to(tl.int64) + 1) * total // NUM_PROGRAMS).to(tl.int32)
+            tl.store(RNG + 2 * BH, units)
+    if WIDE:  # p * units may not fit 32 bits
+        x = (p.to(tl.int64) * units // n_prog).to(tl.int32)
+        x_end = ((p.to(tl.int64) + 1) * units // n_prog).to(tl.int32)
     else:
-        t = p * total // NUM_PROGRAMS
-        t_end = (p + 1) * total // NUM_PROGRAMS
+        x = p * units // n_prog
+        x_end = (p + 1) * units // n_prog
+    t = x
+    t_end = x_end
+    if PHANTOM > 0:
+        if ragged:
+            t = _real_tile(tl.minimum(x, units), units, total, idx, incl, lens, w, Hkv, BLOCK_N)
+            t_end = _real_tile(tl.minimum(x_end, units), units, total, idx, incl, lens, w, Hkv, BLOCK_N)
+        else:  # programs beyond NUM_PROGRAMS hold no tile
+            t = tl.minimum(x, total)
+            t_end = tl.minimum(x_end, total)
     # the pair of the program's first tile, found once for the choice of walk and the walk itself
     b, kv_len, pair_tiles, seq_first, hk = _find_pair(t, idx, incl, KV_LENS, BH // Hkv, Hkv, BLOCK_N)
     if PDL and PDL_TRIGGER == 1:
@@ -817,7 +866,7 @@ def _stream_k_kernel(
             pair_tiles,
             seq_first,
             hk,
-            total,
+            units,
             Q,
             K,
             V,
@@ -830,7 +879,7 @@ def _stream_k_kernel(
             qk_scale,
             Hkv,
             GROUP,
-            NUM_PROGRAMS,
+            n_prog,
             s_qb,
             s_qh,
             s_kb,
@@ -851,6 +900,7 @@ def _stream_k_kernel(
             GP,
             BLOCK_S,
             WIDE,
+            w,
         )
 
 

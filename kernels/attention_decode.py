@@ -54,9 +54,10 @@ _REDUCE_BLOCK_S = 16
 _STREAM_K_PROGRAMS_PER_SM = 2
 #: ... and for small caches: at most ``_STREAM_K_SMALL_TILES_PER_SM`` KV tiles per SM (from Lmax,
 #: known on the host) get ``_STREAM_K_SMALL_PROGRAMS_PER_SM`` programs per SM. Run 4 (H100)
-#: measured 2 per SM slower than 1 at small caches (B=1, L=4K: 19.7 against 14.9 us), so 1.
+#: measured 2 per SM slower than 1 at small caches (B=1, L=4K: 19.7 against 14.9 us), so 1. 32
+#: tiles per SM (runs 43 and 47, H100): B=2 L=16K runs one wave, 49.7 against 50.8 us for split-KV.
 _STREAM_K_SMALL_PROGRAMS_PER_SM = 1
-_STREAM_K_SMALL_TILES_PER_SM = 16
+_STREAM_K_SMALL_TILES_PER_SM = 32
 #: round the default program count down to a multiple of the (sequence, kv head) pairs, so that
 #: with uniform lengths every run lies inside one pair (one piece per program).
 _STREAM_K_ALIGN = True
@@ -91,6 +92,17 @@ _STREAM_K_PDL = False
 #: where the stream-K programs let the reduction launch when ``_STREAM_K_PDL``: 0 at their start,
 #: 1 after finding their first pair, 2 only as they exit
 _STREAM_K_PDL_TRIGGER = 0
+#: with unequal tile counts per pair, stream-K cuts the concatenated KV as if each pair began with
+#: this many phantom tiles, so a run that crosses a pair boundary (a second piece: its q load,
+#: pipeline start, partial store and merge) holds that many fewer real tiles. 0: off. Run 47 (H100,
+#: with the mapping for every program): 3 took the ragged B=8 L=4K batch from 35.5 to 32.7 us;
+#: run 48 (H100, mapping only for unequal counts): 5 took it to 32.3 us (split-KV 33.2) and the
+#: ragged B=2 L=16K batch from 53.4 to 49.9 us (split-KV 50.2), where 3 gave 33.1 and 50.9.
+_STREAM_K_PHANTOM = 5
+#: phantom tiles also in the kernel without the fused merge (more than one wave). Off: run 48
+#: (H100) measured its ragged test costing the uniform B=1 L=64K cache 95.8 -> 96.0 us (split-KV
+#: 96.0), and the ragged multi-wave batches gained or lost up to 2%.
+_STREAM_K_PHANTOM_UNFUSED = False
 #: the counter workspaces, keyed by (device type, device index, stream); grown, never shrunk.
 _COUNTERS: dict[tuple[str, int | None, int], torch.Tensor] = {}
 #: rows (slots x query heads) the fused merge loads at once.
@@ -173,7 +185,7 @@ def check_lens_values(kv_lens: torch.Tensor, max_len: int) -> None:
         raise KernelInputError(f"kv_lens: values must lie in [1, {max_len}], got min {lo}, max {hi}")
 
 
-def stream_k_programs(num_splits: int | None, sms: int, pairs: int, max_tiles: int) -> int:
+def stream_k_programs(num_splits: int | None, sms: int, pairs: int, max_tiles: int, align: bool = True) -> int:
     """Stream-K programs: ``num_splits`` if given; else ``_STREAM_K_PROGRAMS_PER_SM`` per SM
     (``_STREAM_K_SMALL_PROGRAMS_PER_SM`` when the most KV tiles there can be, ``pairs *
     max_tiles``, are at most ``_STREAM_K_SMALL_TILES_PER_SM`` per SM and the pairs fit the SMs),
@@ -185,7 +197,7 @@ def stream_k_programs(num_splits: int | None, sms: int, pairs: int, max_tiles: i
     # with more pairs than SMs each program walks several short pairs, which two per SM overlap
     small = tiles <= _STREAM_K_SMALL_TILES_PER_SM * sms and pairs <= sms
     target = (_STREAM_K_SMALL_PROGRAMS_PER_SM if small else _STREAM_K_PROGRAMS_PER_SM) * sms
-    if _STREAM_K_ALIGN and pairs <= target:
+    if align and _STREAM_K_ALIGN and pairs <= target:
         target = target // pairs * pairs
     return max(1, min(target, tiles))
 
@@ -281,18 +293,25 @@ def launch_decode(
             consts["BLOCK_N"] = block_n
             max_tiles = triton.cdiv(max_len, block_n)
         pieces = stream_k_programs(num_splits, num_sms(q.device), bh, max_tiles)
-        wide = (pieces + 1) * bh * max_tiles >= _INT32_PRODUCT_LIMIT
-        b_p2 = next_pow2(B)
         fused = fused_merge(pieces, num_sms(q.device))
-        po = torch.empty(((pieces + bh) * group, D), dtype=torch.float32, device=q.device)
+        # with unequal tile counts (phantom tiles on) the fused kernel runs all the programs the
+        # rule gives, not only a multiple of the pairs
+        phantom = _STREAM_K_PHANTOM if fused or _STREAM_K_PHANTOM_UNFUSED else 0
+        ragged_pieces = pieces
+        if fused and phantom and not num_splits:
+            ragged_pieces = max(pieces, stream_k_programs(None, num_sms(q.device), bh, max_tiles, align=False))
+        grid = ragged_pieces
+        wide = (grid + 1) * bh * (max_tiles + phantom) >= _INT32_PRODUCT_LIMIT
+        b_p2 = next_pow2(B)
+        po = torch.empty(((grid + bh) * group, D), dtype=torch.float32, device=q.device)
         # the fused merge reads each lse written four times (see _dk._combine_pair)
-        pl = torch.empty(((pieces + bh) * group,) + ((4,) if fused else ()), dtype=torch.float32, device=q.device)
+        pl = torch.empty(((grid + bh) * group,) + ((4,) if fused else ()), dtype=torch.float32, device=q.device)
         # tiles of each split pair finished so far (fused merge only; zero between calls)
         cnt = pair_counters(q.device, bh) if fused else kv_lens
         # the plan for the reduction: slot range of each pair, then the total tile count
         rng = kv_lens if fused else torch.empty((2 * bh + 1,), dtype=torch.int32, device=q.device)
         gp = next_pow2(group)
-        _dk._stream_k_kernel[(pieces,)](
+        _dk._stream_k_kernel[(grid,)](
             q,
             k,
             v,
@@ -320,6 +339,8 @@ def launch_decode(
             BLOCK_S=max(1, _FUSED_MERGE_ROWS // gp),
             PDL=pdl and not fused,
             PDL_TRIGGER=_STREAM_K_PDL_TRIGGER,
+            PHANTOM=phantom,
+            NUM_RAGGED=ragged_pieces,
             **consts,
             **meta,
         )

@@ -106,7 +106,7 @@ TRITON_DECODE_BLOCK_N = 64.0  # keys per tile of kernels.attention_decode (split
 # stream-K programs per SM in kernels.attention_decode, and the cache size (KV tiles per SM, at
 # most) below which it runs one per SM instead (when the (sequence, kv head) pairs fit the SMs)
 STREAM_K_PROGRAMS_PER_SM = 2.0
-STREAM_K_SMALL_TILES_PER_SM = 16.0
+STREAM_K_SMALL_TILES_PER_SM = 32.0
 
 
 def stream_k_fused(programs, sm_count: int):

@@ -392,3 +392,79 @@ def test_model_prices_the_kernels_fused_merge_rule():
     for sms in (7, 132):
         for programs in (1, 6, 7, 8, 128, 131, 132, 133, 264):
             assert mod.fused_merge(programs, sms) == bool(stream_k_fused(programs, sms)), (programs, sms)
+
+
+# phantom tiles before each pair (unequal tile counts only): run boundaries that fall in them move
+# to the pair boundary; 1 phantom tile, and 5 (more than some runs, so some programs hold no tile)
+@pytest.mark.parametrize("phantom", [1, 5])
+@pytest.mark.parametrize("fused,flat", [(True, 0), (False, 0), (False, 2)])
+@pytest.mark.parametrize("case", [c for c in STREAM_K_CASES if c[6] in (2, 5, 7, 12, 13, 200)])
+def test_stream_k_phantom_tiles(case, phantom, fused, flat, seed, check, poisoned, monkeypatch):
+    import sys
+
+    mod = sys.modules["kernels.attention_decode"]
+    monkeypatch.setattr(mod, "_STREAM_K_PHANTOM", phantom)
+    monkeypatch.setattr(mod, "_STREAM_K_PHANTOM_UNFUSED", True)
+    monkeypatch.setattr(mod, "_STREAM_K_FUSED", fused)
+    monkeypatch.setattr(mod, "_STREAM_K_FLAT", flat)
+    _check_stream_k_case(case, seed, check, poisoned)
+    if fused:  # the counters are left at zero
+        assert all(int(buf.abs().sum()) == 0 for buf in mod._COUNTERS.values())
+
+
+@pytest.mark.parametrize("phantom", [0, 2])
+@pytest.mark.parametrize("lens", [[64, 64, 64], [1, 64, 33], [64, 64, 60]])
+def test_stream_k_phantom_default_programs(phantom, lens, seed, check, poisoned, monkeypatch):
+    # a pretend 7-SM device, 6 pairs of at most 4 tiles: one wave, fused merge, 6 aligned programs;
+    # with phantom tiles on, the grid holds all 7 programs and ragged tile counts use them all
+    # ([64, 64, 60] has equal tile counts: the aligned partition)
+    import sys
+
+    mod = sys.modules["kernels.attention_decode"]
+    monkeypatch.setattr(mod, "num_sms", lambda device: 7)
+    monkeypatch.setattr(mod, "_STREAM_K_PHANTOM", phantom)
+    grids = []
+    real = mod._dk._stream_k_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            grids.append(grid)
+            return real[grid]
+
+    monkeypatch.setattr(mod._dk, "_stream_k_kernel", Spy())
+    q, k, v, _ = _inputs(3, 8, 2, 64, 64, torch.float16)
+    kv_lens = torch.tensor(lens, dtype=torch.int32)
+    with poisoned():
+        o = kernels.attention_decode(q, k, v, kv_lens, schedule="stream_k")
+    check(o, attention_decode_ref(q, k, v, kv_lens), torch.float16, seed, f"phantom={phantom} lens={lens}")
+    assert grids == [(7,) if phantom else (6,)]
+    assert all(int(buf.abs().sum()) == 0 for buf in mod._COUNTERS.values())
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_stream_k_phantom_only_with_the_fused_merge(fused, seed, check, poisoned, monkeypatch):
+    # by default the phantom tiles go to the one-wave (fused) kernel only; the multi-wave kernel
+    # gets PHANTOM=0, its code as before phantom tiles
+    import sys
+
+    mod = sys.modules["kernels.attention_decode"]
+    monkeypatch.setattr(mod, "_STREAM_K_FUSED", fused)
+    seen = []
+    real = mod._dk._stream_k_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                seen.append(kwargs["PHANTOM"])
+                return real[grid](*args, **kwargs)
+
+            return launch
+
+    monkeypatch.setattr(mod._dk, "_stream_k_kernel", Spy())
+    q, k, v, _ = _inputs(3, 8, 2, 64, 64, torch.float16)
+    kv_lens = torch.tensor([1, 64, 33], dtype=torch.int32)
+    with poisoned():
+        o = kernels.attention_decode(q, k, v, kv_lens, schedule="stream_k")
+    check(o, attention_decode_ref(q, k, v, kv_lens), torch.float16, seed, f"fused={fused}")
+    assert seen == [mod._STREAM_K_PHANTOM if fused else 0]
+    assert mod._STREAM_K_PHANTOM > 0

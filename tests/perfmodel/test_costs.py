@@ -244,7 +244,7 @@ def test_triton_decode_pieces_follow_the_kernels_schedules():
     # every run inside one pair, 33 pieces per pair
     programs, pieces = _triton_decode_pieces(np.float64(8), 65536, 264, SPLIT_STREAM, 132)
     assert (programs, pieces) == (264, 33)
-    # a small cache (at most 16 tiles per SM): one per SM, rounded down to a multiple of the pairs
+    # a small cache (at most 32 tiles per SM): one per SM, rounded down to a multiple of the pairs
     programs, pieces = _triton_decode_pieces(np.float64(8), 4096, 264, SPLIT_STREAM, 132)
     assert (programs, pieces) == (128, 16)
     # head_dim 64: stream-K walks 128-key tiles (2 tiles of 128 keys per pair here), split-KV 64-key ones
@@ -301,7 +301,7 @@ def test_stream_k_at_one_wave_has_no_combine_rows():
 
     base = ClassParams(split_rule=SPLIT_STREAM, split_latency_s=2e-6)
     rows = ClassParams(split_rule=SPLIT_STREAM, split_latency_s=2e-6, reduce_row_s=1e-7)
-    for b, kv, fused in ((1, 1024, True), (4, 4096, True), (2, 16384, False), (16, 65536, False)):
+    for b, kv, fused in ((1, 1024, True), (4, 4096, True), (2, 16384, True), (4, 16384, False), (16, 65536, False)):
         op = Attention(Phase.DECODE, batch=b, q_len=1, kv_len=kv, q_heads=32, kv_heads=8, head_dim=128)
         programs, _ = triton_decode_pieces(b * 8, kv, 2 * H100.sm_count, SPLIT_STREAM, H100.sm_count, 128)
         assert (programs <= H100.sm_count) == fused
