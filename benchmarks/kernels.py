@@ -456,6 +456,8 @@ STREAMK_SHAPES = [(b, n, False) for b in (1, 2, 4, 8, 16) for n in (1024, 4096, 
 STREAMK_SHAPES += [(32, 1024, False), (64, 1024, False), (32, 4096, False),
                    (4, 65536, True), (16, 16384, True), (16, 65536, True), (64, 16384, True),
                    (1, 4096, True), (2, 16384, True), (8, 4096, True)]
+#: head layout of ``streamk_rounds`` (query heads, KV heads, head_dim; ``--layout``)
+STREAMK_LAYOUT = (32, 8, 128)
 #: extra graphs of both schedules in ``streamk_rounds``: (label, module settings of
 #: ``kernels.attention_decode``), each captured with its settings and replayed in the same rounds
 #: (``--variant``)
@@ -590,7 +592,8 @@ def streamk_rounds() -> None:
     table = []
     print("\n   B      L rag   split-KV us  stream-K us  stream/split  rounds stream-K faster")
     for bsz, length, ragged in STREAMK_SHAPES:
-        lens, sets, nbytes = _decode_inputs(bsz, length, ragged=ragged)
+        hq, hkv, d = STREAMK_LAYOUT
+        lens, sets, nbytes = _decode_inputs(bsz, length, hq, hkv, d, ragged=ragged)
         calls = _graph_calls(len(sets))
         graphs = {}
         for main_only in ((False, True) if STREAMK_MAIN_ONLY else (False,)):
@@ -613,9 +616,10 @@ def streamk_rounds() -> None:
         case = f"B{bsz} L{length}{' ragged' if ragged else ''}"
         for s in per_round:
             _row("streamk_rounds", "attention_decode", s, case, med[s], 0, nbytes, batch=bsz, kv_len=length,
-                 kv_bytes=nbytes, pairs=bsz * 8, timing="cuda graph, alternating rounds",
-                 round_times_s=per_round[s], rounds_stream_k_faster=won)
-        table.append({"batch": bsz, "kv_len": length, "ragged": ragged, "pairs": bsz * 8,
+                 kv_bytes=nbytes, pairs=bsz * hkv, q_heads=hq, kv_heads=hkv, head_dim=d,
+                 timing="cuda graph, alternating rounds", round_times_s=per_round[s], rounds_stream_k_faster=won)
+        table.append({"batch": bsz, "kv_len": length, "ragged": ragged, "pairs": bsz * hkv,
+                      "q_heads": hq, "kv_heads": hkv, "head_dim": d,
                       **{s.replace(" ", "_") + "_s": v for s, v in med.items()}, "rounds": STREAMK_ROUNDS,
                       "rounds_stream_k_faster": won})
         main = (f"   main only: split-KV {med['split_kv main only'] * 1e6:.1f}, stream-K "
@@ -632,6 +636,8 @@ def streamk_rounds() -> None:
     target = [r for r in table if r["pairs"] < sms]
     faster = sum(r["stream_k_s"] < r["split_kv_s"] for r in target)
     INFO["streamk_rounds"] = {"table": table, "shapes_lt_sms": len(target), "stream_k_faster": faster,
+                              "layout": {"q_heads": STREAMK_LAYOUT[0], "kv_heads": STREAMK_LAYOUT[1],
+                                         "head_dim": STREAMK_LAYOUT[2]},
                               "variants": {label: flags for label, flags in STREAMK_ROUND_VARIANTS}}
     print(f"stream-K faster than split-KV (median over rounds) in {faster} of {len(target)} shapes with B*Hkv < {sms}")
     for label, _ in STREAMK_ROUND_VARIANTS:
@@ -741,6 +747,20 @@ def _parse_shapes(text: str, grid: list[tuple[int, int, bool]]) -> list[tuple[in
     return chosen
 
 
+def _parse_layout(text: str) -> tuple[int, int, int]:
+    """``"HQ:HKV:D"`` -> (query heads, KV heads, head_dim) for the stream-K rounds: positive
+    integers, ``HQ`` a multiple of ``HKV``, ``D`` 64 or 128 (the decode kernels' head sizes)."""
+    parts = text.split(":")
+    if len(parts) != 3 or not all(x.isdigit() and int(x) > 0 for x in parts):
+        raise ValueError(f"{text!r} is not HQ:HKV:D (positive integers)")
+    hq, hkv, d = (int(x) for x in parts)
+    if hq % hkv:
+        raise ValueError(f"{text!r}: {hq} query heads are not a multiple of {hkv} KV heads")
+    if d not in (64, 128):
+        raise ValueError(f"{text!r}: head_dim must be 64 or 128, got {d}")
+    return hq, hkv, d
+
+
 def _parse_variant(text: str) -> tuple[str, dict]:
     """``"LABEL:NAME=VALUE,NAME=VALUE"`` -> (label, {name: int or bool}); names must be module
     settings of ``kernels.attention_decode`` (a leading underscore)."""
@@ -772,6 +792,8 @@ def main() -> int:
                     help="streamk, streamk_rounds: also time each decode schedule's first kernel alone")
     ap.add_argument("--shapes", metavar="B:L[:r],...",
                     help="streamk_rounds: only these (batch, KV length[, ragged]) shapes of the grid")
+    ap.add_argument("--layout", metavar="HQ:HKV:D",
+                    help="streamk_rounds: query heads, KV heads and head_dim of every shape (default 32:8:128)")
     ap.add_argument("--variant", action="append", default=[], metavar="LABEL:NAME=VALUE[,NAME=VALUE]",
                     help="streamk_rounds: also replay both schedules captured with these module settings of "
                          "kernels.attention_decode (integer or True/False values); repeatable")
@@ -781,6 +803,13 @@ def main() -> int:
     except ValueError as e:
         print(f"error: --variant: {e}", file=sys.stderr)
         return 2
+    if args.layout:
+        global STREAMK_LAYOUT
+        try:
+            STREAMK_LAYOUT = _parse_layout(args.layout)
+        except ValueError as e:
+            print(f"error: --layout: {e}", file=sys.stderr)
+            return 2
     if args.shapes:
         try:
             STREAMK_SHAPES[:] = _parse_shapes(args.shapes, STREAMK_SHAPES)

@@ -47,3 +47,21 @@ def test_shapes_pick_from_the_grid_in_grid_order(bench):
 def test_shapes_reject_bad_text_or_shapes_off_the_grid(bench, text):
     with pytest.raises(ValueError):
         bench._parse_shapes(text, [(1, 1024, False)])
+
+
+def test_layout_parses_heads_and_head_dim(bench):
+    assert bench._parse_layout("16:4:64") == (16, 4, 64)
+    assert bench._parse_layout("32:8:128") == (32, 8, 128)
+
+
+@pytest.mark.parametrize("text", ["16:4", "16:4:64:1", "a:4:64", "16:0:64", "16:5:64", "16:4:96", "-16:4:64"])
+def test_layout_rejects_bad_text(bench, text):
+    with pytest.raises(ValueError):
+        bench._parse_layout(text)
+
+
+def test_main_reports_bad_layout_in_one_line(bench, capsys, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["kernels.py", "--layout", "16:5:64"])
+    assert bench.main() == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --layout:")
