@@ -230,21 +230,31 @@ def test_fused_merge_rule(programs, sms, setting, expect, monkeypatch):
     assert mod.fused_merge(programs, sms) is expect
 
 
-def test_stream_k_default_merges_in_kernel_at_one_wave(seed, check, monkeypatch):
-    # by default (one wave on the interpreter's 8 "SMs") no reduction kernel is launched, and
-    # beyond one wave it is
+def _spy_launches(monkeypatch, name):
+    """Record ``(grid, keyword arguments)`` of every launch of ``kernels._decode_kernels.<name>``
+    (the launches still run)."""
     import sys
 
-    mod = sys.modules["kernels.attention_decode"]
-    calls = []
-    real = mod._dk._reduce_kernel
+    dk = sys.modules["kernels.attention_decode"]._dk
+    real = getattr(dk, name)
+    seen = []
 
     class Spy:
         def __getitem__(self, grid):
-            calls.append(grid)
-            return real[grid]
+            def launch(*args, **kwargs):
+                seen.append((grid, kwargs))
+                return real[grid](*args, **kwargs)
 
-    monkeypatch.setattr(mod._dk, "_reduce_kernel", Spy())
+            return launch
+
+    monkeypatch.setattr(dk, name, Spy())
+    return seen
+
+
+def test_stream_k_default_merges_in_kernel_at_one_wave(seed, check, monkeypatch):
+    # by default (one wave on the interpreter's 8 "SMs") no reduction kernel is launched, and
+    # beyond one wave it is
+    calls = _spy_launches(monkeypatch, "_reduce_kernel")
     q, k, v, lens = _inputs(2, 8, 2, 45, 64, torch.float32)
     ref = attention_decode_ref(q, k, v, lens)
     for ns, launches in ((8, 0), (9, 1)):
@@ -423,21 +433,13 @@ def test_stream_k_phantom_default_programs(phantom, lens, seed, check, poisoned,
     mod = sys.modules["kernels.attention_decode"]
     monkeypatch.setattr(mod, "num_sms", lambda device: 7)
     monkeypatch.setattr(mod, "_STREAM_K_PHANTOM", phantom)
-    grids = []
-    real = mod._dk._stream_k_kernel
-
-    class Spy:
-        def __getitem__(self, grid):
-            grids.append(grid)
-            return real[grid]
-
-    monkeypatch.setattr(mod._dk, "_stream_k_kernel", Spy())
+    launches = _spy_launches(monkeypatch, "_stream_k_kernel")
     q, k, v, _ = _inputs(3, 8, 2, 64, 64, torch.float16)
     kv_lens = torch.tensor(lens, dtype=torch.int32)
     with poisoned():
         o = kernels.attention_decode(q, k, v, kv_lens, schedule="stream_k")
     check(o, attention_decode_ref(q, k, v, kv_lens), torch.float16, seed, f"phantom={phantom} lens={lens}")
-    assert grids == [(7,) if phantom else (6,)]
+    assert [grid for grid, _ in launches] == [(7,) if phantom else (6,)]
     assert all(int(buf.abs().sum()) == 0 for buf in mod._COUNTERS.values())
 
 
@@ -449,22 +451,11 @@ def test_stream_k_phantom_only_with_the_fused_merge(fused, seed, check, poisoned
 
     mod = sys.modules["kernels.attention_decode"]
     monkeypatch.setattr(mod, "_STREAM_K_FUSED", fused)
-    seen = []
-    real = mod._dk._stream_k_kernel
-
-    class Spy:
-        def __getitem__(self, grid):
-            def launch(*args, **kwargs):
-                seen.append(kwargs["PHANTOM"])
-                return real[grid](*args, **kwargs)
-
-            return launch
-
-    monkeypatch.setattr(mod._dk, "_stream_k_kernel", Spy())
+    launches = _spy_launches(monkeypatch, "_stream_k_kernel")
     q, k, v, _ = _inputs(3, 8, 2, 64, 64, torch.float16)
     kv_lens = torch.tensor([1, 64, 33], dtype=torch.int32)
     with poisoned():
         o = kernels.attention_decode(q, k, v, kv_lens, schedule="stream_k")
     check(o, attention_decode_ref(q, k, v, kv_lens), torch.float16, seed, f"fused={fused}")
-    assert seen == [mod._STREAM_K_PHANTOM if fused else 0]
+    assert [kw["PHANTOM"] for _, kw in launches] == [mod._STREAM_K_PHANTOM if fused else 0]
     assert mod._STREAM_K_PHANTOM > 0
