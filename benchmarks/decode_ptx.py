@@ -9,7 +9,7 @@ slots), 26 configurations with the settings the wrapper launches them with (prog
 launch for split-KV, not for stream-K; a setting an older source lacks is left out), and writes
 their PTX with debug lines, debug labels and debug sections removed::
 
-    python benchmarks/decode_ptx.py --out DIR [--source kernels/_decode_kernels.py]
+    python benchmarks/decode_ptx.py --out DIR [--source kernels/_decode_kernels.py] [--only PREFIX] [--resources]
     python benchmarks/decode_ptx.py --compare DIR_A DIR_B
 
 ``--compare`` prints the configurations whose PTX differs and exits 1 if any does. Needs triton
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -39,6 +40,17 @@ def normalised_ptx(ptx: str) -> str:
     return "\n".join(keep) + "\n"
 
 
+def _wrapper_setting(name: str, default):
+    """A module setting of ``kernels.attention_decode`` (the wrapper of this repository), or ``default``
+    where it lacks one."""
+    sys.path.insert(0, str(_REPO))
+    try:  # the module itself (``kernels.attention_decode`` as an attribute is the function)
+        wrapper = importlib.import_module("kernels.attention_decode")
+    finally:
+        sys.path.pop(0)
+    return getattr(wrapper, name, default)
+
+
 def _compile(fn, constants: dict) -> str:
     import triton
     from triton.backends.compiler import GPUTarget
@@ -50,33 +62,70 @@ def _compile(fn, constants: dict) -> str:
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in _DIV16 if n in names}
     src = ASTSource(fn, sig, constexprs={(names.index(k),): v for k, v in constants.items()}, attrs=attrs)
     k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, num_stages=3))
-    return normalised_ptx(k.asm["ptx"])
+    return normalised_ptx(k.asm["ptx"]), k.asm["cubin"]
 
 
-def dump(source: Path, out: Path) -> int:
-    """Write ``<configuration>.ptx`` under ``out`` for the kernels of ``source``; returns the count."""
-    spec = importlib.util.spec_from_file_location("_decode_kernels_under_test", source)
-    dk = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(dk)
-    out.mkdir(parents=True, exist_ok=True)
-    n = 0
+def resources(cubin: bytes) -> str:
+    """``cuobjdump -res-usage`` of a cubin (registers, stack, local and shared bytes per thread or
+    block), with the ``cuobjdump`` that ships with triton's CUDA backend."""
+    import tempfile
+
+    import triton
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([str(tool), "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+    return " ".join(w for ln in out.splitlines() if "REG:" in ln for w in ln.split()
+                    if w.split(":")[0] in ("REG", "STACK", "SHARED", "LOCAL"))
+
+
+def configurations(dk):
+    """``(name, kernel, constants)`` of every compiled configuration of the kernels module ``dk``, with
+    the settings the wrapper launches them with."""
     for head_dim, block_n in ((128, 64), (64, 128)):
         for paged in (False, True):
             base = dict(HEAD_DIM=head_dim, BLOCK_G=16, BLOCK_N=block_n, PAGED=paged, PRECISION="tf32", UPCAST=False)
-            # as launched: split-KV with programmatic dependent launch, stream-K without
-            (out / f"split_d{head_dim}_p{int(paged)}.ptx").write_text(
-                _compile(dk._split_kv_kernel, dict(base, PDL=True)))
-            n += 1
+            # as launched: split-KV with the wrapper's tile (64 keys at every head_dim) and programmatic
+            # dependent launch, stream-K without
+            split_n = _wrapper_setting("_GPU_META", {"BLOCK_N": 64})["BLOCK_N"]
+            yield f"split_d{head_dim}_p{int(paged)}", dk._split_kv_kernel, dict(base, BLOCK_N=split_n, PDL=True)
             for flat, fused in ((0, False), (1, False), (2, False), (0, True)):
-                c = dict(base, B_P2=8, GP=4, BLOCK_S=16, FUSED=fused, WIDE=False, PEEL=True, FLAT=flat, PDL=False, PDL_TRIGGER=0)
-                (out / f"stream_k_d{head_dim}_p{int(paged)}_flat{flat}_fused{int(fused)}.ptx").write_text(
-                    _compile(dk._stream_k_kernel, c))
-                n += 1
+                # phantom tiles as kernels.attention_decode launches them (by default the fused kernel only)
+                phantom = _wrapper_setting("_STREAM_K_PHANTOM", 0) if (
+                    fused or _wrapper_setting("_STREAM_K_PHANTOM_UNFUSED", False)) else 0
+                c = dict(base, B_P2=8, GP=4, BLOCK_S=16, FUSED=fused, WIDE=False, PEEL=True, FLAT=flat, PDL=False,
+                         PDL_TRIGGER=0, PHANTOM=phantom)
+                yield f"stream_k_d{head_dim}_p{int(paged)}_flat{flat}_fused{int(fused)}", dk._stream_k_kernel, c
         for name, stream_k, guess, pdl in (("split", False, 0, True), ("stream_k", True, 0, False),
                                            ("stream_k_guess", True, 16, False)):
             c = dict(HEAD_DIM=head_dim, BLOCK_S=16, STREAM_K=stream_k, GUESS_P2=guess, WIDE=False, PDL=pdl)
-            (out / f"reduce_{name}_d{head_dim}.ptx").write_text(_compile(dk._reduce_kernel, c))
-            n += 1
+            yield f"reduce_{name}_d{head_dim}", dk._reduce_kernel, c
+
+
+def load_kernels(source: Path):
+    """The kernels module at ``source`` (a ``_decode_kernels.py``), loaded under another name."""
+    spec = importlib.util.spec_from_file_location("_decode_kernels_under_test", source)
+    dk = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dk)
+    return dk
+
+
+def dump(source: Path, out: Path, only: str = "", show_resources: bool = False) -> int:
+    """Write ``<configuration>.ptx`` under ``out`` for the kernels of ``source`` (those whose name
+    starts with ``only``); returns the count. ``show_resources`` prints each one's registers, stack,
+    local and static shared memory (:func:`resources`)."""
+    out.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for name, fn, constants in configurations(load_kernels(source)):
+        if not name.startswith(only):
+            continue
+        code, cubin = _compile(fn, constants)
+        (out / f"{name}.ptx").write_text(code)
+        if show_resources:
+            print(f"{name}: {resources(cubin)}")
+        n += 1
     return n
 
 
@@ -92,6 +141,9 @@ def main() -> int:
     ap.add_argument("--out", type=Path, help="folder for the PTX of each configuration")
     ap.add_argument("--source", type=Path, default=_REPO / "kernels" / "_decode_kernels.py")
     ap.add_argument("--compare", nargs=2, type=Path, metavar=("DIR_A", "DIR_B"))
+    ap.add_argument("--only", default="", metavar="PREFIX", help="compile only the configurations named PREFIX...")
+    ap.add_argument("--resources", action="store_true",
+                    help="print each configuration's registers, stack, local and shared memory")
     args = ap.parse_args()
     if args.compare:
         diff = compare(*args.compare)
@@ -101,7 +153,11 @@ def main() -> int:
     if args.out is None:
         print("error: give --out DIR or --compare DIR_A DIR_B", file=sys.stderr)
         return 2
-    print(f"compiled {dump(args.source, args.out)} configurations of {args.source} to {args.out}")
+    n = dump(args.source, args.out, args.only, args.resources)
+    if n == 0:
+        print(f"error: no configuration is named {args.only}...", file=sys.stderr)
+        return 2
+    print(f"compiled {n} configurations of {args.source} to {args.out}")
     return 0
 
 

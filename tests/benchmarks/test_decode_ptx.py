@@ -1,0 +1,68 @@
+"""``benchmarks/decode_ptx.py`` compiles the decode kernels for sm_90 without a GPU: the stream-K
+configurations must compile with the settings the wrapper launches them with (a constexpr left out
+turns a static branch into a dynamic one, which fails to compile)."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "decode_ptx.py"
+
+
+@pytest.fixture(scope="module")
+def ptx():
+    spec = importlib.util.spec_from_file_location("decode_ptx_under_test", _PATH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _cuda_compiler_available() -> bool:
+    try:
+        from triton.backends.compiler import GPUTarget  # noqa: F401
+        from triton.compiler import ASTSource  # noqa: F401
+        import triton.backends.nvidia  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_every_configuration_is_named_once_with_its_phantom_setting(ptx):
+    import importlib
+
+    wrapper = importlib.import_module("kernels.attention_decode")
+    assert wrapper._STREAM_K_PHANTOM > 0
+    dk = ptx.load_kernels(ptx._REPO / "kernels" / "_decode_kernels.py")
+    confs = list(ptx.configurations(dk))
+    names = [name for name, _, _ in confs]
+    assert len(names) == len(set(names)) == 26
+    for name, _, constants in confs:
+        if name.startswith("stream_k_d"):
+            fused = name.endswith("fused1")
+            assert constants["PHANTOM"] == (wrapper._STREAM_K_PHANTOM if fused else 0), name
+
+
+@pytest.mark.skipif(not _cuda_compiler_available(), reason="triton's CUDA compiler is not installed")
+def test_the_stream_k_kernels_compile_for_sm90(tmp_path):
+    # in a process of its own: this test session runs Triton's interpreter (tests/conftest.py)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, str(_PATH), "--out", str(tmp_path), "--only", "stream_k_d128_p0"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    files = sorted(p.name for p in tmp_path.glob("*.ptx"))
+    assert files == [f"stream_k_d128_p0_flat{f}_fused{u}.ptx" for f, u in ((0, 0), (0, 1), (1, 0), (2, 0))]
+    for name in files:
+        code = (tmp_path / name).read_text()
+        assert ".entry _stream_k_kernel" in code and "ld.global" in code, name
+
+
+def test_only_names_no_configuration_in_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, str(_PATH), "--out", str(tmp_path), "--only", "no_such"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == ["error: no configuration is named no_such..."]
