@@ -109,6 +109,20 @@ STREAM_K_PROGRAMS_PER_SM = 2.0
 STREAM_K_SMALL_TILES_PER_SM = 32.0
 
 
+# rows (pieces x padded query heads) the one-wave stream-K merge loads at once
+# (``kernels.attention_decode._FUSED_MERGE_ROWS``)
+STREAM_K_MERGE_ROWS = 64.0
+
+
+def stream_k_merge_loads(pieces, group):
+    """Loads of partials by the one-wave stream-K merge of a pair cut into ``pieces``: blocks of
+    ``STREAM_K_MERGE_ROWS // next_pow2(group)`` pieces (at least one), ``group`` query heads per
+    KV head (``kernels.attention_decode``'s ``BLOCK_S``)."""
+    g = np.maximum(np.asarray(group, dtype=np.float64), 1.0)
+    per_load = np.maximum(np.floor(STREAM_K_MERGE_ROWS / 2.0 ** np.ceil(np.log2(g))), 1.0)
+    return np.ceil(np.asarray(pieces, dtype=np.float64) / per_load)
+
+
 def stream_k_fused(programs, sm_count: int):
     """Whether our stream-K decode merges split pairs inside its own kernel (no reduction kernel):
     where its ``programs`` fit one per SM (``kernels.attention_decode.fused_merge``)."""

@@ -138,9 +138,9 @@ class ClassParams:
         launches no combine kernel; where a (sequence, kv head) pair is split, the last of its
         programs takes an atomic and merges the pair's pieces after its own tiles, costing this
         latency ...
-    merge_bytes_per_s : float, ... plus the pair's partial rows (fp32, per query head and piece: the
-        head_dim values and the log-sum-exp written 4 times), read by that one program at this rate
-        (0: free)
+    merge_step_s : float, ... plus this per load of the pair's partials: the program loads them in
+        blocks of ``perfmodel.attention_costs.STREAM_K_MERGE_ROWS // next_pow2(group)`` pieces (all
+        query heads of a piece in one row), one dependent round trip each (0: free)
     tile_choice : int, GEMM (0: the fitted ``tile_m`` x ``tile_n`` tile; 1: the fastest of
         ``perfmodel.costs.GEMM_CANDIDATE_TILES``, each with its own waves, as a heuristic library picks;
         ``tile_m``/``tile_n`` must still be non-zero to switch tiling on)
@@ -205,7 +205,7 @@ class ClassParams:
     reduce_bytes_eff: float = 0.0
     reduce_row_s: float = 0.0
     merge_latency_s: float = 0.0
-    merge_bytes_per_s: float = 0.0
+    merge_step_s: float = 0.0
     tile_choice: int = 0
     small_tile_eff: float = 0.0
     row_knee_bytes: float = 0.0
@@ -244,7 +244,7 @@ class ClassParams:
         for name in ("latency_s", "ramp_flops", "ramp_bytes", "bandwidth_bytes_per_s", "tile_m", "tile_n",
                      "tile_m_min", "tile_overhead_s", "units_per_sm", "unit_overhead_s", "unit_memory_eff",
                      "split_latency_s", "knee_bytes", "row_knee_bytes", "row_knee_width_bytes", "cache_bytes", "score_flops", "split_piece_s",
-                     "unit_step_s", "reduce_row_s", "merge_latency_s", "merge_bytes_per_s"):
+                     "unit_step_s", "reduce_row_s", "merge_latency_s", "merge_step_s"):
             v = getattr(self, name)
             if not math.isfinite(v) or v < 0:
                 raise ProfileError(f"{where}: {name} must be finite and >= 0, got {v}")

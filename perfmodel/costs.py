@@ -22,6 +22,7 @@ from perfmodel.attention_costs import (
     flash_splits,
     prefill_schedule_s,
     stream_k_fused,
+    stream_k_merge_loads,
     triton_decode_pieces,
 )
 from perfmodel.calibration import SPLIT_FILL, SPLIT_FLASH, SPLIT_STREAM, ClassParams, OpClass, Profile, ramp
@@ -323,10 +324,9 @@ def _attention_cost(op: Attention, gpu: GPU, prof: Profile) -> OpCost:
             if p.split_rule == SPLIT_STREAM:
                 # at one wave no combine kernel runs: where a pair is split, its last program takes the
                 # atomic and merges the pair's pieces after its own tiles; unsplit pairs cost nothing
-                # ... the pair's partial rows (head_dim values and the log-sum-exp written 4 times,
-                # fp32, per query head and piece), read by that one program
-                merge_bytes = np.asarray(pieces, dtype=np.float64) * rows * (np.asarray(op.head_dim, dtype=np.float64) + 4.0) * 4.0
-                merge = p.merge_latency_s + (merge_bytes / p.merge_bytes_per_s if p.merge_bytes_per_s > 0 else 0.0)
+                # ... and one step per load of the pair's partials (blocks of pieces; each load a
+                # dependent round trip through L2)
+                merge = p.merge_latency_s + p.merge_step_s * stream_k_merge_loads(pieces, rows)
                 split_lat = np.where(fused, np.where(np.asarray(pieces) > 1, merge, 0.0), split_lat)
             if p.split_memory_eff > 0:
                 eff = np.where(split, p.split_memory_eff, p.memory_eff)

@@ -129,10 +129,10 @@ _PREFILL_TILES = tuple({"tile_m": tm} for tm in (64, 128))
 _REDUCE_EFF = Param("reduce_bytes_eff", 0.02, 1.5, 0.3)
 # ... and its time per output row (one program each) and SM
 _REDUCE_ROW = Param("reduce_row_s", 0.0, 2.0, 0.05, factor=1e-6)
-# stream-K at one wave merges in its own kernel: the last program of a split pair, a latency and the rate at which
-# that one program reads the pair's partials (1e9 to 1e12 bytes/s)
+# stream-K at one wave merges in its own kernel: the last program of a split pair, a latency and a time per load
+# of the pair's partials (blocks of pieces)
 _MERGE_LAT = Param("merge_latency_s", 0.0, 10.0, 1.0, factor=1e-6)
-_MERGE_BW = Param("merge_bytes_per_s", 9.0, 12.0, 10.5, log10=True)
+_MERGE_STEP = Param("merge_step_s", 0.0, 10.0, 0.5, factor=1e-6)
 _UNITS_PER_SM = (1.0, 2.0, 4.0)
 
 
@@ -152,7 +152,7 @@ def _spec(key: str):
         return _PREFILL_SPEC + ((_SPLIT_LAT,) if rule != SPLIT_NONE else ()), _choices(_PREFILL_TILES, rule)
     if base == "attention_decode":  # rows of a KV head's query group, padded to the kernel's tile
         extra = (_REDUCE_EFF, _REDUCE_ROW) if rule in (SPLIT_FILL, SPLIT_STREAM) else ()
-        extra += (_MERGE_LAT, _MERGE_BW) if rule == SPLIT_STREAM else ()
+        extra += (_MERGE_LAT, _MERGE_STEP) if rule == SPLIT_STREAM else ()
         return _COMPUTE_SPEC + occupancy + (_UNIT_STEP,) + extra, _choices(_DECODE_TILES, rule)
     if base == "elementwise:rmsnorm":  # one block per row: the row count sets the occupancy
         return _ROW_SPEC + (_ROW_TAIL, _ROW_WIDTH), tuple({"units_per_sm": u, "row_knee_bytes": kb}

@@ -404,6 +404,20 @@ def test_model_prices_the_kernels_fused_merge_rule():
             assert mod.fused_merge(programs, sms) == bool(stream_k_fused(programs, sms)), (programs, sms)
 
 
+def test_model_counts_the_fused_merge_loads_as_the_kernel_takes_them():
+    # perfmodel (no torch) mirrors how many pieces the fused merge loads at once (BLOCK_S)
+    import sys
+
+    from perfmodel.attention_costs import STREAM_K_MERGE_ROWS, stream_k_merge_loads
+
+    mod = sys.modules["kernels.attention_decode"]
+    assert mod._FUSED_MERGE_ROWS == STREAM_K_MERGE_ROWS
+    for group in range(1, 33):
+        block_s = max(1, mod._FUSED_MERGE_ROWS // mod.next_pow2(group))  # as launch_decode passes BLOCK_S
+        for pieces in (1, 2, 16, 17, 33, 132):
+            assert float(stream_k_merge_loads(pieces, group)) == -(-pieces // block_s), (group, pieces)
+
+
 # phantom tiles before each pair (unequal tile counts only): run boundaries that fall in them move
 # to the pair boundary; 1 phantom tile, and 5 (more than some runs, so some programs hold no tile)
 @pytest.mark.parametrize("phantom", [1, 5])

@@ -310,24 +310,36 @@ def test_stream_k_at_one_wave_has_no_combine_rows():
         assert extra == pytest.approx(0.0 if fused else 1e-7 * b * 32 / H100.sm_count)
 
 
-def test_stream_k_one_wave_merge_costs_its_latency_and_bytes():
-    # at one wave the last program of a split pair merges its pieces: merge_latency_s plus the
-    # pair's partial rows at merge_bytes_per_s; an unsplit pair (one piece) costs nothing, and the
-    # combine kernel's split_latency_s is not charged
-    from perfmodel.attention_costs import triton_decode_pieces
+def test_stream_k_one_wave_merge_costs_its_latency_and_loads():
+    # at one wave the last program of a split pair merges its pieces: merge_latency_s plus
+    # merge_step_s per load of up to 64 // next_pow2(group) pieces; an unsplit pair (one piece)
+    # costs nothing, and the combine kernel's split_latency_s is not charged
+    from perfmodel.attention_costs import stream_k_merge_loads, triton_decode_pieces
     from perfmodel.calibration import SPLIT_STREAM
 
     base = ClassParams(split_rule=SPLIT_STREAM, split_latency_s=2e-6)
-    merge = ClassParams(split_rule=SPLIT_STREAM, split_latency_s=2e-6, merge_latency_s=1e-6, merge_bytes_per_s=4e10)
-    for b, kv in ((1, 1024), (16, 256)):
-        op = Attention(Phase.DECODE, batch=b, q_len=1, kv_len=kv, q_heads=32, kv_heads=8, head_dim=128)
-        programs, pieces = triton_decode_pieces(b * 8, kv, 2 * H100.sm_count, SPLIT_STREAM, H100.sm_count, 128)
+    merge = ClassParams(split_rule=SPLIT_STREAM, split_latency_s=2e-6, merge_latency_s=1e-6, merge_step_s=4e-7)
+    # (batch, KV length, query heads, KV heads, loads expected): 16 pieces of group 4 in one load of 16,
+    # 16 pieces of group 8 in two loads of 8, 33 pieces of group 4 in three, one piece: no merge
+    for b, kv, hq, hkv, loads in ((1, 1024, 32, 8, 1), (1, 1024, 64, 8, 2), (1, 16384, 16, 4, 3), (16, 256, 32, 8, 0)):
+        op = Attention(Phase.DECODE, batch=b, q_len=1, kv_len=kv, q_heads=hq, kv_heads=hkv, head_dim=128)
+        programs, pieces = triton_decode_pieces(b * hkv, kv, 2 * H100.sm_count, SPLIT_STREAM, H100.sm_count, 128)
         assert programs <= H100.sm_count
         lat0 = op_cost(op, H100, _prof(attention_decode=base)).latency_s
         lat1 = op_cost(op, H100, _prof(attention_decode=merge)).latency_s
         assert lat0 == pytest.approx(0.0)
-        want = 1e-6 + pieces * 4 * (128 + 4) * 4 / 4e10 if pieces > 1 else 0.0
-        assert lat1 - lat0 == pytest.approx(want)
+        if loads:
+            assert float(stream_k_merge_loads(pieces, hq // hkv)) == loads
+        assert lat1 - lat0 == pytest.approx(1e-6 + 4e-7 * loads if loads else 0.0)
+
+
+@pytest.mark.parametrize("group", [1, 2, 3, 4, 5, 7, 8, 9, 16, 32, 64, 128])
+def test_stream_k_merge_loads_take_blocks_of_pieces(group):
+    from perfmodel.attention_costs import stream_k_merge_loads
+
+    per_load = max(1, 64 // (1 << (group - 1).bit_length()))
+    for pieces in (1, per_load, per_load + 1, 3 * per_load, 33):
+        assert float(stream_k_merge_loads(pieces, group)) == -(-pieces // per_load)
 
 
 def test_gemm_candidate_tiles_never_slower_than_the_largest_tile():
