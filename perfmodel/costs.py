@@ -326,7 +326,7 @@ def _attention_cost(op: Attention, gpu: GPU, prof: Profile) -> OpCost:
                 # atomic and merges the pair's pieces after its own tiles; unsplit pairs cost nothing
                 # ... and one step per load of the pair's partials (blocks of pieces; each load a
                 # dependent round trip through L2)
-                merge = p.merge_latency_s + p.merge_step_s * stream_k_merge_loads(pieces, rows)
+                merge = p.merge_latency_s + p.merge_step_s * stream_k_merge_loads(pieces, op.q_heads / op.kv_heads)
                 split_lat = np.where(fused, np.where(np.asarray(pieces) > 1, merge, 0.0), split_lat)
             if p.split_memory_eff > 0:
                 eff = np.where(split, p.split_memory_eff, p.memory_eff)

@@ -102,12 +102,12 @@ class _Scenario:
     """Evaluates the four metrics of one scenario under a knob setting."""
 
     def __init__(self, model, gpu, profile, context_len, output_tokens, batch, precision, tp, chunk_tokens, base,
-                 layout=None, ring=1.0):
+                 layout=None, ring=None):
         self.model, self.gpu, self.profile = model, gpu, profile
         self.ctx, self.out, self.batch = context_len, output_tokens, batch
         self.prec, self.tp, self.chunk, self.base = precision, tp, chunk_tokens, base
         self.layout = layout  # None (one TP group) or perfmodel.parallel.layout's keyword values
-        self.ring = ring  # the Ring step model on that layout
+        self.ring = ring  # the Ring step model on that layout (None: ideal overlap)
 
     def _parallel(self, knobs: Knobs | None, ctx: int):
         """(per-GPU memory budget, phases) of the multi-GPU layout, as ``analyze`` prices it."""
@@ -266,7 +266,7 @@ def match_context(
     from perfmodel import parallel as par
 
     layout = par.layout(model, tp, pp, sp, sp_kind, ep, topology, base)
-    ring = (par.ring_step_model(profile) or 1.0) if layout is not None else 1.0
+    ring = par.ring_step_model(profile)
     scen = _Scenario(model, gpu, profile, context_len, output_tokens, batch, precision, tp, chunk_tokens, base,
                      layout, ring)
     # a trial the layout cannot price (say, KV heads that a Ulysses degree does not divide) counts as infeasible

@@ -541,10 +541,11 @@ def ring_step_model(profile: Profile) -> "RingStepModel | None":
 
 def price_layout(model: ModelSpec, gpu: GPU, profile: Profile, context_len: int, output_tokens: int, batch: int,
                  precision: Precision, tp: int, chunk_tokens: int | None, reserve_fraction: float, knobs,
-                 lay: dict, ring_overlap: "float | RingStepModel" = 1.0):
+                 lay: dict, ring_overlap: "float | RingStepModel | None" = None):
     """(per-GPU memory budget, :class:`ParallelPhases`) of one scenario on the layout ``lay``
     (:func:`layout`), as :func:`perfmodel.analyze.analyze` prices it: ``model`` and ``precision``
-    get the knobs applied, the TP memory budget is re-split (:func:`parallel_memory`)."""
+    get the knobs applied, the TP memory budget is re-split (:func:`parallel_memory`).
+    ``ring_overlap``: the Ring step model (:func:`ring_step_model`); None is ideal overlap (1.0)."""
     from perfmodel.knobs import effective_model
     from perfmodel.layers import apply_knobs
     from perfmodel.phases import memory_budget
@@ -556,7 +557,8 @@ def price_layout(model: ModelSpec, gpu: GPU, profile: Profile, context_len: int,
                         knobs=k)
     mem = parallel_memory(mem, m, prec, tp, lay["pp"], lay["sp"], lay["ep"])
     ph = parallel_phases(m, gpu, profile, context_len, output_tokens, batch, prec, tp, lay["pp"], lay["sp"],
-                         lay["sp_kind"], lay["ep"], chunk_tokens, lay["topology"], ring_overlap, knobs=k)
+                         lay["sp_kind"], lay["ep"], chunk_tokens, lay["topology"],
+                         1.0 if ring_overlap is None else ring_overlap, knobs=k)
     return mem, ph
 
 

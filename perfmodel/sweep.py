@@ -100,7 +100,7 @@ def sweep(
     from perfmodel import parallel as par
 
     layout = par.layout(m, tp_ax, pp, sp, sp_kind, ep, topology)
-    ring = (par.ring_step_model(prof) or 1.0) if layout is not None else 1.0
+    ring = par.ring_step_model(prof)
     ctx, b, out = (a.ravel().astype(np.float64) for a in np.meshgrid(ctx_ax, b_ax, out_ax, indexing="ij"))
     frames = []
     for knob_values, kn in _knob_grid(knobs, knob_axes):
@@ -121,8 +121,8 @@ def sweep(
 
 def _evaluate_layout(m, g, prof, ctx, b, out, prec, t, chunk_tokens, reserve_fraction, kn, lay,
                      ring) -> pd.DataFrame:
-    """The grid at TP degree ``t`` on the multi-GPU layout ``lay`` (Ring step model ``ring``), point by
-    point, as ``analyze`` prices it (:func:`perfmodel.parallel.price_layout`)."""
+    """The grid at TP degree ``t`` on the multi-GPU layout ``lay`` (Ring step model ``ring``; None: ideal
+    overlap), point by point, as ``analyze`` prices it (:func:`perfmodel.parallel.price_layout`)."""
     from perfmodel.parallel import price_layout
 
     if kn is not None and not kn.active:
