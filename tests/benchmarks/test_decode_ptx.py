@@ -2,7 +2,6 @@
 configurations must compile with the settings the wrapper launches them with (a constexpr left out
 turns a static branch into a dynamic one, which fails to compile)."""
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -13,12 +12,11 @@ import pytest
 _PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "decode_ptx.py"
 
 
-@pytest.fixture(scope="module")
-def ptx():
-    spec = importlib.util.spec_from_file_location("decode_ptx_under_test", _PATH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def _run_script(*args):
+    """``decode_ptx.py`` in a process of its own: this test session runs Triton's interpreter
+    (tests/conftest.py), and compiling needs real jit functions."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    return subprocess.run([sys.executable, str(_PATH), *args], capture_output=True, text=True, env=env, timeout=600)
 
 
 def _cuda_compiler_available() -> bool:
@@ -48,10 +46,7 @@ def test_every_configuration_is_named_once_with_its_phantom_setting(ptx):
 
 @pytest.mark.skipif(not _cuda_compiler_available(), reason="triton's CUDA compiler is not installed")
 def test_the_stream_k_kernels_compile_for_sm90(tmp_path):
-    # in a process of its own: this test session runs Triton's interpreter (tests/conftest.py)
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, str(_PATH), "--out", str(tmp_path), "--only", "stream_k_d128_p0"],
-                         capture_output=True, text=True, env=env, timeout=600)
+    run = _run_script("--out", str(tmp_path), "--only", "stream_k_d128_p0")
     assert run.returncode == 0, run.stderr[-2000:]
     files = sorted(p.name for p in tmp_path.glob("*.ptx"))
     assert files == [f"stream_k_d128_p0_flat{f}_fused{u}.ptx" for f, u in ((0, 0), (0, 1), (1, 0), (2, 0))]
@@ -61,8 +56,6 @@ def test_the_stream_k_kernels_compile_for_sm90(tmp_path):
 
 
 def test_only_names_no_configuration_in_one_line(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, str(_PATH), "--out", str(tmp_path), "--only", "no_such"],
-                         capture_output=True, text=True, env=env, timeout=600)
+    run = _run_script("--out", str(tmp_path), "--only", "no_such")
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == ["error: no configuration is named no_such..."]

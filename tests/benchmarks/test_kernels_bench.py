@@ -1,19 +1,6 @@
 """The GPU benchmark's command-line parsing (the timing itself needs a GPU and is not run here)."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "kernels.py"
-
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("kernels_bench_under_test", _PATH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_variant_parses_settings(bench):
@@ -30,11 +17,12 @@ def test_variant_rejects_bad_text(bench, text):
         bench._parse_variant(text)
 
 
-def test_main_reports_bad_variant_in_one_line(bench, capsys, monkeypatch):
-    monkeypatch.setattr("sys.argv", ["kernels.py", "--variant", "x:_NOT_A_SETTING=1"])
+@pytest.mark.parametrize("flag,value", [("--variant", "x:_NOT_A_SETTING=1"), ("--layout", "16:5:64")])
+def test_main_reports_a_bad_option_in_one_line(bench, capsys, monkeypatch, flag, value):
+    monkeypatch.setattr("sys.argv", ["kernels.py", flag, value])
     assert bench.main() == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: --variant:")
+    assert len(err) == 1 and err[0].startswith(f"error: {flag}:")
 
 
 def test_shapes_pick_from_the_grid_in_grid_order(bench):
@@ -58,10 +46,3 @@ def test_layout_parses_heads_and_head_dim(bench):
 def test_layout_rejects_bad_text(bench, text):
     with pytest.raises(ValueError):
         bench._parse_layout(text)
-
-
-def test_main_reports_bad_layout_in_one_line(bench, capsys, monkeypatch):
-    monkeypatch.setattr("sys.argv", ["kernels.py", "--layout", "16:5:64"])
-    assert bench.main() == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: --layout:")
