@@ -40,15 +40,14 @@ def normalised_ptx(ptx: str) -> str:
     return "\n".join(keep) + "\n"
 
 
-def _wrapper_setting(name: str, default):
-    """A module setting of ``kernels.attention_decode`` (the wrapper of this repository), or ``default``
-    where it lacks one."""
+def _wrapper():
+    """``kernels.attention_decode``, the wrapper of this repository (the module itself: as an
+    attribute of ``kernels`` that name is the function)."""
     sys.path.insert(0, str(_REPO))
-    try:  # the module itself (``kernels.attention_decode`` as an attribute is the function)
-        wrapper = importlib.import_module("kernels.attention_decode")
+    try:
+        return importlib.import_module("kernels.attention_decode")
     finally:
         sys.path.pop(0)
-    return getattr(wrapper, name, default)
 
 
 def _compile(fn, constants: dict) -> str:
@@ -83,20 +82,18 @@ def resources(cubin: bytes) -> str:
 
 def configurations(dk):
     """``(name, kernel, constants)`` of every compiled configuration of the kernels module ``dk``, with
-    the settings the wrapper launches them with."""
+    the settings this repository's wrapper launches them with."""
+    wrapper = _wrapper()
+    split_n = wrapper._GPU_META["BLOCK_N"]
     for head_dim, block_n in ((128, 64), (64, 128)):
         for paged in (False, True):
             base = dict(HEAD_DIM=head_dim, BLOCK_G=16, BLOCK_N=block_n, PAGED=paged, PRECISION="tf32", UPCAST=False)
             # as launched: split-KV with the wrapper's tile (64 keys at every head_dim) and programmatic
             # dependent launch, stream-K without
-            split_n = _wrapper_setting("_GPU_META", {"BLOCK_N": 64})["BLOCK_N"]
             yield f"split_d{head_dim}_p{int(paged)}", dk._split_kv_kernel, dict(base, BLOCK_N=split_n, PDL=True)
             for flat, fused in ((0, False), (1, False), (2, False), (0, True)):
-                # phantom tiles as kernels.attention_decode launches them (by default the fused kernel only)
-                phantom = _wrapper_setting("_STREAM_K_PHANTOM", 0) if (
-                    fused or _wrapper_setting("_STREAM_K_PHANTOM_UNFUSED", False)) else 0
                 c = dict(base, B_P2=8, GP=4, BLOCK_S=16, FUSED=fused, WIDE=False, PEEL=True, FLAT=flat, PDL=False,
-                         PDL_TRIGGER=0, PHANTOM=phantom)
+                         PDL_TRIGGER=0, PHANTOM=wrapper.stream_k_phantom(fused))
                 yield f"stream_k_d{head_dim}_p{int(paged)}_flat{flat}_fused{int(fused)}", dk._stream_k_kernel, c
         for name, stream_k, guess, pdl in (("split", False, 0, True), ("stream_k", True, 0, False),
                                            ("stream_k_guess", True, 16, False)):

@@ -204,10 +204,18 @@ def _tile_prefix(KV_LENS, Hkv, B, BLOCK_N: tl.constexpr, B_P2: tl.constexpr):
     return idx, lens, seq_tiles, tl.cumsum(seq_tiles, 0)
 
 
+#: times the fused stream-K kernel writes each log-sum-exp (see :func:`_combine_pair`); the wrapper
+#: sizes the buffer with it
+FUSED_LSE_REPEAT = tl.constexpr(4)
+
+
 @triton.jit
-def _owner(t, total, NUM_PROGRAMS):
-    # The program whose run [p*T//P, (p+1)*T//P) holds tile t: the largest p with p*T//P <= t.
-    return ((t.to(tl.int64) + 1) * NUM_PROGRAMS - 1) // total
+def _owner(t, total, NUM_PROGRAMS, WIDE: tl.constexpr = True):
+    # The program whose run [p*T//P, (p+1)*T//P) holds tile t: the largest p with p*T//P <= t
+    # (in 64 bits when WIDE: t*P may not fit 32).
+    if WIDE:
+        t = t.to(tl.int64)
+    return ((t + 1) * NUM_PROGRAMS - 1) // total
 
 
 @triton.jit
@@ -420,23 +428,20 @@ def _stream_k_segment(
     else:
         # partial layout [NUM_PROGRAMS + BH, GROUP, (D)]
         if FUSED:  # the lse four times per query head: the merge loads it as it loads the partial
-            _store_partial(PO, PL, (p + bh).to(tl.int64) * GROUP, acc, l_i, m_i, GROUP, HEAD_DIM, BLOCK_G, 4)
+            _store_partial(
+                PO, PL, (p + bh).to(tl.int64) * GROUP, acc, l_i, m_i, GROUP, HEAD_DIM, BLOCK_G, FUSED_LSE_REPEAT
+            )
         else:
             _store_partial(PO, PL, (p + bh).to(tl.int64) * GROUP, acc, l_i, m_i, GROUP, HEAD_DIM, BLOCK_G)
         if FUSED:
             tl.debug_barrier()  # every thread's partial stores precede the release below
             done = tl.atomic_add(CNT + bh, seg_end - t, sem="acq_rel", scope="gpu")
             if done + (seg_end - t) == pair_tiles:
-                # the slots of the programs owning the pair's first and last tile (_owner, in 32 bits
-                # unless WIDE)
+                # the slots of the programs owning the pair's first and last tile
                 # (``total`` counts units: w phantom units precede each pair's tiles)
                 first_u = first_tile + w * (bh + 1)
-                if WIDE:
-                    s_lo = _owner(first_u, total, NUM_PROGRAMS) + bh
-                    s_hi = _owner(first_u + pair_tiles - 1, total, NUM_PROGRAMS) + bh + 1
-                else:
-                    s_lo = ((first_u + 1) * NUM_PROGRAMS - 1) // total + bh
-                    s_hi = ((first_u + pair_tiles) * NUM_PROGRAMS - 1) // total + bh + 1
+                s_lo = _owner(first_u, total, NUM_PROGRAMS, WIDE) + bh
+                s_hi = _owner(first_u + pair_tiles - 1, total, NUM_PROGRAMS, WIDE) + bh + 1
                 _combine_pair(
                     PO,
                     PL,
@@ -454,7 +459,7 @@ def _stream_k_segment(
                     HEAD_DIM,
                     GP,
                     BLOCK_S,
-                    4,
+                    FUSED_LSE_REPEAT,
                     WIDE,
                 )
                 tl.store(CNT + bh, 0)  # the pair is done: leave its counter at zero for the next call

@@ -101,7 +101,7 @@ _STREAM_K_PDL_TRIGGER = 0
 _STREAM_K_PHANTOM = 5
 #: phantom tiles also in the kernel without the fused merge (more than one wave). Off: run 48
 #: (H100) measured its ragged test costing the uniform B=1 L=64K cache 95.8 -> 96.0 us (split-KV
-#: 96.0), and the ragged multi-wave batches gained or lost up to 2%.
+#: 96.0), and the ragged multi-wave batches moved by -2.3% to +0.6%.
 _STREAM_K_PHANTOM_UNFUSED = False
 #: the counter workspaces, keyed by (device type, device index, stream); grown, never shrunk.
 _COUNTERS: dict[tuple[str, int | None, int], torch.Tensor] = {}
@@ -202,6 +202,13 @@ def stream_k_programs(num_splits: int | None, sms: int, pairs: int, max_tiles: i
     return max(1, min(target, tiles))
 
 
+def stream_k_phantom(fused: bool) -> int:
+    """Phantom tiles per pair the stream-K kernel is compiled with (its ``PHANTOM``):
+    ``_STREAM_K_PHANTOM`` for the fused (one-wave) kernel, and for the multi-wave one only with
+    ``_STREAM_K_PHANTOM_UNFUSED``; else 0."""
+    return _STREAM_K_PHANTOM if fused or _STREAM_K_PHANTOM_UNFUSED else 0
+
+
 def fused_merge(programs: int, sms: int) -> bool:
     """Whether stream-K merges split pairs in its own kernel: ``_STREAM_K_FUSED`` when set, else when
     the ``programs`` fit one per SM (``sms``)."""
@@ -296,7 +303,7 @@ def launch_decode(
         fused = fused_merge(pieces, num_sms(q.device))
         # with unequal tile counts (phantom tiles on) the fused kernel runs all the programs the
         # rule gives, not only a multiple of the pairs
-        phantom = _STREAM_K_PHANTOM if fused or _STREAM_K_PHANTOM_UNFUSED else 0
+        phantom = stream_k_phantom(fused)
         ragged_pieces = pieces
         if fused and phantom and not num_splits:
             ragged_pieces = max(pieces, stream_k_programs(None, num_sms(q.device), bh, max_tiles, align=False))
@@ -305,7 +312,8 @@ def launch_decode(
         b_p2 = next_pow2(B)
         po = torch.empty(((grid + bh) * group, D), dtype=torch.float32, device=q.device)
         # the fused merge reads each lse written four times (see _dk._combine_pair)
-        pl = torch.empty(((grid + bh) * group,) + ((4,) if fused else ()), dtype=torch.float32, device=q.device)
+        pl = torch.empty(((grid + bh) * group,) + ((_dk.FUSED_LSE_REPEAT.value,) if fused else ()), dtype=torch.float32,
+                         device=q.device)
         # tiles of each split pair finished so far (fused merge only; zero between calls)
         cnt = pair_counters(q.device, bh) if fused else kv_lens
         # the plan for the reduction: slot range of each pair, then the total tile count
