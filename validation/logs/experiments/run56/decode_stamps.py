@@ -123,7 +123,7 @@ def main():
     drv = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
                          capture_output=True, text=True).stdout.strip()
     env = dict(gpu=torch.cuda.get_device_name(0), driver=drv, cuda=torch.version.cuda, torch=torch.__version__,
-               triton=triton.__version__, date_utc=datetime.datetime.now(datetime.timezone.utc).isoformat("seconds"))
+               triton=triton.__version__, date_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     (out / "decode_stamps.json").write_text(json.dumps({"env": env, "results": results}, indent=1))
     cols = ["programs", "start_spread_us", "prologue_cycles_med", "loop_cycles_med", "loop_end_med_us",
             "loop_end_max_us", "end_max_us", "atomic_max_us", "merge_end_max_us", "reduce_wait_min_us",
