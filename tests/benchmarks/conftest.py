@@ -25,3 +25,9 @@ def ptx():
 def bench():
     """``benchmarks/kernels.py`` as a module."""
     return _load("kernels")
+
+
+@pytest.fixture(scope="module")
+def profile():
+    """``benchmarks/decode_profile.py`` as a module."""
+    return _load("decode_profile")
