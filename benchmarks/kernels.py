@@ -71,8 +71,12 @@ def _row(section, kernel, variant, case, time_s, flops=0, nbytes=0, baseline=Non
          "baseline": baseline, "baseline_time_s": baseline_s,
          "speed_vs_baseline": (baseline_s / time_s) if baseline_s else None}
     ceil = INFO.get("ceilings", {})
-    if flops and ceil.get("gemm_bf16_flops_per_s") and section in ("gemm", "prefill"):
-        r["frac_of_flops_ceiling"] = r["achieved_flops_per_s"] / ceil["gemm_bf16_flops_per_s"]
+    # an fp8 GEMM is measured against cuBLAS's fp8 rate where that was measured, else against bf16
+    key = "gemm_fp8_flops_per_s" if variant.startswith("fp8") and ceil.get("gemm_fp8_flops_per_s") else \
+        "gemm_bf16_flops_per_s"
+    if flops and ceil.get(key) and section in ("gemm", "prefill"):
+        r["frac_of_flops_ceiling"] = r["achieved_flops_per_s"] / ceil[key]
+        r["flops_ceiling"] = key
     if nbytes and ceil.get("copy_bytes_per_s") and section in ("decode", "paged", "kv", "sweep"):
         r["frac_of_bw_ceiling"] = r["achieved_bytes_per_s"] / ceil["copy_bytes_per_s"]
     r.update(extra)
@@ -96,7 +100,19 @@ def ceilings() -> None:
     tg = _bench(lambda: x @ y)
     INFO["ceilings"] = {"copy_bytes_per_s": copy_bps, "copy_case": "2 GiB bf16 copy_, read+write counted",
                         "gemm_bf16_flops_per_s": 2 * 8192**3 / tg, "gemm_case": "8192^3 bf16 torch.matmul"}
-    print(f"ceilings: copy {copy_bps / 1e9:.0f} GB/s, cuBLAS bf16 {2 * 8192**3 / tg / 1e12:.1f} TFLOP/s")
+    x = y = None
+    fp8 = ""
+    try:  # cuBLAS fp8 (e4m3 operands, bf16 output; B column-major as cuBLAS wants it)
+        x8 = torch.randn(8192, 8192, device="cuda").to(torch.float8_e4m3fn)
+        y8 = torch.randn(8192, 8192, device="cuda").to(torch.float8_e4m3fn).t()
+        one = torch.ones((), device="cuda")
+        t8 = _bench(lambda: torch._scaled_mm(x8, y8, one, one, out_dtype=torch.bfloat16))
+        INFO["ceilings"].update(gemm_fp8_flops_per_s=2 * 8192**3 / t8,
+                                gemm_fp8_case="8192^3 fp8 e4m3 torch._scaled_mm, bf16 out")
+        fp8 = f", cuBLAS fp8 {2 * 8192**3 / t8 / 1e12:.1f} TFLOP/s"
+    except Exception as e:  # noqa: BLE001  (no fp8 on this GPU or torch)
+        print("no fp8 ceiling:", e)
+    print(f"ceilings: copy {copy_bps / 1e9:.0f} GB/s, cuBLAS bf16 {2 * 8192**3 / tg / 1e12:.1f} TFLOP/s{fp8}")
 
 
 def _err(out, expect) -> float:
@@ -668,7 +684,9 @@ def write() -> None:
              "`triton.testing.do_bench` (L2 flushed between runs), bf16 unless noted.", "",
              f"Measured ceilings: copy {_fmt(c.get('copy_bytes_per_s'), 1e-9, 0)} GB/s "
              f"({c.get('copy_case')}); "
-             f"cuBLAS {_fmt(c.get('gemm_bf16_flops_per_s'), 1e-12, 1)} TFLOP/s ({c.get('gemm_case')}).", "",
+             f"cuBLAS {_fmt(c.get('gemm_bf16_flops_per_s'), 1e-12, 1)} TFLOP/s ({c.get('gemm_case')})"
+             + (f"; cuBLAS fp8 {_fmt(c.get('gemm_fp8_flops_per_s'), 1e-12, 1)} TFLOP/s ({c.get('gemm_fp8_case')}), "
+                "the ceiling of the fp8 rows" if c.get("gemm_fp8_flops_per_s") else "") + ".", "",
              f"GPU correctness check passed: {INFO.get('gpu_check_passed')}", "",
              "| section | kernel | variant | case | time ms | TFLOP/s | GB/s | frac of ceiling | baseline | "
              "baseline ms | speed vs baseline |", "|" + "---|" * 11]

@@ -46,3 +46,19 @@ def test_layout_parses_heads_and_head_dim(bench):
 def test_layout_rejects_bad_text(bench, text):
     with pytest.raises(ValueError):
         bench._parse_layout(text)
+
+
+@pytest.mark.parametrize(
+    "variant,ceilings,key",
+    [
+        ("fp8 e4m3", {"gemm_bf16_flops_per_s": 800e12, "gemm_fp8_flops_per_s": 1600e12}, "gemm_fp8_flops_per_s"),
+        ("bf16", {"gemm_bf16_flops_per_s": 800e12, "gemm_fp8_flops_per_s": 1600e12}, "gemm_bf16_flops_per_s"),
+        ("fp8 e4m3", {"gemm_bf16_flops_per_s": 800e12}, "gemm_bf16_flops_per_s"),  # no fp8 ceiling measured
+    ],
+)
+def test_gemm_rows_take_the_ceiling_of_their_dtype(bench, monkeypatch, capsys, variant, ceilings, key):
+    monkeypatch.setattr(bench, "INFO", {"ceilings": ceilings})
+    monkeypatch.setattr(bench, "ROWS", [])
+    r = bench._row("gemm", "matmul", variant, "8192x8192x8192", 1e-3, flops=400e9)
+    assert r["flops_ceiling"] == key
+    assert r["frac_of_flops_ceiling"] == pytest.approx(400e12 / ceilings[key])
