@@ -27,6 +27,7 @@ latency 0, no tile quantization), so a profile names only what was fitted.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import math
@@ -42,6 +43,7 @@ import numpy as np
 from hw.loader import DATA_DIR
 from hw.spec import GPU
 from perfmodel.errors import ProfileError
+from perfmodel.ops import DEFAULT_ATTENTION_IMPL, AttentionImpl, Phase
 
 PROFILE_DIR = DATA_DIR / "profiles"
 SCHEMA_VERSION = 1
@@ -259,12 +261,45 @@ _INT_FIELDS = ("tile_m", "tile_n", "tile_m_min", "split_rule", "tile_choice")
 PEAK_PARAMS = ClassParams()
 
 
+ATTENTION_CLASSES = (OpClass.ATTENTION_PREFILL, OpClass.ATTENTION_DECODE)
+
+
+def attention_class(phase: Phase) -> OpClass:
+    return OpClass.ATTENTION_PREFILL if phase is Phase.PREFILL else OpClass.ATTENTION_DECODE
+
+
+def curve_key(op_class: OpClass, impl: AttentionImpl) -> str:
+    """The profile's name of an attention curve: ``attention_prefill[sdpa]``."""
+    return f"{op_class.value}[{impl.value}]"
+
+
+def parse_curve_key(key: str, where: str) -> tuple[OpClass, AttentionImpl]:
+    """``attention_decode[stream_k]`` -> (class, impl); a ProfileError names a malformed key."""
+    base, _, rest = key.partition("[")
+    try:
+        oc = OpClass(base)
+        impl = AttentionImpl(rest.rstrip("]"))
+    except ValueError:
+        oc = impl = None
+    if oc not in ATTENTION_CLASSES or impl is None or not rest.endswith("]"):
+        raise ProfileError(f"{where}: implementations key {key!r} is not attention_prefill[<impl>] or "
+                           f"attention_decode[<impl>] with impl one of {', '.join(i.value for i in AttentionImpl)}")
+    return oc, impl
+
+
 @dataclass(frozen=True)
 class Profile:
     """Per-class parameters for one GPU (an empty mapping is the peak model).
 
     ``elementwise`` holds curves of named elementwise kernels (``rmsnorm``, ``silu_mul``, ...);
     an elementwise op whose name has none uses the ``elementwise`` class.
+
+    Attention has one curve per implementation (:class:`perfmodel.ops.AttentionImpl`):
+    ``implementations`` maps ``(class, impl)`` to it; a ``classes`` entry of an attention class is
+    the curve of the default impl (``sdpa``). ``attention_impl`` is the impl priced for attention
+    ops that name none (the scenario's choice); :meth:`with_attention_impl` sets it.
+    ``attention_kernels`` lists, per curve key (``attention_prefill[sdpa]``), the CUDA kernels the
+    records of that curve ran (``torch.profiler`` names), so a backend change shows as a new name.
     """
 
     gpu: str
@@ -276,9 +311,52 @@ class Profile:
     #: Measured Ring-attention step terms (``overlap``, ``compute_issue_s``, ``comm_issue_s``,
     #: ``sync_s``; see :class:`perfmodel.parallel.RingStepModel`); empty when not measured.
     ring_attention_step: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    implementations: Mapping[tuple[OpClass, AttentionImpl], ClassParams] = field(
+        default_factory=lambda: MappingProxyType({}))
+    attention_impl: AttentionImpl = DEFAULT_ATTENTION_IMPL
+    attention_kernels: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
 
     def params(self, op_class: OpClass) -> ClassParams:
+        if op_class in ATTENTION_CLASSES:
+            return self.attention_params(op_class)
         return self.classes.get(op_class, PEAK_PARAMS)
+
+    def attention_impls(self, op_class: OpClass) -> tuple[AttentionImpl, ...]:
+        """The implementations this profile has a curve for in ``op_class``."""
+        have = {i for c, i in self.implementations if c is op_class}
+        if op_class in self.classes:
+            have.add(DEFAULT_ATTENTION_IMPL)
+        return tuple(i for i in AttentionImpl if i in have)
+
+    def attention_params(self, op_class: OpClass, impl: AttentionImpl | None = None) -> ClassParams:
+        """The curve of ``impl`` (default: :attr:`attention_impl`) in an attention class.
+
+        Peak profiles price every impl at the datasheet roofline.  A calibrated profile without
+        that impl's curve raises :class:`~perfmodel.errors.ProfileError` naming the curves it has
+        (never a silent fallback to another kernel's rates).
+        """
+        phase = Phase.PREFILL if op_class is OpClass.ATTENTION_PREFILL else Phase.DECODE
+        impl = (impl or self.attention_impl).curve(phase)
+        p = self.implementations.get((op_class, impl))
+        if p is not None:
+            return p
+        if impl is DEFAULT_ATTENTION_IMPL and op_class in self.classes:
+            return self.classes[op_class]
+        if self.is_peak:
+            return PEAK_PARAMS
+        have = ", ".join(i.value for i in self.attention_impls(op_class)) or "none"
+        raise ProfileError(f"calibration profile of {self.gpu} has no {op_class.value} curve for attention "
+                           f"implementation {impl.value!r} (measured: {have})")
+
+    def with_attention_impl(self, impl: AttentionImpl | str | None) -> "Profile":
+        """This profile pricing attention ops that name no impl with ``impl`` (checked for both phases)."""
+        if impl is None:
+            return self
+        impl = AttentionImpl.parse(impl)
+        out = dataclasses.replace(self, attention_impl=impl)
+        for oc in ATTENTION_CLASSES:
+            out.attention_params(oc)
+        return out
 
     def elementwise_params(self, name: str) -> ClassParams:
         """The curve of the elementwise kernel ``name`` (the class curve if it has none)."""
@@ -287,7 +365,7 @@ class Profile:
 
     @property
     def is_peak(self) -> bool:
-        return not self.classes and not self.elementwise
+        return not self.classes and not self.elementwise and not self.implementations
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -300,6 +378,11 @@ class Profile:
             out["elementwise_kernels"] = {n: params_to_dict(p) for n, p in self.elementwise.items()}
         if self.ring_attention_step:
             out["ring_attention_step"] = dict(self.ring_attention_step)
+        if self.implementations:
+            out["implementations"] = {curve_key(c, i): params_to_dict(p)
+                                      for (c, i), p in sorted(self.implementations.items(), key=lambda kv: curve_key(*kv[0]))}
+        if self.attention_kernels:
+            out["attention_kernels"] = {k: list(v) for k, v in sorted(self.attention_kernels.items())}
         return out
 
 
@@ -350,6 +433,17 @@ def profile_from_dict(data: Any, where: str = "<dict>") -> Profile:
         raise ProfileError(f"{where}: 'elementwise_kernels' must be an object")
     named = {str(n): params_from_dict(raw, f"{where}: elementwise kernel {n!r}") for n, raw in ew.items()}
     ring = _ring_step_from_dict(data.get("ring_attention_step", {}), where)
+    impls_raw = data.get("implementations", {})
+    if not isinstance(impls_raw, dict):
+        raise ProfileError(f"{where}: 'implementations' must be an object")
+    impls = {parse_curve_key(k, where): params_from_dict(raw, f"{where}: implementation {k!r}")
+             for k, raw in impls_raw.items()}
+    kern_raw = data.get("attention_kernels", {})
+    if not isinstance(kern_raw, dict) or not all(
+            isinstance(v, list) and all(isinstance(n, str) for n in v) for v in kern_raw.values()):
+        raise ProfileError(f"{where}: 'attention_kernels' must map curve keys to lists of kernel names")
+    for k in kern_raw:
+        parse_curve_key(k, where)
     return Profile(
         gpu=str(data.get("gpu", "")),
         mode=Mode.CALIBRATED,
@@ -358,6 +452,8 @@ def profile_from_dict(data: Any, where: str = "<dict>") -> Profile:
         source_path=where,
         elementwise=MappingProxyType(named),
         ring_attention_step=MappingProxyType(ring),
+        implementations=MappingProxyType(impls),
+        attention_kernels=MappingProxyType({k: tuple(v) for k, v in kern_raw.items()}),
     )
 
 
@@ -409,12 +505,18 @@ def shipped_profile_path(gpu: GPU | str) -> Path:
     return PROFILE_DIR / f"{gpu if isinstance(gpu, str) else gpu.name}.json"
 
 
-def resolve_profile(gpu: GPU, mode: Mode | str = Mode.CALIBRATED, profile: Profile | str | Path | None = None) -> Profile:
-    """The profile to use for ``gpu`` in ``mode``.
+def resolve_profile(gpu: GPU, mode: Mode | str = Mode.CALIBRATED, profile: Profile | str | Path | None = None,
+                    attention_impl: AttentionImpl | str | None = None) -> Profile:
+    """The profile to use for ``gpu`` in ``mode``, pricing attention with ``attention_impl``.
 
     In calibrated mode without a shipped profile, falls back to peak with a
     ``UserWarning`` saying so.  An explicit ``profile`` (object or path) wins.
+    ``attention_impl`` (default: the profile's, ``sdpa``) must have curves in a calibrated profile.
     """
+    return _resolve(gpu, mode, profile).with_attention_impl(attention_impl)
+
+
+def _resolve(gpu: GPU, mode: Mode | str, profile: Profile | str | Path | None) -> Profile:
     if isinstance(profile, Profile):
         return profile
     if profile is not None:

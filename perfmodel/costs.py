@@ -276,7 +276,7 @@ def _gemm_cost(op: Gemm, gpu: GPU, prof: Profile) -> OpCost:
 
 def _attention_cost(op: Attention, gpu: GPU, prof: Profile) -> OpCost:
     cls = OpClass.ATTENTION_PREFILL if op.phase is Phase.PREFILL else OpClass.ATTENTION_DECODE
-    p = prof.params(cls)
+    p = prof.attention_params(cls, op.impl)
     math_dtype = op.dtype if op.dtype not in (Dtype.INT8, Dtype.INT4) else Dtype.BF16
     fl = flops(op)
     by = bytes_moved(op)

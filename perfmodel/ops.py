@@ -58,6 +58,50 @@ class MlpType(str, enum.Enum):
     GATED_SILU = "gated_silu"
 
 
+class AttentionImpl(str, enum.Enum):
+    """Which attention kernel runs: each has its own fitted curves in a calibration profile.
+
+    - ``sdpa``: PyTorch's ``scaled_dot_product_attention`` with its own backend choice (cuDNN's
+      fused attention for prefill on Hopper with torch 2.11; the profile records the kernel names
+      that ran). What a plain PyTorch model runs, and the class of FlashAttention-3 and FlashInfer
+      that serving engines run: the default.
+    - ``flash2``: SDPA restricted to its flash backend (FlashAttention-2).
+    - ``triton``: this project's Triton kernels (``kernels/``): causal flash prefill, and decode with
+      the stream-K schedule.
+    - ``split_kv``, ``stream_k``: the Triton decode kernel with that schedule (prefill: ``triton``).
+    """
+
+    SDPA = "sdpa"
+    FLASH2 = "flash2"
+    TRITON = "triton"
+    SPLIT_KV = "split_kv"
+    STREAM_K = "stream_k"
+
+    @classmethod
+    def parse(cls, value: "AttentionImpl | str") -> "AttentionImpl":
+        """The impl named ``value``; :class:`~perfmodel.errors.OpDescriptorError` names the known ones."""
+        if isinstance(value, cls):
+            return value
+        try:
+            return cls(str(value).strip().lower())
+        except ValueError:
+            known = ", ".join(e.value for e in cls)
+            raise OpDescriptorError(f"unknown attention implementation {value!r}; known: {known}") from None
+
+    def curve(self, phase: "Phase") -> "AttentionImpl":
+        """The impl whose curve prices this phase: the Triton decode schedules share the Triton
+        prefill kernel, and ``triton`` decodes with stream-K."""
+        if phase is Phase.PREFILL and self in (AttentionImpl.SPLIT_KV, AttentionImpl.STREAM_K):
+            return AttentionImpl.TRITON
+        if phase is Phase.DECODE and self is AttentionImpl.TRITON:
+            return AttentionImpl.STREAM_K
+        return self
+
+
+#: The attention implementation priced when a scenario names none.
+DEFAULT_ATTENTION_IMPL = AttentionImpl.SDPA
+
+
 @dataclass(frozen=True)
 class Gemm:
     """``[m, k] @ [k, n]``; ``b_dtype`` is the weight operand's storage format."""
@@ -79,6 +123,8 @@ class Attention:
     ``kv_shared``: V is a slice of the stored K (MLA latent), so the cache holds
     ``head_dim`` elements per token and head, not ``head_dim + v_head_dim``.
     ``kv_dtype`` defaults to ``dtype``.
+    ``impl``: the kernel that runs (:class:`AttentionImpl`); ``None`` prices the profile's
+    attention implementation (the scenario's choice, ``sdpa`` unless set).
     """
 
     phase: Phase
@@ -94,6 +140,7 @@ class Attention:
     window: int = 0
     kv_shared: bool = False
     kv_dtype: Dtype | None = None
+    impl: AttentionImpl | None = None
     kind = OpKind.ATTENTION
 
 
@@ -120,7 +167,10 @@ class Elementwise:
 
 @dataclass(frozen=True)
 class DecoderLayer:
-    """One Llama-style decoder layer as a plain PyTorch implementation runs it."""
+    """One Llama-style decoder layer as a plain PyTorch implementation runs it.
+
+    ``attention_impl``: the attention kernel the layer runs (default ``sdpa``, PyTorch's own choice).
+    """
 
     phase: Phase
     batch: Num
@@ -133,6 +183,7 @@ class DecoderLayer:
     head_dim: int
     mlp: MlpType = MlpType.GATED_SILU
     dtype: Dtype = Dtype.BF16
+    attention_impl: AttentionImpl = DEFAULT_ATTENTION_IMPL
     kind = OpKind.DECODER_LAYER
 
 
@@ -234,7 +285,7 @@ def bytes_moved(op: Op) -> Num:
 def decoder_layer_parts(op: DecoderLayer) -> list[tuple[str, Op, int]]:
     """The kernels a plain PyTorch Llama-style layer launches, with counts.
 
-    RMSNorm, fused QKV GEMM, KV append, flash SDPA with GQA, O GEMM + residual,
+    RMSNorm, fused QKV GEMM, KV append, attention (``op.attention_impl``, GQA), O GEMM + residual,
     RMSNorm, fused gate/up GEMM, SiLU*mul, down GEMM + residual.
     """
     a = op.dtype.bytes_per_element
@@ -248,7 +299,7 @@ def decoder_layer_parts(op: DecoderLayer) -> list[tuple[str, Op, int]]:
     silu = Elementwise("silu_mul", bytes=3 * tokens * op.intermediate * a, flops=5 * tokens * op.intermediate)
     attn = Attention(
         phase=op.phase, batch=op.batch, q_len=op.q_len, kv_len=op.kv_len, q_heads=op.q_heads,
-        kv_heads=op.kv_heads, head_dim=d, causal=True, dtype=op.dtype,
+        kv_heads=op.kv_heads, head_dim=d, causal=True, dtype=op.dtype, impl=op.attention_impl,
     )
     return [
         ("input_norm", norm, 1),
@@ -335,10 +386,11 @@ def op_from_dict(d: dict[str, Any], where: str = "") -> Op:
         if not isinstance(causal, bool):
             raise OpDescriptorError(f"{where}field 'causal' must be true or false")
         kv_dtype = _enum(Dtype, d, "kv_dtype", where, default="bf16") if "kv_dtype" in d else None
+        impl = _enum(AttentionImpl, d, "impl", where) if d.get("impl") is not None else None
         return Attention(
             phase=_enum(Phase, d, "phase", where), causal=causal,
             dtype=_enum(Dtype, d, "dtype", where, default="bf16"), kv_dtype=kv_dtype,
-            kv_shared=bool(d.get("kv_shared", False)), **ints,
+            kv_shared=bool(d.get("kv_shared", False)), impl=impl, **ints,
         )
     if kind is OpKind.MEMCPY:
         return Memcpy(
@@ -357,7 +409,8 @@ def op_from_dict(d: dict[str, Any], where: str = "") -> Op:
             raise OpDescriptorError(f"{where}field 'q_len' ({ints['q_len']}) exceeds kv_len ({ints['kv_len']})")
         return DecoderLayer(
             phase=_enum(Phase, d, "phase", where), mlp=_enum(MlpType, d, "mlp", where, default="gated_silu"),
-            dtype=_enum(Dtype, d, "dtype", where, default="bf16"), **ints,
+            dtype=_enum(Dtype, d, "dtype", where, default="bf16"),
+            attention_impl=_enum(AttentionImpl, d, "attention_impl", where, default=DEFAULT_ATTENTION_IMPL.value), **ints,
         )
     raise OpDescriptorError(f"{where}op {kind.value!r} is not supported")  # pragma: no cover
 

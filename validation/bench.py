@@ -50,7 +50,7 @@ class Built:
     sdpa: "L.Sdpa | None" = None
 
     def impl(self, default: str) -> str:
-        return self.sdpa.backend if (self.sdpa is not None and default.startswith("sdpa")) else default
+        return self.sdpa.backend if (self.sdpa is not None and default in ("sdpa", "flash2")) else default
 
 
 def build(case: Case, device: torch.device, l2_bytes: float) -> Built:
@@ -67,11 +67,12 @@ def build(case: Case, device: torch.device, l2_bytes: float) -> Built:
     if s == "memcpy":
         return Built(_memcpy(a, device, l2_bytes), graphable=False)
     if s == "attention":
-        sdpa = L.Sdpa()
+        sdpa = L.Sdpa(case.impl) if case.impl in ("sdpa", "flash2") else None
         return Built(_attention(case, device, l2_bytes, sdpa), sdpa=sdpa)
     if s == "layer":
         lay = L.DecoderLayerBench(a["batch"], a["q_len"], a["kv_len"], a["hidden"], a["intermediate"],
-                                  a["q_heads"], a["kv_heads"], a["head_dim"], device)
+                                  a["q_heads"], a["kv_heads"], a["head_dim"], device,
+                                  attention_impl=case.desc.get("attention_impl", "sdpa"))
         return Built([lay], sdpa=lay.sdpa)
     raise ValueError(f"unknown section {s!r}")
 
@@ -252,7 +253,11 @@ def graph_replay_s(fns: list[Fn], calls: int, trials: int, warm_replays: int = 1
     return times
 
 
-def time_cuda(fns: list[Fn], graph: bool, target_s: float = 2e-3, max_reps: int = 200,
+#: seconds of work per timed region (graph replays or eager calls)
+TARGET_S = 2e-3
+
+
+def time_cuda(fns: list[Fn], graph: bool, target_s: float = TARGET_S, max_reps: int = 200,
               max_time_s: float = 0.25) -> tuple[float, int, str]:
     """Median seconds of one call; also the calls per timed region and the method used."""
     for f in fns:

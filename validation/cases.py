@@ -147,18 +147,23 @@ def memcpy_cases(size: str) -> list[Case]:
 
 
 def _copy_cases(sizes) -> list[Case]:
-    """One case per copy direction and size (pageable copies up to 300 MB)."""
+    """One case per copy direction and size (up to 1 GiB)."""
     out = []
     dev, pin, page = MemLocation.DEVICE, MemLocation.HOST_PINNED, MemLocation.HOST_PAGEABLE
     for src, dst, tag in ((dev, dev, "d2d"), (pin, dev, "h2d"), (dev, pin, "d2h"), (page, dev, "h2d_pageable"),
                           (dev, page, "d2h_pageable")):
         for b in sizes:
-            if "pageable" in tag and b > 3e8:
+            if "pageable" in tag and b > 1.1e9:
                 continue
             out.append(Case("memcpy", "copy_engine", f"memcpy_{tag}/{b}", op_to_dict(Memcpy(b, src, dst)),
                             {"bytes": b, "src": src.value, "dst": dst.value}))
     return out
 
+
+#: PyTorch SDPA as measured: its own backend choice (``sdpa``) and restricted to flash (``flash2``)
+SDPA_IMPLS = ("sdpa", "flash2")
+#: batch-1 causal prefill is timed up to this many tokens (longer batches are capped at 32K tokens in all)
+LONG_PREFILL_TOKENS = 65536
 
 _ATTN_HEADS = ((32, 8, 128), (64, 8, 128), (28, 4, 128), (32, 8, 64), (32, 32, 128), (24, 8, 128))
 
@@ -166,15 +171,18 @@ _ATTN_HEADS = ((32, 8, 128), (64, 8, 128), (28, 4, 128), (32, 8, 64), (32, 32, 1
 def attention_cases(size: str) -> list[Case]:
     out = []
     heads = ((4, 2, 64), (4, 4, 64)) if size == "smoke" else _ATTN_HEADS
-    lens = [16, 40] if size == "smoke" else [128, 256, 512, 1024, 2048, 4096, 8192, 16384]
+    lens = [16, 40] if size == "smoke" else [128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536]
     for hq, hkv, d in heads:
         for batch in (1, 4):
             for n in lens:
-                if batch * n > 32768:
+                if batch * n > 32768 and not (batch == 1 and n <= LONG_PREFILL_TOKENS):
                     continue
                 op = Attention(Phase.PREFILL, batch, n, n, hq, hkv, d, causal=True)
                 args = {"batch": batch, "q_len": n, "kv_len": n, "q_heads": hq, "kv_heads": hkv, "head_dim": d}
-                out.append(Case("attention", "sdpa_flash", f"attention_prefill/hq{hq}_hkv{hkv}_d{d}", op_to_dict(op), args))
+                for impl in SDPA_IMPLS:
+                    out.append(Case("attention", impl, f"attention_prefill/hq{hq}_hkv{hkv}_d{d}", op_to_dict(op), args))
+                if n > 16384:  # the Triton kernel's long prompts: timed up to 16K
+                    continue
                 if batch == 1 and (hq, hkv, d) in ((32, 8, 128), (32, 8, 64), (64, 8, 128), (4, 2, 64)):
                     out.append(Case("attention", "triton", f"attention_prefill/hq{hq}_hkv{hkv}_d{d}", op_to_dict(op), args))
     batches = [1, 3] if size == "smoke" else [1, 4, 16, 64, 128]
@@ -188,7 +196,8 @@ def attention_cases(size: str) -> list[Case]:
                 op = Attention(Phase.DECODE, batch, 1, kv, hq, hkv, d, causal=True)
                 args = {"batch": batch, "q_len": 1, "kv_len": kv, "q_heads": hq, "kv_heads": hkv, "head_dim": d}
                 fam = f"attention_decode/hq{hq}_hkv{hkv}_d{d}"
-                out.append(Case("attention", "sdpa_flash", fam, op_to_dict(op), args))
+                for impl in SDPA_IMPLS:
+                    out.append(Case("attention", impl, fam, op_to_dict(op), args))
                 if (hq, hkv, d) in ((32, 8, 128), (64, 8, 128), (32, 8, 64), (4, 2, 64), (28, 4, 128)):
                     out.append(Case("attention", "split_kv", fam, op_to_dict(op), args))
                     if batch * hkv <= 16384:
@@ -249,7 +258,8 @@ def extra_cases(size: str = "quick") -> list[Case]:
                 op = Attention(Phase.PREFILL, batch, n, n, hq, hkv, d, causal=True)
                 args = {"batch": batch, "q_len": n, "kv_len": n, "q_heads": hq, "kv_heads": hkv, "head_dim": d}
                 fam = f"attention_prefill/hq{hq}_hkv{hkv}_d{d}"
-                out.append(Case("attention", "sdpa_flash", fam, op_to_dict(op), args))
+                for impl in SDPA_IMPLS:
+                    out.append(Case("attention", impl, fam, op_to_dict(op), args))
                 if batch == 1:
                     out.append(Case("attention", "triton", fam, op_to_dict(op), args))
         for batch in (1, 4, 16, 64, 128):
@@ -259,7 +269,7 @@ def extra_cases(size: str = "quick") -> list[Case]:
                 op = Attention(Phase.DECODE, batch, 1, kv, hq, hkv, d, causal=True)
                 args = {"batch": batch, "q_len": 1, "kv_len": kv, "q_heads": hq, "kv_heads": hkv, "head_dim": d}
                 fam = f"attention_decode/hq{hq}_hkv{hkv}_d{d}"
-                for impl in ("sdpa_flash", "split_kv", "stream_k"):
+                for impl in (*SDPA_IMPLS, "split_kv", "stream_k"):
                     out.append(Case("attention", impl, fam, op_to_dict(op), args))
     order = ("attention", "elementwise", "gemm", "memcpy")  # the scarcest coverage first
     return sorted(out, key=lambda c: order.index(c.section))
@@ -271,7 +281,7 @@ NONCAUSAL_BLOCKS = (256, 512, 1024, 2048, 4096, 8192, 16384)
 
 def noncausal_cases(size: str = "quick") -> list[Case]:
     """Non-causal prefill attention of one query block over one KV block of the same length, as a
-    Ring-attention step computes it (``python -m validation.run --noncausal``): SDPA flash and the
+    Ring-attention step computes it (``python -m validation.run --noncausal``): SDPA (default and flash) and the
     Triton kernel, heads 32/8 and 32/32, head_dim 128, blocks 256..16384 tokens, batch 1."""
     heads = ((4, 2, 64), (4, 4, 64)) if size == "smoke" else NONCAUSAL_HEADS
     blocks = (16, 40) if size == "smoke" else NONCAUSAL_BLOCKS
@@ -281,8 +291,8 @@ def noncausal_cases(size: str = "quick") -> list[Case]:
         for n in blocks:
             op = Attention(Phase.PREFILL, 1, n, n, hq, hkv, d, causal=False)
             args = {"batch": 1, "q_len": n, "kv_len": n, "q_heads": hq, "kv_heads": hkv, "head_dim": d}
-            out.append(Case("attention", "sdpa_flash", fam, op_to_dict(op), args))
-            out.append(Case("attention", "triton", fam, op_to_dict(op), args))
+            for impl in (*SDPA_IMPLS, "triton"):
+                out.append(Case("attention", impl, fam, op_to_dict(op), args))
     return sorted(out, key=lambda c: c.impl in _LAST)
 
 

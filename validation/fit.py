@@ -29,6 +29,7 @@ from scipy.optimize import least_squares
 from hw.loader import load_gpu
 from hw.spec import GPU
 from perfmodel.calibration import (
+    parse_curve_key,
     SPLIT_FILL,
     SPLIT_FLASH,
     SPLIT_NONE,
@@ -42,7 +43,7 @@ from perfmodel.calibration import (
 )
 from perfmodel.costs import op_cost
 from perfmodel.errors import ProfileError
-from perfmodel.ops import Attention, Elementwise, Gemm, Memcpy, Op, op_from_dict
+from perfmodel.ops import DEFAULT_ATTENTION_IMPL, Attention, Elementwise, Gemm, Memcpy, Op, op_from_dict
 from validation.records import NON_DEFAULT_IMPLS, RecordError, class_key, refuse_other_gpu
 
 COLLECTIVE_CLASSES = frozenset({OpClass.ALL_REDUCE, OpClass.ALL_GATHER, OpClass.REDUCE_SCATTER,
@@ -117,10 +118,12 @@ _CACHE_BYTES = (0.0, 1.0e6, 2.0e6, 4.0e6, 8.0e6)
 _CACHE_EFF = Param("cache_memory_eff", 0.05, 4.0, 1.5)
 _ATTN_TILES = tuple({"tile_m": tm} for tm in (0, 64, 128))
 _DECODE_TILES = ({}, {"tile_m": 16}, {"tile_m": 64}, {"tile_m": 128})
-# how each attention implementation splits the KV axis (``ClassParams.split_rule``): PyTorch SDPA
-# runs flash-attention (its heuristic); our Triton decode kernels fill 2 x SMs programs; our
-# Triton prefill kernel does not split.
-_SPLIT_OF_IMPL = {"": SPLIT_FLASH, "[split_kv]": SPLIT_FILL, "[stream_k]": SPLIT_STREAM, "[triton]": SPLIT_NONE}
+# how each attention implementation splits the KV axis (``ClassParams.split_rule``), the candidates the fit
+# tries: SDPA restricted to flash runs flash-attention (its heuristic); SDPA's own choice (``sdpa``: cuDNN on
+# Hopper for prefill) may or may not split, so both are tried; our Triton decode kernels fill 2 x SMs
+# programs or run stream-K; our Triton prefill kernel does not split.
+_SPLIT_OF_IMPL = {"": (SPLIT_FLASH, SPLIT_NONE), "[flash2]": (SPLIT_FLASH,), "[split_kv]": (SPLIT_FILL,),
+                  "[stream_k]": (SPLIT_STREAM,), "[triton]": (SPLIT_NONE,)}
 # prefill attention as scheduled (sequence, head, query tile) programs (``attention_costs.prefill_schedule_s``)
 _PREFILL_SPEC = (_EFF("memory_eff", 0.8), _LAT, _OVERLAP, _UNIT_OH, Param("unit_compute_eff", 0.05, 1.5, 0.4), _WAVE,
                  Param("score_flops", 0.0, 1000.0, 50.0), Param("unit_share", 0.0, 1.0, 0.5))
@@ -136,24 +139,25 @@ _MERGE_STEP = Param("merge_step_s", 0.0, 10.0, 0.5, factor=1e-6)
 _UNITS_PER_SM = (1.0, 2.0, 4.0)
 
 
-def _choices(tiles, rule: int):
-    return tuple({**t, "split_rule": rule, "units_per_sm": u} for t in tiles for u in _UNITS_PER_SM)
+def _choices(tiles, rules: tuple[int, ...]):
+    return tuple({**t, "split_rule": r, "units_per_sm": u} for r in rules for t in tiles for u in _UNITS_PER_SM)
 
 
 def _spec(key: str):
     """(continuous params, discrete choices) of a report row."""
     base = key.split("[")[0]
     impl = key[len(base):]
-    rule = _SPLIT_OF_IMPL.get(impl, SPLIT_NONE)
-    occupancy = (_UNIT_OH, _UNIT_BW) + ((_SPLIT_LAT, _SPLIT_EFF, _SPLIT_PIECE) if rule != SPLIT_NONE else ())
+    rules = _SPLIT_OF_IMPL.get(impl, (SPLIT_NONE,))
+    splits = any(r != SPLIT_NONE for r in rules)
+    occupancy = (_UNIT_OH, _UNIT_BW) + ((_SPLIT_LAT, _SPLIT_EFF, _SPLIT_PIECE) if splits else ())
     if base == "gemm":
         return _COMPUTE_SPEC + (_SMALL_TILE, _FILL_TILE, _MISALIGNED, _MISALIGNED_MEM), _GEMM_TILES
     if base == "attention_prefill":
-        return _PREFILL_SPEC + ((_SPLIT_LAT,) if rule != SPLIT_NONE else ()), _choices(_PREFILL_TILES, rule)
+        return _PREFILL_SPEC + ((_SPLIT_LAT,) if splits else ()), _choices(_PREFILL_TILES, rules)
     if base == "attention_decode":  # rows of a KV head's query group, padded to the kernel's tile
-        extra = (_REDUCE_EFF, _REDUCE_ROW) if rule in (SPLIT_FILL, SPLIT_STREAM) else ()
-        extra += (_MERGE_LAT, _MERGE_STEP) if rule == SPLIT_STREAM else ()
-        return _COMPUTE_SPEC + occupancy + (_UNIT_STEP,) + extra, _choices(_DECODE_TILES, rule)
+        extra = (_REDUCE_EFF, _REDUCE_ROW) if any(r in (SPLIT_FILL, SPLIT_STREAM) for r in rules) else ()
+        extra += (_MERGE_LAT, _MERGE_STEP) if SPLIT_STREAM in rules else ()
+        return _COMPUTE_SPEC + occupancy + (_UNIT_STEP,) + extra, _choices(_DECODE_TILES, rules)
     if base == "elementwise:rmsnorm":  # one block per row: the row count sets the occupancy
         return _ROW_SPEC + (_ROW_TAIL, _ROW_WIDTH), tuple({"units_per_sm": u, "row_knee_bytes": kb}
                                                for u in (1.0, 2.0, 4.0, 8.0, 16.0) for kb in _ROW_KNEES)
@@ -177,7 +181,7 @@ def _stack(ops: list[Op]) -> list[tuple[Op, np.ndarray]]:
         if isinstance(op, Gemm):
             key = ("gemm", op.dtype, op.b_dtype)
         elif isinstance(op, Attention):
-            key = ("attn", op.phase, op.causal, op.dtype, op.window, op.v_head_dim, op.kv_shared, op.kv_dtype)
+            key = ("attn", op.phase, op.causal, op.dtype, op.window, op.v_head_dim, op.kv_shared, op.kv_dtype, op.impl)
         elif isinstance(op, Memcpy):
             key = ("memcpy", op.src, op.dst)
         elif isinstance(op, Elementwise):
@@ -212,7 +216,23 @@ def _profile_with(gpu: GPU, key: str, p: ClassParams) -> Profile:
     base = key.split("[")[0]
     if base.startswith("elementwise:"):
         return Profile(gpu.name, Mode.CALIBRATED, elementwise=MappingProxyType({base.split(":", 1)[1]: p}))
+    if "[" in key:  # an attention implementation's own curve
+        return Profile(gpu.name, Mode.CALIBRATED, implementations=MappingProxyType({parse_curve_key(key, "fit"): p}))
     return Profile(gpu.name, Mode.CALIBRATED, classes=MappingProxyType({OpClass(base): p}))
+
+
+def attention_kernels(records: Sequence[dict[str, Any]], limit: int = 8) -> dict[str, tuple[str, ...]]:
+    """Per attention curve key, the distinct CUDA kernels its records ran (most frequent first, at
+    most ``limit``), from the records' ``kernels`` lists."""
+    counts: dict[str, dict[str, int]] = {}
+    for r in records:
+        if r.get("op") != "attention" or not r.get("kernels"):
+            continue
+        k = class_key(r)
+        key = k if "[" in k else f"{k}[{DEFAULT_ATTENTION_IMPL.value}]"
+        for name in dict.fromkeys(r["kernels"]):
+            counts.setdefault(key, {})[name] = counts.setdefault(key, {}).get(name, 0) + 1
+    return {k: tuple(sorted(c, key=lambda n: (-c[n], n))[:limit]) for k, c in sorted(counts.items())}
 
 
 def fit_class(key: str, ops: list[Op], measured: np.ndarray, gpu: GPU) -> tuple[ClassParams, float]:
@@ -287,12 +307,13 @@ class ProfileFitter:
                 rows.setdefault(k, []).append(r)
         # the generic elementwise curve: all elementwise records pooled
         ew_all = [r for k, rs in rows.items() if k.startswith("elementwise:") for r in rs]
-        classes, named, extra, apes = {}, {}, {}, {}
+        classes, named, extra, apes, impls = {}, {}, {}, {}, {}
         for k in sorted(rows):
             p, ape = fit_class(k, ops_of(rows[k]), np.array([r["measured_s"] for r in rows[k]]), g)
             apes[k] = ape
             if "[" in k:
                 extra[k] = p
+                impls[parse_curve_key(k, "fit")] = p
             elif k.startswith("elementwise:"):
                 named[k.split(":", 1)[1]] = p
             else:
@@ -305,7 +326,8 @@ class ProfileFitter:
         measured_on["dates"] = sorted({r["date"] for r in records})
         measured_on["records"] = len(records)
         self.profile_ = Profile(self.gpu, Mode.CALIBRATED, MappingProxyType(classes), MappingProxyType(measured_on),
-                                elementwise=MappingProxyType(named))
+                                elementwise=MappingProxyType(named), implementations=MappingProxyType(impls),
+                                attention_kernels=MappingProxyType(attention_kernels(records)))
         self.extra_, self.train_ape_ = extra, apes
         return self
 
@@ -318,18 +340,9 @@ class ProfileFitter:
         return predict_ops(parsed, g, self.profile_)
 
     def predict_records(self, records: Sequence[dict[str, Any]], gpu: str | None = None) -> np.ndarray:
-        """Like :meth:`predict`, using each non-default implementation's own curve where fitted."""
-        g = load_gpu(gpu or self.gpu)
-        out = np.empty(len(records))
-        ops = ops_of(records)
-        keys = [class_key(r) for r in records]
-        by: dict[str, list[int]] = {}
-        for i, k in enumerate(keys):
-            by.setdefault(k if "[" in k and k in (self.extra_ or {}) else "", []).append(i)
-        for k, idx in by.items():
-            prof = self.profile_ if not k else _profile_with(g, k, self.extra_[k])
-            out[idx] = predict_ops([ops[i] for i in idx], g, prof)
-        return out
+        """Like :meth:`predict`; an attention record (or a layer's attention) is priced with the curve of
+        the implementation it ran (its ``impl``), which the fitted profile must have."""
+        return self.predict(ops_of(records), gpu)
 
 
 def fit_profile(records: Sequence[dict[str, Any]], gpu: str) -> Profile:
@@ -337,7 +350,7 @@ def fit_profile(records: Sequence[dict[str, Any]], gpu: str) -> Profile:
     return ProfileFitter(gpu).fit(records).profile_
 
 
-def write_profile(profile: Profile, path: str | Path, source: str, extra: dict[str, ClassParams] | None = None) -> dict:
+def write_profile(profile: Profile, path: str | Path, source: str) -> dict:
     """Write ``profile`` as JSON, keeping any collective classes (and unknown top-level keys) of an existing file."""
     path = Path(path)
     data = profile.to_dict()
@@ -355,16 +368,17 @@ def write_profile(profile: Profile, path: str | Path, source: str, extra: dict[s
         if "collectives" in old.get("measured_on", {}):  # the communication suite's provenance
             data["measured_on"]["collectives"] = old["measured_on"]["collectives"]
         for k, v in old.items():
-            if k not in data and k not in ("source", "implementations"):
+            if k not in data and k not in ("source", "implementations", "attention_kernels"):
                 data[k] = v
     data["source"] = source
     for cls in (*data["classes"].values(), *data.get("elementwise_kernels", {}).values()):
         for k, v in cls.items():
             if isinstance(v, float):
                 cls[k] = float(f"{v:.5g}")
-    if extra:  # curves of kernels a plain PyTorch layer does not run: for reference, not read by the core
-        data["implementations"] = {k: {n: float(f"{v:.5g}") if isinstance(v, float) else v
-                                       for n, v in params_to_dict(p).items()} for k, p in sorted(extra.items())}
+    for cls in data.get("implementations", {}).values():
+        for k, v in cls.items():
+            if isinstance(v, float):
+                cls[k] = float(f"{v:.5g}")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
     return data
@@ -391,8 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             src = rec_path.resolve().relative_to(Path(__file__).resolve().parent.parent)
         except ValueError:
             src = rec_path
-        write_profile(fitter.profile_, out, f"fitted by validation.fit on {len(recs)} records of {src}",
-                      fitter.extra_)
+        write_profile(fitter.profile_, out, f"fitted by validation.fit on {len(recs)} records of {src}")
     except (RecordError, ProfileError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -2,8 +2,8 @@
 
 The same functions build the layer and the stand-alone elementwise measurements, so that a
 layer is exactly the sum of what was measured op by op (``perfmodel.ops.decoder_layer_parts``):
-RMSNorm, fused QKV GEMM, KV append, flash SDPA with GQA, O GEMM + residual, RMSNorm, fused
-gate/up GEMM, SiLU*mul, down GEMM + residual.  No RoPE (the op schema's layer has none).
+RMSNorm, fused QKV GEMM, KV append, SDPA with GQA (PyTorch's own backend choice, or restricted to
+flash: :class:`Sdpa`), O GEMM + residual, RMSNorm, fused gate/up GEMM, SiLU*mul, down GEMM + residual.  No RoPE (the op schema's layer has none).
 """
 
 from __future__ import annotations
@@ -44,28 +44,26 @@ def kv_append(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: 
 
 
 class Sdpa:
-    """Flash SDPA with GQA; falls back to PyTorch's own choice where flash refuses the inputs.
+    """``scaled_dot_product_attention`` with GQA as an attention implementation runs it.
 
-    ``backend`` says what ran (set on the first call).
+    ``impl`` ``"sdpa"``: PyTorch's own backend choice (no restriction; cuDNN for prefill on Hopper
+    with torch 2.11). ``"flash2"``: restricted to the flash backend (FlashAttention-2); a shape
+    flash refuses raises instead of silently running another kernel. ``backend`` is the impl that ran.
     """
 
-    def __init__(self) -> None:
-        self.backend = ""
+    def __init__(self, impl: str = "sdpa") -> None:
+        if impl not in ("sdpa", "flash2"):
+            raise ValueError(f"Sdpa impl must be sdpa or flash2, got {impl!r}")
+        self.impl = impl
+        self.backend = impl
 
     def __call__(self, q, k, v, causal: bool) -> torch.Tensor:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
         gqa = q.shape[1] != k.shape[1]
-        if self.backend in ("", "sdpa_flash"):
-            try:
-                with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
-                    out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)
-                self.backend = "sdpa_flash"
-                return out
-            except RuntimeError:
-                if self.backend == "sdpa_flash":
-                    raise
-        self.backend = "sdpa_default"
+        if self.impl == "flash2":
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+                return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)
 
 
@@ -77,7 +75,7 @@ class DecoderLayerBench:
     """
 
     def __init__(self, batch: int, q_len: int, kv_len: int, hidden: int, intermediate: int, q_heads: int,
-                 kv_heads: int, head_dim: int, device, dtype=torch.bfloat16) -> None:
+                 kv_heads: int, head_dim: int, device, dtype=torch.bfloat16, attention_impl: str = "sdpa") -> None:
         g = torch.Generator(device=device).manual_seed(0)
 
         def rnd(*shape, scale=1.0):
@@ -94,7 +92,7 @@ class DecoderLayerBench:
         self.k_cache = rnd(batch, kv_heads, kv_len, d)
         self.v_cache = rnd(batch, kv_heads, kv_len, d)
         self.x = rnd(batch * q_len, h)
-        self.sdpa = Sdpa()
+        self.sdpa = Sdpa(attention_impl)
 
     def __call__(self) -> torch.Tensor:
         b, n, kv, hq, hkv, d = self.shape

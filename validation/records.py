@@ -3,8 +3,12 @@
 A record is an op descriptor of the core's schema (``docs/ops.md``) with these keys added:
 
 - ``measured_s``: median time of one op, seconds;
-- ``impl``: what ran (``cublas``, ``sdpa_flash``, ``triton``, ``split_kv``, ``stream_k``, ``torch``,
-  ``copy_engine``, ``cuda_graph_layer``);
+- ``impl``: what ran (``cublas``, ``torch``, ``copy_engine``, ``cuda_graph_layer``; for attention the
+  :class:`perfmodel.ops.AttentionImpl`: ``sdpa`` (PyTorch's own backend choice), ``flash2`` (SDPA
+  restricted to flash), ``triton``, ``split_kv``, ``stream_k``), and for decoder layers
+  ``attention_impl``, the attention their SDPA ran;
+- ``kernels`` (attention and layers; others with ``--kernel-names``): the CUDA kernels one call
+  launched, as ``torch.profiler`` names them;
 - ``family``: the shape family the record belongs to (held-out splits are by family);
 - ``gpu`` (name as the driver reports it), ``gpu_model`` (canonical ``hw`` name or null),
   ``driver``, ``torch``, ``triton``, ``cuda``, ``date``;
@@ -74,7 +78,8 @@ def class_key(rec: dict[str, Any]) -> str:
     op = op_from_dict(rec)
     oc = op_class_of(op)
     if oc is None:
-        return f"decoder_layer:{op.phase.value}"
+        impl = op.attention_impl.value
+        return f"decoder_layer:{op.phase.value}" + (f"[{impl}]" if impl in NON_DEFAULT_IMPLS else "")
     key = oc.value
     if isinstance(op, Elementwise):
         key += f":{op.name}"
@@ -84,9 +89,9 @@ def class_key(rec: dict[str, Any]) -> str:
     return key
 
 
-# Implementations that a plain PyTorch layer does not run: fitted and scored on their own rows,
-# never written into the profile's classes.
-NON_DEFAULT_IMPLS = frozenset({"triton", "split_kv", "stream_k"})
+# Attention implementations other than the default (``sdpa``): fitted and scored on their own rows,
+# written into the profile's ``implementations``.
+NON_DEFAULT_IMPLS = frozenset({"flash2", "triton", "split_kv", "stream_k"})
 
 
 def check_record(rec: Any, where: str) -> dict[str, Any]:

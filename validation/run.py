@@ -20,6 +20,9 @@ import typer
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
+#: seconds of work per timed region for copies (several back-to-back copies of a large pageable buffer)
+COPY_TARGET_S = 0.2
+
 
 def _meta(device) -> dict:
     import torch
@@ -83,6 +86,9 @@ def main(
                               help="comma-separated implementations to measure (e.g. split_kv,stream_k); default all"),
     gemm_ms: str = typer.Option("", "--gemm-ms",
                                 help="comma-separated M values for the GEMM cases (every (N, K) family of the set)"),
+    launch: str = typer.Option("graph", "--launch",
+                               help="graph: ops timed as CUDA-graph replays (copies: eager); eager: back-to-back "
+                                    "eager calls timed with CUDA events (what a program without graphs sees)"),
     kernel_names: bool = typer.Option(False, "--kernel-names",
                                       help="also record the CUDA kernels one call launches (torch.profiler)"),
 ) -> None:
@@ -98,6 +104,9 @@ def main(
     from validation.records import write_record
 
     console = Console(stderr=True)
+    if launch not in ("graph", "eager"):
+        console.print(f"error: --launch must be graph or eager, got {launch!r}")
+        raise typer.Exit(2)
     secs = tuple(s.strip() for s in sections.split(",") if s.strip())
     bad = [s for s in secs if s not in SECTIONS]
     if bad:
@@ -158,13 +167,17 @@ def main(
                 if dry_run:
                     t, reps, method = bench.time_cpu(built.fns)
                 else:
-                    t, reps, method = bench.time_cuda(built.fns, built.graphable)
+                    # copies run long enough per timed region that a pageable copy's staging is in steady state
+                    target = COPY_TARGET_S if case.section == "memcpy" else bench.TARGET_S
+                    t, reps, method = bench.time_cuda(built.fns, built.graphable and launch == "graph", target_s=target)
                 impl = built.impl(case.impl)
                 rec = {**case.desc, "measured_s": t, "impl": impl, "family": case.family, **meta,
-                       "method": method, "reps": reps, "rotate": len(built.fns), "params": case.args}
+                       "method": method, "launch": "graph" if method == "cuda_graph" else "eager", "reps": reps,
+                       "rotate": len(built.fns), "params": case.args}
                 if case.section == "layer":
-                    rec["attention_backend"] = built.sdpa.backend
-                if kernel_names:
+                    rec["attention_impl"] = built.sdpa.backend
+                if kernel_names or case.section in ("attention", "layer"):
+                    # which library kernel ran: a backend change in a later PyTorch shows as a new name
                     rec["kernels"] = bench.kernel_names(built.fns[0])
                 write_record(fh, rec)
                 per_section.setdefault(f"{case.section}:{impl}", []).append(t)
