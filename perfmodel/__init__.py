@@ -2,7 +2,8 @@
 
 Public API::
 
-    perfmodel.analyze(model, gpu, context_len=..., output_tokens=..., batch=..., tp=..., mode=...)
+    perfmodel.analyze(model, gpu, context_len=..., output_tokens=..., batch=..., tp=..., mode=...,
+                      attention_impl="sdpa")
     perfmodel.predict(op_descriptor, gpu, mode="calibrated") -> seconds
     perfmodel.sweep(model, gpu, context_len=[...], batch=[...], tp=[...], output_tokens=[...]) -> DataFrame
 """
@@ -22,12 +23,12 @@ from perfmodel.errors import (
 )
 from perfmodel.layers import Precision
 from perfmodel.models import ModelSpec, list_models, load_model
-from perfmodel.ops import op_from_dict, op_to_dict
+from perfmodel.ops import AttentionImpl, op_from_dict, op_to_dict
 from perfmodel.predict import predict, predict_cost, predict_file
 from perfmodel.sweep import sweep
 
 __all__ = [
-    "Analysis", "Bound", "DoesNotFitError", "Dtype", "InvalidInputError", "Mode", "ModelConfigError",
+    "Analysis", "AttentionImpl", "Bound", "DoesNotFitError", "Dtype", "InvalidInputError", "Mode", "ModelConfigError",
     "ModelSpec", "OpCost", "OpDescriptorError", "PerfModelError", "Precision", "Profile", "ProfileError",
     "UnknownModelError", "analyze", "list_gpus", "list_models", "load_gpu", "load_model", "load_profile_file",
     "op_cost", "op_from_dict", "op_to_dict", "peak_profile", "predict", "predict_cost", "predict_file",

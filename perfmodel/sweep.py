@@ -70,6 +70,7 @@ def sweep(
     sp_kind: str = "ring",
     ep: int = 1,
     topology: str | None = None,
+    attention_impl: str | None = None,
 ) -> pd.DataFrame:
     """One row per point of ``context_len x batch x tp x output_tokens`` (x the knob axes).
 
@@ -86,6 +87,9 @@ def sweep(
     ``pp``, ``sp``, ``sp_kind``, ``ep`` and ``world`` are added); the knobs a
     layout does not model are refused by name
     (:func:`perfmodel.parallel.check_knobs`).
+
+    ``attention_impl`` (``sdpa`` default, ``flash2``, ``triton``) picks the attention kernel's curves, as
+    in :func:`perfmodel.analyze`.
     """
     m = load_model(model)
     g = load_gpu(gpu)
@@ -96,7 +100,7 @@ def sweep(
     for t in tp_ax:
         check_tp(m, int(t))
     base_prec = Precision.of(weight_dtype, activation_dtype, kv_dtype)
-    prof = resolve_profile(g, Mode(mode), profile)
+    prof = resolve_profile(g, Mode(mode), profile, attention_impl)
     from perfmodel import parallel as par
 
     layout = par.layout(m, tp_ax, pp, sp, sp_kind, ep, topology)

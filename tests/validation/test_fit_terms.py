@@ -26,7 +26,7 @@ def test_fit_finds_the_combine_cost_per_split_of_sdpa_decode(synthetic_records):
     true = Profile(H100, Mode.CALIBRATED,
                    {OpClass.ATTENTION_DECODE: ClassParams(memory_eff=0.8, latency_s=5e-6, split_rule=1,
                                                           split_latency_s=1e-6, split_piece_s=0.2e-6)})
-    recs = synthetic_records(("attention",), true, lambda c: c.impl == "sdpa_flash" and c.desc["phase"] == "decode",
+    recs = synthetic_records(("attention",), true, lambda c: c.impl == "sdpa" and c.desc["phase"] == "decode",
                              noise=0.01)
     assert recs
     fitter = ProfileFitter(H100).fit(recs)

@@ -73,7 +73,7 @@ def test_class_keys():
     assert class_key(_rec(op="elementwise", name="rmsnorm", bytes=100)) == "elementwise:rmsnorm"
     att = dict(op="attention", phase="decode", batch=1, q_len=1, kv_len=64, q_heads=8, kv_heads=2, head_dim=64)
     assert class_key(_rec(**att, impl="split_kv")) == "attention_decode[split_kv]"
-    assert class_key(_rec(**att, impl="sdpa_flash")) == "attention_decode"
+    assert class_key(_rec(**att, impl="sdpa")) == "attention_decode"
     assert class_key(_rec(op="memcpy", bytes=10, src="host_pinned", dst="device")) == "memcpy_h2d"
 
 

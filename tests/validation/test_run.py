@@ -71,8 +71,8 @@ def test_noncausal_set_is_block_pairs_of_ring_steps():
         assert c.desc["causal"] is False and c.desc["phase"] == "prefill"
         assert c.desc["q_len"] == c.desc["kv_len"] and c.desc["batch"] == 1
         assert c.family.startswith("attention_prefill_noncausal/")
-    assert {c.impl for c in full} == {"sdpa_flash", "triton"} and len(full) == 2 * 2 * len(NONCAUSAL_BLOCKS)
-    assert [c.impl for c in full].index("triton") == len(full) // 2  # Triton (autotuned) last
+    assert {c.impl for c in full} == {"sdpa", "flash2", "triton"} and len(full) == 2 * 3 * len(NONCAUSAL_BLOCKS)
+    assert [c.impl for c in full].index("triton") == 2 * len(full) // 3  # Triton (autotuned) last
 
 
 def test_attention_builders_honour_the_causal_flag():
