@@ -42,7 +42,7 @@ from perfmodel.calibration import (
 )
 from perfmodel.costs import op_cost
 from perfmodel.errors import ProfileError
-from perfmodel.ops import Attention, Elementwise, Gemm, Memcpy, Op, op_from_dict
+from perfmodel.ops import Attention, Elementwise, Gemm, GroupedGemm, Memcpy, Op, op_from_dict
 from validation.records import NON_DEFAULT_IMPLS, RecordError, class_key, refuse_other_gpu
 
 COLLECTIVE_CLASSES = frozenset({OpClass.ALL_REDUCE, OpClass.ALL_GATHER, OpClass.REDUCE_SCATTER,
@@ -134,6 +134,10 @@ _REDUCE_ROW = Param("reduce_row_s", 0.0, 2.0, 0.05, factor=1e-6)
 _MERGE_LAT = Param("merge_latency_s", 0.0, 10.0, 1.0, factor=1e-6)
 _MERGE_STEP = Param("merge_step_s", 0.0, 10.0, 0.5, factor=1e-6)
 _UNITS_PER_SM = (1.0, 2.0, 4.0)
+# grouped GEMM (MoE experts in one kernel): one launch, the touched weights at memory_eff, the math over each
+# group's rows padded to the kernel's M tile (a grid choice; 0: no padding)
+_GROUPED_SPEC = (_EFF("compute_eff", 0.75), _EFF("memory_eff", 0.8), _LAT)
+_GROUPED_TILES = tuple({"tile_m": tm} for tm in (0, 16, 32, 64, 128))
 
 
 def _choices(tiles, rule: int):
@@ -148,6 +152,8 @@ def _spec(key: str):
     occupancy = (_UNIT_OH, _UNIT_BW) + ((_SPLIT_LAT, _SPLIT_EFF, _SPLIT_PIECE) if rule != SPLIT_NONE else ())
     if base == "gemm":
         return _COMPUTE_SPEC + (_SMALL_TILE, _FILL_TILE, _MISALIGNED, _MISALIGNED_MEM), _GEMM_TILES
+    if base == "grouped_gemm":
+        return _GROUPED_SPEC, _GROUPED_TILES
     if base == "attention_prefill":
         return _PREFILL_SPEC + ((_SPLIT_LAT,) if rule != SPLIT_NONE else ()), _choices(_PREFILL_TILES, rule)
     if base == "attention_decode":  # rows of a KV head's query group, padded to the kernel's tile
@@ -176,6 +182,8 @@ def _stack(ops: list[Op]) -> list[tuple[Op, np.ndarray]]:
     for i, op in enumerate(ops):
         if isinstance(op, Gemm):
             key = ("gemm", op.dtype, op.b_dtype)
+        elif isinstance(op, GroupedGemm):
+            key = ("grouped_gemm", op.dtype, op.b_dtype)
         elif isinstance(op, Attention):
             key = ("attn", op.phase, op.causal, op.dtype, op.window, op.v_head_dim, op.kv_shared, op.kv_dtype)
         elif isinstance(op, Memcpy):

@@ -4,7 +4,7 @@ A record is an op descriptor of the core's schema (``docs/ops.md``) with these k
 
 - ``measured_s``: median time of one op, seconds;
 - ``impl``: what ran (``cublas``, ``sdpa_flash``, ``triton``, ``split_kv``, ``stream_k``, ``torch``,
-  ``copy_engine``, ``cuda_graph_layer``);
+  ``copy_engine``, ``cuda_graph_layer``, ``grouped_mm``, ``loop``);
 - ``family``: the shape family the record belongs to (held-out splits are by family);
 - ``gpu`` (name as the driver reports it), ``gpu_model`` (canonical ``hw`` name or null),
   ``driver``, ``torch``, ``triton``, ``cuda``, ``date``;
@@ -86,7 +86,7 @@ def class_key(rec: dict[str, Any]) -> str:
 
 # Implementations that a plain PyTorch layer does not run: fitted and scored on their own rows,
 # never written into the profile's classes.
-NON_DEFAULT_IMPLS = frozenset({"triton", "split_kv", "stream_k"})
+NON_DEFAULT_IMPLS = frozenset({"triton", "split_kv", "stream_k", "loop"})  # loop: one matmul per expert
 
 
 def check_record(rec: Any, where: str) -> dict[str, Any]:

@@ -164,7 +164,7 @@ def main(
                        "method": method, "reps": reps, "rotate": len(built.fns), "params": case.args}
                 if case.section == "layer":
                     rec["attention_backend"] = built.sdpa.backend
-                if kernel_names:
+                if kernel_names or case.section == "grouped_gemm":  # which grouped kernel ran
                     rec["kernels"] = bench.kernel_names(built.fns[0])
                 write_record(fh, rec)
                 per_section.setdefault(f"{case.section}:{impl}", []).append(t)
