@@ -77,6 +77,7 @@ class OpClass(str, enum.Enum):
     REDUCE_SCATTER = "reduce_scatter"
     ALL_TO_ALL = "all_to_all"
     SEND_RECV = "send_recv"
+    GROUPED_GEMM = "grouped_gemm"
 
 
 @dataclass(frozen=True)

@@ -490,6 +490,10 @@ def op_cost(op: Op, gpu: GPU, profile: Profile) -> OpCost:
         from perfmodel import comm  # refined communication model
 
         return comm.collective_cost(op, gpu, profile)
+    if op.kind is OpKind.GROUPED_GEMM:  # MoE experts as one kernel (perfmodel.costs_grouped)
+        from perfmodel.costs_grouped import grouped_gemm_cost
+
+        return grouped_gemm_cost(op, gpu, profile)
     if isinstance(op, DecoderLayer):
         return sum((op_cost(o, gpu, profile).scale(c) for _, o, c in decoder_layer_parts(op)), ZERO)
     raise TypeError(f"not an op: {op!r}")

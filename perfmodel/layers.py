@@ -24,7 +24,7 @@ from perfmodel.knobs import (
     kv_layer_count,
 )
 from perfmodel.models import MlpKind, ModelSpec
-from perfmodel.ops import Attention, Collective, Elementwise, Gemm, Op, OpKind, Phase
+from perfmodel.ops import Attention, Collective, Elementwise, Gemm, GroupedGemm, Op, OpKind, Phase
 
 OpList = list[tuple[str, Op, Any]]
 
@@ -284,6 +284,23 @@ def _mlp(prefix: str, tokens, h: int, inter: int, kind: MlpKind, prec: Precision
     ]
 
 
+def _grouped_mlp(prefix: str, rows, groups, h: int, inter: int, kind: MlpKind, prec: Precision, count=1) -> OpList:
+    """Routed experts as one kernel per projection: ``rows`` token-expert pairs over ``groups``
+    touched experts (gate/up fused in one grouped GEMM, the activation over all rows, down)."""
+    a = prec.activations.bytes_per_element
+    if kind is MlpKind.GATED:
+        return [
+            (f"{prefix}gate_up_proj", GroupedGemm(groups, rows, 2 * inter, h, prec.math, prec.weights), count),
+            (f"{prefix}act_mul", Elementwise("silu_mul", bytes=3 * rows * inter * a, flops=5 * rows * inter), count),
+            (f"{prefix}down_proj", GroupedGemm(groups, rows, h, inter, prec.math, prec.weights), count),
+        ]
+    return [
+        (f"{prefix}up_proj", GroupedGemm(groups, rows, inter, h, prec.math, prec.weights), count),
+        (f"{prefix}act", Elementwise("gelu", bytes=2 * rows * inter * a, flops=8 * rows * inter), count),
+        (f"{prefix}down_proj", GroupedGemm(groups, rows, h, inter, prec.math, prec.weights), count),
+    ]
+
+
 def experts_touched(tokens, num_experts: int, top_k: int):
     """Expected distinct experts hit by ``tokens`` tokens routed uniformly at random to ``top_k`` of them."""
     t = np.asarray(tokens, dtype=np.float64)
@@ -301,17 +318,21 @@ def _dense_mlp_block(model: ModelSpec, tokens, prec: Precision, tp: int) -> OpLi
 
 
 def _moe_block(model: ModelSpec, tokens, prec: Precision, tp: int) -> OpList:
-    """MoE feed-forward with experts sharded by TP and uniform routing."""
+    """MoE feed-forward with experts sharded by TP and uniform routing.
+
+    The routed experts run as serving engines run them (vLLM ``fused_moe``, SGLang, TensorRT-LLM):
+    the token-expert pairs sorted by expert, one grouped GEMM per projection over the touched
+    experts (:func:`_grouped_mlp`), not one GEMM per expert.
+    """
     m = model.moe
     a = prec.activations.bytes_per_element
     h = model.hidden
     touched = experts_touched(tokens, m.num_experts, m.top_k)
-    rows_per_expert = tokens * m.top_k / touched
     ops: OpList = [
         _norm("post_norm", tokens, h, a),
         ("router", Gemm(tokens, m.num_experts, h, prec.math, prec.weights), 1),
     ]
-    ops += _mlp("expert_", rows_per_expert, h, m.expert_intermediate // tp, model.mlp, prec, count=touched)
+    ops += _grouped_mlp("expert_", tokens * m.top_k, touched, h, m.expert_intermediate // tp, model.mlp, prec)
     if m.shared_experts:
         ops += _mlp("shared_", tokens, h, m.shared_experts * m.shared_intermediate // tp, model.mlp, prec)
     ops += _all_reduce("mlp_all_reduce", tokens, h, prec, tp)

@@ -36,6 +36,7 @@ class OpKind(str, enum.Enum):
     REDUCE_SCATTER = "reduce_scatter"
     ALL_TO_ALL = "all_to_all"
     SEND_RECV = "send_recv"
+    GROUPED_GEMM = "grouped_gemm"
 
 
 COLLECTIVE_KINDS = frozenset(
@@ -202,7 +203,25 @@ class Collective:
         return self.op
 
 
-Op = Union[Gemm, Attention, Memcpy, Elementwise, DecoderLayer, Collective]
+@dataclass(frozen=True)
+class GroupedGemm:
+    """``groups`` GEMMs of one kernel (a MoE layer's experts): ``m`` rows in all, sorted by group,
+    each group's rows times its own ``[k, n]`` weight (``b_dtype``: the weights' storage format).
+
+    ``groups`` counts the groups that receive rows (the experts touched); ``m`` the token-expert
+    pairs.  Only the touched groups' weights are read.
+    """
+
+    groups: Num
+    m: Num
+    n: Num
+    k: Num
+    dtype: Dtype = Dtype.BF16
+    b_dtype: Dtype | None = None
+    kind = OpKind.GROUPED_GEMM
+
+
+Op = Union[Gemm, Attention, Memcpy, Elementwise, DecoderLayer, Collective, GroupedGemm]
 
 
 # ---------------------------------------------------------------------------
@@ -240,6 +259,8 @@ def flops(op: Op) -> Num:
     """Floating-point operations (2 per multiply-add)."""
     if isinstance(op, Gemm):
         return 2.0 * op.m * op.n * op.k
+    if isinstance(op, GroupedGemm):
+        return 2.0 * op.m * op.n * op.k
     if isinstance(op, Attention):
         dv = op.v_head_dim or op.head_dim
         pairs = visible_keys(op.q_len, op.kv_len, op.causal, op.window)
@@ -260,6 +281,10 @@ def bytes_moved(op: Op) -> Num:
     if isinstance(op, Gemm):
         a = op.dtype.bytes_per_element
         return op.m * op.k * a + op.k * op.n * _b(op.b_dtype, op.dtype) + op.m * op.n * a
+    if isinstance(op, GroupedGemm):
+        # the touched groups' weights once, every row in and out once
+        a = op.dtype.bytes_per_element
+        return op.groups * op.k * op.n * _b(op.b_dtype, op.dtype) + op.m * (op.k + op.n) * a
     if isinstance(op, Attention):
         a = op.dtype.bytes_per_element
         kvb = _b(op.kv_dtype, op.dtype)
@@ -370,6 +395,8 @@ def op_from_dict(d: dict[str, Any], where: str = "") -> Op:
             op=kind, bytes=_int(d, "bytes", where, minimum=0), world=world,
             dtype=_enum(Dtype, d, "dtype", where, default="bf16"), topology=str(d.get("topology", "")),
         )
+    if kind is OpKind.GROUPED_GEMM:
+        return _grouped_gemm_from_dict(d, where)
     ints = {k: _int(d, k, where, minimum=0 if k == "bytes" else 1) for k in _INT_FIELDS.get(kind, ())}
     for k in _OPTIONAL_INT.get(kind, ()):
         if k in d:
@@ -413,6 +440,16 @@ def op_from_dict(d: dict[str, Any], where: str = "") -> Op:
             attention_impl=_enum(AttentionImpl, d, "attention_impl", where, default=DEFAULT_ATTENTION_IMPL.value), **ints,
         )
     raise OpDescriptorError(f"{where}op {kind.value!r} is not supported")  # pragma: no cover
+
+
+def _grouped_gemm_from_dict(d: dict[str, Any], where: str) -> GroupedGemm:
+    """``{"op": "grouped_gemm", "groups", "m", "n", "k", "dtype", "b_dtype"}``; every touched group holds a row."""
+    ints = {k: _int(d, k, where, minimum=1) for k in ("groups", "m", "n", "k")}
+    if ints["groups"] > ints["m"]:
+        raise OpDescriptorError(f"{where}field 'groups' ({ints['groups']}) exceeds m ({ints['m']}): "
+                                f"every group counted holds at least one row")
+    b = _enum(Dtype, d, "b_dtype", where, default=d.get("dtype", "bf16")) if "b_dtype" in d else None
+    return GroupedGemm(dtype=_enum(Dtype, d, "dtype", where, default="bf16"), b_dtype=b, **ints)
 
 
 def op_to_dict(op: Op) -> dict[str, Any]:

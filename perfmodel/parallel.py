@@ -384,7 +384,7 @@ def ep_moe_layer(
     most any one GPU holds (default ``tokens / ep``).  ``expert_load`` gives each expert's share
     of routed token copies (normalised; default uniform).
     """
-    from perfmodel.layers import _mlp
+    from perfmodel.layers import _grouped_mlp
 
     ep = check_ep(model, ep)
     m = model.moe
@@ -406,11 +406,14 @@ def ep_moe_layer(
     buf = max(send, recv)
     dispatch = collective_time(OpKind.ALL_TO_ALL, buf, ep, gpu, profile, topology) if ep > 1 else ZERO
     experts = ZERO
-    for share in per_gpu[hot]:
-        rows = copies * share
-        if rows > 0:
-            experts = experts + _sum(_mlp("expert_", rows, model.hidden, m.expert_intermediate, model.mlp, precision),
-                                     gpu, profile)
+    rows = copies * per_gpu[hot].sum()
+    if rows > 0:
+        # one grouped GEMM per projection over the hot GPU's experts that receive rows (a token picks
+        # expert e with probability top_k * share_e); no more groups than rows
+        pick = np.minimum(m.top_k * per_gpu[hot], 1.0)
+        groups = min(float(np.sum(np.where(pick > 0, 1.0 - (1.0 - pick) ** tokens, 0.0))), rows)
+        experts = _sum(_grouped_mlp("expert_", rows, groups, model.hidden, m.expert_intermediate, model.mlp,
+                                    precision), gpu, profile)
     return EpMoe(dispatch, experts, dispatch, imbalance)
 
 

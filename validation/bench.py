@@ -48,8 +48,11 @@ class Built:
     fns: list
     graphable: bool = True
     sdpa: "L.Sdpa | None" = None
+    ran: str = ""  # the implementation that ran, where it differs from the case's (a fallback)
 
     def impl(self, default: str) -> str:
+        if self.ran:
+            return self.ran
         return self.sdpa.backend if (self.sdpa is not None and default in ("sdpa", "flash2")) else default
 
 
@@ -69,6 +72,8 @@ def build(case: Case, device: torch.device, l2_bytes: float) -> Built:
     if s == "attention":
         sdpa = L.Sdpa(case.impl) if case.impl in ("sdpa", "flash2") else None
         return Built(_attention(case, device, l2_bytes, sdpa), sdpa=sdpa)
+    if s == "grouped_gemm":
+        return _grouped_gemm(case, device, l2_bytes)
     if s == "layer":
         lay = L.DecoderLayerBench(a["batch"], a["q_len"], a["kv_len"], a["hidden"], a["intermediate"],
                                   a["q_heads"], a["kv_heads"], a["head_dim"], device,
@@ -168,6 +173,45 @@ def _attention(case: Case, device, l2_bytes, sdpa: L.Sdpa) -> list[Fn]:
             causal = wants_causal and n == kv and n > 1
             fns.append(lambda q=q, k=k, v=v, causal=causal: sdpa(q, k, v, causal))
     return fns
+
+
+def _grouped_gemm(case: Case, device, l2_bytes) -> Built:
+    """MoE experts' GEMM over the token-expert rows sorted by expert (``case.args["counts"]`` rows per
+    touched expert): ``torch._grouped_mm(x [m, k], w [groups, n, k] transposed to [groups, k, n],
+    offs=int32 cumsum of the counts)`` (impl ``grouped_mm``), or one ``torch.matmul`` per touched
+    expert (impl ``loop``).  Where ``torch._grouped_mm`` does not run (an old or CPU build), the
+    loop runs and the record says ``loop``.  Weights are stored ``[n, k]`` per expert (as
+    ``nn.Linear`` and the serving engines hold them); bf16, 16-byte aligned rows."""
+    a = case.args
+    counts, n, k = [int(c) for c in a["counts"]], int(a["n"]), int(a["k"])
+    g, m = len(counts), sum(counts)
+    rot = rotations((m * k + g * n * k) * 2, l2_bytes)
+    ends = torch.tensor(counts, dtype=torch.int64).cumsum(0)
+    offs = ends.to(device=device, dtype=torch.int32)
+    bounds = [0] + ends.tolist()
+    sets = []
+    for _ in range(rot):
+        x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
+        w = torch.randn(g, n, k, device=device, dtype=torch.bfloat16).mul_(k ** -0.5)
+        sets.append((x, w, torch.empty(m, n, device=device, dtype=torch.bfloat16)))
+
+    def loop(x, w, out):
+        for i in range(g):
+            torch.matmul(x[bounds[i]:bounds[i + 1]], w[i].t(), out=out[bounds[i]:bounds[i + 1]])
+        return out
+
+    if case.impl == "loop":
+        return Built([(lambda x=x, w=w, o=o: loop(x, w, o)) for x, w, o in sets])
+    grouped = getattr(torch, "_grouped_mm", None)
+    try:
+        x, w, _ = sets[0]
+        grouped(x, w.transpose(-2, -1), offs=offs)
+    except (RuntimeError, NotImplementedError, TypeError) as exc:
+        if device.type == "cuda":
+            raise
+        del exc
+        return Built([(lambda x=x, w=w, o=o: loop(x, w, o)) for x, w, o in sets], ran="loop")
+    return Built([(lambda x=x, w=w: grouped(x, w.transpose(-2, -1), offs=offs)) for x, w, _ in sets])
 
 
 # ---------------------------------------------------------------------------- timing

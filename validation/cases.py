@@ -8,10 +8,16 @@ tiny and runs on a CPU (``--dry-run``).
 
 from __future__ import annotations
 
+import functools
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from perfmodel.ops import Attention, DecoderLayer, Elementwise, Gemm, MemLocation, Memcpy, Phase, op_to_dict
+import numpy as np
+
+from perfmodel.ops import (
+    Attention, DecoderLayer, Elementwise, Gemm, GroupedGemm, MemLocation, Memcpy, Phase, op_to_dict,
+)
 
 BF16 = 2  # bytes per element of every activation and weight here
 
@@ -41,7 +47,7 @@ SMOKE_MODEL = ModelShape("smoke", 64, 128, 4, 2, 16)
 
 @dataclass(frozen=True)
 class Case:
-    section: str  # gemm, elementwise, memcpy, attention, layer
+    section: str  # gemm, elementwise, memcpy, attention, layer, grouped_gemm
     impl: str
     family: str
     desc: dict[str, Any]
@@ -226,10 +232,91 @@ def layer_cases(size: str) -> list[Case]:
     return out
 
 
-SECTIONS = ("gemm", "elementwise", "memcpy", "layer", "attention")
+@dataclass(frozen=True)
+class MoeShape:
+    """One MoE layer's routed experts (public configs): experts, top-k, hidden, expert intermediate."""
+
+    name: str
+    experts: int
+    top_k: int
+    hidden: int
+    inter: int
+
+
+# As in each model's Hugging Face config.json (num_local_experts / num_experts / n_routed_experts,
+# num_experts_per_tok, hidden_size, intermediate_size / moe_intermediate_size).
+MOE_MODELS = (
+    MoeShape("mixtral-8x7b", 8, 2, 4096, 14336),
+    MoeShape("qwen3-30b-a3b", 128, 8, 2048, 768),
+    MoeShape("deepseek-v2-lite", 64, 6, 2048, 1408),
+    MoeShape("deepseek-v3", 256, 8, 7168, 2048),
+)
+SMOKE_MOE = MoeShape("smoke", 8, 2, 64, 32)
+#: Zipf exponent of the skewed routing: expert popularity falls as 1 / rank ** s (a few hot experts)
+ZIPF_S = 1.2
+#: largest touched-expert weight tensor a case allocates (bytes)
+GROUPED_WEIGHT_CAP = 6e9
+
+
+@functools.lru_cache(maxsize=512)
+def route_counts(tokens: int, experts: int, top_k: int, routing: str, seed: int = 0) -> tuple[int, ...]:
+    """Rows each expert receives when ``tokens`` tokens each pick ``top_k`` distinct experts.
+
+    ``uniform``: every expert equally likely; ``zipf``: expert popularity ``1 / rank ** ZIPF_S`` over
+    a random ranking of the experts (Gumbel top-k: sampling ``top_k`` without replacement in
+    proportion to popularity).  Deterministic for a given seed.
+    """
+    rng = np.random.default_rng(seed)
+    if routing == "uniform":
+        logits = np.zeros(experts)
+    elif routing == "zipf":
+        logits = -ZIPF_S * np.log(1.0 + rng.permutation(experts))
+    else:
+        raise ValueError(f"routing must be uniform or zipf, got {routing!r}")
+    g = logits[None, :] + rng.gumbel(size=(tokens, experts))
+    picks = np.argpartition(-g, top_k - 1, axis=1)[:, :top_k]
+    return tuple(int(c) for c in np.bincount(picks.ravel(), minlength=experts))
+
+
+def _grouped_case(shape: MoeShape, proj: str, tokens: int, routing: str, impl: str) -> Case | None:
+    n, k = (2 * shape.inter, shape.hidden) if proj == "gate_up" else (shape.hidden, shape.inter)
+    seed = zlib.crc32(f"{shape.name}/{tokens}/{routing}".encode())
+    counts = [c for c in route_counts(tokens, shape.experts, shape.top_k, routing, seed) if c > 0]
+    if len(counts) * n * k * BF16 > GROUPED_WEIGHT_CAP:
+        return None
+    op = GroupedGemm(len(counts), tokens * shape.top_k, n, k)
+    return Case("grouped_gemm", impl, f"grouped_gemm/{shape.name}_{proj}_{routing}", op_to_dict(op),
+                {"counts": counts, "n": n, "k": k, "tokens": tokens, "experts": shape.experts,
+                 "top_k": shape.top_k, "routing": routing, "model": shape.name, "proj": proj})
+
+
+def grouped_gemm_cases(size: str) -> list[Case]:
+    """MoE expert GEMMs as one ``torch._grouped_mm`` over the touched experts (impl ``grouped_mm``):
+    gate/up and down of each MoE shape, decode (1..256 tokens) and prefill (1K..16K tokens), uniform and
+    Zipf routing; plus the per-expert loop (impl ``loop``, one matmul per touched expert) for a few."""
+    if size == "smoke":
+        shapes, decode, prefill = (SMOKE_MOE,), (1, 7), (40,)
+        loops = ((SMOKE_MOE, "gate_up", 7),)
+    elif size == "quick":
+        shapes, decode, prefill = MOE_MODELS, (1, 8, 64, 256), (2048, 8192)
+        loops = tuple((MOE_MODELS[i], "gate_up", t) for i in (0, 1) for t in (1, 16, 256))
+    else:
+        shapes, decode, prefill = MOE_MODELS, (1, 2, 4, 8, 16, 32, 64, 128, 256), (1024, 2048, 4096, 8192, 16384)
+        loops = tuple((MOE_MODELS[i], p, t) for i in (0, 1, 2) for p in ("gate_up", "down") for t in (1, 4, 16, 64, 256))
+    out = []
+    for shape in shapes:
+        for proj in ("gate_up", "down"):
+            for routing in ("uniform", "zipf"):
+                for t in (*decode, *prefill):
+                    out.append(_grouped_case(shape, proj, t, routing, "grouped_mm"))
+    out += [_grouped_case(shape, proj, t, "uniform", "loop") for shape, proj, t in loops]
+    return [c for c in out if c is not None]
+
+
+SECTIONS = ("gemm", "elementwise", "memcpy", "layer", "attention", "grouped_gemm")
 _LAST = ("triton", "split_kv", "stream_k")  # Triton kernels compile and autotune: measured last
 _BUILDERS = {"gemm": gemm_cases, "elementwise": elementwise_cases, "memcpy": memcpy_cases,
-             "attention": attention_cases, "layer": layer_cases}
+             "attention": attention_cases, "layer": layer_cases, "grouped_gemm": grouped_gemm_cases}
 
 
 # Coverage set (``--extra``): families the quick set lacks, so that held-out scores cover them.

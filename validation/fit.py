@@ -43,7 +43,7 @@ from perfmodel.calibration import (
 )
 from perfmodel.costs import op_cost
 from perfmodel.errors import ProfileError
-from perfmodel.ops import DEFAULT_ATTENTION_IMPL, Attention, Elementwise, Gemm, Memcpy, Op, op_from_dict
+from perfmodel.ops import DEFAULT_ATTENTION_IMPL, Attention, Elementwise, Gemm, GroupedGemm, Memcpy, Op, op_from_dict
 from validation.records import NON_DEFAULT_IMPLS, RecordError, class_key, refuse_other_gpu
 
 COLLECTIVE_CLASSES = frozenset({OpClass.ALL_REDUCE, OpClass.ALL_GATHER, OpClass.REDUCE_SCATTER,
@@ -137,6 +137,10 @@ _REDUCE_ROW = Param("reduce_row_s", 0.0, 2.0, 0.05, factor=1e-6)
 _MERGE_LAT = Param("merge_latency_s", 0.0, 10.0, 1.0, factor=1e-6)
 _MERGE_STEP = Param("merge_step_s", 0.0, 10.0, 0.5, factor=1e-6)
 _UNITS_PER_SM = (1.0, 2.0, 4.0)
+# grouped GEMM (MoE experts in one kernel): one launch, the touched weights at memory_eff, the math over each
+# group's rows padded to the kernel's M tile (a grid choice; 0: no padding)
+_GROUPED_SPEC = (_EFF("compute_eff", 0.75), _EFF("memory_eff", 0.8), _LAT)
+_GROUPED_TILES = tuple({"tile_m": tm} for tm in (0, 16, 32, 64, 128))
 
 
 def _choices(tiles, rules: tuple[int, ...]):
@@ -152,6 +156,8 @@ def _spec(key: str):
     occupancy = (_UNIT_OH, _UNIT_BW) + ((_SPLIT_LAT, _SPLIT_EFF, _SPLIT_PIECE) if splits else ())
     if base == "gemm":
         return _COMPUTE_SPEC + (_SMALL_TILE, _FILL_TILE, _MISALIGNED, _MISALIGNED_MEM), _GEMM_TILES
+    if base == "grouped_gemm":
+        return _GROUPED_SPEC, _GROUPED_TILES
     if base == "attention_prefill":
         return _PREFILL_SPEC + ((_SPLIT_LAT,) if splits else ()), _choices(_PREFILL_TILES, rules)
     if base == "attention_decode":  # rows of a KV head's query group, padded to the kernel's tile
@@ -180,6 +186,8 @@ def _stack(ops: list[Op]) -> list[tuple[Op, np.ndarray]]:
     for i, op in enumerate(ops):
         if isinstance(op, Gemm):
             key = ("gemm", op.dtype, op.b_dtype)
+        elif isinstance(op, GroupedGemm):
+            key = ("grouped_gemm", op.dtype, op.b_dtype)
         elif isinstance(op, Attention):
             key = ("attn", op.phase, op.causal, op.dtype, op.window, op.v_head_dim, op.kv_shared, op.kv_dtype, op.impl)
         elif isinstance(op, Memcpy):
@@ -216,7 +224,7 @@ def _profile_with(gpu: GPU, key: str, p: ClassParams) -> Profile:
     base = key.split("[")[0]
     if base.startswith("elementwise:"):
         return Profile(gpu.name, Mode.CALIBRATED, elementwise=MappingProxyType({base.split(":", 1)[1]: p}))
-    if "[" in key:  # an attention implementation's own curve
+    if "[" in key and base.startswith("attention"):  # an attention implementation's own curve
         return Profile(gpu.name, Mode.CALIBRATED, implementations=MappingProxyType({parse_curve_key(key, "fit"): p}))
     return Profile(gpu.name, Mode.CALIBRATED, classes=MappingProxyType({OpClass(base): p}))
 
@@ -313,7 +321,8 @@ class ProfileFitter:
             apes[k] = ape
             if "[" in k:
                 extra[k] = p
-                impls[parse_curve_key(k, "fit")] = p
+                if k.startswith("attention"):
+                    impls[parse_curve_key(k, "fit")] = p
             elif k.startswith("elementwise:"):
                 named[k.split(":", 1)[1]] = p
             else:
@@ -341,8 +350,20 @@ class ProfileFitter:
 
     def predict_records(self, records: Sequence[dict[str, Any]], gpu: str | None = None) -> np.ndarray:
         """Like :meth:`predict`; an attention record (or a layer's attention) is priced with the curve of
-        the implementation it ran (its ``impl``), which the fitted profile must have."""
-        return self.predict(ops_of(records), gpu)
+        the implementation it ran (its ``impl``), which the fitted profile must have; other rows of a
+        non-default implementation (``grouped_gemm[loop]``) with their own fitted curve."""
+        g = load_gpu(gpu or self.gpu)
+        ops = ops_of(records)
+        out = np.empty(len(records))
+        by: dict[str, list[int]] = {}
+        for i, r in enumerate(records):
+            k = class_key(r)
+            own = "[" in k and not k.startswith("attention") and k in (self.extra_ or {})
+            by.setdefault(k if own else "", []).append(i)
+        for k, idx in by.items():
+            prof = self.profile_ if not k else _profile_with(g, k, self.extra_[k])
+            out[idx] = predict_ops([ops[i] for i in idx], g, prof)
+        return out
 
 
 def fit_profile(records: Sequence[dict[str, Any]], gpu: str) -> Profile:

@@ -6,7 +6,8 @@ A record is an op descriptor of the core's schema (``docs/ops.md``) with these k
 - ``impl``: what ran (``cublas``, ``torch``, ``copy_engine``, ``cuda_graph_layer``; for attention the
   :class:`perfmodel.ops.AttentionImpl`: ``sdpa`` (PyTorch's own backend choice), ``flash2`` (SDPA
   restricted to flash), ``triton``, ``split_kv``, ``stream_k``), and for decoder layers
-  ``attention_impl``, the attention their SDPA ran;
+  ``attention_impl``, the attention their SDPA ran; for grouped GEMMs ``grouped_mm`` or ``loop`` (one
+  matmul per expert);
 - ``kernels`` (attention and layers; others with ``--kernel-names``): the CUDA kernels one call
   launched, as ``torch.profiler`` names them;
 - ``family``: the shape family the record belongs to (held-out splits are by family);
@@ -89,9 +90,9 @@ def class_key(rec: dict[str, Any]) -> str:
     return key
 
 
-# Attention implementations other than the default (``sdpa``): fitted and scored on their own rows,
-# written into the profile's ``implementations``.
-NON_DEFAULT_IMPLS = frozenset({"flash2", "triton", "split_kv", "stream_k"})
+# Implementations fitted and scored on their own rows: attention implementations other than the default
+# (``sdpa``), written into the profile's ``implementations``; ``loop`` (one matmul per expert), never written.
+NON_DEFAULT_IMPLS = frozenset({"flash2", "triton", "split_kv", "stream_k", "loop"})
 
 
 def check_record(rec: Any, where: str) -> dict[str, Any]:

@@ -176,7 +176,7 @@ def main(
                        "rotate": len(built.fns), "params": case.args}
                 if case.section == "layer":
                     rec["attention_impl"] = built.sdpa.backend
-                if kernel_names or case.section in ("attention", "layer"):
+                if kernel_names or case.section in ("attention", "layer", "grouped_gemm"):
                     # which library kernel ran: a backend change in a later PyTorch shows as a new name
                     rec["kernels"] = bench.kernel_names(built.fns[0])
                 write_record(fh, rec)

@@ -1,0 +1,71 @@
+"""Cost of a grouped GEMM: a MoE layer's experts run as one kernel, as serving engines run them.
+
+vLLM's ``fused_moe`` Triton kernel, SGLang's and TensorRT-LLM's MoE kernels (and
+``torch._grouped_mm``) sort the token-expert pairs by expert and run every expert's GEMM in one
+launch: each program takes a ``tile_m``-row block of one expert's rows and streams that expert's
+weight.  Priced as one roofline (:func:`perfmodel.costs._roofline`):
+
+- one launch (``latency_s``) per call, not one per expert;
+- bytes: the touched experts' weights plus the rows in and out, at ``memory_eff``;
+- math at ``compute_eff`` over the padded rows: each group's rows are padded to whole ``tile_m``
+  blocks (``groups * ceil(m / groups / tile_m) * tile_m`` rows; the rows are taken as spread evenly
+  over the groups, so routing skew enters only through the touched count).
+
+The profile's ``grouped_gemm`` class sets these.  A calibrated profile without that class
+borrows its ``gemm`` class's ``compute_eff``, ``memory_eff``, ``latency_s`` and ``overlap``
+(:func:`grouped_gemm_params`); the peak profile prices the datasheet roofline.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hw.spec import GPU
+from perfmodel.calibration import PEAK_PARAMS, ClassParams, Mode, OpClass, Profile
+from perfmodel.costs import Bound, OpCost, _roofline
+from perfmodel.ops import GroupedGemm, bytes_moved, flops
+
+#: fields a calibrated profile without a ``grouped_gemm`` class takes from its ``gemm`` class
+BORROWED_FROM_GEMM = ("compute_eff", "memory_eff", "latency_s", "overlap")
+
+
+def grouped_gemm_params(prof: Profile) -> ClassParams:
+    """The curve that prices grouped GEMMs under ``prof``.
+
+    The ``grouped_gemm`` class when the profile has one; else, in calibrated mode, the ``gemm``
+    class's efficiencies, latency and overlap (:data:`BORROWED_FROM_GEMM`; no tile padding);
+    else the peak curve (efficiency 1, latency 0).
+    """
+    own = prof.classes.get(OpClass.GROUPED_GEMM)
+    if own is not None:
+        return own
+    gemm = prof.classes.get(OpClass.GEMM)
+    if prof.mode is Mode.CALIBRATED and gemm is not None:
+        return ClassParams(**{f: getattr(gemm, f) for f in BORROWED_FROM_GEMM})
+    return PEAK_PARAMS
+
+
+def grouped_padded_rows(groups, m, tile_m: int):
+    """Rows the kernel computes: each of ``groups`` groups pads its share of ``m`` rows to whole
+    ``tile_m`` blocks (at least one block per group); ``m`` when ``tile_m`` is 0."""
+    m = np.asarray(m, dtype=np.float64)
+    if tile_m <= 0:
+        return m if m.ndim else float(m)
+    g = np.maximum(np.asarray(groups, dtype=np.float64), 1e-12)
+    out = g * np.maximum(np.ceil(m / g / tile_m), 1.0) * tile_m
+    out = np.maximum(out, m)
+    return out if np.ndim(out) else float(out)
+
+
+def grouped_gemm_cost(op: GroupedGemm, gpu: GPU, prof: Profile) -> OpCost:
+    """One grouped-GEMM launch under ``prof`` (see the module docstring)."""
+    p = grouped_gemm_params(prof)
+    fl = flops(op)
+    fl_eff = None
+    if p.tile_m > 0:
+        fl_eff = 2.0 * grouped_padded_rows(op.groups, op.m, p.tile_m) * np.asarray(op.n, dtype=np.float64) * op.k
+        fl_eff = fl_eff if np.ndim(fl_eff) else float(fl_eff)
+    return _roofline(fl, bytes_moved(op), gpu.flops_for(op.dtype), gpu.hbm_bytes_per_s, p, Bound.HBM_BANDWIDTH, fl_eff)
+
+
+__all__ = ["BORROWED_FROM_GEMM", "grouped_gemm_cost", "grouped_gemm_params", "grouped_padded_rows"]
