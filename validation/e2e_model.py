@@ -204,6 +204,7 @@ class E2EModel:
             a = a.transpose(1, 2).reshape(b * n, hq * d)
             o = torch.addmm(lay["b_o"], a, lay["w_o"]) if "b_o" in lay else a @ lay["w_o"]
             x = x + o
+            del qkv, t, q, k, v, a, o, args  # the MLP's workspace reuses theirs, as in an engine
             hn = rmsnorm(x, lay["n2"])
             x = x + (self._moe(hn, lay) if "experts" in lay else _mlp(hn, lay["mlp"]))
         last = x.view(b, n, h)[:, -1]
