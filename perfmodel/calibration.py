@@ -42,6 +42,7 @@ import numpy as np
 
 from hw.loader import DATA_DIR
 from hw.spec import GPU
+from perfmodel.clocks import sustained_from_dict
 from perfmodel.errors import ProfileError
 from perfmodel.ops import DEFAULT_ATTENTION_IMPL, AttentionImpl, Phase
 
@@ -316,6 +317,8 @@ class Profile:
         default_factory=lambda: MappingProxyType({}))
     attention_impl: AttentionImpl = DEFAULT_ATTENTION_IMPL
     attention_kernels: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
+    #: The sustained-clock terms (``compute_ratio``, ``settle_s``; :mod:`perfmodel.clocks`); empty when not measured.
+    sustained: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     def params(self, op_class: OpClass) -> ClassParams:
         if op_class in ATTENTION_CLASSES:
@@ -382,6 +385,8 @@ class Profile:
         if self.implementations:
             out["implementations"] = {curve_key(c, i): params_to_dict(p)
                                       for (c, i), p in sorted(self.implementations.items(), key=lambda kv: curve_key(*kv[0]))}
+        if self.sustained:
+            out["sustained"] = dict(self.sustained)
         if self.attention_kernels:
             out["attention_kernels"] = {k: list(v) for k, v in sorted(self.attention_kernels.items())}
         return out
@@ -455,6 +460,7 @@ def profile_from_dict(data: Any, where: str = "<dict>") -> Profile:
         ring_attention_step=MappingProxyType(ring),
         implementations=MappingProxyType(impls),
         attention_kernels=MappingProxyType({k: tuple(v) for k, v in kern_raw.items()}),
+        sustained=MappingProxyType(sustained_from_dict(data["sustained"], where) if "sustained" in data else {}),
     )
 
 

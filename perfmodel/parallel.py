@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from hw.spec import GPU
+from perfmodel.clocks import sustained_phase
 from perfmodel.calibration import Profile
 from perfmodel.comm import collective_time
 from perfmodel.costs import ZERO, OpCost, op_cost
@@ -675,6 +676,8 @@ def parallel_phases(
     dstep, dcomm = step(float(context_len))
     mean_step, _ = step(context_len + (output_tokens + 1) / 2.0)
     details.update(pp_micro_batches_decode=m)
+    # the prefill runs back to back: its compute slows to the sustained rate (perfmodel.clocks)
+    prefill = sustained_phase(prefill, profile.sustained)
     return ParallelPhases(prefill, dstep, mean_step.scale(float(output_tokens)), prefill_comm, dcomm, details)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from hw.spec import GPU
 from perfmodel.calibration import Mode, Profile, peak_profile, resolve_profile
+from perfmodel.clocks import sustained_phase
 from perfmodel.costs import ZERO, Bound, OpCost, op_cost
 from perfmodel.knobs import Knobs, attention_layer_count, effective_model
 from perfmodel.layers import (
@@ -97,12 +98,16 @@ def prefill_cost(
     tokens; a shared prefix is prefilled once for the batch and each suffix
     attends to it; with attention offloading the KV is sent to the pool as it
     is produced (the transfer time beyond the prefill's own is added).
+
+    The prefill runs back to back: with a profile's ``sustained`` terms its compute slows to the
+    power-capped rate after the settling time (:func:`perfmodel.clocks.sustained_phase`).
     """
     knobs = _active(knobs)
     ctx = np.asarray(context_len, dtype=np.float64)
     if knobs is None:
         body = _prefill_span(model, gpu, profile, ctx, 0.0, batch, precision, tp, chunk_tokens, None)
-        return body + sum_costs(lm_head_ops(model, batch, precision, tp), gpu, profile)
+        return sustained_phase(body + sum_costs(lm_head_ops(model, batch, precision, tp), gpu, profile),
+                               profile.sustained)
     m = effective_model(model, knobs)
     knobs.check(m, ctx)
     prec = apply_knobs(precision, knobs)
@@ -117,7 +122,7 @@ def prefill_cost(
         body = cheaper(split, _prefill_span(m, gpu, profile, ctx, 0.0, batch, prec, tp, chunk_tokens, knobs))
     else:
         body = _prefill_span(m, gpu, profile, ctx, 0.0, batch, prec, tp, chunk_tokens, knobs)
-    total = body + sum_costs(lm_head_ops(m, batch, prec, tp), gpu, profile)
+    total = sustained_phase(body + sum_costs(lm_head_ops(m, batch, prec, tp), gpu, profile), profile.sustained)
     if knobs.offload is not None:
         kv = kv_cache_bytes_per_gpu(m, ctx, 0, batch, prec, tp, knobs)
         ship = kv / knobs.offload.link_bytes_per_s
