@@ -179,6 +179,18 @@ def predict(spec: ModelSpec, gpu: str, phase: str, batch: int, context: int) -> 
     return float(decode_step_cost(spec, g, prof, context, batch, **fkw).total_s), "decode_step_cost"
 
 
+def repredict(rec: dict) -> dict:
+    """``rec`` with ``predicted_s``, ``prediction`` and ``error`` made again by :func:`predict` for the
+    layers it ran on its GPU (``gpu_model``, else ``hw``); skipped rows are returned unchanged."""
+    if rec.get("status") != "ok" or not rec.get("measured_s"):
+        return rec
+    spec, _ = resolve_model(rec.get("config") if rec.get("config") and Path(rec["config"]).is_file() else rec["model"])
+    spec = with_layers(spec, int(rec["layers_run"]))
+    gpu = rec.get("gpu_model") or rec.get("hw")
+    pred, how = predict(spec, gpu, rec["phase"], int(rec["batch"]), int(rec["context"]))
+    return {**rec, "predicted_s": pred, "prediction": how, "error": pred / rec["measured_s"] - 1.0}
+
+
 def calls(phase: str, context: int, predicted_s: float, dry_run: bool = False) -> tuple[int, int]:
     """Warm-up calls and timed calls (or graph replays) of a row: fewer for long calls
     (1 warm-up and 2 timed for prefill at >= 64K tokens or >= 2 s a call)."""
@@ -357,8 +369,17 @@ def _report_cli(argv: list[str]) -> int:
     p = _Parser(prog="python -m validation.e2e report", description="score e2e records per GPU and phase")
     p.add_argument("files", nargs="+", help="e2e_<gpu>.jsonl files")
     p.add_argument("--md", type=Path, default=None, help="write the markdown table here too")
+    p.add_argument("--repredict", action="store_true",
+                   help="price every measured row again with the current code and profiles (the stored "
+                        "prediction is the one made when it was measured); rewrites the files")
     a = p.parse_args(argv)
-    text = markdown(score(read_records(a.files)))
+    recs = read_records(a.files)
+    if a.repredict:
+        for path in a.files:
+            rows = read_records([path])
+            Path(path).write_text("".join(json.dumps(repredict(r)) + "\n" for r in rows))
+        recs = read_records(a.files)
+    text = markdown(score(recs))
     if a.md is not None:
         a.md.parent.mkdir(parents=True, exist_ok=True)
         a.md.write_text(text)

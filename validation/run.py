@@ -86,6 +86,8 @@ def main(
                               help="comma-separated implementations to measure (e.g. split_kv,stream_k); default all"),
     gemm_ms: str = typer.Option("", "--gemm-ms",
                                 help="comma-separated M values for the GEMM cases (every (N, K) family of the set)"),
+    family: str = typer.Option("", "--family",
+                               help="measure only the cases whose shape family contains this text (e.g. pageable)"),
     launch: str = typer.Option("graph", "--launch",
                                help="graph: ops timed as CUDA-graph replays (copies: eager); eager: back-to-back "
                                     "eager calls timed with CUDA events (what a program without graphs sees)"),
@@ -136,6 +138,8 @@ def main(
         except ValueError as exc:
             console.print(f"error: --gemm-ms: {exc}")
             raise typer.Exit(2)
+    if family:
+        todo = [c for c in todo if family in c.family]
     if impls:
         wanted = {i.strip() for i in impls.split(",") if i.strip()}
         known = {c.impl for c in todo}
