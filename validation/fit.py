@@ -366,6 +366,46 @@ class ProfileFitter:
         return out
 
 
+#: the compute-bound ops of ``benchmarks/sustained.py``, as op descriptors (to price them with the profile)
+SUSTAINED_OPS = {
+    "gemm_bf16_8192": {"op": "gemm", "m": 8192, "n": 8192, "k": 8192, "dtype": "bf16"},
+    "attention_prefill_sdpa_16k": {"op": "attention", "phase": "prefill", "batch": 1, "q_len": 16384,
+                                   "kv_len": 16384, "q_heads": 32, "kv_heads": 8, "head_dim": 128, "impl": "sdpa"},
+}
+
+
+def sustained_terms(result: dict[str, Any], profile: Profile) -> dict[str, Any]:
+    """The profile's ``sustained`` object from a ``benchmarks/sustained.py`` result.
+
+    ``compute_ratio``: the median over the compute-bound ops of their settled rate over the rate
+    ``profile`` predicts for the op (at most 1); ``settle_s``: the median time their rate took to
+    settle.  Raises :class:`RecordError` for a dry run or a result without those ops.
+    """
+    if result.get("dry_run"):
+        raise RecordError("a --dry-run sustained result cannot calibrate a GPU profile")
+    g = load_gpu(profile.gpu)
+    ratios, settle, used = [], [], {}
+    for name, desc in SUSTAINED_OPS.items():
+        r = result.get("ops", {}).get(name)
+        if not r:
+            continue
+        op = op_from_dict(desc)
+        predicted_rate = float(r["work"]) / float(op_cost(op, g, profile).total_s)
+        ratio = min(1.0, float(r["sustained_rate"]) / predicted_rate)
+        ratios.append(ratio)
+        if r.get("settled_after_s") is not None:
+            settle.append(float(r["settled_after_s"]))
+        used[name] = {"ratio_to_profile": round(ratio, 4), "ratio_to_burst": round(float(r["ratio"]), 4),
+                      "sm_clock_mhz_settled": r.get("sm_clock_mhz_settled"), "power_w_settled": r.get("power_w_settled")}
+    if not ratios:
+        raise RecordError(f"sustained result has none of the ops {', '.join(SUSTAINED_OPS)}")
+    out = {"compute_ratio": round(float(np.median(ratios)), 4),
+           "settle_s": round(float(np.median(settle)) if settle else 0.0, 3),
+           "measured": {"gpu": result.get("gpu"), "driver": result.get("driver"), "torch": result.get("torch"),
+                        "date": result.get("date"), "ops": used}}
+    return out
+
+
 def fit_profile(records: Sequence[dict[str, Any]], gpu: str) -> Profile:
     """The calibrated profile of ``gpu`` fitted on ``records``."""
     return ProfileFitter(gpu).fit(records).profile_
@@ -426,7 +466,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             src = rec_path.resolve().relative_to(Path(__file__).resolve().parent.parent)
         except ValueError:
             src = rec_path
-        write_profile(fitter.profile_, out, f"fitted by validation.fit on {len(recs)} records of {src}")
+        prof = fitter.profile_
+        sus_path = rec_path.parent / f"sustained_{a.gpu}.json"
+        if sus_path.exists():  # the power-capped rate of long phases (benchmarks/sustained.py)
+            terms = sustained_terms(json.loads(sus_path.read_text()), prof)
+            terms["source"] = f"validation.fit from {sus_path.name} (benchmarks/sustained.py)"
+            prof = dataclasses.replace(prof, sustained=MappingProxyType(terms))
+        write_profile(prof, out, f"fitted by validation.fit on {len(recs)} records of {src}")
     except (RecordError, ProfileError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
