@@ -10,7 +10,7 @@ import numpy as np
 
 from hw.loader import load_gpu
 from hw.spec import GPU
-from perfmodel.calibration import Mode, Profile, resolve_profile
+from perfmodel.calibration import Launch, Mode, Profile, resolve_profile
 from perfmodel.ops import DEFAULT_ATTENTION_IMPL, AttentionImpl
 from perfmodel.costs import Bound, OpCost
 from perfmodel.errors import DoesNotFitError, InvalidInputError
@@ -72,6 +72,7 @@ class Analysis:
     decode_step_comm_s: float = 0.0
     parallel: dict = field(default_factory=dict)  # bubble share, Ring overlap, EP imbalance ...
     attention_impl: AttentionImpl = DEFAULT_ATTENTION_IMPL
+    launch: Launch = Launch.GRAPH
 
     @property
     def session_throughput_tokens_per_s(self) -> float:
@@ -96,6 +97,7 @@ class Analysis:
             "tp": self.tp,
             "mode": self.mode.value,
             "attention_impl": self.attention_impl.value,
+            "launch": self.launch.value,
             "context_len": self.context_len,
             "output_tokens": self.output_tokens,
             "batch": self.batch,
@@ -216,6 +218,7 @@ def analyze(
     ep: int = 1,
     topology: str | None = None,
     attention_impl: "AttentionImpl | str" = DEFAULT_ATTENTION_IMPL,
+    launch: "Launch | str" = Launch.GRAPH,
 ) -> Analysis:
     """Prefill, decode, concurrency and context switch of one scenario.
 
@@ -225,7 +228,8 @@ def analyze(
 
     ``attention_impl`` (:class:`perfmodel.ops.AttentionImpl`: ``sdpa``, PyTorch's default and the class of
     serving engines' kernels; ``flash2``; ``triton``) picks the attention kernel whose curves price
-    attention in calibrated mode (peak mode prices every impl at the datasheet roofline).
+    attention in calibrated mode (peak mode prices every impl at the datasheet roofline).  ``launch``
+    (``graph``, default, or ``eager``) prices kernels as CUDA-graph replays or one eager launch each.
 
     ``knobs`` (:class:`perfmodel.knobs.Knobs`) prices KV-cache what-ifs, also with
     ``pp``/``sp``/``ep``/``topology`` (:func:`perfmodel.parallel.check_knobs` names those a
@@ -269,7 +273,7 @@ def analyze(
         notes.append(f"context {context_len + output_tokens} exceeds the model's trained window of {m.max_context} tokens")
     prec = apply_knobs(Precision.of(weight_dtype, activation_dtype, kv_dtype), knobs)
     mode = Mode(mode)
-    prof = resolve_profile(g, mode, profile, attention_impl)
+    prof = resolve_profile(g, mode, profile, attention_impl, launch)
     if mode is Mode.CALIBRATED and prof.is_peak:
         notes.append(f"no calibration profile for {g.name}: peak figures shown")
     mem = memory_budget(m, g, context_len, output_tokens, prec, tp, chunk_tokens, reserve_fraction, batch=batch,
@@ -311,7 +315,7 @@ def analyze(
         try:
             baseline = analyze(base_model, g, context_len, output_tokens, batch, tp, mode, weight_dtype, kv_dtype,
                                activation_dtype, chunk_tokens, reserve_fraction, prof, pp=pp, sp=sp, sp_kind=sp_kind,
-                               ep=ep, topology=topology, attention_impl=prof.attention_impl)
+                               ep=ep, topology=topology, attention_impl=prof.attention_impl, launch=prof.launch)
         except DoesNotFitError as exc:
             notes.append(f"without the knobs: {exc}")
         except InvalidInputError as exc:  # e.g. a TP degree only the knobs' KV heads allow
@@ -321,6 +325,7 @@ def analyze(
         precision=prec, prefill=pre, decode_step=step, decode=dec, memory=mem, switch=sw, notes=tuple(notes),
         knobs=knobs, baseline=baseline, pp=pp, sp=sp, sp_kind=str(sp_kind), ep=ep, prefill_comm_s=pre_comm,
         decode_step_comm_s=step_comm, parallel=par_details, attention_impl=prof.attention_impl,
+        launch=prof.launch,
     )
 
 

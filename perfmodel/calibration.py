@@ -61,6 +61,15 @@ class Mode(str, enum.Enum):
     CALIBRATED = "calibrated"
 
 
+class Launch(str, enum.Enum):
+    """How kernels are launched: ``graph`` (CUDA-graph replays, what serving engines use for decode and
+    what the profile's curves are fitted on) or ``eager`` (one host launch per kernel, back to back:
+    a short kernel waits for the host; :attr:`Profile.launch_terms`)."""
+
+    GRAPH = "graph"
+    EAGER = "eager"
+
+
 class OpClass(str, enum.Enum):
     """Op classes with their own achieved-fraction curves."""
 
@@ -319,6 +328,11 @@ class Profile:
     attention_kernels: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
     #: The sustained-clock terms (``compute_ratio``, ``settle_s``; :mod:`perfmodel.clocks`); empty when not measured.
     sustained: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    #: Eager-launch terms (``issue_s``: host seconds per eager launch; ``gap_s``: seconds an eager kernel
+    #: adds over its graph-replay time), fitted on eager records; empty when not measured.
+    launch_terms: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    #: The launch mode priced (:class:`Launch`); ``eager`` needs ``launch_terms`` in a calibrated profile.
+    launch: Launch = Launch.GRAPH
 
     def params(self, op_class: OpClass) -> ClassParams:
         if op_class in ATTENTION_CLASSES:
@@ -351,6 +365,19 @@ class Profile:
         have = ", ".join(i.value for i in self.attention_impls(op_class)) or "none"
         raise ProfileError(f"calibration profile of {self.gpu} has no {op_class.value} curve for attention "
                            f"implementation {impl.value!r} (measured: {have})")
+
+    def with_launch(self, launch: "Launch | str | None") -> "Profile":
+        """This profile pricing ``launch`` (``graph`` or ``eager``); a calibrated profile without eager
+        terms refuses ``eager``."""
+        if launch is None:
+            return self
+        try:
+            launch = Launch(launch)
+        except ValueError:
+            raise ProfileError(f"launch must be graph or eager, got {launch!r}") from None
+        if launch is Launch.EAGER and not self.is_peak and not self.launch_terms:
+            raise ProfileError(f"calibration profile of {self.gpu} has no eager-launch terms (measured: graph only)")
+        return dataclasses.replace(self, launch=launch)
 
     def with_attention_impl(self, impl: AttentionImpl | str | None) -> "Profile":
         """This profile pricing attention ops that name no impl with ``impl`` (checked for both phases)."""
@@ -387,6 +414,8 @@ class Profile:
                                       for (c, i), p in sorted(self.implementations.items(), key=lambda kv: curve_key(*kv[0]))}
         if self.sustained:
             out["sustained"] = dict(self.sustained)
+        if self.launch_terms:
+            out["launch"] = dict(self.launch_terms)
         if self.attention_kernels:
             out["attention_kernels"] = {k: list(v) for k, v in sorted(self.attention_kernels.items())}
         return out
@@ -461,7 +490,29 @@ def profile_from_dict(data: Any, where: str = "<dict>") -> Profile:
         implementations=MappingProxyType(impls),
         attention_kernels=MappingProxyType({k: tuple(v) for k, v in kern_raw.items()}),
         sustained=MappingProxyType(sustained_from_dict(data["sustained"], where) if "sustained" in data else {}),
+        launch_terms=MappingProxyType(_launch_from_dict(data.get("launch", {}), where)),
     )
+
+
+def _launch_from_dict(raw: Any, where: str) -> dict[str, Any]:
+    """Validate the optional ``launch`` object: ``issue_s`` and ``gap_s``, seconds >= 0."""
+    if not isinstance(raw, dict):
+        raise ProfileError(f"{where}: 'launch' must be an object")
+    extra = set(raw) - {"issue_s", "gap_s", "source"}
+    if extra:
+        raise ProfileError(f"{where}: launch has unknown field(s) {', '.join(sorted(extra))}")
+    out: dict[str, Any] = {}
+    for k in ("issue_s", "gap_s"):
+        if k in raw:
+            v = raw[k]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ProfileError(f"{where}: launch.{k} must be a number >= 0, got {v!r}")
+            out[k] = float(v)
+    if out and set(out) != {"issue_s", "gap_s"}:
+        raise ProfileError(f"{where}: launch needs both issue_s and gap_s")
+    if "source" in raw:
+        out["source"] = str(raw["source"])
+    return out
 
 
 _RING_KEYS = ("overlap", "compute_issue_s", "comm_issue_s", "sync_s")
@@ -513,14 +564,14 @@ def shipped_profile_path(gpu: GPU | str) -> Path:
 
 
 def resolve_profile(gpu: GPU, mode: Mode | str = Mode.CALIBRATED, profile: Profile | str | Path | None = None,
-                    attention_impl: AttentionImpl | str | None = None) -> Profile:
+                    attention_impl: AttentionImpl | str | None = None, launch: Launch | str | None = None) -> Profile:
     """The profile to use for ``gpu`` in ``mode``, pricing attention with ``attention_impl``.
 
     In calibrated mode without a shipped profile, falls back to peak with a
     ``UserWarning`` saying so.  An explicit ``profile`` (object or path) wins.
     ``attention_impl`` (default: the profile's, ``sdpa``) must have curves in a calibrated profile.
     """
-    return _resolve(gpu, mode, profile).with_attention_impl(attention_impl)
+    return _resolve(gpu, mode, profile).with_attention_impl(attention_impl).with_launch(launch)
 
 
 def _resolve(gpu: GPU, mode: Mode | str, profile: Profile | str | Path | None) -> Profile:

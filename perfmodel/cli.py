@@ -73,6 +73,13 @@ def add_attention_impl_arg(p: argparse.ArgumentParser) -> None:
                         "split_kv/stream_k (Triton decode schedules) (default: %(default)s)")
 
 
+def add_launch_arg(p: argparse.ArgumentParser) -> None:
+    """``--launch graph|eager``: kernels as CUDA-graph replays or one eager host launch each."""
+    p.add_argument("--launch", choices=["graph", "eager"], default="graph",
+                   help="graph: CUDA-graph replays (serving engines' decode; what the profile is fitted on); eager: one "
+                        "host launch per kernel, short kernels wait for the host (default: %(default)s)")
+
+
 def add_scenario_args(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     """Model, GPU, precision and mode flags shared by analyze and sweep."""
     p.add_argument("--model", default="yi-34b", help="model name or path to a config.json (default: yi-34b)")
@@ -80,6 +87,7 @@ def add_scenario_args(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     p.add_argument("--mode", choices=["peak", "calibrated"], default="peak",
                    help="peak: datasheet roofline; calibrated: the GPU's measured profile")
     add_attention_impl_arg(p)
+    add_launch_arg(p)
     p.add_argument("--weight-dtype", default="bf16", help="bf16|fp16|fp8|int8|int4")
     p.add_argument("--kv-dtype", default=None, help="KV-cache format (default: activation format)")
     p.add_argument("--chunk-tokens", type=_positive_int, default=8192, help="prefill chunk (tokens per pass)")
@@ -121,6 +129,7 @@ def _build_parser() -> _Parser:
     pr.add_argument("--out", dest="out_path", required=True, help="JSONL with predicted_s added")
     pr.add_argument("--mode", choices=["peak", "calibrated"], default="calibrated")
     add_attention_impl_arg(pr)
+    add_launch_arg(pr)
     pr.set_defaults(func=_cmd_predict)
 
     s = sub.add_parser("sweep", help="evaluate the product of scenario axes (CSV to stdout or --out)")
@@ -213,7 +222,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     kw = dict(model=args.model, gpu=args.gpu, output_tokens=args.output_tokens, batch=args.batch, tp=args.tp,
               mode=args.mode, weight_dtype=args.weight_dtype, kv_dtype=None, chunk_tokens=args.chunk_tokens,
               knobs=knobs, pp=args.pp, sp=args.sp, sp_kind=args.sp_kind, ep=args.ep, topology=args.topology,
-              attention_impl=args.attention_impl)
+              attention_impl=args.attention_impl, launch=args.launch)
     results = [analyze(context_len=c, **kw) for c in contexts]
     match = knobs_cli.run_match(args, knobs, contexts[0]) if args.match_context else None
     if args.json:
@@ -243,7 +252,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from perfmodel.predict import predict_file
 
-    n = predict_file(args.in_path, args.out_path, args.gpu, args.mode, attention_impl=args.attention_impl)
+    n = predict_file(args.in_path, args.out_path, args.gpu, args.mode, attention_impl=args.attention_impl,
+                     launch=args.launch)
     print(f"wrote {n} predictions to {args.out_path}", file=sys.stderr)
     return 0
 
@@ -259,7 +269,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                output_tokens=args.output_tokens, mode=args.mode, weight_dtype=args.weight_dtype,
                kv_dtype=None, chunk_tokens=args.chunk_tokens, knobs=knobs,
                knob_axes=parse_knob_axes(args.knob_axis), pp=args.pp, sp=args.sp, sp_kind=args.sp_kind,
-               ep=args.ep, topology=args.topology, attention_impl=args.attention_impl)
+               ep=args.ep, topology=args.topology, attention_impl=args.attention_impl, launch=args.launch)
     if knobs.active or args.knob_axis:
         from perfmodel.knobs import COST_NOT_QUALITY
 

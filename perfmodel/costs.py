@@ -25,7 +25,7 @@ from perfmodel.attention_costs import (
     stream_k_merge_loads,
     triton_decode_pieces,
 )
-from perfmodel.calibration import SPLIT_FILL, SPLIT_FLASH, SPLIT_STREAM, ClassParams, OpClass, Profile, ramp
+from perfmodel.calibration import SPLIT_FILL, SPLIT_FLASH, SPLIT_STREAM, ClassParams, Launch, OpClass, Profile, ramp
 from perfmodel.ops import (
     Attention,
     Collective,
@@ -477,7 +477,27 @@ def collective_cost_simple(op: Collective, gpu: GPU, prof: Profile) -> OpCost:
 
 
 def op_cost(op: Op, gpu: GPU, profile: Profile) -> OpCost:
-    """Predicted cost of ``op`` on ``gpu`` under ``profile`` (peak or calibrated)."""
+    """Predicted cost of ``op`` on ``gpu`` under ``profile`` (peak or calibrated).
+
+    Under eager launch (``profile.launch``) a kernel takes its graph-replay time plus ``gap_s``, and at
+    least the host's ``issue_s`` per launch (:func:`eager_cost`).
+    """
+    c = _op_cost(op, gpu, profile)
+    if profile.launch is Launch.EAGER and profile.launch_terms and not isinstance(op, (DecoderLayer, Collective)):
+        return eager_cost(c, profile.launch_terms)
+    return c
+
+
+def eager_cost(cost: OpCost, terms) -> OpCost:
+    """``cost`` (a graph-replay time) as one eager launch: ``max(t + gap_s, issue_s)``, the difference
+    added as latency."""
+    t = np.asarray(cost.total_s, dtype=np.float64)
+    eager = np.maximum(t + terms["gap_s"], terms["issue_s"])
+    add = eager - t
+    return dataclasses.replace(cost, latency_s=cost.latency_s + (add if np.ndim(add) else float(add)))
+
+
+def _op_cost(op: Op, gpu: GPU, profile: Profile) -> OpCost:
     if isinstance(op, Gemm):
         return _gemm_cost(op, gpu, profile)
     if isinstance(op, Attention):

@@ -89,7 +89,7 @@ def run_match(args: argparse.Namespace, knobs: Knobs, context_len: int):
 
     g = load_gpu(args.gpu)
     return match_context(
-        load_model(args.model), g, resolve_profile(g, Mode(args.mode), None, args.attention_impl), context_len, args.match_context,
+        load_model(args.model), g, resolve_profile(g, Mode(args.mode), None, args.attention_impl, args.launch), context_len, args.match_context,
         output_tokens=args.output_tokens, batch=args.batch, precision=Precision.of(args.weight_dtype),
         tp=args.tp, chunk_tokens=args.chunk_tokens, knobs=knobs, pp=args.pp, sp=args.sp, sp_kind=args.sp_kind,
         ep=args.ep, topology=args.topology,

@@ -15,7 +15,7 @@ from perfmodel.ops import Op, op_from_dict
 
 
 def predict_cost(op: "Op | dict", gpu: "str | GPU", mode: "Mode | str" = Mode.CALIBRATED,
-                 profile: "Profile | str | None" = None, attention_impl: str | None = None) -> OpCost:
+                 profile: "Profile | str | None" = None, attention_impl: str | None = None, launch: str | None = None) -> OpCost:
     """The cost breakdown of one op (a descriptor dict or an op dataclass).
 
     An attention op's own ``impl`` wins; ``attention_impl`` prices the attention of ops that name none
@@ -23,13 +23,14 @@ def predict_cost(op: "Op | dict", gpu: "str | GPU", mode: "Mode | str" = Mode.CA
     """
     g = load_gpu(gpu)
     o = op_from_dict(op) if isinstance(op, dict) else op
-    return op_cost(o, g, resolve_profile(g, Mode(mode), profile, attention_impl))
+    return op_cost(o, g, resolve_profile(g, Mode(mode), profile, attention_impl, launch))
 
 
 def predict(op: "Op | dict", gpu: "str | GPU", mode: "Mode | str" = Mode.CALIBRATED,
-            profile: "Profile | str | None" = None, attention_impl: str | None = None) -> float:
-    """Predicted seconds for one op on ``gpu`` (calibrated by default)."""
-    return float(predict_cost(op, gpu, mode, profile, attention_impl).total_s)
+            profile: "Profile | str | None" = None, attention_impl: str | None = None,
+            launch: str | None = None) -> float:
+    """Predicted seconds for one op on ``gpu`` (calibrated by default; ``launch`` graph or eager)."""
+    return float(predict_cost(op, gpu, mode, profile, attention_impl, launch).total_s)
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -48,10 +49,10 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 def predict_records(records: list[dict[str, Any]], gpu: "str | GPU", mode: "Mode | str" = Mode.CALIBRATED,
                     profile: "Profile | str | None" = None, where: str = "",
-                    attention_impl: str | None = None) -> list[dict[str, Any]]:
+                    attention_impl: str | None = None, launch: str | None = None) -> list[dict[str, Any]]:
     """Each record with ``predicted_s`` and ``predicted_bound`` added (input keys kept)."""
     g = load_gpu(gpu)
-    prof = resolve_profile(g, Mode(mode), profile, attention_impl)
+    prof = resolve_profile(g, Mode(mode), profile, attention_impl, launch)
     out = []
     for i, rec in enumerate(records, start=1):
         op = op_from_dict(rec, where=f"{where}line {i}: ")
@@ -64,11 +65,11 @@ def predict_records(records: list[dict[str, Any]], gpu: "str | GPU", mode: "Mode
 
 def predict_file(in_path: "str | Path", out_path: "str | Path", gpu: "str | GPU",
                  mode: "Mode | str" = Mode.CALIBRATED, profile: "Profile | str | None" = None,
-                 attention_impl: str | None = None) -> int:
+                 attention_impl: str | None = None, launch: str | None = None) -> int:
     """Read op descriptors (JSONL), write them back with ``predicted_s``; returns the count."""
     in_path = Path(in_path)
     g = load_gpu(gpu)
-    prof = resolve_profile(g, Mode(mode), profile, attention_impl)
+    prof = resolve_profile(g, Mode(mode), profile, attention_impl, launch)
     rows = []
     for lineno, rec in _read_jsonl(in_path):
         op = op_from_dict(rec, where=f"{in_path}: line {lineno}: ")

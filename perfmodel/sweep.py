@@ -71,6 +71,7 @@ def sweep(
     ep: int = 1,
     topology: str | None = None,
     attention_impl: str | None = None,
+    launch: str | None = None,
 ) -> pd.DataFrame:
     """One row per point of ``context_len x batch x tp x output_tokens`` (x the knob axes).
 
@@ -89,7 +90,7 @@ def sweep(
     (:func:`perfmodel.parallel.check_knobs`).
 
     ``attention_impl`` (``sdpa`` default, ``flash2``, ``triton``) picks the attention kernel's curves, as
-    in :func:`perfmodel.analyze`.
+    in :func:`perfmodel.analyze`; so does ``launch`` (``graph`` or ``eager``).
     """
     m = load_model(model)
     g = load_gpu(gpu)
@@ -100,7 +101,7 @@ def sweep(
     for t in tp_ax:
         check_tp(m, int(t))
     base_prec = Precision.of(weight_dtype, activation_dtype, kv_dtype)
-    prof = resolve_profile(g, Mode(mode), profile, attention_impl)
+    prof = resolve_profile(g, Mode(mode), profile, attention_impl, launch)
     from perfmodel import parallel as par
 
     layout = par.layout(m, tp_ax, pp, sp, sp_kind, ep, topology)

@@ -351,9 +351,10 @@ def register(plan_subparsers) -> None:
     p.add_argument("--max-gpus", type=int, default=64)
     p.add_argument("--prices", default=None, help="YAML of usd_per_gpu_hour with source and date per GPU")
     p.add_argument("--mode", choices=["peak", "calibrated"], default="peak")
-    from perfmodel.cli import add_attention_impl_arg
+    from perfmodel.cli import add_attention_impl_arg, add_launch_arg
 
     add_attention_impl_arg(p)
+    add_launch_arg(p)
     p.add_argument("--weight-dtype", default="bf16")
     p.add_argument("--kv-policy", choices=["swap", "recompute", "queue"], default="queue")
     p.add_argument("--backend", choices=["auto", "ray", "local"], default="auto",
@@ -394,7 +395,8 @@ def query_from_args(args) -> CapacityQuery:
     slo = Slo(args.slo_ttft, args.slo_tpot, args.slo_pct, args.slo_pct)
     return CapacityQuery(args.model, reqs, slo, gpus, _ints(args.tp, "--tp"), _ints(args.pp, "--pp"), args.max_gpus,
                          args.mode, args.weight_dtype, {"kv_policy": args.kv_policy,
-                                                        "attention_impl": args.attention_impl})
+                                                        "attention_impl": args.attention_impl,
+                                                        "launch": args.launch})
 
 
 def _cmd_capacity(args) -> int:

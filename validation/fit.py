@@ -406,6 +406,25 @@ def sustained_terms(result: dict[str, Any], profile: Profile) -> dict[str, Any]:
     return out
 
 
+def launch_terms(records: Sequence[dict[str, Any]], profile: Profile) -> dict[str, Any]:
+    """The profile's eager-launch terms from records timed as back-to-back eager calls (``launch``
+    ``eager``): ``gap_s`` and ``issue_s`` minimising the log error of ``max(graph_s + gap_s, issue_s)``,
+    where ``graph_s`` is what ``profile`` predicts (a grid: 0.05 µs steps of gap, 0.1 µs of issue)."""
+    eager = [r for r in records if r.get("launch") == "eager"]
+    if not eager:
+        raise RecordError("no records timed with --launch eager")
+    refuse_other_gpu(eager, profile.gpu)
+    graph = ProfileFitter(profile.gpu, profile_=profile).predict(ops_of(eager))
+    meas = np.array([r["measured_s"] for r in eager])
+    gaps = np.arange(0.0, 5e-6 + 1e-12, 0.05e-6)
+    issues = np.arange(0.0, 30e-6 + 1e-12, 0.1e-6)
+    pred = np.maximum(graph[None, None, :] + gaps[:, None, None], issues[None, :, None])
+    err = np.median(np.abs(np.log(pred / meas[None, None, :])), axis=2)
+    i, j = np.unravel_index(np.argmin(err), err.shape)
+    return {"issue_s": float(f"{issues[j]:.4g}"), "gap_s": float(f"{gaps[i]:.4g}"),
+            "source": f"validation.fit on {len(eager)} eager records (median |log error| {err[i, j]:.3f})"}
+
+
 def fit_profile(records: Sequence[dict[str, Any]], gpu: str) -> Profile:
     """The calibrated profile of ``gpu`` fitted on ``records``."""
     return ProfileFitter(gpu).fit(records).profile_
@@ -472,6 +491,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             terms = sustained_terms(json.loads(sus_path.read_text()), prof)
             terms["source"] = f"validation.fit from {sus_path.name} (benchmarks/sustained.py)"
             prof = dataclasses.replace(prof, sustained=MappingProxyType(terms))
+        eager_path = rec_path.parent / f"{a.gpu}.eager.jsonl"
+        if eager_path.exists():  # eager launches (python -m validation.run --launch eager)
+            prof = dataclasses.replace(prof, launch_terms=MappingProxyType(
+                launch_terms(read_records(eager_path, a.gpu), prof)))
         write_profile(prof, out, f"fitted by validation.fit on {len(recs)} records of {src}")
     except (RecordError, ProfileError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -56,7 +56,7 @@ def _deployment(args: argparse.Namespace):
         host = args.host_kv_gib * 2**30
     return Deployment.make(
         args.model, args.gpu, mode=args.mode, weight_dtype=args.weight_dtype, kv_dtype=None, knobs=knobs_from_args(args),
-        attention_impl=args.attention_impl,
+        attention_impl=args.attention_impl, launch=args.launch,
         tp=args.tp, pp=args.pp, replicas=args.replicas, token_budget=args.chunk_tokens,
         max_num_seqs=min(args.max_num_seqs, args.chunk_tokens), kv_policy=args.kv_policy,
         slice_tokens=args.slice_tokens, router=args.router, host_kv_bytes=host)

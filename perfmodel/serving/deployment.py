@@ -111,11 +111,11 @@ class Deployment:
 
     @classmethod
     def make(cls, model="llama-3-8b", gpu="h100-sxm-80gb", mode: Mode | str = Mode.PEAK,
-             weight_dtype="bf16", kv_dtype=None, attention_impl=None, **kw) -> Deployment:
+             weight_dtype="bf16", kv_dtype=None, attention_impl=None, launch=None, **kw) -> Deployment:
         """Build from names; ``kw`` are the other fields (enums may be given as strings, ``knobs`` a Knobs).
         ``attention_impl`` (``sdpa`` default, ``flash2``, ``triton``) picks the attention kernel's curves."""
         m, g = load_model(model), load_gpu(gpu)
-        prof = resolve_profile(g, Mode(mode), kw.pop("profile", None), attention_impl)
+        prof = resolve_profile(g, Mode(mode), kw.pop("profile", None), attention_impl, launch)
         if "kv_policy" in kw:
             kw["kv_policy"] = _enum(KvPolicy, kw["kv_policy"], "kv_policy")
         if "router" in kw:
