@@ -349,8 +349,8 @@ class Profile:
     def attention_params(self, op_class: OpClass, impl: AttentionImpl | None = None) -> ClassParams:
         """The curve of ``impl`` (default: :attr:`attention_impl`) in an attention class.
 
-        Peak profiles price every impl at the datasheet roofline.  A calibrated profile without
-        that impl's curve raises :class:`~perfmodel.errors.ProfileError` naming the curves it has
+        Peak profiles (and profiles with no curve in ``op_class``) price every impl at the datasheet
+        roofline.  A calibrated profile with curves of other impls but not this one raises :class:`~perfmodel.errors.ProfileError` naming the curves it has
         (never a silent fallback to another kernel's rates).
         """
         phase = Phase.PREFILL if op_class is OpClass.ATTENTION_PREFILL else Phase.DECODE
@@ -360,9 +360,9 @@ class Profile:
             return p
         if impl is DEFAULT_ATTENTION_IMPL and op_class in self.classes:
             return self.classes[op_class]
-        if self.is_peak:
+        have = ", ".join(i.value for i in self.attention_impls(op_class))
+        if not have:  # a class the profile does not fit at all is priced at peak, as every class
             return PEAK_PARAMS
-        have = ", ".join(i.value for i in self.attention_impls(op_class)) or "none"
         raise ProfileError(f"calibration profile of {self.gpu} has no {op_class.value} curve for attention "
                            f"implementation {impl.value!r} (measured: {have})")
 

@@ -419,10 +419,10 @@ def launch_terms(records: Sequence[dict[str, Any]], profile: Profile) -> dict[st
     gaps = np.arange(0.0, 5e-6 + 1e-12, 0.05e-6)
     issues = np.arange(0.0, 30e-6 + 1e-12, 0.1e-6)
     pred = np.maximum(graph[None, None, :] + gaps[:, None, None], issues[None, :, None])
-    err = np.median(np.abs(np.log(pred / meas[None, None, :])), axis=2)
+    err = np.mean(np.abs(np.log(pred / meas[None, None, :])), axis=2)
     i, j = np.unravel_index(np.argmin(err), err.shape)
     return {"issue_s": float(f"{issues[j]:.4g}"), "gap_s": float(f"{gaps[i]:.4g}"),
-            "source": f"validation.fit on {len(eager)} eager records (median |log error| {err[i, j]:.3f})"}
+            "source": f"validation.fit on {len(eager)} eager records (mean |log error| {err[i, j]:.3f})"}
 
 
 def fit_profile(records: Sequence[dict[str, Any]], gpu: str) -> Profile:

@@ -1,0 +1,82 @@
+"""Sustained clocks (perfmodel.clocks) and eager launches (costs.eager_cost): the rules and their plumbing."""
+
+import dataclasses
+from types import MappingProxyType
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hw.loader import load_gpu
+from perfmodel.calibration import ClassParams, Launch, Mode, OpClass, Profile, profile_from_dict
+from perfmodel.clocks import sustained_from_dict, sustained_phase
+from perfmodel.costs import OpCost, eager_cost, op_cost
+from perfmodel.errors import ProfileError
+from perfmodel.models import load_model
+from perfmodel.ops import Gemm
+from perfmodel.phases import decode_step_cost, prefill_cost
+
+H100 = "h100-sxm-80gb"
+SUS = {"compute_ratio": 0.85, "settle_s": 1.0}
+
+
+def test_a_phase_shorter_than_the_settling_time_keeps_the_burst_rate():
+    c = OpCost(compute_s=0.5, memory_s=0.1)
+    assert sustained_phase(c, SUS) == c
+    assert sustained_phase(c, {}) == c
+
+
+def test_a_long_phase_pays_the_sustained_rate_after_settling():
+    c = OpCost(compute_s=10.0, memory_s=1.0)
+    out = sustained_phase(c, SUS)
+    assert out.total_s - c.total_s == pytest.approx(10.0 * (1 - 1.0 / 11.0) * (1 / 0.85 - 1))
+    # arrays: each point by its own length
+    arr = sustained_phase(OpCost(compute_s=np.array([0.1, 10.0]), memory_s=np.array([0.0, 1.0])), SUS)
+    assert arr.compute_s[0] == 0.1 and arr.compute_s[1] == pytest.approx(out.compute_s)
+
+
+@given(st.floats(1e-4, 1e3), st.floats(0.0, 1e3), st.floats(0.3, 1.0), st.floats(0.0, 5.0))
+def test_the_rule_only_slows_and_never_beyond_the_sustained_rate(compute_s, memory_s, ratio, settle_s):
+    c = OpCost(compute_s=compute_s, memory_s=memory_s)
+    out = sustained_phase(c, {"compute_ratio": ratio, "settle_s": settle_s})
+    assert c.total_s <= out.total_s <= c.total_s + min(compute_s, c.total_s) * (1 / ratio - 1) + 1e-12
+    assert np.isfinite(out.total_s)
+
+
+@pytest.mark.parametrize("raw,needle", [
+    ({"compute_ratio": 1.2, "settle_s": 1}, "compute_ratio must be in"),
+    ({"compute_ratio": 0.9}, "settle_s is missing"),
+    ({"compute_ratio": 0.9, "settle_s": -1}, "settle_s must be >= 0"),
+    ({"compute_ratio": 0.9, "settle_s": 1, "fudge": 2}, "unknown field"),
+])
+def test_bad_sustained_terms_are_refused_by_name(raw, needle):
+    with pytest.raises(ProfileError, match=needle):
+        sustained_from_dict(raw, "p.json")
+
+
+def test_prefill_pays_the_sustained_rate_and_decode_does_not():
+    m, g = load_model("llama-3-8b"), load_gpu(H100)
+    base = Profile(H100, Mode.CALIBRATED, MappingProxyType({OpClass.GEMM: ClassParams(compute_eff=0.8)}))
+    hot = dataclasses.replace(base, sustained=MappingProxyType(SUS))
+    assert prefill_cost(m, g, hot, 128_000).total_s > prefill_cost(m, g, base, 128_000).total_s
+    assert prefill_cost(m, g, hot, 500).total_s == prefill_cost(m, g, base, 500).total_s  # milliseconds: burst
+    assert decode_step_cost(m, g, hot, 128_000, 8).total_s == decode_step_cost(m, g, base, 128_000, 8).total_s
+    back = profile_from_dict(hot.to_dict())
+    assert dict(back.sustained) == SUS
+
+
+def test_eager_launch_waits_for_the_host_on_short_kernels_only():
+    terms = {"issue_s": 6e-6, "gap_s": 1e-6}
+    short, long = OpCost(latency_s=3e-6), OpCost(compute_s=1e-3)
+    assert eager_cost(short, terms).total_s == pytest.approx(6e-6)
+    assert eager_cost(long, terms).total_s == pytest.approx(1e-3 + 1e-6)
+    g = load_gpu(H100)
+    prof = Profile(H100, Mode.CALIBRATED, MappingProxyType({OpClass.GEMM: ClassParams(latency_s=3e-6)}),
+                   launch_terms=MappingProxyType(terms))
+    op = Gemm(16, 1024, 1024)
+    assert op_cost(op, g, prof.with_launch("eager")).total_s >= op_cost(op, g, prof).total_s + 1e-6
+    with pytest.raises(ProfileError, match="no eager-launch terms"):
+        dataclasses.replace(prof, launch_terms=MappingProxyType({})).with_launch(Launch.EAGER)
+    with pytest.raises(ProfileError, match="launch must be graph or eager"):
+        prof.with_launch("lazy")
