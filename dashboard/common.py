@@ -193,7 +193,7 @@ def roofline_view(model: str, gpu: str, phase: str, context_len: int, batch: int
 
 
 #: Attention implementations the sidebar offers (``perfmodel.AttentionImpl``)
-ATTENTION_IMPLS = tuple(i.value for i in perfmodel.AttentionImpl)
+ATTENTION_IMPLS = ("default",) + tuple(i.value for i in perfmodel.AttentionImpl)
 
 #: Session-state keys of the scenario widgets shared by the pages.
 SCENARIO_KEYS = ("model", "gpu", "context_len", "output_tokens", "batch", "tp", "weight_dtype", "kv_dtype", "mode",
@@ -215,7 +215,7 @@ def keep_scenario() -> None:
 DEFAULT_TOPOLOGY = "(one NVLink node of the GPU)"
 SCENARIO_DEFAULTS = {"model": "yi-34b", "gpu": "a100-sxm-80gb", "context_len": 50_000, "output_tokens": 250,
                      "batch": 1, "tp": 1, "weight_dtype": "bf16", "kv_dtype": "bf16", "mode": "peak",
-                     "attention_impl": "sdpa", "pp": 1, "sp": 1, "sp_kind": "ring", "ep": 1, "topology": DEFAULT_TOPOLOGY}
+                     "attention_impl": "default", "pp": 1, "sp": 1, "sp_kind": "ring", "ep": 1, "topology": DEFAULT_TOPOLOGY}
 
 
 def scenario_inputs(header: str = "Scenario") -> dict[str, Any]:
@@ -245,10 +245,11 @@ def scenario_inputs(header: str = "Scenario") -> dict[str, Any]:
                         help="peak: datasheet rooflines. calibrated: achieved fractions measured on the GPU "
                              "(falls back to peak where no profile is shipped).")
         impl = st.selectbox("Attention kernel", ATTENTION_IMPLS, key="attention_impl",
-                            help="whose measured curves price attention in calibrated mode: sdpa (PyTorch's default, "
+                            help="whose measured curves price attention in calibrated mode: default (sdpa where "
+                                 "the GPU's profile has it), sdpa (PyTorch's default, "
                                  "cuDNN on Hopper; the class of FlashAttention-3 and FlashInfer), flash2 (SDPA's flash "
                                  "backend), triton (this project's kernels)")
-        extra = parallel_inputs() + (("attention_impl", impl),)
+        extra = parallel_inputs() + ((("attention_impl", impl),) if impl != "default" else ())
     return {"model": model, "gpu": gpu, "context_len": int(context_len), "output_tokens": int(output_tokens),
             "batch": int(batch), "tp": int(tp), "mode": mode, "weight_dtype": weight_dtype, "kv_dtype": kv_dtype,
             "extra": extra}

@@ -217,7 +217,7 @@ def analyze(
     sp_kind: str = "ring",
     ep: int = 1,
     topology: str | None = None,
-    attention_impl: "AttentionImpl | str" = DEFAULT_ATTENTION_IMPL,
+    attention_impl: "AttentionImpl | str | None" = None,
     launch: "Launch | str" = Launch.GRAPH,
 ) -> Analysis:
     """Prefill, decode, concurrency and context switch of one scenario.
@@ -228,7 +228,8 @@ def analyze(
 
     ``attention_impl`` (:class:`perfmodel.ops.AttentionImpl`: ``sdpa``, PyTorch's default and the class of
     serving engines' kernels; ``flash2``; ``triton``) picks the attention kernel whose curves price
-    attention in calibrated mode (peak mode prices every impl at the datasheet roofline).  ``launch``
+    attention in calibrated mode (peak mode prices every impl at the datasheet roofline).  ``None``
+    (default): ``sdpa``, or, for a profile without ``sdpa`` curves, the impl it has (named in the notes).  ``launch``
     (``graph``, default, or ``eager``) prices kernels as CUDA-graph replays or one eager launch each.
 
     ``knobs`` (:class:`perfmodel.knobs.Knobs`) prices KV-cache what-ifs, also with
@@ -274,6 +275,9 @@ def analyze(
     prec = apply_knobs(Precision.of(weight_dtype, activation_dtype, kv_dtype), knobs)
     mode = Mode(mode)
     prof = resolve_profile(g, mode, profile, attention_impl, launch)
+    if attention_impl is None and prof.attention_impl is not DEFAULT_ATTENTION_IMPL:
+        notes.append(f"no {DEFAULT_ATTENTION_IMPL.value} attention curves measured for {g.name}: attention priced "
+                     f"with {prof.attention_impl.value}")
     if mode is Mode.CALIBRATED and prof.is_peak:
         notes.append(f"no calibration profile for {g.name}: peak figures shown")
     mem = memory_budget(m, g, context_len, output_tokens, prec, tp, chunk_tokens, reserve_fraction, batch=batch,

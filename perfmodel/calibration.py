@@ -379,11 +379,22 @@ class Profile:
             raise ProfileError(f"calibration profile of {self.gpu} has no eager-launch terms (measured: graph only)")
         return dataclasses.replace(self, launch=launch)
 
+    def default_attention_impl(self) -> AttentionImpl:
+        """The impl priced when a scenario names none: ``sdpa``, or, in a profile that has curves but no
+        ``sdpa`` curve in both attention classes, the first of ``flash2``, ``triton`` it has in both
+        (:func:`perfmodel.analyze` says so in its notes)."""
+        have = [set(self.attention_impls(oc)) for oc in ATTENTION_CLASSES]
+        if not any(have) or all(DEFAULT_ATTENTION_IMPL in h for h in have if h):
+            return DEFAULT_ATTENTION_IMPL
+        for impl in (AttentionImpl.FLASH2, AttentionImpl.TRITON):
+            if all(impl.curve(ph) in h for ph, h in zip((Phase.PREFILL, Phase.DECODE), have) if h):
+                return impl
+        return DEFAULT_ATTENTION_IMPL
+
     def with_attention_impl(self, impl: AttentionImpl | str | None) -> "Profile":
-        """This profile pricing attention ops that name no impl with ``impl`` (checked for both phases)."""
-        if impl is None:
-            return self
-        impl = AttentionImpl.parse(impl)
+        """This profile pricing attention ops that name no impl with ``impl`` (checked for both phases);
+        ``None``: :meth:`default_attention_impl`."""
+        impl = self.default_attention_impl() if impl is None else AttentionImpl.parse(impl)
         out = dataclasses.replace(self, attention_impl=impl)
         for oc in ATTENTION_CLASSES:
             out.attention_params(oc)

@@ -67,10 +67,11 @@ def add_attention_impl_arg(p: argparse.ArgumentParser) -> None:
     """``--attention-impl``: which attention kernel's curves price attention (calibrated mode)."""
     from perfmodel.ops import DEFAULT_ATTENTION_IMPL, AttentionImpl
 
-    p.add_argument("--attention-impl", choices=[i.value for i in AttentionImpl], default=DEFAULT_ATTENTION_IMPL.value,
+    p.add_argument("--attention-impl", choices=[i.value for i in AttentionImpl], default=None,
                    help="attention kernel priced: sdpa (PyTorch's default choice: cuDNN on Hopper; the class of "
                         "FlashAttention-3/FlashInfer), flash2 (SDPA's flash backend), triton (this project's kernels), "
-                        "split_kv/stream_k (Triton decode schedules) (default: %(default)s)")
+                        f"split_kv/stream_k (Triton decode schedules) (default: {DEFAULT_ATTENTION_IMPL.value}, or the "
+                        "impl a profile without sdpa curves has, named in analyze's notes)")
 
 
 def add_launch_arg(p: argparse.ArgumentParser) -> None:
