@@ -19,6 +19,7 @@ from perfmodel.calibration import (
     resolve_profile,
 )
 from perfmodel.errors import ProfileError
+from perfmodel.ops import AttentionImpl
 
 
 def _write(tmp_path, data, name="p.json"):
@@ -109,9 +110,11 @@ def test_shipped_profiles_load_and_are_calibrated(gpu):
     path = PROFILE_DIR / f"{gpu}.json"
     prof = load_profile_file(path, gpu)
     assert prof.gpu == gpu and not prof.is_peak
-    for oc in (OpClass.GEMM, OpClass.ATTENTION_PREFILL, OpClass.ATTENTION_DECODE, OpClass.ELEMENTWISE,
-               OpClass.MEMCPY_D2D, OpClass.MEMCPY_H2D):
+    for oc in (OpClass.GEMM, OpClass.ELEMENTWISE, OpClass.MEMCPY_D2D, OpClass.MEMCPY_H2D):
         assert oc in prof.classes, oc
+    for oc in (OpClass.ATTENTION_PREFILL, OpClass.ATTENTION_DECODE):  # attention: a curve per implementation
+        assert AttentionImpl.FLASH2 in prof.attention_impls(oc), oc
+        assert prof.default_attention_impl() in prof.attention_impls(oc)
     # a fitted profile is slower than the datasheet: efficiencies at most ~1
     assert 0.3 < prof.params(OpClass.GEMM).compute_eff <= 1.0
     assert prof.measured_on.get("driver")
