@@ -90,8 +90,11 @@ class Analysis:
         }
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values (enums as their values); :func:`perfmodel.jsonout.dumps` writes it."""
+        from perfmodel.jsonout import jsonable
+
         mem = self.memory
-        return {
+        return jsonable({
             "model": self.model.name,
             "gpu": self.gpu.name,
             "tp": self.tp,
@@ -131,7 +134,7 @@ class Analysis:
             "parallel": dict(self.parallel),
             "notes": list(self.notes),
             "knobs": self.knobs.to_dict() if self.knobs is not None else {},
-        } | self._knob_comparison()
+        } | self._knob_comparison())
 
     def _knob_comparison(self) -> dict[str, Any]:
         """``without_knobs`` metrics and ``knob_ratio`` (with / without), when knobs are active."""

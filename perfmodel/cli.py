@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 import warnings
 from typing import Any, Sequence
@@ -211,6 +210,7 @@ def _comm_cell(comm_s: float, total_s: float) -> str:
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from perfmodel.analyze import analyze
+    from perfmodel.jsonout import dumps
 
     from perfmodel import knobs_cli
     from perfmodel.knobs import knobs_from_args
@@ -230,7 +230,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             "compare": [r.to_dict() for r in results[1:]]}
         if match is not None:
             out["match"] = match.to_dict()
-        print(json.dumps(out, indent=2))
+        print(dumps(out, indent=2))
         return 0
     from rich.console import Console
 

@@ -77,5 +77,8 @@ def predict_file(in_path: "str | Path", out_path: "str | Path", gpu: "str | GPU"
         b = cost.bound
         rows.append({**rec, "predicted_s": float(cost.total_s),
                      "predicted_bound": b.value if isinstance(b, Bound) else str(b)})
-    Path(out_path).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    from perfmodel.jsonout import dumps
+
+    text = "".join(dumps(r, what=f"{in_path}: prediction {i + 1}") + "\n" for i, r in enumerate(rows))
+    Path(out_path).write_text(text)
     return len(rows)

@@ -400,7 +400,6 @@ def query_from_args(args) -> CapacityQuery:
 
 
 def _cmd_capacity(args) -> int:
-    import json
 
     q = query_from_args(args)
     prices = load_prices(args.prices)
@@ -421,7 +420,9 @@ def _cmd_capacity(args) -> int:
         "rate_per_s": q.rate_per_s,
     }
     if args.json:
-        print(json.dumps(out, indent=2))
+        from perfmodel.jsonout import dumps
+
+        print(dumps(out, indent=2))
         return 0
     from rich.console import Console
     from rich.table import Table

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from typing import Any
@@ -119,7 +118,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     if args.perfetto:
         write_trace_json(res, args.perfetto)
     if args.json:
-        print(json.dumps(out, indent=2))
+        from perfmodel.jsonout import dumps
+
+        print(dumps(out, indent=2))
         return 0
     _print_table(out)
     return 0
