@@ -37,9 +37,12 @@ KNOB_METRICS = ("prefill_s", "decode_s_per_token", "decode_s", "max_concurrency"
 
 def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
     """Return ``value`` as int, or raise :class:`InvalidInputError` naming it."""
+    from perfmodel.checks import finite_float
+
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise InvalidInputError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    if not math.isfinite(float(value)) or float(value) != int(value) or int(value) < minimum:
+    finite_float(name, value)  # NaN, infinity, or too large: NonFiniteError naming it
+    if float(value) != int(value) or int(value) < minimum:
         raise InvalidInputError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 

@@ -29,12 +29,16 @@ def _int_at_least(minimum: int):
     what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
 
     def parse(text: str) -> int:
+        from perfmodel.checks import is_finite_number
+
         try:
             v = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
         if v < minimum:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        if not is_finite_number(v):
+            raise argparse.ArgumentTypeError(f"expected {what}, got one of {len(text.strip())} digits (too large)")
         return v
 
     return parse
@@ -322,6 +326,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ValueError, KeyError, FileNotFoundError, OSError) as exc:
             msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
             sys.stderr.write(f"perfmodel: error: {msg}\n")
+            return 1
+        except OverflowError as exc:  # a number past the float range that no parser caught
+            sys.stderr.write(f"perfmodel: error: a number is too large ({exc})\n")
             return 1
     for msg in dict.fromkeys(str(w.message) for w in caught):
         sys.stderr.write(f"perfmodel: warning: {msg}\n")

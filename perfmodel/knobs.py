@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import enum
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,7 +133,9 @@ class AttentionOffload:
 
 
 def _finite(v: Any) -> bool:
-    return not isinstance(v, bool) and isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(v)
+    from perfmodel.checks import is_finite_number
+
+    return is_finite_number(v)
 
 
 def _is_int(v: Any) -> bool:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
+from perfmodel.checks import finite_json_loads
 from hw.loader import load_gpu
 from hw.spec import GPU
 from perfmodel.calibration import Mode, Profile, resolve_profile
@@ -42,7 +43,7 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         if not line.strip():
             continue
         try:
-            yield i, json.loads(line)
+            yield i, finite_json_loads(line)
         except json.JSONDecodeError as exc:
             raise OpDescriptorError(f"{path}: line {i}: not valid JSON ({exc.msg})") from None
 
