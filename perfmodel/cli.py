@@ -279,10 +279,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
         print(f"perfmodel: note: {COST_NOT_QUALITY}", file=sys.stderr)
     if args.out:
-        if args.out.endswith(".parquet"):
-            df.to_parquet(args.out)
-        else:
-            df.to_csv(args.out, index=False)
+        from perfmodel.tables import write_table
+
+        write_table(df, args.out)
         print(f"wrote {len(df)} rows to {args.out}", file=sys.stderr)
     elif args.json:
         print(df.to_json(orient="records"))

@@ -33,13 +33,15 @@ import subprocess  # noqa: E402
 import pytest  # noqa: E402
 
 
-def run_perfmodel(*argv: str, timeout: float = 300, cwd=None) -> subprocess.CompletedProcess:
+def run_perfmodel(*argv: str, timeout: float = 300, cwd=None, pythonpath=()) -> subprocess.CompletedProcess:
     """Run the ``perfmodel`` command (this checkout first on ``PYTHONPATH``) in a subprocess; text output.
 
     The installed console script when there is one on ``PATH``, else ``python -m perfmodel.cli``:
-    what a user's script sees on stdout, C libraries' output included.
+    what a user's script sees on stdout, C libraries' output included.  ``pythonpath``: folders put
+    before the checkout (e.g. stubs that hide an optional package).
     """
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
+    parts = (*map(str, pythonpath), ROOT, os.environ.get("PYTHONPATH"))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in parts if p))
     exe = shutil.which("perfmodel")
     cmd = [exe] if exe else [sys.executable, "-m", "perfmodel.cli"]
     return subprocess.run(cmd + [str(a) for a in argv], capture_output=True, text=True, timeout=timeout, env=env,

@@ -189,5 +189,6 @@ class SimResult:
         """Write the tables as CSV, or Parquet for a ``.parquet`` path."""
         for path, frame in ((requests_path, self.requests_frame), (timeline_path, self.timeline_frame)):
             if path:
-                df = frame()
-                df.to_parquet(path) if str(path).endswith(".parquet") else df.to_csv(path, index=False)
+                from perfmodel.tables import write_table
+
+                write_table(frame(), path)
