@@ -69,6 +69,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 def _number(path: Path, key: str, value: Any, kind: type) -> float | int:
     try:
         num = float(value)  # YAML 1.1 reads "3.35e12" as a string
+    except OverflowError:  # an integer beyond the float range (~1.8e308)
+        raise HardwareError(f"{path}: field {key!r} must be finite and >= 0, got a number too large for a float") from None
     except (TypeError, ValueError):
         raise HardwareError(f"{path}: field {key!r} must be a number, got {value!r}") from None
     if not math.isfinite(num) or num < 0:
@@ -107,9 +109,11 @@ def gpu_from_dict(data: dict[str, Any], path: Path | str = "<dict>") -> GPU:
     values = {k: _number(path, k, data[k], kind) for k, kind in _GPU_NUMERIC.items()}
     if values["hbm_usable_bytes"] > values["hbm_bytes"]:
         raise HardwareError(f"{path}: hbm_usable_bytes exceeds hbm_bytes")
-    for key in ("hbm_bytes", "hbm_bytes_per_s", "sm_count"):
+    # sizes and rates that divide (a zero PCIe bandwidth would give an infinite context switch)
+    for key in ("hbm_bytes", "hbm_usable_bytes", "hbm_bytes_per_s", "sm_count", "boost_clock_hz",
+                "pcie_bytes_per_s_per_direction", "host_ddr_bytes_per_s"):
         if values[key] <= 0:
-            raise HardwareError(f"{path}: field {key!r} must be > 0")
+            raise HardwareError(f"{path}: field {key!r} must be > 0, got {data[key]!r}")
     flops_raw = data["peak_flops"]
     if not isinstance(flops_raw, dict) or not flops_raw:
         raise HardwareError(f"{path}: 'peak_flops' must map dtypes to FLOP/s")
@@ -120,6 +124,8 @@ def gpu_from_dict(data: dict[str, Any], path: Path | str = "<dict>") -> GPU:
         except ValueError as exc:
             raise HardwareError(f"{path}: peak_flops: {exc}") from None
         flops[dt] = float(_number(path, f"peak_flops.{k}", v, float))
+        if flops[dt] <= 0:
+            raise HardwareError(f"{path}: field 'peak_flops.{k}' must be > 0, got {v!r}")
     try:
         fabric = LinkKind(str(data["fabric_kind"]))
     except ValueError:
@@ -193,11 +199,12 @@ def _link(path: Path, data: Any, what: str) -> Link:
         kind = LinkKind(str(data.get("kind")))
     except ValueError:
         raise HardwareError(f"{path}: {what}.kind {data.get('kind')!r} unknown") from None
+    bw = float(_number(path, f"{what}.bytes_per_s_per_direction", data.get("bytes_per_s_per_direction"), float))
+    if bw <= 0:
+        raise HardwareError(f"{path}: field '{what}.bytes_per_s_per_direction' must be > 0, got {bw!r}")
     return Link(
         kind=kind,
-        bytes_per_s_per_direction=float(
-            _number(path, f"{what}.bytes_per_s_per_direction", data.get("bytes_per_s_per_direction"), float)
-        ),
+        bytes_per_s_per_direction=bw,
         latency_s=float(_number(path, f"{what}.latency_s", data.get("latency_s"), float)),
     )
 

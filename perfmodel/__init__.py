@@ -6,6 +6,7 @@ Public API::
                       attention_impl="sdpa")
     perfmodel.predict(op_descriptor, gpu, mode="calibrated") -> seconds
     perfmodel.sweep(model, gpu, context_len=[...], batch=[...], tp=[...], output_tokens=[...]) -> DataFrame
+    perfmodel.simulate(perfmodel.Deployment.make(model, gpu, tp=...), perfmodel.Workload(...)) -> SimResult
 """
 
 from hw import Dtype, load_gpu, list_gpus
@@ -16,6 +17,7 @@ from perfmodel.errors import (
     DoesNotFitError,
     InvalidInputError,
     ModelConfigError,
+    NonFiniteError,
     OpDescriptorError,
     PerfModelError,
     ProfileError,
@@ -26,11 +28,13 @@ from perfmodel.models import ModelSpec, list_models, load_model
 from perfmodel.ops import AttentionImpl, op_from_dict, op_to_dict
 from perfmodel.predict import predict, predict_cost, predict_file
 from perfmodel.sweep import sweep
+from perfmodel.serving import Deployment, LengthDist, SimResult, Slo, Workload, simulate
 
 __all__ = [
     "Analysis", "AttentionImpl", "Bound", "DoesNotFitError", "Dtype", "InvalidInputError", "Mode", "ModelConfigError",
     "ModelSpec", "OpCost", "OpDescriptorError", "PerfModelError", "Precision", "Profile", "ProfileError",
     "UnknownModelError", "analyze", "list_gpus", "list_models", "load_gpu", "load_model", "load_profile_file",
     "op_cost", "op_from_dict", "op_to_dict", "peak_profile", "predict", "predict_cost", "predict_file",
-    "resolve_profile", "sweep",
+    "resolve_profile", "sweep", "simulate", "Deployment", "LengthDist", "SimResult", "Slo", "Workload",
+    "NonFiniteError",
 ]

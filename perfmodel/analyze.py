@@ -37,9 +37,12 @@ KNOB_METRICS = ("prefill_s", "decode_s_per_token", "decode_s", "max_concurrency"
 
 def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
     """Return ``value`` as int, or raise :class:`InvalidInputError` naming it."""
+    from perfmodel.checks import finite_float
+
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise InvalidInputError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    if not math.isfinite(float(value)) or float(value) != int(value) or int(value) < minimum:
+    finite_float(name, value)  # NaN, infinity, or too large: NonFiniteError naming it
+    if float(value) != int(value) or int(value) < minimum:
         raise InvalidInputError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
@@ -90,8 +93,11 @@ class Analysis:
         }
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values (enums as their values); :func:`perfmodel.jsonout.dumps` writes it."""
+        from perfmodel.jsonout import jsonable
+
         mem = self.memory
-        return {
+        return jsonable({
             "model": self.model.name,
             "gpu": self.gpu.name,
             "tp": self.tp,
@@ -131,7 +137,7 @@ class Analysis:
             "parallel": dict(self.parallel),
             "notes": list(self.notes),
             "knobs": self.knobs.to_dict() if self.knobs is not None else {},
-        } | self._knob_comparison()
+        } | self._knob_comparison())
 
     def _knob_comparison(self) -> dict[str, Any]:
         """``without_knobs`` metrics and ``knob_ratio`` (with / without), when knobs are active."""

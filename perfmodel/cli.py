@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 import warnings
 from typing import Any, Sequence
@@ -17,8 +16,40 @@ from typing import Any, Sequence
 EXTENSIONS = ("perfmodel.knobs_cli", "perfmodel.serving.cli", "planners.cli")
 
 
+class _DefaultsHelpFormatter(argparse.HelpFormatter):
+    """``--help`` shows each option's default, unless its help already names one or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        d = action.default
+        if ("default" in text or not action.option_strings or d is None or d is argparse.SUPPRESS
+                or isinstance(d, bool) or action.nargs == 0):
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
+def _version() -> str:
+    """The installed distribution's version (``unknown`` when run from a bare checkout)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("perfmodel")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad argument in one line and exits 2."""
+    """argparse that reports a bad argument in one line and exits 2, and shows defaults in ``--help``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        if action.help is None:  # argparse shows nothing for an option without help: give its default a line
+            action.help = _DefaultsHelpFormatter(self.prog)._get_help_string(action) or None
+        return action
 
     def error(self, message: str) -> None:  # type: ignore[override]
         sys.stderr.write(f"perfmodel: error: {message}\n")
@@ -30,12 +61,16 @@ def _int_at_least(minimum: int):
     what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
 
     def parse(text: str) -> int:
+        from perfmodel.checks import is_finite_number
+
         try:
             v = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
         if v < minimum:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        if not is_finite_number(v):
+            raise argparse.ArgumentTypeError(f"expected {what}, got one of {len(text.strip())} digits (too large)")
         return v
 
     return parse
@@ -83,7 +118,7 @@ def add_launch_arg(p: argparse.ArgumentParser) -> None:
 
 def add_scenario_args(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     """Model, GPU, precision and mode flags shared by analyze and sweep."""
-    p.add_argument("--model", default="yi-34b", help="model name or path to a config.json (default: yi-34b)")
+    p.add_argument("--model", default="yi-34b", help="model name or path to a config.json")
     p.add_argument("--gpu", default="a100-sxm-80gb", help="GPU name, alias or path to a YAML file")
     p.add_argument("--mode", choices=["peak", "calibrated"], default="peak",
                    help="peak: datasheet roofline; calibrated: the GPU's measured profile")
@@ -108,6 +143,7 @@ def add_layout_args(p: argparse.ArgumentParser) -> None:
 
 def _build_parser() -> _Parser:
     parser = _Parser(prog="perfmodel", description="Performance model for long-context LLM inference.")
+    parser.add_argument("--version", action="version", version=f"perfmodel {_version()}")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
     a = sub.add_parser("analyze", help="the four long-context metrics of one scenario")
@@ -146,9 +182,11 @@ def _build_parser() -> _Parser:
                    help="sweep a knob too (repeatable), e.g. kv_keep_ratio=1,0.5,0.25")
     s.set_defaults(func=_cmd_sweep)
 
-    g = sub.add_parser("gpus", help="list the shipped GPUs and aliases")
+    g = sub.add_parser("gpus", help="list the shipped GPUs with memory, bandwidth and FLOP/s, and the aliases")
+    g.add_argument("--json", action="store_true", help="print JSON instead of a table")
     g.set_defaults(func=_cmd_gpus)
-    mo = sub.add_parser("models", help="list the shipped models")
+    mo = sub.add_parser("models", help="list the shipped models with parameters, layers and context")
+    mo.add_argument("--json", action="store_true", help="print JSON instead of a table")
     mo.set_defaults(func=_cmd_models)
 
     for name in EXTENSIONS:
@@ -212,6 +250,7 @@ def _comm_cell(comm_s: float, total_s: float) -> str:
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from perfmodel.analyze import analyze
+    from perfmodel.jsonout import dumps
 
     from perfmodel import knobs_cli
     from perfmodel.knobs import knobs_from_args
@@ -231,7 +270,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             "compare": [r.to_dict() for r in results[1:]]}
         if match is not None:
             out["match"] = match.to_dict()
-        print(json.dumps(out, indent=2))
+        print(dumps(out, indent=2))
         return 0
     from rich.console import Console
 
@@ -276,10 +315,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
         print(f"perfmodel: note: {COST_NOT_QUALITY}", file=sys.stderr)
     if args.out:
-        if args.out.endswith(".parquet"):
-            df.to_parquet(args.out)
-        else:
-            df.to_csv(args.out, index=False)
+        from perfmodel.tables import write_table
+
+        write_table(df, args.out)
         print(f"wrote {len(df)} rows to {args.out}", file=sys.stderr)
     elif args.json:
         print(df.to_json(orient="records"))
@@ -288,18 +326,89 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_gpus(args: argparse.Namespace) -> int:
-    from hw import list_aliases, list_gpus
+def gpu_rows() -> list[dict[str, Any]]:
+    """Key specs of each shipped GPU: HBM (bytes), HBM bandwidth (bytes/s), dense FLOP/s per dtype, aliases."""
+    from hw import list_aliases, list_gpus, load_gpu
 
-    print("\n".join(list_gpus()))
-    print("aliases: " + ", ".join(f"{k}={v}" for k, v in list_aliases().items()))
+    aliases = list_aliases()
+    rows = []
+    for name in list_gpus():
+        g = load_gpu(name)
+        rows.append({
+            "name": g.name, "display_name": g.display_name, "hbm_bytes": int(g.hbm_bytes),
+            "hbm_usable_bytes": int(g.hbm_usable_bytes), "hbm_bytes_per_s": float(g.hbm_bytes_per_s),
+            "peak_flops": {dt.value: float(v) for dt, v in g.peak_flops.items()},
+            "pcie_bytes_per_s_per_direction": float(g.pcie_bytes_per_s_per_direction),
+            "aliases": sorted(a for a, n in aliases.items() if n == g.name),
+        })
+    return rows
+
+
+def model_rows() -> list[dict[str, Any]]:
+    """Key specs of each shipped model: parameters (total, active), layers, hidden size, heads, context."""
+    from perfmodel.models import list_models, load_model
+
+    rows = []
+    for name in list_models():
+        m = load_model(name)
+        rows.append({
+            "name": m.name, "params": int(m.param_count()), "active_params": int(m.param_count(active=True)),
+            "layers": m.num_layers, "hidden": m.hidden, "q_heads": m.q_heads, "kv_heads": m.kv_heads,
+            "max_context": m.max_context, "attention": m.attention_kind.value,
+            "experts": m.moe.num_experts if m.moe else None,
+        })
+    return rows
+
+
+def _si(x: float, unit: str) -> str:
+    """``3.35e12, "B/s"`` -> ``3.35 TB/s`` (decimal prefixes)."""
+    for p, f in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= f:
+            return f"{x / f:,.3g} {p}{unit}"
+    return f"{x:,.3g} {unit}"
+
+
+def _cmd_gpus(args: argparse.Namespace) -> int:
+    from perfmodel.jsonout import dumps
+
+    rows = gpu_rows()
+    if args.json:
+        print(dumps(rows, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="shipped GPUs (dense peak FLOP/s)")
+    for c, j in (("name", "left"), ("HBM", "right"), ("HBM bandwidth", "right"), ("BF16", "right"),
+                 ("FP8", "right"), ("aliases", "left")):
+        t.add_column(c, justify=j)
+    for r in rows:
+        fp8 = r["peak_flops"].get("fp8")
+        t.add_row(r["name"], f"{r['hbm_bytes'] / 2**30:,.0f} GiB", _si(r["hbm_bytes_per_s"], "B/s"),
+                  _si(r["peak_flops"].get("bf16", 0.0), "FLOP/s"), _si(fp8, "FLOP/s") if fp8 else "-",
+                  ", ".join(r["aliases"]))
+    Console().print(t)
     return 0
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from perfmodel.models import list_models
+    from perfmodel.jsonout import dumps
 
-    print("\n".join(list_models()))
+    rows = model_rows()
+    if args.json:
+        print(dumps(rows, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="shipped models")
+    for c in ("name", "params", "active", "layers", "heads q/kv", "context", "experts"):
+        t.add_column(c, justify="left" if c == "name" else "right")
+    for r in rows:
+        t.add_row(r["name"], f"{r['params'] / 1e9:,.1f}B", f"{r['active_params'] / 1e9:,.1f}B", str(r["layers"]),
+                  f"{r['q_heads']}/{r['kv_heads']}", f"{r['max_context']:,}" if r["max_context"] else "-",
+                  str(r["experts"] or "-"))
+    Console().print(t)
     return 0
 
 
@@ -323,6 +432,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ValueError, KeyError, FileNotFoundError, OSError) as exc:
             msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
             sys.stderr.write(f"perfmodel: error: {msg}\n")
+            return 1
+        except OverflowError as exc:  # a number past the float range that no parser caught
+            sys.stderr.write(f"perfmodel: error: a number is too large ({exc})\n")
             return 1
     for msg in dict.fromkeys(str(w.message) for w in caught):
         sys.stderr.write(f"perfmodel: warning: {msg}\n")

@@ -20,6 +20,10 @@ class UnknownModelError(PerfModelError, KeyError):
         return self.args[0] if self.args else ""
 
 
+class NonFiniteError(InvalidInputError):
+    """A number that is NaN or infinite (or too large for a float) where a finite one is needed."""
+
+
 class ModelConfigError(PerfModelError):
     """A model config file that cannot be understood."""
 
@@ -55,6 +59,7 @@ __all__ = [
     "InvalidInputError",
     "UnknownModelError",
     "ModelConfigError",
+    "NonFiniteError",
     "DoesNotFitError",
     "OpDescriptorError",
     "ProfileError",

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import enum
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,7 +133,9 @@ class AttentionOffload:
 
 
 def _finite(v: Any) -> bool:
-    return not isinstance(v, bool) and isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(v)
+    from perfmodel.checks import is_finite_number
+
+    return is_finite_number(v)
 
 
 def _is_int(v: Any) -> bool:
@@ -308,7 +309,26 @@ class Knobs:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {p.split("=", 1)[0]: p.split("=", 1)[1] for p in self.describe()}
+        """The knobs that differ from their defaults, as JSON values: numbers stay numbers, a dtype is its
+        name, ``kv_tiers`` a list of ``{kind, capacity_bytes, bytes_per_s, gpus_per_host}`` and ``offload``
+        ``{pool_gpu (name), link_bytes_per_s, pool_devices_per_gpu, link_latency_s, pipelined}``."""
+        from perfmodel.jsonout import jsonable
+
+        d = Knobs()
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if v == getattr(d, f.name):
+                continue
+            if f.name == "kv_dtype":
+                v = v.value
+            elif f.name == "kv_tiers":
+                v = [dataclasses.asdict(t) for t in v]
+            elif f.name == "offload":
+                v = {g.name: (v.pool_gpu.name if g.name == "pool_gpu" else getattr(v, g.name))
+                     for g in dataclasses.fields(v)}
+            out[f.name] = jsonable(v)
+        return out
 
 
 NO_KNOBS = Knobs()

@@ -66,9 +66,10 @@ class KnobMatch:
     reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        s = self.setting.value if hasattr(self.setting, "value") else self.setting
-        return {"metric": self.metric, "knob": self.knob, "setting": s, "value": self.value,
-                "target": self.target, "reason": self.reason}
+        from perfmodel.jsonout import jsonable
+
+        return jsonable({"metric": self.metric, "knob": self.knob, "setting": self.setting, "value": self.value,
+                         "target": self.target, "reason": self.reason})
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,9 @@ class MatchResult:
         return None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        from perfmodel.jsonout import jsonable
+
+        return jsonable({
             "context_len": self.context_len,
             "match_context": self.match_context,
             "targets": self.targets,
@@ -95,7 +98,7 @@ class MatchResult:
             "compression_factor": {m: self.compression_factor(m) for m in METRICS},
             "knobs": [r.to_dict() for r in self.rows],
             "note": "settings price cost only; the accuracy of each technique at that setting is not modelled",
-        }
+        })
 
 
 class _Scenario:

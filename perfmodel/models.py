@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from perfmodel.checks import finite_json_loads
 from hw.spec import Dtype
 from perfmodel.errors import ModelConfigError, UnknownModelError
 
@@ -365,7 +366,7 @@ def list_models() -> list[str]:
 @functools.lru_cache(maxsize=64)
 def _load_file(path: str, name: str) -> ModelSpec:
     try:
-        cfg = json.loads(Path(path).read_text())
+        cfg = finite_json_loads(Path(path).read_text())
     except FileNotFoundError:
         raise ModelConfigError(f"model config not found: {path}") from None
     except json.JSONDecodeError as exc:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import math
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -362,12 +361,20 @@ def _need(d: dict, key: str, where: str) -> Any:
 
 
 def _int(d: dict, key: str, where: str, minimum: int = 1) -> int:
+    from perfmodel.checks import is_finite_number
+
     v = _need(d, key, where)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v != int(v):
-        raise OpDescriptorError(f"{where}field {key!r} must be an integer, got {v!r}")
+    if not is_finite_number(v) or v != int(v):
+        raise OpDescriptorError(f"{where}field {key!r} must be a finite integer, got {_shown(v)}")
     if v < minimum:
         raise OpDescriptorError(f"{where}field {key!r} must be >= {minimum}, got {v!r}")
     return int(v)
+
+
+def _shown(v: Any) -> str:
+    """``repr(v)``, shortened for an integer of hundreds of digits."""
+    s = repr(v)
+    return f"{s[:20]}... ({len(s)} digits)" if isinstance(v, int) and len(s) > 24 else s
 
 
 def _enum(cls, d: dict, key: str, where: str, default=None):
@@ -425,9 +432,11 @@ def op_from_dict(d: dict[str, Any], where: str = "") -> Op:
             dst=_enum(MemLocation, d, "dst", where, default="device"), **ints,
         )
     if kind is OpKind.ELEMENTWISE:
+        from perfmodel.checks import is_finite_number
+
         fl = d.get("flops", 0)
-        if not isinstance(fl, (int, float)) or isinstance(fl, bool) or fl < 0:
-            raise OpDescriptorError(f"{where}field 'flops' must be a number >= 0")
+        if not is_finite_number(fl) or fl < 0:
+            raise OpDescriptorError(f"{where}field 'flops' must be a finite number >= 0, got {_shown(fl)}")
         return Elementwise(name=str(d.get("name", "elementwise")), flops=fl, **ints)
     if kind is OpKind.DECODER_LAYER:
         if ints["q_heads"] % ints["kv_heads"]:

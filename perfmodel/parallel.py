@@ -701,8 +701,9 @@ def parallel_memory(mem, model: ModelSpec, precision: Precision, tp: int = 1, pp
     kv_tok = mem.kv_bytes_per_token / (pp * sp)
     kv_user = mem.kv_bytes_per_user / (pp * sp)
     shared = getattr(mem, "shared_kv_bytes", 0.0) / (pp * sp)
+    from perfmodel.phases import max_users
+
     free = mem.capacity_bytes - weights - mem.activation_bytes - mem.reserve_bytes - shared
-    offload = getattr(mem, "offload_capacity_bytes", 0.0)
-    conc = math.floor(max(free + offload, 0.0) / kv_user) if kv_user > 0 else 0
-    return dataclasses.replace(mem, weight_bytes=weights, kv_bytes_per_token=kv_tok, kv_bytes_per_user=kv_user,
-                               free_for_kv_bytes=free, max_concurrency=conc, shared_kv_bytes=shared)
+    out = dataclasses.replace(mem, weight_bytes=weights, kv_bytes_per_token=kv_tok, kv_bytes_per_user=kv_user,
+                              free_for_kv_bytes=free, shared_kv_bytes=shared)
+    return dataclasses.replace(out, max_concurrency=max_users(out))

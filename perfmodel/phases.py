@@ -7,7 +7,8 @@ evaluates a million scenarios without a Python loop per point.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -264,12 +265,15 @@ def kv_cache_bytes_per_gpu(model: ModelSpec, context_len, output_tokens=0, batch
 class MemoryBudget:
     """Device memory of one GPU of the TP group, bytes.
 
-    ``max_concurrency`` = floor(free_for_kv_bytes / kv_bytes_per_user): users
-    whose whole KV cache (prompt plus output) is resident at once.  With knobs,
-    ``kv_bytes_per_user`` includes a hybrid stack's recurrent state and
-    excludes a shared prefix, stored once as ``shared_kv_bytes``;
+    ``max_concurrency``: the most users ``n`` that fit by :func:`users_that_fit`, the
+    rule that also checks a batch, with the activation workspace of ``n`` users
+    (so a batch of ``max_concurrency`` always fits and one more never does).
+    With knobs, ``kv_bytes_per_user`` includes a hybrid stack's recurrent state
+    and excludes a shared prefix, stored once as ``shared_kv_bytes``;
     ``offload_capacity_bytes`` is the room for KV beyond HBM (tiers, or the
-    attention pool, which then holds all of it), and concurrency counts it.
+    attention pool, which then holds all of it: ``kv_on_pool``), and
+    concurrency counts it.  ``activation_at(n)`` gives the activation bytes of a
+    pass with ``n`` users; ``activation_bytes`` is its value at the budget's batch.
     """
 
     capacity_bytes: Any
@@ -282,6 +286,47 @@ class MemoryBudget:
     max_concurrency: Any
     shared_kv_bytes: Any = 0.0
     offload_capacity_bytes: Any = 0.0
+    kv_on_pool: bool = False
+    activation_at: Any = field(default=None, compare=False, repr=False)
+
+
+def users_that_fit(mem: MemoryBudget, n) -> Any:
+    """Users whose KV fits while ``n`` users decode together (the activation workspace of ``n``).
+
+    A batch of ``n`` fits iff ``users_that_fit(mem, n) >= n``; the one rule behind
+    :attr:`MemoryBudget.max_concurrency`, ``analyze``'s check, ``sweep``'s ``fits``
+    and the TP suggestion.  Non-increasing in ``n``.
+    """
+    act = mem.activation_bytes if mem.activation_at is None else mem.activation_at(n)
+    free_gpu = mem.capacity_bytes - mem.weight_bytes - act - mem.reserve_bytes
+    if mem.kv_on_pool:
+        room = np.where(free_gpu >= 0, mem.offload_capacity_bytes - mem.shared_kv_bytes, 0.0)
+    else:
+        room = np.where(free_gpu >= 0, free_gpu - mem.shared_kv_bytes + mem.offload_capacity_bytes, 0.0)
+    room = np.maximum(room, 0.0)
+    kv_user = np.asarray(mem.kv_bytes_per_user, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        conc = np.where(kv_user > 0, np.floor(room / np.where(kv_user > 0, kv_user, 1.0)),
+                        np.where(free_gpu >= 0, np.inf, 0.0))  # no KV per user: unbounded once the weights fit
+    return _f(conc)
+
+
+def max_users(mem: MemoryBudget) -> Any:
+    """The largest ``n`` with ``users_that_fit(mem, n) >= n`` (0 when not even one user fits).
+
+    A bisection over ``[0, users_that_fit(mem, 1)]`` (the rule is monotone in ``n``),
+    elementwise over array budgets; an unbounded count (no KV per user) stays infinite.
+    """
+    upper = np.asarray(users_that_fit(mem, 1), dtype=np.float64)
+    finite = np.isfinite(upper)
+    lo = np.zeros_like(upper)
+    hi = np.where(finite & (upper >= 1), upper, 0.0)
+    while np.any(lo < hi):
+        mid = np.floor((lo + hi + 1) / 2)
+        ok = np.asarray(users_that_fit(mem, mid), dtype=np.float64) >= mid
+        lo = np.where(ok, mid, lo)
+        hi = np.where(ok, hi, mid - 1)
+    return _f(np.where(finite, lo, upper))
 
 
 def memory_budget(
@@ -303,45 +348,44 @@ def memory_budget(
     tokens_per_user = ctx + np.asarray(output_tokens, dtype=np.float64)
     capacity = float(gpu.hbm_usable_bytes)
     weights = m.weight_bytes(prec.weights) / tp
-    # one pass holds at most the chunk budget of prompt tokens (shared by the batch), or one
-    # token per sequence in decode
-    pass_tokens = ctx * batch
-    if chunk_tokens:
-        pass_tokens = np.minimum(pass_tokens, np.maximum(chunk_tokens, batch))
-    pass_tokens = np.maximum(pass_tokens, batch)
-    act = activation_bytes(m, pass_tokens, prec, tp)
+
+    def activation_at(n):
+        # one pass holds at most the chunk budget of prompt tokens (shared by the batch), or one
+        # token per sequence in decode
+        n = np.asarray(n, dtype=np.float64)
+        pass_tokens = ctx * n
+        if chunk_tokens:
+            pass_tokens = np.minimum(pass_tokens, np.maximum(chunk_tokens, n))
+        return _f(activation_bytes(m, np.maximum(pass_tokens, n), prec, tp))
+
+    act = activation_at(batch)
     reserve = reserve_fraction * capacity
     kv_tok = kv_bytes_per_token_per_gpu(m, tp, prec.kv, knobs)
     f = _f
+    free = capacity - weights - act - reserve
     if knobs is None:
-        kv_user = kv_tok * _kv_tokens(m, tokens_per_user)
-        free = capacity - weights - act - reserve
-        conc = np.floor(np.maximum(free, 0.0) / kv_user)
-        return MemoryBudget(
+        mem = MemoryBudget(
             capacity_bytes=capacity, weight_bytes=weights, activation_bytes=f(act), reserve_bytes=reserve,
-            kv_bytes_per_token=kv_tok, kv_bytes_per_user=f(kv_user), free_for_kv_bytes=f(free),
-            max_concurrency=f(conc),
+            kv_bytes_per_token=kv_tok, kv_bytes_per_user=f(kv_tok * _kv_tokens(m, tokens_per_user)),
+            free_for_kv_bytes=f(free), max_concurrency=0.0, activation_at=activation_at,
         )
+        return dataclasses.replace(mem, max_concurrency=max_users(mem))
     p = knobs.shared_prefix_tokens
     kept = _kv_tokens(m, knobs.kept_tokens(tokens_per_user))
     kv_user = kv_tok * (kept - p) + recurrent_state_bytes_per_gpu(m, tp, knobs)
     shared = kv_tok * p
-    free_gpu = capacity - weights - act - reserve
     if knobs.offload is not None:
         off = knobs.offload
-        pool_cap = off.pool_gpu.hbm_usable_bytes * (1 - reserve_fraction) * off.pool_devices_per_gpu
-        room = np.where(free_gpu >= 0, pool_cap - shared, 0.0)
-        free, extra = free_gpu, pool_cap
+        extra = off.pool_gpu.hbm_usable_bytes * (1 - reserve_fraction) * off.pool_devices_per_gpu
     else:
         extra = sum(t.capacity_for(gpu) for t in knobs.kv_tiers)
-        free = free_gpu
-        room = np.where(free_gpu >= 0, free_gpu - shared + extra, 0.0)
-    conc = np.floor(np.maximum(room, 0.0) / kv_user)
-    return MemoryBudget(
+    mem = MemoryBudget(
         capacity_bytes=capacity, weight_bytes=weights, activation_bytes=f(act), reserve_bytes=reserve,
         kv_bytes_per_token=kv_tok, kv_bytes_per_user=f(kv_user), free_for_kv_bytes=f(free),
-        max_concurrency=f(conc), shared_kv_bytes=shared, offload_capacity_bytes=float(extra),
+        max_concurrency=0.0, shared_kv_bytes=shared, offload_capacity_bytes=float(extra),
+        kv_on_pool=knobs.offload is not None, activation_at=activation_at,
     )
+    return dataclasses.replace(mem, max_concurrency=max_users(mem))
 
 
 def _kv_tokens(model: ModelSpec, tokens):

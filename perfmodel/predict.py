@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
+from perfmodel.checks import finite_json_loads
 from hw.loader import load_gpu
 from hw.spec import GPU
 from perfmodel.calibration import Mode, Profile, resolve_profile
@@ -42,7 +43,7 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         if not line.strip():
             continue
         try:
-            yield i, json.loads(line)
+            yield i, finite_json_loads(line)
         except json.JSONDecodeError as exc:
             raise OpDescriptorError(f"{path}: line {i}: not valid JSON ({exc.msg})") from None
 
@@ -77,5 +78,8 @@ def predict_file(in_path: "str | Path", out_path: "str | Path", gpu: "str | GPU"
         b = cost.bound
         rows.append({**rec, "predicted_s": float(cost.total_s),
                      "predicted_bound": b.value if isinstance(b, Bound) else str(b)})
-    Path(out_path).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    from perfmodel.jsonout import dumps
+
+    text = "".join(dumps(r, what=f"{in_path}: prediction {i + 1}") + "\n" for i, r in enumerate(rows))
+    Path(out_path).write_text(text)
     return len(rows)

@@ -227,8 +227,21 @@ def _head_columns(m, g, prof, ctx, out, b, prec, t, kn) -> dict:
         "batch": b.astype(np.int64),
         "weight_bytes": int(m.weight_bytes(prec.weights)),
         "kv_bytes_per_token": int(round(kv_bytes_per_token_per_gpu(effective_model(m, kn), 1, prec.kv, kn))),
-        "kv_cache_bytes": np.round(kv_cache_bytes_per_gpu(m, ctx, out, b, prec, 1, kn)).astype(np.int64),
+        "kv_cache_bytes": _int64_bytes(kv_cache_bytes_per_gpu(m, ctx, out, b, prec, 1, kn), ctx, b),
     }
+
+
+def _int64_bytes(kv, ctx, b) -> np.ndarray:
+    """``kv`` (bytes, float) as an int64 column; a point beyond int64 (9.2e18 bytes, far beyond any device)
+    is refused with :class:`InvalidInputError` naming it instead of wrapping round to a negative number."""
+    kv = np.round(np.asarray(kv, dtype=np.float64))
+    bad = ~(kv < 2.0**63)
+    if np.any(bad):
+        i = int(np.argmax(np.broadcast_to(bad, np.shape(ctx))))
+        raise InvalidInputError(f"context {int(np.ravel(ctx)[i]):,} x batch {int(np.ravel(b)[i]):,}: a KV cache of "
+                                f"{float(np.ravel(kv)[i]):.3g} bytes per GPU is beyond any device and any int64 "
+                                "column; use a smaller batch or context")
+    return kv.astype(np.int64)
 
 
 def _const(text: str, n: int) -> pd.Categorical:

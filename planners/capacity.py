@@ -388,7 +388,10 @@ def query_from_args(args) -> CapacityQuery:
     else:
         if args.rate is None:
             raise PlannerError("give --rate (requests/s) or --trace")
-        reqs = Workload(args.requests, parse_rate(args.rate), LengthDist.parse(args.prompt_len, "--prompt-len"),
+        rate = parse_rate(args.rate)
+        if not math.isfinite(rate):
+            raise PlannerError(f"--rate must be a finite number of requests/s to size a deployment for, got {args.rate!r}")
+        reqs = Workload(args.requests, rate, LengthDist.parse(args.prompt_len, "--prompt-len"),
                         LengthDist.parse(args.output_len, "--output-len"), seed=args.seed).generate()
     prices = load_prices(args.prices)
     gpus = tuple(resolve_gpu_name(g.strip()) for g in args.candidates.split(",")) if args.candidates else tuple(prices)
@@ -400,7 +403,6 @@ def query_from_args(args) -> CapacityQuery:
 
 
 def _cmd_capacity(args) -> int:
-    import json
 
     q = query_from_args(args)
     prices = load_prices(args.prices)
@@ -418,10 +420,12 @@ def _cmd_capacity(args) -> int:
         "pareto": plan.table(),
         "pruned": [{"shape": n, "reason": r} for n, r in plan.pruned],
         "simulated": len(plan.points),
-        "rate_per_s": q.rate_per_s,
+        "rate_per_s": q.rate_per_s if math.isfinite(q.rate_per_s) else None,  # a trace arriving all at once
     }
     if args.json:
-        print(json.dumps(out, indent=2))
+        from perfmodel.jsonout import dumps
+
+        print(dumps(out, indent=2))
         return 0
     from rich.console import Console
     from rich.table import Table

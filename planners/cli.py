@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import math
 
+from perfmodel.jsonout import dumps
 from planners.errors import PlannerError
 
 _DEFAULT_SYSTEM = "dgx-h100-x4"
@@ -100,7 +100,7 @@ def _cmd_moe(args) -> int:
     plan = plan_moe(problem, _options(args))
     out = plan.to_dict()
     if args.json:
-        print(json.dumps(out, indent=1))
+        print(dumps(out, indent=1))
         return 0
     _print_moe(out)
     return 0
@@ -149,7 +149,7 @@ def _cmd_sp(args) -> int:
     plan = plan_sp(build_instance(lengths, args.gpus, cost), _options(args), args.buckets)
     out = plan.to_dict()
     if args.json:
-        print(json.dumps(out, indent=1))
+        print(dumps(out, indent=1))
         return 0
     from rich.console import Console
     from rich.table import Table

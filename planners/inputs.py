@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from perfmodel.checks import finite_json_loads
 from planners.errors import PlannerError
 
 
@@ -18,11 +19,11 @@ def _read(path: str | Path) -> Any:
     text = p.read_text()
     if p.suffix == ".jsonl":
         try:
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
+            return [finite_json_loads(line) for line in text.splitlines() if line.strip()]
         except json.JSONDecodeError as exc:
             raise PlannerError(f"{path}: not JSON lines ({exc.msg} at line {exc.lineno})") from None
     try:
-        return json.loads(text)
+        return finite_json_loads(text)
     except json.JSONDecodeError as exc:
         raise PlannerError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from None
 

@@ -167,14 +167,16 @@ class MoEPlan:
 
         layers = [{"placement": [list(g) for g in p], **m.to_dict(), "lower_bound": lb}
                   for p, m, lb in zip(self.placements, self.metrics, self.lower_bounds)]
+        from perfmodel.jsonout import jsonable
+
         keys = ("max_gpu_load", "cross_gpu_tokens", "cross_node_tokens", "weighted_traffic")
-        return {
+        return jsonable({
             "layers": layers,
             "total": {k: total(self.metrics, k) for k in keys} | {"lower_bound": float(sum(self.lower_bounds))},
             "baselines": {name: {"layers": [m.to_dict() for m in ms], "total": {k: total(ms, k) for k in keys}}
                           for name, ms in self.baselines.items()},
             "solver": self.solver.to_dict() if self.solver else None,
-        }
+        })
 
 
 def score(problem: MoEProblem, placements: list[Placement] | tuple[Placement, ...]) -> tuple[LayerMetrics, ...]:

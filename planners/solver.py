@@ -12,8 +12,12 @@ variables' initial values to ``highspy.Highs.setSolution`` before the run.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import enum
 import math
+import os
+import sys
 import time
 from dataclasses import dataclass
 
@@ -100,6 +104,41 @@ class _WarmHiGHS(pulp.HiGHS):  # type: ignore[misc, valid-type]
         lp.solverModel.run()
 
 
+def _flush_c_stdio() -> None:
+    """``fflush(NULL)``: write out what C code buffered on its ``FILE*`` streams."""
+    try:
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):  # pragma: no cover - no C runtime reachable by name
+        pass
+
+
+@contextlib.contextmanager
+def solver_output_to_stderr():
+    """Send what C code writes on file descriptor 1 to descriptor 2 while the block runs.
+
+    Solver libraries (HiGHS prints its banner when an instance is made, whatever
+    ``output_flag`` says) write from C, below ``sys.stdout``; a command that
+    prints JSON must keep stdout for its own output.  Where the descriptors
+    cannot be duplicated (no real stdout) the block runs unchanged.
+    """
+    try:
+        out_fd = sys.__stdout__.fileno() if sys.__stdout__ is not None else 1
+        err_fd = sys.__stderr__.fileno() if sys.__stderr__ is not None else 2
+        sys.stdout.flush()
+        _flush_c_stdio()
+        saved = os.dup(out_fd)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    try:
+        os.dup2(err_fd, out_fd)
+        yield
+    finally:
+        _flush_c_stdio()
+        os.dup2(saved, out_fd)
+        os.close(saved)
+
+
 def solve(prob: pulp.LpProblem, options: SolverOptions, time_limit_s: float, warm: bool = False) -> SolveResult:
     """Solve ``prob`` (a minimisation) within ``time_limit_s`` seconds.
 
@@ -119,7 +158,8 @@ def solve(prob: pulp.LpProblem, options: SolverOptions, time_limit_s: float, war
                                        warmStart=warm)
     t0 = time.perf_counter()
     try:
-        prob.solve(solver)
+        with solver_output_to_stderr():
+            prob.solve(solver)
     except pulp.PulpSolverError as exc:  # pragma: no cover - solver crash
         raise PlannerError(f"{options.name.value} failed: {exc}") from None
     seconds = time.perf_counter() - t0

@@ -119,8 +119,11 @@ class SpPlan:
     solver: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"groups": [g.to_dict() for g in self.groups], "makespan_s": self.makespan_s,
-                "lower_bound_s": self.lower_bound_s, "baselines": dict(self.baselines), "solver": dict(self.solver)}
+        from perfmodel.jsonout import jsonable
+
+        return jsonable({"groups": [g.to_dict() for g in self.groups], "makespan_s": self.makespan_s,
+                         "lower_bound_s": self.lower_bound_s, "baselines": dict(self.baselines),
+                         "solver": dict(self.solver)})
 
 
 def lower_bound(inst: SpInstance) -> float:

@@ -25,3 +25,30 @@ def pytest_unconfigure(config):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(_EXIT_STATUS["code"])
+
+
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+def run_perfmodel(*argv: str, timeout: float = 300, cwd=None, pythonpath=()) -> subprocess.CompletedProcess:
+    """Run the ``perfmodel`` command (this checkout first on ``PYTHONPATH``) in a subprocess; text output.
+
+    The installed console script when there is one on ``PATH``, else ``python -m perfmodel.cli``:
+    what a user's script sees on stdout, C libraries' output included.  ``pythonpath``: folders put
+    before the checkout (e.g. stubs that hide an optional package).
+    """
+    parts = (*map(str, pythonpath), ROOT, os.environ.get("PYTHONPATH"))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in parts if p))
+    exe = shutil.which("perfmodel")
+    cmd = [exe] if exe else [sys.executable, "-m", "perfmodel.cli"]
+    return subprocess.run(cmd + [str(a) for a in argv], capture_output=True, text=True, timeout=timeout, env=env,
+                          cwd=cwd)
+
+
+@pytest.fixture()
+def perfmodel_cli():
+    """:func:`run_perfmodel` as a fixture."""
+    return run_perfmodel

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from typing import Any
@@ -119,7 +118,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     if args.perfetto:
         write_trace_json(res, args.perfetto)
     if args.json:
-        print(json.dumps(out, indent=2))
+        from perfmodel.jsonout import dumps
+
+        print(dumps(out, indent=2))
         return 0
     _print_table(out)
     return 0
@@ -142,7 +143,7 @@ def _print_table(out: dict[str, Any]) -> None:
     for c in ("p50", "p90", "p99", "mean"):
         t.add_column(c, justify="right")
     for key, name in (("ttft_s", "TTFT"), ("tpot_s", "TPOT"), ("e2e_s", "end-to-end")):
-        t.add_row(name, *[_fmt_s(out[key][c]) if out[key][c] == out[key][c] else "-" for c in ("p50", "p90", "p99", "mean")])
+        t.add_row(name, *[_fmt_s(out[key][c]) if out[key][c] is not None else "-" for c in ("p50", "p90", "p99", "mean")])
     console = Console()
     console.print(t)
     lines = [
@@ -153,7 +154,7 @@ def _print_table(out: dict[str, Any]) -> None:
         (f"swapped out/in: {out['swap_out_bytes'] / 2**30:,.2f} / {out['swap_in_bytes'] / 2**30:,.2f} GiB; "
         f"preemptions: {out['preemptions']}"),
     ]
-    if "goodput_requests_per_s" in out:
+    if out.get("goodput_requests_per_s") is not None:
         lines.append(f"goodput: {out['goodput_requests_per_s']:,.2f} requests/s meeting the SLOs")
     lines.append(f"simulated {out['iterations']:,} iterations in {out['sim_wall_s']:.2f} s")
     if out["knobs"]:

@@ -47,10 +47,12 @@ class Slo:
                 raise InvalidInputError(f"SLO {name} must be in (0, 100], got {v!r}")
 
 
-def _pcts(x: np.ndarray) -> dict[str, float]:
+def _pcts(x: np.ndarray) -> dict[str, float | None]:
+    """Percentiles and mean of the finite values; ``None`` each when there are none (e.g. TPOT when every
+    request generates one token: there is no time between output tokens to measure)."""
     x = x[np.isfinite(x)]
     if x.size == 0:
-        return {f"p{p}": float("nan") for p in PERCENTILES} | {"mean": float("nan")}
+        return {f"p{p}": None for p in PERCENTILES} | {"mean": None}
     q = np.percentile(x, PERCENTILES)
     return {f"p{p}": float(v) for p, v in zip(PERCENTILES, q)} | {"mean": float(x.mean())}
 
@@ -178,7 +180,8 @@ class SimResult:
             "sim_wall_s": float(self.wall_s),
         }
         if slo is not None:
-            out["goodput_requests_per_s"] = self.goodput_requests_per_s(slo)
+            g = self.goodput_requests_per_s(slo)
+            out["goodput_requests_per_s"] = g if math.isfinite(g) else None  # no time elapsed: undefined
             out["slo"] = self.slo_report(slo)
         return out
 
@@ -186,5 +189,6 @@ class SimResult:
         """Write the tables as CSV, or Parquet for a ``.parquet`` path."""
         for path, frame in ((requests_path, self.requests_frame), (timeline_path, self.timeline_frame)):
             if path:
-                df = frame()
-                df.to_parquet(path) if str(path).endswith(".parquet") else df.to_csv(path, index=False)
+                from perfmodel.tables import write_table
+
+                write_table(frame(), path)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from perfmodel.checks import finite_json_loads
 from perfmodel.errors import InvalidInputError
 
 TRACE_FIELDS = ("arrival_s", "prompt_len", "output_len")
@@ -208,7 +209,7 @@ def _rows_jsonl(path: str, text: str):
         if not s or s.startswith("#"):
             continue
         try:
-            row = json.loads(s)
+            row = finite_json_loads(s)
         except json.JSONDecodeError as exc:
             raise TraceFormatError(f"{path}:{i}: not valid JSON ({exc.msg})") from None
         if not isinstance(row, dict):

@@ -320,7 +320,7 @@ def test_cli_knob_flags_and_comparison(capsys):
                             "--json")
     assert status == 0
     d = json.loads(out)
-    assert d["knobs"] == {"kv_dtype": "fp8", "kv_layers": "15"}
+    assert d["knobs"] == {"kv_dtype": "fp8", "kv_layers": 15}
     assert d["knob_ratio"]["kv_cache_bytes"] == pytest.approx(1 / 8)
     status, out, _ = _cli(capsys, "analyze", "--kv-keep-ratio", "0.5")
     assert status == 0 and "ratio" in out and "cost, not quality" in " ".join(out.split())

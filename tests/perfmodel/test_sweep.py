@@ -144,3 +144,17 @@ def test_cli_sweep_with_a_layout(capsys):
     rows = json.loads(capsys.readouterr().out)
     assert [(r["pp"], r["sp"], r["world"]) for r in rows] == [(2, 2, 4), (2, 2, 4)]
     assert rows[1]["prefill_s"] > rows[0]["prefill_s"]
+
+
+def test_sweep_parquet_without_pyarrow_says_what_to_install(tmp_path, perfmodel_cli):
+    """With no Parquet engine importable, one line naming the package, and no file."""
+    stubs = tmp_path / "stubs"
+    for name in ("pyarrow", "fastparquet"):
+        (stubs / name).mkdir(parents=True)
+        (stubs / name / "__init__.py").write_text("raise ImportError('hidden for this test')\n")
+    out = tmp_path / "x.parquet"
+    p = perfmodel_cli("sweep", "--context", "4000", "--out", out, pythonpath=[stubs])
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.strip().splitlines() == ["perfmodel: error: writing .parquet needs pyarrow: pip install pyarrow "
+                                             "(or write a .csv path)"]
+    assert not out.exists()

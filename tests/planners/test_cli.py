@@ -53,3 +53,14 @@ def test_bad_input_is_one_line(files, capsys, argv, msg):
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert msg in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("solver", ["highs", "cbc"])
+def test_plan_json_stdout_is_only_json(files, perfmodel_cli, solver):
+    """The solvers' own output (HiGHS prints its banner from C) never reaches stdout."""
+    for argv in (["plan", "moe", "--loads", files / "loads.json", "--gpus", "4", "--slots-per-gpu", "3"],
+                 ["plan", "sp", "--lengths", files / "len.json", "--gpus", "4", "--model", "llama-3-8b",
+                  "--gpu", "h100"]):
+        p = perfmodel_cli(*argv, "--solver", solver, "--time-limit", "3", "--json")
+        assert p.returncode == 0, p.stderr
+        json.loads(p.stdout)

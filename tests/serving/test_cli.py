@@ -87,7 +87,7 @@ def test_knob_flags_reach_the_simulation(capsys):
     code, out, err = run(capsys, *argv, "--kv-dtype", "fp8", "--kv-keep-ratio", "0.5")
     assert code == 0, err
     d = json.loads(out)
-    assert d["knobs"] == {"kv_dtype": "fp8", "kv_keep_ratio": "0.5"}
+    assert d["knobs"] == {"kv_dtype": "fp8", "kv_keep_ratio": 0.5}
     assert len(d["notes"]) == 1 and "cost, not quality" in d["notes"][0]
     assert "kv_dtype=fp8" in d["deployment"]
     # a quarter of the KV per request: memory no longer binds at 300 requests
