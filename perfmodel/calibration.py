@@ -324,7 +324,7 @@ class Profile:
     ring_attention_step: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     implementations: Mapping[tuple[OpClass, AttentionImpl], ClassParams] = field(
         default_factory=lambda: MappingProxyType({}))
-    attention_impl: AttentionImpl = DEFAULT_ATTENTION_IMPL
+    attention_impl: AttentionImpl | None = None
     attention_kernels: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
     #: The sustained-clock terms (``compute_ratio``, ``settle_s``; :mod:`perfmodel.clocks`); empty when not measured.
     sustained: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
@@ -333,6 +333,10 @@ class Profile:
     launch_terms: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     #: The launch mode priced (:class:`Launch`); ``eager`` needs ``launch_terms`` in a calibrated profile.
     launch: Launch = Launch.GRAPH
+
+    def __post_init__(self) -> None:
+        if self.attention_impl is None:  # the scenario named none: sdpa, or the impl the profile has
+            object.__setattr__(self, "attention_impl", self.default_attention_impl())
 
     def params(self, op_class: OpClass) -> ClassParams:
         if op_class in ATTENTION_CLASSES:

@@ -150,33 +150,30 @@ def predict(spec: ModelSpec, gpu: str, phase: str, batch: int, context: int) -> 
 
     ``prefill``: ``analyze(...).to_dict()["prefill_s"]`` of one unchunked pass over ``context``
     tokens of ``batch`` prompts (LM head on the last positions).  ``decode``: its
-    ``decode_s_per_token``, one step of ``batch`` sequences over ``context`` keys.  Passes
-    ``attention_impl="sdpa"`` where ``analyze`` takes it.  Where ``analyze`` refuses the scenario as
-    not fitting its memory budget, the phase functions give the same costs directly.
+    ``decode_s_per_token``, one step of ``batch`` sequences over ``context`` keys.  Attention is
+    priced with the profile's default implementation (``sdpa``, what the runner's models run, where
+    the GPU's profile has its curves); the second value names the path and that implementation,
+    e.g. ``analyze/sdpa``.  Where ``analyze`` refuses the scenario as not fitting its memory budget,
+    the phase functions give the same costs directly.
     """
     import perfmodel
-    from perfmodel.errors import DoesNotFitError
-
-    kw: dict[str, Any] = {}
-    if "attention_impl" in inspect.signature(perfmodel.analyze).parameters:
-        kw["attention_impl"] = "sdpa"
-    try:
-        d = perfmodel.analyze(spec, gpu, context_len=context, output_tokens=1, batch=batch, mode="calibrated",
-                              chunk_tokens=None, **kw).to_dict()
-        return float(d["prefill_s"] if phase == "prefill" else d["decode_s_per_token"]), "analyze"
-    except DoesNotFitError:
-        pass
     from hw.loader import load_gpu
     from perfmodel.calibration import Mode, resolve_profile
+    from perfmodel.errors import DoesNotFitError
     from perfmodel.phases import decode_step_cost, prefill_cost
 
     g = load_gpu(gpu)
     prof = resolve_profile(g, Mode.CALIBRATED)
+    impl = prof.attention_impl.value
+    try:
+        d = perfmodel.analyze(spec, g, context_len=context, output_tokens=1, batch=batch, mode="calibrated",
+                              chunk_tokens=None, profile=prof).to_dict()
+        return float(d["prefill_s"] if phase == "prefill" else d["decode_s_per_token"]), f"analyze/{impl}"
+    except DoesNotFitError:
+        pass
     if phase == "prefill":
-        fkw = {k: v for k, v in kw.items() if k in inspect.signature(prefill_cost).parameters}
-        return float(prefill_cost(spec, g, prof, context, batch, chunk_tokens=None, **fkw).total_s), "prefill_cost"
-    fkw = {k: v for k, v in kw.items() if k in inspect.signature(decode_step_cost).parameters}
-    return float(decode_step_cost(spec, g, prof, context, batch, **fkw).total_s), "decode_step_cost"
+        return float(prefill_cost(spec, g, prof, context, batch, chunk_tokens=None).total_s), f"prefill_cost/{impl}"
+    return float(decode_step_cost(spec, g, prof, context, batch).total_s), f"decode_step_cost/{impl}"
 
 
 def repredict(rec: dict) -> dict:

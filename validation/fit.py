@@ -374,12 +374,30 @@ SUSTAINED_OPS = {
 }
 
 
+def settle_time_s(op_result: dict[str, Any], share: float = 0.97) -> float | None:
+    """When a sustained series settled: the first sample whose power draw reaches ``share`` of the
+    settled power (the median of the series' second half), or, without power readings, whose rate
+    comes within ``1 - share`` of the settled rate; ``None`` without a series."""
+    rows = op_result.get("series") or []
+    if not rows:
+        return op_result.get("settled_after_s")
+    half = rows[len(rows) // 2:]
+    powers = [x["power_w"] for x in half if x.get("power_w") is not None]
+    if powers:
+        target = share * float(np.median(powers))
+        hit = [x["t_s"] for x in rows if x.get("power_w") is not None and x["power_w"] >= target]
+    else:
+        settled = float(np.median([x["rate"] for x in half]))
+        hit = [x["t_s"] for x in rows if abs(x["rate"] / settled - 1.0) <= 1.0 - share]
+    return float(hit[0]) if hit else None
+
+
 def sustained_terms(result: dict[str, Any], profile: Profile) -> dict[str, Any]:
     """The profile's ``sustained`` object from a ``benchmarks/sustained.py`` result.
 
     ``compute_ratio``: the median over the compute-bound ops of their settled rate over the rate
-    ``profile`` predicts for the op (at most 1); ``settle_s``: the median time their rate took to
-    settle.  Raises :class:`RecordError` for a dry run or a result without those ops.
+    ``profile`` predicts for the op (at most 1); ``settle_s``: the median over those ops of
+    :func:`settle_time_s` (when the board reached its power limit).  Raises :class:`RecordError` for a dry run or a result without those ops.
     """
     if result.get("dry_run"):
         raise RecordError("a --dry-run sustained result cannot calibrate a GPU profile")
@@ -393,8 +411,9 @@ def sustained_terms(result: dict[str, Any], profile: Profile) -> dict[str, Any]:
         predicted_rate = float(r["work"]) / float(op_cost(op, g, profile).total_s)
         ratio = min(1.0, float(r["sustained_rate"]) / predicted_rate)
         ratios.append(ratio)
-        if r.get("settled_after_s") is not None:
-            settle.append(float(r["settled_after_s"]))
+        t_settle = settle_time_s(r)
+        if t_settle is not None:
+            settle.append(t_settle)
         used[name] = {"ratio_to_profile": round(ratio, 4), "ratio_to_burst": round(float(r["ratio"]), 4),
                       "sm_clock_mhz_settled": r.get("sm_clock_mhz_settled"), "power_w_settled": r.get("power_w_settled")}
     if not ratios:
