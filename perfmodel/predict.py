@@ -54,14 +54,14 @@ def predict_records(records: list[dict[str, Any]], gpu: "str | GPU", mode: "Mode
     """Each record with ``predicted_s`` and ``predicted_bound`` added (input keys kept)."""
     g = load_gpu(gpu)
     prof = resolve_profile(g, Mode(mode), profile, attention_impl, launch)
-    out = []
-    for i, rec in enumerate(records, start=1):
-        op = op_from_dict(rec, where=f"{where}line {i}: ")
-        cost = op_cost(op, g, prof)
-        b = cost.bound
-        out.append({**rec, "predicted_s": float(cost.total_s),
-                    "predicted_bound": b.value if isinstance(b, Bound) else str(b)})
-    return out
+    return [_predicted(rec, g, prof, f"{where}line {i}: ") for i, rec in enumerate(records, start=1)]
+
+
+def _predicted(rec: dict[str, Any], g: GPU, prof: Profile, where: str) -> dict[str, Any]:
+    """``rec`` with ``predicted_s`` and ``predicted_bound`` added; ``where`` prefixes descriptor errors."""
+    cost = op_cost(op_from_dict(rec, where=where), g, prof)
+    b = cost.bound
+    return {**rec, "predicted_s": float(cost.total_s), "predicted_bound": b.value if isinstance(b, Bound) else str(b)}
 
 
 def predict_file(in_path: "str | Path", out_path: "str | Path", gpu: "str | GPU",
@@ -71,13 +71,7 @@ def predict_file(in_path: "str | Path", out_path: "str | Path", gpu: "str | GPU"
     in_path = Path(in_path)
     g = load_gpu(gpu)
     prof = resolve_profile(g, Mode(mode), profile, attention_impl, launch)
-    rows = []
-    for lineno, rec in _read_jsonl(in_path):
-        op = op_from_dict(rec, where=f"{in_path}: line {lineno}: ")
-        cost = op_cost(op, g, prof)
-        b = cost.bound
-        rows.append({**rec, "predicted_s": float(cost.total_s),
-                     "predicted_bound": b.value if isinstance(b, Bound) else str(b)})
+    rows = [_predicted(rec, g, prof, f"{in_path}: line {lineno}: ") for lineno, rec in _read_jsonl(in_path)]
     from perfmodel.jsonout import dumps
 
     text = "".join(dumps(r, what=f"{in_path}: prediction {i + 1}") + "\n" for i, r in enumerate(rows))
