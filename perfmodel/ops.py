@@ -169,7 +169,8 @@ class Elementwise:
 class DecoderLayer:
     """One Llama-style decoder layer as a plain PyTorch implementation runs it.
 
-    ``attention_impl``: the attention kernel the layer runs (default ``sdpa``, PyTorch's own choice).
+    ``attention_impl``: the attention kernel the layer runs; ``None`` prices the profile's attention
+    implementation (the scenario's choice, ``sdpa`` unless set), as for :class:`Attention`.
     """
 
     phase: Phase
@@ -183,7 +184,7 @@ class DecoderLayer:
     head_dim: int
     mlp: MlpType = MlpType.GATED_SILU
     dtype: Dtype = Dtype.BF16
-    attention_impl: AttentionImpl = DEFAULT_ATTENTION_IMPL
+    attention_impl: AttentionImpl | None = None
     kind = OpKind.DECODER_LAYER
 
 
@@ -446,7 +447,8 @@ def op_from_dict(d: dict[str, Any], where: str = "") -> Op:
         return DecoderLayer(
             phase=_enum(Phase, d, "phase", where), mlp=_enum(MlpType, d, "mlp", where, default="gated_silu"),
             dtype=_enum(Dtype, d, "dtype", where, default="bf16"),
-            attention_impl=_enum(AttentionImpl, d, "attention_impl", where, default=DEFAULT_ATTENTION_IMPL.value), **ints,
+            attention_impl=_enum(AttentionImpl, d, "attention_impl", where) if d.get("attention_impl") is not None
+            else None, **ints,
         )
     raise OpDescriptorError(f"{where}op {kind.value!r} is not supported")  # pragma: no cover
 

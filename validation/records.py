@@ -30,7 +30,7 @@ from typing import Any, Iterable, Iterator
 from perfmodel.calibration import OpClass
 from perfmodel.costs import memcpy_class
 from perfmodel.errors import PerfModelError
-from perfmodel.ops import Attention, DecoderLayer, Elementwise, Gemm, Memcpy, Op, Phase, op_from_dict
+from perfmodel.ops import DEFAULT_ATTENTION_IMPL, Attention, DecoderLayer, Elementwise, Gemm, Memcpy, Op, Phase, op_from_dict
 
 
 class RecordError(PerfModelError):
@@ -79,7 +79,7 @@ def class_key(rec: dict[str, Any]) -> str:
     op = op_from_dict(rec)
     oc = op_class_of(op)
     if oc is None:
-        impl = op.attention_impl.value
+        impl = (op.attention_impl or DEFAULT_ATTENTION_IMPL).value
         return f"decoder_layer:{op.phase.value}" + (f"[{impl}]" if impl in NON_DEFAULT_IMPLS else "")
     key = oc.value
     if isinstance(op, Elementwise):
