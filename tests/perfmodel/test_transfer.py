@@ -167,3 +167,12 @@ def test_cli_analyze_prints_provenance_and_json_has_it(perfmodel_cli):
                       "calibrated")
     assert r.returncode == 0, r.stderr
     assert "provenance:" in r.stdout and "family-independent part" in " ".join(r.stdout.split())
+
+
+def test_capacity_plan_labels_each_gpus_provenance():
+    from planners.capacity import gpu_provenance
+
+    out = gpu_provenance(["h100-sxm-80gb", "mi300x"], "calibrated")
+    assert out["h100-sxm-80gb"].startswith("measured")
+    assert "family-independent part" in out["mi300x"]
+    assert gpu_provenance(["b200"], "peak") == {"b200": "datasheet (every op class)"}
