@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from hw.spec import GPU, Cluster, Dtype, Link, LinkKind, Node, Source
+from hw.spec import GPU, MATH_FALLBACK, Cluster, Dtype, Link, LinkKind, Node, Source
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 GPU_DIR = DATA_DIR / "gpus"
@@ -100,6 +100,22 @@ def _sources(path: Path, data: dict[str, Any], required: list[str]) -> tuple[Sou
     return tuple(out)
 
 
+#: The math formats every calculation may ask a GPU for (``GPU.flops_for``): elementwise ops price
+#: their math at ``fp32`` (vector units), GEMMs and attention at the weight/activation format.  Each
+#: must resolve at load time, directly or through :data:`hw.spec.MATH_FALLBACK`, so no calculation
+#: fails on a missing peak later: a file without one is refused naming the ``peak_flops`` field.
+REQUIRED_MATH_FORMATS: tuple[Dtype, ...] = tuple(Dtype)
+
+
+def _check_math_formats(path: Path, flops: dict[Dtype, float]) -> None:
+    for dt in REQUIRED_MATH_FORMATS:
+        if flops.get(dt, 0.0) > 0 or any(flops.get(alt, 0.0) > 0 for alt in MATH_FALLBACK[dt]):
+            continue
+        chain = ", ".join(a.value for a in MATH_FALLBACK[dt])
+        raise HardwareError(f"{path}: missing field 'peak_flops.{dt.value}' (no fallback format present"
+                            + (f"; tried {chain}" if chain else "") + ")")
+
+
 def gpu_from_dict(data: dict[str, Any], path: Path | str = "<dict>") -> GPU:
     """Build a :class:`GPU` from a parsed data file, checking every field."""
     path = Path(path)
@@ -126,6 +142,7 @@ def gpu_from_dict(data: dict[str, Any], path: Path | str = "<dict>") -> GPU:
         flops[dt] = float(_number(path, f"peak_flops.{k}", v, float))
         if flops[dt] <= 0:
             raise HardwareError(f"{path}: field 'peak_flops.{k}' must be > 0, got {v!r}")
+    _check_math_formats(path, flops)
     try:
         fabric = LinkKind(str(data["fabric_kind"]))
     except ValueError:
@@ -138,6 +155,7 @@ def gpu_from_dict(data: dict[str, Any], path: Path | str = "<dict>") -> GPU:
         name=str(data["name"]),
         display_name=str(data.get("display_name", data["name"])),
         vendor=str(data["vendor"]),
+        architecture=str(data.get("architecture", "")).strip().lower(),
         peak_flops=MappingProxyType(flops),
         fabric_kind=fabric,
         sources=sources,

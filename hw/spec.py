@@ -146,6 +146,9 @@ class GPU:
     pcie_latency_s: float
     sources: tuple[Source, ...] = field(default_factory=tuple)
     display_name: str = ""
+    #: Micro-architecture family (``hopper``, ``ampere``, ``cdna3`` ...; empty: not given): what
+    #: :mod:`perfmodel.transfer` matches when it carries a measured profile to this GPU.
+    architecture: str = ""
 
     def flops_for(self, dtype: Dtype) -> float:
         """Peak FLOP/s for a math format, using :data:`MATH_FALLBACK` if absent."""

@@ -76,6 +76,10 @@ class Analysis:
     parallel: dict = field(default_factory=dict)  # bubble share, Ring overlap, EP imbalance ...
     attention_impl: AttentionImpl = DEFAULT_ATTENTION_IMPL
     launch: Launch = Launch.GRAPH
+    #: Where each op class's curve comes from (:meth:`perfmodel.calibration.Profile.provenance_map`):
+    #: ``measured``, ``transferred from <gpu>`` or ``datasheet``, keyed by op class.
+    provenance: dict = field(default_factory=dict)
+    provenance_summary: str = ""
 
     @property
     def session_throughput_tokens_per_s(self) -> float:
@@ -135,6 +139,7 @@ class Analysis:
                 "decode_share": _share(self.decode_step_comm_s, self.decode_step.total_s),
             },
             "parallel": dict(self.parallel),
+            "provenance": dict(self.provenance),
             "notes": list(self.notes),
             "knobs": self.knobs.to_dict() if self.knobs is not None else {},
         } | self._knob_comparison())
@@ -335,7 +340,7 @@ def analyze(
         precision=prec, prefill=pre, decode_step=step, decode=dec, memory=mem, switch=sw, notes=tuple(notes),
         knobs=knobs, baseline=baseline, pp=pp, sp=sp, sp_kind=str(sp_kind), ep=ep, prefill_comm_s=pre_comm,
         decode_step_comm_s=step_comm, parallel=par_details, attention_impl=prof.attention_impl,
-        launch=prof.launch,
+        launch=prof.launch, provenance=prof.provenance_map(), provenance_summary=prof.provenance_summary(),
     )
 
 

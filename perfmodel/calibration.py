@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import json
 import math
 import warnings
@@ -333,10 +334,47 @@ class Profile:
     launch_terms: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     #: The launch mode priced (:class:`Launch`); ``eager`` needs ``launch_terms`` in a calibrated profile.
     launch: Launch = Launch.GRAPH
+    #: Where each op class's curve comes from (``measured``, ``transferred from <gpu>``, ``datasheet``;
+    #: :mod:`perfmodel.transfer`); a class not listed: :meth:`provenance_of` infers it.
+    provenance: Mapping[OpClass, str] = field(default_factory=lambda: MappingProxyType({}))
+    #: The measured GPU this whole profile was carried from (:func:`perfmodel.transfer.transfer_profile`); empty: own.
+    transferred_from: str = ""
 
     def __post_init__(self) -> None:
         if self.attention_impl is None:  # the scenario named none: sdpa, or the impl the profile has
             object.__setattr__(self, "attention_impl", self.default_attention_impl())
+
+    def provenance_of(self, op_class: OpClass) -> str:
+        """``measured``, ``transferred from <gpu>`` or ``datasheet``: where ``op_class``'s curve comes from.
+
+        A peak profile is ``datasheet`` throughout; a class without a curve of its own is ``datasheet``,
+        except a grouped GEMM priced with the ``gemm`` curve (:mod:`perfmodel.costs_grouped`), which
+        says so: ``measured (gemm curve)``.
+        """
+        if self.mode is Mode.PEAK:
+            return "datasheet"
+        if op_class in self.provenance:
+            label = self.provenance[op_class]
+        elif (self.attention_impls(op_class) if op_class in ATTENTION_CLASSES else op_class in self.classes):
+            label = "measured"
+        else:
+            label = "datasheet"
+        if op_class is OpClass.GROUPED_GEMM and label == "datasheet" and OpClass.GEMM in self.classes:
+            return f"{self.provenance_of(OpClass.GEMM)} (gemm curve)"
+        return label
+
+    def provenance_map(self) -> dict[str, str]:
+        """:meth:`provenance_of` for every op class, keyed by the class's value (the JSON form)."""
+        return {c.value: self.provenance_of(c) for c in OpClass}
+
+    def provenance_summary(self) -> str:
+        """One line: each provenance followed by its classes (``measured: gemm, ...; datasheet: ...``)."""
+        groups: dict[str, list[str]] = {}
+        for c, label in self.provenance_map().items():
+            groups.setdefault(label, []).append(c)
+        if len(groups) == 1:
+            return f"{next(iter(groups))} (every op class)"
+        return "; ".join(f"{label}: {', '.join(cs)}" for label, cs in groups.items())
 
     def params(self, op_class: OpClass) -> ClassParams:
         if op_class in ATTENTION_CLASSES:
@@ -582,8 +620,13 @@ def resolve_profile(gpu: GPU, mode: Mode | str = Mode.CALIBRATED, profile: Profi
                     attention_impl: AttentionImpl | str | None = None, launch: Launch | str | None = None) -> Profile:
     """The profile to use for ``gpu`` in ``mode``, pricing attention with ``attention_impl``.
 
-    In calibrated mode without a shipped profile, falls back to peak with a
-    ``UserWarning`` saying so.  An explicit ``profile`` (object or path) wins.
+    In calibrated mode without a shipped profile, a profile transferred from a measured GPU
+    (:func:`perfmodel.transfer.transfer_profile`, the source chosen by
+    :func:`perfmodel.transfer.choose_source`); a shipped profile without collective classes takes
+    those of a measured GPU with the same kind of link.  Only when no GPU has a shipped profile
+    does it fall back to peak, with a ``UserWarning`` saying so.  Each result names its
+    provenance per op class (:meth:`Profile.provenance_of`).  An explicit ``profile`` (object or
+    path) wins and is used as it is.
     ``attention_impl`` (default: the profile's, ``sdpa``) must have curves in a calibrated profile.
     """
     return _resolve(gpu, mode, profile).with_attention_impl(attention_impl).with_launch(launch)
@@ -597,15 +640,43 @@ def _resolve(gpu: GPU, mode: Mode | str, profile: Profile | str | Path | None) -
     mode = Mode(mode) if not isinstance(mode, Mode) else mode
     if mode is Mode.PEAK:
         return peak_profile(gpu)
+    from perfmodel import transfer
+
+    measured = measured_profiles()
+    if gpu.name in measured and measured[gpu.name][0] == gpu:
+        return transfer.with_transferred_collectives(measured[gpu.name][1], gpu, measured)
     path = shipped_profile_path(gpu)
-    if not path.exists():
+    if path.exists():  # a shipped profile of a GPU changed by what-if overrides
+        return transfer.with_transferred_collectives(load_profile_file(path, gpu), gpu, measured)
+    src = transfer.choose_source(gpu, [g for g, _ in measured.values()])
+    if src is None:
         warnings.warn(
-            f"no calibration profile for {gpu.name}; using the theoretical-peak model (efficiency 1, latency 0)",
+            f"no calibration profile for {gpu.name} and none to transfer; using the theoretical-peak model "
+            f"(efficiency 1, latency 0)",
             UserWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
         return peak_profile(gpu)
-    return load_profile_file(path, gpu)
+    return transfer.with_transferred_collectives(transfer.transfer_profile(measured[src.name][1], src, gpu), gpu,
+                                                 measured)
+
+
+def measured_profiles() -> dict[str, tuple[GPU, Profile]]:
+    """The shipped profiles (``PROFILE_DIR/<gpu>.json`` of a shipped GPU), by GPU name, with their GPU."""
+    from hw.loader import list_gpus, load_gpu
+
+    known = set(list_gpus())
+    out = {}
+    for path in sorted(Path(PROFILE_DIR).glob("*.json")):
+        if path.stem in known:
+            st = path.stat()
+            out[path.stem] = (load_gpu(path.stem), _cached_profile(str(path), st.st_mtime_ns, st.st_size))
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_profile(path: str, mtime_ns: int, size: int) -> Profile:
+    return load_profile_file(path, Path(path).stem)
 
 
 def ramp(x: Any, half: float) -> Any:

@@ -273,6 +273,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         print(dumps(out, indent=2))
         return 0
     from rich.console import Console
+    from rich.markup import escape
 
     console = Console()
     console.print(_analysis_table(results))
@@ -282,6 +283,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         console.print(knobs_cli.match_table(match))
         for line in knobs_cli.match_reasons(match):
             console.print(f"  {line}")
+    console.print(f"provenance: {escape(results[0].provenance_summary)}")
     for note in results[0].notes:
         console.print(f"note: {note}")
     if match is not None and not knobs.active:

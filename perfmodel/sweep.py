@@ -222,6 +222,7 @@ def _head_columns(m, g, prof, ctx, out, b, prec, t, kn) -> dict:
         "gpu": _const(g.name, n),
         "tp": t,
         "mode": _const(prof.mode.value, n),
+        "provenance": _const(prof.provenance_summary(), n),
         "context_len": ctx.astype(np.int64),
         "output_tokens": out.astype(np.int64),
         "batch": b.astype(np.int64),

@@ -421,6 +421,7 @@ def _cmd_capacity(args) -> int:
         "pruned": [{"shape": n, "reason": r} for n, r in plan.pruned],
         "simulated": len(plan.points),
         "rate_per_s": q.rate_per_s if math.isfinite(q.rate_per_s) else None,  # a trace arriving all at once
+        "provenance": gpu_provenance(q.gpus, q.mode),
     }
     if args.json:
         from perfmodel.jsonout import dumps
@@ -442,4 +443,15 @@ def _cmd_capacity(args) -> int:
                   f"{r['ttft_s']:.3g} s", f"{r['tpot_s']:.3g} s", f"{r['e2e_p90_s']:.3g} s")
     con.print(t)
     con.print(f"{len(plan.points)} deployments simulated, {len(plan.pruned)} shapes pruned analytically")
+    for gpu, line in out["provenance"].items():
+        con.print(f"provenance {gpu}: {line}", markup=False)
     return 0
+
+
+def gpu_provenance(gpus, mode: str) -> dict[str, str]:
+    """Per GPU, where its curves come from in ``mode`` (:meth:`perfmodel.calibration.Profile.provenance_summary`):
+    a ranking may mix measured, transferred and datasheet GPUs, and says so."""
+    from hw.loader import load_gpu
+    from perfmodel.calibration import resolve_profile
+
+    return {g: resolve_profile(load_gpu(g), mode).provenance_summary() for g in gpus}

@@ -4,8 +4,9 @@ For each GPU with records in ``validation/data/<gpu>.jsonl``: split the records 
 (:func:`validation.records.split_by_family`), fit on one part, predict the other, and print the
 median, p90 and max absolute percentage error per op class, next to the peak-mode (datasheet
 roofline) error on the same records.  Decoder layers are never fitted: each is predicted as the
-sum of its parts.  With records of both GPUs, the profile fitted on all H100 records also
-predicts the H200 records after only swapping the datasheet figures (cross-GPU transfer).
+sum of its parts.  With records of both GPUs, the profile fitted on all records of one, carried to
+the other by the transfer rule (:mod:`perfmodel.transfer`), predicts the other's held-out records,
+next to that GPU's own held-out fit (cross-GPU transfer, both directions).
 Writes a log-log plot per GPU and, with ``--readme``, the table into ``validation/README.md``.
 """
 
@@ -20,7 +21,9 @@ import numpy as np
 import typer
 
 from hw.loader import load_gpu
-from perfmodel.calibration import peak_profile
+from perfmodel.calibration import OpClass, peak_profile
+from perfmodel.errors import ProfileError
+from perfmodel.transfer import carry_params, transfer_profile
 from validation.fit import ProfileFitter, ops_of, predict_ops
 from validation.records import RecordError, class_key, read_records, split_by_family
 
@@ -83,17 +86,67 @@ def evaluate(records: list[dict], gpu: str) -> GpuReport:
     return GpuReport(gpu, len(train), len(test), scores(test, pred), scores(test, peak), test, pred, fitter)
 
 
-def transfer(src_records: list[dict], src_gpu: str, dst_records: list[dict], dst_gpu: str) -> list[Score]:
-    """The profile fitted on all ``src`` records predicting ``dst`` records on ``dst``'s datasheet."""
-    fitter = ProfileFitter(src_gpu).fit(src_records)
-    return scores(dst_records, fitter.predict_records(dst_records, gpu=dst_gpu))
+def transferred_fitter(fitter: ProfileFitter, dst_gpu: str) -> ProfileFitter:
+    """``fitter``'s profile carried to ``dst_gpu`` by the transfer rule (:func:`perfmodel.transfer.transfer_profile`);
+    its extra rows (``grouped_gemm[loop]``) carry by the same field rules."""
+    src, dst = load_gpu(fitter.gpu), load_gpu(dst_gpu)
+    out = ProfileFitter(dst_gpu)
+    out.profile_ = transfer_profile(fitter.profile_, src, dst)
+    out.extra_ = {k: carry_params(p, OpClass(k.split("[")[0].split(":")[0]), src, dst)
+                  for k, p in (fitter.extra_ or {}).items()}
+    return out
+
+
+def transfer(src_records: list[dict], src_gpu: str, dst_records: list[dict], dst_gpu: str,
+             fitter: ProfileFitter | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The profile fitted on all ``src`` records (or ``fitter``, already fitted on them), carried to ``dst_gpu``
+    by the transfer rule, predicting ``dst_records``.
+
+    Returns the indices of the records it prices, their predicted seconds, and the report rows it
+    cannot price (an attention implementation the source did not measure: a curve never comes from
+    another kernel).
+    """
+    fitter = fitter or ProfileFitter(src_gpu).fit(src_records)
+    carried = transferred_fitter(fitter, dst_gpu)
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(dst_records):
+        groups.setdefault(class_key(r), []).append(i)
+    idx, pred, skipped = [], [], []
+    for key, rows in sorted(groups.items()):
+        try:
+            pred.append(carried.predict_records([dst_records[i] for i in rows]))
+        except ProfileError:
+            skipped.append(key)
+            continue
+        idx += rows
+    return np.array(idx, dtype=int), (np.concatenate(pred) if pred else np.empty(0)), skipped
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """One direction of the cross-GPU check: ``src``'s full fit, carried to ``dst``, on ``dst``'s held-out records."""
+
+    src: str
+    dst: str
+    n_src: int
+    transferred: list[Score]
+    own: list[Score]
+    skipped: tuple[str, ...] = ()
+
+
+def _short(gpu: str) -> str:
+    return gpu.split("-")[0].upper()
+
+
+def _gb_per_s(x: float) -> str:
+    return f"{x / 1e12:.2f} TB/s" if x >= 1e12 else f"{x / 1e9:.0f} GB/s"
 
 
 def _pct(x: float) -> str:
     return "-" if not np.isfinite(x) else f"{100 * x:.1f}%"
 
 
-def markdown(reports: list[GpuReport], cross: list[Score] | None) -> str:
+def markdown(reports: list[GpuReport], cross: list[Transfer] | None) -> str:
     lines = []
     for rep in reports:
         m = rep.fitter.profile_.measured_on
@@ -107,12 +160,23 @@ def markdown(reports: list[GpuReport], cross: list[Score] | None) -> str:
             lines.append(f"| {bold}{c.key}{bold} | {c.n} | {_pct(c.median)} | {_pct(c.p90)} | {_pct(c.max)} | "
                          f"{_pct(p.median)} | {_pct(p.p90)} |")
         lines.append("")
-    if cross:
-        lines += ["### Cross-GPU transfer: H100 profile (all H100 records) predicting every H200 record",
-                  "", "Only the datasheet figures change (HBM 3.35 -> 4.8 TB/s; same SMs and peak FLOP/s).", "",
-                  "| op class | n | median APE | p90 APE | max APE |", "| --- | ---: | ---: | ---: | ---: |"]
-        for c in cross:
-            lines.append(f"| {c.key} | {c.n} | {_pct(c.median)} | {_pct(c.p90)} | {_pct(c.max)} |")
+    for t in cross or []:
+        a, b = load_gpu(t.src), load_gpu(t.dst)
+        lines += [f"### Cross-GPU transfer: {_short(t.src)} profile (all {t.n_src} {_short(t.src)} records) predicting "
+                  f"the {_short(t.dst)}'s held-out records",
+                  "", f"Carried by the transfer rule (`perfmodel.transfer`, `docs/calibration.md`): fractions of the "
+                  f"datasheet kept, fill-time ramps scaled with the rates, L2 knees with the L2 "
+                  f"(HBM {_gb_per_s(a.hbm_bytes_per_s)} -> {_gb_per_s(b.hbm_bytes_per_s)}, L2 {a.l2_bytes / 2**20:.0f} -> "
+                  f"{b.l2_bytes / 2**20:.0f} MiB, {a.sm_count} -> {b.sm_count} SMs). Own fit: the {_short(t.dst)} "
+                  "fitted on its training families (the table above), on the same records."
+                  + (f" Not priced (no {_short(t.src)} curve of that implementation): {', '.join(t.skipped)}."
+                     if t.skipped else ""), "",
+                  "| op class | n | transferred median | transferred p90 | transferred max | own-fit median | own-fit p90 |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for c, o in zip(t.transferred, t.own):
+            bold = "**" if c.key.startswith("ALL") else ""
+            lines.append(f"| {bold}{c.key}{bold} | {c.n} | {_pct(c.median)} | {_pct(c.p90)} | {_pct(c.max)} | "
+                         f"{_pct(o.median)} | {_pct(o.p90)} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -198,10 +262,18 @@ def main(
             if not no_plot:
                 out.mkdir(parents=True, exist_ok=True)
                 plot(rep, out / f"{gpu}_predicted_vs_measured.png")
-        cross = None
+        cross = []
         if all(g in recs for g in GPUS):
-            cross = transfer(recs[GPUS[0]], GPUS[0], recs[GPUS[1]], GPUS[1])
-            _table(console, "cross-GPU: H100 profile predicting H200 records", cross)
+            full = {g: ProfileFitter(g).fit(recs[g]) for g in GPUS}
+            by_gpu = {r.gpu: r for r in reports}
+            for src, dst in ((GPUS[0], GPUS[1]), (GPUS[1], GPUS[0])):
+                rep = by_gpu[dst]
+                idx, pred, skipped = transfer(recs[src], src, rep.records, dst, full[src])
+                sub = [rep.records[i] for i in idx]
+                t = Transfer(src, dst, len(recs[src]), scores(sub, pred), scores(sub, rep.predicted[idx]),
+                             tuple(skipped))
+                cross.append(t)
+                _table(console, f"cross-GPU: {src} profile carried to {dst}'s held-out records", t.transferred)
     except (RecordError, ValueError) as exc:
         console.print(f"error: {exc}")
         raise typer.Exit(2)

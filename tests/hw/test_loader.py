@@ -242,3 +242,18 @@ def test_bad_system_file(tmp_path, mutate, match):
     mutate(d)
     with pytest.raises(HardwareError, match=match):
         hw.load_system(str(_write(tmp_path, d, "badnode.yaml")))
+
+
+@pytest.mark.parametrize("name", hw.list_gpus())
+def test_every_math_format_resolves_at_load_time(name):
+    g = hw.load_gpu(name)
+    for dt in Dtype:
+        assert g.flops_for(dt) > 0
+    assert g.architecture  # what perfmodel.transfer matches
+
+
+def test_a_gpu_without_an_fp32_figure_is_refused_at_load_time(tmp_path):
+    data = yaml.safe_load((GPU_DIR / "h100-sxm-80gb.yaml").read_text())
+    data["peak_flops"] = {"bf16": 1e15}
+    with pytest.raises(HardwareError, match=r"peak_flops\.fp32"):
+        hw.loader.gpu_from_dict(data, tmp_path / "x.yaml")

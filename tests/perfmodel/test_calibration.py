@@ -118,7 +118,8 @@ def test_shipped_profiles_load_and_are_calibrated(gpu):
     # a fitted profile is slower than the datasheet: efficiencies at most ~1
     assert 0.3 < prof.params(OpClass.GEMM).compute_eff <= 1.0
     assert prof.measured_on.get("driver")
-    assert resolve_profile(load_gpu(gpu)).classes == prof.classes
+    resolved = resolve_profile(load_gpu(gpu))  # collectives it lacks come from a GPU with the same link
+    assert {c: p for c, p in resolved.classes.items() if resolved.provenance_of(c) == "measured"} == dict(prof.classes)
     assert resolve_profile(load_gpu(gpu), Mode.PEAK).is_peak
 
 
