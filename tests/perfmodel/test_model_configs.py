@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from perfmodel.errors import ModelConfigError
-from perfmodel.models import CONFIG_DIR, load_model, spec_from_config
+from perfmodel.models import CONFIG_DIR, list_models, load_model, spec_from_config
 from tests.conftest import run_perfmodel
 
 # https://huggingface.co/meta-llama/Llama-3.1-8B/blob/main/config.json
@@ -216,6 +216,12 @@ def test_unknown_architecture_refused_by_cli_in_one_line(tmp_path, cfg, match):
     assert len(lines) == 1, r.stderr
     assert match in lines[0]
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_shipped_configs_read_the_same_with_and_without_transformers(name):
+    cfg = json.loads((CONFIG_DIR / f"{name}.json").read_text())
+    assert load_model(name) == spec_from_config(cfg, name)
 
 
 def test_import_does_not_import_transformers():
