@@ -9,14 +9,14 @@ from typing import Any
 import numpy as np
 
 from hw.loader import load_gpu
-from hw.spec import GPU
+from hw.spec import GPU, Dtype
 from perfmodel.calibration import Launch, Mode, Profile, resolve_profile
 from perfmodel.ops import DEFAULT_ATTENTION_IMPL, AttentionImpl
 from perfmodel.costs import Bound, OpCost
 from perfmodel.errors import DoesNotFitError, InvalidInputError
 from perfmodel.knobs import COST_NOT_QUALITY, Knobs, effective_model
 from perfmodel.layers import Precision, apply_knobs, check_tp, kv_bytes_per_token_per_gpu
-from perfmodel.models import ModelSpec, load_model
+from perfmodel.models import ModelSpec, load_model, weights_dtype
 from perfmodel.phases import (
     DEFAULT_PREFILL_CHUNK_TOKENS,
     DEFAULT_RESERVE_FRACTION,
@@ -168,8 +168,8 @@ class Analysis:
         }
 
 
-def _kv_tokens(model: ModelSpec, tokens: int) -> int:
-    return min(tokens, model.sliding_window) if model.sliding_window > 0 else tokens
+def _kv_tokens(model: ModelSpec, tokens: int) -> float:
+    return model.kv_tokens(tokens)
 
 
 def _share(part: float, total: Any) -> float:
@@ -216,7 +216,7 @@ def analyze(
     batch: int = 1,
     tp: int = 1,
     mode: "Mode | str" = Mode.PEAK,
-    weight_dtype: str = "bf16",
+    weight_dtype: str | None = None,
     kv_dtype: str | None = None,
     activation_dtype: str = "bf16",
     chunk_tokens: int | None = DEFAULT_PREFILL_CHUNK_TOKENS,
@@ -283,6 +283,9 @@ def analyze(
     notes = []
     if m.max_context and context_len + output_tokens > m.max_context:
         notes.append(f"context {context_len + output_tokens} exceeds the model's trained window of {m.max_context} tokens")
+    if weight_dtype and m.weight_dtype and Dtype.parse(weight_dtype) is not Dtype.parse(m.weight_dtype):
+        notes.append(f"the model's config stores its weights as {m.weight_dtype}; {weight_dtype} is priced")
+    weight_dtype = weights_dtype(m, weight_dtype)
     prec = apply_knobs(Precision.of(weight_dtype, activation_dtype, kv_dtype), knobs)
     mode = Mode(mode)
     prof = resolve_profile(g, mode, profile, attention_impl, launch)

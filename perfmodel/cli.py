@@ -124,7 +124,8 @@ def add_scenario_args(p: argparse.ArgumentParser, sweep: bool = False) -> None:
                    help="peak: datasheet roofline; calibrated: the GPU's measured profile")
     add_attention_impl_arg(p)
     add_launch_arg(p)
-    p.add_argument("--weight-dtype", default="bf16", help="bf16|fp16|fp8|int8|int4")
+    p.add_argument("--weight-dtype", default=None,
+                   help="bf16|fp16|fp8|int8|int4 (default: the config's quantization_config, else bf16)")
     p.add_argument("--kv-dtype", default=None, help="KV-cache format (default: activation format)")
     p.add_argument("--chunk-tokens", type=_positive_int, default=8192, help="prefill chunk (tokens per pass)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -357,6 +357,7 @@ def effective_model(model, knobs: Knobs | None):
         changes["kv_heads"] = int(knobs.kv_heads)
     if knobs.sliding_window is not None:
         changes["sliding_window"] = int(knobs.sliding_window)
+        changes["sliding_layers"] = None  # the knob windows every layer
     return model.with_overrides(**changes) if changes else model
 
 

@@ -85,12 +85,12 @@ def run_match(args: argparse.Namespace, knobs: Knobs, context_len: int):
     from perfmodel.calibration import Mode, resolve_profile
     from perfmodel.layers import Precision
     from perfmodel.match import match_context
-    from perfmodel.models import load_model
+    from perfmodel.models import load_model, weights_dtype
 
     g = load_gpu(args.gpu)
     return match_context(
         load_model(args.model), g, resolve_profile(g, Mode(args.mode), None, args.attention_impl, args.launch), context_len, args.match_context,
-        output_tokens=args.output_tokens, batch=args.batch, precision=Precision.of(args.weight_dtype),
+        output_tokens=args.output_tokens, batch=args.batch, precision=Precision.of(weights_dtype(load_model(args.model), args.weight_dtype)),
         tp=args.tp, chunk_tokens=args.chunk_tokens, knobs=knobs, pp=args.pp, sp=args.sp, sp_kind=args.sp_kind,
         ep=args.ep, topology=args.topology,
     )

@@ -151,9 +151,7 @@ def _attention_block(model: ModelSpec, phase: Phase, batch, q_len, kv_len, prec:
     if knobs is None:
         keys, window = kv_len, model.sliding_window
     elif decode:
-        keys = knobs.kept_tokens(kv_len)
-        if model.sliding_window > 0:
-            keys = np.minimum(keys, model.sliding_window)
+        keys = model.kv_tokens(knobs.kept_tokens(kv_len))  # window on sliding layers, layer-averaged
         keys, window = keys * density if density < 1 else keys, 0
     else:
         keys, window = kv_len, model.sliding_window
@@ -170,9 +168,17 @@ def _attention_block(model: ModelSpec, phase: Phase, batch, q_len, kv_len, prec:
             ("rope", Elementwise("rope", bytes=2 * tokens * (hq + hkv) * d * a, flops=3 * tokens * (hq + hkv) * d), n_attn),
             ("kv_append", Elementwise("kv_append", bytes=2 * tokens * hkv * d * (a + kvb)), n_kv),
         ]
-        ops += _attention_ops(phase, batch, q_len, keys, prefix, knobs, attn_count, hkv, width,
-                              dict(q_heads=hq, kv_heads=hkv, head_dim=d, dtype=prec.activations, window=window,
-                                   kv_dtype=prec.kv), prec)
+        fields = dict(q_heads=hq, kv_heads=hkv, head_dim=d, dtype=prec.activations, window=window, kv_dtype=prec.kv)
+        n_slide = model.num_sliding_layers
+        if window > 0 and 0 < n_slide < L:
+            # layers alternate sliding-window and global attention: each kind priced for its share
+            share = n_slide / L
+            ops += _attention_ops(phase, batch, q_len, keys, prefix, knobs, attn_count * share, hkv, width,
+                                  fields, prec)
+            ops += _attention_ops(phase, batch, q_len, keys, prefix, knobs, attn_count * (1 - share), hkv, width,
+                                  dict(fields, window=0), prec)
+        else:
+            ops += _attention_ops(phase, batch, q_len, keys, prefix, knobs, attn_count, hkv, width, fields, prec)
         ops.append(("o_proj", Gemm(tokens, h, hq * d, prec.math, prec.weights), n_attn))
     else:
         qk = m.qk_nope_head_dim + m.qk_rope_head_dim

@@ -15,6 +15,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from perfmodel.checks import finite_json_loads
 from hw.spec import Dtype
 from perfmodel.errors import ModelConfigError, UnknownModelError
@@ -67,6 +69,7 @@ class MoESpec:
     first_dense_layers: int = 0
     layer_freq: int = 1
     router_bias: bool = False
+    shared_gate: bool = False  # a ``hidden x 1`` sigmoid gate on the shared expert (Qwen2-MoE)
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,11 @@ class ModelSpec:
     sliding_window: int = 0  # 0: full attention
     moe: MoESpec | None = None
     mla: MlaSpec | None = None
+    sliding_layers: int | None = None  # layers using ``sliding_window``; None: all (the rest keep every key)
+    norms_per_layer: int = 2  # RMSNorms per decoder layer (Gemma-2/3: 4)
+    qk_norm: bool = False  # RMSNorm of ``head_dim`` on queries and keys (Gemma-3)
+    activation: str = ""  # the config's ``hidden_act`` / ``hidden_activation``, as read
+    weight_dtype: str | None = None  # the weights' storage format the config declares (``quantization_config``)
 
     # ---- structure -------------------------------------------------------
     @property
@@ -187,11 +195,14 @@ class ModelSpec:
         experts = m.top_k if active else m.num_experts
         router = self.hidden * m.num_experts + (m.num_experts if m.router_bias else 0)
         shared = m.shared_experts * self._mlp_params(m.shared_intermediate) if m.shared_experts else 0
+        if m.shared_gate:
+            shared += self.hidden
         return router + experts * self.expert_params + shared
 
     @property
     def norm_params_per_layer(self) -> int:
-        return 2 * self.hidden * (2 if self.linear_bias else 1)
+        n = self.norms_per_layer * self.hidden * (2 if self.linear_bias else 1)
+        return n + (2 * self.head_dim if self.qk_norm else 0)
 
     @property
     def embedding_params(self) -> int:
@@ -228,6 +239,28 @@ class ModelSpec:
 
     def kv_bytes_per_token(self, dtype: Dtype | str = Dtype.BF16) -> float:
         return self.kv_elements_per_token * Dtype.parse(dtype).bytes_per_element
+
+    @property
+    def num_sliding_layers(self) -> int:
+        """Layers that keep only the last ``sliding_window`` keys (0 without a window)."""
+        if self.sliding_window <= 0:
+            return 0
+        return self.num_layers if self.sliding_layers is None else min(self.sliding_layers, self.num_layers)
+
+    def kv_tokens(self, tokens):
+        """Tokens of KV one sequence keeps, averaged over layers.
+
+        Sliding-window layers keep the last ``sliding_window`` tokens, global layers all of them, so
+        ``kv_bytes_per_token() * kv_tokens(t)`` is the sequence's KV bytes. Works on arrays.
+        """
+        w = self.sliding_window
+        if w <= 0:
+            return tokens
+        capped = np.minimum(tokens, w)
+        s = self.num_sliding_layers
+        if s >= self.num_layers:
+            return capped
+        return (s * capped + (self.num_layers - s) * np.asarray(tokens, dtype=np.float64)) / self.num_layers
 
     def with_overrides(self, **changes: Any) -> ModelSpec:
         return replace(self, **changes)
@@ -268,16 +301,175 @@ def _nonneg_int(name: str, key: str, value: Any) -> int:
     return int(value)
 
 
-def spec_from_config(cfg: dict[str, Any], name: str = "custom") -> ModelSpec:
-    """Build a :class:`ModelSpec` from Hugging Face ``config.json`` keys.
+_BOOL_KEYS = ("tie_word_embeddings", "attention_bias", "mlp_bias", "qkv_bias", "use_sliding_window", "gated_mlp")
 
-    Understands Llama/Mistral/Qwen2/Yi keys, Mixtral and DeepSeek MoE keys,
-    DeepSeek MLA keys, ``sliding_window``, and GPT-2/GPT-3 style keys
-    (``n_layer``, ``n_embd``, ``n_head``, ``n_inner``).
+# Activations of the MLPs that are modelled (their cost is elementwise; counts do not depend on them).
+_ACTIVATIONS = frozenset({"silu", "swish", "gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "gelu_python",
+                          "gelu_accurate", "quick_gelu", "relu"})
+
+# ``model_type`` values whose layers this module counts; transformers knows many more.
+MODELLED_TYPES = frozenset({
+    "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma", "gemma2", "gemma3",
+    "gemma3_text", "phi3", "deepseek_v2", "deepseek_v3", "gpt2", "yi",
+})
+
+
+def _as_bool(name: str, key: str, value: Any) -> Any:
+    """``"true"``/``"false"`` strings (any case) as booleans; other strings are refused."""
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v in ("true", "1", "yes"):
+            return True
+        if v in ("false", "0", "no", ""):
+            return False
+        raise ModelConfigError(f"model {name}: {key} must be true or false, got {value!r}")
+    return value
+
+
+def _parse_bools(cfg: dict, name: str) -> dict:
+    out = dict(cfg)
+    for k in _BOOL_KEYS:
+        if k in out:
+            out[k] = _as_bool(name, k, out[k])
+    if isinstance(out.get("text_config"), dict):
+        out["text_config"] = _parse_bools(out["text_config"], name)
+    return out
+
+
+def _shield_kernels_name() -> None:
+    """Keep transformers from taking this repository's ``kernels`` package for Hugging Face's.
+
+    transformers imports ``kernels`` (the Hub kernels library) when a distribution of that name is
+    installed; with this repository on ``sys.path`` the name resolves to our own package, and that
+    import fails. Only then is transformers told the Hub library is unavailable.
+    """
+    import importlib.util
+    import sys
+
+    if "transformers.integrations.hub_kernels" in sys.modules:
+        return
+    spec = importlib.util.find_spec("kernels")
+    ours = Path(__file__).resolve().parent.parent / "kernels"
+    if spec is None or spec.origin is None or Path(spec.origin).resolve().parent != ours:
+        return
+    from transformers.utils import import_utils
+
+    import_utils.is_kernels_available = lambda *a, **k: False
+
+
+class _TransformersRefused(ModelConfigError):
+    """transformers' configuration class rejected the config (our own checks name the key first)."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return " ".join(line.strip() for line in text)[:300] if text else type(exc).__name__
+
+
+def normalise_config(cfg: dict[str, Any], name: str = "custom") -> dict[str, Any]:
+    """The config as the model's own code reads it: defaults filled, nested text config taken.
+
+    A ``model_type`` that transformers knows is built with its configuration class
+    (``AutoConfig.for_model``; transformers is imported here, not with the package), and the text
+    model's keys are returned with ``model_type`` and ``quantization_config`` carried over. A config
+    without a ``model_type``, or with one transformers does not know, is returned as is (read as
+    Llama-like or GPT-style keys). A ``model_type`` transformers knows but this module does not count
+    raises :class:`ModelConfigError`.
     """
     if not isinstance(cfg, dict):
         raise ModelConfigError(f"model {name}: config must be a JSON object")
+    cfg = _parse_bools(cfg, name)
+    mt = cfg.get("model_type")
+    if not isinstance(mt, str) or not mt:
+        return cfg
+    try:
+        _shield_kernels_name()
+        from transformers import CONFIG_MAPPING, AutoConfig
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return cfg
+    if mt not in CONFIG_MAPPING:
+        return cfg
+    if mt not in MODELLED_TYPES:
+        raise ModelConfigError(
+            f"model {name}: model_type {mt!r} is not modelled (its layers cannot be counted); "
+            f"modelled: {', '.join(sorted(MODELLED_TYPES))}")
+    kwargs = {k: v for k, v in cfg.items() if k != "model_type" and not k.startswith("_")}
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        conf = AutoConfig.for_model(mt, **kwargs)
+        text = conf.get_text_config() if hasattr(conf, "get_text_config") else conf
+        out = text.to_dict()
+    except Exception as exc:  # transformers validates types and values
+        raise _TransformersRefused(f"model {name}: transformers cannot read this {mt} config: {_first_line(exc)}") from None
+    finally:
+        hf_logging.set_verbosity(level)
+    out["model_type"] = getattr(text, "model_type", mt) or mt
+    if "quantization_config" in cfg and not out.get("quantization_config"):
+        out["quantization_config"] = cfg["quantization_config"]
+    return _parse_bools(out, name)
+
+
+def _quant_dtype(name: str, q: Any) -> str | None:
+    """The weights' storage format a ``quantization_config`` declares."""
+    if not q:
+        return None
+    if not isinstance(q, dict):
+        raise ModelConfigError(f"model {name}: quantization_config must be an object")
+    method = str(q.get("quant_method", "")).lower()
+    if method == "fp8":
+        return "fp8"
+    if method in ("gptq", "awq"):
+        bits = q.get("bits", q.get("w_bit"))
+        if bits in (4, 8):
+            return "int4" if bits == 4 else "int8"
+        raise ModelConfigError(f"model {name}: quantization_config {method} with {bits!r} bits is not modelled")
+    raise ModelConfigError(f"model {name}: quantization_config quant_method {method or None!r} is not modelled "
+                           f"(fp8, gptq and awq are)")
+
+
+def _sliding_layers(name: str, cfg: dict, layers: int) -> int | None:
+    """How many layers use the sliding window: from ``layer_types`` or ``sliding_window_pattern``."""
+    types = cfg.get("layer_types")
+    if types is not None:
+        if not isinstance(types, list) or len(types) != layers:
+            raise ModelConfigError(f"model {name}: layer_types must list one kind per layer ({layers})")
+        unknown = sorted({str(t) for t in types} - {"sliding_attention", "full_attention"})
+        if unknown:
+            raise ModelConfigError(f"model {name}: layer_types {', '.join(unknown)} not modelled "
+                                   f"(sliding_attention and full_attention are)")
+        return sum(t == "sliding_attention" for t in types)
+    pattern = cfg.get("sliding_window_pattern")
+    if pattern is not None:
+        p = _positive_int(name, "sliding_window_pattern", pattern)
+        return sum((i + 1) % p != 0 for i in range(layers))
+    return None
+
+
+def spec_from_config(cfg: dict[str, Any], name: str = "custom") -> ModelSpec:
+    """Build a :class:`ModelSpec` from Hugging Face ``config.json`` keys.
+
+    The config is first normalised with :func:`normalise_config` (transformers' configuration
+    class for its ``model_type``); the keys are then counted here. Understands Llama/Mistral/Qwen2/Yi
+    keys, Gemma-1/2/3 (4 norms per layer, per-layer sliding/global attention), Phi-3, Mixtral,
+    Qwen2-MoE (shared expert) and DeepSeek MoE keys, DeepSeek MLA keys, ``sliding_window``,
+    ``quantization_config``, and GPT-2/GPT-3 style keys (``n_layer``, ``n_embd``, ``n_head``, ``n_inner``).
+    """
+    try:
+        norm = normalise_config(cfg, name)
+    except _TransformersRefused as exc:
+        _build_spec(_parse_bools(cfg, name), name)  # our own one-line message naming the key, where there is one
+        raise ModelConfigError(str(exc)) from None
+    return _build_spec(norm, name)
+
+
+def _build_spec(cfg: dict[str, Any], name: str) -> ModelSpec:
+    mt = cfg.get("model_type")
     gpt_style = "n_embd" in cfg
+    if "num_hidden_layers" not in cfg and "n_layer" not in cfg and mt is not None:
+        raise ModelConfigError(f"model {name}: unknown architecture model_type {mt!r}: no num_hidden_layers "
+                               f"or n_layer to read (and transformers does not know it)")
     layers = _positive_int(name, "num_hidden_layers", _get(cfg, "num_hidden_layers", "n_layer"))
     hidden = _positive_int(name, "hidden_size", _get(cfg, "hidden_size", "n_embd"))
     q_heads = _positive_int(name, "num_attention_heads", _get(cfg, "num_attention_heads", "n_head"))
@@ -292,9 +484,17 @@ def spec_from_config(cfg: dict[str, Any], name: str = "custom") -> ModelSpec:
     max_ctx = _nonneg_int(name, "max_position_embeddings", _get(cfg, "max_position_embeddings", "n_positions", "n_ctx", default=0))
     # Llama-family configs have gated MLPs; GPT-style configs (or gated_mlp: false) plain ones.
     mlp = MlpKind.PLAIN if gpt_style or cfg.get("gated_mlp") is False else MlpKind.GATED
+    act = _get(cfg, "hidden_activation", "hidden_act", "activation_function", default="")
+    if not isinstance(act, str) or (act and act.lower() not in _ACTIVATIONS):
+        raise ModelConfigError(f"model {name}: hidden_act {act!r} not modelled ({', '.join(sorted(_ACTIVATIONS))} are)")
     window = _nonneg_int(name, "sliding_window", _get(cfg, "sliding_window", default=0))
     if cfg.get("use_sliding_window") is False:
         window = 0
+    sliding = _sliding_layers(name, cfg, layers) if window else None
+    if sliding == 0:
+        window, sliding = 0, None
+    elif sliding == layers:
+        sliding = None
     moe = None
     n_experts = _nonneg_int(
         name, "num_local_experts", _get(cfg, "num_local_experts", "n_routed_experts", "num_experts", default=0)
@@ -305,18 +505,31 @@ def spec_from_config(cfg: dict[str, Any], name: str = "custom") -> ModelSpec:
             raise ModelConfigError(f"model {name}: num_experts_per_tok {top_k} exceeds the {n_experts} experts")
         exp_inter = _positive_int(name, "moe_intermediate_size", _get(cfg, "moe_intermediate_size", default=intermediate))
         n_shared = _nonneg_int(name, "n_shared_experts", _get(cfg, "n_shared_experts", default=0))
+        shared_inter = exp_inter if n_shared else 0
+        shared_gate = False
+        if mt == "qwen2_moe":
+            shared_inter = _nonneg_int(name, "shared_expert_intermediate_size",
+                                       cfg.get("shared_expert_intermediate_size"))
+            n_shared, shared_gate = (1, True) if shared_inter else (0, False)
         first_dense = _nonneg_int(name, "first_k_dense_replace", _get(cfg, "first_k_dense_replace", default=0))
         if first_dense > layers:
             raise ModelConfigError(f"model {name}: first_k_dense_replace {first_dense} exceeds {layers} layers")
+        freq = _positive_int(name, "moe_layer_freq", _get(cfg, "moe_layer_freq", default=1))
+        if mt in ("qwen2_moe", "qwen3_moe"):
+            step = _positive_int(name, "decoder_sparse_step", _get(cfg, "decoder_sparse_step", default=1))
+            if step != 1 or cfg.get("mlp_only_layers"):
+                raise ModelConfigError(f"model {name}: decoder_sparse_step {step} / mlp_only_layers "
+                                       f"{cfg.get('mlp_only_layers')} not modelled (only every layer MoE is)")
         moe = MoESpec(
             num_experts=n_experts,
             top_k=top_k,
             expert_intermediate=exp_inter,
             shared_experts=n_shared,
-            shared_intermediate=exp_inter if n_shared else 0,
+            shared_intermediate=shared_inter,
             first_dense_layers=first_dense,
-            layer_freq=_positive_int(name, "moe_layer_freq", _get(cfg, "moe_layer_freq", default=1)),
+            layer_freq=freq,
             router_bias=cfg.get("topk_method") == "noaux_tc",
+            shared_gate=shared_gate,
         )
     mla = None
     if _get(cfg, "kv_lora_rank", default=None):
@@ -329,12 +542,13 @@ def spec_from_config(cfg: dict[str, Any], name: str = "custom") -> ModelSpec:
         )
         head_dim = mla.qk_nope_head_dim + mla.qk_rope_head_dim
         kv_heads = q_heads
-    # Qwen2 puts biases on q, k and v only; Llama's ``attention_bias`` also
+    # Qwen2 (and Qwen2-MoE) put biases on q, k and v only; Llama's ``attention_bias`` also
     # covers the output projection.
-    qwen2 = cfg.get("model_type") == "qwen2"
+    qwen2 = mt in ("qwen2", "qwen2_moe")
     explicit_bias = bool(_get(cfg, "attention_bias", "qkv_bias", default=False))
-    qkv_bias = explicit_bias or qwen2
+    qkv_bias = explicit_bias or (qwen2 and cfg.get("qkv_bias") is not False)
     o_bias = bool(cfg.get("attention_bias", False)) and not qwen2
+    gemma_norms = mt in ("gemma2", "gemma3", "gemma3_text")
     return ModelSpec(
         name=name,
         num_layers=layers,
@@ -355,7 +569,18 @@ def spec_from_config(cfg: dict[str, Any], name: str = "custom") -> ModelSpec:
         sliding_window=int(window),
         moe=moe,
         mla=mla,
+        sliding_layers=sliding,
+        norms_per_layer=4 if gemma_norms else 2,
+        qk_norm=mt in ("gemma3", "gemma3_text"),
+        activation=act.lower(),
+        weight_dtype=_quant_dtype(name, cfg.get("quantization_config")),
     )
+
+
+def weights_dtype(model: ModelSpec, requested: str | None = None) -> str:
+    """The weights' storage format to price: the one asked for, else the config's
+    (``quantization_config``), else bf16."""
+    return requested or model.weight_dtype or "bf16"
 
 
 def list_models() -> list[str]:
@@ -364,13 +589,19 @@ def list_models() -> list[str]:
 
 
 @functools.lru_cache(maxsize=64)
-def _load_file(path: str, name: str) -> ModelSpec:
+def _load_file(path: str, name: str, shipped: bool = False) -> ModelSpec:
     try:
         cfg = finite_json_loads(Path(path).read_text())
     except FileNotFoundError:
         raise ModelConfigError(f"model config not found: {path}") from None
     except json.JSONDecodeError as exc:
         raise ModelConfigError(f"{path}: not valid JSON (line {exc.lineno})") from None
+    if shipped:
+        # shipped configs are read without transformers' configuration classes (a ~2 s import): a test
+        # checks that they give the same spec either way
+        if not isinstance(cfg, dict):
+            raise ModelConfigError(f"model {name}: config must be a JSON object")
+        return _build_spec(_parse_bools(cfg, name), name)
     return spec_from_config(cfg, name)
 
 
@@ -385,4 +616,4 @@ def load_model(name_or_path: str | Path | ModelSpec) -> ModelSpec:
     key = text.lower()
     if key not in list_models():
         raise UnknownModelError(f"unknown model {text!r}; known: {', '.join(list_models())}")
-    return _load_file(str(CONFIG_DIR / f"{key}.json"), key)
+    return _load_file(str(CONFIG_DIR / f"{key}.json"), key, shipped=True)

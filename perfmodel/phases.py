@@ -389,10 +389,9 @@ def memory_budget(
 
 
 def _kv_tokens(model: ModelSpec, tokens):
-    """Tokens whose KV a sequence keeps: all, or the last ``sliding_window``."""
-    if model.sliding_window > 0:
-        return np.minimum(tokens, model.sliding_window)
-    return tokens
+    """Tokens whose KV a sequence keeps, averaged over layers: all, or the last ``sliding_window``
+    on sliding-window layers (global layers of a mixed model keep all)."""
+    return model.kv_tokens(tokens)
 
 
 @dataclass(frozen=True)

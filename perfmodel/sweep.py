@@ -57,7 +57,7 @@ def sweep(
     tp: Iterable[int] | int = 1,
     output_tokens: Iterable[int] | int = 250,
     mode: "Mode | str" = Mode.PEAK,
-    weight_dtype: str = "bf16",
+    weight_dtype: str | None = None,
     kv_dtype: str | None = None,
     activation_dtype: str = "bf16",
     chunk_tokens: int | None = DEFAULT_PREFILL_CHUNK_TOKENS,
@@ -100,7 +100,9 @@ def sweep(
     out_ax = _axis("output_tokens", output_tokens, 0)
     for t in tp_ax:
         check_tp(m, int(t))
-    base_prec = Precision.of(weight_dtype, activation_dtype, kv_dtype)
+    from perfmodel.models import weights_dtype
+
+    base_prec = Precision.of(weights_dtype(m, weight_dtype), activation_dtype, kv_dtype)
     prof = resolve_profile(g, Mode(mode), profile, attention_impl, launch)
     from perfmodel import parallel as par
 

@@ -37,7 +37,7 @@ from perfmodel.layers import (
     kv_bytes_per_token_per_gpu,
     recurrent_state_bytes_per_gpu,
 )
-from perfmodel.models import ModelSpec, load_model
+from perfmodel.models import ModelSpec, load_model, weights_dtype
 from perfmodel.phases import (
     DEFAULT_PREFILL_CHUNK_TOKENS,
     DEFAULT_RESERVE_FRACTION,
@@ -111,7 +111,7 @@ class Deployment:
 
     @classmethod
     def make(cls, model="llama-3-8b", gpu="h100-sxm-80gb", mode: Mode | str = Mode.PEAK,
-             weight_dtype="bf16", kv_dtype=None, attention_impl=None, launch=None, **kw) -> Deployment:
+             weight_dtype=None, kv_dtype=None, attention_impl=None, launch=None, **kw) -> Deployment:
         """Build from names; ``kw`` are the other fields (enums may be given as strings, ``knobs`` a Knobs).
         ``attention_impl`` (``sdpa`` default, ``flash2``, ``triton``) picks the attention kernel's curves."""
         m, g = load_model(model), load_gpu(gpu)
@@ -120,7 +120,7 @@ class Deployment:
             kw["kv_policy"] = _enum(KvPolicy, kw["kv_policy"], "kv_policy")
         if "router" in kw:
             kw["router"] = _enum(Router, kw["router"], "router")
-        return cls(model=m, gpu=g, profile=prof, precision=Precision.of(weight_dtype, "bf16", kv_dtype), **kw)
+        return cls(model=m, gpu=g, profile=prof, precision=Precision.of(weights_dtype(m, weight_dtype), "bf16", kv_dtype), **kw)
 
     def __post_init__(self) -> None:
         for name in ("tp", "pp", "replicas", "token_budget", "max_num_seqs", "block_tokens"):
@@ -169,11 +169,21 @@ class Deployment:
         return self.kept_tokens_fn()(tokens)
 
     def kept_tokens_fn(self) -> Callable[[int], int]:
-        """:meth:`kept_tokens` as a plain function of its constants (for the scheduler's hot path)."""
+        """:meth:`kept_tokens` as a plain function of its constants (for the scheduler's hot path).
+
+        A model whose layers mix sliding-window and global attention keeps, per sequence, the
+        layer-average of the two (rounded up), so KV bytes stay ``per-token bytes x kept tokens``.
+        """
+        m = self.kv_model
+        if 0 < m.num_sliding_layers < m.num_layers:
+            inner = self._kept_tokens_fn(0)
+            return lambda t: int(math.ceil(m.kv_tokens(inner(t))))
+        return self._kept_tokens_fn(m.sliding_window)
+
+    def _kept_tokens_fn(self, w: int) -> Callable[[int], int]:
         k = self.knobs
         ratio = 1.0 if k is None else float(k.kv_keep_ratio)
         budget = None if k is None or k.kv_budget_tokens is None else int(k.kv_budget_tokens)
-        w = self.kv_model.sliding_window
         if ratio >= 1 and budget is None:
             if w <= 0:
                 return int
