@@ -339,6 +339,25 @@ class Profile:
     provenance: Mapping[OpClass, str] = field(default_factory=lambda: MappingProxyType({}))
     #: The measured GPU this whole profile was carried from (:func:`perfmodel.transfer.transfer_profile`); empty: own.
     transferred_from: str = ""
+    #: Error bands (``docs/calibration.md``, "Error bands"): ``{"measured" | "transferred" | "datasheet": {key:
+    #: {"q10", "q90", "n"}}, "source": ...}``, quantiles of log(predicted / measured) per band key (``gemm``,
+    #: ``attention_decode[sdpa]``, ``elementwise:rmsnorm``, ``*`` for all held-out ops); empty: no band.
+    bands: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def band_of(self, op_class: OpClass, keys: tuple[str, ...] = ()) -> tuple[float, float]:
+        """(q10, q90) of log(predicted / measured) for an op of ``op_class``: the band group of its provenance
+        (``measured``, ``transferred``, ``datasheet``), the first of ``keys`` it has, else its ``*`` (all ops);
+        (0, 0) in peak mode or without one."""
+        if self.mode is Mode.PEAK or not self.bands:
+            return 0.0, 0.0
+        label = self.provenance_of(op_class)
+        group = "measured" if label.startswith("measured") else "transferred" if label.startswith("transferred") \
+            else "datasheet"
+        table = self.bands.get(group) or {}
+        for k in (*keys, op_class.value, "*"):
+            if k in table:
+                return table[k]["q10"], table[k]["q90"]
+        return 0.0, 0.0
 
     def __post_init__(self) -> None:
         if self.attention_impl is None:  # the scenario named none: sdpa, or the impl the profile has
@@ -471,6 +490,9 @@ class Profile:
             out["launch"] = dict(self.launch_terms)
         if self.attention_kernels:
             out["attention_kernels"] = {k: list(v) for k, v in sorted(self.attention_kernels.items())}
+        if self.bands:
+            out["bands"] = {g: ({k: dict(v) for k, v in t.items()} if isinstance(t, Mapping) else t)
+                            for g, t in self.bands.items()}
         return out
 
 
@@ -544,7 +566,44 @@ def profile_from_dict(data: Any, where: str = "<dict>") -> Profile:
         attention_kernels=MappingProxyType({k: tuple(v) for k, v in kern_raw.items()}),
         sustained=MappingProxyType(sustained_from_dict(data["sustained"], where) if "sustained" in data else {}),
         launch_terms=MappingProxyType(_launch_from_dict(data.get("launch", {}), where)),
+        bands=MappingProxyType(bands_from_dict(data.get("bands", {}), where)),
     )
+
+
+BAND_GROUPS = ("measured", "transferred", "datasheet")
+
+
+def bands_from_dict(raw: Any, where: str) -> dict[str, Any]:
+    """Validate the optional ``bands`` object: groups of :data:`BAND_GROUPS`, each mapping band keys to
+    ``{"q10", "q90"}`` (finite, q10 <= q90; optional ``n``, a count), plus ``source`` and ``coverage`` notes."""
+    if not isinstance(raw, dict):
+        raise ProfileError(f"{where}: 'bands' must be an object")
+    extra = set(raw) - set(BAND_GROUPS) - {"source", "coverage"}
+    if extra:
+        raise ProfileError(f"{where}: bands has unknown group(s) {', '.join(sorted(extra))}; known: {', '.join(BAND_GROUPS)}")
+    out: dict[str, Any] = {}
+    for g in BAND_GROUPS:
+        if g not in raw:
+            continue
+        if not isinstance(raw[g], dict):
+            raise ProfileError(f"{where}: bands.{g} must be an object")
+        table = {}
+        for k, v in raw[g].items():
+            q = v.get("q10") if isinstance(v, dict) else None
+            h = v.get("q90") if isinstance(v, dict) else None
+            if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in (q, h)):
+                raise ProfileError(f"{where}: bands.{g}.{k} needs finite numbers q10 and q90")
+            if q > h:
+                raise ProfileError(f"{where}: bands.{g}.{k}: q10 {q} > q90 {h}")
+            entry = {"q10": float(q), "q90": float(h)}
+            if "n" in v:
+                entry["n"] = int(v["n"])
+            table[str(k)] = MappingProxyType(entry)
+        out[g] = MappingProxyType(table)
+    for k in ("source", "coverage"):
+        if k in raw:
+            out[k] = raw[k] if isinstance(raw[k], (int, float, str)) else str(raw[k])
+    return out
 
 
 def _launch_from_dict(raw: Any, where: str) -> dict[str, Any]:

@@ -213,6 +213,15 @@ def _fmt_s(x: float) -> str:
     return f"{x * 1e6:,.1f} us"
 
 
+def _banded(c: Any) -> str:
+    """``12.3 ms (11.8-13.9)``: the value and its error band (the central 80% interval; no band: the value)."""
+    t, lo, hi = float(c.total_s), float(c.low_s), float(c.high_s)
+    if lo == t == hi:
+        return _fmt_s(t)
+    return f"{_fmt_s(t)} ({_fmt_s(lo).split()[0]}-{_fmt_s(hi)})" if _fmt_s(lo).split()[1] == _fmt_s(hi).split()[1] \
+        else f"{_fmt_s(t)} ({_fmt_s(lo)}-{_fmt_s(hi)})"
+
+
 def _analysis_table(results: list[Any]) -> Any:
     from rich.table import Table
 
@@ -224,9 +233,9 @@ def _analysis_table(results: list[Any]) -> Any:
         t.add_column(f"{r.context_len:,} ctx", justify="right")
     b = first.bottleneck
     rows = [
-        ("prefill", b["prefill"], lambda r: _fmt_s(r.prefill.total_s)),
-        ("decode / token", b["decode"], lambda r: _fmt_s(r.decode_step.total_s)),
-        (f"decode ({first.output_tokens} tokens)", b["decode"], lambda r: _fmt_s(r.decode.total_s)),
+        ("prefill", b["prefill"], lambda r: _banded(r.prefill)),
+        ("decode / token", b["decode"], lambda r: _banded(r.decode_step)),
+        (f"decode ({first.output_tokens} tokens)", b["decode"], lambda r: _banded(r.decode)),
         ("max concurrency (users)", "hbm_capacity", lambda r: f"{int(r.memory.max_concurrency)}"),
         ("context switch (serial)", b["context_switch"], lambda r: _fmt_s(r.switch.serial_s)),
         ("context switch (duplex)", b["context_switch"], lambda r: _fmt_s(r.switch.duplex_s)),
@@ -285,6 +294,9 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         for line in knobs_cli.match_reasons(match):
             console.print(f"  {line}")
     console.print(f"provenance: {escape(results[0].provenance_summary)}")
+    if any(float(r.prefill.high_s) != float(r.prefill.total_s) for r in results):
+        console.print("band: (low-high) is the central 80% interval of the measured time (docs/calibration.md, "
+                      "\"Error bands\")")
     for note in results[0].notes:
         console.print(f"note: {note}")
     if match is not None and not knobs.active:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +26,8 @@ from perfmodel.attention_costs import (
     stream_k_merge_loads,
     triton_decode_pieces,
 )
-from perfmodel.calibration import SPLIT_FILL, SPLIT_FLASH, SPLIT_STREAM, ClassParams, Launch, OpClass, Profile, ramp
+from perfmodel.calibration import (SPLIT_FILL, SPLIT_FLASH, SPLIT_STREAM, ClassParams, Launch, OpClass, Profile,
+                                   attention_class, curve_key, ramp)
 from perfmodel.ops import (
     Attention,
     Collective,
@@ -75,10 +77,25 @@ class OpCost:
     flops: Any = 0.0
     bytes: Any = 0.0
     memory_bound: Bound = Bound.HBM_BANDWIDTH
+    #: Error band (calibrated profiles with ``bands``; ``docs/calibration.md``, "Error bands"): seconds to add to
+    #: ``total_s`` for the low (``band_lo_s``, usually <= 0) and high (``band_hi_s``) end of the central 80%
+    #: interval of the measured time.  They add linearly over sums (errors of one class perfectly correlated).
+    band_lo_s: Any = 0.0
+    band_hi_s: Any = 0.0
 
     @property
     def total_s(self) -> Any:
         return self.compute_s + self.memory_s - self.overlap_s + self.latency_s + self.comm_s
+
+    @property
+    def low_s(self) -> Any:
+        """The low end of the error band (``total_s`` without a band)."""
+        return self.total_s + self.band_lo_s
+
+    @property
+    def high_s(self) -> Any:
+        """The high end of the error band (``total_s`` without a band)."""
+        return self.total_s + self.band_hi_s
 
     @property
     def bound(self) -> Any:
@@ -104,6 +121,8 @@ class OpCost:
             flops=self.flops + other.flops,
             bytes=self.bytes + other.bytes,
             memory_bound=mb,
+            band_lo_s=self.band_lo_s + other.band_lo_s,
+            band_hi_s=self.band_hi_s + other.band_hi_s,
         )
 
     def __radd__(self, other: Any) -> OpCost:
@@ -122,6 +141,8 @@ class OpCost:
             flops=self.flops * factor,
             bytes=self.bytes * factor,
             memory_bound=self.memory_bound,
+            band_lo_s=self.band_lo_s * factor,
+            band_hi_s=self.band_hi_s * factor,
         )
 
 
@@ -484,8 +505,37 @@ def op_cost(op: Op, gpu: GPU, profile: Profile) -> OpCost:
     """
     c = _op_cost(op, gpu, profile)
     if profile.launch is Launch.EAGER and profile.launch_terms and not isinstance(op, (DecoderLayer, Collective)):
-        return eager_cost(c, profile.launch_terms)
+        c = eager_cost(c, profile.launch_terms)
+    if profile.bands and not isinstance(op, DecoderLayer):  # a layer's band is the sum of its parts'
+        c = with_band(c, op, profile)
     return c
+
+
+def band_keys(op: Op, profile: Profile) -> tuple[OpClass, tuple[str, ...]]:
+    """The op class of ``op`` and its band keys, most specific first (``attention_decode[stream_k]``,
+    ``elementwise:rmsnorm`` then ``elementwise``)."""
+    if isinstance(op, Gemm):
+        return OpClass.GEMM, ("gemm",)
+    if isinstance(op, Attention):
+        oc = attention_class(op.phase)
+        impl = (op.impl or profile.attention_impl).curve(op.phase)
+        return oc, (curve_key(oc, impl), oc.value)
+    if isinstance(op, Memcpy):
+        oc = memcpy_class(op)
+        return oc, (oc.value,)
+    if isinstance(op, Elementwise):
+        return OpClass.ELEMENTWISE, (f"elementwise:{op.name}", "elementwise")
+    oc = OpClass(op.kind.value)
+    return oc, (oc.value,)
+
+
+def with_band(c: OpCost, op: Op, profile: Profile) -> OpCost:
+    """``c`` with the error band of ``op``'s class and provenance (:meth:`Profile.band_of`): the measured time
+    lies in ``[t * exp(-q90), t * exp(-q10)]`` where ``q10``, ``q90`` are quantiles of log(predicted / measured)."""
+    oc, keys = band_keys(op, profile)
+    q10, q90 = profile.band_of(oc, keys)
+    t = c.total_s
+    return dataclasses.replace(c, band_lo_s=t * math.expm1(-q90), band_hi_s=t * math.expm1(-q10))
 
 
 def eager_cost(cost: OpCost, terms) -> OpCost:

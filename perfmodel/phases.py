@@ -50,7 +50,7 @@ def _active(knobs: Knobs | None) -> Knobs | None:
     return knobs if knobs is not None and knobs.active else None
 
 
-_COST_FIELDS = ("compute_s", "memory_s", "latency_s", "comm_s", "overlap_s", "flops", "bytes")
+_COST_FIELDS = ("compute_s", "memory_s", "latency_s", "comm_s", "overlap_s", "flops", "bytes", "band_lo_s", "band_hi_s")
 
 
 def sum_costs(ops, gpu: GPU, profile: Profile) -> OpCost:

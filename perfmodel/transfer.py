@@ -190,6 +190,7 @@ def transfer_profile(source: Profile, source_gpu: GPU, target: GPU) -> Profile:
         implementations=MappingProxyType(impls),
         launch_terms=source.launch_terms if same else MappingProxyType({}),
         transferred_from=source_gpu.name,
+        bands=source.bands,  # the source's transferred and datasheet bands price the carried classes
     )
     prov = {c: label if _has_curve(out, c) else ProvenanceKind.DATASHEET.value for c in OpClass}
     return dataclasses.replace(out, provenance=MappingProxyType(prov))

@@ -7,6 +7,9 @@ roofline) error on the same records.  Decoder layers are never fitted: each is p
 sum of its parts.  With records of both GPUs, the profile fitted on all records of one, carried to
 the other by the transfer rule (:mod:`perfmodel.transfer`), predicts the other's held-out records,
 next to that GPU's own held-out fit (cross-GPU transfer, both directions).
+Error bands (:mod:`validation.bands`): the held-out residuals give each class's 80% band; its coverage is
+checked on another held-out split (the model fitted on that split's training families), decoder layers
+by the sum of their parts' bands.
 Writes a log-log plot per GPU and, with ``--readme``, the table into ``validation/README.md``.
 """
 
@@ -73,6 +76,7 @@ class GpuReport:
     records: list[dict]
     predicted: np.ndarray
     fitter: ProfileFitter
+    coverage: list | None = None  # validation.bands.Coverage rows
 
 
 def evaluate(records: list[dict], gpu: str) -> GpuReport:
@@ -160,6 +164,20 @@ def markdown(reports: list[GpuReport], cross: list[Transfer] | None) -> str:
             lines.append(f"| {bold}{c.key}{bold} | {c.n} | {_pct(c.median)} | {_pct(c.p90)} | {_pct(c.max)} | "
                          f"{_pct(p.median)} | {_pct(p.p90)} |")
         lines.append("")
+    for rep in reports:
+        if not rep.coverage:
+            continue
+        lines += [f"### {rep.gpu}: coverage of the 80% error band", "",
+                  "Bands: the 10% and 90% quantiles of log(predicted / measured) per class on the held-out records "
+                  "above (`validation.bands`); checked here on a second held-out split (`split_by_family(offset=2)`, "
+                  "the model fitted on its own training families), decoder layers by the sum of their parts' bands "
+                  "(`docs/calibration.md`, \"Error bands\"). Target: 80% covered.", "",
+                  "| op class | n | covered | below the band | above the band |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
+        for c in rep.coverage:
+            bold = "**" if c.key.startswith("ALL") else ""
+            lines.append(f"| {bold}{c.key}{bold} | {c.n} | {_pct(c.covered)} | {_pct(c.below)} | {_pct(c.above)} |")
+        lines.append("")
     for t in cross or []:
         a, b = load_gpu(t.src), load_gpu(t.dst)
         lines += [f"### Cross-GPU transfer: {_short(t.src)} profile (all {t.n_src} {_short(t.src)} records) predicting "
@@ -227,6 +245,18 @@ def _table(console, title: str, rep_scores: list[Score], peak: list[Score] | Non
     console.print(tab)
 
 
+def _coverage_table(console, title: str, rows: list) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    tab = Table(title=title)
+    for c in ("op class", "n", "covered", "below", "above"):
+        tab.add_column(c, justify="left" if c == "op class" else "right", no_wrap=c == "op class")
+    for c in rows:
+        tab.add_row(escape(c.key), str(c.n), _pct(c.covered), _pct(c.below), _pct(c.above))
+    console.print(tab)
+
+
 def replace_section(readme: Path, body: str) -> None:
     text = readme.read_text() if readme.exists() else ""
     block = f"{START}\n{body}\n{END}"
@@ -243,6 +273,7 @@ def main(
     out: Path = typer.Option(Path("validation/report"), help="folder for the PNG plots"),
     readme: Path = typer.Option(None, help="write the table into this README between report markers"),
     no_plot: bool = typer.Option(False, "--no-plot", help="skip the PNG plots"),
+    no_coverage: bool = typer.Option(False, "--no-coverage", help="skip the error-band coverage (one more fit per GPU)"),
 ) -> None:
     """Fit on some shape families, score the others, print the table."""
     from rich.console import Console
@@ -259,6 +290,11 @@ def main(
             rep = evaluate(recs[gpu], gpu)
             reports.append(rep)
             _table(console, f"{gpu}: held-out ({rep.n_test} records; fit on {rep.n_train})", rep.calibrated, rep.peak)
+            if not no_coverage:
+                from validation.bands import band_table, coverage
+
+                rep.coverage = coverage(recs[gpu], gpu, {"measured": band_table(rep.records, rep.predicted)})
+                _coverage_table(console, f"{gpu}: 80% band coverage on a second held-out split", rep.coverage)
             if not no_plot:
                 out.mkdir(parents=True, exist_ok=True)
                 plot(rep, out / f"{gpu}_predicted_vs_measured.png")

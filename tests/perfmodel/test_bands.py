@@ -1,0 +1,84 @@
+"""Error bands: the profile's ``bands`` object, per-op bands, their sum over a phase, analyze and sweep."""
+
+import math
+
+import numpy as np
+import pytest
+
+from hw.loader import load_gpu
+from perfmodel.analyze import analyze
+from perfmodel.calibration import OpClass, Profile, Mode, load_profile_file, profile_from_dict, shipped_profile_path
+from perfmodel.costs import op_cost
+from perfmodel.errors import ProfileError
+from perfmodel.ops import Gemm
+from perfmodel.sweep import sweep
+
+H100 = "h100-sxm-80gb"
+
+
+def _bands(**groups):
+    return {"classes": {"gemm": {"compute_eff": 0.8}}, "bands": groups}
+
+
+def test_bands_validated():
+    ok = profile_from_dict(_bands(measured={"gemm": {"q10": -0.1, "q90": 0.05, "n": 10}}, source="x"))
+    assert ok.band_of(OpClass.GEMM, ("gemm",)) == (-0.1, 0.05)
+    assert profile_from_dict(ok.to_dict()).bands["measured"]["gemm"]["n"] == 10  # round trip
+    for bad in ({"measured": {"gemm": {"q10": 0.1, "q90": 0.05}}},  # q10 > q90
+                {"measured": {"gemm": {"q10": float("nan"), "q90": 0.05}}},
+                {"measured": {"gemm": {"q10": -0.1}}},
+                {"measured": []},
+                {"guessed": {}}):
+        with pytest.raises(ProfileError):
+            profile_from_dict(_bands(**bad))
+
+
+def test_band_of_falls_back_to_the_pooled_row_and_the_provenance_group():
+    p = profile_from_dict(_bands(measured={"*": {"q10": -0.2, "q90": 0.1}},
+                                 datasheet={"*": {"q10": -1.0, "q90": -0.1}}))
+    assert p.band_of(OpClass.GEMM, ("gemm",)) == (-0.2, 0.1)
+    assert p.band_of(OpClass.MEMCPY_D2D) == (-1.0, -0.1)  # no curve: datasheet provenance
+
+
+def test_op_band_brackets_the_value_and_sums_linearly():
+    g = load_gpu(H100)
+    p = profile_from_dict(_bands(measured={"gemm": {"q10": -0.1, "q90": 0.2}}))
+    c = op_cost(Gemm(m=4096, n=4096, k=4096), g, p)
+    assert math.isclose(c.low_s, c.total_s * math.exp(-0.2)) and math.isclose(c.high_s, c.total_s * math.exp(0.1))
+    two = c + c.scale(3)
+    assert math.isclose(two.high_s - two.total_s, 4 * (c.high_s - c.total_s))
+    bare = op_cost(Gemm(m=4096, n=4096, k=4096), g, Profile(H100, Mode.CALIBRATED, classes=p.classes))
+    assert bare.low_s == bare.total_s == bare.high_s
+
+
+def test_shipped_profiles_carry_bands():
+    for gpu in (H100, "h200-sxm-141gb"):
+        b = load_profile_file(shipped_profile_path(gpu)).bands
+        assert {"measured", "transferred", "datasheet"} <= set(b)
+        assert b["measured"]["gemm"]["n"] > 50 and b["measured"]["*"]["q10"] < 0 < b["measured"]["*"]["q90"]
+
+
+def test_analyze_band_peak_none_calibrated_brackets():
+    peak = analyze("llama-3-8b", H100, 8192, 64, mode="peak").to_dict()
+    for k in ("prefill_s", "decode_s_per_token", "decode_s"):
+        assert peak[f"{k}_low"] == peak[k] == peak[f"{k}_high"]
+    cal = analyze("llama-3-8b", H100, 8192, 64, mode="calibrated").to_dict()
+    for k in ("prefill_s", "decode_s_per_token", "decode_s"):
+        assert cal[f"{k}_low"] < cal[k] < cal[f"{k}_high"]
+
+
+def test_transferred_band_is_wider_than_measured():
+    own = analyze("llama-3-8b", H100, 8192, 64, mode="calibrated").to_dict()
+    carried = analyze("llama-3-8b", "h100-pcie-80gb", 8192, 64, mode="calibrated").to_dict()
+    assert carried["provenance"]["gemm"].startswith("transferred")
+    for k in ("prefill_s", "decode_s_per_token"):
+        width = lambda d: (d[f"{k}_high"] - d[f"{k}_low"]) / d[k]
+        assert width(carried) > width(own)
+
+
+def test_sweep_has_band_columns():
+    df = sweep("llama-3-8b", H100, context_len=[1024, 8192, 32768], batch=[1, 4], output_tokens=[64],
+               mode="calibrated")
+    for k in ("prefill_s", "decode_s_per_token", "decode_s"):
+        assert np.all(df[f"{k}_low"] <= df[k]) and np.all(df[k] <= df[f"{k}_high"])
+        assert np.all(df[f"{k}_high"] > df[f"{k}_low"])
