@@ -188,6 +188,12 @@ def _build_parser() -> _Parser:
     mo = sub.add_parser("models", help="list the shipped models with parameters, layers and context")
     mo.add_argument("--json", action="store_true", help="print JSON instead of a table")
     mo.set_defaults(func=_cmd_models)
+    d = sub.add_parser("dashboard", help="start the what-if dashboard on localhost (needs .[dashboard])")
+    d.add_argument("--address", default="localhost",
+                   help="address to listen on (default localhost: this machine only; the dashboard has no login)")
+    d.add_argument("--port", type=_positive_int, default=8501)
+    d.add_argument("streamlit_args", nargs=argparse.REMAINDER, help="further options passed to streamlit run")
+    d.set_defaults(func=_cmd_dashboard)
 
     for name in EXTENSIONS:
         try:
@@ -412,6 +418,12 @@ def _cmd_models(args: argparse.Namespace) -> int:
                   str(r["experts"] or "-"))
     Console().print(t)
     return 0
+
+
+def _cmd_dashboard(args) -> int:
+    from dashboard.launch import main as launch
+
+    return launch(args.streamlit_args, address=args.address, port=args.port)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
