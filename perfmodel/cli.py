@@ -365,6 +365,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         axes_bytes = 8 * sum(len(a) for a in (args.context, args.batch, args.output_tokens))
         if axes_bytes > max_bytes:
             check_size(size, max_bytes, f"; even its axes need {axes_bytes:,} bytes")
+    from perfmodel.sweep import sweep_notes
+
+    for note in sweep_notes(args.model, args.context, args.output_tokens):
+        print(f"perfmodel: note: {note}", file=sys.stderr)
     if knobs.active or args.knob_axis:
         from perfmodel.knobs import COST_NOT_QUALITY
 

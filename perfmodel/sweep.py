@@ -182,6 +182,8 @@ def sweep(
 
     Columns are the :func:`perfmodel.analyze` keys plus ``fits``: False where
     the weights plus ``batch`` users' KV do not fit, and the times there are NaN.
+    ``df.attrs["notes"]``: analyze's notes for the largest point (a context beyond
+    the trained window); the rules are :mod:`perfmodel.scenario`'s.
 
     ``knobs`` applies one set of KV-cache knobs to every point.  ``knob_axes``
     maps :class:`~perfmodel.knobs.Knobs` field names to lists of values; the
@@ -205,10 +207,28 @@ def sweep(
     layout = pp != 1 or sp != 1 or ep != 1 or topology is not None
     check_size(sweep_size(context_len, batch, tp, output_tokens, knob_axes, layout), max_bytes,
                "; evaluate it in chunks with perfmodel.sweep.iter_sweep (the CLI: --out FILE.csv)")
-    return pd.concat(list(iter_sweep(model, gpu, context_len, batch, tp, output_tokens, mode, weight_dtype, kv_dtype,
+    df = pd.concat(list(iter_sweep(model, gpu, context_len, batch, tp, output_tokens, mode, weight_dtype, kv_dtype,
                                      activation_dtype, chunk_tokens, reserve_fraction, profile, knobs, knob_axes,
                                      pp, sp, sp_kind, ep, topology, attention_impl, launch)),
                      ignore_index=True)
+    df.attrs["notes"] = sweep_notes(model, context_len, output_tokens)
+    return df
+
+
+def sweep_notes(model, context_len, output_tokens) -> list[str]:
+    """The notes :func:`perfmodel.analyze` gives, for the sweep's largest point (the trained window)."""
+    from perfmodel.scenario import window_note
+
+    m = load_model(model)
+    n = window_note(m, _axis_max(context_len) + _axis_max(output_tokens))
+    return [n] if n else []
+
+
+def _axis_max(values: Any) -> int:
+    """Largest value of an axis (of an :class:`IntRanges` without building it)."""
+    if isinstance(values, IntRanges):
+        return max(max(p) for p in values.parts if len(p))
+    return int(np.max(np.asarray(values)))
 
 
 def iter_sweep(model, gpu, context_len=50_000, batch=1, tp=1, output_tokens=250, mode="peak", weight_dtype="bf16",
@@ -227,7 +247,9 @@ def iter_sweep(model, gpu, context_len=50_000, batch=1, tp=1, output_tokens=250,
     for t in tp_ax:
         check_tp(m, int(t))
     base_prec = Precision.of(weight_dtype, activation_dtype, kv_dtype)
-    prof = resolve_profile(g, Mode(mode), profile, attention_impl, launch)
+    from perfmodel.scenario import check_mode
+
+    prof = resolve_profile(g, check_mode(mode), profile, attention_impl, launch)
     from perfmodel import parallel as par
 
     layout = par.layout(m, tp_ax, pp, sp, sp_kind, ep, topology)
