@@ -21,6 +21,7 @@ from perfmodel.errors import (
     OpDescriptorError,
     PerfModelError,
     ProfileError,
+    TooLargeError,
     UnknownModelError,
 )
 from perfmodel.layers import Precision
@@ -36,5 +37,5 @@ __all__ = [
     "UnknownModelError", "analyze", "list_gpus", "list_models", "load_gpu", "load_model", "load_profile_file",
     "op_cost", "op_from_dict", "op_to_dict", "peak_profile", "predict", "predict_cost", "predict_file",
     "resolve_profile", "sweep", "simulate", "Deployment", "LengthDist", "SimResult", "Slo", "Workload",
-    "NonFiniteError",
+    "NonFiniteError", "TooLargeError",
 ]

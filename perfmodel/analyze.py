@@ -286,14 +286,14 @@ def analyze(
     multi = lay is not None
     if multi:
         sp_kind = lay["sp_kind"]
-    notes = []
-    if m.max_context and context_len + output_tokens > m.max_context:
-        notes.append(f"context {context_len + output_tokens} exceeds the model's trained window of {m.max_context} tokens")
+    from perfmodel.scenario import check_mode, window_note
+
+    notes = [n for n in [window_note(m, context_len + output_tokens)] if n]
     if weight_dtype and m.weight_dtype and Dtype.parse(weight_dtype) is not Dtype.parse(m.weight_dtype):
         notes.append(f"the model's config stores its weights as {m.weight_dtype}; {weight_dtype} is priced")
     weight_dtype = weights_dtype(m, weight_dtype)
     prec = apply_knobs(Precision.of(weight_dtype, activation_dtype, kv_dtype), knobs)
-    mode = Mode(mode)
+    mode = check_mode(mode)
     prof = resolve_profile(g, mode, profile, attention_impl, launch)
     if attention_impl is None and prof.attention_impl is not DEFAULT_ATTENTION_IMPL:
         notes.append(f"no {DEFAULT_ATTENTION_IMPL.value} attention curves measured for {g.name}: attention priced "

@@ -66,6 +66,8 @@ def finite_json_loads(text: str) -> Any:
 
     def real(token: str) -> float:
         v = float(token)
+        if -MAX_MAGNITUDE <= v <= MAX_MAGNITUDE:  # fast path (NaN and infinities fail it)
+            return v
         if not is_finite_number(v):
             refuse(token, f"is not a finite number of at most {MAX_MAGNITUDE:g}")
         return v

@@ -80,22 +80,54 @@ _positive_int = _int_at_least(1)
 _nonneg_int = _int_at_least(0)
 
 
-def _int_list(text: str) -> list[int]:
-    """``1000,2000`` or a range ``1000:100000:1000`` (start:stop:step, stop inclusive)."""
-    out: list[int] = []
+def _int_list(text: str, minimum: int = 1):
+    """``1000,2000`` or a range ``1000:100000:1000`` (start:stop:step, stop inclusive).
+
+    Returns a :class:`perfmodel.sweep.IntRanges`: its length is known without building the values,
+    so ``sweep`` can refuse a grid too large before allocating it.
+    """
+    from perfmodel.sweep import IntRanges
+
+    conv = _positive_int if minimum >= 1 else _nonneg_int
+    out: list = []
     for part in text.split(","):
         part = part.strip()
         if ":" in part:
             bits = part.split(":")
             if len(bits) != 3:
                 raise argparse.ArgumentTypeError(f"a range is start:stop:step, got {part!r}")
-            start, stop, step = (_positive_int(b) for b in bits)
-            out.extend(range(start, stop + 1, step))
+            start, stop = (conv(b) for b in bits[:2])
+            step = _positive_int(bits[2])
+            out.append(range(start, stop + 1, step))
         else:
-            out.append(_positive_int(part))
-    if not out:
+            out.append(conv(part))
+    ints = IntRanges(out)
+    if len(ints) == 0:
         raise argparse.ArgumentTypeError("empty list")
-    return out
+    return ints
+
+
+def _nonneg_int_list(text: str):
+    return _int_list(text, minimum=0)
+
+
+def _bytes(text: str) -> int:
+    """A byte count: ``2147483648``, ``2e9``, or with a unit ``512MiB``, ``2GiB``, ``4GB``."""
+    units = {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
+             "b": 1}
+    t = text.strip().lower()
+    mult = 1
+    for u, f in units.items():
+        if t.endswith(u):
+            t, mult = t[: -len(u)].strip(), f
+            break
+    try:
+        v = float(t) * mult
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a byte count such as 2GiB or 2147483648, got {text!r}") from None
+    if not (v > 0 and v < 2**63):
+        raise argparse.ArgumentTypeError(f"byte count must be > 0, got {text!r}")
+    return int(v)
 
 
 def add_attention_impl_arg(p: argparse.ArgumentParser) -> None:
@@ -175,9 +207,12 @@ def _build_parser() -> _Parser:
     s.add_argument("--context", type=_int_list, default=[4000, 50000], help="e.g. 1000,4000 or 1000:100000:1000")
     s.add_argument("--batch", type=_int_list, default=[1])
     s.add_argument("--tp", type=_int_list, default=[1])
-    s.add_argument("--output-tokens", type=_int_list, default=[250])
+    s.add_argument("--output-tokens", type=_nonneg_int_list, default=[250])
     add_layout_args(s)
     s.add_argument("--out", default=None, help="write CSV (or .parquet) here")
+    s.add_argument("--max-bytes", type=_bytes, default=None, metavar="BYTES",
+                   help="largest result built in memory, points x columns x 8 bytes (default 2GiB); beyond it a "
+                        "CSV --out is written in chunks, anything else is refused with the point count")
     add_knob_args(s)
     s.add_argument("--knob-axis", action="append", default=None, metavar="NAME=V1,V2",
                    help="sweep a knob too (repeatable), e.g. kv_keep_ratio=1,0.5,0.25")
@@ -189,6 +224,12 @@ def _build_parser() -> _Parser:
     mo = sub.add_parser("models", help="list the shipped models with parameters, layers and context")
     mo.add_argument("--json", action="store_true", help="print JSON instead of a table")
     mo.set_defaults(func=_cmd_models)
+    d = sub.add_parser("dashboard", help="start the what-if dashboard on localhost (needs .[dashboard])")
+    d.add_argument("--address", default="localhost",
+                   help="address to listen on (default localhost: this machine only; the dashboard has no login)")
+    d.add_argument("--port", type=_positive_int, default=8501)
+    d.add_argument("streamlit_args", nargs=argparse.REMAINDER, help="further options passed to streamlit run")
+    d.set_defaults(func=_cmd_dashboard)
 
     for name in EXTENSIONS:
         try:
@@ -319,16 +360,46 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from perfmodel.knobs import knobs_from_args
     from perfmodel.knobs_cli import parse_knob_axes
 
+    from perfmodel.sweep import DEFAULT_MAX_BYTES, CHUNK_FRACTION, check_size, iter_sweep, sweep_size
+
     knobs = knobs_from_args(args)
-    df = sweep(args.model, args.gpu, context_len=args.context, batch=args.batch, tp=args.tp,
-               output_tokens=args.output_tokens, mode=args.mode, weight_dtype=args.weight_dtype,
-               kv_dtype=None, chunk_tokens=args.chunk_tokens, knobs=knobs,
-               knob_axes=parse_knob_axes(args.knob_axis), pp=args.pp, sp=args.sp, sp_kind=args.sp_kind,
-               ep=args.ep, topology=args.topology, attention_impl=args.attention_impl, launch=args.launch)
+    knob_axes = parse_knob_axes(args.knob_axis)
+    kw = dict(output_tokens=args.output_tokens, mode=args.mode, weight_dtype=args.weight_dtype,
+              kv_dtype=None, chunk_tokens=args.chunk_tokens, knobs=knobs, knob_axes=knob_axes, pp=args.pp,
+              sp=args.sp, sp_kind=args.sp_kind, ep=args.ep, topology=args.topology,
+              attention_impl=args.attention_impl, launch=args.launch)
+    max_bytes = DEFAULT_MAX_BYTES if args.max_bytes is None else args.max_bytes
+    layout = args.pp != 1 or args.sp != 1 or args.ep != 1 or args.topology is not None
+    size = sweep_size(args.context, args.batch, args.tp, args.output_tokens, knob_axes, layout)
+    stream = size.bytes > max_bytes
+    if stream:
+        if not args.out or str(args.out).endswith(".parquet"):
+            check_size(size, max_bytes, " (--max-bytes); write it in chunks with --out FILE.csv, or raise --max-bytes")
+        axes_bytes = 8 * sum(len(a) for a in (args.context, args.batch, args.output_tokens))
+        if axes_bytes > max_bytes:
+            check_size(size, max_bytes, f"; even its axes need {axes_bytes:,} bytes")
+    from perfmodel.sweep import sweep_notes
+
+    for note in sweep_notes(args.model, args.context, args.output_tokens):
+        print(f"perfmodel: note: {note}", file=sys.stderr)
     if knobs.active or args.knob_axis:
         from perfmodel.knobs import COST_NOT_QUALITY
 
         print(f"perfmodel: note: {COST_NOT_QUALITY}", file=sys.stderr)
+    if stream:
+        chunk = max(1, int(max_bytes // CHUNK_FRACTION // (size.columns * 8)))
+        rows = 0
+        with open(args.out, "w", newline="") as f, _progress(size.points, "sweep") as advance:
+            for k, df in enumerate(iter_sweep(args.model, args.gpu, args.context, args.batch, args.tp,
+                                              chunk_points=chunk, **kw)):
+                df.to_csv(f, index=False, header=(k == 0))
+                rows += len(df)
+                advance(len(df))
+        print(f"wrote {rows} rows to {args.out} in chunks of up to {chunk:,} "
+              f"(the whole result, {size.bytes / 2**30:,.1f} GiB, is above --max-bytes)", file=sys.stderr)
+        return 0
+    df = sweep(args.model, args.gpu, context_len=args.context, batch=args.batch, tp=args.tp, max_bytes=max_bytes,
+               **kw)
     if args.out:
         from perfmodel.tables import write_table
 
@@ -339,6 +410,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     else:
         print(df.to_csv(index=False), end="")
     return 0
+
+
+def _progress(total: int, what: str):
+    """Context manager yielding ``advance(n)``: a rich progress bar on stderr (only on a terminal)."""
+    from perfmodel.progress import progress
+
+    return progress(total, what)
 
 
 def gpu_rows() -> list[dict[str, Any]]:
@@ -425,6 +503,12 @@ def _cmd_models(args: argparse.Namespace) -> int:
                   str(r["experts"] or "-"))
     Console().print(t)
     return 0
+
+
+def _cmd_dashboard(args) -> int:
+    from dashboard.launch import main as launch
+
+    return launch(args.streamlit_args, address=args.address, port=args.port)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -46,6 +46,26 @@ class DoesNotFitError(PerfModelError):
         self.suggested_tp = suggested_tp
 
 
+class TooLargeError(InvalidInputError):
+    """A request whose result would exceed a documented size bound (memory, points, model size).
+
+    Attributes
+    ----------
+    count : int
+        What was counted (points of a sweep, GPUs of a plan ...).
+    needed_bytes : int, bytes
+        What the result would take (0 where the bound is on ``count``).
+    limit : int
+        The bound (bytes, or a count where ``needed_bytes`` is 0).
+    """
+
+    def __init__(self, message: str, count: int = 0, needed_bytes: int = 0, limit: int = 0):
+        super().__init__(message)
+        self.count = count
+        self.needed_bytes = needed_bytes
+        self.limit = limit
+
+
 class OpDescriptorError(PerfModelError):
     """A malformed or unknown op descriptor."""
 
@@ -61,6 +81,7 @@ __all__ = [
     "ModelConfigError",
     "NonFiniteError",
     "DoesNotFitError",
+    "TooLargeError",
     "OpDescriptorError",
     "ProfileError",
     "HardwareError",

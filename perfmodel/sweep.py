@@ -10,7 +10,9 @@ goes through :func:`perfmodel.parallel.parallel_phases` as ``analyze`` prices it
 from __future__ import annotations
 
 import itertools
-from typing import Any, Iterable, Mapping
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -18,7 +20,7 @@ import pandas as pd
 from hw.loader import load_gpu
 from perfmodel.calibration import Mode, resolve_profile
 from perfmodel.costs import Bound
-from perfmodel.errors import InvalidInputError
+from perfmodel.errors import InvalidInputError, TooLargeError
 from perfmodel.knobs import Knobs, KnobError, effective_model
 from perfmodel.layers import Precision, apply_knobs, check_tp, kv_bytes_per_token_per_gpu
 from perfmodel.models import load_model
@@ -34,6 +36,108 @@ from perfmodel.phases import (
 )
 
 AXES = ("context_len", "batch", "tp", "output_tokens")
+
+DEFAULT_MAX_BYTES = 2 * 2**30
+"""bytes: the largest result :func:`sweep` builds in memory (points x columns x 8 bytes); 2 GiB."""
+BASE_COLUMNS = 21  # scenario columns and metrics of a one-GPU-group frame
+LAYOUT_COLUMNS = 5  # pp, sp, sp_kind, ep, world
+CHUNK_FRACTION = 8  # a streamed chunk holds at most max_bytes / 8 of columns (evaluation needs several times that)
+
+
+@dataclass(frozen=True)
+class SweepSize:
+    """The size of a sweep's result, known before evaluating it.
+
+    Attributes
+    ----------
+    points : int
+        Rows: the product of the axes' lengths (and the knob axes').
+    columns : int
+    bytes : int, bytes
+        ``points x columns x 8``.
+    """
+
+    points: int
+    columns: int
+    bytes: int
+
+
+def _axis_len(values: Any) -> int:
+    """Length of an axis without building it (``range`` and :class:`IntRanges` know theirs)."""
+    if values is None or isinstance(values, (str, bytes)):
+        return 1
+    if isinstance(values, (Sequence, range)):
+        return len(values)
+    if isinstance(values, np.ndarray):
+        return int(values.size)
+    if np.ndim(values) == 0:
+        return 1
+    return len(list(values))
+
+
+def sweep_size(context_len: Any = 50_000, batch: Any = 1, tp: Any = 1, output_tokens: Any = 250,
+               knob_axes: Mapping[str, Iterable[Any]] | None = None, layout: bool = False) -> SweepSize:
+    """Points, columns and bytes of :func:`sweep` over these axes; builds none of them.
+
+    ``layout``: a multi-GPU layout is priced (its columns are added).
+    """
+    points = _axis_len(context_len) * _axis_len(batch) * _axis_len(tp) * _axis_len(output_tokens)
+    knob_cols = 0
+    for v in (knob_axes or {}).values():
+        points *= _axis_len(v)
+        knob_cols += 1
+    columns = BASE_COLUMNS + (LAYOUT_COLUMNS if layout else 0) + knob_cols
+    return SweepSize(points, columns, points * columns * 8)
+
+
+def check_size(size: SweepSize, max_bytes: float, hint: str = "") -> None:
+    """:class:`TooLargeError` with the point count and the bytes needed when ``size.bytes > max_bytes``."""
+    if size.bytes > max_bytes:
+        raise TooLargeError(
+            f"sweep of {size.points:,} points x {size.columns} columns needs {size.bytes / 2**30:,.1f} GiB "
+            f"({size.bytes:,} bytes), beyond the {max_bytes / 2**30:,.2f} GiB budget{hint}",
+            count=size.points, needed_bytes=size.bytes, limit=int(max_bytes))
+
+
+class IntRanges(Sequence):
+    """Integers as a concatenation of ``range`` pieces: knows its length without building the values.
+
+    ``np.asarray`` builds them (``__array__``).
+    """
+
+    def __init__(self, parts: Iterable["range | int"]):
+        self.parts = tuple(p if isinstance(p, range) else range(int(p), int(p) + 1) for p in parts)
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return list(self)[i]
+        if i < 0:
+            i += len(self)
+        for p in self.parts:
+            if i < len(p):
+                return p[i]
+            i -= len(p)
+        raise IndexError(i)
+
+    def __iter__(self):
+        for p in self.parts:
+            yield from p
+
+    def __array__(self, dtype=None, copy=None):
+        a = np.concatenate([np.arange(p.start, p.stop, p.step, dtype=np.int64) for p in self.parts])
+        return a if dtype is None else a.astype(dtype)
+
+    def __eq__(self, other) -> bool:
+        try:
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        except TypeError:
+            return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"IntRanges({list(self.parts)!r})"
 
 
 def _axis(name: str, values: Any, minimum: int) -> np.ndarray:
@@ -72,11 +176,14 @@ def sweep(
     topology: str | None = None,
     attention_impl: str | None = None,
     launch: str | None = None,
+    max_bytes: float = DEFAULT_MAX_BYTES,
 ) -> pd.DataFrame:
     """One row per point of ``context_len x batch x tp x output_tokens`` (x the knob axes).
 
     Columns are the :func:`perfmodel.analyze` keys plus ``fits``: False where
     the weights plus ``batch`` users' KV do not fit, and the times there are NaN.
+    ``df.attrs["notes"]``: analyze's notes for the largest point (a context beyond
+    the trained window); the rules are :mod:`perfmodel.scenario`'s.
 
     ``knobs`` applies one set of KV-cache knobs to every point.  ``knob_axes``
     maps :class:`~perfmodel.knobs.Knobs` field names to lists of values; the
@@ -91,7 +198,46 @@ def sweep(
 
     ``attention_impl`` (``sdpa`` default, ``flash2``, ``triton``) picks the attention kernel's curves, as
     in :func:`perfmodel.analyze`; so does ``launch`` (``graph`` or ``eager``).
+
+    ``max_bytes`` (bytes, default :data:`DEFAULT_MAX_BYTES` = 2 GiB): the size of the
+    result is estimated first (:func:`sweep_size`: points x columns x 8 bytes); beyond
+    it :class:`~perfmodel.errors.TooLargeError` names the point count and the bytes,
+    before anything is evaluated.  :func:`iter_sweep` yields the same rows in chunks.
     """
+    layout = pp != 1 or sp != 1 or ep != 1 or topology is not None
+    check_size(sweep_size(context_len, batch, tp, output_tokens, knob_axes, layout), max_bytes,
+               "; evaluate it in chunks with perfmodel.sweep.iter_sweep (the CLI: --out FILE.csv)")
+    df = pd.concat(list(iter_sweep(model, gpu, context_len, batch, tp, output_tokens, mode, weight_dtype, kv_dtype,
+                                     activation_dtype, chunk_tokens, reserve_fraction, profile, knobs, knob_axes,
+                                     pp, sp, sp_kind, ep, topology, attention_impl, launch)),
+                     ignore_index=True)
+    df.attrs["notes"] = sweep_notes(model, context_len, output_tokens)
+    return df
+
+
+def sweep_notes(model, context_len, output_tokens) -> list[str]:
+    """The notes :func:`perfmodel.analyze` gives, for the sweep's largest point (the trained window)."""
+    from perfmodel.scenario import window_note
+
+    m = load_model(model)
+    n = window_note(m, _axis_max(context_len) + _axis_max(output_tokens))
+    return [n] if n else []
+
+
+def _axis_max(values: Any) -> int:
+    """Largest value of an axis (of an :class:`IntRanges` without building it)."""
+    if isinstance(values, IntRanges):
+        return max(max(p) for p in values.parts if len(p))
+    return int(np.max(np.asarray(values)))
+
+
+def iter_sweep(model, gpu, context_len=50_000, batch=1, tp=1, output_tokens=250, mode="peak", weight_dtype="bf16",
+               kv_dtype=None, activation_dtype="bf16", chunk_tokens=DEFAULT_PREFILL_CHUNK_TOKENS,
+               reserve_fraction=DEFAULT_RESERVE_FRACTION, profile=None, knobs=None, knob_axes=None, pp=1, sp=1,
+               sp_kind="ring", ep=1, topology=None, attention_impl=None, launch=None,
+               chunk_points: int | None = None) -> Iterator[pd.DataFrame]:
+    """:func:`sweep`'s rows, in order, as frames of at most ``chunk_points`` rows (None: one frame per
+    knob combination and TP degree).  No size check: the caller writes each frame out and drops it."""
     m = load_model(model)
     g = load_gpu(gpu)
     ctx_ax = _axis("context_len", context_len, 1)
@@ -101,29 +247,33 @@ def sweep(
     for t in tp_ax:
         check_tp(m, int(t))
     from perfmodel.models import weights_dtype
+    from perfmodel.scenario import check_mode
 
     base_prec = Precision.of(weights_dtype(m, weight_dtype), activation_dtype, kv_dtype)
-    prof = resolve_profile(g, Mode(mode), profile, attention_impl, launch)
+    prof = resolve_profile(g, check_mode(mode), profile, attention_impl, launch)
     from perfmodel import parallel as par
 
     layout = par.layout(m, tp_ax, pp, sp, sp_kind, ep, topology)
     ring = par.ring_step_model(prof)
-    ctx, b, out = (a.ravel().astype(np.float64) for a in np.meshgrid(ctx_ax, b_ax, out_ax, indexing="ij"))
-    frames = []
+    shape = (ctx_ax.size, b_ax.size, out_ax.size)
+    n = ctx_ax.size * b_ax.size * out_ax.size
+    step = n if chunk_points is None else max(1, int(chunk_points))
     for knob_values, kn in _knob_grid(knobs, knob_axes):
         if kn is not None:
-            kn.check(effective_model(m, kn), ctx)
+            kn.check(effective_model(m, kn), ctx_ax.astype(np.float64))
         prec = apply_knobs(base_prec, kn)
         for t in tp_ax:
-            if layout is None:
-                frame = _evaluate(m, g, prof, ctx, b, out, prec, int(t), chunk_tokens, reserve_fraction, kn)
-            else:
-                frame = _evaluate_layout(m, g, prof, ctx, b, out, prec, int(t), chunk_tokens, reserve_fraction, kn,
-                                         layout, ring)
-            for name, value in knob_values.items():
-                frame[name] = value.value if hasattr(value, "value") else value
-            frames.append(frame)
-    return pd.concat(frames, ignore_index=True)
+            for i0 in range(0, n, step):
+                ic, ib, io = np.unravel_index(np.arange(i0, min(n, i0 + step), dtype=np.int64), shape)
+                ctx, b, out = (ax[i].astype(np.float64) for ax, i in ((ctx_ax, ic), (b_ax, ib), (out_ax, io)))
+                if layout is None:
+                    frame = _evaluate(m, g, prof, ctx, b, out, prec, int(t), chunk_tokens, reserve_fraction, kn)
+                else:
+                    frame = _evaluate_layout(m, g, prof, ctx, b, out, prec, int(t), chunk_tokens, reserve_fraction,
+                                             kn, layout, ring)
+                for name, value in knob_values.items():
+                    frame[name] = value.value if hasattr(value, "value") else value
+                yield frame
 
 
 def _evaluate_layout(m, g, prof, ctx, b, out, prec, t, chunk_tokens, reserve_fraction, kn, lay,

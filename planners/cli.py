@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
+import time
 
 from perfmodel.jsonout import dumps
 from planners.errors import PlannerError
@@ -74,9 +75,10 @@ def _solver_args(p: argparse.ArgumentParser) -> None:
 
 
 def _options(args):
+    """Solver options whose deadline is the command's start (``args.t0``) plus ``--time-limit``."""
     from planners.solver import SolverOptions
 
-    return SolverOptions(args.solver, args.time_limit, args.gap)
+    return SolverOptions(args.solver, args.time_limit, args.gap, deadline=args.t0 + args.time_limit)
 
 
 def _bandwidths(system: str) -> tuple[float, float]:
@@ -90,6 +92,7 @@ def _bandwidths(system: str) -> tuple[float, float]:
 
 
 def _cmd_moe(args) -> int:
+    args.t0 = time.perf_counter()
     from planners.inputs import read_affinity, read_loads
     from planners.moe import MoEProblem, plan_moe
 
@@ -135,15 +138,18 @@ def _print_moe(out: dict) -> None:
 
 
 def _cmd_sp(args) -> int:
+    args.t0 = time.perf_counter()
     from hw.loader import load_gpu
     from perfmodel.calibration import resolve_profile
     from perfmodel.models import load_model
     from planners.inputs import read_lengths
-    from planners.sp import build_instance, check_gpus, plan_sp
+    from planners.sp import build_instance, check_gpus, check_size, plan_sp
     from planners.sp_cost import SpCostModel, SpKind
 
     lengths = read_lengths(args.lengths)
     check_gpus(args.gpus)
+    if args.buckets >= 1:
+        check_size(args.gpus, min(args.buckets, len(set(lengths.tolist()))))
     gpu = load_gpu(args.gpu)
     cost = SpCostModel(load_model(args.model), gpu, resolve_profile(gpu, args.mode), SpKind(args.sp_kind))
     plan = plan_sp(build_instance(lengths, args.gpus, cost), _options(args), args.buckets)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from perfmodel.errors import TooLargeError as _TooLarge
+
 
 class PlannerError(ValueError):
     """Bad planner input (a size, a file, an option)."""
@@ -11,4 +13,8 @@ class InfeasibleError(PlannerError):
     """No plan can satisfy the constraints; the message names what cannot fit."""
 
 
-__all__ = ["InfeasibleError", "PlannerError"]
+class TooLargeError(PlannerError, _TooLarge):
+    """An input whose model would exceed a documented size bound; ``count`` and ``limit`` name both."""
+
+
+__all__ = ["InfeasibleError", "PlannerError", "TooLargeError"]

@@ -70,6 +70,8 @@ def _local_search(cs: list[np.ndarray], w: np.ndarray, layers: int, deadline: fl
     best = _objective(cs, perms, w)
     for _ in range(20):
         for l in range(layers):
+            if time.perf_counter() > deadline:  # every layer's map stays a permutation; descent is monotone
+                return perms
             cost = np.zeros((g, g))
             if l > 0:
                 cost += cs[l - 1].T @ w[perms[l - 1], :]

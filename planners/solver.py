@@ -55,12 +55,21 @@ class SolverOptions:
         Relative optimality gap at which a solve stops and counts as optimal.
     threads : int
         Solver threads (1 keeps runs deterministic).
+    deadline : float or None, seconds of ``time.perf_counter()``
+        When the whole command must be done (the CLI sets it when the command
+        starts, so reading the inputs counts); None: the planner's start plus
+        ``time_limit_s``.  Every solve's limit is cut to what is left before it.
     """
 
     name: SolverName = SolverName.HIGHS
     time_limit_s: float = 60.0
     gap_rel: float = 1e-3
     threads: int = 1
+    deadline: float | None = None
+
+    def deadline_from(self, t0: float) -> float:
+        """The deadline of a plan that started at ``t0`` (``time.perf_counter()``)."""
+        return self.deadline if self.deadline is not None else t0 + self.time_limit_s
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, SolverName):
@@ -145,6 +154,8 @@ def solve(prob: pulp.LpProblem, options: SolverOptions, time_limit_s: float, war
     ``warm``: the variables carry initial values (``setInitialValue``) forming a
     feasible solution; both back ends start from it.
     """
+    if options.deadline is not None:  # never past the command's deadline
+        time_limit_s = min(float(time_limit_s), options.deadline - time.perf_counter())
     limit = max(0.05, float(time_limit_s))
     if options.name is SolverName.HIGHS:
         solver = _WarmHiGHS(msg=False, timeLimit=limit, gapRel=options.gap_rel, threads=options.threads)
@@ -181,6 +192,22 @@ def solve(prob: pulp.LpProblem, options: SolverOptions, time_limit_s: float, war
     else:
         status, obj = SolveStatus.FEASIBLE, None
     return SolveResult(status=status, objective=None if obj is None else float(obj), bound=bound, seconds=seconds)
+
+
+MAX_MILP_VARIABLES = 200_000
+"""The largest MILP a planner builds (variables); PuLP holds each as a Python object (about 1 KB with its
+constraints' terms) and builds them at about 10^4 per second, so beyond this a model alone would outlast
+any sensible time limit.  Larger inputs are refused with the count and this bound."""
+
+
+def check_model_size(variables: int, what: str) -> None:
+    """:class:`planners.errors.TooLargeError` naming ``what`` and the count when ``variables > MAX_MILP_VARIABLES``."""
+    if variables > MAX_MILP_VARIABLES:
+        from planners.errors import TooLargeError
+
+        raise TooLargeError(f"{what}: its MILP would have {variables:,} variables, beyond the bound of "
+                            f"{MAX_MILP_VARIABLES:,} (planners.solver.MAX_MILP_VARIABLES)",
+                            count=int(variables), limit=MAX_MILP_VARIABLES)
 
 
 def relative_gap(upper: float, lower: float) -> float:

@@ -31,7 +31,8 @@ import numpy as np
 import pulp
 
 from planners.errors import InfeasibleError, PlannerError
-from planners.solver import SolverOptions, SolveStatus, new_var, relative_gap, solve
+from perfmodel.progress import progress
+from planners.solver import SolverOptions, SolveStatus, check_model_size, new_var, relative_gap, solve
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,24 @@ def build_instance(lengths, gpus: int, cost) -> SpInstance:
     inst = SpInstance(s.astype(np.int64), gpus, degrees, t, mem, cap)
     check_fits(inst)
     return inst
+
+
+BUILD_S_PER_VARIABLE = 5e-5
+"""seconds per MILP variable to build the model and hand it to HiGHS (measured: 7 s for 4096 GPUs x 16
+buckets, 139K variables)."""
+
+
+def milp_variables(gpus: int, buckets: int) -> int:
+    """Variables of the bucketed MILP at most: ``A[q,p]`` and ``m_p`` over ``sum_d N / d`` virtual groups
+    (every power-of-two degree ``d <= N``), and ``C``."""
+    groups = sum(gpus // (1 << i) for i in range(int(gpus).bit_length()))
+    return groups * (buckets + 1) + 1
+
+
+def check_size(gpus: int, buckets: int) -> None:
+    """Refuse (:class:`planners.errors.TooLargeError`, naming the GPU count) an instance whose MILP
+    would exceed :data:`planners.solver.MAX_MILP_VARIABLES`; cheap, before any table is built."""
+    check_model_size(milp_variables(gpus, buckets), f"{gpus:,} GPUs x {buckets} length buckets")
 
 
 def check_fits(inst: SpInstance) -> None:
@@ -221,8 +240,10 @@ def _makespan(groups: tuple[SpGroup, ...]) -> float:
 
 
 def _milp(inst: SpInstance, bucket: np.ndarray, start: tuple[int, list[list[int]]] | None, lb: float,
-          options: SolverOptions, seconds: float):
-    """Bucketed MILP; returns (groups as [(degree, [sequence ids])] or None, SolveResult)."""
+          options: SolverOptions, deadline: float):
+    """Bucketed MILP, solved by ``deadline`` (``time.perf_counter()``, model building included);
+    returns (groups as [(degree, [sequence ids])] or None, SolveResult or None)."""
+    t_build = time.perf_counter()
     nq = int(bucket.max()) + 1
     members = [np.flatnonzero(bucket == q) for q in range(nq)]
     members = [m[np.argsort(-inst.lengths[m], kind="stable")] for m in members]
@@ -276,7 +297,8 @@ def _milp(inst: SpInstance, bucket: np.ndarray, start: tuple[int, list[list[int]
             for s in seqs:
                 a[bucket[s], p].setInitialValue((a[bucket[s], p].varValue or 0) + 1)
         warm = True
-    res = solve(prob, options, seconds, warm=warm)
+    build = time.perf_counter() - t_build  # extraction and handing the model over take about as long
+    res = solve(prob, options, max(0.05, deadline - time.perf_counter() - build), warm=warm)
     if res.objective is None:
         return None, res
     taken = [0] * nq
@@ -299,9 +321,11 @@ def plan_sp(inst: SpInstance, options: SolverOptions | None = None, buckets: int
     """Plan the SP groups of one batch within ``options.time_limit_s``."""
     options = options or SolverOptions()
     t0 = time.perf_counter()
+    deadline = options.deadline_from(t0)
     check_fits(inst)
     if buckets < 1:
         raise PlannerError(f"buckets must be >= 1, got {buckets}")
+    check_size(inst.gpus, min(buckets, len(np.unique(inst.lengths))))
     lb = lower_bound(inst)
     statics = static_plans(inst)
     base = {f"static_sp_{d}": (_makespan(_layout([(d, s) for s in g], inst)) if g is not None else None)
@@ -321,8 +345,13 @@ def plan_sp(inst: SpInstance, options: SolverOptions | None = None, buckets: int
     if seeds:
         d0 = min(seeds, key=lambda d: max(up_t[s, inst.degrees.index(d)].sum() if s else 0.0 for s in seeds[d]))
         start = (d0, seeds[d0])
-    left = options.time_limit_s - (time.perf_counter() - t0)
-    groups, res = _milp(inst, bucket, start, lb, options, max(0.05, left * 0.9))
+    # building the model and handing it to the solver take about as long as each other: run the MILP
+    # only when both and a short solve fit in what is left
+    if deadline - time.perf_counter() > BUILD_S_PER_VARIABLE * milp_variables(inst.gpus, nq) + 0.2:
+        with progress(None, "plan sp: MILP"):
+            groups, res = _milp(inst, bucket, start, lb, options, deadline)
+    else:  # no time left for a MILP: the best static strategy
+        groups, res = None, None
     status = SolveStatus.HEURISTIC
     if groups is not None:
         cand = _layout(groups, inst)
@@ -341,5 +370,5 @@ def plan_sp(inst: SpInstance, options: SolverOptions | None = None, buckets: int
         status = SolveStatus.OPTIMAL
     solver = {"name": options.name.value, "status": status.value, "gap": gap, "seconds": time.perf_counter() - t0,
               "buckets": nq, "bucketing_exact": bool(exact),
-              "milp_status": res.status.value if res is not None else "not run"}
+              "milp_status": res.status.value if res is not None else "not run: no time left to build and solve it"}
     return SpPlan(plan, ms, lb, base, solver)

@@ -36,7 +36,7 @@ def simulate_view(model: str, gpu: str, tp: int, replicas: int, mode: str, weigh
     res = simulate(dep, reqs)
     s = Slo(ttft_s=slo[0], tpot_s=slo[1]) if any(v is not None for v in slo) else None
     return {"summary": res.summary(s), "requests": res.requests_frame(), "timeline": res.timeline_frame(),
-            "hbm_capacity_bytes": float(dep.gpu.hbm_usable_bytes)}
+            "hbm_capacity_bytes": float(dep.gpu.hbm_usable_bytes), "notes": list(res.notes)}
 
 
 st.title("Serving")
@@ -85,6 +85,8 @@ except ValueError as exc:
     common.show_error(exc)
     st.stop()
 
+for note in out.get("notes", []):
+    st.info(note)
 s = out["summary"]
 m = st.columns(7)
 m[0].metric("TTFT p50", fmt_seconds(s["ttft_s"]["p50"]), help="Time to first token, median.")

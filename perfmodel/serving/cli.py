@@ -108,7 +108,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     out: dict[str, Any] = res.summary(slo)
     b = analytic_bounds(dep, reqs)
     out["knobs"] = dep.knobs.to_dict() if dep.knobs is not None else {}
-    out["notes"] = [COST_NOT_QUALITY] if dep.knobs is not None else []
+    out["notes"] = list(res.notes) + ([COST_NOT_QUALITY] if dep.knobs is not None else [])
     out["analytic"] = {
         "prefill_alone_s_p50": float(_median(b.prefill_s)),
         "max_concurrency": int(b.max_concurrency),

@@ -115,7 +115,9 @@ class Deployment:
         """Build from names; ``kw`` are the other fields (enums may be given as strings, ``knobs`` a Knobs).
         ``attention_impl`` (``sdpa`` default, ``flash2``, ``triton``) picks the attention kernel's curves."""
         m, g = load_model(model), load_gpu(gpu)
-        prof = resolve_profile(g, Mode(mode), kw.pop("profile", None), attention_impl, launch)
+        from perfmodel.scenario import check_mode
+
+        prof = resolve_profile(g, check_mode(mode), kw.pop("profile", None), attention_impl, launch)
         if "kv_policy" in kw:
             kw["kv_policy"] = _enum(KvPolicy, kw["kv_policy"], "kv_policy")
         if "router" in kw:
@@ -128,8 +130,9 @@ class Deployment:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InvalidInputError(f"{name} must be an integer >= 1, got {v!r}")
         check_tp(self.model, self.tp)
-        if self.pp > self.model.num_layers:
-            raise InvalidInputError(f"pp={self.pp} exceeds the {self.model.num_layers} layers of {self.model.name}")
+        from perfmodel.parallel import check_pp
+
+        check_pp(self.model, self.pp)  # pp divides the layers, as in analyze and sweep (perfmodel.scenario)
         if self.max_num_seqs > self.token_budget:
             raise InvalidInputError(
                 f"max_num_seqs ({self.max_num_seqs}) must not exceed token_budget ({self.token_budget}): "
@@ -320,12 +323,9 @@ def kv_tokens_kept(dep: Deployment, tokens: int) -> int:
 
 
 def check_fits_alone(dep: Deployment, mem: ReplicaMemory, prompt_len: int, output_len: int) -> None:
-    """Raise unless one request of these lengths fits the model's window and the replica's HBM."""
+    """Raise unless one request of these lengths fits the replica's HBM (a request beyond the model's
+    trained window is priced, with a note: :func:`perfmodel.scenario.window_note`)."""
     total = int(prompt_len) + int(output_len)
-    if dep.model.max_context and total > dep.model.max_context:
-        raise InvalidInputError(
-            f"a request of {prompt_len} prompt + {output_len} output tokens exceeds the context window of "
-            f"{dep.model.name} ({dep.model.max_context} tokens); shorten it or cap the length distribution")
     need = mem.blocks_for(kv_tokens_kept(dep, total))
     if need > mem.capacity_blocks:
         need_b = need * dep.block_tokens * mem.kv_bytes_per_token_per_gpu

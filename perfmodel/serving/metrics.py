@@ -77,6 +77,7 @@ class SimResult:
     swap_in_bytes: float
     iterations: int
     wall_s: float
+    notes: tuple[str, ...] = ()  # analyze's notes (a request beyond the trained window: perfmodel.scenario)
 
     @classmethod
     def collect(cls, dep, mem, reqs, table, replicas, wall_s: float) -> SimResult:

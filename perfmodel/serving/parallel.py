@@ -2,7 +2,7 @@
 
 ``parallel_map(fn, items)`` is the one entry point.  With Ray importable
 (``pip install .[distributed]``) it connects to the cluster named by
-``RAY_ADDRESS`` or starts a local instance, runs ``fn`` on each item as a
+``RAY_ADDRESS`` or starts a local instance (bound to 127.0.0.1, no Ray dashboard), runs ``fn`` on each item as a
 Ray task and returns the results in order; without Ray it runs a plain loop.
 The same code serves both: ``fn`` must be a module-level function and the
 items picklable.
@@ -41,6 +41,9 @@ def resolve_backend(backend: Backend | str = Backend.AUTO) -> Backend:
     return b
 
 
+LOCAL_ADDRESS = "127.0.0.1"
+
+
 def _ensure_ray(num_cpus: int | None):
     import ray
 
@@ -49,8 +52,8 @@ def _ensure_ray(num_cpus: int | None):
         kw: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": False, "include_dashboard": False}
         if address:
             ray.init(address=address, **kw)
-        else:
-            ray.init(num_cpus=num_cpus, **kw)
+        else:  # a local instance: every Ray service on the loopback interface only
+            ray.init(num_cpus=num_cpus, _node_ip_address=LOCAL_ADDRESS, dashboard_host=LOCAL_ADDRESS, **kw)
     return ray
 
 

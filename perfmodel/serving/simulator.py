@@ -43,7 +43,8 @@ def simulate(dep: Deployment, requests: Requests | Workload, record_timeline: bo
     Raises
     ------
     InvalidInputError
-        When a request exceeds the model's context window.
+        For requests that are not :class:`Requests` or a :class:`Workload`.  A request beyond the
+        model's trained window is simulated, with a note in ``SimResult.notes``.
     KnobError
         When a knob does not fit the model or the requests (a window longer
         than the shortest prompt).
@@ -67,7 +68,13 @@ def simulate(dep: Deployment, requests: Requests | Workload, record_timeline: bo
     replicas = [Replica(k, dep, mem, timer, table, record_timeline) for k in range(dep.replicas)]
     _run(replicas, table, dep.router, progress)
     wall = time.perf_counter() - wall0
-    return SimResult.collect(dep, mem, reqs, table, replicas, wall)
+    res = SimResult.collect(dep, mem, reqs, table, replicas, wall)
+    from dataclasses import replace
+
+    from perfmodel.scenario import window_note
+
+    note = window_note(dep.model, int(totals.max()))
+    return replace(res, notes=(note,)) if note else res
 
 
 def _run(replicas: list[Replica], table: RequestTable, router: Router, progress: ProgressFn | None) -> None:

@@ -53,7 +53,6 @@ def test_outputs_and_trace_file(capsys, tmp_path):
     (["--arrival-rate", "-2"], "arrival rate"),
     (["--prompt-len", "0"], "integer >= 1"),
     (["--output-len", "uniform:5:1"], "low <= high"),
-    (["--prompt-len", "9000"], "context window"),
     (["--model", "yi-34b", "--gpu", "a100-sxm-80gb", "--prompt-len", "150000", "--output-len", "5"], "GiB of KV"),
     (["--model", "llama-3-70b", "--gpu", "a100-sxm-80gb"], "raise tp or pp"),
     (["--tp", "3"], "does not divide"),

@@ -47,3 +47,22 @@ def test_two_worker_ray_instance_gives_the_same_results(monkeypatch):
     finally:
         ray.shutdown()
     assert _strip(got) == _strip([simulate(*j).summary() for j in jobs])
+
+
+def test_local_ray_binds_to_loopback(monkeypatch):
+    """A local Ray instance listens on 127.0.0.1 with no dashboard; RAY_ADDRESS joins the named cluster as is."""
+    ray = pytest.importorskip("ray")
+    from perfmodel.serving import parallel
+
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    parallel._ensure_ray(2)
+    kw = calls[-1]
+    assert kw["_node_ip_address"] == "127.0.0.1" and kw["include_dashboard"] is False
+    assert "address" not in kw
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
+    parallel._ensure_ray(2)
+    kw = calls[-1]
+    assert kw["address"] == "ray://head:10001" and "_node_ip_address" not in kw
