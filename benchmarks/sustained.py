@@ -89,22 +89,6 @@ def _ops(device, dry: bool):
     ]
 
 
-def _graph(fn, calls: int):
-    import torch
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(calls):
-            fn()
-    return g
-
-
 def _replay_s(g) -> float:
     import torch
 
@@ -119,7 +103,7 @@ def _replay_s(g) -> float:
 def measure(out: Path, seconds: float, settle_s: float, pause_s: float, dry: bool) -> dict:
     import torch
 
-    from validation.bench import kernel_names
+    from validation.bench import capture_graph, kernel_names
     from validation.records import canonical_gpu
     from validation.run import driver_version
 
@@ -145,7 +129,7 @@ def measure(out: Path, seconds: float, settle_s: float, pause_s: float, dry: boo
         one_s = max(time.perf_counter() - t0, 1e-6)
         burst_calls = max(1, int(5e-3 / one_s))
         seg_calls = max(1, int(0.05 / one_s))
-        g_burst, g_seg = _graph(fn, burst_calls), _graph(fn, seg_calls)
+        g_burst, g_seg = capture_graph([fn], burst_calls), capture_graph([fn], seg_calls)
         kern = kernel_names(fn)
         time.sleep(pause_s)  # idle: the clocks recover before the burst
         burst = [burst_calls * work / _replay_s(g_burst) for _ in range(5)]
