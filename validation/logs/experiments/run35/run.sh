@@ -1,1 +1,0 @@
-cd benchmarks && timeout 400 python kernels.py --sections streamk_rounds --main-only --shapes 1:1024,2:1024,4:1024,8:1024,1:4096,4:4096,2:16384 --variant A1:_STREAM_K_ASSUME_UNIFORM=1 --variant A2:_STREAM_K_ASSUME_UNIFORM=2 --out $OUT/r > $OUT/rounds.log 2>&1; grep -E "^ +[0-9]+ +[0-9]+ |variant|faster|rror" $OUT/rounds.log | sed 's/   \[/\n   [/g' | tail -60
