@@ -40,6 +40,7 @@ import numpy as np
 import pulp
 
 from planners import moe_baselines as mb
+from planners import moe_search as ms
 from planners.errors import InfeasibleError, PlannerError
 from planners.moe_traffic import TrafficModel, stage2_map
 from perfmodel.progress import progress
@@ -142,10 +143,11 @@ class SolverReport:
     layers_proven: int
     layers: int
     stage2_status: SolveStatus | None = None
+    milp_layers: int = 0
 
     def to_dict(self) -> dict:
         d = {"name": self.name, "status": self.status.value, "gap": self.gap, "seconds": self.seconds,
-             "layers_proven_optimal": self.layers_proven, "layers": self.layers}
+             "layers_proven_optimal": self.layers_proven, "layers": self.layers, "milp_layers": self.milp_layers}
         if self.stage2_status is not None:
             d["affinity_status"] = self.stage2_status.value
         return d
@@ -160,14 +162,19 @@ class MoEPlan:
     lower_bounds: tuple[float, ...]
     baselines: dict[str, tuple[LayerMetrics, ...]] = field(default_factory=dict)
     solver: SolverReport | None = None
+    gaps: tuple[float, ...] = ()
+    methods: tuple[str | None, ...] = ()
 
     def to_dict(self) -> dict:
         def total(ms, key):
             vals = [getattr(m, key) for m in ms]
             return None if all(v is None for v in vals) else float(sum(v for v in vals if v is not None))
 
-        layers = [{"placement": [list(g) for g in p], **m.to_dict(), "lower_bound": lb}
-                  for p, m, lb in zip(self.placements, self.metrics, self.lower_bounds)]
+        n = len(self.placements)
+        gaps = self.gaps or (None,) * n
+        methods = self.methods or (None,) * n
+        layers = [{"placement": [list(g) for g in p], **m.to_dict(), "lower_bound": lb, "gap": gap, "method": how}
+                  for p, m, lb, gap, how in zip(self.placements, self.metrics, self.lower_bounds, gaps, methods)]
         from perfmodel.jsonout import jsonable
 
         keys = ("max_gpu_load", "cross_gpu_tokens", "cross_node_tokens", "weighted_traffic")
@@ -250,13 +257,21 @@ def plan_moe(problem: MoEProblem, options: SolverOptions | None = None) -> MoEPl
     """Plan every layer within ``options.time_limit_s`` (wall clock, both stages, scoring included),
     or by ``options.deadline`` when set.
 
-    Layers whose best baseline already meets the lower bound within
-    ``options.gap_rel`` are proven without a solve; the rest are solved worst
-    gap first, each with an equal share of the remaining time but at least one
-    second of solver time (with many layers the worst get solved, the rest keep
-    their best baseline).  A layer whose
-    solve proves nothing keeps the better of the solver's incumbent and the
-    best baseline, and the report says "not proven optimal".
+    Layers are independent for the load, so each is planned alone:
+
+    1. the best baseline and the lower bound of :func:`planners.moe_search.lower_bound`;
+       a layer whose baseline meets the bound within ``options.gap_rel`` is proven;
+    2. the local search and counts-first constructions of :func:`planners.moe_search.heuristic`
+       (at most half of what is left for stage 1, shared equally by the open layers);
+    3. with at most ``SEARCH_MAX_EXPERTS`` experts, the exact branch and bound of
+       :func:`planners.moe_search.branch_and_bound`, which proves the layer when it ends in time;
+    4. the MILP on what is still open, worst gap first, each layer an equal share of
+       the remaining time but at least one second of solver time.
+
+    A layer whose steps prove nothing keeps the best placement found, and the
+    report says "not proven optimal".  Each layer's ``gap`` is ``(plan - lower
+    bound) / plan``; ``method`` says what closed it (``lower_bound``, ``search``,
+    ``milp``) or None.
     """
     options = options or SolverOptions()
     t0 = time.perf_counter()
@@ -270,14 +285,45 @@ def plan_moe(problem: MoEProblem, options: SolverOptions | None = None) -> MoEPl
         best = min(base[l].values(), key=lambda p: (mb.gpu_loads(p, problem.loads[l]).max(), -len(p)))
         placements.append(best)
         ub[l] = mb.gpu_loads(best, problem.loads[l]).max()
-        lb[l] = mb.load_lower_bound(problem.loads[l], G, S)
+        lb[l] = ms.lower_bound(problem.loads[l], G, S)
+    base_ub = ub.copy()
+    method: list[str | None] = [None] * L
+
+    def is_open(l: int) -> bool:
+        return relative_gap(ub[l], lb[l]) > options.gap_rel + 1e-12
+
+    for l in range(L):
+        if not is_open(l):
+            method[l] = "lower_bound"
     # score the baselines first: scoring the plan at the end takes as long, and that time is kept for it
     t_score = time.perf_counter()
     bl = {name: score(problem, [base[l][name] for l in range(L)]) for name in base[0]}
     reserve = 1.5 * (time.perf_counter() - t_score) / max(1, len(bl)) + 0.05
     stage2_share = 0.25 if problem.affinity is not None else 0.0
     stage1_end = deadline - stage2_share * max(0.0, deadline - time.perf_counter()) - reserve
-    todo = [l for l in range(L) if relative_gap(ub[l], lb[l]) > options.gap_rel + 1e-12]
+    todo = [l for l in range(L) if is_open(l)]
+    todo.sort(key=lambda l: -relative_gap(ub[l], lb[l]))
+    search_end = time.perf_counter() + 0.5 * max(0.0, stage1_end - time.perf_counter())
+    with progress(len(todo), "plan moe: search") as advance:
+        for k, l in enumerate(todo):
+            layer_end = time.perf_counter() + max(0.0, search_end - time.perf_counter()) / (len(todo) - k)
+            w = problem.loads[l]
+            cand = ms.heuristic(w, G, S, placements[l], layer_end)
+            val = mb.gpu_loads(cand, w).max()
+            if val < ub[l]:
+                placements[l], ub[l] = cand, val
+            if not is_open(l):
+                method[l] = "lower_bound"
+            elif E <= SEARCH_MAX_EXPERTS and time.perf_counter() < layer_end:
+                cand, proven, _ = ms.branch_and_bound(w, G, S, placements[l], options.gap_rel, layer_end)
+                val = mb.gpu_loads(cand, w).max()
+                if val < ub[l]:
+                    placements[l], ub[l] = cand, val
+                if proven:
+                    lb[l] = max(lb[l], ub[l] * (1 - options.gap_rel))
+                    method[l] = "search"
+            advance(1)
+    todo = [l for l in todo if is_open(l)]
     todo.sort(key=lambda l: -relative_gap(ub[l], lb[l]))
     solved_status = {}
     # seconds per layer outside the solver's own limit (model building, handing it to the solver,
@@ -305,6 +351,8 @@ def plan_moe(problem: MoEProblem, options: SolverOptions | None = None) -> MoEPl
                 lb[l] = max(lb[l], min(res.bound, ub[l]))
             if res.status is SolveStatus.OPTIMAL:
                 lb[l] = max(lb[l], ub[l] * (1 - options.gap_rel))
+            if not is_open(l):
+                method[l] = "milp"
             solved_status[l] = res.status
             overhead = max(0.0, time.perf_counter() - t_layer - min(granted, res.seconds))
             advance(1)
@@ -313,16 +361,23 @@ def plan_moe(problem: MoEProblem, options: SolverOptions | None = None) -> MoEPl
         placements, stage2_status = stage2_map(problem, placements, options, deadline - reserve)
     gaps = [relative_gap(ub[l], lb[l]) for l in range(L)]
     proven = sum(g <= options.gap_rel + 1e-12 for g in gaps)
+    improved = any(ub[l] < base_ub[l] for l in range(L))
     if proven == L:
         status = SolveStatus.OPTIMAL
-    elif any(s in (SolveStatus.OPTIMAL, SolveStatus.FEASIBLE) for s in solved_status.values()):
+    elif improved or any(s in (SolveStatus.OPTIMAL, SolveStatus.FEASIBLE) for s in solved_status.values()):
         status = SolveStatus.FEASIBLE
     else:
         status = SolveStatus.HEURISTIC
     metrics = score(problem, placements)
     report = SolverReport(options.name.value, status, float(max(gaps)), time.perf_counter() - t0, int(proven), L,
-                          stage2_status)
-    return MoEPlan(tuple(placements), metrics, tuple(float(v) for v in lb), bl, report)
+                          stage2_status, len(solved_status))
+    return MoEPlan(tuple(placements), metrics, tuple(float(v) for v in lb), bl, report,
+                   tuple(float(g) for g in gaps), tuple(method))
+
+
+SEARCH_MAX_EXPERTS = 64
+"""Largest expert count per layer for which the exact branch and bound runs (beyond it, the
+local search, the lower bound and the MILP)."""
 
 
 BUILD_S_PER_VARIABLE = 6e-5
