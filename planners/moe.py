@@ -375,7 +375,7 @@ def plan_moe(problem: MoEProblem, options: SolverOptions | None = None) -> MoEPl
                    tuple(float(g) for g in gaps), tuple(method))
 
 
-SEARCH_MAX_EXPERTS = 64
+SEARCH_MAX_EXPERTS = 24
 """Largest expert count per layer for which the exact branch and bound runs (beyond it, the
 local search, the lower bound and the MILP)."""
 
