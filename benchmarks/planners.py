@@ -2,7 +2,8 @@
 
     python benchmarks/planners.py [--time-limit 60] [--only moe|sp]
 
-MoE: Zipf(alpha) loads (0, 1.01, 1.2) over 256 experts x 32 GPUs x 61 layers
+MoE: the EPLB README example (2 layers x 12 experts on 8 GPUs x 2 slots) at gap 0.1% and 0,
+each layer's plan, lower bound and gap beside every baseline; then Zipf(alpha) loads (0, 1.01, 1.2) over 256 experts x 32 GPUs x 61 layers
 (DeepSeek-V3 sized: 8 slots per GPU, or 9 with DeepSeek's 32 redundant
 experts), 4 nodes; one run with inter-layer affinity; plus 8x4 and 64x8.
 SP: log-normal(5.95, 1.26) lengths (FlexSP's Wikipedia fit) on Llama-3-8B / H100
@@ -29,6 +30,29 @@ from planners.solver import SolverOptions
 from planners.synthetic import lognormal_lengths, markov_affinity, zipf_loads
 
 
+# deepseek-ai/EPLB README example: 2 layers x 12 experts, 16 physical slots on 8 GPUs in 2 nodes
+EPLB_README = [[90, 132, 40, 61, 104, 165, 39, 4, 73, 56, 183, 86],
+               [20, 107, 104, 64, 19, 197, 187, 157, 172, 86, 16, 27]]
+
+
+def moe_published(limit: float):
+    print("\nMoE placement, EPLB README example (2 layers x 12 experts, 8 GPUs x 2 slots, 2 nodes): max GPU load")
+    names = ("contiguous", "round_robin", "greedy_lpt", "eplb_hierarchical", "greedy_replicated")
+    print(f"{'gap_rel':>7} {'layer':>5} {'plan':>7} {'bound':>8} {'gap':>7} {'closed by':>11} "
+          + " ".join(f"{n:>17}" for n in names))
+    for gap in (1e-3, 0.0):
+        t0 = time.perf_counter()
+        plan = plan_moe(MoEProblem(np.array(EPLB_README, float), 8, 2, 2), SolverOptions(time_limit_s=limit,
+                                                                                      gap_rel=gap))
+        wall = time.perf_counter() - t0
+        d = plan.to_dict()
+        for l, layer in enumerate(d["layers"]):
+            print(f"{gap:>7g} {l:>5} {layer['max_gpu_load']:>7.1f} {layer['lower_bound']:>8.2f} {layer['gap']:>7.2%} "
+                  f"{str(layer['method']):>11} " + " ".join(
+                      f"{d['baselines'][n]['layers'][l]['max_gpu_load']:>17.1f}" for n in names))
+        print(f"{'':>7} {'all':>5} status {d['solver']['status']}, {wall:.3f} s wall", flush=True)
+
+
 def moe_rows(limit: float):
     cases = [(8, 4, 1, 2, 0, 1.01, False), (8, 4, 1, 3, 0, 1.01, False), (64, 8, 4, 8, 2, 1.01, False),
              (64, 8, 4, 9, 2, 1.01, False)]
@@ -36,7 +60,7 @@ def moe_rows(limit: float):
     cases += [(256, 32, 61, 9, 4, 1.01, True)]
     print("\nMoE placement (tokens: sum over layers of the max GPU load)")
     print(f"{'E x G x L':>13} {'slots':>5} {'alpha':>5} {'aff':>3} {'status':>30} {'proven':>7} {'s':>6} "
-          f"{'gap':>7} {'plan':>11} {'contig':>7} {'rr':>7} {'lpt':>7} {'eplb':>7} {'greedy+rep':>10} {'xnode':>7}")
+          f"{'gap':>7} {'median':>7} {'bound':>11} {'plan':>11} {'contig':>7} {'rr':>7} {'lpt':>7} {'eplb':>7} {'greedy+rep':>10} {'xnode':>7}")
     for e, g, l, s, nodes, alpha, aff in cases:
         loads = zipf_loads(e, l, alpha, tokens=200_000, top_k=min(8, e // 4), seed=11)
         r = markov_affinity(loads, seed=11) if aff else None
@@ -50,7 +74,8 @@ def moe_rows(limit: float):
         if aff:
             xnode = f"{d['baselines']['eplb_hierarchical']['total']['weighted_traffic'] / d['total']['weighted_traffic']:.2f}x"
         print(f"{e:>4}x{g:>3}x{l:>3} {s:>5} {alpha:>5} {'yes' if aff else 'no':>3} {d['solver']['status']:>30} "
-              f"{d['solver']['layers_proven_optimal']:>3}/{l:<3} {wall:>6.1f} {d['solver']['gap']:>7.2%} {ours:>11,.0f} "
+              f"{d['solver']['layers_proven_optimal']:>3}/{l:<3} {wall:>6.1f} {d['solver']['gap']:>7.2%} "
+              f"{float(np.median([x['gap'] for x in d['layers']])):>7.2%} {d['total']['lower_bound']:>11,.0f} {ours:>11,.0f} "
               f"{ratio('contiguous'):>6.3f}x {ratio('round_robin'):>6.3f}x {ratio('greedy_lpt'):>6.3f}x "
               f"{ratio('eplb_hierarchical'):>6.3f}x {ratio('greedy_replicated'):>9.3f}x {xnode:>7}", flush=True)
 
@@ -81,6 +106,17 @@ def sp_rows(limit: float):
               f"{wk[10:]:>4}: {wv / plan.makespan_s:.3f}x", flush=True)
 
 
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--time-limit", type=float, default=60.0)
@@ -90,10 +126,11 @@ def main() -> None:
 
     import highspy  # noqa: F401
 
-    print(f"date {datetime.date.today()}; {platform.machine()} {os.cpu_count()} CPUs; Python {platform.python_version()}; "
+    print(f"date {datetime.date.today()}; {cpu_model()}; {platform.machine()} {os.cpu_count()} CPUs; Python {platform.python_version()}; "
           f"PuLP {pulp.__version__}; highspy {version('highspy')}; numpy {np.__version__}; "
-          f"time limit {args.time_limit:g} s per plan; HiGHS, 1 thread, gap 0.1%")
+          f"time limit {args.time_limit:g} s per plan; HiGHS, 1 thread, gap 0.1% unless stated")
     if args.only in (None, "moe"):
+        moe_published(args.time_limit)
         moe_rows(args.time_limit)
     if args.only in (None, "sp"):
         sp_rows(args.time_limit)

@@ -1,6 +1,21 @@
-"""MoE expert placement: an ILP per layer for the load, then a GPU mapping for the cross-layer traffic.
+"""MoE expert placement: per layer the smallest largest GPU load, then a GPU mapping for the cross-layer traffic.
 
-Stage 1 (per layer ``l``, loads ``w_e``; ``G`` GPUs with ``S`` slots each)::
+Stage 1 (per layer ``l``, loads ``w_e``; ``G`` identical GPUs with ``S``
+slots each; expert ``e`` gets ``r_e >= 1`` replicas on distinct GPUs, each
+serving ``w_e / r_e``).  Layers are independent, and each goes through
+(:mod:`planners.moe_search`):
+
+1. the best baseline against a valid lower bound (the mean GPU load, the
+   smallest possible largest replica, a pigeonhole bound without spare slots);
+   many layers are proven here;
+2. a local search from the best baseline and from counts-first constructions
+   (replica counts by EPLB's rule, then longest-first packing): moves, swaps
+   and added replicas out of the busiest GPU;
+3. for small layers, an exact branch and bound that chooses each expert's
+   replica count, heaviest expert first, and places its replicas on GPU
+   *states* (load, used slots): identical GPUs in the same state are one
+   choice, which removes the GPU-permutation symmetry that stalls the MILP;
+4. what is still open goes to the MILP below::
 
     min z  s.t.  sum_e w_e f[e,g] <= z                  (GPU load)
                  sum_g f[e,g] = 1,  f[e,g] <= x[e,g]    (every token of e served)
@@ -8,13 +23,12 @@ Stage 1 (per layer ``l``, loads ``w_e``; ``G`` GPUs with ``S`` slots each)::
                  sum_g x[e,g] >= 1,  sum_e x[e,g] <= S, x binary
 
 With ``x`` fixed, ``f[e,g] = u_e x[e,g]`` and ``u_e = 1 / r_e``: the exact
-even split over the ``r_e`` replicas, linear in ``(x, f, u)``.  The ILP chooses
-which experts to replicate and where (EPLB decides this greedily).  With no spare
+even split over the ``r_e`` replicas, linear in ``(x, f, u)``.  With no spare
 slot the model drops ``f, u`` and uses ``sum_g x = 1``.  Symmetry: one replica of
 the heaviest expert sits on GPU 0 (with no spare slot: the ``j``-th heaviest
-expert only on GPUs ``0..j``).  Every solve starts from the best baseline
-(the greedy incumbent), is bounded above by it, and its result is checked
-against it: the plan is never worse than any baseline.
+expert only on GPUs ``0..j``).  Every step starts from the best placement so
+far and keeps it unless it finds a better one: the plan is never worse than
+any baseline.
 
 Stage 2 (with inter-layer routing counts ``R[l][e1][e2]``): the clusters of
 stage 1 (the expert sets of the GPUs of each layer) are mapped onto GPUs by a
