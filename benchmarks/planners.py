@@ -29,7 +29,6 @@ from planners.moe import MoEProblem, plan_moe
 from planners.solver import SolverOptions
 from planners.synthetic import lognormal_lengths, markov_affinity, zipf_loads
 
-
 # deepseek-ai/EPLB README example: 2 layers x 12 experts, 16 physical slots on 8 GPUs in 2 nodes
 EPLB_README = [[90, 132, 40, 61, 104, 165, 39, 4, 73, 56, 183, 86],
                [20, 107, 104, 64, 19, 197, 187, 157, 172, 86, 16, 27]]
@@ -48,7 +47,7 @@ def moe_published(limit: float):
         d = plan.to_dict()
         for l, layer in enumerate(d["layers"]):
             print(f"{gap:>7g} {l:>5} {layer['max_gpu_load']:>7.1f} {layer['lower_bound']:>8.2f} {layer['gap']:>7.2%} "
-                  f"{str(layer['method']):>11} " + " ".join(
+                  f"{layer['method']!s:>11} " + " ".join(
                       f"{d['baselines'][n]['layers'][l]['max_gpu_load']:>17.1f}" for n in names))
         print(f"{'':>7} {'all':>5} status {d['solver']['status']}, {wall:.3f} s wall", flush=True)
 

@@ -53,11 +53,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pulp
 
+from perfmodel.progress import progress
 from planners import moe_baselines as mb
 from planners import moe_search as ms
 from planners.errors import InfeasibleError, PlannerError
 from planners.moe_traffic import TrafficModel, stage2_map
-from perfmodel.progress import progress
 from planners.solver import SolverOptions, SolveStatus, check_model_size, new_var, relative_gap, solve
 
 Placement = mb.Placement
