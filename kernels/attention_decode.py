@@ -22,6 +22,11 @@ from collections.abc import Mapping
 import torch
 import triton
 
+from perfmodel import decode_schedule as ds
+from perfmodel.decode_schedule import BLOCK_N, DecodeConfig, DecodeSchedule
+from perfmodel.ops import Attention
+
+from . import _counts
 from . import _decode_kernels as _dk
 from ._common import (
     FLOAT_DTYPES,
@@ -33,10 +38,6 @@ from ._common import (
     next_pow2,
     num_sms,
 )
-from perfmodel import decode_schedule as ds
-from perfmodel.decode_schedule import BLOCK_N, DecodeConfig, DecodeSchedule
-
-from ._counts import attention_bytes, attention_flops
 
 __all__ = [
     "HEAD_DIMS", "MAX_STREAM_K_BATCH", "DecodeConfig", "DecodeSchedule", "attention_decode", "bytes_moved", "flops",
@@ -335,14 +336,14 @@ def attention_decode(
     return launch_decode(q, k_cache, v_cache, kv_lens, None, 1, Lmax, num_splits, sched, sm_scale, config)
 
 
-def flops(op: Mapping) -> int:
-    """FLOPs of a decode ``{"op": "attention", ...}`` descriptor: ``4*B*Hq*D*q_len*kv_len``."""
-    return attention_flops(op)
+def flops(op: Attention | Mapping) -> int:
+    """FLOPs of a decode core ``Attention`` or its descriptor: ``4*B*Hq*D*q_len*kv_len``."""
+    return _counts.flops(op, Attention)
 
 
-def bytes_moved(op: Mapping) -> int:
+def bytes_moved(op: Attention | Mapping) -> int:
     """Fewest bytes: the KV cache read once plus q read and the output written."""
-    return attention_bytes(op)
+    return _counts.bytes_moved(op, Attention)
 
 
 # `kernels.attention_decode.flops(op)` works whether `kernels.attention_decode`

@@ -11,14 +11,15 @@ from collections.abc import Mapping
 
 import torch
 
+from perfmodel.decode_schedule import DEFAULT_CONFIG, DecodeConfig, DecodeSchedule
+from perfmodel.ops import Attention
+
+from . import _counts
 from ._common import (
     KernelInputError,
     check_same_device,
     check_tensor,
 )
-from ._counts import attention_bytes, attention_flops
-from perfmodel.decode_schedule import DEFAULT_CONFIG, DecodeConfig, DecodeSchedule
-
 from .attention_decode import (
     _check_config,
     _check_num_splits,
@@ -106,14 +107,14 @@ def attention_decode_paged(
     )
 
 
-def flops(op: Mapping) -> int:
-    """FLOPs of a decode ``{"op": "attention", ...}`` descriptor (same as the contiguous cache)."""
-    return attention_flops(op)
+def flops(op: Attention | Mapping) -> int:
+    """FLOPs of a decode core ``Attention`` or its descriptor (same as the contiguous cache)."""
+    return _counts.flops(op, Attention)
 
 
-def bytes_moved(op: Mapping) -> int:
+def bytes_moved(op: Attention | Mapping) -> int:
     """Fewest bytes: the used pages read once plus q read and the output written."""
-    return attention_bytes(op)
+    return _counts.bytes_moved(op, Attention)
 
 
 # `kernels.attention_decode_paged.flops(op)` works whether `kernels.attention_decode_paged`
