@@ -118,14 +118,14 @@ def measure_row(model: E2EModel, row: Row, device, state: GpuState) -> dict[str,
         ids = torch.randint(0, s.vocab, (b, c), device=device, generator=gen)
 
         def fn():
-            return model(ids, cache, 0, c)
+            return model(ids, cache, 0, c)  # noqa: F821 (closure; deleted after the timing)
     else:
         cache = model.new_cache(b, c, fill=True)
         ids = torch.randint(0, s.vocab, (b, 1), device=device, generator=gen)
         model.ensure_rope(c)
 
         def fn():
-            return model(ids, cache, c - 1, c)
+            return model(ids, cache, c - 1, c)  # noqa: F821 (closure; deleted after the timing)
     for _ in range(row.warmup_calls):
         fn()
     _sync(device)
