@@ -20,7 +20,8 @@ host where there is no NVLink) and, for clusters, one NIC per GPU between nodes.
 larger than one node is placed on whole nodes and priced hierarchically (intra-node
 reduce-scatter, inter-node all-reduce on each GPU's own NIC, intra-node all-gather, and the
 analogous forms of the other collectives).  Without a named system the group is one node of
-the GPU's own fabric (its NVLink, else its PCIe link).
+the GPU's own fabric (its NVLink, else its PCIe link) of at most :data:`DEFAULT_NODE_GPUS` GPUs; a
+larger group is refused (:class:`GroupTooLargeError`) and needs a system that describes it.
 
 Calibration: a profile's collective classes (``all_reduce`` ... ``send_recv``) were measured
 on the GPU's own NVLink fabric, so they apply to NVLink/NVSwitch intra-node paths:
@@ -69,6 +70,10 @@ class AllReduceAlgorithm(str, enum.Enum):
 
 NVLINK_KINDS = frozenset({LinkKind.NVLINK, LinkKind.NVSWITCH})
 
+#: GPUs in the node assumed when no system is named: an HGX/DGX baseboard's NVLink domain.  A group
+#: beyond it is refused rather than priced as one NVLink node; a system file describes larger ones.
+DEFAULT_NODE_GPUS = 8
+
 
 @dataclass(frozen=True)
 class Topology:
@@ -107,13 +112,23 @@ def topology_from_system(system: Node | Cluster) -> Topology:
 
 
 def default_topology(gpu: GPU, world: int) -> Topology:
-    """One node of ``world`` GPUs on the GPU's own fabric: NVLink if it has one, else PCIe through the host."""
+    """One node of ``world`` GPUs (at most :data:`DEFAULT_NODE_GPUS`) on the GPU's own fabric: NVLink if it
+    has one, else PCIe through the host.  Raises :class:`GroupTooLargeError` for a larger group."""
+    check_default_world(gpu, world)
     if gpu.nvlink_bytes_per_s_per_direction > 0:
         link = Link(gpu.fabric_kind if gpu.fabric_kind in NVLINK_KINDS else LinkKind.NVLINK,
                     gpu.nvlink_bytes_per_s_per_direction, gpu.fabric_latency_s)
     else:
         link = Link(LinkKind.PCIE, gpu.pcie_bytes_per_s_per_direction, gpu.pcie_latency_s)
     return Topology(f"{gpu.name}-node", gpu.name, max(int(world), 1), 1, link, None)
+
+
+def check_default_world(gpu: GPU, world: Any) -> None:
+    """:class:`GroupTooLargeError` when a group of ``world`` GPUs exceeds the default node (no system named)."""
+    if float(world) > DEFAULT_NODE_GPUS:
+        raise GroupTooLargeError(
+            f"a group of {int(world):,} GPUs exceeds one node of {DEFAULT_NODE_GPUS} {gpu.name} GPUs (the default "
+            "when no system is named); name a cluster that holds it (--topology, hw/data/systems)")
 
 
 def resolve_topology(topology: str | Node | Cluster | Topology | None, gpu: GPU, world: int) -> Topology:
