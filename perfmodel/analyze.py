@@ -169,6 +169,20 @@ def _share(part: float, total: Any) -> float:
     return float(part) / float(total) if float(total) > 0 else 0.0
 
 
+def _beyond_node(scn: Scenario, tp: int | None) -> str:
+    """Where to price a suggested TP degree whose layout exceeds the default node (no system named)."""
+    lay = scn.layout
+    if tp is None or lay.topology:
+        return ""
+    from perfmodel.comm import larger_system_hint
+    from perfmodel.parallel import group_world
+
+    world = int(group_world(tp, lay.pp, lay.sp, lay.ep))
+    if world <= DEFAULT_NODE_GPUS:
+        return ""
+    return f" over {world} GPUs, more than one node: {larger_system_hint(scn.gpu, world)}"
+
+
 def _layout_label(pp: int, sp: int, ep: int) -> str:
     """``, pp=2, ep=4``: the degrees beyond TP that are not 1."""
     return "".join(f", {k}={v}" for k, v in (("pp", pp), ("sp", sp), ("ep", ep)) if v > 1)
@@ -183,10 +197,11 @@ def suggest_tp(model: ModelSpec, gpu: GPU, context_len: int, output_tokens: int,
 
     tp = 1
     while tp <= 64:
-        try:
-            check_world(gpu, [tp], pp, sp, ep, topology)
-        except InvalidInputError:
-            return None
+        if topology:
+            try:
+                check_world(gpu, [tp], pp, sp, ep, topology)
+            except InvalidInputError:
+                return None
         try:
             check_tp(model, tp)
         except InvalidInputError:
@@ -328,9 +343,8 @@ def _does_not_fit(scn: Scenario, mem: MemoryBudget) -> None:
     raise DoesNotFitError(
         f"{m.name} on {g.name} (tp={lay.tp}{_layout_label(pp, sp, ep)}): {what}: needs {need / 2**30:.1f} GiB per "
         f"GPU ({int(need):,} bytes), has {mem.capacity_bytes / 2**30:.1f} GiB ({int(mem.capacity_bytes):,} bytes)"
-        + (f"; tp={hint}{_layout_label(pp, sp, ep)} fits" if hint else
-           "; no TP degree up to 64 fits" if lay.topology else
-           f"; no TP degree fits one node of {DEFAULT_NODE_GPUS} GPUs (name a larger system with --topology)"),
+        + (f"; tp={hint}{_layout_label(pp, sp, ep)} fits" if hint else "; no TP degree up to 64 fits")
+        + _beyond_node(scn, hint),
         needed_bytes=int(need), available_bytes=int(mem.capacity_bytes), suggested_tp=hint,
     )
 

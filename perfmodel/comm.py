@@ -123,12 +123,32 @@ def default_topology(gpu: GPU, world: int) -> Topology:
     return Topology(f"{gpu.name}-node", gpu.name, max(int(world), 1), 1, link, None)
 
 
+def systems_holding(gpu: GPU, world: int) -> list[str]:
+    """The shipped systems (``hw/data/systems``) of ``gpu`` with at least ``world`` GPUs, smallest first."""
+    from hw.loader import list_systems
+
+    found = []
+    for name in list_systems():
+        topo = topology_from_system(load_system(name))
+        if topo.gpu_name == gpu.name and topo.world_size >= world:
+            found.append((topo.world_size, name))
+    return [n for _, n in sorted(found)]
+
+
+def larger_system_hint(gpu: GPU, world: int) -> str:
+    """``name a system that holds them (--topology, e.g. dgx-h100-x4)``: where to price ``world`` GPUs."""
+    found = systems_holding(gpu, world)
+    return ("name a system that holds them (--topology" + (f", e.g. {found[0]}" if found else
+            ", a cluster file like those in hw/data/systems") + ")")
+
+
 def check_default_world(gpu: GPU, world: Any) -> None:
     """:class:`GroupTooLargeError` when a group of ``world`` GPUs exceeds the default node (no system named)."""
     if float(world) > DEFAULT_NODE_GPUS:
+        w = int(min(float(world), 2**62))
         raise GroupTooLargeError(
-            f"a group of {int(world):,} GPUs exceeds one node of {DEFAULT_NODE_GPUS} {gpu.name} GPUs (the default "
-            "when no system is named); name a cluster that holds it (--topology, hw/data/systems)")
+            f"a group of {w:,} GPUs exceeds one node of {DEFAULT_NODE_GPUS} {gpu.name} GPUs (the default when no "
+            f"system is named); {larger_system_hint(gpu, w)}")
 
 
 def resolve_topology(topology: str | Node | Cluster | Topology | None, gpu: GPU, world: int) -> Topology:
@@ -166,9 +186,9 @@ def place(topo: Topology, world: int, stride: int = 1) -> Placement:
     world, stride = int(world), int(stride)
     span = world * stride
     if span > topo.world_size:
-        what = f"a group of {world} GPUs" + (f" {stride} apart" if stride > 1 else "")
+        what = f"a group of {world:,} GPUs" + (f" {stride} apart" if stride > 1 else "")
         raise GroupTooLargeError(
-            f"{what} needs {span} GPUs; {topo.name} has {topo.world_size} "
+            f"{what} needs {span:,} GPUs; {topo.name} has {topo.world_size:,} "
             f"({topo.num_nodes} node(s) of {topo.gpus_per_node})"
         )
     if span <= topo.gpus_per_node:
