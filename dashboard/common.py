@@ -17,6 +17,7 @@ import pandas as pd
 import streamlit as st
 
 import perfmodel
+from perfmodel import tables
 from perfmodel.layers import Precision, model_ops
 from perfmodel.ops import Phase
 from perfmodel.phases import DEFAULT_PREFILL_CHUNK_TOKENS
@@ -299,23 +300,8 @@ def show_error(exc: BaseException, what: str = "") -> None:
     st.error(prefix + msg, icon=":material/error:")
 
 
-def fmt_seconds(s: float) -> str:
-    """Seconds in the most readable unit."""
-    if s is None or not np.isfinite(s):
-        return "n/a"
-    if s >= 3600:
-        return f"{s / 3600:.2f} h"
-    if s >= 60:
-        return f"{s / 60:.1f} min"
-    if s >= 1:
-        return f"{s:.2f} s"
-    if s >= 1e-3:
-        return f"{s * 1e3:.1f} ms"
-    return f"{s * 1e6:.0f} µs"
-
-
-def fmt_gib(b: float) -> str:
-    return f"{b / GIB:,.1f} GiB"
+fmt_seconds = tables.fmt_seconds  # one time formatter for every table (perfmodel.tables)
+fmt_gib = tables.fmt_bytes  # and one byte formatter
 
 
 def fmt_tokens(n: int) -> str:

@@ -516,16 +516,18 @@ def _cmd_capacity(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from perfmodel.tables import fmt_seconds
+
     con = Console()
     con.print(f"cheapest: {b.replicas} x {b.gpu} (tp={b.tp}, pp={b.pp}) = {b.gpus} GPUs, ${b.usd_per_hour:,.2f}/h; "
-              f"TTFT p{q.slo.ttft_pct:g} {b.ttft_s:.3g} s, TPOT p{q.slo.tpot_pct:g} {b.tpot_s:.3g} s"
+              f"TTFT p{q.slo.ttft_pct:g} {fmt_seconds(b.ttft_s)}, TPOT p{q.slo.tpot_pct:g} {fmt_seconds(b.tpot_s)}"
               f"{'' if out['best']['confirmed'] else ' (NOT confirmed on fresh samples)'}")
     t = Table(title="Pareto front (cost vs end-to-end p90)")
     for c in ("gpu", "tp", "pp", "replicas", "gpus", "$/h", "TTFT", "TPOT", "e2e p90"):
         t.add_column(c, justify="right")
     for r in out["pareto"]:
         t.add_row(r["gpu"], str(r["tp"]), str(r["pp"]), str(r["replicas"]), str(r["gpus"]), f"{r['usd_per_hour']:,.2f}",
-                  f"{r['ttft_s']:.3g} s", f"{r['tpot_s']:.3g} s", f"{r['e2e_p90_s']:.3g} s")
+                  fmt_seconds(r["ttft_s"]), fmt_seconds(r["tpot_s"]), fmt_seconds(r["e2e_p90_s"]))
     con.print(t)
     con.print(f"{len(plan.points)} deployments simulated, {len(plan.pruned)} shapes pruned analytically")
     if not plan.complete:

@@ -8,6 +8,7 @@ import math
 import time
 
 from perfmodel.jsonout import dumps
+from perfmodel.tables import fmt_seconds
 from planners.errors import PlannerError
 
 _DEFAULT_SYSTEM = "dgx-h100-x4"
@@ -131,7 +132,7 @@ def _print_moe(out: dict) -> None:
     s = out["solver"]
     c.print(f"lower bound {out['total']['lower_bound']:,.0f}; solver {s['name']}: {s['status']}, "
             f"max layer gap {s['gap']:.2%}, {s['layers_proven_optimal']}/{s['layers']} layers proven, "
-            f"{s['seconds']:.1f} s" + (f"; affinity mapping: {s['affinity_status']}" if "affinity_status" in s else ""))
+            f"{fmt_seconds(s['seconds'])}" + (f"; affinity mapping: {s['affinity_status']}" if "affinity_status" in s else ""))
     if len(out["layers"]) <= 4:
         for i, layer in enumerate(out["layers"]):
             c.print(f"layer {i}: " + " | ".join(",".join(map(str, g)) for g in layer["placement"]))
@@ -164,13 +165,13 @@ def _cmd_sp(args) -> int:
     for col in ("degree", "GPUs", "sequences", "time"):
         t.add_column(col, justify="right")
     for g in out["groups"]:
-        t.add_row(str(g["degree"]), f"{g['gpus'][0]}-{g['gpus'][-1]}", str(len(g["sequences"])), f"{g['time_s']:.4f} s")
+        t.add_row(str(g["degree"]), f"{g['gpus'][0]}-{g['gpus'][-1]}", str(len(g["sequences"])), fmt_seconds(g["time_s"]))
     c = Console()
     c.print(t)
-    c.print(f"makespan {out['makespan_s']:.4f} s; lower bound {out['lower_bound_s']:.4f} s; "
+    c.print(f"makespan {fmt_seconds(out['makespan_s'])}; lower bound {fmt_seconds(out['lower_bound_s'])}; "
             f"solver {out['solver']['name']}: {out['solver']['status']}, gap {out['solver']['gap']:.2%}, "
-            f"{out['solver']['seconds']:.1f} s")
+            f"{fmt_seconds(out['solver']['seconds'])}")
     c.print("static strategies: " + ", ".join(
-        f"{k[len('static_sp_'):]}: " + ("does not fit" if v is None else f"{v:.4f} s ({v / out['makespan_s']:.3f}x)")
+        f"{k[len('static_sp_'):]}: " + ("does not fit" if v is None else f"{fmt_seconds(v)} ({v / out['makespan_s']:.3f}x)")
         for k, v in out["baselines"].items()))
     return 0
