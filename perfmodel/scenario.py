@@ -51,20 +51,34 @@ def window_note(model, tokens: Any) -> str | None:
     return None
 
 
-def _ints(name: str, values: Any, minimum: int) -> np.ndarray:
-    """``values`` (an int or an array of them) as int64, or :class:`InvalidInputError` naming ``name``."""
+def check_ints(name: str, values: Any, minimum: int = 1) -> np.ndarray:
+    """``values`` (an int, or an array of them: a sweep's axis) as a flat int64 array; otherwise
+    :class:`InvalidInputError` naming ``name`` and the first bad value (:class:`NonFiniteError` for NaN,
+    infinity or a number beyond the float range).  The one integer check of every entry point."""
     from perfmodel.checks import finite_float
 
-    vals = np.atleast_1d(np.asarray(values, dtype=object)).ravel()
-    if vals.size == 0:
+    arr = np.atleast_1d(np.asarray(values))
+    if arr.size == 0:
         raise InvalidInputError(f"{name} is empty")
-    for v in vals:
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-            raise InvalidInputError(f"{name} must be an integer >= {minimum}, got {v!r}")
-        finite_float(name, v)  # NaN, infinity, or too large: NonFiniteError naming it
-        if float(v) != int(v) or int(v) < minimum:
-            raise InvalidInputError(f"{name} must be an integer >= {minimum}, got {v!r}")
-    return vals.astype(np.int64)
+    flat = arr.ravel()
+    if arr.dtype.kind not in "iuf":  # bools, strings, objects (also Python ints beyond int64): one by one
+        for v in flat:
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+                raise InvalidInputError(f"{name} must be an integer >= {minimum}, got {_plain(v)!r}")
+            finite_float(name, v)
+        flat = flat.astype(np.float64)
+    f = flat.astype(np.float64)
+    bad = ~np.isfinite(f) | (f < minimum) | (f != np.round(f)) | (f >= 2.0**63)
+    if np.any(bad):
+        v = _plain(flat[int(np.argmax(bad))])
+        finite_float(name, v)
+        raise InvalidInputError(f"{name} must be an integer >= {minimum}, got {v!r}")
+    return flat.astype(np.int64)
+
+
+def _plain(v: Any) -> Any:
+    """A numpy scalar as the Python number it holds (for messages)."""
+    return v.item() if isinstance(v, np.generic) else v
 
 
 @dataclass(frozen=True)
@@ -133,14 +147,14 @@ def validate_scenario(model, context_len: Any = None, output_tokens: Any = 0, tp
         check_mode(mode)
     if knobs is not None and not isinstance(knobs, Knobs):
         raise InvalidInputError(f"knobs must be a Knobs value, got {knobs!r}")
-    ctx = _ints("context_len", context_len, 1) if context_len is not None else None
-    out = _ints("output_tokens", output_tokens if output_tokens is not None else 0, 0)
+    ctx = check_ints("context_len", context_len, 1) if context_len is not None else None
+    out = check_ints("output_tokens", output_tokens if output_tokens is not None else 0, 0)
     if batch is not None:
-        _ints("batch", batch, 1)
-    tps = _ints("tp", tp, 1) if tp is not None else None
-    pp, sp, ep = (int(_ints(k, v, 1)[0]) for k, v in (("pp", pp), ("sp", sp), ("ep", ep)))
+        check_ints("batch", batch, 1)
+    tps = check_ints("tp", tp, 1) if tp is not None else None
+    pp, sp, ep = (int(check_ints(k, v, 1)[0]) for k, v in (("pp", pp), ("sp", sp), ("ep", ep)))
     if chunk_tokens is not None:
-        _ints("chunk_tokens", chunk_tokens, 1)
+        check_ints("chunk_tokens", chunk_tokens, 1)
     if reserve_fraction is not None and not 0 <= reserve_fraction < 1:
         raise InvalidInputError(f"reserve_fraction must be in [0, 1), got {reserve_fraction}")
     kn = knobs if knobs is not None and knobs.active else None

@@ -140,16 +140,11 @@ class IntRanges(Sequence):
 
 
 def _axis(name: str, values: Any, minimum: int) -> np.ndarray:
-    vals = np.atleast_1d(np.asarray(values))
-    if vals.size == 0:
-        raise InvalidInputError(f"sweep axis {name!r} is empty")
-    if vals.dtype.kind not in "iuf":
-        raise InvalidInputError(f"sweep axis {name!r} must hold integers >= {minimum}, got {vals.dtype} values")
-    f = vals.astype(np.float64).ravel()
-    if not np.all(np.isfinite(f)) or np.any(f < minimum) or np.any(f != np.round(f)):
-        bad = f[~np.isfinite(f) | (f < minimum) | (f != np.round(f))][0]
-        raise InvalidInputError(f"sweep axis {name!r} must hold integers >= {minimum}, got {bad}")
-    return vals.astype(np.int64).ravel()
+    """A sweep axis as a flat int64 array, checked as every entry point checks it
+    (:func:`perfmodel.scenario.check_ints`)."""
+    from perfmodel.scenario import check_ints
+
+    return check_ints(name, values, minimum)
 
 
 def sweep(
