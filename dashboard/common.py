@@ -109,8 +109,9 @@ def analysis_view(model: str, gpu: str, context_len: int, output_tokens: int, ba
     kw = dict(extra)
     if knob_items:
         kw["knobs"] = make_knobs(knob_items)
-    a = perfmodel.analyze(model, gpu, context_len=context_len, output_tokens=output_tokens, batch=batch,
-                          tp=tp, mode=mode, weight_dtype=weight_dtype, kv_dtype=kv_dtype, **kw)
+    scn = perfmodel.Scenario.make(model, gpu, context_len=context_len, output_tokens=output_tokens, batch=batch,
+                                  tp=tp, mode=mode, weight_dtype=weight_dtype, kv_dtype=kv_dtype, **kw)
+    a = perfmodel.analyze(scn)
     d = a.to_dict()
     mem = a.memory
     d["memory_per_gpu"] = {
@@ -133,9 +134,9 @@ def sweep_view(model: str, gpu: str, output_tokens: int, batch: int, tp: int, mo
     kw = dict(extra)
     if knob_items:
         kw["knobs"] = make_knobs(knob_items)
-    return perfmodel.sweep(model, gpu, context_len=list(context_lens), batch=batch, tp=tp,
-                           output_tokens=output_tokens, mode=mode, weight_dtype=weight_dtype,
-                           kv_dtype=kv_dtype, **kw)
+    scn = perfmodel.Scenario.make(model, gpu, context_len=max(context_lens), output_tokens=output_tokens,
+                                  batch=batch, tp=tp, mode=mode, weight_dtype=weight_dtype, kv_dtype=kv_dtype, **kw)
+    return perfmodel.sweep(scn, context_len=list(context_lens))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
