@@ -142,6 +142,26 @@ def larger_system_hint(gpu: GPU, world: int) -> str:
             ", a cluster file like those in hw/data/systems") + ")")
 
 
+def scaled_cluster(gpu: GPU, world: int) -> Topology | None:
+    """The smallest shipped cluster of ``gpu`` (``hw/data/systems``) with as many of its nodes as ``world``
+    GPUs fill: its node's fabric inside a node, its per-GPU NIC between nodes.  None when no shipped
+    cluster holds this GPU.  For a command told how many GPUs it has (``plan sp --gpus``)."""
+    from hw.loader import list_systems
+
+    best = None
+    for name in list_systems():
+        system = load_system(name)
+        if isinstance(system, Cluster) and system.node.gpu.name == gpu.name:
+            topo = topology_from_system(system)
+            if best is None or topo.world_size < best.world_size:
+                best = topo
+    if best is None:
+        return None
+    nodes = max(1, math.ceil(int(world) / best.gpus_per_node))
+    return Topology(f"{best.name} scaled to {nodes} node(s)", best.gpu_name, best.gpus_per_node, nodes, best.intra,
+                    best.inter)
+
+
 def check_default_world(gpu: GPU, world: Any) -> None:
     """:class:`GroupTooLargeError` when a group of ``world`` GPUs exceeds the default node (no system named)."""
     if float(world) > DEFAULT_NODE_GPUS:

@@ -55,6 +55,9 @@ def register(subparsers) -> None:
     s.add_argument("--sp-kind", choices=["ulysses", "ring", "hybrid"], default="ulysses")
     s.add_argument("--mode", choices=["peak", "calibrated"], default="peak")
     s.add_argument("--buckets", type=_int, default=16, help="length buckets of the MILP (default 16)")
+    s.add_argument("--topology", default=None,
+                   help="system from hw/data/systems an SP group is placed in (default: one NVLink node of 8 GPUs; "
+                        "groups never span more GPUs than it has)")
     _solver_args(s)
     s.set_defaults(func=_cmd_sp)
 
@@ -140,9 +143,7 @@ def _print_moe(out: dict) -> None:
 
 def _cmd_sp(args) -> int:
     args.t0 = time.perf_counter()
-    from hw.loader import load_gpu
-    from perfmodel.calibration import resolve_profile
-    from perfmodel.models import load_model
+    from perfmodel.scenario import Scenario
     from planners.inputs import read_lengths
     from planners.sp import build_instance, check_gpus, check_size, plan_sp
     from planners.sp_cost import SpCostModel, SpKind
@@ -151,8 +152,9 @@ def _cmd_sp(args) -> int:
     check_gpus(args.gpus)
     if args.buckets >= 1:
         check_size(args.gpus, min(args.buckets, len(set(lengths.tolist()))))
-    gpu = load_gpu(args.gpu)
-    cost = SpCostModel(load_model(args.model), gpu, resolve_profile(gpu, args.mode), SpKind(args.sp_kind))
+    scn = Scenario.make(args.model, args.gpu, context_len=int(lengths.max()), output_tokens=0, mode=args.mode,
+                        sp_kind=args.sp_kind, topology=args.topology)
+    cost = SpCostModel.from_scenario(scn, SpKind(args.sp_kind))
     plan = plan_sp(build_instance(lengths, args.gpus, cost), _options(args), args.buckets)
     out = plan.to_dict()
     if args.json:
