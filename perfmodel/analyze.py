@@ -180,7 +180,7 @@ def _beyond_node(scn: Scenario, tp: int | None) -> str:
     world = int(group_world(tp, lay.pp, lay.sp, lay.ep))
     if world <= DEFAULT_NODE_GPUS:
         return ""
-    return f" over {world} GPUs, more than one node: {larger_system_hint(scn.gpu, world)}"
+    return f" ({world} GPUs, more than one node: {larger_system_hint(scn.gpu, world)})"
 
 
 def _layout_label(pp: int, sp: int, ep: int) -> str:
@@ -249,7 +249,8 @@ def analyze(
 
     ``pp``, ``sp`` (``sp_kind`` ulysses, ring or hybrid) and ``ep`` add pipeline, sequence
     (prefill) and expert parallelism (:mod:`perfmodel.parallel`); ``topology`` names a system
-    in ``hw/data/systems`` (default: one NVLink node of the GPU, at most 8 GPUs).
+    in ``hw/data/systems`` (default: one NVLink node of up to 8 GPUs, else the smallest shipped system of
+    the GPU that holds the layout, named in the notes; :func:`perfmodel.comm.default_topology`).
 
     ``attention_impl`` (:class:`perfmodel.ops.AttentionImpl`: ``sdpa``, PyTorch's default and the class of
     serving engines' kernels; ``flash2``; ``triton``) picks the attention kernel whose curves price

@@ -171,7 +171,8 @@ def add_layout_args(p: argparse.ArgumentParser) -> None:
                    help="SP scheme: Ulysses all-to-all, Ring attention, or both (default ring)")
     p.add_argument("--ep", type=_positive_int, default=1, help="expert-parallel degree (MoE models)")
     p.add_argument("--topology", default=None,
-                   help="system from hw/data/systems the GPUs sit in (default: one NVLink node of the GPU)")
+                   help="system from hw/data/systems the GPUs sit in (default: one NVLink node of up to 8 GPUs, else the "
+                        "smallest shipped system of the GPU that holds them)")
 
 
 def _build_parser() -> _Parser:
@@ -376,7 +377,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             check_size(size, max_bytes, f"; even its axes need {axes_bytes:,} bytes")
     from perfmodel.sweep import sweep_notes
 
-    for note in sweep_notes(args.model, args.context, args.output_tokens):
+    for note in sweep_notes(args.model, args.context, args.output_tokens, args.gpu, args.tp, args.pp, args.sp,
+                            args.ep, args.topology):
         print(f"perfmodel: note: {note}", file=sys.stderr)
     if knobs.active or args.knob_axis:
         from perfmodel.knobs import COST_NOT_QUALITY

@@ -92,7 +92,8 @@ class Layout:
     sp_kind : str
         ``ulysses``, ``ring`` or ``hybrid``.
     topology : str or None
-        A system of ``hw/data/systems``; None is one node of the GPU's own fabric.
+        A system of ``hw/data/systems``; None: :func:`perfmodel.comm.default_topology` (one node of up to 8
+        GPUs, else the smallest shipped system that holds them).
     """
 
     tp: int = 1
@@ -166,9 +167,11 @@ def validate_scenario(model, context_len: Any = None, output_tokens: Any = 0, tp
             check_tp(m, int(t))
     check_pp(model, pp)
     check_layout(m, tps if tps is not None else 1, pp, sp, sp_kind, ep, topology, kn)
-    if gpu is not None:
-        check_world(gpu, tps if tps is not None else [1], pp, sp, ep, topology)
     notes = []
+    if gpu is not None:
+        n = check_world(gpu, tps if tps is not None else [1], pp, sp, ep, topology)
+        if n:
+            notes.append(n)
     if ctx is not None:
         n = window_note(m, int(ctx.max()) + int(out.max()))
         if n:
@@ -176,13 +179,20 @@ def validate_scenario(model, context_len: Any = None, output_tokens: Any = 0, tp
     return notes
 
 
-def check_world(gpu: GPU, tps, pp: int, sp: int, ep: int, topology: str | None) -> None:
-    """The layout's GPUs fit the system (or the default node): :class:`~perfmodel.comm.GroupTooLargeError`."""
-    from perfmodel.comm import place, resolve_topology
+def check_world(gpu: GPU, tps, pp: int, sp: int, ep: int, topology: str | None) -> str | None:
+    """The layout's GPUs fit the system named, or without one the default node or the smallest shipped
+    system that holds them (:func:`perfmodel.comm.default_topology`); otherwise
+    :class:`~perfmodel.comm.GroupTooLargeError`.  Returns the note naming that shipped system, if one is used."""
+    from perfmodel.comm import DEFAULT_NODE_GPUS, place, resolve_topology
     from perfmodel.parallel import group_world
 
     world = max(int(group_world(int(t), pp, sp, ep)) for t in tps)
-    place(resolve_topology(topology, gpu, world), world)
+    topo = resolve_topology(topology, gpu, world)
+    place(topo, world)
+    if topology or world <= DEFAULT_NODE_GPUS:
+        return None
+    return (f"no system named: the {world} GPUs are priced on {topo.name} ({topo.num_nodes} node(s) of "
+            f"{topo.gpus_per_node}), the smallest shipped system that holds them")
 
 
 @dataclass(frozen=True)

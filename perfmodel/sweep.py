@@ -230,17 +230,21 @@ def sweep(
                                      activation_dtype, chunk_tokens, reserve_fraction, profile, knobs, knob_axes,
                                      pp, sp, sp_kind, ep, topology, attention_impl, launch)),
                      ignore_index=True)
-    df.attrs["notes"] = sweep_notes(model, context_len, output_tokens)
+    df.attrs["notes"] = sweep_notes(model, context_len, output_tokens, gpu, tp, pp, sp, ep, topology)
     return df
 
 
-def sweep_notes(model, context_len, output_tokens) -> list[str]:
-    """The notes :func:`perfmodel.analyze` gives, for the sweep's largest point (the trained window)."""
-    from perfmodel.scenario import window_note
+def sweep_notes(model, context_len, output_tokens, gpu=None, tp: Any = 1, pp: int = 1, sp: int = 1, ep: int = 1,
+                topology: str | None = None) -> list[str]:
+    """The notes :func:`perfmodel.analyze` gives, for the sweep's largest point: the trained window, and
+    (with ``gpu``) the shipped system a layout beyond one node is priced on."""
+    from perfmodel.scenario import check_world, window_note
 
     m = load_model(model)
-    n = window_note(m, _axis_max(context_len) + _axis_max(output_tokens))
-    return [n] if n else []
+    notes = [window_note(m, _axis_max(context_len) + _axis_max(output_tokens))]
+    if gpu is not None:
+        notes.append(check_world(load_gpu(gpu), [_axis_max(tp)], pp, sp, ep, topology))
+    return [n for n in notes if n]
 
 
 def _axis_max(values: Any) -> int:

@@ -69,7 +69,8 @@ def test_sweep_rows_equal_analyze_in_every_metric(kw):
 BAD = [  # (scenario arguments, error class, message) refused alike by every entry point that takes them
     (dict(pp=3), InvalidInputError, "pp=3 does not divide the 32 layers"),
     (dict(tp=3), InvalidInputError, "tp=3"),
-    (dict(tp=4, pp=4), GroupTooLargeError, f"a group of 16 GPUs exceeds one node of {DEFAULT_NODE_GPUS}"),
+    (dict(tp=8, pp=8), GroupTooLargeError, f"a group of 64 GPUs exceeds one node of {DEFAULT_NODE_GPUS} and every "
+     "system of h100-sxm-80gb GPUs described in hw/data/systems \\(the largest shipped one, dgx-h100-x4, has 32\\)"),
     (dict(mode="fast"), InvalidInputError, "mode must be one of peak, calibrated, got 'fast'"),
     (dict(batch=0), InvalidInputError, "batch must be an integer >= 1"),
 ]
@@ -97,10 +98,13 @@ CLI = {"analyze": ["analyze", "--model", "llama-3-8b", "--gpu", "h100", "--conte
 
 
 @pytest.mark.parametrize("cmd", list(CLI))
-def test_cli_refuses_a_layout_beyond_the_node_in_one_line(perfmodel_cli, cmd):
-    r = perfmodel_cli(*CLI[cmd], "--tp", "4", "--pp", "4")
+def test_cli_layouts_beyond_a_node_priced_on_a_shipped_system_or_refused_alike(perfmodel_cli, cmd):
+    r = perfmodel_cli(*CLI[cmd], "--tp", "8", "--pp", "8")
     assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
-    assert f"a group of 16 GPUs exceeds one node of {DEFAULT_NODE_GPUS} h100-sxm-80gb GPUs" in r.stderr
+    assert "a group of 64 GPUs exceeds one node of 8 and every system of h100-sxm-80gb GPUs" in r.stderr
+    r = perfmodel_cli(*CLI[cmd], "--tp", "4", "--pp", "4", *(["--json"] if cmd != "sweep" else []))
+    assert r.returncode == 0, r.stderr
+    assert "the 16 GPUs are priced on dgx-h100-x4 (4 node(s) of 8)" in r.stdout + r.stderr
 
 
 def test_layouts_beyond_their_system_are_refused_never_priced_as_one_node(perfmodel_cli):
@@ -109,6 +113,13 @@ def test_layouts_beyond_their_system_are_refused_never_priced_as_one_node(perfmo
     h100 = perfmodel.load_gpu("h100")
     with pytest.raises(GroupTooLargeError, match="1,000,000 GPUs"):
         collective_time(OpKind.ALL_REDUCE, 1e6, 1_000_000, h100, peak_profile(h100))
+    l40s = perfmodel.load_gpu("l40s")  # no shipped system of L40S holds 16
+    with pytest.raises(GroupTooLargeError, match="16 GPUs exceeds one node of 8"):
+        collective_time(OpKind.ALL_REDUCE, 1e6, 16, l40s, peak_profile(l40s))
+    # without a named system, 16 H100s are priced over the nodes of dgx-h100-x4, not as one NVLink node
+    default16 = collective_time(OpKind.ALL_REDUCE, 1e8, 16, h100, peak_profile(h100))
+    assert default16.total_s == collective_time(OpKind.ALL_REDUCE, 1e8, 16, h100, peak_profile(h100),
+                                                "dgx-h100-x4").total_s
     with pytest.raises(GroupTooLargeError, match="dgx-h100-x4 has 32"):
         collective_time(OpKind.ALL_REDUCE, 1e6, 1_000_000, h100, peak_profile(h100), "dgx-h100-x4")
     # within the cluster the topology describes: priced over its nodes, slower than inside one node
@@ -119,9 +130,12 @@ def test_layouts_beyond_their_system_are_refused_never_priced_as_one_node(perfmo
     assert a.parallel["world"] == 16
 
 
-def test_does_not_fit_suggests_a_system_for_a_tp_beyond_the_node():
-    with pytest.raises(perfmodel.DoesNotFitError, match="tp=16 fits over 16 GPUs.*--topology, e.g. dgx-h100-x4"):
+def test_does_not_fit_names_the_system_a_tp_beyond_the_node_is_priced_on():
+    with pytest.raises(perfmodel.DoesNotFitError, match="tp=16 fits \\(16 GPUs, more than one node: priced on "
+                                                        "dgx-h100-x4"):
         perfmodel.analyze("llama-3.1-405b", "h100", 4000)
+    a = perfmodel.analyze("llama-3.1-405b", "h100", 4000, tp=16)
+    assert any("priced on dgx-h100-x4" in n for n in a.notes)
 
 
 def test_analyze_imports_no_solver():
