@@ -17,6 +17,7 @@ import pandas as pd
 import streamlit as st
 
 import perfmodel
+from perfmodel import tables
 from perfmodel.layers import Precision, model_ops
 from perfmodel.ops import Phase
 from perfmodel.phases import DEFAULT_PREFILL_CHUNK_TOKENS
@@ -108,8 +109,9 @@ def analysis_view(model: str, gpu: str, context_len: int, output_tokens: int, ba
     kw = dict(extra)
     if knob_items:
         kw["knobs"] = make_knobs(knob_items)
-    a = perfmodel.analyze(model, gpu, context_len=context_len, output_tokens=output_tokens, batch=batch,
-                          tp=tp, mode=mode, weight_dtype=weight_dtype, kv_dtype=kv_dtype, **kw)
+    scn = perfmodel.Scenario.make(model, gpu, context_len=context_len, output_tokens=output_tokens, batch=batch,
+                                  tp=tp, mode=mode, weight_dtype=weight_dtype, kv_dtype=kv_dtype, **kw)
+    a = perfmodel.analyze(scn)
     d = a.to_dict()
     mem = a.memory
     d["memory_per_gpu"] = {
@@ -132,9 +134,9 @@ def sweep_view(model: str, gpu: str, output_tokens: int, batch: int, tp: int, mo
     kw = dict(extra)
     if knob_items:
         kw["knobs"] = make_knobs(knob_items)
-    return perfmodel.sweep(model, gpu, context_len=list(context_lens), batch=batch, tp=tp,
-                           output_tokens=output_tokens, mode=mode, weight_dtype=weight_dtype,
-                           kv_dtype=kv_dtype, **kw)
+    scn = perfmodel.Scenario.make(model, gpu, context_len=max(context_lens), output_tokens=output_tokens,
+                                  batch=batch, tp=tp, mode=mode, weight_dtype=weight_dtype, kv_dtype=kv_dtype, **kw)
+    return perfmodel.sweep(scn, context_len=list(context_lens))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -299,23 +301,8 @@ def show_error(exc: BaseException, what: str = "") -> None:
     st.error(prefix + msg, icon=":material/error:")
 
 
-def fmt_seconds(s: float) -> str:
-    """Seconds in the most readable unit."""
-    if s is None or not np.isfinite(s):
-        return "n/a"
-    if s >= 3600:
-        return f"{s / 3600:.2f} h"
-    if s >= 60:
-        return f"{s / 60:.1f} min"
-    if s >= 1:
-        return f"{s:.2f} s"
-    if s >= 1e-3:
-        return f"{s * 1e3:.1f} ms"
-    return f"{s * 1e6:.0f} µs"
-
-
-def fmt_gib(b: float) -> str:
-    return f"{b / GIB:,.1f} GiB"
+fmt_seconds = tables.fmt_seconds  # one time formatter for every table (perfmodel.tables)
+fmt_gib = tables.fmt_bytes  # and one byte formatter
 
 
 def fmt_tokens(n: int) -> str:

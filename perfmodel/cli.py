@@ -171,7 +171,8 @@ def add_layout_args(p: argparse.ArgumentParser) -> None:
                    help="SP scheme: Ulysses all-to-all, Ring attention, or both (default ring)")
     p.add_argument("--ep", type=_positive_int, default=1, help="expert-parallel degree (MoE models)")
     p.add_argument("--topology", default=None,
-                   help="system from hw/data/systems the GPUs sit in (default: one NVLink node of the GPU)")
+                   help="system from hw/data/systems the GPUs sit in (default: one NVLink node of up to 8 GPUs, else the "
+                        "smallest shipped system of the GPU that holds them)")
 
 
 def _build_parser() -> _Parser:
@@ -242,29 +243,23 @@ def _build_parser() -> _Parser:
     return parser
 
 
-def _gib(x: float) -> str:
-    return f"{x / 2**30:,.2f} GiB"
-
-
-def _fmt_s(x: float) -> str:
-    if x >= 1:
-        return f"{x:,.2f} s"
-    if x >= 1e-3:
-        return f"{x * 1e3:,.2f} ms"
-    return f"{x * 1e6:,.1f} us"
-
-
 def _banded(c: Any) -> str:
-    """``12.3 ms (11.8-13.9)``: the value and its error band (the central 80% interval; no band: the value)."""
+    """``12.3 ms (11.8-13.9 ms)``: the value and its error band (the central 80% interval; no band: the value)."""
+    from perfmodel.tables import fmt_seconds
+
     t, lo, hi = float(c.total_s), float(c.low_s), float(c.high_s)
     if lo == t == hi:
-        return _fmt_s(t)
-    return f"{_fmt_s(t)} ({_fmt_s(lo).split()[0]}-{_fmt_s(hi)})" if _fmt_s(lo).split()[1] == _fmt_s(hi).split()[1] \
-        else f"{_fmt_s(t)} ({_fmt_s(lo)}-{_fmt_s(hi)})"
+        return fmt_seconds(t)
+    lo_s, hi_s = fmt_seconds(lo), fmt_seconds(hi)
+    if lo_s.split(" ")[-1] == hi_s.split(" ")[-1]:
+        return f"{fmt_seconds(t)} ({lo_s.split(' ')[0]}-{hi_s})"
+    return f"{fmt_seconds(t)} ({lo_s}-{hi_s})"
 
 
 def _analysis_table(results: list[Any]) -> Any:
     from rich.table import Table
+
+    from perfmodel.tables import fmt_bytes, fmt_seconds
 
     first = results[0]
     t = Table(title=f"{first.model.name} on {first.gpu.name} x{first.tp * first.pp * first.sp} ({first.mode.value} mode)")
@@ -278,10 +273,10 @@ def _analysis_table(results: list[Any]) -> Any:
         ("decode / token", b["decode"], lambda r: _banded(r.decode_step)),
         (f"decode ({first.output_tokens} tokens)", b["decode"], lambda r: _banded(r.decode)),
         ("max concurrency (users)", "hbm_capacity", lambda r: f"{int(r.memory.max_concurrency)}"),
-        ("context switch (serial)", b["context_switch"], lambda r: _fmt_s(r.switch.serial_s)),
-        ("context switch (duplex)", b["context_switch"], lambda r: _fmt_s(r.switch.duplex_s)),
-        ("KV cache per user", "", lambda r: _gib(r.to_dict()["kv_cache_bytes"] / r.batch)),
-        ("weights", "", lambda r: _gib(r.model.weight_bytes(r.precision.weights))),
+        ("context switch (serial)", b["context_switch"], lambda r: fmt_seconds(r.switch.serial_s)),
+        ("context switch (duplex)", b["context_switch"], lambda r: fmt_seconds(r.switch.duplex_s)),
+        ("KV cache per user", "", lambda r: fmt_bytes(r.to_dict()["kv_cache_bytes"] / r.batch)),
+        ("weights", "", lambda r: fmt_bytes(r.model.weight_bytes(r.precision.weights))),
         ("session throughput", "", lambda r: f"{r.session_throughput_tokens_per_s:,.1f} tok/s"),
     ]
     if any(r.tp * r.pp * r.sp * r.ep > 1 for r in results):
@@ -295,8 +290,10 @@ def _analysis_table(results: list[Any]) -> Any:
 
 
 def _comm_cell(comm_s: float, total_s: float) -> str:
+    from perfmodel.tables import fmt_seconds
+
     share = comm_s / float(total_s) if float(total_s) > 0 else 0.0
-    return f"{_fmt_s(comm_s)} ({share:.0%})"
+    return f"{fmt_seconds(comm_s)} ({share:.0%})"
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
@@ -380,7 +377,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             check_size(size, max_bytes, f"; even its axes need {axes_bytes:,} bytes")
     from perfmodel.sweep import sweep_notes
 
-    for note in sweep_notes(args.model, args.context, args.output_tokens):
+    for note in sweep_notes(args.model, args.context, args.output_tokens, args.gpu, args.tp, args.pp, args.sp,
+                            args.ep, args.topology):
         print(f"perfmodel: note: {note}", file=sys.stderr)
     if knobs.active or args.knob_axis:
         from perfmodel.knobs import COST_NOT_QUALITY
@@ -395,8 +393,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                 df.to_csv(f, index=False, header=(k == 0))
                 rows += len(df)
                 advance(len(df))
+        from perfmodel.tables import fmt_bytes
+
         print(f"wrote {rows} rows to {args.out} in chunks of up to {chunk:,} "
-              f"(the whole result, {size.bytes / 2**30:,.1f} GiB, is above --max-bytes)", file=sys.stderr)
+              f"(the whole result, {fmt_bytes(size.bytes)}, is above --max-bytes)", file=sys.stderr)
         return 0
     df = sweep(args.model, args.gpu, context_len=args.context, batch=args.batch, tp=args.tp, max_bytes=max_bytes,
                **kw)
@@ -471,13 +471,15 @@ def _cmd_gpus(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from perfmodel.tables import fmt_bytes
+
     t = Table(title="shipped GPUs (dense peak FLOP/s)")
     for c, j in (("name", "left"), ("HBM", "right"), ("HBM bandwidth", "right"), ("BF16", "right"),
                  ("FP8", "right"), ("aliases", "left")):
         t.add_column(c, justify=j)
     for r in rows:
         fp8 = r["peak_flops"].get("fp8")
-        t.add_row(r["name"], f"{r['hbm_bytes'] / 2**30:,.0f} GiB", _si(r["hbm_bytes_per_s"], "B/s"),
+        t.add_row(r["name"], fmt_bytes(r["hbm_bytes"]), _si(r["hbm_bytes_per_s"], "B/s"),
                   _si(r["peak_flops"].get("bf16", 0.0), "FLOP/s"), _si(fp8, "FLOP/s") if fp8 else "-",
                   ", ".join(r["aliases"]))
     Console().print(t)

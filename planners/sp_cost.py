@@ -15,9 +15,13 @@ per layer times the layer count (forward only; planners.md section 4):
   query heads with ``u <= min(d, n_kv)``, ring over ``r = d / u`` with blocks
   ``(s/r) 2 (h_kv/u) b``.
 
-Collective times come from :func:`perfmodel.comm.collective_cost` (the core's
-single entry point: today an alpha-beta model over the GPU's own fabric, with
-no notion of nodes).  Memory: a sequence keeps its KV cache resident, ``s / d``
+Collective times come from :func:`perfmodel.comm.collective_time` over the system
+``topology`` describes (hierarchical across its nodes; a group never spans more GPUs than it
+has, :meth:`SpCostModel.degree_ok`).  Without one, a group of up to
+:data:`perfmodel.comm.DEFAULT_NODE_GPUS` GPUs sits in one node of the GPU's own fabric and a larger
+one spans nodes of the GPU's shipped cluster (:func:`perfmodel.comm.scaled_cluster`: its node's
+fabric, its per-GPU NIC between nodes); a GPU without a shipped cluster gets groups of one node at
+most.  Never a large group priced as one NVLink node.  Memory: a sequence keeps its KV cache resident, ``s / d``
 tokens per GPU (Ulysses beyond ``n_kv``: ``d / n_kv`` times more); the
 capacity is the core's :func:`perfmodel.phases.memory_budget` with the
 weights replicated on every GPU and one 8192-token prefill workspace.
@@ -26,17 +30,18 @@ weights replicated on every GPU and one 8192-token prefill workspace.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from hw.spec import GPU
 from perfmodel.calibration import Profile
-from perfmodel.comm import collective_cost
+from perfmodel.comm import DEFAULT_NODE_GPUS, collective_time, resolve_topology, scaled_cluster
 from perfmodel.costs import op_cost
 from perfmodel.layers import Precision
 from perfmodel.models import ModelSpec
-from perfmodel.ops import Attention, Collective, OpKind, Phase
+from perfmodel.ops import Attention, OpKind, Phase
 from perfmodel.phases import DEFAULT_PREFILL_CHUNK_TOKENS, memory_budget, prefill_cost
 from planners.errors import InfeasibleError
 
@@ -60,9 +65,32 @@ class SpCostModel:
     profile: Profile
     kind: SpKind = SpKind.ULYSSES
     precision: Precision = Precision()
+    topology: str | None = None  # a system of hw/data/systems; None: one node of the GPU's own fabric
+
+    @classmethod
+    def from_scenario(cls, scenario, kind: "SpKind | str | None" = None) -> "SpCostModel":
+        """The cost model of a checked :class:`perfmodel.scenario.Scenario`: its model, GPU, profile,
+        precision and topology (``kind``: its ``sp_kind`` unless given)."""
+        return cls(scenario.model, scenario.gpu, scenario.profile, SpKind(kind or scenario.layout.sp_kind),
+                   scenario.priced_precision, scenario.layout.topology)
+
+    @property
+    def max_degree(self) -> float:
+        """GPUs the largest SP group may span: the system's; without one, any number of nodes of the GPU's
+        shipped cluster, or one default node when it has none."""
+        if self.topology is not None:
+            return resolve_topology(self.topology, self.gpu, 1).world_size
+        return math.inf if scaled_cluster(self.gpu, 2 * DEFAULT_NODE_GPUS) is not None else DEFAULT_NODE_GPUS
+
+    def _topology(self, world: int):
+        if self.topology is not None or world <= DEFAULT_NODE_GPUS:
+            return self.topology
+        return scaled_cluster(self.gpu, world)
 
     def degree_ok(self, d: int) -> bool:
-        """Ulysses splits query heads: ``d`` must divide them."""
+        """``d`` GPUs fit the system (or one default node); Ulysses splits query heads: ``d`` must divide them."""
+        if d > self.max_degree:
+            return False
         return d == 1 or self.kind is not SpKind.ULYSSES or self.model.q_heads % d == 0
 
     def ulysses_degree(self, d: int) -> int:
@@ -90,7 +118,7 @@ class SpCostModel:
     def _coll_s(self, kind: OpKind, nbytes: np.ndarray, world: int) -> np.ndarray:
         if world <= 1:
             return np.zeros_like(nbytes)
-        c = collective_cost(Collective(kind, nbytes, world, self.precision.activations), self.gpu, self.profile)
+        c = collective_time(kind, nbytes, world, self.gpu, self.profile, self._topology(world))
         return np.asarray(c.total_s, dtype=np.float64) * np.ones_like(nbytes)
 
     def comm_s(self, lengths, d: int) -> np.ndarray:
