@@ -214,7 +214,7 @@ def keep_scenario() -> None:
 #: Default scenario: the running example of the long-context analysis.
 DEFAULT_TOPOLOGY = "(one NVLink node of the GPU)"
 SCENARIO_DEFAULTS = {"model": "yi-34b", "gpu": "a100-sxm-80gb", "context_len": 50_000, "output_tokens": 250,
-                     "batch": 1, "tp": 1, "weight_dtype": "bf16", "kv_dtype": "bf16", "mode": "peak",
+                     "batch": 1, "tp": 1, "weight_dtype": "bf16", "kv_dtype": "bf16", "mode": "calibrated",
                      "attention_impl": "default", "pp": 1, "sp": 1, "sp_kind": "ring", "ep": 1, "topology": DEFAULT_TOPOLOGY}
 
 

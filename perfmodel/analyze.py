@@ -221,7 +221,7 @@ def analyze(
     output_tokens: int = 250,
     batch: int = 1,
     tp: int = 1,
-    mode: "Mode | str" = Mode.PEAK,
+    mode: "Mode | str" = Mode.CALIBRATED,
     weight_dtype: str | None = None,
     kv_dtype: str | None = None,
     activation_dtype: str = "bf16",

@@ -152,8 +152,9 @@ def add_scenario_args(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     """Model, GPU, precision and mode flags shared by analyze and sweep."""
     p.add_argument("--model", default="yi-34b", help="model name or path to a config.json")
     p.add_argument("--gpu", default="a100-sxm-80gb", help="GPU name, alias or path to a YAML file")
-    p.add_argument("--mode", choices=["peak", "calibrated"], default="peak",
-                   help="peak: datasheet roofline; calibrated: the GPU's measured profile")
+    p.add_argument("--mode", choices=["calibrated", "peak"], default="calibrated",
+                   help="calibrated: the best estimate (the GPU's measured profile, else one transferred from a "
+                        "measured GPU; provenance per op class); peak: the datasheet roofline, a bound")
     add_attention_impl_arg(p)
     add_launch_arg(p)
     p.add_argument("--weight-dtype", default=None,
@@ -263,7 +264,9 @@ def _banded(c: Any) -> str:
         else f"{_fmt_s(t)} ({_fmt_s(lo)}-{_fmt_s(hi)})"
 
 
-def _analysis_table(results: list[Any]) -> Any:
+def _analysis_table(results: list[Any], peaks: list[Any] | None = None) -> Any:
+    """The metrics of each context; with ``peaks`` (the same scenarios in peak mode), the datasheet bound of
+    the prefill and decode times beside the estimate."""
     from rich.table import Table
 
     first = results[0]
@@ -284,6 +287,15 @@ def _analysis_table(results: list[Any]) -> Any:
         ("weights", "", lambda r: _gib(r.model.weight_bytes(r.precision.weights))),
         ("session throughput", "", lambda r: f"{r.session_throughput_tokens_per_s:,.1f} tok/s"),
     ]
+    if peaks:
+        by_ctx = {p.context_len: p for p in peaks}
+        cell = lambda r, f: _fmt_s(f(by_ctx[r.context_len])) if r.context_len in by_ctx else "-"  # noqa: E731
+        rows[3:3] = [
+            ("prefill, peak bound", "datasheet", lambda r: cell(r, lambda p: p.prefill.total_s)),
+            ("decode / token, peak bound", "datasheet", lambda r: cell(r, lambda p: p.decode_step.total_s)),
+            ("decode, peak bound", "datasheet",
+             lambda r: cell(r, lambda p: p.decode.total_s)),
+        ]
     if any(r.tp * r.pp * r.sp * r.ep > 1 for r in results):
         rows += [
             ("communication (prefill)", "", lambda r: _comm_cell(r.prefill_comm_s, r.prefill.total_s)),
@@ -315,10 +327,11 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
               knobs=knobs, pp=args.pp, sp=args.sp, sp_kind=args.sp_kind, ep=args.ep, topology=args.topology,
               attention_impl=args.attention_impl, launch=args.launch)
     results = [analyze(context_len=c, **kw) for c in contexts]
+    peaks = _peak_bounds(results, kw)
     match = knobs_cli.run_match(args, knobs, contexts[0]) if args.match_context else None
     if args.json:
-        out = results[0].to_dict() if len(results) == 1 else results[0].to_dict() | {
-            "compare": [r.to_dict() for r in results[1:]]}
+        dicts = [r.to_dict() | ({"peak_bound": _peak_dict(peaks[i])} if peaks else {}) for i, r in enumerate(results)]
+        out = dicts[0] if len(dicts) == 1 else dicts[0] | {"compare": dicts[1:]}
         if match is not None:
             out["match"] = match.to_dict()
         print(dumps(out, indent=2))
@@ -327,7 +340,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from rich.markup import escape
 
     console = Console()
-    console.print(_analysis_table(results))
+    console.print(_analysis_table(results, peaks))
     if knobs.active:
         console.print(knobs_cli.knob_table(results))
     if match is not None:
@@ -343,6 +356,23 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     if match is not None and not knobs.active:
         console.print("note: the settings above price cost only; the accuracy of each technique is not modelled")
     return 0
+
+
+def _peak_bounds(results: list[Any], kw: dict[str, Any]) -> list[Any]:
+    """The same scenarios in peak mode (the datasheet bound shown beside a calibrated estimate); [] in peak mode."""
+    from perfmodel.analyze import analyze
+    from perfmodel.calibration import Mode
+
+    if results[0].mode is not Mode.CALIBRATED:
+        return []
+    return [analyze(context_len=r.context_len, **(kw | {"mode": Mode.PEAK.value})) for r in results]
+
+
+def _peak_dict(a: Any) -> dict[str, float]:
+    """``peak_bound`` of the JSON: the datasheet-roofline times of the scenario (a lower bound, no band)."""
+    return {"prefill_s": float(a.prefill.total_s), "decode_s_per_token": float(a.decode_step.total_s),
+            "decode_s": float(a.decode.total_s),
+            "session_throughput_tokens_per_s": float(a.session_throughput_tokens_per_s)}
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:

@@ -52,7 +52,7 @@ def register(subparsers) -> None:
     s.add_argument("--model", required=True)
     s.add_argument("--gpu", required=True)
     s.add_argument("--sp-kind", choices=["ulysses", "ring", "hybrid"], default="ulysses")
-    s.add_argument("--mode", choices=["peak", "calibrated"], default="peak")
+    s.add_argument("--mode", choices=["calibrated", "peak"], default="calibrated")
     s.add_argument("--buckets", type=_int, default=16, help="length buckets of the MILP (default 16)")
     _solver_args(s)
     s.set_defaults(func=_cmd_sp)
