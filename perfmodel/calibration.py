@@ -344,10 +344,11 @@ class Profile:
     #: ``attention_decode[sdpa]``, ``elementwise:rmsnorm``, ``*`` for all held-out ops); empty: no band.
     bands: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
-    def band_of(self, op_class: OpClass, keys: tuple[str, ...] = ()) -> tuple[float, float]:
-        """(q10, q90) of log(predicted / measured) for an op of ``op_class``: the band group of its provenance
-        (``measured``, ``transferred``, ``datasheet``), the first of ``keys`` it has, else its ``*`` (all ops);
-        (0, 0) in peak mode or without one."""
+    def band_of(self, op_class: OpClass, keys: tuple[str, ...] = (), regime: str | None = None) -> tuple[float, float]:
+        """(q10, q90) of log(predicted / measured) for an op of ``op_class`` in ``regime`` (``compute``, ``memory``,
+        ``latency``: :func:`perfmodel.costs.regime_of`): the band group of its provenance (``measured``,
+        ``transferred``, ``datasheet``), the first of ``keys`` it has (``<key>|<regime>`` before ``<key>``), else
+        its ``*`` (all ops); (0, 0) in peak mode or without one."""
         if self.mode is Mode.PEAK or not self.bands:
             return 0.0, 0.0
         label = self.provenance_of(op_class)
@@ -355,8 +356,9 @@ class Profile:
             else "datasheet"
         table = self.bands.get(group) or {}
         for k in (*keys, op_class.value, "*"):
-            if k in table:
-                return table[k]["q10"], table[k]["q90"]
+            for key in ((f"{k}|{regime}", k) if regime else (k,)):
+                if key in table:
+                    return table[key]["q10"], table[key]["q90"]
         return 0.0, 0.0
 
     def __post_init__(self) -> None:

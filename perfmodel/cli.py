@@ -205,6 +205,10 @@ def _build_parser() -> _Parser:
 
     s = sub.add_parser("sweep", help="evaluate the product of scenario axes (CSV to stdout or --out)")
     add_scenario_args(s)
+    s.set_defaults(gpu="a100-sxm-80gb")
+    for action in s._actions:
+        if action.dest == "gpu":
+            action.help = "GPU name, alias or YAML path; a comma-separated list, or all (every shipped GPU)"
     s.add_argument("--context", type=_int_list, default=[4000, 50000], help="e.g. 1000,4000 or 1000:100000:1000")
     s.add_argument("--batch", type=_int_list, default=[1])
     s.add_argument("--tp", type=_int_list, default=[1])
@@ -401,7 +405,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     max_bytes = DEFAULT_MAX_BYTES if args.max_bytes is None else args.max_bytes
     layout = args.pp != 1 or args.sp != 1 or args.ep != 1 or args.topology is not None
     size = sweep_size(args.context, args.batch, args.tp, args.output_tokens, knob_axes, layout)
-    stream = size.bytes > max_bytes
+    gpus = _gpu_list(args.gpu)
+    stream = size.bytes * len(gpus) > max_bytes
     if stream:
         if not args.out or str(args.out).endswith(".parquet"):
             check_size(size, max_bytes, " (--max-bytes); write it in chunks with --out FILE.csv, or raise --max-bytes")
@@ -419,17 +424,18 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if stream:
         chunk = max(1, int(max_bytes // CHUNK_FRACTION // (size.columns * 8)))
         rows = 0
-        with open(args.out, "w", newline="") as f, _progress(size.points, "sweep") as advance:
-            for k, df in enumerate(iter_sweep(args.model, args.gpu, args.context, args.batch, args.tp,
-                                              chunk_points=chunk, **kw)):
-                df.to_csv(f, index=False, header=(k == 0))
-                rows += len(df)
-                advance(len(df))
+        with open(args.out, "w", newline="") as f, _progress(size.points * len(gpus), "sweep") as advance:
+            for gpu in gpus:
+                for df in iter_sweep(args.model, gpu, args.context, args.batch, args.tp, chunk_points=chunk, **kw):
+                    df.to_csv(f, index=False, header=(rows == 0))
+                    rows += len(df)
+                    advance(len(df))
         print(f"wrote {rows} rows to {args.out} in chunks of up to {chunk:,} "
               f"(the whole result, {size.bytes / 2**30:,.1f} GiB, is above --max-bytes)", file=sys.stderr)
         return 0
-    df = sweep(args.model, args.gpu, context_len=args.context, batch=args.batch, tp=args.tp, max_bytes=max_bytes,
-               **kw)
+    frames = [sweep(args.model, gpu, context_len=args.context, batch=args.batch, tp=args.tp, max_bytes=max_bytes, **kw)
+              for gpu in gpus]
+    df = frames[0] if len(frames) == 1 else __import__("pandas").concat(frames, ignore_index=True)
     if args.out:
         from perfmodel.tables import write_table
 
@@ -440,6 +446,20 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     else:
         print(df.to_csv(index=False), end="")
     return 0
+
+
+def _gpu_list(text: str) -> list[str]:
+    """``--gpu`` of sweep: one GPU, a comma-separated list, or ``all`` (every shipped GPU)."""
+    if text.strip().lower() == "all":
+        from hw import list_gpus
+
+        return list(list_gpus())
+    gpus = [g.strip() for g in text.split(",") if g.strip()] if "," in text else [text]
+    if not gpus:
+        from perfmodel.errors import InvalidInputError
+
+        raise InvalidInputError(f"--gpu: no GPU named in {text!r}")
+    return gpus
 
 
 def _progress(total: int, what: str):
