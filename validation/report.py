@@ -269,7 +269,6 @@ def replace_section(readme: Path, body: str) -> None:
     readme.write_text(text)
 
 
-@app.command()
 def _measured_bands(gpu: str, rep: "GpuReport") -> dict[str, Any]:
     """The bands the coverage checks: the shipped profile's ``measured`` group (``python -m validation.bands``:
     held-out splits 0 and 1, per key and regime); without a shipped profile, this report's held-out split."""
@@ -278,9 +277,12 @@ def _measured_bands(gpu: str, rep: "GpuReport") -> dict[str, Any]:
 
     path = shipped_profile_path(gpu)
     bands = load_profile_file(path, gpu).bands if path.exists() else {}
-    return {"measured": bands["measured"]} if "measured" in bands else {"measured": band_table(rep.records, rep.predicted)}
+    if "measured" in bands:
+        return {"measured": {k: dict(v) for k, v in bands["measured"].items()}}
+    return {"measured": band_table(rep.records, rep.predicted)}
 
 
+@app.command()
 def main(
     data: Path = typer.Option(DATA_DIR, help="folder with <gpu>.jsonl record files"),
     out: Path = typer.Option(Path("validation/report"), help="folder for the PNG plots"),
