@@ -2,8 +2,8 @@
 
 Public API::
 
-    perfmodel.analyze(model, gpu, context_len=..., output_tokens=..., batch=..., tp=..., mode=...,
-                      attention_impl="sdpa")
+    perfmodel.analyze(model, gpu, context_len=..., output_tokens=..., batch=..., tp=...,
+                      mode="calibrated", attention_impl="sdpa")   # mode="peak": the datasheet bound
     perfmodel.predict(op_descriptor, gpu, mode="calibrated") -> seconds
     perfmodel.sweep(model, gpu, context_len=[...], batch=[...], tp=[...], output_tokens=[...]) -> DataFrame
     perfmodel.simulate(perfmodel.Deployment.make(model, gpu, tp=...), perfmodel.Workload(...)) -> SimResult

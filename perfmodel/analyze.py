@@ -243,6 +243,10 @@ def analyze(
     (prefill) and expert parallelism (:mod:`perfmodel.parallel`); ``topology`` names a system
     in ``hw/data/systems`` (default: one NVLink node of the GPU).
 
+    ``mode``: ``calibrated`` (default), the best estimate with an 80% error band (``prefill.low_s`` /
+    ``high_s``, ``to_dict()``'s ``*_low`` / ``*_high``) and its provenance per op class (``provenance``);
+    ``peak``, the datasheet roofline, a bound.
+
     ``attention_impl`` (:class:`perfmodel.ops.AttentionImpl`: ``sdpa``, PyTorch's default and the class of
     serving engines' kernels; ``flash2``; ``triton``) picks the attention kernel whose curves price
     attention in calibrated mode (peak mode prices every impl at the datasheet roofline).  ``None``
