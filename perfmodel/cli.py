@@ -151,7 +151,8 @@ def add_launch_arg(p: argparse.ArgumentParser) -> None:
 def add_scenario_args(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     """Model, GPU, precision and mode flags shared by analyze and sweep."""
     p.add_argument("--model", default="yi-34b", help="model name or path to a config.json")
-    p.add_argument("--gpu", default="a100-sxm-80gb", help="GPU name, alias or path to a YAML file")
+    p.add_argument("--gpu", default="a100-sxm-80gb", help="GPU name, alias or path to a YAML file"
+                   + ("; a comma-separated list, or all (every shipped GPU)" if sweep else ""))
     p.add_argument("--mode", choices=["calibrated", "peak"], default="calibrated",
                    help="calibrated: the best estimate (the GPU's measured profile, else one transferred from a "
                         "measured GPU; provenance per op class); peak: the datasheet roofline, a bound")
@@ -204,11 +205,7 @@ def _build_parser() -> _Parser:
     pr.set_defaults(func=_cmd_predict)
 
     s = sub.add_parser("sweep", help="evaluate the product of scenario axes (CSV to stdout or --out)")
-    add_scenario_args(s)
-    s.set_defaults(gpu="a100-sxm-80gb")
-    for action in s._actions:
-        if action.dest == "gpu":
-            action.help = "GPU name, alias or YAML path; a comma-separated list, or all (every shipped GPU)"
+    add_scenario_args(s, sweep=True)
     s.add_argument("--context", type=_int_list, default=[4000, 50000], help="e.g. 1000,4000 or 1000:100000:1000")
     s.add_argument("--batch", type=_int_list, default=[1])
     s.add_argument("--tp", type=_int_list, default=[1])
@@ -435,7 +432,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         return 0
     frames = [sweep(args.model, gpu, context_len=args.context, batch=args.batch, tp=args.tp, max_bytes=max_bytes, **kw)
               for gpu in gpus]
-    df = frames[0] if len(frames) == 1 else __import__("pandas").concat(frames, ignore_index=True)
+    if len(frames) > 1:
+        import pandas as pd
+
+        frames = [pd.concat(frames, ignore_index=True)]
+    df = frames[0]
     if args.out:
         from perfmodel.tables import write_table
 
