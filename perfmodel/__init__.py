@@ -4,8 +4,8 @@ Public API::
 
     scn = perfmodel.Scenario.make(model, gpu, context_len=..., batch=..., layout=perfmodel.Layout(tp=...))
     perfmodel.analyze(scn)  # or, building the scenario from keywords:
-    perfmodel.analyze(model, gpu, context_len=..., output_tokens=..., batch=..., tp=..., mode=...,
-                      attention_impl="sdpa")
+    perfmodel.analyze(model, gpu, context_len=..., output_tokens=..., batch=..., tp=...,
+                      mode="calibrated", attention_impl="sdpa")   # mode="peak": the datasheet bound
     perfmodel.predict(op_descriptor, gpu, mode="calibrated") -> seconds
     perfmodel.sweep(model, gpu, context_len=[...], batch=[...], tp=[...], output_tokens=[...]) -> DataFrame
     perfmodel.sweep(scn, context_len=[...]) -> DataFrame

@@ -225,7 +225,7 @@ def analyze(
     output_tokens: int = 250,
     batch: int = 1,
     tp: int = 1,
-    mode: "Mode | str" = Mode.PEAK,
+    mode: "Mode | str" = Mode.CALIBRATED,
     weight_dtype: str | None = None,
     kv_dtype: str | None = None,
     activation_dtype: str = "bf16",
@@ -251,6 +251,10 @@ def analyze(
     (prefill) and expert parallelism (:mod:`perfmodel.parallel`); ``topology`` names a system
     in ``hw/data/systems`` (default: one NVLink node of up to 8 GPUs, else the smallest shipped system of
     the GPU that holds the layout, named in the notes; :func:`perfmodel.comm.default_topology`).
+
+    ``mode``: ``calibrated`` (default), the best estimate with an 80% error band (``prefill.low_s`` /
+    ``high_s``, ``to_dict()``'s ``*_low`` / ``*_high``) and its provenance per op class (``provenance``);
+    ``peak``, the datasheet roofline, a bound.
 
     ``attention_impl`` (:class:`perfmodel.ops.AttentionImpl`: ``sdpa``, PyTorch's default and the class of
     serving engines' kernels; ``flash2``; ``triton``) picks the attention kernel whose curves price

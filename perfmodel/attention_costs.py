@@ -43,7 +43,8 @@ def flash_splits(units, n_blocks, slots: int, max_splits: int = 128):
     allowed = s <= np.minimum(min(max_splits, slots), nn)[:, None]
     changes = (s == 1) | (np.ceil(nn[:, None] / s) != np.ceil(nn[:, None] / np.maximum(s - 1, 1)))
     w = uu[:, None] * s / slots
-    eff = np.where(allowed & changes, w / np.ceil(w), 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):  # w = 0 (no units): 0 / 0, not chosen
+        eff = np.where(allowed & changes, w / np.ceil(w), 0.0)
     ok = (eff >= 0.85 * eff.max(axis=1, keepdims=True)) & (eff > 0)
     choice = np.where(ok.any(axis=1), np.argmax(ok, axis=1) + 1.0, 1.0)
     out[need] = choice[np.ravel(inv)]

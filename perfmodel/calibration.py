@@ -352,20 +352,30 @@ class Profile:
     #: ``attention_decode[sdpa]``, ``elementwise:rmsnorm``, ``*`` for all held-out ops); empty: no band.
     bands: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
-    def band_of(self, op_class: OpClass, keys: tuple[str, ...] = ()) -> tuple[float, float]:
-        """(q10, q90) of log(predicted / measured) for an op of ``op_class``: the band group of its provenance
-        (``measured``, ``transferred``, ``datasheet``), the first of ``keys`` it has, else its ``*`` (all ops);
-        (0, 0) in peak mode or without one."""
+    def band_of(self, op_class: OpClass, keys: tuple[str, ...] = (), regime: str | None = None) -> tuple[float, float]:
+        """(q10, q90) of log(predicted / measured) for an op of ``op_class`` in ``regime`` (``compute``, ``memory``,
+        ``latency``: :func:`perfmodel.costs.regime_of`): the band group of its provenance (``measured``,
+        ``transferred``, ``datasheet``), the first of ``keys`` it has (``<key>|<regime>`` before ``<key>``), else
+        its ``*`` (all ops); (0, 0) in peak mode or without one.  A transferred class takes the envelope of its
+        ``transferred`` and ``measured`` rows: the measured band widened by the measured transfer error."""
         if self.mode is Mode.PEAK or not self.bands:
             return 0.0, 0.0
         label = self.provenance_of(op_class)
         group = "measured" if label.startswith("measured") else "transferred" if label.startswith("transferred") \
             else "datasheet"
+        rows = [self._band_row(group, op_class, keys, regime)]
+        if group == "transferred":
+            rows.append(self._band_row("measured", op_class, keys, regime))
+        rows = [r for r in rows if r is not None]
+        return (min(r[0] for r in rows), max(r[1] for r in rows)) if rows else (0.0, 0.0)
+
+    def _band_row(self, group: str, op_class: OpClass, keys: tuple[str, ...], regime: str | None):
         table = self.bands.get(group) or {}
         for k in (*keys, op_class.value, "*"):
-            if k in table:
-                return table[k]["q10"], table[k]["q90"]
-        return 0.0, 0.0
+            for key in ((f"{k}|{regime}", k) if regime else (k,)):
+                if key in table:
+                    return table[key]["q10"], table[key]["q90"]
+        return None
 
     def __post_init__(self) -> None:
         if self.attention_impl is None:  # the scenario named none: sdpa, or the impl the profile has

@@ -510,6 +510,24 @@ def op_cost(op: Op, gpu: GPU, profile: Profile) -> OpCost:
     return c
 
 
+#: Regimes of an op's predicted cost (:func:`regime_of`): band keys ``<key>|<regime>`` (``docs/calibration.md``).
+REGIMES: tuple[str, ...] = ("compute", "memory", "latency")
+#: Share of the total above which fixed costs (launch, ramp-free latency) make an op latency-bound.
+LATENCY_BOUND_SHARE = 0.5
+
+
+def regime_of(c: OpCost) -> Any:
+    """``latency`` when ``latency_s`` is at least :data:`LATENCY_BOUND_SHARE` of the total, else ``compute``
+    when the math term exceeds the data movement (memory plus communication), else ``memory``; an array of
+    names for array costs."""
+    t, lat = np.broadcast_arrays(np.asarray(c.total_s, dtype=np.float64), np.asarray(c.latency_s, dtype=np.float64))
+    comp = np.asarray(c.compute_s, dtype=np.float64)
+    move = np.asarray(c.memory_s, dtype=np.float64) + np.asarray(c.comm_s, dtype=np.float64)
+    out = np.where(lat >= LATENCY_BOUND_SHARE * t, "latency", np.where(comp > move, "compute", "memory"))
+    out = np.broadcast_to(out, t.shape)
+    return str(out) if out.ndim == 0 else out
+
+
 def band_keys(op: Op, profile: Profile) -> tuple[OpClass, tuple[str, ...]]:
     """The op class of ``op`` and its band keys, most specific first (``attention_decode[stream_k]``,
     ``elementwise:rmsnorm`` then ``elementwise``)."""
@@ -529,12 +547,21 @@ def band_keys(op: Op, profile: Profile) -> tuple[OpClass, tuple[str, ...]]:
 
 
 def with_band(c: OpCost, op: Op, profile: Profile) -> OpCost:
-    """``c`` with the error band of ``op``'s class and provenance (:meth:`Profile.band_of`): the measured time
-    lies in ``[t * exp(-q90), t * exp(-q10)]`` where ``q10``, ``q90`` are quantiles of log(predicted / measured)."""
+    """``c`` with the error band of ``op``'s class, regime (:func:`regime_of`) and provenance
+    (:meth:`Profile.band_of`): the measured time lies in ``[t * exp(-q90), t * exp(-q10)]`` where ``q10``, ``q90``
+    are quantiles of log(predicted / measured)."""
     oc, keys = band_keys(op, profile)
-    q10, q90 = profile.band_of(oc, keys)
+    reg = regime_of(c)
     t = c.total_s
-    return dataclasses.replace(c, band_lo_s=t * math.expm1(-q90), band_hi_s=t * math.expm1(-q10))
+    if isinstance(reg, str):
+        q10, q90 = profile.band_of(oc, keys, reg)
+        return dataclasses.replace(c, band_lo_s=t * math.expm1(-q90), band_hi_s=t * math.expm1(-q10))
+    q10, q90 = np.zeros(reg.shape), np.zeros(reg.shape)
+    for r in REGIMES:
+        sel = reg == r
+        if sel.any():
+            q10[sel], q90[sel] = profile.band_of(oc, keys, r)
+    return dataclasses.replace(c, band_lo_s=t * np.expm1(-q90), band_hi_s=t * np.expm1(-q10))
 
 
 def eager_cost(cost: OpCost, terms) -> OpCost:

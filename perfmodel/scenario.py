@@ -262,7 +262,7 @@ class Scenario:
     @classmethod
     def make(cls, model: "str | ModelSpec" = "yi-34b", gpu: "str | GPU" = "a100-sxm-80gb",
              context_len: int = 50_000, output_tokens: int = 250, batch: int = 1, tp: int = 1,
-             mode: "Mode | str" = Mode.PEAK, weight_dtype: str | None = None, kv_dtype: str | None = None,
+             mode: "Mode | str" = Mode.CALIBRATED, weight_dtype: str | None = None, kv_dtype: str | None = None,
              activation_dtype: str = "bf16", chunk_tokens: int | None = DEFAULT_PREFILL_CHUNK_TOKENS,
              reserve_fraction: float = DEFAULT_RESERVE_FRACTION, profile: "Profile | str | None" = None,
              knobs: Knobs | None = None, pp: int = 1, sp: int = 1, sp_kind: str = "ring", ep: int = 1,

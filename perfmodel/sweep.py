@@ -154,7 +154,7 @@ def sweep(
     batch: Iterable[int] | int | None = None,
     tp: Iterable[int] | int | None = None,
     output_tokens: Iterable[int] | int | None = None,
-    mode: "Mode | str" = Mode.PEAK,
+    mode: "Mode | str" = Mode.CALIBRATED,
     weight_dtype: str | None = None,
     kv_dtype: str | None = None,
     activation_dtype: str = "bf16",
@@ -254,7 +254,7 @@ def _axis_max(values: Any) -> int:
     return int(np.max(np.asarray(values)))
 
 
-def iter_sweep(model, gpu, context_len=50_000, batch=1, tp=1, output_tokens=250, mode="peak", weight_dtype="bf16",
+def iter_sweep(model, gpu, context_len=50_000, batch=1, tp=1, output_tokens=250, mode="calibrated", weight_dtype="bf16",
                kv_dtype=None, activation_dtype="bf16", chunk_tokens=DEFAULT_PREFILL_CHUNK_TOKENS,
                reserve_fraction=DEFAULT_RESERVE_FRACTION, profile=None, knobs=None, knob_axes=None, pp=1, sp=1,
                sp_kind="ring", ep=1, topology=None, attention_impl=None, launch=None,

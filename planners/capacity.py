@@ -111,7 +111,7 @@ class CapacityQuery:
     tp_options: tuple[int, ...] = (1, 2, 4, 8)
     pp_options: tuple[int, ...] = (1,)
     max_gpus: int = 64
-    mode: str = "peak"
+    mode: str = "calibrated"
     weight_dtype: str = "bf16"
     deployment_kw: dict = field(default_factory=dict)
     deadline: float | None = None  # time.time() past which no simulation runs (None: no limit)
@@ -420,7 +420,7 @@ def register(plan_subparsers) -> None:
     p.add_argument("--pp", default="1", help="PP degrees to consider")
     p.add_argument("--max-gpus", type=int, default=64)
     p.add_argument("--prices", default=None, help="YAML of usd_per_gpu_hour with source and date per GPU")
-    p.add_argument("--mode", choices=["peak", "calibrated"], default="peak")
+    p.add_argument("--mode", choices=["calibrated", "peak"], default="calibrated")
     from perfmodel.cli import add_attention_impl_arg, add_launch_arg
 
     add_attention_impl_arg(p)

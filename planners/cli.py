@@ -53,7 +53,7 @@ def register(subparsers) -> None:
     s.add_argument("--model", required=True)
     s.add_argument("--gpu", required=True)
     s.add_argument("--sp-kind", choices=["ulysses", "ring", "hybrid"], default="ulysses")
-    s.add_argument("--mode", choices=["peak", "calibrated"], default="peak")
+    s.add_argument("--mode", choices=["calibrated", "peak"], default="calibrated")
     s.add_argument("--buckets", type=_int, default=16, help="length buckets of the MILP (default 16)")
     s.add_argument("--topology", default=None,
                    help="system from hw/data/systems an SP group is placed in (default: one NVLink node of 8 GPUs; "

@@ -108,6 +108,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     out: dict[str, Any] = res.summary(slo)
     b = analytic_bounds(dep, reqs)
     out["knobs"] = dep.knobs.to_dict() if dep.knobs is not None else {}
+    prof = dep.resolved_profile
+    out["mode"] = prof.mode.value
+    out["provenance"] = prof.provenance_map()  # per op class: measured, transferred from <gpu>, datasheet
+    out["provenance_summary"] = prof.provenance_summary()
     out["notes"] = list(res.notes) + ([COST_NOT_QUALITY] if dep.knobs is not None else [])
     out["analytic"] = {
         "prefill_alone_s_p50": float(_median(b.prefill_s)),
@@ -160,5 +164,7 @@ def _print_table(out: dict[str, Any]) -> None:
     if out["knobs"]:
         lines.append("knobs: " + ", ".join(f"{k}={v}" for k, v in out["knobs"].items()))
     lines += [f"note: {n}" for n in out["notes"]]
+    if out.get("provenance_summary"):
+        lines.append(f"{out['mode']} mode; provenance: {out['provenance_summary']}")
     for line in lines:
-        console.print(line)
+        console.print(line, markup=False)

@@ -110,7 +110,7 @@ class Deployment:
     knobs: Knobs | None = None
 
     @classmethod
-    def make(cls, model="llama-3-8b", gpu="h100-sxm-80gb", mode: Mode | str = Mode.PEAK,
+    def make(cls, model="llama-3-8b", gpu="h100-sxm-80gb", mode: Mode | str = Mode.CALIBRATED,
              weight_dtype=None, kv_dtype=None, attention_impl=None, launch=None, **kw) -> Deployment:
         """Build from names; ``kw`` are the other fields (enums may be given as strings, ``knobs`` a Knobs).
         ``attention_impl`` (``sdpa`` default, ``flash2``, ``triton``) picks the attention kernel's curves."""
@@ -234,7 +234,7 @@ class Deployment:
 
     @property
     def resolved_profile(self) -> Profile:
-        return self.profile if self.profile is not None else resolve_profile(self.gpu, Mode.PEAK, None)
+        return self.profile if self.profile is not None else resolve_profile(self.gpu, Mode.CALIBRATED, None)
 
     def describe(self) -> str:
         s = f"{self.model.name} on {self.replicas}x({self.gpu.name} tp={self.tp} pp={self.pp})"
