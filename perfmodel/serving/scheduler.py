@@ -108,6 +108,7 @@ class Replica:
         self.admitted = 0  # requests admitted to prefill since the last step (the engine's per-request cost)
         self.step_durations: list[float] = []  # per iteration that decodes: its duration and decode batch (ITL)
         self.step_batches: list[int] = []
+        self._stalled = 0.0  # seconds of prefill-only steps the decoding requests sat out (prefill-first)
 
     # -- bookkeeping -----------------------------------------------------------------
     def add(self, i: int) -> None:
@@ -267,9 +268,12 @@ class Replica:
             self.admitted = 0
         dur += cost[0]
         end = t + dur
-        if b:
-            self.step_durations.append(dur)
+        if b:  # each decoding sequence waited this step (and any prefill step it sat out) for its token
+            self.step_durations.append(dur + self._stalled)
             self.step_batches.append(b)
+            self._stalled = 0.0
+        elif self.b:
+            self._stalled += dur
         if self.record:
             self.log.append((self.index, t, dur, b, ptoks, len(completed), self.used_blocks, self.resident,
                              len(self.waiting), cost[1], cost[2]))
