@@ -213,18 +213,10 @@ def _merge_kernel(
 
 
 def gpu_meta(head_dim: int, v_head_dim: int, group: int, v_from_k: bool) -> dict:
-    """Tile sizes on a GPU (not yet tuned on one): 16 query heads a program for MLA's 512-wide rows
-    (as vLLM's Triton MLA decode), otherwise the whole group up to 64; 64 keys a tile up to
-    head_dim 128, 32 beyond."""
-    if v_from_k:
-        return {"BLOCK_G": 16, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2}
-    small = head_dim <= 128 and v_head_dim <= 128
-    return {
-        "BLOCK_G": min(64, max(16, next_pow2(group))),
-        "BLOCK_N": 64 if small else 32,
-        "num_warps": 4,
-        "num_stages": 3 if small else 2,
-    }
+    """Tile sizes on a GPU: :func:`perfmodel.decode_schedule.general_tile` (shared with the cost
+    model)."""
+    g, n, warps, stages = ds.general_tile(head_dim, v_head_dim, group, v_from_k)
+    return {"BLOCK_G": g, "BLOCK_N": n, "num_warps": warps, "num_stages": stages}
 
 
 def check_scale(name: str, scale: object, kv_heads: int, device: torch.device) -> int:
@@ -309,8 +301,6 @@ def launch(
     interp = interpreting()
     meta = dict(_INTERPRETER_META) if interp else gpu_meta(D, v_head_dim, group, v_from_k)
     block_g = meta.pop("BLOCK_G")
-    if not interp:
-        block_g = min(block_g, max(16, next_pow2(group)))
     head_blocks = triton.cdiv(group, block_g)
     d_a, d_b = split_head_dim(D)
     hdv = max(MIN_HEAD_DIM, next_pow2(v_head_dim))

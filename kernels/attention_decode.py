@@ -54,8 +54,8 @@ __all__ = [
 #: head sizes the tests run; any size from MIN_HEAD_DIM to MAX_HEAD_DIM is taken
 HEAD_DIMS = (64, 80, 96, 128, 192, 256)
 #: head sizes (K and V alike, float cache) of the split-KV and stream-K kernels; other caches run
-#: the general split-KV kernel
-STREAM_K_HEAD_DIMS = (64, 128, 256)
+#: the general split-KV kernel (the rule: :func:`perfmodel.decode_schedule.runs_general`)
+STREAM_K_HEAD_DIMS = ds.STREAM_K_HEAD_DIMS
 #: stream-K keeps a prefix sum over the sequences in registers; this bounds the batch.
 MAX_STREAM_K_BATCH = 16384
 _LOG2E = 1.4426950408889634
@@ -171,8 +171,7 @@ def takes_stream_k(k: object, v: object, k_scale: object, v_scale: object) -> bo
     if not (isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)) or k.dim() != 4:
         return True
     fp = k.dtype in FLOAT_DTYPES and v.dtype in FLOAT_DTYPES
-    return (k_scale is None and v_scale is None and fp and k.shape[-1] in STREAM_K_HEAD_DIMS
-            and v.shape[-1] == k.shape[-1])
+    return k_scale is None and v_scale is None and fp and not ds.runs_general(k.shape[-1], v.shape[-1], False)
 
 
 def general_schedule(sched: DecodeSchedule, head_dim: int, v_head_dim: int) -> None:
