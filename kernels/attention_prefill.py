@@ -264,8 +264,29 @@ _GPU_CONFIGS = [
     _cfg(64, 64, 4, 4),
     _cfg(128, 32, 4, 4),
 ]
+#: heads wider than 128 (query/key parts together, or V): the configurations that fit the shared
+#: memory of an H100 without spilling registers when compiled for sm_90 (head_dim 192/128 and 256)
+_WIDE_GPU_CONFIGS = [
+    _cfg(128, 64, 2, 8),
+    _cfg(128, 32, 2, 8),
+    _cfg(128, 32, 3, 8),
+    _cfg(64, 32, 3, 4),
+]
 _INTERPRETER_META = {"BLOCK_M": 32, "BLOCK_N": 16}
-_tuned = triton.autotune(configs=_GPU_CONFIGS, key=["L", "HEAD_DIM", "HEAD_DIM_B", "DV", "CAUSAL"])(_prefill_kernel)
+
+
+def configs_for_head(configs, named_args, **kwargs):
+    """The autotuner's configurations for a head: :data:`_GPU_CONFIGS` up to 128 elements,
+    :data:`_WIDE_GPU_CONFIGS` beyond."""
+    wide = kwargs["HEAD_DIM"] + kwargs["HEAD_DIM_B"] > 128 or kwargs["HEAD_DIM_V"] > 128
+    return [c for c in configs if any(c is w for w in _WIDE_GPU_CONFIGS) == wide]
+
+
+_tuned = triton.autotune(
+    configs=_GPU_CONFIGS + _WIDE_GPU_CONFIGS,
+    key=["L", "HEAD_DIM", "HEAD_DIM_B", "DV", "CAUSAL"],
+    prune_configs_by={"early_config_prune": configs_for_head},
+)(_prefill_kernel)
 
 
 def _check(q, k, v, sm_scale) -> None:
