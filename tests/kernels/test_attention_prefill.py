@@ -135,3 +135,20 @@ def test_counts_causal_half():
     assert kernels.attention_prefill.flops(op) == 4 * 2 * 4 * 64 * mask_pairs
     assert kernels.attention_prefill.flops({**op, "causal": False}) == 4 * 2 * 4 * 64 * 81
     assert kernels.attention_prefill.bytes_moved(op) == 2 * (2 * 2 * 2 * 9 * 64 + 2 * 2 * 4 * 9 * 64)
+
+
+def test_gpu_configs_by_head_size():
+    # heads up to 128 keep the configurations they were tuned with; wider heads get those that fit
+    import sys
+
+    m = sys.modules["kernels.attention_prefill"]
+    every = m._GPU_CONFIGS + m._WIDE_GPU_CONFIGS
+
+    def offered(d, dv):
+        a, b = kernels._common.split_head_dim(d)
+        return m.configs_for_head(every, {}, HEAD_DIM=a, HEAD_DIM_B=b, HEAD_DIM_V=max(16, 1 << (dv - 1).bit_length()))
+
+    for d in (32, 64, 80, 96, 128):
+        assert offered(d, d) == m._GPU_CONFIGS
+    for d, dv in ((192, 128), (256, 256), (128, 256)):
+        assert offered(d, dv) == m._WIDE_GPU_CONFIGS
