@@ -18,6 +18,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import kernels
 from kernels import reference
+from perfmodel.decode_schedule import STREAM_K_HEAD_DIMS
 
 #: (head_dim, v_head_dim) of every head size; 192/128 is DeepSeek's attention before weight absorption
 HEAD_SIZES = ((64, 64), (80, 80), (96, 96), (128, 128), (192, 128), (256, 256))
@@ -124,7 +125,7 @@ def heads(row, bench, quick: bool) -> None:
         lens = torch.full((b,), length, device="cuda", dtype=torch.int32)
         op = _attn_op("decode", b, 1, length, 32, 8, d, dv)
         fl, nb = kernels.attention_decode.flops(op), kernels.attention_decode.bytes_moved(op)
-        schedules = ("split_kv", "stream_k") if (d == dv and d in kernels.attention_decode.STREAM_K_HEAD_DIMS) \
+        schedules = ("split_kv", "stream_k") if (d == dv and d in STREAM_K_HEAD_DIMS) \
             else ("split_kv",)
         for s in schedules:
             _against_sdpa(row, bench, "heads_decode", "attention_decode", f"{s} D{d} Dv{dv}", f"B{b} L{length}",
@@ -200,7 +201,7 @@ def fp8kv(row, bench, quick: bool) -> None:
             lens = torch.full((b,), length, device="cuda", dtype=torch.int32)
             op = _attn_op("decode", b, 1, length, 32, 8, d, d)
             fl = kernels.attention_decode.flops(op)
-            scheds = ("split_kv", "stream_k") if d in kernels.attention_decode.STREAM_K_HEAD_DIMS else ("split_kv",)
+            scheds = ("split_kv", "stream_k") if d in STREAM_K_HEAD_DIMS else ("split_kv",)
             t16 = min(bench(lambda s=s: kernels.attention_decode(q, k, v, lens, schedule=s, validate=False))
                       for s in scheds)
             kq, ks = reference.quantize_fp8(k)
