@@ -1,11 +1,12 @@
 """Causal GQA flash attention forward (FlashAttention-2 style) in Triton.
 
-``q [B,Hq,L,D]``, ``k [B,Hkv,L,D]``, ``v [B,Hkv,L,Dv]``, ``Hq % Hkv == 0``, ``D`` and ``Dv`` from 16 to 256 (tested:
-:data:`HEAD_DIMS`, and ``D=192, Dv=128``, DeepSeek's attention before weight absorption), any ``L``.
-A head size that is not a power of two is taken as two power-of-two parts (80 = 64 + 16, 192 =
-128 + 64; :func:`kernels._common.split_head_dim`) and V rows are padded to a power of two with
-masked loads, since ``tl.arange`` needs powers of two. Online softmax in fp32 with base-2 exponentials; under causal masking, key tiles entirely above
-the diagonal are never visited and only the tiles that cross the diagonal are masked.
+``q [B,Hq,L,D]``, ``k [B,Hkv,L,D]``, ``v [B,Hkv,L,Dv]``, ``Hq % Hkv == 0``, ``D`` and ``Dv`` from 16
+to 256 (tested: :data:`HEAD_DIMS`, and ``D=192, Dv=128``, DeepSeek's attention before weight
+absorption), any ``L``. A head size that is not a power of two is taken as two power-of-two parts
+(80 = 64 + 16, 192 = 128 + 64; :func:`kernels._common.split_head_dim`) and V rows are padded to a
+power of two with masked loads, since ``tl.arange`` needs powers of two. Online softmax in fp32
+with base-2 exponentials; under causal masking, key tiles entirely above the diagonal are never
+visited and only the tiles that cross the diagonal are masked.
 """
 
 from __future__ import annotations
