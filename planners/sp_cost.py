@@ -12,12 +12,21 @@ per layer times the layer count (forward only; planners.md section 4):
   hidden behind the attention of the device's share (zig-zag balanced);
   only the excess shows.
 - Hybrid (USP): Ulysses over ``u`` = the largest power of two dividing the
-  query heads with ``u <= min(d, n_kv)``, ring over ``r = d / u`` with blocks
-  ``(s/r) 2 (h_kv/u) b``.
+  query heads with ``u <= min(d, n_kv)`` (and ``u <= `` GPUs per node with a
+  topology), ring over ``r = d / u`` with blocks ``(s/r) 2 (h_kv/u) b``, its
+  members ``u`` GPUs apart.
+- Auto: per sequence and degree, the fastest of the three among those with the
+  smallest per-GPU KV footprint (Ulysses beyond ``n_kv`` replicates KV heads,
+  so at those degrees Ring or hybrid).
 
-Collective times come from :func:`perfmodel.comm.collective_cost` (the core's
-single entry point: today an alpha-beta model over the GPU's own fabric, with
-no notion of nodes).  Memory: a sequence keeps its KV cache resident, ``s / d``
+Collective times come from :func:`perfmodel.comm.collective_time`, the core's
+one pricing of collectives over links.  Without a topology a group of ``d``
+GPUs is one node of the GPU's own fabric (its NVLink).  With one (a node or
+cluster from ``hw/data/systems`` or a file), a group of ``d <=`` GPUs per node
+sits inside one node and uses its NVLink, and a larger group takes whole nodes:
+its all-to-all pays the NICs for the share bound to other nodes and its ring
+steps cross a NIC (:func:`perfmodel.comm.place` and its hierarchical forms);
+degrees must then divide, or be multiples of, the GPUs per node.  Memory: a sequence keeps its KV cache resident, ``s / d``
 tokens per GPU (Ulysses beyond ``n_kv``: ``d / n_kv`` times more); the
 capacity is the core's :func:`perfmodel.phases.memory_budget` with the
 weights replicated on every GPU and one 8192-token prefill workspace.
@@ -32,11 +41,11 @@ import numpy as np
 
 from hw.spec import GPU
 from perfmodel.calibration import Profile
-from perfmodel.comm import collective_cost
+from perfmodel.comm import Topology, collective_time
 from perfmodel.costs import op_cost
 from perfmodel.layers import Precision
 from perfmodel.models import ModelSpec
-from perfmodel.ops import Attention, Collective, OpKind, Phase
+from perfmodel.ops import Attention, OpKind, Phase
 from perfmodel.phases import DEFAULT_PREFILL_CHUNK_TOKENS, memory_budget, prefill_cost
 from planners.errors import InfeasibleError
 
@@ -45,6 +54,10 @@ class SpKind(str, enum.Enum):
     ULYSSES = "ulysses"
     RING = "ring"
     HYBRID = "hybrid"
+    AUTO = "auto"  # per sequence and degree, the fastest of the three (smallest KV footprint first)
+
+
+CONCRETE_KINDS = (SpKind.ULYSSES, SpKind.RING, SpKind.HYBRID)
 
 
 def _pow2_floor(n: int) -> int:
@@ -60,17 +73,35 @@ class SpCostModel:
     profile: Profile
     kind: SpKind = SpKind.ULYSSES
     precision: Precision = Precision()
+    topology: Topology | None = None  # None: every group is one node of the GPU's own fabric
+
+    @property
+    def gpus_per_node(self) -> int | None:
+        return None if self.topology is None else self.topology.gpus_per_node
+
+    def _fits_nodes(self, d: int) -> bool:
+        g = self.gpus_per_node
+        return g is None or g % d == 0 or d % g == 0
+
+    def kinds(self, d: int) -> tuple[SpKind, ...]:
+        """The concrete kinds this model may use at degree ``d``."""
+        cands = CONCRETE_KINDS if self.kind is SpKind.AUTO else (self.kind,)
+        return tuple(k for k in cands if k is not SpKind.ULYSSES or d == 1 or self.model.q_heads % d == 0)
 
     def degree_ok(self, d: int) -> bool:
-        """Ulysses splits query heads: ``d`` must divide them."""
-        return d == 1 or self.kind is not SpKind.ULYSSES or self.model.q_heads % d == 0
+        """Ulysses splits query heads: ``d`` must divide them; with a topology ``d`` must divide the
+        GPUs per node or be a multiple of them (a group takes part of one node or whole nodes)."""
+        return self._fits_nodes(d) and bool(self.kinds(d))
 
-    def ulysses_degree(self, d: int) -> int:
-        if self.kind is SpKind.ULYSSES:
+    def ulysses_degree(self, d: int, kind: SpKind | None = None) -> int:
+        kind = self.kind if kind is None else SpKind(kind)
+        if kind is SpKind.AUTO:
+            raise ValueError("the auto kind has no single Ulysses degree; ask for a concrete kind")
+        if kind is SpKind.ULYSSES:
             return d
-        if self.kind is SpKind.RING:
+        if kind is SpKind.RING:
             return 1
-        u = _pow2_floor(min(d, self.model.kv_heads))
+        u = _pow2_floor(min(d, self.model.kv_heads, self.gpus_per_node or d))
         while u > 1 and self.model.q_heads % u:
             u //= 2
         return u
@@ -87,21 +118,25 @@ class SpCostModel:
                        window=m.sliding_window, kv_dtype=self.precision.kv)
         return np.asarray(op_cost(op, self.gpu, self.profile).total_s, dtype=np.float64) * np.ones_like(s)
 
-    def _coll_s(self, kind: OpKind, nbytes: np.ndarray, world: int) -> np.ndarray:
+    def _coll_s(self, kind: OpKind, nbytes: np.ndarray, world: int, stride: int = 1) -> np.ndarray:
         if world <= 1:
             return np.zeros_like(nbytes)
-        c = collective_cost(Collective(kind, nbytes, world, self.precision.activations), self.gpu, self.profile)
+        c = collective_time(kind, nbytes, world, self.gpu, self.profile, self.topology, stride=stride)
         return np.asarray(c.total_s, dtype=np.float64) * np.ones_like(nbytes)
 
-    def comm_s(self, lengths, d: int) -> np.ndarray:
-        """Exposed SP communication of the whole prefill (all layers), seconds."""
+    def comm_s(self, lengths, d: int, kind: SpKind | None = None) -> np.ndarray:
+        """Exposed SP communication of the whole prefill (all layers), seconds (``kind``: a concrete
+        kind, by default the model's own; for auto, that of the kind :meth:`choose` picks)."""
+        kind = self.kind if kind is None else SpKind(kind)
+        if kind is SpKind.AUTO:
+            return self.choose(lengths, d)[0] - self.compute_s(lengths) / d
         m = self.model
         s = np.asarray(lengths, dtype=np.float64)
         if d <= 1:
             return np.zeros_like(s)
         b = self.precision.activations.bytes_per_element
         hd, nq, nkv = m.head_dim, m.q_heads, m.kv_heads
-        u = self.ulysses_degree(d)
+        u = self.ulysses_degree(d, kind)
         r = d // u
         per_layer = np.zeros_like(s)
         if u > 1:
@@ -110,20 +145,43 @@ class SpCostModel:
             per_layer += self._coll_s(OpKind.ALL_TO_ALL, (s / d) * nq * hd * b, u)
         if r > 1:
             block = (s / r) * 2 * max(1.0, nkv / u) * hd * b
-            ring = (r - 1) * self._coll_s(OpKind.SEND_RECV, block, r)
+            ring = (r - 1) * self._coll_s(OpKind.SEND_RECV, block, r, stride=u)
             attn = self._attention_s(s) / d
             per_layer += np.maximum(0.0, ring - attn)  # ring steps hide behind the attention
         return per_layer * m.num_layers
 
     def time_s(self, lengths, d: int) -> np.ndarray:
         """``t_i(d)``: prefill of each sequence on a group of ``d`` GPUs, seconds."""
+        if self.kind is SpKind.AUTO:
+            return self.choose(lengths, d)[0]
         return self.compute_s(lengths) / d + self.comm_s(lengths, d)
 
-    def mem_tokens(self, lengths, d: int) -> np.ndarray:
+    def mem_tokens(self, lengths, d: int, kind: SpKind | None = None) -> np.ndarray:
         """Per-GPU KV footprint of each sequence at degree ``d``, in tokens of full KV."""
+        kind = self.kind if kind is None else SpKind(kind)
+        if kind is SpKind.AUTO:
+            return self.choose(lengths, d)[1]
         s = np.asarray(lengths, dtype=np.float64)
-        rep = max(1.0, self.ulysses_degree(d) / self.model.kv_heads) if self.kind is not SpKind.RING else 1.0
+        rep = max(1.0, self.ulysses_degree(d, kind) / self.model.kv_heads) if kind is not SpKind.RING else 1.0
         return s * rep / d
+
+    def choose(self, lengths, d: int) -> tuple[np.ndarray, np.ndarray, list[SpKind]]:
+        """Per sequence at degree ``d``: (time s, KV tokens per GPU, kind) of the kind used.
+
+        A concrete model uses its kind; auto takes, among the kinds with the smallest footprint,
+        the fastest (ties: Ulysses, Ring, hybrid in that order).
+        """
+        s = np.asarray(lengths, dtype=np.float64)
+        kinds = self.kinds(d)
+        if not kinds:
+            raise ValueError(f"no SP kind of {self.kind.value!r} runs at degree {d}")
+        comp = self.compute_s(s) / d
+        t = np.stack([comp + self.comm_s(s, d, k) for k in kinds])
+        mem = np.stack([self.mem_tokens(s, d, k) for k in kinds])
+        smallest = mem <= mem.min(axis=0) * (1 + 1e-12)
+        j = np.argmin(np.where(smallest, t, np.inf), axis=0)
+        cols = np.arange(s.size)
+        return t[j, cols], mem[j, cols], [kinds[i] for i in j]
 
     def capacity_tokens(self) -> float:
         """KV tokens one GPU holds beside replicated weights, a prefill workspace and the reserve."""
