@@ -341,11 +341,84 @@ def static_plans(inst: SpInstance, micro_batches: bool = False) -> dict[int, lis
             for j, d in enumerate(inst.degrees)}
 
 
+def mixed_split(inst: SpInstance, micro_batches: bool = False, time_s: np.ndarray | None = None,
+                mem_tokens: np.ndarray | None = None, steps: int = 40) -> list[tuple[int, list[int]]] | None:
+    """Groups of mixed degrees for a makespan target ``C`` found by bisection (None: nothing fits).
+
+    For a target ``C`` the sequences are taken longest first; each goes where it adds the least
+    GPU-time ``d t_i(d)`` with its group's load staying ``<= C`` (and memory fitting): into an open
+    group, or into a new group of any degree while GPUs are left.  Short sequences so stay on small
+    groups inside a node, or fill what the long ones leave of large groups, and only long ones pay
+    for large groups over the NICs (FlexSP's point).  Degrees summing to at most ``N`` always fit
+    whole nodes (:func:`place_groups`).
+    """
+    t = inst.time_s if time_s is None else time_s
+    mem = inst.mem_tokens if mem_tokens is None else mem_tokens
+    cap = inst.capacity_tokens
+    deg = np.asarray(inst.degrees, dtype=np.int64)
+    fits = mem <= cap * (1 + 1e-12)
+    group_cap = np.inf if micro_batches else cap
+    area = t * deg[None, :]
+    order = np.argsort(-np.where(fits, t, np.inf).min(axis=1), kind="stable")
+    tol = 1 + 1e-12
+
+    def attempt(c: float) -> list[tuple[int, list[int]]] | None:
+        ok = fits & (t <= c * tol)
+        if not ok.any(axis=1).all():
+            return None
+        gcol = np.zeros(inst.gpus, dtype=np.int64)  # open groups: degree column, load, KV
+        gload, gmem = np.zeros(inst.gpus), np.zeros(inst.gpus)
+        members: list[list[int]] = []
+        free = inst.gpus
+        for i in order:
+            n = len(members)
+            best, where = np.inf, -1
+            if n:
+                cols = gcol[:n]
+                room = ((gload[:n] + t[i, cols] <= c * tol) & (gmem[:n] + mem[i, cols] <= group_cap * tol)
+                        & fits[i, cols])
+                if room.any():
+                    cost = np.where(room, area[i, cols], np.inf)
+                    where = int(np.argmin(cost))
+                    best = float(cost[where])
+            new = np.where(ok[i] & (deg <= free), area[i], np.inf)
+            j = int(np.argmin(new))
+            if new[j] < best:
+                gcol[n], gload[n], gmem[n] = j, t[i, j], mem[i, j]
+                members.append([int(i)])
+                free -= int(deg[j])
+            elif where >= 0:
+                gload[where] += t[i, gcol[where]]
+                gmem[where] += mem[i, gcol[where]]
+                members[where].append(int(i))
+            else:
+                return None
+        return [(int(deg[gcol[k]]), members[k]) for k in range(len(members))]
+
+    lo = lower_bound(inst) if time_s is None else 0.0
+    hi = float(np.where(fits, t, np.inf).min(axis=1).sum())
+    if not np.isfinite(hi):
+        return None
+    best_plan = attempt(hi)
+    if best_plan is None:
+        return None
+    for _ in range(steps):
+        if hi - lo <= 1e-4 * hi:
+            break
+        mid = (lo + hi) / 2
+        got = attempt(mid)
+        if got is None:
+            lo = mid
+        else:
+            hi, best_plan = mid, got
+    return best_plan
+
+
 def _makespan(groups: tuple[SpGroup, ...]) -> float:
     return max((g.time_s for g in groups), default=0.0)
 
 
-def _milp(inst: SpInstance, bucket: np.ndarray, start: tuple[int, list[list[int]]] | None, lb: float,
+def _milp(inst: SpInstance, bucket: np.ndarray, start: list[tuple[int, list[int]]] | None, lb: float,
           options: SolverOptions, deadline: float, micro_batches: bool = False):
     """Bucketed MILP, solved by ``deadline`` (``time.perf_counter()``, model building included);
     returns (groups as [(degree, [sequence ids])] or None, SolveResult or None)."""
@@ -360,11 +433,11 @@ def _milp(inst: SpInstance, bucket: np.ndarray, start: tuple[int, list[list[int]
     vgroups = [(j, d, k) for j, d in enumerate(inst.degrees) for k in range(inst.gpus // d)]
     prob = pulp.LpProblem("sp_split", pulp.LpMinimize)
     ub = None
-    if start is not None:  # the static plan in bucket space: a feasible point and an upper bound
-        d0, seqs0 = start
-        j0 = inst.degrees.index(d0)
-        loads0 = sorted(((float(tq[bucket[s], j0].sum()) if s else 0.0, s) for s in seqs0), key=lambda t: -t[0])
-        ub = loads0[0][0] if loads0 else 0.0
+    if start is not None:  # a plan in bucket space (groups of any degrees): a feasible point and an upper bound
+        # per degree, groups by non-increasing bucketed load (the symmetry rows' order)
+        loads0 = sorted(((d, float(tq[bucket[s], inst.degrees.index(d)].sum()) if s else 0.0, s) for d, s in start),
+                        key=lambda t: (t[0], -t[1]))
+        ub = max((t[1] for t in loads0), default=0.0)
     c = new_var(prob, "C", low=0)
     prob += c
     m = {p: new_var(prob, f"m_{p}", cat=pulp.LpBinary) for p in range(len(vgroups))}
@@ -397,7 +470,9 @@ def _milp(inst: SpInstance, bucket: np.ndarray, start: tuple[int, list[list[int]
         for v in list(m.values()) + list(a.values()):
             v.setInitialValue(0)
         c.setInitialValue(ub)
-        for k, (_, seqs) in enumerate(loads0):
+        rank: dict[int, int] = {}
+        for d0, _, seqs in loads0:
+            k = rank[d0] = rank.get(d0, -1) + 1
             p = next(p for p, (j, d, kk) in enumerate(vgroups) if d == d0 and kk == k)
             m[p].setInitialValue(1 if seqs else 0)
             for s in seqs:
@@ -444,6 +519,7 @@ def plan_sp(inst: SpInstance, options: SolverOptions | None = None, buckets: int
             for d, g in statics.items()}
     best_d = min((d for d, g in statics.items() if g is not None), key=lambda d: base[f"static_sp_{d}"], default=None)
     plan = _layout([(best_d, s) for s in statics[best_d]], inst, mb) if best_d is not None else None
+    heuristic = False
     bucket = bucketize(inst.lengths, buckets)
     exact = all(len(np.unique(inst.lengths[bucket == q])) == 1 for q in range(int(bucket.max()) + 1))
     # the static plan again with bucketed (upper) times and memory, to seed the MILP
@@ -453,10 +529,22 @@ def plan_sp(inst: SpInstance, options: SolverOptions | None = None, buckets: int
     seeds = {d: static_assign(up_t[:, j], up_m[:, j], inst.gpus // d, inst.capacity_tokens, mb)
              for j, d in enumerate(inst.degrees)}
     seeds = {d: g for d, g in seeds.items() if g is not None}
+    cands = [[(d, x) for x in g] for d, g in seeds.items()]
+    mixed = mixed_split(inst, mb)  # in true times: also a plan of its own
+    if mixed is not None:
+        cand = _layout(mixed, inst, mb)
+        if plan is None or _makespan(cand) < _makespan(plan) - 1e-12:
+            plan, heuristic = cand, True
+        cands.append(mixed)
+    mixed_b = mixed_split(inst, mb, up_t, up_m)  # the same in bucketed times, to seed the MILP
+    if mixed_b is not None:
+        cands.append(mixed_b)
     start = None
-    if seeds:
-        d0 = min(seeds, key=lambda d: max(up_t[s, inst.degrees.index(d)].sum() if s else 0.0 for s in seeds[d]))
-        start = (d0, seeds[d0])
+    if cands:
+        def bucketed(groups):
+            return max((up_t[x, inst.degrees.index(d)].sum() if x else 0.0 for d, x in groups), default=0.0)
+
+        start = min(cands, key=bucketed)
     # building the model and handing it to the solver take about as long as each other: run the MILP
     # only when both and a short solve fit in what is left
     if deadline - time.perf_counter() > BUILD_S_PER_VARIABLE * milp_variables(inst.gpus, nq) + 0.2:
@@ -471,7 +559,9 @@ def plan_sp(inst: SpInstance, options: SolverOptions | None = None, buckets: int
             plan = cand
             status = res.status if (exact or res.status is not SolveStatus.OPTIMAL) else SolveStatus.FEASIBLE
         elif res.status is SolveStatus.OPTIMAL and exact:
-            status = SolveStatus.OPTIMAL  # the MILP proved the static plan optimal
+            status = SolveStatus.OPTIMAL  # the MILP proved the plan in hand optimal
+    if status is SolveStatus.HEURISTIC and heuristic:
+        status = SolveStatus.FEASIBLE  # the mixed split beat every static strategy
     if plan is None:
         raise InfeasibleError("no feasible split found: the sequences do not fit the GPUs' memory together")
     if exact and res is not None and res.bound is not None:
