@@ -51,7 +51,14 @@ def register(subparsers) -> None:
     s.add_argument("--gpus", required=True, type=_int)
     s.add_argument("--model", required=True)
     s.add_argument("--gpu", required=True)
-    s.add_argument("--sp-kind", choices=["ulysses", "ring", "hybrid"], default="ulysses")
+    s.add_argument("--sp-kind", choices=["ulysses", "ring", "hybrid", "auto"], default=None,
+                   help="ulysses (default), ring, hybrid, or auto: the fastest per group and sequence "
+                        "(the default with --topology)")
+    s.add_argument("--topology", default=None,
+                   help="hw/ system (name or YAML file): price each group over the links its GPUs span "
+                        "(NVLink inside a node, NICs across) and place groups within node boundaries")
+    s.add_argument("--micro-batches", action="store_true",
+                   help="a group may run its sequences as several micro-batches (only one's KV resident)")
     s.add_argument("--mode", choices=["peak", "calibrated"], default="peak")
     s.add_argument("--buckets", type=_int, default=16, help="length buckets of the MILP (default 16)")
     _solver_args(s)
@@ -151,8 +158,15 @@ def _cmd_sp(args) -> int:
     if args.buckets >= 1:
         check_size(args.gpus, min(args.buckets, len(set(lengths.tolist()))))
     gpu = load_gpu(args.gpu)
-    cost = SpCostModel(load_model(args.model), gpu, resolve_profile(gpu, args.mode), SpKind(args.sp_kind))
-    plan = plan_sp(build_instance(lengths, args.gpus, cost), _options(args), args.buckets)
+    topo = None
+    if args.topology:
+        from perfmodel.comm import resolve_topology
+
+        topo = resolve_topology(args.topology, gpu, args.gpus)
+    args.sp_kind = args.sp_kind or ("auto" if topo is not None else "ulysses")
+    cost = SpCostModel(load_model(args.model), gpu, resolve_profile(gpu, args.mode), SpKind(args.sp_kind),
+                       topology=topo)
+    plan = plan_sp(build_instance(lengths, args.gpus, cost), _options(args), args.buckets, args.micro_batches)
     out = plan.to_dict()
     if args.json:
         print(dumps(out, indent=1))

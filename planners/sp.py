@@ -342,7 +342,8 @@ def static_plans(inst: SpInstance, micro_batches: bool = False) -> dict[int, lis
 
 
 def mixed_split(inst: SpInstance, micro_batches: bool = False, time_s: np.ndarray | None = None,
-                mem_tokens: np.ndarray | None = None, steps: int = 40) -> list[tuple[int, list[int]]] | None:
+                mem_tokens: np.ndarray | None = None, steps: int = 24,
+                deadline: float | None = None) -> list[tuple[int, list[int]]] | None:
     """Groups of mixed degrees for a makespan target ``C`` found by bisection (None: nothing fits).
 
     For a target ``C`` the sequences are taken longest first; each goes where it adds the least
@@ -362,7 +363,7 @@ def mixed_split(inst: SpInstance, micro_batches: bool = False, time_s: np.ndarra
     order = np.argsort(-np.where(fits, t, np.inf).min(axis=1), kind="stable")
     tol = 1 + 1e-12
 
-    def attempt(c: float) -> list[tuple[int, list[int]]] | None:
+    def attempt(c: float, fill: float) -> list[tuple[int, list[int]]] | None:
         ok = fits & (t <= c * tol)
         if not ok.any(axis=1).all():
             return None
@@ -383,7 +384,7 @@ def mixed_split(inst: SpInstance, micro_batches: bool = False, time_s: np.ndarra
                     best = float(cost[where])
             new = np.where(ok[i] & (deg <= free), area[i], np.inf)
             j = int(np.argmin(new))
-            if new[j] < best:
+            if new[j] * (1 + fill) < best:
                 gcol[n], gload[n], gmem[n] = j, t[i, j], mem[i, j]
                 members.append([int(i)])
                 free -= int(deg[j])
@@ -395,22 +396,44 @@ def mixed_split(inst: SpInstance, micro_batches: bool = False, time_s: np.ndarra
                 return None
         return [(int(deg[gcol[k]]), members[k]) for k in range(len(members))]
 
-    lo = lower_bound(inst) if time_s is None else 0.0
+    def span(groups) -> float:
+        return max(float(t[x, inst.degrees.index(dg)].sum()) for dg, x in groups)
+
+    # feasibility is not monotone in C (a tighter C moves a long sequence to a larger group whose
+    # slack then goes unused): scan C geometrically, then bisect below the best target found
+    lo = max(lower_bound(inst) if time_s is None else 0.0, 1e-12)
     hi = float(np.where(fits, t, np.inf).min(axis=1).sum())
     if not np.isfinite(hi):
         return None
-    best_plan = attempt(hi)
+    fills = (0.0, 0.02, 0.1, 0.5)
+    best_plan = attempt(hi, 0.0)
     if best_plan is None:
         return None
-    for _ in range(steps):
-        if hi - lo <= 1e-4 * hi:
+    best_span = span(best_plan)
+    for fill in fills:
+        if deadline is not None and time.perf_counter() > deadline:
             break
-        mid = (lo + hi) / 2
-        got = attempt(mid)
-        if got is None:
-            lo = mid
-        else:
-            hi, best_plan = mid, got
+        best_c, below = hi, lo
+        for c in np.geomspace(lo, hi, steps):
+            got = attempt(float(c), fill)
+            if got is None:
+                below = float(c) if c < best_c else below
+            elif float(c) < best_c:
+                best_c = float(c)
+                if span(got) < best_span:
+                    best_plan, best_span = got, span(got)
+        a, b = below, best_c
+        for _ in range(steps // 2):
+            if b - a <= 1e-4 * b:
+                break
+            mid = (a + b) / 2
+            got = attempt(mid, fill)
+            if got is None:
+                a = mid
+            else:
+                b = mid
+                if span(got) < best_span:
+                    best_plan, best_span = got, span(got)
     return best_plan
 
 
@@ -530,13 +553,14 @@ def plan_sp(inst: SpInstance, options: SolverOptions | None = None, buckets: int
              for j, d in enumerate(inst.degrees)}
     seeds = {d: g for d, g in seeds.items() if g is not None}
     cands = [[(d, x) for x in g] for d, g in seeds.items()]
-    mixed = mixed_split(inst, mb)  # in true times: also a plan of its own
+    share = lambda: time.perf_counter() + 0.25 * max(0.0, deadline - time.perf_counter())
+    mixed = mixed_split(inst, mb, deadline=share())  # in true times: also a plan of its own
     if mixed is not None:
         cand = _layout(mixed, inst, mb)
         if plan is None or _makespan(cand) < _makespan(plan) - 1e-12:
             plan, heuristic = cand, True
         cands.append(mixed)
-    mixed_b = mixed_split(inst, mb, up_t, up_m)  # the same in bucketed times, to seed the MILP
+    mixed_b = mixed_split(inst, mb, up_t, up_m, deadline=share())  # the same in bucketed times, to seed the MILP
     if mixed_b is not None:
         cands.append(mixed_b)
     start = None
