@@ -175,10 +175,12 @@ def _cmd_sp(args) -> int:
     from rich.table import Table
 
     t = Table(title=f"SP plan: {len(lengths)} sequences on {args.gpus} GPUs ({args.sp_kind})")
-    for col in ("degree", "GPUs", "sequences", "time"):
+    rounds = len({g["round"] for g in out["groups"]}) > 1
+    for col in ("round",) * rounds + ("degree", "GPUs", "nodes", "sequences", "time"):
         t.add_column(col, justify="right")
     for g in out["groups"]:
-        t.add_row(str(g["degree"]), f"{g['gpus'][0]}-{g['gpus'][-1]}", str(len(g["sequences"])), f"{g['time_s']:.4f} s")
+        t.add_row(*(str(g["round"]),) * rounds, str(g["degree"]), f"{g['gpus'][0]}-{g['gpus'][-1]}",
+                  ",".join(map(str, g["nodes"])), str(len(g["sequences"])), f"{g['time_s']:.4f} s")
     c = Console()
     c.print(t)
     c.print(f"makespan {out['makespan_s']:.4f} s; lower bound {out['lower_bound_s']:.4f} s; "

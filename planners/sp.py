@@ -24,6 +24,9 @@ With micro-batches, a group runs its sequences as several micro-batches (packed
 first-fit decreasing by KV footprint) so that only one micro-batch's KV cache
 must be resident: the per-group memory row becomes a per-sequence one; the
 time is unchanged (the sequences of a group run one after another either way).
+The batch may then also run as two cluster-wide rounds, each with its own
+groups (FlexSP's micro-batches): the longest sequences on large groups first,
+then the rest on small ones; the makespan sums the rounds.
 
 The solve starts from the best static strategy (one degree for all, sequences
 balanced over ``N / d`` groups by longest-time-first with memory respected),
@@ -32,6 +35,7 @@ is capped by it, and the plan is never worse than any static strategy.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -161,11 +165,12 @@ class SpGroup:
     nodes: tuple[int, ...] = (0,)
     sp_kinds: dict[str, int] = field(default_factory=dict)
     micro_batches: tuple[tuple[int, ...], ...] = ()
+    round: int = 0  # cluster-wide round (micro-batches only): rounds run one after another
 
     def to_dict(self) -> dict:
         return {"degree": self.degree, "gpus": list(self.gpus), "sequences": list(self.sequences),
                 "time_s": self.time_s, "nodes": list(self.nodes), "sp_kinds": dict(self.sp_kinds),
-                "micro_batches": [list(b) for b in self.micro_batches]}
+                "micro_batches": [list(b) for b in self.micro_batches], "round": self.round}
 
 
 @dataclass(frozen=True)
@@ -438,7 +443,40 @@ def mixed_split(inst: SpInstance, micro_batches: bool = False, time_s: np.ndarra
 
 
 def _makespan(groups: tuple[SpGroup, ...]) -> float:
-    return max((g.time_s for g in groups), default=0.0)
+    """The slowest group's time, summed over rounds (rounds run one after another)."""
+    rounds: dict[int, float] = {}
+    for g in groups:
+        rounds[g.round] = max(rounds.get(g.round, 0.0), g.time_s)
+    return sum(rounds.values())
+
+
+def _subset(inst: SpInstance, idx: np.ndarray) -> SpInstance:
+    return dataclasses.replace(inst, lengths=inst.lengths[idx], time_s=inst.time_s[idx], mem_tokens=inst.mem_tokens[idx],
+                               kinds=None if inst.kinds is None else inst.kinds[idx])
+
+
+def two_rounds(inst: SpInstance, micro_batches: bool, deadline: float) -> tuple[SpGroup, ...] | None:
+    """The batch in two cluster-wide rounds (FlexSP's micro-batches, each with its own groups): the ``k``
+    longest sequences first, then the rest, each round a :func:`mixed_split`; ``k`` in 1, 2, 4, ...
+    The best such plan (None when none was found in time)."""
+    order = np.argsort(-inst.lengths, kind="stable")
+    best, best_s = None, np.inf
+    k = 1
+    while k < len(order) and time.perf_counter() < deadline:
+        parts = [order[:k], order[k:]]
+        plans = []
+        for r, idx in enumerate(parts):
+            got = mixed_split(_subset(inst, idx), micro_batches, deadline=deadline)
+            if got is None:
+                break
+            lay = _layout([(d, [int(idx[i]) for i in x]) for d, x in got], inst, micro_batches)
+            plans += [dataclasses.replace(g, round=r) for g in lay]
+        else:
+            ms = _makespan(tuple(plans))
+            if ms < best_s:
+                best, best_s = tuple(plans), ms
+        k *= 2
+    return best
 
 
 def _milp(inst: SpInstance, bucket: np.ndarray, start: list[tuple[int, list[int]]] | None, lb: float,
@@ -584,11 +622,17 @@ def plan_sp(inst: SpInstance, options: SolverOptions | None = None, buckets: int
             status = res.status if (exact or res.status is not SolveStatus.OPTIMAL) else SolveStatus.FEASIBLE
         elif res.status is SolveStatus.OPTIMAL and exact:
             status = SolveStatus.OPTIMAL  # the MILP proved the plan in hand optimal
+    if mb and plan is not None:  # with micro-batches the batch may also run in two rounds
+        two = two_rounds(inst, mb, time.perf_counter() + 0.5 * max(0.0, deadline - time.perf_counter()))
+        if two is not None and _makespan(two) < _makespan(plan) - 1e-12:
+            plan, heuristic = two, True
+        if status is SolveStatus.OPTIMAL:  # the MILP's optimum is over one-round plans only
+            status = SolveStatus.FEASIBLE
     if status is SolveStatus.HEURISTIC and heuristic:
         status = SolveStatus.FEASIBLE  # the mixed split beat every static strategy
     if plan is None:
         raise InfeasibleError("no feasible split found: the sequences do not fit the GPUs' memory together")
-    if exact and res is not None and res.bound is not None:
+    if exact and not mb and res is not None and res.bound is not None:  # (a one-round bound)
         lb = max(lb, min(res.bound, _makespan(plan)))
     ms = _makespan(plan)
     gap = relative_gap(ms, lb)
