@@ -376,7 +376,9 @@ def mixed_split(inst: SpInstance, micro_batches: bool = False, time_s: np.ndarra
         gload, gmem = np.zeros(inst.gpus), np.zeros(inst.gpus)
         members: list[list[int]] = []
         free = inst.gpus
-        for i in order:
+        for step, i in enumerate(order):
+            if deadline is not None and step % 128 == 127 and time.perf_counter() > deadline:
+                raise TimeoutError
             n = len(members)
             best, where = np.inf, -1
             if n:
@@ -410,17 +412,43 @@ def mixed_split(inst: SpInstance, micro_batches: bool = False, time_s: np.ndarra
     hi = float(np.where(fits, t, np.inf).min(axis=1).sum())
     if not np.isfinite(hi):
         return None
-    fills = (0.0, 0.02, 0.1, 0.5)
-    best_plan = attempt(hi, 0.0)
+    try:
+        best_plan = attempt(hi, 0.0)
+    except TimeoutError:
+        return None
     if best_plan is None:
         return None
     best_span = span(best_plan)
-    for fill in fills:
+    try:
+        best_plan = _scan(attempt, span, lo, hi, steps, best_plan, best_span, deadline)
+    except _Late as late:
+        best_plan = late.plan
+    return best_plan
+
+
+class _Late(Exception):
+    def __init__(self, plan):
+        self.plan = plan
+
+
+def _scan(attempt, span, lo: float, hi: float, steps: int, best_plan, best_span: float, deadline: float | None):
+    """:func:`mixed_split`'s search over targets and fill shares; raises :class:`_Late` (with the best
+    plan so far) at the deadline."""
+
+    def tryit(c: float, fill: float):
+        if deadline is not None and time.perf_counter() > deadline:
+            raise _Late(best_plan)
+        try:
+            return attempt(c, fill)
+        except TimeoutError:
+            raise _Late(best_plan) from None
+
+    for fill in (0.0, 0.02, 0.1, 0.5):
         if deadline is not None and time.perf_counter() > deadline:
             break
         best_c, below = hi, lo
         for c in np.geomspace(lo, hi, steps):
-            got = attempt(float(c), fill)
+            got = tryit(float(c), fill)
             if got is None:
                 below = float(c) if c < best_c else below
             elif float(c) < best_c:
@@ -432,7 +460,7 @@ def mixed_split(inst: SpInstance, micro_batches: bool = False, time_s: np.ndarra
             if b - a <= 1e-4 * b:
                 break
             mid = (a + b) / 2
-            got = attempt(mid, fill)
+            got = tryit(mid, fill)
             if got is None:
                 a = mid
             else:
