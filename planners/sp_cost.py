@@ -1,9 +1,12 @@
 """Per-sequence prefill time ``t_i(d)`` and per-GPU memory on a sequence-parallel group of ``d`` GPUs.
 
-``t(s, d) = prefill(s) / d + comm(kind, s, d)``: the prefill of one ``s``-token
-sequence (the core's :func:`perfmodel.phases.prefill_cost`, one pass, with the
-quadratic causal-attention term) split ``d`` ways, plus the SP communication
-per layer times the layer count (forward only; planners.md section 4):
+``t(s, d) = linear(s / d) + attention(s) / d + comm(kind, s, d)``: each GPU of
+the group runs the non-attention layers on its ``s / d`` tokens, reading all
+the weights (the core's :func:`perfmodel.phases.prefill_cost` of ``s / d``
+tokens, one pass, less its attention; a short prompt on a large group so meets
+the weight-read floor), and a ``1 / d`` share of the causal attention over the
+whole sequence; plus the SP communication per layer times the layer count
+(forward only; planners.md section 4):
 
 - Ulysses: all-to-all of Q, K, V before attention and of O after, per-rank
   bytes ``(s/d)(2 h_q + 2 h_kv') b`` with K/V heads replicated when ``d > n_kv``
@@ -34,6 +37,7 @@ weights replicated on every GPU and one 8192-token prefill workspace.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass
 
@@ -107,10 +111,23 @@ class SpCostModel:
         return u
 
     def compute_s(self, lengths) -> np.ndarray:
-        """Whole-sequence prefill time on one GPU, seconds."""
+        """Whole-sequence prefill time on one GPU, seconds, at burst clocks: a profile's sustained-clock
+        slowdown depends on how long a GPU runs back to back, which is the plan's makespan for every
+        GPU of a batch, not one sequence's time, so it is left out (it would scale every plan alike)."""
         s = np.asarray(lengths, dtype=np.float64)
-        return np.asarray(prefill_cost(self.model, self.gpu, self.profile, s, 1, self.precision, 1,
+        prof = dataclasses.replace(self.profile, sustained={}) if self.profile.sustained else self.profile
+        return np.asarray(prefill_cost(self.model, self.gpu, prof, s, 1, self.precision, 1,
                                        chunk_tokens=None).total_s, dtype=np.float64) * np.ones_like(s)
+
+    def split_compute_s(self, lengths, d: int) -> np.ndarray:
+        """Per-GPU compute of each sequence on a group of ``d`` GPUs: the non-attention layers on
+        ``s / d`` tokens (all weights read) plus ``1 / d`` of the attention, seconds."""
+        s = np.asarray(lengths, dtype=np.float64)
+        if d <= 1:
+            return self.compute_s(s)
+        share = s / d
+        linear = np.maximum(self.compute_s(share) - self._attention_s(share) * self.model.num_layers, 0.0)
+        return linear + self._attention_s(s) * self.model.num_layers / d
 
     def _attention_s(self, s: np.ndarray) -> np.ndarray:
         m = self.model
@@ -129,7 +146,7 @@ class SpCostModel:
         kind, by default the model's own; for auto, that of the kind :meth:`choose` picks)."""
         kind = self.kind if kind is None else SpKind(kind)
         if kind is SpKind.AUTO:
-            return self.choose(lengths, d)[0] - self.compute_s(lengths) / d
+            return self.choose(lengths, d)[0] - self.split_compute_s(lengths, d)
         m = self.model
         s = np.asarray(lengths, dtype=np.float64)
         if d <= 1:
@@ -154,7 +171,7 @@ class SpCostModel:
         """``t_i(d)``: prefill of each sequence on a group of ``d`` GPUs, seconds."""
         if self.kind is SpKind.AUTO:
             return self.choose(lengths, d)[0]
-        return self.compute_s(lengths) / d + self.comm_s(lengths, d)
+        return self.split_compute_s(lengths, d) + self.comm_s(lengths, d)
 
     def mem_tokens(self, lengths, d: int, kind: SpKind | None = None) -> np.ndarray:
         """Per-GPU KV footprint of each sequence at degree ``d``, in tokens of full KV."""
@@ -175,7 +192,7 @@ class SpCostModel:
         kinds = self.kinds(d)
         if not kinds:
             raise ValueError(f"no SP kind of {self.kind.value!r} runs at degree {d}")
-        comp = self.compute_s(s) / d
+        comp = self.split_compute_s(s, d)
         t = np.stack([comp + self.comm_s(s, d, k) for k in kinds])
         mem = np.stack([self.mem_tokens(s, d, k) for k in kinds])
         smallest = mem <= mem.min(axis=0) * (1 + 1e-12)

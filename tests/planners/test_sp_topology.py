@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from planners.sp import build_instance, place_groups, plan_sp
 from planners.sp_cost import SpCostModel, SpKind
 from planners.synthetic import lognormal_lengths
 
-TWO_NODES = "examples/sp-two-nodes.json"
+TWO_NODES = str(Path(__file__).resolve().parents[2] / "examples" / "sp-two-nodes.json")
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +87,7 @@ def test_plan_on_topology_respects_nodes_and_bound(setup, micro_batches):
 
 def test_two_nodes_mixed_plan_beats_every_static_degree(setup):
     m, g, topo = setup
-    lengths = json.load(open(TWO_NODES))["lengths"]
+    lengths = json.loads(Path(TWO_NODES).read_text())["lengths"]
     cost = SpCostModel(m, g, resolve_profile(g, "calibrated"), SpKind.AUTO, topology=topo)
     inst = build_instance(lengths, 16, cost)
     plan = plan_sp(inst, SolverOptions(time_limit_s=2), micro_batches=True)
