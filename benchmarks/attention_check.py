@@ -1,8 +1,8 @@
 """GPU correctness of the attention kernels alone (no GEMM autotuning, so it runs in about a minute).
 
 Causal and non-causal prefill (head_dim 64 and 128, GQA 1/4/7, odd lengths), decode with
-split-KV and with stream-K in each of its tile walks (``_STREAM_K_FLAT`` 0, 1, 2) and with its
-merge in the kernel and in the reduction kernel (``_STREAM_K_FUSED``), ragged and
+split-KV and with stream-K, its merge in the kernel and in the reduction kernel
+(``DecodeConfig.fused_merge``), ragged and
 uniform lengths, default and forced program counts, and both schedules over paged caches (pages
 of 16 and 64 tokens in a shuffled order), against float64 references of
 ``kernels.reference``: relative norm error below 1e-2 (bf16 inputs).
@@ -35,7 +35,6 @@ def run_checks() -> dict[str, float]:
     import kernels
     from kernels import reference as ref
 
-    mod = sys.modules["kernels.attention_decode"]
     d = "cuda"
     res: dict[str, float] = {}
     for hd in (64, 128):
@@ -46,33 +45,22 @@ def run_checks() -> dict[str, float]:
             for causal in (True, False):
                 res[f"prefill D={hd} B={b} Hq={hq} Hkv={hkv} L={n} causal={causal}"] = _err(
                     kernels.attention_prefill(q, k, v, causal), ref.attention_prefill_ref(q, k, v, causal))
-    saved, saved_fused = mod._STREAM_K_FLAT, mod._STREAM_K_FUSED
-    try:
-        for walk in (0, 1, 2):
-            mod._STREAM_K_FLAT = walk
-            for hd in (64, 128):
-                q = torch.randn(7, 32, hd, device=d, dtype=torch.bfloat16)
-                kc = torch.randn(7, 8, 5000, hd, device=d, dtype=torch.bfloat16)
-                vc = torch.randn(7, 8, 5000, hd, device=d, dtype=torch.bfloat16)
-                for tag, lens in (("ragged", [1, 5000, 17, 2048, 999, 64, 65]), ("uniform", [5000] * 7)):
-                    kl = torch.tensor(lens, device=d, dtype=torch.int32)
-                    r64 = ref.attention_decode_ref(q, kc, vc, kl)
-                    for ns in (None, 1, 37, 264, 3000):
-                        res[f"stream_k walk={walk} D={hd} {tag} P={ns}"] = _err(
-                            kernels.attention_decode(q, kc, vc, kl, ns, "stream_k"), r64)
-                    if walk == 0:
-                        res[f"split_kv D={hd} {tag}"] = _err(kernels.attention_decode(q, kc, vc, kl, None, "split_kv"), r64)
-                        # the merge forced either way: in the kernel beyond one wave, by the
-                        # reduction kernel within one
-                        for fused, counts in ((True, (264, 3000)), (False, (1, 37))):
-                            mod._STREAM_K_FUSED = fused
-                            for ns in counts:
-                                res[f"stream_k fused={fused} D={hd} {tag} P={ns}"] = _err(
-                                    kernels.attention_decode(q, kc, vc, kl, ns, "stream_k"), r64)
-                            mod._STREAM_K_FUSED = saved_fused
-    finally:
-        mod._STREAM_K_FLAT = saved
-        mod._STREAM_K_FUSED = saved_fused
+    for hd in (64, 128):
+        q = torch.randn(7, 32, hd, device=d, dtype=torch.bfloat16)
+        kc = torch.randn(7, 8, 5000, hd, device=d, dtype=torch.bfloat16)
+        vc = torch.randn(7, 8, 5000, hd, device=d, dtype=torch.bfloat16)
+        for tag, lens in (("ragged", [1, 5000, 17, 2048, 999, 64, 65]), ("uniform", [5000] * 7)):
+            kl = torch.tensor(lens, device=d, dtype=torch.int32)
+            r64 = ref.attention_decode_ref(q, kc, vc, kl)
+            for ns in (None, 1, 37, 264, 3000):
+                res[f"stream_k D={hd} {tag} P={ns}"] = _err(kernels.attention_decode(q, kc, vc, kl, ns, "stream_k"), r64)
+            res[f"split_kv D={hd} {tag}"] = _err(kernels.attention_decode(q, kc, vc, kl, None, "split_kv"), r64)
+            # the merge forced either way: in the kernel beyond one wave, by the reduction kernel within one
+            for fused, counts in ((True, (264, 3000)), (False, (1, 37))):
+                cfg = kernels.DecodeConfig(fused_merge=fused)
+                for ns in counts:
+                    res[f"stream_k fused={fused} D={hd} {tag} P={ns}"] = _err(
+                        kernels.attention_decode(q, kc, vc, kl, ns, "stream_k", config=cfg), r64)
     for ps in (16, 64):
         for hd in (64, 128):
             for sched in ("split_kv", "stream_k"):

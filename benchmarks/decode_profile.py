@@ -7,7 +7,7 @@
 Each schedule runs ``--calls`` times on fresh random inputs (bf16, the head layout of ``--layout``,
 32 query over 8 KV heads at head_dim 128 by default, uniform lengths unless ``--ragged``); the last
 calls are the ones worth reading (Triton compiles on the first). ``--variant
-NAME=VALUE[,NAME=VALUE]`` runs them with other module settings of ``kernels.attention_decode``
+NAME=VALUE[,NAME=VALUE]`` runs them with other ``kernels.DecodeConfig`` settings
 (the syntax of ``benchmarks/kernels.py --variant`` without its label).
 """
 
@@ -54,9 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("error: needs a CUDA device", file=sys.stderr)
         return 2
-    mod = sys.modules["kernels.attention_decode"]
-    for name, value in flags.items():
-        setattr(mod, name, value)
+    config = kernels.DecodeConfig(**flags)
     b, n = args.batch, args.kv_len
     for sched in args.schedules.split(","):
         for _ in range(args.calls):
@@ -65,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             v = torch.randn(b, hkv, n, d, device="cuda", dtype=torch.bfloat16)
             lens = (torch.randint(1, n + 1, (b,), device="cuda", dtype=torch.int32) if args.ragged
                     else torch.full((b,), n, device="cuda", dtype=torch.int32))
-            kernels.attention_decode(q, k, v, lens, schedule=sched, validate=False)
+            kernels.attention_decode(q, k, v, lens, schedule=sched, validate=False, config=config)
         torch.cuda.synchronize()
     print("done")
     return 0

@@ -3,9 +3,9 @@
 A change to ``kernels/`` changes ``kernels_sha256``, the version every validation record names.
 When the change only restructures the source (a helper shared by two kernels, say), this shows
 whether the compiled code changed at all: it compiles the split-KV kernel and the stream-K kernel
-in each of its tile walks (``FLAT`` 0, 1, 2, and the fused merge) at head_dim 64 and 128, flat and
+with the merge in the kernel and with the reduction kernel, at head_dim 64 and 128, flat and
 paged caches, and the reduction kernel of each schedule (with and without stream-K's guessed
-slots), 26 configurations with the settings the wrapper launches them with (programmatic dependent
+slots), 18 configurations with the settings the wrapper launches them with (programmatic dependent
 launch for split-KV, not for stream-K; a setting an older source lacks is left out), and writes
 their PTX with debug lines, debug labels and debug sections removed::
 
@@ -29,6 +29,13 @@ _REPO = Path(__file__).resolve().parents[1]
 _PTRS = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "KV_LENS": "*i32", "BT": "*i32", "PO": "*fp32", "PL": "*fp32",
          "O": "*bf16", "Out": "*bf16", "CNT": "*i32", "RNG": "*i32"}
 _DIV16 = {"Q", "K", "V", "KV_LENS", "PO", "PL", "O", "Out", "RNG", "s_qb", "s_qh", "s_kb", "s_kh", "s_kn", "s_ob", "s_oh"}
+#: arguments the kernels take as tuples: (element types, paths of the elements divisible by 16)
+_TUPLES = {
+    "q_strides": (("i32", "i32"), ((0,), (1,))),
+    "o_strides": (("i32", "i32"), ((0,), (1,))),
+    # (K, V, block table, (s_kb, s_kh, s_kn, s_btb, page_size))
+    "cache": (("*bf16", "*bf16", "*i32", ("i32",) * 5), ((0,), (1,), (3, 0), (3, 1), (3, 2))),
+}
 
 
 def normalised_ptx(ptx: str) -> str:
@@ -57,8 +64,12 @@ def _compile(fn, constants: dict) -> str:
 
     names = fn.arg_names
     constants = {k: v for k, v in constants.items() if k in names}  # settings an older source lacks
-    sig = {n: ("constexpr" if n in constants else _PTRS.get(n, "fp32" if n == "qk_scale" else "i32")) for n in names}
+    sig = {n: ("constexpr" if n in constants else _TUPLES[n][0] if n in _TUPLES
+               else _PTRS.get(n, "fp32" if n == "qk_scale" else "i32")) for n in names}
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in _DIV16 if n in names}
+    for n, (_, paths) in _TUPLES.items():
+        if n in names:
+            attrs.update({(names.index(n), *path): [["tt.divisibility", 16]] for path in paths})
     src = ASTSource(fn, sig, constexprs={(names.index(k),): v for k, v in constants.items()}, attrs=attrs)
     k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, num_stages=3))
     return normalised_ptx(k.asm["ptx"]), k.asm["cubin"]
@@ -91,10 +102,10 @@ def configurations(dk):
             # as launched: split-KV with the wrapper's tile (64 keys at every head_dim) and programmatic
             # dependent launch, stream-K without
             yield f"split_d{head_dim}_p{int(paged)}", dk._split_kv_kernel, dict(base, BLOCK_N=split_n, PDL=True)
-            for flat, fused in ((0, False), (1, False), (2, False), (0, True)):
-                c = dict(base, B_P2=8, GP=4, BLOCK_S=16, FUSED=fused, WIDE=False, PEEL=True, FLAT=flat, PDL=False,
-                         PDL_TRIGGER=0, PHANTOM=wrapper.stream_k_phantom(fused))
-                yield f"stream_k_d{head_dim}_p{int(paged)}_flat{flat}_fused{int(fused)}", dk._stream_k_kernel, c
+            for fused in (False, True):
+                phantom = wrapper.DecodeConfig().phantom_tiles if fused else 0
+                c = dict(base, B_P2=8, GP=4, BLOCK_S=16, FUSED=fused, WIDE=False, PHANTOM=phantom)
+                yield f"stream_k_d{head_dim}_p{int(paged)}_fused{int(fused)}", dk._stream_k_kernel, c
         for name, stream_k, guess, pdl in (("split", False, 0, True), ("stream_k", True, 0, False),
                                            ("stream_k_guess", True, 16, False)):
             c = dict(HEAD_DIM=head_dim, BLOCK_S=16, STREAM_K=stream_k, GUESS_P2=guess, WIDE=False, PDL=pdl)

@@ -6,11 +6,11 @@ Usage (on a CUDA machine)::
 
 ``streamk`` is the focused stream-K vs split-KV decode grid: a GPU check of the stream-K merge
 paths first, then every shape with the default schedules and stream-K with each variant of
-``STREAMK_VARIANTS`` (module settings of ``kernels.attention_decode``).
+``STREAMK_VARIANTS`` (fields of ``kernels.DecodeConfig``).
 ``streamk_rounds`` times the same grid's split-KV and stream-K defaults in alternating rounds
 (both CUDA graphs captured once, replayed in turn) and counts the rounds stream-K wins;
 ``--variant LABEL:NAME=VALUE[,NAME=VALUE]`` (repeatable) adds both schedules captured with other
-module settings to the same rounds, e.g. ``--variant "walk0:_STREAM_K_FLAT=0"``.
+``kernels.DecodeConfig`` settings to the same rounds, e.g. ``--variant "one_per_sm:programs_per_sm=1"``.
 
 Times every kernel with ``triton.testing.do_bench`` (median of repeated runs, L2 flushed
 between runs) and writes ``kernels_bench.json`` (environment, ceilings, rows),
@@ -398,10 +398,8 @@ def _stream_k_check() -> None:
     """GPU check of the stream-K merge paths: fused (in-kernel, last finisher) and reduction
     kernel, program counts from 1 to more than the tiles, GQA 1/2/4/7, ragged lengths with 1 and
     Lmax; the fused path is repeated to catch ordering races (results must be bit-identical)."""
-    mod = sys.modules["kernels.attention_decode"]
     d = "cuda"
     res = {}
-    saved = (mod._STREAM_K_FUSED, mod._STREAM_K_REDUCE_GUESS)
     try:
         for hq, hkv in ((8, 8), (16, 8), (32, 8), (28, 4)):
             q = torch.randn(5, hq, 128, device=d, dtype=torch.bfloat16)
@@ -409,11 +407,12 @@ def _stream_k_check() -> None:
             vc = torch.randn(5, hkv, 3001, 128, device=d, dtype=torch.bfloat16)
             lens = torch.tensor([1, 3001, 17, 2048, 999], device=d, dtype=torch.int32)
             r64 = ref.attention_decode_ref(q, kc, vc, lens)
-            for fused, guess in ((True, False), (False, False), (False, True)):
-                mod._STREAM_K_FUSED, mod._STREAM_K_REDUCE_GUESS = fused, guess
+            for fused in (True, False):
+                cfg = kernels.DecodeConfig(fused_merge=fused)
                 for ns in (None, 1, 7, 132, 264, 5000, 40):
-                    key = f"stream_k G={hq // hkv} fused={fused} guess={guess} P={ns}"
-                    outs = [kernels.attention_decode(q, kc, vc, lens, ns, "stream_k") for _ in range(20 if fused else 1)]
+                    key = f"stream_k G={hq // hkv} fused={fused} P={ns}"
+                    outs = [kernels.attention_decode(q, kc, vc, lens, ns, "stream_k", config=cfg)
+                            for _ in range(20 if fused else 1)]
                     err = _err(outs[0], r64)
                     same = all(torch.equal(o, outs[0]) for o in outs)
                     res[key] = err if same else float("inf")
@@ -423,14 +422,13 @@ def _stream_k_check() -> None:
             vc = torch.randn(b_u, 8, l_u, 128, device=d, dtype=torch.bfloat16)
             lens = torch.full((b_u,), l_u, device=d, dtype=torch.int32)
             r64 = ref.attention_decode_ref(q, kc, vc, lens)
-            for fused, guess in ((True, False), (False, False), (False, True)):
-                mod._STREAM_K_FUSED, mod._STREAM_K_REDUCE_GUESS = fused, guess
+            for fused in (True, False):
+                cfg = kernels.DecodeConfig(fused_merge=fused)
                 for ns in (None, 7, 132, 256):
-                    outs = [kernels.attention_decode(q, kc, vc, lens, ns, "stream_k") for _ in range(5)]
+                    outs = [kernels.attention_decode(q, kc, vc, lens, ns, "stream_k", config=cfg) for _ in range(5)]
                     same = all(torch.equal(o, outs[0]) for o in outs)
-                    res[f"stream_k uniform B={b_u} L={l_u} fused={fused} guess={guess} P={ns}"] = (
+                    res[f"stream_k uniform B={b_u} L={l_u} fused={fused} P={ns}"] = (
                         _err(outs[0], r64) if same else float("inf"))
-        mod._STREAM_K_REDUCE_GUESS = True
         kp = torch.randn(1000, 8, 16, 128, device=d, dtype=torch.bfloat16)
         vp = torch.randn(1000, 8, 16, 128, device=d, dtype=torch.bfloat16)
         table = torch.randperm(1000, device=d)[: 5 * 188].reshape(5, 188).int()
@@ -438,11 +436,10 @@ def _stream_k_check() -> None:
         q = torch.randn(5, 32, 128, device=d, dtype=torch.bfloat16)
         rp = ref.attention_decode_paged_ref(q, kp, vp, table, plen)
         for fused in (False, True):
-            mod._STREAM_K_FUSED = fused
-            res[f"paged stream_k fused={fused}"] = _err(
-                kernels.attention_decode_paged(q, kp, vp, table, plen, schedule="stream_k"), rp)
+            res[f"paged stream_k fused={fused}"] = _err(kernels.attention_decode_paged(
+                q, kp, vp, table, plen, schedule="stream_k", config=kernels.DecodeConfig(fused_merge=fused)), rp)
     finally:
-        mod._STREAM_K_FUSED, mod._STREAM_K_REDUCE_GUESS = saved
+        pass
     INFO["stream_k_check_rel_err"] = res
     bad = {k: v for k, v in res.items() if not v < 1e-2}
     INFO["stream_k_check_passed"] = not bad
@@ -457,11 +454,11 @@ class _NoLaunch:
         return lambda *args, **kwargs: None
 
 
-#: stream-K variants of the ``streamk`` section: (label, module flags); "main only" variants
-#: skip the reduction kernel (wrong output, timing of the first kernel alone).
+#: stream-K variants of the ``streamk`` section: (label, ``kernels.DecodeConfig`` fields); "main
+#: only" variants skip the reduction kernel (wrong output, timing of the first kernel alone).
 STREAMK_VARIANTS = (
     ("SK default", {}),
-    ("SK pieces without peel", {"_STREAM_K_PEEL": False, "_STREAM_K_FLAT": 0}),
+    ("SK one program per SM", {"programs_per_sm": 1}),
 )
 #: also time the first kernel of each schedule alone (reduction launch skipped)
 STREAMK_MAIN_ONLY = False
@@ -474,8 +471,8 @@ STREAMK_SHAPES += [(32, 1024, False), (64, 1024, False), (32, 4096, False),
                    (1, 4096, True), (2, 16384, True), (8, 4096, True)]
 #: head layout of ``streamk_rounds`` (query heads, KV heads, head_dim; ``--layout``)
 STREAMK_LAYOUT = (32, 8, 128)
-#: extra graphs of both schedules in ``streamk_rounds``: (label, module settings of
-#: ``kernels.attention_decode``), each captured with its settings and replayed in the same rounds
+#: extra graphs of both schedules in ``streamk_rounds``: (label, ``kernels.DecodeConfig`` fields),
+#: each captured with its settings and replayed in the same rounds
 #: (``--variant``)
 STREAMK_ROUND_VARIANTS: list[tuple[str, dict]] = []
 #: rounds of the alternating comparison (``streamk_rounds``) and timed replays per round
@@ -498,19 +495,30 @@ def _first_kernel_only(skip: bool = True):
 
 
 def _with_flags(mod, flags, fn):
-    saved = {k: getattr(mod, k) for k in flags}
+    """``fn()`` with the decode wrappers of ``kernels`` bound to ``DecodeConfig(**flags)`` (``mod``:
+    unused, kept for the call sites)."""
+    if not flags:
+        return fn()
+    config = kernels.DecodeConfig(**flags)
+    saved = kernels.attention_decode, kernels.attention_decode_paged
+
+    def bind(wrapper):
+        def call(*args, **kwargs):
+            return wrapper(*args, **{"config": config, **kwargs})
+
+        call.flops, call.bytes_moved = wrapper.flops, wrapper.bytes_moved
+        return call
+
     try:
-        for k, v in flags.items():
-            setattr(mod, k, v)
+        kernels.attention_decode, kernels.attention_decode_paged = bind(saved[0]), bind(saved[1])
         return fn()
     finally:
-        for k, v in saved.items():
-            setattr(mod, k, v)
+        kernels.attention_decode, kernels.attention_decode_paged = saved
 
 
 def streamk() -> None:
     """Focused stream-K vs split-KV decode grid (CUDA-graph timing): split-KV default, the
-    stream-K variants of ``STREAMK_VARIANTS`` (module settings of ``kernels.attention_decode``:
+    stream-K variants of ``STREAMK_VARIANTS`` (``kernels.DecodeConfig`` fields:
     program counts, merge path, ...), and with ``STREAMK_MAIN_ONLY`` the first kernel of each
     schedule alone (reduction launch skipped), to split the fixed costs."""
     _stream_k_check()
@@ -532,7 +540,7 @@ def streamk() -> None:
                 times["split-KV main only"] = _decode_case(bsz, length, schedules=("split_kv",),
                                                            meta="main kernel only", **case)[("split_kv", None)]
                 times["stream-K reduce main only"] = _with_flags(
-                    mod, {"_STREAM_K_FUSED": False},
+                    mod, {"fused_merge": False},
                     lambda: _decode_case(bsz, length, schedules=("stream_k",), meta="main kernel only", **case),
                 )[("stream_k", None)]
         sd = next((r["baseline_time_s"] for r in reversed(ROWS) if r["section"] == "decode"
@@ -559,7 +567,7 @@ def streamk() -> None:
     # far more (sequence, kv head) pairs than SMs, short caches (outside the target's range)
     many = []
     # other head layouts: far more (sequence, kv head) pairs than SMs with short caches (outside the
-    # target's range), and head_dim 64 (stream-K with 128-key tiles, the default, and with 64)
+    # target's range), and head_dim 64 (stream-K with 128-key tiles)
     for bsz, length, hq, hkv, d in ((128, 256, 32, 32, 64), (64, 1024, 32, 32, 64), (128, 1024, 32, 8, 128),
                                      (128, 256, 16, 4, 64), (1, 1024, 32, 8, 64), (1, 16384, 32, 8, 64),
                                      (1, 262144, 32, 8, 64), (2, 4096, 32, 8, 64), (4, 65536, 32, 8, 64),
@@ -569,12 +577,6 @@ def streamk() -> None:
         row = {"batch": bsz, "kv_len": length, "q_heads": hq, "kv_heads": hkv, "head_dim": d,
                "split_kv_s": t[("split_kv", None)], "stream_k_s": t[("stream_k", None)]}
         extra = ""
-        if d <= 64:
-            t64 = _with_flags(mod, {"_STREAM_K_BLOCK_N_SMALL_HEAD": 64}, lambda: _decode_case(
-                bsz, length, hq=hq, hkv=hkv, d=d, sdpa=False, section="sweep", schedules=("stream_k",),
-                meta="head layouts, 64-key tiles"))
-            row["stream_k_64key_s"] = t64[("stream_k", None)]
-            extra = f", stream-K with 64-key tiles {t64[('stream_k', None)] * 1e6:.1f} us"
         for label, flags in STREAMK_VARIANTS[1:]:
             tv = _with_flags(mod, flags, lambda: _decode_case(
                 bsz, length, hq=hq, hkv=hkv, d=d, sdpa=False, section="sweep", schedules=("stream_k",),
@@ -780,17 +782,19 @@ def _parse_layout(text: str) -> tuple[int, int, int]:
 
 
 def _parse_variant(text: str) -> tuple[str, dict]:
-    """``"LABEL:NAME=VALUE,NAME=VALUE"`` -> (label, {name: int or bool}); names must be module
-    settings of ``kernels.attention_decode`` (a leading underscore)."""
+    """``"LABEL:NAME=VALUE,NAME=VALUE"`` -> (label, {name: int or bool}); names must be fields of
+    ``kernels.DecodeConfig``."""
     label, sep, body = text.partition(":")
     if not sep or not label or not body:
         raise ValueError(f"{text!r} is not LABEL:NAME=VALUE[,NAME=VALUE]")
     flags = {}
-    mod = sys.modules["kernels.attention_decode"]
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(kernels.DecodeConfig)}
     for item in body.split(","):
         name, eq, value = item.partition("=")
-        if not eq or not name.startswith("_") or not hasattr(mod, name):
-            raise ValueError(f"{item!r}: not NAME=VALUE with NAME a setting of kernels.attention_decode")
+        if not eq or name not in fields:
+            raise ValueError(f"{item!r}: not NAME=VALUE with NAME a field of kernels.DecodeConfig")
         if value in ("True", "False"):
             flags[name] = value == "True"
         elif value.lstrip("-").isdigit():
@@ -813,8 +817,8 @@ def main() -> int:
     ap.add_argument("--layout", metavar="HQ:HKV:D",
                     help="streamk_rounds: query heads, KV heads and head_dim of every shape (default 32:8:128)")
     ap.add_argument("--variant", action="append", default=[], metavar="LABEL:NAME=VALUE[,NAME=VALUE]",
-                    help="streamk_rounds: also replay both schedules captured with these module settings of "
-                         "kernels.attention_decode (integer or True/False values); repeatable")
+                    help="streamk_rounds: also replay both schedules captured with these kernels.DecodeConfig "
+                         "settings (integer or True/False values); repeatable")
     args = ap.parse_args()
     try:
         STREAMK_ROUND_VARIANTS.extend(_parse_variant(v) for v in args.variant)

@@ -111,7 +111,7 @@ def sp_rows(limit: float):
 def sp_topology_rows(limit: float):
     import perfmodel
     from perfmodel.calibration import resolve_profile
-    from perfmodel.comm import resolve_topology
+    from perfmodel.comm import Topology, resolve_topology
     from planners.sp import build_instance, plan_sp
     from planners.sp_cost import SpCostModel, SpKind
 
@@ -119,6 +119,7 @@ def sp_topology_rows(limit: float):
     gpu = perfmodel.load_gpu("h100-sxm-80gb")
     system = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "dgx-h100-x8.yaml")
     topo = resolve_topology(system, gpu, 64)
+    one_node = Topology("one NVLink node of 64", gpu.name, 64, 1, topo.intra, None)
     batches = {"lognormal(8.0,1.6)x512": lognormal_lengths(512, 8.0, 1.6, min_len=128, max_len=262_144, seed=0),
                "wikipedia-fit x4096": lognormal_lengths(4096, min_len=128, max_len=262_144, seed=0)}
     print("\nSP over a topology (FlexSP-like): Llama-3-8B, 64 H100 in 8 nodes of 8 (NVLink 450 GB/s, one 50 GB/s NIC "
@@ -136,7 +137,7 @@ def sp_topology_rows(limit: float):
              ("wikipedia-fit x4096", "calibrated", SpKind.AUTO, True, False)]
     for name, mode, kind, on_topo, mb in rows:
         t0 = time.perf_counter()
-        cost = SpCostModel(model, gpu, resolve_profile(gpu, mode), kind, topology=topo if on_topo else None)
+        cost = SpCostModel(model, gpu, resolve_profile(gpu, mode), kind, topology=topo if on_topo else one_node)
         plan = plan_sp(build_instance(batches[name], 64, cost), SolverOptions(time_limit_s=limit), micro_batches=mb)
         wall = time.perf_counter() - t0
         st = {int(k[10:]): v for k, v in plan.baselines.items() if v is not None}

@@ -56,7 +56,9 @@ def memory_bar(mem: dict[str, float], title: str = "") -> alt.Chart:
 
 def sweep_charts(df: pd.DataFrame, context_len: int) -> tuple[alt.Chart, alt.Chart]:
     """Decode time per token and max concurrency against context length (log x axis)."""
-    d = df[["context_len", "decode_s_per_token", "max_concurrency", "fits"]].copy()
+    band = "decode_s_per_token_low" in df and bool((df["decode_s_per_token_high"] > df["decode_s_per_token_low"]).any())
+    cols = ["context_len", "decode_s_per_token", "max_concurrency", "fits"]
+    d = df[cols + (["decode_s_per_token_low", "decode_s_per_token_high"] if band else [])].copy()
     d["decode_ms_per_token"] = d["decode_s_per_token"] * 1e3
     x = alt.X("context_len:Q", title="context length (tokens, log scale)",
               scale=alt.Scale(type="log", domain=[1000, 1_000_000]),
@@ -73,6 +75,13 @@ def sweep_charts(df: pd.DataFrame, context_len: int) -> tuple[alt.Chart, alt.Cha
         y=alt.Y("max_concurrency:Q", title="max concurrent users (whole KV resident)"),
         tooltip=[alt.Tooltip("context_len:Q", format=","), alt.Tooltip("max_concurrency:Q", format=",")],
     )
+    if band:  # the 80% error band, shaded under the line
+        d["low_ms"], d["high_ms"] = d["decode_s_per_token_low"] * 1e3, d["decode_s_per_token_high"] * 1e3
+        area = alt.Chart(d.dropna(subset=["decode_ms_per_token"])).mark_area(opacity=0.25, color="#4c78a8").encode(
+            x=x, y=alt.Y("low_ms:Q", title="decode time per token (ms)"), y2="high_ms:Q",
+            tooltip=[alt.Tooltip("context_len:Q", format=","), alt.Tooltip("low_ms:Q", format=".2f", title="80% band low"),
+                     alt.Tooltip("high_ms:Q", format=".2f", title="80% band high")])
+        dec = area + dec
     return (dec + rule).properties(height=300), (conc + rule).properties(height=300)
 
 

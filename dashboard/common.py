@@ -17,6 +17,7 @@ import pandas as pd
 import streamlit as st
 
 import perfmodel
+from perfmodel import tables
 from perfmodel.layers import Precision, model_ops
 from perfmodel.ops import Phase
 from perfmodel.phases import DEFAULT_PREFILL_CHUNK_TOKENS
@@ -24,7 +25,7 @@ from perfmodel.phases import DEFAULT_PREFILL_CHUNK_TOKENS
 GIB = 2**30
 #: Storage formats offered for weights and the KV cache.
 DTYPES = ("bf16", "fp16", "fp8", "int8", "int4")
-MODES = tuple(m.value for m in perfmodel.Mode)
+MODES = ("calibrated", "peak")  # the best estimate first; the datasheet bound second
 #: Context lengths of the sweep charts: 1K to 1M tokens, 16 points per decade.
 SWEEP_CONTEXT_LENS = tuple(int(x) for x in np.unique(np.round(np.logspace(3, 6, 49)).astype(np.int64)))
 #: Largest file accepted by the upload widgets, bytes.
@@ -108,8 +109,9 @@ def analysis_view(model: str, gpu: str, context_len: int, output_tokens: int, ba
     kw = dict(extra)
     if knob_items:
         kw["knobs"] = make_knobs(knob_items)
-    a = perfmodel.analyze(model, gpu, context_len=context_len, output_tokens=output_tokens, batch=batch,
-                          tp=tp, mode=mode, weight_dtype=weight_dtype, kv_dtype=kv_dtype, **kw)
+    scn = perfmodel.Scenario.make(model, gpu, context_len=context_len, output_tokens=output_tokens, batch=batch,
+                                  tp=tp, mode=mode, weight_dtype=weight_dtype, kv_dtype=kv_dtype, **kw)
+    a = perfmodel.analyze(scn)
     d = a.to_dict()
     mem = a.memory
     d["memory_per_gpu"] = {
@@ -121,7 +123,34 @@ def analysis_view(model: str, gpu: str, context_len: int, output_tokens: int, ba
         "kv_bytes_per_user": float(mem.kv_bytes_per_user),
         "free_bytes": float(mem.free_for_kv_bytes) - float(mem.kv_bytes_per_user) * a.batch,
     }
+    d["provenance_summary"] = a.provenance_summary
+    if a.mode is perfmodel.Mode.CALIBRATED:  # the datasheet bound shown beside the estimate
+        p = perfmodel.analyze(model, gpu, context_len=context_len, output_tokens=output_tokens, batch=batch,
+                              tp=tp, mode="peak", weight_dtype=weight_dtype, kv_dtype=kv_dtype, **kw)
+        d["peak_bound"] = {"prefill_s": float(p.prefill.total_s), "decode_s_per_token": float(p.decode_step.total_s),
+                           "decode_s": float(p.decode.total_s)}
     return d
+
+
+def provenance_kinds(provenance: dict[str, str]) -> str:
+    """``measured (10 op classes) · transferred from h200-sxm-141gb (5)``: each provenance of an ``analyze``
+    result's ``provenance`` map with the number of op classes it prices."""
+    counts: dict[str, int] = {}
+    for label in provenance.values():
+        counts[label] = counts.get(label, 0) + 1
+    return " · ".join(f"{label} ({n}{' op classes' if i == 0 else ''})" for i, (label, n) in enumerate(counts.items()))
+
+
+def band_text(result: dict[str, Any], key: str) -> str:
+    """``80% band 11.8-13.9 ms · peak bound 9.1 ms`` for a time metric of an ``analysis_view`` result."""
+    parts = []
+    lo, hi = result.get(f"{key}_low"), result.get(f"{key}_high")
+    if lo is not None and hi is not None and hi > lo:
+        parts.append(f"80% band {fmt_seconds(lo)} – {fmt_seconds(hi)}")
+    peak = (result.get("peak_bound") or {}).get(key)
+    if peak is not None:
+        parts.append(f"peak bound {fmt_seconds(peak)}")
+    return " · ".join(parts)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -132,9 +161,9 @@ def sweep_view(model: str, gpu: str, output_tokens: int, batch: int, tp: int, mo
     kw = dict(extra)
     if knob_items:
         kw["knobs"] = make_knobs(knob_items)
-    return perfmodel.sweep(model, gpu, context_len=list(context_lens), batch=batch, tp=tp,
-                           output_tokens=output_tokens, mode=mode, weight_dtype=weight_dtype,
-                           kv_dtype=kv_dtype, **kw)
+    scn = perfmodel.Scenario.make(model, gpu, context_len=max(context_lens), output_tokens=output_tokens,
+                                  batch=batch, tp=tp, mode=mode, weight_dtype=weight_dtype, kv_dtype=kv_dtype, **kw)
+    return perfmodel.sweep(scn, context_len=list(context_lens))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -214,7 +243,7 @@ def keep_scenario() -> None:
 #: Default scenario: the running example of the long-context analysis.
 DEFAULT_TOPOLOGY = "(one NVLink node of the GPU)"
 SCENARIO_DEFAULTS = {"model": "yi-34b", "gpu": "a100-sxm-80gb", "context_len": 50_000, "output_tokens": 250,
-                     "batch": 1, "tp": 1, "weight_dtype": "bf16", "kv_dtype": "bf16", "mode": "peak",
+                     "batch": 1, "tp": 1, "weight_dtype": "bf16", "kv_dtype": "bf16", "mode": "calibrated",
                      "attention_impl": "default", "pp": 1, "sp": 1, "sp_kind": "ring", "ep": 1, "topology": DEFAULT_TOPOLOGY}
 
 
@@ -242,8 +271,9 @@ def scenario_inputs(header: str = "Scenario") -> dict[str, Any]:
         weight_dtype = c1.selectbox("Weights", DTYPES, key="weight_dtype")
         kv_dtype = c2.selectbox("KV cache", DTYPES, key="kv_dtype")
         mode = st.radio("Mode", MODES, horizontal=True, key="mode",
-                        help="peak: datasheet rooflines. calibrated: achieved fractions measured on the GPU "
-                             "(falls back to peak where no profile is shipped).")
+                        help="calibrated (default): the best estimate, with an 80% error band: fractions measured "
+                             "on the GPU, or transferred from a measured GPU (the provenance says which). peak: "
+                             "the datasheet roofline, a bound.")
         impl = st.selectbox("Attention kernel", ATTENTION_IMPLS, key="attention_impl",
                             help="whose measured curves price attention in calibrated mode: default (sdpa where "
                                  "the GPU's profile has it), sdpa (PyTorch's default, "
@@ -299,23 +329,8 @@ def show_error(exc: BaseException, what: str = "") -> None:
     st.error(prefix + msg, icon=":material/error:")
 
 
-def fmt_seconds(s: float) -> str:
-    """Seconds in the most readable unit."""
-    if s is None or not np.isfinite(s):
-        return "n/a"
-    if s >= 3600:
-        return f"{s / 3600:.2f} h"
-    if s >= 60:
-        return f"{s / 60:.1f} min"
-    if s >= 1:
-        return f"{s:.2f} s"
-    if s >= 1e-3:
-        return f"{s * 1e3:.1f} ms"
-    return f"{s * 1e6:.0f} µs"
-
-
-def fmt_gib(b: float) -> str:
-    return f"{b / GIB:,.1f} GiB"
+fmt_seconds = tables.fmt_seconds  # one time formatter for every table (perfmodel.tables)
+fmt_gib = tables.fmt_bytes  # and one byte formatter
 
 
 def fmt_tokens(n: int) -> str:

@@ -4,7 +4,8 @@ Public API (each wrapper checks its inputs and raises a ValueError naming the ar
 
 * :func:`matmul` -- tiled GEMM (fp16/bf16/fp32/fp8), persistent variant for small M
 * :func:`attention_prefill` -- causal GQA flash attention forward
-* :func:`attention_decode` -- one-token attention, split-KV or stream-K schedule
+* :func:`attention_decode` -- one-token attention, split-KV or stream-K schedule (settings in
+  :class:`DecodeConfig`; the schedules' rules in :mod:`perfmodel.decode_schedule`)
 * :func:`attention_decode_paged` -- the same over a paged KV cache
 * :func:`gather_kv_blocks`, :func:`scatter_kv_blocks` -- KV block moves for swapping
 
@@ -13,13 +14,14 @@ analytical core's schema; plain PyTorch references live in :mod:`kernels.referen
 """
 
 from ._common import KernelInputError
-from .attention_decode import DecodeSchedule, attention_decode
+from .attention_decode import DecodeConfig, DecodeSchedule, attention_decode
 from .attention_decode_paged import attention_decode_paged
 from .attention_prefill import attention_prefill
 from .kv_blocks import gather_kv_blocks, scatter_kv_blocks
 from .matmul import matmul
 
 __all__ = [
+    "DecodeConfig",
     "DecodeSchedule",
     "KernelInputError",
     "attention_decode",

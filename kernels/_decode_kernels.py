@@ -6,8 +6,10 @@ head. Stream-K writes a (sequence, kv head) pair that lies inside one program's 
 to the output, and with ``FUSED`` also merges the other pairs itself (the last program to
 finish a pair's tiles does it), so it needs no second kernel.
 
+The cache travels as one tuple, ``cache = (K, V, BT, (s_kb, s_kh, s_kn, s_btb, PAGE_SIZE))``;
 ``PAGED`` selects a paged cache: token ``n`` of sequence ``b`` then lives in page
-``block_table[b, n // PAGE_SIZE]`` at row ``n % PAGE_SIZE``.
+``BT[b, n // PAGE_SIZE]`` at row ``n % PAGE_SIZE``. Query and output strides travel as
+``(s_b, s_h)`` pairs. Grid sizes and program counts come from :mod:`perfmodel.decode_schedule`.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 
 @triton.jit
-def _kv_rows(b, hk, offs_n, valid, s_kb, s_kh, s_kn, BT, s_btb, PAGE_SIZE, PAGED: tl.constexpr):
+def _kv_rows(b, hk, offs_n, valid, cache, PAGED: tl.constexpr):
     # Element offset of each token's K (or V) row for kv head hk of sequence b.
+    _, _, BT, (s_kb, s_kh, s_kn, s_btb, PAGE_SIZE) = cache
     if PAGED:
         page = tl.load(BT + b.to(tl.int64) * s_btb + offs_n // PAGE_SIZE, mask=valid, other=0)
         return page.to(tl.int64) * s_kb + hk * s_kh + (offs_n % PAGE_SIZE) * s_kn
@@ -30,19 +33,12 @@ def _kv_rows(b, hk, offs_n, valid, s_kb, s_kh, s_kn, BT, s_btb, PAGE_SIZE, PAGED
 @triton.jit
 def _attend_range(
     q,
-    K,
-    V,
+    cache,
     b,
     hk,
     n_lo,
     n_hi,
     qk_scale,
-    s_kb,
-    s_kh,
-    s_kn,
-    BT,
-    s_btb,
-    PAGE_SIZE,
     HEAD_DIM: tl.constexpr,
     BLOCK_G: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -57,16 +53,17 @@ def _attend_range(
     for start in range(n_lo, n_hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         valid = offs_n < n_hi
-        rows = _kv_rows(b, hk, offs_n, valid, s_kb, s_kh, s_kn, BT, s_btb, PAGE_SIZE, PAGED)
-        acc, l_i, m_i = _attend_tile(q, K, V, rows, valid, qk_scale, acc, l_i, m_i, HEAD_DIM, PRECISION, UPCAST)
+        rows = _kv_rows(b, hk, offs_n, valid, cache, PAGED)
+        acc, l_i, m_i = _attend_tile(q, cache, rows, valid, qk_scale, acc, l_i, m_i, HEAD_DIM, PRECISION, UPCAST)
     return acc, l_i, m_i
 
 
 @triton.jit
-def _attend_tile(q, K, V, rows, valid, qk_scale, acc, l_i, m_i, HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr,
+def _attend_tile(q, cache, rows, valid, qk_scale, acc, l_i, m_i, HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr,
                  UPCAST: tl.constexpr):
     # One KV tile (token rows ``rows``, where ``valid``) folded into the running online softmax
     # (acc, l, m) of the query group ``q``.
+    K, V, _, _ = cache
     offs_d = tl.arange(0, HEAD_DIM)
     k = tl.load(K + rows[None, :] + offs_d[:, None], mask=valid[None, :], other=0.0)
     v = tl.load(V + rows[:, None] + offs_d[None, :], mask=valid[:, None], other=0.0)
@@ -84,9 +81,8 @@ def _attend_tile(q, K, V, rows, valid, qk_scale, acc, l_i, m_i, HEAD_DIM: tl.con
 
 
 @triton.jit
-def _load_q_group(
-    Q, b, hk, s_qb, s_qh, GROUP, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, UPCAST: tl.constexpr
-):
+def _load_q_group(Q, q_strides, b, hk, GROUP, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, UPCAST: tl.constexpr):
+    s_qb, s_qh = q_strides
     offs_g = tl.arange(0, BLOCK_G)
     offs_d = tl.arange(0, HEAD_DIM)
     q = tl.load(
@@ -125,10 +121,9 @@ def _store_partial(
 @triton.jit
 def _split_kv_kernel(
     Q,
-    K,
-    V,
+    q_strides,
+    cache,
     KV_LENS,
-    BT,
     PO,
     PL,
     qk_scale,
@@ -136,13 +131,6 @@ def _split_kv_kernel(
     GROUP,
     CHUNK,
     NUM_SPLITS,
-    s_qb,
-    s_qh,
-    s_kb,
-    s_kh,
-    s_kn,
-    s_btb,
-    PAGE_SIZE,
     HEAD_DIM: tl.constexpr,
     BLOCK_G: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -164,28 +152,9 @@ def _split_kv_kernel(
     kv_len = tl.load(KV_LENS + b)
     n_lo = split * CHUNK
     n_hi = tl.minimum(n_lo + CHUNK, kv_len)
-    q = _load_q_group(Q, b, hk, s_qb, s_qh, GROUP, HEAD_DIM, BLOCK_G, UPCAST)
+    q = _load_q_group(Q, q_strides, b, hk, GROUP, HEAD_DIM, BLOCK_G, UPCAST)
     acc, l_i, m_i = _attend_range(
-        q,
-        K,
-        V,
-        b,
-        hk,
-        n_lo,
-        n_hi,
-        qk_scale,
-        s_kb,
-        s_kh,
-        s_kn,
-        BT,
-        s_btb,
-        PAGE_SIZE,
-        HEAD_DIM,
-        BLOCK_G,
-        BLOCK_N,
-        PAGED,
-        PRECISION,
-        UPCAST,
+        q, cache, b, hk, n_lo, n_hi, qk_scale, HEAD_DIM, BLOCK_G, BLOCK_N, PAGED, PRECISION, UPCAST
     )
     # partial layout [B*Hkv, NUM_SPLITS, GROUP, (D)]
     _store_partial(
@@ -257,8 +226,9 @@ def _find_pair(t, idx, incl, KV_LENS, B, Hkv, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _store_out(O, b, hk, s_ob, s_oh, acc, l_i, GROUP, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr):
+def _store_out(O, o_strides, b, hk, acc, l_i, GROUP, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr):
     # O[b, hk*GROUP + g, :] = acc[g] / l[g] for a (sequence, kv head) pair done by one program.
+    s_ob, s_oh = o_strides
     offs_g = tl.arange(0, BLOCK_G)
     offs_d = tl.arange(0, HEAD_DIM)
     gmask = offs_g < GROUP
@@ -272,6 +242,7 @@ def _combine_pair(
     PO,
     PL,
     O,
+    o_strides,
     b,
     hk,
     bh,
@@ -280,8 +251,6 @@ def _combine_pair(
     total,
     NUM_PROGRAMS,
     GROUP,
-    s_ob,
-    s_oh,
     HEAD_DIM: tl.constexpr,
     GP: tl.constexpr,
     BLOCK_S: tl.constexpr,
@@ -330,6 +299,7 @@ def _combine_pair(
         acc = acc * scale + tl.sum(w * part, 0)
         m = m_new
     out = acc / tl.where(xok, den, 1.0)
+    s_ob, s_oh = o_strides
     ptr = O + b.to(tl.int64) * s_ob + (hk * GROUP + offs_x // HEAD_DIM) * s_oh + offs_x % HEAD_DIM
     tl.store(ptr, out.to(O.dtype.element_ty), mask=xok)
 
@@ -339,38 +309,15 @@ def _stream_k_segment(
     t,
     t_end,
     p,
-    idx,
-    incl,
-    KV_LENS,
-    NUM_B,
-    b,
-    kv_len,
-    pair_tiles,
-    seq_first,
-    hk,
-    total,
-    Q,
-    K,
-    V,
-    BT,
-    PO,
-    PL,
-    O,
-    CNT,
-    RNG,
+    pair,
+    seqs,
+    cache,
+    io,
     qk_scale,
-    Hkv,
     GROUP,
+    total,
     NUM_PROGRAMS,
-    s_qb,
-    s_qh,
-    s_kb,
-    s_kh,
-    s_kn,
-    s_btb,
-    PAGE_SIZE,
-    s_ob,
-    s_oh,
+    w,
     HEAD_DIM: tl.constexpr,
     BLOCK_G: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -380,43 +327,30 @@ def _stream_k_segment(
     FUSED: tl.constexpr,
     GP: tl.constexpr,
     BLOCK_S: tl.constexpr,
+    WIDE: tl.constexpr,
     FIND: tl.constexpr,
-    WIDE: tl.constexpr = False,
-    w=0,
 ):
     """One piece of program p's run: its tiles from t on that lie in one (sequence, kv head)
     pair; attend, then write the output or a partial (and the plan, or merge when FUSED).
-    The pair (``b`` .. ``hk``, as :func:`_find_pair` returns it) is looked up here when
-    ``FIND``, else given by the caller. Returns where the piece ends."""
+    The pair ``(b, kv_len, pair_tiles, seq_first, hk)``, as :func:`_find_pair` returns it, is
+    looked up here when ``FIND``, else ``pair`` (found by the caller). Returns where the piece ends.
+
+    ``seqs = (KV_LENS, NUM_B, Hkv, idx, incl)`` (the lengths and the tile prefix of
+    :func:`_tile_prefix`); ``io = (Q, q_strides, O, o_strides, PO, PL, CNT, RNG)``."""
+    KV_LENS, NUM_B, Hkv, idx, incl = seqs
+    Q, q_strides, O, o_strides, PO, PL, CNT, RNG = io
     if FIND:
         b, kv_len, pair_tiles, seq_first, hk = _find_pair(t, idx, incl, KV_LENS, NUM_B, Hkv, BLOCK_N)
+    else:
+        b, kv_len, pair_tiles, seq_first, hk = pair
     bh = b * Hkv + hk
     first_tile = seq_first + hk * pair_tiles
     seg_end = tl.minimum(t_end, first_tile + pair_tiles)
-    q = _load_q_group(Q, b, hk, s_qb, s_qh, GROUP, HEAD_DIM, BLOCK_G, UPCAST)
+    q = _load_q_group(Q, q_strides, b, hk, GROUP, HEAD_DIM, BLOCK_G, UPCAST)
     n_lo = (t - first_tile) * BLOCK_N
     n_hi = tl.minimum((seg_end - first_tile) * BLOCK_N, kv_len)
     acc, l_i, m_i = _attend_range(
-        q,
-        K,
-        V,
-        b,
-        hk,
-        n_lo,
-        n_hi,
-        qk_scale,
-        s_kb,
-        s_kh,
-        s_kn,
-        BT,
-        s_btb,
-        PAGE_SIZE,
-        HEAD_DIM,
-        BLOCK_G,
-        BLOCK_N,
-        PAGED,
-        PRECISION,
-        UPCAST,
+        q, cache, b, hk, n_lo, n_hi, qk_scale, HEAD_DIM, BLOCK_G, BLOCK_N, PAGED, PRECISION, UPCAST
     )
     if not FUSED:
         if t == first_tile:
@@ -424,7 +358,7 @@ def _stream_k_segment(
         if seg_end == first_tile + pair_tiles:
             tl.store(RNG + 2 * bh + 1, p + bh + 1)
     if (t == first_tile) & (seg_end == first_tile + pair_tiles):
-        _store_out(O, b, hk, s_ob, s_oh, acc, l_i, GROUP, HEAD_DIM, BLOCK_G)
+        _store_out(O, o_strides, b, hk, acc, l_i, GROUP, HEAD_DIM, BLOCK_G)
     else:
         # partial layout [NUM_PROGRAMS + BH, GROUP, (D)]
         if FUSED:  # the lse four times per query head: the merge loads it as it loads the partial
@@ -443,24 +377,8 @@ def _stream_k_segment(
                 s_lo = _owner(first_u, total, NUM_PROGRAMS, WIDE) + bh
                 s_hi = _owner(first_u + pair_tiles - 1, total, NUM_PROGRAMS, WIDE) + bh + 1
                 _combine_pair(
-                    PO,
-                    PL,
-                    O,
-                    b,
-                    hk,
-                    bh,
-                    s_lo,
-                    s_hi,
-                    total,
-                    NUM_PROGRAMS,
-                    GROUP,
-                    s_ob,
-                    s_oh,
-                    HEAD_DIM,
-                    GP,
-                    BLOCK_S,
-                    FUSED_LSE_REPEAT,
-                    WIDE,
+                    PO, PL, O, o_strides, b, hk, bh, s_lo, s_hi, total, NUM_PROGRAMS, GROUP,
+                    HEAD_DIM, GP, BLOCK_S, FUSED_LSE_REPEAT, WIDE,
                 )
                 tl.store(CNT + bh, 0)  # the pair is done: leave its counter at zero for the next call
     return seg_end
@@ -471,33 +389,12 @@ def _stream_k_flat(
     t,
     t_end,
     p,
-    b,
-    kv_len,
-    pair_tiles,
-    seq_first,
-    hk,
-    Q,
-    K,
-    V,
-    KV_LENS,
-    BT,
-    PO,
-    PL,
-    O,
-    RNG,
+    pair,
+    seqs,
+    cache,
+    io,
     qk_scale,
-    Hkv,
     GROUP,
-    B,
-    s_qb,
-    s_qh,
-    s_kb,
-    s_kh,
-    s_kn,
-    s_btb,
-    PAGE_SIZE,
-    s_ob,
-    s_oh,
     HEAD_DIM: tl.constexpr,
     BLOCK_G: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -512,8 +409,11 @@ def _stream_k_flat(
     the software pipeline loads the next tiles while the current piece is still being written,
     across pieces. Where a piece ends (its pair's last tile, or the program's last tile) it is
     written as in :func:`_stream_k_segment` (non-fused plan), and the online softmax starts afresh.
-    The pair of tile t (``b`` .. ``hk``) comes from :func:`_find_pair`.
+    ``pair``, the pair of tile t, comes from :func:`_find_pair`; ``seqs`` and ``io`` as there.
     """
+    KV_LENS, B, Hkv, _, _ = seqs
+    Q, q_strides, O, o_strides, PO, PL, _, RNG = io
+    b, kv_len, pair_tiles, seq_first, hk = pair
     first_tile = seq_first + hk * pair_tiles
     pair_end = first_tile + pair_tiles
     piece_first = t
@@ -522,11 +422,11 @@ def _stream_k_flat(
     acc = tl.zeros((BLOCK_G, HEAD_DIM), dtype=tl.float32)
     for tt in range(t, t_end):
         # q of the tile's pair, loaded with the tile (pipelined with K and V; from L2 after the first)
-        q = _load_q_group(Q, b, hk, s_qb, s_qh, GROUP, HEAD_DIM, BLOCK_G, UPCAST)
+        q = _load_q_group(Q, q_strides, b, hk, GROUP, HEAD_DIM, BLOCK_G, UPCAST)
         offs_n = (tt - first_tile) * BLOCK_N + tl.arange(0, BLOCK_N)
         valid = offs_n < kv_len
-        rows = _kv_rows(b, hk, offs_n, valid, s_kb, s_kh, s_kn, BT, s_btb, PAGE_SIZE, PAGED)
-        acc, l_i, m_i = _attend_tile(q, K, V, rows, valid, qk_scale, acc, l_i, m_i, HEAD_DIM, PRECISION, UPCAST)
+        rows = _kv_rows(b, hk, offs_n, valid, cache, PAGED)
+        acc, l_i, m_i = _attend_tile(q, cache, rows, valid, qk_scale, acc, l_i, m_i, HEAD_DIM, PRECISION, UPCAST)
         ends_pair = tt + 1 == pair_end
         if ends_pair | (tt + 1 == t_end):
             bh = b * Hkv + hk
@@ -536,7 +436,7 @@ def _stream_k_flat(
             if ends_pair:
                 tl.store(RNG + 2 * bh + 1, p + bh + 1)
             if starts_pair & ends_pair:
-                _store_out(O, b, hk, s_ob, s_oh, acc, l_i, GROUP, HEAD_DIM, BLOCK_G)
+                _store_out(O, o_strides, b, hk, acc, l_i, GROUP, HEAD_DIM, BLOCK_G)
             else:
                 _store_partial(PO, PL, (p + bh).to(tl.int64) * GROUP, acc, l_i, m_i, GROUP, HEAD_DIM, BLOCK_G)
         # the pair of tile tt + 1: the next one when tt ended this pair
@@ -558,38 +458,15 @@ def _stream_k_pieces(
     t,
     t_end,
     p,
-    idx,
-    incl,
-    KV_LENS,
-    NUM_B,
-    b,
-    kv_len,
-    pair_tiles,
-    seq_first,
-    hk,
-    total,
-    Q,
-    K,
-    V,
-    BT,
-    PO,
-    PL,
-    O,
-    CNT,
-    RNG,
+    pair,
+    seqs,
+    cache,
+    io,
     qk_scale,
-    Hkv,
     GROUP,
+    total,
     NUM_PROGRAMS,
-    s_qb,
-    s_qh,
-    s_kb,
-    s_kh,
-    s_kn,
-    s_btb,
-    PAGE_SIZE,
-    s_ob,
-    s_oh,
+    w,
     HEAD_DIM: tl.constexpr,
     BLOCK_G: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -597,128 +474,35 @@ def _stream_k_pieces(
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
     FUSED: tl.constexpr,
-    PEEL: tl.constexpr,
     GP: tl.constexpr,
     BLOCK_S: tl.constexpr,
-    WIDE: tl.constexpr = False,
-    w=0,
+    WIDE: tl.constexpr,
 ):
     """Program p's tiles [t, t_end) piece by piece: one call of :func:`_stream_k_segment` per
-    (sequence, kv head) pair its run touches, the first one outside the loop when ``PEEL`` (with
-    the pair of tile t, ``b`` .. ``hk``, that the caller found)."""
-    if PEEL:  # the first piece outside the loop: its tile loop is a top-level loop
-        if t < t_end:
-            t = _stream_k_segment(
-                t,
-                t_end,
-                p,
-                idx,
-                incl,
-                KV_LENS,
-                NUM_B,
-                b,
-                kv_len,
-                pair_tiles,
-                seq_first,
-                hk,
-                total,
-                Q,
-                K,
-                V,
-                BT,
-                PO,
-                PL,
-                O,
-                CNT,
-                RNG,
-                qk_scale,
-                Hkv,
-                GROUP,
-                NUM_PROGRAMS,
-                s_qb,
-                s_qh,
-                s_kb,
-                s_kh,
-                s_kn,
-                s_btb,
-                PAGE_SIZE,
-                s_ob,
-                s_oh,
-                HEAD_DIM,
-                BLOCK_G,
-                BLOCK_N,
-                PAGED,
-                PRECISION,
-                UPCAST,
-                FUSED,
-                GP,
-                BLOCK_S,
-                False,
-                WIDE,
-                w,
-            )
+    (sequence, kv head) pair its run touches. The first piece runs outside the loop over pieces
+    (its tile loop is then a top-level loop), with ``pair``, the pair of tile t the caller found."""
+    if t < t_end:
+        t = _stream_k_segment(
+            t, t_end, p, pair, seqs, cache, io, qk_scale, GROUP, total, NUM_PROGRAMS, w,
+            HEAD_DIM, BLOCK_G, BLOCK_N, PAGED, PRECISION, UPCAST, FUSED, GP, BLOCK_S, WIDE, False,
+        )
     while t < t_end:
         t = _stream_k_segment(
-            t,
-            t_end,
-            p,
-            idx,
-            incl,
-            KV_LENS,
-            NUM_B,
-            b,
-            kv_len,
-            pair_tiles,
-            seq_first,
-            hk,
-            total,
-            Q,
-            K,
-            V,
-            BT,
-            PO,
-            PL,
-            O,
-            CNT,
-            RNG,
-            qk_scale,
-            Hkv,
-            GROUP,
-            NUM_PROGRAMS,
-            s_qb,
-            s_qh,
-            s_kb,
-            s_kh,
-            s_kn,
-            s_btb,
-            PAGE_SIZE,
-            s_ob,
-            s_oh,
-            HEAD_DIM,
-            BLOCK_G,
-            BLOCK_N,
-            PAGED,
-            PRECISION,
-            UPCAST,
-            FUSED,
-            GP,
-            BLOCK_S,
-            True,
-            WIDE,
-            w,
+            t, t_end, p, pair, seqs, cache, io, qk_scale, GROUP, total, NUM_PROGRAMS, w,
+            HEAD_DIM, BLOCK_G, BLOCK_N, PAGED, PRECISION, UPCAST, FUSED, GP, BLOCK_S, WIDE, True,
         )
 
 
 @triton.jit
 def _stream_k_kernel(
     Q,
-    K,
-    V,
+    q_strides,
+    cache,
     KV_LENS,
-    BT,
     PO,
     PL,
     O,
+    o_strides,
     CNT,
     RNG,
     qk_scale,
@@ -726,15 +510,7 @@ def _stream_k_kernel(
     GROUP,
     BH,
     NUM_PROGRAMS,
-    s_qb,
-    s_qh,
-    s_kb,
-    s_kh,
-    s_kn,
-    s_btb,
-    PAGE_SIZE,
-    s_ob,
-    s_oh,
+    NUM_RAGGED,
     HEAD_DIM: tl.constexpr,
     BLOCK_G: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -744,14 +520,9 @@ def _stream_k_kernel(
     UPCAST: tl.constexpr,
     FUSED: tl.constexpr,
     WIDE: tl.constexpr,
-    PEEL: tl.constexpr,
-    FLAT: tl.constexpr,
     GP: tl.constexpr,
     BLOCK_S: tl.constexpr,
-    PDL: tl.constexpr = False,
-    PDL_TRIGGER: tl.constexpr = 0,
     PHANTOM: tl.constexpr = 0,
-    NUM_RAGGED=0,
 ):
     """Program p handles KV tiles [p*T/P, (p+1)*T/P) of the concatenated KV of all heads.
 
@@ -766,16 +537,10 @@ def _stream_k_kernel(
     tile), ``RNG[2*bh+1]`` one past its last slot (by the program holding its last tile), and
     ``RNG[2*BH]`` the total tile count (by program 0), so the reduction needs no prefix sum.
 
-    ``FLAT`` (non-fused only) picks how a program walks its tiles: 0, piece by piece
-    (:func:`_stream_k_pieces`); 1, one loop across pair boundaries (:func:`_stream_k_flat`);
-    2, the one loop for runs that cross a boundary and piece by piece for runs inside one pair.
-
-    ``PDL``: let the reduction kernel launch early (it waits for this grid to finish before
-    reading): at the start (``PDL_TRIGGER`` 0), once the program has found its first pair (1), or
-    only as the programs exit (2).
+    How a program walks its tiles: with ``FUSED``, piece by piece (:func:`_stream_k_pieces`);
+    without, in one loop across pair boundaries (:func:`_stream_k_flat`) when its run crosses
+    one, piece by piece when it lies inside one pair.
     """
-    if PDL and PDL_TRIGGER == 0:
-        gdc_launch_dependents()
     p = tl.program_id(0)
     idx, lens, seq_tiles, incl = _tile_prefix(KV_LENS, Hkv, BH // Hkv, BLOCK_N, B_P2)
     total = tl.sum(seq_tiles, 0)
@@ -810,102 +575,24 @@ def _stream_k_kernel(
             t = tl.minimum(x, total)
             t_end = tl.minimum(x_end, total)
     # the pair of the program's first tile, found once for the choice of walk and the walk itself
-    b, kv_len, pair_tiles, seq_first, hk = _find_pair(t, idx, incl, KV_LENS, BH // Hkv, Hkv, BLOCK_N)
-    if PDL and PDL_TRIGGER == 1:
-        gdc_launch_dependents()
-    if FLAT == 2:  # the one loop only for runs that cross a pair boundary
+    pair = _find_pair(t, idx, incl, KV_LENS, BH // Hkv, Hkv, BLOCK_N)
+    seqs = (KV_LENS, BH // Hkv, Hkv, idx, incl)
+    io = (Q, q_strides, O, o_strides, PO, PL, CNT, RNG)
+    if FUSED:  # piece by piece: each piece ends in its pair's counter update
+        crosses = False
+    else:  # the one loop only for runs that cross a pair boundary
+        _, _, pair_tiles, seq_first, hk = pair
         crosses = t_end > seq_first + (hk + 1) * pair_tiles
-    else:
-        crosses = FLAT == 1
     if crosses:  # one loop over the program's tiles (no fused merge)
         if t < t_end:
             _stream_k_flat(
-                t,
-                t_end,
-                p,
-                b,
-                kv_len,
-                pair_tiles,
-                seq_first,
-                hk,
-                Q,
-                K,
-                V,
-                KV_LENS,
-                BT,
-                PO,
-                PL,
-                O,
-                RNG,
-                qk_scale,
-                Hkv,
-                GROUP,
-                BH // Hkv,
-                s_qb,
-                s_qh,
-                s_kb,
-                s_kh,
-                s_kn,
-                s_btb,
-                PAGE_SIZE,
-                s_ob,
-                s_oh,
-                HEAD_DIM,
-                BLOCK_G,
-                BLOCK_N,
-                PAGED,
-                PRECISION,
+                t, t_end, p, pair, seqs, cache, io, qk_scale, GROUP, HEAD_DIM, BLOCK_G, BLOCK_N, PAGED, PRECISION,
                 UPCAST,
             )
     else:
         _stream_k_pieces(
-            t,
-            t_end,
-            p,
-            idx,
-            incl,
-            KV_LENS,
-            BH // Hkv,
-            b,
-            kv_len,
-            pair_tiles,
-            seq_first,
-            hk,
-            units,
-            Q,
-            K,
-            V,
-            BT,
-            PO,
-            PL,
-            O,
-            CNT,
-            RNG,
-            qk_scale,
-            Hkv,
-            GROUP,
-            n_prog,
-            s_qb,
-            s_qh,
-            s_kb,
-            s_kh,
-            s_kn,
-            s_btb,
-            PAGE_SIZE,
-            s_ob,
-            s_oh,
-            HEAD_DIM,
-            BLOCK_G,
-            BLOCK_N,
-            PAGED,
-            PRECISION,
-            UPCAST,
-            FUSED,
-            PEEL,
-            GP,
-            BLOCK_S,
-            WIDE,
-            w,
+            t, t_end, p, pair, seqs, cache, io, qk_scale, GROUP, units, n_prog, w,
+            HEAD_DIM, BLOCK_G, BLOCK_N, PAGED, PRECISION, UPCAST, FUSED, GP, BLOCK_S, WIDE,
         )
 
 

@@ -11,14 +11,17 @@ from collections.abc import Mapping
 
 import torch
 
+from perfmodel.decode_schedule import DEFAULT_CONFIG, DecodeConfig, DecodeSchedule
+from perfmodel.ops import Attention
+
+from . import _counts
 from ._common import (
     KernelInputError,
     check_same_device,
     check_tensor,
 )
-from ._counts import attention_bytes, attention_flops
 from .attention_decode import (
-    DecodeSchedule,
+    _check_config,
     _check_num_splits,
     _schedule,
     check_kv_dtype_and_scale,
@@ -55,6 +58,7 @@ def attention_decode_paged(
     schedule: str | DecodeSchedule = "split_kv",
     sm_scale: float | None = None,
     validate: bool = True,
+    config: DecodeConfig = DEFAULT_CONFIG,
 ) -> torch.Tensor:
     """Attention of one new token per sequence over a paged KV cache.
 
@@ -68,7 +72,7 @@ def attention_decode_paged(
         Page indices of each sequence; entries past a sequence's length are not read.
     kv_lens : torch.Tensor, shape [B], int32 or int64
         Tokens of each sequence, in ``[1, max_blocks * page_size]``.
-    num_splits, schedule, sm_scale
+    num_splits, schedule, sm_scale, config
         As in :func:`kernels.attention_decode`.
     validate : bool
         Check the values of ``kv_lens`` and of the used ``block_table`` entries (a device sync).
@@ -84,6 +88,7 @@ def attention_decode_paged(
     """
     sched = _schedule(schedule)
     _check_num_splits(num_splits)
+    _check_config(config)
     check_kv_pair("k_pages", k_pages, "v_pages", v_pages)
     num_blocks, Hkv, page_size, D = k_pages.shape
     check_tensor("block_table", block_table, 2, (torch.int32, torch.int64))
@@ -98,18 +103,18 @@ def attention_decode_paged(
         check_lens_values(kv_lens, max_len)
         _check_table_values(block_table, kv_lens, page_size, num_blocks)
     return launch_decode(
-        q, k_pages, v_pages, kv_lens, block_table, page_size, max_len, num_splits, sched, sm_scale
+        q, k_pages, v_pages, kv_lens, block_table, page_size, max_len, num_splits, sched, sm_scale, config
     )
 
 
-def flops(op: Mapping) -> int:
-    """FLOPs of a decode ``{"op": "attention", ...}`` descriptor (same as the contiguous cache)."""
-    return attention_flops(op)
+def flops(op: Attention | Mapping) -> int:
+    """FLOPs of a decode core ``Attention`` or its descriptor (same as the contiguous cache)."""
+    return _counts.flops(op, Attention)
 
 
-def bytes_moved(op: Mapping) -> int:
+def bytes_moved(op: Attention | Mapping) -> int:
     """Fewest bytes: the used pages read once plus q read and the output written."""
-    return attention_bytes(op)
+    return _counts.bytes_moved(op, Attention)
 
 
 # `kernels.attention_decode_paged.flops(op)` works whether `kernels.attention_decode_paged`

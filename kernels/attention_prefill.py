@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from perfmodel.ops import Attention
+
 from ._common import (
     FLOAT_DTYPES,
     KernelInputError,
@@ -22,7 +24,7 @@ from ._common import (
     check_tensor,
     interpreting,
 )
-from ._counts import attention_bytes, attention_flops
+from . import _counts
 
 __all__ = ["HEAD_DIMS", "attention_prefill", "bytes_moved", "flops"]
 
@@ -293,14 +295,14 @@ def attention_prefill(
     return o
 
 
-def flops(op: Mapping) -> int:
-    """FLOPs of a prefill ``{"op": "attention", ...}`` descriptor (unmasked pairs only)."""
-    return attention_flops(op)
+def flops(op: Attention | Mapping) -> int:
+    """FLOPs of a prefill core ``Attention`` or its ``{"op": "attention", ...}`` descriptor (unmasked pairs only)."""
+    return _counts.flops(op, Attention)
 
 
-def bytes_moved(op: Mapping) -> int:
+def bytes_moved(op: Attention | Mapping) -> int:
     """Fewest bytes of an ``{"op": "attention", ...}`` descriptor (Q, K, V read, O written once)."""
-    return attention_bytes(op)
+    return _counts.bytes_moved(op, Attention)
 
 
 # `kernels.attention_prefill.flops(op)` works whether `kernels.attention_prefill`

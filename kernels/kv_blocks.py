@@ -12,10 +12,13 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import KernelInputError, check_same_device, check_tensor, interpreting
-from ._counts import kv_block_copy_bytes
+from perfmodel.ops import Memcpy
 
-__all__ = ["bytes_moved", "flops", "gather_kv_blocks", "scatter_kv_blocks"]
+from ._common import KernelInputError, check_same_device, check_tensor, interpreting
+from . import _counts
+from ._counts import kv_block_copy_op
+
+__all__ = ["bytes_moved", "flops", "gather_kv_blocks", "kv_block_copy_op", "scatter_kv_blocks"]
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float8_e4m3fn, torch.uint8)
 
@@ -133,15 +136,16 @@ def scatter_kv_blocks(
     return pages
 
 
-def flops(op: Mapping) -> int:
-    """A block copy does no arithmetic: 0 for a ``{"op": "kv_block_copy", ...}`` descriptor."""
-    kv_block_copy_bytes(op)  # validates the descriptor
-    return 0
+def flops(op: Memcpy | Mapping) -> int:
+    """A block copy does no arithmetic: 0 for a core ``Memcpy`` (:func:`kv_block_copy_op`) or its
+    ``{"op": "memcpy", ...}`` descriptor."""
+    return _counts.flops(op, Memcpy)
 
 
-def bytes_moved(op: Mapping) -> int:
-    """Bytes of a block gather or scatter: each block read once and written once."""
-    return kv_block_copy_bytes(op)
+def bytes_moved(op: Memcpy | Mapping) -> int:
+    """Bytes of a block gather or scatter (:func:`kv_block_copy_op`): each block read once and
+    written once."""
+    return _counts.bytes_moved(op, Memcpy)
 
 
 gather_kv_blocks.flops = scatter_kv_blocks.flops = flops

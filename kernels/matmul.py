@@ -12,8 +12,10 @@ import torch
 import triton
 import triton.language as tl
 
+from perfmodel.ops import Gemm
+
 from ._common import KernelInputError, check_same_device, check_tensor, interpreting, num_sms
-from ._counts import gemm_bytes, gemm_flops
+from . import _counts
 
 __all__ = ["SMALL_M", "bytes_moved", "flops", "matmul"]
 
@@ -271,14 +273,14 @@ def matmul(a: torch.Tensor, b: torch.Tensor, *, persistent: bool | None = None) 
     return c
 
 
-def flops(op: Mapping) -> int:
-    """FLOPs of a ``{"op": "gemm", ...}`` descriptor: ``2*m*n*k``."""
-    return gemm_flops(op)
+def flops(op: Gemm | Mapping) -> int:
+    """FLOPs of a core ``Gemm`` or its ``{"op": "gemm", ...}`` descriptor: ``2*m*n*k``."""
+    return _counts.flops(op, Gemm)
 
 
-def bytes_moved(op: Mapping) -> int:
-    """Fewest bytes of a ``{"op": "gemm", ...}`` descriptor (A, B read once, C written once)."""
-    return gemm_bytes(op)
+def bytes_moved(op: Gemm | Mapping) -> int:
+    """Fewest bytes of a core ``Gemm`` or its descriptor (A, B read once, C written once)."""
+    return _counts.bytes_moved(op, Gemm)
 
 
 # `kernels.matmul.flops(op)` works whether `kernels.matmul`

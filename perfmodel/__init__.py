@@ -2,11 +2,15 @@
 
 Public API::
 
-    perfmodel.analyze(model, gpu, context_len=..., output_tokens=..., batch=..., tp=..., mode=...,
-                      attention_impl="sdpa")
+    scn = perfmodel.Scenario.make(model, gpu, context_len=..., batch=..., layout=perfmodel.Layout(tp=...))
+    perfmodel.analyze(scn)  # or, building the scenario from keywords:
+    perfmodel.analyze(model, gpu, context_len=..., output_tokens=..., batch=..., tp=...,
+                      mode="calibrated", attention_impl="sdpa")   # mode="peak": the datasheet bound
     perfmodel.predict(op_descriptor, gpu, mode="calibrated") -> seconds
     perfmodel.sweep(model, gpu, context_len=[...], batch=[...], tp=[...], output_tokens=[...]) -> DataFrame
+    perfmodel.sweep(scn, context_len=[...]) -> DataFrame
     perfmodel.simulate(perfmodel.Deployment.make(model, gpu, tp=...), perfmodel.Workload(...)) -> SimResult
+    perfmodel.simulate(perfmodel.Deployment.from_scenario(scn, replicas=...), perfmodel.Workload(...))
 """
 
 from hw import Dtype, load_gpu, list_gpus
@@ -28,6 +32,7 @@ from perfmodel.layers import Precision
 from perfmodel.models import ModelSpec, list_models, load_model
 from perfmodel.ops import AttentionImpl, op_from_dict, op_to_dict
 from perfmodel.predict import predict, predict_cost, predict_file
+from perfmodel.scenario import Layout, Scenario
 from perfmodel.sweep import sweep
 from perfmodel.serving import Deployment, LengthDist, SimResult, Slo, Workload, simulate
 
@@ -37,5 +42,5 @@ __all__ = [
     "UnknownModelError", "analyze", "list_gpus", "list_models", "load_gpu", "load_model", "load_profile_file",
     "op_cost", "op_from_dict", "op_to_dict", "peak_profile", "predict", "predict_cost", "predict_file",
     "resolve_profile", "sweep", "simulate", "Deployment", "LengthDist", "SimResult", "Slo", "Workload",
-    "NonFiniteError", "TooLargeError",
+    "NonFiniteError", "TooLargeError", "Layout", "Scenario",
 ]

@@ -6,17 +6,17 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-from hw.loader import load_gpu
-from hw.spec import GPU, Dtype
-from perfmodel.calibration import Launch, Mode, Profile, resolve_profile
+from hw.spec import GPU
+from perfmodel.calibration import Launch, Mode, Profile
 from perfmodel.ops import DEFAULT_ATTENTION_IMPL, AttentionImpl
+from perfmodel.comm import DEFAULT_NODE_GPUS
 from perfmodel.costs import Bound, OpCost
 from perfmodel.errors import DoesNotFitError, InvalidInputError
-from perfmodel.knobs import COST_NOT_QUALITY, Knobs, effective_model
-from perfmodel.layers import Precision, apply_knobs, check_tp, kv_bytes_per_token_per_gpu
-from perfmodel.models import ModelSpec, load_model, weights_dtype
+from perfmodel.metrics import bound_of
+from perfmodel.knobs import COST_NOT_QUALITY, Knobs
+from perfmodel.layers import Precision, check_tp
+from perfmodel.models import ModelSpec
+from perfmodel.scenario import Scenario
 from perfmodel.phases import (
     DEFAULT_PREFILL_CHUNK_TOKENS,
     DEFAULT_RESERVE_FRACTION,
@@ -25,7 +25,6 @@ from perfmodel.phases import (
     context_switch,
     decode_cost,
     decode_step_cost,
-    kv_cache_bytes_per_gpu,
     memory_budget,
     prefill_cost,
 )
@@ -33,18 +32,6 @@ from perfmodel.phases import (
 #: The metrics shown with and without the knobs (``to_dict`` keys).
 KNOB_METRICS = ("prefill_s", "decode_s_per_token", "decode_s", "max_concurrency", "context_switch_s",
                 "kv_cache_bytes", "session_throughput_tokens_per_s")
-
-
-def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    """Return ``value`` as int, or raise :class:`InvalidInputError` naming it."""
-    from perfmodel.checks import finite_float
-
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise InvalidInputError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    finite_float(name, value)  # NaN, infinity, or too large: NonFiniteError naming it
-    if float(value) != int(value) or int(value) < minimum:
-        raise InvalidInputError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 @dataclass(frozen=True)
@@ -80,6 +67,7 @@ class Analysis:
     #: ``measured``, ``transferred from <gpu>`` or ``datasheet``, keyed by op class.
     provenance: dict = field(default_factory=dict)
     provenance_summary: str = ""
+    scenario: "Scenario | None" = None  # the checked scenario this analysis priced
 
     @property
     def session_throughput_tokens_per_s(self) -> float:
@@ -90,17 +78,25 @@ class Analysis:
     @property
     def bottleneck(self) -> dict[str, str]:
         return {
-            "prefill": _bound(self.prefill),
-            "decode": _bound(self.decode_step),
+            "prefill": bound_of(self.prefill),
+            "decode": bound_of(self.decode_step),
             "concurrency": Bound.HBM_CAPACITY.value,
-            "context_switch": _bound(self.switch.swap_out),
+            "context_switch": bound_of(self.switch.swap_out),
         }
+
+    def metrics(self) -> dict[str, Any]:
+        """The output metrics (:func:`perfmodel.metrics.scenario_metrics`, the function ``sweep`` uses)."""
+        from perfmodel.metrics import scenario_metrics
+
+        return scenario_metrics(self.model, self.precision, self.knobs, self.context_len, self.output_tokens,
+                                self.batch, self.memory, self.prefill, self.decode_step, self.decode, self.switch)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values (enums as their values); :func:`perfmodel.jsonout.dumps` writes it."""
         from perfmodel.jsonout import jsonable
 
         mem = self.memory
+        met = self.metrics()
         return jsonable({
             "model": self.model.name,
             "gpu": self.gpu.name,
@@ -113,28 +109,27 @@ class Analysis:
             "batch": self.batch,
             "weight_dtype": self.precision.weights.value,
             "kv_dtype": self.precision.kv.value,
-            "weight_bytes": int(self.model.weight_bytes(self.precision.weights)),
+            "weight_bytes": met["weight_bytes"],
             "weight_bytes_per_gpu": int(round(mem.weight_bytes)),
-            "kv_bytes_per_token": int(round(kv_bytes_per_token_per_gpu(self.model, 1, self.precision.kv, self.knobs))),
-            "kv_cache_bytes": int(round(kv_cache_bytes_per_gpu(self.model, self.context_len, self.output_tokens,
-                                                               self.batch, self.precision, 1, self.knobs))),
+            "kv_bytes_per_token": met["kv_bytes_per_token"],
+            "kv_cache_bytes": met["kv_cache_bytes"],
             "hbm_capacity_bytes_per_gpu": int(mem.capacity_bytes),
             "activation_bytes_per_gpu": int(round(mem.activation_bytes)),
             "reserve_bytes_per_gpu": int(round(mem.reserve_bytes)),
-            "prefill_s": float(self.prefill.total_s),
-            "prefill_s_low": float(self.prefill.low_s),
-            "prefill_s_high": float(self.prefill.high_s),
+            "prefill_s": met["prefill_s"],
+            "prefill_s_low": met["prefill_s_low"],
+            "prefill_s_high": met["prefill_s_high"],
             "prefill_flops_per_gpu": float(self.prefill.flops),
-            "decode_s_per_token": float(self.decode_step.total_s),
-            "decode_s_per_token_low": float(self.decode_step.low_s),
-            "decode_s_per_token_high": float(self.decode_step.high_s),
-            "decode_s": float(self.decode.total_s),
-            "decode_s_low": float(self.decode.low_s),
-            "decode_s_high": float(self.decode.high_s),
-            "max_concurrency": int(mem.max_concurrency),
-            "context_switch_s": float(self.switch.serial_s),
-            "context_switch_duplex_s": float(self.switch.duplex_s),
-            "session_throughput_tokens_per_s": float(self.session_throughput_tokens_per_s),
+            "decode_s_per_token": met["decode_s_per_token"],
+            "decode_s_per_token_low": met["decode_s_per_token_low"],
+            "decode_s_per_token_high": met["decode_s_per_token_high"],
+            "decode_s": met["decode_s"],
+            "decode_s_low": met["decode_s_low"],
+            "decode_s_high": met["decode_s_high"],
+            "max_concurrency": met["max_concurrency"],
+            "context_switch_s": met["context_switch_s"],
+            "context_switch_duplex_s": met["context_switch_duplex_s"],
+            "session_throughput_tokens_per_s": met["session_throughput_tokens_per_s"],
             "bottleneck": self.bottleneck,
             "comm_s": {"prefill": float(self.prefill.comm_s), "decode_per_token": float(self.decode_step.comm_s)},
             "pp": self.pp, "sp": self.sp, "sp_kind": self.sp_kind, "ep": self.ep,
@@ -162,16 +157,8 @@ class Analysis:
 
     def to_dict_metrics(self) -> dict[str, float]:
         """The metrics of :data:`KNOB_METRICS`."""
-        return {
-            "prefill_s": float(self.prefill.total_s),
-            "decode_s_per_token": float(self.decode_step.total_s),
-            "decode_s": float(self.decode.total_s),
-            "max_concurrency": int(self.memory.max_concurrency),
-            "context_switch_s": float(self.switch.serial_s),
-            "kv_cache_bytes": int(round(kv_cache_bytes_per_gpu(self.model, self.context_len, self.output_tokens,
-                                                               self.batch, self.precision, 1, self.knobs))),
-            "session_throughput_tokens_per_s": float(self.session_throughput_tokens_per_s),
-        }
+        met = self.metrics()
+        return {k: met[k] for k in KNOB_METRICS}
 
 
 def _kv_tokens(model: ModelSpec, tokens: int) -> float:
@@ -182,9 +169,18 @@ def _share(part: float, total: Any) -> float:
     return float(part) / float(total) if float(total) > 0 else 0.0
 
 
-def _bound(cost: OpCost) -> str:
-    b = cost.bound
-    return b.value if isinstance(b, Bound) else str(b)
+def _beyond_node(scn: Scenario, tp: int | None) -> str:
+    """Where to price a suggested TP degree whose layout exceeds the default node (no system named)."""
+    lay = scn.layout
+    if tp is None or lay.topology:
+        return ""
+    from perfmodel.comm import larger_system_hint
+    from perfmodel.parallel import group_world
+
+    world = int(group_world(tp, lay.pp, lay.sp, lay.ep))
+    if world <= DEFAULT_NODE_GPUS:
+        return ""
+    return f" ({world} GPUs, more than one node: {larger_system_hint(scn.gpu, world)})"
 
 
 def _layout_label(pp: int, sp: int, ep: int) -> str:
@@ -193,11 +189,19 @@ def _layout_label(pp: int, sp: int, ep: int) -> str:
 
 
 def suggest_tp(model: ModelSpec, gpu: GPU, context_len: int, output_tokens: int, batch: int,
-               precision: Precision, pp: int = 1, sp: int = 1, ep: int = 1, **kw) -> int | None:
-    """Smallest power-of-two TP degree (valid for the heads, <= 64) at which ``batch`` users fit, with
-    the ``pp``, ``sp`` and ``ep`` degrees kept as given."""
+               precision: Precision, pp: int = 1, sp: int = 1, ep: int = 1, topology: str | None = None,
+               **kw) -> int | None:
+    """Smallest power-of-two TP degree (valid for the heads, <= 64, within the system ``topology``
+    describes) at which ``batch`` users fit, with the ``pp``, ``sp`` and ``ep`` degrees kept as given."""
+    from perfmodel.scenario import check_world
+
     tp = 1
     while tp <= 64:
+        if topology:
+            try:
+                check_world(gpu, [tp], pp, sp, ep, topology)
+            except InvalidInputError:
+                return None
         try:
             check_tp(model, tp)
         except InvalidInputError:
@@ -215,13 +219,13 @@ def suggest_tp(model: ModelSpec, gpu: GPU, context_len: int, output_tokens: int,
 
 
 def analyze(
-    model: "str | ModelSpec" = "yi-34b",
+    model: "str | ModelSpec | Scenario" = "yi-34b",
     gpu: "str | GPU" = "a100-sxm-80gb",
     context_len: int = 50_000,
     output_tokens: int = 250,
     batch: int = 1,
     tp: int = 1,
-    mode: "Mode | str" = Mode.PEAK,
+    mode: "Mode | str" = Mode.CALIBRATED,
     weight_dtype: str | None = None,
     kv_dtype: str | None = None,
     activation_dtype: str = "bf16",
@@ -239,9 +243,18 @@ def analyze(
 ) -> Analysis:
     """Prefill, decode, concurrency and context switch of one scenario.
 
+    ``model`` may be a :class:`perfmodel.scenario.Scenario` (the other arguments are then not read);
+    otherwise the arguments build one (:meth:`Scenario.make <perfmodel.scenario.Scenario.make>`, the
+    one validation every command shares).
+
     ``pp``, ``sp`` (``sp_kind`` ulysses, ring or hybrid) and ``ep`` add pipeline, sequence
     (prefill) and expert parallelism (:mod:`perfmodel.parallel`); ``topology`` names a system
-    in ``hw/data/systems`` (default: one NVLink node of the GPU).
+    in ``hw/data/systems`` (default: one NVLink node of up to 8 GPUs, else the smallest shipped system of
+    the GPU that holds the layout, named in the notes; :func:`perfmodel.comm.default_topology`).
+
+    ``mode``: ``calibrated`` (default), the best estimate with an 80% error band (``prefill.low_s`` /
+    ``high_s``, ``to_dict()``'s ``*_low`` / ``*_high``) and its provenance per op class (``provenance``);
+    ``peak``, the datasheet roofline, a bound.
 
     ``attention_impl`` (:class:`perfmodel.ops.AttentionImpl`: ``sdpa``, PyTorch's default and the class of
     serving engines' kernels; ``flash2``; ``triton``) picks the attention kernel whose curves price
@@ -260,71 +273,42 @@ def analyze(
         When the weights plus ``batch`` users' KV cache exceed device memory
         (the message gives both byte counts and a TP degree that fits).
     InvalidInputError
-        For non-positive sizes or a TP degree that does not divide the heads.
+        For non-positive sizes, a degree that does not divide what it splits, a layout beyond its
+        system, or an unknown mode.
     """
-    m = load_model(model)
-    g = load_gpu(gpu)
-    context_len = check_positive_int("context_len", context_len)
-    output_tokens = check_positive_int("output_tokens", output_tokens, minimum=0)
-    batch = check_positive_int("batch", batch)
-    tp = check_positive_int("tp", tp)
-    if chunk_tokens is not None:
-        chunk_tokens = check_positive_int("chunk_tokens", chunk_tokens)
-    if not 0 <= reserve_fraction < 1:
-        raise InvalidInputError(f"reserve_fraction must be in [0, 1), got {reserve_fraction}")
-    if knobs is not None and not knobs.active:
-        knobs = None
-    base_model = m
-    if knobs is not None:
-        m = effective_model(m, knobs)
-        knobs.check(m, context_len, batch)
-    check_tp(m, tp)
-    pp, sp, ep = (check_positive_int(k, v) for k, v in (("pp", pp), ("sp", sp), ("ep", ep)))
+    if isinstance(model, Scenario):
+        return analyze_scenario(model)
+    return analyze_scenario(Scenario.make(
+        model, gpu, context_len, output_tokens, batch, tp, mode, weight_dtype, kv_dtype, activation_dtype,
+        chunk_tokens, reserve_fraction, profile, knobs, pp, sp, sp_kind, ep, topology, attention_impl, launch))
+
+
+def analyze_scenario(scn: Scenario) -> Analysis:
+    """:func:`analyze` of a checked :class:`~perfmodel.scenario.Scenario`."""
+    m, g, prof, knobs = scn.priced_model, scn.gpu, scn.profile, scn.knobs
+    prec = scn.priced_precision
+    context_len, output_tokens, batch = scn.context_len, scn.output_tokens, scn.batch
+    lay = scn.layout
+    tp, pp, sp, sp_kind, ep = lay.tp, lay.pp, lay.sp, lay.sp_kind, lay.ep
+    chunk_tokens, reserve_fraction = scn.chunk_tokens, scn.reserve_fraction
+    notes = list(scn.notes)
     from perfmodel import parallel as par
 
-    lay = par.layout(m, tp, pp, sp, sp_kind, ep, topology, knobs)
-    multi = lay is not None
-    if multi:
-        sp_kind = lay["sp_kind"]
-    from perfmodel.scenario import check_mode, window_note
-
-    notes = [n for n in [window_note(m, context_len + output_tokens)] if n]
-    if weight_dtype and m.weight_dtype and Dtype.parse(weight_dtype) is not Dtype.parse(m.weight_dtype):
-        notes.append(f"the model's config stores its weights as {m.weight_dtype}; {weight_dtype} is priced")
-    weight_dtype = weights_dtype(m, weight_dtype)
-    prec = apply_knobs(Precision.of(weight_dtype, activation_dtype, kv_dtype), knobs)
-    mode = check_mode(mode)
-    prof = resolve_profile(g, mode, profile, attention_impl, launch)
-    if attention_impl is None and prof.attention_impl is not DEFAULT_ATTENTION_IMPL:
-        notes.append(f"no {DEFAULT_ATTENTION_IMPL.value} attention curves measured for {g.name}: attention priced "
-                     f"with {prof.attention_impl.value}")
-    if mode is Mode.CALIBRATED and prof.is_peak:
-        notes.append(f"no calibration profile for {g.name}: peak figures shown")
     mem = memory_budget(m, g, context_len, output_tokens, prec, tp, chunk_tokens, reserve_fraction, batch=batch,
                         knobs=knobs)
-    if multi:
+    if lay.multi:
         mem = par.parallel_memory(mem, m, prec, tp, pp, sp, ep)
     if mem.max_concurrency < batch:
-        need = (mem.weight_bytes + mem.activation_bytes + mem.reserve_bytes + batch * mem.kv_bytes_per_user
-                + mem.shared_kv_bytes)
-        hint = suggest_tp(m, g, context_len, output_tokens, batch, prec, pp, sp, ep, chunk_tokens=chunk_tokens,
-                          reserve_fraction=reserve_fraction, knobs=knobs)
-        what = "the weights alone do not fit" if mem.free_for_kv_bytes <= 0 else f"{batch} user(s)' KV cache does not fit"
-        raise DoesNotFitError(
-            f"{m.name} on {g.name} (tp={tp}{_layout_label(pp, sp, ep)}): {what}: needs {need / 2**30:.1f} GiB per GPU "
-            f"({int(need):,} bytes), has {mem.capacity_bytes / 2**30:.1f} GiB ({int(mem.capacity_bytes):,} bytes)"
-            + (f"; tp={hint}{_layout_label(pp, sp, ep)} fits" if hint else "; no TP degree up to 64 fits"),
-            needed_bytes=int(need), available_bytes=int(mem.capacity_bytes), suggested_tp=hint,
-        )
+        _does_not_fit(scn, mem)
     par_details: dict = {}
-    if multi:
+    if lay.multi:
         ring_overlap = par.ring_step_model(prof)
         if ring_overlap is None:
             ring_overlap = 1.0
-            if mode is Mode.CALIBRATED and sp > 1 and sp_kind != "ulysses":
+            if prof.mode is Mode.CALIBRATED and sp > 1 and sp_kind != "ulysses":
                 notes.append(f"no Ring-attention step measured for {g.name}: ideal compute/transfer overlap assumed")
         ph = par.parallel_phases(m, g, prof, context_len, output_tokens, batch, prec, tp, pp, sp, sp_kind, ep,
-                                 chunk_tokens, topology, ring_overlap, knobs=knobs)
+                                 chunk_tokens, lay.topology, ring_overlap, knobs=knobs)
         pre, step, dec = ph.prefill, ph.decode_step, ph.decode
         pre_comm, step_comm, par_details = ph.prefill_comm_s, ph.decode_step_comm_s, ph.details
     else:
@@ -337,21 +321,37 @@ def analyze(
     if knobs is not None:
         notes.append(COST_NOT_QUALITY)
         try:
-            baseline = analyze(base_model, g, context_len, output_tokens, batch, tp, mode, weight_dtype, kv_dtype,
-                               activation_dtype, chunk_tokens, reserve_fraction, prof, pp=pp, sp=sp, sp_kind=sp_kind,
-                               ep=ep, topology=topology, attention_impl=prof.attention_impl, launch=prof.launch)
+            baseline = analyze_scenario(scn.replace(knobs=None, profile=prof, attention_impl=prof.attention_impl))
         except DoesNotFitError as exc:
             notes.append(f"without the knobs: {exc}")
         except InvalidInputError as exc:  # e.g. a TP degree only the knobs' KV heads allow
             notes.append(f"without the knobs: {exc}")
     return Analysis(
-        model=m, gpu=g, tp=tp, mode=mode, context_len=context_len, output_tokens=output_tokens, batch=batch,
+        model=m, gpu=g, tp=tp, mode=prof.mode, context_len=context_len, output_tokens=output_tokens, batch=batch,
         precision=prec, prefill=pre, decode_step=step, decode=dec, memory=mem, switch=sw, notes=tuple(notes),
         knobs=knobs, baseline=baseline, pp=pp, sp=sp, sp_kind=str(sp_kind), ep=ep, prefill_comm_s=pre_comm,
         decode_step_comm_s=step_comm, parallel=par_details, attention_impl=prof.attention_impl,
         launch=prof.launch, provenance=prof.provenance_map(), provenance_summary=prof.provenance_summary(),
+        scenario=scn,
     )
 
+
+def _does_not_fit(scn: Scenario, mem: MemoryBudget) -> None:
+    """Raise :class:`DoesNotFitError` for ``scn``, whose budget ``mem`` holds fewer users than its batch."""
+    m, g, lay, batch = scn.priced_model, scn.gpu, scn.layout, scn.batch
+    pp, sp, ep = lay.pp, lay.sp, lay.ep
+    need = (mem.weight_bytes + mem.activation_bytes + mem.reserve_bytes + batch * mem.kv_bytes_per_user
+            + mem.shared_kv_bytes)
+    hint = suggest_tp(m, g, scn.context_len, scn.output_tokens, batch, scn.priced_precision, pp, sp, ep,
+                      lay.topology, chunk_tokens=scn.chunk_tokens, reserve_fraction=scn.reserve_fraction, knobs=scn.knobs)
+    what = "the weights alone do not fit" if mem.free_for_kv_bytes <= 0 else f"{batch} user(s)' KV cache does not fit"
+    raise DoesNotFitError(
+        f"{m.name} on {g.name} (tp={lay.tp}{_layout_label(pp, sp, ep)}): {what}: needs {need / 2**30:.1f} GiB per "
+        f"GPU ({int(need):,} bytes), has {mem.capacity_bytes / 2**30:.1f} GiB ({int(mem.capacity_bytes):,} bytes)"
+        + (f"; tp={hint}{_layout_label(pp, sp, ep)} fits" if hint else "; no TP degree up to 64 fits")
+        + _beyond_node(scn, hint),
+        needed_bytes=int(need), available_bytes=int(mem.capacity_bytes), suggested_tp=hint,
+    )
 
 
 def _tp_comm_s(m: ModelSpec, g: GPU, prof: Profile, context_len: int, batch: int, prec: Precision, tp: int,

@@ -3,8 +3,8 @@
 - :func:`flash_splits`: the KV split count flash-attention (v2) picks (PyTorch SDPA's flash backend);
 - :func:`flash_block_n`: the KV block of its split-KV kernel;
 - :func:`prefill_schedule_s`: prefill attention as (sequence, head, query tile) programs over the SMs;
-- :func:`triton_decode_pieces`: programs and KV pieces of our Triton decode kernels (split-KV, stream-K).
-- :func:`stream_k_fused`: where stream-K merges in its own kernel.
+- :func:`triton_decode_pieces`: programs and KV pieces of our Triton decode kernels (split-KV, stream-K),
+  by the rules of :mod:`perfmodel.decode_schedule` (shared with the kernels' launcher).
 
 ``perfmodel.costs`` prices attention ops with them; they hold no state.
 """
@@ -14,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from hw.spec import GPU
-from perfmodel.calibration import SPLIT_STREAM, ClassParams
+from perfmodel import decode_schedule as ds
+from perfmodel.calibration import ClassParams, SplitRule
 from perfmodel.ops import Attention
 
 
@@ -42,7 +43,8 @@ def flash_splits(units, n_blocks, slots: int, max_splits: int = 128):
     allowed = s <= np.minimum(min(max_splits, slots), nn)[:, None]
     changes = (s == 1) | (np.ceil(nn[:, None] / s) != np.ceil(nn[:, None] / np.maximum(s - 1, 1)))
     w = uu[:, None] * s / slots
-    eff = np.where(allowed & changes, w / np.ceil(w), 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):  # w = 0 (no units): 0 / 0, not chosen
+        eff = np.where(allowed & changes, w / np.ceil(w), 0.0)
     ok = (eff >= 0.85 * eff.max(axis=1, keepdims=True)) & (eff > 0)
     choice = np.where(ok.any(axis=1), np.argmax(ok, axis=1) + 1.0, 1.0)
     out[need] = choice[np.ravel(inv)]
@@ -102,68 +104,32 @@ def prefill_schedule_s(op: Attention, gpu: GPU, p: ClassParams, splits, math_pea
     return np.maximum(t_max, units * t_mean / slots + tail * t_mean)
 
 
-TRITON_DECODE_BLOCK_N = 64.0  # keys per tile of kernels.attention_decode (split-KV and stream-K)
-# stream-K programs per SM in kernels.attention_decode, and the cache size (KV tiles per SM, at
-# most) below which it runs one per SM instead (when the (sequence, kv head) pairs fit the SMs)
-STREAM_K_PROGRAMS_PER_SM = 2.0
-STREAM_K_SMALL_TILES_PER_SM = 32.0
+def triton_decode_block_n(rule: SplitRule, head_dim):
+    """Keys per KV tile of our Triton decode kernels (:func:`perfmodel.decode_schedule.block_n`)."""
+    out = ds.block_n(_SCHEDULE_OF_RULE.get(rule, ds.DecodeSchedule.SPLIT_KV), head_dim)
+    return np.asarray(out, dtype=np.float64) if np.ndim(out) else float(out)
 
 
-# rows (pieces x padded query heads) the one-wave stream-K merge loads at once
-# (``kernels.attention_decode._FUSED_MERGE_ROWS``)
-STREAM_K_MERGE_ROWS = 64.0
+_SCHEDULE_OF_RULE = {SplitRule.FILL: ds.DecodeSchedule.SPLIT_KV, SplitRule.STREAM_K: ds.DecodeSchedule.STREAM_K}
 
 
-def stream_k_merge_loads(pieces, group):
-    """Loads of partials by the one-wave stream-K merge of a pair cut into ``pieces``: blocks of
-    ``STREAM_K_MERGE_ROWS // next_pow2(group)`` pieces (at least one), ``group`` query heads per
-    KV head (``kernels.attention_decode``'s ``BLOCK_S``)."""
-    g = np.maximum(np.asarray(group, dtype=np.float64), 1.0)
-    per_load = np.maximum(np.floor(STREAM_K_MERGE_ROWS / 2.0 ** np.ceil(np.log2(g))), 1.0)
-    return np.ceil(np.asarray(pieces, dtype=np.float64) / per_load)
+def triton_decode_pieces(units, kv_len, slots: int, rule: SplitRule, sm_count: int | None = None, head_dim=128):
+    """(programs, KV pieces per (sequence, kv head)) of our Triton decode kernels, by the rules of
+    :mod:`perfmodel.decode_schedule` with the shipped settings.
 
-
-def stream_k_fused(programs, sm_count: int):
-    """Whether our stream-K decode merges split pairs inside its own kernel (no reduction kernel):
-    where its ``programs`` fit one per SM (``kernels.attention_decode.fused_merge``)."""
-    return np.asarray(programs, dtype=np.float64) <= sm_count
-
-
-def triton_decode_block_n(rule: int, head_dim):
-    """Keys per KV tile of our Triton decode kernels: 64, and 128 for stream-K at head_dim <= 64
-    (each program then keeps a head_dim-128 tile's bytes in flight)."""
-    d = np.asarray(head_dim, dtype=np.float64)
-    if rule == SPLIT_STREAM:
-        return np.where(d <= 64, 2.0 * TRITON_DECODE_BLOCK_N, TRITON_DECODE_BLOCK_N)
-    return np.full(d.shape, TRITON_DECODE_BLOCK_N) if d.ndim else TRITON_DECODE_BLOCK_N
-
-
-def triton_decode_pieces(units, kv_len, slots: int, rule: int, sm_count: int | None = None, head_dim=128):
-    """(programs, KV pieces per (sequence, kv head)) of our Triton decode kernels.
-
-    split-KV (``kernels.attention_decode``): ``splits = ceil(slots / units)`` chunks of whole
-    64-key tiles per (sequence, kv head), ``pieces = ceil(kv / chunk)``.  Stream-K (tiles of
-    :func:`triton_decode_block_n` keys): ``STREAM_K_PROGRAMS_PER_SM`` programs per SM
-    (``sm_count``; ``slots`` when not given), one per SM when all the tiles are at most
-    ``STREAM_K_SMALL_TILES_PER_SM`` per SM and the pairs are no more than the SMs, rounded down
-    to a multiple of the ``units`` (sequence, kv head) pairs when there are fewer pairs, and at
-    most one per tile, share all KV tiles equally.  Rounded, every program's run lies inside one pair (``programs / units`` pieces
-    per pair); otherwise a run ends a piece at each pair boundary, about ``programs + units``
-    pieces in all.
+    split-KV (``SplitRule.FILL``): chunks of whole tiles aiming at ``slots`` programs
+    (:func:`~perfmodel.decode_schedule.split_kv_pieces`).  Stream-K (``SplitRule.STREAM_K``):
+    :func:`~perfmodel.decode_schedule.stream_k_programs` on ``sm_count`` SMs (``slots`` when not
+    given) over the ``units`` (sequence, kv head) pairs, with the mean pieces per pair of uniform
+    lengths (:func:`~perfmodel.decode_schedule.stream_k_pieces_per_pair`).
     """
     kv = np.asarray(kv_len, dtype=np.float64)
-    n_tiles = np.maximum(np.ceil(kv / triton_decode_block_n(rule, head_dim)), 1.0)
-    if rule == SPLIT_STREAM:
-        sms = float(sm_count or slots)
-        u = np.maximum(np.asarray(units, dtype=np.float64), 1.0)
-        small = (u * n_tiles <= STREAM_K_SMALL_TILES_PER_SM * sms) & (u <= sms)
-        target = np.where(small, sms, STREAM_K_PROGRAMS_PER_SM * sms)
-        aligned = u <= target
-        target = np.where(aligned, np.floor(target / u) * u, target)
-        programs = np.maximum(np.minimum(target, u * n_tiles), 1.0)
-        pieces = np.where(aligned, np.maximum(programs / u, 1.0), (programs + u) / u)
-        return programs, pieces
-    splits = np.maximum(np.ceil(slots / units), 1.0)
-    chunk = np.ceil(np.ceil(kv / np.minimum(splits, n_tiles)) / TRITON_DECODE_BLOCK_N) * TRITON_DECODE_BLOCK_N
-    pieces = np.ceil(kv / chunk)
-    return units * pieces, pieces
+    u = np.asarray(units, dtype=np.float64)
+    tile = triton_decode_block_n(rule, head_dim)
+    if rule == SplitRule.STREAM_K:
+        u = np.maximum(u, 1.0)
+        n_tiles = np.maximum(np.ceil(kv / tile), 1.0)
+        programs = np.asarray(ds.stream_k_programs(u, n_tiles, int(sm_count or slots)), dtype=np.float64)
+        return programs, ds.stream_k_pieces_per_pair(programs, u)
+    _, pieces = ds.split_kv_pieces(u, kv, slots, ds.BLOCK_N)
+    return u * pieces, pieces

@@ -51,10 +51,16 @@ PROFILE_DIR = DATA_DIR / "profiles"
 SCHEMA_VERSION = 1
 
 
-# split_rule values: no split, the flash-attention heuristic, fill 2 x SMs programs, stream-K
-# (2 x SMs programs sharing all KV blocks equally)
-SPLIT_NONE, SPLIT_FLASH, SPLIT_FILL, SPLIT_STREAM = 0, 1, 2, 3
-SPLIT_RULES = frozenset({SPLIT_NONE, SPLIT_FLASH, SPLIT_FILL, SPLIT_STREAM})
+class SplitRule(enum.IntEnum):
+    """How an attention kernel splits the KV axis over programs (``ClassParams.split_rule``; stored
+    as its number in profiles): no split; the flash-attention heuristic over ``2 * SMs`` slots; our
+    split-KV kernel (enough splits to fill ``2 * SMs`` programs); our stream-K kernel (programs
+    sharing all KV tiles equally). The Triton kernels' rules live in :mod:`perfmodel.decode_schedule`."""
+
+    NONE = 0
+    FLASH = 1
+    FILL = 2
+    STREAM_K = 3
 
 
 class Mode(str, enum.Enum):
@@ -130,11 +136,8 @@ class ClassParams:
     unit_overhead_s : float, fixed seconds of one work unit (prologue, reduction, epilogue)
     unit_memory_eff : float, streaming rate of one work unit as a fraction of the bandwidth per SM
         (above 1 when one SM's share is outrun by one unit; 0: no per-unit byte term)
-    split_rule : int, how an attention kernel splits the KV axis over programs (0: no split;
-        1: the flash-attention heuristic over ``2 * SMs`` slots; 2: enough splits to fill
-        ``2 * SMs`` programs; 3: stream-K, two programs per SM (one for caches of at most 16 KV
-        tiles per SM when the (sequence, kv head) pairs fit the SMs), rounded down to a multiple
-        of the pairs when there are fewer, sharing all KV tiles equally)
+    split_rule : SplitRule, how an attention kernel splits the KV axis over programs (``NONE`` 0,
+        ``FLASH`` 1, ``FILL`` 2, ``STREAM_K`` 3; :class:`SplitRule`)
     split_latency_s : float, seconds added when the KV axis is split (the combine kernel)
     split_memory_eff : float, memory efficiency of the split-KV path (0: ``memory_eff``)
     knee_bytes : float, size above which ``tail_memory_eff`` applies to the extra bytes (0: none)
@@ -210,7 +213,7 @@ class ClassParams:
     units_per_sm: float = 0.0
     unit_overhead_s: float = 0.0
     unit_memory_eff: float = 0.0
-    split_rule: int = 0
+    split_rule: SplitRule = SplitRule.NONE
     split_latency_s: float = 0.0
     split_memory_eff: float = 0.0
     knee_bytes: float = 0.0
@@ -235,6 +238,11 @@ class ClassParams:
     cache_memory_eff: float = 0.0
     misaligned_memory_eff: float = 0.0
 
+    def __post_init__(self) -> None:
+        # a profile stores the split rule as its number; an unknown number is left for validate()
+        if not isinstance(self.split_rule, SplitRule) and self.split_rule in set(SplitRule):
+            object.__setattr__(self, "split_rule", SplitRule(self.split_rule))
+
     def validate(self, where: str) -> None:
         for name in ("compute_eff", "memory_eff"):
             v = getattr(self, name)
@@ -253,8 +261,8 @@ class ClassParams:
                 raise ProfileError(f"{where}: {name} must be in [0, 1.5] (0: {what}), got {v}")
         if not 0 <= self.cache_memory_eff <= 4 or not math.isfinite(self.cache_memory_eff):
             raise ProfileError(f"{where}: cache_memory_eff must be in [0, 4] (0: memory_eff), got {self.cache_memory_eff}")
-        if self.split_rule not in SPLIT_RULES:
-            raise ProfileError(f"{where}: split_rule must be one of {sorted(SPLIT_RULES)}, got {self.split_rule}")
+        if self.split_rule not in set(SplitRule):
+            raise ProfileError(f"{where}: split_rule must be one of {[int(r) for r in SplitRule]}, got {self.split_rule}")
         for name in ("latency_s", "ramp_flops", "ramp_bytes", "bandwidth_bytes_per_s", "tile_m", "tile_n",
                      "tile_m_min", "tile_overhead_s", "units_per_sm", "unit_overhead_s", "unit_memory_eff",
                      "split_latency_s", "knee_bytes", "row_knee_bytes", "row_knee_width_bytes", "cache_bytes", "score_flops", "split_piece_s",
@@ -344,20 +352,30 @@ class Profile:
     #: ``attention_decode[sdpa]``, ``elementwise:rmsnorm``, ``*`` for all held-out ops); empty: no band.
     bands: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
-    def band_of(self, op_class: OpClass, keys: tuple[str, ...] = ()) -> tuple[float, float]:
-        """(q10, q90) of log(predicted / measured) for an op of ``op_class``: the band group of its provenance
-        (``measured``, ``transferred``, ``datasheet``), the first of ``keys`` it has, else its ``*`` (all ops);
-        (0, 0) in peak mode or without one."""
+    def band_of(self, op_class: OpClass, keys: tuple[str, ...] = (), regime: str | None = None) -> tuple[float, float]:
+        """(q10, q90) of log(predicted / measured) for an op of ``op_class`` in ``regime`` (``compute``, ``memory``,
+        ``latency``: :func:`perfmodel.costs.regime_of`): the band group of its provenance (``measured``,
+        ``transferred``, ``datasheet``), the first of ``keys`` it has (``<key>|<regime>`` before ``<key>``), else
+        its ``*`` (all ops); (0, 0) in peak mode or without one.  A transferred class takes the envelope of its
+        ``transferred`` and ``measured`` rows: the measured band widened by the measured transfer error."""
         if self.mode is Mode.PEAK or not self.bands:
             return 0.0, 0.0
         label = self.provenance_of(op_class)
         group = "measured" if label.startswith("measured") else "transferred" if label.startswith("transferred") \
             else "datasheet"
+        rows = [self._band_row(group, op_class, keys, regime)]
+        if group == "transferred":
+            rows.append(self._band_row("measured", op_class, keys, regime))
+        rows = [r for r in rows if r is not None]
+        return (min(r[0] for r in rows), max(r[1] for r in rows)) if rows else (0.0, 0.0)
+
+    def _band_row(self, group: str, op_class: OpClass, keys: tuple[str, ...], regime: str | None):
         table = self.bands.get(group) or {}
         for k in (*keys, op_class.value, "*"):
-            if k in table:
-                return table[k]["q10"], table[k]["q90"]
-        return 0.0, 0.0
+            for key in ((f"{k}|{regime}", k) if regime else (k,)):
+                if key in table:
+                    return table[key]["q10"], table[key]["q90"]
+        return None
 
     def __post_init__(self) -> None:
         if self.attention_impl is None:  # the scenario named none: sdpa, or the impl the profile has

@@ -151,9 +151,11 @@ def add_launch_arg(p: argparse.ArgumentParser) -> None:
 def add_scenario_args(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     """Model, GPU, precision and mode flags shared by analyze and sweep."""
     p.add_argument("--model", default="yi-34b", help="model name or path to a config.json")
-    p.add_argument("--gpu", default="a100-sxm-80gb", help="GPU name, alias or path to a YAML file")
-    p.add_argument("--mode", choices=["peak", "calibrated"], default="peak",
-                   help="peak: datasheet roofline; calibrated: the GPU's measured profile")
+    p.add_argument("--gpu", default="a100-sxm-80gb", help="GPU name, alias or path to a YAML file"
+                   + ("; a comma-separated list, or all (every shipped GPU)" if sweep else ""))
+    p.add_argument("--mode", choices=["calibrated", "peak"], default="calibrated",
+                   help="calibrated: the best estimate (the GPU's measured profile, else one transferred from a "
+                        "measured GPU; provenance per op class); peak: the datasheet roofline, a bound")
     add_attention_impl_arg(p)
     add_launch_arg(p)
     p.add_argument("--weight-dtype", default=None,
@@ -171,7 +173,8 @@ def add_layout_args(p: argparse.ArgumentParser) -> None:
                    help="SP scheme: Ulysses all-to-all, Ring attention, or both (default ring)")
     p.add_argument("--ep", type=_positive_int, default=1, help="expert-parallel degree (MoE models)")
     p.add_argument("--topology", default=None,
-                   help="system from hw/data/systems the GPUs sit in (default: one NVLink node of the GPU)")
+                   help="system from hw/data/systems the GPUs sit in (default: one NVLink node of up to 8 GPUs, else the "
+                        "smallest shipped system of the GPU that holds them)")
 
 
 def _build_parser() -> _Parser:
@@ -203,7 +206,7 @@ def _build_parser() -> _Parser:
     pr.set_defaults(func=_cmd_predict)
 
     s = sub.add_parser("sweep", help="evaluate the product of scenario axes (CSV to stdout or --out)")
-    add_scenario_args(s)
+    add_scenario_args(s, sweep=True)
     s.add_argument("--context", type=_int_list, default=[4000, 50000], help="e.g. 1000,4000 or 1000:100000:1000")
     s.add_argument("--batch", type=_int_list, default=[1])
     s.add_argument("--tp", type=_int_list, default=[1])
@@ -242,29 +245,25 @@ def _build_parser() -> _Parser:
     return parser
 
 
-def _gib(x: float) -> str:
-    return f"{x / 2**30:,.2f} GiB"
-
-
-def _fmt_s(x: float) -> str:
-    if x >= 1:
-        return f"{x:,.2f} s"
-    if x >= 1e-3:
-        return f"{x * 1e3:,.2f} ms"
-    return f"{x * 1e6:,.1f} us"
-
-
 def _banded(c: Any) -> str:
-    """``12.3 ms (11.8-13.9)``: the value and its error band (the central 80% interval; no band: the value)."""
+    """``12.3 ms (11.8-13.9 ms)``: the value and its error band (the central 80% interval; no band: the value)."""
+    from perfmodel.tables import fmt_seconds
+
     t, lo, hi = float(c.total_s), float(c.low_s), float(c.high_s)
     if lo == t == hi:
-        return _fmt_s(t)
-    return f"{_fmt_s(t)} ({_fmt_s(lo).split()[0]}-{_fmt_s(hi)})" if _fmt_s(lo).split()[1] == _fmt_s(hi).split()[1] \
-        else f"{_fmt_s(t)} ({_fmt_s(lo)}-{_fmt_s(hi)})"
+        return fmt_seconds(t)
+    lo_s, hi_s = fmt_seconds(lo), fmt_seconds(hi)
+    if lo_s.split(" ")[-1] == hi_s.split(" ")[-1]:
+        return f"{fmt_seconds(t)} ({lo_s.split(' ')[0]}-{hi_s})"
+    return f"{fmt_seconds(t)} ({lo_s}-{hi_s})"
 
 
-def _analysis_table(results: list[Any]) -> Any:
+def _analysis_table(results: list[Any], peaks: list[Any] | None = None) -> Any:
+    """The metrics of each context; with ``peaks`` (the same scenarios in peak mode), the datasheet bound of
+    the prefill and decode times beside the estimate."""
     from rich.table import Table
+
+    from perfmodel.tables import fmt_bytes, fmt_seconds
 
     first = results[0]
     t = Table(title=f"{first.model.name} on {first.gpu.name} x{first.tp * first.pp * first.sp} ({first.mode.value} mode)")
@@ -278,12 +277,21 @@ def _analysis_table(results: list[Any]) -> Any:
         ("decode / token", b["decode"], lambda r: _banded(r.decode_step)),
         (f"decode ({first.output_tokens} tokens)", b["decode"], lambda r: _banded(r.decode)),
         ("max concurrency (users)", "hbm_capacity", lambda r: f"{int(r.memory.max_concurrency)}"),
-        ("context switch (serial)", b["context_switch"], lambda r: _fmt_s(r.switch.serial_s)),
-        ("context switch (duplex)", b["context_switch"], lambda r: _fmt_s(r.switch.duplex_s)),
-        ("KV cache per user", "", lambda r: _gib(r.to_dict()["kv_cache_bytes"] / r.batch)),
-        ("weights", "", lambda r: _gib(r.model.weight_bytes(r.precision.weights))),
+        ("context switch (serial)", b["context_switch"], lambda r: fmt_seconds(r.switch.serial_s)),
+        ("context switch (duplex)", b["context_switch"], lambda r: fmt_seconds(r.switch.duplex_s)),
+        ("KV cache per user", "", lambda r: fmt_bytes(r.to_dict()["kv_cache_bytes"] / r.batch)),
+        ("weights", "", lambda r: fmt_bytes(r.model.weight_bytes(r.precision.weights))),
         ("session throughput", "", lambda r: f"{r.session_throughput_tokens_per_s:,.1f} tok/s"),
     ]
+    if peaks:
+        by_ctx = {p.context_len: p for p in peaks}
+        cell = lambda r, f: fmt_seconds(f(by_ctx[r.context_len])) if r.context_len in by_ctx else "-"  # noqa: E731
+        rows[3:3] = [
+            ("prefill, peak bound", "datasheet", lambda r: cell(r, lambda p: p.prefill.total_s)),
+            ("decode / token, peak bound", "datasheet", lambda r: cell(r, lambda p: p.decode_step.total_s)),
+            ("decode, peak bound", "datasheet",
+             lambda r: cell(r, lambda p: p.decode.total_s)),
+        ]
     if any(r.tp * r.pp * r.sp * r.ep > 1 for r in results):
         rows += [
             ("communication (prefill)", "", lambda r: _comm_cell(r.prefill_comm_s, r.prefill.total_s)),
@@ -295,8 +303,10 @@ def _analysis_table(results: list[Any]) -> Any:
 
 
 def _comm_cell(comm_s: float, total_s: float) -> str:
+    from perfmodel.tables import fmt_seconds
+
     share = comm_s / float(total_s) if float(total_s) > 0 else 0.0
-    return f"{_fmt_s(comm_s)} ({share:.0%})"
+    return f"{fmt_seconds(comm_s)} ({share:.0%})"
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
@@ -315,10 +325,11 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
               knobs=knobs, pp=args.pp, sp=args.sp, sp_kind=args.sp_kind, ep=args.ep, topology=args.topology,
               attention_impl=args.attention_impl, launch=args.launch)
     results = [analyze(context_len=c, **kw) for c in contexts]
+    peaks = _peak_bounds(results, kw)
     match = knobs_cli.run_match(args, knobs, contexts[0]) if args.match_context else None
     if args.json:
-        out = results[0].to_dict() if len(results) == 1 else results[0].to_dict() | {
-            "compare": [r.to_dict() for r in results[1:]]}
+        dicts = [r.to_dict() | ({"peak_bound": _peak_dict(peaks[i])} if peaks else {}) for i, r in enumerate(results)]
+        out = dicts[0] if len(dicts) == 1 else dicts[0] | {"compare": dicts[1:]}
         if match is not None:
             out["match"] = match.to_dict()
         print(dumps(out, indent=2))
@@ -327,7 +338,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from rich.markup import escape
 
     console = Console()
-    console.print(_analysis_table(results))
+    console.print(_analysis_table(results, peaks))
     if knobs.active:
         console.print(knobs_cli.knob_table(results))
     if match is not None:
@@ -343,6 +354,23 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     if match is not None and not knobs.active:
         console.print("note: the settings above price cost only; the accuracy of each technique is not modelled")
     return 0
+
+
+def _peak_bounds(results: list[Any], kw: dict[str, Any]) -> list[Any]:
+    """The same scenarios in peak mode (the datasheet bound shown beside a calibrated estimate); [] in peak mode."""
+    from perfmodel.analyze import analyze
+    from perfmodel.calibration import Mode
+
+    if results[0].mode is not Mode.CALIBRATED:
+        return []
+    return [analyze(context_len=r.context_len, **(kw | {"mode": Mode.PEAK.value})) for r in results]
+
+
+def _peak_dict(a: Any) -> dict[str, float]:
+    """``peak_bound`` of the JSON: the datasheet-roofline times of the scenario (a lower bound, no band)."""
+    return {"prefill_s": float(a.prefill.total_s), "decode_s_per_token": float(a.decode_step.total_s),
+            "decode_s": float(a.decode.total_s),
+            "session_throughput_tokens_per_s": float(a.session_throughput_tokens_per_s)}
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -371,7 +399,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     max_bytes = DEFAULT_MAX_BYTES if args.max_bytes is None else args.max_bytes
     layout = args.pp != 1 or args.sp != 1 or args.ep != 1 or args.topology is not None
     size = sweep_size(args.context, args.batch, args.tp, args.output_tokens, knob_axes, layout)
-    stream = size.bytes > max_bytes
+    gpus = _gpu_list(args.gpu)
+    stream = size.bytes * len(gpus) > max_bytes
     if stream:
         if not args.out or str(args.out).endswith(".parquet"):
             check_size(size, max_bytes, " (--max-bytes); write it in chunks with --out FILE.csv, or raise --max-bytes")
@@ -380,7 +409,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             check_size(size, max_bytes, f"; even its axes need {axes_bytes:,} bytes")
     from perfmodel.sweep import sweep_notes
 
-    for note in sweep_notes(args.model, args.context, args.output_tokens):
+    for note in sweep_notes(args.model, args.context, args.output_tokens, args.gpu, args.tp, args.pp, args.sp,
+                            args.ep, args.topology):
         print(f"perfmodel: note: {note}", file=sys.stderr)
     if knobs.active or args.knob_axis:
         from perfmodel.knobs import COST_NOT_QUALITY
@@ -389,17 +419,24 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if stream:
         chunk = max(1, int(max_bytes // CHUNK_FRACTION // (size.columns * 8)))
         rows = 0
-        with open(args.out, "w", newline="") as f, _progress(size.points, "sweep") as advance:
-            for k, df in enumerate(iter_sweep(args.model, args.gpu, args.context, args.batch, args.tp,
-                                              chunk_points=chunk, **kw)):
-                df.to_csv(f, index=False, header=(k == 0))
-                rows += len(df)
-                advance(len(df))
+        with open(args.out, "w", newline="") as f, _progress(size.points * len(gpus), "sweep") as advance:
+            for gpu in gpus:
+                for df in iter_sweep(args.model, gpu, args.context, args.batch, args.tp, chunk_points=chunk, **kw):
+                    df.to_csv(f, index=False, header=(rows == 0))
+                    rows += len(df)
+                    advance(len(df))
+        from perfmodel.tables import fmt_bytes
+
         print(f"wrote {rows} rows to {args.out} in chunks of up to {chunk:,} "
-              f"(the whole result, {size.bytes / 2**30:,.1f} GiB, is above --max-bytes)", file=sys.stderr)
+              f"(the whole result, {fmt_bytes(size.bytes)}, is above --max-bytes)", file=sys.stderr)
         return 0
-    df = sweep(args.model, args.gpu, context_len=args.context, batch=args.batch, tp=args.tp, max_bytes=max_bytes,
-               **kw)
+    frames = [sweep(args.model, gpu, context_len=args.context, batch=args.batch, tp=args.tp, max_bytes=max_bytes, **kw)
+              for gpu in gpus]
+    if len(frames) > 1:
+        import pandas as pd
+
+        frames = [pd.concat(frames, ignore_index=True)]
+    df = frames[0]
     if args.out:
         from perfmodel.tables import write_table
 
@@ -410,6 +447,20 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     else:
         print(df.to_csv(index=False), end="")
     return 0
+
+
+def _gpu_list(text: str) -> list[str]:
+    """``--gpu`` of sweep: one GPU, a comma-separated list, or ``all`` (every shipped GPU)."""
+    if text.strip().lower() == "all":
+        from hw import list_gpus
+
+        return list(list_gpus())
+    gpus = [g.strip() for g in text.split(",") if g.strip()] if "," in text else [text]
+    if not gpus:
+        from perfmodel.errors import InvalidInputError
+
+        raise InvalidInputError(f"--gpu: no GPU named in {text!r}")
+    return gpus
 
 
 def _progress(total: int, what: str):
@@ -471,13 +522,15 @@ def _cmd_gpus(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from perfmodel.tables import fmt_bytes
+
     t = Table(title="shipped GPUs (dense peak FLOP/s)")
     for c, j in (("name", "left"), ("HBM", "right"), ("HBM bandwidth", "right"), ("BF16", "right"),
                  ("FP8", "right"), ("aliases", "left")):
         t.add_column(c, justify=j)
     for r in rows:
         fp8 = r["peak_flops"].get("fp8")
-        t.add_row(r["name"], f"{r['hbm_bytes'] / 2**30:,.0f} GiB", _si(r["hbm_bytes_per_s"], "B/s"),
+        t.add_row(r["name"], fmt_bytes(r["hbm_bytes"]), _si(r["hbm_bytes_per_s"], "B/s"),
                   _si(r["peak_flops"].get("bf16", 0.0), "FLOP/s"), _si(fp8, "FLOP/s") if fp8 else "-",
                   ", ".join(r["aliases"]))
     Console().print(t)

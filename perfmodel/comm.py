@@ -20,7 +20,9 @@ host where there is no NVLink) and, for clusters, one NIC per GPU between nodes.
 larger than one node is placed on whole nodes and priced hierarchically (intra-node
 reduce-scatter, inter-node all-reduce on each GPU's own NIC, intra-node all-gather, and the
 analogous forms of the other collectives).  Without a named system the group is one node of
-the GPU's own fabric (its NVLink, else its PCIe link).
+the GPU's own fabric (its NVLink, else its PCIe link) of at most :data:`DEFAULT_NODE_GPUS` GPUs; a
+larger group is placed on the smallest shipped system of that GPU that holds it, and refused
+(:class:`GroupTooLargeError`) when none does: never priced as one NVLink node.
 
 Calibration: a profile's collective classes (``all_reduce`` ... ``send_recv``) were measured
 on the GPU's own NVLink fabric, so they apply to NVLink/NVSwitch intra-node paths:
@@ -39,6 +41,7 @@ analysis, as for every other op).
 from __future__ import annotations
 
 import enum
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -68,6 +71,10 @@ class AllReduceAlgorithm(str, enum.Enum):
 
 
 NVLINK_KINDS = frozenset({LinkKind.NVLINK, LinkKind.NVSWITCH})
+
+#: GPUs in the node assumed when no system is named: an HGX/DGX baseboard's NVLink domain.  A larger
+#: group goes on a shipped system that holds it (:func:`shipped_topology`), never on one NVLink node.
+DEFAULT_NODE_GPUS = 8
 
 
 @dataclass(frozen=True)
@@ -107,13 +114,69 @@ def topology_from_system(system: Node | Cluster) -> Topology:
 
 
 def default_topology(gpu: GPU, world: int) -> Topology:
-    """One node of ``world`` GPUs on the GPU's own fabric: NVLink if it has one, else PCIe through the host."""
+    """Where a group of ``world`` GPUs sits when no system is named.
+
+    Up to :data:`DEFAULT_NODE_GPUS` GPUs: one node of them on the GPU's own fabric (NVLink if it has
+    one, else PCIe through the host).  A larger group: the smallest shipped system of this GPU that
+    holds it (``hw/data/systems``; a cluster's nodes joined by their NICs), as that file describes it.
+    Raises :class:`GroupTooLargeError` when no shipped system holds it.
+    """
+    if int(min(float(world), 2**62)) > DEFAULT_NODE_GPUS:
+        return shipped_topology(gpu, world)
     if gpu.nvlink_bytes_per_s_per_direction > 0:
         link = Link(gpu.fabric_kind if gpu.fabric_kind in NVLINK_KINDS else LinkKind.NVLINK,
                     gpu.nvlink_bytes_per_s_per_direction, gpu.fabric_latency_s)
     else:
         link = Link(LinkKind.PCIE, gpu.pcie_bytes_per_s_per_direction, gpu.pcie_latency_s)
     return Topology(f"{gpu.name}-node", gpu.name, max(int(world), 1), 1, link, None)
+
+
+@functools.cache
+def _shipped_topologies() -> tuple[Topology, ...]:
+    """Every shipped system (``hw/data/systems``) as a :class:`Topology`, smallest first."""
+    from hw.loader import list_systems
+
+    return tuple(sorted((topology_from_system(load_system(n)) for n in list_systems()),
+                        key=lambda t: (t.world_size, t.name)))
+
+
+def systems_holding(gpu: GPU, world: int) -> list[str]:
+    """The shipped systems (``hw/data/systems``) of ``gpu`` with at least ``world`` GPUs, smallest first."""
+    return [t.name for t in _shipped_topologies() if t.gpu_name == gpu.name and t.world_size >= world]
+
+
+def shipped_topology(gpu: GPU, world: Any) -> Topology:
+    """The smallest shipped system of ``gpu`` that holds ``world`` GPUs; :class:`GroupTooLargeError` naming
+    the largest there is otherwise."""
+    w = int(min(float(world), 2**62))
+    for t in _shipped_topologies():
+        if t.gpu_name == gpu.name and t.world_size >= w:
+            return t
+    mine = [t for t in _shipped_topologies() if t.gpu_name == gpu.name]
+    largest = f"the largest shipped one, {mine[-1].name}, has {mine[-1].world_size}" if mine else "none is shipped"
+    raise GroupTooLargeError(
+        f"a group of {w:,} GPUs exceeds one node of {DEFAULT_NODE_GPUS} and every system of {gpu.name} GPUs "
+        f"described in hw/data/systems ({largest}); name a system that holds it (--topology, a cluster file)")
+
+
+def larger_system_hint(gpu: GPU, world: int) -> str:
+    """Where ``world`` GPUs are priced without a named system, or what to name."""
+    found = systems_holding(gpu, world)
+    if found:
+        return f"priced on {found[0]}, the smallest shipped system that holds them, unless --topology names another"
+    return "more than any shipped system holds: name one that does (--topology, a cluster file)"
+
+
+def scaled_cluster(gpu: GPU, world: int) -> Topology | None:
+    """The smallest shipped cluster of ``gpu`` (``hw/data/systems``) with as many of its nodes as ``world``
+    GPUs fill: its node's fabric inside a node, its per-GPU NIC between nodes.  None when no shipped
+    cluster holds this GPU.  For a command told how many GPUs it has (``plan sp --gpus``)."""
+    best = next((t for t in _shipped_topologies() if t.gpu_name == gpu.name and t.inter is not None), None)
+    if best is None:
+        return None
+    nodes = max(1, math.ceil(int(world) / best.gpus_per_node))
+    return Topology(f"{best.name} scaled to {nodes} node(s)", best.gpu_name, best.gpus_per_node, nodes, best.intra,
+                    best.inter)
 
 
 def resolve_topology(topology: str | Node | Cluster | Topology | None, gpu: GPU, world: int) -> Topology:
@@ -151,9 +214,9 @@ def place(topo: Topology, world: int, stride: int = 1) -> Placement:
     world, stride = int(world), int(stride)
     span = world * stride
     if span > topo.world_size:
-        what = f"a group of {world} GPUs" + (f" {stride} apart" if stride > 1 else "")
+        what = f"a group of {world:,} GPUs" + (f" {stride} apart" if stride > 1 else "")
         raise GroupTooLargeError(
-            f"{what} needs {span} GPUs; {topo.name} has {topo.world_size} "
+            f"{what} needs {span:,} GPUs; {topo.name} has {topo.world_size:,} "
             f"({topo.num_nodes} node(s) of {topo.gpus_per_node})"
         )
     if span <= topo.gpus_per_node:
@@ -293,7 +356,7 @@ def _hierarchical(kind, nbytes, pl: Placement, intra: PathRate, inter: PathRate,
 
 
 def collective_cost(op: Collective, gpu: GPU, profile: Profile) -> OpCost:
-    """Cost of a collective op descriptor on ``gpu`` (its ``topology``, else one node of the GPU)."""
+    """Cost of a collective op descriptor on ``gpu`` (its ``topology``, else :func:`default_topology`)."""
     return collective_time(op.op, op.bytes, op.world, gpu, profile, op.topology or None)
 
 

@@ -16,18 +16,16 @@ from typing import Any
 import numpy as np
 
 from hw.spec import GPU, Dtype
+from perfmodel import decode_schedule
 from perfmodel.attention_costs import (
-    TRITON_DECODE_BLOCK_N,
     flash_block_n,
-    triton_decode_block_n,
     flash_splits,
     prefill_schedule_s,
-    stream_k_fused,
-    stream_k_merge_loads,
+    triton_decode_block_n,
     triton_decode_pieces,
 )
-from perfmodel.calibration import (SPLIT_FILL, SPLIT_FLASH, SPLIT_STREAM, ClassParams, Launch, OpClass, Profile,
-                                   attention_class, curve_key, ramp)
+from perfmodel.calibration import (ClassParams, Launch, OpClass, Profile, SplitRule, attention_class, curve_key,
+                                   ramp)
 from perfmodel.ops import (
     Attention,
     Collective,
@@ -46,7 +44,6 @@ from perfmodel.ops import (
 
 # names kept for callers of the earlier layout
 _prefill_schedule_s, _triton_decode_pieces, _flash_block_n = prefill_schedule_s, triton_decode_pieces, flash_block_n
-_TRITON_DECODE_BLOCK_N = TRITON_DECODE_BLOCK_N
 
 
 class Bound(str, enum.Enum):
@@ -326,13 +323,14 @@ def _attention_cost(op: Attention, gpu: GPU, prof: Profile) -> OpCost:
         units = np.asarray(op.batch, dtype=np.float64) * heads * np.ceil(rows / 64.0)
         n_blocks = np.ceil(np.asarray(op.kv_len, dtype=np.float64) / flash_block_n(op.head_dim))
         slots = 2 * gpu.sm_count
-        if p.split_rule in (SPLIT_FILL, SPLIT_STREAM):
+        if p.split_rule in (SplitRule.FILL, SplitRule.STREAM_K):
             programs, pieces = triton_decode_pieces(units, op.kv_len, slots, p.split_rule, gpu.sm_count, op.head_dim)
-            split = np.asarray(pieces) > 1 if p.split_rule == SPLIT_FILL else np.ones(np.shape(pieces), bool)
+            split = np.asarray(pieces) > 1 if p.split_rule == SplitRule.FILL else np.ones(np.shape(pieces), bool)
             # the combine kernel always runs: its launch, and the fp32 partials (a row of head_dim
             # values and a log-sum-exp per query head and piece) written and read back (not
             # stream-K at one wave: see below)
-            fused = stream_k_fused(programs, gpu.sm_count) if p.split_rule == SPLIT_STREAM else False
+            stream_k = p.split_rule == SplitRule.STREAM_K
+            fused = decode_schedule.fused_merge(programs, gpu.sm_count) if stream_k else False
             split_lat = p.split_latency_s + p.split_piece_s * np.asarray(pieces, dtype=np.float64)
             if p.reduce_bytes_eff > 0:
                 partial_bytes = 2.0 * units * pieces * rows * (np.asarray(op.head_dim, dtype=np.float64) + 1.0) * 4.0
@@ -342,12 +340,13 @@ def _attention_cost(op: Attention, gpu: GPU, prof: Profile) -> OpCost:
                 # head of a sequence): their count over the SMs
                 out_rows = np.asarray(op.batch, dtype=np.float64) * np.asarray(op.q_heads, dtype=np.float64) * q
                 split_lat = split_lat + p.reduce_row_s * out_rows / gpu.sm_count
-            if p.split_rule == SPLIT_STREAM:
+            if stream_k:
                 # at one wave no combine kernel runs: where a pair is split, its last program takes the
                 # atomic and merges the pair's pieces after its own tiles; unsplit pairs cost nothing
                 # ... and one step per load of the pair's partials (blocks of pieces; each load a
                 # dependent round trip through L2)
-                merge = p.merge_latency_s + p.merge_step_s * stream_k_merge_loads(pieces, op.q_heads / op.kv_heads)
+                loads = decode_schedule.merge_loads(pieces, op.q_heads / op.kv_heads)
+                merge = p.merge_latency_s + p.merge_step_s * loads
                 split_lat = np.where(fused, np.where(np.asarray(pieces) > 1, merge, 0.0), split_lat)
             if p.split_memory_eff > 0:
                 eff = np.where(split, p.split_memory_eff, p.memory_eff)
@@ -355,7 +354,7 @@ def _attention_cost(op: Attention, gpu: GPU, prof: Profile) -> OpCost:
             tiles = units * np.maximum(np.ceil(np.asarray(op.kv_len, dtype=np.float64) / block_n), 1.0)
             floor = unit_waves_s(programs, by, gpu.sm_count, gpu.hbm_bytes_per_s, p, tiles / programs)
         else:
-            if p.split_rule == SPLIT_FLASH:
+            if p.split_rule == SplitRule.FLASH:
                 splits = flash_splits(units, n_blocks, slots)
             else:
                 splits = np.ones_like(units)
@@ -511,6 +510,24 @@ def op_cost(op: Op, gpu: GPU, profile: Profile) -> OpCost:
     return c
 
 
+#: Regimes of an op's predicted cost (:func:`regime_of`): band keys ``<key>|<regime>`` (``docs/calibration.md``).
+REGIMES: tuple[str, ...] = ("compute", "memory", "latency")
+#: Share of the total above which fixed costs (launch, ramp-free latency) make an op latency-bound.
+LATENCY_BOUND_SHARE = 0.5
+
+
+def regime_of(c: OpCost) -> Any:
+    """``latency`` when ``latency_s`` is at least :data:`LATENCY_BOUND_SHARE` of the total, else ``compute``
+    when the math term exceeds the data movement (memory plus communication), else ``memory``; an array of
+    names for array costs."""
+    t, lat = np.broadcast_arrays(np.asarray(c.total_s, dtype=np.float64), np.asarray(c.latency_s, dtype=np.float64))
+    comp = np.asarray(c.compute_s, dtype=np.float64)
+    move = np.asarray(c.memory_s, dtype=np.float64) + np.asarray(c.comm_s, dtype=np.float64)
+    out = np.where(lat >= LATENCY_BOUND_SHARE * t, "latency", np.where(comp > move, "compute", "memory"))
+    out = np.broadcast_to(out, t.shape)
+    return str(out) if out.ndim == 0 else out
+
+
 def band_keys(op: Op, profile: Profile) -> tuple[OpClass, tuple[str, ...]]:
     """The op class of ``op`` and its band keys, most specific first (``attention_decode[stream_k]``,
     ``elementwise:rmsnorm`` then ``elementwise``)."""
@@ -530,12 +547,21 @@ def band_keys(op: Op, profile: Profile) -> tuple[OpClass, tuple[str, ...]]:
 
 
 def with_band(c: OpCost, op: Op, profile: Profile) -> OpCost:
-    """``c`` with the error band of ``op``'s class and provenance (:meth:`Profile.band_of`): the measured time
-    lies in ``[t * exp(-q90), t * exp(-q10)]`` where ``q10``, ``q90`` are quantiles of log(predicted / measured)."""
+    """``c`` with the error band of ``op``'s class, regime (:func:`regime_of`) and provenance
+    (:meth:`Profile.band_of`): the measured time lies in ``[t * exp(-q90), t * exp(-q10)]`` where ``q10``, ``q90``
+    are quantiles of log(predicted / measured)."""
     oc, keys = band_keys(op, profile)
-    q10, q90 = profile.band_of(oc, keys)
+    reg = regime_of(c)
     t = c.total_s
-    return dataclasses.replace(c, band_lo_s=t * math.expm1(-q90), band_hi_s=t * math.expm1(-q10))
+    if isinstance(reg, str):
+        q10, q90 = profile.band_of(oc, keys, reg)
+        return dataclasses.replace(c, band_lo_s=t * math.expm1(-q90), band_hi_s=t * math.expm1(-q10))
+    q10, q90 = np.zeros(reg.shape), np.zeros(reg.shape)
+    for r in REGIMES:
+        sel = reg == r
+        if sel.any():
+            q10[sel], q90[sel] = profile.band_of(oc, keys, r)
+    return dataclasses.replace(c, band_lo_s=t * np.expm1(-q90), band_hi_s=t * np.expm1(-q10))
 
 
 def eager_cost(cost: OpCost, terms) -> OpCost:

@@ -11,6 +11,7 @@ import argparse
 from typing import Any
 
 from perfmodel.knobs import Knobs, KnobError
+from perfmodel.tables import fmt_bytes, fmt_seconds
 
 #: Knob -> (published technique, accuracy caveat); docs/knobs.md has the long form.
 TECHNIQUES = {
@@ -52,10 +53,10 @@ def knob_table(results: list[Any]) -> Any:
         t.add_column(f"{r.context_len:,} with", justify="right")
         t.add_column("ratio", justify="right")
     rows = [
-        ("prefill", "prefill_s", _s), ("decode / token", "decode_s_per_token", _s),
+        ("prefill", "prefill_s", fmt_seconds), ("decode / token", "decode_s_per_token", fmt_seconds),
         ("max concurrency (users)", "max_concurrency", lambda v: f"{int(v)}"),
-        ("context switch (serial)", "context_switch_s", _s),
-        ("KV cache (all users)", "kv_cache_bytes", lambda v: f"{v / 2**30:,.2f} GiB"),
+        ("context switch (serial)", "context_switch_s", fmt_seconds),
+        ("KV cache (all users)", "kv_cache_bytes", fmt_bytes),
         ("session throughput", "session_throughput_tokens_per_s", lambda v: f"{v:,.1f} tok/s"),
     ]
     for label, key, fmt in rows:
@@ -69,14 +70,6 @@ def knob_table(results: list[Any]) -> Any:
             cells += [fmt(base), fmt(mine), f"{mine / base:.3g}x" if base else "-"]
         t.add_row(label, *cells)
     return t
-
-
-def _s(x: float) -> str:
-    if x >= 1:
-        return f"{x:,.2f} s"
-    if x >= 1e-3:
-        return f"{x * 1e3:,.2f} ms"
-    return f"{x * 1e6:,.1f} us"
 
 
 def run_match(args: argparse.Namespace, knobs: Knobs, context_len: int):
@@ -125,7 +118,7 @@ def match_reasons(result) -> list[str]:
 
 
 def _fmt_metric(m: str, v: float) -> str:
-    return f"{int(v)}" if m == "max_concurrency" else _s(v)
+    return f"{int(v)}" if m == "max_concurrency" else fmt_seconds(v)
 
 
 def _fmt_setting(knob: str, v: Any) -> str:

@@ -104,13 +104,15 @@ DEFAULT_ATTENTION_IMPL = AttentionImpl.SDPA
 
 @dataclass(frozen=True)
 class Gemm:
-    """``[m, k] @ [k, n]``; ``b_dtype`` is the weight operand's storage format."""
+    """``[m, k] @ [k, n]``; ``b_dtype`` is the weight operand's storage format, ``out_dtype`` the
+    output's (both default to ``dtype``)."""
 
     m: Num
     n: Num
     k: Num
     dtype: Dtype = Dtype.BF16
     b_dtype: Dtype | None = None
+    out_dtype: Dtype | None = None
     kind = OpKind.GEMM
 
 
@@ -280,7 +282,7 @@ def bytes_moved(op: Op) -> Num:
     """Fewest device-memory bytes read plus written."""
     if isinstance(op, Gemm):
         a = op.dtype.bytes_per_element
-        return op.m * op.k * a + op.k * op.n * _b(op.b_dtype, op.dtype) + op.m * op.n * a
+        return op.m * op.k * a + op.k * op.n * _b(op.b_dtype, op.dtype) + op.m * op.n * _b(op.out_dtype, op.dtype)
     if isinstance(op, GroupedGemm):
         # the touched groups' weights once, every row in and out once
         a = op.dtype.bytes_per_element
@@ -411,7 +413,8 @@ def op_from_dict(d: dict[str, Any], where: str = "") -> Op:
             ints[k] = _int(d, k, where, minimum=0)
     if kind is OpKind.GEMM:
         b = _enum(Dtype, d, "b_dtype", where, default=d.get("dtype", "bf16")) if "b_dtype" in d else None
-        return Gemm(dtype=_enum(Dtype, d, "dtype", where, default="bf16"), b_dtype=b, **ints)
+        out = _enum(Dtype, d, "out_dtype", where) if "out_dtype" in d else None
+        return Gemm(dtype=_enum(Dtype, d, "dtype", where, default="bf16"), b_dtype=b, out_dtype=out, **ints)
     if kind is OpKind.ATTENTION:
         if ints["q_heads"] % ints["kv_heads"]:
             raise OpDescriptorError(f"{where}field 'q_heads' ({ints['q_heads']}) is not a multiple of kv_heads ({ints['kv_heads']})")

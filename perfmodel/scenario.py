@@ -1,23 +1,35 @@
-"""One set of rules for a scenario, shared by ``analyze``, ``sweep`` and the simulator's deployment.
+"""One scenario type, validated once, and one set of rules for every command.
 
-Each rule is decided once here:
+A :class:`Scenario` (model, GPU, workload, :class:`Layout`, precision, knobs, profile) is built by
+:meth:`Scenario.make`, which applies :func:`validate_scenario` once; ``analyze``, ``sweep``, the
+simulator's ``Deployment``, the planners and the dashboard accept it.  Each rule is decided here:
 
 - a context (prompt plus output tokens) beyond the model's trained window is priced, with a note
   (:func:`window_note`); it is never an error;
 - ``pp`` must divide the model's layers (:func:`perfmodel.parallel.check_pp`), ``tp`` the heads
   (:func:`perfmodel.layers.check_tp`);
 - zero output tokens are allowed (a prefill alone); prompts, batches and degrees are >= 1;
-- ``mode`` is ``peak`` or ``calibrated``; anything else is :class:`InvalidInputError` naming the choices.
+- ``mode`` is ``peak`` or ``calibrated``; anything else is :class:`InvalidInputError` naming the choices;
+- a layout spans no more GPUs than its system describes (without a system: one node of
+  :data:`perfmodel.comm.DEFAULT_NODE_GPUS`); a larger group is :class:`~perfmodel.comm.GroupTooLargeError`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from perfmodel.calibration import Mode
+from hw.spec import GPU, Dtype
+from perfmodel.calibration import Launch, Mode, Profile
 from perfmodel.errors import InvalidInputError
+from perfmodel.knobs import Knobs
+from perfmodel.layers import Precision
+from perfmodel.models import ModelSpec
+from perfmodel.ops import AttentionImpl
+from perfmodel.phases import DEFAULT_PREFILL_CHUNK_TOKENS, DEFAULT_RESERVE_FRACTION
+
 
 
 def check_mode(mode: Any) -> Mode:
@@ -39,31 +51,282 @@ def window_note(model, tokens: Any) -> str | None:
     return None
 
 
-def validate_scenario(model, context_len: Any = None, output_tokens: Any = 0, tp: Any = None, pp: int = 1,
-                      mode: Any = None) -> list[str]:
-    """Apply the rules above to a scenario; returns its notes, raises the typed errors.
+def check_ints(name: str, values: Any, minimum: int = 1) -> np.ndarray:
+    """``values`` (an int, or an array of them: a sweep's axis) as a flat int64 array; otherwise
+    :class:`InvalidInputError` naming ``name`` and the first bad value (:class:`NonFiniteError` for NaN,
+    infinity or a number beyond the float range).  The one integer check of every entry point."""
+    from perfmodel.checks import finite_float
+
+    arr = np.atleast_1d(np.asarray(values))
+    if arr.size == 0:
+        raise InvalidInputError(f"{name} is empty")
+    flat = arr.ravel()
+    if arr.dtype.kind not in "iuf":  # bools, strings, objects (also Python ints beyond int64): one by one
+        for v in flat:
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+                raise InvalidInputError(f"{name} must be an integer >= {minimum}, got {_plain(v)!r}")
+            finite_float(name, v)
+        flat = flat.astype(np.float64)
+    f = flat.astype(np.float64)
+    bad = ~np.isfinite(f) | (f < minimum) | (f != np.round(f)) | (f >= 2.0**63)
+    if np.any(bad):
+        v = _plain(flat[int(np.argmax(bad))])
+        finite_float(name, v)
+        raise InvalidInputError(f"{name} must be an integer >= {minimum}, got {v!r}")
+    return flat.astype(np.int64)
+
+
+def _plain(v: Any) -> Any:
+    """A numpy scalar as the Python number it holds (for messages)."""
+    return v.item() if isinstance(v, np.generic) else v
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one model instance is split over GPUs.
+
+    Attributes
+    ----------
+    tp, pp, sp, ep : int
+        Tensor-, pipeline-, sequence- (prefill) and expert-parallel degrees.
+    sp_kind : str
+        ``ulysses``, ``ring`` or ``hybrid``.
+    topology : str or None
+        A system of ``hw/data/systems``; None: :func:`perfmodel.comm.default_topology` (one node of up to 8
+        GPUs, else the smallest shipped system that holds them).
+    """
+
+    tp: int = 1
+    pp: int = 1
+    sp: int = 1
+    sp_kind: str = "ring"
+    ep: int = 1
+    topology: str | None = None
+
+    @property
+    def multi(self) -> bool:
+        """Priced by :mod:`perfmodel.parallel` (beyond one TP group on the default node)."""
+        return self.pp > 1 or self.sp > 1 or self.ep > 1 or bool(self.topology)
+
+    @property
+    def world(self) -> int:
+        """GPUs one instance spans (:func:`perfmodel.parallel.group_world`)."""
+        from perfmodel.parallel import group_world
+
+        return int(group_world(self.tp, self.pp, self.sp, self.ep))
+
+
+def validate_scenario(model, context_len: Any = None, output_tokens: Any = 0, tp: Any = None, pp: Any = 1,
+                      mode: Any = None, *, batch: Any = None, sp: Any = 1, sp_kind: str = "ring", ep: Any = 1,
+                      topology: str | None = None, gpu: GPU | None = None, knobs: Knobs | None = None,
+                      chunk_tokens: Any = None, reserve_fraction: Any = None) -> list[str]:
+    """Apply the rules above to a scenario (scalars, or arrays for a sweep's axes); returns its notes and
+    raises the typed errors (:mod:`perfmodel.errors`).  The one check behind every entry point.
 
     Parameters
     ----------
     model : ModelSpec
-    context_len, output_tokens : int or array of int, tokens
-        Prompt and generated tokens (the largest sum is checked against the window).
-    tp : int or list of int, optional
-    pp : int
+        As configured (``knobs`` are applied here for the checks that depend on them).
+    context_len, output_tokens, batch : int or array of int, tokens / users
+        Prompt and generated tokens (the largest sum is checked against the window), users.
+    tp : int or array of int, optional
+    pp, sp, ep : int
+    sp_kind : str
+    topology : str, optional
+    gpu : GPU, optional
+        With it, the layout's GPUs are checked against the system (or the default node).
     mode : str or Mode, optional
+    knobs : Knobs, optional
+    chunk_tokens : int, optional, tokens
+    reserve_fraction : float, optional
     """
+    from perfmodel.knobs import effective_model
     from perfmodel.layers import check_tp
-    from perfmodel.parallel import check_pp
+    from perfmodel.parallel import check_pp, layout as check_layout
 
     if mode is not None:
         check_mode(mode)
-    if tp is not None:
-        for t in np.atleast_1d(tp):
-            check_tp(model, int(t))
+    if knobs is not None and not isinstance(knobs, Knobs):
+        raise InvalidInputError(f"knobs must be a Knobs value, got {knobs!r}")
+    ctx = check_ints("context_len", context_len, 1) if context_len is not None else None
+    out = check_ints("output_tokens", output_tokens if output_tokens is not None else 0, 0)
+    if batch is not None:
+        check_ints("batch", batch, 1)
+    tps = check_ints("tp", tp, 1) if tp is not None else None
+    pp, sp, ep = (int(check_ints(k, v, 1)[0]) for k, v in (("pp", pp), ("sp", sp), ("ep", ep)))
+    if chunk_tokens is not None:
+        check_ints("chunk_tokens", chunk_tokens, 1)
+    if reserve_fraction is not None and not 0 <= reserve_fraction < 1:
+        raise InvalidInputError(f"reserve_fraction must be in [0, 1), got {reserve_fraction}")
+    kn = knobs if knobs is not None and knobs.active else None
+    m = effective_model(model, kn)
+    if kn is not None:
+        kn.check(m, ctx)
+    if tps is not None:
+        for t in tps:
+            check_tp(m, int(t))
     check_pp(model, pp)
+    check_layout(m, tps if tps is not None else 1, pp, sp, sp_kind, ep, topology, kn)
     notes = []
-    if context_len is not None:
-        n = window_note(model, np.max(context_len) + np.max(output_tokens if output_tokens is not None else 0))
+    if gpu is not None:
+        n = check_world(gpu, tps if tps is not None else [1], pp, sp, ep, topology)
+        if n:
+            notes.append(n)
+    if ctx is not None:
+        n = window_note(m, int(ctx.max()) + int(out.max()))
         if n:
             notes.append(n)
     return notes
+
+
+def check_world(gpu: GPU, tps, pp: int, sp: int, ep: int, topology: str | None) -> str | None:
+    """The layout's GPUs fit the system named, or without one the default node or the smallest shipped
+    system that holds them (:func:`perfmodel.comm.default_topology`); otherwise
+    :class:`~perfmodel.comm.GroupTooLargeError`.  Returns the note naming that shipped system, if one is used."""
+    from perfmodel.comm import DEFAULT_NODE_GPUS, place, resolve_topology
+    from perfmodel.parallel import group_world
+
+    world = max(int(group_world(int(t), pp, sp, ep)) for t in tps)
+    topo = resolve_topology(topology, gpu, world)
+    place(topo, world)
+    if topology or world <= DEFAULT_NODE_GPUS:
+        return None
+    return (f"no system named: the {world} GPUs are priced on {topo.name} ({topo.num_nodes} node(s) of "
+            f"{topo.gpus_per_node}), the smallest shipped system that holds them")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One deployment scenario, checked once by :meth:`make` (:func:`validate_scenario`).
+
+    Attributes
+    ----------
+    model : ModelSpec
+        As configured; ``priced_model`` has the knobs applied.
+    gpu : GPU
+    context_len, output_tokens : int, tokens
+    batch : int, users decoding together
+    layout : Layout
+    precision : Precision
+        Weight, activation and KV formats (before the knobs; ``priced_precision`` after).
+    profile : Profile
+        The resolved curves: its ``mode``, ``attention_impl`` and ``launch``.
+    knobs : Knobs or None
+        Active knobs only (None: none).
+    chunk_tokens : int or None, tokens
+    reserve_fraction : float
+    notes : tuple of str
+        What the rules noted (a context beyond the trained window, a fallback profile ...).
+    """
+
+    model: ModelSpec
+    gpu: GPU
+    context_len: int
+    output_tokens: int
+    batch: int
+    layout: Layout
+    precision: Precision
+    profile: Profile
+    knobs: Knobs | None = None
+    chunk_tokens: int | None = DEFAULT_PREFILL_CHUNK_TOKENS
+    reserve_fraction: float = DEFAULT_RESERVE_FRACTION
+    notes: tuple[str, ...] = field(default_factory=tuple)
+    raw_kv_dtype: str | None = None  # the kv_dtype argument given (the baseline without knobs keeps it)
+
+    @property
+    def mode(self) -> Mode:
+        return self.profile.mode
+
+    @property
+    def attention_impl(self) -> AttentionImpl:
+        return self.profile.attention_impl
+
+    @property
+    def launch(self) -> Launch:
+        return self.profile.launch
+
+    @property
+    def priced_model(self) -> ModelSpec:
+        """``model`` with the knobs that change its config applied."""
+        from perfmodel.knobs import effective_model
+
+        return effective_model(self.model, self.knobs)
+
+    @property
+    def priced_precision(self) -> Precision:
+        """``precision`` with the knobs' KV format."""
+        from perfmodel.layers import apply_knobs
+
+        return apply_knobs(self.precision, self.knobs)
+
+    @classmethod
+    def make(cls, model: "str | ModelSpec" = "yi-34b", gpu: "str | GPU" = "a100-sxm-80gb",
+             context_len: int = 50_000, output_tokens: int = 250, batch: int = 1, tp: int = 1,
+             mode: "Mode | str" = Mode.CALIBRATED, weight_dtype: str | None = None, kv_dtype: str | None = None,
+             activation_dtype: str = "bf16", chunk_tokens: int | None = DEFAULT_PREFILL_CHUNK_TOKENS,
+             reserve_fraction: float = DEFAULT_RESERVE_FRACTION, profile: "Profile | str | None" = None,
+             knobs: Knobs | None = None, pp: int = 1, sp: int = 1, sp_kind: str = "ring", ep: int = 1,
+             topology: str | None = None, attention_impl: "AttentionImpl | str | None" = None,
+             launch: "Launch | str | None" = Launch.GRAPH, layout: Layout | None = None) -> "Scenario":
+        """Load the names, apply :func:`validate_scenario`, resolve the profile; the checked :class:`Scenario`.
+
+        ``layout`` (a :class:`Layout`) replaces ``tp``, ``pp``, ``sp``, ``sp_kind``, ``ep`` and ``topology``.
+        Raises the typed errors of :mod:`perfmodel.errors`.
+        """
+        from hw.loader import load_gpu
+        from perfmodel.calibration import resolve_profile
+        from perfmodel.models import load_model, weights_dtype
+        from perfmodel.ops import DEFAULT_ATTENTION_IMPL
+
+        if layout is not None:
+            if not isinstance(layout, Layout):
+                raise InvalidInputError(f"layout must be a Layout, got {layout!r}")
+            tp, pp, sp, sp_kind, ep, topology = (layout.tp, layout.pp, layout.sp, layout.sp_kind, layout.ep,
+                                                  layout.topology)
+        m, g = load_model(model), load_gpu(gpu)
+        notes = validate_scenario(m, context_len, output_tokens, tp, pp, mode, batch=batch, sp=sp, sp_kind=sp_kind,
+                                  ep=ep, topology=topology, gpu=g, knobs=knobs, chunk_tokens=chunk_tokens,
+                                  reserve_fraction=reserve_fraction)
+        kn = knobs if knobs is not None and knobs.active else None
+        if weight_dtype and m.weight_dtype and Dtype.parse(weight_dtype) is not Dtype.parse(m.weight_dtype):
+            notes.append(f"the model's config stores its weights as {m.weight_dtype}; {weight_dtype} is priced")
+        prec = Precision.of(weights_dtype(m, weight_dtype), activation_dtype, kv_dtype)
+        mode = check_mode(mode)
+        prof = resolve_profile(g, mode, profile, attention_impl, launch)
+        if attention_impl is None and prof.attention_impl is not DEFAULT_ATTENTION_IMPL:
+            notes.append(f"no {DEFAULT_ATTENTION_IMPL.value} attention curves measured for {g.name}: attention "
+                         f"priced with {prof.attention_impl.value}")
+        if mode is Mode.CALIBRATED and prof.is_peak:
+            notes.append(f"no calibration profile for {g.name}: peak figures shown")
+        lay = Layout(int(tp), int(pp), int(sp), str(sp_kind), int(ep), topology or None)
+        return cls(model=m, gpu=g, context_len=int(context_len), output_tokens=int(output_tokens), batch=int(batch),
+                   layout=lay, precision=prec, profile=prof, knobs=kn,
+                   chunk_tokens=None if chunk_tokens is None else int(chunk_tokens),
+                   reserve_fraction=float(reserve_fraction), notes=tuple(notes), raw_kv_dtype=kv_dtype)
+
+    def replace(self, **changes: Any) -> "Scenario":
+        """A copy with ``changes`` (any :meth:`make` argument), checked again."""
+        kw = self.make_kwargs()
+        kw.update(changes)
+        if any(k in changes for k in ("tp", "pp", "sp", "sp_kind", "ep", "topology")):
+            kw.pop("layout", None)
+        return Scenario.make(**kw)
+
+    def make_kwargs(self) -> dict[str, Any]:
+        """The :meth:`make` arguments that rebuild this scenario."""
+        return dict(model=self.model, gpu=self.gpu, context_len=self.context_len, output_tokens=self.output_tokens,
+                    batch=self.batch, layout=self.layout, mode=self.mode, weight_dtype=self.precision.weights.value,
+                    kv_dtype=self.raw_kv_dtype, activation_dtype=self.precision.activations.value,
+                    chunk_tokens=self.chunk_tokens, reserve_fraction=self.reserve_fraction, profile=self.profile,
+                    knobs=self.knobs, attention_impl=self.attention_impl, launch=self.launch)
+
+
+def as_scenario(value: Any = None, **kw: Any) -> Scenario:
+    """``value`` when it is a :class:`Scenario` (``kw`` must then be empty or its defaults), else
+    :meth:`Scenario.make` of ``value`` (the model) and ``kw``."""
+    if isinstance(value, Scenario):
+        return value
+    return Scenario.make(value, **kw) if value is not None else Scenario.make(**kw)
+
+
+__all__ = ["Layout", "Scenario", "as_scenario", "check_mode", "validate_scenario", "window_note"]

@@ -19,10 +19,10 @@ import pandas as pd
 
 from hw.loader import load_gpu
 from perfmodel.calibration import Mode, resolve_profile
-from perfmodel.costs import Bound
 from perfmodel.errors import InvalidInputError, TooLargeError
 from perfmodel.knobs import Knobs, KnobError, effective_model
-from perfmodel.layers import Precision, apply_knobs, check_tp, kv_bytes_per_token_per_gpu
+from perfmodel.layers import Precision, apply_knobs
+from perfmodel.metrics import TIME_METRICS, scenario_metrics
 from perfmodel.models import load_model
 from perfmodel.phases import (
     DEFAULT_PREFILL_CHUNK_TOKENS,
@@ -30,7 +30,6 @@ from perfmodel.phases import (
     context_switch,
     decode_cost,
     decode_step_cost,
-    kv_cache_bytes_per_gpu,
     memory_budget,
     prefill_cost,
 )
@@ -141,26 +140,21 @@ class IntRanges(Sequence):
 
 
 def _axis(name: str, values: Any, minimum: int) -> np.ndarray:
-    vals = np.atleast_1d(np.asarray(values))
-    if vals.size == 0:
-        raise InvalidInputError(f"sweep axis {name!r} is empty")
-    if vals.dtype.kind not in "iuf":
-        raise InvalidInputError(f"sweep axis {name!r} must hold integers >= {minimum}, got {vals.dtype} values")
-    f = vals.astype(np.float64).ravel()
-    if not np.all(np.isfinite(f)) or np.any(f < minimum) or np.any(f != np.round(f)):
-        bad = f[~np.isfinite(f) | (f < minimum) | (f != np.round(f))][0]
-        raise InvalidInputError(f"sweep axis {name!r} must hold integers >= {minimum}, got {bad}")
-    return vals.astype(np.int64).ravel()
+    """A sweep axis as a flat int64 array, checked as every entry point checks it
+    (:func:`perfmodel.scenario.check_ints`)."""
+    from perfmodel.scenario import check_ints
+
+    return check_ints(name, values, minimum)
 
 
 def sweep(
     model,
-    gpu,
-    context_len: Iterable[int] | int = 50_000,
-    batch: Iterable[int] | int = 1,
-    tp: Iterable[int] | int = 1,
-    output_tokens: Iterable[int] | int = 250,
-    mode: "Mode | str" = Mode.PEAK,
+    gpu=None,
+    context_len: Iterable[int] | int | None = None,
+    batch: Iterable[int] | int | None = None,
+    tp: Iterable[int] | int | None = None,
+    output_tokens: Iterable[int] | int | None = None,
+    mode: "Mode | str" = Mode.CALIBRATED,
     weight_dtype: str | None = None,
     kv_dtype: str | None = None,
     activation_dtype: str = "bf16",
@@ -179,6 +173,10 @@ def sweep(
     max_bytes: float = DEFAULT_MAX_BYTES,
 ) -> pd.DataFrame:
     """One row per point of ``context_len x batch x tp x output_tokens`` (x the knob axes).
+
+    ``model`` may be a :class:`perfmodel.scenario.Scenario`: its GPU, precision, profile, knobs and
+    layout are used, and an axis not given is its single value; otherwise an axis not given is
+    ``context_len=50000``, ``batch=1``, ``tp=1``, ``output_tokens=250``.
 
     Columns are the :func:`perfmodel.analyze` keys plus ``fits``: False where
     the weights plus ``batch`` users' KV do not fit, and the times there are NaN.
@@ -204,6 +202,27 @@ def sweep(
     it :class:`~perfmodel.errors.TooLargeError` names the point count and the bytes,
     before anything is evaluated.  :func:`iter_sweep` yields the same rows in chunks.
     """
+    from perfmodel.scenario import Scenario
+
+    if isinstance(model, Scenario):
+        scn = model
+        lay = scn.layout
+        model, gpu, mode, profile, knobs = scn.model, scn.gpu, scn.mode, scn.profile, scn.knobs
+        weight_dtype, kv_dtype, activation_dtype = (scn.precision.weights.value, scn.raw_kv_dtype,
+                                                    scn.precision.activations.value)
+        chunk_tokens, reserve_fraction, attention_impl, launch = (scn.chunk_tokens, scn.reserve_fraction,
+                                                                  scn.attention_impl, scn.launch)
+        pp, sp, sp_kind, ep, topology = lay.pp, lay.sp, lay.sp_kind, lay.ep, lay.topology
+        context_len, batch, tp, output_tokens = (scn.context_len if context_len is None else context_len,
+                                                 scn.batch if batch is None else batch,
+                                                 lay.tp if tp is None else tp,
+                                                 scn.output_tokens if output_tokens is None else output_tokens)
+    elif gpu is None:
+        raise InvalidInputError("sweep needs a gpu (or a Scenario as its first argument)")
+    context_len = 50_000 if context_len is None else context_len
+    batch = 1 if batch is None else batch
+    tp = 1 if tp is None else tp
+    output_tokens = 250 if output_tokens is None else output_tokens
     layout = pp != 1 or sp != 1 or ep != 1 or topology is not None
     check_size(sweep_size(context_len, batch, tp, output_tokens, knob_axes, layout), max_bytes,
                "; evaluate it in chunks with perfmodel.sweep.iter_sweep (the CLI: --out FILE.csv)")
@@ -211,17 +230,21 @@ def sweep(
                                      activation_dtype, chunk_tokens, reserve_fraction, profile, knobs, knob_axes,
                                      pp, sp, sp_kind, ep, topology, attention_impl, launch)),
                      ignore_index=True)
-    df.attrs["notes"] = sweep_notes(model, context_len, output_tokens)
+    df.attrs["notes"] = sweep_notes(model, context_len, output_tokens, gpu, tp, pp, sp, ep, topology)
     return df
 
 
-def sweep_notes(model, context_len, output_tokens) -> list[str]:
-    """The notes :func:`perfmodel.analyze` gives, for the sweep's largest point (the trained window)."""
-    from perfmodel.scenario import window_note
+def sweep_notes(model, context_len, output_tokens, gpu=None, tp: Any = 1, pp: int = 1, sp: int = 1, ep: int = 1,
+                topology: str | None = None) -> list[str]:
+    """The notes :func:`perfmodel.analyze` gives, for the sweep's largest point: the trained window, and
+    (with ``gpu``) the shipped system a layout beyond one node is priced on."""
+    from perfmodel.scenario import check_world, window_note
 
     m = load_model(model)
-    n = window_note(m, _axis_max(context_len) + _axis_max(output_tokens))
-    return [n] if n else []
+    notes = [window_note(m, _axis_max(context_len) + _axis_max(output_tokens))]
+    if gpu is not None:
+        notes.append(check_world(load_gpu(gpu), [_axis_max(tp)], pp, sp, ep, topology))
+    return [n for n in notes if n]
 
 
 def _axis_max(values: Any) -> int:
@@ -231,7 +254,7 @@ def _axis_max(values: Any) -> int:
     return int(np.max(np.asarray(values)))
 
 
-def iter_sweep(model, gpu, context_len=50_000, batch=1, tp=1, output_tokens=250, mode="peak", weight_dtype="bf16",
+def iter_sweep(model, gpu, context_len=50_000, batch=1, tp=1, output_tokens=250, mode="calibrated", weight_dtype="bf16",
                kv_dtype=None, activation_dtype="bf16", chunk_tokens=DEFAULT_PREFILL_CHUNK_TOKENS,
                reserve_fraction=DEFAULT_RESERVE_FRACTION, profile=None, knobs=None, knob_axes=None, pp=1, sp=1,
                sp_kind="ring", ep=1, topology=None, attention_impl=None, launch=None,
@@ -244,11 +267,11 @@ def iter_sweep(model, gpu, context_len=50_000, batch=1, tp=1, output_tokens=250,
     b_ax = _axis("batch", batch, 1)
     tp_ax = _axis("tp", tp, 1)
     out_ax = _axis("output_tokens", output_tokens, 0)
-    for t in tp_ax:
-        check_tp(m, int(t))
     from perfmodel.models import weights_dtype
-    from perfmodel.scenario import check_mode
+    from perfmodel.scenario import check_mode, validate_scenario
 
+    validate_scenario(m, ctx_ax, out_ax, tp_ax, pp, mode, batch=b_ax, sp=sp, sp_kind=sp_kind, ep=ep,
+                      topology=topology, gpu=g, chunk_tokens=chunk_tokens, reserve_fraction=reserve_fraction)
     base_prec = Precision.of(weights_dtype(m, weight_dtype), activation_dtype, kv_dtype)
     prof = resolve_profile(g, check_mode(mode), profile, attention_impl, launch)
     from perfmodel import parallel as par
@@ -260,7 +283,8 @@ def iter_sweep(model, gpu, context_len=50_000, batch=1, tp=1, output_tokens=250,
     step = n if chunk_points is None else max(1, int(chunk_points))
     for knob_values, kn in _knob_grid(knobs, knob_axes):
         if kn is not None:
-            kn.check(effective_model(m, kn), ctx_ax.astype(np.float64))
+            validate_scenario(m, ctx_ax, out_ax, tp_ax, pp, batch=b_ax, sp=sp, sp_kind=sp_kind, ep=ep,
+                              topology=topology, knobs=kn)
         prec = apply_knobs(base_prec, kn)
         for t in tp_ax:
             for i0 in range(0, n, step):
@@ -284,43 +308,47 @@ def _evaluate_layout(m, g, prof, ctx, b, out, prec, t, chunk_tokens, reserve_fra
 
     if kn is not None and not kn.active:
         kn = None
-    rows = []
+    pm, pprec = effective_model(m, kn), apply_knobs(prec, kn)
+    rows, worlds = [], []
     for c, bb, o in zip(ctx, b, out):
         mem, ph = price_layout(m, g, prof, int(c), int(o), int(bb), prec, t, chunk_tokens, reserve_fraction, kn,
                                lay, ring)
-        fits = mem.max_concurrency >= bb
         sw = context_switch(g, prof, mem.kv_bytes_per_user, knobs=kn)
-        nan = 1.0 if fits else float("nan")
-        pre_s, dec_s = float(ph.prefill.total_s) * nan, float(ph.decode.total_s) * nan
-        rows.append({
-            "prefill_s": pre_s, "decode_s_per_token": float(ph.decode_step.total_s) * nan, "decode_s": dec_s,
-            "prefill_s_low": float(ph.prefill.low_s) * nan, "prefill_s_high": float(ph.prefill.high_s) * nan,
-            "decode_s_per_token_low": float(ph.decode_step.low_s) * nan,
-            "decode_s_per_token_high": float(ph.decode_step.high_s) * nan,
-            "decode_s_low": float(ph.decode.low_s) * nan, "decode_s_high": float(ph.decode.high_s) * nan,
-            "max_concurrency": int(mem.max_concurrency), "context_switch_s": float(sw.serial_s) * nan,
-            "context_switch_duplex_s": float(sw.duplex_s) * nan,
-            "session_throughput_tokens_per_s": bb * o / (pre_s + dec_s) if pre_s + dec_s > 0 else float("nan"),
-            "prefill_bound": ph.prefill.bound.value, "decode_bound": ph.decode_step.bound.value, "fits": bool(fits),
-            "world": int(ph.details["world"]),
-        })
+        met = scenario_metrics(pm, pprec, kn, int(c), int(o), int(bb), mem, ph.prefill, ph.decode_step, ph.decode,
+                               sw)
+        rows.append(_masked(met, met["max_concurrency"] >= bb))
+        worlds.append(int(ph.details["world"]))
     pts = pd.DataFrame(rows)
-    head = _head_columns(m, g, prof, ctx, out, b, prec, t, kn)
-    layout_cols = {"pp": lay["pp"], "sp": lay["sp"], "sp_kind": _const(lay["sp_kind"], ctx.size), "ep": lay["ep"],
-                   "world": pts["world"].to_numpy()}
+    n = ctx.size
+    head = _head_columns(m, g, prof, ctx, out, b, t)
+    layout_cols = {"pp": lay["pp"], "sp": lay["sp"], "sp_kind": _const(lay["sp_kind"], n), "ep": lay["ep"],
+                   "world": np.asarray(worlds, dtype=np.int64)}
     return pd.DataFrame({
         **{k: v for k, v in head.items() if k in ("model", "gpu", "tp")},
         **layout_cols,
         **{k: v for k, v in head.items() if k not in ("model", "gpu", "tp")},
-        **{k: pts[k].to_numpy() for k in ("prefill_s", "prefill_s_low", "prefill_s_high", "decode_s_per_token",
-                                          "decode_s_per_token_low", "decode_s_per_token_high", "decode_s",
-                                          "decode_s_low", "decode_s_high", "max_concurrency",
-                                          "context_switch_s", "context_switch_duplex_s",
-                                          "session_throughput_tokens_per_s")},
+        **{k: pts[k].to_numpy() for k in METRIC_COLUMNS},
         "prefill_bound": pd.Categorical(pts["prefill_bound"]),
         "decode_bound": pd.Categorical(pts["decode_bound"]),
-        "fits": pts["fits"].to_numpy(),
+        "fits": pts["fits"].to_numpy(dtype=bool),
     })
+
+
+#: The metric columns of a frame, in order (:func:`perfmodel.metrics.scenario_metrics` keys).
+METRIC_COLUMNS = ("weight_bytes", "kv_bytes_per_token", "kv_cache_bytes", "prefill_s", "prefill_s_low",
+                  "prefill_s_high", "decode_s_per_token", "decode_s_per_token_low", "decode_s_per_token_high",
+                  "decode_s", "decode_s_low", "decode_s_high", "max_concurrency", "context_switch_s",
+                  "context_switch_duplex_s", "session_throughput_tokens_per_s")
+
+
+def _masked(met: dict, fits) -> dict:
+    """``met`` with its times NaN where the point does not fit (``fits`` False), and ``fits`` added."""
+    nan = np.where(fits, 1.0, np.nan)
+    out = {k: (np.asarray(v, dtype=np.float64) * nan if k in TIME_METRICS else v) for k, v in met.items()}
+    if np.ndim(fits) == 0:
+        out = {k: (float(v) if k in TIME_METRICS else v) for k, v in out.items()}
+        fits = bool(fits)
+    return out | {"fits": fits}
 
 
 def _knob_grid(knobs: Knobs | None, knob_axes: Mapping[str, Iterable[Any]] | None):
@@ -350,36 +378,23 @@ def _evaluate(m, g, prof, ctx, b, out, prec, t, chunk_tokens, reserve_fraction, 
     if kn is not None and not kn.active:
         kn = None
     mem = memory_budget(m, g, ctx, out, prec, t, chunk_tokens, reserve_fraction, batch=b, knobs=kn)
-    fits = mem.max_concurrency >= b
     pre = prefill_cost(m, g, prof, ctx, b, prec, t, chunk_tokens, knobs=kn)
     step = decode_step_cost(m, g, prof, ctx, b, prec, t, knobs=kn)
     dec = decode_cost(m, g, prof, ctx, out, b, prec, t, knobs=kn)
     sw = context_switch(g, prof, mem.kv_bytes_per_user, knobs=kn)
-    nan = np.where(fits, 1.0, np.nan)
-    pre_s, dec_s = pre.total_s * nan, dec.total_s * nan
+    met = _masked(scenario_metrics(effective_model(m, kn), apply_knobs(prec, kn), kn, ctx, out, b, mem, pre, step,
+                                   dec, sw), mem.max_concurrency >= b)
     return pd.DataFrame({
-        **_head_columns(m, g, prof, ctx, out, b, prec, t, kn),
-        "prefill_s": pre_s,
-        "prefill_s_low": pre.low_s * nan,
-        "prefill_s_high": pre.high_s * nan,
-        "decode_s_per_token": step.total_s * nan,
-        "decode_s_per_token_low": step.low_s * nan,
-        "decode_s_per_token_high": step.high_s * nan,
-        "decode_s": dec_s,
-        "decode_s_low": dec.low_s * nan,
-        "decode_s_high": dec.high_s * nan,
-        "max_concurrency": mem.max_concurrency.astype(np.int64),
-        "context_switch_s": sw.serial_s * nan,
-        "context_switch_duplex_s": sw.duplex_s * nan,
-        "session_throughput_tokens_per_s": b * out / (pre_s + dec_s),
-        "prefill_bound": _bound_column(pre),
-        "decode_bound": _bound_column(step),
-        "fits": fits,
+        **_head_columns(m, g, prof, ctx, out, b, t),
+        **{k: met[k] for k in METRIC_COLUMNS},
+        "prefill_bound": met["prefill_bound"],
+        "decode_bound": met["decode_bound"],
+        "fits": met["fits"],
     })
 
 
-def _head_columns(m, g, prof, ctx, out, b, prec, t, kn) -> dict:
-    """The scenario columns of a sweep frame (model, GPU, TP, mode, the grid, weight and KV sizes)."""
+def _head_columns(m, g, prof, ctx, out, b, t) -> dict:
+    """The scenario columns of a sweep frame (model, GPU, TP, mode, the grid)."""
     n = ctx.size
     return {
         "model": _const(m.name, n),
@@ -390,35 +405,9 @@ def _head_columns(m, g, prof, ctx, out, b, prec, t, kn) -> dict:
         "context_len": ctx.astype(np.int64),
         "output_tokens": out.astype(np.int64),
         "batch": b.astype(np.int64),
-        "weight_bytes": int(m.weight_bytes(prec.weights)),
-        "kv_bytes_per_token": int(round(kv_bytes_per_token_per_gpu(effective_model(m, kn), 1, prec.kv, kn))),
-        "kv_cache_bytes": _int64_bytes(kv_cache_bytes_per_gpu(m, ctx, out, b, prec, 1, kn), ctx, b),
     }
-
-
-def _int64_bytes(kv, ctx, b) -> np.ndarray:
-    """``kv`` (bytes, float) as an int64 column; a point beyond int64 (9.2e18 bytes, far beyond any device)
-    is refused with :class:`InvalidInputError` naming it instead of wrapping round to a negative number."""
-    kv = np.round(np.asarray(kv, dtype=np.float64))
-    bad = ~(kv < 2.0**63)
-    if np.any(bad):
-        i = int(np.argmax(np.broadcast_to(bad, np.shape(ctx))))
-        raise InvalidInputError(f"context {int(np.ravel(ctx)[i]):,} x batch {int(np.ravel(b)[i]):,}: a KV cache of "
-                                f"{float(np.ravel(kv)[i]):.3g} bytes per GPU is beyond any device and any int64 "
-                                "column; use a smaller batch or context")
-    return kv.astype(np.int64)
 
 
 def _const(text: str, n: int) -> pd.Categorical:
     """A column holding one string ``n`` times (categorical: building a million strings is slow)."""
     return pd.Categorical.from_codes(np.zeros(n, dtype=np.int8), [text])
-
-
-def _bound_column(cost) -> pd.Categorical:
-    """``cost.bound`` as a categorical column (same names, same tie rule: the first largest term)."""
-    terms = np.stack(np.broadcast_arrays(cost.compute_s, cost.memory_s, cost.latency_s, cost.comm_s))
-    idx = np.argmax(terms, axis=0)
-    names = [Bound.COMPUTE.value, cost.memory_bound.value, Bound.LATENCY.value, Bound.INTERCONNECT.value]
-    cats = list(dict.fromkeys(names))
-    codes = np.array([cats.index(x) for x in names], dtype=np.int8)[idx]
-    return pd.Categorical.from_codes(codes, cats)

@@ -13,6 +13,10 @@
    monotonicity of latency in replicas and the simulated sample).
 4. Confirm the winner and runners-up with fresh request samples (other seeds).
 
+The whole search honours a deadline (``--time-limit``): past it no simulation starts and a running
+one stops; the plan then holds the cheapest deployment found so far (``complete`` is False), or
+:class:`PlannerError` says that none was found in time.
+
 The Pareto front is cost against end-to-end p90 latency over every
 deployment simulated that met the SLOs.
 """
@@ -20,6 +24,7 @@ deployment simulated that met the SLOs.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -35,6 +40,33 @@ from perfmodel.serving.parallel import parallel_map
 from planners.errors import InfeasibleError, PlannerError
 
 PRICES_PATH = Path(__file__).with_name("data") / "gpu_prices.yaml"
+
+MAX_REQUESTS = 1_000_000
+"""requests: the largest sample simulated per candidate deployment."""
+MAX_GPUS = 65_536
+"""GPUs: the largest ``max_gpus`` a plan may spend."""
+DEFAULT_TIME_LIMIT_S = 300.0
+"""seconds: the whole ``plan capacity`` command's default limit."""
+
+
+class _OutOfTime(Exception):
+    """The deadline passed during a simulation (caught inside this module)."""
+
+
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.time() >= deadline
+
+
+def _deadline_hook(deadline: float | None):
+    """A simulator progress callback that stops the simulation once ``deadline`` (``time.time()``) passes."""
+    if deadline is None:
+        return None
+
+    def hook(done: int, total: int) -> None:
+        if time.time() >= deadline:
+            raise _OutOfTime
+
+    return hook
 
 
 @dataclass(frozen=True)
@@ -79,9 +111,10 @@ class CapacityQuery:
     tp_options: tuple[int, ...] = (1, 2, 4, 8)
     pp_options: tuple[int, ...] = (1,)
     max_gpus: int = 64
-    mode: str = "peak"
+    mode: str = "calibrated"
     weight_dtype: str = "bf16"
     deployment_kw: dict = field(default_factory=dict)
+    deadline: float | None = None  # time.time() past which no simulation runs (None: no limit)
 
     @property
     def rate_per_s(self) -> float:
@@ -129,6 +162,7 @@ class CapacityPlan:
     confirmed: dict
     points: tuple[Point, ...]
     pruned: tuple[tuple[str, str], ...]
+    complete: bool = True  # False: the deadline stopped the search; ``best`` is the cheapest found by then
 
     def pareto(self) -> list[Point]:
         """Deployments that met the SLOs and that no cheaper, faster (e2e p90) one dominates."""
@@ -196,7 +230,10 @@ def shapes(q: CapacityQuery, prices: dict[str, Price]) -> tuple[list[Shape], lis
 
 
 def _point(q: CapacityQuery, s: Shape, replicas: int, requests: Requests) -> Point:
-    res = simulate(_dep(q, s.gpu, s.tp, s.pp, replicas), requests, record_timeline=False)
+    if _past(q.deadline):
+        raise _OutOfTime
+    res = simulate(_dep(q, s.gpu, s.tp, s.pp, replicas), requests, record_timeline=False,
+                   progress=_deadline_hook(q.deadline))
     rep = res.slo_report(q.slo)
     worst = max(rep.items(), key=lambda kv: kv[1]["ratio"]) if rep else ("none", {"ratio": 0.0})
     return Point(s.gpu, s.tp, s.pp, replicas, replicas * s.usd_per_replica_hour,
@@ -206,10 +243,19 @@ def _point(q: CapacityQuery, s: Shape, replicas: int, requests: Requests) -> Poi
 
 
 def search_shape(job: tuple[CapacityQuery, Shape]) -> list[Point]:
-    """Fewest replicas of one shape meeting the SLOs (doubling then bisection); every point simulated."""
+    """Fewest replicas of one shape meeting the SLOs (doubling then bisection); every point simulated.
+    Past ``q.deadline`` the search stops with the points simulated by then."""
     q, s = job
-    r_max = q.max_gpus // (s.tp * s.pp)
     pts: dict[int, Point] = {}
+    try:
+        _search(q, s, pts)
+    except _OutOfTime:
+        pass
+    return list(pts.values())
+
+
+def _search(q: CapacityQuery, s: Shape, pts: dict[int, Point]) -> None:
+    r_max = q.max_gpus // (s.tp * s.pp)
 
     def ev(r: int) -> Point:
         if r not in pts:
@@ -219,21 +265,24 @@ def search_shape(job: tuple[CapacityQuery, Shape]) -> list[Point]:
     lo, hi = s.min_replicas - 1, s.min_replicas
     while not ev(hi).meets:
         if hi >= r_max:
-            return list(pts.values())
+            return
         lo, hi = hi, min(2 * hi, r_max)
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if ev(mid).meets else (mid, hi)
     if hi + 1 <= r_max:
         ev(hi + 1)  # one step richer: a point for the Pareto front
-    return list(pts.values())
 
 
-def _confirm(job: tuple[CapacityQuery, Point, int]) -> bool:
+def _confirm(job: tuple[CapacityQuery, Point, int]) -> bool | None:
+    """Whether ``p`` meets the SLOs on a fresh sample; None when the deadline left no time to check."""
     q, p, seed = job
     reqs = resample(q.requests, seed)
     s = Shape(p.gpu, p.tp, p.pp, p.replicas, p.usd_per_hour / p.replicas, 0.0, 0.0)
-    return _point(q, s, p.replicas, reqs).meets
+    try:
+        return _point(q, s, p.replicas, reqs).meets
+    except _OutOfTime:
+        return None
 
 
 def resample(requests: Requests, seed: int) -> Requests:
@@ -255,10 +304,26 @@ def plan_capacity(q: CapacityQuery, prices: dict[str, Price], backend: str = "au
     keep, pruned = shapes(q, prices)
     if not keep:
         raise InfeasibleError(_why_pruned(pruned))
-    results = parallel_map(search_shape, [(q, s) for s in keep], backend=backend)
+    from perfmodel.progress import progress
+    from perfmodel.serving.parallel import Backend, resolve_backend
+
+    jobs = [(q, s) for s in keep]
+    with progress(len(jobs), "plan capacity: shapes searched") as advance:
+        if resolve_backend(backend) is Backend.LOCAL:
+            results = []
+            for job in jobs:
+                results.append(search_shape(job))
+                advance(1)
+        else:
+            results = parallel_map(search_shape, jobs, backend=backend)
     points = [p for pts in results for p in pts]
+    complete = not _past(q.deadline)
     ok = sorted((p for p in points if p.meets), key=lambda p: (p.usd_per_hour, p.e2e_p90_s))
     if not ok:
+        if not complete:
+            raise PlannerError(
+                f"the time limit was reached after simulating {len(points)} deployment(s), none meeting the SLOs; "
+                "raise --time-limit, or simulate fewer --requests or candidates")
         close = min(points, key=lambda p: p.worst_ratio)
         raise InfeasibleError(
             f"no deployment within {q.max_gpus} GPUs meets the SLOs; closest: {close.replicas}x {close.gpu} "
@@ -273,10 +338,15 @@ def plan_capacity(q: CapacityQuery, prices: dict[str, Price], backend: str = "au
     confirmed = {}
     for (_, p, _), v in zip(jobs, verdicts):
         key = (p.gpu, p.tp, p.pp, p.replicas)
+        if v is None:  # no time left to check: not confirmed
+            complete = False
         confirmed[key] = confirmed.get(key, True) and bool(v)
+    for p in finalists:
+        confirmed.setdefault((p.gpu, p.tp, p.pp, p.replicas), confirm_seeds == 0)
     good = [p for p in finalists if confirmed[(p.gpu, p.tp, p.pp, p.replicas)]]
     best = good[0] if good else finalists[0]
-    return CapacityPlan(best, tuple(p for p in finalists if p is not best), confirmed, tuple(points), tuple(pruned))
+    return CapacityPlan(best, tuple(p for p in finalists if p is not best), confirmed, tuple(points), tuple(pruned),
+                        complete)
 
 
 def _why_pruned(pruned: list[tuple[str, str]]) -> str:
@@ -350,7 +420,7 @@ def register(plan_subparsers) -> None:
     p.add_argument("--pp", default="1", help="PP degrees to consider")
     p.add_argument("--max-gpus", type=int, default=64)
     p.add_argument("--prices", default=None, help="YAML of usd_per_gpu_hour with source and date per GPU")
-    p.add_argument("--mode", choices=["peak", "calibrated"], default="peak")
+    p.add_argument("--mode", choices=["calibrated", "peak"], default="calibrated")
     from perfmodel.cli import add_attention_impl_arg, add_launch_arg
 
     add_attention_impl_arg(p)
@@ -360,6 +430,11 @@ def register(plan_subparsers) -> None:
     p.add_argument("--backend", choices=["auto", "ray", "local"], default="auto",
                    help="auto: Ray when installed (RAY_ADDRESS or a local instance), else in-process")
     p.add_argument("--png", default=None, help="write the Pareto front plot here")
+    from planners.cli import _time_limit
+
+    p.add_argument("--time-limit", type=_time_limit, default=DEFAULT_TIME_LIMIT_S,
+                   help="seconds for the whole plan; past it the cheapest deployment found so far is shown "
+                        "(default %(default)s)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_capacity)
 
@@ -379,10 +454,18 @@ def query_from_args(args) -> CapacityQuery:
     from perfmodel.serving import LengthDist, Workload, read_trace
     from perfmodel.serving.workload import parse_rate
 
+    from planners.errors import TooLargeError
+
     if args.requests < 1:
         raise PlannerError(f"--requests must be >= 1, got {args.requests}")
+    if args.requests > MAX_REQUESTS:
+        raise TooLargeError(f"--requests {args.requests:,} is above the {MAX_REQUESTS:,} simulated per candidate",
+                            count=args.requests, limit=MAX_REQUESTS)
     if args.max_gpus < 1:
         raise PlannerError(f"--max-gpus must be >= 1, got {args.max_gpus}")
+    if args.max_gpus > MAX_GPUS:
+        raise TooLargeError(f"--max-gpus {args.max_gpus:,} is above the {MAX_GPUS:,} a plan may spend",
+                            count=args.max_gpus, limit=MAX_GPUS)
     if args.trace:
         reqs = read_trace(args.trace)
     else:
@@ -399,11 +482,12 @@ def query_from_args(args) -> CapacityQuery:
     return CapacityQuery(args.model, reqs, slo, gpus, _ints(args.tp, "--tp"), _ints(args.pp, "--pp"), args.max_gpus,
                          args.mode, args.weight_dtype, {"kv_policy": args.kv_policy,
                                                         "attention_impl": args.attention_impl,
-                                                        "launch": args.launch})
+                                                        "launch": args.launch},
+                         getattr(args, "t0", time.time()) + getattr(args, "time_limit", DEFAULT_TIME_LIMIT_S))
 
 
 def _cmd_capacity(args) -> int:
-
+    args.t0 = time.time()
     q = query_from_args(args)
     prices = load_prices(args.prices)
     plan = plan_capacity(q, prices, backend=args.backend)
@@ -420,6 +504,7 @@ def _cmd_capacity(args) -> int:
         "pareto": plan.table(),
         "pruned": [{"shape": n, "reason": r} for n, r in plan.pruned],
         "simulated": len(plan.points),
+        "complete": plan.complete,  # False: --time-limit stopped the search (the cheapest found by then)
         "rate_per_s": q.rate_per_s if math.isfinite(q.rate_per_s) else None,  # a trace arriving all at once
         "provenance": gpu_provenance(q.gpus, q.mode),
     }
@@ -431,18 +516,23 @@ def _cmd_capacity(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from perfmodel.tables import fmt_seconds
+
     con = Console()
     con.print(f"cheapest: {b.replicas} x {b.gpu} (tp={b.tp}, pp={b.pp}) = {b.gpus} GPUs, ${b.usd_per_hour:,.2f}/h; "
-              f"TTFT p{q.slo.ttft_pct:g} {b.ttft_s:.3g} s, TPOT p{q.slo.tpot_pct:g} {b.tpot_s:.3g} s"
+              f"TTFT p{q.slo.ttft_pct:g} {fmt_seconds(b.ttft_s)}, TPOT p{q.slo.tpot_pct:g} {fmt_seconds(b.tpot_s)}"
               f"{'' if out['best']['confirmed'] else ' (NOT confirmed on fresh samples)'}")
     t = Table(title="Pareto front (cost vs end-to-end p90)")
     for c in ("gpu", "tp", "pp", "replicas", "gpus", "$/h", "TTFT", "TPOT", "e2e p90"):
         t.add_column(c, justify="right")
     for r in out["pareto"]:
         t.add_row(r["gpu"], str(r["tp"]), str(r["pp"]), str(r["replicas"]), str(r["gpus"]), f"{r['usd_per_hour']:,.2f}",
-                  f"{r['ttft_s']:.3g} s", f"{r['tpot_s']:.3g} s", f"{r['e2e_p90_s']:.3g} s")
+                  fmt_seconds(r["ttft_s"]), fmt_seconds(r["tpot_s"]), fmt_seconds(r["e2e_p90_s"]))
     con.print(t)
     con.print(f"{len(plan.points)} deployments simulated, {len(plan.pruned)} shapes pruned analytically")
+    if not plan.complete:
+        con.print(f"note: --time-limit ({args.time_limit:g} s) stopped the search: the cheapest deployment found by "
+                  "then is shown", markup=False)
     for gpu, line in out["provenance"].items():
         con.print(f"provenance {gpu}: {line}", markup=False)
     return 0

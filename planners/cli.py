@@ -8,6 +8,7 @@ import math
 import time
 
 from perfmodel.jsonout import dumps
+from perfmodel.tables import fmt_seconds
 from planners.errors import PlannerError
 
 _DEFAULT_SYSTEM = "dgx-h100-x4"
@@ -51,16 +52,16 @@ def register(subparsers) -> None:
     s.add_argument("--gpus", required=True, type=_int)
     s.add_argument("--model", required=True)
     s.add_argument("--gpu", required=True)
-    s.add_argument("--sp-kind", choices=["ulysses", "ring", "hybrid", "auto"], default=None,
-                   help="ulysses (default), ring, hybrid, or auto: the fastest per group and sequence "
-                        "(the default with --topology)")
-    s.add_argument("--topology", default=None,
-                   help="hw/ system (name or YAML file): price each group over the links its GPUs span "
-                        "(NVLink inside a node, NICs across) and place groups within node boundaries")
+    s.add_argument("--sp-kind", choices=["ulysses", "ring", "hybrid", "auto"], default="ulysses",
+                   help="ulysses (default), ring, hybrid, or auto: per group and sequence the fastest")
     s.add_argument("--micro-batches", action="store_true",
-                   help="a group may run its sequences as several micro-batches (only one's KV resident)")
-    s.add_argument("--mode", choices=["peak", "calibrated"], default="peak")
+                   help="a group may run its sequences as several micro-batches (only one's KV resident), "
+                        "and the batch two rounds with their own groups")
+    s.add_argument("--mode", choices=["calibrated", "peak"], default="calibrated")
     s.add_argument("--buckets", type=_int, default=16, help="length buckets of the MILP (default 16)")
+    s.add_argument("--topology", default=None,
+                   help="system from hw/data/systems an SP group is placed in (default: one NVLink node of 8 GPUs; "
+                        "groups never span more GPUs than it has)")
     _solver_args(s)
     s.set_defaults(func=_cmd_sp)
 
@@ -138,7 +139,7 @@ def _print_moe(out: dict) -> None:
     s = out["solver"]
     c.print(f"lower bound {out['total']['lower_bound']:,.0f}; solver {s['name']}: {s['status']}, "
             f"max layer gap {s['gap']:.2%}, {s['layers_proven_optimal']}/{s['layers']} layers proven, "
-            f"{s['seconds']:.1f} s" + (f"; affinity mapping: {s['affinity_status']}" if "affinity_status" in s else ""))
+            f"{fmt_seconds(s['seconds'])}" + (f"; affinity mapping: {s['affinity_status']}" if "affinity_status" in s else ""))
     if len(out["layers"]) <= 4:
         for i, layer in enumerate(out["layers"]):
             c.print(f"layer {i}: " + " | ".join(",".join(map(str, g)) for g in layer["placement"]))
@@ -146,9 +147,7 @@ def _print_moe(out: dict) -> None:
 
 def _cmd_sp(args) -> int:
     args.t0 = time.perf_counter()
-    from hw.loader import load_gpu
-    from perfmodel.calibration import resolve_profile
-    from perfmodel.models import load_model
+    from perfmodel.scenario import Scenario
     from planners.inputs import read_lengths
     from planners.sp import build_instance, check_gpus, check_size, plan_sp
     from planners.sp_cost import SpCostModel, SpKind
@@ -157,15 +156,10 @@ def _cmd_sp(args) -> int:
     check_gpus(args.gpus)
     if args.buckets >= 1:
         check_size(args.gpus, min(args.buckets, len(set(lengths.tolist()))))
-    gpu = load_gpu(args.gpu)
-    topo = None
-    if args.topology:
-        from perfmodel.comm import resolve_topology
-
-        topo = resolve_topology(args.topology, gpu, args.gpus)
-    args.sp_kind = args.sp_kind or ("auto" if topo is not None else "ulysses")
-    cost = SpCostModel(load_model(args.model), gpu, resolve_profile(gpu, args.mode), SpKind(args.sp_kind),
-                       topology=topo)
+    kind = SpKind(args.sp_kind)
+    scn = Scenario.make(args.model, args.gpu, context_len=int(lengths.max()), output_tokens=0, mode=args.mode,
+                        sp_kind="ring" if kind is SpKind.AUTO else kind.value, topology=args.topology)
+    cost = SpCostModel.from_scenario(scn, kind)
     plan = plan_sp(build_instance(lengths, args.gpus, cost), _options(args), args.buckets, args.micro_batches)
     out = plan.to_dict()
     if args.json:
@@ -180,13 +174,13 @@ def _cmd_sp(args) -> int:
         t.add_column(col, justify="right")
     for g in out["groups"]:
         t.add_row(*(str(g["round"]),) * rounds, str(g["degree"]), f"{g['gpus'][0]}-{g['gpus'][-1]}",
-                  ",".join(map(str, g["nodes"])), str(len(g["sequences"])), f"{g['time_s']:.4f} s")
+                  ",".join(map(str, g["nodes"])), str(len(g["sequences"])), fmt_seconds(g["time_s"]))
     c = Console()
     c.print(t)
-    c.print(f"makespan {out['makespan_s']:.4f} s; lower bound {out['lower_bound_s']:.4f} s; "
+    c.print(f"makespan {fmt_seconds(out['makespan_s'])}; lower bound {fmt_seconds(out['lower_bound_s'])}; "
             f"solver {out['solver']['name']}: {out['solver']['status']}, gap {out['solver']['gap']:.2%}, "
-            f"{out['solver']['seconds']:.1f} s")
+            f"{fmt_seconds(out['solver']['seconds'])}")
     c.print("static strategies: " + ", ".join(
-        f"{k[len('static_sp_'):]}: " + ("does not fit" if v is None else f"{v:.4f} s ({v / out['makespan_s']:.3f}x)")
+        f"{k[len('static_sp_'):]}: " + ("does not fit" if v is None else f"{fmt_seconds(v)} ({v / out['makespan_s']:.3f}x)")
         for k, v in out["baselines"].items()))
     return 0

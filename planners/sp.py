@@ -100,31 +100,32 @@ def build_instance(lengths, gpus: int, cost) -> SpInstance:
         raise PlannerError("lengths must be a non-empty list of sequence lengths")
     if not np.all(np.isfinite(s)) or np.any(s < 1) or np.any(np.floor(s) != s):
         raise PlannerError("sequence lengths must be positive integers")
-    gpn = check_topology(gpus, getattr(cost, "topology", None))
+    system = getattr(cost, "system", None)
+    check_topology(gpus, system)
+    gpn = getattr(cost, "gpus_per_node", None)
     degrees = tuple(d for d in (1 << i for i in range(gpus.bit_length())) if d <= gpus and cost.degree_ok(d))
     cap = cost.capacity_tokens()
     chosen = [cost.choose(s, d) for d in degrees]
     t = np.stack([c[0] for c in chosen], axis=1)
     mem = np.stack([c[1] for c in chosen], axis=1)
     kinds = np.array([[k.value for k in c[2]] for c in chosen], dtype=object).T
-    topo = getattr(cost, "topology", None)
-    inst = SpInstance(s.astype(np.int64), gpus, degrees, t, mem, cap, kinds, gpn, topo.name if topo else "")
+    name = system.name if system is not None else ""
+    if system is None and gpn is not None:
+        name = f"{cost.gpu.name} nodes of {gpn} (default)"
+    inst = SpInstance(s.astype(np.int64), gpus, degrees, t, mem, cap, kinds,
+                      None if gpn is None else min(int(gpn), gpus), name)
     check_fits(inst)
     return inst
 
 
-def check_topology(gpus: int, topology) -> int | None:
-    """GPUs per node the plan uses (None without a topology); the GPUs must be whole nodes of it
-    (or part of one node) and no more than it has."""
+def check_topology(gpus: int, topology) -> None:
+    """A named system must hold the GPUs."""
     if topology is None:
-        return None
+        return
     gpn, total = int(topology.gpus_per_node), int(topology.world_size)
     if gpus > total:
         raise InfeasibleError(f"{gpus} GPUs requested; {topology.name} has {total} "
                               f"({topology.num_nodes} node(s) of {gpn})")
-    if gpus > gpn and gpus % gpn:
-        raise PlannerError(f"{gpus} GPUs on {topology.name}: give whole nodes of {gpn} GPUs (or at most one node)")
-    return min(gpn, gpus)
 
 
 BUILD_S_PER_VARIABLE = 5e-5

@@ -23,13 +23,18 @@ whole sequence; plus the SP communication per layer times the layer count
   so at those degrees Ring or hybrid).
 
 Collective times come from :func:`perfmodel.comm.collective_time`, the core's
-one pricing of collectives over links.  Without a topology a group of ``d``
-GPUs is one node of the GPU's own fabric (its NVLink).  With one (a node or
-cluster from ``hw/data/systems`` or a file), a group of ``d <=`` GPUs per node
-sits inside one node and uses its NVLink, and a larger group takes whole nodes:
-its all-to-all pays the NICs for the share bound to other nodes and its ring
-steps cross a NIC (:func:`perfmodel.comm.place` and its hierarchical forms);
-degrees must then divide, or be multiples of, the GPUs per node.  Memory: a sequence keeps its KV cache resident, ``s / d``
+one pricing of collectives over links, over the system ``topology`` names (a
+node or cluster of ``hw/data/systems`` or a YAML file): a group of ``d <=``
+GPUs per node sits inside one node and uses its NVLink; a larger group takes
+whole nodes, its all-to-all pays the NICs for the share bound to other nodes
+and its ring steps cross a NIC (:func:`perfmodel.comm.place` and its
+hierarchical forms); degrees must divide, or be multiples of, the GPUs per
+node, and a group never spans more GPUs than the system has.  Without one, a
+group of up to :data:`perfmodel.comm.DEFAULT_NODE_GPUS` GPUs sits in one node
+of the GPU's own fabric and a larger one spans nodes of the GPU's shipped
+cluster (:func:`perfmodel.comm.scaled_cluster`: its node's fabric, its per-GPU
+NIC between nodes); a GPU without a shipped cluster gets groups of one node at
+most.  Never a large group priced as one NVLink node.  Memory: a sequence keeps its KV cache resident, ``s / d``
 tokens per GPU (Ulysses beyond ``n_kv``: ``d / n_kv`` times more); the
 capacity is the core's :func:`perfmodel.phases.memory_budget` with the
 weights replicated on every GPU and one 8192-token prefill workspace.
@@ -39,13 +44,15 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from hw.spec import GPU
 from perfmodel.calibration import Profile
-from perfmodel.comm import Topology, collective_time
+from perfmodel.comm import DEFAULT_NODE_GPUS, Topology, collective_time, resolve_topology, scaled_cluster
 from perfmodel.costs import op_cost
 from perfmodel.layers import Precision
 from perfmodel.models import ModelSpec
@@ -77,11 +84,40 @@ class SpCostModel:
     profile: Profile
     kind: SpKind = SpKind.ULYSSES
     precision: Precision = Precision()
-    topology: Topology | None = None  # None: every group is one node of the GPU's own fabric
+    topology: str | Topology | None = None  # a system (name, YAML file); None: see the module docstring
+
+    @classmethod
+    def from_scenario(cls, scenario, kind: "SpKind | str | None" = None) -> "SpCostModel":
+        """The cost model of a checked :class:`perfmodel.scenario.Scenario`: its model, GPU, profile,
+        precision and topology (``kind``: its ``sp_kind`` unless given)."""
+        return cls(scenario.model, scenario.gpu, scenario.profile, SpKind(kind or scenario.layout.sp_kind),
+                   scenario.priced_precision, scenario.layout.topology)
+
+    @functools.cached_property
+    def system(self) -> Topology | None:
+        """The named system, loaded once (None without one)."""
+        return None if self.topology is None else resolve_topology(self.topology, self.gpu, 1)
 
     @property
+    def max_degree(self) -> float:
+        """GPUs the largest SP group may span: the system's; without one, any number of nodes of the GPU's
+        shipped cluster, or one default node when it has none."""
+        if self.system is not None:
+            return self.system.world_size
+        return math.inf if scaled_cluster(self.gpu, 2 * DEFAULT_NODE_GPUS) is not None else DEFAULT_NODE_GPUS
+
+    @functools.cached_property
     def gpus_per_node(self) -> int | None:
-        return None if self.topology is None else self.topology.gpus_per_node
+        """GPUs per node where groups are priced (None: no node boundary, groups of one node at most)."""
+        if self.system is not None:
+            return self.system.gpus_per_node
+        sc = scaled_cluster(self.gpu, 2 * DEFAULT_NODE_GPUS)
+        return None if sc is None else sc.gpus_per_node
+
+    def _topology(self, span: int):
+        if self.system is not None or span <= DEFAULT_NODE_GPUS:
+            return self.system
+        return scaled_cluster(self.gpu, span)
 
     def _fits_nodes(self, d: int) -> bool:
         g = self.gpus_per_node
@@ -93,9 +129,9 @@ class SpCostModel:
         return tuple(k for k in cands if k is not SpKind.ULYSSES or d == 1 or self.model.q_heads % d == 0)
 
     def degree_ok(self, d: int) -> bool:
-        """Ulysses splits query heads: ``d`` must divide them; with a topology ``d`` must divide the
-        GPUs per node or be a multiple of them (a group takes part of one node or whole nodes)."""
-        return self._fits_nodes(d) and bool(self.kinds(d))
+        """``d`` GPUs fit the system (or one default node) and take part of one node or whole nodes;
+        Ulysses splits query heads: ``d`` must divide them."""
+        return d <= self.max_degree and self._fits_nodes(d) and bool(self.kinds(d))
 
     def ulysses_degree(self, d: int, kind: SpKind | None = None) -> int:
         kind = self.kind if kind is None else SpKind(kind)
@@ -138,7 +174,7 @@ class SpCostModel:
     def _coll_s(self, kind: OpKind, nbytes: np.ndarray, world: int, stride: int = 1) -> np.ndarray:
         if world <= 1:
             return np.zeros_like(nbytes)
-        c = collective_time(kind, nbytes, world, self.gpu, self.profile, self.topology, stride=stride)
+        c = collective_time(kind, nbytes, world, self.gpu, self.profile, self._topology(world * stride), stride=stride)
         return np.asarray(c.total_s, dtype=np.float64) * np.ones_like(nbytes)
 
     def comm_s(self, lengths, d: int, kind: SpKind | None = None) -> np.ndarray:

@@ -20,14 +20,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import json
 import math
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from perfmodel.errors import PerfModelError
 from perfmodel.models import CONFIG_DIR as PERFMODEL_CONFIG_DIR

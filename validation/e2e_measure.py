@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from perfmodel.tables import fmt_seconds
 from validation import bench
 from validation.e2e import MEMORY_SHARE, DRY_RUN_CAPACITY_BYTES, ModelPlan, Row, plan, print_plan
 from validation.e2e_model import E2EModel
@@ -118,14 +119,14 @@ def measure_row(model: E2EModel, row: Row, device, state: GpuState) -> dict[str,
         ids = torch.randint(0, s.vocab, (b, c), device=device, generator=gen)
 
         def fn():
-            return model(ids, cache, 0, c)
+            return model(ids, cache, 0, c)  # noqa: F821 (closure; deleted after the timing)
     else:
         cache = model.new_cache(b, c, fill=True)
         ids = torch.randint(0, s.vocab, (b, 1), device=device, generator=gen)
         model.ensure_rope(c)
 
         def fn():
-            return model(ids, cache, c - 1, c)
+            return model(ids, cache, c - 1, c)  # noqa: F821 (closure; deleted after the timing)
     for _ in range(row.warmup_calls):
         fn()
     _sync(device)
@@ -250,10 +251,6 @@ def run(a, models: list[str], size: str, console) -> int:
     return 0 if done else 1
 
 
-def _fmt_s(t: float) -> str:
-    return f"{t * 1e3:.2f} ms" if t < 1 else f"{t:.3f} s"
-
-
 def _table(console, recs: list[dict], n_skip: int, rec_path, wall_s: float) -> None:
     from rich.table import Table
 
@@ -262,5 +259,5 @@ def _table(console, recs: list[dict], n_skip: int, rec_path, wall_s: float) -> N
         tab.add_column(c, justify="right" if c not in ("model", "phase") else "left")
     for r in recs:
         tab.add_row(r["model"], str(r["layers_run"]), r["phase"], str(r["batch"]), str(r["context"]),
-                    _fmt_s(r["measured_s"]), _fmt_s(r["predicted_s"]), f"{100 * r['error']:+.1f}%")
+                    fmt_seconds(r["measured_s"]), fmt_seconds(r["predicted_s"]), f"{100 * r['error']:+.1f}%")
     console.print(tab)

@@ -233,7 +233,6 @@ class E2EModel:
 
     def _moe(self, hn: torch.Tensor, lay: dict) -> torch.Tensor:
         m = self.spec.moe
-        t = hn.shape[0]
         logits = hn @ lay["w_router"]
         weights, idx = logits.float().softmax(dim=-1).topk(m.top_k, dim=-1)
         weights = (weights / weights.sum(dim=-1, keepdim=True)).to(hn.dtype)

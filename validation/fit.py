@@ -30,15 +30,11 @@ from hw.loader import load_gpu
 from hw.spec import GPU
 from perfmodel.calibration import (
     parse_curve_key,
-    SPLIT_FILL,
-    SPLIT_FLASH,
-    SPLIT_NONE,
-    SPLIT_STREAM,
     ClassParams,
     Mode,
     OpClass,
     Profile,
-    params_to_dict,
+    SplitRule,
     profile_from_dict,
 )
 from perfmodel.costs import op_cost
@@ -122,8 +118,8 @@ _DECODE_TILES = ({}, {"tile_m": 16}, {"tile_m": 64}, {"tile_m": 128})
 # tries: SDPA restricted to flash runs flash-attention (its heuristic); SDPA's own choice (``sdpa``: cuDNN on
 # Hopper for prefill) may or may not split, so both are tried; our Triton decode kernels fill 2 x SMs
 # programs or run stream-K; our Triton prefill kernel does not split.
-_SPLIT_OF_IMPL = {"": (SPLIT_FLASH, SPLIT_NONE), "[flash2]": (SPLIT_FLASH,), "[split_kv]": (SPLIT_FILL,),
-                  "[stream_k]": (SPLIT_STREAM,), "[triton]": (SPLIT_NONE,)}
+_SPLIT_OF_IMPL = {"": (SplitRule.FLASH, SplitRule.NONE), "[flash2]": (SplitRule.FLASH,), "[split_kv]": (SplitRule.FILL,),
+                  "[stream_k]": (SplitRule.STREAM_K,), "[triton]": (SplitRule.NONE,)}
 # prefill attention as scheduled (sequence, head, query tile) programs (``attention_costs.prefill_schedule_s``)
 _PREFILL_SPEC = (_EFF("memory_eff", 0.8), _LAT, _OVERLAP, _UNIT_OH, Param("unit_compute_eff", 0.05, 1.5, 0.4), _WAVE,
                  Param("score_flops", 0.0, 1000.0, 50.0), Param("unit_share", 0.0, 1.0, 0.5))
@@ -151,8 +147,8 @@ def _spec(key: str):
     """(continuous params, discrete choices) of a report row."""
     base = key.split("[")[0]
     impl = key[len(base):]
-    rules = _SPLIT_OF_IMPL.get(impl, (SPLIT_NONE,))
-    splits = any(r != SPLIT_NONE for r in rules)
+    rules = _SPLIT_OF_IMPL.get(impl, (SplitRule.NONE,))
+    splits = any(r != SplitRule.NONE for r in rules)
     occupancy = (_UNIT_OH, _UNIT_BW) + ((_SPLIT_LAT, _SPLIT_EFF, _SPLIT_PIECE) if splits else ())
     if base == "gemm":
         return _COMPUTE_SPEC + (_SMALL_TILE, _FILL_TILE, _MISALIGNED, _MISALIGNED_MEM), _GEMM_TILES
@@ -161,8 +157,8 @@ def _spec(key: str):
     if base == "attention_prefill":
         return _PREFILL_SPEC + ((_SPLIT_LAT,) if splits else ()), _choices(_PREFILL_TILES, rules)
     if base == "attention_decode":  # rows of a KV head's query group, padded to the kernel's tile
-        extra = (_REDUCE_EFF, _REDUCE_ROW) if any(r in (SPLIT_FILL, SPLIT_STREAM) for r in rules) else ()
-        extra += (_MERGE_LAT, _MERGE_STEP) if SPLIT_STREAM in rules else ()
+        extra = (_REDUCE_EFF, _REDUCE_ROW) if any(r in (SplitRule.FILL, SplitRule.STREAM_K) for r in rules) else ()
+        extra += (_MERGE_LAT, _MERGE_STEP) if SplitRule.STREAM_K in rules else ()
         return _COMPUTE_SPEC + occupancy + (_UNIT_STEP,) + extra, _choices(_DECODE_TILES, rules)
     if base == "elementwise:rmsnorm":  # one block per row: the row count sets the occupancy
         return _ROW_SPEC + (_ROW_TAIL, _ROW_WIDTH), tuple({"units_per_sm": u, "row_knee_bytes": kb}

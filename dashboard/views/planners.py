@@ -42,9 +42,8 @@ def sp_view(lengths: np.ndarray, gpus: int, model: str, gpu: str, kind: str, mod
     from planners.sp import build_instance, plan_sp
     from planners.sp_cost import SpCostModel, SpKind
 
-    g = perfmodel.load_gpu(gpu)
-    cost = SpCostModel(perfmodel.load_model(model), g, perfmodel.resolve_profile(g, perfmodel.Mode(mode)),
-                       SpKind(kind))
+    scn = perfmodel.Scenario.make(model, gpu, context_len=int(max(lengths)), output_tokens=0, mode=mode, sp_kind=kind)
+    cost = SpCostModel.from_scenario(scn, SpKind(kind))
     return plan_sp(build_instance(lengths, gpus, cost), SolverOptions(time_limit_s=time_limit_s)).to_dict()
 
 

@@ -49,10 +49,10 @@ if result is not None:
     m1, m2, m3, m4 = st.columns(4)
     m1.metric("Prefill (time to first token)", fmt_seconds(result["prefill_s"]),
               help="All prompt tokens of the batch through the model, chunked prefill.")
-    m1.caption(f"bound: **{bound_label(b['prefill'])}**")
+    m1.caption(f"bound: **{bound_label(b['prefill'])}**  \n{common.band_text(result, 'prefill_s')}")
     m2.metric("Decode time per token", fmt_seconds(result["decode_s_per_token"]),
               help="One decode step of the whole batch at the full context.")
-    m2.caption(f"bound: **{bound_label(b['decode'])}**")
+    m2.caption(f"bound: **{bound_label(b['decode'])}**  \n{common.band_text(result, 'decode_s_per_token')}")
     m3.metric("Max concurrency (users)", f"{result['max_concurrency']:,}",
               help="Users whose whole KV cache (prompt plus output) fits in device memory at once.")
     m3.caption(f"bound: **{bound_label(b['concurrency'])}**")
@@ -62,11 +62,17 @@ if result is not None:
 
     s1, s2, s3, s4 = st.columns(4)
     s1.metric("Decode, all output tokens", fmt_seconds(result["decode_s"]))
+    s1.caption(common.band_text(result, "decode_s"))
     s2.metric("Session throughput", f"{result['session_throughput_tokens_per_s']:,.1f} tok/s",
               help="Output tokens of the batch divided by prefill plus decode time.")
     s3.metric("KV cache per user (per GPU)", fmt_gib(result["memory_per_gpu"]["kv_bytes_per_user"]))
     s4.metric("Context switch, full duplex", fmt_seconds(result["context_switch_duplex_s"]),
               help="Swap-out and swap-in overlapped on the two directions of the host link.")
+    st.caption(f"Provenance ({result['mode']} mode), per op class: {common.provenance_kinds(result['provenance'])}. "
+               "80% band: the central 80% interval of the measured time (held-out residuals per op class and regime, "
+               "wider for transferred and datasheet curves); peak bound: the datasheet roofline.")
+    with st.expander("Provenance per op class"):
+        st.markdown("\n".join(f"- `{c}`: {label}" for c, label in result["provenance"].items()))
     if result["comm_s"]["prefill"] or result["comm_s"]["decode_per_token"]:
         share = result.get("communication") or {}
         st.caption(
@@ -100,6 +106,9 @@ else:
     c1, c2 = st.columns(2)
     c1.altair_chart(dec_chart, width="stretch")
     c2.altair_chart(conc_chart, width="stretch")
+    if "provenance" in sw and len(sw):
+        st.caption(("Shaded: the 80% error band of the decode time. " if mode == "calibrated" else "")
+                   + f"Provenance: {sw['provenance'].iloc[0]}.")
     fits = sw[sw["fits"]]
     if len(fits) < len(sw):
         limit = int(fits["context_len"].max()) if len(fits) else None
@@ -144,12 +153,19 @@ if st.session_state.get("compare_gpu") not in others:
 other = st.selectbox("Compare with GPU", others,
                      format_func=lambda g: labels.get(g, g), key="compare_gpu")
 BOUNDS = ("prefill", "decode", "concurrency", "context_switch")
+def _banded(res, key):
+    band = (f" ({fmt_seconds(res[key + '_low'])} – {fmt_seconds(res[key + '_high'])})"
+            if res.get(key + "_high", 0) > res.get(key + "_low", 0) else "")
+    return fmt_seconds(res[key]) + band
+
+
 ROWS = [
-    ("Prefill", "prefill_s", fmt_seconds),
-    ("Decode per token", "decode_s_per_token", fmt_seconds),
-    ("Max concurrency", "max_concurrency", lambda v: f"{v:,}"),
-    ("Context switch", "context_switch_s", fmt_seconds),
-    ("Session throughput (tok/s)", "session_throughput_tokens_per_s", lambda v: f"{v:,.1f}"),
+    ("Prefill (80% band)", "prefill_s", lambda res: _banded(res, "prefill_s")),
+    ("Decode per token (80% band)", "decode_s_per_token", lambda res: _banded(res, "decode_s_per_token")),
+    ("Max concurrency", "max_concurrency", lambda res: f"{res['max_concurrency']:,}"),
+    ("Context switch", "context_switch_s", lambda res: fmt_seconds(res["context_switch_s"])),
+    ("Session throughput (tok/s)", "session_throughput_tokens_per_s",
+     lambda res: f"{res['session_throughput_tokens_per_s']:,.1f}"),
 ]
 NA = {gpu: "does not fit", other: "does not fit"}
 try:
@@ -159,18 +175,21 @@ except ValueError as exc:  # does not fit, or the sidebar's layout does not hold
     common.show_error(exc, labels.get(other, other))
     if not isinstance(exc, perfmodel.DoesNotFitError):
         NA[other] = "not priced (see above)"
-table = pd.DataFrame({"metric": [r[0] for r in ROWS] + [f"bound: {k.replace('_', ' ')}" for k in BOUNDS]})
+table = pd.DataFrame({"metric": [r[0] for r in ROWS] + [f"bound: {k.replace('_', ' ')}" for k in BOUNDS]
+                      + ["provenance"]})
 for g, res in ((gpu, result), (other, second)):
-    table[labels.get(g, g)] = ([r[2](res[r[1]]) for r in ROWS] + [bound_label(res["bottleneck"][k]) for k in BOUNDS]
-                               if res else [NA[g]] * len(table))
+    table[labels.get(g, g)] = ([r[2](res) for r in ROWS] + [bound_label(res["bottleneck"][k]) for k in BOUNDS]
+                               + [common.provenance_kinds(res["provenance"])] if res else [NA[g]] * len(table))
 table["second / first"] = (
-    [f"{second[r[1]] / result[r[1]]:.2f}×" if result[r[1]] else "n/a" for r in ROWS] + [""] * len(BOUNDS)
+    [f"{second[r[1]] / result[r[1]]:.2f}×" if result[r[1]] else "n/a" for r in ROWS] + [""] * (len(BOUNDS) + 1)
     if result and second else [""] * len(table))
 st.table(table.set_index("metric"))
+st.caption("Provenance: where each GPU's curves come from (measured on that GPU, transferred from a measured GPU, "
+           "or the datasheet); a comparison across provenances carries the wider band of the transferred one.")
 
 if result is not None:
     st.subheader("Scenario as JSON")
-    payload = {k: v for k, v in result.items() if k != "memory_per_gpu"}
+    payload = {k: v for k, v in result.items() if k not in ("memory_per_gpu", "provenance_summary", "peak_bound")}
     text = json.dumps(payload, indent=2)
     st.download_button("Download JSON", text, file_name=f"{model}_{gpu}_tp{tp}_{int(context_len)}.json",
                        mime="application/json", key="download_json")

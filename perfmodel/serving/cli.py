@@ -108,6 +108,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     out: dict[str, Any] = res.summary(slo)
     b = analytic_bounds(dep, reqs)
     out["knobs"] = dep.knobs.to_dict() if dep.knobs is not None else {}
+    prof = dep.resolved_profile
+    out["mode"] = prof.mode.value
+    out["provenance"] = prof.provenance_map()  # per op class: measured, transferred from <gpu>, datasheet
+    out["provenance_summary"] = prof.provenance_summary()
     out["notes"] = list(res.notes) + ([COST_NOT_QUALITY] if dep.knobs is not None else [])
     out["analytic"] = {
         "prefill_alone_s_p50": float(_median(b.prefill_s)),
@@ -136,14 +140,14 @@ def _print_table(out: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from perfmodel.cli import _fmt_s
+    from perfmodel.tables import fmt_bytes, fmt_seconds
 
     t = Table(title=f"{out['deployment']}: {out['completed']} requests")
     t.add_column("metric")
     for c in ("p50", "p90", "p99", "mean"):
         t.add_column(c, justify="right")
     for key, name in (("ttft_s", "TTFT"), ("tpot_s", "TPOT"), ("e2e_s", "end-to-end")):
-        t.add_row(name, *[_fmt_s(out[key][c]) if out[key][c] is not None else "-" for c in ("p50", "p90", "p99", "mean")])
+        t.add_row(name, *[fmt_seconds(out[key][c]) if out[key][c] is not None else "-" for c in ("p50", "p90", "p99", "mean")])
     console = Console()
     console.print(t)
     lines = [
@@ -151,7 +155,7 @@ def _print_table(out: dict[str, Any]) -> None:
         f"(analytic bound {out['analytic']['throughput_bound_tokens_per_s']:,.1f})"),
         (f"peak concurrency: {out['peak_concurrency']} requests per replica "
         f"(analytic max {out['analytic']['max_concurrency']})"),
-        (f"swapped out/in: {out['swap_out_bytes'] / 2**30:,.2f} / {out['swap_in_bytes'] / 2**30:,.2f} GiB; "
+        (f"swapped out/in: {fmt_bytes(out['swap_out_bytes'])} / {fmt_bytes(out['swap_in_bytes'])}; "
         f"preemptions: {out['preemptions']}"),
     ]
     if out.get("goodput_requests_per_s") is not None:
@@ -160,5 +164,7 @@ def _print_table(out: dict[str, Any]) -> None:
     if out["knobs"]:
         lines.append("knobs: " + ", ".join(f"{k}={v}" for k, v in out["knobs"].items()))
     lines += [f"note: {n}" for n in out["notes"]]
+    if out.get("provenance_summary"):
+        lines.append(f"{out['mode']} mode; provenance: {out['provenance_summary']}")
     for line in lines:
-        console.print(line)
+        console.print(line, markup=False)

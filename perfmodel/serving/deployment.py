@@ -110,19 +110,41 @@ class Deployment:
     knobs: Knobs | None = None
 
     @classmethod
-    def make(cls, model="llama-3-8b", gpu="h100-sxm-80gb", mode: Mode | str = Mode.PEAK,
+    def make(cls, model="llama-3-8b", gpu="h100-sxm-80gb", mode: Mode | str = Mode.CALIBRATED,
              weight_dtype=None, kv_dtype=None, attention_impl=None, launch=None, **kw) -> Deployment:
         """Build from names; ``kw`` are the other fields (enums may be given as strings, ``knobs`` a Knobs).
         ``attention_impl`` (``sdpa`` default, ``flash2``, ``triton``) picks the attention kernel's curves."""
         m, g = load_model(model), load_gpu(gpu)
-        from perfmodel.scenario import check_mode
+        from perfmodel.scenario import check_mode, validate_scenario
 
+        # the shared rules (mode, degrees, GPUs of the layout); the knobs' rules for serving are __post_init__'s
+        validate_scenario(m, None, 0, kw.get("tp", 1), kw.get("pp", 1), mode, gpu=g)
         prof = resolve_profile(g, check_mode(mode), kw.pop("profile", None), attention_impl, launch)
         if "kv_policy" in kw:
             kw["kv_policy"] = _enum(KvPolicy, kw["kv_policy"], "kv_policy")
         if "router" in kw:
             kw["router"] = _enum(Router, kw["router"], "router")
         return cls(model=m, gpu=g, profile=prof, precision=Precision.of(weights_dtype(m, weight_dtype), "bf16", kv_dtype), **kw)
+
+    @classmethod
+    def from_scenario(cls, scenario, **kw) -> Deployment:
+        """The deployment of a checked :class:`perfmodel.scenario.Scenario`: its model, GPU, profile,
+        precision, knobs, ``tp`` and ``pp``, and its ``chunk_tokens`` as the token budget; ``kw`` are the
+        serving fields (``replicas``, ``max_num_seqs``, ``kv_policy`` ...).  Its workload is not read: the
+        simulator takes requests.  A layout with ``sp``, ``ep`` or a topology is refused (the simulator
+        models TP and PP replicas)."""
+        lay = scenario.layout
+        if lay.sp > 1 or lay.ep > 1 or lay.topology:
+            raise InvalidInputError("the simulator models tp and pp per replica; this scenario's layout has "
+                                    f"sp={lay.sp}, ep={lay.ep}, topology={lay.topology}")
+        if "kv_policy" in kw:
+            kw["kv_policy"] = _enum(KvPolicy, kw["kv_policy"], "kv_policy")
+        if "router" in kw:
+            kw["router"] = _enum(Router, kw["router"], "router")
+        kw.setdefault("token_budget", scenario.chunk_tokens or DEFAULT_PREFILL_CHUNK_TOKENS)
+        kw.setdefault("reserve_fraction", scenario.reserve_fraction)
+        return cls(model=scenario.model, gpu=scenario.gpu, tp=lay.tp, pp=lay.pp, precision=scenario.precision,
+                   profile=scenario.profile, knobs=scenario.knobs, **kw)
 
     def __post_init__(self) -> None:
         for name in ("tp", "pp", "replicas", "token_budget", "max_num_seqs", "block_tokens"):
@@ -212,7 +234,7 @@ class Deployment:
 
     @property
     def resolved_profile(self) -> Profile:
-        return self.profile if self.profile is not None else resolve_profile(self.gpu, Mode.PEAK, None)
+        return self.profile if self.profile is not None else resolve_profile(self.gpu, Mode.CALIBRATED, None)
 
     def describe(self) -> str:
         s = f"{self.model.name} on {self.replicas}x({self.gpu.name} tp={self.tp} pp={self.pp})"

@@ -71,10 +71,11 @@ def simulate(dep: Deployment, requests: Requests | Workload, record_timeline: bo
     res = SimResult.collect(dep, mem, reqs, table, replicas, wall)
     from dataclasses import replace
 
-    from perfmodel.scenario import window_note
+    from perfmodel.scenario import check_world, window_note
 
-    note = window_note(dep.model, int(totals.max()))
-    return replace(res, notes=(note,)) if note else res
+    notes = tuple(n for n in (window_note(dep.model, int(totals.max())),
+                              check_world(dep.gpu, [dep.tp], dep.pp, 1, 1, None)) if n)
+    return replace(res, notes=notes) if notes else res
 
 
 def _run(replicas: list[Replica], table: RequestTable, router: Router, progress: ProgressFn | None) -> None:

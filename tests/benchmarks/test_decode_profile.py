@@ -6,8 +6,8 @@ import pytest
     [
         (["--layout", "16:5:64"], "not a multiple"),
         (["--layout", "32:8:96"], "head_dim must be 64 or 128"),
-        (["--variant", "_NO_SUCH_SETTING=1"], "not NAME=VALUE"),
-        (["--variant", "_STREAM_K_PEEL=maybe"], "integer, True or False"),
+        (["--variant", "no_such_setting=1"], "not NAME=VALUE"),
+        (["--variant", "fused_merge=maybe"], "integer, True or False"),
     ],
 )
 def test_bad_layout_or_variant_is_one_line_and_exit_2(profile, capsys, argv, words):
@@ -21,5 +21,5 @@ def test_good_arguments_reach_the_device_check(profile, capsys, monkeypatch):
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert profile.main(["--layout", "16:4:64", "--variant", "_STREAM_K_PEEL=False"]) == 2
+    assert profile.main(["--layout", "16:4:64", "--variant", "fused_merge=False"]) == 2
     assert "needs a CUDA device" in capsys.readouterr().err

@@ -4,20 +4,20 @@ import pytest
 
 
 def test_variant_parses_settings(bench):
-    label, flags = bench._parse_variant("walk0:_STREAM_K_FLAT=0,_STREAM_K_PEEL=False,_STREAM_K_ALIGN=True")
-    assert label == "walk0"
-    assert flags == {"_STREAM_K_FLAT": 0, "_STREAM_K_PEEL": False, "_STREAM_K_ALIGN": True}
-    assert type(flags["_STREAM_K_FLAT"]) is int
+    label, flags = bench._parse_variant("one:programs_per_sm=1,fused_merge=False,wide_offsets=True")
+    assert label == "one"
+    assert flags == {"programs_per_sm": 1, "fused_merge": False, "wide_offsets": True}
+    assert type(flags["programs_per_sm"]) is int
 
 
-@pytest.mark.parametrize("text", ["no-colon", ":_STREAM_K_FLAT=0", "x:", "x:_STREAM_K_FLAT", "x:_NOT_A_SETTING=1",
-                                  "x:DecodeSchedule=1", "x:_STREAM_K_FLAT=two"])
+@pytest.mark.parametrize("text", ["no-colon", ":phantom_tiles=0", "x:", "x:phantom_tiles", "x:not_a_setting=1",
+                                  "x:DecodeSchedule=1", "x:phantom_tiles=two"])
 def test_variant_rejects_bad_text(bench, text):
     with pytest.raises(ValueError):
         bench._parse_variant(text)
 
 
-@pytest.mark.parametrize("flag,value", [("--variant", "x:_NOT_A_SETTING=1"), ("--layout", "16:5:64")])
+@pytest.mark.parametrize("flag,value", [("--variant", "x:not_a_setting=1"), ("--layout", "16:5:64")])
 def test_main_reports_a_bad_option_in_one_line(bench, capsys, monkeypatch, flag, value):
     monkeypatch.setattr("sys.argv", ["kernels.py", flag, value])
     assert bench.main() == 2

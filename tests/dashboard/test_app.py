@@ -31,7 +31,7 @@ def metrics(at: AppTest) -> dict[str, str]:
 
 def expect(**kw) -> dict:
     base = {"model": "yi-34b", "gpu": "a100-sxm-80gb", "context_len": 50_000, "output_tokens": 250, "batch": 1, "tp": 1,
-                "mode": "peak", "weight_dtype": "bf16", "kv_dtype": "bf16"}
+                "mode": "calibrated", "weight_dtype": "bf16", "kv_dtype": "bf16"}
     base.update(kw)
     return perfmodel.analyze(**base).to_dict()
 
@@ -56,6 +56,9 @@ def test_first_run_shows_the_running_example():
     assert at.selectbox(key="gpu").value == "a100-sxm-80gb"
     assert_matches_api(at)
     assert not at.error
+    # calibrated by default: the band and the datasheet bound beside the estimate, and the provenance
+    captions = " ".join(c.value for c in at.caption)
+    assert "80% band" in captions and "peak bound" in captions and "transferred from h100-sxm-80gb" in captions
     # sections: memory, sweep, roofline, comparison, JSON
     heads = [h.value for h in at.subheader]
     for h in ("Memory per GPU", "Against context length", "Roofline of one forward pass", "Compare two GPUs",
@@ -74,7 +77,7 @@ def test_first_run_shows_the_running_example():
     ("tp", 2, {"tp": 2}),
     ("weight_dtype", "fp8", {"weight_dtype": "fp8"}),
     ("kv_dtype", "fp8", {"kv_dtype": "fp8"}),
-    ("mode", "calibrated", {"mode": "calibrated"}),
+    ("mode", "peak", {"mode": "peak"}),
 ])
 def test_each_widget_changes_the_numbers(key, value, api):
     at = run_app()
@@ -84,11 +87,9 @@ def test_each_widget_changes_the_numbers(key, value, api):
     assert not at.exception, [e.message for e in at.exception]
     assert not at.error, [e.value for e in at.error]
     assert_matches_api(at, **api)
-    if key != "mode":  # calibrated equals peak where no profile is shipped (a note says so)
-        assert metrics(at) != before
-    else:
-        want = expect(mode="calibrated")
-        for note in want["notes"]:
+    assert metrics(at) != before
+    if key == "mode":  # the API's notes of the scenario are shown
+        for note in expect(mode="peak")["notes"]:
             assert note in [i.value for i in at.info]
 
 
@@ -132,10 +133,15 @@ def test_comparison_and_roofline_widgets():
     table = at.table[0].value
     a = expect()
     b = expect(gpu="b200")
-    row = table.loc["Prefill"]
-    assert row.iloc[0] == fmt_seconds(a["prefill_s"]) and row.iloc[1] == fmt_seconds(b["prefill_s"])
+    row = table.loc["Prefill (80% band)"]
+    for cell, want in zip(row.iloc[:2], (a, b)):  # the value, then its 80% band
+        assert cell == f"{fmt_seconds(want['prefill_s'])} ({fmt_seconds(want['prefill_s_low'])} – " \
+                       f"{fmt_seconds(want['prefill_s_high'])})"
     assert row.iloc[2] == f"{b['prefill_s'] / a['prefill_s']:.2f}×"
     assert table.loc["bound: decode"].iloc[1] == bound_label(b["bottleneck"]["decode"])
+    # which GPU is measured, transferred or datasheet
+    assert table.loc["provenance"].iloc[0].startswith("transferred from h100-sxm-80gb")
+    assert table.loc["provenance"].iloc[1].startswith("transferred from h200-sxm-141gb")
     at.radio(key="roofline_phase").set_value("prefill").run()
     assert not at.exception
     ops = at.dataframe[0].value

@@ -59,7 +59,11 @@ def test_analysis_view_is_the_api_result_plus_memory_terms():
     view = common.analysis_view(**args)
     api = perfmodel.analyze(**args).to_dict()
     mem = view.pop("memory_per_gpu")
+    assert view.pop("provenance_summary") == "datasheet (every op class)" and "peak_bound" not in view  # peak mode
     assert json.loads(json.dumps(view)) == json.loads(json.dumps(api))
+    cal = common.analysis_view(**(args | {"mode": "calibrated"}))  # the estimate, and the peak bound beside it
+    assert cal["peak_bound"]["prefill_s"] == pytest.approx(api["prefill_s"]) and api["prefill_s"] < cal["prefill_s"]
+    assert cal["provenance_summary"].startswith("measured:")
     parts = mem["weight_bytes"] + mem["kv_bytes"] + mem["activation_bytes"] + mem["reserve_bytes"] + mem["free_bytes"]
     assert parts == pytest.approx(mem["capacity_bytes"], rel=1e-12)
     assert mem["kv_bytes"] == pytest.approx(3 * mem["kv_bytes_per_user"])

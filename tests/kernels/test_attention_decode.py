@@ -4,7 +4,9 @@ import pytest
 import torch
 
 import kernels
+from kernels import DecodeConfig
 from kernels.reference import attention_decode_ref
+from perfmodel import decode_schedule as ds
 
 # (B, Hq, Hkv, Lmax, D): GQA ratios 1, 2, 4, 7; Lmax 1 and odd lengths
 SHAPES = [(3, 7, 1, 37, 64), (2, 4, 2, 1, 64), (4, 2, 2, 50, 128), (3, 8, 2, 70, 64), (5, 4, 1, 33, 64)]
@@ -75,6 +77,7 @@ def _bad_cases():
     yield (q, k[..., :32], v[..., :32], lens), {}, "q"
     yield (q.float(), k, v, lens), {}, "k_cache"
     yield (q, k, v, lens), {"sm_scale": 0}, "sm_scale"
+    yield (q, k, v, lens), {"config": {"fused_merge": True}}, "config"
 
 
 @pytest.mark.parametrize("args,kw,name", list(_bad_cases()))
@@ -124,61 +127,31 @@ STREAM_K_CASES = [
 ]
 
 
-# (fused merge, reduction loads the guessed slots first); the fused merge has no reduction kernel
-@pytest.mark.parametrize("fused,guess", [(True, False), (False, True), (False, False)])
+# the merge inside the stream-K kernel or the reduction kernel (which loads the guessed slots first
+# where the programs divide evenly over the pairs); without the fused merge a program walks its
+# tiles in one loop where its run crosses a pair boundary, piece by piece otherwise
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("case", STREAM_K_CASES)
-def test_stream_k_merge_paths(case, fused, guess, seed, check, poisoned, monkeypatch):
-    import sys
-
-    mod = sys.modules["kernels.attention_decode"]
-    monkeypatch.setattr(mod, "_STREAM_K_FUSED", fused)
-    monkeypatch.setattr(mod, "_STREAM_K_REDUCE_GUESS", guess)
+def test_stream_k_merge_paths(case, fused, seed, check, poisoned):
+    config = DecodeConfig(fused_merge=fused)
     b, hq, hkv, lmax, d, lens, ns = case
     q, k, v, kv_lens = _inputs(b, hq, hkv, lmax, d, torch.float16)
     if lens is not None:
         kv_lens = torch.tensor(lens, dtype=torch.int32)
     with poisoned():  # output, partials and the counter-free buffers start as NaN
-        o = kernels.attention_decode(q, k, v, kv_lens, num_splits=ns, schedule="stream_k")
+        o = kernels.attention_decode(q, k, v, kv_lens, num_splits=ns, schedule="stream_k", config=config)
     check(o, attention_decode_ref(q, k, v, kv_lens), torch.float16, seed, f"{case} lens={kv_lens.tolist()}")
 
 
-# how a program walks its tiles: piece by piece, one loop across pairs, or the loop only for runs
-# that cross a pair boundary (the default); the fused merge always goes piece by piece, so these
-# run with the reduction kernel
-@pytest.mark.parametrize("flat", [0, 1, 2])
-@pytest.mark.parametrize("case", STREAM_K_CASES)
-def test_stream_k_tile_walks(case, flat, seed, check, poisoned, monkeypatch):
-    import sys
-
-    mod = sys.modules["kernels.attention_decode"]
-    monkeypatch.setattr(mod, "_STREAM_K_FLAT", flat)
-    monkeypatch.setattr(mod, "_STREAM_K_FUSED", False)
-    _check_stream_k_case(case, seed, check, poisoned)
-
-
-def _check_stream_k_case(case, seed, check, poisoned):
+def _check_stream_k_case(case, seed, check, poisoned, config):
     # one STREAM_K_CASES entry through the stream-K schedule against the float64 reference
     b, hq, hkv, lmax, d, lens, ns = case
     q, k, v, kv_lens = _inputs(b, hq, hkv, lmax, d, torch.float16)
     if lens is not None:
         kv_lens = torch.tensor(lens, dtype=torch.int32)
     with poisoned():
-        o = kernels.attention_decode(q, k, v, kv_lens, num_splits=ns, schedule="stream_k")
+        o = kernels.attention_decode(q, k, v, kv_lens, num_splits=ns, schedule="stream_k", config=config)
     check(o, attention_decode_ref(q, k, v, kv_lens), torch.float16, seed, f"{case} lens={kv_lens.tolist()}")
-
-
-# the first piece inside the loop over pieces (no peel): every piece then looks its pair up; with
-# the fused merge each piece of a pair other programs share ends in its counter update
-@pytest.mark.parametrize("fused", [True, False])
-@pytest.mark.parametrize("case", [c for c in STREAM_K_CASES if c[6] in (2, 7, 12, 200)])
-def test_stream_k_pieces_without_peel(case, fused, seed, check, poisoned, monkeypatch):
-    import sys
-
-    mod = sys.modules["kernels.attention_decode"]
-    monkeypatch.setattr(mod, "_STREAM_K_FLAT", 0)
-    monkeypatch.setattr(mod, "_STREAM_K_PEEL", False)
-    monkeypatch.setattr(mod, "_STREAM_K_FUSED", fused)
-    _check_stream_k_case(case, seed, check, poisoned)
 
 
 @pytest.mark.parametrize("lens", [[45, 45, 45], [45, 1, 30]])
@@ -188,29 +161,25 @@ def test_stream_k_fused_counters_left_at_zero(lens, seed, check, monkeypatch):
     import sys
 
     mod = sys.modules["kernels.attention_decode"]
-    monkeypatch.setattr(mod, "_STREAM_K_FUSED", True)
     monkeypatch.setattr(mod, "_COUNTERS", {})
     q, k, v, _ = _inputs(3, 8, 2, 45, 64, torch.float32)
     kv_lens = torch.tensor(lens, dtype=torch.int32)
     ref = attention_decode_ref(q, k, v, kv_lens)
     for ns in (7, 5, 7):
-        o = kernels.attention_decode(q, k, v, kv_lens, num_splits=ns, schedule="stream_k")
+        o = kernels.attention_decode(q, k, v, kv_lens, num_splits=ns, schedule="stream_k",
+                                     config=DecodeConfig(fused_merge=True))
         check(o, ref, torch.float32, seed, f"lens={lens} programs={ns}")
         (buf,) = mod._COUNTERS.values()
         assert int(buf.abs().sum()) == 0
 
 
 @pytest.mark.parametrize("fused", [True, False])
-def test_stream_k_64_bit_offsets(fused, seed, check, poisoned, monkeypatch):
+def test_stream_k_64_bit_offsets(fused, seed, check, poisoned):
     # the 64-bit program-offset path (taken on the GPU only for huge caches), forced here
-    import sys
-
-    mod = sys.modules["kernels.attention_decode"]
-    monkeypatch.setattr(mod, "_STREAM_K_FUSED", fused)
-    monkeypatch.setattr(mod, "_INT32_PRODUCT_LIMIT", 0)
+    config = DecodeConfig(fused_merge=fused, wide_offsets=True)
     q, k, v, kv_lens = _inputs(3, 8, 2, 45, 64, torch.float16)
     with poisoned():
-        o = kernels.attention_decode(q, k, v, kv_lens, num_splits=7, schedule="stream_k")
+        o = kernels.attention_decode(q, k, v, kv_lens, num_splits=7, schedule="stream_k", config=config)
     check(o, attention_decode_ref(q, k, v, kv_lens), torch.float16, seed, f"lens={kv_lens.tolist()}")
 
 
@@ -222,12 +191,8 @@ def test_stream_k_64_bit_offsets(fused, seed, check, poisoned, monkeypatch):
     (264, 132, True, True),
     (8, 8, False, False),
 ])
-def test_fused_merge_rule(programs, sms, setting, expect, monkeypatch):
-    import sys
-
-    mod = sys.modules["kernels.attention_decode"]
-    monkeypatch.setattr(mod, "_STREAM_K_FUSED", setting)
-    assert mod.fused_merge(programs, sms) is expect
+def test_fused_merge_rule(programs, sms, setting, expect):
+    assert ds.fused_merge(programs, sms, DecodeConfig(fused_merge=setting)) is expect
 
 
 def _spy_launches(monkeypatch, name):
@@ -264,15 +229,12 @@ def test_stream_k_default_merges_in_kernel_at_one_wave(seed, check, monkeypatch)
         calls.clear()
 
 
-def test_stream_k_fused_and_reduced_agree(seed, monkeypatch):
-    import sys
-
-    mod = sys.modules["kernels.attention_decode"]
+def test_stream_k_fused_and_reduced_agree(seed):
     q, k, v, lens = _inputs(3, 8, 2, 45, 64, torch.float32)
     out = {}
     for fused in (True, False):
-        monkeypatch.setattr(mod, "_STREAM_K_FUSED", fused)
-        out[fused] = kernels.attention_decode(q, k, v, lens, num_splits=7, schedule="stream_k")
+        out[fused] = kernels.attention_decode(q, k, v, lens, num_splits=7, schedule="stream_k",
+                                              config=DecodeConfig(fused_merge=fused))
     torch.testing.assert_close(out[True], out[False], rtol=1e-6, atol=1e-6)
 
 
@@ -291,9 +253,7 @@ def test_stream_k_fused_and_reduced_agree(seed, monkeypatch):
     ],
 )
 def test_stream_k_program_count(num_splits, sms, pairs, max_tiles, expect):
-    from kernels.attention_decode import stream_k_programs
-
-    assert stream_k_programs(num_splits, sms, pairs, max_tiles) == expect
+    assert ds.stream_k_programs(pairs, max_tiles, sms, num_splits=num_splits) == expect
 
 
 @pytest.mark.parametrize(
@@ -301,62 +261,53 @@ def test_stream_k_program_count(num_splits, sms, pairs, max_tiles, expect):
     # small caches: 2 per SM; more pairs than SMs: not small, 1 per SM
     [(8, 64, 264), (16, 64, 256), (8, 1000, 128), (132, 16, 264), (133, 15, 132), (200, 10, 132), (300, 7, 132)],
 )
-def test_stream_k_program_count_small_cache_rule(pairs, max_tiles, expect, monkeypatch):
+def test_stream_k_program_count_small_cache_rule(pairs, max_tiles, expect):
     # the small-cache count and the large-cache count are separate settings (swapped here)
-    import sys
-
-    from kernels.attention_decode import stream_k_programs
-
-    monkeypatch.setattr(sys.modules["kernels.attention_decode"], "_STREAM_K_SMALL_PROGRAMS_PER_SM", 2)
-    monkeypatch.setattr(sys.modules["kernels.attention_decode"], "_STREAM_K_PROGRAMS_PER_SM", 1)
-    assert stream_k_programs(None, 132, pairs, max_tiles) == expect
+    config = DecodeConfig(small_programs_per_sm=2, programs_per_sm=1)
+    assert ds.stream_k_programs(pairs, max_tiles, 132, config) == expect
 
 
 def test_model_prices_the_kernels_stream_k_program_count():
-    # perfmodel (no torch) mirrors the kernel's default program count; the two must not drift
+    # the cost model prices the launcher's default program count (one rule, called with arrays there
+    # and ints here)
     import numpy as np
 
-    from kernels.attention_decode import stream_k_programs
-    from perfmodel.attention_costs import TRITON_DECODE_BLOCK_N, triton_decode_pieces
-    from perfmodel.calibration import SPLIT_STREAM
+    from perfmodel.attention_costs import triton_decode_pieces
+    from perfmodel.calibration import SplitRule
 
     for sms in (132, 7):
         for pairs in (1, 2, 5, 8, 16, 64, 131, 132, 133, 200, 264, 600, 4096):
             for max_tiles in (1, 2, 3, 4, 16, 17, 100, 1000, 4096):
-                kernel = stream_k_programs(None, sms, pairs, max_tiles)
-                model, _ = triton_decode_pieces(np.float64(pairs), max_tiles * TRITON_DECODE_BLOCK_N, 2 * sms,
-                                                SPLIT_STREAM, sms, 128)
+                kernel = ds.stream_k_programs(pairs, max_tiles, sms)
+                model, _ = triton_decode_pieces(np.float64(pairs), max_tiles * ds.BLOCK_N, 2 * sms,
+                                                SplitRule.STREAM_K, sms, 128)
                 assert model == kernel, (sms, pairs, max_tiles)
 
 
 def test_stream_k_aligned_runs_do_not_cross_pairs():
     # uniform lengths: with a program count that is a multiple of the pairs, every run lies
     # inside one pair (the partition of split-KV); checked on the plan arithmetic itself
-    from kernels.attention_decode import stream_k_programs
-
     for pairs, tiles_per_pair in ((8, 16), (8, 64), (16, 64), (64, 16), (7, 300), (24, 1000)):
-        p = stream_k_programs(None, 132, pairs, tiles_per_pair)
+        p = ds.stream_k_programs(pairs, tiles_per_pair, 132)
         total = pairs * tiles_per_pair
         for i in range(p):
             lo, hi = i * total // p, (i + 1) * total // p
             assert hi > lo and lo // tiles_per_pair == (hi - 1) // tiles_per_pair, (pairs, i)
 
 
-@pytest.mark.parametrize("small_per_sm", [1, 2])
-@pytest.mark.parametrize("align", [True, False])
 @pytest.mark.parametrize("lens", [[64, 64, 64], [1, 64, 33]])
-def test_stream_k_default_programs_small_sms(small_per_sm, align, lens, seed, check, poisoned, monkeypatch):
-    # default program count on a pretend 7-SM device (12 aligned programs: 2 per pair; 14 not) (aligned and not), uniform and ragged lengths
+def test_stream_k_default_programs_small_sms(lens, seed, check, poisoned, monkeypatch):
+    # default program count on a pretend 7-SM device (12 aligned programs: 2 per pair), uniform and
+    # ragged lengths
     import sys
 
     mod = sys.modules["kernels.attention_decode"]
     monkeypatch.setattr(mod, "num_sms", lambda device: 7)
-    monkeypatch.setattr(mod, "_STREAM_K_ALIGN", align)
     q, k, v, _ = _inputs(3, 8, 2, 64, 64, torch.float16)
     kv_lens = torch.tensor(lens, dtype=torch.int32)
     with poisoned():  # output, partials and the reduction's plan start poisoned
         o = kernels.attention_decode(q, k, v, kv_lens, schedule="stream_k")
-    check(o, attention_decode_ref(q, k, v, kv_lens), torch.float16, seed, f"align={align} lens={lens}")
+    check(o, attention_decode_ref(q, k, v, kv_lens), torch.float16, seed, f"lens={lens}")
 
 
 @pytest.mark.parametrize(
@@ -365,9 +316,7 @@ def test_stream_k_default_programs_small_sms(small_per_sm, align, lens, seed, ch
      ("stream_k", 128, 1, 0), ("split_kv", 128, 8, 0)],
 )
 def test_reduce_guess(schedule, programs, pairs, expect):
-    from kernels.attention_decode import DecodeSchedule, _reduce_guess
-
-    assert _reduce_guess(DecodeSchedule(schedule), programs, pairs) == expect
+    assert ds.reduce_guess(ds.DecodeSchedule(schedule), programs, pairs) == expect
 
 
 def test_stream_k_batch_limit(monkeypatch):
@@ -393,47 +342,39 @@ def test_programmatic_dependent_launch_only_on_a_hopper_gpu(monkeypatch):
 
 
 def test_model_prices_the_kernels_fused_merge_rule():
-    # perfmodel (no torch) mirrors where the kernel merges in its own kernel; the two must not drift
-    import sys
+    # the cost model calls the launcher's merge rule with arrays: the same answer as one by one
+    import numpy as np
 
-    from perfmodel.attention_costs import stream_k_fused
-
-    mod = sys.modules["kernels.attention_decode"]
     for sms in (7, 132):
-        for programs in (1, 6, 7, 8, 128, 131, 132, 133, 264):
-            assert mod.fused_merge(programs, sms) == bool(stream_k_fused(programs, sms)), (programs, sms)
+        programs = np.array([1, 6, 7, 8, 128, 131, 132, 133, 264], dtype=np.float64)
+        model = ds.fused_merge(programs, sms)
+        for i, n in enumerate(programs.astype(int)):
+            assert ds.fused_merge(int(n), sms) == bool(model[i]), (n, sms)
 
 
 def test_model_counts_the_fused_merge_loads_as_the_kernel_takes_them():
-    # perfmodel (no torch) mirrors how many pieces the fused merge loads at once (BLOCK_S)
-    import sys
+    # the cost model counts the loads of the fused merge in blocks of the BLOCK_S the launcher passes
+    from kernels._common import next_pow2
 
-    from perfmodel.attention_costs import STREAM_K_MERGE_ROWS, stream_k_merge_loads
-
-    mod = sys.modules["kernels.attention_decode"]
-    assert mod._FUSED_MERGE_ROWS == STREAM_K_MERGE_ROWS
     for group in range(1, 33):
-        block_s = max(1, mod._FUSED_MERGE_ROWS // mod.next_pow2(group))  # as launch_decode passes BLOCK_S
+        block_s = ds.merge_block_s(group)  # as launch_decode passes BLOCK_S
+        assert block_s == max(1, ds.FUSED_MERGE_ROWS // next_pow2(group))
         for pieces in (1, 2, 16, 17, 33, 132):
-            assert float(stream_k_merge_loads(pieces, group)) == -(-pieces // block_s), (group, pieces)
+            assert float(ds.merge_loads(pieces, group)) == -(-pieces // block_s), (group, pieces)
 
 
-# phantom tiles before each pair (unequal tile counts only): run boundaries that fall in them move
-# to the pair boundary; 1 phantom tile, and 5 (more than some runs, so some programs hold no tile)
+# phantom tiles before each pair (unequal tile counts only, one-wave kernel): run boundaries that
+# fall in them move to the pair boundary; 1 phantom tile, and 5 (more than some runs, so some
+# programs hold no tile)
 @pytest.mark.parametrize("phantom", [1, 5])
-@pytest.mark.parametrize("fused,flat", [(True, 0), (False, 0), (False, 2)])
 @pytest.mark.parametrize("case", [c for c in STREAM_K_CASES if c[6] in (2, 5, 7, 12, 13, 200)])
-def test_stream_k_phantom_tiles(case, phantom, fused, flat, seed, check, poisoned, monkeypatch):
+def test_stream_k_phantom_tiles(case, phantom, seed, check, poisoned):
     import sys
 
     mod = sys.modules["kernels.attention_decode"]
-    monkeypatch.setattr(mod, "_STREAM_K_PHANTOM", phantom)
-    monkeypatch.setattr(mod, "_STREAM_K_PHANTOM_UNFUSED", True)
-    monkeypatch.setattr(mod, "_STREAM_K_FUSED", fused)
-    monkeypatch.setattr(mod, "_STREAM_K_FLAT", flat)
-    _check_stream_k_case(case, seed, check, poisoned)
-    if fused:  # the counters are left at zero
-        assert all(int(buf.abs().sum()) == 0 for buf in mod._COUNTERS.values())
+    _check_stream_k_case(case, seed, check, poisoned, DecodeConfig(phantom_tiles=phantom, fused_merge=True))
+    # the counters are left at zero
+    assert all(int(buf.abs().sum()) == 0 for buf in mod._COUNTERS.values())
 
 
 @pytest.mark.parametrize("phantom", [0, 2])
@@ -446,12 +387,11 @@ def test_stream_k_phantom_default_programs(phantom, lens, seed, check, poisoned,
 
     mod = sys.modules["kernels.attention_decode"]
     monkeypatch.setattr(mod, "num_sms", lambda device: 7)
-    monkeypatch.setattr(mod, "_STREAM_K_PHANTOM", phantom)
     launches = _spy_launches(monkeypatch, "_stream_k_kernel")
     q, k, v, _ = _inputs(3, 8, 2, 64, 64, torch.float16)
     kv_lens = torch.tensor(lens, dtype=torch.int32)
     with poisoned():
-        o = kernels.attention_decode(q, k, v, kv_lens, schedule="stream_k")
+        o = kernels.attention_decode(q, k, v, kv_lens, schedule="stream_k", config=DecodeConfig(phantom_tiles=phantom))
     check(o, attention_decode_ref(q, k, v, kv_lens), torch.float16, seed, f"phantom={phantom} lens={lens}")
     assert [grid for grid, _ in launches] == [(7,) if phantom else (6,)]
     assert all(int(buf.abs().sum()) == 0 for buf in mod._COUNTERS.values())
@@ -461,15 +401,11 @@ def test_stream_k_phantom_default_programs(phantom, lens, seed, check, poisoned,
 def test_stream_k_phantom_only_with_the_fused_merge(fused, seed, check, poisoned, monkeypatch):
     # by default the phantom tiles go to the one-wave (fused) kernel only; the multi-wave kernel
     # gets PHANTOM=0, its code as before phantom tiles
-    import sys
-
-    mod = sys.modules["kernels.attention_decode"]
-    monkeypatch.setattr(mod, "_STREAM_K_FUSED", fused)
     launches = _spy_launches(monkeypatch, "_stream_k_kernel")
     q, k, v, _ = _inputs(3, 8, 2, 64, 64, torch.float16)
     kv_lens = torch.tensor([1, 64, 33], dtype=torch.int32)
     with poisoned():
-        o = kernels.attention_decode(q, k, v, kv_lens, schedule="stream_k")
+        o = kernels.attention_decode(q, k, v, kv_lens, schedule="stream_k", config=DecodeConfig(fused_merge=fused))
     check(o, attention_decode_ref(q, k, v, kv_lens), torch.float16, seed, f"fused={fused}")
-    assert [kw["PHANTOM"] for _, kw in launches] == [mod._STREAM_K_PHANTOM if fused else 0]
-    assert mod._STREAM_K_PHANTOM > 0
+    assert [kw["PHANTOM"] for _, kw in launches] == [ds.DEFAULT_CONFIG.phantom_tiles if fused else 0]
+    assert ds.DEFAULT_CONFIG.phantom_tiles > 0

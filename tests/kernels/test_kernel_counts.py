@@ -1,13 +1,19 @@
-"""FLOP and byte counts of the kernel modules (kernels/_counts.py), against brute-force counts."""
+"""FLOP and byte counts of the kernel modules (the core's counts of perfmodel.ops objects, through
+kernels/_counts.py), against brute-force counts."""
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import _counts
 from kernels.attention_decode import bytes_moved as decode_bytes
+from kernels.attention_prefill import bytes_moved as prefill_bytes
 from kernels.attention_prefill import flops as prefill_flops
+from kernels.kv_blocks import bytes_moved as copy_bytes
+from kernels.kv_blocks import kv_block_copy_op
+from kernels.matmul import bytes_moved as gemm_bytes
+from kernels.matmul import flops as gemm_flops
+from perfmodel.ops import visible_keys
 
 
 def _attn(**kw):
@@ -34,7 +40,7 @@ def test_visible_keys_equals_mask_count(lq, extra, causal):
     i = torch.arange(lq)[:, None]
     j = torch.arange(lk)[None, :]
     mask = (j <= i + (lk - lq)) if causal else torch.ones(lq, lk, dtype=torch.bool)
-    assert _counts.visible_keys(lq, lk, causal) == int(mask.sum())
+    assert visible_keys(lq, lk, causal) == int(mask.sum())
 
 
 @settings(max_examples=30, deadline=None)
@@ -61,16 +67,19 @@ def test_decode_bytes_read_cache_once():
 @pytest.mark.parametrize(
     "fn,op,key",
     [
-        (_counts.gemm_flops, {"op": "gemm", "m": 1, "n": 2, "dtype": "bf16"}, "op"),
-        (_counts.gemm_flops, {"op": "gemm", "m": 0, "n": 2, "k": 3, "dtype": "bf16"}, r"op\['m'\]"),
-        (_counts.gemm_bytes, {"op": "gemm", "m": 1, "n": 2, "k": 3, "dtype": "int4"}, r"op\['dtype'\]"),
-        (_counts.attention_flops, {"op": "attention"}, r"op\['phase'\]"),
-        (_counts.attention_flops, _attn(q_heads=3), r"op\['q_heads'\]"),
-        (_counts.attention_flops, _attn(causal="yes"), r"op\['causal'\]"),
-        (_counts.attention_flops, _attn(q_len=9), "op"),
-        (_counts.attention_bytes, _attn(dtype="fp64"), r"op\['dtype'\]"),
-        (_counts.attention_bytes, "gemm", "op"),
-        (_counts.kv_block_copy_bytes, {"op": "kv_block_copy", "num_blocks": 2}, "op"),
+        (gemm_flops, {"op": "gemm", "m": 1, "n": 2, "dtype": "bf16"}, "op: field 'k' is missing"),
+        (gemm_flops, {"op": "gemm", "m": 0, "n": 2, "k": 3, "dtype": "bf16"}, "op: field 'm'"),
+        (gemm_bytes, {"op": "gemm", "m": 1, "n": 2, "k": 3, "dtype": "int4"}, "op: format int4"),
+        (prefill_flops, {"op": "attention"}, r"op: field '\w+' is missing"),
+        (prefill_flops, _attn(q_heads=3), "op: field 'q_heads'"),
+        (prefill_flops, _attn(causal="yes"), "op: field 'causal'"),
+        (prefill_flops, _attn(q_len=9), "op: field 'q_len'"),
+        (prefill_bytes, _attn(dtype="fp64"), "op: field 'dtype'"),
+        (prefill_bytes, "gemm", "op: expected an? Attention"),
+        (prefill_bytes, {"op": "gemm", "m": 1, "n": 2, "k": 3}, "op: expected an? Attention"),
+        (copy_bytes, {"op": "memcpy"}, "op: field 'bytes' is missing"),
+        (lambda op: kv_block_copy_op(**op), {"num_blocks": 2, "kv_heads": 0, "block_size": 16, "head_dim": 64},
+         "kv_heads"),
     ],
 )
 def test_bad_descriptor_is_a_value_error(fn, op, key):

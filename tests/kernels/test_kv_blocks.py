@@ -43,13 +43,8 @@ def test_bad_input_names_the_argument(fn, args, name):
 
 
 def test_counts():
-    op = {
-        "op": "kv_block_copy",
-        "num_blocks": 10,
-        "kv_heads": 8,
-        "block_size": 16,
-        "head_dim": 128,
-        "dtype": "bf16",
-    }
+    from kernels.kv_blocks import kv_block_copy_op
+
+    op = kv_block_copy_op(num_blocks=10, kv_heads=8, block_size=16, head_dim=128, dtype="bf16")
     assert kernels.gather_kv_blocks.bytes_moved(op) == 2 * 10 * 8 * 16 * 128 * 2
     assert kernels.scatter_kv_blocks.flops(op) == 0

@@ -82,3 +82,47 @@ def test_sweep_has_band_columns():
     for k in ("prefill_s", "decode_s_per_token", "decode_s"):
         assert np.all(df[f"{k}_low"] <= df[k]) and np.all(df[k] <= df[f"{k}_high"])
         assert np.all(df[f"{k}_high"] > df[f"{k}_low"])
+
+
+def test_regime_of_a_cost():
+    from perfmodel.costs import OpCost, regime_of
+
+    assert regime_of(OpCost(compute_s=3.0, memory_s=1.0)) == "compute"
+    assert regime_of(OpCost(compute_s=1.0, memory_s=3.0)) == "memory"
+    assert regime_of(OpCost(memory_s=0.5, comm_s=1.0)) == "memory"  # a collective moves data
+    assert regime_of(OpCost(compute_s=1.0, latency_s=1.0)) == "latency"  # fixed costs half the time or more
+    arr = regime_of(OpCost(compute_s=np.array([3.0, 1.0, 0.1]), memory_s=np.array([1.0, 3.0, 0.1]),
+                           latency_s=np.array([0.0, 0.0, 1.0])))
+    assert list(arr) == ["compute", "memory", "latency"]
+
+
+def test_band_of_prefers_the_regime_row_then_the_key():
+    p = profile_from_dict(_bands(measured={"gemm": {"q10": -0.1, "q90": 0.1}, "gemm|memory": {"q10": -0.3, "q90": 0.05},
+                                           "*|latency": {"q10": -0.5, "q90": 0.5}, "*": {"q10": -0.2, "q90": 0.2}}))
+    assert p.band_of(OpClass.GEMM, ("gemm",), "memory") == (-0.3, 0.05)
+    assert p.band_of(OpClass.GEMM, ("gemm",), "compute") == (-0.1, 0.1)  # no gemm|compute row: the key's
+    assert p.band_of(OpClass.GEMM, ("gemm",), "latency") == (-0.1, 0.1)  # the key before the pooled regime row
+    pooled = profile_from_dict(_bands(measured={"*|latency": {"q10": -0.5, "q90": 0.5}, "*": {"q10": -0.2, "q90": 0.2}}))
+    assert pooled.band_of(OpClass.GEMM, ("gemm",), "latency") == (-0.5, 0.5)
+    assert pooled.band_of(OpClass.GEMM, ("gemm",), "memory") == (-0.2, 0.2)
+    assert p.band_of(OpClass.GEMM, ("gemm",)) == (-0.1, 0.1)  # no regime: as before
+    g = load_gpu(H100)
+    big, small = Gemm(m=8192, n=8192, k=8192), Gemm(m=1, n=8192, k=8192)  # compute- and memory-bound
+    for op, q90 in ((big, 0.1), (small, 0.05)):
+        c = op_cost(op, g, p)
+        assert math.isclose(c.low_s, c.total_s * math.exp(-q90))
+
+
+def test_shipped_bands_have_regime_rows_and_finite_sample_quantiles():
+    from validation.bands import MIN_N_REGIME, _q
+
+    for gpu in (H100, "h200-sxm-141gb"):
+        m = load_profile_file(shipped_profile_path(gpu)).bands["measured"]
+        rows = [k for k in m if "|" in k]
+        assert {"gemm|compute", "*|memory", "*|latency"} <= set(rows)
+        assert all(m[k]["n"] >= MIN_N_REGIME for k in rows)
+    # of 9 sorted residuals: the 1st and the 9th (plain percentiles would interpolate inward)
+    q = _q(np.arange(9.0))
+    assert (q["q10"], q["q90"], q["n"]) == (0.0, 8.0, 9)
+    q = _q(np.arange(99.0))
+    assert (q["q10"], q["q90"]) == (9.0, 89.0)

@@ -32,7 +32,11 @@ def test_analyze_json_contract(capsys):
     assert status == 0
     d = json.loads(out)
     assert JSON_KEYS <= set(d)
-    assert d["model"] == "yi-34b" and d["gpu"] == "a100-sxm-80gb" and d["mode"] == "peak"
+    assert d["model"] == "yi-34b" and d["gpu"] == "a100-sxm-80gb" and d["mode"] == "calibrated"  # the default
+    assert d["provenance"]["gemm"] == "transferred from h100-sxm-80gb"
+    # the datasheet bound beside the estimate: faster than the estimate, and than its band's low end
+    assert d["peak_bound"]["prefill_s"] < d["prefill_s_low"] < d["prefill_s"] < d["prefill_s_high"]
+    assert d["peak_bound"]["decode_s_per_token"] < d["decode_s_per_token_low"]
     for k in ("weight_bytes", "kv_bytes_per_token", "kv_cache_bytes", "max_concurrency"):
         assert isinstance(d[k], int)
     assert d["kv_bytes_per_token"] == 245_760
@@ -52,8 +56,10 @@ def test_alias_and_user_files(capsys, tmp_path):
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps({"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 4,
                                "num_attention_heads": 8, "num_key_value_heads": 2, "vocab_size": 32000}))
-    s1, o1, _ = run(capsys, "analyze", "--gpu", "h100", "--model", str(cfg), "--context", "4096", "--json")
-    s2, o2, _ = run(capsys, "analyze", "--gpu", str(p), "--model", str(cfg), "--context", "4096", "--json")
+    s1, o1, _ = run(capsys, "analyze", "--gpu", "h100", "--model", str(cfg), "--context", "4096", "--json",
+                    "--mode", "peak")
+    s2, o2, _ = run(capsys, "analyze", "--gpu", str(p), "--model", str(cfg), "--context", "4096", "--json",
+                    "--mode", "peak")
     assert s1 == s2 == 0
     assert json.loads(o2)["decode_s_per_token"] < json.loads(o1)["decode_s_per_token"]
 

@@ -223,42 +223,42 @@ def test_scheduled_prefill_vectorises():
 
 
 def test_triton_decode_pieces_follow_the_kernels_schedules():
-    from perfmodel.calibration import SPLIT_FILL, SPLIT_STREAM
+    from perfmodel.calibration import SplitRule
     from perfmodel.costs import _triton_decode_pieces
 
     # split-KV: 8 (sequence, kv head) pairs, 264 slots -> 33 splits, but 4096 keys are 64 tiles:
     # chunks of 2 tiles (128 keys), 32 pieces
-    programs, pieces = _triton_decode_pieces(np.float64(8), 4096, 264, SPLIT_FILL)
+    programs, pieces = _triton_decode_pieces(np.float64(8), 4096, 264, SplitRule.FILL)
     assert (programs, pieces) == (256, 32)
     # enough pairs: no split
-    assert _triton_decode_pieces(np.float64(1024), 4096, 264, SPLIT_FILL) == (1024, 1)
+    assert _triton_decode_pieces(np.float64(1024), 4096, 264, SplitRule.FILL) == (1024, 1)
     # stream-K: 1024 pairs (more than the SMs: two programs per SM though the cache is small)
     # share 1024 x 4 tiles; every pair adds a piece boundary
-    programs, pieces = _triton_decode_pieces(np.float64(1024), 256, 264, SPLIT_STREAM)
+    programs, pieces = _triton_decode_pieces(np.float64(1024), 256, 264, SplitRule.STREAM_K)
     assert programs == 528 and pieces == pytest.approx((528 + 1024) / 1024)
     # the same small cache over as many pairs as SMs: one per SM
-    assert _triton_decode_pieces(np.float64(264), 256, 264, SPLIT_STREAM)[0] == 264
+    assert _triton_decode_pieces(np.float64(264), 256, 264, SplitRule.STREAM_K)[0] == 264
     # fewer tiles than slots: one program per tile
-    assert _triton_decode_pieces(np.float64(2), 128, 264, SPLIT_STREAM)[0] == 4
+    assert _triton_decode_pieces(np.float64(2), 128, 264, SplitRule.STREAM_K)[0] == 4
     # two programs per SM when the SM count is given (a large cache), a multiple of the 8 pairs:
     # every run inside one pair, 33 pieces per pair
-    programs, pieces = _triton_decode_pieces(np.float64(8), 65536, 264, SPLIT_STREAM, 132)
+    programs, pieces = _triton_decode_pieces(np.float64(8), 65536, 264, SplitRule.STREAM_K, 132)
     assert (programs, pieces) == (264, 33)
     # a small cache (at most 32 tiles per SM): one per SM, rounded down to a multiple of the pairs
-    programs, pieces = _triton_decode_pieces(np.float64(8), 4096, 264, SPLIT_STREAM, 132)
+    programs, pieces = _triton_decode_pieces(np.float64(8), 4096, 264, SplitRule.STREAM_K, 132)
     assert (programs, pieces) == (128, 16)
     # head_dim 64: stream-K walks 128-key tiles (2 tiles of 128 keys per pair here), split-KV 64-key ones
-    assert _triton_decode_pieces(np.float64(8), 256, 264, SPLIT_STREAM, 132, 64)[0] == 16
-    assert _triton_decode_pieces(np.float64(8), 256, 264, SPLIT_STREAM, 132, 128)[0] == 32
+    assert _triton_decode_pieces(np.float64(8), 256, 264, SplitRule.STREAM_K, 132, 64)[0] == 16
+    assert _triton_decode_pieces(np.float64(8), 256, 264, SplitRule.STREAM_K, 132, 128)[0] == 32
 
 
 def test_decode_step_time_charges_each_tile_a_program_walks():
-    from perfmodel.calibration import SPLIT_STREAM
+    from perfmodel.calibration import SplitRule
 
     op = Attention(Phase.DECODE, 4, 1, 65536, 32, 8, 128, causal=True)
-    base = ClassParams(split_rule=SPLIT_STREAM, units_per_sm=1.0, unit_memory_eff=1.0)
+    base = ClassParams(split_rule=SplitRule.STREAM_K, units_per_sm=1.0, unit_memory_eff=1.0)
     t0 = op_cost(op, H100, _prof(attention_decode=base)).total_s
-    step = ClassParams(split_rule=SPLIT_STREAM, units_per_sm=1.0, unit_memory_eff=1.0, unit_step_s=1e-7)
+    step = ClassParams(split_rule=SplitRule.STREAM_K, units_per_sm=1.0, unit_memory_eff=1.0, unit_step_s=1e-7)
     t1 = op_cost(op, H100, _prof(attention_decode=step)).total_s
     # 32 pairs x 1024 tiles over 256 programs (2 per SM, rounded to the pairs): 128 tiles each,
     # 0.1 us per tile on the floor
@@ -266,10 +266,10 @@ def test_decode_step_time_charges_each_tile_a_program_walks():
 
 
 def test_triton_decode_combine_kernel_costs_its_partials():
-    from perfmodel.calibration import SPLIT_FILL
+    from perfmodel.calibration import SplitRule
 
-    base = ClassParams(split_rule=SPLIT_FILL, split_latency_s=2e-6)
-    with_bytes = ClassParams(split_rule=SPLIT_FILL, split_latency_s=2e-6, reduce_bytes_eff=0.5)
+    base = ClassParams(split_rule=SplitRule.FILL, split_latency_s=2e-6)
+    with_bytes = ClassParams(split_rule=SplitRule.FILL, split_latency_s=2e-6, reduce_bytes_eff=0.5)
     op = Attention(Phase.DECODE, batch=1, q_len=1, kv_len=4096, q_heads=32, kv_heads=8, head_dim=128)
     lat0 = op_cost(op, H100, _prof(attention_decode=base)).latency_s
     lat1 = op_cost(op, H100, _prof(attention_decode=with_bytes)).latency_s
@@ -279,10 +279,10 @@ def test_triton_decode_combine_kernel_costs_its_partials():
 
 
 def test_triton_decode_combine_kernel_costs_its_rows():
-    from perfmodel.calibration import SPLIT_FILL
+    from perfmodel.calibration import SplitRule
 
-    base = ClassParams(split_rule=SPLIT_FILL, split_latency_s=2e-6)
-    rows = ClassParams(split_rule=SPLIT_FILL, split_latency_s=2e-6, reduce_row_s=1e-7)
+    base = ClassParams(split_rule=SplitRule.FILL, split_latency_s=2e-6)
+    rows = ClassParams(split_rule=SplitRule.FILL, split_latency_s=2e-6, reduce_row_s=1e-7)
     lat = {}
     for b in (1, 64):
         op = Attention(Phase.DECODE, batch=b, q_len=1, kv_len=256, q_heads=32, kv_heads=8, head_dim=128)
@@ -297,13 +297,13 @@ def test_stream_k_at_one_wave_has_no_combine_rows():
     # stream-K whose programs fit one per SM merges in its own kernel: no combine program per
     # output row; beyond one wave the reduction kernel's rows are priced as for split-KV
     from perfmodel.attention_costs import triton_decode_pieces
-    from perfmodel.calibration import SPLIT_STREAM
+    from perfmodel.calibration import SplitRule
 
-    base = ClassParams(split_rule=SPLIT_STREAM, split_latency_s=2e-6)
-    rows = ClassParams(split_rule=SPLIT_STREAM, split_latency_s=2e-6, reduce_row_s=1e-7)
+    base = ClassParams(split_rule=SplitRule.STREAM_K, split_latency_s=2e-6)
+    rows = ClassParams(split_rule=SplitRule.STREAM_K, split_latency_s=2e-6, reduce_row_s=1e-7)
     for b, kv, fused in ((1, 1024, True), (4, 4096, True), (2, 16384, True), (4, 16384, False), (16, 65536, False)):
         op = Attention(Phase.DECODE, batch=b, q_len=1, kv_len=kv, q_heads=32, kv_heads=8, head_dim=128)
-        programs, _ = triton_decode_pieces(b * 8, kv, 2 * H100.sm_count, SPLIT_STREAM, H100.sm_count, 128)
+        programs, _ = triton_decode_pieces(b * 8, kv, 2 * H100.sm_count, SplitRule.STREAM_K, H100.sm_count, 128)
         assert (programs <= H100.sm_count) == fused
         extra = op_cost(op, H100, _prof(attention_decode=rows)).latency_s - op_cost(
             op, H100, _prof(attention_decode=base)).latency_s
@@ -314,16 +314,17 @@ def test_stream_k_one_wave_merge_costs_its_latency_and_loads():
     # at one wave the last program of a split pair merges its pieces: merge_latency_s plus
     # merge_step_s per load of up to 64 // next_pow2(group) pieces; an unsplit pair (one piece)
     # costs nothing, and the combine kernel's split_latency_s is not charged
-    from perfmodel.attention_costs import stream_k_merge_loads, triton_decode_pieces
-    from perfmodel.calibration import SPLIT_STREAM
+    from perfmodel.attention_costs import triton_decode_pieces
+    from perfmodel.decode_schedule import merge_loads as stream_k_merge_loads
+    from perfmodel.calibration import SplitRule
 
-    base = ClassParams(split_rule=SPLIT_STREAM, split_latency_s=2e-6)
-    merge = ClassParams(split_rule=SPLIT_STREAM, split_latency_s=2e-6, merge_latency_s=1e-6, merge_step_s=4e-7)
+    base = ClassParams(split_rule=SplitRule.STREAM_K, split_latency_s=2e-6)
+    merge = ClassParams(split_rule=SplitRule.STREAM_K, split_latency_s=2e-6, merge_latency_s=1e-6, merge_step_s=4e-7)
     # (batch, KV length, query heads, KV heads, loads expected): 16 pieces of group 4 in one load of 16,
     # 16 pieces of group 8 in two loads of 8, 33 pieces of group 4 in three, one piece: no merge
     for b, kv, hq, hkv, loads in ((1, 1024, 32, 8, 1), (1, 1024, 64, 8, 2), (1, 16384, 16, 4, 3), (16, 256, 32, 8, 0)):
         op = Attention(Phase.DECODE, batch=b, q_len=1, kv_len=kv, q_heads=hq, kv_heads=hkv, head_dim=128)
-        programs, pieces = triton_decode_pieces(b * hkv, kv, 2 * H100.sm_count, SPLIT_STREAM, H100.sm_count, 128)
+        programs, pieces = triton_decode_pieces(b * hkv, kv, 2 * H100.sm_count, SplitRule.STREAM_K, H100.sm_count, 128)
         assert programs <= H100.sm_count
         lat0 = op_cost(op, H100, _prof(attention_decode=base)).latency_s
         lat1 = op_cost(op, H100, _prof(attention_decode=merge)).latency_s
@@ -335,7 +336,7 @@ def test_stream_k_one_wave_merge_costs_its_latency_and_loads():
 
 @pytest.mark.parametrize("group", [1, 2, 3, 4, 5, 7, 8, 9, 16, 32, 64, 128])
 def test_stream_k_merge_loads_take_blocks_of_pieces(group):
-    from perfmodel.attention_costs import stream_k_merge_loads
+    from perfmodel.decode_schedule import merge_loads as stream_k_merge_loads
 
     per_load = max(1, 64 // (1 << (group - 1).bit_length()))
     for pieces in (1, per_load, per_load + 1, 3 * per_load, 33):
@@ -381,9 +382,9 @@ def test_rmsnorm_rows_past_the_knee_stream_at_the_tail_efficiency():
 
 
 def test_unit_share_shortens_a_causal_wave_not_a_non_causal_one():
-    from perfmodel.calibration import SPLIT_NONE
+    from perfmodel.calibration import SplitRule
 
-    base = dict(split_rule=SPLIT_NONE, units_per_sm=4.0, unit_compute_eff=0.4, unit_overhead_s=1e-6, tile_m=128,
+    base = dict(split_rule=SplitRule.NONE, units_per_sm=4.0, unit_compute_eff=0.4, unit_overhead_s=1e-6, tile_m=128,
                 wave_quant=0.5)
     off, on = ClassParams(**base), ClassParams(**base, unit_share=0.3)
 
@@ -399,9 +400,9 @@ def test_unit_share_shortens_a_causal_wave_not_a_non_causal_one():
 
 
 def test_non_causal_grids_pay_no_tail_beyond_the_idle_part_of_the_last_wave():
-    from perfmodel.calibration import SPLIT_NONE
+    from perfmodel.calibration import SplitRule
 
-    p = ClassParams(split_rule=SPLIT_NONE, units_per_sm=4.0, unit_compute_eff=0.4, unit_overhead_s=1e-6, tile_m=128,
+    p = ClassParams(split_rule=SplitRule.NONE, units_per_sm=4.0, unit_compute_eff=0.4, unit_overhead_s=1e-6, tile_m=128,
                     wave_quant=0.4)
     prof = _prof(attention_prefill=p)
     rate = 0.4 * H100.flops_for(Dtype.BF16) / H100.sm_count  # 4 programs share an SM's math

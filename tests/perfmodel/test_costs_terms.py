@@ -8,7 +8,7 @@ import pytest
 
 from hw.loader import load_gpu
 from hw.spec import Dtype
-from perfmodel.calibration import SPLIT_FILL, SPLIT_FLASH, ClassParams, Mode, OpClass, Profile, peak_profile
+from perfmodel.calibration import ClassParams, SplitRule, Mode, OpClass, Profile, peak_profile
 from perfmodel.costs import flash_splits, op_cost
 from perfmodel.ops import Attention, Elementwise, Memcpy, MemLocation, Phase
 
@@ -67,7 +67,7 @@ def _decode(batch, kv, kv_heads=4):
 
 
 def test_combine_cost_grows_with_the_kv_splits_and_only_when_split():
-    p = ClassParams(split_rule=SPLIT_FLASH, split_latency_s=2e-6, split_piece_s=0.2e-6)
+    p = ClassParams(split_rule=SplitRule.FLASH, split_latency_s=2e-6, split_piece_s=0.2e-6)
     prof = _prof(attention_decode=p)
     kvs = np.array([4096.0, 16384.0])
     lat = op_cost(_decode(1, kvs), H100, prof).latency_s
@@ -77,7 +77,7 @@ def test_combine_cost_grows_with_the_kv_splits_and_only_when_split():
     # enough (sequence, head) programs: flash does not split, no combine kernel
     assert op_cost(_decode(128, 4096.0, kv_heads=8), H100, prof).latency_s == 0.0
     # our split-KV kernel: the combine runs always, one piece per chunk
-    fill = _prof(attention_decode=ClassParams(split_rule=SPLIT_FILL, split_latency_s=1e-6, split_piece_s=0.1e-6))
+    fill = _prof(attention_decode=ClassParams(split_rule=SplitRule.FILL, split_latency_s=1e-6, split_piece_s=0.1e-6))
     assert op_cost(_decode(1, 4096.0), H100, fill).latency_s == pytest.approx(1e-6 + 0.1e-6 * 64)
 
 

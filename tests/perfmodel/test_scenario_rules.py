@@ -1,6 +1,5 @@
 """One set of rules (perfmodel.scenario) across analyze, sweep and simulate (API and CLI)."""
 
-import json
 
 import pytest
 

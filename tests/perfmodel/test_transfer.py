@@ -176,3 +176,22 @@ def test_capacity_plan_labels_each_gpus_provenance():
     assert out["h100-sxm-80gb"].startswith("measured")
     assert "family-independent part" in out["mi300x"]
     assert gpu_provenance(["b200"], "peak") == {"b200": "datasheet (every op class)"}
+
+
+def test_sweep_over_every_shipped_gpu_labels_each_row(perfmodel_cli):
+    """``perfmodel sweep --gpu all`` (calibrated, the default) runs on every shipped GPU; each row names its
+    provenance: measured, transferred from a measured GPU, or datasheet."""
+    import io
+
+    import pandas as pd
+
+    res = perfmodel_cli("sweep", "--model", "llama-3-8b", "--gpu", "all", "--context", "2000", "--output-tokens", "8")
+    assert res.returncode == 0, res.stderr
+    df = pd.read_csv(io.StringIO(res.stdout))
+    assert sorted(df["gpu"]) == sorted(list_gpus()) and set(df["mode"]) == {"calibrated"}
+    prov = dict(zip(df["gpu"], df["provenance"]))
+    assert prov["h100-sxm-80gb"].startswith("measured:") and prov["h200-sxm-141gb"].startswith("measured:")
+    assert prov["b200"].startswith("transferred from h200-sxm-141gb:")
+    assert prov["a100-sxm-80gb"].startswith("transferred from h100-sxm-80gb:")
+    assert prov["mi300x"].startswith("datasheet:") and "(family-independent part)" in prov["mi300x"]
+    assert (df["decode_s_per_token_high"] > df["decode_s_per_token_low"]).all()

@@ -119,6 +119,9 @@ def test_cli_json_and_errors(capsys, tmp_path):
     d = json.loads(out)
     assert d["best"]["gpus"] >= 1 and d["best"]["price_source"] and d["pareto"]
     assert (tmp_path / "f.png").exists()
+    # calibrated by default: each candidate names where its curves come from
+    assert d["provenance"]["h100-sxm-80gb"].startswith("measured:")
+    assert d["provenance"]["a100-sxm-80gb"].startswith("transferred from h100-sxm-80gb")
     for argv, msg in ((["--rate", "0"], "arrival rate"), (["--rate", "5", "--tp", "x"], "--tp"),
                       (["--rate", "5", "--candidates", "l40s", "--slo-ttft", "1"], "no price for l40s"),
                       (["--rate", "5"], "at least one SLO")):

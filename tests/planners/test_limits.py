@@ -82,3 +82,50 @@ def test_moe_deadline_already_passed_keeps_the_best_baseline():
     assert plan.solver.status.value.startswith(("heuristic", "optimal"))
     best = min(b["total"]["max_gpu_load"] for b in plan.to_dict()["baselines"].values())
     assert plan.to_dict()["total"]["max_gpu_load"] <= best
+
+
+def test_plan_capacity_whole_command_within_limit(perfmodel_cli):
+    # unlimited, this search simulates about 40 deployments of 3,000 requests (over 20 s here)
+    argv = ("plan", "capacity", "--model", "llama-3-8b", "--rate", "50", "--slo-ttft", "1", "--slo-tpot", "0.05",
+            "--requests", "3000", "--backend", "local", "--time-limit", 1, "--json")
+    r, wall = _wall(perfmodel_cli, *argv)
+    assert wall <= 2 * 1 + 2 + _startup_s(perfmodel_cli), wall
+    if r.returncode == 0:  # the cheapest found by the deadline, marked incomplete
+        out = json.loads(r.stdout)
+        assert out["complete"] is False and out["best"]["replicas"] >= 1
+    else:
+        assert r.returncode == 1 and r.stderr.count("\n") == 1 and "time limit was reached" in r.stderr, r.stderr
+
+
+def test_plan_capacity_past_its_deadline_says_so():
+    from perfmodel.serving import LengthDist, Slo, Workload
+    from planners.capacity import CapacityQuery, load_prices, plan_capacity
+
+    reqs = Workload(50, 10.0, LengthDist.parse(1024), LengthDist.parse(32), seed=0).generate()
+    q = CapacityQuery("llama-3-8b", reqs, Slo(ttft_s=1.0, tpot_s=0.05), ("h100-sxm-80gb",), (1,), max_gpus=2,
+                      deadline=time.time() - 1)
+    with pytest.raises(PlannerError, match="time limit was reached after simulating 0 deployment"):
+        plan_capacity(q, load_prices(), backend="local")
+    plan = plan_capacity(q.__class__(**{**q.__dict__, "deadline": None}), load_prices(), backend="local")
+    assert plan.complete and plan.best.meets
+
+
+@pytest.mark.parametrize("flag, value, needle", [("--requests", "2000000", "above the 1,000,000"),
+                                                 ("--max-gpus", "1000000", "above the 65,536")])
+def test_plan_capacity_bounds_its_inputs(perfmodel_cli, flag, value, needle):
+    r = perfmodel_cli("plan", "capacity", "--model", "llama-3-8b", "--rate", "5", "--slo-ttft", "1", flag, value)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and needle in r.stderr, r.stderr
+
+
+def test_sp_groups_are_priced_over_nodes_never_as_one_nvlink_node():
+    from perfmodel.scenario import Scenario
+    from planners.sp_cost import SpCostModel
+
+    scn = Scenario.make("llama-3-8b", "h100", context_len=64_000, output_tokens=0, sp_kind="ring")
+    free = SpCostModel.from_scenario(scn)
+    assert free.degree_ok(64) and free._topology(16).num_nodes == 2 and free._topology(16).inter is not None
+    assert free.comm_s([64_000], 16)[0] > 0
+    node = SpCostModel.from_scenario(scn.replace(topology="dgx-h100"))
+    assert node.degree_ok(8) and not node.degree_ok(16)
+    l40s = SpCostModel.from_scenario(Scenario.make("llama-3-8b", "l40s", context_len=8000, sp_kind="ring"))
+    assert l40s.degree_ok(8) and not l40s.degree_ok(16)  # no shipped cluster of L40S: one node at most

@@ -8,7 +8,7 @@ import perfmodel
 from hw.loader import load_system
 from perfmodel.calibration import resolve_profile
 from perfmodel.cli import main
-from perfmodel.comm import topology_from_system
+from perfmodel.comm import Topology, topology_from_system
 from planners import SolverOptions
 from planners.sp import build_instance, place_groups, plan_sp
 from planners.sp_cost import SpCostModel, SpKind
@@ -30,7 +30,8 @@ def test_group_over_nodes_is_slower_than_inside_one(setup, kind):
     m, g, topo = setup
     p = perfmodel.peak_profile(g)
     s = np.array([4_000, 64_000])
-    flat = SpCostModel(m, g, p, kind)  # every group one NVLink node
+    one_node = Topology("one NVLink node of 32", topo.gpu_name, 32, 1, topo.intra, None)
+    flat = SpCostModel(m, g, p, kind, topology=one_node)  # the same GPUs and links, no node boundary
     nodes = SpCostModel(m, g, p, kind, topology=topo)
     assert np.allclose(nodes.time_s(s, 8), flat.time_s(s, 8))  # inside one node: the same links
     assert (nodes.time_s(s, 16) >= flat.time_s(s, 16)).all()  # over two nodes: the NICs
@@ -54,17 +55,18 @@ def _check_layout(plan, gpus, gpn):
                 assert sorted(g.gpus) == [x for n in sorted(nodes) for x in range(n * gpn, n * gpn + gpn)]
 
 
-def test_place_groups_respects_nodes():
-    rng = np.random.default_rng(0)
+@pytest.mark.parametrize("gpus", [32, 20, 13])
+def test_place_groups_respects_nodes(gpus):
+    rng = np.random.default_rng(gpus)
     for _ in range(200):
-        degrees, left = [], 32
+        degrees, left = [], gpus
         while left:
-            d = int(rng.choice([d for d in (1, 2, 4, 8, 16, 32) if d <= left]))
+            d = int(rng.choice([d for d in (1, 2, 4, 8, 16, 32) if d <= left and (d <= 8 or d <= gpus // 8 * 8)]))
             degrees.append(d)
             left -= d if rng.random() < 0.9 else left
-        ids = place_groups(degrees, 32, 8)
+        ids = place_groups(degrees, gpus, 8)
         flat = [x for g in ids for x in g]
-        assert len(flat) == len(set(flat)) and max(flat) < 32
+        assert len(flat) == len(set(flat)) and max(flat) < gpus
         for d, g in zip(degrees, ids):
             assert len(g) == d
             assert len({x // 8 for x in g}) == max(1, d // 8)
@@ -102,11 +104,11 @@ def test_two_nodes_mixed_plan_beats_every_static_degree(setup):
 
 def test_cli_topology_json(capsys):
     rc = main(["plan", "sp", "--lengths", TWO_NODES, "--gpus", "16", "--model", "llama-3-8b", "--gpu", "h100",
-               "--topology", "dgx-h100-x4", "--micro-batches", "--time-limit", "3", "--json"])
+               "--topology", "dgx-h100-x4", "--sp-kind", "auto", "--micro-batches", "--time-limit", "3", "--json"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert out["topology"] == {"name": "dgx-h100-x4", "gpus_per_node": 8, "nodes": 2}
     assert {"nodes", "sp_kinds", "micro_batches", "round"} <= set(out["groups"][0])
     assert out["solver"]["micro_batches"] is True
-    assert main(["plan", "sp", "--lengths", TWO_NODES, "--gpus", "12", "--model", "llama-3-8b", "--gpu", "h100",
-              "--topology", "dgx-h100-x4", "--json"]) == 1  # not whole nodes
+    assert main(["plan", "sp", "--lengths", TWO_NODES, "--gpus", "64", "--model", "llama-3-8b", "--gpu", "h100",
+              "--topology", "dgx-h100-x4", "--json"]) == 1  # more GPUs than the system has

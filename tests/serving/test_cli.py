@@ -27,6 +27,9 @@ def test_json_contract(capsys):
         assert k in d
     assert d["throughput_tokens_per_s"] <= d["analytic"]["throughput_bound_tokens_per_s"]
     assert err == ""
+    # calibrated by default, with the provenance of every op class
+    assert d["mode"] == "calibrated" and d["provenance"]["gemm"] == "measured"
+    assert d["provenance"]["all_reduce"] == "transferred from h200-sxm-141gb"
 
 
 def test_outputs_and_trace_file(capsys, tmp_path):

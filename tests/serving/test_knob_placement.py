@@ -29,7 +29,7 @@ POOL = Knobs(offload=AttentionOffload(H200, 50e9))
     ("yi-34b", "a100-sxm-80gb", Knobs(offload=AttentionOffload(H200, 25e9, 2.0, 5e-6, False)), 50_000, 32),
 ])
 def test_one_request_alone_matches_analytical_prefill_plus_decode(model, gpu, knobs, prompt, out):
-    dep = Deployment.make(model, gpu, knobs=knobs)
+    dep = Deployment.make(model, gpu, knobs=knobs, mode="peak")
     req = Requests.of([0.0], [prompt], [out])
     res, b = simulate(dep, req), analytic_bounds(dep, req)
     assert res.ttft_s[0] == pytest.approx(b.prefill_s[0], rel=2e-3)

@@ -87,12 +87,12 @@ def test_swap_bytes_per_preemption_halve(knobs):
     (Knobs(attention_every=4), 4000, 64),
 ])
 def test_one_request_alone_matches_analytical_prefill_plus_decode_with_knobs(knobs, prompt, out):
-    dep = Deployment.make("llama-3-8b", "h100-sxm-80gb", knobs=knobs)
+    dep = Deployment.make("llama-3-8b", "h100-sxm-80gb", knobs=knobs, mode="peak")
     req = Requests.of([0.0], [prompt], [out])
     res, b = simulate(dep, req), analytic_bounds(dep, req)
     assert res.ttft_s[0] == pytest.approx(b.prefill_s[0], rel=2e-3)
     assert res.e2e_s[0] == pytest.approx(b.alone_e2e_s[0], rel=2e-3)
-    base = analytic_bounds(Deployment.make("llama-3-8b", "h100-sxm-80gb"), req)
+    base = analytic_bounds(Deployment.make("llama-3-8b", "h100-sxm-80gb", mode="peak"), req)
     assert b.alone_e2e_s[0] != base.alone_e2e_s[0]  # the knobs reach the costs
 
 

@@ -24,7 +24,7 @@ def llama():
     ("mixtral-8x7b", "h100-sxm-80gb", 2, 3000, 64),
 ])
 def test_one_request_alone_matches_analytical_prefill_plus_decode(model, gpu, tp, prompt, out):
-    dep = Deployment.make(model, gpu, tp=tp)
+    dep = Deployment.make(model, gpu, tp=tp, mode="peak")
     req = Requests.of([0.0], [prompt], [out])
     res = simulate(dep, req)
     b = analytic_bounds(dep, req)
@@ -133,7 +133,7 @@ def test_pipeline_parallel_adds_memory_not_speed():
 @given(n=st.integers(1, 40), rate=st.sampled_from([0.5, 5.0, 50.0, math.inf]),
        seed=st.integers(0, 10_000), policy=st.sampled_from(["swap", "recompute", "queue"]))
 def test_invariants_random_workloads(llama, n, rate, seed, policy):
-    dep = Deployment.make("llama-3-8b", "h100-sxm-80gb", kv_policy=policy, slice_tokens=8, max_num_seqs=16)
+    dep = Deployment.make("llama-3-8b", "h100-sxm-80gb", kv_policy=policy, slice_tokens=8, max_num_seqs=16, mode="peak")
     w = Workload(n, rate, LengthDist.parse("uniform:1:6000"), LengthDist.parse("uniform:1:100"), seed=seed)
     reqs = w.generate()
     res = simulate(dep, reqs)

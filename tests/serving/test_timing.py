@@ -37,7 +37,7 @@ def test_decode_iteration_matches_forward_cost(model, gpu, tp):
 
 @pytest.mark.parametrize("model", ["llama-3-8b", "mistral-7b"])
 def test_prefill_chunk_attention_matches_direct(model):
-    dep = Deployment.make(model, "h100-sxm-80gb")
+    dep = Deployment.make(model, "h100-sxm-80gb", mode="peak")
     timer = build_timer(dep, 30_000)
     rng = np.random.default_rng(1)
     for _ in range(40):

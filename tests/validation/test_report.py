@@ -37,12 +37,13 @@ def test_report_on_committed_records(tmp_path):
         assert f"### {gpu}: fitted on" in text
     assert "Cross-GPU transfer" in text and "ALL decoder layers" in text
     assert START in text and END in text
-    # the 80% error band covers 70-90% of a second held-out split's records on each GPU (a real check)
+    # the shipped 80% error band covers 75-85% of held-out split 2 (families no band saw) on each GPU
     for gpu in ("h100-sxm-80gb", "h200-sxm-141gb"):
         section = text.split(f"### {gpu}: coverage of the 80% error band")[1].split("###")[0]
         row = next(line for line in section.splitlines() if line.startswith("| **ALL held-out records**"))
         n, covered = row.split("|")[2:4]
-        assert int(n) > 500 and 70.0 <= float(covered.strip().rstrip("%")) <= 90.0, row
+        assert int(n) > 500 and 75.0 <= float(covered.strip().rstrip("%")) <= 85.0, row
+        assert "| class: attention_decode |" in section and "| regime: latency |" in section  # per class and regime
 
 
 def test_report_refuses_records_of_another_gpu(tmp_path):

@@ -1,0 +1,112 @@
+"""The metrics of a priced scenario, computed in one place for ``analyze`` (scalars) and ``sweep`` (arrays)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from perfmodel.costs import Bound, OpCost
+from perfmodel.errors import InvalidInputError
+
+#: The metrics that are times (``sweep`` shows NaN for them where a point does not fit).
+TIME_METRICS = ("prefill_s", "prefill_s_low", "prefill_s_high", "decode_s_per_token", "decode_s_per_token_low",
+                "decode_s_per_token_high", "decode_s", "decode_s_low", "decode_s_high", "context_switch_s",
+                "context_switch_duplex_s", "session_throughput_tokens_per_s")
+
+
+def scenario_metrics(model, precision, knobs, context_len: Any, output_tokens: Any, batch: Any, memory,
+                     prefill: OpCost, decode_step: OpCost, decode: OpCost, switch) -> dict[str, Any]:
+    """The output metrics of one scenario (scalars) or of a grid of them (arrays of one shape).
+
+    Parameters
+    ----------
+    model : ModelSpec
+        The priced model (knobs applied, :func:`perfmodel.knobs.effective_model`).
+    precision : Precision
+        The priced formats (the knobs' KV format applied).
+    knobs : Knobs or None
+    context_len, output_tokens, batch : int or array, tokens / users
+    memory : MemoryBudget
+        Per GPU of the layout.
+    prefill, decode_step, decode : OpCost, seconds
+        The prefill, one decode step, and the whole decode.
+    switch : ContextSwitch
+        The swap of one user's KV cache, seconds.
+
+    Returns
+    -------
+    dict
+        ``weight_bytes`` (the whole model), ``kv_bytes_per_token``, ``kv_cache_bytes`` (bytes; every user,
+        one GPU's share at TP 1), the times in :data:`TIME_METRICS` (seconds; the throughput in tokens/s),
+        ``max_concurrency`` (users) and the ``prefill_bound`` and ``decode_bound`` (a :class:`Bound` value;
+        a categorical column for arrays).
+    """
+    from perfmodel.layers import kv_bytes_per_token_per_gpu
+    from perfmodel.phases import kv_cache_bytes_per_gpu
+
+    b = np.asarray(batch, dtype=np.float64)
+    out = np.asarray(output_tokens, dtype=np.float64)
+    total = np.asarray(prefill.total_s, dtype=np.float64) + np.asarray(decode.total_s, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        throughput = np.where(total > 0, b * out / np.where(total > 0, total, 1.0), 0.0)
+    kv = kv_cache_bytes_per_gpu(model, context_len, output_tokens, batch, precision, 1, knobs)
+    d = {
+        "weight_bytes": int(model.weight_bytes(precision.weights)),
+        "kv_bytes_per_token": int(round(kv_bytes_per_token_per_gpu(model, 1, precision.kv, knobs))),
+        "kv_cache_bytes": _int64_bytes(kv, context_len, batch),
+        "prefill_s": prefill.total_s, "prefill_s_low": prefill.low_s, "prefill_s_high": prefill.high_s,
+        "decode_s_per_token": decode_step.total_s, "decode_s_per_token_low": decode_step.low_s,
+        "decode_s_per_token_high": decode_step.high_s,
+        "decode_s": decode.total_s, "decode_s_low": decode.low_s, "decode_s_high": decode.high_s,
+        "max_concurrency": np.asarray(memory.max_concurrency).astype(np.int64),
+        "context_switch_s": switch.serial_s, "context_switch_duplex_s": switch.duplex_s,
+        "session_throughput_tokens_per_s": throughput,
+        "prefill_bound": bound_of(prefill), "decode_bound": bound_of(decode_step),
+    }
+    if np.ndim(context_len) == 0 and np.ndim(batch) == 0 and np.ndim(output_tokens) == 0:
+        return {k: _scalar(v) for k, v in d.items()}
+    n = np.broadcast(np.asarray(context_len), b, out).shape
+    return {k: (v if isinstance(v, (str, int)) or k.endswith("_bound") else np.broadcast_to(np.asarray(v), n))
+            for k, v in d.items()}
+
+
+def _scalar(v: Any) -> Any:
+    if isinstance(v, (str, int)):
+        return v
+    a = np.asarray(v)
+    return int(a) if a.dtype.kind in "iu" else float(a)
+
+
+def bound_of(cost: OpCost) -> Any:
+    """The largest term of ``cost`` (the first of equals: compute, memory, latency, interconnect): a
+    :class:`Bound` value for a scalar cost, a categorical of them for an array cost."""
+    terms = np.stack(np.broadcast_arrays(cost.compute_s, cost.memory_s, cost.latency_s, cost.comm_s))
+    idx = np.argmax(terms, axis=0)
+    names = [Bound.COMPUTE.value, _value(cost.memory_bound), Bound.LATENCY.value, Bound.INTERCONNECT.value]
+    if np.ndim(idx) == 0:
+        b = cost.bound
+        return b.value if isinstance(b, Bound) else str(b)
+    import pandas as pd
+
+    cats = list(dict.fromkeys(names))
+    codes = np.array([cats.index(x) for x in names], dtype=np.int8)[idx]
+    return pd.Categorical.from_codes(codes, cats)
+
+
+def _value(b: Any) -> str:
+    return b.value if isinstance(b, Bound) else str(b)
+
+
+def _int64_bytes(kv: Any, ctx: Any, b: Any) -> Any:
+    """``kv`` (bytes, float) rounded to integers; a point beyond int64 (9.2e18 bytes, far beyond any device)
+    is refused with :class:`InvalidInputError` naming it instead of wrapping round to a negative number."""
+    kv = np.round(np.asarray(kv, dtype=np.float64))
+    bad = ~(kv < 2.0**63)
+    if np.any(bad):
+        shape = np.broadcast(kv, np.asarray(ctx), np.asarray(b)).shape
+        i = int(np.argmax(np.broadcast_to(bad, shape)))
+        c, bb, k = (np.ravel(np.broadcast_to(np.asarray(x), shape))[i] for x in (ctx, b, kv))
+        raise InvalidInputError(f"context {int(c):,} x batch {int(bb):,}: a KV cache of {float(k):.3g} bytes per "
+                                "GPU is beyond any device and any int64 column; use a smaller batch or context")
+    return kv.astype(np.int64)
