@@ -630,6 +630,8 @@ def plan_sp(inst: SpInstance, options: SolverOptions | None = None, buckets: int
     mixed_b = mixed_split(inst, mb, up_t, up_m, deadline=share())  # the same in bucketed times, to seed the MILP
     if mixed_b is not None:
         cands.append(mixed_b)
+    # with micro-batches the batch may also run in two rounds (not a MILP seed: the MILP plans one round)
+    two = two_rounds(inst, mb, share()) if mb else None
     start = None
     if cands:
         def bucketed(groups):
@@ -651,8 +653,7 @@ def plan_sp(inst: SpInstance, options: SolverOptions | None = None, buckets: int
             status = res.status if (exact or res.status is not SolveStatus.OPTIMAL) else SolveStatus.FEASIBLE
         elif res.status is SolveStatus.OPTIMAL and exact:
             status = SolveStatus.OPTIMAL  # the MILP proved the plan in hand optimal
-    if mb and plan is not None:  # with micro-batches the batch may also run in two rounds
-        two = two_rounds(inst, mb, time.perf_counter() + 0.5 * max(0.0, deadline - time.perf_counter()))
+    if mb and plan is not None:
         if two is not None and _makespan(two) < _makespan(plan) - 1e-12:
             plan, heuristic = two, True
         if status is SolveStatus.OPTIMAL:  # the MILP's optimum is over one-round plans only
