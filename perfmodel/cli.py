@@ -409,8 +409,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             check_size(size, max_bytes, f"; even its axes need {axes_bytes:,} bytes")
     from perfmodel.sweep import sweep_notes
 
-    for note in sweep_notes(args.model, args.context, args.output_tokens, args.gpu, args.tp, args.pp, args.sp,
-                            args.ep, args.topology):
+    notes = dict.fromkeys(note for gpu in gpus for note in sweep_notes(
+        args.model, args.context, args.output_tokens, gpu, args.tp, args.pp, args.sp, args.ep, args.topology))
+    for note in notes:
         print(f"perfmodel: note: {note}", file=sys.stderr)
     if knobs.active or args.knob_axis:
         from perfmodel.knobs import COST_NOT_QUALITY
