@@ -7,7 +7,8 @@ index the JSON).  :func:`run_row` runs the commands in this process (the CLI's `
 argv a shell would pass) and evaluates the metric; :func:`render_table` writes the Markdown table of
 ``docs/seeds.md``, so a test can recompute every number and compare it with the table.
 
-``python -m perfmodel.seeds`` prints the table; ``--write`` replaces it in ``docs/seeds.md``.
+``python -m perfmodel.seeds`` prints the table; ``--write`` replaces it in ``docs/seeds.md``;
+``--update`` recomputes the numbers first.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import math
 import operator
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -47,11 +49,34 @@ def load_rows(path: Path = SEEDS_JSON) -> list[dict[str, Any]]:
     return rows
 
 
-def run_command(command: str, cwd: Path = ROOT) -> Any:
+def run_command(command: str, cwd: Path = ROOT, outputs: dict[str, Any] | None = None) -> Any:
     """Run one ``perfmodel ...`` command in this process from ``cwd``; its JSON output.
 
+    ``{name.field}`` in the command is replaced by that field of an earlier command's output
+    (``outputs``), e.g. ``--batch {a.max_concurrency}``; ``{out}`` by a temporary file whose JSON
+    or JSONL content (a list of records) is then the output (``perfmodel predict --out {out}``).
     Raises :class:`InvalidInputError` naming the command when it fails or prints no JSON.
     """
+    import tempfile
+
+    outputs = outputs or {}
+    tmp = tempfile.TemporaryDirectory()
+    out_path = Path(tmp.name) / "out.jsonl"
+
+    def fill(m: re.Match) -> str:
+        if m.group(1) == "out":
+            return str(out_path)
+        value = evaluate(m.group(1), outputs)
+        return str(int(value)) if value == int(value) else repr(value)
+
+    command = re.sub(r"\{([^{}]+)\}", fill, command)
+    try:
+        return _run_argv(command, cwd, out_path)
+    finally:
+        tmp.cleanup()
+
+
+def _run_argv(command: str, cwd: Path, out_path: Path) -> Any:
     argv = shlex.split(command)
     if not argv or argv[0] != "perfmodel":
         raise InvalidInputError(f"not a perfmodel command: {command!r}")
@@ -67,6 +92,8 @@ def run_command(command: str, cwd: Path = ROOT) -> Any:
         os.chdir(old)
     if status != 0:
         raise InvalidInputError(f"{command!r} exited {status}: {err.getvalue().strip()}")
+    if out_path.exists():
+        return [json.loads(line) for line in out_path.read_text().splitlines() if line.strip()]
     try:
         return json.loads(out.getvalue())
     except json.JSONDecodeError as exc:
@@ -104,7 +131,9 @@ def run_row(row: dict[str, Any], cwd: Path = ROOT) -> float | None:
     """The model's number for one row (None for a row that is not expressible yet)."""
     if not row.get("commands"):
         return None
-    outputs = {name: run_command(cmd, cwd) for name, cmd in row["commands"].items()}
+    outputs: dict[str, Any] = {}
+    for name, cmd in row["commands"].items():
+        outputs[name] = run_command(cmd, cwd, outputs)
     return evaluate(row["metric"], outputs)
 
 
@@ -149,12 +178,21 @@ def write_table(md: Path = SEEDS_MD, rows: list[dict[str, Any]] | None = None) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``--write``: put the table into docs/seeds.md; ``--run``: recompute each row and print it."""
+    """``--write``: put the table into docs/seeds.md; ``--run``: recompute each row and print it;
+    ``--update``: recompute, store the numbers in docs/seeds.json and rewrite the table."""
     argv = sys.argv[1:] if argv is None else argv
     rows = load_rows()
     if "--run" in argv:
         for r in rows:
             print(f"{r['system']}: {run_row(r)!r} (table: {r.get('model')!r})")
+        return 0
+    if "--update" in argv:  # recompute every row, store the numbers, rewrite the table
+        for r in rows:
+            r["model"] = run_row(r)
+        data = json.loads(SEEDS_JSON.read_text())
+        data["rows"] = rows
+        SEEDS_JSON.write_text(json.dumps(data, indent=2) + "\n")
+        write_table(rows=rows)
         return 0
     if "--write" in argv:
         write_table()
