@@ -13,7 +13,7 @@ import sys
 import warnings
 from typing import Any, Sequence
 
-EXTENSIONS = ("perfmodel.knobs_cli", "perfmodel.serving.cli", "planners.cli")
+EXTENSIONS = ("perfmodel.knobs_cli", "perfmodel.serving.cli", "planners.cli", "perfmodel.systems_cli")
 
 
 class _DefaultsHelpFormatter(argparse.HelpFormatter):

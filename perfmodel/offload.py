@@ -1,0 +1,170 @@
+"""Weight offload: layers kept in host memory (or NVMe) and streamed to the GPU for every forward pass.
+
+The setting of ZeRO-Inference / DeepSpeed-Inference (Aminabadi et al. 2022) and FlexGen (Sheng et al.
+2023): ``resident_layers`` of the ``L`` decoder layers stay in HBM with the embeddings and the LM head;
+the other ``S = L - resident_layers`` are copied over a link of ``link_bytes_per_s`` (PCIe by default)
+into a layer buffer before they run, every decode step and every prefill pass.
+
+Per layer, ``c`` is the GPU time of one layer of the step (the step of the same model with every
+weight resident, :func:`perfmodel.phases.decode_step_cost`, over ``L``) and ``t = layer_bytes / link``
+the copy.  With prefetch (two layer buffers: layer ``i + 1`` is copied while ``i`` runs) a step takes
+``resident * c + S * max(c, t)``; without it ``L * c + S * t``.  The step is link-bound while
+``c < t``; ``compute_bound_batch`` is the smallest batch at which ``c >= t``, past which streaming
+costs nothing more (``None`` when no batch that fits gets there).  HBM holds the resident weights,
+the layer buffers, the activations and the KV cache; ``max_concurrency`` is the largest batch that
+fits by the same rule :func:`perfmodel.phases.memory_budget` applies.  Layers are taken as equal in
+size (an MoE model's dense and expert layers are averaged).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from perfmodel.errors import DoesNotFitError, InvalidInputError
+
+LINK_KINDS = ("pcie", "nvme", "host")
+
+
+@dataclass(frozen=True)
+class OffloadResult:
+    """Times (s), bytes and the bound of offloaded serving; see the module docstring."""
+
+    model: str
+    gpu: str
+    mode: str
+    context_len: int
+    output_tokens: int
+    batch: int
+    layers: int
+    resident_layers: int
+    prefetch: bool
+    link: str
+    link_bytes_per_s: float
+    hbm_capacity_bytes: float
+    weight_bytes: float
+    layer_bytes: float
+    weight_bytes_on_gpu: float
+    streamed_bytes_per_pass: float
+    gpu_layer_s: float
+    link_layer_s: float
+    decode_s_per_token: float
+    resident_decode_s_per_token: float
+    prefill_s: float
+    decode_s: float
+    bound: str
+    compute_bound_batch: int | None
+    max_concurrency: int
+    throughput_tokens_per_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def parse_link(text: str, gpu) -> tuple[str, float]:
+    """``pcie`` (the GPU's PCIe rate, one direction) or ``nvme|host|pcie:BYTES_PER_S``."""
+    kind, _, rate = str(text).partition(":")
+    if kind not in LINK_KINDS:
+        raise InvalidInputError(f"link must be one of {', '.join(LINK_KINDS)} (optionally :BYTES_PER_S), got {text!r}")
+    if not rate:
+        if kind != "pcie":
+            raise InvalidInputError(f"link {kind!r} needs a rate: {kind}:BYTES_PER_S")
+        return kind, float(gpu.pcie_bytes_per_s_per_direction)
+    try:
+        bw = float(rate)
+    except ValueError:
+        raise InvalidInputError(f"link rate must be a number of bytes/s, got {rate!r}") from None
+    if not math.isfinite(bw) or bw <= 0:
+        raise InvalidInputError(f"link rate must be a positive finite number of bytes/s, got {rate!r}")
+    return kind, bw
+
+
+def offload(model: str, gpu: str, context_len: int = 2048, output_tokens: int = 128, batch: int = 1,
+            resident_layers: int = 0, link: str = "pcie", prefetch: bool = True, mode: str = "calibrated",
+            weight_dtype: str | None = None, kv_dtype: str | None = None,
+            chunk_tokens: int | None = None) -> OffloadResult:
+    """Price serving ``model`` on one ``gpu`` with all but ``resident_layers`` layers streamed per pass.
+
+    Raises :class:`InvalidInputError` for bad arguments and :class:`DoesNotFitError` when the resident
+    part plus ``batch`` sequences' KV does not fit in HBM.
+    """
+    from hw.loader import load_gpu
+    from perfmodel.calibration import Mode, resolve_profile
+    from perfmodel.layers import Precision
+    from perfmodel.models import load_model
+    from perfmodel.phases import DEFAULT_PREFILL_CHUNK_TOKENS, decode_step_cost, max_users, memory_budget, prefill_cost
+
+    for name, v, lo in (("context_len", context_len, 1), ("output_tokens", output_tokens, 0), ("batch", batch, 1),
+                        ("resident_layers", resident_layers, 0)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise InvalidInputError(f"{name} must be an integer >= {lo}, got {v!r}")
+    m, g = load_model(model), load_gpu(gpu)
+    if resident_layers > m.num_layers:
+        raise InvalidInputError(f"resident_layers={resident_layers} exceeds the {m.num_layers} layers of {m.name}")
+    kind, bw = parse_link(link, g)
+    prof = resolve_profile(g, Mode(mode))
+    prec = Precision.of(weight_dtype or m.weight_dtype or "bf16", kv=kv_dtype)
+    chunk = chunk_tokens or DEFAULT_PREFILL_CHUNK_TOKENS
+    L = m.num_layers
+    el = prec.weights.bytes_per_element
+    weights = float(m.weight_bytes(prec.weights))
+    outer = (m.embedding_params + m.lm_head_params + m.hidden) * el
+    layer = (weights - outer) / L
+    streamed = L - resident_layers
+    buffers = 0 if streamed == 0 else (2 if prefetch else 1)
+    on_gpu = outer + (resident_layers + buffers) * layer
+
+    def fits(b: int):
+        mb = memory_budget(m, g, context_len, output_tokens, prec, 1, chunk, batch=b)
+        mb = dataclasses.replace(mb, weight_bytes=on_gpu, free_for_kv_bytes=mb.free_for_kv_bytes + mb.weight_bytes - on_gpu)
+        return int(max_users(mb))
+
+    max_conc = fits(batch)
+    if max_conc < batch:
+        raise DoesNotFitError(f"{m.name} on {g.name} with {resident_layers} resident layers: {on_gpu / 1e9:.1f} GB of "
+                              f"weights and buffers leave room for {max_conc} sequences of {context_len + output_tokens} "
+                              f"tokens, not {batch}")
+    kv_mean = context_len + (output_tokens + 1) / 2.0
+    t_link = layer / bw
+
+    def step(b: int) -> tuple[float, float]:
+        c = float(decode_step_cost(m, g, prof, kv_mean, b, prec).total_s) / L
+        s = resident_layers * c + streamed * (max(c, t_link) if prefetch else c + t_link)
+        return c, s
+
+    c, step_s = step(batch)
+    resident_step = c * L
+    pre = float(prefill_cost(m, g, prof, context_len, batch, prec, 1, chunk).total_s)
+    passes = math.ceil(context_len / max(chunk / batch, 1.0))
+    c_pre = pre / (passes * L)
+    pass_s = resident_layers * c_pre + streamed * (max(c_pre, t_link) if prefetch else c_pre + t_link)
+    prefill_s = passes * pass_s
+    cb = _compute_bound_batch(lambda b: step(b)[0], t_link, max_users_cap=fits(1)) if streamed else 1
+    bound = "compute" if streamed == 0 or c >= t_link else "link"
+    decode_s = step_s * output_tokens
+    total = prefill_s + decode_s
+    return OffloadResult(
+        model=m.name, gpu=g.name, mode=str(Mode(mode).value), context_len=context_len, output_tokens=output_tokens,
+        batch=batch, layers=L, resident_layers=resident_layers, prefetch=prefetch, link=kind, link_bytes_per_s=bw,
+        hbm_capacity_bytes=float(g.hbm_usable_bytes),
+        weight_bytes=weights, layer_bytes=layer, weight_bytes_on_gpu=on_gpu, streamed_bytes_per_pass=streamed * layer,
+        gpu_layer_s=c, link_layer_s=t_link, decode_s_per_token=step_s, resident_decode_s_per_token=resident_step,
+        prefill_s=prefill_s, decode_s=decode_s, bound=bound, compute_bound_batch=cb, max_concurrency=max_conc,
+        throughput_tokens_per_s=batch * output_tokens / total if total > 0 else 0.0,
+    )
+
+
+def _compute_bound_batch(layer_s, t_link: float, max_users_cap: int) -> int | None:
+    """Smallest batch ``b <= max_users_cap`` with ``layer_s(b) >= t_link`` (``layer_s`` grows with b)."""
+    if max_users_cap < 1 or layer_s(max_users_cap) < t_link:
+        return None
+    lo, hi = 0, max_users_cap  # layer_s(lo) < t_link (lo = 0: nothing runs) and layer_s(hi) >= t_link
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if layer_s(mid) >= t_link:
+            hi = mid
+        else:
+            lo = mid
+    return hi

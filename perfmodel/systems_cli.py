@@ -1,0 +1,141 @@
+"""Subcommands for serving systems priced by their own modules.
+
+``perfmodel offload`` (weights streamed from host memory or NVMe, :mod:`perfmodel.offload`) and
+``perfmodel prefix`` (a cached prefix's KV loaded from HBM, host or SSD, :mod:`perfmodel.prefix_cache`).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    """Add the ``offload`` and ``prefix`` subcommands to the ``perfmodel`` parser."""
+    _register_offload(subparsers)
+    _register_prefix(subparsers)
+
+
+def _register_offload(subparsers) -> None:
+    from perfmodel.cli import _nonneg_int, _positive_int
+
+    p = subparsers.add_parser("offload", help="weights in host memory or NVMe, streamed to the GPU per layer")
+    p.add_argument("--model", default="llama-3-70b", help="model name or path to a config.json")
+    p.add_argument("--gpu", default="a100-sxm-80gb", help="GPU name, alias or path to a YAML file")
+    p.add_argument("--mode", choices=["calibrated", "peak"], default="calibrated")
+    p.add_argument("--weight-dtype", default=None, help="bf16|fp16|fp8|int8|int4 (default: the config's, else bf16)")
+    p.add_argument("--kv-dtype", default=None, help="KV-cache format (default: activation format)")
+    p.add_argument("--context", type=_positive_int, default=2048, help="prompt tokens")
+    p.add_argument("--output-tokens", type=_nonneg_int, default=128)
+    p.add_argument("--batch", type=_positive_int, default=1, help="sequences decoding together")
+    p.add_argument("--resident-layers", type=_nonneg_int, default=0, help="decoder layers kept in HBM")
+    p.add_argument("--link", default="pcie",
+                   help="where streamed weights come from: pcie (the GPU's PCIe rate), or pcie|host|nvme:BYTES_PER_S")
+    p.add_argument("--no-prefetch", action="store_true", help="copy each layer only when it is needed (no overlap)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_cmd_offload)
+
+
+def _cmd_offload(args: argparse.Namespace) -> int:
+    from perfmodel.offload import offload
+
+    r = offload(args.model, args.gpu, context_len=args.context, output_tokens=args.output_tokens, batch=args.batch,
+                resident_layers=args.resident_layers, link=args.link, prefetch=not args.no_prefetch, mode=args.mode,
+                weight_dtype=args.weight_dtype, kv_dtype=args.kv_dtype)
+    if args.json:
+        from perfmodel.jsonout import dumps
+
+        print(dumps(r.to_dict(), indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    from perfmodel.tables import fmt_seconds
+
+    t = Table(title=f"{r.model} on {r.gpu}, {r.layers - r.resident_layers} of {r.layers} layers streamed over "
+                    f"{r.link} at {r.link_bytes_per_s / 1e9:.1f} GB/s ({r.mode} mode)")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    rows = [
+        ("weights on GPU / all", f"{r.weight_bytes_on_gpu / 1e9:.1f} / {r.weight_bytes / 1e9:.1f} GB"),
+        ("layer copy / layer compute", f"{fmt_seconds(r.link_layer_s)} / {fmt_seconds(r.gpu_layer_s)}"),
+        ("decode / token", f"{fmt_seconds(r.decode_s_per_token)} ({r.bound} bound)"),
+        ("decode / token, all resident", fmt_seconds(r.resident_decode_s_per_token)),
+        ("prefill", fmt_seconds(r.prefill_s)),
+        ("batch where decode turns compute-bound", "none that fits" if r.compute_bound_batch is None
+         else str(r.compute_bound_batch)),
+        ("max concurrency", str(r.max_concurrency)),
+        ("throughput", f"{r.throughput_tokens_per_s:.1f} tok/s"),
+    ]
+    for name, value in rows:
+        t.add_row(name, value)
+    Console().print(t)
+    return 0
+
+
+def _register_prefix(subparsers) -> None:
+    from perfmodel.cli import _positive_int
+
+    p = subparsers.add_parser("prefix", help="a cached prompt prefix: load its KV (HBM, host, SSD) or recompute it")
+    p.add_argument("--model", default="llama-3-8b", help="model name or path to a config.json")
+    p.add_argument("--gpu", default="a100-sxm-80gb", help="GPU name, alias or path to a YAML file")
+    p.add_argument("--mode", choices=["calibrated", "peak"], default="calibrated")
+    p.add_argument("--weight-dtype", default=None, help="bf16|fp16|fp8|int8|int4 (default: the config's, else bf16)")
+    p.add_argument("--kv-dtype", default=None, help="KV-cache format (default: activation format)")
+    p.add_argument("--tp", type=_positive_int, default=1, help="tensor-parallel degree")
+    p.add_argument("--prefix-tokens", type=_positive_int, required=True, help="cached prompt tokens")
+    p.add_argument("--suffix-tokens", type=_positive_int, default=256, help="new prompt tokens after the prefix")
+    p.add_argument("--batch", type=_positive_int, default=1, help="prompts, each with its own cached prefix")
+    p.add_argument("--tier", default="host",
+                   help="where the prefix KV is cached: hbm, host (the GPU's PCIe rate), or host|ssd:BYTES_PER_S")
+    p.add_argument("--hit-rate", type=_unit_float, default=1.0, help="share of prompts whose prefix is cached")
+    p.add_argument("--no-overlap", action="store_true", help="load the whole prefix before the suffix runs")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_cmd_prefix)
+
+
+def _unit_float(text: str) -> float:
+    import math
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not math.isfinite(v) or not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return v
+
+
+def _cmd_prefix(args: argparse.Namespace) -> int:
+    from perfmodel.prefix_cache import prefix_cache
+
+    r = prefix_cache(args.model, args.gpu, args.prefix_tokens, args.suffix_tokens, batch=args.batch, tier=args.tier,
+                     hit_rate=args.hit_rate, overlap=not args.no_overlap, mode=args.mode, tp=args.tp,
+                     weight_dtype=args.weight_dtype, kv_dtype=args.kv_dtype)
+    if args.json:
+        from perfmodel.jsonout import dumps
+
+        print(dumps(r.to_dict(), indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    from perfmodel.tables import fmt_seconds
+
+    rate = "resident" if r.tier_bytes_per_s is None else f"{r.tier_bytes_per_s / 1e9:.1f} GB/s"
+    t = Table(title=f"{r.model} on {r.gpu} x{r.tp}: {r.prefix_tokens:,} cached + {r.suffix_tokens:,} new tokens, "
+                    f"prefix KV in {r.tier} ({rate}, {r.mode} mode)")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    be = r.break_even_bytes_per_s
+    for name, value in (
+        ("prefix KV per GPU", f"{r.prefix_kv_bytes_per_gpu / 1e9:.2f} GB"),
+        ("miss: prefill the whole prompt", fmt_seconds(r.miss_ttft_s)),
+        ("hit: load the prefix KV", fmt_seconds(r.load_s)),
+        ("hit: prefill the suffix", fmt_seconds(r.suffix_prefill_s)),
+        ("hit: time to first token", f"{fmt_seconds(r.hit_ttft_s)} ({r.hit_speedup:.1f}x faster than a miss)"),
+        (f"expected at hit rate {r.hit_rate:g}", fmt_seconds(r.expected_ttft_s)),
+        ("tier rate where loading beats recomputing", "-" if be is None else f"{be / 1e9:.2f} GB/s"),
+    ):
+        t.add_row(name, value)
+    Console().print(t)
+    return 0
