@@ -214,25 +214,28 @@ def run(out: Path, world: int, gpu: str, capacity_bytes: float, size: str, layer
     path = out / f"e2e_parallel_{'cpu' if dry_run else gpu}.jsonl"
     fails: list[dict] = []
     start = time.time()
-    for i, cp in enumerate(plans):
-        base = record_base(cp, gpu, dry_run)
-        runnable = [r for r in cp.rows if not r.skip_reason]
-        with open(path, "a") as fh:  # skipped rows are written here, with the reason
+    with open(path, "a") as fh:  # skipped rows are written first, with the reason
+        for cp in plans:
+            base = record_base(cp, gpu, dry_run)
             for r in cp.rows:
                 if r.skip_reason:
                     fh.write(json.dumps({**base, "phase": r.phase, "batch": r.batch, "context": r.context,
                                          "status": "skipped", "skip_reason": r.skip_reason}) + "\n")
-        if not runnable:
+    worlds = sorted({cp.layout.world for cp in plans})
+    for i, w in enumerate(worlds):  # one launch per world size: the ranks build each layout's model in turn
+        group = [cp for cp in plans if cp.layout.world == w and any(not r.skip_reason for r in cp.rows)]
+        if not group:
             continue
         left = budget_s - (time.time() - start)
-        share = left * cp.estimate_s() / max(sum(p.estimate_s() for p in plans[i:]), 1e-9)
-        rows = [dataclasses.asdict(r) for r in runnable]
-        job = {"base": base, "rows": rows, "dry_run": dry_run, "gpu": gpu}
-        f = run_items(M.worker, cp.layout.world, [row_item(cp.layout.label, r) for r in runnable], path,
-                      max(share, 60.0 if not dry_run else 30.0), (json.dumps(job),),
-                      stall_s=120.0 if not dry_run else 60.0,
+        share = left * sum(p.estimate_s() for p in group) / max(sum(p.estimate_s() for p in plans
+                                                                    if p.layout.world >= w), 1e-9)
+        jobs = [{"base": record_base(cp, gpu, dry_run), "rows": [dataclasses.asdict(r) for r in cp.rows
+                                                                  if not r.skip_reason]} for cp in group]
+        items = [row_item(cp.layout.label, r) for cp in group for r in cp.rows if not r.skip_reason]
+        f = run_items(M.worker, w, items, path, max(share, 60.0 if not dry_run else 30.0),
+                      (json.dumps({"configs": jobs, "dry_run": dry_run}),), stall_s=120.0 if not dry_run else 60.0,
                       key=lambda r: record_item(r) if r.get("status") != "skipped" else "")
-        fails += [{**x, "config": cp.layout.label, "model": cp.spec.name} for x in f]
+        fails += f
     (out / "e2e_parallel_failures.json").write_text(json.dumps(fails, indent=1))
     recs = [r for r in read_jsonl(path) if r.get("status") == "ok"]
     print(f"{'model':14s} {'layout':8s} {'phase':8s} {'B':>4s} {'ctx':>6s} {'measured':>10s} {'predicted':>10s} error")

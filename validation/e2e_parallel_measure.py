@@ -185,40 +185,49 @@ def time_row(fn, row: Row, device) -> dict:
 
 
 def worker(rank: int, world: int, items: list[str], out: str, job_json: str) -> None:
-    """Measure the rows named by ``items`` (``<layout>|<phase>:<batch>:<context>``) of the job."""
+    """Measure the rows named by ``items`` (``<layout>|<phase>:<batch>:<context>``), layout by layout."""
     job = json.loads(job_json)
-    base, dry = job["base"], job["dry_run"]
-    lay = Layout(base["tp"], base["pp"], base["ep"])
+    dry = job["dry_run"]
     device = init_rank(rank, world, dry)
     meta = versions(device)
-    full, _ = resolve_model(base["config"])
-    spec = with_layers(full, base["layers_run"])
-    rows = {f"{base['config_label']}|{r['phase']}:{r['batch']}:{r['context']}": Row(**r) for r in job["rows"]}
-    model, part = build(spec, lay, rank, device, dry)
     fh = open(out, "a") if rank == 0 else None
-    for item in items:
-        row = rows[item]
-        rec = {**base, **{k: meta[k] for k in ("gpu", "gpu_model", "driver", "torch", "cuda", "nccl", "date",
-                                               "nccl_env")},
-               "phase": row.phase, "batch": row.batch, "context": row.context, "predicted_s": row.predicted_s,
-               "prediction": row.prediction, "moe_path": model.moe_path or None, "status": "ok"}
-        try:
-            fn, cache = step_fn(model, part, lay, rank, row, device)
-            rec.update(time_row(fn, row, device))
-            rec["error"] = rec["predicted_s"] / rec["measured_s"] - 1.0
-            del fn, cache
-        except Exception as exc:  # one failing row must not stop the others (a peer's hang is the driver's)
-            rec.update(status="skipped", skip_reason=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
-                       measured_s=None, error=None, traceback=traceback.format_exc(limit=4))
-        assert record_item(rec) == item
-        if fh:
-            fh.write(json.dumps(rec) + "\n")
-            fh.flush()
+    for cfg in job["configs"]:
+        base = cfg["base"]
+        rows = {f"{base['config_label']}|{r['phase']}:{r['batch']}:{r['context']}": Row(**r) for r in cfg["rows"]}
+        todo = [i for i in items if i in rows]
+        if not todo:
+            continue
+        lay = Layout(base["tp"], base["pp"], base["ep"])
+        full, _ = resolve_model(base["config"])
+        model, part = build(with_layers(full, base["layers_run"]), lay, rank, device, dry)
+        for item in todo:
+            rec = measure_item(model, part, lay, rank, rows[item], device, {**base, **meta})
+            assert record_item(rec) == item
+            if fh:
+                fh.write(json.dumps(rec) + "\n")
+                fh.flush()
+        del model
         gc.collect()
         if device.type == "cuda":
-            torch.cuda.synchronize()
             torch.cuda.empty_cache()
     dist.barrier()
     dist.destroy_process_group()
 
 
+def measure_item(model, part, lay: Layout, rank: int, row: Row, device, base: dict) -> dict:
+    """The record of one row (skipped with the reason where it raised on this rank)."""
+    rec = {**base, "phase": row.phase, "batch": row.batch, "context": row.context, "predicted_s": row.predicted_s,
+           "prediction": row.prediction, "moe_path": model.moe_path or None, "status": "ok"}
+    try:
+        fn, cache = step_fn(model, part, lay, rank, row, device)
+        rec.update(time_row(fn, row, device))
+        rec["error"] = rec["predicted_s"] / rec["measured_s"] - 1.0
+        del fn, cache
+    except Exception as exc:  # one failing row must not stop the others (a peer's hang is the driver's)
+        rec.update(status="skipped", skip_reason=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
+                   measured_s=None, error=None, traceback=traceback.format_exc(limit=4))
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+    return rec

@@ -93,6 +93,9 @@ def launch(fn: Callable, world: int, args: tuple = (), timeout_s: float = 600.0,
         if p.is_alive():
             p.kill()
         p.join(timeout=10)
+    bad = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+    if bad and not stopped:
+        stopped = f"a rank exited with status {bad[0]}"
     return LaunchResult(tuple(p.exitcode for p in procs), stopped)
 
 
