@@ -14,14 +14,16 @@ for, one process per GPU (:mod:`validation.spawn`, NCCL with ``device_id``, mult
 
 Each record: ``launch`` (the way), ``op``, ``bytes``, ``world``, ``time_s`` (median over
 repetitions of the slower rank's time a call), ``times_s``, calls per timing, GPU, driver, torch,
-CUDA and NCCL versions, date and the NCCL variables set.  The model prices a TP decode step with
-the ``graph`` terms and a prefill with the ``eager_burst`` terms (``docs/communication.md``).
+CUDA and NCCL versions, date and the NCCL variables set.  The model prices the collectives of a
+decode step with the ``graph`` terms and those of a prefill with the ``eager_burst`` terms, where
+the profile has them (its ``collective_launch`` object, which ``fit --write-profile WORLD`` writes;
+``docs/communication.md``), else with the class terms.
 
 Usage::
 
     python -m validation.collectives_launch measure --out DIR --worlds 2,4,8   # GPUs
     python -m validation.collectives_launch measure --out DIR --dry-run        # CPU, gloo, tiny sizes
-    python -m validation.collectives_launch fit DIR/collectives_launch.jsonl [--gpu h100-sxm-80gb]
+    python -m validation.collectives_launch fit DIR/collectives_launch.jsonl [--gpu h100-sxm-80gb] [--write-profile 2]
 """
 
 from __future__ import annotations
@@ -239,6 +241,28 @@ def profile_section(result: dict, world: int = 2) -> dict:
     return sec
 
 
+def write_profile_section(result: dict, world: int, records: list[dict], files: list[str]) -> Path:
+    """Add or replace the ``collective_launch`` object (the terms fitted at ``world``) and its provenance
+    in the shipped profile of the records' GPU; nothing else in it changes."""
+    from perfmodel.calibration import profile_from_dict, shipped_profile_path
+
+    gpu = result["gpu"]
+    path = shipped_profile_path(gpu)
+    prof = json.loads(path.read_text()) if path.exists() else {"schema_version": 1, "gpu": gpu, "classes": {}}
+    sec = profile_section(result, world)
+    if not sec:
+        raise ValueError(f"no fitted terms at world {world}")
+    prof["collective_launch"] = sec
+    first = next((r for r in records if r.get("status") == "ok" and r.get("world") == world), {})
+    prof.setdefault("measured_on", {})["collectives_launch"] = {
+        "source": f"validation/collectives_launch.py fit of {', '.join(Path(f).name for f in files)} at world {world}",
+        **{k: first.get(k) for k in ("gpu", "driver", "torch", "cuda", "nccl", "date", "nccl_env")},
+    }
+    profile_from_dict(prof, str(path))  # refuse to write a profile that does not load
+    path.write_text(json.dumps(prof, indent=2) + "\n")
+    return path
+
+
 def _table(records: list[dict]) -> str:
     lines = [f"{'way':13s} {'world':>5s} {'op':15s} {'bytes':>11s} {'time_us':>10s}"]
     for r in records:
@@ -264,12 +288,16 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--gpu", default="", help="hw name (default: the records' gpu_model)")
     f.add_argument("--profile-section", type=int, default=0, metavar="WORLD",
                    help="print the profile's collective_launch object fitted at this world size instead")
+    f.add_argument("--write-profile", type=int, default=0, metavar="WORLD",
+                   help="write the terms fitted at this world size into the GPU's profile (collective_launch)")
     a = ap.parse_args(argv)
     if a.cmd == "fit":
         recs = [r for p in a.files for r in read_jsonl(Path(p))]
         gpu = a.gpu or next((r["gpu_model"] for r in recs if r.get("gpu_model")), C.FIT_GPU)
         res = fit(recs, gpu)
         print(json.dumps(profile_section(res, a.profile_section) if a.profile_section else res, indent=1))
+        if a.write_profile:
+            print(f"wrote {write_profile_section(res, a.write_profile, recs, a.files)}", file=sys.stderr)
         return 0
     ops = [o for o in a.ops.split(",") if o]
     bad = [o for o in ops if o not in OPS]

@@ -42,7 +42,7 @@ def _synthetic(method: str, alpha_s: float, bw: float, world: int = 2) -> list[d
              "time_s": (2 * alpha_s + s / bw) * float(np.exp(rng.normal(0, 0.02)))} for s in sizes]
 
 
-def test_fit_is_per_method():
+def test_fit_is_per_method(tmp_path, monkeypatch):
     recs = _synthetic("graph", 8e-6, 300e9) + _synthetic("eager_burst", 25e-6, 300e9)
     res = CL.fit(recs, H100)
     g = res["methods"]["graph"]["world_2"]
@@ -51,6 +51,15 @@ def test_fit_is_per_method():
     assert g["errors_held_out"]["all"]["fitted"]["median_ape"] < CL.TARGET_MEDIAN
     sec = CL.profile_section(res, 2)
     assert set(sec) == {"graph", "eager_burst"} and set(sec["graph"]["all_reduce"]) == set(CL.C.PROFILE_KEYS)
+    import perfmodel.calibration as cal
+
+    shipped = json.loads(cal.shipped_profile_path(H100).read_text())
+    monkeypatch.setattr(cal, "shipped_profile_path", lambda gpu: tmp_path / f"{gpu}.json")
+    (tmp_path / f"{H100}.json").write_text(json.dumps(shipped))
+    path = CL.write_profile_section(res, 2, recs, ["x.jsonl"])
+    prof = cal.load_profile_file(path, H100)
+    assert prof.classes == cal.profile_from_dict(shipped).classes  # only collective_launch was added
+    assert prof.collective_launch[cal.CollectiveLaunch.GRAPH][cal.OpClass.ALL_REDUCE].latency_s > 0
     # the fit of one method must not see the other's points
     mixed = CL.fit([{**r, "launch": "graph"} for r in recs], H100)["methods"]["graph"]["world_2"]
     assert mixed["errors"]["all"]["fitted"]["median_ape"] > g["errors"]["all"]["fitted"]["median_ape"]
