@@ -45,8 +45,8 @@ class EpModel(E2EModel):
         weights = (weights / weights.sum(dim=-1, keepdim=True)).to(hn.dtype).reshape(-1)
         dest = idx.reshape(-1) // m.num_experts  # the rank holding each copy's expert
         cap = -(-t * k // ep)
-        onehot = torch.nn.functional.one_hot(dest, ep)
-        pos = (onehot.cumsum(0) - 1).gather(1, dest.unsqueeze(1)).squeeze(1)
+        onehot = torch.zeros(t * k, ep, device=hn.device, dtype=torch.int32).scatter_(1, dest.unsqueeze(1), 1)
+        pos = (onehot.cumsum(0) - 1).gather(1, dest.unsqueeze(1)).squeeze(1)  # the copy's place at its rank
         keep = pos < cap
         slot = torch.where(keep, dest * cap + pos, torch.full_like(pos, ep * cap))  # dropped copies: a spare row
         token = torch.arange(t * k, device=hn.device) // k
