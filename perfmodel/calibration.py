@@ -45,7 +45,7 @@ from hw.loader import DATA_DIR
 from hw.spec import GPU
 from perfmodel.clocks import sustained_from_dict
 from perfmodel.errors import ProfileError
-from perfmodel.ops import DEFAULT_ATTENTION_IMPL, AttentionImpl, Phase
+from perfmodel.ops import DEFAULT_ATTENTION_IMPL, AttentionImpl, CollectiveLaunch, Phase
 
 PROFILE_DIR = DATA_DIR / "profiles"
 SCHEMA_VERSION = 1
@@ -342,6 +342,10 @@ class Profile:
     launch_terms: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     #: The launch mode priced (:class:`Launch`); ``eager`` needs ``launch_terms`` in a calibrated profile.
     launch: Launch = Launch.GRAPH
+    #: Collective terms per way of issuing them (:class:`perfmodel.ops.CollectiveLaunch`): ``{way: {class:
+    #: params}}``; a collective op of that way uses them instead of its class's (:mod:`perfmodel.comm`).
+    collective_launch: Mapping[CollectiveLaunch, Mapping[OpClass, ClassParams]] = field(
+        default_factory=lambda: MappingProxyType({}))
     #: Where each op class's curve comes from (``measured``, ``transferred from <gpu>``, ``datasheet``;
     #: :mod:`perfmodel.transfer`); a class not listed: :meth:`provenance_of` infers it.
     provenance: Mapping[OpClass, str] = field(default_factory=lambda: MappingProxyType({}))
@@ -511,6 +515,9 @@ class Profile:
         if self.bands:
             out["bands"] = {g: ({k: dict(v) for k, v in t.items()} if isinstance(t, Mapping) else t)
                             for g, t in self.bands.items()}
+        if self.collective_launch:
+            out["collective_launch"] = {w.value: {c.value: params_to_dict(p) for c, p in per.items()}
+                                        for w, per in self.collective_launch.items()}
         return out
 
 
@@ -585,7 +592,34 @@ def profile_from_dict(data: Any, where: str = "<dict>") -> Profile:
         sustained=MappingProxyType(sustained_from_dict(data["sustained"], where) if "sustained" in data else {}),
         launch_terms=MappingProxyType(_launch_from_dict(data.get("launch", {}), where)),
         bands=MappingProxyType(bands_from_dict(data.get("bands", {}), where)),
+        collective_launch=MappingProxyType(_collective_launch_from_dict(data.get("collective_launch", {}), where)),
     )
+
+
+def _collective_launch_from_dict(raw: Any, where: str) -> dict:
+    """Validate the optional ``collective_launch`` object: ``{way: {collective class: params}}``."""
+    if not isinstance(raw, dict):
+        raise ProfileError(f"{where}: 'collective_launch' must be an object")
+    out: dict = {}
+    for way, per in raw.items():
+        try:
+            w = CollectiveLaunch(way)
+        except ValueError:
+            raise ProfileError(f"{where}: collective_launch has unknown way {way!r}; known: "
+                               f"{', '.join(x.value for x in CollectiveLaunch)}") from None
+        if not isinstance(per, dict):
+            raise ProfileError(f"{where}: collective_launch.{way} must be an object")
+        classes = {}
+        for name, p in per.items():
+            if name not in _COLLECTIVE_CLASS_NAMES:
+                raise ProfileError(f"{where}: collective_launch.{way} has {name!r}, not a collective class; known: "
+                                   f"{', '.join(sorted(_COLLECTIVE_CLASS_NAMES))}")
+            classes[OpClass(name)] = params_from_dict(p, f"{where}: collective_launch.{way}.{name}")
+        out[w] = MappingProxyType(classes)
+    return out
+
+
+_COLLECTIVE_CLASS_NAMES = frozenset({"all_reduce", "all_gather", "reduce_scatter", "all_to_all", "send_recv"})
 
 
 BAND_GROUPS = ("measured", "transferred", "datasheet")

@@ -32,7 +32,11 @@ on the GPU's own NVLink fabric, so they apply to NVLink/NVSwitch intra-node path
 channels and its bulk protocol for large messages, so the marginal bandwidth rises), and ``overlap`` is
 the share of the smaller of the latency and transfer terms hidden under the larger (eager
 calls issued back to back: the host-side issue cost of one call runs while the previous
-call's transfer is on the wire; carried in ``OpCost.overlap_s``).  Other paths
+call's transfer is on the wire; carried in ``OpCost.overlap_s``).  The classes' terms were
+measured back to back; a profile's ``collective_launch`` object holds terms per way of issuing
+(:class:`perfmodel.ops.CollectiveLaunch`), used for a collective that names its way
+(``Collective.launch``; :func:`perfmodel.layers.model_ops` names the phase's default,
+:func:`perfmodel.ops.default_collective_launch`: in-graph for decode, back to back for prefill).  Other paths
 (PCIe, NICs) use their datasheet bandwidth and latency from the hardware description.  In
 the peak mode every latency is 0 and every bandwidth the datasheet's (the theoretical-peak
 analysis, as for every other op).
@@ -53,7 +57,7 @@ from hw.spec import GPU, Cluster, Link, LinkKind, Node
 from perfmodel.calibration import ClassParams, Mode, OpClass, Profile, ramp
 from perfmodel.costs import Bound, OpCost
 from perfmodel.errors import InvalidInputError
-from perfmodel.ops import Collective, OpKind
+from perfmodel.ops import Collective, CollectiveLaunch, OpKind
 
 
 class CommTopologyError(InvalidInputError):
@@ -243,11 +247,14 @@ class PathRate:
     tail_bandwidth_bytes_per_s: float = 0.0
 
 
-def path_rate(link: Link, op_class: OpClass, profile: Profile, calibrated_path: bool) -> PathRate:
-    """The rate of ``link`` for ``op_class``; the profile applies only where ``calibrated_path``."""
+def path_rate(link: Link, op_class: OpClass, profile: Profile, calibrated_path: bool,
+              launch: CollectiveLaunch | None = None) -> PathRate:
+    """The rate of ``link`` for ``op_class``; the profile applies only where ``calibrated_path``: its
+    terms for the way ``launch`` where it has them (``collective_launch``), else the class's."""
     bound = Bound.PCIE if link.kind is LinkKind.PCIE else Bound.INTERCONNECT
-    fitted = calibrated_path and op_class in profile.classes
-    p: ClassParams = profile.params(op_class) if fitted else ClassParams()
+    own = profile.collective_launch.get(launch, {}).get(op_class) if launch is not None else None
+    fitted = calibrated_path and (own is not None or op_class in profile.classes)
+    p: ClassParams = (own or profile.params(op_class)) if fitted else ClassParams()
     bw = (p.bandwidth_bytes_per_s or link.bytes_per_s_per_direction) * p.memory_eff
     if profile.mode is Mode.PEAK:
         return PathRate(0.0, bw, p.ramp_bytes, bound, p.overlap if fitted else 0.0)  # no knee: datasheet rate
@@ -302,10 +309,12 @@ def collective_time(
     kind: OpKind, nbytes: Any, world: int, gpu: GPU, profile: Profile,
     topology: str | Node | Cluster | Topology | None = None,
     algorithm: AllReduceAlgorithm = AllReduceAlgorithm.AUTO, stride: int = 1,
+    launch: CollectiveLaunch | None = None,
 ) -> OpCost:
     """Cost of one collective of ``nbytes`` per rank among ``world`` GPUs of ``topology``.
 
-    ``stride`` spaces the group's GPUs (see :func:`place`).
+    ``stride`` spaces the group's GPUs (see :func:`place`).  ``launch`` picks the profile's terms
+    for that way of issuing it where it has them (:func:`path_rate`).
 
     Returns an :class:`OpCost` with the bandwidth term in ``comm_s`` and the per-step
     latencies in ``latency_s`` (seconds); ``nbytes`` may be an array.
@@ -317,19 +326,22 @@ def collective_time(
     if pl.world == 1:
         return OpCost(bytes=nbytes)
     cls = _op_class(kind)
-    intra = path_rate(topo.intra, cls, profile, topo.intra.kind in NVLINK_KINDS)
+    launch = CollectiveLaunch(launch) if launch is not None else None
+    intra = path_rate(topo.intra, cls, profile, topo.intra.kind in NVLINK_KINDS, launch)
     if pl.nodes == 1:
         return _flat(kind, nbytes, pl.world, intra, algorithm)
     inter = path_rate(topo.inter, cls, profile, False)  # type: ignore[arg-type]
-    return _hierarchical(kind, nbytes, pl, intra, inter, algorithm, profile, topo)
+    return _hierarchical(kind, nbytes, pl, intra, inter, algorithm, profile, topo, launch)
 
 
-def _hierarchical(kind, nbytes, pl: Placement, intra: PathRate, inter: PathRate, algo, profile, topo) -> OpCost:
+def _hierarchical(kind, nbytes, pl: Placement, intra: PathRate, inter: PathRate, algo, profile, topo,
+                  launch: CollectiveLaunch | None = None) -> OpCost:
     g, n, w = pl.per_node, pl.nodes, pl.world
     b = np.asarray(nbytes, dtype=np.float64)
     b = b if b.ndim else float(b)
-    rs_rate = path_rate(topo.intra, OpClass.REDUCE_SCATTER, profile, topo.intra.kind in NVLINK_KINDS)
-    ag_rate = path_rate(topo.intra, OpClass.ALL_GATHER, profile, topo.intra.kind in NVLINK_KINDS)
+    nvl = topo.intra.kind in NVLINK_KINDS
+    rs_rate = path_rate(topo.intra, OpClass.REDUCE_SCATTER, profile, nvl, launch)
+    ag_rate = path_rate(topo.intra, OpClass.ALL_GATHER, profile, nvl, launch)
     if kind is OpKind.ALL_REDUCE:
         # reduce-scatter in the node, all-reduce of 1/g of the buffer on each GPU's NIC, all-gather in the node
         cost = _flat(kind, b / g, n, inter, algo)
@@ -357,7 +369,7 @@ def _hierarchical(kind, nbytes, pl: Placement, intra: PathRate, inter: PathRate,
 
 def collective_cost(op: Collective, gpu: GPU, profile: Profile) -> OpCost:
     """Cost of a collective op descriptor on ``gpu`` (its ``topology``, else :func:`default_topology`)."""
-    return collective_time(op.op, op.bytes, op.world, gpu, profile, op.topology or None)
+    return collective_time(op.op, op.bytes, op.world, gpu, profile, op.topology or None, launch=op.launch)
 
 
 def bandwidth_only_time(kind: OpKind, nbytes: Any, world: int, gpu: GPU) -> Any:

@@ -8,6 +8,7 @@ array of the broadcast shape, and so are the costs.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,8 @@ from perfmodel.knobs import (
     kv_layer_count,
 )
 from perfmodel.models import MlpKind, ModelSpec
-from perfmodel.ops import Attention, Collective, Elementwise, Gemm, GroupedGemm, Op, OpKind, Phase
+from perfmodel.ops import (Attention, Collective, Elementwise, Gemm, GroupedGemm, Op, OpKind, Phase,
+                           default_collective_launch)
 
 OpList = list[tuple[str, Op, Any]]
 
@@ -398,7 +400,9 @@ def model_ops(
         ops += [(f"moe.{n}", o, c * n_moe) for n, o, c in _moe_block(model, tokens, precision, tp)]
     if not (np.ndim(rows) == 0 and rows == 0):
         ops += lm_head_ops(model, rows, precision, tp)
-    return ops
+    way = default_collective_launch(phase)  # decode: in a CUDA graph; prefill: back to back
+    return [(n, dataclasses.replace(o, launch=way) if isinstance(o, Collective) and o.launch is None else o, c)
+            for n, o, c in ops]
 
 
 def lm_head_ops(model: ModelSpec, rows, precision: Precision = Precision(), tp: int = 1) -> OpList:

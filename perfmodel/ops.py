@@ -192,15 +192,36 @@ class DecoderLayer:
     kind = OpKind.DECODER_LAYER
 
 
+class CollectiveLaunch(str, enum.Enum):
+    """How a collective is issued (``validation/collectives_launch.py`` measures each way):
+    ``eager_single`` one eager call on an idle stream, ``eager_burst`` eager calls back to back,
+    ``graph`` calls inside a replayed CUDA graph."""
+
+    EAGER_SINGLE = "eager_single"
+    EAGER_BURST = "eager_burst"
+    GRAPH = "graph"
+
+
+def default_collective_launch(phase: "Phase") -> CollectiveLaunch:
+    """The way a phase's collectives are priced: in a CUDA graph for decode (serving engines capture
+    decode steps), back to back for prefill (eager passes)."""
+    return CollectiveLaunch.GRAPH if Phase(phase) is Phase.DECODE else CollectiveLaunch.EAGER_BURST
+
+
 @dataclass(frozen=True)
 class Collective:
-    """A collective (or point-to-point) operation; ``bytes`` is per rank."""
+    """A collective (or point-to-point) operation; ``bytes`` is per rank.
+
+    ``launch`` says how it is issued (:class:`CollectiveLaunch`): a profile with terms for that way
+    (``collective_launch``) prices it with them; None, or a way without terms, uses the class's.
+    """
 
     op: OpKind
     bytes: Num
     world: int
     dtype: Dtype = Dtype.BF16
     topology: str = ""
+    launch: "CollectiveLaunch | None" = None
 
     @property
     def kind(self) -> OpKind:

@@ -360,7 +360,7 @@ def load_rows(path: str | Path) -> list[dict]:
 KNEE_GRID_BYTES = tuple(float(2 ** (k / 4)) for k in range(4 * 21, 4 * 30 + 1))  # 2 MiB .. 1 GiB per rank
 
 
-def fit_class(rows: list[dict], op: str) -> dict:
+def fit_class(rows: list[dict], op: str, gpu_name: str = FIT_GPU) -> dict:
     """Fit one class, minimising squared relative error over 64 KiB..1 GiB.
 
     ``t = A + T - overlap * min(A, T)`` with ``A = steps(w) * alpha`` and the transfer
@@ -377,7 +377,7 @@ def fit_class(rows: list[dict], op: str) -> dict:
     from perfmodel.comm import AllReduceAlgorithm, _factor_steps
     from perfmodel.ops import OpKind
 
-    gpu = load_gpu(FIT_GPU)
+    gpu = load_gpu(gpu_name)
     pts = [r for r in rows if r.get("op") == op and FIT_LO_BYTES <= r["bytes"] <= FIT_HI_BYTES]
     if len(pts) < 5:
         raise ValueError(f"too few {op} points to fit ({len(pts)})")
@@ -430,7 +430,7 @@ def _ape_stats(pred, meas) -> dict:
             "max_ape": float(ape.max()), "n": int(ape.size)}
 
 
-def evaluate(rows: list[dict], fits: dict[str, dict]) -> dict:
+def evaluate(rows: list[dict], fits: dict[str, dict], gpu_name: str = FIT_GPU) -> dict:
     """Errors over 64 KiB..1 GiB of the fitted model (through perfmodel.comm) and the datasheet baseline."""
     import numpy as np
 
@@ -439,8 +439,8 @@ def evaluate(rows: list[dict], fits: dict[str, dict]) -> dict:
     from perfmodel.comm import bandwidth_only_time, collective_time
     from perfmodel.ops import OpKind
 
-    gpu = load_gpu(FIT_GPU)
-    prof = Profile(FIT_GPU, Mode.CALIBRATED, {OpClass(k): class_params(v) for k, v in fits.items()})
+    gpu = load_gpu(gpu_name)
+    prof = Profile(gpu_name, Mode.CALIBRATED, {OpClass(k): class_params(v) for k, v in fits.items()})
     out: dict = {}
     all_fit, all_base, all_peak, all_meas = [], [], [], []
     for op in fits:
@@ -450,7 +450,7 @@ def evaluate(rows: list[dict], fits: dict[str, dict]) -> dict:
         meas = np.array([r["time_s"] for r in pts])
         fit = np.asarray(collective_time(OpKind(op), b, w, gpu, prof).total_s)
         # datasheet bandwidth plus the hardware file's link latency per step (calibrated mode, nothing fitted)
-        peak = np.asarray(collective_time(OpKind(op), b, w, gpu, Profile(FIT_GPU, Mode.CALIBRATED)).total_s)
+        peak = np.asarray(collective_time(OpKind(op), b, w, gpu, Profile(gpu_name, Mode.CALIBRATED)).total_s)
         base = bandwidth_only_time(OpKind(op), b, w, gpu)
         out[op] = {"fitted": _ape_stats(fit, meas), "peak_with_link_latency": _ape_stats(peak, meas),
                    "bandwidth_only_datasheet": _ape_stats(base, meas)}

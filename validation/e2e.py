@@ -289,7 +289,8 @@ def _percentile(xs: list[float], q: float) -> float:
 
 
 def score(records: list[dict]) -> list[dict]:
-    """Per GPU and phase: rows, median / p90 / max absolute error and median signed error (fractions).
+    """Per GPU and phase (and layout, for ``validation.e2e_parallel`` records): rows, median / p90 / max
+    absolute error and median signed error (fractions).
     Records that were skipped or lack a measurement or a prediction are left out."""
     groups: dict[tuple[str, str], list[float]] = {}
     for r in records:
@@ -298,7 +299,8 @@ def score(records: list[dict]) -> list[dict]:
         err = r.get("error")
         if err is None:
             err = r["predicted_s"] / r["measured_s"] - 1.0
-        groups.setdefault((r.get("gpu_model") or r.get("gpu") or "unknown", r["phase"]), []).append(float(err))
+        phase = f"{r['config_label']} {r['phase']}" if r.get("config_label") else r["phase"]  # multi-GPU layouts apart
+        groups.setdefault((r.get("gpu_model") or r.get("gpu") or "unknown", phase), []).append(float(err))
     out = []
     for (gpu, phase), errs in sorted(groups.items()):
         ab = [abs(e) for e in errs]

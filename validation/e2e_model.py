@@ -120,6 +120,9 @@ class E2EModel:
         self._cos = self._sin = None
         self.probe = False  # when set, layer 0 keeps its attention call in ``attention_call``
         self.attention_call = None
+        #: tensor-parallel shards (:mod:`validation.e2e_parallel`): the all-reduce of a row-parallel
+        #: GEMM's partial output (after the O projection and the MLP), in place; None on one GPU
+        self.tp_reduce = None
 
     # ------------------------------------------------------------------ sizes
     def tensors(self) -> list[torch.Tensor]:
@@ -165,11 +168,14 @@ class E2EModel:
         self._cos, self._sin = ang.cos().to(self.dtype), ang.sin().to(self.dtype)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, ids: torch.Tensor, cache, pos: int, kv_len: int) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, cache, pos: int, kv_len: int, hidden: torch.Tensor | None = None,
+                head: bool = True) -> torch.Tensor:
         """Logits ``[B, vocab]`` of the last position of ``ids [B, n]`` placed at ``pos .. pos+n-1``.
 
         ``pos == 0`` with ``n > 1``: prefill, causal attention over the new tokens.  Otherwise
-        (decode): the queries attend to the cache's first ``kv_len`` positions.
+        (decode): the queries attend to the cache's first ``kv_len`` positions.  A pipeline stage
+        passes the previous stage's residual stream ``hidden [B * n, hidden]`` instead of embedding
+        ``ids`` (then only their shape counts), and ``head=False`` returns its own residual stream.
         """
         s = self.spec
         b, n = ids.shape
@@ -179,7 +185,7 @@ class E2EModel:
         sin = self._sin[pos:pos + n].view(1, n, 1, d)
         gqa = hq != hkv
         prefill = pos == 0 and n > 1
-        x = F.embedding(ids, self.embed).view(b * n, h)
+        x = F.embedding(ids, self.embed).view(b * n, h) if hidden is None else hidden
         for i, lay in enumerate(self.layers):
             hn = rmsnorm(x, lay["n1"])
             qkv = torch.addmm(lay["b_qkv"], hn, lay["w_qkv"]) if "b_qkv" in lay else hn @ lay["w_qkv"]
@@ -203,10 +209,17 @@ class E2EModel:
             a = F.scaled_dot_product_attention(*args, **kw)
             a = a.transpose(1, 2).reshape(b * n, hq * d)
             o = torch.addmm(lay["b_o"], a, lay["w_o"]) if "b_o" in lay else a @ lay["w_o"]
+            if self.tp_reduce is not None:
+                o = self.tp_reduce(o)
             x = x + o
             del qkv, t, q, k, v, a, o, args  # the MLP's workspace reuses theirs, as in an engine
             hn = rmsnorm(x, lay["n2"])
-            x = x + (self._moe(hn, lay) if "experts" in lay else _mlp(hn, lay["mlp"]))
+            y = self._moe(hn, lay) if "experts" in lay else _mlp(hn, lay["mlp"])
+            if self.tp_reduce is not None:
+                y = self.tp_reduce(y)
+            x = x + y
+        if not head:
+            return x
         last = x.view(b, n, h)[:, -1]
         return rmsnorm(last, self.final_norm) @ self.lm_head
 
