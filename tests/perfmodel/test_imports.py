@@ -1,0 +1,37 @@
+"""Imports on demand: the package, ``analyze`` and ``predict`` load no pandas, solver, torch or streamlit."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HEAVY = ("pandas", "pulp", "highspy", "torch", "streamlit", "ray", "pyarrow")
+
+
+def _loaded_after(code: str) -> list[str]:
+    script = code + f"\nimport sys, json\nprint(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=ROOT,
+                         check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("code", [
+    "import perfmodel",
+    "import contextlib, io\nfrom perfmodel.cli import main\n"
+    "with contextlib.redirect_stdout(io.StringIO()): assert main(['analyze']) == 0",
+    "import contextlib, io\nfrom perfmodel.cli import main\n"
+    "with contextlib.redirect_stdout(io.StringIO()): assert main(['analyze', '--json', '--pp', '2']) == 0",
+    "import contextlib, io\nfrom perfmodel.cli import main\n"
+    "with contextlib.redirect_stdout(io.StringIO()): main(['predict', '--help'])",
+], ids=["import", "analyze", "analyze-json-pp", "predict"])
+def test_no_heavy_imports(code):
+    assert _loaded_after(code) == []
+
+
+def test_the_lazy_names_load_on_use():
+    assert _loaded_after("import perfmodel\nperfmodel.sweep") == ["pandas"] + (
+        ["pyarrow"] if _loaded_after("import pandas") == ["pandas", "pyarrow"] else [])
