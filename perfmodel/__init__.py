@@ -33,6 +33,7 @@ from perfmodel.models import ModelSpec, list_models, load_model
 from perfmodel.ops import AttentionImpl, op_from_dict, op_to_dict
 from perfmodel.predict import predict, predict_cost, predict_file
 from perfmodel.scenario import Layout, Scenario
+from perfmodel.sweep import sweep
 
 
 
@@ -45,8 +46,8 @@ __all__ = [
     "NonFiniteError", "TooLargeError", "Layout", "Scenario",
 ]
 
-#: names loaded on first use: the sweep needs pandas, the simulator its own modules
-_LAZY = {"sweep": "perfmodel.sweep", "Deployment": "perfmodel.serving", "LengthDist": "perfmodel.serving",
+#: names loaded on first use: the simulator's modules need pandas
+_LAZY = {"Deployment": "perfmodel.serving", "LengthDist": "perfmodel.serving",
          "SimResult": "perfmodel.serving", "Slo": "perfmodel.serving", "Workload": "perfmodel.serving",
          "simulate": "perfmodel.serving"}
 

@@ -12,10 +12,9 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 import numpy as np
-import pandas as pd
 
 from hw.loader import load_gpu
 from perfmodel.calibration import Mode, resolve_profile
@@ -34,12 +33,18 @@ from perfmodel.phases import (
     prefill_cost,
 )
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 AXES = ("context_len", "batch", "tp", "output_tokens")
 
 DEFAULT_MAX_BYTES = 2 * 2**30
 """bytes: the largest result :func:`sweep` builds in memory (points x columns x 8 bytes); 2 GiB."""
 BASE_COLUMNS = 21  # scenario columns and metrics of a one-GPU-group frame
 LAYOUT_COLUMNS = 5  # pp, sp, sp_kind, ep, world
+CHUNK_POINTS = 1 << 16
+"""points evaluated at once by :func:`sweep`: the temporaries of a chunk stay small (a few MiB per column)
+and in cache, so memory is the result plus a bounded working set."""
 CHUNK_FRACTION = 8  # a streamed chunk holds at most max_bytes / 8 of columns (evaluation needs several times that)
 
 
@@ -226,12 +231,47 @@ def sweep(
     layout = pp != 1 or sp != 1 or ep != 1 or topology is not None
     check_size(sweep_size(context_len, batch, tp, output_tokens, knob_axes, layout), max_bytes,
                "; evaluate it in chunks with perfmodel.sweep.iter_sweep (the CLI: --out FILE.csv)")
-    df = pd.concat(list(iter_sweep(model, gpu, context_len, batch, tp, output_tokens, mode, weight_dtype, kv_dtype,
-                                     activation_dtype, chunk_tokens, reserve_fraction, profile, knobs, knob_axes,
-                                     pp, sp, sp_kind, ep, topology, attention_impl, launch)),
-                     ignore_index=True)
+    size = sweep_size(context_len, batch, tp, output_tokens, knob_axes, layout)
+    df = _assemble(iter_sweep(model, gpu, context_len, batch, tp, output_tokens, mode, weight_dtype, kv_dtype,
+                              activation_dtype, chunk_tokens, reserve_fraction, profile, knobs, knob_axes,
+                              pp, sp, sp_kind, ep, topology, attention_impl, launch, chunk_points=CHUNK_POINTS),
+                   size.points)
     df.attrs["notes"] = sweep_notes(model, context_len, output_tokens, gpu, tp, pp, sp, ep, topology)
     return df
+
+
+def _assemble(frames: Iterable["pd.DataFrame"], n: int) -> "pd.DataFrame":
+    """One frame of ``n`` rows from ``frames`` in order, written into columns allocated once (no
+    concatenation copy): categorical columns keep their categories (their union, in order of first
+    appearance), other columns the first frame's dtype (object where a later frame's differs)."""
+    import pandas as pd
+
+    cols: dict[str, Any] = {}
+    cats: dict[str, list] = {}
+    i = 0
+    for f in frames:
+        k = len(f)
+        for name in f.columns:
+            v = f[name]
+            if isinstance(v.dtype, pd.CategoricalDtype):
+                if name not in cols:
+                    cols[name], cats[name] = np.empty(n, dtype=np.int16), []
+                known = cats[name]
+                for c in v.cat.categories:
+                    if c not in known:
+                        known.append(c)
+                remap = np.array([known.index(c) for c in v.cat.categories] + [-1], dtype=np.int16)
+                cols[name][i:i + k] = remap[v.cat.codes.to_numpy()]
+                continue
+            a = v.to_numpy()
+            if name not in cols:
+                cols[name] = np.empty(n, dtype=a.dtype)
+            elif cols[name].dtype != a.dtype and cols[name].dtype != object:
+                cols[name] = cols[name].astype(object)
+            cols[name][i:i + k] = a
+        i += k
+    out = {name: (pd.Categorical.from_codes(a[:i], cats[name]) if name in cats else a[:i]) for name, a in cols.items()}
+    return pd.DataFrame(out, copy=False)
 
 
 def sweep_notes(model, context_len, output_tokens, gpu=None, tp: Any = 1, pp: int = 1, sp: int = 1, ep: int = 1,
@@ -288,22 +328,27 @@ def iter_sweep(model, gpu, context_len=50_000, batch=1, tp=1, output_tokens=250,
         prec = apply_knobs(base_prec, kn)
         for t in tp_ax:
             for i0 in range(0, n, step):
-                ic, ib, io = np.unravel_index(np.arange(i0, min(n, i0 + step), dtype=np.int64), shape)
+                flat = np.arange(i0, min(n, i0 + step), dtype=np.int64)
+                ic, ib, io = np.unravel_index(flat, shape)
                 ctx, b, out = (ax[i].astype(np.float64) for ax, i in ((ctx_ax, ic), (b_ax, ib), (out_ax, io)))
+                pairs = _pairs(flat, ctx_ax, b_ax, out_ax.size)
                 if layout is None:
-                    frame = _evaluate(m, g, prof, ctx, b, out, prec, int(t), chunk_tokens, reserve_fraction, kn)
+                    frame = _evaluate(m, g, prof, ctx, b, out, prec, int(t), chunk_tokens, reserve_fraction, kn,
+                                      pairs)
                 else:
                     frame = _evaluate_layout(m, g, prof, ctx, b, out, prec, int(t), chunk_tokens, reserve_fraction,
-                                             kn, layout, ring)
+                                             kn, layout, ring, pairs)
                 for name, value in knob_values.items():
                     frame[name] = value.value if hasattr(value, "value") else value
                 yield frame
 
 
 def _evaluate_layout(m, g, prof, ctx, b, out, prec, t, chunk_tokens, reserve_fraction, kn, lay,
-                     ring) -> pd.DataFrame:
+                     ring, pairs=None) -> pd.DataFrame:
     """The grid at TP degree ``t`` on the multi-GPU layout ``lay`` (Ring step model ``ring``; None: ideal
     overlap), point by point, as ``analyze`` prices it (:func:`perfmodel.parallel.price_layout`)."""
+    import pandas as pd
+
     from perfmodel.parallel import price_layout
 
     if kn is not None and not kn.active:
@@ -373,13 +418,46 @@ def _knob_grid(knobs: Knobs | None, knob_axes: Mapping[str, Iterable[Any]] | Non
         yield clean, base.replace(**clean)
 
 
-def _evaluate(m, g, prof, ctx, b, out, prec, t, chunk_tokens, reserve_fraction, kn) -> pd.DataFrame:
-    """One vectorised pass over the flattened context x batch x output grid at TP degree ``t``."""
+def _pairs(flat: np.ndarray, ctx_ax: np.ndarray, b_ax: np.ndarray, n_out: int):
+    """The (context, batch) pairs of the points ``flat`` (flat indices into context x batch x output, the
+    output fastest): ``(contexts, batches, index of each point's pair)``.  The prefill and the decode step
+    depend on the pair only, so they are priced once per pair."""
+    pair = flat // n_out  # nondecreasing, consecutive: every pair between the first and the last occurs
+    p0 = int(pair[0]) if pair.size else 0
+    p1 = int(pair[-1]) + 1 if pair.size else 0
+    ic, ib = np.divmod(np.arange(p0, p1, dtype=np.int64), b_ax.size)
+    return ctx_ax[ic].astype(np.float64), b_ax[ib].astype(np.float64), pair - p0
+
+
+def _take(cost, idx):
+    """``cost`` (an :class:`~perfmodel.costs.OpCost` of arrays) at the indices ``idx``."""
+    from perfmodel.costs import OpCost
+
+    return OpCost(**{f: (np.asarray(v)[idx] if np.ndim(v) else v) for f, v in
+                     ((f, getattr(cost, f)) for f in _COST_FIELDS)}, memory_bound=cost.memory_bound)
+
+
+_COST_FIELDS = ("compute_s", "memory_s", "latency_s", "comm_s", "overlap_s", "flops", "bytes", "band_lo_s",
+                "band_hi_s")
+
+
+def _evaluate(m, g, prof, ctx, b, out, prec, t, chunk_tokens, reserve_fraction, kn, pairs=None) -> pd.DataFrame:
+    """One vectorised pass over the flattened context x batch x output grid at TP degree ``t``.
+
+    ``pairs`` (:func:`_pairs`): the prefill and the decode step are priced once per (context, batch)
+    pair; None prices them at every point."""
+    import pandas as pd
+
     if kn is not None and not kn.active:
         kn = None
     mem = memory_budget(m, g, ctx, out, prec, t, chunk_tokens, reserve_fraction, batch=b, knobs=kn)
-    pre = prefill_cost(m, g, prof, ctx, b, prec, t, chunk_tokens, knobs=kn)
-    step = decode_step_cost(m, g, prof, ctx, b, prec, t, knobs=kn)
+    if pairs is None:
+        pre = prefill_cost(m, g, prof, ctx, b, prec, t, chunk_tokens, knobs=kn)
+        step = decode_step_cost(m, g, prof, ctx, b, prec, t, knobs=kn)
+    else:
+        cu, bu, inv = pairs
+        pre = _take(prefill_cost(m, g, prof, cu, bu, prec, t, chunk_tokens, knobs=kn), inv)
+        step = _take(decode_step_cost(m, g, prof, cu, bu, prec, t, knobs=kn), inv)
     dec = decode_cost(m, g, prof, ctx, out, b, prec, t, knobs=kn)
     sw = context_switch(g, prof, mem.kv_bytes_per_user, knobs=kn)
     met = _masked(scenario_metrics(effective_model(m, kn), apply_knobs(prec, kn), kn, ctx, out, b, mem, pre, step,
@@ -410,4 +488,6 @@ def _head_columns(m, g, prof, ctx, out, b, t) -> dict:
 
 def _const(text: str, n: int) -> pd.Categorical:
     """A column holding one string ``n`` times (categorical: building a million strings is slow)."""
+    import pandas as pd
+
     return pd.Categorical.from_codes(np.zeros(n, dtype=np.int8), [text])
