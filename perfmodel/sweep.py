@@ -318,7 +318,6 @@ def iter_sweep(model, gpu, context_len=50_000, batch=1, tp=1, output_tokens=250,
 
     layout = par.layout(m, tp_ax, pp, sp, sp_kind, ep, topology)
     ring = par.ring_step_model(prof)
-    shape = (ctx_ax.size, b_ax.size, out_ax.size)
     n = ctx_ax.size * b_ax.size * out_ax.size
     step = n if chunk_points is None else max(1, int(chunk_points))
     for knob_values, kn in _knob_grid(knobs, knob_axes):
@@ -328,55 +327,116 @@ def iter_sweep(model, gpu, context_len=50_000, batch=1, tp=1, output_tokens=250,
         prec = apply_knobs(base_prec, kn)
         for t in tp_ax:
             for i0 in range(0, n, step):
-                flat = np.arange(i0, min(n, i0 + step), dtype=np.int64)
-                ic, ib, io = np.unravel_index(flat, shape)
-                ctx, b, out = (ax[i].astype(np.float64) for ax, i in ((ctx_ax, ic), (b_ax, ib), (out_ax, io)))
-                pairs = _pairs(flat, ctx_ax, b_ax, out_ax.size)
-                if layout is None:
-                    frame = _evaluate(m, g, prof, ctx, b, out, prec, int(t), chunk_tokens, reserve_fraction, kn,
-                                      pairs)
-                else:
-                    frame = _evaluate_layout(m, g, prof, ctx, b, out, prec, int(t), chunk_tokens, reserve_fraction,
-                                             kn, layout, ring, pairs)
+                frame = _evaluate_range(m, g, prof, ctx_ax, b_ax, out_ax, i0, min(n, i0 + step), prec, int(t),
+                                        chunk_tokens, reserve_fraction, kn, layout, ring)
                 for name, value in knob_values.items():
                     frame[name] = value.value if hasattr(value, "value") else value
                 yield frame
 
 
-def _evaluate_layout(m, g, prof, ctx, b, out, prec, t, chunk_tokens, reserve_fraction, kn, lay,
-                     ring, pairs=None) -> pd.DataFrame:
-    """The grid at TP degree ``t`` on the multi-GPU layout ``lay`` (Ring step model ``ring``; None: ideal
-    overlap), point by point, as ``analyze`` prices it (:func:`perfmodel.parallel.price_layout`)."""
+def _blocks(i0: int, i1: int, shape: tuple[int, int, int]) -> Iterator[tuple[slice, slice, slice]]:
+    """The points ``i0 .. i1 - 1`` of a context x batch x output grid (flat, output fastest) as at most five
+    rectangular blocks ``(contexts, batches, outputs)``, in order."""
+    _, nb, no = shape
+    i = i0
+    while i < i1:
+        c, r = divmod(i, nb * no)
+        b, o = divmod(r, no)
+        if o or i1 - i < no:  # part of one output row
+            k = min(no - o, i1 - i)
+            yield slice(c, c + 1), slice(b, b + 1), slice(o, o + k)
+            i += k
+        elif b or i1 - i < nb * no:  # whole output rows of one context
+            k = min(nb - b, (i1 - i) // no)
+            yield slice(c, c + 1), slice(b, b + k), slice(0, no)
+            i += k * no
+        else:  # whole contexts
+            k = (i1 - i) // (nb * no)
+            yield slice(c, c + k), slice(0, nb), slice(0, no)
+            i += k * nb * no
+
+
+def _evaluate_range(m, g, prof, ctx_ax, b_ax, out_ax, i0, i1, prec, t, chunk_tokens, reserve_fraction, kn, lay,
+                    ring) -> "pd.DataFrame":
+    """The frame of the points ``i0 .. i1 - 1`` of the grid at TP degree ``t``; ``lay``: the multi-GPU layout
+    (:func:`perfmodel.parallel.layout`; None: one TP group), ``ring`` its Ring step model (None: ideal)."""
     import pandas as pd
+    from pandas.api.types import union_categoricals
 
-    from perfmodel.parallel import price_layout
+    shape = (ctx_ax.size, b_ax.size, out_ax.size)
+    parts = [_evaluate_block(m, g, prof, ctx_ax[cs], b_ax[bs], out_ax[os], prec, t, chunk_tokens,
+                             reserve_fraction, kn, lay, ring) for cs, bs, os in _blocks(i0, i1, shape)]
+    if len(parts) == 1:
+        cols = parts[0]
+    else:
+        cols = {k: (union_categoricals([p[k] for p in parts]) if isinstance(v, pd.Categorical)
+                    else v if np.ndim(v) == 0 else np.concatenate([p[k] for p in parts]))
+                for k, v in parts[0].items()}  # a scalar (weights, KV per token, world) is one for the chunk
+    ctx, out, b = cols.pop("context_len"), cols.pop("output_tokens"), cols.pop("batch")
+    world = cols.pop("world")
+    head = _head_columns(m, g, prof, ctx, out, b, t)
+    if lay is not None:
+        n = ctx.size
+        head = {**{k: v for k, v in head.items() if k in ("model", "gpu", "tp")},
+                "pp": lay["pp"], "sp": lay["sp"], "sp_kind": _const(lay["sp_kind"], n), "ep": lay["ep"],
+                "world": np.full(n, world, dtype=np.int64),
+                **{k: v for k, v in head.items() if k not in ("model", "gpu", "tp")}}
+    return pd.DataFrame({**head, **cols})
 
+
+def _evaluate_block(m, g, prof, ctx, b, out, prec, t, chunk_tokens, reserve_fraction, kn, lay, ring) -> dict:
+    """The columns of the block ``ctx x b x out`` (1-D integer axes), priced with numpy broadcasting: each
+    phase is priced over the axes it depends on (the prefill and the decode step once per (context, batch)
+    pair, each op of a pass only over the sizes it reads), then spread over the block.  The grid's
+    contexts, outputs and batches come back as ``context_len``, ``output_tokens``, ``batch`` and the
+    layout's GPU count as ``world``."""
     if kn is not None and not kn.active:
         kn = None
-    pm, pprec = effective_model(m, kn), apply_knobs(prec, kn)
-    rows, worlds = [], []
-    for c, bb, o in zip(ctx, b, out):
-        mem, ph = price_layout(m, g, prof, int(c), int(o), int(bb), prec, t, chunk_tokens, reserve_fraction, kn,
-                               lay, ring)
-        sw = context_switch(g, prof, mem.kv_bytes_per_user, knobs=kn)
-        met = scenario_metrics(pm, pprec, kn, int(c), int(o), int(bb), mem, ph.prefill, ph.decode_step, ph.decode,
-                               sw)
-        rows.append(_masked(met, met["max_concurrency"] >= bb))
-        worlds.append(int(ph.details["world"]))
-    pts = pd.DataFrame(rows)
-    n = ctx.size
-    head = _head_columns(m, g, prof, ctx, out, b, t)
-    layout_cols = {"pp": lay["pp"], "sp": lay["sp"], "sp_kind": _const(lay["sp_kind"], n), "ep": lay["ep"],
-                   "world": np.asarray(worlds, dtype=np.int64)}
-    return pd.DataFrame({
-        **{k: v for k, v in head.items() if k in ("model", "gpu", "tp")},
-        **layout_cols,
-        **{k: v for k, v in head.items() if k not in ("model", "gpu", "tp")},
-        **{k: pts[k].to_numpy() for k in METRIC_COLUMNS},
-        "prefill_bound": pd.Categorical(pts["prefill_bound"]),
-        "decode_bound": pd.Categorical(pts["decode_bound"]),
-        "fits": pts["fits"].to_numpy(dtype=bool),
-    })
+    c3 = ctx.astype(np.float64).reshape(-1, 1, 1)
+    b3 = b.astype(np.float64).reshape(1, -1, 1)
+    o3 = out.astype(np.float64).reshape(1, 1, -1)
+    shape = (ctx.size, b.size, out.size)
+    if lay is None:
+        mem = memory_budget(m, g, c3, o3, prec, t, chunk_tokens, reserve_fraction, batch=b3, knobs=kn)
+        pre = prefill_cost(m, g, prof, c3, b3, prec, t, chunk_tokens, knobs=kn)
+        step = decode_step_cost(m, g, prof, c3, b3, prec, t, knobs=kn)
+        dec = decode_cost(m, g, prof, c3, o3, b3, prec, t, knobs=kn)
+        world = t
+    else:
+        from perfmodel.parallel import price_layout
+
+        mem, ph = price_layout(m, g, prof, c3, o3, b3, prec, t, chunk_tokens, reserve_fraction, kn, lay, ring)
+        pre, step, dec, world = ph.prefill, ph.decode_step, ph.decode, int(ph.details["world"])
+    sw = context_switch(g, prof, mem.kv_bytes_per_user, knobs=kn)
+
+    def flat(x):
+        return np.broadcast_to(np.asarray(x), shape).reshape(-1)
+
+    ctx_f, b_f, out_f = flat(c3), flat(b3), flat(o3)
+    conc = flat(mem.max_concurrency)
+    met = scenario_metrics(effective_model(m, kn), apply_knobs(prec, kn), kn, ctx_f, out_f, b_f,
+                           _Flat(max_concurrency=conc), _flat_cost(pre, flat), _flat_cost(step, flat),
+                           _flat_cost(dec, flat), _Flat(serial_s=flat(sw.serial_s), duplex_s=flat(sw.duplex_s)))
+    met = _masked(met, conc >= b_f)
+    return {"context_len": ctx_f, "output_tokens": out_f, "batch": b_f, "world": world,
+            **{k: met[k] for k in METRIC_COLUMNS}, "prefill_bound": met["prefill_bound"],
+            "decode_bound": met["decode_bound"], "fits": met["fits"]}
+
+
+class _Flat:
+    """The fields :func:`perfmodel.metrics.scenario_metrics` reads of a budget or a swap, spread over a block."""
+
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+
+
+def _flat_cost(cost, flat):
+    """``cost`` with the terms the metrics read spread over the block (``flat``); FLOPs and bytes dropped."""
+    from perfmodel.costs import OpCost
+
+    return OpCost(**{f: (flat(getattr(cost, f)) if np.ndim(getattr(cost, f)) else getattr(cost, f))
+                     for f in ("compute_s", "memory_s", "latency_s", "comm_s", "overlap_s", "band_lo_s",
+                               "band_hi_s")}, memory_bound=cost.memory_bound)
 
 
 #: The metric columns of a frame, in order (:func:`perfmodel.metrics.scenario_metrics` keys).
@@ -416,59 +476,6 @@ def _knob_grid(knobs: Knobs | None, knob_axes: Mapping[str, Iterable[Any]] | Non
     for combo in itertools.product(*values):
         clean = {n: (v.item() if hasattr(v, "item") else v) for n, v in zip(names, combo)}
         yield clean, base.replace(**clean)
-
-
-def _pairs(flat: np.ndarray, ctx_ax: np.ndarray, b_ax: np.ndarray, n_out: int):
-    """The (context, batch) pairs of the points ``flat`` (flat indices into context x batch x output, the
-    output fastest): ``(contexts, batches, index of each point's pair)``.  The prefill and the decode step
-    depend on the pair only, so they are priced once per pair."""
-    pair = flat // n_out  # nondecreasing, consecutive: every pair between the first and the last occurs
-    p0 = int(pair[0]) if pair.size else 0
-    p1 = int(pair[-1]) + 1 if pair.size else 0
-    ic, ib = np.divmod(np.arange(p0, p1, dtype=np.int64), b_ax.size)
-    return ctx_ax[ic].astype(np.float64), b_ax[ib].astype(np.float64), pair - p0
-
-
-def _take(cost, idx):
-    """``cost`` (an :class:`~perfmodel.costs.OpCost` of arrays) at the indices ``idx``."""
-    from perfmodel.costs import OpCost
-
-    return OpCost(**{f: (np.asarray(v)[idx] if np.ndim(v) else v) for f, v in
-                     ((f, getattr(cost, f)) for f in _COST_FIELDS)}, memory_bound=cost.memory_bound)
-
-
-_COST_FIELDS = ("compute_s", "memory_s", "latency_s", "comm_s", "overlap_s", "flops", "bytes", "band_lo_s",
-                "band_hi_s")
-
-
-def _evaluate(m, g, prof, ctx, b, out, prec, t, chunk_tokens, reserve_fraction, kn, pairs=None) -> pd.DataFrame:
-    """One vectorised pass over the flattened context x batch x output grid at TP degree ``t``.
-
-    ``pairs`` (:func:`_pairs`): the prefill and the decode step are priced once per (context, batch)
-    pair; None prices them at every point."""
-    import pandas as pd
-
-    if kn is not None and not kn.active:
-        kn = None
-    mem = memory_budget(m, g, ctx, out, prec, t, chunk_tokens, reserve_fraction, batch=b, knobs=kn)
-    if pairs is None:
-        pre = prefill_cost(m, g, prof, ctx, b, prec, t, chunk_tokens, knobs=kn)
-        step = decode_step_cost(m, g, prof, ctx, b, prec, t, knobs=kn)
-    else:
-        cu, bu, inv = pairs
-        pre = _take(prefill_cost(m, g, prof, cu, bu, prec, t, chunk_tokens, knobs=kn), inv)
-        step = _take(decode_step_cost(m, g, prof, cu, bu, prec, t, knobs=kn), inv)
-    dec = decode_cost(m, g, prof, ctx, out, b, prec, t, knobs=kn)
-    sw = context_switch(g, prof, mem.kv_bytes_per_user, knobs=kn)
-    met = _masked(scenario_metrics(effective_model(m, kn), apply_knobs(prec, kn), kn, ctx, out, b, mem, pre, step,
-                                   dec, sw), mem.max_concurrency >= b)
-    return pd.DataFrame({
-        **_head_columns(m, g, prof, ctx, out, b, t),
-        **{k: met[k] for k in METRIC_COLUMNS},
-        "prefill_bound": met["prefill_bound"],
-        "decode_bound": met["decode_bound"],
-        "fits": met["fits"],
-    })
 
 
 def _head_columns(m, g, prof, ctx, out, b, t) -> dict:
