@@ -8,7 +8,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import yaml
 
 from hw.spec import GPU, MATH_FALLBACK, Cluster, Dtype, Link, LinkKind, Node, Source
 
@@ -48,11 +47,11 @@ _GPU_NUMERIC = {
 }
 
 
-#: libyaml's safe loader when built (the same documents, about 10x faster), else the pure-Python one
-_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
 def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml  # on first read: ``import hw`` stays cheap
+
+    # libyaml's safe loader when built (the same documents, about 10x faster), else the pure-Python one
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -60,7 +59,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise HardwareError(f"{path}: cannot be read ({exc.__class__.__name__})") from None
     try:
-        data = yaml.load(text, Loader=_SAFE_LOADER)
+        data = yaml.load(text, Loader=loader)
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f" (line {line + 1})" if line is not None else ""

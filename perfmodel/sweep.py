@@ -42,9 +42,9 @@ DEFAULT_MAX_BYTES = 2 * 2**30
 """bytes: the largest result :func:`sweep` builds in memory (points x columns x 8 bytes); 2 GiB."""
 BASE_COLUMNS = 21  # scenario columns and metrics of a one-GPU-group frame
 LAYOUT_COLUMNS = 5  # pp, sp, sp_kind, ep, world
-CHUNK_POINTS = 1 << 16
-"""points evaluated at once by :func:`sweep`: the temporaries of a chunk stay small (a few MiB per column)
-and in cache, so memory is the result plus a bounded working set."""
+CHUNK_POINTS = 1 << 18
+"""points :func:`sweep` evaluates at once (about; :func:`aligned_chunk`): a chunk's temporaries stay a few
+MiB per column, so memory is the result plus a bounded working set."""
 CHUNK_FRACTION = 8  # a streamed chunk holds at most max_bytes / 8 of columns (evaluation needs several times that)
 
 
@@ -234,10 +234,20 @@ def sweep(
     size = sweep_size(context_len, batch, tp, output_tokens, knob_axes, layout)
     df = _assemble(iter_sweep(model, gpu, context_len, batch, tp, output_tokens, mode, weight_dtype, kv_dtype,
                               activation_dtype, chunk_tokens, reserve_fraction, profile, knobs, knob_axes,
-                              pp, sp, sp_kind, ep, topology, attention_impl, launch, chunk_points=CHUNK_POINTS),
+                              pp, sp, sp_kind, ep, topology, attention_impl, launch,
+                              chunk_points=aligned_chunk(_axis_len(batch), _axis_len(output_tokens))),
                    size.points)
     df.attrs["notes"] = sweep_notes(model, context_len, output_tokens, gpu, tp, pp, sp, ep, topology)
     return df
+
+
+def aligned_chunk(n_batch: int, n_output: int, target: int = CHUNK_POINTS) -> int:
+    """About ``target`` points, a whole number of (batch x output) planes or of output rows where one fits,
+    so that each chunk is one rectangular block of the grid (priced in one pass, :func:`_blocks`)."""
+    plane = max(1, n_batch * n_output)
+    if plane <= target:
+        return target // plane * plane
+    return target // n_output * n_output if 0 < n_output <= target else target
 
 
 def _assemble(frames: Iterable["pd.DataFrame"], n: int) -> "pd.DataFrame":
