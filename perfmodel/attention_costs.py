@@ -42,8 +42,7 @@ def flash_splits(units, n_blocks, slots: int, max_splits: int = 128):
         table = np.ones((uu.size, nn.size))
         need = uu < 0.8 * slots
         if np.any(need):
-            pu, pn = np.meshgrid(uu[need], nn, indexing="ij")
-            table[need] = _split_choice(pu.ravel(), pn.ravel(), slots, max_splits).reshape(pu.shape)
+            table[need] = _split_table(uu[need], nn, slots, max_splits)
         return table[iu.reshape(ub.shape), in_.reshape(nb.shape)]
     u, n = np.broadcast_arrays(u0, n0)
     out = np.ones(u.shape)
@@ -56,6 +55,26 @@ def flash_splits(units, n_blocks, slots: int, max_splits: int = 128):
     nn = uniq - uu * 1e9
     out[need] = _split_choice(uu, nn, slots, max_splits)[np.ravel(inv)]
     return out if out.ndim else float(out)
+
+
+def _split_table(uu, nn, slots: int, max_splits: int, max_elements: int = 1 << 22):
+    """:func:`_split_choice` of every (``uu[i]``, ``nn[j]``) pair, a ``(len(uu), len(nn))`` table: the split
+    counts a KV length allows are found once per length, the wave efficiencies once per unit count; rows
+    are taken a few at a time so no temporary holds more than ``max_elements`` numbers."""
+    s = np.arange(1, max_splits + 1, dtype=np.float64)
+    allowed = s[None, :] <= np.minimum(min(max_splits, slots), nn)[:, None]
+    changes = (s == 1)[None, :] | (np.ceil(nn[:, None] / s) != np.ceil(nn[:, None] / np.maximum(s - 1, 1)))
+    mask = allowed & changes  # (lengths, splits)
+    w = uu[:, None] * s / slots
+    with np.errstate(invalid="ignore", divide="ignore"):  # w = 0 (no units): 0 / 0, not chosen
+        e = w / np.ceil(w)  # (units, splits)
+    out = np.empty((uu.size, nn.size))
+    rows = max(1, max_elements // max(1, nn.size * s.size))
+    for i in range(0, uu.size, rows):
+        eff = np.where(mask[None, :, :], e[i:i + rows, None, :], 0.0)
+        ok = (eff >= 0.85 * eff.max(axis=2, keepdims=True)) & (eff > 0)
+        out[i:i + rows] = np.where(ok.any(axis=2), np.argmax(ok, axis=2) + 1.0, 1.0)
+    return out
 
 
 def _split_choice(uu, nn, slots: int, max_splits: int):

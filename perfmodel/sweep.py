@@ -232,10 +232,10 @@ def sweep(
     check_size(sweep_size(context_len, batch, tp, output_tokens, knob_axes, layout), max_bytes,
                "; evaluate it in chunks with perfmodel.sweep.iter_sweep (the CLI: --out FILE.csv)")
     size = sweep_size(context_len, batch, tp, output_tokens, knob_axes, layout)
-    df = _assemble(iter_sweep(model, gpu, context_len, batch, tp, output_tokens, mode, weight_dtype, kv_dtype,
+    df = _assemble(_iter_columns(model, gpu, context_len, batch, tp, output_tokens, mode, weight_dtype, kv_dtype,
                               activation_dtype, chunk_tokens, reserve_fraction, profile, knobs, knob_axes,
                               pp, sp, sp_kind, ep, topology, attention_impl, launch,
-                              chunk_points=aligned_chunk(_axis_len(batch), _axis_len(output_tokens))),
+                              aligned_chunk(_axis_len(batch), _axis_len(output_tokens))),
                    size.points)
     df.attrs["notes"] = sweep_notes(model, context_len, output_tokens, gpu, tp, pp, sp, ep, topology)
     return df
@@ -250,30 +250,32 @@ def aligned_chunk(n_batch: int, n_output: int, target: int = CHUNK_POINTS) -> in
     return target // n_output * n_output if 0 < n_output <= target else target
 
 
-def _assemble(frames: Iterable["pd.DataFrame"], n: int) -> "pd.DataFrame":
-    """One frame of ``n`` rows from ``frames`` in order, written into columns allocated once (no
-    concatenation copy): categorical columns keep their categories (their union, in order of first
-    appearance), other columns the first frame's dtype (object where a later frame's differs)."""
+def _assemble(chunks: Iterable[dict], n: int) -> "pd.DataFrame":
+    """One frame of ``n`` rows from the chunks' columns (:func:`_iter_columns`), in order, written into
+    columns allocated once (no concatenation copy): categorical columns keep their categories (their union,
+    in order of first appearance), other columns the first chunk's dtype (object where a later one's
+    differs); a single value fills the chunk's rows."""
     import pandas as pd
 
     cols: dict[str, Any] = {}
     cats: dict[str, list] = {}
     i = 0
-    for f in frames:
-        k = len(f)
-        for name in f.columns:
-            v = f[name]
-            if isinstance(v.dtype, pd.CategoricalDtype):
+    for chunk in chunks:
+        k = len(chunk["context_len"])
+        for name, v in chunk.items():
+            if isinstance(v, pd.Categorical):
                 if name not in cols:
                     cols[name], cats[name] = np.empty(n, dtype=np.int16), []
                 known = cats[name]
-                for c in v.cat.categories:
+                for c in v.categories:
                     if c not in known:
                         known.append(c)
-                remap = np.array([known.index(c) for c in v.cat.categories] + [-1], dtype=np.int16)
-                cols[name][i:i + k] = remap[v.cat.codes.to_numpy()]
+                remap = np.array([known.index(c) for c in v.categories] + [-1], dtype=np.int16)
+                cols[name][i:i + k] = remap[v.codes]
                 continue
-            a = v.to_numpy()
+            a = np.asarray(v)
+            if a.ndim == 0 and a.dtype.kind in "US":
+                a = np.asarray(v, dtype=object)
             if name not in cols:
                 cols[name] = np.empty(n, dtype=a.dtype)
             elif cols[name].dtype != a.dtype and cols[name].dtype != object:
@@ -311,6 +313,18 @@ def iter_sweep(model, gpu, context_len=50_000, batch=1, tp=1, output_tokens=250,
                chunk_points: int | None = None) -> Iterator[pd.DataFrame]:
     """:func:`sweep`'s rows, in order, as frames of at most ``chunk_points`` rows (None: one frame per
     knob combination and TP degree).  No size check: the caller writes each frame out and drops it."""
+    import pandas as pd
+
+    for cols in _iter_columns(model, gpu, context_len, batch, tp, output_tokens, mode, weight_dtype, kv_dtype,
+                              activation_dtype, chunk_tokens, reserve_fraction, profile, knobs, knob_axes, pp, sp,
+                              sp_kind, ep, topology, attention_impl, launch, chunk_points):
+        yield pd.DataFrame(cols)
+
+
+def _iter_columns(model, gpu, context_len, batch, tp, output_tokens, mode, weight_dtype, kv_dtype, activation_dtype,
+                  chunk_tokens, reserve_fraction, profile, knobs, knob_axes, pp, sp, sp_kind, ep, topology,
+                  attention_impl, launch, chunk_points) -> Iterator[dict]:
+    """:func:`iter_sweep`'s chunks as columns (arrays, categoricals, or one value for the chunk)."""
     m = load_model(model)
     g = load_gpu(gpu)
     ctx_ax = _axis("context_len", context_len, 1)
@@ -337,11 +351,11 @@ def iter_sweep(model, gpu, context_len=50_000, batch=1, tp=1, output_tokens=250,
         prec = apply_knobs(base_prec, kn)
         for t in tp_ax:
             for i0 in range(0, n, step):
-                frame = _evaluate_range(m, g, prof, ctx_ax, b_ax, out_ax, i0, min(n, i0 + step), prec, int(t),
-                                        chunk_tokens, reserve_fraction, kn, layout, ring)
+                cols = _evaluate_range(m, g, prof, ctx_ax, b_ax, out_ax, i0, min(n, i0 + step), prec, int(t),
+                                       chunk_tokens, reserve_fraction, kn, layout, ring)
                 for name, value in knob_values.items():
-                    frame[name] = value.value if hasattr(value, "value") else value
-                yield frame
+                    cols[name] = value.value if hasattr(value, "value") else value
+                yield cols
 
 
 def _blocks(i0: int, i1: int, shape: tuple[int, int, int]) -> Iterator[tuple[slice, slice, slice]]:
@@ -391,7 +405,7 @@ def _evaluate_range(m, g, prof, ctx_ax, b_ax, out_ax, i0, i1, prec, t, chunk_tok
                 "pp": lay["pp"], "sp": lay["sp"], "sp_kind": _const(lay["sp_kind"], n), "ep": lay["ep"],
                 "world": np.full(n, world, dtype=np.int64),
                 **{k: v for k, v in head.items() if k not in ("model", "gpu", "tp")}}
-    return pd.DataFrame({**head, **cols})
+    return {**head, **cols}
 
 
 def _evaluate_block(m, g, prof, ctx, b, out, prec, t, chunk_tokens, reserve_fraction, kn, lay, ring) -> dict:
