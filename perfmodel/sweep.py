@@ -261,7 +261,7 @@ def _assemble(chunks: Iterable[dict], n: int) -> "pd.DataFrame":
     cats: dict[str, list] = {}
     i = 0
     for chunk in chunks:
-        k = len(chunk["context_len"])
+        k = int(np.size(chunk["context_len"]))
         for name, v in chunk.items():
             if isinstance(v, pd.Categorical):
                 if name not in cols:
@@ -280,7 +280,10 @@ def _assemble(chunks: Iterable[dict], n: int) -> "pd.DataFrame":
                 cols[name] = np.empty(n, dtype=a.dtype)
             elif cols[name].dtype != a.dtype and cols[name].dtype != object:
                 cols[name] = cols[name].astype(object)
-            cols[name][i:i + k] = a
+            if a.ndim > 1:  # a block: written through a view of its rows, no flattened copy
+                cols[name][i:i + k].reshape(a.shape)[...] = a
+            else:
+                cols[name][i:i + k] = a
         i += k
     out = {name: (pd.Categorical.from_codes(a[:i], cats[name]) if name in cats else a[:i]) for name, a in cols.items()}
     return pd.DataFrame(out, copy=False)
@@ -318,7 +321,8 @@ def iter_sweep(model, gpu, context_len=50_000, batch=1, tp=1, output_tokens=250,
     for cols in _iter_columns(model, gpu, context_len, batch, tp, output_tokens, mode, weight_dtype, kv_dtype,
                               activation_dtype, chunk_tokens, reserve_fraction, profile, knobs, knob_axes, pp, sp,
                               sp_kind, ep, topology, attention_impl, launch, chunk_points):
-        yield pd.DataFrame(cols)
+        yield pd.DataFrame({k: (v.reshape(-1) if isinstance(v, np.ndarray) and v.ndim > 1 else v)
+                            for k, v in cols.items()})
 
 
 def _iter_columns(model, gpu, context_len, batch, tp, output_tokens, mode, weight_dtype, kv_dtype, activation_dtype,
@@ -381,9 +385,11 @@ def _blocks(i0: int, i1: int, shape: tuple[int, int, int]) -> Iterator[tuple[sli
 
 
 def _evaluate_range(m, g, prof, ctx_ax, b_ax, out_ax, i0, i1, prec, t, chunk_tokens, reserve_fraction, kn, lay,
-                    ring) -> "pd.DataFrame":
-    """The frame of the points ``i0 .. i1 - 1`` of the grid at TP degree ``t``; ``lay``: the multi-GPU layout
-    (:func:`perfmodel.parallel.layout`; None: one TP group), ``ring`` its Ring step model (None: ideal)."""
+                    ring) -> dict:
+    """The columns of the points ``i0 .. i1 - 1`` of the grid at TP degree ``t``; ``lay``: the multi-GPU layout
+    (:func:`perfmodel.parallel.layout`; None: one TP group), ``ring`` its Ring step model (None: ideal).
+    Array columns are 1-D, or, for a range that is one block, in the block's shape (flattened in C order
+    they are the rows); a column of one value is that value."""
     import pandas as pd
     from pandas.api.types import union_categoricals
 
@@ -394,13 +400,13 @@ def _evaluate_range(m, g, prof, ctx_ax, b_ax, out_ax, i0, i1, prec, t, chunk_tok
         cols = parts[0]
     else:
         cols = {k: (union_categoricals([p[k] for p in parts]) if isinstance(v, pd.Categorical)
-                    else v if np.ndim(v) == 0 else np.concatenate([p[k] for p in parts]))
+                    else v if np.ndim(v) == 0 else np.concatenate([np.ravel(p[k]) for p in parts]))
                 for k, v in parts[0].items()}  # a scalar (weights, KV per token, world) is one for the chunk
     ctx, out, b = cols.pop("context_len"), cols.pop("output_tokens"), cols.pop("batch")
     world = cols.pop("world")
     head = _head_columns(m, g, prof, ctx, out, b, t)
+    n = ctx.size
     if lay is not None:
-        n = ctx.size
         head = {**{k: v for k, v in head.items() if k in ("model", "gpu", "tp")},
                 "pp": lay["pp"], "sp": lay["sp"], "sp_kind": _const(lay["sp_kind"], n), "ep": lay["ep"],
                 "world": np.full(n, world, dtype=np.int64),
@@ -433,34 +439,16 @@ def _evaluate_block(m, g, prof, ctx, b, out, prec, t, chunk_tokens, reserve_frac
         pre, step, dec, world = ph.prefill, ph.decode_step, ph.decode, int(ph.details["world"])
     sw = context_switch(g, prof, mem.kv_bytes_per_user, knobs=kn)
 
-    def flat(x):
-        return np.broadcast_to(np.asarray(x), shape).reshape(-1)
-
-    ctx_f, b_f, out_f = flat(c3), flat(b3), flat(o3)
-    conc = flat(mem.max_concurrency)
-    met = scenario_metrics(effective_model(m, kn), apply_knobs(prec, kn), kn, ctx_f, out_f, b_f,
-                           _Flat(max_concurrency=conc), _flat_cost(pre, flat), _flat_cost(step, flat),
-                           _flat_cost(dec, flat), _Flat(serial_s=flat(sw.serial_s), duplex_s=flat(sw.duplex_s)))
-    met = _masked(met, conc >= b_f)
-    return {"context_len": ctx_f, "output_tokens": out_f, "batch": b_f, "world": world,
-            **{k: met[k] for k in METRIC_COLUMNS}, "prefill_bound": met["prefill_bound"],
-            "decode_bound": met["decode_bound"], "fits": met["fits"]}
-
-
-class _Flat:
-    """The fields :func:`perfmodel.metrics.scenario_metrics` reads of a budget or a swap, spread over a block."""
-
-    def __init__(self, **fields):
-        self.__dict__.update(fields)
-
-
-def _flat_cost(cost, flat):
-    """``cost`` with the terms the metrics read spread over the block (``flat``); FLOPs and bytes dropped."""
-    from perfmodel.costs import OpCost
-
-    return OpCost(**{f: (flat(getattr(cost, f)) if np.ndim(getattr(cost, f)) else getattr(cost, f))
-                     for f in ("compute_s", "memory_s", "latency_s", "comm_s", "overlap_s", "band_lo_s",
-                               "band_hi_s")}, memory_bound=cost.memory_bound)
+    conc = mem.max_concurrency
+    met = scenario_metrics(effective_model(m, kn), apply_knobs(prec, kn), kn, c3, o3, b3, mem, pre, step, dec, sw)
+    fits = np.broadcast_to(np.asarray(conc) >= b3, shape)
+    nan = ~fits
+    cols = {"context_len": np.broadcast_to(c3, shape), "output_tokens": np.broadcast_to(o3, shape),
+            "batch": np.broadcast_to(b3, shape), "world": world}
+    for k in METRIC_COLUMNS:
+        v = met[k]
+        cols[k] = np.where(nan, np.nan, v) if k in TIME_METRICS else v  # NaN times where a point does not fit
+    return {**cols, "prefill_bound": met["prefill_bound"], "decode_bound": met["decode_bound"], "fits": fits}
 
 
 #: The metric columns of a frame, in order (:func:`perfmodel.metrics.scenario_metrics` keys).
@@ -468,16 +456,6 @@ METRIC_COLUMNS = ("weight_bytes", "kv_bytes_per_token", "kv_cache_bytes", "prefi
                   "prefill_s_high", "decode_s_per_token", "decode_s_per_token_low", "decode_s_per_token_high",
                   "decode_s", "decode_s_low", "decode_s_high", "max_concurrency", "context_switch_s",
                   "context_switch_duplex_s", "session_throughput_tokens_per_s")
-
-
-def _masked(met: dict, fits) -> dict:
-    """``met`` with its times NaN where the point does not fit (``fits`` False), and ``fits`` added."""
-    nan = np.where(fits, 1.0, np.nan)
-    out = {k: (np.asarray(v, dtype=np.float64) * nan if k in TIME_METRICS else v) for k, v in met.items()}
-    if np.ndim(fits) == 0:
-        out = {k: (float(v) if k in TIME_METRICS else v) for k, v in out.items()}
-        fits = bool(fits)
-    return out | {"fits": fits}
 
 
 def _knob_grid(knobs: Knobs | None, knob_axes: Mapping[str, Iterable[Any]] | None):
