@@ -1,10 +1,14 @@
 """``sweep``: the Cartesian product of scenario axes, evaluated with numpy.
 
-Each TP degree changes the op list's structure, so the sweep runs one
-vectorised evaluation per TP degree; every other axis is a numpy array.
-With a multi-GPU layout (``pp``, ``sp``, ``ep`` or a ``topology``) each point
-goes through :func:`perfmodel.parallel.parallel_phases` as ``analyze`` prices it
-(one point at a time: slower, the same numbers).
+Each TP degree changes the op list's structure, so the sweep runs one evaluation per TP degree (and
+knob combination).  The context x batch x output grid is cut into chunks of about
+:data:`CHUNK_POINTS` points, each one rectangular block (or a few), priced with numpy broadcasting:
+contexts, batches and outputs enter as arrays of shapes ``(c, 1, 1)``, ``(1, b, 1)`` and ``(1, 1, o)``,
+so every op and phase is priced over the axes it depends on (a GEMM over the batch sizes, the prefill
+and the decode step once per (context, batch) pair, the decode's attention over all three) and only the
+output columns span the whole block.  A multi-GPU layout (``pp``, ``sp``, ``ep`` or a ``topology``) is
+priced the same way, through :func:`perfmodel.parallel.price_layout`, the code ``analyze`` runs on one
+point.  :func:`sweep` writes the chunks into columns allocated once; :func:`iter_sweep` yields them.
 """
 
 from __future__ import annotations
