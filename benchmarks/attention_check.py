@@ -7,7 +7,12 @@ uniform lengths, default and forced program counts, and both schedules over page
 of 16 and 64 tokens in a shuffled order), against float64 references of
 ``kernels.reference``: relative norm error below 1e-2 (bf16 inputs).
 
-    python benchmarks/attention_check.py [--out DIR]
+With ``--breadth`` only the other head sizes, fp8 caches and MLA decode are checked (prefill
+at head_dim 32, 80, 96, 192/128 and 256; decode contiguous and paged at 80, 96, 192/128 and 256;
+fp8 e4m3 caches per kv head and per tensor against the reference on the dequantised cache; MLA
+decode at 512 + 64 with 16 and 128 heads, bf16 and fp8 latent).
+
+    python benchmarks/attention_check.py [--out DIR] [--breadth]
 
 Prints one line per configuration and PASS/FAIL; exits 1 on a failure, 2 without a CUDA device;
 writes ``attention_check.json`` under ``--out`` (default ``$OUT`` or the current folder).
@@ -68,6 +73,58 @@ def run_checks() -> dict[str, float]:
     return res
 
 
+def breadth_checks() -> dict[str, float]:
+    """Relative errors of the head sizes, fp8 caches and MLA decode against float64 references."""
+    import torch
+
+    import kernels
+    from kernels import reference as ref
+
+    d = "cuda"
+    bf = dict(device=d, dtype=torch.bfloat16)
+    res: dict[str, float] = {}
+    for hd, dv in ((32, 32), (80, 80), (96, 96), (192, 128), (256, 256)):
+        q = torch.randn(2, 28, 999, hd, **bf)
+        k = torch.randn(2, 4, 999, hd, **bf)
+        v = torch.randn(2, 4, 999, dv, **bf)
+        for causal in (True, False):
+            res[f"prefill D={hd} Dv={dv} B=2 Hq=28 Hkv=4 L=999 causal={causal}"] = _err(
+                kernels.attention_prefill(q, k, v, causal), ref.attention_prefill_ref(q, k, v, causal))
+    lens = torch.tensor([1, 5000, 17, 2048, 999, 64, 65], device=d, dtype=torch.int32)
+    for hd, dv in ((80, 80), (96, 96), (192, 128), (256, 256)):
+        q = torch.randn(7, 32, hd, **bf)
+        kc = torch.randn(7, 8, 5000, hd, **bf)
+        vc = torch.randn(7, 8, 5000, dv, **bf)
+        want = ref.attention_decode_ref(q, kc, vc, lens)
+        for sched in ("split_kv", "stream_k") if hd == dv == 256 else ("split_kv",):
+            res[f"{sched} D={hd} Dv={dv} ragged"] = _err(kernels.attention_decode(q, kc, vc, lens, schedule=sched), want)
+    for hd in (80, 96):
+        res[f"paged split_kv page=16 D={hd} ragged"] = paged_error(d, 16, hd, "split_kv")
+    for hd, per_head in ((128, True), (96, False), (64, True)):
+        q = torch.randn(7, 32, hd, **bf)
+        kq, ks = ref.quantize_fp8(torch.randn(7, 8, 5000, hd, **bf), per_head)
+        vq, vs = ref.quantize_fp8(torch.randn(7, 8, 5000, hd, **bf), per_head)
+        want = ref.attention_decode_ref(q, ref.dequantize_fp8_ref(kq, ks), ref.dequantize_fp8_ref(vq, vs), lens)
+        res[f"fp8 e4m3 D={hd} per_head={per_head} ragged"] = _err(
+            kernels.attention_decode(q, kq, vq, lens, k_scale=ks, v_scale=vs), want)
+    for heads in (16, 128):
+        page, lmax = 64, 3001
+        blocks = -(-lmax // page)
+        kl = torch.tensor([1, 3001, 17, 1024, 999], device=d, dtype=torch.int32)
+        table = torch.randperm(5 * blocks + 3, device=d)[: 5 * blocks].view(5, blocks).to(torch.int32)
+        lat = torch.randn(5 * blocks + 3, page, 576, **bf)
+        q = torch.randn(5, heads, 576, **bf)
+        scale = 192 ** -0.5
+        res[f"mla bf16 H={heads} page={page} ragged"] = _err(
+            kernels.attention_decode_mla(q, lat, table, kl, sm_scale=scale),
+            ref.attention_decode_mla_ref(q, lat, table, kl, 512, scale))
+        lq, ls = ref.quantize_fp8(lat[:, None], per_head=False)
+        res[f"mla fp8 H={heads} page={page} ragged"] = _err(
+            kernels.attention_decode_mla(q, lq[:, 0], table, kl, sm_scale=scale, latent_scale=ls),
+            ref.attention_decode_mla_ref(q, lq[:, 0].double() * ls.double(), table, kl, 512, scale))
+    return res
+
+
 def paged_error(device, page_size: int, head_dim: int, schedule: str, batch: int = 5, kv_heads: int = 4,
                 q_heads: int = 16, max_len: int = 3001, lens=(1, 3001, 17, 1024, 999)) -> float:
     """Relative error of ``kernels.attention_decode_paged`` against the float64 reference of the
@@ -97,13 +154,14 @@ def paged_error(device, page_size: int, head_dim: int, schedule: str, batch: int
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--breadth", action="store_true", help="only the other head sizes, fp8 caches and MLA decode")
     args = ap.parse_args()
     import torch
 
     if not torch.cuda.is_available():
         print("error: needs a CUDA device", file=sys.stderr)
         return 2
-    res = run_checks()
+    res = breadth_checks() if args.breadth else {**run_checks(), **breadth_checks()}
     bad = {k: v for k, v in res.items() if not v < 1e-2}
     from validation.run import driver_version
 

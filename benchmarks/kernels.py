@@ -2,7 +2,12 @@
 
 Usage (on a CUDA machine)::
 
-    python benchmarks/kernels.py --out DIR [--sections ceilings,check,gemm,prefill,decode,paged,kv,sweep,streamk,streamk_rounds]
+    python benchmarks/kernels.py --out DIR [--sections ceilings,check,gemm,prefill,decode,paged,kv,sweep,streamk,streamk_rounds,heads,mla,fp8kv]
+    python benchmarks/kernels.py --out DIR --quick   # ceilings,heads,mla,fp8kv on a few shapes, about a minute
+
+``heads``, ``mla`` and ``fp8kv`` (:mod:`benchmarks.attention_breadth`): prefill and decode at every
+head size, MLA decode and fp8-KV decode against PyTorch SDPA with its default backend choice (the
+rows' baseline) and with the flash backend, with the GPU kernels each call ran (``torch.profiler``).
 
 ``streamk`` is the focused stream-K vs split-KV decode grid: a GPU check of the stream-K merge
 paths first, then every shape with the default schedules and stream-K with each variant of
@@ -38,12 +43,15 @@ import triton
 from triton.testing import do_bench
 
 import kernels
+from benchmarks import attention_breadth as breadth
 from kernels import reference as ref
 from validation.bench import graph_replay_s
 
 ROWS: list[dict] = []
 INFO: dict = {}
 OUT = Path(".")
+#: --quick: the breadth sections time a few shapes only
+QUICK = False
 
 
 def _bench(fn) -> float:
@@ -74,10 +82,11 @@ def _row(section, kernel, variant, case, time_s, flops=0, nbytes=0, baseline=Non
     # an fp8 GEMM is measured against cuBLAS's fp8 rate where that was measured, else against bf16
     key = "gemm_fp8_flops_per_s" if variant.startswith("fp8") and ceil.get("gemm_fp8_flops_per_s") else \
         "gemm_bf16_flops_per_s"
-    if flops and ceil.get(key) and section in ("gemm", "prefill"):
+    if flops and ceil.get(key) and section in ("gemm", "prefill", "heads_prefill"):
         r["frac_of_flops_ceiling"] = r["achieved_flops_per_s"] / ceil[key]
         r["flops_ceiling"] = key
-    if nbytes and ceil.get("copy_bytes_per_s") and section in ("decode", "paged", "kv", "sweep"):
+    if nbytes and ceil.get("copy_bytes_per_s") and section in ("decode", "paged", "kv", "sweep", "heads_decode",
+                                                                 "mla", "fp8kv"):
         r["frac_of_bw_ceiling"] = r["achieved_bytes_per_s"] / ceil["copy_bytes_per_s"]
     r.update(extra)
     ROWS.append(r)
@@ -733,6 +742,7 @@ def summarize(paths: list[str]) -> str:
         out.append(f"| decode >= 0.80 of measured copy bandwidth at KV >= 1 GB | min {worst:.2f} "
                    f"over {len(dec)} "
                    f"runs ({dec[0].get('timing', 'do_bench')}) | {'yes' if worst >= 0.8 else 'no'} |")
+    out += _breadth_targets(rows)
     for section, how in (("decode", ""), ("streamk_rounds", " (alternating rounds, median)")):
         by_case: dict = {}
         for r in rows:
@@ -748,8 +758,41 @@ def summarize(paths: list[str]) -> str:
     return "\n".join(out)
 
 
+def _breadth_targets(rows: list[dict]) -> list[str]:
+    """Target rows of the breadth sections: prefill against the default SDPA at L >= 8K (head_dim
+    64 and 128), decode at >= 1 GB of KV against the copy bandwidth per head size (best schedule)
+    and for MLA, fp8 KV against bf16 KV."""
+    out = []
+    pre = [r for r in rows if r["section"] == "heads_prefill" and r.get("seq_len", 0) >= 8192
+           and r.get("head_dim") in (64, 128) and r.get("speed_vs_baseline")]
+    if pre:
+        worst = min(r["speed_vs_baseline"] for r in pre)
+        out.append(f"| causal prefill >= 0.85 x default SDPA at L >= 8K, head_dim 64 and 128 | min {worst:.2f} over "
+                   f"{len(pre)} shapes | {'yes' if worst >= 0.85 else 'no'} |")
+    best: dict = {}
+    for r in rows:
+        if r["section"] in ("heads_decode", "mla") and r.get("kv_bytes", 0) >= 1e9 and r.get("frac_of_bw_ceiling"):
+            key = (r["kernel"], r.get("head_dim"), r.get("v_head_dim"), r["case"], r["variant"].split()[-1])
+            best[key] = max(best.get(key, 0.0), r["frac_of_bw_ceiling"])
+    if best:
+        cells = ", ".join(f"{k[0].replace('attention_', '')} {k[4] if k[1] is None else f'D{k[1]}/{k[2]}'}: {v:.2f}"
+                          for k, v in sorted(best.items(), key=str))
+        worst = min(best.values())
+        out.append(f"| decode >= 0.85 of copy bandwidth at KV >= 1 GB, every head size and MLA | {cells} | "
+                   f"{'yes' if worst >= 0.85 else 'no'} |")
+    f8 = [r for r in rows if r["section"] == "fp8kv" and r.get("speed_vs_bf16")]
+    if f8:
+        worst = min(r["speed_vs_bf16"] for r in f8)
+        out.append(f"| fp8-KV decode >= 1.6 x bf16 KV | min {worst:.2f} over {len(f8)} shapes | "
+                   f"{'yes' if worst >= 1.6 else 'no'} |")
+    return out
+
+
 SECTIONS = {"ceilings": ceilings, "check": check, "gemm": gemm, "prefill": prefill, "decode": decode,
-            "paged": paged, "kv": kv_blocks, "sweep": sweep, "streamk": streamk, "streamk_rounds": streamk_rounds}
+            "paged": paged, "kv": kv_blocks, "sweep": sweep, "streamk": streamk, "streamk_rounds": streamk_rounds,
+            "heads": lambda: breadth.heads(_row, _bench, QUICK), "mla": lambda: breadth.mla(_row, _bench, QUICK),
+            "fp8kv": lambda: breadth.fp8kv(_row, _bench, QUICK)}
+QUICK_SECTIONS = "ceilings,heads,mla,fp8kv"
 
 
 def _parse_shapes(text: str, grid: list[tuple[int, int, bool]]) -> list[tuple[int, int, bool]]:
@@ -808,7 +851,10 @@ def main() -> int:
     global OUT
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
-    ap.add_argument("--sections", default=",".join(SECTIONS))
+    ap.add_argument("--sections", default=None, help=f"default: all ({','.join(SECTIONS)}); with --quick "
+                                                     f"{QUICK_SECTIONS}")
+    ap.add_argument("--quick", action="store_true",
+                    help="heads, mla, fp8kv: a few shapes each (about a minute with the ceilings)")
     ap.add_argument("--summarize", nargs="+", metavar="JSON", help="print the targets table of result files")
     ap.add_argument("--main-only", action="store_true",
                     help="streamk, streamk_rounds: also time each decode schedule's first kernel alone")
@@ -845,12 +891,16 @@ def main() -> int:
         print("error: no CUDA device; this benchmark needs a GPU", file=sys.stderr)
         return 2
     OUT = Path(args.out)
+    global QUICK
+    QUICK = args.quick
+    sections = args.sections or (QUICK_SECTIONS if args.quick else ",".join(SECTIONS))
     if args.main_only:
         global STREAMK_MAIN_ONLY
         STREAMK_MAIN_ONLY = True
     INFO["env"] = _env()
     print(INFO["env"], flush=True)
-    for name in args.sections.split(","):
+    INFO["quick"] = QUICK
+    for name in sections.split(","):
         if name not in SECTIONS:
             print(f"error: unknown section {name!r}; choose from {list(SECTIONS)}", file=sys.stderr)
             return 2

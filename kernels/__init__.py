@@ -7,6 +7,10 @@ Public API (each wrapper checks its inputs and raises a ValueError naming the ar
 * :func:`attention_decode` -- one-token attention, split-KV or stream-K schedule (settings in
   :class:`DecodeConfig`; the schedules' rules in :mod:`perfmodel.decode_schedule`)
 * :func:`attention_decode_paged` -- the same over a paged KV cache
+* :func:`attention_decode_mla` -- MLA decode (DeepSeek-V2/V3, absorbed) over a paged latent cache
+
+The attention kernels take head sizes 16 to 256, a value head of its own size, and (decode) an
+fp8 e4m3 KV cache with float32 scales.
 * :func:`gather_kv_blocks`, :func:`scatter_kv_blocks` -- KV block moves for swapping
 
 Each kernel module also exposes ``flops(op)`` and ``bytes_moved(op)`` for op descriptors of the
@@ -15,6 +19,7 @@ analytical core's schema; plain PyTorch references live in :mod:`kernels.referen
 
 from ._common import KernelInputError
 from .attention_decode import DecodeConfig, DecodeSchedule, attention_decode
+from .attention_decode_mla import attention_decode_mla
 from .attention_decode_paged import attention_decode_paged
 from .attention_prefill import attention_prefill
 from .kv_blocks import gather_kv_blocks, scatter_kv_blocks
@@ -25,6 +30,7 @@ __all__ = [
     "DecodeSchedule",
     "KernelInputError",
     "attention_decode",
+    "attention_decode_mla",
     "attention_decode_paged",
     "attention_prefill",
     "gather_kv_blocks",

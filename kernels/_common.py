@@ -18,6 +18,7 @@ __all__ = [
     "interpreting",
     "next_pow2",
     "num_sms",
+    "split_head_dim",
 ]
 
 
@@ -34,6 +35,10 @@ TORCH_DTYPES: dict[str, torch.dtype] = {
 }
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+#: the KV cache formats of the decode kernels: the float formats, and e4m3 with a float32 scale
+KV_DTYPES = FLOAT_DTYPES + (torch.float8_e4m3fn,)
+#: head sizes (query/key and value) the attention kernels take, inclusive
+MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
 
 
 def interpreting() -> bool:
@@ -51,6 +56,16 @@ def num_sms(device: torch.device) -> int:
 def next_pow2(n: int) -> int:
     """Smallest power of two >= ``n`` (and >= 1)."""
     return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
+
+
+def split_head_dim(d: int) -> tuple[int, int]:
+    """A query/key head of ``d`` elements as two power-of-two parts, ``(a, b)``: ``a`` the largest
+    power of two <= ``d``, ``b`` the rest rounded up to a power of two (at least 16, the smallest
+    dot operand), or 0 when ``d`` is a power of two. The kernels take the score as
+    ``q[:a] . k[:a] + q[a:] . k[a:]`` with the ``b - (d - a)`` padded lanes masked: 80 = 64 + 16,
+    96 = 64 + 32, 192 = 128 + 64, 576 = 512 + 64, so no multiply is padded for these sizes."""
+    a = 1 << (int(d).bit_length() - 1)
+    return a, (0 if a == d else max(16, next_pow2(d - a)))
 
 
 def check_tensor(name: str, t: object, ndim: int, dtypes: tuple[torch.dtype, ...]) -> torch.Tensor:

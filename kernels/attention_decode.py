@@ -1,8 +1,13 @@
 """One-token (decode) GQA attention over a contiguous KV cache, split-KV or stream-K schedule.
 
-``q [B,Hq,D]``, ``k_cache, v_cache [B,Hkv,Lmax,D]``, ``kv_lens [B]`` (sequence ``b`` uses cache
-positions ``0 .. kv_lens[b]-1``). Each program serves the whole query group of one kv head, so
-the cache is read once.
+``q [B,Hq,D]``, ``k_cache [B,Hkv,Lmax,D]``, ``v_cache [B,Hkv,Lmax,Dv]``, ``kv_lens [B]`` (sequence
+``b`` uses cache positions ``0 .. kv_lens[b]-1``). Each program serves the whole query group of
+one kv head (or 64 of its query heads), so the cache is read once.
+
+Head sizes from 16 to 256 (tested: :data:`HEAD_DIMS`). Caches of ``D == Dv`` in
+:data:`STREAM_K_HEAD_DIMS` in q's format run the kernels of :mod:`kernels._decode_kernels` with
+either schedule; the others (other head sizes, ``Dv != D``, an fp8 e4m3 cache with float32
+scales) run the split-KV kernel of :mod:`kernels._decode_general`.
 
 * ``split_kv`` (flash-decoding): the KV axis of every (sequence, kv head) is cut into
   ``num_splits`` equal chunks; each chunk's partial softmax is merged by log-sum-exp.
@@ -28,8 +33,11 @@ from perfmodel.ops import Attention
 
 from . import _counts
 from . import _decode_kernels as _dk
+from . import _decode_general as _dg
 from ._common import (
     FLOAT_DTYPES,
+    MAX_HEAD_DIM,
+    MIN_HEAD_DIM,
     KernelInputError,
     check_last_dim_contiguous,
     check_same_device,
@@ -40,10 +48,14 @@ from ._common import (
 )
 
 __all__ = [
-    "HEAD_DIMS", "MAX_STREAM_K_BATCH", "DecodeConfig", "DecodeSchedule", "attention_decode", "bytes_moved", "flops",
+    "HEAD_DIMS", "MAX_STREAM_K_BATCH", "STREAM_K_HEAD_DIMS", "DecodeConfig", "DecodeSchedule", "attention_decode", "bytes_moved", "flops",
 ]
 
-HEAD_DIMS = (64, 128)
+#: head sizes the tests run; any size from MIN_HEAD_DIM to MAX_HEAD_DIM is taken
+HEAD_DIMS = (64, 80, 96, 128, 192, 256)
+#: head sizes (K and V alike, float cache) of the split-KV and stream-K kernels; other caches run
+#: the general split-KV kernel (the rule: :func:`perfmodel.decode_schedule.runs_general`)
+STREAM_K_HEAD_DIMS = ds.STREAM_K_HEAD_DIMS
 #: stream-K keeps a prefix sum over the sequences in registers; this bounds the batch.
 MAX_STREAM_K_BATCH = 16384
 _LOG2E = 1.4426950408889634
@@ -77,7 +89,8 @@ def _check_config(config: object) -> None:
 
 
 def check_q_and_lens(
-    q: object, kv_lens: object, kv_heads: int, head_dim: int, batch: int, device: torch.device
+    q: object, kv_lens: object, kv_heads: int, head_dim: int, batch: int, device: torch.device,
+    max_head_dim: int = MAX_HEAD_DIM,
 ) -> None:
     """Checks shared by the contiguous and paged wrappers (shape of q against the cache)."""
     check_tensor("q", q, 3, FLOAT_DTYPES)
@@ -90,8 +103,8 @@ def check_q_and_lens(
         raise KernelInputError(f"q: batch {q.shape[0]} differs from the cache's {batch}")
     if q.shape[2] != head_dim:
         raise KernelInputError(f"q: head_dim {q.shape[2]} differs from the cache's {head_dim}")
-    if head_dim not in HEAD_DIMS:
-        raise KernelInputError(f"q: head_dim {head_dim} not supported (expected one of {HEAD_DIMS})")
+    if not MIN_HEAD_DIM <= head_dim <= max_head_dim:
+        raise KernelInputError(f"q: head_dim {head_dim} not supported (expected {MIN_HEAD_DIM} to {max_head_dim})")
     if q.shape[1] % kv_heads:
         raise KernelInputError(f"q: q heads {q.shape[1]} not a multiple of kv heads {kv_heads}")
     if kv_lens.shape[0] != batch:
@@ -149,6 +162,25 @@ def pair_counters(device: torch.device, pairs: int) -> torch.Tensor:
         buf = torch.zeros((max(pairs, 1024),), dtype=torch.int32, device=device)
         _COUNTERS[key] = buf
     return buf
+
+
+def takes_stream_k(k: object, v: object, k_scale: object, v_scale: object) -> bool:
+    """Caches for the split-KV/stream-K kernels: K and V alike (shape, strides, float format) of
+    a head size in STREAM_K_HEAD_DIMS, no scales. Malformed caches go there too (their checks
+    name the argument)."""
+    if not (isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)) or k.dim() != 4:
+        return True
+    fp = k.dtype in FLOAT_DTYPES and v.dtype in FLOAT_DTYPES
+    return k_scale is None and v_scale is None and fp and not ds.runs_general(k.shape[-1], v.shape[-1], False)
+
+
+def general_schedule(sched: DecodeSchedule, head_dim: int, v_head_dim: int) -> None:
+    """The general kernel runs split-KV only."""
+    if sched is not DecodeSchedule.SPLIT_KV:
+        raise KernelInputError(
+            f"schedule: {sched.value} takes head_dim {STREAM_K_HEAD_DIMS} with V of the same size and a "
+            f"float cache; got head_dim {head_dim}, v_head_dim {v_head_dim} (use split_kv)"
+        )
 
 
 def launch_decode(
@@ -291,15 +323,19 @@ def attention_decode(
     sm_scale: float | None = None,
     validate: bool = True,
     config: DecodeConfig = ds.DEFAULT_CONFIG,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention of one new token per sequence over its KV cache.
 
     Parameters
     ----------
     q : torch.Tensor, shape [B, Hq, D]
-        fp16, bf16 or fp32; ``D`` in {64, 128}; innermost stride 1.
-    k_cache, v_cache : torch.Tensor, shape [B, Hkv, Lmax, D]
-        Same dtype, device and strides; innermost stride 1; ``Hq % Hkv == 0``.
+        fp16, bf16 or fp32; ``D`` from 16 to 256; innermost stride 1.
+    k_cache : torch.Tensor, shape [B, Hkv, Lmax, D]
+        q's dtype, or fp8 (``torch.float8_e4m3fn``); innermost stride 1; ``Hq % Hkv == 0``.
+    v_cache : torch.Tensor, shape [B, Hkv, Lmax, Dv]
+        K's dtype and device; ``Dv`` from 16 to 256.
     kv_lens : torch.Tensor, shape [B], int32 or int64
         Valid cache length of each sequence, in ``[1, Lmax]``.
     num_splits : int, optional
@@ -314,10 +350,13 @@ def attention_decode(
     config : DecodeConfig
         Settings of the schedules (:class:`perfmodel.decode_schedule.DecodeConfig`); the default
         is the shipped kernel.
+    k_scale, v_scale : torch.Tensor, optional
+        An fp8 cache's float32 scales, one element or one per kv head (``[Hkv]``): the cache
+        holds ``K / k_scale`` and ``V / v_scale``. Default 1.
 
     Returns
     -------
-    torch.Tensor, shape [B, Hq, D], dtype of ``q``
+    torch.Tensor, shape [B, Hq, Dv], dtype of ``q``
 
     Raises
     ------
@@ -326,14 +365,30 @@ def attention_decode(
     """
     sched = _schedule(schedule)
     _check_num_splits(num_splits)
+    _check_config(config)
+    if not takes_stream_k(k_cache, v_cache, k_scale, v_scale):
+        return _general(q, k_cache, v_cache, kv_lens, num_splits, sched, sm_scale, validate, k_scale, v_scale)
     check_kv_pair("k_cache", k_cache, "v_cache", v_cache)
     B, Hkv, Lmax, D = k_cache.shape
     check_q_and_lens(q, kv_lens, Hkv, D, B, k_cache.device)
     check_kv_dtype_and_scale(q, sm_scale, k_cache=k_cache, v_cache=v_cache)
     if validate:
         check_lens_values(kv_lens, Lmax)
-    _check_config(config)
     return launch_decode(q, k_cache, v_cache, kv_lens, None, 1, Lmax, num_splits, sched, sm_scale, config)
+
+
+def _general(q, k, v, kv_lens, num_splits, sched, sm_scale, validate, k_scale, v_scale) -> torch.Tensor:
+    """attention_decode through the general split-KV kernel."""
+    _dg.check_cache(("k_cache", "v_cache"), k, v, sm_scale)
+    B, Hkv, Lmax, D = k.shape
+    check_q_and_lens(q, kv_lens, Hkv, D, B, k.device)
+    s_scale = _dg.check_kv_format(q, "k_cache", k, k_scale, v_scale, Hkv)
+    general_schedule(sched, D, v.shape[3])
+    if validate:
+        check_lens_values(kv_lens, Lmax)
+    layouts = (tuple(k.stride()[:3]), tuple(v.stride()[:3]))
+    return _dg.launch(q, k, v, layouts, Hkv, v.shape[3], kv_lens, None, Lmax, num_splits, sm_scale,
+                      (k_scale, v_scale, s_scale))
 
 
 def flops(op: Attention | Mapping) -> int:

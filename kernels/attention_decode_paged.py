@@ -2,7 +2,8 @@
 
 Pages ``[num_blocks, Hkv, page_size, D]``; ``block_table [B, max_blocks]`` lists the pages of
 each sequence in order, so token ``n`` of sequence ``b`` sits in page ``block_table[b, n // page_size]``
-at row ``n % page_size``. Any ``page_size`` works (tiles gather rows across pages).
+at row ``n % page_size``. Any ``page_size`` works (tiles gather rows across pages). Head sizes,
+V pages of their own width and fp8 pages as in :func:`kernels.attention_decode`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from perfmodel.decode_schedule import DEFAULT_CONFIG, DecodeConfig, DecodeSchedu
 from perfmodel.ops import Attention
 
 from . import _counts
+from . import _decode_general as _dg
 from ._common import (
     KernelInputError,
     check_same_device,
@@ -28,7 +30,9 @@ from .attention_decode import (
     check_kv_pair,
     check_lens_values,
     check_q_and_lens,
+    general_schedule,
     launch_decode,
+    takes_stream_k,
 )
 
 __all__ = ["attention_decode_paged", "bytes_moved", "flops"]
@@ -59,27 +63,31 @@ def attention_decode_paged(
     sm_scale: float | None = None,
     validate: bool = True,
     config: DecodeConfig = DEFAULT_CONFIG,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention of one new token per sequence over a paged KV cache.
 
     Parameters
     ----------
     q : torch.Tensor, shape [B, Hq, D]
-        fp16, bf16 or fp32; ``D`` in {64, 128}; innermost stride 1.
-    k_pages, v_pages : torch.Tensor, shape [num_blocks, Hkv, page_size, D]
-        Same dtype, device and strides as each other; innermost stride 1.
+        fp16, bf16 or fp32; ``D`` from 16 to 256; innermost stride 1.
+    k_pages : torch.Tensor, shape [num_blocks, Hkv, page_size, D]
+        q's dtype or fp8 (``torch.float8_e4m3fn``); innermost stride 1.
+    v_pages : torch.Tensor, shape [num_blocks, Hkv, page_size, Dv]
+        K's dtype and device; ``Dv`` from 16 to 256.
     block_table : torch.Tensor, shape [B, max_blocks], int32 or int64
         Page indices of each sequence; entries past a sequence's length are not read.
     kv_lens : torch.Tensor, shape [B], int32 or int64
         Tokens of each sequence, in ``[1, max_blocks * page_size]``.
-    num_splits, schedule, sm_scale, config
+    num_splits, schedule, sm_scale, config, k_scale, v_scale
         As in :func:`kernels.attention_decode`.
     validate : bool
         Check the values of ``kv_lens`` and of the used ``block_table`` entries (a device sync).
 
     Returns
     -------
-    torch.Tensor, shape [B, Hq, D], dtype of ``q``
+    torch.Tensor, shape [B, Hq, Dv], dtype of ``q``
 
     Raises
     ------
@@ -89,19 +97,31 @@ def attention_decode_paged(
     sched = _schedule(schedule)
     _check_num_splits(num_splits)
     _check_config(config)
-    check_kv_pair("k_pages", k_pages, "v_pages", v_pages)
+    general = not takes_stream_k(k_pages, v_pages, k_scale, v_scale)
+    if general:
+        _dg.check_cache(("k_pages", "v_pages"), k_pages, v_pages, sm_scale)
+    else:
+        check_kv_pair("k_pages", k_pages, "v_pages", v_pages)
     num_blocks, Hkv, page_size, D = k_pages.shape
     check_tensor("block_table", block_table, 2, (torch.int32, torch.int64))
     check_same_device(k_pages=k_pages, block_table=block_table)
     B = block_table.shape[0]
     check_q_and_lens(q, kv_lens, Hkv, D, B, k_pages.device)
-    check_kv_dtype_and_scale(q, sm_scale, k_pages=k_pages, v_pages=v_pages)
+    if general:
+        s_scale = _dg.check_kv_format(q, "k_pages", k_pages, k_scale, v_scale, Hkv)
+        general_schedule(sched, D, v_pages.shape[3])
+    else:
+        check_kv_dtype_and_scale(q, sm_scale, k_pages=k_pages, v_pages=v_pages)
     if block_table.stride(1) != 1:
         raise KernelInputError(f"block_table: innermost stride is {block_table.stride(1)}; need 1")
     max_len = block_table.shape[1] * page_size
     if validate:
         check_lens_values(kv_lens, max_len)
         _check_table_values(block_table, kv_lens, page_size, num_blocks)
+    if general:
+        layouts = (tuple(k_pages.stride()[:3]), tuple(v_pages.stride()[:3]))
+        return _dg.launch(q, k_pages, v_pages, layouts, Hkv, v_pages.shape[3], kv_lens, (block_table, page_size),
+                          max_len, num_splits, sm_scale, (k_scale, v_scale, s_scale))
     return launch_decode(
         q, k_pages, v_pages, kv_lens, block_table, page_size, max_len, num_splits, sched, sm_scale, config
     )

@@ -1,8 +1,12 @@
 """Causal GQA flash attention forward (FlashAttention-2 style) in Triton.
 
-``q [B,Hq,L,D]``, ``k, v [B,Hkv,L,D]``, ``Hq % Hkv == 0``, ``D`` in {64, 128}, any ``L``.
-Online softmax in fp32 with base-2 exponentials; under causal masking, key tiles entirely above
-the diagonal are never visited and only the tiles that cross the diagonal are masked.
+``q [B,Hq,L,D]``, ``k [B,Hkv,L,D]``, ``v [B,Hkv,L,Dv]``, ``Hq % Hkv == 0``, ``D`` and ``Dv`` from 16
+to 256 (tested: :data:`HEAD_DIMS`, and ``D=192, Dv=128``, DeepSeek's attention before weight
+absorption), any ``L``. A head size that is not a power of two is taken as two power-of-two parts
+(80 = 64 + 16, 192 = 128 + 64; :func:`kernels._common.split_head_dim`) and V rows are padded to a
+power of two with masked loads, since ``tl.arange`` needs powers of two. Online softmax in fp32
+with base-2 exponentials; under causal masking, key tiles entirely above the diagonal are never
+visited and only the tiles that cross the diagonal are masked.
 """
 
 from __future__ import annotations
@@ -18,17 +22,22 @@ from perfmodel.ops import Attention
 
 from ._common import (
     FLOAT_DTYPES,
+    MAX_HEAD_DIM,
+    MIN_HEAD_DIM,
     KernelInputError,
     check_last_dim_contiguous,
     check_same_device,
     check_tensor,
     interpreting,
+    next_pow2,
+    split_head_dim,
 )
 from . import _counts
 
 __all__ = ["HEAD_DIMS", "attention_prefill", "bytes_moved", "flops"]
 
-HEAD_DIMS = (64, 128)
+#: head sizes the tests run; any size from MIN_HEAD_DIM to MAX_HEAD_DIM is taken
+HEAD_DIMS = (64, 80, 96, 128, 192, 256)
 _LOG2E = 1.4426950408889634
 
 
@@ -38,6 +47,7 @@ def _attend_tiles(
     l_i,
     m_i,
     q,
+    q_b,
     k_base,
     v_base,
     s_kn,
@@ -53,24 +63,50 @@ def _attend_tiles(
     MASK_KEYS: tl.constexpr,
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
+    HEAD_DIM_B: tl.constexpr,
+    D_B: tl.constexpr,
+    HEAD_DIM_V: tl.constexpr,
+    DV: tl.constexpr,
 ):
+    # q: the first HEAD_DIM query/key elements; q_b: the next D_B (padded to HEAD_DIM_B; unused
+    # when HEAD_DIM_B is 0); V rows of DV elements padded to HEAD_DIM_V.
     offs_d = tl.arange(0, HEAD_DIM)
+    offs_dv = tl.arange(0, HEAD_DIM_V)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         if MASK_KEYS:
             k = tl.load(
                 k_base + offs_n[None, :] * s_kn + offs_d[:, None], mask=offs_n[None, :] < L, other=0.0
             )
-            v = tl.load(
-                v_base + offs_n[:, None] * s_vn + offs_d[None, :], mask=offs_n[:, None] < L, other=0.0
-            )
         else:
             k = tl.load(k_base + offs_n[None, :] * s_kn + offs_d[:, None])
-            v = tl.load(v_base + offs_n[:, None] * s_vn + offs_d[None, :])
+        if DV < HEAD_DIM_V:  # padded value lanes
+            v = tl.load(
+                v_base + offs_n[:, None] * s_vn + offs_dv[None, :],
+                mask=(offs_n[:, None] < L) & (offs_dv[None, :] < DV),
+                other=0.0,
+            )
+        elif MASK_KEYS:
+            v = tl.load(
+                v_base + offs_n[:, None] * s_vn + offs_dv[None, :], mask=offs_n[:, None] < L, other=0.0
+            )
+        else:
+            v = tl.load(v_base + offs_n[:, None] * s_vn + offs_dv[None, :])
         if UPCAST:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
-        s = tl.dot(q, k, input_precision=PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N], log2 units
+        s = tl.dot(q, k, input_precision=PRECISION)
+        if HEAD_DIM_B > 0:  # the second part of the query/key head
+            offs_db = tl.arange(0, HEAD_DIM_B)
+            k_b = tl.load(
+                k_base + HEAD_DIM + offs_n[None, :] * s_kn + offs_db[:, None],
+                mask=(offs_n[None, :] < L) & (offs_db[:, None] < D_B),
+                other=0.0,
+            )
+            if UPCAST:
+                k_b = k_b.to(tl.float32)
+            s = tl.dot(q_b, k_b, s, input_precision=PRECISION)
+        s = s * qk_scale  # [BLOCK_M, BLOCK_N], log2 units
         if MASK_CAUSAL:
             s = tl.where((offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] < L), s, float("-inf"))
         elif MASK_KEYS:
@@ -113,7 +149,13 @@ def _prefill_kernel(
     CAUSAL: tl.constexpr,
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
+    HEAD_DIM_B: tl.constexpr,
+    D_B: tl.constexpr,
+    HEAD_DIM_V: tl.constexpr,
+    DV: tl.constexpr,
 ):
+    # HEAD_DIM (+ D_B padded to HEAD_DIM_B) query/key elements, DV value elements padded to
+    # HEAD_DIM_V (see kernels._common.split_head_dim).
     # Longest (most key tiles) query blocks first: better balance under causal masking.
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     bh = tl.program_id(1)
@@ -129,11 +171,21 @@ def _prefill_kernel(
     )
     if UPCAST:
         q = q.to(tl.float32)
+    q_b = q  # a placeholder when the head is one part
+    if HEAD_DIM_B > 0:
+        offs_db = tl.arange(0, HEAD_DIM_B)
+        q_b = tl.load(
+            Q + b * s_qb + h * s_qh + offs_m[:, None] * s_qm + HEAD_DIM + offs_db[None, :],
+            mask=(offs_m[:, None] < L) & (offs_db[None, :] < D_B),
+            other=0.0,
+        )
+        if UPCAST:
+            q_b = q_b.to(tl.float32)
     k_base = K + b * s_kb + hk * s_kh
     v_base = V + b * s_vb + hk * s_vh
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    acc = tl.zeros((BLOCK_M, HEAD_DIM), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, HEAD_DIM_V), dtype=tl.float32)
     if CAUSAL:
         # Key tiles wholly left of this query block need no mask; the rest up to the
         # diagonal are masked; tiles right of the diagonal are skipped.
@@ -148,6 +200,7 @@ def _prefill_kernel(
         l_i,
         m_i,
         q,
+        q_b,
         k_base,
         v_base,
         s_kn,
@@ -162,13 +215,17 @@ def _prefill_kernel(
         False,
         False,
         PRECISION,
-        UPCAST,
+        UPCAST,        HEAD_DIM_B,
+        D_B,
+        HEAD_DIM_V,
+        DV,
     )
     acc, l_i, m_i = _attend_tiles(
         acc,
         l_i,
         m_i,
         q,
+        q_b,
         k_base,
         v_base,
         s_kn,
@@ -183,13 +240,17 @@ def _prefill_kernel(
         CAUSAL,
         True,
         PRECISION,
-        UPCAST,
+        UPCAST,        HEAD_DIM_B,
+        D_B,
+        HEAD_DIM_V,
+        DV,
     )
     out = acc / l_i[:, None]
+    offs_dv = tl.arange(0, HEAD_DIM_V)
     tl.store(
-        Out + b * s_ob + h * s_oh + offs_m[:, None] * s_om + offs_d[None, :],
+        Out + b * s_ob + h * s_oh + offs_m[:, None] * s_om + offs_dv[None, :],
         out.to(Out.dtype.element_ty),
-        mask=offs_m[:, None] < L,
+        mask=(offs_m[:, None] < L) & (offs_dv[None, :] < DV),
     )
 
 
@@ -204,8 +265,29 @@ _GPU_CONFIGS = [
     _cfg(64, 64, 4, 4),
     _cfg(128, 32, 4, 4),
 ]
+#: heads wider than 128 (query/key parts together, or V): the configurations that fit the shared
+#: memory of an H100 without spilling registers when compiled for sm_90 (head_dim 192/128 and 256)
+_WIDE_GPU_CONFIGS = [
+    _cfg(128, 64, 2, 8),
+    _cfg(128, 32, 2, 8),
+    _cfg(128, 32, 3, 8),
+    _cfg(64, 32, 3, 4),
+]
 _INTERPRETER_META = {"BLOCK_M": 32, "BLOCK_N": 16}
-_tuned = triton.autotune(configs=_GPU_CONFIGS, key=["L", "HEAD_DIM", "CAUSAL"])(_prefill_kernel)
+
+
+def configs_for_head(configs, named_args, **kwargs):
+    """The autotuner's configurations for a head: :data:`_GPU_CONFIGS` up to 128 elements,
+    :data:`_WIDE_GPU_CONFIGS` beyond."""
+    wide = kwargs["HEAD_DIM"] + kwargs["HEAD_DIM_B"] > 128 or kwargs["HEAD_DIM_V"] > 128
+    return [c for c in configs if any(c is w for w in _WIDE_GPU_CONFIGS) == wide]
+
+
+_tuned = triton.autotune(
+    configs=_GPU_CONFIGS + _WIDE_GPU_CONFIGS,
+    key=["L", "HEAD_DIM", "HEAD_DIM_B", "DV", "CAUSAL"],
+    prune_configs_by={"early_config_prune": configs_for_head},
+)(_prefill_kernel)
 
 
 def _check(q, k, v, sm_scale) -> None:
@@ -217,12 +299,15 @@ def _check(q, k, v, sm_scale) -> None:
         if t.dtype != q.dtype:
             raise KernelInputError(f"{name}: dtype {t.dtype} differs from q's {q.dtype}")
     B, Hq, L, D = q.shape
-    if D not in HEAD_DIMS:
-        raise KernelInputError(f"q: head_dim {D} not supported (expected one of {HEAD_DIMS})")
+    for name, d in (("q", D), ("v", v.shape[3])):
+        if not MIN_HEAD_DIM <= d <= MAX_HEAD_DIM:
+            raise KernelInputError(
+                f"{name}: head_dim {d} not supported (expected {MIN_HEAD_DIM} to {MAX_HEAD_DIM})"
+            )
     if k.shape[0] != B or k.shape[2] != L or k.shape[3] != D:
         raise KernelInputError(f"k: shape {tuple(k.shape)} does not match q {tuple(q.shape)}")
-    if v.shape != k.shape:
-        raise KernelInputError(f"v: shape {tuple(v.shape)} differs from k's {tuple(k.shape)}")
+    if v.shape[:3] != k.shape[:3]:
+        raise KernelInputError(f"v: shape {tuple(v.shape)} differs from k's {tuple(k.shape)} before the head dim")
     if Hq % k.shape[1]:
         raise KernelInputError(f"k: q heads {Hq} not a multiple of kv heads {k.shape[1]}")
     if sm_scale is not None and not (
@@ -240,8 +325,10 @@ def attention_prefill(
     ----------
     q : torch.Tensor, shape [B, Hq, L, D]
         fp16, bf16 or fp32; innermost stride 1.
-    k, v : torch.Tensor, shape [B, Hkv, L, D]
+    k : torch.Tensor, shape [B, Hkv, L, D]
         Same dtype and device as ``q``; query head ``h`` reads kv head ``h // (Hq // Hkv)``.
+    v : torch.Tensor, shape [B, Hkv, L, Dv]
+        As ``k``; ``Dv`` may differ from ``D`` (16 to 256 each).
     causal : bool
         Query ``i`` attends to keys ``0..i`` only.
     sm_scale : float, optional
@@ -249,7 +336,7 @@ def attention_prefill(
 
     Returns
     -------
-    torch.Tensor, shape [B, Hq, L, D], dtype of ``q``
+    torch.Tensor, shape [B, Hq, L, Dv], dtype of ``q``
 
     Raises
     ------
@@ -260,7 +347,8 @@ def attention_prefill(
     B, Hq, L, D = q.shape
     group = Hq // k.shape[1]
     scale = (1.0 / math.sqrt(D) if sm_scale is None else float(sm_scale)) * _LOG2E
-    o = torch.empty_like(q, memory_format=torch.contiguous_format)
+    dv = v.shape[3]
+    o = torch.empty((B, Hq, L, dv), dtype=q.dtype, device=q.device)
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     interp = interpreting()
     args = (
@@ -277,8 +365,13 @@ def attention_prefill(
         *v.stride()[:3],
         *o.stride()[:3],
     )
+    d_a, d_b = split_head_dim(D)
     consts = {
-        "HEAD_DIM": D,
+        "HEAD_DIM": d_a,
+        "HEAD_DIM_B": d_b,
+        "D_B": D - d_a,
+        "HEAD_DIM_V": max(MIN_HEAD_DIM, next_pow2(dv)),
+        "DV": dv,
         "CAUSAL": bool(causal),
         "PRECISION": precision,
         "UPCAST": interp and q.dtype == torch.bfloat16,

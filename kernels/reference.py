@@ -10,12 +10,15 @@ import math
 import torch
 
 __all__ = [
+    "attention_decode_mla_ref",
     "attention_decode_paged_ref",
     "attention_decode_ref",
+    "dequantize_fp8_ref",
     "attention_prefill_ref",
     "gather_kv_blocks_ref",
     "matmul_ref",
     "paged_to_contiguous",
+    "quantize_fp8",
     "scatter_kv_blocks_ref",
 ]
 
@@ -58,11 +61,12 @@ def attention_decode_ref(
     kv_lens: torch.Tensor,
     sm_scale: float | None = None,
 ) -> torch.Tensor:
-    """One-token attention in float64: ``q [B,Hq,D]``, caches ``[B,Hkv,Lmax,D]``, ``kv_lens [B]``.
+    """One-token attention in float64: ``q [B,Hq,D]``, caches ``[B,Hkv,Lmax,D]`` and
+    ``[B,Hkv,Lmax,Dv]``, ``kv_lens [B]``.
 
-    Sequence ``b`` attends to its first ``kv_lens[b]`` cache positions. Returns ``[B,Hq,D]``.
+    Sequence ``b`` attends to its first ``kv_lens[b]`` cache positions. Returns ``[B,Hq,Dv]``.
     """
-    out = torch.empty(q.shape, dtype=torch.float64, device=q.device)
+    out = torch.empty(q.shape[:2] + v_cache.shape[-1:], dtype=torch.float64, device=q.device)
     for b, n in enumerate(kv_lens.tolist()):
         o = attention_prefill_ref(
             q[b : b + 1, :, None, :],
@@ -97,6 +101,36 @@ def attention_decode_paged_ref(
     k = paged_to_contiguous(k_pages, block_table, lmax)
     v = paged_to_contiguous(v_pages, block_table, lmax)
     return attention_decode_ref(q, k, v, kv_lens, sm_scale)
+
+
+def quantize_fp8(t: torch.Tensor, per_head: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """``t [B or num_blocks, Hkv, L, D]`` as e4m3 with float32 scales: ``(t / scale, scale)``, the
+    scale ``amax / 448`` per kv head (``[Hkv]``) or of the whole tensor (``[1]``)."""
+    amax = t.abs().float().amax(dim=(0, 2, 3)) if per_head else t.abs().float().amax().reshape(1)
+    scale = (amax / torch.finfo(torch.float8_e4m3fn).max).clamp_min(1e-12)
+    shaped = scale[None, :, None, None] if per_head else scale
+    return (t.float() / shaped).to(torch.float8_e4m3fn), scale
+
+
+def dequantize_fp8_ref(t: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """An e4m3 cache ``[., Hkv, L, D]`` times its scale (one, or one per kv head) in float64."""
+    s = scale.double().reshape(-1)
+    return t.double() * (s[None, :, None, None] if s.numel() > 1 else s)
+
+
+def attention_decode_mla_ref(
+    q: torch.Tensor,
+    latent_pages: torch.Tensor,
+    block_table: torch.Tensor,
+    kv_lens: torch.Tensor,
+    kv_lora_rank: int,
+    sm_scale: float | None = None,
+) -> torch.Tensor:
+    """MLA decode (weight-absorbed) in float64: ``q [B,H,R+P]`` over latent pages
+    ``[num_blocks, page_size, R+P]`` (one latent head shared by all query heads), keys the whole
+    latent rows and values their first ``R = kv_lora_rank`` elements. Returns ``[B,H,R]``."""
+    pages = latent_pages[:, None]  # [num_blocks, 1, page_size, R+P]
+    return attention_decode_paged_ref(q, pages, pages[..., :kv_lora_rank], block_table, kv_lens, sm_scale)
 
 
 def gather_kv_blocks_ref(pages: torch.Tensor, block_ids: torch.Tensor) -> torch.Tensor:

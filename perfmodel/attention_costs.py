@@ -4,7 +4,8 @@
 - :func:`flash_block_n`: the KV block of its split-KV kernel;
 - :func:`prefill_schedule_s`: prefill attention as (sequence, head, query tile) programs over the SMs;
 - :func:`triton_decode_pieces`: programs and KV pieces of our Triton decode kernels (split-KV, stream-K),
-  by the rules of :mod:`perfmodel.decode_schedule` (shared with the kernels' launcher).
+  by the rules of :mod:`perfmodel.decode_schedule` (shared with the kernels' launcher);
+- :func:`triton_general_decode`: the tile of the general split-KV kernel, for the decodes it runs.
 
 ``perfmodel.costs`` prices attention ops with them; they hold no state.
 """
@@ -13,10 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from hw.spec import GPU
+from hw.spec import GPU, Dtype
 from perfmodel import decode_schedule as ds
 from perfmodel.calibration import ClassParams, SplitRule
-from perfmodel.ops import Attention
+from perfmodel.ops import Attention, Phase
 
 
 def flash_splits(units, n_blocks, slots: int, max_splits: int = 128):
@@ -142,6 +143,18 @@ def prefill_schedule_s(op: Attention, gpu: GPU, p: ClassParams, splits, math_pea
     return np.maximum(t_max, units * t_mean / slots + tail * t_mean)
 
 
+def triton_general_decode(op: Attention):
+    """``(block_g, block_n)`` of the general split-KV kernel when a decode ``op`` runs it
+    (:func:`perfmodel.decode_schedule.runs_general`: another head size, a value head of its own
+    size, an fp8 cache, MLA's latent), else None."""
+    dv = op.v_head_dim or op.head_dim
+    fp8 = op.kv_dtype is Dtype.FP8
+    if op.phase is not Phase.DECODE or not ds.runs_general(op.head_dim, dv, fp8, op.kv_shared):
+        return None
+    block_g, block_n, _, _ = ds.general_tile(op.head_dim, dv, op.q_heads // op.kv_heads, op.kv_shared)
+    return block_g, block_n
+
+
 def triton_decode_block_n(rule: SplitRule, head_dim):
     """Keys per KV tile of our Triton decode kernels (:func:`perfmodel.decode_schedule.block_n`)."""
     out = ds.block_n(_SCHEDULE_OF_RULE.get(rule, ds.DecodeSchedule.SPLIT_KV), head_dim)
@@ -151,7 +164,8 @@ def triton_decode_block_n(rule: SplitRule, head_dim):
 _SCHEDULE_OF_RULE = {SplitRule.FILL: ds.DecodeSchedule.SPLIT_KV, SplitRule.STREAM_K: ds.DecodeSchedule.STREAM_K}
 
 
-def triton_decode_pieces(units, kv_len, slots: int, rule: SplitRule, sm_count: int | None = None, head_dim=128):
+def triton_decode_pieces(units, kv_len, slots: int, rule: SplitRule, sm_count: int | None = None, head_dim=128,
+                         tile: int | None = None):
     """(programs, KV pieces per (sequence, kv head)) of our Triton decode kernels, by the rules of
     :mod:`perfmodel.decode_schedule` with the shipped settings.
 
@@ -159,7 +173,8 @@ def triton_decode_pieces(units, kv_len, slots: int, rule: SplitRule, sm_count: i
     (:func:`~perfmodel.decode_schedule.split_kv_pieces`).  Stream-K (``SplitRule.STREAM_K``):
     :func:`~perfmodel.decode_schedule.stream_k_programs` on ``sm_count`` SMs (``slots`` when not
     given) over the ``units`` (sequence, kv head) pairs, with the mean pieces per pair of uniform
-    lengths (:func:`~perfmodel.decode_schedule.stream_k_pieces_per_pair`).
+    lengths (:func:`~perfmodel.decode_schedule.stream_k_pieces_per_pair`). ``tile``: keys per
+    split-KV tile (default :data:`~perfmodel.decode_schedule.BLOCK_N`).
     """
     kv = np.asarray(kv_len, dtype=np.float64)
     u = np.asarray(units, dtype=np.float64)
@@ -169,5 +184,5 @@ def triton_decode_pieces(units, kv_len, slots: int, rule: SplitRule, sm_count: i
         n_tiles = np.maximum(np.ceil(kv / tile), 1.0)
         programs = np.asarray(ds.stream_k_programs(u, n_tiles, int(sm_count or slots)), dtype=np.float64)
         return programs, ds.stream_k_pieces_per_pair(programs, u)
-    _, pieces = ds.split_kv_pieces(u, kv, slots, ds.BLOCK_N)
+    _, pieces = ds.split_kv_pieces(u, kv, slots, tile or ds.BLOCK_N)
     return u * pieces, pieces

@@ -23,6 +23,7 @@ from perfmodel.attention_costs import (
     prefill_schedule_s,
     triton_decode_block_n,
     triton_decode_pieces,
+    triton_general_decode,
 )
 from perfmodel.calibration import (ClassParams, Launch, OpClass, Profile, SplitRule, attention_class, curve_key,
                                    ramp)
@@ -324,16 +325,25 @@ def _attention_cost(op: Attention, gpu: GPU, prof: Profile) -> OpCost:
         n_blocks = np.ceil(np.asarray(op.kv_len, dtype=np.float64) / flash_block_n(op.head_dim))
         slots = 2 * gpu.sm_count
         if p.split_rule in (SplitRule.FILL, SplitRule.STREAM_K):
-            programs, pieces = triton_decode_pieces(units, op.kv_len, slots, p.split_rule, gpu.sm_count, op.head_dim)
-            split = np.asarray(pieces) > 1 if p.split_rule == SplitRule.FILL else np.ones(np.shape(pieces), bool)
-            # the combine kernel always runs: its launch, and the fp32 partials (a row of head_dim
+            rule, tile = p.split_rule, None
+            general = triton_general_decode(op)
+            if general is not None:
+                # the general split-KV kernel (any schedule asked for): programs of block_g query heads
+                block_g, tile = general
+                rule = SplitRule.FILL
+                units = np.asarray(op.batch, dtype=np.float64) * heads * np.ceil(rows / block_g)
+            programs, pieces = triton_decode_pieces(units, op.kv_len, slots, rule, gpu.sm_count, op.head_dim, tile)
+            split = np.asarray(pieces) > 1 if rule == SplitRule.FILL else np.ones(np.shape(pieces), bool)
+            # the combine kernel always runs: its launch, and the fp32 partials (a row of v_head_dim
             # values and a log-sum-exp per query head and piece) written and read back (not
             # stream-K at one wave: see below)
-            stream_k = p.split_rule == SplitRule.STREAM_K
+            stream_k = rule == SplitRule.STREAM_K
             fused = decode_schedule.fused_merge(programs, gpu.sm_count) if stream_k else False
             split_lat = p.split_latency_s + p.split_piece_s * np.asarray(pieces, dtype=np.float64)
             if p.reduce_bytes_eff > 0:
-                partial_bytes = 2.0 * units * pieces * rows * (np.asarray(op.head_dim, dtype=np.float64) + 1.0) * 4.0
+                dv = np.asarray(op.v_head_dim or op.head_dim, dtype=np.float64)
+                pair_units = units if general is None else np.asarray(op.batch, dtype=np.float64) * heads
+                partial_bytes = 2.0 * pair_units * pieces * rows * (dv + 1.0) * 4.0
                 split_lat = split_lat + partial_bytes / (p.reduce_bytes_eff * gpu.hbm_bytes_per_s)
             if p.reduce_row_s > 0:
                 # the combine kernel runs one short, latency-bound program per output row (a query
@@ -350,7 +360,7 @@ def _attention_cost(op: Attention, gpu: GPU, prof: Profile) -> OpCost:
                 split_lat = np.where(fused, np.where(np.asarray(pieces) > 1, merge, 0.0), split_lat)
             if p.split_memory_eff > 0:
                 eff = np.where(split, p.split_memory_eff, p.memory_eff)
-            block_n = triton_decode_block_n(p.split_rule, op.head_dim)
+            block_n = tile or triton_decode_block_n(rule, op.head_dim)
             tiles = units * np.maximum(np.ceil(np.asarray(op.kv_len, dtype=np.float64) / block_n), 1.0)
             floor = unit_waves_s(programs, by, gpu.sm_count, gpu.hbm_bytes_per_s, p, tiles / programs)
         else:

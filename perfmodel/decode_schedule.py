@@ -12,6 +12,11 @@ written once, here, so the two cannot drift.
 
 :class:`DecodeConfig` holds the tunable settings; its defaults are what the kernels ship with and
 what the cost model prices.
+
+Caches those kernels do not take (:func:`runs_general`: other head sizes, a value head of its
+own size, an fp8 cache, MLA's shared latent) run a general split-KV kernel
+(``kernels._decode_general``) whose programs serve ``block_g`` query heads of a kv head each
+(:func:`general_tile`).
 """
 
 from __future__ import annotations
@@ -28,13 +33,16 @@ __all__ = [
     "INT32_PRODUCT_LIMIT",
     "REDUCE_GUESS_MAX",
     "SPLIT_KV_PROGRAMS_PER_SM",
+    "STREAM_K_HEAD_DIMS",
     "DecodeConfig",
     "DecodeSchedule",
     "block_n",
     "fused_merge",
+    "general_tile",
     "merge_block_s",
     "merge_loads",
     "reduce_guess",
+    "runs_general",
     "split_kv_pieces",
     "stream_k_grid",
     "stream_k_pieces_per_pair",
@@ -50,6 +58,8 @@ SPLIT_KV_PROGRAMS_PER_SM = 2
 FUSED_MERGE_ROWS = 64
 #: the most slots per pair the stream-K reduction loads before reading its plan
 REDUCE_GUESS_MAX = 64
+#: head sizes (K and V alike, float cache) of the split-KV and stream-K kernels
+STREAM_K_HEAD_DIMS = (64, 128, 256)
 #: program offsets ``p * total_tiles`` are computed in 32 bits below this bound, in 64 above
 INT32_PRODUCT_LIMIT = 2**31
 
@@ -123,6 +133,25 @@ def block_n(schedule: DecodeSchedule, head_dim, base: int = BLOCK_N):
         doubled = np.where(d <= 64, 2 * base, base)
         return int(doubled) if doubled.ndim == 0 else doubled
     return base
+
+
+def runs_general(head_dim: int, v_head_dim: int, kv_fp8: bool, kv_shared: bool = False) -> bool:
+    """Whether a decode runs the general split-KV kernel rather than the split-KV/stream-K ones:
+    a head size outside :data:`STREAM_K_HEAD_DIMS`, a value head of another size, an fp8 cache,
+    or MLA's latent shared by K and V."""
+    return bool(kv_fp8 or kv_shared or head_dim not in STREAM_K_HEAD_DIMS or v_head_dim != head_dim)
+
+
+def general_tile(head_dim: int, v_head_dim: int, group: int, kv_shared: bool = False) -> tuple[int, int, int, int]:
+    """``(block_g, block_n, num_warps, num_stages)`` of the general kernel on a GPU: 16 query heads
+    a program for MLA's latent (512-wide rows; vLLM's Triton MLA decode takes the same), else the
+    query group up to 64 (at least 16, the smallest dot operand); 64 keys a tile up to head_dim 128,
+    32 beyond. Not yet tuned on a GPU."""
+    if kv_shared:
+        return 16, 32, 4, 2
+    small = head_dim <= 128 and v_head_dim <= 128
+    g = 1 << max(int(group) - 1, 0).bit_length()
+    return min(64, max(16, g)), (64 if small else 32), 4, (3 if small else 2)
 
 
 def split_kv_pieces(pairs, max_len, target_programs, tile: int, num_splits: int | None = None):

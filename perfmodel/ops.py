@@ -123,7 +123,9 @@ class Attention:
     ``kv_len`` includes the new tokens.  ``window`` > 0 limits each query to the
     last ``window`` keys.  ``v_head_dim`` defaults to ``head_dim``.
     ``kv_shared``: V is a slice of the stored K (MLA latent), so the cache holds
-    ``head_dim`` elements per token and head, not ``head_dim + v_head_dim``.
+    ``head_dim`` elements per token and head, not ``head_dim + v_head_dim``.  An MLA decode
+    (DeepSeek-V2/V3, weight-absorbed) is ``kv_heads=1``, ``head_dim = kv_lora_rank +
+    qk_rope_head_dim`` (576), ``v_head_dim = kv_lora_rank`` (512), ``kv_shared``.
     ``kv_dtype`` defaults to ``dtype``.
     ``impl``: the kernel that runs (:class:`AttentionImpl`); ``None`` prices the profile's
     attention implementation (the scenario's choice, ``sdpa`` unless set).
@@ -423,12 +425,18 @@ def op_from_dict(d: dict[str, Any], where: str = "") -> Op:
         causal = d.get("causal", True)
         if not isinstance(causal, bool):
             raise OpDescriptorError(f"{where}field 'causal' must be true or false")
+        kv_shared = d.get("kv_shared", False)
+        if not isinstance(kv_shared, bool):
+            raise OpDescriptorError(f"{where}field 'kv_shared' must be true or false")
+        if kv_shared and ints.get("v_head_dim", 0) > ints["head_dim"]:
+            raise OpDescriptorError(f"{where}field 'v_head_dim' ({ints['v_head_dim']}) exceeds head_dim "
+                                    f"({ints['head_dim']}): with kv_shared V is a slice of the stored K")
         kv_dtype = _enum(Dtype, d, "kv_dtype", where, default="bf16") if "kv_dtype" in d else None
         impl = _enum(AttentionImpl, d, "impl", where) if d.get("impl") is not None else None
         return Attention(
             phase=_enum(Phase, d, "phase", where), causal=causal,
             dtype=_enum(Dtype, d, "dtype", where, default="bf16"), kv_dtype=kv_dtype,
-            kv_shared=bool(d.get("kv_shared", False)), impl=impl, **ints,
+            kv_shared=kv_shared, impl=impl, **ints,
         )
     if kind is OpKind.MEMCPY:
         return Memcpy(

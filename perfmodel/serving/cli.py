@@ -25,9 +25,16 @@ def register(subparsers) -> None:
     p.add_argument("--router", choices=[r.value for r in Router], default=Router.LEAST_LOADED.value)
     p.add_argument("--requests", type=_positive_int, default=1000, help="requests to generate")
     p.add_argument("--arrival-rate", default="inf", help="Poisson rate in requests/s, or inf (all at once)")
-    p.add_argument("--prompt-len", default="2048", help="N, lognormal:MEAN:SIGMA or uniform:LOW:HIGH")
+    p.add_argument("--request-rate", dest="arrival_rate", help="the same as --arrival-rate (the engines' name)")
+    p.add_argument("--max-concurrency", type=_positive_int, default=None,
+                   help="closed loop: at most this many requests in flight (vllm bench serve --max-concurrency)")
+    p.add_argument("--prompt-len", default="2048",
+                   help="N, lognormal:MEAN:SIGMA, uniform:LOW:HIGH or random:LEN:RATIO (--random-range-ratio)")
     p.add_argument("--output-len", default="128", help="generated tokens incl. the first (same forms)")
-    p.add_argument("--trace", default=None, help="JSONL/CSV trace (arrival_s, prompt_len, output_len)")
+    p.add_argument("--trace", default=None,
+                   help="JSONL/CSV trace (prompt_len, output_len, optional arrival_s)")
+    p.add_argument("--engine", default="none",
+                   help="engine overheads and defaults from hw/data/engines (vllm, vllm-0.5, sglang) or none")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--kv-policy", choices=[k.value for k in KvPolicy], default=KvPolicy.SWAP.value)
     p.add_argument("--slice-tokens", type=_positive_int, default=128,
@@ -48,6 +55,17 @@ def _deployment(args: argparse.Namespace):
     from perfmodel.knobs import knobs_from_args
     from perfmodel.serving.deployment import Deployment
 
+    from perfmodel.serving.engine import load_engine
+
+    engine = load_engine(args.engine)
+    extra = {}
+    if engine is not None:  # the engine's budget, sequences and reserve unless the flags were given
+        extra["engine"] = engine
+        if args.chunk_tokens == 8192:
+            args.chunk_tokens = engine.max_num_batched_tokens
+        if args.max_num_seqs == 1024:
+            args.max_num_seqs = engine.max_num_seqs
+        extra["reserve_fraction"] = engine.reserve_fraction
     host = None
     if args.host_kv_gib is not None:
         if not (math.isfinite(args.host_kv_gib) and args.host_kv_gib >= 0):
@@ -58,7 +76,7 @@ def _deployment(args: argparse.Namespace):
         attention_impl=args.attention_impl, launch=args.launch,
         tp=args.tp, pp=args.pp, replicas=args.replicas, token_budget=args.chunk_tokens,
         max_num_seqs=min(args.max_num_seqs, args.chunk_tokens), kv_policy=args.kv_policy,
-        slice_tokens=args.slice_tokens, router=args.router, host_kv_bytes=host)
+        slice_tokens=args.slice_tokens, router=args.router, host_kv_bytes=host, **extra)
 
 
 def _requests(args: argparse.Namespace):
@@ -102,12 +120,14 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     bar, update = _progress(not args.json and sys.stderr.isatty() and len(reqs) >= 20_000)
     if bar is not None:
         with bar:
-            res = simulate(dep, reqs, record_timeline=record, progress=update)
+            res = simulate(dep, reqs, record_timeline=record, progress=update, max_concurrency=args.max_concurrency)
     else:
-        res = simulate(dep, reqs, record_timeline=record)
+        res = simulate(dep, reqs, record_timeline=record, max_concurrency=args.max_concurrency)
     out: dict[str, Any] = res.summary(slo)
     b = analytic_bounds(dep, reqs)
     out["knobs"] = dep.knobs.to_dict() if dep.knobs is not None else {}
+    out["engine"] = dep.engine.name if dep.engine is not None else None
+    out["max_concurrency"] = args.max_concurrency
     prof = dep.resolved_profile
     out["mode"] = prof.mode.value
     out["provenance"] = prof.provenance_map()  # per op class: measured, transferred from <gpu>, datasheet
@@ -150,7 +170,20 @@ def _print_table(out: dict[str, Any]) -> None:
         t.add_row(name, *[fmt_seconds(out[key][c]) if out[key][c] is not None else "-" for c in ("p50", "p90", "p99", "mean")])
     console = Console()
     console.print(t)
+    e = Table(title="engine-style (ms)")
+    e.add_column("metric")
+    stats = ("mean", "median", "p90", "p99")
+    for c in stats:
+        e.add_column(c, justify="right")
+    for key, name in (("ttft", "TTFT"), ("tpot", "TPOT"), ("itl", "ITL"), ("e2el", "E2EL")):
+        e.add_row(name, *[f"{out[f'{c}_{key}_ms']:,.2f}" if out.get(f"{c}_{key}_ms") is not None else "-"
+                          for c in stats])
+    console.print(e)
     lines = [
+        (f"output_throughput: {out['output_throughput'] or 0:,.1f} tok/s, total_token_throughput: "
+         f"{out['total_token_throughput'] or 0:,.1f} tok/s, request_throughput: {out['request_throughput'] or 0:,.2f} "
+         "req/s" + (f" (max concurrency {out['max_concurrency']})" if out["max_concurrency"] else "")
+         + (f"; engine {out['engine']}" if out["engine"] else "")),
         (f"throughput: {out['throughput_tokens_per_s']:,.1f} output tokens/s "
         f"(analytic bound {out['analytic']['throughput_bound_tokens_per_s']:,.1f})"),
         (f"peak concurrency: {out['peak_concurrency']} requests per replica "

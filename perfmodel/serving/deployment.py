@@ -38,6 +38,7 @@ from perfmodel.layers import (
     recurrent_state_bytes_per_gpu,
 )
 from perfmodel.models import ModelSpec, load_model, weights_dtype
+from perfmodel.serving.engine import Engine, load_engine
 from perfmodel.phases import (
     DEFAULT_PREFILL_CHUNK_TOKENS,
     DEFAULT_RESERVE_FRACTION,
@@ -108,12 +109,21 @@ class Deployment:
     host_kv_bytes: float | None = None
     reserve_fraction: float = DEFAULT_RESERVE_FRACTION
     knobs: Knobs | None = None
+    engine: Engine | None = None
 
     @classmethod
     def make(cls, model="llama-3-8b", gpu="h100-sxm-80gb", mode: Mode | str = Mode.CALIBRATED,
              weight_dtype=None, kv_dtype=None, attention_impl=None, launch=None, **kw) -> Deployment:
         """Build from names; ``kw`` are the other fields (enums may be given as strings, ``knobs`` a Knobs).
-        ``attention_impl`` (``sdpa`` default, ``flash2``, ``triton``) picks the attention kernel's curves."""
+        ``attention_impl`` (``sdpa`` default, ``flash2``, ``triton``) picks the attention kernel's curves.
+        ``engine`` (a name of ``hw/data/engines`` or an :class:`Engine`) adds its overheads and gives the
+        token budget, ``max_num_seqs`` and the reserve that ``kw`` leaves unset."""
+        eng = load_engine(kw.pop("engine", None))
+        if eng is not None:
+            kw.setdefault("token_budget", eng.max_num_batched_tokens)
+            kw.setdefault("max_num_seqs", min(eng.max_num_seqs, kw["token_budget"]))
+            kw.setdefault("reserve_fraction", eng.reserve_fraction)
+            kw["engine"] = eng
         m, g = load_model(model), load_gpu(gpu)
         from perfmodel.scenario import check_mode, validate_scenario
 
@@ -238,7 +248,8 @@ class Deployment:
 
     def describe(self) -> str:
         s = f"{self.model.name} on {self.replicas}x({self.gpu.name} tp={self.tp} pp={self.pp})"
-        return s + (f" with {', '.join(self.knobs.describe())}" if self.knobs is not None else "")
+        s += f" with {', '.join(self.knobs.describe())}" if self.knobs is not None else ""
+        return s + (f" under {self.engine.name}" if self.engine is not None else "")
 
 
 def _enum(cls, value, name):

@@ -47,6 +47,29 @@ class Slo:
                 raise InvalidInputError(f"SLO {name} must be in (0, 100], got {v!r}")
 
 
+#: Engine-style statistics (``vllm bench serve`` names): the name's prefix and its percentile (None: mean).
+ENGINE_STATS = (("mean", None), ("median", 50), ("p90", 90), ("p99", 99))
+#: Engine-style metric names and the :class:`SimResult` per-request arrays (seconds) they come from.
+ENGINE_METRICS = (("ttft", "ttft_s"), ("tpot", "tpot_s"), ("itl", None), ("e2el", "e2e_s"))
+
+
+def _weighted_stats_ms(values_s: np.ndarray, weights: np.ndarray) -> dict[str, float | None]:
+    """Mean and nearest-rank percentiles of ``values_s`` counted ``weights`` times each, in ms."""
+    ok = np.isfinite(values_s) & (weights > 0)
+    v, w = values_s[ok], weights[ok].astype(np.float64)
+    if v.size == 0:
+        return {k: None for k, _ in ENGINE_STATS}
+    order = np.argsort(v, kind="stable")
+    v, cum = v[order], np.cumsum(w[order])
+    out: dict[str, float | None] = {}
+    for k, p in ENGINE_STATS:
+        if p is None:
+            out[k] = float(np.dot(v, w[order]) / cum[-1]) * 1e3
+        else:
+            out[k] = float(v[min(int(np.searchsorted(cum, p / 100.0 * cum[-1])), v.size - 1)]) * 1e3
+    return out
+
+
 def _pcts(x: np.ndarray) -> dict[str, float | None]:
     """Percentiles and mean of the finite values; ``None`` each when there are none (e.g. TPOT when every
     request generates one token: there is no time between output tokens to measure)."""
@@ -78,13 +101,17 @@ class SimResult:
     iterations: int
     wall_s: float
     notes: tuple[str, ...] = ()  # analyze's notes (a request beyond the trained window: perfmodel.scenario)
+    step_durations_s: np.ndarray | None = None  # per iteration that decodes: its duration (ITL samples) ...
+    step_batches: np.ndarray | None = None  # ... and its decode batch (each sequence's token waited that long)
 
     @classmethod
     def collect(cls, dep, mem, reqs, table, replicas, wall_s: float) -> SimResult:
         rows = [row for rep in replicas for row in rep.log]
         rows.sort(key=lambda r: (r[1], r[0]))
         return cls(
-            deployment=dep, arrival_s=reqs.arrival_s, prompt_len=reqs.prompt_len, output_len=reqs.output_len,
+            deployment=dep, arrival_s=np.array(table.arrival), prompt_len=reqs.prompt_len, output_len=reqs.output_len,
+            step_durations_s=np.array([d for rep in replicas for d in rep.step_durations], dtype=np.float64),
+            step_batches=np.array([b for rep in replicas for b in rep.step_batches], dtype=np.int64),
             first_token_s=np.array(table.first_token), finish_s=np.array(table.finish),
             preemptions=np.array(table.preemptions, dtype=np.int64), replica=np.array(table.replica, dtype=np.int64),
             timeline_rows=rows, kv_bytes_per_block_per_gpu=mem.block_tokens * mem.kv_bytes_per_token_per_gpu,
@@ -180,10 +207,48 @@ class SimResult:
             "iterations": int(self.iterations),
             "sim_wall_s": float(self.wall_s),
         }
+        # the engine-style names (vllm bench serve), beside the keys above; "completed" agrees
+        out.update({k: v for k, v in self.engine_metrics().items() if k not in out})
         if slo is not None:
             g = self.goodput_requests_per_s(slo)
             out["goodput_requests_per_s"] = g if math.isfinite(g) else None  # no time elapsed: undefined
             out["slo"] = self.slo_report(slo)
+        return out
+
+    @property
+    def itl_s(self) -> tuple[np.ndarray, np.ndarray]:
+        """Inter-token latencies: (iteration durations, decode batch of each); every sequence of a decode
+        batch waited that iteration for its next token.  The wait of a preempted request is not counted."""
+        if self.step_durations_s is None:
+            return np.zeros(0), np.zeros(0, dtype=np.int64)
+        return self.step_durations_s, self.step_batches
+
+    def engine_metrics(self) -> dict[str, float | int | None]:
+        """The metrics in the names ``vllm bench serve`` prints and saves (``mean_ttft_ms``,
+        ``median_tpot_ms``, ``p99_itl_ms``, ``output_throughput`` ...): milliseconds, tokens/s, requests/s.
+
+        TTFT, TPOT and end-to-end (``e2el``) are per request (mean, median, p90, p99 over the requests;
+        TPOT over those with two or more output tokens); ITL is per output token after the first.
+        Throughputs are over the benchmark's duration, from the first send to the last finish."""
+        out: dict[str, float | int | None] = {}
+        for name, attr in ENGINE_METRICS:
+            if attr is None:
+                d, b = self.itl_s
+                stats = _weighted_stats_ms(d, b)
+            else:
+                x = getattr(self, attr)
+                stats = _weighted_stats_ms(x, np.ones(x.shape))
+            for k, _ in ENGINE_STATS:
+                out[f"{k}_{name}_ms"] = stats[k]
+        span = self.makespan_s
+        n_out, n_in = int(self.output_len.sum()), int(self.prompt_len.sum())
+        out.update({
+            "duration": span, "completed": int(np.isfinite(self.finish_s).sum()),
+            "total_input_tokens": n_in, "total_output_tokens": n_out,
+            "request_throughput": len(self.arrival_s) / span if span > 0 else None,
+            "output_throughput": n_out / span if span > 0 else None,
+            "total_token_throughput": (n_in + n_out) / span if span > 0 else None,
+        })
         return out
 
     def write(self, requests_path: str | None = None, timeline_path: str | None = None) -> None:

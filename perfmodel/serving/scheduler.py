@@ -102,6 +102,13 @@ class Replica:
         self.prefix = mem.prefix_tokens
         self.prefix_owner = -1  # the request that prefills the prefix; -2 once it is cached
         self.pre_held = 0  # prompt tokens prefilled by requests still prefilling (their KV is held)
+        self.engine = dep.engine
+        self._prefill_first = self.engine is not None and self.engine.chunked_prefill.value == "prefill-first"
+        self._layers = dep.model.num_layers // dep.pp
+        self.admitted = 0  # requests admitted to prefill since the last step (the engine's per-request cost)
+        self.step_durations: list[float] = []  # per iteration that decodes: its duration and decode batch (ITL)
+        self.step_batches: list[int] = []
+        self._stalled = 0.0  # seconds of prefill-only steps the decoding requests sat out (prefill-first)
 
     # -- bookkeeping -----------------------------------------------------------------
     def add(self, i: int) -> None:
@@ -212,6 +219,7 @@ class Replica:
                 n = -(-tgt // budget)
                 r.chunk[i] = -(-tgt // n)
                 self.prefilling.append(i)
+                self.admitted += 1
         self.peak_resident = max(self.peak_resident, self.resident)
 
     # -- one iteration ----------------------------------------------------------------------
@@ -224,6 +232,8 @@ class Replica:
         if not b and not self.prefilling:
             return None
         r, timer = self.r, self.timer
+        if self._prefill_first and self.prefilling:
+            b = 0  # a prefill step: the decoding requests wait for it
         left = self.dep.token_budget - b
         ptoks = 0
         pattn = 0.0
@@ -252,8 +262,18 @@ class Replica:
                 self.prefix_owner = -2  # cached from the next iteration on
         self.pre_held = held + ptoks
         total_kv = self.p_sum + b * self.step_no
-        dur = timer.iteration_s(b, total_kv, ptoks, b + len(completed), pattn, held) + cost[0]
+        dur = timer.iteration_s(b, total_kv, ptoks, b + len(completed), pattn, held)
+        if self.engine is not None:
+            dur = self.engine.step_s(dur, b, ptoks, self.admitted, self._layers)
+            self.admitted = 0
+        dur += cost[0]
         end = t + dur
+        if b:  # each decoding sequence waited this step (and any prefill step it sat out) for its token
+            self.step_durations.append(dur + self._stalled)
+            self.step_batches.append(b)
+            self._stalled = 0.0
+        elif self.b:
+            self._stalled += dur
         if self.record:
             self.log.append((self.index, t, dur, b, ptoks, len(completed), self.used_blocks, self.resident,
                              len(self.waiting), cost[1], cost[2]))

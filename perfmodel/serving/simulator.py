@@ -34,8 +34,14 @@ def build_timer(dep: Deployment, max_kv_tokens: int) -> IterationTimer:
 
 
 def simulate(dep: Deployment, requests: Requests | Workload, record_timeline: bool = True,
-             progress: ProgressFn | None = None, timer: IterationTimer | None = None) -> SimResult:
+             progress: ProgressFn | None = None, timer: IterationTimer | None = None,
+             max_concurrency: int | None = None) -> SimResult:
     """Serve ``requests`` on ``dep``; every request runs to completion.
+
+    ``max_concurrency`` makes the client a closed loop, as ``vllm bench serve --max-concurrency``:
+    at most that many requests are in flight, and a request is sent at its arrival time or when
+    one in flight finishes, whichever is later.  Its latencies count from the time it is sent
+    (``SimResult.arrival_s`` holds the send times).
 
     The deployment's knobs (``dep.knobs``) shape the KV and the costs; see
     ``docs/serving.md``.
@@ -54,6 +60,9 @@ def simulate(dep: Deployment, requests: Requests | Workload, record_timeline: bo
     reqs = requests.generate() if isinstance(requests, Workload) else requests
     if not isinstance(reqs, Requests):
         raise InvalidInputError(f"requests must be Requests or Workload, got {type(requests).__name__}")
+    if max_concurrency is not None and (isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int)
+                                        or max_concurrency < 1):
+        raise InvalidInputError(f"max_concurrency must be an integer >= 1, got {max_concurrency!r}")
     dep.check_knobs(int(reqs.prompt_len.min()))
     mem = replica_memory(dep)
     totals = reqs.prompt_len + reqs.output_len
@@ -66,7 +75,7 @@ def simulate(dep: Deployment, requests: Requests | Workload, record_timeline: bo
     wall0 = time.perf_counter()
     table = RequestTable(reqs.arrival_s, reqs.prompt_len, reqs.output_len)
     replicas = [Replica(k, dep, mem, timer, table, record_timeline) for k in range(dep.replicas)]
-    _run(replicas, table, dep.router, progress)
+    _run(replicas, table, dep.router, progress, max_concurrency)
     wall = time.perf_counter() - wall0
     res = SimResult.collect(dep, mem, reqs, table, replicas, wall)
     from dataclasses import replace
@@ -78,7 +87,8 @@ def simulate(dep: Deployment, requests: Requests | Workload, record_timeline: bo
     return replace(res, notes=notes) if notes else res
 
 
-def _run(replicas: list[Replica], table: RequestTable, router: Router, progress: ProgressFn | None) -> None:
+def _run(replicas: list[Replica], table: RequestTable, router: Router, progress: ProgressFn | None,
+         max_concurrency: int | None = None) -> None:
     arrival = table.arrival
     n = len(arrival)
     busy: list[tuple[float, int]] = []
@@ -86,8 +96,15 @@ def _run(replicas: list[Replica], table: RequestTable, router: Router, progress:
     ai = 0
     inf = math.inf
     tick = 0
+    # closed loop: the times at which a client slot is free (one entry per free slot)
+    slots: list[float] | None = None if max_concurrency is None else [0.0] * min(max_concurrency, n)
     while True:
-        t_arr = arrival[ai] if ai < n else inf
+        if ai >= n:
+            t_arr = inf
+        elif slots is None:
+            t_arr = arrival[ai]
+        else:
+            t_arr = max(arrival[ai], slots[0]) if slots else inf
         t_rep = busy[0][0] if busy else inf
         if t_arr == inf and t_rep == inf:
             break
@@ -97,6 +114,9 @@ def _run(replicas: list[Replica], table: RequestTable, router: Router, progress:
                 rr = (rr + 1) % len(replicas)
             else:
                 rep = min(replicas, key=_load) if len(replicas) > 1 else replicas[0]
+            if slots is not None:
+                heapq.heappop(slots)
+                arrival[ai] = t_arr  # sent now: its latencies count from here
             rep.add(ai)
             ai += 1
             if not rep.busy:
@@ -105,7 +125,11 @@ def _run(replicas: list[Replica], table: RequestTable, router: Router, progress:
             continue
         t, k = heapq.heappop(busy)
         rep = replicas[k]
+        done = table.completed
         dur = rep.step(t)
+        if slots is not None:
+            for _ in range(table.completed - done):
+                heapq.heappush(slots, t + (dur or 0.0))
         if dur is None:
             rep.busy = False
         else:
@@ -123,7 +147,8 @@ def _load(rep: Replica) -> int:
     return rep.outstanding
 
 
-def simulate_summary(job: tuple[Deployment, Requests | Workload]) -> dict:
-    """``simulate(*job).summary()`` without the timeline: a picklable unit of work for ``parallel_map``."""
-    dep, requests = job
-    return simulate(dep, requests, record_timeline=False).summary()
+def simulate_summary(job: tuple) -> dict:
+    """``simulate(*job).summary()`` without the timeline: a picklable unit of work for ``parallel_map``
+    (``(deployment, requests)``, or ``(deployment, requests, max_concurrency)``)."""
+    dep, requests, *rest = job
+    return simulate(dep, requests, record_timeline=False, max_concurrency=rest[0] if rest else None).summary()

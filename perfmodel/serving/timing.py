@@ -42,6 +42,7 @@ prices them:
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,6 +84,39 @@ def _split_cost(dep: Deployment, phase: Phase, batch, q_len, kv_len, kv_part: bo
 def _geo_grid(hi: float) -> np.ndarray:
     n = max(2, math.ceil(math.log2(max(hi, 2.0)) * _GRID_POINTS_PER_OCTAVE) + 1)
     return np.exp(np.linspace(0.0, math.log(max(hi, 2.0)), n))
+
+
+def _query_grid(budget: int, tile: int) -> np.ndarray:
+    """Query counts of the prefill-attention table: the geometric grid plus both ends of every query tile.
+
+    A calibrated profile prices prefill attention as query tiles of ``tile`` rows
+    (:func:`perfmodel.attention_costs.prefill_schedule_s`), a staircase in the query count: the cost is
+    linear within one tile count and jumps between ``k * tile`` and ``k * tile + 1``.  With both ends of
+    each step on the grid, interpolation never crosses a jump (a geometric grid alone did, and a chunk
+    of 7,143 queries came out 1 % dear).
+    """
+    geo = _geo_grid(budget)
+    if tile < 1:
+        return geo
+    k = np.arange(tile, budget + 1, tile, dtype=np.float64)
+    ends = np.concatenate([k, k + 1.0])
+    return np.unique(np.concatenate([geo, ends[ends <= budget]]))
+
+
+def _grid_pos(grid: list[float], x: float) -> tuple[int, float]:
+    """Index ``i`` and weight of ``x`` between ``grid[i]`` and ``grid[i + 1]`` (clamped to the grid)."""
+    i = min(max(bisect_right(grid, x) - 1, 0), len(grid) - 2)
+    return i, (x - grid[i]) / (grid[i + 1] - grid[i])
+
+
+def _attention_tile(dep: Deployment) -> int:
+    """Query rows per prefill-attention tile of the deployment's profile (0: priced without tiles)."""
+    prof = dep.resolved_profile
+    if prof.is_peak:
+        return 0
+    from perfmodel.calibration import OpClass
+
+    return int(prof.params(OpClass.ATTENTION_PREFILL).tile_m or 128)
 
 
 @dataclass
@@ -144,8 +178,7 @@ class IterationTimer:
                                              (b.size, kv.size)))
         self.attn_decode_rows = [[0.0] * kv.size] + dec.tolist()
         # prefill attention: queries c (geometric to the budget) x mean keys seen per query (geometric)
-        self.q_grid = _geo_grid(budget)
-        self._q_log_step = math.log(self.q_grid[1])
+        self.q_grid = _query_grid(budget, _attention_tile(dep))
         c = self.q_grid[:, None]
         kv_mid = self.kv_grid[None, :]
         end = kv_mid + (c - 1.0) / 2.0  # last key of the chunk given the mean keys per query
@@ -180,13 +213,7 @@ class IterationTimer:
         """Attention of a prefill chunk of ``chunk`` queries whose last key is ``end``."""
         kv_mid = end - (chunk - 1) / 2.0
         i, w = self._kv_pos(kv_mid)
-        g = self._q_grid
-        j = min(int(math.log(chunk) / self._q_log_step), len(g) - 2) if chunk > 1 else 0
-        while j < len(g) - 2 and g[j + 1] < chunk:
-            j += 1
-        while j > 0 and g[j] > chunk:
-            j -= 1
-        v = (chunk - g[j]) / (g[j + 1] - g[j]) if chunk > 1 else 0.0
+        j, v = _grid_pos(self._q_grid, chunk)
         r0, r1 = self.attn_prefill_rows[j], self.attn_prefill_rows[j + 1]
         a = r0[i] + (r0[i + 1] - r0[i]) * w
         b = r1[i] + (r1[i + 1] - r1[i]) * w

@@ -1,10 +1,12 @@
 """Requests to serve: generated (arrival process x length distributions) or read from a trace.
 
 A trace is JSONL (one object per line) or CSV (a header line, then one row
-per request) with three fields per request:
+per request) with these fields per request:
 
 ``arrival_s``
-    Arrival time, seconds from the start (>= 0; need not be sorted).
+    Arrival time, seconds from the start (>= 0; need not be sorted).  Optional:
+    a request without one arrives at 0 (a benchmark that sends every request at
+    once, or a closed loop that sends the next one when a slot frees).
 ``prompt_len``
     Prompt tokens (integer >= 1).
 ``output_len``
@@ -41,6 +43,7 @@ class LengthKind(str, enum.Enum):
     FIXED = "fixed"
     LOGNORMAL = "lognormal"
     UNIFORM = "uniform"
+    RANDOM = "random"
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,10 @@ class LengthDist:
 
     ``fixed``: always ``a``.  ``lognormal``: mean ``a`` tokens, ``b`` the sigma of
     the underlying normal (mu = ln(a) - b**2 / 2), rounded, clipped to ``[1, cap]``.
-    ``uniform``: integers in ``[a, b]`` inclusive.
+    ``uniform``: integers in ``[a, b]`` inclusive.  ``random``: the engines' benchmark
+    datasets, ``a`` tokens with range ratio ``b`` in [0, 1]: integers in
+    ``[floor(a (1 - b)), ceil(a (1 + b))]`` (``vllm bench serve --random-range-ratio``;
+    ratio 0 is a fixed length).
     """
 
     kind: LengthKind
@@ -66,19 +72,23 @@ class LengthDist:
             raise InvalidInputError(f"lognormal needs mean >= 1 and sigma >= 0, got {self.a:g}, {self.b:g}")
         if self.kind is LengthKind.UNIFORM and not (1 <= self.a <= self.b):
             raise InvalidInputError(f"uniform needs 1 <= low <= high, got {self.a:g}, {self.b:g}")
+        if self.kind is LengthKind.RANDOM and (self.a < 1 or self.a != int(self.a) or not 0 <= self.b < 1):
+            raise InvalidInputError(f"random needs an integer length >= 1 and a range ratio in [0, 1), "
+                                    f"got {self.a:g}, {self.b:g}")
 
     @classmethod
     def parse(cls, text: str | int, name: str = "length") -> LengthDist:
-        """``2048``, ``lognormal:MEAN:SIGMA[:CAP]`` or ``uniform:LOW:HIGH``."""
+        """``2048``, ``lognormal:MEAN:SIGMA[:CAP]``, ``uniform:LOW:HIGH`` or ``random:LEN:RATIO``."""
         s = str(text).strip().lower()
         parts = s.split(":")
-        usage = f"{name}: expected N, lognormal:MEAN:SIGMA[:CAP] or uniform:LOW:HIGH, got {text!r}"
+        usage = f"{name}: expected N, lognormal:MEAN:SIGMA[:CAP], uniform:LOW:HIGH or random:LEN:RATIO, got {text!r}"
         try:
             kind = LengthKind.FIXED if len(parts) == 1 else LengthKind(parts[0])
             nums = [float(p) for p in (parts if len(parts) == 1 else parts[1:])]
         except ValueError:
             raise InvalidInputError(usage) from None
-        want = {LengthKind.FIXED: (1,), LengthKind.LOGNORMAL: (2, 3), LengthKind.UNIFORM: (2,)}[kind]
+        want = {LengthKind.FIXED: (1,), LengthKind.LOGNORMAL: (2, 3), LengthKind.UNIFORM: (2,),
+                LengthKind.RANDOM: (2,)}[kind]
         if len(nums) not in want:
             raise InvalidInputError(usage)
         if kind is LengthKind.LOGNORMAL and len(nums) == 3:
@@ -91,21 +101,33 @@ class LengthDist:
             raise InvalidInputError(f"{name}: {exc}") from None
 
     @property
+    def bounds(self) -> tuple[int, int]:
+        """``random``'s inclusive range of lengths."""
+        return max(1, math.floor(self.a * (1 - self.b))), math.ceil(self.a * (1 + self.b))
+
+    @property
     def max_len(self) -> float:
         """Largest length drawn (inf for an uncapped log-normal)."""
         if self.kind is LengthKind.FIXED:
             return self.a
         if self.kind is LengthKind.UNIFORM:
             return self.b
+        if self.kind is LengthKind.RANDOM:
+            return float(self.bounds[1])
         return float(self.cap) if self.cap else math.inf
 
     @property
     def mean_len(self) -> float:
+        if self.kind is LengthKind.RANDOM:
+            return sum(self.bounds) / 2.0
         return self.a if self.kind is not LengthKind.UNIFORM else (self.a + self.b) / 2.0
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         if self.kind is LengthKind.FIXED:
             return np.full(n, int(self.a), dtype=np.int64)
+        if self.kind is LengthKind.RANDOM:
+            lo, hi = self.bounds
+            return rng.integers(lo, hi + 1, size=n, dtype=np.int64)
         if self.kind is LengthKind.UNIFORM:
             return rng.integers(int(self.a), int(self.b) + 1, size=n, dtype=np.int64)
         mu = math.log(self.a) - self.b ** 2 / 2.0
@@ -184,8 +206,10 @@ def parse_rate(text: str) -> float:
     return r
 
 
-def _field(where: str, row: dict, key: str, integer: bool) -> float:
+def _field(where: str, row: dict, key: str, integer: bool, default: float | None = None) -> float:
     if key not in row or row[key] in (None, ""):
+        if default is not None:
+            return default
         raise TraceFormatError(f"{where}: missing field {key!r}")
     v = row[key]
     try:
@@ -225,7 +249,7 @@ def _rows_csv(path: str, text: str):
             continue
         if header is None:
             header = [c.strip() for c in cells]
-            missing = [f for f in TRACE_FIELDS if f not in header]
+            missing = [f for f in TRACE_FIELDS[1:] if f not in header]
             if missing:
                 raise TraceFormatError(f"{path}:{i}: CSV header lacks {', '.join(missing)} (has {', '.join(header)})")
             continue
@@ -246,7 +270,7 @@ def read_trace(path: str | Path) -> Requests:
     rows = _rows_csv(str(path), text) if p.suffix.lower() == ".csv" else _rows_jsonl(str(path), text)
     arr, pl, ol = [], [], []
     for where, row in rows:
-        arr.append(_field(where, row, "arrival_s", False))
+        arr.append(_field(where, row, "arrival_s", False, default=0.0))
         pl.append(_field(where, row, "prompt_len", True))
         ol.append(_field(where, row, "output_len", True))
     if not arr:

@@ -24,7 +24,7 @@ def test_scenario_is_frozen_and_checked_once():
     s = Scenario.make("llama-3-8b", "h100", context_len=9000, output_tokens=10, layout=Layout(tp=2, pp=2))
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.batch = 2  # type: ignore[misc]
-    assert s.layout.world == 4 and s.layout.multi and s.mode.value == "peak"
+    assert s.layout.world == 4 and s.layout.multi and s.mode.value == "calibrated"
     assert any("trained window" in n for n in s.notes)
     assert s.replace(batch=3).batch == 3 and s.replace(batch=3).layout == s.layout
     with pytest.raises(InvalidInputError, match="pp=3"):

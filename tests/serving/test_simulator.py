@@ -17,14 +17,15 @@ def llama():
     return Deployment.make("llama-3-8b", "h100-sxm-80gb")
 
 
+@pytest.mark.parametrize("mode", ["peak", "calibrated"])
 @pytest.mark.parametrize("model,gpu,tp,prompt,out", [
     ("llama-3-8b", "h100-sxm-80gb", 1, 2048, 128),
     ("llama-3-8b", "h100-sxm-80gb", 2, 7000, 300),
     ("yi-34b", "a100-sxm-80gb", 1, 50_000, 250),
     ("mixtral-8x7b", "h100-sxm-80gb", 2, 3000, 64),
 ])
-def test_one_request_alone_matches_analytical_prefill_plus_decode(model, gpu, tp, prompt, out):
-    dep = Deployment.make(model, gpu, tp=tp, mode="peak")
+def test_one_request_alone_matches_analytical_prefill_plus_decode(model, gpu, tp, prompt, out, mode):
+    dep = Deployment.make(model, gpu, tp=tp, mode=mode)
     req = Requests.of([0.0], [prompt], [out])
     res = simulate(dep, req)
     b = analytic_bounds(dep, req)

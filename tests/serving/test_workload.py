@@ -81,7 +81,7 @@ def test_trace_round_trip_sorts_by_arrival(tmp_path, suffix):
     (".jsonl", '{"arrival_s": 0, "prompt_len": 5.5, "output_len": 1}\n', 1, "prompt_len must be an integer"),
     (".csv", "arrival_s,prompt_len,output_len\n0,5,1\n1,5\n", 3, "expected 3 columns"),
     (".csv", "arrival_s,prompt_len,output_len\n0,5,1\n1,x,2\n", 3, "not a number"),
-    (".csv", "arrival,prompt_len,output_len\n0,5,1\n", 1, "header lacks arrival_s"),
+    (".csv", "arrival_s,prompt,output_len\n0,5,1\n", 1, "header lacks prompt_len"),
 ])
 def test_malformed_trace_lines_name_the_line(tmp_path, suffix, body, line, what):
     path = tmp_path / f"bad{suffix}"
