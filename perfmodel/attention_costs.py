@@ -58,23 +58,24 @@ def flash_splits(units, n_blocks, slots: int, max_splits: int = 128):
     return out if out.ndim else float(out)
 
 
-def _split_table(uu, nn, slots: int, max_splits: int, max_elements: int = 1 << 22):
+def _split_table(uu, nn, slots: int, max_splits: int):
     """:func:`_split_choice` of every (``uu[i]``, ``nn[j]``) pair, a ``(len(uu), len(nn))`` table: the split
-    counts a KV length allows are found once per length, the wave efficiencies once per unit count; rows
-    are taken a few at a time so no temporary holds more than ``max_elements`` numbers."""
+    counts a KV length allows are found once per length, the wave efficiencies once per unit count, and
+    the best allowed efficiency of a pair is the first allowed count in that unit count's ranking."""
     s = np.arange(1, max_splits + 1, dtype=np.float64)
     allowed = s[None, :] <= np.minimum(min(max_splits, slots), nn)[:, None]
     changes = (s == 1)[None, :] | (np.ceil(nn[:, None] / s) != np.ceil(nn[:, None] / np.maximum(s - 1, 1)))
     mask = allowed & changes  # (lengths, splits)
     w = uu[:, None] * s / slots
-    with np.errstate(invalid="ignore", divide="ignore"):  # w = 0 (no units): 0 / 0, not chosen
+    with np.errstate(invalid="ignore", divide="ignore"):  # w = 0 (no units): 0 / 0, never chosen
         e = w / np.ceil(w)  # (units, splits)
+    order = np.argsort(-np.where(np.isnan(e), -np.inf, e), axis=1, kind="stable")  # best first
     out = np.empty((uu.size, nn.size))
-    rows = max(1, max_elements // max(1, nn.size * s.size))
-    for i in range(0, uu.size, rows):
-        eff = np.where(mask[None, :, :], e[i:i + rows, None, :], 0.0)
-        ok = (eff >= 0.85 * eff.max(axis=2, keepdims=True)) & (eff > 0)
-        out[i:i + rows] = np.where(ok.any(axis=2), np.argmax(ok, axis=2) + 1.0, 1.0)
+    for i in range(uu.size):
+        best = e[i][order[i]][np.argmax(mask[:, order[i]], axis=1)]  # the best allowed efficiency per length
+        with np.errstate(invalid="ignore"):
+            ok = mask & (e[i][None, :] >= 0.85 * best[:, None]) & (e[i][None, :] > 0)
+        out[i] = np.where(ok.any(axis=1), np.argmax(ok, axis=1) + 1.0, 1.0)
     return out
 
 
