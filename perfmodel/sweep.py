@@ -255,7 +255,8 @@ def aligned_chunk(n_batch: int, n_output: int, target: int = CHUNK_POINTS) -> in
 
 
 def _assemble(chunks: Iterable[dict], n: int) -> "pd.DataFrame":
-    """One frame of ``n`` rows from the chunks' columns (:func:`_iter_columns`), in order, written into
+    """One frame of ``n`` rows from the chunks' columns (:func:`_iter_columns`; the times NaN where a point
+    does not fit), in order, written into
     columns allocated once (no concatenation copy): categorical columns keep their categories (their union,
     in order of first appearance), other columns the first chunk's dtype (object where a later one's
     differs); a single value fills the chunk's rows."""
@@ -288,6 +289,10 @@ def _assemble(chunks: Iterable[dict], n: int) -> "pd.DataFrame":
                 cols[name][i:i + k].reshape(a.shape)[...] = a
             else:
                 cols[name][i:i + k] = a
+        unfit = ~np.ravel(chunk["fits"])
+        if unfit.any():  # the times are NaN where a point does not fit
+            for name in TIME_METRICS:
+                cols[name][i:i + k][unfit] = np.nan
         i += k
     out = {name: (pd.Categorical.from_codes(a[:i], cats[name]) if name in cats else a[:i]) for name, a in cols.items()}
     return pd.DataFrame(out, copy=False)
@@ -325,14 +330,16 @@ def iter_sweep(model, gpu, context_len=50_000, batch=1, tp=1, output_tokens=250,
     for cols in _iter_columns(model, gpu, context_len, batch, tp, output_tokens, mode, weight_dtype, kv_dtype,
                               activation_dtype, chunk_tokens, reserve_fraction, profile, knobs, knob_axes, pp, sp,
                               sp_kind, ep, topology, attention_impl, launch, chunk_points):
-        yield pd.DataFrame({k: (v.reshape(-1) if isinstance(v, np.ndarray) and v.ndim > 1 else v)
-                            for k, v in cols.items()})
+        flat = {k: (v.reshape(-1) if isinstance(v, np.ndarray) and v.ndim > 1 else v) for k, v in cols.items()}
+        fits = flat["fits"]
+        yield pd.DataFrame({k: (np.where(fits, v, np.nan) if k in TIME_METRICS else v) for k, v in flat.items()})
 
 
 def _iter_columns(model, gpu, context_len, batch, tp, output_tokens, mode, weight_dtype, kv_dtype, activation_dtype,
                   chunk_tokens, reserve_fraction, profile, knobs, knob_axes, pp, sp, sp_kind, ep, topology,
                   attention_impl, launch, chunk_points) -> Iterator[dict]:
-    """:func:`iter_sweep`'s chunks as columns (arrays, categoricals, or one value for the chunk)."""
+    """:func:`iter_sweep`'s chunks as columns (arrays, categoricals, or one value for the chunk); the times
+    (:data:`~perfmodel.metrics.TIME_METRICS`) not yet NaN where a point does not fit (``fits``)."""
     m = load_model(model)
     g = load_gpu(gpu)
     ctx_ax = _axis("context_len", context_len, 1)
@@ -446,13 +453,10 @@ def _evaluate_block(m, g, prof, ctx, b, out, prec, t, chunk_tokens, reserve_frac
     conc = mem.max_concurrency
     met = scenario_metrics(effective_model(m, kn), apply_knobs(prec, kn), kn, c3, o3, b3, mem, pre, step, dec, sw)
     fits = np.broadcast_to(np.asarray(conc) >= b3, shape)
-    nan = ~fits
     cols = {"context_len": np.broadcast_to(c3, shape), "output_tokens": np.broadcast_to(o3, shape),
             "batch": np.broadcast_to(b3, shape), "world": world}
-    for k in METRIC_COLUMNS:
-        v = met[k]
-        cols[k] = np.where(nan, np.nan, v) if k in TIME_METRICS else v  # NaN times where a point does not fit
-    return {**cols, "prefill_bound": met["prefill_bound"], "decode_bound": met["decode_bound"], "fits": fits}
+    return {**cols, **{k: met[k] for k in METRIC_COLUMNS}, "prefill_bound": met["prefill_bound"],
+            "decode_bound": met["decode_bound"], "fits": fits}
 
 
 #: The metric columns of a frame, in order (:func:`perfmodel.metrics.scenario_metrics` keys).
