@@ -188,7 +188,7 @@ def main() -> int:
 
     analyze = "import sys; from perfmodel.cli import main; sys.exit(main(['analyze']))"
     with tempfile.TemporaryDirectory() as cache:
-        for label, pyc in (("bytecode cached", cache), ("as this environment runs it", None)):
+        for label, pyc in (("bytecode cached", cache), ("as the environment runs it", None)):
             base, imp, ana = (fresh_s(c, pycache=pyc) for c in ("pass", "import perfmodel", analyze))
             print(f"{label}: empty python {base:.3f} s; import perfmodel {imp:.3f} s wall ({imp - base:.3f} s "
                   f"beyond an empty python); perfmodel analyze {ana:.3f} s wall")
