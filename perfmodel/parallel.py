@@ -405,8 +405,8 @@ def ep_moe_layer(
 ) -> EpMoe:
     """Routed experts of one MoE layer over ``ep`` GPUs (experts ``e`` on GPU ``e // (E / ep)``).
 
-    ``tokens`` is the layer's token count over the whole EP group; ``tokens_per_gpu`` the
-    most any one GPU holds (default ``tokens / ep``).  ``expert_load`` gives each expert's share
+    ``tokens`` is the layer's token count over the whole EP group (a number or an array of them);
+    ``tokens_per_gpu`` the most any one GPU holds (default ``tokens / ep``).  ``expert_load`` gives each expert's share
     of routed token copies (normalised; default uniform).
     """
     from perfmodel.layers import _grouped_mlp
@@ -628,6 +628,10 @@ def parallel_phases(
     expert_load=None, knobs=None,
 ) -> ParallelPhases:
     """The phases of one scenario under TP x PP x SP x EP (see the module docstring).
+
+    ``context_len``, ``output_tokens`` and ``batch`` may be numpy arrays that broadcast together (a sweep's
+    grid): the costs, communication times and per-point details come back as arrays of their shape, each
+    point as it is priced alone; scalars give floats (``analyze``).
 
     ``knobs`` (:class:`perfmodel.knobs.Knobs`, those :func:`check_knobs` allows) go into every
     phase's ops; ``model`` and ``precision`` are expected to carry them already
