@@ -7,7 +7,10 @@ each layer's plan, lower bound and gap beside every baseline; then Zipf(alpha) l
 (DeepSeek-V3 sized: 8 slots per GPU, or 9 with DeepSeek's 32 redundant
 experts), 4 nodes; one run with inter-layer affinity; plus 8x4 and 64x8.
 SP: log-normal(5.95, 1.26) lengths (FlexSP's Wikipedia fit) on Llama-3-8B / H100
-(peak profile), 64 and 32 GPUs, each SP kind.
+(peak profile), 64 and 32 GPUs, each SP kind.  SP over a topology (FlexSP-like, also
+``--only sp-topology``): 64 H100 in 8 nodes of 8 (examples/dgx-h100-x8.yaml), a long-tailed batch
+of 512 lengths log-normal(8.0, 1.6) clipped to [128, 256K] (seed 0), each kind, both profiles, with
+and without micro-batches, and the same batch priced as one NVLink node of 64.
 Prints what it measured; nothing is cached.
 """
 
@@ -105,6 +108,46 @@ def sp_rows(limit: float):
               f"{wk[10:]:>4}: {wv / plan.makespan_s:.3f}x", flush=True)
 
 
+def sp_topology_rows(limit: float):
+    import perfmodel
+    from perfmodel.calibration import resolve_profile
+    from perfmodel.comm import Topology, resolve_topology
+    from planners.sp import build_instance, plan_sp
+    from planners.sp_cost import SpCostModel, SpKind
+
+    model = perfmodel.load_model("llama-3-8b")
+    gpu = perfmodel.load_gpu("h100-sxm-80gb")
+    system = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "dgx-h100-x8.yaml")
+    topo = resolve_topology(system, gpu, 64)
+    one_node = Topology("one NVLink node of 64", gpu.name, 64, 1, topo.intra, None)
+    batches = {"lognormal(8.0,1.6)x512": lognormal_lengths(512, 8.0, 1.6, min_len=128, max_len=262_144, seed=0),
+               "wikipedia-fit x4096": lognormal_lengths(4096, min_len=128, max_len=262_144, seed=0)}
+    print("\nSP over a topology (FlexSP-like): Llama-3-8B, 64 H100 in 8 nodes of 8 (NVLink 450 GB/s, one 50 GB/s NIC "
+          "per GPU); gain = static makespan / plan makespan; 'bound allows' = best static / lower bound")
+    for name, lengths in batches.items():
+        print(f"batch {name}: {len(lengths)} sequences, {int(lengths.sum()):,} tokens, max {int(lengths.max()):,}, "
+              f"{int((lengths > 65_536).sum())} over 64K")
+    degrees = (1, 2, 4, 8, 16, 32, 64)
+    print(f"{'batch':>22} {'profile':>10} {'kind':>7} {'topology':>8} {'mb':>3} {'status':>30} {'s':>5} {'plan s':>7} "
+          f"{'bound s':>7} {'gap':>6} {'bound allows':>12} " + " ".join(f"{'vs ' + str(d):>6}" for d in degrees))
+    rows = [("lognormal(8.0,1.6)x512", mode, kind, True, mb) for mode in ("calibrated", "peak")
+            for kind in (SpKind.AUTO, SpKind.ULYSSES, SpKind.RING, SpKind.HYBRID) for mb in (False,)]
+    rows += [("lognormal(8.0,1.6)x512", "calibrated", SpKind.AUTO, True, True),
+             ("lognormal(8.0,1.6)x512", "calibrated", SpKind.AUTO, False, False),
+             ("wikipedia-fit x4096", "calibrated", SpKind.AUTO, True, False)]
+    for name, mode, kind, on_topo, mb in rows:
+        t0 = time.perf_counter()
+        cost = SpCostModel(model, gpu, resolve_profile(gpu, mode), kind, topology=topo if on_topo else one_node)
+        plan = plan_sp(build_instance(batches[name], 64, cost), SolverOptions(time_limit_s=limit), micro_batches=mb)
+        wall = time.perf_counter() - t0
+        st = {int(k[10:]): v for k, v in plan.baselines.items() if v is not None}
+        best = min(st.values())
+        gains = " ".join(f"{st[d] / plan.makespan_s:>5.3f}x" if d in st else f"{'-':>6}" for d in degrees)
+        print(f"{name:>22} {mode:>10} {kind.value:>7} {'8x8' if on_topo else '1x64':>8} {'yes' if mb else 'no':>3} "
+              f"{plan.solver['status']:>30} {wall:>5.1f} {plan.makespan_s:>7.3f} {plan.lower_bound_s:>7.3f} "
+              f"{plan.solver['gap']:>6.2%} {best / plan.lower_bound_s:>11.3f}x {gains}", flush=True)
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -119,7 +162,7 @@ def cpu_model() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--time-limit", type=float, default=60.0)
-    ap.add_argument("--only", choices=["moe", "sp"], default=None)
+    ap.add_argument("--only", choices=["moe", "sp", "sp-topology"], default=None)
     args = ap.parse_args()
     from importlib.metadata import version
 
@@ -133,6 +176,8 @@ def main() -> None:
         moe_rows(args.time_limit)
     if args.only in (None, "sp"):
         sp_rows(args.time_limit)
+    if args.only in (None, "sp", "sp-topology"):
+        sp_topology_rows(args.time_limit)
 
 
 if __name__ == "__main__":

@@ -425,9 +425,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             check_size(size, max_bytes, f"; even its axes need {axes_bytes:,} bytes")
     from perfmodel.sweep import sweep_notes
 
-    notes = [n for gpu in gpus for n in sweep_notes(args.model, args.context, args.output_tokens, gpu, args.tp,
-                                                     args.pp, args.sp, args.ep, args.topology)]
-    for note in dict.fromkeys(notes):  # each GPU's notes (the trained window's once)
+    notes = dict.fromkeys(note for gpu in gpus for note in sweep_notes(
+        args.model, args.context, args.output_tokens, gpu, args.tp, args.pp, args.sp, args.ep, args.topology))
+    for note in notes:
         print(f"perfmodel: note: {note}", file=sys.stderr)
     if knobs.active or args.knob_axis:
         from perfmodel.knobs import COST_NOT_QUALITY

@@ -139,7 +139,14 @@ def runs_general(head_dim: int, v_head_dim: int, kv_fp8: bool, kv_shared: bool =
     """Whether a decode runs the general split-KV kernel rather than the split-KV/stream-K ones:
     a head size outside :data:`STREAM_K_HEAD_DIMS`, a value head of another size, an fp8 cache,
     or MLA's latent shared by K and V."""
-    return bool(kv_fp8 or kv_shared or head_dim not in STREAM_K_HEAD_DIMS or v_head_dim != head_dim)
+    if kv_fp8 or kv_shared:
+        return True
+    d, v = np.asarray(head_dim), np.asarray(v_head_dim)
+    general = ~np.isin(d, STREAM_K_HEAD_DIMS) | (v != d)
+    if general.ndim == 0 or general.all() or not general.any():
+        return bool(general.all())
+    raise ValueError("decode ops stacked into one array mix head sizes of the general kernel and of the "
+                     "split-KV/stream-K kernels; price them apart")
 
 
 def general_tile(head_dim: int, v_head_dim: int, group: int, kv_shared: bool = False) -> tuple[int, int, int, int]:

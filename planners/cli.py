@@ -52,7 +52,11 @@ def register(subparsers) -> None:
     s.add_argument("--gpus", required=True, type=_int)
     s.add_argument("--model", required=True)
     s.add_argument("--gpu", required=True)
-    s.add_argument("--sp-kind", choices=["ulysses", "ring", "hybrid"], default="ulysses")
+    s.add_argument("--sp-kind", choices=["ulysses", "ring", "hybrid", "auto"], default="ulysses",
+                   help="ulysses (default), ring, hybrid, or auto: per group and sequence the fastest")
+    s.add_argument("--micro-batches", action="store_true",
+                   help="a group may run its sequences as several micro-batches (only one's KV resident), "
+                        "and the batch two rounds with their own groups")
     s.add_argument("--mode", choices=["calibrated", "peak"], default="calibrated")
     s.add_argument("--buckets", type=_int, default=16, help="length buckets of the MILP (default 16)")
     s.add_argument("--topology", default=None,
@@ -152,10 +156,11 @@ def _cmd_sp(args) -> int:
     check_gpus(args.gpus)
     if args.buckets >= 1:
         check_size(args.gpus, min(args.buckets, len(set(lengths.tolist()))))
+    kind = SpKind(args.sp_kind)
     scn = Scenario.make(args.model, args.gpu, context_len=int(lengths.max()), output_tokens=0, mode=args.mode,
-                        sp_kind=args.sp_kind, topology=args.topology)
-    cost = SpCostModel.from_scenario(scn, SpKind(args.sp_kind))
-    plan = plan_sp(build_instance(lengths, args.gpus, cost), _options(args), args.buckets)
+                        sp_kind="ring" if kind is SpKind.AUTO else kind.value, topology=args.topology)
+    cost = SpCostModel.from_scenario(scn, kind)
+    plan = plan_sp(build_instance(lengths, args.gpus, cost), _options(args), args.buckets, args.micro_batches)
     out = plan.to_dict()
     if args.json:
         print(dumps(out, indent=1))
@@ -164,10 +169,12 @@ def _cmd_sp(args) -> int:
     from rich.table import Table
 
     t = Table(title=f"SP plan: {len(lengths)} sequences on {args.gpus} GPUs ({args.sp_kind})")
-    for col in ("degree", "GPUs", "sequences", "time"):
+    rounds = len({g["round"] for g in out["groups"]}) > 1
+    for col in ("round",) * rounds + ("degree", "GPUs", "nodes", "sequences", "time"):
         t.add_column(col, justify="right")
     for g in out["groups"]:
-        t.add_row(str(g["degree"]), f"{g['gpus'][0]}-{g['gpus'][-1]}", str(len(g["sequences"])), fmt_seconds(g["time_s"]))
+        t.add_row(*(str(g["round"]),) * rounds, str(g["degree"]), f"{g['gpus'][0]}-{g['gpus'][-1]}",
+                  ",".join(map(str, g["nodes"])), str(len(g["sequences"])), fmt_seconds(g["time_s"]))
     c = Console()
     c.print(t)
     c.print(f"makespan {fmt_seconds(out['makespan_s'])}; lower bound {fmt_seconds(out['lower_bound_s'])}; "

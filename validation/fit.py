@@ -14,6 +14,7 @@ Use :class:`ProfileFitter` (``fit(records)`` then ``predict(ops)``) or :func:`fi
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import json
 import sys
@@ -27,7 +28,7 @@ import numpy as np
 from scipy.optimize import least_squares
 
 from hw.loader import load_gpu
-from hw.spec import GPU
+from hw.spec import GPU, Dtype
 from perfmodel.calibration import (
     parse_curve_key,
     ClassParams,
@@ -39,7 +40,9 @@ from perfmodel.calibration import (
 )
 from perfmodel.costs import op_cost
 from perfmodel.errors import ProfileError
-from perfmodel.ops import DEFAULT_ATTENTION_IMPL, Attention, Elementwise, Gemm, GroupedGemm, Memcpy, Op, op_from_dict
+from perfmodel.ops import (DEFAULT_ATTENTION_IMPL, Attention, Elementwise, Gemm, GroupedGemm, Memcpy, Op, Phase,
+                           op_from_dict)
+from perfmodel.decode_schedule import runs_general
 from validation.records import NON_DEFAULT_IMPLS, RecordError, class_key, refuse_other_gpu
 
 COLLECTIVE_CLASSES = frozenset({OpClass.ALL_REDUCE, OpClass.ALL_GATHER, OpClass.REDUCE_SCATTER,
@@ -185,7 +188,12 @@ def _stack(ops: list[Op]) -> list[tuple[Op, np.ndarray]]:
         elif isinstance(op, GroupedGemm):
             key = ("grouped_gemm", op.dtype, op.b_dtype)
         elif isinstance(op, Attention):
-            key = ("attn", op.phase, op.causal, op.dtype, op.window, op.v_head_dim, op.kv_shared, op.kv_dtype, op.impl)
+            # decodes that run the general Triton kernel price by their own head size's tile: never stacked
+            # with the split-KV / stream-K ones
+            general = op.phase is Phase.DECODE and runs_general(op.head_dim, op.v_head_dim or op.head_dim,
+                                                                op.kv_dtype is Dtype.FP8, op.kv_shared)
+            key = ("attn", op.phase, op.causal, op.dtype, op.window, op.v_head_dim, op.kv_shared, op.kv_dtype, op.impl,
+                   op.head_dim if general else None)
         elif isinstance(op, Memcpy):
             key = ("memcpy", op.src, op.dst)
         elif isinstance(op, Elementwise):
@@ -282,6 +290,12 @@ def fit_class(key: str, ops: list[Op], measured: np.ndarray, gpu: GPU) -> tuple[
     return p, float(np.median(ape))
 
 
+#: fits kept in one process, keyed by (GPU, digest of the records): the report, the bands and the dashboard
+#: fit the same record sets
+FIT_MEMO_SIZE = 16
+_FIT_MEMO: dict[tuple[str, str], tuple] = {}
+
+
 @dataclass
 class ProfileFitter:
     """sklearn-style: ``fit(records)`` sets ``profile_`` (and ``extra_`` rows), ``predict(ops)`` gives seconds.
@@ -298,11 +312,25 @@ class ProfileFitter:
     train_ape_: dict[str, float] | None = None
 
     def fit(self, records: Sequence[dict[str, Any]]) -> ProfileFitter:
+        """Fit every class on ``records``.  The fit is a pure function of the GPU and the records, so a
+        repeated fit of the same records in one process reuses the first one's result."""
         if not records:
             raise RecordError("no records to fit")
         refuse_other_gpu(records, self.gpu)
         if any(r.get("dry_run") for r in records):
             raise RecordError("records from a --dry-run (CPU) cannot calibrate a GPU profile")
+        key = (self.gpu, hashlib.sha256(json.dumps(list(records), sort_keys=True, default=str).encode()).hexdigest())
+        if key in _FIT_MEMO:
+            profile, extra, apes = _FIT_MEMO[key]
+            self.profile_, self.extra_, self.train_ape_ = profile, dict(extra), dict(apes)
+            return self
+        self._fit(records)
+        if len(_FIT_MEMO) >= FIT_MEMO_SIZE:
+            _FIT_MEMO.pop(next(iter(_FIT_MEMO)))
+        _FIT_MEMO[key] = (self.profile_, dict(self.extra_), dict(self.train_ape_))
+        return self
+
+    def _fit(self, records: Sequence[dict[str, Any]]) -> None:
         g = load_gpu(self.gpu)
         rows: dict[str, list[dict]] = {}
         for r in records:
@@ -334,7 +362,6 @@ class ProfileFitter:
                                 elementwise=MappingProxyType(named), implementations=MappingProxyType(impls),
                                 attention_kernels=MappingProxyType(attention_kernels(records)))
         self.extra_, self.train_ape_ = extra, apes
-        return self
 
     def predict(self, ops: Sequence[Op | dict], gpu: str | GPU | None = None) -> np.ndarray:
         """Seconds per op under the fitted profile (on ``gpu``'s datasheet figures if given)."""
