@@ -34,7 +34,8 @@ from perfmodel.ops import AttentionImpl, op_from_dict, op_to_dict
 from perfmodel.predict import predict, predict_cost, predict_file
 from perfmodel.scenario import Layout, Scenario
 from perfmodel.sweep import sweep
-from perfmodel.serving import Deployment, LengthDist, SimResult, Slo, Workload, simulate
+
+
 
 __all__ = [
     "Analysis", "AttentionImpl", "Bound", "DoesNotFitError", "Dtype", "InvalidInputError", "Mode", "ModelConfigError",
@@ -44,3 +45,23 @@ __all__ = [
     "resolve_profile", "sweep", "simulate", "Deployment", "LengthDist", "SimResult", "Slo", "Workload",
     "NonFiniteError", "TooLargeError", "Layout", "Scenario",
 ]
+
+#: names loaded on first use: the simulator's modules need pandas
+_LAZY = {"Deployment": "perfmodel.serving", "LengthDist": "perfmodel.serving",
+         "SimResult": "perfmodel.serving", "Slo": "perfmodel.serving", "Workload": "perfmodel.serving",
+         "simulate": "perfmodel.serving"}
+
+
+def __getattr__(name: str):
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'perfmodel' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(mod), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -29,9 +29,23 @@ def flash_splits(units, n_blocks, slots: int, max_splits: int = 128):
     the smallest whose wave efficiency ``w / ceil(w)`` (``w = units * splits / slots``) is within
     85% of the best (Dao et al., flash-attention ``num_splits_heuristic``).
 
-    Evaluated once per distinct (units, n_blocks) pair, so a million-point sweep stays cheap.
+    Evaluated once per distinct (units, n_blocks) pair, so a million-point sweep stays cheap; when
+    the two broadcast over different axes (a grid), the pairs are the product of each one's distinct
+    values and no sort of the whole grid is needed.
     """
-    u, n = np.broadcast_arrays(np.asarray(units, dtype=np.float64), np.asarray(n_blocks, dtype=np.float64))
+    u0, n0 = np.asarray(units, dtype=np.float64), np.asarray(n_blocks, dtype=np.float64)
+    shape = np.broadcast_shapes(u0.shape, n0.shape)
+    ub = u0.reshape((1,) * (len(shape) - u0.ndim) + u0.shape)
+    nb = n0.reshape((1,) * (len(shape) - n0.ndim) + n0.shape)
+    if len(shape) and all(a == 1 or b == 1 for a, b in zip(ub.shape, nb.shape)):
+        uu, iu = np.unique(np.round(ub), return_inverse=True)
+        nn, in_ = np.unique(np.round(nb), return_inverse=True)
+        table = np.ones((uu.size, nn.size))
+        need = uu < 0.8 * slots
+        if np.any(need):
+            table[need] = _split_table(uu[need], nn, slots, max_splits)
+        return table[iu.reshape(ub.shape), in_.reshape(nb.shape)]
+    u, n = np.broadcast_arrays(u0, n0)
     out = np.ones(u.shape)
     need = u < 0.8 * slots
     if not np.any(need):
@@ -40,6 +54,33 @@ def flash_splits(units, n_blocks, slots: int, max_splits: int = 128):
     uniq, inv = np.unique(key, return_inverse=True)
     uu = np.floor(uniq / 1e9)
     nn = uniq - uu * 1e9
+    out[need] = _split_choice(uu, nn, slots, max_splits)[np.ravel(inv)]
+    return out if out.ndim else float(out)
+
+
+def _split_table(uu, nn, slots: int, max_splits: int):
+    """:func:`_split_choice` of every (``uu[i]``, ``nn[j]``) pair, a ``(len(uu), len(nn))`` table: the split
+    counts a KV length allows are found once per length, the wave efficiencies once per unit count, and
+    the best allowed efficiency of a pair is the first allowed count in that unit count's ranking."""
+    s = np.arange(1, max_splits + 1, dtype=np.float64)
+    allowed = s[None, :] <= np.minimum(min(max_splits, slots), nn)[:, None]
+    changes = (s == 1)[None, :] | (np.ceil(nn[:, None] / s) != np.ceil(nn[:, None] / np.maximum(s - 1, 1)))
+    mask = allowed & changes  # (lengths, splits)
+    w = uu[:, None] * s / slots
+    with np.errstate(invalid="ignore", divide="ignore"):  # w = 0 (no units): 0 / 0, never chosen
+        e = w / np.ceil(w)  # (units, splits)
+    order = np.argsort(-np.where(np.isnan(e), -np.inf, e), axis=1, kind="stable")  # best first
+    out = np.empty((uu.size, nn.size))
+    for i in range(uu.size):
+        best = e[i][order[i]][np.argmax(mask[:, order[i]], axis=1)]  # the best allowed efficiency per length
+        with np.errstate(invalid="ignore"):
+            ok = mask & (e[i][None, :] >= 0.85 * best[:, None]) & (e[i][None, :] > 0)
+        out[i] = np.where(ok.any(axis=1), np.argmax(ok, axis=1) + 1.0, 1.0)
+    return out
+
+
+def _split_choice(uu, nn, slots: int, max_splits: int):
+    """The split count of each (units, KV blocks) pair (1-D arrays) by the heuristic of :func:`flash_splits`."""
     s = np.arange(1, max_splits + 1, dtype=np.float64)[None, :]
     allowed = s <= np.minimum(min(max_splits, slots), nn)[:, None]
     changes = (s == 1) | (np.ceil(nn[:, None] / s) != np.ceil(nn[:, None] / np.maximum(s - 1, 1)))
@@ -47,9 +88,7 @@ def flash_splits(units, n_blocks, slots: int, max_splits: int = 128):
     with np.errstate(invalid="ignore", divide="ignore"):  # w = 0 (no units): 0 / 0, not chosen
         eff = np.where(allowed & changes, w / np.ceil(w), 0.0)
     ok = (eff >= 0.85 * eff.max(axis=1, keepdims=True)) & (eff > 0)
-    choice = np.where(ok.any(axis=1), np.argmax(ok, axis=1) + 1.0, 1.0)
-    out[need] = choice[np.ravel(inv)]
-    return out if out.ndim else float(out)
+    return np.where(ok.any(axis=1), np.argmax(ok, axis=1) + 1.0, 1.0)
 
 
 def flash_block_n(head_dim):

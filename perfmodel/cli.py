@@ -38,6 +38,18 @@ def _version() -> str:
         return "unknown"
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: looks the installed version up only when asked (the look-up reads package metadata)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0,
+                         help=help or "show program's version number and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        sys.stdout.write(f"perfmodel {_version()}\n")
+        parser.exit()
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad argument in one line and exits 2, and shows defaults in ``--help``."""
 
@@ -177,9 +189,13 @@ def add_layout_args(p: argparse.ArgumentParser) -> None:
                         "smallest shipped system of the GPU that holds them)")
 
 
-def _build_parser() -> _Parser:
+#: the commands defined here: running one of them loads no extension module (their imports stay unpaid)
+CORE_COMMANDS = ("analyze", "predict", "sweep", "gpus", "models", "dashboard")
+
+
+def _build_parser(extensions: bool = True) -> _Parser:
     parser = _Parser(prog="perfmodel", description="Performance model for long-context LLM inference.")
-    parser.add_argument("--version", action="version", version=f"perfmodel {_version()}")
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
     a = sub.add_parser("analyze", help="the four long-context metrics of one scenario")
@@ -234,7 +250,7 @@ def _build_parser() -> _Parser:
     d.add_argument("streamlit_args", nargs=argparse.REMAINDER, help="further options passed to streamlit run")
     d.set_defaults(func=_cmd_dashboard)
 
-    for name in EXTENSIONS:
+    for name in EXTENSIONS if extensions else ():
         try:
             mod = importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -567,10 +583,10 @@ def _cmd_dashboard(args) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 1 bad input, 2 bad usage)."""
-    parser = _build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         argv = ["analyze"]
+    parser = _build_parser(extensions=argv[0] not in CORE_COMMANDS)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # usage errors (exit 2) and --help (exit 0)

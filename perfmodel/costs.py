@@ -530,12 +530,18 @@ def regime_of(c: OpCost) -> Any:
     """``latency`` when ``latency_s`` is at least :data:`LATENCY_BOUND_SHARE` of the total, else ``compute``
     when the math term exceeds the data movement (memory plus communication), else ``memory``; an array of
     names for array costs."""
+    code = _regime_code(c)
+    out = np.asarray(REGIMES)[code]
+    return str(out) if out.ndim == 0 else out
+
+
+def _regime_code(c: OpCost) -> np.ndarray:
+    """:func:`regime_of` as the index of the regime in :data:`REGIMES` (int8, the cost's shape)."""
     t, lat = np.broadcast_arrays(np.asarray(c.total_s, dtype=np.float64), np.asarray(c.latency_s, dtype=np.float64))
     comp = np.asarray(c.compute_s, dtype=np.float64)
     move = np.asarray(c.memory_s, dtype=np.float64) + np.asarray(c.comm_s, dtype=np.float64)
-    out = np.where(lat >= LATENCY_BOUND_SHARE * t, "latency", np.where(comp > move, "compute", "memory"))
-    out = np.broadcast_to(out, t.shape)
-    return str(out) if out.ndim == 0 else out
+    code = np.where(lat >= LATENCY_BOUND_SHARE * t, np.int8(2), np.where(comp > move, np.int8(0), np.int8(1)))
+    return np.broadcast_to(code, t.shape)
 
 
 def band_keys(op: Op, profile: Profile) -> tuple[OpClass, tuple[str, ...]]:
@@ -561,17 +567,17 @@ def with_band(c: OpCost, op: Op, profile: Profile) -> OpCost:
     (:meth:`Profile.band_of`): the measured time lies in ``[t * exp(-q90), t * exp(-q10)]`` where ``q10``, ``q90``
     are quantiles of log(predicted / measured)."""
     oc, keys = band_keys(op, profile)
-    reg = regime_of(c)
+    code = _regime_code(c)
     t = c.total_s
-    if isinstance(reg, str):
-        q10, q90 = profile.band_of(oc, keys, reg)
+    if code.ndim == 0:
+        q10, q90 = profile.band_of(oc, keys, REGIMES[int(code)])
         return dataclasses.replace(c, band_lo_s=t * math.expm1(-q90), band_hi_s=t * math.expm1(-q10))
-    q10, q90 = np.zeros(reg.shape), np.zeros(reg.shape)
-    for r in REGIMES:
-        sel = reg == r
-        if sel.any():
-            q10[sel], q90[sel] = profile.band_of(oc, keys, r)
-    return dataclasses.replace(c, band_lo_s=t * np.expm1(-q90), band_hi_s=t * np.expm1(-q10))
+    q = np.array([profile.band_of(oc, keys, r) for r in REGIMES], dtype=np.float64)  # (regime, q10/q90)
+    lo, hi = np.expm1(-q[:, 1]), np.expm1(-q[:, 0])
+    if np.all(lo == lo[0]) and np.all(hi == hi[0]):  # one band for every regime
+        return dataclasses.replace(c, band_lo_s=np.broadcast_to(t, code.shape) * lo[0],
+                                   band_hi_s=np.broadcast_to(t, code.shape) * hi[0])
+    return dataclasses.replace(c, band_lo_s=t * lo[code], band_hi_s=t * hi[code])
 
 
 def eager_cost(cost: OpCost, terms) -> OpCost:

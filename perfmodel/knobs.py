@@ -13,16 +13,18 @@ technique whose accuracy depends on the model and the task (see
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import enum
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from hw.spec import GPU, Dtype
 from perfmodel.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    import argparse
 
 #: Note shown whenever a knob is active.
 COST_NOT_QUALITY = (
@@ -365,38 +367,45 @@ def effective_model(model, knobs: Knobs | None):
 # command line
 
 
+def _arg_error(message: str) -> Exception:
+    """argparse's error for a bad value (argparse is imported only by the CLI that parses)."""
+    import argparse
+
+    return argparse.ArgumentTypeError(message)
+
+
 def _parse_tier(text: str) -> KvTier:
     """``ddr``, ``ddr:CAPACITY_BYTES:BYTES_PER_S``, ``cxl:CAP:BW`` or ``nvme:CAP:BW``."""
     bits = text.strip().lower().split(":")
     try:
         kind = TierKind(bits[0])
     except ValueError:
-        raise argparse.ArgumentTypeError(
+        raise _arg_error(
             f"unknown KV tier {bits[0]!r}; known: {', '.join(k.value for k in TierKind)}") from None
     if len(bits) not in (1, 3):
-        raise argparse.ArgumentTypeError(f"a KV tier is KIND or KIND:CAPACITY_BYTES:BYTES_PER_S, got {text!r}")
+        raise _arg_error(f"a KV tier is KIND or KIND:CAPACITY_BYTES:BYTES_PER_S, got {text!r}")
     try:
         cap, bw = (float(bits[1]), float(bits[2])) if len(bits) == 3 else (None, None)
         return KvTier(kind, cap, bw)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        raise _arg_error(str(exc)) from None
 
 
 def _ratio(text: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+        raise _arg_error(f"expected a number in (0, 1], got {text!r}") from None
 
 
 def _int(text: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        raise _arg_error(f"expected an integer, got {text!r}") from None
 
 
-def add_knob_args(parser: argparse.ArgumentParser) -> None:
+def add_knob_args(parser: "argparse.ArgumentParser") -> None:
     """Add the KV-cache knob flags (``--kv-dtype`` comes from the scenario flags)."""
     g = parser.add_argument_group("KV-cache knobs (what-if; cost only, not quality)")
     g.add_argument("--kv-layers", type=_int, default=None, help="layers that keep their own KV (cross-layer sharing)")
@@ -424,7 +433,7 @@ def add_knob_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--offload-serial", action="store_true", help="no pipelining between GPU and pool")
 
 
-def knobs_from_args(args: argparse.Namespace) -> Knobs:
+def knobs_from_args(args: "argparse.Namespace") -> Knobs:
     """Build :class:`Knobs` from the flags of :func:`add_knob_args` (and ``--kv-dtype``)."""
     offload = None
     spec = getattr(args, "offload_attention", None)

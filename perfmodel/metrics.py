@@ -40,7 +40,9 @@ def scenario_metrics(model, precision, knobs, context_len: Any, output_tokens: A
         ``weight_bytes`` (the whole model), ``kv_bytes_per_token``, ``kv_cache_bytes`` (bytes; every user,
         one GPU's share at TP 1), the times in :data:`TIME_METRICS` (seconds; the throughput in tokens/s),
         ``max_concurrency`` (users) and the ``prefill_bound`` and ``decode_bound`` (a :class:`Bound` value;
-        a categorical column for arrays).
+        a categorical column for arrays).  Arrays come back in the shape the sizes broadcast to (a grid:
+        ``context x batch x output`` arrays of shapes ``(c, 1, 1)``, ``(1, b, 1)``, ``(1, 1, o)``), each
+        a view where it depends on fewer axes; the two bounds, a categorical, flattened in C order.
     """
     from perfmodel.layers import kv_bytes_per_token_per_gpu
     from perfmodel.phases import kv_cache_bytes_per_gpu
@@ -62,11 +64,12 @@ def scenario_metrics(model, precision, knobs, context_len: Any, output_tokens: A
         "max_concurrency": np.asarray(memory.max_concurrency).astype(np.int64),
         "context_switch_s": switch.serial_s, "context_switch_duplex_s": switch.duplex_s,
         "session_throughput_tokens_per_s": throughput,
-        "prefill_bound": bound_of(prefill), "decode_bound": bound_of(decode_step),
     }
     if np.ndim(context_len) == 0 and np.ndim(batch) == 0 and np.ndim(output_tokens) == 0:
+        d.update(prefill_bound=bound_of(prefill), decode_bound=bound_of(decode_step))
         return {k: _scalar(v) for k, v in d.items()}
     n = np.broadcast(np.asarray(context_len), b, out).shape
+    d.update(prefill_bound=bound_of(prefill, n), decode_bound=bound_of(decode_step, n))
     return {k: (v if isinstance(v, (str, int)) or k.endswith("_bound") else np.broadcast_to(np.asarray(v), n))
             for k, v in d.items()}
 
@@ -78,11 +81,14 @@ def _scalar(v: Any) -> Any:
     return int(a) if a.dtype.kind in "iu" else float(a)
 
 
-def bound_of(cost: OpCost) -> Any:
+def bound_of(cost: OpCost, shape: tuple | None = None) -> Any:
     """The largest term of ``cost`` (the first of equals: compute, memory, latency, interconnect): a
-    :class:`Bound` value for a scalar cost, a categorical of them for an array cost."""
+    :class:`Bound` value for a scalar cost, a categorical of them for an array cost (found over the
+    cost's own shape, then spread over ``shape`` and flattened in C order when given)."""
     terms = np.stack(np.broadcast_arrays(cost.compute_s, cost.memory_s, cost.latency_s, cost.comm_s))
     idx = np.argmax(terms, axis=0)
+    if shape is not None and np.ndim(idx):
+        idx = np.broadcast_to(idx, shape).reshape(-1)
     names = [Bound.COMPUTE.value, _value(cost.memory_bound), Bound.LATENCY.value, Bound.INTERCONNECT.value]
     if np.ndim(idx) == 0:
         b = cost.bound

@@ -142,6 +142,26 @@ def _f(x):
     return x if np.ndim(x) else float(x)
 
 
+def _a(x):
+    """``x`` as a float: a Python float for one value, an array for many."""
+    return _f(np.asarray(x, dtype=np.float64))
+
+
+def _cdiv(a, b):
+    """``ceil(a / b)``: an int for integers, a float array (of whole numbers) for arrays."""
+    if np.ndim(a) == 0 and np.ndim(b) == 0:
+        return ceil_div(int(a), int(b))
+    return -(-np.asarray(a, dtype=np.float64) // np.asarray(b, dtype=np.float64))
+
+
+def _max(a, b):
+    return max(a, b) if np.ndim(a) == 0 and np.ndim(b) == 0 else np.maximum(a, b)
+
+
+def _min(a, b):
+    return min(a, b) if np.ndim(a) == 0 and np.ndim(b) == 0 else np.minimum(a, b)
+
+
 @dataclass(frozen=True)
 class RingOverlap:
     """One Ring step: attention of a block (``compute_s``) while the next KV block moves (``comm_s``).
@@ -270,8 +290,8 @@ class SpPrefill:
     layers: int
     ring_launch_s: float = 0.0  # per step: the attention call's host launch beyond its GPU time
 
-    def _per_step(self, v) -> float:
-        return 0.0 if self.ring_steps is None else (self.ring - 1) * self.layers * float(v)
+    def _per_step(self, v) -> Any:
+        return 0.0 if self.ring_steps is None else (self.ring - 1) * self.layers * _a(v)
 
     @property
     def ring_comm_s(self) -> float:
@@ -294,7 +314,7 @@ class SpPrefill:
         if self.ring_steps is None:
             return self.compute + self.a2a
         s = self.ring_steps
-        dev_hidden = s.overlap * min(s.compute_s, s.comm_s)
+        dev_hidden = s.overlap * _min(s.compute_s, s.comm_s)
         ring = OpCost(comm_s=self.ring_comm_s, latency_s=self.ring_stall_s, overlap_s=self._per_step(dev_hidden))
         return self.compute + self.a2a + ring
 
@@ -302,7 +322,7 @@ class SpPrefill:
     def comm_s(self) -> float:
         """Exposed SP communication time (Ulysses all-to-alls plus Ring step time beyond its compute)."""
         ring = 0.0 if self.ring_steps is None else self._per_step(self.ring_steps.exposed_comm_s)
-        return float(self.a2a.total_s) + ring
+        return _a(self.a2a.total_s) + ring
 
 
 def sp_prefill(
@@ -321,7 +341,7 @@ def sp_prefill(
     kind = SpKind(kind)
     topo = resolve_topology(topology, gpu, tp * sp)
     u, r = split_sp(model, sp, kind, tp, topo.gpus_per_node)
-    n = float(context_len)
+    n = _a(context_len)
     q = n / sp
     ops = model_ops(model, Phase.PREFILL, batch, q, (n + q) / 2.0, precision, tp, lm_head_rows=0, knobs=knobs)
     att, coll, rest = _split(ops)
@@ -353,10 +373,14 @@ def sp_prefill(
             kvb = (op.kv_dtype or op.dtype).bytes_per_element
             block = batch * (n / r) * max(hkv_eff // u, 1) * kv_width * kvb
             m = collective_time(OpKind.SEND_RECV, block, r, gpu, profile, topo, stride=u * tp)
-            c_dev = float(att_cost.total_s) / r
-            c = max(c_dev, rs.compute_issue_s)  # an eager call takes at least its host launch
-            h_m = float(m.latency_s) if rs.comm_issue_s is None else rs.comm_issue_s
-            steps = ring_step_overlap(c, float(m.total_s), dataclasses.replace(rs, comm_issue_s=h_m))
+            c_dev = _a(att_cost.total_s) / r
+            c = _max(c_dev, rs.compute_issue_s)  # an eager call takes at least its host launch
+            h_m = _a(m.latency_s) if rs.comm_issue_s is None else rs.comm_issue_s
+            if np.ndim(h_m):  # a per-point issue cost: the step built as ring_step_overlap builds it
+                ring_step_overlap(c, _a(m.total_s), dataclasses.replace(rs, comm_issue_s=None))  # checks c, m
+                steps = RingOverlap(c, _a(m.total_s), rs.overlap, rs.compute_issue_s, h_m, rs.sync_s)
+            else:
+                steps = ring_step_overlap(c, _a(m.total_s), dataclasses.replace(rs, comm_issue_s=h_m))
             launch, layers = c - c_dev, cnt
     return SpPrefill(kind, u, r, compute, a2a, steps, layers, launch)
 
@@ -381,8 +405,8 @@ def ep_moe_layer(
 ) -> EpMoe:
     """Routed experts of one MoE layer over ``ep`` GPUs (experts ``e`` on GPU ``e // (E / ep)``).
 
-    ``tokens`` is the layer's token count over the whole EP group; ``tokens_per_gpu`` the
-    most any one GPU holds (default ``tokens / ep``).  ``expert_load`` gives each expert's share
+    ``tokens`` is the layer's token count over the whole EP group (a number or an array of them);
+    ``tokens_per_gpu`` the most any one GPU holds (default ``tokens / ep``).  ``expert_load`` gives each expert's share
     of routed token copies (normalised; default uniform).
     """
     from perfmodel.layers import _grouped_mlp
@@ -404,17 +428,23 @@ def ep_moe_layer(
     t_gpu = tokens / ep if tokens_per_gpu is None else tokens_per_gpu
     send = t_gpu * m.top_k * model.hidden * a
     recv = copies * per_gpu[hot].sum() * model.hidden * a
-    buf = max(send, recv)
+    buf = _max(send, recv)
     dispatch = collective_time(OpKind.ALL_TO_ALL, buf, ep, gpu, profile, topology) if ep > 1 else ZERO
     experts = ZERO
     rows = copies * per_gpu[hot].sum()
-    if rows > 0:
+    if np.any(rows > 0):
         # one grouped GEMM per projection over the hot GPU's experts that receive rows (a token picks
         # expert e with probability top_k * share_e); no more groups than rows
         pick = np.minimum(m.top_k * per_gpu[hot], 1.0)
-        groups = min(float(np.sum(np.where(pick > 0, 1.0 - (1.0 - pick) ** tokens, 0.0))), rows)
+        touched = np.where(pick > 0, 1.0 - (1.0 - pick) ** np.asarray(tokens, dtype=np.float64)[..., None], 0.0)
+        groups = _min(_a(np.sum(touched, axis=-1)), rows)
+        some = rows > 0
+        if np.ndim(rows) and not np.all(some):  # points without rows cost nothing (priced at one row, masked)
+            rows, groups = np.where(some, rows, 1.0), np.where(some, groups, 1.0)
         experts = _sum(_grouped_mlp("expert_", rows, groups, model.hidden, m.expert_intermediate, model.mlp,
                                     precision), gpu, profile)
+        if np.ndim(some) and not np.all(some):
+            experts = experts.scale(np.where(some, 1.0, 0.0))
     return EpMoe(dispatch, experts, dispatch, imbalance)
 
 
@@ -571,15 +601,15 @@ def knobs_not_modelled(sp: int = 1) -> tuple[str, ...]:
     return _KNOBS_SINGLE_GPU + (_KNOBS_NO_SP if sp > 1 else ())
 
 
-def _coll_s(ops, gpu, profile, topo) -> float:
-    return float(np.sum(_sum([t for t in ops if isinstance(t[1], Collective)], gpu, profile, topo).total_s))
+def _coll_s(ops, gpu, profile, topo) -> Any:
+    return _a(_sum([t for t in ops if isinstance(t[1], Collective)], gpu, profile, topo).total_s)
 
 
 def _forward(model, gpu, profile, phase, batch, q_len, kv_len, precision, tp, ep, topo, lm_head_rows=None,
              expert_load=None, knobs=None):
     """One pass on the busiest GPU: attention data-parallel over ``ep // tp`` GPUs, experts over ``ep``."""
     dp = max(1, ep // tp)
-    b_loc = ceil_div(int(batch), dp)
+    b_loc = _cdiv(batch, dp)
     ops = model_ops(model, phase, b_loc, q_len, kv_len, precision, tp, lm_head_rows, knobs)
     if ep <= 1 or model.moe is None:
         return _sum(ops, gpu, profile, topo), _coll_s(ops, gpu, profile, topo), {}
@@ -587,7 +617,7 @@ def _forward(model, gpu, profile, phase, batch, q_len, kv_len, precision, tp, ep
     layer = ep_moe_layer(model, gpu, profile, batch * q_len, ep, precision, expert_load, b_loc * q_len, topo)
     n = model.num_moe_layers
     cost = _sum(rest, gpu, profile, topo) + layer.cost.scale(n)
-    comm = _coll_s(rest, gpu, profile, topo) + 2 * n * float(layer.dispatch.total_s)
+    comm = _coll_s(rest, gpu, profile, topo) + 2 * n * _a(layer.dispatch.total_s)
     return cost, comm, {"ep_imbalance": layer.imbalance}
 
 
@@ -598,6 +628,10 @@ def parallel_phases(
     expert_load=None, knobs=None,
 ) -> ParallelPhases:
     """The phases of one scenario under TP x PP x SP x EP (see the module docstring).
+
+    ``context_len``, ``output_tokens`` and ``batch`` may be numpy arrays that broadcast together (a sweep's
+    grid): the costs, communication times and per-point details come back as arrays of their shape, each
+    point as it is priced alone; scalars give floats (``analyze``).
 
     ``knobs`` (:class:`perfmodel.knobs.Knobs`, those :func:`check_knobs` allows) go into every
     phase's ops; ``model`` and ``precision`` are expected to carry them already
@@ -632,27 +666,33 @@ def parallel_phases(
         details.update(sp_ulysses=s.ulysses, sp_ring=s.ring)
         if s.ring_steps is not None:
             ro = ring_overlap.overlap if isinstance(ring_overlap, RingStepModel) else float(ring_overlap)
-            details.update(ring_hidden_fraction=float(s.ring_steps.hidden_fraction), ring_overlap=ro)
+            details.update(ring_hidden_fraction=_a(s.ring_steps.hidden_fraction), ring_overlap=ro)
     else:
-        ctx = float(context_len)
+        ctx = _a(context_len)
         if knobs is not None and knobs.prune_prefill:  # prefill runs on the kept tokens only
-            ctx = float(knobs.kept_tokens(ctx))
+            ctx = _a(knobs.kept_tokens(ctx))
         # the chunk is the token budget of one pass, shared by the prompts the pass holds (as on one
         # GPU, perfmodel.phases.prefill_cost): with data-parallel attention under EP, a rank's share
-        b_pass = ceil_div(int(batch), max(1, ep // tp))
-        n = math.ceil(ctx / max(chunk_tokens / b_pass, 1.0)) if chunk_tokens else 1
+        b_pass = _cdiv(batch, max(1, ep // tp))
+        if not chunk_tokens:
+            n = 1
+        elif np.ndim(ctx) or np.ndim(b_pass):
+            n = np.ceil(ctx / np.maximum(chunk_tokens / b_pass, 1.0))
+        else:
+            n = math.ceil(ctx / max(chunk_tokens / b_pass, 1.0))
         q = ctx / n
         body, body_comm, d = _forward(model, gpu, profile, Phase.PREFILL, batch, q, q * (n + 1) / 2.0, precision,
                                       tp, ep, topo, lm_head_rows=0, expert_load=expert_load, knobs=knobs)
         details.update(d)
         body, body_comm, hop = body.scale(n), body_comm * n, p2p(batch * q)
-    pipe = pipeline_time(float(body.total_s) / (n * pp), pp, n, float(hop.total_s))
+    # the pipeline's bubble share, as pipeline_time(stage, pp, n).bubble_fraction
+    bubble = (pp - 1) / (n + pp - 1)
     prefill = body.scale((n + pp - 1) / (n * pp)) + hop.scale((n + pp - 1) if pp > 1 else 0) + head
-    prefill_comm = body_comm * (n + pp - 1) / (n * pp) + float(hop.total_s) * ((n + pp - 1) if pp > 1 else 0)
-    details.update(pp_bubble_fraction_prefill=pipe.bubble_fraction)
+    prefill_comm = body_comm * (n + pp - 1) / (n * pp) + _a(hop.total_s) * ((n + pp - 1) if pp > 1 else 0)
+    details.update(pp_bubble_fraction_prefill=_a(bubble))
 
     # decode: KV sharded over the SP group, partial attention outputs combined by an all-reduce per layer
-    m = min(ceil_div(batch, max(1, ep // tp)), pp)
+    m = _min(_cdiv(batch, max(1, ep // tp)), pp)
 
     # under SP each GPU holds 1/sp of a sequence's kept tokens (eviction decides them on the whole)
     shard_knobs = knobs
@@ -662,23 +702,23 @@ def parallel_phases(
     def step(kv_len):
         if knobs is not None and sp > 1:
             kv_len = knobs.kept_tokens(kv_len)
-        f, c, _ = _forward(model, gpu, profile, Phase.DECODE, ceil_div(batch, m), 1, kv_len / sp, precision, tp, ep,
+        f, c, _ = _forward(model, gpu, profile, Phase.DECODE, _cdiv(batch, m), 1, kv_len / sp, precision, tp, ep,
                            topo, expert_load=expert_load, knobs=shard_knobs)
         if sp > 1:
-            comb = collective_time(OpKind.ALL_REDUCE, ceil_div(batch, m) * model.q_heads // tp * model.head_dim * a,
+            comb = collective_time(OpKind.ALL_REDUCE, _cdiv(batch, m) * model.q_heads // tp * model.head_dim * a,
                                    sp, gpu, profile, topo, stride=tp).scale(model.num_layers)
-            f, c = f + comb, c + float(comb.total_s)
-        rounds = max(m, pp) / pp
-        hop_d = p2p(ceil_div(batch, m))
-        return f.scale(rounds) + hop_d.scale(max(m, pp) if pp > 1 else 0), \
-            c * rounds + float(hop_d.total_s) * (max(m, pp) if pp > 1 else 0)
+            f, c = f + comb, c + _a(comb.total_s)
+        rounds = _max(m, pp) / pp
+        hop_d = p2p(_cdiv(batch, m))
+        return f.scale(rounds) + hop_d.scale(_max(m, pp) if pp > 1 else 0), \
+            c * rounds + _a(hop_d.total_s) * (_max(m, pp) if pp > 1 else 0)
 
-    dstep, dcomm = step(float(context_len))
+    dstep, dcomm = step(_a(context_len))
     mean_step, _ = step(context_len + (output_tokens + 1) / 2.0)
     details.update(pp_micro_batches_decode=m)
     # the prefill runs back to back: its compute slows to the sustained rate (perfmodel.clocks)
     prefill = sustained_phase(prefill, profile.sustained)
-    return ParallelPhases(prefill, dstep, mean_step.scale(float(output_tokens)), prefill_comm, dcomm, details)
+    return ParallelPhases(prefill, dstep, mean_step.scale(_a(output_tokens)), prefill_comm, dcomm, details)
 
 
 def comm_seconds(model: ModelSpec, gpu: GPU, profile: Profile, phase: Phase, batch, q_len, kv_len,

@@ -56,17 +56,31 @@ _COST_FIELDS = ("compute_s", "memory_s", "latency_s", "comm_s", "overlap_s", "fl
 def sum_costs(ops, gpu: GPU, profile: Profile) -> OpCost:
     """Sum of ``count * cost(op)`` over ``(name, op, count)`` triples.
 
-    Equal to folding ``OpCost.__add__`` over ``cost.scale(count)`` (same order,
-    same ``memory_bound`` rule), but accumulates arrays in place, which the
-    million-point sweep needs.
+    Equal to folding ``OpCost.__add__`` over ``cost.scale(count)`` (same ``memory_bound`` rule: an op
+    takes it over when its memory time is at least the total so far, compared as over one grid of
+    points), but adds the costs of each array shape together first and those sums at the end, so an
+    op priced over a few sizes (a GEMM over the batch sizes of a grid) is never spread over the whole
+    grid.  One shape (scalars, or arrays of one shape) is the plain fold, in order.
     """
-    acc: dict[str, Any] = dict.fromkeys(_COST_FIELDS, 0.0)
+    groups: dict[tuple, dict[str, Any]] = {}
     bound = ZERO.memory_bound
+    arrays = 0.0  # mean memory time of the array-valued ops so far (their sum over a grid, per point)
+    scalars = 0.0  # memory time of the scalar ops so far
     for _, op, count in ops:
         c = op_cost(op, gpu, profile)
         mem = c.memory_s * count
-        if not np.sum(acc["memory_s"]) >= np.sum(mem):
+        if np.ndim(mem):
+            total, this = arrays + scalars, float(np.mean(mem))
+            arrays += this
+        else:
+            # as np.sum over arrays of the grid: a scalar total once any array was added is spread over it
+            total, this = (arrays + scalars if arrays else scalars), float(mem)
+            scalars += this
+        if not total >= this:
             bound = c.memory_bound
+        shape = np.shape(mem) if np.ndim(mem) else np.broadcast_shapes(*(np.shape(getattr(c, f))
+                                                                         for f in _COST_FIELDS))
+        acc = groups.setdefault(shape, dict.fromkeys(_COST_FIELDS, 0.0))
         for name in _COST_FIELDS:
             v = mem if name == "memory_s" else getattr(c, name) * count
             a = acc[name]
@@ -77,7 +91,13 @@ def sum_costs(ops, gpu: GPU, profile: Profile) -> OpCost:
                 acc[name] = np.add(a, v, dtype=np.float64)
             else:
                 acc[name] = a + v
-    return OpCost(memory_bound=bound, **acc)
+    parts = [acc for _, acc in sorted(groups.items(), key=lambda kv: int(np.prod(kv[0])))]
+    if not parts:
+        return OpCost(memory_bound=bound)
+    out = parts[0]
+    for acc in parts[1:]:
+        out = {name: out[name] + acc[name] for name in _COST_FIELDS}
+    return OpCost(memory_bound=bound, **out)
 
 
 def prefill_cost(

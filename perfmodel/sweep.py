@@ -1,10 +1,14 @@
 """``sweep``: the Cartesian product of scenario axes, evaluated with numpy.
 
-Each TP degree changes the op list's structure, so the sweep runs one
-vectorised evaluation per TP degree; every other axis is a numpy array.
-With a multi-GPU layout (``pp``, ``sp``, ``ep`` or a ``topology``) each point
-goes through :func:`perfmodel.parallel.parallel_phases` as ``analyze`` prices it
-(one point at a time: slower, the same numbers).
+Each TP degree changes the op list's structure, so the sweep runs one evaluation per TP degree (and
+knob combination).  The context x batch x output grid is cut into chunks of about
+:data:`CHUNK_POINTS` points, each one rectangular block (or a few), priced with numpy broadcasting:
+contexts, batches and outputs enter as arrays of shapes ``(c, 1, 1)``, ``(1, b, 1)`` and ``(1, 1, o)``,
+so every op and phase is priced over the axes it depends on (a GEMM over the batch sizes, the prefill
+and the decode step once per (context, batch) pair, the decode's attention over all three) and only the
+output columns span the whole block.  A multi-GPU layout (``pp``, ``sp``, ``ep`` or a ``topology``) is
+priced the same way, through :func:`perfmodel.parallel.price_layout`, the code ``analyze`` runs on one
+point.  :func:`sweep` writes the chunks into columns allocated once; :func:`iter_sweep` yields them.
 """
 
 from __future__ import annotations
@@ -12,10 +16,9 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 import numpy as np
-import pandas as pd
 
 from hw.loader import load_gpu
 from perfmodel.calibration import Mode, resolve_profile
@@ -34,12 +37,18 @@ from perfmodel.phases import (
     prefill_cost,
 )
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 AXES = ("context_len", "batch", "tp", "output_tokens")
 
 DEFAULT_MAX_BYTES = 2 * 2**30
 """bytes: the largest result :func:`sweep` builds in memory (points x columns x 8 bytes); 2 GiB."""
 BASE_COLUMNS = 21  # scenario columns and metrics of a one-GPU-group frame
 LAYOUT_COLUMNS = 5  # pp, sp, sp_kind, ep, world
+CHUNK_POINTS = 1 << 18
+"""points :func:`sweep` evaluates at once (about; :func:`aligned_chunk`): a chunk's temporaries stay a few
+MiB per column, so memory is the result plus a bounded working set."""
 CHUNK_FRACTION = 8  # a streamed chunk holds at most max_bytes / 8 of columns (evaluation needs several times that)
 
 
@@ -226,12 +235,67 @@ def sweep(
     layout = pp != 1 or sp != 1 or ep != 1 or topology is not None
     check_size(sweep_size(context_len, batch, tp, output_tokens, knob_axes, layout), max_bytes,
                "; evaluate it in chunks with perfmodel.sweep.iter_sweep (the CLI: --out FILE.csv)")
-    df = pd.concat(list(iter_sweep(model, gpu, context_len, batch, tp, output_tokens, mode, weight_dtype, kv_dtype,
-                                     activation_dtype, chunk_tokens, reserve_fraction, profile, knobs, knob_axes,
-                                     pp, sp, sp_kind, ep, topology, attention_impl, launch)),
-                     ignore_index=True)
+    size = sweep_size(context_len, batch, tp, output_tokens, knob_axes, layout)
+    df = _assemble(_iter_columns(model, gpu, context_len, batch, tp, output_tokens, mode, weight_dtype, kv_dtype,
+                              activation_dtype, chunk_tokens, reserve_fraction, profile, knobs, knob_axes,
+                              pp, sp, sp_kind, ep, topology, attention_impl, launch,
+                              aligned_chunk(_axis_len(batch), _axis_len(output_tokens))),
+                   size.points)
     df.attrs["notes"] = sweep_notes(model, context_len, output_tokens, gpu, tp, pp, sp, ep, topology)
     return df
+
+
+def aligned_chunk(n_batch: int, n_output: int, target: int = CHUNK_POINTS) -> int:
+    """About ``target`` points, a whole number of (batch x output) planes or of output rows where one fits,
+    so that each chunk is one rectangular block of the grid (priced in one pass, :func:`_blocks`)."""
+    plane = max(1, n_batch * n_output)
+    if plane <= target:
+        return target // plane * plane
+    return target // n_output * n_output if 0 < n_output <= target else target
+
+
+def _assemble(chunks: Iterable[dict], n: int) -> "pd.DataFrame":
+    """One frame of ``n`` rows from the chunks' columns (:func:`_iter_columns`; the times NaN where a point
+    does not fit), in order, written into
+    columns allocated once (no concatenation copy): categorical columns keep their categories (their union,
+    in order of first appearance), other columns the first chunk's dtype (object where a later one's
+    differs); a single value fills the chunk's rows."""
+    import pandas as pd
+
+    cols: dict[str, Any] = {}
+    cats: dict[str, list] = {}
+    i = 0
+    for chunk in chunks:
+        k = int(np.size(chunk["context_len"]))
+        for name, v in chunk.items():
+            if isinstance(v, pd.Categorical):
+                if name not in cols:
+                    cols[name], cats[name] = np.empty(n, dtype=np.int16), []
+                known = cats[name]
+                for c in v.categories:
+                    if c not in known:
+                        known.append(c)
+                remap = np.array([known.index(c) for c in v.categories] + [-1], dtype=np.int16)
+                cols[name][i:i + k] = remap[v.codes]
+                continue
+            a = np.asarray(v)
+            if a.ndim == 0 and a.dtype.kind in "US":
+                a = np.asarray(v, dtype=object)
+            if name not in cols:
+                cols[name] = np.empty(n, dtype=a.dtype)
+            elif cols[name].dtype != a.dtype and cols[name].dtype != object:
+                cols[name] = cols[name].astype(object)
+            if a.ndim > 1:  # a block: written through a view of its rows, no flattened copy
+                cols[name][i:i + k].reshape(a.shape)[...] = a
+            else:
+                cols[name][i:i + k] = a
+        unfit = ~np.ravel(chunk["fits"])
+        if unfit.any():  # the times are NaN where a point does not fit
+            for name in TIME_METRICS:
+                cols[name][i:i + k][unfit] = np.nan
+        i += k
+    out = {name: (pd.Categorical.from_codes(a[:i], cats[name]) if name in cats else a[:i]) for name, a in cols.items()}
+    return pd.DataFrame(out, copy=False)
 
 
 def sweep_notes(model, context_len, output_tokens, gpu=None, tp: Any = 1, pp: int = 1, sp: int = 1, ep: int = 1,
@@ -261,6 +325,21 @@ def iter_sweep(model, gpu, context_len=50_000, batch=1, tp=1, output_tokens=250,
                chunk_points: int | None = None) -> Iterator[pd.DataFrame]:
     """:func:`sweep`'s rows, in order, as frames of at most ``chunk_points`` rows (None: one frame per
     knob combination and TP degree).  No size check: the caller writes each frame out and drops it."""
+    import pandas as pd
+
+    for cols in _iter_columns(model, gpu, context_len, batch, tp, output_tokens, mode, weight_dtype, kv_dtype,
+                              activation_dtype, chunk_tokens, reserve_fraction, profile, knobs, knob_axes, pp, sp,
+                              sp_kind, ep, topology, attention_impl, launch, chunk_points):
+        flat = {k: (v.reshape(-1) if isinstance(v, np.ndarray) and v.ndim > 1 else v) for k, v in cols.items()}
+        fits = flat["fits"]
+        yield pd.DataFrame({k: (np.where(fits, v, np.nan) if k in TIME_METRICS else v) for k, v in flat.items()})
+
+
+def _iter_columns(model, gpu, context_len, batch, tp, output_tokens, mode, weight_dtype, kv_dtype, activation_dtype,
+                  chunk_tokens, reserve_fraction, profile, knobs, knob_axes, pp, sp, sp_kind, ep, topology,
+                  attention_impl, launch, chunk_points) -> Iterator[dict]:
+    """:func:`iter_sweep`'s chunks as columns (arrays, categoricals, or one value for the chunk); the times
+    (:data:`~perfmodel.metrics.TIME_METRICS`) not yet NaN where a point does not fit (``fits``)."""
     m = load_model(model)
     g = load_gpu(gpu)
     ctx_ax = _axis("context_len", context_len, 1)
@@ -278,7 +357,6 @@ def iter_sweep(model, gpu, context_len=50_000, batch=1, tp=1, output_tokens=250,
 
     layout = par.layout(m, tp_ax, pp, sp, sp_kind, ep, topology)
     ring = par.ring_step_model(prof)
-    shape = (ctx_ax.size, b_ax.size, out_ax.size)
     n = ctx_ax.size * b_ax.size * out_ax.size
     step = n if chunk_points is None else max(1, int(chunk_points))
     for knob_values, kn in _knob_grid(knobs, knob_axes):
@@ -288,50 +366,97 @@ def iter_sweep(model, gpu, context_len=50_000, batch=1, tp=1, output_tokens=250,
         prec = apply_knobs(base_prec, kn)
         for t in tp_ax:
             for i0 in range(0, n, step):
-                ic, ib, io = np.unravel_index(np.arange(i0, min(n, i0 + step), dtype=np.int64), shape)
-                ctx, b, out = (ax[i].astype(np.float64) for ax, i in ((ctx_ax, ic), (b_ax, ib), (out_ax, io)))
-                if layout is None:
-                    frame = _evaluate(m, g, prof, ctx, b, out, prec, int(t), chunk_tokens, reserve_fraction, kn)
-                else:
-                    frame = _evaluate_layout(m, g, prof, ctx, b, out, prec, int(t), chunk_tokens, reserve_fraction,
-                                             kn, layout, ring)
+                cols = _evaluate_range(m, g, prof, ctx_ax, b_ax, out_ax, i0, min(n, i0 + step), prec, int(t),
+                                       chunk_tokens, reserve_fraction, kn, layout, ring)
                 for name, value in knob_values.items():
-                    frame[name] = value.value if hasattr(value, "value") else value
-                yield frame
+                    cols[name] = value.value if hasattr(value, "value") else value
+                yield cols
 
 
-def _evaluate_layout(m, g, prof, ctx, b, out, prec, t, chunk_tokens, reserve_fraction, kn, lay,
-                     ring) -> pd.DataFrame:
-    """The grid at TP degree ``t`` on the multi-GPU layout ``lay`` (Ring step model ``ring``; None: ideal
-    overlap), point by point, as ``analyze`` prices it (:func:`perfmodel.parallel.price_layout`)."""
-    from perfmodel.parallel import price_layout
+def _blocks(i0: int, i1: int, shape: tuple[int, int, int]) -> Iterator[tuple[slice, slice, slice]]:
+    """The points ``i0 .. i1 - 1`` of a context x batch x output grid (flat, output fastest) as at most five
+    rectangular blocks ``(contexts, batches, outputs)``, in order."""
+    _, nb, no = shape
+    i = i0
+    while i < i1:
+        c, r = divmod(i, nb * no)
+        b, o = divmod(r, no)
+        if o or i1 - i < no:  # part of one output row
+            k = min(no - o, i1 - i)
+            yield slice(c, c + 1), slice(b, b + 1), slice(o, o + k)
+            i += k
+        elif b or i1 - i < nb * no:  # whole output rows of one context
+            k = min(nb - b, (i1 - i) // no)
+            yield slice(c, c + 1), slice(b, b + k), slice(0, no)
+            i += k * no
+        else:  # whole contexts
+            k = (i1 - i) // (nb * no)
+            yield slice(c, c + k), slice(0, nb), slice(0, no)
+            i += k * nb * no
 
+
+def _evaluate_range(m, g, prof, ctx_ax, b_ax, out_ax, i0, i1, prec, t, chunk_tokens, reserve_fraction, kn, lay,
+                    ring) -> dict:
+    """The columns of the points ``i0 .. i1 - 1`` of the grid at TP degree ``t``; ``lay``: the multi-GPU layout
+    (:func:`perfmodel.parallel.layout`; None: one TP group), ``ring`` its Ring step model (None: ideal).
+    Array columns are 1-D, or, for a range that is one block, in the block's shape (flattened in C order
+    they are the rows); a column of one value is that value."""
+    import pandas as pd
+    from pandas.api.types import union_categoricals
+
+    shape = (ctx_ax.size, b_ax.size, out_ax.size)
+    parts = [_evaluate_block(m, g, prof, ctx_ax[cs], b_ax[bs], out_ax[os], prec, t, chunk_tokens,
+                             reserve_fraction, kn, lay, ring) for cs, bs, os in _blocks(i0, i1, shape)]
+    if len(parts) == 1:
+        cols = parts[0]
+    else:
+        cols = {k: (union_categoricals([p[k] for p in parts]) if isinstance(v, pd.Categorical)
+                    else v if np.ndim(v) == 0 else np.concatenate([np.ravel(p[k]) for p in parts]))
+                for k, v in parts[0].items()}  # a scalar (weights, KV per token, world) is one for the chunk
+    ctx, out, b = cols.pop("context_len"), cols.pop("output_tokens"), cols.pop("batch")
+    world = cols.pop("world")
+    head = _head_columns(m, g, prof, ctx, out, b, t)
+    n = ctx.size
+    if lay is not None:
+        head = {**{k: v for k, v in head.items() if k in ("model", "gpu", "tp")},
+                "pp": lay["pp"], "sp": lay["sp"], "sp_kind": _const(lay["sp_kind"], n), "ep": lay["ep"],
+                "world": np.full(n, world, dtype=np.int64),
+                **{k: v for k, v in head.items() if k not in ("model", "gpu", "tp")}}
+    return {**head, **cols}
+
+
+def _evaluate_block(m, g, prof, ctx, b, out, prec, t, chunk_tokens, reserve_fraction, kn, lay, ring) -> dict:
+    """The columns of the block ``ctx x b x out`` (1-D integer axes), priced with numpy broadcasting: each
+    phase is priced over the axes it depends on (the prefill and the decode step once per (context, batch)
+    pair, each op of a pass only over the sizes it reads), then spread over the block.  The grid's
+    contexts, outputs and batches come back as ``context_len``, ``output_tokens``, ``batch`` and the
+    layout's GPU count as ``world``."""
     if kn is not None and not kn.active:
         kn = None
-    pm, pprec = effective_model(m, kn), apply_knobs(prec, kn)
-    rows, worlds = [], []
-    for c, bb, o in zip(ctx, b, out):
-        mem, ph = price_layout(m, g, prof, int(c), int(o), int(bb), prec, t, chunk_tokens, reserve_fraction, kn,
-                               lay, ring)
-        sw = context_switch(g, prof, mem.kv_bytes_per_user, knobs=kn)
-        met = scenario_metrics(pm, pprec, kn, int(c), int(o), int(bb), mem, ph.prefill, ph.decode_step, ph.decode,
-                               sw)
-        rows.append(_masked(met, met["max_concurrency"] >= bb))
-        worlds.append(int(ph.details["world"]))
-    pts = pd.DataFrame(rows)
-    n = ctx.size
-    head = _head_columns(m, g, prof, ctx, out, b, t)
-    layout_cols = {"pp": lay["pp"], "sp": lay["sp"], "sp_kind": _const(lay["sp_kind"], n), "ep": lay["ep"],
-                   "world": np.asarray(worlds, dtype=np.int64)}
-    return pd.DataFrame({
-        **{k: v for k, v in head.items() if k in ("model", "gpu", "tp")},
-        **layout_cols,
-        **{k: v for k, v in head.items() if k not in ("model", "gpu", "tp")},
-        **{k: pts[k].to_numpy() for k in METRIC_COLUMNS},
-        "prefill_bound": pd.Categorical(pts["prefill_bound"]),
-        "decode_bound": pd.Categorical(pts["decode_bound"]),
-        "fits": pts["fits"].to_numpy(dtype=bool),
-    })
+    c3 = ctx.astype(np.float64).reshape(-1, 1, 1)
+    b3 = b.astype(np.float64).reshape(1, -1, 1)
+    o3 = out.astype(np.float64).reshape(1, 1, -1)
+    shape = (ctx.size, b.size, out.size)
+    if lay is None:
+        mem = memory_budget(m, g, c3, o3, prec, t, chunk_tokens, reserve_fraction, batch=b3, knobs=kn)
+        pre = prefill_cost(m, g, prof, c3, b3, prec, t, chunk_tokens, knobs=kn)
+        step = decode_step_cost(m, g, prof, c3, b3, prec, t, knobs=kn)
+        dec = decode_cost(m, g, prof, c3, o3, b3, prec, t, knobs=kn)
+        world = t
+    else:
+        from perfmodel.parallel import price_layout
+
+        mem, ph = price_layout(m, g, prof, c3, o3, b3, prec, t, chunk_tokens, reserve_fraction, kn, lay, ring)
+        pre, step, dec, world = ph.prefill, ph.decode_step, ph.decode, int(ph.details["world"])
+    sw = context_switch(g, prof, mem.kv_bytes_per_user, knobs=kn)
+
+    conc = mem.max_concurrency
+    met = scenario_metrics(effective_model(m, kn), apply_knobs(prec, kn), kn, c3, o3, b3, mem, pre, step, dec, sw)
+    fits = np.broadcast_to(np.asarray(conc) >= b3, shape)
+    cols = {"context_len": np.broadcast_to(c3, shape), "output_tokens": np.broadcast_to(o3, shape),
+            "batch": np.broadcast_to(b3, shape), "world": world}
+    return {**cols, **{k: met[k] for k in METRIC_COLUMNS}, "prefill_bound": met["prefill_bound"],
+            "decode_bound": met["decode_bound"], "fits": fits}
 
 
 #: The metric columns of a frame, in order (:func:`perfmodel.metrics.scenario_metrics` keys).
@@ -339,16 +464,6 @@ METRIC_COLUMNS = ("weight_bytes", "kv_bytes_per_token", "kv_cache_bytes", "prefi
                   "prefill_s_high", "decode_s_per_token", "decode_s_per_token_low", "decode_s_per_token_high",
                   "decode_s", "decode_s_low", "decode_s_high", "max_concurrency", "context_switch_s",
                   "context_switch_duplex_s", "session_throughput_tokens_per_s")
-
-
-def _masked(met: dict, fits) -> dict:
-    """``met`` with its times NaN where the point does not fit (``fits`` False), and ``fits`` added."""
-    nan = np.where(fits, 1.0, np.nan)
-    out = {k: (np.asarray(v, dtype=np.float64) * nan if k in TIME_METRICS else v) for k, v in met.items()}
-    if np.ndim(fits) == 0:
-        out = {k: (float(v) if k in TIME_METRICS else v) for k, v in out.items()}
-        fits = bool(fits)
-    return out | {"fits": fits}
 
 
 def _knob_grid(knobs: Knobs | None, knob_axes: Mapping[str, Iterable[Any]] | None):
@@ -373,26 +488,6 @@ def _knob_grid(knobs: Knobs | None, knob_axes: Mapping[str, Iterable[Any]] | Non
         yield clean, base.replace(**clean)
 
 
-def _evaluate(m, g, prof, ctx, b, out, prec, t, chunk_tokens, reserve_fraction, kn) -> pd.DataFrame:
-    """One vectorised pass over the flattened context x batch x output grid at TP degree ``t``."""
-    if kn is not None and not kn.active:
-        kn = None
-    mem = memory_budget(m, g, ctx, out, prec, t, chunk_tokens, reserve_fraction, batch=b, knobs=kn)
-    pre = prefill_cost(m, g, prof, ctx, b, prec, t, chunk_tokens, knobs=kn)
-    step = decode_step_cost(m, g, prof, ctx, b, prec, t, knobs=kn)
-    dec = decode_cost(m, g, prof, ctx, out, b, prec, t, knobs=kn)
-    sw = context_switch(g, prof, mem.kv_bytes_per_user, knobs=kn)
-    met = _masked(scenario_metrics(effective_model(m, kn), apply_knobs(prec, kn), kn, ctx, out, b, mem, pre, step,
-                                   dec, sw), mem.max_concurrency >= b)
-    return pd.DataFrame({
-        **_head_columns(m, g, prof, ctx, out, b, t),
-        **{k: met[k] for k in METRIC_COLUMNS},
-        "prefill_bound": met["prefill_bound"],
-        "decode_bound": met["decode_bound"],
-        "fits": met["fits"],
-    })
-
-
 def _head_columns(m, g, prof, ctx, out, b, t) -> dict:
     """The scenario columns of a sweep frame (model, GPU, TP, mode, the grid)."""
     n = ctx.size
@@ -410,4 +505,6 @@ def _head_columns(m, g, prof, ctx, out, b, t) -> dict:
 
 def _const(text: str, n: int) -> pd.Categorical:
     """A column holding one string ``n`` times (categorical: building a million strings is slow)."""
+    import pandas as pd
+
     return pd.Categorical.from_codes(np.zeros(n, dtype=np.int8), [text])

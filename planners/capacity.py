@@ -24,6 +24,8 @@ deployment simulated that met the SLOs.
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -296,6 +298,29 @@ def resample(requests: Requests, seed: int) -> Requests:
     return Requests.of(arr, requests.prompt_len[idx], requests.output_len[idx])
 
 
+RAY_MIN_WORK_S = 30.0
+"""seconds: in-process work (one core) beyond which a local Ray instance, which takes seconds to start and
+then runs on every core, is used by ``backend="auto"``."""
+
+
+def choose_backend(jobs_left: int, job_s: float, cores: int | None = None) -> "tuple[Any, str]":
+    """``(Backend, reason)`` for ``jobs_left`` more jobs of about ``job_s`` seconds each, Ray installed:
+    Ray when ``RAY_ADDRESS`` names a cluster, or when the work is more than :data:`RAY_MIN_WORK_S` seconds
+    on one core and this machine has several; otherwise in-process (a local Ray instance costs more to
+    start and to ship work to than it saves)."""
+    from perfmodel.serving.parallel import Backend
+
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        return Backend.RAY, f"RAY_ADDRESS={address}"
+    cores = (os.cpu_count() or 1) if cores is None else cores
+    work = jobs_left * job_s
+    if cores > 1 and work > RAY_MIN_WORK_S:
+        return Backend.RAY, f"about {work:.0f} s of work left for one core; a local instance on {cores} cores"
+    return Backend.LOCAL, (f"about {work:.1f} s of work left, under the {RAY_MIN_WORK_S:.0f} s a local Ray instance "
+                           "needs to pay" if cores > 1 else "one core")
+
+
 def plan_capacity(q: CapacityQuery, prices: dict[str, Price], backend: str = "auto", confirm_seeds: int = 2,
                   runners_up: int = 2) -> CapacityPlan:
     """Cheapest deployment meeting ``q.slo``; raises :class:`InfeasibleError` naming the binding constraint."""
@@ -308,14 +333,24 @@ def plan_capacity(q: CapacityQuery, prices: dict[str, Price], backend: str = "au
     from perfmodel.serving.parallel import Backend, resolve_backend
 
     jobs = [(q, s) for s in keep]
+    chosen = resolve_backend(backend)
+    results = []
     with progress(len(jobs), "plan capacity: shapes searched") as advance:
-        if resolve_backend(backend) is Backend.LOCAL:
-            results = []
-            for job in jobs:
+        if Backend(backend) is Backend.AUTO and chosen is Backend.LOCAL:
+            print("plan capacity: in-process (Ray not installed)", file=sys.stderr)
+        elif Backend(backend) is Backend.AUTO:
+            # Ray is installed: it pays for a cluster, or for more work than this process finishes soon
+            t0 = time.perf_counter()
+            results.append(search_shape(jobs[0]))
+            advance(1)
+            chosen, why = choose_backend(len(jobs) - 1, time.perf_counter() - t0)
+            print(f"plan capacity: {'on Ray' if chosen is Backend.RAY else 'in-process'} ({why})", file=sys.stderr)
+        if chosen is Backend.LOCAL:
+            for job in jobs[len(results):]:
                 results.append(search_shape(job))
                 advance(1)
         else:
-            results = parallel_map(search_shape, jobs, backend=backend)
+            results += parallel_map(search_shape, jobs[len(results):], backend=Backend.RAY)
     points = [p for pts in results for p in pts]
     complete = not _past(q.deadline)
     ok = sorted((p for p in points if p.meets), key=lambda p: (p.usd_per_hour, p.e2e_p90_s))
@@ -334,7 +369,7 @@ def plan_capacity(q: CapacityQuery, prices: dict[str, Price], backend: str = "au
         cheapest_per_shape.setdefault((p.gpu, p.tp, p.pp), p)
     finalists = sorted(cheapest_per_shape.values(), key=lambda p: (p.usd_per_hour, p.e2e_p90_s))[:1 + runners_up]
     jobs = [(q, p, 1000 + k) for p in finalists for k in range(confirm_seeds)]
-    verdicts = parallel_map(_confirm, jobs, backend=backend)
+    verdicts = parallel_map(_confirm, jobs, backend=chosen)
     confirmed = {}
     for (_, p, _), v in zip(jobs, verdicts):
         key = (p.gpu, p.tp, p.pp, p.replicas)
@@ -428,7 +463,8 @@ def register(plan_subparsers) -> None:
     p.add_argument("--weight-dtype", default="bf16")
     p.add_argument("--kv-policy", choices=["swap", "recompute", "queue"], default="queue")
     p.add_argument("--backend", choices=["auto", "ray", "local"], default="auto",
-                   help="auto: Ray when installed (RAY_ADDRESS or a local instance), else in-process")
+                   help="auto: in-process, or Ray when installed and RAY_ADDRESS names a cluster or the work "
+                        "is more than about 30 s on one core (the choice is printed)")
     p.add_argument("--png", default=None, help="write the Pareto front plot here")
     from planners.cli import _time_limit
 

@@ -144,3 +144,33 @@ def test_ray_search_matches_local(monkeypatch):
         ray.shutdown()
     assert remote.best == local.best
     assert sorted(remote.points, key=str) == sorted(local.points, key=str)
+
+
+def test_backend_choice_by_where_and_how_much(monkeypatch):
+    from perfmodel.serving.parallel import Backend
+    from planners.capacity import RAY_MIN_WORK_S, choose_backend
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert choose_backend(10, 0.5, cores=8)[0] is Backend.LOCAL  # 5 s: a local instance would not pay
+    assert choose_backend(100, RAY_MIN_WORK_S, cores=8)[0] is Backend.RAY
+    assert choose_backend(100, RAY_MIN_WORK_S, cores=1)[0] is Backend.LOCAL
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    b, why = choose_backend(1, 0.01, cores=1)
+    assert b is Backend.RAY and "RAY_ADDRESS" in why
+
+
+def test_auto_backend_prints_its_choice(capsys):
+    plan_capacity(_query(), load_prices(), backend="auto")
+    err = capsys.readouterr().err
+    assert "plan capacity: in-process" in err or "plan capacity: on Ray" in err
+
+
+def test_auto_with_ray_installed_stays_in_process_for_small_work(monkeypatch, capsys):
+    import perfmodel.serving.parallel as par
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(par, "ray_available", lambda: True)
+    monkeypatch.setattr(par, "_ensure_ray", lambda *a: pytest.fail("Ray started for a small local plan"))
+    plan = plan_capacity(_query(), load_prices(), backend="auto")
+    assert plan.best.meets
+    assert "plan capacity: in-process (about" in capsys.readouterr().err
