@@ -44,6 +44,9 @@ def register(subparsers) -> None:
     m.add_argument("--affinity", default=None, help="JSON {\"affinity\": R[l][e1][e2]} inter-layer routing counts")
     m.add_argument("--system", default=_DEFAULT_SYSTEM,
                    help=f"hw/ cluster or node whose link bandwidths weigh traffic (default {_DEFAULT_SYSTEM})")
+    m.add_argument("--hidden", type=_int, default=7168,
+                   help="hidden size: bytes of a routed token for the all-to-all time (default 7168, DeepSeek-V3)")
+    m.add_argument("--activation-bytes", type=_int, default=2, help="bytes per activation element (default 2)")
     _solver_args(m)
     m.set_defaults(func=_cmd_moe)
 
@@ -103,13 +106,18 @@ def _cmd_moe(args) -> int:
     args.t0 = time.perf_counter()
     from planners.inputs import read_affinity, read_loads
     from planners.moe import MoEProblem, plan_moe
+    from planners.moe_traffic import add_route_times, route_topology
 
     loads, trace_aff = read_loads(args.loads)
     aff = read_affinity(args.affinity) if args.affinity else trace_aff
     intra, inter = _bandwidths(args.system)
     problem = MoEProblem(loads, args.gpus, args.slots_per_gpu, args.nodes, aff, intra, inter)
+    if args.hidden < 1 or args.activation_bytes < 1:
+        raise PlannerError("--hidden and --activation-bytes must be positive")
+    topo, profile = route_topology(args.system, args.gpus, args.nodes)
     plan = plan_moe(problem, _options(args))
     out = plan.to_dict()
+    add_route_times(out, problem, plan.placements, topo, profile, float(args.hidden * args.activation_bytes))
     if args.json:
         print(dumps(out, indent=1))
         return 0
@@ -122,14 +130,15 @@ def _print_moe(out: dict) -> None:
     from rich.table import Table
 
     t = Table(title="MoE placement: sum over layers (tokens)")
-    for c in ("plan", "max GPU load", "vs plan", "cross-GPU tokens", "cross-node tokens"):
+    for c in ("plan", "max GPU load", "vs plan", "cross-GPU tokens", "cross-node tokens", "all-to-all"):
         t.add_column(c, justify="right" if c != "plan" else "left")
     ours = out["total"]["max_gpu_load"]
 
     def row(name, tot):
         f = lambda v: "-" if v is None else f"{v:,.0f}"
         t.add_row(name, f(tot["max_gpu_load"]), f"{tot['max_gpu_load'] / ours:.3f}x" if ours else "-",
-                  f(tot["cross_gpu_tokens"]), f(tot["cross_node_tokens"]))
+                  f(tot["cross_gpu_tokens"]), f(tot["cross_node_tokens"]),
+                  fmt_seconds(tot["all_to_all_s"]) if tot.get("all_to_all_s") is not None else "-")
 
     row("ILP", out["total"])
     for name, b in out["baselines"].items():

@@ -164,3 +164,54 @@ def _relabel_to_zero(gpu: int, gpus: int, nodes: int) -> np.ndarray:
     in_map[[0, i0]] = in_map[[i0, 0]]
     ids = np.arange(gpus)
     return node_map[ids // per] * per + in_map[ids % per]
+
+
+def route_topology(system: str, gpus: int, nodes: int):
+    """The links of ``system`` (its node's fabric, its per-GPU NIC) under the problem's split of ``gpus`` into
+    ``nodes`` equal blocks; returns (topology, profile) for :mod:`perfmodel.ep_route`."""
+    from hw.loader import load_gpu, load_system
+    from perfmodel.calibration import resolve_profile
+    from perfmodel.comm import Topology, topology_from_system
+
+    base = topology_from_system(load_system(system))
+    if nodes > 1 and base.inter is None:
+        from planners.errors import PlannerError
+
+        raise PlannerError(f"system {system!r} is a single node; give a cluster (it sets the cross-node link)")
+    topo = Topology(f"{base.name} as {nodes} x {gpus // nodes}", base.gpu_name, gpus // nodes, nodes, base.intra,
+                    base.inter if nodes > 1 else None)
+    return topo, resolve_profile(load_gpu(base.gpu_name))
+
+
+def route_seconds(problem: MoEProblem, placements, topo, profile, bytes_per_token: float) -> list[dict]:
+    """Per layer, the dispatch + combine all-to-all of ``placements`` priced from its traffic matrix
+    (:func:`perfmodel.ep_route.route_time`): ``all_to_all_s`` and the busiest-GPU bound ``all_to_all_bound_s``."""
+    from perfmodel.ep_route import layer_route_time
+
+    out = []
+    for l, p in enumerate(placements):
+        rt = layer_route_time(p, problem.loads[l], bytes_per_token, topo, profile)
+        out.append({"all_to_all_s": 2 * rt.seconds, "all_to_all_bound_s": 2 * rt.bound_s,
+                    "all_to_all_cross_node_bytes": 2 * rt.inter_bytes})
+    return out
+
+
+def add_route_times(out: dict, problem: MoEProblem, placements, topo, profile, bytes_per_token: float) -> dict:
+    """Add the all-to-all seconds of the plan and of every baseline to ``plan.to_dict()``'s ``out`` (new keys only)."""
+    keys = ("all_to_all_s", "all_to_all_bound_s", "all_to_all_cross_node_bytes")
+
+    def put(layers_out: list[dict], total: dict, rows: list[dict]) -> None:
+        for d, r in zip(layers_out, rows):
+            d.update(r)
+        total.update({k: float(sum(r[k] for r in rows)) for k in keys})
+
+    put(out["layers"], out["total"], route_seconds(problem, placements, topo, profile, bytes_per_token))
+    base = [mb.baselines(problem.loads[l], problem.gpus, problem.slots_per_gpu, problem.nodes)
+            for l in range(problem.num_layers)]
+    for name, b in out["baselines"].items():
+        put(b["layers"], b["total"], route_seconds(problem, [base[l][name] for l in range(problem.num_layers)],
+                                                   topo, profile, bytes_per_token))
+    out["all_to_all"] = {"topology": topo.name, "gpus_per_node": topo.gpus_per_node, "nodes": topo.num_nodes,
+                         "bytes_per_token": bytes_per_token,
+                         "rule": "dispatch + combine, from the GPU-to-GPU traffic matrix over the system's links"}
+    return out
