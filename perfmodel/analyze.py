@@ -240,6 +240,7 @@ def analyze(
     topology: str | None = None,
     attention_impl: "AttentionImpl | str | None" = None,
     launch: "Launch | str" = Launch.GRAPH,
+    moe_placement=None,
 ) -> Analysis:
     """Prefill, decode, concurrency and context switch of one scenario.
 
@@ -267,6 +268,10 @@ def analyze(
     layout does not model); the result then carries ``baseline``, the same scenario and
     layout without them.
 
+    ``moe_placement`` (a ``plan moe --json`` file or per-layer, per-GPU expert lists; MoE models with
+    ``ep`` > 1) prices each MoE layer's dispatch and combine all-to-all from the GPU-to-GPU traffic its placement
+    implies (:func:`perfmodel.ep_route.layer_route_time`) instead of the busiest GPU's load.
+
     Raises
     ------
     DoesNotFitError
@@ -280,7 +285,8 @@ def analyze(
         return analyze_scenario(model)
     return analyze_scenario(Scenario.make(
         model, gpu, context_len, output_tokens, batch, tp, mode, weight_dtype, kv_dtype, activation_dtype,
-        chunk_tokens, reserve_fraction, profile, knobs, pp, sp, sp_kind, ep, topology, attention_impl, launch))
+        chunk_tokens, reserve_fraction, profile, knobs, pp, sp, sp_kind, ep, topology, attention_impl, launch,
+        moe_placement=moe_placement))
 
 
 def analyze_scenario(scn: Scenario) -> Analysis:
@@ -308,7 +314,8 @@ def analyze_scenario(scn: Scenario) -> Analysis:
             if prof.mode is Mode.CALIBRATED and sp > 1 and sp_kind != "ulysses":
                 notes.append(f"no Ring-attention step measured for {g.name}: ideal compute/transfer overlap assumed")
         ph = par.parallel_phases(m, g, prof, context_len, output_tokens, batch, prec, tp, pp, sp, sp_kind, ep,
-                                 chunk_tokens, lay.topology, ring_overlap, knobs=knobs)
+                                 chunk_tokens, lay.topology, ring_overlap, knobs=knobs,
+                                 moe_placement=scn.moe_placement)
         pre, step, dec = ph.prefill, ph.decode_step, ph.decode
         pre_comm, step_comm, par_details = ph.prefill_comm_s, ph.decode_step_comm_s, ph.details
     else:

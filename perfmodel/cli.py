@@ -208,6 +208,9 @@ def _build_parser(extensions: bool = True) -> _Parser:
     from perfmodel.knobs import add_knob_args
 
     add_knob_args(a)
+    a.add_argument("--moe-placement", default=None, metavar="PLAN.json",
+                   help="a plan moe --json file (ep GPUs, one placement per MoE layer or one for all): prices each MoE "
+                        "layer's EP all-to-all from the traffic its placement implies (needs --ep > 1)")
     a.add_argument("--match-context", type=_positive_int, default=None, metavar="N",
                    help="per metric and knob, the setting at which --context costs no more than N tokens")
     a.set_defaults(func=_cmd_analyze)
@@ -340,6 +343,10 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
               mode=args.mode, weight_dtype=args.weight_dtype, kv_dtype=None, chunk_tokens=args.chunk_tokens,
               knobs=knobs, pp=args.pp, sp=args.sp, sp_kind=args.sp_kind, ep=args.ep, topology=args.topology,
               attention_impl=args.attention_impl, launch=args.launch)
+    if args.moe_placement:
+        from perfmodel.ep_route import as_moe_placement
+
+        kw["moe_placement"] = as_moe_placement(args.moe_placement)  # read once
     results = [analyze(context_len=c, **kw) for c in contexts]
     peaks = _peak_bounds(results, kw)
     match = knobs_cli.run_match(args, knobs, contexts[0]) if args.match_context else None

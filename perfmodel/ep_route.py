@@ -166,3 +166,54 @@ def read_placement(path: str | Path) -> list[list[list[int]]]:
                            for gpu in p)):
             raise InvalidInputError(f"{path}: layer {i}'s placement must be a list (per GPU) of lists of expert ids")
     return out
+
+
+@dataclass(frozen=True)
+class MoePlacement:
+    """A placement for ``analyze``: per MoE layer (or one for all), per GPU, the experts held."""
+
+    layers: tuple[tuple[tuple[int, ...], ...], ...]
+    source: str = ""
+
+    @property
+    def gpus(self) -> int:
+        return len(self.layers[0])
+
+    def layer(self, i: int) -> tuple[tuple[int, ...], ...]:
+        return self.layers[i if len(self.layers) > 1 else 0]
+
+    def check(self, num_experts: int, num_moe_layers: int, ep: int) -> "MoePlacement":
+        """:class:`InvalidInputError` unless it fits ``ep`` GPUs, the layers and the experts."""
+        where = f"placement {self.source}" if self.source else "placement"
+        if any(len(p) != ep for p in self.layers):
+            bad = next(len(p) for p in self.layers if len(p) != ep)
+            raise InvalidInputError(f"{where} is for {bad} GPUs but ep={ep}")
+        if len(self.layers) not in (1, num_moe_layers):
+            raise InvalidInputError(f"{where} has {len(self.layers)} layers but the model has {num_moe_layers} MoE "
+                                    "layers (give one per MoE layer, or one for all)")
+        for i, p in enumerate(self.layers):
+            try:
+                share_matrix(p, num_experts)
+            except InvalidInputError as exc:
+                raise InvalidInputError(f"{where}, layer {i}: {exc}") from None
+        return self
+
+
+def as_moe_placement(value) -> MoePlacement | None:
+    """None, a :class:`MoePlacement`, a path to a ``plan moe --json`` file (:func:`read_placement`), or the
+    per-layer lists themselves."""
+    if value is None or isinstance(value, MoePlacement):
+        return value
+    if isinstance(value, (str, Path)):
+        layers, src = read_placement(value), str(value)
+    elif isinstance(value, (list, tuple)):
+        layers, src = value, ""
+    else:
+        raise InvalidInputError(f"moe_placement must be a path or per-layer, per-GPU expert lists, got {value!r}")
+    try:
+        out = tuple(tuple(tuple(int(e) for e in gpu) for gpu in layer) for layer in layers)
+    except (TypeError, ValueError):
+        raise InvalidInputError("moe_placement must be per layer, per GPU, lists of expert ids") from None
+    if not out or any(not layer for layer in out):
+        raise InvalidInputError("moe_placement is empty")
+    return MoePlacement(out, src)

@@ -605,8 +605,35 @@ def _coll_s(ops, gpu, profile, topo) -> Any:
     return _a(_sum([t for t in ops if isinstance(t[1], Collective)], gpu, profile, topo).total_s)
 
 
+def placement_a2a_s(model: ModelSpec, profile: Profile, tokens: Any, ep: int, precision: Precision, topo,
+                    moe_placement, expert_load=None) -> Any:
+    """Dispatch all-to-all seconds summed over the MoE layers, each priced from the traffic matrix its
+    placement implies (:func:`perfmodel.ep_route.layer_route_time`); ``tokens`` over the EP group (a number or
+    an array of them).  The combine costs the same again."""
+    from perfmodel.ep_route import layer_route_time
+
+    m = model.moe
+    e = m.num_experts
+    load = np.full(e, 1.0 / e) if expert_load is None else np.asarray(expert_load, dtype=np.float64)
+    load = load / load.sum()
+    nbytes = model.hidden * precision.activations.bytes_per_element
+    n = model.num_moe_layers
+    layers = [moe_placement.layer(i) for i in range(len(moe_placement.layers))]
+
+    def one(t: float) -> float:
+        if t <= 0:
+            return 0.0
+        w = load * float(t) * m.top_k
+        per = [layer_route_time(p, w, nbytes, topo, profile).seconds for p in layers]
+        return per[0] * n if len(per) == 1 else float(sum(per))
+
+    if np.ndim(tokens):
+        return np.vectorize(one, otypes=[float])(tokens)
+    return one(float(tokens))
+
+
 def _forward(model, gpu, profile, phase, batch, q_len, kv_len, precision, tp, ep, topo, lm_head_rows=None,
-             expert_load=None, knobs=None):
+             expert_load=None, knobs=None, moe_placement=None):
     """One pass on the busiest GPU: attention data-parallel over ``ep // tp`` GPUs, experts over ``ep``."""
     dp = max(1, ep // tp)
     b_loc = _cdiv(batch, dp)
@@ -616,6 +643,11 @@ def _forward(model, gpu, profile, phase, batch, q_len, kv_len, precision, tp, ep
     _, rest = moe_ops_replaced_by_ep(ops)
     layer = ep_moe_layer(model, gpu, profile, batch * q_len, ep, precision, expert_load, b_loc * q_len, topo)
     n = model.num_moe_layers
+    if moe_placement is not None:
+        a2a = placement_a2a_s(model, profile, batch * q_len, ep, precision, topo, moe_placement, expert_load)
+        cost = _sum(rest, gpu, profile, topo) + layer.experts.scale(n) + OpCost(comm_s=2 * a2a)
+        comm = _coll_s(rest, gpu, profile, topo) + 2 * a2a
+        return cost, comm, {"ep_imbalance": layer.imbalance, "ep_route": "placement"}
     cost = _sum(rest, gpu, profile, topo) + layer.cost.scale(n)
     comm = _coll_s(rest, gpu, profile, topo) + 2 * n * _a(layer.dispatch.total_s)
     return cost, comm, {"ep_imbalance": layer.imbalance}
@@ -625,7 +657,7 @@ def parallel_phases(
     model: ModelSpec, gpu: GPU, profile: Profile, context_len: int, output_tokens: int, batch: int = 1,
     precision: Precision = Precision(), tp: int = 1, pp: int = 1, sp: int = 1, sp_kind: SpKind | str = SpKind.RING,
     ep: int = 1, chunk_tokens: int | None = 8192, topology=None, ring_overlap: float | RingStepModel = 1.0,
-    expert_load=None, knobs=None,
+    expert_load=None, knobs=None, moe_placement=None,
 ) -> ParallelPhases:
     """The phases of one scenario under TP x PP x SP x EP (see the module docstring).
 
@@ -636,6 +668,10 @@ def parallel_phases(
     ``knobs`` (:class:`perfmodel.knobs.Knobs`, those :func:`check_knobs` allows) go into every
     phase's ops; ``model`` and ``precision`` are expected to carry them already
     (``effective_model``, ``apply_knobs``), as :func:`perfmodel.analyze.analyze` passes them.
+
+    ``moe_placement`` (:class:`perfmodel.ep_route.MoePlacement`, ``ep`` GPUs) prices each MoE layer's dispatch
+    and combine from the traffic matrix of its placement (:func:`placement_a2a_s`) instead of the busiest GPU's
+    load under contiguous experts.
     """
     from perfmodel.comm import place, resolve_topology
     from perfmodel.layers import lm_head_ops
@@ -644,6 +680,10 @@ def parallel_phases(
         knobs = None
     check_knobs(knobs, sp)
     pp, ep = check_pp(model, pp), check_ep(model, ep)
+    if moe_placement is not None:
+        if ep <= 1 or model.moe is None:
+            raise ParallelConfigError("an MoE placement needs a mixture-of-experts model run with ep > 1")
+        moe_placement.check(model.moe.num_experts, model.num_moe_layers, ep)
     world = group_world(tp, pp, sp, ep)
     topo = resolve_topology(topology, gpu, world)
     place(topo, world)
@@ -682,7 +722,8 @@ def parallel_phases(
             n = math.ceil(ctx / max(chunk_tokens / b_pass, 1.0))
         q = ctx / n
         body, body_comm, d = _forward(model, gpu, profile, Phase.PREFILL, batch, q, q * (n + 1) / 2.0, precision,
-                                      tp, ep, topo, lm_head_rows=0, expert_load=expert_load, knobs=knobs)
+                                      tp, ep, topo, lm_head_rows=0, expert_load=expert_load, knobs=knobs,
+                                      moe_placement=moe_placement)
         details.update(d)
         body, body_comm, hop = body.scale(n), body_comm * n, p2p(batch * q)
     # the pipeline's bubble share, as pipeline_time(stage, pp, n).bubble_fraction
@@ -703,7 +744,7 @@ def parallel_phases(
         if knobs is not None and sp > 1:
             kv_len = knobs.kept_tokens(kv_len)
         f, c, _ = _forward(model, gpu, profile, Phase.DECODE, _cdiv(batch, m), 1, kv_len / sp, precision, tp, ep,
-                           topo, expert_load=expert_load, knobs=shard_knobs)
+                           topo, expert_load=expert_load, knobs=shard_knobs, moe_placement=moe_placement)
         if sp > 1:
             comb = collective_time(OpKind.ALL_REDUCE, _cdiv(batch, m) * model.q_heads // tp * model.head_dim * a,
                                    sp, gpu, profile, topo, stride=tp).scale(model.num_layers)

@@ -232,6 +232,7 @@ class Scenario:
     reserve_fraction: float = DEFAULT_RESERVE_FRACTION
     notes: tuple[str, ...] = field(default_factory=tuple)
     raw_kv_dtype: str | None = None  # the kv_dtype argument given (the baseline without knobs keeps it)
+    moe_placement: Any = None  # perfmodel.ep_route.MoePlacement: prices the EP all-to-all from its traffic
 
     @property
     def mode(self) -> Mode:
@@ -267,10 +268,14 @@ class Scenario:
              reserve_fraction: float = DEFAULT_RESERVE_FRACTION, profile: "Profile | str | None" = None,
              knobs: Knobs | None = None, pp: int = 1, sp: int = 1, sp_kind: str = "ring", ep: int = 1,
              topology: str | None = None, attention_impl: "AttentionImpl | str | None" = None,
-             launch: "Launch | str | None" = Launch.GRAPH, layout: Layout | None = None) -> "Scenario":
+             launch: "Launch | str | None" = Launch.GRAPH, layout: Layout | None = None,
+             moe_placement: Any = None) -> "Scenario":
         """Load the names, apply :func:`validate_scenario`, resolve the profile; the checked :class:`Scenario`.
 
         ``layout`` (a :class:`Layout`) replaces ``tp``, ``pp``, ``sp``, ``sp_kind``, ``ep`` and ``topology``.
+        ``moe_placement`` (a ``plan moe --json`` file, per-layer expert lists or a
+        :class:`~perfmodel.ep_route.MoePlacement`) prices the EP all-to-all of each MoE layer from its traffic
+        matrix; it needs an MoE model with ``ep`` > 1 and ``ep`` GPUs per layer.
         Raises the typed errors of :mod:`perfmodel.errors`.
         """
         from hw.loader import load_gpu
@@ -288,6 +293,7 @@ class Scenario:
                                   ep=ep, topology=topology, gpu=g, knobs=knobs, chunk_tokens=chunk_tokens,
                                   reserve_fraction=reserve_fraction)
         kn = knobs if knobs is not None and knobs.active else None
+        placement = _check_placement(m, moe_placement, int(ep))
         if weight_dtype and m.weight_dtype and Dtype.parse(weight_dtype) is not Dtype.parse(m.weight_dtype):
             notes.append(f"the model's config stores its weights as {m.weight_dtype}; {weight_dtype} is priced")
         prec = Precision.of(weights_dtype(m, weight_dtype), activation_dtype, kv_dtype)
@@ -302,7 +308,8 @@ class Scenario:
         return cls(model=m, gpu=g, context_len=int(context_len), output_tokens=int(output_tokens), batch=int(batch),
                    layout=lay, precision=prec, profile=prof, knobs=kn,
                    chunk_tokens=None if chunk_tokens is None else int(chunk_tokens),
-                   reserve_fraction=float(reserve_fraction), notes=tuple(notes), raw_kv_dtype=kv_dtype)
+                   reserve_fraction=float(reserve_fraction), notes=tuple(notes), raw_kv_dtype=kv_dtype,
+                   moe_placement=placement)
 
     def replace(self, **changes: Any) -> "Scenario":
         """A copy with ``changes`` (any :meth:`make` argument), checked again."""
@@ -318,7 +325,22 @@ class Scenario:
                     batch=self.batch, layout=self.layout, mode=self.mode, weight_dtype=self.precision.weights.value,
                     kv_dtype=self.raw_kv_dtype, activation_dtype=self.precision.activations.value,
                     chunk_tokens=self.chunk_tokens, reserve_fraction=self.reserve_fraction, profile=self.profile,
-                    knobs=self.knobs, attention_impl=self.attention_impl, launch=self.launch)
+                    knobs=self.knobs, attention_impl=self.attention_impl, launch=self.launch,
+                    moe_placement=self.moe_placement)
+
+
+def _check_placement(model, value: Any, ep: int):
+    """``value`` as a checked :class:`~perfmodel.ep_route.MoePlacement` (None stays None)."""
+    from perfmodel.ep_route import as_moe_placement
+
+    placement = as_moe_placement(value)
+    if placement is None:
+        return None
+    if model.moe is None:
+        raise InvalidInputError(f"an MoE placement needs a mixture-of-experts model; {model.name} is dense")
+    if ep <= 1:
+        raise InvalidInputError(f"an MoE placement needs expert parallelism (ep > 1); ep={ep}")
+    return placement.check(model.moe.num_experts, model.num_moe_layers, ep)
 
 
 def as_scenario(value: Any = None, **kw: Any) -> Scenario:
