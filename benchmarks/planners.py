@@ -26,6 +26,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
+from _host import cpu_model  # this folder, on the path when run as a script
 import pulp
 
 from planners.moe import MoEProblem, plan_moe
@@ -146,17 +147,6 @@ def sp_topology_rows(limit: float):
         print(f"{name:>22} {mode:>10} {kind.value:>7} {'8x8' if on_topo else '1x64':>8} {'yes' if mb else 'no':>3} "
               f"{plan.solver['status']:>30} {wall:>5.1f} {plan.makespan_s:>7.3f} {plan.lower_bound_s:>7.3f} "
               f"{plan.solver['gap']:>6.2%} {best / plan.lower_bound_s:>11.3f}x {gains}", flush=True)
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:

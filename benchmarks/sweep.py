@@ -30,6 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
+from _host import cpu_model  # noqa: E402  (this folder, on the path when run as a script)
 
 N_BATCH, N_OUT = 100, 10
 
@@ -123,17 +124,6 @@ def fresh_s(code: str, repeat: int = 5, pycache: str | None = None) -> float:
         subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=ROOT, capture_output=True)
         best = min(best, time.perf_counter() - t0)
     return best
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> int:

@@ -15,15 +15,20 @@ def register(subparsers) -> None:
     _register_prefix(subparsers)
 
 
-def _register_offload(subparsers) -> None:
-    from perfmodel.cli import _nonneg_int, _positive_int
-
-    p = subparsers.add_parser("offload", help="weights in host memory or NVMe, streamed to the GPU per layer")
-    p.add_argument("--model", default="llama-3-70b", help="model name or path to a config.json")
+def _model_gpu_args(p, model: str) -> None:
+    """The flags both commands share: the model, the GPU, the mode and the formats."""
+    p.add_argument("--model", default=model, help="model name or path to a config.json")
     p.add_argument("--gpu", default="a100-sxm-80gb", help="GPU name, alias or path to a YAML file")
     p.add_argument("--mode", choices=["calibrated", "peak"], default="calibrated")
     p.add_argument("--weight-dtype", default=None, help="bf16|fp16|fp8|int8|int4 (default: the config's, else bf16)")
     p.add_argument("--kv-dtype", default=None, help="KV-cache format (default: activation format)")
+
+
+def _register_offload(subparsers) -> None:
+    from perfmodel.cli import _nonneg_int, _positive_int
+
+    p = subparsers.add_parser("offload", help="weights in host memory or NVMe, streamed to the GPU per layer")
+    _model_gpu_args(p, "llama-3-70b")
     p.add_argument("--context", type=_positive_int, default=2048, help="prompt tokens")
     p.add_argument("--output-tokens", type=_nonneg_int, default=128)
     p.add_argument("--batch", type=_positive_int, default=1, help="sequences decoding together")
@@ -76,11 +81,7 @@ def _register_prefix(subparsers) -> None:
     from perfmodel.cli import _positive_int
 
     p = subparsers.add_parser("prefix", help="a cached prompt prefix: load its KV (HBM, host, SSD) or recompute it")
-    p.add_argument("--model", default="llama-3-8b", help="model name or path to a config.json")
-    p.add_argument("--gpu", default="a100-sxm-80gb", help="GPU name, alias or path to a YAML file")
-    p.add_argument("--mode", choices=["calibrated", "peak"], default="calibrated")
-    p.add_argument("--weight-dtype", default=None, help="bf16|fp16|fp8|int8|int4 (default: the config's, else bf16)")
-    p.add_argument("--kv-dtype", default=None, help="KV-cache format (default: activation format)")
+    _model_gpu_args(p, "llama-3-8b")
     p.add_argument("--tp", type=_positive_int, default=1, help="tensor-parallel degree")
     p.add_argument("--prefix-tokens", type=_positive_int, required=True, help="cached prompt tokens")
     p.add_argument("--suffix-tokens", type=_positive_int, default=256, help="new prompt tokens after the prefix")

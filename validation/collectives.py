@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -66,9 +67,10 @@ DEV = "cuda"  # "cpu" (gloo) only for a dry run of the driver on a machine witho
 DTYPE = "bfloat16"
 
 
-def _timed(fn, n: int, reps: int, dist, torch) -> float:
-    """Median over ``reps`` of the mean time of ``n`` back-to-back calls, slower rank, seconds."""
-    cuda = DEV == "cuda"
+def burst_times(fn, n: int, reps: int, dist, torch, dev) -> list[float]:
+    """Seconds a call, one value for each of ``reps`` timings of ``n`` back-to-back eager calls (CUDA events
+    on a GPU, the host clock on the CPU), each the slower rank's, after three warm-up calls and a barrier."""
+    cuda = str(dev).startswith("cuda")
     for _ in range(3):
         fn()
     if cuda:
@@ -88,9 +90,14 @@ def _timed(fn, n: int, reps: int, dist, torch) -> float:
             vals.append(a.elapsed_time(b) * 1e-3 / n)
         else:
             vals.append((time.perf_counter() - t0) / n)
-    t = torch.tensor(vals, device=DEV, dtype=torch.float64)
+    t = torch.tensor(vals, device=dev, dtype=torch.float64)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t.median().item())
+    return [float(v) for v in t.cpu()]
+
+
+def _timed(fn, n: int, reps: int, dist, torch) -> float:
+    """Median over ``reps`` of the mean time of ``n`` back-to-back calls, slower rank, seconds."""
+    return statistics.median(burst_times(fn, n, reps, dist, torch, DEV))
 
 
 def _coll_fn(op: str, nbytes: int, world: int, rank: int, torch, dist):

@@ -86,27 +86,7 @@ def _single(fn, reps: int, dist, torch, dev) -> list[float]:
 
 def _burst(fn, calls: int, reps: int, dist, torch, dev) -> list[float]:
     """Seconds a call of ``reps`` timings of ``calls`` back-to-back eager calls."""
-    cuda = dev.type == "cuda"
-    for _ in range(3):
-        fn()
-    if cuda:
-        torch.cuda.synchronize()
-    dist.barrier()
-    vals = []
-    for _ in range(reps):
-        if cuda:
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        if cuda:
-            b.record()
-            b.synchronize()
-            vals.append(a.elapsed_time(b) * 1e-3 / calls)
-        else:
-            vals.append((time.perf_counter() - t0) / calls)
-    return _slower_rank(vals, dist, torch, dev)
+    return C.burst_times(fn, calls, reps, dist, torch, dev)
 
 
 def _graph(fn, calls: int, reps: int, dist, torch, dev) -> list[float]:
