@@ -18,14 +18,16 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from ._decode_general import _rows
-
 
 @triton.jit
 def _kv_rows(b, hk, offs_n, valid, cache, PAGED: tl.constexpr):
-    # Element offset of each token's K (or V) row for kv head hk of sequence b (the general kernel's rule).
+    # Element offset of each token's K (or V) row for kv head hk of sequence b.
     _, _, BT, (s_kb, s_kh, s_kn, s_btb, PAGE_SIZE) = cache
-    return _rows(b, hk, offs_n, valid, BT, s_btb, (s_kb, s_kh, s_kn), PAGE_SIZE, PAGED)
+    if PAGED:
+        page = tl.load(BT + b.to(tl.int64) * s_btb + offs_n // PAGE_SIZE, mask=valid, other=0)
+        return page.to(tl.int64) * s_kb + hk * s_kh + (offs_n % PAGE_SIZE) * s_kn
+    else:
+        return b.to(tl.int64) * s_kb + hk * s_kh + offs_n.to(tl.int64) * s_kn
 
 
 @triton.jit
