@@ -356,30 +356,23 @@ class Profile:
     #: ``attention_decode[sdpa]``, ``elementwise:rmsnorm``, ``*`` for all held-out ops); empty: no band.
     bands: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
-    def band_of(self, op_class: OpClass, keys: tuple[str, ...] = (), regime: str | None = None) -> tuple[float, float]:
+    def band_of(self, op_class: OpClass, keys: tuple[str, ...] = (), regime: str | None = None,
+                size: str | None = None) -> tuple[float, float]:
         """(q10, q90) of log(predicted / measured) for an op of ``op_class`` in ``regime`` (``compute``, ``memory``,
-        ``latency``: :func:`perfmodel.costs.regime_of`): the band group of its provenance (``measured``,
-        ``transferred``, ``datasheet``), the first of ``keys`` it has (``<key>|<regime>`` before ``<key>``), else
-        its ``*`` (all ops); (0, 0) in peak mode or without one.  A transferred class takes the envelope of its
-        ``transferred`` and ``measured`` rows: the measured band widened by the measured transfer error."""
+        ``latency``) and size class ``size`` (``under_10us`` ...: :func:`perfmodel.costs.size_class_of`): the band
+        group of its provenance (``measured``, ``transferred``, ``datasheet``), its first row by :func:`band_row`
+        (``keys``, then ``op_class``, then ``*``); (0, 0) in peak mode or without one.  A transferred class takes
+        the envelope of its ``transferred`` and ``measured`` rows: the measured band widened by the measured
+        transfer error."""
         if self.mode is Mode.PEAK or not self.bands:
             return 0.0, 0.0
         label = self.provenance_of(op_class)
         group = "measured" if label.startswith("measured") else "transferred" if label.startswith("transferred") \
             else "datasheet"
-        rows = [self._band_row(group, op_class, keys, regime)]
-        if group == "transferred":
-            rows.append(self._band_row("measured", op_class, keys, regime))
+        groups = (group, "measured") if group == "transferred" else (group,)
+        rows = [band_row(self.bands.get(g) or {}, (*keys, op_class.value), regime, size) for g in groups]
         rows = [r for r in rows if r is not None]
         return (min(r[0] for r in rows), max(r[1] for r in rows)) if rows else (0.0, 0.0)
-
-    def _band_row(self, group: str, op_class: OpClass, keys: tuple[str, ...], regime: str | None):
-        table = self.bands.get(group) or {}
-        for k in (*keys, op_class.value, "*"):
-            for key in ((f"{k}|{regime}", k) if regime else (k,)):
-                if key in table:
-                    return table[key]["q10"], table[key]["q90"]
-        return None
 
     def __post_init__(self) -> None:
         if self.attention_impl is None:  # the scenario named none: sdpa, or the impl the profile has
@@ -623,6 +616,24 @@ _COLLECTIVE_CLASS_NAMES = frozenset({"all_reduce", "all_gather", "reduce_scatter
 
 
 BAND_GROUPS = ("measured", "transferred", "datasheet")
+
+
+def band_lookup(key: str, regime: str | None = None, size: str | None = None) -> tuple[str, ...]:
+    """The rows of band key ``key`` an op of ``regime`` and size class ``size`` looks up, in order:
+    ``<key>|<size>``, ``<key>|<regime>``, ``<key>`` (``docs/calibration.md``, "Error bands")."""
+    return (*((f"{key}|{size}",) if size else ()), *((f"{key}|{regime}",) if regime else ()), key)
+
+
+def band_row(table: Mapping[str, Any], keys: tuple[str, ...], regime: str | None = None,
+             size: str | None = None) -> tuple[float, float] | None:
+    """(q10, q90) of the first row of ``table`` an op looks up: each of ``keys`` (most specific first, e.g.
+    ``attention_decode[stream_k]``, ``attention_decode``), then ``*``, each by :func:`band_lookup`; None when the
+    table has none of them."""
+    for k in dict.fromkeys((*keys, "*")):
+        for key in band_lookup(k, regime, size):
+            if key in table:
+                return table[key]["q10"], table[key]["q90"]
+    return None
 
 
 def bands_from_dict(raw: Any, where: str) -> dict[str, Any]:

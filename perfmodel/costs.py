@@ -544,6 +544,24 @@ def _regime_code(c: OpCost) -> np.ndarray:
     return np.broadcast_to(code, t.shape)
 
 
+#: Size classes of an op's predicted time (:func:`size_class_of`): band keys ``<key>|<size>``; the upper edges in
+#: :data:`SIZE_EDGES_S` (decades of the predicted time).
+SIZE_CLASSES: tuple[str, ...] = ("under_10us", "10us_to_100us", "over_100us")
+SIZE_EDGES_S: tuple[float, ...] = (1e-5, 1e-4)
+
+
+def size_class_of(t_s: Any) -> Any:
+    """Size class (:data:`SIZE_CLASSES`) of a predicted time ``t_s`` (seconds): ``under_10us`` below 10 us,
+    ``10us_to_100us`` below 100 us, else ``over_100us``; an array of names for an array."""
+    out = np.asarray(SIZE_CLASSES)[_size_code(t_s)]
+    return str(out) if out.ndim == 0 else out
+
+
+def _size_code(t_s: Any) -> np.ndarray:
+    """:func:`size_class_of` as the index in :data:`SIZE_CLASSES` (the shape of ``t_s``)."""
+    return np.searchsorted(np.asarray(SIZE_EDGES_S), np.asarray(t_s, dtype=np.float64), side="right")
+
+
 def band_keys(op: Op, profile: Profile) -> tuple[OpClass, tuple[str, ...]]:
     """The op class of ``op`` and its band keys, most specific first (``attention_decode[stream_k]``,
     ``elementwise:rmsnorm`` then ``elementwise``)."""
@@ -563,18 +581,19 @@ def band_keys(op: Op, profile: Profile) -> tuple[OpClass, tuple[str, ...]]:
 
 
 def with_band(c: OpCost, op: Op, profile: Profile) -> OpCost:
-    """``c`` with the error band of ``op``'s class, regime (:func:`regime_of`) and provenance
-    (:meth:`Profile.band_of`): the measured time lies in ``[t * exp(-q90), t * exp(-q10)]`` where ``q10``, ``q90``
-    are quantiles of log(predicted / measured)."""
+    """``c`` with the error band of ``op``'s class, regime (:func:`regime_of`), size class (:func:`size_class_of`)
+    and provenance (:meth:`Profile.band_of`): the measured time lies in ``[t * exp(-q90), t * exp(-q10)]`` where
+    ``q10``, ``q90`` are quantiles of log(predicted / measured)."""
     oc, keys = band_keys(op, profile)
-    code = _regime_code(c)
     t = c.total_s
+    code = _regime_code(c) * len(SIZE_CLASSES) + _size_code(t)  # (regime, size) cell of each point
     if code.ndim == 0:
-        q10, q90 = profile.band_of(oc, keys, REGIMES[int(code)])
+        r, z = divmod(int(code), len(SIZE_CLASSES))
+        q10, q90 = profile.band_of(oc, keys, REGIMES[r], SIZE_CLASSES[z])
         return dataclasses.replace(c, band_lo_s=t * math.expm1(-q90), band_hi_s=t * math.expm1(-q10))
-    q = np.array([profile.band_of(oc, keys, r) for r in REGIMES], dtype=np.float64)  # (regime, q10/q90)
+    q = np.array([profile.band_of(oc, keys, r, z) for r in REGIMES for z in SIZE_CLASSES], dtype=np.float64)
     lo, hi = np.expm1(-q[:, 1]), np.expm1(-q[:, 0])
-    if np.all(lo == lo[0]) and np.all(hi == hi[0]):  # one band for every regime
+    if np.all(lo == lo[0]) and np.all(hi == hi[0]):  # one band for every cell
         return dataclasses.replace(c, band_lo_s=np.broadcast_to(t, code.shape) * lo[0],
                                    band_hi_s=np.broadcast_to(t, code.shape) * hi[0])
     return dataclasses.replace(c, band_lo_s=t * lo[code], band_hi_s=t * hi[code])

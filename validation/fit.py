@@ -521,7 +521,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--gpu", required=True, help="canonical hw name, e.g. h100-sxm-80gb")
     ap.add_argument("--records", type=Path, help="JSONL records (default validation/data/<gpu>.jsonl)")
     ap.add_argument("--out", type=Path, help="profile to write (default hw/data/profiles/<gpu>.json)")
-    ap.add_argument("--no-bands", action="store_true", help="skip the error bands (one more fit, on the held-out split)")
+    ap.add_argument("--no-bands", action="store_true", help="skip the error bands (three more fits, one per cross-validation fold)")
     a = ap.parse_args(argv)
     rec_path = a.records or Path(__file__).resolve().parent / "data" / f"{a.gpu}.jsonl"
     out = a.out or PROFILE_DIR / f"{a.gpu}.json"
@@ -543,12 +543,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             prof = dataclasses.replace(prof, launch_terms=MappingProxyType(
                 launch_terms(read_records(eager_path, a.gpu), prof)))
         if not a.no_bands:  # error bands (validation.bands): held-out, transferred and datasheet residuals
-            from validation.bands import fit_bands, with_bands
+            from validation.bands import cross_validate, fit_bands, with_bands, write_cv
 
             others = [(p.name.removesuffix(".jsonl"), p) for p in sorted(rec_path.parent.glob("*.jsonl"))
                       if p.name.removesuffix(".jsonl") in _BAND_GPUS and p.name != f"{a.gpu}.jsonl"]
             other = (others[0][0], read_records(others[0][1], others[0][0])) if others else None
-            prof = with_bands(prof, fit_bands(recs, a.gpu, fitter, other))
+            rows = cross_validate(recs, a.gpu)
+            write_cv(rows, rec_path, a.gpu)  # <gpu>.cv.jsonl: the residuals the coverage check reads
+            prof = with_bands(prof, fit_bands(recs, a.gpu, fitter, other, rows))
         write_profile(prof, out, f"fitted by validation.fit on {len(recs)} records of {src}")
     except (RecordError, ProfileError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

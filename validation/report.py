@@ -7,9 +7,9 @@ roofline) error on the same records.  Decoder layers are never fitted: each is p
 sum of its parts.  With records of both GPUs, the profile fitted on all records of one, carried to
 the other by the transfer rule (:mod:`perfmodel.transfer`), predicts the other's held-out records,
 next to that GPU's own held-out fit (cross-GPU transfer, both directions).
-Error bands (:mod:`validation.bands`): the held-out residuals give each class's 80% band; its coverage is
-checked on another held-out split (the model fitted on that split's training families), decoder layers
-by the sum of their parts' bands.
+Error bands (:mod:`validation.bands`): the coverage of the 80% band on the committed cross-validation residuals
+(``validation/data/<gpu>.cv.jsonl``; each fold scored with the bands of the other folds), decoder layers by the
+sum of their parts' bands.
 Writes a log-log plot per GPU and, with ``--readme``, the table into ``validation/README.md``.
 """
 
@@ -168,12 +168,12 @@ def markdown(reports: list[GpuReport], cross: list[Transfer] | None) -> str:
         if not rep.coverage:
             continue
         lines += [f"### {rep.gpu}: coverage of the 80% error band", "",
-                  "Bands: the shipped profile's `measured` group (`python -m validation.bands`): finite-sample 10% "
-                  "and 90% quantiles of log(predicted / measured) per class and regime (compute / memory / latency "
-                  "bound) on the held-out records of splits 0 and 1 (`split_by_family(offset=0|1)`); checked here on "
-                  "split 2 (`offset=2`, the model fitted on its own training families: records no band saw), decoder "
-                  "layers by the sum of their parts' bands (`docs/calibration.md`, \"Error bands\"). Target: 80% "
-                  "covered (75-85%).", "",
+                  "Bands: the family-level rule of `validation.bands` (`docs/calibration.md`, \"Error bands\") on "
+                  "3-fold cross-validation over shape families (`split_by_family(every=3, offset=0|1|2)`, committed "
+                  "in `validation/data/<gpu>.cv.jsonl` by `python -m validation.bands`): each fold's held-out records, "
+                  "predicted by the profile fitted on its training families, scored with the bands of the other two "
+                  "folds' residuals (records no band saw); decoder layers by the sum of their parts' bands, once per "
+                  "fold. Target: 80% covered (75-85%).", "",
                   "| op class | n | covered | below the band | above the band |",
                   "| --- | ---: | ---: | ---: | ---: |"]
         for c in rep.coverage:
@@ -269,26 +269,13 @@ def replace_section(readme: Path, body: str) -> None:
     readme.write_text(text)
 
 
-def _measured_bands(gpu: str, rep: "GpuReport") -> dict[str, Any]:
-    """The bands the coverage checks: the shipped profile's ``measured`` group (``python -m validation.bands``:
-    held-out splits 0 and 1, per key and regime); without a shipped profile, this report's held-out split."""
-    from perfmodel.calibration import load_profile_file, shipped_profile_path
-    from validation.bands import band_table
-
-    path = shipped_profile_path(gpu)
-    bands = load_profile_file(path, gpu).bands if path.exists() else {}
-    if "measured" in bands:
-        return {"measured": {k: dict(v) for k, v in bands["measured"].items()}}
-    return {"measured": band_table(rep.records, rep.predicted)}
-
-
 @app.command()
 def main(
     data: Path = typer.Option(DATA_DIR, help="folder with <gpu>.jsonl record files"),
     out: Path = typer.Option(Path("validation/report"), help="folder for the PNG plots"),
     readme: Path = typer.Option(None, help="write the table into this README between report markers"),
     no_plot: bool = typer.Option(False, "--no-plot", help="skip the PNG plots"),
-    no_coverage: bool = typer.Option(False, "--no-coverage", help="skip the error-band coverage (one more fit per GPU)"),
+    no_coverage: bool = typer.Option(False, "--no-coverage", help="skip the error-band coverage (reads <gpu>.cv.jsonl)"),
 ) -> None:
     """Fit on some shape families, score the others, print the table."""
     from rich.console import Console
@@ -306,10 +293,10 @@ def main(
             reports.append(rep)
             _table(console, f"{gpu}: held-out ({rep.n_test} records; fit on {rep.n_train})", rep.calibrated, rep.peak)
             if not no_coverage:
-                from validation.bands import coverage
+                from validation.bands import coverage, read_cv
 
-                rep.coverage = coverage(recs[gpu], gpu, _measured_bands(gpu, rep))
-                _coverage_table(console, f"{gpu}: 80% band coverage on a second held-out split", rep.coverage)
+                rep.coverage = coverage(recs[gpu], read_cv(path))
+                _coverage_table(console, f"{gpu}: 80% band coverage, 3-fold cross-validation", rep.coverage)
             if not no_plot:
                 out.mkdir(parents=True, exist_ok=True)
                 plot(rep, out / f"{gpu}_predicted_vs_measured.png")

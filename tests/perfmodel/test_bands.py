@@ -1,5 +1,6 @@
 """Error bands: the profile's ``bands`` object, per-op bands, their sum over a phase, analyze and sweep."""
 
+import json
 import math
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 from hw.loader import load_gpu
 from perfmodel.analyze import analyze
 from perfmodel.calibration import OpClass, Profile, Mode, load_profile_file, profile_from_dict, shipped_profile_path
-from perfmodel.costs import op_cost
+from perfmodel.costs import op_cost, size_class_of
 from perfmodel.errors import ProfileError
 from perfmodel.ops import Gemm
 from perfmodel.sweep import sweep
@@ -113,16 +114,34 @@ def test_band_of_prefers_the_regime_row_then_the_key():
         assert math.isclose(c.low_s, c.total_s * math.exp(-q90))
 
 
-def test_shipped_bands_have_regime_rows_and_finite_sample_quantiles():
-    from validation.bands import MIN_N_REGIME, _q
+def test_shipped_bands_have_size_and_regime_rows_and_finite_sample_quantiles():
+    from validation.bands import MIN_FAMILIES, MIN_N_CELL, _q
 
     for gpu in (H100, "h200-sxm-141gb"):
         m = load_profile_file(shipped_profile_path(gpu)).bands["measured"]
         rows = [k for k in m if "|" in k]
-        assert {"gemm|compute", "*|memory", "*|latency"} <= set(rows)
-        assert all(m[k]["n"] >= MIN_N_REGIME for k in rows)
+        assert {"gemm|compute", "gemm|under_10us", "*|memory", "*|latency", "*|over_100us"} <= set(rows)
+        assert all(m[k]["n"] >= MIN_N_CELL for k in rows)
+    raw = json.loads(shipped_profile_path(H100).read_text())["bands"]["measured"]
+    assert all(v["families"] >= MIN_FAMILIES and 0.8 <= v["level"] <= 0.99 for v in raw.values())
     # of 9 sorted residuals: the 1st and the 9th (plain percentiles would interpolate inward)
-    q = _q(np.arange(9.0))
-    assert (q["q10"], q["q90"], q["n"]) == (0.0, 8.0, 9)
-    q = _q(np.arange(99.0))
-    assert (q["q10"], q["q90"]) == (9.0, 89.0)
+    assert _q(np.arange(9.0), 80) == (0.0, 8.0)
+    assert _q(np.arange(99.0), 80) == (9.0, 89.0)
+    assert _q(np.arange(99.0), 90) == (4.0, 94.0)
+
+
+def test_band_of_prefers_the_size_row_then_the_regime_row():
+    p = profile_from_dict(_bands(measured={"gemm": {"q10": -0.1, "q90": 0.1}, "gemm|memory": {"q10": -0.3, "q90": 0.05},
+                                           "gemm|under_10us": {"q10": -0.4, "q90": 0.2}}))
+    assert p.band_of(OpClass.GEMM, ("gemm",), "memory", "under_10us") == (-0.4, 0.2)
+    assert p.band_of(OpClass.GEMM, ("gemm",), "memory", "over_100us") == (-0.3, 0.05)
+    g = load_gpu(H100)
+    tiny, big = Gemm(m=1, n=64, k=64), Gemm(m=8192, n=8192, k=8192)  # a few microseconds; milliseconds
+    assert size_class_of(op_cost(tiny, g, p).total_s) == "under_10us"
+    assert math.isclose(op_cost(tiny, g, p).low_s, op_cost(tiny, g, p).total_s * math.exp(-0.2))
+    assert math.isclose(op_cost(big, g, p).low_s, op_cost(big, g, p).total_s * math.exp(-0.1))
+    # arrays: each point its own cell
+    arr = op_cost(Gemm(m=np.array([1, 8192]), n=np.array([64, 8192]), k=np.array([64, 8192])), g, p)
+    assert np.allclose(arr.low_s, arr.total_s * np.exp([-0.2, -0.1]))
+    assert list(size_class_of(np.array([1e-6, 1e-5, 5e-5, 1e-4, 1.0]))) == \
+        ["under_10us", "10us_to_100us", "10us_to_100us", "over_100us", "over_100us"]
