@@ -6,7 +6,7 @@ r = log(predicted / measured), their count ``n``, the shape families ``families`
 they were taken at:
 
 - ``measured``: cross-validation over shape families: the three splits of
-  :func:`validation.records.split_by_family` (``every=3``, offsets :data:`FOLDS`) hold out each family once;
+  :func:`perfmodel.validation.records.split_by_family` (``every=3``, offsets :data:`FOLDS`) hold out each family once;
   each split's profile, fitted on its training families, predicts its held-out families, and the residuals of
   all three are pooled (one per held-out record). The residuals are committed (:func:`write_cv`,
   ``validation/data/<gpu>.cv.jsonl``) so that the coverage check (:func:`coverage`) reads them without refitting;
@@ -42,12 +42,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from hw.loader import load_gpu
+from perfmodel.hw.loader import load_gpu
 from perfmodel.calibration import Profile, band_row, bands_from_dict, peak_profile
 from perfmodel.costs import REGIMES, SIZE_CLASSES, op_cost, regime_of, size_class_of
 from perfmodel.ops import AttentionImpl, Phase
-from validation.fit import ProfileFitter, _stack, ops_of, predict_ops
-from validation.records import RecordError, class_key, split_by_family
+from perfmodel.validation.fit import ProfileFitter, _stack, ops_of, predict_ops
+from perfmodel.validation.records import RecordError, class_key, split_by_family
 
 #: Fewest records for a row of a key, class or ``*`` alone.
 MIN_N = 8
@@ -59,7 +59,7 @@ MIN_FAMILIES = 5
 #: :data:`LEVELS_PCT` until leave-one-family-out covers this share.
 CENTRAL = 0.80
 LEVELS_PCT: tuple[int, ...] = tuple(range(80, 100))
-#: Cross-validation folds: offsets of :func:`validation.records.split_by_family` with ``every=len(FOLDS)``.
+#: Cross-validation folds: offsets of :func:`perfmodel.validation.records.split_by_family` with ``every=len(FOLDS)``.
 FOLDS: tuple[int, ...] = (0, 1, 2)
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
@@ -247,7 +247,7 @@ def write_cv(rows: list[dict[str, Any]], records_path: Path, gpu: str) -> Path:
     """Write ``rows`` (:func:`cross_validate`) beside ``records_path``, headed by the records' SHA-256."""
     path = cv_path(records_path)
     head = {"gpu": gpu, "records": records_path.name, "records_sha256": _sha256(records_path), "folds": list(FOLDS),
-            "source": "python -m validation.bands: split_by_family(every=3, offset=fold); the fold's fit predicts "
+            "source": "python -m perfmodel.validation.bands: split_by_family(every=3, offset=fold); the fold's fit predicts "
                       "its held-out records"}
     path.write_text("\n".join(json.dumps(x) for x in [head, *rows]) + "\n")
     return path
@@ -259,16 +259,16 @@ def read_cv(records_path: Path) -> list[dict[str, Any]]:
     Raises
     ------
     RecordError
-        The file is missing, or was computed from other records (run ``python -m validation.bands``).
+        The file is missing, or was computed from other records (run ``python -m perfmodel.validation.bands``).
     """
     path = cv_path(records_path)
     if not path.exists():
-        raise RecordError(f"{path} missing: run python -m validation.bands")
+        raise RecordError(f"{path} missing: run python -m perfmodel.validation.bands")
     lines = path.read_text().splitlines()
     head = json.loads(lines[0])
     if head.get("records_sha256") != _sha256(records_path):
         raise RecordError(f"{path} was computed from other records than {records_path.name}: "
-                          f"run python -m validation.bands")
+                          f"run python -m perfmodel.validation.bands")
     return [json.loads(x) for x in lines[1:]]
 
 
@@ -346,7 +346,7 @@ def _pct(c: Coverage) -> str:
 def coverage_markdown(data_dir: Path, gpus: Sequence[str]) -> str:
     """Coverage per GPU and class, before (:data:`PLAIN`: on split 2 alone, the check it had, and on all folds)
     and after (:data:`FAMILY`, all folds), from the committed cross-validation files: one markdown table per GPU."""
-    from validation.records import read_records
+    from perfmodel.validation.records import read_records
 
     parts = []
     for gpu in gpus:
@@ -379,7 +379,7 @@ def datasheet_bands(records: Sequence[dict[str, Any]], gpu: str) -> dict:
 def transferred_bands(full: ProfileFitter, dst_records: list[dict[str, Any]], dst_gpu: str) -> dict:
     """The ``transferred`` group: ``full`` (fitted on all of its GPU's records) carried to ``dst_gpu``,
     predicting ``dst_records`` (rows it cannot price are left out)."""
-    from validation.report import transfer, transferred_fitter
+    from perfmodel.validation.report import transfer, transferred_fitter
 
     recs = [r for r in dst_records if band_key(r) is not None]
     idx, pred, _ = transfer([], full.gpu, recs, dst_gpu, full)
@@ -395,7 +395,7 @@ def fit_bands(records: list[dict[str, Any]], gpu: str, full: ProfileFitter,
     records, carried there)."""
     rows = cross_validate(records, gpu) if cv_rows is None else cv_rows
     out: dict[str, Any] = {"measured": cv_table(records, rows)}
-    src = (f"validation.bands: measured: {len(FOLDS)}-fold cross-validation over shape families "
+    src = (f"perfmodel.validation.bands: measured: {len(FOLDS)}-fold cross-validation over shape families "
            f"(validation.records.split_by_family, every={len(FOLDS)}), out-of-fold residuals pooled; datasheet: "
            f"peak model on all {len(records)} records")
     if other is not None:
@@ -414,8 +414,8 @@ def refresh_profile_bands(gpu: str, data_dir: Path, profile_path: Path | None = 
     into the profile file; the curves are left as they are (the ``transferred`` group carries the file's own
     curves, the full fit)."""
     from perfmodel.calibration import load_profile_file, shipped_profile_path
-    from validation.fit import _BAND_GPUS
-    from validation.records import read_records
+    from perfmodel.validation.fit import _BAND_GPUS
+    from perfmodel.validation.records import read_records
 
     path = Path(profile_path or shipped_profile_path(gpu))
     full = ProfileFitter(gpu)
@@ -443,9 +443,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     import argparse
     import sys
 
-    from validation.fit import _BAND_GPUS
+    from perfmodel.validation.fit import _BAND_GPUS
 
-    ap = argparse.ArgumentParser(prog="python -m validation.bands", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m perfmodel.validation.bands", description=main.__doc__)
     ap.add_argument("--gpu", action="append", default=None, help=f"GPU (repeatable; default: {', '.join(_BAND_GPUS)})")
     ap.add_argument("--data", type=Path, default=DATA_DIR, help="folder of <gpu>.jsonl")
     ap.add_argument("--report", action="store_true", help="print the coverage per GPU and class (no fit)")

@@ -1,13 +1,13 @@
-"""``python -m validation.report``: honest accuracy of the calibrated model on held-out shapes.
+"""``python -m perfmodel.validation.report``: honest accuracy of the calibrated model on held-out shapes.
 
 For each GPU with records in ``validation/data/<gpu>.jsonl``: split the records by shape family
-(:func:`validation.records.split_by_family`), fit on one part, predict the other, and print the
+(:func:`perfmodel.validation.records.split_by_family`), fit on one part, predict the other, and print the
 median, p90 and max absolute percentage error per op class, next to the peak-mode (datasheet
 roofline) error on the same records.  Decoder layers are never fitted: each is predicted as the
 sum of its parts.  With records of both GPUs, the profile fitted on all records of one, carried to
 the other by the transfer rule (:mod:`perfmodel.transfer`), predicts the other's held-out records,
 next to that GPU's own held-out fit (cross-GPU transfer, both directions).
-Error bands (:mod:`validation.bands`): the coverage of the 80% band on the committed cross-validation residuals
+Error bands (:mod:`perfmodel.validation.bands`): the coverage of the 80% band on the committed cross-validation residuals
 (``validation/data/<gpu>.cv.jsonl``; each fold scored with the bands of the other folds), decoder layers by the
 sum of their parts' bands.
 Writes a log-log plot per GPU and, with ``--readme``, the table into ``validation/README.md``.
@@ -23,12 +23,12 @@ from typing import Any, Sequence
 import numpy as np
 import typer
 
-from hw.loader import load_gpu
+from perfmodel.hw.loader import load_gpu
 from perfmodel.calibration import OpClass, peak_profile
 from perfmodel.errors import ProfileError
 from perfmodel.transfer import carry_params, transfer_profile
-from validation.fit import ProfileFitter, ops_of, predict_ops
-from validation.records import RecordError, class_key, read_records, split_by_family
+from perfmodel.validation.fit import ProfileFitter, ops_of, predict_ops
+from perfmodel.validation.records import RecordError, class_key, read_records, split_by_family
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 GPUS = ("h100-sxm-80gb", "h200-sxm-141gb")
@@ -168,9 +168,9 @@ def markdown(reports: list[GpuReport], cross: list[Transfer] | None) -> str:
         if not rep.coverage:
             continue
         lines += [f"### {rep.gpu}: coverage of the 80% error band", "",
-                  "Bands: the family-level rule of `validation.bands` (`docs/calibration.md`, \"Error bands\") on "
+                  "Bands: the family-level rule of `perfmodel.validation.bands` (`docs/calibration.md`, \"Error bands\") on "
                   "3-fold cross-validation over shape families (`split_by_family(every=3, offset=0|1|2)`, committed "
-                  "in `validation/data/<gpu>.cv.jsonl` by `python -m validation.bands`): each fold's held-out records, "
+                  "in `validation/data/<gpu>.cv.jsonl` by `python -m perfmodel.validation.bands`): each fold's held-out records, "
                   "predicted by the profile fitted on its training families, scored with the bands of the other two "
                   "folds' residuals (records no band saw); decoder layers by the sum of their parts' bands, once per "
                   "fold. Target: 80% covered (75-85%).", "",
@@ -293,7 +293,7 @@ def main(
             reports.append(rep)
             _table(console, f"{gpu}: held-out ({rep.n_test} records; fit on {rep.n_train})", rep.calibrated, rep.peak)
             if not no_coverage:
-                from validation.bands import coverage, read_cv
+                from perfmodel.validation.bands import coverage, read_cv
 
                 rep.coverage = coverage(recs[gpu], read_cv(path))
                 _coverage_table(console, f"{gpu}: 80% band coverage, 3-fold cross-validation", rep.coverage)

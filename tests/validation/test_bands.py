@@ -1,7 +1,7 @@
 """Error bands on the committed records: the cross-validation files, the shipped rows, their coverage.
 
 Fast: nothing is refitted; the committed cross-validation residuals (``validation/data/<gpu>.cv.jsonl``,
-written by ``python -m validation.bands``) are checked against the records they were computed from.
+written by ``python -m perfmodel.validation.bands``) are checked against the records they were computed from.
 """
 
 import shutil
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from perfmodel.calibration import load_profile_file, shipped_profile_path
-from validation import bands as B
-from validation.records import RecordError, class_key, read_records, split_by_family
+from perfmodel.validation import bands as B
+from perfmodel.validation.records import RecordError, class_key, read_records, split_by_family
 
 DATA = Path(__file__).resolve().parents[2] / "validation" / "data"
 GPUS = ("h100-sxm-80gb", "h200-sxm-141gb")
@@ -96,4 +96,4 @@ def test_report_command_and_stale_files(tmp_path, capsys):
     with pytest.raises(RecordError, match="other records"):
         B.read_cv(tmp_path / f"{GPUS[0]}.jsonl")
     assert B.main(["--report", "--data", str(tmp_path)]) == 2
-    assert "run python -m validation.bands" in capsys.readouterr().err
+    assert "run python -m perfmodel.validation.bands" in capsys.readouterr().err
