@@ -266,6 +266,9 @@ class Knobs:
         if self.kv_layers is not None and self.kv_layers > n_attn:
             raise KnobError(f"kv_layers={self.kv_layers} exceeds the {n_attn} attention layers of {model.name}"
                             + (f" (1 in {self.attention_every})" if self.attention_every > 1 else ""))
+        if self.attention_every > 1 and getattr(model, "ssm", None) is not None:
+            raise KnobError(f"attention_every cannot be set on {model.name}: it is a state-space stack with no "
+                            "attention layer")
         if self.attention_every > model.num_layers:
             raise KnobError(f"attention_every={self.attention_every} exceeds the {model.num_layers} layers of {model.name}")
         if self.kv_heads is not None:
@@ -337,9 +340,10 @@ NO_KNOBS = Knobs()
 
 
 def attention_layer_count(model, knobs: Knobs | None) -> int:
-    """Attention layers of the stack: layer ``i`` is attention when ``i % N == N - 1`` (at least one)."""
+    """Attention layers of the stack: layer ``i`` is attention when ``i % N == N - 1`` (at least one);
+    none in a state-space stack (``model.ssm``)."""
     n = 1 if knobs is None else knobs.attention_every
-    return model.num_layers if n == 1 else max(1, model.num_layers // n)
+    return model.num_attention_layers if n == 1 else max(1, model.num_layers // n)
 
 
 def kv_layer_count(model, knobs: Knobs | None) -> int:

@@ -559,6 +559,9 @@ def layout(model: ModelSpec, tps, pp: int = 1, sp: int = 1, sp_kind: str = "ring
     kind = SpKind(sp_kind)
     check_pp(model, pp)
     check_ep(model, ep)
+    if sp > 1 and model.ssm is not None:
+        raise ParallelConfigError(f"sp={sp}: sequence parallelism splits attention; {model.name} is a state-space "
+                                  "stack with none (its scan is not split over GPUs here)")
     if sp > 1:
         for t in np.atleast_1d(tps):
             split_sp(model, sp, kind, int(t))

@@ -272,7 +272,8 @@ def kv_cache_bytes_per_gpu(model: ModelSpec, context_len, output_tokens=0, batch
     knobs = _active(knobs)
     tokens = np.asarray(context_len, dtype=np.float64) + np.asarray(output_tokens, dtype=np.float64)
     if knobs is None:
-        return _f(kv_bytes_per_token_per_gpu(model, tp, precision.kv) * _kv_tokens(model, tokens) * batch)
+        per_user = kv_bytes_per_token_per_gpu(model, tp, precision.kv) * _kv_tokens(model, tokens)
+        return _f((per_user + recurrent_state_bytes_per_gpu(model, tp, None)) * batch)
     m = effective_model(model, knobs)
     kv_tok = kv_bytes_per_token_per_gpu(m, tp, precision.kv, knobs)
     kept = _kv_tokens(m, knobs.kept_tokens(tokens))
@@ -386,7 +387,8 @@ def memory_budget(
     if knobs is None:
         mem = MemoryBudget(
             capacity_bytes=capacity, weight_bytes=weights, activation_bytes=f(act), reserve_bytes=reserve,
-            kv_bytes_per_token=kv_tok, kv_bytes_per_user=f(kv_tok * _kv_tokens(m, tokens_per_user)),
+            kv_bytes_per_token=kv_tok,
+            kv_bytes_per_user=f(kv_tok * _kv_tokens(m, tokens_per_user) + recurrent_state_bytes_per_gpu(m, tp, None)),
             free_for_kv_bytes=f(free), max_concurrency=0.0, activation_at=activation_at,
         )
         return dataclasses.replace(mem, max_concurrency=max_users(mem))
