@@ -181,8 +181,9 @@ def add_layout_args(p: argparse.ArgumentParser) -> None:
     """Multi-GPU layout flags beyond TP, shared by analyze and sweep."""
     p.add_argument("--pp", type=_positive_int, default=1, help="pipeline-parallel degree (divides the layers)")
     p.add_argument("--sp", type=_positive_int, default=1, help="sequence/context-parallel degree for the prefill")
-    p.add_argument("--sp-kind", choices=["ulysses", "ring", "hybrid"], default="ring",
-                   help="SP scheme: Ulysses all-to-all, Ring attention, or both (default ring)")
+    p.add_argument("--sp-kind", choices=["ulysses", "ring", "hybrid", "tokenring"], default="ring",
+                   help="SP scheme: Ulysses all-to-all, Ring attention, both (hybrid), or TokenRing (queries and block "
+                        "outputs both ways round the ring) (default ring)")
     p.add_argument("--ep", type=_positive_int, default=1, help="expert-parallel degree (MoE models)")
     p.add_argument("--topology", default=None,
                    help="system from hw/data/systems the GPUs sit in (default: one NVLink node of up to 8 GPUs, else the "

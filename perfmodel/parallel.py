@@ -14,6 +14,11 @@
   ``h_c + h_m + sync``; a step takes the longer of the two, so with small blocks the overlapped
   step is longer than compute and transfer run apart (:class:`RingStepModel`).
   Hybrid: Ulysses in groups of ``u`` (inside a node), Ring across the ``r`` groups.
+  TokenRing (``r = P``): the KV blocks stay; each step sends a query block (``h_q N/P`` elements)
+  to the next GPU while the previous step's block outputs and log-sum-exps (``h_q N/P`` values and
+  ``h_q N/P`` fp32) go back to their owners on the opposite direction of the links, both under the
+  attention of the current block (:func:`tokenring_block_bytes`): a step's transfer is the longer of
+  the two, and the last outputs return after the last step, exposed.
   Causal work is balanced over the ranks (zig-zag placement).
 - EP for MoE: experts split over ``ep`` GPUs; each routed token copy moves to its expert's
   GPU (all-to-all dispatch) and back (combine); an expert-load vector (shares of routed
@@ -59,6 +64,20 @@ class SpKind(str, enum.Enum):
     ULYSSES = "ulysses"
     RING = "ring"
     HYBRID = "hybrid"
+    TOKENRING = "tokenring"  # queries one way round the ring, block outputs back the other (arXiv 2412.20501)
+
+
+#: Bytes of the log-sum-exp TokenRing returns with each query's block output (one fp32 per query head).
+LSE_BYTES = 4
+
+
+def tokenring_block_bytes(tokens: Any, q_heads: int, head_dim: int, v_head_dim: int, act_bytes: float):
+    """``(query, output)`` bytes one TokenRing step moves per GPU: a block of ``tokens`` queries sent on to the
+    next GPU, and the outputs of the previous step's block (``v_head_dim`` values and a log-sum-exp per query
+    head) sent back to the GPU that owns those queries, on the opposite direction of the links."""
+    q = tokens * q_heads * head_dim * act_bytes
+    o = tokens * q_heads * (v_head_dim * act_bytes + LSE_BYTES)
+    return q, o
 
 
 def _deg(name: str, v: Any) -> int:
@@ -100,7 +119,7 @@ def split_sp(model: ModelSpec, sp: int, kind: SpKind, tp: int = 1, gpus_per_node
     def ok(u: int) -> bool:
         return hq % u == 0 and (hkv % u == 0 or u % hkv == 0)
 
-    if kind is SpKind.RING or sp == 1:
+    if kind in (SpKind.RING, SpKind.TOKENRING) or sp == 1:
         return 1, sp
     if kind is SpKind.ULYSSES:
         if not ok(sp):
@@ -289,6 +308,7 @@ class SpPrefill:
     ring_steps: RingOverlap | None  # one Ring step (per layer there are ring - 1)
     layers: int
     ring_launch_s: float = 0.0  # per step: the attention call's host launch beyond its GPU time
+    ring_tail_s: Any = 0.0  # TokenRing: the last block outputs' return after the last step, all layers
 
     def _per_step(self, v) -> Any:
         return 0.0 if self.ring_steps is None else (self.ring - 1) * self.layers * _a(v)
@@ -315,13 +335,14 @@ class SpPrefill:
             return self.compute + self.a2a
         s = self.ring_steps
         dev_hidden = s.overlap * _min(s.compute_s, s.comm_s)
-        ring = OpCost(comm_s=self.ring_comm_s, latency_s=self.ring_stall_s, overlap_s=self._per_step(dev_hidden))
+        ring = OpCost(comm_s=self.ring_comm_s + self.ring_tail_s, latency_s=self.ring_stall_s,
+                      overlap_s=self._per_step(dev_hidden))
         return self.compute + self.a2a + ring
 
     @property
     def comm_s(self) -> float:
         """Exposed SP communication time (Ulysses all-to-alls plus Ring step time beyond its compute)."""
-        ring = 0.0 if self.ring_steps is None else self._per_step(self.ring_steps.exposed_comm_s)
+        ring = 0.0 if self.ring_steps is None else self._per_step(self.ring_steps.exposed_comm_s) + self.ring_tail_s
         return _a(self.a2a.total_s) + ring
 
 
@@ -369,10 +390,21 @@ def sp_prefill(
                          + collective_time(OpKind.ALL_TO_ALL, o, u, gpu, profile, topo)).scale(cnt)
         compute = compute + att_cost.scale(cnt)
         if r > 1:
-            kv_width = op.head_dim if op.kv_shared else op.head_dim + dv
-            kvb = (op.kv_dtype or op.dtype).bytes_per_element
-            block = batch * (n / r) * max(hkv_eff // u, 1) * kv_width * kvb
-            m = collective_time(OpKind.SEND_RECV, block, r, gpu, profile, topo, stride=u * tp)
+            if kind is SpKind.TOKENRING:
+                # queries forward and outputs back at once, on the two directions of the links
+                q_b, o_b = tokenring_block_bytes(batch * (n / r), hq, op.head_dim, dv, a)
+                mq = collective_time(OpKind.SEND_RECV, q_b, r, gpu, profile, topo, stride=u * tp)
+                mo = collective_time(OpKind.SEND_RECV, o_b, r, gpu, profile, topo, stride=u * tp)
+                big = np.asarray(mq.total_s) >= np.asarray(mo.total_s)
+                m = OpCost(comm_s=_a(np.where(big, mq.total_s - mq.latency_s, mo.total_s - mo.latency_s)),
+                           latency_s=_a(np.where(big, mq.latency_s, mo.latency_s)))
+                tail = _a(mo.total_s) * cnt
+            else:
+                kv_width = op.head_dim if op.kv_shared else op.head_dim + dv
+                kvb = (op.kv_dtype or op.dtype).bytes_per_element
+                block = batch * (n / r) * max(hkv_eff // u, 1) * kv_width * kvb
+                m = collective_time(OpKind.SEND_RECV, block, r, gpu, profile, topo, stride=u * tp)
+                tail = 0.0
             c_dev = _a(att_cost.total_s) / r
             c = _max(c_dev, rs.compute_issue_s)  # an eager call takes at least its host launch
             h_m = _a(m.latency_s) if rs.comm_issue_s is None else rs.comm_issue_s
@@ -382,7 +414,7 @@ def sp_prefill(
             else:
                 steps = ring_step_overlap(c, _a(m.total_s), dataclasses.replace(rs, comm_issue_s=h_m))
             launch, layers = c - c_dev, cnt
-    return SpPrefill(kind, u, r, compute, a2a, steps, layers, launch)
+    return SpPrefill(kind, u, r, compute, a2a, steps, layers, launch, tail if steps is not None else 0.0)
 
 
 @dataclass(frozen=True)
@@ -489,6 +521,7 @@ __all__ = [
     "ring_step_overlap",
     "sp_prefill",
     "split_sp",
+    "tokenring_block_bytes",
 ]
 
 
@@ -555,7 +588,7 @@ def layout(model: ModelSpec, tps, pp: int = 1, sp: int = 1, sp_kind: str = "ring
         return None
     check_knobs(knobs if knobs is not None and knobs.active else None, sp)
     if sp_kind not in {k.value for k in SpKind}:
-        raise InvalidInputError(f"sp_kind must be ulysses, ring or hybrid, got {sp_kind!r}")
+        raise InvalidInputError(f"sp_kind must be one of {', '.join(k.value for k in SpKind)}, got {sp_kind!r}")
     kind = SpKind(sp_kind)
     check_pp(model, pp)
     check_ep(model, ep)

@@ -55,8 +55,8 @@ def register(subparsers) -> None:
     s.add_argument("--gpus", required=True, type=_int)
     s.add_argument("--model", required=True)
     s.add_argument("--gpu", required=True)
-    s.add_argument("--sp-kind", choices=["ulysses", "ring", "hybrid", "auto"], default="ulysses",
-                   help="ulysses (default), ring, hybrid, or auto: per group and sequence the fastest")
+    s.add_argument("--sp-kind", choices=["ulysses", "ring", "hybrid", "tokenring", "auto"], default="ulysses",
+                   help="ulysses (default), ring, hybrid, tokenring, or auto: per group and sequence the fastest")
     s.add_argument("--micro-batches", action="store_true",
                    help="a group may run its sequences as several micro-batches (only one's KV resident), "
                         "and the batch two rounds with their own groups")
