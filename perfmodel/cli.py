@@ -206,6 +206,10 @@ def _build_parser(extensions: bool = True) -> _Parser:
     a.add_argument("--batch", type=_positive_int, default=1, help="users decoding together")
     a.add_argument("--tp", type=_positive_int, default=1, help="tensor-parallel degree")
     add_layout_args(a)
+    a.add_argument("--attention-dp", type=_positive_int, default=1, metavar="N",
+                   help="MoE models: attention data-parallel over N groups of --tp GPUs, each holding only its own "
+                        "requests' KV, the MoE layers over all N x tp GPUs: expert-parallel with --ep N*tp, else "
+                        "tensor-parallel between an all-gather and a reduce-scatter (default 1)")
     from perfmodel.knobs import add_knob_args
 
     add_knob_args(a)
@@ -286,7 +290,8 @@ def _analysis_table(results: list[Any], peaks: list[Any] | None = None) -> Any:
     from perfmodel.tables import fmt_bytes, fmt_seconds
 
     first = results[0]
-    t = Table(title=f"{first.model.name} on {first.gpu.name} x{first.tp * first.pp * first.sp} ({first.mode.value} mode)")
+    t = Table(title=f"{first.model.name} on {first.gpu.name} x{first.tp * first.pp * first.sp * first.attention_dp} "
+                    f"({first.mode.value} mode)")
     t.add_column("metric")
     t.add_column("bound")
     for r in results:
@@ -343,7 +348,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     kw = dict(model=args.model, gpu=args.gpu, output_tokens=args.output_tokens, batch=args.batch, tp=args.tp,
               mode=args.mode, weight_dtype=args.weight_dtype, kv_dtype=None, chunk_tokens=args.chunk_tokens,
               knobs=knobs, pp=args.pp, sp=args.sp, sp_kind=args.sp_kind, ep=args.ep, topology=args.topology,
-              attention_impl=args.attention_impl, launch=args.launch)
+              attention_impl=args.attention_impl, launch=args.launch, attention_dp=args.attention_dp)
     if args.moe_placement:
         from perfmodel.ep_route import as_moe_placement
 

@@ -23,6 +23,12 @@
 - EP for MoE: experts split over ``ep`` GPUs; each routed token copy moves to its expert's
   GPU (all-to-all dispatch) and back (combine); an expert-load vector (shares of routed
   tokens per expert) makes the hottest GPU set both the transfer and the expert compute.
+- Data-parallel attention (``attention_dp = N``, DeepSeek's serving layout): ``N`` groups of ``tp``
+  GPUs each serve their own ``batch / N`` requests through attention and the dense layers (weights
+  replicated per group, each GPU holding only its requests' KV: MLA's latent is not split by heads),
+  and the MoE layers span all ``N tp`` GPUs: expert-parallel (``ep = N tp``, the all-to-all above,
+  each rank dispatching its own tokens), or tensor-parallel (``ep = 1``: the ranks' hidden states
+  all-gathered before each MoE layer and reduce-scattered after it, :func:`attention_dp_moe`).
 
 - KV-cache knobs (:class:`perfmodel.knobs.Knobs`): the ops of every phase carry them as on one
   GPU (KV format, KV heads and layers, kept tokens, sparse attention, windows, hybrid stacks,
@@ -480,14 +486,49 @@ def ep_moe_layer(
     return EpMoe(dispatch, experts, dispatch, imbalance)
 
 
-def group_world(tp: int, pp: int, sp: int, ep: int) -> int:
-    """GPUs of one model instance: ``pp`` stages of ``max(tp * sp, ep)`` GPUs (EP reuses them)."""
-    inner = tp * sp
+def group_world(tp: int, pp: int, sp: int, ep: int, attention_dp: int = 1) -> int:
+    """GPUs of one model instance: ``pp`` stages of ``max(tp * sp * attention_dp, ep)`` GPUs (EP reuses them)."""
+    inner = tp * sp * attention_dp
     if ep > inner and ep % inner:
-        raise ParallelConfigError(f"ep={ep} must be a multiple of tp*sp={inner} when larger")
+        raise ParallelConfigError(f"ep={ep} must be a multiple of tp*sp{'*attention_dp' if attention_dp > 1 else ''}"
+                                  f"={inner} when larger")
     if ep < inner and inner % ep:
-        raise ParallelConfigError(f"ep={ep} must divide tp*sp={inner} when smaller")
+        raise ParallelConfigError(f"ep={ep} must divide tp*sp{'*attention_dp' if attention_dp > 1 else ''}={inner} "
+                                  "when smaller")
     return pp * max(inner, ep)
+
+
+def check_attention_dp(model: ModelSpec, attention_dp: int, tp: int = 1, sp: int = 1, ep: int = 1) -> int:
+    """``attention_dp`` checked: 1, or with an MoE model, no SP, and ``ep`` 1 (tensor-parallel MoE over
+    the ``attention_dp * tp`` GPUs) or ``attention_dp * tp`` (expert-parallel MoE)."""
+    n = _deg("attention_dp", attention_dp)
+    if n == 1:
+        return n
+    if model.moe is None:
+        raise ParallelConfigError(f"attention_dp={n} needs a mixture-of-experts model (its MoE layers span the "
+                                  f"data-parallel ranks); {model.name} is dense: run {n} instances instead")
+    if sp > 1:
+        raise ParallelConfigError(f"attention_dp={n} with sp={sp} is not modelled")
+    if ep not in (1, n * tp):
+        raise ParallelConfigError(f"with attention_dp={n} and tp={tp}, ep must be 1 (tensor-parallel MoE over the "
+                                  f"{n * tp} GPUs) or {n * tp} (expert-parallel MoE), got {ep}")
+    return n
+
+
+def attention_dp_moe(model: ModelSpec, gpu: GPU, profile: Profile, tokens: Any, world: int,
+                     precision: Precision = Precision(), topology=None) -> tuple[OpCost, OpCost]:
+    """``(MoE block, gather + scatter)`` of one MoE layer run tensor-parallel over the ``world`` GPUs of
+    data-parallel attention: the ``tokens`` of all ranks (a number or an array) all-gathered before the
+    layer, its experts split ``world`` ways on every token, and the output reduce-scattered back to the
+    ranks (:func:`perfmodel.comm.collective_time`), per GPU, seconds."""
+    from perfmodel.layers import _moe_block
+
+    a = precision.activations.bytes_per_element
+    ops = [t for t in _moe_block(model, tokens, precision, world) if not isinstance(t[1], Collective)]
+    nbytes = tokens * model.hidden * a  # every rank's hidden states, gathered whole on each GPU
+    comm = (collective_time(OpKind.ALL_GATHER, nbytes, world, gpu, profile, topology)
+            + collective_time(OpKind.REDUCE_SCATTER, nbytes, world, gpu, profile, topology))
+    return _sum(ops, gpu, profile), comm
 
 
 def moe_ops_replaced_by_ep(ops) -> tuple[list, list]:
@@ -509,6 +550,8 @@ __all__ = [
     "RingStepModel",
     "SpKind",
     "SpPrefill",
+    "attention_dp_moe",
+    "check_attention_dp",
     "check_ep",
     "check_pp",
     "comm_seconds",
@@ -577,14 +620,14 @@ def check_knobs(knobs, sp: int = 1) -> None:
 
 
 def layout(model: ModelSpec, tps, pp: int = 1, sp: int = 1, sp_kind: str = "ring", ep: int = 1,
-           topology: str | None = None, knobs=None) -> dict | None:
+           topology: str | None = None, knobs=None, attention_dp: int = 1) -> dict | None:
     """The checked multi-GPU layout at each TP degree of ``tps``: None for one TP group (``pp`` =
     ``sp`` = ``ep`` = 1, no topology), else the keyword values ``parallel_phases`` takes (``pp``,
-    ``sp``, ``sp_kind`` as its value, ``ep``, ``topology``). Raises InvalidInputError for ``knobs``
-    the layout does not model, an unknown ``sp_kind``, or a degree that does not divide what it
+    ``sp``, ``sp_kind`` as its value, ``ep``, ``topology``, ``attention_dp``). Raises InvalidInputError for
+    ``knobs`` the layout does not model, an unknown ``sp_kind``, or a degree that does not divide what it
     splits."""
-    pp, sp, ep = (_deg(k, v) for k, v in (("pp", pp), ("sp", sp), ("ep", ep)))
-    if not (pp > 1 or sp > 1 or ep > 1 or topology):
+    pp, sp, ep, dp = (_deg(k, v) for k, v in (("pp", pp), ("sp", sp), ("ep", ep), ("attention_dp", attention_dp)))
+    if not (pp > 1 or sp > 1 or ep > 1 or dp > 1 or topology):
         return None
     check_knobs(knobs if knobs is not None and knobs.active else None, sp)
     if sp_kind not in {k.value for k in SpKind}:
@@ -592,13 +635,15 @@ def layout(model: ModelSpec, tps, pp: int = 1, sp: int = 1, sp_kind: str = "ring
     kind = SpKind(sp_kind)
     check_pp(model, pp)
     check_ep(model, ep)
+    for t in np.atleast_1d(tps):
+        check_attention_dp(model, dp, int(t), sp, ep)
     if sp > 1 and model.ssm is not None:
         raise ParallelConfigError(f"sp={sp}: sequence parallelism splits attention; {model.name} is a state-space "
                                   "stack with none (its scan is not split over GPUs here)")
     if sp > 1:
         for t in np.atleast_1d(tps):
             split_sp(model, sp, kind, int(t))
-    return dict(pp=pp, sp=sp, sp_kind=kind.value, ep=ep, topology=topology)
+    return dict(pp=pp, sp=sp, sp_kind=kind.value, ep=ep, topology=topology, attention_dp=dp)
 
 
 def ring_step_model(profile: Profile) -> "RingStepModel | None":
@@ -625,10 +670,11 @@ def price_layout(model: ModelSpec, gpu: GPU, profile: Profile, context_len: int,
     prec = apply_knobs(precision, k)
     mem = memory_budget(m, gpu, context_len, output_tokens, prec, tp, chunk_tokens, reserve_fraction, batch=batch,
                         knobs=k)
-    mem = parallel_memory(mem, m, prec, tp, lay["pp"], lay["sp"], lay["ep"])
+    dp = lay.get("attention_dp", 1)
+    mem = parallel_memory(mem, m, prec, tp, lay["pp"], lay["sp"], lay["ep"], dp)
     ph = parallel_phases(m, gpu, profile, context_len, output_tokens, batch, prec, tp, lay["pp"], lay["sp"],
                          lay["sp_kind"], lay["ep"], chunk_tokens, lay["topology"],
-                         1.0 if ring_overlap is None else ring_overlap, knobs=k)
+                         1.0 if ring_overlap is None else ring_overlap, knobs=k, attention_dp=dp)
     return mem, ph
 
 
@@ -669,11 +715,20 @@ def placement_a2a_s(model: ModelSpec, profile: Profile, tokens: Any, ep: int, pr
 
 
 def _forward(model, gpu, profile, phase, batch, q_len, kv_len, precision, tp, ep, topo, lm_head_rows=None,
-             expert_load=None, knobs=None, moe_placement=None):
-    """One pass on the busiest GPU: attention data-parallel over ``ep // tp`` GPUs, experts over ``ep``."""
-    dp = max(1, ep // tp)
+             expert_load=None, knobs=None, moe_placement=None, attention_dp=1):
+    """One pass on the busiest GPU: attention data-parallel over ``attention_dp`` groups (without it, over
+    ``ep // tp`` GPUs), experts over ``ep`` (or, with ``attention_dp`` and ``ep`` 1, tensor-parallel over
+    all ``attention_dp * tp`` GPUs between an all-gather and a reduce-scatter)."""
+    dp = attention_dp if attention_dp > 1 else max(1, ep // tp)
     b_loc = _cdiv(batch, dp)
     ops = model_ops(model, phase, b_loc, q_len, kv_len, precision, tp, lm_head_rows, knobs)
+    if attention_dp > 1 and ep <= 1 and model.moe is not None:
+        rest = [t for t in ops if not t[0].startswith("moe.")]
+        block, gather = attention_dp_moe(model, gpu, profile, batch * q_len, attention_dp * tp, precision, topo)
+        n = model.num_moe_layers
+        g_s = _a(gather.total_s) * n
+        cost = _sum(rest, gpu, profile, topo) + (block + gather).scale(n)
+        return cost, _coll_s(rest, gpu, profile, topo) + g_s, {"attention_dp_comm_s": g_s}
     if ep <= 1 or model.moe is None:
         return _sum(ops, gpu, profile, topo), _coll_s(ops, gpu, profile, topo), {}
     _, rest = moe_ops_replaced_by_ep(ops)
@@ -693,7 +748,7 @@ def parallel_phases(
     model: ModelSpec, gpu: GPU, profile: Profile, context_len: int, output_tokens: int, batch: int = 1,
     precision: Precision = Precision(), tp: int = 1, pp: int = 1, sp: int = 1, sp_kind: SpKind | str = SpKind.RING,
     ep: int = 1, chunk_tokens: int | None = 8192, topology=None, ring_overlap: float | RingStepModel = 1.0,
-    expert_load=None, knobs=None, moe_placement=None,
+    expert_load=None, knobs=None, moe_placement=None, attention_dp: int = 1,
 ) -> ParallelPhases:
     """The phases of one scenario under TP x PP x SP x EP (see the module docstring).
 
@@ -708,6 +763,12 @@ def parallel_phases(
     ``moe_placement`` (:class:`perfmodel.ep_route.MoePlacement`, ``ep`` GPUs) prices each MoE layer's dispatch
     and combine from the traffic matrix of its placement (:func:`placement_a2a_s`) instead of the busiest GPU's
     load under contiguous experts.
+
+    ``attention_dp`` (:func:`check_attention_dp`) runs attention data-parallel over that many groups of ``tp``
+    GPUs, each with its own requests; ``details`` then gives ``attention_dp``, the KV bytes one GPU holds for
+    its requests (``attention_dp_kv_bytes_per_rank``) and the MoE layers' all-gather and reduce-scatter time
+    (``attention_dp_comm_s``: ``prefill`` and ``decode_per_token``; 0 with expert parallelism, whose all-to-all
+    is in the communication time as without it).
     """
     from perfmodel.comm import place, resolve_topology
     from perfmodel.layers import lm_head_ops
@@ -716,11 +777,12 @@ def parallel_phases(
         knobs = None
     check_knobs(knobs, sp)
     pp, ep = check_pp(model, pp), check_ep(model, ep)
+    attention_dp = check_attention_dp(model, attention_dp, tp, sp, ep)
     if moe_placement is not None:
         if ep <= 1 or model.moe is None:
             raise ParallelConfigError("an MoE placement needs a mixture-of-experts model run with ep > 1")
         moe_placement.check(model.moe.num_experts, model.num_moe_layers, ep)
-    world = group_world(tp, pp, sp, ep)
+    world = group_world(tp, pp, sp, ep, attention_dp)
     topo = resolve_topology(topology, gpu, world)
     place(topo, world)
     a = precision.activations.bytes_per_element
@@ -749,7 +811,8 @@ def parallel_phases(
             ctx = _a(knobs.kept_tokens(ctx))
         # the chunk is the token budget of one pass, shared by the prompts the pass holds (as on one
         # GPU, perfmodel.phases.prefill_cost): with data-parallel attention under EP, a rank's share
-        b_pass = _cdiv(batch, max(1, ep // tp))
+        dp = attention_dp if attention_dp > 1 else max(1, ep // tp)
+        b_pass = _cdiv(batch, dp)
         if not chunk_tokens:
             n = 1
         elif np.ndim(ctx) or np.ndim(b_pass):
@@ -759,7 +822,8 @@ def parallel_phases(
         q = ctx / n
         body, body_comm, d = _forward(model, gpu, profile, Phase.PREFILL, batch, q, q * (n + 1) / 2.0, precision,
                                       tp, ep, topo, lm_head_rows=0, expert_load=expert_load, knobs=knobs,
-                                      moe_placement=moe_placement)
+                                      moe_placement=moe_placement, attention_dp=attention_dp)
+        dp_prefill_s = d.pop("attention_dp_comm_s", 0.0) * n
         details.update(d)
         body, body_comm, hop = body.scale(n), body_comm * n, p2p(batch * q)
     # the pipeline's bubble share, as pipeline_time(stage, pp, n).bubble_fraction
@@ -769,7 +833,7 @@ def parallel_phases(
     details.update(pp_bubble_fraction_prefill=_a(bubble))
 
     # decode: KV sharded over the SP group, partial attention outputs combined by an all-reduce per layer
-    m = _min(_cdiv(batch, max(1, ep // tp)), pp)
+    m = _min(_cdiv(batch, attention_dp if attention_dp > 1 else max(1, ep // tp)), pp)
 
     # under SP each GPU holds 1/sp of a sequence's kept tokens (eviction decides them on the whole)
     shard_knobs = knobs
@@ -779,8 +843,10 @@ def parallel_phases(
     def step(kv_len):
         if knobs is not None and sp > 1:
             kv_len = knobs.kept_tokens(kv_len)
-        f, c, _ = _forward(model, gpu, profile, Phase.DECODE, _cdiv(batch, m), 1, kv_len / sp, precision, tp, ep,
-                           topo, expert_load=expert_load, knobs=shard_knobs, moe_placement=moe_placement)
+        f, c, d_dec = _forward(model, gpu, profile, Phase.DECODE, _cdiv(batch, m), 1, kv_len / sp, precision, tp, ep,
+                               topo, expert_load=expert_load, knobs=shard_knobs, moe_placement=moe_placement,
+                               attention_dp=attention_dp)
+        dp_comm.append(d_dec.get("attention_dp_comm_s", 0.0))
         if sp > 1:
             comb = collective_time(OpKind.ALL_REDUCE, _cdiv(batch, m) * model.q_heads // tp * model.head_dim * a,
                                    sp, gpu, profile, topo, stride=tp).scale(model.num_layers)
@@ -790,7 +856,16 @@ def parallel_phases(
         return f.scale(rounds) + hop_d.scale(_max(m, pp) if pp > 1 else 0), \
             c * rounds + _a(hop_d.total_s) * (_max(m, pp) if pp > 1 else 0)
 
+    dp_comm: list = []
     dstep, dcomm = step(_a(context_len))
+    if attention_dp > 1:
+        from perfmodel.phases import kv_cache_bytes_per_gpu
+
+        rounds = _max(m, pp) / pp
+        details.update(attention_dp=attention_dp, attention_dp_kv_bytes_per_rank=kv_cache_bytes_per_gpu(
+            model, context_len, output_tokens, _cdiv(batch, attention_dp), precision, tp, knobs) / pp,
+            attention_dp_comm_s={"prefill": dp_prefill_s * (n + pp - 1) / (n * pp),
+                                 "decode_per_token": _a(dp_comm[0]) * rounds})
     mean_step, _ = step(context_len + (output_tokens + 1) / 2.0)
     details.update(pp_micro_batches_decode=m)
     # the prefill runs back to back: its compute slows to the sustained rate (perfmodel.clocks)
@@ -804,16 +879,21 @@ def comm_seconds(model: ModelSpec, gpu: GPU, profile: Profile, phase: Phase, bat
     return _coll_s(model_ops(model, phase, batch, q_len, kv_len, precision, tp), gpu, profile, None)
 
 
-def parallel_memory(mem, model: ModelSpec, precision: Precision, tp: int = 1, pp: int = 1, sp: int = 1, ep: int = 1):
-    """A TP memory budget re-split for PP (layers, so weights and KV / pp), SP (KV / sp) and EP
-    (routed experts / ep instead of / tp)."""
-    if pp == sp == ep == 1:
+def parallel_memory(mem, model: ModelSpec, precision: Precision, tp: int = 1, pp: int = 1, sp: int = 1, ep: int = 1,
+                    attention_dp: int = 1):
+    """A TP memory budget re-split for PP (layers, so weights and KV / pp), SP (KV / sp), EP
+    (routed experts / ep instead of / tp) and data-parallel attention (routed experts over the
+    ``attention_dp * tp`` GPUs without EP; each GPU holds its own group's requests only, so the
+    instance holds ``attention_dp`` times the users one GPU's KV room takes)."""
+    if pp == sp == ep == attention_dp == 1:
         return mem
     wb = precision.weights.bytes_per_element
     experts = model.num_moe_layers * model.moe.num_experts * model.expert_params * wb if model.moe else 0.0
     weights = mem.weight_bytes
     if ep > 1:
         weights = weights - experts / tp + experts / ep
+    elif attention_dp > 1:
+        weights = weights - experts / tp + experts / (tp * attention_dp)
     weights = weights / pp
     kv_tok = mem.kv_bytes_per_token / (pp * sp)
     kv_user = mem.kv_bytes_per_user / (pp * sp)
@@ -822,5 +902,5 @@ def parallel_memory(mem, model: ModelSpec, precision: Precision, tp: int = 1, pp
 
     free = mem.capacity_bytes - weights - mem.activation_bytes - mem.reserve_bytes - shared
     out = dataclasses.replace(mem, weight_bytes=weights, kv_bytes_per_token=kv_tok, kv_bytes_per_user=kv_user,
-                              free_for_kv_bytes=free, shared_kv_bytes=shared)
+                              free_for_kv_bytes=free, shared_kv_bytes=shared, dp_ranks=attention_dp)
     return dataclasses.replace(out, max_concurrency=max_users(out))

@@ -309,6 +309,7 @@ class MemoryBudget:
     offload_capacity_bytes: Any = 0.0
     kv_on_pool: bool = False
     activation_at: Any = field(default=None, compare=False, repr=False)
+    dp_ranks: int = 1  # data-parallel attention: groups that each hold their own users (``users_that_fit``)
 
 
 def users_that_fit(mem: MemoryBudget, n) -> Any:
@@ -316,8 +317,13 @@ def users_that_fit(mem: MemoryBudget, n) -> Any:
 
     A batch of ``n`` fits iff ``users_that_fit(mem, n) >= n``; the one rule behind
     :attr:`MemoryBudget.max_concurrency`, ``analyze``'s check, ``sweep``'s ``fits``
-    and the TP suggestion.  Non-increasing in ``n``.
+    and the TP suggestion.  Non-increasing in ``n``.  With ``dp_ranks`` groups (data-parallel
+    attention) each GPU holds ``ceil(n / dp_ranks)`` users, and the instance ``dp_ranks`` times
+    what one GPU's room takes.
     """
+    dp = mem.dp_ranks
+    if dp > 1:
+        n = np.ceil(np.asarray(n, dtype=np.float64) / dp)
     act = mem.activation_bytes if mem.activation_at is None else mem.activation_at(n)
     free_gpu = mem.capacity_bytes - mem.weight_bytes - act - mem.reserve_bytes
     if mem.kv_on_pool:
@@ -329,7 +335,7 @@ def users_that_fit(mem: MemoryBudget, n) -> Any:
     with np.errstate(divide="ignore", invalid="ignore"):
         conc = np.where(kv_user > 0, np.floor(room / np.where(kv_user > 0, kv_user, 1.0)),
                         np.where(free_gpu >= 0, np.inf, 0.0))  # no KV per user: unbounded once the weights fit
-    return _f(conc)
+    return _f(conc * dp if dp > 1 else conc)
 
 
 def max_users(mem: MemoryBudget) -> Any:

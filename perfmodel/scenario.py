@@ -90,10 +90,13 @@ class Layout:
     tp, pp, sp, ep : int
         Tensor-, pipeline-, sequence- (prefill) and expert-parallel degrees.
     sp_kind : str
-        ``ulysses``, ``ring`` or ``hybrid``.
+        ``ulysses``, ``ring``, ``hybrid`` or ``tokenring``.
     topology : str or None
         A system of ``hw/data/systems``; None: :func:`perfmodel.comm.default_topology` (one node of up to 8
         GPUs, else the smallest shipped system that holds them).
+    attention_dp : int
+        Data-parallel attention groups of ``tp`` GPUs, each serving its own requests, with the MoE layers over
+        all of them (:func:`perfmodel.parallel.check_attention_dp`; DeepSeek's serving layout).
     """
 
     tp: int = 1
@@ -102,24 +105,25 @@ class Layout:
     sp_kind: str = "ring"
     ep: int = 1
     topology: str | None = None
+    attention_dp: int = 1
 
     @property
     def multi(self) -> bool:
         """Priced by :mod:`perfmodel.parallel` (beyond one TP group on the default node)."""
-        return self.pp > 1 or self.sp > 1 or self.ep > 1 or bool(self.topology)
+        return self.pp > 1 or self.sp > 1 or self.ep > 1 or self.attention_dp > 1 or bool(self.topology)
 
     @property
     def world(self) -> int:
         """GPUs one instance spans (:func:`perfmodel.parallel.group_world`)."""
         from perfmodel.parallel import group_world
 
-        return int(group_world(self.tp, self.pp, self.sp, self.ep))
+        return int(group_world(self.tp, self.pp, self.sp, self.ep, self.attention_dp))
 
 
 def validate_scenario(model, context_len: Any = None, output_tokens: Any = 0, tp: Any = None, pp: Any = 1,
                       mode: Any = None, *, batch: Any = None, sp: Any = 1, sp_kind: str = "ring", ep: Any = 1,
                       topology: str | None = None, gpu: GPU | None = None, knobs: Knobs | None = None,
-                      chunk_tokens: Any = None, reserve_fraction: Any = None) -> list[str]:
+                      chunk_tokens: Any = None, reserve_fraction: Any = None, attention_dp: Any = 1) -> list[str]:
     """Apply the rules above to a scenario (scalars, or arrays for a sweep's axes); returns its notes and
     raises the typed errors (:mod:`perfmodel.errors`).  The one check behind every entry point.
 
@@ -130,7 +134,7 @@ def validate_scenario(model, context_len: Any = None, output_tokens: Any = 0, tp
     context_len, output_tokens, batch : int or array of int, tokens / users
         Prompt and generated tokens (the largest sum is checked against the window), users.
     tp : int or array of int, optional
-    pp, sp, ep : int
+    pp, sp, ep, attention_dp : int
     sp_kind : str
     topology : str, optional
     gpu : GPU, optional
@@ -153,7 +157,8 @@ def validate_scenario(model, context_len: Any = None, output_tokens: Any = 0, tp
     if batch is not None:
         check_ints("batch", batch, 1)
     tps = check_ints("tp", tp, 1) if tp is not None else None
-    pp, sp, ep = (int(check_ints(k, v, 1)[0]) for k, v in (("pp", pp), ("sp", sp), ("ep", ep)))
+    pp, sp, ep, dp = (int(check_ints(k, v, 1)[0]) for k, v in (("pp", pp), ("sp", sp), ("ep", ep),
+                                                                ("attention_dp", attention_dp)))
     if chunk_tokens is not None:
         check_ints("chunk_tokens", chunk_tokens, 1)
     if reserve_fraction is not None and not 0 <= reserve_fraction < 1:
@@ -166,10 +171,10 @@ def validate_scenario(model, context_len: Any = None, output_tokens: Any = 0, tp
         for t in tps:
             check_tp(m, int(t))
     check_pp(model, pp)
-    check_layout(m, tps if tps is not None else 1, pp, sp, sp_kind, ep, topology, kn)
+    check_layout(m, tps if tps is not None else 1, pp, sp, sp_kind, ep, topology, kn, dp)
     notes = []
     if gpu is not None:
-        n = check_world(gpu, tps if tps is not None else [1], pp, sp, ep, topology)
+        n = check_world(gpu, tps if tps is not None else [1], pp, sp, ep, topology, dp)
         if n:
             notes.append(n)
     if ctx is not None:
@@ -179,14 +184,14 @@ def validate_scenario(model, context_len: Any = None, output_tokens: Any = 0, tp
     return notes
 
 
-def check_world(gpu: GPU, tps, pp: int, sp: int, ep: int, topology: str | None) -> str | None:
+def check_world(gpu: GPU, tps, pp: int, sp: int, ep: int, topology: str | None, attention_dp: int = 1) -> str | None:
     """The layout's GPUs fit the system named, or without one the default node or the smallest shipped
     system that holds them (:func:`perfmodel.comm.default_topology`); otherwise
     :class:`~perfmodel.comm.GroupTooLargeError`.  Returns the note naming that shipped system, if one is used."""
     from perfmodel.comm import DEFAULT_NODE_GPUS, place, resolve_topology
     from perfmodel.parallel import group_world
 
-    world = max(int(group_world(int(t), pp, sp, ep)) for t in tps)
+    world = max(int(group_world(int(t), pp, sp, ep, attention_dp)) for t in tps)
     topo = resolve_topology(topology, gpu, world)
     place(topo, world)
     if topology or world <= DEFAULT_NODE_GPUS:
@@ -269,10 +274,11 @@ class Scenario:
              knobs: Knobs | None = None, pp: int = 1, sp: int = 1, sp_kind: str = "ring", ep: int = 1,
              topology: str | None = None, attention_impl: "AttentionImpl | str | None" = None,
              launch: "Launch | str | None" = Launch.GRAPH, layout: Layout | None = None,
-             moe_placement: Any = None) -> "Scenario":
+             moe_placement: Any = None, attention_dp: int = 1) -> "Scenario":
         """Load the names, apply :func:`validate_scenario`, resolve the profile; the checked :class:`Scenario`.
 
-        ``layout`` (a :class:`Layout`) replaces ``tp``, ``pp``, ``sp``, ``sp_kind``, ``ep`` and ``topology``.
+        ``layout`` (a :class:`Layout`) replaces ``tp``, ``pp``, ``sp``, ``sp_kind``, ``ep``, ``topology`` and
+        ``attention_dp``.
         ``moe_placement`` (a ``plan moe --json`` file, per-layer expert lists or a
         :class:`~perfmodel.ep_route.MoePlacement`) prices the EP all-to-all of each MoE layer from its traffic
         matrix; it needs an MoE model with ``ep`` > 1 and ``ep`` GPUs per layer.
@@ -286,12 +292,12 @@ class Scenario:
         if layout is not None:
             if not isinstance(layout, Layout):
                 raise InvalidInputError(f"layout must be a Layout, got {layout!r}")
-            tp, pp, sp, sp_kind, ep, topology = (layout.tp, layout.pp, layout.sp, layout.sp_kind, layout.ep,
-                                                  layout.topology)
+            tp, pp, sp, sp_kind, ep, topology, attention_dp = (layout.tp, layout.pp, layout.sp, layout.sp_kind,
+                                                                layout.ep, layout.topology, layout.attention_dp)
         m, g = load_model(model), load_gpu(gpu)
         notes = validate_scenario(m, context_len, output_tokens, tp, pp, mode, batch=batch, sp=sp, sp_kind=sp_kind,
                                   ep=ep, topology=topology, gpu=g, knobs=knobs, chunk_tokens=chunk_tokens,
-                                  reserve_fraction=reserve_fraction)
+                                  reserve_fraction=reserve_fraction, attention_dp=attention_dp)
         kn = knobs if knobs is not None and knobs.active else None
         placement = _check_placement(m, moe_placement, int(ep))
         if weight_dtype and m.weight_dtype and Dtype.parse(weight_dtype) is not Dtype.parse(m.weight_dtype):
@@ -304,7 +310,7 @@ class Scenario:
                          f"priced with {prof.attention_impl.value}")
         if mode is Mode.CALIBRATED and prof.is_peak:
             notes.append(f"no calibration profile for {g.name}: peak figures shown")
-        lay = Layout(int(tp), int(pp), int(sp), str(sp_kind), int(ep), topology or None)
+        lay = Layout(int(tp), int(pp), int(sp), str(sp_kind), int(ep), topology or None, int(attention_dp))
         return cls(model=m, gpu=g, context_len=int(context_len), output_tokens=int(output_tokens), batch=int(batch),
                    layout=lay, precision=prec, profile=prof, knobs=kn,
                    chunk_tokens=None if chunk_tokens is None else int(chunk_tokens),
@@ -315,7 +321,7 @@ class Scenario:
         """A copy with ``changes`` (any :meth:`make` argument), checked again."""
         kw = self.make_kwargs()
         kw.update(changes)
-        if any(k in changes for k in ("tp", "pp", "sp", "sp_kind", "ep", "topology")):
+        if any(k in changes for k in ("tp", "pp", "sp", "sp_kind", "ep", "topology", "attention_dp")):
             kw.pop("layout", None)
         return Scenario.make(**kw)
 

@@ -326,6 +326,9 @@ def replica_memory(dep: Deployment) -> ReplicaMemory:
     start (``prefix_blocks``, not counted in ``capacity_blocks``).
     """
     m, prec, k = dep.kv_model, dep.kv_precision, dep.knobs
+    if m.ssm is not None:
+        raise InvalidInputError(f"{m.name} is a state-space stack with no KV cache: the simulator counts memory in "
+                                "KV blocks and does not simulate it (analyze and sweep price it)")
     # where the KV lives (tiers, pool) is all the budget needs here: the model and precision already carry
     # the other knobs, and the shared prefix is taken in blocks below
     where = None if k is None or not (k.kv_tiers or k.offload) else Knobs(kv_tiers=k.kv_tiers, offload=k.offload)
