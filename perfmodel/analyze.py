@@ -255,7 +255,7 @@ def analyze(
     otherwise the arguments build one (:meth:`Scenario.make <perfmodel.scenario.Scenario.make>`, the
     one validation every command shares).
 
-    ``pp``, ``sp`` (``sp_kind`` ulysses, ring or hybrid) and ``ep`` add pipeline, sequence
+    ``pp``, ``sp`` (``sp_kind`` ulysses, ring, hybrid or tokenring) and ``ep`` add pipeline, sequence
     (prefill) and expert parallelism (:mod:`perfmodel.parallel`); ``topology`` names a system
     in ``hw/data/systems`` (default: one NVLink node of up to 8 GPUs, else the smallest shipped system of
     the GPU that holds the layout, named in the notes; :func:`perfmodel.comm.default_topology`).

@@ -160,7 +160,7 @@ def sp_section() -> None:
                              key="sp_model")
         gpu = c2.selectbox("GPU", gpus_all, format_func=lambda x: labels.get(x, x), key="sp_gpu",
                            index=gpus_all.index("h100-sxm-80gb") if "h100-sxm-80gb" in gpus_all else 0)
-        kind = c2.selectbox("SP kind", ("ulysses", "ring", "hybrid"), key="sp_kind")
+        kind = c2.selectbox("SP kind", ("ulysses", "ring", "hybrid", "tokenring"), key="sp_kind")
         gpus = c3.number_input("GPUs", 1, 1024, 8, key="sp_gpus")
         mode = c3.radio("Mode", common.MODES, horizontal=True, key="sp_mode")
         limit = c3.slider("Solver time limit (s)", 1, 30, 3, key="sp_time_limit")
