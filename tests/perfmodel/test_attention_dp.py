@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from hw import load_gpu
+from perfmodel.hw import load_gpu
 from perfmodel.analyze import analyze
 from perfmodel.calibration import peak_profile
 from perfmodel.comm import collective_time

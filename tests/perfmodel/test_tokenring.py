@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from hw import load_gpu
+from perfmodel.hw import load_gpu
 from perfmodel.analyze import analyze
 from perfmodel.calibration import peak_profile
 from perfmodel.models import load_model
@@ -55,8 +55,8 @@ def test_sweep_prices_tokenring_as_analyze():
 
 
 def test_plan_sp_considers_tokenring():
-    from planners.sp_cost import SpCostModel
-    from planners.sp_cost import SpKind as PlanKind
+    from perfmodel.planners.sp_cost import SpCostModel
+    from perfmodel.planners.sp_cost import SpKind as PlanKind
 
     g = load_gpu("a100")
     auto = SpCostModel(LLAMA2, g, peak_profile(g), PlanKind.AUTO)
