@@ -1,7 +1,6 @@
 """Ragged (unpadded) batches: the attention / decoder_layer ``seq_lens`` field, ``analyze --batch-lengths``,
 and the simulator's prefill batches on real token counts."""
 
-import dataclasses
 import json
 
 import pytest
