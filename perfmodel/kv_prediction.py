@@ -82,7 +82,7 @@ def kv_prediction(model: str, predictor: str, gpu: str, context_len: int, output
     DoesNotFitError
         When both models' weights and ``batch`` sequences' KV do not fit.
     """
-    from hw.loader import load_gpu
+    from perfmodel.hw.loader import load_gpu
     from perfmodel.calibration import resolve_profile
     from perfmodel.layers import Precision, check_tp, kv_bytes_per_token_per_gpu, kv_heads_per_gpu
     from perfmodel.models import load_model

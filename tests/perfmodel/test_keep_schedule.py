@@ -38,7 +38,7 @@ def test_each_layer_at_its_own_kept_tokens():
     at the first fraction), and the decode reads each layer's kept KV."""
     m = load_model("llama-2-7b")
     gpu = "a100"
-    from hw.loader import load_gpu
+    from perfmodel.hw.loader import load_gpu
     from perfmodel.calibration import peak_profile
 
     g = load_gpu(gpu)

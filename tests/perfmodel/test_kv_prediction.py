@@ -21,7 +21,7 @@ def test_ttft_is_the_sum_of_its_parts_and_beats_the_base_prefill():
 
 
 def test_projection_flops_are_two_gemms_per_base_layer():
-    from hw.loader import load_gpu
+    from perfmodel.hw.loader import load_gpu
     from perfmodel.calibration import peak_profile
     from perfmodel.models import load_model
     from perfmodel.phases import decode_step_cost, prefill_cost
