@@ -92,6 +92,11 @@ _positive_int = _int_at_least(1)
 _nonneg_int = _int_at_least(0)
 
 
+def _lengths(text: str) -> tuple[int, ...]:
+    """``1000,4000,32000``: prompt lengths, each an integer >= 1."""
+    return tuple(_positive_int(part.strip()) for part in text.split(","))
+
+
 def _int_list(text: str, minimum: int = 1):
     """``1000,2000`` or a range ``1000:100000:1000`` (start:stop:step, stop inclusive).
 
@@ -203,6 +208,9 @@ def _build_parser(extensions: bool = True) -> _Parser:
     a.add_argument("--context", type=_positive_int, default=None, help="prompt tokens (default 50000, and 4000 beside it)")
     a.add_argument("--output-tokens", type=_nonneg_int, default=250)
     a.add_argument("--batch", type=_positive_int, default=1, help="users decoding together")
+    a.add_argument("--batch-lengths", type=_lengths, default=None, metavar="L1,L2,...",
+                   help="a ragged batch: each prompt's tokens (sets --batch and --context); prefill priced without "
+                        "padding, the padded prefill beside it")
     a.add_argument("--tp", type=_positive_int, default=1, help="tensor-parallel degree")
     add_layout_args(a)
     from perfmodel.knobs import add_knob_args
@@ -284,6 +292,8 @@ def _analysis_table(results: list[Any], peaks: list[Any] | None = None) -> Any:
 
     from perfmodel.tables import fmt_bytes, fmt_seconds
 
+    from perfmodel.metrics import bound_of
+
     first = results[0]
     t = Table(title=f"{first.model.name} on {first.gpu.name} x{first.tp * first.pp * first.sp} ({first.mode.value} mode)")
     t.add_column("metric")
@@ -311,6 +321,9 @@ def _analysis_table(results: list[Any], peaks: list[Any] | None = None) -> Any:
             ("decode, peak bound", "datasheet",
              lambda r: cell(r, lambda p: p.decode.total_s)),
         ]
+    if first.prefill_padded is not None:  # a ragged batch: the padded prefill beside the unpadded one
+        rows[1:1] = [("prefill, padded", bound_of(first.prefill_padded),
+                      lambda r: _banded(r.prefill_padded) if r.prefill_padded is not None else "-")]
     if any(r.tp * r.pp * r.sp * r.ep > 1 for r in results):
         rows += [
             ("communication (prefill)", "", lambda r: _comm_cell(r.prefill_comm_s, r.prefill.total_s)),
@@ -339,10 +352,12 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     contexts = [args.context] if args.context else [50_000, 4_000]
     if args.match_context:
         contexts = [args.context or 50_000]
+    if args.batch_lengths:  # the context and batch come from the lengths
+        contexts = [max(args.batch_lengths)]
     kw = dict(model=args.model, gpu=args.gpu, output_tokens=args.output_tokens, batch=args.batch, tp=args.tp,
               mode=args.mode, weight_dtype=args.weight_dtype, kv_dtype=None, chunk_tokens=args.chunk_tokens,
               knobs=knobs, pp=args.pp, sp=args.sp, sp_kind=args.sp_kind, ep=args.ep, topology=args.topology,
-              attention_impl=args.attention_impl, launch=args.launch)
+              attention_impl=args.attention_impl, launch=args.launch, batch_lengths=args.batch_lengths)
     if args.moe_placement:
         from perfmodel.ep_route import as_moe_placement
 

@@ -524,7 +524,8 @@ class ParallelPhases:
 _KNOBS_SINGLE_GPU = ("shared_prefix_tokens", "kv_tiers", "offload")
 #: ... and those not priced with SP: they change the prefill attention (or, cross-layer KV, what
 #: Ring passes per layer) in ways the Ring/Ulysses split does not follow
-_KNOBS_NO_SP = ("kv_layers", "sliding_window", "attention_density", "prune_prefill", "attention_every")
+_KNOBS_NO_SP = ("kv_layers", "sliding_window", "attention_density", "prune_prefill", "attention_every",
+                "keep_schedule")
 
 
 def check_knobs(knobs, sp: int = 1) -> None:
@@ -710,7 +711,7 @@ def parallel_phases(
     else:
         ctx = _a(context_len)
         if knobs is not None and knobs.prune_prefill:  # prefill runs on the kept tokens only
-            ctx = _a(knobs.kept_tokens(ctx))
+            ctx = _a(knobs.prefill_tokens(ctx))
         # the chunk is the token budget of one pass, shared by the prompts the pass holds (as on one
         # GPU, perfmodel.phases.prefill_cost): with data-parallel attention under EP, a rank's share
         b_pass = _cdiv(batch, max(1, ep // tp))
