@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-import kernels
-from kernels import reference
+from perfmodel import kernels
+from perfmodel.kernels import reference
 from perfmodel.decode_schedule import STREAM_K_HEAD_DIMS
 
 #: (head_dim, v_head_dim) of every head size; 192/128 is DeepSeek's attention before weight absorption

@@ -5,7 +5,7 @@ split-KV and with stream-K, its merge in the kernel and in the reduction kernel
 (``DecodeConfig.fused_merge``), ragged and
 uniform lengths, default and forced program counts, and both schedules over paged caches (pages
 of 16 and 64 tokens in a shuffled order), against float64 references of
-``kernels.reference``: relative norm error below 1e-2 (bf16 inputs).
+``perfmodel.kernels.reference``: relative norm error below 1e-2 (bf16 inputs).
 
 With ``--breadth`` only the other head sizes, fp8 caches and MLA decode are checked (prefill
 at head_dim 32, 80, 96, 192/128 and 256; decode contiguous and paged at 80, 96, 192/128 and 256;
@@ -37,8 +37,8 @@ def _err(o, r) -> float:
 def run_checks() -> dict[str, float]:
     import torch
 
-    import kernels
-    from kernels import reference as ref
+    from perfmodel import kernels
+    from perfmodel.kernels import reference as ref
 
     d = "cuda"
     res: dict[str, float] = {}
@@ -77,8 +77,8 @@ def breadth_checks() -> dict[str, float]:
     """Relative errors of the head sizes, fp8 caches and MLA decode against float64 references."""
     import torch
 
-    import kernels
-    from kernels import reference as ref
+    from perfmodel import kernels
+    from perfmodel.kernels import reference as ref
 
     d = "cuda"
     bf = dict(device=d, dtype=torch.bfloat16)
@@ -127,12 +127,12 @@ def breadth_checks() -> dict[str, float]:
 
 def paged_error(device, page_size: int, head_dim: int, schedule: str, batch: int = 5, kv_heads: int = 4,
                 q_heads: int = 16, max_len: int = 3001, lens=(1, 3001, 17, 1024, 999)) -> float:
-    """Relative error of ``kernels.attention_decode_paged`` against the float64 reference of the
+    """Relative error of ``perfmodel.kernels.attention_decode_paged`` against the float64 reference of the
     same cache laid out contiguously: random pages in a shuffled order, ragged lengths."""
     import torch
 
-    import kernels
-    from kernels import reference as ref
+    from perfmodel import kernels
+    from perfmodel.kernels import reference as ref
 
     blocks = -(-max_len // page_size)
     q = torch.randn(batch, q_heads, head_dim, device=device, dtype=torch.bfloat16)
@@ -163,7 +163,7 @@ def main() -> int:
         return 2
     res = breadth_checks() if args.breadth else {**run_checks(), **breadth_checks()}
     bad = {k: v for k, v in res.items() if not v < 1e-2}
-    from validation.run import driver_version
+    from perfmodel.validation.run import driver_version
 
     meta = {"gpu": torch.cuda.get_device_name(), "driver": driver_version(), "torch": torch.__version__,
             "cuda": torch.version.cuda, "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat()}

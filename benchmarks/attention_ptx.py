@@ -47,11 +47,11 @@ def _compile(fn, types: dict, constants: dict, warps: int, stages: int):
 
 def configurations():
     """``(name, kernel, types, constants, warps, stages)`` of every configuration compiled."""
-    from kernels import _decode_general as dg
-    from kernels._common import next_pow2, split_head_dim
+    from perfmodel.kernels import _decode_general as dg
+    from perfmodel.kernels._common import next_pow2, split_head_dim
     from perfmodel import decode_schedule as ds
 
-    ap = sys.modules["kernels.attention_prefill"]
+    ap = sys.modules["perfmodel.kernels.attention_prefill"]
     for d, dv, group, kv, mla, paged in ((80, 80, 4, "bf16", False, False), (96, 96, 4, "bf16", False, True),
                                          (192, 128, 1, "bf16", False, False), (256, 256, 4, "bf16", False, False),
                                          (128, 128, 4, "fp8e4nv", False, False), (128, 128, 4, "fp8e4nv", False, True),
@@ -84,7 +84,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default="", metavar="PREFIX", help="compile only the configurations named PREFIX...")
     args = ap.parse_args()
-    import kernels  # noqa: F401  (registers kernels.attention_prefill)
+    from perfmodel import kernels  # noqa: F401  (registers kernels.attention_prefill)
     from decode_ptx import resources
 
     n = 0

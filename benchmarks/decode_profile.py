@@ -7,7 +7,7 @@
 Each schedule runs ``--calls`` times on fresh random inputs (bf16, the head layout of ``--layout``,
 32 query over 8 KV heads at head_dim 128 by default, uniform lengths unless ``--ragged``); the last
 calls are the ones worth reading (Triton compiles on the first). ``--variant
-NAME=VALUE[,NAME=VALUE]`` runs them with other ``kernels.DecodeConfig`` settings
+NAME=VALUE[,NAME=VALUE]`` runs them with other ``perfmodel.kernels.DecodeConfig`` settings
 (the syntax of ``benchmarks/kernels.py --variant`` without its label).
 """
 
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import torch
 
-    import kernels
+    from perfmodel import kernels
 
     if not torch.cuda.is_available():
         print("error: needs a CUDA device", file=sys.stderr)

@@ -48,11 +48,11 @@ def normalised_ptx(ptx: str) -> str:
 
 
 def _wrapper():
-    """``kernels.attention_decode``, the wrapper of this repository (the module itself: as an
+    """``perfmodel.kernels.attention_decode``, the wrapper of this repository (the module itself: as an
     attribute of ``kernels`` that name is the function)."""
     sys.path.insert(0, str(_REPO))
     try:
-        return importlib.import_module("kernels.attention_decode")
+        return importlib.import_module("perfmodel.kernels.attention_decode")
     finally:
         sys.path.pop(0)
 

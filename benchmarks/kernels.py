@@ -11,11 +11,11 @@ rows' baseline) and with the flash backend, with the GPU kernels each call ran (
 
 ``streamk`` is the focused stream-K vs split-KV decode grid: a GPU check of the stream-K merge
 paths first, then every shape with the default schedules and stream-K with each variant of
-``STREAMK_VARIANTS`` (fields of ``kernels.DecodeConfig``).
+``STREAMK_VARIANTS`` (fields of ``perfmodel.kernels.DecodeConfig``).
 ``streamk_rounds`` times the same grid's split-KV and stream-K defaults in alternating rounds
 (both CUDA graphs captured once, replayed in turn) and counts the rounds stream-K wins;
 ``--variant LABEL:NAME=VALUE[,NAME=VALUE]`` (repeatable) adds both schedules captured with other
-``kernels.DecodeConfig`` settings to the same rounds, e.g. ``--variant "one_per_sm:programs_per_sm=1"``.
+``perfmodel.kernels.DecodeConfig`` settings to the same rounds, e.g. ``--variant "one_per_sm:programs_per_sm=1"``.
 
 Times every kernel with ``triton.testing.do_bench`` (median of repeated runs, L2 flushed
 between runs) and writes ``kernels_bench.json`` (environment, ceilings, rows),
@@ -42,10 +42,10 @@ import torch
 import triton
 from triton.testing import do_bench
 
-import kernels
+from perfmodel import kernels
 from benchmarks import attention_breadth as breadth
-from kernels import reference as ref
-from validation.bench import graph_replay_s
+from perfmodel.kernels import reference as ref
+from perfmodel.validation.bench import graph_replay_s
 
 ROWS: list[dict] = []
 INFO: dict = {}
@@ -382,7 +382,7 @@ def kv_blocks() -> None:
 
 def sweep() -> None:
     """Decode tuning probes: programs per schedule, and tile / warp / stage choices."""
-    mod = sys.modules["kernels.attention_decode"]
+    mod = sys.modules["perfmodel.kernels.attention_decode"]
 
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     for bsz, length in ((1, 262144), (4, 65536), (16, 16384), (2, 16384), (8, 4096)):
@@ -463,7 +463,7 @@ class _NoLaunch:
         return lambda *args, **kwargs: None
 
 
-#: stream-K variants of the ``streamk`` section: (label, ``kernels.DecodeConfig`` fields); "main
+#: stream-K variants of the ``streamk`` section: (label, ``perfmodel.kernels.DecodeConfig`` fields); "main
 #: only" variants skip the reduction kernel (wrong output, timing of the first kernel alone).
 STREAMK_VARIANTS = (
     ("SK default", {}),
@@ -480,7 +480,7 @@ STREAMK_SHAPES += [(32, 1024, False), (64, 1024, False), (32, 4096, False),
                    (1, 4096, True), (2, 16384, True), (8, 4096, True)]
 #: head layout of ``streamk_rounds`` (query heads, KV heads, head_dim; ``--layout``)
 STREAMK_LAYOUT = (32, 8, 128)
-#: extra graphs of both schedules in ``streamk_rounds``: (label, ``kernels.DecodeConfig`` fields),
+#: extra graphs of both schedules in ``streamk_rounds``: (label, ``perfmodel.kernels.DecodeConfig`` fields),
 #: each captured with its settings and replayed in the same rounds
 #: (``--variant``)
 STREAMK_ROUND_VARIANTS: list[tuple[str, dict]] = []
@@ -493,7 +493,7 @@ STREAMK_ROUND_REPLAYS = 5
 def _first_kernel_only(skip: bool = True):
     """While active (and ``skip``), the decode reduction kernel launches nothing, so a decode call
     runs (and a timing or a graph capture holds) its first kernel alone; its output is wrong."""
-    dk = sys.modules["kernels._decode_kernels"]
+    dk = sys.modules["perfmodel.kernels._decode_kernels"]
     real = dk._reduce_kernel
     if skip:
         dk._reduce_kernel = _NoLaunch()
@@ -527,11 +527,11 @@ def _with_flags(mod, flags, fn):
 
 def streamk() -> None:
     """Focused stream-K vs split-KV decode grid (CUDA-graph timing): split-KV default, the
-    stream-K variants of ``STREAMK_VARIANTS`` (``kernels.DecodeConfig`` fields:
+    stream-K variants of ``STREAMK_VARIANTS`` (``perfmodel.kernels.DecodeConfig`` fields:
     program counts, merge path, ...), and with ``STREAMK_MAIN_ONLY`` the first kernel of each
     schedule alone (reduction launch skipped), to split the fixed costs."""
     _stream_k_check()
-    mod = sys.modules["kernels.attention_decode"]
+    mod = sys.modules["perfmodel.kernels.attention_decode"]
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     shapes = STREAMK_SHAPES
     labels = [v[0] for v in STREAMK_VARIANTS]
@@ -612,10 +612,10 @@ def streamk_rounds() -> None:
     """
     import statistics
 
-    from validation.bench import capture_graph, replay_s
+    from perfmodel.validation.bench import capture_graph, replay_s
 
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    mod = sys.modules["kernels.attention_decode"]
+    mod = sys.modules["perfmodel.kernels.attention_decode"]
     table = []
     print("\n   B      L rag   split-KV us  stream-K us  stream/split  rounds stream-K faster")
     for bsz, length, ragged in STREAMK_SHAPES:
@@ -826,7 +826,7 @@ def _parse_layout(text: str) -> tuple[int, int, int]:
 
 def _parse_variant(text: str) -> tuple[str, dict]:
     """``"LABEL:NAME=VALUE,NAME=VALUE"`` -> (label, {name: int or bool}); names must be fields of
-    ``kernels.DecodeConfig``."""
+    ``perfmodel.kernels.DecodeConfig``."""
     label, sep, body = text.partition(":")
     if not sep or not label or not body:
         raise ValueError(f"{text!r} is not LABEL:NAME=VALUE[,NAME=VALUE]")

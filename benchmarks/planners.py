@@ -29,9 +29,9 @@ import numpy as np
 from _host import cpu_model  # this folder, on the path when run as a script
 import pulp
 
-from planners.moe import MoEProblem, plan_moe
-from planners.solver import SolverOptions
-from planners.synthetic import lognormal_lengths, markov_affinity, zipf_loads
+from perfmodel.planners.moe import MoEProblem, plan_moe
+from perfmodel.planners.solver import SolverOptions
+from perfmodel.planners.synthetic import lognormal_lengths, markov_affinity, zipf_loads
 
 # deepseek-ai/EPLB README example: 2 layers x 12 experts, 16 physical slots on 8 GPUs in 2 nodes
 EPLB_README = [[90, 132, 40, 61, 104, 165, 39, 4, 73, 56, 183, 86],
@@ -85,8 +85,8 @@ def moe_rows(limit: float):
 
 def sp_rows(limit: float):
     import perfmodel
-    from planners.sp import build_instance, plan_sp
-    from planners.sp_cost import SpCostModel, SpKind
+    from perfmodel.planners.sp import build_instance, plan_sp
+    from perfmodel.planners.sp_cost import SpCostModel, SpKind
 
     model = perfmodel.load_model("llama-3-8b")
     gpu = perfmodel.load_gpu("h100-sxm-80gb")
@@ -113,8 +113,8 @@ def sp_topology_rows(limit: float):
     import perfmodel
     from perfmodel.calibration import resolve_profile
     from perfmodel.comm import Topology, resolve_topology
-    from planners.sp import build_instance, plan_sp
-    from planners.sp_cost import SpCostModel, SpKind
+    from perfmodel.planners.sp import build_instance, plan_sp
+    from perfmodel.planners.sp_cost import SpCostModel, SpKind
 
     model = perfmodel.load_model("llama-3-8b")
     gpu = perfmodel.load_gpu("h100-sxm-80gb")

@@ -103,9 +103,9 @@ def _replay_s(g) -> float:
 def measure(out: Path, seconds: float, settle_s: float, pause_s: float, dry: bool) -> dict:
     import torch
 
-    from validation.bench import capture_graph, kernel_names
-    from validation.records import canonical_gpu
-    from validation.run import driver_version
+    from perfmodel.validation.bench import capture_graph, kernel_names
+    from perfmodel.validation.records import canonical_gpu
+    from perfmodel.validation.run import driver_version
 
     cuda = torch.cuda.is_available() and not dry
     device = torch.device("cuda" if cuda else "cpu")

@@ -45,7 +45,7 @@ def plain_roofline(model: str, gpu: str, ctx, batch, out):
     """The same columns from one plain roofline per point: the full grid flattened, no factoring."""
     import pandas as pd
 
-    from hw import Dtype, load_gpu
+    from perfmodel.hw import Dtype, load_gpu
     from perfmodel.models import load_model
 
     m, g = load_model(model), load_gpu(gpu)

@@ -1,5 +1,5 @@
-"""``python -m dashboard``: the dashboard on localhost, from any directory (see :mod:`dashboard.launch`)."""
+"""``python -m perfmodel.dashboard``: the dashboard on localhost, from any directory (see :mod:`perfmodel.dashboard.launch`)."""
 
-from dashboard.launch import main
+from perfmodel.dashboard.launch import main
 
 raise SystemExit(main())

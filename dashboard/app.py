@@ -35,7 +35,7 @@ def _analyze_takes(name: str) -> bool:
 
 def _gpu_record_files() -> list[Path]:
     """``validation/data/<gpu>.jsonl`` files of known GPUs (the op and layer records)."""
-    from hw import list_gpus
+    from perfmodel.hw import list_gpus
 
     known = set(list_gpus())
     return [p for p in (ROOT / "validation" / "data").glob("*.jsonl") if p.stem in known]
@@ -46,16 +46,16 @@ def pages() -> list:
     out = [st.Page(str(VIEWS / "whatif.py"), title="What-if", icon=":material/tune:", default=True)]
     if _has("perfmodel.knobs") and _analyze_takes("knobs"):
         out.append(st.Page(str(VIEWS / "knobs.py"), title="KV-cache knobs", icon=":material/compress:"))
-    if _has("planners.moe") and _has("planners.sp"):
+    if _has("perfmodel.planners.moe") and _has("perfmodel.planners.sp"):
         out.append(st.Page(str(VIEWS / "planners.py"), title="Planners", icon=":material/grid_view:"))
     if _has("perfmodel.serving"):
         out.append(st.Page(str(VIEWS / "serving.py"), title="Serving", icon=":material/dns:"))
-    if _has("validation.report") and _gpu_record_files():
+    if _has("perfmodel.validation.report") and _gpu_record_files():
         out.append(st.Page(str(VIEWS / "validation.py"), title="Validation", icon=":material/fact_check:"))
     return out
 
 
-from dashboard import common
+from perfmodel.dashboard import common
 
 st.set_page_config(page_title="perfmodel what-if", page_icon=":material/speed:", layout="wide")
 common.keep_scenario()

@@ -296,7 +296,7 @@ def parallel_inputs() -> tuple:
     """PP / SP / EP widgets (where ``analyze`` takes them); non-default values as ``(name, value)`` pairs."""
     if not analyze_takes("pp"):
         return ()
-    from hw import list_systems
+    from perfmodel.hw import list_systems
 
     with st.expander("Parallelism beyond TP"):
         pp = st.number_input("Pipeline parallel (PP)", min_value=1, max_value=256, step=1, key="pp",

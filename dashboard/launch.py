@@ -1,10 +1,10 @@
-"""Start the dashboard listening on localhost, from whatever directory: ``python -m dashboard``.
+"""Start the dashboard listening on localhost, from whatever directory: ``python -m perfmodel.dashboard``.
 
 ``streamlit run dashboard/app.py`` reads ``.streamlit/config.toml`` only when
 started from the repository root; this launcher passes the server settings on
 the command line instead, so the dashboard listens on this machine only
 wherever it is started.  Extra arguments go to Streamlit after ours, so
-``python -m dashboard --server.address 0.0.0.0`` exposes it deliberately.
+``python -m perfmodel.dashboard --server.address 0.0.0.0`` exposes it deliberately.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Usage (from the repository root)::
 
-    python -m dashboard.screenshots --out docs/img            # starts a server on localhost, shoots, stops it
-    python -m dashboard.screenshots --url http://localhost:8501 --out /tmp/shots
+    python -m perfmodel.dashboard.screenshots --out docs/img            # starts a server on localhost, shoots, stops it
+    python -m perfmodel.dashboard.screenshots --url http://localhost:8501 --out /tmp/shots
 
 Needs Debian's ``chromium`` and ``chromium-driver`` packages and the ``selenium``
 Python package.  Prints, per shot, the seconds from the last widget change (or

@@ -1,4 +1,4 @@
-"""Turning parsed uploads (JSON values or CSV tables from :func:`dashboard.common.parse_upload`) into planner
+"""Turning parsed uploads (JSON values or CSV tables from :func:`perfmodel.dashboard.common.parse_upload`) into planner
 and simulator inputs, with size limits.  Nothing uploaded is executed or unpickled."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from dashboard.common import UploadError
+from perfmodel.dashboard.common import UploadError
 
 #: Largest inputs the pages accept (the solvers and the simulator run inside the request).
 MAX_EXPERTS, MAX_LAYERS, MAX_SEQUENCES, MAX_REQUESTS = 512, 64, 4096, 5000
@@ -21,7 +21,7 @@ def loads_from_upload(value) -> np.ndarray:
             raise UploadError("CSV loads: every cell must be a number (one row per layer, one column per expert)")
     else:
         if isinstance(value, dict) and "trace" in value:
-            from planners.inputs import trace_counts
+            from perfmodel.planners.inputs import trace_counts
 
             return trace_counts(value["trace"], value.get("num_experts"), where="upload")[0]
         raw = value.get("loads") if isinstance(value, dict) else value

@@ -3,7 +3,7 @@
 This package imports nothing else of the project.
 """
 
-from hw.loader import (
+from perfmodel.hw.loader import (
     HardwareError,
     UnknownHardwareError,
     gpu_from_dict,
@@ -14,7 +14,7 @@ from hw.loader import (
     load_system,
     resolve_gpu_name,
 )
-from hw.spec import GPU, Cluster, Dtype, Link, LinkKind, Node, Source
+from perfmodel.hw.spec import GPU, Cluster, Dtype, Link, LinkKind, Node, Source
 
 __all__ = [
     "GPU", "Cluster", "Dtype", "Link", "LinkKind", "Node", "Source",

@@ -9,7 +9,7 @@ from types import MappingProxyType
 from typing import Any
 
 
-from hw.spec import GPU, MATH_FALLBACK, Cluster, Dtype, Link, LinkKind, Node, Source
+from perfmodel.hw.spec import GPU, MATH_FALLBACK, Cluster, Dtype, Link, LinkKind, Node, Source
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 GPU_DIR = DATA_DIR / "gpus"
@@ -105,7 +105,7 @@ def _sources(path: Path, data: dict[str, Any], required: list[str]) -> tuple[Sou
 
 #: The math formats every calculation may ask a GPU for (``GPU.flops_for``): elementwise ops price
 #: their math at ``fp32`` (vector units), GEMMs and attention at the weight/activation format.  Each
-#: must resolve at load time, directly or through :data:`hw.spec.MATH_FALLBACK`, so no calculation
+#: must resolve at load time, directly or through :data:`perfmodel.hw.spec.MATH_FALLBACK`, so no calculation
 #: fails on a missing peak later: a file without one is refused naming the ``peak_flops`` field.
 REQUIRED_MATH_FORMATS: tuple[Dtype, ...] = tuple(Dtype)
 

@@ -14,7 +14,7 @@ fp8 e4m3 KV cache with float32 scales.
 * :func:`gather_kv_blocks`, :func:`scatter_kv_blocks` -- KV block moves for swapping
 
 Each kernel module also exposes ``flops(op)`` and ``bytes_moved(op)`` for op descriptors of the
-analytical core's schema; plain PyTorch references live in :mod:`kernels.reference`.
+analytical core's schema; plain PyTorch references live in :mod:`perfmodel.kernels.reference`.
 """
 
 from ._common import KernelInputError

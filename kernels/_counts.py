@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from hw.spec import Dtype
+from perfmodel.hw.spec import Dtype
 from perfmodel import ops
 from perfmodel.errors import OpDescriptorError
 

@@ -1,10 +1,10 @@
-"""Split-KV decode for the caches the split-KV/stream-K kernels of :mod:`kernels._decode_kernels`
+"""Split-KV decode for the caches the split-KV/stream-K kernels of :mod:`perfmodel.kernels._decode_kernels`
 do not take: any head size from 16 to 256 (and MLA's 576), a value head of its own width, an fp8
 (e4m3) cache with float32 scales, and MLA's latent cache, whose value rows are the first
 ``kv_lora_rank`` elements of its key rows.
 
 The score ``q . k`` is taken in two power-of-two parts (``HEAD_DIM`` + ``HEAD_DIM_B``, the second
-masked past ``D_B``; :func:`kernels._common.split_head_dim`), value rows are padded to
+masked past ``D_B``; :func:`perfmodel.kernels._common.split_head_dim`), value rows are padded to
 ``HEAD_DIM_V`` lanes with masked loads. An fp8 cache is loaded as bytes and converted to the
 query's format in registers; its scales multiply the score (K) and the output (V), so the
 dequantised cache never exists in memory.

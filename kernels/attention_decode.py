@@ -5,9 +5,9 @@
 one kv head (or 64 of its query heads), so the cache is read once.
 
 Head sizes from 16 to 256 (tested: :data:`HEAD_DIMS`). Caches of ``D == Dv`` in
-:data:`STREAM_K_HEAD_DIMS` in q's format run the kernels of :mod:`kernels._decode_kernels` with
+:data:`STREAM_K_HEAD_DIMS` in q's format run the kernels of :mod:`perfmodel.kernels._decode_kernels` with
 either schedule; the others (other head sizes, ``Dv != D``, an fp8 e4m3 cache with float32
-scales) run the split-KV kernel of :mod:`kernels._decode_general`.
+scales) run the split-KV kernel of :mod:`perfmodel.kernels._decode_general`.
 
 * ``split_kv`` (flash-decoding): the KV axis of every (sequence, kv head) is cut into
   ``num_splits`` equal chunks; each chunk's partial softmax is merged by log-sum-exp.
@@ -401,7 +401,7 @@ def bytes_moved(op: Attention | Mapping) -> int:
     return _counts.bytes_moved(op, Attention)
 
 
-# `kernels.attention_decode.flops(op)` works whether `kernels.attention_decode`
+# `perfmodel.kernels.attention_decode.flops(op)` works whether `perfmodel.kernels.attention_decode`
 # is the module or the function.
 attention_decode.flops = flops
 attention_decode.bytes_moved = bytes_moved

@@ -5,9 +5,9 @@ in DeepSeek-V2/V3, then the ``P`` = 64 rotary key elements), shared by all query
 head (``q_nope`` already multiplied by the absorbed ``W_UK``, then ``q_pe``) is ``R + P`` wide; the
 score is ``q . latent`` and the output ``softmax . latent[:, :R]``, ``R`` per head (``W_UV`` and the
 output projection follow outside). Pages ``[num_blocks, page_size, R + P]`` (vLLM's layout);
-``block_table`` as in :func:`kernels.attention_decode_paged`.
+``block_table`` as in :func:`perfmodel.kernels.attention_decode_paged`.
 
-The split-KV kernel of :mod:`kernels._decode_general` runs it: the score in two parts (``R`` and
+The split-KV kernel of :mod:`perfmodel.kernels._decode_general` runs it: the score in two parts (``R`` and
 ``P`` lanes), the value tile taken from the key tile in registers, so each latent row is read once
 per program of 16 query heads; an fp8 (e4m3) latent cache with a float32 scale is dequantised in
 the kernel.

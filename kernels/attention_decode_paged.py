@@ -1,9 +1,9 @@
-"""One-token GQA attention over a paged KV cache (same kernels as :mod:`kernels.attention_decode`).
+"""One-token GQA attention over a paged KV cache (same kernels as :mod:`perfmodel.kernels.attention_decode`).
 
 Pages ``[num_blocks, Hkv, page_size, D]``; ``block_table [B, max_blocks]`` lists the pages of
 each sequence in order, so token ``n`` of sequence ``b`` sits in page ``block_table[b, n // page_size]``
 at row ``n % page_size``. Any ``page_size`` works (tiles gather rows across pages). Head sizes,
-V pages of their own width and fp8 pages as in :func:`kernels.attention_decode`.
+V pages of their own width and fp8 pages as in :func:`perfmodel.kernels.attention_decode`.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def attention_decode_paged(
     kv_lens : torch.Tensor, shape [B], int32 or int64
         Tokens of each sequence, in ``[1, max_blocks * page_size]``.
     num_splits, schedule, sm_scale, config, k_scale, v_scale
-        As in :func:`kernels.attention_decode`.
+        As in :func:`perfmodel.kernels.attention_decode`.
     validate : bool
         Check the values of ``kv_lens`` and of the used ``block_table`` entries (a device sync).
 
@@ -137,7 +137,7 @@ def bytes_moved(op: Attention | Mapping) -> int:
     return _counts.bytes_moved(op, Attention)
 
 
-# `kernels.attention_decode_paged.flops(op)` works whether `kernels.attention_decode_paged`
+# `perfmodel.kernels.attention_decode_paged.flops(op)` works whether `perfmodel.kernels.attention_decode_paged`
 # is the module or the function.
 attention_decode_paged.flops = flops
 attention_decode_paged.bytes_moved = bytes_moved

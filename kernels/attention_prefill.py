@@ -3,7 +3,7 @@
 ``q [B,Hq,L,D]``, ``k [B,Hkv,L,D]``, ``v [B,Hkv,L,Dv]``, ``Hq % Hkv == 0``, ``D`` and ``Dv`` from 16
 to 256 (tested: :data:`HEAD_DIMS`, and ``D=192, Dv=128``, DeepSeek's attention before weight
 absorption), any ``L``. A head size that is not a power of two is taken as two power-of-two parts
-(80 = 64 + 16, 192 = 128 + 64; :func:`kernels._common.split_head_dim`) and V rows are padded to a
+(80 = 64 + 16, 192 = 128 + 64; :func:`perfmodel.kernels._common.split_head_dim`) and V rows are padded to a
 power of two with masked loads, since ``tl.arange`` needs powers of two. Online softmax in fp32
 with base-2 exponentials; under causal masking, key tiles entirely above the diagonal are never
 visited and only the tiles that cross the diagonal are masked.
@@ -398,7 +398,7 @@ def bytes_moved(op: Attention | Mapping) -> int:
     return _counts.bytes_moved(op, Attention)
 
 
-# `kernels.attention_prefill.flops(op)` works whether `kernels.attention_prefill`
+# `perfmodel.kernels.attention_prefill.flops(op)` works whether `perfmodel.kernels.attention_prefill`
 # is the module or the function.
 attention_prefill.flops = flops
 attention_prefill.bytes_moved = bytes_moved

@@ -283,7 +283,7 @@ def bytes_moved(op: Gemm | Mapping) -> int:
     return _counts.bytes_moved(op, Gemm)
 
 
-# `kernels.matmul.flops(op)` works whether `kernels.matmul`
+# `perfmodel.kernels.matmul.flops(op)` works whether `perfmodel.kernels.matmul`
 # is the module or the function.
 matmul.flops = flops
 matmul.bytes_moved = bytes_moved

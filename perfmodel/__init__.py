@@ -13,7 +13,7 @@ Public API::
     perfmodel.simulate(perfmodel.Deployment.from_scenario(scn, replicas=...), perfmodel.Workload(...))
 """
 
-from hw import Dtype, load_gpu, list_gpus
+from perfmodel.hw import Dtype, load_gpu, list_gpus
 from perfmodel.analyze import Analysis, analyze
 from perfmodel.calibration import Mode, Profile, load_profile_file, peak_profile, resolve_profile
 from perfmodel.costs import Bound, OpCost, op_cost

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from hw.spec import GPU
+from perfmodel.hw.spec import GPU
 from perfmodel.calibration import Launch, Mode, Profile
 from perfmodel.ops import DEFAULT_ATTENTION_IMPL, AttentionImpl
 from perfmodel.comm import DEFAULT_NODE_GPUS

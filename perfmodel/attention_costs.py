@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hw.spec import GPU, Dtype
+from perfmodel.hw.spec import GPU, Dtype
 from perfmodel import decode_schedule as ds
 from perfmodel.calibration import ClassParams, SplitRule
 from perfmodel.ops import Attention, Phase

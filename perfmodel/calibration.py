@@ -1,7 +1,7 @@
 """Calibration profiles: achieved fractions of peak, per op class, as data.
 
 A profile is a JSON file ``hw/data/profiles/<gpu>.json`` written by the
-validation suite (``python -m validation.run`` then ``validation.fit``).  The
+validation suite (``python -m perfmodel.validation.run`` then ``perfmodel.validation.fit``).  The
 core only reads it.  Format (see ``docs/calibration.md``)::
 
     {
@@ -41,8 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from hw.loader import DATA_DIR
-from hw.spec import GPU
+from perfmodel.hw.loader import DATA_DIR
+from perfmodel.hw.spec import GPU
 from perfmodel.clocks import sustained_from_dict
 from perfmodel.errors import ProfileError
 from perfmodel.ops import DEFAULT_ATTENTION_IMPL, AttentionImpl, CollectiveLaunch, Phase
@@ -774,7 +774,7 @@ def _resolve(gpu: GPU, mode: Mode | str, profile: Profile | str | Path | None) -
 
 def measured_profiles() -> dict[str, tuple[GPU, Profile]]:
     """The shipped profiles (``PROFILE_DIR/<gpu>.json`` of a shipped GPU), by GPU name, with their GPU."""
-    from hw.loader import list_gpus, load_gpu
+    from perfmodel.hw.loader import list_gpus, load_gpu
 
     known = set(list_gpus())
     out = {}

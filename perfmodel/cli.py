@@ -13,7 +13,7 @@ import sys
 import warnings
 from typing import Any, Sequence
 
-EXTENSIONS = ("perfmodel.knobs_cli", "perfmodel.serving.cli", "planners.cli", "perfmodel.systems_cli")
+EXTENSIONS = ("perfmodel.knobs_cli", "perfmodel.serving.cli", "perfmodel.planners.cli", "perfmodel.systems_cli")
 
 
 class _DefaultsHelpFormatter(argparse.HelpFormatter):
@@ -490,7 +490,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _gpu_list(text: str) -> list[str]:
     """``--gpu`` of sweep: one GPU, a comma-separated list, or ``all`` (every shipped GPU)."""
     if text.strip().lower() == "all":
-        from hw import list_gpus
+        from perfmodel.hw import list_gpus
 
         return list(list_gpus())
     gpus = [g.strip() for g in text.split(",") if g.strip()] if "," in text else [text]
@@ -510,7 +510,7 @@ def _progress(total: int, what: str):
 
 def gpu_rows() -> list[dict[str, Any]]:
     """Key specs of each shipped GPU: HBM (bytes), HBM bandwidth (bytes/s), dense FLOP/s per dtype, aliases."""
-    from hw import list_aliases, list_gpus, load_gpu
+    from perfmodel.hw import list_aliases, list_gpus, load_gpu
 
     aliases = list_aliases()
     rows = []
@@ -597,7 +597,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_dashboard(args) -> int:
-    from dashboard.launch import main as launch
+    from perfmodel.dashboard.launch import main as launch
 
     return launch(args.streamlit_args, address=args.address, port=args.port)
 

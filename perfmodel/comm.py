@@ -52,8 +52,8 @@ from typing import Any
 
 import numpy as np
 
-from hw.loader import load_system
-from hw.spec import GPU, Cluster, Link, LinkKind, Node
+from perfmodel.hw.loader import load_system
+from perfmodel.hw.spec import GPU, Cluster, Link, LinkKind, Node
 from perfmodel.calibration import ClassParams, Mode, OpClass, Profile, ramp
 from perfmodel.costs import Bound, OpCost
 from perfmodel.errors import InvalidInputError
@@ -138,7 +138,7 @@ def default_topology(gpu: GPU, world: int) -> Topology:
 @functools.cache
 def _shipped_topologies() -> tuple[Topology, ...]:
     """Every shipped system (``hw/data/systems``) as a :class:`Topology`, smallest first."""
-    from hw.loader import list_systems
+    from perfmodel.hw.loader import list_systems
 
     return tuple(sorted((topology_from_system(load_system(n)) for n in list_systems()),
                         key=lambda t: (t.world_size, t.name)))

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from hw.spec import GPU, Dtype
+from perfmodel.hw.spec import GPU, Dtype
 from perfmodel import decode_schedule
 from perfmodel.attention_costs import (
     flash_block_n,

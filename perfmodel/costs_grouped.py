@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hw.spec import GPU
+from perfmodel.hw.spec import GPU
 from perfmodel.calibration import PEAK_PARAMS, ClassParams, Mode, OpClass, Profile
 from perfmodel.costs import Bound, OpCost, _roofline
 from perfmodel.ops import GroupedGemm, bytes_moved, flops

@@ -1,4 +1,4 @@
-"""Schedules of the Triton decode-attention kernels (``kernels.attention_decode``), torch-free.
+"""Schedules of the Triton decode-attention kernels (``perfmodel.kernels.attention_decode``), torch-free.
 
 The launcher calls these rules with ints to size its grids; the cost model
 (:mod:`perfmodel.costs`) calls them with numpy arrays to price the same grids. Every rule is
@@ -15,7 +15,7 @@ what the cost model prices.
 
 Caches those kernels do not take (:func:`runs_general`: other head sizes, a value head of its
 own size, an fp8 cache, MLA's shared latent) run a general split-KV kernel
-(``kernels._decode_general``) whose programs serve ``block_g`` query heads of a kv head each
+(``perfmodel.kernels._decode_general``) whose programs serve ``block_g`` query heads of a kv head each
 (:func:`general_tile`).
 """
 

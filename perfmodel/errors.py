@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hw.loader import HardwareError, UnknownHardwareError
+from perfmodel.hw.loader import HardwareError, UnknownHardwareError
 
 
 class PerfModelError(ValueError):

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hw.spec import GPU, Dtype
+from perfmodel.hw.spec import GPU, Dtype
 from perfmodel.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -438,7 +438,7 @@ def knobs_from_args(args: "argparse.Namespace") -> Knobs:
     offload = None
     spec = getattr(args, "offload_attention", None)
     if spec:
-        from hw.loader import load_gpu
+        from perfmodel.hw.loader import load_gpu
 
         name, _, count = spec.partition(":")
         try:

@@ -74,7 +74,7 @@ def knob_table(results: list[Any]) -> Any:
 
 def run_match(args: argparse.Namespace, knobs: Knobs, context_len: int):
     """``--match-context``: the :class:`perfmodel.match.MatchResult` of the analyze flags."""
-    from hw.loader import load_gpu
+    from perfmodel.hw.loader import load_gpu
     from perfmodel.calibration import Mode, resolve_profile
     from perfmodel.layers import Precision
     from perfmodel.match import match_context

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from hw.spec import Dtype
+from perfmodel.hw.spec import Dtype
 from perfmodel.errors import InvalidInputError
 from perfmodel.knobs import (
     DEQUANT_FLOPS_PER_ELEMENT,

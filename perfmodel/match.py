@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from hw.spec import GPU, Dtype
+from perfmodel.hw.spec import GPU, Dtype
 from perfmodel.calibration import Profile
 from perfmodel.costs import Bound
 from perfmodel.errors import InvalidInputError

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from perfmodel.checks import finite_json_loads
-from hw.spec import Dtype
+from perfmodel.hw.spec import Dtype
 from perfmodel.errors import ModelConfigError, UnknownModelError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"

@@ -90,7 +90,7 @@ def offload(model: str, gpu: str, context_len: int = 2048, output_tokens: int = 
     Raises :class:`InvalidInputError` for bad arguments and :class:`DoesNotFitError` when the resident
     part plus ``batch`` sequences' KV does not fit in HBM.
     """
-    from hw.loader import load_gpu
+    from perfmodel.hw.loader import load_gpu
     from perfmodel.calibration import Mode, resolve_profile
     from perfmodel.layers import Precision
     from perfmodel.models import load_model

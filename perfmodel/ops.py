@@ -18,7 +18,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from hw.spec import Dtype
+from perfmodel.hw.spec import Dtype
 from perfmodel.errors import OpDescriptorError
 
 Num = Union[int, float, np.ndarray]

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from hw.spec import GPU
+from perfmodel.hw.spec import GPU
 from perfmodel.clocks import sustained_phase
 from perfmodel.calibration import Profile
 from perfmodel.comm import collective_time
@@ -506,7 +506,7 @@ def measured_ring_step(profile: Profile) -> "RingStepModel | None":
     """The Ring-attention step model measured for ``profile``'s GPU, or None if none was.
 
     The terms come from the profile's ``ring_attention_step`` object, written by
-    ``python -m validation.collectives fit --write-profile`` from steps timed on two GPUs: the share
+    ``python -m perfmodel.validation.collectives fit --write-profile`` from steps timed on two GPUs: the share
     of min(compute, transfer) the GPU hides, the host's issue costs of the attention call and of
     the send/recv pair (None: the send/recv class's latency), and the per-step synchronisation.
     """

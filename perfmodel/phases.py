@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from hw.spec import GPU
+from perfmodel.hw.spec import GPU
 from perfmodel.calibration import Mode, Profile, peak_profile, resolve_profile
 from perfmodel.clocks import sustained_phase
 from perfmodel.costs import ZERO, Bound, OpCost, op_cost

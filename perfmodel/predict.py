@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from perfmodel.checks import finite_json_loads
-from hw.loader import load_gpu
-from hw.spec import GPU
+from perfmodel.hw.loader import load_gpu
+from perfmodel.hw.spec import GPU
 from perfmodel.calibration import Mode, Profile, resolve_profile
 from perfmodel.costs import Bound, OpCost, op_cost
 from perfmodel.errors import OpDescriptorError

@@ -84,7 +84,7 @@ def prefix_cache(model: str, gpu: str, prefix_tokens: int, suffix_tokens: int, b
     Raises :class:`InvalidInputError` for bad arguments and :class:`DoesNotFitError` when ``batch``
     prompts' KV does not fit in HBM beside the weights.
     """
-    from hw.loader import load_gpu
+    from perfmodel.hw.loader import load_gpu
     from perfmodel.calibration import Mode, resolve_profile
     from perfmodel.layers import Precision, check_tp, kv_bytes_per_token_per_gpu
     from perfmodel.models import load_model

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from hw.spec import GPU, Dtype
+from perfmodel.hw.spec import GPU, Dtype
 from perfmodel.calibration import Launch, Mode, Profile
 from perfmodel.errors import InvalidInputError
 from perfmodel.knobs import Knobs
@@ -278,7 +278,7 @@ class Scenario:
         matrix; it needs an MoE model with ``ep`` > 1 and ``ep`` GPUs per layer.
         Raises the typed errors of :mod:`perfmodel.errors`.
         """
-        from hw.loader import load_gpu
+        from perfmodel.hw.loader import load_gpu
         from perfmodel.calibration import resolve_profile
         from perfmodel.models import load_model, weights_dtype
         from perfmodel.ops import DEFAULT_ATTENTION_IMPL

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from hw.loader import load_gpu
+from perfmodel.hw.loader import load_gpu
 from perfmodel.calibration import Mode, resolve_profile
 from perfmodel.errors import InvalidInputError, TooLargeError
 from perfmodel.knobs import Knobs, KnobError, effective_model

@@ -44,7 +44,7 @@ takes those of a measured GPU with the same kind of link (NVLink and NVSwitch ar
 the same field rules; without one the link's datasheet bandwidth and per-message latency price
 them (never zero latency: :func:`perfmodel.comm.path_rate`).
 
-Pure functions of :class:`perfmodel.calibration.Profile` and :class:`hw.spec.GPU`; no torch.
+Pure functions of :class:`perfmodel.calibration.Profile` and :class:`perfmodel.hw.spec.GPU`; no torch.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ import math
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
-from hw.spec import GPU, Dtype, LinkKind
+from perfmodel.hw.spec import GPU, Dtype, LinkKind
 from perfmodel.calibration import ATTENTION_CLASSES, ClassParams, Mode, OpClass, Profile
 
 #: Architecture generations of the shipped GPUs (NVIDIA: CUDA compute capability).

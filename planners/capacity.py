@@ -39,7 +39,7 @@ from perfmodel.layers import check_tp
 from perfmodel.serving import Deployment, Requests, Slo, analytic_bounds, simulate
 from perfmodel.serving.deployment import check_fits_alone, replica_memory
 from perfmodel.serving.parallel import parallel_map
-from planners.errors import InfeasibleError, PlannerError
+from perfmodel.planners.errors import InfeasibleError, PlannerError
 
 PRICES_PATH = Path(__file__).with_name("data") / "gpu_prices.yaml"
 
@@ -466,7 +466,7 @@ def register(plan_subparsers) -> None:
                    help="auto: in-process, or Ray when installed and RAY_ADDRESS names a cluster or the work "
                         "is more than about 30 s on one core (the choice is printed)")
     p.add_argument("--png", default=None, help="write the Pareto front plot here")
-    from planners.cli import _time_limit
+    from perfmodel.planners.cli import _time_limit
 
     p.add_argument("--time-limit", type=_time_limit, default=DEFAULT_TIME_LIMIT_S,
                    help="seconds for the whole plan; past it the cheapest deployment found so far is shown "
@@ -486,11 +486,11 @@ def _ints(text: str, name: str) -> tuple[int, ...]:
 
 
 def query_from_args(args) -> CapacityQuery:
-    from hw.loader import resolve_gpu_name
+    from perfmodel.hw.loader import resolve_gpu_name
     from perfmodel.serving import LengthDist, Workload, read_trace
     from perfmodel.serving.workload import parse_rate
 
-    from planners.errors import TooLargeError
+    from perfmodel.planners.errors import TooLargeError
 
     if args.requests < 1:
         raise PlannerError(f"--requests must be >= 1, got {args.requests}")
@@ -577,7 +577,7 @@ def _cmd_capacity(args) -> int:
 def gpu_provenance(gpus, mode: str) -> dict[str, str]:
     """Per GPU, where its curves come from in ``mode`` (:meth:`perfmodel.calibration.Profile.provenance_summary`):
     a ranking may mix measured, transferred and datasheet GPUs, and says so."""
-    from hw.loader import load_gpu
+    from perfmodel.hw.loader import load_gpu
     from perfmodel.calibration import resolve_profile
 
     return {g: resolve_profile(load_gpu(g), mode).provenance_summary() for g in gpus}

@@ -9,7 +9,7 @@ import time
 
 from perfmodel.jsonout import dumps
 from perfmodel.tables import fmt_seconds
-from planners.errors import PlannerError
+from perfmodel.planners.errors import PlannerError
 
 _DEFAULT_SYSTEM = "dgx-h100-x4"
 
@@ -86,9 +86,9 @@ def register(subparsers) -> None:
     s.set_defaults(func=_cmd_sp)
 
     try:
-        capacity = importlib.import_module("planners.capacity")
+        capacity = importlib.import_module("perfmodel.planners.capacity")
     except ModuleNotFoundError as exc:
-        if exc.name != "planners.capacity":
+        if exc.name != "perfmodel.planners.capacity":
             raise
     else:
         capacity.register(sub)
@@ -104,14 +104,14 @@ def _solver_args(p: argparse.ArgumentParser) -> None:
 
 def _options(args):
     """Solver options whose deadline is the command's start (``args.t0``) plus ``--time-limit``."""
-    from planners.solver import SolverOptions
+    from perfmodel.planners.solver import SolverOptions
 
     return SolverOptions(args.solver, args.time_limit, args.gap, deadline=args.t0 + args.time_limit)
 
 
 def _bandwidths(system: str) -> tuple[float, float]:
-    from hw.loader import load_system
-    from hw.spec import Cluster
+    from perfmodel.hw.loader import load_system
+    from perfmodel.hw.spec import Cluster
 
     sysd = load_system(system)
     if isinstance(sysd, Cluster):
@@ -121,9 +121,9 @@ def _bandwidths(system: str) -> tuple[float, float]:
 
 def _cmd_moe(args) -> int:
     args.t0 = time.perf_counter()
-    from planners.inputs import read_affinity, read_loads
-    from planners.moe import MoEProblem, plan_moe
-    from planners.moe_traffic import add_route_times, route_topology
+    from perfmodel.planners.inputs import read_affinity, read_loads
+    from perfmodel.planners.moe import MoEProblem, plan_moe
+    from perfmodel.planners.moe_traffic import add_route_times, route_topology
 
     loads, trace_aff = read_loads(args.loads)
     aff = read_affinity(args.affinity) if args.affinity else trace_aff
@@ -191,9 +191,9 @@ def _print_moe(out: dict) -> None:
 def _cmd_sp(args) -> int:
     args.t0 = time.perf_counter()
     from perfmodel.scenario import Scenario
-    from planners.inputs import read_lengths
-    from planners.sp import build_instance, check_gpus, check_size, plan_sp
-    from planners.sp_cost import SpCostModel, SpKind
+    from perfmodel.planners.inputs import read_lengths
+    from perfmodel.planners.sp import build_instance, check_gpus, check_size, plan_sp
+    from perfmodel.planners.sp_cost import SpCostModel, SpKind
 
     lengths = read_lengths(args.lengths)
     check_gpus(args.gpus)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from perfmodel.checks import finite_json_loads
-from planners.errors import PlannerError
+from perfmodel.planners.errors import PlannerError
 
 
 def _read(path: str | Path) -> Any:

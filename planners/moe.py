@@ -3,7 +3,7 @@
 Stage 1 (per layer ``l``, loads ``w_e``; ``G`` identical GPUs with ``S``
 slots each; expert ``e`` gets ``r_e >= 1`` replicas on distinct GPUs, each
 serving ``w_e / r_e``).  Layers are independent, and each goes through
-(:mod:`planners.moe_search`):
+(:mod:`perfmodel.planners.moe_search`):
 
 1. the best baseline against a valid lower bound (the mean GPU load, the
    smallest possible largest replica, a pigeonhole bound without spare slots);
@@ -54,12 +54,12 @@ import numpy as np
 import pulp
 
 from perfmodel.progress import progress
-from planners import moe_baselines as mb
-from planners import moe_search as ms
-from planners.errors import InfeasibleError, PlannerError
-from planners.moe_ties import TieSearch, tie_search as run_tie_search
-from planners.moe_traffic import TrafficModel, stage2_map
-from planners.solver import SolverOptions, SolveStatus, check_model_size, new_var, relative_gap, solve
+from perfmodel.planners import moe_baselines as mb
+from perfmodel.planners import moe_search as ms
+from perfmodel.planners.errors import InfeasibleError, PlannerError
+from perfmodel.planners.moe_ties import TieSearch, tie_search as run_tie_search
+from perfmodel.planners.moe_traffic import TrafficModel, stage2_map
+from perfmodel.planners.solver import SolverOptions, SolveStatus, check_model_size, new_var, relative_gap, solve
 
 Placement = mb.Placement
 
@@ -297,18 +297,18 @@ def plan_moe(problem: MoEProblem, options: SolverOptions | None = None, tie_sear
 
     Layers are independent for the load, so each is planned alone:
 
-    1. the best baseline and the lower bound of :func:`planners.moe_search.lower_bound`;
+    1. the best baseline and the lower bound of :func:`perfmodel.planners.moe_search.lower_bound`;
        a layer whose baseline meets the bound within ``options.gap_rel`` is proven;
-    2. the local search and counts-first constructions of :func:`planners.moe_search.heuristic`
+    2. the local search and counts-first constructions of :func:`perfmodel.planners.moe_search.heuristic`
        (at most half of what is left for stage 1, shared equally by the open layers);
     3. with at most ``SEARCH_MAX_EXPERTS`` experts, the exact branch and bound of
-       :func:`planners.moe_search.branch_and_bound`, which proves the layer when it ends in time;
+       :func:`perfmodel.planners.moe_search.branch_and_bound`, which proves the layer when it ends in time;
     4. the MILP on what is still open, worst gap first, each layer an equal share of
        the remaining time but at least one second of solver time.
 
     With inter-layer affinity (``problem.affinity`` or ``problem.transitions``) stage 2 maps the clusters to
-    GPUs (:func:`planners.moe_traffic.stage2_map`), and ``tie_search`` then runs
-    :func:`planners.moe_ties.tie_search` until the deadline or convergence: replicas swapped or moved where no
+    GPUs (:func:`perfmodel.planners.moe_traffic.stage2_map`), and ``tie_search`` then runs
+    :func:`perfmodel.planners.moe_ties.tie_search` until the deadline or convergence: replicas swapped or moved where no
     layer's largest load grows and the routed traffic between layers falls.
 
     A layer whose steps prove nothing keeps the best placement found, and the

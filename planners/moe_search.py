@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from planners import moe_baselines as mb
+from perfmodel.planners import moe_baselines as mb
 
 Placement = mb.Placement
 
@@ -37,7 +37,7 @@ def lower_bound(loads: np.ndarray, gpus: int, slots_per_gpu: int) -> float:
       and ``1 <= r_e <= G``: every placement has such counts, and the GPU that
       holds the largest replica carries at least that replica.  The minimum is
       reached by adding replicas one at a time to the expert with the largest
-      ``w_e / r_e`` (:func:`planners.moe_baselines.replicate`): the largest
+      ``w_e / r_e`` (:func:`perfmodel.planners.moe_baselines.replicate`): the largest
       replica can only shrink by giving the expert that holds it one more copy,
       and an exchange argument shows the greedy choice is never worse;
     - with no spare slot and ``E > G``: ``w_(G) + w_(G+1)`` (sorted decreasing):

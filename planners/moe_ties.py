@@ -1,7 +1,7 @@
 """Stage 3 of the MoE planner: among placements whose largest GPU load per layer is no larger, the one
 whose token traffic between consecutive layers is cheapest.
 
-With inter-layer affinity (:meth:`planners.moe.MoEProblem.routing`, ExFlow's token locality) layer ``l``'s
+With inter-layer affinity (:meth:`perfmodel.planners.moe.MoEProblem.routing`, ExFlow's token locality) layer ``l``'s
 dispatch sends ``T_l[s, g] = sum_e src_l[e, s] A_l[e, g]`` token copies (:func:`perfmodel.ep_route.traffic_matrix`),
 where ``src_l`` depends on layer ``l - 1``'s placement.  The objective is ``sum_l sum(T_l * W)`` with the
 weights of stage 2 (0 on the same GPU, 1 inside a node, ``B_intra / B_inter`` across nodes).  With the
@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from planners import moe_baselines as mb
+from perfmodel.planners import moe_baselines as mb
 
 if TYPE_CHECKING:  # pragma: no cover
-    from planners.moe import MoEProblem
+    from perfmodel.planners.moe import MoEProblem
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,11 @@ import numpy as np
 import pulp
 from scipy.optimize import linear_sum_assignment
 
-from planners import moe_baselines as mb
-from planners.solver import SolverOptions, SolveStatus, new_var, solve
+from perfmodel.planners import moe_baselines as mb
+from perfmodel.planners.solver import SolverOptions, SolveStatus, new_var, solve
 
 if TYPE_CHECKING:  # pragma: no cover
-    from planners.moe import MoEProblem
+    from perfmodel.planners.moe import MoEProblem
 
 #: Largest number of product terms ``(L - 1) * G^4`` for which stage 2 runs as an exact ILP.
 EXACT_STAGE2_TERMS = 20_000
@@ -169,13 +169,13 @@ def _relabel_to_zero(gpu: int, gpus: int, nodes: int) -> np.ndarray:
 def route_topology(system: str, gpus: int, nodes: int):
     """The links of ``system`` (its node's fabric, its per-GPU NIC) under the problem's split of ``gpus`` into
     ``nodes`` equal blocks; returns (topology, profile) for :mod:`perfmodel.ep_route`."""
-    from hw.loader import load_gpu, load_system
+    from perfmodel.hw.loader import load_gpu, load_system
     from perfmodel.calibration import resolve_profile
     from perfmodel.comm import Topology, topology_from_system
 
     base = topology_from_system(load_system(system))
     if nodes > 1 and base.inter is None:
-        from planners.errors import PlannerError
+        from perfmodel.planners.errors import PlannerError
 
         raise PlannerError(f"system {system!r} is a single node; give a cluster (it sets the cross-node link)")
     topo = Topology(f"{base.name} as {nodes} x {gpus // nodes}", base.gpu_name, gpus // nodes, nodes, base.intra,

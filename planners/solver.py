@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import pulp
 
-from planners.errors import PlannerError
+from perfmodel.planners.errors import PlannerError
 
 
 class SolverName(str, enum.Enum):
@@ -201,9 +201,9 @@ any sensible time limit.  Larger inputs are refused with the count and this boun
 
 
 def check_model_size(variables: int, what: str) -> None:
-    """:class:`planners.errors.TooLargeError` naming ``what`` and the count when ``variables > MAX_MILP_VARIABLES``."""
+    """:class:`perfmodel.planners.errors.TooLargeError` naming ``what`` and the count when ``variables > MAX_MILP_VARIABLES``."""
     if variables > MAX_MILP_VARIABLES:
-        from planners.errors import TooLargeError
+        from perfmodel.planners.errors import TooLargeError
 
         raise TooLargeError(f"{what}: its MILP would have {variables:,} variables, beyond the bound of "
                             f"{MAX_MILP_VARIABLES:,} (planners.solver.MAX_MILP_VARIABLES)",

@@ -1,7 +1,7 @@
 """Sequence-parallel split planner (FlexSP's MILP, arXiv 2412.01523 section 4, bucketed).
 
 Given sequence lengths, ``N`` GPUs and per-sequence times ``t_i(d)`` for
-power-of-two degrees ``d`` (:mod:`planners.sp_cost`), choose SP groups (degrees
+power-of-two degrees ``d`` (:mod:`perfmodel.planners.sp_cost`), choose SP groups (degrees
 summing to at most ``N``) and the sequences each runs, minimising the makespan::
 
     min C  s.t.  sum_q t_q(d_p) A[q,p] <= C            per virtual group p
@@ -19,7 +19,7 @@ with no more distinct lengths than buckets the model is exact.
 
 With a topology (:attr:`SpInstance.gpus_per_node`), groups are placed on GPUs
 respecting node boundaries: a group of ``d <=`` GPUs per node inside one node,
-a larger one on whole nodes, exactly as :mod:`planners.sp_cost` priced it.
+a larger one on whole nodes, exactly as :mod:`perfmodel.planners.sp_cost` priced it.
 With micro-batches, a group runs its sequences as several micro-batches (packed
 first-fit decreasing by KV footprint) so that only one micro-batch's KV cache
 must be resident: the per-group memory row becomes a per-sequence one; the
@@ -42,9 +42,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pulp
 
-from planners.errors import InfeasibleError, PlannerError
+from perfmodel.planners.errors import InfeasibleError, PlannerError
 from perfmodel.progress import progress
-from planners.solver import SolverOptions, SolveStatus, check_model_size, new_var, relative_gap, solve
+from perfmodel.planners.solver import SolverOptions, SolveStatus, check_model_size, new_var, relative_gap, solve
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def check_gpus(gpus) -> int:
 
 
 def build_instance(lengths, gpus: int, cost) -> SpInstance:
-    """Tables from an :class:`planners.sp_cost.SpCostModel`; raises if a sequence fits on no group."""
+    """Tables from an :class:`perfmodel.planners.sp_cost.SpCostModel`; raises if a sequence fits on no group."""
     gpus = check_gpus(gpus)
     s = np.asarray(lengths)
     if s.ndim != 1 or s.size == 0:
@@ -141,8 +141,8 @@ def milp_variables(gpus: int, buckets: int) -> int:
 
 
 def check_size(gpus: int, buckets: int) -> None:
-    """Refuse (:class:`planners.errors.TooLargeError`, naming the GPU count) an instance whose MILP
-    would exceed :data:`planners.solver.MAX_MILP_VARIABLES`; cheap, before any table is built."""
+    """Refuse (:class:`perfmodel.planners.errors.TooLargeError`, naming the GPU count) an instance whose MILP
+    would exceed :data:`perfmodel.planners.solver.MAX_MILP_VARIABLES`; cheap, before any table is built."""
     check_model_size(milp_variables(gpus, buckets), f"{gpus:,} GPUs x {buckets} length buckets")
 
 

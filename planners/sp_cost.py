@@ -50,7 +50,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hw.spec import GPU
+from perfmodel.hw.spec import GPU
 from perfmodel.calibration import Profile
 from perfmodel.comm import DEFAULT_NODE_GPUS, Topology, collective_time, resolve_topology, scaled_cluster
 from perfmodel.costs import op_cost
@@ -58,7 +58,7 @@ from perfmodel.layers import Precision
 from perfmodel.models import ModelSpec
 from perfmodel.ops import Attention, OpKind, Phase
 from perfmodel.phases import DEFAULT_PREFILL_CHUNK_TOKENS, memory_budget, prefill_cost
-from planners.errors import InfeasibleError
+from perfmodel.planners.errors import InfeasibleError
 
 
 class SpKind(str, enum.Enum):

@@ -4,7 +4,7 @@ A profile's ``bands`` object (:func:`perfmodel.calibration.bands_from_dict`; ``d
 "Error bands") has three groups, each mapping band keys to the 10% and 90% quantiles ``q10``, ``q90``
 of r = log(predicted / measured) and their count ``n``:
 
-- ``measured``: the profile fitted on the training families of :func:`validation.records.split_by_family`
+- ``measured``: the profile fitted on the training families of :func:`perfmodel.validation.records.split_by_family`
   predicting the held-out families, pooled over the splits of :data:`BAND_OFFSETS` (0 and 1; split 2 is
   left for the coverage check, :func:`coverage`);
 - ``transferred``: this GPU's full fit carried by the transfer rule to the other measured GPU,
@@ -35,12 +35,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from hw.loader import load_gpu
+from perfmodel.hw.loader import load_gpu
 from perfmodel.calibration import Profile, bands_from_dict, peak_profile
 from perfmodel.costs import op_cost, regime_of
 from perfmodel.ops import AttentionImpl, Phase
-from validation.fit import ProfileFitter, _stack, ops_of, predict_ops
-from validation.records import class_key, split_by_family
+from perfmodel.validation.fit import ProfileFitter, _stack, ops_of, predict_ops
+from perfmodel.validation.records import class_key, split_by_family
 
 #: Fewest records for a key of its own (fewer: the pooled class or ``*`` prices it).
 MIN_N = 8
@@ -133,7 +133,7 @@ def datasheet_bands(records: Sequence[dict[str, Any]], gpu: str) -> dict:
 def transferred_bands(full: ProfileFitter, dst_records: list[dict[str, Any]], dst_gpu: str) -> dict:
     """The ``transferred`` group: ``full`` (fitted on all of its GPU's records) carried to ``dst_gpu``,
     predicting ``dst_records`` (rows it cannot price are left out)."""
-    from validation.report import transfer, transferred_fitter
+    from perfmodel.validation.report import transfer, transferred_fitter
 
     recs = [r for r in dst_records if band_key(r) is not None]
     idx, pred, _ = transfer([], full.gpu, recs, dst_gpu, full)
@@ -146,7 +146,7 @@ def fit_bands(records: list[dict[str, Any]], gpu: str, full: ProfileFitter,
     """The profile's ``bands`` object: ``measured`` (held-out split), ``datasheet`` and, with ``other`` =
     (GPU, its records), ``transferred`` (``full``, this GPU's fit on all records, carried there)."""
     out: dict[str, Any] = {"measured": measured_bands(records, gpu)}
-    src = (f"validation.bands: measured: held-out families of validation.records.split_by_family, offsets "
+    src = (f"perfmodel.validation.bands: measured: held-out families of validation.records.split_by_family, offsets "
            f"{', '.join(map(str, BAND_OFFSETS))} pooled; datasheet: peak model on all {len(records)} records")
     if other is not None:
         out["transferred"] = transferred_bands(full, other[1], other[0])
@@ -183,7 +183,7 @@ class Coverage:
 def coverage(records: list[dict[str, Any]], gpu: str, bands: dict[str, Any],
              offset: int = COVERAGE_OFFSET) -> list[Coverage]:
     """Share of held-out records inside their band: the model fitted on another split's training families
-    (:func:`validation.records.split_by_family` with ``offset``; the bands come from :data:`BAND_OFFSETS`), its
+    (:func:`perfmodel.validation.records.split_by_family` with ``offset``; the bands come from :data:`BAND_OFFSETS`), its
     ``measured`` bands ``bands``, pricing that split's held-out records; decoder layers by the sum of their parts'
     bands (the combination rule). Per report row, then per op class (``class: gemm``, attention over its
     implementations), per regime (``regime: memory``), all decoder layers, all ops, everything."""
@@ -221,8 +221,8 @@ def refresh_profile_bands(gpu: str, data_dir: Path, profile_path: Path | None = 
     import json
 
     from perfmodel.calibration import load_profile_file, shipped_profile_path
-    from validation.fit import _BAND_GPUS
-    from validation.records import read_records
+    from perfmodel.validation.fit import _BAND_GPUS
+    from perfmodel.validation.records import read_records
 
     path = Path(profile_path or shipped_profile_path(gpu))
     full = ProfileFitter(gpu)
@@ -242,9 +242,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Rewrite the error bands of shipped profiles from the committed records (curves unchanged)."""
     import argparse
 
-    from validation.fit import _BAND_GPUS
+    from perfmodel.validation.fit import _BAND_GPUS
 
-    ap = argparse.ArgumentParser(prog="python -m validation.bands", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m perfmodel.validation.bands", description=main.__doc__)
     ap.add_argument("--gpu", action="append", default=None, help=f"GPU (repeatable; default: {', '.join(_BAND_GPUS)})")
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parent / "data", help="folder of <gpu>.jsonl")
     a = ap.parse_args(argv)

@@ -23,8 +23,8 @@ from typing import Callable
 
 import torch
 
-from validation import layer as L
-from validation.cases import Case
+from perfmodel.validation import layer as L
+from perfmodel.validation.cases import Case
 
 Fn = Callable[[], object]
 
@@ -154,7 +154,7 @@ def _attention(case: Case, device, l2_bytes, sdpa: L.Sdpa) -> list[Fn]:
     fns = []
     for _ in range(rot):
         if case.impl in ("split_kv", "stream_k"):
-            import kernels
+            from perfmodel import kernels
 
             q = _rand((b, hq, d), device)
             kc, vc = _rand((b, hkv, kv, d), device), _rand((b, hkv, kv, d), device)
@@ -166,7 +166,7 @@ def _attention(case: Case, device, l2_bytes, sdpa: L.Sdpa) -> list[Fn]:
         k, v = _rand((b, hkv, kv, d), device), _rand((b, hkv, kv, d), device)
         wants_causal = bool(case.desc.get("causal", True))  # non-causal: a Ring-attention step's block pair
         if case.impl == "triton":
-            import kernels
+            from perfmodel import kernels
 
             fns.append(lambda q=q, k=k, v=v, c=wants_causal: kernels.attention_prefill(q, k, v, causal=c))
         else:

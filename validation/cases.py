@@ -331,7 +331,7 @@ _EXTRA_COPY = tuple(8192 * 4 ** i for i in range(0, 9)) + (3_000_000, 100_000_00
 
 def extra_cases(size: str = "quick") -> list[Case]:
     """The coverage set: more GEMM (N, K) families, norms over hidden 1024..16384, head_dim-64
-    attention layouts, copy sizes between the quick set's (``python -m validation.run --extra``)."""
+    attention layouts, copy sizes between the quick set's (``python -m perfmodel.validation.run --extra``)."""
     if size == "smoke":
         return [c for c in cases("smoke", ("gemm",))][:2]
     out = _gemm_grid(_EXTRA_GEMM, _EXTRA_MS)
@@ -368,7 +368,7 @@ NONCAUSAL_BLOCKS = (256, 512, 1024, 2048, 4096, 8192, 16384)
 
 def noncausal_cases(size: str = "quick") -> list[Case]:
     """Non-causal prefill attention of one query block over one KV block of the same length, as a
-    Ring-attention step computes it (``python -m validation.run --noncausal``): SDPA (default and flash) and the
+    Ring-attention step computes it (``python -m perfmodel.validation.run --noncausal``): SDPA (default and flash) and the
     Triton kernel, heads 32/8 and 32/32, head_dim 128, blocks 256..16384 tokens, batch 1."""
     heads = ((4, 2, 64), (4, 4, 64)) if size == "smoke" else NONCAUSAL_HEADS
     blocks = (16, 40) if size == "smoke" else NONCAUSAL_BLOCKS

@@ -17,11 +17,11 @@ the slower rank's.
 
 Usage (on the GPU machine)::
 
-    NCCL_NVLS_ENABLE=0 python -m validation.collectives measure --out DIR --nproc 2
+    NCCL_NVLS_ENABLE=0 python -m perfmodel.validation.collectives measure --out DIR --nproc 2
 
 and on any machine::
 
-    python -m validation.collectives fit --data validation/data/collectives_h200x2.jsonl
+    python -m perfmodel.validation.collectives fit --data validation/data/collectives_h200x2.jsonl
 """
 
 from __future__ import annotations
@@ -247,7 +247,7 @@ def _launch(part: str, items: list[str], out: Path, nproc: int, limit_s: float, 
     """Start ``nproc`` workers, each leading its own process group (killed on a hang), and wait."""
     base = dict(os.environ, **SAFE_ENV, PYTHONUNBUFFERED="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
                 WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc))
-    cmd = [sys.executable, "-m", "validation.collectives", "worker", "--part", part, "--items", ",".join(items),
+    cmd = [sys.executable, "-m", "perfmodel.validation.collectives", "worker", "--part", part, "--items", ",".join(items),
            "--out", str(out)]
     procs: list[subprocess.Popen] = []
     for r in range(nproc):
@@ -380,7 +380,7 @@ def fit_class(rows: list[dict], op: str, gpu_name: str = FIT_GPU) -> dict:
     import numpy as np
     from scipy.optimize import least_squares
 
-    from hw.loader import load_gpu
+    from perfmodel.hw.loader import load_gpu
     from perfmodel.comm import AllReduceAlgorithm, _factor_steps
     from perfmodel.ops import OpKind
 
@@ -441,7 +441,7 @@ def evaluate(rows: list[dict], fits: dict[str, dict], gpu_name: str = FIT_GPU) -
     """Errors over 64 KiB..1 GiB of the fitted model (through perfmodel.comm) and the datasheet baseline."""
     import numpy as np
 
-    from hw.loader import load_gpu
+    from perfmodel.hw.loader import load_gpu
     from perfmodel.calibration import Mode, OpClass, Profile
     from perfmodel.comm import bandwidth_only_time, collective_time
     from perfmodel.ops import OpKind
@@ -551,7 +551,7 @@ def evaluate_ring(ring_rows: list[dict], prof, comm_issue_s: float) -> dict:
     and with the fitted model, (b) the model's own compute and transfer times with the fitted model.
     Held out: fitted on the blocks of ``RING_TRAIN_BLOCKS``, scored on the others.
     """
-    from hw.loader import load_gpu
+    from perfmodel.hw.loader import load_gpu
     from perfmodel.parallel import RingStepModel, ring_step_overlap
 
     gpu = load_gpu(FIT_GPU)
@@ -663,7 +663,7 @@ def write_profile_classes(fits: dict[str, dict], env: dict, data: str, ring_fit:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m validation.collectives")
+    ap = argparse.ArgumentParser(prog="python -m perfmodel.validation.collectives")
     sub = ap.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("measure")
     m.add_argument("--out", required=True)

@@ -1,16 +1,16 @@
 """Collectives timed three ways, as a model step may issue them; one fit per way.
 
 All-reduce, all-gather, reduce-scatter, all-to-all and ring send/recv (the buffers and byte
-conventions of :mod:`validation.collectives`), per rank 4 KiB .. 1 GiB, at each world size asked
-for, one process per GPU (:mod:`validation.spawn`, NCCL with ``device_id``, multicast off):
+conventions of :mod:`perfmodel.validation.collectives`), per rank 4 KiB .. 1 GiB, at each world size asked
+for, one process per GPU (:mod:`perfmodel.validation.spawn`, NCCL with ``device_id``, multicast off):
 
 - ``eager_single``: one eager call on an idle stream, after a barrier and a device sync: the
   start event is recorded before the host issues the call, so the time holds the host's launch
   and the wait for the slowest peer, as a lone collective between host-synchronised steps pays;
 - ``eager_burst``: the mean of back-to-back eager calls (as nccl-tests and
-  :mod:`validation.collectives` time them): the host's issue rate or the GPU, whichever is slower;
+  :mod:`perfmodel.validation.collectives` time them): the host's issue rate or the GPU, whichever is slower;
 - ``graph``: the calls captured in one CUDA graph and replayed (behind the busy-wait lead kernel of
-  :func:`validation.bench.lead`): what a decode step captured with its collectives pays.
+  :func:`perfmodel.validation.bench.lead`): what a decode step captured with its collectives pays.
 
 Each record: ``launch`` (the way), ``op``, ``bytes``, ``world``, ``time_s`` (median over
 repetitions of the slower rank's time a call), ``times_s``, calls per timing, GPU, driver, torch,
@@ -21,9 +21,9 @@ the profile has them (its ``collective_launch`` object, which ``fit --write-prof
 
 Usage::
 
-    python -m validation.collectives_launch measure --out DIR --worlds 2,4,8   # GPUs
-    python -m validation.collectives_launch measure --out DIR --dry-run        # CPU, gloo, tiny sizes
-    python -m validation.collectives_launch fit DIR/collectives_launch.jsonl [--gpu h100-sxm-80gb] [--write-profile 2]
+    python -m perfmodel.validation.collectives_launch measure --out DIR --worlds 2,4,8   # GPUs
+    python -m perfmodel.validation.collectives_launch measure --out DIR --dry-run        # CPU, gloo, tiny sizes
+    python -m perfmodel.validation.collectives_launch fit DIR/collectives_launch.jsonl [--gpu h100-sxm-80gb] [--write-profile 2]
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ import sys
 import time
 from pathlib import Path
 
-from validation import collectives as C
-from validation.spawn import read_jsonl, run_items
+from perfmodel.validation import collectives as C
+from perfmodel.validation.spawn import read_jsonl, run_items
 
 METHODS = ("eager_single", "eager_burst", "graph")
 OPS = (*C.COLL_OPS, "send_recv")
@@ -91,7 +91,7 @@ def _burst(fn, calls: int, reps: int, dist, torch, dev) -> list[float]:
 
 def _graph(fn, calls: int, reps: int, dist, torch, dev) -> list[float]:
     """Seconds a call of ``reps`` replays of one CUDA graph of ``calls`` calls."""
-    from validation import bench
+    from perfmodel.validation import bench
 
     g = bench.capture_graph([fn], calls=calls, warm_replays=1)
     torch.cuda.synchronize()
@@ -107,7 +107,7 @@ def worker(rank: int, world: int, items: list[str], out: str, dry_run: bool) -> 
     import torch
     import torch.distributed as dist
 
-    from validation.spawn import init_rank, versions
+    from perfmodel.validation.spawn import init_rank, versions
 
     dev = init_rank(rank, world, dry_run)
     C.DEV, C.DTYPE = ("cpu", "float32") if dry_run else ("cuda", "bfloat16")
@@ -181,7 +181,7 @@ def measure(out_dir: Path, worlds: list[int], ops: list[str], sizes: list[int], 
 
 
 def fit(records: list[dict], gpu: str) -> dict:
-    """Per way and world: the class fits of :func:`validation.collectives.fit_class`, on all sizes of
+    """Per way and world: the class fits of :func:`perfmodel.validation.collectives.fit_class`, on all sizes of
     64 KiB .. 1 GiB and held out (fitted on powers of two, scored on the 1.5x sizes between them)."""
     out: dict = {"gpu": gpu, "targets": {"median_ape": TARGET_MEDIAN, "p90_ape": TARGET_P90}, "methods": {}}
     ok = [r for r in records if r.get("status") == "ok" and r.get("time_s")]
@@ -252,7 +252,7 @@ def _table(records: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m validation.collectives_launch", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m perfmodel.validation.collectives_launch", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("measure", help="time the collectives three ways (GPUs, or the CPU with --dry-run)")
     m.add_argument("--out", type=Path, required=True)

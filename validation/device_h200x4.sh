@@ -2,7 +2,7 @@
 # One call on nvidia-h200-x4 (validation/README.md, "Collectives at world 4"):
 #   1. collectives (+ send/recv ring, + Ring-attention steps) among 4 GPUs, 64 KiB .. 1 GiB per rank;
 #   2. the same collectives among GPUs 0 and 1 of that host, while GPU 3 measures the non-causal
-#      prefill attention set (python -m validation.run --noncausal) on its own.
+#      prefill attention set (python -m perfmodel.validation.run --noncausal) on its own.
 # Usage: bash validation/device_h200x4.sh RESULTS_DIR   (each launch under its own hard timeout)
 set -u
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1

@@ -1,6 +1,6 @@
-"""``python -m validation.e2e --out DIR``: whole models the fit never saw, measured against the model.
+"""``python -m perfmodel.validation.e2e --out DIR``: whole models the fit never saw, measured against the model.
 
-Runs Llama-style models with random bf16 weights (:mod:`validation.e2e_model`) on the CUDA GPU it
+Runs Llama-style models with random bf16 weights (:mod:`perfmodel.validation.e2e_model`) on the CUDA GPU it
 runs on: unchunked prefill at batch 1 from 4K to 128K tokens and one batched prefill (eager, CUDA
 events), and one decode step at batch 1-256 over 1K-128K tokens of cache (a CUDA graph, replayed).
 Each row is compared with ``perfmodel.analyze(..., mode="calibrated", chunk_tokens=None)`` of the
@@ -9,7 +9,7 @@ record per row, skipped rows included with the reason) and prints a table last.
 
 ``--plan`` prints the rows, the skipped rows and the estimated GPU time without running anything
 (no GPU needed; ``--gpu`` picks the accelerator).  ``--dry-run`` runs tiny configs on the CPU
-(host clock, no graphs).  ``python -m validation.e2e report FILES... [--md OUT]`` scores records
+(host clock, no graphs).  ``python -m perfmodel.validation.e2e report FILES... [--md OUT]`` scores records
 per GPU and phase.
 
 The records go to ``validation/data/e2e/<gpu>.jsonl``, never to the files the fit reads
@@ -94,7 +94,7 @@ def resolve_model(name: str) -> tuple[ModelSpec, str]:
         spec = load_model(str(path))
     except PerfModelError as exc:
         raise UsageError(f"{path}: {exc}") from None
-    from validation.e2e_model import UnsupportedModel, check_supported
+    from perfmodel.validation.e2e_model import UnsupportedModel, check_supported
 
     try:
         check_supported(spec)
@@ -154,7 +154,7 @@ def predict(spec: ModelSpec, gpu: str, phase: str, batch: int, context: int) -> 
     the phase functions give the same costs directly.
     """
     import perfmodel
-    from hw.loader import load_gpu
+    from perfmodel.hw.loader import load_gpu
     from perfmodel.calibration import Mode, resolve_profile
     from perfmodel.errors import DoesNotFitError
     from perfmodel.phases import decode_step_cost, prefill_cost
@@ -289,7 +289,7 @@ def _percentile(xs: list[float], q: float) -> float:
 
 
 def score(records: list[dict]) -> list[dict]:
-    """Per GPU and phase (and layout, for ``validation.e2e_parallel`` records): rows, median / p90 / max
+    """Per GPU and phase (and layout, for ``perfmodel.validation.e2e_parallel`` records): rows, median / p90 / max
     absolute error and median signed error (fractions).
     Records that were skipped or lack a measurement or a prediction are left out."""
     groups: dict[tuple[str, str], list[float]] = {}
@@ -344,7 +344,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _run_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m validation.e2e", description=__doc__.split("\n\n")[0])
+    p = _Parser(prog="python -m perfmodel.validation.e2e", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, help="folder for e2e_<gpu>.jsonl and e2e.log")
     p.add_argument("--models", default="", help=f"comma-separated models (default: {','.join(DEFAULT_MODELS)})")
     p.add_argument("--layers", type=int, default=None, help="layers to run per model (default: fit the GPU)")
@@ -362,7 +362,7 @@ def _run_parser() -> argparse.ArgumentParser:
 
 
 def _report_cli(argv: list[str]) -> int:
-    p = _Parser(prog="python -m validation.e2e report", description="score e2e records per GPU and phase")
+    p = _Parser(prog="python -m perfmodel.validation.e2e report", description="score e2e records per GPU and phase")
     p.add_argument("files", nargs="+", help="e2e_<gpu>.jsonl files")
     p.add_argument("--md", type=Path, default=None, help="write the markdown table here too")
     p.add_argument("--repredict", action="store_true",
@@ -402,7 +402,7 @@ def _run_cli(argv: list[str]) -> int:
     for m in models:
         resolve_model(m)  # unknown or unsupported models fail here, before anything runs
     if a.gpu:
-        from hw.loader import load_gpu
+        from perfmodel.hw.loader import load_gpu
 
         try:
             load_gpu(a.gpu)
@@ -410,14 +410,14 @@ def _run_cli(argv: list[str]) -> int:
             raise UsageError(f"--gpu {a.gpu!r}: {str(exc).splitlines()[0]}") from None
     if a.plan:
         gpu = a.gpu or "h100-sxm-80gb"
-        from hw.loader import load_gpu
+        from perfmodel.hw.loader import load_gpu
 
         cap = DRY_RUN_CAPACITY_BYTES if a.dry_run else load_gpu(gpu).hbm_usable_bytes
         print_plan(plan(models, gpu, cap, size, a.layers, a.max_prefill_call_s), gpu, console)
         return 0
     if a.out is None:
         raise UsageError("--out DIR is required (or --plan)")
-    from validation import e2e_measure
+    from perfmodel.validation import e2e_measure
 
     return e2e_measure.run(a, models, size, console)
 

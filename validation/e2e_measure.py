@@ -1,8 +1,8 @@
-"""The measuring half of :mod:`validation.e2e` (torch): builds each model, times its rows, writes records.
+"""The measuring half of :mod:`perfmodel.validation.e2e` (torch): builds each model, times its rows, writes records.
 
 Prefill: one unchunked forward pass over the whole prompt, launched eagerly; warm-up calls at the
 shape first (cuDNN builds its plans per shape), then the median of the timed calls, each timed with
-CUDA events behind :func:`validation.bench.lead`.  Decode: one step (one new token per sequence,
+CUDA events behind :func:`perfmodel.validation.bench.lead`.  Decode: one step (one new token per sequence,
 attention over the filled cache) captured in a CUDA graph and replayed; the median replay.  Without
 a graph (the MoE per-expert loop reads counts back to the host) the step is timed eagerly with
 events.  On a CPU (``--dry-run``) the host clock times eager calls.
@@ -21,11 +21,11 @@ from typing import Any
 import torch
 
 from perfmodel.tables import fmt_seconds
-from validation import bench
-from validation.e2e import MEMORY_SHARE, DRY_RUN_CAPACITY_BYTES, ModelPlan, Row, plan, print_plan
-from validation.e2e_model import E2EModel
-from validation.records import canonical_gpu, write_record
-from validation.run import driver_version
+from perfmodel.validation import bench
+from perfmodel.validation.e2e import MEMORY_SHARE, DRY_RUN_CAPACITY_BYTES, ModelPlan, Row, plan, print_plan
+from perfmodel.validation.e2e_model import E2EModel
+from perfmodel.validation.records import canonical_gpu, write_record
+from perfmodel.validation.run import driver_version
 
 
 class GpuState:
@@ -168,7 +168,7 @@ def _empty(keys) -> dict[str, Any]:
 
 def run(a, models: list[str], size: str, console) -> int:
     """Measure ``models`` as the parsed arguments ``a`` say; write records; print the table last."""
-    from validation.e2e import RECORD_KEYS
+    from perfmodel.validation.e2e import RECORD_KEYS
 
     dry = a.dry_run
     if not dry and not torch.cuda.is_available():

@@ -1,6 +1,6 @@
 """A whole Llama-style model with random weights, built from a ``perfmodel`` :class:`ModelSpec`.
 
-The runner of :mod:`validation.e2e` times it.  It is the forward pass that
+The runner of :mod:`perfmodel.validation.e2e` times it.  It is the forward pass that
 ``perfmodel.layers.model_ops`` prices, as serving engines run it: embedding; per layer RMSNorm,
 one fused QKV GEMM (with the q/k/v bias where the spec has one), RoPE (rotate-half on q and k),
 KV append into a preallocated cache ``[B, Hkv, max_len, D]``, attention through
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from perfmodel.models import MlpKind, ModelSpec
-from validation.layer import rmsnorm, silu_mul
+from perfmodel.validation.layer import rmsnorm, silu_mul
 
 #: RoPE base; the time does not depend on it
 ROPE_THETA = 10_000.0
@@ -120,7 +120,7 @@ class E2EModel:
         self._cos = self._sin = None
         self.probe = False  # when set, layer 0 keeps its attention call in ``attention_call``
         self.attention_call = None
-        #: tensor-parallel shards (:mod:`validation.e2e_parallel`): the all-reduce of a row-parallel
+        #: tensor-parallel shards (:mod:`perfmodel.validation.e2e_parallel`): the all-reduce of a row-parallel
         #: GEMM's partial output (after the O projection and the MLP), in place; None on one GPU
         self.tp_reduce = None
 

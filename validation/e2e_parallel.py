@@ -1,7 +1,7 @@
-"""``python -m validation.e2e_parallel --out DIR``: whole models over TP, PP and EP, measured against the model.
+"""``python -m perfmodel.validation.e2e_parallel --out DIR``: whole models over TP, PP and EP, measured against the model.
 
-One process per GPU (:mod:`validation.spawn`, NCCL with ``device_id``, NVLink multicast off), each
-holding its shard of a random-weight model built by :mod:`validation.e2e_model`:
+One process per GPU (:mod:`perfmodel.validation.spawn`, NCCL with ``device_id``, NVLink multicast off), each
+holding its shard of a random-weight model built by :mod:`perfmodel.validation.e2e_model`:
 
 - TP ``t`` (Megatron-style): QKV and gate/up column-parallel (``q_heads / t``, ``kv_heads / t``,
   ``intermediate / t`` per rank), O and down row-parallel with an all-reduce of their output, the
@@ -19,7 +19,7 @@ its collectives and replayed; both the slower rank's median.  Each row is compar
 that ran.  PP decode runs at batch 1 only (a step without micro-batches; the model pipelines
 micro-batches at larger batches).  ``--plan`` prints the rows and the estimated GPU time;
 ``--dry-run`` runs tiny configs on the CPU with gloo at world 2 (no graphs).  Scoring:
-``python -m validation.e2e report FILES``.
+``python -m perfmodel.validation.e2e report FILES``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from perfmodel.models import ModelSpec
-from validation.e2e import (MEMORY_SHARE, RECORD_KEYS, Row, UsageError, calls, resolve_model, row_bytes,
+from perfmodel.validation.e2e import (MEMORY_SHARE, RECORD_KEYS, Row, UsageError, calls, resolve_model, row_bytes,
                             with_layers)
 
 DENSE, MOE = "llama-3-70b", "mixtral-8x7b"
@@ -98,7 +98,7 @@ def predict(spec: ModelSpec, gpu: str, phase: str, batch: int, context: int, lay
     ``prefill_s`` or ``decode_s_per_token``; where ``analyze`` refuses the scenario as not fitting its
     memory budget, the same phase functions it calls (named in the second value)."""
     import perfmodel
-    from hw.loader import load_gpu
+    from perfmodel.hw.loader import load_gpu
     from perfmodel import parallel as par
     from perfmodel.calibration import Mode, resolve_profile
     from perfmodel.errors import DoesNotFitError
@@ -203,8 +203,8 @@ def record_base(cp: ConfigPlan, gpu: str, dry_run: bool) -> dict:
 def run(out: Path, world: int, gpu: str, capacity_bytes: float, size: str, layers: int | None, budget_s: float,
         dry_run: bool, only: str = "") -> int:
     """Measure every configuration's rows in its own launch; records go to ``out/e2e_parallel_<gpu>.jsonl``."""
-    from validation import e2e_parallel_measure as M
-    from validation.spawn import read_jsonl, run_items
+    from perfmodel.validation import e2e_parallel_measure as M
+    from perfmodel.validation.spawn import read_jsonl, run_items
 
     plans = plan(world, gpu, capacity_bytes, size, layers, dry_run)
     if only:
@@ -248,7 +248,7 @@ def run(out: Path, world: int, gpu: str, capacity_bytes: float, size: str, layer
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m validation.e2e_parallel", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m perfmodel.validation.e2e_parallel", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path)
     p.add_argument("--world", type=int, default=0, help="GPUs to use (default: all here; 2 for --dry-run)")
     p.add_argument("--layers", type=int, default=None, help="layers to run (default: 16 of Llama-3-70B, 8 of Mixtral)")
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         a = p.parse_args(argv)
         size = "dry" if a.dry_run else ("quick" if a.quick else "full")
-        from hw.loader import load_gpu
+        from perfmodel.hw.loader import load_gpu
 
         if a.plan or a.dry_run:
             gpu = a.gpu or "h100-sxm-80gb"
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             import torch
 
-            from validation.records import canonical_gpu
+            from perfmodel.validation.records import canonical_gpu
 
             if not torch.cuda.is_available():
                 raise UsageError("no CUDA device; use --dry-run or --plan")

@@ -1,7 +1,7 @@
-"""The measuring half of :mod:`validation.e2e_parallel` (torch): one rank's shard, its rows, its records.
+"""The measuring half of :mod:`perfmodel.validation.e2e_parallel` (torch): one rank's shard, its rows, its records.
 
 Prefill: warm-up calls, then each timed call after a barrier, CUDA events behind
-:func:`validation.bench.lead`.  Decode: the step (its collectives included) captured in a CUDA
+:func:`perfmodel.validation.bench.lead`.  Decode: the step (its collectives included) captured in a CUDA
 graph on every rank and replayed; the median replay.  Each timing is the slower rank's.  On the CPU
 (``--dry-run``, gloo) the host clock times eager calls.
 """
@@ -17,11 +17,11 @@ import traceback
 import torch
 import torch.distributed as dist
 
-from validation import bench
-from validation.e2e import Row, resolve_model, with_layers
-from validation.e2e_model import E2EModel, _mlp, silu_mul
-from validation.e2e_parallel import Layout, record_item, shard
-from validation.spawn import init_rank, versions
+from perfmodel.validation import bench
+from perfmodel.validation.e2e import Row, resolve_model, with_layers
+from perfmodel.validation.e2e_model import E2EModel, _mlp, silu_mul
+from perfmodel.validation.e2e_parallel import Layout, record_item, shard
+from perfmodel.validation.spawn import init_rank, versions
 
 
 class EpModel(E2EModel):

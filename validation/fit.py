@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 from scipy.optimize import least_squares
 
-from hw.loader import load_gpu
-from hw.spec import GPU, Dtype
+from perfmodel.hw.loader import load_gpu
+from perfmodel.hw.spec import GPU, Dtype
 from perfmodel.calibration import (
     parse_curve_key,
     ClassParams,
@@ -43,7 +43,7 @@ from perfmodel.errors import ProfileError
 from perfmodel.ops import (DEFAULT_ATTENTION_IMPL, Attention, Elementwise, Gemm, GroupedGemm, Memcpy, Op, Phase,
                            op_from_dict)
 from perfmodel.decode_schedule import runs_general
-from validation.records import NON_DEFAULT_IMPLS, RecordError, class_key, refuse_other_gpu
+from perfmodel.validation.records import NON_DEFAULT_IMPLS, RecordError, class_key, refuse_other_gpu
 
 COLLECTIVE_CLASSES = frozenset({OpClass.ALL_REDUCE, OpClass.ALL_GATHER, OpClass.REDUCE_SCATTER,
                                 OpClass.ALL_TO_ALL, OpClass.SEND_RECV})
@@ -464,7 +464,7 @@ def launch_terms(records: Sequence[dict[str, Any]], profile: Profile) -> dict[st
     err = np.mean(np.abs(np.log(pred / meas[None, None, :])), axis=2)
     i, j = np.unravel_index(np.argmin(err), err.shape)
     return {"issue_s": float(f"{issues[j]:.4g}"), "gap_s": float(f"{gaps[i]:.4g}"),
-            "source": f"validation.fit on {len(eager)} eager records (mean |log error| {err[i, j]:.3f})"}
+            "source": f"perfmodel.validation.fit on {len(eager)} eager records (mean |log error| {err[i, j]:.3f})"}
 
 
 def fit_profile(records: Sequence[dict[str, Any]], gpu: str) -> Profile:
@@ -511,13 +511,13 @@ _BAND_GPUS = ("h100-sxm-80gb", "h200-sxm-141gb")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m validation.fit --gpu NAME [--records FILE] [--out FILE]``: fit on all records, write the profile."""
+    """``python -m perfmodel.validation.fit --gpu NAME [--records FILE] [--out FILE]``: fit on all records, write the profile."""
     import argparse
 
     from perfmodel.calibration import PROFILE_DIR
-    from validation.records import read_records
+    from perfmodel.validation.records import read_records
 
-    ap = argparse.ArgumentParser(prog="python -m validation.fit", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m perfmodel.validation.fit", description=main.__doc__)
     ap.add_argument("--gpu", required=True, help="canonical hw name, e.g. h100-sxm-80gb")
     ap.add_argument("--records", type=Path, help="JSONL records (default validation/data/<gpu>.jsonl)")
     ap.add_argument("--out", type=Path, help="profile to write (default hw/data/profiles/<gpu>.json)")
@@ -536,14 +536,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         sus_path = rec_path.parent / f"sustained_{a.gpu}.json"
         if sus_path.exists():  # the power-capped rate of long phases (benchmarks/sustained.py)
             terms = sustained_terms(json.loads(sus_path.read_text()), prof)
-            terms["source"] = f"validation.fit from {sus_path.name} (benchmarks/sustained.py)"
+            terms["source"] = f"perfmodel.validation.fit from {sus_path.name} (benchmarks/sustained.py)"
             prof = dataclasses.replace(prof, sustained=MappingProxyType(terms))
         eager_path = rec_path.parent / f"{a.gpu}.eager.jsonl"
-        if eager_path.exists():  # eager launches (python -m validation.run --launch eager)
+        if eager_path.exists():  # eager launches (python -m perfmodel.validation.run --launch eager)
             prof = dataclasses.replace(prof, launch_terms=MappingProxyType(
                 launch_terms(read_records(eager_path, a.gpu), prof)))
         if not a.no_bands:  # error bands (validation.bands): held-out, transferred and datasheet residuals
-            from validation.bands import fit_bands, with_bands
+            from perfmodel.validation.bands import fit_bands, with_bands
 
             others = [(p.name.removesuffix(".jsonl"), p) for p in sorted(rec_path.parent.glob("*.jsonl"))
                       if p.name.removesuffix(".jsonl") in _BAND_GPUS and p.name != f"{a.gpu}.jsonl"]

@@ -1,6 +1,6 @@
 """Which cuBLAS kernel ran for each measured GEMM, and how the model's error splits by it.
 
-``python -m validation.run --kernel-names`` stores, in each record, the CUDA kernels one call
+``python -m perfmodel.validation.run --kernel-names`` stores, in each record, the CUDA kernels one call
 launched (from ``torch.profiler``).  On Hopper, cuBLAS names its GEMM kernels ``nvjet_sm90_tst_
 <A>x<B>_...``: an output tile of ``A`` (along N, the weight's columns, as ``torch.matmul(x, w)`` is
 run column-major) by ``B`` (along M, the tokens), with ``splitK`` when it splits the K axis over
@@ -8,7 +8,7 @@ several programs and adds a ``splitKreduce`` kernel.  The library picks the kern
 per-GPU heuristic; this module reads the names back so the report can show where that choice,
 not the hardware, explains a prediction error.
 
-``python -m validation.gemm_kernels [--gpu NAME]`` prints, per GPU, the M values at which each
+``python -m perfmodel.validation.gemm_kernels [--gpu NAME]`` prints, per GPU, the M values at which each
 (N, K) family ran a split-K kernel, and the fitted profile's error (in-sample, every record) on
 GEMMs with and without split-K.
 """
@@ -90,11 +90,11 @@ def error_by_kind(records: Sequence[dict[str, Any]], predicted: np.ndarray,
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from validation.fit import ProfileFitter
-    from validation.records import RecordError, read_records
-    from validation.report import DATA_DIR
+    from perfmodel.validation.fit import ProfileFitter
+    from perfmodel.validation.records import RecordError, read_records
+    from perfmodel.validation.report import DATA_DIR
 
-    ap = argparse.ArgumentParser(prog="python -m validation.gemm_kernels", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m perfmodel.validation.gemm_kernels", description=__doc__.splitlines()[0])
     ap.add_argument("--gpu", action="append", help="hw name (repeatable); default: every GPU with records")
     args = ap.parse_args(argv)
     gpus = args.gpu or ["h100-sxm-80gb", "h200-sxm-141gb"]

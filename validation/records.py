@@ -219,12 +219,12 @@ def replace_impl_records(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m validation.records replace DATA NEW --impls split_kv,stream_k``: rewrite DATA with
+    """``python -m perfmodel.validation.records replace DATA NEW --impls split_kv,stream_k``: rewrite DATA with
     its records of those implementations replaced by the records of NEW (JSONL files)."""
     import argparse
     import sys
 
-    ap = argparse.ArgumentParser(prog="python -m validation.records", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m perfmodel.validation.records", description=main.__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     rp = sub.add_parser("replace", help="replace the records of some implementations by a new run's")
     rp.add_argument("data", type=Path)

@@ -1,13 +1,13 @@
-"""``python -m validation.report``: honest accuracy of the calibrated model on held-out shapes.
+"""``python -m perfmodel.validation.report``: honest accuracy of the calibrated model on held-out shapes.
 
 For each GPU with records in ``validation/data/<gpu>.jsonl``: split the records by shape family
-(:func:`validation.records.split_by_family`), fit on one part, predict the other, and print the
+(:func:`perfmodel.validation.records.split_by_family`), fit on one part, predict the other, and print the
 median, p90 and max absolute percentage error per op class, next to the peak-mode (datasheet
 roofline) error on the same records.  Decoder layers are never fitted: each is predicted as the
 sum of its parts.  With records of both GPUs, the profile fitted on all records of one, carried to
 the other by the transfer rule (:mod:`perfmodel.transfer`), predicts the other's held-out records,
 next to that GPU's own held-out fit (cross-GPU transfer, both directions).
-Error bands (:mod:`validation.bands`): the held-out residuals give each class's 80% band; its coverage is
+Error bands (:mod:`perfmodel.validation.bands`): the held-out residuals give each class's 80% band; its coverage is
 checked on another held-out split (the model fitted on that split's training families), decoder layers
 by the sum of their parts' bands.
 Writes a log-log plot per GPU and, with ``--readme``, the table into ``validation/README.md``.
@@ -23,12 +23,12 @@ from typing import Any, Sequence
 import numpy as np
 import typer
 
-from hw.loader import load_gpu
+from perfmodel.hw.loader import load_gpu
 from perfmodel.calibration import OpClass, peak_profile
 from perfmodel.errors import ProfileError
 from perfmodel.transfer import carry_params, transfer_profile
-from validation.fit import ProfileFitter, ops_of, predict_ops
-from validation.records import RecordError, class_key, read_records, split_by_family
+from perfmodel.validation.fit import ProfileFitter, ops_of, predict_ops
+from perfmodel.validation.records import RecordError, class_key, read_records, split_by_family
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 GPUS = ("h100-sxm-80gb", "h200-sxm-141gb")
@@ -168,7 +168,7 @@ def markdown(reports: list[GpuReport], cross: list[Transfer] | None) -> str:
         if not rep.coverage:
             continue
         lines += [f"### {rep.gpu}: coverage of the 80% error band", "",
-                  "Bands: the shipped profile's `measured` group (`python -m validation.bands`): finite-sample 10% "
+                  "Bands: the shipped profile's `measured` group (`python -m perfmodel.validation.bands`): finite-sample 10% "
                   "and 90% quantiles of log(predicted / measured) per class and regime (compute / memory / latency "
                   "bound) on the held-out records of splits 0 and 1 (`split_by_family(offset=0|1)`); checked here on "
                   "split 2 (`offset=2`, the model fitted on its own training families: records no band saw), decoder "
@@ -270,10 +270,10 @@ def replace_section(readme: Path, body: str) -> None:
 
 
 def _measured_bands(gpu: str, rep: "GpuReport") -> dict[str, Any]:
-    """The bands the coverage checks: the shipped profile's ``measured`` group (``python -m validation.bands``:
+    """The bands the coverage checks: the shipped profile's ``measured`` group (``python -m perfmodel.validation.bands``:
     held-out splits 0 and 1, per key and regime); without a shipped profile, this report's held-out split."""
     from perfmodel.calibration import load_profile_file, shipped_profile_path
-    from validation.bands import band_table
+    from perfmodel.validation.bands import band_table
 
     path = shipped_profile_path(gpu)
     bands = load_profile_file(path, gpu).bands if path.exists() else {}
@@ -306,7 +306,7 @@ def main(
             reports.append(rep)
             _table(console, f"{gpu}: held-out ({rep.n_test} records; fit on {rep.n_train})", rep.calibrated, rep.peak)
             if not no_coverage:
-                from validation.bands import coverage
+                from perfmodel.validation.bands import coverage
 
                 rep.coverage = coverage(recs[gpu], gpu, _measured_bands(gpu, rep))
                 _coverage_table(console, f"{gpu}: 80% band coverage on a second held-out split", rep.coverage)

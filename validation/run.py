@@ -1,4 +1,4 @@
-"""``python -m validation.run --out DIR [--quick]``: measure the suite on the GPU it runs on.
+"""``python -m perfmodel.validation.run --out DIR [--quick]``: measure the suite on the GPU it runs on.
 
 Writes ``DIR/<gpu>.jsonl`` (one record per measured op, appended and flushed as measured, so an
 interrupted run keeps what it has) and ``DIR/run.log``.  ``--dry-run`` runs tiny shapes on the CPU
@@ -40,7 +40,7 @@ def _meta(device) -> dict:
         extra = {"sm_count": props.multi_processor_count, "l2_bytes": getattr(props, "L2_cache_size", 0)}
     else:
         name, driver, extra = "cpu", None, {"sm_count": 0, "l2_bytes": 0}
-    from validation.records import canonical_gpu
+    from perfmodel.validation.records import canonical_gpu
 
     return {"gpu": name, "gpu_model": canonical_gpu(name), "driver": driver, "torch": torch.__version__,
             "triton": triton_v, "cuda": torch.version.cuda, "date": _dt.date.today().isoformat(),
@@ -101,9 +101,9 @@ def main(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from validation import bench
-    from validation.cases import SECTIONS, cases, extra_cases, noncausal_cases, with_gemm_ms
-    from validation.records import write_record
+    from perfmodel.validation import bench
+    from perfmodel.validation.cases import SECTIONS, cases, extra_cases, noncausal_cases, with_gemm_ms
+    from perfmodel.validation.records import write_record
 
     console = Console(stderr=True)
     if launch not in ("graph", "eager"):

@@ -166,8 +166,8 @@ def versions(device) -> dict:
     """GPU, driver, torch, CUDA and NCCL versions and the date, for each record."""
     import torch
 
-    from validation.records import canonical_gpu
-    from validation.run import driver_version
+    from perfmodel.validation.records import canonical_gpu
+    from perfmodel.validation.run import driver_version
 
     cuda = getattr(device, "type", str(device)) == "cuda"
     name = torch.cuda.get_device_name(device) if cuda else "cpu"

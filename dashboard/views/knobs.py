@@ -8,8 +8,8 @@ import pandas as pd
 import streamlit as st
 
 import perfmodel
-from dashboard import charts, common
-from dashboard.common import fmt_gib, fmt_seconds, fmt_tokens
+from perfmodel.dashboard import charts, common
+from perfmodel.dashboard.common import fmt_gib, fmt_seconds, fmt_tokens
 
 scenario = common.scenario_inputs()
 facts = common.model_facts(scenario["model"])

@@ -9,18 +9,18 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import common
-from dashboard.common import UploadError, fmt_seconds
-from dashboard.uploads import MAX_EXPERTS, MAX_LAYERS, MAX_SEQUENCES, lengths_from_upload, loads_from_upload
+from perfmodel.dashboard import common
+from perfmodel.dashboard.common import UploadError, fmt_seconds
+from perfmodel.dashboard.uploads import MAX_EXPERTS, MAX_LAYERS, MAX_SEQUENCES, lengths_from_upload, loads_from_upload
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def moe_view(loads: np.ndarray, gpus: int, slots: int, nodes: int, affinity: np.ndarray | None,
              time_limit_s: float) -> dict:
-    """``planners.moe.plan_moe`` as a dict, plus each layer's placement and baseline placements."""
-    from planners import moe_baselines as mb
-    from planners.moe import MoEProblem, plan_moe
-    from planners.solver import SolverOptions
+    """``perfmodel.planners.moe.plan_moe`` as a dict, plus each layer's placement and baseline placements."""
+    from perfmodel.planners import moe_baselines as mb
+    from perfmodel.planners.moe import MoEProblem, plan_moe
+    from perfmodel.planners.solver import SolverOptions
 
     problem = MoEProblem(loads, gpus, slots, nodes, affinity)
     plan = plan_moe(problem, SolverOptions(time_limit_s=time_limit_s))
@@ -36,11 +36,11 @@ def moe_view(loads: np.ndarray, gpus: int, slots: int, nodes: int, affinity: np.
 @st.cache_data(show_spinner=False, max_entries=16)
 def sp_view(lengths: np.ndarray, gpus: int, model: str, gpu: str, kind: str, mode: str,
             time_limit_s: float) -> dict:
-    """``planners.sp.plan_sp`` for one batch of sequence lengths, as a dict."""
+    """``perfmodel.planners.sp.plan_sp`` for one batch of sequence lengths, as a dict."""
     import perfmodel
-    from planners.solver import SolverOptions
-    from planners.sp import build_instance, plan_sp
-    from planners.sp_cost import SpCostModel, SpKind
+    from perfmodel.planners.solver import SolverOptions
+    from perfmodel.planners.sp import build_instance, plan_sp
+    from perfmodel.planners.sp_cost import SpCostModel, SpKind
 
     scn = perfmodel.Scenario.make(model, gpu, context_len=int(max(lengths)), output_tokens=0, mode=mode, sp_kind=kind)
     cost = SpCostModel.from_scenario(scn, SpKind(kind))
@@ -61,7 +61,7 @@ def uploaded(label: str, key: str):
 
 
 def moe_section() -> None:
-    from planners.synthetic import markov_affinity, zipf_loads
+    from perfmodel.planners.synthetic import markov_affinity, zipf_loads
 
     st.caption("Expert placement per MoE layer: an ILP balances the most loaded GPU (replicating hot experts "
                "into spare slots), then maps GPUs to cut cross-layer traffic when routing affinity is given.")
@@ -146,7 +146,7 @@ def moe_section() -> None:
 
 
 def sp_section() -> None:
-    from planners.synthetic import lognormal_lengths
+    from perfmodel.planners.synthetic import lognormal_lengths
 
     st.caption("Sequence-parallel groups for one batch of prompts: a MILP chooses group sizes and which "
                "sequences each group prefills, minimising the batch's makespan, beside every static degree.")

@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import common
-from dashboard.common import fmt_seconds
-from dashboard.uploads import MAX_REQUESTS, trace_from_upload
+from perfmodel.dashboard import common
+from perfmodel.dashboard.common import fmt_seconds
+from perfmodel.dashboard.uploads import MAX_REQUESTS, trace_from_upload
 
 #: Timeline rows drawn (the chart keeps every n-th iteration beyond this).
 MAX_TIMELINE_POINTS = 3000

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import common
+from perfmodel.dashboard import common
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "validation" / "data"
 
@@ -22,16 +22,16 @@ def record_files() -> dict[str, Path]:
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def held_out_view(path: str, gpu: str, mtime_ns: int) -> dict:
-    """``validation.report.evaluate`` on one record file: fit on some shape families, score the others.
+    """``perfmodel.validation.report.evaluate`` on one record file: fit on some shape families, score the others.
 
     Returns the error table (calibrated and peak) and one row per held-out record.
     ``mtime_ns`` only keys the cache to the file's version.
     """
-    from hw import load_gpu
+    from perfmodel.hw import load_gpu
     from perfmodel.calibration import peak_profile
-    from validation.fit import ops_of, predict_ops
-    from validation.records import class_key, read_records
-    from validation.report import evaluate
+    from perfmodel.validation.fit import ops_of, predict_ops
+    from perfmodel.validation.records import class_key, read_records
+    from perfmodel.validation.report import evaluate
 
     rep = evaluate(read_records(path, gpu), gpu)
     peak = predict_ops(ops_of(rep.records), load_gpu(gpu), peak_profile(gpu))
@@ -57,7 +57,7 @@ def held_out_view(path: str, gpu: str, mtime_ns: int) -> dict:
 
 st.title("Validation")
 st.caption("Predicted against measured kernel and layer times. The profile is fitted on some shape families of "
-           "the shipped records and scored on the others (held out), as `python -m validation.report` does; "
+           "the shipped records and scored on the others (held out), as `python -m perfmodel.validation.report` does; "
            "peak mode is the datasheet roofline on the same records.")
 files = record_files()
 if not files:

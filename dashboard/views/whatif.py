@@ -9,8 +9,8 @@ import pandas as pd
 import streamlit as st
 
 import perfmodel
-from dashboard import charts, common
-from dashboard.common import bound_label, fmt_gib, fmt_seconds, fmt_tokens
+from perfmodel.dashboard import charts, common
+from perfmodel.dashboard.common import bound_label, fmt_gib, fmt_seconds, fmt_tokens
 
 t_start = time.perf_counter()
 

@@ -25,8 +25,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from hw.loader import load_gpu
-from hw.spec import GPU
+from perfmodel.hw.loader import load_gpu
+from perfmodel.hw.spec import GPU
 from perfmodel.calibration import Mode, Profile, resolve_profile
 from perfmodel.errors import DoesNotFitError, InvalidInputError
 from perfmodel.knobs import KnobError, Knobs, effective_model

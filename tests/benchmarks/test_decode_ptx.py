@@ -32,7 +32,7 @@ def _cuda_compiler_available() -> bool:
 def test_every_configuration_is_named_once_with_its_phantom_setting(ptx):
     import importlib
 
-    wrapper = importlib.import_module("kernels.attention_decode")
+    wrapper = importlib.import_module("perfmodel.kernels.attention_decode")
     phantom = wrapper.DecodeConfig().phantom_tiles
     assert phantom > 0
     dk = ptx.load_kernels(ptx._REPO / "kernels" / "_decode_kernels.py")

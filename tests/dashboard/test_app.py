@@ -11,7 +11,7 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest
 
 import perfmodel
-from dashboard.common import bound_label, fmt_seconds
+from perfmodel.dashboard.common import bound_label, fmt_seconds
 
 perfmodel_takes_pp = "pp" in __import__("inspect").signature(perfmodel.analyze).parameters
 APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")

@@ -11,8 +11,8 @@ import pytest
 pytest.importorskip("streamlit")
 
 import perfmodel
-from dashboard import common
-from dashboard.common import UploadError, fmt_seconds, parse_upload
+from perfmodel.dashboard import common
+from perfmodel.dashboard.common import UploadError, fmt_seconds, parse_upload
 
 
 def test_parse_json_and_csv():

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from dashboard import launch
+from perfmodel.dashboard import launch
 
 
 def test_argv_names_localhost_and_the_app():

@@ -12,7 +12,7 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest
 
 import perfmodel
-from dashboard.common import fmt_seconds
+from perfmodel.dashboard.common import fmt_seconds
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = str(ROOT / "dashboard" / "app.py")
@@ -101,7 +101,7 @@ def test_invalid_knob_combination_is_one_error():
 
 
 # ---- Planners ------------------------------------------------------------------------------------------------
-planners_landed = pytest.mark.skipif(not (has("planners.moe") and has("planners.sp")),
+planners_landed = pytest.mark.skipif(not (has("perfmodel.planners.moe") and has("perfmodel.planners.sp")),
                                      reason="planners not in this tree")
 
 
@@ -164,9 +164,9 @@ def test_sp_planner_and_a_model_too_big_for_one_gpu():
 
 
 def test_upload_helpers_accept_json_and_csv_tables():
-    pytest.importorskip("planners.moe")
-    from dashboard.common import UploadError, parse_upload
-    from dashboard.uploads import lengths_from_upload, loads_from_upload, trace_from_upload
+    pytest.importorskip("perfmodel.planners.moe")
+    from perfmodel.dashboard.common import UploadError, parse_upload
+    from perfmodel.dashboard.uploads import lengths_from_upload, loads_from_upload, trace_from_upload
 
     loads = loads_from_upload(parse_upload("l.json", json.dumps({"loads": [[1, 2, 3], [4, 5, 6]]}).encode()))
     assert loads.shape == (2, 3)
@@ -229,15 +229,15 @@ def test_serving_policy_and_replicas_change_the_run():
 
 # ---- Validation ----------------------------------------------------------------------------------------------
 validation_landed = pytest.mark.skipif(
-    not (has("validation.report") and any(p.stem in perfmodel.list_gpus()
+    not (has("perfmodel.validation.report") and any(p.stem in perfmodel.list_gpus()
                                           for p in (ROOT / "validation" / "data").glob("*.jsonl"))),
     reason="validation records not in this tree")
 
 
 @validation_landed
 def test_validation_page_reproduces_the_report_table():
-    from validation.records import read_records
-    from validation.report import evaluate
+    from perfmodel.validation.records import read_records
+    from perfmodel.validation.report import evaluate
 
     at = open_page("validation")
     ok(at)
@@ -259,11 +259,11 @@ def test_every_landed_back_end_has_its_page():
     expected = ["views/whatif.py"]
     if has("perfmodel.knobs"):
         expected.append("views/knobs.py")
-    if has("planners.moe") and has("planners.sp"):
+    if has("perfmodel.planners.moe") and has("perfmodel.planners.sp"):
         expected.append("views/planners.py")
     if has("perfmodel.serving"):
         expected.append("views/serving.py")
-    if has("validation.report") and any(p.stem in perfmodel.list_gpus()
+    if has("perfmodel.validation.report") and any(p.stem in perfmodel.list_gpus()
                                         for p in (ROOT / "validation" / "data").glob("*.jsonl")):
         expected.append("views/validation.py")
     for page in expected:

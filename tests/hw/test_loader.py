@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-import hw
-from hw import Cluster, Dtype, HardwareError, LinkKind, Node, UnknownHardwareError
-from hw.loader import _GPU_NUMERIC, GPU_DIR, SYSTEM_DIR
+from perfmodel import hw
+from perfmodel.hw import Cluster, Dtype, HardwareError, LinkKind, Node, UnknownHardwareError
+from perfmodel.hw.loader import _GPU_NUMERIC, GPU_DIR, SYSTEM_DIR
 
 SHIPPED = [
     "a100-sxm-40gb", "a100-sxm-80gb", "a100-pcie-80gb", "h100-sxm-80gb", "h100-pcie-80gb",

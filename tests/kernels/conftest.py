@@ -12,8 +12,8 @@ os.environ["TRITON_INTERPRET"] = "1"
 import pytest
 import torch
 
-import kernels
-import kernels.matmul  # noqa: F401
+from perfmodel import kernels
+import perfmodel.kernels.matmul  # noqa: F401
 
 #: Relative-norm error bounds against float64 references, by operand dtype.
 TOLERANCE = {torch.float16: 1e-2, torch.bfloat16: 1e-2, torch.float32: 1e-4, torch.float8_e4m3fn: 1e-2}
@@ -25,7 +25,7 @@ def _kernels_are_interpreted():
 
     from triton.runtime.interpreter import InterpretedFunction
 
-    if not isinstance(sys.modules["kernels.matmul"]._matmul_kernel, InterpretedFunction):
+    if not isinstance(sys.modules["perfmodel.kernels.matmul"]._matmul_kernel, InterpretedFunction):
         pytest.fail(
             "kernels was imported before TRITON_INTERPRET=1 was set; run tests/kernels alone or set "
             "TRITON_INTERPRET=1 in the environment"

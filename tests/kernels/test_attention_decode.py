@@ -3,9 +3,9 @@ import importlib
 import pytest
 import torch
 
-import kernels
-from kernels import DecodeConfig
-from kernels.reference import attention_decode_ref
+from perfmodel import kernels
+from perfmodel.kernels import DecodeConfig
+from perfmodel.kernels.reference import attention_decode_ref
 from perfmodel import decode_schedule as ds
 
 # (B, Hq, Hkv, Lmax, D): GQA ratios 1, 2, 4, 7; Lmax 1 and odd lengths
@@ -160,7 +160,7 @@ def test_stream_k_fused_counters_left_at_zero(lens, seed, check, monkeypatch):
     # it at zero: repeated calls stay correct and the workspace is all zero after each
     import sys
 
-    mod = sys.modules["kernels.attention_decode"]
+    mod = sys.modules["perfmodel.kernels.attention_decode"]
     monkeypatch.setattr(mod, "_COUNTERS", {})
     q, k, v, _ = _inputs(3, 8, 2, 45, 64, torch.float32)
     kv_lens = torch.tensor(lens, dtype=torch.int32)
@@ -196,11 +196,11 @@ def test_fused_merge_rule(programs, sms, setting, expect):
 
 
 def _spy_launches(monkeypatch, name):
-    """Record ``(grid, keyword arguments)`` of every launch of ``kernels._decode_kernels.<name>``
+    """Record ``(grid, keyword arguments)`` of every launch of ``perfmodel.kernels._decode_kernels.<name>``
     (the launches still run)."""
     import sys
 
-    dk = sys.modules["kernels.attention_decode"]._dk
+    dk = sys.modules["perfmodel.kernels.attention_decode"]._dk
     real = getattr(dk, name)
     seen = []
 
@@ -301,7 +301,7 @@ def test_stream_k_default_programs_small_sms(lens, seed, check, poisoned, monkey
     # ragged lengths
     import sys
 
-    mod = sys.modules["kernels.attention_decode"]
+    mod = sys.modules["perfmodel.kernels.attention_decode"]
     monkeypatch.setattr(mod, "num_sms", lambda device: 7)
     q, k, v, _ = _inputs(3, 8, 2, 64, 64, torch.float16)
     kv_lens = torch.tensor(lens, dtype=torch.int32)
@@ -322,7 +322,7 @@ def test_reduce_guess(schedule, programs, pairs, expect):
 def test_stream_k_batch_limit(monkeypatch):
     import sys
 
-    monkeypatch.setattr(sys.modules["kernels.attention_decode"], "MAX_STREAM_K_BATCH", 2)
+    monkeypatch.setattr(sys.modules["perfmodel.kernels.attention_decode"], "MAX_STREAM_K_BATCH", 2)
     q, k, v, lens = _inputs(3, 4, 2, 8, 64, torch.float32)
     with pytest.raises(kernels.KernelInputError, match=r"^q: stream_k supports a batch of at most 2, got 3"):
         kernels.attention_decode(q, k, v, lens, schedule="stream_k")
@@ -330,7 +330,7 @@ def test_stream_k_batch_limit(monkeypatch):
 
 def test_programmatic_dependent_launch_only_on_a_hopper_gpu(monkeypatch):
     # the interpreter and CPU tensors never get the launch attribute or the griddepcontrol code
-    ad = importlib.import_module("kernels.attention_decode")
+    ad = importlib.import_module("perfmodel.kernels.attention_decode")
     assert not ad.pdl_supported(torch.device("cpu"))
     monkeypatch.setattr(ad, "interpreting", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
@@ -354,7 +354,7 @@ def test_model_prices_the_kernels_fused_merge_rule():
 
 def test_model_counts_the_fused_merge_loads_as_the_kernel_takes_them():
     # the cost model counts the loads of the fused merge in blocks of the BLOCK_S the launcher passes
-    from kernels._common import next_pow2
+    from perfmodel.kernels._common import next_pow2
 
     for group in range(1, 33):
         block_s = ds.merge_block_s(group)  # as launch_decode passes BLOCK_S
@@ -371,7 +371,7 @@ def test_model_counts_the_fused_merge_loads_as_the_kernel_takes_them():
 def test_stream_k_phantom_tiles(case, phantom, seed, check, poisoned):
     import sys
 
-    mod = sys.modules["kernels.attention_decode"]
+    mod = sys.modules["perfmodel.kernels.attention_decode"]
     _check_stream_k_case(case, seed, check, poisoned, DecodeConfig(phantom_tiles=phantom, fused_merge=True))
     # the counters are left at zero
     assert all(int(buf.abs().sum()) == 0 for buf in mod._COUNTERS.values())
@@ -385,7 +385,7 @@ def test_stream_k_phantom_default_programs(phantom, lens, seed, check, poisoned,
     # ([64, 64, 60] has equal tile counts: the aligned partition)
     import sys
 
-    mod = sys.modules["kernels.attention_decode"]
+    mod = sys.modules["perfmodel.kernels.attention_decode"]
     monkeypatch.setattr(mod, "num_sms", lambda device: 7)
     launches = _spy_launches(monkeypatch, "_stream_k_kernel")
     q, k, v, _ = _inputs(3, 8, 2, 64, 64, torch.float16)

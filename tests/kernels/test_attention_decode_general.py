@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-import kernels
-from kernels.reference import (
+from perfmodel import kernels
+from perfmodel.kernels.reference import (
     attention_decode_mla_ref,
     attention_decode_paged_ref,
     attention_decode_ref,

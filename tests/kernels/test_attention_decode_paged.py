@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-import kernels
-from kernels.reference import attention_decode_paged_ref, attention_decode_ref, paged_to_contiguous
+from perfmodel import kernels
+from perfmodel.kernels.reference import attention_decode_paged_ref, attention_decode_ref, paged_to_contiguous
 
 
 def _paged(b, hq, hkv, d, page, lens, dtype, spare=3):

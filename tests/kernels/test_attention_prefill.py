@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-import kernels
-from kernels.reference import attention_prefill_ref
+from perfmodel import kernels
+from perfmodel.kernels.reference import attention_prefill_ref
 
 # (B, Hq, Hkv, L, D): length 1, odd lengths, GQA ratios 1, 2, 4, 7, both head dims
 SHAPES = [
@@ -141,7 +141,7 @@ def test_gpu_configs_by_head_size():
     # heads up to 128 keep the configurations they were tuned with; wider heads get those that fit
     import sys
 
-    m = sys.modules["kernels.attention_prefill"]
+    m = sys.modules["perfmodel.kernels.attention_prefill"]
     every = m._GPU_CONFIGS + m._WIDE_GPU_CONFIGS
 
     def offered(d, dv):

@@ -6,13 +6,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels.attention_decode import bytes_moved as decode_bytes
-from kernels.attention_prefill import bytes_moved as prefill_bytes
-from kernels.attention_prefill import flops as prefill_flops
-from kernels.kv_blocks import bytes_moved as copy_bytes
-from kernels.kv_blocks import kv_block_copy_op
-from kernels.matmul import bytes_moved as gemm_bytes
-from kernels.matmul import flops as gemm_flops
+from perfmodel.kernels.attention_decode import bytes_moved as decode_bytes
+from perfmodel.kernels.attention_prefill import bytes_moved as prefill_bytes
+from perfmodel.kernels.attention_prefill import flops as prefill_flops
+from perfmodel.kernels.kv_blocks import bytes_moved as copy_bytes
+from perfmodel.kernels.kv_blocks import kv_block_copy_op
+from perfmodel.kernels.matmul import bytes_moved as gemm_bytes
+from perfmodel.kernels.matmul import flops as gemm_flops
 from perfmodel.ops import visible_keys
 
 

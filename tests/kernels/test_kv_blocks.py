@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-import kernels
-from kernels.reference import gather_kv_blocks_ref, scatter_kv_blocks_ref
+from perfmodel import kernels
+from perfmodel.kernels.reference import gather_kv_blocks_ref, scatter_kv_blocks_ref
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float8_e4m3fn])
@@ -43,7 +43,7 @@ def test_bad_input_names_the_argument(fn, args, name):
 
 
 def test_counts():
-    from kernels.kv_blocks import kv_block_copy_op
+    from perfmodel.kernels.kv_blocks import kv_block_copy_op
 
     op = kv_block_copy_op(num_blocks=10, kv_heads=8, block_size=16, head_dim=128, dtype="bf16")
     assert kernels.gather_kv_blocks.bytes_moved(op) == 2 * 10 * 8 * 16 * 128 * 2

@@ -3,8 +3,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import kernels
-from kernels.reference import matmul_ref
+from perfmodel import kernels
+from perfmodel.kernels.reference import matmul_ref
 
 SHAPES = [(1, 1, 1), (37, 29, 53), (16, 64, 16), (70, 33, 17), (5, 100, 3), (65, 17, 40)]
 

@@ -7,7 +7,7 @@ from types import MappingProxyType
 
 import pytest
 
-from hw.loader import load_gpu
+from perfmodel.hw.loader import load_gpu
 from perfmodel import analyze
 from perfmodel.calibration import ClassParams, Mode, OpClass, Profile, peak_profile, profile_from_dict
 from perfmodel.costs import op_cost

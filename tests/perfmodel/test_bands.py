@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from hw.loader import load_gpu
+from perfmodel.hw.loader import load_gpu
 from perfmodel.analyze import analyze
 from perfmodel.calibration import OpClass, Profile, Mode, load_profile_file, profile_from_dict, shipped_profile_path
 from perfmodel.costs import op_cost
@@ -114,7 +114,7 @@ def test_band_of_prefers_the_regime_row_then_the_key():
 
 
 def test_shipped_bands_have_regime_rows_and_finite_sample_quantiles():
-    from validation.bands import MIN_N_REGIME, _q
+    from perfmodel.validation.bands import MIN_N_REGIME, _q
 
     for gpu in (H100, "h200-sxm-141gb"):
         m = load_profile_file(shipped_profile_path(gpu)).bands["measured"]

@@ -46,7 +46,7 @@ def test_analyze_json_contract(capsys):
 def test_alias_and_user_files(capsys, tmp_path):
     import yaml
 
-    from hw.loader import GPU_DIR
+    from perfmodel.hw.loader import GPU_DIR
 
     data = yaml.safe_load((GPU_DIR / "h100-sxm-80gb.yaml").read_text())
     data["name"] = "my-gpu"

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hw.loader import load_gpu
+from perfmodel.hw.loader import load_gpu
 from perfmodel.calibration import ClassParams, Launch, Mode, OpClass, Profile, profile_from_dict
 from perfmodel.clocks import sustained_from_dict, sustained_phase
 from perfmodel.costs import OpCost, eager_cost, op_cost

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hw import UnknownHardwareError, load_gpu
+from perfmodel.hw import UnknownHardwareError, load_gpu
 from perfmodel.calibration import Mode, OpClass, Profile, peak_profile, resolve_profile
 from perfmodel.comm import (
     AllReduceAlgorithm,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from hw import load_gpu
+from perfmodel.hw import load_gpu
 from perfmodel.calibration import profile_from_dict
 from perfmodel.comm import collective_cost, collective_time
 from perfmodel.costs import op_cost

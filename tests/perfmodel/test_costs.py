@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hw.loader import load_gpu
-from hw.spec import Dtype
+from perfmodel.hw.loader import load_gpu
+from perfmodel.hw.spec import Dtype
 from perfmodel.calibration import ClassParams, Mode, OpClass, Profile, peak_profile
 from perfmodel.costs import Bound, OpCost, elementwise_rows, flash_splits, gemm_tile_m, op_cost, unit_waves_s
 from perfmodel.ops import (
@@ -346,7 +346,7 @@ def test_stream_k_merge_loads_take_blocks_of_pieces(group):
 def test_gemm_candidate_tiles_never_slower_than_the_largest_tile():
     from types import MappingProxyType
 
-    from hw.loader import load_gpu
+    from perfmodel.hw.loader import load_gpu
     from perfmodel.calibration import ClassParams, Mode, OpClass, Profile
     from perfmodel.ops import Gemm
 
@@ -367,7 +367,7 @@ def test_gemm_candidate_tiles_never_slower_than_the_largest_tile():
 def test_rmsnorm_rows_past_the_knee_stream_at_the_tail_efficiency():
     from types import MappingProxyType
 
-    from hw.loader import load_gpu
+    from perfmodel.hw.loader import load_gpu
     from perfmodel.calibration import ClassParams, Mode, Profile
     from perfmodel.ops import Elementwise
 

@@ -5,7 +5,7 @@ from types import MappingProxyType
 import numpy as np
 import pytest
 
-from hw.loader import load_gpu
+from perfmodel.hw.loader import load_gpu
 from perfmodel.calibration import ClassParams, Mode, Profile, params_from_dict
 from perfmodel.costs import op_cost, row_memory_eff
 from perfmodel.errors import ProfileError

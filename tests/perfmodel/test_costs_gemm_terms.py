@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from hw.loader import load_gpu
-from hw.spec import Dtype
+from perfmodel.hw.loader import load_gpu
+from perfmodel.hw.spec import Dtype
 from perfmodel.calibration import ClassParams, Mode, OpClass, Profile, params_from_dict
 from perfmodel.costs import GEMM_ALIGN_BYTES, gemm_misaligned, op_cost
 from perfmodel.errors import ProfileError

@@ -6,8 +6,8 @@ from types import MappingProxyType
 import numpy as np
 import pytest
 
-from hw.loader import load_gpu
-from hw.spec import Dtype
+from perfmodel.hw.loader import load_gpu
+from perfmodel.hw.spec import Dtype
 from perfmodel.calibration import ClassParams, SplitRule, Mode, OpClass, Profile, peak_profile
 from perfmodel.costs import flash_splits, op_cost
 from perfmodel.ops import Attention, Elementwise, Memcpy, MemLocation, Phase

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from hw.spec import Dtype
+from perfmodel.hw.spec import Dtype
 from perfmodel import decode_schedule as ds
 from perfmodel.attention_costs import triton_general_decode
 from perfmodel.errors import OpDescriptorError

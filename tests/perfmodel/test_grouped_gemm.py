@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hw.loader import load_gpu
-from hw.spec import Dtype
+from perfmodel.hw.loader import load_gpu
+from perfmodel.hw.spec import Dtype
 from perfmodel.calibration import ClassParams, Mode, OpClass, Profile, peak_profile, resolve_profile
 from perfmodel.costs import op_cost
 from perfmodel.costs_grouped import grouped_gemm_params, grouped_padded_rows

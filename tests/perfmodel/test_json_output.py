@@ -30,7 +30,7 @@ def test_analyze_match_context_json_through_the_cli(perfmodel_cli):
 
 
 def test_knobs_to_dict_gives_numbers_and_plain_values():
-    from hw import load_gpu
+    from perfmodel.hw import load_gpu
 
     k = Knobs(kv_dtype="fp8", kv_layers=15, kv_keep_ratio=0.5, prune_prefill=True,
               kv_tiers=(KvTier(TierKind.HOST_DDR), KvTier("cxl", 4e12, 7e9)))

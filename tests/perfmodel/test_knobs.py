@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hw.loader import load_gpu
-from hw.spec import Dtype
+from perfmodel.hw.loader import load_gpu
+from perfmodel.hw.spec import Dtype
 from perfmodel.analyze import analyze
 from perfmodel.calibration import peak_profile
 from perfmodel.knobs import AttentionOffload, Knobs, KnobError, KvTier, TierKind

@@ -7,7 +7,7 @@ import math
 import pytest
 import yaml
 
-from hw import HardwareError, load_gpu
+from perfmodel.hw import HardwareError, load_gpu
 from perfmodel import analyze
 from perfmodel.checks import finite_json_loads, is_finite_number
 from perfmodel.errors import NonFiniteError, OpDescriptorError
@@ -57,7 +57,7 @@ def test_predict_file_with_nan_is_one_line(tmp_path, perfmodel_cli):
 
 
 def test_gpu_file_with_zero_pcie_is_refused_at_load(tmp_path, perfmodel_cli):
-    from hw.loader import GPU_DIR
+    from perfmodel.hw.loader import GPU_DIR
 
     data = yaml.safe_load((GPU_DIR / "a100-sxm-80gb.yaml").read_text())
     data["pcie_bytes_per_s_per_direction"] = 0

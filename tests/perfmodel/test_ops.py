@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from hw.spec import Dtype
+from perfmodel.hw.spec import Dtype
 from perfmodel.errors import OpDescriptorError
 from perfmodel.ops import (
     Attention,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hw import load_gpu
+from perfmodel.hw import load_gpu
 from perfmodel.analyze import analyze
 from perfmodel.calibration import peak_profile
 from perfmodel.cli import main

@@ -115,7 +115,7 @@ def test_cli_knobs_with_a_layout(capsys):
 
 # ---- --match-context on a layout -----------------------------------------------------------------------------
 def _match(**kw):
-    from hw import load_gpu
+    from perfmodel.hw import load_gpu
     from perfmodel.calibration import Mode, resolve_profile
     from perfmodel.match import match_context
     from perfmodel.models import load_model

@@ -6,7 +6,7 @@ import warnings
 import pytest
 
 import perfmodel
-from hw import load_gpu
+from perfmodel.hw import load_gpu
 
 
 def test_gemm_peak_is_compute_bound_roofline():

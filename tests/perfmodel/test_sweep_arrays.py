@@ -13,7 +13,7 @@ from perfmodel.metrics import TIME_METRICS
 from perfmodel.models import load_model
 from perfmodel.parallel import RingStepModel, parallel_phases
 from perfmodel.sweep import _blocks, iter_sweep, sweep
-from hw import load_gpu
+from perfmodel.hw import load_gpu
 
 GRID = dict(context_len=[3000, 40_000], batch=[1, 5], output_tokens=[0, 300])
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import perfmodel
-from hw.loader import list_gpus, load_gpu
+from perfmodel.hw.loader import list_gpus, load_gpu
 from perfmodel import transfer
 from perfmodel.analyze import analyze
 from perfmodel.calibration import ClassParams, Mode, OpClass, Profile, load_profile_file, resolve_profile, \
@@ -170,7 +170,7 @@ def test_cli_analyze_prints_provenance_and_json_has_it(perfmodel_cli):
 
 
 def test_capacity_plan_labels_each_gpus_provenance():
-    from planners.capacity import gpu_provenance
+    from perfmodel.planners.capacity import gpu_provenance
 
     out = gpu_provenance(["h100-sxm-80gb", "mi300x"], "calibrated")
     assert out["h100-sxm-80gb"].startswith("measured")

@@ -9,7 +9,7 @@ import pytest
 from perfmodel.cli import main
 from perfmodel.serving import LengthDist, Slo, Workload
 from perfmodel.serving.parallel import ray_available
-from planners.capacity import (
+from perfmodel.planners.capacity import (
     CapacityQuery,
     PlannerError,
     Shape,
@@ -19,7 +19,7 @@ from planners.capacity import (
     plot_pareto,
     shapes,
 )
-from planners.errors import InfeasibleError
+from perfmodel.planners.errors import InfeasibleError
 
 _SLO = Slo(ttft_s=0.5, tpot_s=0.05)
 
@@ -148,7 +148,7 @@ def test_ray_search_matches_local(monkeypatch):
 
 def test_backend_choice_by_where_and_how_much(monkeypatch):
     from perfmodel.serving.parallel import Backend
-    from planners.capacity import RAY_MIN_WORK_S, choose_backend
+    from perfmodel.planners.capacity import RAY_MIN_WORK_S, choose_backend
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert choose_backend(10, 0.5, cores=8)[0] is Backend.LOCAL  # 5 s: a local instance would not pay

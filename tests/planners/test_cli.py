@@ -3,7 +3,7 @@ import json
 import pytest
 
 from perfmodel.cli import main
-from planners.synthetic import lognormal_lengths, markov_affinity, zipf_loads
+from perfmodel.planners.synthetic import lognormal_lengths, markov_affinity, zipf_loads
 
 
 @pytest.fixture()

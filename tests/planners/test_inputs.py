@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from planners import PlannerError
-from planners.inputs import read_lengths, read_loads, trace_counts
+from perfmodel.planners import PlannerError
+from perfmodel.planners.inputs import read_lengths, read_loads, trace_counts
 
 
 def test_trace_counts():

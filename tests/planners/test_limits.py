@@ -6,11 +6,11 @@ import time
 import numpy as np
 import pytest
 
-from planners.errors import PlannerError, TooLargeError
-from planners.moe import MoEProblem, plan_moe
-from planners.solver import MAX_MILP_VARIABLES, SolverOptions
-from planners.sp import check_size, milp_variables
-from planners.synthetic import lognormal_lengths, zipf_loads
+from perfmodel.planners.errors import PlannerError, TooLargeError
+from perfmodel.planners.moe import MoEProblem, plan_moe
+from perfmodel.planners.solver import MAX_MILP_VARIABLES, SolverOptions
+from perfmodel.planners.sp import check_size, milp_variables
+from perfmodel.planners.synthetic import lognormal_lengths, zipf_loads
 
 LIMIT_S = 2.0
 
@@ -99,7 +99,7 @@ def test_plan_capacity_whole_command_within_limit(perfmodel_cli):
 
 def test_plan_capacity_past_its_deadline_says_so():
     from perfmodel.serving import LengthDist, Slo, Workload
-    from planners.capacity import CapacityQuery, load_prices, plan_capacity
+    from perfmodel.planners.capacity import CapacityQuery, load_prices, plan_capacity
 
     reqs = Workload(50, 10.0, LengthDist.parse(1024), LengthDist.parse(32), seed=0).generate()
     q = CapacityQuery("llama-3-8b", reqs, Slo(ttft_s=1.0, tpot_s=0.05), ("h100-sxm-80gb",), (1,), max_gpus=2,
@@ -119,7 +119,7 @@ def test_plan_capacity_bounds_its_inputs(perfmodel_cli, flag, value, needle):
 
 def test_sp_groups_are_priced_over_nodes_never_as_one_nvlink_node():
     from perfmodel.scenario import Scenario
-    from planners.sp_cost import SpCostModel
+    from perfmodel.planners.sp_cost import SpCostModel
 
     scn = Scenario.make("llama-3-8b", "h100", context_len=64_000, output_tokens=0, sp_kind="ring")
     free = SpCostModel.from_scenario(scn)

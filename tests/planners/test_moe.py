@@ -5,10 +5,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from planners import InfeasibleError, PlannerError, SolverOptions, SolveStatus
-from planners import moe_baselines as mb
-from planners.moe import MoEProblem, plan_moe
-from planners.synthetic import markov_affinity, zipf_loads
+from perfmodel.planners import InfeasibleError, PlannerError, SolverOptions, SolveStatus
+from perfmodel.planners import moe_baselines as mb
+from perfmodel.planners.moe import MoEProblem, plan_moe
+from perfmodel.planners.synthetic import markov_affinity, zipf_loads
 
 EXACT = SolverOptions(time_limit_s=20, gap_rel=0.0)
 

@@ -8,11 +8,11 @@ import pytest
 
 from perfmodel.ep_route import (plan_traffic, routed_transitions, synthetic_transitions, traffic_matrix)
 from perfmodel.errors import InvalidInputError
-from planners import moe_baselines as mb
-from planners.moe import MoEProblem, plan_moe
-from planners.moe_ties import routed_weighted_traffic, tie_search
-from planners.solver import SolverOptions
-from planners.synthetic import zipf_loads
+from perfmodel.planners import moe_baselines as mb
+from perfmodel.planners.moe import MoEProblem, plan_moe
+from perfmodel.planners.moe_ties import routed_weighted_traffic, tie_search
+from perfmodel.planners.solver import SolverOptions
+from perfmodel.planners.synthetic import zipf_loads
 from tests.conftest import run_perfmodel
 
 

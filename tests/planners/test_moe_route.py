@@ -10,8 +10,8 @@ from perfmodel.comm import Topology, collective_time, topology_from_system
 from perfmodel.ep_route import busiest_gpu_bound_s, layer_route_time, read_placement, route_time, traffic_matrix
 from perfmodel.errors import InvalidInputError
 from perfmodel.ops import OpKind
-from hw.loader import load_gpu, load_system
-from planners.synthetic import zipf_loads
+from perfmodel.hw.loader import load_gpu, load_system
+from perfmodel.planners.synthetic import zipf_loads
 from tests.conftest import run_perfmodel
 
 BYTES = 7168 * 2

@@ -6,10 +6,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from planners import SolverOptions, SolveStatus
-from planners import moe_baselines as mb
-from planners import moe_search as ms
-from planners.moe import MoEProblem, plan_moe
+from perfmodel.planners import SolverOptions, SolveStatus
+from perfmodel.planners import moe_baselines as mb
+from perfmodel.planners import moe_search as ms
+from perfmodel.planners.moe import MoEProblem, plan_moe
 
 # deepseek-ai/EPLB README: 2 layers x 12 experts, 16 physical slots on 8 GPUs in 2 nodes
 EPLB_README = np.array([[90, 132, 40, 61, 104, 165, 39, 4, 73, 56, 183, 86],

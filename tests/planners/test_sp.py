@@ -6,10 +6,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import perfmodel
-from planners import InfeasibleError, PlannerError, SolverOptions, SolveStatus
-from planners.sp import SpInstance, bucketize, build_instance, lower_bound, plan_sp
-from planners.sp_cost import SpCostModel, SpKind
-from planners.synthetic import lognormal_lengths
+from perfmodel.planners import InfeasibleError, PlannerError, SolverOptions, SolveStatus
+from perfmodel.planners.sp import SpInstance, bucketize, build_instance, lower_bound, plan_sp
+from perfmodel.planners.sp_cost import SpCostModel, SpKind
+from perfmodel.planners.synthetic import lognormal_lengths
 
 
 def synthetic_instance(lengths, gpus, cap=np.inf, comm=0.05):

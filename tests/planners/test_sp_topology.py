@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 
 import perfmodel
-from hw.loader import load_system
+from perfmodel.hw.loader import load_system
 from perfmodel.calibration import resolve_profile
 from perfmodel.cli import main
 from perfmodel.comm import Topology, topology_from_system
-from planners import SolverOptions
-from planners.sp import build_instance, place_groups, plan_sp
-from planners.sp_cost import SpCostModel, SpKind
-from planners.synthetic import lognormal_lengths
+from perfmodel.planners import SolverOptions
+from perfmodel.planners.sp import build_instance, place_groups, plan_sp
+from perfmodel.planners.sp_cost import SpCostModel, SpKind
+from perfmodel.planners.synthetic import lognormal_lengths
 
 TWO_NODES = str(Path(__file__).resolve().parents[2] / "examples" / "sp-two-nodes.json")
 

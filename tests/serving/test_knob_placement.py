@@ -8,7 +8,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from hw.loader import load_gpu
+from perfmodel.hw.loader import load_gpu
 from perfmodel.knobs import AttentionOffload, Knobs, KvTier
 from perfmodel.phases import memory_budget
 from perfmodel.serving import Deployment, LengthDist, Requests, Workload, analytic_bounds, replica_memory, simulate

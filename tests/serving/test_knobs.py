@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hw.spec import Dtype
+from perfmodel.hw.spec import Dtype
 from perfmodel.knobs import KnobError, Knobs, KvTier
 from perfmodel.layers import kv_bytes_per_token_per_gpu
 from perfmodel.phases import memory_budget

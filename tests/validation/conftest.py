@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from hw.loader import load_gpu
+from perfmodel.hw.loader import load_gpu
 from perfmodel.calibration import Profile
 from perfmodel.ops import op_from_dict
-from validation.cases import cases
-from validation.fit import predict_ops
+from perfmodel.validation.cases import cases
+from perfmodel.validation.fit import predict_ops
 
 H100 = "h100-sxm-80gb"
 

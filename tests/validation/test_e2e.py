@@ -1,4 +1,4 @@
-"""validation.e2e: the whole-model runner, on the CPU with tiny configs."""
+"""perfmodel.validation.e2e: the whole-model runner, on the CPU with tiny configs."""
 
 import json
 import os
@@ -11,8 +11,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from perfmodel.models import load_model  # noqa: E402
-from validation import e2e  # noqa: E402
-from validation.e2e_model import E2EModel  # noqa: E402
+from perfmodel.validation import e2e  # noqa: E402
+from perfmodel.validation.e2e_model import E2EModel  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -106,7 +106,7 @@ def test_report_median_p90_max_on_synthetic_records(tmp_path):
 
 def _cli(*args):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "validation.e2e", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "perfmodel.validation.e2e", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
 
 

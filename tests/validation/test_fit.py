@@ -8,8 +8,8 @@ import pytest
 
 from perfmodel.calibration import ClassParams, Mode, OpClass, Profile, load_profile_file
 from perfmodel.errors import ProfileError
-from validation.fit import ProfileFitter, write_profile
-from validation.records import RecordError, read_records, split_by_family
+from perfmodel.validation.fit import ProfileFitter, write_profile
+from perfmodel.validation.records import RecordError, read_records, split_by_family
 
 DATA = Path(__file__).resolve().parents[2] / "validation" / "data"
 H100 = "h100-sxm-80gb"

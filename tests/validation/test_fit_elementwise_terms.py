@@ -2,10 +2,10 @@
 
 import numpy as np
 
-from hw.loader import load_gpu
+from perfmodel.hw.loader import load_gpu
 from perfmodel.calibration import ClassParams
 from perfmodel.ops import Elementwise
-from validation.fit import _profile_with, fit_class, predict_ops
+from perfmodel.validation.fit import _profile_with, fit_class, predict_ops
 
 G = load_gpu("h100-sxm-80gb")
 

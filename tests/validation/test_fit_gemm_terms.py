@@ -4,8 +4,8 @@
 import numpy as np
 
 from perfmodel.calibration import ClassParams, Mode, OpClass, Profile
-from validation.fit import ProfileFitter
-from validation.records import split_by_family
+from perfmodel.validation.fit import ProfileFitter
+from perfmodel.validation.records import split_by_family
 
 H100 = "h100-sxm-80gb"
 

@@ -9,12 +9,12 @@ from types import MappingProxyType
 import numpy as np
 import pytest
 
-from hw.loader import load_gpu
+from perfmodel.hw.loader import load_gpu
 from perfmodel.calibration import ClassParams, Mode, OpClass, Profile
 from perfmodel.costs import op_cost
 from perfmodel.ops import Gemm, op_to_dict
-from validation.fit import SUSTAINED_OPS, launch_terms, sustained_terms
-from validation.records import RecordError
+from perfmodel.validation.fit import SUSTAINED_OPS, launch_terms, sustained_terms
+from perfmodel.validation.records import RecordError
 
 H100 = "h100-sxm-80gb"
 ROOT = Path(__file__).resolve().parents[2]

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from validation.gemm_kernels import error_by_kind, kernel_map, main, parse_kernels, split_k_table
+from perfmodel.validation.gemm_kernels import error_by_kind, kernel_map, main, parse_kernels, split_k_table
 
 SPLIT = ["nvjet_sm90_tst_64x8_64x16_4x1_v_bz_splitK_NNT",
          "void cublasLt::splitKreduce_kernel<32, 16, int, float, __nv_bfloat16>(...)"]

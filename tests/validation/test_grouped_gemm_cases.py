@@ -7,9 +7,9 @@ import pytest
 
 from perfmodel.calibration import ClassParams, Mode, OpClass, Profile
 from perfmodel.ops import GroupedGemm, op_from_dict
-from validation.cases import MOE_MODELS, cases, grouped_gemm_cases, route_counts
-from validation.fit import ProfileFitter
-from validation.records import class_key
+from perfmodel.validation.cases import MOE_MODELS, cases, grouped_gemm_cases, route_counts
+from perfmodel.validation.fit import ProfileFitter
+from perfmodel.validation.records import class_key
 
 H100 = "h100-sxm-80gb"
 
@@ -57,7 +57,7 @@ def test_loop_records_are_their_own_report_row():
 
 def test_builder_runs_on_cpu_and_matches_the_per_expert_loop():
     torch = pytest.importorskip("torch")
-    from validation import bench
+    from perfmodel.validation import bench
 
     case = [c for c in grouped_gemm_cases("smoke") if c.args["tokens"] == 7][0]
     built = bench.build(case, torch.device("cpu"), l2_bytes=1e9)
@@ -73,7 +73,7 @@ def test_builder_runs_on_cpu_and_matches_the_per_expert_loop():
 
 def test_builder_falls_back_to_the_loop_where_grouped_mm_does_not_run(monkeypatch):
     torch = pytest.importorskip("torch")
-    from validation import bench
+    from perfmodel.validation import bench
 
     def broken(*a, **k):
         raise RuntimeError("grouped_mm: not supported on this device")
@@ -117,8 +117,8 @@ def test_dry_run_measures_the_grouped_section(tmp_path, monkeypatch):
     pytest.importorskip("torch")
     from typer.testing import CliRunner
 
-    from validation.records import check_record
-    from validation.run import app
+    from perfmodel.validation.records import check_record
+    from perfmodel.validation.run import app
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     res = CliRunner().invoke(app, ["--out", str(tmp_path), "--dry-run", "--sections", "grouped_gemm", "--name", "dry"])

@@ -6,9 +6,9 @@ import sys
 import numpy as np
 import pytest
 
-from validation import collectives_launch as CL
-from validation import e2e_parallel as EP
-from validation.spawn import launch, read_jsonl
+from perfmodel.validation import collectives_launch as CL
+from perfmodel.validation import e2e_parallel as EP
+from perfmodel.validation.spawn import launch, read_jsonl
 
 H100 = "h100-sxm-80gb"
 META_KEYS = ("launch", "world", "bytes", "gpu", "driver", "torch", "cuda", "nccl", "date", "nccl_env")
@@ -97,7 +97,7 @@ def test_e2e_parallel_dry_run(tmp_path):
         assert r["measured_s"] > 0 and r["predicted_s"] > 0 and r["world"] == 2 and r["dry_run"]
         assert r["error"] == pytest.approx(r["predicted_s"] / r["measured_s"] - 1.0)
     assert json.loads((tmp_path / "e2e_parallel_failures.json").read_text()) == []
-    from validation.e2e import score
+    from perfmodel.validation.e2e import score
 
     assert {s["phase"] for s in score(recs)} == {"tp2 prefill", "tp2 decode", "pp2 prefill", "ep2 prefill",
                                                "ep2 decode"}

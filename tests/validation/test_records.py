@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from validation.cases import cases
-from validation.records import (
+from perfmodel.validation.cases import cases
+from perfmodel.validation.records import (
     RecordError,
     canonical_gpu,
     class_key,
@@ -106,7 +106,7 @@ def test_every_quick_case_is_a_valid_descriptor_with_a_family():
 
 
 def test_replace_impl_records_swaps_one_implementation(tmp_path, capsys):
-    from validation.records import main, replace_impl_records
+    from perfmodel.validation.records import main, replace_impl_records
 
     old = [_rec(), _rec(impl="stream_k", m=1), _rec(impl="stream_k", m=2), _rec(impl="split_kv", m=3)]
     new = [_rec(impl="stream_k", m=7)]

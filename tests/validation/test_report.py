@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 from typer.testing import CliRunner
 
-from validation.report import START, END, Score, app, replace_section, scores
+from perfmodel.validation.report import START, END, Score, app, replace_section, scores
 
 DATA = Path(__file__).resolve().parents[2] / "validation" / "data"
 

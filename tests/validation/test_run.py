@@ -6,10 +6,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from validation import bench  # noqa: E402
-from validation.cases import cases  # noqa: E402
-from validation.layer import DecoderLayerBench, rmsnorm, silu_mul  # noqa: E402
-from validation.records import check_record  # noqa: E402
+from perfmodel.validation import bench  # noqa: E402
+from perfmodel.validation.cases import cases  # noqa: E402
+from perfmodel.validation.layer import DecoderLayerBench, rmsnorm, silu_mul  # noqa: E402
+from perfmodel.validation.records import check_record  # noqa: E402
 
 
 @pytest.mark.parametrize("section", ["gemm", "elementwise", "memcpy", "layer"])
@@ -47,7 +47,7 @@ def test_dry_run_records_are_valid_and_marked(tmp_path, monkeypatch):
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # what --dry-run sets; restored after the test
 
-    from validation.run import app
+    from perfmodel.validation.run import app
 
     res = CliRunner().invoke(app, ["--out", str(tmp_path), "--dry-run", "--sections", "gemm,memcpy",
                                    "--name", "dry"])
@@ -62,7 +62,7 @@ def test_dry_run_records_are_valid_and_marked(tmp_path, monkeypatch):
 
 
 def test_noncausal_set_is_block_pairs_of_ring_steps():
-    from validation.cases import NONCAUSAL_BLOCKS, noncausal_cases
+    from perfmodel.validation.cases import NONCAUSAL_BLOCKS, noncausal_cases
 
     full = noncausal_cases("quick")
     assert {(c.desc["q_heads"], c.desc["kv_heads"], c.desc["head_dim"]) for c in full} == {(32, 8, 128), (32, 32, 128)}
@@ -76,7 +76,7 @@ def test_noncausal_set_is_block_pairs_of_ring_steps():
 
 
 def test_attention_builders_honour_the_causal_flag():
-    from validation.cases import attention_cases, noncausal_cases
+    from perfmodel.validation.cases import attention_cases, noncausal_cases
 
     for case, want in ((noncausal_cases("smoke")[0], False), (noncausal_cases("smoke")[-1], False),
                        (attention_cases("smoke")[0], True)):
@@ -87,7 +87,7 @@ def test_attention_builders_honour_the_causal_flag():
 def test_noncausal_cli_refuses_two_case_sets(tmp_path):
     from typer.testing import CliRunner
 
-    from validation.run import app
+    from perfmodel.validation.run import app
 
     bad = CliRunner().invoke(app, ["--out", str(tmp_path), "--dry-run", "--extra", "--noncausal"])
     assert bad.exit_code == 2 and "pick one" in bad.output
@@ -105,7 +105,7 @@ def test_impls_filter_measures_only_the_named_implementations(tmp_path, monkeypa
     from typer.testing import CliRunner
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    from validation.run import app
+    from perfmodel.validation.run import app
 
     res = CliRunner().invoke(app, ["--out", str(tmp_path), "--dry-run", "--sections", "attention",
                                    "--impls", "stream_k", "--name", "sk"])
@@ -120,7 +120,7 @@ def test_impls_filter_measures_only_the_named_implementations(tmp_path, monkeypa
 def test_gemm_ms_replaces_the_m_values_of_every_gemm_family(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from validation.cases import with_gemm_ms
+    from perfmodel.validation.cases import with_gemm_ms
 
     base = cases("smoke", ("gemm", "memcpy"))
     out = with_gemm_ms(base, [3, 128, 3])
@@ -134,7 +134,7 @@ def test_gemm_ms_replaces_the_m_values_of_every_gemm_family(tmp_path, monkeypatc
         with_gemm_ms(base, [0, 4])
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    from validation.run import app
+    from perfmodel.validation.run import app
 
     res = CliRunner().invoke(app, ["--out", str(tmp_path), "--dry-run", "--sections", "gemm", "--gemm-ms", "2,9",
                                    "--kernel-names", "--name", "g"])
