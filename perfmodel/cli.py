@@ -194,6 +194,23 @@ def add_layout_args(p: argparse.ArgumentParser) -> None:
                         "smallest shipped system of the GPU that holds them)")
 
 
+def add_placement_arg(p: argparse.ArgumentParser) -> None:
+    """``--moe-placement``, shared by analyze, sweep and simulate."""
+    p.add_argument("--moe-placement", default=None, metavar="PLAN.json",
+                   help="a plan moe --json file (ep GPUs, one placement per MoE layer or one for all): prices each MoE "
+                        "layer's EP all-to-all from the traffic its placement implies and its expert GEMMs on the GPU "
+                        "it loads most, with the plan's expert loads when it carries them (needs --ep > 1)")
+
+
+def read_placement_arg(args: argparse.Namespace):
+    """``--moe-placement`` read once (None when not given)."""
+    if not getattr(args, "moe_placement", None):
+        return None
+    from perfmodel.ep_route import as_moe_placement
+
+    return as_moe_placement(args.moe_placement)
+
+
 #: the commands defined here: running one of them loads no extension module (their imports stay unpaid)
 CORE_COMMANDS = ("analyze", "predict", "sweep", "gpus", "models", "dashboard")
 
@@ -216,9 +233,7 @@ def _build_parser(extensions: bool = True) -> _Parser:
     from perfmodel.knobs import add_knob_args
 
     add_knob_args(a)
-    a.add_argument("--moe-placement", default=None, metavar="PLAN.json",
-                   help="a plan moe --json file (ep GPUs, one placement per MoE layer or one for all): prices each MoE "
-                        "layer's EP all-to-all from the traffic its placement implies (needs --ep > 1)")
+    add_placement_arg(a)
     a.add_argument("--match-context", type=_positive_int, default=None, metavar="N",
                    help="per metric and knob, the setting at which --context costs no more than N tokens")
     a.set_defaults(func=_cmd_analyze)
@@ -239,6 +254,7 @@ def _build_parser(extensions: bool = True) -> _Parser:
     s.add_argument("--tp", type=_int_list, default=[1])
     s.add_argument("--output-tokens", type=_nonneg_int_list, default=[250])
     add_layout_args(s)
+    add_placement_arg(s)
     s.add_argument("--out", default=None, help="write CSV (or .parquet) here")
     s.add_argument("--max-bytes", type=_bytes, default=None, metavar="BYTES",
                    help="largest result built in memory, points x columns x 8 bytes (default 2GiB); beyond it a "
@@ -359,9 +375,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
               knobs=knobs, pp=args.pp, sp=args.sp, sp_kind=args.sp_kind, ep=args.ep, topology=args.topology,
               attention_impl=args.attention_impl, launch=args.launch, batch_lengths=args.batch_lengths)
     if args.moe_placement:
-        from perfmodel.ep_route import as_moe_placement
-
-        kw["moe_placement"] = as_moe_placement(args.moe_placement)  # read once
+        kw["moe_placement"] = read_placement_arg(args)  # read once
     results = [analyze(context_len=c, **kw) for c in contexts]
     peaks = _peak_bounds(results, kw)
     match = knobs_cli.run_match(args, knobs, contexts[0]) if args.match_context else None
@@ -433,9 +447,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     kw = dict(output_tokens=args.output_tokens, mode=args.mode, weight_dtype=args.weight_dtype,
               kv_dtype=None, chunk_tokens=args.chunk_tokens, knobs=knobs, knob_axes=knob_axes, pp=args.pp,
               sp=args.sp, sp_kind=args.sp_kind, ep=args.ep, topology=args.topology,
-              attention_impl=args.attention_impl, launch=args.launch)
+              attention_impl=args.attention_impl, launch=args.launch, moe_placement=read_placement_arg(args))
     max_bytes = DEFAULT_MAX_BYTES if args.max_bytes is None else args.max_bytes
-    layout = args.pp != 1 or args.sp != 1 or args.ep != 1 or args.topology is not None
+    layout = args.pp != 1 or args.sp != 1 or args.ep != 1 or args.topology is not None or kw["moe_placement"] is not None
     size = sweep_size(args.context, args.batch, args.tp, args.output_tokens, knob_axes, layout)
     gpus = _gpu_list(args.gpu)
     stream = size.bytes * len(gpus) > max_bytes

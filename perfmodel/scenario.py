@@ -309,7 +309,7 @@ class Scenario:
                                   ep=ep, topology=topology, gpu=g, knobs=knobs, chunk_tokens=chunk_tokens,
                                   reserve_fraction=reserve_fraction)
         kn = knobs if knobs is not None and knobs.active else None
-        placement = _check_placement(m, moe_placement, int(ep))
+        placement = check_placement(m, moe_placement, int(ep))
         if weight_dtype and m.weight_dtype and Dtype.parse(weight_dtype) is not Dtype.parse(m.weight_dtype):
             notes.append(f"the model's config stores its weights as {m.weight_dtype}; {weight_dtype} is priced")
         prec = Precision.of(weights_dtype(m, weight_dtype), activation_dtype, kv_dtype)
@@ -345,8 +345,8 @@ class Scenario:
                     moe_placement=self.moe_placement, batch_lengths=self.batch_lengths)
 
 
-def _check_placement(model, value: Any, ep: int):
-    """``value`` as a checked :class:`~perfmodel.ep_route.MoePlacement` (None stays None)."""
+def check_placement(model, value: Any, ep: int):
+    """``value`` (a ``plan moe --json`` path, per-layer lists or a :class:`~perfmodel.ep_route.MoePlacement`) as a checked :class:`~perfmodel.ep_route.MoePlacement` (None stays None)."""
     from perfmodel.ep_route import as_moe_placement
 
     placement = as_moe_placement(value)
