@@ -69,6 +69,8 @@ class Analysis:
     provenance: dict = field(default_factory=dict)
     provenance_summary: str = ""
     scenario: "Scenario | None" = None  # the checked scenario this analysis priced
+    #: A ragged batch (``Scenario.batch_lengths``): the lengths, and the padded prefill beside ``prefill``.
+    prefill_padded: "OpCost | None" = None
 
     @property
     def session_throughput_tokens_per_s(self) -> float:
@@ -144,7 +146,20 @@ class Analysis:
             "provenance": dict(self.provenance),
             "notes": list(self.notes),
             "knobs": self.knobs.to_dict() if self.knobs is not None else {},
-        } | self._knob_comparison())
+        } | self._knob_comparison() | self._ragged())
+
+    def _ragged(self) -> dict[str, Any]:
+        """``batch_lengths``: a ragged batch's prefill (``prefill_s``, unpadded) beside the padded one."""
+        if self.prefill_padded is None or self.scenario is None or self.scenario.batch_lengths is None:
+            return {}
+        lens = self.scenario.batch_lengths
+        ragged, pad = float(self.prefill.total_s), float(self.prefill_padded.total_s)
+        return {"batch_lengths": {
+            "lengths": list(lens), "tokens": sum(lens), "padded_tokens": len(lens) * max(lens),
+            "prefill_s": ragged, "prefill_flops_per_gpu": float(self.prefill.flops),
+            "padded_prefill_s": pad, "padded_prefill_flops_per_gpu": float(self.prefill_padded.flops),
+            "padded_over_ragged": pad / ragged if ragged > 0 else None,
+        }}
 
     def _knob_comparison(self) -> dict[str, Any]:
         """``without_knobs`` metrics and ``knob_ratio`` (with / without), when knobs are active."""
@@ -248,6 +263,7 @@ def analyze(
     launch: "Launch | str" = Launch.GRAPH,
     moe_placement=None,
     attention_dp: int = 1,
+    batch_lengths=None,
 ) -> Analysis:
     """Prefill, decode, concurrency and context switch of one scenario.
 
@@ -285,6 +301,11 @@ def analyze(
     ``ep`` > 1) prices each MoE layer's dispatch and combine all-to-all from the GPU-to-GPU traffic its placement
     implies (:func:`perfmodel.ep_route.layer_route_time`) instead of the busiest GPU's load.
 
+    ``batch_lengths`` (each prompt's tokens; one TP group, no knobs) prices a ragged batch: ``prefill`` is one
+    pass without padding (:func:`perfmodel.phases.ragged_prefill_cost`), ``prefill_padded`` the same batch
+    padded to the longest prompt, ``to_dict()["batch_lengths"]`` both; ``batch`` and ``context_len`` become
+    the count and the longest, and decode and memory are priced at that padded shape.
+
     Raises
     ------
     DoesNotFitError
@@ -299,7 +320,7 @@ def analyze(
     return analyze_scenario(Scenario.make(
         model, gpu, context_len, output_tokens, batch, tp, mode, weight_dtype, kv_dtype, activation_dtype,
         chunk_tokens, reserve_fraction, profile, knobs, pp, sp, sp_kind, ep, topology, attention_impl, launch,
-        moe_placement=moe_placement, attention_dp=attention_dp))
+        moe_placement=moe_placement, attention_dp=attention_dp, batch_lengths=batch_lengths))
 
 
 def analyze_scenario(scn: Scenario) -> Analysis:
@@ -336,6 +357,18 @@ def analyze_scenario(scn: Scenario) -> Analysis:
         step = decode_step_cost(m, g, prof, context_len, batch, prec, tp, knobs=knobs)
         dec = decode_cost(m, g, prof, context_len, output_tokens, batch, prec, tp, knobs=knobs)
         pre_comm, step_comm = _tp_comm_s(m, g, prof, context_len, batch, prec, tp, chunk_tokens)
+    padded = None
+    if scn.batch_lengths is not None:  # one unpadded pass, the padded one beside it
+        from perfmodel.ops import Phase
+        from perfmodel.parallel import comm_seconds
+        from perfmodel.phases import ragged_prefill_cost
+
+        pre = ragged_prefill_cost(m, g, prof, scn.batch_lengths, prec, tp)
+        padded = ragged_prefill_cost(m, g, prof, scn.batch_lengths, prec, tp, padded=True)
+        tokens = sum(scn.batch_lengths)
+        pre_comm = comm_seconds(m, g, prof, Phase.PREFILL, 1, tokens, tokens, prec, tp) if tp > 1 else 0.0
+        notes.append(f"ragged batch of {batch} prompts ({tokens:,} tokens): prefill priced as one unpadded pass; "
+                     f"decode and memory at the padded shape ({context_len:,} tokens each)")
     sw = context_switch(g, prof, mem.kv_bytes_per_user, knobs=knobs)
     baseline = None
     if knobs is not None:
@@ -353,7 +386,7 @@ def analyze_scenario(scn: Scenario) -> Analysis:
         prefill_comm_s=pre_comm,
         decode_step_comm_s=step_comm, parallel=par_details, attention_impl=prof.attention_impl,
         launch=prof.launch, provenance=prof.provenance_map(), provenance_summary=prof.provenance_summary(),
-        scenario=scn,
+        scenario=scn, prefill_padded=padded,
     )
 
 

@@ -156,7 +156,7 @@ def _attention_block(model: ModelSpec, phase: Phase, batch, q_len, kv_len, prec:
     if knobs is None:
         keys, window = kv_len, model.sliding_window
     elif decode:
-        keys = model.kv_tokens(knobs.kept_tokens(kv_len))  # window on sliding layers, layer-averaged
+        keys = model.kv_tokens(knobs.kept_tokens(kv_len, model.num_layers))  # window on sliding layers, layer-averaged
         keys, window = keys * density if density < 1 else keys, 0
     else:
         keys, window = kv_len, model.sliding_window
@@ -455,6 +455,8 @@ def model_ops(
         model = effective_model(model, knobs)
         knobs.check(model)
         precision = apply_knobs(precision, knobs)
+        if len(knobs.layer_keep(model.num_layers)) > 1:
+            return _scheduled_ops(model, phase, batch, q_len, kv_len, precision, tp, lm_head_rows, knobs)
     check_tp(model, tp)
     a = precision.activations.bytes_per_element
     w = precision.weights.bytes_per_element
@@ -475,6 +477,34 @@ def model_ops(
     way = default_collective_launch(phase)  # decode: in a CUDA graph; prefill: back to back
     return [(n, dataclasses.replace(o, launch=way) if isinstance(o, Collective) and o.launch is None else o, c)
             for n, o, c in ops]
+
+
+def _scheduled_ops(model: ModelSpec, phase: Phase, batch, q_len, kv_len, precision: Precision, tp: int,
+                   lm_head_rows, knobs: Knobs) -> OpList:
+    """:func:`model_ops` under a per-layer ``keep_schedule``: each run of layers that keeps fraction ``f`` is
+    priced as the whole stack at ratio ``f`` (the uniform-ratio ops), its counts scaled by its share of the
+    layers.  Decode reads ``ceil(f n)`` keys in those layers; with ``prune_prefill`` a prefill pass runs
+    those layers on ``f / f_0`` of its tokens and keys (``f_0``: the first layer's fraction, which
+    :meth:`Knobs.prefill_tokens` already applied to the prompt).  The embedding runs once, on the first
+    run's tokens; the LM head once."""
+    L = model.num_layers
+    segs = knobs.layer_keep(L)
+    f0 = segs[0][1]
+    prune = phase is Phase.PREFILL and knobs.prune_prefill
+    ops: OpList = []
+    for i, (n, f) in enumerate(segs):
+        seg_knobs = knobs.replace(keep_schedule=(), kv_keep_ratio=f, prune_prefill=False)
+        scale = f / f0 if prune else 1.0
+        q, kv = (q_len * scale, kv_len * scale) if prune else (q_len, kv_len)
+        part = model_ops(model, phase, batch, q, kv, precision, tp, 0, seg_knobs)
+        ops += [(name, o, c if name == "embedding" else c * (n / L)) for name, o, c in part
+                if name != "embedding" or i == 0]
+    rows = batch if lm_head_rows is None else lm_head_rows
+    if not (np.ndim(rows) == 0 and rows == 0):
+        way = default_collective_launch(phase)
+        ops += [(name, dataclasses.replace(o, launch=way) if isinstance(o, Collective) and o.launch is None else o, c)
+                for name, o, c in lm_head_ops(model, rows, precision, tp)]
+    return ops
 
 
 def lm_head_ops(model: ModelSpec, rows, precision: Precision = Precision(), tp: int = 1) -> OpList:

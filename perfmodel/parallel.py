@@ -447,8 +447,6 @@ def ep_moe_layer(
     ``tokens_per_gpu`` the most any one GPU holds (default ``tokens / ep``).  ``expert_load`` gives each expert's share
     of routed token copies (normalised; default uniform).
     """
-    from perfmodel.layers import _grouped_mlp
-
     ep = check_ep(model, ep)
     m = model.moe
     if m is None:
@@ -468,22 +466,34 @@ def ep_moe_layer(
     recv = copies * per_gpu[hot].sum() * model.hidden * a
     buf = _max(send, recv)
     dispatch = collective_time(OpKind.ALL_TO_ALL, buf, ep, gpu, profile, topology) if ep > 1 else ZERO
-    experts = ZERO
-    rows = copies * per_gpu[hot].sum()
-    if np.any(rows > 0):
-        # one grouped GEMM per projection over the hot GPU's experts that receive rows (a token picks
-        # expert e with probability top_k * share_e); no more groups than rows
-        pick = np.minimum(m.top_k * per_gpu[hot], 1.0)
-        touched = np.where(pick > 0, 1.0 - (1.0 - pick) ** np.asarray(tokens, dtype=np.float64)[..., None], 0.0)
-        groups = _min(_a(np.sum(touched, axis=-1)), rows)
-        some = rows > 0
-        if np.ndim(rows) and not np.all(some):  # points without rows cost nothing (priced at one row, masked)
-            rows, groups = np.where(some, rows, 1.0), np.where(some, groups, 1.0)
-        experts = _sum(_grouped_mlp("expert_", rows, groups, model.hidden, m.expert_intermediate, model.mlp,
-                                    precision), gpu, profile)
-        if np.ndim(some) and not np.all(some):
-            experts = experts.scale(np.where(some, 1.0, 0.0))
+    experts = gpu_experts_cost(model, gpu, profile, tokens, precision, per_gpu[hot])
     return EpMoe(dispatch, experts, dispatch, imbalance)
+
+
+def gpu_experts_cost(model: ModelSpec, gpu: GPU, profile: Profile, tokens: Any, precision: Precision,
+                     shares: np.ndarray) -> OpCost:
+    """The routed-expert GEMMs of one GPU whose expert slots receive ``shares`` of a layer's token copies
+    (one entry per expert it holds; ``tokens`` over the EP group, a number or an array of them): one grouped
+    GEMM per projection over the experts that receive rows (a token picks a slot with probability
+    ``top_k * share``); no more groups than rows."""
+    from perfmodel.layers import _grouped_mlp
+
+    m = model.moe
+    shares = np.asarray(shares, dtype=np.float64)
+    rows = tokens * m.top_k * shares.sum()
+    if not np.any(rows > 0):
+        return ZERO
+    pick = np.minimum(m.top_k * shares, 1.0)
+    touched = np.where(pick > 0, 1.0 - (1.0 - pick) ** np.asarray(tokens, dtype=np.float64)[..., None], 0.0)
+    groups = _min(_a(np.sum(touched, axis=-1)), rows)
+    some = rows > 0
+    if np.ndim(rows) and not np.all(some):  # points without rows cost nothing (priced at one row, masked)
+        rows, groups = np.where(some, rows, 1.0), np.where(some, groups, 1.0)
+    experts = _sum(_grouped_mlp("expert_", rows, groups, model.hidden, m.expert_intermediate, model.mlp,
+                                precision), gpu, profile)
+    if np.ndim(some) and not np.all(some):
+        experts = experts.scale(np.where(some, 1.0, 0.0))
+    return experts
 
 
 def group_world(tp: int, pp: int, sp: int, ep: int, attention_dp: int = 1) -> int:
@@ -600,7 +610,8 @@ class ParallelPhases:
 _KNOBS_SINGLE_GPU = ("shared_prefix_tokens", "kv_tiers", "offload")
 #: ... and those not priced with SP: they change the prefill attention (or, cross-layer KV, what
 #: Ring passes per layer) in ways the Ring/Ulysses split does not follow
-_KNOBS_NO_SP = ("kv_layers", "sliding_window", "attention_density", "prune_prefill", "attention_every")
+_KNOBS_NO_SP = ("kv_layers", "sliding_window", "attention_density", "prune_prefill", "attention_every",
+                "keep_schedule")
 
 
 def check_knobs(knobs, sp: int = 1) -> None:
@@ -674,7 +685,8 @@ def price_layout(model: ModelSpec, gpu: GPU, profile: Profile, context_len: int,
     mem = parallel_memory(mem, m, prec, tp, lay["pp"], lay["sp"], lay["ep"], dp)
     ph = parallel_phases(m, gpu, profile, context_len, output_tokens, batch, prec, tp, lay["pp"], lay["sp"],
                          lay["sp_kind"], lay["ep"], chunk_tokens, lay["topology"],
-                         1.0 if ring_overlap is None else ring_overlap, knobs=k, attention_dp=dp)
+                         1.0 if ring_overlap is None else ring_overlap, knobs=k, attention_dp=dp,
+                         moe_placement=lay.get("moe_placement"))
     return mem, ph
 
 
@@ -687,31 +699,42 @@ def _coll_s(ops, gpu, profile, topo) -> Any:
     return _a(_sum([t for t in ops if isinstance(t[1], Collective)], gpu, profile, topo).total_s)
 
 
-def placement_a2a_s(model: ModelSpec, profile: Profile, tokens: Any, ep: int, precision: Precision, topo,
-                    moe_placement, expert_load=None) -> Any:
-    """Dispatch all-to-all seconds summed over the MoE layers, each priced from the traffic matrix its
-    placement implies (:func:`perfmodel.ep_route.layer_route_time`); ``tokens`` over the EP group (a number or
-    an array of them).  The combine costs the same again."""
-    from perfmodel.ep_route import layer_route_time
+def placement_moe(model: ModelSpec, gpu: GPU, profile: Profile, tokens: Any, precision: Precision, topo,
+                  moe_placement, expert_load=None) -> tuple[OpCost, Any]:
+    """(routed-expert GEMMs, dispatch all-to-all seconds), each summed over the MoE layers, of a placement.
+
+    Per layer: the expert load is the placement's (``MoePlacement.layer_loads``) or ``expert_load`` (default
+    uniform); the all-to-all is priced from the placement's traffic pattern (``MoePlacement.layer_traffic``,
+    else :func:`perfmodel.ep_route.traffic_matrix` with tokens evenly on the GPUs) scaled to the layer's
+    ``tokens * top_k`` copies (:func:`perfmodel.ep_route.route_seconds`); the GEMMs are those of the GPU that
+    receives the largest share of the copies (:func:`gpu_experts_cost`).  ``tokens`` is over the EP group
+    (a number or an array of them).  The combine costs the same all-to-all again.
+    """
+    from perfmodel.ep_route import route_seconds, share_matrix, traffic_matrix
 
     m = model.moe
     e = m.num_experts
-    load = np.full(e, 1.0 / e) if expert_load is None else np.asarray(expert_load, dtype=np.float64)
-    load = load / load.sum()
     nbytes = model.hidden * precision.activations.bytes_per_element
-    n = model.num_moe_layers
-    layers = [moe_placement.layer(i) for i in range(len(moe_placement.layers))]
-
-    def one(t: float) -> float:
-        if t <= 0:
-            return 0.0
-        w = load * float(t) * m.top_k
-        per = [layer_route_time(p, w, nbytes, topo, profile).seconds for p in layers]
-        return per[0] * n if len(per) == 1 else float(sum(per))
-
-    if np.ndim(tokens):
-        return np.vectorize(one, otypes=[float])(tokens)
-    return one(float(tokens))
+    pl = moe_placement
+    same = len(pl.layers) == 1 and (pl.loads is None or len(pl.loads) == 1) and \
+        (pl.traffic is None or len(pl.traffic) == 1)
+    copies_bytes = np.asarray(tokens, dtype=np.float64) * m.top_k * nbytes
+    experts, a2a = ZERO, 0.0
+    for i in range(1 if same else model.num_moe_layers):
+        w = pl.layer_loads(i)
+        if w is None:
+            w = np.full(e, 1.0 / e) if expert_load is None else np.asarray(expert_load, dtype=np.float64)
+        w = w / w.sum()
+        p = pl.layer(i)
+        share = share_matrix(p, e)
+        pattern = pl.layer_traffic(i)
+        pattern = traffic_matrix(p, w) if pattern is None else pattern / pattern.sum()
+        gpu_share = w @ share
+        hot = int(np.argmax(gpu_share))
+        experts = experts + gpu_experts_cost(model, gpu, profile, tokens, precision, (w * share[:, hot])[share[:, hot] > 0])
+        a2a = a2a + route_seconds(pattern, copies_bytes, topo, profile)
+    n = model.num_moe_layers if same else 1
+    return experts.scale(n), _a(a2a * n)
 
 
 def _forward(model, gpu, profile, phase, batch, q_len, kv_len, precision, tp, ep, topo, lm_head_rows=None,
@@ -735,8 +758,8 @@ def _forward(model, gpu, profile, phase, batch, q_len, kv_len, precision, tp, ep
     layer = ep_moe_layer(model, gpu, profile, batch * q_len, ep, precision, expert_load, b_loc * q_len, topo)
     n = model.num_moe_layers
     if moe_placement is not None:
-        a2a = placement_a2a_s(model, profile, batch * q_len, ep, precision, topo, moe_placement, expert_load)
-        cost = _sum(rest, gpu, profile, topo) + layer.experts.scale(n) + OpCost(comm_s=2 * a2a)
+        experts, a2a = placement_moe(model, gpu, profile, batch * q_len, precision, topo, moe_placement, expert_load)
+        cost = _sum(rest, gpu, profile, topo) + experts + OpCost(comm_s=2 * a2a)
         comm = _coll_s(rest, gpu, profile, topo) + 2 * a2a
         return cost, comm, {"ep_imbalance": layer.imbalance, "ep_route": "placement"}
     cost = _sum(rest, gpu, profile, topo) + layer.cost.scale(n)
@@ -761,8 +784,8 @@ def parallel_phases(
     (``effective_model``, ``apply_knobs``), as :func:`perfmodel.analyze.analyze` passes them.
 
     ``moe_placement`` (:class:`perfmodel.ep_route.MoePlacement`, ``ep`` GPUs) prices each MoE layer's dispatch
-    and combine from the traffic matrix of its placement (:func:`placement_a2a_s`) instead of the busiest GPU's
-    load under contiguous experts.
+    and combine from the traffic matrix of its placement and its expert GEMMs on the GPU the placement loads
+    most (:func:`placement_moe`), instead of the busiest GPU under contiguous experts.
 
     ``attention_dp`` (:func:`check_attention_dp`) runs attention data-parallel over that many groups of ``tp``
     GPUs, each with its own requests; ``details`` then gives ``attention_dp``, the KV bytes one GPU holds for
@@ -808,7 +831,7 @@ def parallel_phases(
     else:
         ctx = _a(context_len)
         if knobs is not None and knobs.prune_prefill:  # prefill runs on the kept tokens only
-            ctx = _a(knobs.kept_tokens(ctx))
+            ctx = _a(knobs.prefill_tokens(ctx))
         # the chunk is the token budget of one pass, shared by the prompts the pass holds (as on one
         # GPU, perfmodel.phases.prefill_cost): with data-parallel attention under EP, a rank's share
         dp = attention_dp if attention_dp > 1 else max(1, ep // tp)

@@ -29,7 +29,7 @@ from perfmodel.layers import (
     recurrent_state_bytes_per_gpu,
 )
 from perfmodel.models import ModelSpec
-from perfmodel.ops import MemLocation, Memcpy, Phase
+from perfmodel.ops import Attention, MemLocation, Memcpy, Phase
 
 #: Tokens per prefill pass (chunked prefill); also sizes the activation workspace.
 DEFAULT_PREFILL_CHUNK_TOKENS = 8192
@@ -133,7 +133,7 @@ def prefill_cost(
     knobs.check(m, ctx)
     prec = apply_knobs(precision, knobs)
     if knobs.prune_prefill:
-        ctx = np.asarray(knobs.kept_tokens(ctx), dtype=np.float64)
+        ctx = np.asarray(knobs.prefill_tokens(ctx), dtype=np.float64)
     p = float(knobs.shared_prefix_tokens)
     if p:
         # the prefix once, then every suffix after it; where that split costs more (tiny prompts, whose
@@ -150,6 +150,37 @@ def prefill_cost(
         total = total + OpCost(comm_s=_f(np.maximum(ship - total.total_s, 0.0)), bytes=_f(kv),
                                memory_bound=Bound.INTERCONNECT)
     return total
+
+
+def ragged_prefill_cost(model: ModelSpec, gpu: GPU, profile: Profile, lengths, precision: Precision = Precision(),
+                        tp: int = 1, padded: bool = False) -> OpCost:
+    """One prefill pass over a batch of prompts of different lengths, without padding (ByteTransformer).
+
+    Parameters
+    ----------
+    lengths : sequence of int, tokens
+        Each prompt's length.
+    padded : bool
+        Price the padded batch instead: every prompt padded to the longest.
+
+    Returns
+    -------
+    OpCost, seconds
+        The GEMMs and elementwise kernels run on the real tokens (``sum(lengths)``), each layer's
+        attention as one variable-length kernel over each prompt's own causal pairs
+        (:class:`perfmodel.ops.Attention` with ``seq_lens``); the LM head on one row per prompt.  One
+        pass, not chunked; the sustained-clock rule applies as in :func:`prefill_cost`.
+    """
+    lens = tuple(int(v) for v in lengths)
+    n, top, total = len(lens), max(lens), sum(lens)
+    if padded:
+        body = forward_cost(model, gpu, profile, Phase.PREFILL, n, top, top, precision, tp)
+    else:
+        ops = model_ops(model, Phase.PREFILL, 1, total, total, precision, tp, lm_head_rows=n)
+        ops = [(name, dataclasses.replace(o, batch=n, q_len=top, kv_len=top, seq_lens=lens)
+                if isinstance(o, Attention) else o, c) for name, o, c in ops]
+        body = sum_costs(ops, gpu, profile)
+    return sustained_phase(body, profile.sustained)
 
 
 def _prefill_span(model, gpu, profile, new_tokens, offset, batch, prec, tp, chunk_tokens, knobs) -> OpCost:
@@ -276,7 +307,7 @@ def kv_cache_bytes_per_gpu(model: ModelSpec, context_len, output_tokens=0, batch
         return _f((per_user + recurrent_state_bytes_per_gpu(model, tp, None)) * batch)
     m = effective_model(model, knobs)
     kv_tok = kv_bytes_per_token_per_gpu(m, tp, precision.kv, knobs)
-    kept = _kv_tokens(m, knobs.kept_tokens(tokens))
+    kept = _kv_tokens(m, knobs.kept_tokens(tokens, m.num_layers))
     p = knobs.shared_prefix_tokens
     state = recurrent_state_bytes_per_gpu(m, tp, knobs)
     return _f(kv_tok * (batch * (kept - p) + p) + batch * state)
@@ -399,7 +430,7 @@ def memory_budget(
         )
         return dataclasses.replace(mem, max_concurrency=max_users(mem))
     p = knobs.shared_prefix_tokens
-    kept = _kv_tokens(m, knobs.kept_tokens(tokens_per_user))
+    kept = _kv_tokens(m, knobs.kept_tokens(tokens_per_user, m.num_layers))
     kv_user = kv_tok * (kept - p) + recurrent_state_bytes_per_gpu(m, tp, knobs)
     shared = kv_tok * p
     if knobs.offload is not None:

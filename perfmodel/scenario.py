@@ -238,6 +238,9 @@ class Scenario:
     notes: tuple[str, ...] = field(default_factory=tuple)
     raw_kv_dtype: str | None = None  # the kv_dtype argument given (the baseline without knobs keeps it)
     moe_placement: Any = None  # perfmodel.ep_route.MoePlacement: prices the EP all-to-all from its traffic
+    #: A ragged batch: each prompt's length (``batch`` of them, the longest ``context_len``); its prefill is
+    #: one unpadded pass (:func:`perfmodel.phases.ragged_prefill_cost`), the padded pass priced beside it.
+    batch_lengths: tuple[int, ...] | None = None
 
     @property
     def mode(self) -> Mode:
@@ -274,7 +277,7 @@ class Scenario:
              knobs: Knobs | None = None, pp: int = 1, sp: int = 1, sp_kind: str = "ring", ep: int = 1,
              topology: str | None = None, attention_impl: "AttentionImpl | str | None" = None,
              launch: "Launch | str | None" = Launch.GRAPH, layout: Layout | None = None,
-             moe_placement: Any = None, attention_dp: int = 1) -> "Scenario":
+             moe_placement: Any = None, attention_dp: int = 1, batch_lengths: Any = None) -> "Scenario":
         """Load the names, apply :func:`validate_scenario`, resolve the profile; the checked :class:`Scenario`.
 
         ``layout`` (a :class:`Layout`) replaces ``tp``, ``pp``, ``sp``, ``sp_kind``, ``ep``, ``topology`` and
@@ -282,6 +285,9 @@ class Scenario:
         ``moe_placement`` (a ``plan moe --json`` file, per-layer expert lists or a
         :class:`~perfmodel.ep_route.MoePlacement`) prices the EP all-to-all of each MoE layer from its traffic
         matrix; it needs an MoE model with ``ep`` > 1 and ``ep`` GPUs per layer.
+        ``batch_lengths`` (each prompt's tokens) makes a ragged batch: ``batch`` becomes their count and
+        ``context_len`` the longest (the decode and memory are those of that padded shape); it needs one TP
+        group and no knobs.
         Raises the typed errors of :mod:`perfmodel.errors`.
         """
         from perfmodel.hw.loader import load_gpu
@@ -294,12 +300,22 @@ class Scenario:
                 raise InvalidInputError(f"layout must be a Layout, got {layout!r}")
             tp, pp, sp, sp_kind, ep, topology, attention_dp = (layout.tp, layout.pp, layout.sp, layout.sp_kind,
                                                                 layout.ep, layout.topology, layout.attention_dp)
+        lengths = None
+        if batch_lengths is not None:
+            lengths = tuple(int(v) for v in check_ints("batch_lengths", list(batch_lengths)
+                                                       if not np.ndim(batch_lengths) == 0 else batch_lengths, 1))
+            if (pp, sp, ep, attention_dp) != (1, 1, 1, 1) or topology:
+                raise InvalidInputError("batch_lengths (a ragged prefill) is priced on one TP group only "
+                                        "(not with pp, sp, ep, attention_dp or a topology)")
+            if knobs is not None and knobs.active:
+                raise InvalidInputError("batch_lengths (a ragged prefill) does not combine with the KV knobs")
+            batch, context_len = len(lengths), max(lengths)
         m, g = load_model(model), load_gpu(gpu)
         notes = validate_scenario(m, context_len, output_tokens, tp, pp, mode, batch=batch, sp=sp, sp_kind=sp_kind,
                                   ep=ep, topology=topology, gpu=g, knobs=knobs, chunk_tokens=chunk_tokens,
                                   reserve_fraction=reserve_fraction, attention_dp=attention_dp)
         kn = knobs if knobs is not None and knobs.active else None
-        placement = _check_placement(m, moe_placement, int(ep))
+        placement = check_placement(m, moe_placement, int(ep))
         if weight_dtype and m.weight_dtype and Dtype.parse(weight_dtype) is not Dtype.parse(m.weight_dtype):
             notes.append(f"the model's config stores its weights as {m.weight_dtype}; {weight_dtype} is priced")
         prec = Precision.of(weights_dtype(m, weight_dtype), activation_dtype, kv_dtype)
@@ -315,7 +331,7 @@ class Scenario:
                    layout=lay, precision=prec, profile=prof, knobs=kn,
                    chunk_tokens=None if chunk_tokens is None else int(chunk_tokens),
                    reserve_fraction=float(reserve_fraction), notes=tuple(notes), raw_kv_dtype=kv_dtype,
-                   moe_placement=placement)
+                   moe_placement=placement, batch_lengths=lengths)
 
     def replace(self, **changes: Any) -> "Scenario":
         """A copy with ``changes`` (any :meth:`make` argument), checked again."""
@@ -332,11 +348,11 @@ class Scenario:
                     kv_dtype=self.raw_kv_dtype, activation_dtype=self.precision.activations.value,
                     chunk_tokens=self.chunk_tokens, reserve_fraction=self.reserve_fraction, profile=self.profile,
                     knobs=self.knobs, attention_impl=self.attention_impl, launch=self.launch,
-                    moe_placement=self.moe_placement)
+                    moe_placement=self.moe_placement, batch_lengths=self.batch_lengths)
 
 
-def _check_placement(model, value: Any, ep: int):
-    """``value`` as a checked :class:`~perfmodel.ep_route.MoePlacement` (None stays None)."""
+def check_placement(model, value: Any, ep: int):
+    """``value`` (a ``plan moe --json`` path, per-layer lists or a :class:`~perfmodel.ep_route.MoePlacement`) as a checked :class:`~perfmodel.ep_route.MoePlacement` (None stays None)."""
     from perfmodel.ep_route import as_moe_placement
 
     placement = as_moe_placement(value)

@@ -217,6 +217,9 @@ class Deployment:
 
     def _kept_tokens_fn(self, w: int) -> Callable[[int], int]:
         k = self.knobs
+        if k is not None and k.keep_schedule:  # the layer-mean of the schedule's kept tokens, rounded up
+            n_layers = self.kv_model.num_layers
+            return lambda t: int(math.ceil(min(float(k.kept_tokens(t, n_layers)), w if w > 0 else math.inf)))
         ratio = 1.0 if k is None else float(k.kv_keep_ratio)
         budget = None if k is None or k.kv_budget_tokens is None else int(k.kv_budget_tokens)
         if ratio >= 1 and budget is None:

@@ -29,13 +29,13 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import yaml
 
 from perfmodel.errors import InvalidInputError
+from perfmodel.hw.loader import DATA_DIR
 
-ENGINE_DIR = Path(__file__).resolve().parents[2] / "hw" / "data" / "engines"
+ENGINE_DIR = DATA_DIR / "engines"
 SOURCE_KINDS = ("measured", "published", "assumed")
 
 
