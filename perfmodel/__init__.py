@@ -13,6 +13,16 @@ Public API::
     perfmodel.simulate(perfmodel.Deployment.from_scenario(scn, replicas=...), perfmodel.Workload(...))
 """
 
+import os as _os
+
+# In the repository the design card's folders (hw/, kernels/, planners/, dashboard/, validation/) sit beside
+# this package; they are its subpackages perfmodel.hw, perfmodel.kernels, ... (an installed wheel holds them
+# under perfmodel/, see pyproject.toml's package-dir). Running from a checkout without installing it, the
+# checkout's root is searched for them too.
+_CHECKOUT = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if _os.path.isfile(_os.path.join(_CHECKOUT, "hw", "__init__.py")) and _CHECKOUT not in __path__:
+    __path__.append(_CHECKOUT)
+
 from perfmodel.hw import Dtype, load_gpu, list_gpus
 from perfmodel.analyze import Analysis, analyze
 from perfmodel.calibration import Mode, Profile, load_profile_file, peak_profile, resolve_profile

@@ -58,6 +58,7 @@ class Analysis:
     sp: int = 1
     sp_kind: str = "ring"
     ep: int = 1
+    attention_dp: int = 1
     prefill_comm_s: float = 0.0  # communication on the critical path (hidden Ring transfers excluded)
     decode_step_comm_s: float = 0.0
     parallel: dict = field(default_factory=dict)  # bubble share, Ring overlap, EP imbalance ...
@@ -68,6 +69,8 @@ class Analysis:
     provenance: dict = field(default_factory=dict)
     provenance_summary: str = ""
     scenario: "Scenario | None" = None  # the checked scenario this analysis priced
+    #: A ragged batch (``Scenario.batch_lengths``): the lengths, and the padded prefill beside ``prefill``.
+    prefill_padded: "OpCost | None" = None
 
     @property
     def session_throughput_tokens_per_s(self) -> float:
@@ -132,7 +135,7 @@ class Analysis:
             "session_throughput_tokens_per_s": met["session_throughput_tokens_per_s"],
             "bottleneck": self.bottleneck,
             "comm_s": {"prefill": float(self.prefill.comm_s), "decode_per_token": float(self.decode_step.comm_s)},
-            "pp": self.pp, "sp": self.sp, "sp_kind": self.sp_kind, "ep": self.ep,
+            "pp": self.pp, "sp": self.sp, "sp_kind": self.sp_kind, "ep": self.ep, "attention_dp": self.attention_dp,
             "communication": {
                 "prefill_s": self.prefill_comm_s,
                 "prefill_share": _share(self.prefill_comm_s, self.prefill.total_s),
@@ -143,7 +146,20 @@ class Analysis:
             "provenance": dict(self.provenance),
             "notes": list(self.notes),
             "knobs": self.knobs.to_dict() if self.knobs is not None else {},
-        } | self._knob_comparison())
+        } | self._knob_comparison() | self._ragged())
+
+    def _ragged(self) -> dict[str, Any]:
+        """``batch_lengths``: a ragged batch's prefill (``prefill_s``, unpadded) beside the padded one."""
+        if self.prefill_padded is None or self.scenario is None or self.scenario.batch_lengths is None:
+            return {}
+        lens = self.scenario.batch_lengths
+        ragged, pad = float(self.prefill.total_s), float(self.prefill_padded.total_s)
+        return {"batch_lengths": {
+            "lengths": list(lens), "tokens": sum(lens), "padded_tokens": len(lens) * max(lens),
+            "prefill_s": ragged, "prefill_flops_per_gpu": float(self.prefill.flops),
+            "padded_prefill_s": pad, "padded_prefill_flops_per_gpu": float(self.prefill_padded.flops),
+            "padded_over_ragged": pad / ragged if ragged > 0 else None,
+        }}
 
     def _knob_comparison(self) -> dict[str, Any]:
         """``without_knobs`` metrics and ``knob_ratio`` (with / without), when knobs are active."""
@@ -177,20 +193,21 @@ def _beyond_node(scn: Scenario, tp: int | None) -> str:
     from perfmodel.comm import larger_system_hint
     from perfmodel.parallel import group_world
 
-    world = int(group_world(tp, lay.pp, lay.sp, lay.ep))
+    world = int(group_world(tp, lay.pp, lay.sp, lay.ep, lay.attention_dp))
     if world <= DEFAULT_NODE_GPUS:
         return ""
     return f" ({world} GPUs, more than one node: {larger_system_hint(scn.gpu, world)})"
 
 
-def _layout_label(pp: int, sp: int, ep: int) -> str:
+def _layout_label(pp: int, sp: int, ep: int, attention_dp: int = 1) -> str:
     """``, pp=2, ep=4``: the degrees beyond TP that are not 1."""
-    return "".join(f", {k}={v}" for k, v in (("pp", pp), ("sp", sp), ("ep", ep)) if v > 1)
+    return "".join(f", {k}={v}" for k, v in (("pp", pp), ("sp", sp), ("ep", ep), ("attention_dp", attention_dp))
+                   if v > 1)
 
 
 def suggest_tp(model: ModelSpec, gpu: GPU, context_len: int, output_tokens: int, batch: int,
                precision: Precision, pp: int = 1, sp: int = 1, ep: int = 1, topology: str | None = None,
-               **kw) -> int | None:
+               attention_dp: int = 1, **kw) -> int | None:
     """Smallest power-of-two TP degree (valid for the heads, <= 64, within the system ``topology``
     describes) at which ``batch`` users fit, with the ``pp``, ``sp`` and ``ep`` degrees kept as given."""
     from perfmodel.scenario import check_world
@@ -199,19 +216,23 @@ def suggest_tp(model: ModelSpec, gpu: GPU, context_len: int, output_tokens: int,
     while tp <= 64:
         if topology:
             try:
-                check_world(gpu, [tp], pp, sp, ep, topology)
+                check_world(gpu, [tp], pp, sp, ep, topology, attention_dp)
             except InvalidInputError:
                 return None
         try:
             check_tp(model, tp)
+            if attention_dp > 1:
+                from perfmodel.parallel import check_attention_dp
+
+                check_attention_dp(model, attention_dp, tp, sp, ep)
         except InvalidInputError:
             tp *= 2
             continue
         mem = memory_budget(model, gpu, context_len, output_tokens, precision, tp, batch=batch, **kw)
-        if pp > 1 or sp > 1 or ep > 1:
+        if pp > 1 or sp > 1 or ep > 1 or attention_dp > 1:
             from perfmodel.parallel import parallel_memory
 
-            mem = parallel_memory(mem, model, precision, tp, pp, sp, ep)
+            mem = parallel_memory(mem, model, precision, tp, pp, sp, ep, attention_dp)
         if mem.max_concurrency >= batch:
             return tp
         tp *= 2
@@ -241,6 +262,8 @@ def analyze(
     attention_impl: "AttentionImpl | str | None" = None,
     launch: "Launch | str" = Launch.GRAPH,
     moe_placement=None,
+    attention_dp: int = 1,
+    batch_lengths=None,
 ) -> Analysis:
     """Prefill, decode, concurrency and context switch of one scenario.
 
@@ -248,7 +271,7 @@ def analyze(
     otherwise the arguments build one (:meth:`Scenario.make <perfmodel.scenario.Scenario.make>`, the
     one validation every command shares).
 
-    ``pp``, ``sp`` (``sp_kind`` ulysses, ring or hybrid) and ``ep`` add pipeline, sequence
+    ``pp``, ``sp`` (``sp_kind`` ulysses, ring, hybrid or tokenring) and ``ep`` add pipeline, sequence
     (prefill) and expert parallelism (:mod:`perfmodel.parallel`); ``topology`` names a system
     in ``hw/data/systems`` (default: one NVLink node of up to 8 GPUs, else the smallest shipped system of
     the GPU that holds the layout, named in the notes; :func:`perfmodel.comm.default_topology`).
@@ -268,9 +291,20 @@ def analyze(
     layout does not model); the result then carries ``baseline``, the same scenario and
     layout without them.
 
+    ``attention_dp`` (MoE models) runs attention data-parallel over that many groups of ``tp`` GPUs, each
+    holding only its own requests' KV, with the MoE layers over all of them: expert-parallel with
+    ``ep = attention_dp * tp``, else tensor-parallel between an all-gather and a reduce-scatter (DeepSeek's
+    serving layout; :func:`perfmodel.parallel.check_attention_dp`).  ``parallel`` then reports the KV bytes
+    per rank and that gather/scatter time.
+
     ``moe_placement`` (a ``plan moe --json`` file or per-layer, per-GPU expert lists; MoE models with
     ``ep`` > 1) prices each MoE layer's dispatch and combine all-to-all from the GPU-to-GPU traffic its placement
     implies (:func:`perfmodel.ep_route.layer_route_time`) instead of the busiest GPU's load.
+
+    ``batch_lengths`` (each prompt's tokens; one TP group, no knobs) prices a ragged batch: ``prefill`` is one
+    pass without padding (:func:`perfmodel.phases.ragged_prefill_cost`), ``prefill_padded`` the same batch
+    padded to the longest prompt, ``to_dict()["batch_lengths"]`` both; ``batch`` and ``context_len`` become
+    the count and the longest, and decode and memory are priced at that padded shape.
 
     Raises
     ------
@@ -286,7 +320,7 @@ def analyze(
     return analyze_scenario(Scenario.make(
         model, gpu, context_len, output_tokens, batch, tp, mode, weight_dtype, kv_dtype, activation_dtype,
         chunk_tokens, reserve_fraction, profile, knobs, pp, sp, sp_kind, ep, topology, attention_impl, launch,
-        moe_placement=moe_placement))
+        moe_placement=moe_placement, attention_dp=attention_dp, batch_lengths=batch_lengths))
 
 
 def analyze_scenario(scn: Scenario) -> Analysis:
@@ -295,7 +329,7 @@ def analyze_scenario(scn: Scenario) -> Analysis:
     prec = scn.priced_precision
     context_len, output_tokens, batch = scn.context_len, scn.output_tokens, scn.batch
     lay = scn.layout
-    tp, pp, sp, sp_kind, ep = lay.tp, lay.pp, lay.sp, lay.sp_kind, lay.ep
+    tp, pp, sp, sp_kind, ep, dp = lay.tp, lay.pp, lay.sp, lay.sp_kind, lay.ep, lay.attention_dp
     chunk_tokens, reserve_fraction = scn.chunk_tokens, scn.reserve_fraction
     notes = list(scn.notes)
     from perfmodel import parallel as par
@@ -303,7 +337,7 @@ def analyze_scenario(scn: Scenario) -> Analysis:
     mem = memory_budget(m, g, context_len, output_tokens, prec, tp, chunk_tokens, reserve_fraction, batch=batch,
                         knobs=knobs)
     if lay.multi:
-        mem = par.parallel_memory(mem, m, prec, tp, pp, sp, ep)
+        mem = par.parallel_memory(mem, m, prec, tp, pp, sp, ep, dp)
     if mem.max_concurrency < batch:
         _does_not_fit(scn, mem)
     par_details: dict = {}
@@ -315,7 +349,7 @@ def analyze_scenario(scn: Scenario) -> Analysis:
                 notes.append(f"no Ring-attention step measured for {g.name}: ideal compute/transfer overlap assumed")
         ph = par.parallel_phases(m, g, prof, context_len, output_tokens, batch, prec, tp, pp, sp, sp_kind, ep,
                                  chunk_tokens, lay.topology, ring_overlap, knobs=knobs,
-                                 moe_placement=scn.moe_placement)
+                                 moe_placement=scn.moe_placement, attention_dp=dp)
         pre, step, dec = ph.prefill, ph.decode_step, ph.decode
         pre_comm, step_comm, par_details = ph.prefill_comm_s, ph.decode_step_comm_s, ph.details
     else:
@@ -323,6 +357,18 @@ def analyze_scenario(scn: Scenario) -> Analysis:
         step = decode_step_cost(m, g, prof, context_len, batch, prec, tp, knobs=knobs)
         dec = decode_cost(m, g, prof, context_len, output_tokens, batch, prec, tp, knobs=knobs)
         pre_comm, step_comm = _tp_comm_s(m, g, prof, context_len, batch, prec, tp, chunk_tokens)
+    padded = None
+    if scn.batch_lengths is not None:  # one unpadded pass, the padded one beside it
+        from perfmodel.ops import Phase
+        from perfmodel.parallel import comm_seconds
+        from perfmodel.phases import ragged_prefill_cost
+
+        pre = ragged_prefill_cost(m, g, prof, scn.batch_lengths, prec, tp)
+        padded = ragged_prefill_cost(m, g, prof, scn.batch_lengths, prec, tp, padded=True)
+        tokens = sum(scn.batch_lengths)
+        pre_comm = comm_seconds(m, g, prof, Phase.PREFILL, 1, tokens, tokens, prec, tp) if tp > 1 else 0.0
+        notes.append(f"ragged batch of {batch} prompts ({tokens:,} tokens): prefill priced as one unpadded pass; "
+                     f"decode and memory at the padded shape ({context_len:,} tokens each)")
     sw = context_switch(g, prof, mem.kv_bytes_per_user, knobs=knobs)
     baseline = None
     if knobs is not None:
@@ -336,26 +382,27 @@ def analyze_scenario(scn: Scenario) -> Analysis:
     return Analysis(
         model=m, gpu=g, tp=tp, mode=prof.mode, context_len=context_len, output_tokens=output_tokens, batch=batch,
         precision=prec, prefill=pre, decode_step=step, decode=dec, memory=mem, switch=sw, notes=tuple(notes),
-        knobs=knobs, baseline=baseline, pp=pp, sp=sp, sp_kind=str(sp_kind), ep=ep, prefill_comm_s=pre_comm,
+        knobs=knobs, baseline=baseline, pp=pp, sp=sp, sp_kind=str(sp_kind), ep=ep, attention_dp=dp,
+        prefill_comm_s=pre_comm,
         decode_step_comm_s=step_comm, parallel=par_details, attention_impl=prof.attention_impl,
         launch=prof.launch, provenance=prof.provenance_map(), provenance_summary=prof.provenance_summary(),
-        scenario=scn,
+        scenario=scn, prefill_padded=padded,
     )
 
 
 def _does_not_fit(scn: Scenario, mem: MemoryBudget) -> None:
     """Raise :class:`DoesNotFitError` for ``scn``, whose budget ``mem`` holds fewer users than its batch."""
     m, g, lay, batch = scn.priced_model, scn.gpu, scn.layout, scn.batch
-    pp, sp, ep = lay.pp, lay.sp, lay.ep
-    need = (mem.weight_bytes + mem.activation_bytes + mem.reserve_bytes + batch * mem.kv_bytes_per_user
-            + mem.shared_kv_bytes)
+    pp, sp, ep, dp = lay.pp, lay.sp, lay.ep, lay.attention_dp
+    need = (mem.weight_bytes + mem.activation_bytes + mem.reserve_bytes
+            + math.ceil(batch / dp) * mem.kv_bytes_per_user + mem.shared_kv_bytes)
     hint = suggest_tp(m, g, scn.context_len, scn.output_tokens, batch, scn.priced_precision, pp, sp, ep,
-                      lay.topology, chunk_tokens=scn.chunk_tokens, reserve_fraction=scn.reserve_fraction, knobs=scn.knobs)
+                      lay.topology, dp, chunk_tokens=scn.chunk_tokens, reserve_fraction=scn.reserve_fraction, knobs=scn.knobs)
     what = "the weights alone do not fit" if mem.free_for_kv_bytes <= 0 else f"{batch} user(s)' KV cache does not fit"
     raise DoesNotFitError(
-        f"{m.name} on {g.name} (tp={lay.tp}{_layout_label(pp, sp, ep)}): {what}: needs {need / 2**30:.1f} GiB per "
+        f"{m.name} on {g.name} (tp={lay.tp}{_layout_label(pp, sp, ep, dp)}): {what}: needs {need / 2**30:.1f} GiB per "
         f"GPU ({int(need):,} bytes), has {mem.capacity_bytes / 2**30:.1f} GiB ({int(mem.capacity_bytes):,} bytes)"
-        + (f"; tp={hint}{_layout_label(pp, sp, ep)} fits" if hint else "; no TP degree up to 64 fits")
+        + (f"; tp={hint}{_layout_label(pp, sp, ep, dp)} fits" if hint else "; no TP degree up to 64 fits")
         + _beyond_node(scn, hint),
         needed_bytes=int(need), available_bytes=int(mem.capacity_bytes), suggested_tp=hint,
     )

@@ -92,6 +92,11 @@ _positive_int = _int_at_least(1)
 _nonneg_int = _int_at_least(0)
 
 
+def _lengths(text: str) -> tuple[int, ...]:
+    """``1000,4000,32000``: prompt lengths, each an integer >= 1."""
+    return tuple(_positive_int(part.strip()) for part in text.split(","))
+
+
 def _int_list(text: str, minimum: int = 1):
     """``1000,2000`` or a range ``1000:100000:1000`` (start:stop:step, stop inclusive).
 
@@ -181,12 +186,30 @@ def add_layout_args(p: argparse.ArgumentParser) -> None:
     """Multi-GPU layout flags beyond TP, shared by analyze and sweep."""
     p.add_argument("--pp", type=_positive_int, default=1, help="pipeline-parallel degree (divides the layers)")
     p.add_argument("--sp", type=_positive_int, default=1, help="sequence/context-parallel degree for the prefill")
-    p.add_argument("--sp-kind", choices=["ulysses", "ring", "hybrid"], default="ring",
-                   help="SP scheme: Ulysses all-to-all, Ring attention, or both (default ring)")
+    p.add_argument("--sp-kind", choices=["ulysses", "ring", "hybrid", "tokenring"], default="ring",
+                   help="SP scheme: Ulysses all-to-all, Ring attention, both (hybrid), or TokenRing (queries and block "
+                        "outputs both ways round the ring) (default ring)")
     p.add_argument("--ep", type=_positive_int, default=1, help="expert-parallel degree (MoE models)")
     p.add_argument("--topology", default=None,
                    help="system from hw/data/systems the GPUs sit in (default: one NVLink node of up to 8 GPUs, else the "
                         "smallest shipped system of the GPU that holds them)")
+
+
+def add_placement_arg(p: argparse.ArgumentParser) -> None:
+    """``--moe-placement``, shared by analyze, sweep and simulate."""
+    p.add_argument("--moe-placement", default=None, metavar="PLAN.json",
+                   help="a plan moe --json file (ep GPUs, one placement per MoE layer or one for all): prices each MoE "
+                        "layer's EP all-to-all from the traffic its placement implies and its expert GEMMs on the GPU "
+                        "it loads most, with the plan's expert loads when it carries them (needs --ep > 1)")
+
+
+def read_placement_arg(args: argparse.Namespace):
+    """``--moe-placement`` read once (None when not given)."""
+    if not getattr(args, "moe_placement", None):
+        return None
+    from perfmodel.ep_route import as_moe_placement
+
+    return as_moe_placement(args.moe_placement)
 
 
 #: the commands defined here: running one of them loads no extension module (their imports stay unpaid)
@@ -203,14 +226,19 @@ def _build_parser(extensions: bool = True) -> _Parser:
     a.add_argument("--context", type=_positive_int, default=None, help="prompt tokens (default 50000, and 4000 beside it)")
     a.add_argument("--output-tokens", type=_nonneg_int, default=250)
     a.add_argument("--batch", type=_positive_int, default=1, help="users decoding together")
+    a.add_argument("--batch-lengths", type=_lengths, default=None, metavar="L1,L2,...",
+                   help="a ragged batch: each prompt's tokens (sets --batch and --context); prefill priced without "
+                        "padding, the padded prefill beside it")
     a.add_argument("--tp", type=_positive_int, default=1, help="tensor-parallel degree")
     add_layout_args(a)
+    a.add_argument("--attention-dp", type=_positive_int, default=1, metavar="N",
+                   help="MoE models: attention data-parallel over N groups of --tp GPUs, each holding only its own "
+                        "requests' KV, the MoE layers over all N x tp GPUs: expert-parallel with --ep N*tp, else "
+                        "tensor-parallel between an all-gather and a reduce-scatter (default 1)")
     from perfmodel.knobs import add_knob_args
 
     add_knob_args(a)
-    a.add_argument("--moe-placement", default=None, metavar="PLAN.json",
-                   help="a plan moe --json file (ep GPUs, one placement per MoE layer or one for all): prices each MoE "
-                        "layer's EP all-to-all from the traffic its placement implies (needs --ep > 1)")
+    add_placement_arg(a)
     a.add_argument("--match-context", type=_positive_int, default=None, metavar="N",
                    help="per metric and knob, the setting at which --context costs no more than N tokens")
     a.set_defaults(func=_cmd_analyze)
@@ -231,6 +259,7 @@ def _build_parser(extensions: bool = True) -> _Parser:
     s.add_argument("--tp", type=_int_list, default=[1])
     s.add_argument("--output-tokens", type=_nonneg_int_list, default=[250])
     add_layout_args(s)
+    add_placement_arg(s)
     s.add_argument("--out", default=None, help="write CSV (or .parquet) here")
     s.add_argument("--max-bytes", type=_bytes, default=None, metavar="BYTES",
                    help="largest result built in memory, points x columns x 8 bytes (default 2GiB); beyond it a "
@@ -284,8 +313,11 @@ def _analysis_table(results: list[Any], peaks: list[Any] | None = None) -> Any:
 
     from perfmodel.tables import fmt_bytes, fmt_seconds
 
+    from perfmodel.metrics import bound_of
+
     first = results[0]
-    t = Table(title=f"{first.model.name} on {first.gpu.name} x{first.tp * first.pp * first.sp} ({first.mode.value} mode)")
+    t = Table(title=f"{first.model.name} on {first.gpu.name} x{first.tp * first.pp * first.sp * first.attention_dp} "
+                    f"({first.mode.value} mode)")
     t.add_column("metric")
     t.add_column("bound")
     for r in results:
@@ -311,6 +343,9 @@ def _analysis_table(results: list[Any], peaks: list[Any] | None = None) -> Any:
             ("decode, peak bound", "datasheet",
              lambda r: cell(r, lambda p: p.decode.total_s)),
         ]
+    if first.prefill_padded is not None:  # a ragged batch: the padded prefill beside the unpadded one
+        rows[1:1] = [("prefill, padded", bound_of(first.prefill_padded),
+                      lambda r: _banded(r.prefill_padded) if r.prefill_padded is not None else "-")]
     if any(r.tp * r.pp * r.sp * r.ep > 1 for r in results):
         rows += [
             ("communication (prefill)", "", lambda r: _comm_cell(r.prefill_comm_s, r.prefill.total_s)),
@@ -339,14 +374,15 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     contexts = [args.context] if args.context else [50_000, 4_000]
     if args.match_context:
         contexts = [args.context or 50_000]
+    if args.batch_lengths:  # the context and batch come from the lengths
+        contexts = [max(args.batch_lengths)]
     kw = dict(model=args.model, gpu=args.gpu, output_tokens=args.output_tokens, batch=args.batch, tp=args.tp,
               mode=args.mode, weight_dtype=args.weight_dtype, kv_dtype=None, chunk_tokens=args.chunk_tokens,
               knobs=knobs, pp=args.pp, sp=args.sp, sp_kind=args.sp_kind, ep=args.ep, topology=args.topology,
-              attention_impl=args.attention_impl, launch=args.launch)
+              attention_impl=args.attention_impl, launch=args.launch, attention_dp=args.attention_dp,
+              batch_lengths=args.batch_lengths)
     if args.moe_placement:
-        from perfmodel.ep_route import as_moe_placement
-
-        kw["moe_placement"] = as_moe_placement(args.moe_placement)  # read once
+        kw["moe_placement"] = read_placement_arg(args)  # read once
     results = [analyze(context_len=c, **kw) for c in contexts]
     peaks = _peak_bounds(results, kw)
     match = knobs_cli.run_match(args, knobs, contexts[0]) if args.match_context else None
@@ -418,9 +454,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     kw = dict(output_tokens=args.output_tokens, mode=args.mode, weight_dtype=args.weight_dtype,
               kv_dtype=None, chunk_tokens=args.chunk_tokens, knobs=knobs, knob_axes=knob_axes, pp=args.pp,
               sp=args.sp, sp_kind=args.sp_kind, ep=args.ep, topology=args.topology,
-              attention_impl=args.attention_impl, launch=args.launch)
+              attention_impl=args.attention_impl, launch=args.launch, moe_placement=read_placement_arg(args))
     max_bytes = DEFAULT_MAX_BYTES if args.max_bytes is None else args.max_bytes
-    layout = args.pp != 1 or args.sp != 1 or args.ep != 1 or args.topology is not None
+    layout = args.pp != 1 or args.sp != 1 or args.ep != 1 or args.topology is not None or kw["moe_placement"] is not None
     size = sweep_size(args.context, args.batch, args.tp, args.output_tokens, knob_axes, layout)
     gpus = _gpu_list(args.gpu)
     stream = size.bytes * len(gpus) > max_bytes

@@ -42,6 +42,7 @@ from perfmodel.ops import (
     decoder_layer_parts,
     flops,
 )
+from perfmodel.ops import padded as ops_padded
 
 # names kept for callers of the earlier layout
 _prefill_schedule_s, _triton_decode_pieces, _flash_block_n = prefill_schedule_s, triton_decode_pieces, flash_block_n
@@ -293,7 +294,26 @@ def _gemm_cost(op: Gemm, gpu: GPU, prof: Profile) -> OpCost:
                      fl_eff, extra, memory_eff=mem_eff)
 
 
+def _ragged_attention_cost(op: Attention, gpu: GPU, prof: Profile) -> OpCost:
+    """A ragged batch (``op.seq_lens``) as one variable-length kernel: its grid is the padded batch's
+    (programs past a sequence's end exit at once), so the padded op's terms are kept with its compute
+    time scaled by the FLOP ratio (each sequence's own causal pairs over the padded ones) and its memory
+    time by the byte ratio; the fixed latency is the padded launch's.  Equal lengths cost what the
+    padded op does."""
+    pad = ops_padded(op)
+    c = _attention_cost(pad, gpu, prof)
+    fl, by = flops(op), bytes_moved(op)
+    rf = fl / float(c.flops) if c.flops else 1.0
+    rb = by / float(c.bytes) if c.bytes else 1.0
+    comp, mem = c.compute_s * rf, c.memory_s * rb
+    cls = OpClass.ATTENTION_PREFILL if op.phase is Phase.PREFILL else OpClass.ATTENTION_DECODE
+    ov = min(comp, mem) * prof.attention_params(cls, op.impl).overlap
+    return dataclasses.replace(c, compute_s=comp, memory_s=mem, overlap_s=ov, flops=fl, bytes=by)
+
+
 def _attention_cost(op: Attention, gpu: GPU, prof: Profile) -> OpCost:
+    if op.seq_lens is not None:
+        return _ragged_attention_cost(op, gpu, prof)
     cls = OpClass.ATTENTION_PREFILL if op.phase is Phase.PREFILL else OpClass.ATTENTION_DECODE
     p = prof.attention_params(cls, op.impl)
     math_dtype = op.dtype if op.dtype not in (Dtype.INT8, Dtype.INT4) else Dtype.BF16

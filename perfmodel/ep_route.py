@@ -1,10 +1,19 @@
 """The MoE dispatch and combine all-to-all of one layer, priced from its GPU-to-GPU traffic matrix.
 
 A placement (per GPU, the experts whose replicas it holds) and the layer's routed token copies per expert
-``w_e`` imply the matrix ``T[s, g]``: token copies that source GPU ``s`` sends to GPU ``g``.  Tokens sit
-evenly on the ``G`` source GPUs (data-parallel attention) and pick a replica of expert ``e`` evenly, so
-``T[s, g] = sum_e (w_e / G) A[e, g]`` with ``A[e, g] = 1 / r_e`` where ``g`` holds one of ``e``'s ``r_e``
-replicas.  The diagonal stays on the GPU.
+``w_e`` imply the matrix ``T[s, g]``: token copies that source GPU ``s`` sends to GPU ``g``.  Copies pick a
+replica of expert ``e`` evenly, ``A[e, g] = 1 / r_e`` where ``g`` holds one of ``e``'s ``r_e`` replicas, and
+leave from the source shares ``src[e, s]`` (copies of ``e`` that start on GPU ``s``), so
+``T[s, g] = sum_e src[e, s] A[e, g]``.  The diagonal stays on the GPU.
+
+Without inter-layer affinity the tokens sit evenly on the ``G`` source GPUs (data-parallel attention):
+``src[e, s] = w_e / G``.  With it (ExFlow, arXiv 2401.08383: consecutive layers' experts are correlated,
+and a token stays on the GPU where its previous expert ran) the copies of layer ``l + 1``'s expert ``e2``
+leave from the GPUs of layer ``l``'s experts by the transitions ``X_l[e1, e2]`` (copies to ``e2`` whose
+token's layer-``l`` expert was ``e1``, :func:`routed_transitions` from a trace, :func:`synthetic_transitions`
+from one affinity share): ``src[e2, s] = sum_e1 X_l[e1, e2] A_l[e1, s] + (w_e2 - sum_e1 X_l[e1, e2]) / G``,
+the rest evenly.  The first MoE layer's tokens sit evenly.  Cross-node bytes then follow the placement:
+co-locating affine experts of consecutive layers keeps their tokens on the GPU.
 
 Each GPU moves its bytes over each link class at once: to and from peers in its node over the intra-node
 fabric, to and from other nodes over its own NIC (the links of :mod:`perfmodel.comm`:
@@ -25,7 +34,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -51,11 +60,102 @@ def share_matrix(placement: Placement, num_experts: int) -> np.ndarray:
     return a / cnt[:, None]
 
 
-def traffic_matrix(placement: Placement, loads: Sequence[float]) -> np.ndarray:
-    """``T[s, g]``, token copies from source GPU ``s`` to GPU ``g`` (tokens evenly on the source GPUs)."""
+def traffic_matrix(placement: Placement, loads: Sequence[float], prev_placement: Placement | None = None,
+                   transition: np.ndarray | None = None) -> np.ndarray:
+    """``T[s, g]``, token copies from source GPU ``s`` to GPU ``g``.
+
+    Parameters
+    ----------
+    placement : per GPU, the experts held (this layer)
+    loads : array [E], token copies
+        Copies routed to each expert of this layer.
+    prev_placement : per GPU, the experts held in the previous MoE layer, or None
+    transition : array [E, E], token copies, or None
+        ``X[e1, e2]``: copies to this layer's ``e2`` that leave from where the previous layer's ``e1`` ran
+        (columns sum to at most ``loads``; the rest leave evenly).  None (or no ``prev_placement``): every
+        copy leaves evenly from the ``G`` GPUs.
+
+    Returns
+    -------
+    ndarray [G, G], token copies
+    """
     w = np.asarray(loads, dtype=np.float64)
     g = len(placement)
-    return np.tile(w @ share_matrix(placement, len(w)) / g, (g, 1))
+    a = share_matrix(placement, len(w))
+    if transition is None or prev_placement is None:
+        return np.tile(w @ a / g, (g, 1))
+    x = np.asarray(transition, dtype=np.float64)
+    if x.shape != (len(w), len(w)) or len(prev_placement) != g:
+        raise InvalidInputError(f"a transition is [{len(w)}][{len(w)}] between placements of {g} GPUs, got "
+                                f"{list(x.shape)} and {len(prev_placement)} GPUs")
+    rest = np.maximum(w - x.sum(axis=0), 0.0)
+    src = x.T @ share_matrix(prev_placement, len(w)) + rest[:, None] / g  # [E, G]
+    return src.T @ a
+
+
+def routed_transitions(pairs: np.ndarray, loads: np.ndarray) -> np.ndarray:
+    """Transitions ``X[l][e1, e2]`` (:func:`traffic_matrix`) from a trace's pair counts ``R[l][e1][e2]``.
+
+    ``R[l][e1][e2]`` counts tokens routed to ``e1`` in layer ``l`` and to ``e2`` in ``l + 1`` (each pair
+    once, so top-k counts a copy to ``e2`` up to k times).  Each column is scaled to the copies of ``e2``
+    (``loads[l + 1][e2]``): a copy leaves from one of its token's layer-``l`` experts, picked in
+    proportion to the pairs; a column without pairs leaves evenly.
+
+    Parameters
+    ----------
+    pairs : array [L - 1, E, E], tokens
+    loads : array [L, E], token copies
+
+    Returns
+    -------
+    ndarray [L - 1, E, E], token copies
+    """
+    r = np.asarray(pairs, dtype=np.float64)
+    w = np.asarray(loads, dtype=np.float64)
+    col = r.sum(axis=1, keepdims=True)  # [L-1, 1, E]
+    return np.where(col > 0, r / np.where(col > 0, col, 1.0), 0.0) * w[1:, None, :]
+
+
+def synthetic_transitions(loads: np.ndarray, affinity: float) -> np.ndarray:
+    """Transitions (:func:`traffic_matrix`) with one affinity share: of the copies to expert ``e`` in layer
+    ``l + 1``, the share ``affinity`` leaves from where expert ``e`` of layer ``l`` ran (experts numbered
+    so that affine pairs share an id), the rest evenly from every GPU.  0 is the even model.
+
+    Parameters
+    ----------
+    loads : array [L, E], token copies
+    affinity : float in [0, 1]
+
+    Returns
+    -------
+    ndarray [L - 1, E, E], token copies
+    """
+    if not (isinstance(affinity, (int, float)) and 0.0 <= float(affinity) <= 1.0):
+        raise InvalidInputError(f"an affinity share is in [0, 1], got {affinity!r}")
+    w = np.asarray(loads, dtype=np.float64)
+    return np.stack([np.diag(float(affinity) * w[l + 1]) for l in range(w.shape[0] - 1)]) if len(w) > 1 \
+        else np.zeros((0, w.shape[1], w.shape[1]))
+
+
+def plan_traffic(placements: Sequence[Placement], loads: np.ndarray,
+                 transitions: np.ndarray | None = None) -> list[np.ndarray]:
+    """Per MoE layer, :func:`traffic_matrix`: the first layer's tokens evenly on the GPUs, each later
+    layer's from the previous placement by ``transitions[l - 1]`` (None: evenly).
+
+    Parameters
+    ----------
+    placements : per layer, per GPU, the experts held
+    loads : array [L, E], token copies
+    transitions : array [L - 1, E, E], token copies, or None
+
+    Returns
+    -------
+    list of ndarray [G, G], token copies
+    """
+    w = np.asarray(loads, dtype=np.float64)
+    return [traffic_matrix(p, w[l], placements[l - 1] if l and transitions is not None else None,
+                           transitions[l - 1] if l and transitions is not None else None)
+            for l, p in enumerate(placements)]
 
 
 @dataclass(frozen=True)
@@ -92,12 +192,42 @@ def _check(t: np.ndarray, topo: Topology) -> np.ndarray:
     return t
 
 
-def _class_s(nbytes: float, peers: int, rate) -> float:
-    if nbytes <= 0 or rate is None:
-        return 0.0
-    t = float(_flat(OpKind.SEND_RECV, nbytes, 2, rate, AllReduceAlgorithm.RING).comm_s)  # factor 1
+def _classes(t: np.ndarray, topo: Topology) -> tuple[np.ndarray, ...]:
+    """Per GPU and direction (sends of GPU 0..G-1, then receives): bytes and peers reached inside its node,
+    bytes and nodes reached outside it."""
+    g = t.shape[0]
+    node = _node_of(g, topo.gpus_per_node)
+    same = node[:, None] == node[None, :]
+    off = ~np.eye(g, dtype=bool)
+    b_in, p_in, b_out, p_out = [], [], [], []
+    for m in (t, t.T):
+        for s in range(g):
+            row = m[s]
+            in_mask = same[s] & off[s]
+            b_in.append(float(row[in_mask].sum()))
+            p_in.append(int(np.count_nonzero(row[in_mask] > 0)))
+            b_out.append(float(row[~same[s]].sum()))
+            p_out.append(len(set(node[~same[s]][row[~same[s]] > 0].tolist())))
+    return np.asarray(b_in), np.asarray(p_in), np.asarray(b_out), np.asarray(p_out)
+
+
+def _class_s(nbytes: np.ndarray, peers: np.ndarray, rate) -> np.ndarray:
+    """One link class of each GPU: ``bytes / bandwidth + peers * alpha`` less the calibrated overlap (arrays
+    of bytes, peers broadcast with them; 0 without bytes or without the link)."""
+    if rate is None:
+        return np.zeros_like(nbytes)
+    b = np.maximum(nbytes, 0.0)
+    t = np.asarray(_flat(OpKind.SEND_RECV, b, 2, rate, AllReduceAlgorithm.RING).comm_s, dtype=np.float64)  # factor 1
     lat = peers * rate.alpha_s
-    return t + lat - rate.overlap * min(t, lat)
+    return np.where(b > 0, t + lat - rate.overlap * np.minimum(t, lat), 0.0)
+
+
+def _per_gpu_s(t: np.ndarray, scale: Any, topo: Topology, profile: Profile) -> np.ndarray:
+    """[..., 2G] seconds of each GPU and direction for ``t * scale`` (the slower of its two link classes)."""
+    intra, inter = _rates(topo, profile)
+    b_in, p_in, b_out, p_out = _classes(t, topo)
+    sc = np.asarray(scale, dtype=np.float64)[..., None]
+    return np.maximum(_class_s(sc * b_in, p_in, intra), _class_s(sc * b_out, p_out, inter))
 
 
 def route_time(traffic_bytes: np.ndarray, topo: Topology, profile: Profile) -> RouteTime:
@@ -110,21 +240,32 @@ def route_time(traffic_bytes: np.ndarray, topo: Topology, profile: Profile) -> R
     node = _node_of(g, topo.gpus_per_node)
     same = node[:, None] == node[None, :]
     off = ~np.eye(g, dtype=bool)
-    intra, inter = _rates(topo, profile)
-    worst, who = 0.0, 0
-    for d, m in (("send", t), ("recv", t.T)):
-        for s in range(g):
-            row = m[s]
-            in_mask = same[s] & off[s]
-            b_in = float(row[in_mask].sum())
-            peers_in = int(np.count_nonzero(row[in_mask] > 0))
-            b_out = float(row[~same[s]].sum())
-            nodes_out = len(set(node[~same[s]][row[~same[s]] > 0].tolist()))
-            ts = max(_class_s(b_in, peers_in, intra), _class_s(b_out, nodes_out, inter))
-            if ts > worst:
-                worst, who = ts, s
-    return RouteTime(worst, who, float(t[same & off].sum()), float(t[~same].sum()),
+    per = _per_gpu_s(t, 1.0, topo, profile)
+    k = int(np.argmax(per)) if per.size else 0
+    worst = float(per[k]) if per.size else 0.0
+    return RouteTime(worst, k % g if g else 0, float(t[same & off].sum()), float(t[~same].sum()),
                      busiest_gpu_bound_s(t, topo, profile))
+
+
+def route_seconds(traffic: np.ndarray, scale: Any, topo: Topology, profile: Profile) -> Any:
+    """:func:`route_time`'s seconds of ``traffic * scale`` for each value of ``scale`` (bytes per unit of
+    ``traffic``; a number or an array, the result has its shape): the traffic's pattern is read once.
+
+    Parameters
+    ----------
+    traffic : array [G, G]
+        The traffic's pattern (e.g. token copies).
+    scale : float or array, bytes per unit of ``traffic``
+    topo, profile : the links (:func:`route_time`)
+
+    Returns
+    -------
+    float or ndarray, seconds
+    """
+    t = _check(traffic, topo)
+    per = _per_gpu_s(t, scale, topo, profile)
+    out = per.max(axis=-1) if per.shape[-1] else np.zeros(np.shape(scale))
+    return out if np.ndim(scale) else float(out)
 
 
 def busiest_gpu_bound_s(traffic_bytes: np.ndarray, topo: Topology, profile: Profile) -> float:
@@ -147,13 +288,20 @@ def layer_route_time(placement: Placement, loads: Sequence[float], bytes_per_tok
     return route_time(traffic_matrix(placement, loads) * bytes_per_token, topo, profile)
 
 
+def _read_json(path: str | Path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"cannot read placement {path}: {exc}") from None
+
+
 def read_placement(path: str | Path) -> list[list[list[int]]]:
     """Per layer, per GPU, the experts held, from a ``plan moe --json`` file (``layers[*].placement``)
     or ``{"placement": [[...] per GPU]}`` (one layer for all)."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise InvalidInputError(f"cannot read placement {path}: {exc}") from None
+    return _placements(_read_json(path), path)
+
+
+def _placements(data, path) -> list:
     if isinstance(data, dict) and isinstance(data.get("layers"), list):
         out = [layer.get("placement") if isinstance(layer, dict) else None for layer in data["layers"]]
     elif isinstance(data, dict) and "placement" in data:
@@ -168,12 +316,41 @@ def read_placement(path: str | Path) -> list[list[list[int]]]:
     return out
 
 
+def _optional_tables(data, key: str, path, ndim: int):
+    """``layers[*][key]`` of a plan file as float arrays of ``ndim`` dimensions, or None when no layer has it."""
+    layers = data.get("layers") if isinstance(data, dict) else None
+    if not isinstance(layers, list) or not any(isinstance(x, dict) and key in x for x in layers):
+        top = data.get(key) if isinstance(data, dict) else None
+        layers = None if top is None else [{key: top}]
+        if layers is None:
+            return None
+    out = []
+    for i, layer in enumerate(layers):
+        try:
+            a = np.asarray(layer[key], dtype=np.float64)
+        except (TypeError, ValueError, KeyError):
+            raise InvalidInputError(f"{path}: layer {i}'s {key} must be numbers") from None
+        if a.ndim != ndim or not np.isfinite(a).all() or (a < 0).any() or a.sum() <= 0:
+            raise InvalidInputError(f"{path}: layer {i}'s {key} must be a {ndim}-d table of finite numbers >= 0, "
+                                    "not all zero")
+        out.append(tuple(map(tuple, a)) if ndim == 2 else tuple(a.tolist()))
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class MoePlacement:
-    """A placement for ``analyze``: per MoE layer (or one for all), per GPU, the experts held."""
+    """A placement for ``analyze``: per MoE layer (or one for all), per GPU, the experts held.
+
+    ``loads`` (per layer, token copies per expert; a ``plan moe --json`` file's ``layers[*].loads``) replace
+    the scenario's expert load for that layer, and ``traffic`` (per layer, ``[G][G]`` token copies from GPU
+    to GPU, ``layers[*].traffic``, e.g. with the token sources of inter-layer affinity) gives the shape of
+    its all-to-all; either may be None.
+    """
 
     layers: tuple[tuple[tuple[int, ...], ...], ...]
     source: str = ""
+    loads: tuple[tuple[float, ...], ...] | None = None
+    traffic: tuple[tuple[tuple[float, ...], ...], ...] | None = None
 
     @property
     def gpus(self) -> int:
@@ -181,6 +358,14 @@ class MoePlacement:
 
     def layer(self, i: int) -> tuple[tuple[int, ...], ...]:
         return self.layers[i if len(self.layers) > 1 else 0]
+
+    def layer_loads(self, i: int) -> np.ndarray | None:
+        """Layer ``i``'s copies per expert, or None."""
+        return None if self.loads is None else np.asarray(self.loads[i if len(self.loads) > 1 else 0])
+
+    def layer_traffic(self, i: int) -> np.ndarray | None:
+        """Layer ``i``'s ``[G, G]`` traffic pattern, or None."""
+        return None if self.traffic is None else np.asarray(self.traffic[i if len(self.traffic) > 1 else 0])
 
     def check(self, num_experts: int, num_moe_layers: int, ep: int) -> "MoePlacement":
         """:class:`InvalidInputError` unless it fits ``ep`` GPUs, the layers and the experts."""
@@ -196,16 +381,29 @@ class MoePlacement:
                 share_matrix(p, num_experts)
             except InvalidInputError as exc:
                 raise InvalidInputError(f"{where}, layer {i}: {exc}") from None
+        for name, tables, shape in (("loads", self.loads, (num_experts,)), ("traffic", self.traffic, (ep, ep))):
+            if tables is None:
+                continue
+            if len(tables) not in (1, len(self.layers), num_moe_layers):
+                raise InvalidInputError(f"{where} has {len(tables)} layers of {name} for {len(self.layers)} placements")
+            bad = [i for i, t in enumerate(tables) if np.shape(t) != shape]
+            if bad:
+                raise InvalidInputError(f"{where}, layer {bad[0]}: {name} must have shape {list(shape)}, "
+                                        f"got {list(np.shape(tables[bad[0]]))}")
         return self
 
 
 def as_moe_placement(value) -> MoePlacement | None:
-    """None, a :class:`MoePlacement`, a path to a ``plan moe --json`` file (:func:`read_placement`), or the
-    per-layer lists themselves."""
+    """None, a :class:`MoePlacement`, a path to a ``plan moe --json`` file (:func:`read_placement`; its
+    ``layers[*].loads`` and ``layers[*].traffic`` too), or the per-layer lists themselves."""
     if value is None or isinstance(value, MoePlacement):
         return value
+    loads = traffic = None
     if isinstance(value, (str, Path)):
-        layers, src = read_placement(value), str(value)
+        data = _read_json(value)
+        layers, src = _placements(data, value), str(value)
+        loads = _optional_tables(data, "loads", value, 1)
+        traffic = _optional_tables(data, "traffic", value, 2)
     elif isinstance(value, (list, tuple)):
         layers, src = value, ""
     else:
@@ -216,4 +414,4 @@ def as_moe_placement(value) -> MoePlacement | None:
         raise InvalidInputError("moe_placement must be per layer, per GPU, lists of expert ids") from None
     if not out or any(not layer for layer in out):
         raise InvalidInputError("moe_placement is empty")
-    return MoePlacement(out, src)
+    return MoePlacement(out, src, loads, traffic)

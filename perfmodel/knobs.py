@@ -164,10 +164,17 @@ class Knobs:
     kv_budget_tokens : int or None
         At most this many tokens' KV per sequence (StreamingLLM sinks + window,
         fixed-budget eviction).
+    keep_schedule : tuple of (int, float)
+        Per-layer keep fractions: ``(first_layer, fraction)`` pairs, starting at layer 0, layers
+        increasing, fractions in (0, 1] non-increasing; each fraction holds from its layer to the
+        next pair's (progressive pruning, LazyLLM; layer-wise KV budgets, PyramidKV).  Layer ``l``
+        keeps ``ceil(f_l n)`` of a sequence's ``n`` tokens' KV (decode reads them); with
+        ``prune_prefill`` it also prefills only ``f_l`` of the prompt.  ``kv_keep_ratio`` ``r`` is
+        the one-pair schedule ``((0, r),)`` (:meth:`layer_keep`); the two are not given together.
     prune_prefill : bool
         The eviction also skips the dropped prompt tokens at prefill (prompt
         compression such as LLMLingua, dynamic pruning such as LazyLLM), so
-        prefill cost falls too.
+        prefill cost falls too; with a ``keep_schedule``, each layer runs on its kept tokens.
     sliding_window : int or None
         Each query attends to the last ``sliding_window`` keys only (replaces the
         model's own window).
@@ -201,6 +208,7 @@ class Knobs:
     kv_heads: int | None = None
     kv_keep_ratio: float = 1.0
     kv_budget_tokens: int | None = None
+    keep_schedule: tuple[tuple[int, float], ...] = ()
     prune_prefill: bool = False
     sliding_window: int | None = None
     attention_density: float = 1.0
@@ -228,6 +236,9 @@ class Knobs:
             raise KnobError(f"shared_prefix_tokens must be an integer >= 0, got {self.shared_prefix_tokens!r}")
         if not _finite(self.kv_keep_ratio) or not 0 < self.kv_keep_ratio <= 1:
             raise KnobError(f"kv_keep_ratio must be in (0, 1], got {self.kv_keep_ratio!r}")
+        object.__setattr__(self, "keep_schedule", _check_schedule(self.keep_schedule))
+        if self.keep_schedule and self.kv_keep_ratio < 1:
+            raise KnobError("give kv_keep_ratio or keep_schedule, not both (a ratio r is the schedule 1 pair r@0)")
         if not _finite(self.attention_density) or not 0 < self.attention_density <= 1:
             raise KnobError(f"attention_density must be in (0, 1], got {self.attention_density!r}")
         if self.recurrent_state_bytes is not None and (
@@ -241,12 +252,12 @@ class Knobs:
             raise KnobError("offload must be an AttentionOffload")
         if self.offload is not None and tiers:
             raise KnobError("attention offloading and KV tiers cannot be combined (the KV lives in the pool)")
-        evicts = self.kv_keep_ratio < 1 or self.kv_budget_tokens is not None or self.sliding_window is not None
+        evicts = self.kv_keep_ratio < 1 or bool(self.keep_schedule) or self.kv_budget_tokens is not None or self.sliding_window is not None
         if self.shared_prefix_tokens and evicts:
             raise KnobError("a shared prefix cannot be combined with token eviction or a sliding window "
                             "(per-sequence eviction un-shares the prefix)")
-        if self.prune_prefill and not (self.kv_keep_ratio < 1 or self.kv_budget_tokens is not None):
-            raise KnobError("prune_prefill needs kv_keep_ratio < 1 or kv_budget_tokens")
+        if self.prune_prefill and not (self.kv_keep_ratio < 1 or self.keep_schedule or self.kv_budget_tokens is not None):
+            raise KnobError("prune_prefill needs kv_keep_ratio < 1, keep_schedule or kv_budget_tokens")
 
     # ---- queries -----------------------------------------------------------
     @property
@@ -266,8 +277,14 @@ class Knobs:
         if self.kv_layers is not None and self.kv_layers > n_attn:
             raise KnobError(f"kv_layers={self.kv_layers} exceeds the {n_attn} attention layers of {model.name}"
                             + (f" (1 in {self.attention_every})" if self.attention_every > 1 else ""))
+        if self.attention_every > 1 and getattr(model, "ssm", None) is not None:
+            raise KnobError(f"attention_every cannot be set on {model.name}: it is a state-space stack with no "
+                            "attention layer")
         if self.attention_every > model.num_layers:
             raise KnobError(f"attention_every={self.attention_every} exceeds the {model.num_layers} layers of {model.name}")
+        if self.keep_schedule and self.keep_schedule[-1][0] >= model.num_layers:
+            raise KnobError(f"keep_schedule starts a fraction at layer {self.keep_schedule[-1][0]}; "
+                            f"{model.name} has layers 0 to {model.num_layers - 1}")
         if self.kv_heads is not None:
             if model.mla is not None:
                 raise KnobError(f"kv_heads cannot be set on {model.name}: its MLA latent cache has no KV heads")
@@ -281,12 +298,39 @@ class Knobs:
                 raise KnobError(f"shared_prefix_tokens={self.shared_prefix_tokens} must be shorter than the "
                                 f"context ({int(c)} tokens)")
 
-    def kept_tokens(self, tokens):
-        """Tokens whose KV a sequence of ``tokens`` tokens keeps (ratio, budget, window)."""
+    def layer_keep(self, num_layers: int) -> tuple[tuple[int, float], ...]:
+        """``(layers, fraction)`` per run of layers that keep the same fraction of tokens, in layer order:
+        the ``keep_schedule`` cut at ``num_layers``, or all layers at ``kv_keep_ratio``."""
+        if not self.keep_schedule:
+            return ((int(num_layers), float(self.kv_keep_ratio)),)
+        starts = [lay for lay, _ in self.keep_schedule if lay < num_layers]
+        ends = starts[1:] + [int(num_layers)]
+        return tuple((e - s, f) for s, e, (_, f) in zip(starts, ends, self.keep_schedule))
+
+    def kept_tokens(self, tokens, num_layers: int | None = None):
+        """Tokens whose KV a sequence of ``tokens`` tokens keeps (ratio, budget, window); with a
+        ``keep_schedule``, the mean over the ``num_layers`` layers of each layer's kept tokens (KV bytes
+        and decode reads are linear in it)."""
+        if not self.keep_schedule:
+            return self.kept_at(tokens, self.kv_keep_ratio)
+        if num_layers is None:
+            raise KnobError("a keep_schedule needs the model's layer count to average its kept tokens")
+        segs = self.layer_keep(num_layers)
+        k = sum(n * np.asarray(self.kept_at(tokens, f), dtype=np.float64) for n, f in segs) / float(num_layers)
+        return k if np.ndim(k) else float(k)
+
+    def prefill_tokens(self, tokens):
+        """Prompt tokens the first layer runs on under ``prune_prefill`` (the first fraction of the schedule,
+        or the ratio, then the budget and window); later layers of a schedule run on ``f_l / f_0`` of them."""
+        first = self.keep_schedule[0][1] if self.keep_schedule else self.kv_keep_ratio
+        return self.kept_at(tokens, first)
+
+    def kept_at(self, tokens, ratio: float):
+        """Tokens of ``tokens`` kept at keep fraction ``ratio``, then within the budget and the window."""
         t = np.asarray(tokens, dtype=np.float64)
         k = t
-        if self.kv_keep_ratio < 1:
-            k = np.minimum(np.ceil(self.kv_keep_ratio * t), t)
+        if ratio < 1:
+            k = np.minimum(np.ceil(ratio * t), t)
         if self.kv_budget_tokens is not None:
             k = np.minimum(k, self.kv_budget_tokens)
         if self.sliding_window is not None:
@@ -303,6 +347,8 @@ class Knobs:
                 continue
             if f.name == "kv_tiers":
                 v = "+".join(t.kind.value for t in v)
+            elif f.name == "keep_schedule":
+                v = format_schedule(v)
             elif f.name == "offload":
                 v = f"{v.pool_gpu.name} x{v.pool_devices_per_gpu:g} over {v.link_bytes_per_s / 1e9:g} GB/s"
             elif isinstance(v, enum.Enum):
@@ -326,6 +372,8 @@ class Knobs:
                 v = v.value
             elif f.name == "kv_tiers":
                 v = [dataclasses.asdict(t) for t in v]
+            elif f.name == "keep_schedule":
+                v = [[lay, frac] for lay, frac in v]
             elif f.name == "offload":
                 v = {g.name: (v.pool_gpu.name if g.name == "pool_gpu" else getattr(v, g.name))
                      for g in dataclasses.fields(v)}
@@ -333,13 +381,72 @@ class Knobs:
         return out
 
 
+def _check_schedule(value: Any) -> tuple[tuple[int, float], ...]:
+    """``value`` (pairs of first layer and keep fraction) as a checked tuple; :class:`KnobError` otherwise."""
+    try:
+        pairs = [tuple(p) for p in (value or ())]
+    except TypeError:
+        raise KnobError(f"keep_schedule must be (first_layer, fraction) pairs, got {value!r}") from None
+    out: list[tuple[int, float]] = []
+    for p in pairs:
+        if len(p) != 2 or not _is_int(p[0]) or isinstance(p[0], bool) or not _finite(p[1]):
+            raise KnobError(f"keep_schedule: each entry is (first_layer, fraction), got {p!r}")
+        lay, frac = int(p[0]), float(p[1])
+        if not 0 < frac <= 1:
+            raise KnobError(f"keep_schedule: fraction must be in (0, 1], got {frac!r} at layer {lay}")
+        if out and lay <= out[-1][0]:
+            raise KnobError(f"keep_schedule: layers must increase, got {lay} after {out[-1][0]}")
+        if out and frac > out[-1][1]:
+            raise KnobError(f"keep_schedule: fractions must not increase, got {frac:g} at layer {lay} after "
+                            f"{out[-1][1]:g}")
+        out.append((lay, frac))
+    if out and out[0][0] != 0:
+        raise KnobError(f"keep_schedule must start at layer 0, got {out[0][0]}")
+    return tuple(out)
+
+
+def format_schedule(schedule) -> str:
+    """``1@0,0.5@8``: each fraction at its first layer (the ``--keep-schedule`` form)."""
+    return ",".join(f"{frac:g}@{lay}" for lay, frac in schedule)
+
+
+def parse_schedule(text: str) -> tuple[tuple[int, float], ...]:
+    """``FRACTION@LAYER,...`` (``1.0@0,0.5@8,0.3@20``) or the path of a JSON file holding ``[[layer, fraction],
+    ...]`` or ``[{"layer": L, "keep": F}, ...]``; checked (:class:`KnobError`)."""
+    import json
+    import os
+
+    text = str(text).strip()
+    if text.endswith(".json") or os.path.isfile(text):
+        try:
+            with open(text) as fh:
+                data = json.load(fh)
+        except (OSError, ValueError) as exc:
+            raise KnobError(f"keep_schedule file {text!r}: {exc}") from None
+        if not isinstance(data, list):
+            raise KnobError(f"keep_schedule file {text!r}: expected a list of [layer, fraction] pairs")
+        pairs = [(d.get("layer"), d.get("keep")) if isinstance(d, dict) else d for d in data]
+        return _check_schedule(pairs)
+    pairs = []
+    for part in text.split(","):
+        frac, sep, lay = part.strip().partition("@")
+        try:
+            pairs.append((int(lay), float(frac)))
+        except ValueError:
+            raise KnobError(f"keep_schedule: expected FRACTION@LAYER (e.g. 0.5@8), got {part.strip()!r}") from None
+        if not sep:
+            raise KnobError(f"keep_schedule: expected FRACTION@LAYER (e.g. 0.5@8), got {part.strip()!r}")
+    return _check_schedule(pairs)
+
+
 NO_KNOBS = Knobs()
 
 
 def attention_layer_count(model, knobs: Knobs | None) -> int:
-    """Attention layers of the stack: layer ``i`` is attention when ``i % N == N - 1`` (at least one)."""
+    """Attention layers of the stack: layer ``i`` is attention when ``i % N == N - 1`` (at least one);
+    none in a state-space stack (``model.ssm``)."""
     n = 1 if knobs is None else knobs.attention_every
-    return model.num_layers if n == 1 else max(1, model.num_layers // n)
+    return model.num_attention_layers if n == 1 else max(1, model.num_layers // n)
 
 
 def kv_layer_count(model, knobs: Knobs | None) -> int:
@@ -398,6 +505,13 @@ def _ratio(text: str) -> float:
         raise _arg_error(f"expected a number in (0, 1], got {text!r}") from None
 
 
+def _schedule(text: str) -> tuple[tuple[int, float], ...]:
+    try:
+        return parse_schedule(text)
+    except KnobError as exc:
+        raise _arg_error(str(exc)) from None
+
+
 def _int(text: str) -> int:
     try:
         return int(text)
@@ -412,6 +526,8 @@ def add_knob_args(parser: "argparse.ArgumentParser") -> None:
     g.add_argument("--kv-heads", type=_int, default=None, help="override the KV heads (GQA/MQA)")
     g.add_argument("--kv-keep-ratio", type=_ratio, default=1.0, help="fraction of tokens whose KV is kept (eviction)")
     g.add_argument("--kv-budget-tokens", type=_int, default=None, help="at most N tokens' KV per sequence")
+    g.add_argument("--keep-schedule", type=_schedule, default=(), metavar="F@LAYER,...",
+                   help="per-layer keep fractions, e.g. 1.0@0,0.5@8,0.3@20 (or a JSON file of [layer, fraction] pairs)")
     g.add_argument("--prune-prefill", action="store_true", help="evicted prompt tokens are skipped at prefill too")
     g.add_argument("--sliding-window", type=_int, default=None, help="attend to the last N keys only")
     g.add_argument("--attention-density", type=_ratio, default=1.0, help="fraction of attention blocks computed")
@@ -453,6 +569,7 @@ def knobs_from_args(args: "argparse.Namespace") -> Knobs:
         kv_heads=args.kv_heads,
         kv_keep_ratio=args.kv_keep_ratio,
         kv_budget_tokens=args.kv_budget_tokens,
+        keep_schedule=getattr(args, "keep_schedule", ()),
         prune_prefill=args.prune_prefill,
         sliding_window=args.sliding_window,
         attention_density=args.attention_density,

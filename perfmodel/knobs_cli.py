@@ -25,6 +25,9 @@ TECHNIQUES = {
                       "task-dependent; retrieval of evicted facts fails"),
     "kv_budget_tokens": ("fixed-budget KV (StreamingLLM attention sinks + recent window, budgeted eviction)",
                          "fluent but forgets everything outside the budget"),
+    "keep_schedule": ("per-layer keep fractions: progressive token pruning (LazyLLM, Fu et al. 2024), "
+                      "layer-wise KV budgets (PyramidKV)",
+                      "task-dependent; LazyLLM revives pruned tokens when later steps need them, which is not priced"),
     "prune_prefill": ("prompt compression / dynamic token pruning (LLMLingua, LazyLLM)",
                       "dropped tokens are never seen by the model"),
     "sliding_window": ("sliding-window attention (Longformer, Mistral)",

@@ -24,7 +24,7 @@ from perfmodel.knobs import (
     effective_model,
     kv_layer_count,
 )
-from perfmodel.models import MlpKind, ModelSpec
+from perfmodel.models import MlpKind, ModelSpec, SsmKind
 from perfmodel.ops import (Attention, Collective, Elementwise, Gemm, GroupedGemm, Op, OpKind, Phase,
                            default_collective_launch)
 
@@ -91,7 +91,7 @@ def kv_bytes_per_token_per_gpu(model: ModelSpec, tp: int, kv_dtype: Dtype, knobs
     ``kv_dtype``).
     """
     if knobs is None:
-        n_kv = model.num_layers
+        n_kv = model.num_attention_layers
     else:
         model = effective_model(model, knobs)
         n_kv = kv_layer_count(model, knobs)
@@ -103,7 +103,10 @@ def kv_bytes_per_token_per_gpu(model: ModelSpec, tp: int, kv_dtype: Dtype, knobs
 
 
 def recurrent_state_bytes_per_gpu(model: ModelSpec, tp: int, knobs: Knobs | None) -> float:
-    """State bytes of all recurrent layers of one sequence on one GPU (0 without a hybrid pattern)."""
+    """State bytes of all recurrent layers of one sequence on one GPU: a state-space stack's every layer
+    (:meth:`perfmodel.models.SsmSpec.state_bytes`), a hybrid pattern's recurrent layers, else 0."""
+    if model.ssm is not None:
+        return float(model.num_layers * model.ssm.state_bytes(tp))
     if knobs is None or knobs.attention_every == 1:
         return 0.0
     n_rec = model.num_layers - attention_layer_count(model, knobs)
@@ -153,14 +156,16 @@ def _attention_block(model: ModelSpec, phase: Phase, batch, q_len, kv_len, prec:
     if knobs is None:
         keys, window = kv_len, model.sliding_window
     elif decode:
-        keys = model.kv_tokens(knobs.kept_tokens(kv_len))  # window on sliding layers, layer-averaged
+        keys = model.kv_tokens(knobs.kept_tokens(kv_len, model.num_layers))  # window on sliding layers, layer-averaged
         keys, window = keys * density if density < 1 else keys, 0
     else:
         keys, window = kv_len, model.sliding_window
     attn_count = n_attn * density if (knobs is not None and not decode and density < 1) else n_attn
     ops: OpList = [_norm("input_norm", tokens, h, a, L)]
     m = model.mla
-    if m is None:
+    if n_attn == 0:  # a state-space stack: every layer's mixer is recurrent
+        pass
+    elif m is None:
         hkv = kv_heads_per_gpu(model, tp)
         width = 2 * d
         ops.append(("qkv_proj", Gemm(tokens, (hq + 2 * hkv) * d, h, prec.math, prec.weights), n_kv))
@@ -255,8 +260,10 @@ def _recurrent_ops(model: ModelSpec, phase: Phase, batch, q_len, kv_len, prec: P
     prefill runs the chunked form (state update and read-out as matrix
     products, plus causal attention inside chunks of
     :data:`LINEAR_ATTENTION_CHUNK_TOKENS`); decode reads and writes the state once
-    per step.
+    per step.  A state-space stack (``model.ssm``) runs its own mixer (:func:`_ssm_ops`).
     """
+    if model.ssm is not None:
+        return _ssm_ops(model, phase, batch, q_len, kv_len, prec, tp, n_rec)
     a = prec.activations.bytes_per_element
     h, d = model.hidden, model.head_dim
     hq = model.q_heads // tp
@@ -274,6 +281,71 @@ def _recurrent_ops(model: ModelSpec, phase: Phase, batch, q_len, kv_len, prec: P
         ops.append(("recurrent.state", Elementwise("recurrent_state", bytes=2 * batch * state + 3 * tokens * hq * d * a,
                                                    flops=4 * tokens * hq * d * d), n_rec))
     ops.append(("recurrent.o_proj", Gemm(tokens, h, hq * d, prec.math, prec.weights), n_rec))
+    return ops
+
+
+#: FLOPs per (token, channel, state element) of Mamba's selective scan: discretise (a multiply and an
+#: exponential), the input term (two multiplies), the state update and the read-out (two multiply-adds).
+#: An instruction count of the fused kernel, not a measurement.
+SELECTIVE_SCAN_FLOPS_PER_ELEMENT = 9.0
+
+
+def _ssm_ops(model: ModelSpec, phase: Phase, batch, q_len, kv_len, prec: Precision, tp: int, n: int) -> OpList:
+    """The mixer of ``n`` layers of a state-space stack (Mamba, Mamba-2) on one GPU of ``tp``.
+
+    Projections are GEMMs (channels and heads split over ``tp``; Mamba's ``x_proj`` sums its split
+    input with an all-reduce), the causal convolution is elementwise.  Prefill: Mamba's selective scan
+    is one memory-bound pass (inputs read once, the state kept on chip,
+    :data:`SELECTIVE_SCAN_FLOPS_PER_ELEMENT`); Mamba-2's SSD runs in chunks of ``chunk_tokens`` as
+    matrix products: causal ``C B^T``-weighted attention inside each chunk (an attention op over
+    ``tokens / chunk_tokens`` independent chunks, ``d_state``-wide scores, ``head_dim``-wide values)
+    plus each chunk's state update and read-out.  Decode reads and writes the convolution and SSM state once per token, so a
+    step costs the same at any context.
+    """
+    s = model.ssm
+    a = prec.activations.bytes_per_element
+    w = prec.weights.bytes_per_element
+    h, N = model.hidden, s.d_state
+    tokens = batch * q_len
+    di = s.d_inner // tp
+    conv = s.conv_channels(tp)
+    decode = phase is Phase.DECODE
+    conv_state = 2 * batch * s.conv_state_bytes(tp) if decode else 0.0  # read and write
+    ssm_state = 2 * batch * s.ssm_state_bytes(tp) if decode else 0.0
+    ops: OpList = []
+    if s.kind is SsmKind.MAMBA:
+        xw = s.dt_rank + 2 * N
+        ops.append(("ssm.in_proj", Gemm(tokens, 2 * di, h, prec.math, prec.weights), n))
+        ops.append(("ssm.conv1d", Elementwise("causal_conv1d", bytes=2 * tokens * conv * a + conv * s.d_conv * w
+                                              + conv_state, flops=2 * tokens * conv * s.d_conv), n))
+        ops.append(("ssm.x_proj", Gemm(tokens, xw, di, prec.math, prec.weights), n))
+        if tp > 1:
+            ops.append(("ssm.x_proj_all_reduce", Collective(OpKind.ALL_REDUCE, bytes=tokens * xw * a, world=tp,
+                                                            dtype=prec.activations), n))
+        ops.append(("ssm.dt_proj", Gemm(tokens, di, s.dt_rank, prec.math, prec.weights), n))
+        # read u, delta, z and B, C; write y; in decode also read and write the state
+        scan_bytes = tokens * (4 * di + 2 * N) * a + ssm_state
+        ops.append(("ssm.scan", Elementwise("selective_scan", bytes=scan_bytes,
+                                            flops=SELECTIVE_SCAN_FLOPS_PER_ELEMENT * tokens * di * N), n))
+    else:
+        nh, P, g = s.num_heads // tp, s.head_dim, s.groups_per_gpu(tp)
+        ops.append(("ssm.in_proj", Gemm(tokens, 2 * di + 2 * g * N + nh, h, prec.math, prec.weights), n))
+        ops.append(("ssm.conv1d", Elementwise("causal_conv1d", bytes=2 * tokens * conv * a + conv * s.d_conv * w
+                                              + conv_state, flops=2 * tokens * conv * s.d_conv), n))
+        if decode:
+            ops.append(("ssm.state", Elementwise("ssm_state", bytes=ssm_state + tokens * (2 * di + 2 * g * N) * a,
+                                                 flops=SELECTIVE_SCAN_FLOPS_PER_ELEMENT * tokens * di * N), n))
+        else:
+            # the chunks are independent blocks: causal attention of each chunk over itself
+            chunk = np.minimum(q_len, s.chunk_tokens) if np.ndim(q_len) else min(q_len, s.chunk_tokens)
+            ops += [
+                ("ssm.chunk_scan", Attention(phase, tokens / chunk, chunk, chunk, nh, g, N, True, prec.activations,
+                                             v_head_dim=P), n),
+                ("ssm.chunk_state", Gemm(tokens, nh * P, N, prec.math, prec.activations), n),
+                ("ssm.state_readout", Gemm(tokens, nh * P, N, prec.math, prec.activations), n),
+            ]
+        ops.append(("ssm.gated_norm", Elementwise("gated_rmsnorm", bytes=3 * tokens * di * a, flops=6 * tokens * di), n))
+    ops.append(("ssm.out_proj", Gemm(tokens, h, di, prec.math, prec.weights), n))
     return ops
 
 
@@ -383,6 +455,8 @@ def model_ops(
         model = effective_model(model, knobs)
         knobs.check(model)
         precision = apply_knobs(precision, knobs)
+        if len(knobs.layer_keep(model.num_layers)) > 1:
+            return _scheduled_ops(model, phase, batch, q_len, kv_len, precision, tp, lm_head_rows, knobs)
     check_tp(model, tp)
     a = precision.activations.bytes_per_element
     w = precision.weights.bytes_per_element
@@ -394,7 +468,7 @@ def model_ops(
     n_moe = model.num_moe_layers
     n_dense = model.num_layers - n_moe
     ops += attn
-    if n_dense:
+    if n_dense and model.has_mlp:
         ops += [(f"dense.{n}", o, c * n_dense) for n, o, c in _dense_mlp_block(model, tokens, precision, tp)]
     if n_moe:
         ops += [(f"moe.{n}", o, c * n_moe) for n, o, c in _moe_block(model, tokens, precision, tp)]
@@ -403,6 +477,34 @@ def model_ops(
     way = default_collective_launch(phase)  # decode: in a CUDA graph; prefill: back to back
     return [(n, dataclasses.replace(o, launch=way) if isinstance(o, Collective) and o.launch is None else o, c)
             for n, o, c in ops]
+
+
+def _scheduled_ops(model: ModelSpec, phase: Phase, batch, q_len, kv_len, precision: Precision, tp: int,
+                   lm_head_rows, knobs: Knobs) -> OpList:
+    """:func:`model_ops` under a per-layer ``keep_schedule``: each run of layers that keeps fraction ``f`` is
+    priced as the whole stack at ratio ``f`` (the uniform-ratio ops), its counts scaled by its share of the
+    layers.  Decode reads ``ceil(f n)`` keys in those layers; with ``prune_prefill`` a prefill pass runs
+    those layers on ``f / f_0`` of its tokens and keys (``f_0``: the first layer's fraction, which
+    :meth:`Knobs.prefill_tokens` already applied to the prompt).  The embedding runs once, on the first
+    run's tokens; the LM head once."""
+    L = model.num_layers
+    segs = knobs.layer_keep(L)
+    f0 = segs[0][1]
+    prune = phase is Phase.PREFILL and knobs.prune_prefill
+    ops: OpList = []
+    for i, (n, f) in enumerate(segs):
+        seg_knobs = knobs.replace(keep_schedule=(), kv_keep_ratio=f, prune_prefill=False)
+        scale = f / f0 if prune else 1.0
+        q, kv = (q_len * scale, kv_len * scale) if prune else (q_len, kv_len)
+        part = model_ops(model, phase, batch, q, kv, precision, tp, 0, seg_knobs)
+        ops += [(name, o, c if name == "embedding" else c * (n / L)) for name, o, c in part
+                if name != "embedding" or i == 0]
+    rows = batch if lm_head_rows is None else lm_head_rows
+    if not (np.ndim(rows) == 0 and rows == 0):
+        way = default_collective_launch(phase)
+        ops += [(name, dataclasses.replace(o, launch=way) if isinstance(o, Collective) and o.launch is None else o, c)
+                for name, o, c in lm_head_ops(model, rows, precision, tp)]
+    return ops
 
 
 def lm_head_ops(model: ModelSpec, rows, precision: Precision = Precision(), tp: int = 1) -> OpList:
@@ -426,6 +528,10 @@ def activation_bytes(model: ModelSpec, tokens, precision: Precision, tp: int = 1
     fp32 logits for one row per sequence (bounded by the token count).
     """
     a = precision.activations.bytes_per_element
+    if model.ssm is not None:  # the mixer's input projection is the widest point
+        s = model.ssm
+        width = 2 * s.d_inner + 2 * s.n_groups * s.d_state + (s.num_heads if s.kind is SsmKind.MAMBA2 else 0)
+        return tokens * (2 * model.hidden + width / tp) * a
     inter = model.intermediate if model.moe is None else max(
         model.intermediate if model.num_dense_layers else 0,
         model.moe.expert_intermediate * model.moe.top_k + model.moe.shared_experts * model.moe.shared_intermediate,

@@ -34,6 +34,14 @@ class AttentionKind(str, enum.Enum):
     GQA = "gqa"
     MQA = "mqa"
     MLA = "mla"  # DeepSeek multi-head latent attention
+    NONE = "none"  # a pure state-space stack (Mamba): no attention layer
+
+
+class SsmKind(str, enum.Enum):
+    """The state-space mixer of a Mamba stack."""
+
+    MAMBA = "mamba"  # selective scan, one state of ``d_state`` per channel (Gu & Dao, arXiv 2312.00752)
+    MAMBA2 = "mamba2"  # SSD: scalar decay per head, ``head_dim x d_state`` state per head (arXiv 2405.21060)
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,86 @@ class MlaSpec:
 
 
 @dataclass(frozen=True)
+class SsmSpec:
+    """The mixer of every layer of a pure state-space stack (Mamba, Mamba-2).
+
+    Attributes
+    ----------
+    kind : SsmKind
+    d_inner : int
+        Channels of the mixer (``expand * hidden``).
+    d_state : int
+        State size per channel (Mamba) or per head dimension (Mamba-2), the config's ``state_size``.
+    d_conv : int
+        Width of the causal depthwise convolution (``conv_kernel``).
+    num_heads : int
+        Mamba-2 heads (``d_inner / head_dim``); Mamba: ``d_inner`` (every channel its own recurrence).
+    head_dim : int
+        Channels per head (Mamba: 1).
+    n_groups : int
+        Mamba-2 groups sharing ``B`` and ``C`` (Mamba: 1).
+    dt_rank : int
+        Rank of Mamba's time-step projection (Mamba-2: 0, one time step per head).
+    chunk_tokens : int
+        Mamba-2's SSD chunk length (``chunk_size``); Mamba: 0.
+    proj_bias, conv_bias : bool
+        Biases on the in/out projections (``use_bias``) and on the convolution (``use_conv_bias``).
+    """
+
+    kind: SsmKind
+    d_inner: int
+    d_state: int
+    d_conv: int
+    num_heads: int
+    head_dim: int
+    n_groups: int = 1
+    dt_rank: int = 0
+    chunk_tokens: int = 0
+    proj_bias: bool = False
+    conv_bias: bool = True
+
+    def conv_channels(self, tp: int = 1) -> int:
+        """Channels the convolution runs over on one GPU of ``tp``: x (Mamba), or x, B and C (Mamba-2;
+        groups fewer than ``tp`` are replicated)."""
+        if self.kind is SsmKind.MAMBA:
+            return self.d_inner // tp
+        return self.d_inner // tp + 2 * self.groups_per_gpu(tp) * self.d_state
+
+    def groups_per_gpu(self, tp: int = 1) -> int:
+        """Mamba-2 ``B``/``C`` groups one GPU of ``tp`` holds (replicated when ``tp`` exceeds them)."""
+        return -(-self.n_groups // tp)
+
+    def mixer_params(self, hidden: int) -> int:
+        """Parameters of one mixer (projections, convolution, ``A``, ``D``, time-step terms, Mamba-2's norm)."""
+        di, n = self.d_inner, self.d_state
+        conv = self.conv_channels()
+        conv_params = conv * self.d_conv + (conv if self.conv_bias else 0)
+        out = di * hidden + (hidden if self.proj_bias else 0)
+        if self.kind is SsmKind.MAMBA:
+            in_proj = hidden * 2 * di + (2 * di if self.proj_bias else 0)
+            x_proj = di * (self.dt_rank + 2 * n)
+            dt_proj = self.dt_rank * di + di
+            return in_proj + conv_params + x_proj + dt_proj + di * n + di + out
+        width = 2 * di + 2 * self.n_groups * n + self.num_heads
+        in_proj = hidden * width + (width if self.proj_bias else 0)
+        return in_proj + conv_params + 3 * self.num_heads + di + out  # dt_bias, A_log, D; the gated norm
+
+    def state_bytes(self, tp: int = 1, dtype: "Dtype | str" = Dtype.BF16) -> float:
+        """Recurrent state of one layer for one sequence on one GPU of ``tp``: the convolution's last
+        ``d_conv`` inputs and the SSM state, bytes (stored in the model's format, as the reference
+        implementations' inference caches are)."""
+        return self.conv_state_bytes(tp, dtype) + self.ssm_state_bytes(tp, dtype)
+
+    def conv_state_bytes(self, tp: int = 1, dtype: "Dtype | str" = Dtype.BF16) -> float:
+        """The convolution's last ``d_conv`` inputs of one layer and sequence on one GPU, bytes."""
+        return float(self.conv_channels(tp) * self.d_conv * Dtype.parse(dtype).bytes_per_element)
+
+    def ssm_state_bytes(self, tp: int = 1, dtype: "Dtype | str" = Dtype.BF16) -> float:
+        """The SSM state of one layer and sequence on one GPU (``d_inner / tp x d_state`` values), bytes."""
+        return float(self.d_inner // tp * self.d_state * Dtype.parse(dtype).bytes_per_element)
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """A decoder-only transformer.
 
@@ -115,10 +203,13 @@ class ModelSpec:
     qk_norm: bool = False  # RMSNorm of ``head_dim`` on queries and keys (Gemma-3)
     activation: str = ""  # the config's ``hidden_act`` / ``hidden_activation``, as read
     weight_dtype: str | None = None  # the weights' storage format the config declares (``quantization_config``)
+    ssm: SsmSpec | None = None  # a pure state-space stack: every layer a Mamba mixer, no attention, no MLP
 
     # ---- structure -------------------------------------------------------
     @property
     def attention_kind(self) -> AttentionKind:
+        if self.ssm is not None:
+            return AttentionKind.NONE
         if self.mla is not None:
             return AttentionKind.MLA
         if self.kv_heads == self.q_heads:
@@ -141,11 +232,23 @@ class ModelSpec:
     def num_dense_layers(self) -> int:
         return self.num_layers - self.num_moe_layers
 
+    @property
+    def num_attention_layers(self) -> int:
+        """Layers with attention (and a KV cache): all of them, none in a state-space stack."""
+        return 0 if self.ssm is not None else self.num_layers
+
+    @property
+    def has_mlp(self) -> bool:
+        """Layers carry a feed-forward block (a Mamba stack's layers are its mixer alone)."""
+        return self.intermediate > 0 or self.moe is not None
+
     # ---- parameter counts --------------------------------------------------
     @property
     def attention_params(self) -> int:
-        """Parameters of one attention block (projections, biases)."""
+        """Parameters of one attention block (projections, biases); a state-space stack's mixer."""
         h = self.hidden
+        if self.ssm is not None:
+            return self.ssm.mixer_params(h)
         if self.mla is not None:
             a = self.mla
             qk = a.qk_nope_head_dim + a.qk_rope_head_dim
@@ -178,7 +281,7 @@ class ModelSpec:
 
     @property
     def dense_mlp_params(self) -> int:
-        return self._mlp_params(self.intermediate)
+        return self._mlp_params(self.intermediate) if self.intermediate else 0
 
     @property
     def expert_params(self) -> int:
@@ -232,7 +335,9 @@ class ModelSpec:
     # ---- KV cache -------------------------------------------------------
     @property
     def kv_elements_per_token(self) -> int:
-        """KV-cache elements stored per token over all layers."""
+        """KV-cache elements stored per token over all layers (0 for a state-space stack)."""
+        if self.ssm is not None:
+            return 0
         if self.mla is not None:
             return self.num_layers * (self.mla.kv_lora_rank + self.mla.qk_rope_head_dim)
         return 2 * self.num_layers * self.kv_heads * self.head_dim
@@ -310,8 +415,18 @@ _ACTIVATIONS = frozenset({"silu", "swish", "gelu", "gelu_new", "gelu_fast", "gel
 # ``model_type`` values whose layers this module counts; transformers knows many more.
 MODELLED_TYPES = frozenset({
     "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma", "gemma2", "gemma3",
-    "gemma3_text", "phi3", "deepseek_v2", "deepseek_v3", "gpt2", "yi",
+    "gemma3_text", "phi3", "deepseek_v2", "deepseek_v3", "gpt2", "yi", "mamba", "mamba2",
 })
+
+#: ``config.json`` keys of the reference Mamba code (state-spaces ``MambaConfig`` and its ``ssm_cfg``) and
+#: the Hugging Face keys they stand for.
+_SSM_ALIASES = {"d_model": "hidden_size", "n_layer": "num_hidden_layers", "d_state": "state_size",
+                "d_conv": "conv_kernel", "headdim": "head_dim", "ngroups": "n_groups", "dt_rank": "time_step_rank",
+                "tie_embeddings": "tie_word_embeddings", "conv_bias": "use_conv_bias", "bias": "use_bias"}
+#: The reference code's defaults for the mixer it names in ``ssm_cfg["layer"]`` (``Mamba1`` when absent).
+_SSM_DEFAULTS = {"mamba": {"state_size": 16, "conv_kernel": 4, "expand": 2},
+                 "mamba2": {"state_size": 128, "conv_kernel": 4, "expand": 2, "head_dim": 64, "n_groups": 1,
+                            "chunk_size": 256}}
 
 
 def _as_bool(name: str, key: str, value: Any) -> Any:
@@ -378,7 +493,7 @@ def normalise_config(cfg: dict[str, Any], name: str = "custom") -> dict[str, Any
     """
     if not isinstance(cfg, dict):
         raise ModelConfigError(f"model {name}: config must be a JSON object")
-    cfg = _parse_bools(cfg, name)
+    cfg = _ssm_keys(_parse_bools(cfg, name), name)
     mt = cfg.get("model_type")
     if not isinstance(mt, str) or not mt:
         return cfg
@@ -409,6 +524,92 @@ def normalise_config(cfg: dict[str, Any], name: str = "custom") -> dict[str, Any
     if "quantization_config" in cfg and not out.get("quantization_config"):
         out["quantization_config"] = cfg["quantization_config"]
     return _parse_bools(out, name)
+
+
+def _is_ssm_config(cfg: dict) -> bool:
+    return cfg.get("model_type") in ("mamba", "mamba2") or isinstance(cfg.get("ssm_cfg"), dict)
+
+
+def _ssm_keys(cfg: dict, name: str) -> dict:
+    """A Mamba config in Hugging Face keys: the reference code's keys (``d_model``, ``n_layer``, ``ssm_cfg``
+    with its mixer's keys, ``pad_vocab_size_multiple``) renamed and its defaults filled; others unchanged.
+
+    A stack the reference code builds with attention layers (``attn_layer_idx``) or MLPs
+    (``d_intermediate``) is refused: it is not a pure state-space stack.
+    """
+    if not _is_ssm_config(cfg):
+        return cfg
+    out = dict(cfg)
+    inner = out.pop("ssm_cfg", None) or {}
+    if not isinstance(inner, dict):
+        raise ModelConfigError(f"model {name}: ssm_cfg must be an object")
+    layer = inner.get("layer", "Mamba1")
+    if layer not in ("Mamba1", "Mamba2"):
+        raise ModelConfigError(f"model {name}: ssm_cfg layer {layer!r} is not modelled (Mamba1 and Mamba2 are)")
+    if out.get("attn_layer_idx") or _get(out, "d_intermediate", default=0):
+        raise ModelConfigError(f"model {name}: attention layers (attn_layer_idx) or MLPs (d_intermediate) in a Mamba "
+                               "stack are not modelled; only pure state-space stacks are")
+    if "model_type" not in out or "ssm_cfg" in cfg:
+        out["model_type"] = "mamba2" if layer == "Mamba2" else out.get("model_type", "mamba")
+    for src in (inner, dict(out)):
+        for k, v in src.items():
+            key = _SSM_ALIASES.get(k, k)
+            if key not in out or src is inner:
+                out[key] = v
+    for k in list(_SSM_ALIASES):
+        out.pop(k, None)
+    for k, v in _SSM_DEFAULTS[out["model_type"]].items():
+        out.setdefault(k, v)
+    if out["model_type"] == "mamba2" and "num_heads" not in out:
+        hidden = _positive_int(name, "hidden_size", out.get("hidden_size"))
+        out["num_heads"] = _positive_int(name, "expand", out["expand"]) * hidden // _positive_int(
+            name, "head_dim", out["head_dim"])
+    pad = out.pop("pad_vocab_size_multiple", None)
+    if pad is not None and "vocab_size" in out:
+        p, v = _positive_int(name, "pad_vocab_size_multiple", pad), _positive_int(name, "vocab_size", out["vocab_size"])
+        out["vocab_size"] = -(-v // p) * p
+    return out
+
+
+def _build_ssm_spec(cfg: dict[str, Any], name: str) -> ModelSpec:
+    """A pure Mamba or Mamba-2 stack from Hugging Face ``mamba`` / ``mamba2`` keys."""
+    kind = SsmKind.MAMBA2 if cfg.get("model_type") == "mamba2" else SsmKind.MAMBA
+    d = _SSM_DEFAULTS[kind.value]
+    layers = _positive_int(name, "num_hidden_layers", _get(cfg, "num_hidden_layers"))
+    hidden = _positive_int(name, "hidden_size", _get(cfg, "hidden_size"))
+    vocab = _positive_int(name, "vocab_size", _get(cfg, "vocab_size"))
+    expand = _positive_int(name, "expand", _get(cfg, "expand", default=d["expand"]))
+    d_inner = _positive_int(name, "intermediate_size", _get(cfg, "intermediate_size", default=expand * hidden))
+    d_state = _positive_int(name, "state_size", _get(cfg, "state_size", default=d["state_size"]))
+    d_conv = _positive_int(name, "conv_kernel", _get(cfg, "conv_kernel", default=d["conv_kernel"]))
+    act = _get(cfg, "hidden_act", default="silu")
+    if not isinstance(act, str) or act.lower() not in _ACTIVATIONS:
+        raise ModelConfigError(f"model {name}: hidden_act {act!r} not modelled ({', '.join(sorted(_ACTIVATIONS))} are)")
+    if kind is SsmKind.MAMBA:
+        rank = _get(cfg, "time_step_rank", default="auto")
+        rank = math.ceil(hidden / 16) if rank == "auto" else _positive_int(name, "time_step_rank", rank)
+        ssm = SsmSpec(kind, d_inner, d_state, d_conv, num_heads=d_inner, head_dim=1, dt_rank=rank,
+                      proj_bias=bool(cfg.get("use_bias", False)), conv_bias=bool(cfg.get("use_conv_bias", True)))
+    else:
+        head_dim = _positive_int(name, "head_dim", _get(cfg, "head_dim", default=d["head_dim"]))
+        heads = _positive_int(name, "num_heads", _get(cfg, "num_heads", default=d_inner // head_dim))
+        groups = _positive_int(name, "n_groups", _get(cfg, "n_groups", default=d["n_groups"]))
+        if heads * head_dim != d_inner:
+            raise ModelConfigError(f"model {name}: num_heads {heads} x head_dim {head_dim} must equal the mixer's "
+                                   f"{d_inner} channels (expand x hidden_size)")
+        if heads % groups:
+            raise ModelConfigError(f"model {name}: n_groups {groups} does not divide the {heads} heads")
+        chunk = _positive_int(name, "chunk_size", _get(cfg, "chunk_size", default=d["chunk_size"]))
+        ssm = SsmSpec(kind, d_inner, d_state, d_conv, num_heads=heads, head_dim=head_dim, n_groups=groups,
+                      chunk_tokens=chunk, proj_bias=bool(cfg.get("use_bias", False)),
+                      conv_bias=bool(cfg.get("use_conv_bias", True)))
+    return ModelSpec(
+        name=name, num_layers=layers, hidden=hidden, q_heads=ssm.num_heads, kv_heads=ssm.num_heads,
+        head_dim=ssm.head_dim, intermediate=0, vocab=vocab,
+        tied_embeddings=bool(_get(cfg, "tie_word_embeddings", default=True)), max_context=0,
+        norms_per_layer=1, activation=act.lower(), weight_dtype=_quant_dtype(name, cfg.get("quantization_config")),
+        ssm=ssm,
+    )
 
 
 def _quant_dtype(name: str, q: Any) -> str | None:
@@ -465,6 +666,8 @@ def spec_from_config(cfg: dict[str, Any], name: str = "custom") -> ModelSpec:
 
 
 def _build_spec(cfg: dict[str, Any], name: str) -> ModelSpec:
+    if _is_ssm_config(cfg):
+        return _build_ssm_spec(_ssm_keys(cfg, name), name)
     mt = cfg.get("model_type")
     gpt_style = "n_embd" in cfg
     if "num_hidden_layers" not in cfg and "n_layer" not in cfg and mt is not None:

@@ -129,6 +129,10 @@ class Attention:
     ``kv_dtype`` defaults to ``dtype``.
     ``impl``: the kernel that runs (:class:`AttentionImpl`); ``None`` prices the profile's
     attention implementation (the scenario's choice, ``sdpa`` unless set).
+    ``seq_lens``: a ragged (variable-length, unpadded) batch: each sequence's key count, ``batch`` of
+    them, the longest equal to ``kv_len``; sequence ``i`` has ``min(q_len, seq_lens[i])`` new queries
+    (:func:`ragged_lengths`).  Without it every sequence is ``q_len`` queries over ``kv_len`` keys (a
+    padded batch).
     """
 
     phase: Phase
@@ -145,7 +149,12 @@ class Attention:
     kv_shared: bool = False
     kv_dtype: Dtype | None = None
     impl: AttentionImpl | None = None
+    seq_lens: tuple[int, ...] | None = None
     kind = OpKind.ATTENTION
+
+    def __post_init__(self) -> None:
+        if self.seq_lens is not None:
+            object.__setattr__(self, "seq_lens", check_seq_lens(self.seq_lens, self.batch, self.kv_len))
 
 
 @dataclass(frozen=True)
@@ -175,6 +184,8 @@ class DecoderLayer:
 
     ``attention_impl``: the attention kernel the layer runs; ``None`` prices the profile's attention
     implementation (the scenario's choice, ``sdpa`` unless set), as for :class:`Attention`.
+    ``seq_lens``: a ragged batch, as for :class:`Attention`: the GEMMs and elementwise kernels run on
+    the real tokens (the sum of each sequence's new tokens), the attention on each sequence's own length.
     """
 
     phase: Phase
@@ -189,7 +200,12 @@ class DecoderLayer:
     mlp: MlpType = MlpType.GATED_SILU
     dtype: Dtype = Dtype.BF16
     attention_impl: AttentionImpl | None = None
+    seq_lens: tuple[int, ...] | None = None
     kind = OpKind.DECODER_LAYER
+
+    def __post_init__(self) -> None:
+        if self.seq_lens is not None:
+            object.__setattr__(self, "seq_lens", check_seq_lens(self.seq_lens, self.batch, self.kv_len))
 
 
 class CollectiveLaunch(str, enum.Enum):
@@ -257,6 +273,45 @@ def _b(dtype: Dtype | None, default: Dtype) -> float:
     return (dtype or default).bytes_per_element
 
 
+def check_seq_lens(seq_lens: Any, batch: Any, kv_len: Any) -> tuple[int, ...]:
+    """``seq_lens`` as a tuple of ints >= 1, ``batch`` of them, the longest ``kv_len``; otherwise
+    :class:`OpDescriptorError` naming the mismatch."""
+    from perfmodel.checks import is_finite_number
+
+    try:
+        lens = list(seq_lens)
+    except TypeError:
+        raise OpDescriptorError(f"field 'seq_lens' must be a list of integers, got {seq_lens!r}") from None
+    if not lens:
+        raise OpDescriptorError("field 'seq_lens' is empty")
+    for v in lens:
+        if isinstance(v, bool) or not is_finite_number(v) or v != int(v) or v < 1:
+            raise OpDescriptorError(f"field 'seq_lens' holds {_shown(v)}; each length must be an integer >= 1")
+    out = tuple(int(v) for v in lens)
+    if np.ndim(batch) or np.ndim(kv_len):
+        raise OpDescriptorError("field 'seq_lens' needs a scalar batch and kv_len")
+    if len(out) != batch:
+        raise OpDescriptorError(f"field 'seq_lens' has {len(out)} lengths but batch is {batch}")
+    if max(out) != kv_len:
+        raise OpDescriptorError(f"field 'seq_lens': the longest length ({max(out)}) must equal kv_len ({kv_len})")
+    return out
+
+
+def ragged_lengths(op: "Attention | DecoderLayer") -> tuple[np.ndarray, np.ndarray]:
+    """``(q, kv)``: each sequence's new queries and keys (arrays of ``batch``); a padded op gives
+    ``batch`` copies of ``(q_len, kv_len)``."""
+    if op.seq_lens is None:
+        n = int(op.batch)
+        return np.full(n, float(op.q_len)), np.full(n, float(op.kv_len))
+    kv = np.asarray(op.seq_lens, dtype=np.float64)
+    return np.minimum(float(op.q_len), kv), kv
+
+
+def padded(op: "Attention | DecoderLayer") -> "Attention | DecoderLayer":
+    """``op`` without its ``seq_lens``: every sequence padded to ``q_len`` queries over ``kv_len`` keys."""
+    return dataclasses.replace(op, seq_lens=None) if op.seq_lens is not None else op
+
+
 def visible_keys(q_len: Num, kv_len: Num, causal: bool, window: int = 0) -> Num:
     """Number of (query, key) pairs computed, summed over the ``q_len`` queries.
 
@@ -288,6 +343,9 @@ def flops(op: Op) -> Num:
         return 2.0 * op.m * op.n * op.k
     if isinstance(op, Attention):
         dv = op.v_head_dim or op.head_dim
+        if op.seq_lens is not None:  # each sequence's own pairs
+            q, kv = ragged_lengths(op)
+            return 2.0 * op.q_heads * (op.head_dim + dv) * float(np.sum(visible_keys(q, kv, op.causal, op.window)))
         pairs = visible_keys(op.q_len, op.kv_len, op.causal, op.window)
         return 2.0 * op.batch * op.q_heads * (op.head_dim + dv) * pairs
     if isinstance(op, Elementwise):
@@ -315,6 +373,10 @@ def bytes_moved(op: Op) -> Num:
         kvb = _b(op.kv_dtype, op.dtype)
         dv = op.v_head_dim or op.head_dim
         kv_width = op.head_dim if op.kv_shared else op.head_dim + dv
+        if op.seq_lens is not None:  # each sequence's own keys and queries
+            q, kv_len = ragged_lengths(op)
+            keys = kv_len if op.window <= 0 else np.minimum(kv_len, op.window + q - 1)
+            return float(np.sum(op.kv_heads * keys * kv_width * kvb + op.q_heads * q * (op.head_dim + dv) * a))
         keys = op.kv_len if op.window <= 0 else np.minimum(op.kv_len, op.window + op.q_len - 1)
         kv = op.batch * op.kv_heads * keys * kv_width * kvb
         qo = op.batch * op.q_heads * op.q_len * (op.head_dim + dv) * a
@@ -339,7 +401,7 @@ def decoder_layer_parts(op: DecoderLayer) -> list[tuple[str, Op, int]]:
     RMSNorm, fused gate/up GEMM, SiLU*mul, down GEMM + residual.
     """
     a = op.dtype.bytes_per_element
-    tokens = op.batch * op.q_len
+    tokens = op.batch * op.q_len if op.seq_lens is None else int(np.sum(ragged_lengths(op)[0]))
     h, d = op.hidden, op.head_dim
     qkv_out = (op.q_heads + 2 * op.kv_heads) * d
     act = tokens * h * a  # one activation tensor
@@ -349,7 +411,7 @@ def decoder_layer_parts(op: DecoderLayer) -> list[tuple[str, Op, int]]:
     silu = Elementwise("silu_mul", bytes=3 * tokens * op.intermediate * a, flops=5 * tokens * op.intermediate)
     attn = Attention(
         phase=op.phase, batch=op.batch, q_len=op.q_len, kv_len=op.kv_len, q_heads=op.q_heads,
-        kv_heads=op.kv_heads, head_dim=d, causal=True, dtype=op.dtype, impl=op.attention_impl,
+        kv_heads=op.kv_heads, head_dim=d, causal=True, dtype=op.dtype, impl=op.attention_impl, seq_lens=op.seq_lens,
     )
     return [
         ("input_norm", norm, 1),
@@ -430,6 +492,9 @@ def op_from_dict(d: dict[str, Any], where: str = "") -> Op:
         )
     if kind is OpKind.GROUPED_GEMM:
         return _grouped_gemm_from_dict(d, where)
+    seq_lens = None
+    if kind in (OpKind.ATTENTION, OpKind.DECODER_LAYER) and d.get("seq_lens") is not None:
+        d, seq_lens = _ragged_defaults(d, where)
     ints = {k: _int(d, k, where, minimum=0 if k == "bytes" else 1) for k in _INT_FIELDS.get(kind, ())}
     for k in _OPTIONAL_INT.get(kind, ()):
         if k in d:
@@ -457,7 +522,7 @@ def op_from_dict(d: dict[str, Any], where: str = "") -> Op:
         return Attention(
             phase=_enum(Phase, d, "phase", where), causal=causal,
             dtype=_enum(Dtype, d, "dtype", where, default="bf16"), kv_dtype=kv_dtype,
-            kv_shared=kv_shared, impl=impl, **ints,
+            kv_shared=kv_shared, impl=impl, seq_lens=_with_where(seq_lens, ints, where), **ints,
         )
     if kind is OpKind.MEMCPY:
         return Memcpy(
@@ -480,9 +545,33 @@ def op_from_dict(d: dict[str, Any], where: str = "") -> Op:
             phase=_enum(Phase, d, "phase", where), mlp=_enum(MlpType, d, "mlp", where, default="gated_silu"),
             dtype=_enum(Dtype, d, "dtype", where, default="bf16"),
             attention_impl=_enum(AttentionImpl, d, "attention_impl", where) if d.get("attention_impl") is not None
-            else None, **ints,
+            else None, seq_lens=_with_where(seq_lens, ints, where), **ints,
         )
     raise OpDescriptorError(f"{where}op {kind.value!r} is not supported")  # pragma: no cover
+
+
+def _ragged_defaults(d: dict[str, Any], where: str) -> tuple[dict[str, Any], list]:
+    """``d`` with ``batch``, ``kv_len`` and ``q_len`` defaulted from its ``seq_lens`` (their count, the
+    longest, and the longest again: every token of every sequence is new, a prefill)."""
+    lens = d["seq_lens"]
+    if not isinstance(lens, list) or not lens:
+        raise OpDescriptorError(f"{where}field 'seq_lens' must be a non-empty list of integers")
+    try:
+        top = max(lens)
+    except TypeError:
+        raise OpDescriptorError(f"{where}field 'seq_lens' must be a list of integers") from None
+    d = {"batch": len(lens), "kv_len": top, "q_len": d.get("kv_len", top)} | d
+    return d, lens
+
+
+def _with_where(seq_lens: Any, ints: dict, where: str) -> tuple[int, ...] | None:
+    """``seq_lens`` checked against the parsed sizes, the error prefixed with ``where``."""
+    if seq_lens is None:
+        return None
+    try:
+        return check_seq_lens(seq_lens, ints["batch"], ints["kv_len"])
+    except OpDescriptorError as exc:
+        raise OpDescriptorError(f"{where}{exc}") from None
 
 
 def _grouped_gemm_from_dict(d: dict[str, Any], where: str) -> GroupedGemm:
@@ -506,6 +595,8 @@ def op_to_dict(op: Op) -> dict[str, Any]:
             continue
         if isinstance(v, enum.Enum):
             v = v.value
+        elif isinstance(v, tuple):
+            v = list(v)
         elif isinstance(v, np.generic):
             v = v.item()
         out[f.name] = v

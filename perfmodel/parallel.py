@@ -14,10 +14,21 @@
   ``h_c + h_m + sync``; a step takes the longer of the two, so with small blocks the overlapped
   step is longer than compute and transfer run apart (:class:`RingStepModel`).
   Hybrid: Ulysses in groups of ``u`` (inside a node), Ring across the ``r`` groups.
+  TokenRing (``r = P``): the KV blocks stay; each step sends a query block (``h_q N/P`` elements)
+  to the next GPU while the previous step's block outputs and log-sum-exps (``h_q N/P`` values and
+  ``h_q N/P`` fp32) go back to their owners on the opposite direction of the links, both under the
+  attention of the current block (:func:`tokenring_block_bytes`): a step's transfer is the longer of
+  the two, and the last outputs return after the last step, exposed.
   Causal work is balanced over the ranks (zig-zag placement).
 - EP for MoE: experts split over ``ep`` GPUs; each routed token copy moves to its expert's
   GPU (all-to-all dispatch) and back (combine); an expert-load vector (shares of routed
   tokens per expert) makes the hottest GPU set both the transfer and the expert compute.
+- Data-parallel attention (``attention_dp = N``, DeepSeek's serving layout): ``N`` groups of ``tp``
+  GPUs each serve their own ``batch / N`` requests through attention and the dense layers (weights
+  replicated per group, each GPU holding only its requests' KV: MLA's latent is not split by heads),
+  and the MoE layers span all ``N tp`` GPUs: expert-parallel (``ep = N tp``, the all-to-all above,
+  each rank dispatching its own tokens), or tensor-parallel (``ep = 1``: the ranks' hidden states
+  all-gathered before each MoE layer and reduce-scattered after it, :func:`attention_dp_moe`).
 
 - KV-cache knobs (:class:`perfmodel.knobs.Knobs`): the ops of every phase carry them as on one
   GPU (KV format, KV heads and layers, kept tokens, sparse attention, windows, hybrid stacks,
@@ -59,6 +70,20 @@ class SpKind(str, enum.Enum):
     ULYSSES = "ulysses"
     RING = "ring"
     HYBRID = "hybrid"
+    TOKENRING = "tokenring"  # queries one way round the ring, block outputs back the other (arXiv 2412.20501)
+
+
+#: Bytes of the log-sum-exp TokenRing returns with each query's block output (one fp32 per query head).
+LSE_BYTES = 4
+
+
+def tokenring_block_bytes(tokens: Any, q_heads: int, head_dim: int, v_head_dim: int, act_bytes: float):
+    """``(query, output)`` bytes one TokenRing step moves per GPU: a block of ``tokens`` queries sent on to the
+    next GPU, and the outputs of the previous step's block (``v_head_dim`` values and a log-sum-exp per query
+    head) sent back to the GPU that owns those queries, on the opposite direction of the links."""
+    q = tokens * q_heads * head_dim * act_bytes
+    o = tokens * q_heads * (v_head_dim * act_bytes + LSE_BYTES)
+    return q, o
 
 
 def _deg(name: str, v: Any) -> int:
@@ -100,7 +125,7 @@ def split_sp(model: ModelSpec, sp: int, kind: SpKind, tp: int = 1, gpus_per_node
     def ok(u: int) -> bool:
         return hq % u == 0 and (hkv % u == 0 or u % hkv == 0)
 
-    if kind is SpKind.RING or sp == 1:
+    if kind in (SpKind.RING, SpKind.TOKENRING) or sp == 1:
         return 1, sp
     if kind is SpKind.ULYSSES:
         if not ok(sp):
@@ -289,6 +314,7 @@ class SpPrefill:
     ring_steps: RingOverlap | None  # one Ring step (per layer there are ring - 1)
     layers: int
     ring_launch_s: float = 0.0  # per step: the attention call's host launch beyond its GPU time
+    ring_tail_s: Any = 0.0  # TokenRing: the last block outputs' return after the last step, all layers
 
     def _per_step(self, v) -> Any:
         return 0.0 if self.ring_steps is None else (self.ring - 1) * self.layers * _a(v)
@@ -315,13 +341,14 @@ class SpPrefill:
             return self.compute + self.a2a
         s = self.ring_steps
         dev_hidden = s.overlap * _min(s.compute_s, s.comm_s)
-        ring = OpCost(comm_s=self.ring_comm_s, latency_s=self.ring_stall_s, overlap_s=self._per_step(dev_hidden))
+        ring = OpCost(comm_s=self.ring_comm_s + self.ring_tail_s, latency_s=self.ring_stall_s,
+                      overlap_s=self._per_step(dev_hidden))
         return self.compute + self.a2a + ring
 
     @property
     def comm_s(self) -> float:
         """Exposed SP communication time (Ulysses all-to-alls plus Ring step time beyond its compute)."""
-        ring = 0.0 if self.ring_steps is None else self._per_step(self.ring_steps.exposed_comm_s)
+        ring = 0.0 if self.ring_steps is None else self._per_step(self.ring_steps.exposed_comm_s) + self.ring_tail_s
         return _a(self.a2a.total_s) + ring
 
 
@@ -369,10 +396,21 @@ def sp_prefill(
                          + collective_time(OpKind.ALL_TO_ALL, o, u, gpu, profile, topo)).scale(cnt)
         compute = compute + att_cost.scale(cnt)
         if r > 1:
-            kv_width = op.head_dim if op.kv_shared else op.head_dim + dv
-            kvb = (op.kv_dtype or op.dtype).bytes_per_element
-            block = batch * (n / r) * max(hkv_eff // u, 1) * kv_width * kvb
-            m = collective_time(OpKind.SEND_RECV, block, r, gpu, profile, topo, stride=u * tp)
+            if kind is SpKind.TOKENRING:
+                # queries forward and outputs back at once, on the two directions of the links
+                q_b, o_b = tokenring_block_bytes(batch * (n / r), hq, op.head_dim, dv, a)
+                mq = collective_time(OpKind.SEND_RECV, q_b, r, gpu, profile, topo, stride=u * tp)
+                mo = collective_time(OpKind.SEND_RECV, o_b, r, gpu, profile, topo, stride=u * tp)
+                big = np.asarray(mq.total_s) >= np.asarray(mo.total_s)
+                m = OpCost(comm_s=_a(np.where(big, mq.total_s - mq.latency_s, mo.total_s - mo.latency_s)),
+                           latency_s=_a(np.where(big, mq.latency_s, mo.latency_s)))
+                tail = _a(mo.total_s) * cnt
+            else:
+                kv_width = op.head_dim if op.kv_shared else op.head_dim + dv
+                kvb = (op.kv_dtype or op.dtype).bytes_per_element
+                block = batch * (n / r) * max(hkv_eff // u, 1) * kv_width * kvb
+                m = collective_time(OpKind.SEND_RECV, block, r, gpu, profile, topo, stride=u * tp)
+                tail = 0.0
             c_dev = _a(att_cost.total_s) / r
             c = _max(c_dev, rs.compute_issue_s)  # an eager call takes at least its host launch
             h_m = _a(m.latency_s) if rs.comm_issue_s is None else rs.comm_issue_s
@@ -382,7 +420,7 @@ def sp_prefill(
             else:
                 steps = ring_step_overlap(c, _a(m.total_s), dataclasses.replace(rs, comm_issue_s=h_m))
             launch, layers = c - c_dev, cnt
-    return SpPrefill(kind, u, r, compute, a2a, steps, layers, launch)
+    return SpPrefill(kind, u, r, compute, a2a, steps, layers, launch, tail if steps is not None else 0.0)
 
 
 @dataclass(frozen=True)
@@ -409,8 +447,6 @@ def ep_moe_layer(
     ``tokens_per_gpu`` the most any one GPU holds (default ``tokens / ep``).  ``expert_load`` gives each expert's share
     of routed token copies (normalised; default uniform).
     """
-    from perfmodel.layers import _grouped_mlp
-
     ep = check_ep(model, ep)
     m = model.moe
     if m is None:
@@ -430,32 +466,79 @@ def ep_moe_layer(
     recv = copies * per_gpu[hot].sum() * model.hidden * a
     buf = _max(send, recv)
     dispatch = collective_time(OpKind.ALL_TO_ALL, buf, ep, gpu, profile, topology) if ep > 1 else ZERO
-    experts = ZERO
-    rows = copies * per_gpu[hot].sum()
-    if np.any(rows > 0):
-        # one grouped GEMM per projection over the hot GPU's experts that receive rows (a token picks
-        # expert e with probability top_k * share_e); no more groups than rows
-        pick = np.minimum(m.top_k * per_gpu[hot], 1.0)
-        touched = np.where(pick > 0, 1.0 - (1.0 - pick) ** np.asarray(tokens, dtype=np.float64)[..., None], 0.0)
-        groups = _min(_a(np.sum(touched, axis=-1)), rows)
-        some = rows > 0
-        if np.ndim(rows) and not np.all(some):  # points without rows cost nothing (priced at one row, masked)
-            rows, groups = np.where(some, rows, 1.0), np.where(some, groups, 1.0)
-        experts = _sum(_grouped_mlp("expert_", rows, groups, model.hidden, m.expert_intermediate, model.mlp,
-                                    precision), gpu, profile)
-        if np.ndim(some) and not np.all(some):
-            experts = experts.scale(np.where(some, 1.0, 0.0))
+    experts = gpu_experts_cost(model, gpu, profile, tokens, precision, per_gpu[hot])
     return EpMoe(dispatch, experts, dispatch, imbalance)
 
 
-def group_world(tp: int, pp: int, sp: int, ep: int) -> int:
-    """GPUs of one model instance: ``pp`` stages of ``max(tp * sp, ep)`` GPUs (EP reuses them)."""
-    inner = tp * sp
+def gpu_experts_cost(model: ModelSpec, gpu: GPU, profile: Profile, tokens: Any, precision: Precision,
+                     shares: np.ndarray) -> OpCost:
+    """The routed-expert GEMMs of one GPU whose expert slots receive ``shares`` of a layer's token copies
+    (one entry per expert it holds; ``tokens`` over the EP group, a number or an array of them): one grouped
+    GEMM per projection over the experts that receive rows (a token picks a slot with probability
+    ``top_k * share``); no more groups than rows."""
+    from perfmodel.layers import _grouped_mlp
+
+    m = model.moe
+    shares = np.asarray(shares, dtype=np.float64)
+    rows = tokens * m.top_k * shares.sum()
+    if not np.any(rows > 0):
+        return ZERO
+    pick = np.minimum(m.top_k * shares, 1.0)
+    touched = np.where(pick > 0, 1.0 - (1.0 - pick) ** np.asarray(tokens, dtype=np.float64)[..., None], 0.0)
+    groups = _min(_a(np.sum(touched, axis=-1)), rows)
+    some = rows > 0
+    if np.ndim(rows) and not np.all(some):  # points without rows cost nothing (priced at one row, masked)
+        rows, groups = np.where(some, rows, 1.0), np.where(some, groups, 1.0)
+    experts = _sum(_grouped_mlp("expert_", rows, groups, model.hidden, m.expert_intermediate, model.mlp,
+                                precision), gpu, profile)
+    if np.ndim(some) and not np.all(some):
+        experts = experts.scale(np.where(some, 1.0, 0.0))
+    return experts
+
+
+def group_world(tp: int, pp: int, sp: int, ep: int, attention_dp: int = 1) -> int:
+    """GPUs of one model instance: ``pp`` stages of ``max(tp * sp * attention_dp, ep)`` GPUs (EP reuses them)."""
+    inner = tp * sp * attention_dp
     if ep > inner and ep % inner:
-        raise ParallelConfigError(f"ep={ep} must be a multiple of tp*sp={inner} when larger")
+        raise ParallelConfigError(f"ep={ep} must be a multiple of tp*sp{'*attention_dp' if attention_dp > 1 else ''}"
+                                  f"={inner} when larger")
     if ep < inner and inner % ep:
-        raise ParallelConfigError(f"ep={ep} must divide tp*sp={inner} when smaller")
+        raise ParallelConfigError(f"ep={ep} must divide tp*sp{'*attention_dp' if attention_dp > 1 else ''}={inner} "
+                                  "when smaller")
     return pp * max(inner, ep)
+
+
+def check_attention_dp(model: ModelSpec, attention_dp: int, tp: int = 1, sp: int = 1, ep: int = 1) -> int:
+    """``attention_dp`` checked: 1, or with an MoE model, no SP, and ``ep`` 1 (tensor-parallel MoE over
+    the ``attention_dp * tp`` GPUs) or ``attention_dp * tp`` (expert-parallel MoE)."""
+    n = _deg("attention_dp", attention_dp)
+    if n == 1:
+        return n
+    if model.moe is None:
+        raise ParallelConfigError(f"attention_dp={n} needs a mixture-of-experts model (its MoE layers span the "
+                                  f"data-parallel ranks); {model.name} is dense: run {n} instances instead")
+    if sp > 1:
+        raise ParallelConfigError(f"attention_dp={n} with sp={sp} is not modelled")
+    if ep not in (1, n * tp):
+        raise ParallelConfigError(f"with attention_dp={n} and tp={tp}, ep must be 1 (tensor-parallel MoE over the "
+                                  f"{n * tp} GPUs) or {n * tp} (expert-parallel MoE), got {ep}")
+    return n
+
+
+def attention_dp_moe(model: ModelSpec, gpu: GPU, profile: Profile, tokens: Any, world: int,
+                     precision: Precision = Precision(), topology=None) -> tuple[OpCost, OpCost]:
+    """``(MoE block, gather + scatter)`` of one MoE layer run tensor-parallel over the ``world`` GPUs of
+    data-parallel attention: the ``tokens`` of all ranks (a number or an array) all-gathered before the
+    layer, its experts split ``world`` ways on every token, and the output reduce-scattered back to the
+    ranks (:func:`perfmodel.comm.collective_time`), per GPU, seconds."""
+    from perfmodel.layers import _moe_block
+
+    a = precision.activations.bytes_per_element
+    ops = [t for t in _moe_block(model, tokens, precision, world) if not isinstance(t[1], Collective)]
+    nbytes = tokens * model.hidden * a  # every rank's hidden states, gathered whole on each GPU
+    comm = (collective_time(OpKind.ALL_GATHER, nbytes, world, gpu, profile, topology)
+            + collective_time(OpKind.REDUCE_SCATTER, nbytes, world, gpu, profile, topology))
+    return _sum(ops, gpu, profile), comm
 
 
 def moe_ops_replaced_by_ep(ops) -> tuple[list, list]:
@@ -477,6 +560,8 @@ __all__ = [
     "RingStepModel",
     "SpKind",
     "SpPrefill",
+    "attention_dp_moe",
+    "check_attention_dp",
     "check_ep",
     "check_pp",
     "comm_seconds",
@@ -489,6 +574,7 @@ __all__ = [
     "ring_step_overlap",
     "sp_prefill",
     "split_sp",
+    "tokenring_block_bytes",
 ]
 
 
@@ -524,7 +610,8 @@ class ParallelPhases:
 _KNOBS_SINGLE_GPU = ("shared_prefix_tokens", "kv_tiers", "offload")
 #: ... and those not priced with SP: they change the prefill attention (or, cross-layer KV, what
 #: Ring passes per layer) in ways the Ring/Ulysses split does not follow
-_KNOBS_NO_SP = ("kv_layers", "sliding_window", "attention_density", "prune_prefill", "attention_every")
+_KNOBS_NO_SP = ("kv_layers", "sliding_window", "attention_density", "prune_prefill", "attention_every",
+                "keep_schedule")
 
 
 def check_knobs(knobs, sp: int = 1) -> None:
@@ -544,25 +631,30 @@ def check_knobs(knobs, sp: int = 1) -> None:
 
 
 def layout(model: ModelSpec, tps, pp: int = 1, sp: int = 1, sp_kind: str = "ring", ep: int = 1,
-           topology: str | None = None, knobs=None) -> dict | None:
+           topology: str | None = None, knobs=None, attention_dp: int = 1) -> dict | None:
     """The checked multi-GPU layout at each TP degree of ``tps``: None for one TP group (``pp`` =
     ``sp`` = ``ep`` = 1, no topology), else the keyword values ``parallel_phases`` takes (``pp``,
-    ``sp``, ``sp_kind`` as its value, ``ep``, ``topology``). Raises InvalidInputError for ``knobs``
-    the layout does not model, an unknown ``sp_kind``, or a degree that does not divide what it
+    ``sp``, ``sp_kind`` as its value, ``ep``, ``topology``, ``attention_dp``). Raises InvalidInputError for
+    ``knobs`` the layout does not model, an unknown ``sp_kind``, or a degree that does not divide what it
     splits."""
-    pp, sp, ep = (_deg(k, v) for k, v in (("pp", pp), ("sp", sp), ("ep", ep)))
-    if not (pp > 1 or sp > 1 or ep > 1 or topology):
+    pp, sp, ep, dp = (_deg(k, v) for k, v in (("pp", pp), ("sp", sp), ("ep", ep), ("attention_dp", attention_dp)))
+    if not (pp > 1 or sp > 1 or ep > 1 or dp > 1 or topology):
         return None
     check_knobs(knobs if knobs is not None and knobs.active else None, sp)
     if sp_kind not in {k.value for k in SpKind}:
-        raise InvalidInputError(f"sp_kind must be ulysses, ring or hybrid, got {sp_kind!r}")
+        raise InvalidInputError(f"sp_kind must be one of {', '.join(k.value for k in SpKind)}, got {sp_kind!r}")
     kind = SpKind(sp_kind)
     check_pp(model, pp)
     check_ep(model, ep)
+    for t in np.atleast_1d(tps):
+        check_attention_dp(model, dp, int(t), sp, ep)
+    if sp > 1 and model.ssm is not None:
+        raise ParallelConfigError(f"sp={sp}: sequence parallelism splits attention; {model.name} is a state-space "
+                                  "stack with none (its scan is not split over GPUs here)")
     if sp > 1:
         for t in np.atleast_1d(tps):
             split_sp(model, sp, kind, int(t))
-    return dict(pp=pp, sp=sp, sp_kind=kind.value, ep=ep, topology=topology)
+    return dict(pp=pp, sp=sp, sp_kind=kind.value, ep=ep, topology=topology, attention_dp=dp)
 
 
 def ring_step_model(profile: Profile) -> "RingStepModel | None":
@@ -589,10 +681,12 @@ def price_layout(model: ModelSpec, gpu: GPU, profile: Profile, context_len: int,
     prec = apply_knobs(precision, k)
     mem = memory_budget(m, gpu, context_len, output_tokens, prec, tp, chunk_tokens, reserve_fraction, batch=batch,
                         knobs=k)
-    mem = parallel_memory(mem, m, prec, tp, lay["pp"], lay["sp"], lay["ep"])
+    dp = lay.get("attention_dp", 1)
+    mem = parallel_memory(mem, m, prec, tp, lay["pp"], lay["sp"], lay["ep"], dp)
     ph = parallel_phases(m, gpu, profile, context_len, output_tokens, batch, prec, tp, lay["pp"], lay["sp"],
                          lay["sp_kind"], lay["ep"], chunk_tokens, lay["topology"],
-                         1.0 if ring_overlap is None else ring_overlap, knobs=k)
+                         1.0 if ring_overlap is None else ring_overlap, knobs=k, attention_dp=dp,
+                         moe_placement=lay.get("moe_placement"))
     return mem, ph
 
 
@@ -605,47 +699,67 @@ def _coll_s(ops, gpu, profile, topo) -> Any:
     return _a(_sum([t for t in ops if isinstance(t[1], Collective)], gpu, profile, topo).total_s)
 
 
-def placement_a2a_s(model: ModelSpec, profile: Profile, tokens: Any, ep: int, precision: Precision, topo,
-                    moe_placement, expert_load=None) -> Any:
-    """Dispatch all-to-all seconds summed over the MoE layers, each priced from the traffic matrix its
-    placement implies (:func:`perfmodel.ep_route.layer_route_time`); ``tokens`` over the EP group (a number or
-    an array of them).  The combine costs the same again."""
-    from perfmodel.ep_route import layer_route_time
+def placement_moe(model: ModelSpec, gpu: GPU, profile: Profile, tokens: Any, precision: Precision, topo,
+                  moe_placement, expert_load=None) -> tuple[OpCost, Any]:
+    """(routed-expert GEMMs, dispatch all-to-all seconds), each summed over the MoE layers, of a placement.
+
+    Per layer: the expert load is the placement's (``MoePlacement.layer_loads``) or ``expert_load`` (default
+    uniform); the all-to-all is priced from the placement's traffic pattern (``MoePlacement.layer_traffic``,
+    else :func:`perfmodel.ep_route.traffic_matrix` with tokens evenly on the GPUs) scaled to the layer's
+    ``tokens * top_k`` copies (:func:`perfmodel.ep_route.route_seconds`); the GEMMs are those of the GPU that
+    receives the largest share of the copies (:func:`gpu_experts_cost`).  ``tokens`` is over the EP group
+    (a number or an array of them).  The combine costs the same all-to-all again.
+    """
+    from perfmodel.ep_route import route_seconds, share_matrix, traffic_matrix
 
     m = model.moe
     e = m.num_experts
-    load = np.full(e, 1.0 / e) if expert_load is None else np.asarray(expert_load, dtype=np.float64)
-    load = load / load.sum()
     nbytes = model.hidden * precision.activations.bytes_per_element
-    n = model.num_moe_layers
-    layers = [moe_placement.layer(i) for i in range(len(moe_placement.layers))]
-
-    def one(t: float) -> float:
-        if t <= 0:
-            return 0.0
-        w = load * float(t) * m.top_k
-        per = [layer_route_time(p, w, nbytes, topo, profile).seconds for p in layers]
-        return per[0] * n if len(per) == 1 else float(sum(per))
-
-    if np.ndim(tokens):
-        return np.vectorize(one, otypes=[float])(tokens)
-    return one(float(tokens))
+    pl = moe_placement
+    same = len(pl.layers) == 1 and (pl.loads is None or len(pl.loads) == 1) and \
+        (pl.traffic is None or len(pl.traffic) == 1)
+    copies_bytes = np.asarray(tokens, dtype=np.float64) * m.top_k * nbytes
+    experts, a2a = ZERO, 0.0
+    for i in range(1 if same else model.num_moe_layers):
+        w = pl.layer_loads(i)
+        if w is None:
+            w = np.full(e, 1.0 / e) if expert_load is None else np.asarray(expert_load, dtype=np.float64)
+        w = w / w.sum()
+        p = pl.layer(i)
+        share = share_matrix(p, e)
+        pattern = pl.layer_traffic(i)
+        pattern = traffic_matrix(p, w) if pattern is None else pattern / pattern.sum()
+        gpu_share = w @ share
+        hot = int(np.argmax(gpu_share))
+        experts = experts + gpu_experts_cost(model, gpu, profile, tokens, precision, (w * share[:, hot])[share[:, hot] > 0])
+        a2a = a2a + route_seconds(pattern, copies_bytes, topo, profile)
+    n = model.num_moe_layers if same else 1
+    return experts.scale(n), _a(a2a * n)
 
 
 def _forward(model, gpu, profile, phase, batch, q_len, kv_len, precision, tp, ep, topo, lm_head_rows=None,
-             expert_load=None, knobs=None, moe_placement=None):
-    """One pass on the busiest GPU: attention data-parallel over ``ep // tp`` GPUs, experts over ``ep``."""
-    dp = max(1, ep // tp)
+             expert_load=None, knobs=None, moe_placement=None, attention_dp=1):
+    """One pass on the busiest GPU: attention data-parallel over ``attention_dp`` groups (without it, over
+    ``ep // tp`` GPUs), experts over ``ep`` (or, with ``attention_dp`` and ``ep`` 1, tensor-parallel over
+    all ``attention_dp * tp`` GPUs between an all-gather and a reduce-scatter)."""
+    dp = attention_dp if attention_dp > 1 else max(1, ep // tp)
     b_loc = _cdiv(batch, dp)
     ops = model_ops(model, phase, b_loc, q_len, kv_len, precision, tp, lm_head_rows, knobs)
+    if attention_dp > 1 and ep <= 1 and model.moe is not None:
+        rest = [t for t in ops if not t[0].startswith("moe.")]
+        block, gather = attention_dp_moe(model, gpu, profile, batch * q_len, attention_dp * tp, precision, topo)
+        n = model.num_moe_layers
+        g_s = _a(gather.total_s) * n
+        cost = _sum(rest, gpu, profile, topo) + (block + gather).scale(n)
+        return cost, _coll_s(rest, gpu, profile, topo) + g_s, {"attention_dp_comm_s": g_s}
     if ep <= 1 or model.moe is None:
         return _sum(ops, gpu, profile, topo), _coll_s(ops, gpu, profile, topo), {}
     _, rest = moe_ops_replaced_by_ep(ops)
     layer = ep_moe_layer(model, gpu, profile, batch * q_len, ep, precision, expert_load, b_loc * q_len, topo)
     n = model.num_moe_layers
     if moe_placement is not None:
-        a2a = placement_a2a_s(model, profile, batch * q_len, ep, precision, topo, moe_placement, expert_load)
-        cost = _sum(rest, gpu, profile, topo) + layer.experts.scale(n) + OpCost(comm_s=2 * a2a)
+        experts, a2a = placement_moe(model, gpu, profile, batch * q_len, precision, topo, moe_placement, expert_load)
+        cost = _sum(rest, gpu, profile, topo) + experts + OpCost(comm_s=2 * a2a)
         comm = _coll_s(rest, gpu, profile, topo) + 2 * a2a
         return cost, comm, {"ep_imbalance": layer.imbalance, "ep_route": "placement"}
     cost = _sum(rest, gpu, profile, topo) + layer.cost.scale(n)
@@ -657,7 +771,7 @@ def parallel_phases(
     model: ModelSpec, gpu: GPU, profile: Profile, context_len: int, output_tokens: int, batch: int = 1,
     precision: Precision = Precision(), tp: int = 1, pp: int = 1, sp: int = 1, sp_kind: SpKind | str = SpKind.RING,
     ep: int = 1, chunk_tokens: int | None = 8192, topology=None, ring_overlap: float | RingStepModel = 1.0,
-    expert_load=None, knobs=None, moe_placement=None,
+    expert_load=None, knobs=None, moe_placement=None, attention_dp: int = 1,
 ) -> ParallelPhases:
     """The phases of one scenario under TP x PP x SP x EP (see the module docstring).
 
@@ -670,8 +784,14 @@ def parallel_phases(
     (``effective_model``, ``apply_knobs``), as :func:`perfmodel.analyze.analyze` passes them.
 
     ``moe_placement`` (:class:`perfmodel.ep_route.MoePlacement`, ``ep`` GPUs) prices each MoE layer's dispatch
-    and combine from the traffic matrix of its placement (:func:`placement_a2a_s`) instead of the busiest GPU's
-    load under contiguous experts.
+    and combine from the traffic matrix of its placement and its expert GEMMs on the GPU the placement loads
+    most (:func:`placement_moe`), instead of the busiest GPU under contiguous experts.
+
+    ``attention_dp`` (:func:`check_attention_dp`) runs attention data-parallel over that many groups of ``tp``
+    GPUs, each with its own requests; ``details`` then gives ``attention_dp``, the KV bytes one GPU holds for
+    its requests (``attention_dp_kv_bytes_per_rank``) and the MoE layers' all-gather and reduce-scatter time
+    (``attention_dp_comm_s``: ``prefill`` and ``decode_per_token``; 0 with expert parallelism, whose all-to-all
+    is in the communication time as without it).
     """
     from perfmodel.comm import place, resolve_topology
     from perfmodel.layers import lm_head_ops
@@ -680,11 +800,12 @@ def parallel_phases(
         knobs = None
     check_knobs(knobs, sp)
     pp, ep = check_pp(model, pp), check_ep(model, ep)
+    attention_dp = check_attention_dp(model, attention_dp, tp, sp, ep)
     if moe_placement is not None:
         if ep <= 1 or model.moe is None:
             raise ParallelConfigError("an MoE placement needs a mixture-of-experts model run with ep > 1")
         moe_placement.check(model.moe.num_experts, model.num_moe_layers, ep)
-    world = group_world(tp, pp, sp, ep)
+    world = group_world(tp, pp, sp, ep, attention_dp)
     topo = resolve_topology(topology, gpu, world)
     place(topo, world)
     a = precision.activations.bytes_per_element
@@ -710,10 +831,11 @@ def parallel_phases(
     else:
         ctx = _a(context_len)
         if knobs is not None and knobs.prune_prefill:  # prefill runs on the kept tokens only
-            ctx = _a(knobs.kept_tokens(ctx))
+            ctx = _a(knobs.prefill_tokens(ctx))
         # the chunk is the token budget of one pass, shared by the prompts the pass holds (as on one
         # GPU, perfmodel.phases.prefill_cost): with data-parallel attention under EP, a rank's share
-        b_pass = _cdiv(batch, max(1, ep // tp))
+        dp = attention_dp if attention_dp > 1 else max(1, ep // tp)
+        b_pass = _cdiv(batch, dp)
         if not chunk_tokens:
             n = 1
         elif np.ndim(ctx) or np.ndim(b_pass):
@@ -723,7 +845,8 @@ def parallel_phases(
         q = ctx / n
         body, body_comm, d = _forward(model, gpu, profile, Phase.PREFILL, batch, q, q * (n + 1) / 2.0, precision,
                                       tp, ep, topo, lm_head_rows=0, expert_load=expert_load, knobs=knobs,
-                                      moe_placement=moe_placement)
+                                      moe_placement=moe_placement, attention_dp=attention_dp)
+        dp_prefill_s = d.pop("attention_dp_comm_s", 0.0) * n
         details.update(d)
         body, body_comm, hop = body.scale(n), body_comm * n, p2p(batch * q)
     # the pipeline's bubble share, as pipeline_time(stage, pp, n).bubble_fraction
@@ -733,7 +856,7 @@ def parallel_phases(
     details.update(pp_bubble_fraction_prefill=_a(bubble))
 
     # decode: KV sharded over the SP group, partial attention outputs combined by an all-reduce per layer
-    m = _min(_cdiv(batch, max(1, ep // tp)), pp)
+    m = _min(_cdiv(batch, attention_dp if attention_dp > 1 else max(1, ep // tp)), pp)
 
     # under SP each GPU holds 1/sp of a sequence's kept tokens (eviction decides them on the whole)
     shard_knobs = knobs
@@ -743,8 +866,10 @@ def parallel_phases(
     def step(kv_len):
         if knobs is not None and sp > 1:
             kv_len = knobs.kept_tokens(kv_len)
-        f, c, _ = _forward(model, gpu, profile, Phase.DECODE, _cdiv(batch, m), 1, kv_len / sp, precision, tp, ep,
-                           topo, expert_load=expert_load, knobs=shard_knobs, moe_placement=moe_placement)
+        f, c, d_dec = _forward(model, gpu, profile, Phase.DECODE, _cdiv(batch, m), 1, kv_len / sp, precision, tp, ep,
+                               topo, expert_load=expert_load, knobs=shard_knobs, moe_placement=moe_placement,
+                               attention_dp=attention_dp)
+        dp_comm.append(d_dec.get("attention_dp_comm_s", 0.0))
         if sp > 1:
             comb = collective_time(OpKind.ALL_REDUCE, _cdiv(batch, m) * model.q_heads // tp * model.head_dim * a,
                                    sp, gpu, profile, topo, stride=tp).scale(model.num_layers)
@@ -754,7 +879,16 @@ def parallel_phases(
         return f.scale(rounds) + hop_d.scale(_max(m, pp) if pp > 1 else 0), \
             c * rounds + _a(hop_d.total_s) * (_max(m, pp) if pp > 1 else 0)
 
+    dp_comm: list = []
     dstep, dcomm = step(_a(context_len))
+    if attention_dp > 1:
+        from perfmodel.phases import kv_cache_bytes_per_gpu
+
+        rounds = _max(m, pp) / pp
+        details.update(attention_dp=attention_dp, attention_dp_kv_bytes_per_rank=kv_cache_bytes_per_gpu(
+            model, context_len, output_tokens, _cdiv(batch, attention_dp), precision, tp, knobs) / pp,
+            attention_dp_comm_s={"prefill": dp_prefill_s * (n + pp - 1) / (n * pp),
+                                 "decode_per_token": _a(dp_comm[0]) * rounds})
     mean_step, _ = step(context_len + (output_tokens + 1) / 2.0)
     details.update(pp_micro_batches_decode=m)
     # the prefill runs back to back: its compute slows to the sustained rate (perfmodel.clocks)
@@ -768,16 +902,21 @@ def comm_seconds(model: ModelSpec, gpu: GPU, profile: Profile, phase: Phase, bat
     return _coll_s(model_ops(model, phase, batch, q_len, kv_len, precision, tp), gpu, profile, None)
 
 
-def parallel_memory(mem, model: ModelSpec, precision: Precision, tp: int = 1, pp: int = 1, sp: int = 1, ep: int = 1):
-    """A TP memory budget re-split for PP (layers, so weights and KV / pp), SP (KV / sp) and EP
-    (routed experts / ep instead of / tp)."""
-    if pp == sp == ep == 1:
+def parallel_memory(mem, model: ModelSpec, precision: Precision, tp: int = 1, pp: int = 1, sp: int = 1, ep: int = 1,
+                    attention_dp: int = 1):
+    """A TP memory budget re-split for PP (layers, so weights and KV / pp), SP (KV / sp), EP
+    (routed experts / ep instead of / tp) and data-parallel attention (routed experts over the
+    ``attention_dp * tp`` GPUs without EP; each GPU holds its own group's requests only, so the
+    instance holds ``attention_dp`` times the users one GPU's KV room takes)."""
+    if pp == sp == ep == attention_dp == 1:
         return mem
     wb = precision.weights.bytes_per_element
     experts = model.num_moe_layers * model.moe.num_experts * model.expert_params * wb if model.moe else 0.0
     weights = mem.weight_bytes
     if ep > 1:
         weights = weights - experts / tp + experts / ep
+    elif attention_dp > 1:
+        weights = weights - experts / tp + experts / (tp * attention_dp)
     weights = weights / pp
     kv_tok = mem.kv_bytes_per_token / (pp * sp)
     kv_user = mem.kv_bytes_per_user / (pp * sp)
@@ -786,5 +925,5 @@ def parallel_memory(mem, model: ModelSpec, precision: Precision, tp: int = 1, pp
 
     free = mem.capacity_bytes - weights - mem.activation_bytes - mem.reserve_bytes - shared
     out = dataclasses.replace(mem, weight_bytes=weights, kv_bytes_per_token=kv_tok, kv_bytes_per_user=kv_user,
-                              free_for_kv_bytes=free, shared_kv_bytes=shared)
+                              free_for_kv_bytes=free, shared_kv_bytes=shared, dp_ranks=attention_dp)
     return dataclasses.replace(out, max_concurrency=max_users(out))

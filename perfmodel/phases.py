@@ -29,7 +29,7 @@ from perfmodel.layers import (
     recurrent_state_bytes_per_gpu,
 )
 from perfmodel.models import ModelSpec
-from perfmodel.ops import MemLocation, Memcpy, Phase
+from perfmodel.ops import Attention, MemLocation, Memcpy, Phase
 
 #: Tokens per prefill pass (chunked prefill); also sizes the activation workspace.
 DEFAULT_PREFILL_CHUNK_TOKENS = 8192
@@ -133,7 +133,7 @@ def prefill_cost(
     knobs.check(m, ctx)
     prec = apply_knobs(precision, knobs)
     if knobs.prune_prefill:
-        ctx = np.asarray(knobs.kept_tokens(ctx), dtype=np.float64)
+        ctx = np.asarray(knobs.prefill_tokens(ctx), dtype=np.float64)
     p = float(knobs.shared_prefix_tokens)
     if p:
         # the prefix once, then every suffix after it; where that split costs more (tiny prompts, whose
@@ -150,6 +150,37 @@ def prefill_cost(
         total = total + OpCost(comm_s=_f(np.maximum(ship - total.total_s, 0.0)), bytes=_f(kv),
                                memory_bound=Bound.INTERCONNECT)
     return total
+
+
+def ragged_prefill_cost(model: ModelSpec, gpu: GPU, profile: Profile, lengths, precision: Precision = Precision(),
+                        tp: int = 1, padded: bool = False) -> OpCost:
+    """One prefill pass over a batch of prompts of different lengths, without padding (ByteTransformer).
+
+    Parameters
+    ----------
+    lengths : sequence of int, tokens
+        Each prompt's length.
+    padded : bool
+        Price the padded batch instead: every prompt padded to the longest.
+
+    Returns
+    -------
+    OpCost, seconds
+        The GEMMs and elementwise kernels run on the real tokens (``sum(lengths)``), each layer's
+        attention as one variable-length kernel over each prompt's own causal pairs
+        (:class:`perfmodel.ops.Attention` with ``seq_lens``); the LM head on one row per prompt.  One
+        pass, not chunked; the sustained-clock rule applies as in :func:`prefill_cost`.
+    """
+    lens = tuple(int(v) for v in lengths)
+    n, top, total = len(lens), max(lens), sum(lens)
+    if padded:
+        body = forward_cost(model, gpu, profile, Phase.PREFILL, n, top, top, precision, tp)
+    else:
+        ops = model_ops(model, Phase.PREFILL, 1, total, total, precision, tp, lm_head_rows=n)
+        ops = [(name, dataclasses.replace(o, batch=n, q_len=top, kv_len=top, seq_lens=lens)
+                if isinstance(o, Attention) else o, c) for name, o, c in ops]
+        body = sum_costs(ops, gpu, profile)
+    return sustained_phase(body, profile.sustained)
 
 
 def _prefill_span(model, gpu, profile, new_tokens, offset, batch, prec, tp, chunk_tokens, knobs) -> OpCost:
@@ -272,10 +303,11 @@ def kv_cache_bytes_per_gpu(model: ModelSpec, context_len, output_tokens=0, batch
     knobs = _active(knobs)
     tokens = np.asarray(context_len, dtype=np.float64) + np.asarray(output_tokens, dtype=np.float64)
     if knobs is None:
-        return _f(kv_bytes_per_token_per_gpu(model, tp, precision.kv) * _kv_tokens(model, tokens) * batch)
+        per_user = kv_bytes_per_token_per_gpu(model, tp, precision.kv) * _kv_tokens(model, tokens)
+        return _f((per_user + recurrent_state_bytes_per_gpu(model, tp, None)) * batch)
     m = effective_model(model, knobs)
     kv_tok = kv_bytes_per_token_per_gpu(m, tp, precision.kv, knobs)
-    kept = _kv_tokens(m, knobs.kept_tokens(tokens))
+    kept = _kv_tokens(m, knobs.kept_tokens(tokens, m.num_layers))
     p = knobs.shared_prefix_tokens
     state = recurrent_state_bytes_per_gpu(m, tp, knobs)
     return _f(kv_tok * (batch * (kept - p) + p) + batch * state)
@@ -308,6 +340,7 @@ class MemoryBudget:
     offload_capacity_bytes: Any = 0.0
     kv_on_pool: bool = False
     activation_at: Any = field(default=None, compare=False, repr=False)
+    dp_ranks: int = 1  # data-parallel attention: groups that each hold their own users (``users_that_fit``)
 
 
 def users_that_fit(mem: MemoryBudget, n) -> Any:
@@ -315,8 +348,13 @@ def users_that_fit(mem: MemoryBudget, n) -> Any:
 
     A batch of ``n`` fits iff ``users_that_fit(mem, n) >= n``; the one rule behind
     :attr:`MemoryBudget.max_concurrency`, ``analyze``'s check, ``sweep``'s ``fits``
-    and the TP suggestion.  Non-increasing in ``n``.
+    and the TP suggestion.  Non-increasing in ``n``.  With ``dp_ranks`` groups (data-parallel
+    attention) each GPU holds ``ceil(n / dp_ranks)`` users, and the instance ``dp_ranks`` times
+    what one GPU's room takes.
     """
+    dp = mem.dp_ranks
+    if dp > 1:
+        n = np.ceil(np.asarray(n, dtype=np.float64) / dp)
     act = mem.activation_bytes if mem.activation_at is None else mem.activation_at(n)
     free_gpu = mem.capacity_bytes - mem.weight_bytes - act - mem.reserve_bytes
     if mem.kv_on_pool:
@@ -328,7 +366,7 @@ def users_that_fit(mem: MemoryBudget, n) -> Any:
     with np.errstate(divide="ignore", invalid="ignore"):
         conc = np.where(kv_user > 0, np.floor(room / np.where(kv_user > 0, kv_user, 1.0)),
                         np.where(free_gpu >= 0, np.inf, 0.0))  # no KV per user: unbounded once the weights fit
-    return _f(conc)
+    return _f(conc * dp if dp > 1 else conc)
 
 
 def max_users(mem: MemoryBudget) -> Any:
@@ -386,12 +424,13 @@ def memory_budget(
     if knobs is None:
         mem = MemoryBudget(
             capacity_bytes=capacity, weight_bytes=weights, activation_bytes=f(act), reserve_bytes=reserve,
-            kv_bytes_per_token=kv_tok, kv_bytes_per_user=f(kv_tok * _kv_tokens(m, tokens_per_user)),
+            kv_bytes_per_token=kv_tok,
+            kv_bytes_per_user=f(kv_tok * _kv_tokens(m, tokens_per_user) + recurrent_state_bytes_per_gpu(m, tp, None)),
             free_for_kv_bytes=f(free), max_concurrency=0.0, activation_at=activation_at,
         )
         return dataclasses.replace(mem, max_concurrency=max_users(mem))
     p = knobs.shared_prefix_tokens
-    kept = _kv_tokens(m, knobs.kept_tokens(tokens_per_user))
+    kept = _kv_tokens(m, knobs.kept_tokens(tokens_per_user, m.num_layers))
     kv_user = kv_tok * (kept - p) + recurrent_state_bytes_per_gpu(m, tp, knobs)
     shared = kv_tok * p
     if knobs.offload is not None:

@@ -90,10 +90,13 @@ class Layout:
     tp, pp, sp, ep : int
         Tensor-, pipeline-, sequence- (prefill) and expert-parallel degrees.
     sp_kind : str
-        ``ulysses``, ``ring`` or ``hybrid``.
+        ``ulysses``, ``ring``, ``hybrid`` or ``tokenring``.
     topology : str or None
         A system of ``hw/data/systems``; None: :func:`perfmodel.comm.default_topology` (one node of up to 8
         GPUs, else the smallest shipped system that holds them).
+    attention_dp : int
+        Data-parallel attention groups of ``tp`` GPUs, each serving its own requests, with the MoE layers over
+        all of them (:func:`perfmodel.parallel.check_attention_dp`; DeepSeek's serving layout).
     """
 
     tp: int = 1
@@ -102,24 +105,25 @@ class Layout:
     sp_kind: str = "ring"
     ep: int = 1
     topology: str | None = None
+    attention_dp: int = 1
 
     @property
     def multi(self) -> bool:
         """Priced by :mod:`perfmodel.parallel` (beyond one TP group on the default node)."""
-        return self.pp > 1 or self.sp > 1 or self.ep > 1 or bool(self.topology)
+        return self.pp > 1 or self.sp > 1 or self.ep > 1 or self.attention_dp > 1 or bool(self.topology)
 
     @property
     def world(self) -> int:
         """GPUs one instance spans (:func:`perfmodel.parallel.group_world`)."""
         from perfmodel.parallel import group_world
 
-        return int(group_world(self.tp, self.pp, self.sp, self.ep))
+        return int(group_world(self.tp, self.pp, self.sp, self.ep, self.attention_dp))
 
 
 def validate_scenario(model, context_len: Any = None, output_tokens: Any = 0, tp: Any = None, pp: Any = 1,
                       mode: Any = None, *, batch: Any = None, sp: Any = 1, sp_kind: str = "ring", ep: Any = 1,
                       topology: str | None = None, gpu: GPU | None = None, knobs: Knobs | None = None,
-                      chunk_tokens: Any = None, reserve_fraction: Any = None) -> list[str]:
+                      chunk_tokens: Any = None, reserve_fraction: Any = None, attention_dp: Any = 1) -> list[str]:
     """Apply the rules above to a scenario (scalars, or arrays for a sweep's axes); returns its notes and
     raises the typed errors (:mod:`perfmodel.errors`).  The one check behind every entry point.
 
@@ -130,7 +134,7 @@ def validate_scenario(model, context_len: Any = None, output_tokens: Any = 0, tp
     context_len, output_tokens, batch : int or array of int, tokens / users
         Prompt and generated tokens (the largest sum is checked against the window), users.
     tp : int or array of int, optional
-    pp, sp, ep : int
+    pp, sp, ep, attention_dp : int
     sp_kind : str
     topology : str, optional
     gpu : GPU, optional
@@ -153,7 +157,8 @@ def validate_scenario(model, context_len: Any = None, output_tokens: Any = 0, tp
     if batch is not None:
         check_ints("batch", batch, 1)
     tps = check_ints("tp", tp, 1) if tp is not None else None
-    pp, sp, ep = (int(check_ints(k, v, 1)[0]) for k, v in (("pp", pp), ("sp", sp), ("ep", ep)))
+    pp, sp, ep, dp = (int(check_ints(k, v, 1)[0]) for k, v in (("pp", pp), ("sp", sp), ("ep", ep),
+                                                                ("attention_dp", attention_dp)))
     if chunk_tokens is not None:
         check_ints("chunk_tokens", chunk_tokens, 1)
     if reserve_fraction is not None and not 0 <= reserve_fraction < 1:
@@ -166,10 +171,10 @@ def validate_scenario(model, context_len: Any = None, output_tokens: Any = 0, tp
         for t in tps:
             check_tp(m, int(t))
     check_pp(model, pp)
-    check_layout(m, tps if tps is not None else 1, pp, sp, sp_kind, ep, topology, kn)
+    check_layout(m, tps if tps is not None else 1, pp, sp, sp_kind, ep, topology, kn, dp)
     notes = []
     if gpu is not None:
-        n = check_world(gpu, tps if tps is not None else [1], pp, sp, ep, topology)
+        n = check_world(gpu, tps if tps is not None else [1], pp, sp, ep, topology, dp)
         if n:
             notes.append(n)
     if ctx is not None:
@@ -179,14 +184,14 @@ def validate_scenario(model, context_len: Any = None, output_tokens: Any = 0, tp
     return notes
 
 
-def check_world(gpu: GPU, tps, pp: int, sp: int, ep: int, topology: str | None) -> str | None:
+def check_world(gpu: GPU, tps, pp: int, sp: int, ep: int, topology: str | None, attention_dp: int = 1) -> str | None:
     """The layout's GPUs fit the system named, or without one the default node or the smallest shipped
     system that holds them (:func:`perfmodel.comm.default_topology`); otherwise
     :class:`~perfmodel.comm.GroupTooLargeError`.  Returns the note naming that shipped system, if one is used."""
     from perfmodel.comm import DEFAULT_NODE_GPUS, place, resolve_topology
     from perfmodel.parallel import group_world
 
-    world = max(int(group_world(int(t), pp, sp, ep)) for t in tps)
+    world = max(int(group_world(int(t), pp, sp, ep, attention_dp)) for t in tps)
     topo = resolve_topology(topology, gpu, world)
     place(topo, world)
     if topology or world <= DEFAULT_NODE_GPUS:
@@ -233,6 +238,9 @@ class Scenario:
     notes: tuple[str, ...] = field(default_factory=tuple)
     raw_kv_dtype: str | None = None  # the kv_dtype argument given (the baseline without knobs keeps it)
     moe_placement: Any = None  # perfmodel.ep_route.MoePlacement: prices the EP all-to-all from its traffic
+    #: A ragged batch: each prompt's length (``batch`` of them, the longest ``context_len``); its prefill is
+    #: one unpadded pass (:func:`perfmodel.phases.ragged_prefill_cost`), the padded pass priced beside it.
+    batch_lengths: tuple[int, ...] | None = None
 
     @property
     def mode(self) -> Mode:
@@ -269,13 +277,17 @@ class Scenario:
              knobs: Knobs | None = None, pp: int = 1, sp: int = 1, sp_kind: str = "ring", ep: int = 1,
              topology: str | None = None, attention_impl: "AttentionImpl | str | None" = None,
              launch: "Launch | str | None" = Launch.GRAPH, layout: Layout | None = None,
-             moe_placement: Any = None) -> "Scenario":
+             moe_placement: Any = None, attention_dp: int = 1, batch_lengths: Any = None) -> "Scenario":
         """Load the names, apply :func:`validate_scenario`, resolve the profile; the checked :class:`Scenario`.
 
-        ``layout`` (a :class:`Layout`) replaces ``tp``, ``pp``, ``sp``, ``sp_kind``, ``ep`` and ``topology``.
+        ``layout`` (a :class:`Layout`) replaces ``tp``, ``pp``, ``sp``, ``sp_kind``, ``ep``, ``topology`` and
+        ``attention_dp``.
         ``moe_placement`` (a ``plan moe --json`` file, per-layer expert lists or a
         :class:`~perfmodel.ep_route.MoePlacement`) prices the EP all-to-all of each MoE layer from its traffic
         matrix; it needs an MoE model with ``ep`` > 1 and ``ep`` GPUs per layer.
+        ``batch_lengths`` (each prompt's tokens) makes a ragged batch: ``batch`` becomes their count and
+        ``context_len`` the longest (the decode and memory are those of that padded shape); it needs one TP
+        group and no knobs.
         Raises the typed errors of :mod:`perfmodel.errors`.
         """
         from perfmodel.hw.loader import load_gpu
@@ -286,14 +298,24 @@ class Scenario:
         if layout is not None:
             if not isinstance(layout, Layout):
                 raise InvalidInputError(f"layout must be a Layout, got {layout!r}")
-            tp, pp, sp, sp_kind, ep, topology = (layout.tp, layout.pp, layout.sp, layout.sp_kind, layout.ep,
-                                                  layout.topology)
+            tp, pp, sp, sp_kind, ep, topology, attention_dp = (layout.tp, layout.pp, layout.sp, layout.sp_kind,
+                                                                layout.ep, layout.topology, layout.attention_dp)
+        lengths = None
+        if batch_lengths is not None:
+            lengths = tuple(int(v) for v in check_ints("batch_lengths", list(batch_lengths)
+                                                       if not np.ndim(batch_lengths) == 0 else batch_lengths, 1))
+            if (pp, sp, ep, attention_dp) != (1, 1, 1, 1) or topology:
+                raise InvalidInputError("batch_lengths (a ragged prefill) is priced on one TP group only "
+                                        "(not with pp, sp, ep, attention_dp or a topology)")
+            if knobs is not None and knobs.active:
+                raise InvalidInputError("batch_lengths (a ragged prefill) does not combine with the KV knobs")
+            batch, context_len = len(lengths), max(lengths)
         m, g = load_model(model), load_gpu(gpu)
         notes = validate_scenario(m, context_len, output_tokens, tp, pp, mode, batch=batch, sp=sp, sp_kind=sp_kind,
                                   ep=ep, topology=topology, gpu=g, knobs=knobs, chunk_tokens=chunk_tokens,
-                                  reserve_fraction=reserve_fraction)
+                                  reserve_fraction=reserve_fraction, attention_dp=attention_dp)
         kn = knobs if knobs is not None and knobs.active else None
-        placement = _check_placement(m, moe_placement, int(ep))
+        placement = check_placement(m, moe_placement, int(ep))
         if weight_dtype and m.weight_dtype and Dtype.parse(weight_dtype) is not Dtype.parse(m.weight_dtype):
             notes.append(f"the model's config stores its weights as {m.weight_dtype}; {weight_dtype} is priced")
         prec = Precision.of(weights_dtype(m, weight_dtype), activation_dtype, kv_dtype)
@@ -304,18 +326,18 @@ class Scenario:
                          f"priced with {prof.attention_impl.value}")
         if mode is Mode.CALIBRATED and prof.is_peak:
             notes.append(f"no calibration profile for {g.name}: peak figures shown")
-        lay = Layout(int(tp), int(pp), int(sp), str(sp_kind), int(ep), topology or None)
+        lay = Layout(int(tp), int(pp), int(sp), str(sp_kind), int(ep), topology or None, int(attention_dp))
         return cls(model=m, gpu=g, context_len=int(context_len), output_tokens=int(output_tokens), batch=int(batch),
                    layout=lay, precision=prec, profile=prof, knobs=kn,
                    chunk_tokens=None if chunk_tokens is None else int(chunk_tokens),
                    reserve_fraction=float(reserve_fraction), notes=tuple(notes), raw_kv_dtype=kv_dtype,
-                   moe_placement=placement)
+                   moe_placement=placement, batch_lengths=lengths)
 
     def replace(self, **changes: Any) -> "Scenario":
         """A copy with ``changes`` (any :meth:`make` argument), checked again."""
         kw = self.make_kwargs()
         kw.update(changes)
-        if any(k in changes for k in ("tp", "pp", "sp", "sp_kind", "ep", "topology")):
+        if any(k in changes for k in ("tp", "pp", "sp", "sp_kind", "ep", "topology", "attention_dp")):
             kw.pop("layout", None)
         return Scenario.make(**kw)
 
@@ -326,11 +348,11 @@ class Scenario:
                     kv_dtype=self.raw_kv_dtype, activation_dtype=self.precision.activations.value,
                     chunk_tokens=self.chunk_tokens, reserve_fraction=self.reserve_fraction, profile=self.profile,
                     knobs=self.knobs, attention_impl=self.attention_impl, launch=self.launch,
-                    moe_placement=self.moe_placement)
+                    moe_placement=self.moe_placement, batch_lengths=self.batch_lengths)
 
 
-def _check_placement(model, value: Any, ep: int):
-    """``value`` as a checked :class:`~perfmodel.ep_route.MoePlacement` (None stays None)."""
+def check_placement(model, value: Any, ep: int):
+    """``value`` (a ``plan moe --json`` path, per-layer lists or a :class:`~perfmodel.ep_route.MoePlacement`) as a checked :class:`~perfmodel.ep_route.MoePlacement` (None stays None)."""
     from perfmodel.ep_route import as_moe_placement
 
     placement = as_moe_placement(value)

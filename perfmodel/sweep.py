@@ -180,6 +180,7 @@ def sweep(
     attention_impl: str | None = None,
     launch: str | None = None,
     max_bytes: float = DEFAULT_MAX_BYTES,
+    moe_placement=None,
 ) -> pd.DataFrame:
     """One row per point of ``context_len x batch x tp x output_tokens`` (x the knob axes).
 
@@ -206,6 +207,10 @@ def sweep(
     ``attention_impl`` (``sdpa`` default, ``flash2``, ``triton``) picks the attention kernel's curves, as
     in :func:`perfmodel.analyze`; so does ``launch`` (``graph`` or ``eager``).
 
+    ``moe_placement`` (a ``plan moe --json`` file, per-layer expert lists or a
+    :class:`~perfmodel.ep_route.MoePlacement`; ``ep`` > 1) prices every point's MoE layers on that placement,
+    as :func:`perfmodel.analyze` does.
+
     ``max_bytes`` (bytes, default :data:`DEFAULT_MAX_BYTES` = 2 GiB): the size of the
     result is estimated first (:func:`sweep_size`: points x columns x 8 bytes); beyond
     it :class:`~perfmodel.errors.TooLargeError` names the point count and the bytes,
@@ -222,6 +227,7 @@ def sweep(
         chunk_tokens, reserve_fraction, attention_impl, launch = (scn.chunk_tokens, scn.reserve_fraction,
                                                                   scn.attention_impl, scn.launch)
         pp, sp, sp_kind, ep, topology = lay.pp, lay.sp, lay.sp_kind, lay.ep, lay.topology
+        moe_placement = scn.moe_placement if moe_placement is None else moe_placement
         context_len, batch, tp, output_tokens = (scn.context_len if context_len is None else context_len,
                                                  scn.batch if batch is None else batch,
                                                  lay.tp if tp is None else tp,
@@ -232,14 +238,14 @@ def sweep(
     batch = 1 if batch is None else batch
     tp = 1 if tp is None else tp
     output_tokens = 250 if output_tokens is None else output_tokens
-    layout = pp != 1 or sp != 1 or ep != 1 or topology is not None
+    layout = pp != 1 or sp != 1 or ep != 1 or topology is not None or moe_placement is not None
     check_size(sweep_size(context_len, batch, tp, output_tokens, knob_axes, layout), max_bytes,
                "; evaluate it in chunks with perfmodel.sweep.iter_sweep (the CLI: --out FILE.csv)")
     size = sweep_size(context_len, batch, tp, output_tokens, knob_axes, layout)
     df = _assemble(_iter_columns(model, gpu, context_len, batch, tp, output_tokens, mode, weight_dtype, kv_dtype,
                               activation_dtype, chunk_tokens, reserve_fraction, profile, knobs, knob_axes,
                               pp, sp, sp_kind, ep, topology, attention_impl, launch,
-                              aligned_chunk(_axis_len(batch), _axis_len(output_tokens))),
+                              aligned_chunk(_axis_len(batch), _axis_len(output_tokens)), moe_placement),
                    size.points)
     df.attrs["notes"] = sweep_notes(model, context_len, output_tokens, gpu, tp, pp, sp, ep, topology)
     return df
@@ -322,14 +328,14 @@ def iter_sweep(model, gpu, context_len=50_000, batch=1, tp=1, output_tokens=250,
                kv_dtype=None, activation_dtype="bf16", chunk_tokens=DEFAULT_PREFILL_CHUNK_TOKENS,
                reserve_fraction=DEFAULT_RESERVE_FRACTION, profile=None, knobs=None, knob_axes=None, pp=1, sp=1,
                sp_kind="ring", ep=1, topology=None, attention_impl=None, launch=None,
-               chunk_points: int | None = None) -> Iterator[pd.DataFrame]:
+               chunk_points: int | None = None, moe_placement=None) -> Iterator[pd.DataFrame]:
     """:func:`sweep`'s rows, in order, as frames of at most ``chunk_points`` rows (None: one frame per
     knob combination and TP degree).  No size check: the caller writes each frame out and drops it."""
     import pandas as pd
 
     for cols in _iter_columns(model, gpu, context_len, batch, tp, output_tokens, mode, weight_dtype, kv_dtype,
                               activation_dtype, chunk_tokens, reserve_fraction, profile, knobs, knob_axes, pp, sp,
-                              sp_kind, ep, topology, attention_impl, launch, chunk_points):
+                              sp_kind, ep, topology, attention_impl, launch, chunk_points, moe_placement):
         flat = {k: (v.reshape(-1) if isinstance(v, np.ndarray) and v.ndim > 1 else v) for k, v in cols.items()}
         fits = flat["fits"]
         yield pd.DataFrame({k: (np.where(fits, v, np.nan) if k in TIME_METRICS else v) for k, v in flat.items()})
@@ -337,7 +343,7 @@ def iter_sweep(model, gpu, context_len=50_000, batch=1, tp=1, output_tokens=250,
 
 def _iter_columns(model, gpu, context_len, batch, tp, output_tokens, mode, weight_dtype, kv_dtype, activation_dtype,
                   chunk_tokens, reserve_fraction, profile, knobs, knob_axes, pp, sp, sp_kind, ep, topology,
-                  attention_impl, launch, chunk_points) -> Iterator[dict]:
+                  attention_impl, launch, chunk_points, moe_placement=None) -> Iterator[dict]:
     """:func:`iter_sweep`'s chunks as columns (arrays, categoricals, or one value for the chunk); the times
     (:data:`~perfmodel.metrics.TIME_METRICS`) not yet NaN where a point does not fit (``fits``)."""
     m = load_model(model)
@@ -355,7 +361,12 @@ def _iter_columns(model, gpu, context_len, batch, tp, output_tokens, mode, weigh
     prof = resolve_profile(g, check_mode(mode), profile, attention_impl, launch)
     from perfmodel import parallel as par
 
+    from perfmodel.scenario import check_placement
+
+    placement = check_placement(m, moe_placement, ep)  # None stays None; else ep > 1, so a layout
     layout = par.layout(m, tp_ax, pp, sp, sp_kind, ep, topology)
+    if placement is not None:
+        layout["moe_placement"] = placement
     ring = par.ring_step_model(prof)
     n = ctx_ax.size * b_ax.size * out_ax.size
     step = n if chunk_points is None else max(1, int(chunk_points))

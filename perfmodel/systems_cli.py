@@ -1,7 +1,8 @@
 """Subcommands for serving systems priced by their own modules.
 
-``perfmodel offload`` (weights streamed from host memory or NVMe, :mod:`perfmodel.offload`) and
-``perfmodel prefix`` (a cached prefix's KV loaded from HBM, host or SSD, :mod:`perfmodel.prefix_cache`).
+``perfmodel offload`` (weights streamed from host memory or NVMe, :mod:`perfmodel.offload`),
+``perfmodel prefix`` (a cached prefix's KV loaded from HBM, host or SSD, :mod:`perfmodel.prefix_cache`) and
+``perfmodel kv-predict`` (a small model's prompt KV projected to the base model's, :mod:`perfmodel.kv_prediction`).
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ import argparse
 
 
 def register(subparsers) -> None:
-    """Add the ``offload`` and ``prefix`` subcommands to the ``perfmodel`` parser."""
+    """Add the ``offload``, ``prefix`` and ``kv-predict`` subcommands to the ``perfmodel`` parser."""
     _register_offload(subparsers)
     _register_prefix(subparsers)
+    _register_kv_predict(subparsers)
 
 
 def _model_gpu_args(p, model: str) -> None:
@@ -136,6 +138,56 @@ def _cmd_prefix(args: argparse.Namespace) -> int:
         ("hit: time to first token", f"{fmt_seconds(r.hit_ttft_s)} ({r.hit_speedup:.1f}x faster than a miss)"),
         (f"expected at hit rate {r.hit_rate:g}", fmt_seconds(r.expected_ttft_s)),
         ("tier rate where loading beats recomputing", "-" if be is None else f"{be / 1e9:.2f} GB/s"),
+    ):
+        t.add_row(name, value)
+    Console().print(t)
+    return 0
+
+
+def _register_kv_predict(subparsers) -> None:
+    from perfmodel.cli import _nonneg_int, _positive_int
+
+    p = subparsers.add_parser("kv-predict", help="KV Prediction: a small model's prompt KV projected to the base "
+                                                 "model's, against the base model's own prefill")
+    _model_gpu_args(p, "llama-3-8b")
+    p.add_argument("--predictor", required=True, help="the auxiliary model (name or path to a config.json)")
+    p.add_argument("--tp", type=_positive_int, default=1, help="tensor-parallel degree of both models")
+    p.add_argument("--context", type=_positive_int, default=4096, help="prompt tokens")
+    p.add_argument("--output-tokens", type=_nonneg_int, default=128)
+    p.add_argument("--batch", type=_positive_int, default=1, help="prompts")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_cmd_kv_predict)
+
+
+def _cmd_kv_predict(args: argparse.Namespace) -> int:
+    from perfmodel.kv_prediction import kv_prediction
+
+    r = kv_prediction(args.model, args.predictor, args.gpu, args.context, output_tokens=args.output_tokens,
+                      batch=args.batch, mode=args.mode, tp=args.tp, weight_dtype=args.weight_dtype,
+                      kv_dtype=args.kv_dtype)
+    if args.json:
+        from perfmodel.jsonout import dumps
+
+        print(dumps(r.to_dict(), indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    from perfmodel.tables import fmt_seconds
+
+    t = Table(title=f"{r.model} with KV predicted by {r.predictor} on {r.gpu} x{r.tp}: {r.batch} x {r.context_len:,} "
+                    f"prompt tokens ({r.mode} mode)")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for name, value in (
+        ("predictor prefill", fmt_seconds(r.predictor_prefill_s)),
+        ("KV projection (2 GEMMs per base layer)", fmt_seconds(r.projection_s)),
+        ("base model's first token", fmt_seconds(r.first_token_s)),
+        ("time to first token", f"{fmt_seconds(r.ttft_s)} ({r.ttft_speedup:.2f}x faster)"),
+        ("base model's own prefill", fmt_seconds(r.base_prefill_s)),
+        ("TTFT FLOPs / base prefill FLOPs", f"{r.ttft_flops_per_gpu / r.base_prefill_flops_per_gpu:.3f}"),
+        (f"decode ({r.output_tokens} tokens)", fmt_seconds(r.decode_s)),
+        ("max concurrency", str(r.max_concurrency)),
     ):
         t.add_row(name, value)
     Console().print(t)

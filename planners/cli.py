@@ -24,6 +24,16 @@ def _time_limit(text: str) -> float:
     return v
 
 
+def _share(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a share in [0, 1], got {text!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"a share is in [0, 1], got {text!r}")
+    return v
+
+
 def _int(text: str) -> int:
     try:
         return int(text)
@@ -42,6 +52,13 @@ def register(subparsers) -> None:
     m.add_argument("--slots-per-gpu", required=True, type=_int, help="expert slots per GPU (spare slots: replicas)")
     m.add_argument("--nodes", type=_int, default=1)
     m.add_argument("--affinity", default=None, help="JSON {\"affinity\": R[l][e1][e2]} inter-layer routing counts")
+    m.add_argument("--synthetic-affinity", type=_share, default=None, metavar="F",
+                   help="without a trace or --affinity: the share F of the copies routed to expert e in layer l+1 "
+                        "that leave from the GPU where expert e ran in layer l (ExFlow's inter-layer affinity; "
+                        "experts numbered so that affine pairs share an id), the rest evenly from every GPU")
+    m.add_argument("--tie-search", action="store_true",
+                   help="with affinity: swap or move replicas where no layer's largest GPU load grows and the "
+                        "traffic between layers falls")
     m.add_argument("--system", default=_DEFAULT_SYSTEM,
                    help=f"hw/ cluster or node whose link bandwidths weigh traffic (default {_DEFAULT_SYSTEM})")
     m.add_argument("--hidden", type=_int, default=7168,
@@ -55,8 +72,8 @@ def register(subparsers) -> None:
     s.add_argument("--gpus", required=True, type=_int)
     s.add_argument("--model", required=True)
     s.add_argument("--gpu", required=True)
-    s.add_argument("--sp-kind", choices=["ulysses", "ring", "hybrid", "auto"], default="ulysses",
-                   help="ulysses (default), ring, hybrid, or auto: per group and sequence the fastest")
+    s.add_argument("--sp-kind", choices=["ulysses", "ring", "hybrid", "tokenring", "auto"], default="ulysses",
+                   help="ulysses (default), ring, hybrid, tokenring, or auto: per group and sequence the fastest")
     s.add_argument("--micro-batches", action="store_true",
                    help="a group may run its sequences as several micro-batches (only one's KV resident), "
                         "and the batch two rounds with their own groups")
@@ -110,14 +127,26 @@ def _cmd_moe(args) -> int:
 
     loads, trace_aff = read_loads(args.loads)
     aff = read_affinity(args.affinity) if args.affinity else trace_aff
+    sources = "even" if aff is None else ("affinity file" if args.affinity else "trace")
+    transitions = None
+    if args.synthetic_affinity is not None:
+        if aff is not None:
+            raise PlannerError(f"--synthetic-affinity replaces a missing affinity; the {sources} gives one")
+        from perfmodel.ep_route import synthetic_transitions
+
+        if args.synthetic_affinity > 0:
+            aff = transitions = synthetic_transitions(loads, args.synthetic_affinity)
+        sources = f"synthetic affinity {args.synthetic_affinity:g}"
+    if args.tie_search and aff is None:
+        raise PlannerError("--tie-search needs inter-layer affinity (a trace, --affinity or --synthetic-affinity > 0)")
     intra, inter = _bandwidths(args.system)
-    problem = MoEProblem(loads, args.gpus, args.slots_per_gpu, args.nodes, aff, intra, inter)
+    problem = MoEProblem(loads, args.gpus, args.slots_per_gpu, args.nodes, aff, intra, inter, transitions)
     if args.hidden < 1 or args.activation_bytes < 1:
         raise PlannerError("--hidden and --activation-bytes must be positive")
     topo, profile = route_topology(args.system, args.gpus, args.nodes)
-    plan = plan_moe(problem, _options(args))
+    plan = plan_moe(problem, _options(args), tie_search=args.tie_search)
     out = plan.to_dict()
-    add_route_times(out, problem, plan.placements, topo, profile, float(args.hidden * args.activation_bytes))
+    add_route_times(out, problem, plan.placements, topo, profile, float(args.hidden * args.activation_bytes), sources)
     if args.json:
         print(dumps(out, indent=1))
         return 0
@@ -149,6 +178,11 @@ def _print_moe(out: dict) -> None:
     c.print(f"lower bound {out['total']['lower_bound']:,.0f}; solver {s['name']}: {s['status']}, "
             f"max layer gap {s['gap']:.2%}, {s['layers_proven_optimal']}/{s['layers']} layers proven, "
             f"{fmt_seconds(s['seconds'])}" + (f"; affinity mapping: {s['affinity_status']}" if "affinity_status" in s else ""))
+    if "tie_search" in s:
+        ts = s["tie_search"]
+        c.print(f"tie search: {ts['changes']} changes, routed weighted traffic {ts['routed_weighted_traffic_before']:,.0f}"
+                f" -> {ts['routed_weighted_traffic_after']:,.0f}" + ("" if ts["converged"] else " (stopped at the limit)"))
+    c.print(f"token sources: {out['all_to_all']['token_sources']}")
     if len(out["layers"]) <= 4:
         for i, layer in enumerate(out["layers"]):
             c.print(f"layer {i}: " + " | ".join(",".join(map(str, g)) for g in layer["placement"]))

@@ -57,6 +57,7 @@ from perfmodel.progress import progress
 from perfmodel.planners import moe_baselines as mb
 from perfmodel.planners import moe_search as ms
 from perfmodel.planners.errors import InfeasibleError, PlannerError
+from perfmodel.planners.moe_ties import TieSearch, tie_search as run_tie_search
 from perfmodel.planners.moe_traffic import TrafficModel, stage2_map
 from perfmodel.planners.solver import SolverOptions, SolveStatus, check_model_size, new_var, relative_gap, solve
 
@@ -78,6 +79,10 @@ class MoEProblem:
         ``R[l][e1][e2]``: tokens that went to ``e1`` in layer ``l`` and ``e2`` in ``l + 1``.
     intra_node_bytes_per_s, inter_node_bytes_per_s : float, bytes/s
         Per-GPU link bandwidths (from ``hw/`` system files); only their ratio weighs traffic.
+    transitions : ndarray [layers - 1, experts, experts] or None, token copies
+        ``X[l][e1][e2]``: copies routed to ``e2`` in layer ``l + 1`` that leave from where ``e1`` ran in
+        layer ``l`` (:func:`perfmodel.ep_route.traffic_matrix`); None: derived from ``affinity``
+        (:func:`perfmodel.ep_route.routed_transitions`) when given, else tokens sit evenly.
     """
 
     loads: np.ndarray
@@ -87,6 +92,7 @@ class MoEProblem:
     affinity: np.ndarray | None = None
     intra_node_bytes_per_s: float = 450e9
     inter_node_bytes_per_s: float = 50e9
+    transitions: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         loads = np.asarray(self.loads, dtype=float)
@@ -119,6 +125,21 @@ class MoEProblem:
             object.__setattr__(self, "affinity", r)
         if not (self.intra_node_bytes_per_s > 0 and self.inter_node_bytes_per_s > 0):
             raise PlannerError("link bandwidths must be > 0")
+        if self.transitions is not None:
+            x = np.asarray(self.transitions, dtype=float)
+            if x.shape != (loads.shape[0] - 1, e, e) or not np.isfinite(x).all() or (x < 0).any():
+                raise PlannerError(f"transitions must be finite counts >= 0 of shape {[loads.shape[0] - 1, e, e]}")
+            object.__setattr__(self, "transitions", x)
+
+    def routing(self) -> np.ndarray | None:
+        """The transitions that set each layer's token sources (``transitions``, else from ``affinity``), or None."""
+        if self.transitions is not None:
+            return self.transitions
+        if self.affinity is None:
+            return None
+        from perfmodel.ep_route import routed_transitions
+
+        return routed_transitions(self.affinity, self.loads)
 
     @property
     def num_layers(self) -> int:
@@ -158,12 +179,15 @@ class SolverReport:
     layers: int
     stage2_status: SolveStatus | None = None
     milp_layers: int = 0
+    ties: TieSearch | None = None
 
     def to_dict(self) -> dict:
         d = {"name": self.name, "status": self.status.value, "gap": self.gap, "seconds": self.seconds,
              "layers_proven_optimal": self.layers_proven, "layers": self.layers, "milp_layers": self.milp_layers}
         if self.stage2_status is not None:
             d["affinity_status"] = self.stage2_status.value
+        if self.ties is not None:
+            d["tie_search"] = self.ties.to_dict()
         return d
 
 
@@ -267,7 +291,7 @@ def _extract(x, e: int, gpus: int) -> Placement:
     return tuple(tuple(i for i in range(e) if (x[i, g].varValue or 0) > 0.5) for g in range(gpus))
 
 
-def plan_moe(problem: MoEProblem, options: SolverOptions | None = None) -> MoEPlan:
+def plan_moe(problem: MoEProblem, options: SolverOptions | None = None, tie_search: bool = False) -> MoEPlan:
     """Plan every layer within ``options.time_limit_s`` (wall clock, both stages, scoring included),
     or by ``options.deadline`` when set.
 
@@ -281,6 +305,11 @@ def plan_moe(problem: MoEProblem, options: SolverOptions | None = None) -> MoEPl
        :func:`perfmodel.planners.moe_search.branch_and_bound`, which proves the layer when it ends in time;
     4. the MILP on what is still open, worst gap first, each layer an equal share of
        the remaining time but at least one second of solver time.
+
+    With inter-layer affinity (``problem.affinity`` or ``problem.transitions``) stage 2 maps the clusters to
+    GPUs (:func:`perfmodel.planners.moe_traffic.stage2_map`), and ``tie_search`` then runs
+    :func:`perfmodel.planners.moe_ties.tie_search` until the deadline or convergence: replicas swapped or moved where no
+    layer's largest load grows and the routed traffic between layers falls.
 
     A layer whose steps prove nothing keeps the best placement found, and the
     report says "not proven optimal".  Each layer's ``gap`` is ``(plan - lower
@@ -313,7 +342,8 @@ def plan_moe(problem: MoEProblem, options: SolverOptions | None = None) -> MoEPl
     t_score = time.perf_counter()
     bl = {name: score(problem, [base[l][name] for l in range(L)]) for name in base[0]}
     reserve = 1.5 * (time.perf_counter() - t_score) / max(1, len(bl)) + 0.05
-    stage2_share = 0.25 if problem.affinity is not None else 0.0
+    tie_share = 0.1 if tie_search and problem.routing() is not None else 0.0
+    stage2_share = (0.25 if problem.affinity is not None else 0.0) + tie_share
     stage1_end = deadline - stage2_share * max(0.0, deadline - time.perf_counter()) - reserve
     todo = [l for l in range(L) if is_open(l)]
     todo.sort(key=lambda l: -relative_gap(ub[l], lb[l]))
@@ -372,7 +402,11 @@ def plan_moe(problem: MoEProblem, options: SolverOptions | None = None) -> MoEPl
             advance(1)
     stage2_status = None
     if problem.affinity is not None:
-        placements, stage2_status = stage2_map(problem, placements, options, deadline - reserve)
+        ties_from = deadline - reserve - tie_share / stage2_share * max(0.0, deadline - reserve - time.perf_counter())
+        placements, stage2_status = stage2_map(problem, placements, options, ties_from)
+    ties = None
+    if tie_search and problem.routing() is not None:
+        placements, ties = run_tie_search(problem, placements, deadline - reserve)
     gaps = [relative_gap(ub[l], lb[l]) for l in range(L)]
     proven = sum(g <= options.gap_rel + 1e-12 for g in gaps)
     improved = any(ub[l] < base_ub[l] for l in range(L))
@@ -384,7 +418,7 @@ def plan_moe(problem: MoEProblem, options: SolverOptions | None = None) -> MoEPl
         status = SolveStatus.HEURISTIC
     metrics = score(problem, placements)
     report = SolverReport(options.name.value, status, float(max(gaps)), time.perf_counter() - t0, int(proven), L,
-                          stage2_status, len(solved_status))
+                          stage2_status, len(solved_status), ties)
     return MoEPlan(tuple(placements), metrics, tuple(float(v) for v in lb), bl, report,
                    tuple(float(g) for g in gaps), tuple(method))
 

@@ -183,35 +183,46 @@ def route_topology(system: str, gpus: int, nodes: int):
     return topo, resolve_profile(load_gpu(base.gpu_name))
 
 
-def route_seconds(problem: MoEProblem, placements, topo, profile, bytes_per_token: float) -> list[dict]:
+def layer_routes(problem: MoEProblem, placements, topo, profile, bytes_per_token: float) -> list[dict]:
     """Per layer, the dispatch + combine all-to-all of ``placements`` priced from its traffic matrix
-    (:func:`perfmodel.ep_route.route_time`): ``all_to_all_s`` and the busiest-GPU bound ``all_to_all_bound_s``."""
-    from perfmodel.ep_route import layer_route_time
+    (:func:`perfmodel.ep_route.plan_traffic`, token sources by :meth:`MoEProblem.routing`;
+    :func:`perfmodel.ep_route.route_time`): ``all_to_all_s``, the busiest-GPU bound ``all_to_all_bound_s``,
+    the bytes crossing nodes and the traffic itself (``traffic``, token copies GPU to GPU)."""
+    from perfmodel.ep_route import plan_traffic, route_time
 
     out = []
-    for l, p in enumerate(placements):
-        rt = layer_route_time(p, problem.loads[l], bytes_per_token, topo, profile)
+    for t in plan_traffic(placements, problem.loads, problem.routing()):
+        rt = route_time(t * bytes_per_token, topo, profile)
         out.append({"all_to_all_s": 2 * rt.seconds, "all_to_all_bound_s": 2 * rt.bound_s,
-                    "all_to_all_cross_node_bytes": 2 * rt.inter_bytes})
+                    "all_to_all_cross_node_bytes": 2 * rt.inter_bytes, "traffic": t})
     return out
 
 
-def add_route_times(out: dict, problem: MoEProblem, placements, topo, profile, bytes_per_token: float) -> dict:
-    """Add the all-to-all seconds of the plan and of every baseline to ``plan.to_dict()``'s ``out`` (new keys only)."""
+def add_route_times(out: dict, problem: MoEProblem, placements, topo, profile, bytes_per_token: float,
+                    sources: str = "even") -> dict:
+    """Add the all-to-all seconds of the plan and of every baseline to ``plan.to_dict()``'s ``out`` (new keys
+    only); the plan's layers also get their ``loads`` (copies per expert) and ``traffic`` (token copies from
+    GPU to GPU), which ``analyze --moe-placement`` reads.  ``sources`` names the token-source model."""
+    from perfmodel.jsonout import jsonable
+
     keys = ("all_to_all_s", "all_to_all_bound_s", "all_to_all_cross_node_bytes")
 
-    def put(layers_out: list[dict], total: dict, rows: list[dict]) -> None:
+    def put(layers_out: list[dict], total: dict, rows: list[dict], keep_traffic: bool) -> None:
         for d, r in zip(layers_out, rows):
-            d.update(r)
+            d.update({k: r[k] for k in keys})
+            if keep_traffic:
+                d["traffic"] = jsonable(np.round(r["traffic"], 6))
         total.update({k: float(sum(r[k] for r in rows)) for k in keys})
 
-    put(out["layers"], out["total"], route_seconds(problem, placements, topo, profile, bytes_per_token))
+    put(out["layers"], out["total"], layer_routes(problem, placements, topo, profile, bytes_per_token), True)
+    for d, w in zip(out["layers"], problem.loads):
+        d["loads"] = jsonable(w)
     base = [mb.baselines(problem.loads[l], problem.gpus, problem.slots_per_gpu, problem.nodes)
             for l in range(problem.num_layers)]
     for name, b in out["baselines"].items():
-        put(b["layers"], b["total"], route_seconds(problem, [base[l][name] for l in range(problem.num_layers)],
-                                                   topo, profile, bytes_per_token))
+        put(b["layers"], b["total"], layer_routes(problem, [base[l][name] for l in range(problem.num_layers)],
+                                                  topo, profile, bytes_per_token), False)
     out["all_to_all"] = {"topology": topo.name, "gpus_per_node": topo.gpus_per_node, "nodes": topo.num_nodes,
-                         "bytes_per_token": bytes_per_token,
+                         "bytes_per_token": bytes_per_token, "token_sources": sources,
                          "rule": "dispatch + combine, from the GPU-to-GPU traffic matrix over the system's links"}
     return out

@@ -18,7 +18,12 @@ whole sequence; plus the SP communication per layer times the layer count
   query heads with ``u <= min(d, n_kv)`` (and ``u <= `` GPUs per node with a
   topology), ring over ``r = d / u`` with blocks ``(s/r) 2 (h_kv/u) b``, its
   members ``u`` GPUs apart.
-- Auto: per sequence and degree, the fastest of the three among those with the
+- TokenRing: ``d - 1`` steps, each sending a query block ``(s/d) h_q b`` on and the
+  previous block's outputs (``(s/d) h_q`` values and an fp32 log-sum-exp per query
+  head, :func:`perfmodel.parallel.tokenring_block_bytes`) back on the opposite
+  direction of the links at once, hidden behind the attention like Ring's; the
+  last outputs return after the attention, exposed.
+- Auto: per sequence and degree, the fastest of the four among those with the
   smallest per-GPU KV footprint (Ulysses beyond ``n_kv`` replicates KV heads,
   so at those degrees Ring or hybrid).
 
@@ -57,6 +62,7 @@ from perfmodel.costs import op_cost
 from perfmodel.layers import Precision
 from perfmodel.models import ModelSpec
 from perfmodel.ops import Attention, OpKind, Phase
+from perfmodel.parallel import tokenring_block_bytes
 from perfmodel.phases import DEFAULT_PREFILL_CHUNK_TOKENS, memory_budget, prefill_cost
 from perfmodel.planners.errors import InfeasibleError
 
@@ -65,10 +71,11 @@ class SpKind(str, enum.Enum):
     ULYSSES = "ulysses"
     RING = "ring"
     HYBRID = "hybrid"
-    AUTO = "auto"  # per sequence and degree, the fastest of the three (smallest KV footprint first)
+    TOKENRING = "tokenring"
+    AUTO = "auto"  # per sequence and degree, the fastest of the four (smallest KV footprint first)
 
 
-CONCRETE_KINDS = (SpKind.ULYSSES, SpKind.RING, SpKind.HYBRID)
+CONCRETE_KINDS = (SpKind.ULYSSES, SpKind.RING, SpKind.HYBRID, SpKind.TOKENRING)
 
 
 def _pow2_floor(n: int) -> int:
@@ -139,7 +146,7 @@ class SpCostModel:
             raise ValueError("the auto kind has no single Ulysses degree; ask for a concrete kind")
         if kind is SpKind.ULYSSES:
             return d
-        if kind is SpKind.RING:
+        if kind in (SpKind.RING, SpKind.TOKENRING):
             return 1
         u = _pow2_floor(min(d, self.model.kv_heads, self.gpus_per_node or d))
         while u > 1 and self.model.q_heads % u:
@@ -196,7 +203,12 @@ class SpCostModel:
             kv_eff = max(nkv, u)
             per_layer += self._coll_s(OpKind.ALL_TO_ALL, (s / d) * (nq + 2 * kv_eff) * hd * b, u)
             per_layer += self._coll_s(OpKind.ALL_TO_ALL, (s / d) * nq * hd * b, u)
-        if r > 1:
+        if r > 1 and kind is SpKind.TOKENRING:
+            q_b, o_b = tokenring_block_bytes(s / r, nq, hd, hd, b)
+            out = self._coll_s(OpKind.SEND_RECV, o_b, r)
+            step = np.maximum(self._coll_s(OpKind.SEND_RECV, q_b, r), out)  # both directions at once
+            per_layer += np.maximum(0.0, (r - 1) * step - self._attention_s(s) / d) + out
+        elif r > 1:
             block = (s / r) * 2 * max(1.0, nkv / u) * hd * b
             ring = (r - 1) * self._coll_s(OpKind.SEND_RECV, block, r, stride=u)
             attn = self._attention_s(s) / d
@@ -215,14 +227,15 @@ class SpCostModel:
         if kind is SpKind.AUTO:
             return self.choose(lengths, d)[1]
         s = np.asarray(lengths, dtype=np.float64)
-        rep = max(1.0, self.ulysses_degree(d, kind) / self.model.kv_heads) if kind is not SpKind.RING else 1.0
+        rep = (1.0 if kind in (SpKind.RING, SpKind.TOKENRING)
+               else max(1.0, self.ulysses_degree(d, kind) / self.model.kv_heads))
         return s * rep / d
 
     def choose(self, lengths, d: int) -> tuple[np.ndarray, np.ndarray, list[SpKind]]:
         """Per sequence at degree ``d``: (time s, KV tokens per GPU, kind) of the kind used.
 
         A concrete model uses its kind; auto takes, among the kinds with the smallest footprint,
-        the fastest (ties: Ulysses, Ring, hybrid in that order).
+        the fastest (ties: Ulysses, Ring, hybrid, TokenRing in that order).
         """
         s = np.asarray(lengths, dtype=np.float64)
         kinds = self.kinds(d)

@@ -8,6 +8,7 @@ interrupted run keeps what it has) and ``DIR/run.log``.  ``--dry-run`` runs tiny
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import os
 import sys
@@ -16,9 +17,6 @@ import traceback
 from pathlib import Path
 from typing import Optional
 
-import typer
-
-app = typer.Typer(add_completion=False, help=__doc__)
 
 #: seconds of work per timed region for copies (several back-to-back copies of a large pageable buffer)
 COPY_TARGET_S = 0.2
@@ -71,29 +69,43 @@ def driver_version() -> Optional[str]:
         return None
 
 
-@app.command()
-def main(
-    out: Path = typer.Option(..., "--out", help="folder for the records (JSONL) and the log"),
-    quick: bool = typer.Option(False, "--quick", help="fewer sizes, sized to run in a few minutes"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="tiny shapes on the CPU: checks the builders, times nothing real"),
-    sections: str = typer.Option("gemm,elementwise,memcpy,attention,layer", help="comma-separated sections"),
-    budget_s: float = typer.Option(480.0, help="stop starting new cases after this many seconds"),
-    name: str = typer.Option("", help="record file name (default: the GPU's hw name)"),
-    extra: bool = typer.Option(False, "--extra", help="measure the coverage set (validation.cases.extra_cases) instead"),
-    noncausal: bool = typer.Option(False, "--noncausal",
-                                   help="measure non-causal prefill attention (validation.cases.noncausal_cases) instead"),
-    impls: str = typer.Option("", "--impls",
-                              help="comma-separated implementations to measure (e.g. split_kv,stream_k); default all"),
-    gemm_ms: str = typer.Option("", "--gemm-ms",
-                                help="comma-separated M values for the GEMM cases (every (N, K) family of the set)"),
-    family: str = typer.Option("", "--family",
-                               help="measure only the cases whose shape family contains this text (e.g. pageable)"),
-    launch: str = typer.Option("graph", "--launch",
-                               help="graph: ops timed as CUDA-graph replays (copies: eager); eager: back-to-back "
-                                    "eager calls timed with CUDA events (what a program without graphs sees)"),
-    kernel_names: bool = typer.Option(False, "--kernel-names",
-                                      help="also record the CUDA kernels one call launches (torch.profiler)"),
-) -> None:
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m perfmodel.validation.run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, required=True, help="folder for the records (JSONL) and the log")
+    p.add_argument("--quick", action="store_true", help="fewer sizes, sized to run in a few minutes")
+    p.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU: checks the builders, times nothing real")
+    p.add_argument("--sections", default="gemm,elementwise,memcpy,attention,layer", help="comma-separated sections")
+    p.add_argument("--budget-s", type=float, default=480.0, help="stop starting new cases after this many seconds")
+    p.add_argument("--name", default="", help="record file name (default: the GPU's hw name)")
+    p.add_argument("--extra", action="store_true",
+                   help="measure the coverage set (perfmodel.validation.cases.extra_cases) instead")
+    p.add_argument("--noncausal", action="store_true",
+                   help="measure non-causal prefill attention (perfmodel.validation.cases.noncausal_cases) instead")
+    p.add_argument("--impls", default="",
+                   help="comma-separated implementations to measure (e.g. split_kv,stream_k); default all")
+    p.add_argument("--gemm-ms", default="",
+                   help="comma-separated M values for the GEMM cases (every (N, K) family of the set)")
+    p.add_argument("--family", default="",
+                   help="measure only the cases whose shape family contains this text (e.g. pageable)")
+    p.add_argument("--launch", default="graph",
+                   help="graph: ops timed as CUDA-graph replays (copies: eager); eager: back-to-back "
+                        "eager calls timed with CUDA events (what a program without graphs sees)")
+    p.add_argument("--kernel-names", action="store_true",
+                   help="also record the CUDA kernels one call launches (torch.profiler)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure every case and write records as they are measured; the exit status (0 when any was measured)."""
+    a = _parser().parse_args(argv)
+    return _measure(out=a.out, quick=a.quick, dry_run=a.dry_run, sections=a.sections, budget_s=a.budget_s,
+                    name=a.name, extra=a.extra, noncausal=a.noncausal, impls=a.impls, gemm_ms=a.gemm_ms,
+                    family=a.family, launch=a.launch, kernel_names=a.kernel_names)
+
+
+def _measure(*, out: Path, quick: bool, dry_run: bool, sections: str, budget_s: float, name: str, extra: bool,
+             noncausal: bool, impls: str, gemm_ms: str, family: str, launch: str, kernel_names: bool) -> int:
     """Measure every case and write records as they are measured."""
     if dry_run:
         os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -108,15 +120,15 @@ def main(
     console = Console(stderr=True)
     if launch not in ("graph", "eager"):
         console.print(f"error: --launch must be graph or eager, got {launch!r}")
-        raise typer.Exit(2)
+        return 2
     secs = tuple(s.strip() for s in sections.split(",") if s.strip())
     bad = [s for s in secs if s not in SECTIONS]
     if bad:
         console.print(f"error: unknown section(s) {', '.join(bad)}; known: {', '.join(SECTIONS)}")
-        raise typer.Exit(2)
+        return 2
     if not dry_run and not torch.cuda.is_available():
         console.print("error: no CUDA device; use --dry-run to check the suite on a CPU")
-        raise typer.Exit(2)
+        return 2
     device = torch.device("cpu" if dry_run else "cuda")
     meta = _meta(device)
     if dry_run:
@@ -125,7 +137,7 @@ def main(
     size = "smoke" if dry_run else ("quick" if quick else "full")
     if extra and noncausal:
         console.print("error: --extra and --noncausal are two different case sets; pick one")
-        raise typer.Exit(2)
+        return 2
     if noncausal:
         todo = [c for c in noncausal_cases(size) if c.section in secs]
     elif extra:
@@ -137,7 +149,7 @@ def main(
             todo = with_gemm_ms(todo, [int(x) for x in gemm_ms.split(",") if x.strip()])
         except ValueError as exc:
             console.print(f"error: --gemm-ms: {exc}")
-            raise typer.Exit(2)
+            return 2
     if family:
         todo = [c for c in todo if family in c.family]
     if impls:
@@ -146,7 +158,7 @@ def main(
         if not wanted <= known:
             console.print(f"error: unknown implementation(s) {', '.join(sorted(wanted - known))}; "
                           f"this case set has: {', '.join(sorted(known))}")
-            raise typer.Exit(2)
+            return 2
         todo = [c for c in todo if c.impl in wanted]
     out.mkdir(parents=True, exist_ok=True)
     fname = name or (meta["gpu_model"] or "unknown-gpu")
@@ -198,8 +210,7 @@ def main(
             prog.advance(task)
         log.write(f"done ok={n_ok} fail={n_fail} skipped={n_skip} in {time.time() - t0:.0f} s\n")
     _summary(console, per_section, n_ok, n_fail, n_skip, rec_path, time.time() - t0)
-    if n_ok == 0:
-        raise typer.Exit(1)
+    return 0 if n_ok else 1
 
 
 def _summary(console, per_section, n_ok, n_fail, n_skip, rec_path, wall_s) -> None:
@@ -215,4 +226,4 @@ def _summary(console, per_section, n_ok, n_fail, n_skip, rec_path, wall_s) -> No
 
 
 if __name__ == "__main__":
-    sys.exit(app())
+    sys.exit(main())

@@ -68,15 +68,15 @@ def moe_section() -> None:
     with st.form("moe_form"):
         c1, c2, c3 = st.columns(3)
         source = c1.radio("Loads", ("generate (Zipf)", "upload"), key="moe_source")
-        experts = c1.number_input("Experts", 2, MAX_EXPERTS, 64, key="moe_experts")
+        experts = c1.number_input("Experts", 2, MAX_EXPERTS, 32, key="moe_experts")
         layers = c1.number_input("MoE layers", 1, MAX_LAYERS, 4, key="moe_layers")
-        alpha = c2.slider("Zipf skew α", 0.0, 2.0, 1.01, 0.01, key="moe_alpha",
+        alpha = c2.slider("Zipf skew α", 0.0, 2.0, 1.2, 0.01, key="moe_alpha",
                           help="0: balanced; 1.01 estimated for DeepSeek-V3/R1; 1.2 for Qwen3-235B.")
-        top_k = c2.number_input("Experts per token (top-k)", 1, 64, 8, key="moe_top_k")
+        top_k = c2.number_input("Experts per token (top-k)", 1, 64, 4, key="moe_top_k")
         affinity = c2.checkbox("Synthetic inter-layer affinity", key="moe_affinity",
                                help="Sticky Markov routing between consecutive layers; enables the traffic stage.")
         gpus = c3.number_input("GPUs", 1, 256, 8, key="moe_gpus")
-        slots = c3.number_input("Expert slots per GPU", 1, 1024, 9, key="moe_slots",
+        slots = c3.number_input("Expert slots per GPU", 1, 1024, 5, key="moe_slots",
                                 help="GPUs x slots must cover the experts; spare slots hold replicas.")
         nodes = c3.number_input("Nodes", 1, 64, 1, key="moe_nodes")
         limit = c3.slider("Solver time limit (s)", 1, 30, 3, key="moe_time_limit")
@@ -160,8 +160,8 @@ def sp_section() -> None:
                              key="sp_model")
         gpu = c2.selectbox("GPU", gpus_all, format_func=lambda x: labels.get(x, x), key="sp_gpu",
                            index=gpus_all.index("h100-sxm-80gb") if "h100-sxm-80gb" in gpus_all else 0)
-        kind = c2.selectbox("SP kind", ("ulysses", "ring", "hybrid"), key="sp_kind")
-        gpus = c3.number_input("GPUs", 1, 1024, 8, key="sp_gpus")
+        kind = c2.selectbox("SP kind", ("ulysses", "ring", "hybrid", "tokenring"), key="sp_kind")
+        gpus = c3.number_input("GPUs", 1, 1024, 16, key="sp_gpus")
         mode = c3.radio("Mode", common.MODES, horizontal=True, key="sp_mode")
         limit = c3.slider("Solver time limit (s)", 1, 30, 3, key="sp_time_limit")
         up = uploaded("Lengths: JSON {\"lengths\": [...]} or CSV with a 'length' column", "sp_upload")

@@ -217,6 +217,9 @@ class Deployment:
 
     def _kept_tokens_fn(self, w: int) -> Callable[[int], int]:
         k = self.knobs
+        if k is not None and k.keep_schedule:  # the layer-mean of the schedule's kept tokens, rounded up
+            n_layers = self.kv_model.num_layers
+            return lambda t: int(math.ceil(min(float(k.kept_tokens(t, n_layers)), w if w > 0 else math.inf)))
         ratio = 1.0 if k is None else float(k.kv_keep_ratio)
         budget = None if k is None or k.kv_budget_tokens is None else int(k.kv_budget_tokens)
         if ratio >= 1 and budget is None:
@@ -326,6 +329,9 @@ def replica_memory(dep: Deployment) -> ReplicaMemory:
     start (``prefix_blocks``, not counted in ``capacity_blocks``).
     """
     m, prec, k = dep.kv_model, dep.kv_precision, dep.knobs
+    if m.ssm is not None:
+        raise InvalidInputError(f"{m.name} is a state-space stack with no KV cache: the simulator counts memory in "
+                                "KV blocks and does not simulate it (analyze and sweep price it)")
     # where the KV lives (tiers, pool) is all the budget needs here: the model and precision already carry
     # the other knobs, and the shared prefix is taken in blocks below
     where = None if k is None or not (k.kv_tiers or k.offload) else Knobs(kv_tiers=k.kv_tiers, offload=k.offload)

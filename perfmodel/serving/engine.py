@@ -8,7 +8,15 @@ An engine file gives, with a source for every figure (``kind``: measured, publis
     Whether that host time runs under the GPU's work (an overlap scheduler: the step takes
     ``max(gpu, host)``) or between steps (``gpu + host``).
 ``request_overhead_s``
-    Host time per request admitted (tokenization, request setup), added to the step that admits it.
+    Host time per request admitted (request setup in the scheduler), added to the step that admits it.
+``frontend_s``
+    The front end's time per request (HTTP and API handling, tokenization, the request reaching the
+    scheduler, the detokenized stream going back).  The front end serves one request at a time: a
+    request sent at ``t`` reaches the scheduler at ``max(t, front end free) + frontend_s``.  TTFT and
+    end-to-end latency count from ``t``, so they pay it, and a burst of requests queues behind it.
+``frontend_blocks_engine``
+    The front end runs in the engine's process and event loop (vLLM's OpenAI server before its
+    front end moved to a process of its own): no step starts while the front end has requests in hand.
 ``prefill_step_extra_s``
     Extra host time of a step that runs prefill (its metadata is rebuilt; the first step of a request).
 ``cuda_graphs``, ``cuda_graph_max_batch``, ``eager_launch_s_per_layer``
@@ -29,13 +37,13 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import yaml
 
 from perfmodel.errors import InvalidInputError
+from perfmodel.hw.loader import DATA_DIR
 
-ENGINE_DIR = Path(__file__).resolve().parents[2] / "hw" / "data" / "engines"
+ENGINE_DIR = DATA_DIR / "engines"
 SOURCE_KINDS = ("measured", "published", "assumed")
 
 
@@ -44,9 +52,10 @@ class ChunkedPrefill(str, enum.Enum):
     PREFILL_FIRST = "prefill-first"
 
 
-_FLOAT_FIELDS = ("step_overhead_s", "request_overhead_s", "prefill_step_extra_s", "eager_launch_s_per_layer")
+_FLOAT_FIELDS = ("step_overhead_s", "request_overhead_s", "prefill_step_extra_s", "eager_launch_s_per_layer",
+                 "frontend_s")
 _INT_FIELDS = ("cuda_graph_max_batch", "max_num_batched_tokens", "max_num_seqs")
-_BOOL_FIELDS = ("overlap_host", "cuda_graphs")
+_BOOL_FIELDS = ("overlap_host", "cuda_graphs", "frontend_blocks_engine")
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,8 @@ class Engine:
     step_overhead_s: float = 0.0
     overlap_host: bool = False
     request_overhead_s: float = 0.0
+    frontend_s: float = 0.0
+    frontend_blocks_engine: bool = False
     prefill_step_extra_s: float = 0.0
     cuda_graphs: bool = True
     cuda_graph_max_batch: int = 512

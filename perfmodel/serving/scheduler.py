@@ -98,7 +98,7 @@ class Replica:
         self._swap_cache: dict[int, tuple[float, float]] = {}
         self._kept = dep.kept_tokens_fn()
         knobs = dep.knobs
-        self._prune = knobs.kept_tokens if knobs is not None and knobs.prune_prefill else None
+        self._prune = knobs.prefill_tokens if knobs is not None and knobs.prune_prefill else None
         self.prefix = mem.prefix_tokens
         self.prefix_owner = -1  # the request that prefills the prefix; -2 once it is cached
         self.pre_held = 0  # prompt tokens prefilled by requests still prefilling (their KV is held)

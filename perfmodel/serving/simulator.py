@@ -98,6 +98,13 @@ def _run(replicas: list[Replica], table: RequestTable, router: Router, progress:
     tick = 0
     # closed loop: the times at which a client slot is free (one entry per free slot)
     slots: list[float] | None = None if max_concurrency is None else [0.0] * min(max_concurrency, n)
+    # the engine's front end: one request at a time per replica; a request reaches the scheduler when
+    # its front end has handled it (``ready``: (time, request, replica))
+    engine = replicas[0].dep.engine
+    frontend_s = engine.frontend_s if engine is not None else 0.0
+    blocks = frontend_s > 0.0 and engine.frontend_blocks_engine
+    frontend_free = [0.0] * len(replicas)
+    ready: list[tuple[float, int, int]] = []
     while True:
         if ai >= n:
             t_arr = inf
@@ -105,10 +112,11 @@ def _run(replicas: list[Replica], table: RequestTable, router: Router, progress:
             t_arr = arrival[ai]
         else:
             t_arr = max(arrival[ai], slots[0]) if slots else inf
+        t_ready = ready[0][0] if ready else inf
         t_rep = busy[0][0] if busy else inf
-        if t_arr == inf and t_rep == inf:
+        if t_arr == inf and t_rep == inf and t_ready == inf:
             break
-        if t_arr <= t_rep:
+        if t_arr <= t_rep and t_arr <= t_ready:
             if router is Router.ROUND_ROBIN:
                 rep = replicas[rr]
                 rr = (rr + 1) % len(replicas)
@@ -117,13 +125,24 @@ def _run(replicas: list[Replica], table: RequestTable, router: Router, progress:
             if slots is not None:
                 heapq.heappop(slots)
                 arrival[ai] = t_arr  # sent now: its latencies count from here
-            rep.add(ai)
+            if frontend_s > 0.0:
+                t_in = max(t_arr, frontend_free[rep.index]) + frontend_s
+                frontend_free[rep.index] = t_in
+                rep.outstanding += 1  # the router sees it at once
+                heapq.heappush(ready, (t_in, ai, rep.index))
+            else:
+                _admit(rep, ai, t_arr, busy)
             ai += 1
-            if not rep.busy:
-                rep.busy = True
-                heapq.heappush(busy, (t_arr, rep.index))
+            continue
+        if t_ready <= t_rep:
+            t_in, i, k = heapq.heappop(ready)
+            replicas[k].outstanding -= 1
+            _admit(replicas[k], i, t_in, busy)
             continue
         t, k = heapq.heappop(busy)
+        if blocks and frontend_free[k] > t:  # the front end holds the engine's loop: the step waits
+            heapq.heappush(busy, (frontend_free[k], k))
+            continue
         rep = replicas[k]
         done = table.completed
         dur = rep.step(t)
@@ -141,6 +160,14 @@ def _run(replicas: list[Replica], table: RequestTable, router: Router, progress:
         progress(table.completed, n)
     if table.completed != n:  # pragma: no cover - a scheduler bug, never bad input
         raise RuntimeError(f"simulation ended with {n - table.completed} of {n} requests unfinished")
+
+
+def _admit(rep: Replica, i: int, t: float, busy: list) -> None:
+    """Request ``i`` reaches ``rep``'s scheduler at ``t``; an idle replica starts a step then."""
+    rep.add(i)
+    if not rep.busy:
+        rep.busy = True
+        heapq.heappush(busy, (t, rep.index))
 
 
 def _load(rep: Replica) -> int:

@@ -120,13 +120,29 @@ def test_moe_planner_beats_or_matches_every_baseline():
     assert at.get("vega_lite_chart") or at.get("arrow_vega_lite_chart")
 
 
+def _plan_ratio(at) -> float:
+    """The 'plan is X×' of the best-baseline metric."""
+    delta = next(m for m in at.metric if m.label.startswith("Best")).proto.delta
+    return float(delta.split("plan is ")[1].rstrip("×"))
+
+
+@planners_landed
+def test_planner_defaults_are_cases_where_planning_pays():
+    at = open_page("planners")
+    ok(at)
+    assert _plan_ratio(at) < 0.995  # the MoE plan's max GPU load below the best baseline's
+    at.radio(key="planner").set_value("SP split").run()
+    ok(at)
+    assert _plan_ratio(at) < 0.95  # the SP makespan below the best static degree's
+
+
 @planners_landed
 def test_moe_infeasible_slots_show_numbers():
     at = open_page("planners")
     at.number_input(key="moe_slots").set_value(2)
     at.button[0].click().run()
     assert not at.exception
-    assert "64 experts do not fit: 8 GPUs x 2 slots = 16 slots" in at.error[0].value
+    assert "32 experts do not fit: 8 GPUs x 2 slots = 16 slots" in at.error[0].value
 
 
 @planners_landed

@@ -12,7 +12,7 @@ os.environ["TRITON_INTERPRET"] = "1"
 import pytest
 import torch
 
-from perfmodel import kernels
+from perfmodel import kernels  # noqa: F401  (imports the kernels first)
 import perfmodel.kernels.matmul  # noqa: F401
 
 #: Relative-norm error bounds against float64 references, by operand dtype.

@@ -194,8 +194,8 @@ def test_unmodelled_quantization_refused():
 
 
 def test_known_but_unmodelled_model_type_refused():
-    with pytest.raises(ModelConfigError, match="model_type 'mamba' is not modelled"):
-        spec_from_config({"model_type": "mamba", "hidden_size": 768, "num_hidden_layers": 24}, "x")
+    with pytest.raises(ModelConfigError, match="model_type 'rwkv' is not modelled"):
+        spec_from_config({"model_type": "rwkv", "hidden_size": 768, "num_hidden_layers": 24}, "x")
 
 
 def test_unknown_model_type_llama_like_falls_back():
@@ -205,7 +205,7 @@ def test_unknown_model_type_llama_like_falls_back():
 
 @pytest.mark.parametrize("cfg,match", [
     ({"model_type": "brand_new_arch", "d_model": 512, "n_blocks": 8}, "unknown architecture model_type 'brand_new_arch'"),
-    ({"model_type": "mamba", "hidden_size": 768, "num_hidden_layers": 24}, "model_type 'mamba' is not modelled"),
+    ({"model_type": "rwkv", "hidden_size": 768, "num_hidden_layers": 24}, "model_type 'rwkv' is not modelled"),
 ])
 def test_unknown_architecture_refused_by_cli_in_one_line(tmp_path, cfg, match):
     path = tmp_path / "config.json"

@@ -10,7 +10,7 @@ import pytest
 from perfmodel.errors import InvalidInputError
 from perfmodel.serving import Deployment, LengthDist, Requests, read_trace, simulate
 from perfmodel.serving.engine import Engine, engine_names, load_engine
-from perfmodel.serving.published import compare, load_runs, markdown_table
+from perfmodel.serving.published import compare, load_runs, markdown_table, summary_line, without_front_end_line
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "serving.md"
 
@@ -92,7 +92,7 @@ def test_engine_overhead_adds_to_each_decode_step():
     old = simulate(Deployment.make("llama-3-8b", "h100-sxm-80gb", engine="vllm-0.5"), reqs)
     assert old.tpot_s[0] == pytest.approx(base.tpot_s[0] + 4e-3, rel=1e-6)
     dep = Deployment.make("llama-3-8b", "h100-sxm-80gb", engine="sglang")
-    assert dep.token_budget == 8192 and dep.reserve_fraction == pytest.approx(0.12)
+    assert dep.token_budget == 8192 and dep.reserve_fraction == pytest.approx(0.17)
 
 
 def test_prefill_first_stalls_the_decoders():
@@ -116,7 +116,10 @@ def test_published_table_in_the_doc_is_current():
     assert len({r["gpu"] for r in runs}) >= 2 and len({r["model"] for r in runs}) >= 2
     for run in runs:
         assert run["url"].startswith("https://") and len(run["input_lens"]) == len(run["output_lens"])
-    assert markdown_table(rows) in DOC.read_text(), "regenerate the table: python -m perfmodel.serving.published"
+    doc = DOC.read_text()
+    assert len(runs) >= 10 and len(rows) == sum(len(r["published"]) for r in runs)
+    assert markdown_table(rows) in doc, "regenerate the table: python -m perfmodel.serving.published"
+    assert summary_line(rows) in doc and without_front_end_line() in doc
     m = re.search(r"median \|error\| on measured profiles: TTFT (\d+) %, TPOT (\d+) %, output throughput (\d+) %",
                   DOC.read_text())
     assert m is not None
@@ -137,3 +140,34 @@ def test_cli_engine_style_flags(capsys):
     assert out["median_tpot_ms"] > 0 and out["output_throughput"] > 0 and "ttft_s" in out
     assert main(["simulate", "--engine", "nope"]) == 1
     assert "unknown engine" in capsys.readouterr().err
+
+
+def test_front_end_cost_reaches_ttft_and_e2e():
+    from dataclasses import replace
+
+    reqs = Requests.of([0.0], [512], [33])
+    eng = Engine("x", step_overhead_s=1e-3)
+    base = simulate(Deployment.make("llama-3-8b", "h100-sxm-80gb", engine=eng), reqs)
+    fe = simulate(Deployment.make("llama-3-8b", "h100-sxm-80gb", engine=replace(eng, frontend_s=5e-3)), reqs)
+    # one request: the front end delays it by its cost, and the GPU work is unchanged
+    assert fe.ttft_s[0] == pytest.approx(base.ttft_s[0] + 5e-3, rel=1e-9)
+    assert fe.e2e_s[0] == pytest.approx(base.e2e_s[0] + 5e-3, rel=1e-9)
+    assert fe.tpot_s[0] == pytest.approx(base.tpot_s[0], rel=1e-9)
+    with pytest.raises(InvalidInputError, match="frontend_s"):
+        Engine("bad", frontend_s=-1e-3)
+
+
+def test_front_end_serves_a_burst_one_request_at_a_time():
+    from dataclasses import replace
+
+    n, f = 8, 4e-3
+    reqs = Requests.of(np.zeros(n), [64] * n, [4] * n)
+    eng = Engine("x", frontend_s=f)
+    apart = simulate(Deployment.make("llama-3-8b", "h100-sxm-80gb", engine=eng), reqs)
+    held = simulate(Deployment.make("llama-3-8b", "h100-sxm-80gb",
+                                    engine=replace(eng, frontend_blocks_engine=True)), reqs)
+    # request k reaches the scheduler after k + 1 front-end slots, so none has its first token earlier
+    assert (apart.first_token_s >= f * np.arange(1, n + 1) - 1e-12).all()
+    assert apart.ttft_s[0] < n * f  # the first starts while the front end handles the rest
+    # a front end in the engine's loop holds every step until the whole burst is in: all wait n slots
+    assert (held.ttft_s > n * f).all() and held.ttft_s.mean() > apart.ttft_s.mean()

@@ -1,5 +1,7 @@
 """Shared helpers of the validation tests."""
 
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
 
@@ -27,3 +29,24 @@ def synthetic_records():
                  "date": "2026-11-22"} for c, x in zip(cs, t)]
 
     return make
+
+@dataclass(frozen=True)
+class CliResult:
+    exit_code: int
+    output: str
+
+
+@pytest.fixture
+def invoke(capsys):
+    """Run an argparse ``main(argv) -> int`` in-process: its exit status and what it printed (both streams)."""
+
+    def run(main, argv: list[str]) -> CliResult:
+        capsys.readouterr()
+        try:
+            code = main(argv)
+        except SystemExit as exc:  # argparse's own errors
+            code = exc.code if isinstance(exc.code, int) else 1
+        out = capsys.readouterr()
+        return CliResult(int(code or 0), out.out + out.err)
+
+    return run

@@ -113,15 +113,13 @@ def test_fit_recovers_the_grouped_class_from_synthetic_records(synthetic_records
     assert p.latency_s == pytest.approx(6e-6, rel=0.05)
 
 
-def test_dry_run_measures_the_grouped_section(tmp_path, monkeypatch):
+def test_dry_run_measures_the_grouped_section(tmp_path, monkeypatch, invoke):
     pytest.importorskip("torch")
-    from typer.testing import CliRunner
-
     from perfmodel.validation.records import check_record
-    from perfmodel.validation.run import app
+    from perfmodel.validation.run import main
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    res = CliRunner().invoke(app, ["--out", str(tmp_path), "--dry-run", "--sections", "grouped_gemm", "--name", "dry"])
+    res = invoke(main, ["--out", str(tmp_path), "--dry-run", "--sections", "grouped_gemm", "--name", "dry"])
     assert res.exit_code == 0, res.output
     recs = [json.loads(line) for line in (tmp_path / "dry.jsonl").read_text().splitlines()]
     assert len(recs) == len(grouped_gemm_cases("smoke"))

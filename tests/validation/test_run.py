@@ -42,14 +42,12 @@ def test_layer_matches_a_plain_reference():
     assert torch.allclose(out, ref, atol=1e-4, rtol=1e-4)
 
 
-def test_dry_run_records_are_valid_and_marked(tmp_path, monkeypatch):
-    from typer.testing import CliRunner
-
+def test_dry_run_records_are_valid_and_marked(tmp_path, monkeypatch, invoke):
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # what --dry-run sets; restored after the test
 
-    from perfmodel.validation.run import app
+    from perfmodel.validation.run import main
 
-    res = CliRunner().invoke(app, ["--out", str(tmp_path), "--dry-run", "--sections", "gemm,memcpy",
+    res = invoke(main, ["--out", str(tmp_path), "--dry-run", "--sections", "gemm,memcpy",
                                    "--name", "dry"])
     assert res.exit_code == 0, res.output
     recs = [json.loads(line) for line in (tmp_path / "dry.jsonl").read_text().splitlines()]
@@ -57,7 +55,7 @@ def test_dry_run_records_are_valid_and_marked(tmp_path, monkeypatch):
     for r in recs:
         check_record(r, "dry")
         assert r["dry_run"] is True and r["gpu_model"] is None
-    bad = CliRunner().invoke(app, ["--out", str(tmp_path), "--dry-run", "--sections", "warp"])
+    bad = invoke(main, ["--out", str(tmp_path), "--dry-run", "--sections", "warp"])
     assert bad.exit_code == 2 and "unknown section" in bad.output
 
 
@@ -84,12 +82,10 @@ def test_attention_builders_honour_the_causal_flag():
         assert built.fns[0].__defaults__[-1] is want, case
 
 
-def test_noncausal_cli_refuses_two_case_sets(tmp_path):
-    from typer.testing import CliRunner
+def test_noncausal_cli_refuses_two_case_sets(tmp_path, invoke):
+    from perfmodel.validation.run import main
 
-    from perfmodel.validation.run import app
-
-    bad = CliRunner().invoke(app, ["--out", str(tmp_path), "--dry-run", "--extra", "--noncausal"])
+    bad = invoke(main, ["--out", str(tmp_path), "--dry-run", "--extra", "--noncausal"])
     assert bad.exit_code == 2 and "pick one" in bad.output
 
 
@@ -101,25 +97,21 @@ def test_device_script_parses():
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
 
 
-def test_impls_filter_measures_only_the_named_implementations(tmp_path, monkeypatch):
-    from typer.testing import CliRunner
-
+def test_impls_filter_measures_only_the_named_implementations(tmp_path, monkeypatch, invoke):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    from perfmodel.validation.run import app
+    from perfmodel.validation.run import main
 
-    res = CliRunner().invoke(app, ["--out", str(tmp_path), "--dry-run", "--sections", "attention",
+    res = invoke(main, ["--out", str(tmp_path), "--dry-run", "--sections", "attention",
                                    "--impls", "stream_k", "--name", "sk"])
     assert res.exit_code == 0, res.output
     recs = [json.loads(line) for line in (tmp_path / "sk.jsonl").read_text().splitlines()]
     want = [c for c in cases("smoke", ("attention",)) if c.impl == "stream_k"]
     assert recs and len(recs) == len(want) and {r["impl"] for r in recs} == {"stream_k"}
-    bad = CliRunner().invoke(app, ["--out", str(tmp_path), "--dry-run", "--impls", "warp_drive"])
+    bad = invoke(main, ["--out", str(tmp_path), "--dry-run", "--impls", "warp_drive"])
     assert bad.exit_code == 2 and "unknown implementation" in bad.output
 
 
-def test_gemm_ms_replaces_the_m_values_of_every_gemm_family(tmp_path, monkeypatch):
-    from typer.testing import CliRunner
-
+def test_gemm_ms_replaces_the_m_values_of_every_gemm_family(tmp_path, monkeypatch, invoke):
     from perfmodel.validation.cases import with_gemm_ms
 
     base = cases("smoke", ("gemm", "memcpy"))
@@ -134,15 +126,15 @@ def test_gemm_ms_replaces_the_m_values_of_every_gemm_family(tmp_path, monkeypatc
         with_gemm_ms(base, [0, 4])
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    from perfmodel.validation.run import app
+    from perfmodel.validation.run import main
 
-    res = CliRunner().invoke(app, ["--out", str(tmp_path), "--dry-run", "--sections", "gemm", "--gemm-ms", "2,9",
+    res = invoke(main, ["--out", str(tmp_path), "--dry-run", "--sections", "gemm", "--gemm-ms", "2,9",
                                    "--kernel-names", "--name", "g"])
     assert res.exit_code == 0, res.output
     recs = [json.loads(line) for line in (tmp_path / "g.jsonl").read_text().splitlines()]
     assert sorted(r["m"] for r in recs) == sorted([2, 9] * len(fams))
     assert all(r["kernels"] == [] for r in recs)  # no CUDA kernels on a CPU
-    bad = CliRunner().invoke(app, ["--out", str(tmp_path), "--dry-run", "--sections", "gemm", "--gemm-ms", "0"])
+    bad = invoke(main, ["--out", str(tmp_path), "--dry-run", "--sections", "gemm", "--gemm-ms", "0"])
     assert bad.exit_code == 2 and "--gemm-ms" in bad.output
 
 
