@@ -12,6 +12,7 @@ Public API (each wrapper checks its inputs and raises a ValueError naming the ar
 The attention kernels take head sizes 16 to 256, a value head of its own size, and (decode) an
 fp8 e4m3 KV cache with float32 scales.
 * :func:`gather_kv_blocks`, :func:`scatter_kv_blocks` -- KV block moves for swapping
+* :func:`rope_qkv_cache` -- RoPE on the new queries and keys with the KV append, in one kernel
 
 Each kernel module also exposes ``flops(op)`` and ``bytes_moved(op)`` for op descriptors of the
 analytical core's schema; plain PyTorch references live in :mod:`perfmodel.kernels.reference`.
@@ -24,6 +25,7 @@ from .attention_decode_paged import attention_decode_paged
 from .attention_prefill import attention_prefill
 from .kv_blocks import gather_kv_blocks, scatter_kv_blocks
 from .matmul import matmul
+from .rope import rope_qkv_cache
 
 __all__ = [
     "DecodeConfig",
@@ -35,5 +37,6 @@ __all__ = [
     "attention_prefill",
     "gather_kv_blocks",
     "matmul",
+    "rope_qkv_cache",
     "scatter_kv_blocks",
 ]

@@ -17,7 +17,7 @@ import numpy as np
 from perfmodel.hw.spec import GPU, Dtype
 from perfmodel import decode_schedule as ds
 from perfmodel.calibration import ClassParams, SplitRule
-from perfmodel.ops import Attention, Phase
+from perfmodel.ops import Attention, AttentionImpl, Phase
 
 
 def flash_splits(units, n_blocks, slots: int, max_splits: int = 128):
@@ -97,11 +97,30 @@ def flash_block_n(head_dim):
     return np.where(d <= 64, 256.0, np.where(d <= 128, 128.0, 64.0))
 
 
-def prefill_schedule_s(op: Attention, gpu: GPU, p: ClassParams, splits, math_peak_flops_per_s: float):
+def _pow2_at_least_64(d):
+    d = np.asarray(d, dtype=np.float64)
+    return np.maximum(64.0, 2.0 ** np.ceil(np.log2(np.maximum(d, 1.0))))
+
+
+def math_head_dims(op: Attention, impl: AttentionImpl | None = None):
+    """``(query/key, value)`` head sizes an attention kernel computes with: the op's own, except under
+    PyTorch's default SDPA (cuDNN on Hopper), whose fused kernels come in head-size tiers and pad a head to
+    the next one (64, 128, 256; a head_dim 96 prefill ran the same ``..._64x128x128_...`` cuDNN kernel as a
+    head_dim 128 one on an H100, ``docs/calibration.md``).  ``impl``: the kernel that runs (default the op's)."""
+    d = np.asarray(op.head_dim, dtype=np.float64)
+    dv = np.asarray(op.v_head_dim or op.head_dim, dtype=np.float64)
+    if (impl or op.impl) is AttentionImpl.SDPA:
+        return _pow2_at_least_64(d), _pow2_at_least_64(dv)
+    return d, dv
+
+
+def prefill_schedule_s(op: Attention, gpu: GPU, p: ClassParams, splits, math_peak_flops_per_s: float,
+                       impl: AttentionImpl | None = None):
     """Compute time of prefill attention as (sequence, head, query tile) programs over the SMs.
 
     Each program (a ``tile_m``-row query tile, 128 if unset) loops over its keys: it costs
-    ``unit_overhead_s + tile_m * (4 * head_dim + score_flops) * keys / (unit_compute_eff * peak / SMs)``
+    ``unit_overhead_s + tile_m * (2 * (head_dim + v_head_dim) + score_flops) * keys / (unit_compute_eff * peak / SMs)``
+    (the head sizes the kernel computes with, :func:`math_head_dims`)
     (``score_flops``: the softmax work of one score, which does not shrink with the head).  With
     a causal mask the tile ``t`` of ``T`` sees ``kv - q + (t + 1) * tile_m`` keys, so the last
     tiles do most of the work.  ``units_per_sm * SMs`` programs run at once (flash-attention 2
@@ -109,7 +128,8 @@ def prefill_schedule_s(op: Attention, gpu: GPU, p: ClassParams, splits, math_pea
     at least the longest program and at least the mean load of a slot plus ``wave_quant`` of a
     mean program (the tail of list scheduling); without a causal mask the programs are equal, so
     that tail is at most the idle part of the last wave (``ceil(x) - x`` programs for ``x``
-    programs per slot).  KV splits divide each program's keys.
+    programs per slot).  KV splits divide each program's keys.  ``impl``: the kernel that runs (the
+    op's when ``None``).
     """
     bm = float(p.tile_m or 128)
     q = np.asarray(op.q_len, dtype=np.float64)
@@ -125,14 +145,15 @@ def prefill_schedule_s(op: Attention, gpu: GPU, p: ClassParams, splits, math_pea
     # programs sharing an SM split its math; fewer programs than slots each run faster
     per_sm = max(p.units_per_sm, 1.0)
     rate = rate * per_sm / np.clip(units / gpu.sm_count, 1.0, per_sm)
-    per_key_s = bm * (4.0 * np.asarray(op.head_dim, dtype=np.float64) + p.score_flops) / rate
+    d, dv = math_head_dims(op, impl)
+    per_key_s = bm * (2.0 * (d + dv) + p.score_flops) / rate
     t_mean = p.unit_overhead_s + mean_keys * per_key_s
     t_max = p.unit_overhead_s + max_keys * per_key_s
     if p.unit_share > 0:
         # the longest program speeds up once the shorter ones on its SM finish, up to a share
         # ``unit_share`` of the SM's math rate (``per_sm`` programs at the base rate fill it)
         sm_rate = p.unit_compute_eff * math_peak_flops_per_s / gpu.sm_count * per_sm
-        key_flops = bm * (4.0 * np.asarray(op.head_dim, dtype=np.float64) + p.score_flops)
+        key_flops = bm * (2.0 * (d + dv) + p.score_flops)
         t_max = np.minimum(t_max, p.unit_overhead_s + max_keys * key_flops / (p.unit_share * sm_rate))
     slots = max(p.units_per_sm, 1.0) * gpu.sm_count
     tail = p.wave_quant

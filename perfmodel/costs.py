@@ -398,7 +398,8 @@ def _attention_cost(op: Attention, gpu: GPU, prof: Profile) -> OpCost:
                 floor = unit_waves_s(units * splits, by, gpu.sm_count, gpu.hbm_bytes_per_s, p, n_blocks / splits)
     if scheduled:
         fl_eff = 0.0
-        extra = prefill_schedule_s(op, gpu, p, np.asarray(splits, dtype=np.float64), gpu.flops_for(math_dtype))
+        extra = prefill_schedule_s(op, gpu, p, np.asarray(splits, dtype=np.float64), gpu.flops_for(math_dtype),
+                                   op.impl or prof.attention_impl)
     return _roofline(fl, by, gpu.flops_for(math_dtype), gpu.hbm_bytes_per_s, p, Bound.HBM_BANDWIDTH,
                      fl_eff, extra, floor, split_lat, eff)
 

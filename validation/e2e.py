@@ -61,7 +61,7 @@ RECORD_KEYS = (
     "model", "config", "layers_run", "layers_total", "phase", "batch", "context", "chunk_tokens", "status",
     "skip_reason", "measured_s", "times_s", "method", "launch", "warmup_calls", "timed_calls", "attention_kernels",
     "moe_path", "moe_note", "gpu", "gpu_model", "hw", "driver", "torch", "triton", "cuda", "date", "predicted_s",
-    "prediction", "error", "gpu_state", "dry_run",
+    "prediction", "error", "gpu_state", "dry_run", "rope",
 )
 
 
@@ -358,6 +358,9 @@ def _run_parser() -> argparse.ArgumentParser:
                    help="drop prefill rows predicted slower than this a call")
     p.add_argument("--moe-path", choices=("auto", "grouped", "loop"), default="auto",
                    help="MoE experts: grouped GEMMs where they run (auto), only grouped, or one GEMM pair per expert")
+    p.add_argument("--rope", choices=("fused", "torch"), default="fused",
+                   help="RoPE and the KV append: one fused kernel per layer as engines run them (fused), or "
+                        "PyTorch elementwise calls (torch)")
     return p
 
 

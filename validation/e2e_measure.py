@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import gc
+import os
 import statistics
 import subprocess
 import time
@@ -171,6 +172,8 @@ def run(a, models: list[str], size: str, console) -> int:
     from perfmodel.validation.e2e import RECORD_KEYS
 
     dry = a.dry_run
+    if dry:  # the fused RoPE kernel through Triton's interpreter
+        os.environ.setdefault("TRITON_INTERPRET", "1")
     if not dry and not torch.cuda.is_available():
         console.print("error: no CUDA device; use --dry-run to check the path on a CPU, or --plan")
         return 2
@@ -192,7 +195,7 @@ def run(a, models: list[str], size: str, console) -> int:
     rec_path = a.out / f"e2e_{m['gpu_model'] or ('cpu' if dry else 'unknown-gpu')}.jsonl"
     log_path = a.out / "e2e.log"
     state = GpuState(device)
-    base = {**_empty(RECORD_KEYS), **m, "hw": gpu, "dry_run": dry, "status": "ok"}
+    base = {**_empty(RECORD_KEYS), **m, "hw": gpu, "dry_run": dry, "status": "ok", "rope": a.rope}
     t0 = time.time()
     done: list[dict] = []
     n_skip = 0
@@ -206,7 +209,7 @@ def run(a, models: list[str], size: str, console) -> int:
             if runnable and time.time() - t0 <= a.budget_s:
                 try:
                     tb = time.time()
-                    model = E2EModel(mp.spec, device, moe_path=a.moe_path)
+                    model = E2EModel(mp.spec, device, moe_path=a.moe_path, rope=a.rope)
                     _sync(device)
                     model_meta = {"moe_path": model.moe_path or None, "moe_note": model.moe_note or None}
                     console.print(f"{mp.spec.name}: built {mp.spec.num_layers} layers in {time.time() - tb:.1f} s"

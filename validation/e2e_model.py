@@ -2,8 +2,10 @@
 
 The runner of :mod:`perfmodel.validation.e2e` times it.  It is the forward pass that
 ``perfmodel.layers.model_ops`` prices, as serving engines run it: embedding; per layer RMSNorm,
-one fused QKV GEMM (with the q/k/v bias where the spec has one), RoPE (rotate-half on q and k),
-KV append into a preallocated cache ``[B, Hkv, max_len, D]``, attention through
+one fused QKV GEMM (with the q/k/v bias where the spec has one), RoPE (rotate-half on q and k) and
+the KV append into a preallocated cache ``[B, Hkv, max_len, D]`` in one kernel
+(:func:`perfmodel.kernels.rope_qkv_cache`, as engines fuse them; ``rope="torch"``: a dozen
+elementwise PyTorch calls instead), attention through
 ``F.scaled_dot_product_attention`` with PyTorch's default backend choice, O projection +
 residual, RMSNorm, fused gate/up GEMM, SiLU*mul, down GEMM + residual (or the MoE block);
 final norm and LM head on the last position only.  Weights are bf16, drawn from a normal
@@ -24,6 +26,8 @@ from perfmodel.validation.layer import rmsnorm, silu_mul
 
 #: RoPE base; the time does not depend on it
 ROPE_THETA = 10_000.0
+#: how RoPE and the KV append run (:class:`E2EModel`'s ``rope``)
+ROPE_PATHS = ("fused", "torch")
 
 
 class UnsupportedModel(ValueError):
@@ -75,10 +79,22 @@ class E2EModel:
     device : torch.device
     moe_path : str
         ``auto`` (grouped GEMMs where they run, else the per-expert loop), ``grouped`` or ``loop``.
+    rope : str
+        ``fused`` (RoPE and the KV append in one kernel, as engines run them) or ``torch``.
     """
 
-    def __init__(self, spec: ModelSpec, device, dtype=torch.bfloat16, seed: int = 0, moe_path: str = "auto") -> None:
+    def __init__(self, spec: ModelSpec, device, dtype=torch.bfloat16, seed: int = 0, moe_path: str = "auto",
+                 rope: str = "fused") -> None:
         check_supported(spec)
+        if rope not in ROPE_PATHS:
+            raise ValueError(f"rope must be one of {', '.join(ROPE_PATHS)}, got {rope!r}")
+        #: ``fused``: RoPE and the KV append in one Triton kernel; ``torch``: PyTorch elementwise calls
+        self.rope = rope
+        self._rope_kernel = None
+        if rope == "fused":
+            from perfmodel.kernels import rope_qkv_cache
+
+            self._rope_kernel = rope_qkv_cache
         self.spec, self.device, self.dtype = spec, torch.device(device), dtype
         gen = torch.Generator(device=self.device).manual_seed(seed)
         s = spec
@@ -165,7 +181,9 @@ class E2EModel:
         inv = 1.0 / (ROPE_THETA ** (torch.arange(0, d, 2, device=self.device, dtype=torch.float32) / d))
         ang = torch.outer(torch.arange(max_len, device=self.device, dtype=torch.float32), inv)
         ang = torch.cat((ang, ang), dim=-1)
-        self._cos, self._sin = ang.cos().to(self.dtype), ang.sin().to(self.dtype)
+        # the fused kernel reads float32 tables; the PyTorch path multiplies in the model's dtype
+        tab_dtype = torch.float32 if self.rope == "fused" else self.dtype
+        self._cos, self._sin = ang.cos().to(tab_dtype).contiguous(), ang.sin().to(tab_dtype).contiguous()
 
     # ------------------------------------------------------------------ forward
     def forward(self, ids: torch.Tensor, cache, pos: int, kv_len: int, hidden: torch.Tensor | None = None,
@@ -183,6 +201,7 @@ class E2EModel:
         self.ensure_rope(pos + n)
         cos = self._cos[pos:pos + n].view(1, n, 1, d)
         sin = self._sin[pos:pos + n].view(1, n, 1, d)
+        fused = self._rope_kernel is not None
         gqa = hq != hkv
         prefill = pos == 0 and n > 1
         x = F.embedding(ids, self.embed).view(b * n, h) if hidden is None else hidden
@@ -190,12 +209,16 @@ class E2EModel:
             hn = rmsnorm(x, lay["n1"])
             qkv = torch.addmm(lay["b_qkv"], hn, lay["w_qkv"]) if "b_qkv" in lay else hn @ lay["w_qkv"]
             t = qkv.view(b, n, hq + 2 * hkv, d)
-            q = _rope(t[:, :, :hq], cos, sin).transpose(1, 2)
-            k = _rope(t[:, :, hq:hq + hkv], cos, sin).transpose(1, 2)
-            v = t[:, :, hq + hkv:].transpose(1, 2)
             kc, vc = cache[i]
-            kc[:, :, pos:pos + n].copy_(k)
-            vc[:, :, pos:pos + n].copy_(v)
+            if fused:  # one kernel: rotated q out, rotated k and v into the cache
+                q = self._rope_kernel(t, self._cos, self._sin, kc, vc, pos, hq, hkv)
+                k, v = kc[:, :, pos:pos + n], vc[:, :, pos:pos + n]
+            else:
+                q = _rope(t[:, :, :hq], cos, sin).transpose(1, 2)
+                k = _rope(t[:, :, hq:hq + hkv], cos, sin).transpose(1, 2)
+                v = t[:, :, hq + hkv:].transpose(1, 2)
+                kc[:, :, pos:pos + n].copy_(k)
+                vc[:, :, pos:pos + n].copy_(v)
             if prefill:
                 args = (q, k, v)
                 kw = {"is_causal": True}

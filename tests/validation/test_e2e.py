@@ -61,6 +61,20 @@ def test_grouped_and_loop_moe_paths_agree():
     assert torch.linalg.norm(ya - yb) / torch.linalg.norm(yb) < 1e-2
 
 
+def test_fused_and_torch_rope_paths_agree_in_prefill_and_decode():
+    spec = load_model(str(e2e.CONFIG_DIR / "tiny-dense.json"))
+    a, b = E2EModel(spec, "cpu", rope="fused"), E2EModel(spec, "cpu", rope="torch")
+    ids = torch.randint(0, spec.vocab, (2, 12))
+    ca, cb = a.new_cache(2, 16, fill=False), b.new_cache(2, 16, fill=False)
+    ya, yb = a(ids, ca, 0, 12).float(), b(ids, cb, 0, 12).float()
+    assert torch.linalg.norm(ya - yb) / torch.linalg.norm(yb) < 2e-2
+    nxt = torch.randint(0, spec.vocab, (2, 1))
+    ya, yb = a(nxt, ca, 12, 13).float(), b(nxt, cb, 12, 13).float()  # decode reads the keys the kernel wrote
+    assert torch.linalg.norm(ya - yb) / torch.linalg.norm(yb) < 2e-2
+    with pytest.raises(ValueError, match="rope"):
+        E2EModel(spec, "cpu", rope="fast")
+
+
 def test_every_shipped_e2e_config_loads_and_is_buildable():
     for p in sorted(e2e.CONFIG_DIR.glob("*.json")):
         assert "_source" in json.loads(p.read_text())
