@@ -25,6 +25,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 from perfmodel.errors import PerfModelError
 from perfmodel.models import CONFIG_DIR as PERFMODEL_CONFIG_DIR
@@ -142,7 +143,8 @@ def row_bytes(spec: ModelSpec, phase: str, batch: int, context: int) -> float:
     return spec.weight_bytes() + batch * context * spec.kv_bytes_per_token() + workspace_bytes(spec, tokens)
 
 
-def predict(spec: ModelSpec, gpu: str, phase: str, batch: int, context: int) -> tuple[float, str]:
+def predict(spec: ModelSpec, gpu: str, phase: str, batch: int, context: int, busy_calls: float = 0.0,
+            ) -> tuple[float, str]:
     """Predicted seconds of the row and how they were obtained.
 
     ``prefill``: ``analyze(...).to_dict()["prefill_s"]`` of one unchunked pass over ``context``
@@ -152,6 +154,12 @@ def predict(spec: ModelSpec, gpu: str, phase: str, batch: int, context: int) -> 
     the GPU's profile has its curves); the second value names the path and that implementation,
     e.g. ``analyze/sdpa``.  Where ``analyze`` refuses the scenario as not fitting its memory budget,
     the phase functions give the same costs directly.
+
+    ``busy_calls``: calls of the same row the GPU ran back to back before the one timed (warm-up and
+    earlier timed calls).  A phase priced alone starts from an idle GPU (the sustained-clock rule of
+    :mod:`perfmodel.clocks` spends the profile's ``settle_s`` at the burst rate); a timed call that
+    follows ``busy_calls`` others of length ``T`` has had ``busy_calls * T`` of that settling time
+    already, so it is priced with ``settle_s`` shortened by as much.
     """
     import perfmodel
     from perfmodel.hw.loader import load_gpu
@@ -162,6 +170,10 @@ def predict(spec: ModelSpec, gpu: str, phase: str, batch: int, context: int) -> 
     g = load_gpu(gpu)
     prof = resolve_profile(g, Mode.CALIBRATED)
     impl = prof.attention_impl.value
+    if busy_calls > 0 and prof.sustained:
+        alone, how = predict(spec, gpu, phase, batch, context)
+        settle = max(0.0, float(prof.sustained["settle_s"]) - busy_calls * alone)
+        prof = dataclasses.replace(prof, sustained=MappingProxyType({**prof.sustained, "settle_s": settle}))
     try:
         d = perfmodel.analyze(spec, g, context_len=context, output_tokens=1, batch=batch, mode="calibrated",
                               chunk_tokens=None, profile=prof).to_dict()
@@ -173,6 +185,13 @@ def predict(spec: ModelSpec, gpu: str, phase: str, batch: int, context: int) -> 
     return float(decode_step_cost(spec, g, prof, context, batch).total_s), f"decode_step_cost/{impl}"
 
 
+def busy_calls_of(rec: dict) -> float:
+    """Calls of a record's row that ran back to back before its median timed call: the warm-up calls and
+    half of the other timed calls (``measured_s`` is the median)."""
+    warm, timed = rec.get("warmup_calls") or 0, rec.get("timed_calls") or 1
+    return float(warm) + (float(timed) - 1.0) / 2.0
+
+
 def repredict(rec: dict) -> dict:
     """``rec`` with ``predicted_s``, ``prediction`` and ``error`` made again by :func:`predict` for the
     layers it ran on its GPU (``gpu_model``, else ``hw``); skipped rows are returned unchanged."""
@@ -181,7 +200,7 @@ def repredict(rec: dict) -> dict:
     spec, _ = resolve_model(rec.get("config") if rec.get("config") and Path(rec["config"]).is_file() else rec["model"])
     spec = with_layers(spec, int(rec["layers_run"]))
     gpu = rec.get("gpu_model") or rec.get("hw")
-    pred, how = predict(spec, gpu, rec["phase"], int(rec["batch"]), int(rec["context"]))
+    pred, how = predict(spec, gpu, rec["phase"], int(rec["batch"]), int(rec["context"]), busy_calls_of(rec))
     return {**rec, "predicted_s": pred, "prediction": how, "error": pred / rec["measured_s"] - 1.0}
 
 

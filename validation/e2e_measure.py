@@ -23,7 +23,8 @@ import torch
 
 from perfmodel.tables import fmt_seconds
 from perfmodel.validation import bench
-from perfmodel.validation.e2e import MEMORY_SHARE, DRY_RUN_CAPACITY_BYTES, ModelPlan, Row, plan, print_plan
+from perfmodel.validation.e2e import (MEMORY_SHARE, DRY_RUN_CAPACITY_BYTES, ModelPlan, Row, busy_calls_of, plan, predict,
+                                       print_plan)
 from perfmodel.validation.e2e_model import E2EModel
 from perfmodel.validation.records import canonical_gpu, write_record
 from perfmodel.validation.run import driver_version
@@ -228,6 +229,9 @@ def run(a, models: list[str], size: str, console) -> int:
                 if reason is None:
                     try:
                         rec.update(measure_row(model, row, device, state))
+                        if rec["predicted_s"]:  # priced as timed: after its warm-up and earlier calls
+                            rec["predicted_s"], rec["prediction"] = predict(
+                                mp.spec, gpu, row.phase, row.batch, row.context, busy_calls_of(rec))
                         rec["error"] = rec["predicted_s"] / rec["measured_s"] - 1.0
                         done.append(rec)
                     except torch.OutOfMemoryError:
