@@ -22,7 +22,9 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 @triton.jit
 def _kv_rows(b, hk, offs_n, valid, cache, PAGED: tl.constexpr):
     # Element offset of each token's K (or V) row for kv head hk of sequence b.
-    _, _, BT, (s_kb, s_kh, s_kn, s_btb, PAGE_SIZE) = cache
+    # two steps: Triton 3.6's dependency hashing fails on a nested tuple target
+    _, _, BT, strides = cache
+    s_kb, s_kh, s_kn, s_btb, PAGE_SIZE = strides
     if PAGED:
         page = tl.load(BT + b.to(tl.int64) * s_btb + offs_n // PAGE_SIZE, mask=valid, other=0)
         return page.to(tl.int64) * s_kb + hk * s_kh + (offs_n % PAGE_SIZE) * s_kn
