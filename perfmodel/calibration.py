@@ -21,8 +21,11 @@ core only reads it.  Format (see ``docs/calibration.md``)::
       "elementwise_kernels": {"rmsnorm": {...}, "silu_mul": {...}, ...}
     }
 
-Every class field is optional and defaults to the peak value (efficiency 1,
-latency 0, no tile quantization), so a profile names only what was fitted.
+Each class's curve is its own parameter type (:data:`perfmodel.costs.PARAMS_TYPES`: ``GemmParams``,
+``AttentionParams``, ``CopyParams``, ...; named elementwise kernels ``ElementwiseParams``, implementations
+``AttentionParams``, ``collective_launch`` entries ``CollectiveParams``), built from the same keys.  Every
+field is optional and defaults to the peak value (efficiency 1, latency 0, no tile quantization), so a
+profile names only what was fitted.
 """
 
 from __future__ import annotations
