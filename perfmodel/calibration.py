@@ -21,276 +21,40 @@ core only reads it.  Format (see ``docs/calibration.md``)::
       "elementwise_kernels": {"rmsnorm": {...}, "silu_mul": {...}, ...}
     }
 
-Every class field is optional and defaults to the peak value (efficiency 1,
-latency 0, no tile quantization), so a profile names only what was fitted.
+Each class's curve is its own parameter type (:data:`perfmodel.costs.PARAMS_TYPES`: ``GemmParams``,
+``AttentionParams``, ``CopyParams``, ...; named elementwise kernels ``ElementwiseParams``, implementations
+``AttentionParams``, ``collective_launch`` entries ``CollectiveParams``), built from the same keys.  Every
+field is optional and defaults to the peak value (efficiency 1, latency 0, no tile quantization), so a
+profile names only what was fitted.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
 import functools
 import json
 import math
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import numpy as np
 
 from perfmodel.hw.loader import DATA_DIR
 from perfmodel.hw.spec import GPU
 from perfmodel.clocks import sustained_from_dict
+from perfmodel.costs.attention import ATTENTION_CLASSES, AttentionParams, curve_key
+from perfmodel.costs.base import CurveParams, Launch, Mode, OpClass
+from perfmodel.costs.collectives import COLLECTIVE_CLASSES, CollectiveParams
+from perfmodel.costs.elementwise import ElementwiseParams
+from perfmodel.costs.registry import PEAK_PARAMS, PARAMS_TYPES
 from perfmodel.errors import ProfileError
 from perfmodel.ops import DEFAULT_ATTENTION_IMPL, AttentionImpl, CollectiveLaunch, Phase
 
 PROFILE_DIR = DATA_DIR / "profiles"
 SCHEMA_VERSION = 1
-
-
-class SplitRule(enum.IntEnum):
-    """How an attention kernel splits the KV axis over programs (``ClassParams.split_rule``; stored
-    as its number in profiles): no split; the flash-attention heuristic over ``2 * SMs`` slots; our
-    split-KV kernel (enough splits to fill ``2 * SMs`` programs); our stream-K kernel (programs
-    sharing all KV tiles equally). The Triton kernels' rules live in :mod:`perfmodel.decode_schedule`."""
-
-    NONE = 0
-    FLASH = 1
-    FILL = 2
-    STREAM_K = 3
-
-
-class Mode(str, enum.Enum):
-    PEAK = "peak"
-    CALIBRATED = "calibrated"
-
-
-class Launch(str, enum.Enum):
-    """How kernels are launched: ``graph`` (CUDA-graph replays, what serving engines use for decode and
-    what the profile's curves are fitted on) or ``eager`` (one host launch per kernel, back to back:
-    a short kernel waits for the host; :attr:`Profile.launch_terms`)."""
-
-    GRAPH = "graph"
-    EAGER = "eager"
-
-
-class OpClass(str, enum.Enum):
-    """Op classes with their own achieved-fraction curves."""
-
-    GEMM = "gemm"
-    ATTENTION_PREFILL = "attention_prefill"
-    ATTENTION_DECODE = "attention_decode"
-    ELEMENTWISE = "elementwise"
-    MEMCPY_D2D = "memcpy_d2d"
-    MEMCPY_H2D = "memcpy_h2d"
-    MEMCPY_D2H = "memcpy_d2h"
-    MEMCPY_H2D_PAGEABLE = "memcpy_h2d_pageable"
-    MEMCPY_D2H_PAGEABLE = "memcpy_d2h_pageable"
-    ALL_REDUCE = "all_reduce"
-    ALL_GATHER = "all_gather"
-    REDUCE_SCATTER = "reduce_scatter"
-    ALL_TO_ALL = "all_to_all"
-    SEND_RECV = "send_recv"
-    GROUPED_GEMM = "grouped_gemm"
-
-
-@dataclass(frozen=True)
-class ClassParams:
-    """Achieved-fraction curve of one op class.
-
-    time = blend(compute_s, memory_s, overlap) + waves * tile_overhead_s + latency_s, where
-
-    - compute_s = flops_eff / (peak_flops * compute_eff * flops / (flops + ramp_flops));
-    - memory_s = bytes / (bandwidth * memory_eff * bytes / (bytes + ramp_bytes));
-    - blend = max(c, m) when overlap = 1, c + m when overlap = 0, linear between.
-
-    Tiles and waves (GEMM and prefill attention; 0 disables them): the work is cut into output
-    tiles of ``tile_m`` x ``tile_n`` (attention: blocks of ``tile_m`` queries per head); M
-    (and N) are padded to whole tiles, the M tile shrinking to the next power of two of M (at
-    least ``tile_m_min``) for skinny problems; the tiles run in ``waves = ceil(tiles / SMs)``.
-    ``wave_quant`` in [0, 1] is the share of the partial last wave that costs a full wave
-    (1: strict wave quantization; 0: the library spreads the tail, e.g. split-K/stream-K).
-    ``tile_overhead_s`` is paid once per wave (pipeline fill, epilogue).
-
-    Attributes
-    ----------
-    compute_eff : float, fraction of peak FLOP/s in (0, 1.5]
-    memory_eff : float, fraction of peak bandwidth in (0, 1.5]
-    latency_s : float, seconds added per kernel (launch and fixed cost)
-    tile_m, tile_n : int, output tile of the kernel (0: no quantization)
-    tile_m_min : int, smallest M tile for skinny problems (0: always ``tile_m``)
-    wave_quant : float in [0, 1], weight of the partial-wave penalty
-    tile_overhead_s : float, seconds per wave of tiles
-    overlap : float in [0, 1]
-    ramp_flops : float, FLOPs at which half of ``compute_eff`` is reached (0: none)
-    ramp_bytes : float, bytes at which half of ``memory_eff`` is reached (0: none)
-    bandwidth_bytes_per_s : float, overrides the datasheet bandwidth of the path (0: datasheet)
-    units_per_sm : float, work units (thread blocks: attention programs, norm rows) resident per SM
-        at once (0: no occupancy term).  The units run in waves of ``units_per_sm * SMs``; each
-        takes ``unit_overhead_s + unit_bytes / (unit_memory_eff * bandwidth / SMs)``, and the
-        memory time is at least the waves times that (Little's law: few units in flight cannot
-        fill HBM).
-    unit_overhead_s : float, fixed seconds of one work unit (prologue, reduction, epilogue)
-    unit_memory_eff : float, streaming rate of one work unit as a fraction of the bandwidth per SM
-        (above 1 when one SM's share is outrun by one unit; 0: no per-unit byte term)
-    split_rule : SplitRule, how an attention kernel splits the KV axis over programs (``NONE`` 0,
-        ``FLASH`` 1, ``FILL`` 2, ``STREAM_K`` 3; :class:`SplitRule`)
-    split_latency_s : float, seconds added when the KV axis is split (the combine kernel)
-    split_memory_eff : float, memory efficiency of the split-KV path (0: ``memory_eff``)
-    knee_bytes : float, size above which ``tail_memory_eff`` applies to the extra bytes (0: none)
-    tail_memory_eff : float, memory efficiency of the bytes beyond ``knee_bytes`` (0: ``memory_eff``)
-    unit_compute_eff : float, prefill attention scheduled as work units (0: off): math rate of one
-        (sequence, head, query tile) program as a fraction of one SM's peak FLOP/s; the compute
-        time is then the makespan of the programs over ``units_per_sm * SMs`` slots (each program
-        ``unit_overhead_s`` plus its keys' math; causal tiles see different key counts)
-    reduce_bytes_eff : float, Triton split/stream decode (0: off): the combine kernel's partial
-        results (fp32, one row per query head and KV piece) stream at this fraction of the bandwidth
-    reduce_row_s : float, Triton split/stream decode (0: off): seconds per output row (a query head
-        of a sequence; the combine kernel runs one program per row) and SM: the combine kernel's
-        programs are short and latency-bound, so its time grows with their count over the SMs
-    merge_latency_s : float, Triton stream-K decode at one wave (programs no more than the SMs): it
-        launches no combine kernel; where a (sequence, kv head) pair is split, the last of its
-        programs takes an atomic and merges the pair's pieces after its own tiles, costing this
-        latency ...
-    merge_step_s : float, ... plus this per load of the pair's partials: the program loads them in
-        blocks of ``perfmodel.attention_costs.STREAM_K_MERGE_ROWS // next_pow2(group)`` pieces (all
-        query heads of a piece in one row), one dependent round trip each (0: free)
-    tile_choice : int, GEMM (0: the fitted ``tile_m`` x ``tile_n`` tile; 1: the fastest of
-        ``perfmodel.costs.GEMM_CANDIDATE_TILES``, each with its own waves, as a heuristic library picks;
-        ``tile_m``/``tile_n`` must still be non-zero to switch tiling on)
-    small_tile_eff : float in [0, 1], GEMM candidate tiles: math-rate factor per halving of the tile
-        area below 128 x 256 (0: the same rate for every tile)
-    row_knee_bytes : float, row kernels (norms): rows of more activation bytes than this no longer stay
-        on chip between the kernel's passes over the row and stream at ``row_tail_memory_eff`` (0: off)
-    row_tail_memory_eff : float, memory efficiency of rows longer than ``row_knee_bytes`` (0: ``memory_eff``)
-    row_knee_width_bytes : float, row kernels: the knee is a ramp of this many row bytes instead of a step (0: a
-        step): a row of ``row_knee_bytes + f * row_knee_width_bytes`` bytes (f in [0, 1]) pays the share ``f`` of
-        the tail's extra time per byte (rows just past the knee still keep part of the row on chip)
-    cache_bytes : float, elementwise kernels: an op of at most this many bytes streams all of them at
-        ``cache_memory_eff`` (its working set stays in L2 between runs); a larger one misses the cache
-        as a whole (cyclic reuse evicts what the next run needs) and follows the knee form (0: off)
-    cache_memory_eff : float in [0, 4], rate of the bytes of an op within ``cache_bytes``, as a fraction of
-        the HBM bandwidth (above 1: L2) (0: ``memory_eff``)
-    score_flops : float, scheduled prefill attention: math per attention score outside the tensor-core matmuls
-        (the softmax: max, exp, rescale), in FLOPs at the programs' rate; a program's key costs
-        ``tile_m * (4 * head_dim + score_flops)`` (0: none), so small heads cost more per FLOP
-    split_piece_s : float, split decode attention: seconds the combine kernel adds per KV split (per piece for
-        our Triton kernels): its few blocks read every split's partial row in turn (0: none)
-    unit_step_s : float, decode attention with an occupancy term: seconds one work unit spends per KV
-        tile it walks that its byte stream does not hide (a load round trip per tile; Little's law
-        with one tile in flight), so a unit of ``n`` tiles takes ``unit_overhead_s + n * unit_step_s +
-        bytes / rate``; smaller heads move fewer bytes per tile and lose more to it (0: none)
-    fill_tile_eff : float in [0, 1], GEMM: a grid of fewer tiles than SMs runs as one full wave of smaller tiles
-        (the library shrinks the tile until the grid fills the SMs), at this math-rate factor per halving of the
-        tile area, ``log2(SMs / tiles)`` halvings, instead of paying ``wave_quant`` of the idle SMs (0: off)
-    misaligned_eff : float in [0, 1], GEMM: math-rate factor when a row of N or K elements of either operand is not
-        a multiple of 128 bytes (``perfmodel.costs.GEMM_ALIGN_BYTES``): tile loads then start mid cache line
-        (0: off)
-    misaligned_memory_eff : float in [0, 1], GEMM: factor on ``memory_eff`` for the same misaligned rows: their
-        loads cannot move whole 128-byte lines (each row touches one more line, the TMA copies split), so the
-        byte stream of a weight-streaming (small-M) GEMM runs slower too (0: off)
-    unit_share : float in [0, 1], scheduled prefill attention: the largest share of its SM's math rate
-        one program reaches once the shorter programs beside it have finished; the longest program
-        then takes at most its keys' math at that rate (causal tiles differ in length, so a causal
-        wave ends sooner than a non-causal one of the same longest program; 0: off)
-    """
-
-    compute_eff: float = 1.0
-    memory_eff: float = 1.0
-    latency_s: float = 0.0
-    tile_m: int = 0
-    tile_n: int = 0
-    tile_m_min: int = 0
-    wave_quant: float = 1.0
-    tile_overhead_s: float = 0.0
-    overlap: float = 1.0
-    ramp_flops: float = 0.0
-    ramp_bytes: float = 0.0
-    bandwidth_bytes_per_s: float = 0.0
-    units_per_sm: float = 0.0
-    unit_overhead_s: float = 0.0
-    unit_memory_eff: float = 0.0
-    split_rule: SplitRule = SplitRule.NONE
-    split_latency_s: float = 0.0
-    split_memory_eff: float = 0.0
-    knee_bytes: float = 0.0
-    tail_memory_eff: float = 0.0
-    unit_compute_eff: float = 0.0
-    reduce_bytes_eff: float = 0.0
-    reduce_row_s: float = 0.0
-    merge_latency_s: float = 0.0
-    merge_step_s: float = 0.0
-    tile_choice: int = 0
-    small_tile_eff: float = 0.0
-    row_knee_bytes: float = 0.0
-    row_tail_memory_eff: float = 0.0
-    score_flops: float = 0.0
-    split_piece_s: float = 0.0
-    unit_step_s: float = 0.0
-    unit_share: float = 0.0
-    fill_tile_eff: float = 0.0
-    misaligned_eff: float = 0.0
-    row_knee_width_bytes: float = 0.0
-    cache_bytes: float = 0.0
-    cache_memory_eff: float = 0.0
-    misaligned_memory_eff: float = 0.0
-
-    def __post_init__(self) -> None:
-        # a profile stores the split rule as its number; an unknown number is left for validate()
-        if not isinstance(self.split_rule, SplitRule) and self.split_rule in set(SplitRule):
-            object.__setattr__(self, "split_rule", SplitRule(self.split_rule))
-
-    def validate(self, where: str) -> None:
-        for name in ("compute_eff", "memory_eff"):
-            v = getattr(self, name)
-            if not (0 < v <= 1.5) or not math.isfinite(v):
-                raise ProfileError(f"{where}: {name} must be in (0, 1.5], got {v}")
-        if self.tile_choice not in (0, 1):
-            raise ProfileError(f"{where}: tile_choice must be 0 or 1, got {self.tile_choice}")
-        for name in ("small_tile_eff", "fill_tile_eff", "misaligned_eff", "misaligned_memory_eff"):
-            v = getattr(self, name)
-            if not 0 <= v <= 1:
-                raise ProfileError(f"{where}: {name} must be in [0, 1] (0: off), got {v}")
-        for name in ("split_memory_eff", "tail_memory_eff", "unit_compute_eff", "reduce_bytes_eff", "row_tail_memory_eff"):
-            v = getattr(self, name)
-            if not (0 <= v <= 1.5) or not math.isfinite(v):
-                what = "memory_eff" if name in ("split_memory_eff", "tail_memory_eff", "row_tail_memory_eff") else "off"
-                raise ProfileError(f"{where}: {name} must be in [0, 1.5] (0: {what}), got {v}")
-        if not 0 <= self.cache_memory_eff <= 4 or not math.isfinite(self.cache_memory_eff):
-            raise ProfileError(f"{where}: cache_memory_eff must be in [0, 4] (0: memory_eff), got {self.cache_memory_eff}")
-        if self.split_rule not in set(SplitRule):
-            raise ProfileError(f"{where}: split_rule must be one of {[int(r) for r in SplitRule]}, got {self.split_rule}")
-        for name in ("latency_s", "ramp_flops", "ramp_bytes", "bandwidth_bytes_per_s", "tile_m", "tile_n",
-                     "tile_m_min", "tile_overhead_s", "units_per_sm", "unit_overhead_s", "unit_memory_eff",
-                     "split_latency_s", "knee_bytes", "row_knee_bytes", "row_knee_width_bytes", "cache_bytes", "score_flops", "split_piece_s",
-                     "unit_step_s", "reduce_row_s", "merge_latency_s", "merge_step_s"):
-            v = getattr(self, name)
-            if not math.isfinite(v) or v < 0:
-                raise ProfileError(f"{where}: {name} must be finite and >= 0, got {v}")
-        for name in ("overlap", "wave_quant", "unit_share"):
-            v = getattr(self, name)
-            if not 0 <= v <= 1:
-                raise ProfileError(f"{where}: {name} must be in [0, 1], got {v}")
-
-
-_INT_FIELDS = ("tile_m", "tile_n", "tile_m_min", "split_rule", "tile_choice")
-
-PEAK_PARAMS = ClassParams()
-
-
-ATTENTION_CLASSES = (OpClass.ATTENTION_PREFILL, OpClass.ATTENTION_DECODE)
-
-
-def attention_class(phase: Phase) -> OpClass:
-    return OpClass.ATTENTION_PREFILL if phase is Phase.PREFILL else OpClass.ATTENTION_DECODE
-
-
-def curve_key(op_class: OpClass, impl: AttentionImpl) -> str:
-    """The profile's name of an attention curve: ``attention_prefill[sdpa]``."""
-    return f"{op_class.value}[{impl.value}]"
 
 
 def parse_curve_key(key: str, where: str) -> tuple[OpClass, AttentionImpl]:
@@ -324,14 +88,14 @@ class Profile:
 
     gpu: str
     mode: Mode
-    classes: Mapping[OpClass, ClassParams] = field(default_factory=lambda: MappingProxyType({}))
+    classes: Mapping[OpClass, CurveParams] = field(default_factory=lambda: MappingProxyType({}))
     measured_on: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     source_path: str = ""
-    elementwise: Mapping[str, ClassParams] = field(default_factory=lambda: MappingProxyType({}))
+    elementwise: Mapping[str, ElementwiseParams] = field(default_factory=lambda: MappingProxyType({}))
     #: Measured Ring-attention step terms (``overlap``, ``compute_issue_s``, ``comm_issue_s``,
     #: ``sync_s``; see :class:`perfmodel.parallel.RingStepModel`); empty when not measured.
     ring_attention_step: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
-    implementations: Mapping[tuple[OpClass, AttentionImpl], ClassParams] = field(
+    implementations: Mapping[tuple[OpClass, AttentionImpl], AttentionParams] = field(
         default_factory=lambda: MappingProxyType({}))
     attention_impl: AttentionImpl | None = None
     attention_kernels: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
@@ -344,7 +108,7 @@ class Profile:
     launch: Launch = Launch.GRAPH
     #: Collective terms per way of issuing them (:class:`perfmodel.ops.CollectiveLaunch`): ``{way: {class:
     #: params}}``; a collective op of that way uses them instead of its class's (:mod:`perfmodel.comm`).
-    collective_launch: Mapping[CollectiveLaunch, Mapping[OpClass, ClassParams]] = field(
+    collective_launch: Mapping[CollectiveLaunch, Mapping[OpClass, CollectiveParams]] = field(
         default_factory=lambda: MappingProxyType({}))
     #: Where each op class's curve comes from (``measured``, ``transferred from <gpu>``, ``datasheet``;
     #: :mod:`perfmodel.transfer`); a class not listed: :meth:`provenance_of` infers it.
@@ -382,7 +146,7 @@ class Profile:
         """``measured``, ``transferred from <gpu>`` or ``datasheet``: where ``op_class``'s curve comes from.
 
         A peak profile is ``datasheet`` throughout; a class without a curve of its own is ``datasheet``,
-        except a grouped GEMM priced with the ``gemm`` curve (:mod:`perfmodel.costs_grouped`), which
+        except a grouped GEMM priced with the ``gemm`` curve (:mod:`perfmodel.costs.grouped_gemm`), which
         says so: ``measured (gemm curve)``.
         """
         if self.mode is Mode.PEAK:
@@ -410,10 +174,12 @@ class Profile:
             return f"{next(iter(groups))} (every op class)"
         return "; ".join(f"{label}: {', '.join(cs)}" for label, cs in groups.items())
 
-    def params(self, op_class: OpClass) -> ClassParams:
+    def params(self, op_class: OpClass) -> CurveParams:
+        """The curve of ``op_class`` (its own parameter type, :data:`perfmodel.costs.PARAMS_TYPES`); the peak
+        curve of the class when the profile has none; attention: :meth:`attention_params` of the profile's impl."""
         if op_class in ATTENTION_CLASSES:
             return self.attention_params(op_class)
-        return self.classes.get(op_class, PEAK_PARAMS)
+        return self.classes.get(op_class, PEAK_PARAMS[op_class])
 
     def attention_impls(self, op_class: OpClass) -> tuple[AttentionImpl, ...]:
         """The implementations this profile has a curve for in ``op_class``."""
@@ -422,7 +188,7 @@ class Profile:
             have.add(DEFAULT_ATTENTION_IMPL)
         return tuple(i for i in AttentionImpl if i in have)
 
-    def attention_params(self, op_class: OpClass, impl: AttentionImpl | None = None) -> ClassParams:
+    def attention_params(self, op_class: OpClass, impl: AttentionImpl | None = None) -> AttentionParams:
         """The curve of ``impl`` (default: :attr:`attention_impl`) in an attention class.
 
         Peak profiles (and profiles with no curve in ``op_class``) price every impl at the datasheet
@@ -438,7 +204,7 @@ class Profile:
             return self.classes[op_class]
         have = ", ".join(i.value for i in self.attention_impls(op_class))
         if not have:  # a class the profile does not fit at all is priced at peak, as every class
-            return PEAK_PARAMS
+            return PEAK_PARAMS[op_class]
         raise ProfileError(f"calibration profile of {self.gpu} has no {op_class.value} curve for attention "
                            f"implementation {impl.value!r} (measured: {have})")
 
@@ -476,7 +242,7 @@ class Profile:
             out.attention_params(oc)
         return out
 
-    def elementwise_params(self, name: str) -> ClassParams:
+    def elementwise_params(self, name: str) -> ElementwiseParams:
         """The curve of the elementwise kernel ``name`` (the class curve if it has none)."""
         p = self.elementwise.get(name)
         return p if p is not None else self.params(OpClass.ELEMENTWISE)
@@ -490,14 +256,14 @@ class Profile:
             "schema_version": SCHEMA_VERSION,
             "gpu": self.gpu,
             "measured_on": dict(self.measured_on),
-            "classes": {c.value: params_to_dict(p) for c, p in self.classes.items()},
+            "classes": {c.value: p.to_dict() for c, p in self.classes.items()},
         }
         if self.elementwise:
-            out["elementwise_kernels"] = {n: params_to_dict(p) for n, p in self.elementwise.items()}
+            out["elementwise_kernels"] = {n: p.to_dict() for n, p in self.elementwise.items()}
         if self.ring_attention_step:
             out["ring_attention_step"] = dict(self.ring_attention_step)
         if self.implementations:
-            out["implementations"] = {curve_key(c, i): params_to_dict(p)
+            out["implementations"] = {curve_key(c, i): p.to_dict()
                                       for (c, i), p in sorted(self.implementations.items(), key=lambda kv: curve_key(*kv[0]))}
         if self.sustained:
             out["sustained"] = dict(self.sustained)
@@ -509,14 +275,9 @@ class Profile:
             out["bands"] = {g: ({k: dict(v) for k, v in t.items()} if isinstance(t, Mapping) else t)
                             for g, t in self.bands.items()}
         if self.collective_launch:
-            out["collective_launch"] = {w.value: {c.value: params_to_dict(p) for c, p in per.items()}
+            out["collective_launch"] = {w.value: {c.value: p.to_dict() for c, p in per.items()}
                                         for w, per in self.collective_launch.items()}
         return out
-
-
-def params_to_dict(p: ClassParams) -> dict[str, Any]:
-    """The fields of ``p`` that differ from the peak values."""
-    return {f.name: getattr(p, f.name) for f in fields(p) if getattr(p, f.name) != getattr(PEAK_PARAMS, f.name)}
 
 
 def peak_profile(gpu: GPU | str) -> Profile:
@@ -524,24 +285,10 @@ def peak_profile(gpu: GPU | str) -> Profile:
     return Profile(gpu=gpu if isinstance(gpu, str) else gpu.name, mode=Mode.PEAK)
 
 
-def params_from_dict(raw: Any, where: str) -> ClassParams:
-    """Parse and validate one curve; ``where`` names it in errors."""
-    if not isinstance(raw, dict):
-        raise ProfileError(f"{where} must be an object")
-    extra = set(raw) - {f.name for f in fields(ClassParams)}
-    if extra:
-        raise ProfileError(f"{where} has unknown field(s) {', '.join(sorted(extra))}")
-    try:
-        vals = {}
-        for k, v in raw.items():
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise TypeError
-            vals[k] = int(v) if k in _INT_FIELDS else float(v)
-        p = ClassParams(**vals)
-    except (TypeError, ValueError, OverflowError):
-        raise ProfileError(f"{where} has a non-numeric value") from None
-    p.validate(where)
-    return p
+def params_from_dict(raw: Any, where: str, op_class: OpClass) -> CurveParams:
+    """Parse and validate one curve of ``op_class`` (its parameter type, :data:`perfmodel.costs.PARAMS_TYPES`);
+    ``where`` names it in errors."""
+    return PARAMS_TYPES[op_class].from_dict(raw, where)
 
 
 def profile_from_dict(data: Any, where: str = "<dict>") -> Profile:
@@ -555,16 +302,16 @@ def profile_from_dict(data: Any, where: str = "<dict>") -> Profile:
             oc = OpClass(name)
         except ValueError:
             raise ProfileError(f"{where}: unknown op class {name!r}; known: {', '.join(c.value for c in OpClass)}") from None
-        classes[oc] = params_from_dict(raw, f"{where}: class {name!r}")
+        classes[oc] = params_from_dict(raw, f"{where}: class {name!r}", oc)
     ew = data.get("elementwise_kernels", {})
     if not isinstance(ew, dict):
         raise ProfileError(f"{where}: 'elementwise_kernels' must be an object")
-    named = {str(n): params_from_dict(raw, f"{where}: elementwise kernel {n!r}") for n, raw in ew.items()}
+    named = {str(n): ElementwiseParams.from_dict(raw, f"{where}: elementwise kernel {n!r}") for n, raw in ew.items()}
     ring = _ring_step_from_dict(data.get("ring_attention_step", {}), where)
     impls_raw = data.get("implementations", {})
     if not isinstance(impls_raw, dict):
         raise ProfileError(f"{where}: 'implementations' must be an object")
-    impls = {parse_curve_key(k, where): params_from_dict(raw, f"{where}: implementation {k!r}")
+    impls = {parse_curve_key(k, where): AttentionParams.from_dict(raw, f"{where}: implementation {k!r}")
              for k, raw in impls_raw.items()}
     kern_raw = data.get("attention_kernels", {})
     if not isinstance(kern_raw, dict) or not all(
@@ -607,12 +354,12 @@ def _collective_launch_from_dict(raw: Any, where: str) -> dict:
             if name not in _COLLECTIVE_CLASS_NAMES:
                 raise ProfileError(f"{where}: collective_launch.{way} has {name!r}, not a collective class; known: "
                                    f"{', '.join(sorted(_COLLECTIVE_CLASS_NAMES))}")
-            classes[OpClass(name)] = params_from_dict(p, f"{where}: collective_launch.{way}.{name}")
+            classes[OpClass(name)] = CollectiveParams.from_dict(p, f"{where}: collective_launch.{way}.{name}")
         out[w] = MappingProxyType(classes)
     return out
 
 
-_COLLECTIVE_CLASS_NAMES = frozenset({"all_reduce", "all_gather", "reduce_scatter", "all_to_all", "send_recv"})
+_COLLECTIVE_CLASS_NAMES = frozenset(c.value for c in COLLECTIVE_CLASSES)
 
 
 BAND_GROUPS = ("measured", "transferred", "datasheet")
@@ -799,11 +546,3 @@ def measured_profiles() -> dict[str, tuple[GPU, Profile]]:
 @functools.lru_cache(maxsize=16)
 def _cached_profile(path: str, mtime_ns: int, size: int) -> Profile:
     return load_profile_file(path, Path(path).stem)
-
-
-def ramp(x: Any, half: float) -> Any:
-    """``x / (x + half)``: 0 at 0, 1/2 at ``half``, 1 as x grows (1 when ``half`` is 0)."""
-    if half <= 0:
-        return 1.0
-    x = np.asarray(x, dtype=np.float64)
-    return np.where(x > 0, x / (x + half), 1.0)

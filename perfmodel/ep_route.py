@@ -17,8 +17,8 @@ co-locating affine experts of consecutive layers keeps their tokens on the GPU.
 
 Each GPU moves its bytes over each link class at once: to and from peers in its node over the intra-node
 fabric, to and from other nodes over its own NIC (the links of :mod:`perfmodel.comm`:
-:func:`~perfmodel.comm.path_rate` for the all-to-all class, the same bandwidth, ramp, knee and latency as
-:func:`~perfmodel.comm.collective_time`).  A class costs ``bytes / bandwidth + steps * alpha`` with one step
+:func:`~perfmodel.costs.collectives.path_rate` for the all-to-all class, the same bandwidth, ramp, knee and latency as
+:func:`~perfmodel.costs.collectives.collective_time`).  A class costs ``bytes / bandwidth + steps * alpha`` with one step
 per peer GPU it reaches inside the node and one per other node it reaches (as the hierarchical all-to-all
 of :mod:`perfmodel.comm` counts them), less the calibrated share of the smaller term hidden under the larger
 (``PathRate.overlap``); a GPU takes the slower of its classes and of its two directions (links
@@ -39,7 +39,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from perfmodel.calibration import OpClass, Profile
-from perfmodel.comm import NVLINK_KINDS, AllReduceAlgorithm, Topology, _flat, path_rate
+from perfmodel.comm import NVLINK_KINDS, Topology
+from perfmodel.costs.collectives import AllReduceAlgorithm, _flat, path_rate
 from perfmodel.errors import InvalidInputError
 from perfmodel.ops import OpKind
 

@@ -54,7 +54,7 @@ import numpy as np
 from perfmodel.hw.spec import GPU
 from perfmodel.clocks import sustained_phase
 from perfmodel.calibration import Profile
-from perfmodel.comm import collective_time
+from perfmodel.costs.collectives import collective_time
 from perfmodel.costs import ZERO, OpCost, op_cost
 from perfmodel.errors import InvalidInputError
 from perfmodel.layers import Precision, kv_heads_per_gpu, model_ops
@@ -530,7 +530,7 @@ def attention_dp_moe(model: ModelSpec, gpu: GPU, profile: Profile, tokens: Any, 
     """``(MoE block, gather + scatter)`` of one MoE layer run tensor-parallel over the ``world`` GPUs of
     data-parallel attention: the ``tokens`` of all ranks (a number or an array) all-gathered before the
     layer, its experts split ``world`` ways on every token, and the output reduce-scattered back to the
-    ranks (:func:`perfmodel.comm.collective_time`), per GPU, seconds."""
+    ranks (:func:`perfmodel.costs.collectives.collective_time`), per GPU, seconds."""
     from perfmodel.layers import _moe_block
 
     a = precision.activations.bytes_per_element

@@ -42,7 +42,7 @@ are priced at the datasheet, and the provenance says ``(family-independent part)
 Collectives (:func:`with_transferred_collectives`): a GPU whose profile has no collective classes
 takes those of a measured GPU with the same kind of link (NVLink and NVSwitch are one kind), with
 the same field rules; without one the link's datasheet bandwidth and per-message latency price
-them (never zero latency: :func:`perfmodel.comm.path_rate`).
+them (never zero latency: :func:`perfmodel.costs.collectives.path_rate`).
 
 Pure functions of :class:`perfmodel.calibration.Profile` and :class:`perfmodel.hw.spec.GPU`; no torch.
 """
@@ -56,15 +56,15 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
 from perfmodel.hw.spec import GPU, Dtype, LinkKind
-from perfmodel.calibration import ATTENTION_CLASSES, ClassParams, Mode, OpClass, Profile
+from perfmodel.calibration import ATTENTION_CLASSES, Mode, OpClass, Profile
+from perfmodel.costs.base import CurveParams
+from perfmodel.costs.collectives import COLLECTIVE_CLASSES
 
 #: Architecture generations of the shipped GPUs (NVIDIA: CUDA compute capability).
 ARCH_GENERATION: Mapping[str, float] = MappingProxyType({
     "ampere": 8.0, "ada": 8.9, "hopper": 9.0, "blackwell": 10.0,
 })
 
-COLLECTIVE_CLASSES: tuple[OpClass, ...] = (OpClass.ALL_REDUCE, OpClass.ALL_GATHER, OpClass.REDUCE_SCATTER,
-                                           OpClass.ALL_TO_ALL, OpClass.SEND_RECV)
 HOST_COPY_CLASSES: tuple[OpClass, ...] = (OpClass.MEMCPY_H2D, OpClass.MEMCPY_D2H, OpClass.MEMCPY_H2D_PAGEABLE,
                                           OpClass.MEMCPY_D2H_PAGEABLE)
 #: Classes whose ``knee_bytes`` / ``cache_bytes`` model the L2 (scaled by the L2 ratio).
@@ -139,23 +139,25 @@ def _ratio(target: float, source: float) -> float:
     return target / source if source > 0 and target > 0 else 1.0
 
 
-def carry_params(p: ClassParams, op_class: OpClass, source: GPU, target: GPU) -> ClassParams:
-    """``p`` (fitted on ``source``) for ``target`` of the same vendor: the field rules of the module docstring."""
+def carry_params(p: CurveParams, op_class: OpClass, source: GPU, target: GPU) -> CurveParams:
+    """``p`` (fitted on ``source``) for ``target`` of the same vendor: the field rules of the module docstring
+    (for the fields ``p``'s class has), the same parameter type."""
     bw = _ratio(_path_bytes_per_s(target, op_class), _path_bytes_per_s(source, op_class))
-    changes = {"ramp_bytes": p.ramp_bytes * bw, "bandwidth_bytes_per_s": p.bandwidth_bytes_per_s * bw,
-               "ramp_flops": p.ramp_flops * _ratio(target.flops_for(Dtype.BF16), source.flops_for(Dtype.BF16))}
+    factors = {"ramp_bytes": bw, "bandwidth_bytes_per_s": bw,
+               "ramp_flops": _ratio(target.flops_for(Dtype.BF16), source.flops_for(Dtype.BF16))}
     if op_class in L2_CLASSES:
         l2 = _ratio(target.l2_bytes, source.l2_bytes)
-        changes |= {"knee_bytes": p.knee_bytes * l2, "cache_bytes": p.cache_bytes * l2}
+        factors |= {"knee_bytes": l2, "cache_bytes": l2}
     smem = _ratio(target.smem_bytes_per_sm, source.smem_bytes_per_sm)
-    changes |= {"row_knee_bytes": p.row_knee_bytes * smem, "row_knee_width_bytes": p.row_knee_width_bytes * smem}
-    return dataclasses.replace(p, **changes)
+    factors |= {"row_knee_bytes": smem, "row_knee_width_bytes": smem}
+    have = p.field_names()
+    return dataclasses.replace(p, **{k: getattr(p, k) * f for k, f in factors.items() if k in have})
 
 
-def family_independent_params(p: ClassParams, op_class: OpClass, source: GPU, target: GPU) -> ClassParams:
+def family_independent_params(p: CurveParams, op_class: OpClass, source: GPU, target: GPU) -> CurveParams:
     """Only :data:`FAMILY_INDEPENDENT_FIELDS` of ``p`` (knee scaled as :func:`carry_params` does); the rest peak."""
     carried = carry_params(p, op_class, source, target)
-    out = ClassParams(**{f: getattr(carried, f) for f in FAMILY_INDEPENDENT_FIELDS})
+    out = type(p)().replace_fields({f: getattr(carried, f) for f in FAMILY_INDEPENDENT_FIELDS})
     return out if out.memory_eff <= 1.5 else dataclasses.replace(out, memory_eff=1.5)
 
 

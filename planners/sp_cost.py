@@ -27,7 +27,7 @@ whole sequence; plus the SP communication per layer times the layer count
   smallest per-GPU KV footprint (Ulysses beyond ``n_kv`` replicates KV heads,
   so at those degrees Ring or hybrid).
 
-Collective times come from :func:`perfmodel.comm.collective_time`, the core's
+Collective times come from :func:`perfmodel.costs.collectives.collective_time`, the core's
 one pricing of collectives over links, over the system ``topology`` names (a
 node or cluster of ``hw/data/systems`` or a YAML file): a group of ``d <=``
 GPUs per node sits inside one node and uses its NVLink; a larger group takes
@@ -57,7 +57,8 @@ import numpy as np
 
 from perfmodel.hw.spec import GPU
 from perfmodel.calibration import Profile
-from perfmodel.comm import DEFAULT_NODE_GPUS, Topology, collective_time, resolve_topology, scaled_cluster
+from perfmodel.comm import DEFAULT_NODE_GPUS, Topology, resolve_topology, scaled_cluster
+from perfmodel.costs.collectives import collective_time
 from perfmodel.costs import op_cost
 from perfmodel.layers import Precision
 from perfmodel.models import ModelSpec

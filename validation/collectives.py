@@ -381,7 +381,7 @@ def fit_class(rows: list[dict], op: str, gpu_name: str = FIT_GPU) -> dict:
     from scipy.optimize import least_squares
 
     from perfmodel.hw.loader import load_gpu
-    from perfmodel.comm import AllReduceAlgorithm, _factor_steps
+    from perfmodel.costs.collectives import AllReduceAlgorithm, _factor_steps
     from perfmodel.ops import OpKind
 
     gpu = load_gpu(gpu_name)
@@ -423,10 +423,10 @@ PROFILE_KEYS = ("latency_s", "memory_eff", "overlap", "knee_bytes", "tail_memory
 
 
 def class_params(f: dict):
-    """The profile's ClassParams of one fitted class."""
-    from perfmodel.calibration import ClassParams
+    """The profile's curve (:class:`perfmodel.costs.collectives.CollectiveParams`) of one fitted class."""
+    from perfmodel.costs.collectives import CollectiveParams
 
-    return ClassParams(**{k: float(f"{f[k]:.4g}") for k in PROFILE_KEYS})
+    return CollectiveParams(**{k: float(f"{f[k]:.4g}") for k in PROFILE_KEYS})
 
 
 def _ape_stats(pred, meas) -> dict:
@@ -438,12 +438,12 @@ def _ape_stats(pred, meas) -> dict:
 
 
 def evaluate(rows: list[dict], fits: dict[str, dict], gpu_name: str = FIT_GPU) -> dict:
-    """Errors over 64 KiB..1 GiB of the fitted model (through perfmodel.comm) and the datasheet baseline."""
+    """Errors over 64 KiB..1 GiB of the fitted model (through perfmodel.costs.collectives) and the datasheet baseline."""
     import numpy as np
 
     from perfmodel.hw.loader import load_gpu
     from perfmodel.calibration import Mode, OpClass, Profile
-    from perfmodel.comm import bandwidth_only_time, collective_time
+    from perfmodel.costs.collectives import bandwidth_only_time, collective_time
     from perfmodel.ops import OpKind
 
     gpu = load_gpu(gpu_name)
@@ -587,7 +587,7 @@ def ring_step_overlap_from_model(r: dict, gpu, prof, rs):
     """The step from the model's own attention (calibrated attention_prefill) and send/recv costs."""
     import dataclasses
 
-    from perfmodel.comm import collective_time
+    from perfmodel.costs.collectives import collective_time
     from perfmodel.costs import op_cost
     from perfmodel.ops import Attention, OpKind, Phase
     from perfmodel.parallel import ring_step_overlap

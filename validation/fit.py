@@ -1,6 +1,6 @@
 """Fit a calibration profile from measurement records.
 
-Each op class gets the physical curve of :class:`perfmodel.calibration.ClassParams` (achieved
+Each op class gets the physical curve of its parameter type (:data:`perfmodel.costs.PARAMS_TYPES`: achieved
 fractions of peak FLOP/s and bandwidth, a per-kernel latency, ramps for small sizes, tile and
 wave quantization over the SM count).  The continuous parameters are fitted by robust least
 squares on log(predicted / measured), i.e. on relative error; the tile sizes by a small grid
@@ -31,22 +31,21 @@ from perfmodel.hw.loader import load_gpu
 from perfmodel.hw.spec import GPU, Dtype
 from perfmodel.calibration import (
     parse_curve_key,
-    ClassParams,
     Mode,
     OpClass,
     Profile,
-    SplitRule,
     profile_from_dict,
 )
-from perfmodel.costs import op_cost
+from perfmodel.costs import PARAMS_TYPES, op_cost
+from perfmodel.costs.attention import SplitRule
+from perfmodel.costs.base import CurveParams
+from perfmodel.costs.collectives import COLLECTIVE_CLASSES
 from perfmodel.errors import ProfileError
 from perfmodel.ops import (DEFAULT_ATTENTION_IMPL, Attention, Elementwise, Gemm, GroupedGemm, Memcpy, Op, Phase,
                            op_from_dict)
 from perfmodel.decode_schedule import runs_general
 from perfmodel.validation.records import NON_DEFAULT_IMPLS, RecordError, class_key, refuse_other_gpu
 
-COLLECTIVE_CLASSES = frozenset({OpClass.ALL_REDUCE, OpClass.ALL_GATHER, OpClass.REDUCE_SCATTER,
-                                OpClass.ALL_TO_ALL, OpClass.SEND_RECV})
 
 
 @dataclass(frozen=True)
@@ -117,13 +116,13 @@ _CACHE_BYTES = (0.0, 1.0e6, 2.0e6, 4.0e6, 8.0e6)
 _CACHE_EFF = Param("cache_memory_eff", 0.05, 4.0, 1.5)
 _ATTN_TILES = tuple({"tile_m": tm} for tm in (0, 64, 128))
 _DECODE_TILES = ({}, {"tile_m": 16}, {"tile_m": 64}, {"tile_m": 128})
-# how each attention implementation splits the KV axis (``ClassParams.split_rule``), the candidates the fit
+# how each attention implementation splits the KV axis (``AttentionParams.split_rule``), the candidates the fit
 # tries: SDPA restricted to flash runs flash-attention (its heuristic); SDPA's own choice (``sdpa``: cuDNN on
 # Hopper for prefill) may or may not split, so both are tried; our Triton decode kernels fill 2 x SMs
 # programs or run stream-K; our Triton prefill kernel does not split.
 _SPLIT_OF_IMPL = {"": (SplitRule.FLASH, SplitRule.NONE), "[flash2]": (SplitRule.FLASH,), "[split_kv]": (SplitRule.FILL,),
                   "[stream_k]": (SplitRule.STREAM_K,), "[triton]": (SplitRule.NONE,)}
-# prefill attention as scheduled (sequence, head, query tile) programs (``attention_costs.prefill_schedule_s``)
+# prefill attention as scheduled (sequence, head, query tile) programs (``costs.attention.prefill_schedule_s``)
 _PREFILL_SPEC = (_EFF("memory_eff", 0.8), _LAT, _OVERLAP, _UNIT_OH, Param("unit_compute_eff", 0.05, 1.5, 0.4), _WAVE,
                  Param("score_flops", 0.0, 1000.0, 50.0), Param("unit_share", 0.0, 1.0, 0.5))
 _PREFILL_TILES = tuple({"tile_m": tm} for tm in (64, 128))
@@ -224,7 +223,12 @@ def predict_ops(ops: list[Op], gpu: GPU, profile: Profile) -> np.ndarray:
     return out
 
 
-def _profile_with(gpu: GPU, key: str, p: ClassParams) -> Profile:
+def params_type_of(key: str) -> type[CurveParams]:
+    """The curve parameter type of a report row (``gemm``, ``attention_decode[stream_k]``, ``elementwise:rmsnorm``)."""
+    return PARAMS_TYPES[OpClass(key.split("[")[0].split(":")[0])]
+
+
+def _profile_with(gpu: GPU, key: str, p: CurveParams) -> Profile:
     base = key.split("[")[0]
     if base.startswith("elementwise:"):
         return Profile(gpu.name, Mode.CALIBRATED, elementwise=MappingProxyType({base.split(":", 1)[1]: p}))
@@ -247,21 +251,23 @@ def attention_kernels(records: Sequence[dict[str, Any]], limit: int = 8) -> dict
     return {k: tuple(sorted(c, key=lambda n: (-c[n], n))[:limit]) for k, c in sorted(counts.items())}
 
 
-def fit_class(key: str, ops: list[Op], measured: np.ndarray, gpu: GPU) -> tuple[ClassParams, float]:
+def fit_class(key: str, ops: list[Op], measured: np.ndarray, gpu: GPU) -> tuple[CurveParams, float]:
     """Fit one row's curve; returns the parameters and the median APE on its own records."""
     spec, choices = _spec(key)
     groups = _stack(ops)
     logm = np.log(measured)
 
-    def predict(p: ClassParams) -> np.ndarray:
+    def predict(p: CurveParams) -> np.ndarray:
         prof = _profile_with(gpu, key, p)
         out = np.empty(len(ops))
         for op, idx in groups:
             out[idx] = op_cost(op, gpu, prof).total_s
         return out
 
-    def make(x, fixed) -> ClassParams:
-        return ClassParams(**fixed, **{s.name: s.value(v) for s, v in zip(spec, x)})
+    kind = params_type_of(key)
+
+    def make(x, fixed) -> CurveParams:
+        return kind(**fixed, **{s.name: s.value(v) for s, v in zip(spec, x)})
 
     best = None
     lo = np.array([s.lo for s in spec])
@@ -308,7 +314,7 @@ class ProfileFitter:
 
     gpu: str
     profile_: Profile | None = None
-    extra_: dict[str, ClassParams] | None = None
+    extra_: dict[str, CurveParams] | None = None
     train_ape_: dict[str, float] | None = None
 
     def fit(self, records: Sequence[dict[str, Any]]) -> ProfileFitter:

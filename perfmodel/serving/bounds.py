@@ -90,7 +90,8 @@ def analytic_bounds(dep: Deployment, requests: Requests) -> AnalyticBounds:
     n_max = min(n_max, dep.max_num_seqs)
     flops = float(np.sum(floor.flops) + np.sum(dec.flops))
     g, prec = dep.gpu, dep.kv_precision
-    eff = max([1.0] + [prof.params(c).compute_eff for c in OpClass])  # a fitted efficiency may exceed 1
+    # a fitted efficiency may exceed 1 (the classes that compute: collectives have no math rate)
+    eff = max([1.0] + [p.compute_eff for p in map(prof.params, OpClass) if "compute_eff" in p.field_names()])
     peak = eff * max(g.flops_for(prec.math), g.flops_for(prec.activations), g.flops_for(prec.weights))
     compute = float(o.sum()) * peak / flops if flops > 0 else float("inf")
     if n_max >= 1:

@@ -90,7 +90,7 @@ def _query_grid(budget: int, tile: int) -> np.ndarray:
     """Query counts of the prefill-attention table: the geometric grid plus both ends of every query tile.
 
     A calibrated profile prices prefill attention as query tiles of ``tile`` rows
-    (:func:`perfmodel.attention_costs.prefill_schedule_s`), a staircase in the query count: the cost is
+    (:func:`perfmodel.costs.attention.prefill_schedule_s`), a staircase in the query count: the cost is
     linear within one tile count and jumps between ``k * tile`` and ``k * tile + 1``.  With both ends of
     each step on the grid, interpolation never crosses a jump (a geometric grid alone did, and a chunk
     of 7,143 queries came out 1 % dear).

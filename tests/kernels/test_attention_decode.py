@@ -272,8 +272,7 @@ def test_model_prices_the_kernels_stream_k_program_count():
     # and ints here)
     import numpy as np
 
-    from perfmodel.attention_costs import triton_decode_pieces
-    from perfmodel.calibration import SplitRule
+    from perfmodel.costs.attention import SplitRule, triton_decode_pieces
 
     for sms in (132, 7):
         for pairs in (1, 2, 5, 8, 16, 64, 131, 132, 133, 200, 264, 600, 4096):

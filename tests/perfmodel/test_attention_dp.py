@@ -8,7 +8,7 @@ import pytest
 from perfmodel.hw import load_gpu
 from perfmodel.analyze import analyze
 from perfmodel.calibration import peak_profile
-from perfmodel.comm import collective_time
+from perfmodel.costs.collectives import collective_time
 from perfmodel.errors import DoesNotFitError, InvalidInputError
 from perfmodel.models import load_model
 from perfmodel.ops import OpKind

@@ -9,7 +9,8 @@ import pytest
 
 from perfmodel.hw.loader import load_gpu
 from perfmodel import analyze
-from perfmodel.calibration import ClassParams, Mode, OpClass, Profile, peak_profile, profile_from_dict
+from perfmodel.calibration import Mode, OpClass, Profile, peak_profile, profile_from_dict
+from perfmodel.costs.attention import AttentionParams
 from perfmodel.costs import op_cost
 from perfmodel.errors import OpDescriptorError, ProfileError
 from perfmodel.ops import AttentionImpl, Attention, DecoderLayer, Phase, decoder_layer_parts, op_from_dict, op_to_dict
@@ -20,12 +21,12 @@ PRE, DEC = OpClass.ATTENTION_PREFILL, OpClass.ATTENTION_DECODE
 
 def _profile(**extra) -> Profile:
     """sdpa (in classes) at 0.8 of peak FLOP/s, flash2 at 0.5, triton at 0.6; decode sdpa at 0.9 of bandwidth."""
-    impls = {(PRE, AttentionImpl.FLASH2): ClassParams(compute_eff=0.5),
-             (PRE, AttentionImpl.TRITON): ClassParams(compute_eff=0.6),
-             (DEC, AttentionImpl.FLASH2): ClassParams(memory_eff=0.5),
-             (DEC, AttentionImpl.STREAM_K): ClassParams(memory_eff=0.7)}
-    return Profile(H100, Mode.CALIBRATED, MappingProxyType({PRE: ClassParams(compute_eff=0.8),
-                                                            DEC: ClassParams(memory_eff=0.9)}),
+    impls = {(PRE, AttentionImpl.FLASH2): AttentionParams(compute_eff=0.5),
+             (PRE, AttentionImpl.TRITON): AttentionParams(compute_eff=0.6),
+             (DEC, AttentionImpl.FLASH2): AttentionParams(memory_eff=0.5),
+             (DEC, AttentionImpl.STREAM_K): AttentionParams(memory_eff=0.7)}
+    return Profile(H100, Mode.CALIBRATED, MappingProxyType({PRE: AttentionParams(compute_eff=0.8),
+                                                            DEC: AttentionParams(memory_eff=0.9)}),
                    implementations=MappingProxyType(impls), **extra)
 
 

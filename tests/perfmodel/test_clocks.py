@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from perfmodel.hw.loader import load_gpu
-from perfmodel.calibration import ClassParams, Launch, Mode, OpClass, Profile, profile_from_dict
+from perfmodel.calibration import Launch, Mode, OpClass, Profile, profile_from_dict
+from perfmodel.costs.gemm import GemmParams
 from perfmodel.clocks import sustained_from_dict, sustained_phase
 from perfmodel.costs import OpCost, eager_cost, op_cost
 from perfmodel.errors import ProfileError
@@ -57,7 +58,7 @@ def test_bad_sustained_terms_are_refused_by_name(raw, needle):
 
 def test_prefill_pays_the_sustained_rate_and_decode_does_not():
     m, g = load_model("llama-3-8b"), load_gpu(H100)
-    base = Profile(H100, Mode.CALIBRATED, MappingProxyType({OpClass.GEMM: ClassParams(compute_eff=0.8)}))
+    base = Profile(H100, Mode.CALIBRATED, MappingProxyType({OpClass.GEMM: GemmParams(compute_eff=0.8)}))
     hot = dataclasses.replace(base, sustained=MappingProxyType(SUS))
     assert prefill_cost(m, g, hot, 128_000).total_s > prefill_cost(m, g, base, 128_000).total_s
     assert prefill_cost(m, g, hot, 500).total_s == prefill_cost(m, g, base, 500).total_s  # milliseconds: burst
@@ -72,7 +73,7 @@ def test_eager_launch_waits_for_the_host_on_short_kernels_only():
     assert eager_cost(short, terms).total_s == pytest.approx(6e-6)
     assert eager_cost(long, terms).total_s == pytest.approx(1e-3 + 1e-6)
     g = load_gpu(H100)
-    prof = Profile(H100, Mode.CALIBRATED, MappingProxyType({OpClass.GEMM: ClassParams(latency_s=3e-6)}),
+    prof = Profile(H100, Mode.CALIBRATED, MappingProxyType({OpClass.GEMM: GemmParams(latency_s=3e-6)}),
                    launch_terms=MappingProxyType(terms))
     op = Gemm(16, 1024, 1024)
     assert op_cost(op, g, prof.with_launch("eager")).total_s >= op_cost(op, g, prof).total_s + 1e-6

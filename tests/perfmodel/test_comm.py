@@ -10,15 +10,8 @@ from hypothesis import strategies as st
 
 from perfmodel.hw import UnknownHardwareError, load_gpu
 from perfmodel.calibration import Mode, OpClass, Profile, peak_profile, resolve_profile
-from perfmodel.comm import (
-    AllReduceAlgorithm,
-    CommTopologyError,
-    GroupTooLargeError,
-    bandwidth_only_time,
-    collective_time,
-    place,
-    resolve_topology,
-)
+from perfmodel.comm import CommTopologyError, GroupTooLargeError, place, resolve_topology
+from perfmodel.costs.collectives import AllReduceAlgorithm, bandwidth_only_time, collective_time
 from perfmodel.costs import Bound, op_cost
 from perfmodel.ops import Collective, OpKind, op_from_dict
 

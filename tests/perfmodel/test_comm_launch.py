@@ -4,7 +4,7 @@ import pytest
 
 from perfmodel.hw import load_gpu
 from perfmodel.calibration import profile_from_dict
-from perfmodel.comm import collective_cost, collective_time
+from perfmodel.costs.collectives import collective_cost, collective_time
 from perfmodel.costs import op_cost
 from perfmodel.errors import ProfileError
 from perfmodel.layers import model_ops

@@ -7,8 +7,13 @@ from hypothesis import strategies as st
 
 from perfmodel.hw.loader import load_gpu
 from perfmodel.hw.spec import Dtype
-from perfmodel.calibration import ClassParams, Mode, OpClass, Profile, peak_profile
-from perfmodel.costs import Bound, OpCost, elementwise_rows, flash_splits, gemm_tile_m, op_cost, unit_waves_s
+from perfmodel.calibration import Mode, OpClass, Profile, peak_profile
+from perfmodel.costs import Bound, OpCost, op_cost
+from perfmodel.costs.attention import AttentionParams, flash_splits
+from perfmodel.costs.base import unit_waves_s
+from perfmodel.costs.copies import CopyParams
+from perfmodel.costs.elementwise import ElementwiseParams, elementwise_rows
+from perfmodel.costs.gemm import GemmParams, gemm_tile_m
 from perfmodel.ops import (
     Attention,
     DecoderLayer,
@@ -40,20 +45,20 @@ def test_peak_gemm_is_the_datasheet_roofline():
 
 def test_wave_quantization_one_more_column_costs_a_wave():
     # 128x256 tiles on 132 SMs: 4096x4096 -> 512 tiles (3.9 waves -> 4); 4096x4352 -> 544 tiles (5 waves)
-    p = ClassParams(compute_eff=1.0, tile_m=128, tile_n=256, wave_quant=1.0)
+    p = GemmParams(compute_eff=1.0, tile_m=128, tile_n=256, wave_quant=1.0)
     prof = _prof(gemm=p)
     a = op_cost(Gemm(4096, 4096, 4096), H100, prof).compute_s
     b = op_cost(Gemm(4096, 4352, 4096), H100, prof).compute_s
     assert b / a == pytest.approx(5 / 4)
     # without the penalty (wave_quant 0) the time follows the padded work only
-    prof0 = _prof(gemm=ClassParams(tile_m=128, tile_n=256, wave_quant=0.0))
+    prof0 = _prof(gemm=GemmParams(tile_m=128, tile_n=256, wave_quant=0.0))
     a0 = op_cost(Gemm(4096, 4096, 4096), H100, prof0).compute_s
     b0 = op_cost(Gemm(4096, 4352, 4096), H100, prof0).compute_s
     assert b0 / a0 == pytest.approx(4352 / 4096)
 
 
 def test_skinny_m_uses_a_small_tile():
-    p = ClassParams(tile_m=128, tile_n=128, tile_m_min=16)
+    p = GemmParams(tile_m=128, tile_n=128, tile_m_min=16)
     assert gemm_tile_m(1, p) == 16 and gemm_tile_m(40, p) == 64 and gemm_tile_m(5000, p) == 128
     assert list(gemm_tile_m(np.array([1, 200]), p)) == [16, 128]
     c = op_cost(Gemm(1, 4096, 4096), H100, _prof(gemm=p))
@@ -61,14 +66,14 @@ def test_skinny_m_uses_a_small_tile():
 
 
 def test_latency_and_tile_overhead_add():
-    p = ClassParams(latency_s=5e-6, tile_m=128, tile_n=128, tile_overhead_s=1e-6)
+    p = GemmParams(latency_s=5e-6, tile_m=128, tile_n=128, tile_overhead_s=1e-6)
     c = op_cost(Gemm(128, 128, 64), H100, _prof(gemm=p))
     assert c.latency_s == 5e-6
     assert c.total_s > 6e-6
 
 
 def test_ramp_slows_small_ops_only():
-    p = ClassParams(memory_eff=0.9, ramp_bytes=1e6)
+    p = CopyParams(memory_eff=0.9, ramp_bytes=1e6)
     small = op_cost(Memcpy(1_000_000), H100, _prof(memcpy_d2d=p))
     big = op_cost(Memcpy(1_000_000_000), H100, _prof(memcpy_d2d=p))
     assert small.memory_s == pytest.approx(2e6 / (3.35e12 * 0.9 * 0.5 * 2e6 / (2e6 + 1e6) * 2))  \
@@ -83,15 +88,15 @@ def test_host_copies_use_pcie():
 
 
 def test_elementwise_uses_its_named_curve():
-    prof = Profile(H100.name, Mode.CALIBRATED, {OpClass.ELEMENTWISE: ClassParams(memory_eff=0.5)},
-                   elementwise={"rmsnorm": ClassParams(memory_eff=0.25)})
+    prof = Profile(H100.name, Mode.CALIBRATED, {OpClass.ELEMENTWISE: ElementwiseParams(memory_eff=0.5)},
+                   elementwise={"rmsnorm": ElementwiseParams(memory_eff=0.25)})
     a = op_cost(Elementwise("rmsnorm", bytes=1e9), H100, prof).total_s
     b = op_cost(Elementwise("gelu", bytes=1e9), H100, prof).total_s
     assert a == pytest.approx(2 * b)
 
 
 def test_prefill_attention_waves():
-    p = ClassParams(tile_m=128, wave_quant=1.0)
+    p = AttentionParams(tile_m=128, wave_quant=1.0)
     # 1 x 1 head x 128 queries = 1 block: one SM of 132 busy -> 132x the ideal compute time
     op = Attention(Phase.PREFILL, 1, 128, 128, 1, 1, 128)
     ideal = op_cost(op, H100, PEAK).compute_s
@@ -100,7 +105,7 @@ def test_prefill_attention_waves():
 
 def test_layer_is_the_sum_of_its_parts():
     op = DecoderLayer(Phase.DECODE, 8, 1, 4096, 4096, 14336, 32, 8, 128)
-    prof = _prof(gemm=ClassParams(0.8, 0.9, 4e-6, 128, 128, 16), attention_decode=ClassParams(memory_eff=0.7))
+    prof = _prof(gemm=GemmParams(0.8, 0.9, 4e-6, 128, 128, 16), attention_decode=AttentionParams(memory_eff=0.7))
     total = sum(op_cost(o, H100, prof).scale(c).total_s for _, o, c in decoder_layer_parts(op))
     assert op_cost(op, H100, prof).total_s == pytest.approx(total)
 
@@ -109,7 +114,7 @@ def test_layer_is_the_sum_of_its_parts():
 @given(m=st.integers(1, 20000), n=st.integers(1, 30000), k=st.integers(1, 20000),
        tm=st.sampled_from([64, 128, 256]), tn=st.sampled_from([64, 128, 256]), wq=st.floats(0, 1))
 def test_calibrated_never_beats_peak_and_arrays_match_scalars(m, n, k, tm, tn, wq):
-    prof = _prof(gemm=ClassParams(0.8, 0.9, 3e-6, tm, tn, 16, wq, 5e-7, 0.5, 1e8, 1e6))
+    prof = _prof(gemm=GemmParams(0.8, 0.9, 3e-6, tm, tn, 16, wq, 5e-7, 0.5, 1e8, 1e6))
     one = op_cost(Gemm(m, n, k), H100, prof).total_s
     assert one >= op_cost(Gemm(m, n, k), H100, PEAK).total_s
     arr = op_cost(Gemm(np.array([m, 2 * m]), n, k), H100, prof).total_s
@@ -120,7 +125,7 @@ def test_calibrated_never_beats_peak_and_arrays_match_scalars(m, n, k, tm, tn, w
 def test_array_costs_broadcast_for_the_sweep():
     b = np.arange(1, 1001)
     op = Attention(Phase.DECODE, b, 1, 4096, 32, 8, 128)
-    c = op_cost(op, H100, _prof(attention_decode=ClassParams(memory_eff=0.8, latency_s=5e-6, ramp_bytes=1e6)))
+    c = op_cost(op, H100, _prof(attention_decode=AttentionParams(memory_eff=0.8, latency_s=5e-6, ramp_bytes=1e6)))
     assert c.total_s.shape == (1000,) and np.all(np.diff(c.total_s) > 0)
     assert isinstance(c + OpCost(), OpCost)
 
@@ -148,7 +153,7 @@ def test_rmsnorm_rows_are_derived_from_bytes_and_flops():
 
 
 def test_occupancy_floor_makes_few_long_units_slow_and_vanishes_in_peak_mode():
-    p = ClassParams(memory_eff=1.0, units_per_sm=2, unit_memory_eff=10e9 * H100.sm_count / H100.hbm_bytes_per_s,
+    p = ElementwiseParams(memory_eff=1.0, units_per_sm=2, unit_memory_eff=10e9 * H100.sm_count / H100.hbm_bytes_per_s,
                     unit_overhead_s=1e-6)
     prof = Profile(H100.name, Mode.CALIBRATED, elementwise={"rmsnorm": p})
     one_row_short = Elementwise("rmsnorm", bytes=3 * 2048 * 2, flops=4 * 2048)
@@ -161,12 +166,12 @@ def test_occupancy_floor_makes_few_long_units_slow_and_vanishes_in_peak_mode():
     # many rows: the HBM roofline binds
     big = Elementwise("rmsnorm", bytes=(2 * 65536 + 1) * 4096 * 2, flops=4 * 65536 * 4096)
     assert op_cost(big, H100, prof).memory_s >= big.bytes / H100.hbm_bytes_per_s
-    assert unit_waves_s(10, 1e6, 132, 3e12, ClassParams()) == 0.0
+    assert unit_waves_s(10, 1e6, 132, 3e12, ElementwiseParams()) == 0.0
     assert op_cost(one_row_long, H100, PEAK).total_s == pytest.approx(one_row_long.bytes / H100.hbm_bytes_per_s)
 
 
 def test_split_kv_adds_the_combine_latency_only_when_it_splits():
-    p = ClassParams(split_rule=1, split_latency_s=5e-6)
+    p = AttentionParams(split_rule=1, split_latency_s=5e-6)
     prof = _prof(attention_decode=p)
     few = Attention(Phase.DECODE, batch=1, q_len=1, kv_len=65536, q_heads=32, kv_heads=8, head_dim=128)
     many = Attention(Phase.DECODE, batch=64, q_len=1, kv_len=65536, q_heads=32, kv_heads=8, head_dim=128)
@@ -175,7 +180,7 @@ def test_split_kv_adds_the_combine_latency_only_when_it_splits():
 
 
 def test_host_copy_knee_changes_the_rate_of_the_tail():
-    p = ClassParams(memory_eff=0.25, knee_bytes=16e6, tail_memory_eff=0.125)
+    p = CopyParams(memory_eff=0.25, knee_bytes=16e6, tail_memory_eff=0.125)
     prof = _prof(memcpy_h2d_pageable=p)
     bw = H100.pcie_bytes_per_s_per_direction
     small = Memcpy(8e6, MemLocation.HOST_PAGEABLE, MemLocation.DEVICE)
@@ -191,7 +196,7 @@ def _prefill(batch, n, heads=32, causal=True):
 
 def test_scheduled_prefill_is_set_by_the_longest_tile_when_few_and_by_the_load_when_many():
     rate = 0.1 * H100.flops_for(Dtype.BF16) / H100.sm_count
-    p = ClassParams(tile_m=128, units_per_sm=1, unit_compute_eff=0.1, unit_overhead_s=2e-6, wave_quant=0.0)
+    p = AttentionParams(tile_m=128, units_per_sm=1, unit_compute_eff=0.1, unit_overhead_s=2e-6, wave_quant=0.0)
     prof = _prof(attention_prefill=p)
     per_key = 4 * 128 * 128 / rate
     # 32 heads x 8 tiles = 256 programs over 132 slots: the last tile (all 1024 keys) or the mean load
@@ -212,7 +217,7 @@ def test_scheduled_prefill_is_set_by_the_longest_tile_when_few_and_by_the_load_w
 
 
 def test_scheduled_prefill_vectorises():
-    p = ClassParams(tile_m=64, units_per_sm=2, unit_compute_eff=0.2, unit_overhead_s=1e-6, wave_quant=0.5,
+    p = AttentionParams(tile_m=64, units_per_sm=2, unit_compute_eff=0.2, unit_overhead_s=1e-6, wave_quant=0.5,
                     split_rule=1, split_latency_s=3e-6)
     prof = _prof(attention_prefill=p)
     ns = np.array([128, 512, 2048, 16384])
@@ -223,8 +228,8 @@ def test_scheduled_prefill_vectorises():
 
 
 def test_triton_decode_pieces_follow_the_kernels_schedules():
-    from perfmodel.calibration import SplitRule
-    from perfmodel.costs import _triton_decode_pieces
+    from perfmodel.costs.attention import SplitRule
+    from perfmodel.costs.attention import triton_decode_pieces as _triton_decode_pieces
 
     # split-KV: 8 (sequence, kv head) pairs, 264 slots -> 33 splits, but 4096 keys are 64 tiles:
     # chunks of 2 tiles (128 keys), 32 pieces
@@ -253,12 +258,12 @@ def test_triton_decode_pieces_follow_the_kernels_schedules():
 
 
 def test_decode_step_time_charges_each_tile_a_program_walks():
-    from perfmodel.calibration import SplitRule
+    from perfmodel.costs.attention import SplitRule
 
     op = Attention(Phase.DECODE, 4, 1, 65536, 32, 8, 128, causal=True)
-    base = ClassParams(split_rule=SplitRule.STREAM_K, units_per_sm=1.0, unit_memory_eff=1.0)
+    base = AttentionParams(split_rule=SplitRule.STREAM_K, units_per_sm=1.0, unit_memory_eff=1.0)
     t0 = op_cost(op, H100, _prof(attention_decode=base)).total_s
-    step = ClassParams(split_rule=SplitRule.STREAM_K, units_per_sm=1.0, unit_memory_eff=1.0, unit_step_s=1e-7)
+    step = AttentionParams(split_rule=SplitRule.STREAM_K, units_per_sm=1.0, unit_memory_eff=1.0, unit_step_s=1e-7)
     t1 = op_cost(op, H100, _prof(attention_decode=step)).total_s
     # 32 pairs x 1024 tiles over 256 programs (2 per SM, rounded to the pairs): 128 tiles each,
     # 0.1 us per tile on the floor
@@ -266,10 +271,10 @@ def test_decode_step_time_charges_each_tile_a_program_walks():
 
 
 def test_triton_decode_combine_kernel_costs_its_partials():
-    from perfmodel.calibration import SplitRule
+    from perfmodel.costs.attention import SplitRule
 
-    base = ClassParams(split_rule=SplitRule.FILL, split_latency_s=2e-6)
-    with_bytes = ClassParams(split_rule=SplitRule.FILL, split_latency_s=2e-6, reduce_bytes_eff=0.5)
+    base = AttentionParams(split_rule=SplitRule.FILL, split_latency_s=2e-6)
+    with_bytes = AttentionParams(split_rule=SplitRule.FILL, split_latency_s=2e-6, reduce_bytes_eff=0.5)
     op = Attention(Phase.DECODE, batch=1, q_len=1, kv_len=4096, q_heads=32, kv_heads=8, head_dim=128)
     lat0 = op_cost(op, H100, _prof(attention_decode=base)).latency_s
     lat1 = op_cost(op, H100, _prof(attention_decode=with_bytes)).latency_s
@@ -279,10 +284,10 @@ def test_triton_decode_combine_kernel_costs_its_partials():
 
 
 def test_triton_decode_combine_kernel_costs_its_rows():
-    from perfmodel.calibration import SplitRule
+    from perfmodel.costs.attention import SplitRule
 
-    base = ClassParams(split_rule=SplitRule.FILL, split_latency_s=2e-6)
-    rows = ClassParams(split_rule=SplitRule.FILL, split_latency_s=2e-6, reduce_row_s=1e-7)
+    base = AttentionParams(split_rule=SplitRule.FILL, split_latency_s=2e-6)
+    rows = AttentionParams(split_rule=SplitRule.FILL, split_latency_s=2e-6, reduce_row_s=1e-7)
     lat = {}
     for b in (1, 64):
         op = Attention(Phase.DECODE, batch=b, q_len=1, kv_len=256, q_heads=32, kv_heads=8, head_dim=128)
@@ -296,11 +301,11 @@ def test_triton_decode_combine_kernel_costs_its_rows():
 def test_stream_k_at_one_wave_has_no_combine_rows():
     # stream-K whose programs fit one per SM merges in its own kernel: no combine program per
     # output row; beyond one wave the reduction kernel's rows are priced as for split-KV
-    from perfmodel.attention_costs import triton_decode_pieces
-    from perfmodel.calibration import SplitRule
+    from perfmodel.costs.attention import triton_decode_pieces
+    from perfmodel.costs.attention import SplitRule
 
-    base = ClassParams(split_rule=SplitRule.STREAM_K, split_latency_s=2e-6)
-    rows = ClassParams(split_rule=SplitRule.STREAM_K, split_latency_s=2e-6, reduce_row_s=1e-7)
+    base = AttentionParams(split_rule=SplitRule.STREAM_K, split_latency_s=2e-6)
+    rows = AttentionParams(split_rule=SplitRule.STREAM_K, split_latency_s=2e-6, reduce_row_s=1e-7)
     for b, kv, fused in ((1, 1024, True), (4, 4096, True), (2, 16384, True), (4, 16384, False), (16, 65536, False)):
         op = Attention(Phase.DECODE, batch=b, q_len=1, kv_len=kv, q_heads=32, kv_heads=8, head_dim=128)
         programs, _ = triton_decode_pieces(b * 8, kv, 2 * H100.sm_count, SplitRule.STREAM_K, H100.sm_count, 128)
@@ -314,12 +319,12 @@ def test_stream_k_one_wave_merge_costs_its_latency_and_loads():
     # at one wave the last program of a split pair merges its pieces: merge_latency_s plus
     # merge_step_s per load of up to 64 // next_pow2(group) pieces; an unsplit pair (one piece)
     # costs nothing, and the combine kernel's split_latency_s is not charged
-    from perfmodel.attention_costs import triton_decode_pieces
+    from perfmodel.costs.attention import triton_decode_pieces
     from perfmodel.decode_schedule import merge_loads as stream_k_merge_loads
-    from perfmodel.calibration import SplitRule
+    from perfmodel.costs.attention import SplitRule
 
-    base = ClassParams(split_rule=SplitRule.STREAM_K, split_latency_s=2e-6)
-    merge = ClassParams(split_rule=SplitRule.STREAM_K, split_latency_s=2e-6, merge_latency_s=1e-6, merge_step_s=4e-7)
+    base = AttentionParams(split_rule=SplitRule.STREAM_K, split_latency_s=2e-6)
+    merge = AttentionParams(split_rule=SplitRule.STREAM_K, split_latency_s=2e-6, merge_latency_s=1e-6, merge_step_s=4e-7)
     # (batch, KV length, query heads, KV heads, loads expected): 16 pieces of group 4 in one load of 16,
     # 16 pieces of group 8 in two loads of 8, 33 pieces of group 4 in three, one piece: no merge
     for b, kv, hq, hkv, loads in ((1, 1024, 32, 8, 1), (1, 1024, 64, 8, 2), (1, 16384, 16, 4, 3), (16, 256, 32, 8, 0)):
@@ -347,12 +352,12 @@ def test_gemm_candidate_tiles_never_slower_than_the_largest_tile():
     from types import MappingProxyType
 
     from perfmodel.hw.loader import load_gpu
-    from perfmodel.calibration import ClassParams, Mode, OpClass, Profile
+    from perfmodel.calibration import Mode, OpClass, Profile
     from perfmodel.ops import Gemm
 
     g = load_gpu("h100-sxm-80gb")
-    base = ClassParams(compute_eff=0.7, memory_eff=0.9, tile_m=128, tile_n=256, tile_m_min=16, wave_quant=1.0)
-    choose = ClassParams(**{**base.__dict__, "tile_choice": 1})
+    base = GemmParams(compute_eff=0.7, memory_eff=0.9, tile_m=128, tile_n=256, tile_m_min=16, wave_quant=1.0)
+    choose = GemmParams(**{**base.__dict__, "tile_choice": 1})
     op = Gemm(np.array([1.0, 1000, 1000, 4096, 16384]), np.array([1000.0, 1000, 640, 4352, 640]),
               np.array([1000.0, 1000, 2560, 4096, 2560]))
     prof = lambda p: Profile("h100-sxm-80gb", Mode.CALIBRATED, MappingProxyType({OpClass.GEMM: p}))
@@ -360,7 +365,7 @@ def test_gemm_candidate_tiles_never_slower_than_the_largest_tile():
     assert np.all(chosen <= fixed * (1 + 1e-12))
     assert np.any(chosen < 0.9 * fixed)  # a small (N) problem fills more SMs with smaller tiles
     # a per-halving efficiency below 1 makes the small tiles dearer
-    dear = ClassParams(**{**choose.__dict__, "small_tile_eff": 0.5})
+    dear = GemmParams(**{**choose.__dict__, "small_tile_eff": 0.5})
     assert np.all(op_cost(op, g, prof(dear)).total_s >= chosen * (1 - 1e-12))
 
 
@@ -368,11 +373,11 @@ def test_rmsnorm_rows_past_the_knee_stream_at_the_tail_efficiency():
     from types import MappingProxyType
 
     from perfmodel.hw.loader import load_gpu
-    from perfmodel.calibration import ClassParams, Mode, Profile
+    from perfmodel.calibration import Mode, Profile
     from perfmodel.ops import Elementwise
 
     g = load_gpu("h100-sxm-80gb")
-    p = ClassParams(memory_eff=0.8, row_knee_bytes=8192.0, row_tail_memory_eff=0.6)
+    p = ElementwiseParams(memory_eff=0.8, row_knee_bytes=8192.0, row_tail_memory_eff=0.6)
     prof = Profile("h100-sxm-80gb", Mode.CALIBRATED, elementwise=MappingProxyType({"rmsnorm": p}))
     t, h = 16384, np.array([2048.0, 16384.0])
     op = Elementwise("rmsnorm", bytes=(2 * t + 1) * h * 2, flops=4 * t * h)
@@ -382,11 +387,11 @@ def test_rmsnorm_rows_past_the_knee_stream_at_the_tail_efficiency():
 
 
 def test_unit_share_shortens_a_causal_wave_not_a_non_causal_one():
-    from perfmodel.calibration import SplitRule
+    from perfmodel.costs.attention import SplitRule
 
     base = dict(split_rule=SplitRule.NONE, units_per_sm=4.0, unit_compute_eff=0.4, unit_overhead_s=1e-6, tile_m=128,
                 wave_quant=0.5)
-    off, on = ClassParams(**base), ClassParams(**base, unit_share=0.3)
+    off, on = AttentionParams(**base), AttentionParams(**base, unit_share=0.3)
 
     def t(params, causal):
         op = Attention(Phase.PREFILL, 1, 2048, 2048, 32, 8, 128, causal=causal)
@@ -400,9 +405,9 @@ def test_unit_share_shortens_a_causal_wave_not_a_non_causal_one():
 
 
 def test_non_causal_grids_pay_no_tail_beyond_the_idle_part_of_the_last_wave():
-    from perfmodel.calibration import SplitRule
+    from perfmodel.costs.attention import SplitRule
 
-    p = ClassParams(split_rule=SplitRule.NONE, units_per_sm=4.0, unit_compute_eff=0.4, unit_overhead_s=1e-6, tile_m=128,
+    p = AttentionParams(split_rule=SplitRule.NONE, units_per_sm=4.0, unit_compute_eff=0.4, unit_overhead_s=1e-6, tile_m=128,
                     wave_quant=0.4)
     prof = _prof(attention_prefill=p)
     rate = 0.4 * H100.flops_for(Dtype.BF16) / H100.sm_count  # 4 programs share an SM's math

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from perfmodel.hw.loader import load_gpu
-from perfmodel.calibration import ClassParams, Mode, Profile, params_from_dict
-from perfmodel.costs import op_cost, row_memory_eff
+from perfmodel.calibration import Mode, Profile
+from perfmodel.costs.elementwise import ElementwiseParams
+from perfmodel.costs import op_cost
+from perfmodel.costs.elementwise import row_memory_eff
 from perfmodel.errors import ProfileError
 from perfmodel.ops import Elementwise
 
@@ -19,7 +21,7 @@ def _prof(name, p):
 
 
 def test_row_knee_width_ramps_the_time_per_byte_between_head_and_tail():
-    p = ClassParams(memory_eff=0.8, row_knee_bytes=8192.0, row_tail_memory_eff=0.5, row_knee_width_bytes=8192.0)
+    p = ElementwiseParams(memory_eff=0.8, row_knee_bytes=8192.0, row_tail_memory_eff=0.5, row_knee_width_bytes=8192.0)
     eff = row_memory_eff(np.array([4096.0, 8192.0, 12288.0, 16384.0, 65536.0]), p)
     # time per byte: head, head, half-way, tail, tail
     want = 1.0 / np.array([1 / 0.8, 1 / 0.8, 0.5 / 0.8 + 0.5 / 0.5, 1 / 0.5, 1 / 0.5])
@@ -27,13 +29,13 @@ def test_row_knee_width_ramps_the_time_per_byte_between_head_and_tail():
 
 
 def test_row_knee_without_width_is_a_step():
-    p = ClassParams(memory_eff=0.8, row_knee_bytes=8192.0, row_tail_memory_eff=0.5)
+    p = ElementwiseParams(memory_eff=0.8, row_knee_bytes=8192.0, row_tail_memory_eff=0.5)
     assert np.allclose(row_memory_eff(np.array([8192.0, 8193.0]), p), [0.8, 0.5])
 
 
 def test_rmsnorm_rows_just_past_the_knee_cost_between_head_and_tail():
-    step = ClassParams(memory_eff=0.8, row_knee_bytes=8192.0, row_tail_memory_eff=0.5)
-    ramp = ClassParams(**{**step.__dict__, "row_knee_width_bytes": 8192.0})
+    step = ElementwiseParams(memory_eff=0.8, row_knee_bytes=8192.0, row_tail_memory_eff=0.5)
+    ramp = ElementwiseParams(**{**step.__dict__, "row_knee_width_bytes": 8192.0})
     t, h = 16384, 6144.0  # 12 KB rows in bf16
     op = Elementwise("rmsnorm", bytes=(2 * t + 1) * h * 2, flops=4 * t * h)
     head = (2 * t + 1) * h * 2 / (G.hbm_bytes_per_s * 0.8)
@@ -43,7 +45,7 @@ def test_rmsnorm_rows_just_past_the_knee_cost_between_head_and_tail():
 
 
 def test_cache_bytes_streams_small_working_sets_at_the_cache_rate():
-    p = ClassParams(memory_eff=0.9, cache_bytes=4e6, cache_memory_eff=1.8)
+    p = ElementwiseParams(memory_eff=0.9, cache_bytes=4e6, cache_memory_eff=1.8)
     by = np.array([3e6, 5e6])
     op = Elementwise("residual_add", bytes=by, flops=by / 6)
     got = op_cost(op, G, _prof("residual_add", p)).memory_s
@@ -53,7 +55,7 @@ def test_cache_bytes_streams_small_working_sets_at_the_cache_rate():
 
 
 def test_cache_bytes_off_by_default():
-    p = ClassParams(memory_eff=0.9)
+    p = ElementwiseParams(memory_eff=0.9)
     op = Elementwise("residual_add", bytes=3e6, flops=5e5)
     assert op_cost(op, G, _prof("residual_add", p)).memory_s == pytest.approx(3e6 / (G.hbm_bytes_per_s * 0.9))
 
@@ -62,4 +64,4 @@ def test_cache_bytes_off_by_default():
                                  {"row_knee_width_bytes": -1.0}, {"row_knee_width_bytes": float("inf")}])
 def test_new_fields_are_validated(raw):
     with pytest.raises(ProfileError):
-        params_from_dict(raw, "test")
+        ElementwiseParams.from_dict(raw, "test")

@@ -8,8 +8,10 @@ import pytest
 
 from perfmodel.hw.loader import load_gpu
 from perfmodel.hw.spec import Dtype
-from perfmodel.calibration import ClassParams, Mode, OpClass, Profile, params_from_dict
-from perfmodel.costs import GEMM_ALIGN_BYTES, gemm_misaligned, op_cost
+from perfmodel.calibration import Mode, OpClass, Profile
+from perfmodel.costs.gemm import GemmParams
+from perfmodel.costs import GEMM_ALIGN_BYTES, op_cost
+from perfmodel.costs.gemm import gemm_misaligned
 from perfmodel.errors import ProfileError
 from perfmodel.ops import Gemm
 
@@ -17,15 +19,15 @@ H100 = load_gpu("h100-sxm-80gb")
 PEAK_FLOPS = H100.flops_for(Dtype.BF16)
 
 
-def _prof(p: ClassParams) -> Profile:
+def _prof(p: GemmParams) -> Profile:
     return Profile(H100.name, Mode.CALIBRATED, {OpClass.GEMM: p})
 
 
 def test_under_filled_grid_runs_one_wave_of_smaller_tiles_at_the_fill_rate():
     # 1024 x 1024 in 128 x 256 tiles: 32 tiles on 132 SMs
     tiles = 8 * 4
-    base = ClassParams(tile_m=128, tile_n=256, wave_quant=1.0, tile_overhead_s=1e-6)
-    fill = ClassParams(tile_m=128, tile_n=256, wave_quant=1.0, tile_overhead_s=1e-6, fill_tile_eff=0.7)
+    base = GemmParams(tile_m=128, tile_n=256, wave_quant=1.0, tile_overhead_s=1e-6)
+    fill = GemmParams(tile_m=128, tile_n=256, wave_quant=1.0, tile_overhead_s=1e-6, fill_tile_eff=0.7)
     op = Gemm(m=1024, n=1024, k=4096)
     fl = 2.0 * 1024 * 1024 * 4096
     want = fl / 0.7 ** math.log2(H100.sm_count / tiles) / PEAK_FLOPS + 1e-6
@@ -37,8 +39,8 @@ def test_under_filled_grid_runs_one_wave_of_smaller_tiles_at_the_fill_rate():
 
 
 def test_fill_rate_leaves_grids_of_at_least_one_wave_alone():
-    base = ClassParams(tile_m=128, tile_n=256, wave_quant=0.5, tile_overhead_s=1e-6, small_tile_eff=0.9)
-    fill = ClassParams(tile_m=128, tile_n=256, wave_quant=0.5, tile_overhead_s=1e-6, small_tile_eff=0.9,
+    base = GemmParams(tile_m=128, tile_n=256, wave_quant=0.5, tile_overhead_s=1e-6, small_tile_eff=0.9)
+    fill = GemmParams(tile_m=128, tile_n=256, wave_quant=0.5, tile_overhead_s=1e-6, small_tile_eff=0.9,
                        fill_tile_eff=0.6)
     ms = np.array([4096.0, 16384.0])  # 32 x 16 and 128 x 16 tiles
     op = Gemm(m=ms, n=4096, k=4096)
@@ -59,20 +61,20 @@ def test_rows_off_the_128_byte_lines_are_found_per_operand_format():
 
 
 def test_misaligned_rows_compute_at_the_misaligned_rate():
-    p = ClassParams(misaligned_eff=0.8)
+    p = GemmParams(misaligned_eff=0.8)
     ns = np.array([1000.0, 1024.0])
     op = Gemm(m=8192, n=ns, k=8192)
     c = op_cost(op, H100, _prof(p)).compute_s
     assert c == pytest.approx(2.0 * 8192 * ns * 8192 / PEAK_FLOPS / np.array([0.8, 1.0]))
     # off (0): the same rate for both
-    off = op_cost(op, H100, _prof(ClassParams())).compute_s
+    off = op_cost(op, H100, _prof(GemmParams())).compute_s
     assert off == pytest.approx(2.0 * 8192 * ns * 8192 / PEAK_FLOPS)
     # a scalar op stays a scalar
     assert isinstance(op_cost(Gemm(m=64, n=1000, k=1000), H100, _prof(p)).compute_s, float)
 
 
 def test_misaligned_rows_stream_their_bytes_at_the_misaligned_memory_rate():
-    p = ClassParams(memory_eff=0.9, misaligned_memory_eff=0.8)
+    p = GemmParams(memory_eff=0.9, misaligned_memory_eff=0.8)
     ns = np.array([1000.0, 1024.0])
     op = Gemm(m=1, n=ns, k=8192)  # weight streaming: memory-bound
     by = 2.0 * (8192 + 8192 * ns + ns)
@@ -80,8 +82,8 @@ def test_misaligned_rows_stream_their_bytes_at_the_misaligned_memory_rate():
     assert m == pytest.approx(by / (H100.hbm_bytes_per_s * 0.9 * np.array([0.8, 1.0])))
     assert m[0] / by[0] > m[1] / by[1]  # slower per byte only where the rows are off the lines
     # the math rate is untouched, and off (0) both rows stream at memory_eff
-    assert op_cost(op, H100, _prof(p)).compute_s == pytest.approx(op_cost(op, H100, _prof(ClassParams())).compute_s)
-    off = op_cost(op, H100, _prof(ClassParams(memory_eff=0.9))).memory_s
+    assert op_cost(op, H100, _prof(p)).compute_s == pytest.approx(op_cost(op, H100, _prof(GemmParams())).compute_s)
+    off = op_cost(op, H100, _prof(GemmParams(memory_eff=0.9))).memory_s
     assert off == pytest.approx(by / (H100.hbm_bytes_per_s * 0.9))
     assert isinstance(op_cost(Gemm(m=1, n=1000, k=1000), H100, _prof(p)).memory_s, float)
     # the peak model has no such term
@@ -92,5 +94,5 @@ def test_misaligned_rows_stream_their_bytes_at_the_misaligned_memory_rate():
 @pytest.mark.parametrize("bad", [-0.1, 1.2, float("nan")])
 def test_gemm_rate_factors_must_lie_in_0_1(name, bad):
     with pytest.raises(ProfileError, match=name):
-        params_from_dict({name: bad}, "gemm")
-    assert getattr(params_from_dict({name: 0.7}, "gemm"), name) == 0.7
+        GemmParams.from_dict({name: bad}, "gemm")
+    assert getattr(GemmParams.from_dict({name: 0.7}, "gemm"), name) == 0.7

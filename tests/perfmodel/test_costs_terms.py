@@ -8,8 +8,12 @@ import pytest
 
 from perfmodel.hw.loader import load_gpu
 from perfmodel.hw.spec import Dtype
-from perfmodel.calibration import ClassParams, SplitRule, Mode, OpClass, Profile, peak_profile
-from perfmodel.costs import flash_splits, op_cost
+from perfmodel.calibration import Mode, OpClass, Profile, peak_profile
+from perfmodel.costs.attention import AttentionParams, SplitRule
+from perfmodel.costs.copies import CopyParams
+from perfmodel.costs.elementwise import ElementwiseParams
+from perfmodel.costs import op_cost
+from perfmodel.costs.attention import flash_splits
 from perfmodel.ops import Attention, Elementwise, Memcpy, MemLocation, Phase
 
 H100 = load_gpu("h100-sxm-80gb")
@@ -27,7 +31,7 @@ def test_each_norm_block_streams_its_row_and_the_whole_weight():
     # one block per row, all in one wave: 8 rows take as long as one (each block reads its input row,
     # writes its output row and reads the weight), not 17/8 / 3 of it
     rate = 10e9
-    p = ClassParams(memory_eff=1.0, units_per_sm=4, unit_memory_eff=rate * H100.sm_count / H100.hbm_bytes_per_s)
+    p = ElementwiseParams(memory_eff=1.0, units_per_sm=4, unit_memory_eff=rate * H100.sm_count / H100.hbm_bytes_per_s)
     prof = Profile(H100.name, Mode.CALIBRATED, elementwise=MappingProxyType({"rmsnorm": p}))
     one = op_cost(_norm(1, 8192), H100, prof).memory_s
     eight = op_cost(_norm(8, 8192), H100, prof).memory_s
@@ -44,8 +48,8 @@ def _prefill(n, head_dim, heads=32):
 
 
 def test_softmax_cost_per_score_is_paid_per_key_and_weighs_more_for_small_heads():
-    base = ClassParams(tile_m=128, units_per_sm=1, unit_compute_eff=0.2, wave_quant=0.0)
-    with_sm = ClassParams(**{**base.__dict__, "score_flops": 128.0})
+    base = AttentionParams(tile_m=128, units_per_sm=1, unit_compute_eff=0.2, wave_quant=0.0)
+    with_sm = AttentionParams(**{**base.__dict__, "score_flops": 128.0})
     rate = 0.2 * H100.flops_for(Dtype.BF16) / H100.sm_count
     n = 4096  # 32 heads x 32 tiles = 1024 equal programs over 132 slots
     for d in (64, 128):
@@ -67,7 +71,7 @@ def _decode(batch, kv, kv_heads=4):
 
 
 def test_combine_cost_grows_with_the_kv_splits_and_only_when_split():
-    p = ClassParams(split_rule=SplitRule.FLASH, split_latency_s=2e-6, split_piece_s=0.2e-6)
+    p = AttentionParams(split_rule=SplitRule.FLASH, split_latency_s=2e-6, split_piece_s=0.2e-6)
     prof = _prof(attention_decode=p)
     kvs = np.array([4096.0, 16384.0])
     lat = op_cost(_decode(1, kvs), H100, prof).latency_s
@@ -77,13 +81,13 @@ def test_combine_cost_grows_with_the_kv_splits_and_only_when_split():
     # enough (sequence, head) programs: flash does not split, no combine kernel
     assert op_cost(_decode(128, 4096.0, kv_heads=8), H100, prof).latency_s == 0.0
     # our split-KV kernel: the combine runs always, one piece per chunk
-    fill = _prof(attention_decode=ClassParams(split_rule=SplitRule.FILL, split_latency_s=1e-6, split_piece_s=0.1e-6))
+    fill = _prof(attention_decode=AttentionParams(split_rule=SplitRule.FILL, split_latency_s=1e-6, split_piece_s=0.1e-6))
     assert op_cost(_decode(1, 4096.0), H100, fill).latency_s == pytest.approx(1e-6 + 0.1e-6 * 64)
 
 
 def test_size_knee_gives_small_copies_their_own_rate():
     # the first 8 MB at 1.3 x HBM (the L2 absorbs the writes), the rest at 0.9
-    p = ClassParams(memory_eff=1.3, knee_bytes=8e6, tail_memory_eff=0.9, latency_s=5e-6)
+    p = CopyParams(memory_eff=1.3, knee_bytes=8e6, tail_memory_eff=0.9, latency_s=5e-6)
     prof = _prof(memcpy_d2d=p)
     sizes = np.array([1e6, 8e6, 64e6])
     op = Memcpy(bytes=sizes, src=MemLocation.DEVICE, dst=MemLocation.DEVICE)

@@ -8,7 +8,7 @@ import pytest
 
 from perfmodel.hw.spec import Dtype
 from perfmodel import decode_schedule as ds
-from perfmodel.attention_costs import triton_general_decode
+from perfmodel.costs.attention import triton_general_decode
 from perfmodel.errors import OpDescriptorError
 from perfmodel.layers import Precision, model_ops
 from perfmodel.models import load_model

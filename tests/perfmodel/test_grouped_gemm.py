@@ -10,9 +10,11 @@ from hypothesis import strategies as st
 
 from perfmodel.hw.loader import load_gpu
 from perfmodel.hw.spec import Dtype
-from perfmodel.calibration import ClassParams, Mode, OpClass, Profile, peak_profile, resolve_profile
+from perfmodel.calibration import Mode, OpClass, Profile, peak_profile, resolve_profile
+from perfmodel.costs.gemm import GemmParams
+from perfmodel.costs.grouped_gemm import GroupedGemmParams
 from perfmodel.costs import op_cost
-from perfmodel.costs_grouped import grouped_gemm_params, grouped_padded_rows
+from perfmodel.costs.grouped_gemm import grouped_gemm_params, grouped_padded_rows
 from perfmodel.errors import OpDescriptorError
 from perfmodel.layers import experts_touched, model_ops
 from perfmodel.models import load_model
@@ -57,7 +59,7 @@ def test_peak_cost_is_the_datasheet_roofline():
 
 
 def test_one_launch_and_tile_padding_per_group():
-    p = ClassParams(compute_eff=0.8, memory_eff=0.9, latency_s=4e-6, tile_m=64)
+    p = GroupedGemmParams(compute_eff=0.8, memory_eff=0.9, latency_s=4e-6, tile_m=64)
     prof = Profile("h200-sxm-141gb", Mode.CALIBRATED, MappingProxyType({OpClass.GROUPED_GEMM: p}))
     c = op_cost(GroupedGemm(100, 200, 1536, 2048), H200, prof)
     assert float(c.latency_s) == pytest.approx(4e-6)  # one launch, not one per group
@@ -70,15 +72,15 @@ def test_one_launch_and_tile_padding_per_group():
 
 
 def test_unfitted_profiles_borrow_the_gemm_curve_in_calibrated_mode_only():
-    g = ClassParams(compute_eff=0.7, memory_eff=0.9, latency_s=3e-6, overlap=0.8, tile_m=64, tile_n=128)
+    g = GemmParams(compute_eff=0.7, memory_eff=0.9, latency_s=3e-6, overlap=0.8, tile_m=64, tile_n=128)
     cal = Profile("h200-sxm-141gb", Mode.CALIBRATED, MappingProxyType({OpClass.GEMM: g}))
     got = grouped_gemm_params(cal)
     assert (got.compute_eff, got.memory_eff, got.latency_s, got.overlap, got.tile_m) == (0.7, 0.9, 3e-6, 0.8, 0)
-    own = ClassParams(compute_eff=0.5)
+    own = GroupedGemmParams(compute_eff=0.5)
     both = Profile("h200-sxm-141gb", Mode.CALIBRATED, MappingProxyType({OpClass.GEMM: g, OpClass.GROUPED_GEMM: own}))
     assert grouped_gemm_params(both) is own
-    assert grouped_gemm_params(PEAK) == ClassParams()
-    assert grouped_gemm_params(Profile("x", Mode.CALIBRATED)) == ClassParams()
+    assert grouped_gemm_params(PEAK) == GroupedGemmParams()
+    assert grouped_gemm_params(Profile("x", Mode.CALIBRATED)) == GroupedGemmParams()
     shipped = resolve_profile(H200, "calibrated")
     assert grouped_gemm_params(shipped).latency_s == shipped.params(OpClass.GEMM).latency_s > 0
 
@@ -95,7 +97,7 @@ def test_array_fields_broadcast():
 def test_grouped_cost_between_its_bytes_and_the_per_group_gemms(groups, extra, n, k, tile):
     m = groups + extra
     op = GroupedGemm(groups, m, n, k)
-    p = ClassParams(compute_eff=0.8, memory_eff=0.9, latency_s=3e-6, tile_m=tile)
+    p = GroupedGemmParams(compute_eff=0.8, memory_eff=0.9, latency_s=3e-6, tile_m=tile)
     prof = Profile("h200-sxm-141gb", Mode.CALIBRATED, MappingProxyType({OpClass.GROUPED_GEMM: p}))
     t = float(op_cost(op, H200, prof).total_s)
     assert t >= bytes_moved(op) / (H200.hbm_bytes_per_s * p.memory_eff) * (1 - 1e-9)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import perfmodel
-from perfmodel.comm import DEFAULT_NODE_GPUS, GroupTooLargeError, collective_time
+from perfmodel.comm import DEFAULT_NODE_GPUS, GroupTooLargeError
+from perfmodel.costs.collectives import collective_time
 from perfmodel.calibration import peak_profile
 from perfmodel.errors import InvalidInputError, PerfModelError
 from perfmodel.knobs import Knobs

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from perfmodel.analyze import analyze
-from perfmodel.attention_costs import flash_splits
+from perfmodel.costs.attention import flash_splits
 from perfmodel.calibration import resolve_profile
 from perfmodel.knobs import Knobs
 from perfmodel.layers import Precision

@@ -13,8 +13,11 @@ import perfmodel
 from perfmodel.hw.loader import list_gpus, load_gpu
 from perfmodel import transfer
 from perfmodel.analyze import analyze
-from perfmodel.calibration import ClassParams, Mode, OpClass, Profile, load_profile_file, resolve_profile, \
+from perfmodel.calibration import Mode, OpClass, Profile, load_profile_file, resolve_profile, \
     shipped_profile_path
+from perfmodel.costs.copies import CopyParams
+from perfmodel.costs.elementwise import ElementwiseParams
+from perfmodel.costs.gemm import GemmParams
 from perfmodel.sweep import sweep
 
 OPS = [
@@ -108,17 +111,18 @@ def test_source_choice_prefers_vendor_then_architecture():
 
 def test_carry_rules_scale_fill_times_and_cache_sizes():
     src, dst = load_gpu("h100-sxm-80gb"), load_gpu("b200")
-    p = ClassParams(compute_eff=0.7, memory_eff=0.9, latency_s=5e-6, tile_m=128, tile_n=256, ramp_bytes=1e6,
-                    ramp_flops=1e9, knee_bytes=3e7, cache_bytes=4e6, row_knee_bytes=8192.0, unit_step_s=1e-7)
-    g = transfer.carry_params(p, OpClass.GEMM, src, dst)
+    kw = dict(compute_eff=0.7, memory_eff=0.9, latency_s=5e-6, tile_m=128, tile_n=256, ramp_bytes=1e6,
+              ramp_flops=1e9, knee_bytes=3e7, cache_bytes=4e6, row_knee_bytes=8192.0, unit_step_s=1e-7)
+    p = lambda kind: kind(**{k: v for k, v in kw.items() if k in kind.field_names()})  # the fields of its class
+    g = transfer.carry_params(p(GemmParams), OpClass.GEMM, src, dst)
     assert (g.compute_eff, g.memory_eff, g.latency_s, g.tile_m, g.tile_n) == (0.7, 0.9, 5e-6, 128, 256)
     assert g.ramp_bytes == pytest.approx(1e6 * dst.hbm_bytes_per_s / src.hbm_bytes_per_s)
     assert g.ramp_flops == pytest.approx(1e9 * dst.flops_for("bf16") / src.flops_for("bf16"))
     assert g.knee_bytes == 3e7  # a GEMM's knee does not model the L2
-    e = transfer.carry_params(p, OpClass.ELEMENTWISE, src, dst)
+    e = transfer.carry_params(p(ElementwiseParams), OpClass.ELEMENTWISE, src, dst)
     assert e.knee_bytes == pytest.approx(3e7 * dst.l2_bytes / src.l2_bytes)
     assert e.cache_bytes == pytest.approx(4e6 * dst.l2_bytes / src.l2_bytes)
-    h = transfer.carry_params(p, OpClass.MEMCPY_H2D_PAGEABLE, src, dst)
+    h = transfer.carry_params(p(CopyParams), OpClass.MEMCPY_H2D_PAGEABLE, src, dst)
     assert h.knee_bytes == 3e7  # host caches: unchanged
     assert h.ramp_bytes == pytest.approx(1e6 * dst.pcie_bytes_per_s_per_direction / src.pcie_bytes_per_s_per_direction)
 
@@ -130,7 +134,7 @@ def test_other_vendor_gets_only_the_family_independent_fields():
     assert set(out.classes) <= set(transfer.FAMILY_INDEPENDENT_CLASSES)
     assert not out.implementations
     for p in [*out.classes.values(), *out.elementwise.values()]:
-        nonpeak = {f.name for f in dataclasses.fields(p) if getattr(p, f.name) != getattr(ClassParams(), f.name)}
+        nonpeak = {f.name for f in dataclasses.fields(p) if getattr(p, f.name) != getattr(type(p)(), f.name)}
         assert nonpeak <= set(transfer.FAMILY_INDEPENDENT_FIELDS)
     assert out.classes[OpClass.MEMCPY_D2D].memory_eff == prof.classes[OpClass.MEMCPY_D2D].memory_eff
 
@@ -147,7 +151,7 @@ def test_same_vendor_transfer_keeps_fractions_and_names_its_source():
 
 
 def test_profile_constructed_with_keywords_still_works():
-    p = Profile(gpu="x", mode=Mode.CALIBRATED, classes={OpClass.GEMM: ClassParams(compute_eff=0.5)})
+    p = Profile(gpu="x", mode=Mode.CALIBRATED, classes={OpClass.GEMM: GemmParams(compute_eff=0.5)})
     assert p.provenance_of(OpClass.GEMM) == "measured" and p.provenance_of(OpClass.MEMCPY_D2D) == "datasheet"
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from perfmodel.calibration import resolve_profile
-from perfmodel.comm import Topology, collective_time, topology_from_system
+from perfmodel.comm import Topology, topology_from_system
+from perfmodel.costs.collectives import collective_time
 from perfmodel.ep_route import busiest_gpu_bound_s, layer_route_time, read_placement, route_time, traffic_matrix
 from perfmodel.errors import InvalidInputError
 from perfmodel.ops import OpKind

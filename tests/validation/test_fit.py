@@ -6,7 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from perfmodel.calibration import ClassParams, Mode, OpClass, Profile, load_profile_file
+from perfmodel.calibration import Mode, OpClass, Profile, load_profile_file
+from perfmodel.costs.copies import CopyParams
+from perfmodel.costs.elementwise import ElementwiseParams
+from perfmodel.costs.gemm import GemmParams
 from perfmodel.errors import ProfileError
 from perfmodel.validation.fit import ProfileFitter, write_profile
 from perfmodel.validation.records import RecordError, read_records, split_by_family
@@ -17,10 +20,10 @@ H100 = "h100-sxm-80gb"
 
 def test_fit_recovers_a_known_profile_on_held_out_families(synthetic_records):
     true = Profile(H100, Mode.CALIBRATED,
-                   {OpClass.GEMM: ClassParams(0.78, 0.9, 4e-6, 128, 128, 16, 0.5, 1e-6, 0.8, fill_tile_eff=0.7),
-                    OpClass.MEMCPY_D2D: ClassParams(memory_eff=0.92, latency_s=6e-6)},
-                   elementwise={"rmsnorm": ClassParams(memory_eff=0.7, latency_s=3e-6),
-                                "residual_add": ClassParams(memory_eff=0.9, latency_s=1.5e-6)})
+                   {OpClass.GEMM: GemmParams(0.78, 0.9, 4e-6, 128, 128, 16, 0.5, 1e-6, 0.8, fill_tile_eff=0.7),
+                    OpClass.MEMCPY_D2D: CopyParams(memory_eff=0.92, latency_s=6e-6)},
+                   elementwise={"rmsnorm": ElementwiseParams(memory_eff=0.7, latency_s=3e-6),
+                                "residual_add": ElementwiseParams(memory_eff=0.9, latency_s=1.5e-6)})
     recs = [r for r in synthetic_records(("gemm", "elementwise", "memcpy"), true)
             if r["op"] == "gemm" or r.get("name") in ("rmsnorm", "residual_add") or r.get("src") == r.get("dst")]
     train, test = split_by_family(recs)
@@ -49,7 +52,7 @@ def test_write_profile_keeps_collective_classes(tmp_path):
                                 "classes": {"all_reduce": {"memory_eff": 0.8, "latency_s": 1e-5},
                                             "gemm": {"compute_eff": 0.1}},
                                 "collectives_source": "validation/data/collectives_h200.jsonl"}))
-    new = Profile(H100, Mode.CALIBRATED, {OpClass.GEMM: ClassParams(compute_eff=0.75)})
+    new = Profile(H100, Mode.CALIBRATED, {OpClass.GEMM: GemmParams(compute_eff=0.75)})
     write_profile(new, path, "test")
     prof = load_profile_file(path, H100)
     assert prof.params(OpClass.ALL_REDUCE).latency_s == 1e-5

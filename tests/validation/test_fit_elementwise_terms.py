@@ -3,7 +3,7 @@
 import numpy as np
 
 from perfmodel.hw.loader import load_gpu
-from perfmodel.calibration import ClassParams
+from perfmodel.costs.elementwise import ElementwiseParams
 from perfmodel.ops import Elementwise
 from perfmodel.validation.fit import _profile_with, fit_class, predict_ops
 
@@ -11,7 +11,7 @@ G = load_gpu("h100-sxm-80gb")
 
 
 def test_fit_finds_the_residual_add_cache_size():
-    true = ClassParams(memory_eff=0.9, latency_s=1.2e-6, knee_bytes=2e7, tail_memory_eff=0.85, cache_bytes=4e6,
+    true = ElementwiseParams(memory_eff=0.9, latency_s=1.2e-6, knee_bytes=2e7, tail_memory_eff=0.85, cache_bytes=4e6,
                        cache_memory_eff=1.7)
     by = 6.0 * np.array([2 ** k for k in range(10, 26)], dtype=float)
     ops = [Elementwise("residual_add", bytes=b, flops=b / 6) for b in by]
@@ -22,7 +22,7 @@ def test_fit_finds_the_residual_add_cache_size():
 
 
 def test_fit_uses_the_row_knee_width_when_rows_ramp():
-    true = ClassParams(memory_eff=0.8, latency_s=1.5e-6, units_per_sm=16.0, unit_overhead_s=1e-7,
+    true = ElementwiseParams(memory_eff=0.8, latency_s=1.5e-6, units_per_sm=16.0, unit_overhead_s=1e-7,
                        unit_memory_eff=0.07, wave_quant=0.2, row_knee_bytes=8192.0, row_tail_memory_eff=0.55,
                        row_knee_width_bytes=8192.0)
     ops = [Elementwise("rmsnorm", bytes=(2 * t + 1) * h * 2, flops=4 * t * h)

@@ -3,7 +3,8 @@
 
 import numpy as np
 
-from perfmodel.calibration import ClassParams, Mode, OpClass, Profile
+from perfmodel.calibration import Mode, OpClass, Profile
+from perfmodel.costs.gemm import GemmParams
 from perfmodel.validation.fit import ProfileFitter
 from perfmodel.validation.records import split_by_family
 
@@ -12,7 +13,7 @@ H100 = "h100-sxm-80gb"
 
 def test_fit_recovers_the_fill_and_both_misaligned_rates_on_held_out_gemms(synthetic_records):
     true = Profile(H100, Mode.CALIBRATED,
-                   {OpClass.GEMM: ClassParams(compute_eff=0.75, memory_eff=0.9, latency_s=3e-6, tile_m=128,
+                   {OpClass.GEMM: GemmParams(compute_eff=0.75, memory_eff=0.9, latency_s=3e-6, tile_m=128,
                                               tile_n=256, tile_m_min=16, wave_quant=0.3, tile_overhead_s=1e-6,
                                               overlap=0.95, fill_tile_eff=0.65, misaligned_eff=0.85,
                                               misaligned_memory_eff=0.8)})

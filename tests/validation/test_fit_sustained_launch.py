@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from perfmodel.hw.loader import load_gpu
-from perfmodel.calibration import ClassParams, Mode, OpClass, Profile
+from perfmodel.calibration import Mode, OpClass, Profile
+from perfmodel.costs.gemm import GemmParams
 from perfmodel.costs import op_cost
 from perfmodel.ops import Gemm, op_to_dict
 from perfmodel.validation.fit import SUSTAINED_OPS, launch_terms, sustained_terms
@@ -18,7 +19,7 @@ from perfmodel.validation.records import RecordError
 
 H100 = "h100-sxm-80gb"
 ROOT = Path(__file__).resolve().parents[2]
-PROF = Profile(H100, Mode.CALIBRATED, MappingProxyType({OpClass.GEMM: ClassParams(compute_eff=0.8, latency_s=3e-6)}))
+PROF = Profile(H100, Mode.CALIBRATED, MappingProxyType({OpClass.GEMM: GemmParams(compute_eff=0.8, latency_s=3e-6)}))
 
 
 def _result(ratio: float) -> dict:

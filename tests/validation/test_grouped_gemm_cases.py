@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from perfmodel.calibration import ClassParams, Mode, OpClass, Profile
+from perfmodel.calibration import Mode, OpClass, Profile
+from perfmodel.costs.grouped_gemm import GroupedGemmParams
 from perfmodel.ops import GroupedGemm, op_from_dict
 from perfmodel.validation.cases import MOE_MODELS, cases, grouped_gemm_cases, route_counts
 from perfmodel.validation.fit import ProfileFitter
@@ -103,7 +104,7 @@ def test_grouped_mm_equals_the_loop_on_cpu():
 
 def test_fit_recovers_the_grouped_class_from_synthetic_records(synthetic_records):
     # a 128-row tile pads the prefill groups of 192 rows (DeepSeek-V2-Lite shape, 2048 tokens) to 256: visible
-    truth = ClassParams(compute_eff=0.6, memory_eff=0.85, latency_s=6e-6, tile_m=128)
+    truth = GroupedGemmParams(compute_eff=0.6, memory_eff=0.85, latency_s=6e-6, tile_m=128)
     true = Profile(H100, Mode.CALIBRATED, {OpClass.GROUPED_GEMM: truth})
     recs = synthetic_records(("grouped_gemm",), true, keep=lambda c: c.impl == "grouped_mm", noise=0.01)
     p = ProfileFitter(H100).fit(recs).profile_.params(OpClass.GROUPED_GEMM)

@@ -3,7 +3,7 @@
 vLLM's ``fused_moe`` Triton kernel, SGLang's and TensorRT-LLM's MoE kernels (and
 ``torch._grouped_mm``) sort the token-expert pairs by expert and run every expert's GEMM in one
 launch: each program takes a ``tile_m``-row block of one expert's rows and streams that expert's
-weight.  Priced as one roofline (:func:`perfmodel.costs._roofline`):
+weight.  Priced as one roofline (:func:`perfmodel.costs.base.roofline`):
 
 - one launch (``latency_s``) per call, not one per expert;
 - bytes: the touched experts' weights plus the rows in and out, at ``memory_eff``;
@@ -11,25 +11,61 @@ weight.  Priced as one roofline (:func:`perfmodel.costs._roofline`):
   blocks (``groups * ceil(m / groups / tile_m) * tile_m`` rows; the rows are taken as spread evenly
   over the groups, so routing skew enters only through the touched count).
 
-The profile's ``grouped_gemm`` class sets these.  A calibrated profile without that class
-borrows its ``gemm`` class's ``compute_eff``, ``memory_eff``, ``latency_s`` and ``overlap``
-(:func:`grouped_gemm_params`); the peak profile prices the datasheet roofline.
+The profile's ``grouped_gemm`` class sets these (:class:`GroupedGemmParams`).  A calibrated profile
+without that class borrows its ``gemm`` class's ``compute_eff``, ``memory_eff``, ``latency_s`` and
+``overlap`` (:func:`grouped_gemm_params`); the peak profile prices the datasheet roofline.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from perfmodel.hw.spec import GPU
-from perfmodel.calibration import PEAK_PARAMS, ClassParams, Mode, OpClass, Profile
-from perfmodel.costs import Bound, OpCost, _roofline
+from perfmodel.costs.base import Bound, CurveParams, Mode, OpClass, OpCost, roofline
 from perfmodel.ops import GroupedGemm, bytes_moved, flops
+
+if TYPE_CHECKING:
+    from perfmodel.calibration import Profile
+
+
+@dataclass(frozen=True)
+class GroupedGemmParams(CurveParams):
+    """Achieved-fraction curve of the ``grouped_gemm`` class: the roofline fields (as
+    :class:`perfmodel.costs.gemm.GemmParams`) and the kernel's M tile.
+
+    Attributes
+    ----------
+    compute_eff, memory_eff : float, fractions of peak FLOP/s and bandwidth in (0, 1.5]
+    latency_s : float, seconds per launch
+    overlap : float in [0, 1]
+    ramp_flops, ramp_bytes : float, FLOPs / bytes at which half of the efficiency is reached (0: none)
+    bandwidth_bytes_per_s : float, overrides the datasheet bandwidth (0: datasheet)
+    knee_bytes, tail_memory_eff : float, bytes beyond the knee stream at the tail efficiency (0: none)
+    tile_m : int, rows of one program; each group's rows are padded to whole tiles (0: no padding)
+    """
+
+    compute_eff: float = 1.0
+    memory_eff: float = 1.0
+    latency_s: float = 0.0
+    overlap: float = 1.0
+    ramp_flops: float = 0.0
+    ramp_bytes: float = 0.0
+    bandwidth_bytes_per_s: float = 0.0
+    knee_bytes: float = 0.0
+    tail_memory_eff: float = 0.0
+    tile_m: int = 0
+
 
 #: fields a calibrated profile without a ``grouped_gemm`` class takes from its ``gemm`` class
 BORROWED_FROM_GEMM = ("compute_eff", "memory_eff", "latency_s", "overlap")
 
+_PEAK = GroupedGemmParams()
 
-def grouped_gemm_params(prof: Profile) -> ClassParams:
+
+def grouped_gemm_params(prof: Profile) -> GroupedGemmParams:
     """The curve that prices grouped GEMMs under ``prof``.
 
     The ``grouped_gemm`` class when the profile has one; else, in calibrated mode, the ``gemm``
@@ -41,8 +77,8 @@ def grouped_gemm_params(prof: Profile) -> ClassParams:
         return own
     gemm = prof.classes.get(OpClass.GEMM)
     if prof.mode is Mode.CALIBRATED and gemm is not None:
-        return ClassParams(**{f: getattr(gemm, f) for f in BORROWED_FROM_GEMM})
-    return PEAK_PARAMS
+        return GroupedGemmParams(**{f: getattr(gemm, f) for f in BORROWED_FROM_GEMM})
+    return _PEAK
 
 
 def grouped_padded_rows(groups, m, tile_m: int):
@@ -58,14 +94,11 @@ def grouped_padded_rows(groups, m, tile_m: int):
 
 
 def grouped_gemm_cost(op: GroupedGemm, gpu: GPU, prof: Profile) -> OpCost:
-    """One grouped-GEMM launch under ``prof`` (see the module docstring)."""
+    """One grouped-GEMM launch under ``prof`` (see the module docstring), seconds."""
     p = grouped_gemm_params(prof)
     fl = flops(op)
     fl_eff = None
     if p.tile_m > 0:
         fl_eff = 2.0 * grouped_padded_rows(op.groups, op.m, p.tile_m) * np.asarray(op.n, dtype=np.float64) * op.k
         fl_eff = fl_eff if np.ndim(fl_eff) else float(fl_eff)
-    return _roofline(fl, bytes_moved(op), gpu.flops_for(op.dtype), gpu.hbm_bytes_per_s, p, Bound.HBM_BANDWIDTH, fl_eff)
-
-
-__all__ = ["BORROWED_FROM_GEMM", "grouped_gemm_cost", "grouped_gemm_params", "grouped_padded_rows"]
+    return roofline(fl, bytes_moved(op), gpu.flops_for(op.dtype), gpu.hbm_bytes_per_s, p, Bound.HBM_BANDWIDTH, fl_eff)

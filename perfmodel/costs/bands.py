@@ -1,0 +1,97 @@
+"""Error bands of a predicted cost (``docs/calibration.md``, "Error bands"): each op's band keys, its regime
+(compute, memory or latency bound) and size class (decades of the predicted time), and the band itself."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from perfmodel.costs.attention import attention_class, curve_key
+from perfmodel.costs.base import OpClass, OpCost
+from perfmodel.costs.copies import memcpy_class
+from perfmodel.ops import Attention, Elementwise, Gemm, Memcpy, Op
+
+if TYPE_CHECKING:
+    from perfmodel.calibration import Profile
+
+
+#: Regimes of an op's predicted cost (:func:`regime_of`): band keys ``<key>|<regime>`` (``docs/calibration.md``).
+REGIMES: tuple[str, ...] = ("compute", "memory", "latency")
+#: Share of the total above which fixed costs (launch, ramp-free latency) make an op latency-bound.
+LATENCY_BOUND_SHARE = 0.5
+
+
+def regime_of(c: OpCost) -> Any:
+    """``latency`` when ``latency_s`` is at least :data:`LATENCY_BOUND_SHARE` of the total, else ``compute``
+    when the math term exceeds the data movement (memory plus communication), else ``memory``; an array of
+    names for array costs."""
+    code = _regime_code(c)
+    out = np.asarray(REGIMES)[code]
+    return str(out) if out.ndim == 0 else out
+
+
+def _regime_code(c: OpCost) -> np.ndarray:
+    """:func:`regime_of` as the index of the regime in :data:`REGIMES` (int8, the cost's shape)."""
+    t, lat = np.broadcast_arrays(np.asarray(c.total_s, dtype=np.float64), np.asarray(c.latency_s, dtype=np.float64))
+    comp = np.asarray(c.compute_s, dtype=np.float64)
+    move = np.asarray(c.memory_s, dtype=np.float64) + np.asarray(c.comm_s, dtype=np.float64)
+    code = np.where(lat >= LATENCY_BOUND_SHARE * t, np.int8(2), np.where(comp > move, np.int8(0), np.int8(1)))
+    return np.broadcast_to(code, t.shape)
+
+
+#: Size classes of an op's predicted time (:func:`size_class_of`): band keys ``<key>|<size>``; the upper edges in
+#: :data:`SIZE_EDGES_S` (decades of the predicted time).
+SIZE_CLASSES: tuple[str, ...] = ("under_10us", "10us_to_100us", "over_100us")
+SIZE_EDGES_S: tuple[float, ...] = (1e-5, 1e-4)
+
+
+def size_class_of(t_s: Any) -> Any:
+    """Size class (:data:`SIZE_CLASSES`) of a predicted time ``t_s`` (seconds): ``under_10us`` below 10 us,
+    ``10us_to_100us`` below 100 us, else ``over_100us``; an array of names for an array."""
+    out = np.asarray(SIZE_CLASSES)[_size_code(t_s)]
+    return str(out) if out.ndim == 0 else out
+
+
+def _size_code(t_s: Any) -> np.ndarray:
+    """:func:`size_class_of` as the index in :data:`SIZE_CLASSES` (the shape of ``t_s``)."""
+    return np.searchsorted(np.asarray(SIZE_EDGES_S), np.asarray(t_s, dtype=np.float64), side="right")
+
+
+def band_keys(op: Op, profile: Profile) -> tuple[OpClass, tuple[str, ...]]:
+    """The op class of ``op`` and its band keys, most specific first (``attention_decode[stream_k]``,
+    ``elementwise:rmsnorm`` then ``elementwise``)."""
+    if isinstance(op, Gemm):
+        return OpClass.GEMM, ("gemm",)
+    if isinstance(op, Attention):
+        oc = attention_class(op.phase)
+        impl = (op.impl or profile.attention_impl).curve(op.phase)
+        return oc, (curve_key(oc, impl), oc.value)
+    if isinstance(op, Memcpy):
+        oc = memcpy_class(op)
+        return oc, (oc.value,)
+    if isinstance(op, Elementwise):
+        return OpClass.ELEMENTWISE, (f"elementwise:{op.name}", "elementwise")
+    oc = OpClass(op.kind.value)
+    return oc, (oc.value,)
+
+
+def with_band(c: OpCost, op: Op, profile: Profile) -> OpCost:
+    """``c`` with the error band of ``op``'s class, regime (:func:`regime_of`), size class (:func:`size_class_of`)
+    and provenance (:meth:`Profile.band_of`): the measured time lies in ``[t * exp(-q90), t * exp(-q10)]`` where
+    ``q10``, ``q90`` are quantiles of log(predicted / measured)."""
+    oc, keys = band_keys(op, profile)
+    t = c.total_s
+    code = _regime_code(c) * len(SIZE_CLASSES) + _size_code(t)  # (regime, size) cell of each point
+    if code.ndim == 0:
+        r, z = divmod(int(code), len(SIZE_CLASSES))
+        q10, q90 = profile.band_of(oc, keys, REGIMES[r], SIZE_CLASSES[z])
+        return dataclasses.replace(c, band_lo_s=t * math.expm1(-q90), band_hi_s=t * math.expm1(-q10))
+    q = np.array([profile.band_of(oc, keys, r, z) for r in REGIMES for z in SIZE_CLASSES], dtype=np.float64)
+    lo, hi = np.expm1(-q[:, 1]), np.expm1(-q[:, 0])
+    if np.all(lo == lo[0]) and np.all(hi == hi[0]):  # one band for every cell
+        return dataclasses.replace(c, band_lo_s=np.broadcast_to(t, code.shape) * lo[0],
+                                   band_hi_s=np.broadcast_to(t, code.shape) * hi[0])
+    return dataclasses.replace(c, band_lo_s=t * lo[code], band_hi_s=t * hi[code])
