@@ -17,7 +17,7 @@ import numpy as np
 from perfmodel.hw.spec import GPU, Dtype
 from perfmodel import decode_schedule as ds
 from perfmodel.calibration import ClassParams, SplitRule
-from perfmodel.ops import Attention, Phase
+from perfmodel.ops import Attention, Phase, window_keys
 
 
 def flash_splits(units, n_blocks, slots: int, max_splits: int = 128):
@@ -109,18 +109,25 @@ def prefill_schedule_s(op: Attention, gpu: GPU, p: ClassParams, splits, math_pea
     at least the longest program and at least the mean load of a slot plus ``wave_quant`` of a
     mean program (the tail of list scheduling); without a causal mask the programs are equal, so
     that tail is at most the idle part of the last wave (``ceil(x) - x`` programs for ``x``
-    programs per slot).  KV splits divide each program's keys.
+    programs per slot).  KV splits divide each program's keys.  With a sliding window (``op.window``)
+    a tile reads at most ``window + tile_m - 1`` keys (:func:`perfmodel.ops.window_keys`), so the time
+    grows linearly in the context beyond the window.
     """
     bm = float(p.tile_m or 128)
     q = np.asarray(op.q_len, dtype=np.float64)
     kv = np.asarray(op.kv_len, dtype=np.float64)
     tiles = np.ceil(q / bm)
     units = np.asarray(op.batch, dtype=np.float64) * np.asarray(op.q_heads, dtype=np.float64) * tiles * splits
+    # a window caps the keys of a tile: its ``bm`` rows read the last ``window + bm - 1`` at most
+    cap = np.asarray(window_keys(kv, op.window, bm), dtype=np.float64)
     if op.causal:
-        mean_keys = np.clip(kv - q + bm * (tiles + 1.0) / 2.0, 1.0, kv)
+        mean_keys = kv - q + bm * (tiles + 1.0) / 2.0
+        if op.window > 0:
+            mean_keys = mean_keys - _mean_tile_excess(kv - q, bm, tiles, op.window + bm - 1.0)
+        mean_keys = np.clip(mean_keys, 1.0, cap)
     else:
-        mean_keys = kv
-    mean_keys, max_keys = mean_keys / splits, kv / splits
+        mean_keys = cap
+    mean_keys, max_keys = mean_keys / splits, cap / splits
     rate = p.unit_compute_eff * math_peak_flops_per_s / gpu.sm_count
     # programs sharing an SM split its math; fewer programs than slots each run faster
     per_sm = max(p.units_per_sm, 1.0)
@@ -142,6 +149,16 @@ def prefill_schedule_s(op: Attention, gpu: GPU, p: ClassParams, splits, math_pea
         x = units / slots
         tail = np.minimum(p.wave_quant, np.ceil(x) - x)
     return np.maximum(t_max, units * t_mean / slots + tail * t_mean)
+
+
+def _mean_tile_excess(past, bm: float, tiles, cap: float):
+    """Mean over ``tiles`` causal query tiles of ``max(past + (t + 1) * bm - cap, 0)``: the keys of tile
+    ``t`` (of a prefill after ``past`` cached tokens) beyond a window's cap; 0 when ``cap`` is at least
+    ``past + tiles * bm`` (a window as long as the context)."""
+    under = np.clip(np.floor((cap - past) / bm), 0.0, tiles)  # tiles within the cap
+    over = tiles - under
+    excess = over * (past - cap) + bm * (tiles * (tiles + 1.0) - under * (under + 1.0)) / 2.0
+    return excess / np.maximum(tiles, 1.0)
 
 
 def triton_general_decode(op: Attention):

@@ -41,6 +41,7 @@ from perfmodel.ops import (
     bytes_moved,
     decoder_layer_parts,
     flops,
+    window_keys,
 )
 from perfmodel.ops import padded as ops_padded
 
@@ -342,7 +343,10 @@ def _attention_cost(op: Attention, gpu: GPU, prof: Profile) -> OpCost:
     if p.split_rule or p.units_per_sm > 0 or scheduled:
         # programs: (sequence, head, 64-row query block) units, times the KV splits
         units = np.asarray(op.batch, dtype=np.float64) * heads * np.ceil(rows / 64.0)
-        n_blocks = np.ceil(np.asarray(op.kv_len, dtype=np.float64) / flash_block_n(op.head_dim))
+        # the keys one program walks: a window caps them (a decode step's new tokens, a 64-row query block)
+        kv_read = np.asarray(window_keys(op.kv_len, op.window, q if op.phase is Phase.DECODE else 64.0),
+                             dtype=np.float64)
+        n_blocks = np.ceil(kv_read / flash_block_n(op.head_dim))
         slots = 2 * gpu.sm_count
         if p.split_rule in (SplitRule.FILL, SplitRule.STREAM_K):
             rule, tile = p.split_rule, None
@@ -352,7 +356,7 @@ def _attention_cost(op: Attention, gpu: GPU, prof: Profile) -> OpCost:
                 block_g, tile = general
                 rule = SplitRule.FILL
                 units = np.asarray(op.batch, dtype=np.float64) * heads * np.ceil(rows / block_g)
-            programs, pieces = triton_decode_pieces(units, op.kv_len, slots, rule, gpu.sm_count, op.head_dim, tile)
+            programs, pieces = triton_decode_pieces(units, kv_read, slots, rule, gpu.sm_count, op.head_dim, tile)
             split = np.asarray(pieces) > 1 if rule == SplitRule.FILL else np.ones(np.shape(pieces), bool)
             # the combine kernel always runs: its launch, and the fp32 partials (a row of v_head_dim
             # values and a log-sum-exp per query head and piece) written and read back (not
@@ -381,7 +385,7 @@ def _attention_cost(op: Attention, gpu: GPU, prof: Profile) -> OpCost:
             if p.split_memory_eff > 0:
                 eff = np.where(split, p.split_memory_eff, p.memory_eff)
             block_n = tile or triton_decode_block_n(rule, op.head_dim)
-            tiles = units * np.maximum(np.ceil(np.asarray(op.kv_len, dtype=np.float64) / block_n), 1.0)
+            tiles = units * np.maximum(np.ceil(kv_read / block_n), 1.0)
             floor = unit_waves_s(programs, by, gpu.sm_count, gpu.hbm_bytes_per_s, p, tiles / programs)
         else:
             if p.split_rule == SplitRule.FLASH:
