@@ -190,6 +190,10 @@ def add_layout_args(p: argparse.ArgumentParser) -> None:
                    help="SP scheme: Ulysses all-to-all, Ring attention, both (hybrid), or TokenRing (queries and block "
                         "outputs both ways round the ring) (default ring)")
     p.add_argument("--ep", type=_positive_int, default=1, help="expert-parallel degree (MoE models)")
+    p.add_argument("--attention-dp", type=_positive_int, default=1, metavar="N",
+                   help="MoE models: attention data-parallel over N groups of --tp GPUs, each holding only its own "
+                        "requests' KV, the MoE layers over all N x tp GPUs: expert-parallel with --ep N*tp, else "
+                        "tensor-parallel between an all-gather and a reduce-scatter (default 1)")
     p.add_argument("--topology", default=None,
                    help="system from hw/data/systems the GPUs sit in (default: one NVLink node of up to 8 GPUs, else the "
                         "smallest shipped system of the GPU that holds them)")
@@ -231,10 +235,6 @@ def _build_parser(extensions: bool = True) -> _Parser:
                         "padding, the padded prefill beside it")
     a.add_argument("--tp", type=_positive_int, default=1, help="tensor-parallel degree")
     add_layout_args(a)
-    a.add_argument("--attention-dp", type=_positive_int, default=1, metavar="N",
-                   help="MoE models: attention data-parallel over N groups of --tp GPUs, each holding only its own "
-                        "requests' KV, the MoE layers over all N x tp GPUs: expert-parallel with --ep N*tp, else "
-                        "tensor-parallel between an all-gather and a reduce-scatter (default 1)")
     from perfmodel.knobs import add_knob_args
 
     add_knob_args(a)
@@ -454,9 +454,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     kw = dict(output_tokens=args.output_tokens, mode=args.mode, weight_dtype=args.weight_dtype,
               kv_dtype=None, chunk_tokens=args.chunk_tokens, knobs=knobs, knob_axes=knob_axes, pp=args.pp,
               sp=args.sp, sp_kind=args.sp_kind, ep=args.ep, topology=args.topology,
-              attention_impl=args.attention_impl, launch=args.launch, moe_placement=read_placement_arg(args))
+              attention_impl=args.attention_impl, launch=args.launch, moe_placement=read_placement_arg(args),
+              attention_dp=args.attention_dp)
     max_bytes = DEFAULT_MAX_BYTES if args.max_bytes is None else args.max_bytes
-    layout = args.pp != 1 or args.sp != 1 or args.ep != 1 or args.topology is not None or kw["moe_placement"] is not None
+    layout = (args.pp != 1 or args.sp != 1 or args.ep != 1 or args.attention_dp != 1 or args.topology is not None
+              or kw["moe_placement"] is not None)
     size = sweep_size(args.context, args.batch, args.tp, args.output_tokens, knob_axes, layout)
     gpus = _gpu_list(args.gpu)
     stream = size.bytes * len(gpus) > max_bytes
@@ -469,7 +471,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from perfmodel.sweep import sweep_notes
 
     notes = dict.fromkeys(note for gpu in gpus for note in sweep_notes(
-        args.model, args.context, args.output_tokens, gpu, args.tp, args.pp, args.sp, args.ep, args.topology))
+        args.model, args.context, args.output_tokens, gpu, args.tp, args.pp, args.sp, args.ep, args.topology,
+        args.attention_dp))
     for note in notes:
         print(f"perfmodel: note: {note}", file=sys.stderr)
     if knobs.active or args.knob_axis:

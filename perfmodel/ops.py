@@ -335,6 +335,15 @@ def visible_keys(q_len: Num, kv_len: Num, causal: bool, window: int = 0) -> Num:
     return full if np.ndim(full) else float(full)
 
 
+def window_keys(kv_len: Num, window: int, rows: Num = 1) -> Num:
+    """Keys that ``rows`` consecutive queries read together (a decode step's new tokens, a prefill
+    tile): all ``kv_len`` without a window, else the last ``window + rows - 1`` of them at most."""
+    if window <= 0:
+        return kv_len
+    out = np.minimum(np.asarray(kv_len, dtype=np.float64), window + np.asarray(rows, dtype=np.float64) - 1.0)
+    return out if out.ndim else float(out)
+
+
 def flops(op: Op) -> Num:
     """Floating-point operations (2 per multiply-add)."""
     if isinstance(op, Gemm):
@@ -375,9 +384,9 @@ def bytes_moved(op: Op) -> Num:
         kv_width = op.head_dim if op.kv_shared else op.head_dim + dv
         if op.seq_lens is not None:  # each sequence's own keys and queries
             q, kv_len = ragged_lengths(op)
-            keys = kv_len if op.window <= 0 else np.minimum(kv_len, op.window + q - 1)
+            keys = window_keys(kv_len, op.window, q)
             return float(np.sum(op.kv_heads * keys * kv_width * kvb + op.q_heads * q * (op.head_dim + dv) * a))
-        keys = op.kv_len if op.window <= 0 else np.minimum(op.kv_len, op.window + op.q_len - 1)
+        keys = window_keys(op.kv_len, op.window, op.q_len)
         kv = op.batch * op.kv_heads * keys * kv_width * kvb
         qo = op.batch * op.q_heads * op.q_len * (op.head_dim + dv) * a
         return kv + qo

@@ -6,7 +6,8 @@ knob combination).  The context x batch x output grid is cut into chunks of abou
 contexts, batches and outputs enter as arrays of shapes ``(c, 1, 1)``, ``(1, b, 1)`` and ``(1, 1, o)``,
 so every op and phase is priced over the axes it depends on (a GEMM over the batch sizes, the prefill
 and the decode step once per (context, batch) pair, the decode's attention over all three) and only the
-output columns span the whole block.  A multi-GPU layout (``pp``, ``sp``, ``ep`` or a ``topology``) is
+output columns span the whole block.  A multi-GPU layout (``pp``, ``sp``, ``ep``, ``attention_dp`` or a
+``topology``) is
 priced the same way, through :func:`perfmodel.parallel.price_layout`, the code ``analyze`` runs on one
 point.  :func:`sweep` writes the chunks into columns allocated once; :func:`iter_sweep` yields them.
 """
@@ -45,7 +46,7 @@ AXES = ("context_len", "batch", "tp", "output_tokens")
 DEFAULT_MAX_BYTES = 2 * 2**30
 """bytes: the largest result :func:`sweep` builds in memory (points x columns x 8 bytes); 2 GiB."""
 BASE_COLUMNS = 21  # scenario columns and metrics of a one-GPU-group frame
-LAYOUT_COLUMNS = 5  # pp, sp, sp_kind, ep, world
+LAYOUT_COLUMNS = 6  # pp, sp, sp_kind, ep, attention_dp, world
 CHUNK_POINTS = 1 << 18
 """points :func:`sweep` evaluates at once (about; :func:`aligned_chunk`): a chunk's temporaries stay a few
 MiB per column, so memory is the result plus a bounded working set."""
@@ -181,6 +182,7 @@ def sweep(
     launch: str | None = None,
     max_bytes: float = DEFAULT_MAX_BYTES,
     moe_placement=None,
+    attention_dp: int = 1,
 ) -> pd.DataFrame:
     """One row per point of ``context_len x batch x tp x output_tokens`` (x the knob axes).
 
@@ -198,11 +200,11 @@ def sweep(
     sweep evaluates their Cartesian product on top of ``knobs`` (one numpy
     pass per combination and TP degree) and adds one column per axis.
 
-    ``pp``, ``sp`` (``sp_kind``), ``ep`` and ``topology`` price every point on that
-    multi-GPU layout, as :func:`perfmodel.analyze` does (the layout's columns
-    ``pp``, ``sp``, ``sp_kind``, ``ep`` and ``world`` are added); the knobs a
-    layout does not model are refused by name
-    (:func:`perfmodel.parallel.check_knobs`).
+    ``pp``, ``sp`` (``sp_kind``), ``ep``, ``attention_dp`` (MoE models: attention data-parallel over
+    that many groups of ``tp`` GPUs, :func:`perfmodel.parallel.check_attention_dp`) and ``topology``
+    price every point on that multi-GPU layout, as :func:`perfmodel.analyze` does (the layout's
+    columns ``pp``, ``sp``, ``sp_kind``, ``ep``, ``attention_dp`` and ``world`` are added); the knobs
+    a layout does not model are refused by name (:func:`perfmodel.parallel.check_knobs`).
 
     ``attention_impl`` (``sdpa`` default, ``flash2``, ``triton``) picks the attention kernel's curves, as
     in :func:`perfmodel.analyze`; so does ``launch`` (``graph`` or ``eager``).
@@ -227,6 +229,7 @@ def sweep(
         chunk_tokens, reserve_fraction, attention_impl, launch = (scn.chunk_tokens, scn.reserve_fraction,
                                                                   scn.attention_impl, scn.launch)
         pp, sp, sp_kind, ep, topology = lay.pp, lay.sp, lay.sp_kind, lay.ep, lay.topology
+        attention_dp = lay.attention_dp
         moe_placement = scn.moe_placement if moe_placement is None else moe_placement
         context_len, batch, tp, output_tokens = (scn.context_len if context_len is None else context_len,
                                                  scn.batch if batch is None else batch,
@@ -238,16 +241,18 @@ def sweep(
     batch = 1 if batch is None else batch
     tp = 1 if tp is None else tp
     output_tokens = 250 if output_tokens is None else output_tokens
-    layout = pp != 1 or sp != 1 or ep != 1 or topology is not None or moe_placement is not None
+    layout = (pp != 1 or sp != 1 or ep != 1 or attention_dp != 1 or topology is not None
+              or moe_placement is not None)
     check_size(sweep_size(context_len, batch, tp, output_tokens, knob_axes, layout), max_bytes,
                "; evaluate it in chunks with perfmodel.sweep.iter_sweep (the CLI: --out FILE.csv)")
     size = sweep_size(context_len, batch, tp, output_tokens, knob_axes, layout)
     df = _assemble(_iter_columns(model, gpu, context_len, batch, tp, output_tokens, mode, weight_dtype, kv_dtype,
                               activation_dtype, chunk_tokens, reserve_fraction, profile, knobs, knob_axes,
                               pp, sp, sp_kind, ep, topology, attention_impl, launch,
-                              aligned_chunk(_axis_len(batch), _axis_len(output_tokens)), moe_placement),
+                              aligned_chunk(_axis_len(batch), _axis_len(output_tokens)), moe_placement,
+                              attention_dp),
                    size.points)
-    df.attrs["notes"] = sweep_notes(model, context_len, output_tokens, gpu, tp, pp, sp, ep, topology)
+    df.attrs["notes"] = sweep_notes(model, context_len, output_tokens, gpu, tp, pp, sp, ep, topology, attention_dp)
     return df
 
 
@@ -305,7 +310,7 @@ def _assemble(chunks: Iterable[dict], n: int) -> "pd.DataFrame":
 
 
 def sweep_notes(model, context_len, output_tokens, gpu=None, tp: Any = 1, pp: int = 1, sp: int = 1, ep: int = 1,
-                topology: str | None = None) -> list[str]:
+                topology: str | None = None, attention_dp: int = 1) -> list[str]:
     """The notes :func:`perfmodel.analyze` gives, for the sweep's largest point: the trained window, and
     (with ``gpu``) the shipped system a layout beyond one node is priced on."""
     from perfmodel.scenario import check_world, window_note
@@ -313,7 +318,7 @@ def sweep_notes(model, context_len, output_tokens, gpu=None, tp: Any = 1, pp: in
     m = load_model(model)
     notes = [window_note(m, _axis_max(context_len) + _axis_max(output_tokens))]
     if gpu is not None:
-        notes.append(check_world(load_gpu(gpu), [_axis_max(tp)], pp, sp, ep, topology))
+        notes.append(check_world(load_gpu(gpu), [_axis_max(tp)], pp, sp, ep, topology, attention_dp))
     return [n for n in notes if n]
 
 
@@ -328,14 +333,15 @@ def iter_sweep(model, gpu, context_len=50_000, batch=1, tp=1, output_tokens=250,
                kv_dtype=None, activation_dtype="bf16", chunk_tokens=DEFAULT_PREFILL_CHUNK_TOKENS,
                reserve_fraction=DEFAULT_RESERVE_FRACTION, profile=None, knobs=None, knob_axes=None, pp=1, sp=1,
                sp_kind="ring", ep=1, topology=None, attention_impl=None, launch=None,
-               chunk_points: int | None = None, moe_placement=None) -> Iterator[pd.DataFrame]:
+               chunk_points: int | None = None, moe_placement=None, attention_dp=1) -> Iterator[pd.DataFrame]:
     """:func:`sweep`'s rows, in order, as frames of at most ``chunk_points`` rows (None: one frame per
     knob combination and TP degree).  No size check: the caller writes each frame out and drops it."""
     import pandas as pd
 
     for cols in _iter_columns(model, gpu, context_len, batch, tp, output_tokens, mode, weight_dtype, kv_dtype,
                               activation_dtype, chunk_tokens, reserve_fraction, profile, knobs, knob_axes, pp, sp,
-                              sp_kind, ep, topology, attention_impl, launch, chunk_points, moe_placement):
+                              sp_kind, ep, topology, attention_impl, launch, chunk_points, moe_placement,
+                              attention_dp):
         flat = {k: (v.reshape(-1) if isinstance(v, np.ndarray) and v.ndim > 1 else v) for k, v in cols.items()}
         fits = flat["fits"]
         yield pd.DataFrame({k: (np.where(fits, v, np.nan) if k in TIME_METRICS else v) for k, v in flat.items()})
@@ -343,7 +349,7 @@ def iter_sweep(model, gpu, context_len=50_000, batch=1, tp=1, output_tokens=250,
 
 def _iter_columns(model, gpu, context_len, batch, tp, output_tokens, mode, weight_dtype, kv_dtype, activation_dtype,
                   chunk_tokens, reserve_fraction, profile, knobs, knob_axes, pp, sp, sp_kind, ep, topology,
-                  attention_impl, launch, chunk_points, moe_placement=None) -> Iterator[dict]:
+                  attention_impl, launch, chunk_points, moe_placement=None, attention_dp=1) -> Iterator[dict]:
     """:func:`iter_sweep`'s chunks as columns (arrays, categoricals, or one value for the chunk); the times
     (:data:`~perfmodel.metrics.TIME_METRICS`) not yet NaN where a point does not fit (``fits``)."""
     m = load_model(model)
@@ -356,7 +362,8 @@ def _iter_columns(model, gpu, context_len, batch, tp, output_tokens, mode, weigh
     from perfmodel.scenario import check_mode, validate_scenario
 
     validate_scenario(m, ctx_ax, out_ax, tp_ax, pp, mode, batch=b_ax, sp=sp, sp_kind=sp_kind, ep=ep,
-                      topology=topology, gpu=g, chunk_tokens=chunk_tokens, reserve_fraction=reserve_fraction)
+                      topology=topology, gpu=g, chunk_tokens=chunk_tokens, reserve_fraction=reserve_fraction,
+                      attention_dp=attention_dp)
     base_prec = Precision.of(weights_dtype(m, weight_dtype), activation_dtype, kv_dtype)
     prof = resolve_profile(g, check_mode(mode), profile, attention_impl, launch)
     from perfmodel import parallel as par
@@ -364,7 +371,7 @@ def _iter_columns(model, gpu, context_len, batch, tp, output_tokens, mode, weigh
     from perfmodel.scenario import check_placement
 
     placement = check_placement(m, moe_placement, ep)  # None stays None; else ep > 1, so a layout
-    layout = par.layout(m, tp_ax, pp, sp, sp_kind, ep, topology)
+    layout = par.layout(m, tp_ax, pp, sp, sp_kind, ep, topology, attention_dp=attention_dp)
     if placement is not None:
         layout["moe_placement"] = placement
     ring = par.ring_step_model(prof)
@@ -373,7 +380,7 @@ def _iter_columns(model, gpu, context_len, batch, tp, output_tokens, mode, weigh
     for knob_values, kn in _knob_grid(knobs, knob_axes):
         if kn is not None:
             validate_scenario(m, ctx_ax, out_ax, tp_ax, pp, batch=b_ax, sp=sp, sp_kind=sp_kind, ep=ep,
-                              topology=topology, knobs=kn)
+                              topology=topology, knobs=kn, attention_dp=attention_dp)
         prec = apply_knobs(base_prec, kn)
         for t in tp_ax:
             for i0 in range(0, n, step):
@@ -431,6 +438,7 @@ def _evaluate_range(m, g, prof, ctx_ax, b_ax, out_ax, i0, i1, prec, t, chunk_tok
     if lay is not None:
         head = {**{k: v for k, v in head.items() if k in ("model", "gpu", "tp")},
                 "pp": lay["pp"], "sp": lay["sp"], "sp_kind": _const(lay["sp_kind"], n), "ep": lay["ep"],
+                "attention_dp": lay["attention_dp"],
                 "world": np.full(n, world, dtype=np.int64),
                 **{k: v for k, v in head.items() if k not in ("model", "gpu", "tp")}}
     return {**head, **cols}

@@ -25,7 +25,7 @@ from perfmodel.hw.spec import GPU, Dtype
 from perfmodel import decode_schedule as ds
 from perfmodel.costs.base import Bound, CurveParams, OpClass, OpCost, roofline, unit_waves_s, waves
 from perfmodel.errors import ProfileError
-from perfmodel.ops import Attention, AttentionImpl, Phase, bytes_moved, flops
+from perfmodel.ops import Attention, AttentionImpl, Phase, bytes_moved, flops, window_keys
 from perfmodel.ops import padded as ops_padded
 
 if TYPE_CHECKING:
@@ -258,19 +258,26 @@ def prefill_schedule_s(op: Attention, gpu: GPU, p: AttentionParams, splits, math
     at least the longest program and at least the mean load of a slot plus ``wave_quant`` of a
     mean program (the tail of list scheduling); without a causal mask the programs are equal, so
     that tail is at most the idle part of the last wave (``ceil(x) - x`` programs for ``x``
-    programs per slot).  KV splits divide each program's keys.  ``impl``: the kernel that runs (the
-    op's when ``None``).
+    programs per slot).  KV splits divide each program's keys.  With a sliding window (``op.window``)
+    a tile reads at most ``window + tile_m - 1`` keys (:func:`perfmodel.ops.window_keys`), so the time
+    grows linearly in the context beyond the window.  ``impl``: the kernel that runs (the op's when
+    ``None``).
     """
     bm = float(p.tile_m or 128)
     q = np.asarray(op.q_len, dtype=np.float64)
     kv = np.asarray(op.kv_len, dtype=np.float64)
     tiles = np.ceil(q / bm)
     units = np.asarray(op.batch, dtype=np.float64) * np.asarray(op.q_heads, dtype=np.float64) * tiles * splits
+    # a window caps the keys of a tile: its ``bm`` rows read the last ``window + bm - 1`` at most
+    cap = np.asarray(window_keys(kv, op.window, bm), dtype=np.float64)
     if op.causal:
-        mean_keys = np.clip(kv - q + bm * (tiles + 1.0) / 2.0, 1.0, kv)
+        mean_keys = kv - q + bm * (tiles + 1.0) / 2.0
+        if op.window > 0:
+            mean_keys = mean_keys - _mean_tile_excess(kv - q, bm, tiles, op.window + bm - 1.0)
+        mean_keys = np.clip(mean_keys, 1.0, cap)
     else:
-        mean_keys = kv
-    mean_keys, max_keys = mean_keys / splits, kv / splits
+        mean_keys = cap
+    mean_keys, max_keys = mean_keys / splits, cap / splits
     rate = p.unit_compute_eff * math_peak_flops_per_s / gpu.sm_count
     # programs sharing an SM split its math; fewer programs than slots each run faster
     per_sm = max(p.units_per_sm, 1.0)
@@ -294,6 +301,16 @@ def prefill_schedule_s(op: Attention, gpu: GPU, p: AttentionParams, splits, math
         tail = np.minimum(p.wave_quant, np.ceil(x) - x)
     return np.maximum(t_max, units * t_mean / slots + tail * t_mean)
 
+
+
+def _mean_tile_excess(past, bm: float, tiles, cap: float):
+    """Mean over ``tiles`` causal query tiles of ``max(past + (t + 1) * bm - cap, 0)``: the keys of tile
+    ``t`` (of a prefill after ``past`` cached tokens) beyond a window's cap; 0 when ``cap`` is at least
+    ``past + tiles * bm`` (a window as long as the context)."""
+    under = np.clip(np.floor((cap - past) / bm), 0.0, tiles)  # tiles within the cap
+    over = tiles - under
+    excess = over * (past - cap) + bm * (tiles * (tiles + 1.0) - under * (under + 1.0)) / 2.0
+    return excess / np.maximum(tiles, 1.0)
 
 def triton_general_decode(op: Attention):
     """``(block_g, block_n)`` of the general split-KV kernel when a decode ``op`` runs it
@@ -390,7 +407,10 @@ def attention_cost(op: Attention, gpu: GPU, prof: Profile) -> OpCost:
     if p.split_rule or p.units_per_sm > 0 or scheduled:
         # programs: (sequence, head, 64-row query block) units, times the KV splits
         units = np.asarray(op.batch, dtype=np.float64) * heads * np.ceil(rows / 64.0)
-        n_blocks = np.ceil(np.asarray(op.kv_len, dtype=np.float64) / flash_block_n(op.head_dim))
+        # the keys one program walks: a window caps them (a decode step's new tokens, a 64-row query block)
+        kv_read = np.asarray(window_keys(op.kv_len, op.window, q if op.phase is Phase.DECODE else 64.0),
+                             dtype=np.float64)
+        n_blocks = np.ceil(kv_read / flash_block_n(op.head_dim))
         slots = 2 * gpu.sm_count
         if p.split_rule in (SplitRule.FILL, SplitRule.STREAM_K):
             rule, tile = p.split_rule, None
@@ -400,7 +420,7 @@ def attention_cost(op: Attention, gpu: GPU, prof: Profile) -> OpCost:
                 block_g, tile = general
                 rule = SplitRule.FILL
                 units = np.asarray(op.batch, dtype=np.float64) * heads * np.ceil(rows / block_g)
-            programs, pieces = triton_decode_pieces(units, op.kv_len, slots, rule, gpu.sm_count, op.head_dim, tile)
+            programs, pieces = triton_decode_pieces(units, kv_read, slots, rule, gpu.sm_count, op.head_dim, tile)
             split = np.asarray(pieces) > 1 if rule == SplitRule.FILL else np.ones(np.shape(pieces), bool)
             # the combine kernel always runs: its launch, and the fp32 partials (a row of v_head_dim
             # values and a log-sum-exp per query head and piece) written and read back (not
@@ -429,7 +449,7 @@ def attention_cost(op: Attention, gpu: GPU, prof: Profile) -> OpCost:
             if p.split_memory_eff > 0:
                 eff = np.where(split, p.split_memory_eff, p.memory_eff)
             block_n = tile or triton_decode_block_n(rule, op.head_dim)
-            tiles = units * np.maximum(np.ceil(np.asarray(op.kv_len, dtype=np.float64) / block_n), 1.0)
+            tiles = units * np.maximum(np.ceil(kv_read / block_n), 1.0)
             floor = unit_waves_s(programs, by, gpu.sm_count, gpu.hbm_bytes_per_s, p, tiles / programs)
         else:
             if p.split_rule == SplitRule.FLASH:

@@ -16,6 +16,11 @@ prefix is stored once per replica (its blocks are reserved at start, and a
 request reserves only its own suffix); KV tiers add their capacity to the
 room for KV; with attention offloading the room is the pool's memory, as
 :func:`perfmodel.phases.memory_budget` counts them.
+
+A pure state-space stack (Mamba, Mamba-2: ``model.ssm``) has no KV cache: each
+sequence holds a constant state (convolution and SSM state of every layer), so
+a block is one sequence's state and a request reserves one block whatever its
+length (:attr:`ReplicaMemory.block_bytes_per_gpu`).
 """
 
 from __future__ import annotations
@@ -182,6 +187,9 @@ class Deployment:
             if not k.active:
                 object.__setattr__(self, "knobs", None)
             else:
+                if self.model.ssm is not None and (k.kv_tiers or k.offload is not None):
+                    raise KnobError(f"KV tiers and attention offloading move KV and attention; {self.model.name} is "
+                                    "a state-space stack with neither")
                 if self.pp > 1 and (k.kv_tiers or k.offload is not None):
                     raise KnobError("KV tiers and attention offloading need pp=1 in the simulator: the core prices "
                                     "them for one GPU's whole stack, not per pipeline stage")
@@ -264,7 +272,11 @@ def _enum(cls, value, name):
 
 @dataclass(frozen=True)
 class ReplicaMemory:
-    """KV capacity of one replica (per GPU figures, bytes; blocks per replica)."""
+    """KV capacity of one replica (per GPU figures, bytes; blocks per replica).
+
+    A block holds ``block_tokens`` tokens' KV; in a state-space stack (no KV per token) it holds one
+    sequence's recurrent state (:attr:`block_bytes_per_gpu`).
+    """
 
     free_for_kv_bytes_per_gpu: float
     kv_bytes_per_token_per_gpu: float
@@ -285,11 +297,19 @@ class ReplicaMemory:
         return max(self.free_for_kv_bytes_per_gpu, 0.0)
 
     @property
+    def block_bytes_per_gpu(self) -> float:
+        """Bytes of one block on each GPU: ``block_tokens`` tokens' KV, or, in a state-space stack (no KV),
+        one sequence's state."""
+        if self.kv_bytes_per_token_per_gpu > 0:
+            return self.block_tokens * self.kv_bytes_per_token_per_gpu
+        return self.state_bytes_per_gpu
+
+    @property
     def state_blocks(self) -> int:
-        """Blocks a sequence's recurrent state takes (hybrid stacks; 0 otherwise)."""
+        """Blocks a sequence's recurrent state takes (hybrid stacks; one in a state-space stack; else 0)."""
         if self.state_bytes_per_gpu <= 0:
             return 0
-        return math.ceil(self.state_bytes_per_gpu / (self.block_tokens * self.kv_bytes_per_token_per_gpu))
+        return math.ceil(self.state_bytes_per_gpu / self.block_bytes_per_gpu)
 
     def own_tokens(self, kv_tokens: int) -> int:
         """Tokens of a sequence's KV that are its own: all but the shared prefix (stored once per replica)."""
@@ -297,7 +317,9 @@ class ReplicaMemory:
 
     def blocks_for(self, kv_tokens: int) -> int:
         """Blocks one sequence of ``kv_tokens`` tokens of KV reserves: its own KV (not the shared prefix),
-        plus its recurrent state."""
+        plus its recurrent state (a state-space stack: its state alone, at any length)."""
+        if self.kv_bytes_per_token_per_gpu <= 0:
+            return self.state_blocks
         return -(-self.own_tokens(kv_tokens) // self.block_tokens) + self.state_blocks
 
     def swap_bytes_per_gpu(self, kv_tokens: int) -> float:
@@ -317,7 +339,8 @@ def stage_layer_fraction(model: ModelSpec, pp: int) -> float:
 
 
 def replica_memory(dep: Deployment) -> ReplicaMemory:
-    """Room for KV on each GPU of a replica, as paged blocks.
+    """Room for KV on each GPU of a replica, as paged blocks (a state-space stack: one block per
+    sequence's state, :attr:`ReplicaMemory.block_bytes_per_gpu`).
 
     With knobs, the weights and workspace are those of the knobs' model (KV
     heads), and a token's KV and a sequence's recurrent state are priced by
@@ -329,9 +352,6 @@ def replica_memory(dep: Deployment) -> ReplicaMemory:
     start (``prefix_blocks``, not counted in ``capacity_blocks``).
     """
     m, prec, k = dep.kv_model, dep.kv_precision, dep.knobs
-    if m.ssm is not None:
-        raise InvalidInputError(f"{m.name} is a state-space stack with no KV cache: the simulator counts memory in "
-                                "KV blocks and does not simulate it (analyze and sweep price it)")
     # where the KV lives (tiers, pool) is all the budget needs here: the model and precision already carry
     # the other knobs, and the shared prefix is taken in blocks below
     where = None if k is None or not (k.kv_tiers or k.offload) else Knobs(kv_tiers=k.kv_tiers, offload=k.offload)
@@ -348,9 +368,10 @@ def replica_memory(dep: Deployment) -> ReplicaMemory:
         room = extra
     else:
         room = free + extra
-    prefix = 0 if k is None else int(k.shared_prefix_tokens)
+    prefix = 0 if k is None or kv_tok <= 0 else int(k.shared_prefix_tokens)
     prefix_blocks = -(-prefix // dep.block_tokens)
-    blocks = max(int(room // (kv_tok * dep.block_tokens)) - prefix_blocks, 0)
+    block_bytes = kv_tok * dep.block_tokens if kv_tok > 0 else state  # a state-space stack: a block is a state
+    blocks = max(int(room // block_bytes) - prefix_blocks, 0)
     host = float(dep.gpu.host_ddr_bytes) if dep.host_kv_bytes is None else float(dep.host_kv_bytes)
     return ReplicaMemory(free, kv_tok, blocks, dep.block_tokens, host, state, prefix, prefix_blocks, extra,
                          max(room - prefix * kv_tok, 0.0))
@@ -367,11 +388,12 @@ def check_fits_alone(dep: Deployment, mem: ReplicaMemory, prompt_len: int, outpu
     total = int(prompt_len) + int(output_len)
     need = mem.blocks_for(kv_tokens_kept(dep, total))
     if need > mem.capacity_blocks:
-        need_b = need * dep.block_tokens * mem.kv_bytes_per_token_per_gpu
-        room_b = mem.capacity_blocks * dep.block_tokens * mem.kv_bytes_per_token_per_gpu
+        need_b = need * mem.block_bytes_per_gpu
+        room_b = mem.capacity_blocks * mem.block_bytes_per_gpu
         what = (f"the weights and workspace alone exceed HBM by {-mem.free_for_kv_bytes_per_gpu / 2**30:.2f} GiB "
                 "per GPU; raise tp or pp" if mem.free_for_kv_bytes_per_gpu <= 0 else
-                f"one request of {total} tokens needs {need_b / 2**30:.2f} GiB of KV per GPU, "
+                f"one request of {total} tokens needs {need_b / 2**30:.2f} GiB of "
+                f"{'KV' if mem.kv_bytes_per_token_per_gpu > 0 else 'state'} per GPU, "
                 f"{room_b / 2**30:.2f} GiB is free")
         raise DoesNotFitError(f"{dep.describe()}: {what}", needed_bytes=int(need_b), available_bytes=int(room_b))
 

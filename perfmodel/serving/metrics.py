@@ -114,7 +114,7 @@ class SimResult:
             step_batches=np.array([b for rep in replicas for b in rep.step_batches], dtype=np.int64),
             first_token_s=np.array(table.first_token), finish_s=np.array(table.finish),
             preemptions=np.array(table.preemptions, dtype=np.int64), replica=np.array(table.replica, dtype=np.int64),
-            timeline_rows=rows, kv_bytes_per_block_per_gpu=mem.block_tokens * mem.kv_bytes_per_token_per_gpu,
+            timeline_rows=rows, kv_bytes_per_block_per_gpu=mem.block_bytes_per_gpu,
             capacity_blocks=mem.capacity_blocks, peak_concurrency=max(r.peak_resident for r in replicas),
             swap_out_bytes=sum(r.swap_out_bytes for r in replicas), swap_in_bytes=sum(r.swap_in_bytes for r in replicas),
             iterations=sum(r.iterations for r in replicas), wall_s=wall_s,

@@ -65,3 +65,51 @@ def test_cli_attention_dp():
     assert d["parallel"]["attention_dp_kv_bytes_per_rank"] > 0
     r = run_perfmodel("analyze", "--model", "llama-3-8b", "--gpu", "h100", "--attention-dp", "2")
     assert r.returncode != 0 and len([x for x in r.stderr.splitlines() if x.strip()]) == 1
+
+
+@pytest.mark.parametrize("mode", ["peak", "calibrated"])
+@pytest.mark.parametrize("ep", [8, 1])
+def test_sweep_rows_equal_analyze_with_attention_dp(mode, ep):
+    from perfmodel.sweep import sweep
+
+    kw = dict(KW, mode=mode)
+    df = sweep("deepseek-v2", "h100", context_len=[2048, 16384], batch=[8, 64], output_tokens=[64], attention_dp=8,
+               ep=ep, **kw)
+    assert (df["attention_dp"] == 8).all() and (df["world"] == 8).all()
+    assert df["fits"].any()
+    for row in df.itertuples():
+        if not row.fits:
+            continue
+        d = analyze("deepseek-v2", "h100", row.context_len, 64, batch=row.batch, attention_dp=8, ep=ep, **kw).to_dict()
+        for key in ("prefill_s", "decode_s_per_token", "decode_s", "context_switch_s", "kv_cache_bytes"):
+            assert getattr(row, key) == pytest.approx(d[key], rel=1e-9), key
+        assert row.max_concurrency == d["max_concurrency"]
+    plain = sweep("deepseek-v2", "h100", context_len=[2048], batch=[8], output_tokens=[64], tp=8, **kw)
+    assert int(df["max_concurrency"].iloc[0]) > int(plain["max_concurrency"].iloc[0])
+
+
+def test_sweep_takes_attention_dp_from_a_scenario_and_refuses_it_for_a_dense_model():
+    from perfmodel.scenario import Layout, Scenario
+    from perfmodel.sweep import sweep
+
+    scn = Scenario.make("deepseek-v2", "h100", context_len=2048, output_tokens=64, batch=16,
+                        layout=Layout(attention_dp=8, ep=8), **KW)
+    row = sweep(scn).iloc[0]
+    assert row["attention_dp"] == 8
+    assert row["decode_s_per_token"] == pytest.approx(analyze(scn).to_dict()["decode_s_per_token"], rel=1e-9)
+    with pytest.raises(InvalidInputError, match="dense"):
+        sweep("llama-3-8b", "h100", context_len=[4096], attention_dp=4)
+
+
+def test_cli_sweep_attention_dp():
+    r = run_perfmodel("sweep", "--model", "deepseek-v2", "--gpu", "h100", "--mode", "peak", "--context", "2048",
+                      "--batch", "16", "--output-tokens", "64", "--attention-dp", "8", "--ep", "8",
+                      "--weight-dtype", "fp8", "--json")
+    assert r.returncode == 0, r.stderr
+    (row,) = json.loads(r.stdout)
+    d = analyze("deepseek-v2", "h100", 2048, 64, batch=16, attention_dp=8, ep=8, mode="peak",
+                weight_dtype="fp8").to_dict()
+    assert row["attention_dp"] == 8 and row["world"] == 8
+    assert row["decode_s_per_token"] == pytest.approx(d["decode_s_per_token"], rel=1e-8)  # JSON keeps 10 digits
+    r = run_perfmodel("sweep", "--model", "llama-3-8b", "--gpu", "h100", "--context", "4096", "--attention-dp", "2")
+    assert r.returncode != 0 and len([x for x in r.stderr.splitlines() if x.strip()]) == 1

@@ -89,8 +89,10 @@ def test_cli_analyze_and_models_list_mamba():
     assert rows["mamba-2.8b"]["attention"] == "none" and "mamba2-2.7b" in rows
 
 
-def test_simulator_refuses_a_stack_without_kv_in_one_line():
+def test_cli_simulates_a_state_space_stack():
     r = run_perfmodel("simulate", "--model", "mamba-2.8b", "--gpu", "h100", "--requests", "5", "--arrival-rate", "1",
-                      "--prompt-len", "128", "--output-len", "8")
-    assert r.returncode == 1 and "state-space" in r.stderr
-    assert len([x for x in r.stderr.splitlines() if x.strip()]) == 1
+                      "--prompt-len", "128", "--output-len", "8", "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["completed"] == 5 and d["kv_capacity_blocks_per_replica"] == analyze(
+        "mamba-2.8b", "h100", 128, 8).memory.max_concurrency
