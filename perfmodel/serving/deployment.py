@@ -288,6 +288,7 @@ class ReplicaMemory:
     prefix_blocks: int = 0
     extra_kv_bytes_per_gpu: float = 0.0
     room_bytes_per_gpu: float | None = None
+    cache_blocks: int = 0  # blocks held by prefixes cached in HBM (a workload's CachedPrefix), not in capacity
 
     @property
     def kv_room_bytes_per_gpu(self) -> float:
@@ -338,7 +339,7 @@ def stage_layer_fraction(model: ModelSpec, pp: int) -> float:
     return math.ceil(model.num_layers / pp) / model.num_layers
 
 
-def replica_memory(dep: Deployment) -> ReplicaMemory:
+def replica_memory(dep: Deployment, cached_prefix_tokens: tuple[int, ...] = ()) -> ReplicaMemory:
     """Room for KV on each GPU of a replica, as paged blocks (a state-space stack: one block per
     sequence's state, :attr:`ReplicaMemory.block_bytes_per_gpu`).
 
@@ -349,7 +350,9 @@ def replica_memory(dep: Deployment) -> ReplicaMemory:
     :func:`perfmodel.phases.memory_budget`: KV tiers add their capacity
     (``offload_capacity_bytes``) to free HBM; with attention offloading the
     pool's memory holds all the KV; a shared prefix takes its blocks once, at
-    start (``prefix_blocks``, not counted in ``capacity_blocks``).
+    start (``prefix_blocks``, not counted in ``capacity_blocks``), and so does
+    each prefix a workload caches in HBM (``cached_prefix_tokens``, tokens each:
+    ``cache_blocks``).
     """
     m, prec, k = dep.kv_model, dep.kv_precision, dep.knobs
     # where the KV lives (tiers, pool) is all the budget needs here: the model and precision already carry
@@ -371,10 +374,11 @@ def replica_memory(dep: Deployment) -> ReplicaMemory:
     prefix = 0 if k is None or kv_tok <= 0 else int(k.shared_prefix_tokens)
     prefix_blocks = -(-prefix // dep.block_tokens)
     block_bytes = kv_tok * dep.block_tokens if kv_tok > 0 else state  # a state-space stack: a block is a state
-    blocks = max(int(room // block_bytes) - prefix_blocks, 0)
+    cache_blocks = sum(-(-int(t) // dep.block_tokens) for t in cached_prefix_tokens) if kv_tok > 0 else 0
+    blocks = max(int(room // block_bytes) - prefix_blocks - cache_blocks, 0)
     host = float(dep.gpu.host_ddr_bytes) if dep.host_kv_bytes is None else float(dep.host_kv_bytes)
     return ReplicaMemory(free, kv_tok, blocks, dep.block_tokens, host, state, prefix, prefix_blocks, extra,
-                         max(room - prefix * kv_tok, 0.0))
+                         max(room - (prefix + cache_blocks * dep.block_tokens) * kv_tok, 0.0), cache_blocks)
 
 
 def kv_tokens_kept(dep: Deployment, tokens: int) -> int:
