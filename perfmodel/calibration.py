@@ -395,7 +395,9 @@ def band_row(table: Mapping[str, Any], keys: tuple[str, ...], regime: str | None
 
 def bands_from_dict(raw: Any, where: str) -> dict[str, Any]:
     """Validate the optional ``bands`` object: groups of :data:`BAND_GROUPS`, each mapping band keys to
-    ``{"q10", "q90"}`` (finite, q10 <= q90; optional ``n``, a count), plus ``source`` and ``coverage`` notes."""
+    ``{"q10", "q90"}`` (finite, q10 <= q90; optional ``n``, a count, ``families``, the shape families the
+    residuals came from, and ``level``, the central share of the quantiles), plus ``source`` and ``coverage``
+    notes; a profile saved again keeps them."""
     if not isinstance(raw, dict):
         raise ProfileError(f"{where}: 'bands' must be an object")
     extra = set(raw) - set(BAND_GROUPS) - {"source", "coverage"}
@@ -418,6 +420,10 @@ def bands_from_dict(raw: Any, where: str) -> dict[str, Any]:
             entry = {"q10": float(q), "q90": float(h)}
             if "n" in v:
                 entry["n"] = int(v["n"])
+            if "families" in v:  # the shape families the row's residuals come from
+                entry["families"] = int(v["families"])
+            if "level" in v:  # the central share the row's quantiles were taken at
+                entry["level"] = float(v["level"])
             table[str(k)] = MappingProxyType(entry)
         out[g] = MappingProxyType(table)
     for k in ("source", "coverage"):
