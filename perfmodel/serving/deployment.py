@@ -255,7 +255,10 @@ class Deployment:
 
     @property
     def resolved_profile(self) -> Profile:
-        return self.profile if self.profile is not None else resolve_profile(self.gpu, Mode.CALIBRATED, None)
+        """The profile the deployment is priced with: its own (default: calibrated), all-reduces as its
+        engine runs them (:meth:`Engine.profile_for`)."""
+        prof = self.profile if self.profile is not None else resolve_profile(self.gpu, Mode.CALIBRATED, None)
+        return self.engine.profile_for(prof) if self.engine is not None else prof
 
     def describe(self) -> str:
         s = f"{self.model.name} on {self.replicas}x({self.gpu.name} tp={self.tp} pp={self.pp})"
