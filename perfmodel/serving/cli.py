@@ -12,7 +12,7 @@ from perfmodel.serving.deployment import KvPolicy, Router
 
 def register(subparsers) -> None:
     """Add the ``simulate`` subcommand to the ``perfmodel`` parser."""
-    from perfmodel.cli import _positive_int, add_scenario_args
+    from perfmodel.cli import _positive_int, add_placement_arg, add_scenario_args
     from perfmodel.knobs import add_knob_args
 
     p = subparsers.add_parser("simulate", help="simulate serving a workload (continuous batching, paged KV)")
@@ -21,6 +21,9 @@ def register(subparsers) -> None:
     p.set_defaults(model="llama-3-8b", gpu="h100-sxm-80gb")
     p.add_argument("--tp", type=_positive_int, default=1, help="tensor-parallel degree per replica")
     p.add_argument("--pp", type=_positive_int, default=1, help="pipeline stages per replica")
+    p.add_argument("--ep", type=_positive_int, default=1,
+                   help="expert-parallel degree per replica (MoE models; ep // tp attention groups share the experts)")
+    add_placement_arg(p)
     p.add_argument("--replicas", type=_positive_int, default=1)
     p.add_argument("--router", choices=[r.value for r in Router], default=Router.LEAST_LOADED.value)
     p.add_argument("--requests", type=_positive_int, default=1000, help="requests to generate")
@@ -55,6 +58,7 @@ def register(subparsers) -> None:
 
 
 def _deployment(args: argparse.Namespace):
+    from perfmodel.cli import read_placement_arg
     from perfmodel.errors import InvalidInputError
     from perfmodel.knobs import knobs_from_args
     from perfmodel.serving.deployment import Deployment
@@ -78,7 +82,8 @@ def _deployment(args: argparse.Namespace):
     return Deployment.make(
         args.model, args.gpu, mode=args.mode, weight_dtype=args.weight_dtype, kv_dtype=None, knobs=knobs_from_args(args),
         attention_impl=args.attention_impl, launch=args.launch,
-        tp=args.tp, pp=args.pp, replicas=args.replicas, token_budget=args.chunk_tokens,
+        tp=args.tp, pp=args.pp, ep=args.ep, moe_placement=read_placement_arg(args), replicas=args.replicas,
+        token_budget=args.chunk_tokens,
         max_num_seqs=min(args.max_num_seqs, args.chunk_tokens), kv_policy=args.kv_policy,
         slice_tokens=args.slice_tokens, router=args.router, host_kv_bytes=host, **extra)
 

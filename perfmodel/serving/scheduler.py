@@ -266,7 +266,7 @@ class Replica:
             b = 0  # a prefill step: the decoding requests wait for it
         left = self.dep.token_budget - b
         ptoks = 0
-        pattn = 0.0
+        pattn = pmax = 0.0
         completed = []
         held = self.pre_held
         cached = self.prefix_owner == -2
@@ -282,7 +282,9 @@ class Replica:
             c = min(c, left)
             d = r.done[i] + c
             r.done[i] = d
-            pattn += timer.attn_prefill_s(c, s + d)
+            a = timer.attn_prefill_s(c, s + d)
+            pattn += a
+            pmax = max(pmax, a)
             ptoks += c
             left -= c
             ran += 1
@@ -291,6 +293,7 @@ class Replica:
             if i == self.prefix_owner and d >= self.prefix:
                 self.prefix_owner = -2  # cached from the next iteration on
         self.pre_held = held + ptoks
+        pattn = timer.rank_prefill_attn_s(pattn, pmax)
         total_kv = self.p_sum + b * self.step_no
         dur = timer.iteration_s(b, total_kv, ptoks, b + len(completed), pattn, held)
         if cost[3]:  # prefixes loaded from host or SSD, layer by layer under this iteration's work

@@ -86,7 +86,7 @@ def simulate(dep: Deployment, requests: Requests | Workload, record_timeline: bo
     from perfmodel.scenario import check_world, window_note
 
     notes = tuple(n for n in (window_note(dep.model, int(totals.max())),
-                              check_world(dep.gpu, [dep.tp], dep.pp, 1, 1, None)) if n)
+                              check_world(dep.gpu, [dep.tp], dep.pp, 1, dep.ep, None)) if n)
     return replace(res, notes=notes) if notes else res
 
 
