@@ -3,7 +3,8 @@
 For a set of requests on one replica:
 
 - ``prefill_s``: a prompt's prefill alone (:func:`perfmodel.phases.prefill_cost`,
-  chunks of the token budget).
+  chunks of the token budget), at the profile's rates (the simulator does not
+  apply the sustained-clock slowdown of :mod:`perfmodel.clocks`).
 - ``ttft_floor_s``: no request's TTFT is shorter.  It is ``prefill_s``, except
   with a shared prefix: a request that finds the prefix cached prefills only
   its own tokens, so the floor is the prefill of those alone.
@@ -23,7 +24,9 @@ For a set of requests on one replica:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 
@@ -61,7 +64,10 @@ class AnalyticBounds:
 
 
 def _prefill(dep: Deployment, prompt, knobs=None) -> object:
-    return prefill_cost(dep.model, dep.gpu, dep.resolved_profile, prompt, 1, dep.precision, dep.tp, dep.token_budget,
+    # at the profile's own rates: the simulator prices its iterations without the sustained-clock slowdown
+    # of a long phase (perfmodel.clocks), so the floor leaves it out as well
+    burst = dataclasses.replace(dep.resolved_profile, sustained=MappingProxyType({}))
+    return prefill_cost(dep.model, dep.gpu, burst, prompt, 1, dep.precision, dep.tp, dep.token_budget,
                         knobs=dep.knobs if knobs is None else knobs)
 
 
