@@ -167,15 +167,33 @@ def gpu_from_dict(data: dict[str, Any], path: Path | str = "<dict>") -> GPU:
 
 
 def _aliases() -> dict[str, str]:
-    if not ALIAS_FILE.exists():
+    try:
+        st = ALIAS_FILE.stat()
+    except FileNotFoundError:
         return {}
-    data = _read_yaml(ALIAS_FILE)
-    return {str(k).lower(): str(v) for k, v in data.get("aliases", {}).items()}
+    return dict(_read_aliases(str(ALIAS_FILE), st.st_mtime_ns, st.st_size))
+
+
+@functools.lru_cache(maxsize=4)
+def _read_aliases(path: str, mtime_ns: int, size: int) -> tuple[tuple[str, str], ...]:
+    """The alias file's pairs, read once per version of the file (its modification time and size)."""
+    data = _read_yaml(Path(path))
+    return tuple((str(k).lower(), str(v)) for k, v in data.get("aliases", {}).items())
 
 
 def list_gpus() -> list[str]:
     """Canonical names of the GPUs shipped in ``hw/data/gpus``."""
-    return sorted(p.stem for p in GPU_DIR.glob("*.yaml"))
+    try:
+        mtime_ns = GPU_DIR.stat().st_mtime_ns
+    except FileNotFoundError:
+        return []
+    return list(_gpu_names(str(GPU_DIR), mtime_ns))
+
+
+@functools.lru_cache(maxsize=4)
+def _gpu_names(folder: str, mtime_ns: int) -> tuple[str, ...]:
+    """The GPU files' names, listed once per version of the folder (its modification time)."""
+    return tuple(sorted(p.stem for p in Path(folder).glob("*.yaml")))
 
 
 def list_aliases() -> dict[str, str]:

@@ -14,6 +14,8 @@ Public API::
 """
 
 import os as _os
+import sys as _sys
+import types as _types
 
 # In the repository the design card's folders (hw/, kernels/, planners/, dashboard/, validation/) sit beside
 # this package; they are its subpackages perfmodel.hw, perfmodel.kernels, ... (an installed wheel holds them
@@ -23,54 +25,66 @@ _CHECKOUT = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
 if _os.path.isfile(_os.path.join(_CHECKOUT, "hw", "__init__.py")) and _CHECKOUT not in __path__:
     __path__.append(_CHECKOUT)
 
-from perfmodel.hw import Dtype, load_gpu, list_gpus
-from perfmodel.analyze import Analysis, analyze
-from perfmodel.calibration import Mode, Profile, load_profile_file, peak_profile, resolve_profile
-from perfmodel.costs import Bound, OpCost, op_cost
-from perfmodel.errors import (
-    DoesNotFitError,
-    InvalidInputError,
-    ModelConfigError,
-    NonFiniteError,
-    OpDescriptorError,
-    PerfModelError,
-    ProfileError,
-    TooLargeError,
-    UnknownModelError,
-)
-from perfmodel.layers import Precision
-from perfmodel.models import ModelSpec, list_models, load_model
-from perfmodel.ops import AttentionImpl, op_from_dict, op_to_dict
-from perfmodel.predict import predict, predict_cost, predict_file
-from perfmodel.scenario import Layout, Scenario
-from perfmodel.sweep import sweep
+#: The public names and the module each is loaded from, on first use: ``import perfmodel`` itself loads
+#: none of them (not even numpy); ``perfmodel.analyze`` loads what analyze needs, and so on.
+_LAZY = {
+    **dict.fromkeys(("Dtype", "load_gpu", "list_gpus"), "perfmodel.hw"),
+    **dict.fromkeys(("Analysis", "analyze"), "perfmodel.analyze"),
+    **dict.fromkeys(("Mode", "Profile", "load_profile_file", "peak_profile", "resolve_profile"),
+                    "perfmodel.calibration"),
+    **dict.fromkeys(("Bound", "OpCost", "op_cost"), "perfmodel.costs"),
+    **dict.fromkeys(("DoesNotFitError", "InvalidInputError", "ModelConfigError", "NonFiniteError",
+                     "OpDescriptorError", "PerfModelError", "ProfileError", "TooLargeError", "UnknownModelError"),
+                    "perfmodel.errors"),
+    "Precision": "perfmodel.layers",
+    **dict.fromkeys(("ModelSpec", "list_models", "load_model"), "perfmodel.models"),
+    **dict.fromkeys(("AttentionImpl", "op_from_dict", "op_to_dict"), "perfmodel.ops"),
+    **dict.fromkeys(("predict", "predict_cost", "predict_file"), "perfmodel.predict"),
+    **dict.fromkeys(("Layout", "Scenario"), "perfmodel.scenario"),
+    "sweep": "perfmodel.sweep",
+    # the simulator's modules need pandas
+    **dict.fromkeys(("Deployment", "LengthDist", "SimResult", "Slo", "Workload", "simulate"), "perfmodel.serving"),
+}
+
+__all__ = sorted(_LAZY)
+
+#: Public functions named as the submodule that defines them: ``perfmodel.analyze`` is the function in every
+#: import order (importing the submodule ``perfmodel.analyze`` does not rebind the package's attribute).
+_SHADOWED = frozenset(n for n, mod in _LAZY.items() if mod == f"{__name__}.{n}")
 
 
+#: Subpackages with their own dependencies (torch, pulp, streamlit): loaded only by an import statement.
+_EXTRAS = frozenset(("kernels", "planners", "dashboard", "validation"))
 
-__all__ = [
-    "Analysis", "AttentionImpl", "Bound", "DoesNotFitError", "Dtype", "InvalidInputError", "Mode", "ModelConfigError",
-    "ModelSpec", "OpCost", "OpDescriptorError", "PerfModelError", "Precision", "Profile", "ProfileError",
-    "UnknownModelError", "analyze", "list_gpus", "list_models", "load_gpu", "load_model", "load_profile_file",
-    "op_cost", "op_from_dict", "op_to_dict", "peak_profile", "predict", "predict_cost", "predict_file",
-    "resolve_profile", "sweep", "simulate", "Deployment", "LengthDist", "SimResult", "Slo", "Workload",
-    "NonFiniteError", "TooLargeError", "Layout", "Scenario",
-]
 
-#: names loaded on first use: the simulator's modules need pandas
-_LAZY = {"Deployment": "perfmodel.serving", "LengthDist": "perfmodel.serving",
-         "SimResult": "perfmodel.serving", "Slo": "perfmodel.serving", "Workload": "perfmodel.serving",
-         "simulate": "perfmodel.serving"}
+class _Package(_types.ModuleType):
+    """The package's module type: the import system's binding of a submodule named as a public function is
+    not kept (the function is found through :func:`__getattr__`; the submodule stays in ``sys.modules``)."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in _SHADOWED and isinstance(value, _types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str):
-    mod = _LAZY.get(name)
-    if mod is None:
-        raise AttributeError(f"module 'perfmodel' has no attribute {name!r}")
     import importlib
 
-    value = getattr(importlib.import_module(mod), name)
-    globals()[name] = value
-    return value
+    mod = _LAZY.get(name)
+    if mod is not None:
+        value = getattr(importlib.import_module(mod), name)
+        globals()[name] = value
+        return value
+    if name[:1].isalpha() and name not in _EXTRAS:  # a core submodule used as an attribute (``perfmodel.phases``)
+        try:
+            return importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import warnings
 from typing import Any, Sequence
@@ -627,11 +628,35 @@ def _cmd_dashboard(args) -> int:
     return launch(args.streamlit_args, address=args.address, port=args.port)
 
 
+#: Commands whose arithmetic is elementwise numpy (no matrix product large enough for BLAS to split).
+ELEMENTWISE_COMMANDS = ("analyze", "predict", "sweep", "gpus", "models")
+#: Environment variables that set the BLAS thread count (OpenBLAS reads the first it finds as numpy loads).
+BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _numpy_with_one_blas_thread() -> None:
+    """Load numpy with one BLAS thread, unless numpy is loaded or the environment sets a thread count.
+
+    The elementwise commands never call BLAS on a size it would split, and starting its worker threads
+    costs tens of milliseconds of each start on a busy machine.  The environment is restored at once:
+    processes started later see the caller's settings.
+    """
+    if "numpy" in sys.modules or any(v in os.environ for v in BLAS_THREAD_VARS):
+        return
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    try:
+        import numpy  # noqa: F401
+    finally:
+        del os.environ["OPENBLAS_NUM_THREADS"]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 1 bad input, 2 bad usage)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         argv = ["analyze"]
+    if argv[0] in ELEMENTWISE_COMMANDS:
+        _numpy_with_one_blas_thread()
     parser = _build_parser(extensions=argv[0] not in CORE_COMMANDS)
     try:
         args = parser.parse_args(argv)
