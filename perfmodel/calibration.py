@@ -142,6 +142,21 @@ class Profile:
         rows = [r for r in rows if r is not None]
         return (min(r[0] for r in rows), max(r[1] for r in rows)) if rows else (0.0, 0.0)
 
+    def band_cells(self, op_class: OpClass, keys: tuple[str, ...], regimes: tuple[str, ...],
+                   sizes: tuple[str, ...]) -> tuple[tuple[float, float], ...]:
+        """:meth:`band_of` of every (regime, size class) cell, regimes outer: looked up once per profile, class and
+        keys (a sweep prices the same ops chunk after chunk)."""
+        key = (op_class, keys, regimes, sizes)
+        cells = self._band_memo.get(key)
+        if cells is None:
+            cells = self._band_memo[key] = tuple(self.band_of(op_class, keys, r, z) for r in regimes for z in sizes)
+        return cells
+
+    @functools.cached_property
+    def _band_memo(self) -> dict:
+        """:meth:`band_cells`'s look-ups (a memo of this profile's immutable fields; not a field itself)."""
+        return {}
+
     def __post_init__(self) -> None:
         if self.attention_impl is None:  # the scenario named none: sdpa, or the impl the profile has
             object.__setattr__(self, "attention_impl", self.default_attention_impl())

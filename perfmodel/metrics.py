@@ -49,7 +49,8 @@ def scenario_metrics(model, precision, knobs, context_len: Any, output_tokens: A
 
     b = np.asarray(batch, dtype=np.float64)
     out = np.asarray(output_tokens, dtype=np.float64)
-    total = np.asarray(prefill.total_s, dtype=np.float64) + np.asarray(decode.total_s, dtype=np.float64)
+    pre_s, step_s, dec_s = prefill.total_s, decode_step.total_s, decode.total_s  # each summed once
+    total = np.asarray(pre_s, dtype=np.float64) + np.asarray(dec_s, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         throughput = np.where(total > 0, b * out / np.where(total > 0, total, 1.0), 0.0)
     kv = kv_cache_bytes_per_gpu(model, context_len, output_tokens, batch, precision, 1, knobs)
@@ -57,10 +58,11 @@ def scenario_metrics(model, precision, knobs, context_len: Any, output_tokens: A
         "weight_bytes": int(model.weight_bytes(precision.weights)),
         "kv_bytes_per_token": int(round(kv_bytes_per_token_per_gpu(model, 1, precision.kv, knobs))),
         "kv_cache_bytes": _int64_bytes(kv, context_len, batch),
-        "prefill_s": prefill.total_s, "prefill_s_low": prefill.low_s, "prefill_s_high": prefill.high_s,
-        "decode_s_per_token": decode_step.total_s, "decode_s_per_token_low": decode_step.low_s,
-        "decode_s_per_token_high": decode_step.high_s,
-        "decode_s": decode.total_s, "decode_s_low": decode.low_s, "decode_s_high": decode.high_s,
+        # the band's ends as OpCost.low_s and high_s give them (total_s plus the band)
+        "prefill_s": pre_s, "prefill_s_low": pre_s + prefill.band_lo_s, "prefill_s_high": pre_s + prefill.band_hi_s,
+        "decode_s_per_token": step_s, "decode_s_per_token_low": step_s + decode_step.band_lo_s,
+        "decode_s_per_token_high": step_s + decode_step.band_hi_s,
+        "decode_s": dec_s, "decode_s_low": dec_s + decode.band_lo_s, "decode_s_high": dec_s + decode.band_hi_s,
         "max_concurrency": np.asarray(memory.max_concurrency).astype(np.int64),
         "context_switch_s": switch.serial_s, "context_switch_duplex_s": switch.duplex_s,
         "session_throughput_tokens_per_s": throughput,

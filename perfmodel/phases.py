@@ -87,6 +87,8 @@ def sum_costs(ops, gpu: GPU, profile: Profile) -> OpCost:
             if isinstance(a, np.ndarray) and np.shape(v) == a.shape or (
                     isinstance(a, np.ndarray) and np.ndim(v) == 0):
                 a += v
+            elif isinstance(v, np.ndarray) and v.dtype == np.float64 and np.ndim(a) == 0:
+                acc[name] = np.add(v, a, out=v)  # v is this op's own product (a new array): summed in place
             elif isinstance(v, np.ndarray) or isinstance(a, np.ndarray):
                 acc[name] = np.add(a, v, dtype=np.float64)
             else:

@@ -278,6 +278,9 @@ def _assemble(chunks: Iterable[dict], n: int) -> "pd.DataFrame":
     i = 0
     for chunk in chunks:
         k = int(np.size(chunk["context_len"]))
+        fits = np.asarray(chunk["fits"])
+        # the times are NaN where a point does not fit: written as time x 1 (fits) or x NaN, in the same pass
+        keep = None if fits.all() else np.where(fits, 1.0, np.nan)
         for name, v in chunk.items():
             if isinstance(v, pd.Categorical):
                 if name not in cols:
@@ -287,7 +290,8 @@ def _assemble(chunks: Iterable[dict], n: int) -> "pd.DataFrame":
                     if c not in known:
                         known.append(c)
                 remap = np.array([known.index(c) for c in v.categories] + [-1], dtype=np.int16)
-                cols[name][i:i + k] = remap[v.codes]
+                identity = np.array_equal(remap[:-1], np.arange(len(v.categories)))
+                cols[name][i:i + k] = v.codes if identity else remap[v.codes]
                 continue
             a = np.asarray(v)
             if a.ndim == 0 and a.dtype.kind in "US":
@@ -296,14 +300,13 @@ def _assemble(chunks: Iterable[dict], n: int) -> "pd.DataFrame":
                 cols[name] = np.empty(n, dtype=a.dtype)
             elif cols[name].dtype != a.dtype and cols[name].dtype != object:
                 cols[name] = cols[name].astype(object)
-            if a.ndim > 1:  # a block: written through a view of its rows, no flattened copy
-                cols[name][i:i + k].reshape(a.shape)[...] = a
+            dst = cols[name][i:i + k]
+            if keep is not None and name in TIME_METRICS and dst.dtype == np.float64:
+                np.multiply(a, keep, out=dst.reshape(keep.shape))
+            elif a.ndim > 1:  # a block: written through a view of its rows, no flattened copy
+                dst.reshape(a.shape)[...] = a
             else:
-                cols[name][i:i + k] = a
-        unfit = ~np.ravel(chunk["fits"])
-        if unfit.any():  # the times are NaN where a point does not fit
-            for name in TIME_METRICS:
-                cols[name][i:i + k][unfit] = np.nan
+                dst[...] = a
         i += k
     out = {name: (pd.Categorical.from_codes(a[:i], cats[name]) if name in cats else a[:i]) for name, a in cols.items()}
     return pd.DataFrame(out, copy=False)

@@ -33,9 +33,11 @@ def regime_of(c: OpCost) -> Any:
     return str(out) if out.ndim == 0 else out
 
 
-def _regime_code(c: OpCost) -> np.ndarray:
-    """:func:`regime_of` as the index of the regime in :data:`REGIMES` (int8, the cost's shape)."""
-    t, lat = np.broadcast_arrays(np.asarray(c.total_s, dtype=np.float64), np.asarray(c.latency_s, dtype=np.float64))
+def _regime_code(c: OpCost, total_s: Any = None) -> np.ndarray:
+    """:func:`regime_of` as the index of the regime in :data:`REGIMES` (int8, the cost's shape); ``total_s``:
+    ``c.total_s`` when the caller has it."""
+    t = c.total_s if total_s is None else total_s
+    t, lat = np.broadcast_arrays(np.asarray(t, dtype=np.float64), np.asarray(c.latency_s, dtype=np.float64))
     comp = np.asarray(c.compute_s, dtype=np.float64)
     move = np.asarray(c.memory_s, dtype=np.float64) + np.asarray(c.comm_s, dtype=np.float64)
     code = np.where(lat >= LATENCY_BOUND_SHARE * t, np.int8(2), np.where(comp > move, np.int8(0), np.int8(1)))
@@ -84,12 +86,12 @@ def with_band(c: OpCost, op: Op, profile: Profile) -> OpCost:
     ``q10``, ``q90`` are quantiles of log(predicted / measured)."""
     oc, keys = band_keys(op, profile)
     t = c.total_s
-    code = _regime_code(c) * len(SIZE_CLASSES) + _size_code(t)  # (regime, size) cell of each point
+    code = _regime_code(c, t) * len(SIZE_CLASSES) + _size_code(t)  # (regime, size) cell of each point
     if code.ndim == 0:
         r, z = divmod(int(code), len(SIZE_CLASSES))
         q10, q90 = profile.band_of(oc, keys, REGIMES[r], SIZE_CLASSES[z])
         return dataclasses.replace(c, band_lo_s=t * math.expm1(-q90), band_hi_s=t * math.expm1(-q10))
-    q = np.array([profile.band_of(oc, keys, r, z) for r in REGIMES for z in SIZE_CLASSES], dtype=np.float64)
+    q = np.array(profile.band_cells(oc, keys, REGIMES, SIZE_CLASSES), dtype=np.float64)
     lo, hi = np.expm1(-q[:, 1]), np.expm1(-q[:, 0])
     if np.all(lo == lo[0]) and np.all(hi == hi[0]):  # one band for every cell
         return dataclasses.replace(c, band_lo_s=np.broadcast_to(t, code.shape) * lo[0],
