@@ -262,7 +262,7 @@ class Profile:
         """This profile pricing attention ops that name no impl with ``impl`` (checked for both phases);
         ``None``: :meth:`default_attention_impl`."""
         impl = self.default_attention_impl() if impl is None else AttentionImpl.parse(impl)
-        out = dataclasses.replace(self, attention_impl=impl)
+        out = self if impl is self.attention_impl else dataclasses.replace(self, attention_impl=impl)
         for oc in ATTENTION_CLASSES:
             out.attention_params(oc)
         return out
@@ -543,22 +543,34 @@ def _resolve(gpu: GPU, mode: Mode | str, profile: Profile | str | Path | None) -
     from perfmodel import transfer
 
     measured = measured_profiles()
+    shipped = tuple(p for _, p in measured.values())
+    done = _RESOLVED.get(gpu.name)
+    if done is not None and done[0] == gpu and len(done[1]) == len(shipped) and all(
+            a is b for a, b in zip(done[1], shipped)):
+        return done[2]  # the same GPU and the same shipped profiles: the same result
     if gpu.name in measured and measured[gpu.name][0] == gpu:
-        return transfer.with_transferred_collectives(measured[gpu.name][1], gpu, measured)
-    path = shipped_profile_path(gpu)
-    if path.exists():  # a shipped profile of a GPU changed by what-if overrides
-        return transfer.with_transferred_collectives(load_profile_file(path, gpu), gpu, measured)
-    src = transfer.choose_source(gpu, [g for g, _ in measured.values()])
-    if src is None:
-        warnings.warn(
-            f"no calibration profile for {gpu.name} and none to transfer; using the theoretical-peak model "
-            f"(efficiency 1, latency 0)",
-            UserWarning,
-            stacklevel=3,
-        )
-        return peak_profile(gpu)
-    return transfer.with_transferred_collectives(transfer.transfer_profile(measured[src.name][1], src, gpu), gpu,
-                                                 measured)
+        out = transfer.with_transferred_collectives(measured[gpu.name][1], gpu, measured)
+    elif shipped_profile_path(gpu).exists():  # a shipped profile of a GPU changed by what-if overrides
+        return transfer.with_transferred_collectives(load_profile_file(shipped_profile_path(gpu), gpu), gpu, measured)
+    else:
+        src = transfer.choose_source(gpu, [g for g, _ in measured.values()])
+        if src is None:
+            warnings.warn(
+                f"no calibration profile for {gpu.name} and none to transfer; using the theoretical-peak model "
+                f"(efficiency 1, latency 0)",
+                UserWarning,
+                stacklevel=3,
+            )
+            return peak_profile(gpu)
+        out = transfer.with_transferred_collectives(transfer.transfer_profile(measured[src.name][1], src, gpu), gpu,
+                                                    measured)
+    _RESOLVED[gpu.name] = (gpu, shipped, out)
+    return out
+
+
+#: The last calibrated profile resolved for each GPU name: (GPU, the shipped profiles it was resolved from, profile).
+#: A GPU or a shipped profile file that changed resolves again (profiles are read per file version).
+_RESOLVED: dict[str, tuple[GPU, tuple[Profile, ...], Profile]] = {}
 
 
 def measured_profiles() -> dict[str, tuple[GPU, Profile]]:

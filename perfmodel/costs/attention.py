@@ -201,11 +201,13 @@ def _split_table(uu, nn, slots: int, max_splits: int):
         e = w / np.ceil(w)  # (units, splits)
     order = np.argsort(-np.where(np.isnan(e), -np.inf, e), axis=1, kind="stable")  # best first
     out = np.empty((uu.size, nn.size))
+    allowed_t = np.ascontiguousarray(mask.T)  # (splits, lengths): a ranking reorders whole rows
     for i in range(uu.size):
-        best = e[i][order[i]][np.argmax(mask[:, order[i]], axis=1)]  # the best allowed efficiency per length
+        ei = e[i]
+        best = ei[order[i]][np.argmax(allowed_t[order[i]], axis=0)]  # the best allowed efficiency per length
         with np.errstate(invalid="ignore"):
-            ok = mask & (e[i][None, :] >= 0.85 * best[:, None]) & (e[i][None, :] > 0)
-        out[i] = np.where(ok.any(axis=1), np.argmax(ok, axis=1) + 1.0, 1.0)
+            ok = allowed_t & ((ei[:, None] >= 0.85 * best[None, :]) & (ei > 0)[:, None])
+        out[i] = np.where(ok.any(axis=0), np.argmax(ok, axis=0) + 1.0, 1.0)
     return out
 
 
