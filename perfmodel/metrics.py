@@ -89,8 +89,6 @@ def bound_of(cost: OpCost, shape: tuple | None = None) -> Any:
     cost's own shape, then spread over ``shape`` and flattened in C order when given)."""
     terms = np.stack(np.broadcast_arrays(cost.compute_s, cost.memory_s, cost.latency_s, cost.comm_s))
     idx = np.argmax(terms, axis=0)
-    if shape is not None and np.ndim(idx):
-        idx = np.broadcast_to(idx, shape).reshape(-1)
     names = [Bound.COMPUTE.value, _value(cost.memory_bound), Bound.LATENCY.value, Bound.INTERCONNECT.value]
     if np.ndim(idx) == 0:
         b = cost.bound
@@ -98,7 +96,9 @@ def bound_of(cost: OpCost, shape: tuple | None = None) -> Any:
     import pandas as pd
 
     cats = list(dict.fromkeys(names))
-    codes = np.array([cats.index(x) for x in names], dtype=np.int8)[idx]
+    codes = np.array([cats.index(x) for x in names], dtype=np.int8)[idx]  # over the cost's own shape
+    if shape is not None:
+        codes = np.broadcast_to(codes, shape).reshape(-1)
     return pd.Categorical.from_codes(codes, cats)
 
 

@@ -475,8 +475,9 @@ def _evaluate_block(m, g, prof, ctx, b, out, prec, t, chunk_tokens, reserve_frac
     conc = mem.max_concurrency
     met = scenario_metrics(effective_model(m, kn), apply_knobs(prec, kn), kn, c3, o3, b3, mem, pre, step, dec, sw)
     fits = np.broadcast_to(np.asarray(conc) >= b3, shape)
-    cols = {"context_len": np.broadcast_to(c3, shape), "output_tokens": np.broadcast_to(o3, shape),
-            "batch": np.broadcast_to(b3, shape), "world": world}
+    grid = (ctx.reshape(-1, 1, 1), out.reshape(1, 1, -1), b.reshape(1, -1, 1))  # integers, spread without copies
+    cols = {"context_len": np.broadcast_to(grid[0], shape), "output_tokens": np.broadcast_to(grid[1], shape),
+            "batch": np.broadcast_to(grid[2], shape), "world": world}
     return {**cols, **{k: met[k] for k in METRIC_COLUMNS}, "prefill_bound": met["prefill_bound"],
             "decode_bound": met["decode_bound"], "fits": fits}
 
@@ -519,9 +520,9 @@ def _head_columns(m, g, prof, ctx, out, b, t) -> dict:
         "tp": t,
         "mode": _const(prof.mode.value, n),
         "provenance": _const(prof.provenance_summary(), n),
-        "context_len": ctx.astype(np.int64),
-        "output_tokens": out.astype(np.int64),
-        "batch": b.astype(np.int64),
+        "context_len": np.asarray(ctx, dtype=np.int64),
+        "output_tokens": np.asarray(out, dtype=np.int64),
+        "batch": np.asarray(b, dtype=np.int64),
     }
 
 
