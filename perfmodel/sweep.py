@@ -28,7 +28,9 @@ from perfmodel.knobs import Knobs, KnobError, effective_model
 from perfmodel.layers import Precision, apply_knobs
 from perfmodel.metrics import TIME_METRICS, scenario_metrics
 from perfmodel.models import load_model
+from perfmodel.costs import OpCost
 from perfmodel.phases import (
+    _COST_FIELDS,
     DEFAULT_PREFILL_CHUNK_TOKENS,
     DEFAULT_RESERVE_FRACTION,
     context_switch,
@@ -463,23 +465,49 @@ def _evaluate_block(m, g, prof, ctx, b, out, prec, t, chunk_tokens, reserve_frac
         mem = memory_budget(m, g, c3, o3, prec, t, chunk_tokens, reserve_fraction, batch=b3, knobs=kn)
         pre = prefill_cost(m, g, prof, c3, b3, prec, t, chunk_tokens, knobs=kn)
         step = decode_step_cost(m, g, prof, c3, b3, prec, t, knobs=kn)
-        dec = decode_cost(m, g, prof, c3, o3, b3, prec, t, knobs=kn)
+        fits = np.broadcast_to(np.asarray(mem.max_concurrency) >= b3, shape)
+        dec = _decode_where_fits(m, g, prof, c3, o3, b3, prec, t, kn, fits)
         world = t
     else:
         from perfmodel.parallel import price_layout
 
         mem, ph = price_layout(m, g, prof, c3, o3, b3, prec, t, chunk_tokens, reserve_fraction, kn, lay, ring)
         pre, step, dec, world = ph.prefill, ph.decode_step, ph.decode, int(ph.details["world"])
+        fits = np.broadcast_to(np.asarray(mem.max_concurrency) >= b3, shape)
     sw = context_switch(g, prof, mem.kv_bytes_per_user, knobs=kn)
 
-    conc = mem.max_concurrency
     met = scenario_metrics(effective_model(m, kn), apply_knobs(prec, kn), kn, c3, o3, b3, mem, pre, step, dec, sw)
-    fits = np.broadcast_to(np.asarray(conc) >= b3, shape)
     grid = (ctx.reshape(-1, 1, 1), out.reshape(1, 1, -1), b.reshape(1, -1, 1))  # integers, spread without copies
     cols = {"context_len": np.broadcast_to(grid[0], shape), "output_tokens": np.broadcast_to(grid[1], shape),
             "batch": np.broadcast_to(grid[2], shape), "world": world}
     return {**cols, **{k: met[k] for k in METRIC_COLUMNS}, "prefill_bound": met["prefill_bound"],
             "decode_bound": met["decode_bound"], "fits": fits}
+
+
+def _decode_where_fits(m, g, prof, c3, o3, b3, prec, t, kn, fits) -> OpCost:
+    """:func:`~perfmodel.phases.decode_cost` of the block, priced only for the contexts and the batch sizes
+    with a point that fits (``fits``, the block's): a sweep's times are NaN where a point does not fit, so
+    the rest of the block is not priced (its fields are NaN).  The decode is the one phase priced over the
+    whole block (its attention reads context + output keys for each batch size), and only times read it."""
+    rows, cols = np.any(fits, axis=(1, 2)), np.any(fits, axis=(0, 2))
+    if rows.all() and cols.all():
+        return decode_cost(m, g, prof, c3, o3, b3, prec, t, knobs=kn)
+    if not rows.any():
+        return OpCost(**dict.fromkeys(_COST_FIELDS, np.nan))
+    part = decode_cost(m, g, prof, c3[rows], o3, b3[:, cols], prec, t, knobs=kn)
+    n_rows, n_cols = int(rows.sum()), int(cols.sum())
+    out = {}
+    for name in _COST_FIELDS:
+        v = getattr(part, name)
+        if np.ndim(v) == 3 and (np.shape(v)[0] == n_rows or np.shape(v)[1] == n_cols):
+            # over the priced contexts and/or batch sizes: NaN in the others
+            r = rows if np.shape(v)[0] == n_rows else np.ones(1, bool)
+            c = cols if np.shape(v)[1] == n_cols else np.ones(1, bool)
+            full = np.full((r.size, c.size, np.shape(v)[2]), np.nan)
+            full[np.ix_(r, c, np.ones(np.shape(v)[2], bool))] = v
+            v = full
+        out[name] = v
+    return OpCost(memory_bound=part.memory_bound, **out)
 
 
 #: The metric columns of a frame, in order (:func:`perfmodel.metrics.scenario_metrics` keys).

@@ -36,6 +36,27 @@ def test_points_equal_analyze(knobs):
         assert row.kv_bytes_per_token == a["kv_bytes_per_token"]
 
 
+@pytest.mark.parametrize("knobs", [None, Knobs(kv_dtype="fp8")])
+def test_contexts_where_nothing_fits_beside_ones_that_do(knobs):
+    """The decode is priced only for the contexts and batch sizes with a point that fits: in one block with
+    contexts and a batch size where nothing fits, the others still equal analyze (decode, its band,
+    throughput) and the rest are NaN, their bounds shown."""
+    df = sweep("yi-34b", "a100", context_len=[4000, 200_000, 30000, 600_000], batch=[1, 64, 2],
+               output_tokens=[10, 250], knobs=knobs)
+    assert df["fits"].any() and not df["fits"].all()
+    assert set(df.loc[~df["fits"], "context_len"]) >= {200_000, 600_000}
+    assert not df.loc[df["batch"] == 64, "fits"].any()
+    for row in df.itertuples():
+        if not row.fits:
+            assert np.isnan([row.decode_s, row.decode_s_low, row.session_throughput_tokens_per_s]).all()
+            assert str(row.decode_bound) in {"compute", "hbm_bandwidth", "latency", "interconnect"}
+            continue
+        a = analyze("yi-34b", "a100", int(row.context_len), int(row.output_tokens), int(row.batch),
+                    knobs=knobs).to_dict()
+        for key in ("decode_s", "decode_s_low", "decode_s_high", "session_throughput_tokens_per_s"):
+            assert getattr(row, key) == pytest.approx(a[key], rel=1e-12), key
+
+
 def test_does_not_fit_gives_nan_times():
     df = sweep("yi-34b", "a100", context_len=[200_000], batch=[4])
     assert not df["fits"].any() and df["prefill_s"].isna().all()
