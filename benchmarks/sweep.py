@@ -7,7 +7,8 @@ Prints, measured in this run:
 - the one-GPU sweep at each size (context x 100 batch sizes x 10 output lengths), best of ``--repeat``,
   beside a plain-numpy roofline that computes the same columns point by point over the flattened grid
   (weights, KV, prefill, decode step, decode, concurrency, swap, throughput, bounds, fits), and the
-  peak memory the sweep allocates (tracemalloc, a separate run) over the bytes of its frame;
+  peak memory the sweep allocates (tracemalloc, a separate run) over the bytes of its frame, and the share
+  of the points that fit (the sweep prices the decode only where some point of a context fits);
 - sweeps on multi-GPU layouts (pp, sp ring/Ulysses/hybrid, ep, a topology) at 100,000 points;
 - ``import perfmodel``, the first use of ``perfmodel.analyze`` (which loads numpy and the model's modules) and
   ``perfmodel analyze`` (the default scenario) in fresh interpreters, best of 5, with the bytecode cached (as
@@ -145,7 +146,7 @@ def main() -> int:
           f"numpy {np.__version__}")
     print(f"one-GPU sweep: model={args.model} gpu={args.gpu} knobs={'on' if knobs else 'off'}")
     print(f"{'points':>12} {'sweep s':>9} {'roofline s':>11} {'ratio':>6} {'points/s':>12} "
-          f"{'frame MiB':>10} {'peak MiB':>9} {'peak/frame':>10}")
+          f"{'frame MiB':>10} {'peak MiB':>9} {'peak/frame':>10} {'fit':>6}")
     for size in (float(x) for x in args.sizes.split(",")):
         ctx, batch, out = grid(int(size))
         run = lambda: sweep(args.model, args.gpu, context_len=ctx, batch=batch, output_tokens=out,  # noqa: E731
@@ -154,13 +155,14 @@ def main() -> int:
         t_sweep, df = best_of(run, repeat)
         t_base, _ = best_of(lambda: plain_roofline(args.model, args.gpu, ctx, batch, out), repeat)
         frame = int(df.memory_usage(index=True, deep=False).sum())
+        fit = float(df["fits"].mean())
         del df
         peak = None if args.skip_memory else peak_bytes(run)
         peak_s = "-" if peak is None else f"{peak / 2**20:9.0f}"
         ratio_s = "-" if peak is None else f"{peak / frame:10.2f}"
         n = ctx.size * batch.size * out.size
         print(f"{n:>12,} {t_sweep:9.3f} {t_base:11.3f} {t_sweep / t_base:6.2f} {n / t_sweep:12,.0f} "
-              f"{frame / 2**20:10.0f} {peak_s:>9} {ratio_s:>10}")
+              f"{frame / 2**20:10.0f} {peak_s:>9} {ratio_s:>10} {fit:6.1%}")
 
     print("layout sweeps: llama-3-8b on h100 (mixtral-8x7b for ep), 100,000 points")
     ctx, batch, out = grid(100_000)
