@@ -174,7 +174,13 @@ def _aliases() -> dict[str, str]:
 
 
 def list_gpus() -> list[str]:
-    """Canonical names of the GPUs shipped in ``hw/data/gpus``."""
+    """Canonical names of the GPUs shipped in ``hw/data/gpus``.
+
+    Returns
+    -------
+    list of str
+        Sorted canonical names (``a100-sxm-80gb``, ``h100-sxm-80gb``, ...).
+    """
     return sorted(p.stem for p in GPU_DIR.glob("*.yaml"))
 
 
@@ -203,7 +209,25 @@ def _load_gpu_file(path: str) -> GPU:
 
 
 def load_gpu(name_or_path: str | Path | GPU) -> GPU:
-    """Load a GPU by canonical name, alias, or path to a YAML file of the same schema."""
+    """Load a GPU by canonical name, alias, or path to a YAML file of the same schema.
+
+    Parameters
+    ----------
+    name_or_path : str, Path or GPU
+        ``h100``, ``h100-sxm-80gb``, a YAML path, or a GPU (returned as it is).
+
+    Returns
+    -------
+    GPU
+        Its figures in SI units: ``hbm_bytes_per_s``, ``hbm_capacity_bytes``, FLOP/s per dtype, links.
+
+    Raises
+    ------
+    UnknownHardwareError
+        For an unknown name (a :class:`HardwareError`).
+    HardwareError
+        For a file that breaks the schema (one line naming the field).
+    """
     if isinstance(name_or_path, GPU):
         return name_or_path
     text = str(name_or_path)

@@ -306,6 +306,38 @@ def analyze(
     padded to the longest prompt, ``to_dict()["batch_lengths"]`` both; ``batch`` and ``context_len`` become
     the count and the longest, and decode and memory are priced at that padded shape.
 
+    Parameters
+    ----------
+    model : str, ModelSpec or Scenario
+        A shipped model's name, a ``config.json`` path, a spec, or a checked scenario.
+    gpu : str or GPU
+        A shipped GPU's name or alias, or the path of a GPU YAML file.
+    context_len : int, tokens
+        Prompt length of each request.
+    output_tokens : int, tokens
+        Tokens generated per request (0 allowed).
+    batch : int, requests
+        Concurrent requests priced together.
+    tp, pp, sp, ep, attention_dp : int, GPUs
+        Tensor, pipeline, sequence, expert and data-parallel-attention degrees.
+    mode : Mode or str
+        ``calibrated`` (default) or ``peak``.
+    weight_dtype, kv_dtype, activation_dtype : str or None
+        Precisions (``bf16``, ``fp8``, ``int4`` ...); None: the model's.
+    chunk_tokens : int or None, tokens
+        Chunked-prefill chunk; None: one pass.
+    reserve_fraction : float, fraction of HBM
+        Memory held back from the KV cache.
+    profile : Profile, str or None
+        An explicit calibration profile (object or path); None: the GPU's.
+
+    Returns
+    -------
+    Analysis
+        Prefill, decode step and total decode costs (seconds), the memory budget (bytes), the context
+        switch, notes and provenance; ``to_dict()`` is the ``--json`` output (``prefill_s``,
+        ``decode_s_per_token``, ... in seconds, bytes in ``*_bytes``).
+
     Raises
     ------
     DoesNotFitError

@@ -252,6 +252,7 @@ class Profile:
         return not self.classes and not self.elementwise and not self.implementations
 
     def to_dict(self) -> dict[str, Any]:
+        """The profile file's JSON form (``docs/calibration.md``, "Format")."""
         out = {
             "schema_version": SCHEMA_VERSION,
             "gpu": self.gpu,
@@ -281,7 +282,18 @@ class Profile:
 
 
 def peak_profile(gpu: GPU | str) -> Profile:
-    """The theoretical-peak model: every efficiency 1, every latency 0."""
+    """The theoretical-peak model: every efficiency 1, every latency 0.
+
+    Parameters
+    ----------
+    gpu : GPU or str
+        The accelerator.
+
+    Returns
+    -------
+    Profile
+        The datasheet roofline (a bound): efficiencies 1, latencies 0 s.
+    """
     return Profile(gpu=gpu if isinstance(gpu, str) else gpu.name, mode=Mode.PEAK)
 
 
@@ -466,7 +478,24 @@ def _ring_step_from_dict(raw: Any, where: str) -> dict[str, Any]:
 
 
 def load_profile_file(path: str | Path, gpu: GPU | str | None = None) -> Profile:
-    """Load a profile file; refuse one written for another GPU than ``gpu``."""
+    """Load a profile file; refuse one written for another GPU than ``gpu``.
+
+    Parameters
+    ----------
+    path : str or Path
+        A profile JSON file (``hw/data/profiles/<gpu>.json`` schema).
+    gpu : GPU, str or None
+        The GPU it must be written for; None: not checked.
+
+    Returns
+    -------
+    Profile
+
+    Raises
+    ------
+    ProfileError
+        When the file is missing, not JSON, out of range, or for another GPU.
+    """
     p = Path(path)
     try:
         data = json.loads(p.read_text())
@@ -497,6 +526,29 @@ def resolve_profile(gpu: GPU, mode: Mode | str = Mode.CALIBRATED, profile: Profi
     provenance per op class (:meth:`Profile.provenance_of`).  An explicit ``profile`` (object or
     path) wins and is used as it is.
     ``attention_impl`` (default: the profile's, ``sdpa``) must have curves in a calibrated profile.
+
+    Parameters
+    ----------
+    gpu : GPU
+        The accelerator.
+    mode : Mode or str
+        ``calibrated`` (default) or ``peak``.
+    profile : Profile, str, Path or None
+        An explicit profile (object or path), used as it is.
+    attention_impl : AttentionImpl, str or None
+        The attention implementation whose curves price attention.
+    launch : Launch, str or None
+        ``graph`` (default) or ``eager``.
+
+    Returns
+    -------
+    Profile
+
+    Raises
+    ------
+    ProfileError
+        When an explicit profile cannot be read or has no curves for ``attention_impl`` or
+        ``launch``.
     """
     return _resolve(gpu, mode, profile).with_attention_impl(attention_impl).with_launch(launch)
 

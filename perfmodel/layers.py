@@ -41,6 +41,7 @@ class Precision:
 
     @classmethod
     def of(cls, weights="bf16", activations="bf16", kv=None) -> "Precision":
+        """Precisions from names (``bf16``, ``fp8``, ``int4`` ...); ``kv`` None: the activations'."""
         w = Dtype.parse(weights)
         a = Dtype.parse(activations)
         return cls(weights=w, activations=a, kv=Dtype.parse(kv) if kv is not None else a)

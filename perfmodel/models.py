@@ -219,6 +219,7 @@ class ModelSpec:
         return AttentionKind.GQA
 
     def is_moe_layer(self, index: int) -> bool:
+        """Whether decoder layer ``index`` (0-based) is an MoE layer (False for a dense model)."""
         m = self.moe
         if m is None:
             return False
@@ -343,6 +344,17 @@ class ModelSpec:
         return 2 * self.num_layers * self.kv_heads * self.head_dim
 
     def kv_bytes_per_token(self, dtype: Dtype | str = Dtype.BF16) -> float:
+        """KV-cache bytes one token takes over all layers in ``dtype``.
+
+        Parameters
+        ----------
+        dtype : Dtype or str
+            The KV cache's element format.
+
+        Returns
+        -------
+        float, bytes
+        """
         return self.kv_elements_per_token * Dtype.parse(dtype).bytes_per_element
 
     @property
@@ -368,6 +380,7 @@ class ModelSpec:
         return (s * capped + (self.num_layers - s) * np.asarray(tokens, dtype=np.float64)) / self.num_layers
 
     def with_overrides(self, **changes: Any) -> ModelSpec:
+        """A copy with the given fields replaced (``dataclasses.replace``)."""
         return replace(self, **changes)
 
 
@@ -787,7 +800,13 @@ def weights_dtype(model: ModelSpec, requested: str | None = None) -> str:
 
 
 def list_models() -> list[str]:
-    """Names of the shipped model configs."""
+    """Names of the shipped model configs.
+
+    Returns
+    -------
+    list of str
+        Sorted model names.
+    """
     return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
 
 
@@ -809,7 +828,26 @@ def _load_file(path: str, name: str, shipped: bool = False) -> ModelSpec:
 
 
 def load_model(name_or_path: str | Path | ModelSpec) -> ModelSpec:
-    """Load a shipped model by name, or any ``config.json`` by path."""
+    """Load a shipped model by name, or any ``config.json`` by path.
+
+    Parameters
+    ----------
+    name_or_path : str, Path or ModelSpec
+        A shipped model's name (``llama-3-8b``), the path of a Hugging Face ``config.json``, or a spec
+        (returned as it is).
+
+    Returns
+    -------
+    ModelSpec
+        Layers, heads, sizes; parameter, weight and KV byte counts derive from it.
+
+    Raises
+    ------
+    UnknownModelError
+        For a name that is not shipped (the message lists the known ones).
+    ModelConfigError
+        For a ``config.json`` that lacks or contradicts a needed key.
+    """
     if isinstance(name_or_path, ModelSpec):
         return name_or_path
     text = str(name_or_path).strip()

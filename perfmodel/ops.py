@@ -484,7 +484,24 @@ def _enum(cls, d: dict, key: str, where: str, default=None):
 
 
 def op_from_dict(d: dict[str, Any], where: str = "") -> Op:
-    """Parse one op descriptor.  ``where`` prefixes error messages (``"line 3: "``)."""
+    """Parse one op descriptor.  ``where`` prefixes error messages (``"line 3: "``).
+
+    Parameters
+    ----------
+    d : dict
+        A descriptor (``docs/ops.md``): ``op`` and its fields, sizes in elements or bytes as named.
+    where : str
+        Prefix of error messages.
+
+    Returns
+    -------
+    Op
+
+    Raises
+    ------
+    OpDescriptorError
+        For an unknown op, a missing or bad field (one line naming it).
+    """
     if not isinstance(d, dict):
         raise OpDescriptorError(f"{where}an op descriptor must be a JSON object")
     raw_kind = _need(d, "op", where)
@@ -594,7 +611,17 @@ def _grouped_gemm_from_dict(d: dict[str, Any], where: str) -> GroupedGemm:
 
 
 def op_to_dict(op: Op) -> dict[str, Any]:
-    """The JSON form of an op (scalar fields only)."""
+    """The JSON form of an op (scalar fields only).
+
+    Parameters
+    ----------
+    op : Op
+
+    Returns
+    -------
+    dict
+        The descriptor :func:`op_from_dict` reads back.
+    """
     out: dict[str, Any] = {"op": op.kind.value}
     for f in dataclasses.fields(op):
         v = getattr(op, f.name)

@@ -289,6 +289,21 @@ class Scenario:
         ``context_len`` the longest (the decode and memory are those of that padded shape); it needs one TP
         group and no knobs.
         Raises the typed errors of :mod:`perfmodel.errors`.
+
+        Parameters
+        ----------
+        model, gpu, context_len, output_tokens, batch, tp, mode, weight_dtype, kv_dtype, activation_dtype,
+        chunk_tokens, reserve_fraction, profile, knobs, pp, sp, sp_kind, ep, topology, attention_impl, launch,
+        attention_dp
+            As in :func:`perfmodel.analyze` (tokens, requests, GPUs, fraction of HBM).
+        layout : Layout or None
+            The parallel layout, in place of the degree keywords.
+
+        Returns
+        -------
+        Scenario
+            Frozen and checked; accepted by :func:`perfmodel.analyze`, :func:`perfmodel.sweep` and
+            :meth:`perfmodel.serving.Deployment.from_scenario`.
         """
         from perfmodel.hw.loader import load_gpu
         from perfmodel.calibration import resolve_profile

@@ -217,6 +217,35 @@ def sweep(
     result is estimated first (:func:`sweep_size`: points x columns x 8 bytes); beyond
     it :class:`~perfmodel.errors.TooLargeError` names the point count and the bytes,
     before anything is evaluated.  :func:`iter_sweep` yields the same rows in chunks.
+
+    Parameters
+    ----------
+    model : str, ModelSpec or Scenario
+        A model name or spec, or a checked scenario whose values fill the axes not given.
+    gpu : str or GPU, optional
+        The accelerator (not read when ``model`` is a scenario).
+    context_len, output_tokens : int or iterable of int, tokens
+        Axes of prompt lengths and generated tokens.
+    batch : int or iterable of int, requests
+        Axis of batch sizes.
+    tp : int or iterable of int, GPUs
+        Axis of tensor-parallel degrees.
+    mode, weight_dtype, kv_dtype, activation_dtype, chunk_tokens, reserve_fraction, profile
+        As in :func:`perfmodel.analyze`.
+    max_bytes : float, bytes
+        Largest result to build.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per point; times in seconds (``*_s``), sizes in bytes (``*_bytes``), ``fits``.
+
+    Raises
+    ------
+    TooLargeError
+        When the estimated result exceeds ``max_bytes``.
+    InvalidInputError
+        For a value that no scenario accepts (:func:`perfmodel.scenario.validate_scenario`).
     """
     from perfmodel.scenario import Scenario
 

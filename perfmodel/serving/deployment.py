@@ -122,7 +122,26 @@ class Deployment:
         """Build from names; ``kw`` are the other fields (enums may be given as strings, ``knobs`` a Knobs).
         ``attention_impl`` (``sdpa`` default, ``flash2``, ``triton``) picks the attention kernel's curves.
         ``engine`` (a name of ``hw/data/engines`` or an :class:`Engine`) adds its overheads and gives the
-        token budget, ``max_num_seqs`` and the reserve that ``kw`` leaves unset."""
+        token budget, ``max_num_seqs`` and the reserve that ``kw`` leaves unset.
+
+        Parameters
+        ----------
+        model : str or ModelSpec
+        gpu : str or GPU
+        mode : Mode or str
+            ``calibrated`` (default) or ``peak``.
+        weight_dtype, kv_dtype : str or None
+            Precisions; None: the model's.
+        attention_impl, launch : str or None
+            As in :func:`perfmodel.analyze`.
+        **kw
+            Other fields: ``tp``, ``pp``, ``replicas`` (GPUs and replicas), ``token_budget`` (tokens),
+            ``block_tokens`` (tokens per KV block), ``kv_policy``, ``engine``, ``knobs`` ...
+
+        Returns
+        -------
+        Deployment
+        """
         eng = load_engine(kw.pop("engine", None))
         if eng is not None:
             kw.setdefault("token_budget", eng.max_num_batched_tokens)
@@ -147,7 +166,24 @@ class Deployment:
         precision, knobs, ``tp`` and ``pp``, and its ``chunk_tokens`` as the token budget; ``kw`` are the
         serving fields (``replicas``, ``max_num_seqs``, ``kv_policy`` ...).  Its workload is not read: the
         simulator takes requests.  A layout with ``sp``, ``ep`` or a topology is refused (the simulator
-        models TP and PP replicas)."""
+        models TP and PP replicas).
+
+        Parameters
+        ----------
+        scenario : Scenario
+            A checked scenario of one TP/PP layout.
+        **kw
+            Serving fields, as in :meth:`make`.
+
+        Returns
+        -------
+        Deployment
+
+        Raises
+        ------
+        InvalidInputError
+            For a layout with ``sp``, ``ep`` or a topology.
+        """
         lay = scenario.layout
         if lay.sp > 1 or lay.ep > 1 or lay.topology:
             raise InvalidInputError("the simulator models tp and pp per replica; this scenario's layout has "
@@ -258,6 +294,7 @@ class Deployment:
         return self.profile if self.profile is not None else resolve_profile(self.gpu, Mode.CALIBRATED, None)
 
     def describe(self) -> str:
+        """One line: model, replicas x (GPU, tp, pp), knobs and engine."""
         s = f"{self.model.name} on {self.replicas}x({self.gpu.name} tp={self.tp} pp={self.pp})"
         s += f" with {', '.join(self.knobs.describe())}" if self.knobs is not None else ""
         return s + (f" under {self.engine.name}" if self.engine is not None else "")

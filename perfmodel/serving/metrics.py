@@ -106,6 +106,7 @@ class SimResult:
 
     @classmethod
     def collect(cls, dep, mem, reqs, table, replicas, wall_s: float) -> SimResult:
+        """The result of a finished simulation, from its replicas' logs (``wall_s``: host seconds it ran)."""
         rows = [row for rep in replicas for row in rep.log]
         rows.sort(key=lambda r: (r[1], r[0]))
         return cls(
@@ -168,14 +169,18 @@ class SimResult:
         return out
 
     def meets_slo(self, slo: Slo) -> bool:
+        """Whether every target of ``slo`` is met (:meth:`slo_report`)."""
         return all(v["met"] for v in self.slo_report(slo).values())
 
     def goodput_requests_per_s(self, slo: Slo) -> float:
+        """Requests that meet ``slo`` per second of the makespan, requests/s."""
         span = self.makespan_s
         return float(self.meets(slo).sum() / span) if span > 0 else float("inf")
 
     # -- tables -----------------------------------------------------------------------------
     def requests_frame(self) -> pd.DataFrame:
+        """One row per request: arrival, first-token and finish times and latencies (seconds), lengths
+        (tokens)."""
         return pd.DataFrame({
             "arrival_s": self.arrival_s, "prompt_len": self.prompt_len, "output_len": self.output_len,
             "replica": self.replica, "first_token_s": self.first_token_s, "finish_s": self.finish_s,
@@ -190,6 +195,8 @@ class SimResult:
         return df
 
     def summary(self, slo: Slo | None = None) -> dict[str, Any]:
+        """The ``--json`` summary: TTFT, TPOT and E2E percentiles (seconds), throughput (tokens/s and
+        requests/s), peak concurrency, swap bytes; with ``slo``, goodput and the targets met."""
         out = {
             "deployment": self.deployment.describe(),
             "completed": int(np.isfinite(self.finish_s).sum()),

@@ -46,6 +46,28 @@ def simulate(dep: Deployment, requests: Requests | Workload, record_timeline: bo
     The deployment's knobs (``dep.knobs``) shape the KV and the costs; see
     ``docs/serving.md``.
 
+    Parameters
+    ----------
+    dep : Deployment
+        Model, GPU, parallelism, replicas and scheduler settings.
+    requests : Requests or Workload
+        The requests (arrival times in seconds, prompt and output lengths in tokens), or a workload
+        that generates them.
+    record_timeline : bool
+        Keep the per-iteration timeline (``SimResult.timeline_frame``).
+    progress : callable or None
+        Called as ``progress(completed, total)`` (requests) as the simulation advances.
+    timer : IterationTimer or None
+        A prebuilt iteration timer for ``dep`` (reused across simulations).
+    max_concurrency : int or None, requests
+        Closed-loop client: at most this many requests in flight.
+
+    Returns
+    -------
+    SimResult
+        Per-request times (seconds), the timeline, notes; ``summary()`` gives TTFT, TPOT and E2E
+        percentiles (seconds), throughput (tokens/s) and goodput (requests/s).
+
     Raises
     ------
     InvalidInputError

@@ -123,6 +123,12 @@ class LengthDist:
         return self.a if self.kind is not LengthKind.UNIFORM else (self.a + self.b) / 2.0
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """``n`` lengths drawn from the distribution with ``rng``.
+
+        Returns
+        -------
+        numpy.ndarray of int64, tokens
+        """
         if self.kind is LengthKind.FIXED:
             return np.full(n, int(self.a), dtype=np.int64)
         if self.kind is LengthKind.RANDOM:
@@ -185,6 +191,8 @@ class Workload:
             raise InvalidInputError(f"arrival rate must be > 0 requests/s (or inf), got {r!r}")
 
     def generate(self) -> Requests:
+        """The requests: Poisson arrivals (seconds, the first at 0; all at 0 for an infinite rate) and
+        lengths (tokens) drawn with the workload's seed."""
         rng = np.random.default_rng(self.seed)
         n = int(self.n_requests)
         if math.isinf(self.arrival_rate_per_s):
