@@ -3,6 +3,8 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
+
 from perfmodel.validation.report import START, END, Score, main, replace_section, scores
 
 DATA = Path(__file__).resolve().parents[2] / "validation" / "data"
@@ -26,6 +28,7 @@ def test_replace_section_is_idempotent(tmp_path):
     assert text.count(START) == 1 and "table two" in text and "table one" not in text and "intro" in text
 
 
+@pytest.mark.slow
 def test_report_on_committed_records(tmp_path, invoke):
     readme = tmp_path / "README.md"
     res = invoke(main, ["--data", str(DATA), "--readme", str(readme), "--no-plot"])
