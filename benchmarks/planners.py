@@ -5,7 +5,8 @@
 MoE: the EPLB README example (2 layers x 12 experts on 8 GPUs x 2 slots) at gap 0.1% and 0,
 each layer's plan, lower bound and gap beside every baseline; then Zipf(alpha) loads (0, 1.01, 1.2) over 256 experts x 32 GPUs x 61 layers
 (DeepSeek-V3 sized: 8 slots per GPU, or 9 with DeepSeek's 32 redundant
-experts), 4 nodes; one run with inter-layer affinity; plus 8x4 and 64x8.
+experts; also alpha 0.5), 4 nodes; one run with inter-layer affinity; plus 8x4 and 64x8.
+``milp`` counts the layers handed to the MILP.
 SP: log-normal(5.95, 1.26) lengths (FlexSP's Wikipedia fit) on Llama-3-8B / H100
 (peak profile), 64 and 32 GPUs, each SP kind.  SP over a topology (FlexSP-like, also
 ``--only sp-topology``): 64 H100 in 8 nodes of 8 (examples/dgx-h100-x8.yaml), a long-tailed batch
@@ -59,10 +60,10 @@ def moe_published(limit: float):
 def moe_rows(limit: float):
     cases = [(8, 4, 1, 2, 0, 1.01, False), (8, 4, 1, 3, 0, 1.01, False), (64, 8, 4, 8, 2, 1.01, False),
              (64, 8, 4, 9, 2, 1.01, False)]
-    cases += [(256, 32, 61, s, 4, a, False) for s in (8, 9) for a in (0.0, 1.01, 1.2)]
+    cases += [(256, 32, 61, s, 4, a, False) for s in (8, 9) for a in (0.0, 0.5, 1.01, 1.2)]
     cases += [(256, 32, 61, 9, 4, 1.01, True)]
     print("\nMoE placement (tokens: sum over layers of the max GPU load)")
-    print(f"{'E x G x L':>13} {'slots':>5} {'alpha':>5} {'aff':>3} {'status':>30} {'proven':>7} {'s':>6} "
+    print(f"{'E x G x L':>13} {'slots':>5} {'alpha':>5} {'aff':>3} {'status':>30} {'proven':>7} {'milp':>4} {'s':>6} "
           f"{'gap':>7} {'median':>7} {'bound':>11} {'plan':>11} {'contig':>7} {'rr':>7} {'lpt':>7} {'eplb':>7} {'greedy+rep':>10} {'xnode':>7}")
     for e, g, l, s, nodes, alpha, aff in cases:
         loads = zipf_loads(e, l, alpha, tokens=200_000, top_k=min(8, e // 4), seed=11)
@@ -77,7 +78,7 @@ def moe_rows(limit: float):
         if aff:
             xnode = f"{d['baselines']['eplb_hierarchical']['total']['weighted_traffic'] / d['total']['weighted_traffic']:.2f}x"
         print(f"{e:>4}x{g:>3}x{l:>3} {s:>5} {alpha:>5} {'yes' if aff else 'no':>3} {d['solver']['status']:>30} "
-              f"{d['solver']['layers_proven_optimal']:>3}/{l:<3} {wall:>6.1f} {d['solver']['gap']:>7.2%} "
+              f"{d['solver']['layers_proven_optimal']:>3}/{l:<3} {d['solver']['milp_layers']:>4} {wall:>6.1f} {d['solver']['gap']:>7.2%} "
               f"{float(np.median([x['gap'] for x in d['layers']])):>7.2%} {d['total']['lower_bound']:>11,.0f} {ours:>11,.0f} "
               f"{ratio('contiguous'):>6.3f}x {ratio('round_robin'):>6.3f}x {ratio('greedy_lpt'):>6.3f}x "
               f"{ratio('eplb_hierarchical'):>6.3f}x {ratio('greedy_replicated'):>9.3f}x {xnode:>7}", flush=True)

@@ -47,7 +47,7 @@ from perfmodel.hw.spec import GPU
 from perfmodel.clocks import sustained_from_dict
 from perfmodel.costs.attention import ATTENTION_CLASSES, AttentionParams, curve_key
 from perfmodel.costs.base import CurveParams, Launch, Mode, OpClass
-from perfmodel.costs.collectives import COLLECTIVE_CLASSES, CollectiveParams
+from perfmodel.costs.collectives import COLLECTIVE_CLASSES, CollectiveParams, PeerAllReduce
 from perfmodel.costs.elementwise import ElementwiseParams
 from perfmodel.costs.registry import PEAK_PARAMS, PARAMS_TYPES
 from perfmodel.errors import ProfileError
@@ -119,6 +119,10 @@ class Profile:
     #: {"q10", "q90", "n"}}, "source": ...}``, quantiles of log(predicted / measured) per band key (``gemm``,
     #: ``attention_decode[sdpa]``, ``elementwise:rmsnorm``, ``*`` for all held-out ops); empty: no band.
     bands: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    #: An engine's peer all-reduce (:class:`perfmodel.costs.collectives.PeerAllReduce`), priced for every
+    #: all-reduce it takes instead of the NCCL classes; None: NCCL only.  Set by
+    #: :meth:`with_peer_all_reduce` (a serving engine's file), never read from a profile file.
+    peer_all_reduce: PeerAllReduce | None = None
 
     def band_of(self, op_class: OpClass, keys: tuple[str, ...] = (), regime: str | None = None,
                 size: str | None = None) -> tuple[float, float]:
@@ -207,6 +211,12 @@ class Profile:
             return PEAK_PARAMS[op_class]
         raise ProfileError(f"calibration profile of {self.gpu} has no {op_class.value} curve for attention "
                            f"implementation {impl.value!r} (measured: {have})")
+
+    def with_peer_all_reduce(self, peer: PeerAllReduce | None) -> "Profile":
+        """This profile pricing eligible all-reduces with ``peer`` (None: unchanged)."""
+        if peer is None or peer == self.peer_all_reduce:
+            return self
+        return dataclasses.replace(self, peer_all_reduce=peer)
 
     def with_launch(self, launch: "Launch | str | None") -> "Profile":
         """This profile pricing ``launch`` (``graph`` or ``eager``); a calibrated profile without eager
@@ -397,7 +407,9 @@ def band_row(table: Mapping[str, Any], keys: tuple[str, ...], regime: str | None
 
 def bands_from_dict(raw: Any, where: str) -> dict[str, Any]:
     """Validate the optional ``bands`` object: groups of :data:`BAND_GROUPS`, each mapping band keys to
-    ``{"q10", "q90"}`` (finite, q10 <= q90; optional ``n``, a count), plus ``source`` and ``coverage`` notes."""
+    ``{"q10", "q90"}`` (finite, q10 <= q90; optional ``n``, a count, ``families``, the shape families the
+    residuals came from, and ``level``, the central share of the quantiles), plus ``source`` and ``coverage``
+    notes; a profile saved again keeps them."""
     if not isinstance(raw, dict):
         raise ProfileError(f"{where}: 'bands' must be an object")
     extra = set(raw) - set(BAND_GROUPS) - {"source", "coverage"}
@@ -420,6 +432,10 @@ def bands_from_dict(raw: Any, where: str) -> dict[str, Any]:
             entry = {"q10": float(q), "q90": float(h)}
             if "n" in v:
                 entry["n"] = int(v["n"])
+            if "families" in v:  # the shape families the row's residuals come from
+                entry["families"] = int(v["families"])
+            if "level" in v:  # the central share the row's quantiles were taken at
+                entry["level"] = float(v["level"])
             table[str(k)] = MappingProxyType(entry)
         out[g] = MappingProxyType(table)
     for k in ("source", "coverage"):

@@ -563,6 +563,9 @@ __all__ = [
     "attention_dp_moe",
     "check_attention_dp",
     "check_ep",
+    "ep_attention_ranks",
+    "ep_moe_cost",
+    "ops_cost",
     "check_pp",
     "comm_seconds",
     "ep_moe_layer",
@@ -742,7 +745,7 @@ def _forward(model, gpu, profile, phase, batch, q_len, kv_len, precision, tp, ep
     """One pass on the busiest GPU: attention data-parallel over ``attention_dp`` groups (without it, over
     ``ep // tp`` GPUs), experts over ``ep`` (or, with ``attention_dp`` and ``ep`` 1, tensor-parallel over
     all ``attention_dp * tp`` GPUs between an all-gather and a reduce-scatter)."""
-    dp = attention_dp if attention_dp > 1 else max(1, ep // tp)
+    dp = attention_dp if attention_dp > 1 else ep_attention_ranks(tp, ep)
     b_loc = _cdiv(batch, dp)
     ops = model_ops(model, phase, b_loc, q_len, kv_len, precision, tp, lm_head_rows, knobs)
     if attention_dp > 1 and ep <= 1 and model.moe is not None:
@@ -755,16 +758,38 @@ def _forward(model, gpu, profile, phase, batch, q_len, kv_len, precision, tp, ep
     if ep <= 1 or model.moe is None:
         return _sum(ops, gpu, profile, topo), _coll_s(ops, gpu, profile, topo), {}
     _, rest = moe_ops_replaced_by_ep(ops)
-    layer = ep_moe_layer(model, gpu, profile, batch * q_len, ep, precision, expert_load, b_loc * q_len, topo)
-    n = model.num_moe_layers
+    moe, moe_comm, d = ep_moe_cost(model, gpu, profile, batch * q_len, b_loc * q_len, ep, precision, topo,
+                                   expert_load, moe_placement)
+    return _sum(rest, gpu, profile, topo) + moe, _coll_s(rest, gpu, profile, topo) + moe_comm, d
+
+
+def ep_attention_ranks(tp: int, ep: int) -> int:
+    """Data-parallel attention groups of ``tp`` GPUs under expert parallelism without ``attention_dp``:
+    ``max(1, ep // tp)``; each holds and attends to its own requests, the MoE layers run over all of them."""
+    return max(1, int(ep) // int(tp))
+
+
+def ep_moe_cost(model: ModelSpec, gpu: GPU, profile: Profile, tokens: Any, tokens_per_gpu: Any, ep: int,
+                precision: Precision, topology, expert_load=None, moe_placement=None) -> tuple[OpCost, Any, dict]:
+    """(cost, all-to-all seconds, details) of every MoE layer's routed experts over ``ep`` GPUs in one pass:
+    the expert GEMMs of the busiest GPU plus the dispatch and combine all-to-alls, for ``tokens`` over the
+    EP group of which a GPU sends at most ``tokens_per_gpu`` (numbers or arrays).  With ``moe_placement``
+    (:class:`perfmodel.ep_route.MoePlacement`) each layer's all-to-all comes from its traffic matrix and
+    its GEMMs from the GPU it loads most (:func:`placement_moe`); otherwise experts sit contiguously
+    (:func:`ep_moe_layer`).  ``topology`` is the resolved :class:`perfmodel.comm.Topology` of the group.
+    """
+    layer = ep_moe_layer(model, gpu, profile, tokens, ep, precision, expert_load, tokens_per_gpu, topology)
     if moe_placement is not None:
-        experts, a2a = placement_moe(model, gpu, profile, batch * q_len, precision, topo, moe_placement, expert_load)
-        cost = _sum(rest, gpu, profile, topo) + experts + OpCost(comm_s=2 * a2a)
-        comm = _coll_s(rest, gpu, profile, topo) + 2 * a2a
-        return cost, comm, {"ep_imbalance": layer.imbalance, "ep_route": "placement"}
-    cost = _sum(rest, gpu, profile, topo) + layer.cost.scale(n)
-    comm = _coll_s(rest, gpu, profile, topo) + 2 * n * _a(layer.dispatch.total_s)
-    return cost, comm, {"ep_imbalance": layer.imbalance}
+        experts, a2a = placement_moe(model, gpu, profile, tokens, precision, topology, moe_placement, expert_load)
+        return experts + OpCost(comm_s=2 * a2a), 2 * a2a, {"ep_imbalance": layer.imbalance, "ep_route": "placement"}
+    n = model.num_moe_layers
+    return layer.cost.scale(n), 2 * n * _a(layer.dispatch.total_s), {"ep_imbalance": layer.imbalance}
+
+
+def ops_cost(ops, gpu: GPU, profile: Profile, topology=None) -> OpCost:
+    """Sum of ``count * cost(op)`` over ``(name, op, count)`` triples, collectives priced over the group
+    ``topology`` places (:func:`perfmodel.costs.collectives.collective_time`) when one is given."""
+    return _sum(ops, gpu, profile, topology)
 
 
 def parallel_phases(
@@ -834,7 +859,7 @@ def parallel_phases(
             ctx = _a(knobs.prefill_tokens(ctx))
         # the chunk is the token budget of one pass, shared by the prompts the pass holds (as on one
         # GPU, perfmodel.phases.prefill_cost): with data-parallel attention under EP, a rank's share
-        dp = attention_dp if attention_dp > 1 else max(1, ep // tp)
+        dp = attention_dp if attention_dp > 1 else ep_attention_ranks(tp, ep)
         b_pass = _cdiv(batch, dp)
         if not chunk_tokens:
             n = 1
@@ -856,7 +881,7 @@ def parallel_phases(
     details.update(pp_bubble_fraction_prefill=_a(bubble))
 
     # decode: KV sharded over the SP group, partial attention outputs combined by an all-reduce per layer
-    m = _min(_cdiv(batch, attention_dp if attention_dp > 1 else max(1, ep // tp)), pp)
+    m = _min(_cdiv(batch, attention_dp if attention_dp > 1 else ep_attention_ranks(tp, ep)), pp)
 
     # under SP each GPU holds 1/sp of a sequence's kept tokens (eviction decides them on the whole)
     shard_knobs = knobs

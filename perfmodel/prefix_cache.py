@@ -15,13 +15,23 @@ caching's trade: loading beats recomputing only above it).
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 from dataclasses import dataclass
 from typing import Any
 
 from perfmodel.errors import DoesNotFitError, InvalidInputError
 
-TIERS = ("hbm", "host", "ssd")
+
+class Tier(str, enum.Enum):
+    """Where a cached prefix's KV waits for a hit."""
+
+    HBM = "hbm"
+    HOST = "host"
+    SSD = "ssd"
+
+
+TIERS = tuple(t.value for t in Tier)
 
 
 @dataclass(frozen=True)
@@ -53,27 +63,51 @@ class PrefixCacheResult:
         return dataclasses.asdict(self)
 
 
-def parse_tier(text: str, gpu) -> tuple[str, float | None]:
-    """``hbm``, ``host`` (the GPU's PCIe rate, one direction) or ``host|ssd:BYTES_PER_S``."""
+def parse_tier_spec(text: str) -> tuple[Tier, float | None]:
+    """``hbm``, ``host`` or ``host|ssd:BYTES_PER_S`` -> the tier and its rate (None: resident in HBM, or
+    for ``host`` the GPU's PCIe rate, which :func:`parse_tier` fills in)."""
     kind, _, rate = str(text).partition(":")
     if kind not in TIERS:
         raise InvalidInputError(f"tier must be one of {', '.join(TIERS)} (host and ssd optionally :BYTES_PER_S), "
                                 f"got {text!r}")
-    if kind == "hbm":
+    tier = Tier(kind)
+    if tier is Tier.HBM:
         if rate:
             raise InvalidInputError("tier hbm takes no rate: its KV is already resident")
-        return kind, None
+        return tier, None
     if not rate:
-        if kind == "ssd":
+        if tier is Tier.SSD:
             raise InvalidInputError("tier ssd needs a rate: ssd:BYTES_PER_S")
-        return kind, float(gpu.pcie_bytes_per_s_per_direction)
+        return tier, None
     try:
         bw = float(rate)
     except ValueError:
         raise InvalidInputError(f"tier rate must be a number of bytes/s, got {rate!r}") from None
     if not math.isfinite(bw) or bw <= 0:
         raise InvalidInputError(f"tier rate must be a positive finite number of bytes/s, got {rate!r}")
-    return kind, bw
+    return tier, bw
+
+
+def tier_rate(tier: Tier, bytes_per_s: float | None, gpu) -> float | None:
+    """The rate a tier loads at on ``gpu`` (bytes/s per GPU): the given one, the GPU's PCIe rate (one
+    direction) for ``host`` without one, None for ``hbm`` (nothing to load)."""
+    if tier is Tier.HBM:
+        return None
+    return float(gpu.pcie_bytes_per_s_per_direction) if bytes_per_s is None else float(bytes_per_s)
+
+
+def parse_tier(text: str, gpu) -> tuple[str, float | None]:
+    """``hbm``, ``host`` (the GPU's PCIe rate, one direction) or ``host|ssd:BYTES_PER_S``."""
+    tier, bw = parse_tier_spec(text)
+    return tier.value, tier_rate(tier, bw, gpu)
+
+
+def hit_s(load_s: float, compute_s: float, layers: int, overlap: bool = True) -> float:
+    """Seconds of a pass that loads ``load_s`` of KV beside ``compute_s`` of work: with ``overlap`` layer
+    by layer (layer ``i``'s KV arrives while layer ``i - 1`` runs) ``max + min / layers``, else the sum."""
+    if overlap:
+        return max(load_s, compute_s) + min(load_s, compute_s) / layers
+    return load_s + compute_s
 
 
 def prefix_cache(model: str, gpu: str, prefix_tokens: int, suffix_tokens: int, batch: int = 1, tier: str = "host",
@@ -113,7 +147,7 @@ def prefix_cache(model: str, gpu: str, prefix_tokens: int, suffix_tokens: int, b
     kv_bytes = prefix_tokens * batch * kv_bytes_per_token_per_gpu(m, tp, prec.kv)
     load = 0.0 if bw is None else kv_bytes / bw
     L = m.num_layers
-    hit = max(load, suffix) + min(load, suffix) / L if overlap else load + suffix
+    hit = hit_s(load, suffix, L, overlap)
     # serial hit == recompute: kv_bytes / bw + suffix == prefix_only + suffix'  (suffix' ~ suffix)
     saved = miss - suffix
     break_even = kv_bytes / saved if saved > 0 else None

@@ -1,8 +1,9 @@
 """Subcommands for serving systems priced by their own modules.
 
 ``perfmodel offload`` (weights streamed from host memory or NVMe, :mod:`perfmodel.offload`),
-``perfmodel prefix`` (a cached prefix's KV loaded from HBM, host or SSD, :mod:`perfmodel.prefix_cache`) and
-``perfmodel kv-predict`` (a small model's prompt KV projected to the base model's, :mod:`perfmodel.kv_prediction`).
+``perfmodel prefix`` (a cached prefix's KV loaded from HBM, host or SSD, :mod:`perfmodel.prefix_cache`),
+``perfmodel kv-predict`` (a small model's prompt KV projected to the base model's, :mod:`perfmodel.kv_prediction`) and
+``perfmodel blockwise`` (a prefill's attention and feed-forward computed per block, :mod:`perfmodel.blockwise`).
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import argparse
 
 
 def register(subparsers) -> None:
-    """Add the ``offload``, ``prefix`` and ``kv-predict`` subcommands to the ``perfmodel`` parser."""
+    """Add the ``offload``, ``prefix``, ``kv-predict`` and ``blockwise`` subcommands to the ``perfmodel`` parser."""
     _register_offload(subparsers)
     _register_prefix(subparsers)
     _register_kv_predict(subparsers)
+    _register_blockwise(subparsers)
 
 
 def _model_gpu_args(p, model: str) -> None:
@@ -38,6 +40,8 @@ def _register_offload(subparsers) -> None:
     p.add_argument("--link", default="pcie",
                    help="where streamed weights come from: pcie (the GPU's PCIe rate), or pcie|host|nvme:BYTES_PER_S")
     p.add_argument("--no-prefetch", action="store_true", help="copy each layer only when it is needed (no overlap)")
+    p.add_argument("--kv-on-host", action="store_true",
+                   help="keep the KV cache in host memory too, streamed per layer with the weights (FlexGen)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_offload)
 
@@ -47,7 +51,7 @@ def _cmd_offload(args: argparse.Namespace) -> int:
 
     r = offload(args.model, args.gpu, context_len=args.context, output_tokens=args.output_tokens, batch=args.batch,
                 resident_layers=args.resident_layers, link=args.link, prefetch=not args.no_prefetch, mode=args.mode,
-                weight_dtype=args.weight_dtype, kv_dtype=args.kv_dtype)
+                weight_dtype=args.weight_dtype, kv_dtype=args.kv_dtype, kv_on_host=args.kv_on_host)
     if args.json:
         from perfmodel.jsonout import dumps
 
@@ -58,7 +62,8 @@ def _cmd_offload(args: argparse.Namespace) -> int:
 
     from perfmodel.tables import fmt_seconds
 
-    t = Table(title=f"{r.model} on {r.gpu}, {r.layers - r.resident_layers} of {r.layers} layers streamed over "
+    t = Table(title=f"{r.model} on {r.gpu}, {r.layers - r.resident_layers} of {r.layers} layers"
+                    f"{' and the KV cache' if r.kv_on_host else ''} streamed over "
                     f"{r.link} at {r.link_bytes_per_s / 1e9:.1f} GB/s ({r.mode} mode)")
     t.add_column("metric")
     t.add_column("value", justify="right")
@@ -190,5 +195,46 @@ def _cmd_kv_predict(args: argparse.Namespace) -> int:
         ("max concurrency", str(r.max_concurrency)),
     ):
         t.add_row(name, value)
+    Console().print(t)
+    return 0
+
+
+def _register_blockwise(subparsers) -> None:
+    from perfmodel.cli import _positive_int
+
+    p = subparsers.add_parser("blockwise", help="a prefill's attention and feed-forward per block (BPT) beside "
+                                                "materialised scores and tiled attention: peak activations, "
+                                                "the longest prompt that fits, prefill time")
+    _model_gpu_args(p, "llama-2-7b")
+    p.add_argument("--tp", type=_positive_int, default=1, help="tensor-parallel degree")
+    p.add_argument("--context", type=_positive_int, default=16384, help="prompt tokens")
+    p.add_argument("--block-tokens", type=_positive_int, default=2048, help="query tokens per block")
+    p.add_argument("--batch", type=_positive_int, default=1, help="prompts prefilled together")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_cmd_blockwise)
+
+
+def _cmd_blockwise(args: argparse.Namespace) -> int:
+    from perfmodel.blockwise import blockwise
+
+    r = blockwise(args.model, args.gpu, args.context, block_tokens=args.block_tokens, batch=args.batch, tp=args.tp,
+                  mode=args.mode, weight_dtype=args.weight_dtype, kv_dtype=args.kv_dtype)
+    if args.json:
+        from perfmodel.jsonout import dumps
+
+        print(dumps(r.to_dict(), indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    from perfmodel.tables import fmt_bytes, fmt_seconds
+
+    t = Table(title=f"{r.model} on {r.gpu} x{r.tp}: prefill of {r.batch} x {r.context_len:,} tokens, blocks of "
+                    f"{r.block_tokens:,} ({r.mode} mode; KV {fmt_bytes(r.kv_bytes_per_gpu)} per GPU)")
+    for c in ("scheme", "peak activations / GPU", "fits", "longest prompt that fits", "prefill"):
+        t.add_column(c, justify="left" if c == "scheme" else "right")
+    for s in r.schemes:
+        t.add_row(s.scheme.value, fmt_bytes(s.activation_bytes), "yes" if s.fits else "no",
+                  f"{s.max_context_tokens:,}", "not priced" if s.prefill_s is None else fmt_seconds(s.prefill_s))
     Console().print(t)
     return 0

@@ -22,6 +22,7 @@ import time
 import numpy as np
 
 from perfmodel.planners import moe_baselines as mb
+from perfmodel.planners import moe_partition as mp
 
 Placement = mb.Placement
 
@@ -41,13 +42,18 @@ def lower_bound(loads: np.ndarray, gpus: int, slots_per_gpu: int) -> float:
       replica can only shrink by giving the expert that holds it one more copy,
       and an exchange argument shows the greedy choice is never worse;
     - with no spare slot and ``E > G``: ``w_(G) + w_(G+1)`` (sorted decreasing):
-      by pigeonhole two of the ``G + 1`` heaviest experts share a GPU.
+      by pigeonhole two of the ``G + 1`` heaviest experts share a GPU;
+    - with no spare slot (``E = G S``):
+      :func:`perfmodel.planners.moe_partition.cardinality_bound`, which uses that every GPU then
+      holds exactly ``S`` experts (it contains the two bounds above).
     """
     w = np.asarray(loads, dtype=float)
     lb = mb.load_lower_bound(w, gpus, slots_per_gpu)
     if len(w):
         cnt = mb.replicate(w, gpus * slots_per_gpu, gpus)
         lb = max(lb, float((w / cnt).max()))
+    if mp.no_spare_slots(len(w), gpus, slots_per_gpu):
+        lb = max(lb, mp.cardinality_bound(w, gpus, slots_per_gpu))
     return lb
 
 
@@ -148,9 +154,11 @@ def construct(loads: np.ndarray, gpus: int, slots_per_gpu: int, replicas: int) -
 
 def heuristic(loads: np.ndarray, gpus: int, slots_per_gpu: int, start: Placement, deadline: float) -> Placement:
     """The best of :func:`improve` from ``start`` and from counts-first constructions with all, half
-    and none of the spare slots used."""
+    and none of the spare slots used; with no spare slot, :func:`partition_heuristic`."""
     w = np.asarray(loads, dtype=float)
     e, total = len(w), gpus * slots_per_gpu
+    if mp.no_spare_slots(e, gpus, slots_per_gpu):
+        return partition_heuristic(w, gpus, slots_per_gpu, start, deadline)
     best = improve(w, gpus, slots_per_gpu, start, deadline)
     best_v = mb.gpu_loads(best, w).max()
     for replicas in sorted({total, e + (total - e) // 2, e}, reverse=True):
@@ -161,6 +169,28 @@ def heuristic(loads: np.ndarray, gpus: int, slots_per_gpu: int, start: Placement
             continue
         p = improve(w, gpus, slots_per_gpu, p, deadline)
         v = mb.gpu_loads(p, w).max()
+        if v < best_v:
+            best, best_v = p, v
+    return best
+
+
+def partition_heuristic(loads: np.ndarray, gpus: int, slots_per_gpu: int, start: Placement,
+                        deadline: float) -> Placement:
+    """No spare slot (``E = G S``): the best of ``start``, longest-first packing and the balanced
+    differencing method (:func:`perfmodel.planners.moe_partition.differencing`), each improved by
+    :func:`improve` (swaps out of the busiest GPU) and then by
+    :func:`perfmodel.planners.moe_partition.rebalance` (optimal splits of two GPUs' experts), the time
+    to ``deadline`` shared equally."""
+    w = np.asarray(loads, dtype=float)
+    starts = [start, mb.greedy_lpt(w, gpus, slots_per_gpu), mp.differencing(w, gpus, slots_per_gpu)]
+    best, best_v = start, float(mb.gpu_loads(start, w).max())
+    for k, p in enumerate(starts):
+        now = time.perf_counter()
+        if now > deadline:
+            break
+        end = now + (deadline - now) / (len(starts) - k)
+        p = mp.rebalance(w, gpus, slots_per_gpu, improve(w, gpus, slots_per_gpu, p, end), end)
+        v = float(mb.gpu_loads(p, w).max())
         if v < best_v:
             best, best_v = p, v
     return best

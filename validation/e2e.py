@@ -156,14 +156,14 @@ def predict(spec: ModelSpec, gpu: str, phase: str, batch: int, context: int, bus
     the phase functions give the same costs directly.
 
     ``busy_calls``: calls of the same row the GPU ran back to back before the one timed (warm-up and
-    earlier timed calls).  A phase priced alone starts from an idle GPU (the sustained-clock rule of
-    :mod:`perfmodel.clocks` spends the profile's ``settle_s`` at the burst rate); a timed call that
-    follows ``busy_calls`` others of length ``T`` has had ``busy_calls * T`` of that settling time
-    already, so it is priced with ``settle_s`` shortened by as much.
+    earlier timed calls).  A phase priced alone starts from an idle GPU; a timed call that follows
+    ``busy_calls`` others of length ``T`` starts ``busy_calls * T`` into the sustained-clock ramp
+    (:func:`perfmodel.clocks.after_busy`).
     """
     import perfmodel
     from perfmodel.hw.loader import load_gpu
     from perfmodel.calibration import Mode, resolve_profile
+    from perfmodel.clocks import after_busy
     from perfmodel.errors import DoesNotFitError
     from perfmodel.phases import decode_step_cost, prefill_cost
 
@@ -172,8 +172,7 @@ def predict(spec: ModelSpec, gpu: str, phase: str, batch: int, context: int, bus
     impl = prof.attention_impl.value
     if busy_calls > 0 and prof.sustained:
         alone, how = predict(spec, gpu, phase, batch, context)
-        settle = max(0.0, float(prof.sustained["settle_s"]) - busy_calls * alone)
-        prof = dataclasses.replace(prof, sustained=MappingProxyType({**prof.sustained, "settle_s": settle}))
+        prof = dataclasses.replace(prof, sustained=MappingProxyType(after_busy(prof.sustained, busy_calls * alone)))
     try:
         d = perfmodel.analyze(spec, g, context_len=context, output_tokens=1, batch=batch, mode="calibrated",
                               chunk_tokens=None, profile=prof).to_dict()

@@ -448,10 +448,43 @@ def sustained_terms(result: dict[str, Any], profile: Profile) -> dict[str, Any]:
     if not ratios:
         raise RecordError(f"sustained result has none of the ops {', '.join(SUSTAINED_OPS)}")
     out = {"compute_ratio": round(float(np.median(ratios)), 4),
-           "settle_s": round(float(np.median(settle)) if settle else 0.0, 3),
+           "settle_s": round(float(np.median(settle)) if settle else 0.0, 3)}
+    ramp = ramp_table(result, profile)
+    if ramp:
+        out["ramp"] = ramp
+    out |= {
            "measured": {"gpu": result.get("gpu"), "driver": result.get("driver"), "torch": result.get("torch"),
                         "date": result.get("date"), "ops": used}}
     return out
+
+
+#: seconds after an idle start at which the ramp of the ``sustained`` object is tabulated
+RAMP_GRID_S = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
+
+
+def ramp_table(result: dict[str, Any], profile: Profile) -> list[list[float]]:
+    """The ``ramp`` of the ``sustained`` object: each compute-bound op's series of rates (back-to-back
+    work from an idle GPU, ``benchmarks/sustained.py``) as a fraction of the rate ``profile`` predicts
+    for the op; at each time ``g`` of :data:`RAMP_GRID_S` (up to the series' end) the median of the
+    samples within ``max(0.05 s, g / 4)`` of it, then the median over the ops, at most 1; ``[]``
+    without series."""
+    g = load_gpu(profile.gpu)
+    curves = []
+    for name, desc in SUSTAINED_OPS.items():
+        r = result.get("ops", {}).get(name)
+        rows = (r or {}).get("series") or []
+        if len(rows) < 5:
+            continue
+        predicted_rate = float(r["work"]) / float(op_cost(op_from_dict(desc), g, profile).total_s)
+        t = np.array([x["t_s"] for x in rows], dtype=np.float64)
+        ratio = np.array([x["rate"] for x in rows], dtype=np.float64) / predicted_rate
+        curves.append([float(np.median(ratio[np.abs(t - x) <= max(0.05, x / 4.0)])) for x in RAMP_GRID_S
+                       if x <= t[-1] and np.any(np.abs(t - x) <= max(0.05, x / 4.0))])
+    if not curves:
+        return []
+    n = min(len(c) for c in curves)
+    med = np.minimum(np.median(np.stack([c[:n] for c in curves]), axis=0), 1.0)
+    return [[float(RAMP_GRID_S[i]), round(float(med[i]), 4)] for i in range(n)]
 
 
 def launch_terms(records: Sequence[dict[str, Any]], profile: Profile) -> dict[str, Any]:

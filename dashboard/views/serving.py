@@ -20,17 +20,20 @@ def simulate_view(model: str, gpu: str, tp: int, replicas: int, mode: str, weigh
                   kv_policy: str, max_num_seqs: int, requests: tuple, slo: tuple) -> dict:
     """``perfmodel.serving.simulate`` on one deployment; the summary, request table and timeline.
 
-    ``requests`` is ``("workload", n, rate, prompt_spec, output_spec, seed)`` or
-    ``("trace", arrival_s, prompt_len, output_len)`` (tuples of numbers).
+    ``requests`` is ``("workload", n, rate, prompt_spec, output_spec, seed, prefix_specs)`` (cached
+    prefixes as ``perfmodel simulate --prefix`` takes them) or ``("trace", arrival_s, prompt_len,
+    output_len)`` (tuples of numbers).
     """
     from perfmodel.serving import Deployment, LengthDist, Requests, Slo, Workload, simulate
+    from perfmodel.serving.workload import CachedPrefix
 
     dep = Deployment.make(model, gpu, mode=mode, weight_dtype=weight_dtype, kv_dtype=kv_dtype, tp=tp,
                           replicas=replicas, kv_policy=kv_policy, max_num_seqs=max_num_seqs)
     if requests[0] == "workload":
-        _, n, rate, p_spec, o_spec, seed = requests
+        _, n, rate, p_spec, o_spec, seed, prefixes = requests
         reqs = Workload(int(n), float(rate), LengthDist.parse(p_spec, "prompt length"),
-                        LengthDist.parse(o_spec, "output length"), int(seed))
+                        LengthDist.parse(o_spec, "output length"), int(seed),
+                        tuple(CachedPrefix.parse(t) for t in prefixes))
     else:
         reqs = Requests.of(np.asarray(requests[1]), np.asarray(requests[2]), np.asarray(requests[3]))
     res = simulate(dep, reqs)
@@ -57,6 +60,10 @@ with st.form("serve_form"):
     prompt = c2.text_input("Prompt length", "lognormal:2048:1.0:7000", key="serve_prompt",
                            help="N, lognormal:MEAN:SIGMA[:CAP] or uniform:LOW:HIGH (tokens).")
     output = c2.text_input("Output length", "128", key="serve_output", help="Same forms; includes the first token.")
+    prefix_text = c2.text_input("Cached prefixes", "", key="serve_prefixes",
+                                help="Comma-separated TOKENS:SHARE[:HIT_RATE[:TIER]], e.g. 4096:0.5:0.9, "
+                                     "16384:0.2:0.7:host: a prefix opening SHARE of the prompts, found cached "
+                                     "at HIT_RATE in hbm (default), host or ssd:BYTES_PER_S.")
     policy = c3.selectbox("When KV does not fit", ("swap", "recompute", "queue"), key="serve_policy")
     max_seqs = c3.number_input("Max resident requests per replica", 1, 8192, 256, key="serve_max_seqs")
     ttft = c3.number_input("TTFT target (s, 0: none)", 0.0, 1e4, 2.0, key="serve_slo_ttft")
@@ -76,7 +83,8 @@ try:
             st.stop()
         requests = trace_from_upload(common.parse_upload(up.name, up.getvalue()))
     else:
-        requests = ("workload", int(n), float(rate) if rate > 0 else float("inf"), prompt, output, 0)
+        prefixes = tuple(t.strip() for t in prefix_text.split(",") if t.strip())
+        requests = ("workload", int(n), float(rate) if rate > 0 else float("inf"), prompt, output, 0, prefixes)
     slo = (float(ttft) or None, float(tpot) or None)
     with st.spinner("Simulating..."):
         out = simulate_view(model, gpu, int(tp), int(replicas), mode, weight_dtype, kv_dtype, policy,
@@ -100,6 +108,11 @@ if "slo" in s:
     parts = [f"{k.upper()} p{v['percentile']:g} {fmt_seconds(v['achieved_s'])} vs {fmt_seconds(v['target_s'])} "
              f"({'met' if v['met'] else 'missed'})" for k, v in s["slo"].items()]
     st.caption(f"SLO: {'; '.join(parts)} · goodput {s['goodput_requests_per_s']:,.2f} requests/s")
+if "prefix_cache" in s:
+    pc = s["prefix_cache"]
+    st.caption(f"Cached prefixes: {pc['hits']:,} hits of {pc['requests_with_prefix']:,} requests with a prefix, "
+               f"{pc['cached_prompt_tokens']:,} prompt tokens from the cache; {pc['loads']:,} loads from host or "
+               f"SSD, {pc['load_bytes'] / 2**30:,.1f} GiB in {fmt_seconds(pc['load_s'])}")
 st.caption(f"{s['deployment']} · {s['completed']:,} requests in {fmt_seconds(s['makespan_s'])} of simulated time, "
            f"{s['iterations']:,} iterations, simulated in {s['sim_wall_s']:.2f} s")
 

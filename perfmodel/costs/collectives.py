@@ -54,6 +54,7 @@ import numpy as np
 from perfmodel.hw.spec import GPU, Cluster, Link, LinkKind, Node
 from perfmodel.comm import NVLINK_KINDS, Placement, Topology, place, resolve_topology
 from perfmodel.costs.base import Bound, CurveParams, Mode, OpClass, OpCost, ramp
+from perfmodel.errors import ProfileError
 from perfmodel.ops import Collective, CollectiveLaunch, OpKind
 
 if TYPE_CHECKING:
@@ -95,6 +96,50 @@ class AllReduceAlgorithm(str, enum.Enum):
     RING = "ring"
     TREE = "tree"
     AUTO = "auto"  # the faster of the two, as NCCL's tuner picks
+
+
+#: World sizes the peer all-reduce kernels are built for (vLLM ``CustomAllreduce._SUPPORTED_WORLD_SIZES``).
+PEER_WORLD_SIZES = (2, 4, 6, 8)
+#: One-shot below these per-rank sizes at up to this many GPUs, two-shot above (vLLM ``csrc/custom_all_reduce.cuh``,
+#: ``REDUCE_CASE``: two GPUs always one-shot; full NVLink: ``w <= 4 and bytes < 512 KiB`` or ``w <= 8 and
+#: bytes < 256 KiB``).
+PEER_ONE_SHOT_MAX_BYTES = ((4, 512 * 1024), (8, 256 * 1024))
+
+
+@dataclass(frozen=True)
+class PeerAllReduce:
+    """An engine's own all-reduce over peer-to-peer loads (vLLM's custom all-reduce), seconds and bytes.
+
+    One-shot: each rank reads the whole buffer of every peer and reduces it locally, so ``(w - 1) * bytes``
+    cross each GPU's links, after a start flag and before an end flag (``one_shot_latency_s`` holds both
+    syncs and the launch).  Two-shot: a reduce-scatter by peer reads (``(w - 1) / w * bytes``), a sync,
+    then an all-gather of the reduced parts by peer reads (as much again): ``2 (w - 1) / w * bytes``.
+    Each moves at ``*_link_eff`` of the path's datasheet bandwidth per direction.  An all-reduce of
+    ``max_bytes`` or more, of a world size outside :data:`PEER_WORLD_SIZES`, across nodes, or of more
+    than two GPUs without an NVSwitch (full NVLink) goes to NCCL, as the engine sends it.  Outside a CUDA
+    graph the input is first copied into the registered buffer (one read and one write on HBM).
+
+    Attributes
+    ----------
+    max_bytes : float, bytes per rank; the largest all-reduce it takes is just below it
+    one_shot_latency_s, two_shot_latency_s : float, seconds of fixed cost per call
+    one_shot_link_eff, two_shot_link_eff : float in (0, 1.5], share of the link's datasheet bandwidth
+    """
+
+    max_bytes: float
+    one_shot_latency_s: float
+    one_shot_link_eff: float
+    two_shot_latency_s: float
+    two_shot_link_eff: float
+
+    def __post_init__(self) -> None:
+        for f in ("max_bytes", "one_shot_latency_s", "two_shot_latency_s", "one_shot_link_eff", "two_shot_link_eff"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ProfileError(f"peer all-reduce: {f} must be a finite number >= 0, got {v!r}")
+        for f in ("one_shot_link_eff", "two_shot_link_eff"):
+            if not 0 < getattr(self, f) <= 1.5:
+                raise ProfileError(f"peer all-reduce: {f} must be in (0, 1.5], got {getattr(self, f)!r}")
 
 
 @dataclass(frozen=True)
@@ -192,9 +237,60 @@ def collective_time(
     launch = CollectiveLaunch(launch) if launch is not None else None
     intra = path_rate(topo.intra, cls, profile, topo.intra.kind in NVLINK_KINDS, launch)
     if pl.nodes == 1:
-        return _flat(kind, nbytes, pl.world, intra, algorithm)
+        nccl = _flat(kind, nbytes, pl.world, intra, algorithm)
+        peer = profile.peer_all_reduce
+        if kind is OpKind.ALL_REDUCE and peer is not None and peer_eligible(pl.world, topo):
+            return _peer_or_nccl(nbytes, pl.world, topo.intra, gpu, profile, peer, launch, nccl)
+        return nccl
     inter = path_rate(topo.inter, cls, profile, False)  # type: ignore[arg-type]
     return _hierarchical(kind, nbytes, pl, intra, inter, algorithm, profile, topo, launch)
+
+
+def peer_eligible(world: int, topo: Topology) -> bool:
+    """Whether a one-node group of ``world`` GPUs of ``topo`` may run a peer all-reduce: a supported
+    size, and for more than two GPUs a switch that links every pair (vLLM: ``world_size > 2`` needs the
+    GPUs fully NVLink-connected)."""
+    if world not in PEER_WORLD_SIZES:
+        return False
+    return world == 2 or topo.intra.kind is LinkKind.NVSWITCH
+
+
+def peer_all_reduce_time(nbytes: Any, world: int, link: Link, gpu: GPU, peer: PeerAllReduce,
+                         mode: Mode = Mode.CALIBRATED, in_graph: bool = True) -> OpCost:
+    """Cost of ``peer``'s all-reduce of ``nbytes`` per rank among ``world`` GPUs over ``link`` (seconds).
+
+    One-shot or two-shot by the per-rank size (:data:`PEER_ONE_SHOT_MAX_BYTES`); the size limit
+    (``peer.max_bytes``) is the caller's (:func:`collective_time` sends larger ones to NCCL).  In the
+    peak mode the fixed costs are 0 and the link moves at its datasheet rate.  ``in_graph`` False adds
+    the copy into the registered buffer (HBM, ``memory_s``).  ``nbytes`` may be an array.
+    """
+    b = np.asarray(nbytes, dtype=np.float64)
+    w = int(world)
+    bw = link.bytes_per_s_per_direction
+    peak = mode is Mode.PEAK
+    one_cap = next((cap for most, cap in PEER_ONE_SHOT_MAX_BYTES if w <= most), 0.0)
+    one = (w == 2) | (b < one_cap)
+    t_one = (w - 1) * b / (bw * (1.0 if peak else peer.one_shot_link_eff))
+    t_two = 2.0 * (w - 1) / w * b / (bw * (1.0 if peak else peer.two_shot_link_eff))
+    comm = np.where(one, t_one, t_two)
+    lat = np.zeros_like(b) if peak else np.where(one, peer.one_shot_latency_s, peer.two_shot_latency_s)
+    copy = np.zeros_like(b) if in_graph else 2.0 * b / gpu.hbm_bytes_per_s
+    f = lambda x: x if np.ndim(x) else float(x)
+    bound = Bound.PCIE if link.kind is LinkKind.PCIE else Bound.INTERCONNECT
+    return OpCost(comm_s=f(comm), latency_s=f(lat), memory_s=f(copy), bytes=nbytes, memory_bound=bound)
+
+
+def _peer_or_nccl(nbytes, world, link, gpu, profile, peer, launch, nccl: OpCost) -> OpCost:
+    """The peer all-reduce where the size is below its limit, NCCL's cost (``nccl``) elsewhere."""
+    in_graph = launch is CollectiveLaunch.GRAPH
+    cost = peer_all_reduce_time(nbytes, world, link, gpu, peer, profile.mode, in_graph)
+    use = np.asarray(nbytes, dtype=np.float64) < peer.max_bytes
+    if np.ndim(use) == 0:
+        return cost if bool(use) else nccl
+    pick = lambda a, b: np.where(use, np.broadcast_to(a, use.shape), np.broadcast_to(b, use.shape))
+    return OpCost(comm_s=pick(cost.comm_s, nccl.comm_s), latency_s=pick(cost.latency_s, nccl.latency_s),
+                  memory_s=pick(cost.memory_s, nccl.memory_s), overlap_s=pick(0.0, nccl.overlap_s),
+                  bytes=nbytes, memory_bound=nccl.memory_bound)
 
 
 def _hierarchical(kind, nbytes, pl: Placement, intra: PathRate, inter: PathRate, algo, profile, topo,

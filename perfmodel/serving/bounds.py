@@ -3,7 +3,8 @@
 For a set of requests on one replica:
 
 - ``prefill_s``: a prompt's prefill alone (:func:`perfmodel.phases.prefill_cost`,
-  chunks of the token budget).
+  chunks of the token budget), at the profile's rates (the simulator does not
+  apply the sustained-clock slowdown of :mod:`perfmodel.clocks`).
 - ``ttft_floor_s``: no request's TTFT is shorter.  It is ``prefill_s``, except
   with a shared prefix: a request that finds the prefix cached prefills only
   its own tokens, so the floor is the prefill of those alone.
@@ -23,7 +24,9 @@ For a set of requests on one replica:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 
@@ -61,8 +64,21 @@ class AnalyticBounds:
 
 
 def _prefill(dep: Deployment, prompt, knobs=None) -> object:
-    return prefill_cost(dep.model, dep.gpu, dep.resolved_profile, prompt, 1, dep.precision, dep.tp, dep.token_budget,
+    # at the profile's own rates: the simulator prices its iterations without the sustained-clock slowdown
+    # of a long phase (perfmodel.clocks), so the floor leaves it out as well
+    burst = dataclasses.replace(dep.resolved_profile, sustained=MappingProxyType({}))
+    return prefill_cost(dep.model, dep.gpu, burst, prompt, 1, dep.precision, dep.tp, dep.token_budget,
                         knobs=dep.knobs if knobs is None else knobs)
+
+
+def _ep_phases(dep: Deployment, context_len, output_tokens, batch):
+    """The phases of ``dep``'s expert-parallel layout as ``analyze`` prices them
+    (:func:`perfmodel.parallel.parallel_phases`, the deployment's placement included)."""
+    from perfmodel.parallel import parallel_phases
+
+    return parallel_phases(dep.kv_model, dep.gpu, dep.resolved_profile, context_len, output_tokens, batch,
+                           dep.kv_precision, dep.tp, ep=dep.ep, chunk_tokens=dep.token_budget, knobs=dep.knobs,
+                           moe_placement=dep.moe_placement)
 
 
 def analytic_bounds(dep: Deployment, requests: Requests) -> AnalyticBounds:
@@ -71,14 +87,19 @@ def analytic_bounds(dep: Deployment, requests: Requests) -> AnalyticBounds:
     o = requests.output_len.astype(np.float64)
     dep.check_knobs(int(requests.prompt_len.min()))
     prof, kn = dep.resolved_profile, dep.knobs
-    pre = _prefill(dep, p)
-    prefix = 0 if kn is None else kn.shared_prefix_tokens
-    # with a shared prefix, a request that finds it cached prefills its own tokens only; their prefill
-    # without the prefix keys is a floor
-    floor = _prefill(dep, p - prefix, kn.replace(shared_prefix_tokens=0)) if prefix else pre
-    dec = decode_cost(dep.model, dep.gpu, prof, p, o - 1, 1, dep.precision, dep.tp, knobs=kn)
-    step = decode_step_cost(dep.model, dep.gpu, prof, p + 1, 1, dep.precision, dep.tp, knobs=kn)
-    step_s = np.asarray(step.total_s, dtype=np.float64)
+    if dep.ep > 1:  # the shared prefix and offloading are refused with EP (Deployment)
+        pre = floor = _ep_phases(dep, p, 0, 1).prefill
+        dec = _ep_phases(dep, p, o - 1, 1).decode
+        step_s = np.asarray(_ep_phases(dep, p + 1, 0, 1).decode_step.total_s, dtype=np.float64)
+    else:
+        pre = _prefill(dep, p)
+        prefix = 0 if kn is None else kn.shared_prefix_tokens
+        # with a shared prefix, a request that finds it cached prefills its own tokens only; their prefill
+        # without the prefix keys is a floor
+        floor = _prefill(dep, p - prefix, kn.replace(shared_prefix_tokens=0)) if prefix else pre
+        dec = decode_cost(dep.model, dep.gpu, prof, p, o - 1, 1, dep.precision, dep.tp, knobs=kn)
+        step = decode_step_cost(dep.model, dep.gpu, prof, p + 1, 1, dep.precision, dep.tp, knobs=kn)
+        step_s = np.asarray(step.total_s, dtype=np.float64)
     if kn is not None and kn.offload is not None and kn.offload.pipelined:
         pair = (p + p.min()) / 2.0 + 1.0  # beside the shortest request: the cheapest pipelined step
         two = decode_step_cost(dep.model, dep.gpu, prof, pair, 2, dep.precision, dep.tp, knobs=kn)
@@ -86,7 +107,7 @@ def analytic_bounds(dep: Deployment, requests: Requests) -> AnalyticBounds:
     mem = replica_memory(dep)
     kv_tokens = np.array([mem.own_tokens(kv_tokens_kept(dep, int(t))) for t in np.unique(p + o)])
     per_user = float(kv_tokens.min()) * mem.kv_bytes_per_token_per_gpu + mem.state_bytes_per_gpu
-    n_max = int(mem.kv_room_bytes_per_gpu // per_user) if per_user > 0 else dep.max_num_seqs
+    n_max = int(mem.kv_room_bytes_per_gpu // per_user) * mem.ranks if per_user > 0 else dep.max_num_seqs
     n_max = min(n_max, dep.max_num_seqs)
     flops = float(np.sum(floor.flops) + np.sum(dec.flops))
     g, prec = dep.gpu, dep.kv_precision
@@ -99,7 +120,11 @@ def analytic_bounds(dep: Deployment, requests: Requests) -> AnalyticBounds:
         # without the tiers' streaming (a lower step cost, so still a bound): the core sizes a batch's
         # workspace as batch x chunk tokens and so spills more than the replica's budget does
         kd = kn.replace(kv_tiers=()) if kn is not None and kn.kv_tiers else kn
-        t = decode_step_cost(dep.model, dep.gpu, prof, float(p.min()) + 1, k, dep.precision, dep.tp, knobs=kd).total_s
+        if dep.ep > 1:
+            t = _ep_phases(dep, float(p.min()) + 1, 0, k).decode_step.total_s
+        else:
+            t = decode_step_cost(dep.model, dep.gpu, prof, float(p.min()) + 1, k, dep.precision, dep.tp,
+                                 knobs=kd).total_s
         decode = float(np.max(k / np.asarray(t)))
     else:
         decode = 0.0

@@ -12,7 +12,7 @@ from perfmodel.serving.deployment import KvPolicy, Router
 
 def register(subparsers) -> None:
     """Add the ``simulate`` subcommand to the ``perfmodel`` parser."""
-    from perfmodel.cli import _positive_int, add_scenario_args
+    from perfmodel.cli import _positive_int, add_placement_arg, add_scenario_args
     from perfmodel.knobs import add_knob_args
 
     p = subparsers.add_parser("simulate", help="simulate serving a workload (continuous batching, paged KV)")
@@ -21,6 +21,9 @@ def register(subparsers) -> None:
     p.set_defaults(model="llama-3-8b", gpu="h100-sxm-80gb")
     p.add_argument("--tp", type=_positive_int, default=1, help="tensor-parallel degree per replica")
     p.add_argument("--pp", type=_positive_int, default=1, help="pipeline stages per replica")
+    p.add_argument("--ep", type=_positive_int, default=1,
+                   help="expert-parallel degree per replica (MoE models; ep // tp attention groups share the experts)")
+    add_placement_arg(p)
     p.add_argument("--replicas", type=_positive_int, default=1)
     p.add_argument("--router", choices=[r.value for r in Router], default=Router.LEAST_LOADED.value)
     p.add_argument("--requests", type=_positive_int, default=1000, help="requests to generate")
@@ -33,6 +36,10 @@ def register(subparsers) -> None:
     p.add_argument("--output-len", default="128", help="generated tokens incl. the first (same forms)")
     p.add_argument("--trace", default=None,
                    help="JSONL/CSV trace (prompt_len, output_len, optional arrival_s)")
+    p.add_argument("--prefix", action="append", default=None, metavar="TOKENS:SHARE[:HIT_RATE[:TIER]]",
+                   help="a shared prompt prefix (repeatable): its tokens open SHARE of the requests' prompts, and "
+                        "HIT_RATE of those (default 1) find its KV cached in TIER: hbm (default; held once per "
+                        "replica), host (PCIe) or host|ssd:BYTES_PER_S (loaded per hit); a miss prefills it")
     p.add_argument("--engine", default="none",
                    help="engine overheads and defaults from hw/data/engines (vllm, vllm-0.5, sglang) or none")
     p.add_argument("--seed", type=int, default=0)
@@ -51,6 +58,7 @@ def register(subparsers) -> None:
 
 
 def _deployment(args: argparse.Namespace):
+    from perfmodel.cli import read_placement_arg
     from perfmodel.errors import InvalidInputError
     from perfmodel.knobs import knobs_from_args
     from perfmodel.serving.deployment import Deployment
@@ -74,7 +82,8 @@ def _deployment(args: argparse.Namespace):
     return Deployment.make(
         args.model, args.gpu, mode=args.mode, weight_dtype=args.weight_dtype, kv_dtype=None, knobs=knobs_from_args(args),
         attention_impl=args.attention_impl, launch=args.launch,
-        tp=args.tp, pp=args.pp, replicas=args.replicas, token_budget=args.chunk_tokens,
+        tp=args.tp, pp=args.pp, ep=args.ep, moe_placement=read_placement_arg(args), replicas=args.replicas,
+        token_budget=args.chunk_tokens,
         max_num_seqs=min(args.max_num_seqs, args.chunk_tokens), kv_policy=args.kv_policy,
         slice_tokens=args.slice_tokens, router=args.router, host_kv_bytes=host, **extra)
 
@@ -82,10 +91,16 @@ def _deployment(args: argparse.Namespace):
 def _requests(args: argparse.Namespace):
     from perfmodel.serving.workload import LengthDist, Workload, parse_rate, read_trace
 
+    from perfmodel.errors import InvalidInputError
+    from perfmodel.serving.workload import CachedPrefix
+
     if args.trace:
+        if args.prefix:
+            raise InvalidInputError("--prefix applies to generated workloads, not to a --trace")
         return read_trace(args.trace)
+    prefixes = tuple(CachedPrefix.parse(t) for t in args.prefix or ())
     return Workload(args.requests, parse_rate(args.arrival_rate), LengthDist.parse(args.prompt_len, "--prompt-len"),
-                    LengthDist.parse(args.output_len, "--output-len"), seed=args.seed).generate()
+                    LengthDist.parse(args.output_len, "--output-len"), seed=args.seed, prefixes=prefixes).generate()
 
 
 def _progress(enabled: bool):
@@ -191,6 +206,11 @@ def _print_table(out: dict[str, Any]) -> None:
         (f"swapped out/in: {fmt_bytes(out['swap_out_bytes'])} / {fmt_bytes(out['swap_in_bytes'])}; "
         f"preemptions: {out['preemptions']}"),
     ]
+    pc = out.get("prefix_cache")
+    if pc is not None:
+        lines.append(f"cached prefixes: {pc['hits']} hits of {pc['requests_with_prefix']} requests with a prefix, "
+                     f"{pc['cached_prompt_tokens']:,} prompt tokens from the cache; {pc['loads']} loads from host "
+                     f"or SSD, {fmt_bytes(pc['load_bytes'])} in {fmt_seconds(pc['load_s'])}")
     if out.get("goodput_requests_per_s") is not None:
         lines.append(f"goodput: {out['goodput_requests_per_s']:,.2f} requests/s meeting the SLOs")
     lines.append(f"simulated {out['iterations']:,} iterations in {out['sim_wall_s']:.2f} s")

@@ -29,6 +29,7 @@ import enum
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from perfmodel.hw.loader import load_gpu
 from perfmodel.hw.spec import GPU
@@ -90,6 +91,15 @@ class Deployment:
     host_kv_bytes : float or None, bytes
         Host memory a replica may fill with swapped KV (default: the GPU's
         ``host_ddr_bytes``).
+    ep : int
+        Expert-parallel degree of an MoE model (1: the experts split over ``tp``).  With ``ep > tp`` a
+        replica is ``ep`` GPUs in ``ep // tp`` data-parallel attention groups of ``tp``, each holding its
+        own requests' KV, and the MoE layers run over all of them (as
+        :func:`perfmodel.parallel.parallel_phases` prices it); ``pp`` must then be 1.
+    moe_placement : MoePlacement or None
+        An expert placement (:class:`perfmodel.ep_route.MoePlacement`, ``ep`` GPUs; ``make`` also takes a
+        ``plan moe --json`` path): the all-to-all from its traffic and the expert GEMMs on the GPU it loads
+        most (:func:`perfmodel.parallel.ep_moe_cost`).
     knobs : Knobs or None
         KV-cache what-if knobs (``docs/knobs.md``); ``None`` or ``Knobs()``
         changes nothing.  ``knobs.kv_dtype`` wins over ``precision.kv``.  Every
@@ -115,6 +125,8 @@ class Deployment:
     reserve_fraction: float = DEFAULT_RESERVE_FRACTION
     knobs: Knobs | None = None
     engine: Engine | None = None
+    ep: int = 1
+    moe_placement: Any = None
 
     @classmethod
     def make(cls, model="llama-3-8b", gpu="h100-sxm-80gb", mode: Mode | str = Mode.CALIBRATED,
@@ -152,7 +164,11 @@ class Deployment:
         from perfmodel.scenario import check_mode, validate_scenario
 
         # the shared rules (mode, degrees, GPUs of the layout); the knobs' rules for serving are __post_init__'s
-        validate_scenario(m, None, 0, kw.get("tp", 1), kw.get("pp", 1), mode, gpu=g)
+        validate_scenario(m, None, 0, kw.get("tp", 1), kw.get("pp", 1), mode, gpu=g, ep=kw.get("ep", 1))
+        if kw.get("moe_placement") is not None:
+            from perfmodel.scenario import check_placement
+
+            kw["moe_placement"] = check_placement(m, kw["moe_placement"], kw.get("ep", 1))
         prof = resolve_profile(g, check_mode(mode), kw.pop("profile", None), attention_impl, launch)
         if "kv_policy" in kw:
             kw["kv_policy"] = _enum(KvPolicy, kw["kv_policy"], "kv_policy")
@@ -165,13 +181,13 @@ class Deployment:
         """The deployment of a checked :class:`perfmodel.scenario.Scenario`: its model, GPU, profile,
         precision, knobs, ``tp`` and ``pp``, and its ``chunk_tokens`` as the token budget; ``kw`` are the
         serving fields (``replicas``, ``max_num_seqs``, ``kv_policy`` ...).  Its workload is not read: the
-        simulator takes requests.  A layout with ``sp``, ``ep`` or a topology is refused (the simulator
-        models TP and PP replicas).
+        simulator takes requests.  ``ep`` and the MoE placement are kept; a layout with ``sp``,
+        ``attention_dp`` or a topology is refused (the simulator models TP, PP and EP replicas).
 
         Parameters
         ----------
         scenario : Scenario
-            A checked scenario of one TP/PP layout.
+            A checked scenario of one TP/PP/EP layout.
         **kw
             Serving fields, as in :meth:`make`.
 
@@ -182,12 +198,12 @@ class Deployment:
         Raises
         ------
         InvalidInputError
-            For a layout with ``sp``, ``ep`` or a topology.
+            For a layout with ``sp``, ``attention_dp`` or a topology.
         """
         lay = scenario.layout
-        if lay.sp > 1 or lay.ep > 1 or lay.topology:
-            raise InvalidInputError("the simulator models tp and pp per replica; this scenario's layout has "
-                                    f"sp={lay.sp}, ep={lay.ep}, topology={lay.topology}")
+        if lay.sp > 1 or lay.topology or lay.attention_dp > 1:
+            raise InvalidInputError("the simulator models tp, pp and ep per replica; this scenario's layout has "
+                                    f"sp={lay.sp}, attention_dp={lay.attention_dp}, topology={lay.topology}")
         if "kv_policy" in kw:
             kw["kv_policy"] = _enum(KvPolicy, kw["kv_policy"], "kv_policy")
         if "router" in kw:
@@ -195,10 +211,11 @@ class Deployment:
         kw.setdefault("token_budget", scenario.chunk_tokens or DEFAULT_PREFILL_CHUNK_TOKENS)
         kw.setdefault("reserve_fraction", scenario.reserve_fraction)
         return cls(model=scenario.model, gpu=scenario.gpu, tp=lay.tp, pp=lay.pp, precision=scenario.precision,
-                   profile=scenario.profile, knobs=scenario.knobs, **kw)
+                   profile=scenario.profile, knobs=scenario.knobs, ep=lay.ep, moe_placement=scenario.moe_placement,
+                   **kw)
 
     def __post_init__(self) -> None:
-        for name in ("tp", "pp", "replicas", "token_budget", "max_num_seqs", "block_tokens"):
+        for name in ("tp", "pp", "replicas", "token_budget", "max_num_seqs", "block_tokens", "ep"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InvalidInputError(f"{name} must be an integer >= 1, got {v!r}")
@@ -206,6 +223,7 @@ class Deployment:
         from perfmodel.parallel import check_pp
 
         check_pp(self.model, self.pp)  # pp divides the layers, as in analyze and sweep (perfmodel.scenario)
+        self._check_ep()
         if self.max_num_seqs > self.token_budget:
             raise InvalidInputError(
                 f"max_num_seqs ({self.max_num_seqs}) must not exceed token_budget ({self.token_budget}): "
@@ -232,6 +250,33 @@ class Deployment:
                 m = effective_model(self.model, k)
                 k.check(m)
                 check_tp(m, self.tp)
+
+    def _check_ep(self) -> None:
+        from perfmodel.parallel import check_ep, check_knobs, group_world
+
+        check_ep(self.model, self.ep)  # ParallelConfigError, an InvalidInputError
+        group_world(self.tp, self.pp, 1, self.ep)
+        if self.ep > 1 and self.pp > 1:
+            raise InvalidInputError(f"ep={self.ep} with pp={self.pp} is not modelled in the simulator: use pp=1")
+        if self.ep > 1:
+            check_knobs(self.knobs)  # the knobs the multi-GPU phases do not price
+        pl = self.moe_placement
+        if pl is not None:
+            from perfmodel.ep_route import MoePlacement
+
+            if not isinstance(pl, MoePlacement):
+                raise InvalidInputError(f"moe_placement must be a MoePlacement (Deployment.make reads a path), "
+                                        f"got {type(pl).__name__}")
+            if self.ep <= 1:
+                raise InvalidInputError(f"an MoE placement needs expert parallelism (ep > 1); ep={self.ep}")
+            pl.check(self.model.moe.num_experts, self.model.num_moe_layers, self.ep)
+
+    @property
+    def attention_ranks(self) -> int:
+        """Data-parallel attention groups of ``tp`` GPUs in a replica (``ep // tp`` under EP, else 1)."""
+        from perfmodel.parallel import ep_attention_ranks
+
+        return ep_attention_ranks(self.tp, self.ep) if self.ep > 1 else 1
 
     @property
     def kv_model(self) -> ModelSpec:
@@ -287,15 +332,21 @@ class Deployment:
 
     @property
     def gpus(self) -> int:
-        return self.tp * self.pp * self.replicas
+        """GPUs of all replicas: ``pp x max(tp, ep)`` each."""
+        return self.pp * max(self.tp, self.ep) * self.replicas
 
     @property
     def resolved_profile(self) -> Profile:
-        return self.profile if self.profile is not None else resolve_profile(self.gpu, Mode.CALIBRATED, None)
+        """The profile the deployment is priced with: its own (default: calibrated), all-reduces as its
+        engine runs them (:meth:`Engine.profile_for`)."""
+        prof = self.profile if self.profile is not None else resolve_profile(self.gpu, Mode.CALIBRATED, None)
+        return self.engine.profile_for(prof) if self.engine is not None else prof
 
     def describe(self) -> str:
-        """One line: model, replicas x (GPU, tp, pp), knobs and engine."""
-        s = f"{self.model.name} on {self.replicas}x({self.gpu.name} tp={self.tp} pp={self.pp})"
+        """One line: model, replicas x (GPU, tp, pp, ep), knobs and engine."""
+        ep = f" ep={self.ep}" if self.ep > 1 else ""
+        placed = " (MoE placement)" if self.moe_placement is not None else ""
+        s = f"{self.model.name} on {self.replicas}x({self.gpu.name} tp={self.tp} pp={self.pp}{ep}){placed}"
         s += f" with {', '.join(self.knobs.describe())}" if self.knobs is not None else ""
         return s + (f" under {self.engine.name}" if self.engine is not None else "")
 
@@ -312,7 +363,9 @@ class ReplicaMemory:
     """KV capacity of one replica (per GPU figures, bytes; blocks per replica).
 
     A block holds ``block_tokens`` tokens' KV; in a state-space stack (no KV per token) it holds one
-    sequence's recurrent state (:attr:`block_bytes_per_gpu`).
+    sequence's recurrent state (:attr:`block_bytes_per_gpu`).  Under expert parallelism a replica has
+    ``ranks`` attention groups, each with its own KV room: ``capacity_blocks`` is theirs together, and
+    one sequence must fit one group (:attr:`rank_blocks`).
     """
 
     free_for_kv_bytes_per_gpu: float
@@ -325,6 +378,13 @@ class ReplicaMemory:
     prefix_blocks: int = 0
     extra_kv_bytes_per_gpu: float = 0.0
     room_bytes_per_gpu: float | None = None
+    cache_blocks: int = 0  # blocks held by prefixes cached in HBM (a workload's CachedPrefix), not in capacity
+    ranks: int = 1
+
+    @property
+    def rank_blocks(self) -> int:
+        """Blocks of one attention group (the most one sequence can take)."""
+        return self.capacity_blocks // self.ranks
 
     @property
     def kv_room_bytes_per_gpu(self) -> float:
@@ -375,7 +435,7 @@ def stage_layer_fraction(model: ModelSpec, pp: int) -> float:
     return math.ceil(model.num_layers / pp) / model.num_layers
 
 
-def replica_memory(dep: Deployment) -> ReplicaMemory:
+def replica_memory(dep: Deployment, cached_prefix_tokens: tuple[int, ...] = ()) -> ReplicaMemory:
     """Room for KV on each GPU of a replica, as paged blocks (a state-space stack: one block per
     sequence's state, :attr:`ReplicaMemory.block_bytes_per_gpu`).
 
@@ -386,7 +446,11 @@ def replica_memory(dep: Deployment) -> ReplicaMemory:
     :func:`perfmodel.phases.memory_budget`: KV tiers add their capacity
     (``offload_capacity_bytes``) to free HBM; with attention offloading the
     pool's memory holds all the KV; a shared prefix takes its blocks once, at
-    start (``prefix_blocks``, not counted in ``capacity_blocks``).
+    start (``prefix_blocks``, not counted in ``capacity_blocks``), and so does
+    each prefix a workload caches in HBM (``cached_prefix_tokens``, tokens each:
+    ``cache_blocks``).  Under expert parallelism the routed experts split over ``ep`` GPUs instead of
+    ``tp`` (:func:`perfmodel.parallel.parallel_memory`) and each of the ``ep // tp`` attention groups
+    holds its own requests' KV.
     """
     m, prec, k = dep.kv_model, dep.kv_precision, dep.knobs
     # where the KV lives (tiers, pool) is all the budget needs here: the model and precision already carry
@@ -394,6 +458,10 @@ def replica_memory(dep: Deployment) -> ReplicaMemory:
     where = None if k is None or not (k.kv_tiers or k.offload) else Knobs(kv_tiers=k.kv_tiers, offload=k.offload)
     mem = memory_budget(m, dep.gpu, dep.token_budget, 0, prec, dep.tp,
                         chunk_tokens=dep.token_budget, reserve_fraction=dep.reserve_fraction, knobs=where)
+    if dep.ep > 1:
+        from perfmodel.parallel import parallel_memory
+
+        mem = parallel_memory(mem, m, prec, dep.tp, 1, 1, dep.ep)
     frac = stage_layer_fraction(dep.model, dep.pp)
     free = float(mem.free_for_kv_bytes) + float(mem.weight_bytes) * (1.0 - frac)
     kv_tok = kv_bytes_per_token_per_gpu(m, dep.tp, prec.kv, k) * frac
@@ -408,10 +476,12 @@ def replica_memory(dep: Deployment) -> ReplicaMemory:
     prefix = 0 if k is None or kv_tok <= 0 else int(k.shared_prefix_tokens)
     prefix_blocks = -(-prefix // dep.block_tokens)
     block_bytes = kv_tok * dep.block_tokens if kv_tok > 0 else state  # a state-space stack: a block is a state
-    blocks = max(int(room // block_bytes) - prefix_blocks, 0)
+    cache_blocks = sum(-(-int(t) // dep.block_tokens) for t in cached_prefix_tokens) if kv_tok > 0 else 0
+    blocks = max(int(room // block_bytes) - prefix_blocks - cache_blocks, 0)
     host = float(dep.gpu.host_ddr_bytes) if dep.host_kv_bytes is None else float(dep.host_kv_bytes)
-    return ReplicaMemory(free, kv_tok, blocks, dep.block_tokens, host, state, prefix, prefix_blocks, extra,
-                         max(room - prefix * kv_tok, 0.0))
+    ranks = dep.attention_ranks
+    return ReplicaMemory(free, kv_tok, blocks * ranks, dep.block_tokens, host, state, prefix, prefix_blocks, extra,
+                         max(room - (prefix + cache_blocks * dep.block_tokens) * kv_tok, 0.0), cache_blocks, ranks)
 
 
 def kv_tokens_kept(dep: Deployment, tokens: int) -> int:
@@ -424,9 +494,9 @@ def check_fits_alone(dep: Deployment, mem: ReplicaMemory, prompt_len: int, outpu
     trained window is priced, with a note: :func:`perfmodel.scenario.window_note`)."""
     total = int(prompt_len) + int(output_len)
     need = mem.blocks_for(kv_tokens_kept(dep, total))
-    if need > mem.capacity_blocks:
+    if need > mem.rank_blocks:
         need_b = need * mem.block_bytes_per_gpu
-        room_b = mem.capacity_blocks * mem.block_bytes_per_gpu
+        room_b = mem.rank_blocks * mem.block_bytes_per_gpu
         what = (f"the weights and workspace alone exceed HBM by {-mem.free_for_kv_bytes_per_gpu / 2**30:.2f} GiB "
                 "per GPU; raise tp or pp" if mem.free_for_kv_bytes_per_gpu <= 0 else
                 f"one request of {total} tokens needs {need_b / 2**30:.2f} GiB of "

@@ -26,6 +26,12 @@ An engine file gives, with a source for every figure (``kind``: measured, publis
 ``max_num_batched_tokens``, ``max_num_seqs``, ``gpu_memory_utilization``
     The token budget of one step, the requests resident at once, and the share of HBM the engine
     takes (the deployment's reserve is the rest).
+``custom_all_reduce``
+    The engine's own all-reduce for small messages (one-shot and two-shot kernels over NVLink peer
+    loads, :class:`perfmodel.costs.collectives.PeerAllReduce`): a mapping of ``max_bytes``,
+    ``one_shot_latency_s``, ``one_shot_link_eff``, ``two_shot_latency_s``, ``two_shot_link_eff``; the
+    deployment's profile prices every all-reduce it takes with it (:meth:`Engine.profile_for`).
+    Absent or ``false``: NCCL only.
 ``chunked_prefill``
     ``mixed``: decode tokens first, prefill chunks fill the rest of the budget (vLLM V1);
     ``prefill-first``: a step with prefill work runs prefill only and the decoding requests wait
@@ -40,7 +46,8 @@ from dataclasses import dataclass
 
 import yaml
 
-from perfmodel.errors import InvalidInputError
+from perfmodel.costs.collectives import PeerAllReduce
+from perfmodel.errors import InvalidInputError, ProfileError
 from perfmodel.hw.loader import DATA_DIR
 
 ENGINE_DIR = DATA_DIR / "engines"
@@ -76,6 +83,7 @@ class Engine:
     max_num_seqs: int = 1024
     chunked_prefill: ChunkedPrefill = ChunkedPrefill.MIXED
     gpu_memory_utilization: float = 0.9
+    custom_all_reduce: PeerAllReduce | None = None
     display_name: str = ""
     sources: tuple = ()
 
@@ -94,6 +102,20 @@ class Engine:
         u = self.gpu_memory_utilization
         if isinstance(u, bool) or not isinstance(u, (int, float)) or not 0 < u <= 1:
             raise InvalidInputError(f"engine {self.name}: gpu_memory_utilization must be in (0, 1], got {u!r}")
+        car = self.custom_all_reduce
+        if car is False:
+            object.__setattr__(self, "custom_all_reduce", None)
+        elif isinstance(car, dict):
+            fields = set(PeerAllReduce.__dataclass_fields__)
+            if set(car) != fields:
+                raise InvalidInputError(f"engine {self.name}: custom_all_reduce needs exactly "
+                                        f"{', '.join(sorted(fields))}; got {', '.join(sorted(car)) or 'none'}")
+            try:
+                object.__setattr__(self, "custom_all_reduce", PeerAllReduce(**car))
+            except ProfileError as exc:
+                raise InvalidInputError(f"engine {self.name}: {exc}") from None
+        elif car is not None and not isinstance(car, PeerAllReduce):
+            raise InvalidInputError(f"engine {self.name}: custom_all_reduce must be a mapping or false, got {car!r}")
         if not isinstance(self.chunked_prefill, ChunkedPrefill):
             try:
                 object.__setattr__(self, "chunked_prefill", ChunkedPrefill(self.chunked_prefill))
@@ -119,6 +141,10 @@ class Engine:
         if prefill_tokens:
             host += self.prefill_step_extra_s
         return max(gpu_s, host) if self.overlap_host else gpu_s + host
+
+    def profile_for(self, profile):
+        """``profile`` (a :class:`perfmodel.calibration.Profile`) pricing all-reduces as this engine runs them."""
+        return profile.with_peer_all_reduce(self.custom_all_reduce)
 
     def source_kinds(self) -> dict[str, str]:
         """Each field's kind of source (measured, published, assumed)."""

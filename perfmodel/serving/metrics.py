@@ -9,6 +9,8 @@ Definitions (seconds):
 - Goodput: requests per second that meet every given SLO.
 - Peak concurrency: the most requests with KV resident in one replica's HBM at once.
 - Swap bytes: KV moved over PCIe, summed over a replica's GPUs.
+- Cached prefixes (``prefix_cache``): hits, prompt tokens served from the cache, and the loads from
+  host or SSD (bytes summed over a replica's GPUs; seconds summed over loads, before overlap).
 """
 
 from __future__ import annotations
@@ -103,6 +105,12 @@ class SimResult:
     notes: tuple[str, ...] = ()  # analyze's notes (a request beyond the trained window: perfmodel.scenario)
     step_durations_s: np.ndarray | None = None  # per iteration that decodes: its duration (ITL samples) ...
     step_batches: np.ndarray | None = None  # ... and its decode batch (each sequence's token waited that long)
+    prefix_id: np.ndarray | None = None  # cached prefixes: each request's prefix (-1: none) ...
+    prefix_hit: np.ndarray | None = None  # ... whether the cache held it ...
+    cached_tokens: np.ndarray | None = None  # ... and its prompt tokens whose KV came from the cache
+    prefix_loads: int = 0  # prefixes loaded from host or SSD, their bytes (all GPUs) and seconds
+    prefix_load_bytes: float = 0.0
+    prefix_load_s: float = 0.0
 
     @classmethod
     def collect(cls, dep, mem, reqs, table, replicas, wall_s: float) -> SimResult:
@@ -119,6 +127,11 @@ class SimResult:
             capacity_blocks=mem.capacity_blocks, peak_concurrency=max(r.peak_resident for r in replicas),
             swap_out_bytes=sum(r.swap_out_bytes for r in replicas), swap_in_bytes=sum(r.swap_in_bytes for r in replicas),
             iterations=sum(r.iterations for r in replicas), wall_s=wall_s,
+            prefix_id=reqs.prefix_id, prefix_hit=reqs.prefix_hit,
+            cached_tokens=reqs.cached_tokens() if reqs.prefixes else None,
+            prefix_loads=sum(r.prefix_loads for r in replicas),
+            prefix_load_bytes=sum(r.prefix_load_bytes for r in replicas),
+            prefix_load_s=sum(r.prefix_load_s for r in replicas),
         )
 
     # -- per-request metrics ---------------------------------------------------------
@@ -185,7 +198,8 @@ class SimResult:
             "arrival_s": self.arrival_s, "prompt_len": self.prompt_len, "output_len": self.output_len,
             "replica": self.replica, "first_token_s": self.first_token_s, "finish_s": self.finish_s,
             "ttft_s": self.ttft_s, "tpot_s": self.tpot_s, "e2e_s": self.e2e_s, "preemptions": self.preemptions,
-        })
+        } | ({} if self.prefix_id is None else {"prefix_id": self.prefix_id, "prefix_hit": self.prefix_hit,
+                                                  "cached_tokens": self.cached_tokens}))
 
     def timeline_frame(self) -> pd.DataFrame:
         """One row per iteration; ``kv_bytes_per_gpu`` is the HBM the KV cache occupies then."""
@@ -214,6 +228,8 @@ class SimResult:
             "iterations": int(self.iterations),
             "sim_wall_s": float(self.wall_s),
         }
+        if self.prefix_id is not None:
+            out["prefix_cache"] = self.prefix_report()
         # the engine-style names (vllm bench serve), beside the keys above; "completed" agrees
         out.update({k: v for k, v in self.engine_metrics().items() if k not in out})
         if slo is not None:
@@ -221,6 +237,19 @@ class SimResult:
             out["goodput_requests_per_s"] = g if math.isfinite(g) else None  # no time elapsed: undefined
             out["slo"] = self.slo_report(slo)
         return out
+
+    def prefix_report(self) -> dict[str, Any]:
+        """Cached prefixes: requests that open with one, hits, the hit share, prompt tokens served from the
+        cache (prefill they skipped), loads from host or SSD with their bytes and seconds."""
+        with_prefix = int((self.prefix_id >= 0).sum())
+        hits = int(self.prefix_hit.sum())
+        return {
+            "requests_with_prefix": with_prefix, "hits": hits,
+            "hit_rate": hits / with_prefix if with_prefix else None,
+            "cached_prompt_tokens": int(self.cached_tokens.sum()),
+            "loads": int(self.prefix_loads), "load_bytes": float(self.prefix_load_bytes),
+            "load_s": float(self.prefix_load_s),
+        }
 
     @property
     def itl_s(self) -> tuple[np.ndarray, np.ndarray]:

@@ -118,6 +118,16 @@ def without_front_end_line() -> str:
     return "without the front end: " + summary_line(compare(engine=bare))
 
 
+def without_custom_all_reduce_line() -> str:
+    """The same medians with the default engine's peer all-reduce taken out (every all-reduce on NCCL)."""
+    from dataclasses import replace
+
+    from perfmodel.serving.engine import load_engine
+
+    nccl = replace(load_engine(DEFAULT_ENGINE), custom_all_reduce=None)
+    return "with NCCL for every all-reduce: " + summary_line(compare(engine=nccl))
+
+
 if __name__ == "__main__":
     rows = compare()
     print(markdown_table(rows))
@@ -125,3 +135,5 @@ if __name__ == "__main__":
     print(summary_line(rows))
     print()
     print(without_front_end_line())
+    print()
+    print(without_custom_all_reduce_line())

@@ -30,6 +30,15 @@ attending to the ``P`` cached keys.  Requests that would skip the prefix wait
 for it to be cached.  This is ``prefill_cost``'s batch: the prefix once, then
 every suffix after it.
 
+A workload's cached prefixes (:class:`perfmodel.serving.workload.CachedPrefix`)
+act per request: on a hit its prefill runs only the tokens after the prefix,
+attending to the prefix's keys.  A prefix cached in HBM is stored once per
+replica (its blocks reserved at start; the request reserves and swaps only its
+own tokens); one cached in host memory or on SSD is loaded into the request's
+own blocks when it is admitted, each GPU its share at the tier's rate, layer by
+layer under the iteration's work (:func:`perfmodel.prefix_cache.hit_s`).  A miss
+prefills the whole prompt.
+
 Decoding requests are kept in aggregate (count, total keys, a heap of finish
 steps), so an iteration costs O(1) plus its events.
 """
@@ -39,18 +48,29 @@ from __future__ import annotations
 import heapq
 from collections import deque
 
+from perfmodel.prefix_cache import hit_s
 from perfmodel.serving.deployment import Deployment, KvPolicy, ReplicaMemory, swap_times_s
 from perfmodel.serving.timing import IterationTimer
 
 
 class RequestTable:
-    """Per-request state shared by the replicas (plain lists: fast scalar access)."""
+    """Per-request state shared by the replicas (plain lists: fast scalar access).
 
-    def __init__(self, arrival_s, prompt_len, output_len) -> None:
+    ``cached``: prompt tokens whose KV a cache holds (a prefix hit); ``shared``: of which held in HBM
+    blocks shared by the replica; ``load_s`` and ``load_bytes``: the seconds and bytes per GPU to load
+    the rest into the request's blocks.
+    """
+
+    def __init__(self, arrival_s, prompt_len, output_len, cached=None, shared=None, load_s=None,
+                 load_bytes=None) -> None:
         n = len(arrival_s)
         self.arrival = [float(x) for x in arrival_s]
         self.prompt = [int(x) for x in prompt_len]
         self.output = [int(x) for x in output_len]
+        self.cached = [0] * n if cached is None else [int(x) for x in cached]
+        self.shared = [0] * n if shared is None else [int(x) for x in shared]
+        self.load_s = [0.0] * n if load_s is None else [float(x) for x in load_s]
+        self.load_bytes = [0.0] * n if load_bytes is None else [float(x) for x in load_bytes]
         self.first_token = [float("nan")] * n
         self.finish = [float("nan")] * n
         self.preemptions = [0] * n
@@ -109,12 +129,15 @@ class Replica:
         self.step_durations: list[float] = []  # per iteration that decodes: its duration and decode batch (ITL)
         self.step_batches: list[int] = []
         self._stalled = 0.0  # seconds of prefill-only steps the decoding requests sat out (prefill-first)
+        self.prefix_loads = 0  # cached prefixes loaded from host or SSD (a recompute loads again)
+        self.prefix_load_bytes = 0.0
+        self.prefix_load_s = 0.0
 
     # -- bookkeeping -----------------------------------------------------------------
     def add(self, i: int) -> None:
         r = self.r
         r.replica[i] = self.index
-        r.blocks[i] = self.mem.blocks_for(self._kept(r.prompt[i] + r.output[i]))
+        r.blocks[i] = self.mem.blocks_for(self._kept(r.prompt[i] + r.output[i]) - r.shared[i])
         self.waiting.append(i)
         self.outstanding += 1
 
@@ -152,7 +175,7 @@ class Replica:
             return False
         i = dq[0][1]
         gen = r.base[i] + self.step_no
-        kv = self._kept(r.prompt[i] + gen)
+        kv = self._kept(r.prompt[i] + gen) - r.shared[i]
         if self.policy is KvPolicy.SWAP:
             nbytes = self._swap_bytes(kv)
             if self.host_used + nbytes > self.mem.host_kv_bytes:
@@ -195,7 +218,7 @@ class Replica:
             self.resident += 1
             if r.swapped_bytes[i]:
                 nbytes = r.swapped_bytes[i]
-                kv = self._kept(r.prompt[i] + r.gen[i])
+                kv = self._kept(r.prompt[i] + r.gen[i]) - r.shared[i]
                 cost[0] += self._swap(kv)[1]
                 cost[2] += nbytes
                 self.host_used -= nbytes
@@ -213,6 +236,13 @@ class Replica:
                     else:  # the prefix is (or will be) cached: only the request's own tokens run
                         r.start[i] = self.prefix
                         tgt -= self.prefix
+                elif r.cached[i]:  # a prefix hit: its KV is resident or loaded now; the rest runs
+                    r.start[i] = r.cached[i]
+                    tgt -= r.cached[i]
+                    if r.load_s[i]:
+                        cost[3] += r.load_s[i]
+                        self.prefix_loads += 1
+                        self.prefix_load_bytes += r.load_bytes[i] * self.gpus
                 r.target[i] = tgt
                 r.done[i] = 0
                 budget = self.dep.token_budget
@@ -225,7 +255,7 @@ class Replica:
     # -- one iteration ----------------------------------------------------------------------
     def step(self, t: float) -> float | None:
         """Run one iteration starting at ``t``; its duration in seconds, or None when idle."""
-        cost = [0.0, 0.0, 0.0]  # swap seconds, bytes out, bytes in
+        cost = [0.0, 0.0, 0.0, 0.0]  # swap seconds, bytes out, bytes in, prefix-load seconds
         if self.waiting:
             self._admit(t, cost)
         b = self.b
@@ -236,7 +266,7 @@ class Replica:
             b = 0  # a prefill step: the decoding requests wait for it
         left = self.dep.token_budget - b
         ptoks = 0
-        pattn = 0.0
+        pattn = pmax = 0.0
         completed = []
         held = self.pre_held
         cached = self.prefix_owner == -2
@@ -245,14 +275,16 @@ class Replica:
             if left <= 0:
                 break
             s = r.start[i]
-            if s and not cached:
+            if s and self.prefix and not cached:
                 break  # waits until the shared prefix is cached (first come, first served)
             rem = r.target[i] - r.done[i]
             c = min(r.chunk[i], rem)
             c = min(c, left)
             d = r.done[i] + c
             r.done[i] = d
-            pattn += timer.attn_prefill_s(c, s + d)
+            a = timer.attn_prefill_s(c, s + d)
+            pattn += a
+            pmax = max(pmax, a)
             ptoks += c
             left -= c
             ran += 1
@@ -261,8 +293,12 @@ class Replica:
             if i == self.prefix_owner and d >= self.prefix:
                 self.prefix_owner = -2  # cached from the next iteration on
         self.pre_held = held + ptoks
+        pattn = timer.rank_prefill_attn_s(pattn, pmax)
         total_kv = self.p_sum + b * self.step_no
         dur = timer.iteration_s(b, total_kv, ptoks, b + len(completed), pattn, held)
+        if cost[3]:  # prefixes loaded from host or SSD, layer by layer under this iteration's work
+            self.prefix_load_s += cost[3]
+            dur = hit_s(cost[3], dur, self._layers)
         if self.engine is not None:
             dur = self.engine.step_s(dur, b, ptoks, self.admitted, self._layers)
             self.admitted = 0

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import numpy as np
 
 from perfmodel.errors import InvalidInputError
+from perfmodel.prefix_cache import Tier, tier_rate
 from perfmodel.serving.deployment import Deployment, Router, check_fits_alone, kv_tokens_kept, replica_memory
 from perfmodel.serving.metrics import SimResult
 from perfmodel.serving.scheduler import Replica, RequestTable
@@ -25,9 +26,10 @@ from perfmodel.serving.workload import Requests, Workload
 ProgressFn = Callable[[int, int], None]
 
 
-def build_timer(dep: Deployment, max_kv_tokens: int) -> IterationTimer:
-    """Tables for ``dep`` covering sequences up to ``max_kv_tokens`` tokens."""
-    mem = replica_memory(dep)
+def build_timer(dep: Deployment, max_kv_tokens: int, mem=None) -> IterationTimer:
+    """Tables for ``dep`` covering sequences up to ``max_kv_tokens`` tokens (``mem``: the replica's memory,
+    by default :func:`replica_memory` of ``dep``)."""
+    mem = replica_memory(dep) if mem is None else mem
     min_blocks = mem.blocks_for(1)
     max_batch = max(1, min(dep.max_num_seqs, mem.capacity_blocks // max(min_blocks, 1)))
     return IterationTimer(dep, max(int(max_kv_tokens), 2), max_batch, mem)
@@ -86,16 +88,17 @@ def simulate(dep: Deployment, requests: Requests | Workload, record_timeline: bo
                                         or max_concurrency < 1):
         raise InvalidInputError(f"max_concurrency must be an integer >= 1, got {max_concurrency!r}")
     dep.check_knobs(int(reqs.prompt_len.min()))
-    mem = replica_memory(dep)
+    cached = _check_prefixes(dep, reqs)
+    mem = replica_memory(dep, cached)
     totals = reqs.prompt_len + reqs.output_len
     longest = int(np.argmax(totals))
     check_fits_alone(dep, mem, int(reqs.prompt_len[longest]), int(reqs.output_len[longest]))
     # the tables' key axis is the sequence length (the knobs and the window decide the keys read)
     biggest = max(int(totals.max()) if dep.knobs is not None else kv_tokens_kept(dep, int(totals.max())), 2)
     if timer is None or timer.dep != dep or timer.max_kv_tokens < biggest:
-        timer = build_timer(dep, int(totals.max()))
+        timer = build_timer(dep, int(totals.max()), mem)
     wall0 = time.perf_counter()
-    table = RequestTable(reqs.arrival_s, reqs.prompt_len, reqs.output_len)
+    table = RequestTable(reqs.arrival_s, reqs.prompt_len, reqs.output_len, *_prefix_columns(dep, mem, reqs))
     replicas = [Replica(k, dep, mem, timer, table, record_timeline) for k in range(dep.replicas)]
     _run(replicas, table, dep.router, progress, max_concurrency)
     wall = time.perf_counter() - wall0
@@ -105,8 +108,41 @@ def simulate(dep: Deployment, requests: Requests | Workload, record_timeline: bo
     from perfmodel.scenario import check_world, window_note
 
     notes = tuple(n for n in (window_note(dep.model, int(totals.max())),
-                              check_world(dep.gpu, [dep.tp], dep.pp, 1, 1, None)) if n)
+                              check_world(dep.gpu, [dep.tp], dep.pp, 1, dep.ep, None)) if n)
     return replace(res, notes=notes) if notes else res
+
+
+def _check_prefixes(dep: Deployment, reqs: Requests) -> tuple[int, ...]:
+    """The tokens of each prefix cached in HBM (held once per replica); raises for a deployment the
+    workload's cached prefixes do not combine with."""
+    if not reqs.prefixes:
+        return ()
+    k = dep.knobs
+    if dep.model.ssm is not None:
+        raise InvalidInputError(f"{dep.model.name} is a state-space stack: it keeps no prefix KV to cache")
+    if k is not None and (k.shared_prefix_tokens or k.prune_prefill):
+        raise InvalidInputError("cached prefixes (--prefix) take neither --shared-prefix-tokens (one prefix held "
+                                "for every request) nor --prune-prefill")
+    return tuple(p.tokens for p in reqs.prefixes if p.tier is Tier.HBM and p.hit_rate > 0)
+
+
+def _prefix_columns(dep: Deployment, mem, reqs: Requests) -> tuple:
+    """Per request: cached prompt tokens, of which in shared HBM blocks, and the load seconds and bytes per
+    GPU of the rest (:mod:`perfmodel.prefix_cache`'s tier rates); ``()`` without prefixes."""
+    if not reqs.prefixes:
+        return ()
+    cached = reqs.cached_tokens()
+    n = len(reqs)
+    shared, load_s, load_bytes = np.zeros(n, dtype=np.int64), np.zeros(n), np.zeros(n)
+    for k, p in enumerate(reqs.prefixes):
+        on = reqs.prefix_hit & (reqs.prefix_id == k)
+        if p.tier is Tier.HBM:
+            shared[on] = p.tokens
+        else:
+            nbytes = dep.kept_tokens(p.tokens) * mem.kv_bytes_per_token_per_gpu
+            load_bytes[on] = nbytes
+            load_s[on] = nbytes / tier_rate(p.tier, p.bytes_per_s, dep.gpu)
+    return cached, shared, load_s, load_bytes
 
 
 def _run(replicas: list[Replica], table: RequestTable, router: Router, progress: ProgressFn | None,

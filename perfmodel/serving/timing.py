@@ -17,6 +17,11 @@ regime the cost is linear in the key count (and bilinear in queries x mean
 keys for prefill), so the interpolation is exact there; only at a regime
 change is it an approximation (tests bound the error).
 
+Under expert parallelism (``dep.ep > 1``) a replica's ``ep // tp`` attention groups each run their
+own requests: the tables price the busiest group (``ceil(tokens / groups)`` tokens, ``ceil(b / groups)``
+decode sequences, a prefill chunk on one group) and every MoE layer's experts and all-to-alls over all
+the iteration's tokens, as :func:`perfmodel.parallel.parallel_phases` prices ``analyze``'s passes.
+
 With KV-cache knobs (``dep.knobs``) every table comes from the same
 :func:`perfmodel.layers.model_ops` with ``knobs=``: the decode columns are
 sequence lengths, and the knobs decide the keys kept and read (eviction,
@@ -79,6 +84,29 @@ def _split_cost(dep: Deployment, phase: Phase, batch, q_len, kv_len, kv_part: bo
     else:
         keep = [(n, o, c) for n, o, c in ops if (n in KV_DEPENDENT_OPS) == kv_part and n not in skip]
     return sum_costs(keep, gpu or dep.gpu, profile or dep.resolved_profile)
+
+
+def _ep_dense(dep: Deployment, tok: np.ndarray, skip=frozenset()) -> tuple[OpCost, OpCost, OpCost]:
+    """(prefill, decode, LM head) costs of ``tok`` tokens per iteration under expert parallelism, as
+    :func:`perfmodel.parallel.parallel_phases` prices a pass: the ops that do not read keys on the busiest of
+    the ``ep // tp`` attention groups (``ceil(tok / groups)`` tokens), collectives over the group's
+    topology, plus every MoE layer's routed experts and all-to-alls over all ``tok`` tokens
+    (:func:`perfmodel.parallel.ep_moe_cost`, the deployment's placement when it has one)."""
+    from perfmodel.comm import resolve_topology
+    from perfmodel.parallel import ep_moe_cost, group_world, moe_ops_replaced_by_ep, ops_cost
+
+    gpu, prof, prec = dep.gpu, dep.resolved_profile, dep.precision
+    topo = resolve_topology(None, gpu, group_world(dep.tp, 1, 1, dep.ep))
+    loc = np.ceil(tok / dep.attention_ranks)
+    moe, _, _ = ep_moe_cost(dep.model, gpu, prof, tok, loc, dep.ep, prec, topo, None, dep.moe_placement)
+
+    def body(phase, batch, q_len):
+        ops = model_ops(dep.model, phase, batch, q_len, q_len, prec, dep.tp, lm_head_rows=0, knobs=dep.knobs)
+        _, rest = moe_ops_replaced_by_ep([t for t in ops if t[0] not in KV_DEPENDENT_OPS and t[0] not in skip])
+        return ops_cost(rest, gpu, prof, topo) + moe
+
+    head = ops_cost(lm_head_ops(dep.kv_model, loc, dep.kv_precision, dep.tp), gpu, prof, topo)
+    return body(Phase.PREFILL, 1, loc), body(Phase.DECODE, loc, 1), head
 
 
 def _geo_grid(hi: float) -> np.ndarray:
@@ -146,12 +174,16 @@ class IterationTimer:
         off = None if knobs is None else knobs.offload
         skip = frozenset({"kv_append"}) if off is not None else frozenset()  # on the GPU only for prefill
         tok = np.arange(1, budget + 1, dtype=np.float64)
+        self.ranks = dep.attention_ranks
         # dense part, per token count (index 0: nothing to run); decode-only passes use the decode op list
-        self.dense_prefill_s = np.concatenate([[0.0], _total(
-            _split_cost(dep, Phase.PREFILL, 1, tok, tok, False, skip=skip), tok.shape)])
-        self.dense_decode_s = np.concatenate([[0.0], _total(
-            _split_cost(dep, Phase.DECODE, tok, 1, tok, False, skip=skip), tok.shape)])
-        head = sum_costs(lm_head_ops(dep.kv_model, tok, dep.kv_precision, dep.tp), dep.gpu, dep.resolved_profile)
+        if dep.ep > 1:
+            pre, dec, head = _ep_dense(dep, tok, skip)
+        else:
+            pre = _split_cost(dep, Phase.PREFILL, 1, tok, tok, False, skip=skip)
+            dec = _split_cost(dep, Phase.DECODE, tok, 1, tok, False, skip=skip)
+            head = sum_costs(lm_head_ops(dep.kv_model, tok, dep.kv_precision, dep.tp), dep.gpu, dep.resolved_profile)
+        self.dense_prefill_s = np.concatenate([[0.0], _total(pre, tok.shape)])
+        self.dense_decode_s = np.concatenate([[0.0], _total(dec, tok.shape)])
         self.head_s = np.concatenate([[0.0], _total(head, tok.shape)])
         if dep.pp > 1:
             act = dep.precision.activations.bytes_per_element
@@ -164,6 +196,7 @@ class IterationTimer:
         self.kv_grid = _geo_grid(self.max_kv_tokens)
         self._log_step = math.log(self.kv_grid[1])
         b = np.arange(1, self.max_batch + 1, dtype=np.float64)[:, None]
+        b = np.ceil(b / self.ranks)  # under EP, the busiest attention group's sequences
         kv = self.kv_grid[None, :]
         self.offloaded = off is not None
         if off is not None:
@@ -202,6 +235,11 @@ class IterationTimer:
         while i > 0 and g[i] > kv:
             i -= 1
         return i, (kv - g[i]) / (g[i + 1] - g[i])
+
+    def rank_prefill_attn_s(self, total_s: float, largest_s: float) -> float:
+        """Prefill attention of an iteration on its busiest attention group: the chunks' sum ``total_s`` spread
+        over the groups, but never below the largest chunk ``largest_s`` (a chunk runs on one group)."""
+        return total_s if self.ranks == 1 else max(total_s / self.ranks, largest_s)
 
     def attn_decode_s(self, batch: int, total_kv: float) -> float:
         """Attention of ``batch`` decode sequences holding ``total_kv`` keys in all."""

@@ -15,6 +15,14 @@ per request) with these fields per request:
 
 Blank lines and JSONL lines starting with ``#`` are skipped.  A malformed
 line raises :class:`TraceFormatError` naming the file and the line number.
+
+A generated workload may open its prompts with shared prefixes
+(:class:`CachedPrefix`, ``perfmodel simulate --prefix``): each request starts
+with prefix ``k`` with probability ``share_k`` (none with the rest), whose
+tokens come before its drawn prompt; with probability ``hit_rate_k`` the
+prefix's KV is found in the cache's tier.  The draws use their own random
+stream, so the drawn lengths and arrivals are those of the same workload
+without prefixes.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import numpy as np
 
 from perfmodel.checks import finite_json_loads
 from perfmodel.errors import InvalidInputError
+from perfmodel.prefix_cache import Tier, parse_tier_spec
 
 TRACE_FIELDS = ("arrival_s", "prompt_len", "output_len")
 
@@ -142,23 +151,123 @@ class LengthDist:
 
 
 @dataclass(frozen=True)
+class CachedPrefix:
+    """A prompt prefix shared by a share of the requests, and its cache.
+
+    Attributes
+    ----------
+    tokens : int, tokens
+        The prefix's length (it comes before each of its requests' drawn prompt).
+    share : float
+        Share of the requests that start with it, in (0, 1].
+    hit_rate : float
+        Share of those whose prefix KV the cache holds, in [0, 1]; a miss prefills the whole prompt.
+    tier : Tier
+        Where the cached KV waits: ``hbm`` (resident, stored once per replica: no load), ``host`` or
+        ``ssd`` (loaded per hit into the request's own blocks, priced by :mod:`perfmodel.prefix_cache`).
+    bytes_per_s : float or None, bytes/s
+        The tier's load rate per GPU (None: the GPU's PCIe rate for ``host``; ``ssd`` needs one).
+    """
+
+    tokens: int
+    share: float
+    hit_rate: float = 1.0
+    tier: Tier = Tier.HBM
+    bytes_per_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tokens, bool) or not isinstance(self.tokens, (int, np.integer)) or self.tokens < 1:
+            raise InvalidInputError(f"prefix tokens must be an integer >= 1, got {self.tokens!r}")
+        for name, lo_open in (("share", True), ("hit_rate", False)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                    or not (0 < v <= 1 if lo_open else 0 <= v <= 1):
+                raise InvalidInputError(f"prefix {name} must be in {'(0, 1]' if lo_open else '[0, 1]'}, got {v!r}")
+        if not isinstance(self.tier, Tier):
+            raise InvalidInputError(f"prefix tier must be a Tier, got {self.tier!r}")
+        if self.tier is Tier.SSD and self.bytes_per_s is None:
+            raise InvalidInputError("a prefix cached on ssd needs a rate: ssd:BYTES_PER_S")
+        if self.tier is Tier.HBM and self.bytes_per_s is not None:
+            raise InvalidInputError("a prefix cached in hbm takes no rate: its KV is already resident")
+
+    @classmethod
+    def parse(cls, text: str) -> CachedPrefix:
+        """``TOKENS:SHARE[:HIT_RATE[:TIER]]`` with ``TIER`` one of ``hbm`` (default), ``host``,
+        ``host:BYTES_PER_S``, ``ssd:BYTES_PER_S``."""
+        parts = str(text).strip().split(":", 3)
+        usage = f"prefix: expected TOKENS:SHARE[:HIT_RATE[:TIER]], got {text!r}"
+        if len(parts) < 2:
+            raise InvalidInputError(usage)
+        try:
+            tokens = float(parts[0])
+            share = float(parts[1])
+            hit = float(parts[2]) if len(parts) > 2 else 1.0
+        except ValueError:
+            raise InvalidInputError(usage) from None
+        if not math.isfinite(tokens) or tokens != int(tokens):
+            raise InvalidInputError(f"prefix tokens must be an integer >= 1, got {parts[0]!r}")
+        tier, bw = parse_tier_spec(parts[3]) if len(parts) > 3 else (Tier.HBM, None)
+        return cls(int(tokens), share, hit, tier, bw)
+
+    def describe(self) -> str:
+        where = self.tier.value + (f":{self.bytes_per_s:g}" if self.bytes_per_s is not None else "")
+        return f"{self.tokens}:{self.share:g}:{self.hit_rate:g}:{where}"
+
+
+def check_prefixes(prefixes) -> tuple[CachedPrefix, ...]:
+    """``prefixes`` as a tuple of :class:`CachedPrefix` whose shares sum to at most 1."""
+    out = tuple(prefixes or ())
+    if any(not isinstance(p, CachedPrefix) for p in out):
+        raise InvalidInputError("prefixes must be CachedPrefix values")
+    if sum(p.share for p in out) > 1 + 1e-9:
+        raise InvalidInputError(f"prefix shares sum to {sum(p.share for p in out):g}, more than 1")
+    return out
+
+
+@dataclass(frozen=True)
 class Requests:
-    """Requests as parallel arrays, sorted by arrival (seconds, tokens)."""
+    """Requests as parallel arrays, sorted by arrival (seconds, tokens).
+
+    With ``prefixes``, ``prefix_id`` gives each request's prefix (an index into ``prefixes``, -1 for
+    none; its tokens are counted in ``prompt_len``) and ``prefix_hit`` whether the cache holds it.
+    """
 
     arrival_s: np.ndarray
     prompt_len: np.ndarray
     output_len: np.ndarray
+    prefixes: tuple[CachedPrefix, ...] = ()
+    prefix_id: np.ndarray | None = None
+    prefix_hit: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.arrival_s.shape[0])
 
+    def cached_tokens(self) -> np.ndarray:
+        """Per request: the prompt tokens whose KV the cache holds (its prefix on a hit, else 0)."""
+        if not self.prefixes:
+            return np.zeros(len(self), dtype=np.int64)
+        tokens = np.array([p.tokens for p in self.prefixes] + [0], dtype=np.int64)
+        return np.where(self.prefix_hit, tokens[self.prefix_id], 0)
+
     @classmethod
-    def of(cls, arrival_s, prompt_len, output_len) -> Requests:
+    def of(cls, arrival_s, prompt_len, output_len, prefixes=(), prefix_id=None, prefix_hit=None) -> Requests:
         arr = np.asarray(arrival_s, dtype=np.float64).ravel()
         p = np.asarray(prompt_len).ravel()
         o = np.asarray(output_len).ravel()
         if not (arr.shape == p.shape == o.shape):
             raise InvalidInputError("arrival_s, prompt_len and output_len must have the same length")
+        prefixes = check_prefixes(prefixes)
+        if prefixes:
+            pid = np.asarray(prefix_id if prefix_id is not None else np.full(arr.shape, -1)).ravel().astype(np.int64)
+            hit = np.asarray(prefix_hit if prefix_hit is not None else np.zeros(arr.shape, bool)).ravel().astype(bool)
+            if pid.shape != arr.shape or hit.shape != arr.shape:
+                raise InvalidInputError("prefix_id and prefix_hit must have one entry per request")
+            if np.any((pid < -1) | (pid >= len(prefixes))):
+                raise InvalidInputError(f"prefix_id must be -1 or an index below {len(prefixes)}")
+            hit &= pid >= 0
+            ptoks = np.array([q.tokens for q in prefixes] + [0], dtype=np.int64)[pid]
+            if np.any(np.asarray(p) <= ptoks):
+                raise InvalidInputError("a request's prompt must be longer than its prefix")
         if arr.size == 0:
             raise InvalidInputError("no requests")
         for name, v in (("prompt_len", p), ("output_len", o)):
@@ -167,6 +276,9 @@ class Requests:
         if np.any(~np.isfinite(arr)) or np.any(arr < 0):
             raise InvalidInputError("arrival_s must hold finite times >= 0")
         order = np.argsort(arr, kind="stable")
+        if prefixes:
+            return cls(arr[order], p.astype(np.int64)[order], o.astype(np.int64)[order], prefixes, pid[order],
+                       hit[order])
         return cls(arr[order], p.astype(np.int64)[order], o.astype(np.int64)[order])
 
 
@@ -174,7 +286,8 @@ class Requests:
 class Workload:
     """A generated workload: ``n_requests`` arriving at ``arrival_rate_per_s``.
 
-    ``arrival_rate_per_s`` is a Poisson rate, or ``inf`` for all at time 0.
+    ``arrival_rate_per_s`` is a Poisson rate, or ``inf`` for all at time 0.  ``prefixes``: shared
+    prompt prefixes and their caches (:class:`CachedPrefix`; see the module docstring).
     """
 
     n_requests: int
@@ -182,6 +295,7 @@ class Workload:
     prompt_len: LengthDist
     output_len: LengthDist
     seed: int = 0
+    prefixes: tuple[CachedPrefix, ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.n_requests, bool) or int(self.n_requests) != self.n_requests or self.n_requests < 1:
@@ -189,6 +303,7 @@ class Workload:
         r = self.arrival_rate_per_s
         if not isinstance(r, (int, float)) or math.isnan(r) or r <= 0:
             raise InvalidInputError(f"arrival rate must be > 0 requests/s (or inf), got {r!r}")
+        object.__setattr__(self, "prefixes", check_prefixes(self.prefixes))
 
     def generate(self) -> Requests:
         """The requests: Poisson arrivals (seconds, the first at 0; all at 0 for an infinite rate) and
@@ -200,7 +315,18 @@ class Workload:
         else:
             arr = np.cumsum(rng.exponential(1.0 / self.arrival_rate_per_s, size=n))
             arr -= arr[0]
-        return Requests.of(arr, self.prompt_len.sample(n, rng), self.output_len.sample(n, rng))
+        prompt, output = self.prompt_len.sample(n, rng), self.output_len.sample(n, rng)
+        if not self.prefixes:
+            return Requests.of(arr, prompt, output)
+        draw = np.random.default_rng([self.seed, 1])  # its own stream: the lengths above stay the same
+        shares = np.array([p.share for p in self.prefixes])
+        probs = np.append(shares, max(1.0 - shares.sum(), 0.0))
+        pid = draw.choice(len(self.prefixes) + 1, size=n, p=probs / probs.sum())
+        pid = np.where(pid == len(self.prefixes), -1, pid)
+        rates = np.array([p.hit_rate for p in self.prefixes] + [0.0])
+        hit = (draw.random(n) < rates[pid]) & (pid >= 0)
+        tokens = np.array([p.tokens for p in self.prefixes] + [0], dtype=np.int64)
+        return Requests.of(arr, prompt + tokens[pid], output, self.prefixes, pid, hit)
 
 
 def parse_rate(text: str) -> float:

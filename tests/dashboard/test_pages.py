@@ -227,6 +227,26 @@ def test_serving_policy_and_replicas_change_the_run():
     assert any("2x(h100-sxm-80gb" in c.value for c in at.caption)
 
 
+@serving_landed
+def test_serving_cached_prefixes_match_the_simulator():
+    from perfmodel.serving import Deployment, LengthDist, Workload, simulate
+    from perfmodel.serving.workload import CachedPrefix
+
+    at = open_page("serving")
+    at.number_input(key="serve_n").set_value(60)
+    at.text_input(key="serve_prefixes").set_value("4096:0.5:0.8, 8192:0.25:1:host")
+    at.button[0].click().run()
+    ok(at)
+    dep = Deployment.make("llama-3-8b", "h100-sxm-80gb", tp=1, replicas=1, kv_policy="swap", max_num_seqs=256)
+    w = Workload(60, 10.0, LengthDist.parse("lognormal:2048:1.0:7000"), LengthDist.parse("128"),
+                 prefixes=(CachedPrefix.parse("4096:0.5:0.8"), CachedPrefix.parse("8192:0.25:1:host")))
+    pc = simulate(dep, w).summary()["prefix_cache"]
+    assert any(f"{pc['hits']:,} hits of {pc['requests_with_prefix']:,}" in c.value for c in at.caption)
+    at.text_input(key="serve_prefixes").set_value("4096:2")
+    at.button[0].click().run()
+    assert not at.exception and len(at.error) == 1 and "share" in at.error[0].value
+
+
 # ---- Validation ----------------------------------------------------------------------------------------------
 validation_landed = pytest.mark.skipif(
     not (has("perfmodel.validation.report") and any(p.stem in perfmodel.list_gpus()

@@ -81,3 +81,56 @@ def test_eager_launch_waits_for_the_host_on_short_kernels_only():
         dataclasses.replace(prof, launch_terms=MappingProxyType({})).with_launch(Launch.EAGER)
     with pytest.raises(ProfileError, match="launch must be graph or eager"):
         prof.with_launch("lazy")
+
+
+def _cost(compute_s, total_s):
+    from perfmodel.costs import OpCost
+
+    return OpCost(compute_s=compute_s, memory_s=total_s - compute_s, overlap_s=0.0)
+
+
+def test_a_flat_ramp_is_the_settled_rate_from_the_start():
+    from perfmodel.clocks import sustained_phase
+
+    flat = {"compute_ratio": 0.8, "settle_s": 1.0, "ramp": ((0.0, 0.8), (1.0, 0.8))}
+    for t in (0.01, 0.5, 3.0):
+        out = sustained_phase(_cost(t, t), flat)
+        assert float(out.compute_s) == pytest.approx(t / 0.8)
+
+
+def test_a_ramp_slows_a_phase_by_the_mean_inverse_rate_over_its_run():
+    from perfmodel.clocks import sustained_phase
+
+    ramp = {"compute_ratio": 0.5, "settle_s": 1.0, "ramp": ((0.0, 1.0), (1.0, 0.5))}
+    # 1/r over [0, 1] with r linear from 1 to 0.5: mean = 2 ln 2
+    out = sustained_phase(_cost(1.0, 1.0), ramp)
+    assert float(out.compute_s) == pytest.approx(2 * np.log(2), rel=1e-3)
+    # beyond the ramp, the settled rate; shorter phases pay less; array phases price as scalars
+    times = np.array([0.05, 0.5, 1.0, 4.0])
+    arr = sustained_phase(_cost(times, times), ramp)
+    one = [float(sustained_phase(_cost(t, t), ramp).compute_s) for t in times]
+    assert np.allclose(arr.compute_s, one) and np.all(np.diff(np.asarray(arr.compute_s) / times) > 0)
+
+
+def test_after_busy_shifts_the_ramp_and_the_settling_time():
+    from perfmodel.clocks import after_busy, sustained_phase
+
+    ramp = {"compute_ratio": 0.5, "settle_s": 1.0, "ramp": ((0.0, 1.0), (1.0, 0.5))}
+    late = after_busy(ramp, 0.5)
+    assert late["settle_s"] == pytest.approx(0.5) and late["ramp"][0] == (0.0, pytest.approx(0.75))
+    # a phase 2 s into the work sees the settled rate only
+    settled = after_busy(ramp, 2.0)
+    assert float(sustained_phase(_cost(0.1, 0.1), settled).compute_s) == pytest.approx(0.2)
+    assert after_busy(ramp, 0.0) == ramp
+    step = {"compute_ratio": 0.5, "settle_s": 1.0}
+    assert after_busy(step, 0.25) == {"compute_ratio": 0.5, "settle_s": 0.75}
+
+
+@pytest.mark.parametrize("bad", [[[0.1, 1.0], [1.0, 0.9]], [[0.0, 1.0], [0.0, 0.9]], [[0.0, 1.2], [1.0, 0.9]], "x",
+                                 [[0.0, 1.0]]])
+def test_bad_ramps_are_refused_by_name(bad):
+    from perfmodel.clocks import sustained_from_dict
+    from perfmodel.errors import ProfileError
+
+    with pytest.raises(ProfileError, match="ramp"):
+        sustained_from_dict({"compute_ratio": 0.9, "settle_s": 1.0, "ramp": bad}, "p.json")

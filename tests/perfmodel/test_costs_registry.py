@@ -71,7 +71,7 @@ def test_every_shipped_class_key_has_its_type_and_the_profile_round_trips(path: 
         elif section == "bands":
             for group, rows in value.items():
                 assert out[section][group] == (rows if not isinstance(rows, dict) else
-                                               {k: {q: r[q] for q in ("q10", "q90", "n") if q in r}
+                                               {k: {q: r[q] for q in ("q10", "q90", "n", "families", "level") if q in r}
                                                 for k, r in rows.items()})
         elif section != "source":
             assert out[section] == value, section

@@ -1,5 +1,7 @@
 """Weight offload (perfmodel.offload): streamed layers, prefetch overlap, the compute-bound batch, fit."""
 
+import json
+
 import pytest
 
 from perfmodel.errors import DoesNotFitError, InvalidInputError
@@ -66,3 +68,37 @@ def test_cli_json_and_one_line_errors():
     assert d["resident_layers"] == 8 and d["bound"] in ("link", "compute") and d["decode_s_per_token"] > 0
     bad = run_perfmodel("offload", "--model", "llama-3-8b", "--link", "nvme")
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "nvme:BYTES_PER_S" in bad.stderr
+
+
+def test_kv_on_host_streams_each_layers_kv_with_its_weights():
+    kw = dict(context_len=2048, output_tokens=64, mode="peak")
+    w = offload("llama-3-8b", "h100", **kw)
+    k = offload("llama-3-8b", "h100", kv_on_host=True, **kw)
+    assert w.kv_bytes_per_layer == 0 and not w.kv_on_host
+    # one sequence's KV of one layer at the mean key count: 2 x 8 heads x 128 x 2 B per token
+    assert k.kv_bytes_per_layer == pytest.approx((2048 + 65 / 2) * 4096)
+    assert k.link_layer_s == pytest.approx((k.layer_bytes + k.kv_bytes_per_layer) / k.link_bytes_per_s)
+    assert k.decode_s_per_token > w.decode_s_per_token
+    # the cache leaves HBM (two layers' buffers stay): far more sequences fit, bounded by host memory
+    assert k.max_concurrency > 10 * w.max_concurrency
+    big = offload("llama-3-8b", "h100", kv_on_host=True, batch=k.max_concurrency, **kw)
+    assert big.bound == "link" and big.compute_bound_batch is None  # each sequence's KV costs more over PCIe
+    with pytest.raises(DoesNotFitError):
+        offload("llama-3-8b", "h100", kv_on_host=True, batch=k.max_concurrency + 1, **kw)
+    # all layers resident, KV on host: only the KV is streamed
+    r = offload("llama-3-8b", "h100", kv_on_host=True, resident_layers=32, batch=8, **kw)
+    assert r.streamed_bytes_per_pass == 0 and r.link_layer_s == pytest.approx(r.kv_bytes_per_layer / r.link_bytes_per_s)
+    assert r.decode_s_per_token == pytest.approx(32 * max(r.gpu_layer_s, r.link_layer_s))
+    with pytest.raises(InvalidInputError, match="no KV cache"):
+        offload("mamba-2.8b", "h100", kv_on_host=True)
+
+
+def test_heterogeneous_placement_interpolates_between_all_streamed_and_all_resident():
+    kw = dict(context_len=2048, output_tokens=64, mode="peak")
+    steps = [offload("llama-3-8b", "a100", resident_layers=n, **kw).decode_s_per_token for n in (0, 8, 16, 24, 32)]
+    assert all(a > b for a, b in zip(steps, steps[1:]))
+    res = run_perfmodel("offload", "--model", "llama-3-8b", "--gpu", "h100", "--mode", "peak", "--kv-on-host",
+                        "--resident-layers", "16", "--json")
+    assert res.returncode == 0, res.stderr
+    d = json.loads(res.stdout)
+    assert d["kv_on_host"] and d["kv_bytes_per_layer"] > 0 and d["resident_layers"] == 16

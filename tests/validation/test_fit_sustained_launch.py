@@ -73,3 +73,22 @@ def test_sustained_benchmark_dry_run_writes_its_result(tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sustained.py"), "--out", str(tmp_path),
                           "--seconds", "0"], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert bad.returncode == 2 and "error:" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_shipped_ramp_is_the_committed_sustained_series_read_by_the_rule():
+    import dataclasses
+    import json
+    from pathlib import Path
+    from types import MappingProxyType
+
+    from perfmodel.calibration import load_profile_file, shipped_profile_path
+    from perfmodel.validation.fit import RAMP_GRID_S, ramp_table
+
+    gpu = "h100-sxm-80gb"
+    prof = load_profile_file(shipped_profile_path(gpu), gpu)
+    result = json.loads((Path(__file__).resolve().parents[2] / "validation" / "data" / f"sustained_{gpu}.json").read_text())
+    ramp = ramp_table(result, dataclasses.replace(prof, sustained=MappingProxyType({})))
+    assert [list(p) for p in prof.sustained["ramp"]] == ramp
+    assert [t for t, _ in ramp] == list(RAMP_GRID_S[:len(ramp)]) and all(0 < r <= 1 for _, r in ramp)
+    # the board slows within the first half second, before the power limit's settling time
+    assert min(r for t, r in ramp if t <= 0.5) < 0.97 and prof.sustained["settle_s"] > 0.5
