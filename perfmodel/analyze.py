@@ -58,7 +58,7 @@ class Analysis:
     sp: int = 1
     sp_kind: str = "ring"
     ep: int = 1
-    attention_dp: int = 1
+    attention_dp: int = 1  # data-parallel attention groups (perfmodel.parallel.attention_groups)
     prefill_comm_s: float = 0.0  # communication on the critical path (hidden Ring transfers excluded)
     decode_step_comm_s: float = 0.0
     parallel: dict = field(default_factory=dict)  # bubble share, Ring overlap, EP imbalance ...
@@ -294,8 +294,10 @@ def analyze(
     ``attention_dp`` (MoE models) runs attention data-parallel over that many groups of ``tp`` GPUs, each
     holding only its own requests' KV, with the MoE layers over all of them: expert-parallel with
     ``ep = attention_dp * tp``, else tensor-parallel between an all-gather and a reduce-scatter (DeepSeek's
-    serving layout; :func:`perfmodel.parallel.check_attention_dp`).  ``parallel`` then reports the KV bytes
-    per rank and that gather/scatter time.
+    serving layout; :func:`perfmodel.parallel.check_attention_dp`).  ``ep`` wider than ``tp * sp`` is the
+    same layout over ``ep // (tp * sp)`` groups (:func:`perfmodel.parallel.attention_groups`), for time and
+    memory alike.  The result's ``attention_dp`` is that number of groups; with more than one,
+    ``parallel`` reports it, the KV bytes per rank and the gather/scatter time.
 
     ``moe_placement`` (a ``plan moe --json`` file or per-layer, per-GPU expert lists; MoE models with
     ``ep`` > 1) prices each MoE layer's dispatch and combine all-to-all from the GPU-to-GPU traffic its placement
@@ -414,7 +416,8 @@ def analyze_scenario(scn: Scenario) -> Analysis:
     return Analysis(
         model=m, gpu=g, tp=tp, mode=prof.mode, context_len=context_len, output_tokens=output_tokens, batch=batch,
         precision=prec, prefill=pre, decode_step=step, decode=dec, memory=mem, switch=sw, notes=tuple(notes),
-        knobs=knobs, baseline=baseline, pp=pp, sp=sp, sp_kind=str(sp_kind), ep=ep, attention_dp=dp,
+        knobs=knobs, baseline=baseline, pp=pp, sp=sp, sp_kind=str(sp_kind), ep=ep,
+        attention_dp=lay.attention_groups,
         prefill_comm_s=pre_comm,
         decode_step_comm_s=step_comm, parallel=par_details, attention_impl=prof.attention_impl,
         launch=prof.launch, provenance=prof.provenance_map(), provenance_summary=prof.provenance_summary(),
@@ -426,8 +429,9 @@ def _does_not_fit(scn: Scenario, mem: MemoryBudget) -> None:
     """Raise :class:`DoesNotFitError` for ``scn``, whose budget ``mem`` holds fewer users than its batch."""
     m, g, lay, batch = scn.priced_model, scn.gpu, scn.layout, scn.batch
     pp, sp, ep, dp = lay.pp, lay.sp, lay.ep, lay.attention_dp
-    need = (mem.weight_bytes + mem.activation_bytes + mem.reserve_bytes
-            + math.ceil(batch / dp) * mem.kv_bytes_per_user + mem.shared_kv_bytes)
+    per_gpu = math.ceil(batch / mem.dp_ranks)  # users one GPU holds: its attention group's
+    act = mem.activation_bytes if mem.activation_at is None else mem.activation_at(per_gpu)
+    need = (mem.weight_bytes + act + mem.reserve_bytes + per_gpu * mem.kv_bytes_per_user + mem.shared_kv_bytes)
     hint = suggest_tp(m, g, scn.context_len, scn.output_tokens, batch, scn.priced_precision, pp, sp, ep,
                       lay.topology, dp, chunk_tokens=scn.chunk_tokens, reserve_fraction=scn.reserve_fraction, knobs=scn.knobs)
     what = "the weights alone do not fit" if mem.free_for_kv_bytes <= 0 else f"{batch} user(s)' KV cache does not fit"

@@ -96,7 +96,9 @@ class Layout:
         GPUs, else the smallest shipped system that holds them).
     attention_dp : int
         Data-parallel attention groups of ``tp`` GPUs, each serving its own requests, with the MoE layers over
-        all of them (:func:`perfmodel.parallel.check_attention_dp`; DeepSeek's serving layout).
+        all of them (:func:`perfmodel.parallel.check_attention_dp`; DeepSeek's serving layout).  With 1 and
+        ``ep`` wider than ``tp * sp``, the layout has ``ep // (tp * sp)`` such groups all the same
+        (:attr:`attention_groups`); a value above 1 with ``ep`` > 1 must be ``ep / tp``.
     """
 
     tp: int = 1
@@ -111,6 +113,13 @@ class Layout:
     def multi(self) -> bool:
         """Priced by :mod:`perfmodel.parallel` (beyond one TP group on the default node)."""
         return self.pp > 1 or self.sp > 1 or self.ep > 1 or self.attention_dp > 1 or bool(self.topology)
+
+    @property
+    def attention_groups(self) -> int:
+        """Data-parallel attention groups per pipeline stage (:func:`perfmodel.parallel.attention_groups`)."""
+        from perfmodel.parallel import attention_groups
+
+        return attention_groups(self.tp, self.ep, self.attention_dp, self.sp)
 
     @property
     def world(self) -> int:

@@ -181,8 +181,10 @@ class Deployment:
         """The deployment of a checked :class:`perfmodel.scenario.Scenario`: its model, GPU, profile,
         precision, knobs, ``tp`` and ``pp``, and its ``chunk_tokens`` as the token budget; ``kw`` are the
         serving fields (``replicas``, ``max_num_seqs``, ``kv_policy`` ...).  Its workload is not read: the
-        simulator takes requests.  ``ep`` and the MoE placement are kept; a layout with ``sp``,
-        ``attention_dp`` or a topology is refused (the simulator models TP, PP and EP replicas).
+        simulator takes requests.  ``ep`` and the MoE placement are kept; ``attention_dp`` is kept when it is
+        the layout ``ep`` gives alone (``ep = attention_dp * tp``: :func:`perfmodel.parallel.attention_groups`);
+        a layout with ``sp``, a topology or tensor-parallel MoE under data-parallel attention (``ep`` 1) is
+        refused (the simulator models TP, PP and EP replicas).
 
         Parameters
         ----------
@@ -198,12 +200,14 @@ class Deployment:
         Raises
         ------
         InvalidInputError
-            For a layout with ``sp``, ``attention_dp`` or a topology.
+            For a layout with ``sp``, a topology, or ``attention_dp`` other than ``ep // tp``.
         """
         lay = scenario.layout
-        if lay.sp > 1 or lay.topology or lay.attention_dp > 1:
-            raise InvalidInputError("the simulator models tp, pp and ep per replica; this scenario's layout has "
-                                    f"sp={lay.sp}, attention_dp={lay.attention_dp}, topology={lay.topology}")
+        dp_alone = lay.attention_dp == 1 or lay.ep == lay.attention_dp * lay.tp
+        if lay.sp > 1 or lay.topology or not dp_alone:
+            raise InvalidInputError("the simulator models tp, pp and ep per replica (data-parallel attention as "
+                                    f"ep = attention_dp * tp); this scenario's layout has sp={lay.sp}, "
+                                    f"ep={lay.ep}, attention_dp={lay.attention_dp}, topology={lay.topology}")
         if "kv_policy" in kw:
             kw["kv_policy"] = _enum(KvPolicy, kw["kv_policy"], "kv_policy")
         if "router" in kw:
@@ -273,10 +277,11 @@ class Deployment:
 
     @property
     def attention_ranks(self) -> int:
-        """Data-parallel attention groups of ``tp`` GPUs in a replica (``ep // tp`` under EP, else 1)."""
-        from perfmodel.parallel import ep_attention_ranks
+        """Data-parallel attention groups of ``tp`` GPUs in a replica (``ep // tp`` under EP, else 1:
+        :func:`perfmodel.parallel.attention_groups`)."""
+        from perfmodel.parallel import attention_groups
 
-        return ep_attention_ranks(self.tp, self.ep) if self.ep > 1 else 1
+        return attention_groups(self.tp, self.ep)
 
     @property
     def kv_model(self) -> ModelSpec:
