@@ -120,7 +120,25 @@ def _check_math_formats(path: Path, flops: dict[Dtype, float]) -> None:
 
 
 def gpu_from_dict(data: dict[str, Any], path: Path | str = "<dict>") -> GPU:
-    """Build a :class:`GPU` from a parsed data file, checking every field."""
+    """Build a :class:`GPU` from a parsed data file, checking every field.
+
+    Parameters
+    ----------
+    data : dict
+        The file's content: rates in bytes/s and FLOP/s, sizes in bytes, latencies in seconds.
+    path : Path or str, optional
+        The file, named in error messages.
+
+    Returns
+    -------
+    GPU
+        The GPU.
+
+    Raises
+    ------
+    HardwareError
+        When a field is missing, not a number, or out of range.
+    """
     path = Path(path)
     missing = [k for k in ["name", "vendor", "peak_flops", "fabric_kind", *_GPU_NUMERIC] if k not in data]
     if missing:
@@ -185,12 +203,34 @@ def list_gpus() -> list[str]:
 
 
 def list_aliases() -> dict[str, str]:
-    """Short names and the canonical GPU each resolves to."""
+    """Short names and the canonical GPU each resolves to.
+
+    Returns
+    -------
+    dict of str to str
+        Alias to canonical name, sorted by alias.
+    """
     return dict(sorted(_aliases().items()))
 
 
 def resolve_gpu_name(name: str) -> str:
-    """Canonical name for ``name`` (an alias or a canonical name)."""
+    """Canonical name for ``name`` (an alias or a canonical name).
+
+    Parameters
+    ----------
+    name : str
+        An alias or canonical name (case and surrounding space ignored).
+
+    Returns
+    -------
+    str
+        The canonical name.
+
+    Raises
+    ------
+    UnknownHardwareError
+        When ``name`` is neither.
+    """
     key = str(name).strip().lower()
     known = list_gpus()
     if key in known:
@@ -268,12 +308,36 @@ def _count(path: Path, key: str, value: Any) -> int:
 
 
 def list_systems() -> list[str]:
-    """Names of the shipped node and cluster descriptions."""
+    """Names of the shipped node and cluster descriptions.
+
+    Returns
+    -------
+    list of str
+        The names, sorted.
+    """
     return sorted(p.stem for p in SYSTEM_DIR.glob("*.yaml"))
 
 
 def load_system(name_or_path: str | Path) -> Node | Cluster:
-    """Load a node (``kind: node``) or cluster (``kind: cluster``) description."""
+    """Load a node (``kind: node``) or cluster (``kind: cluster``) description.
+
+    Parameters
+    ----------
+    name_or_path : str or Path
+        A shipped system's name or a YAML file.
+
+    Returns
+    -------
+    Node or Cluster
+        The description (bandwidths in bytes/s per direction, latencies in seconds).
+
+    Raises
+    ------
+    UnknownHardwareError
+        When no shipped system has that name.
+    HardwareError
+        When the file is malformed.
+    """
     text = str(name_or_path)
     p = Path(text)
     if not (text.endswith((".yaml", ".yml")) or p.is_file()):

@@ -88,14 +88,28 @@ class Analysis:
         }
 
     def metrics(self) -> dict[str, Any]:
-        """The output metrics (:func:`perfmodel.metrics.scenario_metrics`, the function ``sweep`` uses)."""
+        """The output metrics (:func:`perfmodel.metrics.scenario_metrics`, the function ``sweep`` uses).
+
+        Returns
+        -------
+        dict of str to float or int
+            Metric name to value; each name carries its unit (``prefill_s``, ``decode_s_per_token``,
+            ``kv_cache_bytes``, ``tokens_per_s`` ...).
+        """
         from perfmodel.metrics import scenario_metrics
 
         return scenario_metrics(self.model, self.precision, self.knobs, self.context_len, self.output_tokens,
                                 self.batch, self.memory, self.prefill, self.decode_step, self.decode, self.switch)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON values (enums as their values); :func:`perfmodel.jsonout.dumps` writes it."""
+        """Plain JSON values (enums as their values); :func:`perfmodel.jsonout.dumps` writes it.
+
+        Returns
+        -------
+        dict of str to JSON values
+            The scenario (model, GPU, layout, dtypes), memory per GPU (bytes), the phase times (seconds) with
+            their bands, and the metrics; names carry their units.
+        """
         from perfmodel.jsonout import jsonable
 
         mem = self.memory
@@ -172,7 +186,13 @@ class Analysis:
         return {"without_knobs": base, "knob_ratio": ratio}
 
     def to_dict_metrics(self) -> dict[str, float]:
-        """The metrics of :data:`KNOB_METRICS`."""
+        """The metrics of :data:`KNOB_METRICS`.
+
+        Returns
+        -------
+        dict of str to float
+            Metric name to value (seconds, bytes, tokens/s as each name says).
+        """
         met = self.metrics()
         return {k: met[k] for k in KNOB_METRICS}
 

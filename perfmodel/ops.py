@@ -79,7 +79,23 @@ class AttentionImpl(str, enum.Enum):
 
     @classmethod
     def parse(cls, value: "AttentionImpl | str") -> "AttentionImpl":
-        """The impl named ``value``; :class:`~perfmodel.errors.OpDescriptorError` names the known ones."""
+        """The impl named ``value``; :class:`~perfmodel.errors.OpDescriptorError` names the known ones.
+
+        Parameters
+        ----------
+        value : AttentionImpl or str
+            The name (case and surrounding space ignored) or an impl, returned as is.
+
+        Returns
+        -------
+        AttentionImpl
+            The implementation.
+
+        Raises
+        ------
+        OpDescriptorError
+            When ``value`` names no known implementation.
+        """
         if isinstance(value, cls):
             return value
         try:
@@ -90,7 +106,18 @@ class AttentionImpl(str, enum.Enum):
 
     def curve(self, phase: "Phase") -> "AttentionImpl":
         """The impl whose curve prices this phase: the Triton decode schedules share the Triton
-        prefill kernel, and ``triton`` decodes with stream-K."""
+        prefill kernel, and ``triton`` decodes with stream-K.
+
+        Parameters
+        ----------
+        phase : Phase
+            Prefill or decode.
+
+        Returns
+        -------
+        AttentionImpl
+            The impl whose calibrated curve is used.
+        """
         if phase is Phase.PREFILL and self in (AttentionImpl.SPLIT_KV, AttentionImpl.STREAM_K):
             return AttentionImpl.TRITON
         if phase is Phase.DECODE and self is AttentionImpl.TRITON:

@@ -358,7 +358,24 @@ class Scenario:
                    moe_placement=placement, batch_lengths=lengths)
 
     def replace(self, **changes: Any) -> "Scenario":
-        """A copy with ``changes`` (any :meth:`make` argument), checked again."""
+        """A copy with ``changes`` (any :meth:`make` argument), checked again.
+
+        Parameters
+        ----------
+        **changes
+            :meth:`make` arguments to change; a layout field (``tp``, ``pp``, ``sp``, ...) replaces the
+            layout's.
+
+        Returns
+        -------
+        Scenario
+            The new scenario.
+
+        Raises
+        ------
+        PerfModelError
+            The typed errors of :meth:`make` when the changed scenario is invalid.
+        """
         kw = self.make_kwargs()
         kw.update(changes)
         if any(k in changes for k in ("tp", "pp", "sp", "sp_kind", "ep", "topology", "attention_dp")):
@@ -366,7 +383,13 @@ class Scenario:
         return Scenario.make(**kw)
 
     def make_kwargs(self) -> dict[str, Any]:
-        """The :meth:`make` arguments that rebuild this scenario."""
+        """The :meth:`make` arguments that rebuild this scenario.
+
+        Returns
+        -------
+        dict of str to Any
+            Keyword arguments of :meth:`make`.
+        """
         return dict(model=self.model, gpu=self.gpu, context_len=self.context_len, output_tokens=self.output_tokens,
                     batch=self.batch, layout=self.layout, mode=self.mode, weight_dtype=self.precision.weights.value,
                     kv_dtype=self.raw_kv_dtype, activation_dtype=self.precision.activations.value,

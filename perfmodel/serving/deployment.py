@@ -294,7 +294,18 @@ class Deployment:
         return apply_knobs(self.precision, self.knobs)
 
     def kept_tokens(self, tokens: int) -> int:
-        """Tokens whose KV a sequence of ``tokens`` tokens keeps (knobs, then the model's window)."""
+        """Tokens whose KV a sequence of ``tokens`` tokens keeps (knobs, then the model's window).
+
+        Parameters
+        ----------
+        tokens : int
+            The sequence's length, tokens.
+
+        Returns
+        -------
+        int
+            Tokens of KV kept.
+        """
         return self.kept_tokens_fn()(tokens)
 
     def kept_tokens_fn(self) -> Callable[[int], int]:
@@ -302,6 +313,11 @@ class Deployment:
 
         A model whose layers mix sliding-window and global attention keeps, per sequence, the
         layer-average of the two (rounded up), so KV bytes stay ``per-token bytes x kept tokens``.
+
+        Returns
+        -------
+        callable of int to int
+            Sequence length (tokens) to tokens of KV kept.
         """
         m = self.kv_model
         if 0 < m.num_sliding_layers < m.num_layers:
@@ -331,7 +347,18 @@ class Deployment:
         return kept
 
     def check_knobs(self, shortest_prompt: int) -> None:
-        """Raise :class:`KnobError` when a knob does not fit the shortest prompt (a window longer than it)."""
+        """Raise :class:`KnobError` when a knob does not fit the shortest prompt (a window longer than it).
+
+        Parameters
+        ----------
+        shortest_prompt : int
+            The shortest prompt of the workload, tokens.
+
+        Raises
+        ------
+        KnobError
+            When a knob needs a longer context than ``shortest_prompt``.
+        """
         if self.knobs is not None:
             self.knobs.check(self.kv_model, context_len=int(shortest_prompt))
 
@@ -348,7 +375,13 @@ class Deployment:
         return self.engine.profile_for(prof) if self.engine is not None else prof
 
     def describe(self) -> str:
-        """One line: model, replicas x (GPU, tp, pp, ep), knobs and engine."""
+        """One line: model, replicas x (GPU, tp, pp, ep), knobs and engine.
+
+        Returns
+        -------
+        str
+            The description.
+        """
         ep = f" ep={self.ep}" if self.ep > 1 else ""
         placed = " (MoE placement)" if self.moe_placement is not None else ""
         s = f"{self.model.name} on {self.replicas}x({self.gpu.name} tp={self.tp} pp={self.pp}{ep}){placed}"
@@ -414,19 +447,52 @@ class ReplicaMemory:
         return math.ceil(self.state_bytes_per_gpu / self.block_bytes_per_gpu)
 
     def own_tokens(self, kv_tokens: int) -> int:
-        """Tokens of a sequence's KV that are its own: all but the shared prefix (stored once per replica)."""
+        """Tokens of a sequence's KV that are its own: all but the shared prefix (stored once per replica).
+
+        Parameters
+        ----------
+        kv_tokens : int
+            The sequence's tokens of KV, shared prefix included.
+
+        Returns
+        -------
+        int
+            Tokens of its own (never negative).
+        """
         return max(int(kv_tokens) - self.prefix_tokens, 0)
 
     def blocks_for(self, kv_tokens: int) -> int:
         """Blocks one sequence of ``kv_tokens`` tokens of KV reserves: its own KV (not the shared prefix),
-        plus its recurrent state (a state-space stack: its state alone, at any length)."""
+        plus its recurrent state (a state-space stack: its state alone, at any length).
+
+        Parameters
+        ----------
+        kv_tokens : int
+            The sequence's tokens of KV, shared prefix included.
+
+        Returns
+        -------
+        int
+            KV blocks (each ``block_tokens`` tokens) plus state blocks.
+        """
         if self.kv_bytes_per_token_per_gpu <= 0:
             return self.state_blocks
         return -(-self.own_tokens(kv_tokens) // self.block_tokens) + self.state_blocks
 
     def swap_bytes_per_gpu(self, kv_tokens: int) -> float:
         """Bytes one GPU moves to swap one sequence: its own KV blocks and its recurrent state (the shared
-        prefix stays)."""
+        prefix stays).
+
+        Parameters
+        ----------
+        kv_tokens : int
+            The sequence's tokens of KV, shared prefix included.
+
+        Returns
+        -------
+        float, bytes
+            Bytes moved per GPU, each way.
+        """
         return -(-self.own_tokens(kv_tokens) // self.block_tokens) * self.block_tokens \
             * self.kv_bytes_per_token_per_gpu + self.state_bytes_per_gpu
 
@@ -456,6 +522,23 @@ def replica_memory(dep: Deployment, cached_prefix_tokens: tuple[int, ...] = ()) 
     ``cache_blocks``).  Under expert parallelism the routed experts split over ``ep`` GPUs instead of
     ``tp`` (:func:`perfmodel.parallel.parallel_memory`) and each of the ``ep // tp`` attention groups
     holds its own requests' KV.
+
+    Parameters
+    ----------
+    dep : Deployment
+        The deployment.
+    cached_prefix_tokens : tuple of int, optional
+        Tokens of each prefix the workload caches in HBM.
+
+    Returns
+    -------
+    ReplicaMemory
+        The block pool per GPU (block size in bytes and tokens, blocks for KV, the prefix and the cache).
+
+    Raises
+    ------
+    DoesNotFitError
+        When the weights and workspace leave no room for one sequence's KV.
     """
     m, prec, k = dep.kv_model, dep.kv_precision, dep.knobs
     # where the KV lives (tiers, pool) is all the budget needs here: the model and precision already carry

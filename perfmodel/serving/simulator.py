@@ -28,7 +28,22 @@ ProgressFn = Callable[[int, int], None]
 
 def build_timer(dep: Deployment, max_kv_tokens: int, mem=None) -> IterationTimer:
     """Tables for ``dep`` covering sequences up to ``max_kv_tokens`` tokens (``mem``: the replica's memory,
-    by default :func:`replica_memory` of ``dep``)."""
+    by default :func:`replica_memory` of ``dep``).
+
+    Parameters
+    ----------
+    dep : Deployment
+        The deployment.
+    max_kv_tokens : int
+        The longest sequence the tables cover, tokens.
+    mem : ReplicaMemory, optional
+        The replica's memory; default: :func:`replica_memory` of ``dep``.
+
+    Returns
+    -------
+    IterationTimer
+        Iteration-time tables (seconds) up to ``max_kv_tokens`` tokens and the largest batch that fits.
+    """
     mem = replica_memory(dep) if mem is None else mem
     min_blocks = mem.blocks_for(1)
     max_batch = max(1, min(dep.max_num_seqs, mem.capacity_blocks // max(min_blocks, 1)))
