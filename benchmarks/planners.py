@@ -1,6 +1,6 @@
 """Planner benchmarks: solve time, gap and the margin over every baseline, at the issue's sizes.
 
-    python benchmarks/planners.py [--time-limit 60] [--only moe|sp]
+    python benchmarks/planners.py [--time-limit 60] [--only moe|moe-e2e|sp|sp-topology] [--write]
 
 MoE: the EPLB README example (2 layers x 12 experts on 8 GPUs x 2 slots) at gap 0.1% and 0,
 each layer's plan, lower bound and gap beside every baseline; then Zipf(alpha) loads (0, 1.01, 1.2) over 256 experts x 32 GPUs x 61 layers
@@ -12,6 +12,10 @@ SP: log-normal(5.95, 1.26) lengths (FlexSP's Wikipedia fit) on Llama-3-8B / H100
 ``--only sp-topology``): 64 H100 in 8 nodes of 8 (examples/dgx-h100-x8.yaml), a long-tailed batch
 of 512 lengths log-normal(8.0, 1.6) clipped to [128, 256K] (seed 0), each kind, both profiles, with
 and without micro-batches, and the same batch priced as one NVLink node of 64.
+MoE end to end (``--only moe-e2e``; :mod:`perfmodel.planners.moe_e2e`): the seed papers' settings
+(MoETuner's two nodes, ExFlow's 32 GPUs) planned, then the plan, contiguous and the EPLB-style
+placements priced by ``analyze`` and ``simulate`` with ``--moe-placement``; ``--write`` stores the plans and
+their numbers in ``docs/planners-moe-e2e.json`` and the table in ``docs/planners.md``.
 Prints what it measured; nothing is cached.
 """
 
@@ -150,10 +154,26 @@ def sp_topology_rows(limit: float):
               f"{plan.solver['gap']:>6.2%} {best / plan.lower_bound_s:>11.3f}x {gains}", flush=True)
 
 
+def moe_e2e_rows(limit: float, write: bool):
+    from perfmodel.planners import moe_e2e
+
+    print("\nMoE placement end to end: the seed papers' settings, plan vs contiguous and EPLB-style "
+          "(analyze and simulate with --moe-placement)")
+    t0 = time.perf_counter()
+    results = moe_e2e.run(time_limit_s=limit)
+    print(f"planned and priced in {time.perf_counter() - t0:.1f} s")
+    print(moe_e2e.render(results), flush=True)
+    if write:
+        moe_e2e.store(results)
+        moe_e2e.write_doc(results)
+        print(f"wrote {moe_e2e.DATA_JSON} and the table in {moe_e2e.DOC_MD}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--time-limit", type=float, default=60.0)
-    ap.add_argument("--only", choices=["moe", "sp", "sp-topology"], default=None)
+    ap.add_argument("--only", choices=["moe", "moe-e2e", "sp", "sp-topology"], default=None)
+    ap.add_argument("--write", action="store_true", help="with moe-e2e: store its plans, numbers and docs table")
     args = ap.parse_args()
     from importlib.metadata import version
 
@@ -165,6 +185,8 @@ def main() -> None:
     if args.only in (None, "moe"):
         moe_published(args.time_limit)
         moe_rows(args.time_limit)
+    if args.only in (None, "moe-e2e"):
+        moe_e2e_rows(args.time_limit, args.write)
     if args.only in (None, "sp"):
         sp_rows(args.time_limit)
     if args.only in (None, "sp", "sp-topology"):

@@ -114,14 +114,16 @@ def analysis_view(model: str, gpu: str, context_len: int, output_tokens: int, ba
     a = perfmodel.analyze(scn)
     d = a.to_dict()
     mem = a.memory
+    users = -(-a.batch // mem.dp_ranks)  # a GPU holds its attention group's users only
     d["memory_per_gpu"] = {
         "capacity_bytes": float(mem.capacity_bytes),
         "weight_bytes": float(mem.weight_bytes),
-        "kv_bytes": float(mem.kv_bytes_per_user) * a.batch,
+        "kv_bytes": float(mem.kv_bytes_per_user) * users,
         "activation_bytes": float(mem.activation_bytes),
         "reserve_bytes": float(mem.reserve_bytes),
         "kv_bytes_per_user": float(mem.kv_bytes_per_user),
-        "free_bytes": float(mem.free_for_kv_bytes) - float(mem.kv_bytes_per_user) * a.batch,
+        "users_per_gpu": users,
+        "free_bytes": float(mem.free_for_kv_bytes) - float(mem.kv_bytes_per_user) * users,
     }
     d["provenance_summary"] = a.provenance_summary
     if a.mode is perfmodel.Mode.CALIBRATED:  # the datasheet bound shown beside the estimate

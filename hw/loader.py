@@ -120,7 +120,25 @@ def _check_math_formats(path: Path, flops: dict[Dtype, float]) -> None:
 
 
 def gpu_from_dict(data: dict[str, Any], path: Path | str = "<dict>") -> GPU:
-    """Build a :class:`GPU` from a parsed data file, checking every field."""
+    """Build a :class:`GPU` from a parsed data file, checking every field.
+
+    Parameters
+    ----------
+    data : dict
+        The file's content: rates in bytes/s and FLOP/s, sizes in bytes, latencies in seconds.
+    path : Path or str, optional
+        The file, named in error messages.
+
+    Returns
+    -------
+    GPU
+        The GPU.
+
+    Raises
+    ------
+    HardwareError
+        When a field is missing, not a number, or out of range.
+    """
     path = Path(path)
     missing = [k for k in ["name", "vendor", "peak_flops", "fabric_kind", *_GPU_NUMERIC] if k not in data]
     if missing:
@@ -182,7 +200,13 @@ def _read_aliases(path: str, mtime_ns: int, size: int) -> tuple[tuple[str, str],
 
 
 def list_gpus() -> list[str]:
-    """Canonical names of the GPUs shipped in ``hw/data/gpus``."""
+    """Canonical names of the GPUs shipped in ``hw/data/gpus``.
+
+    Returns
+    -------
+    list of str
+        Sorted canonical names (``a100-sxm-80gb``, ``h100-sxm-80gb``, ...).
+    """
     try:
         mtime_ns = GPU_DIR.stat().st_mtime_ns
     except FileNotFoundError:
@@ -197,12 +221,34 @@ def _gpu_names(folder: str, mtime_ns: int) -> tuple[str, ...]:
 
 
 def list_aliases() -> dict[str, str]:
-    """Short names and the canonical GPU each resolves to."""
+    """Short names and the canonical GPU each resolves to.
+
+    Returns
+    -------
+    dict of str to str
+        Alias to canonical name, sorted by alias.
+    """
     return dict(sorted(_aliases().items()))
 
 
 def resolve_gpu_name(name: str) -> str:
-    """Canonical name for ``name`` (an alias or a canonical name)."""
+    """Canonical name for ``name`` (an alias or a canonical name).
+
+    Parameters
+    ----------
+    name : str
+        An alias or canonical name (case and surrounding space ignored).
+
+    Returns
+    -------
+    str
+        The canonical name.
+
+    Raises
+    ------
+    UnknownHardwareError
+        When ``name`` is neither.
+    """
     key = str(name).strip().lower()
     known = list_gpus()
     if key in known:
@@ -221,7 +267,25 @@ def _load_gpu_file(path: str) -> GPU:
 
 
 def load_gpu(name_or_path: str | Path | GPU) -> GPU:
-    """Load a GPU by canonical name, alias, or path to a YAML file of the same schema."""
+    """Load a GPU by canonical name, alias, or path to a YAML file of the same schema.
+
+    Parameters
+    ----------
+    name_or_path : str, Path or GPU
+        ``h100``, ``h100-sxm-80gb``, a YAML path, or a GPU (returned as it is).
+
+    Returns
+    -------
+    GPU
+        Its figures in SI units: ``hbm_bytes_per_s``, ``hbm_capacity_bytes``, FLOP/s per dtype, links.
+
+    Raises
+    ------
+    UnknownHardwareError
+        For an unknown name (a :class:`HardwareError`).
+    HardwareError
+        For a file that breaks the schema (one line naming the field).
+    """
     if isinstance(name_or_path, GPU):
         return name_or_path
     text = str(name_or_path)
@@ -262,12 +326,36 @@ def _count(path: Path, key: str, value: Any) -> int:
 
 
 def list_systems() -> list[str]:
-    """Names of the shipped node and cluster descriptions."""
+    """Names of the shipped node and cluster descriptions.
+
+    Returns
+    -------
+    list of str
+        The names, sorted.
+    """
     return sorted(p.stem for p in SYSTEM_DIR.glob("*.yaml"))
 
 
 def load_system(name_or_path: str | Path) -> Node | Cluster:
-    """Load a node (``kind: node``) or cluster (``kind: cluster``) description."""
+    """Load a node (``kind: node``) or cluster (``kind: cluster``) description.
+
+    Parameters
+    ----------
+    name_or_path : str or Path
+        A shipped system's name or a YAML file.
+
+    Returns
+    -------
+    Node or Cluster
+        The description (bandwidths in bytes/s per direction, latencies in seconds).
+
+    Raises
+    ------
+    UnknownHardwareError
+        When no shipped system has that name.
+    HardwareError
+        When the file is malformed.
+    """
     text = str(name_or_path)
     p = Path(text)
     if not (text.endswith((".yaml", ".yml")) or p.is_file()):

@@ -32,7 +32,23 @@ class Dtype(str, enum.Enum):
 
     @classmethod
     def parse(cls, value: "str | Dtype") -> "Dtype":
-        """Parse a dtype name (``bf16``, ``bfloat16``, ``float16``, ``fp8_e4m3`` ...)."""
+        """Parse a dtype name (``bf16``, ``bfloat16``, ``float16``, ``fp8_e4m3`` ...).
+
+        Parameters
+        ----------
+        value : str or Dtype
+            The name (case and surrounding space ignored) or a dtype, returned as is.
+
+        Returns
+        -------
+        Dtype
+            The dtype.
+
+        Raises
+        ------
+        ValueError
+            When ``value`` names no known dtype; the message lists the known ones.
+        """
         if isinstance(value, Dtype):
             return value
         key = str(value).strip().lower()
@@ -151,7 +167,23 @@ class GPU:
     architecture: str = ""
 
     def flops_for(self, dtype: Dtype) -> float:
-        """Peak FLOP/s for a math format, using :data:`MATH_FALLBACK` if absent."""
+        """Peak FLOP/s for a math format, using :data:`MATH_FALLBACK` if absent.
+
+        Parameters
+        ----------
+        dtype : Dtype or str
+            The math format.
+
+        Returns
+        -------
+        float, FLOP/s
+            The dense peak of ``dtype``, or of the first fallback format the GPU has.
+
+        Raises
+        ------
+        ValueError
+            When neither ``dtype`` nor any fallback has a peak on this GPU.
+        """
         dtype = Dtype.parse(dtype)
         if self.peak_flops.get(dtype, 0.0) > 0:
             return self.peak_flops[dtype]
@@ -161,7 +193,18 @@ class GPU:
         raise ValueError(f"{self.name} has no peak FLOP/s for {dtype.value}")
 
     def with_overrides(self, **changes) -> "GPU":
-        """A copy with some fields replaced (what-if analysis)."""
+        """A copy with some fields replaced (what-if analysis).
+
+        Parameters
+        ----------
+        **changes
+            Field names and new values, in the fields' units (bytes, bytes/s, FLOP/s, seconds).
+
+        Returns
+        -------
+        GPU
+            The modified copy.
+        """
         import dataclasses
 
         return dataclasses.replace(self, **changes)

@@ -58,7 +58,7 @@ class Analysis:
     sp: int = 1
     sp_kind: str = "ring"
     ep: int = 1
-    attention_dp: int = 1
+    attention_dp: int = 1  # data-parallel attention groups (perfmodel.parallel.attention_groups)
     prefill_comm_s: float = 0.0  # communication on the critical path (hidden Ring transfers excluded)
     decode_step_comm_s: float = 0.0
     parallel: dict = field(default_factory=dict)  # bubble share, Ring overlap, EP imbalance ...
@@ -88,14 +88,28 @@ class Analysis:
         }
 
     def metrics(self) -> dict[str, Any]:
-        """The output metrics (:func:`perfmodel.metrics.scenario_metrics`, the function ``sweep`` uses)."""
+        """The output metrics (:func:`perfmodel.metrics.scenario_metrics`, the function ``sweep`` uses).
+
+        Returns
+        -------
+        dict of str to float or int
+            Metric name to value; each name carries its unit (``prefill_s``, ``decode_s_per_token``,
+            ``kv_cache_bytes``, ``tokens_per_s`` ...).
+        """
         from perfmodel.metrics import scenario_metrics
 
         return scenario_metrics(self.model, self.precision, self.knobs, self.context_len, self.output_tokens,
                                 self.batch, self.memory, self.prefill, self.decode_step, self.decode, self.switch)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON values (enums as their values); :func:`perfmodel.jsonout.dumps` writes it."""
+        """Plain JSON values (enums as their values); :func:`perfmodel.jsonout.dumps` writes it.
+
+        Returns
+        -------
+        dict of str to JSON values
+            The scenario (model, GPU, layout, dtypes), memory per GPU (bytes), the phase times (seconds) with
+            their bands, and the metrics; names carry their units.
+        """
         from perfmodel.jsonout import jsonable
 
         mem = self.memory
@@ -172,7 +186,13 @@ class Analysis:
         return {"without_knobs": base, "knob_ratio": ratio}
 
     def to_dict_metrics(self) -> dict[str, float]:
-        """The metrics of :data:`KNOB_METRICS`."""
+        """The metrics of :data:`KNOB_METRICS`.
+
+        Returns
+        -------
+        dict of str to float
+            Metric name to value (seconds, bytes, tokens/s as each name says).
+        """
         met = self.metrics()
         return {k: met[k] for k in KNOB_METRICS}
 
@@ -294,8 +314,10 @@ def analyze(
     ``attention_dp`` (MoE models) runs attention data-parallel over that many groups of ``tp`` GPUs, each
     holding only its own requests' KV, with the MoE layers over all of them: expert-parallel with
     ``ep = attention_dp * tp``, else tensor-parallel between an all-gather and a reduce-scatter (DeepSeek's
-    serving layout; :func:`perfmodel.parallel.check_attention_dp`).  ``parallel`` then reports the KV bytes
-    per rank and that gather/scatter time.
+    serving layout; :func:`perfmodel.parallel.check_attention_dp`).  ``ep`` wider than ``tp * sp`` is the
+    same layout over ``ep // (tp * sp)`` groups (:func:`perfmodel.parallel.attention_groups`), for time and
+    memory alike.  The result's ``attention_dp`` is that number of groups; with more than one,
+    ``parallel`` reports it, the KV bytes per rank and the gather/scatter time.
 
     ``moe_placement`` (a ``plan moe --json`` file or per-layer, per-GPU expert lists; MoE models with
     ``ep`` > 1) prices each MoE layer's dispatch and combine all-to-all from the GPU-to-GPU traffic its placement
@@ -305,6 +327,38 @@ def analyze(
     pass without padding (:func:`perfmodel.phases.ragged_prefill_cost`), ``prefill_padded`` the same batch
     padded to the longest prompt, ``to_dict()["batch_lengths"]`` both; ``batch`` and ``context_len`` become
     the count and the longest, and decode and memory are priced at that padded shape.
+
+    Parameters
+    ----------
+    model : str, ModelSpec or Scenario
+        A shipped model's name, a ``config.json`` path, a spec, or a checked scenario.
+    gpu : str or GPU
+        A shipped GPU's name or alias, or the path of a GPU YAML file.
+    context_len : int, tokens
+        Prompt length of each request.
+    output_tokens : int, tokens
+        Tokens generated per request (0 allowed).
+    batch : int, requests
+        Concurrent requests priced together.
+    tp, pp, sp, ep, attention_dp : int, GPUs
+        Tensor, pipeline, sequence, expert and data-parallel-attention degrees.
+    mode : Mode or str
+        ``calibrated`` (default) or ``peak``.
+    weight_dtype, kv_dtype, activation_dtype : str or None
+        Precisions (``bf16``, ``fp8``, ``int4`` ...); None: the model's.
+    chunk_tokens : int or None, tokens
+        Chunked-prefill chunk; None: one pass.
+    reserve_fraction : float, fraction of HBM
+        Memory held back from the KV cache.
+    profile : Profile, str or None
+        An explicit calibration profile (object or path); None: the GPU's.
+
+    Returns
+    -------
+    Analysis
+        Prefill, decode step and total decode costs (seconds), the memory budget (bytes), the context
+        switch, notes and provenance; ``to_dict()`` is the ``--json`` output (``prefill_s``,
+        ``decode_s_per_token``, ... in seconds, bytes in ``*_bytes``).
 
     Raises
     ------
@@ -382,7 +436,8 @@ def analyze_scenario(scn: Scenario) -> Analysis:
     return Analysis(
         model=m, gpu=g, tp=tp, mode=prof.mode, context_len=context_len, output_tokens=output_tokens, batch=batch,
         precision=prec, prefill=pre, decode_step=step, decode=dec, memory=mem, switch=sw, notes=tuple(notes),
-        knobs=knobs, baseline=baseline, pp=pp, sp=sp, sp_kind=str(sp_kind), ep=ep, attention_dp=dp,
+        knobs=knobs, baseline=baseline, pp=pp, sp=sp, sp_kind=str(sp_kind), ep=ep,
+        attention_dp=lay.attention_groups,
         prefill_comm_s=pre_comm,
         decode_step_comm_s=step_comm, parallel=par_details, attention_impl=prof.attention_impl,
         launch=prof.launch, provenance=prof.provenance_map(), provenance_summary=prof.provenance_summary(),
@@ -394,8 +449,9 @@ def _does_not_fit(scn: Scenario, mem: MemoryBudget) -> None:
     """Raise :class:`DoesNotFitError` for ``scn``, whose budget ``mem`` holds fewer users than its batch."""
     m, g, lay, batch = scn.priced_model, scn.gpu, scn.layout, scn.batch
     pp, sp, ep, dp = lay.pp, lay.sp, lay.ep, lay.attention_dp
-    need = (mem.weight_bytes + mem.activation_bytes + mem.reserve_bytes
-            + math.ceil(batch / dp) * mem.kv_bytes_per_user + mem.shared_kv_bytes)
+    per_gpu = math.ceil(batch / mem.dp_ranks)  # users one GPU holds: its attention group's
+    act = mem.activation_bytes if mem.activation_at is None else mem.activation_at(per_gpu)
+    need = (mem.weight_bytes + act + mem.reserve_bytes + per_gpu * mem.kv_bytes_per_user + mem.shared_kv_bytes)
     hint = suggest_tp(m, g, scn.context_len, scn.output_tokens, batch, scn.priced_precision, pp, sp, ep,
                       lay.topology, dp, chunk_tokens=scn.chunk_tokens, reserve_fraction=scn.reserve_fraction, knobs=scn.knobs)
     what = "the weights alone do not fit" if mem.free_for_kv_bytes <= 0 else f"{batch} user(s)' KV cache does not fit"

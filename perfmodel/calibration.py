@@ -131,7 +131,24 @@ class Profile:
         group of its provenance (``measured``, ``transferred``, ``datasheet``), its first row by :func:`band_row`
         (``keys``, then ``op_class``, then ``*``); (0, 0) in peak mode or without one.  A transferred class takes
         the envelope of its ``transferred`` and ``measured`` rows: the measured band widened by the measured
-        transfer error."""
+        transfer error.
+
+        Parameters
+        ----------
+        op_class : OpClass
+            The op's class.
+        keys : tuple of str, optional
+            Finer band keys tried before ``op_class`` (e.g. the elementwise kernel's name).
+        regime : str, optional
+            ``compute``, ``memory`` or ``latency``: which bound the op's time has.
+        size : str, optional
+            The op's size class (``under_10us`` ...).
+
+        Returns
+        -------
+        tuple of float
+            (q10, q90) of log(predicted / measured), dimensionless; (0, 0) when there is no band.
+        """
         if self.mode is Mode.PEAK or not self.bands:
             return 0.0, 0.0
         label = self.provenance_of(op_class)
@@ -167,6 +184,16 @@ class Profile:
         A peak profile is ``datasheet`` throughout; a class without a curve of its own is ``datasheet``,
         except a grouped GEMM priced with the ``gemm`` curve (:mod:`perfmodel.costs.grouped_gemm`), which
         says so: ``measured (gemm curve)``.
+
+        Parameters
+        ----------
+        op_class : OpClass
+            The op class.
+
+        Returns
+        -------
+        str
+            The provenance label.
         """
         if self.mode is Mode.PEAK:
             return "datasheet"
@@ -181,11 +208,23 @@ class Profile:
         return label
 
     def provenance_map(self) -> dict[str, str]:
-        """:meth:`provenance_of` for every op class, keyed by the class's value (the JSON form)."""
+        """:meth:`provenance_of` for every op class, keyed by the class's value (the JSON form).
+
+        Returns
+        -------
+        dict of str to str
+            Op class value to its provenance label.
+        """
         return {c.value: self.provenance_of(c) for c in OpClass}
 
     def provenance_summary(self) -> str:
-        """One line: each provenance followed by its classes (``measured: gemm, ...; datasheet: ...``)."""
+        """One line: each provenance followed by its classes (``measured: gemm, ...; datasheet: ...``).
+
+        Returns
+        -------
+        str
+            The summary line; ``<label> (every op class)`` when all classes share one provenance.
+        """
         groups: dict[str, list[str]] = {}
         for c, label in self.provenance_map().items():
             groups.setdefault(label, []).append(c)
@@ -195,13 +234,40 @@ class Profile:
 
     def params(self, op_class: OpClass) -> CurveParams:
         """The curve of ``op_class`` (its own parameter type, :data:`perfmodel.costs.PARAMS_TYPES`); the peak
-        curve of the class when the profile has none; attention: :meth:`attention_params` of the profile's impl."""
+        curve of the class when the profile has none; attention: :meth:`attention_params` of the profile's impl.
+
+        Parameters
+        ----------
+        op_class : OpClass
+            The op class to price.
+
+        Returns
+        -------
+        CurveParams
+            The class's curve (efficiencies, bytes/s and FLOP/s ceilings, latency in seconds).
+
+        Raises
+        ------
+        ProfileError
+            For an attention class, as :meth:`attention_params`.
+        """
         if op_class in ATTENTION_CLASSES:
             return self.attention_params(op_class)
         return self.classes.get(op_class, PEAK_PARAMS[op_class])
 
     def attention_impls(self, op_class: OpClass) -> tuple[AttentionImpl, ...]:
-        """The implementations this profile has a curve for in ``op_class``."""
+        """The implementations this profile has a curve for in ``op_class``.
+
+        Parameters
+        ----------
+        op_class : OpClass
+            An attention class (``attention_prefill`` or ``attention_decode``).
+
+        Returns
+        -------
+        tuple of AttentionImpl
+            The implementations with a curve, in the enum's order; empty when the profile fits none.
+        """
         have = {i for c, i in self.implementations if c is op_class}
         if op_class in self.classes:
             have.add(DEFAULT_ATTENTION_IMPL)
@@ -213,6 +279,23 @@ class Profile:
         Peak profiles (and profiles with no curve in ``op_class``) price every impl at the datasheet
         roofline.  A calibrated profile with curves of other impls but not this one raises :class:`~perfmodel.errors.ProfileError` naming the curves it has
         (never a silent fallback to another kernel's rates).
+
+        Parameters
+        ----------
+        op_class : OpClass
+            An attention class (``attention_prefill`` or ``attention_decode``).
+        impl : AttentionImpl, optional
+            The implementation to price; default: the profile's :attr:`attention_impl`.
+
+        Returns
+        -------
+        AttentionParams
+            The curve (efficiencies, bytes/s and FLOP/s ceilings, latency in seconds).
+
+        Raises
+        ------
+        ProfileError
+            When the profile has curves of other impls in ``op_class`` but not of ``impl``.
         """
         phase = Phase.PREFILL if op_class is OpClass.ATTENTION_PREFILL else Phase.DECODE
         impl = (impl or self.attention_impl).curve(phase)
@@ -228,14 +311,42 @@ class Profile:
                            f"implementation {impl.value!r} (measured: {have})")
 
     def with_peer_all_reduce(self, peer: PeerAllReduce | None) -> "Profile":
-        """This profile pricing eligible all-reduces with ``peer`` (None: unchanged)."""
+        """This profile pricing eligible all-reduces with ``peer`` (None: unchanged).
+
+        Parameters
+        ----------
+        peer : PeerAllReduce or None
+            The peer all-reduce terms; ``None``: unchanged.
+
+        Returns
+        -------
+        Profile
+            A copy with ``peer`` (this profile when unchanged).
+        """
         if peer is None or peer == self.peer_all_reduce:
             return self
         return dataclasses.replace(self, peer_all_reduce=peer)
 
     def with_launch(self, launch: "Launch | str | None") -> "Profile":
         """This profile pricing ``launch`` (``graph`` or ``eager``); a calibrated profile without eager
-        terms refuses ``eager``."""
+        terms refuses ``eager``.
+
+        Parameters
+        ----------
+        launch : Launch or str or None
+            ``graph`` or ``eager``; ``None``: unchanged.
+
+        Returns
+        -------
+        Profile
+            A copy pricing ``launch`` (this profile when ``launch`` is ``None``).
+
+        Raises
+        ------
+        ProfileError
+            When ``launch`` is not ``graph`` or ``eager``, or is ``eager`` for a calibrated profile without
+            eager terms.
+        """
         if launch is None:
             return self
         try:
@@ -249,7 +360,13 @@ class Profile:
     def default_attention_impl(self) -> AttentionImpl:
         """The impl priced when a scenario names none: ``sdpa``, or, in a profile that has curves but no
         ``sdpa`` curve in both attention classes, the first of ``flash2``, ``triton`` it has in both
-        (:func:`perfmodel.analyze` says so in its notes)."""
+        (:func:`perfmodel.analyze` says so in its notes).
+
+        Returns
+        -------
+        AttentionImpl
+            The implementation priced by default.
+        """
         have = [set(self.attention_impls(oc)) for oc in ATTENTION_CLASSES]
         if not any(have) or all(DEFAULT_ATTENTION_IMPL in h for h in have if h):
             return DEFAULT_ATTENTION_IMPL
@@ -260,7 +377,25 @@ class Profile:
 
     def with_attention_impl(self, impl: AttentionImpl | str | None) -> "Profile":
         """This profile pricing attention ops that name no impl with ``impl`` (checked for both phases);
-        ``None``: :meth:`default_attention_impl`."""
+        ``None``: :meth:`default_attention_impl`.
+
+        Parameters
+        ----------
+        impl : AttentionImpl or str or None
+            The implementation (or its name); ``None``: the profile's default.
+
+        Returns
+        -------
+        Profile
+            A copy pricing ``impl``.
+
+        Raises
+        ------
+        ProfileError
+            When the profile has no curve of ``impl`` in an attention class it fits.
+        OpDescriptorError
+            When ``impl`` names no known implementation.
+        """
         impl = self.default_attention_impl() if impl is None else AttentionImpl.parse(impl)
         out = self if impl is self.attention_impl else dataclasses.replace(self, attention_impl=impl)
         for oc in ATTENTION_CLASSES:
@@ -268,7 +403,18 @@ class Profile:
         return out
 
     def elementwise_params(self, name: str) -> ElementwiseParams:
-        """The curve of the elementwise kernel ``name`` (the class curve if it has none)."""
+        """The curve of the elementwise kernel ``name`` (the class curve if it has none).
+
+        Parameters
+        ----------
+        name : str
+            The elementwise kernel's name (e.g. ``rmsnorm``).
+
+        Returns
+        -------
+        ElementwiseParams
+            The kernel's curve (bytes/s ceiling, latency in seconds), or the class curve.
+        """
         p = self.elementwise.get(name)
         return p if p is not None else self.params(OpClass.ELEMENTWISE)
 
@@ -277,6 +423,14 @@ class Profile:
         return not self.classes and not self.elementwise and not self.implementations
 
     def to_dict(self) -> dict[str, Any]:
+        """The profile file's JSON form (``docs/calibration.md``, "Format").
+
+        Returns
+        -------
+        dict of str to JSON values
+            The file's content (rates in bytes/s and FLOP/s, latencies in seconds); :func:`load_profile_file`
+            reads it back.
+        """
         out = {
             "schema_version": SCHEMA_VERSION,
             "gpu": self.gpu,
@@ -306,7 +460,18 @@ class Profile:
 
 
 def peak_profile(gpu: GPU | str) -> Profile:
-    """The theoretical-peak model: every efficiency 1, every latency 0."""
+    """The theoretical-peak model: every efficiency 1, every latency 0.
+
+    Parameters
+    ----------
+    gpu : GPU or str
+        The accelerator.
+
+    Returns
+    -------
+    Profile
+        The datasheet roofline (a bound): efficiencies 1, latencies 0 s.
+    """
     return Profile(gpu=gpu if isinstance(gpu, str) else gpu.name, mode=Mode.PEAK)
 
 
@@ -497,7 +662,24 @@ def _ring_step_from_dict(raw: Any, where: str) -> dict[str, Any]:
 
 
 def load_profile_file(path: str | Path, gpu: GPU | str | None = None) -> Profile:
-    """Load a profile file; refuse one written for another GPU than ``gpu``."""
+    """Load a profile file; refuse one written for another GPU than ``gpu``.
+
+    Parameters
+    ----------
+    path : str or Path
+        A profile JSON file (``hw/data/profiles/<gpu>.json`` schema).
+    gpu : GPU, str or None
+        The GPU it must be written for; None: not checked.
+
+    Returns
+    -------
+    Profile
+
+    Raises
+    ------
+    ProfileError
+        When the file is missing, not JSON, out of range, or for another GPU.
+    """
     p = Path(path)
     try:
         data = json.loads(p.read_text())
@@ -528,6 +710,29 @@ def resolve_profile(gpu: GPU, mode: Mode | str = Mode.CALIBRATED, profile: Profi
     provenance per op class (:meth:`Profile.provenance_of`).  An explicit ``profile`` (object or
     path) wins and is used as it is.
     ``attention_impl`` (default: the profile's, ``sdpa``) must have curves in a calibrated profile.
+
+    Parameters
+    ----------
+    gpu : GPU
+        The accelerator.
+    mode : Mode or str
+        ``calibrated`` (default) or ``peak``.
+    profile : Profile, str, Path or None
+        An explicit profile (object or path), used as it is.
+    attention_impl : AttentionImpl, str or None
+        The attention implementation whose curves price attention.
+    launch : Launch, str or None
+        ``graph`` (default) or ``eager``.
+
+    Returns
+    -------
+    Profile
+
+    Raises
+    ------
+    ProfileError
+        When an explicit profile cannot be read or has no curves for ``attention_impl`` or
+        ``launch``.
     """
     return _resolve(gpu, mode, profile).with_attention_impl(attention_impl).with_launch(launch)
 

@@ -190,11 +190,14 @@ def add_layout_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sp-kind", choices=["ulysses", "ring", "hybrid", "tokenring"], default="ring",
                    help="SP scheme: Ulysses all-to-all, Ring attention, both (hybrid), or TokenRing (queries and block "
                         "outputs both ways round the ring) (default ring)")
-    p.add_argument("--ep", type=_positive_int, default=1, help="expert-parallel degree (MoE models)")
+    p.add_argument("--ep", type=_positive_int, default=1,
+                   help="expert-parallel degree (MoE models); wider than --tp (x --sp), attention runs data-parallel "
+                        "over ep/tp groups, each holding only its own requests' KV (as --attention-dp ep/tp)")
     p.add_argument("--attention-dp", type=_positive_int, default=1, metavar="N",
                    help="MoE models: attention data-parallel over N groups of --tp GPUs, each holding only its own "
-                        "requests' KV, the MoE layers over all N x tp GPUs: expert-parallel with --ep N*tp, else "
-                        "tensor-parallel between an all-gather and a reduce-scatter (default 1)")
+                        "requests' KV, the MoE layers over all N x tp GPUs: expert-parallel with --ep N*tp (the "
+                        "layout --ep N*tp gives alone), else tensor-parallel between an all-gather and a "
+                        "reduce-scatter (default 1)")
     p.add_argument("--topology", default=None,
                    help="system from hw/data/systems the GPUs sit in (default: one NVLink node of up to 8 GPUs, else the "
                         "smallest shipped system of the GPU that holds them)")

@@ -298,8 +298,39 @@ def _read_json(path: str | Path):
 
 def read_placement(path: str | Path) -> list[list[list[int]]]:
     """Per layer, per GPU, the experts held, from a ``plan moe --json`` file (``layers[*].placement``)
-    or ``{"placement": [[...] per GPU]}`` (one layer for all)."""
-    return _placements(_read_json(path), path)
+    or ``{"placement": [[...] per GPU]}`` (one layer for all); ``PLAN.json:NAME`` reads the file's baseline
+    ``NAME`` (:func:`split_plan_path`)."""
+    path, name = split_plan_path(path)
+    return _placements(_select(_read_json(path), path, name), path)
+
+
+def split_plan_path(value: str | Path) -> tuple[Path, str | None]:
+    """``(file, baseline name or None)`` of ``PLAN.json`` or ``PLAN.json:NAME``: the name after the last colon
+    when the whole text is not an existing file; ``NAME`` ``plan`` is the plan itself (None)."""
+    text = str(value)
+    if not Path(text).is_file() and ":" in text:
+        head, name = text.rsplit(":", 1)
+        if head and name and "/" not in name and "\\" not in name:
+            return Path(head), (None if name == "plan" else name)
+    return Path(text), None
+
+
+def _select(data, path, name: str | None):
+    """The plan file ``data`` itself (``name`` None) or its baseline ``name`` (``baselines[name]``, whose
+    ``layers`` carry their ``placement``, ``loads`` and, with inter-layer token sources, ``traffic``)."""
+    if name is None:
+        return data
+    base = data.get("baselines") if isinstance(data, dict) else None
+    if not isinstance(base, dict) or not base:
+        raise InvalidInputError(f"{path}: no baselines to pick {name!r} from (expected a plan moe --json output)")
+    if name not in base:
+        raise InvalidInputError(f"{path} has no baseline {name!r}; it has plan, {', '.join(base)}")
+    chosen = base[name]
+    layers = chosen.get("layers") if isinstance(chosen, dict) else None
+    if not isinstance(layers, list) or not all(isinstance(x, dict) and "placement" in x for x in layers):
+        raise InvalidInputError(f"{path}: baseline {name!r} lists no placements (written by an older plan moe; "
+                                "run it again)")
+    return chosen
 
 
 def _placements(data, path) -> list:
@@ -396,19 +427,29 @@ class MoePlacement:
 
 def as_moe_placement(value) -> MoePlacement | None:
     """None, a :class:`MoePlacement`, a path to a ``plan moe --json`` file (:func:`read_placement`; its
-    ``layers[*].loads`` and ``layers[*].traffic`` too), or the per-layer lists themselves."""
+    ``layers[*].loads`` and ``layers[*].traffic`` too; ``PLAN.json:NAME`` for its baseline ``NAME``, e.g.
+    ``plan.json:contiguous``), or the per-layer lists themselves."""
     if value is None or isinstance(value, MoePlacement):
         return value
-    loads = traffic = None
     if isinstance(value, (str, Path)):
-        data = _read_json(value)
-        layers, src = _placements(data, value), str(value)
-        loads = _optional_tables(data, "loads", value, 1)
-        traffic = _optional_tables(data, "traffic", value, 2)
-    elif isinstance(value, (list, tuple)):
-        layers, src = value, ""
-    else:
+        path, name = split_plan_path(value)
+        return placement_from_plan(_read_json(path), name, str(value), path)
+    if not isinstance(value, (list, tuple)):
         raise InvalidInputError(f"moe_placement must be a path or per-layer, per-GPU expert lists, got {value!r}")
+    return _make(value, "", None, None)
+
+
+def placement_from_plan(data, name: str | None = None, source: str = "", path=None) -> MoePlacement:
+    """The :class:`MoePlacement` of a ``plan moe --json`` output already read (``data``): the plan's
+    (``name`` None or ``"plan"``) or its baseline ``name``'s, with the layers' ``loads`` and ``traffic``.
+    ``source`` names it in messages; ``path`` (default ``source``) in errors about the data."""
+    where = path if path is not None else (source or "plan")
+    data = _select(data, where, None if name == "plan" else name)
+    return _make(_placements(data, where), source, _optional_tables(data, "loads", where, 1),
+                 _optional_tables(data, "traffic", where, 2))
+
+
+def _make(layers, src: str, loads, traffic) -> MoePlacement:
     try:
         out = tuple(tuple(tuple(int(e) for e in gpu) for gpu in layer) for layer in layers)
     except (TypeError, ValueError):

@@ -41,6 +41,27 @@ class Precision:
 
     @classmethod
     def of(cls, weights="bf16", activations="bf16", kv=None) -> "Precision":
+        """Precisions from names (``bf16``, ``fp8``, ``int4`` ...); ``kv`` None: the activations'.
+
+        Parameters
+        ----------
+        weights : str or Dtype, default ``bf16``
+            Storage format of the weights.
+        activations : str or Dtype, default ``bf16``
+            Format of activations and math.
+        kv : str or Dtype, optional
+            Storage format of the KV cache; default: ``activations``.
+
+        Returns
+        -------
+        Precision
+            The three formats.
+
+        Raises
+        ------
+        ValueError
+            When a name is not a known dtype.
+        """
         w = Dtype.parse(weights)
         a = Dtype.parse(activations)
         return cls(weights=w, activations=a, kv=Dtype.parse(kv) if kv is not None else a)

@@ -219,6 +219,18 @@ class ModelSpec:
         return AttentionKind.GQA
 
     def is_moe_layer(self, index: int) -> bool:
+        """Whether decoder layer ``index`` (0-based) is an MoE layer (False for a dense model).
+
+        Parameters
+        ----------
+        index : int
+            The layer's 0-based index.
+
+        Returns
+        -------
+        bool
+            True for an MoE layer.
+        """
         m = self.moe
         if m is None:
             return False
@@ -291,7 +303,18 @@ class ModelSpec:
         return self._mlp_params(self.moe.expert_intermediate)
 
     def moe_mlp_params(self, active: bool = False) -> int:
-        """Parameters of one MoE block: router, routed experts (all or top-k), shared experts."""
+        """Parameters of one MoE block: router, routed experts (all or top-k), shared experts.
+
+        Parameters
+        ----------
+        active : bool, default False
+            Count only the ``top_k`` routed experts a token uses.
+
+        Returns
+        -------
+        int
+            Parameter count (0 for a dense model).
+        """
         m = self.moe
         if m is None:
             return 0
@@ -319,7 +342,18 @@ class ModelSpec:
         return 0 if self.tied_embeddings else self.vocab * self.hidden
 
     def param_count(self, active: bool = False) -> int:
-        """Exact parameter count; ``active`` counts only top-k routed experts."""
+        """Exact parameter count; ``active`` counts only top-k routed experts.
+
+        Parameters
+        ----------
+        active : bool, default False
+            Count only the ``top_k`` routed experts a token uses.
+
+        Returns
+        -------
+        int
+            Parameter count of the whole model (embeddings and LM head included).
+        """
         per_layer = self.attention_params + self.norm_params_per_layer
         total = self.num_layers * per_layer
         total += self.num_dense_layers * self.dense_mlp_params
@@ -329,7 +363,18 @@ class ModelSpec:
         return total
 
     def weight_bytes(self, dtype: Dtype | str = Dtype.BF16) -> int:
-        """Bytes of all weights at one storage format (rounded up to a byte)."""
+        """Bytes of all weights at one storage format (rounded up to a byte).
+
+        Parameters
+        ----------
+        dtype : Dtype or str, default ``bf16``
+            Storage format of the weights.
+
+        Returns
+        -------
+        int, bytes
+            Size of all weights.
+        """
         return math.ceil(self.param_count() * Dtype.parse(dtype).bytes_per_element)
 
     # ---- KV cache -------------------------------------------------------
@@ -343,6 +388,17 @@ class ModelSpec:
         return 2 * self.num_layers * self.kv_heads * self.head_dim
 
     def kv_bytes_per_token(self, dtype: Dtype | str = Dtype.BF16) -> float:
+        """KV-cache bytes one token takes over all layers in ``dtype``.
+
+        Parameters
+        ----------
+        dtype : Dtype or str
+            The KV cache's element format.
+
+        Returns
+        -------
+        float, bytes
+        """
         return self.kv_elements_per_token * Dtype.parse(dtype).bytes_per_element
 
     @property
@@ -357,6 +413,16 @@ class ModelSpec:
 
         Sliding-window layers keep the last ``sliding_window`` tokens, global layers all of them, so
         ``kv_bytes_per_token() * kv_tokens(t)`` is the sequence's KV bytes. Works on arrays.
+
+        Parameters
+        ----------
+        tokens : int or numpy.ndarray
+            The sequence's length, tokens.
+
+        Returns
+        -------
+        int or float or numpy.ndarray
+            Tokens of KV kept, layer average (float where layers differ); same shape as ``tokens``.
         """
         w = self.sliding_window
         if w <= 0:
@@ -368,6 +434,18 @@ class ModelSpec:
         return (s * capped + (self.num_layers - s) * np.asarray(tokens, dtype=np.float64)) / self.num_layers
 
     def with_overrides(self, **changes: Any) -> ModelSpec:
+        """A copy with the given fields replaced (``dataclasses.replace``).
+
+        Parameters
+        ----------
+        **changes
+            Field names and their new values.
+
+        Returns
+        -------
+        ModelSpec
+            The modified copy.
+        """
         return replace(self, **changes)
 
 
@@ -787,7 +865,13 @@ def weights_dtype(model: ModelSpec, requested: str | None = None) -> str:
 
 
 def list_models() -> list[str]:
-    """Names of the shipped model configs."""
+    """Names of the shipped model configs.
+
+    Returns
+    -------
+    list of str
+        Sorted model names.
+    """
     return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
 
 
@@ -809,7 +893,26 @@ def _load_file(path: str, name: str, shipped: bool = False) -> ModelSpec:
 
 
 def load_model(name_or_path: str | Path | ModelSpec) -> ModelSpec:
-    """Load a shipped model by name, or any ``config.json`` by path."""
+    """Load a shipped model by name, or any ``config.json`` by path.
+
+    Parameters
+    ----------
+    name_or_path : str, Path or ModelSpec
+        A shipped model's name (``llama-3-8b``), the path of a Hugging Face ``config.json``, or a spec
+        (returned as it is).
+
+    Returns
+    -------
+    ModelSpec
+        Layers, heads, sizes; parameter, weight and KV byte counts derive from it.
+
+    Raises
+    ------
+    UnknownModelError
+        For a name that is not shipped (the message lists the known ones).
+    ModelConfigError
+        For a ``config.json`` that lacks or contradicts a needed key.
+    """
     if isinstance(name_or_path, ModelSpec):
         return name_or_path
     text = str(name_or_path).strip()

@@ -79,7 +79,23 @@ class AttentionImpl(str, enum.Enum):
 
     @classmethod
     def parse(cls, value: "AttentionImpl | str") -> "AttentionImpl":
-        """The impl named ``value``; :class:`~perfmodel.errors.OpDescriptorError` names the known ones."""
+        """The impl named ``value``; :class:`~perfmodel.errors.OpDescriptorError` names the known ones.
+
+        Parameters
+        ----------
+        value : AttentionImpl or str
+            The name (case and surrounding space ignored) or an impl, returned as is.
+
+        Returns
+        -------
+        AttentionImpl
+            The implementation.
+
+        Raises
+        ------
+        OpDescriptorError
+            When ``value`` names no known implementation.
+        """
         if isinstance(value, cls):
             return value
         try:
@@ -90,7 +106,18 @@ class AttentionImpl(str, enum.Enum):
 
     def curve(self, phase: "Phase") -> "AttentionImpl":
         """The impl whose curve prices this phase: the Triton decode schedules share the Triton
-        prefill kernel, and ``triton`` decodes with stream-K."""
+        prefill kernel, and ``triton`` decodes with stream-K.
+
+        Parameters
+        ----------
+        phase : Phase
+            Prefill or decode.
+
+        Returns
+        -------
+        AttentionImpl
+            The impl whose calibrated curve is used.
+        """
         if phase is Phase.PREFILL and self in (AttentionImpl.SPLIT_KV, AttentionImpl.STREAM_K):
             return AttentionImpl.TRITON
         if phase is Phase.DECODE and self is AttentionImpl.TRITON:
@@ -484,7 +511,24 @@ def _enum(cls, d: dict, key: str, where: str, default=None):
 
 
 def op_from_dict(d: dict[str, Any], where: str = "") -> Op:
-    """Parse one op descriptor.  ``where`` prefixes error messages (``"line 3: "``)."""
+    """Parse one op descriptor.  ``where`` prefixes error messages (``"line 3: "``).
+
+    Parameters
+    ----------
+    d : dict
+        A descriptor (``docs/ops.md``): ``op`` and its fields, sizes in elements or bytes as named.
+    where : str
+        Prefix of error messages.
+
+    Returns
+    -------
+    Op
+
+    Raises
+    ------
+    OpDescriptorError
+        For an unknown op, a missing or bad field (one line naming it).
+    """
     if not isinstance(d, dict):
         raise OpDescriptorError(f"{where}an op descriptor must be a JSON object")
     raw_kind = _need(d, "op", where)
@@ -594,7 +638,17 @@ def _grouped_gemm_from_dict(d: dict[str, Any], where: str) -> GroupedGemm:
 
 
 def op_to_dict(op: Op) -> dict[str, Any]:
-    """The JSON form of an op (scalar fields only)."""
+    """The JSON form of an op (scalar fields only).
+
+    Parameters
+    ----------
+    op : Op
+
+    Returns
+    -------
+    dict
+        The descriptor :func:`op_from_dict` reads back.
+    """
     out: dict[str, Any] = {"op": op.kind.value}
     for f in dataclasses.fields(op):
         v = getattr(op, f.name)

@@ -29,6 +29,8 @@
   and the MoE layers span all ``N tp`` GPUs: expert-parallel (``ep = N tp``, the all-to-all above,
   each rank dispatching its own tokens), or tensor-parallel (``ep = 1``: the ranks' hidden states
   all-gathered before each MoE layer and reduce-scattered after it, :func:`attention_dp_moe`).
+  Expert parallelism wider than the attention group (``ep > tp sp``) is this layout with
+  ``N = ep / (tp sp)`` (:func:`attention_groups`), for time and memory alike.
 
 - KV-cache knobs (:class:`perfmodel.knobs.Knobs`): the ops of every phase carry them as on one
   GPU (KV format, KV heads and layers, kept tokens, sparse attention, windows, hybrid stacks,
@@ -520,8 +522,9 @@ def check_attention_dp(model: ModelSpec, attention_dp: int, tp: int = 1, sp: int
     if sp > 1:
         raise ParallelConfigError(f"attention_dp={n} with sp={sp} is not modelled")
     if ep not in (1, n * tp):
+        alone = f"; ep={ep} alone runs {ep // tp} attention groups" if ep > tp and ep % tp == 0 else ""
         raise ParallelConfigError(f"with attention_dp={n} and tp={tp}, ep must be 1 (tensor-parallel MoE over the "
-                                  f"{n * tp} GPUs) or {n * tp} (expert-parallel MoE), got {ep}")
+                                  f"{n * tp} GPUs) or {n * tp} (expert-parallel MoE), got {ep}{alone}")
     return n
 
 
@@ -563,7 +566,7 @@ __all__ = [
     "attention_dp_moe",
     "check_attention_dp",
     "check_ep",
-    "ep_attention_ranks",
+    "attention_groups",
     "ep_moe_cost",
     "ops_cost",
     "check_pp",
@@ -741,16 +744,15 @@ def placement_moe(model: ModelSpec, gpu: GPU, profile: Profile, tokens: Any, pre
 
 
 def _forward(model, gpu, profile, phase, batch, q_len, kv_len, precision, tp, ep, topo, lm_head_rows=None,
-             expert_load=None, knobs=None, moe_placement=None, attention_dp=1):
-    """One pass on the busiest GPU: attention data-parallel over ``attention_dp`` groups (without it, over
-    ``ep // tp`` GPUs), experts over ``ep`` (or, with ``attention_dp`` and ``ep`` 1, tensor-parallel over
-    all ``attention_dp * tp`` GPUs between an all-gather and a reduce-scatter)."""
-    dp = attention_dp if attention_dp > 1 else ep_attention_ranks(tp, ep)
-    b_loc = _cdiv(batch, dp)
+             expert_load=None, knobs=None, moe_placement=None, groups=1):
+    """One pass on the busiest GPU: attention data-parallel over ``groups`` attention groups
+    (:func:`attention_groups`), experts over ``ep`` (or, with ``ep`` 1 and several groups, tensor-parallel
+    over all ``groups * tp`` GPUs between an all-gather and a reduce-scatter)."""
+    b_loc = _cdiv(batch, groups)
     ops = model_ops(model, phase, b_loc, q_len, kv_len, precision, tp, lm_head_rows, knobs)
-    if attention_dp > 1 and ep <= 1 and model.moe is not None:
+    if groups > 1 and ep <= 1 and model.moe is not None:
         rest = [t for t in ops if not t[0].startswith("moe.")]
-        block, gather = attention_dp_moe(model, gpu, profile, batch * q_len, attention_dp * tp, precision, topo)
+        block, gather = attention_dp_moe(model, gpu, profile, batch * q_len, groups * tp, precision, topo)
         n = model.num_moe_layers
         g_s = _a(gather.total_s) * n
         cost = _sum(rest, gpu, profile, topo) + (block + gather).scale(n)
@@ -763,10 +765,23 @@ def _forward(model, gpu, profile, phase, batch, q_len, kv_len, precision, tp, ep
     return _sum(rest, gpu, profile, topo) + moe, _coll_s(rest, gpu, profile, topo) + moe_comm, d
 
 
-def ep_attention_ranks(tp: int, ep: int) -> int:
-    """Data-parallel attention groups of ``tp`` GPUs under expert parallelism without ``attention_dp``:
-    ``max(1, ep // tp)``; each holds and attends to its own requests, the MoE layers run over all of them."""
-    return max(1, int(ep) // int(tp))
+def attention_groups(tp: int, ep: int = 1, attention_dp: int = 1, sp: int = 1) -> int:
+    """Data-parallel attention groups of one pipeline stage: ``attention_dp`` when given (> 1), else
+    ``max(1, ep // (tp * sp))``.
+
+    Each group of ``tp * sp`` GPUs runs attention and the dense layers for its own requests and holds only
+    their KV; the MoE layers span all the groups.  Expert parallelism wider than the attention group is
+    this layout: in vLLM the expert-parallel group of ``--enable-expert-parallel`` is ``tp x dp`` GPUs, one
+    engine with its own scheduler and KV cache per data-parallel rank
+    (``vllm/model_executor/layers/fused_moe/config.py``, ``FusedMoEParallelConfig.make``;
+    ``docs/serving/expert_parallel_deployment.md``); in SGLang, data-parallel attention gives each of
+    ``dp`` ranks an attention TP group of ``tp / dp`` GPUs (``python/sglang/srt/layers/dp_attention.py``).
+    The one rule for the phases' time (:func:`parallel_phases`), the memory budget
+    (:func:`parallel_memory`) and the simulator's replicas.
+    """
+    if attention_dp > 1:
+        return int(attention_dp)
+    return max(1, int(ep) // (int(tp) * int(sp)))
 
 
 def ep_moe_cost(model: ModelSpec, gpu: GPU, profile: Profile, tokens: Any, tokens_per_gpu: Any, ep: int,
@@ -813,10 +828,11 @@ def parallel_phases(
     most (:func:`placement_moe`), instead of the busiest GPU under contiguous experts.
 
     ``attention_dp`` (:func:`check_attention_dp`) runs attention data-parallel over that many groups of ``tp``
-    GPUs, each with its own requests; ``details`` then gives ``attention_dp``, the KV bytes one GPU holds for
-    its requests (``attention_dp_kv_bytes_per_rank``) and the MoE layers' all-gather and reduce-scatter time
-    (``attention_dp_comm_s``: ``prefill`` and ``decode_per_token``; 0 with expert parallelism, whose all-to-all
-    is in the communication time as without it).
+    GPUs, each with its own requests; ``ep`` wider than ``tp * sp`` does the same over ``ep // (tp * sp)``
+    groups (:func:`attention_groups`).  With several groups ``details`` gives their number (``attention_dp``),
+    the KV bytes one GPU holds for its group's requests (``attention_dp_kv_bytes_per_rank``) and the MoE
+    layers' all-gather and reduce-scatter time (``attention_dp_comm_s``: ``prefill`` and ``decode_per_token``;
+    0 with expert parallelism, whose all-to-all is in the communication time as without it).
     """
     from perfmodel.comm import place, resolve_topology
     from perfmodel.layers import lm_head_ops
@@ -831,6 +847,7 @@ def parallel_phases(
             raise ParallelConfigError("an MoE placement needs a mixture-of-experts model run with ep > 1")
         moe_placement.check(model.moe.num_experts, model.num_moe_layers, ep)
     world = group_world(tp, pp, sp, ep, attention_dp)
+    groups = attention_groups(tp, ep, attention_dp, sp)
     topo = resolve_topology(topology, gpu, world)
     place(topo, world)
     a = precision.activations.bytes_per_element
@@ -843,12 +860,13 @@ def parallel_phases(
         return collective_time(OpKind.SEND_RECV, tokens * model.hidden * a, 2, gpu, profile, topo)
 
     # prefill
-    if sp > 1:
-        s = sp_prefill(model, gpu, profile, context_len, sp, sp_kind, batch, precision, tp, topo, ring_overlap, knobs)
-        body, n = s.cost, 1
-        body_comm = s.comm_s + _coll_s(model_ops(model, Phase.PREFILL, batch, context_len / sp, context_len, precision,
+    if sp > 1:  # each SP group prefills its attention group's prompts
+        b_grp = _cdiv(batch, groups)
+        s = sp_prefill(model, gpu, profile, context_len, sp, sp_kind, b_grp, precision, tp, topo, ring_overlap, knobs)
+        body, n, dp_prefill_s = s.cost, 1, 0.0
+        body_comm = s.comm_s + _coll_s(model_ops(model, Phase.PREFILL, b_grp, context_len / sp, context_len, precision,
                                                  tp, lm_head_rows=0, knobs=knobs), gpu, profile, topo)
-        hop = p2p(batch * context_len / sp)
+        hop = p2p(b_grp * context_len / sp)
         details.update(sp_ulysses=s.ulysses, sp_ring=s.ring)
         if s.ring_steps is not None:
             ro = ring_overlap.overlap if isinstance(ring_overlap, RingStepModel) else float(ring_overlap)
@@ -859,8 +877,7 @@ def parallel_phases(
             ctx = _a(knobs.prefill_tokens(ctx))
         # the chunk is the token budget of one pass, shared by the prompts the pass holds (as on one
         # GPU, perfmodel.phases.prefill_cost): with data-parallel attention under EP, a rank's share
-        dp = attention_dp if attention_dp > 1 else ep_attention_ranks(tp, ep)
-        b_pass = _cdiv(batch, dp)
+        b_pass = _cdiv(batch, groups)
         if not chunk_tokens:
             n = 1
         elif np.ndim(ctx) or np.ndim(b_pass):
@@ -870,10 +887,10 @@ def parallel_phases(
         q = ctx / n
         body, body_comm, d = _forward(model, gpu, profile, Phase.PREFILL, batch, q, q * (n + 1) / 2.0, precision,
                                       tp, ep, topo, lm_head_rows=0, expert_load=expert_load, knobs=knobs,
-                                      moe_placement=moe_placement, attention_dp=attention_dp)
+                                      moe_placement=moe_placement, groups=groups)
         dp_prefill_s = d.pop("attention_dp_comm_s", 0.0) * n
         details.update(d)
-        body, body_comm, hop = body.scale(n), body_comm * n, p2p(batch * q)
+        body, body_comm, hop = body.scale(n), body_comm * n, p2p(b_pass * q)  # a group's tokens to its next stage
     # the pipeline's bubble share, as pipeline_time(stage, pp, n).bubble_fraction
     bubble = (pp - 1) / (n + pp - 1)
     prefill = body.scale((n + pp - 1) / (n * pp)) + hop.scale((n + pp - 1) if pp > 1 else 0) + head
@@ -881,7 +898,7 @@ def parallel_phases(
     details.update(pp_bubble_fraction_prefill=_a(bubble))
 
     # decode: KV sharded over the SP group, partial attention outputs combined by an all-reduce per layer
-    m = _min(_cdiv(batch, attention_dp if attention_dp > 1 else ep_attention_ranks(tp, ep)), pp)
+    m = _min(_cdiv(batch, groups), pp)
 
     # under SP each GPU holds 1/sp of a sequence's kept tokens (eviction decides them on the whole)
     shard_knobs = knobs
@@ -893,25 +910,25 @@ def parallel_phases(
             kv_len = knobs.kept_tokens(kv_len)
         f, c, d_dec = _forward(model, gpu, profile, Phase.DECODE, _cdiv(batch, m), 1, kv_len / sp, precision, tp, ep,
                                topo, expert_load=expert_load, knobs=shard_knobs, moe_placement=moe_placement,
-                               attention_dp=attention_dp)
+                               groups=groups)
         dp_comm.append(d_dec.get("attention_dp_comm_s", 0.0))
         if sp > 1:
             comb = collective_time(OpKind.ALL_REDUCE, _cdiv(batch, m) * model.q_heads // tp * model.head_dim * a,
                                    sp, gpu, profile, topo, stride=tp).scale(model.num_layers)
             f, c = f + comb, c + _a(comb.total_s)
         rounds = _max(m, pp) / pp
-        hop_d = p2p(_cdiv(batch, m))
+        hop_d = p2p(_cdiv(_cdiv(batch, m), groups))
         return f.scale(rounds) + hop_d.scale(_max(m, pp) if pp > 1 else 0), \
             c * rounds + _a(hop_d.total_s) * (_max(m, pp) if pp > 1 else 0)
 
     dp_comm: list = []
     dstep, dcomm = step(_a(context_len))
-    if attention_dp > 1:
+    if groups > 1:
         from perfmodel.phases import kv_cache_bytes_per_gpu
 
         rounds = _max(m, pp) / pp
-        details.update(attention_dp=attention_dp, attention_dp_kv_bytes_per_rank=kv_cache_bytes_per_gpu(
-            model, context_len, output_tokens, _cdiv(batch, attention_dp), precision, tp, knobs) / pp,
+        details.update(attention_dp=groups, attention_dp_kv_bytes_per_rank=kv_cache_bytes_per_gpu(
+            model, context_len, output_tokens, _cdiv(batch, groups), precision, tp, knobs) / (pp * sp),
             attention_dp_comm_s={"prefill": dp_prefill_s * (n + pp - 1) / (n * pp),
                                  "decode_per_token": _a(dp_comm[0]) * rounds})
     mean_step, _ = step(context_len + (output_tokens + 1) / 2.0)
@@ -931,8 +948,9 @@ def parallel_memory(mem, model: ModelSpec, precision: Precision, tp: int = 1, pp
                     attention_dp: int = 1):
     """A TP memory budget re-split for PP (layers, so weights and KV / pp), SP (KV / sp), EP
     (routed experts / ep instead of / tp) and data-parallel attention (routed experts over the
-    ``attention_dp * tp`` GPUs without EP; each GPU holds its own group's requests only, so the
-    instance holds ``attention_dp`` times the users one GPU's KV room takes)."""
+    ``attention_dp * tp`` GPUs without EP).  With several attention groups (:func:`attention_groups`:
+    ``attention_dp``, or ``ep // (tp * sp)`` under wider EP) each GPU holds its own group's requests only,
+    so the instance holds that many times the users one GPU's KV room takes (``dp_ranks``)."""
     if pp == sp == ep == attention_dp == 1:
         return mem
     wb = precision.weights.bytes_per_element
@@ -950,5 +968,6 @@ def parallel_memory(mem, model: ModelSpec, precision: Precision, tp: int = 1, pp
 
     free = mem.capacity_bytes - weights - mem.activation_bytes - mem.reserve_bytes - shared
     out = dataclasses.replace(mem, weight_bytes=weights, kv_bytes_per_token=kv_tok, kv_bytes_per_user=kv_user,
-                              free_for_kv_bytes=free, shared_kv_bytes=shared, dp_ranks=attention_dp)
+                              free_for_kv_bytes=free, shared_kv_bytes=shared,
+                              dp_ranks=attention_groups(tp, ep, attention_dp, sp))
     return dataclasses.replace(out, max_concurrency=max_users(out))

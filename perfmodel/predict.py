@@ -21,6 +21,31 @@ def predict_cost(op: "Op | dict", gpu: "str | GPU", mode: "Mode | str" = Mode.CA
 
     An attention op's own ``impl`` wins; ``attention_impl`` prices the attention of ops that name none
     (default ``sdpa``).
+
+    Parameters
+    ----------
+    op : Op or dict
+        An op of :mod:`perfmodel.ops` or its descriptor (``docs/ops.md``).
+    gpu : str or GPU
+        The accelerator.
+    mode : Mode or str
+        ``calibrated`` (default) or ``peak``.
+    profile : Profile, str or None
+        An explicit profile (object or path); None: the GPU's.
+    attention_impl : str or None
+        The attention implementation for ops that name none.
+    launch : str or None
+        ``graph`` (default) or ``eager``.
+
+    Returns
+    -------
+    OpCost
+        Compute, memory, latency and communication seconds, FLOPs, bytes and the bound.
+
+    Raises
+    ------
+    OpDescriptorError
+        For a descriptor the schema refuses.
     """
     g = load_gpu(gpu)
     o = op_from_dict(op) if isinstance(op, dict) else op
@@ -30,7 +55,18 @@ def predict_cost(op: "Op | dict", gpu: "str | GPU", mode: "Mode | str" = Mode.CA
 def predict(op: "Op | dict", gpu: "str | GPU", mode: "Mode | str" = Mode.CALIBRATED,
             profile: "Profile | str | None" = None, attention_impl: str | None = None,
             launch: str | None = None) -> float:
-    """Predicted seconds for one op on ``gpu`` (calibrated by default; ``launch`` graph or eager)."""
+    """Predicted seconds for one op on ``gpu`` (calibrated by default; ``launch`` graph or eager).
+
+    Parameters
+    ----------
+    op, gpu, mode, profile, attention_impl, launch
+        As in :func:`predict_cost`.
+
+    Returns
+    -------
+    float, seconds
+        The op's predicted time (``predict_cost(...).total_s``).
+    """
     return float(predict_cost(op, gpu, mode, profile, attention_impl, launch).total_s)
 
 
@@ -67,7 +103,22 @@ def _predicted(rec: dict[str, Any], g: GPU, prof: Profile, where: str) -> dict[s
 def predict_file(in_path: "str | Path", out_path: "str | Path", gpu: "str | GPU",
                  mode: "Mode | str" = Mode.CALIBRATED, profile: "Profile | str | None" = None,
                  attention_impl: str | None = None, launch: str | None = None) -> int:
-    """Read op descriptors (JSONL), write them back with ``predicted_s``; returns the count."""
+    """Read op descriptors (JSONL), write them back with ``predicted_s``; returns the count.
+
+    Parameters
+    ----------
+    in_path : str or Path
+        JSONL file, one op descriptor per line.
+    out_path : str or Path
+        JSONL file written: each descriptor with ``predicted_s`` (seconds).
+    gpu, mode, profile, attention_impl, launch
+        As in :func:`predict_cost`.
+
+    Returns
+    -------
+    int
+        The number of ops predicted.
+    """
     in_path = Path(in_path)
     g = load_gpu(gpu)
     prof = resolve_profile(g, Mode(mode), profile, attention_impl, launch)

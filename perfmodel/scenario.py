@@ -96,7 +96,9 @@ class Layout:
         GPUs, else the smallest shipped system that holds them).
     attention_dp : int
         Data-parallel attention groups of ``tp`` GPUs, each serving its own requests, with the MoE layers over
-        all of them (:func:`perfmodel.parallel.check_attention_dp`; DeepSeek's serving layout).
+        all of them (:func:`perfmodel.parallel.check_attention_dp`; DeepSeek's serving layout).  With 1 and
+        ``ep`` wider than ``tp * sp``, the layout has ``ep // (tp * sp)`` such groups all the same
+        (:attr:`attention_groups`); a value above 1 with ``ep`` > 1 must be ``ep / tp``.
     """
 
     tp: int = 1
@@ -111,6 +113,13 @@ class Layout:
     def multi(self) -> bool:
         """Priced by :mod:`perfmodel.parallel` (beyond one TP group on the default node)."""
         return self.pp > 1 or self.sp > 1 or self.ep > 1 or self.attention_dp > 1 or bool(self.topology)
+
+    @property
+    def attention_groups(self) -> int:
+        """Data-parallel attention groups per pipeline stage (:func:`perfmodel.parallel.attention_groups`)."""
+        from perfmodel.parallel import attention_groups
+
+        return attention_groups(self.tp, self.ep, self.attention_dp, self.sp)
 
     @property
     def world(self) -> int:
@@ -289,6 +298,21 @@ class Scenario:
         ``context_len`` the longest (the decode and memory are those of that padded shape); it needs one TP
         group and no knobs.
         Raises the typed errors of :mod:`perfmodel.errors`.
+
+        Parameters
+        ----------
+        model, gpu, context_len, output_tokens, batch, tp, mode, weight_dtype, kv_dtype, activation_dtype,
+        chunk_tokens, reserve_fraction, profile, knobs, pp, sp, sp_kind, ep, topology, attention_impl, launch,
+        attention_dp
+            As in :func:`perfmodel.analyze` (tokens, requests, GPUs, fraction of HBM).
+        layout : Layout or None
+            The parallel layout, in place of the degree keywords.
+
+        Returns
+        -------
+        Scenario
+            Frozen and checked; accepted by :func:`perfmodel.analyze`, :func:`perfmodel.sweep` and
+            :meth:`perfmodel.serving.Deployment.from_scenario`.
         """
         from perfmodel.hw.loader import load_gpu
         from perfmodel.calibration import resolve_profile
@@ -334,7 +358,24 @@ class Scenario:
                    moe_placement=placement, batch_lengths=lengths)
 
     def replace(self, **changes: Any) -> "Scenario":
-        """A copy with ``changes`` (any :meth:`make` argument), checked again."""
+        """A copy with ``changes`` (any :meth:`make` argument), checked again.
+
+        Parameters
+        ----------
+        **changes
+            :meth:`make` arguments to change; a layout field (``tp``, ``pp``, ``sp``, ...) replaces the
+            layout's.
+
+        Returns
+        -------
+        Scenario
+            The new scenario.
+
+        Raises
+        ------
+        PerfModelError
+            The typed errors of :meth:`make` when the changed scenario is invalid.
+        """
         kw = self.make_kwargs()
         kw.update(changes)
         if any(k in changes for k in ("tp", "pp", "sp", "sp_kind", "ep", "topology", "attention_dp")):
@@ -342,7 +383,13 @@ class Scenario:
         return Scenario.make(**kw)
 
     def make_kwargs(self) -> dict[str, Any]:
-        """The :meth:`make` arguments that rebuild this scenario."""
+        """The :meth:`make` arguments that rebuild this scenario.
+
+        Returns
+        -------
+        dict of str to Any
+            Keyword arguments of :meth:`make`.
+        """
         return dict(model=self.model, gpu=self.gpu, context_len=self.context_len, output_tokens=self.output_tokens,
                     batch=self.batch, layout=self.layout, mode=self.mode, weight_dtype=self.precision.weights.value,
                     kv_dtype=self.raw_kv_dtype, activation_dtype=self.precision.activations.value,

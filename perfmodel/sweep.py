@@ -205,7 +205,9 @@ def sweep(
     ``pp``, ``sp`` (``sp_kind``), ``ep``, ``attention_dp`` (MoE models: attention data-parallel over
     that many groups of ``tp`` GPUs, :func:`perfmodel.parallel.check_attention_dp`) and ``topology``
     price every point on that multi-GPU layout, as :func:`perfmodel.analyze` does (the layout's
-    columns ``pp``, ``sp``, ``sp_kind``, ``ep``, ``attention_dp`` and ``world`` are added); the knobs
+    columns ``pp``, ``sp``, ``sp_kind``, ``ep``, ``attention_dp`` and ``world`` are added, ``attention_dp``
+    as analyze reports it: the attention groups, ``ep // (tp * sp)`` under wider EP,
+    :func:`perfmodel.parallel.attention_groups`); the knobs
     a layout does not model are refused by name (:func:`perfmodel.parallel.check_knobs`).
 
     ``attention_impl`` (``sdpa`` default, ``flash2``, ``triton``) picks the attention kernel's curves, as
@@ -219,6 +221,35 @@ def sweep(
     result is estimated first (:func:`sweep_size`: points x columns x 8 bytes); beyond
     it :class:`~perfmodel.errors.TooLargeError` names the point count and the bytes,
     before anything is evaluated.  :func:`iter_sweep` yields the same rows in chunks.
+
+    Parameters
+    ----------
+    model : str, ModelSpec or Scenario
+        A model name or spec, or a checked scenario whose values fill the axes not given.
+    gpu : str or GPU, optional
+        The accelerator (not read when ``model`` is a scenario).
+    context_len, output_tokens : int or iterable of int, tokens
+        Axes of prompt lengths and generated tokens.
+    batch : int or iterable of int, requests
+        Axis of batch sizes.
+    tp : int or iterable of int, GPUs
+        Axis of tensor-parallel degrees.
+    mode, weight_dtype, kv_dtype, activation_dtype, chunk_tokens, reserve_fraction, profile
+        As in :func:`perfmodel.analyze`.
+    max_bytes : float, bytes
+        Largest result to build.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per point; times in seconds (``*_s``), sizes in bytes (``*_bytes``), ``fits``.
+
+    Raises
+    ------
+    TooLargeError
+        When the estimated result exceeds ``max_bytes``.
+    InvalidInputError
+        For a value that no scenario accepts (:func:`perfmodel.scenario.validate_scenario`).
     """
     from perfmodel.scenario import Scenario
 
@@ -441,9 +472,11 @@ def _evaluate_range(m, g, prof, ctx_ax, b_ax, out_ax, i0, i1, prec, t, chunk_tok
     head = _head_columns(m, g, prof, ctx, out, b, t)
     n = ctx.size
     if lay is not None:
+        from perfmodel.parallel import attention_groups
+
         head = {**{k: v for k, v in head.items() if k in ("model", "gpu", "tp")},
                 "pp": lay["pp"], "sp": lay["sp"], "sp_kind": _const(lay["sp_kind"], n), "ep": lay["ep"],
-                "attention_dp": lay["attention_dp"],
+                "attention_dp": attention_groups(t, lay["ep"], lay["attention_dp"], lay["sp"]),
                 "world": np.full(n, world, dtype=np.int64),
                 **{k: v for k, v in head.items() if k not in ("model", "gpu", "tp")}}
     return {**head, **cols}

@@ -109,7 +109,7 @@ def _options(args):
     return SolverOptions(args.solver, args.time_limit, args.gap, deadline=args.t0 + args.time_limit)
 
 
-def _bandwidths(system: str) -> tuple[float, float]:
+def system_bandwidths(system: str) -> tuple[float, float]:
     from perfmodel.hw.loader import load_system
     from perfmodel.hw.spec import Cluster
 
@@ -139,7 +139,7 @@ def _cmd_moe(args) -> int:
         sources = f"synthetic affinity {args.synthetic_affinity:g}"
     if args.tie_search and aff is None:
         raise PlannerError("--tie-search needs inter-layer affinity (a trace, --affinity or --synthetic-affinity > 0)")
-    intra, inter = _bandwidths(args.system)
+    intra, inter = system_bandwidths(args.system)
     problem = MoEProblem(loads, args.gpus, args.slots_per_gpu, args.nodes, aff, intra, inter, transitions)
     if args.hidden < 1 or args.activation_bytes < 1:
         raise PlannerError("--hidden and --activation-bytes must be positive")

@@ -201,11 +201,15 @@ def layer_routes(problem: MoEProblem, placements, topo, profile, bytes_per_token
 def add_route_times(out: dict, problem: MoEProblem, placements, topo, profile, bytes_per_token: float,
                     sources: str = "even") -> dict:
     """Add the all-to-all seconds of the plan and of every baseline to ``plan.to_dict()``'s ``out`` (new keys
-    only); the plan's layers also get their ``loads`` (copies per expert) and ``traffic`` (token copies from
-    GPU to GPU), which ``analyze --moe-placement`` reads.  ``sources`` names the token-source model."""
+    only).  The plan's layers also get their ``loads`` (copies per expert) and ``traffic`` (token copies from
+    GPU to GPU), which ``analyze --moe-placement`` reads; every baseline's layers get their ``placement`` and
+    ``loads``, and their ``traffic`` when tokens do not sit evenly (with even sources ``analyze`` derives the
+    same matrix from the placement), so ``--moe-placement plan.json:NAME`` prices baseline ``NAME`` under
+    the same loads and token sources.  ``sources`` names the token-source model."""
     from perfmodel.jsonout import jsonable
 
     keys = ("all_to_all_s", "all_to_all_bound_s", "all_to_all_cross_node_bytes")
+    uneven = problem.transitions is not None or problem.affinity is not None
 
     def put(layers_out: list[dict], total: dict, rows: list[dict], keep_traffic: bool) -> None:
         for d, r in zip(layers_out, rows):
@@ -220,8 +224,11 @@ def add_route_times(out: dict, problem: MoEProblem, placements, topo, profile, b
     base = [mb.baselines(problem.loads[l], problem.gpus, problem.slots_per_gpu, problem.nodes)
             for l in range(problem.num_layers)]
     for name, b in out["baselines"].items():
-        put(b["layers"], b["total"], layer_routes(problem, [base[l][name] for l in range(problem.num_layers)],
-                                                  topo, profile, bytes_per_token), False)
+        chosen = [base[l][name] for l in range(problem.num_layers)]
+        put(b["layers"], b["total"], layer_routes(problem, chosen, topo, profile, bytes_per_token), uneven)
+        for d, p, w in zip(b["layers"], chosen, problem.loads):
+            d["placement"] = [list(g) for g in p]
+            d["loads"] = jsonable(w)
     out["all_to_all"] = {"topology": topo.name, "gpus_per_node": topo.gpus_per_node, "nodes": topo.num_nodes,
                          "bytes_per_token": bytes_per_token, "token_sources": sources,
                          "rule": "dispatch + combine, from the GPU-to-GPU traffic matrix over the system's links"}

@@ -15,13 +15,13 @@ Writes a log-log plot per GPU and, with ``--readme``, the table into ``validatio
 
 from __future__ import annotations
 
+import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import typer
 
 from perfmodel.hw.loader import load_gpu
 from perfmodel.calibration import OpClass, peak_profile
@@ -33,9 +33,6 @@ from perfmodel.validation.records import RecordError, class_key, read_records, s
 DATA_DIR = Path(__file__).resolve().parent / "data"
 GPUS = ("h100-sxm-80gb", "h200-sxm-141gb")
 START, END = "<!-- report:start -->", "<!-- report:end -->"
-
-app = typer.Typer(add_completion=False, help=__doc__)
-
 
 @dataclass(frozen=True)
 class Score:
@@ -269,14 +266,28 @@ def replace_section(readme: Path, body: str) -> None:
     readme.write_text(text)
 
 
-@app.command()
-def main(
-    data: Path = typer.Option(DATA_DIR, help="folder with <gpu>.jsonl record files"),
-    out: Path = typer.Option(Path("validation/report"), help="folder for the PNG plots"),
-    readme: Path = typer.Option(None, help="write the table into this README between report markers"),
-    no_plot: bool = typer.Option(False, "--no-plot", help="skip the PNG plots"),
-    no_coverage: bool = typer.Option(False, "--no-coverage", help="skip the error-band coverage (reads <gpu>.cv.jsonl)"),
-) -> None:
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m perfmodel.validation.report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=DATA_DIR,
+                   help="folder with <gpu>.jsonl record files (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=Path("validation/report"),
+                   help="folder for the PNG plots (default: %(default)s)")
+    p.add_argument("--readme", type=Path, default=None,
+                   help="write the table into this README between report markers")
+    p.add_argument("--no-plot", action="store_true", help="skip the PNG plots")
+    p.add_argument("--no-coverage", action="store_true",
+                   help="skip the error-band coverage (reads <gpu>.cv.jsonl)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Fit on some shape families, score the others, print the table; the exit status (2 on bad input)."""
+    a = _parser().parse_args(argv)
+    return _report(data=a.data, out=a.out, readme=a.readme, no_plot=a.no_plot, no_coverage=a.no_coverage)
+
+
+def _report(*, data: Path, out: Path, readme: Path | None, no_plot: bool, no_coverage: bool) -> int:
     """Fit on some shape families, score the others, print the table."""
     from rich.console import Console
 
@@ -314,14 +325,15 @@ def main(
                 _table(console, f"cross-GPU: {src} profile carried to {dst}'s held-out records", t.transferred)
     except (RecordError, ValueError) as exc:
         console.print(f"error: {exc}")
-        raise typer.Exit(2)
+        return 2
     if not reports:
         console.print(f"error: no record files for {', '.join(GPUS)} in {data}")
-        raise typer.Exit(2)
+        return 2
     if readme is not None:
         replace_section(readme, markdown(reports, cross))
         console.print(f"table written to {readme}")
+    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(app())
+    sys.exit(main())

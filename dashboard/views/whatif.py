@@ -90,7 +90,7 @@ if result is not None:
     st.altair_chart(charts.memory_bar(mem, labels.get(gpu, gpu)), width="stretch")
     st.caption(
         f"weights {fmt_gib(mem['weight_bytes'])} · KV cache {fmt_gib(mem['kv_bytes'])} "
-        f"({int(batch)} × {fmt_gib(mem['kv_bytes_per_user'])}) · activations {fmt_gib(mem['activation_bytes'])} · "
+        f"({mem['users_per_gpu']} × {fmt_gib(mem['kv_bytes_per_user'])}) · activations {fmt_gib(mem['activation_bytes'])} · "
         f"reserve {fmt_gib(mem['reserve_bytes'])} · free {fmt_gib(max(mem['free_bytes'], 0.0))} "
         f"of {fmt_gib(mem['capacity_bytes'])} usable"
     )

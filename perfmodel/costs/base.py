@@ -139,7 +139,18 @@ class OpCost:
         return self.__add__(other)
 
     def scale(self, factor: Any) -> OpCost:
-        """The cost of ``factor`` identical ops run one after another."""
+        """The cost of ``factor`` identical ops run one after another.
+
+        Parameters
+        ----------
+        factor : float or numpy.ndarray
+            How many times the op runs (an array prices several counts at once).
+
+        Returns
+        -------
+        OpCost
+            Every time (seconds), FLOP and byte count multiplied by ``factor``; the bound is kept.
+        """
         return OpCost(
             compute_s=self.compute_s * factor,
             memory_s=self.memory_s * factor,

@@ -82,7 +82,25 @@ def _ep_phases(dep: Deployment, context_len, output_tokens, batch):
 
 
 def analytic_bounds(dep: Deployment, requests: Requests) -> AnalyticBounds:
-    """Bounds for ``requests`` (their lengths; arrival times are not used) on ``dep``."""
+    """Bounds for ``requests`` (their lengths; arrival times are not used) on ``dep``.
+
+    Parameters
+    ----------
+    dep : Deployment
+        What serves the requests.
+    requests : Requests
+        The requests; only their prompt and output lengths (tokens) are used.
+
+    Returns
+    -------
+    AnalyticBounds
+        Per-request latency floors (seconds) and throughput ceilings.
+
+    Raises
+    ------
+    KnobError
+        When a knob does not fit the shortest prompt (:meth:`Deployment.check_knobs`).
+    """
     p = requests.prompt_len.astype(np.float64)
     o = requests.output_len.astype(np.float64)
     dep.check_knobs(int(requests.prompt_len.min()))

@@ -134,7 +134,26 @@ class Deployment:
         """Build from names; ``kw`` are the other fields (enums may be given as strings, ``knobs`` a Knobs).
         ``attention_impl`` (``sdpa`` default, ``flash2``, ``triton``) picks the attention kernel's curves.
         ``engine`` (a name of ``hw/data/engines`` or an :class:`Engine`) adds its overheads and gives the
-        token budget, ``max_num_seqs`` and the reserve that ``kw`` leaves unset."""
+        token budget, ``max_num_seqs`` and the reserve that ``kw`` leaves unset.
+
+        Parameters
+        ----------
+        model : str or ModelSpec
+        gpu : str or GPU
+        mode : Mode or str
+            ``calibrated`` (default) or ``peak``.
+        weight_dtype, kv_dtype : str or None
+            Precisions; None: the model's.
+        attention_impl, launch : str or None
+            As in :func:`perfmodel.analyze`.
+        **kw
+            Other fields: ``tp``, ``pp``, ``replicas`` (GPUs and replicas), ``token_budget`` (tokens),
+            ``block_tokens`` (tokens per KV block), ``kv_policy``, ``engine``, ``knobs`` ...
+
+        Returns
+        -------
+        Deployment
+        """
         eng = load_engine(kw.pop("engine", None))
         if eng is not None:
             kw.setdefault("token_budget", eng.max_num_batched_tokens)
@@ -162,12 +181,33 @@ class Deployment:
         """The deployment of a checked :class:`perfmodel.scenario.Scenario`: its model, GPU, profile,
         precision, knobs, ``tp`` and ``pp``, and its ``chunk_tokens`` as the token budget; ``kw`` are the
         serving fields (``replicas``, ``max_num_seqs``, ``kv_policy`` ...).  Its workload is not read: the
-        simulator takes requests.  ``ep`` and the MoE placement are kept; a layout with ``sp``,
-        ``attention_dp`` or a topology is refused (the simulator models TP, PP and EP replicas)."""
+        simulator takes requests.  ``ep`` and the MoE placement are kept; ``attention_dp`` is kept when it is
+        the layout ``ep`` gives alone (``ep = attention_dp * tp``: :func:`perfmodel.parallel.attention_groups`);
+        a layout with ``sp``, a topology or tensor-parallel MoE under data-parallel attention (``ep`` 1) is
+        refused (the simulator models TP, PP and EP replicas).
+
+        Parameters
+        ----------
+        scenario : Scenario
+            A checked scenario of one TP/PP/EP layout.
+        **kw
+            Serving fields, as in :meth:`make`.
+
+        Returns
+        -------
+        Deployment
+
+        Raises
+        ------
+        InvalidInputError
+            For a layout with ``sp``, a topology, or ``attention_dp`` other than ``ep // tp``.
+        """
         lay = scenario.layout
-        if lay.sp > 1 or lay.topology or lay.attention_dp > 1:
-            raise InvalidInputError("the simulator models tp, pp and ep per replica; this scenario's layout has "
-                                    f"sp={lay.sp}, attention_dp={lay.attention_dp}, topology={lay.topology}")
+        dp_alone = lay.attention_dp == 1 or lay.ep == lay.attention_dp * lay.tp
+        if lay.sp > 1 or lay.topology or not dp_alone:
+            raise InvalidInputError("the simulator models tp, pp and ep per replica (data-parallel attention as "
+                                    f"ep = attention_dp * tp); this scenario's layout has sp={lay.sp}, "
+                                    f"ep={lay.ep}, attention_dp={lay.attention_dp}, topology={lay.topology}")
         if "kv_policy" in kw:
             kw["kv_policy"] = _enum(KvPolicy, kw["kv_policy"], "kv_policy")
         if "router" in kw:
@@ -237,10 +277,11 @@ class Deployment:
 
     @property
     def attention_ranks(self) -> int:
-        """Data-parallel attention groups of ``tp`` GPUs in a replica (``ep // tp`` under EP, else 1)."""
-        from perfmodel.parallel import ep_attention_ranks
+        """Data-parallel attention groups of ``tp`` GPUs in a replica (``ep // tp`` under EP, else 1:
+        :func:`perfmodel.parallel.attention_groups`)."""
+        from perfmodel.parallel import attention_groups
 
-        return ep_attention_ranks(self.tp, self.ep) if self.ep > 1 else 1
+        return attention_groups(self.tp, self.ep)
 
     @property
     def kv_model(self) -> ModelSpec:
@@ -253,7 +294,18 @@ class Deployment:
         return apply_knobs(self.precision, self.knobs)
 
     def kept_tokens(self, tokens: int) -> int:
-        """Tokens whose KV a sequence of ``tokens`` tokens keeps (knobs, then the model's window)."""
+        """Tokens whose KV a sequence of ``tokens`` tokens keeps (knobs, then the model's window).
+
+        Parameters
+        ----------
+        tokens : int
+            The sequence's length, tokens.
+
+        Returns
+        -------
+        int
+            Tokens of KV kept.
+        """
         return self.kept_tokens_fn()(tokens)
 
     def kept_tokens_fn(self) -> Callable[[int], int]:
@@ -261,6 +313,11 @@ class Deployment:
 
         A model whose layers mix sliding-window and global attention keeps, per sequence, the
         layer-average of the two (rounded up), so KV bytes stay ``per-token bytes x kept tokens``.
+
+        Returns
+        -------
+        callable of int to int
+            Sequence length (tokens) to tokens of KV kept.
         """
         m = self.kv_model
         if 0 < m.num_sliding_layers < m.num_layers:
@@ -290,7 +347,18 @@ class Deployment:
         return kept
 
     def check_knobs(self, shortest_prompt: int) -> None:
-        """Raise :class:`KnobError` when a knob does not fit the shortest prompt (a window longer than it)."""
+        """Raise :class:`KnobError` when a knob does not fit the shortest prompt (a window longer than it).
+
+        Parameters
+        ----------
+        shortest_prompt : int
+            The shortest prompt of the workload, tokens.
+
+        Raises
+        ------
+        KnobError
+            When a knob needs a longer context than ``shortest_prompt``.
+        """
         if self.knobs is not None:
             self.knobs.check(self.kv_model, context_len=int(shortest_prompt))
 
@@ -307,6 +375,13 @@ class Deployment:
         return self.engine.profile_for(prof) if self.engine is not None else prof
 
     def describe(self) -> str:
+        """One line: model, replicas x (GPU, tp, pp, ep), knobs and engine.
+
+        Returns
+        -------
+        str
+            The description.
+        """
         ep = f" ep={self.ep}" if self.ep > 1 else ""
         placed = " (MoE placement)" if self.moe_placement is not None else ""
         s = f"{self.model.name} on {self.replicas}x({self.gpu.name} tp={self.tp} pp={self.pp}{ep}){placed}"
@@ -372,19 +447,52 @@ class ReplicaMemory:
         return math.ceil(self.state_bytes_per_gpu / self.block_bytes_per_gpu)
 
     def own_tokens(self, kv_tokens: int) -> int:
-        """Tokens of a sequence's KV that are its own: all but the shared prefix (stored once per replica)."""
+        """Tokens of a sequence's KV that are its own: all but the shared prefix (stored once per replica).
+
+        Parameters
+        ----------
+        kv_tokens : int
+            The sequence's tokens of KV, shared prefix included.
+
+        Returns
+        -------
+        int
+            Tokens of its own (never negative).
+        """
         return max(int(kv_tokens) - self.prefix_tokens, 0)
 
     def blocks_for(self, kv_tokens: int) -> int:
         """Blocks one sequence of ``kv_tokens`` tokens of KV reserves: its own KV (not the shared prefix),
-        plus its recurrent state (a state-space stack: its state alone, at any length)."""
+        plus its recurrent state (a state-space stack: its state alone, at any length).
+
+        Parameters
+        ----------
+        kv_tokens : int
+            The sequence's tokens of KV, shared prefix included.
+
+        Returns
+        -------
+        int
+            KV blocks (each ``block_tokens`` tokens) plus state blocks.
+        """
         if self.kv_bytes_per_token_per_gpu <= 0:
             return self.state_blocks
         return -(-self.own_tokens(kv_tokens) // self.block_tokens) + self.state_blocks
 
     def swap_bytes_per_gpu(self, kv_tokens: int) -> float:
         """Bytes one GPU moves to swap one sequence: its own KV blocks and its recurrent state (the shared
-        prefix stays)."""
+        prefix stays).
+
+        Parameters
+        ----------
+        kv_tokens : int
+            The sequence's tokens of KV, shared prefix included.
+
+        Returns
+        -------
+        float, bytes
+            Bytes moved per GPU, each way.
+        """
         return -(-self.own_tokens(kv_tokens) // self.block_tokens) * self.block_tokens \
             * self.kv_bytes_per_token_per_gpu + self.state_bytes_per_gpu
 
@@ -414,6 +522,23 @@ def replica_memory(dep: Deployment, cached_prefix_tokens: tuple[int, ...] = ()) 
     ``cache_blocks``).  Under expert parallelism the routed experts split over ``ep`` GPUs instead of
     ``tp`` (:func:`perfmodel.parallel.parallel_memory`) and each of the ``ep // tp`` attention groups
     holds its own requests' KV.
+
+    Parameters
+    ----------
+    dep : Deployment
+        The deployment.
+    cached_prefix_tokens : tuple of int, optional
+        Tokens of each prefix the workload caches in HBM.
+
+    Returns
+    -------
+    ReplicaMemory
+        The block pool per GPU (block size in bytes and tokens, blocks for KV, the prefix and the cache).
+
+    Raises
+    ------
+    DoesNotFitError
+        When the weights and workspace leave no room for one sequence's KV.
     """
     m, prec, k = dep.kv_model, dep.kv_precision, dep.knobs
     # where the KV lives (tiers, pool) is all the budget needs here: the model and precision already carry

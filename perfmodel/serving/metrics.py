@@ -114,6 +114,28 @@ class SimResult:
 
     @classmethod
     def collect(cls, dep, mem, reqs, table, replicas, wall_s: float) -> SimResult:
+        """The result of a finished simulation, from its replicas' logs (``wall_s``: host seconds it ran).
+
+        Parameters
+        ----------
+        dep : Deployment
+            The simulated deployment.
+        mem : ReplicaMemory
+            Each replica's memory (block size in bytes, capacity in blocks).
+        reqs : Requests
+            The simulated requests.
+        table
+            The per-request times (arrival, first token and finish, seconds), preemptions and replica.
+        replicas : sequence
+            The finished replicas, with their iteration logs and swap bytes.
+        wall_s : float, seconds
+            Host time the simulation took.
+
+        Returns
+        -------
+        SimResult
+            The result.
+        """
         rows = [row for rep in replicas for row in rep.log]
         rows.sort(key=lambda r: (r[1], r[0]))
         return cls(
@@ -158,7 +180,18 @@ class SimResult:
         return float(self.output_len.sum() / span) if span > 0 else float("inf")
 
     def meets(self, slo: Slo) -> np.ndarray:
-        """Per request: True where every target of ``slo`` is met."""
+        """Per request: True where every target of ``slo`` is met.
+
+        Parameters
+        ----------
+        slo : Slo
+            The targets (seconds).
+
+        Returns
+        -------
+        numpy.ndarray of bool
+            One entry per request.
+        """
         ok = np.ones(self.arrival_s.shape, dtype=bool)
         if slo.ttft_s is not None:
             ok &= self.ttft_s <= slo.ttft_s
@@ -168,7 +201,19 @@ class SimResult:
         return ok
 
     def slo_report(self, slo: Slo) -> dict[str, Any]:
-        """Each target's achieved percentile, and by how much it is missed (ratio > 1: missed)."""
+        """Each target's achieved percentile, and by how much it is missed (ratio > 1: missed).
+
+        Parameters
+        ----------
+        slo : Slo
+            The targets (seconds) and their percentiles.
+
+        Returns
+        -------
+        dict of str to dict
+            Per target (``ttft``, ``tpot``): ``percentile``, ``target_s`` and ``achieved_s`` (seconds),
+            ``ratio`` and ``met``.
+        """
         out: dict[str, Any] = {}
         for name, target, pct, vals in (("ttft", slo.ttft_s, slo.ttft_pct, self.ttft_s),
                                         ("tpot", slo.tpot_s, slo.tpot_pct, self.tpot_s)):
@@ -181,14 +226,47 @@ class SimResult:
         return out
 
     def meets_slo(self, slo: Slo) -> bool:
+        """Whether every target of ``slo`` is met (:meth:`slo_report`).
+
+        Parameters
+        ----------
+        slo : Slo
+            The targets (seconds) and their percentiles.
+
+        Returns
+        -------
+        bool
+            True when every target is met at its percentile.
+        """
         return all(v["met"] for v in self.slo_report(slo).values())
 
     def goodput_requests_per_s(self, slo: Slo) -> float:
+        """Requests that meet ``slo`` per second of the makespan, requests/s.
+
+        Parameters
+        ----------
+        slo : Slo
+            The targets (seconds).
+
+        Returns
+        -------
+        float, requests/s
+            Goodput; infinite when the makespan is 0.
+        """
         span = self.makespan_s
         return float(self.meets(slo).sum() / span) if span > 0 else float("inf")
 
     # -- tables -----------------------------------------------------------------------------
     def requests_frame(self) -> pd.DataFrame:
+        """One row per request: arrival, first-token and finish times and latencies (seconds), lengths
+        (tokens).
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns ``arrival_s``, ``prompt_len``, ``output_len``, ``replica``, ``first_token_s``, ``finish_s``,
+            ``ttft_s``, ``tpot_s``, ``e2e_s``, ``preemptions`` (and the prefix columns with prefixes).
+        """
         return pd.DataFrame({
             "arrival_s": self.arrival_s, "prompt_len": self.prompt_len, "output_len": self.output_len,
             "replica": self.replica, "first_token_s": self.first_token_s, "finish_s": self.finish_s,
@@ -197,13 +275,33 @@ class SimResult:
                                                   "cached_tokens": self.cached_tokens}))
 
     def timeline_frame(self) -> pd.DataFrame:
-        """One row per iteration; ``kv_bytes_per_gpu`` is the HBM the KV cache occupies then."""
+        """One row per iteration; ``kv_bytes_per_gpu`` is the HBM the KV cache occupies then.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns of :data:`TIMELINE_COLUMNS` (times in seconds, swap in bytes), ``kv_bytes_per_gpu`` and
+            ``kv_occupancy`` (fraction of the capacity).
+        """
         df = pd.DataFrame(self.timeline_rows, columns=list(TIMELINE_COLUMNS))
         df["kv_bytes_per_gpu"] = df["kv_blocks_used"] * self.kv_bytes_per_block_per_gpu
         df["kv_occupancy"] = df["kv_blocks_used"] / max(self.capacity_blocks, 1)
         return df
 
     def summary(self, slo: Slo | None = None) -> dict[str, Any]:
+        """The ``--json`` summary: TTFT, TPOT and E2E percentiles (seconds), throughput (tokens/s and
+        requests/s), peak concurrency, swap bytes; with ``slo``, goodput and the targets met.
+
+        Parameters
+        ----------
+        slo : Slo, optional
+            Targets (seconds) whose goodput and report are added.
+
+        Returns
+        -------
+        dict of str to Any
+            The summary; names carry their units.
+        """
         out = {
             "deployment": self.deployment.describe(),
             "completed": int(np.isfinite(self.finish_s).sum()),
@@ -233,7 +331,14 @@ class SimResult:
 
     def prefix_report(self) -> dict[str, Any]:
         """Cached prefixes: requests that open with one, hits, the hit share, prompt tokens served from the
-        cache (prefill they skipped), loads from host or SSD with their bytes and seconds."""
+        cache (prefill they skipped), loads from host or SSD with their bytes and seconds.
+
+        Returns
+        -------
+        dict of str to Any
+            ``requests_with_prefix``, ``hits``, ``hit_rate`` (``None`` without prefixed requests),
+            ``cached_prompt_tokens``, ``loads``, ``load_bytes`` (bytes) and ``load_s`` (seconds).
+        """
         with_prefix = int((self.prefix_id >= 0).sum())
         hits = int(self.prefix_hit.sum())
         return {
@@ -258,7 +363,13 @@ class SimResult:
 
         TTFT, TPOT and end-to-end (``e2el``) are per request (mean, median, p90, p99 over the requests;
         TPOT over those with two or more output tokens); ITL is per output token after the first.
-        Throughputs are over the benchmark's duration, from the first send to the last finish."""
+        Throughputs are over the benchmark's duration, from the first send to the last finish.
+
+        Returns
+        -------
+        dict of str to float or int or None
+            Metric name to value; ``None`` where a metric is undefined (e.g. no time has passed).
+        """
         out: dict[str, float | int | None] = {}
         for name, attr in ENGINE_METRICS:
             if attr is None:
@@ -281,7 +392,15 @@ class SimResult:
         return out
 
     def write(self, requests_path: str | None = None, timeline_path: str | None = None) -> None:
-        """Write the tables as CSV, or Parquet for a ``.parquet`` path."""
+        """Write the tables as CSV, or Parquet for a ``.parquet`` path.
+
+        Parameters
+        ----------
+        requests_path : str, optional
+            Where to write :meth:`requests_frame`; not written when empty.
+        timeline_path : str, optional
+            Where to write :meth:`timeline_frame`; not written when empty.
+        """
         for path, frame in ((requests_path, self.requests_frame), (timeline_path, self.timeline_frame)):
             if path:
                 from perfmodel.tables import write_table

@@ -63,9 +63,20 @@ def parallel_map(fn: Callable[[Any], Any], items: Iterable[Any], backend: Backen
 
     Parameters
     ----------
+    fn : callable
+        The function, applied to each item (a Ray task must be able to pickle it).
+    items : iterable
+        The inputs.
+    backend : Backend or str, default ``auto``
+        ``auto``, ``ray`` or ``local``.
     num_cpus : int, optional
         CPUs of a local Ray instance started here (default: all); ignored
         when joining ``RAY_ADDRESS`` or an instance already running.
+
+    Returns
+    -------
+    list
+        ``fn(x)`` for each item, in the items' order.
     """
     items = list(items)
     b = resolve_backend(backend)

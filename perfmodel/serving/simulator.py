@@ -28,7 +28,22 @@ ProgressFn = Callable[[int, int], None]
 
 def build_timer(dep: Deployment, max_kv_tokens: int, mem=None) -> IterationTimer:
     """Tables for ``dep`` covering sequences up to ``max_kv_tokens`` tokens (``mem``: the replica's memory,
-    by default :func:`replica_memory` of ``dep``)."""
+    by default :func:`replica_memory` of ``dep``).
+
+    Parameters
+    ----------
+    dep : Deployment
+        The deployment.
+    max_kv_tokens : int
+        The longest sequence the tables cover, tokens.
+    mem : ReplicaMemory, optional
+        The replica's memory; default: :func:`replica_memory` of ``dep``.
+
+    Returns
+    -------
+    IterationTimer
+        Iteration-time tables (seconds) up to ``max_kv_tokens`` tokens and the largest batch that fits.
+    """
     mem = replica_memory(dep) if mem is None else mem
     min_blocks = mem.blocks_for(1)
     max_batch = max(1, min(dep.max_num_seqs, mem.capacity_blocks // max(min_blocks, 1)))
@@ -47,6 +62,28 @@ def simulate(dep: Deployment, requests: Requests | Workload, record_timeline: bo
 
     The deployment's knobs (``dep.knobs``) shape the KV and the costs; see
     ``docs/serving.md``.
+
+    Parameters
+    ----------
+    dep : Deployment
+        Model, GPU, parallelism, replicas and scheduler settings.
+    requests : Requests or Workload
+        The requests (arrival times in seconds, prompt and output lengths in tokens), or a workload
+        that generates them.
+    record_timeline : bool
+        Keep the per-iteration timeline (``SimResult.timeline_frame``).
+    progress : callable or None
+        Called as ``progress(completed, total)`` (requests) as the simulation advances.
+    timer : IterationTimer or None
+        A prebuilt iteration timer for ``dep`` (reused across simulations).
+    max_concurrency : int or None, requests
+        Closed-loop client: at most this many requests in flight.
+
+    Returns
+    -------
+    SimResult
+        Per-request times (seconds), the timeline, notes; ``summary()`` gives TTFT, TPOT and E2E
+        percentiles (seconds), throughput (tokens/s) and goodput (requests/s).
 
     Raises
     ------

@@ -34,7 +34,22 @@ def trace_events(result: SimResult, max_events: int | None = None) -> list[dict]
 
 
 def write_trace_json(result: SimResult, path: str | Path, max_events: int | None = None) -> int:
-    """Write the trace; returns the number of iterations written."""
+    """Write the trace; returns the number of iterations written.
+
+    Parameters
+    ----------
+    result : SimResult
+        The simulation.
+    path : str or Path
+        The output file (Chrome trace JSON).
+    max_events : int, optional
+        Write only the first ``max_events`` iterations; default: all.
+
+    Returns
+    -------
+    int
+        Iterations written.
+    """
     ev = trace_events(result, max_events)
     Path(path).write_text(json.dumps({"traceEvents": ev, "displayTimeUnit": "ms"}))
     return sum(1 for e in ev if e["ph"] == "X")

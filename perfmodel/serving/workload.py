@@ -87,7 +87,25 @@ class LengthDist:
 
     @classmethod
     def parse(cls, text: str | int, name: str = "length") -> LengthDist:
-        """``2048``, ``lognormal:MEAN:SIGMA[:CAP]``, ``uniform:LOW:HIGH`` or ``random:LEN:RATIO``."""
+        """``2048``, ``lognormal:MEAN:SIGMA[:CAP]``, ``uniform:LOW:HIGH`` or ``random:LEN:RATIO``.
+
+        Parameters
+        ----------
+        text : str or int
+            The description (lengths in tokens).
+        name : str, default ``length``
+            What the lengths are, named in error messages.
+
+        Returns
+        -------
+        LengthDist
+            The distribution.
+
+        Raises
+        ------
+        InvalidInputError
+            When ``text`` is malformed or its values are out of range.
+        """
         s = str(text).strip().lower()
         parts = s.split(":")
         usage = f"{name}: expected N, lognormal:MEAN:SIGMA[:CAP], uniform:LOW:HIGH or random:LEN:RATIO, got {text!r}"
@@ -132,6 +150,19 @@ class LengthDist:
         return self.a if self.kind is not LengthKind.UNIFORM else (self.a + self.b) / 2.0
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """``n`` lengths drawn from the distribution with ``rng``.
+
+        Parameters
+        ----------
+        n : int
+            How many lengths to draw.
+        rng : numpy.random.Generator
+            The random stream.
+
+        Returns
+        -------
+        numpy.ndarray of int64, tokens
+        """
         if self.kind is LengthKind.FIXED:
             return np.full(n, int(self.a), dtype=np.int64)
         if self.kind is LengthKind.RANDOM:
@@ -237,7 +268,13 @@ class Requests:
         return int(self.arrival_s.shape[0])
 
     def cached_tokens(self) -> np.ndarray:
-        """Per request: the prompt tokens whose KV the cache holds (its prefix on a hit, else 0)."""
+        """Per request: the prompt tokens whose KV the cache holds (its prefix on a hit, else 0).
+
+        Returns
+        -------
+        numpy.ndarray of int64, tokens
+            One entry per request.
+        """
         if not self.prefixes:
             return np.zeros(len(self), dtype=np.int64)
         tokens = np.array([p.tokens for p in self.prefixes] + [0], dtype=np.int64)
@@ -245,6 +282,32 @@ class Requests:
 
     @classmethod
     def of(cls, arrival_s, prompt_len, output_len, prefixes=(), prefix_id=None, prefix_hit=None) -> Requests:
+        """Requests from per-request arrays, checked.
+
+        Parameters
+        ----------
+        arrival_s : array_like of float, seconds
+            Arrival times.
+        prompt_len, output_len : array_like of int, tokens
+            Prompt and output lengths, one per request.
+        prefixes : sequence of CachedPrefix, optional
+            Cached prefixes the requests may open with.
+        prefix_id : array_like of int, optional
+            Per request: the index of its prefix, -1 for none (default: none).
+        prefix_hit : array_like of bool, optional
+            Per request: whether its prefix is found in the cache (default: no).
+
+        Returns
+        -------
+        Requests
+            The requests, sorted by arrival.
+
+        Raises
+        ------
+        InvalidInputError
+            When the arrays differ in length, are empty, a prefix index is out of range, a prompt is not
+            longer than its prefix, a length is not an integer >= 1, or an arrival is negative or not finite.
+        """
         arr = np.asarray(arrival_s, dtype=np.float64).ravel()
         p = np.asarray(prompt_len).ravel()
         o = np.asarray(output_len).ravel()
@@ -300,6 +363,14 @@ class Workload:
         object.__setattr__(self, "prefixes", check_prefixes(self.prefixes))
 
     def generate(self) -> Requests:
+        """The requests: Poisson arrivals (seconds, the first at 0; all at 0 for an infinite rate) and
+        lengths (tokens) drawn with the workload's seed.
+
+        Returns
+        -------
+        Requests
+            The generated requests (with their prefixes and hits when the workload has prefixes).
+        """
         rng = np.random.default_rng(self.seed)
         n = int(self.n_requests)
         if math.isinf(self.arrival_rate_per_s):
@@ -387,7 +458,23 @@ def _rows_csv(path: str, text: str):
 
 
 def read_trace(path: str | Path) -> Requests:
-    """Read a JSONL (``.jsonl``/``.json``) or CSV trace; see the module docstring for the format."""
+    """Read a JSONL (``.jsonl``/``.json``) or CSV trace; see the module docstring for the format.
+
+    Parameters
+    ----------
+    path : str or Path
+        The trace file.
+
+    Returns
+    -------
+    Requests
+        The requests (arrival in seconds, lengths in tokens).
+
+    Raises
+    ------
+    TraceFormatError
+        When the file cannot be read, a field is missing or invalid, or it holds no requests.
+    """
     p = Path(path)
     try:
         text = p.read_text()
@@ -405,7 +492,15 @@ def read_trace(path: str | Path) -> Requests:
 
 
 def write_trace(path: str | Path, requests: Requests) -> None:
-    """Write ``requests`` as JSONL (or CSV for a ``.csv`` path)."""
+    """Write ``requests`` as JSONL (or CSV for a ``.csv`` path).
+
+    Parameters
+    ----------
+    path : str or Path
+        The output file.
+    requests : Requests
+        The requests (arrival in seconds, lengths in tokens).
+    """
     p = Path(path)
     with p.open("w") as f:
         if p.suffix.lower() == ".csv":

@@ -69,6 +69,16 @@ def test_analysis_view_is_the_api_result_plus_memory_terms():
     assert mem["kv_bytes"] == pytest.approx(3 * mem["kv_bytes_per_user"])
 
 
+def test_memory_view_holds_one_attention_groups_users_per_gpu():
+    view = common.analysis_view("mixtral-8x7b", "h100-sxm-80gb", 20_000, 250, 10, 1, "peak", "bf16", "bf16",
+                                extra=(("ep", 4),))
+    mem = view["memory_per_gpu"]
+    assert view["attention_dp"] == 4 and mem["users_per_gpu"] == 3  # ceil(10 / 4)
+    assert mem["kv_bytes"] == pytest.approx(view["parallel"]["attention_dp_kv_bytes_per_rank"], rel=1e-12)
+    parts = mem["weight_bytes"] + mem["kv_bytes"] + mem["activation_bytes"] + mem["reserve_bytes"] + mem["free_bytes"]
+    assert parts == pytest.approx(mem["capacity_bytes"], rel=1e-12)
+
+
 def test_roofline_points_are_consistent_with_op_costs():
     rl = common.roofline_view("llama-3-8b", "h100-sxm-80gb", "decode", 32_000, 1, 1, "peak", "bf16", "bf16")
     ops = rl["ops"]

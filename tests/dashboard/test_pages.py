@@ -254,6 +254,7 @@ validation_landed = pytest.mark.skipif(
     reason="validation records not in this tree")
 
 
+@pytest.mark.slow
 @validation_landed
 def test_validation_page_reproduces_the_report_table():
     from perfmodel.validation.records import read_records

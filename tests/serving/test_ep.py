@@ -77,7 +77,7 @@ def test_from_scenario_keeps_ep_and_placement():
     dep = Deployment.from_scenario(scn)
     assert dep.ep == 4 and dep.moe_placement == scn.moe_placement
     with pytest.raises(InvalidInputError, match="attention_dp"):
-        Deployment.from_scenario(Scenario.make("deepseek-v2", GPU, layout=Layout(tp=1, ep=8, attention_dp=8)))
+        Deployment.from_scenario(Scenario.make("deepseek-v2", GPU, layout=Layout(tp=1, ep=1, attention_dp=8)))
 
 
 @pytest.mark.parametrize("kw,match", [

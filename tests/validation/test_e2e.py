@@ -17,6 +17,7 @@ from perfmodel.validation.e2e_model import E2EModel  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_dry_run_writes_records_with_every_key(tmp_path):
     assert e2e.main(["--dry-run", "--out", str(tmp_path)]) == 0
     recs = [json.loads(line) for line in (tmp_path / "e2e_cpu.jsonl").read_text().splitlines()]

@@ -36,6 +36,7 @@ def test_records_win_over_names_only_runs_and_tables_list_split_shapes():
     assert err["one kernel"][1] == pytest.approx(0.2) and err["unknown"] == (1, 0.0, 0.0)
 
 
+@pytest.mark.slow
 def test_cli_on_committed_records(capsys):
     assert main(["--gpu", "h200-sxm-141gb"]) == 0
     out = capsys.readouterr().out

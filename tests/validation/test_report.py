@@ -3,9 +3,9 @@
 from pathlib import Path
 
 import numpy as np
-from typer.testing import CliRunner
+import pytest
 
-from perfmodel.validation.report import START, END, Score, app, replace_section, scores
+from perfmodel.validation.report import START, END, Score, main, replace_section, scores
 
 DATA = Path(__file__).resolve().parents[2] / "validation" / "data"
 
@@ -28,9 +28,10 @@ def test_replace_section_is_idempotent(tmp_path):
     assert text.count(START) == 1 and "table two" in text and "table one" not in text and "intro" in text
 
 
-def test_report_on_committed_records(tmp_path):
+@pytest.mark.slow
+def test_report_on_committed_records(tmp_path, invoke):
     readme = tmp_path / "README.md"
-    res = CliRunner().invoke(app, ["--data", str(DATA), "--readme", str(readme), "--no-plot"])
+    res = invoke(main, ["--data", str(DATA), "--readme", str(readme), "--no-plot"])
     assert res.exit_code == 0, res.output
     text = readme.read_text()
     for gpu in ("h100-sxm-80gb", "h200-sxm-141gb"):
@@ -46,7 +47,7 @@ def test_report_on_committed_records(tmp_path):
         assert "| class: attention_decode |" in section and "| regime: latency |" in section  # per class and regime
 
 
-def test_report_refuses_records_of_another_gpu(tmp_path):
+def test_report_refuses_records_of_another_gpu(tmp_path, invoke):
     (tmp_path / "h100-sxm-80gb.jsonl").write_text((DATA / "h200-sxm-141gb.jsonl").read_text())
-    res = CliRunner().invoke(app, ["--data", str(tmp_path), "--no-plot"])
+    res = invoke(main, ["--data", str(tmp_path), "--no-plot"])
     assert res.exit_code == 2 and "not 'h100-sxm-80gb'" in res.output
