@@ -162,7 +162,24 @@ class Profile:
     def band_cells(self, op_class: OpClass, keys: tuple[str, ...], regimes: tuple[str, ...],
                    sizes: tuple[str, ...]) -> tuple[tuple[float, float], ...]:
         """:meth:`band_of` of every (regime, size class) cell, regimes outer: looked up once per profile, class and
-        keys (a sweep prices the same ops chunk after chunk)."""
+        keys (a sweep prices the same ops chunk after chunk).
+
+        Parameters
+        ----------
+        op_class : OpClass
+            The op class of the band rows.
+        keys : tuple of str
+            Band keys to try, most specific first (as :meth:`band_of` takes them).
+        regimes : tuple of str
+            Regimes (compute, memory, latency bound) of the cells.
+        sizes : tuple of str
+            Size classes (of the predicted time) of the cells.
+
+        Returns
+        -------
+        tuple of (float, float)
+            ``(q10, q90)`` of log(predicted / measured) per cell, ``len(regimes) * len(sizes)`` of them.
+        """
         key = (op_class, keys, regimes, sizes)
         cells = self._band_memo.get(key)
         if cells is None:
