@@ -22,7 +22,7 @@ import numpy as np
 from perfmodel.hw.spec import GPU, Dtype
 from perfmodel.costs.attention_decode import (SplitRule, triton_decode_block_n, triton_decode_pieces,
                                               triton_decode_terms, triton_general_decode)
-from perfmodel.costs.base import Bound, CurveParams, OpClass, OpCost, roofline, unit_waves_s, waves
+from perfmodel.costs.base import Bound, RooflineParams, OpClass, OpCost, roofline, unit_waves_s, waves
 from perfmodel.errors import ProfileError
 from perfmodel.ops import Attention, AttentionImpl, Phase, bytes_moved, flops, window_keys
 from perfmodel.ops import padded as ops_padded
@@ -51,7 +51,7 @@ def curve_key(op_class: OpClass, impl: AttentionImpl) -> str:
 
 
 @dataclass(frozen=True)
-class AttentionParams(CurveParams):
+class AttentionParams(RooflineParams):
     """Achieved-fraction curve of one attention implementation in one phase.
 
     The roofline (``compute_eff`` ... ``tail_memory_eff``) as :class:`perfmodel.costs.gemm.GemmParams`;
@@ -104,15 +104,6 @@ class AttentionParams(CurveParams):
         (:func:`perfmodel.decode_schedule.merge_loads`; 0: free)
     """
 
-    compute_eff: float = 1.0
-    memory_eff: float = 1.0
-    latency_s: float = 0.0
-    overlap: float = 1.0
-    ramp_flops: float = 0.0
-    ramp_bytes: float = 0.0
-    bandwidth_bytes_per_s: float = 0.0
-    knee_bytes: float = 0.0
-    tail_memory_eff: float = 0.0
     tile_m: int = 0
     wave_quant: float = 1.0
     tile_overhead_s: float = 0.0

@@ -250,6 +250,22 @@ class CurveParams:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if k in have})
 
 
+@dataclass(frozen=True)
+class RooflineParams(CurveParams):
+    """The roofline fields every memory- or compute-bound class shares (attention, grouped GEMM, copies,
+    elementwise): achieved fractions of the peak FLOP/s and bandwidth, a fixed latency, their overlap, the
+    ramps to full efficiency, the path's bandwidth, and the knee beyond which a tail efficiency applies.
+    Each subclass documents them with its own fields."""
+
+    compute_eff: float = 1.0
+    memory_eff: float = 1.0
+    latency_s: float = 0.0
+    overlap: float = 1.0
+    ramp_flops: float = 0.0
+    ramp_bytes: float = 0.0
+    bandwidth_bytes_per_s: float = 0.0
+    knee_bytes: float = 0.0
+    tail_memory_eff: float = 0.0
 # ---- the roofline and its occupancy terms -----------------------------------------------------------------
 
 def ramp(x: Any, half: float) -> Any:

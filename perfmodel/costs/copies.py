@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from perfmodel.hw.spec import GPU
-from perfmodel.costs.base import Bound, CurveParams, OpClass, OpCost, roofline
+from perfmodel.costs.base import Bound, RooflineParams, OpClass, OpCost, roofline
 from perfmodel.errors import OpDescriptorError
 from perfmodel.ops import Memcpy, MemLocation, bytes_moved
 
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class CopyParams(CurveParams):
+class CopyParams(RooflineParams):
     """Achieved-fraction curve of one copy direction (``memcpy_d2d``, ``memcpy_h2d``, ...).
 
     Attributes
@@ -33,15 +33,6 @@ class CopyParams(CurveParams):
     tail_memory_eff : float, memory efficiency of the bytes beyond ``knee_bytes`` (0: ``memory_eff``)
     """
 
-    compute_eff: float = 1.0
-    memory_eff: float = 1.0
-    latency_s: float = 0.0
-    overlap: float = 1.0
-    ramp_flops: float = 0.0
-    ramp_bytes: float = 0.0
-    bandwidth_bytes_per_s: float = 0.0
-    knee_bytes: float = 0.0
-    tail_memory_eff: float = 0.0
 
 
 _MEMCPY_CLASS = {

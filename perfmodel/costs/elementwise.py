@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from perfmodel.hw.spec import GPU, Dtype
-from perfmodel.costs.base import Bound, CurveParams, OpCost, roofline, unit_waves_s
+from perfmodel.costs.base import Bound, RooflineParams, OpCost, roofline, unit_waves_s
 from perfmodel.ops import Elementwise, bytes_moved, flops
 
 if TYPE_CHECKING:
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class ElementwiseParams(CurveParams):
+class ElementwiseParams(RooflineParams):
     """Achieved-fraction curve of the ``elementwise`` class or of one named kernel (``rmsnorm``, ...).
 
     Attributes
@@ -49,15 +49,6 @@ class ElementwiseParams(CurveParams):
         the HBM bandwidth (above 1: L2) (0: ``memory_eff``)
     """
 
-    compute_eff: float = 1.0
-    memory_eff: float = 1.0
-    latency_s: float = 0.0
-    overlap: float = 1.0
-    ramp_flops: float = 0.0
-    ramp_bytes: float = 0.0
-    bandwidth_bytes_per_s: float = 0.0
-    knee_bytes: float = 0.0
-    tail_memory_eff: float = 0.0
     wave_quant: float = 1.0
     units_per_sm: float = 0.0
     unit_overhead_s: float = 0.0

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from perfmodel.hw.spec import GPU
-from perfmodel.costs.base import Bound, CurveParams, Mode, OpClass, OpCost, roofline
+from perfmodel.costs.base import Bound, RooflineParams, Mode, OpClass, OpCost, roofline
 from perfmodel.ops import GroupedGemm, bytes_moved, flops
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class GroupedGemmParams(CurveParams):
+class GroupedGemmParams(RooflineParams):
     """Achieved-fraction curve of the ``grouped_gemm`` class: the roofline fields (as
     :class:`perfmodel.costs.gemm.GemmParams`) and the kernel's M tile.
 
@@ -47,15 +47,6 @@ class GroupedGemmParams(CurveParams):
     tile_m : int, rows of one program; each group's rows are padded to whole tiles (0: no padding)
     """
 
-    compute_eff: float = 1.0
-    memory_eff: float = 1.0
-    latency_s: float = 0.0
-    overlap: float = 1.0
-    ramp_flops: float = 0.0
-    ramp_bytes: float = 0.0
-    bandwidth_bytes_per_s: float = 0.0
-    knee_bytes: float = 0.0
-    tail_memory_eff: float = 0.0
     tile_m: int = 0
 
 
