@@ -13,6 +13,8 @@ The attention kernels take head sizes 16 to 256, a value head of its own size, a
 fp8 e4m3 KV cache with float32 scales.
 * :func:`gather_kv_blocks`, :func:`scatter_kv_blocks` -- KV block moves for swapping
 * :func:`rope_qkv_cache` -- RoPE on the new queries and keys with the KV append, in one kernel
+* :func:`moe_align` -- a MoE layer's token-expert pairs sorted by expert, by counting
+* :func:`moe_combine` -- a MoE layer's expert outputs weighted, summed and put back in token order
 
 Each kernel module also exposes ``flops(op)`` and ``bytes_moved(op)`` for op descriptors of the
 analytical core's schema; plain PyTorch references live in :mod:`perfmodel.kernels.reference`.
@@ -25,6 +27,7 @@ from .attention_decode_paged import attention_decode_paged
 from .attention_prefill import attention_prefill
 from .kv_blocks import gather_kv_blocks, scatter_kv_blocks
 from .matmul import matmul
+from .moe import moe_align, moe_combine
 from .rope import rope_qkv_cache
 
 __all__ = [
@@ -37,6 +40,8 @@ __all__ = [
     "attention_prefill",
     "gather_kv_blocks",
     "matmul",
+    "moe_align",
+    "moe_combine",
     "rope_qkv_cache",
     "scatter_kv_blocks",
 ]

@@ -4,8 +4,9 @@
 projection ``qkv [B, n, Hq + 2 Hkv, D]`` of ``n`` new tokens at positions ``pos .. pos+n-1``,
 rotates the query and key heads (rotate-half RoPE with the tables ``cos, sin [max_len, D]``),
 writes the rotated keys and the values into the caches ``[B, Hkv, max_len, D]`` at those
-positions, and returns the rotated queries as ``[B, Hq, n, D]`` (contiguous, the layout attention
-reads). One program per (token, head); the model prices it as the ``rope`` and ``kv_append`` ops of
+positions, and returns the rotated queries as a ``[B, Hq, n, D]`` view of token-major storage
+``[B, n, Hq, D]``: the layout engines keep, so attention writes its output token-major and the output
+projection reads it without a copy. One program per (token, head); the model prices it as the ``rope`` and ``kv_append`` ops of
 :func:`perfmodel.layers.model_ops`.
 """
 
@@ -44,7 +45,7 @@ def _rope_cache_kernel(QKV, COS, SIN, Q, KC, VC, n, pos0, max_len,
         y1 = x1 * c1 - x2 * s1
         y2 = x2 * c2 + x1 * s2
         if head < HQ:
-            dst = Q + ((b * HQ + head) * n + t) * D
+            dst = Q + (row * HQ + head) * D
         else:
             dst = KC + ((b * HKV + head - HQ) * max_len + pos0 + t) * D
     else:
@@ -57,7 +58,7 @@ def _rope_cache_kernel(QKV, COS, SIN, Q, KC, VC, n, pos0, max_len,
 
 def rope_qkv_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor,
                    v_cache: torch.Tensor, pos: int, q_heads: int, kv_heads: int) -> torch.Tensor:
-    """Rotated queries ``[B, Hq, n, D]``; rotated keys and the values written into the caches.
+    """Rotated queries ``[B, Hq, n, D]`` (a transposed view of ``[B, n, Hq, D]``); rotated keys and the values written into the caches.
 
     Parameters
     ----------
@@ -90,9 +91,9 @@ def rope_qkv_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_ca
                                f"and tables ({cos.shape[0]})")
     if not (qkv.is_contiguous() and k_cache.is_contiguous() and v_cache.is_contiguous()):
         raise KernelInputError("qkv, k_cache and v_cache must be contiguous")
-    q = torch.empty((b, q_heads, n, d), device=qkv.device, dtype=qkv.dtype)
+    q = torch.empty((b, n, q_heads, d), device=qkv.device, dtype=qkv.dtype)
     if b * n == 0:
-        return q
+        return q.transpose(1, 2)
     _rope_cache_kernel[(b * n, heads)](qkv, cos, sin, q, k_cache, v_cache, n, pos, max_len,
                                        HQ=q_heads, HKV=kv_heads, D=d, HALF=triton.next_power_of_2(d // 2))
-    return q
+    return q.transpose(1, 2)

@@ -113,6 +113,9 @@ class Profile:
     #: Where each op class's curve comes from (``measured``, ``transferred from <gpu>``, ``datasheet``;
     #: :mod:`perfmodel.transfer`); a class not listed: :meth:`provenance_of` infers it.
     provenance: Mapping[OpClass, str] = field(default_factory=lambda: MappingProxyType({}))
+    #: Where an attention implementation's curve comes from when it is not this GPU's own measurement
+    #: (``transferred from <gpu>``, :func:`perfmodel.transfer.with_transferred_gaps`); keyed by (class, impl).
+    impl_provenance: Mapping[tuple[OpClass, AttentionImpl], str] = field(default_factory=lambda: MappingProxyType({}))
     #: The measured GPU this whole profile was carried from (:func:`perfmodel.transfer.transfer_profile`); empty: own.
     transferred_from: str = ""
     #: Error bands (``docs/calibration.md``, "Error bands"): ``{"measured" | "transferred" | "datasheet": {key:
@@ -214,6 +217,11 @@ class Profile:
         """
         if self.mode is Mode.PEAK:
             return "datasheet"
+        if op_class in ATTENTION_CLASSES and self.impl_provenance:
+            phase = Phase.PREFILL if op_class is OpClass.ATTENTION_PREFILL else Phase.DECODE
+            label = self.impl_provenance.get((op_class, (self.attention_impl or DEFAULT_ATTENTION_IMPL).curve(phase)))
+            if label is not None:
+                return label
         if op_class in self.provenance:
             label = self.provenance[op_class]
         elif (self.attention_impls(op_class) if op_class in ATTENTION_CLASSES else op_class in self.classes):
@@ -771,9 +779,11 @@ def _resolve(gpu: GPU, mode: Mode | str, profile: Profile | str | Path | None) -
             a is b for a, b in zip(done[1], shipped)):
         return done[2]  # the same GPU and the same shipped profiles: the same result
     if gpu.name in measured and measured[gpu.name][0] == gpu:
-        out = transfer.with_transferred_collectives(measured[gpu.name][1], gpu, measured)
+        own = transfer.with_transferred_gaps(measured[gpu.name][1], gpu, measured)
+        out = transfer.with_transferred_collectives(own, gpu, measured)
     elif shipped_profile_path(gpu).exists():  # a shipped profile of a GPU changed by what-if overrides
-        return transfer.with_transferred_collectives(load_profile_file(shipped_profile_path(gpu), gpu), gpu, measured)
+        own = transfer.with_transferred_gaps(load_profile_file(shipped_profile_path(gpu), gpu), gpu, measured)
+        return transfer.with_transferred_collectives(own, gpu, measured)
     else:
         src = transfer.choose_source(gpu, [g for g, _ in measured.values()])
         if src is None:

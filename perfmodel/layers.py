@@ -402,6 +402,41 @@ def _grouped_mlp(prefix: str, rows, groups, h: int, inter: int, kind: MlpKind, p
     ]
 
 
+#: bytes of one int64 index (expert ids, pair order, token of a pair)
+_INDEX_BYTES = 8
+
+
+def moe_routing_ops(tokens, num_experts: int, top_k: int, hidden: int, act_bytes: int) -> dict[str, Elementwise]:
+    """The routing steps of a MoE layer around its grouped GEMMs, as named elementwise kernels.
+
+    ``tokens`` tokens, each routed to ``top_k`` of ``num_experts`` experts (``P = tokens * top_k``
+    token-expert pairs), over a residual stream of ``hidden`` values of ``act_bytes`` bytes:
+
+    * ``moe_route``: top-k of the router logits ``[T, E]`` and a softmax over the k kept;
+    * ``moe_align``: the pairs sorted by expert by counting (a per-expert count, a prefix sum, a slot
+      per pair from an atomic cursor: four launches; reads the ``P`` int64 ids twice, writes the token
+      of each sorted pair and the slot of each pair);
+    * ``moe_permute``: the ``P`` rows of the residual stream gathered in sorted order;
+    * ``moe_combine``: each token's ``k`` expert output rows weighted, summed and written back in
+      token order (one read of every pair row, one write of every token row).
+
+    Their curves come from the profile's named elementwise kernels of the same names (measured as
+    :mod:`perfmodel.validation` runs them), else from the elementwise class curve.  Engines that fold
+    the gather and the un-permute into their grouped GEMMs (vLLM's ``fused_moe``) save the
+    ``moe_permute`` bytes and part of ``moe_combine``'s.
+    """
+    a = act_bytes
+    pairs = tokens * top_k
+    return {
+        "route": Elementwise("moe_route", bytes=tokens * num_experts * a + pairs * (3 * a + _INDEX_BYTES),
+                             flops=5 * tokens * num_experts),
+        "align": Elementwise("moe_align", bytes=4 * pairs * _INDEX_BYTES + 12 * num_experts),
+        "permute": Elementwise("moe_permute", bytes=2 * pairs * hidden * a + pairs * _INDEX_BYTES),
+        "combine": Elementwise("moe_combine", bytes=(pairs + tokens) * hidden * a + pairs * (a + _INDEX_BYTES),
+                               flops=2 * pairs * hidden),
+    }
+
+
 def experts_touched(tokens, num_experts: int, top_k: int):
     """Expected distinct experts hit by ``tokens`` tokens routed uniformly at random to ``top_k`` of them."""
     t = np.asarray(tokens, dtype=np.float64)
@@ -422,18 +457,24 @@ def _moe_block(model: ModelSpec, tokens, prec: Precision, tp: int) -> OpList:
     """MoE feed-forward with experts sharded by TP and uniform routing.
 
     The routed experts run as serving engines run them (vLLM ``fused_moe``, SGLang, TensorRT-LLM):
-    the token-expert pairs sorted by expert, one grouped GEMM per projection over the touched
-    experts (:func:`_grouped_mlp`), not one GEMM per expert.
+    the token-expert pairs routed and sorted by expert, one grouped GEMM per projection over the
+    touched experts (:func:`_grouped_mlp`), not one GEMM per expert, and the weighted sum back in
+    token order (:func:`moe_routing_ops`).
     """
     m = model.moe
     a = prec.activations.bytes_per_element
     h = model.hidden
     touched = experts_touched(tokens, m.num_experts, m.top_k)
+    route = moe_routing_ops(tokens, m.num_experts, m.top_k, h, a)
     ops: OpList = [
         _norm("post_norm", tokens, h, a),
         ("router", Gemm(tokens, m.num_experts, h, prec.math, prec.weights), 1),
+        ("route", route["route"], 1),
+        ("align", route["align"], 1),
+        ("permute", route["permute"], 1),
     ]
     ops += _grouped_mlp("expert_", tokens * m.top_k, touched, h, m.expert_intermediate // tp, model.mlp, prec)
+    ops += [("combine", route["combine"], 1)]
     if m.shared_experts:
         ops += _mlp("shared_", tokens, h, m.shared_experts * m.shared_intermediate // tp, model.mlp, prec)
     ops += _all_reduce("mlp_all_reduce", tokens, h, prec, tp)

@@ -57,6 +57,7 @@ from types import MappingProxyType
 
 from perfmodel.hw.spec import GPU, Dtype, LinkKind
 from perfmodel.calibration import ATTENTION_CLASSES, Mode, OpClass, Profile
+from perfmodel.ops import DEFAULT_ATTENTION_IMPL
 from perfmodel.costs.base import CurveParams
 from perfmodel.costs.collectives import COLLECTIVE_CLASSES
 
@@ -196,6 +197,50 @@ def transfer_profile(source: Profile, source_gpu: GPU, target: GPU) -> Profile:
     )
     prov = {c: label if _has_curve(out, c) else ProvenanceKind.DATASHEET.value for c in OpClass}
     return dataclasses.replace(out, provenance=MappingProxyType(prov))
+
+
+def with_transferred_gaps(profile: Profile, gpu: GPU, measured: Mapping[str, tuple[GPU, Profile]]) -> Profile:
+    """``profile`` (measured on ``gpu``) with the curves it lacks carried from a measured GPU of the same vendor.
+
+    The source is :func:`choose_source` among the other measured GPUs of ``gpu``'s vendor.  Carried
+    (:func:`carry_params`), each only where ``profile`` has none of its own: op classes other than
+    the collectives (:func:`with_transferred_collectives` takes those by link kind), attention
+    implementations per attention class (e.g. ``sdpa`` for a GPU measured with ``flash2`` only),
+    and named elementwise kernels.  A carried class says ``transferred from <gpu>`` in
+    ``provenance``, a carried implementation in ``impl_provenance``.  Unchanged without a source.
+    """
+    src = choose_source(gpu, [g for g, _ in measured.values() if g.vendor == gpu.vendor])
+    if src is None:
+        return profile
+    sp = measured[src.name][1]
+    label = provenance_label(ProvenanceKind.TRANSFERRED, src.name)
+    classes, prov = dict(profile.classes), dict(profile.provenance)
+    impls, impl_prov = dict(profile.implementations), dict(profile.impl_provenance)
+    for c, p in sp.classes.items():
+        if c in classes or c in COLLECTIVE_CLASSES:
+            continue
+        if c in ATTENTION_CLASSES:  # a class's own curve is its default implementation's (``sdpa``)
+            if (c, DEFAULT_ATTENTION_IMPL) not in impls:
+                classes[c] = carry_params(p, c, src, gpu)
+                impl_prov[(c, DEFAULT_ATTENTION_IMPL)] = label
+            continue
+        classes[c] = carry_params(p, c, src, gpu)
+        prov[c] = label
+    for (c, impl), p in sp.implementations.items():
+        if (c, impl) not in impls:
+            impls[(c, impl)] = carry_params(p, c, src, gpu)
+            impl_prov[(c, impl)] = label
+    named = dict(profile.elementwise)
+    for n, p in sp.elementwise.items():
+        if n not in named:
+            named[n] = carry_params(p, OpClass.ELEMENTWISE, src, gpu)
+    if len(classes) == len(profile.classes) and len(impls) == len(profile.implementations) and len(named) == len(
+            profile.elementwise):
+        return profile
+    out = dataclasses.replace(profile, classes=MappingProxyType(classes), provenance=MappingProxyType(prov),
+                              implementations=MappingProxyType(impls), impl_provenance=MappingProxyType(impl_prov),
+                              elementwise=MappingProxyType(named), attention_impl=None)
+    return out
 
 
 def with_transferred_collectives(profile: Profile, gpu: GPU, measured: Mapping[str, tuple[GPU, Profile]]) -> Profile:

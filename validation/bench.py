@@ -128,7 +128,35 @@ def _elementwise(a, device, l2_bytes) -> list[Fn]:
             vc = _rand((b, hkv, cache_len, d), device)
             fns.append(lambda k=k, v=v, kc=kc, vc=vc: L.kv_append(kc, vc, k, v, cache_len - n))
         return fns
+    if name.startswith("moe_"):
+        return _moe_routing(a, device, l2_bytes)
     raise ValueError(f"unknown elementwise {name!r}")
+
+
+def _moe_routing(a, device, l2_bytes) -> list[Fn]:
+    """One MoE routing step (``perfmodel.layers.moe_routing_ops``) on uniformly random routing."""
+    from perfmodel.kernels import moe_combine
+
+    name, t, e, k, h = a["name"], a["tokens"], a["experts"], a["top_k"], a["hidden"]
+    p = t * k
+    rot = rotations(2 * p * h * 2 + t * e * 2, l2_bytes)
+    fns = []
+    for _ in range(rot):
+        idx = torch.rand(t, e, device=device).argsort(dim=-1)[:, :k].contiguous()  # k distinct experts
+        if name == "moe_route":
+            fns.append(lambda x=_rand((t, e), device): L.moe_route(x, k))
+        elif name == "moe_align":
+            fns.append(lambda idx=idx: L.moe_align(idx, e))
+        elif name == "moe_permute":
+            _, token, _ = L.moe_align(idx, e)
+            fns.append(lambda x=_rand((t, h), device), token=token: L.moe_permute(x, token))
+        elif name == "moe_combine":
+            _, _, pos = L.moe_align(idx, e)
+            w = torch.rand(t, k, device=device, dtype=torch.bfloat16)
+            fns.append(lambda y=_rand((p, h), device), pos=pos, w=w: moe_combine(y, pos, w))
+        else:
+            raise ValueError(f"unknown elementwise {name!r}")
+    return fns
 
 
 def _memcpy(a, device, l2_bytes) -> list[Fn]:

@@ -18,6 +18,7 @@ import numpy as np
 from perfmodel.ops import (
     Attention, DecoderLayer, Elementwise, Gemm, GroupedGemm, MemLocation, Memcpy, Phase, op_to_dict,
 )
+from perfmodel.layers import moe_routing_ops
 
 BF16 = 2  # bytes per element of every activation and weight here
 
@@ -144,6 +145,26 @@ def elementwise_cases(size: str) -> list[Case]:
                                 op_to_dict(Elementwise("kv_append", bytes=b)),
                                 {"name": "kv_append", "batch": batch, "q_len": q_len, "q_heads": m.q_heads,
                                  "kv_heads": m.kv_heads, "head_dim": m.head_dim}))
+    return out + moe_routing_cases(size)
+
+
+#: MoE routing shapes of the stand-alone ``moe_*`` measurements (experts, top-k, hidden): public MoE
+#: models' shapes (Qwen1.5-MoE-A2.7B, DeepSeek-V2-Lite, DeepSeek-V2, DeepSeek-V3, a 16-expert top-2
+#: one), none of the whole-model validation's
+MOE_SHAPES = ((60, 4, 2048), (64, 6, 2048), (160, 6, 5120), (256, 8, 7168), (16, 2, 5120))
+SMOKE_MOE_SHAPES = ((8, 2, 64),)
+
+
+def moe_routing_cases(size: str) -> list[Case]:
+    """The MoE routing kernels (:func:`perfmodel.layers.moe_routing_ops`) over tokens and shapes."""
+    out = []
+    for t in _tokens(size):
+        for e, k, h in SMOKE_MOE_SHAPES if size == "smoke" else MOE_SHAPES:
+            if 2 * t * k * h * BF16 > 4e9:
+                continue
+            for step, op in moe_routing_ops(t, e, k, h, BF16).items():
+                out.append(Case("elementwise", "torch", f"elementwise/{op.name}/e{e}_k{k}_h{h}", op_to_dict(op),
+                                {"name": op.name, "tokens": t, "experts": e, "top_k": k, "hidden": h}))
     return out
 
 

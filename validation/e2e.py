@@ -62,8 +62,12 @@ RECORD_KEYS = (
     "model", "config", "layers_run", "layers_total", "phase", "batch", "context", "chunk_tokens", "status",
     "skip_reason", "measured_s", "times_s", "method", "launch", "warmup_calls", "timed_calls", "attention_kernels",
     "moe_path", "moe_note", "gpu", "gpu_model", "hw", "driver", "torch", "triton", "cuda", "date", "predicted_s",
-    "prediction", "error", "gpu_state", "dry_run", "rope",
+    "prediction", "error", "gpu_state", "dry_run", "rope", "runner",
 )
+#: version of the runner's forward pass written with each record (``validation/README.md`` says what
+#: each one ran): 2 = queries token-major out of the fused RoPE kernel, MoE routing by
+#: ``moe_align`` / ``moe_combine``
+RUNNER_VERSION = 2
 
 
 class UsageError(Exception):

@@ -23,7 +23,7 @@ import torch
 
 from perfmodel.tables import fmt_seconds
 from perfmodel.validation import bench
-from perfmodel.validation.e2e import (MEMORY_SHARE, DRY_RUN_CAPACITY_BYTES, ModelPlan, Row, busy_calls_of, plan, predict,
+from perfmodel.validation.e2e import (MEMORY_SHARE, RUNNER_VERSION, DRY_RUN_CAPACITY_BYTES, ModelPlan, Row, busy_calls_of, plan, predict,
                                        print_plan)
 from perfmodel.validation.e2e_model import E2EModel
 from perfmodel.validation.records import canonical_gpu, write_record
@@ -196,7 +196,8 @@ def run(a, models: list[str], size: str, console) -> int:
     rec_path = a.out / f"e2e_{m['gpu_model'] or ('cpu' if dry else 'unknown-gpu')}.jsonl"
     log_path = a.out / "e2e.log"
     state = GpuState(device)
-    base = {**_empty(RECORD_KEYS), **m, "hw": gpu, "dry_run": dry, "status": "ok", "rope": a.rope}
+    base = {**_empty(RECORD_KEYS), **m, "hw": gpu, "dry_run": dry, "status": "ok", "rope": a.rope,
+            "runner": RUNNER_VERSION}
     t0 = time.time()
     done: list[dict] = []
     n_skip = 0

@@ -11,7 +11,7 @@ residual, RMSNorm, fused gate/up GEMM, SiLU*mul, down GEMM + residual (or the Mo
 final norm and LM head on the last position only.  Weights are bf16, drawn from a normal
 distribution scaled by ``1/sqrt(fan_in)``.
 
-MoE layers: router GEMM, top-k softmax routing, tokens sorted by expert, every expert of the
+MoE layers: router GEMM, top-k softmax routing, tokens sorted by expert and gathered, every expert of the
 layer run as grouped GEMMs (``torch._grouped_mm`` with int32 cumulative offsets) where the
 device runs it, else one GEMM pair per expert (:attr:`E2EModel.moe_path` says which).
 """
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from perfmodel.models import MlpKind, ModelSpec
-from perfmodel.validation.layer import rmsnorm, silu_mul
+from perfmodel.validation.layer import moe_align, moe_permute, moe_route, rmsnorm, silu_mul
 
 #: RoPE base; the time does not depend on it
 ROPE_THETA = 10_000.0
@@ -131,6 +131,11 @@ class E2EModel:
         self.final_norm = norm()
         self.lm_head = self.embed.t() if s.tied_embeddings else w(h, s.vocab)
         self.moe_path, self.moe_note = "", ""
+        self._combine = None
+        if s.moe is not None:  # imported here: a CPU run sets Triton's interpreter first
+            from perfmodel.kernels import moe_combine
+
+            self._combine = moe_combine
         if s.moe is not None:
             self._choose_moe_path(moe_path)
         self._cos = self._sin = None
@@ -268,32 +273,27 @@ class E2EModel:
         self.moe_path, self.moe_note = ("grouped_mm", "") if ok else ("expert_loop", why)
 
     def _moe(self, hn: torch.Tensor, lay: dict) -> torch.Tensor:
+        """Routed experts (+ shared ones) of ``hn [T, hidden]`` in the steps engines run:
+        top-k of the router logits, softmax over the k kept, the token-expert pairs sorted by expert by
+        counting (:func:`perfmodel.kernels.moe_align`), rows gathered in that order,
+        the two grouped GEMMs around the activation, and the weighted sum over each token's k expert
+        rows back in token order (:func:`perfmodel.kernels.moe_combine`)."""
         m = self.spec.moe
-        logits = hn @ lay["w_router"]
-        weights, idx = logits.float().softmax(dim=-1).topk(m.top_k, dim=-1)
-        weights = (weights / weights.sum(dim=-1, keepdim=True)).to(hn.dtype)
-        flat = idx.reshape(-1)
-        order = flat.argsort()
-        token = order // m.top_k
-        xs = hn.index_select(0, token)
+        weights, idx = moe_route(hn @ lay["w_router"], m.top_k)
+        offs, token, pos = moe_align(idx, m.num_experts)
+        xs = moe_permute(hn, token)
         ex = lay["experts"]
         if self.moe_path == "grouped_mm":
-            # counts by scatter_add (torch.bincount on CUDA reads its maximum back to the host,
-            # which a CUDA graph cannot capture)
-            counts = torch.zeros(m.num_experts, device=hn.device, dtype=torch.int32)
-            counts.scatter_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
-            offs = counts.cumsum(0, dtype=torch.int32)
             y = torch._grouped_mm(silu_mul(torch._grouped_mm(xs, ex["w_gu"], offs=offs)), ex["w_down"], offs=offs)
         else:
-            counts = torch.bincount(flat, minlength=m.num_experts).tolist()
+            counts = torch.diff(offs, prepend=offs.new_zeros(1)).tolist()
             parts, start = [], 0
             for e, c in enumerate(counts):
                 if c:
                     parts.append(silu_mul(xs[start:start + c] @ ex["w_gu"][e]) @ ex["w_down"][e])
                 start += c
             y = torch.cat(parts)
-        y = y * weights.reshape(-1).index_select(0, order).unsqueeze(1)
-        out = torch.zeros_like(hn).index_add_(0, token, y)
+        out = self._combine(y, pos, weights)
         if "shared" in lay:
             out = out + _mlp(hn, lay["shared"])
         return out

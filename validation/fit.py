@@ -91,6 +91,11 @@ _PAGEABLE_SPEC = (_EFF("memory_eff", 0.3), _LAT, _KNEE, _TAIL_EFF)
 # where the write-back L2 absorbs the output; below the tail where too few blocks fill the GPU), the rest at
 # ``tail_memory_eff`` (HBM, or the steady PCIe rate)
 _SIZE_KNEE_SPEC = (Param("memory_eff", 0.05, 1.5, 1.0), _LAT, Param("knee_bytes", 5.0, 8.5, 6.5, log10=True), _TAIL_EFF)
+# the MoE routing index kernels (top-k + softmax; align: atomic counting and placement): their time is launches,
+# selection passes and atomic round trips, and their bytes (logits, ids, slots) understate that work by one to
+# three orders of magnitude, so their efficiencies reach down to 0.0005 and their knee to 1 KB
+_ATOMIC_SPEC = (Param("memory_eff", 0.0005, 1.5, 0.01), _LAT, Param("knee_bytes", 3.0, 8.5, 4.5, log10=True),
+                Param("tail_memory_eff", 0.0005, 1.5, 0.05))
 _ROW_SPEC = (_EFF("memory_eff", 0.8), Param("latency_s", 0.0, 200.0, 1.0, factor=1e-6), _UNIT_OH, _UNIT_BW, _WAVE)
 
 # discrete choices per class: dicts of fixed fields
@@ -137,8 +142,12 @@ _MERGE_STEP = Param("merge_step_s", 0.0, 10.0, 0.5, factor=1e-6)
 _UNITS_PER_SM = (1.0, 2.0, 4.0)
 # grouped GEMM (MoE experts in one kernel): one launch, the touched weights at memory_eff, the math over each
 # group's rows padded to the kernel's M tile (a grid choice; 0: no padding)
-_GROUPED_SPEC = (_EFF("compute_eff", 0.75), _EFF("memory_eff", 0.8), _LAT)
-_GROUPED_TILES = tuple({"tile_m": tm} for tm in (0, 16, 32, 64, 128))
+# (and a tile's fixed prologue and epilogue as extra reduction steps per output element), compute and memory overlapped
+# by a fitted share
+# and the output tiles in waves over the SMs (a grid choice of the column tile; 0: no wave term)
+_GROUPED_SPEC = (_EFF("compute_eff", 0.75), _EFF("memory_eff", 0.8), _LAT, _OVERLAP,
+                 Param("k_overhead", 0.0, 4096.0, 256.0), _WAVE)
+_GROUPED_TILES = tuple({"tile_m": tm, "tile_n": tn} for tm in (0, 16, 32, 64, 128) for tn in (0, 128, 256))
 
 
 def _choices(tiles, rules: tuple[int, ...]):
@@ -165,6 +174,8 @@ def _spec(key: str):
     if base == "elementwise:rmsnorm":  # one block per row: the row count sets the occupancy
         return _ROW_SPEC + (_ROW_TAIL, _ROW_WIDTH), tuple({"units_per_sm": u, "row_knee_bytes": kb}
                                                for u in (1.0, 2.0, 4.0, 8.0, 16.0) for kb in _ROW_KNEES)
+    if base in ("elementwise:moe_align", "elementwise:moe_route"):
+        return _ATOMIC_SPEC, ({},)
     if base in ("memcpy_h2d_pageable", "memcpy_d2h_pageable"):  # staged through host caches
         return _PAGEABLE_SPEC, ({},)
     if base == "elementwise:residual_add":  # plus a whole working set held in L2 (grid of cache sizes)
@@ -343,8 +354,10 @@ class ProfileFitter:
             k = class_key(r)
             if not k.startswith("decoder_layer"):
                 rows.setdefault(k, []).append(r)
-        # the generic elementwise curve: all elementwise records pooled
-        ew_all = [r for k, rs in rows.items() if k.startswith("elementwise:") for r in rs]
+        # the generic elementwise curve: the elementwise records pooled, but for the MoE routing steps
+        # (sorts, top-k, gathers: their own curves, not a generic kernel's)
+        ew_all = [r for k, rs in rows.items() if k.startswith("elementwise:") and not k.startswith("elementwise:moe_")
+                  for r in rs]
         classes, named, extra, apes, impls = {}, {}, {}, {}, {}
         for k in sorted(rows):
             p, ape = fit_class(k, ops_of(rows[k]), np.array([r["measured_s"] for r in rows[k]]), g)

@@ -27,6 +27,31 @@ def residual_add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return x + y
 
 
+# MoE routing, the steps between the router GEMM and the grouped GEMMs and after them.  The
+# whole-model runner's MoE block and the stand-alone ``moe_*`` measurements run these same
+# functions; the model prices them as the ops of ``perfmodel.layers.moe_routing_ops``.
+
+def moe_route(logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``moe_route``: routing weights and expert ids ``[T, k]`` of router ``logits [T, E]``: the top-k
+    logits and a softmax over them (= the softmax over all experts, kept top-k, renormalised)."""
+    top, idx = logits.topk(top_k, dim=-1, sorted=False)
+    return top.softmax(dim=-1), idx
+
+
+def moe_align(idx: torch.Tensor, num_experts: int):
+    """``moe_align``: the token-expert pairs of ``idx [T, k]`` sorted by expert, by counting
+    (:func:`perfmodel.kernels.moe_align`): the grouped GEMMs' int32 cumulative row offsets per
+    expert, the token of each sorted pair, and where each token's pairs landed ``[T, k]``."""
+    from perfmodel.kernels import moe_align as align  # here: a CPU run sets Triton's interpreter first
+
+    return align(idx, num_experts)
+
+
+def moe_permute(hn: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+    """``moe_permute``: the rows of ``hn [T, hidden]`` in sorted-pair order ``[T * k, hidden]``."""
+    return hn.index_select(0, token)
+
+
 def split_qkv(qkv: torch.Tensor, batch: int, q_len: int, hq: int, hkv: int, d: int):
     """Views ``[B, H, L, D]`` of q, k, v inside the fused QKV output ``[B*L, (hq+2hkv)*d]``."""
     t = qkv.view(batch, q_len, hq + 2 * hkv, d)

@@ -178,7 +178,7 @@ def _in_closed(lo: float, hi: float) -> Callable[[float], bool]:
     return lambda v: lo <= v <= hi
 
 
-_NON_NEGATIVE = ("latency_s", "ramp_flops", "ramp_bytes", "bandwidth_bytes_per_s", "tile_m", "tile_n", "tile_m_min",
+_NON_NEGATIVE = ("latency_s", "k_overhead", "ramp_flops", "ramp_bytes", "bandwidth_bytes_per_s", "tile_m", "tile_n", "tile_m_min",
                  "tile_overhead_s", "units_per_sm", "unit_overhead_s", "unit_memory_eff", "split_latency_s",
                  "knee_bytes", "row_knee_bytes", "row_knee_width_bytes", "cache_bytes", "score_flops",
                  "split_piece_s", "unit_step_s", "reduce_row_s", "merge_latency_s", "merge_step_s")

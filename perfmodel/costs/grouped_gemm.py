@@ -9,7 +9,14 @@ weight.  Priced as one roofline (:func:`perfmodel.costs.base.roofline`):
 - bytes: the touched experts' weights plus the rows in and out, at ``memory_eff``;
 - math at ``compute_eff`` over the padded rows: each group's rows are padded to whole ``tile_m``
   blocks (``groups * ceil(m / groups / tile_m) * tile_m`` rows; the rows are taken as spread evenly
-  over the groups, so routing skew enters only through the touched count).
+  over the groups, so routing skew enters only through the touched count), with every output element
+  also paying ``k_overhead`` steps of the reduction: a tile's fixed prologue and epilogue, which weigh
+  more on experts of a short reduction (fine-grained experts: K of 768-2048) than on large ones;
+- the output tiles (``tile_m`` x ``tile_n``: each group's padded rows by the columns) run in waves
+  over the SMs, a partial last wave after the first costing ``wave_quant`` of a full one
+  (:func:`perfmodel.costs.base.waves`; a grid of one partial wave is not charged: it still draws the
+  whole bandwidth), in the math and in the weight stream alike: two large experts
+  at one row each (Mixtral decode) are 448 tiles of 128 columns, 3.4 waves on 132 SMs.
 
 The profile's ``grouped_gemm`` class sets these (:class:`GroupedGemmParams`).  A calibrated profile
 without that class borrows its ``gemm`` class's ``compute_eff``, ``memory_eff``, ``latency_s`` and
@@ -24,7 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from perfmodel.hw.spec import GPU
-from perfmodel.costs.base import Bound, RooflineParams, Mode, OpClass, OpCost, roofline
+from perfmodel.costs.base import Bound, RooflineParams, Mode, OpClass, OpCost, roofline, waves
 from perfmodel.ops import GroupedGemm, bytes_moved, flops
 
 if TYPE_CHECKING:
@@ -45,9 +52,16 @@ class GroupedGemmParams(RooflineParams):
     bandwidth_bytes_per_s : float, overrides the datasheet bandwidth (0: datasheet)
     knee_bytes, tail_memory_eff : float, bytes beyond the knee stream at the tail efficiency (0: none)
     tile_m : int, rows of one program; each group's rows are padded to whole tiles (0: no padding)
+    k_overhead : float, fixed cost of an output tile, as extra reduction steps per output element
+        (math priced as ``2 * rows * n * (k + k_overhead)``; 0: none)
+    tile_n : int, columns of one program (0: no wave term)
+    wave_quant : float in [0, 1], weight of the partial last wave of output tiles (0: no wave term)
     """
 
     tile_m: int = 0
+    k_overhead: float = 0.0
+    tile_n: int = 0
+    wave_quant: float = 0.0
 
 
 #: fields a calibrated profile without a ``grouped_gemm`` class takes from its ``gemm`` class
@@ -89,7 +103,24 @@ def grouped_gemm_cost(op: GroupedGemm, gpu: GPU, prof: Profile) -> OpCost:
     p = grouped_gemm_params(prof)
     fl = flops(op)
     fl_eff = None
-    if p.tile_m > 0:
-        fl_eff = 2.0 * grouped_padded_rows(op.groups, op.m, p.tile_m) * np.asarray(op.n, dtype=np.float64) * op.k
+    mem_eff = None
+    if p.tile_m > 0 or p.k_overhead > 0 or (p.tile_n > 0 and p.wave_quant > 0):
+        rows = grouped_padded_rows(op.groups, op.m, p.tile_m)
+        fl_eff = 2.0 * rows * np.asarray(op.n, dtype=np.float64) * (np.asarray(op.k, dtype=np.float64) + p.k_overhead)
+        if p.tile_n > 0 and p.wave_quant > 0:
+            tiles = grouped_output_tiles(op.groups, op.m, op.n, p.tile_m, p.tile_n)
+            factor, _ = waves(tiles, gpu.sm_count, p.wave_quant)
+            factor = np.where(tiles > gpu.sm_count, factor, 1.0)  # one partial wave still fills the bandwidth
+            fl_eff = fl_eff * factor
+            mem_eff = p.memory_eff / factor
         fl_eff = fl_eff if np.ndim(fl_eff) else float(fl_eff)
-    return roofline(fl, bytes_moved(op), gpu.flops_for(op.dtype), gpu.hbm_bytes_per_s, p, Bound.HBM_BANDWIDTH, fl_eff)
+    return roofline(fl, bytes_moved(op), gpu.flops_for(op.dtype), gpu.hbm_bytes_per_s, p, Bound.HBM_BANDWIDTH, fl_eff,
+                    memory_eff=mem_eff)
+
+
+def grouped_output_tiles(groups, m, n, tile_m: int, tile_n: int):
+    """Output tiles of a grouped GEMM: each group's padded rows (:func:`grouped_padded_rows`; ``tile_m``
+    0 counts one row block of 128 per group) in ``tile_m``-row blocks, by ``ceil(n / tile_n)`` column blocks."""
+    tm = tile_m if tile_m > 0 else 128
+    row_blocks = grouped_padded_rows(groups, m, tm) / tm
+    return row_blocks * np.ceil(np.asarray(n, dtype=np.float64) / tile_n)

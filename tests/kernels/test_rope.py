@@ -30,7 +30,7 @@ def test_matches_rotate_half_and_writes_the_cache(b, n, pos, hq, hkv, d):
     c, s = cos[pos:pos + n].view(1, n, 1, d), sin[pos:pos + n].view(1, n, 1, d)
     want_q = _rope_ref(qkv[:, :, :hq], c, s).transpose(1, 2)
     want_k = _rope_ref(qkv[:, :, hq:hq + hkv], c, s).transpose(1, 2)
-    assert q.shape == (b, hq, n, d) and q.is_contiguous()
+    assert q.shape == (b, hq, n, d) and q.transpose(1, 2).is_contiguous()  # token-major storage
     torch.testing.assert_close(q.float(), want_q, atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(kc[:, :, pos:pos + n].float(), want_k, atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(vc[:, :, pos:pos + n], qkv[:, :, hq + hkv:].transpose(1, 2))

@@ -1,5 +1,6 @@
 """The grouped-GEMM op (MoE experts as one kernel): schema, counts, cost, and the MoE block that uses it."""
 
+import dataclasses
 import json
 from types import MappingProxyType
 
@@ -14,11 +15,11 @@ from perfmodel.calibration import Mode, OpClass, Profile, peak_profile, resolve_
 from perfmodel.costs.gemm import GemmParams
 from perfmodel.costs.grouped_gemm import GroupedGemmParams
 from perfmodel.costs import op_cost
-from perfmodel.costs.grouped_gemm import grouped_gemm_params, grouped_padded_rows
+from perfmodel.costs.grouped_gemm import grouped_gemm_params, grouped_output_tiles, grouped_padded_rows
 from perfmodel.errors import OpDescriptorError
 from perfmodel.layers import experts_touched, model_ops
 from perfmodel.models import load_model
-from perfmodel.ops import Gemm, GroupedGemm, Phase, bytes_moved, flops, op_from_dict, op_to_dict
+from perfmodel.ops import Elementwise, Gemm, GroupedGemm, Phase, bytes_moved, flops, op_from_dict, op_to_dict
 
 H200 = load_gpu("h200-sxm-141gb")
 PEAK = peak_profile(H200)
@@ -81,8 +82,11 @@ def test_unfitted_profiles_borrow_the_gemm_curve_in_calibrated_mode_only():
     assert grouped_gemm_params(both) is own
     assert grouped_gemm_params(PEAK) == GroupedGemmParams()
     assert grouped_gemm_params(Profile("x", Mode.CALIBRATED)) == GroupedGemmParams()
+    # the shipped H200 profile has no grouped records: it takes the H100's grouped curve, not its gemm curve
     shipped = resolve_profile(H200, "calibrated")
-    assert grouped_gemm_params(shipped).latency_s == shipped.params(OpClass.GEMM).latency_s > 0
+    h100 = resolve_profile(load_gpu("h100-sxm-80gb"), "calibrated")
+    assert grouped_gemm_params(shipped) == grouped_gemm_params(h100) != shipped.params(OpClass.GEMM)
+    assert shipped.provenance_of(OpClass.GROUPED_GEMM) == "transferred from h100-sxm-80gb"
 
 
 def test_array_fields_broadcast():
@@ -125,6 +129,45 @@ def test_moe_block_prices_one_grouped_gemm_per_projection_per_layer():
     assert any(n == "moe.router" and isinstance(o, Gemm) for n, o, _ in ops)
     tp2 = {n: o for n, o, _ in _experts(model_ops(QWEN3, Phase.DECODE, 16, 1, 4096, tp=2))}
     assert tp2["moe.expert_gate_up_proj"].n == 768 and tp2["moe.expert_down_proj"].k == 384
+
+
+def test_moe_block_routes_aligns_permutes_and_combines_once_per_layer():
+    ops = {n: (o, c) for n, o, c in model_ops(QWEN3, Phase.PREFILL, 2, 1000, 1000)}
+    pairs, h = 2 * 1000 * 8, QWEN3.hidden
+    for step in ("route", "align", "permute", "combine"):
+        op, c = ops[f"moe.{step}"]
+        assert isinstance(op, Elementwise) and op.name == f"moe_{step}" and c == QWEN3.num_moe_layers
+    # the gather reads and writes every pair's row; the combine reads them once and writes each token once
+    assert ops["moe.permute"][0].bytes == pytest.approx(2 * pairs * h * 2, rel=0.01)
+    assert ops["moe.combine"][0].bytes == pytest.approx((pairs + 2000) * h * 2, rel=0.01)
+    assert ops["moe.route"][0].bytes >= 2000 * QWEN3.moe.num_experts * 2
+
+
+@given(k0=st.floats(1.0, 4096.0), k=st.integers(64, 8192))
+def test_grouped_tile_overhead_prices_math_as_a_longer_reduction(k0, k):
+    op = GroupedGemm(64, 65536, 4096, k)
+    base = GroupedGemmParams(compute_eff=0.8, memory_eff=0.9)
+    prof = lambda p: Profile("h200-sxm-141gb", Mode.CALIBRATED, MappingProxyType({OpClass.GROUPED_GEMM: p}))  # noqa: E731
+    plain = op_cost(op, H200, prof(base))
+    more = op_cost(op, H200, prof(dataclasses.replace(base, k_overhead=k0)))
+    assert float(more.compute_s) == pytest.approx(float(plain.compute_s) * (k + k0) / k, rel=1e-9)
+    assert float(more.total_s) >= float(plain.total_s) * (1 - 1e-12)
+
+
+def test_grouped_waves_charge_a_partial_last_wave_after_the_first():
+    prof = lambda p: Profile("h200-sxm-141gb", Mode.CALIBRATED, MappingProxyType({OpClass.GROUPED_GEMM: p}))  # noqa: E731
+    base = GroupedGemmParams(compute_eff=0.8, memory_eff=0.9, tile_m=64)
+    waved = dataclasses.replace(base, tile_n=128, wave_quant=1.0)
+    sms = H200.sm_count
+    # two groups of one row each: 2 x ceil(n / 128) tiles
+    one_wave = GroupedGemm(2, 2, 128 * (sms // 2), 4096)  # exactly one full wave
+    partial = GroupedGemm(2, 2, 128 * (sms // 2) + 128, 4096)  # one full wave and two tiles
+    assert grouped_output_tiles(2, 2, partial.n, 64, 128) == sms + 2
+    for op, factor in ((one_wave, 1.0), (partial, 2.0 * sms / (sms + 2))):
+        a, b = op_cost(op, H200, prof(base)), op_cost(op, H200, prof(waved))
+        assert float(b.memory_s) == pytest.approx(float(a.memory_s) * factor, rel=1e-9)
+    few = GroupedGemm(2, 2, 128 * 10, 4096)  # one partial wave: not charged
+    assert float(op_cost(few, H200, prof(waved)).total_s) == pytest.approx(float(op_cost(few, H200, prof(base)).total_s))
 
 
 def _expert_seconds(batch, prof, model=QWEN3):

@@ -79,7 +79,7 @@ def test_provenance_of_measured_transferred_and_other_vendor_gpus():
     assert h100.provenance_of(OpClass.ALL_REDUCE) == "transferred from h200-sxm-141gb"
     h200 = resolve_profile(load_gpu("h200-sxm-141gb"))
     assert h200.provenance_of(OpClass.ALL_REDUCE) == "measured"
-    assert h200.provenance_of(OpClass.GROUPED_GEMM) == "measured (gemm curve)"
+    assert h200.provenance_of(OpClass.GROUPED_GEMM) == "transferred from h100-sxm-80gb"
     a100 = resolve_profile(load_gpu("a100-sxm-80gb"))
     assert a100.transferred_from == "h100-sxm-80gb"
     assert a100.provenance_of(OpClass.ATTENTION_PREFILL) == "transferred from h100-sxm-80gb"
@@ -89,6 +89,56 @@ def test_provenance_of_measured_transferred_and_other_vendor_gpus():
     assert mi.provenance_of(OpClass.ALL_REDUCE) == "datasheet"  # Infinity Fabric: no measured GPU of that link
     assert resolve_profile(load_gpu("l40s")).provenance_of(OpClass.ALL_REDUCE) == "datasheet"  # PCIe
     assert resolve_profile(load_gpu("h100-sxm-80gb"), Mode.PEAK).provenance_of(OpClass.GEMM) == "datasheet"
+
+
+def test_measured_profile_takes_the_curves_it_lacks_from_its_source():
+    h100, h200 = load_gpu("h100-sxm-80gb"), load_gpu("h200-sxm-141gb")
+    own = load_profile_file(shipped_profile_path(h200), h200)
+    assert OpClass.GROUPED_GEMM not in own.classes and OpClass.ATTENTION_PREFILL not in own.classes
+    assert own.attention_impl.value == "flash2"  # measured with flash-only SDPA: no sdpa curve of its own
+    p = resolve_profile(h200)
+    assert p.attention_impl.value == "sdpa"  # the default impl, carried from the H100
+    assert p.provenance_of(OpClass.ATTENTION_PREFILL) == "transferred from h100-sxm-80gb"
+    assert p.provenance_of(OpClass.ATTENTION_DECODE) == "transferred from h100-sxm-80gb"
+    # its own flash2 curves stay its own
+    f2 = resolve_profile(h200, attention_impl="flash2")
+    assert f2.provenance_of(OpClass.ATTENTION_PREFILL) == "measured"
+    assert f2.attention_params(OpClass.ATTENTION_PREFILL) == own.attention_params(OpClass.ATTENTION_PREFILL)
+    # named kernels it lacks come along (fractions unchanged), its own stay
+    src = load_profile_file(shipped_profile_path(h100), h100)
+    for name in src.elementwise:
+        if name not in own.elementwise:
+            assert p.elementwise[name].memory_eff == src.elementwise[name].memory_eff
+        else:
+            assert p.elementwise[name] == own.elementwise[name]
+    assert p.classes[OpClass.GEMM] == own.classes[OpClass.GEMM]
+
+
+def _sdpa_backend_rows(path):
+    """(q/kv heads, length, backend, ms) rows of ``validation/data/sdpa_backends_h200.md``."""
+    out = []
+    for line in path.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and "/" in cells[0] and cells[1].isdigit():
+            out.append((tuple(map(int, cells[0].split("/"))), int(cells[1]), cells[2], float(cells[3])))
+    return out
+
+
+def test_h200_default_sdpa_priced_by_the_carried_curve_matches_its_measurement():
+    from pathlib import Path
+
+    from perfmodel.costs import op_cost
+    from perfmodel.ops import Attention, Phase
+
+    gpu = load_gpu("h200-sxm-141gb")
+    rows = _sdpa_backend_rows(Path(perfmodel.__file__).resolve().parents[1] / "validation/data/sdpa_backends_h200.md")
+    assert sum(r[2] == "default" for r in rows) >= 5 and sum(r[2] == "flash" for r in rows) >= 5
+    for impl, backends in (("sdpa", ("default",)), ("flash2", ("flash",))):
+        prof = resolve_profile(gpu, attention_impl=impl)
+        for (hq, hkv), n, backend, ms in rows:
+            if backend in backends:
+                t = float(op_cost(Attention(Phase.PREFILL, 1, n, n, hq, hkv, 128, causal=False), gpu, prof).total_s)
+                assert t * 1e3 == pytest.approx(ms, rel=0.06), (impl, hq, hkv, n)
 
 
 @pytest.mark.parametrize("target,source", [

@@ -62,6 +62,25 @@ def test_grouped_and_loop_moe_paths_agree():
     assert torch.linalg.norm(ya - yb) / torch.linalg.norm(yb) < 1e-2
 
 
+def test_moe_block_is_the_routed_weighted_sum_of_expert_mlps():
+    spec = load_model(str(e2e.CONFIG_DIR / "tiny-moe.json"))
+    m = E2EModel(spec, "cpu", dtype=torch.float32)
+    lay = next(lay for lay in m.layers if "experts" in lay)
+    hn = torch.randn(9, spec.hidden)
+    want = torch.zeros_like(hn)
+    probs = (hn @ lay["w_router"]).softmax(dim=-1)
+    for t in range(hn.shape[0]):  # per token: its top-k experts, weights renormalised over them
+        w, e = probs[t].topk(spec.moe.top_k)
+        for wi, ei in zip(w / w.sum(), e):
+            gu = hn[t] @ lay["experts"]["w_gu"][ei]
+            g, u = gu.chunk(2)
+            want[t] += wi * ((torch.nn.functional.silu(g) * u) @ lay["experts"]["w_down"][ei])
+    if "shared" in lay:
+        g, u = (hn @ lay["shared"]["w_gu"]).chunk(2, dim=-1)
+        want += (torch.nn.functional.silu(g) * u) @ lay["shared"]["w_down"]
+    torch.testing.assert_close(m._moe(hn, lay), want, atol=1e-4, rtol=1e-4)
+
+
 def test_fused_and_torch_rope_paths_agree_in_prefill_and_decode():
     spec = load_model(str(e2e.CONFIG_DIR / "tiny-dense.json"))
     a, b = E2EModel(spec, "cpu", rope="fused"), E2EModel(spec, "cpu", rope="torch")
