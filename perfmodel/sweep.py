@@ -408,7 +408,8 @@ def _iter_columns(model, gpu, context_len, batch, tp, output_tokens, mode, weigh
                   chunk_tokens, reserve_fraction, profile, knobs, knob_axes, pp, sp, sp_kind, ep, topology,
                   attention_impl, launch, chunk_points, moe_placement=None, attention_dp=1) -> Iterator[dict]:
     """:func:`iter_sweep`'s chunks as columns (arrays, categoricals, or one value for the chunk); the times
-    (:data:`~perfmodel.metrics.TIME_METRICS`) not yet NaN where a point does not fit (``fits``)."""
+    (:data:`~perfmodel.metrics.TIME_METRICS`) as :class:`_FitPart` values (a chunk of one block) or arrays
+    already NaN where a point does not fit (``fits``)."""
     m = load_model(model)
     g = load_gpu(gpu)
     ctx_ax = _axis("context_len", context_len, 1)
