@@ -14,6 +14,7 @@ point.  :func:`sweep` writes the chunks into columns allocated once; :func:`iter
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,11 +27,12 @@ from perfmodel.calibration import Mode, resolve_profile
 from perfmodel.errors import InvalidInputError, TooLargeError
 from perfmodel.knobs import Knobs, KnobError, effective_model
 from perfmodel.layers import Precision, apply_knobs
-from perfmodel.metrics import TIME_METRICS, scenario_metrics
+from perfmodel.metrics import TIME_METRICS, categorical, size_metrics, time_metrics
 from perfmodel.models import load_model
 from perfmodel.costs import OpCost
 from perfmodel.phases import (
     _COST_FIELDS,
+    ContextSwitch,
     DEFAULT_PREFILL_CHUNK_TOKENS,
     DEFAULT_RESERVE_FRACTION,
     context_switch,
@@ -299,11 +301,11 @@ def aligned_chunk(n_batch: int, n_output: int, target: int = CHUNK_POINTS) -> in
 
 
 def _assemble(chunks: Iterable[dict], n: int) -> "pd.DataFrame":
-    """One frame of ``n`` rows from the chunks' columns (:func:`_iter_columns`; the times NaN where a point
-    does not fit), in order, written into
-    columns allocated once (no concatenation copy): categorical columns keep their categories (their union,
-    in order of first appearance), other columns the first chunk's dtype (object where a later one's
-    differs); a single value fills the chunk's rows."""
+    """One frame of ``n`` rows from the chunks' columns (:func:`_iter_columns`), in order, written into
+    columns allocated once (no concatenation copy; the columns of one dtype rows of one block):
+    categorical columns keep their categories (their union, in order of first appearance), other columns
+    the first chunk's dtype (object where a later one's differs); a single value fills the chunk's rows,
+    a :class:`_FitPart` its values where a point fits and NaN elsewhere."""
     import pandas as pd
 
     cols: dict[str, Any] = {}
@@ -311,14 +313,11 @@ def _assemble(chunks: Iterable[dict], n: int) -> "pd.DataFrame":
     i = 0
     for chunk in chunks:
         k = int(np.size(chunk["context_len"]))
-        fits = np.asarray(chunk["fits"])
-        # the times are NaN where a point does not fit: written as time x 1 (fits) or x NaN, in the same pass
-        keep = None if fits.all() else np.where(fits, 1.0, np.nan)
+        if not cols:
+            cols = _allocate(chunk, n)
         for name, v in chunk.items():
             if isinstance(v, pd.Categorical):
-                if name not in cols:
-                    cols[name], cats[name] = np.empty(n, dtype=np.int16), []
-                known = cats[name]
+                known = cats.setdefault(name, [])
                 for c in v.categories:
                     if c not in known:
                         known.append(c)
@@ -326,23 +325,45 @@ def _assemble(chunks: Iterable[dict], n: int) -> "pd.DataFrame":
                 identity = np.array_equal(remap[:-1], np.arange(len(v.categories)))
                 cols[name][i:i + k] = v.codes if identity else remap[v.codes]
                 continue
+            if isinstance(v, _FitPart):
+                v.write(cols[name][i:i + k].reshape(v.shape))
+                continue
             a = np.asarray(v)
             if a.ndim == 0 and a.dtype.kind in "US":
                 a = np.asarray(v, dtype=object)
-            if name not in cols:
-                cols[name] = np.empty(n, dtype=a.dtype)
-            elif cols[name].dtype != a.dtype and cols[name].dtype != object:
+            if cols[name].dtype != a.dtype and cols[name].dtype != object:
                 cols[name] = cols[name].astype(object)
             dst = cols[name][i:i + k]
-            if keep is not None and name in TIME_METRICS and dst.dtype == np.float64:
-                np.multiply(a, keep, out=dst.reshape(keep.shape))
-            elif a.ndim > 1:  # a block: written through a view of its rows, no flattened copy
+            if a.ndim > 1:  # a block: written through a view of its rows, no flattened copy
                 dst.reshape(a.shape)[...] = a
             else:
                 dst[...] = a
         i += k
-    out = {name: (pd.Categorical.from_codes(a[:i], cats[name]) if name in cats else a[:i]) for name, a in cols.items()}
+    out = {name: (categorical(a[:i], tuple(cats[name])) if name in cats else a[:i]) for name, a in cols.items()}
     return pd.DataFrame(out, copy=False)
+
+
+def _allocate(chunk: dict, n: int) -> dict[str, np.ndarray]:
+    """Empty columns of ``n`` rows for the columns of ``chunk``, in its dtypes (int16 codes for a
+    categorical); the columns of one dtype are the rows of one block, allocated at once (one allocation
+    instead of one a column: the operating system maps it in large pages where it can)."""
+    import pandas as pd
+
+    dtypes = {}
+    for name, v in chunk.items():
+        if isinstance(v, pd.Categorical):
+            dtypes[name] = np.dtype(np.int16)
+        elif isinstance(v, _FitPart):
+            dtypes[name] = np.dtype(np.float64)
+        else:
+            a = np.asarray(v)
+            dtypes[name] = np.dtype(object) if a.ndim == 0 and a.dtype.kind in "US" else a.dtype
+    cols = {}
+    for dt in dict.fromkeys(dtypes.values()):
+        names = [name for name, d in dtypes.items() if d == dt]
+        block = np.empty((len(names), n), dtype=dt)
+        cols.update(zip(names, block))
+    return {name: cols[name] for name in chunk}
 
 
 def sweep_notes(model, context_len, output_tokens, gpu=None, tp: Any = 1, pp: int = 1, sp: int = 1, ep: int = 1,
@@ -378,16 +399,17 @@ def iter_sweep(model, gpu, context_len=50_000, batch=1, tp=1, output_tokens=250,
                               activation_dtype, chunk_tokens, reserve_fraction, profile, knobs, knob_axes, pp, sp,
                               sp_kind, ep, topology, attention_impl, launch, chunk_points, moe_placement,
                               attention_dp):
-        flat = {k: (v.reshape(-1) if isinstance(v, np.ndarray) and v.ndim > 1 else v) for k, v in cols.items()}
-        fits = flat["fits"]
-        yield pd.DataFrame({k: (np.where(fits, v, np.nan) if k in TIME_METRICS else v) for k, v in flat.items()})
+        yield pd.DataFrame({k: (v.full().reshape(-1) if isinstance(v, _FitPart)
+                                else v.reshape(-1) if isinstance(v, np.ndarray) and v.ndim > 1 else v)
+                            for k, v in cols.items()})
 
 
 def _iter_columns(model, gpu, context_len, batch, tp, output_tokens, mode, weight_dtype, kv_dtype, activation_dtype,
                   chunk_tokens, reserve_fraction, profile, knobs, knob_axes, pp, sp, sp_kind, ep, topology,
                   attention_impl, launch, chunk_points, moe_placement=None, attention_dp=1) -> Iterator[dict]:
     """:func:`iter_sweep`'s chunks as columns (arrays, categoricals, or one value for the chunk); the times
-    (:data:`~perfmodel.metrics.TIME_METRICS`) not yet NaN where a point does not fit (``fits``)."""
+    (:data:`~perfmodel.metrics.TIME_METRICS`) as :class:`_FitPart` values (a chunk of one block) or arrays
+    already NaN where a point does not fit (``fits``)."""
     m = load_model(model)
     g = load_gpu(gpu)
     ctx_ax = _axis("context_len", context_len, 1)
@@ -465,6 +487,7 @@ def _evaluate_range(m, g, prof, ctx_ax, b_ax, out_ax, i0, i1, prec, t, chunk_tok
         cols = parts[0]
     else:
         cols = {k: (union_categoricals([p[k] for p in parts]) if isinstance(v, pd.Categorical)
+                    else np.concatenate([p[k].full().reshape(-1) for p in parts]) if isinstance(v, _FitPart)
                     else v if np.ndim(v) == 0 else np.concatenate([np.ravel(p[k]) for p in parts]))
                 for k, v in parts[0].items()}  # a scalar (weights, KV per token, world) is one for the chunk
     ctx, out, b = cols.pop("context_len"), cols.pop("output_tokens"), cols.pop("batch")
@@ -487,7 +510,8 @@ def _evaluate_block(m, g, prof, ctx, b, out, prec, t, chunk_tokens, reserve_frac
     phase is priced over the axes it depends on (the prefill and the decode step once per (context, batch)
     pair, each op of a pass only over the sizes it reads), then spread over the block.  The grid's
     contexts, outputs and batches come back as ``context_len``, ``output_tokens``, ``batch`` and the
-    layout's GPU count as ``world``."""
+    layout's GPU count as ``world``; the times (:data:`~perfmodel.metrics.TIME_METRICS`) as a
+    :class:`_FitPart`, computed only for the contexts and batch sizes with a point that fits."""
     if kn is not None and not kn.active:
         kn = None
     c3 = ctx.astype(np.float64).reshape(-1, 1, 1)
@@ -499,17 +523,26 @@ def _evaluate_block(m, g, prof, ctx, b, out, prec, t, chunk_tokens, reserve_frac
         pre = prefill_cost(m, g, prof, c3, b3, prec, t, chunk_tokens, knobs=kn)
         step = decode_step_cost(m, g, prof, c3, b3, prec, t, knobs=kn)
         fits = np.broadcast_to(np.asarray(mem.max_concurrency) >= b3, shape)
-        dec = _decode_where_fits(m, g, prof, c3, o3, b3, prec, t, kn, fits)
+        part = _FitPart.of(fits)
+        dec = None if part.empty else decode_cost(m, g, prof, part.take(c3), o3, part.take(b3), prec, t, knobs=kn)
         world = t
     else:
         from perfmodel.parallel import price_layout
 
         mem, ph = price_layout(m, g, prof, c3, o3, b3, prec, t, chunk_tokens, reserve_fraction, kn, lay, ring)
-        pre, step, dec, world = ph.prefill, ph.decode_step, ph.decode, int(ph.details["world"])
+        pre, step, world = ph.prefill, ph.decode_step, int(ph.details["world"])
         fits = np.broadcast_to(np.asarray(mem.max_concurrency) >= b3, shape)
+        part = _FitPart.of(fits)
+        dec = part.take_cost(ph.decode)
     sw = context_switch(g, prof, mem.kv_bytes_per_user, knobs=kn)
 
-    met = scenario_metrics(effective_model(m, kn), apply_knobs(prec, kn), kn, c3, o3, b3, mem, pre, step, dec, sw)
+    met = size_metrics(effective_model(m, kn), apply_knobs(prec, kn), kn, c3, o3, b3, mem, pre, step)
+    if part.empty:
+        times = dict.fromkeys(TIME_METRICS, np.empty((0, 0, out.size)))
+    else:
+        times = time_metrics(part.take(c3), o3, part.take(b3), part.take_cost(pre), part.take_cost(step), dec,
+                             ContextSwitch(part.take_cost(sw.swap_out), part.take_cost(sw.swap_in)))
+    met.update({k: part.with_values(v) for k, v in times.items()})
     grid = (ctx.reshape(-1, 1, 1), out.reshape(1, 1, -1), b.reshape(1, -1, 1))  # integers, spread without copies
     cols = {"context_len": np.broadcast_to(grid[0], shape), "output_tokens": np.broadcast_to(grid[1], shape),
             "batch": np.broadcast_to(grid[2], shape), "world": world}
@@ -517,30 +550,91 @@ def _evaluate_block(m, g, prof, ctx, b, out, prec, t, chunk_tokens, reserve_frac
             "decode_bound": met["decode_bound"], "fits": fits}
 
 
-def _decode_where_fits(m, g, prof, c3, o3, b3, prec, t, kn, fits) -> OpCost:
-    """:func:`~perfmodel.phases.decode_cost` of the block, priced only for the contexts and the batch sizes
-    with a point that fits (``fits``, the block's): a sweep's times are NaN where a point does not fit, so
-    the rest of the block is not priced (its fields are NaN).  The decode is the one phase priced over the
-    whole block (its attention reads context + output keys for each batch size), and only times read it."""
-    rows, cols = np.any(fits, axis=(1, 2)), np.any(fits, axis=(0, 2))
-    if rows.all() and cols.all():
-        return decode_cost(m, g, prof, c3, o3, b3, prec, t, knobs=kn)
-    if not rows.any():
-        return OpCost(**dict.fromkeys(_COST_FIELDS, np.nan))
-    part = decode_cost(m, g, prof, c3[rows], o3, b3[:, cols], prec, t, knobs=kn)
-    n_rows, n_cols = int(rows.sum()), int(cols.sum())
-    out = {}
-    for name in _COST_FIELDS:
-        v = getattr(part, name)
-        if np.ndim(v) == 3 and (np.shape(v)[0] == n_rows or np.shape(v)[1] == n_cols):
-            # over the priced contexts and/or batch sizes: NaN in the others
-            r = rows if np.shape(v)[0] == n_rows else np.ones(1, bool)
-            c = cols if np.shape(v)[1] == n_cols else np.ones(1, bool)
-            full = np.full((r.size, c.size, np.shape(v)[2]), np.nan)
-            full[np.ix_(r, c, np.ones(np.shape(v)[2], bool))] = v
-            v = full
-        out[name] = v
-    return OpCost(memory_bound=part.memory_bound, **out)
+def _run(mask: np.ndarray) -> "slice | np.ndarray":
+    """The indices where ``mask`` is True: a slice when they are consecutive, else an index array."""
+    idx = np.flatnonzero(mask)
+    if idx.size and idx[-1] - idx[0] + 1 == idx.size:
+        return slice(int(idx[0]), int(idx[-1]) + 1)
+    return idx
+
+
+@dataclass(frozen=True)
+class _FitPart:
+    """The contexts (``rows``) and batch sizes (``cols``) of a block ``(c, b, o)`` with some point that fits,
+    and, once :meth:`with_values` gives them, a column's values over that part (``values``, shape
+    ``(rows, cols, o)``): the column is NaN at every point outside the part (none of them fits), and at the
+    points of the part that do not fit (``keep``: 1 where a point of the part fits, NaN elsewhere; None
+    when every point of the block fits).
+
+    A sweep's times are NaN where a point does not fit, so they are computed only over this part; the
+    decode, the one phase priced over the whole block (its attention reads context + output keys for each
+    batch size), is priced only there."""
+
+    shape: tuple[int, int, int]
+    rows: np.ndarray
+    cols: np.ndarray
+    index: tuple
+    keep: np.ndarray | None
+    values: Any = None
+
+    @classmethod
+    def of(cls, fits: np.ndarray) -> "_FitPart":
+        rows, cols = np.any(fits, axis=(1, 2)), np.any(fits, axis=(0, 2))
+        r, c = _run(rows), _run(cols)  # slices where the rows (columns) run consecutively: a view of a block
+        index = np.ix_(r, c) if isinstance(r, np.ndarray) and isinstance(c, np.ndarray) else (r, c)
+        keep = None if fits.all() else np.where(fits[index], 1.0, np.nan)
+        return cls(fits.shape, rows, cols, index, keep)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.rows.any() and self.cols.any())
+
+    @property
+    def whole(self) -> bool:
+        return bool(self.rows.all() and self.cols.all())
+
+    def take(self, x: Any) -> Any:
+        """``x`` (a scalar, or an array that broadcasts against the block) over the part's rows and columns."""
+        if np.ndim(x) == 0 or self.whole:
+            return x
+        x = np.asarray(x)
+        x = x.reshape((1,) * (3 - x.ndim) + x.shape)
+        if x.shape[0] > 1:
+            x = x[self.rows]
+        if x.shape[1] > 1:
+            x = x[:, self.cols]
+        return x
+
+    def take_cost(self, cost: OpCost) -> OpCost:
+        """``cost`` with each field over the part (:meth:`take`)."""
+        if self.whole:
+            return cost
+        return dataclasses.replace(cost, **{f: self.take(getattr(cost, f)) for f in _COST_FIELDS})
+
+    def with_values(self, values: Any) -> "_FitPart":
+        return dataclasses.replace(self, values=values)
+
+    def write(self, dst: np.ndarray) -> None:
+        """The column into ``dst`` (the block's shape): the values where a point fits, NaN elsewhere."""
+        if self.whole:
+            if self.keep is None:
+                dst[...] = self.values
+            else:
+                np.multiply(self.values, self.keep, out=dst)
+            return
+        dst.fill(np.nan)
+        if self.empty:
+            return
+        if isinstance(self.index[0], slice) and isinstance(self.index[1], slice):  # a view: written in place
+            np.multiply(self.values, self.keep, out=dst[self.index])
+        else:
+            dst[self.index] = self.values * self.keep
+
+    def full(self) -> np.ndarray:
+        """The column over the whole block (:meth:`write`)."""
+        dst = np.empty(self.shape)
+        self.write(dst)
+        return dst
 
 
 #: The metric columns of a frame, in order (:func:`perfmodel.metrics.scenario_metrics` keys).
@@ -589,6 +683,4 @@ def _head_columns(m, g, prof, ctx, out, b, t) -> dict:
 
 def _const(text: str, n: int) -> pd.Categorical:
     """A column holding one string ``n`` times (categorical: building a million strings is slow)."""
-    import pandas as pd
-
-    return pd.Categorical.from_codes(np.zeros(n, dtype=np.int8), [text])
+    return categorical(np.zeros(n, dtype=np.int8), (text,))
