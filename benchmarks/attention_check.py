@@ -49,7 +49,8 @@ def run_checks() -> dict[str, float]:
             v = torch.randn(b, hkv, n, hd, device=d, dtype=torch.bfloat16)
             for causal in (True, False):
                 res[f"prefill D={hd} B={b} Hq={hq} Hkv={hkv} L={n} causal={causal}"] = _err(
-                    kernels.attention_prefill(q, k, v, causal), ref.attention_prefill_ref(q, k, v, causal))
+                    kernels.attention_prefill(q, k, v, causal), ref.attention_prefill_ref(q, k, v, causal)
+                )
     for hd in (64, 128):
         q = torch.randn(7, 32, hd, device=d, dtype=torch.bfloat16)
         kc = torch.randn(7, 8, 5000, hd, device=d, dtype=torch.bfloat16)
@@ -58,14 +59,19 @@ def run_checks() -> dict[str, float]:
             kl = torch.tensor(lens, device=d, dtype=torch.int32)
             r64 = ref.attention_decode_ref(q, kc, vc, kl)
             for ns in (None, 1, 37, 264, 3000):
-                res[f"stream_k D={hd} {tag} P={ns}"] = _err(kernels.attention_decode(q, kc, vc, kl, ns, "stream_k"), r64)
-            res[f"split_kv D={hd} {tag}"] = _err(kernels.attention_decode(q, kc, vc, kl, None, "split_kv"), r64)
+                res[f"stream_k D={hd} {tag} P={ns}"] = _err(
+                    kernels.attention_decode(q, kc, vc, kl, ns, "stream_k"), r64
+                )
+            res[f"split_kv D={hd} {tag}"] = _err(
+                kernels.attention_decode(q, kc, vc, kl, None, "split_kv"), r64
+            )
             # the merge forced either way: in the kernel beyond one wave, by the reduction kernel within one
             for fused, counts in ((True, (264, 3000)), (False, (1, 37))):
                 cfg = kernels.DecodeConfig(fused_merge=fused)
                 for ns in counts:
                     res[f"stream_k fused={fused} D={hd} {tag} P={ns}"] = _err(
-                        kernels.attention_decode(q, kc, vc, kl, ns, "stream_k", config=cfg), r64)
+                        kernels.attention_decode(q, kc, vc, kl, ns, "stream_k", config=cfg), r64
+                    )
     for ps in (16, 64):
         for hd in (64, 128):
             for sched in ("split_kv", "stream_k"):
@@ -89,7 +95,8 @@ def breadth_checks() -> dict[str, float]:
         v = torch.randn(2, 4, 999, dv, **bf)
         for causal in (True, False):
             res[f"prefill D={hd} Dv={dv} B=2 Hq=28 Hkv=4 L=999 causal={causal}"] = _err(
-                kernels.attention_prefill(q, k, v, causal), ref.attention_prefill_ref(q, k, v, causal))
+                kernels.attention_prefill(q, k, v, causal), ref.attention_prefill_ref(q, k, v, causal)
+            )
     lens = torch.tensor([1, 5000, 17, 2048, 999, 64, 65], device=d, dtype=torch.int32)
     for hd, dv in ((80, 80), (96, 96), (192, 128), (256, 256)):
         q = torch.randn(7, 32, hd, **bf)
@@ -97,16 +104,21 @@ def breadth_checks() -> dict[str, float]:
         vc = torch.randn(7, 8, 5000, dv, **bf)
         want = ref.attention_decode_ref(q, kc, vc, lens)
         for sched in ("split_kv", "stream_k") if hd == dv == 256 else ("split_kv",):
-            res[f"{sched} D={hd} Dv={dv} ragged"] = _err(kernels.attention_decode(q, kc, vc, lens, schedule=sched), want)
+            res[f"{sched} D={hd} Dv={dv} ragged"] = _err(
+                kernels.attention_decode(q, kc, vc, lens, schedule=sched), want
+            )
     for hd in (80, 96):
         res[f"paged split_kv page=16 D={hd} ragged"] = paged_error(d, 16, hd, "split_kv")
     for hd, per_head in ((128, True), (96, False), (64, True)):
         q = torch.randn(7, 32, hd, **bf)
         kq, ks = ref.quantize_fp8(torch.randn(7, 8, 5000, hd, **bf), per_head)
         vq, vs = ref.quantize_fp8(torch.randn(7, 8, 5000, hd, **bf), per_head)
-        want = ref.attention_decode_ref(q, ref.dequantize_fp8_ref(kq, ks), ref.dequantize_fp8_ref(vq, vs), lens)
+        want = ref.attention_decode_ref(
+            q, ref.dequantize_fp8_ref(kq, ks), ref.dequantize_fp8_ref(vq, vs), lens
+        )
         res[f"fp8 e4m3 D={hd} per_head={per_head} ragged"] = _err(
-            kernels.attention_decode(q, kq, vq, lens, k_scale=ks, v_scale=vs), want)
+            kernels.attention_decode(q, kq, vq, lens, k_scale=ks, v_scale=vs), want
+        )
     for heads in (16, 128):
         page, lmax = 64, 3001
         blocks = -(-lmax // page)
@@ -114,19 +126,30 @@ def breadth_checks() -> dict[str, float]:
         table = torch.randperm(5 * blocks + 3, device=d)[: 5 * blocks].view(5, blocks).to(torch.int32)
         lat = torch.randn(5 * blocks + 3, page, 576, **bf)
         q = torch.randn(5, heads, 576, **bf)
-        scale = 192 ** -0.5
+        scale = 192**-0.5
         res[f"mla bf16 H={heads} page={page} ragged"] = _err(
             kernels.attention_decode_mla(q, lat, table, kl, sm_scale=scale),
-            ref.attention_decode_mla_ref(q, lat, table, kl, 512, scale))
+            ref.attention_decode_mla_ref(q, lat, table, kl, 512, scale),
+        )
         lq, ls = ref.quantize_fp8(lat[:, None], per_head=False)
         res[f"mla fp8 H={heads} page={page} ragged"] = _err(
             kernels.attention_decode_mla(q, lq[:, 0], table, kl, sm_scale=scale, latent_scale=ls),
-            ref.attention_decode_mla_ref(q, lq[:, 0].double() * ls.double(), table, kl, 512, scale))
+            ref.attention_decode_mla_ref(q, lq[:, 0].double() * ls.double(), table, kl, 512, scale),
+        )
     return res
 
 
-def paged_error(device, page_size: int, head_dim: int, schedule: str, batch: int = 5, kv_heads: int = 4,
-                q_heads: int = 16, max_len: int = 3001, lens=(1, 3001, 17, 1024, 999)) -> float:
+def paged_error(
+    device,
+    page_size: int,
+    head_dim: int,
+    schedule: str,
+    batch: int = 5,
+    kv_heads: int = 4,
+    q_heads: int = 16,
+    max_len: int = 3001,
+    lens=(1, 3001, 17, 1024, 999),
+) -> float:
     """Relative error of ``perfmodel.kernels.attention_decode_paged`` against the float64 reference of the
     same cache laid out contiguously: random pages in a shuffled order, ragged lengths."""
     import torch
@@ -142,8 +165,11 @@ def paged_error(device, page_size: int, head_dim: int, schedule: str, batch: int
 
     def pages(c):
         out = torch.empty((batch * blocks, kv_heads, page_size, head_dim), device=device, dtype=c.dtype)
-        out[table.reshape(-1).long()] = (c.view(batch, kv_heads, blocks, page_size, head_dim)
-                                         .permute(0, 2, 1, 3, 4).reshape(-1, kv_heads, page_size, head_dim))
+        out[table.reshape(-1).long()] = (
+            c.view(batch, kv_heads, blocks, page_size, head_dim)
+            .permute(0, 2, 1, 3, 4)
+            .reshape(-1, kv_heads, page_size, head_dim)
+        )
         return out
 
     kl = torch.tensor(lens[:batch], device=device, dtype=torch.int32)
@@ -154,7 +180,9 @@ def paged_error(device, page_size: int, head_dim: int, schedule: str, batch: int
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
-    ap.add_argument("--breadth", action="store_true", help="only the other head sizes, fp8 caches and MLA decode")
+    ap.add_argument(
+        "--breadth", action="store_true", help="only the other head sizes, fp8 caches and MLA decode"
+    )
     args = ap.parse_args()
     import torch
 
@@ -165,8 +193,13 @@ def main() -> int:
     bad = {k: v for k, v in res.items() if not v < 1e-2}
     from perfmodel.validation.run import driver_version
 
-    meta = {"gpu": torch.cuda.get_device_name(), "driver": driver_version(), "torch": torch.__version__,
-            "cuda": torch.version.cuda, "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat()}
+    meta = {
+        "gpu": torch.cuda.get_device_name(),
+        "driver": driver_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+    }
     try:
         import triton
 
@@ -175,10 +208,14 @@ def main() -> int:
         pass
     for k, v in res.items():
         print(f"  {k:60s} {v:.2e}")
-    print(f"{meta['gpu']}: {len(res)} configurations, largest relative error {max(res.values()):.2e}: "
-          + ("PASS" if not bad else f"FAIL {bad}"))
+    print(
+        f"{meta['gpu']}: {len(res)} configurations, largest relative error {max(res.values()):.2e}: "
+        + ("PASS" if not bad else f"FAIL {bad}")
+    )
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "attention_check.json").write_text(json.dumps({**meta, "rel_err": res, "passed": not bad}, indent=1))
+    (Path(args.out) / "attention_check.json").write_text(
+        json.dumps({**meta, "rel_err": res, "passed": not bad}, indent=1)
+    )
     return 0 if not bad else 1
 
 

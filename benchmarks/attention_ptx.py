@@ -42,7 +42,9 @@ def _compile(fn, types: dict, constants: dict, warps: int, stages: int):
         elif t.startswith("*") or n.startswith("s_"):
             attrs[(i,)] = [["tt.divisibility", 16]]
     src = ASTSource(fn, sig, constexprs={(names.index(k),): v for k, v in constants.items()}, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages))
+    return triton.compile(
+        src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages)
+    )
 
 
 def configurations():
@@ -52,17 +54,49 @@ def configurations():
     from perfmodel import decode_schedule as ds
 
     ap = sys.modules["perfmodel.kernels.attention_prefill"]
-    for d, dv, group, kv, mla, paged in ((80, 80, 4, "bf16", False, False), (96, 96, 4, "bf16", False, True),
-                                         (192, 128, 1, "bf16", False, False), (256, 256, 4, "bf16", False, False),
-                                         (128, 128, 4, "fp8e4nv", False, False), (128, 128, 4, "fp8e4nv", False, True),
-                                         (576, 512, 16, "bf16", True, True), (576, 512, 128, "fp8e4nv", True, True)):
+    for d, dv, group, kv, mla, paged in (
+        (80, 80, 4, "bf16", False, False),
+        (96, 96, 4, "bf16", False, True),
+        (192, 128, 1, "bf16", False, False),
+        (256, 256, 4, "bf16", False, False),
+        (128, 128, 4, "fp8e4nv", False, False),
+        (128, 128, 4, "fp8e4nv", False, True),
+        (576, 512, 16, "bf16", True, True),
+        (576, 512, 128, "fp8e4nv", True, True),
+    ):
         a, b = split_head_dim(d)
         g, n, warps, stages = ds.general_tile(d, dv, group, mla)
-        types = {"Q": "*bf16", "q_strides": ("i32", "i32"), "K": f"*{kv}", "k_lay": ("i32",) * 3, "V": f"*{kv}",
-                 "v_lay": ("i32",) * 3, "BT": "*i32", "KV_LENS": "*i32", "K_SCALE": "*fp32", "V_SCALE": "*fp32",
-                 "PO": "*fp32", "PL": "*fp32", "qk_scale": "fp32", "PAGE_SIZE": "i32", "s_btb": "i32"}
-        c = dict(HEAD_DIM=a, HEAD_DIM_B=b, D_B=d - a, HEAD_DIM_V=max(16, next_pow2(dv)), DV=dv, BLOCK_G=g, BLOCK_N=n,
-                 PAGED=paged, V_FROM_K=mla, SCALED=kv != "bf16", PRECISION="tf32", UPCAST=False)
+        types = {
+            "Q": "*bf16",
+            "q_strides": ("i32", "i32"),
+            "K": f"*{kv}",
+            "k_lay": ("i32",) * 3,
+            "V": f"*{kv}",
+            "v_lay": ("i32",) * 3,
+            "BT": "*i32",
+            "KV_LENS": "*i32",
+            "K_SCALE": "*fp32",
+            "V_SCALE": "*fp32",
+            "PO": "*fp32",
+            "PL": "*fp32",
+            "qk_scale": "fp32",
+            "PAGE_SIZE": "i32",
+            "s_btb": "i32",
+        }
+        c = dict(
+            HEAD_DIM=a,
+            HEAD_DIM_B=b,
+            D_B=d - a,
+            HEAD_DIM_V=max(16, next_pow2(dv)),
+            DV=dv,
+            BLOCK_G=g,
+            BLOCK_N=n,
+            PAGED=paged,
+            V_FROM_K=mla,
+            SCALED=kv != "bf16",
+            PRECISION="tf32",
+            UPCAST=False,
+        )
         name = f"decode_{'mla_' if mla else ''}d{d}_dv{dv}_g{group}_{kv}_p{int(paged)}"
         yield name, dg._split_kernel, types, c, warps, stages
     for dv in (80, 128, 256, 512):
@@ -72,17 +106,33 @@ def configurations():
     types = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "Out": "*bf16", "qk_scale": "fp32"}
     for d, dv in ((64, 64), (80, 80), (96, 96), (128, 128), (192, 128), (256, 256)):
         a, b = split_head_dim(d)
-        base = dict(HEAD_DIM=a, HEAD_DIM_B=b, D_B=d - a, HEAD_DIM_V=next_pow2(dv), DV=dv, CAUSAL=True,
-                    PRECISION="tf32", UPCAST=False)
+        base = dict(
+            HEAD_DIM=a,
+            HEAD_DIM_B=b,
+            D_B=d - a,
+            HEAD_DIM_V=next_pow2(dv),
+            DV=dv,
+            CAUSAL=True,
+            PRECISION="tf32",
+            UPCAST=False,
+        )
         for cfg in ap.configs_for_head(ap._GPU_CONFIGS + ap._WIDE_GPU_CONFIGS, {}, **base):
             m, n = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
-            yield (f"prefill_d{d}_dv{dv}_m{m}_n{n}_w{cfg.num_warps}_s{cfg.num_stages}", ap._prefill_kernel, types,
-                   dict(base, **cfg.kwargs), cfg.num_warps, cfg.num_stages)
+            yield (
+                f"prefill_d{d}_dv{dv}_m{m}_n{n}_w{cfg.num_warps}_s{cfg.num_stages}",
+                ap._prefill_kernel,
+                types,
+                dict(base, **cfg.kwargs),
+                cfg.num_warps,
+                cfg.num_stages,
+            )
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="", metavar="PREFIX", help="compile only the configurations named PREFIX...")
+    ap.add_argument(
+        "--only", default="", metavar="PREFIX", help="compile only the configurations named PREFIX..."
+    )
     args = ap.parse_args()
     from perfmodel import kernels  # noqa: F401  (registers kernels.attention_prefill)
     from decode_ptx import resources
@@ -93,7 +143,11 @@ def main() -> int:
             continue
         k = _compile(fn, types, constants, warps, stages)
         shared = k.metadata.shared
-        note = "  exceeds an H100's shared memory (skipped by the autotuner)" if shared > H100_SHARED_BYTES else ""
+        note = (
+            "  exceeds an H100's shared memory (skipped by the autotuner)"
+            if shared > H100_SHARED_BYTES
+            else ""
+        )
         print(f"{name}: {resources(k.asm['cubin'])} dynamic_shared_bytes={shared}{note}", flush=True)
         n += 1
     if n == 0:

@@ -61,8 +61,11 @@ def main(argv: list[str] | None = None) -> int:
             q = torch.randn(b, hq, d, device="cuda", dtype=torch.bfloat16)
             k = torch.randn(b, hkv, n, d, device="cuda", dtype=torch.bfloat16)
             v = torch.randn(b, hkv, n, d, device="cuda", dtype=torch.bfloat16)
-            lens = (torch.randint(1, n + 1, (b,), device="cuda", dtype=torch.int32) if args.ragged
-                    else torch.full((b,), n, device="cuda", dtype=torch.int32))
+            lens = (
+                torch.randint(1, n + 1, (b,), device="cuda", dtype=torch.int32)
+                if args.ragged
+                else torch.full((b,), n, device="cuda", dtype=torch.int32)
+            )
             kernels.attention_decode(q, k, v, lens, schedule=sched, validate=False, config=config)
         torch.cuda.synchronize()
     print("done")

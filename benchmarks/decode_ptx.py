@@ -26,9 +26,37 @@ import sys
 from pathlib import Path
 
 _REPO = Path(__file__).resolve().parents[1]
-_PTRS = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "KV_LENS": "*i32", "BT": "*i32", "PO": "*fp32", "PL": "*fp32",
-         "O": "*bf16", "Out": "*bf16", "CNT": "*i32", "RNG": "*i32"}
-_DIV16 = {"Q", "K", "V", "KV_LENS", "PO", "PL", "O", "Out", "RNG", "s_qb", "s_qh", "s_kb", "s_kh", "s_kn", "s_ob", "s_oh"}
+_PTRS = {
+    "Q": "*bf16",
+    "K": "*bf16",
+    "V": "*bf16",
+    "KV_LENS": "*i32",
+    "BT": "*i32",
+    "PO": "*fp32",
+    "PL": "*fp32",
+    "O": "*bf16",
+    "Out": "*bf16",
+    "CNT": "*i32",
+    "RNG": "*i32",
+}
+_DIV16 = {
+    "Q",
+    "K",
+    "V",
+    "KV_LENS",
+    "PO",
+    "PL",
+    "O",
+    "Out",
+    "RNG",
+    "s_qb",
+    "s_qh",
+    "s_kb",
+    "s_kh",
+    "s_kn",
+    "s_ob",
+    "s_oh",
+}
 #: arguments the kernels take as tuples: (element types, paths of the elements divisible by 16)
 _TUPLES = {
     "q_strides": (("i32", "i32"), ((0,), (1,))),
@@ -42,8 +70,14 @@ def normalised_ptx(ptx: str) -> str:
     """PTX without comments, ``.loc``/``.file`` lines, debug labels and the debug sections."""
     code = ptx.split(".section")[0]
     code = re.sub(r"//.*", "", code)
-    keep = [ln for ln in code.split("\n") if ln.strip() and not ln.strip().startswith(".loc")
-            and ".file" not in ln and not re.fullmatch(r"\$L__tmp\d+:", ln.strip())]
+    keep = [
+        ln
+        for ln in code.split("\n")
+        if ln.strip()
+        and not ln.strip().startswith(".loc")
+        and ".file" not in ln
+        and not re.fullmatch(r"\$L__tmp\d+:", ln.strip())
+    ]
     return "\n".join(keep) + "\n"
 
 
@@ -64,8 +98,16 @@ def _compile(fn, constants: dict) -> str:
 
     names = fn.arg_names
     constants = {k: v for k, v in constants.items() if k in names}  # settings an older source lacks
-    sig = {n: ("constexpr" if n in constants else _TUPLES[n][0] if n in _TUPLES
-               else _PTRS.get(n, "fp32" if n == "qk_scale" else "i32")) for n in names}
+    sig = {
+        n: (
+            "constexpr"
+            if n in constants
+            else _TUPLES[n][0]
+            if n in _TUPLES
+            else _PTRS.get(n, "fp32" if n == "qk_scale" else "i32")
+        )
+        for n in names
+    }
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in _DIV16 if n in names}
     for n, (_, paths) in _TUPLES.items():
         if n in names:
@@ -86,9 +128,16 @@ def resources(cubin: bytes) -> str:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        out = subprocess.run([str(tool), "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
-    return " ".join(w for ln in out.splitlines() if "REG:" in ln for w in ln.split()
-                    if w.split(":")[0] in ("REG", "STACK", "SHARED", "LOCAL"))
+        out = subprocess.run(
+            [str(tool), "-res-usage", f.name], capture_output=True, text=True, check=True
+        ).stdout
+    return " ".join(
+        w
+        for ln in out.splitlines()
+        if "REG:" in ln
+        for w in ln.split()
+        if w.split(":")[0] in ("REG", "STACK", "SHARED", "LOCAL")
+    )
 
 
 def configurations(dk):
@@ -98,16 +147,25 @@ def configurations(dk):
     split_n = wrapper._GPU_META["BLOCK_N"]
     for head_dim, block_n in ((128, 64), (64, 128)):
         for paged in (False, True):
-            base = dict(HEAD_DIM=head_dim, BLOCK_G=16, BLOCK_N=block_n, PAGED=paged, PRECISION="tf32", UPCAST=False)
+            base = dict(
+                HEAD_DIM=head_dim, BLOCK_G=16, BLOCK_N=block_n, PAGED=paged, PRECISION="tf32", UPCAST=False
+            )
             # as launched: split-KV with the wrapper's tile (64 keys at every head_dim) and programmatic
             # dependent launch, stream-K without
-            yield f"split_d{head_dim}_p{int(paged)}", dk._split_kv_kernel, dict(base, BLOCK_N=split_n, PDL=True)
+            yield (
+                f"split_d{head_dim}_p{int(paged)}",
+                dk._split_kv_kernel,
+                dict(base, BLOCK_N=split_n, PDL=True),
+            )
             for fused in (False, True):
                 phantom = wrapper.DecodeConfig().phantom_tiles if fused else 0
                 c = dict(base, B_P2=8, GP=4, BLOCK_S=16, FUSED=fused, WIDE=False, PHANTOM=phantom)
                 yield f"stream_k_d{head_dim}_p{int(paged)}_fused{int(fused)}", dk._stream_k_kernel, c
-        for name, stream_k, guess, pdl in (("split", False, 0, True), ("stream_k", True, 0, False),
-                                           ("stream_k_guess", True, 16, False)):
+        for name, stream_k, guess, pdl in (
+            ("split", False, 0, True),
+            ("stream_k", True, 0, False),
+            ("stream_k_guess", True, 16, False),
+        ):
             c = dict(HEAD_DIM=head_dim, BLOCK_S=16, STREAM_K=stream_k, GUESS_P2=guess, WIDE=False, PDL=pdl)
             yield f"reduce_{name}_d{head_dim}", dk._reduce_kernel, c
 
@@ -140,8 +198,11 @@ def dump(source: Path, out: Path, only: str = "", show_resources: bool = False) 
 def compare(a: Path, b: Path) -> list[str]:
     """Configurations whose PTX differs between two dumps (or exists in one only)."""
     names = sorted({p.name for p in a.glob("*.ptx")} | {p.name for p in b.glob("*.ptx")})
-    return [n for n in names if not ((a / n).exists() and (b / n).exists()
-                                     and (a / n).read_text() == (b / n).read_text())]
+    return [
+        n
+        for n in names
+        if not ((a / n).exists() and (b / n).exists() and (a / n).read_text() == (b / n).read_text())
+    ]
 
 
 def main() -> int:
@@ -149,14 +210,22 @@ def main() -> int:
     ap.add_argument("--out", type=Path, help="folder for the PTX of each configuration")
     ap.add_argument("--source", type=Path, default=_REPO / "kernels" / "_decode_kernels.py")
     ap.add_argument("--compare", nargs=2, type=Path, metavar=("DIR_A", "DIR_B"))
-    ap.add_argument("--only", default="", metavar="PREFIX", help="compile only the configurations named PREFIX...")
-    ap.add_argument("--resources", action="store_true",
-                    help="print each configuration's registers, stack, local and shared memory")
+    ap.add_argument(
+        "--only", default="", metavar="PREFIX", help="compile only the configurations named PREFIX..."
+    )
+    ap.add_argument(
+        "--resources",
+        action="store_true",
+        help="print each configuration's registers, stack, local and shared memory",
+    )
     args = ap.parse_args()
     if args.compare:
         diff = compare(*args.compare)
         n = len({p.name for p in args.compare[0].glob("*.ptx")})
-        print(f"{n - len(diff)} of {n} configurations compile to the same PTX" + (f"; differ: {diff}" if diff else ""))
+        print(
+            f"{n - len(diff)} of {n} configurations compile to the same PTX"
+            + (f"; differ: {diff}" if diff else "")
+        )
         return 1 if diff else 0
     if args.out is None:
         print("error: give --out DIR or --compare DIR_A DIR_B", file=sys.stderr)

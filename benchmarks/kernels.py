@@ -62,31 +62,56 @@ def _bench(fn) -> float:
 def _env() -> dict:
     p = torch.cuda.get_device_properties(0)
     try:
-        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                capture_output=True, text=True, timeout=30).stdout.strip()
+        driver = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
     except Exception as e:  # noqa: BLE001
         driver = f"unknown ({e})"
-    return {"gpu": p.name, "sm_count": p.multi_processor_count, "driver": driver,
-            "cuda": torch.version.cuda, "torch": torch.__version__, "triton": triton.__version__,
-            "python": sys.version.split()[0], "date_utc": dt.datetime.now(dt.timezone.utc).isoformat()}
+    return {
+        "gpu": p.name,
+        "sm_count": p.multi_processor_count,
+        "driver": driver,
+        "cuda": torch.version.cuda,
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "python": sys.version.split()[0],
+        "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(),
+    }
 
 
 def _row(section, kernel, variant, case, time_s, flops=0, nbytes=0, baseline=None, baseline_s=None, **extra):
-    r = {"section": section, "kernel": kernel, "variant": variant, "case": case, "time_s": time_s,
-         "flops": flops, "bytes": nbytes,
-         "achieved_flops_per_s": flops / time_s if flops else None,
-         "achieved_bytes_per_s": nbytes / time_s if nbytes else None,
-         "baseline": baseline, "baseline_time_s": baseline_s,
-         "speed_vs_baseline": (baseline_s / time_s) if baseline_s else None}
+    r = {
+        "section": section,
+        "kernel": kernel,
+        "variant": variant,
+        "case": case,
+        "time_s": time_s,
+        "flops": flops,
+        "bytes": nbytes,
+        "achieved_flops_per_s": flops / time_s if flops else None,
+        "achieved_bytes_per_s": nbytes / time_s if nbytes else None,
+        "baseline": baseline,
+        "baseline_time_s": baseline_s,
+        "speed_vs_baseline": (baseline_s / time_s) if baseline_s else None,
+    }
     ceil = INFO.get("ceilings", {})
     # an fp8 GEMM is measured against cuBLAS's fp8 rate where that was measured, else against bf16
-    key = "gemm_fp8_flops_per_s" if variant.startswith("fp8") and ceil.get("gemm_fp8_flops_per_s") else \
-        "gemm_bf16_flops_per_s"
+    key = (
+        "gemm_fp8_flops_per_s"
+        if variant.startswith("fp8") and ceil.get("gemm_fp8_flops_per_s")
+        else "gemm_bf16_flops_per_s"
+    )
     if flops and ceil.get(key) and section in ("gemm", "prefill", "heads_prefill"):
         r["frac_of_flops_ceiling"] = r["achieved_flops_per_s"] / ceil[key]
         r["flops_ceiling"] = key
-    if nbytes and ceil.get("copy_bytes_per_s") and section in ("decode", "paged", "kv", "sweep", "heads_decode",
-                                                                 "mla", "fp8kv"):
+    if (
+        nbytes
+        and ceil.get("copy_bytes_per_s")
+        and section in ("decode", "paged", "kv", "sweep", "heads_decode", "mla", "fp8kv")
+    ):
         r["frac_of_bw_ceiling"] = r["achieved_bytes_per_s"] / ceil["copy_bytes_per_s"]
     r.update(extra)
     ROWS.append(r)
@@ -107,8 +132,12 @@ def ceilings() -> None:
     x = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     y = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     tg = _bench(lambda: x @ y)
-    INFO["ceilings"] = {"copy_bytes_per_s": copy_bps, "copy_case": "2 GiB bf16 copy_, read+write counted",
-                        "gemm_bf16_flops_per_s": 2 * 8192**3 / tg, "gemm_case": "8192^3 bf16 torch.matmul"}
+    INFO["ceilings"] = {
+        "copy_bytes_per_s": copy_bps,
+        "copy_case": "2 GiB bf16 copy_, read+write counted",
+        "gemm_bf16_flops_per_s": 2 * 8192**3 / tg,
+        "gemm_case": "8192^3 bf16 torch.matmul",
+    }
     x = y = None
     fp8 = ""
     try:  # cuBLAS fp8 (e4m3 operands, bf16 output; B column-major as cuBLAS wants it)
@@ -116,8 +145,9 @@ def ceilings() -> None:
         y8 = torch.randn(8192, 8192, device="cuda").to(torch.float8_e4m3fn).t()
         one = torch.ones((), device="cuda")
         t8 = _bench(lambda: torch._scaled_mm(x8, y8, one, one, out_dtype=torch.bfloat16))
-        INFO["ceilings"].update(gemm_fp8_flops_per_s=2 * 8192**3 / t8,
-                                gemm_fp8_case="8192^3 fp8 e4m3 torch._scaled_mm, bf16 out")
+        INFO["ceilings"].update(
+            gemm_fp8_flops_per_s=2 * 8192**3 / t8, gemm_fp8_case="8192^3 fp8 e4m3 torch._scaled_mm, bf16 out"
+        )
         fp8 = f", cuBLAS fp8 {2 * 8192**3 / t8 / 1e12:.1f} TFLOP/s"
     except Exception as e:  # noqa: BLE001  (no fp8 on this GPU or torch)
         print("no fp8 ceiling:", e)
@@ -146,8 +176,9 @@ def check() -> None:
         k = torch.randn(2, 4, 999, hd, device=d, dtype=torch.bfloat16)
         v = torch.randn(2, 4, 999, hd, device=d, dtype=torch.bfloat16)
         for causal in (True, False):
-            res[f"prefill D={hd} causal={causal}"] = _err(kernels.attention_prefill(q, k, v, causal),
-                                                          ref.attention_prefill_ref(q, k, v, causal))
+            res[f"prefill D={hd} causal={causal}"] = _err(
+                kernels.attention_prefill(q, k, v, causal), ref.attention_prefill_ref(q, k, v, causal)
+            )
     q = torch.randn(5, 32, 128, device=d, dtype=torch.bfloat16)
     kc = torch.randn(5, 8, 3001, 128, device=d, dtype=torch.bfloat16)
     vc = torch.randn(5, 8, 3001, 128, device=d, dtype=torch.bfloat16)
@@ -175,16 +206,29 @@ def check() -> None:
 
 
 def gemm() -> None:
-    for m, n, k in [(8192, 8192, 8192), (4096, 4096, 4096), (4096, 14336, 4096), (16384, 4096, 4096),
-                    (2047, 3001, 1999)]:
+    for m, n, k in [
+        (8192, 8192, 8192),
+        (4096, 4096, 4096),
+        (4096, 14336, 4096),
+        (16384, 4096, 4096),
+        (2047, 3001, 1999),
+    ]:
         a = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         b = torch.randn(k, n, device="cuda", dtype=torch.bfloat16)
         op = {"op": "gemm", "m": m, "n": n, "k": k, "dtype": "bf16"}
         tb = _bench(lambda: a @ b)
         t = _bench(lambda: kernels.matmul(a, b, persistent=False))
-        _row("gemm", "matmul", "bf16", f"{m}x{n}x{k}", t, kernels.matmul.flops(op),
-             kernels.matmul.bytes_moved(op),
-             "torch.matmul", tb)
+        _row(
+            "gemm",
+            "matmul",
+            "bf16",
+            f"{m}x{n}x{k}",
+            t,
+            kernels.matmul.flops(op),
+            kernels.matmul.bytes_moved(op),
+            "torch.matmul",
+            tb,
+        )
     for m in (16, 64, 128):
         a = torch.randn(m, 8192, device="cuda", dtype=torch.bfloat16)
         b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
@@ -192,8 +236,17 @@ def gemm() -> None:
         tb = _bench(lambda: a @ b)
         for pers in (True, False):
             t = _bench(lambda: kernels.matmul(a, b, persistent=pers))
-            _row("gemm", "matmul", "bf16 persistent" if pers else "bf16 tiled", f"{m}x8192x8192", t,
-                 kernels.matmul.flops(op), kernels.matmul.bytes_moved(op), "torch.matmul", tb)
+            _row(
+                "gemm",
+                "matmul",
+                "bf16 persistent" if pers else "bf16 tiled",
+                f"{m}x8192x8192",
+                t,
+                kernels.matmul.flops(op),
+                kernels.matmul.bytes_moved(op),
+                "torch.matmul",
+                tb,
+            )
     a = torch.randn(8192, 8192, device="cuda").to(torch.float8_e4m3fn)
     b = torch.randn(8192, 8192, device="cuda").to(torch.float8_e4m3fn).t()  # column-major B
     op = {"op": "gemm", "m": 8192, "n": 8192, "k": 8192, "dtype": "fp8", "out_dtype": "bf16"}
@@ -205,8 +258,17 @@ def gemm() -> None:
         print("no fp8 baseline:", e)
         tb, base = None, None
     t = _bench(lambda: kernels.matmul(a, b))
-    _row("gemm", "matmul", "fp8 e4m3", "8192x8192x8192", t, kernels.matmul.flops(op),
-         kernels.matmul.bytes_moved(op), base, tb)
+    _row(
+        "gemm",
+        "matmul",
+        "fp8 e4m3",
+        "8192x8192x8192",
+        t,
+        kernels.matmul.flops(op),
+        kernels.matmul.bytes_moved(op),
+        base,
+        tb,
+    )
 
 
 def _sdpa(q, k, v, causal):
@@ -239,19 +301,45 @@ def _sdpa_fn(q, k, v, causal):
 
 
 def prefill() -> None:
-    for bsz, length, hq, hkv, d in [(8, 1024, 32, 8, 128), (4, 4096, 32, 8, 128), (2, 8192, 32, 8, 128),
-                                    (1, 16384, 32, 8, 128), (4, 4096, 32, 32, 128), (4, 4096, 32, 8, 64)]:
+    for bsz, length, hq, hkv, d in [
+        (8, 1024, 32, 8, 128),
+        (4, 4096, 32, 8, 128),
+        (2, 8192, 32, 8, 128),
+        (1, 16384, 32, 8, 128),
+        (4, 4096, 32, 32, 128),
+        (4, 4096, 32, 8, 64),
+    ]:
         q = torch.randn(bsz, hq, length, d, device="cuda", dtype=torch.bfloat16)
         k = torch.randn(bsz, hkv, length, d, device="cuda", dtype=torch.bfloat16)
         v = torch.randn(bsz, hkv, length, d, device="cuda", dtype=torch.bfloat16)
-        op = {"op": "attention", "phase": "prefill", "batch": bsz, "q_len": length, "kv_len": length,
-              "q_heads": hq, "kv_heads": hkv, "head_dim": d, "causal": True, "dtype": "bf16"}
+        op = {
+            "op": "attention",
+            "phase": "prefill",
+            "batch": bsz,
+            "q_len": length,
+            "kv_len": length,
+            "q_heads": hq,
+            "kv_heads": hkv,
+            "head_dim": d,
+            "causal": True,
+            "dtype": "bf16",
+        }
         fn, base = _sdpa_fn(q, k, v, True)
         tb = _bench(fn) if fn else None
         t = _bench(lambda: kernels.attention_prefill(q, k, v, causal=True))
-        _row("prefill", "attention_prefill", "causal bf16", f"B{bsz} L{length} Hq{hq} Hkv{hkv} D{d}", t,
-             kernels.attention_prefill.flops(op), kernels.attention_prefill.bytes_moved(op), base, tb,
-             batch=bsz, seq_len=length)
+        _row(
+            "prefill",
+            "attention_prefill",
+            "causal bf16",
+            f"B{bsz} L{length} Hq{hq} Hkv{hkv} D{d}",
+            t,
+            kernels.attention_prefill.flops(op),
+            kernels.attention_prefill.bytes_moved(op),
+            base,
+            tb,
+            batch=bsz,
+            seq_len=length,
+        )
 
 
 def _graph_calls(copies: int) -> int:
@@ -278,23 +366,48 @@ def _decode_inputs(bsz, length, hq=32, hkv=8, d=128, ragged=False):
         lens = torch.full((bsz,), length, device="cuda", dtype=torch.int32)
     kv_bytes = 2 * bsz * hkv * length * d * 2
     copies = min(32, max(1, -(-256_000_000 // kv_bytes)))
-    sets = [(torch.randn(bsz, hq, d, device="cuda", dtype=torch.bfloat16),
-             torch.randn(bsz, hkv, length, d, device="cuda", dtype=torch.bfloat16),
-             torch.randn(bsz, hkv, length, d, device="cuda", dtype=torch.bfloat16)) for _ in range(copies)]
+    sets = [
+        (
+            torch.randn(bsz, hq, d, device="cuda", dtype=torch.bfloat16),
+            torch.randn(bsz, hkv, length, d, device="cuda", dtype=torch.bfloat16),
+            torch.randn(bsz, hkv, length, d, device="cuda", dtype=torch.bfloat16),
+        )
+        for _ in range(copies)
+    ]
     nbytes = 2 * hkv * d * 2 * int(lens.sum()) + 2 * bsz * hq * d * 2
     return lens, sets, nbytes
 
 
-def _decode_case(bsz, length, hq=32, hkv=8, d=128, ragged=False, sdpa=True,
-                 schedules=("split_kv", "stream_k"),
-                 section="decode", splits=(None,), meta=None):
+def _decode_case(
+    bsz,
+    length,
+    hq=32,
+    hkv=8,
+    d=128,
+    ragged=False,
+    sdpa=True,
+    schedules=("split_kv", "stream_k"),
+    section="decode",
+    splits=(None,),
+    meta=None,
+):
     """Time one decode shape. ``time_s`` is the CUDA-graph GPU time over rotated input copies
     (at least 256 MB of KV in rotation, so no L2 reuse); ``do_bench_time_s`` is do_bench's median
     of eager calls, which includes launch gaps when the CPU side is slower than the GPU."""
     lens, sets, nbytes = _decode_inputs(bsz, length, hq, hkv, d, ragged)
     copies = len(sets)
-    op = {"op": "attention", "phase": "decode", "batch": bsz, "q_len": 1, "kv_len": length, "q_heads": hq,
-          "kv_heads": hkv, "head_dim": d, "causal": True, "dtype": "bf16"}
+    op = {
+        "op": "attention",
+        "phase": "decode",
+        "batch": bsz,
+        "q_len": 1,
+        "kv_len": length,
+        "q_heads": hq,
+        "kv_heads": hkv,
+        "head_dim": d,
+        "causal": True,
+        "dtype": "bf16",
+    }
     flops = kernels.attention_decode.flops(op) if not ragged else 4 * hq * d * int(lens.sum())
     if not ragged:
         assert nbytes == kernels.attention_decode.bytes_moved(op)
@@ -312,17 +425,37 @@ def _decode_case(bsz, length, hq=32, hkv=8, d=128, ragged=False, sdpa=True,
     for s in schedules:
         for ns in splits:
             fns = [
-                (lambda qq=qq, kk=kk, vv=vv, ns=ns, s=s:
-                 kernels.attention_decode(qq, kk, vv, lens, ns, s, validate=False))
+                (
+                    lambda qq=qq, kk=kk, vv=vv, ns=ns, s=s: kernels.attention_decode(
+                        qq, kk, vv, lens, ns, s, validate=False
+                    )
+                )
                 for qq, kk, vv in sets
             ]
             t_eager = _bench(fns[0])
             t = _bench_graph(fns)
             times[(s, ns)] = t
             variant = s if ns is None else f"{s} n={ns}"
-            _row(section, "attention_decode", variant, case, t, flops, nbytes, base, tb,
-                 batch=bsz, kv_len=length, kv_bytes=nbytes, pairs=bsz * hkv, meta=meta, timing="cuda graph",
-                 do_bench_time_s=t_eager, baseline_do_bench_time_s=tb_eager, input_copies=copies)
+            _row(
+                section,
+                "attention_decode",
+                variant,
+                case,
+                t,
+                flops,
+                nbytes,
+                base,
+                tb,
+                batch=bsz,
+                kv_len=length,
+                kv_bytes=nbytes,
+                pairs=bsz * hkv,
+                meta=meta,
+                timing="cuda graph",
+                do_bench_time_s=t_eager,
+                baseline_do_bench_time_s=tb_eager,
+                input_copies=copies,
+            )
     return times
 
 
@@ -334,8 +467,15 @@ def decode() -> None:
                 continue
             times = _decode_case(bsz, length)
             INFO.setdefault("stream_vs_split", []).append(
-                {"batch": bsz, "kv_len": length, "pairs": bsz * 8, "pairs_lt_sms": bsz * 8 < sms,
-                 "split_kv_s": times[("split_kv", None)], "stream_k_s": times[("stream_k", None)]})
+                {
+                    "batch": bsz,
+                    "kv_len": length,
+                    "pairs": bsz * 8,
+                    "pairs_lt_sms": bsz * 8 < sms,
+                    "split_kv_s": times[("split_kv", None)],
+                    "stream_k_s": times[("stream_k", None)],
+                }
+            )
     for bsz, length in ((4, 65536), (16, 16384), (16, 65536), (64, 16384)):
         _decode_case(bsz, length, ragged=True, sdpa=False)
 
@@ -350,14 +490,31 @@ def paged() -> None:
         table = torch.randperm(pool, device="cuda")[: bsz * nblk].reshape(bsz, nblk).int()
         lens = torch.full((bsz,), length, device="cuda", dtype=torch.int32)
         q = torch.randn(bsz, hq, d, device="cuda", dtype=torch.bfloat16)
-        op = {"op": "attention", "phase": "decode", "batch": bsz, "q_len": 1, "kv_len": length, "q_heads": hq,
-              "kv_heads": hkv, "head_dim": d, "causal": True, "dtype": "bf16"}
+        op = {
+            "op": "attention",
+            "phase": "decode",
+            "batch": bsz,
+            "q_len": 1,
+            "kv_len": length,
+            "q_heads": hq,
+            "kv_heads": hkv,
+            "head_dim": d,
+            "causal": True,
+            "dtype": "bf16",
+        }
         for s in ("split_kv", "stream_k"):
             t = _bench(
                 lambda: kernels.attention_decode_paged(q, kp, vp, table, lens, schedule=s, validate=False)
             )
-            _row("paged", "attention_decode_paged", s, f"B{bsz} L{length} page{page}", t,
-                 kernels.attention_decode_paged.flops(op), kernels.attention_decode_paged.bytes_moved(op))
+            _row(
+                "paged",
+                "attention_decode_paged",
+                s,
+                f"B{bsz} L{length} page{page}",
+                t,
+                kernels.attention_decode_paged.flops(op),
+                kernels.attention_decode_paged.bytes_moved(op),
+            )
 
 
 def kv_blocks() -> None:
@@ -365,19 +522,41 @@ def kv_blocks() -> None:
     pages = torch.randn(pool, hkv, page, d, device="cuda", dtype=torch.bfloat16)
     for n in (64, 1024, 4096):
         ids = torch.randperm(pool, device="cuda")[:n]
-        op = {"op": "kv_block_copy", "num_blocks": n, "kv_heads": hkv, "block_size": page, "head_dim": d,
-              "dtype": "bf16"}
+        op = {
+            "op": "kv_block_copy",
+            "num_blocks": n,
+            "kv_heads": hkv,
+            "block_size": page,
+            "head_dim": d,
+            "dtype": "bf16",
+        }
         buf = kernels.gather_kv_blocks(pages, ids)
         tb = _bench(lambda: torch.index_select(pages, 0, ids))
         t = _bench(lambda: kernels.gather_kv_blocks(pages, ids, validate=False))
-        _row("kv", "gather_kv_blocks", "bf16", f"{n} blocks of 32 KiB", t, 0,
-             kernels.gather_kv_blocks.bytes_moved(op),
-             "torch.index_select", tb)
+        _row(
+            "kv",
+            "gather_kv_blocks",
+            "bf16",
+            f"{n} blocks of 32 KiB",
+            t,
+            0,
+            kernels.gather_kv_blocks.bytes_moved(op),
+            "torch.index_select",
+            tb,
+        )
         tb = _bench(lambda: pages.index_copy_(0, ids, buf))
         t = _bench(lambda: kernels.scatter_kv_blocks(pages, ids, buf, validate=False))
-        _row("kv", "scatter_kv_blocks", "bf16", f"{n} blocks of 32 KiB", t, 0,
-             kernels.scatter_kv_blocks.bytes_moved(op),
-             "torch.index_copy_", tb)
+        _row(
+            "kv",
+            "scatter_kv_blocks",
+            "bf16",
+            f"{n} blocks of 32 KiB",
+            t,
+            0,
+            kernels.scatter_kv_blocks.bytes_moved(op),
+            "torch.index_copy_",
+            tb,
+        )
 
 
 def sweep() -> None:
@@ -386,18 +565,30 @@ def sweep() -> None:
 
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     for bsz, length in ((1, 262144), (4, 65536), (16, 16384), (2, 16384), (8, 4096)):
-        _decode_case(bsz, length, sdpa=False, section="sweep", schedules=("stream_k",),
-                     splits=(sms, 2 * sms, 4 * sms))
+        _decode_case(
+            bsz, length, sdpa=False, section="sweep", schedules=("stream_k",), splits=(sms, 2 * sms, 4 * sms)
+        )
         per_pair = max(1, 2 * sms // (bsz * 8))
-        _decode_case(bsz, length, sdpa=False, section="sweep", schedules=("split_kv",),
-                     splits=(max(1, per_pair // 2), 2 * per_pair))
+        _decode_case(
+            bsz,
+            length,
+            sdpa=False,
+            section="sweep",
+            schedules=("split_kv",),
+            splits=(max(1, per_pair // 2), 2 * per_pair),
+        )
     saved = dict(mod._GPU_META)
     try:
         for bn, warps, stages in ((64, 4, 4), (128, 4, 3), (128, 8, 3), (32, 4, 4), (64, 8, 3)):
             mod._GPU_META.update({"BLOCK_N": bn, "num_warps": warps, "num_stages": stages})
             for bsz, length in ((1, 262144), (16, 16384), (64, 16384), (1, 16384), (32, 1024)):
-                _decode_case(bsz, length, sdpa=False, section="sweep",
-                             meta=f"BLOCK_N={bn} warps={warps} stages={stages}")
+                _decode_case(
+                    bsz,
+                    length,
+                    sdpa=False,
+                    section="sweep",
+                    meta=f"BLOCK_N={bn} warps={warps} stages={stages}",
+                )
     finally:
         mod._GPU_META.clear()
         mod._GPU_META.update(saved)
@@ -420,8 +611,10 @@ def _stream_k_check() -> None:
                 cfg = kernels.DecodeConfig(fused_merge=fused)
                 for ns in (None, 1, 7, 132, 264, 5000, 40):
                     key = f"stream_k G={hq // hkv} fused={fused} P={ns}"
-                    outs = [kernels.attention_decode(q, kc, vc, lens, ns, "stream_k", config=cfg)
-                            for _ in range(20 if fused else 1)]
+                    outs = [
+                        kernels.attention_decode(q, kc, vc, lens, ns, "stream_k", config=cfg)
+                        for _ in range(20 if fused else 1)
+                    ]
                     err = _err(outs[0], r64)
                     same = all(torch.equal(o, outs[0]) for o in outs)
                     res[key] = err if same else float("inf")
@@ -434,10 +627,14 @@ def _stream_k_check() -> None:
             for fused in (True, False):
                 cfg = kernels.DecodeConfig(fused_merge=fused)
                 for ns in (None, 7, 132, 256):
-                    outs = [kernels.attention_decode(q, kc, vc, lens, ns, "stream_k", config=cfg) for _ in range(5)]
+                    outs = [
+                        kernels.attention_decode(q, kc, vc, lens, ns, "stream_k", config=cfg)
+                        for _ in range(5)
+                    ]
                     same = all(torch.equal(o, outs[0]) for o in outs)
                     res[f"stream_k uniform B={b_u} L={l_u} fused={fused} P={ns}"] = (
-                        _err(outs[0], r64) if same else float("inf"))
+                        _err(outs[0], r64) if same else float("inf")
+                    )
         kp = torch.randn(1000, 8, 16, 128, device=d, dtype=torch.bfloat16)
         vp = torch.randn(1000, 8, 16, 128, device=d, dtype=torch.bfloat16)
         table = torch.randperm(1000, device=d)[: 5 * 188].reshape(5, 188).int()
@@ -445,15 +642,27 @@ def _stream_k_check() -> None:
         q = torch.randn(5, 32, 128, device=d, dtype=torch.bfloat16)
         rp = ref.attention_decode_paged_ref(q, kp, vp, table, plen)
         for fused in (False, True):
-            res[f"paged stream_k fused={fused}"] = _err(kernels.attention_decode_paged(
-                q, kp, vp, table, plen, schedule="stream_k", config=kernels.DecodeConfig(fused_merge=fused)), rp)
+            res[f"paged stream_k fused={fused}"] = _err(
+                kernels.attention_decode_paged(
+                    q,
+                    kp,
+                    vp,
+                    table,
+                    plen,
+                    schedule="stream_k",
+                    config=kernels.DecodeConfig(fused_merge=fused),
+                ),
+                rp,
+            )
     finally:
         pass
     INFO["stream_k_check_rel_err"] = res
     bad = {k: v for k, v in res.items() if not v < 1e-2}
     INFO["stream_k_check_passed"] = not bad
-    print(f"stream-K GPU check: {'PASS' if not bad else f'FAIL {bad}'} ({len(res)} configurations, "
-          f"largest relative error {max(res.values()):.2e}; all in the JSON)")
+    print(
+        f"stream-K GPU check: {'PASS' if not bad else f'FAIL {bad}'} ({len(res)} configurations, "
+        f"largest relative error {max(res.values()):.2e}; all in the JSON)"
+    )
 
 
 class _NoLaunch:
@@ -473,11 +682,24 @@ STREAMK_VARIANTS = (
 STREAMK_MAIN_ONLY = False
 #: the stream-K grid (batch, KV length, ragged; Hq 32, Hkv 8, head_dim 128): the 31 shapes with
 #: B*Hkv below 132 SMs and three with more
-STREAMK_SHAPES = [(b, n, False) for b in (1, 2, 4, 8, 16) for n in (1024, 4096, 16384, 65536, 262144)
-                  if b * n <= 4 * 1024 * 1024]
-STREAMK_SHAPES += [(32, 1024, False), (64, 1024, False), (32, 4096, False),
-                   (4, 65536, True), (16, 16384, True), (16, 65536, True), (64, 16384, True),
-                   (1, 4096, True), (2, 16384, True), (8, 4096, True)]
+STREAMK_SHAPES = [
+    (b, n, False)
+    for b in (1, 2, 4, 8, 16)
+    for n in (1024, 4096, 16384, 65536, 262144)
+    if b * n <= 4 * 1024 * 1024
+]
+STREAMK_SHAPES += [
+    (32, 1024, False),
+    (64, 1024, False),
+    (32, 4096, False),
+    (4, 65536, True),
+    (16, 16384, True),
+    (16, 65536, True),
+    (64, 16384, True),
+    (1, 4096, True),
+    (2, 16384, True),
+    (8, 4096, True),
+]
 #: head layout of ``streamk_rounds`` (query heads, KV heads, head_dim; ``--layout``)
 STREAMK_LAYOUT = (32, 8, 128)
 #: extra graphs of both schedules in ``streamk_rounds``: (label, ``perfmodel.kernels.DecodeConfig`` fields),
@@ -541,25 +763,47 @@ def streamk() -> None:
         split = _decode_case(bsz, length, ragged=ragged, sdpa=not ragged, schedules=("split_kv",))
         times = {"split-KV": split[("split_kv", None)]}
         for label, flags in STREAMK_VARIANTS:
-            tv = _with_flags(mod, flags, lambda: _decode_case(bsz, length, schedules=("stream_k",),
-                                                               meta=label, **case))
+            tv = _with_flags(
+                mod, flags, lambda: _decode_case(bsz, length, schedules=("stream_k",), meta=label, **case)
+            )
             times[label] = tv[("stream_k", None)]
         if STREAMK_MAIN_ONLY:
             with _first_kernel_only():
-                times["split-KV main only"] = _decode_case(bsz, length, schedules=("split_kv",),
-                                                           meta="main kernel only", **case)[("split_kv", None)]
+                times["split-KV main only"] = _decode_case(
+                    bsz, length, schedules=("split_kv",), meta="main kernel only", **case
+                )[("split_kv", None)]
                 times["stream-K reduce main only"] = _with_flags(
-                    mod, {"fused_merge": False},
-                    lambda: _decode_case(bsz, length, schedules=("stream_k",), meta="main kernel only", **case),
+                    mod,
+                    {"fused_merge": False},
+                    lambda: _decode_case(
+                        bsz, length, schedules=("stream_k",), meta="main kernel only", **case
+                    ),
                 )[("stream_k", None)]
-        sd = next((r["baseline_time_s"] for r in reversed(ROWS) if r["section"] == "decode"
-                   and r["case"] == f"B{bsz} L{length}{' ragged' if ragged else ''}"), None)
+        sd = next(
+            (
+                r["baseline_time_s"]
+                for r in reversed(ROWS)
+                if r["section"] == "decode" and r["case"] == f"B{bsz} L{length}{' ragged' if ragged else ''}"
+            ),
+            None,
+        )
         times["flash SDPA"] = sd
-        table.append({"batch": bsz, "kv_len": length, "ragged": ragged, "pairs": bsz * 8,
-                      **{k + " s": v for k, v in times.items()}})
+        table.append(
+            {
+                "batch": bsz,
+                "kv_len": length,
+                "ragged": ragged,
+                "pairs": bsz * 8,
+                **{k + " s": v for k, v in times.items()},
+            }
+        )
     INFO["streamk_table"] = table
-    cols = ["split-KV", *labels, *(["split-KV main only", "stream-K reduce main only"] if STREAMK_MAIN_ONLY else []),
-            "flash SDPA"]
+    cols = [
+        "split-KV",
+        *labels,
+        *(["split-KV main only", "stream-K reduce main only"] if STREAMK_MAIN_ONLY else []),
+        "flash SDPA",
+    ]
     print("\n   B      L rag " + " ".join(f"{c[:14]:>14s}" for c in cols) + "   (us)")
     wins = {k: 0 for k in labels}
     n = 0
@@ -568,8 +812,10 @@ def streamk() -> None:
             n += 1
             for k in labels:
                 wins[k] += r[k + " s"] < r["split-KV s"]
-        print(f"{r['batch']:4d} {r['kv_len']:6d} {'r' if r['ragged'] else ' '}  "
-              + " ".join(f"{(r[c + ' s'] or float('nan')) * 1e6:14.1f}" for c in cols))
+        print(
+            f"{r['batch']:4d} {r['kv_len']:6d} {'r' if r['ragged'] else ' '}  "
+            + " ".join(f"{(r[c + ' s'] or float('nan')) * 1e6:14.1f}" for c in cols)
+        )
     INFO["streamk_wins_lt_sms"] = {"shapes": n, **wins}
     for k, w in wins.items():
         print(f"{k} faster than split-KV in {w} of {n} shapes with B*Hkv < {sms}")
@@ -577,24 +823,55 @@ def streamk() -> None:
     many = []
     # other head layouts: far more (sequence, kv head) pairs than SMs with short caches (outside the
     # target's range), and head_dim 64 (stream-K with 128-key tiles)
-    for bsz, length, hq, hkv, d in ((128, 256, 32, 32, 64), (64, 1024, 32, 32, 64), (128, 1024, 32, 8, 128),
-                                     (128, 256, 16, 4, 64), (1, 1024, 32, 8, 64), (1, 16384, 32, 8, 64),
-                                     (1, 262144, 32, 8, 64), (2, 4096, 32, 8, 64), (4, 65536, 32, 8, 64),
-                                     (16, 1024, 32, 8, 64), (16, 16384, 32, 8, 64), (8, 4096, 16, 4, 64),
-                                     (16, 65536, 16, 4, 64)):
+    for bsz, length, hq, hkv, d in (
+        (128, 256, 32, 32, 64),
+        (64, 1024, 32, 32, 64),
+        (128, 1024, 32, 8, 128),
+        (128, 256, 16, 4, 64),
+        (1, 1024, 32, 8, 64),
+        (1, 16384, 32, 8, 64),
+        (1, 262144, 32, 8, 64),
+        (2, 4096, 32, 8, 64),
+        (4, 65536, 32, 8, 64),
+        (16, 1024, 32, 8, 64),
+        (16, 16384, 32, 8, 64),
+        (8, 4096, 16, 4, 64),
+        (16, 65536, 16, 4, 64),
+    ):
         t = _decode_case(bsz, length, hq=hq, hkv=hkv, d=d, sdpa=False, section="sweep", meta="head layouts")
-        row = {"batch": bsz, "kv_len": length, "q_heads": hq, "kv_heads": hkv, "head_dim": d,
-               "split_kv_s": t[("split_kv", None)], "stream_k_s": t[("stream_k", None)]}
+        row = {
+            "batch": bsz,
+            "kv_len": length,
+            "q_heads": hq,
+            "kv_heads": hkv,
+            "head_dim": d,
+            "split_kv_s": t[("split_kv", None)],
+            "stream_k_s": t[("stream_k", None)],
+        }
         extra = ""
         for label, flags in STREAMK_VARIANTS[1:]:
-            tv = _with_flags(mod, flags, lambda: _decode_case(
-                bsz, length, hq=hq, hkv=hkv, d=d, sdpa=False, section="sweep", schedules=("stream_k",),
-                meta=f"head layouts, {label}"))
+            tv = _with_flags(
+                mod,
+                flags,
+                lambda: _decode_case(
+                    bsz,
+                    length,
+                    hq=hq,
+                    hkv=hkv,
+                    d=d,
+                    sdpa=False,
+                    section="sweep",
+                    schedules=("stream_k",),
+                    meta=f"head layouts, {label}",
+                ),
+            )
             row[f"stream_k {label} s"] = tv[("stream_k", None)]
             extra += f", stream-K {label} {tv[('stream_k', None)] * 1e6:.1f} us"
         many.append(row)
-        print(f"layout B={bsz} L={length} Hq={hq} Hkv={hkv} D={d} pairs={bsz * hkv}: split-KV "
-              f"{t[('split_kv', None)] * 1e6:.1f} us, stream-K {t[('stream_k', None)] * 1e6:.1f} us{extra}")
+        print(
+            f"layout B={bsz} L={length} Hq={hq} Hkv={hkv} D={d} pairs={bsz * hkv}: split-KV "
+            f"{t[('split_kv', None)] * 1e6:.1f} us, stream-K {t[('stream_k', None)] * 1e6:.1f} us{extra}"
+        )
     INFO["streamk_head_layouts"] = many
 
 
@@ -623,50 +900,97 @@ def streamk_rounds() -> None:
         lens, sets, nbytes = _decode_inputs(bsz, length, hq, hkv, d, ragged=ragged)
         calls = _graph_calls(len(sets))
         graphs = {}
-        for main_only in ((False, True) if STREAMK_MAIN_ONLY else (False,)):
+        for main_only in (False, True) if STREAMK_MAIN_ONLY else (False,):
             with _first_kernel_only(main_only):  # capture the first kernel alone (reduction skipped)
                 for s in ("split_kv", "stream_k"):
-                    fns = [(lambda qq=qq, kk=kk, vv=vv, s=s: kernels.attention_decode(qq, kk, vv, lens, None, s,
-                                                                                     validate=False))
-                           for qq, kk, vv in sets]
+                    fns = [
+                        (
+                            lambda qq=qq, kk=kk, vv=vv, s=s: kernels.attention_decode(
+                                qq, kk, vv, lens, None, s, validate=False
+                            )
+                        )
+                        for qq, kk, vv in sets
+                    ]
                     graphs[s + (" main only" if main_only else "")] = capture_graph(fns, calls)
                     for label, flags in STREAMK_ROUND_VARIANTS:  # each captured under its own settings
                         graphs[f"{s} {label}" + (" main only" if main_only else "")] = _with_flags(
-                            mod, flags, lambda: capture_graph(fns, calls))
+                            mod, flags, lambda: capture_graph(fns, calls)
+                        )
         per_round = {s: [] for s in graphs}
         for r in range(STREAMK_ROUNDS):
-            for s in (list(graphs) if r % 2 == 0 else list(graphs)[::-1]):
+            for s in list(graphs) if r % 2 == 0 else list(graphs)[::-1]:
                 per_round[s].append(statistics.median(replay_s(graphs[s], calls, STREAMK_ROUND_REPLAYS)))
         del graphs
         med = {s: statistics.median(v) for s, v in per_round.items()}
         won = sum(a < b for a, b in zip(per_round["stream_k"], per_round["split_kv"]))
         case = f"B{bsz} L{length}{' ragged' if ragged else ''}"
         for s in per_round:
-            _row("streamk_rounds", "attention_decode", s, case, med[s], 0, nbytes, batch=bsz, kv_len=length,
-                 kv_bytes=nbytes, pairs=bsz * hkv, q_heads=hq, kv_heads=hkv, head_dim=d,
-                 timing="cuda graph, alternating rounds", round_times_s=per_round[s], rounds_stream_k_faster=won)
-        table.append({"batch": bsz, "kv_len": length, "ragged": ragged, "pairs": bsz * hkv,
-                      "q_heads": hq, "kv_heads": hkv, "head_dim": d,
-                      **{s.replace(" ", "_") + "_s": v for s, v in med.items()}, "rounds": STREAMK_ROUNDS,
-                      "rounds_stream_k_faster": won})
-        main = (f"   main only: split-KV {med['split_kv main only'] * 1e6:.1f}, stream-K "
-                f"{med['stream_k main only'] * 1e6:.1f}" if STREAMK_MAIN_ONLY else "")
+            _row(
+                "streamk_rounds",
+                "attention_decode",
+                s,
+                case,
+                med[s],
+                0,
+                nbytes,
+                batch=bsz,
+                kv_len=length,
+                kv_bytes=nbytes,
+                pairs=bsz * hkv,
+                q_heads=hq,
+                kv_heads=hkv,
+                head_dim=d,
+                timing="cuda graph, alternating rounds",
+                round_times_s=per_round[s],
+                rounds_stream_k_faster=won,
+            )
+        table.append(
+            {
+                "batch": bsz,
+                "kv_len": length,
+                "ragged": ragged,
+                "pairs": bsz * hkv,
+                "q_heads": hq,
+                "kv_heads": hkv,
+                "head_dim": d,
+                **{s.replace(" ", "_") + "_s": v for s, v in med.items()},
+                "rounds": STREAMK_ROUNDS,
+                "rounds_stream_k_faster": won,
+            }
+        )
+        main = (
+            f"   main only: split-KV {med['split_kv main only'] * 1e6:.1f}, stream-K "
+            f"{med['stream_k main only'] * 1e6:.1f}"
+            if STREAMK_MAIN_ONLY
+            else ""
+        )
         for label, _ in STREAMK_ROUND_VARIANTS:
             k, ks = f"stream_k {label}", f"split_kv {label}"
             wins = sum(a < b for a, b in zip(per_round[k], per_round[ks]))
             main += f"   [{label}] split-KV {med[ks] * 1e6:.1f}, stream-K {med[k] * 1e6:.1f} ({wins} of {STREAMK_ROUNDS})"
             if STREAMK_MAIN_ONLY:
                 main += f", main only {med[ks + ' main only'] * 1e6:.1f} / {med[k + ' main only'] * 1e6:.1f}"
-        print(f"{bsz:4d} {length:6d} {'r' if ragged else ' '}  {med['split_kv'] * 1e6:12.1f} "
-              f"{med['stream_k'] * 1e6:12.1f} {med['stream_k'] / med['split_kv']:13.3f}  {won:2d} of {STREAMK_ROUNDS}"
-              + main)
+        print(
+            f"{bsz:4d} {length:6d} {'r' if ragged else ' '}  {med['split_kv'] * 1e6:12.1f} "
+            f"{med['stream_k'] * 1e6:12.1f} {med['stream_k'] / med['split_kv']:13.3f}  {won:2d} of {STREAMK_ROUNDS}"
+            + main
+        )
     target = [r for r in table if r["pairs"] < sms]
     faster = sum(r["stream_k_s"] < r["split_kv_s"] for r in target)
-    INFO["streamk_rounds"] = {"table": table, "shapes_lt_sms": len(target), "stream_k_faster": faster,
-                              "layout": {"q_heads": STREAMK_LAYOUT[0], "kv_heads": STREAMK_LAYOUT[1],
-                                         "head_dim": STREAMK_LAYOUT[2]},
-                              "variants": {label: flags for label, flags in STREAMK_ROUND_VARIANTS}}
-    print(f"stream-K faster than split-KV (median over rounds) in {faster} of {len(target)} shapes with B*Hkv < {sms}")
+    INFO["streamk_rounds"] = {
+        "table": table,
+        "shapes_lt_sms": len(target),
+        "stream_k_faster": faster,
+        "layout": {
+            "q_heads": STREAMK_LAYOUT[0],
+            "kv_heads": STREAMK_LAYOUT[1],
+            "head_dim": STREAMK_LAYOUT[2],
+        },
+        "variants": {label: flags for label, flags in STREAMK_ROUND_VARIANTS},
+    }
+    print(
+        f"stream-K faster than split-KV (median over rounds) in {faster} of {len(target)} shapes with B*Hkv < {sms}"
+    )
     for label, _ in STREAMK_ROUND_VARIANTS:
         key = f"stream_k_{label.replace(' ', '_')}_s"
         n = sum(r[key] < r[key.replace("stream_k", "split_kv", 1)] for r in target)
@@ -689,27 +1013,41 @@ def write() -> None:
         print("csv not written:", e)
     env = INFO.get("env", {})
     c = INFO.get("ceilings", {})
-    lines = [f"# Kernel benchmark: {env.get('gpu')} ({env.get('date_utc')})", "",
-             f"driver {env.get('driver')}, CUDA {env.get('cuda')}, torch {env.get('torch')}, triton "
-             f"{env.get('triton')}, Python {env.get('python')}, {env.get('sm_count')} SMs. Median of "
-             "`triton.testing.do_bench` (L2 flushed between runs), bf16 unless noted.", "",
-             f"Measured ceilings: copy {_fmt(c.get('copy_bytes_per_s'), 1e-9, 0)} GB/s "
-             f"({c.get('copy_case')}); "
-             f"cuBLAS {_fmt(c.get('gemm_bf16_flops_per_s'), 1e-12, 1)} TFLOP/s ({c.get('gemm_case')})"
-             + (f"; cuBLAS fp8 {_fmt(c.get('gemm_fp8_flops_per_s'), 1e-12, 1)} TFLOP/s ({c.get('gemm_fp8_case')}), "
-                "the ceiling of the fp8 rows" if c.get("gemm_fp8_flops_per_s") else "") + ".", "",
-             f"GPU correctness check passed: {INFO.get('gpu_check_passed')}", "",
-             "| section | kernel | variant | case | time ms | TFLOP/s | GB/s | frac of ceiling | baseline | "
-             "baseline ms | speed vs baseline |", "|" + "---|" * 11]
+    lines = [
+        f"# Kernel benchmark: {env.get('gpu')} ({env.get('date_utc')})",
+        "",
+        f"driver {env.get('driver')}, CUDA {env.get('cuda')}, torch {env.get('torch')}, triton "
+        f"{env.get('triton')}, Python {env.get('python')}, {env.get('sm_count')} SMs. Median of "
+        "`triton.testing.do_bench` (L2 flushed between runs), bf16 unless noted.",
+        "",
+        f"Measured ceilings: copy {_fmt(c.get('copy_bytes_per_s'), 1e-9, 0)} GB/s "
+        f"({c.get('copy_case')}); "
+        f"cuBLAS {_fmt(c.get('gemm_bf16_flops_per_s'), 1e-12, 1)} TFLOP/s ({c.get('gemm_case')})"
+        + (
+            f"; cuBLAS fp8 {_fmt(c.get('gemm_fp8_flops_per_s'), 1e-12, 1)} TFLOP/s ({c.get('gemm_fp8_case')}), "
+            "the ceiling of the fp8 rows"
+            if c.get("gemm_fp8_flops_per_s")
+            else ""
+        )
+        + ".",
+        "",
+        f"GPU correctness check passed: {INFO.get('gpu_check_passed')}",
+        "",
+        "| section | kernel | variant | case | time ms | TFLOP/s | GB/s | frac of ceiling | baseline | "
+        "baseline ms | speed vs baseline |",
+        "|" + "---|" * 11,
+    ]
     for r in ROWS:
         frac = r.get("frac_of_flops_ceiling") or r.get("frac_of_bw_ceiling")
         meta = " " + r["meta"] if r.get("meta") else ""
-        lines.append(f"| {r['section']} | {r['kernel']} | {r['variant']}{meta} "
-                     f"| {r['case']} | {_fmt(r['time_s'], 1e3, 4)} "
-                     f"| {_fmt(r['achieved_flops_per_s'], 1e-12, 1)} "
-                     f"| {_fmt(r['achieved_bytes_per_s'], 1e-9, 0)} | {_fmt(frac, 1, 3)} "
-                     f"| {r['baseline'] or ''} "
-                     f"| {_fmt(r['baseline_time_s'], 1e3, 4)} | {_fmt(r['speed_vs_baseline'], 1, 3)} |")
+        lines.append(
+            f"| {r['section']} | {r['kernel']} | {r['variant']}{meta} "
+            f"| {r['case']} | {_fmt(r['time_s'], 1e3, 4)} "
+            f"| {_fmt(r['achieved_flops_per_s'], 1e-12, 1)} "
+            f"| {_fmt(r['achieved_bytes_per_s'], 1e-9, 0)} | {_fmt(frac, 1, 3)} "
+            f"| {r['baseline'] or ''} "
+            f"| {_fmt(r['baseline_time_s'], 1e3, 4)} | {_fmt(r['speed_vs_baseline'], 1, 3)} |"
+        )
     (OUT / "kernels_bench.md").write_text("\n".join(lines) + "\n")
 
 
@@ -723,8 +1061,13 @@ def summarize(paths: list[str]) -> str:
         info.setdefault("ceilings", data["info"].get("ceilings"))
     sms = (info.get("env") or {}).get("sm_count", 132)
     out = ["| target | measured | met |", "|---|---|---|"]
-    big = [r for r in rows if r["section"] == "gemm" and r["variant"] == "bf16" and r["case"] in
-           ("8192x8192x8192", "4096x4096x4096", "4096x14336x4096", "16384x4096x4096")]
+    big = [
+        r
+        for r in rows
+        if r["section"] == "gemm"
+        and r["variant"] == "bf16"
+        and r["case"] in ("8192x8192x8192", "4096x4096x4096", "4096x14336x4096", "16384x4096x4096")
+    ]
     if big:
         worst = min(r["speed_vs_baseline"] for r in big)
         cases = ", ".join(f"{r['case']}: {r['speed_vs_baseline']:.2f}" for r in big)
@@ -733,28 +1076,41 @@ def summarize(paths: list[str]) -> str:
     pre = [r for r in rows if r["section"] == "prefill" and r.get("seq_len", 0) >= 4096]
     if pre:
         worst = min(r["speed_vs_baseline"] for r in pre)
-        out.append(f"| prefill >= 0.80 x flash SDPA at L >= 4K | min {worst:.2f} over {len(pre)} shapes | "
-                   f"{'yes' if worst >= 0.8 else 'no'} |")
-    dec = [r for r in rows
-           if r["section"] == "decode" and r.get("kv_bytes", 0) >= 1e9 and r.get("frac_of_bw_ceiling")]
+        out.append(
+            f"| prefill >= 0.80 x flash SDPA at L >= 4K | min {worst:.2f} over {len(pre)} shapes | "
+            f"{'yes' if worst >= 0.8 else 'no'} |"
+        )
+    dec = [
+        r
+        for r in rows
+        if r["section"] == "decode" and r.get("kv_bytes", 0) >= 1e9 and r.get("frac_of_bw_ceiling")
+    ]
     if dec:
         worst = min(r["frac_of_bw_ceiling"] for r in dec)
-        out.append(f"| decode >= 0.80 of measured copy bandwidth at KV >= 1 GB | min {worst:.2f} "
-                   f"over {len(dec)} "
-                   f"runs ({dec[0].get('timing', 'do_bench')}) | {'yes' if worst >= 0.8 else 'no'} |")
+        out.append(
+            f"| decode >= 0.80 of measured copy bandwidth at KV >= 1 GB | min {worst:.2f} "
+            f"over {len(dec)} "
+            f"runs ({dec[0].get('timing', 'do_bench')}) | {'yes' if worst >= 0.8 else 'no'} |"
+        )
     out += _breadth_targets(rows)
     for section, how in (("decode", ""), ("streamk_rounds", " (alternating rounds, median)")):
         by_case: dict = {}
         for r in rows:
-            if r["section"] == section and r["variant"] in ("split_kv", "stream_k") and r.get("pairs", 1e9) < sms:
+            if (
+                r["section"] == section
+                and r["variant"] in ("split_kv", "stream_k")
+                and r.get("pairs", 1e9) < sms
+            ):
                 by_case.setdefault((r["source"], r["case"]), {})[r["variant"]] = r["time_s"]
         pairs = [v for v in by_case.values() if len(v) == 2]
         if pairs:
             wins = sum(v["stream_k"] < v["split_kv"] for v in pairs)
             gm = math.exp(sum(math.log(v["split_kv"] / v["stream_k"]) for v in pairs) / len(pairs))
-            out.append(f"| stream-K faster than split-KV where B*Hkv < {sms} SMs{how} | stream-K faster in {wins} of "
-                       f"{len(pairs)} shapes; geometric-mean speed-up {gm:.3f} | "
-                       f"{'yes' if wins == len(pairs) else 'partly' if wins else 'no'} |")
+            out.append(
+                f"| stream-K faster than split-KV where B*Hkv < {sms} SMs{how} | stream-K faster in {wins} of "
+                f"{len(pairs)} shapes; geometric-mean speed-up {gm:.3f} | "
+                f"{'yes' if wins == len(pairs) else 'partly' if wins else 'no'} |"
+            )
     return "\n".join(out)
 
 
@@ -763,35 +1119,64 @@ def _breadth_targets(rows: list[dict]) -> list[str]:
     64 and 128), decode at >= 1 GB of KV against the copy bandwidth per head size (best schedule)
     and for MLA, fp8 KV against bf16 KV."""
     out = []
-    pre = [r for r in rows if r["section"] == "heads_prefill" and r.get("seq_len", 0) >= 8192
-           and r.get("head_dim") in (64, 128) and r.get("speed_vs_baseline")]
+    pre = [
+        r
+        for r in rows
+        if r["section"] == "heads_prefill"
+        and r.get("seq_len", 0) >= 8192
+        and r.get("head_dim") in (64, 128)
+        and r.get("speed_vs_baseline")
+    ]
     if pre:
         worst = min(r["speed_vs_baseline"] for r in pre)
-        out.append(f"| causal prefill >= 0.85 x default SDPA at L >= 8K, head_dim 64 and 128 | min {worst:.2f} over "
-                   f"{len(pre)} shapes | {'yes' if worst >= 0.85 else 'no'} |")
+        out.append(
+            f"| causal prefill >= 0.85 x default SDPA at L >= 8K, head_dim 64 and 128 | min {worst:.2f} over "
+            f"{len(pre)} shapes | {'yes' if worst >= 0.85 else 'no'} |"
+        )
     best: dict = {}
     for r in rows:
-        if r["section"] in ("heads_decode", "mla") and r.get("kv_bytes", 0) >= 1e9 and r.get("frac_of_bw_ceiling"):
+        if (
+            r["section"] in ("heads_decode", "mla")
+            and r.get("kv_bytes", 0) >= 1e9
+            and r.get("frac_of_bw_ceiling")
+        ):
             key = (r["kernel"], r.get("head_dim"), r.get("v_head_dim"), r["case"], r["variant"].split()[-1])
             best[key] = max(best.get(key, 0.0), r["frac_of_bw_ceiling"])
     if best:
-        cells = ", ".join(f"{k[0].replace('attention_', '')} {k[4] if k[1] is None else f'D{k[1]}/{k[2]}'}: {v:.2f}"
-                          for k, v in sorted(best.items(), key=str))
+        cells = ", ".join(
+            f"{k[0].replace('attention_', '')} {k[4] if k[1] is None else f'D{k[1]}/{k[2]}'}: {v:.2f}"
+            for k, v in sorted(best.items(), key=str)
+        )
         worst = min(best.values())
-        out.append(f"| decode >= 0.85 of copy bandwidth at KV >= 1 GB, every head size and MLA | {cells} | "
-                   f"{'yes' if worst >= 0.85 else 'no'} |")
+        out.append(
+            f"| decode >= 0.85 of copy bandwidth at KV >= 1 GB, every head size and MLA | {cells} | "
+            f"{'yes' if worst >= 0.85 else 'no'} |"
+        )
     f8 = [r for r in rows if r["section"] == "fp8kv" and r.get("speed_vs_bf16")]
     if f8:
         worst = min(r["speed_vs_bf16"] for r in f8)
-        out.append(f"| fp8-KV decode >= 1.6 x bf16 KV | min {worst:.2f} over {len(f8)} shapes | "
-                   f"{'yes' if worst >= 1.6 else 'no'} |")
+        out.append(
+            f"| fp8-KV decode >= 1.6 x bf16 KV | min {worst:.2f} over {len(f8)} shapes | "
+            f"{'yes' if worst >= 1.6 else 'no'} |"
+        )
     return out
 
 
-SECTIONS = {"ceilings": ceilings, "check": check, "gemm": gemm, "prefill": prefill, "decode": decode,
-            "paged": paged, "kv": kv_blocks, "sweep": sweep, "streamk": streamk, "streamk_rounds": streamk_rounds,
-            "heads": lambda: breadth.heads(_row, _bench, QUICK), "mla": lambda: breadth.mla(_row, _bench, QUICK),
-            "fp8kv": lambda: breadth.fp8kv(_row, _bench, QUICK)}
+SECTIONS = {
+    "ceilings": ceilings,
+    "check": check,
+    "gemm": gemm,
+    "prefill": prefill,
+    "decode": decode,
+    "paged": paged,
+    "kv": kv_blocks,
+    "sweep": sweep,
+    "streamk": streamk,
+    "streamk_rounds": streamk_rounds,
+    "heads": lambda: breadth.heads(_row, _bench, QUICK),
+    "mla": lambda: breadth.mla(_row, _bench, QUICK),
+    "fp8kv": lambda: breadth.fp8kv(_row, _bench, QUICK),
+}
 QUICK_SECTIONS = "ceilings,heads,mla,fp8kv"
 
 
@@ -801,7 +1186,11 @@ def _parse_shapes(text: str, grid: list[tuple[int, int, bool]]) -> list[tuple[in
     wanted = set()
     for item in text.split(","):
         parts = item.split(":")
-        if len(parts) not in (2, 3) or not all(x.isdigit() for x in parts[:2]) or parts[2:] not in ([], ["r"]):
+        if (
+            len(parts) not in (2, 3)
+            or not all(x.isdigit() for x in parts[:2])
+            or parts[2:] not in ([], ["r"])
+        ):
             raise ValueError(f"{item!r} is not B:L or B:L:r")
         wanted.add((int(parts[0]), int(parts[1]), parts[2:] == ["r"]))
     chosen = [sh for sh in grid if sh in wanted]
@@ -851,20 +1240,38 @@ def main() -> int:
     global OUT
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
-    ap.add_argument("--sections", default=None, help=f"default: all ({','.join(SECTIONS)}); with --quick "
-                                                     f"{QUICK_SECTIONS}")
-    ap.add_argument("--quick", action="store_true",
-                    help="heads, mla, fp8kv: a few shapes each (about a minute with the ceilings)")
+    ap.add_argument(
+        "--sections", default=None, help=f"default: all ({','.join(SECTIONS)}); with --quick {QUICK_SECTIONS}"
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="heads, mla, fp8kv: a few shapes each (about a minute with the ceilings)",
+    )
     ap.add_argument("--summarize", nargs="+", metavar="JSON", help="print the targets table of result files")
-    ap.add_argument("--main-only", action="store_true",
-                    help="streamk, streamk_rounds: also time each decode schedule's first kernel alone")
-    ap.add_argument("--shapes", metavar="B:L[:r],...",
-                    help="streamk_rounds: only these (batch, KV length[, ragged]) shapes of the grid")
-    ap.add_argument("--layout", metavar="HQ:HKV:D",
-                    help="streamk_rounds: query heads, KV heads and head_dim of every shape (default 32:8:128)")
-    ap.add_argument("--variant", action="append", default=[], metavar="LABEL:NAME=VALUE[,NAME=VALUE]",
-                    help="streamk_rounds: also replay both schedules captured with these kernels.DecodeConfig "
-                         "settings (integer or True/False values); repeatable")
+    ap.add_argument(
+        "--main-only",
+        action="store_true",
+        help="streamk, streamk_rounds: also time each decode schedule's first kernel alone",
+    )
+    ap.add_argument(
+        "--shapes",
+        metavar="B:L[:r],...",
+        help="streamk_rounds: only these (batch, KV length[, ragged]) shapes of the grid",
+    )
+    ap.add_argument(
+        "--layout",
+        metavar="HQ:HKV:D",
+        help="streamk_rounds: query heads, KV heads and head_dim of every shape (default 32:8:128)",
+    )
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="LABEL:NAME=VALUE[,NAME=VALUE]",
+        help="streamk_rounds: also replay both schedules captured with these kernels.DecodeConfig "
+        "settings (integer or True/False values); repeatable",
+    )
     args = ap.parse_args()
     try:
         STREAMK_ROUND_VARIANTS.extend(_parse_variant(v) for v in args.variant)

@@ -32,8 +32,12 @@ SHAPES = (("decode", 1), ("decode", 16), ("decode", 256), ("prefill", 4096), ("p
 
 def _driver() -> str:
     try:
-        return subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                              capture_output=True, text=True, timeout=30).stdout.strip()
+        return subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
 
@@ -87,20 +91,36 @@ def main() -> int:
     p.add_argument("--calls", type=int, default=50)
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
-    meta = {"gpu": torch.cuda.get_device_name(), "driver": _driver(), "torch": torch.__version__,
-            "cuda": torch.version.cuda, "date": datetime.date.today().isoformat()}
+    meta = {
+        "gpu": torch.cuda.get_device_name(),
+        "driver": _driver(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "date": datetime.date.today().isoformat(),
+    }
     rows = []
     for name in a.models.split(","):
         spec = with_layers(resolve_model(name)[0], 1)
         model = E2EModel(spec, "cuda")
         for phase, n in SHAPES:
             r = measure(model, n, graph=phase == "decode", calls=a.calls if phase == "decode" else 20)
-            rows.append({"model": name, "phase": phase, "tokens": n, "moe_path": model.moe_path,
-                         "launch": "graph" if phase == "decode" else "eager", **r, **meta})
+            rows.append(
+                {
+                    "model": name,
+                    "phase": phase,
+                    "tokens": n,
+                    "moe_path": model.moe_path,
+                    "launch": "graph" if phase == "decode" else "eager",
+                    **r,
+                    **meta,
+                }
+            )
             ks = sorted(r["kernels"].items(), key=lambda kv: -kv[1]["us_per_call"])
             total = sum(v["us_per_call"] for _, v in ks)
-            print(f"== {name} {phase} tokens={n}: {r['measured_s'] * 1e6:.1f} us per call (events); "
-                  f"kernels sum {total:.1f} us, {sum(v['count_per_call'] for _, v in ks):.0f} kernels")
+            print(
+                f"== {name} {phase} tokens={n}: {r['measured_s'] * 1e6:.1f} us per call (events); "
+                f"kernels sum {total:.1f} us, {sum(v['count_per_call'] for _, v in ks):.0f} kernels"
+            )
             for k, v in ks:
                 print(f"   {v['us_per_call']:9.1f} us x{v['count_per_call']:.0f}  {k[:110]}")
         del model

@@ -16,12 +16,19 @@ from triton.testing import do_bench
 
 
 def main() -> None:
-    drv = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                         capture_output=True, text=True).stdout.strip()
-    print(f"gpu={torch.cuda.get_device_name()} driver={drv} torch={torch.__version__} "
-          f"date={datetime.date.today().isoformat()}")
-    backends = {"default": None, "flash": SDPBackend.FLASH_ATTENTION,
-                "cudnn": SDPBackend.CUDNN_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION}
+    drv = subprocess.run(
+        ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True
+    ).stdout.strip()
+    print(
+        f"gpu={torch.cuda.get_device_name()} driver={drv} torch={torch.__version__} "
+        f"date={datetime.date.today().isoformat()}"
+    )
+    backends = {
+        "default": None,
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    }
     print(f"{'hq/hkv':>7} {'L':>6} {'backend':>10} {'ms':>9} {'TFLOP/s':>8}")
     for hq, hkv in ((32, 32), (32, 8)):
         for L in (2048, 8192, 16384):
@@ -30,8 +37,10 @@ def main() -> None:
             v = torch.randn(1, hkv, L, 128, device="cuda", dtype=torch.bfloat16)
             flops = 4.0 * hq * L * L * 128
             for name, be in backends.items():
+
                 def f():
                     return F.scaled_dot_product_attention(q, k, v, is_causal=False, enable_gqa=hq != hkv)
+
                 try:
                     if be is None:
                         ms = do_bench(f, warmup=50, rep=200, return_mode="median")

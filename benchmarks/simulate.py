@@ -42,15 +42,21 @@ def main() -> None:
         res = simulate(dep, reqs, record_timeline=False, timer=timer)
         walls.append(time.perf_counter() - s)
     m = res.summary()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python "
-          f"{platform.python_version()}, numpy {np.__version__}, {time.strftime('%Y-%m-%d')}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python "
+        f"{platform.python_version()}, numpy {np.__version__}, {time.strftime('%Y-%m-%d')}"
+    )
     print(f"workload: {args.requests} requests, 2048 prompt, 128 output, {args.rate} req/s, {dep.describe()}")
     print(f"generate requests: {t1 - t0:.3f} s   cost tables: {t2 - t1:.3f} s")
-    print(f"simulate: best {min(walls):.2f} s, median {np.median(walls):.2f} s of {args.repeat} "
-          f"({res.iterations:,} iterations; {args.requests / min(walls):,.0f} requests/s)")
-    print(f"simulated: makespan {m['makespan_s']:.1f} s, throughput {m['throughput_tokens_per_s']:.1f} tok/s, "
-          f"TTFT p50 {m['ttft_s']['p50']:.2f} s, TPOT p50 {m['tpot_s']['p50'] * 1e3:.1f} ms, "
-          f"peak concurrency {m['peak_concurrency']}, preemptions {m['preemptions']}")
+    print(
+        f"simulate: best {min(walls):.2f} s, median {np.median(walls):.2f} s of {args.repeat} "
+        f"({res.iterations:,} iterations; {args.requests / min(walls):,.0f} requests/s)"
+    )
+    print(
+        f"simulated: makespan {m['makespan_s']:.1f} s, throughput {m['throughput_tokens_per_s']:.1f} tok/s, "
+        f"TTFT p50 {m['ttft_s']['p50']:.2f} s, TPOT p50 {m['tpot_s']['p50'] * 1e3:.1f} ms, "
+        f"peak concurrency {m['peak_concurrency']}, preemptions {m['preemptions']}"
+    )
 
 
 if __name__ == "__main__":

@@ -42,8 +42,12 @@ class SmiSampler:
         while not self._stop.is_set():
             t = time.perf_counter()
             try:
-                out = subprocess.run(["nvidia-smi", "--query-gpu=clocks.sm,power.draw", "--format=csv,noheader,nounits"],
-                                     capture_output=True, text=True, timeout=5)
+                out = subprocess.run(
+                    ["nvidia-smi", "--query-gpu=clocks.sm,power.draw", "--format=csv,noheader,nounits"],
+                    capture_output=True,
+                    text=True,
+                    timeout=5,
+                )
                 clk, pw = (float(x) for x in out.stdout.strip().splitlines()[0].split(","))
                 self.samples.append((t, clk, pw))
             except (OSError, subprocess.SubprocessError, ValueError, IndexError):
@@ -74,17 +78,23 @@ def _ops(device, dry: bool):
         return torch.randn(*shape, device=device, dtype=torch.bfloat16)
 
     n = 256 if dry else 8192
-    a, b, c = rnd(n, n), rnd(n, n) * n ** -0.5, torch.empty(n, n, device=device, dtype=torch.bfloat16)
+    a, b, c = rnd(n, n), rnd(n, n) * n**-0.5, torch.empty(n, n, device=device, dtype=torch.bfloat16)
     L = 128 if dry else 16384
     q, k, v = rnd(1, 32, L, 128), rnd(1, 8, L, 128), rnd(1, 8, L, 128)
     nbytes = (1 << 20) if dry else (1 << 30)
-    src, dst = torch.empty(nbytes // 2, device=device, dtype=torch.bfloat16), torch.empty(
-        nbytes // 2, device=device, dtype=torch.bfloat16)
+    src, dst = (
+        torch.empty(nbytes // 2, device=device, dtype=torch.bfloat16),
+        torch.empty(nbytes // 2, device=device, dtype=torch.bfloat16),
+    )
     attn_flops = 4.0 * 32 * 128 * L * (L + 1) / 2
     return [
-        ("gemm_bf16_8192", lambda: torch.matmul(a, b, out=c), 2.0 * n ** 3, "compute"),
-        ("attention_prefill_sdpa_16k", lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True),
-         attn_flops, "compute"),
+        ("gemm_bf16_8192", lambda: torch.matmul(a, b, out=c), 2.0 * n**3, "compute"),
+        (
+            "attention_prefill_sdpa_16k",
+            lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True),
+            attn_flops,
+            "compute",
+        ),
         ("memcpy_d2d_1gib", lambda: dst.copy_(src), 2.0 * nbytes, "memory"),
     ]
 
@@ -110,17 +120,34 @@ def measure(out: Path, seconds: float, settle_s: float, pause_s: float, dry: boo
     cuda = torch.cuda.is_available() and not dry
     device = torch.device("cuda" if cuda else "cpu")
     name = torch.cuda.get_device_name(device) if cuda else "cpu"
-    result = {"gpu": name, "gpu_model": canonical_gpu(name), "driver": driver_version() if cuda else None,
-              "torch": torch.__version__, "cuda": torch.version.cuda, "date": _dt.date.today().isoformat(),
-              "seconds": seconds, "settle_s": settle_s, "pause_s": pause_s, "dry_run": not cuda, "ops": {}}
+    result = {
+        "gpu": name,
+        "gpu_model": canonical_gpu(name),
+        "driver": driver_version() if cuda else None,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "date": _dt.date.today().isoformat(),
+        "seconds": seconds,
+        "settle_s": settle_s,
+        "pause_s": pause_s,
+        "dry_run": not cuda,
+        "ops": {},
+    }
     for op_name, fn, work, kind in _ops(device, not cuda):
         fn()
         if not cuda:
             t0 = time.perf_counter()
             fn()
             dt = time.perf_counter() - t0
-            result["ops"][op_name] = {"kind": kind, "work": work, "burst_rate": work / dt, "sustained_rate": work / dt,
-                                      "ratio": 1.0, "series": [], "kernels": []}
+            result["ops"][op_name] = {
+                "kind": kind,
+                "work": work,
+                "burst_rate": work / dt,
+                "sustained_rate": work / dt,
+                "ratio": 1.0,
+                "series": [],
+                "kernels": [],
+            }
             continue
         torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -158,13 +185,22 @@ def measure(out: Path, seconds: float, settle_s: float, pause_s: float, dry: boo
                 reach = r["t_s"]
                 break
         result["ops"][op_name] = {
-            "kind": kind, "work": work, "work_unit": "flops" if kind == "compute" else "bytes",
-            "burst_rate": b, "burst_rates": burst, "burst_calls": burst_calls, "burst_launch": "cuda_graph",
-            "sustained_rate": sustained, "ratio": sustained / b, "settled_after_s": reach,
-            "segment_calls": seg_calls, "sustained_launch": "cuda_graph back to back",
+            "kind": kind,
+            "work": work,
+            "work_unit": "flops" if kind == "compute" else "bytes",
+            "burst_rate": b,
+            "burst_rates": burst,
+            "burst_calls": burst_calls,
+            "burst_launch": "cuda_graph",
+            "sustained_rate": sustained,
+            "ratio": sustained / b,
+            "settled_after_s": reach,
+            "segment_calls": seg_calls,
+            "sustained_launch": "cuda_graph back to back",
             "sm_clock_mhz_settled": statistics.median(clocks) if clocks else None,
             "power_w_settled": statistics.median(powers) if powers else None,
-            "series": rows, "kernels": kern,
+            "series": rows,
+            "kernels": kern,
         }
         del g_burst, g_seg
         torch.cuda.synchronize()
@@ -186,11 +222,15 @@ def main(argv=None) -> int:
         print("error: --seconds must be > 0, --settle-s and --pause-s >= 0", file=sys.stderr)
         return 2
     res = measure(a.out, a.seconds, a.settle_s, a.pause_s, a.dry_run)
-    print(f"{'op':30s} {'burst':>12s} {'sustained':>12s} {'ratio':>6s} {'settled@s':>9s} {'clock MHz':>9s} {'power W':>8s}")
+    print(
+        f"{'op':30s} {'burst':>12s} {'sustained':>12s} {'ratio':>6s} {'settled@s':>9s} {'clock MHz':>9s} {'power W':>8s}"
+    )
     for k, v in res["ops"].items():
         unit = 1e12 if v["kind"] == "compute" else 1e9
-        print(f"{k:30s} {v['burst_rate'] / unit:12.1f} {v['sustained_rate'] / unit:12.1f} {v['ratio']:6.3f} "
-              f"{v.get('settled_after_s') or 0:9.2f} {v.get('sm_clock_mhz_settled') or 0:9.0f} {v.get('power_w_settled') or 0:8.0f}")
+        print(
+            f"{k:30s} {v['burst_rate'] / unit:12.1f} {v['sustained_rate'] / unit:12.1f} {v['ratio']:6.3f} "
+            f"{v.get('settled_after_s') or 0:9.2f} {v.get('sm_clock_mhz_settled') or 0:9.0f} {v.get('power_w_settled') or 0:8.0f}"
+        )
     print("(compute: TFLOP/s, memory: GB/s)")
     return 0
 

@@ -78,19 +78,37 @@ def plain_roofline(model: str, gpu: str, ctx, batch, out):
     total = pre + dec
     cats = ["compute", "hbm_bandwidth"]
     const = lambda s: pd.Categorical.from_codes(np.zeros(n, np.int8), [s])  # noqa: E731
-    return pd.DataFrame({
-        "model": const(m.name), "gpu": const(g.name), "tp": 1, "mode": const("calibrated"),
-        "provenance": const("roofline"), "context_len": c.astype(np.int64), "output_tokens": o.astype(np.int64),
-        "batch": b.astype(np.int64), "weight_bytes": int(wb), "kv_bytes_per_token": int(kv_tok),
-        "kv_cache_bytes": np.round(kv_tok * tokens * b).astype(np.int64),
-        "prefill_s": pre * nan, "prefill_s_low": 0.9 * pre * nan, "prefill_s_high": 1.1 * pre * nan,
-        "decode_s_per_token": step * nan, "decode_s_per_token_low": 0.9 * step * nan,
-        "decode_s_per_token_high": 1.1 * step * nan, "decode_s": dec * nan, "decode_s_low": 0.9 * dec * nan,
-        "decode_s_high": 1.1 * dec * nan, "max_concurrency": conc.astype(np.int64), "context_switch_s": swap * nan,
-        "context_switch_duplex_s": swap / 2 * nan, "session_throughput_tokens_per_s": b * o / total * nan,
-        "prefill_bound": pd.Categorical.from_codes(pre_b, cats),
-        "decode_bound": pd.Categorical.from_codes(step_b, cats), "fits": fits,
-    })
+    return pd.DataFrame(
+        {
+            "model": const(m.name),
+            "gpu": const(g.name),
+            "tp": 1,
+            "mode": const("calibrated"),
+            "provenance": const("roofline"),
+            "context_len": c.astype(np.int64),
+            "output_tokens": o.astype(np.int64),
+            "batch": b.astype(np.int64),
+            "weight_bytes": int(wb),
+            "kv_bytes_per_token": int(kv_tok),
+            "kv_cache_bytes": np.round(kv_tok * tokens * b).astype(np.int64),
+            "prefill_s": pre * nan,
+            "prefill_s_low": 0.9 * pre * nan,
+            "prefill_s_high": 1.1 * pre * nan,
+            "decode_s_per_token": step * nan,
+            "decode_s_per_token_low": 0.9 * step * nan,
+            "decode_s_per_token_high": 1.1 * step * nan,
+            "decode_s": dec * nan,
+            "decode_s_low": 0.9 * dec * nan,
+            "decode_s_high": 1.1 * dec * nan,
+            "max_concurrency": conc.astype(np.int64),
+            "context_switch_s": swap * nan,
+            "context_switch_duplex_s": swap / 2 * nan,
+            "session_throughput_tokens_per_s": b * o / total * nan,
+            "prefill_bound": pd.Categorical.from_codes(pre_b, cats),
+            "decode_bound": pd.Categorical.from_codes(step_b, cats),
+            "fits": fits,
+        }
+    )
 
 
 def best_of(fn, repeat: int) -> tuple[float, object]:
@@ -142,15 +160,26 @@ def main() -> int:
     from perfmodel.sweep import sweep
 
     knobs = Knobs(kv_dtype="fp8", kv_keep_ratio=0.5, attention_density=0.5) if args.knobs else None
-    print(f"host: {cpu_model()}, nproc {os.cpu_count()}, python {platform.python_version()}, "
-          f"numpy {np.__version__}")
+    print(
+        f"host: {cpu_model()}, nproc {os.cpu_count()}, python {platform.python_version()}, "
+        f"numpy {np.__version__}"
+    )
     print(f"one-GPU sweep: model={args.model} gpu={args.gpu} knobs={'on' if knobs else 'off'}")
-    print(f"{'points':>12} {'sweep s':>9} {'roofline s':>11} {'ratio':>6} {'points/s':>12} "
-          f"{'frame MiB':>10} {'peak MiB':>9} {'peak/frame':>10} {'fit':>6}")
+    print(
+        f"{'points':>12} {'sweep s':>9} {'roofline s':>11} {'ratio':>6} {'points/s':>12} "
+        f"{'frame MiB':>10} {'peak MiB':>9} {'peak/frame':>10} {'fit':>6}"
+    )
     for size in (float(x) for x in args.sizes.split(",")):
         ctx, batch, out = grid(int(size))
-        run = lambda: sweep(args.model, args.gpu, context_len=ctx, batch=batch, output_tokens=out,  # noqa: E731
-                            knobs=knobs, max_bytes=2**40)
+        run = lambda: sweep(
+            args.model,
+            args.gpu,
+            context_len=ctx,
+            batch=batch,
+            output_tokens=out,  # noqa: E731
+            knobs=knobs,
+            max_bytes=2**40,
+        )
         repeat = args.repeat if size <= 1e6 else 1
         t_sweep, df = best_of(run, repeat)
         t_base, _ = best_of(lambda: plain_roofline(args.model, args.gpu, ctx, batch, out), repeat)
@@ -161,32 +190,48 @@ def main() -> int:
         peak_s = "-" if peak is None else f"{peak / 2**20:9.0f}"
         ratio_s = "-" if peak is None else f"{peak / frame:10.2f}"
         n = ctx.size * batch.size * out.size
-        print(f"{n:>12,} {t_sweep:9.3f} {t_base:11.3f} {t_sweep / t_base:6.2f} {n / t_sweep:12,.0f} "
-              f"{frame / 2**20:10.0f} {peak_s:>9} {ratio_s:>10} {fit:6.1%}")
+        print(
+            f"{n:>12,} {t_sweep:9.3f} {t_base:11.3f} {t_sweep / t_base:6.2f} {n / t_sweep:12,.0f} "
+            f"{frame / 2**20:10.0f} {peak_s:>9} {ratio_s:>10} {fit:6.1%}"
+        )
 
     print("layout sweeps: llama-3-8b on h100 (mixtral-8x7b for ep), 100,000 points")
     ctx, batch, out = grid(100_000)
-    layouts = [dict(pp=2), dict(pp=4, tp=2), dict(sp=4), dict(sp=4, sp_kind="ulysses"), dict(sp=8, sp_kind="hybrid"),
-               dict(topology="dgx-h100", tp=8), dict(model="mixtral-8x7b", ep=2, tp=2),
-               dict(model="mixtral-8x7b", ep=8, pp=2)]
+    layouts = [
+        dict(pp=2),
+        dict(pp=4, tp=2),
+        dict(sp=4),
+        dict(sp=4, sp_kind="ulysses"),
+        dict(sp=8, sp_kind="hybrid"),
+        dict(topology="dgx-h100", tp=8),
+        dict(model="mixtral-8x7b", ep=2, tp=2),
+        dict(model="mixtral-8x7b", ep=8, pp=2),
+    ]
     for kw in layouts:
         kw = dict(kw)
         model = kw.pop("model", "llama-3-8b")
-        t, df = best_of(lambda: sweep(model, "h100", context_len=ctx, batch=batch, output_tokens=out, **kw),
-                        args.repeat)
+        t, df = best_of(
+            lambda: sweep(model, "h100", context_len=ctx, batch=batch, output_tokens=out, **kw), args.repeat
+        )
         name = " ".join(f"{k}={v}" for k, v in kw.items())
         print(f"  {model:<13} {name:<26} {len(df) / t:12,.0f} points/s")
 
     import tempfile
 
     analyze = "import sys; from perfmodel.cli import main; sys.exit(main(['analyze']))"
-    first_use = "import perfmodel; perfmodel.analyze"  # the package's names load on first use: numpy, the model
+    first_use = (
+        "import perfmodel; perfmodel.analyze"  # the package's names load on first use: numpy, the model
+    )
     with tempfile.TemporaryDirectory() as cache:
         for label, pyc in (("bytecode cached", cache), ("as the environment runs it", None)):
-            base, imp, use, ana = (fresh_s(c, pycache=pyc) for c in ("pass", "import perfmodel", first_use, analyze))
-            print(f"{label}: empty python {base:.3f} s; import perfmodel {imp:.3f} s wall ({imp - base:.3f} s "
-                  f"beyond an empty python); import perfmodel and load perfmodel.analyze {use:.3f} s wall; "
-                  f"perfmodel analyze {ana:.3f} s wall")
+            base, imp, use, ana = (
+                fresh_s(c, pycache=pyc) for c in ("pass", "import perfmodel", first_use, analyze)
+            )
+            print(
+                f"{label}: empty python {base:.3f} s; import perfmodel {imp:.3f} s wall ({imp - base:.3f} s "
+                f"beyond an empty python); import perfmodel and load perfmodel.analyze {use:.3f} s wall; "
+                f"perfmodel analyze {ana:.3f} s wall"
+            )
     return 0
 
 

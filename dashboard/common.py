@@ -97,9 +97,19 @@ def make_knobs(items: tuple):
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def analysis_view(model: str, gpu: str, context_len: int, output_tokens: int, batch: int, tp: int,
-                  mode: str, weight_dtype: str, kv_dtype: str, extra: tuple = (),
-                  knob_items: tuple = ()) -> dict[str, Any]:
+def analysis_view(
+    model: str,
+    gpu: str,
+    context_len: int,
+    output_tokens: int,
+    batch: int,
+    tp: int,
+    mode: str,
+    weight_dtype: str,
+    kv_dtype: str,
+    extra: tuple = (),
+    knob_items: tuple = (),
+) -> dict[str, Any]:
     """``perfmodel.analyze(...).to_dict()`` plus the per-GPU memory terms the breakdown chart needs.
 
     ``extra`` holds further keyword arguments of ``analyze`` as ``(name, value)`` pairs;
@@ -109,8 +119,18 @@ def analysis_view(model: str, gpu: str, context_len: int, output_tokens: int, ba
     kw = dict(extra)
     if knob_items:
         kw["knobs"] = make_knobs(knob_items)
-    scn = perfmodel.Scenario.make(model, gpu, context_len=context_len, output_tokens=output_tokens, batch=batch,
-                                  tp=tp, mode=mode, weight_dtype=weight_dtype, kv_dtype=kv_dtype, **kw)
+    scn = perfmodel.Scenario.make(
+        model,
+        gpu,
+        context_len=context_len,
+        output_tokens=output_tokens,
+        batch=batch,
+        tp=tp,
+        mode=mode,
+        weight_dtype=weight_dtype,
+        kv_dtype=kv_dtype,
+        **kw,
+    )
     a = perfmodel.analyze(scn)
     d = a.to_dict()
     mem = a.memory
@@ -127,10 +147,23 @@ def analysis_view(model: str, gpu: str, context_len: int, output_tokens: int, ba
     }
     d["provenance_summary"] = a.provenance_summary
     if a.mode is perfmodel.Mode.CALIBRATED:  # the datasheet bound shown beside the estimate
-        p = perfmodel.analyze(model, gpu, context_len=context_len, output_tokens=output_tokens, batch=batch,
-                              tp=tp, mode="peak", weight_dtype=weight_dtype, kv_dtype=kv_dtype, **kw)
-        d["peak_bound"] = {"prefill_s": float(p.prefill.total_s), "decode_s_per_token": float(p.decode_step.total_s),
-                           "decode_s": float(p.decode.total_s)}
+        p = perfmodel.analyze(
+            model,
+            gpu,
+            context_len=context_len,
+            output_tokens=output_tokens,
+            batch=batch,
+            tp=tp,
+            mode="peak",
+            weight_dtype=weight_dtype,
+            kv_dtype=kv_dtype,
+            **kw,
+        )
+        d["peak_bound"] = {
+            "prefill_s": float(p.prefill.total_s),
+            "decode_s_per_token": float(p.decode_step.total_s),
+            "decode_s": float(p.decode.total_s),
+        }
     return d
 
 
@@ -140,7 +173,9 @@ def provenance_kinds(provenance: dict[str, str]) -> str:
     counts: dict[str, int] = {}
     for label in provenance.values():
         counts[label] = counts.get(label, 0) + 1
-    return " · ".join(f"{label} ({n}{' op classes' if i == 0 else ''})" for i, (label, n) in enumerate(counts.items()))
+    return " · ".join(
+        f"{label} ({n}{' op classes' if i == 0 else ''})" for i, (label, n) in enumerate(counts.items())
+    )
 
 
 def band_text(result: dict[str, Any], key: str) -> str:
@@ -156,21 +191,50 @@ def band_text(result: dict[str, Any], key: str) -> str:
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def sweep_view(model: str, gpu: str, output_tokens: int, batch: int, tp: int, mode: str,
-               weight_dtype: str, kv_dtype: str, context_lens: tuple[int, ...] = SWEEP_CONTEXT_LENS,
-               extra: tuple = (), knob_items: tuple = ()) -> pd.DataFrame:
+def sweep_view(
+    model: str,
+    gpu: str,
+    output_tokens: int,
+    batch: int,
+    tp: int,
+    mode: str,
+    weight_dtype: str,
+    kv_dtype: str,
+    context_lens: tuple[int, ...] = SWEEP_CONTEXT_LENS,
+    extra: tuple = (),
+    knob_items: tuple = (),
+) -> pd.DataFrame:
     """``perfmodel.sweep`` over ``context_lens`` at one batch and TP degree (with knobs, if any)."""
     kw = dict(extra)
     if knob_items:
         kw["knobs"] = make_knobs(knob_items)
-    scn = perfmodel.Scenario.make(model, gpu, context_len=max(context_lens), output_tokens=output_tokens,
-                                  batch=batch, tp=tp, mode=mode, weight_dtype=weight_dtype, kv_dtype=kv_dtype, **kw)
+    scn = perfmodel.Scenario.make(
+        model,
+        gpu,
+        context_len=max(context_lens),
+        output_tokens=output_tokens,
+        batch=batch,
+        tp=tp,
+        mode=mode,
+        weight_dtype=weight_dtype,
+        kv_dtype=kv_dtype,
+        **kw,
+    )
     return perfmodel.sweep(scn, context_len=list(context_lens))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def roofline_view(model: str, gpu: str, phase: str, context_len: int, batch: int, tp: int, mode: str,
-                  weight_dtype: str, kv_dtype: str) -> dict[str, Any]:
+def roofline_view(
+    model: str,
+    gpu: str,
+    phase: str,
+    context_len: int,
+    batch: int,
+    tp: int,
+    mode: str,
+    weight_dtype: str,
+    kv_dtype: str,
+) -> dict[str, Any]:
     """One decoder pass's ops placed on the GPU's roofline.
 
     For each op of :func:`perfmodel.layers.model_ops` the cost comes from
@@ -196,18 +260,20 @@ def roofline_view(model: str, gpu: str, phase: str, context_len: int, batch: int
         if fl <= 0 or by <= 0 or t <= 0:
             skipped.append(name)
             continue
-        rows.append({
-            "op": name,
-            "kind": type(op).__name__.lower(),
-            "count_per_pass": float(np.sum(count)),
-            "flops": fl,
-            "bytes": by,
-            "time_s": t,
-            "intensity_flops_per_byte": fl / by,
-            "achieved_flops_per_s": fl / t,
-            "bound": bound_label(c.bound),
-            "share_of_pass": 0.0,
-        })
+        rows.append(
+            {
+                "op": name,
+                "kind": type(op).__name__.lower(),
+                "count_per_pass": float(np.sum(count)),
+                "flops": fl,
+                "bytes": by,
+                "time_s": t,
+                "intensity_flops_per_byte": fl / by,
+                "achieved_flops_per_s": fl / t,
+                "bound": bound_label(c.bound),
+                "share_of_pass": 0.0,
+            }
+        )
         rows[-1]["_total_s"] = t * float(np.sum(count))
     df = pd.DataFrame(rows)
     if len(df):
@@ -227,8 +293,24 @@ def roofline_view(model: str, gpu: str, phase: str, context_len: int, batch: int
 ATTENTION_IMPLS = ("default",) + tuple(i.value for i in perfmodel.AttentionImpl)
 
 #: Session-state keys of the scenario widgets shared by the pages.
-SCENARIO_KEYS = ("model", "gpu", "context_len", "output_tokens", "batch", "tp", "weight_dtype", "kv_dtype", "mode",
-                 "attention_impl", "compare_gpu", "pp", "sp", "sp_kind", "ep", "topology")
+SCENARIO_KEYS = (
+    "model",
+    "gpu",
+    "context_len",
+    "output_tokens",
+    "batch",
+    "tp",
+    "weight_dtype",
+    "kv_dtype",
+    "mode",
+    "attention_impl",
+    "compare_gpu",
+    "pp",
+    "sp",
+    "sp_kind",
+    "ep",
+    "topology",
+)
 
 
 def keep_scenario() -> None:
@@ -244,9 +326,23 @@ def keep_scenario() -> None:
 
 #: Default scenario: the running example of the long-context analysis.
 DEFAULT_TOPOLOGY = "(one NVLink node of the GPU)"
-SCENARIO_DEFAULTS = {"model": "yi-34b", "gpu": "a100-sxm-80gb", "context_len": 50_000, "output_tokens": 250,
-                     "batch": 1, "tp": 1, "weight_dtype": "bf16", "kv_dtype": "bf16", "mode": "calibrated",
-                     "attention_impl": "default", "pp": 1, "sp": 1, "sp_kind": "ring", "ep": 1, "topology": DEFAULT_TOPOLOGY}
+SCENARIO_DEFAULTS = {
+    "model": "yi-34b",
+    "gpu": "a100-sxm-80gb",
+    "context_len": 50_000,
+    "output_tokens": 250,
+    "batch": 1,
+    "tp": 1,
+    "weight_dtype": "bf16",
+    "kv_dtype": "bf16",
+    "mode": "calibrated",
+    "attention_impl": "default",
+    "pp": 1,
+    "sp": 1,
+    "sp_kind": "ring",
+    "ep": 1,
+    "topology": DEFAULT_TOPOLOGY,
+}
 
 
 def scenario_inputs(header: str = "Scenario") -> dict[str, Any]:
@@ -262,29 +358,55 @@ def scenario_inputs(header: str = "Scenario") -> dict[str, Any]:
         st.header(header)
         model = st.selectbox("Model", models, key="model")
         gpu = st.selectbox("GPU", gpus, format_func=lambda g: labels.get(g, g), key="gpu")
-        context_len = st.number_input("Context length (tokens)", min_value=1, max_value=10_000_000, step=1000,
-                                      key="context_len")
-        output_tokens = st.number_input("Output tokens", min_value=0, max_value=1_000_000, step=50,
-                                        key="output_tokens")
+        context_len = st.number_input(
+            "Context length (tokens)", min_value=1, max_value=10_000_000, step=1000, key="context_len"
+        )
+        output_tokens = st.number_input(
+            "Output tokens", min_value=0, max_value=1_000_000, step=50, key="output_tokens"
+        )
         batch = st.number_input("Batch (concurrent users)", min_value=1, max_value=4096, step=1, key="batch")
-        tp = st.number_input("Tensor parallel (TP)", min_value=1, max_value=64, step=1, key="tp",
-                             help="GPUs in the tensor-parallel group; must divide the query heads.")
+        tp = st.number_input(
+            "Tensor parallel (TP)",
+            min_value=1,
+            max_value=64,
+            step=1,
+            key="tp",
+            help="GPUs in the tensor-parallel group; must divide the query heads.",
+        )
         c1, c2 = st.columns(2)
         weight_dtype = c1.selectbox("Weights", DTYPES, key="weight_dtype")
         kv_dtype = c2.selectbox("KV cache", DTYPES, key="kv_dtype")
-        mode = st.radio("Mode", MODES, horizontal=True, key="mode",
-                        help="calibrated (default): the best estimate, with an 80% error band: fractions measured "
-                             "on the GPU, or transferred from a measured GPU (the provenance says which). peak: "
-                             "the datasheet roofline, a bound.")
-        impl = st.selectbox("Attention kernel", ATTENTION_IMPLS, key="attention_impl",
-                            help="whose measured curves price attention in calibrated mode: default (sdpa where "
-                                 "the GPU's profile has it), sdpa (PyTorch's default, "
-                                 "cuDNN on Hopper; the class of FlashAttention-3 and FlashInfer), flash2 (SDPA's flash "
-                                 "backend), triton (this project's kernels)")
+        mode = st.radio(
+            "Mode",
+            MODES,
+            horizontal=True,
+            key="mode",
+            help="calibrated (default): the best estimate, with an 80% error band: fractions measured "
+            "on the GPU, or transferred from a measured GPU (the provenance says which). peak: "
+            "the datasheet roofline, a bound.",
+        )
+        impl = st.selectbox(
+            "Attention kernel",
+            ATTENTION_IMPLS,
+            key="attention_impl",
+            help="whose measured curves price attention in calibrated mode: default (sdpa where "
+            "the GPU's profile has it), sdpa (PyTorch's default, "
+            "cuDNN on Hopper; the class of FlashAttention-3 and FlashInfer), flash2 (SDPA's flash "
+            "backend), triton (this project's kernels)",
+        )
         extra = parallel_inputs() + ((("attention_impl", impl),) if impl != "default" else ())
-    return {"model": model, "gpu": gpu, "context_len": int(context_len), "output_tokens": int(output_tokens),
-            "batch": int(batch), "tp": int(tp), "mode": mode, "weight_dtype": weight_dtype, "kv_dtype": kv_dtype,
-            "extra": extra}
+    return {
+        "model": model,
+        "gpu": gpu,
+        "context_len": int(context_len),
+        "output_tokens": int(output_tokens),
+        "batch": int(batch),
+        "tp": int(tp),
+        "mode": mode,
+        "weight_dtype": weight_dtype,
+        "kv_dtype": kv_dtype,
+        "extra": extra,
+    }
 
 
 def analyze_takes(name: str) -> bool:
@@ -301,12 +423,19 @@ def parallel_inputs() -> tuple:
     from perfmodel.hw import list_systems
 
     with st.expander("Parallelism beyond TP"):
-        pp = st.number_input("Pipeline parallel (PP)", min_value=1, max_value=256, step=1, key="pp",
-                             help="Pipeline stages; must divide the layers.")
+        pp = st.number_input(
+            "Pipeline parallel (PP)",
+            min_value=1,
+            max_value=256,
+            step=1,
+            key="pp",
+            help="Pipeline stages; must divide the layers.",
+        )
         sp = st.number_input("Sequence parallel (SP, prefill)", min_value=1, max_value=256, step=1, key="sp")
         sp_kind = st.selectbox("SP kind", ("ring", "ulysses", "hybrid"), key="sp_kind")
-        ep = st.number_input("Expert parallel (EP)", min_value=1, max_value=256, step=1, key="ep",
-                             help="MoE models only.")
+        ep = st.number_input(
+            "Expert parallel (EP)", min_value=1, max_value=256, step=1, key="ep", help="MoE models only."
+        )
         systems = [DEFAULT_TOPOLOGY, *list_systems()]
         topology = st.selectbox("Topology", systems, key="topology")
     out = []
@@ -326,8 +455,10 @@ def show_error(exc: BaseException, what: str = "") -> None:
     prefix = f"{what}: " if what else ""
     msg = str(exc) or type(exc).__name__
     if isinstance(exc, perfmodel.DoesNotFitError) and exc.needed_bytes:
-        msg += (f"  \nNeeded per GPU {exc.needed_bytes / GIB:,.1f} GiB, available "
-                f"{exc.available_bytes / GIB:,.1f} GiB.")
+        msg += (
+            f"  \nNeeded per GPU {exc.needed_bytes / GIB:,.1f} GiB, available "
+            f"{exc.available_bytes / GIB:,.1f} GiB."
+        )
     st.error(prefix + msg, icon=":material/error:")
 
 

@@ -18,10 +18,24 @@ DEFAULT_ADDRESS = "localhost"
 DEFAULT_PORT = 8501
 
 
-def streamlit_argv(extra: Sequence[str] = (), address: str = DEFAULT_ADDRESS, port: int = DEFAULT_PORT) -> list[str]:
+def streamlit_argv(
+    extra: Sequence[str] = (), address: str = DEFAULT_ADDRESS, port: int = DEFAULT_PORT
+) -> list[str]:
     """``sys.argv`` for Streamlit's CLI: ``streamlit run app.py --server.address ... [extra]``."""
-    return ["streamlit", "run", str(APP), "--server.address", address, "--server.port", str(port),
-            "--server.headless", "true", "--browser.gatherUsageStats", "false", *extra]
+    return [
+        "streamlit",
+        "run",
+        str(APP),
+        "--server.address",
+        address,
+        "--server.port",
+        str(port),
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+        *extra,
+    ]
 
 
 def main(argv: Sequence[str] | None = None, address: str = DEFAULT_ADDRESS, port: int = DEFAULT_PORT) -> int:
@@ -29,7 +43,7 @@ def main(argv: Sequence[str] | None = None, address: str = DEFAULT_ADDRESS, port
     try:
         from streamlit.web import cli as stcli
     except ModuleNotFoundError:
-        sys.stderr.write("perfmodel: error: the dashboard needs streamlit (pip install -e \".[dashboard]\")\n")
+        sys.stderr.write('perfmodel: error: the dashboard needs streamlit (pip install -e ".[dashboard]")\n')
         return 1
     sys.argv = streamlit_argv(list(sys.argv[1:] if argv is None else argv), address, port)
     try:

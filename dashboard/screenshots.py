@@ -48,9 +48,22 @@ def _free_port() -> int:
 def start_server(port: int) -> subprocess.Popen:
     """Start ``streamlit run dashboard/app.py`` on localhost:``port`` and wait until it answers."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py"),
-         "--server.port", str(port), "--server.address", "localhost", "--server.headless", "true"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(ROOT / "dashboard" / "app.py"),
+            "--server.port",
+            str(port),
+            "--server.address",
+            "localhost",
+            "--server.headless",
+            "true",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -70,10 +83,20 @@ def make_driver(width: int, height: int):
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", "--hide-scrollbars", f"--window-size={width},{height}",
-                f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        f"--window-size={width},{height}",
+        f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}",
+    ):
         opts.add_argument(arg)
     service = Service(shutil.which("chromedriver") or "/usr/bin/chromedriver")
     return webdriver.Chrome(options=opts, service=service)
@@ -102,7 +125,9 @@ def signature(driver) -> str:
     return driver.execute_script(_SIGNATURE_JS)
 
 
-def wait_rendered(driver, timeout_s: float = 30.0, settle_s: float = 0.25, changed_from: str | None = None) -> float:
+def wait_rendered(
+    driver, timeout_s: float = 30.0, settle_s: float = 0.25, changed_from: str | None = None
+) -> float:
     """Block until the script run finished and every chart drew; return the seconds waited.
 
     With ``changed_from``, also wait until :func:`signature` differs from it
@@ -121,6 +146,7 @@ def wait_rendered(driver, timeout_s: float = 30.0, settle_s: float = 0.25, chang
 
 def set_number(label: str, value: int) -> Callable:
     """An action that types ``value`` into the number input labelled ``label``."""
+
     def act(driver) -> None:
         from selenium.webdriver.common.by import By
         from selenium.webdriver.common.keys import Keys
@@ -134,11 +160,13 @@ def set_number(label: str, value: int) -> Callable:
                 inp.send_keys(Keys.ENTER)
                 return t
         raise LookupError(f"no number input labelled {label!r}")
+
     return act
 
 
 def select_option(label: str, option_text: str) -> Callable:
     """An action that picks ``option_text`` in the selectbox labelled ``label``."""
+
     def act(driver) -> None:
         from selenium.webdriver.common.by import By
         from selenium.webdriver.common.keys import Keys
@@ -153,11 +181,13 @@ def select_option(label: str, option_text: str) -> Callable:
                 inp.send_keys(Keys.ENTER)
                 return t
         raise LookupError(f"no selectbox labelled {label!r}")
+
     return act
 
 
 def click_button(label: str) -> Callable:
     """An action that clicks the (form submit) button labelled ``label``."""
+
     def act(driver) -> float:
         from selenium.webdriver.common.by import By
 
@@ -167,16 +197,28 @@ def click_button(label: str) -> Callable:
                 b.click()
                 return t
         raise LookupError(f"no button labelled {label!r}")
+
     return act
 
 
 SHOTS = (
     Shot("whatif", ""),
-    Shot("whatif_h100_tp4_128k", "", (select_option("Model", "llama-3-70b"), select_option("GPU", "H100 SXM5"),
-                                      set_number("Tensor parallel (TP)", 4),
-                                      set_number("Context length (tokens)", 128000))),
+    Shot(
+        "whatif_h100_tp4_128k",
+        "",
+        (
+            select_option("Model", "llama-3-70b"),
+            select_option("GPU", "H100 SXM5"),
+            set_number("Tensor parallel (TP)", 4),
+            set_number("Context length (tokens)", 128000),
+        ),
+    ),
     Shot("whatif_error", "", (set_number("Tensor parallel (TP)", 3),), height_px=900),
-    Shot("knobs", "knobs", (select_option("KV format", "fp8"), set_number("Sliding window (tokens, 0: none)", 32768))),
+    Shot(
+        "knobs",
+        "knobs",
+        (select_option("KV format", "fp8"), set_number("Sliding window (tokens, 0: none)", 32768)),
+    ),
     Shot("planners_moe", "planners"),
     Shot("serving", "serving"),
     Shot("validation", "validation"),
@@ -200,7 +242,8 @@ def shoot(url: str, out: Path, shots=SHOTS, width: int = 1400) -> list[tuple[str
                 waited = time.perf_counter() - t0
             height = shot.height_px or driver.execute_script(
                 "const m = document.querySelector('[data-testid=\"stMain\"]');"
-                "return Math.max(m ? m.scrollHeight : 0, document.body.scrollHeight);")
+                "return Math.max(m ? m.scrollHeight : 0, document.body.scrollHeight);"
+            )
             driver.set_window_size(width, min(int(height) + 40, 6000))
             wait_rendered(driver)
             driver.save_screenshot(str(out / f"{shot.name}.png"))
@@ -245,14 +288,21 @@ def time_updates(url: str, width: int = 1400) -> list[tuple[str, float]]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "img")
-    ap.add_argument("--url", help="an already running dashboard (default: start one on a free localhost port)")
+    ap.add_argument(
+        "--url", help="an already running dashboard (default: start one on a free localhost port)"
+    )
     ap.add_argument("--only", nargs="*", help="names of the shots to take")
-    ap.add_argument("--timing", action="store_true",
-                    help="also time full What-if updates (widget change to fully drawn page)")
+    ap.add_argument(
+        "--timing",
+        action="store_true",
+        help="also time full What-if updates (widget change to fully drawn page)",
+    )
     args = ap.parse_args(argv)
     if not (shutil.which("chromium") and shutil.which("chromedriver")):
-        print("error: needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
-              file=sys.stderr)
+        print(
+            "error: needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
+            file=sys.stderr,
+        )
         return 2
     shots = [s for s in SHOTS if not args.only or s.name in args.only]
     proc = None

@@ -18,7 +18,9 @@ def loads_from_upload(value) -> np.ndarray:
         try:
             arr = value.to_numpy(dtype=float)
         except (TypeError, ValueError):
-            raise UploadError("CSV loads: every cell must be a number (one row per layer, one column per expert)")
+            raise UploadError(
+                "CSV loads: every cell must be a number (one row per layer, one column per expert)"
+            )
     else:
         if isinstance(value, dict) and "trace" in value:
             from perfmodel.planners.inputs import trace_counts
@@ -28,13 +30,15 @@ def loads_from_upload(value) -> np.ndarray:
         try:
             arr = np.asarray(raw, dtype=float)
         except (TypeError, ValueError):
-            raise UploadError("JSON loads: expected {\"loads\": [[tokens per expert] per layer]}") from None
+            raise UploadError('JSON loads: expected {"loads": [[tokens per expert] per layer]}') from None
     if arr.ndim == 1:
         arr = arr[None, :]
     if arr.ndim != 2 or arr.size == 0:
         raise UploadError(f"loads must be a [layers][experts] table, got shape {list(arr.shape)}")
     if arr.shape[0] > MAX_LAYERS or arr.shape[1] > MAX_EXPERTS:
-        raise UploadError(f"at most {MAX_LAYERS} layers and {MAX_EXPERTS} experts here, got {list(arr.shape)}")
+        raise UploadError(
+            f"at most {MAX_LAYERS} layers and {MAX_EXPERTS} experts here, got {list(arr.shape)}"
+        )
     return arr
 
 

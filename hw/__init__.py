@@ -17,7 +17,20 @@ from perfmodel.hw.loader import (
 from perfmodel.hw.spec import GPU, Cluster, Dtype, Link, LinkKind, Node, Source
 
 __all__ = [
-    "GPU", "Cluster", "Dtype", "Link", "LinkKind", "Node", "Source",
-    "HardwareError", "UnknownHardwareError", "gpu_from_dict", "list_aliases", "list_gpus",
-    "list_systems", "load_gpu", "load_system", "resolve_gpu_name",
+    "GPU",
+    "Cluster",
+    "Dtype",
+    "Link",
+    "LinkKind",
+    "Node",
+    "Source",
+    "HardwareError",
+    "UnknownHardwareError",
+    "gpu_from_dict",
+    "list_aliases",
+    "list_gpus",
+    "list_systems",
+    "load_gpu",
+    "load_system",
+    "resolve_gpu_name",
 ]

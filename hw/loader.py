@@ -73,7 +73,9 @@ def _number(path: Path, key: str, value: Any, kind: type) -> float | int:
     try:
         num = float(value)  # YAML 1.1 reads "3.35e12" as a string
     except OverflowError:  # an integer beyond the float range (~1.8e308)
-        raise HardwareError(f"{path}: field {key!r} must be finite and >= 0, got a number too large for a float") from None
+        raise HardwareError(
+            f"{path}: field {key!r} must be finite and >= 0, got a number too large for a float"
+        ) from None
     except (TypeError, ValueError):
         raise HardwareError(f"{path}: field {key!r} must be a number, got {value!r}") from None
     if not math.isfinite(num) or num < 0:
@@ -115,8 +117,11 @@ def _check_math_formats(path: Path, flops: dict[Dtype, float]) -> None:
         if flops.get(dt, 0.0) > 0 or any(flops.get(alt, 0.0) > 0 for alt in MATH_FALLBACK[dt]):
             continue
         chain = ", ".join(a.value for a in MATH_FALLBACK[dt])
-        raise HardwareError(f"{path}: missing field 'peak_flops.{dt.value}' (no fallback format present"
-                            + (f"; tried {chain}" if chain else "") + ")")
+        raise HardwareError(
+            f"{path}: missing field 'peak_flops.{dt.value}' (no fallback format present"
+            + (f"; tried {chain}" if chain else "")
+            + ")"
+        )
 
 
 def gpu_from_dict(data: dict[str, Any], path: Path | str = "<dict>") -> GPU:
@@ -147,8 +152,15 @@ def gpu_from_dict(data: dict[str, Any], path: Path | str = "<dict>") -> GPU:
     if values["hbm_usable_bytes"] > values["hbm_bytes"]:
         raise HardwareError(f"{path}: hbm_usable_bytes exceeds hbm_bytes")
     # sizes and rates that divide (a zero PCIe bandwidth would give an infinite context switch)
-    for key in ("hbm_bytes", "hbm_usable_bytes", "hbm_bytes_per_s", "sm_count", "boost_clock_hz",
-                "pcie_bytes_per_s_per_direction", "host_ddr_bytes_per_s"):
+    for key in (
+        "hbm_bytes",
+        "hbm_usable_bytes",
+        "hbm_bytes_per_s",
+        "sm_count",
+        "boost_clock_hz",
+        "pcie_bytes_per_s_per_direction",
+        "host_ddr_bytes_per_s",
+    ):
         if values[key] <= 0:
             raise HardwareError(f"{path}: field {key!r} must be > 0, got {data[key]!r}")
     flops_raw = data["peak_flops"]
@@ -302,7 +314,9 @@ def _link(path: Path, data: Any, what: str) -> Link:
         kind = LinkKind(str(data.get("kind")))
     except ValueError:
         raise HardwareError(f"{path}: {what}.kind {data.get('kind')!r} unknown") from None
-    bw = float(_number(path, f"{what}.bytes_per_s_per_direction", data.get("bytes_per_s_per_direction"), float))
+    bw = float(
+        _number(path, f"{what}.bytes_per_s_per_direction", data.get("bytes_per_s_per_direction"), float)
+    )
     if bw <= 0:
         raise HardwareError(f"{path}: field '{what}.bytes_per_s_per_direction' must be > 0, got {bw!r}")
     return Link(
@@ -380,9 +394,16 @@ def load_system(name_or_path: str | Path) -> Node | Cluster:
             gpus_per_node=_count(p, "gpus_per_node", data["gpus_per_node"]),
             intra_node=_link(p, data.get("intra_node"), "intra_node"),
             host_link=_link(p, data.get("host_link"), "host_link"),
-            host_ddr_bytes=int(_number(p, "host_ddr_bytes", data.get("host_ddr_bytes", gpu.host_ddr_bytes), int)),
+            host_ddr_bytes=int(
+                _number(p, "host_ddr_bytes", data.get("host_ddr_bytes", gpu.host_ddr_bytes), int)
+            ),
             host_ddr_bytes_per_s=float(
-                _number(p, "host_ddr_bytes_per_s", data.get("host_ddr_bytes_per_s", gpu.host_ddr_bytes_per_s), float)
+                _number(
+                    p,
+                    "host_ddr_bytes_per_s",
+                    data.get("host_ddr_bytes_per_s", gpu.host_ddr_bytes_per_s),
+                    float,
+                )
             ),
             sources=sources,
         )

@@ -30,12 +30,24 @@ if _os.path.isfile(_os.path.join(_CHECKOUT, "hw", "__init__.py")) and _CHECKOUT 
 _LAZY = {
     **dict.fromkeys(("Dtype", "load_gpu", "list_gpus"), "perfmodel.hw"),
     **dict.fromkeys(("Analysis", "analyze"), "perfmodel.analyze"),
-    **dict.fromkeys(("Mode", "Profile", "load_profile_file", "peak_profile", "resolve_profile"),
-                    "perfmodel.calibration"),
+    **dict.fromkeys(
+        ("Mode", "Profile", "load_profile_file", "peak_profile", "resolve_profile"), "perfmodel.calibration"
+    ),
     **dict.fromkeys(("Bound", "OpCost", "op_cost"), "perfmodel.costs"),
-    **dict.fromkeys(("DoesNotFitError", "InvalidInputError", "ModelConfigError", "NonFiniteError",
-                     "OpDescriptorError", "PerfModelError", "ProfileError", "TooLargeError", "UnknownModelError"),
-                    "perfmodel.errors"),
+    **dict.fromkeys(
+        (
+            "DoesNotFitError",
+            "InvalidInputError",
+            "ModelConfigError",
+            "NonFiniteError",
+            "OpDescriptorError",
+            "PerfModelError",
+            "ProfileError",
+            "TooLargeError",
+            "UnknownModelError",
+        ),
+        "perfmodel.errors",
+    ),
     "Precision": "perfmodel.layers",
     **dict.fromkeys(("ModelSpec", "list_models", "load_model"), "perfmodel.models"),
     **dict.fromkeys(("AttentionImpl", "op_from_dict", "op_to_dict"), "perfmodel.ops"),
@@ -43,7 +55,9 @@ _LAZY = {
     **dict.fromkeys(("Layout", "Scenario"), "perfmodel.scenario"),
     "sweep": "perfmodel.sweep",
     # the simulator's modules need pandas
-    **dict.fromkeys(("Deployment", "LengthDist", "SimResult", "Slo", "Workload", "simulate"), "perfmodel.serving"),
+    **dict.fromkeys(
+        ("Deployment", "LengthDist", "SimResult", "Slo", "Workload", "simulate"), "perfmodel.serving"
+    ),
 }
 
 __all__ = sorted(_LAZY)
@@ -78,7 +92,9 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(mod), name)
         globals()[name] = value
         return value
-    if name[:1].isalpha() and name not in _EXTRAS:  # a core submodule used as an attribute (``perfmodel.phases``)
+    if (
+        name[:1].isalpha() and name not in _EXTRAS
+    ):  # a core submodule used as an attribute (``perfmodel.phases``)
         try:
             return importlib.import_module(f"{__name__}.{name}")
         except ModuleNotFoundError as exc:

@@ -30,8 +30,15 @@ from perfmodel.phases import (
 )
 
 #: The metrics shown with and without the knobs (``to_dict`` keys).
-KNOB_METRICS = ("prefill_s", "decode_s_per_token", "decode_s", "max_concurrency", "context_switch_s",
-                "kv_cache_bytes", "session_throughput_tokens_per_s")
+KNOB_METRICS = (
+    "prefill_s",
+    "decode_s_per_token",
+    "decode_s",
+    "max_concurrency",
+    "context_switch_s",
+    "kv_cache_bytes",
+    "session_throughput_tokens_per_s",
+)
 
 
 @dataclass(frozen=True)
@@ -98,8 +105,19 @@ class Analysis:
         """
         from perfmodel.metrics import scenario_metrics
 
-        return scenario_metrics(self.model, self.precision, self.knobs, self.context_len, self.output_tokens,
-                                self.batch, self.memory, self.prefill, self.decode_step, self.decode, self.switch)
+        return scenario_metrics(
+            self.model,
+            self.precision,
+            self.knobs,
+            self.context_len,
+            self.output_tokens,
+            self.batch,
+            self.memory,
+            self.prefill,
+            self.decode_step,
+            self.decode,
+            self.switch,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values (enums as their values); :func:`perfmodel.jsonout.dumps` writes it.
@@ -114,53 +132,64 @@ class Analysis:
 
         mem = self.memory
         met = self.metrics()
-        return jsonable({
-            "model": self.model.name,
-            "gpu": self.gpu.name,
-            "tp": self.tp,
-            "mode": self.mode.value,
-            "attention_impl": self.attention_impl.value,
-            "launch": self.launch.value,
-            "context_len": self.context_len,
-            "output_tokens": self.output_tokens,
-            "batch": self.batch,
-            "weight_dtype": self.precision.weights.value,
-            "kv_dtype": self.precision.kv.value,
-            "weight_bytes": met["weight_bytes"],
-            "weight_bytes_per_gpu": int(round(mem.weight_bytes)),
-            "kv_bytes_per_token": met["kv_bytes_per_token"],
-            "kv_cache_bytes": met["kv_cache_bytes"],
-            "hbm_capacity_bytes_per_gpu": int(mem.capacity_bytes),
-            "activation_bytes_per_gpu": int(round(mem.activation_bytes)),
-            "reserve_bytes_per_gpu": int(round(mem.reserve_bytes)),
-            "prefill_s": met["prefill_s"],
-            "prefill_s_low": met["prefill_s_low"],
-            "prefill_s_high": met["prefill_s_high"],
-            "prefill_flops_per_gpu": float(self.prefill.flops),
-            "decode_s_per_token": met["decode_s_per_token"],
-            "decode_s_per_token_low": met["decode_s_per_token_low"],
-            "decode_s_per_token_high": met["decode_s_per_token_high"],
-            "decode_s": met["decode_s"],
-            "decode_s_low": met["decode_s_low"],
-            "decode_s_high": met["decode_s_high"],
-            "max_concurrency": met["max_concurrency"],
-            "context_switch_s": met["context_switch_s"],
-            "context_switch_duplex_s": met["context_switch_duplex_s"],
-            "session_throughput_tokens_per_s": met["session_throughput_tokens_per_s"],
-            "bottleneck": self.bottleneck,
-            "comm_s": {"prefill": float(self.prefill.comm_s), "decode_per_token": float(self.decode_step.comm_s)},
-            "pp": self.pp, "sp": self.sp, "sp_kind": self.sp_kind, "ep": self.ep, "attention_dp": self.attention_dp,
-            "communication": {
-                "prefill_s": self.prefill_comm_s,
-                "prefill_share": _share(self.prefill_comm_s, self.prefill.total_s),
-                "decode_per_token_s": self.decode_step_comm_s,
-                "decode_share": _share(self.decode_step_comm_s, self.decode_step.total_s),
-            },
-            "parallel": dict(self.parallel),
-            "provenance": dict(self.provenance),
-            "notes": list(self.notes),
-            "knobs": self.knobs.to_dict() if self.knobs is not None else {},
-        } | self._knob_comparison() | self._ragged())
+        return jsonable(
+            {
+                "model": self.model.name,
+                "gpu": self.gpu.name,
+                "tp": self.tp,
+                "mode": self.mode.value,
+                "attention_impl": self.attention_impl.value,
+                "launch": self.launch.value,
+                "context_len": self.context_len,
+                "output_tokens": self.output_tokens,
+                "batch": self.batch,
+                "weight_dtype": self.precision.weights.value,
+                "kv_dtype": self.precision.kv.value,
+                "weight_bytes": met["weight_bytes"],
+                "weight_bytes_per_gpu": int(round(mem.weight_bytes)),
+                "kv_bytes_per_token": met["kv_bytes_per_token"],
+                "kv_cache_bytes": met["kv_cache_bytes"],
+                "hbm_capacity_bytes_per_gpu": int(mem.capacity_bytes),
+                "activation_bytes_per_gpu": int(round(mem.activation_bytes)),
+                "reserve_bytes_per_gpu": int(round(mem.reserve_bytes)),
+                "prefill_s": met["prefill_s"],
+                "prefill_s_low": met["prefill_s_low"],
+                "prefill_s_high": met["prefill_s_high"],
+                "prefill_flops_per_gpu": float(self.prefill.flops),
+                "decode_s_per_token": met["decode_s_per_token"],
+                "decode_s_per_token_low": met["decode_s_per_token_low"],
+                "decode_s_per_token_high": met["decode_s_per_token_high"],
+                "decode_s": met["decode_s"],
+                "decode_s_low": met["decode_s_low"],
+                "decode_s_high": met["decode_s_high"],
+                "max_concurrency": met["max_concurrency"],
+                "context_switch_s": met["context_switch_s"],
+                "context_switch_duplex_s": met["context_switch_duplex_s"],
+                "session_throughput_tokens_per_s": met["session_throughput_tokens_per_s"],
+                "bottleneck": self.bottleneck,
+                "comm_s": {
+                    "prefill": float(self.prefill.comm_s),
+                    "decode_per_token": float(self.decode_step.comm_s),
+                },
+                "pp": self.pp,
+                "sp": self.sp,
+                "sp_kind": self.sp_kind,
+                "ep": self.ep,
+                "attention_dp": self.attention_dp,
+                "communication": {
+                    "prefill_s": self.prefill_comm_s,
+                    "prefill_share": _share(self.prefill_comm_s, self.prefill.total_s),
+                    "decode_per_token_s": self.decode_step_comm_s,
+                    "decode_share": _share(self.decode_step_comm_s, self.decode_step.total_s),
+                },
+                "parallel": dict(self.parallel),
+                "provenance": dict(self.provenance),
+                "notes": list(self.notes),
+                "knobs": self.knobs.to_dict() if self.knobs is not None else {},
+            }
+            | self._knob_comparison()
+            | self._ragged()
+        )
 
     def _ragged(self) -> dict[str, Any]:
         """``batch_lengths``: a ragged batch's prefill (``prefill_s``, unpadded) beside the padded one."""
@@ -168,12 +197,18 @@ class Analysis:
             return {}
         lens = self.scenario.batch_lengths
         ragged, pad = float(self.prefill.total_s), float(self.prefill_padded.total_s)
-        return {"batch_lengths": {
-            "lengths": list(lens), "tokens": sum(lens), "padded_tokens": len(lens) * max(lens),
-            "prefill_s": ragged, "prefill_flops_per_gpu": float(self.prefill.flops),
-            "padded_prefill_s": pad, "padded_prefill_flops_per_gpu": float(self.prefill_padded.flops),
-            "padded_over_ragged": pad / ragged if ragged > 0 else None,
-        }}
+        return {
+            "batch_lengths": {
+                "lengths": list(lens),
+                "tokens": sum(lens),
+                "padded_tokens": len(lens) * max(lens),
+                "prefill_s": ragged,
+                "prefill_flops_per_gpu": float(self.prefill.flops),
+                "padded_prefill_s": pad,
+                "padded_prefill_flops_per_gpu": float(self.prefill_padded.flops),
+                "padded_over_ragged": pad / ragged if ragged > 0 else None,
+            }
+        }
 
     def _knob_comparison(self) -> dict[str, Any]:
         """``without_knobs`` metrics and ``knob_ratio`` (with / without), when knobs are active."""
@@ -221,13 +256,25 @@ def _beyond_node(scn: Scenario, tp: int | None) -> str:
 
 def _layout_label(pp: int, sp: int, ep: int, attention_dp: int = 1) -> str:
     """``, pp=2, ep=4``: the degrees beyond TP that are not 1."""
-    return "".join(f", {k}={v}" for k, v in (("pp", pp), ("sp", sp), ("ep", ep), ("attention_dp", attention_dp))
-                   if v > 1)
+    return "".join(
+        f", {k}={v}" for k, v in (("pp", pp), ("sp", sp), ("ep", ep), ("attention_dp", attention_dp)) if v > 1
+    )
 
 
-def suggest_tp(model: ModelSpec, gpu: GPU, context_len: int, output_tokens: int, batch: int,
-               precision: Precision, pp: int = 1, sp: int = 1, ep: int = 1, topology: str | None = None,
-               attention_dp: int = 1, **kw) -> int | None:
+def suggest_tp(
+    model: ModelSpec,
+    gpu: GPU,
+    context_len: int,
+    output_tokens: int,
+    batch: int,
+    precision: Precision,
+    pp: int = 1,
+    sp: int = 1,
+    ep: int = 1,
+    topology: str | None = None,
+    attention_dp: int = 1,
+    **kw,
+) -> int | None:
     """Smallest power-of-two TP degree (valid for the heads, <= 64, within the system ``topology``
     describes) at which ``batch`` users fit, with the ``pp``, ``sp`` and ``ep`` degrees kept as given."""
     from perfmodel.scenario import check_world
@@ -371,10 +418,34 @@ def analyze(
     """
     if isinstance(model, Scenario):
         return analyze_scenario(model)
-    return analyze_scenario(Scenario.make(
-        model, gpu, context_len, output_tokens, batch, tp, mode, weight_dtype, kv_dtype, activation_dtype,
-        chunk_tokens, reserve_fraction, profile, knobs, pp, sp, sp_kind, ep, topology, attention_impl, launch,
-        moe_placement=moe_placement, attention_dp=attention_dp, batch_lengths=batch_lengths))
+    return analyze_scenario(
+        Scenario.make(
+            model,
+            gpu,
+            context_len,
+            output_tokens,
+            batch,
+            tp,
+            mode,
+            weight_dtype,
+            kv_dtype,
+            activation_dtype,
+            chunk_tokens,
+            reserve_fraction,
+            profile,
+            knobs,
+            pp,
+            sp,
+            sp_kind,
+            ep,
+            topology,
+            attention_impl,
+            launch,
+            moe_placement=moe_placement,
+            attention_dp=attention_dp,
+            batch_lengths=batch_lengths,
+        )
+    )
 
 
 def analyze_scenario(scn: Scenario) -> Analysis:
@@ -388,8 +459,9 @@ def analyze_scenario(scn: Scenario) -> Analysis:
     notes = list(scn.notes)
     from perfmodel import parallel as par
 
-    mem = memory_budget(m, g, context_len, output_tokens, prec, tp, chunk_tokens, reserve_fraction, batch=batch,
-                        knobs=knobs)
+    mem = memory_budget(
+        m, g, context_len, output_tokens, prec, tp, chunk_tokens, reserve_fraction, batch=batch, knobs=knobs
+    )
     if lay.multi:
         mem = par.parallel_memory(mem, m, prec, tp, pp, sp, ep, dp)
     if mem.max_concurrency < batch:
@@ -400,10 +472,29 @@ def analyze_scenario(scn: Scenario) -> Analysis:
         if ring_overlap is None:
             ring_overlap = 1.0
             if prof.mode is Mode.CALIBRATED and sp > 1 and sp_kind != "ulysses":
-                notes.append(f"no Ring-attention step measured for {g.name}: ideal compute/transfer overlap assumed")
-        ph = par.parallel_phases(m, g, prof, context_len, output_tokens, batch, prec, tp, pp, sp, sp_kind, ep,
-                                 chunk_tokens, lay.topology, ring_overlap, knobs=knobs,
-                                 moe_placement=scn.moe_placement, attention_dp=dp)
+                notes.append(
+                    f"no Ring-attention step measured for {g.name}: ideal compute/transfer overlap assumed"
+                )
+        ph = par.parallel_phases(
+            m,
+            g,
+            prof,
+            context_len,
+            output_tokens,
+            batch,
+            prec,
+            tp,
+            pp,
+            sp,
+            sp_kind,
+            ep,
+            chunk_tokens,
+            lay.topology,
+            ring_overlap,
+            knobs=knobs,
+            moe_placement=scn.moe_placement,
+            attention_dp=dp,
+        )
         pre, step, dec = ph.prefill, ph.decode_step, ph.decode
         pre_comm, step_comm, par_details = ph.prefill_comm_s, ph.decode_step_comm_s, ph.details
     else:
@@ -421,27 +512,53 @@ def analyze_scenario(scn: Scenario) -> Analysis:
         padded = ragged_prefill_cost(m, g, prof, scn.batch_lengths, prec, tp, padded=True)
         tokens = sum(scn.batch_lengths)
         pre_comm = comm_seconds(m, g, prof, Phase.PREFILL, 1, tokens, tokens, prec, tp) if tp > 1 else 0.0
-        notes.append(f"ragged batch of {batch} prompts ({tokens:,} tokens): prefill priced as one unpadded pass; "
-                     f"decode and memory at the padded shape ({context_len:,} tokens each)")
+        notes.append(
+            f"ragged batch of {batch} prompts ({tokens:,} tokens): prefill priced as one unpadded pass; "
+            f"decode and memory at the padded shape ({context_len:,} tokens each)"
+        )
     sw = context_switch(g, prof, mem.kv_bytes_per_user, knobs=knobs)
     baseline = None
     if knobs is not None:
         notes.append(COST_NOT_QUALITY)
         try:
-            baseline = analyze_scenario(scn.replace(knobs=None, profile=prof, attention_impl=prof.attention_impl))
+            baseline = analyze_scenario(
+                scn.replace(knobs=None, profile=prof, attention_impl=prof.attention_impl)
+            )
         except DoesNotFitError as exc:
             notes.append(f"without the knobs: {exc}")
         except InvalidInputError as exc:  # e.g. a TP degree only the knobs' KV heads allow
             notes.append(f"without the knobs: {exc}")
     return Analysis(
-        model=m, gpu=g, tp=tp, mode=prof.mode, context_len=context_len, output_tokens=output_tokens, batch=batch,
-        precision=prec, prefill=pre, decode_step=step, decode=dec, memory=mem, switch=sw, notes=tuple(notes),
-        knobs=knobs, baseline=baseline, pp=pp, sp=sp, sp_kind=str(sp_kind), ep=ep,
+        model=m,
+        gpu=g,
+        tp=tp,
+        mode=prof.mode,
+        context_len=context_len,
+        output_tokens=output_tokens,
+        batch=batch,
+        precision=prec,
+        prefill=pre,
+        decode_step=step,
+        decode=dec,
+        memory=mem,
+        switch=sw,
+        notes=tuple(notes),
+        knobs=knobs,
+        baseline=baseline,
+        pp=pp,
+        sp=sp,
+        sp_kind=str(sp_kind),
+        ep=ep,
         attention_dp=lay.attention_groups,
         prefill_comm_s=pre_comm,
-        decode_step_comm_s=step_comm, parallel=par_details, attention_impl=prof.attention_impl,
-        launch=prof.launch, provenance=prof.provenance_map(), provenance_summary=prof.provenance_summary(),
-        scenario=scn, prefill_padded=padded,
+        decode_step_comm_s=step_comm,
+        parallel=par_details,
+        attention_impl=prof.attention_impl,
+        launch=prof.launch,
+        provenance=prof.provenance_map(),
+        provenance_summary=prof.provenance_summary(),
+        scenario=scn,
+        prefill_padded=padded,
     )
 
 
@@ -451,21 +568,49 @@ def _does_not_fit(scn: Scenario, mem: MemoryBudget) -> None:
     pp, sp, ep, dp = lay.pp, lay.sp, lay.ep, lay.attention_dp
     per_gpu = math.ceil(batch / mem.dp_ranks)  # users one GPU holds: its attention group's
     act = mem.activation_bytes if mem.activation_at is None else mem.activation_at(per_gpu)
-    need = (mem.weight_bytes + act + mem.reserve_bytes + per_gpu * mem.kv_bytes_per_user + mem.shared_kv_bytes)
-    hint = suggest_tp(m, g, scn.context_len, scn.output_tokens, batch, scn.priced_precision, pp, sp, ep,
-                      lay.topology, dp, chunk_tokens=scn.chunk_tokens, reserve_fraction=scn.reserve_fraction, knobs=scn.knobs)
-    what = "the weights alone do not fit" if mem.free_for_kv_bytes <= 0 else f"{batch} user(s)' KV cache does not fit"
+    need = mem.weight_bytes + act + mem.reserve_bytes + per_gpu * mem.kv_bytes_per_user + mem.shared_kv_bytes
+    hint = suggest_tp(
+        m,
+        g,
+        scn.context_len,
+        scn.output_tokens,
+        batch,
+        scn.priced_precision,
+        pp,
+        sp,
+        ep,
+        lay.topology,
+        dp,
+        chunk_tokens=scn.chunk_tokens,
+        reserve_fraction=scn.reserve_fraction,
+        knobs=scn.knobs,
+    )
+    what = (
+        "the weights alone do not fit"
+        if mem.free_for_kv_bytes <= 0
+        else f"{batch} user(s)' KV cache does not fit"
+    )
     raise DoesNotFitError(
         f"{m.name} on {g.name} (tp={lay.tp}{_layout_label(pp, sp, ep, dp)}): {what}: needs {need / 2**30:.1f} GiB per "
         f"GPU ({int(need):,} bytes), has {mem.capacity_bytes / 2**30:.1f} GiB ({int(mem.capacity_bytes):,} bytes)"
         + (f"; tp={hint}{_layout_label(pp, sp, ep, dp)} fits" if hint else "; no TP degree up to 64 fits")
         + _beyond_node(scn, hint),
-        needed_bytes=int(need), available_bytes=int(mem.capacity_bytes), suggested_tp=hint,
+        needed_bytes=int(need),
+        available_bytes=int(mem.capacity_bytes),
+        suggested_tp=hint,
     )
 
 
-def _tp_comm_s(m: ModelSpec, g: GPU, prof: Profile, context_len: int, batch: int, prec: Precision, tp: int,
-               chunk_tokens: int | None) -> tuple[float, float]:
+def _tp_comm_s(
+    m: ModelSpec,
+    g: GPU,
+    prof: Profile,
+    context_len: int,
+    batch: int,
+    prec: Precision,
+    tp: int,
+    chunk_tokens: int | None,
+) -> tuple[float, float]:
     """TP collective time of the prefill and of one decode step, seconds."""
     if tp == 1:
         return 0.0, 0.0

@@ -102,9 +102,17 @@ def score_bytes(model, context_len, batch: int, tp: int):
     return batch * -(-model.q_heads // tp) * float(context_len) ** 2 * SCORE_BYTES_PER_ELEMENT
 
 
-def blockwise(model: str, gpu: str, context_len: int, block_tokens: int = 2048, batch: int = 1, tp: int = 1,
-              mode: str = "calibrated", weight_dtype: str | None = None,
-              kv_dtype: str | None = None) -> BlockwiseResult:
+def blockwise(
+    model: str,
+    gpu: str,
+    context_len: int,
+    block_tokens: int = 2048,
+    batch: int = 1,
+    tp: int = 1,
+    mode: str = "calibrated",
+    weight_dtype: str | None = None,
+    kv_dtype: str | None = None,
+) -> BlockwiseResult:
     """Price a prefill computed whole, with tiled attention, and blockwise (attention and feed-forward).
 
     Parameters
@@ -139,7 +147,12 @@ def blockwise(model: str, gpu: str, context_len: int, block_tokens: int = 2048, 
     from perfmodel.phases import memory_budget, prefill_cost
     from perfmodel.scenario import check_mode
 
-    for name, v in (("context_len", context_len), ("block_tokens", block_tokens), ("batch", batch), ("tp", tp)):
+    for name, v in (
+        ("context_len", context_len),
+        ("block_tokens", block_tokens),
+        ("batch", batch),
+        ("tp", tp),
+    ):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise InvalidInputError(f"{name} must be an integer >= 1, got {v!r}")
     m, g = load_model(model), load_gpu(gpu)
@@ -154,14 +167,20 @@ def blockwise(model: str, gpu: str, context_len: int, block_tokens: int = 2048, 
     def budget(scheme: Scheme, n: int):
         mb = memory_budget(m, g, n, 0, prec, tp, chunk_tokens=chunk[scheme], batch=batch)
         scores = score_bytes(m, n, batch, tp) if scheme is Scheme.VANILLA else 0.0
-        return mb, float(mb.activation_bytes) + scores, float(mb.free_for_kv_bytes) - scores >= \
-            batch * float(mb.kv_bytes_per_user)
+        return (
+            mb,
+            float(mb.activation_bytes) + scores,
+            float(mb.free_for_kv_bytes) - scores >= batch * float(mb.kv_bytes_per_user),
+        )
 
     base, _, _ = budget(Scheme.BLOCKWISE, 1)
     if float(base.free_for_kv_bytes) <= 0:
-        raise DoesNotFitError(f"{m.name} on {g.name} x{tp}: the weights ({float(base.weight_bytes) / 1e9:.1f} GB per "
-                              f"GPU) leave no room for a prompt; raise tp",
-                              needed_bytes=int(base.weight_bytes), available_bytes=int(base.capacity_bytes))
+        raise DoesNotFitError(
+            f"{m.name} on {g.name} x{tp}: the weights ({float(base.weight_bytes) / 1e9:.1f} GB per "
+            f"GPU) leave no room for a prompt; raise tp",
+            needed_bytes=int(base.weight_bytes),
+            available_bytes=int(base.capacity_bytes),
+        )
     out = []
     for s in Scheme:
         _, act, fits = budget(s, context_len)
@@ -169,12 +188,21 @@ def blockwise(model: str, gpu: str, context_len: int, block_tokens: int = 2048, 
         while hi - lo > 1:
             mid = (lo + hi) // 2
             lo, hi = (mid, hi) if budget(s, mid)[2] else (lo, mid)
-        t = None if s is Scheme.VANILLA else float(prefill_cost(m, g, prof, context_len, batch, prec, tp,
-                                                                 chunk[s]).total_s)
+        t = (
+            None
+            if s is Scheme.VANILLA
+            else float(prefill_cost(m, g, prof, context_len, batch, prec, tp, chunk[s]).total_s)
+        )
         out.append(SchemeCost(s, act, bool(fits), lo, t))
     return BlockwiseResult(
-        model=m.name, gpu=g.name, mode=md.value, tp=tp, batch=batch, context_len=context_len,
-        block_tokens=block_tokens, hbm_capacity_bytes=float(g.hbm_usable_bytes),
+        model=m.name,
+        gpu=g.name,
+        mode=md.value,
+        tp=tp,
+        batch=batch,
+        context_len=context_len,
+        block_tokens=block_tokens,
+        hbm_capacity_bytes=float(g.hbm_usable_bytes),
         weight_bytes_per_gpu=float(base.weight_bytes),
         kv_bytes_per_gpu=batch * context_len * float(kv_bytes_per_token_per_gpu(m, tp, prec.kv)),
         schemes=tuple(out),

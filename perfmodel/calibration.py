@@ -66,8 +66,10 @@ def parse_curve_key(key: str, where: str) -> tuple[OpClass, AttentionImpl]:
     except ValueError:
         oc = impl = None
     if oc not in ATTENTION_CLASSES or impl is None or not rest.endswith("]"):
-        raise ProfileError(f"{where}: implementations key {key!r} is not attention_prefill[<impl>] or "
-                           f"attention_decode[<impl>] with impl one of {', '.join(i.value for i in AttentionImpl)}")
+        raise ProfileError(
+            f"{where}: implementations key {key!r} is not attention_prefill[<impl>] or "
+            f"attention_decode[<impl>] with impl one of {', '.join(i.value for i in AttentionImpl)}"
+        )
     return oc, impl
 
 
@@ -96,7 +98,8 @@ class Profile:
     #: ``sync_s``; see :class:`perfmodel.parallel.RingStepModel`); empty when not measured.
     ring_attention_step: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     implementations: Mapping[tuple[OpClass, AttentionImpl], AttentionParams] = field(
-        default_factory=lambda: MappingProxyType({}))
+        default_factory=lambda: MappingProxyType({})
+    )
     attention_impl: AttentionImpl | None = None
     attention_kernels: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
     #: The sustained-clock terms (``compute_ratio``, ``settle_s``; :mod:`perfmodel.clocks`); empty when not measured.
@@ -109,13 +112,16 @@ class Profile:
     #: Collective terms per way of issuing them (:class:`perfmodel.ops.CollectiveLaunch`): ``{way: {class:
     #: params}}``; a collective op of that way uses them instead of its class's (:mod:`perfmodel.comm`).
     collective_launch: Mapping[CollectiveLaunch, Mapping[OpClass, CollectiveParams]] = field(
-        default_factory=lambda: MappingProxyType({}))
+        default_factory=lambda: MappingProxyType({})
+    )
     #: Where each op class's curve comes from (``measured``, ``transferred from <gpu>``, ``datasheet``;
     #: :mod:`perfmodel.transfer`); a class not listed: :meth:`provenance_of` infers it.
     provenance: Mapping[OpClass, str] = field(default_factory=lambda: MappingProxyType({}))
     #: Where an attention implementation's curve comes from when it is not this GPU's own measurement
     #: (``transferred from <gpu>``, :func:`perfmodel.transfer.with_transferred_gaps`); keyed by (class, impl).
-    impl_provenance: Mapping[tuple[OpClass, AttentionImpl], str] = field(default_factory=lambda: MappingProxyType({}))
+    impl_provenance: Mapping[tuple[OpClass, AttentionImpl], str] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
     #: The measured GPU this whole profile was carried from (:func:`perfmodel.transfer.transfer_profile`); empty: own.
     transferred_from: str = ""
     #: Error bands (``docs/calibration.md``, "Error bands"): ``{"measured" | "transferred" | "datasheet": {key:
@@ -127,8 +133,13 @@ class Profile:
     #: :meth:`with_peer_all_reduce` (a serving engine's file), never read from a profile file.
     peer_all_reduce: PeerAllReduce | None = None
 
-    def band_of(self, op_class: OpClass, keys: tuple[str, ...] = (), regime: str | None = None,
-                size: str | None = None) -> tuple[float, float]:
+    def band_of(
+        self,
+        op_class: OpClass,
+        keys: tuple[str, ...] = (),
+        regime: str | None = None,
+        size: str | None = None,
+    ) -> tuple[float, float]:
         """(q10, q90) of log(predicted / measured) for an op of ``op_class`` in ``regime`` (``compute``, ``memory``,
         ``latency``) and size class ``size`` (``under_10us`` ...: :func:`perfmodel.costs.size_class_of`): the band
         group of its provenance (``measured``, ``transferred``, ``datasheet``), its first row by :func:`band_row`
@@ -155,15 +166,21 @@ class Profile:
         if self.mode is Mode.PEAK or not self.bands:
             return 0.0, 0.0
         label = self.provenance_of(op_class)
-        group = "measured" if label.startswith("measured") else "transferred" if label.startswith("transferred") \
+        group = (
+            "measured"
+            if label.startswith("measured")
+            else "transferred"
+            if label.startswith("transferred")
             else "datasheet"
+        )
         groups = (group, "measured") if group == "transferred" else (group,)
         rows = [band_row(self.bands.get(g) or {}, (*keys, op_class.value), regime, size) for g in groups]
         rows = [r for r in rows if r is not None]
         return (min(r[0] for r in rows), max(r[1] for r in rows)) if rows else (0.0, 0.0)
 
-    def band_cells(self, op_class: OpClass, keys: tuple[str, ...], regimes: tuple[str, ...],
-                   sizes: tuple[str, ...]) -> tuple[tuple[float, float], ...]:
+    def band_cells(
+        self, op_class: OpClass, keys: tuple[str, ...], regimes: tuple[str, ...], sizes: tuple[str, ...]
+    ) -> tuple[tuple[float, float], ...]:
         """:meth:`band_of` of every (regime, size class) cell, regimes outer: looked up once per profile, class and
         keys (a sweep prices the same ops chunk after chunk).
 
@@ -186,7 +203,9 @@ class Profile:
         key = (op_class, keys, regimes, sizes)
         cells = self._band_memo.get(key)
         if cells is None:
-            cells = self._band_memo[key] = tuple(self.band_of(op_class, keys, r, z) for r in regimes for z in sizes)
+            cells = self._band_memo[key] = tuple(
+                self.band_of(op_class, keys, r, z) for r in regimes for z in sizes
+            )
         return cells
 
     @functools.cached_property
@@ -219,12 +238,14 @@ class Profile:
             return "datasheet"
         if op_class in ATTENTION_CLASSES and self.impl_provenance:
             phase = Phase.PREFILL if op_class is OpClass.ATTENTION_PREFILL else Phase.DECODE
-            label = self.impl_provenance.get((op_class, (self.attention_impl or DEFAULT_ATTENTION_IMPL).curve(phase)))
+            label = self.impl_provenance.get(
+                (op_class, (self.attention_impl or DEFAULT_ATTENTION_IMPL).curve(phase))
+            )
             if label is not None:
                 return label
         if op_class in self.provenance:
             label = self.provenance[op_class]
-        elif (self.attention_impls(op_class) if op_class in ATTENTION_CLASSES else op_class in self.classes):
+        elif self.attention_impls(op_class) if op_class in ATTENTION_CLASSES else op_class in self.classes:
             label = "measured"
         else:
             label = "datasheet"
@@ -332,8 +353,10 @@ class Profile:
         have = ", ".join(i.value for i in self.attention_impls(op_class))
         if not have:  # a class the profile does not fit at all is priced at peak, as every class
             return PEAK_PARAMS[op_class]
-        raise ProfileError(f"calibration profile of {self.gpu} has no {op_class.value} curve for attention "
-                           f"implementation {impl.value!r} (measured: {have})")
+        raise ProfileError(
+            f"calibration profile of {self.gpu} has no {op_class.value} curve for attention "
+            f"implementation {impl.value!r} (measured: {have})"
+        )
 
     def with_peer_all_reduce(self, peer: PeerAllReduce | None) -> "Profile":
         """This profile pricing eligible all-reduces with ``peer`` (None: unchanged).
@@ -379,7 +402,9 @@ class Profile:
         except ValueError:
             raise ProfileError(f"launch must be graph or eager, got {launch!r}") from None
         if launch is Launch.EAGER and not self.is_peak and not self.launch_terms:
-            raise ProfileError(f"calibration profile of {self.gpu} has no eager-launch terms (measured: graph only)")
+            raise ProfileError(
+                f"calibration profile of {self.gpu} has no eager-launch terms (measured: graph only)"
+            )
         return dataclasses.replace(self, launch=launch)
 
     def default_attention_impl(self) -> AttentionImpl:
@@ -467,8 +492,10 @@ class Profile:
         if self.ring_attention_step:
             out["ring_attention_step"] = dict(self.ring_attention_step)
         if self.implementations:
-            out["implementations"] = {curve_key(c, i): p.to_dict()
-                                      for (c, i), p in sorted(self.implementations.items(), key=lambda kv: curve_key(*kv[0]))}
+            out["implementations"] = {
+                curve_key(c, i): p.to_dict()
+                for (c, i), p in sorted(self.implementations.items(), key=lambda kv: curve_key(*kv[0]))
+            }
         if self.sustained:
             out["sustained"] = dict(self.sustained)
         if self.launch_terms:
@@ -476,11 +503,15 @@ class Profile:
         if self.attention_kernels:
             out["attention_kernels"] = {k: list(v) for k, v in sorted(self.attention_kernels.items())}
         if self.bands:
-            out["bands"] = {g: ({k: dict(v) for k, v in t.items()} if isinstance(t, Mapping) else t)
-                            for g, t in self.bands.items()}
+            out["bands"] = {
+                g: ({k: dict(v) for k, v in t.items()} if isinstance(t, Mapping) else t)
+                for g, t in self.bands.items()
+            }
         if self.collective_launch:
-            out["collective_launch"] = {w.value: {c.value: p.to_dict() for c, p in per.items()}
-                                        for w, per in self.collective_launch.items()}
+            out["collective_launch"] = {
+                w.value: {c.value: p.to_dict() for c, p in per.items()}
+                for w, per in self.collective_launch.items()
+            }
         return out
 
 
@@ -510,27 +541,37 @@ def profile_from_dict(data: Any, where: str = "<dict>") -> Profile:
     if not isinstance(data, dict) or not isinstance(data.get("classes"), dict):
         raise ProfileError(f"{where}: a profile needs a 'classes' object")
     if data.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
-        raise ProfileError(f"{where}: schema_version {data.get('schema_version')} unsupported (want {SCHEMA_VERSION})")
+        raise ProfileError(
+            f"{where}: schema_version {data.get('schema_version')} unsupported (want {SCHEMA_VERSION})"
+        )
     classes = {}
     for name, raw in data["classes"].items():
         try:
             oc = OpClass(name)
         except ValueError:
-            raise ProfileError(f"{where}: unknown op class {name!r}; known: {', '.join(c.value for c in OpClass)}") from None
+            raise ProfileError(
+                f"{where}: unknown op class {name!r}; known: {', '.join(c.value for c in OpClass)}"
+            ) from None
         classes[oc] = params_from_dict(raw, f"{where}: class {name!r}", oc)
     ew = data.get("elementwise_kernels", {})
     if not isinstance(ew, dict):
         raise ProfileError(f"{where}: 'elementwise_kernels' must be an object")
-    named = {str(n): ElementwiseParams.from_dict(raw, f"{where}: elementwise kernel {n!r}") for n, raw in ew.items()}
+    named = {
+        str(n): ElementwiseParams.from_dict(raw, f"{where}: elementwise kernel {n!r}")
+        for n, raw in ew.items()
+    }
     ring = _ring_step_from_dict(data.get("ring_attention_step", {}), where)
     impls_raw = data.get("implementations", {})
     if not isinstance(impls_raw, dict):
         raise ProfileError(f"{where}: 'implementations' must be an object")
-    impls = {parse_curve_key(k, where): AttentionParams.from_dict(raw, f"{where}: implementation {k!r}")
-             for k, raw in impls_raw.items()}
+    impls = {
+        parse_curve_key(k, where): AttentionParams.from_dict(raw, f"{where}: implementation {k!r}")
+        for k, raw in impls_raw.items()
+    }
     kern_raw = data.get("attention_kernels", {})
     if not isinstance(kern_raw, dict) or not all(
-            isinstance(v, list) and all(isinstance(n, str) for n in v) for v in kern_raw.values()):
+        isinstance(v, list) and all(isinstance(n, str) for n in v) for v in kern_raw.values()
+    ):
         raise ProfileError(f"{where}: 'attention_kernels' must map curve keys to lists of kernel names")
     for k in kern_raw:
         parse_curve_key(k, where)
@@ -544,10 +585,14 @@ def profile_from_dict(data: Any, where: str = "<dict>") -> Profile:
         ring_attention_step=MappingProxyType(ring),
         implementations=MappingProxyType(impls),
         attention_kernels=MappingProxyType({k: tuple(v) for k, v in kern_raw.items()}),
-        sustained=MappingProxyType(sustained_from_dict(data["sustained"], where) if "sustained" in data else {}),
+        sustained=MappingProxyType(
+            sustained_from_dict(data["sustained"], where) if "sustained" in data else {}
+        ),
         launch_terms=MappingProxyType(_launch_from_dict(data.get("launch", {}), where)),
         bands=MappingProxyType(bands_from_dict(data.get("bands", {}), where)),
-        collective_launch=MappingProxyType(_collective_launch_from_dict(data.get("collective_launch", {}), where)),
+        collective_launch=MappingProxyType(
+            _collective_launch_from_dict(data.get("collective_launch", {}), where)
+        ),
     )
 
 
@@ -560,15 +605,19 @@ def _collective_launch_from_dict(raw: Any, where: str) -> dict:
         try:
             w = CollectiveLaunch(way)
         except ValueError:
-            raise ProfileError(f"{where}: collective_launch has unknown way {way!r}; known: "
-                               f"{', '.join(x.value for x in CollectiveLaunch)}") from None
+            raise ProfileError(
+                f"{where}: collective_launch has unknown way {way!r}; known: "
+                f"{', '.join(x.value for x in CollectiveLaunch)}"
+            ) from None
         if not isinstance(per, dict):
             raise ProfileError(f"{where}: collective_launch.{way} must be an object")
         classes = {}
         for name, p in per.items():
             if name not in _COLLECTIVE_CLASS_NAMES:
-                raise ProfileError(f"{where}: collective_launch.{way} has {name!r}, not a collective class; known: "
-                                   f"{', '.join(sorted(_COLLECTIVE_CLASS_NAMES))}")
+                raise ProfileError(
+                    f"{where}: collective_launch.{way} has {name!r}, not a collective class; known: "
+                    f"{', '.join(sorted(_COLLECTIVE_CLASS_NAMES))}"
+                )
             classes[OpClass(name)] = CollectiveParams.from_dict(p, f"{where}: collective_launch.{way}.{name}")
         out[w] = MappingProxyType(classes)
     return out
@@ -586,8 +635,9 @@ def band_lookup(key: str, regime: str | None = None, size: str | None = None) ->
     return (*((f"{key}|{size}",) if size else ()), *((f"{key}|{regime}",) if regime else ()), key)
 
 
-def band_row(table: Mapping[str, Any], keys: tuple[str, ...], regime: str | None = None,
-             size: str | None = None) -> tuple[float, float] | None:
+def band_row(
+    table: Mapping[str, Any], keys: tuple[str, ...], regime: str | None = None, size: str | None = None
+) -> tuple[float, float] | None:
     """(q10, q90) of the first row of ``table`` an op looks up: each of ``keys`` (most specific first, e.g.
     ``attention_decode[stream_k]``, ``attention_decode``), then ``*``, each by :func:`band_lookup`; None when the
     table has none of them."""
@@ -607,7 +657,9 @@ def bands_from_dict(raw: Any, where: str) -> dict[str, Any]:
         raise ProfileError(f"{where}: 'bands' must be an object")
     extra = set(raw) - set(BAND_GROUPS) - {"source", "coverage"}
     if extra:
-        raise ProfileError(f"{where}: bands has unknown group(s) {', '.join(sorted(extra))}; known: {', '.join(BAND_GROUPS)}")
+        raise ProfileError(
+            f"{where}: bands has unknown group(s) {', '.join(sorted(extra))}; known: {', '.join(BAND_GROUPS)}"
+        )
     out: dict[str, Any] = {}
     for g in BAND_GROUPS:
         if g not in raw:
@@ -618,7 +670,9 @@ def bands_from_dict(raw: Any, where: str) -> dict[str, Any]:
         for k, v in raw[g].items():
             q = v.get("q10") if isinstance(v, dict) else None
             h = v.get("q90") if isinstance(v, dict) else None
-            if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in (q, h)):
+            if not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in (q, h)
+            ):
                 raise ProfileError(f"{where}: bands.{g}.{k} needs finite numbers q10 and q90")
             if q > h:
                 raise ProfileError(f"{where}: bands.{g}.{k}: q10 {q} > q90 {h}")
@@ -723,8 +777,13 @@ def shipped_profile_path(gpu: GPU | str) -> Path:
     return PROFILE_DIR / f"{gpu if isinstance(gpu, str) else gpu.name}.json"
 
 
-def resolve_profile(gpu: GPU, mode: Mode | str = Mode.CALIBRATED, profile: Profile | str | Path | None = None,
-                    attention_impl: AttentionImpl | str | None = None, launch: Launch | str | None = None) -> Profile:
+def resolve_profile(
+    gpu: GPU,
+    mode: Mode | str = Mode.CALIBRATED,
+    profile: Profile | str | Path | None = None,
+    attention_impl: AttentionImpl | str | None = None,
+    launch: Launch | str | None = None,
+) -> Profile:
     """The profile to use for ``gpu`` in ``mode``, pricing attention with ``attention_impl``.
 
     In calibrated mode without a shipped profile, a profile transferred from a measured GPU
@@ -775,8 +834,12 @@ def _resolve(gpu: GPU, mode: Mode | str, profile: Profile | str | Path | None) -
     measured = measured_profiles()
     shipped = tuple(p for _, p in measured.values())
     done = _RESOLVED.get(gpu.name)
-    if done is not None and done[0] == gpu and len(done[1]) == len(shipped) and all(
-            a is b for a, b in zip(done[1], shipped)):
+    if (
+        done is not None
+        and done[0] == gpu
+        and len(done[1]) == len(shipped)
+        and all(a is b for a, b in zip(done[1], shipped))
+    ):
         return done[2]  # the same GPU and the same shipped profiles: the same result
     if gpu.name in measured and measured[gpu.name][0] == gpu:
         own = transfer.with_transferred_gaps(measured[gpu.name][1], gpu, measured)
@@ -794,8 +857,9 @@ def _resolve(gpu: GPU, mode: Mode | str, profile: Profile | str | Path | None) -
                 stacklevel=3,
             )
             return peak_profile(gpu)
-        out = transfer.with_transferred_collectives(transfer.transfer_profile(measured[src.name][1], src, gpu), gpu,
-                                                    measured)
+        out = transfer.with_transferred_collectives(
+            transfer.transfer_profile(measured[src.name][1], src, gpu), gpu, measured
+        )
     _RESOLVED[gpu.name] = (gpu, shipped, out)
     return out
 

@@ -35,12 +35,11 @@ def is_finite_number(v: Any) -> bool:
 def finite_float(name: str, v: Any) -> float:
     """``v`` as a float; raises :class:`NonFiniteError` for NaN, infinity, or a magnitude beyond :data:`MAX_MAGNITUDE`."""
     if not is_finite_number(v):
-        shown = f"{str(v)[:20]}... ({len(str(v))} digits)" if isinstance(v, int) and len(str(v)) > 24 else repr(v)
+        shown = (
+            f"{str(v)[:20]}... ({len(str(v))} digits)" if isinstance(v, int) and len(str(v)) > 24 else repr(v)
+        )
         raise NonFiniteError(f"{name} must be a finite number of at most {MAX_MAGNITUDE:g}, got {shown}")
     return float(v)
-
-
-
 
 
 def finite_json_loads(text: str) -> Any:
@@ -53,8 +52,9 @@ def finite_json_loads(text: str) -> Any:
     import json
 
     def refuse(token: str, why: str):
-        raise json.JSONDecodeError(f"{token[:24]}{'...' if len(token) > 24 else ''} {why}", text,
-                                   max(text.find(token), 0))
+        raise json.JSONDecodeError(
+            f"{token[:24]}{'...' if len(token) > 24 else ''} {why}", text, max(text.find(token), 0)
+        )
 
     def constant(token: str):
         refuse(token, "is not a finite number")
@@ -73,4 +73,6 @@ def finite_json_loads(text: str) -> Any:
         return v
 
     return json.loads(text, parse_constant=constant, parse_int=integer, parse_float=real)
+
+
 __all__ = ["MAX_MAGNITUDE", "finite_float", "finite_json_loads", "is_finite_number"]

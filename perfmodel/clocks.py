@@ -77,15 +77,27 @@ def _check_ramp(raw: Any, where: str) -> tuple[tuple[float, float], ...]:
     ok = isinstance(raw, (list, tuple)) and len(raw) >= 2
     pts: list[tuple[float, float]] = []
     for item in raw if ok else ():
-        if not (isinstance(item, (list, tuple)) and len(item) == 2
-                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in item)):
+        if not (
+            isinstance(item, (list, tuple))
+            and len(item) == 2
+            and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in item
+            )
+        ):
             ok = False
             break
         pts.append((float(item[0]), float(item[1])))
-    ok = ok and pts[0][0] == 0.0 and all(b[0] > a[0] for a, b in zip(pts, pts[1:])) and all(0 < r <= 1 for _, r in pts)
+    ok = (
+        ok
+        and pts[0][0] == 0.0
+        and all(b[0] > a[0] for a, b in zip(pts, pts[1:]))
+        and all(0 < r <= 1 for _, r in pts)
+    )
     if not ok:
-        raise ProfileError(f"{where}: sustained.ramp must be [[t_s, ratio], ...] from t_s 0, times increasing, "
-                           f"ratios in (0, 1]")
+        raise ProfileError(
+            f"{where}: sustained.ramp must be [[t_s, ratio], ...] from t_s 0, times increasing, "
+            f"ratios in (0, 1]"
+        )
     return tuple(pts)
 
 
@@ -99,7 +111,11 @@ def after_busy(sustained: Mapping[str, Any], busy_s: float) -> dict[str, Any]:
     if "ramp" in sustained:
         ts, rs = _ramp_arrays(sustained)
         keep = ts > busy_s
-        head = (0.0, float(np.interp(busy_s, ts, rs))) if busy_s < ts[-1] else (0.0, float(sustained["compute_ratio"]))
+        head = (
+            (0.0, float(np.interp(busy_s, ts, rs)))
+            if busy_s < ts[-1]
+            else (0.0, float(sustained["compute_ratio"]))
+        )
         tail = [(float(t - busy_s), float(r)) for t, r in zip(ts[keep], rs[keep])]
         out["ramp"] = tuple([head] + tail) if tail else (head, (1.0, float(sustained["compute_ratio"])))
     return out

@@ -9,7 +9,6 @@ group is placed on the smallest shipped system of that GPU that holds it, and re
 over these paths are :mod:`perfmodel.costs.collectives`.
 """
 
-
 from __future__ import annotations
 
 import functools
@@ -71,7 +70,9 @@ def topology_from_system(system: Node | Cluster) -> Topology:
     """The :class:`Topology` of a loaded node or cluster description."""
     if isinstance(system, Cluster):
         n = system.node
-        return Topology(system.name, n.gpu.name, n.gpus_per_node, system.num_nodes, n.intra_node, system.inter_node)
+        return Topology(
+            system.name, n.gpu.name, n.gpus_per_node, system.num_nodes, n.intra_node, system.inter_node
+        )
     return Topology(system.name, system.gpu.name, system.gpus_per_node, 1, system.intra_node, None)
 
 
@@ -86,8 +87,11 @@ def default_topology(gpu: GPU, world: int) -> Topology:
     if int(min(float(world), 2**62)) > DEFAULT_NODE_GPUS:
         return shipped_topology(gpu, world)
     if gpu.nvlink_bytes_per_s_per_direction > 0:
-        link = Link(gpu.fabric_kind if gpu.fabric_kind in NVLINK_KINDS else LinkKind.NVLINK,
-                    gpu.nvlink_bytes_per_s_per_direction, gpu.fabric_latency_s)
+        link = Link(
+            gpu.fabric_kind if gpu.fabric_kind in NVLINK_KINDS else LinkKind.NVLINK,
+            gpu.nvlink_bytes_per_s_per_direction,
+            gpu.fabric_latency_s,
+        )
     else:
         link = Link(LinkKind.PCIE, gpu.pcie_bytes_per_s_per_direction, gpu.pcie_latency_s)
     return Topology(f"{gpu.name}-node", gpu.name, max(int(world), 1), 1, link, None)
@@ -96,8 +100,12 @@ def default_topology(gpu: GPU, world: int) -> Topology:
 @functools.cache
 def _shipped_topologies() -> tuple[Topology, ...]:
     """Every shipped system (``hw/data/systems``) as a :class:`Topology`, smallest first."""
-    return tuple(sorted((topology_from_system(load_system(n)) for n in list_systems()),
-                        key=lambda t: (t.world_size, t.name)))
+    return tuple(
+        sorted(
+            (topology_from_system(load_system(n)) for n in list_systems()),
+            key=lambda t: (t.world_size, t.name),
+        )
+    )
 
 
 def systems_holding(gpu: GPU, world: int) -> list[str]:
@@ -113,10 +121,13 @@ def shipped_topology(gpu: GPU, world: Any) -> Topology:
         if t.gpu_name == gpu.name and t.world_size >= w:
             return t
     mine = [t for t in _shipped_topologies() if t.gpu_name == gpu.name]
-    largest = f"the largest shipped one, {mine[-1].name}, has {mine[-1].world_size}" if mine else "none is shipped"
+    largest = (
+        f"the largest shipped one, {mine[-1].name}, has {mine[-1].world_size}" if mine else "none is shipped"
+    )
     raise GroupTooLargeError(
         f"a group of {w:,} GPUs exceeds one node of {DEFAULT_NODE_GPUS} and every system of {gpu.name} GPUs "
-        f"described in hw/data/systems ({largest}); name a system that holds it (--topology, a cluster file)")
+        f"described in hw/data/systems ({largest}); name a system that holds it (--topology, a cluster file)"
+    )
 
 
 def larger_system_hint(gpu: GPU, world: int) -> str:
@@ -135,8 +146,14 @@ def scaled_cluster(gpu: GPU, world: int) -> Topology | None:
     if best is None:
         return None
     nodes = max(1, math.ceil(int(world) / best.gpus_per_node))
-    return Topology(f"{best.name} scaled to {nodes} node(s)", best.gpu_name, best.gpus_per_node, nodes, best.intra,
-                    best.inter)
+    return Topology(
+        f"{best.name} scaled to {nodes} node(s)",
+        best.gpu_name,
+        best.gpus_per_node,
+        nodes,
+        best.intra,
+        best.inter,
+    )
 
 
 def resolve_topology(topology: str | Node | Cluster | Topology | None, gpu: GPU, world: int) -> Topology:
@@ -149,7 +166,9 @@ def resolve_topology(topology: str | Node | Cluster | Topology | None, gpu: GPU,
     elif topology is None or topology == "":
         return default_topology(gpu, world)
     else:
-        topo = topology_from_system(topology if isinstance(topology, (Node, Cluster)) else load_system(topology))
+        topo = topology_from_system(
+            topology if isinstance(topology, (Node, Cluster)) else load_system(topology)
+        )
     if topo.gpu_name != gpu.name:
         raise CommTopologyError(f"system {topo.name!r} holds {topo.gpu_name} GPUs, not {gpu.name}")
     return topo

@@ -109,7 +109,11 @@ class DecodeConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}: expected a positive int, got {v!r}")
-        if isinstance(self.phantom_tiles, bool) or not isinstance(self.phantom_tiles, int) or self.phantom_tiles < 0:
+        if (
+            isinstance(self.phantom_tiles, bool)
+            or not isinstance(self.phantom_tiles, int)
+            or self.phantom_tiles < 0
+        ):
             raise ValueError(f"phantom_tiles: expected an int >= 0, got {self.phantom_tiles!r}")
         for name in ("fused_merge", "wide_offsets"):
             if getattr(self, name) not in (None, True, False):
@@ -145,11 +149,15 @@ def runs_general(head_dim: int, v_head_dim: int, kv_fp8: bool, kv_shared: bool =
     general = ~np.isin(d, STREAM_K_HEAD_DIMS) | (v != d)
     if general.ndim == 0 or general.all() or not general.any():
         return bool(general.all())
-    raise ValueError("decode ops stacked into one array mix head sizes of the general kernel and of the "
-                     "split-KV/stream-K kernels; price them apart")
+    raise ValueError(
+        "decode ops stacked into one array mix head sizes of the general kernel and of the "
+        "split-KV/stream-K kernels; price them apart"
+    )
 
 
-def general_tile(head_dim: int, v_head_dim: int, group: int, kv_shared: bool = False) -> tuple[int, int, int, int]:
+def general_tile(
+    head_dim: int, v_head_dim: int, group: int, kv_shared: bool = False
+) -> tuple[int, int, int, int]:
     """``(block_g, block_n, num_warps, num_stages)`` of the general kernel on a GPU: 16 query heads
     a program for MLA's latent (512-wide rows; vLLM's Triton MLA decode takes the same), else the
     query group up to 64 (at least 16, the smallest dot operand); 64 keys a tile up to head_dim 128,
@@ -175,8 +183,14 @@ def split_kv_pieces(pairs, max_len, target_programs, tile: int, num_splits: int 
     return chunk, _cdiv(max_len, chunk)
 
 
-def stream_k_programs(pairs, max_tiles, sms: int, config: DecodeConfig = DEFAULT_CONFIG,
-                      num_splits: int | None = None, align: bool = True):
+def stream_k_programs(
+    pairs,
+    max_tiles,
+    sms: int,
+    config: DecodeConfig = DEFAULT_CONFIG,
+    num_splits: int | None = None,
+    align: bool = True,
+):
     """Stream-K programs: ``num_splits`` if given; else ``config.programs_per_sm`` per SM
     (``config.small_programs_per_sm`` when the most KV tiles there can be, ``pairs * max_tiles``,
     are at most ``config.small_tiles_per_sm`` per SM and the pairs fit the SMs), rounded down to a
@@ -213,8 +227,15 @@ def fused_merge(programs, sms: int, config: DecodeConfig = DEFAULT_CONFIG):
     return fits if fits.ndim else bool(fits)
 
 
-def stream_k_grid(programs: int, pairs: int, max_tiles: int, sms: int, fused: bool,
-                  config: DecodeConfig = DEFAULT_CONFIG, num_splits: int | None = None) -> tuple[int, int]:
+def stream_k_grid(
+    programs: int,
+    pairs: int,
+    max_tiles: int,
+    sms: int,
+    fused: bool,
+    config: DecodeConfig = DEFAULT_CONFIG,
+    num_splits: int | None = None,
+) -> tuple[int, int]:
     """``(grid, phantom)``: the stream-K grid size and the phantom tiles per pair it is compiled with.
 
     Phantom tiles go to the one-wave (fused) kernel only. With them, and the program count left to
@@ -228,7 +249,9 @@ def stream_k_grid(programs: int, pairs: int, max_tiles: int, sms: int, fused: bo
     return grid, phantom
 
 
-def wide_offsets(grid: int, pairs: int, max_tiles: int, phantom: int, config: DecodeConfig = DEFAULT_CONFIG) -> bool:
+def wide_offsets(
+    grid: int, pairs: int, max_tiles: int, phantom: int, config: DecodeConfig = DEFAULT_CONFIG
+) -> bool:
     """Whether stream-K computes program offsets in 64 bits: ``config.wide_offsets`` when set, else
     where ``(grid + 1) * pairs * (max_tiles + phantom)`` reaches :data:`INT32_PRODUCT_LIMIT`."""
     if config.wide_offsets is not None:

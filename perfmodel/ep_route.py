@@ -61,8 +61,12 @@ def share_matrix(placement: Placement, num_experts: int) -> np.ndarray:
     return a / cnt[:, None]
 
 
-def traffic_matrix(placement: Placement, loads: Sequence[float], prev_placement: Placement | None = None,
-                   transition: np.ndarray | None = None) -> np.ndarray:
+def traffic_matrix(
+    placement: Placement,
+    loads: Sequence[float],
+    prev_placement: Placement | None = None,
+    transition: np.ndarray | None = None,
+) -> np.ndarray:
     """``T[s, g]``, token copies from source GPU ``s`` to GPU ``g``.
 
     Parameters
@@ -87,8 +91,10 @@ def traffic_matrix(placement: Placement, loads: Sequence[float], prev_placement:
         return np.tile(w @ a / g, (g, 1))
     x = np.asarray(transition, dtype=np.float64)
     if x.shape != (len(w), len(w)) or len(prev_placement) != g:
-        raise InvalidInputError(f"a transition is [{len(w)}][{len(w)}] between placements of {g} GPUs, got "
-                                f"{list(x.shape)} and {len(prev_placement)} GPUs")
+        raise InvalidInputError(
+            f"a transition is [{len(w)}][{len(w)}] between placements of {g} GPUs, got "
+            f"{list(x.shape)} and {len(prev_placement)} GPUs"
+        )
     rest = np.maximum(w - x.sum(axis=0), 0.0)
     src = x.T @ share_matrix(prev_placement, len(w)) + rest[:, None] / g  # [E, G]
     return src.T @ a
@@ -134,12 +140,16 @@ def synthetic_transitions(loads: np.ndarray, affinity: float) -> np.ndarray:
     if not (isinstance(affinity, (int, float)) and 0.0 <= float(affinity) <= 1.0):
         raise InvalidInputError(f"an affinity share is in [0, 1], got {affinity!r}")
     w = np.asarray(loads, dtype=np.float64)
-    return np.stack([np.diag(float(affinity) * w[l + 1]) for l in range(w.shape[0] - 1)]) if len(w) > 1 \
+    return (
+        np.stack([np.diag(float(affinity) * w[l + 1]) for l in range(w.shape[0] - 1)])
+        if len(w) > 1
         else np.zeros((0, w.shape[1], w.shape[1]))
+    )
 
 
-def plan_traffic(placements: Sequence[Placement], loads: np.ndarray,
-                 transitions: np.ndarray | None = None) -> list[np.ndarray]:
+def plan_traffic(
+    placements: Sequence[Placement], loads: np.ndarray, transitions: np.ndarray | None = None
+) -> list[np.ndarray]:
     """Per MoE layer, :func:`traffic_matrix`: the first layer's tokens evenly on the GPUs, each later
     layer's from the previous placement by ``transitions[l - 1]`` (None: evenly).
 
@@ -154,9 +164,15 @@ def plan_traffic(placements: Sequence[Placement], loads: np.ndarray,
     list of ndarray [G, G], token copies
     """
     w = np.asarray(loads, dtype=np.float64)
-    return [traffic_matrix(p, w[l], placements[l - 1] if l and transitions is not None else None,
-                           transitions[l - 1] if l and transitions is not None else None)
-            for l, p in enumerate(placements)]
+    return [
+        traffic_matrix(
+            p,
+            w[l],
+            placements[l - 1] if l and transitions is not None else None,
+            transitions[l - 1] if l and transitions is not None else None,
+        )
+        for l, p in enumerate(placements)
+    ]
 
 
 @dataclass(frozen=True)
@@ -189,7 +205,9 @@ def _check(t: np.ndarray, topo: Topology) -> np.ndarray:
     if t.shape[0] > topo.world_size:
         raise InvalidInputError(f"{t.shape[0]} GPUs exceed {topo.name} ({topo.world_size} GPUs)")
     if t.shape[0] > topo.gpus_per_node and topo.inter is None:
-        raise InvalidInputError(f"{t.shape[0]} GPUs span nodes of {topo.gpus_per_node} but {topo.name} has no NIC")
+        raise InvalidInputError(
+            f"{t.shape[0]} GPUs span nodes of {topo.gpus_per_node} but {topo.name} has no NIC"
+        )
     return t
 
 
@@ -218,7 +236,9 @@ def _class_s(nbytes: np.ndarray, peers: np.ndarray, rate) -> np.ndarray:
     if rate is None:
         return np.zeros_like(nbytes)
     b = np.maximum(nbytes, 0.0)
-    t = np.asarray(_flat(OpKind.SEND_RECV, b, 2, rate, AllReduceAlgorithm.RING).comm_s, dtype=np.float64)  # factor 1
+    t = np.asarray(
+        _flat(OpKind.SEND_RECV, b, 2, rate, AllReduceAlgorithm.RING).comm_s, dtype=np.float64
+    )  # factor 1
     lat = peers * rate.alpha_s
     return np.where(b > 0, t + lat - rate.overlap * np.minimum(t, lat), 0.0)
 
@@ -244,8 +264,13 @@ def route_time(traffic_bytes: np.ndarray, topo: Topology, profile: Profile) -> R
     per = _per_gpu_s(t, 1.0, topo, profile)
     k = int(np.argmax(per)) if per.size else 0
     worst = float(per[k]) if per.size else 0.0
-    return RouteTime(worst, k % g if g else 0, float(t[same & off].sum()), float(t[~same].sum()),
-                     busiest_gpu_bound_s(t, topo, profile))
+    return RouteTime(
+        worst,
+        k % g if g else 0,
+        float(t[same & off].sum()),
+        float(t[~same].sum()),
+        busiest_gpu_bound_s(t, topo, profile),
+    )
 
 
 def route_seconds(traffic: np.ndarray, scale: Any, topo: Topology, profile: Profile) -> Any:
@@ -283,8 +308,9 @@ def busiest_gpu_bound_s(traffic_bytes: np.ndarray, topo: Topology, profile: Prof
     return busiest / links
 
 
-def layer_route_time(placement: Placement, loads: Sequence[float], bytes_per_token: float, topo: Topology,
-                     profile: Profile) -> RouteTime:
+def layer_route_time(
+    placement: Placement, loads: Sequence[float], bytes_per_token: float, topo: Topology, profile: Profile
+) -> RouteTime:
     """The dispatch all-to-all of one MoE layer: ``loads[e]`` token copies routed to expert ``e``."""
     return route_time(traffic_matrix(placement, loads) * bytes_per_token, topo, profile)
 
@@ -322,14 +348,17 @@ def _select(data, path, name: str | None):
         return data
     base = data.get("baselines") if isinstance(data, dict) else None
     if not isinstance(base, dict) or not base:
-        raise InvalidInputError(f"{path}: no baselines to pick {name!r} from (expected a plan moe --json output)")
+        raise InvalidInputError(
+            f"{path}: no baselines to pick {name!r} from (expected a plan moe --json output)"
+        )
     if name not in base:
         raise InvalidInputError(f"{path} has no baseline {name!r}; it has plan, {', '.join(base)}")
     chosen = base[name]
     layers = chosen.get("layers") if isinstance(chosen, dict) else None
     if not isinstance(layers, list) or not all(isinstance(x, dict) and "placement" in x for x in layers):
-        raise InvalidInputError(f"{path}: baseline {name!r} lists no placements (written by an older plan moe; "
-                                "run it again)")
+        raise InvalidInputError(
+            f"{path}: baseline {name!r} lists no placements (written by an older plan moe; run it again)"
+        )
     return chosen
 
 
@@ -339,12 +368,21 @@ def _placements(data, path) -> list:
     elif isinstance(data, dict) and "placement" in data:
         out = [data["placement"]]
     else:
-        raise InvalidInputError(f"{path}: expected a plan moe --json output (layers[*].placement) or {{\"placement\"}}")
+        raise InvalidInputError(
+            f'{path}: expected a plan moe --json output (layers[*].placement) or {{"placement"}}'
+        )
     for i, p in enumerate(out):
-        if (not isinstance(p, list) or not p
-                or not all(isinstance(gpu, list) and all(isinstance(e, int) and not isinstance(e, bool) for e in gpu)
-                           for gpu in p)):
-            raise InvalidInputError(f"{path}: layer {i}'s placement must be a list (per GPU) of lists of expert ids")
+        if (
+            not isinstance(p, list)
+            or not p
+            or not all(
+                isinstance(gpu, list) and all(isinstance(e, int) and not isinstance(e, bool) for e in gpu)
+                for gpu in p
+            )
+        ):
+            raise InvalidInputError(
+                f"{path}: layer {i}'s placement must be a list (per GPU) of lists of expert ids"
+            )
     return out
 
 
@@ -363,8 +401,9 @@ def _optional_tables(data, key: str, path, ndim: int):
         except (TypeError, ValueError, KeyError):
             raise InvalidInputError(f"{path}: layer {i}'s {key} must be numbers") from None
         if a.ndim != ndim or not np.isfinite(a).all() or (a < 0).any() or a.sum() <= 0:
-            raise InvalidInputError(f"{path}: layer {i}'s {key} must be a {ndim}-d table of finite numbers >= 0, "
-                                    "not all zero")
+            raise InvalidInputError(
+                f"{path}: layer {i}'s {key} must be a {ndim}-d table of finite numbers >= 0, not all zero"
+            )
         out.append(tuple(map(tuple, a)) if ndim == 2 else tuple(a.tolist()))
     return tuple(out)
 
@@ -406,22 +445,31 @@ class MoePlacement:
             bad = next(len(p) for p in self.layers if len(p) != ep)
             raise InvalidInputError(f"{where} is for {bad} GPUs but ep={ep}")
         if len(self.layers) not in (1, num_moe_layers):
-            raise InvalidInputError(f"{where} has {len(self.layers)} layers but the model has {num_moe_layers} MoE "
-                                    "layers (give one per MoE layer, or one for all)")
+            raise InvalidInputError(
+                f"{where} has {len(self.layers)} layers but the model has {num_moe_layers} MoE "
+                "layers (give one per MoE layer, or one for all)"
+            )
         for i, p in enumerate(self.layers):
             try:
                 share_matrix(p, num_experts)
             except InvalidInputError as exc:
                 raise InvalidInputError(f"{where}, layer {i}: {exc}") from None
-        for name, tables, shape in (("loads", self.loads, (num_experts,)), ("traffic", self.traffic, (ep, ep))):
+        for name, tables, shape in (
+            ("loads", self.loads, (num_experts,)),
+            ("traffic", self.traffic, (ep, ep)),
+        ):
             if tables is None:
                 continue
             if len(tables) not in (1, len(self.layers), num_moe_layers):
-                raise InvalidInputError(f"{where} has {len(tables)} layers of {name} for {len(self.layers)} placements")
+                raise InvalidInputError(
+                    f"{where} has {len(tables)} layers of {name} for {len(self.layers)} placements"
+                )
             bad = [i for i, t in enumerate(tables) if np.shape(t) != shape]
             if bad:
-                raise InvalidInputError(f"{where}, layer {bad[0]}: {name} must have shape {list(shape)}, "
-                                        f"got {list(np.shape(tables[bad[0]]))}")
+                raise InvalidInputError(
+                    f"{where}, layer {bad[0]}: {name} must have shape {list(shape)}, "
+                    f"got {list(np.shape(tables[bad[0]]))}"
+                )
         return self
 
 
@@ -435,7 +483,9 @@ def as_moe_placement(value) -> MoePlacement | None:
         path, name = split_plan_path(value)
         return placement_from_plan(_read_json(path), name, str(value), path)
     if not isinstance(value, (list, tuple)):
-        raise InvalidInputError(f"moe_placement must be a path or per-layer, per-GPU expert lists, got {value!r}")
+        raise InvalidInputError(
+            f"moe_placement must be a path or per-layer, per-GPU expert lists, got {value!r}"
+        )
     return _make(value, "", None, None)
 
 
@@ -445,8 +495,12 @@ def placement_from_plan(data, name: str | None = None, source: str = "", path=No
     ``source`` names it in messages; ``path`` (default ``source``) in errors about the data."""
     where = path if path is not None else (source or "plan")
     data = _select(data, where, None if name == "plan" else name)
-    return _make(_placements(data, where), source, _optional_tables(data, "loads", where, 1),
-                 _optional_tables(data, "traffic", where, 2))
+    return _make(
+        _placements(data, where),
+        source,
+        _optional_tables(data, "loads", where, 1),
+        _optional_tables(data, "traffic", where, 2),
+    )
 
 
 def _make(layers, src: str, loads, traffic) -> MoePlacement:

@@ -78,7 +78,9 @@ class KvTier:
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", TierKind(self.kind))
         if self.kind is not TierKind.HOST_DDR and (self.capacity_bytes is None or self.bytes_per_s is None):
-            raise KnobError(f"KV tier {self.kind.value}: give capacity and bandwidth (e.g. {self.kind.value}:4e12:7e9)")
+            raise KnobError(
+                f"KV tier {self.kind.value}: give capacity and bandwidth (e.g. {self.kind.value}:4e12:7e9)"
+            )
         for name in ("capacity_bytes", "bytes_per_s"):
             v = getattr(self, name)
             if v is not None and (not _finite(v) or v <= 0):
@@ -94,7 +96,11 @@ class KvTier:
 
     def bandwidth_for(self, gpu: GPU) -> float:
         """Bytes/s from the tier into one GPU: the tier's bandwidth capped by the GPU's host link."""
-        bw = self.bytes_per_s if self.bytes_per_s is not None else gpu.host_ddr_bytes_per_s / self.gpus_per_host
+        bw = (
+            self.bytes_per_s
+            if self.bytes_per_s is not None
+            else gpu.host_ddr_bytes_per_s / self.gpus_per_host
+        )
         return min(float(bw), gpu.pcie_bytes_per_s_per_direction)
 
 
@@ -127,9 +133,13 @@ class AttentionOffload:
         if not isinstance(self.pool_gpu, GPU):
             raise KnobError(f"attention offload pool_gpu must be a GPU, got {self.pool_gpu!r}")
         if not _finite(self.link_bytes_per_s) or self.link_bytes_per_s <= 0:
-            raise KnobError(f"attention offload link bandwidth must be > 0 bytes/s, got {self.link_bytes_per_s!r}")
+            raise KnobError(
+                f"attention offload link bandwidth must be > 0 bytes/s, got {self.link_bytes_per_s!r}"
+            )
         if not _finite(self.pool_devices_per_gpu) or self.pool_devices_per_gpu <= 0:
-            raise KnobError(f"attention offload pool_devices_per_gpu must be > 0, got {self.pool_devices_per_gpu!r}")
+            raise KnobError(
+                f"attention offload pool_devices_per_gpu must be > 0, got {self.pool_devices_per_gpu!r}"
+            )
         if not _finite(self.link_latency_s) or self.link_latency_s < 0:
             raise KnobError(f"attention offload link latency must be >= 0 s, got {self.link_latency_s!r}")
 
@@ -233,16 +243,21 @@ class Knobs:
         if not _is_int(self.attention_every) or self.attention_every < 1:
             raise KnobError(f"attention_every must be a positive integer, got {self.attention_every!r}")
         if not _is_int(self.shared_prefix_tokens) or self.shared_prefix_tokens < 0:
-            raise KnobError(f"shared_prefix_tokens must be an integer >= 0, got {self.shared_prefix_tokens!r}")
+            raise KnobError(
+                f"shared_prefix_tokens must be an integer >= 0, got {self.shared_prefix_tokens!r}"
+            )
         if not _finite(self.kv_keep_ratio) or not 0 < self.kv_keep_ratio <= 1:
             raise KnobError(f"kv_keep_ratio must be in (0, 1], got {self.kv_keep_ratio!r}")
         object.__setattr__(self, "keep_schedule", _check_schedule(self.keep_schedule))
         if self.keep_schedule and self.kv_keep_ratio < 1:
-            raise KnobError("give kv_keep_ratio or keep_schedule, not both (a ratio r is the schedule 1 pair r@0)")
+            raise KnobError(
+                "give kv_keep_ratio or keep_schedule, not both (a ratio r is the schedule 1 pair r@0)"
+            )
         if not _finite(self.attention_density) or not 0 < self.attention_density <= 1:
             raise KnobError(f"attention_density must be in (0, 1], got {self.attention_density!r}")
         if self.recurrent_state_bytes is not None and (
-                not _finite(self.recurrent_state_bytes) or self.recurrent_state_bytes <= 0):
+            not _finite(self.recurrent_state_bytes) or self.recurrent_state_bytes <= 0
+        ):
             raise KnobError(f"recurrent_state_bytes must be > 0, got {self.recurrent_state_bytes!r}")
         tiers = tuple(self.kv_tiers)
         if not all(isinstance(t, KvTier) for t in tiers):
@@ -252,11 +267,20 @@ class Knobs:
             raise KnobError("offload must be an AttentionOffload")
         if self.offload is not None and tiers:
             raise KnobError("attention offloading and KV tiers cannot be combined (the KV lives in the pool)")
-        evicts = self.kv_keep_ratio < 1 or bool(self.keep_schedule) or self.kv_budget_tokens is not None or self.sliding_window is not None
+        evicts = (
+            self.kv_keep_ratio < 1
+            or bool(self.keep_schedule)
+            or self.kv_budget_tokens is not None
+            or self.sliding_window is not None
+        )
         if self.shared_prefix_tokens and evicts:
-            raise KnobError("a shared prefix cannot be combined with token eviction or a sliding window "
-                            "(per-sequence eviction un-shares the prefix)")
-        if self.prune_prefill and not (self.kv_keep_ratio < 1 or self.keep_schedule or self.kv_budget_tokens is not None):
+            raise KnobError(
+                "a shared prefix cannot be combined with token eviction or a sliding window "
+                "(per-sequence eviction un-shares the prefix)"
+            )
+        if self.prune_prefill and not (
+            self.kv_keep_ratio < 1 or self.keep_schedule or self.kv_budget_tokens is not None
+        ):
             raise KnobError("prune_prefill needs kv_keep_ratio < 1, keep_schedule or kv_budget_tokens")
 
     # ---- queries -----------------------------------------------------------
@@ -275,28 +299,44 @@ class Knobs:
         """
         n_attn = attention_layer_count(model, self)
         if self.kv_layers is not None and self.kv_layers > n_attn:
-            raise KnobError(f"kv_layers={self.kv_layers} exceeds the {n_attn} attention layers of {model.name}"
-                            + (f" (1 in {self.attention_every})" if self.attention_every > 1 else ""))
+            raise KnobError(
+                f"kv_layers={self.kv_layers} exceeds the {n_attn} attention layers of {model.name}"
+                + (f" (1 in {self.attention_every})" if self.attention_every > 1 else "")
+            )
         if self.attention_every > 1 and getattr(model, "ssm", None) is not None:
-            raise KnobError(f"attention_every cannot be set on {model.name}: it is a state-space stack with no "
-                            "attention layer")
+            raise KnobError(
+                f"attention_every cannot be set on {model.name}: it is a state-space stack with no "
+                "attention layer"
+            )
         if self.attention_every > model.num_layers:
-            raise KnobError(f"attention_every={self.attention_every} exceeds the {model.num_layers} layers of {model.name}")
+            raise KnobError(
+                f"attention_every={self.attention_every} exceeds the {model.num_layers} layers of {model.name}"
+            )
         if self.keep_schedule and self.keep_schedule[-1][0] >= model.num_layers:
-            raise KnobError(f"keep_schedule starts a fraction at layer {self.keep_schedule[-1][0]}; "
-                            f"{model.name} has layers 0 to {model.num_layers - 1}")
+            raise KnobError(
+                f"keep_schedule starts a fraction at layer {self.keep_schedule[-1][0]}; "
+                f"{model.name} has layers 0 to {model.num_layers - 1}"
+            )
         if self.kv_heads is not None:
             if model.mla is not None:
-                raise KnobError(f"kv_heads cannot be set on {model.name}: its MLA latent cache has no KV heads")
+                raise KnobError(
+                    f"kv_heads cannot be set on {model.name}: its MLA latent cache has no KV heads"
+                )
             if self.kv_heads > model.q_heads or model.q_heads % self.kv_heads:
-                raise KnobError(f"kv_heads={self.kv_heads} must divide the {model.q_heads} query heads of {model.name}")
+                raise KnobError(
+                    f"kv_heads={self.kv_heads} must divide the {model.q_heads} query heads of {model.name}"
+                )
         if context_len is not None:
             c = float(np.min(context_len))
             if self.sliding_window is not None and self.sliding_window > c:
-                raise KnobError(f"sliding_window={self.sliding_window} is longer than the context ({int(c)} tokens)")
+                raise KnobError(
+                    f"sliding_window={self.sliding_window} is longer than the context ({int(c)} tokens)"
+                )
             if self.shared_prefix_tokens and self.shared_prefix_tokens >= c:
-                raise KnobError(f"shared_prefix_tokens={self.shared_prefix_tokens} must be shorter than the "
-                                f"context ({int(c)} tokens)")
+                raise KnobError(
+                    f"shared_prefix_tokens={self.shared_prefix_tokens} must be shorter than the "
+                    f"context ({int(c)} tokens)"
+                )
 
     def layer_keep(self, num_layers: int) -> tuple[tuple[int, float], ...]:
         """``(layers, fraction)`` per run of layers that keep the same fraction of tokens, in layer order:
@@ -316,7 +356,9 @@ class Knobs:
         if num_layers is None:
             raise KnobError("a keep_schedule needs the model's layer count to average its kept tokens")
         segs = self.layer_keep(num_layers)
-        k = sum(n * np.asarray(self.kept_at(tokens, f), dtype=np.float64) for n, f in segs) / float(num_layers)
+        k = sum(n * np.asarray(self.kept_at(tokens, f), dtype=np.float64) for n, f in segs) / float(
+            num_layers
+        )
         return k if np.ndim(k) else float(k)
 
     def prefill_tokens(self, tokens):
@@ -375,8 +417,10 @@ class Knobs:
             elif f.name == "keep_schedule":
                 v = [[lay, frac] for lay, frac in v]
             elif f.name == "offload":
-                v = {g.name: (v.pool_gpu.name if g.name == "pool_gpu" else getattr(v, g.name))
-                     for g in dataclasses.fields(v)}
+                v = {
+                    g.name: (v.pool_gpu.name if g.name == "pool_gpu" else getattr(v, g.name))
+                    for g in dataclasses.fields(v)
+                }
             out[f.name] = jsonable(v)
         return out
 
@@ -397,8 +441,10 @@ def _check_schedule(value: Any) -> tuple[tuple[int, float], ...]:
         if out and lay <= out[-1][0]:
             raise KnobError(f"keep_schedule: layers must increase, got {lay} after {out[-1][0]}")
         if out and frac > out[-1][1]:
-            raise KnobError(f"keep_schedule: fractions must not increase, got {frac:g} at layer {lay} after "
-                            f"{out[-1][1]:g}")
+            raise KnobError(
+                f"keep_schedule: fractions must not increase, got {frac:g} at layer {lay} after "
+                f"{out[-1][1]:g}"
+            )
         out.append((lay, frac))
     if out and out[0][0] != 0:
         raise KnobError(f"keep_schedule must start at layer 0, got {out[0][0]}")
@@ -433,7 +479,9 @@ def parse_schedule(text: str) -> tuple[tuple[int, float], ...]:
         try:
             pairs.append((int(lay), float(frac)))
         except ValueError:
-            raise KnobError(f"keep_schedule: expected FRACTION@LAYER (e.g. 0.5@8), got {part.strip()!r}") from None
+            raise KnobError(
+                f"keep_schedule: expected FRACTION@LAYER (e.g. 0.5@8), got {part.strip()!r}"
+            ) from None
         if not sep:
             raise KnobError(f"keep_schedule: expected FRACTION@LAYER (e.g. 0.5@8), got {part.strip()!r}")
     return _check_schedule(pairs)
@@ -488,7 +536,8 @@ def _parse_tier(text: str) -> KvTier:
         kind = TierKind(bits[0])
     except ValueError:
         raise _arg_error(
-            f"unknown KV tier {bits[0]!r}; known: {', '.join(k.value for k in TierKind)}") from None
+            f"unknown KV tier {bits[0]!r}; known: {', '.join(k.value for k in TierKind)}"
+        ) from None
     if len(bits) not in (1, 3):
         raise _arg_error(f"a KV tier is KIND or KIND:CAPACITY_BYTES:BYTES_PER_S, got {text!r}")
     try:
@@ -522,30 +571,70 @@ def _int(text: str) -> int:
 def add_knob_args(parser: "argparse.ArgumentParser") -> None:
     """Add the KV-cache knob flags (``--kv-dtype`` comes from the scenario flags)."""
     g = parser.add_argument_group("KV-cache knobs (what-if; cost only, not quality)")
-    g.add_argument("--kv-layers", type=_int, default=None, help="layers that keep their own KV (cross-layer sharing)")
+    g.add_argument(
+        "--kv-layers", type=_int, default=None, help="layers that keep their own KV (cross-layer sharing)"
+    )
     g.add_argument("--kv-heads", type=_int, default=None, help="override the KV heads (GQA/MQA)")
-    g.add_argument("--kv-keep-ratio", type=_ratio, default=1.0, help="fraction of tokens whose KV is kept (eviction)")
+    g.add_argument(
+        "--kv-keep-ratio", type=_ratio, default=1.0, help="fraction of tokens whose KV is kept (eviction)"
+    )
     g.add_argument("--kv-budget-tokens", type=_int, default=None, help="at most N tokens' KV per sequence")
-    g.add_argument("--keep-schedule", type=_schedule, default=(), metavar="F@LAYER,...",
-                   help="per-layer keep fractions, e.g. 1.0@0,0.5@8,0.3@20 (or a JSON file of [layer, fraction] pairs)")
-    g.add_argument("--prune-prefill", action="store_true", help="evicted prompt tokens are skipped at prefill too")
+    g.add_argument(
+        "--keep-schedule",
+        type=_schedule,
+        default=(),
+        metavar="F@LAYER,...",
+        help="per-layer keep fractions, e.g. 1.0@0,0.5@8,0.3@20 (or a JSON file of [layer, fraction] pairs)",
+    )
+    g.add_argument(
+        "--prune-prefill", action="store_true", help="evicted prompt tokens are skipped at prefill too"
+    )
     g.add_argument("--sliding-window", type=_int, default=None, help="attend to the last N keys only")
-    g.add_argument("--attention-density", type=_ratio, default=1.0, help="fraction of attention blocks computed")
-    g.add_argument("--shared-prefix-tokens", type=_int, default=0, help="prompt tokens shared by the whole batch")
-    g.add_argument("--no-prefix-kernel", action="store_true",
-                   help="with a shared prefix, each sequence still reads the prefix KV")
-    g.add_argument("--attention-every", type=_int, default=1,
-                   help="hybrid stack: 1 attention layer in N, the others recurrent")
-    g.add_argument("--recurrent-state-bytes", type=float, default=None, help="state of one recurrent layer per sequence")
-    g.add_argument("--kv-tier", type=_parse_tier, action="append", default=None, metavar="KIND[:CAP:BW]",
-                   help="KV tier below HBM: ddr (from the GPU's data), or ddr|cxl|nvme:CAPACITY_BYTES:BYTES_PER_S "
-                        "(repeat for several, fastest first)")
+    g.add_argument(
+        "--attention-density", type=_ratio, default=1.0, help="fraction of attention blocks computed"
+    )
+    g.add_argument(
+        "--shared-prefix-tokens", type=_int, default=0, help="prompt tokens shared by the whole batch"
+    )
+    g.add_argument(
+        "--no-prefix-kernel",
+        action="store_true",
+        help="with a shared prefix, each sequence still reads the prefix KV",
+    )
+    g.add_argument(
+        "--attention-every",
+        type=_int,
+        default=1,
+        help="hybrid stack: 1 attention layer in N, the others recurrent",
+    )
+    g.add_argument(
+        "--recurrent-state-bytes", type=float, default=None, help="state of one recurrent layer per sequence"
+    )
+    g.add_argument(
+        "--kv-tier",
+        type=_parse_tier,
+        action="append",
+        default=None,
+        metavar="KIND[:CAP:BW]",
+        help="KV tier below HBM: ddr (from the GPU's data), or ddr|cxl|nvme:CAPACITY_BYTES:BYTES_PER_S "
+        "(repeat for several, fastest first)",
+    )
     g.add_argument("--no-prefetch", action="store_true", help="do not overlap tier transfers with compute")
-    g.add_argument("--offload-attention", default=None, metavar="GPU[:N]",
-                   help="run decode attention on a pool of N (default 1) GPUs of this kind per compute GPU")
-    g.add_argument("--offload-link-bytes-per-s", type=float, default=50e9,
-                   help="per-direction link bandwidth to the pool (default 50e9, one 400 Gb/s NIC)")
-    g.add_argument("--offload-link-latency-s", type=float, default=5e-6, help="latency per message to the pool")
+    g.add_argument(
+        "--offload-attention",
+        default=None,
+        metavar="GPU[:N]",
+        help="run decode attention on a pool of N (default 1) GPUs of this kind per compute GPU",
+    )
+    g.add_argument(
+        "--offload-link-bytes-per-s",
+        type=float,
+        default=50e9,
+        help="per-direction link bandwidth to the pool (default 50e9, one 400 Gb/s NIC)",
+    )
+    g.add_argument(
+        "--offload-link-latency-s", type=float, default=5e-6, help="latency per message to the pool"
+    )
     g.add_argument("--offload-serial", action="store_true", help="no pipelining between GPU and pool")
 
 
@@ -561,8 +650,13 @@ def knobs_from_args(args: "argparse.Namespace") -> Knobs:
             n = float(count) if count else 1.0
         except ValueError:
             raise KnobError(f"--offload-attention: pool size must be a number, got {count!r}") from None
-        offload = AttentionOffload(load_gpu(name), float(args.offload_link_bytes_per_s), n,
-                                   float(args.offload_link_latency_s), not args.offload_serial)
+        offload = AttentionOffload(
+            load_gpu(name),
+            float(args.offload_link_bytes_per_s),
+            n,
+            float(args.offload_link_latency_s),
+            not args.offload_serial,
+        )
     return Knobs(
         kv_dtype=getattr(args, "kv_dtype", None),
         kv_layers=args.kv_layers,

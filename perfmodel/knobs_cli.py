@@ -15,32 +15,60 @@ from perfmodel.tables import fmt_bytes, fmt_seconds
 
 #: Knob -> (published technique, accuracy caveat); docs/knobs.md has the long form.
 TECHNIQUES = {
-    "kv_dtype": ("KV quantisation (FP8 KV in vLLM/TensorRT-LLM; KIVI, KVQuant for int4/2-bit)",
-                 "small formats lose accuracy; int4 and below need per-channel key scales and outlier handling"),
-    "kv_layers": ("cross-layer KV sharing (CLA, Brandon et al. 2024), layer-condensed KV (Wu & Tu 2024), YOCO",
-                  "needs (re)training; quality falls as fewer layers keep KV"),
-    "kv_heads": ("GQA/MQA (Ainslie et al. 2023; Shazeer 2019) by uptraining from MHA",
-                 "needs uptraining; MQA loses more than GQA"),
-    "kv_keep_ratio": ("KV eviction (H2O, Scissorhands, SnapKV)",
-                      "task-dependent; retrieval of evicted facts fails"),
-    "kv_budget_tokens": ("fixed-budget KV (StreamingLLM attention sinks + recent window, budgeted eviction)",
-                         "fluent but forgets everything outside the budget"),
-    "keep_schedule": ("per-layer keep fractions: progressive token pruning (LazyLLM, Fu et al. 2024), "
-                      "layer-wise KV budgets (PyramidKV)",
-                      "task-dependent; LazyLLM revives pruned tokens when later steps need them, which is not priced"),
-    "prune_prefill": ("prompt compression / dynamic token pruning (LLMLingua, LazyLLM)",
-                      "dropped tokens are never seen by the model"),
-    "sliding_window": ("sliding-window attention (Longformer, Mistral)",
-                       "long-range dependencies must pass through layers; a trained model needs it from training"),
-    "attention_density": ("block-sparse attention (MInference prefill, Quest decode, NSA)",
-                          "selection can miss relevant blocks; the safe density depends on the method and task"),
-    "shared_prefix_tokens": ("prefix caching (vLLM APC, SGLang RadixAttention) with prefix-aware kernels "
-                             "(Hydragen, cascade inference)", "exact: no accuracy change"),
-    "attention_every": ("hybrid attention/recurrent stacks (Jamba, Samba, Zamba; Mamba-2, GLA layers)",
-                        "a different architecture: needs training; recall-heavy tasks suffer"),
-    "kv_tiers": ("KV offloading to host DDR, CXL or NVMe (FlexGen, InfiniGen, LMCache)",
-                 "exact; cost is the link bandwidth"),
-    "offload": ("attention offloading to a memory pool (Lamina, Chen et al. 2024)", "exact; cost is the network"),
+    "kv_dtype": (
+        "KV quantisation (FP8 KV in vLLM/TensorRT-LLM; KIVI, KVQuant for int4/2-bit)",
+        "small formats lose accuracy; int4 and below need per-channel key scales and outlier handling",
+    ),
+    "kv_layers": (
+        "cross-layer KV sharing (CLA, Brandon et al. 2024), layer-condensed KV (Wu & Tu 2024), YOCO",
+        "needs (re)training; quality falls as fewer layers keep KV",
+    ),
+    "kv_heads": (
+        "GQA/MQA (Ainslie et al. 2023; Shazeer 2019) by uptraining from MHA",
+        "needs uptraining; MQA loses more than GQA",
+    ),
+    "kv_keep_ratio": (
+        "KV eviction (H2O, Scissorhands, SnapKV)",
+        "task-dependent; retrieval of evicted facts fails",
+    ),
+    "kv_budget_tokens": (
+        "fixed-budget KV (StreamingLLM attention sinks + recent window, budgeted eviction)",
+        "fluent but forgets everything outside the budget",
+    ),
+    "keep_schedule": (
+        "per-layer keep fractions: progressive token pruning (LazyLLM, Fu et al. 2024), "
+        "layer-wise KV budgets (PyramidKV)",
+        "task-dependent; LazyLLM revives pruned tokens when later steps need them, which is not priced",
+    ),
+    "prune_prefill": (
+        "prompt compression / dynamic token pruning (LLMLingua, LazyLLM)",
+        "dropped tokens are never seen by the model",
+    ),
+    "sliding_window": (
+        "sliding-window attention (Longformer, Mistral)",
+        "long-range dependencies must pass through layers; a trained model needs it from training",
+    ),
+    "attention_density": (
+        "block-sparse attention (MInference prefill, Quest decode, NSA)",
+        "selection can miss relevant blocks; the safe density depends on the method and task",
+    ),
+    "shared_prefix_tokens": (
+        "prefix caching (vLLM APC, SGLang RadixAttention) with prefix-aware kernels "
+        "(Hydragen, cascade inference)",
+        "exact: no accuracy change",
+    ),
+    "attention_every": (
+        "hybrid attention/recurrent stacks (Jamba, Samba, Zamba; Mamba-2, GLA layers)",
+        "a different architecture: needs training; recall-heavy tasks suffer",
+    ),
+    "kv_tiers": (
+        "KV offloading to host DDR, CXL or NVMe (FlexGen, InfiniGen, LMCache)",
+        "exact; cost is the link bandwidth",
+    ),
+    "offload": (
+        "attention offloading to a memory pool (Lamina, Chen et al. 2024)",
+        "exact; cost is the network",
+    ),
 }
 
 
@@ -56,7 +84,8 @@ def knob_table(results: list[Any]) -> Any:
         t.add_column(f"{r.context_len:,} with", justify="right")
         t.add_column("ratio", justify="right")
     rows = [
-        ("prefill", "prefill_s", fmt_seconds), ("decode / token", "decode_s_per_token", fmt_seconds),
+        ("prefill", "prefill_s", fmt_seconds),
+        ("decode / token", "decode_s_per_token", fmt_seconds),
         ("max concurrency (users)", "max_concurrency", lambda v: f"{int(v)}"),
         ("context switch (serial)", "context_switch_s", fmt_seconds),
         ("KV cache (all users)", "kv_cache_bytes", fmt_bytes),
@@ -85,18 +114,32 @@ def run_match(args: argparse.Namespace, knobs: Knobs, context_len: int):
 
     g = load_gpu(args.gpu)
     return match_context(
-        load_model(args.model), g, resolve_profile(g, Mode(args.mode), None, args.attention_impl, args.launch), context_len, args.match_context,
-        output_tokens=args.output_tokens, batch=args.batch, precision=Precision.of(weights_dtype(load_model(args.model), args.weight_dtype)),
-        tp=args.tp, chunk_tokens=args.chunk_tokens, knobs=knobs, pp=args.pp, sp=args.sp, sp_kind=args.sp_kind,
-        ep=args.ep, topology=args.topology,
+        load_model(args.model),
+        g,
+        resolve_profile(g, Mode(args.mode), None, args.attention_impl, args.launch),
+        context_len,
+        args.match_context,
+        output_tokens=args.output_tokens,
+        batch=args.batch,
+        precision=Precision.of(weights_dtype(load_model(args.model), args.weight_dtype)),
+        tp=args.tp,
+        chunk_tokens=args.chunk_tokens,
+        knobs=knobs,
+        pp=args.pp,
+        sp=args.sp,
+        sp_kind=args.sp_kind,
+        ep=args.ep,
+        topology=args.topology,
     )
 
 
 def match_table(result) -> Any:
     from rich.table import Table
 
-    t = Table(title=f"knob setting at which {result.context_len:,} tokens cost no more than "
-                    f"{result.match_context:,} tokens (cost only, not quality)")
+    t = Table(
+        title=f"knob setting at which {result.context_len:,} tokens cost no more than "
+        f"{result.match_context:,} tokens (cost only, not quality)"
+    )
     t.add_column("knob")
     metrics = list(result.targets)
     for m in metrics:

@@ -49,9 +49,18 @@ class KvPredictionResult:
         return dataclasses.asdict(self)
 
 
-def kv_prediction(model: str, predictor: str, gpu: str, context_len: int, output_tokens: int = 128, batch: int = 1,
-                  mode: str = "calibrated", tp: int = 1, weight_dtype: str | None = None,
-                  kv_dtype: str | None = None) -> KvPredictionResult:
+def kv_prediction(
+    model: str,
+    predictor: str,
+    gpu: str,
+    context_len: int,
+    output_tokens: int = 128,
+    batch: int = 1,
+    mode: str = "calibrated",
+    tp: int = 1,
+    weight_dtype: str | None = None,
+    kv_dtype: str | None = None,
+) -> KvPredictionResult:
     """Price KV Prediction: ``predictor``'s prefill, the KV projection and ``model``'s first decode step
     (``ttft_s``), against ``model``'s own prefill (``base_prefill_s``).
 
@@ -90,13 +99,19 @@ def kv_prediction(model: str, predictor: str, gpu: str, context_len: int, output
     from perfmodel.phases import decode_cost, decode_step_cost, memory_budget, prefill_cost, sum_costs
     from perfmodel.scenario import check_ints, check_mode
 
-    for name, v, lo in (("context_len", context_len, 1), ("output_tokens", output_tokens, 0), ("batch", batch, 1),
-                        ("tp", tp, 1)):
+    for name, v, lo in (
+        ("context_len", context_len, 1),
+        ("output_tokens", output_tokens, 0),
+        ("batch", batch, 1),
+        ("tp", tp, 1),
+    ):
         check_ints(name, v, lo)
     m, aux, g = load_model(model), load_model(predictor), load_gpu(gpu)
     for spec in (m, aux):
         if spec.mla is not None:
-            raise InvalidInputError(f"KV prediction is priced for K/V-head caches; {spec.name} stores an MLA latent")
+            raise InvalidInputError(
+                f"KV prediction is priced for K/V-head caches; {spec.name} stores an MLA latent"
+            )
         check_tp(spec, tp)
     mode_ = check_mode(mode)
     prof = resolve_profile(g, mode_)
@@ -108,26 +123,44 @@ def kv_prediction(model: str, predictor: str, gpu: str, context_len: int, output
     aux_kv = batch * context_len * kv_bytes_per_token_per_gpu(aux, tp, aux_prec.kv)
     fit = int(max(0.0, (float(mem.free_for_kv_bytes) - aux_weights - aux_kv)) // float(mem.kv_bytes_per_user))
     if fit < batch:
-        raise DoesNotFitError(f"{m.name} with {aux.name} on {g.name} x{tp}: {batch} sequence(s) of "
-                              f"{context_len + output_tokens} tokens do not fit beside both models' weights "
-                              f"({fit} do)")
+        raise DoesNotFitError(
+            f"{m.name} with {aux.name} on {g.name} x{tp}: {batch} sequence(s) of "
+            f"{context_len + output_tokens} tokens do not fit beside both models' weights "
+            f"({fit} do)"
+        )
 
     pre_aux = prefill_cost(aux, g, prof, context_len, batch, aux_prec, tp)
     rows = batch * context_len
     width_aux = aux.kv_heads * aux.head_dim
     width_base = kv_heads_per_gpu(m, tp) * m.head_dim
-    proj = sum_costs([("kv_projection", Gemm(rows, width_base, width_aux, prec.math, prec.weights),
-                       2 * m.num_layers)], g, prof)
+    proj = sum_costs(
+        [("kv_projection", Gemm(rows, width_base, width_aux, prec.math, prec.weights), 2 * m.num_layers)],
+        g,
+        prof,
+    )
     first = decode_step_cost(m, g, prof, context_len + 1, batch, prec, tp)
     ttft = pre_aux + proj + first
     base = prefill_cost(m, g, prof, context_len, batch, prec, tp)
     dec = decode_cost(m, g, prof, context_len, output_tokens, batch, prec, tp)
     ttft_s, base_s = float(ttft.total_s), float(base.total_s)
     return KvPredictionResult(
-        model=m.name, predictor=aux.name, gpu=g.name, mode=mode_.value, tp=int(tp), context_len=int(context_len),
-        output_tokens=int(output_tokens), batch=int(batch), predictor_prefill_s=float(pre_aux.total_s),
-        projection_s=float(proj.total_s), first_token_s=float(first.total_s), ttft_s=ttft_s, base_prefill_s=base_s,
-        ttft_speedup=base_s / ttft_s, ttft_flops_per_gpu=float(ttft.flops),
-        base_prefill_flops_per_gpu=float(base.flops), decode_s=float(dec.total_s),
-        predictor_weight_bytes=int(aux.weight_bytes(aux_prec.weights)), max_concurrency=fit,
+        model=m.name,
+        predictor=aux.name,
+        gpu=g.name,
+        mode=mode_.value,
+        tp=int(tp),
+        context_len=int(context_len),
+        output_tokens=int(output_tokens),
+        batch=int(batch),
+        predictor_prefill_s=float(pre_aux.total_s),
+        projection_s=float(proj.total_s),
+        first_token_s=float(first.total_s),
+        ttft_s=ttft_s,
+        base_prefill_s=base_s,
+        ttft_speedup=base_s / ttft_s,
+        ttft_flops_per_gpu=float(ttft.flops),
+        base_prefill_flops_per_gpu=float(base.flops),
+        decode_s=float(dec.total_s),
+        predictor_weight_bytes=int(aux.weight_bytes(aux_prec.weights)),
+        max_concurrency=fit,
     )

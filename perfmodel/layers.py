@@ -25,8 +25,17 @@ from perfmodel.knobs import (
     kv_layer_count,
 )
 from perfmodel.models import MlpKind, ModelSpec, SsmKind
-from perfmodel.ops import (Attention, Collective, Elementwise, Gemm, GroupedGemm, Op, OpKind, Phase,
-                           default_collective_launch)
+from perfmodel.ops import (
+    Attention,
+    Collective,
+    Elementwise,
+    Gemm,
+    GroupedGemm,
+    Op,
+    OpKind,
+    Phase,
+    default_collective_launch,
+)
 
 OpList = list[tuple[str, Op, Any]]
 
@@ -103,7 +112,9 @@ def kv_heads_per_gpu(model: ModelSpec, tp: int) -> int:
     return -(-model.kv_heads // tp)
 
 
-def kv_bytes_per_token_per_gpu(model: ModelSpec, tp: int, kv_dtype: Dtype, knobs: Knobs | None = None) -> float:
+def kv_bytes_per_token_per_gpu(
+    model: ModelSpec, tp: int, kv_dtype: Dtype, knobs: Knobs | None = None
+) -> float:
     """KV-cache bytes per token on one GPU of a TP group.
 
     MLA's latent cache is replicated on every GPU (it has no head axis).
@@ -151,11 +162,23 @@ def _residual(name: str, tokens, h: int, a: float, count=1) -> tuple[str, Op, An
 def _all_reduce(name: str, tokens, h: int, prec: Precision, tp: int) -> list:
     if tp <= 1:
         return []
-    return [(name, Collective(OpKind.ALL_REDUCE, bytes=tokens * h * prec.activations.bytes_per_element, world=tp, dtype=prec.activations), 1)]
+    return [
+        (
+            name,
+            Collective(
+                OpKind.ALL_REDUCE,
+                bytes=tokens * h * prec.activations.bytes_per_element,
+                world=tp,
+                dtype=prec.activations,
+            ),
+            1,
+        )
+    ]
 
 
-def _attention_block(model: ModelSpec, phase: Phase, batch, q_len, kv_len, prec: Precision, tp: int,
-                     knobs: Knobs | None = None) -> OpList:
+def _attention_block(
+    model: ModelSpec, phase: Phase, batch, q_len, kv_len, prec: Precision, tp: int, knobs: Knobs | None = None
+) -> OpList:
     """Attention sub-block of every layer, counts per forward pass (layers included).
 
     Without knobs every layer is an attention layer that stores its own KV.
@@ -177,7 +200,9 @@ def _attention_block(model: ModelSpec, phase: Phase, batch, q_len, kv_len, prec:
     if knobs is None:
         keys, window = kv_len, model.sliding_window
     elif decode:
-        keys = model.kv_tokens(knobs.kept_tokens(kv_len, model.num_layers))  # window on sliding layers, layer-averaged
+        keys = model.kv_tokens(
+            knobs.kept_tokens(kv_len, model.num_layers)
+        )  # window on sliding layers, layer-averaged
         keys, window = keys * density if density < 1 else keys, 0
     else:
         keys, window = kv_len, model.sliding_window
@@ -193,27 +218,49 @@ def _attention_block(model: ModelSpec, phase: Phase, batch, q_len, kv_len, prec:
         if n_attn > n_kv:  # layers reusing another layer's KV project queries only
             ops.append(("q_proj", Gemm(tokens, hq * d, h, prec.math, prec.weights), n_attn - n_kv))
         ops += [
-            ("rope", Elementwise("rope", bytes=2 * tokens * (hq + hkv) * d * a, flops=3 * tokens * (hq + hkv) * d), n_attn),
+            (
+                "rope",
+                Elementwise("rope", bytes=2 * tokens * (hq + hkv) * d * a, flops=3 * tokens * (hq + hkv) * d),
+                n_attn,
+            ),
             ("kv_append", Elementwise("kv_append", bytes=2 * tokens * hkv * d * (a + kvb)), n_kv),
         ]
-        fields = dict(q_heads=hq, kv_heads=hkv, head_dim=d, dtype=prec.activations, window=window, kv_dtype=prec.kv)
+        fields = dict(
+            q_heads=hq, kv_heads=hkv, head_dim=d, dtype=prec.activations, window=window, kv_dtype=prec.kv
+        )
         n_slide = model.num_sliding_layers
         if window > 0 and 0 < n_slide < L:
             # layers alternate sliding-window and global attention: each kind priced for its share
             share = n_slide / L
-            ops += _attention_ops(phase, batch, q_len, keys, prefix, knobs, attn_count * share, hkv, width,
-                                  fields, prec)
-            ops += _attention_ops(phase, batch, q_len, keys, prefix, knobs, attn_count * (1 - share), hkv, width,
-                                  dict(fields, window=0), prec)
+            ops += _attention_ops(
+                phase, batch, q_len, keys, prefix, knobs, attn_count * share, hkv, width, fields, prec
+            )
+            ops += _attention_ops(
+                phase,
+                batch,
+                q_len,
+                keys,
+                prefix,
+                knobs,
+                attn_count * (1 - share),
+                hkv,
+                width,
+                dict(fields, window=0),
+                prec,
+            )
         else:
-            ops += _attention_ops(phase, batch, q_len, keys, prefix, knobs, attn_count, hkv, width, fields, prec)
+            ops += _attention_ops(
+                phase, batch, q_len, keys, prefix, knobs, attn_count, hkv, width, fields, prec
+            )
         ops.append(("o_proj", Gemm(tokens, h, hq * d, prec.math, prec.weights), n_attn))
     else:
         qk = m.qk_nope_head_dim + m.qk_rope_head_dim
         latent = m.kv_lora_rank + m.qk_rope_head_dim
         if m.q_lora_rank:
-            ops += [("q_a_proj", Gemm(tokens, m.q_lora_rank, h, prec.math, prec.weights), n_attn),
-                    ("q_b_proj", Gemm(tokens, hq * qk, m.q_lora_rank, prec.math, prec.weights), n_attn)]
+            ops += [
+                ("q_a_proj", Gemm(tokens, m.q_lora_rank, h, prec.math, prec.weights), n_attn),
+                ("q_b_proj", Gemm(tokens, hq * qk, m.q_lora_rank, prec.math, prec.weights), n_attn),
+            ]
         else:
             ops += [("q_proj", Gemm(tokens, hq * qk, h, prec.math, prec.weights), n_attn)]
         ops += [
@@ -223,19 +270,68 @@ def _attention_block(model: ModelSpec, phase: Phase, batch, q_len, kv_len, prec:
         if not decode:
             # materialise per-head K and V from the latent, then ordinary attention
             ops += [
-                ("kv_b_proj", Gemm(batch * kv_len, hq * (m.qk_nope_head_dim + m.v_head_dim), m.kv_lora_rank,
-                                   prec.math, prec.weights), n_kv),
-                ("attention", Attention(phase, batch, q_len, kv_len, hq, hq, qk, True, prec.activations,
-                                        v_head_dim=m.v_head_dim, kv_dtype=prec.activations), attn_count),
+                (
+                    "kv_b_proj",
+                    Gemm(
+                        batch * kv_len,
+                        hq * (m.qk_nope_head_dim + m.v_head_dim),
+                        m.kv_lora_rank,
+                        prec.math,
+                        prec.weights,
+                    ),
+                    n_kv,
+                ),
+                (
+                    "attention",
+                    Attention(
+                        phase,
+                        batch,
+                        q_len,
+                        kv_len,
+                        hq,
+                        hq,
+                        qk,
+                        True,
+                        prec.activations,
+                        v_head_dim=m.v_head_dim,
+                        kv_dtype=prec.activations,
+                    ),
+                    attn_count,
+                ),
             ]
         else:
             # weight-absorbed decode: attention over the shared latent (MQA-like)
-            ops.append(("q_absorb", Gemm(tokens, hq * m.kv_lora_rank, m.qk_nope_head_dim, prec.math, prec.weights),
-                        n_attn))
-            ops += _attention_ops(phase, batch, q_len, keys, prefix, knobs, attn_count, 1, latent,
-                                  dict(q_heads=hq, kv_heads=1, head_dim=latent, dtype=prec.activations,
-                                       v_head_dim=m.kv_lora_rank, kv_shared=True, kv_dtype=prec.kv), prec)
-            ops.append(("v_absorb", Gemm(tokens, hq * m.v_head_dim, m.kv_lora_rank, prec.math, prec.weights), n_attn))
+            ops.append(
+                (
+                    "q_absorb",
+                    Gemm(tokens, hq * m.kv_lora_rank, m.qk_nope_head_dim, prec.math, prec.weights),
+                    n_attn,
+                )
+            )
+            ops += _attention_ops(
+                phase,
+                batch,
+                q_len,
+                keys,
+                prefix,
+                knobs,
+                attn_count,
+                1,
+                latent,
+                dict(
+                    q_heads=hq,
+                    kv_heads=1,
+                    head_dim=latent,
+                    dtype=prec.activations,
+                    v_head_dim=m.kv_lora_rank,
+                    kv_shared=True,
+                    kv_dtype=prec.kv,
+                ),
+                prec,
+            )
+            ops.append(
+                ("v_absorb", Gemm(tokens, hq * m.v_head_dim, m.kv_lora_rank, prec.math, prec.weights), n_attn)
+            )
         ops.append(("o_proj", Gemm(tokens, h, hq * m.v_head_dim, prec.math, prec.weights), n_attn))
     if n_attn < L:
         ops += _recurrent_ops(model, phase, batch, q_len, kv_len, prec, tp, knobs, L - n_attn)
@@ -244,8 +340,19 @@ def _attention_block(model: ModelSpec, phase: Phase, batch, q_len, kv_len, prec:
     return ops
 
 
-def _attention_ops(phase: Phase, batch, q_len, keys, prefix: int, knobs: Knobs | None, count, kv_heads: int,
-                   width: int, fields: dict, prec: Precision) -> OpList:
+def _attention_ops(
+    phase: Phase,
+    batch,
+    q_len,
+    keys,
+    prefix: int,
+    knobs: Knobs | None,
+    count,
+    kv_heads: int,
+    width: int,
+    fields: dict,
+    prec: Precision,
+) -> OpList:
     """The attention op (or, with a prefix-aware kernel, suffix + prefix ops) and the KV dequantisation.
 
     ``keys`` are the keys each query reads; ``width`` the KV elements stored per
@@ -259,8 +366,13 @@ def _attention_ops(phase: Phase, batch, q_len, keys, prefix: int, knobs: Knobs |
         split = np.asarray(batch) > 1
         p = np.where(split, prefix * knobs.attention_density, 0.0)
         ops.append(("attention", Attention(phase, batch, q_len, keys - p, **fields), count))
-        ops.append(("prefix_attention", Attention(phase, split.astype(np.float64), batch * q_len, p, causal=False,
-                                                  **fields), count))
+        ops.append(
+            (
+                "prefix_attention",
+                Attention(phase, split.astype(np.float64), batch * q_len, p, causal=False, **fields),
+                count,
+            )
+        )
         read = batch * (keys - p) + p
     else:
         ops.append(("attention", Attention(phase, batch, q_len, keys, **fields), count))
@@ -272,8 +384,9 @@ def _attention_ops(phase: Phase, batch, q_len, keys, prefix: int, knobs: Knobs |
     return ops
 
 
-def _recurrent_ops(model: ModelSpec, phase: Phase, batch, q_len, kv_len, prec: Precision, tp: int,
-                   knobs: Knobs, n_rec: int) -> OpList:
+def _recurrent_ops(
+    model: ModelSpec, phase: Phase, batch, q_len, kv_len, prec: Precision, tp: int, knobs: Knobs, n_rec: int
+) -> OpList:
     """Linear-attention / state-space layers of a hybrid stack, ``n_rec`` of them.
 
     Each keeps the attention layer's Q/K/V/O projection shapes (gated linear
@@ -295,12 +408,35 @@ def _recurrent_ops(model: ModelSpec, phase: Phase, batch, q_len, kv_len, prec: P
         ops += [
             ("recurrent.state_update", Gemm(tokens, hq * d, d, prec.math, prec.activations), n_rec),
             ("recurrent.state_readout", Gemm(tokens, hq * d, d, prec.math, prec.activations), n_rec),
-            ("recurrent.chunk_attention", Attention(phase, batch, q_len, kv_len, hq, hq, d, True, prec.activations,
-                                                    window=LINEAR_ATTENTION_CHUNK_TOKENS), n_rec),
+            (
+                "recurrent.chunk_attention",
+                Attention(
+                    phase,
+                    batch,
+                    q_len,
+                    kv_len,
+                    hq,
+                    hq,
+                    d,
+                    True,
+                    prec.activations,
+                    window=LINEAR_ATTENTION_CHUNK_TOKENS,
+                ),
+                n_rec,
+            ),
         ]
     else:
-        ops.append(("recurrent.state", Elementwise("recurrent_state", bytes=2 * batch * state + 3 * tokens * hq * d * a,
-                                                   flops=4 * tokens * hq * d * d), n_rec))
+        ops.append(
+            (
+                "recurrent.state",
+                Elementwise(
+                    "recurrent_state",
+                    bytes=2 * batch * state + 3 * tokens * hq * d * a,
+                    flops=4 * tokens * hq * d * d,
+                ),
+                n_rec,
+            )
+        )
     ops.append(("recurrent.o_proj", Gemm(tokens, h, hq * d, prec.math, prec.weights), n_rec))
     return ops
 
@@ -311,7 +447,9 @@ def _recurrent_ops(model: ModelSpec, phase: Phase, batch, q_len, kv_len, prec: P
 SELECTIVE_SCAN_FLOPS_PER_ELEMENT = 9.0
 
 
-def _ssm_ops(model: ModelSpec, phase: Phase, batch, q_len, kv_len, prec: Precision, tp: int, n: int) -> OpList:
+def _ssm_ops(
+    model: ModelSpec, phase: Phase, batch, q_len, kv_len, prec: Precision, tp: int, n: int
+) -> OpList:
     """The mixer of ``n`` layers of a state-space stack (Mamba, Mamba-2) on one GPU of ``tp``.
 
     Projections are GEMMs (channels and heads split over ``tp``; Mamba's ``x_proj`` sums its split
@@ -337,35 +475,87 @@ def _ssm_ops(model: ModelSpec, phase: Phase, batch, q_len, kv_len, prec: Precisi
     if s.kind is SsmKind.MAMBA:
         xw = s.dt_rank + 2 * N
         ops.append(("ssm.in_proj", Gemm(tokens, 2 * di, h, prec.math, prec.weights), n))
-        ops.append(("ssm.conv1d", Elementwise("causal_conv1d", bytes=2 * tokens * conv * a + conv * s.d_conv * w
-                                              + conv_state, flops=2 * tokens * conv * s.d_conv), n))
+        ops.append(
+            (
+                "ssm.conv1d",
+                Elementwise(
+                    "causal_conv1d",
+                    bytes=2 * tokens * conv * a + conv * s.d_conv * w + conv_state,
+                    flops=2 * tokens * conv * s.d_conv,
+                ),
+                n,
+            )
+        )
         ops.append(("ssm.x_proj", Gemm(tokens, xw, di, prec.math, prec.weights), n))
         if tp > 1:
-            ops.append(("ssm.x_proj_all_reduce", Collective(OpKind.ALL_REDUCE, bytes=tokens * xw * a, world=tp,
-                                                            dtype=prec.activations), n))
+            ops.append(
+                (
+                    "ssm.x_proj_all_reduce",
+                    Collective(OpKind.ALL_REDUCE, bytes=tokens * xw * a, world=tp, dtype=prec.activations),
+                    n,
+                )
+            )
         ops.append(("ssm.dt_proj", Gemm(tokens, di, s.dt_rank, prec.math, prec.weights), n))
         # read u, delta, z and B, C; write y; in decode also read and write the state
         scan_bytes = tokens * (4 * di + 2 * N) * a + ssm_state
-        ops.append(("ssm.scan", Elementwise("selective_scan", bytes=scan_bytes,
-                                            flops=SELECTIVE_SCAN_FLOPS_PER_ELEMENT * tokens * di * N), n))
+        ops.append(
+            (
+                "ssm.scan",
+                Elementwise(
+                    "selective_scan",
+                    bytes=scan_bytes,
+                    flops=SELECTIVE_SCAN_FLOPS_PER_ELEMENT * tokens * di * N,
+                ),
+                n,
+            )
+        )
     else:
         nh, P, g = s.num_heads // tp, s.head_dim, s.groups_per_gpu(tp)
         ops.append(("ssm.in_proj", Gemm(tokens, 2 * di + 2 * g * N + nh, h, prec.math, prec.weights), n))
-        ops.append(("ssm.conv1d", Elementwise("causal_conv1d", bytes=2 * tokens * conv * a + conv * s.d_conv * w
-                                              + conv_state, flops=2 * tokens * conv * s.d_conv), n))
+        ops.append(
+            (
+                "ssm.conv1d",
+                Elementwise(
+                    "causal_conv1d",
+                    bytes=2 * tokens * conv * a + conv * s.d_conv * w + conv_state,
+                    flops=2 * tokens * conv * s.d_conv,
+                ),
+                n,
+            )
+        )
         if decode:
-            ops.append(("ssm.state", Elementwise("ssm_state", bytes=ssm_state + tokens * (2 * di + 2 * g * N) * a,
-                                                 flops=SELECTIVE_SCAN_FLOPS_PER_ELEMENT * tokens * di * N), n))
+            ops.append(
+                (
+                    "ssm.state",
+                    Elementwise(
+                        "ssm_state",
+                        bytes=ssm_state + tokens * (2 * di + 2 * g * N) * a,
+                        flops=SELECTIVE_SCAN_FLOPS_PER_ELEMENT * tokens * di * N,
+                    ),
+                    n,
+                )
+            )
         else:
             # the chunks are independent blocks: causal attention of each chunk over itself
             chunk = np.minimum(q_len, s.chunk_tokens) if np.ndim(q_len) else min(q_len, s.chunk_tokens)
             ops += [
-                ("ssm.chunk_scan", Attention(phase, tokens / chunk, chunk, chunk, nh, g, N, True, prec.activations,
-                                             v_head_dim=P), n),
+                (
+                    "ssm.chunk_scan",
+                    Attention(
+                        phase, tokens / chunk, chunk, chunk, nh, g, N, True, prec.activations, v_head_dim=P
+                    ),
+                    n,
+                ),
                 ("ssm.chunk_state", Gemm(tokens, nh * P, N, prec.math, prec.activations), n),
                 ("ssm.state_readout", Gemm(tokens, nh * P, N, prec.math, prec.activations), n),
             ]
-        ops.append(("ssm.gated_norm", Elementwise("gated_rmsnorm", bytes=3 * tokens * di * a, flops=6 * tokens * di), n))
+        ops.append(
+            (
+                "ssm.gated_norm",
+                Elementwise("gated_rmsnorm", bytes=3 * tokens * di * a, flops=6 * tokens * di),
+                n,
+            )
+        )
     ops.append(("ssm.out_proj", Gemm(tokens, h, di, prec.math, prec.weights), n))
     return ops
 
@@ -375,7 +565,11 @@ def _mlp(prefix: str, tokens, h: int, inter: int, kind: MlpKind, prec: Precision
     if kind is MlpKind.GATED:
         return [
             (f"{prefix}gate_up_proj", Gemm(tokens, 2 * inter, h, prec.math, prec.weights), count),
-            (f"{prefix}act_mul", Elementwise("silu_mul", bytes=3 * tokens * inter * a, flops=5 * tokens * inter), count),
+            (
+                f"{prefix}act_mul",
+                Elementwise("silu_mul", bytes=3 * tokens * inter * a, flops=5 * tokens * inter),
+                count,
+            ),
             (f"{prefix}down_proj", Gemm(tokens, h, inter, prec.math, prec.weights), count),
         ]
     return [
@@ -385,14 +579,24 @@ def _mlp(prefix: str, tokens, h: int, inter: int, kind: MlpKind, prec: Precision
     ]
 
 
-def _grouped_mlp(prefix: str, rows, groups, h: int, inter: int, kind: MlpKind, prec: Precision, count=1) -> OpList:
+def _grouped_mlp(
+    prefix: str, rows, groups, h: int, inter: int, kind: MlpKind, prec: Precision, count=1
+) -> OpList:
     """Routed experts as one kernel per projection: ``rows`` token-expert pairs over ``groups``
     touched experts (gate/up fused in one grouped GEMM, the activation over all rows, down)."""
     a = prec.activations.bytes_per_element
     if kind is MlpKind.GATED:
         return [
-            (f"{prefix}gate_up_proj", GroupedGemm(groups, rows, 2 * inter, h, prec.math, prec.weights), count),
-            (f"{prefix}act_mul", Elementwise("silu_mul", bytes=3 * rows * inter * a, flops=5 * rows * inter), count),
+            (
+                f"{prefix}gate_up_proj",
+                GroupedGemm(groups, rows, 2 * inter, h, prec.math, prec.weights),
+                count,
+            ),
+            (
+                f"{prefix}act_mul",
+                Elementwise("silu_mul", bytes=3 * rows * inter * a, flops=5 * rows * inter),
+                count,
+            ),
             (f"{prefix}down_proj", GroupedGemm(groups, rows, h, inter, prec.math, prec.weights), count),
         ]
     return [
@@ -406,7 +610,9 @@ def _grouped_mlp(prefix: str, rows, groups, h: int, inter: int, kind: MlpKind, p
 _INDEX_BYTES = 8
 
 
-def moe_routing_ops(tokens, num_experts: int, top_k: int, hidden: int, act_bytes: int) -> dict[str, Elementwise]:
+def moe_routing_ops(
+    tokens, num_experts: int, top_k: int, hidden: int, act_bytes: int
+) -> dict[str, Elementwise]:
     """The routing steps of a MoE layer around its grouped GEMMs, as named elementwise kernels.
 
     ``tokens`` tokens, each routed to ``top_k`` of ``num_experts`` experts (``P = tokens * top_k``
@@ -428,12 +634,18 @@ def moe_routing_ops(tokens, num_experts: int, top_k: int, hidden: int, act_bytes
     a = act_bytes
     pairs = tokens * top_k
     return {
-        "route": Elementwise("moe_route", bytes=tokens * num_experts * a + pairs * (3 * a + _INDEX_BYTES),
-                             flops=5 * tokens * num_experts),
+        "route": Elementwise(
+            "moe_route",
+            bytes=tokens * num_experts * a + pairs * (3 * a + _INDEX_BYTES),
+            flops=5 * tokens * num_experts,
+        ),
         "align": Elementwise("moe_align", bytes=4 * pairs * _INDEX_BYTES + 12 * num_experts),
         "permute": Elementwise("moe_permute", bytes=2 * pairs * hidden * a + pairs * _INDEX_BYTES),
-        "combine": Elementwise("moe_combine", bytes=(pairs + tokens) * hidden * a + pairs * (a + _INDEX_BYTES),
-                               flops=2 * pairs * hidden),
+        "combine": Elementwise(
+            "moe_combine",
+            bytes=(pairs + tokens) * hidden * a + pairs * (a + _INDEX_BYTES),
+            flops=2 * pairs * hidden,
+        ),
     }
 
 
@@ -537,12 +749,23 @@ def model_ops(
     if not (np.ndim(rows) == 0 and rows == 0):
         ops += lm_head_ops(model, rows, precision, tp)
     way = default_collective_launch(phase)  # decode: in a CUDA graph; prefill: back to back
-    return [(n, dataclasses.replace(o, launch=way) if isinstance(o, Collective) and o.launch is None else o, c)
-            for n, o, c in ops]
+    return [
+        (n, dataclasses.replace(o, launch=way) if isinstance(o, Collective) and o.launch is None else o, c)
+        for n, o, c in ops
+    ]
 
 
-def _scheduled_ops(model: ModelSpec, phase: Phase, batch, q_len, kv_len, precision: Precision, tp: int,
-                   lm_head_rows, knobs: Knobs) -> OpList:
+def _scheduled_ops(
+    model: ModelSpec,
+    phase: Phase,
+    batch,
+    q_len,
+    kv_len,
+    precision: Precision,
+    tp: int,
+    lm_head_rows,
+    knobs: Knobs,
+) -> OpList:
     """:func:`model_ops` under a per-layer ``keep_schedule``: each run of layers that keeps fraction ``f`` is
     priced as the whole stack at ratio ``f`` (the uniform-ratio ops), its counts scaled by its share of the
     layers.  Decode reads ``ceil(f n)`` keys in those layers; with ``prune_prefill`` a prefill pass runs
@@ -559,13 +782,22 @@ def _scheduled_ops(model: ModelSpec, phase: Phase, batch, q_len, kv_len, precisi
         scale = f / f0 if prune else 1.0
         q, kv = (q_len * scale, kv_len * scale) if prune else (q_len, kv_len)
         part = model_ops(model, phase, batch, q, kv, precision, tp, 0, seg_knobs)
-        ops += [(name, o, c if name == "embedding" else c * (n / L)) for name, o, c in part
-                if name != "embedding" or i == 0]
+        ops += [
+            (name, o, c if name == "embedding" else c * (n / L))
+            for name, o, c in part
+            if name != "embedding" or i == 0
+        ]
     rows = batch if lm_head_rows is None else lm_head_rows
     if not (np.ndim(rows) == 0 and rows == 0):
         way = default_collective_launch(phase)
-        ops += [(name, dataclasses.replace(o, launch=way) if isinstance(o, Collective) and o.launch is None else o, c)
-                for name, o, c in lm_head_ops(model, rows, precision, tp)]
+        ops += [
+            (
+                name,
+                dataclasses.replace(o, launch=way) if isinstance(o, Collective) and o.launch is None else o,
+                c,
+            )
+            for name, o, c in lm_head_ops(model, rows, precision, tp)
+        ]
     return ops
 
 
@@ -577,8 +809,13 @@ def lm_head_ops(model: ModelSpec, rows, precision: Precision = Precision(), tp: 
         ("lm_head", Gemm(rows, -(-model.vocab // tp), model.hidden, precision.math, precision.weights), 1),
     ]
     if tp > 1:
-        ops.append(("logits_all_gather", Collective(OpKind.ALL_GATHER, bytes=rows * model.vocab * 4.0, world=tp,
-                                                    dtype=Dtype.FP32), 1))
+        ops.append(
+            (
+                "logits_all_gather",
+                Collective(OpKind.ALL_GATHER, bytes=rows * model.vocab * 4.0, world=tp, dtype=Dtype.FP32),
+                1,
+            )
+        )
     return ops
 
 
@@ -594,9 +831,14 @@ def activation_bytes(model: ModelSpec, tokens, precision: Precision, tp: int = 1
         s = model.ssm
         width = 2 * s.d_inner + 2 * s.n_groups * s.d_state + (s.num_heads if s.kind is SsmKind.MAMBA2 else 0)
         return tokens * (2 * model.hidden + width / tp) * a
-    inter = model.intermediate if model.moe is None else max(
-        model.intermediate if model.num_dense_layers else 0,
-        model.moe.expert_intermediate * model.moe.top_k + model.moe.shared_experts * model.moe.shared_intermediate,
+    inter = (
+        model.intermediate
+        if model.moe is None
+        else max(
+            model.intermediate if model.num_dense_layers else 0,
+            model.moe.expert_intermediate * model.moe.top_k
+            + model.moe.shared_experts * model.moe.shared_intermediate,
+        )
     )
     per_token = (2 * model.hidden + 3 * inter / tp) * a
     qkv = (model.q_heads + 2 * model.kv_heads) * model.head_dim / tp * a + model.hidden * a

@@ -38,14 +38,19 @@ from perfmodel.phases import (
 )
 
 #: Metric name -> True when larger is better.
-METRICS = {"prefill_s": False, "decode_s_per_token": False, "max_concurrency": True, "context_switch_s": False}
+METRICS = {
+    "prefill_s": False,
+    "decode_s_per_token": False,
+    "max_concurrency": True,
+    "context_switch_s": False,
+}
 
 _HINT = {
     "prefill_s": "prefill is compute-bound on the linear layers, whose FLOPs grow with every prompt token; "
-                 "only knobs that skip prompt tokens can reach it",
+    "only knobs that skip prompt tokens can reach it",
     "decode_s_per_token": "each step still reads all weights and runs the ops this knob leaves unchanged",
     "max_concurrency": "the weights and activations leave too little memory, or the knob does not shrink the "
-                       "stored KV enough",
+    "stored KV enough",
     "context_switch_s": "the KV (and state) to move over the host link stays too large",
 }
 
@@ -68,8 +73,16 @@ class KnobMatch:
     def to_dict(self) -> dict[str, Any]:
         from perfmodel.jsonout import jsonable
 
-        return jsonable({"metric": self.metric, "knob": self.knob, "setting": self.setting, "value": self.value,
-                         "target": self.target, "reason": self.reason})
+        return jsonable(
+            {
+                "metric": self.metric,
+                "knob": self.knob,
+                "setting": self.setting,
+                "value": self.value,
+                "target": self.target,
+                "reason": self.reason,
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -90,22 +103,37 @@ class MatchResult:
     def to_dict(self) -> dict[str, Any]:
         from perfmodel.jsonout import jsonable
 
-        return jsonable({
-            "context_len": self.context_len,
-            "match_context": self.match_context,
-            "targets": self.targets,
-            "without_knobs": self.unmatched,
-            "compression_factor": {m: self.compression_factor(m) for m in METRICS},
-            "knobs": [r.to_dict() for r in self.rows],
-            "note": "settings price cost only; the accuracy of each technique at that setting is not modelled",
-        })
+        return jsonable(
+            {
+                "context_len": self.context_len,
+                "match_context": self.match_context,
+                "targets": self.targets,
+                "without_knobs": self.unmatched,
+                "compression_factor": {m: self.compression_factor(m) for m in METRICS},
+                "knobs": [r.to_dict() for r in self.rows],
+                "note": "settings price cost only; the accuracy of each technique at that setting is not modelled",
+            }
+        )
 
 
 class _Scenario:
     """Evaluates the four metrics of one scenario under a knob setting."""
 
-    def __init__(self, model, gpu, profile, context_len, output_tokens, batch, precision, tp, chunk_tokens, base,
-                 layout=None, ring=None):
+    def __init__(
+        self,
+        model,
+        gpu,
+        profile,
+        context_len,
+        output_tokens,
+        batch,
+        precision,
+        tp,
+        chunk_tokens,
+        base,
+        layout=None,
+        ring=None,
+    ):
         self.model, self.gpu, self.profile = model, gpu, profile
         self.ctx, self.out, self.batch = context_len, output_tokens, batch
         self.prec, self.tp, self.chunk, self.base = precision, tp, chunk_tokens, base
@@ -116,8 +144,21 @@ class _Scenario:
         """(per-GPU memory budget, phases) of the multi-GPU layout, as ``analyze`` prices it."""
         from perfmodel.parallel import price_layout
 
-        return price_layout(self.model, self.gpu, self.profile, ctx, self.out, self.batch, self.prec, self.tp,
-                            self.chunk, DEFAULT_RESERVE_FRACTION, knobs, self.layout, self.ring)
+        return price_layout(
+            self.model,
+            self.gpu,
+            self.profile,
+            ctx,
+            self.out,
+            self.batch,
+            self.prec,
+            self.tp,
+            self.chunk,
+            DEFAULT_RESERVE_FRACTION,
+            knobs,
+            self.layout,
+            self.ring,
+        )
 
     def metrics(self, knobs: Knobs | None, context_len: int | None = None) -> dict[str, float]:
         ctx = self.ctx if context_len is None else context_len
@@ -144,11 +185,21 @@ class _Scenario:
             b = ph.prefill.bound if metric == "prefill_s" else ph.decode_step.bound
             return b.value if isinstance(b, Bound) else str(b)
         if metric == "prefill_s":
-            b = prefill_cost(self.model, self.gpu, self.profile, self.ctx, self.batch, self.prec, self.tp,
-                             self.chunk, knobs=knobs).bound
+            b = prefill_cost(
+                self.model,
+                self.gpu,
+                self.profile,
+                self.ctx,
+                self.batch,
+                self.prec,
+                self.tp,
+                self.chunk,
+                knobs=knobs,
+            ).bound
         elif metric == "decode_s_per_token":
-            b = decode_step_cost(self.model, self.gpu, self.profile, self.ctx, self.batch, self.prec, self.tp,
-                                 knobs=knobs).bound
+            b = decode_step_cost(
+                self.model, self.gpu, self.profile, self.ctx, self.batch, self.prec, self.tp, knobs=knobs
+            ).bound
         elif metric == "max_concurrency":
             return Bound.HBM_CAPACITY.value
         else:
@@ -215,8 +266,15 @@ def _aggressiveness(kind: str, knob: str, cands: Any) -> tuple[Any, Any]:
     return hi, lo
 
 
-def _search(scen: _Scenario, metric: str, knob: str, kind: str, cands: Any, target: float,
-            evaluate: Callable[[Knobs], dict[str, float]]) -> tuple[Any, float]:
+def _search(
+    scen: _Scenario,
+    metric: str,
+    knob: str,
+    kind: str,
+    cands: Any,
+    target: float,
+    evaluate: Callable[[Knobs], dict[str, float]],
+) -> tuple[Any, float]:
     """Least aggressive setting meeting the target (None if none), and the metric there (or at the extreme)."""
     base = scen.base
     if kind == "list":
@@ -247,10 +305,22 @@ def _search(scen: _Scenario, metric: str, knob: str, kind: str, cands: Any, targ
 
 
 def match_context(
-    model: ModelSpec, gpu: GPU, profile: Profile, context_len: int, match_context: int, output_tokens: int = 250,
-    batch: int = 1, precision: Precision = Precision(), tp: int = 1,
-    chunk_tokens: int | None = DEFAULT_PREFILL_CHUNK_TOKENS, knobs: Knobs | None = None,
-    metrics: tuple[str, ...] = tuple(METRICS), pp: int = 1, sp: int = 1, sp_kind: str = "ring", ep: int = 1,
+    model: ModelSpec,
+    gpu: GPU,
+    profile: Profile,
+    context_len: int,
+    match_context: int,
+    output_tokens: int = 250,
+    batch: int = 1,
+    precision: Precision = Precision(),
+    tp: int = 1,
+    chunk_tokens: int | None = DEFAULT_PREFILL_CHUNK_TOKENS,
+    knobs: Knobs | None = None,
+    metrics: tuple[str, ...] = tuple(METRICS),
+    pp: int = 1,
+    sp: int = 1,
+    sp_kind: str = "ring",
+    ep: int = 1,
     topology: str | None = None,
 ) -> MatchResult:
     """Per metric and knob, the setting at which ``context_len`` costs no more than ``match_context``.
@@ -261,7 +331,9 @@ def match_context(
     layout; the knobs it does not model are not searched.
     """
     if match_context >= context_len:
-        raise InvalidInputError(f"--match-context ({match_context}) must be shorter than the context ({context_len})")
+        raise InvalidInputError(
+            f"--match-context ({match_context}) must be shorter than the context ({context_len})"
+        )
     for m in metrics:
         if m not in METRICS:
             raise InvalidInputError(f"unknown metric {m!r}; known: {', '.join(METRICS)}")
@@ -270,8 +342,20 @@ def match_context(
 
     layout = par.layout(model, tp, pp, sp, sp_kind, ep, topology, base)
     ring = par.ring_step_model(profile)
-    scen = _Scenario(model, gpu, profile, context_len, output_tokens, batch, precision, tp, chunk_tokens, base,
-                     layout, ring)
+    scen = _Scenario(
+        model,
+        gpu,
+        profile,
+        context_len,
+        output_tokens,
+        batch,
+        precision,
+        tp,
+        chunk_tokens,
+        base,
+        layout,
+        ring,
+    )
     # a trial the layout cannot price (say, KV heads that a Ulysses degree does not divide) counts as infeasible
     infeasible = KnobError if layout is None else InvalidInputError
     targets = scen.metrics(None, match_context)
@@ -310,8 +394,9 @@ def match_context(
                     shown = extreme.value if hasattr(extreme, "value") else extreme
                     if knob == "kv_tiers":
                         shown = "ddr"
-                    reason = (f"even at {knob}={shown} it is {value:.4g} vs {target:.4g} at {match_context} tokens "
-                              f"({scen.bound(metric, _make(base, knob, extreme))}-bound): {_HINT[metric]}")
+                    reason = (
+                        f"even at {knob}={shown} it is {value:.4g} vs {target:.4g} at {match_context} tokens "
+                        f"({scen.bound(metric, _make(base, knob, extreme))}-bound): {_HINT[metric]}"
+                    )
             rows.append(KnobMatch(metric, knob, setting, value, target, reason))
     return MatchResult(context_len, match_context, targets, unmatched, tuple(rows))
-

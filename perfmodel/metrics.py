@@ -11,20 +11,58 @@ from perfmodel.costs import Bound, OpCost
 from perfmodel.errors import InvalidInputError
 
 #: The metrics that are times (``sweep`` shows NaN for them where a point does not fit).
-TIME_METRICS = ("prefill_s", "prefill_s_low", "prefill_s_high", "decode_s_per_token", "decode_s_per_token_low",
-                "decode_s_per_token_high", "decode_s", "decode_s_low", "decode_s_high", "context_switch_s",
-                "context_switch_duplex_s", "session_throughput_tokens_per_s")
+TIME_METRICS = (
+    "prefill_s",
+    "prefill_s_low",
+    "prefill_s_high",
+    "decode_s_per_token",
+    "decode_s_per_token_low",
+    "decode_s_per_token_high",
+    "decode_s",
+    "decode_s_low",
+    "decode_s_high",
+    "context_switch_s",
+    "context_switch_duplex_s",
+    "session_throughput_tokens_per_s",
+)
 
 
 #: The metrics :func:`scenario_metrics` returns, in order.
-METRICS = ("weight_bytes", "kv_bytes_per_token", "kv_cache_bytes", "prefill_s", "prefill_s_low", "prefill_s_high",
-           "decode_s_per_token", "decode_s_per_token_low", "decode_s_per_token_high", "decode_s", "decode_s_low",
-           "decode_s_high", "max_concurrency", "context_switch_s", "context_switch_duplex_s",
-           "session_throughput_tokens_per_s", "prefill_bound", "decode_bound")
+METRICS = (
+    "weight_bytes",
+    "kv_bytes_per_token",
+    "kv_cache_bytes",
+    "prefill_s",
+    "prefill_s_low",
+    "prefill_s_high",
+    "decode_s_per_token",
+    "decode_s_per_token_low",
+    "decode_s_per_token_high",
+    "decode_s",
+    "decode_s_low",
+    "decode_s_high",
+    "max_concurrency",
+    "context_switch_s",
+    "context_switch_duplex_s",
+    "session_throughput_tokens_per_s",
+    "prefill_bound",
+    "decode_bound",
+)
 
 
-def scenario_metrics(model, precision, knobs, context_len: Any, output_tokens: Any, batch: Any, memory,
-                     prefill: OpCost, decode_step: OpCost, decode: OpCost, switch) -> dict[str, Any]:
+def scenario_metrics(
+    model,
+    precision,
+    knobs,
+    context_len: Any,
+    output_tokens: Any,
+    batch: Any,
+    memory,
+    prefill: OpCost,
+    decode_step: OpCost,
+    decode: OpCost,
+    switch,
+) -> dict[str, Any]:
     """The output metrics of one scenario (scalars) or of a grid of them (arrays of one shape).
 
     The sizes and bounds of :func:`size_metrics` with the times of :func:`time_metrics`, keyed in the
@@ -55,8 +93,12 @@ def scenario_metrics(model, precision, knobs, context_len: Any, output_tokens: A
         ``context x batch x output`` arrays of shapes ``(c, 1, 1)``, ``(1, b, 1)``, ``(1, 1, o)``), each
         a view where it depends on fewer axes; the two bounds, a categorical, flattened in C order.
     """
-    d = {**size_metrics(model, precision, knobs, context_len, output_tokens, batch, memory, prefill, decode_step),
-         **time_metrics(context_len, output_tokens, batch, prefill, decode_step, decode, switch)}
+    d = {
+        **size_metrics(
+            model, precision, knobs, context_len, output_tokens, batch, memory, prefill, decode_step
+        ),
+        **time_metrics(context_len, output_tokens, batch, prefill, decode_step, decode, switch),
+    }
     return {k: d[k] for k in METRICS}
 
 
@@ -67,8 +109,17 @@ def _grid_shape(context_len: Any, output_tokens: Any, batch: Any) -> tuple | Non
     return np.broadcast(np.asarray(context_len), np.asarray(batch), np.asarray(output_tokens)).shape
 
 
-def size_metrics(model, precision, knobs, context_len: Any, output_tokens: Any, batch: Any, memory,
-                 prefill: OpCost, decode_step: OpCost) -> dict[str, Any]:
+def size_metrics(
+    model,
+    precision,
+    knobs,
+    context_len: Any,
+    output_tokens: Any,
+    batch: Any,
+    memory,
+    prefill: OpCost,
+    decode_step: OpCost,
+) -> dict[str, Any]:
     """The metrics of :func:`scenario_metrics` that are not times: ``weight_bytes``, ``kv_bytes_per_token``,
     ``kv_cache_bytes`` (bytes), ``max_concurrency`` (users), ``prefill_bound`` and ``decode_bound``;
     scalars, or arrays over the grid the sizes broadcast to (as :func:`scenario_metrics` gives them)."""
@@ -87,12 +138,21 @@ def size_metrics(model, precision, knobs, context_len: Any, output_tokens: Any, 
         d.update(prefill_bound=bound_of(prefill), decode_bound=bound_of(decode_step))
         return {k: _scalar(v) for k, v in d.items()}
     d.update(prefill_bound=bound_of(prefill, n), decode_bound=bound_of(decode_step, n))
-    return {k: (v if isinstance(v, (str, int)) or k.endswith("_bound") else np.broadcast_to(np.asarray(v), n))
-            for k, v in d.items()}
+    return {
+        k: (v if isinstance(v, (str, int)) or k.endswith("_bound") else np.broadcast_to(np.asarray(v), n))
+        for k, v in d.items()
+    }
 
 
-def time_metrics(context_len: Any, output_tokens: Any, batch: Any, prefill: OpCost, decode_step: OpCost,
-                 decode: OpCost, switch) -> dict[str, Any]:
+def time_metrics(
+    context_len: Any,
+    output_tokens: Any,
+    batch: Any,
+    prefill: OpCost,
+    decode_step: OpCost,
+    decode: OpCost,
+    switch,
+) -> dict[str, Any]:
     """The metrics of :func:`scenario_metrics` in :data:`TIME_METRICS` (seconds; the throughput in
     tokens/s); scalars, or arrays over the grid the sizes broadcast to.  Elementwise: over a part of a grid
     (the costs and sizes restricted to it) they are that part of the grid's values."""
@@ -104,11 +164,17 @@ def time_metrics(context_len: Any, output_tokens: Any, batch: Any, prefill: OpCo
         throughput = np.where(total > 0, b * out / np.where(total > 0, total, 1.0), 0.0)
     d = {
         # the band's ends as OpCost.low_s and high_s give them (total_s plus the band)
-        "prefill_s": pre_s, "prefill_s_low": pre_s + prefill.band_lo_s, "prefill_s_high": pre_s + prefill.band_hi_s,
-        "decode_s_per_token": step_s, "decode_s_per_token_low": step_s + decode_step.band_lo_s,
+        "prefill_s": pre_s,
+        "prefill_s_low": pre_s + prefill.band_lo_s,
+        "prefill_s_high": pre_s + prefill.band_hi_s,
+        "decode_s_per_token": step_s,
+        "decode_s_per_token_low": step_s + decode_step.band_lo_s,
         "decode_s_per_token_high": step_s + decode_step.band_hi_s,
-        "decode_s": dec_s, "decode_s_low": dec_s + decode.band_lo_s, "decode_s_high": dec_s + decode.band_hi_s,
-        "context_switch_s": switch.serial_s, "context_switch_duplex_s": switch.duplex_s,
+        "decode_s": dec_s,
+        "decode_s_low": dec_s + decode.band_lo_s,
+        "decode_s_high": dec_s + decode.band_hi_s,
+        "context_switch_s": switch.serial_s,
+        "context_switch_duplex_s": switch.duplex_s,
         "session_throughput_tokens_per_s": throughput,
     }
     n = _grid_shape(context_len, output_tokens, batch)
@@ -169,6 +235,8 @@ def _int64_bytes(kv: Any, ctx: Any, b: Any) -> Any:
         shape = np.broadcast(kv, np.asarray(ctx), np.asarray(b)).shape
         i = int(np.argmax(np.broadcast_to(bad, shape)))
         c, bb, k = (np.ravel(np.broadcast_to(np.asarray(x), shape))[i] for x in (ctx, b, kv))
-        raise InvalidInputError(f"context {int(c):,} x batch {int(bb):,}: a KV cache of {float(k):.3g} bytes per "
-                                "GPU is beyond any device and any int64 column; use a smaller batch or context")
+        raise InvalidInputError(
+            f"context {int(c):,} x batch {int(bb):,}: a KV cache of {float(k):.3g} bytes per "
+            "GPU is beyond any device and any int64 column; use a smaller batch or context"
+        )
     return kv.astype(np.int64)

@@ -190,7 +190,9 @@ class ModelSpec:
     tied_embeddings: bool = False
     max_context: int = 0
     mlp: MlpKind = MlpKind.GATED
-    attention_bias: bool = False  # biases on q, k, v (Qwen2, Llama ``attention_bias``) or all linear layers (GPT)
+    attention_bias: bool = (
+        False  # biases on q, k, v (Qwen2, Llama ``attention_bias``) or all linear layers (GPT)
+    )
     linear_bias: bool = False  # biases on every linear layer and LayerNorm (GPT)
     output_bias: bool = False  # bias on the attention output projection (Llama ``attention_bias``)
     mlp_bias: bool = False  # biases on the MLP projections (Llama ``mlp_bias``)
@@ -202,7 +204,9 @@ class ModelSpec:
     norms_per_layer: int = 2  # RMSNorms per decoder layer (Gemma-2/3: 4)
     qk_norm: bool = False  # RMSNorm of ``head_dim`` on queries and keys (Gemma-3)
     activation: str = ""  # the config's ``hidden_act`` / ``hidden_activation``, as read
-    weight_dtype: str | None = None  # the weights' storage format the config declares (``quantization_config``)
+    weight_dtype: str | None = (
+        None  # the weights' storage format the config declares (``quantization_config``)
+    )
     ssm: SsmSpec | None = None  # a pure state-space stack: every layer a Mamba mixer, no attention, no MLP
 
     # ---- structure -------------------------------------------------------
@@ -484,27 +488,81 @@ def _nonneg_int(name: str, key: str, value: Any) -> int:
     return int(value)
 
 
-_BOOL_KEYS = ("tie_word_embeddings", "attention_bias", "mlp_bias", "qkv_bias", "use_sliding_window", "gated_mlp")
+_BOOL_KEYS = (
+    "tie_word_embeddings",
+    "attention_bias",
+    "mlp_bias",
+    "qkv_bias",
+    "use_sliding_window",
+    "gated_mlp",
+)
 
 # Activations of the MLPs that are modelled (their cost is elementwise; counts do not depend on them).
-_ACTIVATIONS = frozenset({"silu", "swish", "gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "gelu_python",
-                          "gelu_accurate", "quick_gelu", "relu"})
+_ACTIVATIONS = frozenset(
+    {
+        "silu",
+        "swish",
+        "gelu",
+        "gelu_new",
+        "gelu_fast",
+        "gelu_pytorch_tanh",
+        "gelu_python",
+        "gelu_accurate",
+        "quick_gelu",
+        "relu",
+    }
+)
 
 # ``model_type`` values whose layers this module counts; transformers knows many more.
-MODELLED_TYPES = frozenset({
-    "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma", "gemma2", "gemma3",
-    "gemma3_text", "phi3", "deepseek_v2", "deepseek_v3", "gpt2", "yi", "mamba", "mamba2",
-})
+MODELLED_TYPES = frozenset(
+    {
+        "llama",
+        "mistral",
+        "mixtral",
+        "qwen2",
+        "qwen2_moe",
+        "qwen3",
+        "qwen3_moe",
+        "gemma",
+        "gemma2",
+        "gemma3",
+        "gemma3_text",
+        "phi3",
+        "deepseek_v2",
+        "deepseek_v3",
+        "gpt2",
+        "yi",
+        "mamba",
+        "mamba2",
+    }
+)
 
 #: ``config.json`` keys of the reference Mamba code (state-spaces ``MambaConfig`` and its ``ssm_cfg``) and
 #: the Hugging Face keys they stand for.
-_SSM_ALIASES = {"d_model": "hidden_size", "n_layer": "num_hidden_layers", "d_state": "state_size",
-                "d_conv": "conv_kernel", "headdim": "head_dim", "ngroups": "n_groups", "dt_rank": "time_step_rank",
-                "tie_embeddings": "tie_word_embeddings", "conv_bias": "use_conv_bias", "bias": "use_bias"}
+_SSM_ALIASES = {
+    "d_model": "hidden_size",
+    "n_layer": "num_hidden_layers",
+    "d_state": "state_size",
+    "d_conv": "conv_kernel",
+    "headdim": "head_dim",
+    "ngroups": "n_groups",
+    "dt_rank": "time_step_rank",
+    "tie_embeddings": "tie_word_embeddings",
+    "conv_bias": "use_conv_bias",
+    "bias": "use_bias",
+}
 #: The reference code's defaults for the mixer it names in ``ssm_cfg["layer"]`` (``Mamba1`` when absent).
-_SSM_DEFAULTS = {"mamba": {"state_size": 16, "conv_kernel": 4, "expand": 2},
-                 "mamba2": {"state_size": 128, "conv_kernel": 4, "expand": 2, "head_dim": 64, "n_groups": 1,
-                            "chunk_size": 256}}
+_SSM_DEFAULTS = {
+    "mamba": {"state_size": 16, "conv_kernel": 4, "expand": 2},
+    "mamba2": {
+        "state_size": 128,
+        "conv_kernel": 4,
+        "expand": 2,
+        "head_dim": 64,
+        "n_groups": 1,
+        "chunk_size": 256,
+    },
+}
 
 
 def _as_bool(name: str, key: str, value: Any) -> Any:
@@ -586,7 +644,8 @@ def normalise_config(cfg: dict[str, Any], name: str = "custom") -> dict[str, Any
     if mt not in MODELLED_TYPES:
         raise ModelConfigError(
             f"model {name}: model_type {mt!r} is not modelled (its layers cannot be counted); "
-            f"modelled: {', '.join(sorted(MODELLED_TYPES))}")
+            f"modelled: {', '.join(sorted(MODELLED_TYPES))}"
+        )
     kwargs = {k: v for k, v in cfg.items() if k != "model_type" and not k.startswith("_")}
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
@@ -595,7 +654,9 @@ def normalise_config(cfg: dict[str, Any], name: str = "custom") -> dict[str, Any
         text = conf.get_text_config() if hasattr(conf, "get_text_config") else conf
         out = text.to_dict()
     except Exception as exc:  # transformers validates types and values
-        raise _TransformersRefused(f"model {name}: transformers cannot read this {mt} config: {_first_line(exc)}") from None
+        raise _TransformersRefused(
+            f"model {name}: transformers cannot read this {mt} config: {_first_line(exc)}"
+        ) from None
     finally:
         hf_logging.set_verbosity(level)
     out["model_type"] = getattr(text, "model_type", mt) or mt
@@ -623,10 +684,14 @@ def _ssm_keys(cfg: dict, name: str) -> dict:
         raise ModelConfigError(f"model {name}: ssm_cfg must be an object")
     layer = inner.get("layer", "Mamba1")
     if layer not in ("Mamba1", "Mamba2"):
-        raise ModelConfigError(f"model {name}: ssm_cfg layer {layer!r} is not modelled (Mamba1 and Mamba2 are)")
+        raise ModelConfigError(
+            f"model {name}: ssm_cfg layer {layer!r} is not modelled (Mamba1 and Mamba2 are)"
+        )
     if out.get("attn_layer_idx") or _get(out, "d_intermediate", default=0):
-        raise ModelConfigError(f"model {name}: attention layers (attn_layer_idx) or MLPs (d_intermediate) in a Mamba "
-                               "stack are not modelled; only pure state-space stacks are")
+        raise ModelConfigError(
+            f"model {name}: attention layers (attn_layer_idx) or MLPs (d_intermediate) in a Mamba "
+            "stack are not modelled; only pure state-space stacks are"
+        )
     if "model_type" not in out or "ssm_cfg" in cfg:
         out["model_type"] = "mamba2" if layer == "Mamba2" else out.get("model_type", "mamba")
     for src in (inner, dict(out)):
@@ -640,11 +705,17 @@ def _ssm_keys(cfg: dict, name: str) -> dict:
         out.setdefault(k, v)
     if out["model_type"] == "mamba2" and "num_heads" not in out:
         hidden = _positive_int(name, "hidden_size", out.get("hidden_size"))
-        out["num_heads"] = _positive_int(name, "expand", out["expand"]) * hidden // _positive_int(
-            name, "head_dim", out["head_dim"])
+        out["num_heads"] = (
+            _positive_int(name, "expand", out["expand"])
+            * hidden
+            // _positive_int(name, "head_dim", out["head_dim"])
+        )
     pad = out.pop("pad_vocab_size_multiple", None)
     if pad is not None and "vocab_size" in out:
-        p, v = _positive_int(name, "pad_vocab_size_multiple", pad), _positive_int(name, "vocab_size", out["vocab_size"])
+        p, v = (
+            _positive_int(name, "pad_vocab_size_multiple", pad),
+            _positive_int(name, "vocab_size", out["vocab_size"]),
+        )
         out["vocab_size"] = -(-v // p) * p
     return out
 
@@ -657,35 +728,68 @@ def _build_ssm_spec(cfg: dict[str, Any], name: str) -> ModelSpec:
     hidden = _positive_int(name, "hidden_size", _get(cfg, "hidden_size"))
     vocab = _positive_int(name, "vocab_size", _get(cfg, "vocab_size"))
     expand = _positive_int(name, "expand", _get(cfg, "expand", default=d["expand"]))
-    d_inner = _positive_int(name, "intermediate_size", _get(cfg, "intermediate_size", default=expand * hidden))
+    d_inner = _positive_int(
+        name, "intermediate_size", _get(cfg, "intermediate_size", default=expand * hidden)
+    )
     d_state = _positive_int(name, "state_size", _get(cfg, "state_size", default=d["state_size"]))
     d_conv = _positive_int(name, "conv_kernel", _get(cfg, "conv_kernel", default=d["conv_kernel"]))
     act = _get(cfg, "hidden_act", default="silu")
     if not isinstance(act, str) or act.lower() not in _ACTIVATIONS:
-        raise ModelConfigError(f"model {name}: hidden_act {act!r} not modelled ({', '.join(sorted(_ACTIVATIONS))} are)")
+        raise ModelConfigError(
+            f"model {name}: hidden_act {act!r} not modelled ({', '.join(sorted(_ACTIVATIONS))} are)"
+        )
     if kind is SsmKind.MAMBA:
         rank = _get(cfg, "time_step_rank", default="auto")
         rank = math.ceil(hidden / 16) if rank == "auto" else _positive_int(name, "time_step_rank", rank)
-        ssm = SsmSpec(kind, d_inner, d_state, d_conv, num_heads=d_inner, head_dim=1, dt_rank=rank,
-                      proj_bias=bool(cfg.get("use_bias", False)), conv_bias=bool(cfg.get("use_conv_bias", True)))
+        ssm = SsmSpec(
+            kind,
+            d_inner,
+            d_state,
+            d_conv,
+            num_heads=d_inner,
+            head_dim=1,
+            dt_rank=rank,
+            proj_bias=bool(cfg.get("use_bias", False)),
+            conv_bias=bool(cfg.get("use_conv_bias", True)),
+        )
     else:
         head_dim = _positive_int(name, "head_dim", _get(cfg, "head_dim", default=d["head_dim"]))
         heads = _positive_int(name, "num_heads", _get(cfg, "num_heads", default=d_inner // head_dim))
         groups = _positive_int(name, "n_groups", _get(cfg, "n_groups", default=d["n_groups"]))
         if heads * head_dim != d_inner:
-            raise ModelConfigError(f"model {name}: num_heads {heads} x head_dim {head_dim} must equal the mixer's "
-                                   f"{d_inner} channels (expand x hidden_size)")
+            raise ModelConfigError(
+                f"model {name}: num_heads {heads} x head_dim {head_dim} must equal the mixer's "
+                f"{d_inner} channels (expand x hidden_size)"
+            )
         if heads % groups:
             raise ModelConfigError(f"model {name}: n_groups {groups} does not divide the {heads} heads")
         chunk = _positive_int(name, "chunk_size", _get(cfg, "chunk_size", default=d["chunk_size"]))
-        ssm = SsmSpec(kind, d_inner, d_state, d_conv, num_heads=heads, head_dim=head_dim, n_groups=groups,
-                      chunk_tokens=chunk, proj_bias=bool(cfg.get("use_bias", False)),
-                      conv_bias=bool(cfg.get("use_conv_bias", True)))
+        ssm = SsmSpec(
+            kind,
+            d_inner,
+            d_state,
+            d_conv,
+            num_heads=heads,
+            head_dim=head_dim,
+            n_groups=groups,
+            chunk_tokens=chunk,
+            proj_bias=bool(cfg.get("use_bias", False)),
+            conv_bias=bool(cfg.get("use_conv_bias", True)),
+        )
     return ModelSpec(
-        name=name, num_layers=layers, hidden=hidden, q_heads=ssm.num_heads, kv_heads=ssm.num_heads,
-        head_dim=ssm.head_dim, intermediate=0, vocab=vocab,
-        tied_embeddings=bool(_get(cfg, "tie_word_embeddings", default=True)), max_context=0,
-        norms_per_layer=1, activation=act.lower(), weight_dtype=_quant_dtype(name, cfg.get("quantization_config")),
+        name=name,
+        num_layers=layers,
+        hidden=hidden,
+        q_heads=ssm.num_heads,
+        kv_heads=ssm.num_heads,
+        head_dim=ssm.head_dim,
+        intermediate=0,
+        vocab=vocab,
+        tied_embeddings=bool(_get(cfg, "tie_word_embeddings", default=True)),
+        max_context=0,
+        norms_per_layer=1,
+        activation=act.lower(),
+        weight_dtype=_quant_dtype(name, cfg.get("quantization_config")),
         ssm=ssm,
     )
 
@@ -703,9 +807,13 @@ def _quant_dtype(name: str, q: Any) -> str | None:
         bits = q.get("bits", q.get("w_bit"))
         if bits in (4, 8):
             return "int4" if bits == 4 else "int8"
-        raise ModelConfigError(f"model {name}: quantization_config {method} with {bits!r} bits is not modelled")
-    raise ModelConfigError(f"model {name}: quantization_config quant_method {method or None!r} is not modelled "
-                           f"(fp8, gptq and awq are)")
+        raise ModelConfigError(
+            f"model {name}: quantization_config {method} with {bits!r} bits is not modelled"
+        )
+    raise ModelConfigError(
+        f"model {name}: quantization_config quant_method {method or None!r} is not modelled "
+        f"(fp8, gptq and awq are)"
+    )
 
 
 def _sliding_layers(name: str, cfg: dict, layers: int) -> int | None:
@@ -716,8 +824,10 @@ def _sliding_layers(name: str, cfg: dict, layers: int) -> int | None:
             raise ModelConfigError(f"model {name}: layer_types must list one kind per layer ({layers})")
         unknown = sorted({str(t) for t in types} - {"sliding_attention", "full_attention"})
         if unknown:
-            raise ModelConfigError(f"model {name}: layer_types {', '.join(unknown)} not modelled "
-                                   f"(sliding_attention and full_attention are)")
+            raise ModelConfigError(
+                f"model {name}: layer_types {', '.join(unknown)} not modelled "
+                f"(sliding_attention and full_attention are)"
+            )
         return sum(t == "sliding_attention" for t in types)
     pattern = cfg.get("sliding_window_pattern")
     if pattern is not None:
@@ -738,7 +848,9 @@ def spec_from_config(cfg: dict[str, Any], name: str = "custom") -> ModelSpec:
     try:
         norm = normalise_config(cfg, name)
     except _TransformersRefused as exc:
-        _build_spec(_parse_bools(cfg, name), name)  # our own one-line message naming the key, where there is one
+        _build_spec(
+            _parse_bools(cfg, name), name
+        )  # our own one-line message naming the key, where there is one
         raise ModelConfigError(str(exc)) from None
     return _build_spec(norm, name)
 
@@ -749,8 +861,10 @@ def _build_spec(cfg: dict[str, Any], name: str) -> ModelSpec:
     mt = cfg.get("model_type")
     gpt_style = "n_embd" in cfg
     if "num_hidden_layers" not in cfg and "n_layer" not in cfg and mt is not None:
-        raise ModelConfigError(f"model {name}: unknown architecture model_type {mt!r}: no num_hidden_layers "
-                               f"or n_layer to read (and transformers does not know it)")
+        raise ModelConfigError(
+            f"model {name}: unknown architecture model_type {mt!r}: no num_hidden_layers "
+            f"or n_layer to read (and transformers does not know it)"
+        )
     layers = _positive_int(name, "num_hidden_layers", _get(cfg, "num_hidden_layers", "n_layer"))
     hidden = _positive_int(name, "hidden_size", _get(cfg, "hidden_size", "n_embd"))
     q_heads = _positive_int(name, "num_attention_heads", _get(cfg, "num_attention_heads", "n_head"))
@@ -761,13 +875,21 @@ def _build_spec(cfg: dict[str, Any], name: str) -> ModelSpec:
     if q_heads % kv_heads:
         raise ModelConfigError(f"model {name}: {q_heads} query heads not divisible by {kv_heads} KV heads")
     inter_default = 4 * hidden if gpt_style else None
-    intermediate = _positive_int(name, "intermediate_size", _get(cfg, "intermediate_size", "n_inner", default=inter_default))
-    max_ctx = _nonneg_int(name, "max_position_embeddings", _get(cfg, "max_position_embeddings", "n_positions", "n_ctx", default=0))
+    intermediate = _positive_int(
+        name, "intermediate_size", _get(cfg, "intermediate_size", "n_inner", default=inter_default)
+    )
+    max_ctx = _nonneg_int(
+        name,
+        "max_position_embeddings",
+        _get(cfg, "max_position_embeddings", "n_positions", "n_ctx", default=0),
+    )
     # Llama-family configs have gated MLPs; GPT-style configs (or gated_mlp: false) plain ones.
     mlp = MlpKind.PLAIN if gpt_style or cfg.get("gated_mlp") is False else MlpKind.GATED
     act = _get(cfg, "hidden_activation", "hidden_act", "activation_function", default="")
     if not isinstance(act, str) or (act and act.lower() not in _ACTIVATIONS):
-        raise ModelConfigError(f"model {name}: hidden_act {act!r} not modelled ({', '.join(sorted(_ACTIVATIONS))} are)")
+        raise ModelConfigError(
+            f"model {name}: hidden_act {act!r} not modelled ({', '.join(sorted(_ACTIVATIONS))} are)"
+        )
     window = _nonneg_int(name, "sliding_window", _get(cfg, "sliding_window", default=0))
     if cfg.get("use_sliding_window") is False:
         window = 0
@@ -778,29 +900,42 @@ def _build_spec(cfg: dict[str, Any], name: str) -> ModelSpec:
         sliding = None
     moe = None
     n_experts = _nonneg_int(
-        name, "num_local_experts", _get(cfg, "num_local_experts", "n_routed_experts", "num_experts", default=0)
+        name,
+        "num_local_experts",
+        _get(cfg, "num_local_experts", "n_routed_experts", "num_experts", default=0),
     )
     if n_experts:
         top_k = _positive_int(name, "num_experts_per_tok", _get(cfg, "num_experts_per_tok", default=0))
         if top_k > n_experts:
-            raise ModelConfigError(f"model {name}: num_experts_per_tok {top_k} exceeds the {n_experts} experts")
-        exp_inter = _positive_int(name, "moe_intermediate_size", _get(cfg, "moe_intermediate_size", default=intermediate))
+            raise ModelConfigError(
+                f"model {name}: num_experts_per_tok {top_k} exceeds the {n_experts} experts"
+            )
+        exp_inter = _positive_int(
+            name, "moe_intermediate_size", _get(cfg, "moe_intermediate_size", default=intermediate)
+        )
         n_shared = _nonneg_int(name, "n_shared_experts", _get(cfg, "n_shared_experts", default=0))
         shared_inter = exp_inter if n_shared else 0
         shared_gate = False
         if mt == "qwen2_moe":
-            shared_inter = _nonneg_int(name, "shared_expert_intermediate_size",
-                                       cfg.get("shared_expert_intermediate_size"))
+            shared_inter = _nonneg_int(
+                name, "shared_expert_intermediate_size", cfg.get("shared_expert_intermediate_size")
+            )
             n_shared, shared_gate = (1, True) if shared_inter else (0, False)
-        first_dense = _nonneg_int(name, "first_k_dense_replace", _get(cfg, "first_k_dense_replace", default=0))
+        first_dense = _nonneg_int(
+            name, "first_k_dense_replace", _get(cfg, "first_k_dense_replace", default=0)
+        )
         if first_dense > layers:
-            raise ModelConfigError(f"model {name}: first_k_dense_replace {first_dense} exceeds {layers} layers")
+            raise ModelConfigError(
+                f"model {name}: first_k_dense_replace {first_dense} exceeds {layers} layers"
+            )
         freq = _positive_int(name, "moe_layer_freq", _get(cfg, "moe_layer_freq", default=1))
         if mt in ("qwen2_moe", "qwen3_moe"):
             step = _positive_int(name, "decoder_sparse_step", _get(cfg, "decoder_sparse_step", default=1))
             if step != 1 or cfg.get("mlp_only_layers"):
-                raise ModelConfigError(f"model {name}: decoder_sparse_step {step} / mlp_only_layers "
-                                       f"{cfg.get('mlp_only_layers')} not modelled (only every layer MoE is)")
+                raise ModelConfigError(
+                    f"model {name}: decoder_sparse_step {step} / mlp_only_layers "
+                    f"{cfg.get('mlp_only_layers')} not modelled (only every layer MoE is)"
+                )
         moe = MoESpec(
             num_experts=n_experts,
             top_k=top_k,

@@ -77,7 +77,9 @@ def parse_link(text: str, gpu) -> tuple[str, float]:
     """``pcie`` (the GPU's PCIe rate, one direction) or ``nvme|host|pcie:BYTES_PER_S``."""
     kind, _, rate = str(text).partition(":")
     if kind not in LINK_KINDS:
-        raise InvalidInputError(f"link must be one of {', '.join(LINK_KINDS)} (optionally :BYTES_PER_S), got {text!r}")
+        raise InvalidInputError(
+            f"link must be one of {', '.join(LINK_KINDS)} (optionally :BYTES_PER_S), got {text!r}"
+        )
     if not rate:
         if kind != "pcie":
             raise InvalidInputError(f"link {kind!r} needs a rate: {kind}:BYTES_PER_S")
@@ -91,10 +93,21 @@ def parse_link(text: str, gpu) -> tuple[str, float]:
     return kind, bw
 
 
-def offload(model: str, gpu: str, context_len: int = 2048, output_tokens: int = 128, batch: int = 1,
-            resident_layers: int = 0, link: str = "pcie", prefetch: bool = True, mode: str = "calibrated",
-            weight_dtype: str | None = None, kv_dtype: str | None = None,
-            chunk_tokens: int | None = None, kv_on_host: bool = False) -> OffloadResult:
+def offload(
+    model: str,
+    gpu: str,
+    context_len: int = 2048,
+    output_tokens: int = 128,
+    batch: int = 1,
+    resident_layers: int = 0,
+    link: str = "pcie",
+    prefetch: bool = True,
+    mode: str = "calibrated",
+    weight_dtype: str | None = None,
+    kv_dtype: str | None = None,
+    chunk_tokens: int | None = None,
+    kv_on_host: bool = False,
+) -> OffloadResult:
     """Price serving ``model`` on one ``gpu`` with all but ``resident_layers`` layers streamed per pass.
 
     ``kv_on_host`` keeps the KV cache in host memory too, streamed per layer with the weights.  Times
@@ -108,15 +121,27 @@ def offload(model: str, gpu: str, context_len: int = 2048, output_tokens: int = 
     from perfmodel.calibration import Mode, resolve_profile
     from perfmodel.layers import Precision, kv_bytes_per_token_per_gpu
     from perfmodel.models import load_model
-    from perfmodel.phases import DEFAULT_PREFILL_CHUNK_TOKENS, decode_step_cost, max_users, memory_budget, prefill_cost
+    from perfmodel.phases import (
+        DEFAULT_PREFILL_CHUNK_TOKENS,
+        decode_step_cost,
+        max_users,
+        memory_budget,
+        prefill_cost,
+    )
 
-    for name, v, lo in (("context_len", context_len, 1), ("output_tokens", output_tokens, 0), ("batch", batch, 1),
-                        ("resident_layers", resident_layers, 0)):
+    for name, v, lo in (
+        ("context_len", context_len, 1),
+        ("output_tokens", output_tokens, 0),
+        ("batch", batch, 1),
+        ("resident_layers", resident_layers, 0),
+    ):
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise InvalidInputError(f"{name} must be an integer >= {lo}, got {v!r}")
     m, g = load_model(model), load_gpu(gpu)
     if resident_layers > m.num_layers:
-        raise InvalidInputError(f"resident_layers={resident_layers} exceeds the {m.num_layers} layers of {m.name}")
+        raise InvalidInputError(
+            f"resident_layers={resident_layers} exceeds the {m.num_layers} layers of {m.name}"
+        )
     if kv_on_host and m.ssm is not None:
         raise InvalidInputError(f"{m.name} is a state-space stack: it has no KV cache to keep in host memory")
     kind, bw = parse_link(link, g)
@@ -138,7 +163,9 @@ def offload(model: str, gpu: str, context_len: int = 2048, output_tokens: int = 
 
     def users(b: int) -> int:  # sequences whose KV fits while b run (the workspace of b)
         mb = memory_budget(m, g, context_len, output_tokens, prec, 1, chunk, batch=b)
-        mb = dataclasses.replace(mb, weight_bytes=on_gpu, free_for_kv_bytes=mb.free_for_kv_bytes + mb.weight_bytes - on_gpu)
+        mb = dataclasses.replace(
+            mb, weight_bytes=on_gpu, free_for_kv_bytes=mb.free_for_kv_bytes + mb.weight_bytes - on_gpu
+        )
         if not kv_on_host:
             return int(max_users(mb))
         # HBM: the layer buffers of b sequences' KV; host memory: the whole cache
@@ -158,9 +185,11 @@ def offload(model: str, gpu: str, context_len: int = 2048, output_tokens: int = 
     max_conc = fits(batch)
     if max_conc < batch:
         where = "weights, buffers and host memory" if kv_on_host else "weights and buffers"
-        raise DoesNotFitError(f"{m.name} on {g.name} with {resident_layers} resident layers: {on_gpu / 1e9:.1f} GB of "
-                              f"{where} leave room for {max_conc} sequences of {context_len + output_tokens} "
-                              f"tokens, not {batch}")
+        raise DoesNotFitError(
+            f"{m.name} on {g.name} with {resident_layers} resident layers: {on_gpu / 1e9:.1f} GB of "
+            f"{where} leave room for {max_conc} sequences of {context_len + output_tokens} "
+            f"tokens, not {batch}"
+        )
     kv_mean = context_len + (output_tokens + 1) / 2.0
     kv_layer = (lambda b: b * float(m.kv_tokens(kv_mean)) * kv_tok_layer) if kv_on_host else (lambda b: 0.0)
 
@@ -184,26 +213,55 @@ def offload(model: str, gpu: str, context_len: int = 2048, output_tokens: int = 
     passes = math.ceil(context_len / max(chunk / batch, 1.0))
     c_pre = pre / (passes * L)
     # KV on host: a pass reads back the keys of the passes before it (on average (passes - 1) / 2 of them)
-    kv_pre = batch * float(m.kv_tokens(context_len)) * (passes - 1) / (2 * passes) * kv_tok_layer / bw \
-        if kv_on_host else 0.0
-    pass_s = resident_layers * (overlap(c_pre, kv_pre) if kv_on_host else c_pre) \
-        + streamed * overlap(c_pre, layer / bw + kv_pre)
+    kv_pre = (
+        batch * float(m.kv_tokens(context_len)) * (passes - 1) / (2 * passes) * kv_tok_layer / bw
+        if kv_on_host
+        else 0.0
+    )
+    pass_s = resident_layers * (overlap(c_pre, kv_pre) if kv_on_host else c_pre) + streamed * overlap(
+        c_pre, layer / bw + kv_pre
+    )
     prefill_s = passes * pass_s
     streams = streamed or kv_on_host
-    cb = _compute_bound_batch(lambda b: step(b)[0] - t_link(b) if streamed else step(b)[0] - t_kv(b),
-                              max_users_cap=fits(1)) if streams else 1
+    cb = (
+        _compute_bound_batch(
+            lambda b: step(b)[0] - t_link(b) if streamed else step(b)[0] - t_kv(b), max_users_cap=fits(1)
+        )
+        if streams
+        else 1
+    )
     t_now = t_link(batch) if streamed else t_kv(batch)
     bound = "compute" if not streams or c >= t_now else "link"
     decode_s = step_s * output_tokens
     total = prefill_s + decode_s
     return OffloadResult(
-        model=m.name, gpu=g.name, mode=str(Mode(mode).value), context_len=context_len, output_tokens=output_tokens,
-        batch=batch, layers=L, resident_layers=resident_layers, prefetch=prefetch, kv_on_host=kv_on_host, link=kind,
+        model=m.name,
+        gpu=g.name,
+        mode=str(Mode(mode).value),
+        context_len=context_len,
+        output_tokens=output_tokens,
+        batch=batch,
+        layers=L,
+        resident_layers=resident_layers,
+        prefetch=prefetch,
+        kv_on_host=kv_on_host,
+        link=kind,
         link_bytes_per_s=bw,
         hbm_capacity_bytes=float(g.hbm_usable_bytes),
-        weight_bytes=weights, layer_bytes=layer, weight_bytes_on_gpu=on_gpu, streamed_bytes_per_pass=streamed * layer,
-        gpu_layer_s=c, link_layer_s=t_now, kv_bytes_per_layer=kv_layer(batch), decode_s_per_token=step_s, resident_decode_s_per_token=resident_step,
-        prefill_s=prefill_s, decode_s=decode_s, bound=bound, compute_bound_batch=cb, max_concurrency=max_conc,
+        weight_bytes=weights,
+        layer_bytes=layer,
+        weight_bytes_on_gpu=on_gpu,
+        streamed_bytes_per_pass=streamed * layer,
+        gpu_layer_s=c,
+        link_layer_s=t_now,
+        kv_bytes_per_layer=kv_layer(batch),
+        decode_s_per_token=step_s,
+        resident_decode_s_per_token=resident_step,
+        prefill_s=prefill_s,
+        decode_s=decode_s,
+        bound=bound,
+        compute_bound_batch=cb,
+        max_concurrency=max_conc,
         throughput_tokens_per_s=batch * output_tokens / total if total > 0 else 0.0,
     )
 

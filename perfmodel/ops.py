@@ -313,14 +313,18 @@ def check_seq_lens(seq_lens: Any, batch: Any, kv_len: Any) -> tuple[int, ...]:
         raise OpDescriptorError("field 'seq_lens' is empty")
     for v in lens:
         if isinstance(v, bool) or not is_finite_number(v) or v != int(v) or v < 1:
-            raise OpDescriptorError(f"field 'seq_lens' holds {_shown(v)}; each length must be an integer >= 1")
+            raise OpDescriptorError(
+                f"field 'seq_lens' holds {_shown(v)}; each length must be an integer >= 1"
+            )
     out = tuple(int(v) for v in lens)
     if np.ndim(batch) or np.ndim(kv_len):
         raise OpDescriptorError("field 'seq_lens' needs a scalar batch and kv_len")
     if len(out) != batch:
         raise OpDescriptorError(f"field 'seq_lens' has {len(out)} lengths but batch is {batch}")
     if max(out) != kv_len:
-        raise OpDescriptorError(f"field 'seq_lens': the longest length ({max(out)}) must equal kv_len ({kv_len})")
+        raise OpDescriptorError(
+            f"field 'seq_lens': the longest length ({max(out)}) must equal kv_len ({kv_len})"
+        )
     return out
 
 
@@ -381,7 +385,12 @@ def flops(op: Op) -> Num:
         dv = op.v_head_dim or op.head_dim
         if op.seq_lens is not None:  # each sequence's own pairs
             q, kv = ragged_lengths(op)
-            return 2.0 * op.q_heads * (op.head_dim + dv) * float(np.sum(visible_keys(q, kv, op.causal, op.window)))
+            return (
+                2.0
+                * op.q_heads
+                * (op.head_dim + dv)
+                * float(np.sum(visible_keys(q, kv, op.causal, op.window)))
+            )
         pairs = visible_keys(op.q_len, op.kv_len, op.causal, op.window)
         return 2.0 * op.batch * op.q_heads * (op.head_dim + dv) * pairs
     if isinstance(op, Elementwise):
@@ -399,7 +408,11 @@ def bytes_moved(op: Op) -> Num:
     """Fewest device-memory bytes read plus written."""
     if isinstance(op, Gemm):
         a = op.dtype.bytes_per_element
-        return op.m * op.k * a + op.k * op.n * _b(op.b_dtype, op.dtype) + op.m * op.n * _b(op.out_dtype, op.dtype)
+        return (
+            op.m * op.k * a
+            + op.k * op.n * _b(op.b_dtype, op.dtype)
+            + op.m * op.n * _b(op.out_dtype, op.dtype)
+        )
     if isinstance(op, GroupedGemm):
         # the touched groups' weights once, every row in and out once
         a = op.dtype.bytes_per_element
@@ -412,7 +425,9 @@ def bytes_moved(op: Op) -> Num:
         if op.seq_lens is not None:  # each sequence's own keys and queries
             q, kv_len = ragged_lengths(op)
             keys = window_keys(kv_len, op.window, q)
-            return float(np.sum(op.kv_heads * keys * kv_width * kvb + op.q_heads * q * (op.head_dim + dv) * a))
+            return float(
+                np.sum(op.kv_heads * keys * kv_width * kvb + op.q_heads * q * (op.head_dim + dv) * a)
+            )
         keys = window_keys(op.kv_len, op.window, op.q_len)
         kv = op.batch * op.kv_heads * keys * kv_width * kvb
         qo = op.batch * op.q_heads * op.q_len * (op.head_dim + dv) * a
@@ -446,8 +461,17 @@ def decoder_layer_parts(op: DecoderLayer) -> list[tuple[str, Op, int]]:
     kv_append = Elementwise("kv_append", bytes=2 * 2 * tokens * op.kv_heads * d * a)
     silu = Elementwise("silu_mul", bytes=3 * tokens * op.intermediate * a, flops=5 * tokens * op.intermediate)
     attn = Attention(
-        phase=op.phase, batch=op.batch, q_len=op.q_len, kv_len=op.kv_len, q_heads=op.q_heads,
-        kv_heads=op.kv_heads, head_dim=d, causal=True, dtype=op.dtype, impl=op.attention_impl, seq_lens=op.seq_lens,
+        phase=op.phase,
+        batch=op.batch,
+        q_len=op.q_len,
+        kv_len=op.kv_len,
+        q_heads=op.q_heads,
+        kv_heads=op.kv_heads,
+        head_dim=d,
+        causal=True,
+        dtype=op.dtype,
+        impl=op.attention_impl,
+        seq_lens=op.seq_lens,
     )
     return [
         ("input_norm", norm, 1),
@@ -470,7 +494,16 @@ def decoder_layer_parts(op: DecoderLayer) -> list[tuple[str, Op, int]]:
 _INT_FIELDS = {
     OpKind.GEMM: ("m", "n", "k"),
     OpKind.ATTENTION: ("batch", "q_len", "kv_len", "q_heads", "kv_heads", "head_dim"),
-    OpKind.DECODER_LAYER: ("batch", "q_len", "kv_len", "hidden", "intermediate", "q_heads", "kv_heads", "head_dim"),
+    OpKind.DECODER_LAYER: (
+        "batch",
+        "q_len",
+        "kv_len",
+        "hidden",
+        "intermediate",
+        "q_heads",
+        "kv_heads",
+        "head_dim",
+    ),
     OpKind.MEMCPY: ("bytes",),
     OpKind.ELEMENTWISE: ("bytes",),
 }
@@ -540,8 +573,11 @@ def op_from_dict(d: dict[str, Any], where: str = "") -> Op:
     if kind in COLLECTIVE_KINDS:
         world = _int(d, "world", where, minimum=1)
         return Collective(
-            op=kind, bytes=_int(d, "bytes", where, minimum=0), world=world,
-            dtype=_enum(Dtype, d, "dtype", where, default="bf16"), topology=str(d.get("topology", "")),
+            op=kind,
+            bytes=_int(d, "bytes", where, minimum=0),
+            world=world,
+            dtype=_enum(Dtype, d, "dtype", where, default="bf16"),
+            topology=str(d.get("topology", "")),
         )
     if kind is OpKind.GROUPED_GEMM:
         return _grouped_gemm_from_dict(d, where)
@@ -558,9 +594,13 @@ def op_from_dict(d: dict[str, Any], where: str = "") -> Op:
         return Gemm(dtype=_enum(Dtype, d, "dtype", where, default="bf16"), b_dtype=b, out_dtype=out, **ints)
     if kind is OpKind.ATTENTION:
         if ints["q_heads"] % ints["kv_heads"]:
-            raise OpDescriptorError(f"{where}field 'q_heads' ({ints['q_heads']}) is not a multiple of kv_heads ({ints['kv_heads']})")
+            raise OpDescriptorError(
+                f"{where}field 'q_heads' ({ints['q_heads']}) is not a multiple of kv_heads ({ints['kv_heads']})"
+            )
         if ints["q_len"] > ints["kv_len"]:
-            raise OpDescriptorError(f"{where}field 'q_len' ({ints['q_len']}) exceeds kv_len ({ints['kv_len']})")
+            raise OpDescriptorError(
+                f"{where}field 'q_len' ({ints['q_len']}) exceeds kv_len ({ints['kv_len']})"
+            )
         causal = d.get("causal", True)
         if not isinstance(causal, bool):
             raise OpDescriptorError(f"{where}field 'causal' must be true or false")
@@ -568,19 +608,27 @@ def op_from_dict(d: dict[str, Any], where: str = "") -> Op:
         if not isinstance(kv_shared, bool):
             raise OpDescriptorError(f"{where}field 'kv_shared' must be true or false")
         if kv_shared and ints.get("v_head_dim", 0) > ints["head_dim"]:
-            raise OpDescriptorError(f"{where}field 'v_head_dim' ({ints['v_head_dim']}) exceeds head_dim "
-                                    f"({ints['head_dim']}): with kv_shared V is a slice of the stored K")
+            raise OpDescriptorError(
+                f"{where}field 'v_head_dim' ({ints['v_head_dim']}) exceeds head_dim "
+                f"({ints['head_dim']}): with kv_shared V is a slice of the stored K"
+            )
         kv_dtype = _enum(Dtype, d, "kv_dtype", where, default="bf16") if "kv_dtype" in d else None
         impl = _enum(AttentionImpl, d, "impl", where) if d.get("impl") is not None else None
         return Attention(
-            phase=_enum(Phase, d, "phase", where), causal=causal,
-            dtype=_enum(Dtype, d, "dtype", where, default="bf16"), kv_dtype=kv_dtype,
-            kv_shared=kv_shared, impl=impl, seq_lens=_with_where(seq_lens, ints, where), **ints,
+            phase=_enum(Phase, d, "phase", where),
+            causal=causal,
+            dtype=_enum(Dtype, d, "dtype", where, default="bf16"),
+            kv_dtype=kv_dtype,
+            kv_shared=kv_shared,
+            impl=impl,
+            seq_lens=_with_where(seq_lens, ints, where),
+            **ints,
         )
     if kind is OpKind.MEMCPY:
         return Memcpy(
             src=_enum(MemLocation, d, "src", where, default="device"),
-            dst=_enum(MemLocation, d, "dst", where, default="device"), **ints,
+            dst=_enum(MemLocation, d, "dst", where, default="device"),
+            **ints,
         )
     if kind is OpKind.ELEMENTWISE:
         from perfmodel.checks import is_finite_number
@@ -591,14 +639,22 @@ def op_from_dict(d: dict[str, Any], where: str = "") -> Op:
         return Elementwise(name=str(d.get("name", "elementwise")), flops=fl, **ints)
     if kind is OpKind.DECODER_LAYER:
         if ints["q_heads"] % ints["kv_heads"]:
-            raise OpDescriptorError(f"{where}field 'q_heads' ({ints['q_heads']}) is not a multiple of kv_heads ({ints['kv_heads']})")
+            raise OpDescriptorError(
+                f"{where}field 'q_heads' ({ints['q_heads']}) is not a multiple of kv_heads ({ints['kv_heads']})"
+            )
         if ints["q_len"] > ints["kv_len"]:
-            raise OpDescriptorError(f"{where}field 'q_len' ({ints['q_len']}) exceeds kv_len ({ints['kv_len']})")
+            raise OpDescriptorError(
+                f"{where}field 'q_len' ({ints['q_len']}) exceeds kv_len ({ints['kv_len']})"
+            )
         return DecoderLayer(
-            phase=_enum(Phase, d, "phase", where), mlp=_enum(MlpType, d, "mlp", where, default="gated_silu"),
+            phase=_enum(Phase, d, "phase", where),
+            mlp=_enum(MlpType, d, "mlp", where, default="gated_silu"),
             dtype=_enum(Dtype, d, "dtype", where, default="bf16"),
-            attention_impl=_enum(AttentionImpl, d, "attention_impl", where) if d.get("attention_impl") is not None
-            else None, seq_lens=_with_where(seq_lens, ints, where), **ints,
+            attention_impl=_enum(AttentionImpl, d, "attention_impl", where)
+            if d.get("attention_impl") is not None
+            else None,
+            seq_lens=_with_where(seq_lens, ints, where),
+            **ints,
         )
     raise OpDescriptorError(f"{where}op {kind.value!r} is not supported")  # pragma: no cover
 
@@ -631,8 +687,10 @@ def _grouped_gemm_from_dict(d: dict[str, Any], where: str) -> GroupedGemm:
     """``{"op": "grouped_gemm", "groups", "m", "n", "k", "dtype", "b_dtype"}``; every touched group holds a row."""
     ints = {k: _int(d, k, where, minimum=1) for k in ("groups", "m", "n", "k")}
     if ints["groups"] > ints["m"]:
-        raise OpDescriptorError(f"{where}field 'groups' ({ints['groups']}) exceeds m ({ints['m']}): "
-                                f"every group counted holds at least one row")
+        raise OpDescriptorError(
+            f"{where}field 'groups' ({ints['groups']}) exceeds m ({ints['m']}): "
+            f"every group counted holds at least one row"
+        )
     b = _enum(Dtype, d, "b_dtype", where, default=d.get("dtype", "bf16")) if "b_dtype" in d else None
     return GroupedGemm(dtype=_enum(Dtype, d, "dtype", where, default="bf16"), b_dtype=b, **ints)
 

@@ -108,7 +108,9 @@ def check_ep(model: ModelSpec, ep: int) -> int:
     if model.moe is None:
         raise ParallelConfigError(f"ep={ep} needs a mixture-of-experts model; {model.name} is dense")
     if model.moe.num_experts % ep:
-        raise ParallelConfigError(f"ep={ep} does not divide the {model.moe.num_experts} experts of {model.name}")
+        raise ParallelConfigError(
+            f"ep={ep} does not divide the {model.moe.num_experts} experts of {model.name}"
+        )
     return ep
 
 
@@ -214,8 +216,11 @@ class RingOverlap:
 
     @property
     def host_s(self) -> Any:
-        return _f(np.minimum(self.compute_s, self.compute_issue_s) + np.minimum(self.comm_s, self.comm_issue_s)
-                  + self.sync_s)
+        return _f(
+            np.minimum(self.compute_s, self.compute_issue_s)
+            + np.minimum(self.comm_s, self.comm_issue_s)
+            + self.sync_s
+        )
 
     @property
     def stall_s(self) -> Any:
@@ -333,7 +338,9 @@ class SpPrefill:
     @property
     def ring_stall_s(self) -> float:
         """GPU idle time waiting for the host to issue the steps, all steps."""
-        return 0.0 if self.ring_steps is None else self._per_step(self.ring_steps.stall_s + self.ring_launch_s)
+        return (
+            0.0 if self.ring_steps is None else self._per_step(self.ring_steps.stall_s + self.ring_launch_s)
+        )
 
     @property
     def cost(self) -> OpCost:
@@ -343,21 +350,37 @@ class SpPrefill:
             return self.compute + self.a2a
         s = self.ring_steps
         dev_hidden = s.overlap * _min(s.compute_s, s.comm_s)
-        ring = OpCost(comm_s=self.ring_comm_s + self.ring_tail_s, latency_s=self.ring_stall_s,
-                      overlap_s=self._per_step(dev_hidden))
+        ring = OpCost(
+            comm_s=self.ring_comm_s + self.ring_tail_s,
+            latency_s=self.ring_stall_s,
+            overlap_s=self._per_step(dev_hidden),
+        )
         return self.compute + self.a2a + ring
 
     @property
     def comm_s(self) -> float:
         """Exposed SP communication time (Ulysses all-to-alls plus Ring step time beyond its compute)."""
-        ring = 0.0 if self.ring_steps is None else self._per_step(self.ring_steps.exposed_comm_s) + self.ring_tail_s
+        ring = (
+            0.0
+            if self.ring_steps is None
+            else self._per_step(self.ring_steps.exposed_comm_s) + self.ring_tail_s
+        )
         return _a(self.a2a.total_s) + ring
 
 
 def sp_prefill(
-    model: ModelSpec, gpu: GPU, profile: Profile, context_len: int, sp: int, kind: SpKind | str = SpKind.RING,
-    batch: int = 1, precision: Precision = Precision(), tp: int = 1, topology=None,
-    overlap: float | RingStepModel = 1.0, knobs=None,
+    model: ModelSpec,
+    gpu: GPU,
+    profile: Profile,
+    context_len: int,
+    sp: int,
+    kind: SpKind | str = SpKind.RING,
+    batch: int = 1,
+    precision: Precision = Precision(),
+    tp: int = 1,
+    topology=None,
+    overlap: float | RingStepModel = 1.0,
+    knobs=None,
 ) -> SpPrefill:
     """Prefill of ``batch`` prompts of ``context_len`` tokens split over ``sp`` GPUs (each also ``tp``-way).
 
@@ -388,14 +411,21 @@ def sp_prefill(
         dv = op.v_head_dim or op.head_dim
         # attention over the N / r tokens of this ring group for 1/u of the heads, balanced causal share
         ring_q = n / r
-        part = dataclasses.replace(op, q_len=ring_q, kv_len=(n + ring_q) / 2.0 if op.causal else n,
-                                   q_heads=hq // u, kv_heads=max(hkv_eff // u, 1))
+        part = dataclasses.replace(
+            op,
+            q_len=ring_q,
+            kv_len=(n + ring_q) / 2.0 if op.causal else n,
+            q_heads=hq // u,
+            kv_heads=max(hkv_eff // u, 1),
+        )
         att_cost = op_cost(part, gpu, profile)
         if u > 1:
             qkv = batch * q * (hq * op.head_dim + hkv_eff * (op.head_dim + dv)) * a
             o = batch * q * hq * dv * a
-            a2a = a2a + (collective_time(OpKind.ALL_TO_ALL, qkv, u, gpu, profile, topo)
-                         + collective_time(OpKind.ALL_TO_ALL, o, u, gpu, profile, topo)).scale(cnt)
+            a2a = a2a + (
+                collective_time(OpKind.ALL_TO_ALL, qkv, u, gpu, profile, topo)
+                + collective_time(OpKind.ALL_TO_ALL, o, u, gpu, profile, topo)
+            ).scale(cnt)
         compute = compute + att_cost.scale(cnt)
         if r > 1:
             if kind is SpKind.TOKENRING:
@@ -404,8 +434,10 @@ def sp_prefill(
                 mq = collective_time(OpKind.SEND_RECV, q_b, r, gpu, profile, topo, stride=u * tp)
                 mo = collective_time(OpKind.SEND_RECV, o_b, r, gpu, profile, topo, stride=u * tp)
                 big = np.asarray(mq.total_s) >= np.asarray(mo.total_s)
-                m = OpCost(comm_s=_a(np.where(big, mq.total_s - mq.latency_s, mo.total_s - mo.latency_s)),
-                           latency_s=_a(np.where(big, mq.latency_s, mo.latency_s)))
+                m = OpCost(
+                    comm_s=_a(np.where(big, mq.total_s - mq.latency_s, mo.total_s - mo.latency_s)),
+                    latency_s=_a(np.where(big, mq.latency_s, mo.latency_s)),
+                )
                 tail = _a(mo.total_s) * cnt
             else:
                 kv_width = op.head_dim if op.kv_shared else op.head_dim + dv
@@ -440,8 +472,15 @@ class EpMoe:
 
 
 def ep_moe_layer(
-    model: ModelSpec, gpu: GPU, profile: Profile, tokens: float, ep: int, precision: Precision = Precision(),
-    expert_load: Sequence[float] | None = None, tokens_per_gpu: float | None = None, topology=None,
+    model: ModelSpec,
+    gpu: GPU,
+    profile: Profile,
+    tokens: float,
+    ep: int,
+    precision: Precision = Precision(),
+    expert_load: Sequence[float] | None = None,
+    tokens_per_gpu: float | None = None,
+    topology=None,
 ) -> EpMoe:
     """Routed experts of one MoE layer over ``ep`` GPUs (experts ``e`` on GPU ``e // (E / ep)``).
 
@@ -456,7 +495,9 @@ def ep_moe_layer(
     e = m.num_experts
     load = np.full(e, 1.0 / e) if expert_load is None else np.asarray(expert_load, dtype=np.float64)
     if load.shape != (e,) or not np.all(np.isfinite(load)) or np.any(load < 0) or load.sum() <= 0:
-        raise ParallelConfigError(f"expert_load must be {e} non-negative finite numbers (one per expert), not all zero")
+        raise ParallelConfigError(
+            f"expert_load must be {e} non-negative finite numbers (one per expert), not all zero"
+        )
     load = load / load.sum()
     per_gpu = load.reshape(ep, e // ep)
     hot = int(np.argmax(per_gpu.sum(axis=1)))
@@ -472,8 +513,9 @@ def ep_moe_layer(
     return EpMoe(dispatch, experts, dispatch, imbalance)
 
 
-def gpu_experts_cost(model: ModelSpec, gpu: GPU, profile: Profile, tokens: Any, precision: Precision,
-                     shares: np.ndarray) -> OpCost:
+def gpu_experts_cost(
+    model: ModelSpec, gpu: GPU, profile: Profile, tokens: Any, precision: Precision, shares: np.ndarray
+) -> OpCost:
     """The routed-expert GEMMs of one GPU whose expert slots receive ``shares`` of a layer's token copies
     (one entry per expert it holds; ``tokens`` over the EP group, a number or an array of them): one grouped
     GEMM per projection over the experts that receive rows (a token picks a slot with probability
@@ -491,8 +533,11 @@ def gpu_experts_cost(model: ModelSpec, gpu: GPU, profile: Profile, tokens: Any, 
     some = rows > 0
     if np.ndim(rows) and not np.all(some):  # points without rows cost nothing (priced at one row, masked)
         rows, groups = np.where(some, rows, 1.0), np.where(some, groups, 1.0)
-    experts = _sum(_grouped_mlp("expert_", rows, groups, model.hidden, m.expert_intermediate, model.mlp,
-                                precision), gpu, profile)
+    experts = _sum(
+        _grouped_mlp("expert_", rows, groups, model.hidden, m.expert_intermediate, model.mlp, precision),
+        gpu,
+        profile,
+    )
     if np.ndim(some) and not np.all(some):
         experts = experts.scale(np.where(some, 1.0, 0.0))
     return experts
@@ -502,11 +547,14 @@ def group_world(tp: int, pp: int, sp: int, ep: int, attention_dp: int = 1) -> in
     """GPUs of one model instance: ``pp`` stages of ``max(tp * sp * attention_dp, ep)`` GPUs (EP reuses them)."""
     inner = tp * sp * attention_dp
     if ep > inner and ep % inner:
-        raise ParallelConfigError(f"ep={ep} must be a multiple of tp*sp{'*attention_dp' if attention_dp > 1 else ''}"
-                                  f"={inner} when larger")
+        raise ParallelConfigError(
+            f"ep={ep} must be a multiple of tp*sp{'*attention_dp' if attention_dp > 1 else ''}"
+            f"={inner} when larger"
+        )
     if ep < inner and inner % ep:
-        raise ParallelConfigError(f"ep={ep} must divide tp*sp{'*attention_dp' if attention_dp > 1 else ''}={inner} "
-                                  "when smaller")
+        raise ParallelConfigError(
+            f"ep={ep} must divide tp*sp{'*attention_dp' if attention_dp > 1 else ''}={inner} when smaller"
+        )
     return pp * max(inner, ep)
 
 
@@ -517,19 +565,30 @@ def check_attention_dp(model: ModelSpec, attention_dp: int, tp: int = 1, sp: int
     if n == 1:
         return n
     if model.moe is None:
-        raise ParallelConfigError(f"attention_dp={n} needs a mixture-of-experts model (its MoE layers span the "
-                                  f"data-parallel ranks); {model.name} is dense: run {n} instances instead")
+        raise ParallelConfigError(
+            f"attention_dp={n} needs a mixture-of-experts model (its MoE layers span the "
+            f"data-parallel ranks); {model.name} is dense: run {n} instances instead"
+        )
     if sp > 1:
         raise ParallelConfigError(f"attention_dp={n} with sp={sp} is not modelled")
     if ep not in (1, n * tp):
         alone = f"; ep={ep} alone runs {ep // tp} attention groups" if ep > tp and ep % tp == 0 else ""
-        raise ParallelConfigError(f"with attention_dp={n} and tp={tp}, ep must be 1 (tensor-parallel MoE over the "
-                                  f"{n * tp} GPUs) or {n * tp} (expert-parallel MoE), got {ep}{alone}")
+        raise ParallelConfigError(
+            f"with attention_dp={n} and tp={tp}, ep must be 1 (tensor-parallel MoE over the "
+            f"{n * tp} GPUs) or {n * tp} (expert-parallel MoE), got {ep}{alone}"
+        )
     return n
 
 
-def attention_dp_moe(model: ModelSpec, gpu: GPU, profile: Profile, tokens: Any, world: int,
-                     precision: Precision = Precision(), topology=None) -> tuple[OpCost, OpCost]:
+def attention_dp_moe(
+    model: ModelSpec,
+    gpu: GPU,
+    profile: Profile,
+    tokens: Any,
+    world: int,
+    precision: Precision = Precision(),
+    topology=None,
+) -> tuple[OpCost, OpCost]:
     """``(MoE block, gather + scatter)`` of one MoE layer run tensor-parallel over the ``world`` GPUs of
     data-parallel attention: the ``tokens`` of all ranks (a number or an array) all-gathered before the
     layer, its experts split ``world`` ways on every token, and the output reduce-scattered back to the
@@ -539,8 +598,9 @@ def attention_dp_moe(model: ModelSpec, gpu: GPU, profile: Profile, tokens: Any, 
     a = precision.activations.bytes_per_element
     ops = [t for t in _moe_block(model, tokens, precision, world) if not isinstance(t[1], Collective)]
     nbytes = tokens * model.hidden * a  # every rank's hidden states, gathered whole on each GPU
-    comm = (collective_time(OpKind.ALL_GATHER, nbytes, world, gpu, profile, topology)
-            + collective_time(OpKind.REDUCE_SCATTER, nbytes, world, gpu, profile, topology))
+    comm = collective_time(OpKind.ALL_GATHER, nbytes, world, gpu, profile, topology) + collective_time(
+        OpKind.REDUCE_SCATTER, nbytes, world, gpu, profile, topology
+    )
     return _sum(ops, gpu, profile), comm
 
 
@@ -595,8 +655,12 @@ def measured_ring_step(profile: Profile) -> "RingStepModel | None":
     r = profile.ring_attention_step
     if not r:
         return None
-    return RingStepModel(overlap=r.get("overlap", 1.0), compute_issue_s=r.get("compute_issue_s", 0.0),
-                         comm_issue_s=r.get("comm_issue_s"), sync_s=r.get("sync_s", 0.0))
+    return RingStepModel(
+        overlap=r.get("overlap", 1.0),
+        compute_issue_s=r.get("compute_issue_s", 0.0),
+        comm_issue_s=r.get("comm_issue_s"),
+        sync_s=r.get("sync_s", 0.0),
+    )
 
 
 @dataclass(frozen=True)
@@ -616,8 +680,14 @@ class ParallelPhases:
 _KNOBS_SINGLE_GPU = ("shared_prefix_tokens", "kv_tiers", "offload")
 #: ... and those not priced with SP: they change the prefill attention (or, cross-layer KV, what
 #: Ring passes per layer) in ways the Ring/Ulysses split does not follow
-_KNOBS_NO_SP = ("kv_layers", "sliding_window", "attention_density", "prune_prefill", "attention_every",
-                "keep_schedule")
+_KNOBS_NO_SP = (
+    "kv_layers",
+    "sliding_window",
+    "attention_density",
+    "prune_prefill",
+    "attention_every",
+    "keep_schedule",
+)
 
 
 def check_knobs(knobs, sp: int = 1) -> None:
@@ -630,33 +700,51 @@ def check_knobs(knobs, sp: int = 1) -> None:
     single = [f for f in active if f in _KNOBS_SINGLE_GPU]
     no_sp = [f for f in active if f in _KNOBS_NO_SP]
     if single:
-        raise InvalidInputError(f"knob(s) {', '.join(single)} are modelled on one GPU only "
-                                "(not with pp, sp, ep or a topology)")
+        raise InvalidInputError(
+            f"knob(s) {', '.join(single)} are modelled on one GPU only (not with pp, sp, ep or a topology)"
+        )
     if no_sp:
-        raise InvalidInputError(f"knob(s) {', '.join(no_sp)} are not modelled with sequence parallelism (sp > 1)")
+        raise InvalidInputError(
+            f"knob(s) {', '.join(no_sp)} are not modelled with sequence parallelism (sp > 1)"
+        )
 
 
-def layout(model: ModelSpec, tps, pp: int = 1, sp: int = 1, sp_kind: str = "ring", ep: int = 1,
-           topology: str | None = None, knobs=None, attention_dp: int = 1) -> dict | None:
+def layout(
+    model: ModelSpec,
+    tps,
+    pp: int = 1,
+    sp: int = 1,
+    sp_kind: str = "ring",
+    ep: int = 1,
+    topology: str | None = None,
+    knobs=None,
+    attention_dp: int = 1,
+) -> dict | None:
     """The checked multi-GPU layout at each TP degree of ``tps``: None for one TP group (``pp`` =
     ``sp`` = ``ep`` = 1, no topology), else the keyword values ``parallel_phases`` takes (``pp``,
     ``sp``, ``sp_kind`` as its value, ``ep``, ``topology``, ``attention_dp``). Raises InvalidInputError for
     ``knobs`` the layout does not model, an unknown ``sp_kind``, or a degree that does not divide what it
     splits."""
-    pp, sp, ep, dp = (_deg(k, v) for k, v in (("pp", pp), ("sp", sp), ("ep", ep), ("attention_dp", attention_dp)))
+    pp, sp, ep, dp = (
+        _deg(k, v) for k, v in (("pp", pp), ("sp", sp), ("ep", ep), ("attention_dp", attention_dp))
+    )
     if not (pp > 1 or sp > 1 or ep > 1 or dp > 1 or topology):
         return None
     check_knobs(knobs if knobs is not None and knobs.active else None, sp)
     if sp_kind not in {k.value for k in SpKind}:
-        raise InvalidInputError(f"sp_kind must be one of {', '.join(k.value for k in SpKind)}, got {sp_kind!r}")
+        raise InvalidInputError(
+            f"sp_kind must be one of {', '.join(k.value for k in SpKind)}, got {sp_kind!r}"
+        )
     kind = SpKind(sp_kind)
     check_pp(model, pp)
     check_ep(model, ep)
     for t in np.atleast_1d(tps):
         check_attention_dp(model, dp, int(t), sp, ep)
     if sp > 1 and model.ssm is not None:
-        raise ParallelConfigError(f"sp={sp}: sequence parallelism splits attention; {model.name} is a state-space "
-                                  "stack with none (its scan is not split over GPUs here)")
+        raise ParallelConfigError(
+            f"sp={sp}: sequence parallelism splits attention; {model.name} is a state-space "
+            "stack with none (its scan is not split over GPUs here)"
+        )
     if sp > 1:
         for t in np.atleast_1d(tps):
             split_sp(model, sp, kind, int(t))
@@ -671,9 +759,21 @@ def ring_step_model(profile: Profile) -> "RingStepModel | None":
     return measured_ring_step(profile) if profile.mode is Mode.CALIBRATED and not profile.is_peak else None
 
 
-def price_layout(model: ModelSpec, gpu: GPU, profile: Profile, context_len: int, output_tokens: int, batch: int,
-                 precision: Precision, tp: int, chunk_tokens: int | None, reserve_fraction: float, knobs,
-                 lay: dict, ring_overlap: "float | RingStepModel | None" = None):
+def price_layout(
+    model: ModelSpec,
+    gpu: GPU,
+    profile: Profile,
+    context_len: int,
+    output_tokens: int,
+    batch: int,
+    precision: Precision,
+    tp: int,
+    chunk_tokens: int | None,
+    reserve_fraction: float,
+    knobs,
+    lay: dict,
+    ring_overlap: "float | RingStepModel | None" = None,
+):
     """(per-GPU memory budget, :class:`ParallelPhases`) of one scenario on the layout ``lay``
     (:func:`layout`), as :func:`perfmodel.analyze.analyze` prices it: ``model`` and ``precision``
     get the knobs applied, the TP memory budget is re-split (:func:`parallel_memory`).
@@ -685,14 +785,31 @@ def price_layout(model: ModelSpec, gpu: GPU, profile: Profile, context_len: int,
     k = knobs if knobs is not None and knobs.active else None
     m = model if k is None else effective_model(model, k)
     prec = apply_knobs(precision, k)
-    mem = memory_budget(m, gpu, context_len, output_tokens, prec, tp, chunk_tokens, reserve_fraction, batch=batch,
-                        knobs=k)
+    mem = memory_budget(
+        m, gpu, context_len, output_tokens, prec, tp, chunk_tokens, reserve_fraction, batch=batch, knobs=k
+    )
     dp = lay.get("attention_dp", 1)
     mem = parallel_memory(mem, m, prec, tp, lay["pp"], lay["sp"], lay["ep"], dp)
-    ph = parallel_phases(m, gpu, profile, context_len, output_tokens, batch, prec, tp, lay["pp"], lay["sp"],
-                         lay["sp_kind"], lay["ep"], chunk_tokens, lay["topology"],
-                         1.0 if ring_overlap is None else ring_overlap, knobs=k, attention_dp=dp,
-                         moe_placement=lay.get("moe_placement"))
+    ph = parallel_phases(
+        m,
+        gpu,
+        profile,
+        context_len,
+        output_tokens,
+        batch,
+        prec,
+        tp,
+        lay["pp"],
+        lay["sp"],
+        lay["sp_kind"],
+        lay["ep"],
+        chunk_tokens,
+        lay["topology"],
+        1.0 if ring_overlap is None else ring_overlap,
+        knobs=k,
+        attention_dp=dp,
+        moe_placement=lay.get("moe_placement"),
+    )
     return mem, ph
 
 
@@ -705,8 +822,16 @@ def _coll_s(ops, gpu, profile, topo) -> Any:
     return _a(_sum([t for t in ops if isinstance(t[1], Collective)], gpu, profile, topo).total_s)
 
 
-def placement_moe(model: ModelSpec, gpu: GPU, profile: Profile, tokens: Any, precision: Precision, topo,
-                  moe_placement, expert_load=None) -> tuple[OpCost, Any]:
+def placement_moe(
+    model: ModelSpec,
+    gpu: GPU,
+    profile: Profile,
+    tokens: Any,
+    precision: Precision,
+    topo,
+    moe_placement,
+    expert_load=None,
+) -> tuple[OpCost, Any]:
     """(routed-expert GEMMs, dispatch all-to-all seconds), each summed over the MoE layers, of a placement.
 
     Per layer: the expert load is the placement's (``MoePlacement.layer_loads``) or ``expert_load`` (default
@@ -722,8 +847,11 @@ def placement_moe(model: ModelSpec, gpu: GPU, profile: Profile, tokens: Any, pre
     e = m.num_experts
     nbytes = model.hidden * precision.activations.bytes_per_element
     pl = moe_placement
-    same = len(pl.layers) == 1 and (pl.loads is None or len(pl.loads) == 1) and \
-        (pl.traffic is None or len(pl.traffic) == 1)
+    same = (
+        len(pl.layers) == 1
+        and (pl.loads is None or len(pl.loads) == 1)
+        and (pl.traffic is None or len(pl.traffic) == 1)
+    )
     copies_bytes = np.asarray(tokens, dtype=np.float64) * m.top_k * nbytes
     experts, a2a = ZERO, 0.0
     for i in range(1 if same else model.num_moe_layers):
@@ -737,14 +865,32 @@ def placement_moe(model: ModelSpec, gpu: GPU, profile: Profile, tokens: Any, pre
         pattern = traffic_matrix(p, w) if pattern is None else pattern / pattern.sum()
         gpu_share = w @ share
         hot = int(np.argmax(gpu_share))
-        experts = experts + gpu_experts_cost(model, gpu, profile, tokens, precision, (w * share[:, hot])[share[:, hot] > 0])
+        experts = experts + gpu_experts_cost(
+            model, gpu, profile, tokens, precision, (w * share[:, hot])[share[:, hot] > 0]
+        )
         a2a = a2a + route_seconds(pattern, copies_bytes, topo, profile)
     n = model.num_moe_layers if same else 1
     return experts.scale(n), _a(a2a * n)
 
 
-def _forward(model, gpu, profile, phase, batch, q_len, kv_len, precision, tp, ep, topo, lm_head_rows=None,
-             expert_load=None, knobs=None, moe_placement=None, groups=1):
+def _forward(
+    model,
+    gpu,
+    profile,
+    phase,
+    batch,
+    q_len,
+    kv_len,
+    precision,
+    tp,
+    ep,
+    topo,
+    lm_head_rows=None,
+    expert_load=None,
+    knobs=None,
+    moe_placement=None,
+    groups=1,
+):
     """One pass on the busiest GPU: attention data-parallel over ``groups`` attention groups
     (:func:`attention_groups`), experts over ``ep`` (or, with ``ep`` 1 and several groups, tensor-parallel
     over all ``groups * tp`` GPUs between an all-gather and a reduce-scatter)."""
@@ -760,8 +906,9 @@ def _forward(model, gpu, profile, phase, batch, q_len, kv_len, precision, tp, ep
     if ep <= 1 or model.moe is None:
         return _sum(ops, gpu, profile, topo), _coll_s(ops, gpu, profile, topo), {}
     _, rest = moe_ops_replaced_by_ep(ops)
-    moe, moe_comm, d = ep_moe_cost(model, gpu, profile, batch * q_len, b_loc * q_len, ep, precision, topo,
-                                   expert_load, moe_placement)
+    moe, moe_comm, d = ep_moe_cost(
+        model, gpu, profile, batch * q_len, b_loc * q_len, ep, precision, topo, expert_load, moe_placement
+    )
     return _sum(rest, gpu, profile, topo) + moe, _coll_s(rest, gpu, profile, topo) + moe_comm, d
 
 
@@ -784,8 +931,18 @@ def attention_groups(tp: int, ep: int = 1, attention_dp: int = 1, sp: int = 1) -
     return max(1, int(ep) // (int(tp) * int(sp)))
 
 
-def ep_moe_cost(model: ModelSpec, gpu: GPU, profile: Profile, tokens: Any, tokens_per_gpu: Any, ep: int,
-                precision: Precision, topology, expert_load=None, moe_placement=None) -> tuple[OpCost, Any, dict]:
+def ep_moe_cost(
+    model: ModelSpec,
+    gpu: GPU,
+    profile: Profile,
+    tokens: Any,
+    tokens_per_gpu: Any,
+    ep: int,
+    precision: Precision,
+    topology,
+    expert_load=None,
+    moe_placement=None,
+) -> tuple[OpCost, Any, dict]:
     """(cost, all-to-all seconds, details) of every MoE layer's routed experts over ``ep`` GPUs in one pass:
     the expert GEMMs of the busiest GPU plus the dispatch and combine all-to-alls, for ``tokens`` over the
     EP group of which a GPU sends at most ``tokens_per_gpu`` (numbers or arrays).  With ``moe_placement``
@@ -795,8 +952,14 @@ def ep_moe_cost(model: ModelSpec, gpu: GPU, profile: Profile, tokens: Any, token
     """
     layer = ep_moe_layer(model, gpu, profile, tokens, ep, precision, expert_load, tokens_per_gpu, topology)
     if moe_placement is not None:
-        experts, a2a = placement_moe(model, gpu, profile, tokens, precision, topology, moe_placement, expert_load)
-        return experts + OpCost(comm_s=2 * a2a), 2 * a2a, {"ep_imbalance": layer.imbalance, "ep_route": "placement"}
+        experts, a2a = placement_moe(
+            model, gpu, profile, tokens, precision, topology, moe_placement, expert_load
+        )
+        return (
+            experts + OpCost(comm_s=2 * a2a),
+            2 * a2a,
+            {"ep_imbalance": layer.imbalance, "ep_route": "placement"},
+        )
     n = model.num_moe_layers
     return layer.cost.scale(n), 2 * n * _a(layer.dispatch.total_s), {"ep_imbalance": layer.imbalance}
 
@@ -808,10 +971,25 @@ def ops_cost(ops, gpu: GPU, profile: Profile, topology=None) -> OpCost:
 
 
 def parallel_phases(
-    model: ModelSpec, gpu: GPU, profile: Profile, context_len: int, output_tokens: int, batch: int = 1,
-    precision: Precision = Precision(), tp: int = 1, pp: int = 1, sp: int = 1, sp_kind: SpKind | str = SpKind.RING,
-    ep: int = 1, chunk_tokens: int | None = 8192, topology=None, ring_overlap: float | RingStepModel = 1.0,
-    expert_load=None, knobs=None, moe_placement=None, attention_dp: int = 1,
+    model: ModelSpec,
+    gpu: GPU,
+    profile: Profile,
+    context_len: int,
+    output_tokens: int,
+    batch: int = 1,
+    precision: Precision = Precision(),
+    tp: int = 1,
+    pp: int = 1,
+    sp: int = 1,
+    sp_kind: SpKind | str = SpKind.RING,
+    ep: int = 1,
+    chunk_tokens: int | None = 8192,
+    topology=None,
+    ring_overlap: float | RingStepModel = 1.0,
+    expert_load=None,
+    knobs=None,
+    moe_placement=None,
+    attention_dp: int = 1,
 ) -> ParallelPhases:
     """The phases of one scenario under TP x PP x SP x EP (see the module docstring).
 
@@ -862,10 +1040,26 @@ def parallel_phases(
     # prefill
     if sp > 1:  # each SP group prefills its attention group's prompts
         b_grp = _cdiv(batch, groups)
-        s = sp_prefill(model, gpu, profile, context_len, sp, sp_kind, b_grp, precision, tp, topo, ring_overlap, knobs)
+        s = sp_prefill(
+            model, gpu, profile, context_len, sp, sp_kind, b_grp, precision, tp, topo, ring_overlap, knobs
+        )
         body, n, dp_prefill_s = s.cost, 1, 0.0
-        body_comm = s.comm_s + _coll_s(model_ops(model, Phase.PREFILL, b_grp, context_len / sp, context_len, precision,
-                                                 tp, lm_head_rows=0, knobs=knobs), gpu, profile, topo)
+        body_comm = s.comm_s + _coll_s(
+            model_ops(
+                model,
+                Phase.PREFILL,
+                b_grp,
+                context_len / sp,
+                context_len,
+                precision,
+                tp,
+                lm_head_rows=0,
+                knobs=knobs,
+            ),
+            gpu,
+            profile,
+            topo,
+        )
         hop = p2p(b_grp * context_len / sp)
         details.update(sp_ulysses=s.ulysses, sp_ring=s.ring)
         if s.ring_steps is not None:
@@ -885,12 +1079,31 @@ def parallel_phases(
         else:
             n = math.ceil(ctx / max(chunk_tokens / b_pass, 1.0))
         q = ctx / n
-        body, body_comm, d = _forward(model, gpu, profile, Phase.PREFILL, batch, q, q * (n + 1) / 2.0, precision,
-                                      tp, ep, topo, lm_head_rows=0, expert_load=expert_load, knobs=knobs,
-                                      moe_placement=moe_placement, groups=groups)
+        body, body_comm, d = _forward(
+            model,
+            gpu,
+            profile,
+            Phase.PREFILL,
+            batch,
+            q,
+            q * (n + 1) / 2.0,
+            precision,
+            tp,
+            ep,
+            topo,
+            lm_head_rows=0,
+            expert_load=expert_load,
+            knobs=knobs,
+            moe_placement=moe_placement,
+            groups=groups,
+        )
         dp_prefill_s = d.pop("attention_dp_comm_s", 0.0) * n
         details.update(d)
-        body, body_comm, hop = body.scale(n), body_comm * n, p2p(b_pass * q)  # a group's tokens to its next stage
+        body, body_comm, hop = (
+            body.scale(n),
+            body_comm * n,
+            p2p(b_pass * q),
+        )  # a group's tokens to its next stage
     # the pipeline's bubble share, as pipeline_time(stage, pp, n).bubble_fraction
     bubble = (pp - 1) / (n + pp - 1)
     prefill = body.scale((n + pp - 1) / (n * pp)) + hop.scale((n + pp - 1) if pp > 1 else 0) + head
@@ -908,18 +1121,40 @@ def parallel_phases(
     def step(kv_len):
         if knobs is not None and sp > 1:
             kv_len = knobs.kept_tokens(kv_len)
-        f, c, d_dec = _forward(model, gpu, profile, Phase.DECODE, _cdiv(batch, m), 1, kv_len / sp, precision, tp, ep,
-                               topo, expert_load=expert_load, knobs=shard_knobs, moe_placement=moe_placement,
-                               groups=groups)
+        f, c, d_dec = _forward(
+            model,
+            gpu,
+            profile,
+            Phase.DECODE,
+            _cdiv(batch, m),
+            1,
+            kv_len / sp,
+            precision,
+            tp,
+            ep,
+            topo,
+            expert_load=expert_load,
+            knobs=shard_knobs,
+            moe_placement=moe_placement,
+            groups=groups,
+        )
         dp_comm.append(d_dec.get("attention_dp_comm_s", 0.0))
         if sp > 1:
-            comb = collective_time(OpKind.ALL_REDUCE, _cdiv(batch, m) * model.q_heads // tp * model.head_dim * a,
-                                   sp, gpu, profile, topo, stride=tp).scale(model.num_layers)
+            comb = collective_time(
+                OpKind.ALL_REDUCE,
+                _cdiv(batch, m) * model.q_heads // tp * model.head_dim * a,
+                sp,
+                gpu,
+                profile,
+                topo,
+                stride=tp,
+            ).scale(model.num_layers)
             f, c = f + comb, c + _a(comb.total_s)
         rounds = _max(m, pp) / pp
         hop_d = p2p(_cdiv(_cdiv(batch, m), groups))
-        return f.scale(rounds) + hop_d.scale(_max(m, pp) if pp > 1 else 0), \
-            c * rounds + _a(hop_d.total_s) * (_max(m, pp) if pp > 1 else 0)
+        return f.scale(rounds) + hop_d.scale(_max(m, pp) if pp > 1 else 0), c * rounds + _a(hop_d.total_s) * (
+            _max(m, pp) if pp > 1 else 0
+        )
 
     dp_comm: list = []
     dstep, dcomm = step(_a(context_len))
@@ -927,10 +1162,17 @@ def parallel_phases(
         from perfmodel.phases import kv_cache_bytes_per_gpu
 
         rounds = _max(m, pp) / pp
-        details.update(attention_dp=groups, attention_dp_kv_bytes_per_rank=kv_cache_bytes_per_gpu(
-            model, context_len, output_tokens, _cdiv(batch, groups), precision, tp, knobs) / (pp * sp),
-            attention_dp_comm_s={"prefill": dp_prefill_s * (n + pp - 1) / (n * pp),
-                                 "decode_per_token": _a(dp_comm[0]) * rounds})
+        details.update(
+            attention_dp=groups,
+            attention_dp_kv_bytes_per_rank=kv_cache_bytes_per_gpu(
+                model, context_len, output_tokens, _cdiv(batch, groups), precision, tp, knobs
+            )
+            / (pp * sp),
+            attention_dp_comm_s={
+                "prefill": dp_prefill_s * (n + pp - 1) / (n * pp),
+                "decode_per_token": _a(dp_comm[0]) * rounds,
+            },
+        )
     mean_step, _ = step(context_len + (output_tokens + 1) / 2.0)
     details.update(pp_micro_batches_decode=m)
     # the prefill runs back to back: its compute slows to the sustained rate (perfmodel.clocks)
@@ -938,14 +1180,31 @@ def parallel_phases(
     return ParallelPhases(prefill, dstep, mean_step.scale(_a(output_tokens)), prefill_comm, dcomm, details)
 
 
-def comm_seconds(model: ModelSpec, gpu: GPU, profile: Profile, phase: Phase, batch, q_len, kv_len,
-                 precision: Precision = Precision(), tp: int = 1) -> float:
+def comm_seconds(
+    model: ModelSpec,
+    gpu: GPU,
+    profile: Profile,
+    phase: Phase,
+    batch,
+    q_len,
+    kv_len,
+    precision: Precision = Precision(),
+    tp: int = 1,
+) -> float:
     """Collective time of one pass (TP all-reduces and gathers), seconds."""
     return _coll_s(model_ops(model, phase, batch, q_len, kv_len, precision, tp), gpu, profile, None)
 
 
-def parallel_memory(mem, model: ModelSpec, precision: Precision, tp: int = 1, pp: int = 1, sp: int = 1, ep: int = 1,
-                    attention_dp: int = 1):
+def parallel_memory(
+    mem,
+    model: ModelSpec,
+    precision: Precision,
+    tp: int = 1,
+    pp: int = 1,
+    sp: int = 1,
+    ep: int = 1,
+    attention_dp: int = 1,
+):
     """A TP memory budget re-split for PP (layers, so weights and KV / pp), SP (KV / sp), EP
     (routed experts / ep instead of / tp) and data-parallel attention (routed experts over the
     ``attention_dp * tp`` GPUs without EP).  With several attention groups (:func:`attention_groups`:
@@ -967,7 +1226,13 @@ def parallel_memory(mem, model: ModelSpec, precision: Precision, tp: int = 1, pp
     from perfmodel.phases import max_users
 
     free = mem.capacity_bytes - weights - mem.activation_bytes - mem.reserve_bytes - shared
-    out = dataclasses.replace(mem, weight_bytes=weights, kv_bytes_per_token=kv_tok, kv_bytes_per_user=kv_user,
-                              free_for_kv_bytes=free, shared_kv_bytes=shared,
-                              dp_ranks=attention_groups(tp, ep, attention_dp, sp))
+    out = dataclasses.replace(
+        mem,
+        weight_bytes=weights,
+        kv_bytes_per_token=kv_tok,
+        kv_bytes_per_user=kv_user,
+        free_for_kv_bytes=free,
+        shared_kv_bytes=shared,
+        dp_ranks=attention_groups(tp, ep, attention_dp, sp),
+    )
     return dataclasses.replace(out, max_concurrency=max_users(out))

@@ -39,18 +39,39 @@ DEFAULT_RESERVE_FRACTION = 0.02
 
 
 def forward_cost(
-    model: ModelSpec, gpu: GPU, profile: Profile, phase: Phase, batch, q_len, kv_len,
-    precision: Precision = Precision(), tp: int = 1, lm_head_rows=None, knobs: Knobs | None = None,
+    model: ModelSpec,
+    gpu: GPU,
+    profile: Profile,
+    phase: Phase,
+    batch,
+    q_len,
+    kv_len,
+    precision: Precision = Precision(),
+    tp: int = 1,
+    lm_head_rows=None,
+    knobs: Knobs | None = None,
 ) -> OpCost:
     """Cost of one forward pass on one GPU of the TP group (ops summed)."""
-    return sum_costs(model_ops(model, phase, batch, q_len, kv_len, precision, tp, lm_head_rows, knobs), gpu, profile)
+    return sum_costs(
+        model_ops(model, phase, batch, q_len, kv_len, precision, tp, lm_head_rows, knobs), gpu, profile
+    )
 
 
 def _active(knobs: Knobs | None) -> Knobs | None:
     return knobs if knobs is not None and knobs.active else None
 
 
-_COST_FIELDS = ("compute_s", "memory_s", "latency_s", "comm_s", "overlap_s", "flops", "bytes", "band_lo_s", "band_hi_s")
+_COST_FIELDS = (
+    "compute_s",
+    "memory_s",
+    "latency_s",
+    "comm_s",
+    "overlap_s",
+    "flops",
+    "bytes",
+    "band_lo_s",
+    "band_hi_s",
+)
 
 
 def sum_costs(ops, gpu: GPU, profile: Profile) -> OpCost:
@@ -78,14 +99,20 @@ def sum_costs(ops, gpu: GPU, profile: Profile) -> OpCost:
             scalars += this
         if not total >= this:
             bound = c.memory_bound
-        shape = np.shape(mem) if np.ndim(mem) else np.broadcast_shapes(*(np.shape(getattr(c, f))
-                                                                         for f in _COST_FIELDS))
+        shape = (
+            np.shape(mem)
+            if np.ndim(mem)
+            else np.broadcast_shapes(*(np.shape(getattr(c, f)) for f in _COST_FIELDS))
+        )
         acc = groups.setdefault(shape, dict.fromkeys(_COST_FIELDS, 0.0))
         for name in _COST_FIELDS:
             v = mem if name == "memory_s" else getattr(c, name) * count
             a = acc[name]
-            if isinstance(a, np.ndarray) and np.shape(v) == a.shape or (
-                    isinstance(a, np.ndarray) and np.ndim(v) == 0):
+            if (
+                isinstance(a, np.ndarray)
+                and np.shape(v) == a.shape
+                or (isinstance(a, np.ndarray) and np.ndim(v) == 0)
+            ):
                 a += v
             elif isinstance(v, np.ndarray) and v.dtype == np.float64 and np.ndim(a) == 0:
                 acc[name] = np.add(v, a, out=v)  # v is this op's own product (a new array): summed in place
@@ -103,8 +130,14 @@ def sum_costs(ops, gpu: GPU, profile: Profile) -> OpCost:
 
 
 def prefill_cost(
-    model: ModelSpec, gpu: GPU, profile: Profile, context_len, batch=1,
-    precision: Precision = Precision(), tp: int = 1, chunk_tokens: int | None = DEFAULT_PREFILL_CHUNK_TOKENS,
+    model: ModelSpec,
+    gpu: GPU,
+    profile: Profile,
+    context_len,
+    batch=1,
+    precision: Precision = Precision(),
+    tp: int = 1,
+    chunk_tokens: int | None = DEFAULT_PREFILL_CHUNK_TOKENS,
     knobs: Knobs | None = None,
 ) -> OpCost:
     """Prefill of ``batch`` prompts of ``context_len`` tokens, in passes of ``chunk_tokens``.
@@ -129,8 +162,9 @@ def prefill_cost(
     ctx = np.asarray(context_len, dtype=np.float64)
     if knobs is None:
         body = _prefill_span(model, gpu, profile, ctx, 0.0, batch, precision, tp, chunk_tokens, None)
-        return sustained_phase(body + sum_costs(lm_head_ops(model, batch, precision, tp), gpu, profile),
-                               profile.sustained)
+        return sustained_phase(
+            body + sum_costs(lm_head_ops(model, batch, precision, tp), gpu, profile), profile.sustained
+        )
     m = effective_model(model, knobs)
     knobs.check(m, ctx)
     prec = apply_knobs(precision, knobs)
@@ -140,22 +174,33 @@ def prefill_cost(
     if p:
         # the prefix once, then every suffix after it; where that split costs more (tiny prompts, whose
         # passes are weight-read bound), the engine prefills whole prompts instead
-        split = (_prefill_span(m, gpu, profile, np.full_like(ctx, p), 0.0, 1, prec, tp, chunk_tokens, knobs)
-                 + _prefill_span(m, gpu, profile, ctx - p, p, batch, prec, tp, chunk_tokens, knobs))
+        split = _prefill_span(
+            m, gpu, profile, np.full_like(ctx, p), 0.0, 1, prec, tp, chunk_tokens, knobs
+        ) + _prefill_span(m, gpu, profile, ctx - p, p, batch, prec, tp, chunk_tokens, knobs)
         body = cheaper(split, _prefill_span(m, gpu, profile, ctx, 0.0, batch, prec, tp, chunk_tokens, knobs))
     else:
         body = _prefill_span(m, gpu, profile, ctx, 0.0, batch, prec, tp, chunk_tokens, knobs)
-    total = sustained_phase(body + sum_costs(lm_head_ops(m, batch, prec, tp), gpu, profile), profile.sustained)
+    total = sustained_phase(
+        body + sum_costs(lm_head_ops(m, batch, prec, tp), gpu, profile), profile.sustained
+    )
     if knobs.offload is not None:
         kv = kv_cache_bytes_per_gpu(m, ctx, 0, batch, prec, tp, knobs)
         ship = kv / knobs.offload.link_bytes_per_s
-        total = total + OpCost(comm_s=_f(np.maximum(ship - total.total_s, 0.0)), bytes=_f(kv),
-                               memory_bound=Bound.INTERCONNECT)
+        total = total + OpCost(
+            comm_s=_f(np.maximum(ship - total.total_s, 0.0)), bytes=_f(kv), memory_bound=Bound.INTERCONNECT
+        )
     return total
 
 
-def ragged_prefill_cost(model: ModelSpec, gpu: GPU, profile: Profile, lengths, precision: Precision = Precision(),
-                        tp: int = 1, padded: bool = False) -> OpCost:
+def ragged_prefill_cost(
+    model: ModelSpec,
+    gpu: GPU,
+    profile: Profile,
+    lengths,
+    precision: Precision = Precision(),
+    tp: int = 1,
+    padded: bool = False,
+) -> OpCost:
     """One prefill pass over a batch of prompts of different lengths, without padding (ByteTransformer).
 
     Parameters
@@ -179,8 +224,16 @@ def ragged_prefill_cost(model: ModelSpec, gpu: GPU, profile: Profile, lengths, p
         body = forward_cost(model, gpu, profile, Phase.PREFILL, n, top, top, precision, tp)
     else:
         ops = model_ops(model, Phase.PREFILL, 1, total, total, precision, tp, lm_head_rows=n)
-        ops = [(name, dataclasses.replace(o, batch=n, q_len=top, kv_len=top, seq_lens=lens)
-                if isinstance(o, Attention) else o, c) for name, o, c in ops]
+        ops = [
+            (
+                name,
+                dataclasses.replace(o, batch=n, q_len=top, kv_len=top, seq_lens=lens)
+                if isinstance(o, Attention)
+                else o,
+                c,
+            )
+            for name, o, c in ops
+        ]
         body = sum_costs(ops, gpu, profile)
     return sustained_phase(body, profile.sustained)
 
@@ -195,13 +248,21 @@ def _prefill_span(model, gpu, profile, new_tokens, offset, batch, prec, tp, chun
         n = np.ones_like(new_tokens)
     q = new_tokens / n
     kv_mean = offset + q * (n + 1) / 2.0
-    body = forward_cost(model, gpu, profile, Phase.PREFILL, batch, q, kv_mean, prec, tp, lm_head_rows=0, knobs=knobs)
+    body = forward_cost(
+        model, gpu, profile, Phase.PREFILL, batch, q, kv_mean, prec, tp, lm_head_rows=0, knobs=knobs
+    )
     return body.scale(n if n.ndim else float(n))
 
 
 def decode_step_cost(
-    model: ModelSpec, gpu: GPU, profile: Profile, kv_len, batch=1,
-    precision: Precision = Precision(), tp: int = 1, knobs: Knobs | None = None,
+    model: ModelSpec,
+    gpu: GPU,
+    profile: Profile,
+    kv_len,
+    batch=1,
+    precision: Precision = Precision(),
+    tp: int = 1,
+    knobs: Knobs | None = None,
 ) -> OpCost:
     """One decode step: ``batch`` sequences each attend to ``kv_len`` keys.
 
@@ -222,15 +283,24 @@ def decode_step_cost(
     if knobs.shared_prefix_tokens and knobs.prefix_aware_kernel:
         # the prefix-aware kernel's partial-output merge can cost more than it saves on a tiny prefix
         plain = knobs.replace(prefix_aware_kernel=False)
-        step = cheaper(step, sum_costs(model_ops(m, Phase.DECODE, batch, 1, kv_len, prec, tp, None, plain), gpu, profile))
+        step = cheaper(
+            step, sum_costs(model_ops(m, Phase.DECODE, batch, 1, kv_len, prec, tp, None, plain), gpu, profile)
+        )
     if knobs.kv_tiers:
         step = step + _tier_stream(m, gpu, step, kv_len, batch, prec, tp, knobs)
     return step
 
 
 def decode_cost(
-    model: ModelSpec, gpu: GPU, profile: Profile, context_len, output_tokens, batch=1,
-    precision: Precision = Precision(), tp: int = 1, knobs: Knobs | None = None,
+    model: ModelSpec,
+    gpu: GPU,
+    profile: Profile,
+    context_len,
+    output_tokens,
+    batch=1,
+    precision: Precision = Precision(),
+    tp: int = 1,
+    knobs: Knobs | None = None,
 ) -> OpCost:
     """All ``output_tokens`` decode steps after a ``context_len`` prompt.
 
@@ -261,7 +331,9 @@ def _offloaded_step(m, gpu, profile, ops, kv_len, batch, prec, tp, knobs) -> OpC
     """Decode step with attention (and KV append, dequantisation) on the pool."""
     off = knobs.offload
     pool_names = {"attention", "prefix_attention", "kv_dequant", "kv_append"}
-    pool_prof = peak_profile(off.pool_gpu) if profile.is_peak else resolve_profile(off.pool_gpu, Mode.CALIBRATED)
+    pool_prof = (
+        peak_profile(off.pool_gpu) if profile.is_peak else resolve_profile(off.pool_gpu, Mode.CALIBRATED)
+    )
     on_gpu = sum_costs([o for o in ops if o[0] not in pool_names], gpu, profile)
     pool = sum_costs([o for o in ops if o[0] in pool_names], off.pool_gpu, pool_prof)
     pool_s = pool.total_s / off.pool_devices_per_gpu
@@ -277,16 +349,22 @@ def _offloaded_step(m, gpu, profile, ops, kv_len, batch, prec, tp, knobs) -> OpC
         hidden = np.maximum(np.maximum(pool_s, link_s) - on_gpu.total_s, 0.0)
         serial = pool_s + link_s
         extra = np.where(np.asarray(batch) >= 2, hidden, serial)
-        return on_gpu + OpCost(comm_s=_f(extra), bytes=_f(link_bytes + pool.bytes), memory_bound=Bound.INTERCONNECT)
-    return on_gpu + OpCost(memory_s=_f(pool_s), bytes=_f(pool.bytes)) + OpCost(
-        comm_s=_f(link_s), bytes=_f(link_bytes), memory_bound=Bound.INTERCONNECT)
+        return on_gpu + OpCost(
+            comm_s=_f(extra), bytes=_f(link_bytes + pool.bytes), memory_bound=Bound.INTERCONNECT
+        )
+    return (
+        on_gpu
+        + OpCost(memory_s=_f(pool_s), bytes=_f(pool.bytes))
+        + OpCost(comm_s=_f(link_s), bytes=_f(link_bytes), memory_bound=Bound.INTERCONNECT)
+    )
 
 
 def _tier_stream(m, gpu, step: OpCost, kv_len, batch, prec, tp, knobs) -> OpCost:
     """Time to stream the KV that does not fit in HBM from the tiers, beyond what prefetch hides."""
     mem = memory_budget(m, gpu, kv_len, 0, prec, tp, batch=batch, knobs=knobs.replace(kv_tiers=()))
-    spilled = np.maximum(batch * mem.kv_bytes_per_user + mem.shared_kv_bytes - np.maximum(mem.free_for_kv_bytes, 0.0),
-                         0.0)  # the KV beyond free HBM (the shared prefix is kept in HBM first)
+    spilled = np.maximum(
+        batch * mem.kv_bytes_per_user + mem.shared_kv_bytes - np.maximum(mem.free_for_kv_bytes, 0.0), 0.0
+    )  # the KV beyond free HBM (the shared prefix is kept in HBM first)
     t = np.zeros_like(np.asarray(spilled, dtype=np.float64))
     left = spilled
     for tier in knobs.kv_tiers:
@@ -299,8 +377,15 @@ def _tier_stream(m, gpu, step: OpCost, kv_len, batch, prec, tp, knobs) -> OpCost
     return OpCost(memory_s=_f(t), bytes=_f(spilled), memory_bound=Bound.PCIE)
 
 
-def kv_cache_bytes_per_gpu(model: ModelSpec, context_len, output_tokens=0, batch=1,
-                           precision: Precision = Precision(), tp: int = 1, knobs: Knobs | None = None):
+def kv_cache_bytes_per_gpu(
+    model: ModelSpec,
+    context_len,
+    output_tokens=0,
+    batch=1,
+    precision: Precision = Precision(),
+    tp: int = 1,
+    knobs: Knobs | None = None,
+):
     """KV cache (and recurrent state) of ``batch`` sequences on one GPU, bytes; a shared prefix counted once."""
     knobs = _active(knobs)
     tokens = np.asarray(context_len, dtype=np.float64) + np.asarray(output_tokens, dtype=np.float64)
@@ -366,8 +451,11 @@ def users_that_fit(mem: MemoryBudget, n) -> Any:
     room = np.maximum(room, 0.0)
     kv_user = np.asarray(mem.kv_bytes_per_user, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        conc = np.where(kv_user > 0, np.floor(room / np.where(kv_user > 0, kv_user, 1.0)),
-                        np.where(free_gpu >= 0, np.inf, 0.0))  # no KV per user: unbounded once the weights fit
+        conc = np.where(
+            kv_user > 0,
+            np.floor(room / np.where(kv_user > 0, kv_user, 1.0)),
+            np.where(free_gpu >= 0, np.inf, 0.0),
+        )  # no KV per user: unbounded once the weights fit
     return _f(conc * dp if dp > 1 else conc)
 
 
@@ -390,9 +478,16 @@ def max_users(mem: MemoryBudget) -> Any:
 
 
 def memory_budget(
-    model: ModelSpec, gpu: GPU, context_len, output_tokens=0, precision: Precision = Precision(), tp: int = 1,
-    chunk_tokens: int | None = DEFAULT_PREFILL_CHUNK_TOKENS, reserve_fraction: float = DEFAULT_RESERVE_FRACTION,
-    batch=1, knobs: Knobs | None = None,
+    model: ModelSpec,
+    gpu: GPU,
+    context_len,
+    output_tokens=0,
+    precision: Precision = Precision(),
+    tp: int = 1,
+    chunk_tokens: int | None = DEFAULT_PREFILL_CHUNK_TOKENS,
+    reserve_fraction: float = DEFAULT_RESERVE_FRACTION,
+    batch=1,
+    knobs: Knobs | None = None,
 ) -> MemoryBudget:
     """HBM budget per GPU: weights + KV + activations + reserve <= usable HBM.
 
@@ -425,10 +520,17 @@ def memory_budget(
     free = capacity - weights - act - reserve
     if knobs is None:
         mem = MemoryBudget(
-            capacity_bytes=capacity, weight_bytes=weights, activation_bytes=f(act), reserve_bytes=reserve,
+            capacity_bytes=capacity,
+            weight_bytes=weights,
+            activation_bytes=f(act),
+            reserve_bytes=reserve,
             kv_bytes_per_token=kv_tok,
-            kv_bytes_per_user=f(kv_tok * _kv_tokens(m, tokens_per_user) + recurrent_state_bytes_per_gpu(m, tp, None)),
-            free_for_kv_bytes=f(free), max_concurrency=0.0, activation_at=activation_at,
+            kv_bytes_per_user=f(
+                kv_tok * _kv_tokens(m, tokens_per_user) + recurrent_state_bytes_per_gpu(m, tp, None)
+            ),
+            free_for_kv_bytes=f(free),
+            max_concurrency=0.0,
+            activation_at=activation_at,
         )
         return dataclasses.replace(mem, max_concurrency=max_users(mem))
     p = knobs.shared_prefix_tokens
@@ -441,10 +543,18 @@ def memory_budget(
     else:
         extra = sum(t.capacity_for(gpu) for t in knobs.kv_tiers)
     mem = MemoryBudget(
-        capacity_bytes=capacity, weight_bytes=weights, activation_bytes=f(act), reserve_bytes=reserve,
-        kv_bytes_per_token=kv_tok, kv_bytes_per_user=f(kv_user), free_for_kv_bytes=f(free),
-        max_concurrency=0.0, shared_kv_bytes=shared, offload_capacity_bytes=float(extra),
-        kv_on_pool=knobs.offload is not None, activation_at=activation_at,
+        capacity_bytes=capacity,
+        weight_bytes=weights,
+        activation_bytes=f(act),
+        reserve_bytes=reserve,
+        kv_bytes_per_token=kv_tok,
+        kv_bytes_per_user=f(kv_user),
+        free_for_kv_bytes=f(free),
+        max_concurrency=0.0,
+        shared_kv_bytes=shared,
+        offload_capacity_bytes=float(extra),
+        kv_on_pool=knobs.offload is not None,
+        activation_at=activation_at,
     )
     return dataclasses.replace(mem, max_concurrency=max_users(mem))
 
@@ -475,7 +585,9 @@ class ContextSwitch:
         return np.maximum(self.swap_out.total_s, self.swap_in.total_s)
 
 
-def context_switch(gpu: GPU, profile: Profile, kv_bytes_per_user_per_gpu, knobs: Knobs | None = None) -> ContextSwitch:
+def context_switch(
+    gpu: GPU, profile: Profile, kv_bytes_per_user_per_gpu, knobs: Knobs | None = None
+) -> ContextSwitch:
     """Each GPU of the group moves its own share of the KV over its own PCIe link.
 
     With KV tiers the swap goes to the first tier, at its bandwidth (capped by
@@ -484,8 +596,10 @@ def context_switch(gpu: GPU, profile: Profile, kv_bytes_per_user_per_gpu, knobs:
     """
     knobs = _active(knobs)
     if knobs is not None and knobs.offload is not None:
-        gpu, kv_bytes_per_user_per_gpu = knobs.offload.pool_gpu, (
-            kv_bytes_per_user_per_gpu / knobs.offload.pool_devices_per_gpu)
+        gpu, kv_bytes_per_user_per_gpu = (
+            knobs.offload.pool_gpu,
+            (kv_bytes_per_user_per_gpu / knobs.offload.pool_devices_per_gpu),
+        )
         profile = peak_profile(gpu) if profile.is_peak else resolve_profile(gpu, Mode.CALIBRATED)
     elif knobs is not None and knobs.kv_tiers:
         gpu = gpu.with_overrides(pcie_bytes_per_s_per_direction=knobs.kv_tiers[0].bandwidth_for(gpu))

@@ -15,8 +15,14 @@ from perfmodel.errors import OpDescriptorError
 from perfmodel.ops import Op, op_from_dict
 
 
-def predict_cost(op: "Op | dict", gpu: "str | GPU", mode: "Mode | str" = Mode.CALIBRATED,
-                 profile: "Profile | str | None" = None, attention_impl: str | None = None, launch: str | None = None) -> OpCost:
+def predict_cost(
+    op: "Op | dict",
+    gpu: "str | GPU",
+    mode: "Mode | str" = Mode.CALIBRATED,
+    profile: "Profile | str | None" = None,
+    attention_impl: str | None = None,
+    launch: str | None = None,
+) -> OpCost:
     """The cost breakdown of one op (a descriptor dict or an op dataclass).
 
     An attention op's own ``impl`` wins; ``attention_impl`` prices the attention of ops that name none
@@ -52,9 +58,14 @@ def predict_cost(op: "Op | dict", gpu: "str | GPU", mode: "Mode | str" = Mode.CA
     return op_cost(o, g, resolve_profile(g, Mode(mode), profile, attention_impl, launch))
 
 
-def predict(op: "Op | dict", gpu: "str | GPU", mode: "Mode | str" = Mode.CALIBRATED,
-            profile: "Profile | str | None" = None, attention_impl: str | None = None,
-            launch: str | None = None) -> float:
+def predict(
+    op: "Op | dict",
+    gpu: "str | GPU",
+    mode: "Mode | str" = Mode.CALIBRATED,
+    profile: "Profile | str | None" = None,
+    attention_impl: str | None = None,
+    launch: str | None = None,
+) -> float:
     """Predicted seconds for one op on ``gpu`` (calibrated by default; ``launch`` graph or eager).
 
     Parameters
@@ -84,9 +95,15 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             raise OpDescriptorError(f"{path}: line {i}: not valid JSON ({exc.msg})") from None
 
 
-def predict_records(records: list[dict[str, Any]], gpu: "str | GPU", mode: "Mode | str" = Mode.CALIBRATED,
-                    profile: "Profile | str | None" = None, where: str = "",
-                    attention_impl: str | None = None, launch: str | None = None) -> list[dict[str, Any]]:
+def predict_records(
+    records: list[dict[str, Any]],
+    gpu: "str | GPU",
+    mode: "Mode | str" = Mode.CALIBRATED,
+    profile: "Profile | str | None" = None,
+    where: str = "",
+    attention_impl: str | None = None,
+    launch: str | None = None,
+) -> list[dict[str, Any]]:
     """Each record with ``predicted_s`` and ``predicted_bound`` added (input keys kept)."""
     g = load_gpu(gpu)
     prof = resolve_profile(g, Mode(mode), profile, attention_impl, launch)
@@ -97,12 +114,22 @@ def _predicted(rec: dict[str, Any], g: GPU, prof: Profile, where: str) -> dict[s
     """``rec`` with ``predicted_s`` and ``predicted_bound`` added; ``where`` prefixes descriptor errors."""
     cost = op_cost(op_from_dict(rec, where=where), g, prof)
     b = cost.bound
-    return {**rec, "predicted_s": float(cost.total_s), "predicted_bound": b.value if isinstance(b, Bound) else str(b)}
+    return {
+        **rec,
+        "predicted_s": float(cost.total_s),
+        "predicted_bound": b.value if isinstance(b, Bound) else str(b),
+    }
 
 
-def predict_file(in_path: "str | Path", out_path: "str | Path", gpu: "str | GPU",
-                 mode: "Mode | str" = Mode.CALIBRATED, profile: "Profile | str | None" = None,
-                 attention_impl: str | None = None, launch: str | None = None) -> int:
+def predict_file(
+    in_path: "str | Path",
+    out_path: "str | Path",
+    gpu: "str | GPU",
+    mode: "Mode | str" = Mode.CALIBRATED,
+    profile: "Profile | str | None" = None,
+    attention_impl: str | None = None,
+    launch: str | None = None,
+) -> int:
     """Read op descriptors (JSONL), write them back with ``predicted_s``; returns the count.
 
     Parameters

@@ -68,8 +68,9 @@ def parse_tier_spec(text: str) -> tuple[Tier, float | None]:
     for ``host`` the GPU's PCIe rate, which :func:`parse_tier` fills in)."""
     kind, _, rate = str(text).partition(":")
     if kind not in TIERS:
-        raise InvalidInputError(f"tier must be one of {', '.join(TIERS)} (host and ssd optionally :BYTES_PER_S), "
-                                f"got {text!r}")
+        raise InvalidInputError(
+            f"tier must be one of {', '.join(TIERS)} (host and ssd optionally :BYTES_PER_S), got {text!r}"
+        )
     tier = Tier(kind)
     if tier is Tier.HBM:
         if rate:
@@ -110,9 +111,20 @@ def hit_s(load_s: float, compute_s: float, layers: int, overlap: bool = True) ->
     return load_s + compute_s
 
 
-def prefix_cache(model: str, gpu: str, prefix_tokens: int, suffix_tokens: int, batch: int = 1, tier: str = "host",
-                 hit_rate: float = 1.0, overlap: bool = True, mode: str = "calibrated", tp: int = 1,
-                 weight_dtype: str | None = None, kv_dtype: str | None = None) -> PrefixCacheResult:
+def prefix_cache(
+    model: str,
+    gpu: str,
+    prefix_tokens: int,
+    suffix_tokens: int,
+    batch: int = 1,
+    tier: str = "host",
+    hit_rate: float = 1.0,
+    overlap: bool = True,
+    mode: str = "calibrated",
+    tp: int = 1,
+    weight_dtype: str | None = None,
+    kv_dtype: str | None = None,
+) -> PrefixCacheResult:
     """Price a prefix-cache hit (load plus suffix prefill) against a miss (whole-prompt prefill).
 
     Raises :class:`InvalidInputError` for bad arguments and :class:`DoesNotFitError` when ``batch``
@@ -125,8 +137,12 @@ def prefix_cache(model: str, gpu: str, prefix_tokens: int, suffix_tokens: int, b
     from perfmodel.ops import Phase
     from perfmodel.phases import forward_cost, memory_budget, prefill_cost
 
-    for name, v, lo in (("prefix_tokens", prefix_tokens, 1), ("suffix_tokens", suffix_tokens, 1), ("batch", batch, 1),
-                        ("tp", tp, 1)):
+    for name, v, lo in (
+        ("prefix_tokens", prefix_tokens, 1),
+        ("suffix_tokens", suffix_tokens, 1),
+        ("batch", batch, 1),
+        ("tp", tp, 1),
+    ):
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise InvalidInputError(f"{name} must be an integer >= {lo}, got {v!r}")
     if isinstance(hit_rate, bool) or not isinstance(hit_rate, (int, float)) or not 0 <= hit_rate <= 1:
@@ -139,8 +155,10 @@ def prefix_cache(model: str, gpu: str, prefix_tokens: int, suffix_tokens: int, b
     total = prefix_tokens + suffix_tokens
     fit = int(memory_budget(m, g, total, 0, prec, tp, batch=batch).max_concurrency)
     if fit < batch:
-        raise DoesNotFitError(f"{batch} prompts of {total} tokens do not fit on {g.name} x{tp} with {m.name} "
-                              f"({fit} do): a hit needs the prefix KV in HBM")
+        raise DoesNotFitError(
+            f"{batch} prompts of {total} tokens do not fit on {g.name} x{tp} with {m.name} "
+            f"({fit} do): a hit needs the prefix KV in HBM"
+        )
     miss = float(prefill_cost(m, g, prof, total, batch, prec, tp).total_s)
     prefix_only = float(prefill_cost(m, g, prof, prefix_tokens, batch, prec, tp).total_s)
     suffix = float(forward_cost(m, g, prof, Phase.PREFILL, batch, suffix_tokens, total, prec, tp).total_s)
@@ -152,10 +170,24 @@ def prefix_cache(model: str, gpu: str, prefix_tokens: int, suffix_tokens: int, b
     saved = miss - suffix
     break_even = kv_bytes / saved if saved > 0 else None
     return PrefixCacheResult(
-        model=m.name, gpu=g.name, mode=str(Mode(mode).value), tp=tp, prefix_tokens=prefix_tokens,
-        suffix_tokens=suffix_tokens, batch=batch, tier=kind, tier_bytes_per_s=bw, overlap=overlap,
-        hit_rate=float(hit_rate), prefix_kv_bytes_per_gpu=kv_bytes, load_s=load, suffix_prefill_s=suffix,
-        prefix_prefill_s=prefix_only, miss_ttft_s=miss, hit_ttft_s=hit,
-        expected_ttft_s=hit_rate * hit + (1 - hit_rate) * miss, hit_speedup=miss / hit if hit > 0 else math.inf,
+        model=m.name,
+        gpu=g.name,
+        mode=str(Mode(mode).value),
+        tp=tp,
+        prefix_tokens=prefix_tokens,
+        suffix_tokens=suffix_tokens,
+        batch=batch,
+        tier=kind,
+        tier_bytes_per_s=bw,
+        overlap=overlap,
+        hit_rate=float(hit_rate),
+        prefix_kv_bytes_per_gpu=kv_bytes,
+        load_s=load,
+        suffix_prefill_s=suffix,
+        prefix_prefill_s=prefix_only,
+        miss_ttft_s=miss,
+        hit_ttft_s=hit,
+        expected_ttft_s=hit_rate * hit + (1 - hit_rate) * miss,
+        hit_speedup=miss / hit if hit > 0 else math.inf,
         break_even_bytes_per_s=break_even,
     )

@@ -16,7 +16,9 @@ SHOW_AFTER_S = 1.0
 
 
 @contextlib.contextmanager
-def progress(total: float | None, what: str, show_after_s: float = SHOW_AFTER_S) -> Iterator[Callable[[float], None]]:
+def progress(
+    total: float | None, what: str, show_after_s: float = SHOW_AFTER_S
+) -> Iterator[Callable[[float], None]]:
     """Yield ``advance(n)``; a transient rich progress bar of ``total`` steps (None: a spinner) appears on
     stderr once the block has run ``show_after_s`` seconds, and disappears when it ends."""
     if not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
@@ -25,9 +27,15 @@ def progress(total: float | None, what: str, show_after_s: float = SHOW_AFTER_S)
     from rich.console import Console
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,.0f}"
-                   + ("" if total is None else f"/{total:,.0f}")), TimeElapsedColumn(),
-                   console=Console(stderr=True), transient=True)
+    bar = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:,.0f}" + ("" if total is None else f"/{total:,.0f}")),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
     task = bar.add_task(what, total=total)
     lock = threading.Lock()
     state = {"started": False, "done": False}

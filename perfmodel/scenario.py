@@ -31,7 +31,6 @@ from perfmodel.ops import AttentionImpl
 from perfmodel.phases import DEFAULT_PREFILL_CHUNK_TOKENS, DEFAULT_RESERVE_FRACTION
 
 
-
 def check_mode(mode: Any) -> Mode:
     """``mode`` as a :class:`Mode`; :class:`InvalidInputError` naming the choices otherwise."""
     if isinstance(mode, Mode):
@@ -39,7 +38,9 @@ def check_mode(mode: Any) -> Mode:
     try:
         return Mode(mode)
     except ValueError:
-        raise InvalidInputError(f"mode must be one of {', '.join(m.value for m in Mode)}, got {mode!r}") from None
+        raise InvalidInputError(
+            f"mode must be one of {', '.join(m.value for m in Mode)}, got {mode!r}"
+        ) from None
 
 
 def window_note(model, tokens: Any) -> str | None:
@@ -129,10 +130,25 @@ class Layout:
         return int(group_world(self.tp, self.pp, self.sp, self.ep, self.attention_dp))
 
 
-def validate_scenario(model, context_len: Any = None, output_tokens: Any = 0, tp: Any = None, pp: Any = 1,
-                      mode: Any = None, *, batch: Any = None, sp: Any = 1, sp_kind: str = "ring", ep: Any = 1,
-                      topology: str | None = None, gpu: GPU | None = None, knobs: Knobs | None = None,
-                      chunk_tokens: Any = None, reserve_fraction: Any = None, attention_dp: Any = 1) -> list[str]:
+def validate_scenario(
+    model,
+    context_len: Any = None,
+    output_tokens: Any = 0,
+    tp: Any = None,
+    pp: Any = 1,
+    mode: Any = None,
+    *,
+    batch: Any = None,
+    sp: Any = 1,
+    sp_kind: str = "ring",
+    ep: Any = 1,
+    topology: str | None = None,
+    gpu: GPU | None = None,
+    knobs: Knobs | None = None,
+    chunk_tokens: Any = None,
+    reserve_fraction: Any = None,
+    attention_dp: Any = 1,
+) -> list[str]:
     """Apply the rules above to a scenario (scalars, or arrays for a sweep's axes); returns its notes and
     raises the typed errors (:mod:`perfmodel.errors`).  The one check behind every entry point.
 
@@ -166,8 +182,10 @@ def validate_scenario(model, context_len: Any = None, output_tokens: Any = 0, tp
     if batch is not None:
         check_ints("batch", batch, 1)
     tps = check_ints("tp", tp, 1) if tp is not None else None
-    pp, sp, ep, dp = (int(check_ints(k, v, 1)[0]) for k, v in (("pp", pp), ("sp", sp), ("ep", ep),
-                                                                ("attention_dp", attention_dp)))
+    pp, sp, ep, dp = (
+        int(check_ints(k, v, 1)[0])
+        for k, v in (("pp", pp), ("sp", sp), ("ep", ep), ("attention_dp", attention_dp))
+    )
     if chunk_tokens is not None:
         check_ints("chunk_tokens", chunk_tokens, 1)
     if reserve_fraction is not None and not 0 <= reserve_fraction < 1:
@@ -193,7 +211,9 @@ def validate_scenario(model, context_len: Any = None, output_tokens: Any = 0, tp
     return notes
 
 
-def check_world(gpu: GPU, tps, pp: int, sp: int, ep: int, topology: str | None, attention_dp: int = 1) -> str | None:
+def check_world(
+    gpu: GPU, tps, pp: int, sp: int, ep: int, topology: str | None, attention_dp: int = 1
+) -> str | None:
     """The layout's GPUs fit the system named, or without one the default node or the smallest shipped
     system that holds them (:func:`perfmodel.comm.default_topology`); otherwise
     :class:`~perfmodel.comm.GroupTooLargeError`.  Returns the note naming that shipped system, if one is used."""
@@ -205,8 +225,10 @@ def check_world(gpu: GPU, tps, pp: int, sp: int, ep: int, topology: str | None, 
     place(topo, world)
     if topology or world <= DEFAULT_NODE_GPUS:
         return None
-    return (f"no system named: the {world} GPUs are priced on {topo.name} ({topo.num_nodes} node(s) of "
-            f"{topo.gpus_per_node}), the smallest shipped system that holds them")
+    return (
+        f"no system named: the {world} GPUs are priced on {topo.name} ({topo.num_nodes} node(s) of "
+        f"{topo.gpus_per_node}), the smallest shipped system that holds them"
+    )
 
 
 @dataclass(frozen=True)
@@ -278,15 +300,34 @@ class Scenario:
         return apply_knobs(self.precision, self.knobs)
 
     @classmethod
-    def make(cls, model: "str | ModelSpec" = "yi-34b", gpu: "str | GPU" = "a100-sxm-80gb",
-             context_len: int = 50_000, output_tokens: int = 250, batch: int = 1, tp: int = 1,
-             mode: "Mode | str" = Mode.CALIBRATED, weight_dtype: str | None = None, kv_dtype: str | None = None,
-             activation_dtype: str = "bf16", chunk_tokens: int | None = DEFAULT_PREFILL_CHUNK_TOKENS,
-             reserve_fraction: float = DEFAULT_RESERVE_FRACTION, profile: "Profile | str | None" = None,
-             knobs: Knobs | None = None, pp: int = 1, sp: int = 1, sp_kind: str = "ring", ep: int = 1,
-             topology: str | None = None, attention_impl: "AttentionImpl | str | None" = None,
-             launch: "Launch | str | None" = Launch.GRAPH, layout: Layout | None = None,
-             moe_placement: Any = None, attention_dp: int = 1, batch_lengths: Any = None) -> "Scenario":
+    def make(
+        cls,
+        model: "str | ModelSpec" = "yi-34b",
+        gpu: "str | GPU" = "a100-sxm-80gb",
+        context_len: int = 50_000,
+        output_tokens: int = 250,
+        batch: int = 1,
+        tp: int = 1,
+        mode: "Mode | str" = Mode.CALIBRATED,
+        weight_dtype: str | None = None,
+        kv_dtype: str | None = None,
+        activation_dtype: str = "bf16",
+        chunk_tokens: int | None = DEFAULT_PREFILL_CHUNK_TOKENS,
+        reserve_fraction: float = DEFAULT_RESERVE_FRACTION,
+        profile: "Profile | str | None" = None,
+        knobs: Knobs | None = None,
+        pp: int = 1,
+        sp: int = 1,
+        sp_kind: str = "ring",
+        ep: int = 1,
+        topology: str | None = None,
+        attention_impl: "AttentionImpl | str | None" = None,
+        launch: "Launch | str | None" = Launch.GRAPH,
+        layout: Layout | None = None,
+        moe_placement: Any = None,
+        attention_dp: int = 1,
+        batch_lengths: Any = None,
+    ) -> "Scenario":
         """Load the names, apply :func:`validate_scenario`, resolve the profile; the checked :class:`Scenario`.
 
         ``layout`` (a :class:`Layout`) replaces ``tp``, ``pp``, ``sp``, ``sp_kind``, ``ep``, ``topology`` and
@@ -322,40 +363,86 @@ class Scenario:
         if layout is not None:
             if not isinstance(layout, Layout):
                 raise InvalidInputError(f"layout must be a Layout, got {layout!r}")
-            tp, pp, sp, sp_kind, ep, topology, attention_dp = (layout.tp, layout.pp, layout.sp, layout.sp_kind,
-                                                                layout.ep, layout.topology, layout.attention_dp)
+            tp, pp, sp, sp_kind, ep, topology, attention_dp = (
+                layout.tp,
+                layout.pp,
+                layout.sp,
+                layout.sp_kind,
+                layout.ep,
+                layout.topology,
+                layout.attention_dp,
+            )
         lengths = None
         if batch_lengths is not None:
-            lengths = tuple(int(v) for v in check_ints("batch_lengths", list(batch_lengths)
-                                                       if not np.ndim(batch_lengths) == 0 else batch_lengths, 1))
+            lengths = tuple(
+                int(v)
+                for v in check_ints(
+                    "batch_lengths",
+                    list(batch_lengths) if not np.ndim(batch_lengths) == 0 else batch_lengths,
+                    1,
+                )
+            )
             if (pp, sp, ep, attention_dp) != (1, 1, 1, 1) or topology:
-                raise InvalidInputError("batch_lengths (a ragged prefill) is priced on one TP group only "
-                                        "(not with pp, sp, ep, attention_dp or a topology)")
+                raise InvalidInputError(
+                    "batch_lengths (a ragged prefill) is priced on one TP group only "
+                    "(not with pp, sp, ep, attention_dp or a topology)"
+                )
             if knobs is not None and knobs.active:
                 raise InvalidInputError("batch_lengths (a ragged prefill) does not combine with the KV knobs")
             batch, context_len = len(lengths), max(lengths)
         m, g = load_model(model), load_gpu(gpu)
-        notes = validate_scenario(m, context_len, output_tokens, tp, pp, mode, batch=batch, sp=sp, sp_kind=sp_kind,
-                                  ep=ep, topology=topology, gpu=g, knobs=knobs, chunk_tokens=chunk_tokens,
-                                  reserve_fraction=reserve_fraction, attention_dp=attention_dp)
+        notes = validate_scenario(
+            m,
+            context_len,
+            output_tokens,
+            tp,
+            pp,
+            mode,
+            batch=batch,
+            sp=sp,
+            sp_kind=sp_kind,
+            ep=ep,
+            topology=topology,
+            gpu=g,
+            knobs=knobs,
+            chunk_tokens=chunk_tokens,
+            reserve_fraction=reserve_fraction,
+            attention_dp=attention_dp,
+        )
         kn = knobs if knobs is not None and knobs.active else None
         placement = check_placement(m, moe_placement, int(ep))
         if weight_dtype and m.weight_dtype and Dtype.parse(weight_dtype) is not Dtype.parse(m.weight_dtype):
-            notes.append(f"the model's config stores its weights as {m.weight_dtype}; {weight_dtype} is priced")
+            notes.append(
+                f"the model's config stores its weights as {m.weight_dtype}; {weight_dtype} is priced"
+            )
         prec = Precision.of(weights_dtype(m, weight_dtype), activation_dtype, kv_dtype)
         mode = check_mode(mode)
         prof = resolve_profile(g, mode, profile, attention_impl, launch)
         if attention_impl is None and prof.attention_impl is not DEFAULT_ATTENTION_IMPL:
-            notes.append(f"no {DEFAULT_ATTENTION_IMPL.value} attention curves measured for {g.name}: attention "
-                         f"priced with {prof.attention_impl.value}")
+            notes.append(
+                f"no {DEFAULT_ATTENTION_IMPL.value} attention curves measured for {g.name}: attention "
+                f"priced with {prof.attention_impl.value}"
+            )
         if mode is Mode.CALIBRATED and prof.is_peak:
             notes.append(f"no calibration profile for {g.name}: peak figures shown")
         lay = Layout(int(tp), int(pp), int(sp), str(sp_kind), int(ep), topology or None, int(attention_dp))
-        return cls(model=m, gpu=g, context_len=int(context_len), output_tokens=int(output_tokens), batch=int(batch),
-                   layout=lay, precision=prec, profile=prof, knobs=kn,
-                   chunk_tokens=None if chunk_tokens is None else int(chunk_tokens),
-                   reserve_fraction=float(reserve_fraction), notes=tuple(notes), raw_kv_dtype=kv_dtype,
-                   moe_placement=placement, batch_lengths=lengths)
+        return cls(
+            model=m,
+            gpu=g,
+            context_len=int(context_len),
+            output_tokens=int(output_tokens),
+            batch=int(batch),
+            layout=lay,
+            precision=prec,
+            profile=prof,
+            knobs=kn,
+            chunk_tokens=None if chunk_tokens is None else int(chunk_tokens),
+            reserve_fraction=float(reserve_fraction),
+            notes=tuple(notes),
+            raw_kv_dtype=kv_dtype,
+            moe_placement=placement,
+            batch_lengths=lengths,
+        )
 
     def replace(self, **changes: Any) -> "Scenario":
         """A copy with ``changes`` (any :meth:`make` argument), checked again.
@@ -390,12 +477,26 @@ class Scenario:
         dict of str to Any
             Keyword arguments of :meth:`make`.
         """
-        return dict(model=self.model, gpu=self.gpu, context_len=self.context_len, output_tokens=self.output_tokens,
-                    batch=self.batch, layout=self.layout, mode=self.mode, weight_dtype=self.precision.weights.value,
-                    kv_dtype=self.raw_kv_dtype, activation_dtype=self.precision.activations.value,
-                    chunk_tokens=self.chunk_tokens, reserve_fraction=self.reserve_fraction, profile=self.profile,
-                    knobs=self.knobs, attention_impl=self.attention_impl, launch=self.launch,
-                    moe_placement=self.moe_placement, batch_lengths=self.batch_lengths)
+        return dict(
+            model=self.model,
+            gpu=self.gpu,
+            context_len=self.context_len,
+            output_tokens=self.output_tokens,
+            batch=self.batch,
+            layout=self.layout,
+            mode=self.mode,
+            weight_dtype=self.precision.weights.value,
+            kv_dtype=self.raw_kv_dtype,
+            activation_dtype=self.precision.activations.value,
+            chunk_tokens=self.chunk_tokens,
+            reserve_fraction=self.reserve_fraction,
+            profile=self.profile,
+            knobs=self.knobs,
+            attention_impl=self.attention_impl,
+            launch=self.launch,
+            moe_placement=self.moe_placement,
+            batch_lengths=self.batch_lengths,
+        )
 
 
 def check_placement(model, value: Any, ep: int):

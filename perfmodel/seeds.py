@@ -153,15 +153,19 @@ def _cell(text: str) -> str:
 
 def render_table(rows: list[dict[str, Any]]) -> str:
     """The Markdown table of ``docs/seeds.md`` (one row per system)."""
-    lines = ["| system | paper's claim and setting (source) | command(s) | model | verdict |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| system | paper's claim and setting (source) | command(s) | model | verdict |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
         cmds = "<br>".join(f"`{name}`: `{_cell(c)}`" for name, c in (r.get("commands") or {}).items())
         if r.get("metric"):
             cmds += f"<br>metric: `{_cell(r['metric'])}`"
         verdict = r["verdict"] + (f": {r['why']}" if r.get("why") else "")
-        lines.append(f"| {_cell(r['system'])} | {_cell(r['claim'])} ({_cell(r['source'])}) | {cmds or '-'} "
-                     f"| {fmt_value(r.get('model'), r.get('unit', ''))} | {_cell(verdict)} |")
+        lines.append(
+            f"| {_cell(r['system'])} | {_cell(r['claim'])} ({_cell(r['source'])}) | {cmds or '-'} "
+            f"| {fmt_value(r.get('model'), r.get('unit', ''))} | {_cell(verdict)} |"
+        )
     return "\n".join(lines)
 
 

@@ -54,7 +54,9 @@ LAYOUT_COLUMNS = 6  # pp, sp, sp_kind, ep, attention_dp, world
 CHUNK_POINTS = 1 << 18
 """points :func:`sweep` evaluates at once (about; :func:`aligned_chunk`): a chunk's temporaries stay a few
 MiB per column, so memory is the result plus a bounded working set."""
-CHUNK_FRACTION = 8  # a streamed chunk holds at most max_bytes / 8 of columns (evaluation needs several times that)
+CHUNK_FRACTION = (
+    8  # a streamed chunk holds at most max_bytes / 8 of columns (evaluation needs several times that)
+)
 
 
 @dataclass(frozen=True)
@@ -88,8 +90,14 @@ def _axis_len(values: Any) -> int:
     return len(list(values))
 
 
-def sweep_size(context_len: Any = 50_000, batch: Any = 1, tp: Any = 1, output_tokens: Any = 250,
-               knob_axes: Mapping[str, Iterable[Any]] | None = None, layout: bool = False) -> SweepSize:
+def sweep_size(
+    context_len: Any = 50_000,
+    batch: Any = 1,
+    tp: Any = 1,
+    output_tokens: Any = 250,
+    knob_axes: Mapping[str, Iterable[Any]] | None = None,
+    layout: bool = False,
+) -> SweepSize:
     """Points, columns and bytes of :func:`sweep` over these axes; builds none of them.
 
     ``layout``: a multi-GPU layout is priced (its columns are added).
@@ -109,7 +117,10 @@ def check_size(size: SweepSize, max_bytes: float, hint: str = "") -> None:
         raise TooLargeError(
             f"sweep of {size.points:,} points x {size.columns} columns needs {size.bytes / 2**30:,.1f} GiB "
             f"({size.bytes:,} bytes), beyond the {max_bytes / 2**30:,.2f} GiB budget{hint}",
-            count=size.points, needed_bytes=size.bytes, limit=int(max_bytes))
+            count=size.points,
+            needed_bytes=size.bytes,
+            limit=int(max_bytes),
+        )
 
 
 class IntRanges(Sequence):
@@ -259,35 +270,79 @@ def sweep(
         scn = model
         lay = scn.layout
         model, gpu, mode, profile, knobs = scn.model, scn.gpu, scn.mode, scn.profile, scn.knobs
-        weight_dtype, kv_dtype, activation_dtype = (scn.precision.weights.value, scn.raw_kv_dtype,
-                                                    scn.precision.activations.value)
-        chunk_tokens, reserve_fraction, attention_impl, launch = (scn.chunk_tokens, scn.reserve_fraction,
-                                                                  scn.attention_impl, scn.launch)
+        weight_dtype, kv_dtype, activation_dtype = (
+            scn.precision.weights.value,
+            scn.raw_kv_dtype,
+            scn.precision.activations.value,
+        )
+        chunk_tokens, reserve_fraction, attention_impl, launch = (
+            scn.chunk_tokens,
+            scn.reserve_fraction,
+            scn.attention_impl,
+            scn.launch,
+        )
         pp, sp, sp_kind, ep, topology = lay.pp, lay.sp, lay.sp_kind, lay.ep, lay.topology
         attention_dp = lay.attention_dp
         moe_placement = scn.moe_placement if moe_placement is None else moe_placement
-        context_len, batch, tp, output_tokens = (scn.context_len if context_len is None else context_len,
-                                                 scn.batch if batch is None else batch,
-                                                 lay.tp if tp is None else tp,
-                                                 scn.output_tokens if output_tokens is None else output_tokens)
+        context_len, batch, tp, output_tokens = (
+            scn.context_len if context_len is None else context_len,
+            scn.batch if batch is None else batch,
+            lay.tp if tp is None else tp,
+            scn.output_tokens if output_tokens is None else output_tokens,
+        )
     elif gpu is None:
         raise InvalidInputError("sweep needs a gpu (or a Scenario as its first argument)")
     context_len = 50_000 if context_len is None else context_len
     batch = 1 if batch is None else batch
     tp = 1 if tp is None else tp
     output_tokens = 250 if output_tokens is None else output_tokens
-    layout = (pp != 1 or sp != 1 or ep != 1 or attention_dp != 1 or topology is not None
-              or moe_placement is not None)
-    check_size(sweep_size(context_len, batch, tp, output_tokens, knob_axes, layout), max_bytes,
-               "; evaluate it in chunks with perfmodel.sweep.iter_sweep (the CLI: --out FILE.csv)")
+    layout = (
+        pp != 1
+        or sp != 1
+        or ep != 1
+        or attention_dp != 1
+        or topology is not None
+        or moe_placement is not None
+    )
+    check_size(
+        sweep_size(context_len, batch, tp, output_tokens, knob_axes, layout),
+        max_bytes,
+        "; evaluate it in chunks with perfmodel.sweep.iter_sweep (the CLI: --out FILE.csv)",
+    )
     size = sweep_size(context_len, batch, tp, output_tokens, knob_axes, layout)
-    df = _assemble(_iter_columns(model, gpu, context_len, batch, tp, output_tokens, mode, weight_dtype, kv_dtype,
-                              activation_dtype, chunk_tokens, reserve_fraction, profile, knobs, knob_axes,
-                              pp, sp, sp_kind, ep, topology, attention_impl, launch,
-                              aligned_chunk(_axis_len(batch), _axis_len(output_tokens)), moe_placement,
-                              attention_dp),
-                   size.points)
-    df.attrs["notes"] = sweep_notes(model, context_len, output_tokens, gpu, tp, pp, sp, ep, topology, attention_dp)
+    df = _assemble(
+        _iter_columns(
+            model,
+            gpu,
+            context_len,
+            batch,
+            tp,
+            output_tokens,
+            mode,
+            weight_dtype,
+            kv_dtype,
+            activation_dtype,
+            chunk_tokens,
+            reserve_fraction,
+            profile,
+            knobs,
+            knob_axes,
+            pp,
+            sp,
+            sp_kind,
+            ep,
+            topology,
+            attention_impl,
+            launch,
+            aligned_chunk(_axis_len(batch), _axis_len(output_tokens)),
+            moe_placement,
+            attention_dp,
+        ),
+        size.points,
+    )
+    df.attrs["notes"] = sweep_notes(
+        model, context_len, output_tokens, gpu, tp, pp, sp, ep, topology, attention_dp
+    )
     return df
 
 
@@ -323,23 +378,25 @@ def _assemble(chunks: Iterable[dict], n: int) -> "pd.DataFrame":
                         known.append(c)
                 remap = np.array([known.index(c) for c in v.categories] + [-1], dtype=np.int16)
                 identity = np.array_equal(remap[:-1], np.arange(len(v.categories)))
-                cols[name][i:i + k] = v.codes if identity else remap[v.codes]
+                cols[name][i : i + k] = v.codes if identity else remap[v.codes]
                 continue
             if isinstance(v, _FitPart):
-                v.write(cols[name][i:i + k].reshape(v.shape))
+                v.write(cols[name][i : i + k].reshape(v.shape))
                 continue
             a = np.asarray(v)
             if a.ndim == 0 and a.dtype.kind in "US":
                 a = np.asarray(v, dtype=object)
             if cols[name].dtype != a.dtype and cols[name].dtype != object:
                 cols[name] = cols[name].astype(object)
-            dst = cols[name][i:i + k]
+            dst = cols[name][i : i + k]
             if a.ndim > 1:  # a block: written through a view of its rows, no flattened copy
                 dst.reshape(a.shape)[...] = a
             else:
                 dst[...] = a
         i += k
-    out = {name: (categorical(a[:i], tuple(cats[name])) if name in cats else a[:i]) for name, a in cols.items()}
+    out = {
+        name: (categorical(a[:i], tuple(cats[name])) if name in cats else a[:i]) for name, a in cols.items()
+    }
     return pd.DataFrame(out, copy=False)
 
 
@@ -366,8 +423,18 @@ def _allocate(chunk: dict, n: int) -> dict[str, np.ndarray]:
     return {name: cols[name] for name in chunk}
 
 
-def sweep_notes(model, context_len, output_tokens, gpu=None, tp: Any = 1, pp: int = 1, sp: int = 1, ep: int = 1,
-                topology: str | None = None, attention_dp: int = 1) -> list[str]:
+def sweep_notes(
+    model,
+    context_len,
+    output_tokens,
+    gpu=None,
+    tp: Any = 1,
+    pp: int = 1,
+    sp: int = 1,
+    ep: int = 1,
+    topology: str | None = None,
+    attention_dp: int = 1,
+) -> list[str]:
     """The notes :func:`perfmodel.analyze` gives, for the sweep's largest point: the trained window, and
     (with ``gpu``) the shipped system a layout beyond one node is priced on."""
     from perfmodel.scenario import check_world, window_note
@@ -386,27 +453,105 @@ def _axis_max(values: Any) -> int:
     return int(np.max(np.asarray(values)))
 
 
-def iter_sweep(model, gpu, context_len=50_000, batch=1, tp=1, output_tokens=250, mode="calibrated", weight_dtype="bf16",
-               kv_dtype=None, activation_dtype="bf16", chunk_tokens=DEFAULT_PREFILL_CHUNK_TOKENS,
-               reserve_fraction=DEFAULT_RESERVE_FRACTION, profile=None, knobs=None, knob_axes=None, pp=1, sp=1,
-               sp_kind="ring", ep=1, topology=None, attention_impl=None, launch=None,
-               chunk_points: int | None = None, moe_placement=None, attention_dp=1) -> Iterator[pd.DataFrame]:
+def iter_sweep(
+    model,
+    gpu,
+    context_len=50_000,
+    batch=1,
+    tp=1,
+    output_tokens=250,
+    mode="calibrated",
+    weight_dtype="bf16",
+    kv_dtype=None,
+    activation_dtype="bf16",
+    chunk_tokens=DEFAULT_PREFILL_CHUNK_TOKENS,
+    reserve_fraction=DEFAULT_RESERVE_FRACTION,
+    profile=None,
+    knobs=None,
+    knob_axes=None,
+    pp=1,
+    sp=1,
+    sp_kind="ring",
+    ep=1,
+    topology=None,
+    attention_impl=None,
+    launch=None,
+    chunk_points: int | None = None,
+    moe_placement=None,
+    attention_dp=1,
+) -> Iterator[pd.DataFrame]:
     """:func:`sweep`'s rows, in order, as frames of at most ``chunk_points`` rows (None: one frame per
     knob combination and TP degree).  No size check: the caller writes each frame out and drops it."""
     import pandas as pd
 
-    for cols in _iter_columns(model, gpu, context_len, batch, tp, output_tokens, mode, weight_dtype, kv_dtype,
-                              activation_dtype, chunk_tokens, reserve_fraction, profile, knobs, knob_axes, pp, sp,
-                              sp_kind, ep, topology, attention_impl, launch, chunk_points, moe_placement,
-                              attention_dp):
-        yield pd.DataFrame({k: (v.full().reshape(-1) if isinstance(v, _FitPart)
-                                else v.reshape(-1) if isinstance(v, np.ndarray) and v.ndim > 1 else v)
-                            for k, v in cols.items()})
+    for cols in _iter_columns(
+        model,
+        gpu,
+        context_len,
+        batch,
+        tp,
+        output_tokens,
+        mode,
+        weight_dtype,
+        kv_dtype,
+        activation_dtype,
+        chunk_tokens,
+        reserve_fraction,
+        profile,
+        knobs,
+        knob_axes,
+        pp,
+        sp,
+        sp_kind,
+        ep,
+        topology,
+        attention_impl,
+        launch,
+        chunk_points,
+        moe_placement,
+        attention_dp,
+    ):
+        yield pd.DataFrame(
+            {
+                k: (
+                    v.full().reshape(-1)
+                    if isinstance(v, _FitPart)
+                    else v.reshape(-1)
+                    if isinstance(v, np.ndarray) and v.ndim > 1
+                    else v
+                )
+                for k, v in cols.items()
+            }
+        )
 
 
-def _iter_columns(model, gpu, context_len, batch, tp, output_tokens, mode, weight_dtype, kv_dtype, activation_dtype,
-                  chunk_tokens, reserve_fraction, profile, knobs, knob_axes, pp, sp, sp_kind, ep, topology,
-                  attention_impl, launch, chunk_points, moe_placement=None, attention_dp=1) -> Iterator[dict]:
+def _iter_columns(
+    model,
+    gpu,
+    context_len,
+    batch,
+    tp,
+    output_tokens,
+    mode,
+    weight_dtype,
+    kv_dtype,
+    activation_dtype,
+    chunk_tokens,
+    reserve_fraction,
+    profile,
+    knobs,
+    knob_axes,
+    pp,
+    sp,
+    sp_kind,
+    ep,
+    topology,
+    attention_impl,
+    launch,
+    chunk_points,
+    moe_placement=None,
+    attention_dp=1,
+) -> Iterator[dict]:
     """:func:`iter_sweep`'s chunks as columns (arrays, categoricals, or one value for the chunk); the times
     (:data:`~perfmodel.metrics.TIME_METRICS`) as :class:`_FitPart` values (a chunk of one block) or arrays
     already NaN where a point does not fit (``fits``)."""
@@ -419,9 +564,23 @@ def _iter_columns(model, gpu, context_len, batch, tp, output_tokens, mode, weigh
     from perfmodel.models import weights_dtype
     from perfmodel.scenario import check_mode, validate_scenario
 
-    validate_scenario(m, ctx_ax, out_ax, tp_ax, pp, mode, batch=b_ax, sp=sp, sp_kind=sp_kind, ep=ep,
-                      topology=topology, gpu=g, chunk_tokens=chunk_tokens, reserve_fraction=reserve_fraction,
-                      attention_dp=attention_dp)
+    validate_scenario(
+        m,
+        ctx_ax,
+        out_ax,
+        tp_ax,
+        pp,
+        mode,
+        batch=b_ax,
+        sp=sp,
+        sp_kind=sp_kind,
+        ep=ep,
+        topology=topology,
+        gpu=g,
+        chunk_tokens=chunk_tokens,
+        reserve_fraction=reserve_fraction,
+        attention_dp=attention_dp,
+    )
     base_prec = Precision.of(weights_dtype(m, weight_dtype), activation_dtype, kv_dtype)
     prof = resolve_profile(g, check_mode(mode), profile, attention_impl, launch)
     from perfmodel import parallel as par
@@ -437,13 +596,40 @@ def _iter_columns(model, gpu, context_len, batch, tp, output_tokens, mode, weigh
     step = n if chunk_points is None else max(1, int(chunk_points))
     for knob_values, kn in _knob_grid(knobs, knob_axes):
         if kn is not None:
-            validate_scenario(m, ctx_ax, out_ax, tp_ax, pp, batch=b_ax, sp=sp, sp_kind=sp_kind, ep=ep,
-                              topology=topology, knobs=kn, attention_dp=attention_dp)
+            validate_scenario(
+                m,
+                ctx_ax,
+                out_ax,
+                tp_ax,
+                pp,
+                batch=b_ax,
+                sp=sp,
+                sp_kind=sp_kind,
+                ep=ep,
+                topology=topology,
+                knobs=kn,
+                attention_dp=attention_dp,
+            )
         prec = apply_knobs(base_prec, kn)
         for t in tp_ax:
             for i0 in range(0, n, step):
-                cols = _evaluate_range(m, g, prof, ctx_ax, b_ax, out_ax, i0, min(n, i0 + step), prec, int(t),
-                                       chunk_tokens, reserve_fraction, kn, layout, ring)
+                cols = _evaluate_range(
+                    m,
+                    g,
+                    prof,
+                    ctx_ax,
+                    b_ax,
+                    out_ax,
+                    i0,
+                    min(n, i0 + step),
+                    prec,
+                    int(t),
+                    chunk_tokens,
+                    reserve_fraction,
+                    kn,
+                    layout,
+                    ring,
+                )
                 for name, value in knob_values.items():
                     cols[name] = value.value if hasattr(value, "value") else value
                 yield cols
@@ -471,8 +657,9 @@ def _blocks(i0: int, i1: int, shape: tuple[int, int, int]) -> Iterator[tuple[sli
             i += k * nb * no
 
 
-def _evaluate_range(m, g, prof, ctx_ax, b_ax, out_ax, i0, i1, prec, t, chunk_tokens, reserve_fraction, kn, lay,
-                    ring) -> dict:
+def _evaluate_range(
+    m, g, prof, ctx_ax, b_ax, out_ax, i0, i1, prec, t, chunk_tokens, reserve_fraction, kn, lay, ring
+) -> dict:
     """The columns of the points ``i0 .. i1 - 1`` of the grid at TP degree ``t``; ``lay``: the multi-GPU layout
     (:func:`perfmodel.parallel.layout`; None: one TP group), ``ring`` its Ring step model (None: ideal).
     Array columns are 1-D, or, for a range that is one block, in the block's shape (flattened in C order
@@ -481,15 +668,39 @@ def _evaluate_range(m, g, prof, ctx_ax, b_ax, out_ax, i0, i1, prec, t, chunk_tok
     from pandas.api.types import union_categoricals
 
     shape = (ctx_ax.size, b_ax.size, out_ax.size)
-    parts = [_evaluate_block(m, g, prof, ctx_ax[cs], b_ax[bs], out_ax[os], prec, t, chunk_tokens,
-                             reserve_fraction, kn, lay, ring) for cs, bs, os in _blocks(i0, i1, shape)]
+    parts = [
+        _evaluate_block(
+            m,
+            g,
+            prof,
+            ctx_ax[cs],
+            b_ax[bs],
+            out_ax[os],
+            prec,
+            t,
+            chunk_tokens,
+            reserve_fraction,
+            kn,
+            lay,
+            ring,
+        )
+        for cs, bs, os in _blocks(i0, i1, shape)
+    ]
     if len(parts) == 1:
         cols = parts[0]
     else:
-        cols = {k: (union_categoricals([p[k] for p in parts]) if isinstance(v, pd.Categorical)
-                    else np.concatenate([p[k].full().reshape(-1) for p in parts]) if isinstance(v, _FitPart)
-                    else v if np.ndim(v) == 0 else np.concatenate([np.ravel(p[k]) for p in parts]))
-                for k, v in parts[0].items()}  # a scalar (weights, KV per token, world) is one for the chunk
+        cols = {
+            k: (
+                union_categoricals([p[k] for p in parts])
+                if isinstance(v, pd.Categorical)
+                else np.concatenate([p[k].full().reshape(-1) for p in parts])
+                if isinstance(v, _FitPart)
+                else v
+                if np.ndim(v) == 0
+                else np.concatenate([np.ravel(p[k]) for p in parts])
+            )
+            for k, v in parts[0].items()
+        }  # a scalar (weights, KV per token, world) is one for the chunk
     ctx, out, b = cols.pop("context_len"), cols.pop("output_tokens"), cols.pop("batch")
     world = cols.pop("world")
     head = _head_columns(m, g, prof, ctx, out, b, t)
@@ -497,11 +708,16 @@ def _evaluate_range(m, g, prof, ctx_ax, b_ax, out_ax, i0, i1, prec, t, chunk_tok
     if lay is not None:
         from perfmodel.parallel import attention_groups
 
-        head = {**{k: v for k, v in head.items() if k in ("model", "gpu", "tp")},
-                "pp": lay["pp"], "sp": lay["sp"], "sp_kind": _const(lay["sp_kind"], n), "ep": lay["ep"],
-                "attention_dp": attention_groups(t, lay["ep"], lay["attention_dp"], lay["sp"]),
-                "world": np.full(n, world, dtype=np.int64),
-                **{k: v for k, v in head.items() if k not in ("model", "gpu", "tp")}}
+        head = {
+            **{k: v for k, v in head.items() if k in ("model", "gpu", "tp")},
+            "pp": lay["pp"],
+            "sp": lay["sp"],
+            "sp_kind": _const(lay["sp_kind"], n),
+            "ep": lay["ep"],
+            "attention_dp": attention_groups(t, lay["ep"], lay["attention_dp"], lay["sp"]),
+            "world": np.full(n, world, dtype=np.int64),
+            **{k: v for k, v in head.items() if k not in ("model", "gpu", "tp")},
+        }
     return {**head, **cols}
 
 
@@ -524,7 +740,11 @@ def _evaluate_block(m, g, prof, ctx, b, out, prec, t, chunk_tokens, reserve_frac
         step = decode_step_cost(m, g, prof, c3, b3, prec, t, knobs=kn)
         fits = np.broadcast_to(np.asarray(mem.max_concurrency) >= b3, shape)
         part = _FitPart.of(fits)
-        dec = None if part.empty else decode_cost(m, g, prof, part.take(c3), o3, part.take(b3), prec, t, knobs=kn)
+        dec = (
+            None
+            if part.empty
+            else decode_cost(m, g, prof, part.take(c3), o3, part.take(b3), prec, t, knobs=kn)
+        )
         world = t
     else:
         from perfmodel.parallel import price_layout
@@ -540,14 +760,34 @@ def _evaluate_block(m, g, prof, ctx, b, out, prec, t, chunk_tokens, reserve_frac
     if part.empty:
         times = dict.fromkeys(TIME_METRICS, np.empty((0, 0, out.size)))
     else:
-        times = time_metrics(part.take(c3), o3, part.take(b3), part.take_cost(pre), part.take_cost(step), dec,
-                             ContextSwitch(part.take_cost(sw.swap_out), part.take_cost(sw.swap_in)))
+        times = time_metrics(
+            part.take(c3),
+            o3,
+            part.take(b3),
+            part.take_cost(pre),
+            part.take_cost(step),
+            dec,
+            ContextSwitch(part.take_cost(sw.swap_out), part.take_cost(sw.swap_in)),
+        )
     met.update({k: part.with_values(v) for k, v in times.items()})
-    grid = (ctx.reshape(-1, 1, 1), out.reshape(1, 1, -1), b.reshape(1, -1, 1))  # integers, spread without copies
-    cols = {"context_len": np.broadcast_to(grid[0], shape), "output_tokens": np.broadcast_to(grid[1], shape),
-            "batch": np.broadcast_to(grid[2], shape), "world": world}
-    return {**cols, **{k: met[k] for k in METRIC_COLUMNS}, "prefill_bound": met["prefill_bound"],
-            "decode_bound": met["decode_bound"], "fits": fits}
+    grid = (
+        ctx.reshape(-1, 1, 1),
+        out.reshape(1, 1, -1),
+        b.reshape(1, -1, 1),
+    )  # integers, spread without copies
+    cols = {
+        "context_len": np.broadcast_to(grid[0], shape),
+        "output_tokens": np.broadcast_to(grid[1], shape),
+        "batch": np.broadcast_to(grid[2], shape),
+        "world": world,
+    }
+    return {
+        **cols,
+        **{k: met[k] for k in METRIC_COLUMNS},
+        "prefill_bound": met["prefill_bound"],
+        "decode_bound": met["decode_bound"],
+        "fits": fits,
+    }
 
 
 def _run(mask: np.ndarray) -> "slice | np.ndarray":
@@ -638,10 +878,24 @@ class _FitPart:
 
 
 #: The metric columns of a frame, in order (:func:`perfmodel.metrics.scenario_metrics` keys).
-METRIC_COLUMNS = ("weight_bytes", "kv_bytes_per_token", "kv_cache_bytes", "prefill_s", "prefill_s_low",
-                  "prefill_s_high", "decode_s_per_token", "decode_s_per_token_low", "decode_s_per_token_high",
-                  "decode_s", "decode_s_low", "decode_s_high", "max_concurrency", "context_switch_s",
-                  "context_switch_duplex_s", "session_throughput_tokens_per_s")
+METRIC_COLUMNS = (
+    "weight_bytes",
+    "kv_bytes_per_token",
+    "kv_cache_bytes",
+    "prefill_s",
+    "prefill_s_low",
+    "prefill_s_high",
+    "decode_s_per_token",
+    "decode_s_per_token_low",
+    "decode_s_per_token_high",
+    "decode_s",
+    "decode_s_low",
+    "decode_s_high",
+    "max_concurrency",
+    "context_switch_s",
+    "context_switch_duplex_s",
+    "session_throughput_tokens_per_s",
+)
 
 
 def _knob_grid(knobs: Knobs | None, knob_axes: Mapping[str, Iterable[Any]] | None):

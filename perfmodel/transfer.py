@@ -62,16 +62,29 @@ from perfmodel.costs.base import CurveParams
 from perfmodel.costs.collectives import COLLECTIVE_CLASSES
 
 #: Architecture generations of the shipped GPUs (NVIDIA: CUDA compute capability).
-ARCH_GENERATION: Mapping[str, float] = MappingProxyType({
-    "ampere": 8.0, "ada": 8.9, "hopper": 9.0, "blackwell": 10.0,
-})
+ARCH_GENERATION: Mapping[str, float] = MappingProxyType(
+    {
+        "ampere": 8.0,
+        "ada": 8.9,
+        "hopper": 9.0,
+        "blackwell": 10.0,
+    }
+)
 
-HOST_COPY_CLASSES: tuple[OpClass, ...] = (OpClass.MEMCPY_H2D, OpClass.MEMCPY_D2H, OpClass.MEMCPY_H2D_PAGEABLE,
-                                          OpClass.MEMCPY_D2H_PAGEABLE)
+HOST_COPY_CLASSES: tuple[OpClass, ...] = (
+    OpClass.MEMCPY_H2D,
+    OpClass.MEMCPY_D2H,
+    OpClass.MEMCPY_H2D_PAGEABLE,
+    OpClass.MEMCPY_D2H_PAGEABLE,
+)
 #: Classes whose ``knee_bytes`` / ``cache_bytes`` model the L2 (scaled by the L2 ratio).
 L2_CLASSES: tuple[OpClass, ...] = (OpClass.MEMCPY_D2D, OpClass.ELEMENTWISE)
 #: What another vendor's GPU takes from a measured profile: streaming and host-copy rates.
-FAMILY_INDEPENDENT_CLASSES: tuple[OpClass, ...] = (OpClass.MEMCPY_D2D, OpClass.ELEMENTWISE, *HOST_COPY_CLASSES)
+FAMILY_INDEPENDENT_CLASSES: tuple[OpClass, ...] = (
+    OpClass.MEMCPY_D2D,
+    OpClass.ELEMENTWISE,
+    *HOST_COPY_CLASSES,
+)
 FAMILY_INDEPENDENT_FIELDS: tuple[str, ...] = ("memory_eff", "tail_memory_eff", "knee_bytes")
 NVLINK_KINDS = frozenset({LinkKind.NVLINK, LinkKind.NVSWITCH})
 PARTIAL_SUFFIX = " (family-independent part)"
@@ -110,8 +123,12 @@ def _arch_distance(a: GPU, b: GPU) -> float:
 
 def source_key(target: GPU, source: GPU) -> tuple:
     """Sort key of a candidate source: vendor, architecture generation, HBM bandwidth, name."""
-    return (source.vendor != target.vendor, _arch_distance(target, source),
-            _log_ratio(target.hbm_bytes_per_s, source.hbm_bytes_per_s), source.name)
+    return (
+        source.vendor != target.vendor,
+        _arch_distance(target, source),
+        _log_ratio(target.hbm_bytes_per_s, source.hbm_bytes_per_s),
+        source.name,
+    )
 
 
 def choose_source(target: GPU, candidates: Sequence[GPU]) -> GPU | None:
@@ -124,8 +141,17 @@ def choose_link_source(target: GPU, candidates: Sequence[GPU]) -> GPU | None:
     """The measured GPU with collective curves and the same kind of link as ``target`` (nearest link bandwidth)."""
     group = link_kind_group(target.fabric_kind)
     same = [c for c in candidates if c.name != target.name and c.fabric_kind in group]
-    return min(same, key=lambda c: (_log_ratio(target.nvlink_bytes_per_s_per_direction,
-                                               c.nvlink_bytes_per_s_per_direction), c.name)) if same else None
+    return (
+        min(
+            same,
+            key=lambda c: (
+                _log_ratio(target.nvlink_bytes_per_s_per_direction, c.nvlink_bytes_per_s_per_direction),
+                c.name,
+            ),
+        )
+        if same
+        else None
+    )
 
 
 def _path_bytes_per_s(gpu: GPU, op_class: OpClass) -> float:
@@ -144,8 +170,11 @@ def carry_params(p: CurveParams, op_class: OpClass, source: GPU, target: GPU) ->
     """``p`` (fitted on ``source``) for ``target`` of the same vendor: the field rules of the module docstring
     (for the fields ``p``'s class has), the same parameter type."""
     bw = _ratio(_path_bytes_per_s(target, op_class), _path_bytes_per_s(source, op_class))
-    factors = {"ramp_bytes": bw, "bandwidth_bytes_per_s": bw,
-               "ramp_flops": _ratio(target.flops_for(Dtype.BF16), source.flops_for(Dtype.BF16))}
+    factors = {
+        "ramp_bytes": bw,
+        "bandwidth_bytes_per_s": bw,
+        "ramp_flops": _ratio(target.flops_for(Dtype.BF16), source.flops_for(Dtype.BF16)),
+    }
     if op_class in L2_CLASSES:
         l2 = _ratio(target.l2_bytes, source.l2_bytes)
         factors |= {"knee_bytes": l2, "cache_bytes": l2}
@@ -178,18 +207,28 @@ def transfer_profile(source: Profile, source_gpu: GPU, target: GPU) -> Profile:
     label = provenance_label(ProvenanceKind.TRANSFERRED, source_gpu.name, partial=not same)
     if same:
         classes = {c: carry_params(p, c, source_gpu, target) for c, p in source.classes.items()}
-        named = {n: carry_params(p, OpClass.ELEMENTWISE, source_gpu, target) for n, p in source.elementwise.items()}
+        named = {
+            n: carry_params(p, OpClass.ELEMENTWISE, source_gpu, target) for n, p in source.elementwise.items()
+        }
         impls = {k: carry_params(p, k[0], source_gpu, target) for k, p in source.implementations.items()}
     else:
-        classes = {c: family_independent_params(p, c, source_gpu, target)
-                   for c, p in source.classes.items() if c in FAMILY_INDEPENDENT_CLASSES}
-        named = {n: family_independent_params(p, OpClass.ELEMENTWISE, source_gpu, target)
-                 for n, p in source.elementwise.items()}
+        classes = {
+            c: family_independent_params(p, c, source_gpu, target)
+            for c, p in source.classes.items()
+            if c in FAMILY_INDEPENDENT_CLASSES
+        }
+        named = {
+            n: family_independent_params(p, OpClass.ELEMENTWISE, source_gpu, target)
+            for n, p in source.elementwise.items()
+        }
         impls = {}
     out = Profile(
-        gpu=target.name, mode=Mode.CALIBRATED, classes=MappingProxyType(classes),
+        gpu=target.name,
+        mode=Mode.CALIBRATED,
+        classes=MappingProxyType(classes),
         measured_on=MappingProxyType({"transferred_from": source_gpu.name, **dict(source.measured_on)}),
-        source_path=source.source_path, elementwise=MappingProxyType(named),
+        source_path=source.source_path,
+        elementwise=MappingProxyType(named),
         implementations=MappingProxyType(impls),
         launch_terms=source.launch_terms if same else MappingProxyType({}),
         transferred_from=source_gpu.name,
@@ -234,16 +273,27 @@ def with_transferred_gaps(profile: Profile, gpu: GPU, measured: Mapping[str, tup
     for n, p in sp.elementwise.items():
         if n not in named:
             named[n] = carry_params(p, OpClass.ELEMENTWISE, src, gpu)
-    if len(classes) == len(profile.classes) and len(impls) == len(profile.implementations) and len(named) == len(
-            profile.elementwise):
+    if (
+        len(classes) == len(profile.classes)
+        and len(impls) == len(profile.implementations)
+        and len(named) == len(profile.elementwise)
+    ):
         return profile
-    out = dataclasses.replace(profile, classes=MappingProxyType(classes), provenance=MappingProxyType(prov),
-                              implementations=MappingProxyType(impls), impl_provenance=MappingProxyType(impl_prov),
-                              elementwise=MappingProxyType(named), attention_impl=None)
+    out = dataclasses.replace(
+        profile,
+        classes=MappingProxyType(classes),
+        provenance=MappingProxyType(prov),
+        implementations=MappingProxyType(impls),
+        impl_provenance=MappingProxyType(impl_prov),
+        elementwise=MappingProxyType(named),
+        attention_impl=None,
+    )
     return out
 
 
-def with_transferred_collectives(profile: Profile, gpu: GPU, measured: Mapping[str, tuple[GPU, Profile]]) -> Profile:
+def with_transferred_collectives(
+    profile: Profile, gpu: GPU, measured: Mapping[str, tuple[GPU, Profile]]
+) -> Profile:
     """``profile`` with the collective classes it lacks taken from a measured GPU with the same kind of link.
 
     ``measured`` maps GPU names to (GPU, profile) of the measured profiles.  The classes come from

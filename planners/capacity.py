@@ -87,7 +87,9 @@ def load_prices(path: str | Path | None = None) -> dict[str, Price]:
     except (OSError, yaml.YAMLError) as exc:
         raise PlannerError(f"cannot read prices {p}: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("prices"), dict):
-        raise PlannerError(f"{p}: expected a 'prices' mapping of GPU name -> {{usd_per_gpu_hour, source, date}}")
+        raise PlannerError(
+            f"{p}: expected a 'prices' mapping of GPU name -> {{usd_per_gpu_hour, source, date}}"
+        )
     out = {}
     for gpu, e in data["prices"].items():
         if not isinstance(e, dict):
@@ -177,14 +179,33 @@ class CapacityPlan:
         return front
 
     def table(self) -> list[dict[str, Any]]:
-        return [{"gpu": p.gpu, "tp": p.tp, "pp": p.pp, "replicas": p.replicas, "gpus": p.gpus,
-                 "usd_per_hour": round(p.usd_per_hour, 4), "ttft_s": p.ttft_s, "tpot_s": p.tpot_s,
-                 "e2e_p90_s": p.e2e_p90_s} for p in self.pareto()]
+        return [
+            {
+                "gpu": p.gpu,
+                "tp": p.tp,
+                "pp": p.pp,
+                "replicas": p.replicas,
+                "gpus": p.gpus,
+                "usd_per_hour": round(p.usd_per_hour, 4),
+                "ttft_s": p.ttft_s,
+                "tpot_s": p.tpot_s,
+                "e2e_p90_s": p.e2e_p90_s,
+            }
+            for p in self.pareto()
+        ]
 
 
 def _dep(q: CapacityQuery, gpu: str, tp: int, pp: int, replicas: int) -> Deployment:
-    return Deployment.make(q.model, gpu, mode=q.mode, weight_dtype=q.weight_dtype, tp=tp, pp=pp,
-                           replicas=replicas, **q.deployment_kw)
+    return Deployment.make(
+        q.model,
+        gpu,
+        mode=q.mode,
+        weight_dtype=q.weight_dtype,
+        tp=tp,
+        pp=pp,
+        replicas=replicas,
+        **q.deployment_kw,
+    )
 
 
 def shapes(q: CapacityQuery, prices: dict[str, Price]) -> tuple[list[Shape], list[tuple[str, str]]]:
@@ -195,7 +216,9 @@ def shapes(q: CapacityQuery, prices: dict[str, Price]) -> tuple[list[Shape], lis
     longest = int(np.argmax(q.requests.prompt_len + q.requests.output_len))
     for gpu in q.gpus:
         if gpu not in prices:
-            raise PlannerError(f"no price for {gpu}; known: {', '.join(sorted(prices))} (or pass --prices FILE)")
+            raise PlannerError(
+                f"no price for {gpu}; known: {', '.join(sorted(prices))} (or pass --prices FILE)"
+            )
         for tp in q.tp_options:
             for pp in q.pp_options:
                 name = f"{gpu} tp={tp} pp={pp}"
@@ -205,8 +228,12 @@ def shapes(q: CapacityQuery, prices: dict[str, Price]) -> tuple[list[Shape], lis
                 try:
                     dep = _dep(q, gpu, tp, pp, 1)
                     check_tp(dep.model, tp)
-                    check_fits_alone(dep, replica_memory(dep), int(q.requests.prompt_len[longest]),
-                                     int(q.requests.output_len[longest]))
+                    check_fits_alone(
+                        dep,
+                        replica_memory(dep),
+                        int(q.requests.prompt_len[longest]),
+                        int(q.requests.output_len[longest]),
+                    )
                 except PerfModelError as exc:
                     pruned.append((name, str(exc)))
                     continue
@@ -214,18 +241,39 @@ def shapes(q: CapacityQuery, prices: dict[str, Price]) -> tuple[list[Shape], lis
                 ttft = float(np.percentile(b.prefill_s, q.slo.ttft_pct))
                 tpot = float(np.percentile(b.tpot_floor_s, q.slo.tpot_pct))
                 if q.slo.ttft_s is not None and ttft > q.slo.ttft_s:
-                    pruned.append((name, (f"TTFT p{q.slo.ttft_pct:g} >= {ttft:.4g} s (prefill alone) > target "
-                                         f"{q.slo.ttft_s:g} s ({ttft / q.slo.ttft_s:.2f}x)")))
+                    pruned.append(
+                        (
+                            name,
+                            (
+                                f"TTFT p{q.slo.ttft_pct:g} >= {ttft:.4g} s (prefill alone) > target "
+                                f"{q.slo.ttft_s:g} s ({ttft / q.slo.ttft_s:.2f}x)"
+                            ),
+                        )
+                    )
                     continue
                 if q.slo.tpot_s is not None and tpot > q.slo.tpot_s:
-                    pruned.append((name, (f"TPOT p{q.slo.tpot_pct:g} >= {tpot:.4g} s (one decode step) > target "
-                                         f"{q.slo.tpot_s:g} s ({tpot / q.slo.tpot_s:.2f}x)")))
+                    pruned.append(
+                        (
+                            name,
+                            (
+                                f"TPOT p{q.slo.tpot_pct:g} >= {tpot:.4g} s (one decode step) > target "
+                                f"{q.slo.tpot_s:g} s ({tpot / q.slo.tpot_s:.2f}x)"
+                            ),
+                        )
+                    )
                     continue
                 bound = b.throughput_bound_tokens_per_s
                 r_min = max(1, math.ceil(rate * out_mean / bound)) if math.isfinite(rate) else 1
                 if r_min * tp * pp > q.max_gpus:
-                    pruned.append((name, (f"needs >= {r_min} replicas ({r_min * tp * pp} GPUs) by the throughput "
-                                         f"bound, max {q.max_gpus} GPUs")))
+                    pruned.append(
+                        (
+                            name,
+                            (
+                                f"needs >= {r_min} replicas ({r_min * tp * pp} GPUs) by the throughput "
+                                f"bound, max {q.max_gpus} GPUs"
+                            ),
+                        )
+                    )
                     continue
                 keep.append(Shape(gpu, tp, pp, r_min, tp * pp * prices[gpu].usd_per_gpu_hour, ttft, tpot))
     return keep, pruned
@@ -234,14 +282,27 @@ def shapes(q: CapacityQuery, prices: dict[str, Price]) -> tuple[list[Shape], lis
 def _point(q: CapacityQuery, s: Shape, replicas: int, requests: Requests) -> Point:
     if _past(q.deadline):
         raise _OutOfTime
-    res = simulate(_dep(q, s.gpu, s.tp, s.pp, replicas), requests, record_timeline=False,
-                   progress=_deadline_hook(q.deadline))
+    res = simulate(
+        _dep(q, s.gpu, s.tp, s.pp, replicas),
+        requests,
+        record_timeline=False,
+        progress=_deadline_hook(q.deadline),
+    )
     rep = res.slo_report(q.slo)
     worst = max(rep.items(), key=lambda kv: kv[1]["ratio"]) if rep else ("none", {"ratio": 0.0})
-    return Point(s.gpu, s.tp, s.pp, replicas, replicas * s.usd_per_replica_hour,
-                 float(np.nanpercentile(res.ttft_s, q.slo.ttft_pct)),
-                 float(np.nanpercentile(res.tpot_s, q.slo.tpot_pct)) if np.isfinite(res.tpot_s).any() else 0.0,
-                 float(np.percentile(res.e2e_s, 90)), res.meets_slo(q.slo), float(worst[1]["ratio"]), worst[0])
+    return Point(
+        s.gpu,
+        s.tp,
+        s.pp,
+        replicas,
+        replicas * s.usd_per_replica_hour,
+        float(np.nanpercentile(res.ttft_s, q.slo.ttft_pct)),
+        float(np.nanpercentile(res.tpot_s, q.slo.tpot_pct)) if np.isfinite(res.tpot_s).any() else 0.0,
+        float(np.percentile(res.e2e_s, 90)),
+        res.meets_slo(q.slo),
+        float(worst[1]["ratio"]),
+        worst[0],
+    )
 
 
 def search_shape(job: tuple[CapacityQuery, Shape]) -> list[Point]:
@@ -293,7 +354,11 @@ def resample(requests: Requests, seed: int) -> Requests:
     n = len(requests)
     a = requests.arrival_s
     span = float(a[-1] - a[0])
-    arr = np.zeros(n) if span == 0 else np.concatenate([[0.0], np.cumsum(rng.exponential(span / (n - 1), n - 1))])
+    arr = (
+        np.zeros(n)
+        if span == 0
+        else np.concatenate([[0.0], np.cumsum(rng.exponential(span / (n - 1), n - 1))])
+    )
     idx = rng.integers(0, n, n)
     return Requests.of(arr, requests.prompt_len[idx], requests.output_len[idx])
 
@@ -317,12 +382,20 @@ def choose_backend(jobs_left: int, job_s: float, cores: int | None = None) -> "t
     work = jobs_left * job_s
     if cores > 1 and work > RAY_MIN_WORK_S:
         return Backend.RAY, f"about {work:.0f} s of work left for one core; a local instance on {cores} cores"
-    return Backend.LOCAL, (f"about {work:.1f} s of work left, under the {RAY_MIN_WORK_S:.0f} s a local Ray instance "
-                           "needs to pay" if cores > 1 else "one core")
+    return Backend.LOCAL, (
+        f"about {work:.1f} s of work left, under the {RAY_MIN_WORK_S:.0f} s a local Ray instance needs to pay"
+        if cores > 1
+        else "one core"
+    )
 
 
-def plan_capacity(q: CapacityQuery, prices: dict[str, Price], backend: str = "auto", confirm_seeds: int = 2,
-                  runners_up: int = 2) -> CapacityPlan:
+def plan_capacity(
+    q: CapacityQuery,
+    prices: dict[str, Price],
+    backend: str = "auto",
+    confirm_seeds: int = 2,
+    runners_up: int = 2,
+) -> CapacityPlan:
     """Cheapest deployment meeting ``q.slo``; raises :class:`InfeasibleError` naming the binding constraint."""
     if q.slo.ttft_s is None and q.slo.tpot_s is None:
         raise PlannerError("give at least one SLO (TTFT or TPOT)")
@@ -344,13 +417,16 @@ def plan_capacity(q: CapacityQuery, prices: dict[str, Price], backend: str = "au
             results.append(search_shape(jobs[0]))
             advance(1)
             chosen, why = choose_backend(len(jobs) - 1, time.perf_counter() - t0)
-            print(f"plan capacity: {'on Ray' if chosen is Backend.RAY else 'in-process'} ({why})", file=sys.stderr)
+            print(
+                f"plan capacity: {'on Ray' if chosen is Backend.RAY else 'in-process'} ({why})",
+                file=sys.stderr,
+            )
         if chosen is Backend.LOCAL:
-            for job in jobs[len(results):]:
+            for job in jobs[len(results) :]:
                 results.append(search_shape(job))
                 advance(1)
         else:
-            results += parallel_map(search_shape, jobs[len(results):], backend=Backend.RAY)
+            results += parallel_map(search_shape, jobs[len(results) :], backend=Backend.RAY)
     points = [p for pts in results for p in pts]
     complete = not _past(q.deadline)
     ok = sorted((p for p in points if p.meets), key=lambda p: (p.usd_per_hour, p.e2e_p90_s))
@@ -358,16 +434,20 @@ def plan_capacity(q: CapacityQuery, prices: dict[str, Price], backend: str = "au
         if not complete:
             raise PlannerError(
                 f"the time limit was reached after simulating {len(points)} deployment(s), none meeting the SLOs; "
-                "raise --time-limit, or simulate fewer --requests or candidates")
+                "raise --time-limit, or simulate fewer --requests or candidates"
+            )
         close = min(points, key=lambda p: p.worst_ratio)
         raise InfeasibleError(
             f"no deployment within {q.max_gpus} GPUs meets the SLOs; closest: {close.replicas}x {close.gpu} "
             f"tp={close.tp} pp={close.pp} misses {close.worst.upper()} by {close.worst_ratio:.2f}x "
-            f"(raise --max-gpus or relax the {close.worst.upper()} target)")
+            f"(raise --max-gpus or relax the {close.worst.upper()} target)"
+        )
     cheapest_per_shape: dict[tuple, Point] = {}
     for p in ok:
         cheapest_per_shape.setdefault((p.gpu, p.tp, p.pp), p)
-    finalists = sorted(cheapest_per_shape.values(), key=lambda p: (p.usd_per_hour, p.e2e_p90_s))[:1 + runners_up]
+    finalists = sorted(cheapest_per_shape.values(), key=lambda p: (p.usd_per_hour, p.e2e_p90_s))[
+        : 1 + runners_up
+    ]
     jobs = [(q, p, 1000 + k) for p in finalists for k in range(confirm_seeds)]
     verdicts = parallel_map(_confirm, jobs, backend=chosen)
     confirmed = {}
@@ -380,8 +460,9 @@ def plan_capacity(q: CapacityQuery, prices: dict[str, Price], backend: str = "au
         confirmed.setdefault((p.gpu, p.tp, p.pp, p.replicas), confirm_seeds == 0)
     good = [p for p in finalists if confirmed[(p.gpu, p.tp, p.pp, p.replicas)]]
     best = good[0] if good else finalists[0]
-    return CapacityPlan(best, tuple(p for p in finalists if p is not best), confirmed, tuple(points), tuple(pruned),
-                        complete)
+    return CapacityPlan(
+        best, tuple(p for p in finalists if p is not best), confirmed, tuple(points), tuple(pruned), complete
+    )
 
 
 def _why_pruned(pruned: list[tuple[str, str]]) -> str:
@@ -399,7 +480,8 @@ def _why_pruned(pruned: list[tuple[str, str]]) -> str:
         return f"no candidate can meet the SLOs; the closest, {name}: {why}"
     name, why = pruned[0]
     return f"no candidate can serve the workload: {name}: {why}" + (
-        f" (and {len(pruned) - 1} more shapes pruned)" if len(pruned) > 1 else "")
+        f" (and {len(pruned) - 1} more shapes pruned)" if len(pruned) > 1 else ""
+    )
 
 
 def plot_pareto(plan: CapacityPlan, path: str | Path) -> None:
@@ -413,13 +495,26 @@ def plot_pareto(plan: CapacityPlan, path: str | Path) -> None:
     ok = [p for p in plan.points if p.meets]
     bad = [p for p in plan.points if not p.meets]
     if bad:
-        ax.scatter([p.usd_per_hour for p in bad], [p.e2e_p90_s for p in bad], c="lightgray", s=14, label="misses SLO")
+        ax.scatter(
+            [p.usd_per_hour for p in bad], [p.e2e_p90_s for p in bad], c="lightgray", s=14, label="misses SLO"
+        )
     ax.scatter([p.usd_per_hour for p in ok], [p.e2e_p90_s for p in ok], c="tab:blue", s=18, label="meets SLO")
     front = plan.pareto()
-    ax.plot([p.usd_per_hour for p in front], [p.e2e_p90_s for p in front], "-o", c="tab:orange", label="Pareto front")
+    ax.plot(
+        [p.usd_per_hour for p in front],
+        [p.e2e_p90_s for p in front],
+        "-o",
+        c="tab:orange",
+        label="Pareto front",
+    )
     for p in front:
-        ax.annotate(f"{p.replicas}x{p.gpu} tp{p.tp}", (p.usd_per_hour, p.e2e_p90_s), fontsize=7,
-                    xytext=(3, 3), textcoords="offset points")
+        ax.annotate(
+            f"{p.replicas}x{p.gpu} tp{p.tp}",
+            (p.usd_per_hour, p.e2e_p90_s),
+            fontsize=7,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
     b = plan.best
     ax.scatter([b.usd_per_hour], [b.e2e_p90_s], marker="*", s=180, c="tab:red", label="chosen", zorder=5)
     ax.set_xlabel("cost, USD per hour")
@@ -441,7 +536,9 @@ def register(plan_subparsers) -> None:
     """Add ``capacity`` to ``perfmodel plan``."""
     p = plan_subparsers.add_parser("capacity", help="cheapest GPU deployment meeting TTFT/TPOT SLOs")
     p.add_argument("--model", required=True)
-    p.add_argument("--candidates", default=None, help="GPU kinds, comma-separated (default: every priced GPU)")
+    p.add_argument(
+        "--candidates", default=None, help="GPU kinds, comma-separated (default: every priced GPU)"
+    )
     p.add_argument("--rate", required=False, default=None, help="requests per second (Poisson)")
     p.add_argument("--prompt-len", default="2048", help="N, lognormal:MEAN:SIGMA[:CAP] or uniform:LOW:HIGH")
     p.add_argument("--output-len", default="128")
@@ -462,15 +559,23 @@ def register(plan_subparsers) -> None:
     add_launch_arg(p)
     p.add_argument("--weight-dtype", default="bf16")
     p.add_argument("--kv-policy", choices=["swap", "recompute", "queue"], default="queue")
-    p.add_argument("--backend", choices=["auto", "ray", "local"], default="auto",
-                   help="auto: in-process, or Ray when installed and RAY_ADDRESS names a cluster or the work "
-                        "is more than about 30 s on one core (the choice is printed)")
+    p.add_argument(
+        "--backend",
+        choices=["auto", "ray", "local"],
+        default="auto",
+        help="auto: in-process, or Ray when installed and RAY_ADDRESS names a cluster or the work "
+        "is more than about 30 s on one core (the choice is printed)",
+    )
     p.add_argument("--png", default=None, help="write the Pareto front plot here")
     from perfmodel.planners.cli import _time_limit
 
-    p.add_argument("--time-limit", type=_time_limit, default=DEFAULT_TIME_LIMIT_S,
-                   help="seconds for the whole plan; past it the cheapest deployment found so far is shown "
-                        "(default %(default)s)")
+    p.add_argument(
+        "--time-limit",
+        type=_time_limit,
+        default=DEFAULT_TIME_LIMIT_S,
+        help="seconds for the whole plan; past it the cheapest deployment found so far is shown "
+        "(default %(default)s)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_capacity)
 
@@ -495,13 +600,19 @@ def query_from_args(args) -> CapacityQuery:
     if args.requests < 1:
         raise PlannerError(f"--requests must be >= 1, got {args.requests}")
     if args.requests > MAX_REQUESTS:
-        raise TooLargeError(f"--requests {args.requests:,} is above the {MAX_REQUESTS:,} simulated per candidate",
-                            count=args.requests, limit=MAX_REQUESTS)
+        raise TooLargeError(
+            f"--requests {args.requests:,} is above the {MAX_REQUESTS:,} simulated per candidate",
+            count=args.requests,
+            limit=MAX_REQUESTS,
+        )
     if args.max_gpus < 1:
         raise PlannerError(f"--max-gpus must be >= 1, got {args.max_gpus}")
     if args.max_gpus > MAX_GPUS:
-        raise TooLargeError(f"--max-gpus {args.max_gpus:,} is above the {MAX_GPUS:,} a plan may spend",
-                            count=args.max_gpus, limit=MAX_GPUS)
+        raise TooLargeError(
+            f"--max-gpus {args.max_gpus:,} is above the {MAX_GPUS:,} a plan may spend",
+            count=args.max_gpus,
+            limit=MAX_GPUS,
+        )
     if args.trace:
         reqs = read_trace(args.trace)
     else:
@@ -509,17 +620,36 @@ def query_from_args(args) -> CapacityQuery:
             raise PlannerError("give --rate (requests/s) or --trace")
         rate = parse_rate(args.rate)
         if not math.isfinite(rate):
-            raise PlannerError(f"--rate must be a finite number of requests/s to size a deployment for, got {args.rate!r}")
-        reqs = Workload(args.requests, rate, LengthDist.parse(args.prompt_len, "--prompt-len"),
-                        LengthDist.parse(args.output_len, "--output-len"), seed=args.seed).generate()
+            raise PlannerError(
+                f"--rate must be a finite number of requests/s to size a deployment for, got {args.rate!r}"
+            )
+        reqs = Workload(
+            args.requests,
+            rate,
+            LengthDist.parse(args.prompt_len, "--prompt-len"),
+            LengthDist.parse(args.output_len, "--output-len"),
+            seed=args.seed,
+        ).generate()
     prices = load_prices(args.prices)
-    gpus = tuple(resolve_gpu_name(g.strip()) for g in args.candidates.split(",")) if args.candidates else tuple(prices)
+    gpus = (
+        tuple(resolve_gpu_name(g.strip()) for g in args.candidates.split(","))
+        if args.candidates
+        else tuple(prices)
+    )
     slo = Slo(args.slo_ttft, args.slo_tpot, args.slo_pct, args.slo_pct)
-    return CapacityQuery(args.model, reqs, slo, gpus, _ints(args.tp, "--tp"), _ints(args.pp, "--pp"), args.max_gpus,
-                         args.mode, args.weight_dtype, {"kv_policy": args.kv_policy,
-                                                        "attention_impl": args.attention_impl,
-                                                        "launch": args.launch},
-                         getattr(args, "t0", time.time()) + getattr(args, "time_limit", DEFAULT_TIME_LIMIT_S))
+    return CapacityQuery(
+        args.model,
+        reqs,
+        slo,
+        gpus,
+        _ints(args.tp, "--tp"),
+        _ints(args.pp, "--pp"),
+        args.max_gpus,
+        args.mode,
+        args.weight_dtype,
+        {"kv_policy": args.kv_policy, "attention_impl": args.attention_impl, "launch": args.launch},
+        getattr(args, "t0", time.time()) + getattr(args, "time_limit", DEFAULT_TIME_LIMIT_S),
+    )
 
 
 def _cmd_capacity(args) -> int:
@@ -531,12 +661,31 @@ def _cmd_capacity(args) -> int:
         plot_pareto(plan, args.png)
     b = plan.best
     out = {
-        "best": {"gpu": b.gpu, "tp": b.tp, "pp": b.pp, "replicas": b.replicas, "gpus": b.gpus,
-                 "usd_per_hour": b.usd_per_hour, "ttft_s": b.ttft_s, "tpot_s": b.tpot_s, "e2e_p90_s": b.e2e_p90_s,
-                 "confirmed": plan.confirmed[(b.gpu, b.tp, b.pp, b.replicas)],
-                 "price_source": prices[b.gpu].source, "price_date": prices[b.gpu].date},
-        "runners_up": [{"gpu": p.gpu, "tp": p.tp, "pp": p.pp, "replicas": p.replicas, "usd_per_hour": p.usd_per_hour,
-                        "confirmed": plan.confirmed[(p.gpu, p.tp, p.pp, p.replicas)]} for p in plan.runners_up],
+        "best": {
+            "gpu": b.gpu,
+            "tp": b.tp,
+            "pp": b.pp,
+            "replicas": b.replicas,
+            "gpus": b.gpus,
+            "usd_per_hour": b.usd_per_hour,
+            "ttft_s": b.ttft_s,
+            "tpot_s": b.tpot_s,
+            "e2e_p90_s": b.e2e_p90_s,
+            "confirmed": plan.confirmed[(b.gpu, b.tp, b.pp, b.replicas)],
+            "price_source": prices[b.gpu].source,
+            "price_date": prices[b.gpu].date,
+        },
+        "runners_up": [
+            {
+                "gpu": p.gpu,
+                "tp": p.tp,
+                "pp": p.pp,
+                "replicas": p.replicas,
+                "usd_per_hour": p.usd_per_hour,
+                "confirmed": plan.confirmed[(p.gpu, p.tp, p.pp, p.replicas)],
+            }
+            for p in plan.runners_up
+        ],
         "pareto": plan.table(),
         "pruned": [{"shape": n, "reason": r} for n, r in plan.pruned],
         "simulated": len(plan.points),
@@ -555,20 +704,34 @@ def _cmd_capacity(args) -> int:
     from perfmodel.tables import fmt_seconds
 
     con = Console()
-    con.print(f"cheapest: {b.replicas} x {b.gpu} (tp={b.tp}, pp={b.pp}) = {b.gpus} GPUs, ${b.usd_per_hour:,.2f}/h; "
-              f"TTFT p{q.slo.ttft_pct:g} {fmt_seconds(b.ttft_s)}, TPOT p{q.slo.tpot_pct:g} {fmt_seconds(b.tpot_s)}"
-              f"{'' if out['best']['confirmed'] else ' (NOT confirmed on fresh samples)'}")
+    con.print(
+        f"cheapest: {b.replicas} x {b.gpu} (tp={b.tp}, pp={b.pp}) = {b.gpus} GPUs, ${b.usd_per_hour:,.2f}/h; "
+        f"TTFT p{q.slo.ttft_pct:g} {fmt_seconds(b.ttft_s)}, TPOT p{q.slo.tpot_pct:g} {fmt_seconds(b.tpot_s)}"
+        f"{'' if out['best']['confirmed'] else ' (NOT confirmed on fresh samples)'}"
+    )
     t = Table(title="Pareto front (cost vs end-to-end p90)")
     for c in ("gpu", "tp", "pp", "replicas", "gpus", "$/h", "TTFT", "TPOT", "e2e p90"):
         t.add_column(c, justify="right")
     for r in out["pareto"]:
-        t.add_row(r["gpu"], str(r["tp"]), str(r["pp"]), str(r["replicas"]), str(r["gpus"]), f"{r['usd_per_hour']:,.2f}",
-                  fmt_seconds(r["ttft_s"]), fmt_seconds(r["tpot_s"]), fmt_seconds(r["e2e_p90_s"]))
+        t.add_row(
+            r["gpu"],
+            str(r["tp"]),
+            str(r["pp"]),
+            str(r["replicas"]),
+            str(r["gpus"]),
+            f"{r['usd_per_hour']:,.2f}",
+            fmt_seconds(r["ttft_s"]),
+            fmt_seconds(r["tpot_s"]),
+            fmt_seconds(r["e2e_p90_s"]),
+        )
     con.print(t)
     con.print(f"{len(plan.points)} deployments simulated, {len(plan.pruned)} shapes pruned analytically")
     if not plan.complete:
-        con.print(f"note: --time-limit ({args.time_limit:g} s) stopped the search: the cheapest deployment found by "
-                  "then is shown", markup=False)
+        con.print(
+            f"note: --time-limit ({args.time_limit:g} s) stopped the search: the cheapest deployment found by "
+            "then is shown",
+            markup=False,
+        )
     for gpu, line in out["provenance"].items():
         con.print(f"provenance {gpu}: {line}", markup=False)
     return 0

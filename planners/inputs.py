@@ -28,7 +28,9 @@ def _read(path: str | Path) -> Any:
         raise PlannerError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from None
 
 
-def trace_counts(routes: list, num_experts: int | None = None, where: str = "trace") -> tuple[np.ndarray, np.ndarray]:
+def trace_counts(
+    routes: list, num_experts: int | None = None, where: str = "trace"
+) -> tuple[np.ndarray, np.ndarray]:
     """Loads ``[L, E]`` and affinity ``[L-1, E, E]`` from per-token routes.
 
     ``routes[t][l]`` lists the experts token ``t`` went to in MoE layer ``l``.
@@ -91,7 +93,9 @@ def read_affinity(path: str | Path) -> np.ndarray:
     try:
         r = np.asarray(raw, dtype=float)
     except (TypeError, ValueError):
-        raise PlannerError(f"{path}: 'affinity' must be a [layers-1][experts][experts] array of numbers") from None
+        raise PlannerError(
+            f"{path}: 'affinity' must be a [layers-1][experts][experts] array of numbers"
+        ) from None
     if r.ndim != 3:
         raise PlannerError(f"{path}: 'affinity' must be a [layers-1][experts][experts] array")
     return r

@@ -59,7 +59,14 @@ from perfmodel.planners import moe_search as ms
 from perfmodel.planners.errors import InfeasibleError, PlannerError
 from perfmodel.planners.moe_ties import TieSearch, tie_search as run_tie_search
 from perfmodel.planners.moe_traffic import TrafficModel, stage2_map
-from perfmodel.planners.solver import SolverOptions, SolveStatus, check_model_size, new_var, relative_gap, solve
+from perfmodel.planners.solver import (
+    SolverOptions,
+    SolveStatus,
+    check_model_size,
+    new_var,
+    relative_gap,
+    solve,
+)
 
 Placement = mb.Placement
 
@@ -111,15 +118,18 @@ class MoEProblem:
         if self.gpus * self.slots_per_gpu < e:
             raise InfeasibleError(
                 f"{e} experts do not fit: {self.gpus} GPUs x {self.slots_per_gpu} slots = "
-                f"{self.gpus * self.slots_per_gpu} slots")
+                f"{self.gpus * self.slots_per_gpu} slots"
+            )
         if self.gpus % self.nodes:
             raise PlannerError(f"{self.gpus} GPUs do not split evenly into {self.nodes} nodes")
         if self.affinity is not None:
             r = np.asarray(self.affinity, dtype=float)
             want = (loads.shape[0] - 1, e, e)
             if r.shape != want:
-                raise PlannerError(f"affinity must have shape [layers-1][experts][experts] = {list(want)}, "
-                                   f"got {list(r.shape)}")
+                raise PlannerError(
+                    f"affinity must have shape [layers-1][experts][experts] = {list(want)}, "
+                    f"got {list(r.shape)}"
+                )
             if not np.isfinite(r).all() or (r < 0).any():
                 raise PlannerError("affinity counts must be finite and >= 0")
             object.__setattr__(self, "affinity", r)
@@ -128,7 +138,9 @@ class MoEProblem:
         if self.transitions is not None:
             x = np.asarray(self.transitions, dtype=float)
             if x.shape != (loads.shape[0] - 1, e, e) or not np.isfinite(x).all() or (x < 0).any():
-                raise PlannerError(f"transitions must be finite counts >= 0 of shape {[loads.shape[0] - 1, e, e]}")
+                raise PlannerError(
+                    f"transitions must be finite counts >= 0 of shape {[loads.shape[0] - 1, e, e]}"
+                )
             object.__setattr__(self, "transitions", x)
 
     def routing(self) -> np.ndarray | None:
@@ -164,9 +176,13 @@ class LayerMetrics:
     weighted_traffic: float | None = None
 
     def to_dict(self) -> dict:
-        return {"max_gpu_load": self.max_gpu_load, "mean_gpu_load": self.mean_gpu_load,
-                "cross_gpu_tokens": self.cross_gpu_tokens, "cross_node_tokens": self.cross_node_tokens,
-                "weighted_traffic": self.weighted_traffic}
+        return {
+            "max_gpu_load": self.max_gpu_load,
+            "mean_gpu_load": self.mean_gpu_load,
+            "cross_gpu_tokens": self.cross_gpu_tokens,
+            "cross_node_tokens": self.cross_node_tokens,
+            "weighted_traffic": self.weighted_traffic,
+        }
 
 
 @dataclass(frozen=True)
@@ -182,8 +198,15 @@ class SolverReport:
     ties: TieSearch | None = None
 
     def to_dict(self) -> dict:
-        d = {"name": self.name, "status": self.status.value, "gap": self.gap, "seconds": self.seconds,
-             "layers_proven_optimal": self.layers_proven, "layers": self.layers, "milp_layers": self.milp_layers}
+        d = {
+            "name": self.name,
+            "status": self.status.value,
+            "gap": self.gap,
+            "seconds": self.seconds,
+            "layers_proven_optimal": self.layers_proven,
+            "layers": self.layers,
+            "milp_layers": self.milp_layers,
+        }
         if self.stage2_status is not None:
             d["affinity_status"] = self.stage2_status.value
         if self.ties is not None:
@@ -211,21 +234,30 @@ class MoEPlan:
         n = len(self.placements)
         gaps = self.gaps or (None,) * n
         methods = self.methods or (None,) * n
-        layers = [{"placement": [list(g) for g in p], **m.to_dict(), "lower_bound": lb, "gap": gap, "method": how}
-                  for p, m, lb, gap, how in zip(self.placements, self.metrics, self.lower_bounds, gaps, methods)]
+        layers = [
+            {"placement": [list(g) for g in p], **m.to_dict(), "lower_bound": lb, "gap": gap, "method": how}
+            for p, m, lb, gap, how in zip(self.placements, self.metrics, self.lower_bounds, gaps, methods)
+        ]
         from perfmodel.jsonout import jsonable
 
         keys = ("max_gpu_load", "cross_gpu_tokens", "cross_node_tokens", "weighted_traffic")
-        return jsonable({
-            "layers": layers,
-            "total": {k: total(self.metrics, k) for k in keys} | {"lower_bound": float(sum(self.lower_bounds))},
-            "baselines": {name: {"layers": [m.to_dict() for m in ms], "total": {k: total(ms, k) for k in keys}}
-                          for name, ms in self.baselines.items()},
-            "solver": self.solver.to_dict() if self.solver else None,
-        })
+        return jsonable(
+            {
+                "layers": layers,
+                "total": {k: total(self.metrics, k) for k in keys}
+                | {"lower_bound": float(sum(self.lower_bounds))},
+                "baselines": {
+                    name: {"layers": [m.to_dict() for m in ms], "total": {k: total(ms, k) for k in keys}}
+                    for name, ms in self.baselines.items()
+                },
+                "solver": self.solver.to_dict() if self.solver else None,
+            }
+        )
 
 
-def score(problem: MoEProblem, placements: list[Placement] | tuple[Placement, ...]) -> tuple[LayerMetrics, ...]:
+def score(
+    problem: MoEProblem, placements: list[Placement] | tuple[Placement, ...]
+) -> tuple[LayerMetrics, ...]:
     """Metrics of one placement per layer."""
     tm = problem.traffic() if problem.affinity is not None else None
     e = problem.num_experts
@@ -402,7 +434,9 @@ def plan_moe(problem: MoEProblem, options: SolverOptions | None = None, tie_sear
             advance(1)
     stage2_status = None
     if problem.affinity is not None:
-        ties_from = deadline - reserve - tie_share / stage2_share * max(0.0, deadline - reserve - time.perf_counter())
+        ties_from = (
+            deadline - reserve - tie_share / stage2_share * max(0.0, deadline - reserve - time.perf_counter())
+        )
         placements, stage2_status = stage2_map(problem, placements, options, ties_from)
     ties = None
     if tie_search and problem.routing() is not None:
@@ -417,10 +451,26 @@ def plan_moe(problem: MoEProblem, options: SolverOptions | None = None, tie_sear
     else:
         status = SolveStatus.HEURISTIC
     metrics = score(problem, placements)
-    report = SolverReport(options.name.value, status, float(max(gaps)), time.perf_counter() - t0, int(proven), L,
-                          stage2_status, len(solved_status), ties)
-    return MoEPlan(tuple(placements), metrics, tuple(float(v) for v in lb), bl, report,
-                   tuple(float(g) for g in gaps), tuple(method))
+    report = SolverReport(
+        options.name.value,
+        status,
+        float(max(gaps)),
+        time.perf_counter() - t0,
+        int(proven),
+        L,
+        stage2_status,
+        len(solved_status),
+        ties,
+    )
+    return MoEPlan(
+        tuple(placements),
+        metrics,
+        tuple(float(v) for v in lb),
+        bl,
+        report,
+        tuple(float(g) for g in gaps),
+        tuple(method),
+    )
 
 
 SEARCH_MAX_EXPERTS = 24

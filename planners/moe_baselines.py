@@ -75,7 +75,9 @@ def round_robin(num_experts: int, gpus: int) -> Placement:
     return tuple(tuple(range(g, num_experts, gpus)) for g in range(gpus))
 
 
-def _pack(items: Sequence[tuple[float, int]], bins: int, cap: int, base: np.ndarray | None = None) -> list[list[int]]:
+def _pack(
+    items: Sequence[tuple[float, int]], bins: int, cap: int, base: np.ndarray | None = None
+) -> list[list[int]]:
     """Items ``(weight, id)`` by decreasing weight into the lightest bin with room that lacks the id.
 
     Falls back to dropping an item that only fits a bin already holding it
@@ -126,8 +128,9 @@ def greedy_replicated(loads: np.ndarray, gpus: int, slots_per_gpu: int) -> Place
     return tuple(tuple(sorted(b)) for b in _pack(items, gpus, slots_per_gpu))
 
 
-def eplb_hierarchical(loads: np.ndarray, gpus: int, slots_per_gpu: int, nodes: int = 1,
-                      groups: int | None = None) -> Placement:
+def eplb_hierarchical(
+    loads: np.ndarray, gpus: int, slots_per_gpu: int, nodes: int = 1, groups: int | None = None
+) -> Placement:
     """EPLB-style hierarchical balancing (groups to nodes, replicate in node, pack in node).
 
     ``groups`` consecutive expert groups (default: one per node); when the
@@ -138,7 +141,7 @@ def eplb_hierarchical(loads: np.ndarray, gpus: int, slots_per_gpu: int, nodes: i
     if nodes <= 1 or groups % nodes or num_experts % groups or gpus % nodes:
         return greedy_replicated(loads, gpus, slots_per_gpu)
     per_group = num_experts // groups
-    group_w = [(float(loads[g * per_group:(g + 1) * per_group].sum()), g) for g in range(groups)]
+    group_w = [(float(loads[g * per_group : (g + 1) * per_group].sum()), g) for g in range(groups)]
     node_groups = _pack(group_w, nodes, groups // nodes)
     gpn = gpus // nodes
     out: list[tuple[int, ...]] = []

@@ -34,12 +34,19 @@ END = "<!-- end of moe e2e table -->"
 PLACEMENTS = ("plan", "contiguous", "eplb_hierarchical", "greedy_replicated")
 """What is priced: the plan, contiguous experts and the two EPLB-style policies (hierarchical, global)."""
 BASELINES = ("contiguous", "eplb_hierarchical", "greedy_replicated")
-LABELS = {"plan": "plan", "contiguous": "contiguous", "eplb_hierarchical": "EPLB hierarchical",
-          "greedy_replicated": "EPLB global"}
+LABELS = {
+    "plan": "plan",
+    "contiguous": "contiguous",
+    "eplb_hierarchical": "EPLB hierarchical",
+    "greedy_replicated": "EPLB global",
+}
 METRICS = (  # (key, column, unit): every metric is lower-is-better but the throughput
-    ("a2a_prefill_s", "all-to-all / prefill", "s"), ("a2a_decode_step_s", "all-to-all / decode step", "s"),
-    ("prefill_s", "prefill_s", "s"), ("decode_s_per_token", "decode_s_per_token", "s"),
-    ("median_ttft_s", "TTFT p50", "s"), ("median_tpot_s", "TPOT p50", "s"),
+    ("a2a_prefill_s", "all-to-all / prefill", "s"),
+    ("a2a_decode_step_s", "all-to-all / decode step", "s"),
+    ("prefill_s", "prefill_s", "s"),
+    ("decode_s_per_token", "decode_s_per_token", "s"),
+    ("median_ttft_s", "TTFT p50", "s"),
+    ("median_tpot_s", "TPOT p50", "s"),
     ("output_tokens_per_s", "output tok/s", "tok/s"),
 )
 
@@ -87,10 +94,26 @@ class Setting:
 
 
 SETTINGS = (
-    Setting("moetuner", "MoETuner (arXiv 2502.06643): 16 H200 in 2 nodes, no replicas",
-            "qwen3-30b-a3b", "h200-sxm-141gb", "hgx-h200-x2", gpus=16, nodes=2, slots_per_gpu=8),
-    Setting("exflow", "ExFlow (arXiv 2401.08383): 32 A100 over 4 nodes",
-            "qwen3-30b-a3b", "a100-sxm-80gb", "dgx-a100-x4", gpus=32, nodes=4, slots_per_gpu=5),
+    Setting(
+        "moetuner",
+        "MoETuner (arXiv 2502.06643): 16 H200 in 2 nodes, no replicas",
+        "qwen3-30b-a3b",
+        "h200-sxm-141gb",
+        "hgx-h200-x2",
+        gpus=16,
+        nodes=2,
+        slots_per_gpu=8,
+    ),
+    Setting(
+        "exflow",
+        "ExFlow (arXiv 2401.08383): 32 A100 over 4 nodes",
+        "qwen3-30b-a3b",
+        "a100-sxm-80gb",
+        "dgx-a100-x4",
+        gpus=32,
+        nodes=4,
+        slots_per_gpu=5,
+    ),
 )
 
 
@@ -101,8 +124,9 @@ def problem(s: Setting) -> MoEProblem:
     from perfmodel.planners.synthetic import markov_affinity, zipf_loads
 
     m = load_model(s.model)
-    loads = zipf_loads(m.moe.num_experts, m.num_moe_layers, s.alpha, tokens=s.routed_tokens, top_k=m.moe.top_k,
-                       seed=s.seed)
+    loads = zipf_loads(
+        m.moe.num_experts, m.num_moe_layers, s.alpha, tokens=s.routed_tokens, top_k=m.moe.top_k, seed=s.seed
+    )
     affinity = markov_affinity(loads, s.markov_lambda, seed=s.seed)
     intra, inter = system_bandwidths(s.system)
     return MoEProblem(loads, s.gpus, s.slots_per_gpu, s.nodes, affinity, intra, inter)
@@ -128,7 +152,9 @@ def plan_output(s: Setting, placements) -> dict:
     out = MoEPlan(placements, score(pr, placements), (0.0,) * pr.num_layers, bl).to_dict()
     topo, profile = route_topology(s.system, s.gpus, s.nodes)
     m = load_model(s.model)
-    add_route_times(out, pr, placements, topo, profile, float(m.hidden * 2), f"Markov affinity {s.markov_lambda:g}")
+    add_route_times(
+        out, pr, placements, topo, profile, float(m.hidden * 2), f"Markov affinity {s.markov_lambda:g}"
+    )
     return out
 
 
@@ -140,15 +166,30 @@ def price(s: Setting, out: dict, name: str) -> dict:
     from perfmodel.serving.workload import LengthDist, Workload
 
     pl = placement_from_plan(out, name, f"{s.key}:{name}")
-    a = perfmodel.analyze(s.model, s.gpu, context_len=s.context_len, output_tokens=s.output_tokens, batch=s.batch,
-                          ep=s.gpus, topology=s.system, moe_placement=pl).to_dict()
+    a = perfmodel.analyze(
+        s.model,
+        s.gpu,
+        context_len=s.context_len,
+        output_tokens=s.output_tokens,
+        batch=s.batch,
+        ep=s.gpus,
+        topology=s.system,
+        moe_placement=pl,
+    ).to_dict()
     dep = Deployment.make(s.model, s.gpu, ep=s.gpus, moe_placement=pl)
-    wl = Workload(s.requests, math.inf, LengthDist.parse(str(s.prompt_len)), LengthDist.parse(str(s.output_len)))
+    wl = Workload(
+        s.requests, math.inf, LengthDist.parse(str(s.prompt_len)), LengthDist.parse(str(s.output_len))
+    )
     r = simulate(dep, wl, record_timeline=False).summary()
-    return {"a2a_prefill_s": a["communication"]["prefill_s"], "a2a_decode_step_s": a["communication"]["decode_per_token_s"],
-            "prefill_s": a["prefill_s"], "decode_s_per_token": a["decode_s_per_token"],
-            "median_ttft_s": r["median_ttft_ms"] / 1e3, "median_tpot_s": r["median_tpot_ms"] / 1e3,
-            "output_tokens_per_s": r["output_throughput"]}
+    return {
+        "a2a_prefill_s": a["communication"]["prefill_s"],
+        "a2a_decode_step_s": a["communication"]["decode_per_token_s"],
+        "prefill_s": a["prefill_s"],
+        "decode_s_per_token": a["decode_s_per_token"],
+        "median_ttft_s": r["median_ttft_ms"] / 1e3,
+        "median_tpot_s": r["median_tpot_ms"] / 1e3,
+        "output_tokens_per_s": r["output_throughput"],
+    }
 
 
 def evaluate(s: Setting, placements) -> dict:
@@ -185,17 +226,25 @@ def render(data: dict) -> str:
     lines = []
     for key, entry in data.items():
         s, nums = by_key[key], entry["numbers"]
-        lines += [f"**{s.paper}**: `{s.model}` on {s.gpus} x `{s.gpu}` (`{s.system}`, {s.nodes} nodes), "
-                  f"`--ep {s.gpus}`, {s.slots_per_gpu} slots per GPU; plan: {entry['solver']}; analyze at "
-                  f"context {s.context_len}, {s.output_tokens} output tokens, batch {s.batch}; simulate "
-                  f"{s.requests} requests at once, {s.prompt_len} + {s.output_len} tokens.", "",
-                  "| placement | " + " | ".join(c for _, c, _ in METRICS) + " |",
-                  "| --- |" + " ---: |" * len(METRICS)]
+        lines += [
+            f"**{s.paper}**: `{s.model}` on {s.gpus} x `{s.gpu}` (`{s.system}`, {s.nodes} nodes), "
+            f"`--ep {s.gpus}`, {s.slots_per_gpu} slots per GPU; plan: {entry['solver']}; analyze at "
+            f"context {s.context_len}, {s.output_tokens} output tokens, batch {s.batch}; simulate "
+            f"{s.requests} requests at once, {s.prompt_len} + {s.output_len} tokens.",
+            "",
+            "| placement | " + " | ".join(c for _, c, _ in METRICS) + " |",
+            "| --- |" + " ---: |" * len(METRICS),
+        ]
         for name in PLACEMENTS:
-            lines.append(f"| {LABELS[name]} | " + " | ".join(_fmt(nums[name][k], u) for k, _, u in METRICS) + " |")
+            lines.append(
+                f"| {LABELS[name]} | " + " | ".join(_fmt(nums[name][k], u) for k, _, u in METRICS) + " |"
+            )
         for name in BASELINES:
-            lines.append(f"| plan vs {LABELS[name]} | " + " | ".join(
-                change(nums["plan"][k], nums[name][k], u) for k, _, u in METRICS) + " |")
+            lines.append(
+                f"| plan vs {LABELS[name]} | "
+                + " | ".join(change(nums["plan"][k], nums[name][k], u) for k, _, u in METRICS)
+                + " |"
+            )
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
@@ -214,14 +263,17 @@ def run(settings=SETTINGS, time_limit_s: float = 60.0) -> dict:
     for s in settings:
         p = plan(s, time_limit_s)
         sol = p.solver.to_dict()
-        status = f"{sol['status']}, {sol['layers_proven_optimal']}/{sol['layers']} layers proven within the gap"
-        results[s.key] = {"placements": [[list(g) for g in layer] for layer in p.placements], "solver": status,
-                          "numbers": evaluate(s, p.placements)}
+        status = (
+            f"{sol['status']}, {sol['layers_proven_optimal']}/{sol['layers']} layers proven within the gap"
+        )
+        results[s.key] = {
+            "placements": [[list(g) for g in layer] for layer in p.placements],
+            "solver": status,
+            "numbers": evaluate(s, p.placements),
+        }
     return results
 
 
 def max_rel_diff(a: dict, b: dict) -> float:
     """Largest relative difference between two settings' numbers (same keys)."""
     return max(abs(a[n][k] - b[n][k]) / max(abs(b[n][k]), 1e-300) for n in a for k in a[n]) if a else 0.0
-
-

@@ -74,7 +74,7 @@ def cardinality_bound(loads: np.ndarray, gpus: int, slots_per_gpu: int) -> float
         n = j * g + 1
         if n > e:
             break
-        lb = max(lb, float(w[n - 1 - j:n].sum() + low[s - j - 1]))
+        lb = max(lb, float(w[n - 1 - j : n].sum() + low[s - j - 1]))
     if np.all(w == np.round(w)):
         lb = math.ceil(lb - 1e-9 * max(1.0, lb))
     return float(lb)
@@ -90,7 +90,7 @@ def differencing(loads: np.ndarray, gpus: int, slots_per_gpu: int) -> Placement:
     order = np.argsort(-w, kind="stable")
     heap = []
     for k in range(s):
-        grp = order[k * g:(k + 1) * g]
+        grp = order[k * g : (k + 1) * g]
         sums = [float(w[e]) for e in grp]
         heap.append((-(max(sums) - min(sums)), k, sums, [[int(e)] for e in grp]))
     heapq.heapify(heap)
@@ -118,8 +118,14 @@ def _splits(slots: int) -> np.ndarray | None:
     return out
 
 
-def rebalance(loads: np.ndarray, gpus: int, slots_per_gpu: int, placement: Placement, deadline: float,
-              max_steps: int = 10_000) -> Placement:
+def rebalance(
+    loads: np.ndarray,
+    gpus: int,
+    slots_per_gpu: int,
+    placement: Placement,
+    deadline: float,
+    max_steps: int = 10_000,
+) -> Placement:
     """Local search for a no-spare-slot placement: repartition the busiest GPU's and another GPU's
     experts optimally into two sets of ``S`` (the split with the smallest larger sum), lightest partner
     first, while that lowers the pair's larger load below the busiest load.  Each step lowers the largest
@@ -158,4 +164,3 @@ def rebalance(loads: np.ndarray, gpus: int, slots_per_gpu: int, placement: Place
             break
     out = tuple(tuple(sorted(int(e) for e in p)) for p in sets)
     return out if mb.gpu_loads(out, w).max() <= mb.gpu_loads(placement, w).max() else placement
-

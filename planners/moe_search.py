@@ -113,8 +113,14 @@ def _best_move(st: _State, g: int, top: float, tol: float):
     return best
 
 
-def improve(loads: np.ndarray, gpus: int, slots_per_gpu: int, placement: Placement, deadline: float,
-            max_steps: int = 100_000) -> Placement:
+def improve(
+    loads: np.ndarray,
+    gpus: int,
+    slots_per_gpu: int,
+    placement: Placement,
+    deadline: float,
+    max_steps: int = 100_000,
+) -> Placement:
     """Local search from ``placement``: while some change out of the busiest GPU leaves every GPU it touches
     below that GPU's load, apply the best one (move a replica to a GPU with a free slot, swap it with a
     lighter replica, or add a replica of one of its experts).  Each step lowers the largest load or the
@@ -152,7 +158,9 @@ def construct(loads: np.ndarray, gpus: int, slots_per_gpu: int, replicas: int) -
     return tuple(tuple(sorted(b)) for b in mb._pack(items, gpus, slots_per_gpu))
 
 
-def heuristic(loads: np.ndarray, gpus: int, slots_per_gpu: int, start: Placement, deadline: float) -> Placement:
+def heuristic(
+    loads: np.ndarray, gpus: int, slots_per_gpu: int, start: Placement, deadline: float
+) -> Placement:
     """The best of :func:`improve` from ``start`` and from counts-first constructions with all, half
     and none of the spare slots used; with no spare slot, :func:`partition_heuristic`."""
     w = np.asarray(loads, dtype=float)
@@ -174,8 +182,9 @@ def heuristic(loads: np.ndarray, gpus: int, slots_per_gpu: int, start: Placement
     return best
 
 
-def partition_heuristic(loads: np.ndarray, gpus: int, slots_per_gpu: int, start: Placement,
-                        deadline: float) -> Placement:
+def partition_heuristic(
+    loads: np.ndarray, gpus: int, slots_per_gpu: int, start: Placement, deadline: float
+) -> Placement:
     """No spare slot (``E = G S``): the best of ``start``, longest-first packing and the balanced
     differencing method (:func:`perfmodel.planners.moe_partition.differencing`), each improved by
     :func:`improve` (swaps out of the busiest GPU) and then by
@@ -196,8 +205,9 @@ def partition_heuristic(loads: np.ndarray, gpus: int, slots_per_gpu: int, start:
     return best
 
 
-def branch_and_bound(loads: np.ndarray, gpus: int, slots_per_gpu: int, incumbent: Placement, gap_rel: float,
-                     deadline: float) -> tuple[Placement, bool, int]:
+def branch_and_bound(
+    loads: np.ndarray, gpus: int, slots_per_gpu: int, incumbent: Placement, gap_rel: float, deadline: float
+) -> tuple[Placement, bool, int]:
     """Exact search for a placement whose largest load beats ``incumbent``'s by more than ``gap_rel``.
 
     Experts are taken heaviest first; for each, every replica count ``r`` (fewest
@@ -285,8 +295,10 @@ def branch_and_bound(loads: np.ndarray, gpus: int, slots_per_gpu: int, incumbent
             s = wi / r
             if s > thr[0] + 1e-15:
                 continue
-            cands = sorted((g for g in range(G) if used[g] < S and load[g] + s <= thr[0]),
-                           key=lambda g: (load[g], used[g], g))
+            cands = sorted(
+                (g for g in range(G) if used[g] < S and load[g] + s <= thr[0]),
+                key=lambda g: (load[g], used[g], g),
+            )
             if len(cands) < r:
                 continue
             for chosen in combos(cands, r):

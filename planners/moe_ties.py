@@ -40,9 +40,12 @@ class TieSearch:
     converged: bool
 
     def to_dict(self) -> dict:
-        return {"routed_weighted_traffic_before": self.weighted_before,
-                "routed_weighted_traffic_after": self.weighted_after, "changes": self.changes,
-                "converged": self.converged}
+        return {
+            "routed_weighted_traffic_before": self.weighted_before,
+            "routed_weighted_traffic_after": self.weighted_after,
+            "changes": self.changes,
+            "converged": self.converged,
+        }
 
 
 def routed_weighted_traffic(problem: MoEProblem, placements) -> float:
@@ -69,8 +72,9 @@ def _placement(share: np.ndarray):
     return tuple(tuple(int(i) for i in np.flatnonzero(share[:, g] > 0)) for g in range(share.shape[1]))
 
 
-def _improve_layer(k: np.ndarray, hold: np.ndarray, share_per: np.ndarray, slots: int, cap: float,
-                   tol: float) -> int:
+def _improve_layer(
+    k: np.ndarray, hold: np.ndarray, share_per: np.ndarray, slots: int, cap: float, tol: float
+) -> int:
     """One round of improving swaps and moves on ``hold`` (in place); returns how many were applied."""
     ea, ga = np.nonzero(hold)
     loads = hold.T.astype(float) @ share_per

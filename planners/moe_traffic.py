@@ -91,8 +91,12 @@ def _exact(cs, w, layers, start, options, seconds):
     """The linearised quadratic-assignment ILP, warm-started from ``start``; returns (perms or None, status)."""
     g = w.shape[0]
     prob = pulp.LpProblem("moe_stage2", pulp.LpMinimize)
-    y = {(l, c, k): new_var(prob, f"y_{l}_{c}_{k}", cat=pulp.LpBinary)
-         for l in range(layers) for c in range(g) for k in range(g)}
+    y = {
+        (l, c, k): new_var(prob, f"y_{l}_{c}_{k}", cat=pulp.LpBinary)
+        for l in range(layers)
+        for c in range(g)
+        for k in range(g)
+    }
     for (l, c, k), v in y.items():
         v.setInitialValue(1 if start[l][c] == k else 0)
     terms = []
@@ -122,8 +126,10 @@ def _exact(cs, w, layers, start, options, seconds):
     res = solve(prob, options, seconds, warm=True)
     if res.objective is None:
         return start, SolveStatus.HEURISTIC
-    perms = [np.array([next(k for k in range(g) if (y[l, c, k].varValue or 0) > 0.5) for c in range(g)])
-             for l in range(layers)]
+    perms = [
+        np.array([next(k for k in range(g) if (y[l, c, k].varValue or 0) > 0.5) for c in range(g)])
+        for l in range(layers)
+    ]
     if _objective(cs, perms, w) > start_val:
         return start, SolveStatus.HEURISTIC
     return perms, res.status
@@ -177,9 +183,17 @@ def route_topology(system: str, gpus: int, nodes: int):
     if nodes > 1 and base.inter is None:
         from perfmodel.planners.errors import PlannerError
 
-        raise PlannerError(f"system {system!r} is a single node; give a cluster (it sets the cross-node link)")
-    topo = Topology(f"{base.name} as {nodes} x {gpus // nodes}", base.gpu_name, gpus // nodes, nodes, base.intra,
-                    base.inter if nodes > 1 else None)
+        raise PlannerError(
+            f"system {system!r} is a single node; give a cluster (it sets the cross-node link)"
+        )
+    topo = Topology(
+        f"{base.name} as {nodes} x {gpus // nodes}",
+        base.gpu_name,
+        gpus // nodes,
+        nodes,
+        base.intra,
+        base.inter if nodes > 1 else None,
+    )
     return topo, resolve_profile(load_gpu(base.gpu_name))
 
 
@@ -193,13 +207,20 @@ def layer_routes(problem: MoEProblem, placements, topo, profile, bytes_per_token
     out = []
     for t in plan_traffic(placements, problem.loads, problem.routing()):
         rt = route_time(t * bytes_per_token, topo, profile)
-        out.append({"all_to_all_s": 2 * rt.seconds, "all_to_all_bound_s": 2 * rt.bound_s,
-                    "all_to_all_cross_node_bytes": 2 * rt.inter_bytes, "traffic": t})
+        out.append(
+            {
+                "all_to_all_s": 2 * rt.seconds,
+                "all_to_all_bound_s": 2 * rt.bound_s,
+                "all_to_all_cross_node_bytes": 2 * rt.inter_bytes,
+                "traffic": t,
+            }
+        )
     return out
 
 
-def add_route_times(out: dict, problem: MoEProblem, placements, topo, profile, bytes_per_token: float,
-                    sources: str = "even") -> dict:
+def add_route_times(
+    out: dict, problem: MoEProblem, placements, topo, profile, bytes_per_token: float, sources: str = "even"
+) -> dict:
     """Add the all-to-all seconds of the plan and of every baseline to ``plan.to_dict()``'s ``out`` (new keys
     only).  The plan's layers also get their ``loads`` (copies per expert) and ``traffic`` (token copies from
     GPU to GPU), which ``analyze --moe-placement`` reads; every baseline's layers get their ``placement`` and
@@ -221,15 +242,22 @@ def add_route_times(out: dict, problem: MoEProblem, placements, topo, profile, b
     put(out["layers"], out["total"], layer_routes(problem, placements, topo, profile, bytes_per_token), True)
     for d, w in zip(out["layers"], problem.loads):
         d["loads"] = jsonable(w)
-    base = [mb.baselines(problem.loads[l], problem.gpus, problem.slots_per_gpu, problem.nodes)
-            for l in range(problem.num_layers)]
+    base = [
+        mb.baselines(problem.loads[l], problem.gpus, problem.slots_per_gpu, problem.nodes)
+        for l in range(problem.num_layers)
+    ]
     for name, b in out["baselines"].items():
         chosen = [base[l][name] for l in range(problem.num_layers)]
         put(b["layers"], b["total"], layer_routes(problem, chosen, topo, profile, bytes_per_token), uneven)
         for d, p, w in zip(b["layers"], chosen, problem.loads):
             d["placement"] = [list(g) for g in p]
             d["loads"] = jsonable(w)
-    out["all_to_all"] = {"topology": topo.name, "gpus_per_node": topo.gpus_per_node, "nodes": topo.num_nodes,
-                         "bytes_per_token": bytes_per_token, "token_sources": sources,
-                         "rule": "dispatch + combine, from the GPU-to-GPU traffic matrix over the system's links"}
+    out["all_to_all"] = {
+        "topology": topo.name,
+        "gpus_per_node": topo.gpus_per_node,
+        "nodes": topo.num_nodes,
+        "bytes_per_token": bytes_per_token,
+        "token_sources": sources,
+        "rule": "dispatch + combine, from the GPU-to-GPU traffic matrix over the system's links",
+    }
     return out

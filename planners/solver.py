@@ -148,7 +148,9 @@ def solver_output_to_stderr():
         os.close(saved)
 
 
-def solve(prob: pulp.LpProblem, options: SolverOptions, time_limit_s: float, warm: bool = False) -> SolveResult:
+def solve(
+    prob: pulp.LpProblem, options: SolverOptions, time_limit_s: float, warm: bool = False
+) -> SolveResult:
     """Solve ``prob`` (a minimisation) within ``time_limit_s`` seconds.
 
     ``warm``: the variables carry initial values (``setInitialValue``) forming a
@@ -165,8 +167,9 @@ def solve(prob: pulp.LpProblem, options: SolverOptions, time_limit_s: float, war
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PuLP 3.3 deprecation notice of the bundled CBC
-            solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=limit, gapRel=options.gap_rel, threads=options.threads,
-                                       warmStart=warm)
+            solver = pulp.PULP_CBC_CMD(
+                msg=False, timeLimit=limit, gapRel=options.gap_rel, threads=options.threads, warmStart=warm
+            )
     t0 = time.perf_counter()
     try:
         with solver_output_to_stderr():
@@ -191,7 +194,9 @@ def solve(prob: pulp.LpProblem, options: SolverOptions, time_limit_s: float, war
         status, obj = SolveStatus.INFEASIBLE, None
     else:
         status, obj = SolveStatus.FEASIBLE, None
-    return SolveResult(status=status, objective=None if obj is None else float(obj), bound=bound, seconds=seconds)
+    return SolveResult(
+        status=status, objective=None if obj is None else float(obj), bound=bound, seconds=seconds
+    )
 
 
 MAX_MILP_VARIABLES = 200_000
@@ -205,9 +210,12 @@ def check_model_size(variables: int, what: str) -> None:
     if variables > MAX_MILP_VARIABLES:
         from perfmodel.planners.errors import TooLargeError
 
-        raise TooLargeError(f"{what}: its MILP would have {variables:,} variables, beyond the bound of "
-                            f"{MAX_MILP_VARIABLES:,} (planners.solver.MAX_MILP_VARIABLES)",
-                            count=int(variables), limit=MAX_MILP_VARIABLES)
+        raise TooLargeError(
+            f"{what}: its MILP would have {variables:,} variables, beyond the bound of "
+            f"{MAX_MILP_VARIABLES:,} (planners.solver.MAX_MILP_VARIABLES)",
+            count=int(variables),
+            limit=MAX_MILP_VARIABLES,
+        )
 
 
 def relative_gap(upper: float, lower: float) -> float:

@@ -44,7 +44,14 @@ import pulp
 
 from perfmodel.planners.errors import InfeasibleError, PlannerError
 from perfmodel.progress import progress
-from perfmodel.planners.solver import SolverOptions, SolveStatus, check_model_size, new_var, relative_gap, solve
+from perfmodel.planners.solver import (
+    SolverOptions,
+    SolveStatus,
+    check_model_size,
+    new_var,
+    relative_gap,
+    solve,
+)
 
 
 @dataclass(frozen=True)
@@ -112,8 +119,17 @@ def build_instance(lengths, gpus: int, cost) -> SpInstance:
     name = system.name if system is not None else ""
     if system is None and gpn is not None:
         name = f"{cost.gpu.name} nodes of {gpn} (default)"
-    inst = SpInstance(s.astype(np.int64), gpus, degrees, t, mem, cap, kinds,
-                      None if gpn is None else min(int(gpn), gpus), name)
+    inst = SpInstance(
+        s.astype(np.int64),
+        gpus,
+        degrees,
+        t,
+        mem,
+        cap,
+        kinds,
+        None if gpn is None else min(int(gpn), gpus),
+        name,
+    )
     check_fits(inst)
     return inst
 
@@ -124,8 +140,9 @@ def check_topology(gpus: int, topology) -> None:
         return
     gpn, total = int(topology.gpus_per_node), int(topology.world_size)
     if gpus > total:
-        raise InfeasibleError(f"{gpus} GPUs requested; {topology.name} has {total} "
-                              f"({topology.num_nodes} node(s) of {gpn})")
+        raise InfeasibleError(
+            f"{gpus} GPUs requested; {topology.name} has {total} ({topology.num_nodes} node(s) of {gpn})"
+        )
 
 
 BUILD_S_PER_VARIABLE = 5e-5
@@ -154,7 +171,8 @@ def check_fits(inst: SpInstance) -> None:
         raise InfeasibleError(
             f"sequence {i} ({int(inst.lengths[i]):,} tokens) fits on no group: it needs "
             f"{inst.mem_tokens[i, -1]:,.0f} KV tokens per GPU even at degree {d}, and one GPU holds "
-            f"{inst.capacity_tokens:,.0f} ({int((~ok).sum())} sequence(s) do not fit)")
+            f"{inst.capacity_tokens:,.0f} ({int((~ok).sum())} sequence(s) do not fit)"
+        )
 
 
 @dataclass(frozen=True)
@@ -169,9 +187,16 @@ class SpGroup:
     round: int = 0  # cluster-wide round (micro-batches only): rounds run one after another
 
     def to_dict(self) -> dict:
-        return {"degree": self.degree, "gpus": list(self.gpus), "sequences": list(self.sequences),
-                "time_s": self.time_s, "nodes": list(self.nodes), "sp_kinds": dict(self.sp_kinds),
-                "micro_batches": [list(b) for b in self.micro_batches], "round": self.round}
+        return {
+            "degree": self.degree,
+            "gpus": list(self.gpus),
+            "sequences": list(self.sequences),
+            "time_s": self.time_s,
+            "nodes": list(self.nodes),
+            "sp_kinds": dict(self.sp_kinds),
+            "micro_batches": [list(b) for b in self.micro_batches],
+            "round": self.round,
+        }
 
 
 @dataclass(frozen=True)
@@ -186,9 +211,16 @@ class SpPlan:
     def to_dict(self) -> dict:
         from perfmodel.jsonout import jsonable
 
-        return jsonable({"groups": [g.to_dict() for g in self.groups], "makespan_s": self.makespan_s,
-                         "lower_bound_s": self.lower_bound_s, "baselines": dict(self.baselines),
-                         "solver": dict(self.solver), "topology": self.topology})
+        return jsonable(
+            {
+                "groups": [g.to_dict() for g in self.groups],
+                "makespan_s": self.makespan_s,
+                "lower_bound_s": self.lower_bound_s,
+                "baselines": dict(self.baselines),
+                "solver": dict(self.solver),
+                "topology": self.topology,
+            }
+        )
 
 
 def lower_bound(inst: SpInstance) -> float:
@@ -200,8 +232,9 @@ def lower_bound(inst: SpInstance) -> float:
     return float(max(area.sum() / inst.gpus, single.max()))
 
 
-def static_assign(time_s: np.ndarray, mem: np.ndarray, groups: int, cap: float,
-                  micro_batches: bool = False) -> list[list[int]] | None:
+def static_assign(
+    time_s: np.ndarray, mem: np.ndarray, groups: int, cap: float, micro_batches: bool = False
+) -> list[list[int]] | None:
     """Longest-time-first into the least-loaded group with memory room (with micro-batches: any group,
     each sequence fitting alone); None if something cannot fit."""
     load, used = np.zeros(groups), np.zeros(groups)
@@ -262,7 +295,7 @@ def bucketize(lengths: np.ndarray, buckets: int) -> np.ndarray:
         if a < 0:
             q -= 1
             continue
-        bucket_of_group[a:b + 1] = q - 1
+        bucket_of_group[a : b + 1] = q - 1
         b, q = a - 1, q - 1
     return np.unique(bucket_of_group[gi[inv]], return_inverse=True)[1]
 
@@ -318,7 +351,9 @@ def micro_batch_split(seqs: list[int], mem: np.ndarray, cap: float) -> tuple[tup
     return tuple(tuple(sorted(b)) for b in bins)
 
 
-def _layout(groups: list[tuple[int, list[int]]], inst: SpInstance, micro_batches: bool = False) -> tuple[SpGroup, ...]:
+def _layout(
+    groups: list[tuple[int, list[int]]], inst: SpInstance, micro_batches: bool = False
+) -> tuple[SpGroup, ...]:
     """GPU ids by decreasing degree (node-respecting aligned blocks) and exact group times."""
     col = {d: j for j, d in enumerate(inst.degrees)}
     groups = sorted(groups, key=lambda g: (-g[0], -len(g[1])))
@@ -333,8 +368,11 @@ def _layout(groups: list[tuple[int, list[int]]], inst: SpInstance, micro_batches
             for i in seqs:
                 kinds[str(inst.kinds[i, j])] = kinds.get(str(inst.kinds[i, j]), 0) + 1
         mem = inst.mem_tokens[:, j]
-        mbs = micro_batch_split(seqs, mem, inst.capacity_tokens) if micro_batches else (
-            (tuple(sorted(seqs)),) if seqs else ())
+        mbs = (
+            micro_batch_split(seqs, mem, inst.capacity_tokens)
+            if micro_batches
+            else ((tuple(sorted(seqs)),) if seqs else ())
+        )
         nodes = tuple(sorted({g // gpn for g in gp}))
         out.append(SpGroup(d, gp, tuple(sorted(seqs)), t, nodes, kinds, mbs))
     return tuple(out)
@@ -342,14 +380,22 @@ def _layout(groups: list[tuple[int, list[int]]], inst: SpInstance, micro_batches
 
 def static_plans(inst: SpInstance, micro_batches: bool = False) -> dict[int, list[list[int]] | None]:
     """Per degree: the static strategy's groups (None when a sequence does not fit)."""
-    return {d: static_assign(inst.time_s[:, j], inst.mem_tokens[:, j], inst.gpus // d, inst.capacity_tokens,
-                             micro_batches)
-            for j, d in enumerate(inst.degrees)}
+    return {
+        d: static_assign(
+            inst.time_s[:, j], inst.mem_tokens[:, j], inst.gpus // d, inst.capacity_tokens, micro_batches
+        )
+        for j, d in enumerate(inst.degrees)
+    }
 
 
-def mixed_split(inst: SpInstance, micro_batches: bool = False, time_s: np.ndarray | None = None,
-                mem_tokens: np.ndarray | None = None, steps: int = 24,
-                deadline: float | None = None) -> list[tuple[int, list[int]]] | None:
+def mixed_split(
+    inst: SpInstance,
+    micro_batches: bool = False,
+    time_s: np.ndarray | None = None,
+    mem_tokens: np.ndarray | None = None,
+    steps: int = 24,
+    deadline: float | None = None,
+) -> list[tuple[int, list[int]]] | None:
     """Groups of mixed degrees for a makespan target ``C`` found by bisection (None: nothing fits).
 
     For a target ``C`` the sequences are taken longest first; each goes where it adds the least
@@ -384,8 +430,11 @@ def mixed_split(inst: SpInstance, micro_batches: bool = False, time_s: np.ndarra
             best, where = np.inf, -1
             if n:
                 cols = gcol[:n]
-                room = ((gload[:n] + t[i, cols] <= c * tol) & (gmem[:n] + mem[i, cols] <= group_cap * tol)
-                        & fits[i, cols])
+                room = (
+                    (gload[:n] + t[i, cols] <= c * tol)
+                    & (gmem[:n] + mem[i, cols] <= group_cap * tol)
+                    & fits[i, cols]
+                )
                 if room.any():
                     cost = np.where(room, area[i, cols], np.inf)
                     where = int(np.argmin(cost))
@@ -432,7 +481,9 @@ class _Late(Exception):
         self.plan = plan
 
 
-def _scan(attempt, span, lo: float, hi: float, steps: int, best_plan, best_span: float, deadline: float | None):
+def _scan(
+    attempt, span, lo: float, hi: float, steps: int, best_plan, best_span: float, deadline: float | None
+):
     """:func:`mixed_split`'s search over targets and fill shares; raises :class:`_Late` (with the best
     plan so far) at the deadline."""
 
@@ -480,8 +531,13 @@ def _makespan(groups: tuple[SpGroup, ...]) -> float:
 
 
 def _subset(inst: SpInstance, idx: np.ndarray) -> SpInstance:
-    return dataclasses.replace(inst, lengths=inst.lengths[idx], time_s=inst.time_s[idx], mem_tokens=inst.mem_tokens[idx],
-                               kinds=None if inst.kinds is None else inst.kinds[idx])
+    return dataclasses.replace(
+        inst,
+        lengths=inst.lengths[idx],
+        time_s=inst.time_s[idx],
+        mem_tokens=inst.mem_tokens[idx],
+        kinds=None if inst.kinds is None else inst.kinds[idx],
+    )
 
 
 def two_rounds(inst: SpInstance, micro_batches: bool, deadline: float) -> tuple[SpGroup, ...] | None:
@@ -508,8 +564,15 @@ def two_rounds(inst: SpInstance, micro_batches: bool, deadline: float) -> tuple[
     return best
 
 
-def _milp(inst: SpInstance, bucket: np.ndarray, start: list[tuple[int, list[int]]] | None, lb: float,
-          options: SolverOptions, deadline: float, micro_batches: bool = False):
+def _milp(
+    inst: SpInstance,
+    bucket: np.ndarray,
+    start: list[tuple[int, list[int]]] | None,
+    lb: float,
+    options: SolverOptions,
+    deadline: float,
+    micro_batches: bool = False,
+):
     """Bucketed MILP, solved by ``deadline`` (``time.perf_counter()``, model building included);
     returns (groups as [(degree, [sequence ids])] or None, SolveResult or None)."""
     t_build = time.perf_counter()
@@ -523,10 +586,14 @@ def _milp(inst: SpInstance, bucket: np.ndarray, start: list[tuple[int, list[int]
     vgroups = [(j, d, k) for j, d in enumerate(inst.degrees) for k in range(inst.gpus // d)]
     prob = pulp.LpProblem("sp_split", pulp.LpMinimize)
     ub = None
-    if start is not None:  # a plan in bucket space (groups of any degrees): a feasible point and an upper bound
+    if (
+        start is not None
+    ):  # a plan in bucket space (groups of any degrees): a feasible point and an upper bound
         # per degree, groups by non-increasing bucketed load (the symmetry rows' order)
-        loads0 = sorted(((d, float(tq[bucket[s], inst.degrees.index(d)].sum()) if s else 0.0, s) for d, s in start),
-                        key=lambda t: (t[0], -t[1]))
+        loads0 = sorted(
+            ((d, float(tq[bucket[s], inst.degrees.index(d)].sum()) if s else 0.0, s) for d, s in start),
+            key=lambda t: (t[0], -t[1]),
+        )
         ub = max((t[1] for t in loads0), default=0.0)
     c = new_var(prob, "C", low=0)
     prob += c
@@ -580,7 +647,7 @@ def _milp(inst: SpInstance, bucket: np.ndarray, start: list[tuple[int, list[int]
         seqs = []
         for q in range(nq):
             n = int(round(a[q, p].varValue or 0)) if (q, p) in a else 0
-            seqs += members[q][taken[q]:taken[q] + n].tolist()
+            seqs += members[q][taken[q] : taken[q] + n].tolist()
             taken[q] += n
         groups.append((d, seqs))
     if taken != b:
@@ -588,8 +655,9 @@ def _milp(inst: SpInstance, bucket: np.ndarray, start: list[tuple[int, list[int]
     return groups, res
 
 
-def plan_sp(inst: SpInstance, options: SolverOptions | None = None, buckets: int = 16,
-            micro_batches: bool = False) -> SpPlan:
+def plan_sp(
+    inst: SpInstance, options: SolverOptions | None = None, buckets: int = 16, micro_batches: bool = False
+) -> SpPlan:
     """Plan the SP groups of one batch within ``options.time_limit_s``.
 
     ``micro_batches``: a group may run its sequences as several micro-batches, so only each
@@ -605,9 +673,13 @@ def plan_sp(inst: SpInstance, options: SolverOptions | None = None, buckets: int
     lb = lower_bound(inst)
     mb = bool(micro_batches)
     statics = static_plans(inst, mb)
-    base = {f"static_sp_{d}": (_makespan(_layout([(d, s) for s in g], inst)) if g is not None else None)
-            for d, g in statics.items()}
-    best_d = min((d for d, g in statics.items() if g is not None), key=lambda d: base[f"static_sp_{d}"], default=None)
+    base = {
+        f"static_sp_{d}": (_makespan(_layout([(d, s) for s in g], inst)) if g is not None else None)
+        for d, g in statics.items()
+    }
+    best_d = min(
+        (d for d, g in statics.items() if g is not None), key=lambda d: base[f"static_sp_{d}"], default=None
+    )
     plan = _layout([(best_d, s) for s in statics[best_d]], inst, mb) if best_d is not None else None
     heuristic = False
     bucket = bucketize(inst.lengths, buckets)
@@ -616,8 +688,10 @@ def plan_sp(inst: SpInstance, options: SolverOptions | None = None, buckets: int
     nq = int(bucket.max()) + 1
     up_t = np.array([inst.time_s[bucket == q].max(axis=0) for q in range(nq)])[bucket]
     up_m = np.array([inst.mem_tokens[bucket == q].max(axis=0) for q in range(nq)])[bucket]
-    seeds = {d: static_assign(up_t[:, j], up_m[:, j], inst.gpus // d, inst.capacity_tokens, mb)
-             for j, d in enumerate(inst.degrees)}
+    seeds = {
+        d: static_assign(up_t[:, j], up_m[:, j], inst.gpus // d, inst.capacity_tokens, mb)
+        for j, d in enumerate(inst.degrees)
+    }
     seeds = {d: g for d, g in seeds.items() if g is not None}
     cands = [[(d, x) for x in g] for d, g in seeds.items()]
     share = lambda: time.perf_counter() + 0.25 * max(0.0, deadline - time.perf_counter())
@@ -627,13 +701,16 @@ def plan_sp(inst: SpInstance, options: SolverOptions | None = None, buckets: int
         if plan is None or _makespan(cand) < _makespan(plan) - 1e-12:
             plan, heuristic = cand, True
         cands.append(mixed)
-    mixed_b = mixed_split(inst, mb, up_t, up_m, deadline=share())  # the same in bucketed times, to seed the MILP
+    mixed_b = mixed_split(
+        inst, mb, up_t, up_m, deadline=share()
+    )  # the same in bucketed times, to seed the MILP
     if mixed_b is not None:
         cands.append(mixed_b)
     # with micro-batches the batch may also run in two rounds (not a MILP seed: the MILP plans one round)
     two = two_rounds(inst, mb, share()) if mb else None
     start = None
     if cands:
+
         def bucketed(groups):
             return max((up_t[x, inst.degrees.index(d)].sum() if x else 0.0 for d, x in groups), default=0.0)
 
@@ -668,12 +745,21 @@ def plan_sp(inst: SpInstance, options: SolverOptions | None = None, buckets: int
     gap = relative_gap(ms, lb)
     if gap <= options.gap_rel + 1e-12:
         status = SolveStatus.OPTIMAL
-    solver = {"name": options.name.value, "status": status.value, "gap": gap, "seconds": time.perf_counter() - t0,
-              "buckets": nq, "bucketing_exact": bool(exact),
-              "milp_status": res.status.value if res is not None else "not run: no time left to build and solve it",
-              "micro_batches": mb}
+    solver = {
+        "name": options.name.value,
+        "status": status.value,
+        "gap": gap,
+        "seconds": time.perf_counter() - t0,
+        "buckets": nq,
+        "bucketing_exact": bool(exact),
+        "milp_status": res.status.value if res is not None else "not run: no time left to build and solve it",
+        "micro_batches": mb,
+    }
     topo = None
     if inst.gpus_per_node is not None:
-        topo = {"name": inst.topology_name, "gpus_per_node": inst.gpus_per_node,
-                "nodes": -(-inst.gpus // inst.gpus_per_node)}
+        topo = {
+            "name": inst.topology_name,
+            "gpus_per_node": inst.gpus_per_node,
+            "nodes": -(-inst.gpus // inst.gpus_per_node),
+        }
     return SpPlan(plan, ms, lb, base, solver, topo)

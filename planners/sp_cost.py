@@ -98,8 +98,14 @@ class SpCostModel:
     def from_scenario(cls, scenario, kind: "SpKind | str | None" = None) -> "SpCostModel":
         """The cost model of a checked :class:`perfmodel.scenario.Scenario`: its model, GPU, profile,
         precision and topology (``kind``: its ``sp_kind`` unless given)."""
-        return cls(scenario.model, scenario.gpu, scenario.profile, SpKind(kind or scenario.layout.sp_kind),
-                   scenario.priced_precision, scenario.layout.topology)
+        return cls(
+            scenario.model,
+            scenario.gpu,
+            scenario.profile,
+            SpKind(kind or scenario.layout.sp_kind),
+            scenario.priced_precision,
+            scenario.layout.topology,
+        )
 
     @functools.cached_property
     def system(self) -> Topology | None:
@@ -160,8 +166,10 @@ class SpCostModel:
         GPU of a batch, not one sequence's time, so it is left out (it would scale every plan alike)."""
         s = np.asarray(lengths, dtype=np.float64)
         prof = dataclasses.replace(self.profile, sustained={}) if self.profile.sustained else self.profile
-        return np.asarray(prefill_cost(self.model, self.gpu, prof, s, 1, self.precision, 1,
-                                       chunk_tokens=None).total_s, dtype=np.float64) * np.ones_like(s)
+        return np.asarray(
+            prefill_cost(self.model, self.gpu, prof, s, 1, self.precision, 1, chunk_tokens=None).total_s,
+            dtype=np.float64,
+        ) * np.ones_like(s)
 
     def split_compute_s(self, lengths, d: int) -> np.ndarray:
         """Per-GPU compute of each sequence on a group of ``d`` GPUs: the non-attention layers on
@@ -175,14 +183,27 @@ class SpCostModel:
 
     def _attention_s(self, s: np.ndarray) -> np.ndarray:
         m = self.model
-        op = Attention(Phase.PREFILL, 1, s, s, m.q_heads, m.kv_heads, m.head_dim, True, self.precision.activations,
-                       window=m.sliding_window, kv_dtype=self.precision.kv)
+        op = Attention(
+            Phase.PREFILL,
+            1,
+            s,
+            s,
+            m.q_heads,
+            m.kv_heads,
+            m.head_dim,
+            True,
+            self.precision.activations,
+            window=m.sliding_window,
+            kv_dtype=self.precision.kv,
+        )
         return np.asarray(op_cost(op, self.gpu, self.profile).total_s, dtype=np.float64) * np.ones_like(s)
 
     def _coll_s(self, kind: OpKind, nbytes: np.ndarray, world: int, stride: int = 1) -> np.ndarray:
         if world <= 1:
             return np.zeros_like(nbytes)
-        c = collective_time(kind, nbytes, world, self.gpu, self.profile, self._topology(world * stride), stride=stride)
+        c = collective_time(
+            kind, nbytes, world, self.gpu, self.profile, self._topology(world * stride), stride=stride
+        )
         return np.asarray(c.total_s, dtype=np.float64) * np.ones_like(nbytes)
 
     def comm_s(self, lengths, d: int, kind: SpKind | None = None) -> np.ndarray:
@@ -228,8 +249,11 @@ class SpCostModel:
         if kind is SpKind.AUTO:
             return self.choose(lengths, d)[1]
         s = np.asarray(lengths, dtype=np.float64)
-        rep = (1.0 if kind in (SpKind.RING, SpKind.TOKENRING)
-               else max(1.0, self.ulysses_degree(d, kind) / self.model.kv_heads))
+        rep = (
+            1.0
+            if kind in (SpKind.RING, SpKind.TOKENRING)
+            else max(1.0, self.ulysses_degree(d, kind) / self.model.kv_heads)
+        )
         return s * rep / d
 
     def choose(self, lengths, d: int) -> tuple[np.ndarray, np.ndarray, list[SpKind]]:
@@ -256,5 +280,6 @@ class SpCostModel:
         if mb.free_for_kv_bytes <= 0:
             raise InfeasibleError(
                 f"{self.model.name} does not fit on one {self.gpu.name}: weights {mb.weight_bytes / 2**30:.1f} GiB "
-                f"+ workspace exceed {mb.capacity_bytes / 2**30:.1f} GiB (sequence parallelism replicates weights)")
+                f"+ workspace exceed {mb.capacity_bytes / 2**30:.1f} GiB (sequence parallelism replicates weights)"
+            )
         return float(mb.free_for_kv_bytes / mb.kv_bytes_per_token)

@@ -35,8 +35,9 @@ def inclusion_probabilities(p: np.ndarray, top_k: int) -> np.ndarray:
     return pi
 
 
-def zipf_loads(experts: int, layers: int, alpha: float, tokens: int = 200_000, top_k: int = 8,
-               seed: int = 0) -> np.ndarray:
+def zipf_loads(
+    experts: int, layers: int, alpha: float, tokens: int = 200_000, top_k: int = 8, seed: int = 0
+) -> np.ndarray:
     """``[layers, experts]`` routed-token counts."""
     rng = np.random.default_rng(seed)
     ranks = np.arange(1, experts + 1, dtype=float) ** -alpha
@@ -47,7 +48,9 @@ def zipf_loads(experts: int, layers: int, alpha: float, tokens: int = 200_000, t
     return out
 
 
-def markov_affinity(loads: np.ndarray, lam: float = 0.5, concentration: float = 0.3, seed: int = 0) -> np.ndarray:
+def markov_affinity(
+    loads: np.ndarray, lam: float = 0.5, concentration: float = 0.3, seed: int = 0
+) -> np.ndarray:
     """``[layers - 1, E, E]`` counts ``R[l][e1][e2] = load_l[e1] * p(e2 | e1)``."""
     rng = np.random.default_rng(seed)
     layers, e = loads.shape
@@ -59,7 +62,8 @@ def markov_affinity(loads: np.ndarray, lam: float = 0.5, concentration: float = 
     return out
 
 
-def lognormal_lengths(n: int, mu: float = 5.95, sigma: float = 1.26, min_len: int = 16, max_len: int = 131_072,
-                      seed: int = 0) -> np.ndarray:
+def lognormal_lengths(
+    n: int, mu: float = 5.95, sigma: float = 1.26, min_len: int = 16, max_len: int = 131_072, seed: int = 0
+) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return np.clip(np.round(rng.lognormal(mu, sigma, n)), min_len, max_len).astype(np.int64)

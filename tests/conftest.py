@@ -44,8 +44,9 @@ def run_perfmodel(*argv: str, timeout: float = 300, cwd=None, pythonpath=()) -> 
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in parts if p))
     exe = shutil.which("perfmodel")
     cmd = [exe] if exe else [sys.executable, "-m", "perfmodel.cli"]
-    return subprocess.run(cmd + [str(a) for a in argv], capture_output=True, text=True, timeout=timeout, env=env,
-                          cwd=cwd)
+    return subprocess.run(
+        cmd + [str(a) for a in argv], capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd
+    )
 
 
 @pytest.fixture()

@@ -139,8 +139,12 @@ def _q(r: np.ndarray, level_pct: int) -> tuple[float, float]:
     return float(x[lo[0] - 1]), float(x[hi[0] - 1])
 
 
-def band_table(records: Sequence[dict[str, Any]], predicted: np.ndarray, regimes: Sequence[str] | None = None,
-               rule: BandRule = FAMILY) -> dict[str, dict[str, Any]]:
+def band_table(
+    records: Sequence[dict[str, Any]],
+    predicted: np.ndarray,
+    regimes: Sequence[str] | None = None,
+    rule: BandRule = FAMILY,
+) -> dict[str, dict[str, Any]]:
     """Band rows (module docstring) from the residuals log(``predicted`` / measured) of ``records`` (rows of
     records without a band key are left out); ``regimes``: each record's :func:`perfmodel.costs.regime_of`
     (None: no regime rows)."""
@@ -167,7 +171,13 @@ def band_table(records: Sequence[dict[str, Any]], predicted: np.ndarray, regimes
             continue
         level = family_level(r[idx], fams[idx]) if rule.family_level else round(100 * CENTRAL)
         q10, q90 = _q(r[idx], level)
-        out[g] = {"q10": round(q10, 4), "q90": round(q90, 4), "n": len(idx), "families": m, "level": level / 100}
+        out[g] = {
+            "q10": round(q10, 4),
+            "q90": round(q90, 4),
+            "n": len(idx),
+            "families": m,
+            "level": level / 100,
+        }
     return out
 
 
@@ -190,7 +200,10 @@ def predict_band(ops: list, gpu: str, profile: Profile) -> tuple[np.ndarray, np.
     out = np.empty((3, len(ops)))
     for op, idx in _stack(ops):
         c = op_cost(op, g, profile)
-        out[:, idx] = [np.broadcast_to(np.asarray(x, dtype=np.float64), idx.shape) for x in (c.total_s, c.low_s, c.high_s)]
+        out[:, idx] = [
+            np.broadcast_to(np.asarray(x, dtype=np.float64), idx.shape)
+            for x in (c.total_s, c.low_s, c.high_s)
+        ]
     return out[0], out[1], out[2]
 
 
@@ -216,16 +229,25 @@ def cross_validate(records: list[dict[str, Any]], gpu: str) -> list[dict[str, An
         ops = [r for r in test if band_key(r) is not None]
         pred = fitter.predict_records(ops)
         reg = regimes_of(ops_of(ops), gpu, fitter.profile_)
-        rows += [{"fold": f, "line": line_of[id(r)], "predicted_s": float(p), "regime": str(g)}
-                 for r, p, g in zip(ops, pred, reg)]
-        fits[f] = (fitter.profile_, [line_of[id(r)] for r in test if class_key(r).startswith("decoder_layer")])
+        rows += [
+            {"fold": f, "line": line_of[id(r)], "predicted_s": float(p), "regime": str(g)}
+            for r, p, g in zip(ops, pred, reg)
+        ]
+        fits[f] = (
+            fitter.profile_,
+            [line_of[id(r)] for r in test if class_key(r).startswith("decoder_layer")],
+        )
     for f, (profile, lines) in fits.items():
         layers = [records[i] for i in lines]
         out = [{"fold": f, "line": i, "band_s": {}} for i in lines]
         for rule in RULES:
             others = [x for x in rows if x["fold"] != f and "band_s" not in x]
-            table = band_table([records[x["line"]] for x in others], np.array([x["predicted_s"] for x in others]),
-                               [x["regime"] for x in others], rule)
+            table = band_table(
+                [records[x["line"]] for x in others],
+                np.array([x["predicted_s"] for x in others]),
+                [x["regime"] for x in others],
+                rule,
+            )
             pred, lo, hi = predict_band(ops_of(layers), gpu, with_bands(profile, {"measured": table}))
             for o, p, a, b in zip(out, pred, lo, hi):
                 o["predicted_s"] = float(p)
@@ -246,9 +268,14 @@ def cv_path(records_path: Path) -> Path:
 def write_cv(rows: list[dict[str, Any]], records_path: Path, gpu: str) -> Path:
     """Write ``rows`` (:func:`cross_validate`) beside ``records_path``, headed by the records' SHA-256."""
     path = cv_path(records_path)
-    head = {"gpu": gpu, "records": records_path.name, "records_sha256": _sha256(records_path), "folds": list(FOLDS),
-            "source": "python -m perfmodel.validation.bands: split_by_family(every=3, offset=fold); the fold's fit predicts "
-                      "its held-out records"}
+    head = {
+        "gpu": gpu,
+        "records": records_path.name,
+        "records_sha256": _sha256(records_path),
+        "folds": list(FOLDS),
+        "source": "python -m perfmodel.validation.bands: split_by_family(every=3, offset=fold); the fold's fit predicts "
+        "its held-out records",
+    }
     path.write_text("\n".join(json.dumps(x) for x in [head, *rows]) + "\n")
     return path
 
@@ -267,17 +294,27 @@ def read_cv(records_path: Path) -> list[dict[str, Any]]:
     lines = path.read_text().splitlines()
     head = json.loads(lines[0])
     if head.get("records_sha256") != _sha256(records_path):
-        raise RecordError(f"{path} was computed from other records than {records_path.name}: "
-                          f"run python -m perfmodel.validation.bands")
+        raise RecordError(
+            f"{path} was computed from other records than {records_path.name}: "
+            f"run python -m perfmodel.validation.bands"
+        )
     return [json.loads(x) for x in lines[1:]]
 
 
-def cv_table(records: list[dict[str, Any]], rows: Sequence[dict[str, Any]], rule: BandRule = FAMILY,
-             folds: Sequence[int] = FOLDS) -> dict[str, dict[str, Any]]:
+def cv_table(
+    records: list[dict[str, Any]],
+    rows: Sequence[dict[str, Any]],
+    rule: BandRule = FAMILY,
+    folds: Sequence[int] = FOLDS,
+) -> dict[str, dict[str, Any]]:
     """:func:`band_table` of the op residuals of ``rows`` in ``folds``."""
     ops = [x for x in rows if "band_s" not in x and x["fold"] in folds]
-    return band_table([records[x["line"]] for x in ops], np.array([x["predicted_s"] for x in ops]),
-                      [x["regime"] for x in ops], rule)
+    return band_table(
+        [records[x["line"]] for x in ops],
+        np.array([x["predicted_s"] for x in ops]),
+        [x["regime"] for x in ops],
+        rule,
+    )
 
 
 # ---- coverage ---------------------------------------------------------------------------------------------
@@ -292,8 +329,12 @@ class Coverage:
     above: float
 
 
-def coverage(records: list[dict[str, Any]], rows: Sequence[dict[str, Any]], rule: BandRule = FAMILY,
-             folds: Sequence[int] = FOLDS) -> list[Coverage]:
+def coverage(
+    records: list[dict[str, Any]],
+    rows: Sequence[dict[str, Any]],
+    rule: BandRule = FAMILY,
+    folds: Sequence[int] = FOLDS,
+) -> list[Coverage]:
     """Share of held-out records inside their band, each fold of ``folds`` scored with the band rows of the
     *other* folds' residuals (``rule``), so that no band saw the records it is scored on; decoder layers by the sum
     of their parts' bands (the combination rule; a layer is held out in every fold, so counted once per fold).
@@ -309,7 +350,10 @@ def coverage(records: list[dict[str, Any]], rows: Sequence[dict[str, Any]], rule
             else:
                 k = band_key(rec)
                 z = str(size_class_of(x["predicted_s"]))
-                q10, q90 = band_row(table, (k, _class_of(k)), x["regime"], z if rule.sizes else None) or (0.0, 0.0)
+                q10, q90 = band_row(table, (k, _class_of(k)), x["regime"], z if rule.sizes else None) or (
+                    0.0,
+                    0.0,
+                )
                 a, b = x["predicted_s"] * np.exp(-q90), x["predicted_s"] * np.exp(-q10)
             meas.append(rec["measured_s"])
             lo.append(a)
@@ -318,24 +362,36 @@ def coverage(records: list[dict[str, Any]], rows: Sequence[dict[str, Any]], rule
             regs.append(x.get("regime", ""))
             sizes.append(str(size_class_of(x["predicted_s"])))
     meas, lo, hi = np.array(meas), np.array(lo), np.array(hi)
-    keys, regs, sizes = np.array(keys, dtype=object), np.array(regs, dtype=object), np.array(sizes, dtype=object)
+    keys, regs, sizes = (
+        np.array(keys, dtype=object),
+        np.array(regs, dtype=object),
+        np.array(sizes, dtype=object),
+    )
 
     def of(k: str, sel: np.ndarray) -> Coverage:
         n = int(sel.sum())
         if not n:
             return Coverage(k, 0, float("nan"), float("nan"), float("nan"))
         m, a, b = meas[sel], lo[sel], hi[sel]
-        return Coverage(k, n, float(np.mean((m >= a) & (m <= b))), float(np.mean(m < a)), float(np.mean(m > b)))
+        return Coverage(
+            k, n, float(np.mean((m >= a) & (m <= b))), float(np.mean(m < a)), float(np.mean(m > b))
+        )
 
     layers = np.array([k.startswith("decoder_layer") for k in keys], dtype=bool)
     out = [of(k, keys == k) for k in sorted(set(keys))]
     bases = np.array([k.split("[")[0].split(":")[0] for k in keys], dtype=object)
-    out += [of(f"class: {b}", (bases == b) & ~layers) for b in sorted(set(bases[~layers]))
-            if ((bases == b) & ~layers).sum() > (keys == b).sum()]  # classes of several rows
+    out += [
+        of(f"class: {b}", (bases == b) & ~layers)
+        for b in sorted(set(bases[~layers]))
+        if ((bases == b) & ~layers).sum() > (keys == b).sum()
+    ]  # classes of several rows
     out += [of(f"regime: {g}", (regs == g) & ~layers) for g in REGIMES]
     out += [of(f"size: {z}", (sizes == z) & ~layers) for z in SIZE_CLASSES]
-    out += [of("ALL decoder layers", layers), of("ALL ops (no layers)", ~layers),
-            of("ALL held-out records", np.ones(len(keys), bool))]
+    out += [
+        of("ALL decoder layers", layers),
+        of("ALL ops (no layers)", ~layers),
+        of("ALL held-out records", np.ones(len(keys), bool)),
+    ]
     return out
 
 
@@ -354,14 +410,20 @@ def coverage_markdown(data_dir: Path, gpus: Sequence[str]) -> str:
         recs = read_records(path, gpu)
         rows = read_cv(path)
         cols = [coverage(recs, rows, PLAIN, (2,)), coverage(recs, rows, PLAIN), coverage(recs, rows, FAMILY)]
-        parts += [f"**{gpu}** (target 80%, 75-85%; n: records scored, split 2 / all folds)", "",
-                  "| rows | n | plain, split 2 | plain, 3 folds | family-level, 3 folds | below / above (family-level) |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        parts += [
+            f"**{gpu}** (target 80%, 75-85%; n: records scored, split 2 / all folds)",
+            "",
+            "| rows | n | plain, split 2 | plain, 3 folds | family-level, 3 folds | below / above (family-level) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for a, b, c in zip(*cols):
             bold = "**" if c.key.startswith("ALL") else ""
-            parts.append(f"| {bold}{c.key}{bold} | {a.n} / {c.n} | {_pct(a)} | {_pct(b)} | {_pct(c)} | "
-                         f"{100 * c.below:.1f}% / {100 * c.above:.1f}% |" if c.n else
-                         f"| {c.key} | {a.n} / {c.n} | {_pct(a)} | {_pct(b)} | {_pct(c)} | - |")
+            parts.append(
+                f"| {bold}{c.key}{bold} | {a.n} / {c.n} | {_pct(a)} | {_pct(b)} | {_pct(c)} | "
+                f"{100 * c.below:.1f}% / {100 * c.above:.1f}% |"
+                if c.n
+                else f"| {c.key} | {a.n} / {c.n} | {_pct(a)} | {_pct(b)} | {_pct(c)} | - |"
+            )
         parts.append("")
     return "\n".join(parts)
 
@@ -384,27 +446,37 @@ def transferred_bands(full: ProfileFitter, dst_records: list[dict[str, Any]], ds
     recs = [r for r in dst_records if band_key(r) is not None]
     idx, pred, _ = transfer([], full.gpu, recs, dst_gpu, full)
     priced = [recs[i] for i in idx]
-    return band_table(priced, pred, regimes_of(ops_of(priced), dst_gpu, transferred_fitter(full, dst_gpu).profile_))
+    return band_table(
+        priced, pred, regimes_of(ops_of(priced), dst_gpu, transferred_fitter(full, dst_gpu).profile_)
+    )
 
 
-def fit_bands(records: list[dict[str, Any]], gpu: str, full: ProfileFitter,
-              other: tuple[str, list[dict[str, Any]]] | None = None,
-              cv_rows: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
+def fit_bands(
+    records: list[dict[str, Any]],
+    gpu: str,
+    full: ProfileFitter,
+    other: tuple[str, list[dict[str, Any]]] | None = None,
+    cv_rows: Sequence[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """The profile's ``bands`` object: ``measured`` (cross-validation rows ``cv_rows``, computed when None),
     ``datasheet`` and, with ``other`` = (GPU, its records), ``transferred`` (``full``, this GPU's fit on all
     records, carried there)."""
     rows = cross_validate(records, gpu) if cv_rows is None else cv_rows
     out: dict[str, Any] = {"measured": cv_table(records, rows)}
-    src = (f"perfmodel.validation.bands: measured: {len(FOLDS)}-fold cross-validation over shape families "
-           f"(validation.records.split_by_family, every={len(FOLDS)}), out-of-fold residuals pooled; datasheet: "
-           f"peak model on all {len(records)} records")
+    src = (
+        f"perfmodel.validation.bands: measured: {len(FOLDS)}-fold cross-validation over shape families "
+        f"(validation.records.split_by_family, every={len(FOLDS)}), out-of-fold residuals pooled; datasheet: "
+        f"peak model on all {len(records)} records"
+    )
     if other is not None:
         out["transferred"] = transferred_bands(full, other[1], other[0])
         src += f"; transferred: the full fit carried to {other[0]}, on its {len(other[1])} records"
     out["datasheet"] = datasheet_bands(records, gpu)
-    out["source"] = src + ("; q10/q90: finite-sample quantiles of log(predicted / measured) at each row's central "
-                           "level (leave-one-family-out: the smallest of 80-99% covering 80% of a family left out), "
-                           "per key, class and all ops, by size class and by regime")
+    out["source"] = src + (
+        "; q10/q90: finite-sample quantiles of log(predicted / measured) at each row's central "
+        "level (leave-one-family-out: the smallest of 80-99% covering 80% of a family left out), "
+        "per key, class and all ops, by size class and by regime"
+    )
     return out
 
 
@@ -446,11 +518,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from perfmodel.validation.fit import _BAND_GPUS
 
     ap = argparse.ArgumentParser(prog="python -m perfmodel.validation.bands", description=main.__doc__)
-    ap.add_argument("--gpu", action="append", default=None, help=f"GPU (repeatable; default: {', '.join(_BAND_GPUS)})")
+    ap.add_argument(
+        "--gpu", action="append", default=None, help=f"GPU (repeatable; default: {', '.join(_BAND_GPUS)})"
+    )
     ap.add_argument("--data", type=Path, default=DATA_DIR, help="folder of <gpu>.jsonl")
     ap.add_argument("--report", action="store_true", help="print the coverage per GPU and class (no fit)")
-    ap.add_argument("--doc", type=Path, help="with --report: write the tables into this file between "
-                                             f"{DOC_START} and {DOC_END}")
+    ap.add_argument(
+        "--doc",
+        type=Path,
+        help=f"with --report: write the tables into this file between {DOC_START} and {DOC_END}",
+    )
     a = ap.parse_args(argv)
     gpus = a.gpu or list(_BAND_GPUS)
     try:
@@ -463,14 +540,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             if DOC_START not in text or DOC_END not in text:
                 print(f"error: {a.doc} has no {DOC_START} ... {DOC_END} section", file=sys.stderr)
                 return 2
-            a.doc.write_text(text[: text.index(DOC_START) + len(DOC_START)] + "\n" + body + "\n"
-                             + text[text.index(DOC_END):])
+            a.doc.write_text(
+                text[: text.index(DOC_START) + len(DOC_START)]
+                + "\n"
+                + body
+                + "\n"
+                + text[text.index(DOC_END) :]
+            )
             print(f"coverage tables written to {a.doc}")
             return 0
         for gpu in gpus:
             b = refresh_profile_bands(gpu, a.data)
-            print(f"{gpu}: bands rewritten ({len(b['measured'])} measured rows, {len(b.get('transferred', {}))} "
-                  f"transferred, {len(b['datasheet'])} datasheet)")
+            print(
+                f"{gpu}: bands rewritten ({len(b['measured'])} measured rows, {len(b.get('transferred', {}))} "
+                f"transferred, {len(b['datasheet'])} datasheet)"
+            )
     except (RecordError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -62,8 +62,14 @@ def build(case: Case, device: torch.device, l2_bytes: float) -> Built:
     if s == "gemm":
         m, n, k = a["m"], a["n"], a["k"]
         rot = rotations((m * k + k * n) * 2, l2_bytes)
-        sets = [(_rand((m, k), device), _rand((k, n), device, scale=k ** -0.5), torch.empty(m, n, device=device,
-                 dtype=torch.bfloat16)) for _ in range(rot)]
+        sets = [
+            (
+                _rand((m, k), device),
+                _rand((k, n), device, scale=k**-0.5),
+                torch.empty(m, n, device=device, dtype=torch.bfloat16),
+            )
+            for _ in range(rot)
+        ]
         return Built([(lambda x=x, w=w, c=c: torch.matmul(x, w, out=c)) for x, w, c in sets])
     if s == "elementwise":
         return Built(_elementwise(a, device, l2_bytes))
@@ -75,9 +81,18 @@ def build(case: Case, device: torch.device, l2_bytes: float) -> Built:
     if s == "grouped_gemm":
         return _grouped_gemm(case, device, l2_bytes)
     if s == "layer":
-        lay = L.DecoderLayerBench(a["batch"], a["q_len"], a["kv_len"], a["hidden"], a["intermediate"],
-                                  a["q_heads"], a["kv_heads"], a["head_dim"], device,
-                                  attention_impl=case.desc.get("attention_impl", "sdpa"))
+        lay = L.DecoderLayerBench(
+            a["batch"],
+            a["q_len"],
+            a["kv_len"],
+            a["hidden"],
+            a["intermediate"],
+            a["q_heads"],
+            a["kv_heads"],
+            a["head_dim"],
+            device,
+            attention_impl=case.desc.get("attention_impl", "sdpa"),
+        )
         return Built([lay], sdpa=lay.sdpa)
     raise ValueError(f"unknown section {s!r}")
 
@@ -167,7 +182,9 @@ def _memcpy(a, device, l2_bytes) -> list[Fn]:
     def tensor(where):
         if where == "device":
             return torch.empty(numel, dtype=torch.bfloat16, device=device).normal_()
-        t = torch.empty(numel, dtype=torch.bfloat16, pin_memory=(where == "host_pinned" and device.type == "cuda"))
+        t = torch.empty(
+            numel, dtype=torch.bfloat16, pin_memory=(where == "host_pinned" and device.type == "cuda")
+        )
         return t.normal_()
 
     pairs = [(tensor(src), tensor(dst)) for _ in range(rot)]
@@ -187,8 +204,11 @@ def _attention(case: Case, device, l2_bytes, sdpa: L.Sdpa) -> list[Fn]:
             q = _rand((b, hq, d), device)
             kc, vc = _rand((b, hkv, kv, d), device), _rand((b, hkv, kv, d), device)
             lens = torch.full((b,), kv, dtype=torch.int32, device=device)
-            fns.append(lambda q=q, kc=kc, vc=vc, lens=lens: kernels.attention_decode(
-                q, kc, vc, lens, schedule=case.impl, validate=False))
+            fns.append(
+                lambda q=q, kc=kc, vc=vc, lens=lens: kernels.attention_decode(
+                    q, kc, vc, lens, schedule=case.impl, validate=False
+                )
+            )
             continue
         q = _rand((b, hq, n, d), device)
         k, v = _rand((b, hkv, kv, d), device), _rand((b, hkv, kv, d), device)
@@ -220,12 +240,12 @@ def _grouped_gemm(case: Case, device, l2_bytes) -> Built:
     sets = []
     for _ in range(rot):
         x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
-        w = torch.randn(g, n, k, device=device, dtype=torch.bfloat16).mul_(k ** -0.5)
+        w = torch.randn(g, n, k, device=device, dtype=torch.bfloat16).mul_(k**-0.5)
         sets.append((x, w, torch.empty(m, n, device=device, dtype=torch.bfloat16)))
 
     def loop(x, w, out):
         for i in range(g):
-            torch.matmul(x[bounds[i]:bounds[i + 1]], w[i].t(), out=out[bounds[i]:bounds[i + 1]])
+            torch.matmul(x[bounds[i] : bounds[i + 1]], w[i].t(), out=out[bounds[i] : bounds[i + 1]])
         return out
 
     if case.impl == "loop":
@@ -329,8 +349,9 @@ def graph_replay_s(fns: list[Fn], calls: int, trials: int, warm_replays: int = 1
 TARGET_S = 2e-3
 
 
-def time_cuda(fns: list[Fn], graph: bool, target_s: float = TARGET_S, max_reps: int = 200,
-              max_time_s: float = 0.25) -> tuple[float, int, str]:
+def time_cuda(
+    fns: list[Fn], graph: bool, target_s: float = TARGET_S, max_reps: int = 200, max_time_s: float = 0.25
+) -> tuple[float, int, str]:
     """Median seconds of one call; also the calls per timed region and the method used."""
     for f in fns:
         f()

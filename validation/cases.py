@@ -16,7 +16,15 @@ from typing import Any
 import numpy as np
 
 from perfmodel.ops import (
-    Attention, DecoderLayer, Elementwise, Gemm, GroupedGemm, MemLocation, Memcpy, Phase, op_to_dict,
+    Attention,
+    DecoderLayer,
+    Elementwise,
+    Gemm,
+    GroupedGemm,
+    MemLocation,
+    Memcpy,
+    Phase,
+    op_to_dict,
 )
 from perfmodel.layers import moe_routing_ops
 
@@ -61,8 +69,12 @@ def _gemm_families(size: str) -> list[tuple[int, int]]:
     fams = []
     for m in MODELS:
         d = m.head_dim
-        fams += [((m.q_heads + 2 * m.kv_heads) * d, m.hidden), (m.hidden, m.q_heads * d),
-                 (2 * m.intermediate, m.hidden), (m.hidden, m.intermediate)]
+        fams += [
+            ((m.q_heads + 2 * m.kv_heads) * d, m.hidden),
+            (m.hidden, m.q_heads * d),
+            (2 * m.intermediate, m.hidden),
+            (m.hidden, m.intermediate),
+        ]
     # odd sizes: wave/tile edges and non-powers of two
     fams += [(4352, 4096), (5000, 3000), (1000, 1000), (12288, 768), (256, 4096), (2304, 1536), (6000, 6000)]
     seen, out = set(), []
@@ -87,7 +99,9 @@ def _gemm_grid(fams, ms) -> list[Case]:
         for m in ms:
             if m * n * k * 2 > 2.0e13 or (m * k + k * n + m * n) * BF16 > 6e9:
                 continue
-            out.append(Case("gemm", "cublas", f"gemm/n{n}_k{k}", op_to_dict(Gemm(m, n, k)), {"m": m, "n": n, "k": k}))
+            out.append(
+                Case("gemm", "cublas", f"gemm/n{n}_k{k}", op_to_dict(Gemm(m, n, k)), {"m": m, "n": n, "k": k})
+            )
     return out
 
 
@@ -115,12 +129,20 @@ def _norm_and_add_cases(tokens: int, hidden: int) -> list[Case]:
     """RMSNorm and residual add over ``tokens`` rows of ``hidden`` bf16 values."""
     act = tokens * hidden * BF16
     return [
-        Case("elementwise", "torch", f"elementwise/rmsnorm/h{hidden}",
-             op_to_dict(Elementwise("rmsnorm", bytes=2 * act + hidden * BF16, flops=4 * tokens * hidden)),
-             {"name": "rmsnorm", "tokens": tokens, "hidden": hidden}),
-        Case("elementwise", "torch", f"elementwise/residual_add/h{hidden}",
-             op_to_dict(Elementwise("residual_add", bytes=3 * act, flops=tokens * hidden)),
-             {"name": "residual_add", "tokens": tokens, "hidden": hidden}),
+        Case(
+            "elementwise",
+            "torch",
+            f"elementwise/rmsnorm/h{hidden}",
+            op_to_dict(Elementwise("rmsnorm", bytes=2 * act + hidden * BF16, flops=4 * tokens * hidden)),
+            {"name": "rmsnorm", "tokens": tokens, "hidden": hidden},
+        ),
+        Case(
+            "elementwise",
+            "torch",
+            f"elementwise/residual_add/h{hidden}",
+            op_to_dict(Elementwise("residual_add", bytes=3 * act, flops=tokens * hidden)),
+            {"name": "residual_add", "tokens": tokens, "hidden": hidden},
+        ),
     ]
 
 
@@ -133,18 +155,35 @@ def elementwise_cases(size: str) -> list[Case]:
             out += _norm_and_add_cases(t, h)
             i = m.intermediate
             if t * i * 3 * a <= 4e9:
-                out.append(Case("elementwise", "torch", f"elementwise/silu_mul/i{i}",
-                                op_to_dict(Elementwise("silu_mul", bytes=3 * t * i * a, flops=5 * t * i)),
-                                {"name": "silu_mul", "tokens": t, "intermediate": i}))
+                out.append(
+                    Case(
+                        "elementwise",
+                        "torch",
+                        f"elementwise/silu_mul/i{i}",
+                        op_to_dict(Elementwise("silu_mul", bytes=3 * t * i * a, flops=5 * t * i)),
+                        {"name": "silu_mul", "tokens": t, "intermediate": i},
+                    )
+                )
             # KV append as the layer does it: one sequence of t tokens (prefill) or t sequences of 1 (decode)
             shapes = [(t, 1, "decode")] + ([(1, t, "prefill")] if t > 1 else [])
             for batch, q_len, tag in shapes:
                 b = 2 * 2 * t * m.kv_heads * m.head_dim * a
-                out.append(Case("elementwise", "torch",
-                                f"elementwise/kv_append/{tag}_q{m.q_heads}_hkv{m.kv_heads}_d{m.head_dim}",
-                                op_to_dict(Elementwise("kv_append", bytes=b)),
-                                {"name": "kv_append", "batch": batch, "q_len": q_len, "q_heads": m.q_heads,
-                                 "kv_heads": m.kv_heads, "head_dim": m.head_dim}))
+                out.append(
+                    Case(
+                        "elementwise",
+                        "torch",
+                        f"elementwise/kv_append/{tag}_q{m.q_heads}_hkv{m.kv_heads}_d{m.head_dim}",
+                        op_to_dict(Elementwise("kv_append", bytes=b)),
+                        {
+                            "name": "kv_append",
+                            "batch": batch,
+                            "q_len": q_len,
+                            "q_heads": m.q_heads,
+                            "kv_heads": m.kv_heads,
+                            "head_dim": m.head_dim,
+                        },
+                    )
+                )
     return out + moe_routing_cases(size)
 
 
@@ -163,27 +202,46 @@ def moe_routing_cases(size: str) -> list[Case]:
             if 2 * t * k * h * BF16 > 4e9:
                 continue
             for step, op in moe_routing_ops(t, e, k, h, BF16).items():
-                out.append(Case("elementwise", "torch", f"elementwise/{op.name}/e{e}_k{k}_h{h}", op_to_dict(op),
-                                {"name": op.name, "tokens": t, "experts": e, "top_k": k, "hidden": h}))
+                out.append(
+                    Case(
+                        "elementwise",
+                        "torch",
+                        f"elementwise/{op.name}/e{e}_k{k}_h{h}",
+                        op_to_dict(op),
+                        {"name": op.name, "tokens": t, "experts": e, "top_k": k, "hidden": h},
+                    )
+                )
     return out
 
 
 def memcpy_cases(size: str) -> list[Case]:
     """Copies of every direction, 4 KB .. 1 GB (two sizes for the smoke run)."""
-    return _copy_cases([4096, 65536] if size == "smoke" else [4096 * 4 ** i for i in range(0, 10)])
+    return _copy_cases([4096, 65536] if size == "smoke" else [4096 * 4**i for i in range(0, 10)])
 
 
 def _copy_cases(sizes) -> list[Case]:
     """One case per copy direction and size (up to 1 GiB)."""
     out = []
     dev, pin, page = MemLocation.DEVICE, MemLocation.HOST_PINNED, MemLocation.HOST_PAGEABLE
-    for src, dst, tag in ((dev, dev, "d2d"), (pin, dev, "h2d"), (dev, pin, "d2h"), (page, dev, "h2d_pageable"),
-                          (dev, page, "d2h_pageable")):
+    for src, dst, tag in (
+        (dev, dev, "d2d"),
+        (pin, dev, "h2d"),
+        (dev, pin, "d2h"),
+        (page, dev, "h2d_pageable"),
+        (dev, page, "d2h_pageable"),
+    ):
         for b in sizes:
             if "pageable" in tag and b > 1.1e9:
                 continue
-            out.append(Case("memcpy", "copy_engine", f"memcpy_{tag}/{b}", op_to_dict(Memcpy(b, src, dst)),
-                            {"bytes": b, "src": src.value, "dst": dst.value}))
+            out.append(
+                Case(
+                    "memcpy",
+                    "copy_engine",
+                    f"memcpy_{tag}/{b}",
+                    op_to_dict(Memcpy(b, src, dst)),
+                    {"bytes": b, "src": src.value, "dst": dst.value},
+                )
+            )
     return out
 
 
@@ -205,13 +263,32 @@ def attention_cases(size: str) -> list[Case]:
                 if batch * n > 32768 and not (batch == 1 and n <= LONG_PREFILL_TOKENS):
                     continue
                 op = Attention(Phase.PREFILL, batch, n, n, hq, hkv, d, causal=True)
-                args = {"batch": batch, "q_len": n, "kv_len": n, "q_heads": hq, "kv_heads": hkv, "head_dim": d}
+                args = {
+                    "batch": batch,
+                    "q_len": n,
+                    "kv_len": n,
+                    "q_heads": hq,
+                    "kv_heads": hkv,
+                    "head_dim": d,
+                }
                 for impl in SDPA_IMPLS:
-                    out.append(Case("attention", impl, f"attention_prefill/hq{hq}_hkv{hkv}_d{d}", op_to_dict(op), args))
+                    out.append(
+                        Case(
+                            "attention", impl, f"attention_prefill/hq{hq}_hkv{hkv}_d{d}", op_to_dict(op), args
+                        )
+                    )
                 if n > 16384:  # the Triton kernel's long prompts: timed up to 16K
                     continue
                 if batch == 1 and (hq, hkv, d) in ((32, 8, 128), (32, 8, 64), (64, 8, 128), (4, 2, 64)):
-                    out.append(Case("attention", "triton", f"attention_prefill/hq{hq}_hkv{hkv}_d{d}", op_to_dict(op), args))
+                    out.append(
+                        Case(
+                            "attention",
+                            "triton",
+                            f"attention_prefill/hq{hq}_hkv{hkv}_d{d}",
+                            op_to_dict(op),
+                            args,
+                        )
+                    )
     batches = [1, 3] if size == "smoke" else [1, 4, 16, 64, 128]
     kv_lens = [8, 33] if size == "smoke" else [256, 1024, 4096, 16384, 65536]
     for hq, hkv, d in heads:
@@ -221,7 +298,14 @@ def attention_cases(size: str) -> list[Case]:
                 if kv_bytes > 6e9:
                     continue
                 op = Attention(Phase.DECODE, batch, 1, kv, hq, hkv, d, causal=True)
-                args = {"batch": batch, "q_len": 1, "kv_len": kv, "q_heads": hq, "kv_heads": hkv, "head_dim": d}
+                args = {
+                    "batch": batch,
+                    "q_len": 1,
+                    "kv_len": kv,
+                    "q_heads": hq,
+                    "kv_heads": hkv,
+                    "head_dim": d,
+                }
                 fam = f"attention_decode/hq{hq}_hkv{hkv}_d{d}"
                 for impl in SDPA_IMPLS:
                     out.append(Case("attention", impl, fam, op_to_dict(op), args))
@@ -235,21 +319,44 @@ def attention_cases(size: str) -> list[Case]:
 def layer_cases(size: str) -> list[Case]:
     models = [SMOKE_MODEL] if size == "smoke" else list(MODELS)
     prefill = [(1, 9), (2, 16)] if size == "smoke" else [(1, 128), (1, 512), (1, 2048), (1, 8192), (4, 1024)]
-    decode = [(1, 8), (3, 20)] if size == "smoke" else [(b, kv) for b in (1, 8, 32, 128) for kv in (512, 4096, 16384)]
+    decode = (
+        [(1, 8), (3, 20)]
+        if size == "smoke"
+        else [(b, kv) for b in (1, 8, 32, 128) for kv in (512, 4096, 16384)]
+    )
     out = []
     for m in models:
-        base = dict(hidden=m.hidden, intermediate=m.intermediate, q_heads=m.q_heads, kv_heads=m.kv_heads,
-                    head_dim=m.head_dim)
+        base = dict(
+            hidden=m.hidden,
+            intermediate=m.intermediate,
+            q_heads=m.q_heads,
+            kv_heads=m.kv_heads,
+            head_dim=m.head_dim,
+        )
         for batch, n in prefill:
             op = DecoderLayer(Phase.PREFILL, batch, n, n, **base)
-            out.append(Case("layer", "cuda_graph_layer", f"decoder_layer/{m.name}", op_to_dict(op),
-                            {"batch": batch, "q_len": n, "kv_len": n, **base}))
+            out.append(
+                Case(
+                    "layer",
+                    "cuda_graph_layer",
+                    f"decoder_layer/{m.name}",
+                    op_to_dict(op),
+                    {"batch": batch, "q_len": n, "kv_len": n, **base},
+                )
+            )
         for batch, kv in decode:
             if 2 * batch * m.kv_heads * kv * m.head_dim * BF16 > 6e9:
                 continue
             op = DecoderLayer(Phase.DECODE, batch, 1, kv, **base)
-            out.append(Case("layer", "cuda_graph_layer", f"decoder_layer/{m.name}", op_to_dict(op),
-                            {"batch": batch, "q_len": 1, "kv_len": kv, **base}))
+            out.append(
+                Case(
+                    "layer",
+                    "cuda_graph_layer",
+                    f"decoder_layer/{m.name}",
+                    op_to_dict(op),
+                    {"batch": batch, "q_len": 1, "kv_len": kv, **base},
+                )
+            )
     return out
 
 
@@ -306,9 +413,23 @@ def _grouped_case(shape: MoeShape, proj: str, tokens: int, routing: str, impl: s
     if len(counts) * n * k * BF16 > GROUPED_WEIGHT_CAP:
         return None
     op = GroupedGemm(len(counts), tokens * shape.top_k, n, k)
-    return Case("grouped_gemm", impl, f"grouped_gemm/{shape.name}_{proj}_{routing}", op_to_dict(op),
-                {"counts": counts, "n": n, "k": k, "tokens": tokens, "experts": shape.experts,
-                 "top_k": shape.top_k, "routing": routing, "model": shape.name, "proj": proj})
+    return Case(
+        "grouped_gemm",
+        impl,
+        f"grouped_gemm/{shape.name}_{proj}_{routing}",
+        op_to_dict(op),
+        {
+            "counts": counts,
+            "n": n,
+            "k": k,
+            "tokens": tokens,
+            "experts": shape.experts,
+            "top_k": shape.top_k,
+            "routing": routing,
+            "model": shape.name,
+            "proj": proj,
+        },
+    )
 
 
 def grouped_gemm_cases(size: str) -> list[Case]:
@@ -322,8 +443,14 @@ def grouped_gemm_cases(size: str) -> list[Case]:
         shapes, decode, prefill = MOE_MODELS, (1, 8, 64, 256), (2048, 8192)
         loops = tuple((MOE_MODELS[i], "gate_up", t) for i in (0, 1) for t in (1, 16, 256))
     else:
-        shapes, decode, prefill = MOE_MODELS, (1, 2, 4, 8, 16, 32, 64, 128, 256), (1024, 2048, 4096, 8192, 16384)
-        loops = tuple((MOE_MODELS[i], p, t) for i in (0, 1, 2) for p in ("gate_up", "down") for t in (1, 4, 16, 64, 256))
+        shapes, decode, prefill = (
+            MOE_MODELS,
+            (1, 2, 4, 8, 16, 32, 64, 128, 256),
+            (1024, 2048, 4096, 8192, 16384),
+        )
+        loops = tuple(
+            (MOE_MODELS[i], p, t) for i in (0, 1, 2) for p in ("gate_up", "down") for t in (1, 4, 16, 64, 256)
+        )
     out = []
     for shape in shapes:
         for proj in ("gate_up", "down"):
@@ -336,18 +463,38 @@ def grouped_gemm_cases(size: str) -> list[Case]:
 
 SECTIONS = ("gemm", "elementwise", "memcpy", "layer", "attention", "grouped_gemm")
 _LAST = ("triton", "split_kv", "stream_k")  # Triton kernels compile and autotune: measured last
-_BUILDERS = {"gemm": gemm_cases, "elementwise": elementwise_cases, "memcpy": memcpy_cases,
-             "attention": attention_cases, "layer": layer_cases, "grouped_gemm": grouped_gemm_cases}
+_BUILDERS = {
+    "gemm": gemm_cases,
+    "elementwise": elementwise_cases,
+    "memcpy": memcpy_cases,
+    "attention": attention_cases,
+    "layer": layer_cases,
+    "grouped_gemm": grouped_gemm_cases,
+}
 
 
 # Coverage set (``--extra``): families the quick set lacks, so that held-out scores cover them.
-_EXTRA_GEMM = ((1024, 1024), (1536, 1536), (2048, 2048), (3000, 1000), (1000, 4000), (5120, 5120),
-               (13824, 5120), (5120, 13824), (7168, 7168), (1280, 5120), (640, 2560), (1200, 1200),
-               (3072, 3072), (6144, 1536), (8192, 8192))
+_EXTRA_GEMM = (
+    (1024, 1024),
+    (1536, 1536),
+    (2048, 2048),
+    (3000, 1000),
+    (1000, 4000),
+    (5120, 5120),
+    (13824, 5120),
+    (5120, 13824),
+    (7168, 7168),
+    (1280, 5120),
+    (640, 2560),
+    (1200, 1200),
+    (3072, 3072),
+    (6144, 1536),
+    (8192, 8192),
+)
 _EXTRA_MS = (1, 16, 64, 256, 1000, 2048, 4096, 16384)
 _EXTRA_HIDDEN = (1024, 1536, 5120, 6144, 8192, 12288, 16384)
 _EXTRA_ATTN = ((16, 4, 64), (32, 32, 64), (64, 8, 64), (12, 4, 64))
-_EXTRA_COPY = tuple(8192 * 4 ** i for i in range(0, 9)) + (3_000_000, 100_000_000)
+_EXTRA_COPY = tuple(8192 * 4**i for i in range(0, 9)) + (3_000_000, 100_000_000)
 
 
 def extra_cases(size: str = "quick") -> list[Case]:
@@ -364,7 +511,14 @@ def extra_cases(size: str = "quick") -> list[Case]:
         for batch in (1, 4):
             for n in (128, 512, 2048, 8192):
                 op = Attention(Phase.PREFILL, batch, n, n, hq, hkv, d, causal=True)
-                args = {"batch": batch, "q_len": n, "kv_len": n, "q_heads": hq, "kv_heads": hkv, "head_dim": d}
+                args = {
+                    "batch": batch,
+                    "q_len": n,
+                    "kv_len": n,
+                    "q_heads": hq,
+                    "kv_heads": hkv,
+                    "head_dim": d,
+                }
                 fam = f"attention_prefill/hq{hq}_hkv{hkv}_d{d}"
                 for impl in SDPA_IMPLS:
                     out.append(Case("attention", impl, fam, op_to_dict(op), args))
@@ -375,7 +529,14 @@ def extra_cases(size: str = "quick") -> list[Case]:
                 if 2 * batch * hkv * kv * d * BF16 > 6e9:
                     continue
                 op = Attention(Phase.DECODE, batch, 1, kv, hq, hkv, d, causal=True)
-                args = {"batch": batch, "q_len": 1, "kv_len": kv, "q_heads": hq, "kv_heads": hkv, "head_dim": d}
+                args = {
+                    "batch": batch,
+                    "q_len": 1,
+                    "kv_len": kv,
+                    "q_heads": hq,
+                    "kv_heads": hkv,
+                    "head_dim": d,
+                }
                 fam = f"attention_decode/hq{hq}_hkv{hkv}_d{d}"
                 for impl in (*SDPA_IMPLS, "split_kv", "stream_k"):
                     out.append(Case("attention", impl, fam, op_to_dict(op), args))

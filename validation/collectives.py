@@ -157,8 +157,9 @@ def worker(part: str, items: list[str], out_path: str) -> None:
         dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
     else:
         torch.cuda.set_device(local)
-        dist.init_process_group("nccl", device_id=torch.device("cuda", local),
-                                timeout=datetime.timedelta(seconds=120))
+        dist.init_process_group(
+            "nccl", device_id=torch.device("cuda", local), timeout=datetime.timedelta(seconds=120)
+        )
     rank, world = dist.get_rank(), dist.get_world_size()
     _check_sum(torch, dist, world)
     torch.manual_seed(rank)
@@ -216,9 +217,20 @@ def _ring_step(item: str, rank: int, world: int, torch, dist) -> dict:
     t_c = _timed(compute, n, 7, dist, torch)
     t_m = _timed(comm_only, n, 7, dist, torch)
     t_b = _timed(both, n, 7, dist, torch)
-    return {"part": "ring", "item": item, "hq": hq, "hkv": hkv, "head_dim": d, "block_tokens": c, "world": world,
-            "kv_block_bytes": int(kv.numel() * 2), "attn_flops": 4.0 * hq * c * c * d,
-            "compute_s": t_c, "comm_s": t_m, "both_s": t_b}
+    return {
+        "part": "ring",
+        "item": item,
+        "hq": hq,
+        "hkv": hkv,
+        "head_dim": d,
+        "block_tokens": c,
+        "world": world,
+        "kv_block_bytes": int(kv.numel() * 2),
+        "attn_flops": 4.0 * hq * c * c * d,
+        "compute_s": t_c,
+        "comm_s": t_m,
+        "both_s": t_b,
+    }
 
 
 # ----------------------------------------------------------------------------- driver side
@@ -233,22 +245,47 @@ def _env_record(nproc: int) -> dict:
         except (OSError, subprocess.TimeoutExpired) as exc:
             return f"unavailable: {exc.__class__.__name__}"
 
-    rec["nvidia_smi"] = sh(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm", "--format=csv"])
+    rec["nvidia_smi"] = sh(
+        ["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm", "--format=csv"]
+    )
     rec["topo"] = sh(["nvidia-smi", "topo", "-m"])
     rec["nvlink"] = sh(["nvidia-smi", "nvlink", "-s"])
-    rec["versions"] = sh([sys.executable, "-c", "import torch, sys; print(sys.version.split()[0], torch.__version__, "
-                          "torch.version.cuda, torch.cuda.nccl.version(), torch.cuda.device_count(), "
-                          "[torch.cuda.can_device_access_peer(0, j) for j in range(1, torch.cuda.device_count())])"])
+    rec["versions"] = sh(
+        [
+            sys.executable,
+            "-c",
+            "import torch, sys; print(sys.version.split()[0], torch.__version__, "
+            "torch.version.cuda, torch.cuda.nccl.version(), torch.cuda.device_count(), "
+            "[torch.cuda.can_device_access_peer(0, j) for j in range(1, torch.cuda.device_count())])",
+        ]
+    )
     rec["env"] = {k: os.environ.get(k, "") for k in SAFE_ENV}
     return rec
 
 
 def _launch(part: str, items: list[str], out: Path, nproc: int, limit_s: float, port: int) -> tuple[int, str]:
     """Start ``nproc`` workers, each leading its own process group (killed on a hang), and wait."""
-    base = dict(os.environ, **SAFE_ENV, PYTHONUNBUFFERED="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc))
-    cmd = [sys.executable, "-m", "perfmodel.validation.collectives", "worker", "--part", part, "--items", ",".join(items),
-           "--out", str(out)]
+    base = dict(
+        os.environ,
+        **SAFE_ENV,
+        PYTHONUNBUFFERED="1",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE=str(nproc),
+        LOCAL_WORLD_SIZE=str(nproc),
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "perfmodel.validation.collectives",
+        "worker",
+        "--part",
+        part,
+        "--items",
+        ",".join(items),
+        "--out",
+        str(out),
+    ]
     procs: list[subprocess.Popen] = []
     for r in range(nproc):
         env = dict(base, RANK=str(r), LOCAL_RANK=str(r))
@@ -329,7 +366,11 @@ def measure(out_dir: str, nproc: int, parts: list[str], max_bytes: int, min_byte
         items = [f"send_recv:{s}" for s in sizes]
         fails += run_part("p2p", items, out / "collectives_raw.jsonl", nproc, P2P_BUDGET_S, 29600)
     if "ring" in parts:
-        items = [f"{hq}/{hkv}/128/{c}" for hq, hkv in ((32, 32), (32, 8)) for c in (256, 512, 1024, 2048, 4096, 8192, 16384)]
+        items = [
+            f"{hq}/{hkv}/128/{c}"
+            for hq, hkv in ((32, 32), (32, 8))
+            for c in (256, 512, 1024, 2048, 4096, 8192, 16384)
+        ]
         fails += run_part("ring", items, out / "collectives_ring.jsonl", nproc, RING_BUDGET_S, 29700)
     (out / "collectives_failures.json").write_text(json.dumps(fails, indent=1))
     _print_table(out)
@@ -342,13 +383,17 @@ def _print_table(out: Path) -> None:
         print(f"{'op':15s} {'bytes':>12s} {'time_us':>10s} {'algbw_GB/s':>11s}")
         for r in rows:
             if r["bytes"] in (65536, 1 << 20, 1 << 24, 1 << 28, 1 << 30):
-                print(f"{r['op']:15s} {r['bytes']:12d} {r['time_s'] * 1e6:10.1f} {r['bytes'] / r['time_s'] / 1e9:11.1f}")
+                print(
+                    f"{r['op']:15s} {r['bytes']:12d} {r['time_s'] * 1e6:10.1f} {r['bytes'] / r['time_s'] / 1e9:11.1f}"
+                )
     ring = out / "collectives_ring.jsonl"
     if ring.exists():
         for line in ring.read_text().splitlines():
             r = json.loads(line)
-            print(f"ring {r['item']:16s} compute {r['compute_s'] * 1e6:8.1f} us  comm {r['comm_s'] * 1e6:8.1f} us  "
-                  f"both {r['both_s'] * 1e6:8.1f} us")
+            print(
+                f"ring {r['item']:16s} compute {r['compute_s'] * 1e6:8.1f} us  comm {r['comm_s'] * 1e6:8.1f} us  "
+                f"both {r['both_s'] * 1e6:8.1f} us"
+            )
     f = out / "collectives_failures.json"
     if f.exists():
         print("failures:", f.read_text())
@@ -405,18 +450,34 @@ def fit_class(rows: list[dict], op: str, gpu_name: str = FIT_GPU) -> dict:
     for knee in KNEE_GRID_BYTES:
         if np.sum(b > knee) < 3 or np.sum(b <= knee) < 3:
             continue
-        sol = least_squares(lambda v: pred(v, knee) / t - 1.0, [np.log(a0), np.log(inv0), np.log(inv0), 0.5],
-                            bounds=([-30, -40, -40, 0.0], [0, 0, 0, 1.0]))
+        sol = least_squares(
+            lambda v: pred(v, knee) / t - 1.0,
+            [np.log(a0), np.log(inv0), np.log(inv0), 0.5],
+            bounds=([-30, -40, -40, 0.0], [0, 0, 0, 1.0]),
+        )
         if best is None or sol.cost < best[0].cost:
             best = (sol, knee)
     sol, knee = best
-    a_total, bw, bw_tail, eta = (float(np.exp(sol.x[0])), 1.0 / float(np.exp(sol.x[1])),
-                                 1.0 / float(np.exp(sol.x[2])), float(sol.x[3]))
+    a_total, bw, bw_tail, eta = (
+        float(np.exp(sol.x[0])),
+        1.0 / float(np.exp(sol.x[1])),
+        1.0 / float(np.exp(sol.x[2])),
+        float(sol.x[3]),
+    )
     link = gpu.nvlink_bytes_per_s_per_direction
-    return {"op": op, "world": w, "latency_s": a_total / steps, "latency_total_s": a_total,
-            "bandwidth_bytes_per_s": bw, "memory_eff": bw / link, "knee_bytes": knee,
-            "tail_bandwidth_bytes_per_s": bw_tail, "tail_memory_eff": bw_tail / link,
-            "overlap": eta, "points": len(pts)}
+    return {
+        "op": op,
+        "world": w,
+        "latency_s": a_total / steps,
+        "latency_total_s": a_total,
+        "bandwidth_bytes_per_s": bw,
+        "memory_eff": bw / link,
+        "knee_bytes": knee,
+        "tail_bandwidth_bytes_per_s": bw_tail,
+        "tail_memory_eff": bw_tail / link,
+        "overlap": eta,
+        "points": len(pts),
+    }
 
 
 PROFILE_KEYS = ("latency_s", "memory_eff", "overlap", "knee_bytes", "tail_memory_eff")
@@ -433,8 +494,12 @@ def _ape_stats(pred, meas) -> dict:
     import numpy as np
 
     ape = np.abs(np.asarray(pred) - np.asarray(meas)) / np.asarray(meas)
-    return {"median_ape": float(np.median(ape)), "p90_ape": float(np.percentile(ape, 90)),
-            "max_ape": float(ape.max()), "n": int(ape.size)}
+    return {
+        "median_ape": float(np.median(ape)),
+        "p90_ape": float(np.percentile(ape, 90)),
+        "max_ape": float(ape.max()),
+        "n": int(ape.size),
+    }
 
 
 def evaluate(rows: list[dict], fits: dict[str, dict], gpu_name: str = FIT_GPU) -> dict:
@@ -459,12 +524,18 @@ def evaluate(rows: list[dict], fits: dict[str, dict], gpu_name: str = FIT_GPU) -
         # datasheet bandwidth plus the hardware file's link latency per step (calibrated mode, nothing fitted)
         peak = np.asarray(collective_time(OpKind(op), b, w, gpu, Profile(gpu_name, Mode.CALIBRATED)).total_s)
         base = bandwidth_only_time(OpKind(op), b, w, gpu)
-        out[op] = {"fitted": _ape_stats(fit, meas), "peak_with_link_latency": _ape_stats(peak, meas),
-                   "bandwidth_only_datasheet": _ape_stats(base, meas)}
+        out[op] = {
+            "fitted": _ape_stats(fit, meas),
+            "peak_with_link_latency": _ape_stats(peak, meas),
+            "bandwidth_only_datasheet": _ape_stats(base, meas),
+        }
         for acc, v in ((all_fit, fit), (all_base, base), (all_peak, peak), (all_meas, meas)):
             acc.extend(v.tolist())
-    out["all"] = {"fitted": _ape_stats(all_fit, all_meas), "peak_with_link_latency": _ape_stats(all_peak, all_meas),
-                  "bandwidth_only_datasheet": _ape_stats(all_base, all_meas)}
+    out["all"] = {
+        "fitted": _ape_stats(all_fit, all_meas),
+        "peak_with_link_latency": _ape_stats(all_peak, all_meas),
+        "bandwidth_only_datasheet": _ape_stats(all_base, all_meas),
+    }
     return out
 
 
@@ -474,8 +545,11 @@ RING_TRAIN_BLOCKS = (256, 1024, 4096, 16384)  # held-out check: fit on these, sc
 def _ring_arrays(rows: list[dict]):
     import numpy as np
 
-    return (np.array([r["compute_s"] for r in rows]), np.array([r["comm_s"] for r in rows]),
-            np.array([r["both_s"] for r in rows]))
+    return (
+        np.array([r["compute_s"] for r in rows]),
+        np.array([r["comm_s"] for r in rows]),
+        np.array([r["both_s"] for r in rows]),
+    )
 
 
 RING_LAUNCH_MAX_BLOCK = 512  # attention alone on blocks this small is bound by its host launch
@@ -499,8 +573,10 @@ def fit_ring_step(ring_rows: list[dict], comm_issue_s: float) -> dict:
 
     small = [r["compute_s"] for r in ring_rows if r["block_tokens"] <= RING_LAUNCH_MAX_BLOCK]
     if len(ring_rows) < 3 or not small:
-        raise ValueError(f"too few Ring steps to fit ({len(ring_rows)}; {len(small)} blocks of "
-                         f"<= {RING_LAUNCH_MAX_BLOCK} tokens)")
+        raise ValueError(
+            f"too few Ring steps to fit ({len(ring_rows)}; {len(small)} blocks of "
+            f"<= {RING_LAUNCH_MAX_BLOCK} tokens)"
+        )
     h_c = float(np.median(small))
     c, m, both = _ring_arrays(ring_rows)
 
@@ -523,8 +599,13 @@ def fit_ring_step(ring_rows: list[dict], comm_issue_s: float) -> dict:
     sol = least_squares(resid, best, bounds=([0, 0], [1, 1e4]))
     x = sol.x if np.sum(resid(sol.x) ** 2) <= best_sse else np.array(best)
     rs = model(x)
-    return {"overlap": rs.overlap, "compute_issue_s": rs.compute_issue_s, "comm_issue_s": comm_issue_s,
-            "sync_s": rs.sync_s, "points": len(ring_rows)}
+    return {
+        "overlap": rs.overlap,
+        "compute_issue_s": rs.compute_issue_s,
+        "comm_issue_s": comm_issue_s,
+        "sync_s": rs.sync_s,
+        "points": len(ring_rows),
+    }
 
 
 def _ring_errors(rows: list[dict], rs) -> dict:
@@ -536,8 +617,13 @@ def _ring_errors(rows: list[dict], rs) -> dict:
     pred = ring_step_overlap(c, m, rs)
     step = np.abs(pred.step_s / both - 1.0)
     hid = np.abs(pred.hidden_fraction - (c + m - both) / m)
-    return {"step_median_ape": float(np.median(step)), "step_max_ape": float(step.max()),
-            "hidden_median_abs_err": float(np.median(hid)), "hidden_max_abs_err": float(hid.max()), "n": int(step.size)}
+    return {
+        "step_median_ape": float(np.median(step)),
+        "step_max_ape": float(step.max()),
+        "hidden_median_abs_err": float(np.median(hid)),
+        "hidden_max_abs_err": float(hid.max()),
+        "n": int(step.size),
+    }
 
 
 def evaluate_ring(ring_rows: list[dict], prof, comm_issue_s: float) -> dict:
@@ -560,27 +646,50 @@ def evaluate_ring(ring_rows: list[dict], prof, comm_issue_s: float) -> dict:
     train = [r for r in ring_rows if r["block_tokens"] in RING_TRAIN_BLOCKS]
     test = [r for r in ring_rows if r["block_tokens"] not in RING_TRAIN_BLOCKS]
     fit_tr = fit_ring_step(train, comm_issue_s)
-    rs_tr = RingStepModel(fit_tr["overlap"], fit_tr["compute_issue_s"], fit_tr["comm_issue_s"], fit_tr["sync_s"])
+    rs_tr = RingStepModel(
+        fit_tr["overlap"], fit_tr["compute_issue_s"], fit_tr["comm_issue_s"], fit_tr["sync_s"]
+    )
     pts = []
     for r in ring_rows:
         c, m, both = r["compute_s"], r["comm_s"], r["both_s"]
-        ideal, fitted, held = ring_step_overlap(c, m, 1.0), ring_step_overlap(c, m, rs), ring_step_overlap(c, m, rs_tr)
+        ideal, fitted, held = (
+            ring_step_overlap(c, m, 1.0),
+            ring_step_overlap(c, m, rs),
+            ring_step_overlap(c, m, rs_tr),
+        )
         mod = ring_step_overlap_from_model(r, gpu, prof, rs)
-        pts.append({
-            "item": r["item"], "block_tokens": r["block_tokens"], "hq": r["hq"], "hkv": r["hkv"],
-            "compute_s": c, "comm_s": m, "both_s": both, "measured_hidden": (c + m - both) / m,
-            "pred_hidden": fitted.hidden_fraction, "pred_host_bound": bool(fitted.stall_s > 0),
-            "step_err_ideal_overlap": ideal.step_s / both - 1.0,
-            "step_err_fitted": fitted.step_s / both - 1.0,
-            "step_err_held_out": held.step_s / both - 1.0, "held_out": r["block_tokens"] not in RING_TRAIN_BLOCKS,
-            "model_compute_s": mod.compute_s, "model_comm_s": mod.comm_s, "model_step_s": mod.step_s,
-            "step_err_model": mod.step_s / both - 1.0,
-        })
-    return {"fit": fit, "fit_train_blocks": fit_tr, "train_blocks": list(RING_TRAIN_BLOCKS),
-            "errors_fitted": _ring_errors(ring_rows, rs), "errors_held_out": _ring_errors(test, rs_tr),
-            "errors_ideal": _ring_errors(ring_rows, RingStepModel()),
-            "errors_overlap_only_fitted": _ring_errors(ring_rows, RingStepModel(fit["overlap"])),
-            "points": pts}
+        pts.append(
+            {
+                "item": r["item"],
+                "block_tokens": r["block_tokens"],
+                "hq": r["hq"],
+                "hkv": r["hkv"],
+                "compute_s": c,
+                "comm_s": m,
+                "both_s": both,
+                "measured_hidden": (c + m - both) / m,
+                "pred_hidden": fitted.hidden_fraction,
+                "pred_host_bound": bool(fitted.stall_s > 0),
+                "step_err_ideal_overlap": ideal.step_s / both - 1.0,
+                "step_err_fitted": fitted.step_s / both - 1.0,
+                "step_err_held_out": held.step_s / both - 1.0,
+                "held_out": r["block_tokens"] not in RING_TRAIN_BLOCKS,
+                "model_compute_s": mod.compute_s,
+                "model_comm_s": mod.comm_s,
+                "model_step_s": mod.step_s,
+                "step_err_model": mod.step_s / both - 1.0,
+            }
+        )
+    return {
+        "fit": fit,
+        "fit_train_blocks": fit_tr,
+        "train_blocks": list(RING_TRAIN_BLOCKS),
+        "errors_fitted": _ring_errors(ring_rows, rs),
+        "errors_held_out": _ring_errors(test, rs_tr),
+        "errors_ideal": _ring_errors(ring_rows, RingStepModel()),
+        "errors_overlap_only_fitted": _ring_errors(ring_rows, RingStepModel(fit["overlap"])),
+        "points": pts,
+    }
 
 
 def ring_step_overlap_from_model(r: dict, gpu, prof, rs):
@@ -592,7 +701,9 @@ def ring_step_overlap_from_model(r: dict, gpu, prof, rs):
     from perfmodel.ops import Attention, OpKind, Phase
     from perfmodel.parallel import ring_step_overlap
 
-    att = Attention(Phase.PREFILL, 1, r["block_tokens"], r["block_tokens"], r["hq"], r["hkv"], r["head_dim"], causal=False)
+    att = Attention(
+        Phase.PREFILL, 1, r["block_tokens"], r["block_tokens"], r["hq"], r["hkv"], r["head_dim"], causal=False
+    )
     c = max(float(op_cost(att, gpu, prof).total_s), rs.compute_issue_s)
     m = collective_time(OpKind.SEND_RECV, r["kv_block_bytes"], r["world"], gpu, prof)
     return ring_step_overlap(c, float(m.total_s), dataclasses.replace(rs, comm_issue_s=float(m.latency_s)))
@@ -619,33 +730,47 @@ def report(data: str, ring: str | None = None, write_profile: bool = False) -> d
         base = dict(load_profile_file(shipped_profile_path(FIT_GPU), FIT_GPU).classes)
     base.update({OpClass(k): class_params(v) for k, v in fits.items()})
     prof = Profile(FIT_GPU, Mode.CALIBRATED, base)
-    res["ring_profile"] = "shipped H200 profile with these collective fits" if len(base) > len(fits) else "collective fits only"
+    res["ring_profile"] = (
+        "shipped H200 profile with these collective fits" if len(base) > len(fits) else "collective fits only"
+    )
     if ring and Path(ring).exists():
         res["ring"] = evaluate_ring(load_rows(ring), prof, fits["send_recv"]["latency_s"])
     if write_profile:
         env_path = Path(data).with_name(Path(data).stem + "_env.json")
         ring_fit = res.get("ring", {}).get("fit")
-        write_profile_classes(fits, json.loads(env_path.read_text()) if env_path.exists() else {}, data,
-                              ring_fit=ring_fit, ring_data=ring)
+        write_profile_classes(
+            fits,
+            json.loads(env_path.read_text()) if env_path.exists() else {},
+            data,
+            ring_fit=ring_fit,
+            ring_data=ring,
+        )
     return res
 
 
-def write_profile_classes(fits: dict[str, dict], env: dict, data: str, ring_fit: dict | None = None,
-                          ring_data: str | None = None) -> Path:
+def write_profile_classes(
+    fits: dict[str, dict], env: dict, data: str, ring_fit: dict | None = None, ring_data: str | None = None
+) -> Path:
     """Add or replace only the collective classes, the Ring step (if fitted) and their provenance
     in the H200 profile."""
     from perfmodel.calibration import shipped_profile_path
 
     path = shipped_profile_path(FIT_GPU)
-    prof = json.loads(path.read_text()) if path.exists() else {"schema_version": 1, "gpu": FIT_GPU, "classes": {}}
+    prof = (
+        json.loads(path.read_text())
+        if path.exists()
+        else {"schema_version": 1, "gpu": FIT_GPU, "classes": {}}
+    )
     for op, f in fits.items():
         prof["classes"][op] = {k: float(f"{f[k]:.4g}") for k in PROFILE_KEYS}
     prof.setdefault("measured_on", {})["collectives"] = {
         "source": f"validation/collectives.py fit of {Path(data).name} (NCCL via torch.distributed, 1 process per GPU)",
         "path": "2 GPUs of one host; latency_s is per algorithm step, memory_eff (tail_memory_eff beyond "
-                "knee_bytes per rank) of 450 GB/s per direction",
-        "gpu": env.get("nvidia_smi", ""), "versions (python torch cuda nccl ngpu peer)": env.get("versions", ""),
-        "date": env.get("date_utc", ""), "env": env.get("env", {}),
+        "knee_bytes per rank) of 450 GB/s per direction",
+        "gpu": env.get("nvidia_smi", ""),
+        "versions (python torch cuda nccl ngpu peer)": env.get("versions", ""),
+        "date": env.get("date_utc", ""),
+        "env": env.get("env", {}),
     }
     if ring_fit:
         prof["ring_attention_step"] = {
@@ -654,12 +779,11 @@ def write_profile_classes(fits: dict[str, dict], env: dict, data: str, ring_fit:
             "comm_issue_s": None,  # the fit's issue cost is the send_recv class's latency: read it from there
             "sync_s": float(f"{ring_fit['sync_s']:.4g}"),
             "source": f"validation/collectives.py ring fit of {Path(ring_data or '').name} "
-                      f"({env.get('date_utc', '')})",
+            f"({env.get('date_utc', '')})",
         }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(prof, indent=2) + "\n")
     return path
-
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -678,7 +802,9 @@ def main(argv: list[str] | None = None) -> int:
     f = sub.add_parser("fit")
     f.add_argument("--data", default=str(DATA_DIR / "collectives_h200x2.jsonl"))
     f.add_argument("--ring", default=str(DATA_DIR / "collectives_h200x2_ring.jsonl"))
-    f.add_argument("--write-profile", action="store_true", help="replace the collective classes of the H200 profile")
+    f.add_argument(
+        "--write-profile", action="store_true", help="replace the collective classes of the H200 profile"
+    )
     args = ap.parse_args(argv)
     if args.cmd == "measure":
         measure(args.out, args.nproc, args.parts.split(","), args.max_bytes, args.min_bytes)

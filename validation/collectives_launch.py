@@ -120,8 +120,17 @@ def worker(rank: int, world: int, items: list[str], out: str, dry_run: bool) -> 
         fn = C._coll_fn(op, nbytes, world, rank, torch, dist)
         recs = []
         for method in METHODS:
-            rec = {"item": item, "op": op, "bytes": nbytes, "world": world, "launch": method, "dtype": C.DTYPE,
-                   "backend": "gloo" if dry_run else "nccl", "dry_run": dry_run, **meta}
+            rec = {
+                "item": item,
+                "op": op,
+                "bytes": nbytes,
+                "world": world,
+                "launch": method,
+                "dtype": C.DTYPE,
+                "backend": "gloo" if dry_run else "nccl",
+                "dry_run": dry_run,
+                **meta,
+            }
             if method == "graph" and dev.type != "cuda":
                 rec.update(status="skipped", skip_reason="CUDA graphs need a GPU (gloo on the CPU)")
             else:
@@ -159,8 +168,9 @@ def plan_s(worlds: list[int], ops: list[str], sizes: list[int]) -> float:
     return sum(pts * PLAN_POINT_S + len(ops) * PLAN_LAUNCH_S + move for _ in worlds)
 
 
-def measure(out_dir: Path, worlds: list[int], ops: list[str], sizes: list[int], budget_s: float,
-            dry_run: bool) -> list[dict]:
+def measure(
+    out_dir: Path, worlds: list[int], ops: list[str], sizes: list[int], budget_s: float, dry_run: bool
+) -> list[dict]:
     """Each world size in turn, one launch per op (a hang costs the rest of that op's sizes once)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / RECORD_FILE
@@ -170,9 +180,12 @@ def measure(out_dir: Path, worlds: list[int], ops: list[str], sizes: list[int], 
     for i, w in enumerate(worlds):
         for j, group in enumerate(groups):
             left = budget_s - (time.time() - start)
-            share = left / ((len(worlds) - i - 1) * len(groups) + len(groups) - j)  # an even share of what is left
-            fails += run_items(worker, w, items_for(group, sizes), out, share, (dry_run,),
-                               stall_s=30.0 if dry_run else 60.0)
+            share = left / (
+                (len(worlds) - i - 1) * len(groups) + len(groups) - j
+            )  # an even share of what is left
+            fails += run_items(
+                worker, w, items_for(group, sizes), out, share, (dry_run,), stall_s=30.0 if dry_run else 60.0
+            )
     (out_dir / "collectives_launch_failures.json").write_text(json.dumps(fails, indent=1))
     return fails
 
@@ -201,7 +214,9 @@ def fit(records: list[dict], gpu: str) -> dict:
             if fits:
                 res["errors"] = C.evaluate(rows, fits, gpu)
                 try:
-                    res["errors_held_out"] = C.evaluate(mids, {op: C.fit_class(pow2, op, gpu) for op in fits}, gpu)
+                    res["errors_held_out"] = C.evaluate(
+                        mids, {op: C.fit_class(pow2, op, gpu) for op in fits}, gpu
+                    )
                     e = res["errors_held_out"]["all"]["fitted"]
                     res["meets_target"] = e["median_ape"] <= TARGET_MEDIAN and e["p90_ape"] <= TARGET_P90
                 except ValueError as exc:
@@ -247,29 +262,51 @@ def _table(records: list[dict]) -> str:
     lines = [f"{'way':13s} {'world':>5s} {'op':15s} {'bytes':>11s} {'time_us':>10s}"]
     for r in records:
         if r.get("status") == "ok" and r["bytes"] in (4096, 65536, 1 << 20, 1 << 24, 1 << 28, 1 << 30):
-            lines.append(f"{r['launch']:13s} {r['world']:5d} {r['op']:15s} {r['bytes']:11d} {r['time_s'] * 1e6:10.1f}")
+            lines.append(
+                f"{r['launch']:13s} {r['world']:5d} {r['op']:15s} {r['bytes']:11d} {r['time_s'] * 1e6:10.1f}"
+            )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m perfmodel.validation.collectives_launch", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m perfmodel.validation.collectives_launch", description=__doc__.split("\n\n")[0]
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("measure", help="time the collectives three ways (GPUs, or the CPU with --dry-run)")
     m.add_argument("--out", type=Path, required=True)
-    m.add_argument("--worlds", default="", help="comma-separated world sizes (default: 2, 4, 8 up to the GPUs here)")
+    m.add_argument(
+        "--worlds", default="", help="comma-separated world sizes (default: 2, 4, 8 up to the GPUs here)"
+    )
     m.add_argument("--ops", default=",".join(OPS))
     m.add_argument("--min-bytes", type=int, default=4096)
     m.add_argument("--max-bytes", type=int, default=2**30)
-    m.add_argument("--budget-s", type=float, default=420.0, help="stop starting points after this many seconds")
-    m.add_argument("--dry-run", action="store_true", help="gloo on the CPU, world 2, two tiny sizes, no graphs")
-    m.add_argument("--plan", action="store_true", help="print the points and the estimated GPU time, run nothing")
+    m.add_argument(
+        "--budget-s", type=float, default=420.0, help="stop starting points after this many seconds"
+    )
+    m.add_argument(
+        "--dry-run", action="store_true", help="gloo on the CPU, world 2, two tiny sizes, no graphs"
+    )
+    m.add_argument(
+        "--plan", action="store_true", help="print the points and the estimated GPU time, run nothing"
+    )
     f = sub.add_parser("fit", help="fit each way separately and score it on held-out sizes")
     f.add_argument("files", nargs="+")
     f.add_argument("--gpu", default="", help="hw name (default: the records' gpu_model)")
-    f.add_argument("--profile-section", type=int, default=0, metavar="WORLD",
-                   help="print the profile's collective_launch object fitted at this world size instead")
-    f.add_argument("--write-profile", type=int, default=0, metavar="WORLD",
-                   help="write the terms fitted at this world size into the GPU's profile (collective_launch)")
+    f.add_argument(
+        "--profile-section",
+        type=int,
+        default=0,
+        metavar="WORLD",
+        help="print the profile's collective_launch object fitted at this world size instead",
+    )
+    f.add_argument(
+        "--write-profile",
+        type=int,
+        default=0,
+        metavar="WORLD",
+        help="write the terms fitted at this world size into the GPU's profile (collective_launch)",
+    )
     a = ap.parse_args(argv)
     if a.cmd == "fit":
         recs = [r for p in a.files for r in read_jsonl(Path(p))]
@@ -295,8 +332,10 @@ def main(argv: list[str] | None = None) -> int:
             n = torch.cuda.device_count()
             worlds = [w for w in (2, 4, 8) if w <= n]
     if a.plan or not worlds:
-        print(f"{len(ops)} ops x {len(sizes)} sizes x {len(METHODS)} ways at world(s) {worlds}: "
-              f"about {plan_s(worlds, ops, sizes):.0f} s of GPU time (budget {a.budget_s:g} s)")
+        print(
+            f"{len(ops)} ops x {len(sizes)} sizes x {len(METHODS)} ways at world(s) {worlds}: "
+            f"about {plan_s(worlds, ops, sizes):.0f} s of GPU time (budget {a.budget_s:g} s)"
+        )
         return 0 if worlds else 2
     fails = measure(a.out, worlds, ops, sizes, a.budget_s, a.dry_run)
     print(_table(read_jsonl(a.out / RECORD_FILE)))

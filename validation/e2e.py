@@ -33,12 +33,24 @@ from perfmodel.models import ModelSpec, list_models, load_model
 
 CONFIG_DIR = Path(__file__).resolve().parent / "e2e_configs"
 #: the full set: three dense models, one Phi-3 (head_dim 96, no GQA), a dense >= 30B, two MoE
-DEFAULT_MODELS = ("llama-3.2-3b", "qwen2.5-14b", "phi-3-mini-4k", "qwen2.5-32b", "mixtral-8x7b", "qwen3-30b-a3b")
+DEFAULT_MODELS = (
+    "llama-3.2-3b",
+    "qwen2.5-14b",
+    "phi-3-mini-4k",
+    "qwen2.5-32b",
+    "mixtral-8x7b",
+    "qwen3-30b-a3b",
+)
 DRY_MODELS = ("tiny-dense", "tiny-moe")
 
 #: (prefill contexts at batch 1, batched prefills (batch, context), decode batches, decode contexts)
 SIZES = {
-    "full": ((4096, 8192, 16384, 32768, 65536, 131072), ((4, 4096),), (1, 16, 64, 256), (1024, 8192, 32768, 131072)),
+    "full": (
+        (4096, 8192, 16384, 32768, 65536, 131072),
+        ((4, 4096),),
+        (1, 16, 64, 256),
+        (1024, 8192, 32768, 131072),
+    ),
     "quick": ((4096, 32768), ((4, 4096),), (1, 64), (1024, 32768)),
     "dry": ((32, 64), ((2, 32),), (1, 2), (16, 64)),
 }
@@ -59,10 +71,40 @@ ROW_OVERHEAD_S = 0.5
 INIT_BYTES_PER_S = 200e9
 
 RECORD_KEYS = (
-    "model", "config", "layers_run", "layers_total", "phase", "batch", "context", "chunk_tokens", "status",
-    "skip_reason", "measured_s", "times_s", "method", "launch", "warmup_calls", "timed_calls", "attention_kernels",
-    "moe_path", "moe_note", "gpu", "gpu_model", "hw", "driver", "torch", "triton", "cuda", "date", "predicted_s",
-    "prediction", "error", "gpu_state", "dry_run", "rope", "runner",
+    "model",
+    "config",
+    "layers_run",
+    "layers_total",
+    "phase",
+    "batch",
+    "context",
+    "chunk_tokens",
+    "status",
+    "skip_reason",
+    "measured_s",
+    "times_s",
+    "method",
+    "launch",
+    "warmup_calls",
+    "timed_calls",
+    "attention_kernels",
+    "moe_path",
+    "moe_note",
+    "gpu",
+    "gpu_model",
+    "hw",
+    "driver",
+    "torch",
+    "triton",
+    "cuda",
+    "date",
+    "predicted_s",
+    "prediction",
+    "error",
+    "gpu_state",
+    "dry_run",
+    "rope",
+    "runner",
 )
 #: version of the runner's forward pass written with each record (``validation/README.md`` says what
 #: each one ran): 2 = queries token-major out of the fused RoPE kernel, MoE routing by
@@ -147,8 +189,14 @@ def row_bytes(spec: ModelSpec, phase: str, batch: int, context: int) -> float:
     return spec.weight_bytes() + batch * context * spec.kv_bytes_per_token() + workspace_bytes(spec, tokens)
 
 
-def predict(spec: ModelSpec, gpu: str, phase: str, batch: int, context: int, busy_calls: float = 0.0,
-            ) -> tuple[float, str]:
+def predict(
+    spec: ModelSpec,
+    gpu: str,
+    phase: str,
+    batch: int,
+    context: int,
+    busy_calls: float = 0.0,
+) -> tuple[float, str]:
     """Predicted seconds of the row and how they were obtained.
 
     ``prefill``: ``analyze(...).to_dict()["prefill_s"]`` of one unchunked pass over ``context``
@@ -176,15 +224,27 @@ def predict(spec: ModelSpec, gpu: str, phase: str, batch: int, context: int, bus
     impl = prof.attention_impl.value
     if busy_calls > 0 and prof.sustained:
         alone, how = predict(spec, gpu, phase, batch, context)
-        prof = dataclasses.replace(prof, sustained=MappingProxyType(after_busy(prof.sustained, busy_calls * alone)))
+        prof = dataclasses.replace(
+            prof, sustained=MappingProxyType(after_busy(prof.sustained, busy_calls * alone))
+        )
     try:
-        d = perfmodel.analyze(spec, g, context_len=context, output_tokens=1, batch=batch, mode="calibrated",
-                              chunk_tokens=None, profile=prof).to_dict()
+        d = perfmodel.analyze(
+            spec,
+            g,
+            context_len=context,
+            output_tokens=1,
+            batch=batch,
+            mode="calibrated",
+            chunk_tokens=None,
+            profile=prof,
+        ).to_dict()
         return float(d["prefill_s"] if phase == "prefill" else d["decode_s_per_token"]), f"analyze/{impl}"
     except DoesNotFitError:
         pass
     if phase == "prefill":
-        return float(prefill_cost(spec, g, prof, context, batch, chunk_tokens=None).total_s), f"prefill_cost/{impl}"
+        return float(
+            prefill_cost(spec, g, prof, context, batch, chunk_tokens=None).total_s
+        ), f"prefill_cost/{impl}"
     return float(decode_step_cost(spec, g, prof, context, batch).total_s), f"decode_step_cost/{impl}"
 
 
@@ -200,7 +260,9 @@ def repredict(rec: dict) -> dict:
     layers it ran on its GPU (``gpu_model``, else ``hw``); skipped rows are returned unchanged."""
     if rec.get("status") != "ok" or not rec.get("measured_s"):
         return rec
-    spec, _ = resolve_model(rec.get("config") if rec.get("config") and Path(rec["config"]).is_file() else rec["model"])
+    spec, _ = resolve_model(
+        rec.get("config") if rec.get("config") and Path(rec["config"]).is_file() else rec["model"]
+    )
     spec = with_layers(spec, int(rec["layers_run"]))
     gpu = rec.get("gpu_model") or rec.get("hw")
     pred, how = predict(spec, gpu, rec["phase"], int(rec["batch"]), int(rec["context"]), busy_calls_of(rec))
@@ -257,8 +319,14 @@ class ModelPlan:
         return self.spec.weight_bytes() / INIT_BYTES_PER_S + sum(r.estimate_s() for r in self.rows)
 
 
-def plan(models: list[str], gpu: str, capacity_bytes: float, size: str, layers: int | None = None,
-         max_prefill_call_s: float = MAX_PREFILL_CALL_S) -> list[ModelPlan]:
+def plan(
+    models: list[str],
+    gpu: str,
+    capacity_bytes: float,
+    size: str,
+    layers: int | None = None,
+    max_prefill_call_s: float = MAX_PREFILL_CALL_S,
+) -> list[ModelPlan]:
     """The rows of each model with predictions, call counts and skip reasons (memory, call time)."""
     pre_ctx, batched, dec_b, dec_ctx = SIZES[size]
     out = []
@@ -273,8 +341,10 @@ def plan(models: list[str], gpu: str, capacity_bytes: float, size: str, layers: 
             row = Row(phase, b, c)
             need = row_bytes(spec, phase, b, c)
             if need > MEMORY_SHARE * capacity_bytes:
-                row.skip_reason = (f"does not fit: needs {need / 2**30:.1f} GiB of "
-                                   f"{MEMORY_SHARE * capacity_bytes / 2**30:.1f} GiB")
+                row.skip_reason = (
+                    f"does not fit: needs {need / 2**30:.1f} GiB of "
+                    f"{MEMORY_SHARE * capacity_bytes / 2**30:.1f} GiB"
+                )
             else:
                 row.predicted_s, row.prediction = predict(spec, gpu, phase, b, c)
                 row.warmup_calls, row.timed_calls = calls(phase, c, row.predicted_s, size == "dry")
@@ -290,14 +360,18 @@ def print_plan(plans: list[ModelPlan], gpu: str, console) -> float:
     total = sum(p.estimate_s() for p in plans)
     for p in plans:
         runs = [r for r in p.rows if not r.skip_reason]
-        console.print(f"{p.spec.name}: {p.spec.num_layers} of {p.layers_total} layers, "
-                      f"{p.spec.weight_bytes() / 2**30:.1f} GiB of weights, {len(runs)} rows, "
-                      f"about {p.estimate_s():.0f} s")
+        console.print(
+            f"{p.spec.name}: {p.spec.num_layers} of {p.layers_total} layers, "
+            f"{p.spec.weight_bytes() / 2**30:.1f} GiB of weights, {len(runs)} rows, "
+            f"about {p.estimate_s():.0f} s"
+        )
         for r in p.rows:
             if r.skip_reason:
                 console.print(f"  skip {r.label}: {r.skip_reason}")
-    console.print(f"estimated GPU time on {gpu}: {total:.0f} s ({total / 60:.1f} min) for "
-                  f"{sum(not r.skip_reason for p in plans for r in p.rows)} rows")
+    console.print(
+        f"estimated GPU time on {gpu}: {total:.0f} s ({total / 60:.1f} min) for "
+        f"{sum(not r.skip_reason for p in plans for r in p.rows)} rows"
+    )
     return total
 
 
@@ -321,24 +395,38 @@ def score(records: list[dict]) -> list[dict]:
         err = r.get("error")
         if err is None:
             err = r["predicted_s"] / r["measured_s"] - 1.0
-        phase = f"{r['config_label']} {r['phase']}" if r.get("config_label") else r["phase"]  # multi-GPU layouts apart
+        phase = (
+            f"{r['config_label']} {r['phase']}" if r.get("config_label") else r["phase"]
+        )  # multi-GPU layouts apart
         groups.setdefault((r.get("gpu_model") or r.get("gpu") or "unknown", phase), []).append(float(err))
     out = []
     for (gpu, phase), errs in sorted(groups.items()):
         ab = [abs(e) for e in errs]
-        out.append({"gpu": gpu, "phase": phase, "rows": len(errs), "median_abs_error": _percentile(ab, 50),
-                    "p90_abs_error": _percentile(ab, 90), "max_abs_error": max(ab),
-                    "median_error": _percentile(errs, 50)})
+        out.append(
+            {
+                "gpu": gpu,
+                "phase": phase,
+                "rows": len(errs),
+                "median_abs_error": _percentile(ab, 50),
+                "p90_abs_error": _percentile(ab, 90),
+                "max_abs_error": max(ab),
+                "median_error": _percentile(errs, 50),
+            }
+        )
     return out
 
 
 def markdown(scores: list[dict]) -> str:
-    lines = ["| GPU | phase | rows | median abs error | p90 | max | median signed error |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| GPU | phase | rows | median abs error | p90 | max | median signed error |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for s in scores:
-        lines.append(f"| {s['gpu']} | {s['phase']} | {s['rows']} | {100 * s['median_abs_error']:.1f}% | "
-                     f"{100 * s['p90_abs_error']:.1f}% | {100 * s['max_abs_error']:.1f}% | "
-                     f"{100 * s['median_error']:+.1f}% |")
+        lines.append(
+            f"| {s['gpu']} | {s['phase']} | {s['rows']} | {100 * s['median_abs_error']:.1f}% | "
+            f"{100 * s['p90_abs_error']:.1f}% | {100 * s['max_abs_error']:.1f}% | "
+            f"{100 * s['median_error']:+.1f}% |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -368,31 +456,60 @@ class _Parser(argparse.ArgumentParser):
 def _run_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m perfmodel.validation.e2e", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, help="folder for e2e_<gpu>.jsonl and e2e.log")
-    p.add_argument("--models", default="", help=f"comma-separated models (default: {','.join(DEFAULT_MODELS)})")
+    p.add_argument(
+        "--models", default="", help=f"comma-separated models (default: {','.join(DEFAULT_MODELS)})"
+    )
     p.add_argument("--layers", type=int, default=None, help="layers to run per model (default: fit the GPU)")
     p.add_argument("--quick", action="store_true", help="fewer rows")
-    p.add_argument("--dry-run", action="store_true", help="tiny configs on the CPU: checks the path, times nothing real")
-    p.add_argument("--plan", action="store_true", help="print the rows and the estimated GPU time, run nothing")
-    p.add_argument("--gpu", default="", help="hw name for the predictions (default: the GPU it runs on; "
-                                             "h100-sxm-80gb for --plan and --dry-run)")
-    p.add_argument("--budget-s", type=float, default=420.0, help="stop starting new rows after this many seconds")
-    p.add_argument("--max-prefill-call-s", type=float, default=MAX_PREFILL_CALL_S,
-                   help="drop prefill rows predicted slower than this a call")
-    p.add_argument("--moe-path", choices=("auto", "grouped", "loop"), default="auto",
-                   help="MoE experts: grouped GEMMs where they run (auto), only grouped, or one GEMM pair per expert")
-    p.add_argument("--rope", choices=("fused", "torch"), default="fused",
-                   help="RoPE and the KV append: one fused kernel per layer as engines run them (fused), or "
-                        "PyTorch elementwise calls (torch)")
+    p.add_argument(
+        "--dry-run", action="store_true", help="tiny configs on the CPU: checks the path, times nothing real"
+    )
+    p.add_argument(
+        "--plan", action="store_true", help="print the rows and the estimated GPU time, run nothing"
+    )
+    p.add_argument(
+        "--gpu",
+        default="",
+        help="hw name for the predictions (default: the GPU it runs on; "
+        "h100-sxm-80gb for --plan and --dry-run)",
+    )
+    p.add_argument(
+        "--budget-s", type=float, default=420.0, help="stop starting new rows after this many seconds"
+    )
+    p.add_argument(
+        "--max-prefill-call-s",
+        type=float,
+        default=MAX_PREFILL_CALL_S,
+        help="drop prefill rows predicted slower than this a call",
+    )
+    p.add_argument(
+        "--moe-path",
+        choices=("auto", "grouped", "loop"),
+        default="auto",
+        help="MoE experts: grouped GEMMs where they run (auto), only grouped, or one GEMM pair per expert",
+    )
+    p.add_argument(
+        "--rope",
+        choices=("fused", "torch"),
+        default="fused",
+        help="RoPE and the KV append: one fused kernel per layer as engines run them (fused), or "
+        "PyTorch elementwise calls (torch)",
+    )
     return p
 
 
 def _report_cli(argv: list[str]) -> int:
-    p = _Parser(prog="python -m perfmodel.validation.e2e report", description="score e2e records per GPU and phase")
+    p = _Parser(
+        prog="python -m perfmodel.validation.e2e report", description="score e2e records per GPU and phase"
+    )
     p.add_argument("files", nargs="+", help="e2e_<gpu>.jsonl files")
     p.add_argument("--md", type=Path, default=None, help="write the markdown table here too")
-    p.add_argument("--repredict", action="store_true",
-                   help="price every measured row again with the current code and profiles (the stored "
-                        "prediction is the one made when it was measured); rewrites the files")
+    p.add_argument(
+        "--repredict",
+        action="store_true",
+        help="price every measured row again with the current code and profiles (the stored "
+        "prediction is the one made when it was measured); rewrites the files",
+    )
     a = p.parse_args(argv)
     recs = read_records(a.files)
     if a.repredict:

@@ -23,8 +23,17 @@ import torch
 
 from perfmodel.tables import fmt_seconds
 from perfmodel.validation import bench
-from perfmodel.validation.e2e import (MEMORY_SHARE, RUNNER_VERSION, DRY_RUN_CAPACITY_BYTES, ModelPlan, Row, busy_calls_of, plan, predict,
-                                       print_plan)
+from perfmodel.validation.e2e import (
+    MEMORY_SHARE,
+    RUNNER_VERSION,
+    DRY_RUN_CAPACITY_BYTES,
+    ModelPlan,
+    Row,
+    busy_calls_of,
+    plan,
+    predict,
+    print_plan,
+)
 from perfmodel.validation.e2e_model import E2EModel
 from perfmodel.validation.records import canonical_gpu, write_record
 from perfmodel.validation.run import driver_version
@@ -43,12 +52,25 @@ class GpuState:
             return None
         if self.source == "torch":
             try:
-                return {"sm_clock_mhz": float(torch.cuda.clock_rate()), "power_w": torch.cuda.power_draw() / 1e3}
+                return {
+                    "sm_clock_mhz": float(torch.cuda.clock_rate()),
+                    "power_w": torch.cuda.power_draw() / 1e3,
+                }
             except Exception:  # pynvml missing or refused: try the command line once
                 self.source = "nvidia-smi"
         try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=clocks.sm,power.draw", "--format=csv,noheader,nounits",
-                                  "-i", str(torch.cuda.current_device())], capture_output=True, text=True, timeout=10)
+            out = subprocess.run(
+                [
+                    "nvidia-smi",
+                    "--query-gpu=clocks.sm,power.draw",
+                    "--format=csv,noheader,nounits",
+                    "-i",
+                    str(torch.cuda.current_device()),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
             clk, pw = (float(x) for x in out.stdout.strip().splitlines()[0].split(","))
             return {"sm_clock_mhz": clk, "power_w": pw}
         except Exception:
@@ -64,9 +86,15 @@ def meta(device: torch.device) -> dict[str, Any]:
     except ImportError:  # pragma: no cover
         triton_v = None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    return {"gpu": name, "gpu_model": canonical_gpu(name), "driver": driver_version() if device.type == "cuda" else None,
-            "torch": torch.__version__, "triton": triton_v, "cuda": torch.version.cuda,
-            "date": _dt.date.today().isoformat()}
+    return {
+        "gpu": name,
+        "gpu_model": canonical_gpu(name),
+        "driver": driver_version() if device.type == "cuda" else None,
+        "torch": torch.__version__,
+        "triton": triton_v,
+        "cuda": torch.version.cuda,
+        "date": _dt.date.today().isoformat(),
+    }
 
 
 def _sync(device) -> None:
@@ -129,6 +157,7 @@ def measure_row(model: E2EModel, row: Row, device, state: GpuState) -> dict[str,
 
         def fn():
             return model(ids, cache, c - 1, c)  # noqa: F821 (closure; deleted after the timing)
+
     for _ in range(row.warmup_calls):
         fn()
     _sync(device)
@@ -141,7 +170,9 @@ def measure_row(model: E2EModel, row: Row, device, state: GpuState) -> dict[str,
         times = bench.replay_s(g, 1, row.timed_calls)
         gstate = {"before": before, "after": state.read()}
         del g
-        out.update(method="cuda_graph", launch="graph_replay_behind_lead", timed_calls=len(times), gpu_state=gstate)
+        out.update(
+            method="cuda_graph", launch="graph_replay_behind_lead", timed_calls=len(times), gpu_state=gstate
+        )
     else:
         times, states = [], []
         for _ in range(row.timed_calls):
@@ -149,8 +180,12 @@ def measure_row(model: E2EModel, row: Row, device, state: GpuState) -> dict[str,
             times.append(t)
             states.append(st)
         method = "eager_events" if device.type == "cuda" else "host_clock"
-        out.update(method=method, launch="eager", timed_calls=len(times),
-                   gpu_state=states if device.type == "cuda" else None)
+        out.update(
+            method=method,
+            launch="eager",
+            timed_calls=len(times),
+            gpu_state=states if device.type == "cuda" else None,
+        )
     out["measured_s"] = statistics.median(times)
     out["times_s"] = times
     del cache, ids, fn
@@ -158,10 +193,20 @@ def measure_row(model: E2EModel, row: Row, device, state: GpuState) -> dict[str,
 
 
 def _record(base: dict, mp: ModelPlan, row: Row, model_meta: dict) -> dict[str, Any]:
-    return {**base, "model": mp.spec.name, "config": mp.config, "layers_run": mp.spec.num_layers,
-            "layers_total": mp.layers_total, "phase": row.phase, "batch": row.batch, "context": row.context,
-            "chunk_tokens": None, "predicted_s": row.predicted_s or None, "prediction": row.prediction or None,
-            **model_meta}
+    return {
+        **base,
+        "model": mp.spec.name,
+        "config": mp.config,
+        "layers_run": mp.spec.num_layers,
+        "layers_total": mp.layers_total,
+        "phase": row.phase,
+        "batch": row.batch,
+        "context": row.context,
+        "chunk_tokens": None,
+        "predicted_s": row.predicted_s or None,
+        "prediction": row.prediction or None,
+        **model_meta,
+    }
 
 
 def _empty(keys) -> dict[str, Any]:
@@ -189,15 +234,24 @@ def run(a, models: list[str], size: str, console) -> int:
             return 2
     cap = DRY_RUN_CAPACITY_BYTES if dry else float(torch.cuda.mem_get_info()[0])
     plans = plan(models, gpu, cap, size, a.layers, a.max_prefill_call_s)
-    console.print(f"{m['gpu']} ({gpu}), {cap / 2**30:.1f} GiB free; rows run where weights + KV + workspace "
-                  f"fit in {MEMORY_SHARE:.0%} of it")
+    console.print(
+        f"{m['gpu']} ({gpu}), {cap / 2**30:.1f} GiB free; rows run where weights + KV + workspace "
+        f"fit in {MEMORY_SHARE:.0%} of it"
+    )
     print_plan(plans, gpu, console)
     a.out.mkdir(parents=True, exist_ok=True)
     rec_path = a.out / f"e2e_{m['gpu_model'] or ('cpu' if dry else 'unknown-gpu')}.jsonl"
     log_path = a.out / "e2e.log"
     state = GpuState(device)
-    base = {**_empty(RECORD_KEYS), **m, "hw": gpu, "dry_run": dry, "status": "ok", "rope": a.rope,
-            "runner": RUNNER_VERSION}
+    base = {
+        **_empty(RECORD_KEYS),
+        **m,
+        "hw": gpu,
+        "dry_run": dry,
+        "status": "ok",
+        "rope": a.rope,
+        "runner": RUNNER_VERSION,
+    }
     t0 = time.time()
     done: list[dict] = []
     n_skip = 0
@@ -214,12 +268,16 @@ def run(a, models: list[str], size: str, console) -> int:
                     model = E2EModel(mp.spec, device, moe_path=a.moe_path, rope=a.rope)
                     _sync(device)
                     model_meta = {"moe_path": model.moe_path or None, "moe_note": model.moe_note or None}
-                    console.print(f"{mp.spec.name}: built {mp.spec.num_layers} layers in {time.time() - tb:.1f} s"
-                                  + (f", MoE path {model.moe_path}" if model.moe_path else ""))
+                    console.print(
+                        f"{mp.spec.name}: built {mp.spec.num_layers} layers in {time.time() - tb:.1f} s"
+                        + (f", MoE path {model.moe_path}" if model.moe_path else "")
+                    )
                 except Exception as exc:
                     log.write(f"FAIL build {mp.spec.name}: {exc!r}\n{traceback.format_exc(limit=3)}")
                     model = None
-                    build_error = f"model build failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                    build_error = (
+                        f"model build failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                    )
             for row in mp.rows:
                 rec = _record(base, mp, row, model_meta)
                 reason = row.skip_reason
@@ -232,14 +290,17 @@ def run(a, models: list[str], size: str, console) -> int:
                         rec.update(measure_row(model, row, device, state))
                         if rec["predicted_s"]:  # priced as timed: after its warm-up and earlier calls
                             rec["predicted_s"], rec["prediction"] = predict(
-                                mp.spec, gpu, row.phase, row.batch, row.context, busy_calls_of(rec))
+                                mp.spec, gpu, row.phase, row.batch, row.context, busy_calls_of(rec)
+                            )
                         rec["error"] = rec["predicted_s"] / rec["measured_s"] - 1.0
                         done.append(rec)
                     except torch.OutOfMemoryError:
                         reason = "out of memory"
                     except Exception as exc:  # one failing row must not stop the run; the log says why
                         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-                        log.write(f"FAIL {mp.spec.name} {row.label}: {exc!r}\n{traceback.format_exc(limit=4)}")
+                        log.write(
+                            f"FAIL {mp.spec.name} {row.label}: {exc!r}\n{traceback.format_exc(limit=4)}"
+                        )
                     finally:
                         gc.collect()
                         if device.type == "cuda":
@@ -266,6 +327,14 @@ def _table(console, recs: list[dict], n_skip: int, rec_path, wall_s: float) -> N
     for c in ("model", "layers", "phase", "batch", "context", "measured", "predicted", "error"):
         tab.add_column(c, justify="right" if c not in ("model", "phase") else "left")
     for r in recs:
-        tab.add_row(r["model"], str(r["layers_run"]), r["phase"], str(r["batch"]), str(r["context"]),
-                    fmt_seconds(r["measured_s"]), fmt_seconds(r["predicted_s"]), f"{100 * r['error']:+.1f}%")
+        tab.add_row(
+            r["model"],
+            str(r["layers_run"]),
+            r["phase"],
+            str(r["batch"]),
+            str(r["context"]),
+            fmt_seconds(r["measured_s"]),
+            fmt_seconds(r["predicted_s"]),
+            f"{100 * r['error']:+.1f}%",
+        )
     console.print(tab)

@@ -44,8 +44,10 @@ def check_supported(spec: ModelSpec) -> None:
     if spec.mlp_bias:
         why.append("MLP biases")
     if spec.sliding_window > 0:
-        why.append(f"a sliding window of {spec.sliding_window} tokens (set use_sliding_window: false to price full "
-                   "attention)")
+        why.append(
+            f"a sliding window of {spec.sliding_window} tokens (set use_sliding_window: false to price full "
+            "attention)"
+        )
     if spec.moe is not None and spec.moe.router_bias:
         why.append("a router bias")
     if why:
@@ -83,8 +85,15 @@ class E2EModel:
         ``fused`` (RoPE and the KV append in one kernel, as engines run them) or ``torch``.
     """
 
-    def __init__(self, spec: ModelSpec, device, dtype=torch.bfloat16, seed: int = 0, moe_path: str = "auto",
-                 rope: str = "fused") -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        device,
+        dtype=torch.bfloat16,
+        seed: int = 0,
+        moe_path: str = "auto",
+        rope: str = "fused",
+    ) -> None:
         check_supported(spec)
         if rope not in ROPE_PATHS:
             raise ValueError(f"rope must be one of {', '.join(ROPE_PATHS)}, got {rope!r}")
@@ -121,8 +130,10 @@ class E2EModel:
             if s.is_moe_layer(i):
                 m = s.moe
                 lay["w_router"] = w(h, m.num_experts)
-                lay["experts"] = {"w_gu": w(m.num_experts, h, 2 * m.expert_intermediate),
-                                  "w_down": w(m.num_experts, m.expert_intermediate, h)}
+                lay["experts"] = {
+                    "w_gu": w(m.num_experts, h, 2 * m.expert_intermediate),
+                    "w_down": w(m.num_experts, m.expert_intermediate, h),
+                }
                 if m.shared_experts:
                     lay["shared"] = dense(m.shared_experts * m.shared_intermediate)
             else:
@@ -191,8 +202,15 @@ class E2EModel:
         self._cos, self._sin = ang.cos().to(tab_dtype).contiguous(), ang.sin().to(tab_dtype).contiguous()
 
     # ------------------------------------------------------------------ forward
-    def forward(self, ids: torch.Tensor, cache, pos: int, kv_len: int, hidden: torch.Tensor | None = None,
-                head: bool = True) -> torch.Tensor:
+    def forward(
+        self,
+        ids: torch.Tensor,
+        cache,
+        pos: int,
+        kv_len: int,
+        hidden: torch.Tensor | None = None,
+        head: bool = True,
+    ) -> torch.Tensor:
         """Logits ``[B, vocab]`` of the last position of ``ids [B, n]`` placed at ``pos .. pos+n-1``.
 
         ``pos == 0`` with ``n > 1``: prefill, causal attention over the new tokens.  Otherwise
@@ -204,8 +222,8 @@ class E2EModel:
         b, n = ids.shape
         h, d, hq, hkv = s.hidden, s.head_dim, s.q_heads, s.kv_heads
         self.ensure_rope(pos + n)
-        cos = self._cos[pos:pos + n].view(1, n, 1, d)
-        sin = self._sin[pos:pos + n].view(1, n, 1, d)
+        cos = self._cos[pos : pos + n].view(1, n, 1, d)
+        sin = self._sin[pos : pos + n].view(1, n, 1, d)
         fused = self._rope_kernel is not None
         gqa = hq != hkv
         prefill = pos == 0 and n > 1
@@ -217,13 +235,13 @@ class E2EModel:
             kc, vc = cache[i]
             if fused:  # one kernel: rotated q out, rotated k and v into the cache
                 q = self._rope_kernel(t, self._cos, self._sin, kc, vc, pos, hq, hkv)
-                k, v = kc[:, :, pos:pos + n], vc[:, :, pos:pos + n]
+                k, v = kc[:, :, pos : pos + n], vc[:, :, pos : pos + n]
             else:
                 q = _rope(t[:, :, :hq], cos, sin).transpose(1, 2)
-                k = _rope(t[:, :, hq:hq + hkv], cos, sin).transpose(1, 2)
-                v = t[:, :, hq + hkv:].transpose(1, 2)
-                kc[:, :, pos:pos + n].copy_(k)
-                vc[:, :, pos:pos + n].copy_(v)
+                k = _rope(t[:, :, hq : hq + hkv], cos, sin).transpose(1, 2)
+                v = t[:, :, hq + hkv :].transpose(1, 2)
+                kc[:, :, pos : pos + n].copy_(k)
+                vc[:, :, pos : pos + n].copy_(v)
             if prefill:
                 args = (q, k, v)
                 kw = {"is_causal": True}
@@ -284,13 +302,15 @@ class E2EModel:
         xs = moe_permute(hn, token)
         ex = lay["experts"]
         if self.moe_path == "grouped_mm":
-            y = torch._grouped_mm(silu_mul(torch._grouped_mm(xs, ex["w_gu"], offs=offs)), ex["w_down"], offs=offs)
+            y = torch._grouped_mm(
+                silu_mul(torch._grouped_mm(xs, ex["w_gu"], offs=offs)), ex["w_down"], offs=offs
+            )
         else:
             counts = torch.diff(offs, prepend=offs.new_zeros(1)).tolist()
             parts, start = [], 0
             for e, c in enumerate(counts):
                 if c:
-                    parts.append(silu_mul(xs[start:start + c] @ ex["w_gu"][e]) @ ex["w_down"][e])
+                    parts.append(silu_mul(xs[start : start + c] @ ex["w_gu"][e]) @ ex["w_down"][e])
                 start += c
             y = torch.cat(parts)
         out = self._combine(y, pos, weights)

@@ -33,8 +33,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from perfmodel.models import ModelSpec
-from perfmodel.validation.e2e import (MEMORY_SHARE, RECORD_KEYS, Row, UsageError, calls, resolve_model, row_bytes,
-                            with_layers)
+from perfmodel.validation.e2e import (
+    MEMORY_SHARE,
+    RECORD_KEYS,
+    Row,
+    UsageError,
+    calls,
+    resolve_model,
+    row_bytes,
+    with_layers,
+)
 
 DENSE, MOE = "llama-3-70b", "mixtral-8x7b"
 DRY_DENSE, DRY_MOE = "tiny-dense", "tiny-moe"
@@ -69,7 +77,11 @@ class Layout:
 def layouts(world: int, dry_run: bool = False) -> list[tuple[str, Layout]]:
     """The configurations that fit ``world`` GPUs: TP 2/4/8 and PP 2 of the dense model, EP 2/4 of the MoE."""
     dense, moe = (DRY_DENSE, DRY_MOE) if dry_run else (DENSE, MOE)
-    out = [(dense, Layout(tp=t)) for t in (2, 4, 8)] + [(dense, Layout(pp=2))] + [(moe, Layout(ep=e)) for e in (2, 4)]
+    out = (
+        [(dense, Layout(tp=t)) for t in (2, 4, 8)]
+        + [(dense, Layout(pp=2))]
+        + [(moe, Layout(ep=e)) for e in (2, 4)]
+    )
     return [(m, lay) for m, lay in out if lay.world <= world]
 
 
@@ -80,8 +92,13 @@ def shard(spec: ModelSpec, lay: Layout) -> ModelSpec:
         t = lay.tp
         if s.q_heads % t or s.kv_heads % t or s.intermediate % t:
             raise UsageError(f"{s.name}: TP {t} does not divide its heads ({s.q_heads}/{s.kv_heads}) and MLP")
-        s = dataclasses.replace(s, q_heads=s.q_heads // t, kv_heads=s.kv_heads // t, intermediate=s.intermediate // t,
-                                vocab=-(-s.vocab // t))
+        s = dataclasses.replace(
+            s,
+            q_heads=s.q_heads // t,
+            kv_heads=s.kv_heads // t,
+            intermediate=s.intermediate // t,
+            vocab=-(-s.vocab // t),
+        )
     if lay.pp > 1:
         if s.num_layers % lay.pp:
             raise UsageError(f"{s.name}: {s.num_layers} layers do not split into {lay.pp} stages")
@@ -93,7 +110,9 @@ def shard(spec: ModelSpec, lay: Layout) -> ModelSpec:
     return s
 
 
-def predict(spec: ModelSpec, gpu: str, phase: str, batch: int, context: int, lay: Layout) -> tuple[float, str]:
+def predict(
+    spec: ModelSpec, gpu: str, phase: str, batch: int, context: int, lay: Layout
+) -> tuple[float, str]:
     """Predicted seconds of the row: ``analyze(..., tp, pp, ep, mode="calibrated", chunk_tokens=None)``'s
     ``prefill_s`` or ``decode_s_per_token``; where ``analyze`` refuses the scenario as not fitting its
     memory budget, the same phase functions it calls (named in the second value)."""
@@ -107,20 +126,49 @@ def predict(spec: ModelSpec, gpu: str, phase: str, batch: int, context: int, lay
     g = load_gpu(gpu)
     prof = resolve_profile(g, Mode.CALIBRATED)
     try:
-        d = perfmodel.analyze(spec, g, context_len=context, output_tokens=1, batch=batch, mode="calibrated",
-                              chunk_tokens=None, tp=lay.tp, pp=lay.pp, ep=lay.ep, profile=prof).to_dict()
-        return float(d["prefill_s"] if phase == "prefill" else d["decode_s_per_token"]), f"analyze/{lay.label}"
+        d = perfmodel.analyze(
+            spec,
+            g,
+            context_len=context,
+            output_tokens=1,
+            batch=batch,
+            mode="calibrated",
+            chunk_tokens=None,
+            tp=lay.tp,
+            pp=lay.pp,
+            ep=lay.ep,
+            profile=prof,
+        ).to_dict()
+        return float(
+            d["prefill_s"] if phase == "prefill" else d["decode_s_per_token"]
+        ), f"analyze/{lay.label}"
     except DoesNotFitError:
         pass
     if lay.pp == 1 and lay.ep == 1:
         if phase == "prefill":
-            return float(prefill_cost(spec, g, prof, context, batch, tp=lay.tp, chunk_tokens=None).total_s), \
-                f"prefill_cost/{lay.label}"
-        return float(decode_step_cost(spec, g, prof, context, batch, tp=lay.tp).total_s), f"decode_step_cost/{lay.label}"
+            return float(
+                prefill_cost(spec, g, prof, context, batch, tp=lay.tp, chunk_tokens=None).total_s
+            ), f"prefill_cost/{lay.label}"
+        return float(
+            decode_step_cost(spec, g, prof, context, batch, tp=lay.tp).total_s
+        ), f"decode_step_cost/{lay.label}"
     ring = par.ring_step_model(prof)
-    ph = par.parallel_phases(spec, g, prof, context, 1, batch, tp=lay.tp, pp=lay.pp, ep=lay.ep, chunk_tokens=None,
-                             ring_overlap=1.0 if ring is None else ring)
-    return float((ph.prefill if phase == "prefill" else ph.decode_step).total_s), f"parallel_phases/{lay.label}"
+    ph = par.parallel_phases(
+        spec,
+        g,
+        prof,
+        context,
+        1,
+        batch,
+        tp=lay.tp,
+        pp=lay.pp,
+        ep=lay.ep,
+        chunk_tokens=None,
+        ring_overlap=1.0 if ring is None else ring,
+    )
+    return float(
+        (ph.prefill if phase == "prefill" else ph.decode_step).total_s
+    ), f"parallel_phases/{lay.label}"
 
 
 @dataclass
@@ -140,8 +188,9 @@ def local_batch(batch: int, lay: Layout) -> int:
     return batch // lay.ep if lay.ep > 1 else batch
 
 
-def plan(world: int, gpu: str, capacity_bytes: float, size: str, layers: int | None = None,
-         dry_run: bool = False) -> list[ConfigPlan]:
+def plan(
+    world: int, gpu: str, capacity_bytes: float, size: str, layers: int | None = None, dry_run: bool = False
+) -> list[ConfigPlan]:
     """Rows of every configuration that fits ``world`` GPUs, with predictions and skip reasons."""
     pre_ctx, dec_b, dec_ctx = SIZES[size]
     out = []
@@ -152,15 +201,19 @@ def plan(world: int, gpu: str, capacity_bytes: float, size: str, layers: int | N
         part = shard(spec, lay)
         cp = ConfigPlan(spec, lay, full.num_layers, config)
         scale = lay.ep  # EP: every rank holds batch / ep of the sequences
-        shapes = [("prefill", scale, c) for c in pre_ctx] + [("decode", b * scale, c) for c in dec_ctx for b in dec_b]
+        shapes = [("prefill", scale, c) for c in pre_ctx] + [
+            ("decode", b * scale, c) for c in dec_ctx for b in dec_b
+        ]
         for phase, b, c in shapes:
             row = Row(phase, b, c)
             need = row_bytes(part, phase, local_batch(b, lay), c)
             if lay.pp > 1 and phase == "decode" and b > 1:
                 row.skip_reason = "PP decode runs at batch 1 only (no micro-batched pipeline built)"
             elif need > MEMORY_SHARE * capacity_bytes:
-                row.skip_reason = (f"does not fit: needs {need / 2**30:.1f} GiB a rank of "
-                                   f"{MEMORY_SHARE * capacity_bytes / 2**30:.1f} GiB")
+                row.skip_reason = (
+                    f"does not fit: needs {need / 2**30:.1f} GiB a rank of "
+                    f"{MEMORY_SHARE * capacity_bytes / 2**30:.1f} GiB"
+                )
             else:
                 row.predicted_s, row.prediction = predict(spec, gpu, phase, b, c, lay)
                 row.warmup_calls, row.timed_calls = calls(phase, c, row.predicted_s, dry_run)
@@ -173,13 +226,17 @@ def print_plan(plans: list[ConfigPlan], gpu: str, world: int) -> float:
     total = sum(p.estimate_s() for p in plans)
     for p in plans:
         runs = [r for r in p.rows if not r.skip_reason]
-        print(f"{p.spec.name} {p.layout.label}: {p.spec.num_layers} of {p.layers_total} layers, {len(runs)} rows, "
-              f"about {p.estimate_s():.0f} s")
+        print(
+            f"{p.spec.name} {p.layout.label}: {p.spec.num_layers} of {p.layers_total} layers, {len(runs)} rows, "
+            f"about {p.estimate_s():.0f} s"
+        )
         for r in p.rows:
             if r.skip_reason:
                 print(f"  skip {r.label}: {r.skip_reason}")
-    print(f"estimated GPU time on {world} x {gpu}: {total:.0f} s ({total / 60:.1f} min) for "
-          f"{sum(not r.skip_reason for p in plans for r in p.rows)} rows")
+    print(
+        f"estimated GPU time on {world} x {gpu}: {total:.0f} s ({total / 60:.1f} min) for "
+        f"{sum(not r.skip_reason for p in plans for r in p.rows)} rows"
+    )
     return total
 
 
@@ -194,14 +251,35 @@ def record_item(rec: dict) -> str:
 
 def record_base(cp: ConfigPlan, gpu: str, dry_run: bool) -> dict:
     lay = cp.layout
-    return {**dict.fromkeys(RECORD_KEYS + PARALLEL_KEYS), "model": cp.spec.name, "config": cp.config,
-            "layers_run": cp.spec.num_layers, "layers_total": cp.layers_total, "chunk_tokens": None, "hw": gpu,
-            "dry_run": dry_run, "tp": lay.tp, "pp": lay.pp, "ep": lay.ep, "world": lay.world,
-            "backend": "gloo" if dry_run else "nccl", "config_label": lay.label}
+    return {
+        **dict.fromkeys(RECORD_KEYS + PARALLEL_KEYS),
+        "model": cp.spec.name,
+        "config": cp.config,
+        "layers_run": cp.spec.num_layers,
+        "layers_total": cp.layers_total,
+        "chunk_tokens": None,
+        "hw": gpu,
+        "dry_run": dry_run,
+        "tp": lay.tp,
+        "pp": lay.pp,
+        "ep": lay.ep,
+        "world": lay.world,
+        "backend": "gloo" if dry_run else "nccl",
+        "config_label": lay.label,
+    }
 
 
-def run(out: Path, world: int, gpu: str, capacity_bytes: float, size: str, layers: int | None, budget_s: float,
-        dry_run: bool, only: str = "") -> int:
+def run(
+    out: Path,
+    world: int,
+    gpu: str,
+    capacity_bytes: float,
+    size: str,
+    layers: int | None,
+    budget_s: float,
+    dry_run: bool,
+    only: str = "",
+) -> int:
     """Measure every configuration's rows in its own launch; records go to ``out/e2e_parallel_<gpu>.jsonl``."""
     from perfmodel.validation import e2e_parallel_measure as M
     from perfmodel.validation.spawn import read_jsonl, run_items
@@ -219,46 +297,85 @@ def run(out: Path, world: int, gpu: str, capacity_bytes: float, size: str, layer
             base = record_base(cp, gpu, dry_run)
             for r in cp.rows:
                 if r.skip_reason:
-                    fh.write(json.dumps({**base, "phase": r.phase, "batch": r.batch, "context": r.context,
-                                         "status": "skipped", "skip_reason": r.skip_reason}) + "\n")
+                    fh.write(
+                        json.dumps(
+                            {
+                                **base,
+                                "phase": r.phase,
+                                "batch": r.batch,
+                                "context": r.context,
+                                "status": "skipped",
+                                "skip_reason": r.skip_reason,
+                            }
+                        )
+                        + "\n"
+                    )
     worlds = sorted({cp.layout.world for cp in plans})
     for i, w in enumerate(worlds):  # one launch per world size: the ranks build each layout's model in turn
         group = [cp for cp in plans if cp.layout.world == w and any(not r.skip_reason for r in cp.rows)]
         if not group:
             continue
         left = budget_s - (time.time() - start)
-        share = left * sum(p.estimate_s() for p in group) / max(sum(p.estimate_s() for p in plans
-                                                                    if p.layout.world >= w), 1e-9)
-        jobs = [{"base": record_base(cp, gpu, dry_run), "rows": [dataclasses.asdict(r) for r in cp.rows
-                                                                  if not r.skip_reason]} for cp in group]
+        share = (
+            left
+            * sum(p.estimate_s() for p in group)
+            / max(sum(p.estimate_s() for p in plans if p.layout.world >= w), 1e-9)
+        )
+        jobs = [
+            {
+                "base": record_base(cp, gpu, dry_run),
+                "rows": [dataclasses.asdict(r) for r in cp.rows if not r.skip_reason],
+            }
+            for cp in group
+        ]
         items = [row_item(cp.layout.label, r) for cp in group for r in cp.rows if not r.skip_reason]
-        f = run_items(M.worker, w, items, path, max(share, 60.0 if not dry_run else 30.0),
-                      (json.dumps({"configs": jobs, "dry_run": dry_run}),), stall_s=120.0 if not dry_run else 60.0,
-                      key=lambda r: record_item(r) if r.get("status") != "skipped" else "")
+        f = run_items(
+            M.worker,
+            w,
+            items,
+            path,
+            max(share, 60.0 if not dry_run else 30.0),
+            (json.dumps({"configs": jobs, "dry_run": dry_run}),),
+            stall_s=120.0 if not dry_run else 60.0,
+            key=lambda r: record_item(r) if r.get("status") != "skipped" else "",
+        )
         fails += f
     (out / "e2e_parallel_failures.json").write_text(json.dumps(fails, indent=1))
     recs = [r for r in read_jsonl(path) if r.get("status") == "ok"]
-    print(f"{'model':14s} {'layout':8s} {'phase':8s} {'B':>4s} {'ctx':>6s} {'measured':>10s} {'predicted':>10s} error")
+    print(
+        f"{'model':14s} {'layout':8s} {'phase':8s} {'B':>4s} {'ctx':>6s} {'measured':>10s} {'predicted':>10s} error"
+    )
     for r in recs:
-        print(f"{r['model']:14s} {r['config_label']:8s} {r['phase']:8s} {r['batch']:4d} {r['context']:6d} "
-              f"{r['measured_s'] * 1e3:9.2f}ms {r['predicted_s'] * 1e3:9.2f}ms {100 * r['error']:+.1f}%")
+        print(
+            f"{r['model']:14s} {r['config_label']:8s} {r['phase']:8s} {r['batch']:4d} {r['context']:6d} "
+            f"{r['measured_s'] * 1e3:9.2f}ms {r['predicted_s'] * 1e3:9.2f}ms {100 * r['error']:+.1f}%"
+        )
     if fails:
         print("failures:", json.dumps(fails))
     return 0 if recs else 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m perfmodel.validation.e2e_parallel", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m perfmodel.validation.e2e_parallel", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--out", type=Path)
     p.add_argument("--world", type=int, default=0, help="GPUs to use (default: all here; 2 for --dry-run)")
-    p.add_argument("--layers", type=int, default=None, help="layers to run (default: 16 of Llama-3-70B, 8 of Mixtral)")
+    p.add_argument(
+        "--layers", type=int, default=None, help="layers to run (default: 16 of Llama-3-70B, 8 of Mixtral)"
+    )
     p.add_argument("--quick", action="store_true", help="fewer rows")
     p.add_argument("--only", default="", help="comma-separated layouts to run (tp2, tp4, tp8, pp2, ep2, ep4)")
-    p.add_argument("--gpu", default="", help="hw name for the predictions (default: the GPU here; h100-sxm-80gb "
-                                             "for --plan and --dry-run)")
+    p.add_argument(
+        "--gpu",
+        default="",
+        help="hw name for the predictions (default: the GPU here; h100-sxm-80gb for --plan and --dry-run)",
+    )
     p.add_argument("--budget-s", type=float, default=540.0, help="stop starting rows after this many seconds")
     p.add_argument("--dry-run", action="store_true", help="tiny configs on the CPU with gloo at world 2")
-    p.add_argument("--plan", action="store_true", help="print the rows and the estimated GPU time, run nothing")
+    p.add_argument(
+        "--plan", action="store_true", help="print the rows and the estimated GPU time, run nothing"
+    )
     try:
         a = p.parse_args(argv)
         size = "dry" if a.dry_run else ("quick" if a.quick else "full")

@@ -34,8 +34,9 @@ class EpModel(E2EModel):
         gen = torch.Generator(device=self.device).manual_seed(1)
         for lay in self.layers:
             if "experts" in lay:
-                lay["w_router"] = torch.empty(spec.hidden, num_experts, device=self.device,
-                                              dtype=self.dtype).normal_(0, spec.hidden ** -0.5, generator=gen)
+                lay["w_router"] = torch.empty(
+                    spec.hidden, num_experts, device=self.device, dtype=self.dtype
+                ).normal_(0, spec.hidden**-0.5, generator=gen)
 
     def _moe(self, hn: torch.Tensor, lay: dict) -> torch.Tensor:
         m, ep = self.spec.moe, self.ep
@@ -48,16 +49,18 @@ class EpModel(E2EModel):
         onehot = torch.zeros(t * k, ep, device=hn.device, dtype=torch.int32).scatter_(1, dest.unsqueeze(1), 1)
         pos = (onehot.cumsum(0) - 1).gather(1, dest.unsqueeze(1)).squeeze(1)  # the copy's place at its rank
         keep = pos < cap
-        slot = torch.where(keep, dest * cap + pos, torch.full_like(pos, ep * cap))  # dropped copies: a spare row
+        slot = torch.where(
+            keep, dest * cap + pos, torch.full_like(pos, ep * cap)
+        )  # dropped copies: a spare row
         token = torch.arange(t * k, device=hn.device) // k
         send = torch.zeros(ep * cap + 1, h, device=hn.device, dtype=hn.dtype)
         send.index_copy_(0, slot, hn.index_select(0, token))
         recv = torch.empty(ep * cap, h, device=hn.device, dtype=hn.dtype)
-        dist.all_to_all_single(recv, send[:ep * cap])
+        dist.all_to_all_single(recv, send[: ep * cap])
         y = self._local_experts(recv, lay["experts"])
         back = torch.empty(ep * cap + 1, h, device=hn.device, dtype=hn.dtype)
         back[-1].zero_()
-        dist.all_to_all_single(back[:ep * cap], y)
+        dist.all_to_all_single(back[: ep * cap], y)
         ycopy = back.index_select(0, slot) * (weights * keep).unsqueeze(1)
         out = torch.zeros_like(hn).index_add_(0, token, ycopy)
         if "shared" in lay:
@@ -69,7 +72,9 @@ class EpModel(E2EModel):
         e = ex["w_gu"].shape[0]
         if self.moe_path == "grouped_mm":
             offs = torch.linspace(x.shape[0] / e, x.shape[0], e, device=x.device).round().to(torch.int32)
-            return torch._grouped_mm(silu_mul(torch._grouped_mm(x, ex["w_gu"], offs=offs)), ex["w_down"], offs=offs)
+            return torch._grouped_mm(
+                silu_mul(torch._grouped_mm(x, ex["w_gu"], offs=offs)), ex["w_down"], offs=offs
+            )
         parts = x.tensor_split(e)
         return torch.cat([silu_mul(p @ ex["w_gu"][i]) @ ex["w_down"][i] for i, p in enumerate(parts)])
 
@@ -89,7 +94,9 @@ def build(spec, lay: Layout, rank: int, device, dry_run: bool):
     """This rank's model and the step function maker."""
     part = shard(spec, lay)
     if lay.ep > 1:
-        model = EpModel(part, device, lay.ep, spec.moe.num_experts, seed=rank, moe_path="loop" if dry_run else "auto")
+        model = EpModel(
+            part, device, lay.ep, spec.moe.num_experts, seed=rank, moe_path="loop" if dry_run else "auto"
+        )
     else:
         model = E2EModel(part, device, seed=rank)
     if lay.tp > 1:
@@ -126,6 +133,7 @@ def step_fn(model: E2EModel, part, lay: Layout, rank: int, row: Row, device):
                 model(ids, cache, pos, kv, hidden=act, head=last)
                 if last:
                     _p2p(token, 0, send=True)
+
         return fn, cache
     if lay.tp > 1:
         gathered = torch.empty(lay.tp * b, vocab, device=device, dtype=torch.float32)
@@ -133,10 +141,12 @@ def step_fn(model: E2EModel, part, lay: Layout, rank: int, row: Row, device):
         def fn():
             logits = model(ids, cache, pos, kv)
             dist.all_gather_into_tensor(gathered, logits.float())
+
         return fn, cache
 
     def fn():
         model(ids, cache, pos, kv)
+
     return fn, cache
 
 
@@ -180,8 +190,13 @@ def time_row(fn, row: Row, device) -> dict:
                 times.append(time.perf_counter() - t0)
         how = {"method": "eager_events" if cuda else "host_clock", "launch": "eager"}
     times = _slower(times, device)
-    return {**how, "times_s": times, "measured_s": statistics.median(times), "timed_calls": len(times),
-            "warmup_calls": row.warmup_calls}
+    return {
+        **how,
+        "times_s": times,
+        "measured_s": statistics.median(times),
+        "timed_calls": len(times),
+        "warmup_calls": row.warmup_calls,
+    }
 
 
 def worker(rank: int, world: int, items: list[str], out: str, job_json: str) -> None:
@@ -193,7 +208,9 @@ def worker(rank: int, world: int, items: list[str], out: str, job_json: str) -> 
     fh = open(out, "a") if rank == 0 else None
     for cfg in job["configs"]:
         base = cfg["base"]
-        rows = {f"{base['config_label']}|{r['phase']}:{r['batch']}:{r['context']}": Row(**r) for r in cfg["rows"]}
+        rows = {
+            f"{base['config_label']}|{r['phase']}:{r['batch']}:{r['context']}": Row(**r) for r in cfg["rows"]
+        }
         todo = [i for i in items if i in rows]
         if not todo:
             continue
@@ -216,16 +233,29 @@ def worker(rank: int, world: int, items: list[str], out: str, job_json: str) -> 
 
 def measure_item(model, part, lay: Layout, rank: int, row: Row, device, base: dict) -> dict:
     """The record of one row (skipped with the reason where it raised on this rank)."""
-    rec = {**base, "phase": row.phase, "batch": row.batch, "context": row.context, "predicted_s": row.predicted_s,
-           "prediction": row.prediction, "moe_path": model.moe_path or None, "status": "ok"}
+    rec = {
+        **base,
+        "phase": row.phase,
+        "batch": row.batch,
+        "context": row.context,
+        "predicted_s": row.predicted_s,
+        "prediction": row.prediction,
+        "moe_path": model.moe_path or None,
+        "status": "ok",
+    }
     try:
         fn, cache = step_fn(model, part, lay, rank, row, device)
         rec.update(time_row(fn, row, device))
         rec["error"] = rec["predicted_s"] / rec["measured_s"] - 1.0
         del fn, cache
     except Exception as exc:  # one failing row must not stop the others (a peer's hang is the driver's)
-        rec.update(status="skipped", skip_reason=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
-                   measured_s=None, error=None, traceback=traceback.format_exc(limit=4))
+        rec.update(
+            status="skipped",
+            skip_reason=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
+            measured_s=None,
+            error=None,
+            traceback=traceback.format_exc(limit=4),
+        )
     gc.collect()
     if device.type == "cuda":
         torch.cuda.synchronize()

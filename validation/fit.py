@@ -41,11 +41,19 @@ from perfmodel.costs.attention import SplitRule
 from perfmodel.costs.base import CurveParams
 from perfmodel.costs.collectives import COLLECTIVE_CLASSES
 from perfmodel.errors import ProfileError
-from perfmodel.ops import (DEFAULT_ATTENTION_IMPL, Attention, Elementwise, Gemm, GroupedGemm, Memcpy, Op, Phase,
-                           op_from_dict)
+from perfmodel.ops import (
+    DEFAULT_ATTENTION_IMPL,
+    Attention,
+    Elementwise,
+    Gemm,
+    GroupedGemm,
+    Memcpy,
+    Op,
+    Phase,
+    op_from_dict,
+)
 from perfmodel.decode_schedule import runs_general
 from perfmodel.validation.records import NON_DEFAULT_IMPLS, RecordError, class_key, refuse_other_gpu
-
 
 
 @dataclass(frozen=True)
@@ -60,7 +68,7 @@ class Param:
     factor: float = 1.0
 
     def value(self, x: float) -> float:
-        return 10.0 ** x if self.log10 else x * self.factor
+        return 10.0**x if self.log10 else x * self.factor
 
 
 _EFF = lambda name, init: Param(name, 0.05, 1.0, init)
@@ -90,17 +98,35 @@ _PAGEABLE_SPEC = (_EFF("memory_eff", 0.3), _LAT, _KNEE, _TAIL_EFF)
 # device copies, pinned copies and elementwise kernels: the first ``knee_bytes`` stream at ``memory_eff`` (above 1
 # where the write-back L2 absorbs the output; below the tail where too few blocks fill the GPU), the rest at
 # ``tail_memory_eff`` (HBM, or the steady PCIe rate)
-_SIZE_KNEE_SPEC = (Param("memory_eff", 0.05, 1.5, 1.0), _LAT, Param("knee_bytes", 5.0, 8.5, 6.5, log10=True), _TAIL_EFF)
+_SIZE_KNEE_SPEC = (
+    Param("memory_eff", 0.05, 1.5, 1.0),
+    _LAT,
+    Param("knee_bytes", 5.0, 8.5, 6.5, log10=True),
+    _TAIL_EFF,
+)
 # the MoE routing index kernels (top-k + softmax; align: atomic counting and placement): their time is launches,
 # selection passes and atomic round trips, and their bytes (logits, ids, slots) understate that work by one to
 # three orders of magnitude, so their efficiencies reach down to 0.0005 and their knee to 1 KB
-_ATOMIC_SPEC = (Param("memory_eff", 0.0005, 1.5, 0.01), _LAT, Param("knee_bytes", 3.0, 8.5, 4.5, log10=True),
-                Param("tail_memory_eff", 0.0005, 1.5, 0.05))
-_ROW_SPEC = (_EFF("memory_eff", 0.8), Param("latency_s", 0.0, 200.0, 1.0, factor=1e-6), _UNIT_OH, _UNIT_BW, _WAVE)
+_ATOMIC_SPEC = (
+    Param("memory_eff", 0.0005, 1.5, 0.01),
+    _LAT,
+    Param("knee_bytes", 3.0, 8.5, 4.5, log10=True),
+    Param("tail_memory_eff", 0.0005, 1.5, 0.05),
+)
+_ROW_SPEC = (
+    _EFF("memory_eff", 0.8),
+    Param("latency_s", 0.0, 200.0, 1.0, factor=1e-6),
+    _UNIT_OH,
+    _UNIT_BW,
+    _WAVE,
+)
 
 # discrete choices per class: dicts of fixed fields
-_GEMM_TILES = tuple({"tile_m": tm, "tile_n": tn, "tile_m_min": mn}
-                    for tm, tn, mn in itertools.product((64, 128, 256), (64, 128, 256), (16, 64)) if tm * tn <= 32768)
+_GEMM_TILES = tuple(
+    {"tile_m": tm, "tile_n": tn, "tile_m_min": mn}
+    for tm, tn, mn in itertools.product((64, 128, 256), (64, 128, 256), (16, 64))
+    if tm * tn <= 32768
+)
 # or the fastest of the candidate tiles (``costs.GEMM_CANDIDATE_TILES``), as a heuristic library picks
 _GEMM_TILES += tuple({"tile_m": 128, "tile_n": 256, "tile_m_min": mn, "tile_choice": 1} for mn in (16, 64))
 _SMALL_TILE = Param("small_tile_eff", 0.5, 1.0, 0.95)
@@ -125,11 +151,24 @@ _DECODE_TILES = ({}, {"tile_m": 16}, {"tile_m": 64}, {"tile_m": 128})
 # tries: SDPA restricted to flash runs flash-attention (its heuristic); SDPA's own choice (``sdpa``: cuDNN on
 # Hopper for prefill) may or may not split, so both are tried; our Triton decode kernels fill 2 x SMs
 # programs or run stream-K; our Triton prefill kernel does not split.
-_SPLIT_OF_IMPL = {"": (SplitRule.FLASH, SplitRule.NONE), "[flash2]": (SplitRule.FLASH,), "[split_kv]": (SplitRule.FILL,),
-                  "[stream_k]": (SplitRule.STREAM_K,), "[triton]": (SplitRule.NONE,)}
+_SPLIT_OF_IMPL = {
+    "": (SplitRule.FLASH, SplitRule.NONE),
+    "[flash2]": (SplitRule.FLASH,),
+    "[split_kv]": (SplitRule.FILL,),
+    "[stream_k]": (SplitRule.STREAM_K,),
+    "[triton]": (SplitRule.NONE,),
+}
 # prefill attention as scheduled (sequence, head, query tile) programs (``costs.attention.prefill_schedule_s``)
-_PREFILL_SPEC = (_EFF("memory_eff", 0.8), _LAT, _OVERLAP, _UNIT_OH, Param("unit_compute_eff", 0.05, 1.5, 0.4), _WAVE,
-                 Param("score_flops", 0.0, 1000.0, 50.0), Param("unit_share", 0.0, 1.0, 0.5))
+_PREFILL_SPEC = (
+    _EFF("memory_eff", 0.8),
+    _LAT,
+    _OVERLAP,
+    _UNIT_OH,
+    Param("unit_compute_eff", 0.05, 1.5, 0.4),
+    _WAVE,
+    Param("score_flops", 0.0, 1000.0, 50.0),
+    Param("unit_share", 0.0, 1.0, 0.5),
+)
 _PREFILL_TILES = tuple({"tile_m": tm} for tm in (64, 128))
 # the combine kernel of our Triton decode kernels: fp32 partials streamed at a fraction of HBM
 _REDUCE_EFF = Param("reduce_bytes_eff", 0.02, 1.5, 0.3)
@@ -145,19 +184,27 @@ _UNITS_PER_SM = (1.0, 2.0, 4.0)
 # (and a tile's fixed prologue and epilogue as extra reduction steps per output element), compute and memory overlapped
 # by a fitted share
 # and the output tiles in waves over the SMs (a grid choice of the column tile; 0: no wave term)
-_GROUPED_SPEC = (_EFF("compute_eff", 0.75), _EFF("memory_eff", 0.8), _LAT, _OVERLAP,
-                 Param("k_overhead", 0.0, 4096.0, 256.0), _WAVE)
+_GROUPED_SPEC = (
+    _EFF("compute_eff", 0.75),
+    _EFF("memory_eff", 0.8),
+    _LAT,
+    _OVERLAP,
+    Param("k_overhead", 0.0, 4096.0, 256.0),
+    _WAVE,
+)
 _GROUPED_TILES = tuple({"tile_m": tm, "tile_n": tn} for tm in (0, 16, 32, 64, 128) for tn in (0, 128, 256))
 
 
 def _choices(tiles, rules: tuple[int, ...]):
-    return tuple({**t, "split_rule": r, "units_per_sm": u} for r in rules for t in tiles for u in _UNITS_PER_SM)
+    return tuple(
+        {**t, "split_rule": r, "units_per_sm": u} for r in rules for t in tiles for u in _UNITS_PER_SM
+    )
 
 
 def _spec(key: str):
     """(continuous params, discrete choices) of a report row."""
     base = key.split("[")[0]
-    impl = key[len(base):]
+    impl = key[len(base) :]
     rules = _SPLIT_OF_IMPL.get(impl, (SplitRule.NONE,))
     splits = any(r != SplitRule.NONE for r in rules)
     occupancy = (_UNIT_OH, _UNIT_BW) + ((_SPLIT_LAT, _SPLIT_EFF, _SPLIT_PIECE) if splits else ())
@@ -168,12 +215,17 @@ def _spec(key: str):
     if base == "attention_prefill":
         return _PREFILL_SPEC + ((_SPLIT_LAT,) if splits else ()), _choices(_PREFILL_TILES, rules)
     if base == "attention_decode":  # rows of a KV head's query group, padded to the kernel's tile
-        extra = (_REDUCE_EFF, _REDUCE_ROW) if any(r in (SplitRule.FILL, SplitRule.STREAM_K) for r in rules) else ()
+        extra = (
+            (_REDUCE_EFF, _REDUCE_ROW)
+            if any(r in (SplitRule.FILL, SplitRule.STREAM_K) for r in rules)
+            else ()
+        )
         extra += (_MERGE_LAT, _MERGE_STEP) if SplitRule.STREAM_K in rules else ()
         return _COMPUTE_SPEC + occupancy + (_UNIT_STEP,) + extra, _choices(_DECODE_TILES, rules)
     if base == "elementwise:rmsnorm":  # one block per row: the row count sets the occupancy
-        return _ROW_SPEC + (_ROW_TAIL, _ROW_WIDTH), tuple({"units_per_sm": u, "row_knee_bytes": kb}
-                                               for u in (1.0, 2.0, 4.0, 8.0, 16.0) for kb in _ROW_KNEES)
+        return _ROW_SPEC + (_ROW_TAIL, _ROW_WIDTH), tuple(
+            {"units_per_sm": u, "row_knee_bytes": kb} for u in (1.0, 2.0, 4.0, 8.0, 16.0) for kb in _ROW_KNEES
+        )
     if base in ("elementwise:moe_align", "elementwise:moe_route"):
         return _ATOMIC_SPEC, ({},)
     if base in ("memcpy_h2d_pageable", "memcpy_d2h_pageable"):  # staged through host caches
@@ -200,10 +252,21 @@ def _stack(ops: list[Op]) -> list[tuple[Op, np.ndarray]]:
         elif isinstance(op, Attention):
             # decodes that run the general Triton kernel price by their own head size's tile: never stacked
             # with the split-KV / stream-K ones
-            general = op.phase is Phase.DECODE and runs_general(op.head_dim, op.v_head_dim or op.head_dim,
-                                                                op.kv_dtype is Dtype.FP8, op.kv_shared)
-            key = ("attn", op.phase, op.causal, op.dtype, op.window, op.v_head_dim, op.kv_shared, op.kv_dtype, op.impl,
-                   op.head_dim if general else None)
+            general = op.phase is Phase.DECODE and runs_general(
+                op.head_dim, op.v_head_dim or op.head_dim, op.kv_dtype is Dtype.FP8, op.kv_shared
+            )
+            key = (
+                "attn",
+                op.phase,
+                op.causal,
+                op.dtype,
+                op.window,
+                op.v_head_dim,
+                op.kv_shared,
+                op.kv_dtype,
+                op.impl,
+                op.head_dim if general else None,
+            )
         elif isinstance(op, Memcpy):
             key = ("memcpy", op.src, op.dst)
         elif isinstance(op, Elementwise):
@@ -220,7 +283,11 @@ def _stack(ops: list[Op]) -> list[tuple[Op, np.ndarray]]:
         arrays = {}
         for f in dataclasses.fields(first):
             vals = [getattr(ops[i], f.name) for i in idx]
-            if isinstance(vals[0], (int, float)) and not isinstance(vals[0], bool) and f.name not in ("window", "v_head_dim"):
+            if (
+                isinstance(vals[0], (int, float))
+                and not isinstance(vals[0], bool)
+                and f.name not in ("window", "v_head_dim")
+            ):
                 arrays[f.name] = np.asarray(vals, dtype=np.float64)
         out.append((dataclasses.replace(first, **arrays), np.asarray(idx)))
     return out
@@ -244,7 +311,9 @@ def _profile_with(gpu: GPU, key: str, p: CurveParams) -> Profile:
     if base.startswith("elementwise:"):
         return Profile(gpu.name, Mode.CALIBRATED, elementwise=MappingProxyType({base.split(":", 1)[1]: p}))
     if "[" in key and base.startswith("attention"):  # an attention implementation's own curve
-        return Profile(gpu.name, Mode.CALIBRATED, implementations=MappingProxyType({parse_curve_key(key, "fit"): p}))
+        return Profile(
+            gpu.name, Mode.CALIBRATED, implementations=MappingProxyType({parse_curve_key(key, "fit"): p})
+        )
     return Profile(gpu.name, Mode.CALIBRATED, classes=MappingProxyType({OpClass(base): p}))
 
 
@@ -284,19 +353,21 @@ def fit_class(key: str, ops: list[Op], measured: np.ndarray, gpu: GPU) -> tuple[
     lo = np.array([s.lo for s in spec])
     hi = np.array([s.hi for s in spec])
     starts = [np.array([s.init for s in spec])]
-    if spec[:len(_COMPUTE_SPEC)] == _COMPUTE_SPEC:  # a second start for the plain compute curves
+    if spec[: len(_COMPUTE_SPEC)] == _COMPUTE_SPEC:  # a second start for the plain compute curves
         alt = np.array([s.init for s in spec])
-        alt[:len(_COMPUTE_SPEC)] = [0.5, 0.6, 5.0, 0.5, 0.8, 1.0, 6.0]
+        alt[: len(_COMPUTE_SPEC)] = [0.5, 0.6, 5.0, 0.5, 0.8, 1.0, 6.0]
         starts.append(np.clip(alt, lo, hi))
     for fixed in choices:
         for x0 in starts:
+
             def resid(x, fixed=fixed):
                 pred = predict(make(x, fixed))
                 return np.log(np.maximum(pred, 1e-12)) - logm
 
             try:
-                sol = least_squares(resid, x0, bounds=(lo, hi), loss="soft_l1", f_scale=0.05, max_nfev=300,
-                                    x_scale="jac")
+                sol = least_squares(
+                    resid, x0, bounds=(lo, hi), loss="soft_l1", f_scale=0.05, max_nfev=300, x_scale="jac"
+                )
             except ValueError:
                 continue
             cost = float(np.sum(np.log1p((sol.fun / 0.05) ** 2)))
@@ -336,7 +407,10 @@ class ProfileFitter:
         refuse_other_gpu(records, self.gpu)
         if any(r.get("dry_run") for r in records):
             raise RecordError("records from a --dry-run (CPU) cannot calibrate a GPU profile")
-        key = (self.gpu, hashlib.sha256(json.dumps(list(records), sort_keys=True, default=str).encode()).hexdigest())
+        key = (
+            self.gpu,
+            hashlib.sha256(json.dumps(list(records), sort_keys=True, default=str).encode()).hexdigest(),
+        )
         if key in _FIT_MEMO:
             profile, extra, apes = _FIT_MEMO[key]
             self.profile_, self.extra_, self.train_ape_ = profile, dict(extra), dict(apes)
@@ -356,8 +430,12 @@ class ProfileFitter:
                 rows.setdefault(k, []).append(r)
         # the generic elementwise curve: the elementwise records pooled, but for the MoE routing steps
         # (sorts, top-k, gathers: their own curves, not a generic kernel's)
-        ew_all = [r for k, rs in rows.items() if k.startswith("elementwise:") and not k.startswith("elementwise:moe_")
-                  for r in rs]
+        ew_all = [
+            r
+            for k, rs in rows.items()
+            if k.startswith("elementwise:") and not k.startswith("elementwise:moe_")
+            for r in rs
+        ]
         classes, named, extra, apes, impls = {}, {}, {}, {}, {}
         for k in sorted(rows):
             p, ape = fit_class(k, ops_of(rows[k]), np.array([r["measured_s"] for r in rows[k]]), g)
@@ -377,9 +455,15 @@ class ProfileFitter:
         measured_on = {k: meta.get(k) for k in ("gpu", "driver", "torch", "triton", "cuda")}
         measured_on["dates"] = sorted({r["date"] for r in records})
         measured_on["records"] = len(records)
-        self.profile_ = Profile(self.gpu, Mode.CALIBRATED, MappingProxyType(classes), MappingProxyType(measured_on),
-                                elementwise=MappingProxyType(named), implementations=MappingProxyType(impls),
-                                attention_kernels=MappingProxyType(attention_kernels(records)))
+        self.profile_ = Profile(
+            self.gpu,
+            Mode.CALIBRATED,
+            MappingProxyType(classes),
+            MappingProxyType(measured_on),
+            elementwise=MappingProxyType(named),
+            implementations=MappingProxyType(impls),
+            attention_kernels=MappingProxyType(attention_kernels(records)),
+        )
         self.extra_, self.train_ape_ = extra, apes
 
     def predict(self, ops: Sequence[Op | dict], gpu: str | GPU | None = None) -> np.ndarray:
@@ -411,8 +495,17 @@ class ProfileFitter:
 #: the compute-bound ops of ``benchmarks/sustained.py``, as op descriptors (to price them with the profile)
 SUSTAINED_OPS = {
     "gemm_bf16_8192": {"op": "gemm", "m": 8192, "n": 8192, "k": 8192, "dtype": "bf16"},
-    "attention_prefill_sdpa_16k": {"op": "attention", "phase": "prefill", "batch": 1, "q_len": 16384,
-                                   "kv_len": 16384, "q_heads": 32, "kv_heads": 8, "head_dim": 128, "impl": "sdpa"},
+    "attention_prefill_sdpa_16k": {
+        "op": "attention",
+        "phase": "prefill",
+        "batch": 1,
+        "q_len": 16384,
+        "kv_len": 16384,
+        "q_heads": 32,
+        "kv_heads": 8,
+        "head_dim": 128,
+        "impl": "sdpa",
+    },
 }
 
 
@@ -423,7 +516,7 @@ def settle_time_s(op_result: dict[str, Any], share: float = 0.97) -> float | Non
     rows = op_result.get("series") or []
     if not rows:
         return op_result.get("settled_after_s")
-    half = rows[len(rows) // 2:]
+    half = rows[len(rows) // 2 :]
     powers = [x["power_w"] for x in half if x.get("power_w") is not None]
     if powers:
         target = share * float(np.median(powers))
@@ -456,18 +549,30 @@ def sustained_terms(result: dict[str, Any], profile: Profile) -> dict[str, Any]:
         t_settle = settle_time_s(r)
         if t_settle is not None:
             settle.append(t_settle)
-        used[name] = {"ratio_to_profile": round(ratio, 4), "ratio_to_burst": round(float(r["ratio"]), 4),
-                      "sm_clock_mhz_settled": r.get("sm_clock_mhz_settled"), "power_w_settled": r.get("power_w_settled")}
+        used[name] = {
+            "ratio_to_profile": round(ratio, 4),
+            "ratio_to_burst": round(float(r["ratio"]), 4),
+            "sm_clock_mhz_settled": r.get("sm_clock_mhz_settled"),
+            "power_w_settled": r.get("power_w_settled"),
+        }
     if not ratios:
         raise RecordError(f"sustained result has none of the ops {', '.join(SUSTAINED_OPS)}")
-    out = {"compute_ratio": round(float(np.median(ratios)), 4),
-           "settle_s": round(float(np.median(settle)) if settle else 0.0, 3)}
+    out = {
+        "compute_ratio": round(float(np.median(ratios)), 4),
+        "settle_s": round(float(np.median(settle)) if settle else 0.0, 3),
+    }
     ramp = ramp_table(result, profile)
     if ramp:
         out["ramp"] = ramp
     out |= {
-           "measured": {"gpu": result.get("gpu"), "driver": result.get("driver"), "torch": result.get("torch"),
-                        "date": result.get("date"), "ops": used}}
+        "measured": {
+            "gpu": result.get("gpu"),
+            "driver": result.get("driver"),
+            "torch": result.get("torch"),
+            "date": result.get("date"),
+            "ops": used,
+        }
+    }
     return out
 
 
@@ -491,8 +596,13 @@ def ramp_table(result: dict[str, Any], profile: Profile) -> list[list[float]]:
         predicted_rate = float(r["work"]) / float(op_cost(op_from_dict(desc), g, profile).total_s)
         t = np.array([x["t_s"] for x in rows], dtype=np.float64)
         ratio = np.array([x["rate"] for x in rows], dtype=np.float64) / predicted_rate
-        curves.append([float(np.median(ratio[np.abs(t - x) <= max(0.05, x / 4.0)])) for x in RAMP_GRID_S
-                       if x <= t[-1] and np.any(np.abs(t - x) <= max(0.05, x / 4.0))])
+        curves.append(
+            [
+                float(np.median(ratio[np.abs(t - x) <= max(0.05, x / 4.0)]))
+                for x in RAMP_GRID_S
+                if x <= t[-1] and np.any(np.abs(t - x) <= max(0.05, x / 4.0))
+            ]
+        )
     if not curves:
         return []
     n = min(len(c) for c in curves)
@@ -515,8 +625,11 @@ def launch_terms(records: Sequence[dict[str, Any]], profile: Profile) -> dict[st
     pred = np.maximum(graph[None, None, :] + gaps[:, None, None], issues[None, :, None])
     err = np.mean(np.abs(np.log(pred / meas[None, None, :])), axis=2)
     i, j = np.unravel_index(np.argmin(err), err.shape)
-    return {"issue_s": float(f"{issues[j]:.4g}"), "gap_s": float(f"{gaps[i]:.4g}"),
-            "source": f"perfmodel.validation.fit on {len(eager)} eager records (mean |log error| {err[i, j]:.3f})"}
+    return {
+        "issue_s": float(f"{issues[j]:.4g}"),
+        "gap_s": float(f"{gaps[i]:.4g}"),
+        "source": f"perfmodel.validation.fit on {len(eager)} eager records (mean |log error| {err[i, j]:.3f})",
+    }
 
 
 def fit_profile(records: Sequence[dict[str, Any]], gpu: str) -> Profile:
@@ -573,7 +686,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--gpu", required=True, help="canonical hw name, e.g. h100-sxm-80gb")
     ap.add_argument("--records", type=Path, help="JSONL records (default validation/data/<gpu>.jsonl)")
     ap.add_argument("--out", type=Path, help="profile to write (default hw/data/profiles/<gpu>.json)")
-    ap.add_argument("--no-bands", action="store_true", help="skip the error bands (three more fits, one per cross-validation fold)")
+    ap.add_argument(
+        "--no-bands",
+        action="store_true",
+        help="skip the error bands (three more fits, one per cross-validation fold)",
+    )
     a = ap.parse_args(argv)
     rec_path = a.records or Path(__file__).resolve().parent / "data" / f"{a.gpu}.jsonl"
     out = a.out or PROFILE_DIR / f"{a.gpu}.json"
@@ -592,13 +709,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             prof = dataclasses.replace(prof, sustained=MappingProxyType(terms))
         eager_path = rec_path.parent / f"{a.gpu}.eager.jsonl"
         if eager_path.exists():  # eager launches (python -m perfmodel.validation.run --launch eager)
-            prof = dataclasses.replace(prof, launch_terms=MappingProxyType(
-                launch_terms(read_records(eager_path, a.gpu), prof)))
+            prof = dataclasses.replace(
+                prof, launch_terms=MappingProxyType(launch_terms(read_records(eager_path, a.gpu), prof))
+            )
         if not a.no_bands:  # error bands (validation.bands): held-out, transferred and datasheet residuals
             from perfmodel.validation.bands import cross_validate, fit_bands, with_bands, write_cv
 
-            others = [(p.name.removesuffix(".jsonl"), p) for p in sorted(rec_path.parent.glob("*.jsonl"))
-                      if p.name.removesuffix(".jsonl") in _BAND_GPUS and p.name != f"{a.gpu}.jsonl"]
+            others = [
+                (p.name.removesuffix(".jsonl"), p)
+                for p in sorted(rec_path.parent.glob("*.jsonl"))
+                if p.name.removesuffix(".jsonl") in _BAND_GPUS and p.name != f"{a.gpu}.jsonl"
+            ]
             other = (others[0][0], read_records(others[0][1], others[0][0])) if others else None
             rows = cross_validate(recs, a.gpu)
             write_cv(rows, rec_path, a.gpu)  # <gpu>.cv.jsonl: the residuals the coverage check reads

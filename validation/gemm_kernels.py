@@ -51,7 +51,9 @@ def parse_kernels(names: Sequence[str]) -> GemmKernel:
     return GemmKernel(tile_m, tile_n, split, launches)
 
 
-def kernel_map(records: Iterable[dict[str, Any]], extra: Iterable[dict[str, Any]] = ()) -> dict[tuple, GemmKernel]:
+def kernel_map(
+    records: Iterable[dict[str, Any]], extra: Iterable[dict[str, Any]] = ()
+) -> dict[tuple, GemmKernel]:
     """(m, n, k) -> :class:`GemmKernel` from the GEMM records that carry ``kernels`` (``extra``:
     more such records, e.g. a names-only run, used where ``records`` have none)."""
     out: dict[tuple, GemmKernel] = {}
@@ -74,8 +76,9 @@ def split_k_table(kmap: dict[tuple, GemmKernel]) -> str:
     return "\n".join(lines)
 
 
-def error_by_kind(records: Sequence[dict[str, Any]], predicted: np.ndarray,
-                  kmap: dict[tuple, GemmKernel]) -> dict[str, tuple[int, float, float]]:
+def error_by_kind(
+    records: Sequence[dict[str, Any]], predicted: np.ndarray, kmap: dict[tuple, GemmKernel]
+) -> dict[str, tuple[int, float, float]]:
     """APE (n, median, p90) of GEMM records grouped by ``split-K`` / ``one kernel`` / ``unknown``."""
     groups: dict[str, list[float]] = {}
     for r, p in zip(records, predicted):
@@ -94,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     from perfmodel.validation.records import RecordError, read_records
     from perfmodel.validation.report import DATA_DIR
 
-    ap = argparse.ArgumentParser(prog="python -m perfmodel.validation.gemm_kernels", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m perfmodel.validation.gemm_kernels", description=__doc__.splitlines()[0]
+    )
     ap.add_argument("--gpu", action="append", help="hw name (repeatable); default: every GPU with records")
     args = ap.parse_args(argv)
     gpus = args.gpu or ["h100-sxm-80gb", "h200-sxm-141gb"]

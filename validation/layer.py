@@ -31,6 +31,7 @@ def residual_add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 # whole-model runner's MoE block and the stand-alone ``moe_*`` measurements run these same
 # functions; the model prices them as the ops of ``perfmodel.layers.moe_routing_ops``.
 
+
 def moe_route(logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``moe_route``: routing weights and expert ids ``[T, k]`` of router ``logits [T, E]``: the top-k
     logits and a softmax over them (= the softmax over all experts, kept top-k, renormalised)."""
@@ -56,16 +57,18 @@ def split_qkv(qkv: torch.Tensor, batch: int, q_len: int, hq: int, hkv: int, d: i
     """Views ``[B, H, L, D]`` of q, k, v inside the fused QKV output ``[B*L, (hq+2hkv)*d]``."""
     t = qkv.view(batch, q_len, hq + 2 * hkv, d)
     q = t[:, :, :hq].transpose(1, 2)
-    k = t[:, :, hq:hq + hkv].transpose(1, 2)
-    v = t[:, :, hq + hkv:].transpose(1, 2)
+    k = t[:, :, hq : hq + hkv].transpose(1, 2)
+    v = t[:, :, hq + hkv :].transpose(1, 2)
     return q, k, v
 
 
-def kv_append(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: int) -> None:
+def kv_append(
+    k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: int
+) -> None:
     """Write ``k, v`` ``[B, Hkv, L, D]`` into the caches at positions ``pos .. pos+L-1``."""
     n = k.shape[2]
-    k_cache[:, :, pos:pos + n].copy_(k)
-    v_cache[:, :, pos:pos + n].copy_(v)
+    k_cache[:, :, pos : pos + n].copy_(k)
+    v_cache[:, :, pos : pos + n].copy_(v)
 
 
 class Sdpa:
@@ -99,8 +102,20 @@ class DecoderLayerBench:
     per sequence appended at position ``kv_len - 1``, attention over the whole cache.
     """
 
-    def __init__(self, batch: int, q_len: int, kv_len: int, hidden: int, intermediate: int, q_heads: int,
-                 kv_heads: int, head_dim: int, device, dtype=torch.bfloat16, attention_impl: str = "sdpa") -> None:
+    def __init__(
+        self,
+        batch: int,
+        q_len: int,
+        kv_len: int,
+        hidden: int,
+        intermediate: int,
+        q_heads: int,
+        kv_heads: int,
+        head_dim: int,
+        device,
+        dtype=torch.bfloat16,
+        attention_impl: str = "sdpa",
+    ) -> None:
         g = torch.Generator(device=device).manual_seed(0)
 
         def rnd(*shape, scale=1.0):
@@ -108,10 +123,10 @@ class DecoderLayerBench:
 
         h, i, d = hidden, intermediate, head_dim
         self.shape = (batch, q_len, kv_len, q_heads, kv_heads, d)
-        self.w_qkv = rnd(h, (q_heads + 2 * kv_heads) * d, scale=h ** -0.5)
+        self.w_qkv = rnd(h, (q_heads + 2 * kv_heads) * d, scale=h**-0.5)
         self.w_o = rnd(q_heads * d, h, scale=(q_heads * d) ** -0.5)
-        self.w_gu = rnd(h, 2 * i, scale=h ** -0.5)
-        self.w_down = rnd(i, h, scale=i ** -0.5)
+        self.w_gu = rnd(h, 2 * i, scale=h**-0.5)
+        self.w_down = rnd(i, h, scale=i**-0.5)
         self.n1 = rnd(h, scale=0.1) + 1
         self.n2 = rnd(h, scale=0.1) + 1
         self.k_cache = rnd(batch, kv_heads, kv_len, d)

@@ -30,7 +30,17 @@ from typing import Any, Iterable, Iterator
 from perfmodel.calibration import OpClass
 from perfmodel.costs import memcpy_class
 from perfmodel.errors import PerfModelError
-from perfmodel.ops import DEFAULT_ATTENTION_IMPL, Attention, DecoderLayer, Elementwise, Gemm, Memcpy, Op, Phase, op_from_dict
+from perfmodel.ops import (
+    DEFAULT_ATTENTION_IMPL,
+    Attention,
+    DecoderLayer,
+    Elementwise,
+    Gemm,
+    Memcpy,
+    Op,
+    Phase,
+    op_from_dict,
+)
 
 
 class RecordError(PerfModelError):
@@ -147,7 +157,9 @@ def refuse_other_gpu(records: Iterable[dict[str, Any]], gpu: str, where: str = "
     """Raise :class:`RecordError` if any record was measured on another GPU than ``gpu``."""
     others = sorted({str(r.get("gpu_model")) for r in records if r.get("gpu_model") != gpu})
     if others:
-        raise RecordError(f"{where}: measured on {', '.join(others)}, not {gpu!r}; refusing to fit {gpu} on them")
+        raise RecordError(
+            f"{where}: measured on {', '.join(others)}, not {gpu!r}; refusing to fit {gpu} on them"
+        )
 
 
 def write_record(fh, rec: dict[str, Any]) -> None:

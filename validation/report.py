@@ -34,6 +34,7 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 GPUS = ("h100-sxm-80gb", "h200-sxm-141gb")
 START, END = "<!-- report:start -->", "<!-- report:end -->"
 
+
 @dataclass(frozen=True)
 class Score:
     key: str
@@ -93,13 +94,20 @@ def transferred_fitter(fitter: ProfileFitter, dst_gpu: str) -> ProfileFitter:
     src, dst = load_gpu(fitter.gpu), load_gpu(dst_gpu)
     out = ProfileFitter(dst_gpu)
     out.profile_ = transfer_profile(fitter.profile_, src, dst)
-    out.extra_ = {k: carry_params(p, OpClass(k.split("[")[0].split(":")[0]), src, dst)
-                  for k, p in (fitter.extra_ or {}).items()}
+    out.extra_ = {
+        k: carry_params(p, OpClass(k.split("[")[0].split(":")[0]), src, dst)
+        for k, p in (fitter.extra_ or {}).items()
+    }
     return out
 
 
-def transfer(src_records: list[dict], src_gpu: str, dst_records: list[dict], dst_gpu: str,
-             fitter: ProfileFitter | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def transfer(
+    src_records: list[dict],
+    src_gpu: str,
+    dst_records: list[dict],
+    dst_gpu: str,
+    fitter: ProfileFitter | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """The profile fitted on all ``src`` records (or ``fitter``, already fitted on them), carried to ``dst_gpu``
     by the transfer rule, predicting ``dst_records``.
 
@@ -151,49 +159,70 @@ def markdown(reports: list[GpuReport], cross: list[Transfer] | None) -> str:
     lines = []
     for rep in reports:
         m = rep.fitter.profile_.measured_on
-        lines += [f"### {rep.gpu}: fitted on {rep.n_train} records, scored on {rep.n_test} held-out records",
-                  "", f"Measured on {m.get('gpu')}, driver {m.get('driver')}, torch {m.get('torch')}, "
-                  f"triton {m.get('triton')}, {', '.join(m.get('dates', []))}.", "",
-                  "| op class | n | median APE | p90 APE | max APE | peak-mode median | peak-mode p90 |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [
+            f"### {rep.gpu}: fitted on {rep.n_train} records, scored on {rep.n_test} held-out records",
+            "",
+            f"Measured on {m.get('gpu')}, driver {m.get('driver')}, torch {m.get('torch')}, "
+            f"triton {m.get('triton')}, {', '.join(m.get('dates', []))}.",
+            "",
+            "| op class | n | median APE | p90 APE | max APE | peak-mode median | peak-mode p90 |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for c, p in zip(rep.calibrated, rep.peak):
             bold = "**" if c.key.startswith("ALL") else ""
-            lines.append(f"| {bold}{c.key}{bold} | {c.n} | {_pct(c.median)} | {_pct(c.p90)} | {_pct(c.max)} | "
-                         f"{_pct(p.median)} | {_pct(p.p90)} |")
+            lines.append(
+                f"| {bold}{c.key}{bold} | {c.n} | {_pct(c.median)} | {_pct(c.p90)} | {_pct(c.max)} | "
+                f"{_pct(p.median)} | {_pct(p.p90)} |"
+            )
         lines.append("")
     for rep in reports:
         if not rep.coverage:
             continue
-        lines += [f"### {rep.gpu}: coverage of the 80% error band", "",
-                  "Bands: the family-level rule of `perfmodel.validation.bands` (`docs/calibration.md`, \"Error bands\") on "
-                  "3-fold cross-validation over shape families (`split_by_family(every=3, offset=0|1|2)`, committed "
-                  "in `validation/data/<gpu>.cv.jsonl` by `python -m perfmodel.validation.bands`): each fold's held-out records, "
-                  "predicted by the profile fitted on its training families, scored with the bands of the other two "
-                  "folds' residuals (records no band saw); decoder layers by the sum of their parts' bands, once per "
-                  "fold. Target: 80% covered (75-85%).", "",
-                  "| op class | n | covered | below the band | above the band |",
-                  "| --- | ---: | ---: | ---: | ---: |"]
+        lines += [
+            f"### {rep.gpu}: coverage of the 80% error band",
+            "",
+            'Bands: the family-level rule of `perfmodel.validation.bands` (`docs/calibration.md`, "Error bands") on '
+            "3-fold cross-validation over shape families (`split_by_family(every=3, offset=0|1|2)`, committed "
+            "in `validation/data/<gpu>.cv.jsonl` by `python -m perfmodel.validation.bands`): each fold's held-out records, "
+            "predicted by the profile fitted on its training families, scored with the bands of the other two "
+            "folds' residuals (records no band saw); decoder layers by the sum of their parts' bands, once per "
+            "fold. Target: 80% covered (75-85%).",
+            "",
+            "| op class | n | covered | below the band | above the band |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
         for c in rep.coverage:
             bold = "**" if c.key.startswith("ALL") else ""
-            lines.append(f"| {bold}{c.key}{bold} | {c.n} | {_pct(c.covered)} | {_pct(c.below)} | {_pct(c.above)} |")
+            lines.append(
+                f"| {bold}{c.key}{bold} | {c.n} | {_pct(c.covered)} | {_pct(c.below)} | {_pct(c.above)} |"
+            )
         lines.append("")
     for t in cross or []:
         a, b = load_gpu(t.src), load_gpu(t.dst)
-        lines += [f"### Cross-GPU transfer: {_short(t.src)} profile (all {t.n_src} {_short(t.src)} records) predicting "
-                  f"the {_short(t.dst)}'s held-out records",
-                  "", f"Carried by the transfer rule (`perfmodel.transfer`, `docs/calibration.md`): fractions of the "
-                  f"datasheet kept, fill-time ramps scaled with the rates, L2 knees with the L2 "
-                  f"(HBM {_gb_per_s(a.hbm_bytes_per_s)} -> {_gb_per_s(b.hbm_bytes_per_s)}, L2 {a.l2_bytes / 2**20:.0f} -> "
-                  f"{b.l2_bytes / 2**20:.0f} MiB, {a.sm_count} -> {b.sm_count} SMs). Own fit: the {_short(t.dst)} "
-                  "fitted on its training families (the table above), on the same records."
-                  + (f" Not priced (no {_short(t.src)} curve of that implementation): {', '.join(t.skipped)}."
-                     if t.skipped else ""), "",
-                  "| op class | n | transferred median | transferred p90 | transferred max | own-fit median | own-fit p90 |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [
+            f"### Cross-GPU transfer: {_short(t.src)} profile (all {t.n_src} {_short(t.src)} records) predicting "
+            f"the {_short(t.dst)}'s held-out records",
+            "",
+            f"Carried by the transfer rule (`perfmodel.transfer`, `docs/calibration.md`): fractions of the "
+            f"datasheet kept, fill-time ramps scaled with the rates, L2 knees with the L2 "
+            f"(HBM {_gb_per_s(a.hbm_bytes_per_s)} -> {_gb_per_s(b.hbm_bytes_per_s)}, L2 {a.l2_bytes / 2**20:.0f} -> "
+            f"{b.l2_bytes / 2**20:.0f} MiB, {a.sm_count} -> {b.sm_count} SMs). Own fit: the {_short(t.dst)} "
+            "fitted on its training families (the table above), on the same records."
+            + (
+                f" Not priced (no {_short(t.src)} curve of that implementation): {', '.join(t.skipped)}."
+                if t.skipped
+                else ""
+            ),
+            "",
+            "| op class | n | transferred median | transferred p90 | transferred max | own-fit median | own-fit p90 |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for c, o in zip(t.transferred, t.own):
             bold = "**" if c.key.startswith("ALL") else ""
-            lines.append(f"| {bold}{c.key}{bold} | {c.n} | {_pct(c.median)} | {_pct(c.p90)} | {_pct(c.max)} | "
-                         f"{_pct(o.median)} | {_pct(o.p90)} |")
+            lines.append(
+                f"| {bold}{c.key}{bold} | {c.n} | {_pct(c.median)} | {_pct(c.p90)} | {_pct(c.max)} | "
+                f"{_pct(o.median)} | {_pct(o.p90)} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -223,7 +252,7 @@ def plot(rep: GpuReport, path: Path) -> None:
         ax.fill_between([lo, hi], [lo * 0.88, hi * 0.88], [lo * 1.12, hi * 1.12], color="0.85", zorder=0)
         ax.set(xscale="log", yscale="log", title=g, xlabel="measured (us)", ylabel="predicted (us)")
         ax.legend(fontsize=6)
-    for ax in list(axes.flat)[len(groups):]:
+    for ax in list(axes.flat)[len(groups) :]:
         ax.axis("off")
     fig.suptitle(f"{rep.gpu}: held-out records, calibrated model (band: +/-12%)")
     fig.tight_layout()
@@ -260,24 +289,37 @@ def replace_section(readme: Path, body: str) -> None:
     text = readme.read_text() if readme.exists() else ""
     block = f"{START}\n{body}\n{END}"
     if START in text and END in text:
-        text = text[: text.index(START)] + block + text[text.index(END) + len(END):]
+        text = text[: text.index(START)] + block + text[text.index(END) + len(END) :]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     readme.write_text(text)
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m perfmodel.validation.report", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=DATA_DIR,
-                   help="folder with <gpu>.jsonl record files (default: %(default)s)")
-    p.add_argument("--out", type=Path, default=Path("validation/report"),
-                   help="folder for the PNG plots (default: %(default)s)")
-    p.add_argument("--readme", type=Path, default=None,
-                   help="write the table into this README between report markers")
+    p = argparse.ArgumentParser(
+        prog="python -m perfmodel.validation.report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=DATA_DIR,
+        help="folder with <gpu>.jsonl record files (default: %(default)s)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("validation/report"),
+        help="folder for the PNG plots (default: %(default)s)",
+    )
+    p.add_argument(
+        "--readme", type=Path, default=None, help="write the table into this README between report markers"
+    )
     p.add_argument("--no-plot", action="store_true", help="skip the PNG plots")
-    p.add_argument("--no-coverage", action="store_true",
-                   help="skip the error-band coverage (reads <gpu>.cv.jsonl)")
+    p.add_argument(
+        "--no-coverage", action="store_true", help="skip the error-band coverage (reads <gpu>.cv.jsonl)"
+    )
     return p
 
 
@@ -302,7 +344,12 @@ def _report(*, data: Path, out: Path, readme: Path | None, no_plot: bool, no_cov
             recs[gpu] = read_records(path, gpu)
             rep = evaluate(recs[gpu], gpu)
             reports.append(rep)
-            _table(console, f"{gpu}: held-out ({rep.n_test} records; fit on {rep.n_train})", rep.calibrated, rep.peak)
+            _table(
+                console,
+                f"{gpu}: held-out ({rep.n_test} records; fit on {rep.n_train})",
+                rep.calibrated,
+                rep.peak,
+            )
             if not no_coverage:
                 from perfmodel.validation.bands import coverage, read_cv
 
@@ -319,10 +366,18 @@ def _report(*, data: Path, out: Path, readme: Path | None, no_plot: bool, no_cov
                 rep = by_gpu[dst]
                 idx, pred, skipped = transfer(recs[src], src, rep.records, dst, full[src])
                 sub = [rep.records[i] for i in idx]
-                t = Transfer(src, dst, len(recs[src]), scores(sub, pred), scores(sub, rep.predicted[idx]),
-                             tuple(skipped))
+                t = Transfer(
+                    src,
+                    dst,
+                    len(recs[src]),
+                    scores(sub, pred),
+                    scores(sub, rep.predicted[idx]),
+                    tuple(skipped),
+                )
                 cross.append(t)
-                _table(console, f"cross-GPU: {src} profile carried to {dst}'s held-out records", t.transferred)
+                _table(
+                    console, f"cross-GPU: {src} profile carried to {dst}'s held-out records", t.transferred
+                )
     except (RecordError, ValueError) as exc:
         console.print(f"error: {exc}")
         return 2

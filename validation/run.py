@@ -40,9 +40,17 @@ def _meta(device) -> dict:
         name, driver, extra = "cpu", None, {"sm_count": 0, "l2_bytes": 0}
     from perfmodel.validation.records import canonical_gpu
 
-    return {"gpu": name, "gpu_model": canonical_gpu(name), "driver": driver, "torch": torch.__version__,
-            "triton": triton_v, "cuda": torch.version.cuda, "date": _dt.date.today().isoformat(),
-            "kernels_sha256": kernels_source_sha256(), **extra}
+    return {
+        "gpu": name,
+        "gpu_model": canonical_gpu(name),
+        "driver": driver,
+        "torch": torch.__version__,
+        "triton": triton_v,
+        "cuda": torch.version.cuda,
+        "date": _dt.date.today().isoformat(),
+        "kernels_sha256": kernels_source_sha256(),
+        **extra,
+    }
 
 
 def kernels_source_sha256() -> str:
@@ -62,50 +70,112 @@ def driver_version() -> Optional[str]:
     try:
         import subprocess
 
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
     except (OSError, subprocess.SubprocessError, IndexError):
         return None
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m perfmodel.validation.run", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m perfmodel.validation.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--out", type=Path, required=True, help="folder for the records (JSONL) and the log")
     p.add_argument("--quick", action="store_true", help="fewer sizes, sized to run in a few minutes")
-    p.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU: checks the builders, times nothing real")
-    p.add_argument("--sections", default="gemm,elementwise,memcpy,attention,layer", help="comma-separated sections")
-    p.add_argument("--budget-s", type=float, default=480.0, help="stop starting new cases after this many seconds")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="tiny shapes on the CPU: checks the builders, times nothing real",
+    )
+    p.add_argument(
+        "--sections", default="gemm,elementwise,memcpy,attention,layer", help="comma-separated sections"
+    )
+    p.add_argument(
+        "--budget-s", type=float, default=480.0, help="stop starting new cases after this many seconds"
+    )
     p.add_argument("--name", default="", help="record file name (default: the GPU's hw name)")
-    p.add_argument("--extra", action="store_true",
-                   help="measure the coverage set (perfmodel.validation.cases.extra_cases) instead")
-    p.add_argument("--noncausal", action="store_true",
-                   help="measure non-causal prefill attention (perfmodel.validation.cases.noncausal_cases) instead")
-    p.add_argument("--impls", default="",
-                   help="comma-separated implementations to measure (e.g. split_kv,stream_k); default all")
-    p.add_argument("--gemm-ms", default="",
-                   help="comma-separated M values for the GEMM cases (every (N, K) family of the set)")
-    p.add_argument("--family", default="",
-                   help="measure only the cases whose shape family contains this text (e.g. pageable)")
-    p.add_argument("--launch", default="graph",
-                   help="graph: ops timed as CUDA-graph replays (copies: eager); eager: back-to-back "
-                        "eager calls timed with CUDA events (what a program without graphs sees)")
-    p.add_argument("--kernel-names", action="store_true",
-                   help="also record the CUDA kernels one call launches (torch.profiler)")
+    p.add_argument(
+        "--extra",
+        action="store_true",
+        help="measure the coverage set (perfmodel.validation.cases.extra_cases) instead",
+    )
+    p.add_argument(
+        "--noncausal",
+        action="store_true",
+        help="measure non-causal prefill attention (perfmodel.validation.cases.noncausal_cases) instead",
+    )
+    p.add_argument(
+        "--impls",
+        default="",
+        help="comma-separated implementations to measure (e.g. split_kv,stream_k); default all",
+    )
+    p.add_argument(
+        "--gemm-ms",
+        default="",
+        help="comma-separated M values for the GEMM cases (every (N, K) family of the set)",
+    )
+    p.add_argument(
+        "--family",
+        default="",
+        help="measure only the cases whose shape family contains this text (e.g. pageable)",
+    )
+    p.add_argument(
+        "--launch",
+        default="graph",
+        help="graph: ops timed as CUDA-graph replays (copies: eager); eager: back-to-back "
+        "eager calls timed with CUDA events (what a program without graphs sees)",
+    )
+    p.add_argument(
+        "--kernel-names",
+        action="store_true",
+        help="also record the CUDA kernels one call launches (torch.profiler)",
+    )
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Measure every case and write records as they are measured; the exit status (0 when any was measured)."""
     a = _parser().parse_args(argv)
-    return _measure(out=a.out, quick=a.quick, dry_run=a.dry_run, sections=a.sections, budget_s=a.budget_s,
-                    name=a.name, extra=a.extra, noncausal=a.noncausal, impls=a.impls, gemm_ms=a.gemm_ms,
-                    family=a.family, launch=a.launch, kernel_names=a.kernel_names)
+    return _measure(
+        out=a.out,
+        quick=a.quick,
+        dry_run=a.dry_run,
+        sections=a.sections,
+        budget_s=a.budget_s,
+        name=a.name,
+        extra=a.extra,
+        noncausal=a.noncausal,
+        impls=a.impls,
+        gemm_ms=a.gemm_ms,
+        family=a.family,
+        launch=a.launch,
+        kernel_names=a.kernel_names,
+    )
 
 
-def _measure(*, out: Path, quick: bool, dry_run: bool, sections: str, budget_s: float, name: str, extra: bool,
-             noncausal: bool, impls: str, gemm_ms: str, family: str, launch: str, kernel_names: bool) -> int:
+def _measure(
+    *,
+    out: Path,
+    quick: bool,
+    dry_run: bool,
+    sections: str,
+    budget_s: float,
+    name: str,
+    extra: bool,
+    noncausal: bool,
+    impls: str,
+    gemm_ms: str,
+    family: str,
+    launch: str,
+    kernel_names: bool,
+) -> int:
     """Measure every case and write records as they are measured."""
     if dry_run:
         os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -156,8 +226,10 @@ def _measure(*, out: Path, quick: bool, dry_run: bool, sections: str, budget_s: 
         wanted = {i.strip() for i in impls.split(",") if i.strip()}
         known = {c.impl for c in todo}
         if not wanted <= known:
-            console.print(f"error: unknown implementation(s) {', '.join(sorted(wanted - known))}; "
-                          f"this case set has: {', '.join(sorted(known))}")
+            console.print(
+                f"error: unknown implementation(s) {', '.join(sorted(wanted - known))}; "
+                f"this case set has: {', '.join(sorted(known))}"
+            )
             return 2
         todo = [c for c in todo if c.impl in wanted]
     out.mkdir(parents=True, exist_ok=True)
@@ -166,9 +238,17 @@ def _measure(*, out: Path, quick: bool, dry_run: bool, sections: str, budget_s: 
     t0 = time.time()
     n_ok = n_fail = n_skip = 0
     per_section: dict[str, list[float]] = {}
-    with open(rec_path, "a") as fh, open(log_path, "a") as log, Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
-    ) as prog:
+    with (
+        open(rec_path, "a") as fh,
+        open(log_path, "a") as log,
+        Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as prog,
+    ):
         log.write(f"start {meta}\n")
         task = prog.add_task("measuring", total=len(todo))
         for case in todo:
@@ -185,11 +265,22 @@ def _measure(*, out: Path, quick: bool, dry_run: bool, sections: str, budget_s: 
                 else:
                     # copies run long enough per timed region that a pageable copy's staging is in steady state
                     target = COPY_TARGET_S if case.section == "memcpy" else bench.TARGET_S
-                    t, reps, method = bench.time_cuda(built.fns, built.graphable and launch == "graph", target_s=target)
+                    t, reps, method = bench.time_cuda(
+                        built.fns, built.graphable and launch == "graph", target_s=target
+                    )
                 impl = built.impl(case.impl)
-                rec = {**case.desc, "measured_s": t, "impl": impl, "family": case.family, **meta,
-                       "method": method, "launch": "graph" if method == "cuda_graph" else "eager", "reps": reps,
-                       "rotate": len(built.fns), "params": case.args}
+                rec = {
+                    **case.desc,
+                    "measured_s": t,
+                    "impl": impl,
+                    "family": case.family,
+                    **meta,
+                    "method": method,
+                    "launch": "graph" if method == "cuda_graph" else "eager",
+                    "reps": reps,
+                    "rotate": len(built.fns),
+                    "params": case.args,
+                }
                 if case.section == "layer":
                     rec["attention_impl"] = built.sdpa.backend
                 if kernel_names or case.section in ("attention", "layer", "grouped_gemm"):
@@ -221,7 +312,13 @@ def _summary(console, per_section, n_ok, n_fail, n_skip, rec_path, wall_s) -> No
         tab.add_column(c)
     for k, ts in sorted(per_section.items()):
         ts = sorted(ts)
-        tab.add_row(k, str(len(ts)), f"{ts[0] * 1e6:.1f} us", f"{ts[len(ts) // 2] * 1e6:.1f} us", f"{ts[-1] * 1e6:.1f} us")
+        tab.add_row(
+            k,
+            str(len(ts)),
+            f"{ts[0] * 1e6:.1f} us",
+            f"{ts[len(ts) // 2] * 1e6:.1f} us",
+            f"{ts[-1] * 1e6:.1f} us",
+        )
     console.print(tab)
 
 

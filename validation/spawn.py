@@ -46,8 +46,15 @@ def free_port() -> int:
 
 
 def _entry(fn: Callable, rank: int, world: int, port: int, args: tuple) -> None:
-    os.environ.update(SAFE_ENV, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank), PYTHONUNBUFFERED="1")
+    os.environ.update(
+        SAFE_ENV,
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        PYTHONUNBUFFERED="1",
+    )
     try:
         os.setpgrp()  # its own group: a kill reaches the threads and helpers it started
     except OSError:  # pragma: no cover
@@ -55,8 +62,16 @@ def _entry(fn: Callable, rank: int, world: int, port: int, args: tuple) -> None:
     fn(rank, world, *args)
 
 
-def launch(fn: Callable, world: int, args: tuple = (), timeout_s: float = 600.0, stall_s: float = 0.0,
-           progress: Callable[[], int] | None = None, startup_s: float = 90.0, poll_s: float = 0.2) -> LaunchResult:
+def launch(
+    fn: Callable,
+    world: int,
+    args: tuple = (),
+    timeout_s: float = 600.0,
+    stall_s: float = 0.0,
+    progress: Callable[[], int] | None = None,
+    startup_s: float = 90.0,
+    poll_s: float = 0.2,
+) -> LaunchResult:
     """Run ``fn(rank, world, *args)`` in ``world`` spawned processes; wait at most ``timeout_s``.
 
     ``fn`` must be importable (a module-level function).  A rank that exits non-zero stops the
@@ -103,14 +118,23 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
 
 
-def run_items(fn: Callable, world: int, items: list[str], out: Path, budget_s: float, args: tuple = (),
-              stall_s: float = 60.0, key: Callable[[dict], str] = lambda r: r["item"]) -> list[dict]:
+def run_items(
+    fn: Callable,
+    world: int,
+    items: list[str],
+    out: Path,
+    budget_s: float,
+    args: tuple = (),
+    stall_s: float = 60.0,
+    key: Callable[[dict], str] = lambda r: r["item"],
+) -> list[dict]:
     """Launch ``fn(rank, world, todo, out, *args)`` until every item of ``items`` has a record in ``out``
     (rank 0 appends them, keyed by ``key`` and ``world``) or ``budget_s`` is spent.
 
     After a crash or a hang the first item without a record is written off as failed and the rest
     relaunched.  Returns the failures, ``{"item", "world", "failed"}`` each.
     """
+
     def done() -> set[str]:
         return {key(r) for r in read_jsonl(out) if r.get("world") == world}
 
@@ -122,8 +146,14 @@ def run_items(fn: Callable, world: int, items: list[str], out: Path, budget_s: f
         if left < 10:
             failures += [{"item": i, "world": world, "failed": "not run: time budget spent"} for i in todo]
             break
-        res = launch(fn, world, (todo, str(out), *args), timeout_s=left, stall_s=stall_s,
-                     progress=lambda: len(read_jsonl(out)))
+        res = launch(
+            fn,
+            world,
+            (todo, str(out), *args),
+            timeout_s=left,
+            stall_s=stall_s,
+            progress=lambda: len(read_jsonl(out)),
+        )
         got = done()
         todo = [i for i in todo if i not in got]
         if res.ok or not todo:
@@ -158,8 +188,11 @@ def init_rank(rank: int, world: int, dry_run: bool):
 
 def nccl_env() -> dict[str, str]:
     """The NCCL and multicast variables set in this process."""
-    return {k: v for k, v in sorted(os.environ.items()) if k.startswith(("NCCL_", "TORCH_NCCL_", "NVSHMEM_"))
-            or k in SAFE_ENV}
+    return {
+        k: v
+        for k, v in sorted(os.environ.items())
+        if k.startswith(("NCCL_", "TORCH_NCCL_", "NVSHMEM_")) or k in SAFE_ENV
+    }
 
 
 def versions(device) -> dict:
@@ -177,6 +210,13 @@ def versions(device) -> dict:
             nccl = ".".join(str(v) for v in torch.cuda.nccl.version())
         except Exception:  # pragma: no cover
             nccl = None
-    return {"gpu": name, "gpu_model": canonical_gpu(name) if cuda else None,
-            "driver": driver_version() if cuda else None, "torch": torch.__version__, "cuda": torch.version.cuda,
-            "nccl": nccl, "date": datetime.date.today().isoformat(), "nccl_env": nccl_env()}
+    return {
+        "gpu": name,
+        "gpu_model": canonical_gpu(name) if cuda else None,
+        "driver": driver_version() if cuda else None,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "nccl": nccl,
+        "date": datetime.date.today().isoformat(),
+        "nccl_env": nccl_env(),
+    }

@@ -21,45 +21,110 @@ st.caption(
     f"batch {scenario['batch']}, {scenario['weight_dtype']} weights, {scenario['kv_dtype']} KV, {scenario['mode']}"
 )
 if scenario["extra"]:
-    st.caption("Parallelism: " + ", ".join(f"{k}={v}" for k, v in scenario["extra"])
-               + ". The with/without table and the context sweep price this layout.")
-st.warning("The knobs change cost, not quality: the model does not predict the accuracy loss of the techniques "
-           "they stand for (see docs/knobs.md).", icon=":material/warning:")
+    st.caption(
+        "Parallelism: "
+        + ", ".join(f"{k}={v}" for k, v in scenario["extra"])
+        + ". The with/without table and the context sweep price this layout."
+    )
+st.warning(
+    "The knobs change cost, not quality: the model does not predict the accuracy loss of the techniques "
+    "they stand for (see docs/knobs.md).",
+    icon=":material/warning:",
+)
 
 OFF = "off"
 heads = [h for h in range(1, facts["q_heads"] + 1) if facts["q_heads"] % h == 0 and h < facts["kv_heads"]]
 c1, c2, c3 = st.columns(3)
 with c1:
     st.markdown("**Storage**")
-    kv_fmt = st.selectbox("KV format", (OFF, "fp8", "int8", "int4"), key="knob_kv_dtype",
-                          help="Quantised KV cache (KIVI, KVQuant, FP8 KV); adds a dequantisation pass in decode.")
-    kv_layers = st.number_input("Layers with their own KV (0: all)", min_value=0, max_value=facts["layers"],
-                                value=0, step=1, key="knob_kv_layers",
-                                help="Cross-layer KV sharing (CLA, YOCO): the other layers reuse them.")
-    kv_heads = st.selectbox("KV heads", [OFF] + heads, key="knob_kv_heads",
-                            disabled=facts["mla"] or not heads,
-                            help="Fewer KV heads (MHA to GQA/MQA uptraining); must divide the query heads.")
-    host_tier = st.checkbox("Spill KV to host DDR", key="knob_host_ddr",
-                            help="KV that does not fit in HBM lives in host memory and streams over PCIe.")
+    kv_fmt = st.selectbox(
+        "KV format",
+        (OFF, "fp8", "int8", "int4"),
+        key="knob_kv_dtype",
+        help="Quantised KV cache (KIVI, KVQuant, FP8 KV); adds a dequantisation pass in decode.",
+    )
+    kv_layers = st.number_input(
+        "Layers with their own KV (0: all)",
+        min_value=0,
+        max_value=facts["layers"],
+        value=0,
+        step=1,
+        key="knob_kv_layers",
+        help="Cross-layer KV sharing (CLA, YOCO): the other layers reuse them.",
+    )
+    kv_heads = st.selectbox(
+        "KV heads",
+        [OFF] + heads,
+        key="knob_kv_heads",
+        disabled=facts["mla"] or not heads,
+        help="Fewer KV heads (MHA to GQA/MQA uptraining); must divide the query heads.",
+    )
+    host_tier = st.checkbox(
+        "Spill KV to host DDR",
+        key="knob_host_ddr",
+        help="KV that does not fit in HBM lives in host memory and streams over PCIe.",
+    )
 with c2:
     st.markdown("**Eviction and sparsity**")
-    keep = st.slider("Fraction of tokens kept", 0.05, 1.0, 1.0, 0.05, key="knob_keep_ratio",
-                     help="Token eviction (H2O, SnapKV).")
-    budget = st.number_input("KV budget per sequence (tokens, 0: none)", min_value=0, max_value=10_000_000,
-                             value=0, step=1024, key="knob_budget")
-    prune = st.checkbox("Pruned tokens also skip prefill", key="knob_prune",
-                        help="Prompt compression (LLMLingua, LazyLLM); needs eviction.")
-    density = st.slider("Attention density", 0.05, 1.0, 1.0, 0.05, key="knob_density",
-                        help="Fraction of query-key blocks computed (MInference, Quest, NSA).")
+    keep = st.slider(
+        "Fraction of tokens kept",
+        0.05,
+        1.0,
+        1.0,
+        0.05,
+        key="knob_keep_ratio",
+        help="Token eviction (H2O, SnapKV).",
+    )
+    budget = st.number_input(
+        "KV budget per sequence (tokens, 0: none)",
+        min_value=0,
+        max_value=10_000_000,
+        value=0,
+        step=1024,
+        key="knob_budget",
+    )
+    prune = st.checkbox(
+        "Pruned tokens also skip prefill",
+        key="knob_prune",
+        help="Prompt compression (LLMLingua, LazyLLM); needs eviction.",
+    )
+    density = st.slider(
+        "Attention density",
+        0.05,
+        1.0,
+        1.0,
+        0.05,
+        key="knob_density",
+        help="Fraction of query-key blocks computed (MInference, Quest, NSA).",
+    )
 with c3:
     st.markdown("**Architecture and sharing**")
-    window = st.number_input("Sliding window (tokens, 0: none)", min_value=0, max_value=10_000_000, value=0,
-                             step=1024, key="knob_window")
-    attn_every = st.number_input("One attention layer in every N (1: all)", min_value=1,
-                                 max_value=facts["layers"], value=1, step=1, key="knob_attention_every",
-                                 help="Hybrid stacks (Jamba, Samba): the others keep a constant-size state.")
-    prefix = st.number_input("Shared prefix (tokens)", min_value=0, max_value=10_000_000, value=0, step=1024,
-                             key="knob_prefix", help="Prefix caching: stored and prefilled once per batch.")
+    window = st.number_input(
+        "Sliding window (tokens, 0: none)",
+        min_value=0,
+        max_value=10_000_000,
+        value=0,
+        step=1024,
+        key="knob_window",
+    )
+    attn_every = st.number_input(
+        "One attention layer in every N (1: all)",
+        min_value=1,
+        max_value=facts["layers"],
+        value=1,
+        step=1,
+        key="knob_attention_every",
+        help="Hybrid stacks (Jamba, Samba): the others keep a constant-size state.",
+    )
+    prefix = st.number_input(
+        "Shared prefix (tokens)",
+        min_value=0,
+        max_value=10_000_000,
+        value=0,
+        step=1024,
+        key="knob_prefix",
+        help="Prefix caching: stored and prefilled once per batch.",
+    )
 
 items = []
 if kv_fmt != OFF:
@@ -118,17 +183,27 @@ if with_k is not None:
     cols = st.columns(4)
     for col, (label, key, fmt) in zip(cols, [ROWS[0], ROWS[1], ROWS[3], ROWS[4]]):
         ratio = (with_k.get("knob_ratio") or {}).get(key)
-        col.metric(label, fmt(with_k[key]),
-                   delta=f"{ratio:.2f}× without the knobs" if ratio is not None else None,
-                   delta_color="off", delta_arrow="off")
+        col.metric(
+            label,
+            fmt(with_k[key]),
+            delta=f"{ratio:.2f}× without the knobs" if ratio is not None else None,
+            delta_color="off",
+            delta_arrow="off",
+        )
     if base is not None:
-        table = pd.DataFrame({
-            "metric": [r[0] for r in ROWS],
-            "without the knobs": [r[2](base[r[1]]) for r in ROWS],
-            "with the knobs": [r[2](with_k[r[1]]) for r in ROWS],
-            "with / without": [f"{with_k['knob_ratio'][r[1]]:.3g}×" if with_k.get("knob_ratio")
-                               and with_k["knob_ratio"].get(r[1]) is not None else "n/a" for r in ROWS],
-        }).set_index("metric")
+        table = pd.DataFrame(
+            {
+                "metric": [r[0] for r in ROWS],
+                "without the knobs": [r[2](base[r[1]]) for r in ROWS],
+                "with the knobs": [r[2](with_k[r[1]]) for r in ROWS],
+                "with / without": [
+                    f"{with_k['knob_ratio'][r[1]]:.3g}×"
+                    if with_k.get("knob_ratio") and with_k["knob_ratio"].get(r[1]) is not None
+                    else "n/a"
+                    for r in ROWS
+                ],
+            }
+        ).set_index("metric")
         st.table(table)
     st.caption("Knobs: " + ", ".join(f"{k}={v}" for k, v in with_k["knobs"].items()))
 
@@ -138,13 +213,31 @@ shortest = max(int(window), int(prefix))  # a window or a shared prefix needs a 
 lens = tuple(c for c in common.SWEEP_CONTEXT_LENS if c > shortest)
 try:
     frames["without the knobs"] = common.sweep_view(
-        scenario["model"], scenario["gpu"], scenario["output_tokens"], scenario["batch"], scenario["tp"],
-        scenario["mode"], scenario["weight_dtype"], scenario["kv_dtype"], lens, extra=scenario["extra"])
+        scenario["model"],
+        scenario["gpu"],
+        scenario["output_tokens"],
+        scenario["batch"],
+        scenario["tp"],
+        scenario["mode"],
+        scenario["weight_dtype"],
+        scenario["kv_dtype"],
+        lens,
+        extra=scenario["extra"],
+    )
     if items:
         frames["with the knobs"] = common.sweep_view(
-            scenario["model"], scenario["gpu"], scenario["output_tokens"], scenario["batch"], scenario["tp"],
-            scenario["mode"], scenario["weight_dtype"], scenario["kv_dtype"], lens, extra=scenario["extra"],
-            knob_items=items)
+            scenario["model"],
+            scenario["gpu"],
+            scenario["output_tokens"],
+            scenario["batch"],
+            scenario["tp"],
+            scenario["mode"],
+            scenario["weight_dtype"],
+            scenario["kv_dtype"],
+            lens,
+            extra=scenario["extra"],
+            knob_items=items,
+        )
 except ValueError as exc:
     common.show_error(exc, "sweep")
 if frames and lens:
@@ -152,11 +245,16 @@ if frames and lens:
     a, b = st.columns(2)
     a.altair_chart(dec, width="stretch")
     b.altair_chart(conc, width="stretch")
-    st.caption("Decode time is drawn where the batch fits."
-               + (f" Contexts start above the window / shared prefix ({shortest:,} tokens)." if shortest else ""))
+    st.caption(
+        "Decode time is drawn where the batch fits."
+        + (f" Contexts start above the window / shared prefix ({shortest:,} tokens)." if shortest else "")
+    )
 
 if with_k is not None:
-    st.download_button("Download JSON", json.dumps({k: v for k, v in with_k.items() if k != "memory_per_gpu"},
-                                                   indent=2),
-                       file_name=f"{scenario['model']}_{scenario['gpu']}_knobs.json", mime="application/json",
-                       key="knobs_download")
+    st.download_button(
+        "Download JSON",
+        json.dumps({k: v for k, v in with_k.items() if k != "memory_per_gpu"}, indent=2),
+        file_name=f"{scenario['model']}_{scenario['gpu']}_knobs.json",
+        mime="application/json",
+        key="knobs_download",
+    )

@@ -22,15 +22,38 @@ module                      what it prices, with its curve parameter type
 ==========================  ==========================================================================
 """
 
-from perfmodel.costs.bands import (LATENCY_BOUND_SHARE, REGIMES, SIZE_CLASSES, SIZE_EDGES_S, band_keys, regime_of,
-                                   size_class_of, with_band)
+from perfmodel.costs.bands import (
+    LATENCY_BOUND_SHARE,
+    REGIMES,
+    SIZE_CLASSES,
+    SIZE_EDGES_S,
+    band_keys,
+    regime_of,
+    size_class_of,
+    with_band,
+)
 from perfmodel.costs.base import ZERO, Bound, OpCost, eager_cost
 from perfmodel.costs.copies import memcpy_class
 from perfmodel.costs.gemm import GEMM_ALIGN_BYTES, GEMM_CANDIDATE_TILES
 from perfmodel.costs.registry import COST_FUNCTIONS, PARAMS_TYPES, op_cost
 
 __all__ = [
-    "COST_FUNCTIONS", "GEMM_ALIGN_BYTES", "GEMM_CANDIDATE_TILES", "LATENCY_BOUND_SHARE", "PARAMS_TYPES", "REGIMES",
-    "SIZE_CLASSES", "SIZE_EDGES_S", "ZERO", "Bound", "OpCost", "band_keys", "eager_cost", "memcpy_class", "op_cost",
-    "regime_of", "size_class_of", "with_band",
+    "COST_FUNCTIONS",
+    "GEMM_ALIGN_BYTES",
+    "GEMM_CANDIDATE_TILES",
+    "LATENCY_BOUND_SHARE",
+    "PARAMS_TYPES",
+    "REGIMES",
+    "SIZE_CLASSES",
+    "SIZE_EDGES_S",
+    "ZERO",
+    "Bound",
+    "OpCost",
+    "band_keys",
+    "eager_cost",
+    "memcpy_class",
+    "op_cost",
+    "regime_of",
+    "size_class_of",
+    "with_band",
 ]

@@ -20,8 +20,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from perfmodel.hw.spec import GPU, Dtype
-from perfmodel.costs.attention_decode import (SplitRule, triton_decode_block_n, triton_decode_pieces,
-                                              triton_decode_terms, triton_general_decode)
+from perfmodel.costs.attention_decode import (
+    SplitRule,
+    triton_decode_block_n,
+    triton_decode_pieces,
+    triton_decode_terms,
+    triton_general_decode,
+)
 from perfmodel.costs.base import Bound, RooflineParams, OpClass, OpCost, roofline, unit_waves_s, waves
 from perfmodel.errors import ProfileError
 from perfmodel.ops import Attention, AttentionImpl, Phase, bytes_moved, flops, window_keys
@@ -31,9 +36,20 @@ if TYPE_CHECKING:
     from perfmodel.calibration import Profile
 
 __all__ = [
-    "ATTENTION_CLASSES", "AttentionParams", "SplitRule", "attention_class", "attention_cost", "curve_key",
-    "flash_block_n", "flash_splits", "math_head_dims", "prefill_schedule_s", "triton_decode_block_n",
-    "triton_decode_pieces", "triton_decode_terms", "triton_general_decode",
+    "ATTENTION_CLASSES",
+    "AttentionParams",
+    "SplitRule",
+    "attention_class",
+    "attention_cost",
+    "curve_key",
+    "flash_block_n",
+    "flash_splits",
+    "math_head_dims",
+    "prefill_schedule_s",
+    "triton_decode_block_n",
+    "triton_decode_pieces",
+    "triton_decode_terms",
+    "triton_general_decode",
 ]
 
 
@@ -131,7 +147,9 @@ class AttentionParams(RooflineParams):
     def validate(self, where: str) -> None:
         super().validate(where)
         if self.split_rule not in set(SplitRule):
-            raise ProfileError(f"{where}: split_rule must be one of {[int(r) for r in SplitRule]}, got {self.split_rule}")
+            raise ProfileError(
+                f"{where}: split_rule must be one of {[int(r) for r in SplitRule]}, got {self.split_rule}"
+            )
 
 
 def flash_splits(units, n_blocks, slots: int, max_splits: int = 128):
@@ -230,8 +248,14 @@ def math_head_dims(op: Attention, impl: AttentionImpl | None = None):
     return d, dv
 
 
-def prefill_schedule_s(op: Attention, gpu: GPU, p: AttentionParams, splits, math_peak_flops_per_s: float,
-                       impl: AttentionImpl | None = None):
+def prefill_schedule_s(
+    op: Attention,
+    gpu: GPU,
+    p: AttentionParams,
+    splits,
+    math_peak_flops_per_s: float,
+    impl: AttentionImpl | None = None,
+):
     """Compute time of prefill attention as (sequence, head, query tile) programs over the SMs.
 
     Each program (a ``tile_m``-row query tile, 128 if unset) loops over its keys: it costs
@@ -288,7 +312,6 @@ def prefill_schedule_s(op: Attention, gpu: GPU, p: AttentionParams, splits, math
     return np.maximum(t_max, units * t_mean / slots + tail * t_mean)
 
 
-
 def _mean_tile_excess(past, bm: float, tiles, cap: float):
     """Mean over ``tiles`` causal query tiles of ``max(past + (t + 1) * bm - cap, 0)``: the keys of tile
     ``t`` (of a prefill after ``past`` cached tokens) beyond a window's cap; 0 when ``cap`` is at least
@@ -297,6 +320,7 @@ def _mean_tile_excess(past, bm: float, tiles, cap: float):
     over = tiles - under
     excess = over * (past - cap) + bm * (tiles * (tiles + 1.0) - under * (under + 1.0)) / 2.0
     return excess / np.maximum(tiles, 1.0)
+
 
 def _ragged_attention_cost(op: Attention, gpu: GPU, prof: Profile) -> OpCost:
     """A ragged batch (``op.seq_lens``) as one variable-length kernel: its grid is the padded batch's
@@ -349,8 +373,9 @@ def attention_cost(op: Attention, gpu: GPU, prof: Profile) -> OpCost:
         # programs: (sequence, head, 64-row query block) units, times the KV splits
         units = np.asarray(op.batch, dtype=np.float64) * heads * np.ceil(rows / 64.0)
         # the keys one program walks: a window caps them (a decode step's new tokens, a 64-row query block)
-        kv_read = np.asarray(window_keys(op.kv_len, op.window, q if op.phase is Phase.DECODE else 64.0),
-                             dtype=np.float64)
+        kv_read = np.asarray(
+            window_keys(op.kv_len, op.window, q if op.phase is Phase.DECODE else 64.0), dtype=np.float64
+        )
         n_blocks = np.ceil(kv_read / flash_block_n(op.head_dim))
         slots = 2 * gpu.sm_count
         if p.split_rule in (SplitRule.FILL, SplitRule.STREAM_K):
@@ -363,14 +388,35 @@ def attention_cost(op: Attention, gpu: GPU, prof: Profile) -> OpCost:
             split = np.asarray(splits) > 1
             if p.split_latency_s > 0 or p.split_piece_s > 0:
                 # the combine kernel: a launch, and each of its few blocks reads every split's partial in turn
-                split_lat = np.where(split, p.split_latency_s + p.split_piece_s * np.asarray(splits, dtype=np.float64), 0.0)
+                split_lat = np.where(
+                    split, p.split_latency_s + p.split_piece_s * np.asarray(splits, dtype=np.float64), 0.0
+                )
             if p.split_memory_eff > 0:
                 eff = np.where(split, p.split_memory_eff, p.memory_eff)
             if not scheduled:
-                floor = unit_waves_s(units * splits, by, gpu.sm_count, gpu.hbm_bytes_per_s, p, n_blocks / splits)
+                floor = unit_waves_s(
+                    units * splits, by, gpu.sm_count, gpu.hbm_bytes_per_s, p, n_blocks / splits
+                )
     if scheduled:
         fl_eff = 0.0
-        extra = prefill_schedule_s(op, gpu, p, np.asarray(splits, dtype=np.float64), gpu.flops_for(math_dtype),
-                                   op.impl or prof.attention_impl)
-    return roofline(fl, by, gpu.flops_for(math_dtype), gpu.hbm_bytes_per_s, p, Bound.HBM_BANDWIDTH,
-                     fl_eff, extra, floor, split_lat, eff)
+        extra = prefill_schedule_s(
+            op,
+            gpu,
+            p,
+            np.asarray(splits, dtype=np.float64),
+            gpu.flops_for(math_dtype),
+            op.impl or prof.attention_impl,
+        )
+    return roofline(
+        fl,
+        by,
+        gpu.flops_for(math_dtype),
+        gpu.hbm_bytes_per_s,
+        p,
+        Bound.HBM_BANDWIDTH,
+        fl_eff,
+        extra,
+        floor,
+        split_lat,
+        eff,
+    )

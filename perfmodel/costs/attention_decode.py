@@ -54,11 +54,21 @@ def triton_decode_block_n(rule: SplitRule, head_dim):
     return np.asarray(out, dtype=np.float64) if np.ndim(out) else float(out)
 
 
-_SCHEDULE_OF_RULE = {SplitRule.FILL: ds.DecodeSchedule.SPLIT_KV, SplitRule.STREAM_K: ds.DecodeSchedule.STREAM_K}
+_SCHEDULE_OF_RULE = {
+    SplitRule.FILL: ds.DecodeSchedule.SPLIT_KV,
+    SplitRule.STREAM_K: ds.DecodeSchedule.STREAM_K,
+}
 
 
-def triton_decode_pieces(units, kv_len, slots: int, rule: SplitRule, sm_count: int | None = None, head_dim=128,
-                         tile: int | None = None):
+def triton_decode_pieces(
+    units,
+    kv_len,
+    slots: int,
+    rule: SplitRule,
+    sm_count: int | None = None,
+    head_dim=128,
+    tile: int | None = None,
+):
     """(programs, KV pieces per (sequence, kv head)) of our Triton decode kernels, by the rules of
     :mod:`perfmodel.decode_schedule` with the shipped settings.
 

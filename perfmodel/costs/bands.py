@@ -94,6 +94,9 @@ def with_band(c: OpCost, op: Op, profile: Profile) -> OpCost:
     q = np.array(profile.band_cells(oc, keys, REGIMES, SIZE_CLASSES), dtype=np.float64)
     lo, hi = np.expm1(-q[:, 1]), np.expm1(-q[:, 0])
     if np.all(lo == lo[0]) and np.all(hi == hi[0]):  # one band for every cell
-        return dataclasses.replace(c, band_lo_s=np.broadcast_to(t, code.shape) * lo[0],
-                                   band_hi_s=np.broadcast_to(t, code.shape) * hi[0])
+        return dataclasses.replace(
+            c,
+            band_lo_s=np.broadcast_to(t, code.shape) * lo[0],
+            band_hi_s=np.broadcast_to(t, code.shape) * hi[0],
+        )
     return dataclasses.replace(c, band_lo_s=t * lo[code], band_hi_s=t * hi[code])

@@ -170,6 +170,7 @@ ZERO = OpCost()
 
 # ---- curve parameters -------------------------------------------------------------------------------------
 
+
 def _finite_in(lo: float, hi: float, lo_open: bool = False) -> Callable[[float], bool]:
     return lambda v: math.isfinite(v) and (lo < v if lo_open else lo <= v) and v <= hi
 
@@ -178,19 +179,47 @@ def _in_closed(lo: float, hi: float) -> Callable[[float], bool]:
     return lambda v: lo <= v <= hi
 
 
-_NON_NEGATIVE = ("latency_s", "k_overhead", "ramp_flops", "ramp_bytes", "bandwidth_bytes_per_s", "tile_m", "tile_n", "tile_m_min",
-                 "tile_overhead_s", "units_per_sm", "unit_overhead_s", "unit_memory_eff", "split_latency_s",
-                 "knee_bytes", "row_knee_bytes", "row_knee_width_bytes", "cache_bytes", "score_flops",
-                 "split_piece_s", "unit_step_s", "reduce_row_s", "merge_latency_s", "merge_step_s")
+_NON_NEGATIVE = (
+    "latency_s",
+    "k_overhead",
+    "ramp_flops",
+    "ramp_bytes",
+    "bandwidth_bytes_per_s",
+    "tile_m",
+    "tile_n",
+    "tile_m_min",
+    "tile_overhead_s",
+    "units_per_sm",
+    "unit_overhead_s",
+    "unit_memory_eff",
+    "split_latency_s",
+    "knee_bytes",
+    "row_knee_bytes",
+    "row_knee_width_bytes",
+    "cache_bytes",
+    "score_flops",
+    "split_piece_s",
+    "unit_step_s",
+    "reduce_row_s",
+    "merge_latency_s",
+    "merge_step_s",
+)
 
 #: The range rule of every curve field, in the order they are checked: (fields, test, what the message says
 #: after "must be").  A parameter type checks the rules of the fields it has.
 FIELD_RULES: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
     (("compute_eff", "memory_eff"), _finite_in(0.0, 1.5, lo_open=True), "in (0, 1.5]"),
     (("tile_choice",), lambda v: v in (0, 1), "0 or 1"),
-    (("small_tile_eff", "fill_tile_eff", "misaligned_eff", "misaligned_memory_eff"), _in_closed(0.0, 1.0),
-     "in [0, 1] (0: off)"),
-    (("split_memory_eff", "tail_memory_eff", "row_tail_memory_eff"), _finite_in(0.0, 1.5), "in [0, 1.5] (0: memory_eff)"),
+    (
+        ("small_tile_eff", "fill_tile_eff", "misaligned_eff", "misaligned_memory_eff"),
+        _in_closed(0.0, 1.0),
+        "in [0, 1] (0: off)",
+    ),
+    (
+        ("split_memory_eff", "tail_memory_eff", "row_tail_memory_eff"),
+        _finite_in(0.0, 1.5),
+        "in [0, 1.5] (0: memory_eff)",
+    ),
     (("unit_compute_eff", "reduce_bytes_eff"), _finite_in(0.0, 1.5), "in [0, 1.5] (0: off)"),
     (("cache_memory_eff",), _finite_in(0.0, 4.0), "in [0, 4] (0: memory_eff)"),
     (_NON_NEGATIVE, lambda v: math.isfinite(v) and v >= 0, "finite and >= 0"),
@@ -242,7 +271,11 @@ class CurveParams:
     def to_dict(self) -> dict[str, Any]:
         """The fields that differ from the peak values (the profile file's form)."""
         peak = type(self)()
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != getattr(peak, f.name)}
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if getattr(self, f.name) != getattr(peak, f.name)
+        }
 
     def replace_fields(self: P, changes: dict[str, Any]) -> P:
         """This curve with the ``changes`` of the fields it has (the others are not its class's)."""
@@ -266,7 +299,10 @@ class RooflineParams(CurveParams):
     bandwidth_bytes_per_s: float = 0.0
     knee_bytes: float = 0.0
     tail_memory_eff: float = 0.0
+
+
 # ---- the roofline and its occupancy terms -----------------------------------------------------------------
+
 
 def ramp(x: Any, half: float) -> Any:
     """``x / (x + half)``: 0 at 0, 1/2 at ``half``, 1 as x grows (1 when ``half`` is 0)."""
@@ -276,8 +312,19 @@ def ramp(x: Any, half: float) -> Any:
     return np.where(x > 0, x / (x + half), 1.0)
 
 
-def roofline(fl, by, peak_flops_per_s, bw_bytes_per_s, p: Any, bound: Bound, fl_eff=None,
-             extra_compute_s=0.0, memory_floor_s=0.0, extra_latency_s=0.0, memory_eff=None) -> OpCost:
+def roofline(
+    fl,
+    by,
+    peak_flops_per_s,
+    bw_bytes_per_s,
+    p: Any,
+    bound: Bound,
+    fl_eff=None,
+    extra_compute_s=0.0,
+    memory_floor_s=0.0,
+    extra_latency_s=0.0,
+    memory_eff=None,
+) -> OpCost:
     """Roofline of one op under the curve ``p`` (any parameter type with the roofline fields
     ``compute_eff``, ``memory_eff``, ``latency_s``, ``overlap``, ``ramp_flops``, ``ramp_bytes``,
     ``bandwidth_bytes_per_s``, ``knee_bytes``, ``tail_memory_eff``):
@@ -305,7 +352,9 @@ def roofline(fl, by, peak_flops_per_s, bw_bytes_per_s, p: Any, bound: Bound, fl_
     ov = np.minimum(c, m) * p.overlap
     lat = p.latency_s + extra_latency_s
     c, m, ov, lat = (x if np.ndim(x) else float(x) for x in (c, m, ov, lat))
-    return OpCost(compute_s=c, memory_s=m, latency_s=lat, overlap_s=ov, flops=fl, bytes=by, memory_bound=bound)
+    return OpCost(
+        compute_s=c, memory_s=m, latency_s=lat, overlap_s=ov, flops=fl, bytes=by, memory_bound=bound
+    )
 
 
 def unit_waves_s(units, by, sm_count: int, bw_bytes_per_s: float, p: Any, steps=0.0):

@@ -86,8 +86,13 @@ class CollectiveParams(CurveParams):
     tail_memory_eff: float = 0.0
 
 
-COLLECTIVE_CLASSES: tuple[OpClass, ...] = (OpClass.ALL_REDUCE, OpClass.ALL_GATHER, OpClass.REDUCE_SCATTER,
-                                           OpClass.ALL_TO_ALL, OpClass.SEND_RECV)
+COLLECTIVE_CLASSES: tuple[OpClass, ...] = (
+    OpClass.ALL_REDUCE,
+    OpClass.ALL_GATHER,
+    OpClass.REDUCE_SCATTER,
+    OpClass.ALL_TO_ALL,
+    OpClass.SEND_RECV,
+)
 
 _UNFITTED = CollectiveParams()
 
@@ -133,7 +138,13 @@ class PeerAllReduce:
     two_shot_link_eff: float
 
     def __post_init__(self) -> None:
-        for f in ("max_bytes", "one_shot_latency_s", "two_shot_latency_s", "one_shot_link_eff", "two_shot_link_eff"):
+        for f in (
+            "max_bytes",
+            "one_shot_latency_s",
+            "two_shot_latency_s",
+            "one_shot_link_eff",
+            "two_shot_link_eff",
+        ):
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise ProfileError(f"peer all-reduce: {f} must be a finite number >= 0, got {v!r}")
@@ -155,8 +166,13 @@ class PathRate:
     tail_bandwidth_bytes_per_s: float = 0.0
 
 
-def path_rate(link: Link, op_class: OpClass, profile: Profile, calibrated_path: bool,
-              launch: CollectiveLaunch | None = None) -> PathRate:
+def path_rate(
+    link: Link,
+    op_class: OpClass,
+    profile: Profile,
+    calibrated_path: bool,
+    launch: CollectiveLaunch | None = None,
+) -> PathRate:
     """The rate of ``link`` for ``op_class``; the profile applies only where ``calibrated_path``: its
     terms for the way ``launch`` where it has them (``collective_launch``), else the class's."""
     bound = Bound.PCIE if link.kind is LinkKind.PCIE else Bound.INTERCONNECT
@@ -191,16 +207,23 @@ def _flat(kind: OpKind, nbytes: Any, w: int, rate: PathRate, algo: AllReduceAlgo
         tree = _flat(kind, nbytes, w, rate, AllReduceAlgorithm.TREE)
         use_tree = np.asarray(tree.total_s) < np.asarray(ring.total_s)
         pick = lambda a, b: np.where(use_tree, a, b) if np.ndim(use_tree) else (a if use_tree else b)
-        return OpCost(comm_s=pick(tree.comm_s, ring.comm_s), latency_s=pick(tree.latency_s, ring.latency_s),
-                      overlap_s=pick(tree.overlap_s, ring.overlap_s), bytes=nbytes, memory_bound=rate.bound)
+        return OpCost(
+            comm_s=pick(tree.comm_s, ring.comm_s),
+            latency_s=pick(tree.latency_s, ring.latency_s),
+            overlap_s=pick(tree.overlap_s, ring.overlap_s),
+            bytes=nbytes,
+            memory_bound=rate.bound,
+        )
     factor, steps = _factor_steps(kind, w, algo)
     b = np.asarray(nbytes, dtype=np.float64)
     if not factor:
         t = np.zeros_like(b)
     elif rate.knee_bytes > 0:  # the bytes beyond the knee move at the large-message rate
         head, tail = np.minimum(b, rate.knee_bytes), np.maximum(b - rate.knee_bytes, 0.0)
-        t = factor * (head / (rate.bandwidth_bytes_per_s * ramp(b, rate.ramp_bytes))
-                      + tail / rate.tail_bandwidth_bytes_per_s)
+        t = factor * (
+            head / (rate.bandwidth_bytes_per_s * ramp(b, rate.ramp_bytes))
+            + tail / rate.tail_bandwidth_bytes_per_s
+        )
     else:
         t = factor * b / (rate.bandwidth_bytes_per_s * ramp(b, rate.ramp_bytes))
     lat = steps * rate.alpha_s
@@ -214,9 +237,14 @@ def _op_class(kind: OpKind) -> OpClass:
 
 
 def collective_time(
-    kind: OpKind, nbytes: Any, world: int, gpu: GPU, profile: Profile,
+    kind: OpKind,
+    nbytes: Any,
+    world: int,
+    gpu: GPU,
+    profile: Profile,
     topology: str | Node | Cluster | Topology | None = None,
-    algorithm: AllReduceAlgorithm = AllReduceAlgorithm.AUTO, stride: int = 1,
+    algorithm: AllReduceAlgorithm = AllReduceAlgorithm.AUTO,
+    stride: int = 1,
     launch: CollectiveLaunch | None = None,
 ) -> OpCost:
     """Cost of one collective of ``nbytes`` per rank among ``world`` GPUs of ``topology``.
@@ -255,8 +283,15 @@ def peer_eligible(world: int, topo: Topology) -> bool:
     return world == 2 or topo.intra.kind is LinkKind.NVSWITCH
 
 
-def peer_all_reduce_time(nbytes: Any, world: int, link: Link, gpu: GPU, peer: PeerAllReduce,
-                         mode: Mode = Mode.CALIBRATED, in_graph: bool = True) -> OpCost:
+def peer_all_reduce_time(
+    nbytes: Any,
+    world: int,
+    link: Link,
+    gpu: GPU,
+    peer: PeerAllReduce,
+    mode: Mode = Mode.CALIBRATED,
+    in_graph: bool = True,
+) -> OpCost:
     """Cost of ``peer``'s all-reduce of ``nbytes`` per rank among ``world`` GPUs over ``link`` (seconds).
 
     One-shot or two-shot by the per-rank size (:data:`PEER_ONE_SHOT_MAX_BYTES`); the size limit
@@ -288,13 +323,27 @@ def _peer_or_nccl(nbytes, world, link, gpu, profile, peer, launch, nccl: OpCost)
     if np.ndim(use) == 0:
         return cost if bool(use) else nccl
     pick = lambda a, b: np.where(use, np.broadcast_to(a, use.shape), np.broadcast_to(b, use.shape))
-    return OpCost(comm_s=pick(cost.comm_s, nccl.comm_s), latency_s=pick(cost.latency_s, nccl.latency_s),
-                  memory_s=pick(cost.memory_s, nccl.memory_s), overlap_s=pick(0.0, nccl.overlap_s),
-                  bytes=nbytes, memory_bound=nccl.memory_bound)
+    return OpCost(
+        comm_s=pick(cost.comm_s, nccl.comm_s),
+        latency_s=pick(cost.latency_s, nccl.latency_s),
+        memory_s=pick(cost.memory_s, nccl.memory_s),
+        overlap_s=pick(0.0, nccl.overlap_s),
+        bytes=nbytes,
+        memory_bound=nccl.memory_bound,
+    )
 
 
-def _hierarchical(kind, nbytes, pl: Placement, intra: PathRate, inter: PathRate, algo, profile, topo,
-                  launch: CollectiveLaunch | None = None) -> OpCost:
+def _hierarchical(
+    kind,
+    nbytes,
+    pl: Placement,
+    intra: PathRate,
+    inter: PathRate,
+    algo,
+    profile,
+    topo,
+    launch: CollectiveLaunch | None = None,
+) -> OpCost:
     g, n, w = pl.per_node, pl.nodes, pl.world
     b = np.asarray(nbytes, dtype=np.float64)
     b = b if b.ndim else float(b)
@@ -305,7 +354,11 @@ def _hierarchical(kind, nbytes, pl: Placement, intra: PathRate, inter: PathRate,
         # reduce-scatter in the node, all-reduce of 1/g of the buffer on each GPU's NIC, all-gather in the node
         cost = _flat(kind, b / g, n, inter, algo)
         if g > 1:
-            cost = _flat(OpKind.REDUCE_SCATTER, b, g, rs_rate, algo) + cost + _flat(OpKind.ALL_GATHER, b, g, ag_rate, algo)
+            cost = (
+                _flat(OpKind.REDUCE_SCATTER, b, g, rs_rate, algo)
+                + cost
+                + _flat(OpKind.ALL_GATHER, b, g, ag_rate, algo)
+            )
     elif kind is OpKind.ALL_GATHER:
         cost = _flat(kind, b / g, n, inter, algo) + _flat(kind, b, g, intra, algo)
     elif kind is OpKind.REDUCE_SCATTER:
@@ -315,15 +368,23 @@ def _hierarchical(kind, nbytes, pl: Placement, intra: PathRate, inter: PathRate,
         t_in = (g - 1) / w * np.asarray(b) / intra.bandwidth_bytes_per_s + (g - 1) * intra.alpha_s
         t_out = (w - g) / w * np.asarray(b) / inter.bandwidth_bytes_per_s + (n - 1) * inter.alpha_s
         slow_net = np.asarray(t_out >= t_in)
-        comm = np.where(slow_net, (w - g) / w * np.asarray(b) / inter.bandwidth_bytes_per_s,
-                        (g - 1) / w * np.asarray(b) / intra.bandwidth_bytes_per_s)
+        comm = np.where(
+            slow_net,
+            (w - g) / w * np.asarray(b) / inter.bandwidth_bytes_per_s,
+            (g - 1) / w * np.asarray(b) / intra.bandwidth_bytes_per_s,
+        )
         lat = np.where(slow_net, (n - 1) * inter.alpha_s, (g - 1) * intra.alpha_s)
         f = lambda x: x if np.ndim(x) else float(x)
         return OpCost(comm_s=f(comm), latency_s=f(lat), bytes=nbytes, memory_bound=inter.bound)
     else:  # a ring of sends: the hops between nodes go over the NIC, in parallel with the others
         cost = _flat(kind, b, 2, inter, algo)
-    return OpCost(comm_s=cost.comm_s, latency_s=cost.latency_s, overlap_s=cost.overlap_s, bytes=nbytes,
-                  memory_bound=inter.bound)
+    return OpCost(
+        comm_s=cost.comm_s,
+        latency_s=cost.latency_s,
+        overlap_s=cost.overlap_s,
+        bytes=nbytes,
+        memory_bound=inter.bound,
+    )
 
 
 def collective_cost(op: Collective, gpu: GPU, profile: Profile) -> OpCost:

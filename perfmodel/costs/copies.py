@@ -34,7 +34,6 @@ class CopyParams(RooflineParams):
     """
 
 
-
 _MEMCPY_CLASS = {
     (MemLocation.DEVICE, MemLocation.DEVICE): OpClass.MEMCPY_D2D,
     (MemLocation.HOST_PINNED, MemLocation.DEVICE): OpClass.MEMCPY_H2D,
@@ -60,4 +59,6 @@ def memcpy_cost(op: Memcpy, gpu: GPU, prof: Profile) -> OpCost:
     cls = memcpy_class(op)
     if cls is OpClass.MEMCPY_D2D:
         return roofline(0.0, bytes_moved(op), 1.0, gpu.hbm_bytes_per_s, prof.params(cls), Bound.HBM_BANDWIDTH)
-    return roofline(0.0, bytes_moved(op), 1.0, gpu.pcie_bytes_per_s_per_direction, prof.params(cls), Bound.PCIE)
+    return roofline(
+        0.0, bytes_moved(op), 1.0, gpu.pcie_bytes_per_s_per_direction, prof.params(cls), Bound.PCIE
+    )

@@ -116,14 +116,24 @@ def elementwise_cost(op: Elementwise, gpu: GPU, prof: Profile) -> OpCost:
                 # one block per row streams its input row, its output row and the whole weight vector
                 # (each block reads the weight, from L2 after the first): 3 row bytes per block
                 block_bytes = 3.0 * row_bytes * safe
-                floor = np.where(known, unit_waves_s(safe, block_bytes, gpu.sm_count, gpu.hbm_bytes_per_s, p), 0.0)
+                floor = np.where(
+                    known, unit_waves_s(safe, block_bytes, gpu.sm_count, gpu.hbm_bytes_per_s, p), 0.0
+                )
             if p.row_knee_bytes > 0:
                 eff = np.where(known, row_memory_eff(row_bytes, p), p.memory_eff)
     if p.cache_bytes > 0:
         # a working set that fits the cache streams at the cache rate; a larger one misses it as a whole
         by = np.asarray(bytes_moved(op), dtype=np.float64)
-        eff = np.where(by <= p.cache_bytes, p.cache_memory_eff or p.memory_eff, p.memory_eff if eff is None else eff)
+        eff = np.where(
+            by <= p.cache_bytes, p.cache_memory_eff or p.memory_eff, p.memory_eff if eff is None else eff
+        )
     return roofline(
-        flops(op), bytes_moved(op), gpu.flops_for(Dtype.FP32), gpu.hbm_bytes_per_s, p, Bound.HBM_BANDWIDTH,
-        memory_floor_s=floor, memory_eff=eff,
+        flops(op),
+        bytes_moved(op),
+        gpu.flops_for(Dtype.FP32),
+        gpu.hbm_bytes_per_s,
+        p,
+        Bound.HBM_BANDWIDTH,
+        memory_floor_s=floor,
+        memory_eff=eff,
     )

@@ -187,5 +187,14 @@ def gemm_cost(op: Gemm, gpu: GPU, prof: Profile) -> OpCost:
         if p.misaligned_memory_eff > 0:  # each row load touches one more line: a lower byte rate
             mem_eff = np.where(off, p.memory_eff * p.misaligned_memory_eff, p.memory_eff)
             mem_eff = mem_eff if np.ndim(mem_eff) else float(mem_eff)
-    return roofline(fl, bytes_moved(op), gpu.flops_for(op.dtype), gpu.hbm_bytes_per_s, p, Bound.HBM_BANDWIDTH,
-                    fl_eff, extra, memory_eff=mem_eff)
+    return roofline(
+        fl,
+        bytes_moved(op),
+        gpu.flops_for(op.dtype),
+        gpu.hbm_bytes_per_s,
+        p,
+        Bound.HBM_BANDWIDTH,
+        fl_eff,
+        extra,
+        memory_eff=mem_eff,
+    )

@@ -106,7 +106,12 @@ def grouped_gemm_cost(op: GroupedGemm, gpu: GPU, prof: Profile) -> OpCost:
     mem_eff = None
     if p.tile_m > 0 or p.k_overhead > 0 or (p.tile_n > 0 and p.wave_quant > 0):
         rows = grouped_padded_rows(op.groups, op.m, p.tile_m)
-        fl_eff = 2.0 * rows * np.asarray(op.n, dtype=np.float64) * (np.asarray(op.k, dtype=np.float64) + p.k_overhead)
+        fl_eff = (
+            2.0
+            * rows
+            * np.asarray(op.n, dtype=np.float64)
+            * (np.asarray(op.k, dtype=np.float64) + p.k_overhead)
+        )
         if p.tile_n > 0 and p.wave_quant > 0:
             tiles = grouped_output_tiles(op.groups, op.m, op.n, p.tile_m, p.tile_n)
             factor, _ = waves(tiles, gpu.sm_count, p.wave_quant)
@@ -114,8 +119,16 @@ def grouped_gemm_cost(op: GroupedGemm, gpu: GPU, prof: Profile) -> OpCost:
             fl_eff = fl_eff * factor
             mem_eff = p.memory_eff / factor
         fl_eff = fl_eff if np.ndim(fl_eff) else float(fl_eff)
-    return roofline(fl, bytes_moved(op), gpu.flops_for(op.dtype), gpu.hbm_bytes_per_s, p, Bound.HBM_BANDWIDTH, fl_eff,
-                    memory_eff=mem_eff)
+    return roofline(
+        fl,
+        bytes_moved(op),
+        gpu.flops_for(op.dtype),
+        gpu.hbm_bytes_per_s,
+        p,
+        Bound.HBM_BANDWIDTH,
+        fl_eff,
+        memory_eff=mem_eff,
+    )
 
 
 def grouped_output_tiles(groups, m, n, tile_m: int, tile_n: int):

@@ -14,8 +14,9 @@ if TYPE_CHECKING:
     from perfmodel.calibration import Profile
 
 
-def decoder_layer_cost(op: DecoderLayer, gpu: GPU, prof: Profile,
-                       part_cost: Callable[[Op, GPU, Profile], OpCost]) -> OpCost:
+def decoder_layer_cost(
+    op: DecoderLayer, gpu: GPU, prof: Profile, part_cost: Callable[[Op, GPU, Profile], OpCost]
+) -> OpCost:
     """The layer's parts (:func:`perfmodel.ops.decoder_layer_parts`), each priced by ``part_cost`` (the
     registry's :func:`perfmodel.costs.op_cost`) and counted as often as the layer runs it, seconds."""
     return sum((part_cost(o, gpu, prof).scale(c) for _, o, c in decoder_layer_parts(op)), ZERO)

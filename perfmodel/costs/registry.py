@@ -24,23 +24,25 @@ if TYPE_CHECKING:
     from perfmodel.calibration import Profile
 
 #: The curve parameter type of each op class (the loader builds it from a profile's keys).
-PARAMS_TYPES: Mapping[OpClass, type[CurveParams]] = MappingProxyType({
-    OpClass.GEMM: GemmParams,
-    OpClass.GROUPED_GEMM: GroupedGemmParams,
-    OpClass.ATTENTION_PREFILL: AttentionParams,
-    OpClass.ATTENTION_DECODE: AttentionParams,
-    OpClass.ELEMENTWISE: ElementwiseParams,
-    OpClass.MEMCPY_D2D: CopyParams,
-    OpClass.MEMCPY_H2D: CopyParams,
-    OpClass.MEMCPY_D2H: CopyParams,
-    OpClass.MEMCPY_H2D_PAGEABLE: CopyParams,
-    OpClass.MEMCPY_D2H_PAGEABLE: CopyParams,
-    OpClass.ALL_REDUCE: CollectiveParams,
-    OpClass.ALL_GATHER: CollectiveParams,
-    OpClass.REDUCE_SCATTER: CollectiveParams,
-    OpClass.ALL_TO_ALL: CollectiveParams,
-    OpClass.SEND_RECV: CollectiveParams,
-})
+PARAMS_TYPES: Mapping[OpClass, type[CurveParams]] = MappingProxyType(
+    {
+        OpClass.GEMM: GemmParams,
+        OpClass.GROUPED_GEMM: GroupedGemmParams,
+        OpClass.ATTENTION_PREFILL: AttentionParams,
+        OpClass.ATTENTION_DECODE: AttentionParams,
+        OpClass.ELEMENTWISE: ElementwiseParams,
+        OpClass.MEMCPY_D2D: CopyParams,
+        OpClass.MEMCPY_H2D: CopyParams,
+        OpClass.MEMCPY_D2H: CopyParams,
+        OpClass.MEMCPY_H2D_PAGEABLE: CopyParams,
+        OpClass.MEMCPY_D2H_PAGEABLE: CopyParams,
+        OpClass.ALL_REDUCE: CollectiveParams,
+        OpClass.ALL_GATHER: CollectiveParams,
+        OpClass.REDUCE_SCATTER: CollectiveParams,
+        OpClass.ALL_TO_ALL: CollectiveParams,
+        OpClass.SEND_RECV: CollectiveParams,
+    }
+)
 
 #: The peak curve (every efficiency 1, every latency 0) of each op class.
 PEAK_PARAMS: Mapping[OpClass, CurveParams] = MappingProxyType({c: t() for c, t in PARAMS_TYPES.items()})
@@ -77,7 +79,11 @@ def op_cost(op: Op, gpu: GPU, profile: Profile) -> OpCost:
     except (AttributeError, KeyError):
         raise TypeError(f"not an op: {op!r}") from None
     c = price(op, gpu, profile)
-    if profile.launch is Launch.EAGER and profile.launch_terms and not isinstance(op, (DecoderLayer, Collective)):
+    if (
+        profile.launch is Launch.EAGER
+        and profile.launch_terms
+        and not isinstance(op, (DecoderLayer, Collective))
+    ):
         c = eager_cost(c, profile.launch_terms)
     if profile.bands and not isinstance(op, DecoderLayer):  # a layer's band is the sum of its parts'
         c = with_band(c, op, profile)
@@ -85,12 +91,14 @@ def op_cost(op: Op, gpu: GPU, profile: Profile) -> OpCost:
 
 
 #: The cost function of each op type (``op.kind``): ``f(op, gpu, profile) -> OpCost``.
-COST_FUNCTIONS: Mapping[OpKind, CostFunction] = MappingProxyType({
-    OpKind.GEMM: gemm_cost,
-    OpKind.GROUPED_GEMM: grouped_gemm_cost,
-    OpKind.ATTENTION: attention_cost,
-    OpKind.MEMCPY: memcpy_cost,
-    OpKind.ELEMENTWISE: elementwise_cost,
-    OpKind.DECODER_LAYER: functools.partial(decoder_layer_cost, part_cost=op_cost),
-    **{k: collective_cost for k in COLLECTIVE_KINDS},
-})
+COST_FUNCTIONS: Mapping[OpKind, CostFunction] = MappingProxyType(
+    {
+        OpKind.GEMM: gemm_cost,
+        OpKind.GROUPED_GEMM: grouped_gemm_cost,
+        OpKind.ATTENTION: attention_cost,
+        OpKind.MEMCPY: memcpy_cost,
+        OpKind.ELEMENTWISE: elementwise_cost,
+        OpKind.DECODER_LAYER: functools.partial(decoder_layer_cost, part_cost=op_cost),
+        **{k: collective_cost for k in COLLECTIVE_KINDS},
+    }
+)

@@ -27,7 +27,23 @@ from perfmodel.serving.workload import (
 )
 
 __all__ = [
-    "AnalyticBounds", "Deployment", "KvPolicy", "LengthDist", "ReplicaMemory", "Requests", "Router", "SimResult",
-    "Slo", "TraceFormatError", "Workload", "analytic_bounds", "build_timer", "parallel_map", "read_trace",
-    "replica_memory", "simulate", "write_trace", "write_trace_json",
+    "AnalyticBounds",
+    "Deployment",
+    "KvPolicy",
+    "LengthDist",
+    "ReplicaMemory",
+    "Requests",
+    "Router",
+    "SimResult",
+    "Slo",
+    "TraceFormatError",
+    "Workload",
+    "analytic_bounds",
+    "build_timer",
+    "parallel_map",
+    "read_trace",
+    "replica_memory",
+    "simulate",
+    "write_trace",
+    "write_trace_json",
 ]

@@ -67,8 +67,17 @@ def _prefill(dep: Deployment, prompt, knobs=None) -> object:
     # at the profile's own rates: the simulator prices its iterations without the sustained-clock slowdown
     # of a long phase (perfmodel.clocks), so the floor leaves it out as well
     burst = dataclasses.replace(dep.resolved_profile, sustained=MappingProxyType({}))
-    return prefill_cost(dep.model, dep.gpu, burst, prompt, 1, dep.precision, dep.tp, dep.token_budget,
-                        knobs=dep.knobs if knobs is None else knobs)
+    return prefill_cost(
+        dep.model,
+        dep.gpu,
+        burst,
+        prompt,
+        1,
+        dep.precision,
+        dep.tp,
+        dep.token_budget,
+        knobs=dep.knobs if knobs is None else knobs,
+    )
 
 
 def _ep_phases(dep: Deployment, context_len, output_tokens, batch):
@@ -76,9 +85,20 @@ def _ep_phases(dep: Deployment, context_len, output_tokens, batch):
     (:func:`perfmodel.parallel.parallel_phases`, the deployment's placement included)."""
     from perfmodel.parallel import parallel_phases
 
-    return parallel_phases(dep.kv_model, dep.gpu, dep.resolved_profile, context_len, output_tokens, batch,
-                           dep.kv_precision, dep.tp, ep=dep.ep, chunk_tokens=dep.token_budget, knobs=dep.knobs,
-                           moe_placement=dep.moe_placement)
+    return parallel_phases(
+        dep.kv_model,
+        dep.gpu,
+        dep.resolved_profile,
+        context_len,
+        output_tokens,
+        batch,
+        dep.kv_precision,
+        dep.tp,
+        ep=dep.ep,
+        chunk_tokens=dep.token_budget,
+        knobs=dep.knobs,
+        moe_placement=dep.moe_placement,
+    )
 
 
 def analytic_bounds(dep: Deployment, requests: Requests) -> AnalyticBounds:
@@ -141,15 +161,20 @@ def analytic_bounds(dep: Deployment, requests: Requests) -> AnalyticBounds:
         if dep.ep > 1:
             t = _ep_phases(dep, float(p.min()) + 1, 0, k).decode_step.total_s
         else:
-            t = decode_step_cost(dep.model, dep.gpu, prof, float(p.min()) + 1, k, dep.precision, dep.tp,
-                                 knobs=kd).total_s
+            t = decode_step_cost(
+                dep.model, dep.gpu, prof, float(p.min()) + 1, k, dep.precision, dep.tp, knobs=kd
+            ).total_s
         decode = float(np.max(k / np.asarray(t)))
     else:
         decode = 0.0
     return AnalyticBounds(
-        prefill_s=np.asarray(pre.total_s, dtype=np.float64), decode_s=np.asarray(dec.total_s, dtype=np.float64),
-        tpot_floor_s=step_s, max_concurrency=n_max,
-        compute_bound_tokens_per_s=compute, decode_bound_tokens_per_s=decode, replicas=dep.replicas,
+        prefill_s=np.asarray(pre.total_s, dtype=np.float64),
+        decode_s=np.asarray(dec.total_s, dtype=np.float64),
+        tpot_floor_s=step_s,
+        max_concurrency=n_max,
+        compute_bound_tokens_per_s=compute,
+        decode_bound_tokens_per_s=decode,
+        replicas=dep.replicas,
         ttft_floor_s=np.asarray(floor.total_s, dtype=np.float64),
     )
 

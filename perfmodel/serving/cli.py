@@ -21,31 +21,57 @@ def register(subparsers) -> None:
     p.set_defaults(model="llama-3-8b", gpu="h100-sxm-80gb")
     p.add_argument("--tp", type=_positive_int, default=1, help="tensor-parallel degree per replica")
     p.add_argument("--pp", type=_positive_int, default=1, help="pipeline stages per replica")
-    p.add_argument("--ep", type=_positive_int, default=1,
-                   help="expert-parallel degree per replica (MoE models; ep // tp attention groups share the experts)")
+    p.add_argument(
+        "--ep",
+        type=_positive_int,
+        default=1,
+        help="expert-parallel degree per replica (MoE models; ep // tp attention groups share the experts)",
+    )
     add_placement_arg(p)
     p.add_argument("--replicas", type=_positive_int, default=1)
     p.add_argument("--router", choices=[r.value for r in Router], default=Router.LEAST_LOADED.value)
     p.add_argument("--requests", type=_positive_int, default=1000, help="requests to generate")
     p.add_argument("--arrival-rate", default="inf", help="Poisson rate in requests/s, or inf (all at once)")
-    p.add_argument("--request-rate", dest="arrival_rate", help="the same as --arrival-rate (the engines' name)")
-    p.add_argument("--max-concurrency", type=_positive_int, default=None,
-                   help="closed loop: at most this many requests in flight (vllm bench serve --max-concurrency)")
-    p.add_argument("--prompt-len", default="2048",
-                   help="N, lognormal:MEAN:SIGMA, uniform:LOW:HIGH or random:LEN:RATIO (--random-range-ratio)")
+    p.add_argument(
+        "--request-rate", dest="arrival_rate", help="the same as --arrival-rate (the engines' name)"
+    )
+    p.add_argument(
+        "--max-concurrency",
+        type=_positive_int,
+        default=None,
+        help="closed loop: at most this many requests in flight (vllm bench serve --max-concurrency)",
+    )
+    p.add_argument(
+        "--prompt-len",
+        default="2048",
+        help="N, lognormal:MEAN:SIGMA, uniform:LOW:HIGH or random:LEN:RATIO (--random-range-ratio)",
+    )
     p.add_argument("--output-len", default="128", help="generated tokens incl. the first (same forms)")
-    p.add_argument("--trace", default=None,
-                   help="JSONL/CSV trace (prompt_len, output_len, optional arrival_s)")
-    p.add_argument("--prefix", action="append", default=None, metavar="TOKENS:SHARE[:HIT_RATE[:TIER]]",
-                   help="a shared prompt prefix (repeatable): its tokens open SHARE of the requests' prompts, and "
-                        "HIT_RATE of those (default 1) find its KV cached in TIER: hbm (default; held once per "
-                        "replica), host (PCIe) or host|ssd:BYTES_PER_S (loaded per hit); a miss prefills it")
-    p.add_argument("--engine", default="none",
-                   help="engine overheads and defaults from hw/data/engines (vllm, vllm-0.5, sglang) or none")
+    p.add_argument(
+        "--trace", default=None, help="JSONL/CSV trace (prompt_len, output_len, optional arrival_s)"
+    )
+    p.add_argument(
+        "--prefix",
+        action="append",
+        default=None,
+        metavar="TOKENS:SHARE[:HIT_RATE[:TIER]]",
+        help="a shared prompt prefix (repeatable): its tokens open SHARE of the requests' prompts, and "
+        "HIT_RATE of those (default 1) find its KV cached in TIER: hbm (default; held once per "
+        "replica), host (PCIe) or host|ssd:BYTES_PER_S (loaded per hit); a miss prefills it",
+    )
+    p.add_argument(
+        "--engine",
+        default="none",
+        help="engine overheads and defaults from hw/data/engines (vllm, vllm-0.5, sglang) or none",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--kv-policy", choices=[k.value for k in KvPolicy], default=KvPolicy.SWAP.value)
-    p.add_argument("--slice-tokens", type=_positive_int, default=128,
-                   help="decode tokens a request runs before swap/recompute may preempt it")
+    p.add_argument(
+        "--slice-tokens",
+        type=_positive_int,
+        default=128,
+        help="decode tokens a request runs before swap/recompute may preempt it",
+    )
     p.add_argument("--max-num-seqs", type=_positive_int, default=1024, help="requests resident per replica")
     p.add_argument("--host-kv-gib", type=float, default=None, help="host memory for swapped KV per replica")
     p.add_argument("--slo-ttft", type=float, default=None, help="TTFT target, seconds (for goodput)")
@@ -80,12 +106,27 @@ def _deployment(args: argparse.Namespace):
             raise InvalidInputError(f"--host-kv-gib must be >= 0, got {args.host_kv_gib}")
         host = args.host_kv_gib * 2**30
     return Deployment.make(
-        args.model, args.gpu, mode=args.mode, weight_dtype=args.weight_dtype, kv_dtype=None, knobs=knobs_from_args(args),
-        attention_impl=args.attention_impl, launch=args.launch,
-        tp=args.tp, pp=args.pp, ep=args.ep, moe_placement=read_placement_arg(args), replicas=args.replicas,
+        args.model,
+        args.gpu,
+        mode=args.mode,
+        weight_dtype=args.weight_dtype,
+        kv_dtype=None,
+        knobs=knobs_from_args(args),
+        attention_impl=args.attention_impl,
+        launch=args.launch,
+        tp=args.tp,
+        pp=args.pp,
+        ep=args.ep,
+        moe_placement=read_placement_arg(args),
+        replicas=args.replicas,
         token_budget=args.chunk_tokens,
-        max_num_seqs=min(args.max_num_seqs, args.chunk_tokens), kv_policy=args.kv_policy,
-        slice_tokens=args.slice_tokens, router=args.router, host_kv_bytes=host, **extra)
+        max_num_seqs=min(args.max_num_seqs, args.chunk_tokens),
+        kv_policy=args.kv_policy,
+        slice_tokens=args.slice_tokens,
+        router=args.router,
+        host_kv_bytes=host,
+        **extra,
+    )
 
 
 def _requests(args: argparse.Namespace):
@@ -99,8 +140,14 @@ def _requests(args: argparse.Namespace):
             raise InvalidInputError("--prefix applies to generated workloads, not to a --trace")
         return read_trace(args.trace)
     prefixes = tuple(CachedPrefix.parse(t) for t in args.prefix or ())
-    return Workload(args.requests, parse_rate(args.arrival_rate), LengthDist.parse(args.prompt_len, "--prompt-len"),
-                    LengthDist.parse(args.output_len, "--output-len"), seed=args.seed, prefixes=prefixes).generate()
+    return Workload(
+        args.requests,
+        parse_rate(args.arrival_rate),
+        LengthDist.parse(args.prompt_len, "--prompt-len"),
+        LengthDist.parse(args.output_len, "--output-len"),
+        seed=args.seed,
+        prefixes=prefixes,
+    ).generate()
 
 
 def _progress(enabled: bool):
@@ -109,8 +156,14 @@ def _progress(enabled: bool):
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    bar = Progress(TextColumn("simulating"), BarColumn(), TextColumn("{task.completed}/{task.total} requests"),
-                   TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+    bar = Progress(
+        TextColumn("simulating"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} requests"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
     task = bar.add_task("sim", total=None)
 
     def update(done: int, total: int) -> None:
@@ -135,7 +188,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     bar, update = _progress(not args.json and sys.stderr.isatty() and len(reqs) >= 20_000)
     if bar is not None:
         with bar:
-            res = simulate(dep, reqs, record_timeline=record, progress=update, max_concurrency=args.max_concurrency)
+            res = simulate(
+                dep, reqs, record_timeline=record, progress=update, max_concurrency=args.max_concurrency
+            )
     else:
         res = simulate(dep, reqs, record_timeline=record, max_concurrency=args.max_concurrency)
     out: dict[str, Any] = res.summary(slo)
@@ -182,7 +237,13 @@ def _print_table(out: dict[str, Any]) -> None:
     for c in ("p50", "p90", "p99", "mean"):
         t.add_column(c, justify="right")
     for key, name in (("ttft_s", "TTFT"), ("tpot_s", "TPOT"), ("e2e_s", "end-to-end")):
-        t.add_row(name, *[fmt_seconds(out[key][c]) if out[key][c] is not None else "-" for c in ("p50", "p90", "p99", "mean")])
+        t.add_row(
+            name,
+            *[
+                fmt_seconds(out[key][c]) if out[key][c] is not None else "-"
+                for c in ("p50", "p90", "p99", "mean")
+            ],
+        )
     console = Console()
     console.print(t)
     e = Table(title="engine-style (ms)")
@@ -191,26 +252,39 @@ def _print_table(out: dict[str, Any]) -> None:
     for c in stats:
         e.add_column(c, justify="right")
     for key, name in (("ttft", "TTFT"), ("tpot", "TPOT"), ("itl", "ITL"), ("e2el", "E2EL")):
-        e.add_row(name, *[f"{out[f'{c}_{key}_ms']:,.2f}" if out.get(f"{c}_{key}_ms") is not None else "-"
-                          for c in stats])
+        e.add_row(
+            name,
+            *[f"{out[f'{c}_{key}_ms']:,.2f}" if out.get(f"{c}_{key}_ms") is not None else "-" for c in stats],
+        )
     console.print(e)
     lines = [
-        (f"output_throughput: {out['output_throughput'] or 0:,.1f} tok/s, total_token_throughput: "
-         f"{out['total_token_throughput'] or 0:,.1f} tok/s, request_throughput: {out['request_throughput'] or 0:,.2f} "
-         "req/s" + (f" (max concurrency {out['max_concurrency']})" if out["max_concurrency"] else "")
-         + (f"; engine {out['engine']}" if out["engine"] else "")),
-        (f"throughput: {out['throughput_tokens_per_s']:,.1f} output tokens/s "
-        f"(analytic bound {out['analytic']['throughput_bound_tokens_per_s']:,.1f})"),
-        (f"peak concurrency: {out['peak_concurrency']} requests per replica "
-        f"(analytic max {out['analytic']['max_concurrency']})"),
-        (f"swapped out/in: {fmt_bytes(out['swap_out_bytes'])} / {fmt_bytes(out['swap_in_bytes'])}; "
-        f"preemptions: {out['preemptions']}"),
+        (
+            f"output_throughput: {out['output_throughput'] or 0:,.1f} tok/s, total_token_throughput: "
+            f"{out['total_token_throughput'] or 0:,.1f} tok/s, request_throughput: {out['request_throughput'] or 0:,.2f} "
+            "req/s"
+            + (f" (max concurrency {out['max_concurrency']})" if out["max_concurrency"] else "")
+            + (f"; engine {out['engine']}" if out["engine"] else "")
+        ),
+        (
+            f"throughput: {out['throughput_tokens_per_s']:,.1f} output tokens/s "
+            f"(analytic bound {out['analytic']['throughput_bound_tokens_per_s']:,.1f})"
+        ),
+        (
+            f"peak concurrency: {out['peak_concurrency']} requests per replica "
+            f"(analytic max {out['analytic']['max_concurrency']})"
+        ),
+        (
+            f"swapped out/in: {fmt_bytes(out['swap_out_bytes'])} / {fmt_bytes(out['swap_in_bytes'])}; "
+            f"preemptions: {out['preemptions']}"
+        ),
     ]
     pc = out.get("prefix_cache")
     if pc is not None:
-        lines.append(f"cached prefixes: {pc['hits']} hits of {pc['requests_with_prefix']} requests with a prefix, "
-                     f"{pc['cached_prompt_tokens']:,} prompt tokens from the cache; {pc['loads']} loads from host "
-                     f"or SSD, {fmt_bytes(pc['load_bytes'])} in {fmt_seconds(pc['load_s'])}")
+        lines.append(
+            f"cached prefixes: {pc['hits']} hits of {pc['requests_with_prefix']} requests with a prefix, "
+            f"{pc['cached_prompt_tokens']:,} prompt tokens from the cache; {pc['loads']} loads from host "
+            f"or SSD, {fmt_bytes(pc['load_bytes'])} in {fmt_seconds(pc['load_s'])}"
+        )
     if out.get("goodput_requests_per_s") is not None:
         lines.append(f"goodput: {out['goodput_requests_per_s']:,.2f} requests/s meeting the SLOs")
     lines.append(f"simulated {out['iterations']:,} iterations in {out['sim_wall_s']:.2f} s")

@@ -129,8 +129,17 @@ class Deployment:
     moe_placement: Any = None
 
     @classmethod
-    def make(cls, model="llama-3-8b", gpu="h100-sxm-80gb", mode: Mode | str = Mode.CALIBRATED,
-             weight_dtype=None, kv_dtype=None, attention_impl=None, launch=None, **kw) -> Deployment:
+    def make(
+        cls,
+        model="llama-3-8b",
+        gpu="h100-sxm-80gb",
+        mode: Mode | str = Mode.CALIBRATED,
+        weight_dtype=None,
+        kv_dtype=None,
+        attention_impl=None,
+        launch=None,
+        **kw,
+    ) -> Deployment:
         """Build from names; ``kw`` are the other fields (enums may be given as strings, ``knobs`` a Knobs).
         ``attention_impl`` (``sdpa`` default, ``flash2``, ``triton``) picks the attention kernel's curves.
         ``engine`` (a name of ``hw/data/engines`` or an :class:`Engine`) adds its overheads and gives the
@@ -174,7 +183,13 @@ class Deployment:
             kw["kv_policy"] = _enum(KvPolicy, kw["kv_policy"], "kv_policy")
         if "router" in kw:
             kw["router"] = _enum(Router, kw["router"], "router")
-        return cls(model=m, gpu=g, profile=prof, precision=Precision.of(weights_dtype(m, weight_dtype), "bf16", kv_dtype), **kw)
+        return cls(
+            model=m,
+            gpu=g,
+            profile=prof,
+            precision=Precision.of(weights_dtype(m, weight_dtype), "bf16", kv_dtype),
+            **kw,
+        )
 
     @classmethod
     def from_scenario(cls, scenario, **kw) -> Deployment:
@@ -205,18 +220,29 @@ class Deployment:
         lay = scenario.layout
         dp_alone = lay.attention_dp == 1 or lay.ep == lay.attention_dp * lay.tp
         if lay.sp > 1 or lay.topology or not dp_alone:
-            raise InvalidInputError("the simulator models tp, pp and ep per replica (data-parallel attention as "
-                                    f"ep = attention_dp * tp); this scenario's layout has sp={lay.sp}, "
-                                    f"ep={lay.ep}, attention_dp={lay.attention_dp}, topology={lay.topology}")
+            raise InvalidInputError(
+                "the simulator models tp, pp and ep per replica (data-parallel attention as "
+                f"ep = attention_dp * tp); this scenario's layout has sp={lay.sp}, "
+                f"ep={lay.ep}, attention_dp={lay.attention_dp}, topology={lay.topology}"
+            )
         if "kv_policy" in kw:
             kw["kv_policy"] = _enum(KvPolicy, kw["kv_policy"], "kv_policy")
         if "router" in kw:
             kw["router"] = _enum(Router, kw["router"], "router")
         kw.setdefault("token_budget", scenario.chunk_tokens or DEFAULT_PREFILL_CHUNK_TOKENS)
         kw.setdefault("reserve_fraction", scenario.reserve_fraction)
-        return cls(model=scenario.model, gpu=scenario.gpu, tp=lay.tp, pp=lay.pp, precision=scenario.precision,
-                   profile=scenario.profile, knobs=scenario.knobs, ep=lay.ep, moe_placement=scenario.moe_placement,
-                   **kw)
+        return cls(
+            model=scenario.model,
+            gpu=scenario.gpu,
+            tp=lay.tp,
+            pp=lay.pp,
+            precision=scenario.precision,
+            profile=scenario.profile,
+            knobs=scenario.knobs,
+            ep=lay.ep,
+            moe_placement=scenario.moe_placement,
+            **kw,
+        )
 
     def __post_init__(self) -> None:
         for name in ("tp", "pp", "replicas", "token_budget", "max_num_seqs", "block_tokens", "ep"):
@@ -231,8 +257,13 @@ class Deployment:
         if self.max_num_seqs > self.token_budget:
             raise InvalidInputError(
                 f"max_num_seqs ({self.max_num_seqs}) must not exceed token_budget ({self.token_budget}): "
-                "every resident request decodes one token per iteration")
-        if isinstance(self.slice_tokens, bool) or not isinstance(self.slice_tokens, int) or self.slice_tokens < 1:
+                "every resident request decodes one token per iteration"
+            )
+        if (
+            isinstance(self.slice_tokens, bool)
+            or not isinstance(self.slice_tokens, int)
+            or self.slice_tokens < 1
+        ):
             raise InvalidInputError(f"slice_tokens must be an integer >= 1, got {self.slice_tokens!r}")
         if self.host_kv_bytes is not None and not self.host_kv_bytes >= 0:
             raise InvalidInputError(f"host_kv_bytes must be >= 0, got {self.host_kv_bytes!r}")
@@ -246,11 +277,15 @@ class Deployment:
                 object.__setattr__(self, "knobs", None)
             else:
                 if self.model.ssm is not None and (k.kv_tiers or k.offload is not None):
-                    raise KnobError(f"KV tiers and attention offloading move KV and attention; {self.model.name} is "
-                                    "a state-space stack with neither")
+                    raise KnobError(
+                        f"KV tiers and attention offloading move KV and attention; {self.model.name} is "
+                        "a state-space stack with neither"
+                    )
                 if self.pp > 1 and (k.kv_tiers or k.offload is not None):
-                    raise KnobError("KV tiers and attention offloading need pp=1 in the simulator: the core prices "
-                                    "them for one GPU's whole stack, not per pipeline stage")
+                    raise KnobError(
+                        "KV tiers and attention offloading need pp=1 in the simulator: the core prices "
+                        "them for one GPU's whole stack, not per pipeline stage"
+                    )
                 m = effective_model(self.model, k)
                 k.check(m)
                 check_tp(m, self.tp)
@@ -261,7 +296,9 @@ class Deployment:
         check_ep(self.model, self.ep)  # ParallelConfigError, an InvalidInputError
         group_world(self.tp, self.pp, 1, self.ep)
         if self.ep > 1 and self.pp > 1:
-            raise InvalidInputError(f"ep={self.ep} with pp={self.pp} is not modelled in the simulator: use pp=1")
+            raise InvalidInputError(
+                f"ep={self.ep} with pp={self.pp} is not modelled in the simulator: use pp=1"
+            )
         if self.ep > 1:
             check_knobs(self.knobs)  # the knobs the multi-GPU phases do not price
         pl = self.moe_placement
@@ -269,8 +306,10 @@ class Deployment:
             from perfmodel.ep_route import MoePlacement
 
             if not isinstance(pl, MoePlacement):
-                raise InvalidInputError(f"moe_placement must be a MoePlacement (Deployment.make reads a path), "
-                                        f"got {type(pl).__name__}")
+                raise InvalidInputError(
+                    f"moe_placement must be a MoePlacement (Deployment.make reads a path), "
+                    f"got {type(pl).__name__}"
+                )
             if self.ep <= 1:
                 raise InvalidInputError(f"an MoE placement needs expert parallelism (ep > 1); ep={self.ep}")
             pl.check(self.model.moe.num_experts, self.model.num_moe_layers, self.ep)
@@ -393,7 +432,9 @@ def _enum(cls, value, name):
     try:
         return cls(value)
     except ValueError:
-        raise InvalidInputError(f"{name} must be one of {', '.join(e.value for e in cls)}, got {value!r}") from None
+        raise InvalidInputError(
+            f"{name} must be one of {', '.join(e.value for e in cls)}, got {value!r}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -416,7 +457,9 @@ class ReplicaMemory:
     prefix_blocks: int = 0
     extra_kv_bytes_per_gpu: float = 0.0
     room_bytes_per_gpu: float | None = None
-    cache_blocks: int = 0  # blocks held by prefixes cached in HBM (a workload's CachedPrefix), not in capacity
+    cache_blocks: int = (
+        0  # blocks held by prefixes cached in HBM (a workload's CachedPrefix), not in capacity
+    )
     ranks: int = 1
 
     @property
@@ -493,8 +536,12 @@ class ReplicaMemory:
         float, bytes
             Bytes moved per GPU, each way.
         """
-        return -(-self.own_tokens(kv_tokens) // self.block_tokens) * self.block_tokens \
-            * self.kv_bytes_per_token_per_gpu + self.state_bytes_per_gpu
+        return (
+            -(-self.own_tokens(kv_tokens) // self.block_tokens)
+            * self.block_tokens
+            * self.kv_bytes_per_token_per_gpu
+            + self.state_bytes_per_gpu
+        )
 
     @property
     def capacity_tokens(self) -> int:
@@ -543,9 +590,20 @@ def replica_memory(dep: Deployment, cached_prefix_tokens: tuple[int, ...] = ()) 
     m, prec, k = dep.kv_model, dep.kv_precision, dep.knobs
     # where the KV lives (tiers, pool) is all the budget needs here: the model and precision already carry
     # the other knobs, and the shared prefix is taken in blocks below
-    where = None if k is None or not (k.kv_tiers or k.offload) else Knobs(kv_tiers=k.kv_tiers, offload=k.offload)
-    mem = memory_budget(m, dep.gpu, dep.token_budget, 0, prec, dep.tp,
-                        chunk_tokens=dep.token_budget, reserve_fraction=dep.reserve_fraction, knobs=where)
+    where = (
+        None if k is None or not (k.kv_tiers or k.offload) else Knobs(kv_tiers=k.kv_tiers, offload=k.offload)
+    )
+    mem = memory_budget(
+        m,
+        dep.gpu,
+        dep.token_budget,
+        0,
+        prec,
+        dep.tp,
+        chunk_tokens=dep.token_budget,
+        reserve_fraction=dep.reserve_fraction,
+        knobs=where,
+    )
     if dep.ep > 1:
         from perfmodel.parallel import parallel_memory
 
@@ -563,13 +621,27 @@ def replica_memory(dep: Deployment, cached_prefix_tokens: tuple[int, ...] = ()) 
         room = free + extra
     prefix = 0 if k is None or kv_tok <= 0 else int(k.shared_prefix_tokens)
     prefix_blocks = -(-prefix // dep.block_tokens)
-    block_bytes = kv_tok * dep.block_tokens if kv_tok > 0 else state  # a state-space stack: a block is a state
+    block_bytes = (
+        kv_tok * dep.block_tokens if kv_tok > 0 else state
+    )  # a state-space stack: a block is a state
     cache_blocks = sum(-(-int(t) // dep.block_tokens) for t in cached_prefix_tokens) if kv_tok > 0 else 0
     blocks = max(int(room // block_bytes) - prefix_blocks - cache_blocks, 0)
     host = float(dep.gpu.host_ddr_bytes) if dep.host_kv_bytes is None else float(dep.host_kv_bytes)
     ranks = dep.attention_ranks
-    return ReplicaMemory(free, kv_tok, blocks * ranks, dep.block_tokens, host, state, prefix, prefix_blocks, extra,
-                         max(room - (prefix + cache_blocks * dep.block_tokens) * kv_tok, 0.0), cache_blocks, ranks)
+    return ReplicaMemory(
+        free,
+        kv_tok,
+        blocks * ranks,
+        dep.block_tokens,
+        host,
+        state,
+        prefix,
+        prefix_blocks,
+        extra,
+        max(room - (prefix + cache_blocks * dep.block_tokens) * kv_tok, 0.0),
+        cache_blocks,
+        ranks,
+    )
 
 
 def kv_tokens_kept(dep: Deployment, tokens: int) -> int:
@@ -585,12 +657,17 @@ def check_fits_alone(dep: Deployment, mem: ReplicaMemory, prompt_len: int, outpu
     if need > mem.rank_blocks:
         need_b = need * mem.block_bytes_per_gpu
         room_b = mem.rank_blocks * mem.block_bytes_per_gpu
-        what = (f"the weights and workspace alone exceed HBM by {-mem.free_for_kv_bytes_per_gpu / 2**30:.2f} GiB "
-                "per GPU; raise tp or pp" if mem.free_for_kv_bytes_per_gpu <= 0 else
-                f"one request of {total} tokens needs {need_b / 2**30:.2f} GiB of "
-                f"{'KV' if mem.kv_bytes_per_token_per_gpu > 0 else 'state'} per GPU, "
-                f"{room_b / 2**30:.2f} GiB is free")
-        raise DoesNotFitError(f"{dep.describe()}: {what}", needed_bytes=int(need_b), available_bytes=int(room_b))
+        what = (
+            f"the weights and workspace alone exceed HBM by {-mem.free_for_kv_bytes_per_gpu / 2**30:.2f} GiB "
+            "per GPU; raise tp or pp"
+            if mem.free_for_kv_bytes_per_gpu <= 0
+            else f"one request of {total} tokens needs {need_b / 2**30:.2f} GiB of "
+            f"{'KV' if mem.kv_bytes_per_token_per_gpu > 0 else 'state'} per GPU, "
+            f"{room_b / 2**30:.2f} GiB is free"
+        )
+        raise DoesNotFitError(
+            f"{dep.describe()}: {what}", needed_bytes=int(need_b), available_bytes=int(room_b)
+        )
 
 
 def swap_times_s(dep: Deployment, mem: ReplicaMemory, kv_tokens: int) -> tuple[float, float]:

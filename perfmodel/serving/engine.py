@@ -59,8 +59,13 @@ class ChunkedPrefill(str, enum.Enum):
     PREFILL_FIRST = "prefill-first"
 
 
-_FLOAT_FIELDS = ("step_overhead_s", "request_overhead_s", "prefill_step_extra_s", "eager_launch_s_per_layer",
-                 "frontend_s")
+_FLOAT_FIELDS = (
+    "step_overhead_s",
+    "request_overhead_s",
+    "prefill_step_extra_s",
+    "eager_launch_s_per_layer",
+    "frontend_s",
+)
 _INT_FIELDS = ("cuda_graph_max_batch", "max_num_batched_tokens", "max_num_seqs")
 _BOOL_FIELDS = ("overlap_host", "cuda_graphs", "frontend_blocks_engine")
 
@@ -101,28 +106,36 @@ class Engine:
                 raise InvalidInputError(f"engine {self.name}: {f} must be true or false")
         u = self.gpu_memory_utilization
         if isinstance(u, bool) or not isinstance(u, (int, float)) or not 0 < u <= 1:
-            raise InvalidInputError(f"engine {self.name}: gpu_memory_utilization must be in (0, 1], got {u!r}")
+            raise InvalidInputError(
+                f"engine {self.name}: gpu_memory_utilization must be in (0, 1], got {u!r}"
+            )
         car = self.custom_all_reduce
         if car is False:
             object.__setattr__(self, "custom_all_reduce", None)
         elif isinstance(car, dict):
             fields = set(PeerAllReduce.__dataclass_fields__)
             if set(car) != fields:
-                raise InvalidInputError(f"engine {self.name}: custom_all_reduce needs exactly "
-                                        f"{', '.join(sorted(fields))}; got {', '.join(sorted(car)) or 'none'}")
+                raise InvalidInputError(
+                    f"engine {self.name}: custom_all_reduce needs exactly "
+                    f"{', '.join(sorted(fields))}; got {', '.join(sorted(car)) or 'none'}"
+                )
             try:
                 object.__setattr__(self, "custom_all_reduce", PeerAllReduce(**car))
             except ProfileError as exc:
                 raise InvalidInputError(f"engine {self.name}: {exc}") from None
         elif car is not None and not isinstance(car, PeerAllReduce):
-            raise InvalidInputError(f"engine {self.name}: custom_all_reduce must be a mapping or false, got {car!r}")
+            raise InvalidInputError(
+                f"engine {self.name}: custom_all_reduce must be a mapping or false, got {car!r}"
+            )
         if not isinstance(self.chunked_prefill, ChunkedPrefill):
             try:
                 object.__setattr__(self, "chunked_prefill", ChunkedPrefill(self.chunked_prefill))
             except ValueError:
-                raise InvalidInputError(f"engine {self.name}: chunked_prefill must be one of "
-                                        f"{', '.join(c.value for c in ChunkedPrefill)}, "
-                                        f"got {self.chunked_prefill!r}") from None
+                raise InvalidInputError(
+                    f"engine {self.name}: chunked_prefill must be one of "
+                    f"{', '.join(c.value for c in ChunkedPrefill)}, "
+                    f"got {self.chunked_prefill!r}"
+                ) from None
 
     @property
     def reserve_fraction(self) -> float:
@@ -133,7 +146,9 @@ class Engine:
         """Whether a step replays a CUDA graph (decode only, batch within the captured sizes)."""
         return self.cuda_graphs and not prefill_tokens and decode_batch <= self.cuda_graph_max_batch
 
-    def step_s(self, gpu_s: float, decode_batch: int, prefill_tokens: int, admitted: int, layers: int) -> float:
+    def step_s(
+        self, gpu_s: float, decode_batch: int, prefill_tokens: int, admitted: int, layers: int
+    ) -> float:
         """A step's wall time from its GPU time ``gpu_s``: the eager launch floor, then the host's work."""
         if not self.graphed(decode_batch, prefill_tokens):
             gpu_s = max(gpu_s, layers * self.eager_launch_s_per_layer)
@@ -176,9 +191,15 @@ def load_engine(name: str | Engine | None) -> Engine | None:
         raise InvalidInputError(f"{path.name}: unknown field(s) {', '.join(sorted(extra))}")
     covered: set[str] = set()
     for s in sources:
-        if not isinstance(s, dict) or s.get("kind") not in SOURCE_KINDS or not s.get("source") or not s.get("fields"):
-            raise InvalidInputError(f"{path.name}: each source needs fields, a kind ({', '.join(SOURCE_KINDS)}) "
-                                    "and a source text")
+        if (
+            not isinstance(s, dict)
+            or s.get("kind") not in SOURCE_KINDS
+            or not s.get("source")
+            or not s.get("fields")
+        ):
+            raise InvalidInputError(
+                f"{path.name}: each source needs fields, a kind ({', '.join(SOURCE_KINDS)}) and a source text"
+            )
         covered |= set(s["fields"])
     figures = set(raw) - {"name", "display_name"}
     if figures - covered:

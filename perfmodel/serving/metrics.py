@@ -25,8 +25,19 @@ import pandas as pd
 from perfmodel.errors import InvalidInputError
 
 PERCENTILES = (50, 90, 99)
-TIMELINE_COLUMNS = ("replica", "start_s", "duration_s", "decode_batch", "prefill_tokens", "prefills_done",
-                    "kv_blocks_used", "resident_requests", "waiting_requests", "swap_out_bytes", "swap_in_bytes")
+TIMELINE_COLUMNS = (
+    "replica",
+    "start_s",
+    "duration_s",
+    "decode_batch",
+    "prefill_tokens",
+    "prefills_done",
+    "kv_blocks_used",
+    "resident_requests",
+    "waiting_requests",
+    "swap_out_bytes",
+    "swap_in_bytes",
+)
 
 
 @dataclass(frozen=True)
@@ -104,7 +115,9 @@ class SimResult:
     wall_s: float
     notes: tuple[str, ...] = ()  # analyze's notes (a request beyond the trained window: perfmodel.scenario)
     step_durations_s: np.ndarray | None = None  # per iteration that decodes: its duration (ITL samples) ...
-    step_batches: np.ndarray | None = None  # ... and its decode batch (each sequence's token waited that long)
+    step_batches: np.ndarray | None = (
+        None  # ... and its decode batch (each sequence's token waited that long)
+    )
     prefix_id: np.ndarray | None = None  # cached prefixes: each request's prefix (-1: none) ...
     prefix_hit: np.ndarray | None = None  # ... whether the cache held it ...
     cached_tokens: np.ndarray | None = None  # ... and its prompt tokens whose KV came from the cache
@@ -139,16 +152,26 @@ class SimResult:
         rows = [row for rep in replicas for row in rep.log]
         rows.sort(key=lambda r: (r[1], r[0]))
         return cls(
-            deployment=dep, arrival_s=np.array(table.arrival), prompt_len=reqs.prompt_len, output_len=reqs.output_len,
+            deployment=dep,
+            arrival_s=np.array(table.arrival),
+            prompt_len=reqs.prompt_len,
+            output_len=reqs.output_len,
             step_durations_s=np.array([d for rep in replicas for d in rep.step_durations], dtype=np.float64),
             step_batches=np.array([b for rep in replicas for b in rep.step_batches], dtype=np.int64),
-            first_token_s=np.array(table.first_token), finish_s=np.array(table.finish),
-            preemptions=np.array(table.preemptions, dtype=np.int64), replica=np.array(table.replica, dtype=np.int64),
-            timeline_rows=rows, kv_bytes_per_block_per_gpu=mem.block_bytes_per_gpu,
-            capacity_blocks=mem.capacity_blocks, peak_concurrency=max(r.peak_resident for r in replicas),
-            swap_out_bytes=sum(r.swap_out_bytes for r in replicas), swap_in_bytes=sum(r.swap_in_bytes for r in replicas),
-            iterations=sum(r.iterations for r in replicas), wall_s=wall_s,
-            prefix_id=reqs.prefix_id, prefix_hit=reqs.prefix_hit,
+            first_token_s=np.array(table.first_token),
+            finish_s=np.array(table.finish),
+            preemptions=np.array(table.preemptions, dtype=np.int64),
+            replica=np.array(table.replica, dtype=np.int64),
+            timeline_rows=rows,
+            kv_bytes_per_block_per_gpu=mem.block_bytes_per_gpu,
+            capacity_blocks=mem.capacity_blocks,
+            peak_concurrency=max(r.peak_resident for r in replicas),
+            swap_out_bytes=sum(r.swap_out_bytes for r in replicas),
+            swap_in_bytes=sum(r.swap_in_bytes for r in replicas),
+            iterations=sum(r.iterations for r in replicas),
+            wall_s=wall_s,
+            prefix_id=reqs.prefix_id,
+            prefix_hit=reqs.prefix_hit,
             cached_tokens=reqs.cached_tokens() if reqs.prefixes else None,
             prefix_loads=sum(r.prefix_loads for r in replicas),
             prefix_load_bytes=sum(r.prefix_load_bytes for r in replicas),
@@ -215,14 +238,21 @@ class SimResult:
             ``ratio`` and ``met``.
         """
         out: dict[str, Any] = {}
-        for name, target, pct, vals in (("ttft", slo.ttft_s, slo.ttft_pct, self.ttft_s),
-                                        ("tpot", slo.tpot_s, slo.tpot_pct, self.tpot_s)):
+        for name, target, pct, vals in (
+            ("ttft", slo.ttft_s, slo.ttft_pct, self.ttft_s),
+            ("tpot", slo.tpot_s, slo.tpot_pct, self.tpot_s),
+        ):
             if target is None:
                 continue
             v = vals[np.isfinite(vals)]
             achieved = float(np.percentile(v, pct)) if v.size else 0.0
-            out[name] = {"percentile": pct, "target_s": target, "achieved_s": achieved,
-                         "ratio": achieved / target, "met": achieved <= target}
+            out[name] = {
+                "percentile": pct,
+                "target_s": target,
+                "achieved_s": achieved,
+                "ratio": achieved / target,
+                "met": achieved <= target,
+            }
         return out
 
     def meets_slo(self, slo: Slo) -> bool:
@@ -267,12 +297,29 @@ class SimResult:
             Columns ``arrival_s``, ``prompt_len``, ``output_len``, ``replica``, ``first_token_s``, ``finish_s``,
             ``ttft_s``, ``tpot_s``, ``e2e_s``, ``preemptions`` (and the prefix columns with prefixes).
         """
-        return pd.DataFrame({
-            "arrival_s": self.arrival_s, "prompt_len": self.prompt_len, "output_len": self.output_len,
-            "replica": self.replica, "first_token_s": self.first_token_s, "finish_s": self.finish_s,
-            "ttft_s": self.ttft_s, "tpot_s": self.tpot_s, "e2e_s": self.e2e_s, "preemptions": self.preemptions,
-        } | ({} if self.prefix_id is None else {"prefix_id": self.prefix_id, "prefix_hit": self.prefix_hit,
-                                                  "cached_tokens": self.cached_tokens}))
+        return pd.DataFrame(
+            {
+                "arrival_s": self.arrival_s,
+                "prompt_len": self.prompt_len,
+                "output_len": self.output_len,
+                "replica": self.replica,
+                "first_token_s": self.first_token_s,
+                "finish_s": self.finish_s,
+                "ttft_s": self.ttft_s,
+                "tpot_s": self.tpot_s,
+                "e2e_s": self.e2e_s,
+                "preemptions": self.preemptions,
+            }
+            | (
+                {}
+                if self.prefix_id is None
+                else {
+                    "prefix_id": self.prefix_id,
+                    "prefix_hit": self.prefix_hit,
+                    "cached_tokens": self.cached_tokens,
+                }
+            )
+        )
 
     def timeline_frame(self) -> pd.DataFrame:
         """One row per iteration; ``kv_bytes_per_gpu`` is the HBM the KV cache occupies then.
@@ -309,7 +356,9 @@ class SimResult:
             "tpot_s": _pcts(self.tpot_s),
             "e2e_s": _pcts(self.e2e_s),
             "throughput_tokens_per_s": self.throughput_tokens_per_s,
-            "throughput_requests_per_s": float(len(self.arrival_s) / self.makespan_s) if self.makespan_s > 0 else None,
+            "throughput_requests_per_s": float(len(self.arrival_s) / self.makespan_s)
+            if self.makespan_s > 0
+            else None,
             "makespan_s": self.makespan_s,
             "peak_concurrency": int(self.peak_concurrency),
             "kv_capacity_blocks_per_replica": int(self.capacity_blocks),
@@ -342,10 +391,12 @@ class SimResult:
         with_prefix = int((self.prefix_id >= 0).sum())
         hits = int(self.prefix_hit.sum())
         return {
-            "requests_with_prefix": with_prefix, "hits": hits,
+            "requests_with_prefix": with_prefix,
+            "hits": hits,
             "hit_rate": hits / with_prefix if with_prefix else None,
             "cached_prompt_tokens": int(self.cached_tokens.sum()),
-            "loads": int(self.prefix_loads), "load_bytes": float(self.prefix_load_bytes),
+            "loads": int(self.prefix_loads),
+            "load_bytes": float(self.prefix_load_bytes),
             "load_s": float(self.prefix_load_s),
         }
 
@@ -382,13 +433,17 @@ class SimResult:
                 out[f"{k}_{name}_ms"] = stats[k]
         span = self.makespan_s
         n_out, n_in = int(self.output_len.sum()), int(self.prompt_len.sum())
-        out.update({
-            "duration": span, "completed": int(np.isfinite(self.finish_s).sum()),
-            "total_input_tokens": n_in, "total_output_tokens": n_out,
-            "request_throughput": len(self.arrival_s) / span if span > 0 else None,
-            "output_throughput": n_out / span if span > 0 else None,
-            "total_token_throughput": (n_in + n_out) / span if span > 0 else None,
-        })
+        out.update(
+            {
+                "duration": span,
+                "completed": int(np.isfinite(self.finish_s).sum()),
+                "total_input_tokens": n_in,
+                "total_output_tokens": n_out,
+                "request_throughput": len(self.arrival_s) / span if span > 0 else None,
+                "output_throughput": n_out / span if span > 0 else None,
+                "total_token_throughput": (n_in + n_out) / span if span > 0 else None,
+            }
+        )
         return out
 
     def write(self, requests_path: str | None = None, timeline_path: str | None = None) -> None:

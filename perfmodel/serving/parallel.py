@@ -37,7 +37,9 @@ def resolve_backend(backend: Backend | str = Backend.AUTO) -> Backend:
     if b is Backend.AUTO:
         return Backend.RAY if ray_available() else Backend.LOCAL
     if b is Backend.RAY and not ray_available():
-        raise InvalidInputError("backend 'ray' requested but ray is not installed (pip install .[distributed])")
+        raise InvalidInputError(
+            "backend 'ray' requested but ray is not installed (pip install .[distributed])"
+        )
     return b
 
 
@@ -57,8 +59,12 @@ def _ensure_ray(num_cpus: int | None):
     return ray
 
 
-def parallel_map(fn: Callable[[Any], Any], items: Iterable[Any], backend: Backend | str = Backend.AUTO,
-                 num_cpus: int | None = None) -> list[Any]:
+def parallel_map(
+    fn: Callable[[Any], Any],
+    items: Iterable[Any],
+    backend: Backend | str = Backend.AUTO,
+    num_cpus: int | None = None,
+) -> list[Any]:
     """``[fn(x) for x in items]``, on Ray tasks when the backend resolves to Ray.
 
     Parameters

@@ -49,8 +49,11 @@ def benchmark_metrics(ttft_s: np.ndarray, e2e_s: np.ndarray, output_lens: np.nda
     ttft = np.where(out > 0, ttft_s, 0.0)
     many = out > 1
     tpot = (e2e_s[many] - ttft_s[many]) / (out[many] - 1)
-    return {"mean_ttft_ms": 1e3 * float(ttft.mean()), "median_tpot_ms": 1e3 * float(np.median(tpot)),
-            "output_throughput": float(out.sum()) / span_s}
+    return {
+        "mean_ttft_ms": 1e3 * float(ttft.mean()),
+        "median_tpot_ms": 1e3 * float(np.median(tpot)),
+        "output_throughput": float(out.sum()) / span_s,
+    }
 
 
 def simulate_run(run: dict, engine: str | None = None) -> dict:
@@ -65,9 +68,13 @@ def simulate_run(run: dict, engine: str | None = None) -> dict:
 
     p = np.asarray(run["input_lens"], dtype=np.int64)
     out = np.asarray(run["output_lens"], dtype=np.int64)
-    dep = Deployment.make(run["model"], run["gpu"], tp=run.get("tp", 1),
-                          engine=engine or run.get("engine", DEFAULT_ENGINE),
-                          reserve_fraction=1.0 - run.get("gpu_memory_utilization", 0.95))
+    dep = Deployment.make(
+        run["model"],
+        run["gpu"],
+        tp=run.get("tp", 1),
+        engine=engine or run.get("engine", DEFAULT_ENGINE),
+        reserve_fraction=1.0 - run.get("gpu_memory_utilization", 0.95),
+    )
     res = simulate(dep, Requests.of(np.zeros(p.size), p, np.maximum(out, 1)), record_timeline=False)
     return benchmark_metrics(res.ttft_s, res.e2e_s, out, res.makespan_s)
 
@@ -79,20 +86,36 @@ def compare(runs: list[dict] | None = None, engine: str | None = None) -> list[d
         sim = simulate_run(run, engine)
         for metric, pub in run["published"].items():
             s = sim[metric]
-            rows.append({"id": run["id"], "gpu": run["gpu"], "tp": run.get("tp", 1), "model": run["model"],
-                         "workload": run["workload"], "engine_version": run["engine_version"], "url": run["url"],
-                         "metric": metric, "published": float(pub), "simulated": float(s),
-                         "error": float(s) / float(pub) - 1.0, "measured_profile": run["gpu"] in MEASURED_GPUS})
+            rows.append(
+                {
+                    "id": run["id"],
+                    "gpu": run["gpu"],
+                    "tp": run.get("tp", 1),
+                    "model": run["model"],
+                    "workload": run["workload"],
+                    "engine_version": run["engine_version"],
+                    "url": run["url"],
+                    "metric": metric,
+                    "published": float(pub),
+                    "simulated": float(s),
+                    "error": float(s) / float(pub) - 1.0,
+                    "measured_profile": run["gpu"] in MEASURED_GPUS,
+                }
+            )
     return rows
 
 
 def markdown_table(rows: list[dict]) -> str:
     """The rows as the Markdown table of ``docs/serving.md`` (values rounded for reading)."""
-    out = ["| run | GPU | TP | model | workload | metric | published | simulated | error |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    out = [
+        "| run | GPU | TP | model | workload | metric | published | simulated | error |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
-        out.append(f"| [{r['id']}]({r['url']}) | {r['gpu']} | {r['tp']} | {r['model']} | {r['workload']} | {r['metric']} | "
-                   f"{r['published']:.4g} | {r['simulated']:.4g} | {100 * r['error']:+.0f} % |")
+        out.append(
+            f"| [{r['id']}]({r['url']}) | {r['gpu']} | {r['tp']} | {r['model']} | {r['workload']} | {r['metric']} | "
+            f"{r['published']:.4g} | {r['simulated']:.4g} | {100 * r['error']:+.0f} % |"
+        )
     return "\n".join(out)
 
 
@@ -102,9 +125,13 @@ def summary_line(rows: list[dict]) -> str:
     for label, measured in (("measured profiles", True), ("transferred or datasheet profiles", False)):
         vals = []
         for metric in ("mean_ttft_ms", "median_tpot_ms", "output_throughput"):
-            errs = [abs(r["error"]) for r in rows if r["metric"] == metric and r["measured_profile"] == measured]
+            errs = [
+                abs(r["error"]) for r in rows if r["metric"] == metric and r["measured_profile"] == measured
+            ]
             vals.append(f"{round(100 * float(np.median(errs)))} %" if errs else "-")
-        parts.append(f"median |error| on {label}: TTFT {vals[0]}, TPOT {vals[1]}, output throughput {vals[2]}")
+        parts.append(
+            f"median |error| on {label}: TTFT {vals[0]}, TPOT {vals[1]}, output throughput {vals[2]}"
+        )
     return "; ".join(parts)
 
 

@@ -61,8 +61,9 @@ class RequestTable:
     the rest into the request's blocks.
     """
 
-    def __init__(self, arrival_s, prompt_len, output_len, cached=None, shared=None, load_s=None,
-                 load_bytes=None) -> None:
+    def __init__(
+        self, arrival_s, prompt_len, output_len, cached=None, shared=None, load_s=None, load_bytes=None
+    ) -> None:
         n = len(arrival_s)
         self.arrival = [float(x) for x in arrival_s]
         self.prompt = [int(x) for x in prompt_len]
@@ -90,8 +91,15 @@ class RequestTable:
 class Replica:
     """Scheduler state of one replica; see the module docstring."""
 
-    def __init__(self, index: int, dep: Deployment, mem: ReplicaMemory, timer: IterationTimer,
-                 reqs: RequestTable, record: bool = True) -> None:
+    def __init__(
+        self,
+        index: int,
+        dep: Deployment,
+        mem: ReplicaMemory,
+        timer: IterationTimer,
+        reqs: RequestTable,
+        record: bool = True,
+    ) -> None:
         self.index = index
         self.dep, self.mem, self.timer, self.r = dep, mem, timer, reqs
         self.policy = dep.kv_policy
@@ -126,7 +134,9 @@ class Replica:
         self._prefill_first = self.engine is not None and self.engine.chunked_prefill.value == "prefill-first"
         self._layers = dep.model.num_layers // dep.pp
         self.admitted = 0  # requests admitted to prefill since the last step (the engine's per-request cost)
-        self.step_durations: list[float] = []  # per iteration that decodes: its duration and decode batch (ITL)
+        self.step_durations: list[
+            float
+        ] = []  # per iteration that decodes: its duration and decode batch (ITL)
         self.step_batches: list[int] = []
         self._stalled = 0.0  # seconds of prefill-only steps the decoding requests sat out (prefill-first)
         self.prefix_loads = 0  # cached prefixes loaded from host or SSD (a recompute loads again)
@@ -311,8 +321,21 @@ class Replica:
         elif self.b:
             self._stalled += dur
         if self.record:
-            self.log.append((self.index, t, dur, b, ptoks, len(completed), self.used_blocks, self.resident,
-                             len(self.waiting), cost[1], cost[2]))
+            self.log.append(
+                (
+                    self.index,
+                    t,
+                    dur,
+                    b,
+                    ptoks,
+                    len(completed),
+                    self.used_blocks,
+                    self.resident,
+                    len(self.waiting),
+                    cost[1],
+                    cost[2],
+                )
+            )
         self.iterations += 1
         if b:
             self.step_no += 1

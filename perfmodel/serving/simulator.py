@@ -50,9 +50,14 @@ def build_timer(dep: Deployment, max_kv_tokens: int, mem=None) -> IterationTimer
     return IterationTimer(dep, max(int(max_kv_tokens), 2), max_batch, mem)
 
 
-def simulate(dep: Deployment, requests: Requests | Workload, record_timeline: bool = True,
-             progress: ProgressFn | None = None, timer: IterationTimer | None = None,
-             max_concurrency: int | None = None) -> SimResult:
+def simulate(
+    dep: Deployment,
+    requests: Requests | Workload,
+    record_timeline: bool = True,
+    progress: ProgressFn | None = None,
+    timer: IterationTimer | None = None,
+    max_concurrency: int | None = None,
+) -> SimResult:
     """Serve ``requests`` on ``dep``; every request runs to completion.
 
     ``max_concurrency`` makes the client a closed loop, as ``vllm bench serve --max-concurrency``:
@@ -99,8 +104,9 @@ def simulate(dep: Deployment, requests: Requests | Workload, record_timeline: bo
     reqs = requests.generate() if isinstance(requests, Workload) else requests
     if not isinstance(reqs, Requests):
         raise InvalidInputError(f"requests must be Requests or Workload, got {type(requests).__name__}")
-    if max_concurrency is not None and (isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int)
-                                        or max_concurrency < 1):
+    if max_concurrency is not None and (
+        isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1
+    ):
         raise InvalidInputError(f"max_concurrency must be an integer >= 1, got {max_concurrency!r}")
     dep.check_knobs(int(reqs.prompt_len.min()))
     cached = _check_prefixes(dep, reqs)
@@ -122,8 +128,14 @@ def simulate(dep: Deployment, requests: Requests | Workload, record_timeline: bo
 
     from perfmodel.scenario import check_world, window_note
 
-    notes = tuple(n for n in (window_note(dep.model, int(totals.max())),
-                              check_world(dep.gpu, [dep.tp], dep.pp, 1, dep.ep, None)) if n)
+    notes = tuple(
+        n
+        for n in (
+            window_note(dep.model, int(totals.max())),
+            check_world(dep.gpu, [dep.tp], dep.pp, 1, dep.ep, None),
+        )
+        if n
+    )
     return replace(res, notes=notes) if notes else res
 
 
@@ -136,8 +148,10 @@ def _check_prefixes(dep: Deployment, reqs: Requests) -> tuple[int, ...]:
     if dep.model.ssm is not None:
         raise InvalidInputError(f"{dep.model.name} is a state-space stack: it keeps no prefix KV to cache")
     if k is not None and (k.shared_prefix_tokens or k.prune_prefill):
-        raise InvalidInputError("cached prefixes (--prefix) take neither --shared-prefix-tokens (one prefix held "
-                                "for every request) nor --prune-prefill")
+        raise InvalidInputError(
+            "cached prefixes (--prefix) take neither --shared-prefix-tokens (one prefix held "
+            "for every request) nor --prune-prefill"
+        )
     return tuple(p.tokens for p in reqs.prefixes if p.tier is Tier.HBM and p.hit_rate > 0)
 
 
@@ -160,8 +174,13 @@ def _prefix_columns(dep: Deployment, mem, reqs: Requests) -> tuple:
     return cached, shared, load_s, load_bytes
 
 
-def _run(replicas: list[Replica], table: RequestTable, router: Router, progress: ProgressFn | None,
-         max_concurrency: int | None = None) -> None:
+def _run(
+    replicas: list[Replica],
+    table: RequestTable,
+    router: Router,
+    progress: ProgressFn | None,
+    max_concurrency: int | None = None,
+) -> None:
     arrival = table.arrival
     n = len(arrival)
     busy: list[tuple[float, int]] = []

@@ -61,8 +61,9 @@ from perfmodel.phases import sum_costs
 from perfmodel.serving.deployment import Deployment, ReplicaMemory, replica_memory
 
 #: Ops whose cost depends on the key count; everything else depends only on the token count.
-KV_DEPENDENT_OPS = frozenset({"attention", "kv_b_proj", "kv_dequant", "prefix_attention",
-                              "recurrent.chunk_attention"})
+KV_DEPENDENT_OPS = frozenset(
+    {"attention", "kv_b_proj", "kv_dequant", "prefix_attention", "recurrent.chunk_attention"}
+)
 #: Decode ops that run on the attention pool under offloading (as in :func:`perfmodel.phases.decode_step_cost`).
 POOL_OPS = frozenset({"attention", "prefix_attention", "kv_dequant", "kv_append"})
 
@@ -73,12 +74,25 @@ def _total(cost: OpCost, shape) -> np.ndarray:
     return np.broadcast_to(np.asarray(cost.total_s, dtype=np.float64), shape).copy()
 
 
-def _split_cost(dep: Deployment, phase: Phase, batch, q_len, kv_len, kv_part: bool, knobs=None,
-                skip=frozenset(), only=None, gpu=None, profile=None) -> OpCost:
+def _split_cost(
+    dep: Deployment,
+    phase: Phase,
+    batch,
+    q_len,
+    kv_len,
+    kv_part: bool,
+    knobs=None,
+    skip=frozenset(),
+    only=None,
+    gpu=None,
+    profile=None,
+) -> OpCost:
     """Cost of the ops of one pass that depend on the key count (``kv_part``) or not, less ``skip``
     (``only``: just these names)."""
     knobs = dep.knobs if knobs is None else knobs
-    ops = model_ops(dep.model, phase, batch, q_len, kv_len, dep.precision, dep.tp, lm_head_rows=0, knobs=knobs)
+    ops = model_ops(
+        dep.model, phase, batch, q_len, kv_len, dep.precision, dep.tp, lm_head_rows=0, knobs=knobs
+    )
     if only is not None:
         keep = [(n, o, c) for n, o, c in ops if n in only]
     else:
@@ -102,7 +116,9 @@ def _ep_dense(dep: Deployment, tok: np.ndarray, skip=frozenset()) -> tuple[OpCos
 
     def body(phase, batch, q_len):
         ops = model_ops(dep.model, phase, batch, q_len, q_len, prec, dep.tp, lm_head_rows=0, knobs=dep.knobs)
-        _, rest = moe_ops_replaced_by_ep([t for t in ops if t[0] not in KV_DEPENDENT_OPS and t[0] not in skip])
+        _, rest = moe_ops_replaced_by_ep(
+            [t for t in ops if t[0] not in KV_DEPENDENT_OPS and t[0] not in skip]
+        )
         return ops_cost(rest, gpu, prof, topo) + moe
 
     head = ops_cost(lm_head_ops(dep.kv_model, loc, dep.kv_precision, dep.tp), gpu, prof, topo)
@@ -181,14 +197,24 @@ class IterationTimer:
         else:
             pre = _split_cost(dep, Phase.PREFILL, 1, tok, tok, False, skip=skip)
             dec = _split_cost(dep, Phase.DECODE, tok, 1, tok, False, skip=skip)
-            head = sum_costs(lm_head_ops(dep.kv_model, tok, dep.kv_precision, dep.tp), dep.gpu, dep.resolved_profile)
+            head = sum_costs(
+                lm_head_ops(dep.kv_model, tok, dep.kv_precision, dep.tp), dep.gpu, dep.resolved_profile
+            )
         self.dense_prefill_s = np.concatenate([[0.0], _total(pre, tok.shape)])
         self.dense_decode_s = np.concatenate([[0.0], _total(dec, tok.shape)])
         self.head_s = np.concatenate([[0.0], _total(head, tok.shape)])
         if dep.pp > 1:
             act = dep.precision.activations.bytes_per_element
-            p2p = op_cost(Collective(OpKind.SEND_RECV, bytes=tok * dep.model.hidden * act, world=2,
-                                     dtype=dep.precision.activations), dep.gpu, dep.resolved_profile)
+            p2p = op_cost(
+                Collective(
+                    OpKind.SEND_RECV,
+                    bytes=tok * dep.model.hidden * act,
+                    world=2,
+                    dtype=dep.precision.activations,
+                ),
+                dep.gpu,
+                dep.resolved_profile,
+            )
             extra = np.concatenate([[0.0], _total(p2p, tok.shape)]) * (dep.pp - 1)
             self.dense_prefill_s = self.dense_prefill_s + extra
             self.dense_decode_s = self.dense_decode_s + extra
@@ -207,8 +233,10 @@ class IterationTimer:
             if knobs is not None and knobs.shared_prefix_tokens and knobs.prefix_aware_kernel:
                 # as the core's decode step: the prefix-aware split only where it is cheaper
                 plain = knobs.replace(prefix_aware_kernel=False)
-                dec = np.minimum(dec, _total(_split_cost(dep, Phase.DECODE, b, 1, kv, True, knobs=plain),
-                                             (b.size, kv.size)))
+                dec = np.minimum(
+                    dec,
+                    _total(_split_cost(dep, Phase.DECODE, b, 1, kv, True, knobs=plain), (b.size, kv.size)),
+                )
         self.attn_decode_rows = [[0.0] * kv.size] + dec.tolist()
         # prefill attention: queries c (geometric to the budget) x mean keys seen per query (geometric)
         self.q_grid = _query_grid(budget, _attention_tile(dep))
@@ -257,8 +285,15 @@ class IterationTimer:
         b = r1[i] + (r1[i + 1] - r1[i]) * w
         return a + (b - a) * v
 
-    def iteration_s(self, decode_batch: int, total_kv: float, prefill_tokens: int, rows: int,
-                    prefill_attn_s: float, prefill_held_tokens: int = 0) -> float:
+    def iteration_s(
+        self,
+        decode_batch: int,
+        total_kv: float,
+        prefill_tokens: int,
+        rows: int,
+        prefill_attn_s: float,
+        prefill_held_tokens: int = 0,
+    ) -> float:
         """One forward pass; ``rows`` sequences emit a token; ``prefill_held_tokens``: prompt KV held by
         requests still prefilling (for the tiers)."""
         tokens = decode_batch + prefill_tokens
@@ -276,10 +311,20 @@ class IterationTimer:
     def _init_offload(self, tok: np.ndarray, b: np.ndarray, kv: np.ndarray) -> None:
         """Tables of the pool's decode work, the GPU's KV append of prefill tokens, and the link's terms."""
         dep, off = self.dep, self.dep.knobs.offload
-        pool_prof = peak_profile(off.pool_gpu) if dep.resolved_profile.is_peak else resolve_profile(
-            off.pool_gpu, Mode.CALIBRATED)
-        pool = _total(_split_cost(dep, Phase.DECODE, b, 1, kv, True, only=POOL_OPS, gpu=off.pool_gpu,
-                                  profile=pool_prof), (b.size, kv.size)) / off.pool_devices_per_gpu
+        pool_prof = (
+            peak_profile(off.pool_gpu)
+            if dep.resolved_profile.is_peak
+            else resolve_profile(off.pool_gpu, Mode.CALIBRATED)
+        )
+        pool = (
+            _total(
+                _split_cost(
+                    dep, Phase.DECODE, b, 1, kv, True, only=POOL_OPS, gpu=off.pool_gpu, profile=pool_prof
+                ),
+                (b.size, kv.size),
+            )
+            / off.pool_devices_per_gpu
+        )
         self.pool_decode_rows = [[0.0] * kv.size] + pool.tolist()
         append = _total(_split_cost(dep, Phase.PREFILL, 1, tok, tok, False, only={"kv_append"}), tok.shape)
         self.append_prefill = [0.0] + append.tolist()
@@ -315,8 +360,10 @@ class IterationTimer:
         """
         mem = self.mem
         own = mem.own_tokens(self.kept(round(total_kv / decode_batch))) if decode_batch else 0
-        held = (mem.kv_bytes_per_token_per_gpu * (decode_batch * own + mem.prefix_tokens + prefill_held_tokens)
-                + decode_batch * mem.state_bytes_per_gpu)
+        held = (
+            mem.kv_bytes_per_token_per_gpu * (decode_batch * own + mem.prefix_tokens + prefill_held_tokens)
+            + decode_batch * mem.state_bytes_per_gpu
+        )
         left = held - self.free_hbm_bytes
         if left <= 0:
             return 0.0

@@ -18,18 +18,43 @@ def trace_events(result: SimResult, max_events: int | None = None) -> list[dict]
     events: list[dict] = []
     rows = result.timeline_rows if max_events is None else result.timeline_rows[:max_events]
     for rep in sorted({r[0] for r in rows}):
-        events.append({"ph": "M", "name": "process_name", "pid": rep, "tid": 0,
-                       "args": {"name": f"replica {rep}"}})
+        events.append(
+            {"ph": "M", "name": "process_name", "pid": rep, "tid": 0, "args": {"name": f"replica {rep}"}}
+        )
     block = result.kv_bytes_per_block_per_gpu
-    for (rep, t, dur, b, ptoks, pdone, blocks, resident, waiting, sout, sin) in rows:
+    for rep, t, dur, b, ptoks, pdone, blocks, resident, waiting, sout, sin in rows:
         name = "mixed" if b and ptoks else ("prefill" if ptoks else "decode")
         ts = t * 1e6
-        events.append({"ph": "X", "name": name, "pid": rep, "tid": 0, "ts": ts, "dur": dur * 1e6,
-                       "args": {"decode_batch": b, "prefill_tokens": ptoks, "prefills_done": pdone,
-                                "swap_out_bytes": sout, "swap_in_bytes": sin}})
-        events.append({"ph": "C", "name": "kv", "pid": rep, "ts": ts,
-                       "args": {"kv_bytes_per_gpu": blocks * block, "resident_requests": resident,
-                                "waiting_requests": waiting}})
+        events.append(
+            {
+                "ph": "X",
+                "name": name,
+                "pid": rep,
+                "tid": 0,
+                "ts": ts,
+                "dur": dur * 1e6,
+                "args": {
+                    "decode_batch": b,
+                    "prefill_tokens": ptoks,
+                    "prefills_done": pdone,
+                    "swap_out_bytes": sout,
+                    "swap_in_bytes": sin,
+                },
+            }
+        )
+        events.append(
+            {
+                "ph": "C",
+                "name": "kv",
+                "pid": rep,
+                "ts": ts,
+                "args": {
+                    "kv_bytes_per_gpu": blocks * block,
+                    "resident_requests": resident,
+                    "waiting_requests": waiting,
+                },
+            }
+        )
     return events
 
 

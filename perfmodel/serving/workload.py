@@ -82,8 +82,9 @@ class LengthDist:
         if self.kind is LengthKind.UNIFORM and not (1 <= self.a <= self.b):
             raise InvalidInputError(f"uniform needs 1 <= low <= high, got {self.a:g}, {self.b:g}")
         if self.kind is LengthKind.RANDOM and (self.a < 1 or self.a != int(self.a) or not 0 <= self.b < 1):
-            raise InvalidInputError(f"random needs an integer length >= 1 and a range ratio in [0, 1), "
-                                    f"got {self.a:g}, {self.b:g}")
+            raise InvalidInputError(
+                f"random needs an integer length >= 1 and a range ratio in [0, 1), got {self.a:g}, {self.b:g}"
+            )
 
     @classmethod
     def parse(cls, text: str | int, name: str = "length") -> LengthDist:
@@ -114,8 +115,12 @@ class LengthDist:
             nums = [float(p) for p in (parts if len(parts) == 1 else parts[1:])]
         except ValueError:
             raise InvalidInputError(usage) from None
-        want = {LengthKind.FIXED: (1,), LengthKind.LOGNORMAL: (2, 3), LengthKind.UNIFORM: (2,),
-                LengthKind.RANDOM: (2,)}[kind]
+        want = {
+            LengthKind.FIXED: (1,),
+            LengthKind.LOGNORMAL: (2, 3),
+            LengthKind.UNIFORM: (2,),
+            LengthKind.RANDOM: (2,),
+        }[kind]
         if len(nums) not in want:
             raise InvalidInputError(usage)
         if kind is LengthKind.LOGNORMAL and len(nums) == 3:
@@ -170,7 +175,7 @@ class LengthDist:
             return rng.integers(lo, hi + 1, size=n, dtype=np.int64)
         if self.kind is LengthKind.UNIFORM:
             return rng.integers(int(self.a), int(self.b) + 1, size=n, dtype=np.int64)
-        mu = math.log(self.a) - self.b ** 2 / 2.0
+        mu = math.log(self.a) - self.b**2 / 2.0
         x = np.rint(rng.lognormal(mu, self.b, size=n))
         return np.clip(x, 1, self.cap or None).astype(np.int64)
 
@@ -205,9 +210,15 @@ class CachedPrefix:
             raise InvalidInputError(f"prefix tokens must be an integer >= 1, got {self.tokens!r}")
         for name, lo_open in (("share", True), ("hit_rate", False)):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
-                    or not (0 < v <= 1 if lo_open else 0 <= v <= 1):
-                raise InvalidInputError(f"prefix {name} must be in {'(0, 1]' if lo_open else '[0, 1]'}, got {v!r}")
+            if (
+                isinstance(v, bool)
+                or not isinstance(v, (int, float))
+                or not math.isfinite(v)
+                or not (0 < v <= 1 if lo_open else 0 <= v <= 1)
+            ):
+                raise InvalidInputError(
+                    f"prefix {name} must be in {'(0, 1]' if lo_open else '[0, 1]'}, got {v!r}"
+                )
         if not isinstance(self.tier, Tier):
             raise InvalidInputError(f"prefix tier must be a Tier, got {self.tier!r}")
         if self.tier is Tier.SSD and self.bytes_per_s is None:
@@ -315,8 +326,16 @@ class Requests:
             raise InvalidInputError("arrival_s, prompt_len and output_len must have the same length")
         prefixes = check_prefixes(prefixes)
         if prefixes:
-            pid = np.asarray(prefix_id if prefix_id is not None else np.full(arr.shape, -1)).ravel().astype(np.int64)
-            hit = np.asarray(prefix_hit if prefix_hit is not None else np.zeros(arr.shape, bool)).ravel().astype(bool)
+            pid = (
+                np.asarray(prefix_id if prefix_id is not None else np.full(arr.shape, -1))
+                .ravel()
+                .astype(np.int64)
+            )
+            hit = (
+                np.asarray(prefix_hit if prefix_hit is not None else np.zeros(arr.shape, bool))
+                .ravel()
+                .astype(bool)
+            )
             if pid.shape != arr.shape or hit.shape != arr.shape:
                 raise InvalidInputError("prefix_id and prefix_hit must have one entry per request")
             if np.any((pid < -1) | (pid >= len(prefixes))):
@@ -328,14 +347,25 @@ class Requests:
         if arr.size == 0:
             raise InvalidInputError("no requests")
         for name, v in (("prompt_len", p), ("output_len", o)):
-            if v.dtype.kind not in "iuf" or np.any(~np.isfinite(v)) or np.any(v < 1) or np.any(v != np.round(v)):
+            if (
+                v.dtype.kind not in "iuf"
+                or np.any(~np.isfinite(v))
+                or np.any(v < 1)
+                or np.any(v != np.round(v))
+            ):
                 raise InvalidInputError(f"{name} must hold integers >= 1")
         if np.any(~np.isfinite(arr)) or np.any(arr < 0):
             raise InvalidInputError("arrival_s must hold finite times >= 0")
         order = np.argsort(arr, kind="stable")
         if prefixes:
-            return cls(arr[order], p.astype(np.int64)[order], o.astype(np.int64)[order], prefixes, pid[order],
-                       hit[order])
+            return cls(
+                arr[order],
+                p.astype(np.int64)[order],
+                o.astype(np.int64)[order],
+                prefixes,
+                pid[order],
+                hit[order],
+            )
         return cls(arr[order], p.astype(np.int64)[order], o.astype(np.int64)[order])
 
 
@@ -355,7 +385,11 @@ class Workload:
     prefixes: tuple[CachedPrefix, ...] = ()
 
     def __post_init__(self) -> None:
-        if isinstance(self.n_requests, bool) or int(self.n_requests) != self.n_requests or self.n_requests < 1:
+        if (
+            isinstance(self.n_requests, bool)
+            or int(self.n_requests) != self.n_requests
+            or self.n_requests < 1
+        ):
             raise InvalidInputError(f"n_requests must be an integer >= 1, got {self.n_requests!r}")
         r = self.arrival_rate_per_s
         if not isinstance(r, (int, float)) or math.isnan(r) or r <= 0:
@@ -448,7 +482,9 @@ def _rows_csv(path: str, text: str):
             header = [c.strip() for c in cells]
             missing = [f for f in TRACE_FIELDS[1:] if f not in header]
             if missing:
-                raise TraceFormatError(f"{path}:{i}: CSV header lacks {', '.join(missing)} (has {', '.join(header)})")
+                raise TraceFormatError(
+                    f"{path}:{i}: CSV header lacks {', '.join(missing)} (has {', '.join(header)})"
+                )
             continue
         if len(cells) != len(header):
             raise TraceFormatError(f"{path}:{i}: expected {len(header)} columns, got {len(cells)}")
@@ -509,4 +545,6 @@ def write_trace(path: str | Path, requests: Requests) -> None:
                 f.write(f"{float(a)!r},{int(pr)},{int(o)}\n")
         else:
             for a, pr, o in zip(requests.arrival_s, requests.prompt_len, requests.output_len):
-                f.write(json.dumps({"arrival_s": float(a), "prompt_len": int(pr), "output_len": int(o)}) + "\n")
+                f.write(
+                    json.dumps({"arrival_s": float(a), "prompt_len": int(pr), "output_len": int(o)}) + "\n"
+                )

@@ -16,7 +16,9 @@ def _run_script(*args):
     """``decode_ptx.py`` in a process of its own: this test session runs Triton's interpreter
     (tests/conftest.py), and compiling needs real jit functions."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    return subprocess.run([sys.executable, str(_PATH), *args], capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, str(_PATH), *args], capture_output=True, text=True, env=env, timeout=600
+    )
 
 
 def _cuda_compiler_available() -> bool:

@@ -10,8 +10,18 @@ def test_variant_parses_settings(bench):
     assert type(flags["programs_per_sm"]) is int
 
 
-@pytest.mark.parametrize("text", ["no-colon", ":phantom_tiles=0", "x:", "x:phantom_tiles", "x:not_a_setting=1",
-                                  "x:DecodeSchedule=1", "x:phantom_tiles=two"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "no-colon",
+        ":phantom_tiles=0",
+        "x:",
+        "x:phantom_tiles",
+        "x:not_a_setting=1",
+        "x:DecodeSchedule=1",
+        "x:phantom_tiles=two",
+    ],
+)
 def test_variant_rejects_bad_text(bench, text):
     with pytest.raises(ValueError):
         bench._parse_variant(text)
@@ -51,7 +61,11 @@ def test_layout_rejects_bad_text(bench, text):
 @pytest.mark.parametrize(
     "variant,ceilings,key",
     [
-        ("fp8 e4m3", {"gemm_bf16_flops_per_s": 800e12, "gemm_fp8_flops_per_s": 1600e12}, "gemm_fp8_flops_per_s"),
+        (
+            "fp8 e4m3",
+            {"gemm_bf16_flops_per_s": 800e12, "gemm_fp8_flops_per_s": 1600e12},
+            "gemm_fp8_flops_per_s",
+        ),
         ("bf16", {"gemm_bf16_flops_per_s": 800e12, "gemm_fp8_flops_per_s": 1600e12}, "gemm_bf16_flops_per_s"),
         ("fp8 e4m3", {"gemm_bf16_flops_per_s": 800e12}, "gemm_bf16_flops_per_s"),  # no fp8 ceiling measured
     ],

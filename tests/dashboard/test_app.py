@@ -30,8 +30,17 @@ def metrics(at: AppTest) -> dict[str, str]:
 
 
 def expect(**kw) -> dict:
-    base = {"model": "yi-34b", "gpu": "a100-sxm-80gb", "context_len": 50_000, "output_tokens": 250, "batch": 1, "tp": 1,
-                "mode": "calibrated", "weight_dtype": "bf16", "kv_dtype": "bf16"}
+    base = {
+        "model": "yi-34b",
+        "gpu": "a100-sxm-80gb",
+        "context_len": 50_000,
+        "output_tokens": 250,
+        "batch": 1,
+        "tp": 1,
+        "mode": "calibrated",
+        "weight_dtype": "bf16",
+        "kv_dtype": "bf16",
+    }
     base.update(kw)
     return perfmodel.analyze(**base).to_dict()
 
@@ -58,27 +67,37 @@ def test_first_run_shows_the_running_example():
     assert not at.error
     # calibrated by default: the band and the datasheet bound beside the estimate, and the provenance
     captions = " ".join(c.value for c in at.caption)
-    assert "80% band" in captions and "peak bound" in captions and "transferred from h100-sxm-80gb" in captions
+    assert (
+        "80% band" in captions and "peak bound" in captions and "transferred from h100-sxm-80gb" in captions
+    )
     # sections: memory, sweep, roofline, comparison, JSON
     heads = [h.value for h in at.subheader]
-    for h in ("Memory per GPU", "Against context length", "Roofline of one forward pass", "Compare two GPUs",
-              "Scenario as JSON"):
+    for h in (
+        "Memory per GPU",
+        "Against context length",
+        "Roofline of one forward pass",
+        "Compare two GPUs",
+        "Scenario as JSON",
+    ):
         assert h in heads
     # the JSON shown for download is the API's to_dict() of the scenario
     shown = json.loads(at.code[0].value)
     assert shown == json.loads(json.dumps(expect()))
 
 
-@pytest.mark.parametrize("key, value, api", [
-    ("model", "llama-3-8b", {"model": "llama-3-8b"}),
-    ("gpu", "h100-sxm-80gb", {"gpu": "h100-sxm-80gb"}),
-    ("context_len", 8000, {"context_len": 8000}),
-    ("output_tokens", 1000, {"output_tokens": 1000}),
-    ("tp", 2, {"tp": 2}),
-    ("weight_dtype", "fp8", {"weight_dtype": "fp8"}),
-    ("kv_dtype", "fp8", {"kv_dtype": "fp8"}),
-    ("mode", "peak", {"mode": "peak"}),
-])
+@pytest.mark.parametrize(
+    "key, value, api",
+    [
+        ("model", "llama-3-8b", {"model": "llama-3-8b"}),
+        ("gpu", "h100-sxm-80gb", {"gpu": "h100-sxm-80gb"}),
+        ("context_len", 8000, {"context_len": 8000}),
+        ("output_tokens", 1000, {"output_tokens": 1000}),
+        ("tp", 2, {"tp": 2}),
+        ("weight_dtype", "fp8", {"weight_dtype": "fp8"}),
+        ("kv_dtype", "fp8", {"kv_dtype": "fp8"}),
+        ("mode", "peak", {"mode": "peak"}),
+    ],
+)
 def test_each_widget_changes_the_numbers(key, value, api):
     at = run_app()
     before = metrics(at)
@@ -135,8 +154,10 @@ def test_comparison_and_roofline_widgets():
     b = expect(gpu="b200")
     row = table.loc["Prefill (80% band)"]
     for cell, want in zip(row.iloc[:2], (a, b)):  # the value, then its 80% band
-        assert cell == f"{fmt_seconds(want['prefill_s'])} ({fmt_seconds(want['prefill_s_low'])} – " \
-                       f"{fmt_seconds(want['prefill_s_high'])})"
+        assert (
+            cell == f"{fmt_seconds(want['prefill_s'])} ({fmt_seconds(want['prefill_s_low'])} – "
+            f"{fmt_seconds(want['prefill_s_high'])})"
+        )
     assert row.iloc[2] == f"{b['prefill_s'] / a['prefill_s']:.2f}×"
     assert table.loc["bound: decode"].iloc[1] == bound_label(b["bottleneck"]["decode"])
     # which GPU is measured, transferred or datasheet
@@ -157,7 +178,9 @@ def test_parallelism_inputs_reach_analyze_and_invalid_ones_are_one_error():
     at.number_input(key="pp").set_value(2)
     at.number_input(key="ep").set_value(2).run()
     assert not at.exception and not at.error, [e.value for e in at.error]
-    want = perfmodel.analyze("mixtral-8x7b", "a100-sxm-80gb", context_len=50_000, output_tokens=250, pp=2, ep=2)
+    want = perfmodel.analyze(
+        "mixtral-8x7b", "a100-sxm-80gb", context_len=50_000, output_tokens=250, pp=2, ep=2
+    )
     assert metrics(at)["Decode time per token"] == fmt_seconds(want.to_dict()["decode_s_per_token"])
     at.selectbox(key="model").set_value("yi-34b").run()
     assert not at.exception
@@ -173,7 +196,9 @@ def test_a_topology_of_another_gpu_in_the_comparison_is_one_error_not_a_crash():
     at.selectbox(key="topology").set_value("dgx-h100").run()
     assert not at.exception, [e.message for e in at.exception]
     assert len(at.error) == 1 and "holds h100-sxm-80gb GPUs" in at.error[0].value
-    want = perfmodel.analyze("yi-34b", "h100-sxm-80gb", context_len=50_000, output_tokens=250, topology="dgx-h100")
+    want = perfmodel.analyze(
+        "yi-34b", "h100-sxm-80gb", context_len=50_000, output_tokens=250, topology="dgx-h100"
+    )
     assert metrics(at)["Decode time per token"] == fmt_seconds(want.to_dict()["decode_s_per_token"])
     table = at.table[-1].value
     other = [c for c in table.columns if "H100" not in c and c != "second / first"]

@@ -21,16 +21,19 @@ def test_parse_json_and_csv():
     assert isinstance(df, pd.DataFrame) and df["length"].tolist() == [100, 2000]
 
 
-@pytest.mark.parametrize("name, data, words", ids=["pickle", "python", "bad-json", "not-utf8", "empty-csv",
-                                                   "bad-csv", "too-large"], argvalues=[
-    ("x.pkl", pickle.dumps({"a": 1}), "only .json and .csv"),
-    ("x.py", b"print(1)", "only .json and .csv"),
-    ("x.json", b"{not json", "invalid JSON at line 1"),
-    ("x.json", b"\xff\xfe\x00", "not UTF-8"),
-    ("x.csv", b"", "empty CSV"),
-    ("x.csv", b'a,b\n1,"2\n', "invalid CSV"),
-    ("x.json", b"[" + b"1," * 1_100_000 + b"1]", "over the 2,000,000-byte limit"),
-])
+@pytest.mark.parametrize(
+    "name, data, words",
+    ids=["pickle", "python", "bad-json", "not-utf8", "empty-csv", "bad-csv", "too-large"],
+    argvalues=[
+        ("x.pkl", pickle.dumps({"a": 1}), "only .json and .csv"),
+        ("x.py", b"print(1)", "only .json and .csv"),
+        ("x.json", b"{not json", "invalid JSON at line 1"),
+        ("x.json", b"\xff\xfe\x00", "not UTF-8"),
+        ("x.csv", b"", "empty CSV"),
+        ("x.csv", b'a,b\n1,"2\n', "invalid CSV"),
+        ("x.json", b"[" + b"1," * 1_100_000 + b"1]", "over the 2,000,000-byte limit"),
+    ],
+)
 def test_parse_rejects_with_one_line(name, data, words):
     with pytest.raises(UploadError) as info:
         parse_upload(name, data)
@@ -45,37 +48,73 @@ def test_size_limit_is_a_parameter():
     assert parse_upload("a.json", b"[1,2,3]", max_bytes=10) == [1, 2, 3]
 
 
-@pytest.mark.parametrize("s, text", [
-    (7200.0, "2.00 h"), (90.0, "1.5 min"), (1.5, "1.50 s"), (0.0123, "12.3 ms"), (2.5e-5, "25 µs"),
-    (float("nan"), "n/a"),
-])
+@pytest.mark.parametrize(
+    "s, text",
+    [
+        (7200.0, "2.00 h"),
+        (90.0, "1.5 min"),
+        (1.5, "1.50 s"),
+        (0.0123, "12.3 ms"),
+        (2.5e-5, "25 µs"),
+        (float("nan"), "n/a"),
+    ],
+)
 def test_fmt_seconds(s, text):
     assert fmt_seconds(s) == text
 
 
 def test_analysis_view_is_the_api_result_plus_memory_terms():
-    args = {"model": "llama-3-8b", "gpu": "h100-sxm-80gb", "context_len": 32_000, "output_tokens": 100, "batch": 3, "tp": 1,
-                "mode": "peak", "weight_dtype": "bf16", "kv_dtype": "fp8"}
+    args = {
+        "model": "llama-3-8b",
+        "gpu": "h100-sxm-80gb",
+        "context_len": 32_000,
+        "output_tokens": 100,
+        "batch": 3,
+        "tp": 1,
+        "mode": "peak",
+        "weight_dtype": "bf16",
+        "kv_dtype": "fp8",
+    }
     view = common.analysis_view(**args)
     api = perfmodel.analyze(**args).to_dict()
     mem = view.pop("memory_per_gpu")
-    assert view.pop("provenance_summary") == "datasheet (every op class)" and "peak_bound" not in view  # peak mode
+    assert (
+        view.pop("provenance_summary") == "datasheet (every op class)" and "peak_bound" not in view
+    )  # peak mode
     assert json.loads(json.dumps(view)) == json.loads(json.dumps(api))
-    cal = common.analysis_view(**(args | {"mode": "calibrated"}))  # the estimate, and the peak bound beside it
-    assert cal["peak_bound"]["prefill_s"] == pytest.approx(api["prefill_s"]) and api["prefill_s"] < cal["prefill_s"]
+    cal = common.analysis_view(
+        **(args | {"mode": "calibrated"})
+    )  # the estimate, and the peak bound beside it
+    assert (
+        cal["peak_bound"]["prefill_s"] == pytest.approx(api["prefill_s"])
+        and api["prefill_s"] < cal["prefill_s"]
+    )
     assert cal["provenance_summary"].startswith("measured:")
-    parts = mem["weight_bytes"] + mem["kv_bytes"] + mem["activation_bytes"] + mem["reserve_bytes"] + mem["free_bytes"]
+    parts = (
+        mem["weight_bytes"]
+        + mem["kv_bytes"]
+        + mem["activation_bytes"]
+        + mem["reserve_bytes"]
+        + mem["free_bytes"]
+    )
     assert parts == pytest.approx(mem["capacity_bytes"], rel=1e-12)
     assert mem["kv_bytes"] == pytest.approx(3 * mem["kv_bytes_per_user"])
 
 
 def test_memory_view_holds_one_attention_groups_users_per_gpu():
-    view = common.analysis_view("mixtral-8x7b", "h100-sxm-80gb", 20_000, 250, 10, 1, "peak", "bf16", "bf16",
-                                extra=(("ep", 4),))
+    view = common.analysis_view(
+        "mixtral-8x7b", "h100-sxm-80gb", 20_000, 250, 10, 1, "peak", "bf16", "bf16", extra=(("ep", 4),)
+    )
     mem = view["memory_per_gpu"]
     assert view["attention_dp"] == 4 and mem["users_per_gpu"] == 3  # ceil(10 / 4)
     assert mem["kv_bytes"] == pytest.approx(view["parallel"]["attention_dp_kv_bytes_per_rank"], rel=1e-12)
-    parts = mem["weight_bytes"] + mem["kv_bytes"] + mem["activation_bytes"] + mem["reserve_bytes"] + mem["free_bytes"]
+    parts = (
+        mem["weight_bytes"]
+        + mem["kv_bytes"]
+        + mem["activation_bytes"]
+        + mem["reserve_bytes"]
+        + mem["free_bytes"]
+    )
     assert parts == pytest.approx(mem["capacity_bytes"], rel=1e-12)
 
 

@@ -56,13 +56,22 @@ def test_knobs_page_compares_with_and_without():
     table = at.table[0].value
     assert table.loc["Decode time per token", "with the knobs"] == fmt_seconds(want["decode_s_per_token"])
     assert table.loc["Decode time per token", "without the knobs"] == fmt_seconds(
-        want["without_knobs"]["decode_s_per_token"])
+        want["without_knobs"]["decode_s_per_token"]
+    )
     assert table.loc["Max concurrency (users)", "with the knobs"] == f"{want['max_concurrency']:,}"
 
 
 @knobs_landed
-@pytest.mark.parametrize("key, value", [("knob_keep_ratio", 0.5), ("knob_window", 4096), ("knob_prefix", 2048),
-                                        ("knob_attention_every", 4), ("knob_kv_layers", 30)])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("knob_keep_ratio", 0.5),
+        ("knob_window", 4096),
+        ("knob_prefix", 2048),
+        ("knob_attention_every", 4),
+        ("knob_kv_layers", 30),
+    ],
+)
 def test_each_knob_widget_runs(key, value):
     at = open_page("knobs")
     widget = next(w for group in (at.slider, at.number_input) for w in group if w.key == key)
@@ -85,8 +94,11 @@ def test_knobs_page_prices_a_multi_gpu_layout():
     table = at.table[0].value
     assert table.loc["Decode time per token", "with the knobs"] == fmt_seconds(want["decode_s_per_token"])
     assert table.loc["Decode time per token", "without the knobs"] == fmt_seconds(
-        want["without_knobs"]["decode_s_per_token"])
-    assert any("Parallelism: pp=2" in c.value and "context sweep price this layout" in c.value for c in at.caption)
+        want["without_knobs"]["decode_s_per_token"]
+    )
+    assert any(
+        "Parallelism: pp=2" in c.value and "context sweep price this layout" in c.value for c in at.caption
+    )
     at.number_input(key="knob_prefix").set_value(2048).run()
     assert not at.exception
     assert len(at.error) == 1 and "shared_prefix_tokens" in at.error[0].value
@@ -101,8 +113,9 @@ def test_invalid_knob_combination_is_one_error():
 
 
 # ---- Planners ------------------------------------------------------------------------------------------------
-planners_landed = pytest.mark.skipif(not (has("perfmodel.planners.moe") and has("perfmodel.planners.sp")),
-                                     reason="planners not in this tree")
+planners_landed = pytest.mark.skipif(
+    not (has("perfmodel.planners.moe") and has("perfmodel.planners.sp")), reason="planners not in this tree"
+)
 
 
 @planners_landed
@@ -176,7 +189,9 @@ def test_upload_helpers_accept_json_and_csv_tables():
         loads_from_upload([[1.0] * 600])
     with pytest.raises(UploadError):
         loads_from_upload(parse_upload("l.csv", b"a,b\nx,y\n"))
-    trace = trace_from_upload(parse_upload("t.csv", b"arrival_s,prompt_len,output_len\n0,100,10\n0.5,200,20\n"))
+    trace = trace_from_upload(
+        parse_upload("t.csv", b"arrival_s,prompt_len,output_len\n0,100,10\n0.5,200,20\n")
+    )
     assert trace == ("trace", (0.0, 0.5), (100, 200), (10, 20))
     with pytest.raises(UploadError, match="missing output_len"):
         trace_from_upload(parse_upload("t.json", b'[{"arrival_s": 0, "prompt_len": 5}]'))
@@ -193,20 +208,27 @@ def test_serving_page_matches_the_simulator():
     at = open_page("serving")
     ok(at)
     dep = Deployment.make("llama-3-8b", "h100-sxm-80gb", tp=1, replicas=1, kv_policy="swap", max_num_seqs=256)
-    res = simulate(dep, Workload(300, 10.0, LengthDist.parse("lognormal:2048:1.0:7000"), LengthDist.parse("128")))
+    res = simulate(
+        dep, Workload(300, 10.0, LengthDist.parse("lognormal:2048:1.0:7000"), LengthDist.parse("128"))
+    )
     s = res.summary(Slo(ttft_s=2.0, tpot_s=0.05))
     got = {m.label: m.value for m in at.metric}
-    assert got["TTFT p50"] == fmt_seconds(s["ttft_s"]["p50"]) and got["TTFT p90"] == fmt_seconds(s["ttft_s"]["p90"])
+    assert got["TTFT p50"] == fmt_seconds(s["ttft_s"]["p50"]) and got["TTFT p90"] == fmt_seconds(
+        s["ttft_s"]["p90"]
+    )
     assert got["TPOT p90"] == fmt_seconds(s["tpot_s"]["p90"])
     assert got["Peak concurrency"] == f"{s['peak_concurrency']:,}"
     assert "HBM occupancy over time" in [h.value for h in at.subheader]
 
 
 @serving_landed
-@pytest.mark.parametrize("key, value, words", [
-    ("serve_prompt", "bogus", "expected N, lognormal"),
-    ("serve_tp", 3, "does not divide the 32 query heads"),
-])
+@pytest.mark.parametrize(
+    "key, value, words",
+    [
+        ("serve_prompt", "bogus", "expected N, lognormal"),
+        ("serve_tp", 3, "does not divide the 32 query heads"),
+    ],
+)
 def test_serving_bad_inputs_are_one_error(key, value, words):
     at = open_page("serving")
     w = next(w for group in (at.text_input, at.number_input) for w in group if w.key == key)
@@ -238,8 +260,13 @@ def test_serving_cached_prefixes_match_the_simulator():
     at.button[0].click().run()
     ok(at)
     dep = Deployment.make("llama-3-8b", "h100-sxm-80gb", tp=1, replicas=1, kv_policy="swap", max_num_seqs=256)
-    w = Workload(60, 10.0, LengthDist.parse("lognormal:2048:1.0:7000"), LengthDist.parse("128"),
-                 prefixes=(CachedPrefix.parse("4096:0.5:0.8"), CachedPrefix.parse("8192:0.25:1:host")))
+    w = Workload(
+        60,
+        10.0,
+        LengthDist.parse("lognormal:2048:1.0:7000"),
+        LengthDist.parse("128"),
+        prefixes=(CachedPrefix.parse("4096:0.5:0.8"), CachedPrefix.parse("8192:0.25:1:host")),
+    )
     pc = simulate(dep, w).summary()["prefix_cache"]
     assert any(f"{pc['hits']:,} hits of {pc['requests_with_prefix']:,}" in c.value for c in at.caption)
     at.text_input(key="serve_prefixes").set_value("4096:2")
@@ -249,9 +276,12 @@ def test_serving_cached_prefixes_match_the_simulator():
 
 # ---- Validation ----------------------------------------------------------------------------------------------
 validation_landed = pytest.mark.skipif(
-    not (has("perfmodel.validation.report") and any(p.stem in perfmodel.list_gpus()
-                                          for p in (ROOT / "validation" / "data").glob("*.jsonl"))),
-    reason="validation records not in this tree")
+    not (
+        has("perfmodel.validation.report")
+        and any(p.stem in perfmodel.list_gpus() for p in (ROOT / "validation" / "data").glob("*.jsonl"))
+    ),
+    reason="validation records not in this tree",
+)
 
 
 @pytest.mark.slow
@@ -284,8 +314,9 @@ def test_every_landed_back_end_has_its_page():
         expected.append("views/planners.py")
     if has("perfmodel.serving"):
         expected.append("views/serving.py")
-    if has("perfmodel.validation.report") and any(p.stem in perfmodel.list_gpus()
-                                        for p in (ROOT / "validation" / "data").glob("*.jsonl")):
+    if has("perfmodel.validation.report") and any(
+        p.stem in perfmodel.list_gpus() for p in (ROOT / "validation" / "data").glob("*.jsonl")
+    ):
         expected.append("views/validation.py")
     for page in expected:
         at.switch_page(page).run()  # raises unless the page is registered with st.navigation

@@ -12,8 +12,18 @@ from perfmodel.hw import Cluster, Dtype, HardwareError, LinkKind, Node, UnknownH
 from perfmodel.hw.loader import _GPU_NUMERIC, GPU_DIR, SYSTEM_DIR
 
 SHIPPED = [
-    "a100-sxm-40gb", "a100-sxm-80gb", "a100-pcie-80gb", "h100-sxm-80gb", "h100-pcie-80gb",
-    "h200-sxm-141gb", "b200", "gb200", "l40s", "mi300x", "mi325x", "gaudi3",
+    "a100-sxm-40gb",
+    "a100-sxm-80gb",
+    "a100-pcie-80gb",
+    "h100-sxm-80gb",
+    "h100-pcie-80gb",
+    "h200-sxm-141gb",
+    "b200",
+    "gb200",
+    "l40s",
+    "mi300x",
+    "mi325x",
+    "gaudi3",
 ]
 GiB = 2**30
 MiB = 2**20
@@ -79,9 +89,19 @@ def test_a100_has_no_fp8_and_falls_back():
 
 @pytest.mark.parametrize(
     "alias,canonical",
-    [("a100", "a100-sxm-80gb"), ("a100-40gb", "a100-sxm-40gb"), ("h100", "h100-sxm-80gb"),
-     ("h100-pcie", "h100-pcie-80gb"), ("H200", "h200-sxm-141gb"), ("b200", "b200"), ("gb200", "gb200"),
-     ("l40s", "l40s"), ("mi300x", "mi300x"), ("mi325x", "mi325x"), ("gaudi3", "gaudi3")],
+    [
+        ("a100", "a100-sxm-80gb"),
+        ("a100-40gb", "a100-sxm-40gb"),
+        ("h100", "h100-sxm-80gb"),
+        ("h100-pcie", "h100-pcie-80gb"),
+        ("H200", "h200-sxm-141gb"),
+        ("b200", "b200"),
+        ("gb200", "gb200"),
+        ("l40s", "l40s"),
+        ("mi300x", "mi300x"),
+        ("mi325x", "mi325x"),
+        ("gaudi3", "gaudi3"),
+    ],
 )
 def test_alias_resolves(alias, canonical):
     assert hw.resolve_gpu_name(alias) == canonical
@@ -145,8 +165,14 @@ def test_no_sources_at_all(tmp_path):
 
 @pytest.mark.parametrize(
     "field,value",
-    [("hbm_bytes", -1), ("hbm_bytes_per_s", "fast"), ("sm_count", 1.5), ("hbm_bytes_per_s", float("nan")),
-     ("hbm_usable_bytes", 10**15), ("fabric_kind", "carrier-pigeon")],
+    [
+        ("hbm_bytes", -1),
+        ("hbm_bytes_per_s", "fast"),
+        ("sm_count", 1.5),
+        ("hbm_bytes_per_s", float("nan")),
+        ("hbm_usable_bytes", 10**15),
+        ("fabric_kind", "carrier-pigeon"),
+    ],
 )
 def test_bad_field_values(tmp_path, field, value):
     data = _good_dict()
@@ -173,7 +199,16 @@ def test_missing_file_is_hardware_error(tmp_path):
 
 # ---- systems -------------------------------------------------------------
 
-REQUIRED_SYSTEMS = ["dgx-a100", "dgx-h100", "hgx-h200", "h200-x2", "h200-x4", "pcie-l40s-x4", "mi300x-8", "dgx-h100-x4"]
+REQUIRED_SYSTEMS = [
+    "dgx-a100",
+    "dgx-h100",
+    "hgx-h200",
+    "h200-x2",
+    "h200-x4",
+    "pcie-l40s-x4",
+    "mi300x-8",
+    "dgx-h100-x4",
+]
 
 
 def test_required_systems_shipped():
@@ -223,19 +258,27 @@ def test_user_system_file_and_cluster_of_it(tmp_path):
     np_ = _write(tmp_path, node, "mynode.yaml")
     n = hw.load_system(str(np_))
     assert n.gpus_per_node == 4
-    cl = {"kind": "cluster", "node": str(np_), "num_nodes": 3,
-          "inter_node": {"kind": "infiniband", "bytes_per_s_per_direction": 25e9, "latency_s": 5e-6},
-          "sources": [{"fields": ["num_nodes", "inter_node.bytes_per_s_per_direction"], "source": "test"}]}
+    cl = {
+        "kind": "cluster",
+        "node": str(np_),
+        "num_nodes": 3,
+        "inter_node": {"kind": "infiniband", "bytes_per_s_per_direction": 25e9, "latency_s": 5e-6},
+        "sources": [{"fields": ["num_nodes", "inter_node.bytes_per_s_per_direction"], "source": "test"}],
+    }
     c = hw.load_system(str(_write(tmp_path, cl, "mycl.yaml")))
     assert c.world_size == 12
 
 
 @pytest.mark.parametrize(
     "mutate,match",
-    [(lambda d: d.pop("gpu"), "gpu"), (lambda d: d.update(gpus_per_node=0), "gpus_per_node"),
-     (lambda d: d.update(kind="rack"), "kind"), (lambda d: d.pop("sources"), "sources"),
-     (lambda d: d["intra_node"].update(kind="smoke-signal"), "intra_node"),
-     (lambda d: d.update(gpu="no-such-gpu"), "no-such-gpu")],
+    [
+        (lambda d: d.pop("gpu"), "gpu"),
+        (lambda d: d.update(gpus_per_node=0), "gpus_per_node"),
+        (lambda d: d.update(kind="rack"), "kind"),
+        (lambda d: d.pop("sources"), "sources"),
+        (lambda d: d["intra_node"].update(kind="smoke-signal"), "intra_node"),
+        (lambda d: d.update(gpu="no-such-gpu"), "no-such-gpu"),
+    ],
 )
 def test_bad_system_file(tmp_path, mutate, match):
     d = _node_dict()

@@ -166,8 +166,9 @@ def test_stream_k_fused_counters_left_at_zero(lens, seed, check, monkeypatch):
     kv_lens = torch.tensor(lens, dtype=torch.int32)
     ref = attention_decode_ref(q, k, v, kv_lens)
     for ns in (7, 5, 7):
-        o = kernels.attention_decode(q, k, v, kv_lens, num_splits=ns, schedule="stream_k",
-                                     config=DecodeConfig(fused_merge=True))
+        o = kernels.attention_decode(
+            q, k, v, kv_lens, num_splits=ns, schedule="stream_k", config=DecodeConfig(fused_merge=True)
+        )
         check(o, ref, torch.float32, seed, f"lens={lens} programs={ns}")
         (buf,) = mod._COUNTERS.values()
         assert int(buf.abs().sum()) == 0
@@ -183,14 +184,17 @@ def test_stream_k_64_bit_offsets(fused, seed, check, poisoned):
     check(o, attention_decode_ref(q, k, v, kv_lens), torch.float16, seed, f"lens={kv_lens.tolist()}")
 
 
-@pytest.mark.parametrize("programs,sms,setting,expect", [
-    (8, 8, None, True),  # one wave: fused
-    (9, 8, None, False),  # more programs than SMs: the reduction kernel
-    (128, 132, None, True),
-    (264, 132, None, False),
-    (264, 132, True, True),
-    (8, 8, False, False),
-])
+@pytest.mark.parametrize(
+    "programs,sms,setting,expect",
+    [
+        (8, 8, None, True),  # one wave: fused
+        (9, 8, None, False),  # more programs than SMs: the reduction kernel
+        (128, 132, None, True),
+        (264, 132, None, False),
+        (264, 132, True, True),
+        (8, 8, False, False),
+    ],
+)
 def test_fused_merge_rule(programs, sms, setting, expect):
     assert ds.fused_merge(programs, sms, DecodeConfig(fused_merge=setting)) is expect
 
@@ -233,8 +237,9 @@ def test_stream_k_fused_and_reduced_agree(seed):
     q, k, v, lens = _inputs(3, 8, 2, 45, 64, torch.float32)
     out = {}
     for fused in (True, False):
-        out[fused] = kernels.attention_decode(q, k, v, lens, num_splits=7, schedule="stream_k",
-                                              config=DecodeConfig(fused_merge=fused))
+        out[fused] = kernels.attention_decode(
+            q, k, v, lens, num_splits=7, schedule="stream_k", config=DecodeConfig(fused_merge=fused)
+        )
     torch.testing.assert_close(out[True], out[False], rtol=1e-6, atol=1e-6)
 
 
@@ -259,7 +264,15 @@ def test_stream_k_program_count(num_splits, sms, pairs, max_tiles, expect):
 @pytest.mark.parametrize(
     "pairs,max_tiles,expect",
     # small caches: 2 per SM; more pairs than SMs: not small, 1 per SM
-    [(8, 64, 264), (16, 64, 256), (8, 1000, 128), (132, 16, 264), (133, 15, 132), (200, 10, 132), (300, 7, 132)],
+    [
+        (8, 64, 264),
+        (16, 64, 256),
+        (8, 1000, 128),
+        (132, 16, 264),
+        (133, 15, 132),
+        (200, 10, 132),
+        (300, 7, 132),
+    ],
 )
 def test_stream_k_program_count_small_cache_rule(pairs, max_tiles, expect):
     # the small-cache count and the large-cache count are separate settings (swapped here)
@@ -278,8 +291,9 @@ def test_model_prices_the_kernels_stream_k_program_count():
         for pairs in (1, 2, 5, 8, 16, 64, 131, 132, 133, 200, 264, 600, 4096):
             for max_tiles in (1, 2, 3, 4, 16, 17, 100, 1000, 4096):
                 kernel = ds.stream_k_programs(pairs, max_tiles, sms)
-                model, _ = triton_decode_pieces(np.float64(pairs), max_tiles * ds.BLOCK_N, 2 * sms,
-                                                SplitRule.STREAM_K, sms, 128)
+                model, _ = triton_decode_pieces(
+                    np.float64(pairs), max_tiles * ds.BLOCK_N, 2 * sms, SplitRule.STREAM_K, sms, 128
+                )
                 assert model == kernel, (sms, pairs, max_tiles)
 
 
@@ -311,8 +325,14 @@ def test_stream_k_default_programs_small_sms(lens, seed, check, poisoned, monkey
 
 @pytest.mark.parametrize(
     "schedule,programs,pairs,expect",
-    [("stream_k", 128, 8, 16), ("stream_k", 132, 4, 33), ("stream_k", 132, 8, 0), ("stream_k", 128, 128, 0),
-     ("stream_k", 128, 1, 0), ("split_kv", 128, 8, 0)],
+    [
+        ("stream_k", 128, 8, 16),
+        ("stream_k", 132, 4, 33),
+        ("stream_k", 132, 8, 0),
+        ("stream_k", 128, 128, 0),
+        ("stream_k", 128, 1, 0),
+        ("split_kv", 128, 8, 0),
+    ],
 )
 def test_reduce_guess(schedule, programs, pairs, expect):
     assert ds.reduce_guess(ds.DecodeSchedule(schedule), programs, pairs) == expect
@@ -390,7 +410,9 @@ def test_stream_k_phantom_default_programs(phantom, lens, seed, check, poisoned,
     q, k, v, _ = _inputs(3, 8, 2, 64, 64, torch.float16)
     kv_lens = torch.tensor(lens, dtype=torch.int32)
     with poisoned():
-        o = kernels.attention_decode(q, k, v, kv_lens, schedule="stream_k", config=DecodeConfig(phantom_tiles=phantom))
+        o = kernels.attention_decode(
+            q, k, v, kv_lens, schedule="stream_k", config=DecodeConfig(phantom_tiles=phantom)
+        )
     check(o, attention_decode_ref(q, k, v, kv_lens), torch.float16, seed, f"phantom={phantom} lens={lens}")
     assert [grid for grid, _ in launches] == [(7,) if phantom else (6,)]
     assert all(int(buf.abs().sum()) == 0 for buf in mod._COUNTERS.values())
@@ -404,7 +426,9 @@ def test_stream_k_phantom_only_with_the_fused_merge(fused, seed, check, poisoned
     q, k, v, _ = _inputs(3, 8, 2, 64, 64, torch.float16)
     kv_lens = torch.tensor([1, 64, 33], dtype=torch.int32)
     with poisoned():
-        o = kernels.attention_decode(q, k, v, kv_lens, schedule="stream_k", config=DecodeConfig(fused_merge=fused))
+        o = kernels.attention_decode(
+            q, k, v, kv_lens, schedule="stream_k", config=DecodeConfig(fused_merge=fused)
+        )
     check(o, attention_decode_ref(q, k, v, kv_lens), torch.float16, seed, f"fused={fused}")
     assert [kw["PHANTOM"] for _, kw in launches] == [ds.DEFAULT_CONFIG.phantom_tiles if fused else 0]
     assert ds.DEFAULT_CONFIG.phantom_tiles > 0

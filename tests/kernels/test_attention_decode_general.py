@@ -17,7 +17,14 @@ from perfmodel.kernels.reference import (
 
 #: (D, Dv, Hq, Hkv): every head size with a GQA ratio; 192/128 as DeepSeek's attention before
 #: weight absorption
-HEAD_CASES = [(32, 32, 4, 2), (80, 80, 6, 2), (96, 96, 7, 1), (192, 128, 4, 4), (256, 256, 4, 2), (128, 64, 8, 1)]
+HEAD_CASES = [
+    (32, 32, 4, 2),
+    (80, 80, 6, 2),
+    (96, 96, 7, 1),
+    (192, 128, 4, 4),
+    (256, 256, 4, 2),
+    (128, 64, 8, 1),
+]
 
 
 def _contiguous(b, hq, hkv, d, dv, lmax, dtype):
@@ -54,7 +61,9 @@ def test_head_sizes_contiguous_and_paged(d, dv, hq, hkv, seed, check, poisoned):
     kp, vp = _pages(nb, hkv, 5, d, torch.float16), _pages(nb, hkv, 5, dv, torch.float16)
     with poisoned():
         o = kernels.attention_decode_paged(q, kp, vp, table, kv_lens)
-    check(o, attention_decode_paged_ref(q, kp, vp, table, kv_lens), torch.float16, seed, f"paged D={d} Dv={dv}")
+    check(
+        o, attention_decode_paged_ref(q, kp, vp, table, kv_lens), torch.float16, seed, f"paged D={d} Dv={dv}"
+    )
     if d == dv == 256:  # a size of the split-KV/stream-K kernels: the stream-K schedule too
         with poisoned():
             o = kernels.attention_decode(q, k, v, kv_lens, schedule="stream_k")
@@ -123,7 +132,9 @@ def test_mla_small_dims(seed, check, poisoned):
     q, latent, table, kv_lens = _mla_inputs(3, 32, 64, 16, 8, [33, 1, 17], torch.float16)
     scale = 1 / math.sqrt(24)
     with poisoned():
-        o = kernels.attention_decode_mla(q, latent, table, kv_lens, kv_lora_rank=64, sm_scale=scale, num_splits=2)
+        o = kernels.attention_decode_mla(
+            q, latent, table, kv_lens, kv_lora_rank=64, sm_scale=scale, num_splits=2
+        )
     assert o.shape == (3, 32, 64)
     check(o, attention_decode_mla_ref(q, latent, table, kv_lens, 64, scale), torch.float16, seed)
 
@@ -156,7 +167,11 @@ def _bad_cases():
     yield (q, k, v, lens), {"k_scale": torch.tensor([1.0])}, "k_scale"  # a float cache
     yield (q, f8, v.to(torch.float8_e4m3fn), lens), {"k_scale": torch.ones(3)}, "k_scale"
     yield (q, f8, v.to(torch.float8_e4m3fn), lens), {"k_scale": torch.ones(1, dtype=torch.float64)}, "k_scale"
-    yield (q, f8, v.to(torch.float8_e4m3fn), lens), {"k_scale": torch.ones(2), "v_scale": torch.ones(1)}, "v_scale"
+    yield (
+        (q, f8, v.to(torch.float8_e4m3fn), lens),
+        {"k_scale": torch.ones(2), "v_scale": torch.ones(1)},
+        "v_scale",
+    )
     yield (q, f8, v, lens), {}, "v_cache"  # formats differ
     yield (q, k, v[:, :, :8], lens), {}, "v_cache"
     yield (q, k, torch.randn(2, 2, 9, 512).half(), lens), {}, "v_cache"  # value head 512
@@ -189,16 +204,36 @@ def test_bad_mla_input_names_the_argument(args, kw, name):
 
 
 def test_counts_fp8_and_mla():
-    op = {"op": "attention", "phase": "decode", "batch": 3, "q_len": 1, "kv_len": 1000, "q_heads": 32,
-          "kv_heads": 8, "head_dim": 96, "dtype": "bf16"}
+    op = {
+        "op": "attention",
+        "phase": "decode",
+        "batch": 3,
+        "q_len": 1,
+        "kv_len": 1000,
+        "q_heads": 32,
+        "kv_heads": 8,
+        "head_dim": 96,
+        "dtype": "bf16",
+    }
     fp8 = {**op, "kv_dtype": "fp8"}
     kv_elems = 3 * 8 * 1000 * 2 * 96
     qo_bytes = 2 * 3 * 32 * 96 * 2
     assert kernels.attention_decode.bytes_moved(op) == 2 * kv_elems + qo_bytes
     assert kernels.attention_decode.bytes_moved(fp8) == kv_elems + qo_bytes  # 1 byte per cache element
     assert kernels.attention_decode.flops(fp8) == kernels.attention_decode.flops(op) == 4 * 3 * 32 * 96 * 1000
-    mla = {"op": "attention", "phase": "decode", "batch": 2, "q_len": 1, "kv_len": 4096, "q_heads": 16,
-           "kv_heads": 1, "head_dim": 576, "v_head_dim": 512, "kv_shared": True, "dtype": "bf16"}
+    mla = {
+        "op": "attention",
+        "phase": "decode",
+        "batch": 2,
+        "q_len": 1,
+        "kv_len": 4096,
+        "q_heads": 16,
+        "kv_heads": 1,
+        "head_dim": 576,
+        "v_head_dim": 512,
+        "kv_shared": True,
+        "dtype": "bf16",
+    }
     assert kernels.attention_decode_mla.flops(mla) == 2 * 2 * 16 * (576 + 512) * 4096
     # the latent row read once (not K and V apart), q in and the output out
     assert kernels.attention_decode_mla.bytes_moved(mla) == 2 * 4096 * 576 * 2 + 2 * 16 * (576 + 512) * 2

@@ -79,6 +79,7 @@ def test_unused_table_entries_are_not_read(seed, check):
 def test_stream_k_merge_paths(fused, num_splits, lens, seed, check, poisoned):
     q, kp, vp, table, kv_lens = _paged(3, 8, 2, 64, 5, lens, torch.float16)
     with poisoned():
-        o = kernels.attention_decode_paged(q, kp, vp, table, kv_lens, num_splits, "stream_k",
-                                           config=kernels.DecodeConfig(fused_merge=fused))
+        o = kernels.attention_decode_paged(
+            q, kp, vp, table, kv_lens, num_splits, "stream_k", config=kernels.DecodeConfig(fused_merge=fused)
+        )
     check(o, attention_decode_paged_ref(q, kp, vp, table, kv_lens), torch.float16, seed, f"{num_splits}")

@@ -64,7 +64,9 @@ def test_head_sizes_match_reference(d, dv, b, hq, hkv, length, seed, check, pois
         with poisoned():
             o = kernels.attention_prefill(q, k, v, causal=causal)
         assert o.shape == (b, hq, length, dv) and o.dtype == q.dtype
-        check(o, attention_prefill_ref(q, k, v, causal), torch.float16, seed, f"D={d} Dv={dv} causal={causal}")
+        check(
+            o, attention_prefill_ref(q, k, v, causal), torch.float16, seed, f"D={d} Dv={dv} causal={causal}"
+        )
 
 
 def test_second_head_part_is_read():
@@ -146,7 +148,9 @@ def test_gpu_configs_by_head_size():
 
     def offered(d, dv):
         a, b = kernels._common.split_head_dim(d)
-        return m.configs_for_head(every, {}, HEAD_DIM=a, HEAD_DIM_B=b, HEAD_DIM_V=max(16, 1 << (dv - 1).bit_length()))
+        return m.configs_for_head(
+            every, {}, HEAD_DIM=a, HEAD_DIM_B=b, HEAD_DIM_V=max(16, 1 << (dv - 1).bit_length())
+        )
 
     for d in (32, 64, 80, 96, 128):
         assert offered(d, d) == m._GPU_CONFIGS

@@ -78,8 +78,11 @@ def test_decode_bytes_read_cache_once():
         (prefill_bytes, "gemm", "op: expected an? Attention"),
         (prefill_bytes, {"op": "gemm", "m": 1, "n": 2, "k": 3}, "op: expected an? Attention"),
         (copy_bytes, {"op": "memcpy"}, "op: field 'bytes' is missing"),
-        (lambda op: kv_block_copy_op(**op), {"num_blocks": 2, "kv_heads": 0, "block_size": 16, "head_dim": 64},
-         "kv_heads"),
+        (
+            lambda op: kv_block_copy_op(**op),
+            {"num_blocks": 2, "kv_heads": 0, "block_size": 16, "head_dim": 64},
+            "kv_heads",
+        ),
     ],
 )
 def test_bad_descriptor_is_a_value_error(fn, op, key):

@@ -6,8 +6,9 @@ import torch
 from perfmodel.kernels import KernelInputError, moe_align, moe_combine
 
 
-@pytest.mark.parametrize("t,k,hidden,dtype", [(5, 2, 48, torch.float32), (3, 8, 1100, torch.bfloat16),
-                                              (1, 1, 7, torch.float16)])
+@pytest.mark.parametrize(
+    "t,k,hidden,dtype", [(5, 2, 48, torch.float32), (3, 8, 1100, torch.bfloat16), (1, 1, 7, torch.float16)]
+)
 def test_sums_each_tokens_rows_with_their_weights(t, k, hidden, dtype):
     torch.manual_seed(0)
     y = torch.randn(t * k, hidden, dtype=dtype)

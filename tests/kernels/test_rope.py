@@ -27,15 +27,15 @@ def test_matches_rotate_half_and_writes_the_cache(b, n, pos, hq, hkv, d):
     kc = torch.zeros(b, hkv, max_len, d, dtype=torch.bfloat16)
     vc = torch.zeros_like(kc)
     q = rope_qkv_cache(qkv, cos, sin, kc, vc, pos, hq, hkv)
-    c, s = cos[pos:pos + n].view(1, n, 1, d), sin[pos:pos + n].view(1, n, 1, d)
+    c, s = cos[pos : pos + n].view(1, n, 1, d), sin[pos : pos + n].view(1, n, 1, d)
     want_q = _rope_ref(qkv[:, :, :hq], c, s).transpose(1, 2)
-    want_k = _rope_ref(qkv[:, :, hq:hq + hkv], c, s).transpose(1, 2)
+    want_k = _rope_ref(qkv[:, :, hq : hq + hkv], c, s).transpose(1, 2)
     assert q.shape == (b, hq, n, d) and q.transpose(1, 2).is_contiguous()  # token-major storage
     torch.testing.assert_close(q.float(), want_q, atol=2e-2, rtol=2e-2)
-    torch.testing.assert_close(kc[:, :, pos:pos + n].float(), want_k, atol=2e-2, rtol=2e-2)
-    torch.testing.assert_close(vc[:, :, pos:pos + n], qkv[:, :, hq + hkv:].transpose(1, 2))
+    torch.testing.assert_close(kc[:, :, pos : pos + n].float(), want_k, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(vc[:, :, pos : pos + n], qkv[:, :, hq + hkv :].transpose(1, 2))
     untouched = torch.ones(max_len, dtype=torch.bool)
-    untouched[pos:pos + n] = False
+    untouched[pos : pos + n] = False
     assert not kc[:, :, untouched].any() and not vc[:, :, untouched].any()
 
 

@@ -12,8 +12,16 @@ def test_no_nested_tuple_assignment_targets():
     bad = []
     for path in sorted(KERNELS.glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.For) else []
+            targets = (
+                node.targets
+                if isinstance(node, ast.Assign)
+                else [node.target]
+                if isinstance(node, ast.For)
+                else []
+            )
             for t in targets:
-                if isinstance(t, (ast.Tuple, ast.List)) and any(isinstance(e, (ast.Tuple, ast.List)) for e in t.elts):
+                if isinstance(t, (ast.Tuple, ast.List)) and any(
+                    isinstance(e, (ast.Tuple, ast.List)) for e in t.elts
+                ):
                     bad.append(f"{path.name}:{node.lineno}: {ast.unparse(t)}")
     assert not bad, bad

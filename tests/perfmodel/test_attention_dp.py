@@ -39,17 +39,24 @@ def test_tensor_parallel_moe_pays_a_gather_and_a_scatter_per_layer():
     m = load_model("deepseek-v2")
     d = analyze("deepseek-v2", "h100", 1024, 8, attention_dp=8, batch=64, **KW).to_dict()
     nbytes = 64 * m.hidden * 2  # every rank's hidden state of one decode step, bf16
-    one = (collective_time(OpKind.ALL_GATHER, nbytes, 8, g, peak_profile(g))
-           + collective_time(OpKind.REDUCE_SCATTER, nbytes, 8, g, peak_profile(g))).total_s
+    one = (
+        collective_time(OpKind.ALL_GATHER, nbytes, 8, g, peak_profile(g))
+        + collective_time(OpKind.REDUCE_SCATTER, nbytes, 8, g, peak_profile(g))
+    ).total_s
     assert d["parallel"]["attention_dp_comm_s"]["decode_per_token"] == pytest.approx(one * m.num_moe_layers)
-    assert d["communication"]["decode_per_token_s"] >= d["parallel"]["attention_dp_comm_s"]["decode_per_token"]
+    assert (
+        d["communication"]["decode_per_token_s"] >= d["parallel"]["attention_dp_comm_s"]["decode_per_token"]
+    )
 
 
-@pytest.mark.parametrize("kw,msg", [
-    (dict(model="llama-3-8b", attention_dp=4), "dense"),
-    (dict(attention_dp=8, ep=4), "ep must be 1"),
-    (dict(attention_dp=2, sp=2, ep=1), "sp=2"),
-])
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        (dict(model="llama-3-8b", attention_dp=4), "dense"),
+        (dict(attention_dp=8, ep=4), "ep must be 1"),
+        (dict(attention_dp=2, sp=2, ep=1), "sp=2"),
+    ],
+)
 def test_attention_dp_refusals(kw, msg):
     kw = dict(dict(model="deepseek-v2"), **kw)
     with pytest.raises(InvalidInputError, match=msg):
@@ -57,8 +64,26 @@ def test_attention_dp_refusals(kw, msg):
 
 
 def test_cli_attention_dp():
-    r = run_perfmodel("analyze", "--model", "deepseek-v2", "--gpu", "h100", "--mode", "peak", "--context", "2048",
-                      "--output-tokens", "64", "--attention-dp", "8", "--ep", "8", "--weight-dtype", "fp8", "--json")
+    r = run_perfmodel(
+        "analyze",
+        "--model",
+        "deepseek-v2",
+        "--gpu",
+        "h100",
+        "--mode",
+        "peak",
+        "--context",
+        "2048",
+        "--output-tokens",
+        "64",
+        "--attention-dp",
+        "8",
+        "--ep",
+        "8",
+        "--weight-dtype",
+        "fp8",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["attention_dp"] == 8 and d["parallel"]["world"] == 8
@@ -73,14 +98,24 @@ def test_sweep_rows_equal_analyze_with_attention_dp(mode, ep):
     from perfmodel.sweep import sweep
 
     kw = dict(KW, mode=mode)
-    df = sweep("deepseek-v2", "h100", context_len=[2048, 16384], batch=[8, 64], output_tokens=[64], attention_dp=8,
-               ep=ep, **kw)
+    df = sweep(
+        "deepseek-v2",
+        "h100",
+        context_len=[2048, 16384],
+        batch=[8, 64],
+        output_tokens=[64],
+        attention_dp=8,
+        ep=ep,
+        **kw,
+    )
     assert (df["attention_dp"] == 8).all() and (df["world"] == 8).all()
     assert df["fits"].any()
     for row in df.itertuples():
         if not row.fits:
             continue
-        d = analyze("deepseek-v2", "h100", row.context_len, 64, batch=row.batch, attention_dp=8, ep=ep, **kw).to_dict()
+        d = analyze(
+            "deepseek-v2", "h100", row.context_len, 64, batch=row.batch, attention_dp=8, ep=ep, **kw
+        ).to_dict()
         for key in ("prefill_s", "decode_s_per_token", "decode_s", "context_switch_s", "kv_cache_bytes"):
             assert getattr(row, key) == pytest.approx(d[key], rel=1e-9), key
         assert row.max_concurrency == d["max_concurrency"]
@@ -92,8 +127,15 @@ def test_sweep_takes_attention_dp_from_a_scenario_and_refuses_it_for_a_dense_mod
     from perfmodel.scenario import Layout, Scenario
     from perfmodel.sweep import sweep
 
-    scn = Scenario.make("deepseek-v2", "h100", context_len=2048, output_tokens=64, batch=16,
-                        layout=Layout(attention_dp=8, ep=8), **KW)
+    scn = Scenario.make(
+        "deepseek-v2",
+        "h100",
+        context_len=2048,
+        output_tokens=64,
+        batch=16,
+        layout=Layout(attention_dp=8, ep=8),
+        **KW,
+    )
     row = sweep(scn).iloc[0]
     assert row["attention_dp"] == 8
     assert row["decode_s_per_token"] == pytest.approx(analyze(scn).to_dict()["decode_s_per_token"], rel=1e-9)
@@ -102,14 +144,38 @@ def test_sweep_takes_attention_dp_from_a_scenario_and_refuses_it_for_a_dense_mod
 
 
 def test_cli_sweep_attention_dp():
-    r = run_perfmodel("sweep", "--model", "deepseek-v2", "--gpu", "h100", "--mode", "peak", "--context", "2048",
-                      "--batch", "16", "--output-tokens", "64", "--attention-dp", "8", "--ep", "8",
-                      "--weight-dtype", "fp8", "--json")
+    r = run_perfmodel(
+        "sweep",
+        "--model",
+        "deepseek-v2",
+        "--gpu",
+        "h100",
+        "--mode",
+        "peak",
+        "--context",
+        "2048",
+        "--batch",
+        "16",
+        "--output-tokens",
+        "64",
+        "--attention-dp",
+        "8",
+        "--ep",
+        "8",
+        "--weight-dtype",
+        "fp8",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     (row,) = json.loads(r.stdout)
-    d = analyze("deepseek-v2", "h100", 2048, 64, batch=16, attention_dp=8, ep=8, mode="peak",
-                weight_dtype="fp8").to_dict()
+    d = analyze(
+        "deepseek-v2", "h100", 2048, 64, batch=16, attention_dp=8, ep=8, mode="peak", weight_dtype="fp8"
+    ).to_dict()
     assert row["attention_dp"] == 8 and row["world"] == 8
-    assert row["decode_s_per_token"] == pytest.approx(d["decode_s_per_token"], rel=1e-8)  # JSON keeps 10 digits
-    r = run_perfmodel("sweep", "--model", "llama-3-8b", "--gpu", "h100", "--context", "4096", "--attention-dp", "2")
+    assert row["decode_s_per_token"] == pytest.approx(
+        d["decode_s_per_token"], rel=1e-8
+    )  # JSON keeps 10 digits
+    r = run_perfmodel(
+        "sweep", "--model", "llama-3-8b", "--gpu", "h100", "--context", "4096", "--attention-dp", "2"
+    )
     assert r.returncode != 0 and len([x for x in r.stderr.splitlines() if x.strip()]) == 1

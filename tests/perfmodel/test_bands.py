@@ -8,7 +8,14 @@ import pytest
 
 from perfmodel.hw.loader import load_gpu
 from perfmodel.analyze import analyze
-from perfmodel.calibration import OpClass, Profile, Mode, load_profile_file, profile_from_dict, shipped_profile_path
+from perfmodel.calibration import (
+    OpClass,
+    Profile,
+    Mode,
+    load_profile_file,
+    profile_from_dict,
+    shipped_profile_path,
+)
 from perfmodel.costs import op_cost, size_class_of
 from perfmodel.errors import ProfileError
 from perfmodel.ops import Gemm
@@ -25,18 +32,21 @@ def test_bands_validated():
     ok = profile_from_dict(_bands(measured={"gemm": {"q10": -0.1, "q90": 0.05, "n": 10}}, source="x"))
     assert ok.band_of(OpClass.GEMM, ("gemm",)) == (-0.1, 0.05)
     assert profile_from_dict(ok.to_dict()).bands["measured"]["gemm"]["n"] == 10  # round trip
-    for bad in ({"measured": {"gemm": {"q10": 0.1, "q90": 0.05}}},  # q10 > q90
-                {"measured": {"gemm": {"q10": float("nan"), "q90": 0.05}}},
-                {"measured": {"gemm": {"q10": -0.1}}},
-                {"measured": []},
-                {"guessed": {}}):
+    for bad in (
+        {"measured": {"gemm": {"q10": 0.1, "q90": 0.05}}},  # q10 > q90
+        {"measured": {"gemm": {"q10": float("nan"), "q90": 0.05}}},
+        {"measured": {"gemm": {"q10": -0.1}}},
+        {"measured": []},
+        {"guessed": {}},
+    ):
         with pytest.raises(ProfileError):
             profile_from_dict(_bands(**bad))
 
 
 def test_band_of_falls_back_to_the_pooled_row_and_the_provenance_group():
-    p = profile_from_dict(_bands(measured={"*": {"q10": -0.2, "q90": 0.1}},
-                                 datasheet={"*": {"q10": -1.0, "q90": -0.1}}))
+    p = profile_from_dict(
+        _bands(measured={"*": {"q10": -0.2, "q90": 0.1}}, datasheet={"*": {"q10": -1.0, "q90": -0.1}})
+    )
     assert p.band_of(OpClass.GEMM, ("gemm",)) == (-0.2, 0.1)
     assert p.band_of(OpClass.MEMCPY_D2D) == (-1.0, -0.1)  # no curve: datasheet provenance
 
@@ -45,7 +55,9 @@ def test_op_band_brackets_the_value_and_sums_linearly():
     g = load_gpu(H100)
     p = profile_from_dict(_bands(measured={"gemm": {"q10": -0.1, "q90": 0.2}}))
     c = op_cost(Gemm(m=4096, n=4096, k=4096), g, p)
-    assert math.isclose(c.low_s, c.total_s * math.exp(-0.2)) and math.isclose(c.high_s, c.total_s * math.exp(0.1))
+    assert math.isclose(c.low_s, c.total_s * math.exp(-0.2)) and math.isclose(
+        c.high_s, c.total_s * math.exp(0.1)
+    )
     two = c + c.scale(3)
     assert math.isclose(two.high_s - two.total_s, 4 * (c.high_s - c.total_s))
     bare = op_cost(Gemm(m=4096, n=4096, k=4096), g, Profile(H100, Mode.CALIBRATED, classes=p.classes))
@@ -78,8 +90,14 @@ def test_transferred_band_is_wider_than_measured():
 
 
 def test_sweep_has_band_columns():
-    df = sweep("llama-3-8b", H100, context_len=[1024, 8192, 32768], batch=[1, 4], output_tokens=[64],
-               mode="calibrated")
+    df = sweep(
+        "llama-3-8b",
+        H100,
+        context_len=[1024, 8192, 32768],
+        batch=[1, 4],
+        output_tokens=[64],
+        mode="calibrated",
+    )
     for k in ("prefill_s", "decode_s_per_token", "decode_s"):
         assert np.all(df[f"{k}_low"] <= df[k]) and np.all(df[k] <= df[f"{k}_high"])
         assert np.all(df[f"{k}_high"] > df[f"{k}_low"])
@@ -92,18 +110,36 @@ def test_regime_of_a_cost():
     assert regime_of(OpCost(compute_s=1.0, memory_s=3.0)) == "memory"
     assert regime_of(OpCost(memory_s=0.5, comm_s=1.0)) == "memory"  # a collective moves data
     assert regime_of(OpCost(compute_s=1.0, latency_s=1.0)) == "latency"  # fixed costs half the time or more
-    arr = regime_of(OpCost(compute_s=np.array([3.0, 1.0, 0.1]), memory_s=np.array([1.0, 3.0, 0.1]),
-                           latency_s=np.array([0.0, 0.0, 1.0])))
+    arr = regime_of(
+        OpCost(
+            compute_s=np.array([3.0, 1.0, 0.1]),
+            memory_s=np.array([1.0, 3.0, 0.1]),
+            latency_s=np.array([0.0, 0.0, 1.0]),
+        )
+    )
     assert list(arr) == ["compute", "memory", "latency"]
 
 
 def test_band_of_prefers_the_regime_row_then_the_key():
-    p = profile_from_dict(_bands(measured={"gemm": {"q10": -0.1, "q90": 0.1}, "gemm|memory": {"q10": -0.3, "q90": 0.05},
-                                           "*|latency": {"q10": -0.5, "q90": 0.5}, "*": {"q10": -0.2, "q90": 0.2}}))
+    p = profile_from_dict(
+        _bands(
+            measured={
+                "gemm": {"q10": -0.1, "q90": 0.1},
+                "gemm|memory": {"q10": -0.3, "q90": 0.05},
+                "*|latency": {"q10": -0.5, "q90": 0.5},
+                "*": {"q10": -0.2, "q90": 0.2},
+            }
+        )
+    )
     assert p.band_of(OpClass.GEMM, ("gemm",), "memory") == (-0.3, 0.05)
     assert p.band_of(OpClass.GEMM, ("gemm",), "compute") == (-0.1, 0.1)  # no gemm|compute row: the key's
-    assert p.band_of(OpClass.GEMM, ("gemm",), "latency") == (-0.1, 0.1)  # the key before the pooled regime row
-    pooled = profile_from_dict(_bands(measured={"*|latency": {"q10": -0.5, "q90": 0.5}, "*": {"q10": -0.2, "q90": 0.2}}))
+    assert p.band_of(OpClass.GEMM, ("gemm",), "latency") == (
+        -0.1,
+        0.1,
+    )  # the key before the pooled regime row
+    pooled = profile_from_dict(
+        _bands(measured={"*|latency": {"q10": -0.5, "q90": 0.5}, "*": {"q10": -0.2, "q90": 0.2}})
+    )
     assert pooled.band_of(OpClass.GEMM, ("gemm",), "latency") == (-0.5, 0.5)
     assert pooled.band_of(OpClass.GEMM, ("gemm",), "memory") == (-0.2, 0.2)
     assert p.band_of(OpClass.GEMM, ("gemm",)) == (-0.1, 0.1)  # no regime: as before
@@ -131,8 +167,15 @@ def test_shipped_bands_have_size_and_regime_rows_and_finite_sample_quantiles():
 
 
 def test_band_of_prefers_the_size_row_then_the_regime_row():
-    p = profile_from_dict(_bands(measured={"gemm": {"q10": -0.1, "q90": 0.1}, "gemm|memory": {"q10": -0.3, "q90": 0.05},
-                                           "gemm|under_10us": {"q10": -0.4, "q90": 0.2}}))
+    p = profile_from_dict(
+        _bands(
+            measured={
+                "gemm": {"q10": -0.1, "q90": 0.1},
+                "gemm|memory": {"q10": -0.3, "q90": 0.05},
+                "gemm|under_10us": {"q10": -0.4, "q90": 0.2},
+            }
+        )
+    )
     assert p.band_of(OpClass.GEMM, ("gemm",), "memory", "under_10us") == (-0.4, 0.2)
     assert p.band_of(OpClass.GEMM, ("gemm",), "memory", "over_100us") == (-0.3, 0.05)
     g = load_gpu(H100)
@@ -143,5 +186,10 @@ def test_band_of_prefers_the_size_row_then_the_regime_row():
     # arrays: each point its own cell
     arr = op_cost(Gemm(m=np.array([1, 8192]), n=np.array([64, 8192]), k=np.array([64, 8192])), g, p)
     assert np.allclose(arr.low_s, arr.total_s * np.exp([-0.2, -0.1]))
-    assert list(size_class_of(np.array([1e-6, 1e-5, 5e-5, 1e-4, 1.0]))) == \
-        ["under_10us", "10us_to_100us", "10us_to_100us", "over_100us", "over_100us"]
+    assert list(size_class_of(np.array([1e-6, 1e-5, 5e-5, 1e-4, 1.0]))) == [
+        "under_10us",
+        "10us_to_100us",
+        "10us_to_100us",
+        "over_100us",
+        "over_100us",
+    ]

@@ -18,10 +18,12 @@ def test_activations_per_scheme_follow_the_layer_workspace():
     r = blockwise(**KW)
     m, prec = load_model("llama-2-7b"), Precision()
     whole = float(activation_bytes(m, 16384, prec))
-    assert r.scheme(Scheme.BLOCKWISE).activation_bytes == pytest.approx(float(activation_bytes(m, 2048, prec)))
+    assert r.scheme(Scheme.BLOCKWISE).activation_bytes == pytest.approx(
+        float(activation_bytes(m, 2048, prec))
+    )
     assert r.scheme(Scheme.MEMORY_EFFICIENT).activation_bytes == pytest.approx(whole)
-    assert r.scheme("vanilla").activation_bytes == pytest.approx(whole + 32 * 16384 ** 2 * 4)
-    assert score_bytes(m, 16384, 2, 2) == 2 * 16 * 16384 ** 2 * 4
+    assert r.scheme("vanilla").activation_bytes == pytest.approx(whole + 32 * 16384**2 * 4)
+    assert score_bytes(m, 16384, 2, 2) == 2 * 16 * 16384**2 * 4
 
 
 def test_longest_prompt_grows_from_vanilla_to_blockwise_and_is_the_edge_of_fitting():
@@ -61,7 +63,10 @@ def test_cli_json_and_table():
     res = run_perfmodel("blockwise", "--model", "llama-2-7b", "--gpu", "a100", "--mode", "peak", "--json")
     assert res.returncode == 0, res.stderr
     d = json.loads(res.stdout)
-    assert d["vanilla"]["prefill_s"] is None and d["blockwise"]["max_context_tokens"] > d["vanilla"]["max_context_tokens"]
+    assert (
+        d["vanilla"]["prefill_s"] is None
+        and d["blockwise"]["max_context_tokens"] > d["vanilla"]["max_context_tokens"]
+    )
     table = run_perfmodel("blockwise", "--model", "llama-2-7b", "--gpu", "a100", "--mode", "peak")
     assert table.returncode == 0 and "memory_efficient" in table.stdout and "not priced" in table.stdout
     bad = run_perfmodel("blockwise", "--model", "mamba-2.8b")

@@ -90,9 +90,12 @@ def test_bad_elementwise_kernel_is_refused():
 
 
 def test_round_trip_keeps_new_fields():
-    prof = Profile("h100-sxm-80gb", Mode.CALIBRATED,
-                   {OpClass.GEMM: GemmParams(0.8, 0.9, 4e-6, 128, 256, 16, 0.4, 1e-6, 0.7, 1e9, 1e6)},
-                   elementwise={"rmsnorm": ElementwiseParams(memory_eff=0.6, latency_s=3e-6)})
+    prof = Profile(
+        "h100-sxm-80gb",
+        Mode.CALIBRATED,
+        {OpClass.GEMM: GemmParams(0.8, 0.9, 4e-6, 128, 256, 16, 0.4, 1e-6, 0.7, 1e9, 1e6)},
+        elementwise={"rmsnorm": ElementwiseParams(memory_eff=0.6, latency_s=3e-6)},
+    )
     back = profile_from_dict(json.loads(json.dumps(prof.to_dict())))
     assert back.params(OpClass.GEMM) == prof.params(OpClass.GEMM)
     assert back.elementwise_params("rmsnorm") == prof.elementwise_params("rmsnorm")
@@ -103,7 +106,10 @@ def test_round_trip_keeps_new_fields():
 @settings(max_examples=30, deadline=None)
 @given(eff=st.floats(0.01, 1.5), lat=st.floats(0, 1e-3), wq=st.floats(0, 1))
 def test_valid_params_round_trip(eff, lat, wq):
-    raw = {"gpu": "g", "classes": {"attention_decode": {"memory_eff": eff, "latency_s": lat, "wave_quant": wq}}}
+    raw = {
+        "gpu": "g",
+        "classes": {"attention_decode": {"memory_eff": eff, "latency_s": lat, "wave_quant": wq}},
+    }
     p = profile_from_dict(raw).params(OpClass.ATTENTION_DECODE)
     assert (p.memory_eff, p.latency_s, p.wave_quant) == (eff, lat, wq)
 
@@ -122,7 +128,9 @@ def test_shipped_profiles_load_and_are_calibrated(gpu):
     assert 0.3 < prof.params(OpClass.GEMM).compute_eff <= 1.0
     assert prof.measured_on.get("driver")
     resolved = resolve_profile(load_gpu(gpu))  # collectives it lacks come from a GPU with the same link
-    assert {c: p for c, p in resolved.classes.items() if resolved.provenance_of(c) == "measured"} == dict(prof.classes)
+    assert {c: p for c, p in resolved.classes.items() if resolved.provenance_of(c) == "measured"} == dict(
+        prof.classes
+    )
     assert resolve_profile(load_gpu(gpu), Mode.PEAK).is_peak
 
 

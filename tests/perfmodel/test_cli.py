@@ -7,9 +7,22 @@ import pytest
 from perfmodel.cli import main
 
 JSON_KEYS = {
-    "model", "gpu", "tp", "mode", "context_len", "output_tokens", "weight_bytes", "kv_bytes_per_token",
-    "kv_cache_bytes", "prefill_s", "decode_s_per_token", "decode_s", "max_concurrency", "context_switch_s",
-    "session_throughput_tokens_per_s", "bottleneck",
+    "model",
+    "gpu",
+    "tp",
+    "mode",
+    "context_len",
+    "output_tokens",
+    "weight_bytes",
+    "kv_bytes_per_token",
+    "kv_cache_bytes",
+    "prefill_s",
+    "decode_s_per_token",
+    "decode_s",
+    "max_concurrency",
+    "context_switch_s",
+    "session_throughput_tokens_per_s",
+    "bottleneck",
 }
 
 
@@ -54,29 +67,64 @@ def test_alias_and_user_files(capsys, tmp_path):
     p = tmp_path / "my-gpu.yaml"
     p.write_text(yaml.safe_dump(data))
     cfg = tmp_path / "config.json"
-    cfg.write_text(json.dumps({"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 4,
-                               "num_attention_heads": 8, "num_key_value_heads": 2, "vocab_size": 32000}))
-    s1, o1, _ = run(capsys, "analyze", "--gpu", "h100", "--model", str(cfg), "--context", "4096", "--json",
-                    "--mode", "peak")
-    s2, o2, _ = run(capsys, "analyze", "--gpu", str(p), "--model", str(cfg), "--context", "4096", "--json",
-                    "--mode", "peak")
+    cfg.write_text(
+        json.dumps(
+            {
+                "hidden_size": 1024,
+                "intermediate_size": 4096,
+                "num_hidden_layers": 4,
+                "num_attention_heads": 8,
+                "num_key_value_heads": 2,
+                "vocab_size": 32000,
+            }
+        )
+    )
+    s1, o1, _ = run(
+        capsys,
+        "analyze",
+        "--gpu",
+        "h100",
+        "--model",
+        str(cfg),
+        "--context",
+        "4096",
+        "--json",
+        "--mode",
+        "peak",
+    )
+    s2, o2, _ = run(
+        capsys,
+        "analyze",
+        "--gpu",
+        str(p),
+        "--model",
+        str(cfg),
+        "--context",
+        "4096",
+        "--json",
+        "--mode",
+        "peak",
+    )
     assert s1 == s2 == 0
     assert json.loads(o2)["decode_s_per_token"] < json.loads(o1)["decode_s_per_token"]
 
 
-@pytest.mark.parametrize("argv, needle, code", [
-    (["analyze", "--model", "no-such-model"], "known: ", 1),
-    (["analyze", "--gpu", "no-such-gpu"], "known: ", 1),
-    (["analyze", "--tp", "3"], "does not divide the 56 query heads", 1),
-    (["analyze", "--context", "0"], "positive integer", 2),
-    (["analyze", "--context", "-4"], "positive integer", 2),
-    (["analyze", "--context", "1.5"], "positive integer", 2),
-    (["analyze", "--context", "nan"], "positive integer", 2),
-    (["analyze", "--batch", "0"], "positive integer", 2),
-    (["analyze", "--model", "llama-3.1-405b", "--gpu", "h100"], "tp=", 1),
-    (["analyze", "--context", "150000"], "needs", 1),
-    (["analyze", "--weight-dtype", "fp7"], "unknown dtype", 1),
-])
+@pytest.mark.parametrize(
+    "argv, needle, code",
+    [
+        (["analyze", "--model", "no-such-model"], "known: ", 1),
+        (["analyze", "--gpu", "no-such-gpu"], "known: ", 1),
+        (["analyze", "--tp", "3"], "does not divide the 56 query heads", 1),
+        (["analyze", "--context", "0"], "positive integer", 2),
+        (["analyze", "--context", "-4"], "positive integer", 2),
+        (["analyze", "--context", "1.5"], "positive integer", 2),
+        (["analyze", "--context", "nan"], "positive integer", 2),
+        (["analyze", "--batch", "0"], "positive integer", 2),
+        (["analyze", "--model", "llama-3.1-405b", "--gpu", "h100"], "tp=", 1),
+        (["analyze", "--context", "150000"], "needs", 1),
+        (["analyze", "--weight-dtype", "fp7"], "unknown dtype", 1),
+    ],
+)
 def test_bad_input_gives_one_line(capsys, argv, needle, code):
     status, out, err = run(capsys, *argv)
     assert status == code
@@ -94,7 +142,9 @@ def test_does_not_fit_message_has_bytes_and_suggests_tp(capsys):
 def test_predict_cli_bad_line(capsys, tmp_path):
     src = tmp_path / "ops.jsonl"
     src.write_text('{"op": "gemm", "m": 4, "n": 4, "k": 4}\n{"op": "attention", "phase": "decode"}\n')
-    status, _, err = run(capsys, "predict", "--gpu", "h100", "--in", str(src), "--out", str(tmp_path / "p.jsonl"))
+    status, _, err = run(
+        capsys, "predict", "--gpu", "h100", "--in", str(src), "--out", str(tmp_path / "p.jsonl")
+    )
     assert status == 1
     assert "line 2" in err and "missing" in err
 
@@ -103,14 +153,18 @@ def test_predict_cli_writes(capsys, tmp_path):
     src = tmp_path / "ops.jsonl"
     src.write_text('{"op": "gemm", "m": 4, "n": 4, "k": 4}\n')
     out = tmp_path / "p.jsonl"
-    status, _, _ = run(capsys, "predict", "--gpu", "h100", "--mode", "peak", "--in", str(src), "--out", str(out))
+    status, _, _ = run(
+        capsys, "predict", "--gpu", "h100", "--mode", "peak", "--in", str(src), "--out", str(out)
+    )
     assert status == 0
     assert json.loads(out.read_text())["predicted_s"] > 0
 
 
 def test_sweep_cli_csv(capsys, tmp_path):
     out = tmp_path / "s.csv"
-    status, _, _ = run(capsys, "sweep", "--context", "1000:5000:1000,50000", "--batch", "1,2", "--out", str(out))
+    status, _, _ = run(
+        capsys, "sweep", "--context", "1000:5000:1000,50000", "--batch", "1,2", "--out", str(out)
+    )
     assert status == 0
     import pandas as pd
 

@@ -51,7 +51,8 @@ def test_simulate_at_the_top_level():
     from perfmodel.serving import simulate
 
     assert perfmodel.simulate is simulate and "simulate" in perfmodel.__all__
-    res = perfmodel.simulate(perfmodel.Deployment.make("llama-3-8b", "h100"),
-                             perfmodel.Workload(10, 5.0, perfmodel.LengthDist.parse("256"),
-                                                perfmodel.LengthDist.parse("8")))
+    res = perfmodel.simulate(
+        perfmodel.Deployment.make("llama-3-8b", "h100"),
+        perfmodel.Workload(10, 5.0, perfmodel.LengthDist.parse("256"), perfmodel.LengthDist.parse("8")),
+    )
     assert res.summary()["completed"] == 10

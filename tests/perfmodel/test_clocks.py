@@ -45,12 +45,15 @@ def test_the_rule_only_slows_and_never_beyond_the_sustained_rate(compute_s, memo
     assert np.isfinite(out.total_s)
 
 
-@pytest.mark.parametrize("raw,needle", [
-    ({"compute_ratio": 1.2, "settle_s": 1}, "compute_ratio must be in"),
-    ({"compute_ratio": 0.9}, "settle_s is missing"),
-    ({"compute_ratio": 0.9, "settle_s": -1}, "settle_s must be >= 0"),
-    ({"compute_ratio": 0.9, "settle_s": 1, "fudge": 2}, "unknown field"),
-])
+@pytest.mark.parametrize(
+    "raw,needle",
+    [
+        ({"compute_ratio": 1.2, "settle_s": 1}, "compute_ratio must be in"),
+        ({"compute_ratio": 0.9}, "settle_s is missing"),
+        ({"compute_ratio": 0.9, "settle_s": -1}, "settle_s must be >= 0"),
+        ({"compute_ratio": 0.9, "settle_s": 1, "fudge": 2}, "unknown field"),
+    ],
+)
 def test_bad_sustained_terms_are_refused_by_name(raw, needle):
     with pytest.raises(ProfileError, match=needle):
         sustained_from_dict(raw, "p.json")
@@ -61,7 +64,9 @@ def test_prefill_pays_the_sustained_rate_and_decode_does_not():
     base = Profile(H100, Mode.CALIBRATED, MappingProxyType({OpClass.GEMM: GemmParams(compute_eff=0.8)}))
     hot = dataclasses.replace(base, sustained=MappingProxyType(SUS))
     assert prefill_cost(m, g, hot, 128_000).total_s > prefill_cost(m, g, base, 128_000).total_s
-    assert prefill_cost(m, g, hot, 500).total_s == prefill_cost(m, g, base, 500).total_s  # milliseconds: burst
+    assert (
+        prefill_cost(m, g, hot, 500).total_s == prefill_cost(m, g, base, 500).total_s
+    )  # milliseconds: burst
     assert decode_step_cost(m, g, hot, 128_000, 8).total_s == decode_step_cost(m, g, base, 128_000, 8).total_s
     back = profile_from_dict(hot.to_dict())
     assert dict(back.sustained) == SUS
@@ -73,8 +78,12 @@ def test_eager_launch_waits_for_the_host_on_short_kernels_only():
     assert eager_cost(short, terms).total_s == pytest.approx(6e-6)
     assert eager_cost(long, terms).total_s == pytest.approx(1e-3 + 1e-6)
     g = load_gpu(H100)
-    prof = Profile(H100, Mode.CALIBRATED, MappingProxyType({OpClass.GEMM: GemmParams(latency_s=3e-6)}),
-                   launch_terms=MappingProxyType(terms))
+    prof = Profile(
+        H100,
+        Mode.CALIBRATED,
+        MappingProxyType({OpClass.GEMM: GemmParams(latency_s=3e-6)}),
+        launch_terms=MappingProxyType(terms),
+    )
     op = Gemm(16, 1024, 1024)
     assert op_cost(op, g, prof.with_launch("eager")).total_s >= op_cost(op, g, prof).total_s + 1e-6
     with pytest.raises(ProfileError, match="no eager-launch terms"):
@@ -126,8 +135,9 @@ def test_after_busy_shifts_the_ramp_and_the_settling_time():
     assert after_busy(step, 0.25) == {"compute_ratio": 0.5, "settle_s": 0.75}
 
 
-@pytest.mark.parametrize("bad", [[[0.1, 1.0], [1.0, 0.9]], [[0.0, 1.0], [0.0, 0.9]], [[0.0, 1.2], [1.0, 0.9]], "x",
-                                 [[0.0, 1.0]]])
+@pytest.mark.parametrize(
+    "bad", [[[0.1, 1.0], [1.0, 0.9]], [[0.0, 1.0], [0.0, 0.9]], [[0.0, 1.2], [1.0, 0.9]], "x", [[0.0, 1.0]]]
+)
 def test_bad_ramps_are_refused_by_name(bad):
     from perfmodel.clocks import sustained_from_dict
     from perfmodel.errors import ProfileError

@@ -27,10 +27,16 @@ def t(kind, nbytes, world, topology=None, prof=DATASHEET, **kw):
     return float(collective_time(kind, nbytes, world, H200, prof, topology, **kw).total_s)
 
 
-@pytest.mark.parametrize("kind,factor,steps", [
-    (OpKind.ALL_REDUCE, 2 * 3 / 4, 6), (OpKind.ALL_GATHER, 3 / 4, 3), (OpKind.REDUCE_SCATTER, 3 / 4, 3),
-    (OpKind.ALL_TO_ALL, 3 / 4, 3), (OpKind.SEND_RECV, 1.0, 1),
-])
+@pytest.mark.parametrize(
+    "kind,factor,steps",
+    [
+        (OpKind.ALL_REDUCE, 2 * 3 / 4, 6),
+        (OpKind.ALL_GATHER, 3 / 4, 3),
+        (OpKind.REDUCE_SCATTER, 3 / 4, 3),
+        (OpKind.ALL_TO_ALL, 3 / 4, 3),
+        (OpKind.SEND_RECV, 1.0, 1),
+    ],
+)
 def test_volume_factor_and_steps_on_one_nvlink_node(kind, factor, steps):
     b = 1 << 30
     c = collective_time(kind, b, 4, H200, DATASHEET, algorithm=AllReduceAlgorithm.RING)
@@ -84,11 +90,17 @@ def test_strided_group_spans_nodes():
     assert cross.comm_s == pytest.approx((1 << 28) / 50e9)
 
 
-@pytest.mark.parametrize("world,topology,err", [
-    (5, "h200-x4", GroupTooLargeError), (32, "hgx-h200-x2", GroupTooLargeError),
-    (12, "hgx-h200-x2", CommTopologyError), (0, None, CommTopologyError),
-    (2, "dgx-h100", CommTopologyError), (2, "no-such-system", UnknownHardwareError),
-])
+@pytest.mark.parametrize(
+    "world,topology,err",
+    [
+        (5, "h200-x4", GroupTooLargeError),
+        (32, "hgx-h200-x2", GroupTooLargeError),
+        (12, "hgx-h200-x2", CommTopologyError),
+        (0, None, CommTopologyError),
+        (2, "dgx-h100", CommTopologyError),
+        (2, "no-such-system", UnknownHardwareError),
+    ],
+)
 def test_bad_groups_raise_value_errors_naming_the_value(world, topology, err):
     with pytest.raises(err) as exc:
         collective_time(OpKind.ALL_REDUCE, 1 << 20, world, H200, PEAK, topology)
@@ -129,7 +141,9 @@ def test_calibration_applies_only_to_nvlink_paths():
     def intra(cls):  # bytes up to the knee at memory_eff, the rest at tail_memory_eff of 450 GB/s
         p = prof.params(cls)
         k = p.knee_bytes if p.knee_bytes > 0 else b
-        return (7 / 8) * (min(b, k) / (450e9 * p.memory_eff) + max(b - k, 0) / (450e9 * (p.tail_memory_eff or p.memory_eff)))
+        return (7 / 8) * (
+            min(b, k) / (450e9 * p.memory_eff) + max(b - k, 0) / (450e9 * (p.tail_memory_eff or p.memory_eff))
+        )
 
     assert cal.comm_s - nic == pytest.approx(intra(OpClass.REDUCE_SCATTER) + intra(OpClass.ALL_GATHER))
 
@@ -146,7 +160,12 @@ def test_knee_raises_the_marginal_bandwidth_and_peak_ignores_it():
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.sampled_from(list(OpKind)[5:]), st.integers(1, 2**31), st.integers(1, 2**31), st.sampled_from([2, 4, 8]))
+@given(
+    st.sampled_from(list(OpKind)[5:]),
+    st.integers(1, 2**31),
+    st.integers(1, 2**31),
+    st.sampled_from([2, 4, 8]),
+)
 def test_time_grows_with_bytes(kind, a, b, world):
     lo, hi = sorted((a, b))
     for prof in (PEAK, resolve_profile(H200, "calibrated")):

@@ -24,7 +24,9 @@ def test_the_way_picks_its_terms_else_the_class():
     prof = _profile(collective_launch={"graph": {"all_reduce": GRAPH}})
     b = 64 * 1024
     base = float(collective_time(OpKind.ALL_REDUCE, b, 2, H200, prof).total_s)
-    burst = float(collective_time(OpKind.ALL_REDUCE, b, 2, H200, prof, launch=CollectiveLaunch.EAGER_BURST).total_s)
+    burst = float(
+        collective_time(OpKind.ALL_REDUCE, b, 2, H200, prof, launch=CollectiveLaunch.EAGER_BURST).total_s
+    )
     graph = float(collective_time(OpKind.ALL_REDUCE, b, 2, H200, prof, launch="graph").total_s)
     assert burst == base  # no eager_burst terms: the class's
     assert graph < 0.5 * base
@@ -49,15 +51,21 @@ def test_decode_collectives_are_priced_in_graph_and_prefill_back_to_back():
     assert default_collective_launch(Phase.DECODE) is CollectiveLaunch.GRAPH
     assert default_collective_launch(Phase.PREFILL) is CollectiveLaunch.EAGER_BURST
     m = load_model("llama-3-8b")
-    for phase, q, way in ((Phase.DECODE, 1, CollectiveLaunch.GRAPH), (Phase.PREFILL, 512, CollectiveLaunch.EAGER_BURST)):
+    for phase, q, way in (
+        (Phase.DECODE, 1, CollectiveLaunch.GRAPH),
+        (Phase.PREFILL, 512, CollectiveLaunch.EAGER_BURST),
+    ):
         colls = [o for _, o, _ in model_ops(m, phase, 4, q, 1024, tp=2) if isinstance(o, Collective)]
         assert colls and all(o.launch is way for o in colls)
     prof = _profile(collective_launch={"graph": {"all_reduce": GRAPH}})
     plain = _profile()
 
     def coll_s(p, phase, q):
-        return sum(float(op_cost(o, H200, p).total_s) * c for _, o, c in model_ops(m, phase, 4, q, 1024, tp=2)
-                   if isinstance(o, Collective) and o.op is OpKind.ALL_REDUCE)
+        return sum(
+            float(op_cost(o, H200, p).total_s) * c
+            for _, o, c in model_ops(m, phase, 4, q, 1024, tp=2)
+            if isinstance(o, Collective) and o.op is OpKind.ALL_REDUCE
+        )
 
     assert coll_s(prof, Phase.DECODE, 1) < 0.5 * coll_s(plain, Phase.DECODE, 1)
     assert coll_s(prof, Phase.PREFILL, 512) == coll_s(plain, Phase.PREFILL, 512)

@@ -36,7 +36,7 @@ def _prof(**classes):
 def test_peak_gemm_is_the_datasheet_roofline():
     op = Gemm(8192, 8192, 8192)
     c = op_cost(op, H100, PEAK)
-    assert c.total_s == pytest.approx(2 * 8192 ** 3 / 989.4e12)
+    assert c.total_s == pytest.approx(2 * 8192**3 / 989.4e12)
     assert c.bound is Bound.COMPUTE
     small = op_cost(Gemm(1, 8192, 8192), H100, PEAK)
     assert small.bound is Bound.HBM_BANDWIDTH
@@ -76,8 +76,9 @@ def test_ramp_slows_small_ops_only():
     p = CopyParams(memory_eff=0.9, ramp_bytes=1e6)
     small = op_cost(Memcpy(1_000_000), H100, _prof(memcpy_d2d=p))
     big = op_cost(Memcpy(1_000_000_000), H100, _prof(memcpy_d2d=p))
-    assert small.memory_s == pytest.approx(2e6 / (3.35e12 * 0.9 * 0.5 * 2e6 / (2e6 + 1e6) * 2))  \
-        or small.memory_s > 2e6 / (3.35e12 * 0.9)
+    assert small.memory_s == pytest.approx(
+        2e6 / (3.35e12 * 0.9 * 0.5 * 2e6 / (2e6 + 1e6) * 2)
+    ) or small.memory_s > 2e6 / (3.35e12 * 0.9)
     assert big.memory_s == pytest.approx(2e9 / (3.35e12 * 0.9), rel=1e-3)
 
 
@@ -88,8 +89,12 @@ def test_host_copies_use_pcie():
 
 
 def test_elementwise_uses_its_named_curve():
-    prof = Profile(H100.name, Mode.CALIBRATED, {OpClass.ELEMENTWISE: ElementwiseParams(memory_eff=0.5)},
-                   elementwise={"rmsnorm": ElementwiseParams(memory_eff=0.25)})
+    prof = Profile(
+        H100.name,
+        Mode.CALIBRATED,
+        {OpClass.ELEMENTWISE: ElementwiseParams(memory_eff=0.5)},
+        elementwise={"rmsnorm": ElementwiseParams(memory_eff=0.25)},
+    )
     a = op_cost(Elementwise("rmsnorm", bytes=1e9), H100, prof).total_s
     b = op_cost(Elementwise("gelu", bytes=1e9), H100, prof).total_s
     assert a == pytest.approx(2 * b)
@@ -105,14 +110,22 @@ def test_prefill_attention_waves():
 
 def test_layer_is_the_sum_of_its_parts():
     op = DecoderLayer(Phase.DECODE, 8, 1, 4096, 4096, 14336, 32, 8, 128)
-    prof = _prof(gemm=GemmParams(0.8, 0.9, 4e-6, 128, 128, 16), attention_decode=AttentionParams(memory_eff=0.7))
+    prof = _prof(
+        gemm=GemmParams(0.8, 0.9, 4e-6, 128, 128, 16), attention_decode=AttentionParams(memory_eff=0.7)
+    )
     total = sum(op_cost(o, H100, prof).scale(c).total_s for _, o, c in decoder_layer_parts(op))
     assert op_cost(op, H100, prof).total_s == pytest.approx(total)
 
 
 @settings(max_examples=40, deadline=None)
-@given(m=st.integers(1, 20000), n=st.integers(1, 30000), k=st.integers(1, 20000),
-       tm=st.sampled_from([64, 128, 256]), tn=st.sampled_from([64, 128, 256]), wq=st.floats(0, 1))
+@given(
+    m=st.integers(1, 20000),
+    n=st.integers(1, 30000),
+    k=st.integers(1, 20000),
+    tm=st.sampled_from([64, 128, 256]),
+    tn=st.sampled_from([64, 128, 256]),
+    wq=st.floats(0, 1),
+)
 def test_calibrated_never_beats_peak_and_arrays_match_scalars(m, n, k, tm, tn, wq):
     prof = _prof(gemm=GemmParams(0.8, 0.9, 3e-6, tm, tn, 16, wq, 5e-7, 0.5, 1e8, 1e6))
     one = op_cost(Gemm(m, n, k), H100, prof).total_s
@@ -125,7 +138,9 @@ def test_calibrated_never_beats_peak_and_arrays_match_scalars(m, n, k, tm, tn, w
 def test_array_costs_broadcast_for_the_sweep():
     b = np.arange(1, 1001)
     op = Attention(Phase.DECODE, b, 1, 4096, 32, 8, 128)
-    c = op_cost(op, H100, _prof(attention_decode=AttentionParams(memory_eff=0.8, latency_s=5e-6, ramp_bytes=1e6)))
+    c = op_cost(
+        op, H100, _prof(attention_decode=AttentionParams(memory_eff=0.8, latency_s=5e-6, ramp_bytes=1e6))
+    )
     assert c.total_s.shape == (1000,) and np.all(np.diff(c.total_s) > 0)
     assert isinstance(c + OpCost(), OpCost)
 
@@ -153,8 +168,12 @@ def test_rmsnorm_rows_are_derived_from_bytes_and_flops():
 
 
 def test_occupancy_floor_makes_few_long_units_slow_and_vanishes_in_peak_mode():
-    p = ElementwiseParams(memory_eff=1.0, units_per_sm=2, unit_memory_eff=10e9 * H100.sm_count / H100.hbm_bytes_per_s,
-                    unit_overhead_s=1e-6)
+    p = ElementwiseParams(
+        memory_eff=1.0,
+        units_per_sm=2,
+        unit_memory_eff=10e9 * H100.sm_count / H100.hbm_bytes_per_s,
+        unit_overhead_s=1e-6,
+    )
     prof = Profile(H100.name, Mode.CALIBRATED, elementwise={"rmsnorm": p})
     one_row_short = Elementwise("rmsnorm", bytes=3 * 2048 * 2, flops=4 * 2048)
     one_row_long = Elementwise("rmsnorm", bytes=3 * 8192 * 2, flops=4 * 8192)
@@ -167,7 +186,9 @@ def test_occupancy_floor_makes_few_long_units_slow_and_vanishes_in_peak_mode():
     big = Elementwise("rmsnorm", bytes=(2 * 65536 + 1) * 4096 * 2, flops=4 * 65536 * 4096)
     assert op_cost(big, H100, prof).memory_s >= big.bytes / H100.hbm_bytes_per_s
     assert unit_waves_s(10, 1e6, 132, 3e12, ElementwiseParams()) == 0.0
-    assert op_cost(one_row_long, H100, PEAK).total_s == pytest.approx(one_row_long.bytes / H100.hbm_bytes_per_s)
+    assert op_cost(one_row_long, H100, PEAK).total_s == pytest.approx(
+        one_row_long.bytes / H100.hbm_bytes_per_s
+    )
 
 
 def test_split_kv_adds_the_combine_latency_only_when_it_splits():
@@ -190,13 +211,16 @@ def test_host_copy_knee_changes_the_rate_of_the_tail():
 
 
 def _prefill(batch, n, heads=32, causal=True):
-    return Attention(Phase.PREFILL, batch=batch, q_len=n, kv_len=n, q_heads=heads, kv_heads=8, head_dim=128,
-                     causal=causal)
+    return Attention(
+        Phase.PREFILL, batch=batch, q_len=n, kv_len=n, q_heads=heads, kv_heads=8, head_dim=128, causal=causal
+    )
 
 
 def test_scheduled_prefill_is_set_by_the_longest_tile_when_few_and_by_the_load_when_many():
     rate = 0.1 * H100.flops_for(Dtype.BF16) / H100.sm_count
-    p = AttentionParams(tile_m=128, units_per_sm=1, unit_compute_eff=0.1, unit_overhead_s=2e-6, wave_quant=0.0)
+    p = AttentionParams(
+        tile_m=128, units_per_sm=1, unit_compute_eff=0.1, unit_overhead_s=2e-6, wave_quant=0.0
+    )
     prof = _prof(attention_prefill=p)
     per_key = 4 * 128 * 128 / rate
     # 32 heads x 8 tiles = 256 programs over 132 slots: the last tile (all 1024 keys) or the mean load
@@ -217,8 +241,15 @@ def test_scheduled_prefill_is_set_by_the_longest_tile_when_few_and_by_the_load_w
 
 
 def test_scheduled_prefill_vectorises():
-    p = AttentionParams(tile_m=64, units_per_sm=2, unit_compute_eff=0.2, unit_overhead_s=1e-6, wave_quant=0.5,
-                    split_rule=1, split_latency_s=3e-6)
+    p = AttentionParams(
+        tile_m=64,
+        units_per_sm=2,
+        unit_compute_eff=0.2,
+        unit_overhead_s=1e-6,
+        wave_quant=0.5,
+        split_rule=1,
+        split_latency_s=3e-6,
+    )
     prof = _prof(attention_prefill=p)
     ns = np.array([128, 512, 2048, 16384])
     arr = op_cost(_prefill(1, ns), H100, prof).total_s
@@ -263,7 +294,9 @@ def test_decode_step_time_charges_each_tile_a_program_walks():
     op = Attention(Phase.DECODE, 4, 1, 65536, 32, 8, 128, causal=True)
     base = AttentionParams(split_rule=SplitRule.STREAM_K, units_per_sm=1.0, unit_memory_eff=1.0)
     t0 = op_cost(op, H100, _prof(attention_decode=base)).total_s
-    step = AttentionParams(split_rule=SplitRule.STREAM_K, units_per_sm=1.0, unit_memory_eff=1.0, unit_step_s=1e-7)
+    step = AttentionParams(
+        split_rule=SplitRule.STREAM_K, units_per_sm=1.0, unit_memory_eff=1.0, unit_step_s=1e-7
+    )
     t1 = op_cost(op, H100, _prof(attention_decode=step)).total_s
     # 32 pairs x 1024 tiles over 256 programs (2 per SM, rounded to the pairs): 128 tiles each,
     # 0.1 us per tile on the floor
@@ -279,7 +312,9 @@ def test_triton_decode_combine_kernel_costs_its_partials():
     lat0 = op_cost(op, H100, _prof(attention_decode=base)).latency_s
     lat1 = op_cost(op, H100, _prof(attention_decode=with_bytes)).latency_s
     assert lat0 == pytest.approx(2e-6)  # the combine kernel runs even without a split
-    partial = 2 * 8 * 32 * 4 * 129 * 4  # 8 pairs x 32 pieces x 4 query heads x (128 + 1) fp32, written and read
+    partial = (
+        2 * 8 * 32 * 4 * 129 * 4
+    )  # 8 pairs x 32 pieces x 4 query heads x (128 + 1) fp32, written and read
     assert lat1 - lat0 == pytest.approx(partial / (0.5 * H100.hbm_bytes_per_s))
 
 
@@ -291,8 +326,10 @@ def test_triton_decode_combine_kernel_costs_its_rows():
     lat = {}
     for b in (1, 64):
         op = Attention(Phase.DECODE, batch=b, q_len=1, kv_len=256, q_heads=32, kv_heads=8, head_dim=128)
-        lat[b] = op_cost(op, H100, _prof(attention_decode=rows)).latency_s - op_cost(
-            op, H100, _prof(attention_decode=base)).latency_s
+        lat[b] = (
+            op_cost(op, H100, _prof(attention_decode=rows)).latency_s
+            - op_cost(op, H100, _prof(attention_decode=base)).latency_s
+        )
     # one combine program per query head of a sequence, over the SMs
     assert lat[1] == pytest.approx(1e-7 * 32 / H100.sm_count)
     assert lat[64] == pytest.approx(64 * lat[1])
@@ -306,12 +343,22 @@ def test_stream_k_at_one_wave_has_no_combine_rows():
 
     base = AttentionParams(split_rule=SplitRule.STREAM_K, split_latency_s=2e-6)
     rows = AttentionParams(split_rule=SplitRule.STREAM_K, split_latency_s=2e-6, reduce_row_s=1e-7)
-    for b, kv, fused in ((1, 1024, True), (4, 4096, True), (2, 16384, True), (4, 16384, False), (16, 65536, False)):
+    for b, kv, fused in (
+        (1, 1024, True),
+        (4, 4096, True),
+        (2, 16384, True),
+        (4, 16384, False),
+        (16, 65536, False),
+    ):
         op = Attention(Phase.DECODE, batch=b, q_len=1, kv_len=kv, q_heads=32, kv_heads=8, head_dim=128)
-        programs, _ = triton_decode_pieces(b * 8, kv, 2 * H100.sm_count, SplitRule.STREAM_K, H100.sm_count, 128)
+        programs, _ = triton_decode_pieces(
+            b * 8, kv, 2 * H100.sm_count, SplitRule.STREAM_K, H100.sm_count, 128
+        )
         assert (programs <= H100.sm_count) == fused
-        extra = op_cost(op, H100, _prof(attention_decode=rows)).latency_s - op_cost(
-            op, H100, _prof(attention_decode=base)).latency_s
+        extra = (
+            op_cost(op, H100, _prof(attention_decode=rows)).latency_s
+            - op_cost(op, H100, _prof(attention_decode=base)).latency_s
+        )
         assert extra == pytest.approx(0.0 if fused else 1e-7 * b * 32 / H100.sm_count)
 
 
@@ -324,12 +371,21 @@ def test_stream_k_one_wave_merge_costs_its_latency_and_loads():
     from perfmodel.costs.attention import SplitRule
 
     base = AttentionParams(split_rule=SplitRule.STREAM_K, split_latency_s=2e-6)
-    merge = AttentionParams(split_rule=SplitRule.STREAM_K, split_latency_s=2e-6, merge_latency_s=1e-6, merge_step_s=4e-7)
+    merge = AttentionParams(
+        split_rule=SplitRule.STREAM_K, split_latency_s=2e-6, merge_latency_s=1e-6, merge_step_s=4e-7
+    )
     # (batch, KV length, query heads, KV heads, loads expected): 16 pieces of group 4 in one load of 16,
     # 16 pieces of group 8 in two loads of 8, 33 pieces of group 4 in three, one piece: no merge
-    for b, kv, hq, hkv, loads in ((1, 1024, 32, 8, 1), (1, 1024, 64, 8, 2), (1, 16384, 16, 4, 3), (16, 256, 32, 8, 0)):
+    for b, kv, hq, hkv, loads in (
+        (1, 1024, 32, 8, 1),
+        (1, 1024, 64, 8, 2),
+        (1, 16384, 16, 4, 3),
+        (16, 256, 32, 8, 0),
+    ):
         op = Attention(Phase.DECODE, batch=b, q_len=1, kv_len=kv, q_heads=hq, kv_heads=hkv, head_dim=128)
-        programs, pieces = triton_decode_pieces(b * hkv, kv, 2 * H100.sm_count, SplitRule.STREAM_K, H100.sm_count, 128)
+        programs, pieces = triton_decode_pieces(
+            b * hkv, kv, 2 * H100.sm_count, SplitRule.STREAM_K, H100.sm_count, 128
+        )
         assert programs <= H100.sm_count
         lat0 = op_cost(op, H100, _prof(attention_decode=base)).latency_s
         lat1 = op_cost(op, H100, _prof(attention_decode=merge)).latency_s
@@ -358,8 +414,11 @@ def test_gemm_candidate_tiles_never_slower_than_the_largest_tile():
     g = load_gpu("h100-sxm-80gb")
     base = GemmParams(compute_eff=0.7, memory_eff=0.9, tile_m=128, tile_n=256, tile_m_min=16, wave_quant=1.0)
     choose = GemmParams(**{**base.__dict__, "tile_choice": 1})
-    op = Gemm(np.array([1.0, 1000, 1000, 4096, 16384]), np.array([1000.0, 1000, 640, 4352, 640]),
-              np.array([1000.0, 1000, 2560, 4096, 2560]))
+    op = Gemm(
+        np.array([1.0, 1000, 1000, 4096, 16384]),
+        np.array([1000.0, 1000, 640, 4352, 640]),
+        np.array([1000.0, 1000, 2560, 4096, 2560]),
+    )
     prof = lambda p: Profile("h100-sxm-80gb", Mode.CALIBRATED, MappingProxyType({OpClass.GEMM: p}))
     fixed, chosen = op_cost(op, g, prof(base)).total_s, op_cost(op, g, prof(choose)).total_s
     assert np.all(chosen <= fixed * (1 + 1e-12))
@@ -389,8 +448,14 @@ def test_rmsnorm_rows_past_the_knee_stream_at_the_tail_efficiency():
 def test_unit_share_shortens_a_causal_wave_not_a_non_causal_one():
     from perfmodel.costs.attention import SplitRule
 
-    base = dict(split_rule=SplitRule.NONE, units_per_sm=4.0, unit_compute_eff=0.4, unit_overhead_s=1e-6, tile_m=128,
-                wave_quant=0.5)
+    base = dict(
+        split_rule=SplitRule.NONE,
+        units_per_sm=4.0,
+        unit_compute_eff=0.4,
+        unit_overhead_s=1e-6,
+        tile_m=128,
+        wave_quant=0.5,
+    )
     off, on = AttentionParams(**base), AttentionParams(**base, unit_share=0.3)
 
     def t(params, causal):
@@ -407,8 +472,14 @@ def test_unit_share_shortens_a_causal_wave_not_a_non_causal_one():
 def test_non_causal_grids_pay_no_tail_beyond_the_idle_part_of_the_last_wave():
     from perfmodel.costs.attention import SplitRule
 
-    p = AttentionParams(split_rule=SplitRule.NONE, units_per_sm=4.0, unit_compute_eff=0.4, unit_overhead_s=1e-6, tile_m=128,
-                    wave_quant=0.4)
+    p = AttentionParams(
+        split_rule=SplitRule.NONE,
+        units_per_sm=4.0,
+        unit_compute_eff=0.4,
+        unit_overhead_s=1e-6,
+        tile_m=128,
+        wave_quant=0.4,
+    )
     prof = _prof(attention_prefill=p)
     rate = 0.4 * H100.flops_for(Dtype.BF16) / H100.sm_count  # 4 programs share an SM's math
     slots = 4 * H100.sm_count

@@ -21,7 +21,9 @@ def _prof(name, p):
 
 
 def test_row_knee_width_ramps_the_time_per_byte_between_head_and_tail():
-    p = ElementwiseParams(memory_eff=0.8, row_knee_bytes=8192.0, row_tail_memory_eff=0.5, row_knee_width_bytes=8192.0)
+    p = ElementwiseParams(
+        memory_eff=0.8, row_knee_bytes=8192.0, row_tail_memory_eff=0.5, row_knee_width_bytes=8192.0
+    )
     eff = row_memory_eff(np.array([4096.0, 8192.0, 12288.0, 16384.0, 65536.0]), p)
     # time per byte: head, head, half-way, tail, tail
     want = 1.0 / np.array([1 / 0.8, 1 / 0.8, 0.5 / 0.8 + 0.5 / 0.5, 1 / 0.5, 1 / 0.5])
@@ -60,8 +62,16 @@ def test_cache_bytes_off_by_default():
     assert op_cost(op, G, _prof("residual_add", p)).memory_s == pytest.approx(3e6 / (G.hbm_bytes_per_s * 0.9))
 
 
-@pytest.mark.parametrize("raw", [{"cache_memory_eff": 5.0}, {"cache_memory_eff": -1.0}, {"cache_bytes": -1.0},
-                                 {"row_knee_width_bytes": -1.0}, {"row_knee_width_bytes": float("inf")}])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"cache_memory_eff": 5.0},
+        {"cache_memory_eff": -1.0},
+        {"cache_bytes": -1.0},
+        {"row_knee_width_bytes": -1.0},
+        {"row_knee_width_bytes": float("inf")},
+    ],
+)
 def test_new_fields_are_validated(raw):
     with pytest.raises(ProfileError):
         ElementwiseParams.from_dict(raw, "test")

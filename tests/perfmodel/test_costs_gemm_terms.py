@@ -40,8 +40,9 @@ def test_under_filled_grid_runs_one_wave_of_smaller_tiles_at_the_fill_rate():
 
 def test_fill_rate_leaves_grids_of_at_least_one_wave_alone():
     base = GemmParams(tile_m=128, tile_n=256, wave_quant=0.5, tile_overhead_s=1e-6, small_tile_eff=0.9)
-    fill = GemmParams(tile_m=128, tile_n=256, wave_quant=0.5, tile_overhead_s=1e-6, small_tile_eff=0.9,
-                       fill_tile_eff=0.6)
+    fill = GemmParams(
+        tile_m=128, tile_n=256, wave_quant=0.5, tile_overhead_s=1e-6, small_tile_eff=0.9, fill_tile_eff=0.6
+    )
     ms = np.array([4096.0, 16384.0])  # 32 x 16 and 128 x 16 tiles
     op = Gemm(m=ms, n=4096, k=4096)
     assert np.allclose(op_cost(op, H100, _prof(fill)).compute_s, op_cost(op, H100, _prof(base)).compute_s)
@@ -82,12 +83,16 @@ def test_misaligned_rows_stream_their_bytes_at_the_misaligned_memory_rate():
     assert m == pytest.approx(by / (H100.hbm_bytes_per_s * 0.9 * np.array([0.8, 1.0])))
     assert m[0] / by[0] > m[1] / by[1]  # slower per byte only where the rows are off the lines
     # the math rate is untouched, and off (0) both rows stream at memory_eff
-    assert op_cost(op, H100, _prof(p)).compute_s == pytest.approx(op_cost(op, H100, _prof(GemmParams())).compute_s)
+    assert op_cost(op, H100, _prof(p)).compute_s == pytest.approx(
+        op_cost(op, H100, _prof(GemmParams())).compute_s
+    )
     off = op_cost(op, H100, _prof(GemmParams(memory_eff=0.9))).memory_s
     assert off == pytest.approx(by / (H100.hbm_bytes_per_s * 0.9))
     assert isinstance(op_cost(Gemm(m=1, n=1000, k=1000), H100, _prof(p)).memory_s, float)
     # the peak model has no such term
-    assert op_cost(op, H100, Profile(H100.name, Mode.PEAK)).memory_s == pytest.approx(by / H100.hbm_bytes_per_s)
+    assert op_cost(op, H100, Profile(H100.name, Mode.PEAK)).memory_s == pytest.approx(
+        by / H100.hbm_bytes_per_s
+    )
 
 
 @pytest.mark.parametrize("name", ["fill_tile_eff", "misaligned_eff", "misaligned_memory_eff"])

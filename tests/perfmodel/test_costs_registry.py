@@ -61,18 +61,28 @@ def test_every_shipped_class_key_has_its_type_and_the_profile_round_trips(path: 
     # what differs from peak); the other sections come back as they are (``source`` is the fit's note, and a
     # band row keeps its quantiles and count)
     out = json.loads(json.dumps(prof.to_dict()))
-    curves = {"classes": lambda k: PARAMS_TYPES[OpClass(k)], "elementwise_kernels": lambda k: ElementwiseParams,
-              "implementations": lambda k: AttentionParams}
+    curves = {
+        "classes": lambda k: PARAMS_TYPES[OpClass(k)],
+        "elementwise_kernels": lambda k: ElementwiseParams,
+        "implementations": lambda k: AttentionParams,
+    }
     assert set(out) == set(data) - {"source"}
     for section, value in data.items():
         if section in curves:
-            assert out[section] == {k: {f: v for f, v in raw.items() if v != getattr(curves[section](k)(), f)}
-                                    for k, raw in value.items()}
+            assert out[section] == {
+                k: {f: v for f, v in raw.items() if v != getattr(curves[section](k)(), f)}
+                for k, raw in value.items()
+            }
         elif section == "bands":
             for group, rows in value.items():
-                assert out[section][group] == (rows if not isinstance(rows, dict) else
-                                               {k: {q: r[q] for q in ("q10", "q90", "n", "families", "level") if q in r}
-                                                for k, r in rows.items()})
+                assert out[section][group] == (
+                    rows
+                    if not isinstance(rows, dict)
+                    else {
+                        k: {q: r[q] for q in ("q10", "q90", "n", "families", "level") if q in r}
+                        for k, r in rows.items()
+                    }
+                )
         elif section != "source":
             assert out[section] == value, section
     again = profile_from_dict(out, "again")

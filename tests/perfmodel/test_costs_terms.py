@@ -31,7 +31,9 @@ def test_each_norm_block_streams_its_row_and_the_whole_weight():
     # one block per row, all in one wave: 8 rows take as long as one (each block reads its input row,
     # writes its output row and reads the weight), not 17/8 / 3 of it
     rate = 10e9
-    p = ElementwiseParams(memory_eff=1.0, units_per_sm=4, unit_memory_eff=rate * H100.sm_count / H100.hbm_bytes_per_s)
+    p = ElementwiseParams(
+        memory_eff=1.0, units_per_sm=4, unit_memory_eff=rate * H100.sm_count / H100.hbm_bytes_per_s
+    )
     prof = Profile(H100.name, Mode.CALIBRATED, elementwise=MappingProxyType({"rmsnorm": p}))
     one = op_cost(_norm(1, 8192), H100, prof).memory_s
     eight = op_cost(_norm(8, 8192), H100, prof).memory_s
@@ -43,8 +45,9 @@ def test_each_norm_block_streams_its_row_and_the_whole_weight():
 
 
 def _prefill(n, head_dim, heads=32):
-    return Attention(Phase.PREFILL, batch=1, q_len=n, kv_len=n, q_heads=heads, kv_heads=8, head_dim=head_dim,
-                     causal=False)
+    return Attention(
+        Phase.PREFILL, batch=1, q_len=n, kv_len=n, q_heads=heads, kv_heads=8, head_dim=head_dim, causal=False
+    )
 
 
 def test_softmax_cost_per_score_is_paid_per_key_and_weighs_more_for_small_heads():
@@ -66,8 +69,9 @@ def test_softmax_cost_per_score_is_paid_per_key_and_weighs_more_for_small_heads(
 
 
 def _decode(batch, kv, kv_heads=4):
-    return Attention(Phase.DECODE, batch=batch, q_len=1, kv_len=kv, q_heads=8 * kv_heads, kv_heads=kv_heads,
-                     head_dim=128)
+    return Attention(
+        Phase.DECODE, batch=batch, q_len=1, kv_len=kv, q_heads=8 * kv_heads, kv_heads=kv_heads, head_dim=128
+    )
 
 
 def test_combine_cost_grows_with_the_kv_splits_and_only_when_split():
@@ -81,7 +85,11 @@ def test_combine_cost_grows_with_the_kv_splits_and_only_when_split():
     # enough (sequence, head) programs: flash does not split, no combine kernel
     assert op_cost(_decode(128, 4096.0, kv_heads=8), H100, prof).latency_s == 0.0
     # our split-KV kernel: the combine runs always, one piece per chunk
-    fill = _prof(attention_decode=AttentionParams(split_rule=SplitRule.FILL, split_latency_s=1e-6, split_piece_s=0.1e-6))
+    fill = _prof(
+        attention_decode=AttentionParams(
+            split_rule=SplitRule.FILL, split_latency_s=1e-6, split_piece_s=0.1e-6
+        )
+    )
     assert op_cost(_decode(1, 4096.0), H100, fill).latency_s == pytest.approx(1e-6 + 0.1e-6 * 64)
 
 
@@ -92,6 +100,8 @@ def test_size_knee_gives_small_copies_their_own_rate():
     sizes = np.array([1e6, 8e6, 64e6])
     op = Memcpy(bytes=sizes, src=MemLocation.DEVICE, dst=MemLocation.DEVICE)
     by = op_cost(op, H100, prof).bytes
-    want = np.minimum(by, 8e6) / (1.3 * H100.hbm_bytes_per_s) + np.maximum(by - 8e6, 0) / (0.9 * H100.hbm_bytes_per_s)
+    want = np.minimum(by, 8e6) / (1.3 * H100.hbm_bytes_per_s) + np.maximum(by - 8e6, 0) / (
+        0.9 * H100.hbm_bytes_per_s
+    )
     assert np.allclose(op_cost(op, H100, prof).memory_s, want)
     assert np.all(np.diff(op_cost(op, H100, prof).total_s) > 0)

@@ -15,10 +15,30 @@ from perfmodel.models import load_model
 from perfmodel.ops import Attention, AttentionImpl, Phase, bytes_moved, flops, op_from_dict
 from perfmodel.predict import predict, predict_cost
 
-MLA = {"op": "attention", "phase": "decode", "batch": 16, "q_len": 1, "kv_len": 32768, "q_heads": 16,
-       "kv_heads": 1, "head_dim": 576, "v_head_dim": 512, "kv_shared": True, "dtype": "bf16"}
-GQA = {"op": "attention", "phase": "decode", "batch": 16, "q_len": 1, "kv_len": 32768, "q_heads": 32,
-       "kv_heads": 8, "head_dim": 128, "dtype": "bf16"}
+MLA = {
+    "op": "attention",
+    "phase": "decode",
+    "batch": 16,
+    "q_len": 1,
+    "kv_len": 32768,
+    "q_heads": 16,
+    "kv_heads": 1,
+    "head_dim": 576,
+    "v_head_dim": 512,
+    "kv_shared": True,
+    "dtype": "bf16",
+}
+GQA = {
+    "op": "attention",
+    "phase": "decode",
+    "batch": 16,
+    "q_len": 1,
+    "kv_len": 32768,
+    "q_heads": 32,
+    "kv_heads": 8,
+    "head_dim": 128,
+    "dtype": "bf16",
+}
 
 
 def test_mla_decode_counts_the_latent_once():
@@ -52,7 +72,9 @@ def test_the_general_kernel_rule_is_the_launchers():
     assert triton_general_decode(op_from_dict({**GQA, "head_dim": 96})) == (16, 64)
     assert triton_general_decode(op_from_dict({**GQA, "head_dim": 192, "v_head_dim": 128})) == (16, 32)
     assert triton_general_decode(op_from_dict(MLA)) == (16, 32)
-    assert triton_general_decode(op_from_dict({**GQA, "phase": "prefill", "q_len": 8, "head_dim": 96})) is None
+    assert (
+        triton_general_decode(op_from_dict({**GQA, "phase": "prefill", "q_len": 8, "head_dim": 96})) is None
+    )
     for d in ds.STREAM_K_HEAD_DIMS:
         assert not ds.runs_general(d, d, False)
         assert ds.runs_general(d, d, True)
@@ -74,7 +96,13 @@ def _decode_attention(model, kv_dtype):
 
 def test_model_decode_ops_are_what_the_kernels_take():
     (mla,) = _decode_attention("deepseek-v3", Dtype.FP8)
-    assert (mla.kv_heads, mla.head_dim, mla.v_head_dim, mla.kv_shared, mla.kv_dtype) == (1, 576, 512, True, Dtype.FP8)
+    assert (mla.kv_heads, mla.head_dim, mla.v_head_dim, mla.kv_shared, mla.kv_dtype) == (
+        1,
+        576,
+        512,
+        True,
+        Dtype.FP8,
+    )
     assert triton_general_decode(mla) == (16, 32)
     (gqa,) = _decode_attention("llama-3-8b", Dtype.FP8)
     assert gqa.kv_dtype is Dtype.FP8 and triton_general_decode(gqa) == (16, 64)
@@ -82,17 +110,30 @@ def test_model_decode_ops_are_what_the_kernels_take():
     assert triton_general_decode(plain) is None
 
 
-@pytest.mark.parametrize("bad,field", [
-    ({"v_head_dim": 640}, "v_head_dim"),
-    ({"kv_shared": "yes"}, "kv_shared"),
-])
+@pytest.mark.parametrize(
+    "bad,field",
+    [
+        ({"v_head_dim": 640}, "v_head_dim"),
+        ({"kv_shared": "yes"}, "kv_shared"),
+    ],
+)
 def test_bad_mla_descriptors_name_the_field(bad, field):
     with pytest.raises(OpDescriptorError, match=field):
         op_from_dict({**MLA, **bad})
 
 
 def test_vectorised_mla_decode():
-    op = Attention(Phase.DECODE, np.array([1, 8, 64]), 1, np.array([1024, 8192, 65536]), 16, 1, 576,
-                   v_head_dim=512, kv_shared=True, impl=AttentionImpl.SPLIT_KV)
+    op = Attention(
+        Phase.DECODE,
+        np.array([1, 8, 64]),
+        1,
+        np.array([1024, 8192, 65536]),
+        16,
+        1,
+        576,
+        v_head_dim=512,
+        kv_shared=True,
+        impl=AttentionImpl.SPLIT_KV,
+    )
     t = predict_cost(op, "h100").total_s
     assert np.all(np.diff(t) > 0)

@@ -15,8 +15,19 @@ from tests.conftest import run_perfmodel
 MODEL, GPU = "mixtral-8x7b", "h100"  # 8 experts, 8 KV heads
 
 
-@pytest.mark.parametrize("tp,ep,sp,dp,groups", [(1, 4, 1, 1, 4), (2, 4, 1, 1, 2), (4, 4, 1, 1, 1), (4, 2, 1, 1, 1),
-                                                (1, 2, 2, 1, 1), (1, 4, 2, 1, 2), (2, 4, 1, 2, 2), (1, 1, 1, 8, 8)])
+@pytest.mark.parametrize(
+    "tp,ep,sp,dp,groups",
+    [
+        (1, 4, 1, 1, 4),
+        (2, 4, 1, 1, 2),
+        (4, 4, 1, 1, 1),
+        (4, 2, 1, 1, 1),
+        (1, 2, 2, 1, 1),
+        (1, 4, 2, 1, 2),
+        (2, 4, 1, 2, 2),
+        (1, 1, 1, 8, 8),
+    ],
+)
 def test_attention_groups_rule(tp, ep, sp, dp, groups):
     assert attention_groups(tp, ep, dp, sp) == groups
 
@@ -35,8 +46,20 @@ def test_wide_ep_is_the_attention_dp_layout(tp, ep):
 
 
 def test_the_example_fits_and_max_concurrency_is_the_boundary():
-    r = run_perfmodel("analyze", "--model", MODEL, "--gpu", GPU, "--ep", "4", "--batch", "64", "--context", "20000",
-                      "--json")
+    r = run_perfmodel(
+        "analyze",
+        "--model",
+        MODEL,
+        "--gpu",
+        GPU,
+        "--ep",
+        "4",
+        "--batch",
+        "64",
+        "--context",
+        "20000",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["attention_dp"] == 4 and d["max_concurrency"] >= 64
@@ -48,11 +71,18 @@ def test_the_example_fits_and_max_concurrency_is_the_boundary():
     # the refusal counts one group's users per GPU: the KV part of what it needs is theirs alone
     per_gpu_kv = math.ceil((n + 1) / 4) * d["kv_cache_bytes"] / 64
     assert exc.value.needed_bytes > per_gpu_kv
-    assert exc.value.needed_bytes < per_gpu_kv + d["weight_bytes_per_gpu"] + 2 * d["reserve_bytes_per_gpu"] \
+    assert (
+        exc.value.needed_bytes
+        < per_gpu_kv
+        + d["weight_bytes_per_gpu"]
+        + 2 * d["reserve_bytes_per_gpu"]
         + d["activation_bytes_per_gpu"]
+    )
     # the same four GPUs under TP 4 hold every user's KV split four ways: fewer users than EP 4's
     # groups, whose GPUs hold a quarter of the experts each too (close, not equal)
-    tp4 = analyze(MODEL, GPU, batch=1, context_len=20_000, output_tokens=250, tp=4, ep=4).memory.max_concurrency
+    tp4 = analyze(
+        MODEL, GPU, batch=1, context_len=20_000, output_tokens=250, tp=4, ep=4
+    ).memory.max_concurrency
     assert abs(n - tp4) <= 0.1 * tp4
 
 
@@ -64,8 +94,17 @@ def test_max_concurrency_equals_the_simulators_replica(tp, ep, prompt, out):
     sim = mem.ranks * (mem.rank_blocks // mem.blocks_for(prompt + out))
 
     def concurrency(prompt_len):
-        return int(analyze(MODEL, GPU, context_len=prompt_len, output_tokens=out, tp=tp, ep=ep,
-                           chunk_tokens=dep.token_budget).memory.max_concurrency)
+        return int(
+            analyze(
+                MODEL,
+                GPU,
+                context_len=prompt_len,
+                output_tokens=out,
+                tp=tp,
+                ep=ep,
+                chunk_tokens=dep.token_budget,
+            ).memory.max_concurrency
+        )
 
     assert mem.ranks == attention_groups(tp, ep)
     # the simulator pages KV in blocks: between analyze's count at the request's length and at that
@@ -78,7 +117,16 @@ def test_max_concurrency_equals_the_simulators_replica(tp, ep, prompt, out):
 def test_sweep_rows_equal_analyze_with_wide_ep(mode):
     from perfmodel.sweep import sweep
 
-    df = sweep(MODEL, GPU, context_len=[4_000, 20_000], batch=[8, 64], output_tokens=[250], tp=[1, 2], ep=4, mode=mode)
+    df = sweep(
+        MODEL,
+        GPU,
+        context_len=[4_000, 20_000],
+        batch=[8, 64],
+        output_tokens=[250],
+        tp=[1, 2],
+        ep=4,
+        mode=mode,
+    )
     assert list(df.groupby("tp")["attention_dp"].first()) == [4, 2]
     assert bool(df[(df["tp"] == 1) & (df["context_len"] == 20_000) & (df["batch"] == 64)]["fits"].iloc[0])
     for row in df.itertuples():
@@ -104,7 +152,9 @@ def test_cli_refuses_attention_dp_that_disagrees_with_ep_in_one_line():
     r = run_perfmodel("analyze", "--model", MODEL, "--gpu", GPU, "--ep", "4", "--attention-dp", "2")
     assert r.returncode == 1 and r.stdout == ""
     lines = [x for x in r.stderr.splitlines() if x.strip()]
-    assert len(lines) == 1 and "ep=4 alone runs 4 attention groups" in lines[0] and "Traceback" not in r.stderr
+    assert (
+        len(lines) == 1 and "ep=4 alone runs 4 attention groups" in lines[0] and "Traceback" not in r.stderr
+    )
 
 
 def test_sequence_parallel_groups_under_wider_ep():
@@ -114,7 +164,8 @@ def test_sequence_parallel_groups_under_wider_ep():
     assert sp["attention_dp"] == 2 and sp["parallel"]["world"] == 4
     # two SP pairs, each holding half of its 4 users' KV: per GPU what EP 4 over four single-GPU groups holds
     assert sp["parallel"]["attention_dp_kv_bytes_per_rank"] == pytest.approx(
-        flat["parallel"]["attention_dp_kv_bytes_per_rank"], rel=1e-12)
+        flat["parallel"]["attention_dp_kv_bytes_per_rank"], rel=1e-12
+    )
     assert sp["max_concurrency"] == flat["max_concurrency"]
     one = analyze(MODEL, GPU, sp=2, ep=2, **kw).to_dict()
     assert one["attention_dp"] == 1 and "attention_dp" not in one["parallel"]

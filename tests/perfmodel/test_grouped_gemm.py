@@ -40,8 +40,15 @@ def test_json_round_trip_and_one_line_errors():
     assert op == GroupedGemm(8, 64, 28672, 4096)
     assert op_from_dict(json.loads(json.dumps(op_to_dict(op)))) == op
     assert op_from_dict({**d, "b_dtype": "fp8"}).b_dtype is Dtype.FP8
-    for bad, field in (({"groups": 0}, "groups"), ({"m": 1.5}, "'m'"), ({"n": True}, "'n'"), ({"k": -1}, "'k'"),
-                       ({"groups": 65}, "groups"), ({"dtype": "fp7"}, "dtype"), ({"b_dtype": "x"}, "b_dtype")):
+    for bad, field in (
+        ({"groups": 0}, "groups"),
+        ({"m": 1.5}, "'m'"),
+        ({"n": True}, "'n'"),
+        ({"k": -1}, "'k'"),
+        ({"groups": 65}, "groups"),
+        ({"dtype": "fp7"}, "dtype"),
+        ({"b_dtype": "x"}, "b_dtype"),
+    ):
         with pytest.raises(OpDescriptorError, match=field) as exc:
             op_from_dict({**d, **bad}, where="line 3: ")
         assert str(exc.value).startswith("line 3: ") and "\n" not in str(exc.value)
@@ -54,8 +61,9 @@ def test_json_round_trip_and_one_line_errors():
 def test_peak_cost_is_the_datasheet_roofline():
     op = GroupedGemm(82, 128, 1536, 2048)
     c = op_cost(op, H200, PEAK)
-    assert float(c.total_s) == pytest.approx(max(flops(op) / H200.flops_for(Dtype.BF16),
-                                                 bytes_moved(op) / H200.hbm_bytes_per_s))
+    assert float(c.total_s) == pytest.approx(
+        max(flops(op) / H200.flops_for(Dtype.BF16), bytes_moved(op) / H200.hbm_bytes_per_s)
+    )
     assert c.latency_s == 0
 
 
@@ -69,16 +77,26 @@ def test_one_launch_and_tile_padding_per_group():
     assert float(c.compute_s) == pytest.approx(2 * 6400 * 1536 * 2048 / (H200.flops_for(Dtype.BF16) * 0.8))
     assert grouped_padded_rows(4, 1000, 64) == 4 * 256
     assert grouped_padded_rows(4, 1000, 0) == 1000
-    np.testing.assert_allclose(grouped_padded_rows(np.array([1.0, 8.0]), np.array([8.0, 8.0]), 16), [16.0, 128.0])
+    np.testing.assert_allclose(
+        grouped_padded_rows(np.array([1.0, 8.0]), np.array([8.0, 8.0]), 16), [16.0, 128.0]
+    )
 
 
 def test_unfitted_profiles_borrow_the_gemm_curve_in_calibrated_mode_only():
     g = GemmParams(compute_eff=0.7, memory_eff=0.9, latency_s=3e-6, overlap=0.8, tile_m=64, tile_n=128)
     cal = Profile("h200-sxm-141gb", Mode.CALIBRATED, MappingProxyType({OpClass.GEMM: g}))
     got = grouped_gemm_params(cal)
-    assert (got.compute_eff, got.memory_eff, got.latency_s, got.overlap, got.tile_m) == (0.7, 0.9, 3e-6, 0.8, 0)
+    assert (got.compute_eff, got.memory_eff, got.latency_s, got.overlap, got.tile_m) == (
+        0.7,
+        0.9,
+        3e-6,
+        0.8,
+        0,
+    )
     own = GroupedGemmParams(compute_eff=0.5)
-    both = Profile("h200-sxm-141gb", Mode.CALIBRATED, MappingProxyType({OpClass.GEMM: g, OpClass.GROUPED_GEMM: own}))
+    both = Profile(
+        "h200-sxm-141gb", Mode.CALIBRATED, MappingProxyType({OpClass.GEMM: g, OpClass.GROUPED_GEMM: own})
+    )
     assert grouped_gemm_params(both) is own
     assert grouped_gemm_params(PEAK) == GroupedGemmParams()
     assert grouped_gemm_params(Profile("x", Mode.CALIBRATED)) == GroupedGemmParams()
@@ -96,8 +114,13 @@ def test_array_fields_broadcast():
 
 
 @settings(max_examples=60, deadline=None)
-@given(groups=st.integers(1, 256), extra=st.integers(0, 20000), n=st.integers(64, 16384), k=st.integers(64, 8192),
-       tile=st.sampled_from([0, 16, 64, 128]))
+@given(
+    groups=st.integers(1, 256),
+    extra=st.integers(0, 20000),
+    n=st.integers(64, 16384),
+    k=st.integers(64, 8192),
+    tile=st.sampled_from([0, 16, 64, 128]),
+)
 def test_grouped_cost_between_its_bytes_and_the_per_group_gemms(groups, extra, n, k, tile):
     m = groups + extra
     op = GroupedGemm(groups, m, n, k)
@@ -167,7 +190,9 @@ def test_grouped_waves_charge_a_partial_last_wave_after_the_first():
         a, b = op_cost(op, H200, prof(base)), op_cost(op, H200, prof(waved))
         assert float(b.memory_s) == pytest.approx(float(a.memory_s) * factor, rel=1e-9)
     few = GroupedGemm(2, 2, 128 * 10, 4096)  # one partial wave: not charged
-    assert float(op_cost(few, H200, prof(waved)).total_s) == pytest.approx(float(op_cost(few, H200, prof(base)).total_s))
+    assert float(op_cost(few, H200, prof(waved)).total_s) == pytest.approx(
+        float(op_cost(few, H200, prof(base)).total_s)
+    )
 
 
 def _expert_seconds(batch, prof, model=QWEN3):

@@ -14,51 +14,68 @@ HEAVY = ("pandas", "pulp", "highspy", "torch", "streamlit", "ray", "pyarrow")
 def _loaded_after(code: str) -> list[str]:
     script = code + f"\nimport sys, json\nprint(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
     env = dict(os.environ, PYTHONPATH=ROOT)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=ROOT,
-                         check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=ROOT, check=True
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("code", [
-    "import perfmodel",
-    "import contextlib, io\nfrom perfmodel.cli import main\n"
-    "with contextlib.redirect_stdout(io.StringIO()): assert main(['analyze']) == 0",
-    "import contextlib, io\nfrom perfmodel.cli import main\n"
-    "with contextlib.redirect_stdout(io.StringIO()): assert main(['analyze', '--json', '--pp', '2']) == 0",
-    "import contextlib, io\nfrom perfmodel.cli import main\n"
-    "with contextlib.redirect_stdout(io.StringIO()): main(['predict', '--help'])",
-], ids=["import", "analyze", "analyze-json-pp", "predict"])
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import perfmodel",
+        "import contextlib, io\nfrom perfmodel.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()): assert main(['analyze']) == 0",
+        "import contextlib, io\nfrom perfmodel.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()): assert main(['analyze', '--json', '--pp', '2']) == 0",
+        "import contextlib, io\nfrom perfmodel.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()): main(['predict', '--help'])",
+    ],
+    ids=["import", "analyze", "analyze-json-pp", "predict"],
+)
 def test_no_heavy_imports(code):
     assert _loaded_after(code) == []
 
 
-@pytest.mark.parametrize("code", ["import perfmodel\nperfmodel.Workload",
-                                  "import perfmodel\nperfmodel.sweep('llama-3-8b', 'h100', context_len=[1000])"])
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import perfmodel\nperfmodel.Workload",
+        "import perfmodel\nperfmodel.sweep('llama-3-8b', 'h100', context_len=[1000])",
+    ],
+)
 def test_pandas_loads_on_use(code):
     assert "pandas" in _loaded_after(code)
 
 
 def _run(code: str, unset: tuple[str, ...] = ()) -> str:
     env = {k: v for k, v in os.environ.items() if k not in unset} | {"PYTHONPATH": ROOT}
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT,
-                          check=True).stdout
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, check=True
+    ).stdout
 
 
 def test_import_loads_no_model_code():
     """The package's names load on first use: ``import perfmodel`` runs no numpy and no cost module."""
-    out = _run("import sys, perfmodel\nprint(sorted(m for m in ('numpy', 'perfmodel.analyze', 'perfmodel.costs', "
-               "'perfmodel.hw', 'yaml') if m in sys.modules))")
+    out = _run(
+        "import sys, perfmodel\nprint(sorted(m for m in ('numpy', 'perfmodel.analyze', 'perfmodel.costs', "
+        "'perfmodel.hw', 'yaml') if m in sys.modules))"
+    )
     assert out.strip() == "[]"
 
 
-@pytest.mark.parametrize("first", [
-    "import perfmodel",
-    "import perfmodel.analyze, perfmodel.sweep, perfmodel.predict\nimport perfmodel",
-    "import perfmodel\nfrom perfmodel.sweep import iter_sweep\nfrom perfmodel.analyze import analyze_scenario\n"
-    "from perfmodel.predict import predict_file\nimport perfmodel.cli",
-    "from perfmodel import analyze, sweep, predict\nimport perfmodel.analyze, perfmodel.sweep, perfmodel.predict",
-    "import perfmodel\nperfmodel.analyze\nimport perfmodel.analyze",
-], ids=["plain", "submodules-first", "submodules-after", "from-import", "function-then-submodule"])
+@pytest.mark.parametrize(
+    "first",
+    [
+        "import perfmodel",
+        "import perfmodel.analyze, perfmodel.sweep, perfmodel.predict\nimport perfmodel",
+        "import perfmodel\nfrom perfmodel.sweep import iter_sweep\nfrom perfmodel.analyze import analyze_scenario\n"
+        "from perfmodel.predict import predict_file\nimport perfmodel.cli",
+        "from perfmodel import analyze, sweep, predict\nimport perfmodel.analyze, perfmodel.sweep, perfmodel.predict",
+        "import perfmodel\nperfmodel.analyze\nimport perfmodel.analyze",
+    ],
+    ids=["plain", "submodules-first", "submodules-after", "from-import", "function-then-submodule"],
+)
 def test_functions_named_as_submodules_stay_functions(first):
     """``perfmodel.analyze``, ``.sweep`` and ``.predict`` are the functions in every import order (importing the
     submodule of the same name does not rebind them), and each runs."""
@@ -72,28 +89,33 @@ def test_functions_named_as_submodules_stay_functions(first):
         "assert float(df['prefill_s'].iloc[0]) == a.to_dict()['prefill_s'] and s > 0\n"
         "import sys\n"
         "assert sys.modules['perfmodel.sweep'].iter_sweep and callable(perfmodel.sweep)\n"
-        "print('ok')")
+        "print('ok')"
+    )
     assert _run(code).strip().endswith("ok")
 
 
 def test_public_names_and_submodules_resolve():
     """Every name of ``__all__`` resolves; a core submodule is reachable as an attribute; an unknown name and the
     optional subpackages (torch, solver, streamlit) raise AttributeError without loading anything."""
-    out = _run("import perfmodel, sys\n"
-               "missing = [n for n in perfmodel.__all__ if getattr(perfmodel, n, None) is None]\n"
-               "assert missing == [], missing\n"
-               "assert perfmodel.phases.prefill_cost and perfmodel.hw.load_gpu\n"
-               "for n in ('no_such_name', 'kernels', 'planners', 'dashboard', 'validation'):\n"
-               "    assert not hasattr(perfmodel, n), n\n"
-               "assert 'perfmodel.kernels' not in sys.modules and 'torch' not in sys.modules\n"
-               "print(sorted(set(perfmodel.__all__) - set(dir(perfmodel))))")
+    out = _run(
+        "import perfmodel, sys\n"
+        "missing = [n for n in perfmodel.__all__ if getattr(perfmodel, n, None) is None]\n"
+        "assert missing == [], missing\n"
+        "assert perfmodel.phases.prefill_cost and perfmodel.hw.load_gpu\n"
+        "for n in ('no_such_name', 'kernels', 'planners', 'dashboard', 'validation'):\n"
+        "    assert not hasattr(perfmodel, n), n\n"
+        "assert 'perfmodel.kernels' not in sys.modules and 'torch' not in sys.modules\n"
+        "print(sorted(set(perfmodel.__all__) - set(dir(perfmodel))))"
+    )
     assert out.strip() == "[]"
 
 
 def test_cli_leaves_blas_environment_as_it_was():
     """The CLI loads numpy with one BLAS thread for its elementwise commands and restores the environment."""
-    out = _run("import contextlib, io, os\nfrom perfmodel.cli import main\n"
-               "with contextlib.redirect_stdout(io.StringIO()): assert main(['gpus']) == 0\n"
-               "print([v for v in ('OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS') if v in os.environ])",
-               unset=("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"))
+    out = _run(
+        "import contextlib, io, os\nfrom perfmodel.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()): assert main(['gpus']) == 0\n"
+        "print([v for v in ('OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS') if v in os.environ])",
+        unset=("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"),
+    )
     assert out.strip() == "[]"

@@ -32,10 +32,20 @@ def test_analyze_match_context_json_through_the_cli(perfmodel_cli):
 def test_knobs_to_dict_gives_numbers_and_plain_values():
     from perfmodel.hw import load_gpu
 
-    k = Knobs(kv_dtype="fp8", kv_layers=15, kv_keep_ratio=0.5, prune_prefill=True,
-              kv_tiers=(KvTier(TierKind.HOST_DDR), KvTier("cxl", 4e12, 7e9)))
+    k = Knobs(
+        kv_dtype="fp8",
+        kv_layers=15,
+        kv_keep_ratio=0.5,
+        prune_prefill=True,
+        kv_tiers=(KvTier(TierKind.HOST_DDR), KvTier("cxl", 4e12, 7e9)),
+    )
     d = k.to_dict()
-    assert d["kv_dtype"] == "fp8" and d["kv_layers"] == 15 and d["kv_keep_ratio"] == 0.5 and d["prune_prefill"] is True
+    assert (
+        d["kv_dtype"] == "fp8"
+        and d["kv_layers"] == 15
+        and d["kv_keep_ratio"] == 0.5
+        and d["prune_prefill"] is True
+    )
     assert d["kv_tiers"][1] == {"kind": "cxl", "capacity_bytes": 4e12, "bytes_per_s": 7e9, "gpus_per_host": 8}
     off = Knobs(offload=AttentionOffload(load_gpu("h100-sxm"), 50e9)).to_dict()["offload"]
     assert off["pool_gpu"] == load_gpu("h100-sxm").name and off["link_bytes_per_s"] == 50e9

@@ -75,12 +75,15 @@ def test_a_schedule_costs_between_its_first_and_last_fraction(fracs, prune):
         assert lo[k] * (1 - 1e-9) <= s[k] <= hi[k] * (1 + 1e-9), k
 
 
-@pytest.mark.parametrize("bad, match", [
-    (((0, 0.5), (4, 0.7)), "must not increase"),
-    (((2, 0.5),), "start at layer 0"),
-    (((0, 1.0), (0, 0.5)), "layers must increase"),
-    (((0, 0.0),), r"\(0, 1\]"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (((0, 0.5), (4, 0.7)), "must not increase"),
+        (((2, 0.5),), "start at layer 0"),
+        (((0, 1.0), (0, 0.5)), "layers must increase"),
+        (((0, 0.0),), r"\(0, 1\]"),
+    ],
+)
 def test_bad_schedules(bad, match):
     with pytest.raises(KnobError, match=match):
         Knobs(keep_schedule=bad)
@@ -107,14 +110,33 @@ def test_parse_text_and_file(tmp_path):
 def test_simulator_takes_a_schedule():
     from perfmodel.serving import Deployment
 
-    dep = Deployment.make("llama-2-7b", "a100", mode="peak",
-                          knobs=Knobs(keep_schedule=((0, 1.0), (16, 0.5)), prune_prefill=True))
+    dep = Deployment.make(
+        "llama-2-7b",
+        "a100",
+        mode="peak",
+        knobs=Knobs(keep_schedule=((0, 1.0), (16, 0.5)), prune_prefill=True),
+    )
     assert dep.kept_tokens(1000) == 750
 
 
 def test_cli_keep_schedule():
-    r = run_perfmodel("analyze", "--model", "llama-2-7b", "--gpu", "a100", "--mode", "peak", "--context", "4000",
-                      "--output-tokens", "1", "--keep-schedule", "1.0@0,0.5@8,0.3@20", "--prune-prefill", "--json")
+    r = run_perfmodel(
+        "analyze",
+        "--model",
+        "llama-2-7b",
+        "--gpu",
+        "a100",
+        "--mode",
+        "peak",
+        "--context",
+        "4000",
+        "--output-tokens",
+        "1",
+        "--keep-schedule",
+        "1.0@0,0.5@8,0.3@20",
+        "--prune-prefill",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["knobs"]["keep_schedule"] == [[0, 1.0], [8, 0.5], [20, 0.3]]

@@ -20,9 +20,18 @@ from perfmodel.phases import context_switch, decode_step_cost, memory_budget, pr
 A100 = load_gpu("a100-sxm-80gb")
 PEAK = peak_profile(A100)
 # 60 layers, 8 query heads, 2 KV heads of 64: bf16 KV = 2 x 60 x 2 x 64 x 2 B = 30,720 B/token
-SMALL = spec_from_config({"hidden_size": 512, "intermediate_size": 1024, "num_hidden_layers": 60,
-                          "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 64,
-                          "vocab_size": 1000}, "small")
+SMALL = spec_from_config(
+    {
+        "hidden_size": 512,
+        "intermediate_size": 1024,
+        "num_hidden_layers": 60,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 2,
+        "head_dim": 64,
+        "vocab_size": 1000,
+    },
+    "small",
+)
 A = 2.0  # bf16 bytes
 
 
@@ -114,7 +123,10 @@ def test_attention_density_scales_attention_only():
     base = model_ops(SMALL, Phase.PREFILL, 1, 8192, 8192)
     fa = lambda ops: flops(_op(ops, "attention")[0]) * _op(ops, "attention")[1]  # noqa: E731
     assert fa(pre) == pytest.approx(fa(base) / 4)
-    assert memory_budget(SMALL, A100, 8192, knobs=k).max_concurrency == memory_budget(SMALL, A100, 8192).max_concurrency
+    assert (
+        memory_budget(SMALL, A100, 8192, knobs=k).max_concurrency
+        == memory_budget(SMALL, A100, 8192).max_concurrency
+    )
 
 
 def test_shared_prefix_read_once_per_batch_and_stored_once():
@@ -128,7 +140,10 @@ def test_shared_prefix_read_once_per_batch_and_stored_once():
     assert kv_read == pytest.approx((b * (n - p) + p) * per_key)
     mem = memory_budget(SMALL, A100, n, 0, batch=b, knobs=k)
     assert mem.shared_kv_bytes == 30_720 * p and mem.kv_bytes_per_user == 30_720 * (n - p)
-    assert decode_step_cost(SMALL, A100, PEAK, n, b, knobs=k).total_s < decode_step_cost(SMALL, A100, PEAK, n, b).total_s
+    assert (
+        decode_step_cost(SMALL, A100, PEAK, n, b, knobs=k).total_s
+        < decode_step_cost(SMALL, A100, PEAK, n, b).total_s
+    )
     # a batch of one gains nothing and pays nothing
     one = decode_step_cost(SMALL, A100, PEAK, n, 1, knobs=k).total_s
     assert one == pytest.approx(decode_step_cost(SMALL, A100, PEAK, n, 1).total_s)
@@ -144,9 +159,13 @@ def test_hybrid_layers_keep_constant_state():
     assert m2 - m1 == pytest.approx(30_720 / 4 * 10_000)
     assert _op(model_ops(SMALL, Phase.DECODE, 1, 1, 100, knobs=k), "attention")[1] == 15
     long = 200_000
-    assert (decode_step_cost(SMALL, A100, PEAK, long, knobs=k).total_s
-            < decode_step_cost(SMALL, A100, PEAK, long).total_s)
-    assert prefill_cost(SMALL, A100, PEAK, long, knobs=k).total_s < prefill_cost(SMALL, A100, PEAK, long).total_s
+    assert (
+        decode_step_cost(SMALL, A100, PEAK, long, knobs=k).total_s
+        < decode_step_cost(SMALL, A100, PEAK, long).total_s
+    )
+    assert (
+        prefill_cost(SMALL, A100, PEAK, long, knobs=k).total_s < prefill_cost(SMALL, A100, PEAK, long).total_s
+    )
 
 
 def test_host_tier_adds_capacity_and_streams_spilled_kv():
@@ -156,10 +175,13 @@ def test_host_tier_adds_capacity_and_streams_spilled_kv():
     assert tier.bandwidth_for(A100) == A100.pcie_bytes_per_s_per_direction  # 32 GB/s < 51.2 GB/s DDR share
     base = memory_budget(SMALL, A100, 1_000_000, 0)
     mem = memory_budget(SMALL, A100, 1_000_000, 0, knobs=k)
-    assert mem.max_concurrency == math.floor((base.free_for_kv_bytes + A100.host_ddr_bytes / 8) / base.kv_bytes_per_user)
+    assert mem.max_concurrency == math.floor(
+        (base.free_for_kv_bytes + A100.host_ddr_bytes / 8) / base.kv_bytes_per_user
+    )
     # fits in HBM: nothing streamed
     assert decode_step_cost(SMALL, A100, PEAK, 10_000, 1, knobs=k).total_s == pytest.approx(
-        decode_step_cost(SMALL, A100, PEAK, 10_000, 1).total_s)
+        decode_step_cost(SMALL, A100, PEAK, 10_000, 1).total_s
+    )
     # 4 users of 1M tokens: the KV beyond free HBM crosses PCIe every step
     b = 4
     at_b = memory_budget(SMALL, A100, 1_000_000, 0, batch=b)  # activations of a batch of 4
@@ -214,9 +236,11 @@ def _work_removing_knobs(draw, ctx):
         attention_density=draw(st.floats(0.01, 1.0)),
     )
     if evict:
-        kw |= dict(kv_keep_ratio=draw(st.floats(0.01, 1.0)),
-                   kv_budget_tokens=draw(st.one_of(st.none(), st.integers(1, 2 * ctx))),
-                   sliding_window=draw(st.one_of(st.none(), st.integers(1, ctx))))
+        kw |= dict(
+            kv_keep_ratio=draw(st.floats(0.01, 1.0)),
+            kv_budget_tokens=draw(st.one_of(st.none(), st.integers(1, 2 * ctx))),
+            sliding_window=draw(st.one_of(st.none(), st.integers(1, ctx))),
+        )
         if kw["kv_keep_ratio"] < 1 or kw["kv_budget_tokens"]:
             kw["prune_prefill"] = draw(st.booleans())
     else:
@@ -238,23 +262,31 @@ def test_no_work_removing_knob_makes_anything_slower(data, ctx, batch):
 @given(ctx=st.integers(1000, 100_000), ratio=st.floats(0.05, 1.0), r2=st.floats(0.05, 1.0))
 def test_more_eviction_never_costs_more(ctx, ratio, r2):
     lo, hi = sorted((ratio, r2))
-    assert (_metrics(Knobs(kv_keep_ratio=lo), ctx, 2)["decode"]
-            <= _metrics(Knobs(kv_keep_ratio=hi), ctx, 2)["decode"] * (1 + 1e-12))
+    assert _metrics(Knobs(kv_keep_ratio=lo), ctx, 2)["decode"] <= _metrics(Knobs(kv_keep_ratio=hi), ctx, 2)[
+        "decode"
+    ] * (1 + 1e-12)
 
 
 # ---------------------------------------------------------------------------
 # bad values
 
 
-@pytest.mark.parametrize("kw, text", [
-    (dict(kv_keep_ratio=0), "kv_keep_ratio"), (dict(kv_keep_ratio=1.5), "kv_keep_ratio"),
-    (dict(attention_density=0), "attention_density"), (dict(attention_density=float("nan")), "attention_density"),
-    (dict(kv_layers=0), "kv_layers"), (dict(kv_budget_tokens=-3), "kv_budget_tokens"),
-    (dict(attention_every=0), "attention_every"), (dict(kv_dtype="fp7"), "unknown dtype"),
-    (dict(shared_prefix_tokens=10, kv_keep_ratio=0.5), "shared prefix"),
-    (dict(prune_prefill=True), "prune_prefill"),
-    (dict(recurrent_state_bytes=-1), "recurrent_state_bytes"),
-])
+@pytest.mark.parametrize(
+    "kw, text",
+    [
+        (dict(kv_keep_ratio=0), "kv_keep_ratio"),
+        (dict(kv_keep_ratio=1.5), "kv_keep_ratio"),
+        (dict(attention_density=0), "attention_density"),
+        (dict(attention_density=float("nan")), "attention_density"),
+        (dict(kv_layers=0), "kv_layers"),
+        (dict(kv_budget_tokens=-3), "kv_budget_tokens"),
+        (dict(attention_every=0), "attention_every"),
+        (dict(kv_dtype="fp7"), "unknown dtype"),
+        (dict(shared_prefix_tokens=10, kv_keep_ratio=0.5), "shared prefix"),
+        (dict(prune_prefill=True), "prune_prefill"),
+        (dict(recurrent_state_bytes=-1), "recurrent_state_bytes"),
+    ],
+)
 def test_out_of_range_values_are_clear_errors(kw, text):
     with pytest.raises(KnobError, match=text):
         Knobs(**kw)
@@ -293,7 +325,9 @@ def test_match_context_finds_the_compression_factor():
     rows = {(x.knob, x.metric): x for x in r.rows}
     pre = rows[("kv_keep_ratio", "prefill_s")]
     assert pre.setting is None and "does not change" in pre.reason
-    assert rows[("kv_keep_ratio+prune_prefill", "prefill_s")].setting == pytest.approx(4_000 / 64_000, rel=2e-3)
+    assert rows[("kv_keep_ratio+prune_prefill", "prefill_s")].setting == pytest.approx(
+        4_000 / 64_000, rel=2e-3
+    )
     assert rows[("sliding_window", "decode_s_per_token")].setting == 4_000
     for x in r.rows:
         assert x.setting is not None or x.reason
@@ -316,8 +350,9 @@ def _cli(capsys, *argv):
 def test_cli_knob_flags_and_comparison(capsys):
     import json
 
-    status, out, err = _cli(capsys, "analyze", "--context", "50000", "--kv-dtype", "fp8", "--kv-layers", "15",
-                            "--json")
+    status, out, err = _cli(
+        capsys, "analyze", "--context", "50000", "--kv-dtype", "fp8", "--kv-layers", "15", "--json"
+    )
     assert status == 0
     d = json.loads(out)
     assert d["knobs"] == {"kv_dtype": "fp8", "kv_layers": 15}
@@ -326,14 +361,20 @@ def test_cli_knob_flags_and_comparison(capsys):
     assert status == 0 and "ratio" in out and "cost, not quality" in " ".join(out.split())
 
 
-@pytest.mark.parametrize("argv, text", [
-    (["--kv-keep-ratio", "2"], "kv_keep_ratio"), (["--attention-density", "0"], "attention_density"),
-    (["--kv-layers", "61"], "exceeds the 60"), (["--sliding-window", "60000"], "longer than the context"),
-    (["--kv-tier", "nvme"], "capacity and bandwidth"), (["--kv-tier", "tape"], "unknown KV tier"),
-    (["--match-context", "60000"], "must be shorter"),
-    # a knob the layout does not model, with the match on that layout
-    (["--match-context", "4000", "--sp", "2", "--sliding-window", "1000"], "sliding_window"),
-])
+@pytest.mark.parametrize(
+    "argv, text",
+    [
+        (["--kv-keep-ratio", "2"], "kv_keep_ratio"),
+        (["--attention-density", "0"], "attention_density"),
+        (["--kv-layers", "61"], "exceeds the 60"),
+        (["--sliding-window", "60000"], "longer than the context"),
+        (["--kv-tier", "nvme"], "capacity and bandwidth"),
+        (["--kv-tier", "tape"], "unknown KV tier"),
+        (["--match-context", "60000"], "must be shorter"),
+        # a knob the layout does not model, with the match on that layout
+        (["--match-context", "4000", "--sp", "2", "--sliding-window", "1000"], "sliding_window"),
+    ],
+)
 def test_cli_bad_knobs_are_one_line(capsys, argv, text):
     status, out, err = _cli(capsys, "analyze", "--context", "50000", *argv)
     assert status in (1, 2) and text in err and "Traceback" not in err
@@ -343,11 +384,14 @@ def test_cli_bad_knobs_are_one_line(capsys, argv, text):
 def test_cli_match_context_and_sweep_axis(capsys):
     import json
 
-    status, out, _ = _cli(capsys, "analyze", "--model", "llama-3-8b", "--context", "64000", "--match-context", "4000",
-                          "--json")
+    status, out, _ = _cli(
+        capsys, "analyze", "--model", "llama-3-8b", "--context", "64000", "--match-context", "4000", "--json"
+    )
     assert status == 0
     m = json.loads(out)["match"]
-    assert m["compression_factor"]["context_switch_s"] == pytest.approx(64_250 / 4_250, rel=2e-3)  # prompt + 250 out
+    assert m["compression_factor"]["context_switch_s"] == pytest.approx(
+        64_250 / 4_250, rel=2e-3
+    )  # prompt + 250 out
     assert m["compression_factor"]["prefill_s"] is None
     status, out, err = _cli(capsys, "sweep", "--context", "4000,8000", "--knob-axis", "kv_keep_ratio=1,0.5")
     assert status == 0 and len(out.strip().splitlines()) == 1 + 4 and "kv_keep_ratio" in out.splitlines()[0]

@@ -31,7 +31,7 @@ def test_projection_flops_are_two_gemms_per_base_layer():
     prof = peak_profile(g)
     aux, base = load_model(AUX), load_model("llama-3-8b")
     proj = 2 * base.num_layers * 2.0 * (2 * 4096) * (8 * 128) * (8 * 64)
-    want = (prefill_cost(aux, g, prof, 4096, 2).flops + proj + decode_step_cost(base, g, prof, 4097, 2).flops)
+    want = prefill_cost(aux, g, prof, 4096, 2).flops + proj + decode_step_cost(base, g, prof, 4097, 2).flops
     assert r.ttft_flops_per_gpu == pytest.approx(want)
 
 
@@ -50,8 +50,20 @@ def test_bad_input_and_memory():
 
 
 def test_cli_kv_predict():
-    r = run_perfmodel("kv-predict", "--model", "llama-3-8b", "--predictor", AUX, "--gpu", "h100", "--mode", "peak",
-                      "--context", "2048", "--json")
+    r = run_perfmodel(
+        "kv-predict",
+        "--model",
+        "llama-3-8b",
+        "--predictor",
+        AUX,
+        "--gpu",
+        "h100",
+        "--mode",
+        "peak",
+        "--context",
+        "2048",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["predictor"] == "llama-3.2-1b" and d["ttft_speedup"] > 1

@@ -8,9 +8,13 @@ from perfmodel import DoesNotFitError, InvalidInputError, analyze, list_models
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(model=st.sampled_from(list_models()), gpu=st.sampled_from(["a100-sxm-80gb", "h100-sxm"]),
-       context=st.integers(1, 200_000), tp=st.sampled_from([1, 2, 4, 8]),
-       chunk=st.sampled_from([None, 512, 8192]))
+@given(
+    model=st.sampled_from(list_models()),
+    gpu=st.sampled_from(["a100-sxm-80gb", "h100-sxm"]),
+    context=st.integers(1, 200_000),
+    tp=st.sampled_from([1, 2, 4, 8]),
+    chunk=st.sampled_from([None, 512, 8192]),
+)
 def test_max_concurrency_fits_and_one_more_does_not(model, gpu, context, tp, chunk):
     kw = dict(model=model, gpu=gpu, context_len=context, output_tokens=16, tp=tp, chunk_tokens=chunk)
     try:

@@ -19,69 +19,163 @@ from tests.conftest import run_perfmodel
 
 # https://huggingface.co/meta-llama/Llama-3.1-8B/blob/main/config.json
 LLAMA_31_8B = {
-    "architectures": ["LlamaForCausalLM"], "attention_bias": False, "hidden_act": "silu", "hidden_size": 4096,
-    "intermediate_size": 14336, "max_position_embeddings": 131072, "mlp_bias": False, "model_type": "llama",
-    "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 8, "pretraining_tp": 1,
-    "rms_norm_eps": 1e-05, "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                                            "original_max_position_embeddings": 8192, "rope_type": "llama3"},
-    "rope_theta": 500000.0, "tie_word_embeddings": False, "torch_dtype": "bfloat16", "vocab_size": 128256,
+    "architectures": ["LlamaForCausalLM"],
+    "attention_bias": False,
+    "hidden_act": "silu",
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "max_position_embeddings": 131072,
+    "mlp_bias": False,
+    "model_type": "llama",
+    "num_attention_heads": 32,
+    "num_hidden_layers": 32,
+    "num_key_value_heads": 8,
+    "pretraining_tp": 1,
+    "rms_norm_eps": 1e-05,
+    "rope_scaling": {
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+        "rope_type": "llama3",
+    },
+    "rope_theta": 500000.0,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "vocab_size": 128256,
 }
 
 # https://huggingface.co/google/gemma-2-9b/blob/main/config.json (no tie_word_embeddings key: Gemma ties)
 GEMMA_2_9B = {
-    "architectures": ["Gemma2ForCausalLM"], "attention_bias": False, "attn_logit_softcapping": 50.0,
-    "cache_implementation": "hybrid", "final_logit_softcapping": 30.0, "head_dim": 256,
-    "hidden_act": "gelu_pytorch_tanh", "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 3584,
-    "intermediate_size": 14336, "max_position_embeddings": 8192, "model_type": "gemma2",
-    "num_attention_heads": 16, "num_hidden_layers": 42, "num_key_value_heads": 8, "query_pre_attn_scalar": 256,
-    "rms_norm_eps": 1e-06, "rope_theta": 10000.0, "sliding_window": 4096, "torch_dtype": "float32",
+    "architectures": ["Gemma2ForCausalLM"],
+    "attention_bias": False,
+    "attn_logit_softcapping": 50.0,
+    "cache_implementation": "hybrid",
+    "final_logit_softcapping": 30.0,
+    "head_dim": 256,
+    "hidden_act": "gelu_pytorch_tanh",
+    "hidden_activation": "gelu_pytorch_tanh",
+    "hidden_size": 3584,
+    "intermediate_size": 14336,
+    "max_position_embeddings": 8192,
+    "model_type": "gemma2",
+    "num_attention_heads": 16,
+    "num_hidden_layers": 42,
+    "num_key_value_heads": 8,
+    "query_pre_attn_scalar": 256,
+    "rms_norm_eps": 1e-06,
+    "rope_theta": 10000.0,
+    "sliding_window": 4096,
+    "torch_dtype": "float32",
     "vocab_size": 256000,
 }
 
 # https://huggingface.co/Qwen/Qwen1.5-MoE-A2.7B/blob/main/config.json
 QWEN15_MOE = {
-    "architectures": ["Qwen2MoeForCausalLM"], "decoder_sparse_step": 1, "hidden_act": "silu", "hidden_size": 2048,
-    "intermediate_size": 5632, "max_position_embeddings": 8192, "max_window_layers": 21, "model_type": "qwen2_moe",
-    "moe_intermediate_size": 1408, "norm_topk_prob": False, "num_attention_heads": 16, "num_experts": 60,
-    "num_experts_per_tok": 4, "num_hidden_layers": 24, "num_key_value_heads": 16, "rms_norm_eps": 1e-06,
-    "rope_theta": 1000000.0, "shared_expert_intermediate_size": 5632, "sliding_window": 32768,
-    "tie_word_embeddings": False, "torch_dtype": "bfloat16", "use_sliding_window": False, "vocab_size": 151936,
+    "architectures": ["Qwen2MoeForCausalLM"],
+    "decoder_sparse_step": 1,
+    "hidden_act": "silu",
+    "hidden_size": 2048,
+    "intermediate_size": 5632,
+    "max_position_embeddings": 8192,
+    "max_window_layers": 21,
+    "model_type": "qwen2_moe",
+    "moe_intermediate_size": 1408,
+    "norm_topk_prob": False,
+    "num_attention_heads": 16,
+    "num_experts": 60,
+    "num_experts_per_tok": 4,
+    "num_hidden_layers": 24,
+    "num_key_value_heads": 16,
+    "rms_norm_eps": 1e-06,
+    "rope_theta": 1000000.0,
+    "shared_expert_intermediate_size": 5632,
+    "sliding_window": 32768,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "use_sliding_window": False,
+    "vocab_size": 151936,
 }
 
 # https://huggingface.co/google/gemma-3-12b-it/blob/main/config.json (multimodal: the text model is nested)
 GEMMA_3_12B = {
-    "architectures": ["Gemma3ForConditionalGeneration"], "mm_tokens_per_image": 256, "model_type": "gemma3",
-    "text_config": {"hidden_size": 3840, "intermediate_size": 15360, "model_type": "gemma3_text",
-                    "num_attention_heads": 16, "num_hidden_layers": 48, "num_key_value_heads": 8,
-                    "rope_scaling": {"factor": 8.0, "rope_type": "linear"}, "sliding_window": 1024},
+    "architectures": ["Gemma3ForConditionalGeneration"],
+    "mm_tokens_per_image": 256,
+    "model_type": "gemma3",
+    "text_config": {
+        "hidden_size": 3840,
+        "intermediate_size": 15360,
+        "model_type": "gemma3_text",
+        "num_attention_heads": 16,
+        "num_hidden_layers": 48,
+        "num_key_value_heads": 8,
+        "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+        "sliding_window": 1024,
+    },
     "torch_dtype": "bfloat16",
-    "vision_config": {"hidden_size": 1152, "image_size": 896, "intermediate_size": 4304,
-                      "model_type": "siglip_vision_model", "num_attention_heads": 16, "num_hidden_layers": 27,
-                      "patch_size": 14, "vision_use_head": False},
+    "vision_config": {
+        "hidden_size": 1152,
+        "image_size": 896,
+        "intermediate_size": 4304,
+        "model_type": "siglip_vision_model",
+        "num_attention_heads": 16,
+        "num_hidden_layers": 27,
+        "patch_size": 14,
+        "vision_use_head": False,
+    },
 }
 
 # https://huggingface.co/microsoft/Phi-3-mini-4k-instruct/blob/main/config.json
 PHI_3_MINI = {
-    "architectures": ["Phi3ForCausalLM"], "attention_bias": False, "hidden_act": "silu", "hidden_size": 3072,
-    "intermediate_size": 8192, "max_position_embeddings": 4096, "model_type": "phi3", "num_attention_heads": 32,
-    "num_hidden_layers": 32, "num_key_value_heads": 32, "original_max_position_embeddings": 4096,
-    "rms_norm_eps": 1e-05, "rope_scaling": None, "rope_theta": 10000.0, "sliding_window": 2047,
-    "tie_word_embeddings": False, "torch_dtype": "bfloat16", "vocab_size": 32064,
+    "architectures": ["Phi3ForCausalLM"],
+    "attention_bias": False,
+    "hidden_act": "silu",
+    "hidden_size": 3072,
+    "intermediate_size": 8192,
+    "max_position_embeddings": 4096,
+    "model_type": "phi3",
+    "num_attention_heads": 32,
+    "num_hidden_layers": 32,
+    "num_key_value_heads": 32,
+    "original_max_position_embeddings": 4096,
+    "rms_norm_eps": 1e-05,
+    "rope_scaling": None,
+    "rope_theta": 10000.0,
+    "sliding_window": 2047,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "vocab_size": 32064,
 }
 
 # https://huggingface.co/Qwen/Qwen2.5-14B/blob/main/config.json
 QWEN25_14B = {
-    "architectures": ["Qwen2ForCausalLM"], "hidden_act": "silu", "hidden_size": 5120, "intermediate_size": 13824,
-    "max_position_embeddings": 131072, "max_window_layers": 48, "model_type": "qwen2", "num_attention_heads": 40,
-    "num_hidden_layers": 48, "num_key_value_heads": 8, "rms_norm_eps": 1e-05, "rope_theta": 1000000.0,
-    "sliding_window": 131072, "tie_word_embeddings": False, "torch_dtype": "bfloat16", "use_sliding_window": False,
+    "architectures": ["Qwen2ForCausalLM"],
+    "hidden_act": "silu",
+    "hidden_size": 5120,
+    "intermediate_size": 13824,
+    "max_position_embeddings": 131072,
+    "max_window_layers": 48,
+    "model_type": "qwen2",
+    "num_attention_heads": 40,
+    "num_hidden_layers": 48,
+    "num_key_value_heads": 8,
+    "rms_norm_eps": 1e-05,
+    "rope_theta": 1000000.0,
+    "sliding_window": 131072,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "use_sliding_window": False,
     "vocab_size": 152064,
 }
 
 # https://huggingface.co/deepseek-ai/DeepSeek-V3/blob/main/config.json: the shipped config (without the
 # quantization_config) plus the published one
-DEEPSEEK_V3_QUANT = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
-                     "weight_block_size": [128, 128]}
+DEEPSEEK_V3_QUANT = {
+    "activation_scheme": "dynamic",
+    "fmt": "e4m3",
+    "quant_method": "fp8",
+    "weight_block_size": [128, 128],
+}
 
 
 def _deepseek_v3() -> dict:
@@ -113,7 +207,9 @@ def test_published_parameter_counts(name, cfg, total, active, exact):
     assert m.param_count() == pytest.approx(total, rel=0.01)
     if active is not None:
         # DeepSeek-V3's "37B activated" is rounded: the config's arithmetic gives 37,552,297,472 (1.5% above)
-        assert m.param_count(active=True) == pytest.approx(active, rel=0.02 if name == "deepseek-v3" else 0.01)
+        assert m.param_count(active=True) == pytest.approx(
+            active, rel=0.02 if name == "deepseek-v3" else 0.01
+        )
 
 
 def test_gemma2_ties_embeddings_and_alternates_sliding_and_global_layers():
@@ -203,10 +299,19 @@ def test_unknown_model_type_llama_like_falls_back():
     assert m.param_count() == 8_030_261_248
 
 
-@pytest.mark.parametrize("cfg,match", [
-    ({"model_type": "brand_new_arch", "d_model": 512, "n_blocks": 8}, "unknown architecture model_type 'brand_new_arch'"),
-    ({"model_type": "rwkv", "hidden_size": 768, "num_hidden_layers": 24}, "model_type 'rwkv' is not modelled"),
-])
+@pytest.mark.parametrize(
+    "cfg,match",
+    [
+        (
+            {"model_type": "brand_new_arch", "d_model": 512, "n_blocks": 8},
+            "unknown architecture model_type 'brand_new_arch'",
+        ),
+        (
+            {"model_type": "rwkv", "hidden_size": 768, "num_hidden_layers": 24},
+            "model_type 'rwkv' is not modelled",
+        ),
+    ],
+)
 def test_unknown_architecture_refused_by_cli_in_one_line(tmp_path, cfg, match):
     path = tmp_path / "config.json"
     path.write_text(json.dumps(cfg))

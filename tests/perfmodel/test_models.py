@@ -20,8 +20,19 @@ from perfmodel.models import (
 )
 
 REQUIRED = [
-    "llama-2-7b", "llama-2-70b", "llama-3-8b", "llama-3-70b", "llama-3.1-405b", "mistral-7b", "mixtral-8x7b",
-    "mixtral-8x22b", "yi-34b", "qwen2.5-72b", "deepseek-v2", "deepseek-v3", "gpt-3-175b",
+    "llama-2-7b",
+    "llama-2-70b",
+    "llama-3-8b",
+    "llama-3-70b",
+    "llama-3.1-405b",
+    "mistral-7b",
+    "mixtral-8x7b",
+    "mixtral-8x22b",
+    "yi-34b",
+    "qwen2.5-72b",
+    "deepseek-v2",
+    "deepseek-v3",
+    "gpt-3-175b",
 ]
 
 # Published exact counts (safetensors metadata of the Hugging Face checkpoints).
@@ -118,8 +129,14 @@ def test_structure_flags():
 
 
 def test_llama_attention_bias_covers_output_projection():
-    base = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-            "num_key_value_heads": 2, "vocab_size": 100}
+    base = {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 100,
+    }
     plain = spec_from_config(base).param_count()
     biased = spec_from_config({**base, "attention_bias": True}).param_count()
     assert biased - plain == 2 * (64 + 2 * 32 + 64)  # q, k, v and o biases per layer
@@ -144,13 +161,19 @@ def test_unknown_model_lists_known():
 
 @pytest.mark.parametrize(
     "patch,match",
-    [({"num_hidden_layers": 0}, "num_hidden_layers"), ({"hidden_size": -4}, "hidden_size"),
-     ({"hidden_size": 7.5}, "hidden_size"), ({"num_hidden_layers": float("nan")}, "num_hidden_layers"),
-     ({"num_hidden_layers": float("inf")}, "num_hidden_layers"), ({"num_key_value_heads": 3}, "divisible"),
-     ({"vocab_size": None}, "vocab_size"), ({"sliding_window": -1}, "sliding_window"),
-     ({"num_local_experts": 4, "num_experts_per_tok": 8}, "exceeds"),
-     ({"num_local_experts": 4, "num_experts_per_tok": 2, "n_shared_experts": -1}, "n_shared_experts"),
-     ({"num_hidden_layers": True}, "num_hidden_layers")],
+    [
+        ({"num_hidden_layers": 0}, "num_hidden_layers"),
+        ({"hidden_size": -4}, "hidden_size"),
+        ({"hidden_size": 7.5}, "hidden_size"),
+        ({"num_hidden_layers": float("nan")}, "num_hidden_layers"),
+        ({"num_hidden_layers": float("inf")}, "num_hidden_layers"),
+        ({"num_key_value_heads": 3}, "divisible"),
+        ({"vocab_size": None}, "vocab_size"),
+        ({"sliding_window": -1}, "sliding_window"),
+        ({"num_local_experts": 4, "num_experts_per_tok": 8}, "exceeds"),
+        ({"num_local_experts": 4, "num_experts_per_tok": 2, "n_shared_experts": -1}, "n_shared_experts"),
+        ({"num_hidden_layers": True}, "num_hidden_layers"),
+    ],
 )
 def test_bad_configs_raise_typed_error(patch, match):
     cfg = json.loads((CONFIG_DIR / "llama-2-7b.json").read_text())
@@ -178,8 +201,14 @@ def test_bad_json_file(tmp_path):
     vocab=st.integers(1, 1000),
 )
 def test_counts_grow_with_size(layers, heads, group, head_dim, inter, vocab):
-    cfg = {"hidden_size": heads * head_dim, "intermediate_size": inter, "num_hidden_layers": layers,
-           "num_attention_heads": heads, "num_key_value_heads": heads // group, "vocab_size": vocab}
+    cfg = {
+        "hidden_size": heads * head_dim,
+        "intermediate_size": inter,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": heads // group,
+        "vocab_size": vocab,
+    }
     m = spec_from_config(cfg)
     more = spec_from_config({**cfg, "num_hidden_layers": layers + 1})
     assert more.param_count() > m.param_count() > 0

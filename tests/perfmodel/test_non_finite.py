@@ -18,14 +18,18 @@ HUGE = "1" + "0" * 400
 
 def strict(text: str):
     """JSON as a strict parser reads it: NaN / Infinity fail."""
+
     def refuse(c):
         raise AssertionError(f"non-finite {c} in the output")
+
     return json.loads(text, parse_constant=refuse)
 
 
 def one_line_error(p, rc=1, what=""):
     assert p.returncode == rc, (p.returncode, p.stdout[-500:], p.stderr[-2000:])
-    assert "Traceback" not in p.stderr and p.stderr.count("\n") == 1 and p.stderr.startswith("perfmodel: error:")
+    assert (
+        "Traceback" not in p.stderr and p.stderr.count("\n") == 1 and p.stderr.startswith("perfmodel: error:")
+    )
     assert what in p.stderr
 
 
@@ -78,8 +82,9 @@ def test_huge_integers_in_flags_and_api(perfmodel_cli):
 
 
 def test_plan_capacity_refuses_an_infinite_rate(perfmodel_cli):
-    one_line_error(perfmodel_cli("plan", "capacity", "--model", "llama-3-8b", "--rate", "inf", "--json"),
-                   what="--rate")
+    one_line_error(
+        perfmodel_cli("plan", "capacity", "--model", "llama-3-8b", "--rate", "inf", "--json"), what="--rate"
+    )
 
 
 def test_sweep_absurd_batch_is_refused_not_negative(perfmodel_cli):

@@ -47,7 +47,9 @@ def test_compute_bound_batch_is_the_first_batch_whose_layer_outlasts_the_copy():
 
 
 def test_offload_serves_a_model_larger_than_hbm_and_refuses_what_does_not_fit():
-    r = offload("llama-3.1-405b", "a100-40gb", mode="peak", link="nvme:6.5e9", context_len=1024, output_tokens=16)
+    r = offload(
+        "llama-3.1-405b", "a100-40gb", mode="peak", link="nvme:6.5e9", context_len=1024, output_tokens=16
+    )
     assert r.weight_bytes > 10 * r.hbm_capacity_bytes > r.weight_bytes_on_gpu
     with pytest.raises(DoesNotFitError, match="leave room for"):
         offload("llama-3-8b", "a100", batch=100_000, mode="peak")
@@ -61,8 +63,18 @@ def test_offload_serves_a_model_larger_than_hbm_and_refuses_what_does_not_fit():
 def test_cli_json_and_one_line_errors():
     import json
 
-    res = run_perfmodel("offload", "--model", "llama-3-8b", "--gpu", "a100", "--mode", "peak", "--resident-layers", "8",
-                        "--json")
+    res = run_perfmodel(
+        "offload",
+        "--model",
+        "llama-3-8b",
+        "--gpu",
+        "a100",
+        "--mode",
+        "peak",
+        "--resident-layers",
+        "8",
+        "--json",
+    )
     assert res.returncode == 0, res.stderr
     d = json.loads(res.stdout)
     assert d["resident_layers"] == 8 and d["bound"] in ("link", "compute") and d["decode_s_per_token"] > 0
@@ -87,7 +99,9 @@ def test_kv_on_host_streams_each_layers_kv_with_its_weights():
         offload("llama-3-8b", "h100", kv_on_host=True, batch=k.max_concurrency + 1, **kw)
     # all layers resident, KV on host: only the KV is streamed
     r = offload("llama-3-8b", "h100", kv_on_host=True, resident_layers=32, batch=8, **kw)
-    assert r.streamed_bytes_per_pass == 0 and r.link_layer_s == pytest.approx(r.kv_bytes_per_layer / r.link_bytes_per_s)
+    assert r.streamed_bytes_per_pass == 0 and r.link_layer_s == pytest.approx(
+        r.kv_bytes_per_layer / r.link_bytes_per_s
+    )
     assert r.decode_s_per_token == pytest.approx(32 * max(r.gpu_layer_s, r.link_layer_s))
     with pytest.raises(InvalidInputError, match="no KV cache"):
         offload("mamba-2.8b", "h100", kv_on_host=True)
@@ -95,10 +109,23 @@ def test_kv_on_host_streams_each_layers_kv_with_its_weights():
 
 def test_heterogeneous_placement_interpolates_between_all_streamed_and_all_resident():
     kw = dict(context_len=2048, output_tokens=64, mode="peak")
-    steps = [offload("llama-3-8b", "a100", resident_layers=n, **kw).decode_s_per_token for n in (0, 8, 16, 24, 32)]
+    steps = [
+        offload("llama-3-8b", "a100", resident_layers=n, **kw).decode_s_per_token for n in (0, 8, 16, 24, 32)
+    ]
     assert all(a > b for a, b in zip(steps, steps[1:]))
-    res = run_perfmodel("offload", "--model", "llama-3-8b", "--gpu", "h100", "--mode", "peak", "--kv-on-host",
-                        "--resident-layers", "16", "--json")
+    res = run_perfmodel(
+        "offload",
+        "--model",
+        "llama-3-8b",
+        "--gpu",
+        "h100",
+        "--mode",
+        "peak",
+        "--kv-on-host",
+        "--resident-layers",
+        "16",
+        "--json",
+    )
     assert res.returncode == 0, res.stderr
     d = json.loads(res.stdout)
     assert d["kv_on_host"] and d["kv_bytes_per_layer"] > 0 and d["resident_layers"] == 16

@@ -72,8 +72,20 @@ def test_memcpy_bytes():
 
 
 def test_decoder_layer_is_sum_of_parts():
-    d = {"op": "decoder_layer", "phase": "prefill", "batch": 1, "q_len": 512, "kv_len": 512, "hidden": 4096,
-         "intermediate": 14336, "q_heads": 32, "kv_heads": 8, "head_dim": 128, "mlp": "gated_silu", "dtype": "bf16"}
+    d = {
+        "op": "decoder_layer",
+        "phase": "prefill",
+        "batch": 1,
+        "q_len": 512,
+        "kv_len": 512,
+        "hidden": 4096,
+        "intermediate": 14336,
+        "q_heads": 32,
+        "kv_heads": 8,
+        "head_dim": 128,
+        "mlp": "gated_silu",
+        "dtype": "bf16",
+    }
     op = op_from_dict(d)
     parts = decoder_layer_parts(op)
     assert [n for n, _, _ in parts][:4] == ["input_norm", "qkv_proj", "kv_append", "attention"]
@@ -82,13 +94,26 @@ def test_decoder_layer_is_sum_of_parts():
     assert flops(op) > gemm_flops * 0.99
 
 
-@pytest.mark.parametrize("d", [
-    {"op": "gemm", "m": 1, "n": 2, "k": 3, "dtype": "fp16"},
-    {"op": "attention", "phase": "decode", "batch": 2, "q_len": 1, "kv_len": 9, "q_heads": 8, "kv_heads": 2,
-     "head_dim": 64, "causal": True, "dtype": "bf16"},
-    {"op": "memcpy", "bytes": 1024, "src": "host_pinned", "dst": "device"},
-    {"op": "all_reduce", "bytes": 1 << 20, "world": 4, "dtype": "bf16"},
-])
+@pytest.mark.parametrize(
+    "d",
+    [
+        {"op": "gemm", "m": 1, "n": 2, "k": 3, "dtype": "fp16"},
+        {
+            "op": "attention",
+            "phase": "decode",
+            "batch": 2,
+            "q_len": 1,
+            "kv_len": 9,
+            "q_heads": 8,
+            "kv_heads": 2,
+            "head_dim": 64,
+            "causal": True,
+            "dtype": "bf16",
+        },
+        {"op": "memcpy", "bytes": 1024, "src": "host_pinned", "dst": "device"},
+        {"op": "all_reduce", "bytes": 1 << 20, "world": 4, "dtype": "bf16"},
+    ],
+)
 def test_round_trip(d):
     back = op_to_dict(op_from_dict(d))
     for k, v in d.items():
@@ -96,20 +121,45 @@ def test_round_trip(d):
     json.dumps(back)
 
 
-@pytest.mark.parametrize("d, field", [
-    ({"op": "gemm", "m": 1, "n": 2}, "'k'"),
-    ({"op": "gemm", "m": 0, "n": 2, "k": 3}, "'m'"),
-    ({"op": "gemm", "m": 1.5, "n": 2, "k": 3}, "'m'"),
-    ({"op": "gemm", "m": float("nan"), "n": 2, "k": 3}, "'m'"),
-    ({"op": "gemm", "m": 1, "n": 2, "k": 3, "dtype": "fp5"}, "'dtype'"),
-    ({"op": "conv2d"}, "'op'"),
-    ({"m": 1}, "'op'"),
-    ({"op": "attention", "phase": "decode", "batch": 1, "q_len": 1, "kv_len": 9, "q_heads": 7, "kv_heads": 2,
-      "head_dim": 64}, "'q_heads'"),
-    ({"op": "attention", "phase": "sideways", "batch": 1, "q_len": 1, "kv_len": 9, "q_heads": 8, "kv_heads": 2,
-      "head_dim": 64}, "'phase'"),
-    ({"op": "memcpy", "bytes": 10, "src": "disk"}, "'src'"),
-])
+@pytest.mark.parametrize(
+    "d, field",
+    [
+        ({"op": "gemm", "m": 1, "n": 2}, "'k'"),
+        ({"op": "gemm", "m": 0, "n": 2, "k": 3}, "'m'"),
+        ({"op": "gemm", "m": 1.5, "n": 2, "k": 3}, "'m'"),
+        ({"op": "gemm", "m": float("nan"), "n": 2, "k": 3}, "'m'"),
+        ({"op": "gemm", "m": 1, "n": 2, "k": 3, "dtype": "fp5"}, "'dtype'"),
+        ({"op": "conv2d"}, "'op'"),
+        ({"m": 1}, "'op'"),
+        (
+            {
+                "op": "attention",
+                "phase": "decode",
+                "batch": 1,
+                "q_len": 1,
+                "kv_len": 9,
+                "q_heads": 7,
+                "kv_heads": 2,
+                "head_dim": 64,
+            },
+            "'q_heads'",
+        ),
+        (
+            {
+                "op": "attention",
+                "phase": "sideways",
+                "batch": 1,
+                "q_len": 1,
+                "kv_len": 9,
+                "q_heads": 8,
+                "kv_heads": 2,
+                "head_dim": 64,
+            },
+            "'phase'",
+        ),
+        ({"op": "memcpy", "bytes": 10, "src": "disk"}, "'src'"),
+    ],
+)
 def test_bad_descriptors_name_the_field(d, field):
     with pytest.raises(OpDescriptorError, match=field):
         op_from_dict(d, where="line 7: ")

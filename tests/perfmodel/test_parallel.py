@@ -71,8 +71,14 @@ RING_DATA = Path(__file__).resolve().parents[2] / "validation" / "data" / "colle
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.floats(0, 1), st.floats(1e-6, 1e-2), st.floats(1e-6, 1e-2), st.floats(0, 1e-4), st.floats(0, 1e-4),
-       st.floats(0, 1e-4))
+@given(
+    st.floats(0, 1),
+    st.floats(1e-6, 1e-2),
+    st.floats(1e-6, 1e-2),
+    st.floats(0, 1e-4),
+    st.floats(0, 1e-4),
+    st.floats(0, 1e-4),
+)
 def test_ring_step_with_host_costs_is_the_longer_of_gpu_and_host(eta, c, m, hc, hm, hs):
     o = ring_step_overlap(c, m, RingStepModel(eta, hc, hm, hs))
     assert o.step_s >= max(c, m) - 1e-15 and o.step_s >= o.host_s - 1e-15
@@ -105,7 +111,9 @@ def test_measured_ring_step_model_on_the_recorded_steps():
     from perfmodel.calibration import OpClass, load_profile_file, shipped_profile_path
 
     h_m = load_profile_file(shipped_profile_path(H200.name), H200.name).params(OpClass.SEND_RECV).latency_s
-    rs = RingStepModel(MEASURED_RING_STEP.overlap, MEASURED_RING_STEP.compute_issue_s, h_m, MEASURED_RING_STEP.sync_s)
+    rs = RingStepModel(
+        MEASURED_RING_STEP.overlap, MEASURED_RING_STEP.compute_issue_s, h_m, MEASURED_RING_STEP.sync_s
+    )
     pred = ring_step_overlap(c, m, rs)
     err = np.abs(pred.step_s / both - 1)
     assert np.median(err) < 0.05 and err[blocks >= 2048].max() < 0.05
@@ -174,9 +182,14 @@ def test_ep_load_vector_slows_the_hot_gpu():
     assert float(hot.experts.total_s) > float(uni.experts.total_s)
 
 
-@pytest.mark.parametrize("kw,msg", [
-    (dict(ep=3), "ep=3"), (dict(expert_load=[1, 2]), "expert_load"), (dict(expert_load=[-1] + [1] * 7), "expert_load"),
-])
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        (dict(ep=3), "ep=3"),
+        (dict(expert_load=[1, 2]), "expert_load"),
+        (dict(expert_load=[-1] + [1] * 7), "expert_load"),
+    ],
+)
 def test_ep_errors(kw, msg):
     with pytest.raises(ParallelConfigError, match=msg):
         ep_moe_layer(MIXTRAL, H200, PEAK, 1024, kw.pop("ep", 4), **kw)
@@ -203,10 +216,15 @@ def test_analyze_rejects_groups_larger_than_the_system():
         analyze("llama-3-8b", "h200", 8192, 10, sp=4, topology="h200-x2")
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--pp", "5"], "pp=5"), (["--sp", "3", "--sp-kind", "ulysses"], "sp=3"), (["--ep", "2"], "ep=2"),
-    (["--sp", "4", "--topology", "h200-x2"], "h200-x2"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--pp", "5"], "pp=5"),
+        (["--sp", "3", "--sp-kind", "ulysses"], "sp=3"),
+        (["--ep", "2"], "ep=2"),
+        (["--sp", "4", "--topology", "h200-x2"], "h200-x2"),
+    ],
+)
 def test_cli_bad_degrees_are_one_line(args, needle, capsys):
     assert main(["analyze", "--model", "llama-3-8b", "--gpu", "h200", "--context", "4096", *args]) == 1
     err = capsys.readouterr().err.strip()
@@ -214,8 +232,25 @@ def test_cli_bad_degrees_are_one_line(args, needle, capsys):
 
 
 def test_cli_sp_runs(capsys):
-    assert main(["analyze", "--model", "llama-3-8b", "--gpu", "h200", "--context", "65536", "--sp", "2",
-                 "--sp-kind", "hybrid", "--json"]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                "--model",
+                "llama-3-8b",
+                "--gpu",
+                "h200",
+                "--context",
+                "65536",
+                "--sp",
+                "2",
+                "--sp-kind",
+                "hybrid",
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert '"sp_kind": "hybrid"' in capsys.readouterr().out
 
 

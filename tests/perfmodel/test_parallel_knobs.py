@@ -25,8 +25,13 @@ KNOBS = [
 
 
 def _metrics(a):
-    return (float(a.prefill.total_s), float(a.decode_step.total_s), float(a.decode.total_s),
-            a.memory.max_concurrency, float(a.memory.kv_bytes_per_user))
+    return (
+        float(a.prefill.total_s),
+        float(a.decode_step.total_s),
+        float(a.decode.total_s),
+        a.memory.max_concurrency,
+        float(a.memory.kv_bytes_per_user),
+    )
 
 
 @pytest.mark.parametrize("mode", ["peak", "calibrated"])
@@ -35,7 +40,9 @@ def test_a_topology_at_degree_one_prices_the_knobs_as_one_gpu(knobs, mode):
     # the multi-GPU path at pp = sp = ep = 1 (a named topology) and the one-GPU path price the same
     # scenario alike, with and without knobs; batch 4 makes the prefill chunks shared by the prompts
     one = analyze("llama-3-8b", "h100-sxm-80gb", 6000, 200, batch=4, knobs=knobs, mode=mode)
-    multi = analyze("llama-3-8b", "h100-sxm-80gb", 6000, 200, batch=4, knobs=knobs, mode=mode, topology="dgx-h100")
+    multi = analyze(
+        "llama-3-8b", "h100-sxm-80gb", 6000, 200, batch=4, knobs=knobs, mode=mode, topology="dgx-h100"
+    )
     assert _metrics(multi) == pytest.approx(_metrics(one), rel=1e-9)
 
 
@@ -88,27 +95,69 @@ def test_window_and_pruning_work_with_pp():
     w = analyze("llama-3-8b", "h200-sxm-141gb", 65_536, 10, pp=2, knobs=Knobs(sliding_window=4096))
     short = analyze("llama-3-8b", "h200-sxm-141gb", 4096, 10, pp=2)
     assert float(w.decode_step.total_s) == pytest.approx(float(short.decode_step.total_s), rel=1e-12)
-    p = analyze("llama-3-8b", "h200-sxm-141gb", 65_536, 10, pp=2, knobs=Knobs(kv_keep_ratio=0.25, prune_prefill=True))
+    p = analyze(
+        "llama-3-8b", "h200-sxm-141gb", 65_536, 10, pp=2, knobs=Knobs(kv_keep_ratio=0.25, prune_prefill=True)
+    )
     assert float(p.prefill.total_s) < float(p.baseline.prefill.total_s)
 
 
 @settings(max_examples=25, deadline=None)
-@given(r1=st.floats(0.05, 1.0), r2=st.floats(0.05, 1.0), sp=st.sampled_from([1, 2, 4]), pp=st.sampled_from([1, 2]))
+@given(
+    r1=st.floats(0.05, 1.0),
+    r2=st.floats(0.05, 1.0),
+    sp=st.sampled_from([1, 2, 4]),
+    pp=st.sampled_from([1, 2]),
+)
 def test_keeping_fewer_tokens_never_costs_more(r1, r2, sp, pp):
     lo, hi = sorted((r1, r2))
     a = analyze("llama-3-8b", "h200-sxm-141gb", 32_768, 16, sp=sp, pp=pp, knobs=Knobs(kv_keep_ratio=lo))
     b = analyze("llama-3-8b", "h200-sxm-141gb", 32_768, 16, sp=sp, pp=pp, knobs=Knobs(kv_keep_ratio=hi))
-    for x, y in ((a.decode_step.total_s, b.decode_step.total_s), (a.memory.kv_bytes_per_user, b.memory.kv_bytes_per_user)):
+    for x, y in (
+        (a.decode_step.total_s, b.decode_step.total_s),
+        (a.memory.kv_bytes_per_user, b.memory.kv_bytes_per_user),
+    ):
         assert math.isfinite(float(x)) and float(x) <= float(y) * (1 + 1e-12)
     assert a.memory.max_concurrency >= b.memory.max_concurrency
 
 
 def test_cli_knobs_with_a_layout(capsys):
-    assert main(["analyze", "--model", "yi-34b", "--gpu", "h100", "--context", "50000", "--kv-dtype", "fp8",
-                 "--pp", "2"]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                "--model",
+                "yi-34b",
+                "--gpu",
+                "h100",
+                "--context",
+                "50000",
+                "--kv-dtype",
+                "fp8",
+                "--pp",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert "with the knobs: kv_dtype=fp8" in capsys.readouterr().out
-    assert main(["analyze", "--model", "llama-3-8b", "--gpu", "h200", "--context", "16384", "--sp", "2",
-                 "--sliding-window", "1024"]) == 1
+    assert (
+        main(
+            [
+                "analyze",
+                "--model",
+                "llama-3-8b",
+                "--gpu",
+                "h200",
+                "--context",
+                "16384",
+                "--sp",
+                "2",
+                "--sliding-window",
+                "1024",
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "sliding_window" in err and "sp > 1" in err
 
@@ -121,7 +170,9 @@ def _match(**kw):
     from perfmodel.models import load_model
 
     g = load_gpu("h200-sxm-141gb")
-    return match_context(load_model("llama-3-8b"), g, resolve_profile(g, Mode.PEAK), 32_000, 4_000, batch=2, **kw)
+    return match_context(
+        load_model("llama-3-8b"), g, resolve_profile(g, Mode.PEAK), 32_000, 4_000, batch=2, **kw
+    )
 
 
 def test_match_at_degree_one_equals_one_tp_group():
@@ -132,7 +183,9 @@ def test_match_at_degree_one_equals_one_tp_group():
     assert one.targets == pytest.approx(multi.targets, rel=1e-9)
     kept = [r for r in one.rows if r.knob not in knobs_not_modelled(1)]
     assert len(kept) < len(one.rows)
-    assert [(r.metric, r.knob, r.setting) for r in kept] == [(r.metric, r.knob, r.setting) for r in multi.rows]
+    assert [(r.metric, r.knob, r.setting) for r in kept] == [
+        (r.metric, r.knob, r.setting) for r in multi.rows
+    ]
     assert [r.value for r in kept] == pytest.approx([r.value for r in multi.rows], rel=1e-9, nan_ok=True)
 
 
@@ -147,22 +200,52 @@ def test_match_targets_are_the_layouts_metrics(layout):
     searched = {row.knob for row in r.rows}
     assert not searched & {"shared_prefix_tokens", "kv_tiers"}
     if layout.get("sp", 1) > 1:
-        assert not searched & {"kv_layers", "sliding_window", "attention_density", "attention_every",
-                               "kv_keep_ratio+prune_prefill"}
+        assert not searched & {
+            "kv_layers",
+            "sliding_window",
+            "attention_density",
+            "attention_every",
+            "kv_keep_ratio+prune_prefill",
+        }
     assert "kv_keep_ratio" in searched
     # a found setting meets its target on that layout
     for row in r.rows:
         if row.setting is not None and row.knob == "kv_keep_ratio" and row.metric == "decode_s_per_token":
-            got = analyze("llama-3-8b", "h200-sxm-141gb", 32_000, 250, batch=2, mode="peak",
-                          knobs=Knobs(kv_keep_ratio=float(row.setting)), **layout).to_dict()
+            got = analyze(
+                "llama-3-8b",
+                "h200-sxm-141gb",
+                32_000,
+                250,
+                batch=2,
+                mode="peak",
+                knobs=Knobs(kv_keep_ratio=float(row.setting)),
+                **layout,
+            ).to_dict()
             assert got["decode_s_per_token"] <= row.target * (1 + 1e-9)
 
 
 def test_cli_match_context_with_a_layout(capsys):
     import json
 
-    assert main(["analyze", "--model", "llama-3-8b", "--gpu", "h200", "--context", "32000", "--match-context", "4000",
-                 "--pp", "2", "--json"]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                "--model",
+                "llama-3-8b",
+                "--gpu",
+                "h200",
+                "--context",
+                "32000",
+                "--match-context",
+                "4000",
+                "--pp",
+                "2",
+                "--json",
+            ]
+        )
+        == 0
+    )
     doc = json.loads(capsys.readouterr().out)
     short = analyze("llama-3-8b", "h200-sxm-141gb", 4_000, 250, pp=2).to_dict()
     assert doc["match"]["targets"]["max_concurrency"] == short["max_concurrency"]

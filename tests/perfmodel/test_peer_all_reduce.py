@@ -31,7 +31,9 @@ def test_matches_the_published_h100_timings_at_tp4():
     sizes = np.array([0.5, 1, 1.5, 2, 3, 4]) * MiB
     one = np.array([0.010, 0.015, 0.019, 0.022, 0.030, 0.038]) * 1e-3
     two = np.array([0.017, 0.018, 0.027, 0.027, 0.035, 0.043]) * 1e-3
-    one_shot = PEER.one_shot_latency_s + 3 * sizes / (PEER.one_shot_link_eff * H100.nvlink_bytes_per_s_per_direction)
+    one_shot = PEER.one_shot_latency_s + 3 * sizes / (
+        PEER.one_shot_link_eff * H100.nvlink_bytes_per_s_per_direction
+    )
     assert np.median(np.abs(one_shot / one - 1)) < 0.05
     priced = ar(sizes, 4)  # the kernel's own rule: two-shot from 512 KiB at 4 GPUs
     assert np.median(np.abs(priced / two - 1)) < 0.05 and np.max(np.abs(priced / two - 1)) < 0.15
@@ -44,7 +46,9 @@ def test_one_shot_below_the_switch_two_shot_above():
     assert ar(512 * 1024, 4) >= PEER.two_shot_latency_s
     assert ar(small, 8) == pytest.approx(PEER.one_shot_latency_s + 7 * small / eff_bw)
     assert ar(256 * 1024, 8) >= PEER.two_shot_latency_s
-    assert ar(4 * MiB, 2) == pytest.approx(PEER.one_shot_latency_s + 4 * MiB / eff_bw)  # two GPUs: always one-shot
+    assert ar(4 * MiB, 2) == pytest.approx(
+        PEER.one_shot_latency_s + 4 * MiB / eff_bw
+    )  # two GPUs: always one-shot
 
 
 def test_far_cheaper_than_nccl_for_decode_messages_and_nccl_beyond_its_limit():
@@ -63,10 +67,14 @@ def test_only_where_the_engine_runs_it():
     pcie = load_gpu("l40s")
     prof = resolve_profile(pcie).with_peer_all_reduce(PEER)
     plain = resolve_profile(pcie)
-    f = lambda w, p: collective_time(OpKind.ALL_REDUCE, decode, w, pcie, p, "pcie-l40s-x4", launch=GRAPH).total_s
+    f = lambda w, p: (
+        collective_time(OpKind.ALL_REDUCE, decode, w, pcie, p, "pcie-l40s-x4", launch=GRAPH).total_s
+    )
     assert f(4, prof) == f(4, plain)  # four GPUs without a switch: NCCL
     assert f(2, prof) < f(2, plain)  # two GPUs take it over any peer path
-    assert ar(decode, 16, topology="dgx-h100-x4") == ar(decode, 16, prof=NCCL, topology="dgx-h100-x4")  # nodes
+    assert ar(decode, 16, topology="dgx-h100-x4") == ar(
+        decode, 16, prof=NCCL, topology="dgx-h100-x4"
+    )  # nodes
 
 
 def test_outside_a_graph_the_input_is_copied_first():
@@ -80,7 +88,10 @@ def test_engine_file_sets_it_on_the_deployment_profile():
     assert dep.resolved_profile.peer_all_reduce == PEER
     assert Deployment.make("llama-3-70b", "h100-sxm-80gb", tp=4).resolved_profile.peer_all_reduce is None
     off = dataclasses.replace(load_engine("vllm-0.6-multistep"), custom_all_reduce=None)
-    assert Deployment.make("llama-3-70b", "h100-sxm-80gb", tp=4, engine=off).resolved_profile.peer_all_reduce is None
+    assert (
+        Deployment.make("llama-3-70b", "h100-sxm-80gb", tp=4, engine=off).resolved_profile.peer_all_reduce
+        is None
+    )
 
 
 def test_bad_custom_all_reduce_is_one_clear_error():

@@ -95,22 +95,38 @@ def _metrics(model, gpu, ctx, batch, out, tp=1):
 
 
 @settings(max_examples=25, deadline=None)
-@given(m=st.sampled_from(MODELS), ctx=st.integers(1, 300_000), d_ctx=st.integers(1, 100_000),
-       batch=st.integers(1, 64), d_batch=st.integers(1, 64), out=st.integers(0, 2000), d_out=st.integers(1, 2000))
+@given(
+    m=st.sampled_from(MODELS),
+    ctx=st.integers(1, 300_000),
+    d_ctx=st.integers(1, 100_000),
+    batch=st.integers(1, 64),
+    d_batch=st.integers(1, 64),
+    out=st.integers(0, 2000),
+    d_out=st.integers(1, 2000),
+)
 def test_time_never_falls_as_context_batch_or_output_grows(m, ctx, d_ctx, batch, d_batch, out, d_out):
     base = _metrics(m, A100, ctx, batch, out)
     assert np.all(np.isfinite(base)) and np.all(base >= 0)
-    for more in (_metrics(m, A100, ctx + d_ctx, batch, out), _metrics(m, A100, ctx, batch + d_batch, out),
-                 _metrics(m, A100, ctx, batch, out + d_out)):
+    for more in (
+        _metrics(m, A100, ctx + d_ctx, batch, out),
+        _metrics(m, A100, ctx, batch + d_batch, out),
+        _metrics(m, A100, ctx, batch, out + d_out),
+    ):
         assert np.all(more >= base * (1 - 1e-12))
 
 
 @settings(max_examples=25, deadline=None)
-@given(m=st.sampled_from(MODELS), ctx=st.integers(1, 200_000), batch=st.integers(1, 32),
-       bw=st.floats(1.0, 4.0), fl=st.floats(1.0, 4.0))
+@given(
+    m=st.sampled_from(MODELS),
+    ctx=st.integers(1, 200_000),
+    batch=st.integers(1, 32),
+    bw=st.floats(1.0, 4.0),
+    fl=st.floats(1.0, 4.0),
+)
 def test_time_never_rises_as_bandwidth_or_flops_grow(m, ctx, batch, bw, fl):
-    faster = A100.with_overrides(hbm_bytes_per_s=A100.hbm_bytes_per_s * bw,
-                                 peak_flops={k: v * fl for k, v in A100.peak_flops.items()})
+    faster = A100.with_overrides(
+        hbm_bytes_per_s=A100.hbm_bytes_per_s * bw, peak_flops={k: v * fl for k, v in A100.peak_flops.items()}
+    )
     base = _metrics(m, A100, ctx, batch, 100)
     new = _metrics(m, faster, ctx, batch, 100)
     assert np.all(new <= base * (1 + 1e-12))
@@ -132,12 +148,21 @@ def test_tp_conserves_gemm_and_attention_flops(name, phase):
 
 
 @settings(max_examples=25, deadline=None)
-@given(m=st.sampled_from(MODELS), ctx=st.integers(1, 10**6), batch=st.integers(1, 256),
-       out=st.integers(0, 10_000), tp=st.sampled_from([1, 2, 8]))
+@given(
+    m=st.sampled_from(MODELS),
+    ctx=st.integers(1, 10**6),
+    batch=st.integers(1, 256),
+    out=st.integers(0, 10_000),
+    tp=st.sampled_from([1, 2, 8]),
+)
 def test_no_nan_or_negative_on_valid_input(m, ctx, batch, out, tp):
     vals = list(_metrics(m, A100, ctx, batch, out, tp))
     mem = memory_budget(m, A100, ctx, out, tp=tp, batch=batch)
-    vals += [mem.kv_bytes_per_user, mem.max_concurrency, context_switch(A100, PEAK, mem.kv_bytes_per_user).serial_s]
+    vals += [
+        mem.kv_bytes_per_user,
+        mem.max_concurrency,
+        context_switch(A100, PEAK, mem.kv_bytes_per_user).serial_s,
+    ]
     assert all(math.isfinite(v) and v >= 0 for v in vals)
 
 

@@ -17,8 +17,18 @@ def test_gemm_peak_is_compute_bound_roofline():
 
 def test_decode_attention_peak_is_bandwidth_bound():
     g = load_gpu("h100-sxm-80gb")
-    d = {"op": "attention", "phase": "decode", "batch": 8, "q_len": 1, "kv_len": 32768, "q_heads": 32,
-         "kv_heads": 8, "head_dim": 128, "causal": True, "dtype": "bf16"}
+    d = {
+        "op": "attention",
+        "phase": "decode",
+        "batch": 8,
+        "q_len": 1,
+        "kv_len": 32768,
+        "q_heads": 32,
+        "kv_heads": 8,
+        "head_dim": 128,
+        "causal": True,
+        "dtype": "bf16",
+    }
     cost = perfmodel.predict_cost(d, g, mode="peak")
     assert cost.bound is perfmodel.Bound.HBM_BANDWIDTH
     kv = 8 * 8 * 32768 * 2 * 128 * 2
@@ -27,7 +37,9 @@ def test_decode_attention_peak_is_bandwidth_bound():
 
 def test_pinned_copy_uses_pcie():
     g = load_gpu("a100-sxm-80gb")
-    t = perfmodel.predict({"op": "memcpy", "bytes": 10**9, "src": "device", "dst": "host_pinned"}, g, mode="peak")
+    t = perfmodel.predict(
+        {"op": "memcpy", "bytes": 10**9, "src": "device", "dst": "host_pinned"}, g, mode="peak"
+    )
     assert t == pytest.approx(1e9 / g.pcie_bytes_per_s_per_direction)
 
 
@@ -50,8 +62,12 @@ def test_calibrated_without_own_profile_uses_a_transferred_one(tmp_path):
 
 def test_predict_file_writes_predicted_s(tmp_path):
     src = tmp_path / "ops.jsonl"
-    src.write_text(json.dumps({"op": "gemm", "m": 16, "n": 16, "k": 16, "tag": "x"}) + "\n\n"
-                   + json.dumps({"op": "memcpy", "bytes": 4096}) + "\n")
+    src.write_text(
+        json.dumps({"op": "gemm", "m": 16, "n": 16, "k": 16, "tag": "x"})
+        + "\n\n"
+        + json.dumps({"op": "memcpy", "bytes": 4096})
+        + "\n"
+    )
     out = tmp_path / "preds.jsonl"
     assert perfmodel.predict_file(src, out, "h100", mode="peak") == 2
     rows = [json.loads(line) for line in out.read_text().splitlines()]

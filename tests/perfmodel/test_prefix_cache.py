@@ -27,8 +27,9 @@ def test_hit_beats_miss_by_less_as_the_tier_slows_and_serial_loading_adds():
     assert hbm.miss_ttft_s == host.miss_ttft_s == ssd.miss_ttft_s
     serial = prefix_cache(**KW, tier="host", overlap=False)
     assert serial.hit_ttft_s == pytest.approx(serial.load_s + serial.suffix_prefill_s)
-    assert host.hit_ttft_s == pytest.approx(max(host.load_s, host.suffix_prefill_s)
-                                            + min(host.load_s, host.suffix_prefill_s) / 32)
+    assert host.hit_ttft_s == pytest.approx(
+        max(host.load_s, host.suffix_prefill_s) + min(host.load_s, host.suffix_prefill_s) / 32
+    )
     # the whole prompt costs about the prefix plus the suffix attending to it (chunked prefill)
     assert host.miss_ttft_s == pytest.approx(host.prefix_prefill_s + host.suffix_prefill_s, rel=0.05)
 
@@ -54,8 +55,22 @@ def test_bad_input_and_what_does_not_fit():
 
 
 def test_cli():
-    res = run_perfmodel("prefix", "--model", "llama-3-8b", "--gpu", "a100", "--mode", "peak", "--prefix-tokens", "4096",
-                        "--tier", "ssd:7e9", "--hit-rate", "0.8", "--json")
+    res = run_perfmodel(
+        "prefix",
+        "--model",
+        "llama-3-8b",
+        "--gpu",
+        "a100",
+        "--mode",
+        "peak",
+        "--prefix-tokens",
+        "4096",
+        "--tier",
+        "ssd:7e9",
+        "--hit-rate",
+        "0.8",
+        "--json",
+    )
     assert res.returncode == 0, res.stderr
     d = json.loads(res.stdout)
     assert d["tier"] == "ssd" and d["hit_rate"] == 0.8 and d["hit_ttft_s"] < d["miss_ttft_s"]

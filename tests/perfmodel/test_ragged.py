@@ -28,7 +28,9 @@ def test_counts_are_each_sequences_own():
     qo = sum(32 * n * 256 * 2 for n in (1000, 4000, 32000))
     assert bytes_moved(op) == pytest.approx(kv + qo)
     pad = padded(op)
-    assert pad.seq_lens is None and flops(pad) == pytest.approx(2 * 3 * 32 * 256 * visible_keys(32000, 32000, True))
+    assert pad.seq_lens is None and flops(pad) == pytest.approx(
+        2 * 3 * 32 * 256 * visible_keys(32000, 32000, True)
+    )
 
 
 def test_json_round_trip_and_defaults():
@@ -37,17 +39,28 @@ def test_json_round_trip_and_defaults():
     assert (op.batch, op.q_len, op.kv_len, op.seq_lens) == (2, 700, 700, (100, 700))
     back = json.loads(json.dumps(op_to_dict(op)))
     assert back["seq_lens"] == [100, 700] and op_from_dict(back) == op
-    layer = op_from_dict({"op": "decoder_layer", "phase": "prefill", "seq_lens": [5, 9], "hidden": 512,
-                          "intermediate": 1024, **HEADS})
+    layer = op_from_dict(
+        {
+            "op": "decoder_layer",
+            "phase": "prefill",
+            "seq_lens": [5, 9],
+            "hidden": 512,
+            "intermediate": 1024,
+            **HEADS,
+        }
+    )
     assert op_from_dict(json.loads(json.dumps(op_to_dict(layer)))) == layer
 
 
-@pytest.mark.parametrize("bad, match", [
-    ({"seq_lens": []}, "non-empty"),
-    ({"seq_lens": [3, 0]}, ">= 1"),
-    ({"seq_lens": [3, 4], "batch": 3}, "2 lengths but batch is 3"),
-    ({"seq_lens": [3, 4], "kv_len": 9}, "must equal kv_len"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"seq_lens": []}, "non-empty"),
+        ({"seq_lens": [3, 0]}, ">= 1"),
+        ({"seq_lens": [3, 4], "batch": 3}, "2 lengths but batch is 3"),
+        ({"seq_lens": [3, 4], "kv_len": 9}, "must equal kv_len"),
+    ],
+)
 def test_bad_lengths_are_one_line(bad, match):
     with pytest.raises(OpDescriptorError, match=match):
         op_from_dict({"op": "attention", "phase": "prefill", **HEADS} | bad, where="line 2: ")
@@ -60,8 +73,9 @@ def test_ragged_costs_the_real_work(mode):
     assert ragged < 0.5 * pad
     # equal lengths: the padded batch
     same = _ragged([2048] * 4)
-    assert perfmodel.predict(same, "h100", mode=mode) == pytest.approx(perfmodel.predict(padded(same), "h100",
-                                                                                          mode=mode))
+    assert perfmodel.predict(same, "h100", mode=mode) == pytest.approx(
+        perfmodel.predict(padded(same), "h100", mode=mode)
+    )
 
 
 @settings(max_examples=25, deadline=None)
@@ -69,21 +83,35 @@ def test_ragged_costs_the_real_work(mode):
 def test_ragged_never_costs_more_than_padded(lens, mode):
     op = _ragged(lens)
     assert flops(op) <= flops(padded(op)) * (1 + 1e-12)
-    assert perfmodel.predict(op, "h100", mode=mode) <= perfmodel.predict(padded(op), "h100", mode=mode) * (1 + 1e-9)
+    assert perfmodel.predict(op, "h100", mode=mode) <= perfmodel.predict(padded(op), "h100", mode=mode) * (
+        1 + 1e-9
+    )
 
 
 def test_decoder_layer_gemms_run_on_the_total_tokens():
     from perfmodel.ops import decoder_layer_parts
 
-    layer = op_from_dict({"op": "decoder_layer", "phase": "prefill", "seq_lens": [100, 300], "hidden": 512,
-                          "intermediate": 1024, **HEADS})
+    layer = op_from_dict(
+        {
+            "op": "decoder_layer",
+            "phase": "prefill",
+            "seq_lens": [100, 300],
+            "hidden": 512,
+            "intermediate": 1024,
+            **HEADS,
+        }
+    )
     parts = {name: o for name, o, _ in decoder_layer_parts(layer)}
     assert parts["qkv_proj"].m == 400 and parts["attention"].seq_lens == (100, 300)
-    assert perfmodel.predict(layer, "h100", mode="peak") < perfmodel.predict(padded(layer), "h100", mode="peak")
+    assert perfmodel.predict(layer, "h100", mode="peak") < perfmodel.predict(
+        padded(layer), "h100", mode="peak"
+    )
 
 
 def test_analyze_batch_lengths():
-    a = perfmodel.analyze("llama-3-8b", "h100", mode="peak", batch_lengths=[1000, 4000, 8000], output_tokens=16)
+    a = perfmodel.analyze(
+        "llama-3-8b", "h100", mode="peak", batch_lengths=[1000, 4000, 8000], output_tokens=16
+    )
     d = a.to_dict()
     assert (d["batch"], d["context_len"]) == (3, 8000)
     r = d["batch_lengths"]
@@ -91,7 +119,9 @@ def test_analyze_batch_lengths():
     assert r["prefill_s"] == d["prefill_s"] < r["padded_prefill_s"]
     assert r["padded_over_ragged"] == pytest.approx(r["padded_prefill_s"] / r["prefill_s"])
     # equal lengths: the same pass padded or not
-    eq = perfmodel.analyze("llama-3-8b", "h100", mode="peak", batch_lengths=[4000, 4000]).to_dict()["batch_lengths"]
+    eq = perfmodel.analyze("llama-3-8b", "h100", mode="peak", batch_lengths=[4000, 4000]).to_dict()[
+        "batch_lengths"
+    ]
     assert eq["prefill_s"] == pytest.approx(eq["padded_prefill_s"])
     with pytest.raises(InvalidInputError, match="one TP group"):
         perfmodel.analyze("llama-3-8b", "h100", batch_lengths=[10, 20], pp=2)
@@ -100,13 +130,36 @@ def test_analyze_batch_lengths():
 
 
 def test_cli_batch_lengths():
-    r = run_perfmodel("analyze", "--model", "llama-3-8b", "--gpu", "h100", "--mode", "peak", "--batch-lengths",
-                      "1000,4000,8000", "--output-tokens", "4", "--json")
+    r = run_perfmodel(
+        "analyze",
+        "--model",
+        "llama-3-8b",
+        "--gpu",
+        "h100",
+        "--mode",
+        "peak",
+        "--batch-lengths",
+        "1000,4000,8000",
+        "--output-tokens",
+        "4",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["batch_lengths"]["lengths"] == [1000, 4000, 8000] and d["batch"] == 3
-    t = run_perfmodel("analyze", "--model", "llama-3-8b", "--gpu", "h100", "--mode", "peak", "--batch-lengths",
-                      "1000,4000,8000", "--output-tokens", "4")
+    t = run_perfmodel(
+        "analyze",
+        "--model",
+        "llama-3-8b",
+        "--gpu",
+        "h100",
+        "--mode",
+        "peak",
+        "--batch-lengths",
+        "1000,4000,8000",
+        "--output-tokens",
+        "4",
+    )
     assert t.returncode == 0 and "prefill, padded" in t.stdout
     bad = run_perfmodel("analyze", "--batch-lengths", "1000,x")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr

@@ -1,6 +1,5 @@
 """One set of rules (perfmodel.scenario) across analyze, sweep and simulate (API and CLI)."""
 
-
 import pytest
 
 import perfmodel
@@ -20,9 +19,11 @@ def test_beyond_the_trained_window_is_a_note_everywhere():
 
 
 def test_pp_must_divide_the_layers_everywhere():
-    for call in (lambda: perfmodel.analyze("llama-3-8b", "h100", context_len=1000, pp=3),
-                 lambda: perfmodel.sweep("llama-3-8b", "h100", context_len=[1000], pp=3),
-                 lambda: Deployment.make("llama-3-8b", "h100", pp=3)):
+    for call in (
+        lambda: perfmodel.analyze("llama-3-8b", "h100", context_len=1000, pp=3),
+        lambda: perfmodel.sweep("llama-3-8b", "h100", context_len=[1000], pp=3),
+        lambda: Deployment.make("llama-3-8b", "h100", pp=3),
+    ):
         with pytest.raises(InvalidInputError, match="pp=3 does not divide the 32 layers"):
             call()
     Deployment.make("llama-3-8b", "h100", pp=4)
@@ -30,22 +31,28 @@ def test_pp_must_divide_the_layers_everywhere():
 
 def test_zero_output_tokens_allowed_everywhere():
     perfmodel.analyze("llama-3-8b", "h100", context_len=1000, output_tokens=0)
-    assert perfmodel.sweep("llama-3-8b", "h100", context_len=[1000], output_tokens=[0])["decode_s"].iloc[0] == 0
+    assert (
+        perfmodel.sweep("llama-3-8b", "h100", context_len=[1000], output_tokens=[0])["decode_s"].iloc[0] == 0
+    )
     validate_scenario(perfmodel.load_model("llama-3-8b"), 1000, 0)
 
 
 def test_bad_mode_is_invalid_input_naming_the_choices():
-    for call in (lambda: perfmodel.analyze("llama-3-8b", "h100", mode="fast"),
-                 lambda: perfmodel.sweep("llama-3-8b", "h100", mode="fast"),
-                 lambda: Deployment.make("llama-3-8b", "h100", mode="fast"),
-                 lambda: check_mode("fast")):
+    for call in (
+        lambda: perfmodel.analyze("llama-3-8b", "h100", mode="fast"),
+        lambda: perfmodel.sweep("llama-3-8b", "h100", mode="fast"),
+        lambda: Deployment.make("llama-3-8b", "h100", mode="fast"),
+        lambda: check_mode("fast"),
+    ):
         with pytest.raises(InvalidInputError, match="peak, calibrated"):
             call()
 
 
-BASE = {"analyze": ["analyze", "--model", "llama-3-8b", "--gpu", "h100"],
-        "sweep": ["sweep", "--model", "llama-3-8b", "--gpu", "h100"],
-        "simulate": ["simulate", "--model", "llama-3-8b", "--gpu", "h100", "--requests", "3"]}
+BASE = {
+    "analyze": ["analyze", "--model", "llama-3-8b", "--gpu", "h100"],
+    "sweep": ["sweep", "--model", "llama-3-8b", "--gpu", "h100"],
+    "simulate": ["simulate", "--model", "llama-3-8b", "--gpu", "h100", "--requests", "3"],
+}
 CTX = {"analyze": "--context", "sweep": "--context", "simulate": "--prompt-len"}
 OUT = {"analyze": "--output-tokens", "sweep": "--output-tokens", "simulate": "--output-len"}
 

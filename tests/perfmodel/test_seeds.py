@@ -14,10 +14,28 @@ def test_every_row_recomputes_to_the_table():
     the number docs/seeds.json stores and docs/seeds.md shows; the table is the rendering of the file."""
     rows = seeds.load_rows()
     systems = [r["system"] for r in rows]
-    for name in ("LeanAttention", "Ring Attention", "TokenRing", "DeepSpeed-Ulysses", "FlexSP", "MoETuner", "ExFlow",
-                 "Lamina", "Hydragen", "Layer-Condensed KV", "GQA / MLA", "LazyLLM", "XAttention", "Mamba",
-                 "ByteTransformer", "KV Prediction", "APE", "Blockwise Parallel Transformer", "DeepSpeed-Inference",
-                 "Long-context"):
+    for name in (
+        "LeanAttention",
+        "Ring Attention",
+        "TokenRing",
+        "DeepSpeed-Ulysses",
+        "FlexSP",
+        "MoETuner",
+        "ExFlow",
+        "Lamina",
+        "Hydragen",
+        "Layer-Condensed KV",
+        "GQA / MLA",
+        "LazyLLM",
+        "XAttention",
+        "Mamba",
+        "ByteTransformer",
+        "KV Prediction",
+        "APE",
+        "Blockwise Parallel Transformer",
+        "DeepSpeed-Inference",
+        "Long-context",
+    ):
         assert any(name in s for s in systems), name
     failures = []
     for r in rows:
@@ -26,7 +44,9 @@ def test_every_row_recomputes_to_the_table():
         if not math.isclose(value, r["model"], rel_tol=1e-6):
             failures.append(f"{r['system']}: model gives {value!r}, table says {r['model']!r}")
     assert not failures, "; ".join(failures) + " (python -m perfmodel.seeds --update)"
-    assert seeds.render_table(rows) in seeds.SEEDS_MD.read_text(), "docs/seeds.md is stale: python -m perfmodel.seeds --write"
+    assert seeds.render_table(rows) in seeds.SEEDS_MD.read_text(), (
+        "docs/seeds.md is stale: python -m perfmodel.seeds --write"
+    )
 
 
 def test_metric_language_and_placeholders(tmp_path):
@@ -39,7 +59,9 @@ def test_metric_language_and_placeholders(tmp_path):
         seeds.evaluate("a.missing", out)
     with pytest.raises(InvalidInputError, match="not a perfmodel command"):
         seeds.run_command("ls -l")
-    d = seeds.run_command("perfmodel analyze --mode peak --context 4000 --batch {a.n} --json", outputs={"a": {"n": 3}})
+    d = seeds.run_command(
+        "perfmodel analyze --mode peak --context 4000 --batch {a.n} --json", outputs={"a": {"n": 3}}
+    )
     assert d["batch"] == 3
     with pytest.raises(InvalidInputError, match="exited 1"):
         seeds.run_command("perfmodel analyze --model no-such-model --json")
@@ -50,12 +72,22 @@ def test_verdicts_are_checked(tmp_path):
     p.write_text(json.dumps({"rows": [{"system": "x", "verdict": "maybe", "commands": {}, "metric": None}]}))
     with pytest.raises(InvalidInputError, match="verdict"):
         seeds.load_rows(p)
-    p.write_text(json.dumps({"rows": [{"system": "x", "verdict": "differs", "commands": {"a": "perfmodel gpus"},
-                                        "metric": None}]}))
+    p.write_text(
+        json.dumps(
+            {
+                "rows": [
+                    {"system": "x", "verdict": "differs", "commands": {"a": "perfmodel gpus"}, "metric": None}
+                ]
+            }
+        )
+    )
     with pytest.raises(InvalidInputError, match="commands and a metric"):
         seeds.load_rows(p)
-    p.write_text(json.dumps({"rows": [{"system": "x", "verdict": "not expressible yet", "commands": {},
-                                        "metric": None}]}))
+    p.write_text(
+        json.dumps(
+            {"rows": [{"system": "x", "verdict": "not expressible yet", "commands": {}, "metric": None}]}
+        )
+    )
     with pytest.raises(InvalidInputError, match="verdict"):
         seeds.load_rows(p)
 

@@ -36,14 +36,31 @@ def test_shipped_mamba_configs_count_their_weights_and_state():
 
 
 def test_reference_code_keys_read_as_the_hugging_face_ones():
-    ref = {"d_model": 2560, "d_intermediate": 0, "n_layer": 64, "vocab_size": 50277, "ssm_cfg": {"layer": "Mamba2"},
-           "attn_layer_idx": [], "pad_vocab_size_multiple": 16, "tie_embeddings": True}
+    ref = {
+        "d_model": 2560,
+        "d_intermediate": 0,
+        "n_layer": 64,
+        "vocab_size": 50277,
+        "ssm_cfg": {"layer": "Mamba2"},
+        "attn_layer_idx": [],
+        "pad_vocab_size_multiple": 16,
+        "tie_embeddings": True,
+    }
     assert spec_from_config(ref, "mamba2-2.7b") == load_model("mamba2-2.7b")
     with pytest.raises(ModelConfigError, match="attn_layer_idx"):
         spec_from_config(dict(ref, attn_layer_idx=[9, 18]), "x")
     with pytest.raises(ModelConfigError, match="num_heads 60 x head_dim 64"):
-        spec_from_config({"model_type": "mamba2", "hidden_size": 2560, "num_hidden_layers": 2, "num_heads": 60,
-                          "head_dim": 64, "vocab_size": 100}, "x")
+        spec_from_config(
+            {
+                "model_type": "mamba2",
+                "hidden_size": 2560,
+                "num_hidden_layers": 2,
+                "num_heads": 60,
+                "head_dim": 64,
+                "vocab_size": 100,
+            },
+            "x",
+        )
 
 
 def test_decode_and_concurrency_do_not_depend_on_context_prefill_is_linear():
@@ -51,11 +68,17 @@ def test_decode_and_concurrency_do_not_depend_on_context_prefill_is_linear():
     long = analyze("mamba-2.8b", "h100", 400_000, 64, mode="peak")
     assert long.decode_step.total_s == pytest.approx(short.decode_step.total_s)
     assert long.memory.max_concurrency == short.memory.max_concurrency > 1000
-    assert long.memory.kv_bytes_per_user == short.memory.kv_bytes_per_user == 64 * load_model("mamba-2.8b").ssm.state_bytes()
+    assert (
+        long.memory.kv_bytes_per_user
+        == short.memory.kv_bytes_per_user
+        == 64 * load_model("mamba-2.8b").ssm.state_bytes()
+    )
     ratio = long.prefill.total_s / short.prefill.total_s
     assert 90 < ratio < 110  # linear in the prompt, not quadratic
     # a transformer's decode step grows with the context
-    t_short, t_long = (analyze("llama-2-7b", "h100", c, 64, mode="peak").decode_step.total_s for c in (4_000, 40_000))
+    t_short, t_long = (
+        analyze("llama-2-7b", "h100", c, 64, mode="peak").decode_step.total_s for c in (4_000, 40_000)
+    )
     assert t_long > 1.5 * t_short
 
 
@@ -90,9 +113,26 @@ def test_cli_analyze_and_models_list_mamba():
 
 
 def test_cli_simulates_a_state_space_stack():
-    r = run_perfmodel("simulate", "--model", "mamba-2.8b", "--gpu", "h100", "--requests", "5", "--arrival-rate", "1",
-                      "--prompt-len", "128", "--output-len", "8", "--json")
+    r = run_perfmodel(
+        "simulate",
+        "--model",
+        "mamba-2.8b",
+        "--gpu",
+        "h100",
+        "--requests",
+        "5",
+        "--arrival-rate",
+        "1",
+        "--prompt-len",
+        "128",
+        "--output-len",
+        "8",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
-    assert d["completed"] == 5 and d["kv_capacity_blocks_per_replica"] == analyze(
-        "mamba-2.8b", "h100", 128, 8).memory.max_concurrency
+    assert (
+        d["completed"] == 5
+        and d["kv_capacity_blocks_per_replica"]
+        == analyze("mamba-2.8b", "h100", 128, 8).memory.max_concurrency
+    )

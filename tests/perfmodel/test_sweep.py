@@ -11,17 +11,33 @@ from perfmodel.sweep import sweep
 
 
 def test_product_of_axes_and_columns():
-    df = sweep("llama-3-8b", "a100", context_len=[1000, 8000, 32000], batch=[1, 4], tp=[1, 2], output_tokens=[10, 100])
+    df = sweep(
+        "llama-3-8b",
+        "a100",
+        context_len=[1000, 8000, 32000],
+        batch=[1, 4],
+        tp=[1, 2],
+        output_tokens=[10, 100],
+    )
     assert len(df) == 3 * 2 * 2 * 2
-    for col in ("prefill_s", "decode_s_per_token", "max_concurrency", "context_switch_s", "fits",
-                "prefill_bound", "decode_bound", "kv_cache_bytes"):
+    for col in (
+        "prefill_s",
+        "decode_s_per_token",
+        "max_concurrency",
+        "context_switch_s",
+        "fits",
+        "prefill_bound",
+        "decode_bound",
+        "kv_cache_bytes",
+    ):
         assert col in df
     assert set(df["prefill_bound"].astype(str)) <= {"compute", "hbm_bandwidth", "latency", "interconnect"}
     assert (df["model"] == "llama-3-8b").all()
 
 
-@pytest.mark.parametrize("knobs", [None, Knobs(kv_dtype="fp8", kv_keep_ratio=0.5),
-                                   Knobs(attention_every=4, attention_density=0.3)])
+@pytest.mark.parametrize(
+    "knobs", [None, Knobs(kv_dtype="fp8", kv_keep_ratio=0.5), Knobs(attention_every=4, attention_density=0.3)]
+)
 def test_points_equal_analyze(knobs):
     df = sweep("yi-34b", "a100", context_len=[4000, 30000], batch=[1, 2], output_tokens=[250], knobs=knobs)
     for row in df.itertuples():
@@ -41,8 +57,14 @@ def test_contexts_where_nothing_fits_beside_ones_that_do(knobs):
     """The decode is priced only for the contexts and batch sizes with a point that fits: in one block with
     contexts and a batch size where nothing fits, the others still equal analyze (decode, its band,
     throughput) and the rest are NaN, their bounds shown."""
-    df = sweep("yi-34b", "a100", context_len=[4000, 200_000, 30000, 600_000], batch=[1, 64, 2],
-               output_tokens=[10, 250], knobs=knobs)
+    df = sweep(
+        "yi-34b",
+        "a100",
+        context_len=[4000, 200_000, 30000, 600_000],
+        batch=[1, 64, 2],
+        output_tokens=[10, 250],
+        knobs=knobs,
+    )
     assert df["fits"].any() and not df["fits"].all()
     assert set(df.loc[~df["fits"], "context_len"]) >= {200_000, 600_000}
     assert not df.loc[df["batch"] == 64, "fits"].any()
@@ -51,8 +73,9 @@ def test_contexts_where_nothing_fits_beside_ones_that_do(knobs):
             assert np.isnan([row.decode_s, row.decode_s_low, row.session_throughput_tokens_per_s]).all()
             assert str(row.decode_bound) in {"compute", "hbm_bandwidth", "latency", "interconnect"}
             continue
-        a = analyze("yi-34b", "a100", int(row.context_len), int(row.output_tokens), int(row.batch),
-                    knobs=knobs).to_dict()
+        a = analyze(
+            "yi-34b", "a100", int(row.context_len), int(row.output_tokens), int(row.batch), knobs=knobs
+        ).to_dict()
         for key in ("decode_s", "decode_s_low", "decode_s_high", "session_throughput_tokens_per_s"):
             assert getattr(row, key) == pytest.approx(a[key], rel=1e-12), key
 
@@ -63,8 +86,13 @@ def test_does_not_fit_gives_nan_times():
 
 
 def test_knob_axes_are_a_tidy_product():
-    df = sweep("llama-3-8b", "h100", context_len=[8000, 64000], batch=[1],
-               knob_axes={"kv_dtype": ["bf16", "fp8"], "kv_keep_ratio": [1.0, 0.5, 0.25]})
+    df = sweep(
+        "llama-3-8b",
+        "h100",
+        context_len=[8000, 64000],
+        batch=[1],
+        knob_axes={"kv_dtype": ["bf16", "fp8"], "kv_keep_ratio": [1.0, 0.5, 0.25]},
+    )
     assert len(df) == 2 * 2 * 3
     assert set(df["kv_dtype"]) == {"bf16", "fp8"} and set(df["kv_keep_ratio"]) == {1.0, 0.5, 0.25}
     g = df[df.context_len == 64000].set_index(["kv_dtype", "kv_keep_ratio"])["kv_cache_bytes"]
@@ -75,8 +103,13 @@ def test_knob_axes_are_a_tidy_product():
 
 
 def test_knob_axes_on_top_of_fixed_knobs():
-    df = sweep("llama-3-8b", "h100", context_len=[16000], knobs=Knobs(kv_dtype="fp8"),
-               knob_axes={"attention_density": [1.0, 0.5]})
+    df = sweep(
+        "llama-3-8b",
+        "h100",
+        context_len=[16000],
+        knobs=Knobs(kv_dtype="fp8"),
+        knob_axes={"attention_density": [1.0, 0.5]},
+    )
     assert len(df) == 2 and (df["kv_bytes_per_token"] == 131072 // 2).all()
 
 
@@ -94,8 +127,14 @@ def test_bad_axes():
 
 
 def test_arrays_of_a_hundred_thousand_points_run():
-    df = sweep("yi-34b", "a100", context_len=np.arange(1, 101) * 1000, batch=np.arange(1, 101),
-               output_tokens=np.arange(1, 11) * 100, knobs=Knobs(kv_dtype="fp8"))
+    df = sweep(
+        "yi-34b",
+        "a100",
+        context_len=np.arange(1, 101) * 1000,
+        batch=np.arange(1, 101),
+        output_tokens=np.arange(1, 11) * 100,
+        knobs=Knobs(kv_dtype="fp8"),
+    )
     assert len(df) == 100_000
     fits = df[df.fits]
     assert np.isfinite(fits[["prefill_s", "decode_s", "context_switch_s"]].to_numpy()).all()
@@ -103,8 +142,17 @@ def test_arrays_of_a_hundred_thousand_points_run():
 
 
 # ---- multi-GPU layouts ---------------------------------------------------------------------------------------
-_COMPARED = ["prefill_s", "decode_s_per_token", "decode_s", "max_concurrency", "context_switch_s",
-             "context_switch_duplex_s", "session_throughput_tokens_per_s", "kv_cache_bytes", "fits"]
+_COMPARED = [
+    "prefill_s",
+    "decode_s_per_token",
+    "decode_s",
+    "max_concurrency",
+    "context_switch_s",
+    "context_switch_duplex_s",
+    "session_throughput_tokens_per_s",
+    "kv_cache_bytes",
+    "fits",
+]
 
 
 @pytest.mark.parametrize("mode", ["peak", "calibrated"])
@@ -115,7 +163,9 @@ def test_a_topology_at_degree_one_sweeps_as_one_tp_group(mode, knobs):
     multi = sweep("llama-3-8b", "h100-sxm-80gb", topology="dgx-h100", **kw)
     assert (multi[["pp", "sp", "ep"]].to_numpy() == 1).all() and (multi["world"] == multi["tp"]).all()
     for col in _COMPARED:
-        np.testing.assert_allclose(multi[col].to_numpy(dtype=float), one[col].to_numpy(dtype=float), rtol=1e-9)
+        np.testing.assert_allclose(
+            multi[col].to_numpy(dtype=float), one[col].to_numpy(dtype=float), rtol=1e-9
+        )
     for col in ("prefill_bound", "decode_bound"):
         assert (multi[col].astype(str).to_numpy() == one[col].astype(str).to_numpy()).all()
 
@@ -123,15 +173,30 @@ def test_a_topology_at_degree_one_sweeps_as_one_tp_group(mode, knobs):
 @pytest.mark.parametrize("layout", [dict(pp=2, sp=2), dict(sp=4, sp_kind="ulysses"), dict(pp=4)])
 def test_layout_points_equal_analyze(layout):
     knobs = Knobs(kv_dtype="fp8")
-    df = sweep("llama-3-8b", "h200-sxm-141gb", context_len=[8192, 65536], batch=[2, 64], mode="calibrated",
-               knobs=knobs, **layout)
+    df = sweep(
+        "llama-3-8b",
+        "h200-sxm-141gb",
+        context_len=[8192, 65536],
+        batch=[2, 64],
+        mode="calibrated",
+        knobs=knobs,
+        **layout,
+    )
     assert (df["world"] == np.prod(list(v for k, v in layout.items() if k in ("pp", "sp")))).all()
     for row in df.itertuples():
         if not row.fits:
             assert np.isnan(row.prefill_s) and np.isnan(row.decode_s_per_token)
             continue
-        d = analyze("llama-3-8b", "h200-sxm-141gb", row.context_len, 250, batch=row.batch, mode="calibrated",
-                    knobs=knobs, **layout).to_dict()
+        d = analyze(
+            "llama-3-8b",
+            "h200-sxm-141gb",
+            row.context_len,
+            250,
+            batch=row.batch,
+            mode="calibrated",
+            knobs=knobs,
+            **layout,
+        ).to_dict()
         assert row.prefill_s == pytest.approx(d["prefill_s"], rel=1e-9)
         assert row.decode_s_per_token == pytest.approx(d["decode_s_per_token"], rel=1e-9)
         assert row.max_concurrency == d["max_concurrency"]
@@ -139,17 +204,23 @@ def test_layout_points_equal_analyze(layout):
 
 
 def test_layout_points_that_do_not_fit_are_marked():
-    df = sweep("llama-3-70b", "h100-sxm-80gb", context_len=[4000], batch=[1, 64], tp=[1], pp=2,
-               output_tokens=[250])
+    df = sweep(
+        "llama-3-70b", "h100-sxm-80gb", context_len=[4000], batch=[1, 64], tp=[1], pp=2, output_tokens=[250]
+    )
     assert list(df["fits"]) == [True, False]
     assert np.isnan(df["prefill_s"].iloc[1]) and np.isfinite(df["prefill_s"].iloc[0])
 
 
-@pytest.mark.parametrize("kw, needle", [
-    (dict(pp=7), "pp=7"), (dict(ep=2), "ep=2"), (dict(sp=2, sp_kind="star"), "sp_kind"),
-    (dict(sp=2, knobs=Knobs(sliding_window=1000)), "sliding_window"),
-    (dict(pp=2, knobs=Knobs(shared_prefix_tokens=100)), "shared_prefix_tokens"),
-])
+@pytest.mark.parametrize(
+    "kw, needle",
+    [
+        (dict(pp=7), "pp=7"),
+        (dict(ep=2), "ep=2"),
+        (dict(sp=2, sp_kind="star"), "sp_kind"),
+        (dict(sp=2, knobs=Knobs(sliding_window=1000)), "sliding_window"),
+        (dict(pp=2, knobs=Knobs(shared_prefix_tokens=100)), "shared_prefix_tokens"),
+    ],
+)
 def test_bad_layouts_are_refused(kw, needle):
     with pytest.raises(InvalidInputError, match=needle):
         sweep("llama-3-8b", "h200-sxm-141gb", context_len=[4096], **kw)
@@ -158,8 +229,25 @@ def test_bad_layouts_are_refused(kw, needle):
 def test_cli_sweep_with_a_layout(capsys):
     from perfmodel.cli import main
 
-    assert main(["sweep", "--model", "llama-3-8b", "--gpu", "h200", "--context", "8000,64000", "--pp", "2",
-                 "--sp", "2", "--json"]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                "--model",
+                "llama-3-8b",
+                "--gpu",
+                "h200",
+                "--context",
+                "8000,64000",
+                "--pp",
+                "2",
+                "--sp",
+                "2",
+                "--json",
+            ]
+        )
+        == 0
+    )
     import json
 
     rows = json.loads(capsys.readouterr().out)
@@ -176,6 +264,7 @@ def test_sweep_parquet_without_pyarrow_says_what_to_install(tmp_path, perfmodel_
     out = tmp_path / "x.parquet"
     p = perfmodel_cli("sweep", "--context", "4000", "--out", out, pythonpath=[stubs])
     assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
-    assert p.stderr.strip().splitlines() == ["perfmodel: error: writing .parquet needs pyarrow: pip install pyarrow "
-                                             "(or write a .csv path)"]
+    assert p.stderr.strip().splitlines() == [
+        "perfmodel: error: writing .parquet needs pyarrow: pip install pyarrow (or write a .csv path)"
+    ]
     assert not out.exists()

@@ -18,23 +18,34 @@ from perfmodel.hw import load_gpu
 GRID = dict(context_len=[3000, 40_000], batch=[1, 5], output_tokens=[0, 300])
 
 
-@pytest.mark.parametrize("model, gpu, layout", [
-    ("llama-3-8b", "h100", dict(pp=2)),
-    ("llama-3-8b", "h100", dict(sp=2, knobs=Knobs(kv_dtype="fp8", kv_keep_ratio=0.5))),
-    ("llama-3-8b", "h100", dict(sp=4, sp_kind="ulysses", tp=[1, 2])),
-    ("llama-3-8b", "h100", dict(sp=4, sp_kind="hybrid", pp=2, tp=[2])),
-    ("llama-3-8b", "h100", dict(topology="dgx-h100", tp=[1, 8])),
-    ("mixtral-8x7b", "h100", dict(ep=2, tp=[2])),
-    ("mixtral-8x7b", "h100", dict(ep=8, pp=2, tp=[1])),
-    ("deepseek-v2", "h200-sxm-141gb", dict(ep=8, tp=[8])),
-], ids=["pp", "sp-ring-knobs", "ulysses", "hybrid-pp", "topology", "ep", "ep-pp", "mla-ep"])
+@pytest.mark.parametrize(
+    "model, gpu, layout",
+    [
+        ("llama-3-8b", "h100", dict(pp=2)),
+        ("llama-3-8b", "h100", dict(sp=2, knobs=Knobs(kv_dtype="fp8", kv_keep_ratio=0.5))),
+        ("llama-3-8b", "h100", dict(sp=4, sp_kind="ulysses", tp=[1, 2])),
+        ("llama-3-8b", "h100", dict(sp=4, sp_kind="hybrid", pp=2, tp=[2])),
+        ("llama-3-8b", "h100", dict(topology="dgx-h100", tp=[1, 8])),
+        ("mixtral-8x7b", "h100", dict(ep=2, tp=[2])),
+        ("mixtral-8x7b", "h100", dict(ep=8, pp=2, tp=[1])),
+        ("deepseek-v2", "h200-sxm-141gb", dict(ep=8, tp=[8])),
+    ],
+    ids=["pp", "sp-ring-knobs", "ulysses", "hybrid-pp", "topology", "ep", "ep-pp", "mla-ep"],
+)
 def test_layout_grid_equals_analyze(model, gpu, layout):
     df = sweep(model, gpu, **GRID, **layout)
     assert len(df) == 8 * len(np.atleast_1d(layout.get("tp", 1)))
     kw = {k: v for k, v in layout.items() if k != "tp"}
     for row in df.itertuples():
-        a = analyze(model, gpu, int(row.context_len), int(row.output_tokens), batch=int(row.batch), tp=int(row.tp),
-                    **kw).to_dict()
+        a = analyze(
+            model,
+            gpu,
+            int(row.context_len),
+            int(row.output_tokens),
+            batch=int(row.batch),
+            tp=int(row.tp),
+            **kw,
+        ).to_dict()
         assert row.world == a["parallel"]["world"]
         assert row.max_concurrency == a["max_concurrency"]
         assert row.kv_cache_bytes == a["kv_cache_bytes"]
@@ -57,11 +68,28 @@ def test_parallel_phases_over_arrays_equal_each_point(sp, ring):
     out = np.array([0.0, 250.0]).reshape(1, 1, -1)
     ph = parallel_phases(m, g, prof, ctx, out, b, Precision(), 1, 2, sp, "ring", 1, 8192, None, ring)
     for i, j, k in np.ndindex(3, 3, 2):
-        one = parallel_phases(m, g, prof, int(ctx[i, 0, 0]), int(out[0, 0, k]), int(b[0, j, 0]), Precision(), 1, 2,
-                              sp, "ring", 1, 8192, None, ring)
+        one = parallel_phases(
+            m,
+            g,
+            prof,
+            int(ctx[i, 0, 0]),
+            int(out[0, 0, k]),
+            int(b[0, j, 0]),
+            Precision(),
+            1,
+            2,
+            sp,
+            "ring",
+            1,
+            8192,
+            None,
+            ring,
+        )
         for name in ("prefill", "decode_step", "decode"):
             arr, pt = getattr(ph, name), getattr(one, name)
-            assert np.broadcast_to(arr.total_s, (3, 3, 2))[i, j, k] == pytest.approx(pt.total_s, rel=1e-12), name
+            assert np.broadcast_to(arr.total_s, (3, 3, 2))[i, j, k] == pytest.approx(pt.total_s, rel=1e-12), (
+                name
+            )
 
 
 def test_blocks_cover_a_range_in_order():

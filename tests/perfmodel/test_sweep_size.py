@@ -35,18 +35,40 @@ def test_max_bytes_overrides_and_chunks_match():
 
 
 def test_cli_refuses_with_count_and_bytes(perfmodel_cli):
-    r = perfmodel_cli("sweep", "--model", "llama-3-8b", "--gpu", "h100", "--context", "1:64000000:1", timeout=120)
+    r = perfmodel_cli(
+        "sweep", "--model", "llama-3-8b", "--gpu", "h100", "--context", "1:64000000:1", timeout=120
+    )
     assert r.returncode == 1, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "64,000,000 points" in lines[0] and "bytes" in lines[0], r.stderr
     assert "Traceback" not in r.stderr and r.stdout == ""
-    r = perfmodel_cli("sweep", "--model", "llama-3-8b", "--gpu", "h100", "--context", "1:10000000000:1",
-                      "--out", "x.csv", timeout=120)
+    r = perfmodel_cli(
+        "sweep",
+        "--model",
+        "llama-3-8b",
+        "--gpu",
+        "h100",
+        "--context",
+        "1:10000000000:1",
+        "--out",
+        "x.csv",
+        timeout=120,
+    )
     assert r.returncode == 1 and "10,000,000,000 points" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_cli_streams_csv_beyond_budget(perfmodel_cli, tmp_path):
-    args = ["sweep", "--model", "llama-3-8b", "--gpu", "h100", "--context", "1000:300000:1000", "--batch", "1,2"]
+    args = [
+        "sweep",
+        "--model",
+        "llama-3-8b",
+        "--gpu",
+        "h100",
+        "--context",
+        "1000:300000:1000",
+        "--batch",
+        "1,2",
+    ]
     small, whole = tmp_path / "small.csv", tmp_path / "whole.csv"
     r = perfmodel_cli(*args, "--max-bytes", "20000", "--out", small)
     assert r.returncode == 0, r.stderr

@@ -31,7 +31,11 @@ def test_tokenring_hides_what_ring_exposes_and_pays_the_last_return():
     short_ring, short_tr = (sp_prefill(LLAMA2, g, prof, 8192, 8, k) for k in ("ring", "tokenring"))
     assert short_tr.comm_s < short_ring.comm_s / 2
     long_ring, long_tr = (sp_prefill(LLAMA2, g, prof, 65536, 8, k) for k in ("ring", "tokenring"))
-    assert long_ring.comm_s == 0 and long_tr.comm_s == pytest.approx(long_tr.ring_tail_s) and long_tr.ring_tail_s > 0
+    assert (
+        long_ring.comm_s == 0
+        and long_tr.comm_s == pytest.approx(long_tr.ring_tail_s)
+        and long_tr.ring_tail_s > 0
+    )
 
 
 def test_gqa_queries_outweigh_the_kv():
@@ -39,18 +43,36 @@ def test_gqa_queries_outweigh_the_kv():
     m = load_model("llama-3-8b")
     q, _ = tokenring_block_bytes(1024, m.q_heads, m.head_dim, m.head_dim, 2)
     assert q > 1024 * 2 * m.kv_heads * m.head_dim * 2
-    ring, tr = (sp_prefill(m, g, peak_profile(g), 16384, 8, k).ring_steps.comm_s for k in ("ring", "tokenring"))
+    ring, tr = (
+        sp_prefill(m, g, peak_profile(g), 16384, 8, k).ring_steps.comm_s for k in ("ring", "tokenring")
+    )
     assert tr > ring
 
 
 def test_sweep_prices_tokenring_as_analyze():
     from perfmodel.sweep import sweep
 
-    df = sweep("llama-2-7b", "a100", context_len=[8192, 16384], batch=[1, 2], output_tokens=[1], mode="peak",
-               sp=8, sp_kind="tokenring")
+    df = sweep(
+        "llama-2-7b",
+        "a100",
+        context_len=[8192, 16384],
+        batch=[1, 2],
+        output_tokens=[1],
+        mode="peak",
+        sp=8,
+        sp_kind="tokenring",
+    )
     for _, row in df.iterrows():
-        a = analyze("llama-2-7b", "a100", int(row.context_len), 1, batch=int(row.batch), mode="peak", sp=8,
-                    sp_kind="tokenring")
+        a = analyze(
+            "llama-2-7b",
+            "a100",
+            int(row.context_len),
+            1,
+            batch=int(row.batch),
+            mode="peak",
+            sp=8,
+            sp_kind="tokenring",
+        )
         assert row.prefill_s == pytest.approx(a.prefill.total_s, rel=1e-9)
 
 
@@ -67,8 +89,28 @@ def test_plan_sp_considers_tokenring():
 
 
 def test_cli_sp_kind_tokenring():
-    r = run_perfmodel("analyze", "--model", "llama-2-7b", "--gpu", "a100", "--mode", "peak", "--context", "8192",
-                      "--output-tokens", "1", "--sp", "8", "--sp-kind", "tokenring", "--json")
+    r = run_perfmodel(
+        "analyze",
+        "--model",
+        "llama-2-7b",
+        "--gpu",
+        "a100",
+        "--mode",
+        "peak",
+        "--context",
+        "8192",
+        "--output-tokens",
+        "1",
+        "--sp",
+        "8",
+        "--sp-kind",
+        "tokenring",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
-    assert d["sp_kind"] == "tokenring" and d["parallel"]["sp_ring"] == 8 and 0 < d["parallel"]["ring_hidden_fraction"] <= 1
+    assert (
+        d["sp_kind"] == "tokenring"
+        and d["parallel"]["sp_ring"] == 8
+        and 0 < d["parallel"]["ring_hidden_fraction"] <= 1
+    )

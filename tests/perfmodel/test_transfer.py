@@ -13,8 +13,14 @@ import perfmodel
 from perfmodel.hw.loader import list_gpus, load_gpu
 from perfmodel import transfer
 from perfmodel.analyze import analyze
-from perfmodel.calibration import Mode, OpClass, Profile, load_profile_file, resolve_profile, \
-    shipped_profile_path
+from perfmodel.calibration import (
+    Mode,
+    OpClass,
+    Profile,
+    load_profile_file,
+    resolve_profile,
+    shipped_profile_path,
+)
 from perfmodel.costs.copies import CopyParams
 from perfmodel.costs.elementwise import ElementwiseParams
 from perfmodel.costs.gemm import GemmParams
@@ -23,19 +29,51 @@ from perfmodel.sweep import sweep
 OPS = [
     {"op": "gemm", "m": 4096, "n": 4096, "k": 4096, "dtype": "bf16"},
     {"op": "gemm", "m": 8, "n": 1000, "k": 3000, "dtype": "fp8"},
-    {"op": "attention", "phase": "prefill", "batch": 1, "q_len": 4096, "kv_len": 4096, "q_heads": 32, "kv_heads": 8,
-     "head_dim": 128, "causal": True, "dtype": "bf16"},
-    {"op": "attention", "phase": "decode", "batch": 16, "q_len": 1, "kv_len": 8192, "q_heads": 32, "kv_heads": 8,
-     "head_dim": 128, "causal": True, "dtype": "bf16"},
+    {
+        "op": "attention",
+        "phase": "prefill",
+        "batch": 1,
+        "q_len": 4096,
+        "kv_len": 4096,
+        "q_heads": 32,
+        "kv_heads": 8,
+        "head_dim": 128,
+        "causal": True,
+        "dtype": "bf16",
+    },
+    {
+        "op": "attention",
+        "phase": "decode",
+        "batch": 16,
+        "q_len": 1,
+        "kv_len": 8192,
+        "q_heads": 32,
+        "kv_heads": 8,
+        "head_dim": 128,
+        "causal": True,
+        "dtype": "bf16",
+    },
     {"op": "grouped_gemm", "groups": 8, "m": 128, "n": 1536, "k": 2048, "dtype": "bf16"},
     {"op": "memcpy", "bytes": 1 << 26, "src": "device", "dst": "host_pinned"},
     {"op": "memcpy", "bytes": 1 << 20, "src": "host_pageable", "dst": "device"},
     {"op": "memcpy", "bytes": 1 << 24, "src": "device", "dst": "device"},
     {"op": "elementwise", "name": "rmsnorm", "bytes": 1 << 22, "flops": 1 << 21},
     {"op": "all_reduce", "bytes": 1 << 24, "world": 8, "dtype": "bf16"},
-    {"op": "decoder_layer", "phase": "decode", "batch": 8, "q_len": 1, "kv_len": 4096, "hidden": 4096,
-     "intermediate": 14336, "q_heads": 32, "kv_heads": 8, "head_dim": 128, "mlp": "gated_silu", "dtype": "bf16",
-     "attention_impl": "flash2"},  # a layer names its impl (default sdpa), which the H200 has not measured
+    {
+        "op": "decoder_layer",
+        "phase": "decode",
+        "batch": 8,
+        "q_len": 1,
+        "kv_len": 4096,
+        "hidden": 4096,
+        "intermediate": 14336,
+        "q_heads": 32,
+        "kv_heads": 8,
+        "head_dim": 128,
+        "mlp": "gated_silu",
+        "dtype": "bf16",
+        "attention_impl": "flash2",
+    },  # a layer names its impl (default sdpa), which the H200 has not measured
 ]
 
 
@@ -85,8 +123,12 @@ def test_provenance_of_measured_transferred_and_other_vendor_gpus():
     assert a100.provenance_of(OpClass.ATTENTION_PREFILL) == "transferred from h100-sxm-80gb"
     mi = resolve_profile(load_gpu("mi300x"))
     assert mi.provenance_of(OpClass.GEMM) == "datasheet"
-    assert mi.provenance_of(OpClass.ELEMENTWISE) == "transferred from h200-sxm-141gb (family-independent part)"
-    assert mi.provenance_of(OpClass.ALL_REDUCE) == "datasheet"  # Infinity Fabric: no measured GPU of that link
+    assert (
+        mi.provenance_of(OpClass.ELEMENTWISE) == "transferred from h200-sxm-141gb (family-independent part)"
+    )
+    assert (
+        mi.provenance_of(OpClass.ALL_REDUCE) == "datasheet"
+    )  # Infinity Fabric: no measured GPU of that link
     assert resolve_profile(load_gpu("l40s")).provenance_of(OpClass.ALL_REDUCE) == "datasheet"  # PCIe
     assert resolve_profile(load_gpu("h100-sxm-80gb"), Mode.PEAK).provenance_of(OpClass.GEMM) == "datasheet"
 
@@ -131,21 +173,34 @@ def test_h200_default_sdpa_priced_by_the_carried_curve_matches_its_measurement()
     from perfmodel.ops import Attention, Phase
 
     gpu = load_gpu("h200-sxm-141gb")
-    rows = _sdpa_backend_rows(Path(perfmodel.__file__).resolve().parents[1] / "validation/data/sdpa_backends_h200.md")
+    rows = _sdpa_backend_rows(
+        Path(perfmodel.__file__).resolve().parents[1] / "validation/data/sdpa_backends_h200.md"
+    )
     assert sum(r[2] == "default" for r in rows) >= 5 and sum(r[2] == "flash" for r in rows) >= 5
     for impl, backends in (("sdpa", ("default",)), ("flash2", ("flash",))):
         prof = resolve_profile(gpu, attention_impl=impl)
         for (hq, hkv), n, backend, ms in rows:
             if backend in backends:
-                t = float(op_cost(Attention(Phase.PREFILL, 1, n, n, hq, hkv, 128, causal=False), gpu, prof).total_s)
+                t = float(
+                    op_cost(Attention(Phase.PREFILL, 1, n, n, hq, hkv, 128, causal=False), gpu, prof).total_s
+                )
                 assert t * 1e3 == pytest.approx(ms, rel=0.06), (impl, hq, hkv, n)
 
 
-@pytest.mark.parametrize("target,source", [
-    ("h100-pcie-80gb", "h100-sxm-80gb"), ("a100-sxm-80gb", "h100-sxm-80gb"), ("a100-sxm-40gb", "h100-sxm-80gb"),
-    ("b200", "h200-sxm-141gb"), ("gb200", "h200-sxm-141gb"), ("l40s", "h100-sxm-80gb"),
-    ("mi300x", "h200-sxm-141gb"), ("gaudi3", "h100-sxm-80gb"), ("h200-sxm-141gb", "h100-sxm-80gb"),
-])
+@pytest.mark.parametrize(
+    "target,source",
+    [
+        ("h100-pcie-80gb", "h100-sxm-80gb"),
+        ("a100-sxm-80gb", "h100-sxm-80gb"),
+        ("a100-sxm-40gb", "h100-sxm-80gb"),
+        ("b200", "h200-sxm-141gb"),
+        ("gb200", "h200-sxm-141gb"),
+        ("l40s", "h100-sxm-80gb"),
+        ("mi300x", "h200-sxm-141gb"),
+        ("gaudi3", "h100-sxm-80gb"),
+        ("h200-sxm-141gb", "h100-sxm-80gb"),
+    ],
+)
 def test_source_choice_rule(target, source):
     measured = [load_gpu("h100-sxm-80gb"), load_gpu("h200-sxm-141gb")]
     assert transfer.choose_source(load_gpu(target), measured).name == source
@@ -161,9 +216,22 @@ def test_source_choice_prefers_vendor_then_architecture():
 
 def test_carry_rules_scale_fill_times_and_cache_sizes():
     src, dst = load_gpu("h100-sxm-80gb"), load_gpu("b200")
-    kw = dict(compute_eff=0.7, memory_eff=0.9, latency_s=5e-6, tile_m=128, tile_n=256, ramp_bytes=1e6,
-              ramp_flops=1e9, knee_bytes=3e7, cache_bytes=4e6, row_knee_bytes=8192.0, unit_step_s=1e-7)
-    p = lambda kind: kind(**{k: v for k, v in kw.items() if k in kind.field_names()})  # the fields of its class
+    kw = dict(
+        compute_eff=0.7,
+        memory_eff=0.9,
+        latency_s=5e-6,
+        tile_m=128,
+        tile_n=256,
+        ramp_bytes=1e6,
+        ramp_flops=1e9,
+        knee_bytes=3e7,
+        cache_bytes=4e6,
+        row_knee_bytes=8192.0,
+        unit_step_s=1e-7,
+    )
+    p = lambda kind: kind(
+        **{k: v for k, v in kw.items() if k in kind.field_names()}
+    )  # the fields of its class
     g = transfer.carry_params(p(GemmParams), OpClass.GEMM, src, dst)
     assert (g.compute_eff, g.memory_eff, g.latency_s, g.tile_m, g.tile_n) == (0.7, 0.9, 5e-6, 128, 256)
     assert g.ramp_bytes == pytest.approx(1e6 * dst.hbm_bytes_per_s / src.hbm_bytes_per_s)
@@ -174,7 +242,9 @@ def test_carry_rules_scale_fill_times_and_cache_sizes():
     assert e.cache_bytes == pytest.approx(4e6 * dst.l2_bytes / src.l2_bytes)
     h = transfer.carry_params(p(CopyParams), OpClass.MEMCPY_H2D_PAGEABLE, src, dst)
     assert h.knee_bytes == 3e7  # host caches: unchanged
-    assert h.ramp_bytes == pytest.approx(1e6 * dst.pcie_bytes_per_s_per_direction / src.pcie_bytes_per_s_per_direction)
+    assert h.ramp_bytes == pytest.approx(
+        1e6 * dst.pcie_bytes_per_s_per_direction / src.pcie_bytes_per_s_per_direction
+    )
 
 
 def test_other_vendor_gets_only_the_family_independent_fields():
@@ -217,8 +287,9 @@ def test_tp8_collectives_are_priced_alike_on_h100_and_h200():
 
 
 def test_cli_analyze_prints_provenance_and_json_has_it(perfmodel_cli):
-    r = perfmodel_cli("analyze", "--model", "llama-3-8b", "--gpu", "gaudi3", "--context", "4000", "--mode",
-                      "calibrated")
+    r = perfmodel_cli(
+        "analyze", "--model", "llama-3-8b", "--gpu", "gaudi3", "--context", "4000", "--mode", "calibrated"
+    )
     assert r.returncode == 0, r.stderr
     assert "provenance:" in r.stdout and "family-independent part" in " ".join(r.stdout.split())
 
@@ -239,7 +310,9 @@ def test_sweep_over_every_shipped_gpu_labels_each_row(perfmodel_cli):
 
     import pandas as pd
 
-    res = perfmodel_cli("sweep", "--model", "llama-3-8b", "--gpu", "all", "--context", "2000", "--output-tokens", "8")
+    res = perfmodel_cli(
+        "sweep", "--model", "llama-3-8b", "--gpu", "all", "--context", "2000", "--output-tokens", "8"
+    )
     assert res.returncode == 0, res.stderr
     df = pd.read_csv(io.StringIO(res.stdout))
     assert sorted(df["gpu"]) == sorted(list_gpus()) and set(df["mode"]) == {"calibrated"}

@@ -26,8 +26,15 @@ def _t(mode, phase, batch, q, kv, window, impl=None):
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("phase,batch,q,kv", [(Phase.PREFILL, 1, 5_000, 5_000), (Phase.PREFILL, 2, 1_000, 9_000),
-                                              (Phase.DECODE, 1, 1, 9_000), (Phase.DECODE, 8, 3, 20_000)])
+@pytest.mark.parametrize(
+    "phase,batch,q,kv",
+    [
+        (Phase.PREFILL, 1, 5_000, 5_000),
+        (Phase.PREFILL, 2, 1_000, 9_000),
+        (Phase.DECODE, 1, 1, 9_000),
+        (Phase.DECODE, 8, 3, 20_000),
+    ],
+)
 def test_a_window_as_long_as_the_context_changes_nothing(mode, impl, phase, batch, q, kv):
     plain = _t(mode, phase, batch, q, kv, 0, impl)
     for window in (kv, 2 * kv):

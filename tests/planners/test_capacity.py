@@ -38,9 +38,15 @@ def test_shipped_prices_have_source_and_date():
         assert p.usd_per_gpu_hour > 0 and p.source.strip() and p.date.strip()
 
 
-@pytest.mark.parametrize("body,msg", [("prices: {h100-sxm-80gb: {usd_per_gpu_hour: 2}}", "source"),
-                                      ("prices: {h100-sxm-80gb: {usd_per_gpu_hour: -2, source: x, date: y}}", "> 0"),
-                                      ("[1, 2]", "prices"), ("a: [1, 2", "cannot read")])
+@pytest.mark.parametrize(
+    "body,msg",
+    [
+        ("prices: {h100-sxm-80gb: {usd_per_gpu_hour: 2}}", "source"),
+        ("prices: {h100-sxm-80gb: {usd_per_gpu_hour: -2, source: x, date: y}}", "> 0"),
+        ("[1, 2]", "prices"),
+        ("a: [1, 2", "cannot read"),
+    ],
+)
 def test_bad_price_files(tmp_path, body, msg):
     p = tmp_path / "p.yaml"
     p.write_text(body)
@@ -111,9 +117,33 @@ def test_pareto_front_and_png(tmp_path):
 
 
 def test_cli_json_and_errors(capsys, tmp_path):
-    code = main(["plan", "capacity", "--model", "llama-3-8b", "--rate", "10", "--requests", "150",
-                 "--candidates", "h100,a100-sxm-80gb", "--tp", "1", "--max-gpus", "2", "--slo-ttft", "1",
-                 "--slo-tpot", "0.05", "--backend", "local", "--json", "--png", str(tmp_path / "f.png")])
+    code = main(
+        [
+            "plan",
+            "capacity",
+            "--model",
+            "llama-3-8b",
+            "--rate",
+            "10",
+            "--requests",
+            "150",
+            "--candidates",
+            "h100,a100-sxm-80gb",
+            "--tp",
+            "1",
+            "--max-gpus",
+            "2",
+            "--slo-ttft",
+            "1",
+            "--slo-tpot",
+            "0.05",
+            "--backend",
+            "local",
+            "--json",
+            "--png",
+            str(tmp_path / "f.png"),
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     d = json.loads(out)
@@ -122,9 +152,12 @@ def test_cli_json_and_errors(capsys, tmp_path):
     # calibrated by default: each candidate names where its curves come from
     assert d["provenance"]["h100-sxm-80gb"].startswith("measured:")
     assert d["provenance"]["a100-sxm-80gb"].startswith("transferred from h100-sxm-80gb")
-    for argv, msg in ((["--rate", "0"], "arrival rate"), (["--rate", "5", "--tp", "x"], "--tp"),
-                      (["--rate", "5", "--candidates", "l40s", "--slo-ttft", "1"], "no price for l40s"),
-                      (["--rate", "5"], "at least one SLO")):
+    for argv, msg in (
+        (["--rate", "0"], "arrival rate"),
+        (["--rate", "5", "--tp", "x"], "--tp"),
+        (["--rate", "5", "--candidates", "l40s", "--slo-ttft", "1"], "no price for l40s"),
+        (["--rate", "5"], "at least one SLO"),
+    ):
         code = main(["plan", "capacity", "--model", "llama-3-8b", "--backend", "local", *argv])
         err = capsys.readouterr().err
         assert code == 1 and msg in err and err.count("\n") == 1

@@ -32,8 +32,22 @@ def test_plan_moe_whole_command_within_limit(perfmodel_cli, tmp_path):
     # DeepSeek-V3 sized: 256 experts x 32 GPUs (9 slots) x 61 layers; each layer's model takes ~1 s to build
     loads = tmp_path / "loads.json"
     loads.write_text(json.dumps({"loads": zipf_loads(256, 61, 1.01, seed=0).tolist()}))
-    r, wall = _wall(perfmodel_cli, "plan", "moe", "--loads", loads, "--gpus", 32, "--slots-per-gpu", 9, "--nodes", 4,
-                    "--time-limit", LIMIT_S, "--json")
+    r, wall = _wall(
+        perfmodel_cli,
+        "plan",
+        "moe",
+        "--loads",
+        loads,
+        "--gpus",
+        32,
+        "--slots-per-gpu",
+        9,
+        "--nodes",
+        4,
+        "--time-limit",
+        LIMIT_S,
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["solver"]["seconds"] <= 2 * LIMIT_S
@@ -43,8 +57,22 @@ def test_plan_moe_whole_command_within_limit(perfmodel_cli, tmp_path):
 def test_plan_sp_whole_command_within_limit(perfmodel_cli, tmp_path):
     lengths = tmp_path / "lengths.json"
     lengths.write_text(json.dumps({"lengths": [int(x) for x in lognormal_lengths(4000, seed=0)]}))
-    r, wall = _wall(perfmodel_cli, "plan", "sp", "--lengths", lengths, "--gpus", 1024, "--model", "llama-3-8b",
-                    "--gpu", "h100", "--time-limit", LIMIT_S, "--json")
+    r, wall = _wall(
+        perfmodel_cli,
+        "plan",
+        "sp",
+        "--lengths",
+        lengths,
+        "--gpus",
+        1024,
+        "--model",
+        "llama-3-8b",
+        "--gpu",
+        "h100",
+        "--time-limit",
+        LIMIT_S,
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["solver"]["seconds"] <= 2 * LIMIT_S
     assert wall <= 2 * LIMIT_S + 2 + _startup_s(perfmodel_cli), wall
@@ -53,8 +81,19 @@ def test_plan_sp_whole_command_within_limit(perfmodel_cli, tmp_path):
 def test_plan_sp_refuses_huge_gpu_count_at_once(perfmodel_cli, tmp_path):
     lengths = tmp_path / "lengths.json"
     lengths.write_text(json.dumps({"lengths": [1000, 2000, 4000]}))
-    r, wall = _wall(perfmodel_cli, "plan", "sp", "--lengths", lengths, "--gpus", 100000, "--model", "llama-3-8b",
-                    "--gpu", "h100")
+    r, wall = _wall(
+        perfmodel_cli,
+        "plan",
+        "sp",
+        "--lengths",
+        lengths,
+        "--gpus",
+        100000,
+        "--model",
+        "llama-3-8b",
+        "--gpu",
+        "h100",
+    )
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "100,000 GPUs" in lines[0] and f"{MAX_MILP_VARIABLES:,}" in lines[0], r.stderr
@@ -86,15 +125,34 @@ def test_moe_deadline_already_passed_keeps_the_best_baseline():
 
 def test_plan_capacity_whole_command_within_limit(perfmodel_cli):
     # unlimited, this search simulates about 40 deployments of 3,000 requests (over 20 s here)
-    argv = ("plan", "capacity", "--model", "llama-3-8b", "--rate", "50", "--slo-ttft", "1", "--slo-tpot", "0.05",
-            "--requests", "3000", "--backend", "local", "--time-limit", 1, "--json")
+    argv = (
+        "plan",
+        "capacity",
+        "--model",
+        "llama-3-8b",
+        "--rate",
+        "50",
+        "--slo-ttft",
+        "1",
+        "--slo-tpot",
+        "0.05",
+        "--requests",
+        "3000",
+        "--backend",
+        "local",
+        "--time-limit",
+        1,
+        "--json",
+    )
     r, wall = _wall(perfmodel_cli, *argv)
     assert wall <= 2 * 1 + 2 + _startup_s(perfmodel_cli), wall
     if r.returncode == 0:  # the cheapest found by the deadline, marked incomplete
         out = json.loads(r.stdout)
         assert out["complete"] is False and out["best"]["replicas"] >= 1
     else:
-        assert r.returncode == 1 and r.stderr.count("\n") == 1 and "time limit was reached" in r.stderr, r.stderr
+        assert r.returncode == 1 and r.stderr.count("\n") == 1 and "time limit was reached" in r.stderr, (
+            r.stderr
+        )
 
 
 def test_plan_capacity_past_its_deadline_says_so():
@@ -102,18 +160,29 @@ def test_plan_capacity_past_its_deadline_says_so():
     from perfmodel.planners.capacity import CapacityQuery, load_prices, plan_capacity
 
     reqs = Workload(50, 10.0, LengthDist.parse(1024), LengthDist.parse(32), seed=0).generate()
-    q = CapacityQuery("llama-3-8b", reqs, Slo(ttft_s=1.0, tpot_s=0.05), ("h100-sxm-80gb",), (1,), max_gpus=2,
-                      deadline=time.time() - 1)
+    q = CapacityQuery(
+        "llama-3-8b",
+        reqs,
+        Slo(ttft_s=1.0, tpot_s=0.05),
+        ("h100-sxm-80gb",),
+        (1,),
+        max_gpus=2,
+        deadline=time.time() - 1,
+    )
     with pytest.raises(PlannerError, match="time limit was reached after simulating 0 deployment"):
         plan_capacity(q, load_prices(), backend="local")
     plan = plan_capacity(q.__class__(**{**q.__dict__, "deadline": None}), load_prices(), backend="local")
     assert plan.complete and plan.best.meets
 
 
-@pytest.mark.parametrize("flag, value, needle", [("--requests", "2000000", "above the 1,000,000"),
-                                                 ("--max-gpus", "1000000", "above the 65,536")])
+@pytest.mark.parametrize(
+    "flag, value, needle",
+    [("--requests", "2000000", "above the 1,000,000"), ("--max-gpus", "1000000", "above the 65,536")],
+)
 def test_plan_capacity_bounds_its_inputs(perfmodel_cli, flag, value, needle):
-    r = perfmodel_cli("plan", "capacity", "--model", "llama-3-8b", "--rate", "5", "--slo-ttft", "1", flag, value)
+    r = perfmodel_cli(
+        "plan", "capacity", "--model", "llama-3-8b", "--rate", "5", "--slo-ttft", "1", flag, value
+    )
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and needle in r.stderr, r.stderr
 
 

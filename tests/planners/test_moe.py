@@ -27,13 +27,16 @@ def brute_force(w, gpus, slots):
     return best
 
 
-@pytest.mark.parametrize("w,gpus,slots", [
-    ([9, 7, 6, 5], 2, 2),           # no spare slot
-    ([10, 3, 2, 1], 2, 3),          # spare slots: replicate the hot expert
-    ([12, 5, 4, 4, 3], 3, 2),
-    ([20, 1, 1, 1, 1], 3, 2),
-    ([5, 5, 5], 2, 2),
-])
+@pytest.mark.parametrize(
+    "w,gpus,slots",
+    [
+        ([9, 7, 6, 5], 2, 2),  # no spare slot
+        ([10, 3, 2, 1], 2, 3),  # spare slots: replicate the hot expert
+        ([12, 5, 4, 4, 3], 3, 2),
+        ([20, 1, 1, 1, 1], 3, 2),
+        ([5, 5, 5], 2, 2),
+    ],
+)
 def test_exact_optimum_matches_brute_force(w, gpus, slots):
     plan = plan_moe(MoEProblem(np.array([w], float), gpus, slots), EXACT)
     assert plan.metrics[0].max_gpu_load == pytest.approx(brute_force(w, gpus, slots), rel=1e-6)
@@ -50,7 +53,10 @@ def _invariants(problem, plan):
         for name, ms in plan.baselines.items():
             assert got <= ms[l].max_gpu_load * (1 + 1e-9), name
         assert got >= plan.lower_bounds[l] * (1 - 1e-9)
-        assert plan.lower_bounds[l] >= mb.load_lower_bound(problem.loads[l], problem.gpus, problem.slots_per_gpu) - 1e-9
+        assert (
+            plan.lower_bounds[l]
+            >= mb.load_lower_bound(problem.loads[l], problem.gpus, problem.slots_per_gpu) - 1e-9
+        )
     assert 0 <= plan.solver.gap <= 1
 
 
@@ -109,7 +115,9 @@ def _stage2_brute(problem, placements):
 def test_affinity_stage_is_exact_on_small_instances_and_keeps_loads():
     loads = zipf_loads(6, 2, 1.0, tokens=3000, top_k=2, seed=5)
     aff = markov_affinity(loads, seed=5)
-    with_aff = MoEProblem(loads, 4, 2, nodes=2, affinity=aff, intra_node_bytes_per_s=450e9, inter_node_bytes_per_s=50e9)
+    with_aff = MoEProblem(
+        loads, 4, 2, nodes=2, affinity=aff, intra_node_bytes_per_s=450e9, inter_node_bytes_per_s=50e9
+    )
     plan = plan_moe(with_aff, EXACT)
     plain = plan_moe(MoEProblem(loads, 4, 2, nodes=2), EXACT)
     for a, b in zip(plan.metrics, plain.metrics):

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from perfmodel.ep_route import (plan_traffic, routed_transitions, synthetic_transitions, traffic_matrix)
+from perfmodel.ep_route import plan_traffic, routed_transitions, synthetic_transitions, traffic_matrix
 from perfmodel.errors import InvalidInputError
 from perfmodel.planners import moe_baselines as mb
 from perfmodel.planners.moe import MoEProblem, plan_moe
@@ -27,7 +27,9 @@ def test_no_transition_is_the_even_model():
     even = traffic_matrix(p1, w)
     assert np.allclose(traffic_matrix(p1, w, p0, np.zeros((4, 4))), even)
     assert np.allclose(traffic_matrix(p1, w, p0, synthetic_transitions(np.stack([w, w]), 0.0)[0]), even)
-    assert np.isclose(traffic_matrix(p1, w, p0, synthetic_transitions(np.stack([w, w]), 0.7)[0]).sum(), w.sum())
+    assert np.isclose(
+        traffic_matrix(p1, w, p0, synthetic_transitions(np.stack([w, w]), 0.7)[0]).sum(), w.sum()
+    )
 
 
 def test_full_affinity_on_the_same_gpus_stays_local():
@@ -37,7 +39,9 @@ def test_full_affinity_on_the_same_gpus_stays_local():
     same = [((0, 1), (2, 3))] * 2
     moved = [((0, 1), (2, 3)), ((0, 2), (1, 3))]
     t_same, t_moved = plan_traffic(same, w, x), plan_traffic(moved, w, x)
-    assert np.isclose(np.trace(t_same[1]), w[1].sum()) and np.isclose(t_same[1].sum() - np.trace(t_same[1]), 0)
+    assert np.isclose(np.trace(t_same[1]), w[1].sum()) and np.isclose(
+        t_same[1].sum() - np.trace(t_same[1]), 0
+    )
     assert t_moved[1].sum() - np.trace(t_moved[1]) > 0
     # the first layer's tokens sit evenly either way
     assert np.allclose(t_same[0], t_moved[0])
@@ -95,8 +99,21 @@ def test_plan_with_ties_reports_and_keeps_loads():
 def test_plan_moe_cli_synthetic_affinity_and_loads_in_the_file(tmp_path):
     loads = zipf_loads(16, 3, 1.0, tokens=8000, top_k=2, seed=1)
     (tmp_path / "loads.json").write_text(json.dumps({"loads": loads.tolist()}))
-    base = ("plan", "moe", "--loads", tmp_path / "loads.json", "--gpus", "8", "--slots-per-gpu", "3", "--nodes", "2",
-            "--time-limit", "4", "--json")
+    base = (
+        "plan",
+        "moe",
+        "--loads",
+        tmp_path / "loads.json",
+        "--gpus",
+        "8",
+        "--slots-per-gpu",
+        "3",
+        "--nodes",
+        "2",
+        "--time-limit",
+        "4",
+        "--json",
+    )
     even = json.loads(run_perfmodel(*base).stdout)
     r = run_perfmodel(*base, "--synthetic-affinity", "0.8", "--tie-search")
     assert r.returncode == 0, r.stderr

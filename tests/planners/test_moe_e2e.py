@@ -7,7 +7,13 @@ import pytest
 
 import perfmodel
 from perfmodel.comm import resolve_topology
-from perfmodel.ep_route import as_moe_placement, plan_traffic, split_plan_path, synthetic_transitions, traffic_matrix
+from perfmodel.ep_route import (
+    as_moe_placement,
+    plan_traffic,
+    split_plan_path,
+    synthetic_transitions,
+    traffic_matrix,
+)
 from perfmodel.errors import InvalidInputError
 from perfmodel.planners import moe_baselines as mb
 from perfmodel.planners import moe_e2e
@@ -24,8 +30,24 @@ def plan_files(tmp_path_factory):
     (d / "loads.json").write_text(json.dumps({"loads": loads.tolist()}))
     out = {}
     for key, extra in (("even", ()), ("affinity", ("--synthetic-affinity", "0.5"))):
-        r = run_perfmodel("plan", "moe", "--loads", d / "loads.json", "--gpus", "4", "--slots-per-gpu", "3",
-                          "--nodes", "2", "--hidden", "4096", "--time-limit", "2", "--json", *extra)
+        r = run_perfmodel(
+            "plan",
+            "moe",
+            "--loads",
+            d / "loads.json",
+            "--gpus",
+            "4",
+            "--slots-per-gpu",
+            "3",
+            "--nodes",
+            "2",
+            "--hidden",
+            "4096",
+            "--time-limit",
+            "2",
+            "--json",
+            *extra,
+        )
         assert r.returncode == 0, r.stderr
         (d / f"{key}.json").write_text(r.stdout)
         out[key] = d / f"{key}.json"
@@ -66,14 +88,26 @@ def test_placement_file_names_a_baseline(plan_files):
     plan, same = as_moe_placement(str(path)), as_moe_placement(f"{path}:plan")
     assert (plan.layers, plan.loads, plan.traffic) == (same.layers, same.loads, same.traffic)
     kw = dict(context_len=8192, output_tokens=64, batch=8, ep=4)
-    a = {n: perfmodel.analyze("mixtral-8x7b", "h100", moe_placement=f"{path}:{n}", **kw).to_dict()
-         for n in ("plan", "contiguous")}
+    a = {
+        n: perfmodel.analyze("mixtral-8x7b", "h100", moe_placement=f"{path}:{n}", **kw).to_dict()
+        for n in ("plan", "contiguous")
+    }
     b = perfmodel.analyze("mixtral-8x7b", "h100", moe_placement=contig, **kw).to_dict()
     assert a["contiguous"]["prefill_s"] == b["prefill_s"] and a["plan"]["prefill_s"] != b["prefill_s"]
     with pytest.raises(InvalidInputError, match="no baseline 'nope'.*contiguous"):
         as_moe_placement(f"{path}:nope")
-    r = run_perfmodel("analyze", "--model", "mixtral-8x7b", "--gpu", "h100", "--ep", "4", "--moe-placement",
-                      f"{path}:nope", "--json")
+    r = run_perfmodel(
+        "analyze",
+        "--model",
+        "mixtral-8x7b",
+        "--gpu",
+        "h100",
+        "--ep",
+        "4",
+        "--moe-placement",
+        f"{path}:nope",
+        "--json",
+    )
     assert r.returncode == 1 and r.stderr.strip().count("\n") == 0 and "eplb_hierarchical" in r.stderr
     old = json.loads(path.read_text())
     for layer in old["baselines"]["contiguous"]["layers"]:
@@ -96,13 +130,18 @@ def test_docs_table_is_current():
         entry = data[s.key]
         out = moe_e2e.plan_output(s, entry["placements"])
         for layer in out["layers"]:
-            mb.check_placement(tuple(tuple(g) for g in layer["placement"]), len(layer["loads"]), s.slots_per_gpu)
+            mb.check_placement(
+                tuple(tuple(g) for g in layer["placement"]), len(layer["loads"]), s.slots_per_gpu
+            )
         for name in moe_e2e.BASELINES:
-            assert out["total"]["max_gpu_load"] <= out["baselines"][name]["total"]["max_gpu_load"] * (1 + 1e-9)
+            assert out["total"]["max_gpu_load"] <= out["baselines"][name]["total"]["max_gpu_load"] * (
+                1 + 1e-9
+            )
         got = {name: moe_e2e.price(s, out, name) for name in moe_e2e.PLACEMENTS}
         diff = moe_e2e.max_rel_diff(got, entry["numbers"])
         if diff > 1e-6:
             failures.append(f"{s.key}: numbers differ by {diff:.2e}")
     assert not failures, "; ".join(failures) + " (python benchmarks/planners.py --only moe-e2e --write)"
-    assert moe_e2e.render(data) in moe_e2e.DOC_MD.read_text(), \
+    assert moe_e2e.render(data) in moe_e2e.DOC_MD.read_text(), (
         "docs/planners.md is stale: python benchmarks/planners.py --only moe-e2e --write"
+    )

@@ -98,8 +98,45 @@ def test_deepseek_v3_sized_layers_without_spare_slots_are_proven_without_the_mil
 
 def test_a_layer_the_bound_cannot_close_goes_to_the_milp():
     # even loads with an odd mean GPU load: every GPU sum is even, so the optimum (52) is above the bound (51)
-    w = np.array([[10, 8, 6, 4, 4, 2, 2, 2, 2, 10, 8, 10, 6, 8, 10, 8, 8, 6, 6, 10, 4, 10, 8, 2, 4, 10, 6, 2, 8, 8,
-                   10, 2]], float)
+    w = np.array(
+        [
+            [
+                10,
+                8,
+                6,
+                4,
+                4,
+                2,
+                2,
+                2,
+                2,
+                10,
+                8,
+                10,
+                6,
+                8,
+                10,
+                8,
+                8,
+                6,
+                6,
+                10,
+                4,
+                10,
+                8,
+                2,
+                4,
+                10,
+                6,
+                2,
+                8,
+                8,
+                10,
+                2,
+            ]
+        ],
+        float,
+    )
     assert mp.cardinality_bound(w[0], 4, 8) == 51
     plan = plan_moe(MoEProblem(w, 4, 8), SolverOptions(time_limit_s=20))
     assert plan.metrics[0].max_gpu_load == 52

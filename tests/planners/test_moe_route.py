@@ -8,7 +8,13 @@ import pytest
 from perfmodel.calibration import resolve_profile
 from perfmodel.comm import Topology, topology_from_system
 from perfmodel.costs.collectives import collective_time
-from perfmodel.ep_route import busiest_gpu_bound_s, layer_route_time, read_placement, route_time, traffic_matrix
+from perfmodel.ep_route import (
+    busiest_gpu_bound_s,
+    layer_route_time,
+    read_placement,
+    route_time,
+    traffic_matrix,
+)
 from perfmodel.errors import InvalidInputError
 from perfmodel.ops import OpKind
 from perfmodel.hw.loader import load_gpu, load_system
@@ -72,8 +78,21 @@ def test_uniform_matches_collective_time_across_nodes(links):
 def test_plan_moe_json_reports_all_to_all(tmp_path):
     loads = zipf_loads(8, 2, 1.0, tokens=4000, top_k=2, seed=1)
     (tmp_path / "loads.json").write_text(json.dumps({"loads": loads.tolist()}))
-    r = run_perfmodel("plan", "moe", "--loads", tmp_path / "loads.json", "--gpus", "4", "--slots-per-gpu", "3",
-                      "--nodes", "2", "--time-limit", "5", "--json")
+    r = run_perfmodel(
+        "plan",
+        "moe",
+        "--loads",
+        tmp_path / "loads.json",
+        "--gpus",
+        "4",
+        "--slots-per-gpu",
+        "3",
+        "--nodes",
+        "2",
+        "--time-limit",
+        "5",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     for layer in out["layers"]:

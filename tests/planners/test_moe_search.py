@@ -12,8 +12,13 @@ from perfmodel.planners import moe_search as ms
 from perfmodel.planners.moe import MoEProblem, plan_moe
 
 # deepseek-ai/EPLB README: 2 layers x 12 experts, 16 physical slots on 8 GPUs in 2 nodes
-EPLB_README = np.array([[90, 132, 40, 61, 104, 165, 39, 4, 73, 56, 183, 86],
-                        [20, 107, 104, 64, 19, 197, 187, 157, 172, 86, 16, 27]], float)
+EPLB_README = np.array(
+    [
+        [90, 132, 40, 61, 104, 165, 39, 4, 73, 56, 183, 86],
+        [20, 107, 104, 64, 19, 197, 187, 157, 172, 86, 16, 27],
+    ],
+    float,
+)
 
 
 def brute_force(w, gpus, slots):

@@ -52,13 +52,16 @@ def brute_force(inst):
     return best
 
 
-@pytest.mark.parametrize("lengths,gpus,cap", [
-    ([100, 40, 30, 20], 4, np.inf),
-    ([300, 50, 50, 20, 10], 4, np.inf),
-    ([400, 100, 60], 4, 150),        # the 400 needs degree >= 4 by memory
-    ([80, 80, 80, 10, 5], 2, np.inf),
-    ([200, 30, 30, 30], 3, 120),
-])
+@pytest.mark.parametrize(
+    "lengths,gpus,cap",
+    [
+        ([100, 40, 30, 20], 4, np.inf),
+        ([300, 50, 50, 20, 10], 4, np.inf),
+        ([400, 100, 60], 4, 150),  # the 400 needs degree >= 4 by memory
+        ([80, 80, 80, 10, 5], 2, np.inf),
+        ([200, 30, 30, 30], 3, 120),
+    ],
+)
 def test_exact_optimum_matches_brute_force(lengths, gpus, cap):
     inst = synthetic_instance(lengths, gpus, cap)
     plan = plan_sp(inst, SolverOptions(time_limit_s=10, gap_rel=0.0))

@@ -61,7 +61,9 @@ def test_place_groups_respects_nodes(gpus):
     for _ in range(200):
         degrees, left = [], gpus
         while left:
-            d = int(rng.choice([d for d in (1, 2, 4, 8, 16, 32) if d <= left and (d <= 8 or d <= gpus // 8 * 8)]))
+            d = int(
+                rng.choice([d for d in (1, 2, 4, 8, 16, 32) if d <= left and (d <= 8 or d <= gpus // 8 * 8)])
+            )
             degrees.append(d)
             left -= d if rng.random() < 0.9 else left
         ids = place_groups(degrees, gpus, 8)
@@ -103,12 +105,50 @@ def test_two_nodes_mixed_plan_beats_every_static_degree(setup):
 
 
 def test_cli_topology_json(capsys):
-    rc = main(["plan", "sp", "--lengths", TWO_NODES, "--gpus", "16", "--model", "llama-3-8b", "--gpu", "h100",
-               "--topology", "dgx-h100-x4", "--sp-kind", "auto", "--micro-batches", "--time-limit", "3", "--json"])
+    rc = main(
+        [
+            "plan",
+            "sp",
+            "--lengths",
+            TWO_NODES,
+            "--gpus",
+            "16",
+            "--model",
+            "llama-3-8b",
+            "--gpu",
+            "h100",
+            "--topology",
+            "dgx-h100-x4",
+            "--sp-kind",
+            "auto",
+            "--micro-batches",
+            "--time-limit",
+            "3",
+            "--json",
+        ]
+    )
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert out["topology"] == {"name": "dgx-h100-x4", "gpus_per_node": 8, "nodes": 2}
     assert {"nodes", "sp_kinds", "micro_batches", "round"} <= set(out["groups"][0])
     assert out["solver"]["micro_batches"] is True
-    assert main(["plan", "sp", "--lengths", TWO_NODES, "--gpus", "64", "--model", "llama-3-8b", "--gpu", "h100",
-              "--topology", "dgx-h100-x4", "--json"]) == 1  # more GPUs than the system has
+    assert (
+        main(
+            [
+                "plan",
+                "sp",
+                "--lengths",
+                TWO_NODES,
+                "--gpus",
+                "64",
+                "--model",
+                "llama-3-8b",
+                "--gpu",
+                "h100",
+                "--topology",
+                "dgx-h100-x4",
+                "--json",
+            ]
+        )
+        == 1
+    )  # more GPUs than the system has

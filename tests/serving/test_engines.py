@@ -10,8 +10,14 @@ import pytest
 from perfmodel.errors import InvalidInputError
 from perfmodel.serving import Deployment, LengthDist, Requests, read_trace, simulate
 from perfmodel.serving.engine import Engine, engine_names, load_engine
-from perfmodel.serving.published import (compare, load_runs, markdown_table, summary_line, without_custom_all_reduce_line,
-                                         without_front_end_line)
+from perfmodel.serving.published import (
+    compare,
+    load_runs,
+    markdown_table,
+    summary_line,
+    without_custom_all_reduce_line,
+    without_front_end_line,
+)
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "serving.md"
 
@@ -28,7 +34,9 @@ def test_random_lengths_follow_the_range_ratio():
 
 
 def test_trace_without_arrival_times_arrives_at_zero(tmp_path):
-    (tmp_path / "t.jsonl").write_text('{"prompt_len": 10, "output_len": 2}\n{"prompt_len": 5, "output_len": 3}\n')
+    (tmp_path / "t.jsonl").write_text(
+        '{"prompt_len": 10, "output_len": 2}\n{"prompt_len": 5, "output_len": 3}\n'
+    )
     (tmp_path / "t.csv").write_text("prompt_len,output_len\n10,2\n5,3\n")
     for name in ("t.jsonl", "t.csv"):
         r = read_trace(tmp_path / name)
@@ -44,7 +52,9 @@ def test_closed_loop_keeps_at_most_c_in_flight():
     assert np.allclose(one.ttft_s, one.ttft_s[0]) and one.peak_concurrency == 1
     four = simulate(dep, reqs, max_concurrency=4)
     assert four.peak_concurrency == 4
-    events = sorted([(t, 1) for t in four.arrival_s] + [(t, -1) for t in four.finish_s], key=lambda e: (e[0], e[1]))
+    events = sorted(
+        [(t, 1) for t in four.arrival_s] + [(t, -1) for t in four.finish_s], key=lambda e: (e[0], e[1])
+    )
     assert max(np.cumsum([e[1] for e in events])) <= 4
     assert four.engine_metrics()["output_throughput"] > 3 * one.engine_metrics()["output_throughput"]
     with pytest.raises(InvalidInputError, match="max_concurrency"):
@@ -102,8 +112,12 @@ def test_prefill_first_stalls_the_decoders():
     reqs = Requests.of([0.0, 0.05], [200, 8000], [200, 2])
     sg = load_engine("sglang")
     first = simulate(Deployment.make("llama-3-8b", "h100-sxm-80gb", engine=sg, token_budget=2048), reqs)
-    mixed = simulate(Deployment.make("llama-3-8b", "h100-sxm-80gb", engine=replace(sg, chunked_prefill="mixed"),
-                                     token_budget=2048), reqs)
+    mixed = simulate(
+        Deployment.make(
+            "llama-3-8b", "h100-sxm-80gb", engine=replace(sg, chunked_prefill="mixed"), token_budget=2048
+        ),
+        reqs,
+    )
     # the long prompt's chunks run alone under prefill-first: the first request waits them all out (its
     # worst inter-token gap holds the whole prefill); mixed, it decodes beside each chunk
     assert first.itl_s[0].max() > 2 * mixed.itl_s[0].max()
@@ -120,9 +134,15 @@ def test_published_table_in_the_doc_is_current():
     doc = DOC.read_text()
     assert len(runs) >= 10 and len(rows) == sum(len(r["published"]) for r in runs)
     assert markdown_table(rows) in doc, "regenerate the table: python -m perfmodel.serving.published"
-    assert summary_line(rows) in doc and without_front_end_line() in doc and without_custom_all_reduce_line() in doc
-    m = re.search(r"median \|error\| on measured profiles: TTFT (\d+) %, TPOT (\d+) %, output throughput (\d+) %",
-                  DOC.read_text())
+    assert (
+        summary_line(rows) in doc
+        and without_front_end_line() in doc
+        and without_custom_all_reduce_line() in doc
+    )
+    m = re.search(
+        r"median \|error\| on measured profiles: TTFT (\d+) %, TPOT (\d+) %, output throughput (\d+) %",
+        DOC.read_text(),
+    )
     assert m is not None
     for metric, doc_value in zip(("mean_ttft_ms", "median_tpot_ms", "output_throughput"), m.groups()):
         errs = [abs(r["error"]) for r in rows if r["metric"] == metric and r["measured_profile"]]
@@ -134,8 +154,27 @@ def test_cli_engine_style_flags(capsys):
 
     from perfmodel.cli import main
 
-    assert main(["simulate", "--requests", "20", "--request-rate", "inf", "--max-concurrency", "4",
-                 "--prompt-len", "random:500:0.5", "--output-len", "32", "--engine", "sglang", "--json"]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                "--requests",
+                "20",
+                "--request-rate",
+                "inf",
+                "--max-concurrency",
+                "4",
+                "--prompt-len",
+                "random:500:0.5",
+                "--output-len",
+                "32",
+                "--engine",
+                "sglang",
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["engine"] == "sglang" and out["max_concurrency"] == 4 and out["peak_concurrency"] <= 4
     assert out["median_tpot_ms"] > 0 and out["output_throughput"] > 0 and "ttft_s" in out
@@ -165,8 +204,9 @@ def test_front_end_serves_a_burst_one_request_at_a_time():
     reqs = Requests.of(np.zeros(n), [64] * n, [4] * n)
     eng = Engine("x", frontend_s=f)
     apart = simulate(Deployment.make("llama-3-8b", "h100-sxm-80gb", engine=eng), reqs)
-    held = simulate(Deployment.make("llama-3-8b", "h100-sxm-80gb",
-                                    engine=replace(eng, frontend_blocks_engine=True)), reqs)
+    held = simulate(
+        Deployment.make("llama-3-8b", "h100-sxm-80gb", engine=replace(eng, frontend_blocks_engine=True)), reqs
+    )
     # request k reaches the scheduler after k + 1 front-end slots, so none has its first token earlier
     assert (apart.first_token_s >= f * np.arange(1, n + 1) - 1e-12).all()
     assert apart.ttft_s[0] < n * f  # the first starts while the front end handles the rest

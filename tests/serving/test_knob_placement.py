@@ -11,7 +11,15 @@ from hypothesis import strategies as st
 from perfmodel.hw.loader import load_gpu
 from perfmodel.knobs import AttentionOffload, Knobs, KvTier
 from perfmodel.phases import memory_budget
-from perfmodel.serving import Deployment, LengthDist, Requests, Workload, analytic_bounds, replica_memory, simulate
+from perfmodel.serving import (
+    Deployment,
+    LengthDist,
+    Requests,
+    Workload,
+    analytic_bounds,
+    replica_memory,
+    simulate,
+)
 
 H200 = load_gpu("h200-sxm-141gb")
 PREFIX = Knobs(shared_prefix_tokens=2000)
@@ -19,15 +27,30 @@ DDR = Knobs(kv_tiers=(KvTier("ddr"),))
 POOL = Knobs(offload=AttentionOffload(H200, 50e9))
 
 
-@pytest.mark.parametrize("model,gpu,knobs,prompt,out", [
-    ("llama-3-8b", "h100-sxm-80gb", PREFIX, 4000, 64),
-    ("llama-3-8b", "h100-sxm-80gb", Knobs(shared_prefix_tokens=1000, prefix_aware_kernel=False), 3000, 32),
-    # 120K tokens of yi-34b do not fit one A100's HBM: the tail lives in host DDR and streams every step
-    ("yi-34b", "a100-sxm-80gb", DDR, 120_000, 16),
-    ("yi-34b", "a100-sxm-80gb", DDR.replace(prefetch=False), 120_000, 16),
-    ("llama-3-8b", "h100-sxm-80gb", POOL, 4000, 64),
-    ("yi-34b", "a100-sxm-80gb", Knobs(offload=AttentionOffload(H200, 25e9, 2.0, 5e-6, False)), 50_000, 32),
-])
+@pytest.mark.parametrize(
+    "model,gpu,knobs,prompt,out",
+    [
+        ("llama-3-8b", "h100-sxm-80gb", PREFIX, 4000, 64),
+        (
+            "llama-3-8b",
+            "h100-sxm-80gb",
+            Knobs(shared_prefix_tokens=1000, prefix_aware_kernel=False),
+            3000,
+            32,
+        ),
+        # 120K tokens of yi-34b do not fit one A100's HBM: the tail lives in host DDR and streams every step
+        ("yi-34b", "a100-sxm-80gb", DDR, 120_000, 16),
+        ("yi-34b", "a100-sxm-80gb", DDR.replace(prefetch=False), 120_000, 16),
+        ("llama-3-8b", "h100-sxm-80gb", POOL, 4000, 64),
+        (
+            "yi-34b",
+            "a100-sxm-80gb",
+            Knobs(offload=AttentionOffload(H200, 25e9, 2.0, 5e-6, False)),
+            50_000,
+            32,
+        ),
+    ],
+)
 def test_one_request_alone_matches_analytical_prefill_plus_decode(model, gpu, knobs, prompt, out):
     dep = Deployment.make(model, gpu, knobs=knobs, mode="peak")
     req = Requests.of([0.0], [prompt], [out])
@@ -57,11 +80,14 @@ def test_the_shared_prefix_is_prefilled_once_per_replica_and_never_swapped():
     assert mem.swap_bytes_per_gpu(4064) == 129 * 16 * mem.kv_bytes_per_token_per_gpu
 
 
-@pytest.mark.parametrize("knobs,n", [
-    (PREFIX, 300),
-    (Knobs(kv_tiers=(KvTier("nvme", 60e9, 7e9),)), 300),
-    (POOL, 400),
-])
+@pytest.mark.parametrize(
+    "knobs,n",
+    [
+        (PREFIX, 300),
+        (Knobs(kv_tiers=(KvTier("nvme", 60e9, 7e9),)), 300),
+        (POOL, 400),
+    ],
+)
 def test_saturated_peak_concurrency_follows_the_memory_model(knobs, n):
     # n requests of 4000 + 64 tokens at once: memory, not max_num_seqs, bounds the batch
     reqs = Requests.of([0.0] * n, [4000] * n, [64] * n)
@@ -70,7 +96,9 @@ def test_saturated_peak_concurrency_follows_the_memory_model(knobs, n):
     dep = Deployment.make("llama-3-8b", "h100-sxm-80gb", kv_policy="queue", knobs=knobs)
     res = simulate(dep, reqs, record_timeline=False)
     mc_base = memory_budget(dep.model, dep.gpu, 4000, 64, chunk_tokens=dep.token_budget).max_concurrency
-    mc = memory_budget(dep.model, dep.gpu, 4000, 64, chunk_tokens=dep.token_budget, knobs=knobs).max_concurrency
+    mc = memory_budget(
+        dep.model, dep.gpu, 4000, 64, chunk_tokens=dep.token_budget, knobs=knobs
+    ).max_concurrency
     assert mc < n and mc > 1.5 * mc_base
     assert 0.95 * mc <= res.peak_concurrency <= mc
     assert res.peak_concurrency <= analytic_bounds(dep, reqs).max_concurrency
@@ -78,20 +106,35 @@ def test_saturated_peak_concurrency_follows_the_memory_model(knobs, n):
 
 
 @settings(max_examples=8, deadline=None)
-@given(n=st.integers(1, 25), seed=st.integers(0, 10_000), which=st.sampled_from(["prefix", "ddr", "nvme", "pool"]),
-       policy=st.sampled_from(["swap", "recompute", "queue"]))
+@given(
+    n=st.integers(1, 25),
+    seed=st.integers(0, 10_000),
+    which=st.sampled_from(["prefix", "ddr", "nvme", "pool"]),
+    policy=st.sampled_from(["swap", "recompute", "queue"]),
+)
 # pipelined offload, a long and a short prompt decoding together: the long one's steps beat a pair of its own
 # length, so the TPOT floor must take the shortest partner
 @example(n=2, seed=1026, which="pool", policy="swap")
 def test_invariants(n, seed, which, policy):
-    knobs = {"prefix": Knobs(shared_prefix_tokens=500, kv_dtype="fp8"), "ddr": DDR,
-             "nvme": Knobs(kv_tiers=(KvTier("nvme", 2e9, 5e9),), prefetch=seed % 2 == 0),
-             "pool": Knobs(offload=AttentionOffload(H200, 50e9, 0.05, 5e-6, seed % 2 == 0))}[which]
+    knobs = {
+        "prefix": Knobs(shared_prefix_tokens=500, kv_dtype="fp8"),
+        "ddr": DDR,
+        "nvme": Knobs(kv_tiers=(KvTier("nvme", 2e9, 5e9),), prefetch=seed % 2 == 0),
+        "pool": Knobs(offload=AttentionOffload(H200, 50e9, 0.05, 5e-6, seed % 2 == 0)),
+    }[which]
     # a large reserve leaves room for a few requests only: the KV pressure is high
-    dep = Deployment.make("llama-3-8b", "h100-sxm-80gb", kv_policy=policy, slice_tokens=8, max_num_seqs=16,
-                          knobs=knobs, reserve_fraction=0.7)
-    reqs = Workload(n, math.inf, LengthDist.parse("uniform:600:8000"), LengthDist.parse("uniform:1:100"),
-                    seed=seed).generate()
+    dep = Deployment.make(
+        "llama-3-8b",
+        "h100-sxm-80gb",
+        kv_policy=policy,
+        slice_tokens=8,
+        max_num_seqs=16,
+        knobs=knobs,
+        reserve_fraction=0.7,
+    )
+    reqs = Workload(
+        n, math.inf, LengthDist.parse("uniform:600:8000"), LengthDist.parse("uniform:1:100"), seed=seed
+    ).generate()
     reqs = Requests.of(reqs.arrival_s, np.minimum(reqs.prompt_len, 8192 - reqs.output_len), reqs.output_len)
     res, b = simulate(dep, reqs), analytic_bounds(dep, reqs)
     assert np.all(np.isfinite(res.finish_s))

@@ -23,7 +23,9 @@ def dep():
 
 
 def _workload(*prefixes, n=120, rate=5.0):
-    return Workload(n, rate, LengthDist.parse("uniform:200:800"), LengthDist.parse("48"), seed=3, prefixes=prefixes)
+    return Workload(
+        n, rate, LengthDist.parse("uniform:200:800"), LengthDist.parse("48"), seed=3, prefixes=prefixes
+    )
 
 
 def _same(a, b):
@@ -50,24 +52,34 @@ def test_full_hbm_hit_removes_the_prefix_prefill(dep):
     assert np.all(reqs.prefix_hit) and np.all(reqs.cached_tokens() == P)
     res = simulate(dep, hit)
     none = simulate(dep, _workload(CachedPrefix(P, 1.0, 0.0)))
-    assert np.all(res.ttft_s < none.ttft_s) and res.summary()["prefix_cache"]["cached_prompt_tokens"] == 120 * P
+    assert (
+        np.all(res.ttft_s < none.ttft_s) and res.summary()["prefix_cache"]["cached_prompt_tokens"] == 120 * P
+    )
     # alone: exactly the forward of the suffix over P + suffix keys
     from perfmodel.ops import Phase
     from perfmodel.phases import forward_cost
 
     one = Requests.of([0.0], [P + 500], [1], (CachedPrefix(P, 1.0, 1.0),), [0], [True])
     alone = simulate(dep, one)
-    fwd = float(forward_cost(dep.model, dep.gpu, dep.resolved_profile, Phase.PREFILL, 1, 500, P + 500,
-                             dep.precision).total_s)
+    fwd = float(
+        forward_cost(
+            dep.model, dep.gpu, dep.resolved_profile, Phase.PREFILL, 1, 500, P + 500, dep.precision
+        ).total_s
+    )
     assert alone.ttft_s[0] == pytest.approx(fwd, rel=0.02)
     whole = simulate(dep, Requests.of([0.0], [P + 500], [1]))
     assert whole.ttft_s[0] > 3 * alone.ttft_s[0]
     # the prefix's blocks are reserved once per replica, outside the requests' capacity
-    assert replica_memory(dep).capacity_blocks - replica_memory(dep, (P,)).capacity_blocks == P // dep.block_tokens
+    assert (
+        replica_memory(dep).capacity_blocks - replica_memory(dep, (P,)).capacity_blocks
+        == P // dep.block_tokens
+    )
 
 
 def test_host_and_ssd_hits_pay_the_load_overlapped_with_the_iteration(dep):
-    one = lambda tier, bw: Requests.of([0.0], [P + 500], [1], (CachedPrefix(P, 1.0, 1.0, tier, bw),), [0], [True])
+    one = lambda tier, bw: Requests.of(
+        [0.0], [P + 500], [1], (CachedPrefix(P, 1.0, 1.0, tier, bw),), [0], [True]
+    )
     hbm = simulate(dep, one(Tier.HBM, None))
     mem = replica_memory(dep)
     load = P * mem.kv_bytes_per_token_per_gpu / 1e9
@@ -94,9 +106,15 @@ def test_shares_and_hit_rates_are_drawn_per_request_without_changing_the_lengths
 
 
 def test_bad_prefixes_are_refused(dep):
-    for text, match in (("4096", "TOKENS:SHARE"), ("4096:0", "share"), ("4096:0.5:2", "hit_rate"),
-                        ("0:0.5", "tokens"), ("4096.5:0.5", "tokens"), ("4096:0.5:1:ssd", "ssd needs a rate"),
-                        ("4096:0.5:1:disk", "tier must be one of")):
+    for text, match in (
+        ("4096", "TOKENS:SHARE"),
+        ("4096:0", "share"),
+        ("4096:0.5:2", "hit_rate"),
+        ("0:0.5", "tokens"),
+        ("4096.5:0.5", "tokens"),
+        ("4096:0.5:1:ssd", "ssd needs a rate"),
+        ("4096:0.5:1:disk", "tier must be one of"),
+    ):
         with pytest.raises(InvalidInputError, match=match):
             CachedPrefix.parse(text)
     with pytest.raises(InvalidInputError, match="sum to"):
@@ -109,8 +127,24 @@ def test_bad_prefixes_are_refused(dep):
 
 
 def test_cli_prefix_flag_reports_the_cache():
-    res = run_perfmodel("simulate", "--mode", "peak", "--requests", "60", "--arrival-rate", "4", "--prompt-len", "300",
-                        "--output-len", "16", "--prefix", "2048:0.5:1", "--prefix", "4096:0.25:1:host", "--json")
+    res = run_perfmodel(
+        "simulate",
+        "--mode",
+        "peak",
+        "--requests",
+        "60",
+        "--arrival-rate",
+        "4",
+        "--prompt-len",
+        "300",
+        "--output-len",
+        "16",
+        "--prefix",
+        "2048:0.5:1",
+        "--prefix",
+        "4096:0.25:1:host",
+        "--json",
+    )
     assert res.returncode == 0, res.stderr
     pc = json.loads(res.stdout)["prefix_cache"]
     assert 0 < pc["hits"] == pc["requests_with_prefix"] < 60 and pc["loads"] > 0 and pc["load_s"] > 0

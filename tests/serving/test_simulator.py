@@ -18,12 +18,15 @@ def llama():
 
 
 @pytest.mark.parametrize("mode", ["peak", "calibrated"])
-@pytest.mark.parametrize("model,gpu,tp,prompt,out", [
-    ("llama-3-8b", "h100-sxm-80gb", 1, 2048, 128),
-    ("llama-3-8b", "h100-sxm-80gb", 2, 7000, 300),
-    ("yi-34b", "a100-sxm-80gb", 1, 50_000, 250),
-    ("mixtral-8x7b", "h100-sxm-80gb", 2, 3000, 64),
-])
+@pytest.mark.parametrize(
+    "model,gpu,tp,prompt,out",
+    [
+        ("llama-3-8b", "h100-sxm-80gb", 1, 2048, 128),
+        ("llama-3-8b", "h100-sxm-80gb", 2, 7000, 300),
+        ("yi-34b", "a100-sxm-80gb", 1, 50_000, 250),
+        ("mixtral-8x7b", "h100-sxm-80gb", 2, 3000, 64),
+    ],
+)
 def test_one_request_alone_matches_analytical_prefill_plus_decode(model, gpu, tp, prompt, out, mode):
     dep = Deployment.make(model, gpu, tp=tp, mode=mode)
     req = Requests.of([0.0], [prompt], [out])
@@ -38,26 +41,47 @@ def _synthetic_profile(gpu):
     """A non-trivial profile (efficiencies, ramps, latencies, tiles), so the tables meet real curves."""
     from perfmodel.calibration import profile_from_dict
 
-    c = {"compute_eff": 0.7, "memory_eff": 0.8, "latency_s": 4e-6, "ramp_flops": 2e9, "ramp_bytes": 4e6,
-         "overlap": 0.6}
-    return profile_from_dict({"gpu": gpu, "classes": {
-        "gemm": c | {"tile_m": 128, "tile_n": 128, "tile_m_min": 16},
-        "attention_prefill": c | {"tile_m": 128},
-        "attention_decode": c, "elementwise": c, "memcpy_d2h": c, "memcpy_h2d": c}})
+    c = {
+        "compute_eff": 0.7,
+        "memory_eff": 0.8,
+        "latency_s": 4e-6,
+        "ramp_flops": 2e9,
+        "ramp_bytes": 4e6,
+        "overlap": 0.6,
+    }
+    return profile_from_dict(
+        {
+            "gpu": gpu,
+            "classes": {
+                "gemm": c | {"tile_m": 128, "tile_n": 128, "tile_m_min": 16},
+                "attention_prefill": c | {"tile_m": 128},
+                "attention_decode": c,
+                "elementwise": c,
+                "memcpy_d2h": c,
+                "memcpy_h2d": c,
+            },
+        }
+    )
 
 
-@pytest.mark.parametrize("model,prompt,out", [("llama-3-8b", 4000, 64), ("llama-3.1-405b", 20_000, 16), ("llama-3-8b", 300, 200)])
+@pytest.mark.parametrize(
+    "model,prompt,out", [("llama-3-8b", 4000, 64), ("llama-3.1-405b", 20_000, 16), ("llama-3-8b", 300, 200)]
+)
 def test_calibrated_profile_one_request_matches(model, prompt, out):
     tp = 8 if "405b" in model else 1
-    dep = Deployment.make(model, "h200-sxm-141gb", tp=tp, weight_dtype="fp8", profile=_synthetic_profile("h200-sxm-141gb"))
+    dep = Deployment.make(
+        model, "h200-sxm-141gb", tp=tp, weight_dtype="fp8", profile=_synthetic_profile("h200-sxm-141gb")
+    )
     req = Requests.of([0.0], [prompt], [out])
     res, b = simulate(dep, req), analytic_bounds(dep, req)
     assert res.ttft_s[0] == pytest.approx(b.prefill_s[0], rel=1e-2)
     assert res.e2e_s[0] == pytest.approx(b.alone_e2e_s[0], rel=1e-2)
 
 
-@pytest.mark.parametrize("prompt,out,policy", [(2048, 128, "queue"), (256, 1024, "queue"), (2048, 512, "swap"),
-                                                (1000, 400, "recompute")])
+@pytest.mark.parametrize(
+    "prompt,out,policy",
+    [(2048, 128, "queue"), (256, 1024, "queue"), (2048, 512, "swap"), (1000, 400, "recompute")],
+)
 def test_saturated_throughput_and_concurrency_within_analytical_bounds(llama, prompt, out, policy):
     dep = Deployment.make("llama-3-8b", "h100-sxm-80gb", kv_policy=policy, slice_tokens=64)
     w = Workload(1500, math.inf, LengthDist.parse(prompt), LengthDist.parse(out))
@@ -85,8 +109,10 @@ def test_paper_example_holds_one_request_and_swaps_when_time_sliced():
     assert res.preemptions.sum() > 0
     # each swap moves one user's KV (prompt + tokens so far)
     assert res.swap_out_bytes / res.preemptions.sum() == pytest.approx(kv_one, rel=0.01)
-    q = simulate(Deployment.make("yi-34b", "a100-sxm-80gb", kv_policy="queue"),
-                 Requests.of([0.0] * 3, [50_000] * 3, [250] * 3))
+    q = simulate(
+        Deployment.make("yi-34b", "a100-sxm-80gb", kv_policy="queue"),
+        Requests.of([0.0] * 3, [50_000] * 3, [250] * 3),
+    )
     assert q.swap_out_bytes == 0 and q.preemptions.sum() == 0
     # time slicing trades the last user's wait for the first users' latency, and costs the swaps
     assert res.ttft_s.max() < q.ttft_s.max()
@@ -104,8 +130,9 @@ def test_recompute_reprefills_and_costs_more_than_swap():
 
 def test_host_capacity_bounds_swapping():
     reqs = Requests.of([0.0] * 3, [50_000] * 3, [250] * 3)
-    res = simulate(Deployment.make("yi-34b", "a100-sxm-80gb", kv_policy="swap", slice_tokens=50, host_kv_bytes=0),
-                   reqs)
+    res = simulate(
+        Deployment.make("yi-34b", "a100-sxm-80gb", kv_policy="swap", slice_tokens=50, host_kv_bytes=0), reqs
+    )
     assert res.swap_out_bytes == 0 and res.preemptions.sum() == 0
 
 
@@ -131,10 +158,16 @@ def test_pipeline_parallel_adds_memory_not_speed():
 
 
 @settings(max_examples=15, deadline=None)
-@given(n=st.integers(1, 40), rate=st.sampled_from([0.5, 5.0, 50.0, math.inf]),
-       seed=st.integers(0, 10_000), policy=st.sampled_from(["swap", "recompute", "queue"]))
+@given(
+    n=st.integers(1, 40),
+    rate=st.sampled_from([0.5, 5.0, 50.0, math.inf]),
+    seed=st.integers(0, 10_000),
+    policy=st.sampled_from(["swap", "recompute", "queue"]),
+)
 def test_invariants_random_workloads(llama, n, rate, seed, policy):
-    dep = Deployment.make("llama-3-8b", "h100-sxm-80gb", kv_policy=policy, slice_tokens=8, max_num_seqs=16, mode="peak")
+    dep = Deployment.make(
+        "llama-3-8b", "h100-sxm-80gb", kv_policy=policy, slice_tokens=8, max_num_seqs=16, mode="peak"
+    )
     w = Workload(n, rate, LengthDist.parse("uniform:1:6000"), LengthDist.parse("uniform:1:100"), seed=seed)
     reqs = w.generate()
     res = simulate(dep, reqs)
@@ -160,8 +193,18 @@ def test_goodput_and_slo_report(llama):
     rep = res.slo_report(tight)["ttft"]
     assert not rep["met"] and rep["ratio"] > 1
     s = res.summary(loose)
-    for key in ("completed", "ttft_s", "tpot_s", "e2e_s", "throughput_tokens_per_s", "peak_concurrency",
-                "swap_out_bytes", "swap_in_bytes", "preemptions", "goodput_requests_per_s"):
+    for key in (
+        "completed",
+        "ttft_s",
+        "tpot_s",
+        "e2e_s",
+        "throughput_tokens_per_s",
+        "peak_concurrency",
+        "swap_out_bytes",
+        "swap_in_bytes",
+        "preemptions",
+        "goodput_requests_per_s",
+    ):
         assert key in s
     assert set(s["ttft_s"]) >= {"p50", "p90", "p99"}
 

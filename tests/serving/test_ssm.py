@@ -34,8 +34,10 @@ def test_concurrency_is_set_by_state_bytes_not_context(model):
     n = min(mem.capacity_blocks + 100, dep.max_num_seqs)
     peaks = []
     for prompt in (1_000, 64_000):
-        assert analyze(model, "h100", context_len=prompt, output_tokens=8,
-                       mode="peak").memory.max_concurrency == mem.capacity_blocks
+        assert (
+            analyze(model, "h100", context_len=prompt, output_tokens=8, mode="peak").memory.max_concurrency
+            == mem.capacity_blocks
+        )
         res = simulate(dep, Requests.of([0.0] * n, [prompt] * n, [8] * n), record_timeline=False)
         assert res.summary()["completed"] == n
         peaks.append(res.peak_concurrency)

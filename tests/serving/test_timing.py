@@ -21,8 +21,14 @@ def test_only_kv_dependent_ops_vary_with_keys(model):
                 assert oa == ob, n
 
 
-@pytest.mark.parametrize("model,gpu,tp", [("llama-3-8b", "h100-sxm-80gb", 1), ("llama-3-70b", "h100-sxm-80gb", 4),
-                                          ("mixtral-8x7b", "a100-sxm-80gb", 2)])
+@pytest.mark.parametrize(
+    "model,gpu,tp",
+    [
+        ("llama-3-8b", "h100-sxm-80gb", 1),
+        ("llama-3-70b", "h100-sxm-80gb", 4),
+        ("mixtral-8x7b", "a100-sxm-80gb", 2),
+    ],
+)
 def test_decode_iteration_matches_forward_cost(model, gpu, tp):
     dep = Deployment.make(model, gpu, tp=tp)
     timer = build_timer(dep, 40_000)
@@ -30,7 +36,9 @@ def test_decode_iteration_matches_forward_cost(model, gpu, tp):
     for _ in range(25):
         b = int(rng.integers(1, min(timer.max_batch, 256) + 1))
         kv = float(rng.integers(1, 30_000))
-        exact = forward_cost(dep.model, dep.gpu, dep.resolved_profile, Phase.DECODE, b, 1, kv, dep.precision, tp).total_s
+        exact = forward_cost(
+            dep.model, dep.gpu, dep.resolved_profile, Phase.DECODE, b, 1, kv, dep.precision, tp
+        ).total_s
         got = timer.iteration_s(b, kv * b, 0, b, 0.0)
         assert got == pytest.approx(float(exact), rel=2e-3)
 
@@ -45,7 +53,9 @@ def test_prefill_chunk_attention_matches_direct(model, mode):
         c = int(rng.integers(1, dep.token_budget + 1))
         end = c + int(rng.integers(0, 20_000))
         ops = model_ops(dep.model, Phase.PREFILL, 1, c, end, dep.precision, 1, lm_head_rows=0)
-        exact = float(sum_costs([o for o in ops if o[0] in KV_DEPENDENT_OPS], dep.gpu, dep.resolved_profile).total_s)
+        exact = float(
+            sum_costs([o for o in ops if o[0] in KV_DEPENDENT_OPS], dep.gpu, dep.resolved_profile).total_s
+        )
         whole = float(sum_costs(ops, dep.gpu, dep.resolved_profile).total_s)
         got = timer.attn_prefill_s(c, end)
         # windowed attention is piecewise in the keys: looser there
@@ -64,6 +74,10 @@ def test_calibrated_query_tiles_are_on_the_grid():
     timer = build_timer(dep, 50_250)
     assert {7168.0, 7169.0} <= set(timer.q_grid.tolist())
     for c, end in ((7143, 7143), (7143, 50_000), (7142, 50_000), (4000, 12_000)):
-        ops = [o for o in model_ops(dep.model, Phase.PREFILL, 1, c, end, dep.precision, 1) if o[0] in KV_DEPENDENT_OPS]
+        ops = [
+            o
+            for o in model_ops(dep.model, Phase.PREFILL, 1, c, end, dep.precision, 1)
+            if o[0] in KV_DEPENDENT_OPS
+        ]
         exact = float(sum_costs(ops, dep.gpu, dep.resolved_profile).total_s)
         assert timer.attn_prefill_s(c, end) == pytest.approx(exact, rel=1e-6)

@@ -37,8 +37,21 @@ def test_distributions():
     assert set(np.unique(u)) == {5, 6, 7, 8, 9}
 
 
-@pytest.mark.parametrize("text", ["0", "-5", "2.5", "lognormal:2048", "gamma:1:2", "uniform:9:3", "uniform:0:3",
-                                  "lognormal:2048:-1", "abc", "lognormal:100:0.5:0"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "0",
+        "-5",
+        "2.5",
+        "lognormal:2048",
+        "gamma:1:2",
+        "uniform:9:3",
+        "uniform:0:3",
+        "lognormal:2048:-1",
+        "abc",
+        "lognormal:100:0.5:0",
+    ],
+)
 def test_bad_lengths(text):
     with pytest.raises(InvalidInputError):
         LengthDist.parse(text)
@@ -72,17 +85,29 @@ def test_trace_round_trip_sorts_by_arrival(tmp_path, suffix):
     assert list(back.prompt_len) == [20, 10, 30] and list(back.output_len) == [2, 1, 3]
 
 
-@pytest.mark.parametrize("suffix,body,line,what", [
-    (".jsonl", '{"arrival_s": 0, "prompt_len": 5, "output_len": 1}\n\n{"arrival_s": 1, "prompt_len": 5}\n', 3,
-     "missing field 'output_len'"),
-    (".jsonl", '{"arrival_s": 0, "prompt_len": 5, "output_len": 1}\n{not json\n', 2, "not valid JSON"),
-    (".jsonl", '[1, 2, 3]\n', 1, "expected a JSON object"),
-    (".jsonl", '{"arrival_s": -1, "prompt_len": 5, "output_len": 1}\n', 1, "arrival_s must be >= 0"),
-    (".jsonl", '{"arrival_s": 0, "prompt_len": 5.5, "output_len": 1}\n', 1, "prompt_len must be an integer"),
-    (".csv", "arrival_s,prompt_len,output_len\n0,5,1\n1,5\n", 3, "expected 3 columns"),
-    (".csv", "arrival_s,prompt_len,output_len\n0,5,1\n1,x,2\n", 3, "not a number"),
-    (".csv", "arrival_s,prompt,output_len\n0,5,1\n", 1, "header lacks prompt_len"),
-])
+@pytest.mark.parametrize(
+    "suffix,body,line,what",
+    [
+        (
+            ".jsonl",
+            '{"arrival_s": 0, "prompt_len": 5, "output_len": 1}\n\n{"arrival_s": 1, "prompt_len": 5}\n',
+            3,
+            "missing field 'output_len'",
+        ),
+        (".jsonl", '{"arrival_s": 0, "prompt_len": 5, "output_len": 1}\n{not json\n', 2, "not valid JSON"),
+        (".jsonl", "[1, 2, 3]\n", 1, "expected a JSON object"),
+        (".jsonl", '{"arrival_s": -1, "prompt_len": 5, "output_len": 1}\n', 1, "arrival_s must be >= 0"),
+        (
+            ".jsonl",
+            '{"arrival_s": 0, "prompt_len": 5.5, "output_len": 1}\n',
+            1,
+            "prompt_len must be an integer",
+        ),
+        (".csv", "arrival_s,prompt_len,output_len\n0,5,1\n1,5\n", 3, "expected 3 columns"),
+        (".csv", "arrival_s,prompt_len,output_len\n0,5,1\n1,x,2\n", 3, "not a number"),
+        (".csv", "arrival_s,prompt,output_len\n0,5,1\n", 1, "header lacks prompt_len"),
+    ],
+)
 def test_malformed_trace_lines_name_the_line(tmp_path, suffix, body, line, what):
     path = tmp_path / f"bad{suffix}"
     path.write_text(body)
@@ -100,7 +125,11 @@ def test_missing_and_empty_traces(tmp_path):
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.lists(st.tuples(st.floats(0, 1e6), st.integers(1, 10**6), st.integers(1, 10**5)), min_size=1, max_size=30))
+@given(
+    st.lists(
+        st.tuples(st.floats(0, 1e6), st.integers(1, 10**6), st.integers(1, 10**5)), min_size=1, max_size=30
+    )
+)
 def test_trace_round_trip_property(tmp_path_factory, rows):
     path = tmp_path_factory.mktemp("t") / "t.jsonl"
     r = Requests.of(*zip(*rows))

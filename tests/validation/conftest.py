@@ -23,12 +23,26 @@ def synthetic_records():
     def make(sections, true: Profile, keep=None, noise=0.02, seed=0):
         cs = [c for c in cases("quick", sections) if keep is None or keep(c)]
         ops = [op_from_dict(c.desc) for c in cs]
-        t = predict_ops(ops, load_gpu(H100), true) * np.exp(np.random.default_rng(seed).normal(0, noise, len(ops)))
-        return [{**c.desc, "measured_s": float(x), "impl": c.impl, "family": c.family,
-                 "gpu": "NVIDIA H100 80GB HBM3", "gpu_model": H100, "driver": "580", "torch": "2.11",
-                 "date": "2026-11-22"} for c, x in zip(cs, t)]
+        t = predict_ops(ops, load_gpu(H100), true) * np.exp(
+            np.random.default_rng(seed).normal(0, noise, len(ops))
+        )
+        return [
+            {
+                **c.desc,
+                "measured_s": float(x),
+                "impl": c.impl,
+                "family": c.family,
+                "gpu": "NVIDIA H100 80GB HBM3",
+                "gpu_model": H100,
+                "driver": "580",
+                "torch": "2.11",
+                "date": "2026-11-22",
+            }
+            for c, x in zip(cs, t)
+        ]
 
     return make
+
 
 @dataclass(frozen=True)
 class CliResult:

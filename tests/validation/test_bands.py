@@ -43,7 +43,9 @@ def test_shipped_measured_bands_are_the_rule_on_the_cv_residuals(committed):
         shipped = load_profile_file(shipped_profile_path(gpu), gpu).bands["measured"]
         table = B.cv_table(recs, rows)
         assert set(shipped) == set(table)
-        assert all((shipped[k]["q10"], shipped[k]["q90"]) == (table[k]["q10"], table[k]["q90"]) for k in table)
+        assert all(
+            (shipped[k]["q10"], shipped[k]["q90"]) == (table[k]["q10"], table[k]["q90"]) for k in table
+        )
 
 
 def test_band_coverage_on_committed_records(committed):
@@ -53,7 +55,9 @@ def test_band_coverage_on_committed_records(committed):
         cov = {c.key: c for c in B.coverage(recs, rows)}
         for k in ("ALL ops (no layers)", "ALL held-out records"):
             assert cov[k].n > 1500 and 0.75 <= cov[k].covered <= 0.85, (gpu, cov[k])
-        classes = [c for k, c in cov.items() if (k.startswith(("class:", "regime:", "size:")) or k in ("gemm",))]
+        classes = [
+            c for k, c in cov.items() if (k.startswith(("class:", "regime:", "size:")) or k in ("gemm",))
+        ]
         assert len(classes) >= 8
         for c in classes:
             if c.n >= 100:
@@ -81,10 +85,14 @@ def test_family_level_widens_only_for_family_effects():
     shifted = iid + rng.normal(0, 0.1, 10)[fams]  # each family its own offset
     assert B.family_level(shifted, fams) > B.family_level(iid, fams)
     # a row needs MIN_FAMILIES families under the family-level rule
-    recs = [{"op": "gemm", "m": 64, "n": 64, "k": 64, "measured_s": 1e-5, "impl": "cublas", "family": f"f{i % 4}"}
-            for i in range(40)]
+    recs = [
+        {"op": "gemm", "m": 64, "n": 64, "k": 64, "measured_s": 1e-5, "impl": "cublas", "family": f"f{i % 4}"}
+        for i in range(40)
+    ]
     pred = 1e-5 * np.exp(rng.normal(0, 0.05, 40))
-    assert "gemm" not in B.band_table(recs, pred, rule=B.FAMILY) and "gemm" in B.band_table(recs, pred, rule=B.PLAIN)
+    assert "gemm" not in B.band_table(recs, pred, rule=B.FAMILY) and "gemm" in B.band_table(
+        recs, pred, rule=B.PLAIN
+    )
 
 
 def test_report_command_and_stale_files(tmp_path, capsys):

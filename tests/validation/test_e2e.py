@@ -118,12 +118,36 @@ def test_plan_cuts_layers_and_skips_what_does_not_fit():
 
 def test_report_median_p90_max_on_synthetic_records(tmp_path):
     errs = [0.01, -0.02, 0.03, -0.04, 0.05, 0.06, -0.07, 0.08, 0.09, -0.10]
-    recs = [{"gpu_model": "h100-sxm-80gb", "phase": "decode", "status": "ok", "measured_s": 1.0,
-             "predicted_s": 1.0 + e, "error": e} for e in errs]
-    recs += [{"gpu_model": "h100-sxm-80gb", "phase": "decode", "status": "skipped", "measured_s": None,
-              "predicted_s": 1.0, "error": None}]
-    recs += [{"gpu_model": "h200-sxm-141gb", "phase": "prefill", "status": "ok", "measured_s": 2.0,
-              "predicted_s": 2.2}]
+    recs = [
+        {
+            "gpu_model": "h100-sxm-80gb",
+            "phase": "decode",
+            "status": "ok",
+            "measured_s": 1.0,
+            "predicted_s": 1.0 + e,
+            "error": e,
+        }
+        for e in errs
+    ]
+    recs += [
+        {
+            "gpu_model": "h100-sxm-80gb",
+            "phase": "decode",
+            "status": "skipped",
+            "measured_s": None,
+            "predicted_s": 1.0,
+            "error": None,
+        }
+    ]
+    recs += [
+        {
+            "gpu_model": "h200-sxm-141gb",
+            "phase": "prefill",
+            "status": "ok",
+            "measured_s": 2.0,
+            "predicted_s": 2.2,
+        }
+    ]
     (s_dec,) = [s for s in e2e.score(recs) if s["phase"] == "decode"]
     assert s_dec["rows"] == 10
     assert s_dec["median_abs_error"] == pytest.approx(0.055)
@@ -140,18 +164,27 @@ def test_report_median_p90_max_on_synthetic_records(tmp_path):
 
 def _cli(*args):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "perfmodel.validation.e2e", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "perfmodel.validation.e2e", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--plan", "--models", "no-such-model"], "unknown model 'no-such-model'"),
-    (["--plan", "--models", "llama-3.2-3b,,"], "empty name"),
-    (["--plan", "--layers", "0"], "--layers"),
-    (["--bogus"], "unrecognized arguments"),
-    (["--dry-run"], "--out DIR is required"),
-    (["report", "/no/such/file.jsonl"], "record file not found"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--plan", "--models", "no-such-model"], "unknown model 'no-such-model'"),
+        (["--plan", "--models", "llama-3.2-3b,,"], "empty name"),
+        (["--plan", "--layers", "0"], "--layers"),
+        (["--bogus"], "unrecognized arguments"),
+        (["--dry-run"], "--out DIR is required"),
+        (["report", "/no/such/file.jsonl"], "record file not found"),
+    ],
+)
 def test_bad_arguments_give_one_line_and_exit_2(args, needle):
     p = _cli(*args)
     assert p.returncode == 2

@@ -20,7 +20,11 @@ def test_stored_predictions_are_the_current_models(name):
     # `report --repredict` rewrote them; a model change that moves a prediction must rewrite them again
     for r in _rows(name):
         again = e2e.repredict(r)
-        assert again["predicted_s"] == pytest.approx(r["predicted_s"], rel=5e-3), (r["model"], r["phase"], r["context"])
+        assert again["predicted_s"] == pytest.approx(r["predicted_s"], rel=5e-3), (
+            r["model"],
+            r["phase"],
+            r["context"],
+        )
 
 
 def test_fused_rope_rows_cover_both_phases_and_meet_the_decode_target():

@@ -19,13 +19,23 @@ H100 = "h100-sxm-80gb"
 
 
 def test_fit_recovers_a_known_profile_on_held_out_families(synthetic_records):
-    true = Profile(H100, Mode.CALIBRATED,
-                   {OpClass.GEMM: GemmParams(0.78, 0.9, 4e-6, 128, 128, 16, 0.5, 1e-6, 0.8, fill_tile_eff=0.7),
-                    OpClass.MEMCPY_D2D: CopyParams(memory_eff=0.92, latency_s=6e-6)},
-                   elementwise={"rmsnorm": ElementwiseParams(memory_eff=0.7, latency_s=3e-6),
-                                "residual_add": ElementwiseParams(memory_eff=0.9, latency_s=1.5e-6)})
-    recs = [r for r in synthetic_records(("gemm", "elementwise", "memcpy"), true)
-            if r["op"] == "gemm" or r.get("name") in ("rmsnorm", "residual_add") or r.get("src") == r.get("dst")]
+    true = Profile(
+        H100,
+        Mode.CALIBRATED,
+        {
+            OpClass.GEMM: GemmParams(0.78, 0.9, 4e-6, 128, 128, 16, 0.5, 1e-6, 0.8, fill_tile_eff=0.7),
+            OpClass.MEMCPY_D2D: CopyParams(memory_eff=0.92, latency_s=6e-6),
+        },
+        elementwise={
+            "rmsnorm": ElementwiseParams(memory_eff=0.7, latency_s=3e-6),
+            "residual_add": ElementwiseParams(memory_eff=0.9, latency_s=1.5e-6),
+        },
+    )
+    recs = [
+        r
+        for r in synthetic_records(("gemm", "elementwise", "memcpy"), true)
+        if r["op"] == "gemm" or r.get("name") in ("rmsnorm", "residual_add") or r.get("src") == r.get("dst")
+    ]
     train, test = split_by_family(recs)
     fitter = ProfileFitter(H100).fit(train)
     ape = np.abs(fitter.predict_records(test) / np.array([r["measured_s"] for r in test]) - 1)
@@ -36,8 +46,22 @@ def test_fit_recovers_a_known_profile_on_held_out_families(synthetic_records):
 
 
 def test_records_of_another_gpu_or_a_dry_run_are_refused():
-    recs = [{"op": "gemm", "m": 1, "n": 8, "k": 8, "measured_s": 1e-5, "impl": "cublas", "family": "f",
-             "gpu": "NVIDIA H100 80GB HBM3", "gpu_model": H100, "driver": "", "torch": "", "date": ""}]
+    recs = [
+        {
+            "op": "gemm",
+            "m": 1,
+            "n": 8,
+            "k": 8,
+            "measured_s": 1e-5,
+            "impl": "cublas",
+            "family": "f",
+            "gpu": "NVIDIA H100 80GB HBM3",
+            "gpu_model": H100,
+            "driver": "",
+            "torch": "",
+            "date": "",
+        }
+    ]
     with pytest.raises(RecordError, match="not 'h200-sxm-141gb'"):
         ProfileFitter("h200-sxm-141gb").fit(recs)
     with pytest.raises(RecordError, match="dry-run"):
@@ -48,10 +72,20 @@ def test_records_of_another_gpu_or_a_dry_run_are_refused():
 
 def test_write_profile_keeps_collective_classes(tmp_path):
     path = tmp_path / f"{H100}.json"
-    path.write_text(json.dumps({"schema_version": 1, "gpu": H100, "measured_on": {},
-                                "classes": {"all_reduce": {"memory_eff": 0.8, "latency_s": 1e-5},
-                                            "gemm": {"compute_eff": 0.1}},
-                                "collectives_source": "validation/data/collectives_h200.jsonl"}))
+    path.write_text(
+        json.dumps(
+            {
+                "schema_version": 1,
+                "gpu": H100,
+                "measured_on": {},
+                "classes": {
+                    "all_reduce": {"memory_eff": 0.8, "latency_s": 1e-5},
+                    "gemm": {"compute_eff": 0.1},
+                },
+                "collectives_source": "validation/data/collectives_h200.jsonl",
+            }
+        )
+    )
     new = Profile(H100, Mode.CALIBRATED, {OpClass.GEMM: GemmParams(compute_eff=0.75)})
     write_profile(new, path, "test")
     prof = load_profile_file(path, H100)

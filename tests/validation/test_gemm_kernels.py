@@ -5,8 +5,10 @@ import pytest
 
 from perfmodel.validation.gemm_kernels import error_by_kind, kernel_map, main, parse_kernels, split_k_table
 
-SPLIT = ["nvjet_sm90_tst_64x8_64x16_4x1_v_bz_splitK_NNT",
-         "void cublasLt::splitKreduce_kernel<32, 16, int, float, __nv_bfloat16>(...)"]
+SPLIT = [
+    "nvjet_sm90_tst_64x8_64x16_4x1_v_bz_splitK_NNT",
+    "void cublasLt::splitKreduce_kernel<32, 16, int, float, __nv_bfloat16>(...)",
+]
 ONE = ["Memset (Device)", "nvjet_sm90_tst_320x128_64x3_1x2_h_bz_coopB_NNT"]
 
 
@@ -24,8 +26,11 @@ def _rec(m, n, k, kernels, t=1e-5):
 
 
 def test_records_win_over_names_only_runs_and_tables_list_split_shapes():
-    recs = [_rec(1, 3072, 3072, SPLIT), _rec(256, 3072, 3072, ONE), {"op": "gemm", "m": 8, "n": 64, "k": 64,
-                                                                      "measured_s": 1e-6}]
+    recs = [
+        _rec(1, 3072, 3072, SPLIT),
+        _rec(256, 3072, 3072, ONE),
+        {"op": "gemm", "m": 8, "n": 64, "k": 64, "measured_s": 1e-6},
+    ]
     extra = [_rec(1, 3072, 3072, ONE), _rec(4, 3072, 3072, SPLIT)]
     km = kernel_map(recs, extra)
     assert km[(1, 3072, 3072)].split_k and km[(4, 3072, 3072)].split_k and not km[(256, 3072, 3072)].split_k

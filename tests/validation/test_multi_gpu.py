@@ -25,7 +25,8 @@ def test_collectives_three_ways_dry_run(tmp_path):
     assert fails == []
     recs = read_jsonl(tmp_path / CL.RECORD_FILE)
     assert sorted((r["op"], r["launch"]) for r in recs) == sorted(
-        (op, m) for op in ("all_reduce", "send_recv") for m in CL.METHODS)
+        (op, m) for op in ("all_reduce", "send_recv") for m in CL.METHODS
+    )
     for r in recs:
         assert all(k in r for k in META_KEYS) and r["world"] == 2 and r["backend"] == "gloo"
         assert r["nccl_env"]["NCCL_NVLS_ENABLE"] == "0"
@@ -38,8 +39,17 @@ def test_collectives_three_ways_dry_run(tmp_path):
 def _synthetic(method: str, alpha_s: float, bw: float, world: int = 2) -> list[dict]:
     sizes = [s for s in CL.C.default_sizes() if s >= 65536]
     rng = np.random.default_rng(len(method))
-    return [{"op": "all_reduce", "bytes": s, "world": world, "launch": method, "status": "ok",
-             "time_s": (2 * alpha_s + s / bw) * float(np.exp(rng.normal(0, 0.02)))} for s in sizes]
+    return [
+        {
+            "op": "all_reduce",
+            "bytes": s,
+            "world": world,
+            "launch": method,
+            "status": "ok",
+            "time_s": (2 * alpha_s + s / bw) * float(np.exp(rng.normal(0, 0.02))),
+        }
+        for s in sizes
+    ]
 
 
 def test_fit_is_per_method(tmp_path, monkeypatch):
@@ -89,9 +99,13 @@ def test_e2e_parallel_dry_run(tmp_path):
     assert rc == 0
     recs = read_jsonl(tmp_path / "e2e_parallel_cpu.jsonl")
     ok = [r for r in recs if r["status"] == "ok"]
-    assert {(r["config_label"], r["phase"]) for r in ok} == {("tp2", "prefill"), ("tp2", "decode"),
-                                                             ("pp2", "prefill"), ("ep2", "prefill"),
-                                                             ("ep2", "decode")}
+    assert {(r["config_label"], r["phase"]) for r in ok} == {
+        ("tp2", "prefill"),
+        ("tp2", "decode"),
+        ("pp2", "prefill"),
+        ("ep2", "prefill"),
+        ("ep2", "decode"),
+    }
     assert any(r["status"] == "skipped" and r["config_label"] == "pp2" for r in recs)
     for r in ok:
         assert r["measured_s"] > 0 and r["predicted_s"] > 0 and r["world"] == 2 and r["dry_run"]
@@ -99,5 +113,10 @@ def test_e2e_parallel_dry_run(tmp_path):
     assert json.loads((tmp_path / "e2e_parallel_failures.json").read_text()) == []
     from perfmodel.validation.e2e import score
 
-    assert {s["phase"] for s in score(recs)} == {"tp2 prefill", "tp2 decode", "pp2 prefill", "ep2 prefill",
-                                               "ep2 decode"}
+    assert {s["phase"] for s in score(recs)} == {
+        "tp2 prefill",
+        "tp2 decode",
+        "pp2 prefill",
+        "ep2 prefill",
+        "ep2 decode",
+    }

@@ -16,9 +16,20 @@ from perfmodel.validation.records import (
 
 
 def _rec(**kw):
-    base = {"op": "gemm", "m": 16, "n": 4096, "k": 4096, "measured_s": 1e-5, "impl": "cublas",
-            "family": "gemm/n4096_k4096", "gpu": "NVIDIA H100 80GB HBM3", "gpu_model": "h100-sxm-80gb",
-            "driver": "580", "torch": "2.11", "date": "2026-11-22"}
+    base = {
+        "op": "gemm",
+        "m": 16,
+        "n": 4096,
+        "k": 4096,
+        "measured_s": 1e-5,
+        "impl": "cublas",
+        "family": "gemm/n4096_k4096",
+        "gpu": "NVIDIA H100 80GB HBM3",
+        "gpu_model": "h100-sxm-80gb",
+        "driver": "580",
+        "torch": "2.11",
+        "date": "2026-11-22",
+    }
     base.update(kw)
     return base
 
@@ -29,9 +40,16 @@ def _write(tmp_path, recs, name="r.jsonl"):
     return p
 
 
-@pytest.mark.parametrize("reported, name", [
-    ("NVIDIA H100 80GB HBM3", "h100-sxm-80gb"), ("NVIDIA H200", "h200-sxm-141gb"),
-    ("NVIDIA H100 PCIe", "h100-pcie-80gb"), ("NVIDIA A100-SXM4-80GB", "a100-sxm-80gb"), ("cpu", None)])
+@pytest.mark.parametrize(
+    "reported, name",
+    [
+        ("NVIDIA H100 80GB HBM3", "h100-sxm-80gb"),
+        ("NVIDIA H200", "h200-sxm-141gb"),
+        ("NVIDIA H100 PCIe", "h100-pcie-80gb"),
+        ("NVIDIA A100-SXM4-80GB", "a100-sxm-80gb"),
+        ("cpu", None),
+    ],
+)
 def test_canonical_gpu(reported, name):
     assert canonical_gpu(reported) == name
 
@@ -45,14 +63,17 @@ def test_records_of_another_gpu_are_refused(tmp_path):
         refuse_other_gpu([_rec()], "h200-sxm-141gb")
 
 
-@pytest.mark.parametrize("line, match", [
-    ("{oops", "line 1: not valid JSON"),
-    (json.dumps(_rec(measured_s=0)), "measured_s must be a positive"),
-    (json.dumps(_rec(measured_s=float("nan"))), "measured_s"),
-    (json.dumps({"op": "gemm"}), "lacks"),
-    (json.dumps(_rec(op="teleport")), "unknown value 'teleport'"),
-    (json.dumps(_rec(m=0)), "'m' must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "line, match",
+    [
+        ("{oops", "line 1: not valid JSON"),
+        (json.dumps(_rec(measured_s=0)), "measured_s must be a positive"),
+        (json.dumps(_rec(measured_s=float("nan"))), "measured_s"),
+        (json.dumps({"op": "gemm"}), "lacks"),
+        (json.dumps(_rec(op="teleport")), "unknown value 'teleport'"),
+        (json.dumps(_rec(m=0)), "'m' must be >= 1"),
+    ],
+)
 def test_bad_record_lines_give_one_clear_error(tmp_path, line, match):
     p = tmp_path / "bad.jsonl"
     p.write_text(line + "\n")
@@ -71,7 +92,9 @@ def test_missing_and_empty_files(tmp_path):
 def test_class_keys():
     assert class_key(_rec()) == "gemm"
     assert class_key(_rec(op="elementwise", name="rmsnorm", bytes=100)) == "elementwise:rmsnorm"
-    att = dict(op="attention", phase="decode", batch=1, q_len=1, kv_len=64, q_heads=8, kv_heads=2, head_dim=64)
+    att = dict(
+        op="attention", phase="decode", batch=1, q_len=1, kv_len=64, q_heads=8, kv_heads=2, head_dim=64
+    )
     assert class_key(_rec(**att, impl="split_kv")) == "attention_decode[split_kv]"
     assert class_key(_rec(**att, impl="sdpa")) == "attention_decode"
     assert class_key(_rec(op="memcpy", bytes=10, src="host_pinned", dst="device")) == "memcpy_h2d"
@@ -79,8 +102,20 @@ def test_class_keys():
 
 def test_split_holds_out_whole_families_and_all_layers():
     recs = [_rec(family=f"gemm/n{n}_k4096", n=n, m=m) for n in (1024, 2048, 4096, 8192) for m in (1, 64)]
-    layer = _rec(op="decoder_layer", phase="decode", batch=1, q_len=1, kv_len=16, hidden=64, intermediate=128,
-                 q_heads=4, kv_heads=2, head_dim=16, family="decoder_layer/x", impl="cuda_graph_layer")
+    layer = _rec(
+        op="decoder_layer",
+        phase="decode",
+        batch=1,
+        q_len=1,
+        kv_len=16,
+        hidden=64,
+        intermediate=128,
+        q_heads=4,
+        kv_heads=2,
+        head_dim=16,
+        family="decoder_layer/x",
+        impl="cuda_graph_layer",
+    )
     train, test = split_by_family(recs + [layer])
     fam_tr, fam_te = {r["family"] for r in train}, {r["family"] for r in test}
     assert fam_tr and fam_te and not fam_tr & fam_te
@@ -115,7 +150,9 @@ def test_replace_impl_records_swaps_one_implementation(tmp_path, capsys):
     with pytest.raises(RecordError, match="split_kv"):
         replace_impl_records(old, [_rec(impl="split_kv")], ["stream_k"])
     with pytest.raises(RecordError, match="refusing"):
-        replace_impl_records(old, [_rec(impl="stream_k", gpu="NVIDIA H200", gpu_model="h200-sxm-141gb")], ["stream_k"])
+        replace_impl_records(
+            old, [_rec(impl="stream_k", gpu="NVIDIA H200", gpu_model="h200-sxm-141gb")], ["stream_k"]
+        )
     data, fresh = _write(tmp_path, old, "data.jsonl"), _write(tmp_path, new, "new.jsonl")
     assert main(["replace", str(data), str(fresh), "--impls", "stream_k"]) == 0
     assert len(read_records(data)) == 3 and "2 removed, 1 added" in capsys.readouterr().out

@@ -11,8 +11,10 @@ DATA = Path(__file__).resolve().parents[2] / "validation" / "data"
 
 
 def test_scores_rows_and_overall():
-    recs = [{"op": "gemm", "m": 1, "n": 8, "k": 8, "measured_s": 1.0, "impl": "cublas", "family": "f"},
-            {"op": "gemm", "m": 2, "n": 8, "k": 8, "measured_s": 2.0, "impl": "cublas", "family": "f"}]
+    recs = [
+        {"op": "gemm", "m": 1, "n": 8, "k": 8, "measured_s": 1.0, "impl": "cublas", "family": "f"},
+        {"op": "gemm", "m": 2, "n": 8, "k": 8, "measured_s": 2.0, "impl": "cublas", "family": "f"},
+    ]
     s = {x.key: x for x in scores(recs, np.array([1.1, 1.0]))}
     assert s["gemm"].n == 2 and np.isclose(s["gemm"].median, 0.3) and np.isclose(s["gemm"].max, 0.5)
     assert s["ALL decoder layers"].n == 0
@@ -44,7 +46,9 @@ def test_report_on_committed_records(tmp_path, invoke):
         row = next(line for line in section.splitlines() if line.startswith("| **ALL held-out records**"))
         n, covered = row.split("|")[2:4]
         assert int(n) > 500 and 75.0 <= float(covered.strip().rstrip("%")) <= 85.0, row
-        assert "| class: attention_decode |" in section and "| regime: latency |" in section  # per class and regime
+        assert (
+            "| class: attention_decode |" in section and "| regime: latency |" in section
+        )  # per class and regime
 
 
 def test_report_refuses_records_of_another_gpu(tmp_path, invoke):

@@ -36,7 +36,7 @@ def test_layer_matches_a_plain_reference():
     kc, vc = lay.k_cache, lay.v_cache  # the layer already appended k, v at position 8
     assert torch.equal(kc[:, :, 8], k[:, 0])
     kk, vv = kc.repeat_interleave(2, dim=1), vc.repeat_interleave(2, dim=1)
-    att = torch.softmax(q.transpose(1, 2) @ kk.transpose(-1, -2) / 8 ** 0.5, -1) @ vv
+    att = torch.softmax(q.transpose(1, 2) @ kk.transpose(-1, -2) / 8**0.5, -1) @ vv
     h1 = x + att.transpose(1, 2).reshape(2, 32) @ lay.w_o
     ref = h1 + silu_mul(rmsnorm(h1, lay.n2) @ lay.w_gu) @ lay.w_down
     assert torch.allclose(out, ref, atol=1e-4, rtol=1e-4)
@@ -47,8 +47,7 @@ def test_dry_run_records_are_valid_and_marked(tmp_path, monkeypatch, invoke):
 
     from perfmodel.validation.run import main
 
-    res = invoke(main, ["--out", str(tmp_path), "--dry-run", "--sections", "gemm,memcpy",
-                                   "--name", "dry"])
+    res = invoke(main, ["--out", str(tmp_path), "--dry-run", "--sections", "gemm,memcpy", "--name", "dry"])
     assert res.exit_code == 0, res.output
     recs = [json.loads(line) for line in (tmp_path / "dry.jsonl").read_text().splitlines()]
     assert len(recs) == len(cases("smoke", ("gemm", "memcpy")))
@@ -63,21 +62,29 @@ def test_noncausal_set_is_block_pairs_of_ring_steps():
     from perfmodel.validation.cases import NONCAUSAL_BLOCKS, noncausal_cases
 
     full = noncausal_cases("quick")
-    assert {(c.desc["q_heads"], c.desc["kv_heads"], c.desc["head_dim"]) for c in full} == {(32, 8, 128), (32, 32, 128)}
+    assert {(c.desc["q_heads"], c.desc["kv_heads"], c.desc["head_dim"]) for c in full} == {
+        (32, 8, 128),
+        (32, 32, 128),
+    }
     assert sorted({c.desc["q_len"] for c in full}) == list(NONCAUSAL_BLOCKS)
     for c in full:
         assert c.desc["causal"] is False and c.desc["phase"] == "prefill"
         assert c.desc["q_len"] == c.desc["kv_len"] and c.desc["batch"] == 1
         assert c.family.startswith("attention_prefill_noncausal/")
-    assert {c.impl for c in full} == {"sdpa", "flash2", "triton"} and len(full) == 2 * 3 * len(NONCAUSAL_BLOCKS)
+    assert {c.impl for c in full} == {"sdpa", "flash2", "triton"} and len(full) == 2 * 3 * len(
+        NONCAUSAL_BLOCKS
+    )
     assert [c.impl for c in full].index("triton") == 2 * len(full) // 3  # Triton (autotuned) last
 
 
 def test_attention_builders_honour_the_causal_flag():
     from perfmodel.validation.cases import attention_cases, noncausal_cases
 
-    for case, want in ((noncausal_cases("smoke")[0], False), (noncausal_cases("smoke")[-1], False),
-                       (attention_cases("smoke")[0], True)):
+    for case, want in (
+        (noncausal_cases("smoke")[0], False),
+        (noncausal_cases("smoke")[-1], False),
+        (attention_cases("smoke")[0], True),
+    ):
         built = bench.build(case, torch.device("cpu"), l2_bytes=1e5)
         assert built.fns[0].__defaults__[-1] is want, case
 
@@ -101,8 +108,20 @@ def test_impls_filter_measures_only_the_named_implementations(tmp_path, monkeypa
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     from perfmodel.validation.run import main
 
-    res = invoke(main, ["--out", str(tmp_path), "--dry-run", "--sections", "attention",
-                                   "--impls", "stream_k", "--name", "sk"])
+    res = invoke(
+        main,
+        [
+            "--out",
+            str(tmp_path),
+            "--dry-run",
+            "--sections",
+            "attention",
+            "--impls",
+            "stream_k",
+            "--name",
+            "sk",
+        ],
+    )
     assert res.exit_code == 0, res.output
     recs = [json.loads(line) for line in (tmp_path / "sk.jsonl").read_text().splitlines()]
     want = [c for c in cases("smoke", ("attention",)) if c.impl == "stream_k"]
@@ -128,8 +147,21 @@ def test_gemm_ms_replaces_the_m_values_of_every_gemm_family(tmp_path, monkeypatc
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     from perfmodel.validation.run import main
 
-    res = invoke(main, ["--out", str(tmp_path), "--dry-run", "--sections", "gemm", "--gemm-ms", "2,9",
-                                   "--kernel-names", "--name", "g"])
+    res = invoke(
+        main,
+        [
+            "--out",
+            str(tmp_path),
+            "--dry-run",
+            "--sections",
+            "gemm",
+            "--gemm-ms",
+            "2,9",
+            "--kernel-names",
+            "--name",
+            "g",
+        ],
+    )
     assert res.exit_code == 0, res.output
     recs = [json.loads(line) for line in (tmp_path / "g.jsonl").read_text().splitlines()]
     assert sorted(r["m"] for r in recs) == sorted([2, 9] * len(fams))
