@@ -175,7 +175,7 @@ def flash_splits(units, n_blocks, slots: int, max_splits: int = 128):
         table = np.ones((uu.size, nn.size))
         need = uu < 0.8 * slots
         if np.any(need):
-            table[need] = _split_table(uu[need], nn, slots, max_splits)
+            table[need] = _split_table_memo(uu[need], nn, slots, max_splits)
         return table[iu.reshape(ub.shape), in_.reshape(nb.shape)]
     u, n = np.broadcast_arrays(u0, n0)
     out = np.ones(u.shape)
@@ -188,6 +188,49 @@ def flash_splits(units, n_blocks, slots: int, max_splits: int = 128):
     nn = uniq - uu * 1e9
     out[need] = _split_choice(uu, nn, slots, max_splits)[np.ravel(inv)]
     return out if out.ndim else float(out)
+
+
+#: :func:`_split_table_memo`'s split counts per ``(slots, max_splits)``: a ``uint8`` table indexed by the unit count
+#: and the KV block count (capped where the choice stops depending on it), 0 where not computed yet.
+_SPLIT_MEMO: dict[tuple[int, int], np.ndarray] = {}
+
+
+def _split_table_memo(uu, nn, slots: int, max_splits: int):
+    """:func:`_split_table`, each (unit count, KV blocks) pair computed once per process: the choice is a pure
+    function of integers, and a sweep prices the same counts chunk after chunk.  Past
+    ``m * (m - 1)`` blocks (``m = min(max_splits, slots)``) every split count up to ``m`` changes the blocks per
+    split, so the choice no longer depends on the block count; counts that are not integers in range are
+    computed directly."""
+    m = min(max_splits, slots)
+    cap = m * (m - 1) + 1
+    rows = int(np.ceil(0.8 * slots)) + 1
+    if not (
+        0 < m < 256
+        and np.all(np.isfinite(uu))
+        and np.all(np.isfinite(nn))
+        and np.all(uu >= 0)
+        and np.all(uu < rows)
+        and np.all(nn >= 0)
+        and np.all(uu == np.floor(uu))
+        and np.all(nn == np.floor(nn))
+    ):
+        return _split_table(uu, nn, slots, max_splits)
+    ui, ni = uu.astype(np.intp), np.minimum(nn, cap).astype(np.intp)
+    memo = _SPLIT_MEMO.get((slots, max_splits))
+    if memo is None or memo.shape[1] <= ni.max():
+        width = min(cap + 1, max(int(ni.max()) + 1, 2 * (0 if memo is None else memo.shape[1])))
+        grown = np.zeros((rows, width), np.uint8)
+        if memo is not None:
+            grown[:, : memo.shape[1]] = memo
+        memo = _SPLIT_MEMO[slots, max_splits] = grown
+    got = memo[ui[:, None], ni[None, :]]
+    miss = got == 0
+    if miss.any():
+        r, c = np.flatnonzero(miss.any(axis=1)), np.flatnonzero(miss.any(axis=0))
+        new = _split_table(uu[r], np.minimum(nn[c], cap), slots, max_splits)
+        memo[ui[r][:, None], ni[c][None, :]] = new
+        got = memo[ui[:, None], ni[None, :]]
+    return got.astype(np.float64)
 
 
 def _split_table(uu, nn, slots: int, max_splits: int):

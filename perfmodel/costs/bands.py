@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -86,17 +87,46 @@ def with_band(c: OpCost, op: Op, profile: Profile) -> OpCost:
     ``q10``, ``q90`` are quantiles of log(predicted / measured)."""
     oc, keys = band_keys(op, profile)
     t = c.total_s
-    code = _regime_code(c, t) * len(SIZE_CLASSES) + _size_code(t)  # (regime, size) cell of each point
-    if code.ndim == 0:
-        r, z = divmod(int(code), len(SIZE_CLASSES))
+    if np.ndim(t) == 0 and np.ndim(c.latency_s) == 0:
+        r, z = divmod(int(_regime_code(c, t)) * len(SIZE_CLASSES) + int(_size_code(t)), len(SIZE_CLASSES))
         q10, q90 = profile.band_of(oc, keys, REGIMES[r], SIZE_CLASSES[z])
         return dataclasses.replace(c, band_lo_s=t * math.expm1(-q90), band_hi_s=t * math.expm1(-q10))
-    q = np.array(profile.band_cells(oc, keys, REGIMES, SIZE_CLASSES), dtype=np.float64)
-    lo, hi = np.expm1(-q[:, 1]), np.expm1(-q[:, 0])
-    if np.all(lo == lo[0]) and np.all(hi == hi[0]):  # one band for every cell
+    lo, hi = _cell_factors(profile.band_cells(oc, keys, REGIMES, SIZE_CLASSES))
+    if lo.size == 1:  # one band for every cell
+        shape = np.broadcast_shapes(np.shape(t), np.shape(c.latency_s))
         return dataclasses.replace(
-            c,
-            band_lo_s=np.broadcast_to(t, code.shape) * lo[0],
-            band_hi_s=np.broadcast_to(t, code.shape) * hi[0],
+            c, band_lo_s=np.broadcast_to(t, shape) * lo[0], band_hi_s=np.broadcast_to(t, shape) * hi[0]
         )
-    return dataclasses.replace(c, band_lo_s=t * lo[code], band_hi_s=t * hi[code])
+    code = _cell_code(c, t)
+    return dataclasses.replace(c, band_lo_s=t * lo.take(code), band_hi_s=t * hi.take(code))
+
+
+def _cell_code(c: OpCost, t_s: Any) -> np.ndarray:
+    """The (regime, size class) cell of each point of an array cost, ``regime * len(SIZE_CLASSES) + size``
+    (:func:`_regime_code`, :func:`_size_code`) in one pass; ``t_s``: ``c.total_s``."""
+    t = np.asarray(t_s, dtype=np.float64)
+    lat = np.asarray(c.latency_s, dtype=np.float64)
+    comp = np.asarray(c.compute_s, dtype=np.float64)
+    move = np.asarray(c.memory_s, dtype=np.float64) + np.asarray(c.comm_s, dtype=np.float64)
+    n = len(SIZE_CLASSES)
+    code = np.where(np.greater(comp, move), np.intp(0), np.intp(n))  # compute, else memory bound
+    code = np.where(lat >= LATENCY_BOUND_SHARE * t, np.intp(2 * n), code)  # latency bound
+    code = code + _SIZE_EDGES.searchsorted(t, side="right")
+    return np.broadcast_to(code, np.broadcast_shapes(t.shape, lat.shape))
+
+
+_SIZE_EDGES = np.asarray(SIZE_EDGES_S)
+
+
+@functools.lru_cache(maxsize=256)
+def _cell_factors(cells: tuple[tuple[float, float], ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The band's low and high ends per unit of predicted time, ``expm1(-q90)`` and ``expm1(-q10)``, of each
+    ``(q10, q90)`` cell (:meth:`Profile.band_cells`); one element each when every cell has the same band.
+    Read-only arrays."""
+    q = np.array(cells, dtype=np.float64)
+    lo, hi = np.expm1(-q[:, 1]), np.expm1(-q[:, 0])
+    if np.all(lo == lo[0]) and np.all(hi == hi[0]):
+        lo, hi = lo[:1], hi[:1]
+    lo.setflags(write=False)
+    hi.setflags(write=False)
+    return lo, hi

@@ -193,3 +193,19 @@ def test_band_of_prefers_the_size_row_then_the_regime_row():
         "over_100us",
         "over_100us",
     ]
+
+
+def test_cell_code_matches_regime_and_size_class():
+    """The one-pass cell code of an array cost is the regime times the size classes plus the size class, NaN
+    and ties included."""
+    from perfmodel.costs.base import OpCost
+    from perfmodel.costs.bands import REGIMES, SIZE_CLASSES, _cell_code, regime_of
+
+    rng = np.random.default_rng(0)
+    comp, mem, lat = (rng.choice([0.0, 1e-6, 5e-6, 3e-5, 2e-4, np.nan], (40, 1, 3)) for _ in range(3))
+    c = OpCost(compute_s=comp, memory_s=np.broadcast_to(mem, (40, 5, 3)), latency_s=lat, comm_s=0.0)
+    code = _cell_code(c, c.total_s)
+    assert code.shape == (40, 5, 3)
+    names = np.asarray(REGIMES)[code // len(SIZE_CLASSES)], np.asarray(SIZE_CLASSES)[code % len(SIZE_CLASSES)]
+    assert np.array_equal(names[0], regime_of(c))
+    assert np.array_equal(names[1], size_class_of(c.total_s))

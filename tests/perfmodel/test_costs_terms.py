@@ -105,3 +105,18 @@ def test_size_knee_gives_small_copies_their_own_rate():
     )
     assert np.allclose(op_cost(op, H100, prof).memory_s, want)
     assert np.all(np.diff(op_cost(op, H100, prof).total_s) > 0)
+
+
+def test_split_table_memo_matches_direct_table():
+    """The memoised flash split table equals the direct one, past the block count where the choice stops
+    depending on it, for counts seen before and not, and falls back for counts that are not integers."""
+    from perfmodel.costs.attention import _split_table, _split_table_memo
+
+    uu = np.array([0.0, 1.0, 5.0, 17.0, 40.0, 100.0, 172.0])
+    nn = np.array([0.0, 1.0, 2.0, 3.0, 7.0, 64.0, 129.0, 900.0, 16255.0, 16256.0, 16257.0, 40000.0])
+    want = _split_table(uu, nn, 216, 128)
+    assert np.array_equal(_split_table_memo(uu, nn, 216, 128), want)
+    assert np.array_equal(_split_table_memo(uu[::-1], nn[::2], 216, 128), want[::-1, ::2])  # from the memo
+    assert np.array_equal(_split_table_memo(uu, nn, 216, 8), _split_table(uu, nn, 216, 8))
+    half = np.array([2.5, 9.0])
+    assert np.array_equal(_split_table_memo(half, nn, 216, 128), _split_table(half, nn, 216, 128))
