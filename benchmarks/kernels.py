@@ -354,6 +354,22 @@ def _bench_graph(fns) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def _decode_op(bsz, length, hq, hkv, d) -> dict:
+    """The core's descriptor of a bf16 decode step over ``bsz`` sequences of ``length`` keys."""
+    return {
+        "op": "attention",
+        "phase": "decode",
+        "batch": bsz,
+        "q_len": 1,
+        "kv_len": length,
+        "q_heads": hq,
+        "kv_heads": hkv,
+        "head_dim": d,
+        "causal": True,
+        "dtype": "bf16",
+    }
+
+
 def _decode_inputs(bsz, length, hq=32, hkv=8, d=128, ragged=False):
     """(kv_lens, input copies (q, k_cache, v_cache), bytes one call reads and writes) of a decode
     shape: random bf16 inputs, enough copies to rotate 256 MB of KV (no L2 reuse), ragged lengths
@@ -396,18 +412,7 @@ def _decode_case(
     of eager calls, which includes launch gaps when the CPU side is slower than the GPU."""
     lens, sets, nbytes = _decode_inputs(bsz, length, hq, hkv, d, ragged)
     copies = len(sets)
-    op = {
-        "op": "attention",
-        "phase": "decode",
-        "batch": bsz,
-        "q_len": 1,
-        "kv_len": length,
-        "q_heads": hq,
-        "kv_heads": hkv,
-        "head_dim": d,
-        "causal": True,
-        "dtype": "bf16",
-    }
+    op = _decode_op(bsz, length, hq, hkv, d)
     flops = kernels.attention_decode.flops(op) if not ragged else 4 * hq * d * int(lens.sum())
     if not ragged:
         assert nbytes == kernels.attention_decode.bytes_moved(op)
@@ -490,18 +495,7 @@ def paged() -> None:
         table = torch.randperm(pool, device="cuda")[: bsz * nblk].reshape(bsz, nblk).int()
         lens = torch.full((bsz,), length, device="cuda", dtype=torch.int32)
         q = torch.randn(bsz, hq, d, device="cuda", dtype=torch.bfloat16)
-        op = {
-            "op": "attention",
-            "phase": "decode",
-            "batch": bsz,
-            "q_len": 1,
-            "kv_len": length,
-            "q_heads": hq,
-            "kv_heads": hkv,
-            "head_dim": d,
-            "causal": True,
-            "dtype": "bf16",
-        }
+        op = _decode_op(bsz, length, hq, hkv, d)
         for s in ("split_kv", "stream_k"):
             t = _bench(
                 lambda: kernels.attention_decode_paged(q, kp, vp, table, lens, schedule=s, validate=False)

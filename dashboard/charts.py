@@ -65,6 +65,25 @@ def memory_bar(mem: dict[str, float], title: str = "") -> alt.Chart:
     return bar.properties(height=110)
 
 
+def _context_axis() -> alt.X:
+    """The sweep charts' x axis: context length on a log scale, 1K to 1M tokens."""
+    return alt.X(
+        "context_len:Q",
+        title="context length (tokens, log scale)",
+        scale=alt.Scale(type="log", domain=[1000, 1_000_000]),
+        axis=alt.Axis(values=[1000, 10_000, 100_000, 1_000_000], format="~s"),
+    )
+
+
+def _context_rule(context_len: int) -> alt.Chart:
+    """A dashed vertical rule at the scenario's context length."""
+    return (
+        alt.Chart(pd.DataFrame({"context_len": [context_len]}))
+        .mark_rule(color="#888", strokeDash=[4, 4])
+        .encode(x="context_len:Q")
+    )
+
+
 def sweep_charts(df: pd.DataFrame, context_len: int) -> tuple[alt.Chart, alt.Chart]:
     """Decode time per token and max concurrency against context length (log x axis)."""
     band = "decode_s_per_token_low" in df and bool(
@@ -73,17 +92,8 @@ def sweep_charts(df: pd.DataFrame, context_len: int) -> tuple[alt.Chart, alt.Cha
     cols = ["context_len", "decode_s_per_token", "max_concurrency", "fits"]
     d = df[cols + (["decode_s_per_token_low", "decode_s_per_token_high"] if band else [])].copy()
     d["decode_ms_per_token"] = d["decode_s_per_token"] * 1e3
-    x = alt.X(
-        "context_len:Q",
-        title="context length (tokens, log scale)",
-        scale=alt.Scale(type="log", domain=[1000, 1_000_000]),
-        axis=alt.Axis(values=[1000, 10_000, 100_000, 1_000_000], format="~s"),
-    )
-    rule = (
-        alt.Chart(pd.DataFrame({"context_len": [context_len]}))
-        .mark_rule(color="#888", strokeDash=[4, 4])
-        .encode(x="context_len:Q")
-    )
+    x = _context_axis()
+    rule = _context_rule(context_len)
     dec = (
         alt.Chart(d.dropna(subset=["decode_ms_per_token"]))
         .mark_line(strokeWidth=2.5)
@@ -244,18 +254,9 @@ def sweep_compare_charts(frames: dict[str, pd.DataFrame], context_len: int) -> t
         ignore_index=True,
     )
     d["decode_ms_per_token"] = d["decode_s_per_token"] * 1e3
-    x = alt.X(
-        "context_len:Q",
-        title="context length (tokens, log scale)",
-        scale=alt.Scale(type="log", domain=[1000, 1_000_000]),
-        axis=alt.Axis(values=[1000, 10_000, 100_000, 1_000_000], format="~s"),
-    )
+    x = _context_axis()
     color = alt.Color("case:N", legend=alt.Legend(orient="top", title=None))
-    rule = (
-        alt.Chart(pd.DataFrame({"context_len": [context_len]}))
-        .mark_rule(color="#888", strokeDash=[4, 4])
-        .encode(x="context_len:Q")
-    )
+    rule = _context_rule(context_len)
     dec = (
         alt.Chart(d.dropna(subset=["decode_ms_per_token"]))
         .mark_line(strokeWidth=2.5)

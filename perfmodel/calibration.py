@@ -842,11 +842,9 @@ def _resolve(gpu: GPU, mode: Mode | str, profile: Profile | str | Path | None) -
     ):
         return done[2]  # the same GPU and the same shipped profiles: the same result
     if gpu.name in measured and measured[gpu.name][0] == gpu:
-        own = transfer.with_transferred_gaps(measured[gpu.name][1], gpu, measured)
-        out = transfer.with_transferred_collectives(own, gpu, measured)
+        out = transfer.completed_profile(measured[gpu.name][1], gpu, measured)
     elif shipped_profile_path(gpu).exists():  # a shipped profile of a GPU changed by what-if overrides
-        own = transfer.with_transferred_gaps(load_profile_file(shipped_profile_path(gpu), gpu), gpu, measured)
-        return transfer.with_transferred_collectives(own, gpu, measured)
+        return transfer.completed_profile(load_profile_file(shipped_profile_path(gpu), gpu), gpu, measured)
     else:
         src = transfer.choose_source(gpu, [g for g, _ in measured.values()])
         if src is None:

@@ -27,7 +27,7 @@ from perfmodel.calibration import Mode, resolve_profile
 from perfmodel.errors import InvalidInputError, TooLargeError
 from perfmodel.knobs import Knobs, KnobError, effective_model
 from perfmodel.layers import Precision, apply_knobs
-from perfmodel.metrics import TIME_METRICS, categorical, size_metrics, time_metrics
+from perfmodel.metrics import METRICS, TIME_METRICS, categorical, size_metrics, time_metrics
 from perfmodel.models import load_model
 from perfmodel.costs import OpCost
 from perfmodel.phases import (
@@ -877,25 +877,9 @@ class _FitPart:
         return dst
 
 
-#: The metric columns of a frame, in order (:func:`perfmodel.metrics.scenario_metrics` keys).
-METRIC_COLUMNS = (
-    "weight_bytes",
-    "kv_bytes_per_token",
-    "kv_cache_bytes",
-    "prefill_s",
-    "prefill_s_low",
-    "prefill_s_high",
-    "decode_s_per_token",
-    "decode_s_per_token_low",
-    "decode_s_per_token_high",
-    "decode_s",
-    "decode_s_low",
-    "decode_s_high",
-    "max_concurrency",
-    "context_switch_s",
-    "context_switch_duplex_s",
-    "session_throughput_tokens_per_s",
-)
+#: The metric columns of a frame, in order: :data:`perfmodel.metrics.METRICS` without the two bounds (their own
+#: categorical columns).
+METRIC_COLUMNS = tuple(k for k in METRICS if k not in ("prefill_bound", "decode_bound"))
 
 
 def _knob_grid(knobs: Knobs | None, knob_axes: Mapping[str, Iterable[Any]] | None):

@@ -279,7 +279,7 @@ def with_transferred_gaps(profile: Profile, gpu: GPU, measured: Mapping[str, tup
         and len(named) == len(profile.elementwise)
     ):
         return profile
-    out = dataclasses.replace(
+    return dataclasses.replace(
         profile,
         classes=MappingProxyType(classes),
         provenance=MappingProxyType(prov),
@@ -288,7 +288,12 @@ def with_transferred_gaps(profile: Profile, gpu: GPU, measured: Mapping[str, tup
         elementwise=MappingProxyType(named),
         attention_impl=None,
     )
-    return out
+
+
+def completed_profile(profile: Profile, gpu: GPU, measured: Mapping[str, tuple[GPU, Profile]]) -> Profile:
+    """A shipped ``profile`` of ``gpu`` with what it lacks carried from the measured GPUs: its missing curves
+    (:func:`with_transferred_gaps`), then its missing collectives (:func:`with_transferred_collectives`)."""
+    return with_transferred_collectives(with_transferred_gaps(profile, gpu, measured), gpu, measured)
 
 
 def with_transferred_collectives(

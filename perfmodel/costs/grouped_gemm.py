@@ -113,7 +113,9 @@ def grouped_gemm_cost(op: GroupedGemm, gpu: GPU, prof: Profile) -> OpCost:
             * (np.asarray(op.k, dtype=np.float64) + p.k_overhead)
         )
         if p.tile_n > 0 and p.wave_quant > 0:
-            tiles = grouped_output_tiles(op.groups, op.m, op.n, p.tile_m, p.tile_n)
+            tiles = grouped_output_tiles(
+                op.groups, op.m, op.n, p.tile_m, p.tile_n, rows if p.tile_m > 0 else None
+            )
             factor, _ = waves(tiles, gpu.sm_count, p.wave_quant)
             factor = np.where(tiles > gpu.sm_count, factor, 1.0)  # one partial wave still fills the bandwidth
             fl_eff = fl_eff * factor
@@ -131,9 +133,11 @@ def grouped_gemm_cost(op: GroupedGemm, gpu: GPU, prof: Profile) -> OpCost:
     )
 
 
-def grouped_output_tiles(groups, m, n, tile_m: int, tile_n: int):
+def grouped_output_tiles(groups, m, n, tile_m: int, tile_n: int, padded_rows=None):
     """Output tiles of a grouped GEMM: each group's padded rows (:func:`grouped_padded_rows`; ``tile_m``
-    0 counts one row block of 128 per group) in ``tile_m``-row blocks, by ``ceil(n / tile_n)`` column blocks."""
+    0 counts one row block of 128 per group) in ``tile_m``-row blocks, by ``ceil(n / tile_n)`` column blocks.
+    ``padded_rows``: those rows when the caller has them (at ``tile_m`` > 0)."""
     tm = tile_m if tile_m > 0 else 128
-    row_blocks = grouped_padded_rows(groups, m, tm) / tm
+    rows = grouped_padded_rows(groups, m, tm) if padded_rows is None else padded_rows
+    row_blocks = rows / tm
     return row_blocks * np.ceil(np.asarray(n, dtype=np.float64) / tile_n)
