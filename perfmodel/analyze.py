@@ -11,6 +11,7 @@ from perfmodel.calibration import Launch, Mode, Profile
 from perfmodel.ops import DEFAULT_ATTENTION_IMPL, AttentionImpl
 from perfmodel.comm import DEFAULT_NODE_GPUS
 from perfmodel.costs import Bound, OpCost
+from perfmodel.costs.bands import phase_band
 from perfmodel.errors import DoesNotFitError, InvalidInputError
 from perfmodel.metrics import bound_of
 from perfmodel.knobs import COST_NOT_QUALITY, Knobs
@@ -516,6 +517,10 @@ def analyze_scenario(scn: Scenario) -> Analysis:
             f"ragged batch of {batch} prompts ({tokens:,} tokens): prefill priced as one unpadded pass; "
             f"decode and memory at the padded shape ({context_len:,} tokens each)"
         )
+    # each phase's band: its ops' bands summed, scaled by the profile's combination factor
+    pre, step, dec = (phase_band(c, prof) for c in (pre, step, dec))
+    if padded is not None:
+        padded = phase_band(padded, prof)
     sw = context_switch(g, prof, mem.kv_bytes_per_user, knobs=knobs)
     baseline = None
     if knobs is not None:

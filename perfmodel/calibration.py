@@ -178,6 +178,14 @@ class Profile:
         rows = [r for r in rows if r is not None]
         return (min(r[0] for r in rows), max(r[1] for r in rows)) if rows else (0.0, 0.0)
 
+    @property
+    def band_combination(self) -> float:
+        """The factor a phase's summed op bands are scaled by (``bands.combination.factor``; 1 without one):
+        the errors of a pass's ops partly cancel, so the sum of their bands over-covers
+        (:func:`perfmodel.costs.bands.phase_band`, ``docs/calibration.md``, "Combining into a phase")."""
+        comb = self.bands.get("combination") if self.bands else None
+        return float(comb["factor"]) if comb else 1.0
+
     def band_cells(
         self, op_class: OpClass, keys: tuple[str, ...], regimes: tuple[str, ...], sizes: tuple[str, ...]
     ) -> tuple[tuple[float, float], ...]:
@@ -504,7 +512,13 @@ class Profile:
             out["attention_kernels"] = {k: list(v) for k, v in sorted(self.attention_kernels.items())}
         if self.bands:
             out["bands"] = {
-                g: ({k: dict(v) for k, v in t.items()} if isinstance(t, Mapping) else t)
+                g: (
+                    dict(t)
+                    if g == "combination"
+                    else {k: dict(v) for k, v in t.items()}
+                    if isinstance(t, Mapping)
+                    else t
+                )
                 for g, t in self.bands.items()
             }
         if self.collective_launch:
@@ -655,7 +669,7 @@ def bands_from_dict(raw: Any, where: str) -> dict[str, Any]:
     notes; a profile saved again keeps them."""
     if not isinstance(raw, dict):
         raise ProfileError(f"{where}: 'bands' must be an object")
-    extra = set(raw) - set(BAND_GROUPS) - {"source", "coverage"}
+    extra = set(raw) - set(BAND_GROUPS) - {"source", "coverage", "combination"}
     if extra:
         raise ProfileError(
             f"{where}: bands has unknown group(s) {', '.join(sorted(extra))}; known: {', '.join(BAND_GROUPS)}"
@@ -688,6 +702,12 @@ def bands_from_dict(raw: Any, where: str) -> dict[str, Any]:
     for k in ("source", "coverage"):
         if k in raw:
             out[k] = raw[k] if isinstance(raw[k], (int, float, str)) else str(raw[k])
+    if "combination" in raw:
+        comb = raw["combination"]
+        f = comb.get("factor") if isinstance(comb, dict) else None
+        if not (isinstance(f, (int, float)) and not isinstance(f, bool) and math.isfinite(f) and 0 < f <= 4):
+            raise ProfileError(f"{where}: bands.combination needs a factor in (0, 4], got {f!r}")
+        out["combination"] = MappingProxyType({**comb, "factor": float(f)})
     return out
 
 

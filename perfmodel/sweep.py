@@ -30,6 +30,7 @@ from perfmodel.layers import Precision, apply_knobs
 from perfmodel.metrics import METRICS, TIME_METRICS, categorical, size_metrics, time_metrics
 from perfmodel.models import load_model
 from perfmodel.costs import OpCost
+from perfmodel.costs.bands import phase_band
 from perfmodel.phases import (
     _COST_FIELDS,
     ContextSwitch,
@@ -755,6 +756,9 @@ def _evaluate_block(m, g, prof, ctx, b, out, prec, t, chunk_tokens, reserve_frac
         part = _FitPart.of(fits)
         dec = part.take_cost(ph.decode)
     sw = context_switch(g, prof, mem.kv_bytes_per_user, knobs=kn)
+    pre, step = phase_band(pre, prof), phase_band(step, prof)  # as analyze: the combination factor
+    if dec is not None:
+        dec = phase_band(dec, prof)
 
     met = size_metrics(effective_model(m, kn), apply_knobs(prec, kn), kn, c3, o3, b3, mem, pre, step)
     if part.empty:

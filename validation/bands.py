@@ -317,6 +317,54 @@ def cv_table(
     )
 
 
+# ---- combining op bands into a pass -------------------------------------------------------------------------
+
+
+def layer_kappas(
+    records: list[dict[str, Any]], rows: Sequence[dict[str, Any]], rule: BandRule = FAMILY
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per held-out decoder layer of ``rows`` (one per fold): the smallest factor of its summed op band
+    (``band_s`` under ``rule``) that covers the measured time, and the layer's model (its record's family).
+    A layer measured below its prediction needs ``(measured - predicted) / (low - predicted)``, above it
+    ``(measured - predicted) / (high - predicted)``; infinite where the band is empty on that side."""
+    ks, models = [], []
+    for x in rows:
+        if "band_s" not in x:
+            continue
+        rec = records[x["line"]]
+        p, m = x["predicted_s"], rec["measured_s"]
+        a, b = x["band_s"][rule.name]
+        side = (a - p) if m < p else (b - p)
+        ks.append(0.0 if m == p else ((m - p) / side if side != 0 else np.inf))
+        models.append(str(rec.get("family", "")))
+    return np.asarray(ks, dtype=np.float64), np.asarray(models, dtype=object)
+
+
+def combination_factor(kappas: np.ndarray) -> float:
+    """The factor that makes summed op bands central :data:`CENTRAL` bands: the finite-sample (split-conformal)
+    upper order statistic of the layers' covering factors (:func:`layer_kappas`), the
+    ``ceil(CENTRAL (n + 1))``-th smallest, clamped to ``n``; 1 without layers."""
+    k = np.sort(np.asarray(kappas, dtype=np.float64))
+    if not k.size:
+        return 1.0
+    rank = min(int(np.ceil(CENTRAL * (k.size + 1))), k.size)
+    return float(min(k[rank - 1], 4.0))
+
+
+def combination_bands(records: list[dict[str, Any]], rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The ``bands.combination`` object of a profile: :func:`combination_factor` over all held-out decoder
+    layers of the cross-validation rows (:data:`FAMILY` rule)."""
+    ks, models = layer_kappas(records, rows)
+    return {
+        "factor": combination_factor(ks),
+        "n": int(ks.size),
+        "models": int(len(set(models))),
+        "source": "perfmodel.validation.bands.combination_factor: held-out decoder layers (graph replays), the "
+        "smallest factor of the sum of their ops' out-of-fold bands covering each, upper finite-sample "
+        f"order statistic at {CENTRAL:.0%}",
+    }
+
+
 # ---- coverage ---------------------------------------------------------------------------------------------
 
 
@@ -337,16 +385,21 @@ def coverage(
 ) -> list[Coverage]:
     """Share of held-out records inside their band, each fold of ``folds`` scored with the band rows of the
     *other* folds' residuals (``rule``), so that no band saw the records it is scored on; decoder layers by the sum
-    of their parts' bands (the combination rule; a layer is held out in every fold, so counted once per fold).
+    of their parts' bands scaled by the combination factor (:func:`combination_factor`) fitted on the layers of
+    the other models (a layer is held out in every fold, so counted once per fold).
     Per report row, then per op class (classes of several rows), per regime and size class (ops), all decoder
     layers, all ops, everything."""
     meas, lo, hi, keys, regs, sizes = [], [], [], [], [], []
+    ks, models = layer_kappas(records, rows, rule)
+    factor = {m: combination_factor(ks[models != m]) for m in set(models)}  # each model's layers left out
     for f in folds:
         table = cv_table(records, rows, rule, [g for g in FOLDS if g != f])
         for x in (x for x in rows if x["fold"] == f):
             rec = records[x["line"]]
-            if "band_s" in x:
+            if "band_s" in x:  # the summed op bands scaled by the factor fitted on the other models' layers
                 a, b = x["band_s"][rule.name]
+                k, p = factor[str(rec.get("family", ""))], x["predicted_s"]
+                a, b = p + k * (a - p), p + k * (b - p)
             else:
                 k = band_key(rec)
                 z = str(size_class_of(x["predicted_s"]))
@@ -472,6 +525,8 @@ def fit_bands(
         out["transferred"] = transferred_bands(full, other[1], other[0])
         src += f"; transferred: the full fit carried to {other[0]}, on its {len(other[1])} records"
     out["datasheet"] = datasheet_bands(records, gpu)
+    if any("band_s" in x for x in rows):
+        out["combination"] = combination_bands(records, rows)
     out["source"] = src + (
         "; q10/q90: finite-sample quantiles of log(predicted / measured) at each row's central "
         "level (leave-one-family-out: the smallest of 80-99% covering 80% of a family left out), "

@@ -197,7 +197,21 @@ def predict(
     context: int,
     busy_calls: float = 0.0,
 ) -> tuple[float, str]:
-    """Predicted seconds of the row and how they were obtained.
+    """Predicted seconds of the row and how they were obtained (:func:`predict_band` without the band)."""
+    pred, _, _, how = predict_band(spec, gpu, phase, batch, context, busy_calls)
+    return pred, how
+
+
+def predict_band(
+    spec: ModelSpec,
+    gpu: str,
+    phase: str,
+    batch: int,
+    context: int,
+    busy_calls: float = 0.0,
+) -> tuple[float, float, float, str]:
+    """Predicted seconds of the row, the low and high ends of its central 80% band (seconds) and how they were
+    obtained.
 
     ``prefill``: ``analyze(...).to_dict()["prefill_s"]`` of one unchunked pass over ``context``
     tokens of ``batch`` prompts (LM head on the last positions).  ``decode``: its
@@ -216,6 +230,7 @@ def predict(
     from perfmodel.hw.loader import load_gpu
     from perfmodel.calibration import Mode, resolve_profile
     from perfmodel.clocks import after_busy
+    from perfmodel.costs.bands import phase_band
     from perfmodel.errors import DoesNotFitError
     from perfmodel.phases import decode_step_cost, prefill_cost
 
@@ -223,7 +238,7 @@ def predict(
     prof = resolve_profile(g, Mode.CALIBRATED)
     impl = prof.attention_impl.value
     if busy_calls > 0 and prof.sustained:
-        alone, how = predict(spec, gpu, phase, batch, context)
+        alone, _ = predict(spec, gpu, phase, batch, context)
         prof = dataclasses.replace(
             prof, sustained=MappingProxyType(after_busy(prof.sustained, busy_calls * alone))
         )
@@ -238,14 +253,16 @@ def predict(
             chunk_tokens=None,
             profile=prof,
         ).to_dict()
-        return float(d["prefill_s"] if phase == "prefill" else d["decode_s_per_token"]), f"analyze/{impl}"
+        k = "prefill_s" if phase == "prefill" else "decode_s_per_token"
+        return float(d[k]), float(d[f"{k}_low"]), float(d[f"{k}_high"]), f"analyze/{impl}"
     except DoesNotFitError:
         pass
     if phase == "prefill":
-        return float(
-            prefill_cost(spec, g, prof, context, batch, chunk_tokens=None).total_s
-        ), f"prefill_cost/{impl}"
-    return float(decode_step_cost(spec, g, prof, context, batch).total_s), f"decode_step_cost/{impl}"
+        c, how = prefill_cost(spec, g, prof, context, batch, chunk_tokens=None), "prefill_cost"
+    else:
+        c, how = decode_step_cost(spec, g, prof, context, batch), "decode_step_cost"
+    c = phase_band(c, prof)
+    return float(c.total_s), float(c.low_s), float(c.high_s), f"{how}/{impl}"
 
 
 def busy_calls_of(rec: dict) -> float:
@@ -265,8 +282,17 @@ def repredict(rec: dict) -> dict:
     )
     spec = with_layers(spec, int(rec["layers_run"]))
     gpu = rec.get("gpu_model") or rec.get("hw")
-    pred, how = predict(spec, gpu, rec["phase"], int(rec["batch"]), int(rec["context"]), busy_calls_of(rec))
-    return {**rec, "predicted_s": pred, "prediction": how, "error": pred / rec["measured_s"] - 1.0}
+    pred, lo, hi, how = predict_band(
+        spec, gpu, rec["phase"], int(rec["batch"]), int(rec["context"]), busy_calls_of(rec)
+    )
+    return {
+        **rec,
+        "predicted_s": pred,
+        "predicted_low_s": lo,
+        "predicted_high_s": hi,
+        "prediction": how,
+        "error": pred / rec["measured_s"] - 1.0,
+    }
 
 
 def calls(phase: str, context: int, predicted_s: float, dry_run: bool = False) -> tuple[int, int]:
@@ -389,6 +415,7 @@ def score(records: list[dict]) -> list[dict]:
     absolute error and median signed error (fractions).
     Records that were skipped or lack a measurement or a prediction are left out."""
     groups: dict[tuple[str, str], list[float]] = {}
+    inside: dict[tuple[str, str], list[bool]] = {}
     for r in records:
         if r.get("status") != "ok" or not r.get("measured_s") or r.get("predicted_s") is None:
             continue
@@ -398,7 +425,12 @@ def score(records: list[dict]) -> list[dict]:
         phase = (
             f"{r['config_label']} {r['phase']}" if r.get("config_label") else r["phase"]
         )  # multi-GPU layouts apart
-        groups.setdefault((r.get("gpu_model") or r.get("gpu") or "unknown", phase), []).append(float(err))
+        key = (r.get("gpu_model") or r.get("gpu") or "unknown", phase)
+        groups.setdefault(key, []).append(float(err))
+        if r.get("predicted_low_s") is not None and r.get("predicted_high_s") is not None:
+            inside.setdefault(key, []).append(
+                r["predicted_low_s"] <= r["measured_s"] <= r["predicted_high_s"]
+            )
     out = []
     for (gpu, phase), errs in sorted(groups.items()):
         ab = [abs(e) for e in errs]
@@ -411,6 +443,11 @@ def score(records: list[dict]) -> list[dict]:
                 "p90_abs_error": _percentile(ab, 90),
                 "max_abs_error": max(ab),
                 "median_error": _percentile(errs, 50),
+                # share of rows whose measurement lies in the predicted central 80% band (rows with a band)
+                "in_band": (sum(inside[(gpu, phase)]) / len(inside[(gpu, phase)]))
+                if inside.get((gpu, phase))
+                else None,
+                "band_rows": len(inside.get((gpu, phase), [])),
             }
         )
     return out
@@ -418,14 +455,15 @@ def score(records: list[dict]) -> list[dict]:
 
 def markdown(scores: list[dict]) -> str:
     lines = [
-        "| GPU | phase | rows | median abs error | p90 | max | median signed error |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| GPU | phase | rows | median abs error | p90 | max | median signed error | in the 80% band |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for s in scores:
+        band = "-" if s.get("in_band") is None else f"{100 * s['in_band']:.0f}% of {s['band_rows']}"
         lines.append(
             f"| {s['gpu']} | {s['phase']} | {s['rows']} | {100 * s['median_abs_error']:.1f}% | "
             f"{100 * s['p90_abs_error']:.1f}% | {100 * s['max_abs_error']:.1f}% | "
-            f"{100 * s['median_error']:+.1f}% |"
+            f"{100 * s['median_error']:+.1f}% | {band} |"
         )
     return "\n".join(lines) + "\n"
 

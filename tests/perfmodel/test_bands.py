@@ -64,6 +64,46 @@ def test_op_band_brackets_the_value_and_sums_linearly():
     assert bare.low_s == bare.total_s == bare.high_s
 
 
+def test_combination_factor_scales_a_phase_band_not_an_op_band():
+    import dataclasses
+
+    from perfmodel.phases import decode_step_cost
+
+    shipped = load_profile_file(shipped_profile_path(H100))
+    k = shipped.band_combination
+    assert 0.5 < k < 1.0 and shipped.bands["combination"]["n"] > 100
+    linear = dataclasses.replace(
+        shipped, bands={g: t for g, t in shipped.bands.items() if g != "combination"}
+    )
+    assert linear.band_combination == 1.0
+    for field in ("decode_s_per_token", "prefill_s"):
+        a = analyze(
+            "llama-3-8b", H100, context_len=8192, batch=16, output_tokens=250, profile=shipped
+        ).to_dict()
+        b = analyze(
+            "llama-3-8b", H100, context_len=8192, batch=16, output_tokens=250, profile=linear
+        ).to_dict()
+        assert a[field] == b[field]
+        for end in ("_low", "_high"):
+            assert math.isclose(a[field + end] - a[field], k * (b[field + end] - b[field]), rel_tol=1e-9)
+    # the phase functions return the linear sum (analyze and sweep scale the finished phase once)
+    from perfmodel.models import load_model
+
+    step = decode_step_cost(load_model("llama-3-8b"), load_gpu(H100), shipped, 8192, 16)
+    plain = decode_step_cost(load_model("llama-3-8b"), load_gpu(H100), linear, 8192, 16)
+    assert step.band_hi_s == plain.band_hi_s > 0
+    g = load_gpu(H100)
+    one = op_cost(Gemm(m=16, n=4096, k=4096), g, shipped)
+    assert one.high_s == op_cost(Gemm(m=16, n=4096, k=4096), g, linear).high_s  # an op keeps its own band
+    df = sweep("llama-3-8b", H100, context_len=[8192], batch=[16], output_tokens=[250], profile=shipped)
+    assert math.isclose(float(df["decode_s_per_token_high"][0]), a["decode_s_per_token_high"], rel_tol=1e-9)
+    for bad in (0.0, -1.0, float("nan"), 5.0, "x"):
+        with pytest.raises(ProfileError, match="combination"):
+            profile_from_dict(_bands(measured={"*": {"q10": -0.1, "q90": 0.1}}, combination={"factor": bad}))
+    rt = profile_from_dict(_bands(measured={"*": {"q10": -0.1, "q90": 0.1}}, combination={"factor": 0.5}))
+    assert profile_from_dict(rt.to_dict()).band_combination == 0.5
+
+
 def test_shipped_profiles_carry_bands():
     for gpu in (H100, "h200-sxm-141gb"):
         b = load_profile_file(shipped_profile_path(gpu)).bands
