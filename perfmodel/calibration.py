@@ -179,12 +179,13 @@ class Profile:
         return (min(r[0] for r in rows), max(r[1] for r in rows)) if rows else (0.0, 0.0)
 
     @property
-    def band_combination(self) -> float:
-        """The factor a phase's summed op bands are scaled by (``bands.combination.factor``; 1 without one):
-        the errors of a pass's ops partly cancel, so the sum of their bands over-covers
-        (:func:`perfmodel.costs.bands.phase_band`, ``docs/calibration.md``, "Combining into a phase")."""
+    def band_combination(self) -> tuple[float, float]:
+        """The factors a phase's summed op bands are scaled by, low end and high end
+        (``bands.combination.factor_low``, ``factor_high``; 1 and 1 without them): the errors of a pass's ops
+        partly cancel, so the sum of their bands over-covers (:func:`perfmodel.costs.bands.phase_band`,
+        ``docs/calibration.md``, "Combining into a phase")."""
         comb = self.bands.get("combination") if self.bands else None
-        return float(comb["factor"]) if comb else 1.0
+        return (float(comb["factor_low"]), float(comb["factor_high"])) if comb else (1.0, 1.0)
 
     def band_cells(
         self, op_class: OpClass, keys: tuple[str, ...], regimes: tuple[str, ...], sizes: tuple[str, ...]
@@ -703,11 +704,16 @@ def bands_from_dict(raw: Any, where: str) -> dict[str, Any]:
         if k in raw:
             out[k] = raw[k] if isinstance(raw[k], (int, float, str)) else str(raw[k])
     if "combination" in raw:
-        comb = raw["combination"]
-        f = comb.get("factor") if isinstance(comb, dict) else None
-        if not (isinstance(f, (int, float)) and not isinstance(f, bool) and math.isfinite(f) and 0 < f <= 4):
-            raise ProfileError(f"{where}: bands.combination needs a factor in (0, 4], got {f!r}")
-        out["combination"] = MappingProxyType({**comb, "factor": float(f)})
+        comb = raw["combination"] if isinstance(raw["combination"], dict) else {}
+        for side in ("factor_low", "factor_high"):
+            f = comb.get(side)
+            if not (
+                isinstance(f, (int, float)) and not isinstance(f, bool) and math.isfinite(f) and 0 < f <= 4
+            ):
+                raise ProfileError(f"{where}: bands.combination needs {side} in (0, 4], got {f!r}")
+        out["combination"] = MappingProxyType(
+            {**comb, "factor_low": float(comb["factor_low"]), "factor_high": float(comb["factor_high"])}
+        )
     return out
 
 

@@ -322,46 +322,53 @@ def cv_table(
 
 def layer_kappas(
     records: list[dict[str, Any]], rows: Sequence[dict[str, Any]], rule: BandRule = FAMILY
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per held-out decoder layer of ``rows`` (one per fold): the smallest factor of its summed op band
-    (``band_s`` under ``rule``) that covers the measured time, and the layer's model (its record's family).
-    A layer measured below its prediction needs ``(measured - predicted) / (low - predicted)``, above it
-    ``(measured - predicted) / (high - predicted)``; infinite where the band is empty on that side."""
-    ks, models = [], []
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per held-out decoder layer of ``rows`` (one per fold): the smallest factors of the low and of the high
+    side of its summed op band (``band_s`` under ``rule``) that cover the measured time, and the layer's model
+    (its record's family). A layer measured below its prediction needs ``(measured - predicted) / (low -
+    predicted)`` of the low side and nothing of the high side (0), one above it the reverse; infinite where
+    the band is empty on that side."""
+    lo, hi, models = [], [], []
     for x in rows:
         if "band_s" not in x:
             continue
         rec = records[x["line"]]
         p, m = x["predicted_s"], rec["measured_s"]
         a, b = x["band_s"][rule.name]
-        side = (a - p) if m < p else (b - p)
-        ks.append(0.0 if m == p else ((m - p) / side if side != 0 else np.inf))
+        lo.append(0.0 if m >= p else ((m - p) / (a - p) if a != p else np.inf))
+        hi.append(0.0 if m <= p else ((m - p) / (b - p) if b != p else np.inf))
         models.append(str(rec.get("family", "")))
-    return np.asarray(ks, dtype=np.float64), np.asarray(models, dtype=object)
+    return (
+        np.asarray(lo, dtype=np.float64),
+        np.asarray(hi, dtype=np.float64),
+        np.asarray(models, dtype=object),
+    )
 
 
 def combination_factor(kappas: np.ndarray) -> float:
-    """The factor that makes summed op bands central :data:`CENTRAL` bands: the finite-sample (split-conformal)
-    upper order statistic of the layers' covering factors (:func:`layer_kappas`), the
-    ``ceil(CENTRAL (n + 1))``-th smallest, clamped to ``n``; 1 without layers."""
+    """The factor of one side of summed op bands that leaves :math:`(1 - CENTRAL) / 2` (10%) of the layers
+    beyond that side: the finite-sample (split-conformal) upper order statistic of the layers' one-sided
+    covering factors (:func:`layer_kappas`), the ``ceil((1 + CENTRAL) / 2 (n + 1))``-th smallest, clamped to
+    ``n`` and to at most 4; 1 without layers."""
     k = np.sort(np.asarray(kappas, dtype=np.float64))
     if not k.size:
         return 1.0
-    rank = min(int(np.ceil(CENTRAL * (k.size + 1))), k.size)
+    rank = min(int(np.ceil((1 + CENTRAL) / 2 * (k.size + 1))), k.size)
     return float(min(k[rank - 1], 4.0))
 
 
 def combination_bands(records: list[dict[str, Any]], rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The ``bands.combination`` object of a profile: :func:`combination_factor` over all held-out decoder
-    layers of the cross-validation rows (:data:`FAMILY` rule)."""
-    ks, models = layer_kappas(records, rows)
+    """The ``bands.combination`` object of a profile: :func:`combination_factor` of each side over all
+    held-out decoder layers of the cross-validation rows (:data:`FAMILY` rule)."""
+    lo, hi, models = layer_kappas(records, rows)
     return {
-        "factor": combination_factor(ks),
-        "n": int(ks.size),
+        "factor_low": combination_factor(lo),
+        "factor_high": combination_factor(hi),
+        "n": int(lo.size),
         "models": int(len(set(models))),
         "source": "perfmodel.validation.bands.combination_factor: held-out decoder layers (graph replays), the "
-        "smallest factor of the sum of their ops' out-of-fold bands covering each, upper finite-sample "
-        f"order statistic at {CENTRAL:.0%}",
+        "smallest factor of each side of the sum of their ops' out-of-fold bands covering each, upper "
+        f"finite-sample order statistic leaving {(1 - CENTRAL) / 2:.0%} beyond each side",
     }
 
 
@@ -390,16 +397,18 @@ def coverage(
     Per report row, then per op class (classes of several rows), per regime and size class (ops), all decoder
     layers, all ops, everything."""
     meas, lo, hi, keys, regs, sizes = [], [], [], [], [], []
-    ks, models = layer_kappas(records, rows, rule)
-    factor = {m: combination_factor(ks[models != m]) for m in set(models)}  # each model's layers left out
+    k_lo, k_hi, models = layer_kappas(records, rows, rule)
+    factor = {  # each model's layers scored with the factors of the other models' layers
+        m: (combination_factor(k_lo[models != m]), combination_factor(k_hi[models != m])) for m in set(models)
+    }
     for f in folds:
         table = cv_table(records, rows, rule, [g for g in FOLDS if g != f])
         for x in (x for x in rows if x["fold"] == f):
             rec = records[x["line"]]
             if "band_s" in x:  # the summed op bands scaled by the factor fitted on the other models' layers
                 a, b = x["band_s"][rule.name]
-                k, p = factor[str(rec.get("family", ""))], x["predicted_s"]
-                a, b = p + k * (a - p), p + k * (b - p)
+                (f_lo, f_hi), p = factor[str(rec.get("family", ""))], x["predicted_s"]
+                a, b = p + f_lo * (a - p), p + f_hi * (b - p)
             else:
                 k = band_key(rec)
                 z = str(size_class_of(x["predicted_s"]))

@@ -133,12 +133,12 @@ def _cell_factors(cells: tuple[tuple[float, float], ...]) -> tuple[np.ndarray, n
 
 
 def phase_band(c: OpCost, profile: Profile) -> OpCost:
-    """``c``, a pass of several ops summed (a phase, a decoder layer), with its band scaled by the profile's
-    combination factor (:attr:`Profile.band_combination`): the ops' bands add linearly (errors perfectly
-    correlated), which over-covers, since the errors of a pass's ops partly cancel; the factor, fitted on
-    held-out decoder layers, brings the sum back to a central 80% band (``docs/calibration.md``, "Combining
-    into a phase")."""
-    k = profile.band_combination
-    if k == 1.0:
+    """``c``, a pass of several ops summed (a phase, a decoder layer), with its band's low and high ends scaled
+    by the profile's combination factors (:attr:`Profile.band_combination`): the ops' bands add linearly (errors
+    perfectly correlated), which over-covers, since the errors of a pass's ops partly cancel; the factors,
+    fitted on held-out decoder layers (10% of them below the band, 10% above), bring the sum back to a central
+    80% band (``docs/calibration.md``, "Combining into a phase")."""
+    k_lo, k_hi = profile.band_combination
+    if k_lo == k_hi == 1.0:
         return c
-    return dataclasses.replace(c, band_lo_s=c.band_lo_s * k, band_hi_s=c.band_hi_s * k)
+    return dataclasses.replace(c, band_lo_s=c.band_lo_s * k_lo, band_hi_s=c.band_hi_s * k_hi)

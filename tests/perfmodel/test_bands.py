@@ -64,18 +64,19 @@ def test_op_band_brackets_the_value_and_sums_linearly():
     assert bare.low_s == bare.total_s == bare.high_s
 
 
-def test_combination_factor_scales_a_phase_band_not_an_op_band():
+def test_combination_factors_scale_a_phase_band_not_an_op_band():
     import dataclasses
 
+    from perfmodel.models import load_model
     from perfmodel.phases import decode_step_cost
 
     shipped = load_profile_file(shipped_profile_path(H100))
-    k = shipped.band_combination
-    assert 0.5 < k < 1.0 and shipped.bands["combination"]["n"] > 100
+    k_lo, k_hi = shipped.band_combination
+    assert 0.3 < k_lo < 1.0 and 0.3 < k_hi < 1.0 and shipped.bands["combination"]["n"] > 100
     linear = dataclasses.replace(
         shipped, bands={g: t for g, t in shipped.bands.items() if g != "combination"}
     )
-    assert linear.band_combination == 1.0
+    assert linear.band_combination == (1.0, 1.0)
     for field in ("decode_s_per_token", "prefill_s"):
         a = analyze(
             "llama-3-8b", H100, context_len=8192, batch=16, output_tokens=250, profile=shipped
@@ -84,11 +85,9 @@ def test_combination_factor_scales_a_phase_band_not_an_op_band():
             "llama-3-8b", H100, context_len=8192, batch=16, output_tokens=250, profile=linear
         ).to_dict()
         assert a[field] == b[field]
-        for end in ("_low", "_high"):
+        for end, k in (("_low", k_lo), ("_high", k_hi)):
             assert math.isclose(a[field + end] - a[field], k * (b[field + end] - b[field]), rel_tol=1e-9)
     # the phase functions return the linear sum (analyze and sweep scale the finished phase once)
-    from perfmodel.models import load_model
-
     step = decode_step_cost(load_model("llama-3-8b"), load_gpu(H100), shipped, 8192, 16)
     plain = decode_step_cost(load_model("llama-3-8b"), load_gpu(H100), linear, 8192, 16)
     assert step.band_hi_s == plain.band_hi_s > 0
@@ -99,9 +98,18 @@ def test_combination_factor_scales_a_phase_band_not_an_op_band():
     assert math.isclose(float(df["decode_s_per_token_high"][0]), a["decode_s_per_token_high"], rel_tol=1e-9)
     for bad in (0.0, -1.0, float("nan"), 5.0, "x"):
         with pytest.raises(ProfileError, match="combination"):
-            profile_from_dict(_bands(measured={"*": {"q10": -0.1, "q90": 0.1}}, combination={"factor": bad}))
-    rt = profile_from_dict(_bands(measured={"*": {"q10": -0.1, "q90": 0.1}}, combination={"factor": 0.5}))
-    assert profile_from_dict(rt.to_dict()).band_combination == 0.5
+            profile_from_dict(
+                _bands(
+                    measured={"*": {"q10": -0.1, "q90": 0.1}},
+                    combination={"factor_low": 0.5, "factor_high": bad},
+                )
+            )
+    with pytest.raises(ProfileError, match="factor_low"):
+        profile_from_dict(_bands(measured={"*": {"q10": -0.1, "q90": 0.1}}, combination={"factor": 0.5}))
+    rt = profile_from_dict(
+        _bands(measured={"*": {"q10": -0.1, "q90": 0.1}}, combination={"factor_low": 0.5, "factor_high": 0.7})
+    )
+    assert profile_from_dict(rt.to_dict()).band_combination == (0.5, 0.7)
 
 
 def test_shipped_profiles_carry_bands():
