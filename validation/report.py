@@ -9,7 +9,7 @@ the other by the transfer rule (:mod:`perfmodel.transfer`), predicts the other's
 next to that GPU's own held-out fit (cross-GPU transfer, both directions).
 Error bands (:mod:`perfmodel.validation.bands`): the coverage of the 80% band on the committed cross-validation residuals
 (``validation/data/<gpu>.cv.jsonl``; each fold scored with the bands of the other folds), decoder layers by the
-sum of their parts' bands scaled by the combination factor fitted on the other models' layers.
+sum of their parts' bands scaled by the combination factors fitted on the other models' layers.
 Writes a log-log plot per GPU and, with ``--readme``, the table into ``validation/README.md``.
 """
 
@@ -186,7 +186,7 @@ def markdown(reports: list[GpuReport], cross: list[Transfer] | None) -> str:
             "in `validation/data/<gpu>.cv.jsonl` by `python -m perfmodel.validation.bands`): each fold's held-out records, "
             "predicted by the profile fitted on its training families, scored with the bands of the other two "
             "folds' residuals (records no band saw); decoder layers by the sum of their parts' bands scaled by "
-            "the combination factor fitted on the other models' layers, once per fold. Target: 80% covered "
+            "the combination factors fitted on the other models' layers, once per fold. Target: 80% covered "
             "(75-85%).",
             "",
             "| op class | n | covered | below the band | above the band |",
