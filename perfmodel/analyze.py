@@ -517,7 +517,7 @@ def analyze_scenario(scn: Scenario) -> Analysis:
             f"ragged batch of {batch} prompts ({tokens:,} tokens): prefill priced as one unpadded pass; "
             f"decode and memory at the padded shape ({context_len:,} tokens each)"
         )
-    # each phase's band: its ops' bands summed, scaled by the profile's combination factor
+    # each phase's band: its ops' bands summed, each end scaled by the profile's combination factors
     pre, step, dec = (phase_band(c, prof) for c in (pre, step, dec))
     if padded is not None:
         padded = phase_band(padded, prof)

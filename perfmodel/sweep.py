@@ -756,7 +756,7 @@ def _evaluate_block(m, g, prof, ctx, b, out, prec, t, chunk_tokens, reserve_frac
         part = _FitPart.of(fits)
         dec = part.take_cost(ph.decode)
     sw = context_switch(g, prof, mem.kv_bytes_per_user, knobs=kn)
-    pre, step = phase_band(pre, prof), phase_band(step, prof)  # as analyze: the combination factor
+    pre, step = phase_band(pre, prof), phase_band(step, prof)  # as analyze: the combination factors
     if dec is not None:
         dec = phase_band(dec, prof)
 

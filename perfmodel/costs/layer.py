@@ -1,6 +1,6 @@
 """Cost of a whole decoder layer (:class:`perfmodel.ops.DecoderLayer`): the sum of its parts' costs, each
-priced as an op of its own (its band included); the layer's band is the sum of its parts' scaled by the
-profile's combination factor (:func:`perfmodel.costs.bands.phase_band`)."""
+priced as an op of its own (its band included); the layer's band is the sum of its parts', each end scaled by
+the profile's combination factors (:func:`perfmodel.costs.bands.phase_band`)."""
 
 from __future__ import annotations
 
