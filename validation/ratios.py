@@ -123,6 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--data", type=Path, default=DATA_DIR, help="folder of <gpu>.jsonl (default: %(default)s)"
     )
     ap.add_argument("--readme", type=Path, help=f"write the table into this file between {START} and {END}")
+    ap.add_argument(
+        "--worst", type=int, default=5, help="layers listed after the table, largest misses first"
+    )
     a = ap.parse_args(argv)
     try:
         recs = {g: read_records(a.data / f"{g}.jsonl", g) for g in GPUS}
@@ -136,6 +139,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     body = markdown(GPUS[0], GPUS[1], scores(rows))
     if a.readme is None:
         print(body, end="")
+        print(f"largest misses (layer shape: ratio error; each GPU's own error, {GPUS[0]} / {GPUS[1]}):")
+        for r in sorted(rows, key=lambda r: -abs(r.error))[: a.worst]:
+            print(
+                f"  {' '.join(str(x) for x in r.shape[:5])}: {100 * r.error:+.1f}%; "
+                f"{100 * (r.predicted_a_s / r.measured_a_s - 1):+.1f}% / {100 * (r.predicted_b_s / r.measured_b_s - 1):+.1f}%"
+            )
         return 0
     text = a.readme.read_text()
     if START not in text or END not in text:

@@ -41,3 +41,12 @@ def test_bad_data_folder_is_one_line(tmp_path, capsys):
     assert R.main(["--data", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and err.count("\n") == 1
+
+
+def test_cli_lists_the_largest_misses_first(capsys):
+    assert R.main(["--worst", "3"]) == 0
+    out = capsys.readouterr().out
+    lines = out.split("largest misses")[1].strip().splitlines()[1:]
+    assert len(lines) == 3
+    errs = [abs(float(x.split(": ")[1].split("%")[0])) for x in lines]
+    assert errs == sorted(errs, reverse=True)
