@@ -514,9 +514,7 @@ class Profile:
         if self.bands:
             out["bands"] = {
                 g: (
-                    dict(t)
-                    if g == "combination"
-                    else {k: dict(v) for k, v in t.items()}
+                    {k: dict(v) if isinstance(v, Mapping) else v for k, v in t.items()}
                     if isinstance(t, Mapping)
                     else t
                 )

@@ -47,7 +47,7 @@ from perfmodel.calibration import Profile, band_row, bands_from_dict, peak_profi
 from perfmodel.costs import REGIMES, SIZE_CLASSES, op_cost, regime_of, size_class_of
 from perfmodel.ops import AttentionImpl, Phase
 from perfmodel.validation.fit import ProfileFitter, _stack, ops_of, predict_ops
-from perfmodel.validation.records import RecordError, class_key, split_by_family
+from perfmodel.validation.records import DATA_DIR, MEASURED_GPUS, RecordError, class_key, split_by_family
 
 #: Fewest records for a row of a key, class or ``*`` alone.
 MIN_N = 8
@@ -61,7 +61,6 @@ CENTRAL = 0.80
 LEVELS_PCT: tuple[int, ...] = tuple(range(80, 100))
 #: Cross-validation folds: offsets of :func:`perfmodel.validation.records.split_by_family` with ``every=len(FOLDS)``.
 FOLDS: tuple[int, ...] = (0, 1, 2)
-DATA_DIR = Path(__file__).resolve().parent / "data"
 
 
 @dataclass(frozen=True)
@@ -550,7 +549,6 @@ def refresh_profile_bands(gpu: str, data_dir: Path, profile_path: Path | None = 
     into the profile file; the curves are left as they are (the ``transferred`` group carries the file's own
     curves, the full fit)."""
     from perfmodel.calibration import load_profile_file, shipped_profile_path
-    from perfmodel.validation.fit import _BAND_GPUS
     from perfmodel.validation.records import read_records
 
     path = Path(profile_path or shipped_profile_path(gpu))
@@ -560,7 +558,7 @@ def refresh_profile_bands(gpu: str, data_dir: Path, profile_path: Path | None = 
     recs = read_records(rec_path, gpu)
     rows = cross_validate(recs, gpu)
     write_cv(rows, rec_path, gpu)
-    others = [g for g in _BAND_GPUS if g != gpu and (data_dir / f"{g}.jsonl").exists()]
+    others = [g for g in MEASURED_GPUS if g != gpu and (data_dir / f"{g}.jsonl").exists()]
     other = (others[0], read_records(data_dir / f"{others[0]}.jsonl", others[0])) if others else None
     bands = fit_bands(recs, gpu, full, other, rows)
     bands_from_dict(bands, "bands")  # refuse to write a table that would not load
@@ -579,11 +577,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     import argparse
     import sys
 
-    from perfmodel.validation.fit import _BAND_GPUS
-
     ap = argparse.ArgumentParser(prog="python -m perfmodel.validation.bands", description=main.__doc__)
     ap.add_argument(
-        "--gpu", action="append", default=None, help=f"GPU (repeatable; default: {', '.join(_BAND_GPUS)})"
+        "--gpu", action="append", default=None, help=f"GPU (repeatable; default: {', '.join(MEASURED_GPUS)})"
     )
     ap.add_argument("--data", type=Path, default=DATA_DIR, help="folder of <gpu>.jsonl")
     ap.add_argument("--report", action="store_true", help="print the coverage per GPU and class (no fit)")
@@ -593,7 +589,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"with --report: write the tables into this file between {DOC_START} and {DOC_END}",
     )
     a = ap.parse_args(argv)
-    gpus = a.gpu or list(_BAND_GPUS)
+    gpus = a.gpu or list(MEASURED_GPUS)
     try:
         if a.report:
             body = coverage_markdown(a.data, gpus)

@@ -53,7 +53,13 @@ from perfmodel.ops import (
     op_from_dict,
 )
 from perfmodel.decode_schedule import runs_general
-from perfmodel.validation.records import NON_DEFAULT_IMPLS, RecordError, class_key, refuse_other_gpu
+from perfmodel.validation.records import (
+    MEASURED_GPUS,
+    NON_DEFAULT_IMPLS,
+    RecordError,
+    class_key,
+    refuse_other_gpu,
+)
 
 
 @dataclass(frozen=True)
@@ -671,10 +677,6 @@ def write_profile(profile: Profile, path: str | Path, source: str) -> dict:
     return data
 
 
-#: GPUs whose record files (``<gpu>.jsonl``) give a measured GPU the transferred band (the other one)
-_BAND_GPUS = ("h100-sxm-80gb", "h200-sxm-141gb")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m perfmodel.validation.fit --gpu NAME [--records FILE] [--out FILE]``: fit on all records, write the profile."""
     import argparse
@@ -718,7 +720,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             others = [
                 (p.name.removesuffix(".jsonl"), p)
                 for p in sorted(rec_path.parent.glob("*.jsonl"))
-                if p.name.removesuffix(".jsonl") in _BAND_GPUS and p.name != f"{a.gpu}.jsonl"
+                if p.name.removesuffix(".jsonl") in MEASURED_GPUS and p.name != f"{a.gpu}.jsonl"
             ]
             other = (others[0][0], read_records(others[0][1], others[0][0])) if others else None
             rows = cross_validate(recs, a.gpu)

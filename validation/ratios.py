@@ -18,10 +18,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from perfmodel.validation.records import RecordError, class_key, read_records
+from perfmodel.validation.records import DATA_DIR, MEASURED_GPUS, RecordError, class_key, read_records
 
-DATA_DIR = Path(__file__).resolve().parent / "data"
-GPUS = ("h100-sxm-80gb", "h200-sxm-141gb")
+GPUS = MEASURED_GPUS
 START, END = "<!-- ratios:start -->", "<!-- ratios:end -->"
 #: the fields that name one measured layer shape on any GPU
 _SHAPE = ("family", "phase", "batch", "q_len", "kv_len", "impl", "attention_impl")

@@ -43,6 +43,12 @@ from perfmodel.ops import (
 )
 
 
+#: The folder of the committed record files (``<gpu>.jsonl``) the fit reads.
+DATA_DIR = Path(__file__).resolve().parent / "data"
+#: The GPUs with committed records and a fitted, shipped profile (the two measured GPUs).
+MEASURED_GPUS = ("h100-sxm-80gb", "h200-sxm-141gb")
+
+
 class RecordError(PerfModelError):
     """A measurement record file that is missing, corrupt, or for another GPU."""
 

@@ -28,10 +28,16 @@ from perfmodel.calibration import OpClass, peak_profile
 from perfmodel.errors import ProfileError
 from perfmodel.transfer import carry_params, transfer_profile
 from perfmodel.validation.fit import ProfileFitter, ops_of, predict_ops
-from perfmodel.validation.records import RecordError, class_key, read_records, split_by_family
+from perfmodel.validation.records import (
+    DATA_DIR,
+    MEASURED_GPUS,
+    RecordError,
+    class_key,
+    read_records,
+    split_by_family,
+)
 
-DATA_DIR = Path(__file__).resolve().parent / "data"
-GPUS = ("h100-sxm-80gb", "h200-sxm-141gb")
+GPUS = MEASURED_GPUS
 START, END = "<!-- report:start -->", "<!-- report:end -->"
 
 
