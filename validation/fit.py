@@ -135,6 +135,9 @@ _GEMM_TILES = tuple(
 )
 # or the fastest of the candidate tiles (``costs.GEMM_CANDIDATE_TILES``), as a heuristic library picks
 _GEMM_TILES += tuple({"tile_m": 128, "tile_n": 256, "tile_m_min": mn, "tile_choice": 1} for mn in (16, 64))
+# up to how many rows cuBLAS splits K of a square-ish weight at a cost (``costs.gemm.gemm_split_k``; 0: never)
+_SPLIT_K_ROWS = (0, 8, 16, 32, 64)
+_SPLIT_K = Param("split_k_s", 0.0, 10.0, 2.0, factor=1e-6)
 _SMALL_TILE = Param("small_tile_eff", 0.5, 1.0, 0.95)
 # cuBLAS fills the SMs with smaller tiles when the fitted tile leaves them idle (its kernel names show tiles
 # such as 96x128 or 128x80 there): a grid of fewer tiles than SMs runs as one wave at a fitted rate per
@@ -215,7 +218,9 @@ def _spec(key: str):
     splits = any(r != SplitRule.NONE for r in rules)
     occupancy = (_UNIT_OH, _UNIT_BW) + ((_SPLIT_LAT, _SPLIT_EFF, _SPLIT_PIECE) if splits else ())
     if base == "gemm":
-        return _COMPUTE_SPEC + (_SMALL_TILE, _FILL_TILE, _MISALIGNED, _MISALIGNED_MEM), _GEMM_TILES
+        return _COMPUTE_SPEC + (_SMALL_TILE, _FILL_TILE, _MISALIGNED, _MISALIGNED_MEM, _SPLIT_K), tuple(
+            {**t, "split_k_rows": r} for t in _GEMM_TILES for r in _SPLIT_K_ROWS
+        )
     if base == "grouped_gemm":
         return _GROUPED_SPEC, _GROUPED_TILES
     if base == "attention_prefill":
@@ -380,6 +385,8 @@ def fit_class(key: str, ops: list[Op], measured: np.ndarray, gpu: GPU) -> tuple[
             if best is None or cost < best[0]:
                 best = (cost, make(sol.x, fixed))
     p = best[1]
+    if getattr(p, "split_k_rows", None) == 0:  # no split taken: its seconds were never fitted
+        p = dataclasses.replace(p, split_k_s=0.0)
     ape = np.abs(predict(p) / measured - 1.0)
     return p, float(np.median(ape))
 

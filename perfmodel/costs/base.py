@@ -203,6 +203,8 @@ _NON_NEGATIVE = (
     "reduce_row_s",
     "merge_latency_s",
     "merge_step_s",
+    "split_k_rows",
+    "split_k_s",
 )
 
 #: The range rule of every curve field, in the order they are checked: (fields, test, what the message says

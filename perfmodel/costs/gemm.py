@@ -62,6 +62,9 @@ class GemmParams(CurveParams):
     misaligned_memory_eff : float in [0, 1], factor on ``memory_eff`` for the same misaligned rows: their
         loads cannot move whole 128-byte lines (each row touches one more line, the TMA copies split), so the
         byte stream of a weight-streaming (small-M) GEMM runs slower too (0: off)
+    split_k_rows : int, the library splits K of a square-ish weight (:func:`gemm_split_k`) for up to this
+        many rows (0: off)
+    split_k_s : float, seconds such a split adds (its second kernel, the reduction of the partial sums)
     """
 
     compute_eff: float = 1.0
@@ -83,6 +86,8 @@ class GemmParams(CurveParams):
     fill_tile_eff: float = 0.0
     misaligned_eff: float = 0.0
     misaligned_memory_eff: float = 0.0
+    split_k_rows: int = 0
+    split_k_s: float = 0.0
 
 
 def gemm_tile_m(m, p: GemmParams):
@@ -132,6 +137,30 @@ def gemm_misaligned(op: Gemm):
             row_bytes = np.asarray(dim, dtype=np.float64) * dt.bytes_per_element
             out = out | (np.mod(row_bytes, GEMM_ALIGN_BYTES) != 0)
     return out
+
+
+# cuBLAS on Hopper splits K of few-row GEMMs; on a square-ish weight (K/N in this range, K at least
+# SPLIT_K_MIN_K, rows on the 128-byte lines) the split runs a second kernel that costs more than it saves,
+# on a long K (K/N of 2.7 and more) it pays for itself (``validation/README.md``, the GEMM tail).  Up to
+# how many rows it splits is the library's heuristic and differs per GPU: ``GemmParams.split_k_rows``.
+SPLIT_K_ASPECT = (0.75, 1.05)
+SPLIT_K_MIN_K = 3072
+
+
+def gemm_split_k(op: Gemm, p: GemmParams):
+    """True (an array for array ops) where the library is taken to split K at a cost: at most
+    ``p.split_k_rows`` rows, K/N within :data:`SPLIT_K_ASPECT`, K at least :data:`SPLIT_K_MIN_K` and
+    rows on the 128-byte lines (:func:`gemm_misaligned` is False)."""
+    m, n, k = (np.asarray(x, dtype=np.float64) for x in (op.m, op.n, op.k))
+    aspect = k / n
+    out = (
+        (m <= p.split_k_rows)
+        & (aspect >= SPLIT_K_ASPECT[0])
+        & (aspect <= SPLIT_K_ASPECT[1])
+        & (k >= SPLIT_K_MIN_K)
+        & ~gemm_misaligned(op)
+    )
+    return out if out.ndim else bool(out)
 
 
 def _best_candidate_tile(m, n, k, gpu: GPU, p: GemmParams, rate_flops_per_s: float):
@@ -187,6 +216,10 @@ def gemm_cost(op: Gemm, gpu: GPU, prof: Profile) -> OpCost:
         if p.misaligned_memory_eff > 0:  # each row load touches one more line: a lower byte rate
             mem_eff = np.where(off, p.memory_eff * p.misaligned_memory_eff, p.memory_eff)
             mem_eff = mem_eff if np.ndim(mem_eff) else float(mem_eff)
+    split_s = 0.0
+    if p.split_k_rows > 0 and p.split_k_s > 0:  # the library's split of K: a second kernel
+        split_s = np.where(gemm_split_k(op, p), p.split_k_s, 0.0)
+        split_s = split_s if np.ndim(split_s) else float(split_s)
     return roofline(
         fl,
         bytes_moved(op),
@@ -196,5 +229,6 @@ def gemm_cost(op: Gemm, gpu: GPU, prof: Profile) -> OpCost:
         Bound.HBM_BANDWIDTH,
         fl_eff,
         extra,
+        extra_latency_s=split_s,
         memory_eff=mem_eff,
     )

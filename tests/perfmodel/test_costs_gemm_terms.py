@@ -101,3 +101,32 @@ def test_gemm_rate_factors_must_lie_in_0_1(name, bad):
     with pytest.raises(ProfileError, match=name):
         GemmParams.from_dict({name: bad}, "gemm")
     assert getattr(GemmParams.from_dict({name: 0.7}, "gemm"), name) == 0.7
+
+
+def test_split_k_is_taken_for_few_rows_of_square_aligned_weights_only():
+    from perfmodel.costs.gemm import SPLIT_K_MIN_K, gemm_split_k
+
+    p = GemmParams(split_k_rows=32, split_k_s=2e-6)
+    ms = np.array([1.0, 32.0, 33.0, 256.0])
+    assert gemm_split_k(Gemm(m=ms, n=4096, k=4096), p).tolist() == [True, True, False, False]
+    assert gemm_split_k(Gemm(m=8, n=10240, k=8192), p)  # K/N 0.8
+    assert not gemm_split_k(Gemm(m=8, n=4096, k=14336), p)  # a long K: the split pays for itself
+    assert not gemm_split_k(Gemm(m=8, n=14336, k=4096), p)  # a short K
+    assert not gemm_split_k(Gemm(m=8, n=6000, k=6000), p)  # rows off the 128-byte lines
+    assert not gemm_split_k(Gemm(m=8, n=2048, k=2048), p)  # K below the smallest split
+    assert SPLIT_K_MIN_K > 2048
+    assert not gemm_split_k(Gemm(m=8, n=4096, k=4096), GemmParams())  # off
+
+
+def test_split_k_adds_its_seconds_as_latency_where_taken():
+    p = GemmParams(memory_eff=0.9, latency_s=3e-6, split_k_rows=16, split_k_s=2e-6)
+    base = GemmParams(memory_eff=0.9, latency_s=3e-6)
+    ms = np.array([1.0, 16.0, 64.0])
+    op = Gemm(m=ms, n=4096, k=4096)
+    c, b = op_cost(op, H100, _prof(p)), op_cost(op, H100, _prof(base))
+    assert c.latency_s == pytest.approx([5e-6, 5e-6, 3e-6])
+    assert c.total_s - b.total_s == pytest.approx([2e-6, 2e-6, 0.0])
+    # a scalar op stays a scalar; without seconds the rule changes nothing
+    assert isinstance(op_cost(Gemm(m=8, n=4096, k=4096), H100, _prof(p)).latency_s, float)
+    free = GemmParams(memory_eff=0.9, latency_s=3e-6, split_k_rows=16)
+    assert op_cost(op, H100, _prof(free)).total_s == pytest.approx(b.total_s)

@@ -42,3 +42,30 @@ def test_fit_recovers_the_fill_and_both_misaligned_rates_on_held_out_gemms(synth
     assert abs(p.misaligned_memory_eff - 0.8) < 0.05
     ape = np.abs(fitter.predict_records(test) / np.array([r["measured_s"] for r in test]) - 1)
     assert np.median(ape) < 0.02 and np.percentile(ape, 90) < 0.05
+
+
+def test_fit_recovers_the_split_k_rows_and_seconds(synthetic_records):
+    true = Profile(
+        H100,
+        Mode.CALIBRATED,
+        {
+            OpClass.GEMM: GemmParams(
+                compute_eff=0.75,
+                memory_eff=0.9,
+                latency_s=3e-6,
+                tile_m=128,
+                tile_n=256,
+                tile_m_min=16,
+                wave_quant=0.3,
+                tile_overhead_s=1e-6,
+                overlap=0.95,
+                split_k_rows=16,
+                split_k_s=2e-6,
+            )
+        },
+    )
+    recs = synthetic_records(("gemm",), true, noise=0.01)
+    fitter = ProfileFitter(H100).fit(recs)
+    p = fitter.profile_.params(OpClass.GEMM)
+    assert p.split_k_rows == 16
+    assert abs(p.split_k_s - 2e-6) < 0.4e-6
