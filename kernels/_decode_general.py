@@ -307,8 +307,11 @@ def launch(
     if v_from_k and (d_a != v_head_dim or hdv != d_a):
         raise KernelInputError(f"v_head_dim: {v_head_dim} must be the power-of-two part {d_a} of head_dim {D}")
     pairs = B * kv_heads * head_blocks
+    sms = num_sms(q.device)
+    if num_splits is None:
+        num_splits = ds.general_splits(pairs, sms, D, v_head_dim, v_from_k)
     chunk, pieces = (int(x) for x in ds.split_kv_pieces(
-        pairs, max_len, ds.SPLIT_KV_PROGRAMS_PER_SM * num_sms(q.device), meta["BLOCK_N"], num_splits))
+        pairs, max_len, ds.SPLIT_KV_PROGRAMS_PER_SM * sms, meta["BLOCK_N"], num_splits))
     po = torch.empty((B * Hq * pieces, hdv), dtype=torch.float32, device=q.device)
     pl = torch.empty((B * Hq * pieces,), dtype=torch.float32, device=q.device)
     bt, page_size = paging if paging is not None else (kv_lens, 1)  # kv_lens: any tensor, not read

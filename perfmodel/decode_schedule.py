@@ -16,7 +16,7 @@ what the cost model prices.
 Caches those kernels do not take (:func:`runs_general`: other head sizes, a value head of its
 own size, an fp8 cache, MLA's shared latent) run a general split-KV kernel
 (``perfmodel.kernels._decode_general``) whose programs serve ``block_g`` query heads of a kv head each
-(:func:`general_tile`).
+(:func:`general_tile`), its KV axis cut into :func:`general_splits` chunks.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ __all__ = [
     "DecodeSchedule",
     "block_n",
     "fused_merge",
+    "general_splits",
     "general_tile",
     "merge_block_s",
     "merge_loads",
@@ -161,12 +162,30 @@ def general_tile(
     """``(block_g, block_n, num_warps, num_stages)`` of the general kernel on a GPU: 16 query heads
     a program for MLA's latent (512-wide rows; vLLM's Triton MLA decode takes the same), else the
     query group up to 64 (at least 16, the smallest dot operand); 64 keys a tile up to head_dim 128,
-    32 beyond. Not yet tuned on a GPU."""
+    32 beyond. The MLA and head_dim <= 128 tiles were chosen on an H100 among 16-128 keys, 4 or 8 warps
+    and 1-4 stages (``docs/kernels.md``)."""
     if kv_shared:
-        return 16, 32, 4, 2
+        return 16, 64, 4, 2
     small = head_dim <= 128 and v_head_dim <= 128
     g = 1 << max(int(group) - 1, 0).bit_length()
     return min(64, max(16, g)), (64 if small else 32), 4, (3 if small else 2)
+
+
+def general_splits(pairs, sms: int, head_dim, v_head_dim, kv_shared: bool = False):
+    """KV chunks per program pair of the general kernel: the most that keep all ``pairs x splits``
+    programs resident at once, ``floor(per_sm * sms / pairs)`` (at least 1), with ``per_sm`` programs
+    an SM holds: 3 for head sizes up to 128, 2 for larger ones and MLA's 576-wide latent rows.
+
+    A grid slightly over what the SMs hold runs a near-empty second wave, or leaves some SMs with one
+    program more than others: on an H100 (132 SMs, 32 pairs) 9 splits (288 programs, the rounded-up
+    ``2 x SMs`` target) reach 0.33 of the copy bandwidth for MLA and 0.55 for an fp8 cache, where
+    8 (MLA) and 12 (fp8, head_dim 80) reach 0.63, 0.73 and 0.94 (``docs/kernels.md``).
+    An array for array ``pairs``.
+    """
+    big = kv_shared or np.any(np.asarray(head_dim) > 128) or np.any(np.asarray(v_head_dim) > 128)
+    per_sm = 2 if big else 3
+    out = np.maximum(np.floor(per_sm * sms / np.maximum(np.asarray(pairs, dtype=np.float64), 1.0)), 1.0)
+    return out if out.ndim else int(out)
 
 
 def split_kv_pieces(pairs, max_len, target_programs, tile: int, num_splits: int | None = None):
@@ -177,7 +196,7 @@ def split_kv_pieces(pairs, max_len, target_programs, tile: int, num_splits: int 
     ``SPLIT_KV_PROGRAMS_PER_SM * SMs`` programs), at most one per tile of ``max_len`` keys; the
     chunk is rounded up to whole tiles, so ``pieces = ceil(max_len / chunk)`` may be fewer.
     """
-    splits = num_splits or np.maximum(_cdiv(target_programs, pairs), 1)
+    splits = np.maximum(_cdiv(target_programs, pairs), 1) if num_splits is None else num_splits
     tiles = np.maximum(_cdiv(max_len, tile), 1)
     chunk = _cdiv(_cdiv(max_len, np.minimum(splits, tiles)), tile) * tile
     return chunk, _cdiv(max_len, chunk)

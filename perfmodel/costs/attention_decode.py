@@ -68,6 +68,7 @@ def triton_decode_pieces(
     sm_count: int | None = None,
     head_dim=128,
     tile: int | None = None,
+    num_splits=None,
 ):
     """(programs, KV pieces per (sequence, kv head)) of our Triton decode kernels, by the rules of
     :mod:`perfmodel.decode_schedule` with the shipped settings.
@@ -77,7 +78,8 @@ def triton_decode_pieces(
     :func:`~perfmodel.decode_schedule.stream_k_programs` on ``sm_count`` SMs (``slots`` when not
     given) over the ``units`` (sequence, kv head) pairs, with the mean pieces per pair of uniform
     lengths (:func:`~perfmodel.decode_schedule.stream_k_pieces_per_pair`). ``tile``: keys per
-    split-KV tile (default :data:`~perfmodel.decode_schedule.BLOCK_N`).
+    split-KV tile (default :data:`~perfmodel.decode_schedule.BLOCK_N`); ``num_splits``: split-KV chunks
+    per pair instead of the ``slots`` target (the general kernel's :func:`~perfmodel.decode_schedule.general_splits`).
     """
     kv = np.asarray(kv_len, dtype=np.float64)
     u = np.asarray(units, dtype=np.float64)
@@ -87,7 +89,7 @@ def triton_decode_pieces(
         n_tiles = np.maximum(np.ceil(kv / tile), 1.0)
         programs = np.asarray(ds.stream_k_programs(u, n_tiles, int(sm_count or slots)), dtype=np.float64)
         return programs, ds.stream_k_pieces_per_pair(programs, u)
-    _, pieces = ds.split_kv_pieces(u, kv, slots, tile or ds.BLOCK_N)
+    _, pieces = ds.split_kv_pieces(u, kv, slots, tile or ds.BLOCK_N, num_splits)
     return u * pieces, pieces
 
 
@@ -113,14 +115,18 @@ def triton_decode_terms(op: Attention, gpu: GPU, p: AttentionParams, units, head
     q = np.asarray(op.q_len, dtype=np.float64)
     slots = 2 * gpu.sm_count
     eff = None
-    rule, tile = p.split_rule, None
+    rule, tile, splits = p.split_rule, None, None
     general = triton_general_decode(op)
     if general is not None:
         # the general split-KV kernel (any schedule asked for): programs of block_g query heads
         block_g, tile = general
         rule = SplitRule.FILL
         units = np.asarray(op.batch, dtype=np.float64) * heads * np.ceil(rows / block_g)
-    programs, pieces = triton_decode_pieces(units, kv_read, slots, rule, gpu.sm_count, op.head_dim, tile)
+        dv = op.v_head_dim or op.head_dim
+        splits = ds.general_splits(units, gpu.sm_count, op.head_dim, dv, op.kv_shared)
+    programs, pieces = triton_decode_pieces(
+        units, kv_read, slots, rule, gpu.sm_count, op.head_dim, tile, splits
+    )
     split = np.asarray(pieces) > 1 if rule == SplitRule.FILL else np.ones(np.shape(pieces), bool)
     # the combine kernel always runs: its launch, and the fp32 partials (a row of v_head_dim
     # values and a log-sum-exp per query head and piece) written and read back (not

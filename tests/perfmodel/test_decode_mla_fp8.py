@@ -71,7 +71,7 @@ def test_the_general_kernel_rule_is_the_launchers():
     assert triton_general_decode(op_from_dict({**GQA, "kv_dtype": "fp8"})) == (16, 64)
     assert triton_general_decode(op_from_dict({**GQA, "head_dim": 96})) == (16, 64)
     assert triton_general_decode(op_from_dict({**GQA, "head_dim": 192, "v_head_dim": 128})) == (16, 32)
-    assert triton_general_decode(op_from_dict(MLA)) == (16, 32)
+    assert triton_general_decode(op_from_dict(MLA)) == (16, 64)
     assert (
         triton_general_decode(op_from_dict({**GQA, "phase": "prefill", "q_len": 8, "head_dim": 96})) is None
     )
@@ -103,7 +103,7 @@ def test_model_decode_ops_are_what_the_kernels_take():
         True,
         Dtype.FP8,
     )
-    assert triton_general_decode(mla) == (16, 32)
+    assert triton_general_decode(mla) == (16, 64)
     (gqa,) = _decode_attention("llama-3-8b", Dtype.FP8)
     assert gqa.kv_dtype is Dtype.FP8 and triton_general_decode(gqa) == (16, 64)
     (plain,) = _decode_attention("llama-3-8b", Dtype.BF16)
@@ -137,3 +137,34 @@ def test_vectorised_mla_decode():
     )
     t = predict_cost(op, "h100").total_s
     assert np.all(np.diff(t) > 0)
+
+
+def test_the_general_kernel_keeps_its_programs_resident():
+    # 132 SMs, 32 program pairs: 2 programs an SM for MLA's latent, 3 up to head_dim 128
+    assert ds.general_splits(32, 132, 576, 512, kv_shared=True) == 8
+    assert ds.general_splits(32, 132, 128, 128) == 12
+    assert ds.general_splits(32, 132, 80, 80) == 12
+    assert ds.general_splits(32, 132, 192, 128) == 8
+    assert ds.general_splits(1000, 132, 128, 128) == 1  # more pairs than slots: no split
+    pairs = np.array([1.0, 32.0, 400.0])
+    assert ds.general_splits(pairs, 132, 128, 128).tolist() == [396.0, 12.0, 1.0]
+    for pairs in range(1, 400, 7):  # never over what the SMs hold, unless a pair alone is
+        for kw in (
+            {"head_dim": 128, "v_head_dim": 128},
+            {"head_dim": 576, "v_head_dim": 512, "kv_shared": True},
+        ):
+            per_sm = 2 if kw.get("kv_shared") else 3
+            n = ds.general_splits(pairs, 132, **kw)
+            assert n >= 1 and (pairs * n <= per_sm * 132 or n == 1)
+
+
+def test_the_cost_model_prices_the_general_kernels_split_count():
+    from perfmodel.costs.attention_decode import triton_decode_pieces, SplitRule
+
+    units = np.array([32.0])
+    _, pieces = triton_decode_pieces(
+        units, 65536.0, 264, SplitRule.FILL, 132, 128, 64, ds.general_splits(units, 132, 128, 128)
+    )
+    assert pieces.tolist() == [12.0]
+    _, plain = triton_decode_pieces(units, 65536.0, 264, SplitRule.FILL, 132, 128, 64)
+    assert plain.tolist() == [9.0]  # the split-KV kernel's own target: ceil(264 / 32)
