@@ -173,17 +173,16 @@ def general_tile(
 
 def general_splits(pairs, sms: int, head_dim, v_head_dim, kv_shared: bool = False):
     """KV chunks per program pair of the general kernel: the most that keep all ``pairs x splits``
-    programs resident at once, ``floor(per_sm * sms / pairs)`` (at least 1), with ``per_sm`` programs
-    an SM holds: 3 for head sizes up to 128, 2 for larger ones and MLA's 576-wide latent rows.
+    programs within ``SPLIT_KV_PROGRAMS_PER_SM x sms``, ``floor(2 sms / pairs)`` (at least 1).
 
-    A grid slightly over what the SMs hold runs a near-empty second wave, or leaves some SMs with one
-    program more than others: on an H100 (132 SMs, 32 pairs) 9 splits (288 programs, the rounded-up
-    ``2 x SMs`` target) reach 0.33 of the copy bandwidth for MLA and 0.55 for an fp8 cache, where
-    8 (MLA) and 12 (fp8, head_dim 80) reach 0.63, 0.73 and 0.94 (``docs/kernels.md``).
+    A grid just over what the SMs hold runs a near-empty second wave: on an H100 (132 SMs, 32 pairs)
+    9 splits (288 programs, the rounded-up ``2 x SMs`` target of the other split-KV kernel) reach 0.33-0.38
+    of the copy bandwidth for MLA, where 8 reach 0.63 (``docs/kernels.md``). ``head_dim``, ``v_head_dim``
+    and ``kv_shared`` name the kernel variant; every variant measured so far takes the same rule.
     An array for array ``pairs``.
     """
-    big = kv_shared or np.any(np.asarray(head_dim) > 128) or np.any(np.asarray(v_head_dim) > 128)
-    per_sm = 2 if big else 3
+    del head_dim, v_head_dim, kv_shared  # one rule for every variant measured
+    per_sm = SPLIT_KV_PROGRAMS_PER_SM
     out = np.maximum(np.floor(per_sm * sms / np.maximum(np.asarray(pairs, dtype=np.float64), 1.0)), 1.0)
     return out if out.ndim else int(out)
 

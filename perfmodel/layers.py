@@ -608,6 +608,11 @@ def _grouped_mlp(
 
 #: bytes of one int64 index (expert ids, pair order, token of a pair)
 _INDEX_BYTES = 8
+#: PyTorch's ``index_select`` on CUDA runs its small-index kernel, whose threads loop over the indices,
+#: for at most this many indices, and a vectorized gather above (``aten/src/ATen/native/cuda/Indexing.cu``,
+#: ``index_select_out_cuda_impl``: ``numIndices <= 16``; the kernel names of the ``moe_permute`` records
+#: show ``indexSelectSmallIndex`` up to 16 rows and ``vectorized_gather_kernel`` from 32)
+TORCH_SMALL_INDEX = 16
 
 
 def moe_routing_ops(
@@ -622,9 +627,10 @@ def moe_routing_ops(
     * ``moe_align``: the pairs sorted by expert by counting (a per-expert count, a prefix sum, a slot
       per pair from an atomic cursor: four launches; reads the ``P`` int64 ids twice, writes the token
       of each sorted pair and the slot of each pair);
-    * ``moe_permute``: the ``P`` rows of the residual stream gathered in sorted order;
+    * ``moe_permute``: the ``P`` rows of the residual stream gathered in sorted order (``index_select``:
+      up to :data:`TORCH_SMALL_INDEX` rows, each thread loops over the rows: ``P`` serial steps);
     * ``moe_combine``: each token's ``k`` expert output rows weighted, summed and written back in
-      token order (one read of every pair row, one write of every token row).
+      token order (one read of every pair row, one write of every token row; ``k`` serial steps).
 
     Their curves come from the profile's named elementwise kernels of the same names (measured as
     :mod:`perfmodel.validation` runs them), else from the elementwise class curve.  Engines that fold
@@ -640,13 +646,25 @@ def moe_routing_ops(
             flops=5 * tokens * num_experts,
         ),
         "align": Elementwise("moe_align", bytes=4 * pairs * _INDEX_BYTES + 12 * num_experts),
-        "permute": Elementwise("moe_permute", bytes=2 * pairs * hidden * a + pairs * _INDEX_BYTES),
+        "permute": Elementwise(
+            "moe_permute",
+            bytes=2 * pairs * hidden * a + pairs * _INDEX_BYTES,
+            serial_steps=_small_index_steps(pairs),
+        ),
         "combine": Elementwise(
             "moe_combine",
             bytes=(pairs + tokens) * hidden * a + pairs * (a + _INDEX_BYTES),
             flops=2 * pairs * hidden,
+            serial_steps=top_k,
         ),
     }
+
+
+def _small_index_steps(indices):
+    """Serial steps of an ``index_select`` of ``indices`` rows: the rows where PyTorch runs its small-index
+    kernel (:data:`TORCH_SMALL_INDEX`), else 0 (an array for an array)."""
+    out = np.where(np.asarray(indices) <= TORCH_SMALL_INDEX, indices, 0)
+    return out if out.ndim else int(out)
 
 
 def experts_touched(tokens, num_experts: int, top_k: int):

@@ -196,12 +196,15 @@ class Memcpy:
 class Elementwise:
     """A memory-bound kernel (norm, activation, residual add, RoPE, KV append).
 
-    ``name`` identifies it in reports; ``bytes`` and ``flops`` are given.
+    ``name`` identifies it in reports; ``bytes`` and ``flops`` are given.  ``serial_steps``: dependent
+    steps of one thread that the kernel's parallelism does not hide (a loop over the indices of a small
+    ``index_select``, the ``k`` expert rows a MoE combine reads per token); None: none.
     """
 
     name: str
     bytes: Num
     flops: Num = 0
+    serial_steps: Num | None = None
     kind = OpKind.ELEMENTWISE
 
 
@@ -636,7 +639,12 @@ def op_from_dict(d: dict[str, Any], where: str = "") -> Op:
         fl = d.get("flops", 0)
         if not is_finite_number(fl) or fl < 0:
             raise OpDescriptorError(f"{where}field 'flops' must be a finite number >= 0, got {_shown(fl)}")
-        return Elementwise(name=str(d.get("name", "elementwise")), flops=fl, **ints)
+        steps = d.get("serial_steps")
+        if steps is not None and (not is_finite_number(steps) or steps < 0):
+            raise OpDescriptorError(
+                f"{where}field 'serial_steps' must be a finite number >= 0, got {_shown(steps)}"
+            )
+        return Elementwise(name=str(d.get("name", "elementwise")), flops=fl, serial_steps=steps, **ints)
     if kind is OpKind.DECODER_LAYER:
         if ints["q_heads"] % ints["kv_heads"]:
             raise OpDescriptorError(

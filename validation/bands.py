@@ -54,7 +54,7 @@ MIN_N = 8
 #: Fewest records for a row by size class or regime (``<key>|<size>``, ``<key>|<regime>``).
 MIN_N_CELL = 30
 #: Fewest shape families for a row (family-level rule only): leave-one-family-out needs several.
-MIN_FAMILIES = 5
+MIN_FAMILIES = 3
 #: The band's nominal central coverage; the family-level rule widens a row's level up to the last of
 #: :data:`LEVELS_PCT` until leave-one-family-out covers this share.
 CENTRAL = 0.80

@@ -119,6 +119,8 @@ _ATOMIC_SPEC = (
     Param("knee_bytes", 3.0, 8.5, 4.5, log10=True),
     Param("tail_memory_eff", 0.0005, 1.5, 0.05),
 )
+# seconds of each serial step of a thread (``Elementwise.serial_steps``: a small index_select's rows, a combine's k)
+_STEP = Param("step_s", 0.0, 2.0, 0.2, factor=1e-6)
 _ROW_SPEC = (
     _EFF("memory_eff", 0.8),
     Param("latency_s", 0.0, 200.0, 1.0, factor=1e-6),
@@ -237,6 +239,8 @@ def _spec(key: str):
         return _ROW_SPEC + (_ROW_TAIL, _ROW_WIDTH), tuple(
             {"units_per_sm": u, "row_knee_bytes": kb} for u in (1.0, 2.0, 4.0, 8.0, 16.0) for kb in _ROW_KNEES
         )
+    if base in ("elementwise:moe_permute", "elementwise:moe_combine"):  # plus a chain of serial steps
+        return _SIZE_KNEE_SPEC + (_STEP,), ({},)
     if base in ("elementwise:moe_align", "elementwise:moe_route"):
         return _ATOMIC_SPEC, ({},)
     if base in ("memcpy_h2d_pageable", "memcpy_d2h_pageable"):  # staged through host caches

@@ -200,6 +200,7 @@ _NON_NEGATIVE = (
     "score_flops",
     "split_piece_s",
     "unit_step_s",
+    "step_s",
     "reduce_row_s",
     "merge_latency_s",
     "merge_step_s",

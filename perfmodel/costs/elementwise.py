@@ -47,6 +47,8 @@ class ElementwiseParams(RooflineParams):
         evicts what the next run needs) and follows the knee form (0: off)
     cache_memory_eff : float in [0, 4], rate of the bytes of an op within ``cache_bytes``, as a fraction of
         the HBM bandwidth (above 1: L2) (0: ``memory_eff``)
+    step_s : float, seconds of each of an op's ``serial_steps`` (dependent loads of one thread), added to
+        its latency (0: off)
     """
 
     wave_quant: float = 1.0
@@ -59,6 +61,7 @@ class ElementwiseParams(RooflineParams):
     row_knee_width_bytes: float = 0.0
     cache_bytes: float = 0.0
     cache_memory_eff: float = 0.0
+    step_s: float = 0.0
 
 
 def elementwise_rows(op: Elementwise):
@@ -127,6 +130,10 @@ def elementwise_cost(op: Elementwise, gpu: GPU, prof: Profile) -> OpCost:
         eff = np.where(
             by <= p.cache_bytes, p.cache_memory_eff or p.memory_eff, p.memory_eff if eff is None else eff
         )
+    serial_s = 0.0
+    if p.step_s > 0 and op.serial_steps is not None:  # a dependent chain of one thread
+        serial_s = np.multiply(op.serial_steps, p.step_s)
+        serial_s = serial_s if np.ndim(serial_s) else float(serial_s)
     return roofline(
         flops(op),
         bytes_moved(op),
@@ -135,5 +142,6 @@ def elementwise_cost(op: Elementwise, gpu: GPU, prof: Profile) -> OpCost:
         p,
         Bound.HBM_BANDWIDTH,
         memory_floor_s=floor,
+        extra_latency_s=serial_s,
         memory_eff=eff,
     )

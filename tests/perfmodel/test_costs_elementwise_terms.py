@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from perfmodel.hw.loader import load_gpu
-from perfmodel.calibration import Mode, Profile
+from perfmodel.calibration import Mode, OpClass, Profile
 from perfmodel.costs.elementwise import ElementwiseParams
 from perfmodel.costs import op_cost
 from perfmodel.costs.elementwise import row_memory_eff
-from perfmodel.errors import ProfileError
+from perfmodel.errors import OpDescriptorError, ProfileError
 from perfmodel.ops import Elementwise
 
 G = load_gpu("h100-sxm-80gb")
@@ -75,3 +75,38 @@ def test_cache_bytes_off_by_default():
 def test_new_fields_are_validated(raw):
     with pytest.raises(ProfileError):
         ElementwiseParams.from_dict(raw, "test")
+
+
+def test_serial_steps_add_their_seconds_as_latency():
+    from perfmodel.ops import op_from_dict, op_to_dict
+
+    prof = Profile(
+        G.name,
+        Mode.CALIBRATED,
+        {OpClass.ELEMENTWISE: ElementwiseParams(memory_eff=0.8, latency_s=1e-6)},
+        elementwise={"moe_combine": ElementwiseParams(memory_eff=0.8, latency_s=1e-6, step_s=0.2e-6)},
+    )
+    steps = np.array([0.0, 2.0, 8.0])
+    c = op_cost(Elementwise("moe_combine", bytes=1e6, serial_steps=steps), G, prof)
+    assert c.latency_s == pytest.approx(1e-6 + 0.2e-6 * steps)
+    # no steps, or a curve without step_s: the latency alone
+    assert op_cost(Elementwise("moe_combine", bytes=1e6), G, prof).latency_s == pytest.approx(1e-6)
+    assert op_cost(Elementwise("gelu", bytes=1e6, serial_steps=8), G, prof).latency_s == pytest.approx(1e-6)
+    # the descriptor carries them
+    op = op_from_dict({"op": "elementwise", "name": "moe_combine", "bytes": 1000, "serial_steps": 6})
+    assert op.serial_steps == 6 and op_to_dict(op)["serial_steps"] == 6
+    assert "serial_steps" not in op_to_dict(Elementwise("gelu", bytes=10))
+    with pytest.raises(OpDescriptorError, match="serial_steps"):
+        op_from_dict({"op": "elementwise", "name": "x", "bytes": 10, "serial_steps": -1})
+
+
+def test_moe_gather_loops_over_its_rows_only_in_pytorchs_small_index_kernel():
+    from perfmodel.layers import TORCH_SMALL_INDEX, moe_routing_ops
+
+    assert TORCH_SMALL_INDEX == 16
+    tokens = np.array([1, 2, 4, 8, 128])
+    ops = moe_routing_ops(tokens, 64, 4, 2048, 2)
+    # 4, 8, 16 rows: the small-index kernel's threads loop over them; 32 and more: the vectorized gather
+    assert ops["permute"].serial_steps.tolist() == [4, 8, 16, 0, 0]
+    assert ops["combine"].serial_steps == 4  # each token sums its k expert rows
+    assert moe_routing_ops(3, 64, 6, 2048, 2)["permute"].serial_steps == 0  # 18 rows

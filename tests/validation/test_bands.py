@@ -110,7 +110,7 @@ def test_family_level_widens_only_for_family_effects():
     assert B.family_level(shifted, fams) > B.family_level(iid, fams)
     # a row needs MIN_FAMILIES families under the family-level rule
     recs = [
-        {"op": "gemm", "m": 64, "n": 64, "k": 64, "measured_s": 1e-5, "impl": "cublas", "family": f"f{i % 4}"}
+        {"op": "gemm", "m": 64, "n": 64, "k": 64, "measured_s": 1e-5, "impl": "cublas", "family": f"f{i % 2}"}
         for i in range(40)
     ]
     pred = 1e-5 * np.exp(rng.normal(0, 0.05, 40))
