@@ -31,3 +31,9 @@ def bench():
 def profile():
     """``benchmarks/decode_profile.py`` as a module."""
     return _load("decode_profile")
+
+
+@pytest.fixture(scope="module")
+def splits():
+    """``benchmarks/decode_splits.py`` as a module."""
+    return _load("decode_splits")
