@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import platform
+import subprocess
+import sys
 
 
 def cpu_model() -> str:
@@ -15,3 +18,31 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def gpu_env() -> dict:
+    """GPU, SM count, driver (``nvidia-smi``), CUDA, torch, triton and Python versions and the UTC date of a
+    GPU benchmark run."""
+    import torch
+    import triton
+
+    p = torch.cuda.get_device_properties(0)
+    try:
+        driver = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as e:
+        driver = f"unknown ({e})"
+    return {
+        "gpu": p.name,
+        "sm_count": p.multi_processor_count,
+        "driver": driver,
+        "cuda": torch.version.cuda,
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "python": sys.version.split()[0],
+        "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(),
+    }

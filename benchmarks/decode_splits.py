@@ -16,15 +16,18 @@ kernels one call launched (``torch.profiler``).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._host import gpu_env  # noqa: E402
+
 KINDS = ("mla", "fp8", "d80")
+METHOD = "CUDA events around 20 back-to-back eager calls, median of 7, 0.3 s warm-up (burst clocks)"
 DEFAULT_CASES = (
     "mla:32:32768,mla:8:65536,mla:128:8192,fp8:4:65536,fp8:1:131072,fp8:16:16384,d80:4:65536,d80:32:8192"
 )
@@ -113,14 +116,14 @@ def _case(kind: str, batch: int, kv_len: int, sms: int):
                 q, latent, table, lens, sm_scale=0.07, validate=False, num_splits=ns
             )
 
-        return call, batch * kv_len * 576 * 2, batch, ds.general_splits(batch, sms, 576, 512, True)
+        return call, batch * kv_len * 576 * 2, batch, ds.general_splits(batch, sms)
     d, hkv = (128, 8) if kind == "fp8" else (80, 8)
     q = torch.randn(batch, hkv * 4, d, device=dev, dtype=torch.bfloat16)
     k = torch.randn(batch, hkv, kv_len, d, device=dev, dtype=torch.bfloat16)
     v = torch.randn(batch, hkv, kv_len, d, device=dev, dtype=torch.bfloat16)
     lens = torch.full((batch,), kv_len, device=dev, dtype=torch.int32)
     pairs = batch * hkv
-    shipped = ds.general_splits(pairs, sms, d, d)
+    shipped = ds.general_splits(pairs, sms)
     if kind == "fp8":
         kq, ks = reference.quantize_fp8(k)
         vq, vs = reference.quantize_fp8(v)
@@ -146,31 +149,6 @@ def _copy_ceiling() -> float:
     src = torch.empty(2 * 2**30, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
     return 2 * src.numel() / _bench(lambda: dst.copy_(src), n=5)
-
-
-def _env() -> dict:
-    import torch
-    import triton
-
-    try:
-        driver = subprocess.run(
-            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError) as e:
-        driver = f"unknown ({e})"
-    return {
-        "gpu": torch.cuda.get_device_name(),
-        "sm_count": torch.cuda.get_device_properties(0).multi_processor_count,
-        "driver": driver,
-        "cuda": torch.version.cuda,
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(),
-        "method": "CUDA events around 20 back-to-back eager calls, median of 7, 0.3 s warm-up (burst clocks)",
-    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,7 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "decode_splits.json").write_text(
-        json.dumps({**_env(), "copy_bytes_per_s": copy_bytes_per_s, "rows": rows}, indent=1) + "\n"
+        json.dumps(
+            {**gpu_env(), "method": METHOD, "copy_bytes_per_s": copy_bytes_per_s, "rows": rows}, indent=1
+        )
+        + "\n"
     )
     print(f"copy ceiling {copy_bytes_per_s / 1e9:.0f} GB/s; wrote {out / 'decode_splits.json'}")
     return 0

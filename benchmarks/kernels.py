@@ -27,11 +27,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,11 +37,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
-import triton
 from triton.testing import do_bench
 
 from perfmodel import kernels
 from benchmarks import attention_breadth as breadth
+from benchmarks._host import gpu_env
 from perfmodel.kernels import reference as ref
 from perfmodel.validation.bench import graph_replay_s
 
@@ -57,29 +55,6 @@ QUICK = False
 def _bench(fn) -> float:
     """Median time of ``fn`` in seconds."""
     return do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e-3
-
-
-def _env() -> dict:
-    p = torch.cuda.get_device_properties(0)
-    try:
-        driver = subprocess.run(
-            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        ).stdout.strip()
-    except Exception as e:  # noqa: BLE001
-        driver = f"unknown ({e})"
-    return {
-        "gpu": p.name,
-        "sm_count": p.multi_processor_count,
-        "driver": driver,
-        "cuda": torch.version.cuda,
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "python": sys.version.split()[0],
-        "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(),
-    }
 
 
 def _row(section, kernel, variant, case, time_s, flops=0, nbytes=0, baseline=None, baseline_s=None, **extra):
@@ -1298,7 +1273,7 @@ def main() -> int:
     if args.main_only:
         global STREAMK_MAIN_ONLY
         STREAMK_MAIN_ONLY = True
-    INFO["env"] = _env()
+    INFO["env"] = gpu_env()
     print(INFO["env"], flush=True)
     INFO["quick"] = QUICK
     for name in sections.split(","):

@@ -309,7 +309,7 @@ def launch(
     pairs = B * kv_heads * head_blocks
     sms = num_sms(q.device)
     if num_splits is None:
-        num_splits = ds.general_splits(pairs, sms, D, v_head_dim, v_from_k)
+        num_splits = ds.general_splits(pairs, sms)
     chunk, pieces = (int(x) for x in ds.split_kv_pieces(
         pairs, max_len, ds.SPLIT_KV_PROGRAMS_PER_SM * sms, meta["BLOCK_N"], num_splits))
     po = torch.empty((B * Hq * pieces, hdv), dtype=torch.float32, device=q.device)

@@ -171,19 +171,17 @@ def general_tile(
     return min(64, max(16, g)), (64 if small else 32), 4, (3 if small else 2)
 
 
-def general_splits(pairs, sms: int, head_dim, v_head_dim, kv_shared: bool = False):
+def general_splits(pairs, sms: int):
     """KV chunks per program pair of the general kernel: the most that keep all ``pairs x splits``
     programs within ``SPLIT_KV_PROGRAMS_PER_SM x sms``, ``floor(2 sms / pairs)`` (at least 1).
 
     A grid just over what the SMs hold runs a near-empty second wave: on an H100 (132 SMs, 32 pairs)
     9 splits (288 programs, the rounded-up ``2 x SMs`` target of the other split-KV kernel) reach 0.33-0.38
-    of the copy bandwidth for MLA, where 8 reach 0.63 (``docs/kernels.md``). ``head_dim``, ``v_head_dim``
-    and ``kv_shared`` name the kernel variant; every variant measured so far takes the same rule.
-    An array for array ``pairs``.
+    of the copy bandwidth for MLA, where 8 reach 0.63 (``docs/kernels.md``); one rule for every variant
+    measured (MLA, fp8, head_dim 80). An array for array ``pairs``.
     """
-    del head_dim, v_head_dim, kv_shared  # one rule for every variant measured
-    per_sm = SPLIT_KV_PROGRAMS_PER_SM
-    out = np.maximum(np.floor(per_sm * sms / np.maximum(np.asarray(pairs, dtype=np.float64), 1.0)), 1.0)
+    pairs = np.maximum(np.asarray(pairs, dtype=np.float64), 1.0)
+    out = np.maximum(np.floor(SPLIT_KV_PROGRAMS_PER_SM * sms / pairs), 1.0)
     return out if out.ndim else int(out)
 
 

@@ -122,8 +122,7 @@ def triton_decode_terms(op: Attention, gpu: GPU, p: AttentionParams, units, head
         block_g, tile = general
         rule = SplitRule.FILL
         units = np.asarray(op.batch, dtype=np.float64) * heads * np.ceil(rows / block_g)
-        dv = op.v_head_dim or op.head_dim
-        splits = ds.general_splits(units, gpu.sm_count, op.head_dim, dv, op.kv_shared)
+        splits = ds.general_splits(units, gpu.sm_count)
     programs, pieces = triton_decode_pieces(
         units, kv_read, slots, rule, gpu.sm_count, op.head_dim, tile, splits
     )

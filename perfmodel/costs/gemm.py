@@ -147,10 +147,10 @@ SPLIT_K_ASPECT = (0.75, 1.05)
 SPLIT_K_MIN_K = 3072
 
 
-def gemm_split_k(op: Gemm, p: GemmParams):
+def gemm_split_k(op: Gemm, p: GemmParams, misaligned=None):
     """True (an array for array ops) where the library is taken to split K at a cost: at most
     ``p.split_k_rows`` rows, K/N within :data:`SPLIT_K_ASPECT`, K at least :data:`SPLIT_K_MIN_K` and
-    rows on the 128-byte lines (:func:`gemm_misaligned` is False)."""
+    rows on the 128-byte lines (``misaligned``, :func:`gemm_misaligned` of ``op`` when not given, is False)."""
     m, n, k = (np.asarray(x, dtype=np.float64) for x in (op.m, op.n, op.k))
     aspect = k / n
     out = (
@@ -158,7 +158,7 @@ def gemm_split_k(op: Gemm, p: GemmParams):
         & (aspect >= SPLIT_K_ASPECT[0])
         & (aspect <= SPLIT_K_ASPECT[1])
         & (k >= SPLIT_K_MIN_K)
-        & ~gemm_misaligned(op)
+        & ~(gemm_misaligned(op) if misaligned is None else misaligned)
     )
     return out if out.ndim else bool(out)
 
@@ -206,7 +206,7 @@ def gemm_cost(op: Gemm, gpu: GPU, prof: Profile) -> OpCost:
             tm = gemm_tile_m(m, p)
             f, extra = _gemm_tile_time(m, n, k, tm, float(p.tile_n), gpu, p)
             fl_eff = np.maximum(f, fl)
-    mem_eff = None
+    mem_eff, off = None, None
     if p.misaligned_eff > 0 or p.misaligned_memory_eff > 0:  # rows off the 128-byte lines
         off = gemm_misaligned(op)
         if p.misaligned_eff > 0:  # a lower math rate
@@ -218,7 +218,7 @@ def gemm_cost(op: Gemm, gpu: GPU, prof: Profile) -> OpCost:
             mem_eff = mem_eff if np.ndim(mem_eff) else float(mem_eff)
     split_s = 0.0
     if p.split_k_rows > 0 and p.split_k_s > 0:  # the library's split of K: a second kernel
-        split_s = np.where(gemm_split_k(op, p), p.split_k_s, 0.0)
+        split_s = np.where(gemm_split_k(op, p, off), p.split_k_s, 0.0)
         split_s = split_s if np.ndim(split_s) else float(split_s)
     return roofline(
         fl,

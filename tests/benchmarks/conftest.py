@@ -37,3 +37,9 @@ def profile():
 def splits():
     """``benchmarks/decode_splits.py`` as a module."""
     return _load("decode_splits")
+
+
+@pytest.fixture(scope="module")
+def prefill():
+    """``benchmarks/prefill_kernels.py`` as a module."""
+    return _load("prefill_kernels")

@@ -141,13 +141,13 @@ def test_vectorised_mla_decode():
 
 def test_the_general_kernel_keeps_its_programs_resident():
     # 132 SMs, 32 program pairs: 8 splits (256 programs), not the rounded-up 9 (288 > 2 x 132)
-    assert ds.general_splits(32, 132, 576, 512, kv_shared=True) == 8
-    assert ds.general_splits(32, 132, 128, 128) == 8
-    assert ds.general_splits(256, 132, 80, 80) == 1  # more pairs than slots: no split
+    assert ds.general_splits(32, 132) == 8
+    assert ds.general_splits(32, 132) == 8
+    assert ds.general_splits(256, 132) == 1  # more pairs than slots: no split
     pairs = np.array([1.0, 32.0, 128.0, 400.0])
-    assert ds.general_splits(pairs, 132, 128, 128).tolist() == [264.0, 8.0, 2.0, 1.0]
+    assert ds.general_splits(pairs, 132).tolist() == [264.0, 8.0, 2.0, 1.0]
     for pairs in range(1, 400, 7):  # never over what the SMs hold, unless a pair alone is
-        n = ds.general_splits(pairs, 132, 128, 128)
+        n = ds.general_splits(pairs, 132)
         assert n >= 1 and (pairs * n <= ds.SPLIT_KV_PROGRAMS_PER_SM * 132 or n == 1)
 
 
@@ -156,7 +156,7 @@ def test_the_cost_model_prices_the_general_kernels_split_count():
 
     units = np.array([32.0])
     _, pieces = triton_decode_pieces(
-        units, 65536.0, 264, SplitRule.FILL, 132, 128, 64, ds.general_splits(units, 132, 128, 128)
+        units, 65536.0, 264, SplitRule.FILL, 132, 128, 64, ds.general_splits(units, 132)
     )
     assert pieces.tolist() == [8.0]
     _, plain = triton_decode_pieces(units, 65536.0, 264, SplitRule.FILL, 132, 128, 64)

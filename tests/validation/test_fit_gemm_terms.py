@@ -11,27 +11,24 @@ from perfmodel.validation.records import split_by_family
 H100 = "h100-sxm-80gb"
 
 
-def test_fit_recovers_the_fill_and_both_misaligned_rates_on_held_out_gemms(synthetic_records):
-    true = Profile(
-        H100,
-        Mode.CALIBRATED,
-        {
-            OpClass.GEMM: GemmParams(
-                compute_eff=0.75,
-                memory_eff=0.9,
-                latency_s=3e-6,
-                tile_m=128,
-                tile_n=256,
-                tile_m_min=16,
-                wave_quant=0.3,
-                tile_overhead_s=1e-6,
-                overlap=0.95,
-                fill_tile_eff=0.65,
-                misaligned_eff=0.85,
-                misaligned_memory_eff=0.8,
-            )
-        },
+def _true_profile(**terms) -> Profile:
+    """The GEMM curve the synthetic records are drawn from: a tiled roofline plus ``terms``."""
+    base = dict(
+        compute_eff=0.75,
+        memory_eff=0.9,
+        latency_s=3e-6,
+        tile_m=128,
+        tile_n=256,
+        tile_m_min=16,
+        wave_quant=0.3,
+        tile_overhead_s=1e-6,
+        overlap=0.95,
     )
+    return Profile(H100, Mode.CALIBRATED, {OpClass.GEMM: GemmParams(**base, **terms)})
+
+
+def test_fit_recovers_the_fill_and_both_misaligned_rates_on_held_out_gemms(synthetic_records):
+    true = _true_profile(fill_tile_eff=0.65, misaligned_eff=0.85, misaligned_memory_eff=0.8)
     recs = synthetic_records(("gemm",), true, noise=0.01)
     assert any(r["n"] % 64 for r in recs)  # some rows off the lines (1000 x 1000, 5000 x 3000, 6000 x 6000)
     train, test = split_by_family(recs)
@@ -45,25 +42,7 @@ def test_fit_recovers_the_fill_and_both_misaligned_rates_on_held_out_gemms(synth
 
 
 def test_fit_recovers_the_split_k_rows_and_seconds(synthetic_records):
-    true = Profile(
-        H100,
-        Mode.CALIBRATED,
-        {
-            OpClass.GEMM: GemmParams(
-                compute_eff=0.75,
-                memory_eff=0.9,
-                latency_s=3e-6,
-                tile_m=128,
-                tile_n=256,
-                tile_m_min=16,
-                wave_quant=0.3,
-                tile_overhead_s=1e-6,
-                overlap=0.95,
-                split_k_rows=16,
-                split_k_s=2e-6,
-            )
-        },
-    )
+    true = _true_profile(split_k_rows=16, split_k_s=2e-6)
     recs = synthetic_records(("gemm",), true, noise=0.01)
     fitter = ProfileFitter(H100).fit(recs)
     p = fitter.profile_.params(OpClass.GEMM)
