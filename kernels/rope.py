@@ -6,8 +6,10 @@ rotates the query and key heads (rotate-half RoPE with the tables ``cos, sin [ma
 writes the rotated keys and the values into the caches ``[B, Hkv, max_len, D]`` at those
 positions, and returns the rotated queries as a ``[B, Hq, n, D]`` view of token-major storage
 ``[B, n, Hq, D]``: the layout engines keep, so attention writes its output token-major and the output
-projection reads it without a copy. One program per (token, head); the model prices it as the ``rope`` and ``kv_append`` ops of
-:func:`perfmodel.layers.model_ops`.
+projection reads it without a copy. Decode steps (fewer than ``BLOCK_FROM_TOKENS`` new tokens a
+sequence) run one program per (token, head); prefill runs programs of ``BLOCK_TOKENS`` tokens that
+load the tables' rows once and rotate ``BLOCK_HEADS`` heads with them. The model prices the kernel as the
+``rope`` and ``kv_append`` ops of :func:`perfmodel.layers.model_ops`.
 """
 
 from __future__ import annotations
@@ -56,6 +58,56 @@ def _rope_cache_kernel(QKV, COS, SIN, Q, KC, VC, n, pos0, max_len,
     tl.store(dst + D // 2 + offs, y2.to(dst.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _rope_cache_block_kernel(QKV, COS, SIN, Q, KC, VC, n, pos0, max_len,
+                             HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr,
+                             BT: tl.constexpr, HPB: tl.constexpr):
+    """Program (token block, head group): ``BT`` tokens of one sequence, ``HPB`` heads in turn.
+
+    The tables' rows of the block are loaded once and serve every head of the group, and each head's
+    rows are moved as one ``[BT, D]`` tile: the prefill path (many new tokens).
+    """
+    blocks = tl.cdiv(n, BT)
+    b = (tl.program_id(0) // blocks).to(tl.int64)
+    t = (tl.program_id(0) % blocks) * BT + tl.arange(0, BT)
+    offs = tl.arange(0, HALF)
+    tmask = t < n
+    mask = tmask[:, None] & (offs < D // 2)[None, :]
+    p = (pos0 + t)[:, None] * D + offs[None, :]
+    c1 = tl.load(COS + p, mask=mask)
+    s1 = tl.load(SIN + p, mask=mask)
+    c2 = tl.load(COS + p + D // 2, mask=mask)
+    s2 = tl.load(SIN + p + D // 2, mask=mask)
+    rows = (b * n + t).to(tl.int64)
+    cache_rows = (pos0 + t).to(tl.int64)
+    for i in range(HPB):
+        head = tl.program_id(1) * HPB + i
+        if head < HQ + 2 * HKV:
+            src = QKV + (rows * (HQ + 2 * HKV) + head)[:, None] * D + offs[None, :]
+            x1 = tl.load(src, mask=mask).to(tl.float32)
+            x2 = tl.load(src + D // 2, mask=mask).to(tl.float32)
+            if head < HQ + HKV:
+                y1 = x1 * c1 - x2 * s1
+                y2 = x2 * c2 + x1 * s2
+                if head < HQ:
+                    dst = Q + (rows * HQ + head)[:, None] * D + offs[None, :]
+                else:
+                    dst = KC + ((b * HKV + head - HQ) * max_len + cache_rows)[:, None] * D + offs[None, :]
+            else:
+                y1 = x1
+                y2 = x2
+                dst = VC + ((b * HKV + head - HQ - HKV) * max_len + cache_rows)[:, None] * D + offs[None, :]
+            tl.store(dst, y1.to(dst.dtype.element_ty), mask=mask)
+            tl.store(dst + D // 2, y2.to(dst.dtype.element_ty), mask=mask)
+
+
+#: new tokens a sequence from which the blocked kernel runs (prefill); below it one program per (token, head)
+BLOCK_FROM_TOKENS = 16
+#: tokens and heads one program of the blocked kernel moves
+BLOCK_TOKENS = 32
+BLOCK_HEADS = 4
+
+
 def rope_qkv_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor,
                    v_cache: torch.Tensor, pos: int, q_heads: int, kv_heads: int) -> torch.Tensor:
     """Rotated queries ``[B, Hq, n, D]`` (a transposed view of ``[B, n, Hq, D]``); rotated keys and the values written into the caches.
@@ -94,6 +146,13 @@ def rope_qkv_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_ca
     q = torch.empty((b, n, q_heads, d), device=qkv.device, dtype=qkv.dtype)
     if b * n == 0:
         return q.transpose(1, 2)
-    _rope_cache_kernel[(b * n, heads)](qkv, cos, sin, q, k_cache, v_cache, n, pos, max_len,
-                                       HQ=q_heads, HKV=kv_heads, D=d, HALF=triton.next_power_of_2(d // 2))
+    half = triton.next_power_of_2(d // 2)
+    if n >= BLOCK_FROM_TOKENS:
+        grid = (b * triton.cdiv(n, BLOCK_TOKENS), triton.cdiv(heads, BLOCK_HEADS))
+        _rope_cache_block_kernel[grid](qkv, cos, sin, q, k_cache, v_cache, n, pos, max_len,
+                                       HQ=q_heads, HKV=kv_heads, D=d, HALF=half,
+                                       BT=BLOCK_TOKENS, HPB=BLOCK_HEADS)
+    else:
+        _rope_cache_kernel[(b * n, heads)](qkv, cos, sin, q, k_cache, v_cache, n, pos, max_len,
+                                           HQ=q_heads, HKV=kv_heads, D=d, HALF=half)
     return q.transpose(1, 2)

@@ -57,6 +57,8 @@ SIZES = {
 #: prefill rows predicted slower than this many seconds a call are dropped, saying so (10 s keeps the
 #: full set near 4 minutes on an H100; 15 s would add the 128K prefills of Phi-3 and the MoE model)
 MAX_PREFILL_CALL_S = 10.0
+#: the phases a run measures
+PHASES = ("prefill", "decode")
 #: with automatic layers, the weights take at most this share of device memory
 WEIGHT_SHARE = 0.4
 #: a row runs when weights + KV cache + workspace fit in this share of the free device memory
@@ -108,8 +110,9 @@ RECORD_KEYS = (
 )
 #: version of the runner's forward pass written with each record (``validation/README.md`` says what
 #: each one ran): 2 = queries token-major out of the fused RoPE kernel, MoE routing by
-#: ``moe_align`` / ``moe_combine``
-RUNNER_VERSION = 2
+#: ``moe_align`` / ``moe_combine``; 3 = prefill's RoPE and KV append as the kernel's blocked form
+#: (``perfmodel.kernels.rope``; decode steps run the same kernel as in 2)
+RUNNER_VERSION = 3
 
 
 class UsageError(Exception):
@@ -352,8 +355,10 @@ def plan(
     size: str,
     layers: int | None = None,
     max_prefill_call_s: float = MAX_PREFILL_CALL_S,
+    phases: tuple[str, ...] = PHASES,
 ) -> list[ModelPlan]:
-    """The rows of each model with predictions, call counts and skip reasons (memory, call time)."""
+    """The rows of each model with predictions, call counts and skip reasons (memory, call time);
+    only the rows of ``phases``."""
     pre_ctx, batched, dec_b, dec_ctx = SIZES[size]
     out = []
     for name in models:
@@ -363,6 +368,7 @@ def plan(
         mp = ModelPlan(spec, full.num_layers, config)
         shapes = [("prefill", 1, c) for c in pre_ctx] + [("prefill", b, c) for b, c in batched]
         shapes += [("decode", b, c) for c in dec_ctx for b in dec_b]
+        shapes = [sh for sh in shapes if sh[0] in phases]
         for phase, b, c in shapes:
             row = Row(phase, b, c)
             need = row_bytes(spec, phase, b, c)
@@ -500,6 +506,11 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=int, default=None, help="layers to run per model (default: fit the GPU)")
     p.add_argument("--quick", action="store_true", help="fewer rows")
     p.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help="comma-separated phases to run (prefill, decode; default both)",
+    )
+    p.add_argument(
         "--dry-run", action="store_true", help="tiny configs on the CPU: checks the path, times nothing real"
     )
     p.add_argument(
@@ -575,6 +586,10 @@ def _run_cli(argv: list[str]) -> int:
             raise UsageError(f"--models {a.models!r}: empty name in the list")
     else:
         models = list(DRY_MODELS if a.dry_run else DEFAULT_MODELS)
+    phases = tuple(x.strip() for x in a.phases.split(","))
+    if not phases or any(x not in PHASES for x in phases):
+        raise UsageError(f"--phases {a.phases!r}: a comma-separated list of {', '.join(PHASES)}")
+    a.phases = phases
     if a.layers is not None and a.layers < 1:
         raise UsageError(f"--layers must be at least 1, got {a.layers}")
     if a.budget_s <= 0:
@@ -593,7 +608,7 @@ def _run_cli(argv: list[str]) -> int:
         from perfmodel.hw.loader import load_gpu
 
         cap = DRY_RUN_CAPACITY_BYTES if a.dry_run else load_gpu(gpu).hbm_usable_bytes
-        print_plan(plan(models, gpu, cap, size, a.layers, a.max_prefill_call_s), gpu, console)
+        print_plan(plan(models, gpu, cap, size, a.layers, a.max_prefill_call_s, a.phases), gpu, console)
         return 0
     if a.out is None:
         raise UsageError("--out DIR is required (or --plan)")

@@ -233,7 +233,7 @@ def run(a, models: list[str], size: str, console) -> int:
             console.print(f"error: no hw profile for {m['gpu']!r}; pass --gpu NAME for the predictions")
             return 2
     cap = DRY_RUN_CAPACITY_BYTES if dry else float(torch.cuda.mem_get_info()[0])
-    plans = plan(models, gpu, cap, size, a.layers, a.max_prefill_call_s)
+    plans = plan(models, gpu, cap, size, a.layers, a.max_prefill_call_s, a.phases)
     console.print(
         f"{m['gpu']} ({gpu}), {cap / 2**30:.1f} GiB free; rows run where weights + KV + workspace "
         f"fit in {MEMORY_SHARE:.0%} of it"

@@ -18,7 +18,18 @@ def _rope_ref(x, cos, sin):
     return x.float() * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
-@pytest.mark.parametrize("b,n,pos,hq,hkv,d", [(2, 5, 0, 4, 2, 16), (1, 1, 7, 3, 3, 96), (3, 2, 4, 6, 1, 24)])
+@pytest.mark.parametrize(
+    "b,n,pos,hq,hkv,d",
+    [
+        (2, 5, 0, 4, 2, 16),
+        (1, 1, 7, 3, 3, 96),
+        (3, 2, 4, 6, 1, 24),
+        # the blocked prefill kernel: a partial token block, head groups cut by the head count, D 96 and 80
+        (2, 37, 3, 5, 1, 96),
+        (1, 64, 0, 8, 8, 80),
+        (2, 16, 9, 3, 2, 16),
+    ],
+)
 def test_matches_rotate_half_and_writes_the_cache(b, n, pos, hq, hkv, d):
     torch.manual_seed(0)
     max_len = pos + n + 3

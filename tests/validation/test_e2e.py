@@ -116,6 +116,20 @@ def test_plan_cuts_layers_and_skips_what_does_not_fit():
     assert all(r.timed_calls == 2 for r in ran if r.phase == "prefill" and r.context >= 65536)
 
 
+def test_plan_keeps_only_the_phases_asked():
+    both = e2e.plan(["llama-3.2-3b"], "h100-sxm-80gb", 80e9, "quick")[0].rows
+    pre = e2e.plan(["llama-3.2-3b"], "h100-sxm-80gb", 80e9, "quick", phases=("prefill",))[0].rows
+    assert {r.phase for r in both} == {"prefill", "decode"}
+    assert pre and {r.phase for r in pre} == {"prefill"}
+    assert [r.label for r in pre] == [r.label for r in both if r.phase == "prefill"]
+
+
+def test_bad_phases_is_one_line_and_exit_2(capsys):
+    assert e2e.main(["--plan", "--phases", "prefill,warmup"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--phases" in err
+
+
 def test_report_median_p90_max_on_synthetic_records(tmp_path):
     errs = [0.01, -0.02, 0.03, -0.04, 0.05, 0.06, -0.07, 0.08, 0.09, -0.10]
     recs = [
