@@ -1,6 +1,11 @@
-"""Per-kernel GPU time of one whole-model prefill as the whole-model validation runs it, on a GPU.
+"""Per-kernel GPU time of one whole-model prefill (or decode step) as the whole-model validation runs it, on a GPU.
 
-Usage: ``python benchmarks/prefill_kernels.py [--out DIR] [--cases phi-3-mini-4k:32,llama-3.2-3b:28] [--context 4096]``.
+Usage: ``python benchmarks/prefill_kernels.py [--out DIR] [--cases phi-3-mini-4k:32,llama-3.2-3b:28] [--context 4096]
+[--decode-batch N]``.
+
+``--decode-batch N``: one decode step instead, ``N`` sequences of one new token each over a cache of
+``--context`` tokens (eager; the whole-model validation replays it as a CUDA graph, which removes the
+launch gaps but not the kernels' own times).
 
 Each case is ``MODEL:LAYERS``: a model of ``python -m perfmodel.validation.e2e`` (its config, random weights) cut to
 ``LAYERS`` layers, prefilling ``--context`` tokens at batch 1 with the default SDPA and our fused RoPE + KV-append
@@ -63,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--cases", default=DEFAULT_CASES, metavar="MODEL:LAYERS[,...]")
     ap.add_argument("--context", type=int, default=4096)
+    ap.add_argument("--decode-batch", type=int, default=0, metavar="N", help="one decode step at batch N")
     args = ap.parse_args(argv)
     from perfmodel.validation.e2e import UsageError, resolve_model, with_layers
 
@@ -70,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         cases = parse_cases(args.cases)
         if args.context < 1:
             raise ValueError(f"--context {args.context} must be >= 1")
+        if args.decode_batch < 0:
+            raise ValueError(f"--decode-batch {args.decode_batch} must be >= 1 (0: prefill)")
         specs = [(name, layers, with_layers(resolve_model(name)[0], layers)) for name, layers in cases]
     except (ValueError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -84,11 +92,19 @@ def main(argv: list[str] | None = None) -> int:
     dev, ctx, res = torch.device("cuda"), args.context, {}
     for name, layers, spec in specs:
         model = E2EModel(spec, dev)
-        cache = model.new_cache(1, ctx, fill=False)
-        ids = torch.randint(0, spec.vocab, (1, ctx), device=dev)
+        batch = args.decode_batch or 1
+        if args.decode_batch:
+            cache = model.new_cache(batch, ctx + 1, fill=True)
+            ids = torch.randint(0, spec.vocab, (batch, 1), device=dev)
 
-        def call(model=model, cache=cache, ids=ids):
-            return model(ids, cache, 0, ctx)
+            def call(model=model, cache=cache, ids=ids):
+                return model(ids, cache, ctx, ctx + 1)
+        else:
+            cache = model.new_cache(1, ctx, fill=False)
+            ids = torch.randint(0, spec.vocab, (1, ctx), device=dev)
+
+            def call(model=model, cache=cache, ids=ids):
+                return model(ids, cache, 0, ctx)
 
         for _ in range(3):
             call()
@@ -103,18 +119,22 @@ def main(argv: list[str] | None = None) -> int:
         res[name] = {
             "layers": layers,
             "context": ctx,
-            "batch": 1,
+            "batch": batch,
+            "phase": "decode" if args.decode_batch else "prefill",
             "wall_s": a.elapsed_time(b) / 1e3,
             "kernels": kernels,
         }
-        print(f"{name}, {layers} layers, {ctx} tokens: {res[name]['wall_s'] * 1e3:.2f} ms")
+        what = f"decode step at batch {batch} over {ctx} tokens" if args.decode_batch else f"{ctx} tokens"
+        print(f"{name}, {layers} layers, {what}: {res[name]['wall_s'] * 1e3:.2f} ms")
         for k, n, t in kernels[:10]:
             print(f"  {t * 1e3:8.3f} ms x{n:4d} ({t / layers * 1e6:7.1f} us a layer)  {k[:90]}")
         del model, cache
         torch.cuda.empty_cache()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "prefill_kernels.json").write_text(json.dumps({**gpu_env(), "models": res}, indent=1) + "\n")
+    (out / ("decode_kernels.json" if args.decode_batch else "prefill_kernels.json")).write_text(
+        json.dumps({**gpu_env(), "models": res}, indent=1) + "\n"
+    )
     return 0
 
 

@@ -12,8 +12,11 @@ dequantised cache never exists in memory.
 Program ``(pair, head block, split)`` serves ``BLOCK_G`` query heads of one (sequence, kv head)
 pair over keys ``[split*CHUNK, (split+1)*CHUNK)`` and writes an fp32 partial (normalised by its
 own softmax sum) and its log2-sum-exp; :func:`_merge_kernel` merges each query head's partials.
-A cache layout travels as ``(s_b, s_h, s_n)`` element strides of a sequence (or page), a kv head
-and a token.
+MLA's latent runs keys-major (``_latent_tiles``): the key tile is the row side of both products
+(``S^T = K Q^T``, ``O^T = V^T P^T``) and the 16 query heads the column side, so the few heads do not
+pad the MMA's rows to its 64-row minimum (on an H200 0.75-0.79 of the copy bandwidth against
+0.44-0.46 heads-major; ``docs/kernels.md``). A cache layout travels as ``(s_b, s_h, s_n)`` element
+strides of a sequence (or page), a kv head and a token.
 """
 
 from __future__ import annotations
@@ -58,6 +61,43 @@ def _rows(b, hk, offs_n, valid, BT, s_btb, lay, PAGE_SIZE, PAGED: tl.constexpr):
         return page.to(tl.int64) * s_b + hk * s_h + (offs_n % PAGE_SIZE) * s_n
     else:
         return b.to(tl.int64) * s_b + hk * s_h + offs_n.to(tl.int64) * s_n
+
+
+@triton.jit
+def _latent_tiles(q, q_b, K, k_lay, BT, s_btb, PAGE_SIZE, b, hk, n_lo, n_hi, scale,
+                  HEAD_DIM: tl.constexpr, HEAD_DIM_B: tl.constexpr, D_B: tl.constexpr, BLOCK_G: tl.constexpr,
+                  BLOCK_N: tl.constexpr, PAGED: tl.constexpr, PRECISION: tl.constexpr):
+    # MLA's latent, keys-major: the keys are the rows of both products (S^T = K Q^T, O^T = V^T P^T),
+    # the BLOCK_G query heads their columns, so a few heads do not pad the MMA's row side; the value
+    # tile is the first HEAD_DIM lanes of the key tile. Returns (acc [BLOCK_G, HEAD_DIM], l, m).
+    offs_d = tl.arange(0, HEAD_DIM)
+    qt = tl.trans(q)
+    qt_b = tl.trans(q_b)
+    m_i = tl.full((BLOCK_G,), float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros((BLOCK_G,), dtype=tl.float32)
+    acc = tl.zeros((HEAD_DIM, BLOCK_G), dtype=tl.float32)
+    for start in range(n_lo, n_hi, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        valid = offs_n < n_hi
+        rk = _rows(b, hk, offs_n, valid, BT, s_btb, k_lay, PAGE_SIZE, PAGED)
+        k = tl.load(K + rk[:, None] + offs_d[None, :], mask=valid[:, None], other=0.0).to(q.dtype)
+        s = tl.dot(k, qt, input_precision=PRECISION)
+        if HEAD_DIM_B > 0:
+            offs_db = tl.arange(0, HEAD_DIM_B)
+            k_b = tl.load(
+                K + rk[:, None] + HEAD_DIM + offs_db[None, :],
+                mask=valid[:, None] & (offs_db[None, :] < D_B),
+                other=0.0,
+            ).to(q.dtype)
+            s = tl.dot(k_b, qt_b, s, input_precision=PRECISION)
+        s = tl.where(valid[:, None], s * scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 0))
+        p = tl.math.exp2(s - m_new[None, :])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 0)
+        acc = tl.dot(tl.trans(k), p.to(k.dtype), acc * alpha[None, :], input_precision=PRECISION)
+        m_i = m_new
+    return tl.trans(acc), l_i, m_i
 
 
 @triton.jit
@@ -134,37 +174,40 @@ def _split_kernel(
         scale = scale * tl.load(K_SCALE + hk * s_scale)
         v_scale = tl.load(V_SCALE + hk * s_scale)
     offs_dv = tl.arange(0, HEAD_DIM_V)
-    m_i = tl.full((BLOCK_G,), float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros((BLOCK_G,), dtype=tl.float32)
-    acc = tl.zeros((BLOCK_G, HEAD_DIM_V), dtype=tl.float32)
-    for start in range(n_lo, n_hi, BLOCK_N):
-        offs_n = start + tl.arange(0, BLOCK_N)
-        valid = offs_n < n_hi
-        rk = _rows(b, hk, offs_n, valid, BT, s_btb, k_lay, PAGE_SIZE, PAGED)
-        k = tl.load(K + rk[None, :] + offs_d[:, None], mask=valid[None, :], other=0.0).to(q.dtype)
-        s = tl.dot(q, k, input_precision=PRECISION)
-        if HEAD_DIM_B > 0:
-            offs_db = tl.arange(0, HEAD_DIM_B)
-            k_b = tl.load(
-                K + rk[None, :] + HEAD_DIM + offs_db[:, None],
-                mask=valid[None, :] & (offs_db[:, None] < D_B),
-                other=0.0,
-            ).to(q.dtype)
-            s = tl.dot(q_b, k_b, s, input_precision=PRECISION)
-        s = tl.where(valid[None, :], s * scale, float("-inf"))
-        if V_FROM_K:
-            v = tl.trans(k)
-        else:
+    if V_FROM_K:
+        acc, l_i, m_i = _latent_tiles(
+            q, q_b, K, k_lay, BT, s_btb, PAGE_SIZE, b, hk, n_lo, n_hi, scale,
+            HEAD_DIM, HEAD_DIM_B, D_B, BLOCK_G, BLOCK_N, PAGED, PRECISION,
+        )
+    else:
+        m_i = tl.full((BLOCK_G,), float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros((BLOCK_G,), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_G, HEAD_DIM_V), dtype=tl.float32)
+        for start in range(n_lo, n_hi, BLOCK_N):
+            offs_n = start + tl.arange(0, BLOCK_N)
+            valid = offs_n < n_hi
+            rk = _rows(b, hk, offs_n, valid, BT, s_btb, k_lay, PAGE_SIZE, PAGED)
+            k = tl.load(K + rk[None, :] + offs_d[:, None], mask=valid[None, :], other=0.0).to(q.dtype)
+            s = tl.dot(q, k, input_precision=PRECISION)
+            if HEAD_DIM_B > 0:
+                offs_db = tl.arange(0, HEAD_DIM_B)
+                k_b = tl.load(
+                    K + rk[None, :] + HEAD_DIM + offs_db[:, None],
+                    mask=valid[None, :] & (offs_db[:, None] < D_B),
+                    other=0.0,
+                ).to(q.dtype)
+                s = tl.dot(q_b, k_b, s, input_precision=PRECISION)
+            s = tl.where(valid[None, :], s * scale, float("-inf"))
             rv = _rows(b, hk, offs_n, valid, BT, s_btb, v_lay, PAGE_SIZE, PAGED)
             v = tl.load(
                 V + rv[:, None] + offs_dv[None, :], mask=valid[:, None] & (offs_dv[None, :] < DV), other=0.0
             ).to(q.dtype)
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.math.exp2(s - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
-        m_i = m_new
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            p = tl.math.exp2(s - m_new[:, None])
+            alpha = tl.math.exp2(m_i - m_new)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
+            m_i = m_new
     has = l_i > 0
     out = acc * v_scale / tl.where(has, l_i, 1.0)[:, None]
     lse = tl.where(has, m_i + tl.math.log2(tl.where(has, l_i, 1.0)), float("-inf"))

@@ -162,10 +162,11 @@ def general_tile(
     """``(block_g, block_n, num_warps, num_stages)`` of the general kernel on a GPU: 16 query heads
     a program for MLA's latent (512-wide rows; vLLM's Triton MLA decode takes the same), else the
     query group up to 64 (at least 16, the smallest dot operand); 64 keys a tile up to head_dim 128,
-    32 beyond. The MLA and head_dim <= 128 tiles were chosen on an H100 among 16-128 keys, 4 or 8 warps
-    and 1-4 stages (``docs/kernels.md``)."""
+    32 beyond. The head_dim <= 128 tiles were chosen on an H100 among 16-128 keys, 4 or 8 warps and
+    1-4 stages; MLA's (32 keys, 3 stages; the kernel takes the latent keys-major) on an H200 among
+    32-128 keys, 4 or 8 warps and 2-3 stages (``docs/kernels.md``)."""
     if kv_shared:
-        return 16, 64, 4, 2
+        return 16, 32, 4, 3
     small = head_dim <= 128 and v_head_dim <= 128
     g = 1 << max(int(group) - 1, 0).bit_length()
     return min(64, max(16, g)), (64 if small else 32), 4, (3 if small else 2)

@@ -8,6 +8,7 @@ import pytest
         (["--cases", "phi-3-mini-4k:0"], "LAYERS >= 1"),
         (["--cases", "no-such-model:4"], "unknown model"),
         (["--context", "0"], "--context"),
+        (["--decode-batch", "-1"], "--decode-batch"),
     ],
 )
 def test_bad_cases_are_one_line_and_exit_2(prefill, capsys, argv, words):
@@ -21,6 +22,8 @@ def test_good_arguments_reach_the_device_check(prefill, capsys, monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert prefill.main(["--cases", "llama-3.2-3b:2", "--context", "512"]) == 2
+    assert "needs a CUDA device" in capsys.readouterr().err
+    assert prefill.main(["--cases", "llama-3.2-3b:2", "--decode-batch", "4"]) == 2
     assert "needs a CUDA device" in capsys.readouterr().err
 
 

@@ -71,7 +71,7 @@ def test_the_general_kernel_rule_is_the_launchers():
     assert triton_general_decode(op_from_dict({**GQA, "kv_dtype": "fp8"})) == (16, 64)
     assert triton_general_decode(op_from_dict({**GQA, "head_dim": 96})) == (16, 64)
     assert triton_general_decode(op_from_dict({**GQA, "head_dim": 192, "v_head_dim": 128})) == (16, 32)
-    assert triton_general_decode(op_from_dict(MLA)) == (16, 64)
+    assert triton_general_decode(op_from_dict(MLA)) == (16, 32)  # keys-major, 32-key tiles
     assert (
         triton_general_decode(op_from_dict({**GQA, "phase": "prefill", "q_len": 8, "head_dim": 96})) is None
     )
@@ -103,7 +103,7 @@ def test_model_decode_ops_are_what_the_kernels_take():
         True,
         Dtype.FP8,
     )
-    assert triton_general_decode(mla) == (16, 64)
+    assert triton_general_decode(mla) == (16, 32)
     (gqa,) = _decode_attention("llama-3-8b", Dtype.FP8)
     assert gqa.kv_dtype is Dtype.FP8 and triton_general_decode(gqa) == (16, 64)
     (plain,) = _decode_attention("llama-3-8b", Dtype.BF16)

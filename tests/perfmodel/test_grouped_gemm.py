@@ -100,11 +100,12 @@ def test_unfitted_profiles_borrow_the_gemm_curve_in_calibrated_mode_only():
     assert grouped_gemm_params(both) is own
     assert grouped_gemm_params(PEAK) == GroupedGemmParams()
     assert grouped_gemm_params(Profile("x", Mode.CALIBRATED)) == GroupedGemmParams()
-    # the shipped H200 profile has no grouped records: it takes the H100's grouped curve, not its gemm curve
+    # the shipped H200 profile has grouped records of its own: its own curve, not the H100's nor its gemm curve
     shipped = resolve_profile(H200, "calibrated")
     h100 = resolve_profile(load_gpu("h100-sxm-80gb"), "calibrated")
-    assert grouped_gemm_params(shipped) == grouped_gemm_params(h100) != shipped.params(OpClass.GEMM)
-    assert shipped.provenance_of(OpClass.GROUPED_GEMM) == "transferred from h100-sxm-80gb"
+    assert grouped_gemm_params(shipped) != grouped_gemm_params(h100)
+    assert grouped_gemm_params(shipped) != shipped.params(OpClass.GEMM)
+    assert shipped.provenance_of(OpClass.GROUPED_GEMM) == "measured"
 
 
 def test_array_fields_broadcast():
