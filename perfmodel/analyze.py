@@ -12,6 +12,7 @@ from perfmodel.ops import DEFAULT_ATTENTION_IMPL, AttentionImpl
 from perfmodel.comm import DEFAULT_NODE_GPUS
 from perfmodel.costs import Bound, OpCost
 from perfmodel.costs.bands import phase_band
+from perfmodel.degrees import group_world
 from perfmodel.errors import DoesNotFitError, InvalidInputError
 from perfmodel.metrics import bound_of
 from perfmodel.knobs import COST_NOT_QUALITY, Knobs
@@ -247,7 +248,6 @@ def _beyond_node(scn: Scenario, tp: int | None) -> str:
     if tp is None or lay.topology:
         return ""
     from perfmodel.comm import larger_system_hint
-    from perfmodel.parallel import group_world
 
     world = int(group_world(tp, lay.pp, lay.sp, lay.ep, lay.attention_dp))
     if world <= DEFAULT_NODE_GPUS:
@@ -363,7 +363,7 @@ def analyze(
     holding only its own requests' KV, with the MoE layers over all of them: expert-parallel with
     ``ep = attention_dp * tp``, else tensor-parallel between an all-gather and a reduce-scatter (DeepSeek's
     serving layout; :func:`perfmodel.parallel.check_attention_dp`).  ``ep`` wider than ``tp * sp`` is the
-    same layout over ``ep // (tp * sp)`` groups (:func:`perfmodel.parallel.attention_groups`), for time and
+    same layout over ``ep // (tp * sp)`` groups (:func:`perfmodel.degrees.attention_groups`), for time and
     memory alike.  The result's ``attention_dp`` is that number of groups; with more than one,
     ``parallel`` reports it, the KV bytes per rank and the gather/scatter time.
 
@@ -458,8 +458,8 @@ def analyze_scenario(scn: Scenario) -> Analysis:
     tp, pp, sp, sp_kind, ep, dp = lay.tp, lay.pp, lay.sp, lay.sp_kind, lay.ep, lay.attention_dp
     chunk_tokens, reserve_fraction = scn.chunk_tokens, scn.reserve_fraction
     notes = list(scn.notes)
-    from perfmodel import parallel as par
-
+    if lay.multi:
+        from perfmodel import parallel as par
     mem = memory_budget(
         m, g, context_len, output_tokens, prec, tp, chunk_tokens, reserve_fraction, batch=batch, knobs=knobs
     )

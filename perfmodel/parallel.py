@@ -59,13 +59,10 @@ from perfmodel.calibration import Profile
 from perfmodel.costs.collectives import collective_time
 from perfmodel.costs import ZERO, OpCost, op_cost
 from perfmodel.errors import InvalidInputError
+from perfmodel.degrees import ParallelConfigError, attention_groups, group_world  # noqa: F401 (re-exported)
 from perfmodel.layers import Precision, kv_heads_per_gpu, model_ops
 from perfmodel.models import ModelSpec
 from perfmodel.ops import Attention, Collective, OpKind, Phase
-
-
-class ParallelConfigError(InvalidInputError):
-    """A parallel degree that does not divide what it splits (layers, heads, experts)."""
 
 
 class SpKind(str, enum.Enum):
@@ -543,21 +540,6 @@ def gpu_experts_cost(
     return experts
 
 
-def group_world(tp: int, pp: int, sp: int, ep: int, attention_dp: int = 1) -> int:
-    """GPUs of one model instance: ``pp`` stages of ``max(tp * sp * attention_dp, ep)`` GPUs (EP reuses them)."""
-    inner = tp * sp * attention_dp
-    if ep > inner and ep % inner:
-        raise ParallelConfigError(
-            f"ep={ep} must be a multiple of tp*sp{'*attention_dp' if attention_dp > 1 else ''}"
-            f"={inner} when larger"
-        )
-    if ep < inner and inner % ep:
-        raise ParallelConfigError(
-            f"ep={ep} must divide tp*sp{'*attention_dp' if attention_dp > 1 else ''}={inner} when smaller"
-        )
-    return pp * max(inner, ep)
-
-
 def check_attention_dp(model: ModelSpec, attention_dp: int, tp: int = 1, sp: int = 1, ep: int = 1) -> int:
     """``attention_dp`` checked: 1, or with an MoE model, no SP, and ``ep`` 1 (tensor-parallel MoE over
     the ``attention_dp * tp`` GPUs) or ``attention_dp * tp`` (expert-parallel MoE)."""
@@ -910,25 +892,6 @@ def _forward(
         model, gpu, profile, batch * q_len, b_loc * q_len, ep, precision, topo, expert_load, moe_placement
     )
     return _sum(rest, gpu, profile, topo) + moe, _coll_s(rest, gpu, profile, topo) + moe_comm, d
-
-
-def attention_groups(tp: int, ep: int = 1, attention_dp: int = 1, sp: int = 1) -> int:
-    """Data-parallel attention groups of one pipeline stage: ``attention_dp`` when given (> 1), else
-    ``max(1, ep // (tp * sp))``.
-
-    Each group of ``tp * sp`` GPUs runs attention and the dense layers for its own requests and holds only
-    their KV; the MoE layers span all the groups.  Expert parallelism wider than the attention group is
-    this layout: in vLLM the expert-parallel group of ``--enable-expert-parallel`` is ``tp x dp`` GPUs, one
-    engine with its own scheduler and KV cache per data-parallel rank
-    (``vllm/model_executor/layers/fused_moe/config.py``, ``FusedMoEParallelConfig.make``;
-    ``docs/serving/expert_parallel_deployment.md``); in SGLang, data-parallel attention gives each of
-    ``dp`` ranks an attention TP group of ``tp / dp`` GPUs (``python/sglang/srt/layers/dp_attention.py``).
-    The one rule for the phases' time (:func:`parallel_phases`), the memory budget
-    (:func:`parallel_memory`) and the simulator's replicas.
-    """
-    if attention_dp > 1:
-        return int(attention_dp)
-    return max(1, int(ep) // (int(tp) * int(sp)))
 
 
 def ep_moe_cost(

@@ -23,6 +23,7 @@ import numpy as np
 
 from perfmodel.hw.spec import GPU, Dtype
 from perfmodel.calibration import Launch, Mode, Profile
+from perfmodel.degrees import attention_groups, group_world
 from perfmodel.errors import InvalidInputError
 from perfmodel.knobs import Knobs
 from perfmodel.layers import Precision
@@ -117,16 +118,12 @@ class Layout:
 
     @property
     def attention_groups(self) -> int:
-        """Data-parallel attention groups per pipeline stage (:func:`perfmodel.parallel.attention_groups`)."""
-        from perfmodel.parallel import attention_groups
-
+        """Data-parallel attention groups per pipeline stage (:func:`perfmodel.degrees.attention_groups`)."""
         return attention_groups(self.tp, self.ep, self.attention_dp, self.sp)
 
     @property
     def world(self) -> int:
-        """GPUs one instance spans (:func:`perfmodel.parallel.group_world`)."""
-        from perfmodel.parallel import group_world
-
+        """GPUs one instance spans (:func:`perfmodel.degrees.group_world`)."""
         return int(group_world(self.tp, self.pp, self.sp, self.ep, self.attention_dp))
 
 
@@ -171,7 +168,6 @@ def validate_scenario(
     """
     from perfmodel.knobs import effective_model
     from perfmodel.layers import check_tp
-    from perfmodel.parallel import check_pp, layout as check_layout
 
     if mode is not None:
         check_mode(mode)
@@ -197,8 +193,13 @@ def validate_scenario(
     if tps is not None:
         for t in tps:
             check_tp(m, int(t))
-    check_pp(model, pp)
-    check_layout(m, tps if tps is not None else 1, pp, sp, sp_kind, ep, topology, kn, dp)
+    if (
+        pp > 1 or sp > 1 or ep > 1 or dp > 1 or topology
+    ):  # one TP group: nothing of perfmodel.parallel to check
+        from perfmodel.parallel import check_pp, layout as check_layout
+
+        check_pp(model, pp)
+        check_layout(m, tps if tps is not None else 1, pp, sp, sp_kind, ep, topology, kn, dp)
     notes = []
     if gpu is not None:
         n = check_world(gpu, tps if tps is not None else [1], pp, sp, ep, topology, dp)
@@ -218,7 +219,6 @@ def check_world(
     system that holds them (:func:`perfmodel.comm.default_topology`); otherwise
     :class:`~perfmodel.comm.GroupTooLargeError`.  Returns the note naming that shipped system, if one is used."""
     from perfmodel.comm import DEFAULT_NODE_GPUS, place, resolve_topology
-    from perfmodel.parallel import group_world
 
     world = max(int(group_world(int(t), pp, sp, ep, attention_dp)) for t in tps)
     topo = resolve_topology(topology, gpu, world)
@@ -501,6 +501,8 @@ class Scenario:
 
 def check_placement(model, value: Any, ep: int):
     """``value`` (a ``plan moe --json`` path, per-layer lists or a :class:`~perfmodel.ep_route.MoePlacement`) as a checked :class:`~perfmodel.ep_route.MoePlacement` (None stays None)."""
+    if value is None:
+        return None
     from perfmodel.ep_route import as_moe_placement
 
     placement = as_moe_placement(value)

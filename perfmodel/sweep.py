@@ -707,7 +707,7 @@ def _evaluate_range(
     head = _head_columns(m, g, prof, ctx, out, b, t)
     n = ctx.size
     if lay is not None:
-        from perfmodel.parallel import attention_groups
+        from perfmodel.degrees import attention_groups
 
         head = {
             **{k: v for k, v in head.items() if k in ("model", "gpu", "tp")},

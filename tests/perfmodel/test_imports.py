@@ -119,3 +119,13 @@ def test_cli_leaves_blas_environment_as_it_was():
         unset=("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"),
     )
     assert out.strip() == "[]"
+
+
+def test_one_gpu_analyze_loads_no_multi_gpu_pricing():
+    """A one-GPU scenario is checked and priced without :mod:`perfmodel.parallel` or the MoE routes
+    (the degree rules it needs live in :mod:`perfmodel.degrees`); a pipeline layout loads them."""
+    probe = "import sys\nprint('perfmodel.parallel' in sys.modules, 'perfmodel.ep_route' in sys.modules)"
+    one = _run("import perfmodel\nperfmodel.analyze('llama-3-8b', 'h100', context_len=4000)\n" + probe)
+    assert one.split() == ["False", "False"]
+    pp = _run("import perfmodel\nperfmodel.analyze('llama-3-8b', 'h100', context_len=4000, pp=2)\n" + probe)
+    assert pp.split()[0] == "True"
