@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import platform
-import subprocess
 import sys
 
 
@@ -26,20 +25,13 @@ def gpu_env() -> dict:
     import torch
     import triton
 
+    from perfmodel.validation.run import driver_version
+
     p = torch.cuda.get_device_properties(0)
-    try:
-        driver = subprocess.run(
-            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError) as e:
-        driver = f"unknown ({e})"
     return {
         "gpu": p.name,
         "sm_count": p.multi_processor_count,
-        "driver": driver,
+        "driver": driver_version() or "unknown",
         "cuda": torch.version.cuda,
         "torch": torch.__version__,
         "triton": triton.__version__,

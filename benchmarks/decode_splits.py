@@ -83,16 +83,6 @@ def _bench(fn, n: int = 20, reps: int = 7) -> float:
     return sorted(ts)[len(ts) // 2]
 
 
-def _kernel_names(fn) -> list[str]:
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CUDA]) as p:
-        fn()
-        torch.cuda.synchronize()
-    return sorted({e.name for e in p.events() if e.device_type == torch.autograd.DeviceType.CUDA})
-
-
 def _case(kind: str, batch: int, kv_len: int, sms: int):
     """(call taking num_splits, cache bytes, program pairs, shipped split count)."""
     import torch
@@ -167,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("error: needs a CUDA device", file=sys.stderr)
         return 2
+    from perfmodel.validation.bench import kernel_names
+
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     copy_bytes_per_s = _copy_ceiling()
     rows = []
@@ -184,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                 "shipped_splits": int(shipped),
                 "shipped_s": [first, second],
                 "forced_s": {str(n): t for n, t in times.items()},
-                "kernels": _kernel_names(lambda: call(None)),
+                "kernels": sorted(set(kernel_names(lambda: call(None)))),
             }
         )
         torch.cuda.empty_cache()

@@ -14,8 +14,8 @@ pair over keys ``[split*CHUNK, (split+1)*CHUNK)`` and writes an fp32 partial (no
 own softmax sum) and its log2-sum-exp; :func:`_merge_kernel` merges each query head's partials.
 MLA's latent runs keys-major (``_latent_tiles``): the key tile is the row side of both products
 (``S^T = K Q^T``, ``O^T = V^T P^T``) and the 16 query heads the column side, so the few heads do not
-pad the MMA's rows to its 64-row minimum (on an H200 0.75-0.79 of the copy bandwidth against
-0.44-0.46 heads-major; ``docs/kernels.md``). A cache layout travels as ``(s_b, s_h, s_n)`` element
+pad the MMA's rows to its 64-row minimum (a stand-alone kernel of this form read 0.75-0.79 of the copy
+bandwidth on an H200 against 0.44-0.46 heads-major; ``docs/kernels.md``). A cache layout travels as ``(s_b, s_h, s_n)`` element
 strides of a sequence (or page), a kv head and a token.
 """
 

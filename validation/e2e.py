@@ -497,6 +497,14 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def _phases(text: str) -> tuple[str, ...]:
+    """``--phases``: a comma-separated list of :data:`PHASES`."""
+    phases = tuple(x.strip() for x in text.split(","))
+    if any(x not in PHASES for x in phases):
+        raise argparse.ArgumentTypeError(f"{text!r}: a comma-separated list of {', '.join(PHASES)}")
+    return phases
+
+
 def _run_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m perfmodel.validation.e2e", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, help="folder for e2e_<gpu>.jsonl and e2e.log")
@@ -507,7 +515,8 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="fewer rows")
     p.add_argument(
         "--phases",
-        default=",".join(PHASES),
+        type=_phases,
+        default=PHASES,
         help="comma-separated phases to run (prefill, decode; default both)",
     )
     p.add_argument(
@@ -586,10 +595,6 @@ def _run_cli(argv: list[str]) -> int:
             raise UsageError(f"--models {a.models!r}: empty name in the list")
     else:
         models = list(DRY_MODELS if a.dry_run else DEFAULT_MODELS)
-    phases = tuple(x.strip() for x in a.phases.split(","))
-    if not phases or any(x not in PHASES for x in phases):
-        raise UsageError(f"--phases {a.phases!r}: a comma-separated list of {', '.join(PHASES)}")
-    a.phases = phases
     if a.layers is not None and a.layers < 1:
         raise UsageError(f"--layers must be at least 1, got {a.layers}")
     if a.budget_s <= 0:
