@@ -3,7 +3,7 @@ every head size, MLA decode and fp8-KV decode, each against PyTorch's SDPA with 
 choice and with the flash backend, with the GPU kernels each call ran (``torch.profiler``).
 
 Every section takes ``(row, bench, quick)``: ``row`` records one result (``benchmarks/kernels.py``'s
-``_row``), ``bench`` times a callable in seconds (``do_bench`` median, L2 flushed between runs);
+``_row``), ``bench`` times a callable in seconds (GPU time per call from CUDA-graph replays);
 ``quick`` keeps a few shapes (about a minute in all on an H100, compiles included). Each Triton
 output is compared with the default SDPA's (``err_vs_sdpa``, relative norm).
 """

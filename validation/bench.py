@@ -33,12 +33,21 @@ def _rand(shape, device, dtype=torch.bfloat16, scale=1.0, gen=None):
     return (torch.randn(*shape, device=device, dtype=torch.float32, generator=gen) * scale).to(dtype)
 
 
-def rotations(input_bytes: float, l2_bytes: float, cap_bytes: float = 2e9) -> int:
-    """Input sets to rotate so that one pass touches more than three L2s (1 when inputs exceed L2)."""
-    if input_bytes >= l2_bytes:
-        return 1
-    n = math.ceil(3 * l2_bytes / max(input_bytes, 1.0))
-    return int(max(1, min(n, 16, cap_bytes // max(input_bytes, 1.0))))
+def rotations(input_bytes: float, l2_bytes: float, cap_bytes: float = 2e9, min_bytes: float = 0.0) -> int:
+    """Input sets to rotate so that one pass touches more than three L2s (1 when inputs exceed L2).
+
+    With ``min_bytes``, at least enough sets that one pass touches ``min_bytes`` (up to 512 sets), as a
+    model step streams gigabytes of weights between two reads of one matrix: each call then finds its
+    operands cold in the L2 and in the address-translation caches, not only in the L2."""
+    size = max(input_bytes, 1.0)
+    n = (
+        1
+        if input_bytes >= l2_bytes
+        else int(max(1, min(math.ceil(3 * l2_bytes / size), 16, cap_bytes // size)))
+    )
+    if min_bytes > 0:
+        n = max(n, min(math.ceil(min_bytes / size), 512))
+    return n
 
 
 @dataclass
@@ -56,12 +65,14 @@ class Built:
         return self.sdpa.backend if (self.sdpa is not None and default in ("sdpa", "flash2")) else default
 
 
-def build(case: Case, device: torch.device, l2_bytes: float) -> Built:
+def build(case: Case, device: torch.device, l2_bytes: float, rotate_bytes: float = 0.0) -> Built:
+    """The case's callables; ``rotate_bytes``: GEMM operands rotated over at least that many bytes
+    (:func:`rotations`)."""
     a = case.args
     s = case.section
     if s == "gemm":
         m, n, k = a["m"], a["n"], a["k"]
-        rot = rotations((m * k + k * n) * 2, l2_bytes)
+        rot = rotations((m * k + k * n) * 2, l2_bytes, min_bytes=rotate_bytes)
         sets = [
             (
                 _rand((m, k), device),

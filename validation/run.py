@@ -133,6 +133,14 @@ def _parser() -> argparse.ArgumentParser:
         "eager calls timed with CUDA events (what a program without graphs sees)",
     )
     p.add_argument(
+        "--rotate-bytes",
+        type=float,
+        default=0.0,
+        metavar="B",
+        help="GEMM operands rotated over at least B bytes (e.g. 8e9: cold in the L2 and the address "
+        "translation caches, as a decode step that streams every weight once finds them)",
+    )
+    p.add_argument(
         "--kernel-names",
         action="store_true",
         help="also record the CUDA kernels one call launches (torch.profiler)",
@@ -157,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         family=a.family,
         launch=a.launch,
         kernel_names=a.kernel_names,
+        rotate_bytes=a.rotate_bytes,
     )
 
 
@@ -175,6 +184,7 @@ def _measure(
     family: str,
     launch: str,
     kernel_names: bool,
+    rotate_bytes: float = 0.0,
 ) -> int:
     """Measure every case and write records as they are measured."""
     if dry_run:
@@ -259,7 +269,7 @@ def _measure(
                 prog.advance(task)
                 continue
             try:
-                built = bench.build(case, device, l2)
+                built = bench.build(case, device, l2, rotate_bytes)
                 if dry_run:
                     t, reps, method = bench.time_cpu(built.fns)
                 else:
@@ -279,6 +289,7 @@ def _measure(
                     "launch": "graph" if method == "cuda_graph" else "eager",
                     "reps": reps,
                     "rotate": len(built.fns),
+                    **({"rotate_bytes": rotate_bytes} if rotate_bytes and case.section == "gemm" else {}),
                     "params": case.args,
                 }
                 if case.section == "layer":

@@ -26,6 +26,14 @@ def test_rotation_defeats_the_cache():
     assert bench.rotations(1e3, 50e6) == 16
 
 
+def test_rotation_over_a_byte_floor():
+    # a floor of bytes per pass (cold address translation, as a model step streams its weights)
+    assert bench.rotations(283e6, 60e6, min_bytes=8e9) == 29
+    assert bench.rotations(10e6, 50e6, min_bytes=1e9) == 100
+    assert bench.rotations(1e3, 50e6, min_bytes=1e9) == 512  # capped
+    assert bench.rotations(10e6, 50e6, min_bytes=1e6) == 15  # the L2 rule when it asks for more
+
+
 def test_layer_matches_a_plain_reference():
     torch.manual_seed(0)
     lay = DecoderLayerBench(2, 1, 9, 32, 64, 4, 2, 8, torch.device("cpu"), dtype=torch.float32)
