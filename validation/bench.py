@@ -66,8 +66,8 @@ class Built:
 
 
 def build(case: Case, device: torch.device, l2_bytes: float, rotate_bytes: float = 0.0) -> Built:
-    """The case's callables; ``rotate_bytes``: GEMM operands rotated over at least that many bytes
-    (:func:`rotations`)."""
+    """The case's callables; ``rotate_bytes``: the operands of GEMMs, grouped GEMMs and attention
+    rotated over at least that many bytes (:func:`rotations`)."""
     a = case.args
     s = case.section
     if s == "gemm":
@@ -88,9 +88,9 @@ def build(case: Case, device: torch.device, l2_bytes: float, rotate_bytes: float
         return Built(_memcpy(a, device, l2_bytes), graphable=False)
     if s == "attention":
         sdpa = L.Sdpa(case.impl) if case.impl in ("sdpa", "flash2") else None
-        return Built(_attention(case, device, l2_bytes, sdpa), sdpa=sdpa)
+        return Built(_attention(case, device, l2_bytes, sdpa, rotate_bytes), sdpa=sdpa)
     if s == "grouped_gemm":
-        return _grouped_gemm(case, device, l2_bytes)
+        return _grouped_gemm(case, device, l2_bytes, rotate_bytes)
     if s == "layer":
         lay = L.DecoderLayerBench(
             a["batch"],
@@ -202,11 +202,11 @@ def _memcpy(a, device, l2_bytes) -> list[Fn]:
     return [(lambda s=s, d=d: d.copy_(s, non_blocking=True)) for s, d in pairs]
 
 
-def _attention(case: Case, device, l2_bytes, sdpa: L.Sdpa) -> list[Fn]:
+def _attention(case: Case, device, l2_bytes, sdpa: L.Sdpa, rotate_bytes: float = 0.0) -> list[Fn]:
     a = case.args
     b, n, kv, hq, hkv, d = a["batch"], a["q_len"], a["kv_len"], a["q_heads"], a["kv_heads"], a["head_dim"]
     kv_bytes = 2 * b * hkv * kv * d * 2
-    rot = rotations(kv_bytes + b * hq * n * d * 2, l2_bytes)
+    rot = rotations(kv_bytes + b * hq * n * d * 2, l2_bytes, min_bytes=rotate_bytes)
     fns = []
     for _ in range(rot):
         if case.impl in ("split_kv", "stream_k"):
@@ -234,7 +234,7 @@ def _attention(case: Case, device, l2_bytes, sdpa: L.Sdpa) -> list[Fn]:
     return fns
 
 
-def _grouped_gemm(case: Case, device, l2_bytes) -> Built:
+def _grouped_gemm(case: Case, device, l2_bytes, rotate_bytes: float = 0.0) -> Built:
     """MoE experts' GEMM over the token-expert rows sorted by expert (``case.args["counts"]`` rows per
     touched expert): ``torch._grouped_mm(x [m, k], w [groups, n, k] transposed to [groups, k, n],
     offs=int32 cumsum of the counts)`` (impl ``grouped_mm``), or one ``torch.matmul`` per touched
@@ -244,7 +244,7 @@ def _grouped_gemm(case: Case, device, l2_bytes) -> Built:
     a = case.args
     counts, n, k = [int(c) for c in a["counts"]], int(a["n"]), int(a["k"])
     g, m = len(counts), sum(counts)
-    rot = rotations((m * k + g * n * k) * 2, l2_bytes)
+    rot = rotations((m * k + g * n * k) * 2, l2_bytes, min_bytes=rotate_bytes)
     ends = torch.tensor(counts, dtype=torch.int64).cumsum(0)
     offs = ends.to(device=device, dtype=torch.int32)
     bounds = [0] + ends.tolist()

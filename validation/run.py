@@ -20,6 +20,8 @@ from typing import Optional
 
 #: seconds of work per timed region for copies (several back-to-back copies of a large pageable buffer)
 COPY_TARGET_S = 0.2
+#: sections whose operands ``--rotate-bytes`` rotates (``bench.build``)
+ROTATED_SECTIONS = ("gemm", "grouped_gemm", "attention")
 
 
 def _meta(device) -> dict:
@@ -137,8 +139,9 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         metavar="B",
-        help="GEMM operands rotated over at least B bytes (e.g. 8e9: cold in the L2 and the address "
-        "translation caches, as a decode step that streams every weight once finds them)",
+        help="operands of GEMMs, grouped GEMMs and attention rotated over at least B bytes (e.g. 8e9: "
+        "cold in the L2 and the address-translation caches, as a decode step that streams every "
+        "weight and KV cache once finds them)",
     )
     p.add_argument(
         "--kernel-names",
@@ -289,7 +292,11 @@ def _measure(
                     "launch": "graph" if method == "cuda_graph" else "eager",
                     "reps": reps,
                     "rotate": len(built.fns),
-                    **({"rotate_bytes": rotate_bytes} if rotate_bytes and case.section == "gemm" else {}),
+                    **(
+                        {"rotate_bytes": rotate_bytes}
+                        if rotate_bytes and case.section in ROTATED_SECTIONS
+                        else {}
+                    ),
                     "params": case.args,
                 }
                 if case.section == "layer":

@@ -43,3 +43,9 @@ def splits():
 def prefill():
     """``benchmarks/prefill_kernels.py`` as a module."""
     return _load("prefill_kernels")
+
+
+@pytest.fixture(scope="module")
+def stream():
+    """``benchmarks/weight_stream.py`` as a module."""
+    return _load("weight_stream")
