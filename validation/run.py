@@ -201,6 +201,9 @@ def _measure(
     from perfmodel.validation.records import write_record
 
     console = Console(stderr=True)
+    if not rotate_bytes >= 0:
+        console.print(f"error: --rotate-bytes must be >= 0 bytes, got {rotate_bytes!r}")
+        return 2
     if launch not in ("graph", "eager"):
         console.print(f"error: --launch must be graph or eager, got {launch!r}")
         return 2

@@ -64,6 +64,32 @@ def test_dry_run_records_are_valid_and_marked(tmp_path, monkeypatch, invoke):
         assert r["dry_run"] is True and r["gpu_model"] is None
     bad = invoke(main, ["--out", str(tmp_path), "--dry-run", "--sections", "warp"])
     assert bad.exit_code == 2 and "unknown section" in bad.output
+    bad = invoke(main, ["--out", str(tmp_path), "--dry-run", "--rotate-bytes", "-1"])
+    assert bad.exit_code == 2 and "--rotate-bytes" in bad.output
+
+
+def test_rotated_records_say_so(tmp_path, monkeypatch, invoke):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    from perfmodel.validation.run import main
+
+    argv = [
+        "--out",
+        str(tmp_path),
+        "--dry-run",
+        "--sections",
+        "gemm",
+        "--name",
+        "cold",
+        "--rotate-bytes",
+        "1e6",
+    ]
+    res = invoke(main, argv)
+    assert res.exit_code == 0, res.output
+    recs = [json.loads(line) for line in (tmp_path / "cold.jsonl").read_text().splitlines()]
+    for r in recs:
+        check_record(r, "cold")
+        size = (r["m"] * r["k"] + r["k"] * r["n"]) * 2
+        assert r["rotate_bytes"] == 1e6 and r["rotate"] * size >= min(1e6, 512 * size)
 
 
 def test_noncausal_set_is_block_pairs_of_ring_steps():
