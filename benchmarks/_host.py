@@ -19,6 +19,16 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def no_cuda() -> bool:
+    """True, having printed the benchmarks' one-line error, when this machine has no CUDA device."""
+    import torch
+
+    if torch.cuda.is_available():
+        return False
+    print("error: needs a CUDA device", file=sys.stderr)
+    return True
+
+
 def gpu_env() -> dict:
     """GPU, SM count, driver (``nvidia-smi``), CUDA, torch, triton and Python versions and the UTC date of a
     GPU benchmark run."""

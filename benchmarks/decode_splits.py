@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._host import gpu_env  # noqa: E402
+from benchmarks._host import gpu_env, no_cuda  # noqa: E402
 
 KINDS = ("mla", "fp8", "d80")
 METHOD = "CUDA events around 20 back-to-back eager calls, median of 7, 0.3 s warm-up (burst clocks)"
@@ -154,8 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import torch
 
-    if not torch.cuda.is_available():
-        print("error: needs a CUDA device", file=sys.stderr)
+    if no_cuda():
         return 2
     from perfmodel.validation.bench import kernel_names
 

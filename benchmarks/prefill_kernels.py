@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._host import gpu_env  # noqa: E402
+from benchmarks._host import gpu_env, no_cuda  # noqa: E402
 
 DEFAULT_CASES = "phi-3-mini-4k:32,llama-3.2-3b:28,qwen2.5-14b:24"
 
@@ -84,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import torch
 
-    if not torch.cuda.is_available():
-        print("error: needs a CUDA device", file=sys.stderr)
+    if no_cuda():
         return 2
     from perfmodel.validation.e2e_model import E2EModel
 

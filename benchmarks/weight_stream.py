@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._host import gpu_env  # noqa: E402
+from benchmarks._host import gpu_env, no_cuda  # noqa: E402
 
 SECTIONS = ("gemm", "layers", "attention")
 #: weight rows of 16-row and one-row GEMMs
@@ -89,7 +89,7 @@ def _gemm(spec, gb: float, cap: float, rows: list, names) -> None:
     import torch
 
     dev = torch.device("cuda")
-    shapes = [(n, k, nn) for n, k, nn in projections(spec)] + [("square_8192x57344", *EXTRA_SHAPE)]
+    shapes = projections(spec) + [("square_8192x57344", *EXTRA_SHAPE)]
     for m in GEMM_MS:
         for name, k, n in shapes:
             wb = k * n * 2
@@ -253,8 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import torch
 
-    if not torch.cuda.is_available():
-        print("error: needs a CUDA device", file=sys.stderr)
+    if no_cuda():
         return 2
     from perfmodel.validation.bench import kernel_names
 

@@ -50,6 +50,10 @@ def rotations(input_bytes: float, l2_bytes: float, cap_bytes: float = 2e9, min_b
     return n
 
 
+#: sections whose operands :func:`build`'s ``rotate_bytes`` rotates
+ROTATED_SECTIONS = ("gemm", "grouped_gemm", "attention")
+
+
 @dataclass
 class Built:
     """Callables (one per rotated input set), whether a graph may capture them, and the SDPA used."""
@@ -66,8 +70,8 @@ class Built:
 
 
 def build(case: Case, device: torch.device, l2_bytes: float, rotate_bytes: float = 0.0) -> Built:
-    """The case's callables; ``rotate_bytes``: the operands of GEMMs, grouped GEMMs and attention
-    rotated over at least that many bytes (:func:`rotations`)."""
+    """The case's callables; ``rotate_bytes``: the operands of the :data:`ROTATED_SECTIONS` rotated over
+    at least that many bytes (:func:`rotations`)."""
     a = case.args
     s = case.section
     if s == "gemm":

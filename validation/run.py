@@ -20,8 +20,6 @@ from typing import Optional
 
 #: seconds of work per timed region for copies (several back-to-back copies of a large pageable buffer)
 COPY_TARGET_S = 0.2
-#: sections whose operands ``--rotate-bytes`` rotates (``bench.build``)
-ROTATED_SECTIONS = ("gemm", "grouped_gemm", "attention")
 
 
 def _meta(device) -> dict:
@@ -297,7 +295,7 @@ def _measure(
                     "rotate": len(built.fns),
                     **(
                         {"rotate_bytes": rotate_bytes}
-                        if rotate_bytes and case.section in ROTATED_SECTIONS
+                        if rotate_bytes and case.section in bench.ROTATED_SECTIONS
                         else {}
                     ),
                     "params": case.args,
