@@ -29,7 +29,7 @@ from perfmodel.layers import (
     recurrent_state_bytes_per_gpu,
 )
 from perfmodel.models import ModelSpec
-from perfmodel.ops import Attention, MemLocation, Memcpy, Phase
+from perfmodel.ops import Attention, Elementwise, Gemm, GroupedGemm, MemLocation, Memcpy, Phase
 
 #: Tokens per prefill pass (chunked prefill); also sizes the activation workspace.
 DEFAULT_PREFILL_CHUNK_TOKENS = 8192
@@ -50,10 +50,14 @@ def forward_cost(
     tp: int = 1,
     lm_head_rows=None,
     knobs: Knobs | None = None,
+    classes: "Classes | None" = None,
 ) -> OpCost:
-    """Cost of one forward pass on one GPU of the TP group (ops summed)."""
+    """Cost of one forward pass on one GPU of the TP group (ops summed; ``classes``: :func:`sum_costs`)."""
     return sum_costs(
-        model_ops(model, phase, batch, q_len, kv_len, precision, tp, lm_head_rows, knobs), gpu, profile
+        model_ops(model, phase, batch, q_len, kv_len, precision, tp, lm_head_rows, knobs),
+        gpu,
+        profile,
+        classes,
     )
 
 
@@ -74,24 +78,97 @@ _COST_FIELDS = (
 )
 
 
-def sum_costs(ops, gpu: GPU, profile: Profile) -> OpCost:
+#: A prefill over at least this many points prices its GEMMs and elementwise ops once per distinct token
+#: count (:class:`Classes`).
+REDUCE_MIN_POINTS = 4096
+#: Op types whose cost is a pointwise function of their size fields (no sum or mean over the array).
+_POINTWISE_OPS = (Gemm, GroupedGemm, Elementwise)
+
+
+class Classes:
+    """The classes of equal values of one array over a grid: a representative point of each (``first``, flat
+    indices), each point's class (``inverse``) and the points of each (``counts``).
+
+    A pass whose GEMMs and elementwise ops depend on the grid only through such an array (a prefill's token
+    count over (context, batch) pairs, a few thousand distinct values among 10^4 pairs) prices them once per
+    class (:func:`sum_costs`)."""
+
+    def __init__(self, key: np.ndarray):
+        flat = np.ascontiguousarray(key, dtype=np.float64).reshape(-1)
+        order = np.argsort(flat)
+        new = np.empty(flat.size, dtype=bool)
+        new[:1] = True
+        np.not_equal(flat[order[1:]], flat[order[:-1]], out=new[1:])
+        self.first = order[new]
+        self.inverse = np.empty(flat.size, dtype=np.intp)
+        self.inverse[order] = np.cumsum(new, dtype=np.intp) - 1
+        self.counts = np.diff(np.append(np.flatnonzero(new), flat.size))
+        self.shape, self.size = np.shape(key), flat.size
+
+    @property
+    def useful(self) -> bool:
+        """True when there are at most a quarter as many classes as points."""
+        return self.first.size * 4 <= self.size
+
+    def constant_on(self, a: Any) -> bool:
+        """True when ``a`` (an array of the grid's shape) takes one value on each class."""
+        flat = np.reshape(a, -1)
+        return np.shape(a) == self.shape and bool(np.array_equal(flat[self.first][self.inverse], flat))
+
+    def reduce(self, a: np.ndarray) -> np.ndarray:
+        """``a`` (constant on each class) as one value per class."""
+        return np.reshape(a, -1)[self.first]
+
+    def expand(self, v: Any) -> Any:
+        """``v`` (one value per class, or one value) over the grid."""
+        return v[self.inverse].reshape(self.shape) if np.ndim(v) else v
+
+    def mean(self, v: Any) -> float:
+        """The mean over the grid of ``v`` (one value per class, or one value)."""
+        return float(np.dot(v, self.counts) / self.size) if np.ndim(v) else float(v)
+
+    def reduced(self, op, count):
+        """``(op, count)`` over the classes when ``op`` is a pointwise op whose size arrays (and ``count``,
+        when an array) all have the grid's shape and are constant on each class, else None."""
+        if not isinstance(op, _POINTWISE_OPS):
+            return None
+        fields = {f.name: getattr(op, f.name) for f in dataclasses.fields(op)}
+        arrays = {k: v for k, v in fields.items() if isinstance(v, np.ndarray) and v.ndim}
+        if not arrays or not all(self.constant_on(v) for v in arrays.values()):
+            return None
+        if np.ndim(count) and not self.constant_on(count):
+            return None
+        reduced = dataclasses.replace(op, **{k: self.reduce(v) for k, v in arrays.items()})
+        return reduced, (self.reduce(count) if np.ndim(count) else count)
+
+
+def sum_costs(ops, gpu: GPU, profile: Profile, classes: Classes | None = None) -> OpCost:
     """Sum of ``count * cost(op)`` over ``(name, op, count)`` triples.
 
     Equal to folding ``OpCost.__add__`` over ``cost.scale(count)`` (same ``memory_bound`` rule: an op
     takes it over when its memory time is at least the total so far, compared as over one grid of
     points), but adds the costs of each array shape together first and those sums at the end, so an
     op priced over a few sizes (a GEMM over the batch sizes of a grid) is never spread over the whole
-    grid.  One shape (scalars, or arrays of one shape) is the plain fold, in order.
+    grid.  One shape (scalars, or arrays of one shape) is the plain fold, in order.  With ``classes``
+    (:class:`Classes` of the grid, when :attr:`Classes.useful`), a GEMM or elementwise op whose sizes are
+    constant on each class is priced once per class, its cost spread back over the grid with the sums.
     """
     groups: dict[tuple, dict[str, Any]] = {}
+    if classes is not None and not classes.useful:
+        classes = None
     bound = ZERO.memory_bound
     arrays = 0.0  # mean memory time of the array-valued ops so far (their sum over a grid, per point)
     scalars = 0.0  # memory time of the scalar ops so far
     for _, op, count in ops:
+        cl = None
+        if classes is not None:
+            red = classes.reduced(op, count)
+            if red is not None:
+                (op, count), cl = red, classes
         c = op_cost(op, gpu, profile)
         mem = c.memory_s * count
         if np.ndim(mem):
-            total, this = arrays + scalars, float(np.mean(mem))
+            total, this = arrays + scalars, (float(np.mean(mem)) if cl is None else cl.mean(mem))
             arrays += this
         else:
             # as np.sum over arrays of the grid: a scalar total once any array was added is spread over it
@@ -104,9 +181,13 @@ def sum_costs(ops, gpu: GPU, profile: Profile) -> OpCost:
             if np.ndim(mem)
             else np.broadcast_shapes(*(np.shape(getattr(c, f)) for f in _COST_FIELDS))
         )
-        acc = groups.setdefault(shape, dict.fromkeys(_COST_FIELDS, 0.0))
+        key = shape if cl is None else ("classes", shape)
+        acc = groups.setdefault(key, dict.fromkeys(_COST_FIELDS, 0.0))
         for name in _COST_FIELDS:
-            v = mem if name == "memory_s" else getattr(c, name) * count
+            raw = mem if name == "memory_s" else getattr(c, name)
+            if type(raw) is float and raw == 0.0:
+                continue  # adds nothing
+            v = raw if name == "memory_s" else raw * count
             a = acc[name]
             if (
                 isinstance(a, np.ndarray)
@@ -120,6 +201,15 @@ def sum_costs(ops, gpu: GPU, profile: Profile) -> OpCost:
                 acc[name] = np.add(a, v, dtype=np.float64)
             else:
                 acc[name] = a + v
+    for key in [k for k in groups if k and k[0] == "classes"]:
+        acc = groups.pop(key)
+        full = {name: classes.expand(acc[name]) for name in _COST_FIELDS}
+        into = groups.get(classes.shape)
+        if into is None:
+            groups[classes.shape] = full
+        else:
+            for name in _COST_FIELDS:
+                into[name] = np.add(into[name], full[name], dtype=np.float64)
     parts = [acc for _, acc in sorted(groups.items(), key=lambda kv: int(np.prod(kv[0])))]
     if not parts:
         return OpCost(memory_bound=bound)
@@ -248,8 +338,21 @@ def _prefill_span(model, gpu, profile, new_tokens, offset, batch, prec, tp, chun
         n = np.ones_like(new_tokens)
     q = new_tokens / n
     kv_mean = offset + q * (n + 1) / 2.0
+    tokens = batch * q  # the GEMMs and elementwise ops depend on the grid only through the pass's tokens
+    classes = Classes(tokens) if knobs is None and np.size(tokens) >= REDUCE_MIN_POINTS else None
     body = forward_cost(
-        model, gpu, profile, Phase.PREFILL, batch, q, kv_mean, prec, tp, lm_head_rows=0, knobs=knobs
+        model,
+        gpu,
+        profile,
+        Phase.PREFILL,
+        batch,
+        q,
+        kv_mean,
+        prec,
+        tp,
+        lm_head_rows=0,
+        knobs=knobs,
+        classes=classes,
     )
     return body.scale(n if n.ndim else float(n))
 

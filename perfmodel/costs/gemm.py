@@ -131,12 +131,12 @@ def gemm_misaligned(op: Gemm):
     """True (an array for array ops) where a row of N or K elements of either operand is not a
     multiple of :data:`GEMM_ALIGN_BYTES` bytes."""
     b_dtype = op.b_dtype or op.dtype
-    out = np.zeros(np.broadcast(op.m, op.n, op.k).shape, dtype=bool)
+    out = np.zeros(np.broadcast(op.n, op.k).shape, dtype=bool)  # M does not enter: over N and K first
     for dim in (op.n, op.k):
         for dt in (op.dtype, b_dtype):
             row_bytes = np.asarray(dim, dtype=np.float64) * dt.bytes_per_element
             out = out | (np.mod(row_bytes, GEMM_ALIGN_BYTES) != 0)
-    return out
+    return np.broadcast_to(out, np.broadcast(op.m, op.n, op.k).shape)
 
 
 # cuBLAS on Hopper splits K of few-row GEMMs; on a square-ish weight (K/N in this range, K at least

@@ -184,3 +184,46 @@ def test_sum_costs_equals_the_fold_of_add():
     for f in ("compute_s", "memory_s", "overlap_s", "flops", "bytes"):
         assert np.allclose(getattr(fast, f), getattr(slow, f), rtol=1e-12)
     assert fast.memory_bound is slow.memory_bound
+
+
+def _prefill_grid():
+    ctx = (np.arange(1, 81) * 1500.0).reshape(-1, 1)
+    batch = np.arange(1, 81, dtype=np.float64).reshape(1, -1)
+    per_seq = np.maximum(8192 / batch, 1.0)
+    n = np.ceil(ctx / per_seq)
+    q = ctx / n
+    return batch, q, q * (n + 1) / 2
+
+
+@pytest.mark.parametrize("model", ["yi-34b", "mixtral-8x7b"])
+def test_sum_costs_over_classes_is_the_plain_sum(model):
+    """Pricing the GEMMs and elementwise ops once per distinct token count gives the plain sum's every field
+    and bound (the ops' costs are pointwise in their sizes)."""
+    from perfmodel.calibration import Mode, resolve_profile
+    from perfmodel.phases import Classes
+
+    m = load_model(model)
+    h100 = load_gpu("h100-sxm-80gb")
+    prof = resolve_profile(h100, Mode.CALIBRATED)
+    batch, q, kv = _prefill_grid()
+    ops = model_ops(m, Phase.PREFILL, batch, q, kv, lm_head_rows=0)
+    classes = Classes(batch * q)
+    assert classes.useful and classes.first.size < (batch * q).size / 4
+    plain, fast = sum_costs(ops, h100, prof), sum_costs(ops, h100, prof, classes)
+    assert fast.memory_bound == plain.memory_bound
+    for f in ("compute_s", "memory_s", "latency_s", "overlap_s", "flops", "bytes", "band_lo_s", "band_hi_s"):
+        np.testing.assert_allclose(getattr(fast, f), getattr(plain, f), rtol=1e-12, err_msg=f)
+
+
+def test_classes_leave_alone_an_op_not_constant_on_them():
+    from perfmodel.phases import Classes
+
+    batch, q, kv = _prefill_grid()
+    classes = Classes(batch * q)
+    gemm = Gemm(batch * q, 4096, 4096)
+    assert classes.reduced(gemm, 1) is not None
+    assert classes.reduced(Gemm(kv, 4096, 4096), 1) is None  # the keys differ within a class
+    assert classes.reduced(gemm, kv) is None  # so does the count
+    attn = Attention(Phase.PREFILL, batch, q, kv, 32, 8, 128)
+    assert classes.reduced(attn, 1) is None  # attention is not priced pointwise over classes
+    np.testing.assert_array_equal(classes.expand(classes.reduce(batch * q)), batch * q)
