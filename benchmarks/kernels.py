@@ -318,6 +318,17 @@ def prefill() -> None:
         )
 
 
+#: How the breadth sections' timings since the last row were taken (``_breadth_row`` records and clears it).
+_REPLAY_TIMINGS: set[str] = set()
+
+
+def _breadth_row(*args, **extra):
+    """:func:`_row` with ``timing``: how its times were taken (:func:`_bench_replay`)."""
+    timing = " + ".join(sorted(_REPLAY_TIMINGS)) or "cuda graph"
+    _REPLAY_TIMINGS.clear()
+    return _row(*args, **{"timing": timing, **extra})
+
+
 def _bench_replay(fn) -> float:
     """GPU time per call of ``fn`` in seconds from CUDA-graph replays (:func:`_bench_graph`), so that the
     host's launch path (our launchers' Python, PyTorch's dispatch) is not timed: with ``do_bench`` a
@@ -325,9 +336,12 @@ def _bench_replay(fn) -> float:
     kernel read 0.71 and 0.98 of the copy ceiling in two sections of one run). Where a call cannot be
     captured, ``do_bench`` times it and the run says so."""
     try:
-        return _bench_graph([fn])
+        t = _bench_graph([fn])
+        _REPLAY_TIMINGS.add("cuda graph")
+        return t
     except Exception as exc:  # noqa: BLE001  (a capture failure of one library call)
         torch.cuda.synchronize()
+        _REPLAY_TIMINGS.add("do_bench (not capturable)")
         print(
             f"  (not capturable, timed eagerly with do_bench: {str(exc).splitlines()[0][:120]})", flush=True
         )
@@ -1159,9 +1173,9 @@ SECTIONS = {
     "sweep": sweep,
     "streamk": streamk,
     "streamk_rounds": streamk_rounds,
-    "heads": lambda: breadth.heads(_row, _bench_replay, QUICK),
-    "mla": lambda: breadth.mla(_row, _bench_replay, QUICK),
-    "fp8kv": lambda: breadth.fp8kv(_row, _bench_replay, QUICK),
+    "heads": lambda: breadth.heads(_breadth_row, _bench_replay, QUICK),
+    "mla": lambda: breadth.mla(_breadth_row, _bench_replay, QUICK),
+    "fp8kv": lambda: breadth.fp8kv(_breadth_row, _bench_replay, QUICK),
 }
 QUICK_SECTIONS = "ceilings,heads,mla,fp8kv"
 

@@ -76,3 +76,25 @@ def test_gemm_rows_take_the_ceiling_of_their_dtype(bench, monkeypatch, capsys, v
     r = bench._row("gemm", "matmul", variant, "8192x8192x8192", 1e-3, flops=400e9)
     assert r["flops_ceiling"] == key
     assert r["frac_of_flops_ceiling"] == pytest.approx(400e12 / ceilings[key])
+
+
+def test_breadth_rows_say_how_they_were_timed(bench, monkeypatch):
+    """A breadth row records graph replays, or the eager fallback where a call could not be captured."""
+    monkeypatch.setattr(bench, "_bench_graph", lambda fns: 1e-3)
+    bench._REPLAY_TIMINGS.clear()
+    t = bench._bench_replay(lambda: None)
+    row = bench._breadth_row("heads_decode", "k", "v", "c", t, baseline="b", baseline_s=2e-3)
+    assert row["timing"] == "cuda graph" and row["speed_vs_baseline"] == 2.0
+
+    def no_capture(fns):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(bench, "_bench_graph", no_capture)
+    monkeypatch.setattr(bench, "_bench", lambda fn: 3e-3)
+    monkeypatch.setattr(bench.torch.cuda, "synchronize", lambda: None)
+    bench._bench_replay(lambda: None)
+    monkeypatch.setattr(bench, "_bench_graph", lambda fns: 1e-3)
+    bench._bench_replay(lambda: None)
+    row = bench._breadth_row("mla", "k", "v", "c", 1e-3)
+    assert row["timing"] == "cuda graph + do_bench (not capturable)"
+    assert bench._breadth_row("mla", "k", "v", "c", 1e-3)["timing"] == "cuda graph"  # cleared per row
