@@ -27,7 +27,16 @@ from perfmodel.costs.attention_decode import (
     triton_decode_terms,
     triton_general_decode,
 )
-from perfmodel.costs.base import Bound, RooflineParams, OpClass, OpCost, roofline, unit_waves_s, waves
+from perfmodel.costs.base import (
+    Bound,
+    OpClass,
+    OpCost,
+    RooflineParams,
+    op_memo,
+    roofline,
+    unit_waves_s,
+    waves,
+)
 from perfmodel.errors import ProfileError
 from perfmodel.ops import Attention, AttentionImpl, Phase, bytes_moved, flops, window_keys
 from perfmodel.ops import padded as ops_padded
@@ -382,6 +391,33 @@ def _ragged_attention_cost(op: Attention, gpu: GPU, prof: Profile) -> OpCost:
     return dataclasses.replace(c, compute_s=comp, memory_s=mem, overlap_s=ov, flops=fl, bytes=by)
 
 
+def _rows_heads(op: Attention):
+    """(query rows of one program's tile, heads that run as programs): prefill runs one program per block of
+    queries of one head; decode kernels pack a KV head's query group (and its new tokens) into one tile."""
+    q = np.asarray(op.q_len, dtype=np.float64)
+    if op.phase is Phase.PREFILL:
+        return q, np.asarray(op.q_heads, dtype=np.float64)
+    return q * op.q_heads / op.kv_heads, np.asarray(op.kv_heads, dtype=np.float64)
+
+
+def _programs(op: Attention):
+    """(units, keys one program walks, KV blocks): the (sequence, head, 64-row query block) units before any
+    split of the keys, and the keys a window caps (a decode step's new tokens, a 64-row query block)."""
+    rows, heads = _rows_heads(op)
+    units = np.asarray(op.batch, dtype=np.float64) * heads * np.ceil(rows / 64.0)
+    q = np.asarray(op.q_len, dtype=np.float64)
+    kv_read = np.asarray(
+        window_keys(op.kv_len, op.window, q if op.phase is Phase.DECODE else 64.0), dtype=np.float64
+    )
+    return units, kv_read, np.ceil(kv_read / flash_block_n(op.head_dim))
+
+
+def _flash_splits_of(op: Attention, slots: int):
+    """:func:`flash_splits` of ``op``'s programs over ``slots`` program slots."""
+    units, _, n_blocks = op_memo(op, "programs", _programs)
+    return flash_splits(units, n_blocks, slots)
+
+
 def attention_cost(op: Attention, gpu: GPU, prof: Profile) -> OpCost:
     """One attention op under its implementation's curve (:meth:`perfmodel.calibration.Profile.attention_params`),
     seconds; a ragged batch (``op.seq_lens``) as one variable-length kernel."""
@@ -390,15 +426,9 @@ def attention_cost(op: Attention, gpu: GPU, prof: Profile) -> OpCost:
     cls = attention_class(op.phase)
     p = prof.attention_params(cls, op.impl)
     math_dtype = op.dtype if op.dtype not in (Dtype.INT8, Dtype.INT4) else Dtype.BF16
-    fl = flops(op)
-    by = bytes_moved(op)
-    q = np.asarray(op.q_len, dtype=np.float64)
-    if op.phase is Phase.PREFILL:
-        # one program per block of queries of one head
-        rows, heads = q, np.asarray(op.q_heads, dtype=np.float64)
-    else:
-        # decode kernels pack a KV head's query group (and its new tokens) into one tile of rows
-        rows, heads = q * op.q_heads / op.kv_heads, np.asarray(op.kv_heads, dtype=np.float64)
+    fl = op_memo(op, "flops", flops)
+    by = op_memo(op, "bytes", bytes_moved)
+    rows, heads = _rows_heads(op)
     scheduled = op.phase is Phase.PREFILL and p.unit_compute_eff > 0
     fl_eff, extra = None, 0.0
     if p.tile_m > 0 and not scheduled:
@@ -413,19 +443,13 @@ def attention_cost(op: Attention, gpu: GPU, prof: Profile) -> OpCost:
     floor, split_lat, eff = 0.0, 0.0, None
     splits = 1.0
     if p.split_rule or p.units_per_sm > 0 or scheduled:
-        # programs: (sequence, head, 64-row query block) units, times the KV splits
-        units = np.asarray(op.batch, dtype=np.float64) * heads * np.ceil(rows / 64.0)
-        # the keys one program walks: a window caps them (a decode step's new tokens, a 64-row query block)
-        kv_read = np.asarray(
-            window_keys(op.kv_len, op.window, q if op.phase is Phase.DECODE else 64.0), dtype=np.float64
-        )
-        n_blocks = np.ceil(kv_read / flash_block_n(op.head_dim))
+        units, kv_read, n_blocks = op_memo(op, "programs", _programs)
         slots = 2 * gpu.sm_count
         if p.split_rule in (SplitRule.FILL, SplitRule.STREAM_K):
             split_lat, eff, floor = triton_decode_terms(op, gpu, p, units, heads, rows, kv_read, by)
         else:
             if p.split_rule == SplitRule.FLASH:
-                splits = flash_splits(units, n_blocks, slots)
+                splits = op_memo(op, "flash_splits", _flash_splits_of, slots)
             else:
                 splits = np.ones_like(units)
             split = np.asarray(splits) > 1

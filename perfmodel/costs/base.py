@@ -304,6 +304,46 @@ class RooflineParams(CurveParams):
     tail_memory_eff: float = 0.0
 
 
+# ---- quantities of an op alone, kept for the ops priced last ----------------------------------------------
+
+#: How many op-only quantities :func:`op_memo` keeps (the oldest leaves first).
+OP_MEMO_SIZE = 512
+#: Only ops of at most this many points are kept (a fit prices the same few hundred records under every trial
+#: curve; a sweep's large grids are priced once and not held).
+OP_MEMO_MAX_POINTS = 4096
+_OP_MEMO: dict[tuple, tuple[Any, Any]] = {}
+
+
+def _frozen(v: Any) -> Any:
+    """An array as its own read-only copy (it may be one of the op's arrays); anything else as it is."""
+    if not isinstance(v, np.ndarray):
+        return v
+    v = np.array(v)
+    v.setflags(write=False)
+    return v
+
+
+def op_memo(op: Any, name: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(op, *args)``, a quantity of the op alone (FLOPs, bytes, the kernel's split choice), computed once
+    while ``op`` (the same object) is among the last :data:`OP_MEMO_SIZE` kept.  ``args`` must be hashable;
+    array results (or a tuple of them) are returned read-only, so a caller cannot change what later calls
+    get; results over more than :data:`OP_MEMO_MAX_POINTS` points are not kept."""
+    key = (id(op), name, args)
+    hit = _OP_MEMO.get(key)
+    if hit is not None and hit[0] is op:
+        return hit[1]
+    value = fn(op, *args)
+    parts = value if isinstance(value, tuple) else (value,)
+    if any(np.size(v) > OP_MEMO_MAX_POINTS for v in parts):
+        return value
+    parts = tuple(_frozen(v) for v in parts)
+    value = parts if isinstance(value, tuple) else parts[0]
+    if len(_OP_MEMO) >= OP_MEMO_SIZE:
+        _OP_MEMO.pop(next(iter(_OP_MEMO)), None)
+    _OP_MEMO[key] = (op, value)
+    return value
+
+
 # ---- the roofline and its occupancy terms -----------------------------------------------------------------
 
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from perfmodel.hw.spec import GPU
-from perfmodel.costs.base import Bound, CurveParams, OpClass, OpCost, roofline, waves
+from perfmodel.costs.base import Bound, CurveParams, OpClass, OpCost, op_memo, roofline, waves
 from perfmodel.ops import Gemm, bytes_moved, flops
 
 if TYPE_CHECKING:
@@ -195,7 +195,7 @@ def gemm_cost(op: Gemm, gpu: GPU, prof: Profile) -> OpCost:
     OpCost, seconds (arrays of the op's shape for array ops)
     """
     p = prof.params(OpClass.GEMM)
-    fl = flops(op)
+    fl = op_memo(op, "flops", flops)
     fl_eff, extra = None, 0.0
     if p.tile_m > 0 and p.tile_n > 0:
         m, n, k = (np.asarray(x, dtype=np.float64) for x in (op.m, op.n, op.k))
@@ -208,7 +208,7 @@ def gemm_cost(op: Gemm, gpu: GPU, prof: Profile) -> OpCost:
             fl_eff = np.maximum(f, fl)
     mem_eff, off = None, None
     if p.misaligned_eff > 0 or p.misaligned_memory_eff > 0:  # rows off the 128-byte lines
-        off = gemm_misaligned(op)
+        off = op_memo(op, "misaligned", gemm_misaligned)
         if p.misaligned_eff > 0:  # a lower math rate
             fl_eff = fl if fl_eff is None else fl_eff
             fl_eff = np.where(off, np.divide(fl_eff, p.misaligned_eff), fl_eff)
@@ -222,7 +222,7 @@ def gemm_cost(op: Gemm, gpu: GPU, prof: Profile) -> OpCost:
         split_s = split_s if np.ndim(split_s) else float(split_s)
     return roofline(
         fl,
-        bytes_moved(op),
+        op_memo(op, "bytes", bytes_moved),
         gpu.flops_for(op.dtype),
         gpu.hbm_bytes_per_s,
         p,

@@ -305,6 +305,7 @@ def test_validation_page_reproduces_the_report_table():
     ok(at)
 
 
+@pytest.mark.slow  # the validation page fits a profile (about 40 s on two cores; `pytest -m slow` shares the fit)
 def test_every_landed_back_end_has_its_page():
     at = AppTest.from_file(APP, default_timeout=60).run()
     expected = ["views/whatif.py"]

@@ -501,3 +501,28 @@ def test_non_causal_grids_pay_no_tail_beyond_the_idle_part_of_the_last_wave():
     units, mean_keys = 512, 128 * 17 / 2
     t_mean = 1e-6 + mean_keys * 128 * (4 * 128) / (rate * 4.0 / min(units / H100.sm_count, 4.0))
     assert t(2048, True) >= units * t_mean / slots + 0.4 * t_mean - 1e-12
+
+
+def test_op_memo_keeps_an_ops_own_quantities_read_only_and_apart():
+    from perfmodel.costs import base
+    from perfmodel.ops import Gemm, flops
+
+    calls = []
+
+    def counted(op):
+        calls.append(op)
+        return flops(op)
+
+    m = np.arange(1.0, 9.0)
+    a, b = Gemm(m, 64, 64), Gemm(m, 64, 128)
+    fa = base.op_memo(a, "test_flops", counted)
+    assert base.op_memo(a, "test_flops", counted) is fa and len(calls) == 1  # computed once for this op
+    np.testing.assert_array_equal(base.op_memo(b, "test_flops", counted), flops(b))  # another op: its own
+    assert len(calls) == 2
+    with pytest.raises(ValueError):
+        fa[0] = 0.0  # read-only: a caller cannot change what later calls get
+    m[0] = 5.0  # and the op's own array was copied, not frozen
+    big = Gemm(np.arange(1.0, base.OP_MEMO_MAX_POINTS + 2.0), 64, 64)
+    base.op_memo(big, "test_flops", counted)
+    base.op_memo(big, "test_flops", counted)
+    assert calls[-2:] == [big, big]  # a large grid is not kept
