@@ -62,6 +62,11 @@ def projections(spec) -> list[tuple[str, int, int]]:
     ]
 
 
+def layer_weight_bytes(spec) -> int:
+    """Bytes of one layer's four projections in bf16 (:func:`projections`)."""
+    return sum(k * n * 2 for _, k, n in projections(spec))
+
+
 def sets_for(total_bytes: float, each_bytes: float, cap_bytes: float) -> int:
     """Input sets covering ``total_bytes`` (at least 2; 1 for ``total_bytes`` 0), at most ``cap_bytes`` of them."""
     if total_bytes <= 0:
@@ -126,20 +131,20 @@ def _layers(spec, layers: int, rows: list) -> None:
     weights = [
         [torch.randn(k, n, device=dev, dtype=torch.bfloat16) for _, k, n in shapes] for _ in range(layers)
     ]
-    step_bytes = sum(k * n * 2 for _, k, n in shapes) * layers
+    step_bytes = layer_weight_bytes(spec) * layers
     for m in GEMM_MS:
         xs = {k: torch.randn(m, k, device=dev, dtype=torch.bfloat16) for _, k, _ in shapes}
         cs = {n: torch.empty(m, n, device=dev, dtype=torch.bfloat16) for _, _, n in shapes}
-        order = [
-            (lambda w=w, k=k, n=n: torch.matmul(xs[k], w, out=cs[n]))
-            for lay in weights
-            for (_, k, n), w in zip(shapes, lay)
-        ]
-        first = [
-            (lambda w=w, k=k, n=n: torch.matmul(xs[k], w, out=cs[n]))
-            for _ in range(layers)
-            for (_, k, n), w in zip(shapes, weights[0])
-        ]
+
+        def step(layer_weights):
+            """The four projections of each layer of ``layer_weights``, in order."""
+            return [
+                (lambda w=w, k=k, n=n: torch.matmul(xs[k], w, out=cs[n]))
+                for lay in layer_weights
+                for (_, k, n), w in zip(shapes, lay)
+            ]
+
+        order, first = step(weights), step([weights[0]] * layers)
         cold = _per_call_s(order, len(order)) * len(order)
         warm = _per_call_s(first, len(first)) * len(first)
         rows.append(
@@ -263,8 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     if "gemm" in sections:
         _gemm(spec, args.gb, cap, rows, kernel_names)
     if "layers" in sections:
-        per_layer = sum(k * n * 2 for _, k, n in projections(spec))
-        _layers(spec, max(1, min(args.layers, int(cap // per_layer))), rows)
+        _layers(spec, max(1, min(args.layers, int(cap // layer_weight_bytes(spec)))), rows)
     if "attention" in sections:
         _attention(spec, args.gb, cap, rows, kernel_names)
     for line in table(rows):

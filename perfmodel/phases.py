@@ -142,6 +142,25 @@ class Classes:
         return reduced, (self.reduce(count) if np.ndim(count) else count)
 
 
+def _add_cost(acc: dict[str, Any], c: OpCost, mem: Any, count: Any) -> None:
+    """``count * c`` added into ``acc`` (one running sum per cost field; ``mem``: ``c.memory_s * count``),
+    arrays summed in place where they can be."""
+    for name in _COST_FIELDS:
+        raw = mem if name == "memory_s" else getattr(c, name)
+        if type(raw) is float and raw == 0.0:
+            continue  # adds nothing
+        v = raw if name == "memory_s" else raw * count
+        a = acc[name]
+        if isinstance(a, np.ndarray) and (np.shape(v) == a.shape or np.ndim(v) == 0):
+            a += v
+        elif isinstance(v, np.ndarray) and v.dtype == np.float64 and np.ndim(a) == 0:
+            acc[name] = np.add(v, a, out=v)  # v is this op's own product (a new array): summed in place
+        elif isinstance(v, np.ndarray) or isinstance(a, np.ndarray):
+            acc[name] = np.add(a, v, dtype=np.float64)
+        else:
+            acc[name] = a + v
+
+
 def sum_costs(ops, gpu: GPU, profile: Profile, classes: Classes | None = None) -> OpCost:
     """Sum of ``count * cost(op)`` over ``(name, op, count)`` triples.
 
@@ -156,19 +175,18 @@ def sum_costs(ops, gpu: GPU, profile: Profile, classes: Classes | None = None) -
     groups: dict[tuple, dict[str, Any]] = {}
     if classes is not None and not classes.useful:
         classes = None
+    on_classes = dict.fromkeys(_COST_FIELDS, 0.0)  # the sum of the ops priced once per class
     bound = ZERO.memory_bound
     arrays = 0.0  # mean memory time of the array-valued ops so far (their sum over a grid, per point)
     scalars = 0.0  # memory time of the scalar ops so far
     for _, op, count in ops:
-        cl = None
-        if classes is not None:
-            red = classes.reduced(op, count)
-            if red is not None:
-                (op, count), cl = red, classes
+        red = classes.reduced(op, count) if classes is not None else None
+        if red is not None:
+            op, count = red
         c = op_cost(op, gpu, profile)
         mem = c.memory_s * count
         if np.ndim(mem):
-            total, this = arrays + scalars, (float(np.mean(mem)) if cl is None else cl.mean(mem))
+            total, this = arrays + scalars, (float(np.mean(mem)) if red is None else classes.mean(mem))
             arrays += this
         else:
             # as np.sum over arrays of the grid: a scalar total once any array was added is spread over it
@@ -176,34 +194,17 @@ def sum_costs(ops, gpu: GPU, profile: Profile, classes: Classes | None = None) -
             scalars += this
         if not total >= this:
             bound = c.memory_bound
+        if red is not None:
+            _add_cost(on_classes, c, mem, count)
+            continue
         shape = (
             np.shape(mem)
             if np.ndim(mem)
             else np.broadcast_shapes(*(np.shape(getattr(c, f)) for f in _COST_FIELDS))
         )
-        key = shape if cl is None else ("classes", shape)
-        acc = groups.setdefault(key, dict.fromkeys(_COST_FIELDS, 0.0))
-        for name in _COST_FIELDS:
-            raw = mem if name == "memory_s" else getattr(c, name)
-            if type(raw) is float and raw == 0.0:
-                continue  # adds nothing
-            v = raw if name == "memory_s" else raw * count
-            a = acc[name]
-            if (
-                isinstance(a, np.ndarray)
-                and np.shape(v) == a.shape
-                or (isinstance(a, np.ndarray) and np.ndim(v) == 0)
-            ):
-                a += v
-            elif isinstance(v, np.ndarray) and v.dtype == np.float64 and np.ndim(a) == 0:
-                acc[name] = np.add(v, a, out=v)  # v is this op's own product (a new array): summed in place
-            elif isinstance(v, np.ndarray) or isinstance(a, np.ndarray):
-                acc[name] = np.add(a, v, dtype=np.float64)
-            else:
-                acc[name] = a + v
-    for key in [k for k in groups if k and k[0] == "classes"]:
-        acc = groups.pop(key)
-        full = {name: classes.expand(acc[name]) for name in _COST_FIELDS}
+        _add_cost(groups.setdefault(shape, dict.fromkeys(_COST_FIELDS, 0.0)), c, mem, count)
+    if classes is not None and any(np.ndim(v) for v in on_classes.values()):
+        full = {name: classes.expand(v) for name, v in on_classes.items()}
         into = groups.get(classes.shape)
         if into is None:
             groups[classes.shape] = full
