@@ -227,3 +227,14 @@ def test_classes_leave_alone_an_op_not_constant_on_them():
     attn = Attention(Phase.PREFILL, batch, q, kv, 32, 8, 128)
     assert classes.reduced(attn, 1) is None  # attention is not priced pointwise over classes
     np.testing.assert_array_equal(classes.expand(classes.reduce(batch * q)), batch * q)
+
+
+def test_the_sweep_benchmark_grid_prefills_a_few_thousand_token_counts():
+    """``benchmarks/sweep.py``'s 1e5-point grid (contexts 1K-100K by 1K, batch 1-100, 8192-token passes): the
+    README's count of distinct prefill token counts among its 10,000 (context, batch) pairs."""
+    from perfmodel.phases import Classes
+
+    ctx = (np.arange(1, 101) * 1000.0).reshape(-1, 1)
+    batch = np.arange(1, 101, dtype=np.float64).reshape(1, -1)
+    n = np.ceil(ctx / np.maximum(8192 / batch, 1.0))
+    assert Classes(batch * (ctx / n)).first.size == 2253
