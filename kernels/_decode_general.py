@@ -49,6 +49,8 @@ _MERGE_BLOCK_S = 16
 #: query heads per program: the interpreter's (16) also makes a group of more than 16 heads take
 #: several programs, so the tests cover the head blocks
 _INTERPRETER_META = {"BLOCK_G": 16, "BLOCK_N": 16}
+#: an fp8 cache under a bf16 q takes both products in fp16 (:func:`_to_f16`)
+FP8_PRODUCTS_F16 = True
 
 
 @triton.jit
@@ -61,6 +63,21 @@ def _rows(b, hk, offs_n, valid, BT, s_btb, lay, PAGE_SIZE, PAGED: tl.constexpr):
         return page.to(tl.int64) * s_b + hk * s_h + (offs_n % PAGE_SIZE) * s_n
     else:
         return b.to(tl.int64) * s_b + hk * s_h + offs_n.to(tl.int64) * s_n
+
+
+@triton.jit
+def _to_f16(q, q_b, scale, HEAD_DIM_B: tl.constexpr):
+    # q in fp16 for an fp8 cache (e4m3 converts to fp16 exactly, in fewer instructions than to bf16):
+    # q is first scaled by a power of two 2^-e that brings its largest magnitude under 2^14 (exact
+    # unless bits fall below fp16's range), and the score's scale takes 2^e back.
+    big = tl.max(tl.max(tl.abs(q.to(tl.float32)), 1), 0)
+    if HEAD_DIM_B > 0:
+        big = tl.maximum(big, tl.max(tl.max(tl.abs(q_b.to(tl.float32)), 1), 0))
+    e = tl.maximum(tl.math.ceil(tl.math.log2(tl.maximum(big, 1.0))) - 14.0, 0.0)
+    shrink = tl.math.exp2(-e)
+    q16 = (q.to(tl.float32) * shrink).to(tl.float16)
+    q_b16 = (q_b.to(tl.float32) * shrink).to(tl.float16)
+    return q16, q_b16, scale * tl.math.exp2(e)
 
 
 @triton.jit
@@ -135,6 +152,7 @@ def _split_kernel(
     SCALED: tl.constexpr,
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
+    F16: tl.constexpr,
 ):
     """Partials of query heads ``hb*BLOCK_G ..`` of pair ``bh`` over one chunk of keys.
 
@@ -169,6 +187,8 @@ def _split_kernel(
         if UPCAST:
             q_b = q_b.to(tl.float32)
     scale = qk_scale
+    if F16:
+        q, q_b, scale = _to_f16(q, q_b, scale, HEAD_DIM_B)
     v_scale = 1.0
     if SCALED:
         scale = scale * tl.load(K_SCALE + hk * s_scale)
@@ -364,13 +384,14 @@ def launch(
     k_scale = k_scale if k_scale is not None else (one if scaled else kv_lens)
     v_scale = v_scale if v_scale is not None else (one if scaled else kv_lens)
     scale = (1.0 / math.sqrt(D) if sm_scale is None else float(sm_scale)) * _LOG2E
+    f16 = FP8_PRODUCTS_F16 and k.dtype == torch.float8_e4m3fn and q.dtype == torch.bfloat16
     _split_kernel[(B * kv_heads * head_blocks, pieces)](
         q, (q.stride(0), q.stride(1)), k, layouts[0], v, layouts[1], bt, bt.stride(0) if paging else 0, page_size,
         kv_lens, k_scale, v_scale, s_scale, po, pl, scale, kv_heads, group, head_blocks, chunk, pieces,
         HEAD_DIM=d_a, HEAD_DIM_B=d_b, D_B=D - d_a, HEAD_DIM_V=hdv, DV=v_head_dim, BLOCK_G=block_g,
         PAGED=paging is not None, V_FROM_K=v_from_k, SCALED=scaled,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        UPCAST=interp and q.dtype == torch.bfloat16, **meta,
+        UPCAST=interp and q.dtype == torch.bfloat16 and not f16, F16=f16, **meta,
     )
     o = torch.empty((B, Hq, v_head_dim), dtype=q.dtype, device=q.device)
     _merge_kernel[(B * Hq,)](po, pl, o, Hq, pieces, o.stride(0), o.stride(1), HEAD_DIM_V=hdv, DV=v_head_dim,

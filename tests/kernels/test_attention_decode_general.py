@@ -107,6 +107,25 @@ def test_fp8_cache_matches_the_dequantised_reference(d, per_head, seed, check, p
     check(o, ref, torch.bfloat16, seed, f"fp8 paged per_head={per_head}")
 
 
+@pytest.mark.parametrize("magnitude", [1.0, 3e5, 1e-3])
+def test_fp8_cache_under_bf16_q_of_any_magnitude(magnitude, seed, check, poisoned):
+    # a bf16 q over an fp8 cache takes the products in fp16: q beyond fp16's range (65504) is
+    # scaled by a power of two first, and tiny q keeps its bits (no inf, no NaN, no lost scores)
+    q, k, v = _contiguous(2, 8, 2, 128, 128, 33, torch.bfloat16)
+    q = (q.float() * magnitude).to(torch.bfloat16)
+    kv_lens = torch.tensor([33, 17], dtype=torch.int32)
+    kq, ks = quantize_fp8(k, True)
+    vq, vs = quantize_fp8(v, True)
+    sm_scale = 1.0 / (magnitude * math.sqrt(128))
+    ref = attention_decode_ref(
+        q, dequantize_fp8_ref(kq, ks), dequantize_fp8_ref(vq, vs), kv_lens, sm_scale=sm_scale
+    )
+    with poisoned():
+        o = kernels.attention_decode(q, kq, vq, kv_lens, k_scale=ks, v_scale=vs, sm_scale=sm_scale)
+    assert torch.isfinite(o).all()
+    check(o, ref, torch.bfloat16, seed, f"fp8 under q of magnitude {magnitude}")
+
+
 def test_fp8_scales_are_applied(seed):
     # the same bytes with scales 1 and 2 must not give the same attention
     q, k, v = _contiguous(1, 4, 1, 64, 64, 16, torch.float32)
