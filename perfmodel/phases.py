@@ -154,7 +154,8 @@ def _add_cost(acc: dict[str, Any], c: OpCost, mem: Any, count: Any) -> None:
         if isinstance(a, np.ndarray) and (np.shape(v) == a.shape or np.ndim(v) == 0):
             a += v
         elif isinstance(v, np.ndarray) and v.dtype == np.float64 and np.ndim(a) == 0:
-            acc[name] = np.add(v, a, out=v)  # v is this op's own product (a new array): summed in place
+            # v is this op's own product (a new array): it becomes the sum, the scalar added in place
+            acc[name] = v if type(a) is float and a == 0.0 else np.add(v, a, out=v)
         elif isinstance(v, np.ndarray) or isinstance(a, np.ndarray):
             acc[name] = np.add(a, v, dtype=np.float64)
         else:
@@ -252,8 +253,20 @@ def add_priced(priced: list[PricedOp], classes: Classes | None = None) -> OpCost
         return OpCost(memory_bound=bound)
     out = parts[0]
     for acc in parts[1:]:
-        out = {name: out[name] + acc[name] for name in _COST_FIELDS}
+        out = {name: _add_into(acc[name], out[name]) for name in _COST_FIELDS}
     return OpCost(memory_bound=bound, **out)
+
+
+def _add_into(total: Any, a: Any) -> Any:
+    """``total + a``, into ``total`` when it is a float array of the sum's shape (a running sum of
+    :func:`add_priced`, its own array)."""
+    if (
+        isinstance(total, np.ndarray)
+        and total.dtype == np.float64
+        and (np.ndim(a) == 0 or np.broadcast_shapes(total.shape, np.shape(a)) == total.shape)
+    ):
+        return np.add(total, a, out=total)
+    return a + total
 
 
 def sum_costs(ops, gpu: GPU, profile: Profile, classes: Classes | None = None) -> OpCost:
@@ -404,7 +417,7 @@ def _prefill_span(model, gpu, profile, new_tokens, offset, batch, prec, tp, chun
         knobs=knobs,
         classes=classes,
     )
-    return body.scale(n if n.ndim else float(n))
+    return _scaled(body, n if n.ndim else float(n))
 
 
 def decode_step_cost(
@@ -525,7 +538,24 @@ def decode_costs(
                 for s, (name, op, count) in zip(step_ops, mean_ops)
             ]
         )
-    return add_priced(step_ops), mean.scale(out if out.ndim else float(out))
+    return add_priced(step_ops), _scaled(mean, out if out.ndim else float(out))
+
+
+def _scaled(cost: OpCost, factor: Any) -> OpCost:
+    """``cost.scale(factor)`` for a cost just summed (:func:`add_priced`), whose arrays are its own: each
+    array that already has the product's shape is multiplied in place."""
+    fields = {}
+    for name in _COST_FIELDS:
+        v = getattr(cost, name)
+        if (
+            isinstance(v, np.ndarray)
+            and v.dtype == np.float64
+            and (np.ndim(factor) == 0 or np.broadcast_shapes(v.shape, np.shape(factor)) == v.shape)
+        ):
+            fields[name] = np.multiply(v, factor, out=v)
+        else:
+            fields[name] = v * factor
+    return OpCost(memory_bound=cost.memory_bound, **fields)
 
 
 def _every_point(x):
