@@ -190,17 +190,81 @@ def price_ops(ops, gpu: GPU, profile: Profile, classes: Classes | None = None) -
     """Each of ``(name, op, count)`` triples priced (:func:`perfmodel.costs.op_cost`), in order.
 
     With ``classes`` (:class:`Classes` of the grid, when :attr:`Classes.useful`), a GEMM or elementwise op
-    whose sizes are constant on each class is priced once per class (:meth:`Classes.reduced`).
+    whose sizes are constant on each class is priced once per class (:meth:`Classes.reduced`).  The ops of
+    one kind over arrays of the same shapes (:func:`_stack_key`) are priced in one call (:func:`_op_costs`).
     """
     if classes is not None and not classes.useful:
         classes = None
-    priced = []
+    rows = []
     for name, op, count in ops:
         red = classes.reduced(op, count) if classes is not None else None
         if red is not None:
             op, count = red
-        priced.append(PricedOp(name, op, count, op_cost(op, gpu, profile), red is not None))
-    return priced
+        rows.append((name, op, count, red is not None))
+    costs = _op_costs([op for _, op, _, _ in rows], gpu, profile)
+    return [PricedOp(name, op, count, c, on) for (name, op, count, on), c in zip(rows, costs)]
+
+
+#: The size fields of the op types :func:`_op_costs` stacks: the fields a pass's grid enters through.
+_SIZE_FIELDS = {Gemm: ("m", "n", "k"), Elementwise: ("bytes", "flops")}
+
+
+def _stack_key(op) -> tuple | None:
+    """The ops with one key are priced under one curve through the same branches, their costs pointwise
+    functions of their sizes: GEMMs of one dtype triple, elementwise kernels of one name (with FLOPs
+    somewhere or none, which picks the row rule of a norm), each size an array of the same shape.  None
+    for other ops and for ops over scalars."""
+    if type(op) is Gemm:
+        base: tuple = (Gemm, op.dtype, op.b_dtype, op.out_dtype)
+    elif type(op) is Elementwise and op.serial_steps is None:
+        base = (Elementwise, op.name, bool(np.any(op.flops)))
+    else:
+        return None
+    shapes = tuple(np.shape(getattr(op, f)) for f in _SIZE_FIELDS[type(op)])
+    return base + shapes if any(shapes) else None
+
+
+def _op_costs(ops, gpu: GPU, profile: Profile) -> list[OpCost]:
+    """:func:`perfmodel.costs.op_cost` of each op.  The ops of one :func:`_stack_key` are priced in one
+    call, their sizes stacked on a new first axis, each op's cost its slice of the result (the same
+    values: the cost is pointwise in the sizes); a pass's GEMMs and norms over the batch sizes of a grid
+    cost one call each instead of one per op."""
+    costs: list[OpCost | None] = [None] * len(ops)
+    kinds: dict[tuple, list[int]] = {}
+    for i, op in enumerate(ops):
+        key = _stack_key(op)
+        if key is None:
+            costs[i] = op_cost(op, gpu, profile)
+        else:
+            kinds.setdefault(key, []).append(i)
+    for idx in kinds.values():
+        if len(idx) == 1:
+            costs[idx[0]] = op_cost(ops[idx[0]], gpu, profile)
+            continue
+        first = ops[idx[0]]
+        names = _SIZE_FIELDS[type(first)]
+        nd = max(np.ndim(getattr(first, f)) for f in names)
+        stacked = dataclasses.replace(
+            first,
+            **{
+                f: np.stack([np.reshape(v, (1,) * (nd - np.ndim(v)) + np.shape(v)) for v in vals])
+                for f in names
+                for vals in [[getattr(ops[i], f) for i in idx]]
+            },
+        )
+        c = op_cost(stacked, gpu, profile)
+        for g, i in enumerate(idx):
+            costs[i] = OpCost(
+                memory_bound=c.memory_bound,
+                **{
+                    f: (
+                        v[g if v.shape[0] > 1 else 0] if isinstance(v, np.ndarray) and v.ndim == nd + 1 else v
+                    )
+                    for f in _COST_FIELDS
+                    for v in [getattr(c, f)]
+                },
+            )
+    return costs
 
 
 def add_priced(priced: list[PricedOp], classes: Classes | None = None) -> OpCost:
@@ -533,8 +597,7 @@ def decode_costs(
     else:
         mean = add_priced(
             [
-                _restricted(s, name, op, count, take)
-                or PricedOp(name, op, count, op_cost(op, gpu, profile))
+                _restricted(s, name, op, count, take) or PricedOp(name, op, count, op_cost(op, gpu, profile))
                 for s, (name, op, count) in zip(step_ops, mean_ops)
             ]
         )
@@ -568,7 +631,9 @@ def _restricted(s: PricedOp, name: str, op, count, take) -> PricedOp | None:
     (:data:`_POINTWISE_OPS`), each size ``take`` of ``s.op``'s; else None."""
     if s.on_classes or s.name != name or type(s.op) is not type(op) or not isinstance(op, _POINTWISE_OPS):
         return None
-    pairs = [(s.count, count)] + [(getattr(s.op, f.name), getattr(op, f.name)) for f in dataclasses.fields(op)]
+    pairs = [(s.count, count)] + [
+        (getattr(s.op, f.name), getattr(op, f.name)) for f in dataclasses.fields(op)
+    ]
     for a, b in pairs:
         if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
             a = take(a) if isinstance(a, np.ndarray) else a
