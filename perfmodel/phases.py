@@ -95,7 +95,7 @@ class Classes:
 
     def __init__(self, key: np.ndarray):
         flat = np.ascontiguousarray(key, dtype=np.float64).reshape(-1)
-        order = np.argsort(flat)
+        order = np.argsort(flat, kind="stable")  # each class represented by its first point
         new = np.empty(flat.size, dtype=bool)
         new[:1] = True
         np.not_equal(flat[order[1:]], flat[order[:-1]], out=new[1:])
@@ -189,9 +189,23 @@ class PricedOp:
 def price_ops(ops, gpu: GPU, profile: Profile, classes: Classes | None = None) -> list[PricedOp]:
     """Each of ``(name, op, count)`` triples priced (:func:`perfmodel.costs.op_cost`), in order.
 
-    With ``classes`` (:class:`Classes` of the grid, when :attr:`Classes.useful`), a GEMM or elementwise op
-    whose sizes are constant on each class is priced once per class (:meth:`Classes.reduced`).  The ops of
-    one kind over arrays of the same shapes (:func:`_stack_key`) are priced in one call (:func:`_op_costs`).
+    The ops of one kind over arrays of the same shapes (:func:`_stack_key`) are priced in one call
+    (:func:`_op_costs`).
+
+    Parameters
+    ----------
+    ops : iterable of (str, Op, count)
+        A pass's ops (:func:`perfmodel.layers.model_ops`); sizes may be arrays over a grid.
+    gpu : GPU
+    profile : Profile
+    classes : Classes, optional
+        Classes of the grid: when :attr:`Classes.useful`, a GEMM or elementwise op whose sizes are constant
+        on each class is priced once per class (:meth:`Classes.reduced`).
+
+    Returns
+    -------
+    list of PricedOp
+        One per op, in order; each cost is of one run, seconds.
     """
     if classes is not None and not classes.useful:
         classes = None
@@ -268,9 +282,22 @@ def _op_costs(ops, gpu: GPU, profile: Profile) -> list[OpCost]:
 
 
 def add_priced(priced: list[PricedOp], classes: Classes | None = None) -> OpCost:
-    """Sum of ``count * cost`` over priced ops (:func:`price_ops`; ``classes``: the :class:`Classes` they
-    were priced with, needed when some op is ``on_classes``).
+    """Sum of ``count * cost`` over priced ops.
 
+    Parameters
+    ----------
+    priced : list of PricedOp
+        A pass's ops with their costs (:func:`price_ops`), in order.
+    classes : Classes, optional
+        The classes they were priced with (needed when some op is ``on_classes``).
+
+    Returns
+    -------
+    OpCost, seconds
+        Over the grid the costs broadcast to.
+
+    Notes
+    -----
     Equal to folding ``OpCost.__add__`` over ``cost.scale(count)`` (same ``memory_bound`` rule: an op
     takes it over when its memory time is at least the total so far, compared as over one grid of
     points), but adds the costs of each array shape together first and those sums at the end, so an
