@@ -228,14 +228,14 @@ def _stack_key(op) -> tuple | None:
     functions of their sizes: GEMMs of one dtype triple, elementwise kernels of one name (with FLOPs
     somewhere or none, which picks the row rule of a norm), each size an array of the same shape.  None
     for other ops and for ops over scalars."""
-    if type(op) is Gemm:
-        base: tuple = (Gemm, op.dtype, op.b_dtype, op.out_dtype)
-    elif type(op) is Elementwise and op.serial_steps is None:
-        base = (Elementwise, op.name, bool(np.any(op.flops)))
-    else:
+    if not (type(op) is Gemm or (type(op) is Elementwise and op.serial_steps is None)):
         return None
     shapes = tuple(np.shape(getattr(op, f)) for f in _SIZE_FIELDS[type(op)])
-    return base + shapes if any(shapes) else None
+    if not any(shapes):
+        return None
+    if type(op) is Gemm:
+        return (Gemm, op.dtype, op.b_dtype, op.out_dtype) + shapes
+    return (Elementwise, op.name, bool(np.any(op.flops))) + shapes
 
 
 def _op_costs(ops, gpu: GPU, profile: Profile) -> list[OpCost]:
