@@ -95,7 +95,7 @@ class Classes:
 
     def __init__(self, key: np.ndarray):
         flat = np.ascontiguousarray(key, dtype=np.float64).reshape(-1)
-        order = np.argsort(flat)
+        order = np.argsort(flat, kind="stable")  # each class represented by its first point
         new = np.empty(flat.size, dtype=bool)
         new[:1] = True
         np.not_equal(flat[order[1:]], flat[order[:-1]], out=new[1:])
@@ -154,39 +154,167 @@ def _add_cost(acc: dict[str, Any], c: OpCost, mem: Any, count: Any) -> None:
         if isinstance(a, np.ndarray) and (np.shape(v) == a.shape or np.ndim(v) == 0):
             a += v
         elif isinstance(v, np.ndarray) and v.dtype == np.float64 and np.ndim(a) == 0:
-            acc[name] = np.add(v, a, out=v)  # v is this op's own product (a new array): summed in place
+            # v is this op's own product (a new array): it becomes the sum, the scalar added in place
+            acc[name] = v if type(a) is float and a == 0.0 else np.add(v, a, out=v)
         elif isinstance(v, np.ndarray) or isinstance(a, np.ndarray):
             acc[name] = np.add(a, v, dtype=np.float64)
         else:
             acc[name] = a + v
 
 
-def sum_costs(ops, gpu: GPU, profile: Profile, classes: Classes | None = None) -> OpCost:
-    """Sum of ``count * cost(op)`` over ``(name, op, count)`` triples.
+@dataclass(frozen=True)
+class PricedOp:
+    """One op of a pass with its cost (:func:`price_ops`).
 
+    Attributes
+    ----------
+    name : str
+    op : Op
+        The op priced: over the classes of the pass's :class:`Classes` when ``on_classes`` (its sizes one
+        value per class), else over the grid.
+    count : int, float or array
+        How many times the op runs (per class when ``on_classes``).
+    cost : OpCost, seconds
+        One run of ``op`` (:func:`perfmodel.costs.op_cost`).
+    on_classes : bool
+    """
+
+    name: str
+    op: Any
+    count: Any
+    cost: OpCost
+    on_classes: bool = False
+
+
+def price_ops(ops, gpu: GPU, profile: Profile, classes: Classes | None = None) -> list[PricedOp]:
+    """Each of ``(name, op, count)`` triples priced (:func:`perfmodel.costs.op_cost`), in order.
+
+    The ops of one kind over arrays of the same shapes (:func:`_stack_key`) are priced in one call
+    (:func:`_op_costs`).
+
+    Parameters
+    ----------
+    ops : iterable of (str, Op, count)
+        A pass's ops (:func:`perfmodel.layers.model_ops`); sizes may be arrays over a grid.
+    gpu : GPU
+    profile : Profile
+    classes : Classes, optional
+        Classes of the grid: when :attr:`Classes.useful`, a GEMM or elementwise op whose sizes are constant
+        on each class is priced once per class (:meth:`Classes.reduced`).
+
+    Returns
+    -------
+    list of PricedOp
+        One per op, in order; each cost is of one run, seconds.
+    """
+    if classes is not None and not classes.useful:
+        classes = None
+    rows = []
+    for name, op, count in ops:
+        red = classes.reduced(op, count) if classes is not None else None
+        if red is not None:
+            op, count = red
+        rows.append((name, op, count, red is not None))
+    costs = _op_costs([op for _, op, _, _ in rows], gpu, profile)
+    return [PricedOp(name, op, count, c, on) for (name, op, count, on), c in zip(rows, costs)]
+
+
+#: The size fields of the op types :func:`_op_costs` stacks: the fields a pass's grid enters through.
+_SIZE_FIELDS = {Gemm: ("m", "n", "k"), Elementwise: ("bytes", "flops")}
+
+
+def _stack_key(op) -> tuple | None:
+    """The ops with one key are priced under one curve through the same branches, their costs pointwise
+    functions of their sizes: GEMMs of one dtype triple, elementwise kernels of one name (with FLOPs
+    somewhere or none, which picks the row rule of a norm), each size an array of the same shape.  None
+    for other ops and for ops over scalars."""
+    if not (type(op) is Gemm or (type(op) is Elementwise and op.serial_steps is None)):
+        return None
+    shapes = tuple(np.shape(getattr(op, f)) for f in _SIZE_FIELDS[type(op)])
+    if not any(shapes):
+        return None
+    if type(op) is Gemm:
+        return (Gemm, op.dtype, op.b_dtype, op.out_dtype) + shapes
+    return (Elementwise, op.name, bool(np.any(op.flops))) + shapes
+
+
+def _op_costs(ops, gpu: GPU, profile: Profile) -> list[OpCost]:
+    """:func:`perfmodel.costs.op_cost` of each op.  The ops of one :func:`_stack_key` are priced in one
+    call, their sizes stacked on a new first axis, each op's cost its slice of the result (the same
+    values: the cost is pointwise in the sizes); a pass's GEMMs and norms over the batch sizes of a grid
+    cost one call each instead of one per op."""
+    costs: list[OpCost | None] = [None] * len(ops)
+    kinds: dict[tuple, list[int]] = {}
+    for i, op in enumerate(ops):
+        key = _stack_key(op)
+        if key is None:
+            costs[i] = op_cost(op, gpu, profile)
+        else:
+            kinds.setdefault(key, []).append(i)
+    for idx in kinds.values():
+        if len(idx) == 1:
+            costs[idx[0]] = op_cost(ops[idx[0]], gpu, profile)
+            continue
+        first = ops[idx[0]]
+        names = _SIZE_FIELDS[type(first)]
+        nd = max(np.ndim(getattr(first, f)) for f in names)
+        stacked = dataclasses.replace(
+            first,
+            **{
+                f: np.stack([np.reshape(v, (1,) * (nd - np.ndim(v)) + np.shape(v)) for v in vals])
+                for f in names
+                for vals in [[getattr(ops[i], f) for i in idx]]
+            },
+        )
+        c = op_cost(stacked, gpu, profile)
+        for g, i in enumerate(idx):
+            costs[i] = OpCost(
+                memory_bound=c.memory_bound,
+                **{
+                    f: (
+                        v[g if v.shape[0] > 1 else 0] if isinstance(v, np.ndarray) and v.ndim == nd + 1 else v
+                    )
+                    for f in _COST_FIELDS
+                    for v in [getattr(c, f)]
+                },
+            )
+    return costs
+
+
+def add_priced(priced: list[PricedOp], classes: Classes | None = None) -> OpCost:
+    """Sum of ``count * cost`` over priced ops.
+
+    Parameters
+    ----------
+    priced : list of PricedOp
+        A pass's ops with their costs (:func:`price_ops`), in order.
+    classes : Classes, optional
+        The classes they were priced with (needed when some op is ``on_classes``).
+
+    Returns
+    -------
+    OpCost, seconds
+        Over the grid the costs broadcast to.
+
+    Notes
+    -----
     Equal to folding ``OpCost.__add__`` over ``cost.scale(count)`` (same ``memory_bound`` rule: an op
     takes it over when its memory time is at least the total so far, compared as over one grid of
     points), but adds the costs of each array shape together first and those sums at the end, so an
     op priced over a few sizes (a GEMM over the batch sizes of a grid) is never spread over the whole
-    grid.  One shape (scalars, or arrays of one shape) is the plain fold, in order.  With ``classes``
-    (:class:`Classes` of the grid, when :attr:`Classes.useful`), a GEMM or elementwise op whose sizes are
-    constant on each class is priced once per class, its cost spread back over the grid with the sums.
+    grid.  One shape (scalars, or arrays of one shape) is the plain fold, in order.  The ops priced once
+    per class are summed per class and spread back over the grid with the sums.
     """
     groups: dict[tuple, dict[str, Any]] = {}
-    if classes is not None and not classes.useful:
-        classes = None
     on_classes = dict.fromkeys(_COST_FIELDS, 0.0)  # the sum of the ops priced once per class
     bound = ZERO.memory_bound
     arrays = 0.0  # mean memory time of the array-valued ops so far (their sum over a grid, per point)
     scalars = 0.0  # memory time of the scalar ops so far
-    for _, op, count in ops:
-        red = classes.reduced(op, count) if classes is not None else None
-        if red is not None:
-            op, count = red
-        c = op_cost(op, gpu, profile)
+    for p in priced:
+        c, count = p.cost, p.count
         mem = c.memory_s * count
         if np.ndim(mem):
-            total, this = arrays + scalars, (float(np.mean(mem)) if red is None else classes.mean(mem))
+            total, this = arrays + scalars, (classes.mean(mem) if p.on_classes else float(np.mean(mem)))
             arrays += this
         else:
             # as np.sum over arrays of the grid: a scalar total once any array was added is spread over it
@@ -194,7 +322,7 @@ def sum_costs(ops, gpu: GPU, profile: Profile, classes: Classes | None = None) -
             scalars += this
         if not total >= this:
             bound = c.memory_bound
-        if red is not None:
+        if p.on_classes:
             _add_cost(on_classes, c, mem, count)
             continue
         shape = (
@@ -203,7 +331,7 @@ def sum_costs(ops, gpu: GPU, profile: Profile, classes: Classes | None = None) -
             else np.broadcast_shapes(*(np.shape(getattr(c, f)) for f in _COST_FIELDS))
         )
         _add_cost(groups.setdefault(shape, dict.fromkeys(_COST_FIELDS, 0.0)), c, mem, count)
-    if classes is not None and any(np.ndim(v) for v in on_classes.values()):
+    if any(np.ndim(v) for v in on_classes.values()):
         full = {name: classes.expand(v) for name, v in on_classes.items()}
         into = groups.get(classes.shape)
         if into is None:
@@ -216,8 +344,33 @@ def sum_costs(ops, gpu: GPU, profile: Profile, classes: Classes | None = None) -
         return OpCost(memory_bound=bound)
     out = parts[0]
     for acc in parts[1:]:
-        out = {name: out[name] + acc[name] for name in _COST_FIELDS}
+        out = {name: _add_into(acc[name], out[name]) for name in _COST_FIELDS}
     return OpCost(memory_bound=bound, **out)
+
+
+def _add_into(total: Any, a: Any) -> Any:
+    """``total + a``, into ``total`` when it is a float array of the sum's shape (a running sum of
+    :func:`add_priced`, its own array)."""
+    if (
+        isinstance(total, np.ndarray)
+        and total.dtype == np.float64
+        and (np.ndim(a) == 0 or np.broadcast_shapes(total.shape, np.shape(a)) == total.shape)
+    ):
+        return np.add(total, a, out=total)
+    return a + total
+
+
+def sum_costs(ops, gpu: GPU, profile: Profile, classes: Classes | None = None) -> OpCost:
+    """Sum of ``count * cost(op)`` over ``(name, op, count)`` triples: :func:`price_ops`, then
+    :func:`add_priced`.
+
+    With ``classes`` (:class:`Classes` of the grid, when :attr:`Classes.useful`), a GEMM or elementwise op
+    whose sizes are constant on each class is priced once per class, its cost spread back over the grid
+    with the sums.
+    """
+    if classes is not None and not classes.useful:
+        classes = None
+    return add_priced(price_ops(ops, gpu, profile, classes), classes)
 
 
 def prefill_cost(
@@ -355,7 +508,7 @@ def _prefill_span(model, gpu, profile, new_tokens, offset, batch, prec, tp, chun
         knobs=knobs,
         classes=classes,
     )
-    return body.scale(n if n.ndim else float(n))
+    return _scaled(body, n if n.ndim else float(n))
 
 
 def decode_step_cost(
@@ -416,6 +569,109 @@ def decode_cost(
     kv_mean = np.asarray(context_len, dtype=np.float64) + (out + 1) / 2.0
     step = decode_step_cost(model, gpu, profile, kv_mean, batch, precision, tp, knobs)
     return step.scale(out if out.ndim else float(out))
+
+
+def decode_costs(
+    model: ModelSpec,
+    gpu: GPU,
+    profile: Profile,
+    context_len,
+    output_tokens,
+    batch=1,
+    precision: Precision = Precision(),
+    tp: int = 1,
+    knobs: Knobs | None = None,
+    take=None,
+) -> tuple[OpCost, OpCost]:
+    """One decode step after ``context_len`` keys and all ``output_tokens`` steps after it, priced together.
+
+    The step is :func:`decode_step_cost` of ``context_len`` and ``batch``, the decode :func:`decode_cost`
+    (``output_tokens`` steps at the mean key count) of ``take(context_len)``, ``output_tokens`` and
+    ``take(batch)``.  The ops of the decode's mean step that do not read the key count (the GEMMs, norms,
+    the KV append and the LM head: functions of the batch alone) are the step's ops over fewer points, so
+    their costs are the step's, restricted by ``take``, not priced again.  With active knobs the two are
+    priced apart (:func:`decode_step_cost` is then not one pass of ops).
+
+    Parameters
+    ----------
+    context_len, output_tokens : float or array, tokens
+    batch : float or array, sequences
+    take : callable, optional
+        Restricts an array that broadcasts over the step's grid (``context_len`` x ``batch``) to the points
+        where the decode is wanted, elementwise (a selection of them, each array keeping its own axes); a
+        value that is not an array comes back as it is.  None: every point.
+
+    Returns
+    -------
+    (OpCost, OpCost), seconds
+        The step, and the decode over the points ``take`` keeps (x ``output_tokens``).
+    """
+    if take is None:
+        take = _every_point
+    knobs = _active(knobs)
+    if knobs is not None:
+        step = decode_step_cost(model, gpu, profile, context_len, batch, precision, tp, knobs)
+        dec = decode_cost(
+            model, gpu, profile, take(context_len), output_tokens, take(batch), precision, tp, knobs
+        )
+        return step, dec
+    step_ops = price_ops(model_ops(model, Phase.DECODE, batch, 1, context_len, precision, tp), gpu, profile)
+    out = np.asarray(output_tokens, dtype=np.float64)
+    kv_mean = np.asarray(take(context_len), dtype=np.float64) + (out + 1) / 2.0
+    mean_ops = model_ops(model, Phase.DECODE, take(batch), 1, kv_mean, precision, tp)
+    if len(mean_ops) != len(step_ops):
+        mean = sum_costs(mean_ops, gpu, profile)
+    else:
+        mean = add_priced(
+            [
+                _restricted(s, name, op, count, take) or PricedOp(name, op, count, op_cost(op, gpu, profile))
+                for s, (name, op, count) in zip(step_ops, mean_ops)
+            ]
+        )
+    return add_priced(step_ops), _scaled(mean, out if out.ndim else float(out))
+
+
+def _scaled(cost: OpCost, factor: Any) -> OpCost:
+    """``cost.scale(factor)`` for a cost just summed (:func:`add_priced`), whose arrays are its own: each
+    array that already has the product's shape is multiplied in place."""
+    fields = {}
+    for name in _COST_FIELDS:
+        v = getattr(cost, name)
+        if (
+            isinstance(v, np.ndarray)
+            and v.dtype == np.float64
+            and (np.ndim(factor) == 0 or np.broadcast_shapes(v.shape, np.shape(factor)) == v.shape)
+        ):
+            fields[name] = np.multiply(v, factor, out=v)
+        else:
+            fields[name] = v * factor
+    return OpCost(memory_bound=cost.memory_bound, **fields)
+
+
+def _every_point(x):
+    return x
+
+
+def _restricted(s: PricedOp, name: str, op, count, take) -> PricedOp | None:
+    """``s`` restricted by ``take`` when ``op`` (run ``count`` times) is ``s.op`` over the points ``take``
+    keeps: an op of the same name and type whose cost is a pointwise function of its sizes
+    (:data:`_POINTWISE_OPS`), each size ``take`` of ``s.op``'s; else None."""
+    if s.on_classes or s.name != name or type(s.op) is not type(op) or not isinstance(op, _POINTWISE_OPS):
+        return None
+    pairs = [(s.count, count)] + [
+        (getattr(s.op, f.name), getattr(op, f.name)) for f in dataclasses.fields(op)
+    ]
+    for a, b in pairs:
+        if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+            a = take(a) if isinstance(a, np.ndarray) else a
+            if np.shape(a) != np.shape(b) or not np.array_equal(a, b):
+                return None
+        elif a != b:
+            return None
+    cost = dataclasses.replace(
+        s.cost, **{f: take(v) for f in _COST_FIELDS if isinstance(v := getattr(s.cost, f), np.ndarray)}
+    )
+    return PricedOp(name, op, count, cost)
 
 
 def cheaper(a: OpCost, b: OpCost) -> OpCost:

@@ -37,7 +37,7 @@ from perfmodel.phases import (
     DEFAULT_PREFILL_CHUNK_TOKENS,
     DEFAULT_RESERVE_FRACTION,
     context_switch,
-    decode_cost,
+    decode_costs,
     decode_step_cost,
     memory_budget,
     prefill_cost,
@@ -738,14 +738,12 @@ def _evaluate_block(m, g, prof, ctx, b, out, prec, t, chunk_tokens, reserve_frac
     if lay is None:
         mem = memory_budget(m, g, c3, o3, prec, t, chunk_tokens, reserve_fraction, batch=b3, knobs=kn)
         pre = prefill_cost(m, g, prof, c3, b3, prec, t, chunk_tokens, knobs=kn)
-        step = decode_step_cost(m, g, prof, c3, b3, prec, t, knobs=kn)
         fits = np.broadcast_to(np.asarray(mem.max_concurrency) >= b3, shape)
         part = _FitPart.of(fits)
-        dec = (
-            None
-            if part.empty
-            else decode_cost(m, g, prof, part.take(c3), o3, part.take(b3), prec, t, knobs=kn)
-        )
+        if part.empty:
+            step, dec = decode_step_cost(m, g, prof, c3, b3, prec, t, knobs=kn), None
+        else:  # the decode where a point fits, its ops that read no keys the step's
+            step, dec = decode_costs(m, g, prof, c3, o3, b3, prec, t, knobs=kn, take=part.take)
         world = t
     else:
         from perfmodel.parallel import price_layout
@@ -815,34 +813,34 @@ class _FitPart:
     batch size), is priced only there."""
 
     shape: tuple[int, int, int]
-    rows: np.ndarray
-    cols: np.ndarray
+    rows: "slice | np.ndarray"
+    cols: "slice | np.ndarray"
     index: tuple
     keep: np.ndarray | None
+    empty: bool
+    whole: bool
     values: Any = None
 
     @classmethod
     def of(cls, fits: np.ndarray) -> "_FitPart":
-        rows, cols = np.any(fits, axis=(1, 2)), np.any(fits, axis=(0, 2))
-        r, c = _run(rows), _run(cols)  # slices where the rows (columns) run consecutively: a view of a block
+        """The part of the block ``fits`` (booleans, the block's shape) where some point fits: ``rows`` and
+        ``cols`` select its contexts and batch sizes (slices where they run consecutively, so that the part
+        of an array is a view of it; else index arrays)."""
+        any_rows, any_cols = np.any(fits, axis=(1, 2)), np.any(fits, axis=(0, 2))
+        r, c = _run(any_rows), _run(any_cols)
         index = np.ix_(r, c) if isinstance(r, np.ndarray) and isinstance(c, np.ndarray) else (r, c)
+        empty = not (any_rows.any() and any_cols.any())
+        whole = bool(any_rows.all() and any_cols.all())
         keep = None if fits.all() else np.where(fits[index], 1.0, np.nan)
-        return cls(fits.shape, rows, cols, index, keep)
-
-    @property
-    def empty(self) -> bool:
-        return not (self.rows.any() and self.cols.any())
-
-    @property
-    def whole(self) -> bool:
-        return bool(self.rows.all() and self.cols.all())
+        return cls(fits.shape, r, c, index, keep, empty, whole)
 
     def take(self, x: Any) -> Any:
         """``x`` (a scalar, or an array that broadcasts against the block) over the part's rows and columns."""
-        if np.ndim(x) == 0 or self.whole:
+        if self.whole or np.ndim(x) == 0:
             return x
         x = np.asarray(x)
-        x = x.reshape((1,) * (3 - x.ndim) + x.shape)
+        if x.ndim < 3:
+            x = x.reshape((1,) * (3 - x.ndim) + x.shape)
         if x.shape[0] > 1:
             x = x[self.rows]
         if x.shape[1] > 1:

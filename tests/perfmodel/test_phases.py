@@ -238,3 +238,66 @@ def test_the_sweep_benchmark_grid_prefills_a_few_thousand_token_counts():
     batch = np.arange(1, 101, dtype=np.float64).reshape(1, -1)
     n = np.ceil(ctx / np.maximum(8192 / batch, 1.0))
     assert Classes(batch * (ctx / n)).first.size == 2253
+
+
+def _same_cost(a, b):
+    for f in (
+        "compute_s",
+        "memory_s",
+        "latency_s",
+        "comm_s",
+        "overlap_s",
+        "flops",
+        "bytes",
+        "band_lo_s",
+        "band_hi_s",
+    ):
+        x, y = np.broadcast_arrays(getattr(a, f), getattr(b, f))
+        np.testing.assert_array_equal(x, y, err_msg=f)
+    assert a.memory_bound == b.memory_bound
+
+
+@pytest.mark.parametrize("model", ["yi-34b", "mixtral-8x7b"])
+@pytest.mark.parametrize("tp", [1, 2])
+def test_ops_of_one_kind_priced_together_cost_what_each_does_alone(model, tp):
+    """A pass's GEMMs and elementwise kernels priced stacked (one call per kind) cost what each costs alone."""
+    from perfmodel.calibration import Mode, resolve_profile
+    from perfmodel.costs import op_cost
+    from perfmodel.phases import price_ops
+
+    m = load_model(model)
+    h100 = load_gpu("h100-sxm-80gb")
+    prof = resolve_profile(h100, Mode.CALIBRATED)
+    batch = np.arange(1, 65, dtype=np.float64).reshape(1, -1, 1)
+    ctx = np.array([1000.0, 30_000.0, 90_000.0]).reshape(-1, 1, 1)
+    ops = model_ops(m, Phase.DECODE, batch, 1, ctx, tp=tp)
+    for p, (name, op, count) in zip(price_ops(ops, h100, prof), ops):
+        assert p.name == name and p.op is op and p.count is count
+        _same_cost(p.cost, op_cost(op, h100, prof))
+
+
+@pytest.mark.parametrize("mode", ["peak", "calibrated"])
+def test_decode_costs_are_the_step_and_the_decode_priced_apart(mode):
+    """``decode_costs`` (the decode's ops that read no keys taken from the step) gives ``decode_step_cost`` and
+    ``decode_cost`` exactly, over every point and over a part of the grid."""
+    from perfmodel.calibration import Mode, resolve_profile
+    from perfmodel.knobs import Knobs
+    from perfmodel.phases import decode_costs
+
+    prof = PEAK if mode == "peak" else resolve_profile(A100, Mode.CALIBRATED)
+    ctx = np.array([1000.0, 8000.0, 30_000.0, 64_000.0]).reshape(-1, 1, 1)
+    batch = np.arange(1, 9, dtype=np.float64).reshape(1, -1, 1)
+    out = np.array([10.0, 250.0]).reshape(1, 1, -1)
+    rows, cols = slice(1, 3), np.array([0, 2, 5])
+
+    def take(x):
+        x = np.asarray(x)
+        x = x.reshape((1,) * (3 - x.ndim) + x.shape)
+        return x[rows if x.shape[0] > 1 else slice(None)][:, cols if x.shape[1] > 1 else slice(None)]
+
+    for kn in (None, Knobs(kv_dtype="fp8", kv_keep_ratio=0.5)):
+        for t in (None, take):
+            step, dec = decode_costs(YI, A100, prof, ctx, out, batch, knobs=kn, take=t)
+            t = t or (lambda x: x)
+            _same_cost(step, decode_step_cost(YI, A100, prof, ctx, batch, knobs=kn))
+            _same_cost(dec, decode_cost(YI, A100, prof, t(ctx), out, t(batch), knobs=kn))
