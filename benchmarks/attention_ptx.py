@@ -97,7 +97,6 @@ def configurations():
             PRECISION="tf32",
             UPCAST=False,
             F16=kv != "bf16",
-            VT_LOAD=mla and kv != "bf16",
         )
         name = f"decode_{'mla_' if mla else ''}d{d}_dv{dv}_g{group}_{kv}_p{int(paged)}"
         yield name, dg._split_kernel, types, c, warps, stages

@@ -51,8 +51,6 @@ _MERGE_BLOCK_S = 16
 _INTERPRETER_META = {"BLOCK_G": 16, "BLOCK_N": 16}
 #: an fp8 cache under a bf16 q takes both products in fp16 (:func:`_to_f16`)
 FP8_PRODUCTS_F16 = True
-#: an fp8 latent loads its value tile as its own (transposed) load
-MLA_FP8_VT_LOAD = True
 
 
 @triton.jit
@@ -85,7 +83,7 @@ def _to_f16(q, q_b, scale, HEAD_DIM_B: tl.constexpr):
 @triton.jit
 def _latent_tiles(q, q_b, K, k_lay, BT, s_btb, PAGE_SIZE, b, hk, n_lo, n_hi, scale,
                   HEAD_DIM: tl.constexpr, HEAD_DIM_B: tl.constexpr, D_B: tl.constexpr, BLOCK_G: tl.constexpr,
-                  BLOCK_N: tl.constexpr, PAGED: tl.constexpr, PRECISION: tl.constexpr, VT_LOAD: tl.constexpr):
+                  BLOCK_N: tl.constexpr, PAGED: tl.constexpr, PRECISION: tl.constexpr):
     # MLA's latent, keys-major: the keys are the rows of both products (S^T = K Q^T, O^T = V^T P^T),
     # the BLOCK_G query heads their columns, so a few heads do not pad the MMA's row side; the value
     # tile is the first HEAD_DIM lanes of the key tile. Returns (acc [BLOCK_G, HEAD_DIM], l, m).
@@ -114,11 +112,7 @@ def _latent_tiles(q, q_b, K, k_lay, BT, s_btb, PAGE_SIZE, b, hk, n_lo, n_hi, sca
         p = tl.math.exp2(s - m_new[None, :])
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 0)
-        if VT_LOAD:
-            vt = tl.load(K + rk[None, :] + offs_d[:, None], mask=valid[None, :], other=0.0).to(q.dtype)
-        else:
-            vt = tl.trans(k)
-        acc = tl.dot(vt, p.to(k.dtype), acc * alpha[None, :], input_precision=PRECISION)
+        acc = tl.dot(tl.trans(k), p.to(k.dtype), acc * alpha[None, :], input_precision=PRECISION)
         m_i = m_new
     return tl.trans(acc), l_i, m_i
 
@@ -159,7 +153,6 @@ def _split_kernel(
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
     F16: tl.constexpr,
-    VT_LOAD: tl.constexpr = False,
 ):
     """Partials of query heads ``hb*BLOCK_G ..`` of pair ``bh`` over one chunk of keys.
 
@@ -204,7 +197,7 @@ def _split_kernel(
     if V_FROM_K:
         acc, l_i, m_i = _latent_tiles(
             q, q_b, K, k_lay, BT, s_btb, PAGE_SIZE, b, hk, n_lo, n_hi, scale,
-            HEAD_DIM, HEAD_DIM_B, D_B, BLOCK_G, BLOCK_N, PAGED, PRECISION, VT_LOAD,
+            HEAD_DIM, HEAD_DIM_B, D_B, BLOCK_G, BLOCK_N, PAGED, PRECISION,
         )
     else:
         m_i = tl.full((BLOCK_G,), float("-inf"), dtype=tl.float32)
@@ -398,8 +391,7 @@ def launch(
         HEAD_DIM=d_a, HEAD_DIM_B=d_b, D_B=D - d_a, HEAD_DIM_V=hdv, DV=v_head_dim, BLOCK_G=block_g,
         PAGED=paging is not None, V_FROM_K=v_from_k, SCALED=scaled,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        UPCAST=interp and q.dtype == torch.bfloat16 and not f16, F16=f16,
-        VT_LOAD=v_from_k and MLA_FP8_VT_LOAD and k.dtype == torch.float8_e4m3fn, **meta,
+        UPCAST=interp and q.dtype == torch.bfloat16 and not f16, F16=f16, **meta,
     )
     o = torch.empty((B, Hq, v_head_dim), dtype=q.dtype, device=q.device)
     _merge_kernel[(B * Hq,)](po, pl, o, Hq, pieces, o.stride(0), o.stride(1), HEAD_DIM_V=hdv, DV=v_head_dim,

@@ -163,10 +163,11 @@ def general_tile(
     a program for MLA's latent (512-wide rows; vLLM's Triton MLA decode takes the same), else the
     query group up to 64 (at least 16, the smallest dot operand); 64 keys a tile up to head_dim 128,
     32 beyond. The head_dim <= 128 tiles were chosen on an H100 among 16-128 keys, 4 or 8 warps and
-    1-4 stages; MLA's (32 keys, 3 stages; the kernel takes the latent keys-major) on an H200 among
-    32-128 keys, 4 or 8 warps and 2-3 stages (``docs/kernels.md``)."""
+    1-4 stages; MLA's (32 keys; the kernel takes the latent keys-major) on an H200 among 32-128 keys, 4 or 8
+    warps and 2-3 stages, and its 5 stages on an H100 against 3 (the paged kernel's block-table load takes
+    stages of the pipeline, so 3 stages hold one latent tile and 5 two; ``docs/kernels.md``)."""
     if kv_shared:
-        return 16, 32, 4, 3
+        return 16, 32, 4, 5
     small = head_dim <= 128 and v_head_dim <= 128
     g = 1 << max(int(group) - 1, 0).bit_length()
     return min(64, max(16, g)), (64 if small else 32), 4, (3 if small else 2)
