@@ -59,13 +59,14 @@ def configurations():
         (96, 96, 4, "bf16", False, True),
         (192, 128, 1, "bf16", False, False),
         (256, 256, 4, "bf16", False, False),
+        (256, 256, 4, "bf16", False, True),
         (128, 128, 4, "fp8e4nv", False, False),
         (128, 128, 4, "fp8e4nv", False, True),
         (576, 512, 16, "bf16", True, True),
         (576, 512, 128, "fp8e4nv", True, True),
     ):
         a, b = split_head_dim(d)
-        g, n, warps, stages = ds.general_tile(d, dv, group, mla)
+        g, n, warps, stages = ds.general_tile(d, dv, group, mla, paged)
         types = {
             "Q": "*bf16",
             "q_strides": ("i32", "i32"),

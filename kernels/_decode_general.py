@@ -275,10 +275,10 @@ def _merge_kernel(
     )
 
 
-def gpu_meta(head_dim: int, v_head_dim: int, group: int, v_from_k: bool) -> dict:
+def gpu_meta(head_dim: int, v_head_dim: int, group: int, v_from_k: bool, paged: bool = False) -> dict:
     """Tile sizes on a GPU: :func:`perfmodel.decode_schedule.general_tile` (shared with the cost
     model)."""
-    g, n, warps, stages = ds.general_tile(head_dim, v_head_dim, group, v_from_k)
+    g, n, warps, stages = ds.general_tile(head_dim, v_head_dim, group, v_from_k, paged)
     return {"BLOCK_G": g, "BLOCK_N": n, "num_warps": warps, "num_stages": stages}
 
 
@@ -362,7 +362,7 @@ def launch(
     B, Hq, D = q.shape
     group = Hq // kv_heads
     interp = interpreting()
-    meta = dict(_INTERPRETER_META) if interp else gpu_meta(D, v_head_dim, group, v_from_k)
+    meta = dict(_INTERPRETER_META) if interp else gpu_meta(D, v_head_dim, group, v_from_k, paging is not None)
     block_g = meta.pop("BLOCK_G")
     head_blocks = triton.cdiv(group, block_g)
     d_a, d_b = split_head_dim(D)

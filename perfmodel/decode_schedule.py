@@ -157,20 +157,25 @@ def runs_general(head_dim: int, v_head_dim: int, kv_fp8: bool, kv_shared: bool =
 
 
 def general_tile(
-    head_dim: int, v_head_dim: int, group: int, kv_shared: bool = False
+    head_dim: int, v_head_dim: int, group: int, kv_shared: bool = False, paged: bool = False
 ) -> tuple[int, int, int, int]:
     """``(block_g, block_n, num_warps, num_stages)`` of the general kernel on a GPU: 16 query heads
     a program for MLA's latent (512-wide rows; vLLM's Triton MLA decode takes the same), else the
     query group up to 64 (at least 16, the smallest dot operand); 64 keys a tile up to head_dim 128,
     32 beyond. The head_dim <= 128 tiles were chosen on an H100 among 16-128 keys, 4 or 8 warps and
-    1-4 stages; MLA's (32 keys; the kernel takes the latent keys-major) on an H200 among 32-128 keys, 4 or 8
-    warps and 2-3 stages, and its 5 stages on an H100 against 3 (the paged kernel's block-table load takes
-    stages of the pipeline, so 3 stages hold one latent tile and 5 two; ``docs/kernels.md``)."""
+    1-4 stages; MLA's (32 keys; the kernel takes the latent keys-major) on an H200 among 32-128 keys,
+    4 or 8 warps and 2-3 stages.
+
+    A paged cache (``paged``; MLA's latent always is) takes two stages more: its block-table load
+    holds two stages of the software pipeline, so the paged program buffers as many tiles as the
+    contiguous one (3 stages hold one latent tile, 5 two). On an H100 5 stages against 3 ran MLA's
+    latent 4-6% faster, a paged head_dim 96 cache 15-17% and a paged fp8 head_dim 128 cache 9%
+    (``docs/kernels.md``)."""
     if kv_shared:
         return 16, 32, 4, 5
     small = head_dim <= 128 and v_head_dim <= 128
     g = 1 << max(int(group) - 1, 0).bit_length()
-    return min(64, max(16, g)), (64 if small else 32), 4, (3 if small else 2)
+    return min(64, max(16, g)), (64 if small else 32), 4, (3 if small else 2) + (2 if paged else 0)
 
 
 def general_splits(pairs, sms: int):

@@ -139,6 +139,14 @@ def test_vectorised_mla_decode():
     assert np.all(np.diff(t) > 0)
 
 
+@pytest.mark.parametrize("d,dv", [(80, 80), (96, 96), (128, 128), (192, 128), (256, 256)])
+def test_a_paged_cache_takes_two_more_pipeline_stages(d, dv):
+    # the block-table load holds two stages: a paged program buffers as many tiles as a contiguous one
+    flat, paged = ds.general_tile(d, dv, 4), ds.general_tile(d, dv, 4, paged=True)
+    assert paged[:3] == flat[:3] and paged[3] == flat[3] + 2
+    assert ds.general_tile(576, 512, 16, kv_shared=True) == (16, 32, 4, 5)  # MLA's latent is always paged
+
+
 def test_the_general_kernel_keeps_its_programs_resident():
     # 132 SMs, 32 program pairs: 8 splits (256 programs), not the rounded-up 9 (288 > 2 x 132)
     assert ds.general_splits(32, 132) == 8
