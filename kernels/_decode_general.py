@@ -5,9 +5,10 @@ do not take: any head size from 16 to 256 (and MLA's 576), a value head of its o
 
 The score ``q . k`` is taken in two power-of-two parts (``HEAD_DIM`` + ``HEAD_DIM_B``, the second
 masked past ``D_B``; :func:`perfmodel.kernels._common.split_head_dim`), value rows are padded to
-``HEAD_DIM_V`` lanes with masked loads. An fp8 cache is loaded as bytes and converted to the
-query's format in registers; its scales multiply the score (K) and the output (V), so the
-dequantised cache never exists in memory.
+``HEAD_DIM_V`` lanes with masked loads. An fp8 cache is loaded as bytes and converted in registers,
+to fp16 under a bf16 query (both products then run in fp16, :func:`_to_f16`), else to the query's
+format; its scales multiply the score (K) and the output (V), so the dequantised cache never exists
+in memory.
 
 Program ``(pair, head block, split)`` serves ``BLOCK_G`` query heads of one (sequence, kv head)
 pair over keys ``[split*CHUNK, (split+1)*CHUNK)`` and writes an fp32 partial (normalised by its
