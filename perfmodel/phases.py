@@ -17,6 +17,7 @@ from perfmodel.hw.spec import GPU
 from perfmodel.calibration import Mode, Profile, peak_profile, resolve_profile
 from perfmodel.clocks import sustained_phase
 from perfmodel.costs import ZERO, Bound, OpCost, op_cost
+from perfmodel.costs.base import COST_FIELDS
 from perfmodel.knobs import Knobs, attention_layer_count, effective_model
 from perfmodel.layers import (
     Precision,
@@ -63,19 +64,6 @@ def forward_cost(
 
 def _active(knobs: Knobs | None) -> Knobs | None:
     return knobs if knobs is not None and knobs.active else None
-
-
-_COST_FIELDS = (
-    "compute_s",
-    "memory_s",
-    "latency_s",
-    "comm_s",
-    "overlap_s",
-    "flops",
-    "bytes",
-    "band_lo_s",
-    "band_hi_s",
-)
 
 
 #: A prefill over at least this many points prices its GEMMs and elementwise ops once per distinct token
@@ -145,7 +133,7 @@ class Classes:
 def _add_cost(acc: dict[str, Any], c: OpCost, mem: Any, count: Any) -> None:
     """``count * c`` added into ``acc`` (one running sum per cost field; ``mem``: ``c.memory_s * count``),
     arrays summed in place where they can be."""
-    for name in _COST_FIELDS:
+    for name in COST_FIELDS:
         raw = mem if name == "memory_s" else getattr(c, name)
         if type(raw) is float and raw == 0.0:
             continue  # adds nothing
@@ -274,7 +262,7 @@ def _op_costs(ops, gpu: GPU, profile: Profile) -> list[OpCost]:
                     f: (
                         v[g if v.shape[0] > 1 else 0] if isinstance(v, np.ndarray) and v.ndim == nd + 1 else v
                     )
-                    for f in _COST_FIELDS
+                    for f in COST_FIELDS
                     for v in [getattr(c, f)]
                 },
             )
@@ -306,7 +294,7 @@ def add_priced(priced: list[PricedOp], classes: Classes | None = None) -> OpCost
     per class are summed per class and spread back over the grid with the sums.
     """
     groups: dict[tuple, dict[str, Any]] = {}
-    on_classes = dict.fromkeys(_COST_FIELDS, 0.0)  # the sum of the ops priced once per class
+    on_classes = dict.fromkeys(COST_FIELDS, 0.0)  # the sum of the ops priced once per class
     bound = ZERO.memory_bound
     arrays = 0.0  # mean memory time of the array-valued ops so far (their sum over a grid, per point)
     scalars = 0.0  # memory time of the scalar ops so far
@@ -328,36 +316,40 @@ def add_priced(priced: list[PricedOp], classes: Classes | None = None) -> OpCost
         shape = (
             np.shape(mem)
             if np.ndim(mem)
-            else np.broadcast_shapes(*(np.shape(getattr(c, f)) for f in _COST_FIELDS))
+            else np.broadcast_shapes(*(np.shape(getattr(c, f)) for f in COST_FIELDS))
         )
-        _add_cost(groups.setdefault(shape, dict.fromkeys(_COST_FIELDS, 0.0)), c, mem, count)
+        _add_cost(groups.setdefault(shape, dict.fromkeys(COST_FIELDS, 0.0)), c, mem, count)
     if any(np.ndim(v) for v in on_classes.values()):
         full = {name: classes.expand(v) for name, v in on_classes.items()}
         into = groups.get(classes.shape)
         if into is None:
             groups[classes.shape] = full
         else:
-            for name in _COST_FIELDS:
+            for name in COST_FIELDS:
                 into[name] = np.add(into[name], full[name], dtype=np.float64)
     parts = [acc for _, acc in sorted(groups.items(), key=lambda kv: int(np.prod(kv[0])))]
     if not parts:
         return OpCost(memory_bound=bound)
     out = parts[0]
     for acc in parts[1:]:
-        out = {name: _add_into(acc[name], out[name]) for name in _COST_FIELDS}
+        out = {name: _add_into(acc[name], out[name]) for name in COST_FIELDS}
     return OpCost(memory_bound=bound, **out)
 
 
+def _holds(v: Any, other: Any) -> bool:
+    """True when ``v`` is a float64 array that ``v`` combined with ``other`` (broadcasting) fits in: the
+    result can be written into ``v`` (a sum's own array)."""
+    return (
+        isinstance(v, np.ndarray)
+        and v.dtype == np.float64
+        and (np.ndim(other) == 0 or np.broadcast_shapes(v.shape, np.shape(other)) == v.shape)
+    )
+
+
 def _add_into(total: Any, a: Any) -> Any:
-    """``total + a``, into ``total`` when it is a float array of the sum's shape (a running sum of
-    :func:`add_priced`, its own array)."""
-    if (
-        isinstance(total, np.ndarray)
-        and total.dtype == np.float64
-        and (np.ndim(a) == 0 or np.broadcast_shapes(total.shape, np.shape(a)) == total.shape)
-    ):
-        return np.add(total, a, out=total)
-    return a + total
+    """``total + a``, into ``total`` when it :func:`_holds` the sum (a running sum of :func:`add_priced`, its
+    own array)."""
+    return np.add(total, a, out=total) if _holds(total, a) else a + total
 
 
 def sum_costs(ops, gpu: GPU, profile: Profile, classes: Classes | None = None) -> OpCost:
@@ -635,16 +627,9 @@ def _scaled(cost: OpCost, factor: Any) -> OpCost:
     """``cost.scale(factor)`` for a cost just summed (:func:`add_priced`), whose arrays are its own: each
     array that already has the product's shape is multiplied in place."""
     fields = {}
-    for name in _COST_FIELDS:
+    for name in COST_FIELDS:
         v = getattr(cost, name)
-        if (
-            isinstance(v, np.ndarray)
-            and v.dtype == np.float64
-            and (np.ndim(factor) == 0 or np.broadcast_shapes(v.shape, np.shape(factor)) == v.shape)
-        ):
-            fields[name] = np.multiply(v, factor, out=v)
-        else:
-            fields[name] = v * factor
+        fields[name] = np.multiply(v, factor, out=v) if _holds(v, factor) else v * factor
     return OpCost(memory_bound=cost.memory_bound, **fields)
 
 
@@ -669,7 +654,7 @@ def _restricted(s: PricedOp, name: str, op, count, take) -> PricedOp | None:
         elif a != b:
             return None
     cost = dataclasses.replace(
-        s.cost, **{f: take(v) for f in _COST_FIELDS if isinstance(v := getattr(s.cost, f), np.ndarray)}
+        s.cost, **{f: take(v) for f in COST_FIELDS if isinstance(v := getattr(s.cost, f), np.ndarray)}
     )
     return PricedOp(name, op, count, cost)
 
@@ -679,7 +664,7 @@ def cheaper(a: OpCost, b: OpCost) -> OpCost:
     take_a = np.asarray(a.total_s) <= np.asarray(b.total_s)
     if take_a.ndim == 0:
         return a if take_a else b
-    fields = {f: np.where(take_a, getattr(a, f), getattr(b, f)) for f in _COST_FIELDS}
+    fields = {f: np.where(take_a, getattr(a, f), getattr(b, f)) for f in COST_FIELDS}
     return OpCost(memory_bound=a.memory_bound, **fields)
 
 

@@ -30,9 +30,9 @@ from perfmodel.layers import Precision, apply_knobs
 from perfmodel.metrics import METRICS, TIME_METRICS, categorical, size_metrics, time_metrics
 from perfmodel.models import load_model
 from perfmodel.costs import OpCost
+from perfmodel.costs.base import COST_FIELDS
 from perfmodel.costs.bands import phase_band
 from perfmodel.phases import (
-    _COST_FIELDS,
     ContextSwitch,
     DEFAULT_PREFILL_CHUNK_TOKENS,
     DEFAULT_RESERVE_FRACTION,
@@ -851,7 +851,7 @@ class _FitPart:
         """``cost`` with each field over the part (:meth:`take`)."""
         if self.whole:
             return cost
-        return dataclasses.replace(cost, **{f: self.take(getattr(cost, f)) for f in _COST_FIELDS})
+        return dataclasses.replace(cost, **{f: self.take(getattr(cost, f)) for f in COST_FIELDS})
 
     def with_values(self, values: Any) -> "_FitPart":
         return dataclasses.replace(self, values=values)

@@ -165,6 +165,9 @@ class OpCost:
         )
 
 
+#: The summable fields of :class:`OpCost` (all but ``memory_bound``), in declaration order.
+COST_FIELDS = tuple(f.name for f in fields(OpCost) if f.name != "memory_bound")
+
 ZERO = OpCost()
 
 

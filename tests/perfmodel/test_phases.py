@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from perfmodel.hw.loader import load_gpu
 from perfmodel.calibration import peak_profile
+from perfmodel.costs.base import COST_FIELDS
 from perfmodel.layers import Precision, model_ops
 from perfmodel.models import load_model
 from perfmodel.ops import Attention, Gemm, Phase, flops
@@ -241,17 +242,7 @@ def test_the_sweep_benchmark_grid_prefills_a_few_thousand_token_counts():
 
 
 def _same_cost(a, b):
-    for f in (
-        "compute_s",
-        "memory_s",
-        "latency_s",
-        "comm_s",
-        "overlap_s",
-        "flops",
-        "bytes",
-        "band_lo_s",
-        "band_hi_s",
-    ):
+    for f in COST_FIELDS:
         x, y = np.broadcast_arrays(getattr(a, f), getattr(b, f))
         np.testing.assert_array_equal(x, y, err_msg=f)
     assert a.memory_bound == b.memory_bound
