@@ -6,7 +6,8 @@ caches, MLA's latent, flat and paged) with :func:`perfmodel.decode_schedule.gene
 its merge kernel, and the prefill kernel with every autotuner configuration its head size is
 offered (``attention_prefill.configs_for_head``). A configuration whose dynamic shared memory
 exceeds an H100's 227 KiB is one the autotuner skips on the GPU; ``STACK`` > 0 is a register
-spill::
+spill. Each line also counts PTX instructions (:data:`PTX_COUNTED`): asynchronous copies, which show
+which loads the software pipeline took, and the fp8 conversions::
 
     python benchmarks/attention_ptx.py [--only PREFIX]
 
@@ -101,6 +102,8 @@ def configurations():
         )
         name = f"decode_{'mla_' if mla else ''}d{d}_dv{dv}_g{group}_{kv}_p{int(paged)}"
         yield name, dg._split_kernel, types, c, warps, stages
+        if c["F16"] and not paged and not mla:  # the same with bf16 products: the conversions they cost
+            yield f"{name}_bf16_products", dg._split_kernel, types, dict(c, F16=False), warps, stages
     for dv in (80, 128, 256, 512):
         types = {"PO": "*fp32", "PL": "*fp32", "Out": "*bf16"}
         c = dict(HEAD_DIM_V=next_pow2(dv), DV=dv, BLOCK_S=16)
@@ -130,6 +133,16 @@ def configurations():
             )
 
 
+#: PTX instructions counted per configuration: asynchronous global-to-shared copies (the loads the
+#: software pipeline took), fp8 e4m3 -> fp16 conversions and fp16 -> bf16 conversions
+PTX_COUNTED = {"cp_async": "cp.async.", "cvt_e4m3": "cvt.rn.f16x2.e4m3x2", "cvt_bf16_f16": "cvt.bf16.f16"}
+
+
+def ptx_counts(ptx: str) -> dict[str, int]:
+    """Occurrences of each :data:`PTX_COUNTED` instruction in a kernel's PTX (inline assembly included)."""
+    return {key: ptx.count(text) for key, text in PTX_COUNTED.items()}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -150,7 +163,8 @@ def main() -> int:
             if shared > H100_SHARED_BYTES
             else ""
         )
-        print(f"{name}: {resources(k.asm['cubin'])} dynamic_shared_bytes={shared}{note}", flush=True)
+        counts = " ".join(f"{key}={n}" for key, n in ptx_counts(k.asm["ptx"]).items())
+        print(f"{name}: {resources(k.asm['cubin'])} dynamic_shared_bytes={shared} {counts}{note}", flush=True)
         n += 1
     if n == 0:
         print(f"error: no configuration is named {args.only}...", file=sys.stderr)

@@ -62,3 +62,14 @@ def test_only_names_no_configuration_in_one_line(tmp_path):
     run = _run_script("--out", str(tmp_path), "--only", "no_such")
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == ["error: no configuration is named no_such..."]
+
+
+def test_attention_ptx_counts_the_instructions_it_names():
+    sys.path.insert(0, str(_PATH.parent))
+    try:
+        import attention_ptx
+    finally:
+        sys.path.remove(str(_PATH.parent))
+    ptx = "cp.async.cg.shared.global [a], [b];\ncp.async.commit_group;\ncvt.rn.f16x2.e4m3x2 a, b;\ncvt.bf16.f16 b0, a0;"
+    assert attention_ptx.ptx_counts(ptx) == {"cp_async": 2, "cvt_e4m3": 1, "cvt_bf16_f16": 1}
+    assert attention_ptx.ptx_counts("") == dict.fromkeys(attention_ptx.PTX_COUNTED, 0)
